@@ -1,0 +1,203 @@
+//! The canonical encoding: compact JSON (UTF-8, no whitespace), fields in declaration order,
+//! `v` first, integers for money, times as RFC 3339 UTC with six fractional digits. These are
+//! the exact bytes the ledger stores and publishes; a consumer in any language can parse them
+//! and check the chain with SHA-256 alone.
+//!
+//! ## Schema versions
+//! - **v1**: `payment_succeeded` and `payment_failed` had no `currency`; every amount was CNY.
+//! - **v2** (current): payments carry `currency`.
+//!
+//! Decoding an older version upcasts it to the current types; the stored bytes (and so the
+//! hashes) are never rewritten.
+
+use serde_json::Value;
+
+use crate::types::Event;
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: u16 = 2;
+
+/// The oldest schema version this code can read.
+pub const SCHEMA_VERSION_MIN: u16 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a valid event: {0}")]
+    Invalid(String),
+    #[error("schema version {0} is not supported (this code reads {SCHEMA_VERSION_MIN}..={SCHEMA_VERSION})")]
+    UnsupportedVersion(u64),
+}
+
+/// Encodes an event canonically. The event's `v` must be the current version.
+pub fn encode(event: &Event) -> Vec<u8> {
+    debug_assert_eq!(event.v, SCHEMA_VERSION, "only the current version is written");
+    serde_json::to_vec(event).expect("events always serialize")
+}
+
+/// Encodes into a reused buffer (the writer's hot path).
+pub fn encode_into(event: &Event, buf: &mut Vec<u8>) {
+    buf.clear();
+    serde_json::to_writer(&mut *buf, event).expect("events always serialize");
+}
+
+/// Decodes stored bytes of any supported version into the current types.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    // Canonical bytes start with the version; the current version takes the direct path.
+    const CURRENT_PREFIX: &[u8] = b"{\"v\":2,";
+    if bytes.starts_with(CURRENT_PREFIX) {
+        return serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()));
+    }
+    let mut value: Value =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    let version = value.get("v").and_then(Value::as_u64).ok_or_else(|| {
+        DecodeError::Invalid("missing schema version field `v`".to_owned())
+    })?;
+    match version {
+        1 => upcast_v1_to_v2(&mut value),
+        2 => {}
+        other => return Err(DecodeError::UnsupportedVersion(other)),
+    }
+    serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))
+}
+
+/// v1 -> v2: payments gain `currency`, which v1 implied was CNY.
+fn upcast_v1_to_v2(value: &mut Value) {
+    if let Some(payload) = value.get_mut("payload").and_then(Value::as_object_mut) {
+        let is_payment = matches!(
+            payload.get("type").and_then(Value::as_str),
+            Some("payment_succeeded") | Some("payment_failed")
+        );
+        if is_payment && !payload.contains_key("currency") {
+            payload.insert("currency".to_owned(), Value::String("CNY".to_owned()));
+        }
+    }
+    value["v"] = Value::from(2);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::{hash_bytes, ChainError, ChainVerifier, Hash, GENESIS_HASH};
+    use crate::money::Currency;
+    use crate::types::*;
+    use chrono::{TimeZone, Utc};
+    use uuid::Uuid;
+
+    fn wallet() -> WalletRef {
+        WalletRef { masked: "138****5678".into(), fingerprint: Hash([7; 32]) }
+    }
+
+    fn event(seq: u64, prev: Hash, payload: Payload) -> Event {
+        Event {
+            v: SCHEMA_VERSION,
+            id: Uuid::from_u128(seq as u128),
+            seq,
+            account: "acct-1".into(),
+            account_seq: seq,
+            event_time: Utc.with_ymd_and_hms(2026, 11, 26, 8, 0, 0).unwrap(),
+            record_time: Utc.with_ymd_and_hms(2026, 11, 26, 8, 0, 1).unwrap(),
+            idempotency_key: Some(format!("k{seq}")),
+            request_digest: None,
+            correlation_id: None,
+            context: Context { channel: "app".into(), ..Default::default() },
+            prev_hash: prev,
+            payload,
+        }
+    }
+
+    fn payment(amount_minor: i64) -> Payload {
+        Payload::PaymentSucceeded {
+            binding_id: Uuid::from_u128(1),
+            provider: Provider::parse("alipay").unwrap(),
+            wallet: wallet(),
+            order_id: "o-1".into(),
+            amount_minor,
+            currency: Currency::parse("USD").unwrap(),
+            factors: vec![FactorCheck { factor: Factor::Password, passed: true }],
+            authorization_id: "auth-1".into(),
+        }
+    }
+
+    #[test]
+    fn encoding_is_canonical_and_round_trips() {
+        let e = event(1, GENESIS_HASH, payment(1234));
+        let bytes = encode(&e);
+        assert!(bytes.starts_with(b"{\"v\":2,\"id\":"), "{}", String::from_utf8_lossy(&bytes));
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(text.contains("\"event_time\":\"2026-11-26T08:00:00.000000Z\""), "{text}");
+        assert!(!text.contains(' ') || text.contains("\"masked\""), "no whitespace: {text}");
+        let back = decode(&bytes).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(encode(&back), bytes, "decode then encode gives the same bytes");
+    }
+
+    #[test]
+    fn a_v1_event_is_read_by_v2_code() {
+        // A payment written by v1 code: no currency, amounts were CNY.
+        let v1 = br#"{"v":1,"id":"00000000-0000-0000-0000-000000000001","seq":1,"account":"acct-1","account_seq":1,"event_time":"2026-01-01T00:00:00.000000Z","record_time":"2026-01-01T00:00:00.000000Z","idempotency_key":null,"request_digest":null,"correlation_id":null,"context":{"channel":"app","device_id":null,"ip":null,"user_agent":null},"prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","payload":{"type":"payment_failed","binding_id":"00000000-0000-0000-0000-000000000002","order_id":"o-9","amount_minor":500,"factors":[],"reason":{"code":"insufficient_funds"}}}"#;
+        let e = decode(v1).unwrap();
+        assert_eq!(e.v, 2);
+        match e.payload {
+            Payload::PaymentFailed { currency, amount_minor, reason, .. } => {
+                assert_eq!(currency, Currency::CNY);
+                assert_eq!(amount_minor, 500);
+                assert_eq!(reason, PaymentFailure::InsufficientFunds);
+            }
+            other => panic!("wrong payload {other:?}"),
+        }
+        // The chain still uses the v1 bytes as stored.
+        let mut v = ChainVerifier::new();
+        let (_, h) = v.push(v1).unwrap();
+        assert_eq!(h, hash_bytes(v1));
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_refused() {
+        assert!(matches!(decode(br#"{"v":9,"x":1}"#), Err(DecodeError::UnsupportedVersion(9))));
+        assert!(matches!(decode(b"not json"), Err(DecodeError::Invalid(_))));
+        assert!(matches!(decode(br#"{"x":1}"#), Err(DecodeError::Invalid(_))));
+    }
+
+    fn chain(n: u64) -> Vec<Vec<u8>> {
+        let mut prev = GENESIS_HASH;
+        (1..=n)
+            .map(|seq| {
+                let b = encode(&event(seq, prev, payment(seq as i64 * 100)));
+                prev = hash_bytes(&b);
+                b
+            })
+            .collect()
+    }
+
+    fn verify(log: &[Vec<u8>]) -> Result<u64, ChainError> {
+        let mut v = ChainVerifier::new();
+        for b in log {
+            v.push(b)?;
+        }
+        Ok(v.last_seq())
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        assert_eq!(verify(&chain(20)), Ok(20));
+    }
+
+    #[test]
+    fn an_edit_is_detected_at_the_next_event() {
+        let mut log = chain(10);
+        let text = String::from_utf8(log[4].clone()).unwrap().replace("\"amount_minor\":500", "\"amount_minor\":1");
+        log[4] = text.into_bytes();
+        let err = verify(&log).unwrap_err();
+        assert!(matches!(err, ChainError::BrokenLink { seq: 6, .. }), "{err}");
+    }
+
+    #[test]
+    fn removal_and_reordering_are_detected() {
+        let mut log = chain(10);
+        log.remove(3);
+        assert_eq!(verify(&log).unwrap_err(), ChainError::SequenceGap { expected: 4, found: 5 });
+        let mut log = chain(10);
+        log.swap(2, 3);
+        assert_eq!(verify(&log).unwrap_err().seq(), 3);
+    }
+}

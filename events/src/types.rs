@@ -1,0 +1,375 @@
+//! The event envelope and payloads. Events are past-tense facts; every command ends in exactly
+//! one of them, a success or a typed failure.
+//!
+//! Field order in these structs is the order of the canonical encoding: **do not reorder
+//! fields**; add new optional ones at the end of a struct and bump [`crate::SCHEMA_VERSION`].
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use uuid::Uuid;
+
+use crate::chain::Hash;
+use crate::money::Currency;
+
+/// One stored event: the envelope and its payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Schema version of this event's encoding. Always first in the stored bytes.
+    pub v: u16,
+    /// Event id, UUID v7 (time-ordered).
+    pub id: Uuid,
+    /// Global sequence in the log, from 1, without gaps.
+    pub seq: u64,
+    /// The shopper's platform account.
+    pub account: String,
+    /// Sequence of this event within its account, from 1: the account's version after it.
+    pub account_seq: u64,
+    /// When the command happened (rules and projections use this time).
+    #[serde(with = "micros")]
+    pub event_time: DateTime<Utc>,
+    /// When the ledger recorded it.
+    #[serde(with = "micros")]
+    pub record_time: DateTime<Utc>,
+    /// The caller's idempotency key, if it sent one.
+    pub idempotency_key: Option<String>,
+    /// Keyed digest (HMAC) of the command, without secrets: tells a retry from a different
+    /// request reusing the same idempotency key.
+    pub request_digest: Option<Hash>,
+    /// The caller's correlation id (e.g. a checkout session), if any.
+    pub correlation_id: Option<String>,
+    /// Channel and device the command came from.
+    pub context: Context,
+    /// Hash of the previous event's stored bytes (zeros for the first event).
+    pub prev_hash: Hash,
+    /// What happened.
+    pub payload: Payload,
+}
+
+impl Event {
+    pub fn event_type(&self) -> &'static str {
+        self.payload.event_type()
+    }
+}
+
+/// Channel/device context of a command, so that habits (unsafe networks, new devices) can be
+/// seen later.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Context {
+    /// `app`, `web`, `mini_program`, `api`, ... (free text, validated by the ledger).
+    pub channel: String,
+    pub device_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A wallet as the ledger keeps it: never the account number itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WalletRef {
+    /// Display form, e.g. `138****5678`.
+    pub masked: String,
+    /// HMAC-SHA256 of provider and normalised wallet account with the ledger's secret.
+    pub fingerprint: Hash,
+}
+
+/// A verification factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Factor {
+    Password,
+    Sms,
+    Fingerprint,
+    Face,
+}
+
+impl Factor {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Factor::Password => "password",
+            Factor::Sms => "sms",
+            Factor::Fingerprint => "fingerprint",
+            Factor::Face => "face",
+        }
+    }
+}
+
+/// A factor that was checked, and whether it passed. The secret itself never enters an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FactorCheck {
+    pub factor: Factor,
+    pub passed: bool,
+}
+
+/// Which side is under maintenance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Provider,
+    Platform,
+}
+
+/// A wallet provider: a known one or `other:<name>`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Provider(String);
+
+/// The providers the ledger knows by name.
+pub const KNOWN_PROVIDERS: &[&str] =
+    &["alipay", "wechat_pay", "apple_pay", "union_pay", "bank_card", "credit_card"];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown wallet provider {0:?}: expected one of alipay, wechat_pay, apple_pay, union_pay, bank_card, credit_card, or other:<name> (name: 1-32 of a-z 0-9 _ -)")]
+pub struct ProviderError(pub String);
+
+impl Provider {
+    pub fn parse(s: &str) -> Result<Provider, ProviderError> {
+        if KNOWN_PROVIDERS.contains(&s) {
+            return Ok(Provider(s.to_owned()));
+        }
+        if let Some(name) = s.strip_prefix("other:") {
+            let ok = !name.is_empty()
+                && name.len() <= 32
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+            if ok {
+                return Ok(Provider(s.to_owned()));
+            }
+        }
+        Err(ProviderError(s.chars().take(48).collect()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl Serialize for Provider {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+impl<'de> Deserialize<'de> for Provider {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Provider::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a bind failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum BindFailure {
+    /// The wallet account is frozen by its provider.
+    WalletFrozen,
+    /// The wallet account is closed (deregistered).
+    WalletClosed,
+    /// Something the user typed is wrong; `field` names it (`wallet_account`, `payment_password`).
+    InvalidInput { field: String },
+    /// The network failed while talking to the provider.
+    Network,
+    /// The provider or the platform is under maintenance; try again later.
+    Maintenance { side: Side },
+    /// This wallet is already bound to this account.
+    AlreadyBound { binding_id: Uuid },
+    /// A verification factor (SMS code, fingerprint, face) did not pass.
+    VerificationFactorFailed { factor: Factor },
+    /// The account holds as many active bindings as it may.
+    BindingLimitReached { limit: u32 },
+}
+
+/// Why a payment failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum PaymentFailure {
+    WrongPassword,
+    /// The binding was never bound to this account, or is unbound.
+    BindingNotActive,
+    WalletFrozen,
+    WalletClosed,
+    InsufficientFunds,
+    VerificationFactorFailed { factor: Factor },
+    Network,
+    Maintenance { side: Side },
+}
+
+/// Why an unbind failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum UnbindFailure {
+    /// No active binding with that id on this account.
+    NotBound,
+    Maintenance { side: Side },
+}
+
+/// What happened: one variant per outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Payload {
+    WalletBound {
+        binding_id: Uuid,
+        provider: Provider,
+        wallet: WalletRef,
+        factors: Vec<FactorCheck>,
+        /// The provider's reference for this binding, used to authorise payments (the wallet
+        /// account itself is never kept).
+        agreement_id: String,
+    },
+    BindFailed {
+        provider: Provider,
+        wallet: WalletRef,
+        factors: Vec<FactorCheck>,
+        reason: BindFailure,
+    },
+    PaymentSucceeded {
+        binding_id: Uuid,
+        provider: Provider,
+        wallet: WalletRef,
+        order_id: String,
+        amount_minor: i64,
+        currency: Currency,
+        factors: Vec<FactorCheck>,
+        /// The provider's reference for the authorised payment.
+        authorization_id: String,
+    },
+    PaymentFailed {
+        binding_id: Uuid,
+        order_id: String,
+        amount_minor: i64,
+        currency: Currency,
+        factors: Vec<FactorCheck>,
+        reason: PaymentFailure,
+    },
+    WalletUnbound {
+        binding_id: Uuid,
+        provider: Provider,
+        wallet: WalletRef,
+    },
+    UnbindFailed {
+        binding_id: Uuid,
+        reason: UnbindFailure,
+    },
+}
+
+/// Every event type name, as it appears in `payload.type` and in Kafka headers.
+pub const EVENT_TYPES: &[&str] = &[
+    "wallet_bound",
+    "bind_failed",
+    "payment_succeeded",
+    "payment_failed",
+    "wallet_unbound",
+    "unbind_failed",
+];
+
+impl Payload {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Payload::WalletBound { .. } => "wallet_bound",
+            Payload::BindFailed { .. } => "bind_failed",
+            Payload::PaymentSucceeded { .. } => "payment_succeeded",
+            Payload::PaymentFailed { .. } => "payment_failed",
+            Payload::WalletUnbound { .. } => "wallet_unbound",
+            Payload::UnbindFailed { .. } => "unbind_failed",
+        }
+    }
+
+    /// True for the successful outcomes.
+    pub fn succeeded(&self) -> bool {
+        matches!(
+            self,
+            Payload::WalletBound { .. } | Payload::PaymentSucceeded { .. } | Payload::WalletUnbound { .. }
+        )
+    }
+
+    /// The machine-readable failure code, if this is a failure.
+    pub fn failure_code(&self) -> Option<&'static str> {
+        match self {
+            Payload::BindFailed { reason, .. } => Some(reason.code()),
+            Payload::PaymentFailed { reason, .. } => Some(reason.code()),
+            Payload::UnbindFailed { reason, .. } => Some(reason.code()),
+            _ => None,
+        }
+    }
+}
+
+impl BindFailure {
+    pub fn code(&self) -> &'static str {
+        match self {
+            BindFailure::WalletFrozen => "wallet_frozen",
+            BindFailure::WalletClosed => "wallet_closed",
+            BindFailure::InvalidInput { .. } => "invalid_input",
+            BindFailure::Network => "network",
+            BindFailure::Maintenance { .. } => "maintenance",
+            BindFailure::AlreadyBound { .. } => "already_bound",
+            BindFailure::VerificationFactorFailed { .. } => "verification_factor_failed",
+            BindFailure::BindingLimitReached { .. } => "binding_limit_reached",
+        }
+    }
+}
+
+impl PaymentFailure {
+    pub fn code(&self) -> &'static str {
+        match self {
+            PaymentFailure::WrongPassword => "wrong_password",
+            PaymentFailure::BindingNotActive => "binding_not_active",
+            PaymentFailure::WalletFrozen => "wallet_frozen",
+            PaymentFailure::WalletClosed => "wallet_closed",
+            PaymentFailure::InsufficientFunds => "insufficient_funds",
+            PaymentFailure::VerificationFactorFailed { .. } => "verification_factor_failed",
+            PaymentFailure::Network => "network",
+            PaymentFailure::Maintenance { .. } => "maintenance",
+        }
+    }
+}
+
+impl UnbindFailure {
+    pub fn code(&self) -> &'static str {
+        match self {
+            UnbindFailure::NotBound => "not_bound",
+            UnbindFailure::Maintenance { .. } => "maintenance",
+        }
+    }
+}
+
+/// Every failure code across the three failure enums.
+pub const FAILURE_CODES: &[&str] = &[
+    "wallet_frozen",
+    "wallet_closed",
+    "invalid_input",
+    "network",
+    "maintenance",
+    "already_bound",
+    "verification_factor_failed",
+    "binding_limit_reached",
+    "wrong_password",
+    "binding_not_active",
+    "insufficient_funds",
+    "not_bound",
+];
+
+/// Times are stored as RFC 3339 UTC with exactly six fractional digits.
+pub mod micros {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s).map(|t| t.with_timezone(&Utc)).map_err(serde::de::Error::custom)
+    }
+
+    /// Truncates a time to what the encoding keeps, so an encoded-then-decoded time is equal.
+    pub fn truncate(t: DateTime<Utc>) -> DateTime<Utc> {
+        let micros = t.timestamp_micros();
+        DateTime::from_timestamp_micros(micros).expect("in range")
+    }
+}

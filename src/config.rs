@@ -1,0 +1,251 @@
+//! Configuration: a TOML file, overridden by `BINDLEDGER_*` environment variables, overridden
+//! by command-line flags. Every field has a documented default, so `bindledger serve` starts on
+//! an empty directory with no file at all.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::gateway::Scenario;
+
+/// What a bearer token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Send commands (bind, pay, unbind).
+    Writer,
+    /// Read projections (bindings, payments, an account's history, wallet index).
+    Reader,
+    /// Read the global event feed.
+    Auditor,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "writer" => Some(Role::Writer),
+            "reader" => Some(Role::Reader),
+            "auditor" => Some(Role::Auditor),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub token: String,
+    pub roles: Vec<Role>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory of the sled log, the secret file and the generated admin token.
+    /// Default `bindledger-data`.
+    pub data_dir: PathBuf,
+    /// HTTP listen address. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// File holding the ledger secret (64 hex chars). Default `<data_dir>/secret.key`, created
+    /// on first start. `BINDLEDGER_SECRET` gives the secret directly instead.
+    pub secret_file: Option<PathBuf>,
+    /// Active bindings an account may hold. Default 10.
+    pub max_bindings_per_account: u32,
+    /// When true the platform side is in maintenance: commands are recorded as
+    /// `maintenance` failures with side `platform`. Default false.
+    pub platform_maintenance: bool,
+    pub writer: WriterConfig,
+    pub gateway: GatewayConfig,
+    pub http: HttpConfig,
+    /// Bearer tokens. When none are configured, `serve` creates one with every role and writes
+    /// it to `<data_dir>/admin.token`.
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// Commands waiting for the writer; beyond this callers get `overloaded`. Default 16384.
+    pub queue_capacity: usize,
+    /// Commands decided and made durable together (one flush). Default 2048.
+    pub batch_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Gateway calls in flight at once; beyond this callers get `overloaded`. Default 8192.
+    pub concurrency_max: usize,
+    /// A call that takes longer is recorded as a `network` failure. Default 3000 ms.
+    pub timeout_ms: u64,
+    /// The simulated gateway's scenario (the built-in gateway).
+    pub simulated: Scenario,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest accepted request body. Default 16384 bytes.
+    pub body_limit_bytes: usize,
+    /// Most events one feed request may return. Default 1,000,000.
+    pub feed_limit_max: u64,
+    /// Most items one page of a list may hold. Default 1000.
+    pub page_limit_max: usize,
+    /// Connections served at once. Default 4096.
+    pub connections_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("bindledger-data"),
+            listen: "127.0.0.1:8080".parse().expect("valid"),
+            secret_file: None,
+            max_bindings_per_account: 10,
+            platform_maintenance: false,
+            writer: WriterConfig::default(),
+            gateway: GatewayConfig::default(),
+            http: HttpConfig::default(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig { queue_capacity: 16384, batch_max: 2048 }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig { concurrency_max: 8192, timeout_ms: 3000, simulated: Scenario::default() }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { body_limit_bytes: 16384, feed_limit_max: 1_000_000, page_limit_max: 1000, connections_max: 4096 }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file (if given) and applies the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, Error> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?;
+                Self::from_toml(&text).map_err(|e| match e {
+                    Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+                    other => other,
+                })?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, Error> {
+        toml::from_str(text).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// `BINDLEDGER_DATA_DIR`, `BINDLEDGER_LISTEN`, `BINDLEDGER_SECRET_FILE`,
+    /// `BINDLEDGER_TOKENS` (`role+role:token,...`).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
+        if let Some(v) = get("BINDLEDGER_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("BINDLEDGER_LISTEN") {
+            self.listen = v.parse().map_err(|e| Error::Config(format!("BINDLEDGER_LISTEN: {e}")))?;
+        }
+        if let Some(v) = get("BINDLEDGER_SECRET_FILE") {
+            self.secret_file = Some(v.into());
+        }
+        if let Some(v) = get("BINDLEDGER_TOKENS") {
+            self.tokens = parse_tokens(&v)?;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::Config(m.to_owned()));
+        if self.writer.queue_capacity == 0 || self.writer.batch_max == 0 {
+            return bad("writer.queue_capacity and writer.batch_max must be at least 1");
+        }
+        if self.writer.batch_max > 65536 {
+            return bad("writer.batch_max must be at most 65536");
+        }
+        if self.gateway.concurrency_max == 0 || self.http.connections_max == 0 {
+            return bad("gateway.concurrency_max and http.connections_max must be at least 1");
+        }
+        if self.max_bindings_per_account == 0 {
+            return bad("max_bindings_per_account must be at least 1");
+        }
+        for t in &self.tokens {
+            if t.token.len() < 16 {
+                return bad("every token must be at least 16 characters long");
+            }
+            if t.roles.is_empty() {
+                return bad("every token needs at least one role");
+            }
+        }
+        self.gateway.simulated.validate()
+    }
+
+    pub fn secret_path(&self) -> PathBuf {
+        self.secret_file.clone().unwrap_or_else(|| self.data_dir.join("secret.key"))
+    }
+}
+
+/// Parses `writer:tok1,reader+auditor:tok2`.
+pub fn parse_tokens(s: &str) -> Result<Vec<TokenConfig>, Error> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|part| {
+            let (roles, token) = part
+                .trim()
+                .split_once(':')
+                .ok_or_else(|| Error::Config("BINDLEDGER_TOKENS entries look like role+role:token".into()))?;
+            let roles = roles
+                .split('+')
+                .map(|r| Role::parse(r).ok_or_else(|| Error::Config(format!("unknown role {r:?} (writer, reader, auditor)"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(TokenConfig { token: token.to_owned(), roles })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_and_env_overrides_file() {
+        let c = Config::from_toml("data_dir = \"/tmp/x\"\n[writer]\nbatch_max = 64\n").unwrap();
+        assert_eq!(c.writer.batch_max, 64);
+        assert_eq!(c.writer.queue_capacity, 16384);
+        let mut c = c;
+        c.apply_env(|k| match k {
+            "BINDLEDGER_DATA_DIR" => Some("/tmp/y".into()),
+            "BINDLEDGER_TOKENS" => Some("writer+reader:0123456789abcdef0,auditor:fedcba98765432100".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/y"));
+        assert_eq!(c.tokens[0].roles, vec![Role::Writer, Role::Reader]);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_config_is_refused_with_the_reason() {
+        let e = Config::from_toml("data_dri = 1").unwrap_err().to_string();
+        assert!(e.contains("data_dri"), "{e}");
+        let c = Config::from_toml("[writer]\nbatch_max = 0").unwrap();
+        assert!(c.validate().is_err());
+        assert!(parse_tokens("root:abc").is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! The library's one error enum. Each variant has a stable machine-readable code; the HTTP
+//! layer maps them to status codes. Messages never contain a secret.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The command is malformed; nothing was recorded. `code` is stable, `field` names the
+    /// offending input.
+    #[error("{message}")]
+    Invalid { code: &'static str, field: Option<&'static str>, message: String },
+    /// The idempotency key was used before for a different request.
+    #[error("idempotency key {key:?} was already used for a different request")]
+    IdempotencyKeyReused { key: String },
+    /// Optimistic concurrency: the account is not at the version the caller expected.
+    #[error("account is at version {actual}, the command expected version {expected}")]
+    VersionConflict { expected: u64, actual: u64 },
+    /// A bounded queue is full; retry later.
+    #[error("the ledger is overloaded ({0}); retry shortly")]
+    Overloaded(&'static str),
+    /// The log could not be written; the ledger stopped taking commands.
+    #[error("the event log could not be written: {0}")]
+    StorageFailed(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Io(String),
+    /// The configured secret is not the one this log was created with.
+    #[error("the configured ledger secret is not the one this log was created with; refusing to open it (fingerprints would no longer match)")]
+    SecretMismatch,
+    /// The log or a projection is corrupt.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("the ledger is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    pub fn invalid(code: &'static str, field: &'static str, message: impl fmt::Display) -> Error {
+        Error::Invalid { code, field: Some(field), message: message.to_string() }
+    }
+
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Invalid { code, .. } => code,
+            Error::IdempotencyKeyReused { .. } => "idempotency_key_reused",
+            Error::VersionConflict { .. } => "version_conflict",
+            Error::Overloaded(_) => "overloaded",
+            Error::StorageFailed(_) => "storage_failed",
+            Error::NotFound(_) => "not_found",
+            Error::Config(_) => "config",
+            Error::Io(_) => "io",
+            Error::SecretMismatch => "secret_mismatch",
+            Error::Corrupt(_) => "corrupt",
+            Error::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::StorageFailed(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,417 @@
+//! The wallet gateway: how the ledger asks a wallet provider to verify a binding and to
+//! authorise a payment. Calls are slow and fallible and happen **outside** the single writer.
+//!
+//! [`SimulatedGateway`] is the built-in provider used by the demo and the tests: deterministic
+//! from a seed and a [`Scenario`] (frozen and closed wallets, unknown accounts, maintenance
+//! windows, network errors, balances, passwords, SMS codes and biometric assertions).
+
+use bindledger_events::{Currency, Factor, Provider};
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::error::Error;
+
+/// What a provider can answer instead of "yes".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayFailure {
+    WalletFrozen,
+    WalletClosed,
+    /// The provider has no such wallet account (a mistyped phone number).
+    UnknownWallet,
+    WrongPassword,
+    FactorFailed(Factor),
+    InsufficientFunds,
+    Network,
+    Maintenance,
+}
+
+/// A bind to verify. Secrets are borrowed for the call and never kept.
+pub struct BindVerification<'a> {
+    pub provider: &'a Provider,
+    pub wallet_account: &'a str,
+    pub payment_password: &'a str,
+    pub factor: Option<(Factor, &'a str)>,
+    pub event_time: DateTime<Utc>,
+}
+
+/// A payment to authorise against a binding's agreement.
+pub struct PaymentAuthorization<'a> {
+    pub provider: &'a Provider,
+    /// The provider's reference for the binding, returned when it was verified.
+    pub agreement_id: &'a str,
+    pub order_id: &'a str,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub payment_password: &'a str,
+    pub factor: Option<(Factor, &'a str)>,
+    pub event_time: DateTime<Utc>,
+}
+
+pub trait WalletGateway: Send + Sync + 'static {
+    /// Verifies the wallet account and its secrets; on success returns the provider's
+    /// agreement id for the new binding.
+    fn verify_binding<'a>(&'a self, req: BindVerification<'a>) -> BoxFuture<'a, Result<String, GatewayFailure>>;
+    /// Authorises a payment; on success returns the provider's authorization id.
+    fn authorize_payment<'a>(&'a self, req: PaymentAuthorization<'a>) -> BoxFuture<'a, Result<String, GatewayFailure>>;
+    /// Releases an authorisation the ledger did not record as a success (a race lost in the
+    /// writer, a duplicate). Best effort.
+    fn void_payment<'a>(&'a self, provider: &'a Provider, authorization_id: &'a str) -> BoxFuture<'a, ()>;
+}
+
+/// A maintenance window of one provider, in event time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    pub provider: String,
+    pub from: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+}
+
+/// The simulated providers' world.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    /// Everything about a wallet derives from this seed and the wallet. Default 1.
+    pub seed: u64,
+    /// Wallets frozen by their provider, per thousand. Default 20.
+    pub frozen_per_mille: u32,
+    /// Wallets closed (deregistered), per thousand. Default 10.
+    pub closed_per_mille: u32,
+    /// Wallet accounts the provider does not know (typos), per thousand. Default 10.
+    pub unknown_per_mille: u32,
+    /// Calls that fail with a network error, per thousand. Default 5.
+    pub network_error_per_mille: u32,
+    /// Starting balance range of a wallet, minor units. Default 100.00 to 50,000.00.
+    pub balance_minor_min: i64,
+    pub balance_minor_max: i64,
+    /// Providers under maintenance, by event time.
+    pub maintenance: Vec<MaintenanceWindow>,
+    /// Simulated round-trip time of each call. Default 0.
+    pub latency_ms: u64,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            seed: 1,
+            frozen_per_mille: 20,
+            closed_per_mille: 10,
+            unknown_per_mille: 10,
+            network_error_per_mille: 5,
+            balance_minor_min: 100_00,
+            balance_minor_max: 50_000_00,
+            maintenance: Vec::new(),
+            latency_ms: 0,
+        }
+    }
+}
+
+impl Scenario {
+    /// A world where nothing goes wrong unless a test asks for it.
+    pub fn quiet(seed: u64) -> Scenario {
+        Scenario {
+            seed,
+            frozen_per_mille: 0,
+            closed_per_mille: 0,
+            unknown_per_mille: 0,
+            network_error_per_mille: 0,
+            ..Scenario::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        let total = self.frozen_per_mille + self.closed_per_mille + self.unknown_per_mille;
+        if total > 1000 || self.network_error_per_mille > 1000 {
+            return Err(Error::Config("gateway.simulated: per-mille rates must add up to at most 1000".into()));
+        }
+        if self.balance_minor_min < 0 || self.balance_minor_max < self.balance_minor_min {
+            return Err(Error::Config("gateway.simulated: need 0 <= balance_minor_min <= balance_minor_max".into()));
+        }
+        for w in &self.maintenance {
+            Provider::parse(&w.provider).map_err(|e| Error::Config(format!("gateway.simulated.maintenance: {e}")))?;
+            if w.until <= w.from {
+                return Err(Error::Config("gateway.simulated.maintenance: `until` must be after `from`".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a simulated wallet stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalletStatus {
+    Active,
+    Frozen,
+    Closed,
+    Unknown,
+}
+
+/// Most wallets whose spending the simulator remembers; beyond it, balances start afresh.
+const SIMULATED_WALLETS_MAX: usize = 1_000_000;
+
+pub struct SimulatedGateway {
+    scenario: Scenario,
+    calls: AtomicU64,
+    /// Spent minor units per agreement. A std Mutex: held for a map lookup, never across await.
+    spent: Mutex<HashMap<String, i64>>,
+    /// Authorisations not voided yet, for `void_payment`: id -> (agreement, amount).
+    authorizations: Mutex<HashMap<String, (String, i64)>>,
+}
+
+fn derive(seed: u64, parts: &[&str]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(seed.to_be_bytes());
+    for p in parts {
+        h.update((p.len() as u32).to_be_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().into()
+}
+
+fn number(bytes: &[u8; 32], offset: usize) -> u64 {
+    u64::from_be_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
+}
+
+impl SimulatedGateway {
+    pub fn new(scenario: Scenario) -> Self {
+        SimulatedGateway {
+            scenario,
+            calls: AtomicU64::new(0),
+            spent: Mutex::new(HashMap::new()),
+            authorizations: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The agreement id the provider issues for a wallet (stable for the wallet).
+    pub fn agreement_id(&self, provider: &Provider, wallet_account: &str) -> String {
+        let normalized = crate::secret::normalize_wallet_account(wallet_account);
+        let d = derive(self.scenario.seed, &["agreement", provider.as_str(), &normalized]);
+        format!("agr_{}", hex::encode(&d[..12]))
+    }
+
+    fn agreement_facts(&self, agreement: &str) -> [u8; 32] {
+        derive(self.scenario.seed, &["facts", agreement])
+    }
+
+    /// The wallet's standing at its provider.
+    pub fn wallet_status(&self, provider: &Provider, wallet_account: &str) -> WalletStatus {
+        self.status_of(&self.agreement_id(provider, wallet_account))
+    }
+
+    fn status_of(&self, agreement: &str) -> WalletStatus {
+        let roll = (number(&self.agreement_facts(agreement), 0) % 1000) as u32;
+        let s = &self.scenario;
+        if roll < s.frozen_per_mille {
+            WalletStatus::Frozen
+        } else if roll < s.frozen_per_mille + s.closed_per_mille {
+            WalletStatus::Closed
+        } else if roll < s.frozen_per_mille + s.closed_per_mille + s.unknown_per_mille {
+            WalletStatus::Unknown
+        } else {
+            WalletStatus::Active
+        }
+    }
+
+    /// The wallet's payment password (what its owner knows; six digits).
+    pub fn password_for(&self, provider: &Provider, wallet_account: &str) -> String {
+        self.password_of(&self.agreement_id(provider, wallet_account))
+    }
+
+    fn password_of(&self, agreement: &str) -> String {
+        format!("{:06}", number(&self.agreement_facts(agreement), 8) % 1_000_000)
+    }
+
+    /// The SMS code the provider sends, or the biometric assertion the owner's device makes.
+    pub fn factor_code_for(&self, provider: &Provider, wallet_account: &str, factor: Factor) -> String {
+        self.factor_code_of(&self.agreement_id(provider, wallet_account), factor)
+    }
+
+    fn factor_code_of(&self, agreement: &str, factor: Factor) -> String {
+        let d = derive(self.scenario.seed, &["factor", agreement, factor.as_str()]);
+        match factor {
+            Factor::Sms | Factor::Password => format!("{:06}", number(&d, 0) % 1_000_000),
+            Factor::Fingerprint | Factor::Face => format!("bio_{}", hex::encode(&d[..8])),
+        }
+    }
+
+    /// The wallet's starting balance.
+    pub fn initial_balance_minor(&self, provider: &Provider, wallet_account: &str) -> i64 {
+        self.initial_balance_of(&self.agreement_id(provider, wallet_account))
+    }
+
+    fn initial_balance_of(&self, agreement: &str) -> i64 {
+        let s = &self.scenario;
+        let span = (s.balance_minor_max - s.balance_minor_min) as u64 + 1;
+        s.balance_minor_min + (number(&self.agreement_facts(agreement), 16) % span) as i64
+    }
+
+    fn in_maintenance(&self, provider: &Provider, t: DateTime<Utc>) -> bool {
+        self.scenario.maintenance.iter().any(|w| w.provider == provider.as_str() && w.from <= t && t < w.until)
+    }
+
+    fn network_fails(&self) -> bool {
+        if self.scenario.network_error_per_mille == 0 {
+            return false;
+        }
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        let d = derive(self.scenario.seed, &["network", &n.to_string()]);
+        ((number(&d, 0) % 1000) as u32) < self.scenario.network_error_per_mille
+    }
+
+    async fn latency(&self) {
+        if self.scenario.latency_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(self.scenario.latency_ms)).await;
+        }
+    }
+
+    fn check_factor(&self, agreement: &str, factor: Option<(Factor, &str)>) -> Result<(), GatewayFailure> {
+        match factor {
+            Some((kind, code)) if self.factor_code_of(agreement, kind) != code => Err(GatewayFailure::FactorFailed(kind)),
+            _ => Ok(()),
+        }
+    }
+
+    fn verify_now(&self, req: &BindVerification<'_>) -> Result<String, GatewayFailure> {
+        if self.in_maintenance(req.provider, req.event_time) {
+            return Err(GatewayFailure::Maintenance);
+        }
+        if self.network_fails() {
+            return Err(GatewayFailure::Network);
+        }
+        let agreement = self.agreement_id(req.provider, req.wallet_account);
+        match self.status_of(&agreement) {
+            WalletStatus::Frozen => return Err(GatewayFailure::WalletFrozen),
+            WalletStatus::Closed => return Err(GatewayFailure::WalletClosed),
+            WalletStatus::Unknown => return Err(GatewayFailure::UnknownWallet),
+            WalletStatus::Active => {}
+        }
+        if self.password_of(&agreement) != req.payment_password {
+            return Err(GatewayFailure::WrongPassword);
+        }
+        self.check_factor(&agreement, req.factor)?;
+        Ok(agreement)
+    }
+
+    fn authorize_now(&self, req: &PaymentAuthorization<'_>) -> Result<String, GatewayFailure> {
+        if self.in_maintenance(req.provider, req.event_time) {
+            return Err(GatewayFailure::Maintenance);
+        }
+        if self.network_fails() {
+            return Err(GatewayFailure::Network);
+        }
+        match self.status_of(req.agreement_id) {
+            WalletStatus::Frozen => return Err(GatewayFailure::WalletFrozen),
+            WalletStatus::Closed | WalletStatus::Unknown => return Err(GatewayFailure::WalletClosed),
+            WalletStatus::Active => {}
+        }
+        if self.password_of(req.agreement_id) != req.payment_password {
+            return Err(GatewayFailure::WrongPassword);
+        }
+        self.check_factor(req.agreement_id, req.factor)?;
+        let initial = self.initial_balance_of(req.agreement_id);
+        {
+            let mut spent = self.spent.lock().expect("simulator lock");
+            if spent.len() >= SIMULATED_WALLETS_MAX && !spent.contains_key(req.agreement_id) {
+                spent.clear();
+            }
+            let s = spent.entry(req.agreement_id.to_owned()).or_insert(0);
+            if initial - *s < req.amount_minor {
+                return Err(GatewayFailure::InsufficientFunds);
+            }
+            *s += req.amount_minor;
+        }
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        let id = format!("auth_{}", hex::encode(&derive(self.scenario.seed, &["auth", req.agreement_id, req.order_id, &n.to_string()])[..12]));
+        let mut auths = self.authorizations.lock().expect("simulator lock");
+        if auths.len() >= SIMULATED_WALLETS_MAX {
+            auths.clear();
+        }
+        auths.insert(id.clone(), (req.agreement_id.to_owned(), req.amount_minor));
+        Ok(id)
+    }
+}
+
+impl WalletGateway for SimulatedGateway {
+    fn verify_binding<'a>(&'a self, req: BindVerification<'a>) -> BoxFuture<'a, Result<String, GatewayFailure>> {
+        Box::pin(async move {
+            self.latency().await;
+            self.verify_now(&req)
+        })
+    }
+
+    fn authorize_payment<'a>(&'a self, req: PaymentAuthorization<'a>) -> BoxFuture<'a, Result<String, GatewayFailure>> {
+        Box::pin(async move {
+            self.latency().await;
+            self.authorize_now(&req)
+        })
+    }
+
+    fn void_payment<'a>(&'a self, _provider: &'a Provider, authorization_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let found = self.authorizations.lock().expect("simulator lock").remove(authorization_id);
+            if let Some((agreement, amount)) = found {
+                if let Some(s) = self.spent.lock().expect("simulator lock").get_mut(&agreement) {
+                    *s -= amount;
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gw() -> SimulatedGateway {
+        SimulatedGateway::new(Scenario { network_error_per_mille: 0, ..Scenario::default() })
+    }
+
+    #[test]
+    fn the_world_is_deterministic_from_the_seed() {
+        let p = Provider::parse("alipay").unwrap();
+        let (a, b) = (gw(), gw());
+        for i in 0..200 {
+            let phone = format!("1380000{i:04}");
+            assert_eq!(a.password_for(&p, &phone), b.password_for(&p, &phone));
+            assert_eq!(a.wallet_status(&p, &phone), b.wallet_status(&p, &phone));
+        }
+        let other = SimulatedGateway::new(Scenario { seed: 2, ..Scenario::default() });
+        assert_ne!(a.password_for(&p, "13800000001"), other.password_for(&p, "13800000001"));
+        // The default rates give some frozen and closed wallets among many.
+        let statuses: Vec<_> = (0..2000).map(|i| a.wallet_status(&p, &format!("139{i:08}"))).collect();
+        assert!(statuses.contains(&WalletStatus::Frozen) && statuses.contains(&WalletStatus::Closed));
+    }
+
+    #[tokio::test]
+    async fn balances_run_out_and_voids_give_them_back() {
+        let g = gw();
+        let p = Provider::parse("wechat_pay").unwrap();
+        let phone = (0..1000).map(|i| format!("137{i:08}")).find(|ph| g.wallet_status(&p, ph) == WalletStatus::Active).unwrap();
+        let agreement = g.agreement_id(&p, &phone);
+        let pw = g.password_for(&p, &phone);
+        let balance = g.initial_balance_minor(&p, &phone);
+        let pay = |amount_minor| PaymentAuthorization {
+            provider: &p,
+            agreement_id: &agreement,
+            order_id: "o",
+            amount_minor,
+            currency: Currency::CNY,
+            payment_password: &pw,
+            factor: None,
+            event_time: Utc::now(),
+        };
+        let auth = g.authorize_payment(pay(balance)).await.unwrap();
+        assert_eq!(g.authorize_payment(pay(1)).await, Err(GatewayFailure::InsufficientFunds));
+        g.void_payment(&p, &auth).await;
+        assert!(g.authorize_payment(pay(1)).await.is_ok());
+        let mut wrong = pay(1);
+        let bad = "x".to_string();
+        wrong.payment_password = &bad;
+        assert_eq!(g.authorize_payment(wrong).await, Err(GatewayFailure::WrongPassword));
+    }
+}

@@ -1,0 +1,436 @@
+//! The HTTP API (axum). Commands under `/v1/accounts/{account}/...`, reads of the projections,
+//! the NDJSON event feed for auditors, `/healthz` and `/metrics`.
+//!
+//! Every error is JSON `{"error": {"code", "message", "field"}}` with a stable code. Bodies are
+//! size-limited, requests in flight are bounded, and bearer tokens carry roles: a missing or
+//! unknown token is 401, a token without the needed role is 403.
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bindledger_events::{Event, Hash, Payload};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+use crate::command::{self, BindRequest, PayRequest, UnbindRequest};
+use crate::config::{HttpConfig, Role, TokenConfig};
+use crate::error::Error;
+use crate::ledger::{CommandResult, Ledger};
+use crate::projection::Binding;
+
+pub struct AppState {
+    pub ledger: Ledger,
+    /// SHA-256 of each token, with its roles: tokens themselves are not kept in memory here.
+    tokens: Vec<([u8; 32], Vec<Role>)>,
+    http: HttpConfig,
+    /// Requests in flight; beyond the bound the answer is 503 `overloaded`.
+    in_flight: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn new(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig) -> Arc<AppState> {
+        let tokens = tokens.iter().map(|t| (Sha256::digest(t.token.as_bytes()).into(), t.roles.clone())).collect();
+        let in_flight = Arc::new(Semaphore::new(http.connections_max));
+        Arc::new(AppState { ledger, tokens, http, in_flight })
+    }
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), field: None }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Error::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::VersionConflict { .. } => StatusCode::CONFLICT,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Overloaded(_) | Error::ShuttingDown | Error::StorageFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR || matches!(e, Error::StorageFailed(_)) {
+            tracing::error!(error = %e, "request failed");
+        }
+        let field = match &e {
+            Error::Invalid { field, .. } => *field,
+            _ => None,
+        };
+        ApiError { status, code: e.code(), message: e.to_string(), field }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        let mut r = (self.status, Json(body)).into_response();
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn authorize(state: &AppState, headers: &HeaderMap, role: Role) -> ApiResult<()> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "send Authorization: Bearer <token>"))?;
+    let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+    let roles = state
+        .tokens
+        .iter()
+        .find(|(d, _)| *d == digest)
+        .map(|(_, r)| r)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token"))?;
+    if roles.contains(&role) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this token lacks the {role:?} role").to_lowercase()))
+    }
+}
+
+/// serde's messages quote the offending value ("invalid type: integer `123456`"); a value may
+/// be a password, so quoted values are cut from the message.
+fn redact_values(message: &str) -> String {
+    if !(message.starts_with("invalid type") || message.starts_with("invalid value") || message.starts_with("invalid length")) {
+        return message.to_owned();
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut inside = false;
+    for c in message.chars() {
+        if c == '`' {
+            if !inside {
+                out.push_str("(value hidden)");
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is larger than the limit")
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", "the request body could not be read")
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
+            }
+            Category::Data => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", redact_values(&e.to_string())),
+        }
+    })
+}
+
+fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
+    p.map(|Path(t)| t).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(t)| t).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+}
+
+fn command_response(r: CommandResult) -> Response {
+    let status = if r.replayed { StatusCode::OK } else { StatusCode::CREATED };
+    let outcome = if r.event.payload.succeeded() { "succeeded" } else { "failed" };
+    let body = json!({
+        "outcome": outcome,
+        "event_type": r.event.event_type(),
+        "failure_code": r.event.payload.failure_code(),
+        "replayed": r.replayed,
+        "hash": r.hash,
+        "event": r.event,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn bind(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    account: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Writer)?;
+    let account = path(account)?;
+    let req: BindRequest = parse_body(body)?;
+    let cmd = req.validate(&account, chrono::Utc::now()).inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    Ok(command_response(s.ledger.bind(cmd).await?))
+}
+
+async fn pay(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    account: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Writer)?;
+    let account = path(account)?;
+    let req: PayRequest = parse_body(body)?;
+    let cmd = req.validate(&account, chrono::Utc::now()).inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    Ok(command_response(s.ledger.pay(cmd).await?))
+}
+
+async fn unbind(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Writer)?;
+    let (account, binding_id) = path(p)?;
+    let req: UnbindRequest = parse_body(body)?;
+    let cmd = req.validate(&account, &binding_id, chrono::Utc::now()).inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    Ok(command_response(s.ledger.unbind(cmd).await?))
+}
+
+/// A binding as shown to readers (without the provider's agreement reference).
+fn binding_view(b: &Binding) -> serde_json::Value {
+    json!({
+        "binding_id": b.binding_id,
+        "provider": b.provider,
+        "wallet": b.wallet,
+        "status": b.status,
+        "bound_at": b.bound_at,
+        "unbound_at": b.unbound_at,
+        "last_used_at": b.last_used_at,
+        "payments_count": b.payments_count,
+    })
+}
+
+async fn bindings(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    account: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Reader)?;
+    let account = path(account)?;
+    command::validate_account(&account)?;
+    let state = s.ledger.account(&account).unwrap_or_default();
+    let list: Vec<_> = state.bindings.iter().map(binding_view).collect();
+    Ok(Json(json!({"account": account, "version": state.version, "bindings": list})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<usize>,
+    before: Option<u64>,
+    after_version: Option<u64>,
+}
+
+fn payment_view(e: &Event) -> Option<serde_json::Value> {
+    let common = |status: &str, order_id: &str, amount_minor: i64, currency: &bindledger_events::Currency, binding_id| {
+        json!({
+            "seq": e.seq,
+            "event_id": e.id,
+            "event_time": e.event_time,
+            "status": status,
+            "order_id": order_id,
+            "binding_id": binding_id,
+            "amount_minor": amount_minor,
+            "currency": currency,
+            "amount_display": currency.format(amount_minor),
+        })
+    };
+    match &e.payload {
+        Payload::PaymentSucceeded { binding_id, provider, wallet, order_id, amount_minor, currency, .. } => {
+            let mut v = common("succeeded", order_id, *amount_minor, currency, binding_id);
+            v["provider"] = json!(provider);
+            v["wallet"] = json!(wallet.masked);
+            Some(v)
+        }
+        Payload::PaymentFailed { binding_id, order_id, amount_minor, currency, reason, .. } => {
+            let mut v = common("failed", order_id, *amount_minor, currency, binding_id);
+            v["reason"] = json!(reason);
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
+async fn payments(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    account: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Reader)?;
+    let account = path(account)?;
+    command::validate_account(&account)?;
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, s.http.page_limit_max);
+    let events = s.ledger.payments(&account, q.before, limit)?;
+    let next = if events.len() == limit { events.last().map(|e| e.seq) } else { None };
+    let list: Vec<_> = events.iter().filter_map(payment_view).collect();
+    Ok(Json(json!({"account": account, "payments": list, "next_before": next})).into_response())
+}
+
+async fn history(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    account: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Reader)?;
+    let account = path(account)?;
+    command::validate_account(&account)?;
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
+    let events = s.ledger.history(&account, q.after_version.unwrap_or(0), limit)?;
+    let next = if events.len() == limit { events.last().map(|e| e.account_seq) } else { None };
+    Ok(Json(json!({"account": account, "events": events, "next_after_version": next})).into_response())
+}
+
+async fn wallet_accounts(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    fp: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Reader)?;
+    let fp = path(fp)?;
+    let hash = Hash::from_hex(&fp)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_fingerprint", "a wallet fingerprint is 64 hex characters"))?;
+    Ok(Json(json!({"fingerprint": hash, "accounts": s.ledger.wallet_accounts(&hash)})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    from: Option<u64>,
+    limit: Option<u64>,
+}
+
+/// Events per chunk of the feed's body.
+const FEED_CHUNK_EVENTS: usize = 512;
+
+/// The global event feed: the stored bytes of each event, one per line, from `from` (default
+/// 1), at most `limit`. Streamed; a consumer can verify the chain from it.
+async fn feed(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<FeedQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Auditor)?;
+    let q = query(q)?;
+    let from = q.from.unwrap_or(1).max(1);
+    let limit = q.limit.unwrap_or(s.http.feed_limit_max).min(s.http.feed_limit_max);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let ledger = s.ledger.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::with_capacity(FEED_CHUNK_EVENTS * 512);
+        let mut in_chunk = 0;
+        for r in ledger.raw_events(from).take(limit as usize) {
+            match r {
+                Ok((_, bytes)) => {
+                    chunk.extend_from_slice(&bytes);
+                    chunk.push(b'\n');
+                    in_chunk += 1;
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            }
+            if in_chunk == FEED_CHUNK_EVENTS {
+                if tx.blocking_send(Ok(Bytes::from(std::mem::take(&mut chunk)))).is_err() {
+                    return;
+                }
+                in_chunk = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.blocking_send(Ok(Bytes::from(chunk)));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let mut r = Body::from_stream(stream).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(r)
+}
+
+async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+    if s.ledger.is_healthy() {
+        Json(json!({"status": "ok", "events": s.ledger.log_len()})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed", "events": s.ledger.log_len()}))).into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let mut r = s.ledger.metrics().render().into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see the README for the API")
+}
+
+async fn bound_in_flight(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match s.in_flight.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight; retry shortly").into_response(),
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/accounts/{account}/bindings", post(bind).get(bindings))
+        .route("/v1/accounts/{account}/bindings/{binding_id}/unbind", post(unbind))
+        .route("/v1/accounts/{account}/payments", post(pay).get(payments))
+        .route("/v1/accounts/{account}/events", get(history))
+        .route("/v1/wallets/{fingerprint}/accounts", get(wallet_accounts))
+        .route("/v1/events", get(feed))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), bound_in_flight))
+        .layer(DefaultBodyLimit::max(state.http.body_limit_bytes))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

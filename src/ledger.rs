@@ -1,0 +1,390 @@
+//! The ledger handle: the library API. A command goes through
+//! 1. validation (done when the command was built),
+//! 2. an idempotency look-up and pre-checks against the read model, so that a retry or a
+//!    command that would be refused anyway never reaches the provider,
+//! 3. the wallet gateway, concurrently, outside the writer (bounded by a semaphore and a
+//!    timeout),
+//! 4. the single writer, through a bounded queue; the answer comes once the event is durable.
+
+use bindledger_events::{codec, hash_bytes, ChainVerifier, Event, Hash, Payload, PaymentFailure};
+use chrono::Utc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::command::{BindCommand, Meta, PayCommand, UnbindCommand};
+use crate::config::Config;
+use crate::decide::{self, BindFacts, BindVerdict, PayFacts, PayVerdict, Rules};
+use crate::error::{Error, Result};
+use crate::gateway::{BindVerification, GatewayFailure, PaymentAuthorization, WalletGateway};
+use crate::metrics::Metrics;
+use crate::projection::{AccountState, Projection};
+use crate::secret::LedgerSecret;
+use crate::store::Store;
+use crate::writer::{Committed, Request, Submission, Writer};
+
+pub use crate::writer::Committed as CommandResult;
+
+/// A handle to an open ledger. Cheap to clone; the writer stops when the last handle is
+/// closed or dropped.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    secret: LedgerSecret,
+    gateway: Arc<dyn WalletGateway>,
+    /// Bounded queue to the writer; `None` once closed.
+    tx: RwLock<Option<mpsc::Sender<Submission>>>,
+    read: Arc<RwLock<Projection>>,
+    /// Gateway calls in flight.
+    gateway_permits: Semaphore,
+    gateway_timeout: Duration,
+    rules: Rules,
+    metrics: Arc<Metrics>,
+    failed: Arc<AtomicBool>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.write().expect("lock").take();
+        if let Some(h) = self.writer.lock().expect("lock").take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Ledger {
+    /// Opens the log in `config.data_dir`, loads the projection (folding any events it had not
+    /// seen yet) and starts the writer.
+    pub fn open(config: &Config, secret: LedgerSecret, gateway: Arc<dyn WalletGateway>) -> Result<Ledger> {
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        store.check_secret(&secret.check_value())?;
+        let (position, accounts) = store.load_accounts()?;
+        let mut state = Projection::from_accounts(position, accounts);
+        // Resume: fold what the stored projection has not seen (and check those links).
+        let head = store.head()?;
+        let (last_seq, last_hash) = head.unwrap_or((0, bindledger_events::GENESIS_HASH));
+        if position > last_seq {
+            return Err(Error::Corrupt(format!("projection position {position} is past the log's end {last_seq}")));
+        }
+        if position < last_seq {
+            let mut verifier = match position {
+                0 => ChainVerifier::new(),
+                p => {
+                    let b = store.event_bytes(p)?.ok_or_else(|| Error::Corrupt(format!("event {p} missing")))?;
+                    ChainVerifier::resume(p, hash_bytes(&b))
+                }
+            };
+            for r in store.scan_events(position + 1) {
+                let (_, bytes) = r?;
+                let (event, _) = verifier.push(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+                state.apply(&event);
+            }
+            tracing::info!(from = position, to = last_seq, "projection caught up with the log");
+        }
+        let metrics = Arc::new(Metrics::default());
+        metrics.log_events.store(last_seq, Ordering::Relaxed);
+        let read = Arc::new(RwLock::new(state.clone()));
+        let failed = Arc::new(AtomicBool::new(false));
+        let rules = Rules {
+            max_bindings_per_account: config.max_bindings_per_account,
+            platform_maintenance: config.platform_maintenance,
+        };
+        let (tx, rx) = mpsc::channel(config.writer.queue_capacity);
+        let writer = Writer {
+            store: store.clone(),
+            state,
+            read: read.clone(),
+            next_seq: last_seq + 1,
+            prev_hash: last_hash,
+            rules,
+            batch_max: config.writer.batch_max,
+            metrics: metrics.clone(),
+            failed: failed.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("bindledger-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::Io(format!("starting the writer thread: {e}")))?;
+        tracing::info!(events = last_seq, dir = %config.data_dir.display(), "ledger open");
+        Ok(Ledger {
+            inner: Arc::new(Inner {
+                store,
+                secret,
+                gateway,
+                tx: RwLock::new(Some(tx)),
+                read,
+                gateway_permits: Semaphore::new(config.gateway.concurrency_max),
+                gateway_timeout: Duration::from_millis(config.gateway.timeout_ms),
+                rules,
+                metrics,
+                failed,
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    /// Stops taking commands, lets the writer finish what is queued, and waits for it.
+    pub fn close(&self) {
+        self.inner.tx.write().expect("lock").take();
+        let handle = self.inner.writer.lock().expect("lock").take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn secret(&self) -> &LedgerSecret {
+        &self.inner.secret
+    }
+
+    /// Number of events in the log.
+    pub fn log_len(&self) -> u64 {
+        self.inner.metrics.log_events.load(Ordering::Relaxed)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        !self.inner.failed.load(Ordering::SeqCst) && self.inner.tx.read().expect("lock").is_some()
+    }
+
+    fn now_meta(meta: &mut Meta) {
+        if meta.event_time.is_none() {
+            meta.event_time = Some(bindledger_events::types::micros::truncate(Utc::now()));
+        }
+    }
+
+    /// The original result, if this idempotency key was used before with the same request.
+    fn replay_if_known(&self, meta: &Meta, digest: &Hash) -> Result<Option<Committed>> {
+        let Some(key) = meta.idempotency_key.as_deref() else { return Ok(None) };
+        match self.inner.store.idempotency(&meta.account, key)? {
+            None => Ok(None),
+            Some((_, d)) if &d != digest => {
+                self.inner.metrics.count_rejected("idempotency_key_reused");
+                Err(Error::IdempotencyKeyReused { key: key.to_owned() })
+            }
+            Some((seq, _)) => {
+                let bytes = self.inner.store.event_bytes(seq)?.ok_or_else(|| Error::Corrupt(format!("event {seq} missing")))?;
+                let event = codec::decode(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+                self.inner.metrics.idempotent_replays.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(Committed { event, hash: hash_bytes(&bytes), replayed: true }))
+            }
+        }
+    }
+
+    fn check_version(&self, meta: &Meta, acct: Option<&AccountState>) -> Result<()> {
+        if let Some(expected) = meta.expected_version {
+            let actual = acct.map_or(0, |a| a.version);
+            if expected != actual {
+                self.inner.metrics.count_rejected("version_conflict");
+                return Err(Error::VersionConflict { expected, actual });
+            }
+        }
+        Ok(())
+    }
+
+    async fn submit(&self, request: Request) -> Result<Committed> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let guard = self.inner.tx.read().expect("lock");
+            let tx = guard.as_ref().ok_or(Error::ShuttingDown)?;
+            tx.try_send(Submission { request, reply }).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    self.inner.metrics.count_rejected("overloaded");
+                    Error::Overloaded("the writer queue is full")
+                }
+                mpsc::error::TrySendError::Closed(_) => Error::StorageFailed("the writer has stopped".into()),
+            })?;
+        }
+        rx.await.map_err(|_| Error::StorageFailed("the writer stopped before answering".into()))?
+    }
+
+    async fn with_gateway<T>(&self, call: impl std::future::Future<Output = std::result::Result<T, GatewayFailure>>) -> Result<std::result::Result<T, GatewayFailure>> {
+        let _permit = self.inner.gateway_permits.try_acquire().map_err(|_| {
+            self.inner.metrics.count_rejected("overloaded");
+            Error::Overloaded("too many wallet provider calls in flight")
+        })?;
+        Ok(tokio::time::timeout(self.inner.gateway_timeout, call).await.unwrap_or(Err(GatewayFailure::Network)))
+    }
+
+    /// Binds a wallet. The answer is the recorded event: `wallet_bound` or `bind_failed`.
+    pub async fn bind(&self, mut cmd: BindCommand) -> Result<Committed> {
+        Self::now_meta(&mut cmd.meta);
+        let secret = &self.inner.secret;
+        let wallet = secret.wallet_ref(&cmd.provider, cmd.wallet_account.expose());
+        let factor = cmd.factor.as_ref().map(|(f, _)| *f);
+        let digest = secret.mac(&[
+            b"bind",
+            cmd.meta.account.as_bytes(),
+            cmd.provider.as_str().as_bytes(),
+            &wallet.fingerprint.0,
+            factor.map_or("", |f| f.as_str()).as_bytes(),
+        ]);
+        if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
+            return Ok(done);
+        }
+        let facts = BindFacts { provider: cmd.provider.clone(), wallet, factor };
+        let pre = {
+            let read = self.inner.read.read().expect("lock");
+            let acct = read.accounts.get(&cmd.meta.account);
+            self.check_version(&cmd.meta, acct)?;
+            decide::precheck_bind(acct, &facts, self.inner.rules)
+        };
+        let verdict = match pre {
+            Some(reason) => BindVerdict::Skipped(reason),
+            None => {
+                let call = self.inner.gateway.verify_binding(BindVerification {
+                    provider: &cmd.provider,
+                    wallet_account: cmd.wallet_account.expose(),
+                    payment_password: cmd.payment_password.expose(),
+                    factor: cmd.factor.as_ref().map(|(f, c)| (*f, c.expose())),
+                    event_time: cmd.meta.event_time.expect("set above"),
+                });
+                match self.with_gateway(call).await? {
+                    Ok(agreement_id) => BindVerdict::Verified { agreement_id },
+                    Err(f) => BindVerdict::Failed(f),
+                }
+            }
+        };
+        self.submit(Request::Bind { meta: cmd.meta, digest, facts, verdict }).await
+    }
+
+    /// Pays with a bound wallet: `payment_succeeded` or `payment_failed`.
+    pub async fn pay(&self, mut cmd: PayCommand) -> Result<Committed> {
+        Self::now_meta(&mut cmd.meta);
+        let factor = cmd.factor.as_ref().map(|(f, _)| *f);
+        let digest = self.inner.secret.mac(&[
+            b"pay",
+            cmd.meta.account.as_bytes(),
+            cmd.binding_id.as_bytes(),
+            cmd.order_id.as_bytes(),
+            &cmd.amount_minor.to_be_bytes(),
+            cmd.currency.as_str().as_bytes(),
+            factor.map_or("", |f| f.as_str()).as_bytes(),
+        ]);
+        if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
+            return Ok(done);
+        }
+        let facts = PayFacts {
+            binding_id: cmd.binding_id,
+            order_id: cmd.order_id.clone(),
+            amount_minor: cmd.amount_minor,
+            currency: cmd.currency,
+            factor,
+        };
+        let (pre, binding) = {
+            let read = self.inner.read.read().expect("lock");
+            let acct = read.accounts.get(&cmd.meta.account);
+            self.check_version(&cmd.meta, acct)?;
+            let pre = decide::precheck_pay(acct, cmd.binding_id, self.inner.rules);
+            let binding = acct.and_then(|a| a.active_binding(cmd.binding_id)).map(|b| (b.provider.clone(), b.agreement_id.clone()));
+            (pre, binding)
+        };
+        let (provider, agreement) = match (pre, binding) {
+            (None, Some(binding)) => binding,
+            (pre, _) => {
+                let reason = pre.unwrap_or(PaymentFailure::BindingNotActive);
+                let verdict = PayVerdict::Skipped(reason);
+                return self.submit(Request::Pay { meta: cmd.meta, digest, facts, verdict }).await;
+            }
+        };
+        let call = self.inner.gateway.authorize_payment(PaymentAuthorization {
+            provider: &provider,
+            agreement_id: &agreement,
+            order_id: &cmd.order_id,
+            amount_minor: cmd.amount_minor,
+            currency: cmd.currency,
+            payment_password: cmd.payment_password.expose(),
+            factor: cmd.factor.as_ref().map(|(f, c)| (*f, c.expose())),
+            event_time: cmd.meta.event_time.expect("set above"),
+        });
+        let verdict = match self.with_gateway(call).await? {
+            Ok(authorization_id) => PayVerdict::Authorized { authorization_id },
+            Err(f) => PayVerdict::Failed(f),
+        };
+        let authorized = match &verdict {
+            PayVerdict::Authorized { authorization_id } => Some(authorization_id.clone()),
+            _ => None,
+        };
+        let result = self.submit(Request::Pay { meta: cmd.meta, digest, facts, verdict }).await;
+        if let Some(auth) = authorized {
+            // Release the authorisation unless this very authorisation was recorded as a
+            // success (the writer may have found the binding gone, or a racing retry won).
+            let recorded = matches!(&result, Ok(c) if !c.replayed
+                && matches!(&c.event.payload, Payload::PaymentSucceeded { authorization_id, .. } if *authorization_id == auth));
+            if !recorded {
+                self.inner.gateway.void_payment(&provider, &auth).await;
+            }
+        }
+        result
+    }
+
+    /// Unbinds a wallet: `wallet_unbound` or `unbind_failed`.
+    pub async fn unbind(&self, mut cmd: UnbindCommand) -> Result<Committed> {
+        Self::now_meta(&mut cmd.meta);
+        let digest = self.inner.secret.mac(&[b"unbind", cmd.meta.account.as_bytes(), cmd.binding_id.as_bytes()]);
+        if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
+            return Ok(done);
+        }
+        {
+            let read = self.inner.read.read().expect("lock");
+            self.check_version(&cmd.meta, read.accounts.get(&cmd.meta.account))?;
+        }
+        self.submit(Request::Unbind { meta: cmd.meta, digest, binding_id: cmd.binding_id }).await
+    }
+
+    // ---- reads ----
+
+    /// An account's bindings and version (only durable events are visible).
+    pub fn account(&self, account: &str) -> Option<AccountState> {
+        self.inner.read.read().expect("lock").accounts.get(account).cloned()
+    }
+
+    /// Accounts where a wallet fingerprint is actively bound.
+    pub fn wallet_accounts(&self, fingerprint: &Hash) -> Vec<String> {
+        self.inner.read.read().expect("lock").wallets.get(fingerprint).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// A copy of the whole read model (for checks and tests; costly on large ledgers).
+    pub fn projection(&self) -> Projection {
+        self.inner.read.read().expect("lock").clone()
+    }
+
+    fn events_at(&self, seqs: Vec<u64>) -> Result<Vec<Event>> {
+        seqs.into_iter()
+            .map(|seq| {
+                let b = self.inner.store.event_bytes(seq)?.ok_or_else(|| Error::Corrupt(format!("event {seq} missing")))?;
+                codec::decode(&b).map_err(|e| Error::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// An account's payment events (succeeded and failed), newest first, with `seq < before`.
+    pub fn payments(&self, account: &str, before: Option<u64>, limit: usize) -> Result<Vec<Event>> {
+        self.events_at(self.inner.store.payment_seqs(account, before, limit)?)
+    }
+
+    /// An account's events with `account_seq > after_version`, oldest first.
+    pub fn history(&self, account: &str, after_version: u64, limit: usize) -> Result<Vec<Event>> {
+        self.events_at(self.inner.store.account_event_seqs(account, after_version, limit)?)
+    }
+
+    /// Raw stored events from `from` on (the bytes the hash chain covers). Only durable events:
+    /// the iterator stops at the log length seen when it was made.
+    pub fn raw_events(&self, from: u64) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + Send + 'static {
+        let end = self.log_len();
+        self.inner.store.scan_events(from.max(1)).take_while(move |r| r.as_ref().map_or(true, |(seq, _)| *seq <= end))
+    }
+
+    /// Size of the store's files on disk.
+    pub fn store_size_bytes(&self) -> u64 {
+        self.inner.store.size_on_disk()
+    }
+}

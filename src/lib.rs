@@ -1,0 +1,40 @@
+//! # bindledger: an event-sourced ledger of payment-wallet bindings
+//!
+//! Shoppers bind digital wallets to their account, pay with them and unbind them. Every
+//! command ends in exactly one event, a success or a typed failure, appended to a hash-chained
+//! sled log; projections fold the log into the current bindings.
+//!
+//! ## Layout
+//! - [`command`]: requests and their validation (before anything else happens).
+//! - [`secret`]: secret strings, masking, keyed wallet fingerprints, the ledger secret.
+//! - [`gateway`]: the wallet-provider trait and the deterministic simulated provider.
+//! - [`decide`]: the business rules: pure functions from state and facts to one event.
+//! - [`projection`]: the pure fold from events to bindings and the wallet index.
+//! - [`store`]: the sled layout; one atomic batch and one flush per group commit.
+//! - [`writer`]: the single writer thread (batching, deciding, group commit).
+//! - [`ledger`]: the library API tying these together.
+//! - [`http`]: the axum HTTP API; [`metrics`]: Prometheus text metrics.
+//! - [`config`]: TOML + environment configuration; [`error`]: the error enum.
+//! - [`offline`]: export and verify a log that no process has open.
+//! - [`client`], [`demo`], [`bench`]: a small HTTP client, the demo workload, the benchmark.
+
+pub mod bench;
+pub mod client;
+pub mod command;
+pub mod config;
+pub mod decide;
+pub mod demo;
+pub mod error;
+pub mod gateway;
+pub mod http;
+pub mod ledger;
+pub mod metrics;
+pub mod offline;
+pub mod projection;
+pub mod secret;
+pub mod store;
+pub mod writer;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use ledger::Ledger;

@@ -1,0 +1,141 @@
+//! Projections: pure folds over events. [`Projection::apply`] cannot fail and reads nothing but
+//! the event (its event time, never the clock), so the live ledger, a restart and the audit
+//! tool all reach the same state from the same log.
+//!
+//! The projection holds each account's bindings and version, and the reverse index from wallet
+//! fingerprint to the accounts that hold it bound. Payments and an account's history are read
+//! from the log through indexes kept by the store.
+
+use bindledger_events::{Event, Hash, Payload, Provider, WalletRef};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use uuid::Uuid;
+
+/// Ended bindings kept per account (the oldest go first); active ones are never dropped.
+pub const INACTIVE_BINDINGS_KEPT_MAX: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindingStatus {
+    Active,
+    Unbound,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub binding_id: Uuid,
+    pub provider: Provider,
+    pub wallet: WalletRef,
+    /// The provider's reference, used to authorise payments. Not shown by the HTTP API.
+    pub agreement_id: String,
+    pub status: BindingStatus,
+    pub bound_at: DateTime<Utc>,
+    pub unbound_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub payments_count: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountState {
+    /// The account's version: `account_seq` of its newest event.
+    pub version: u64,
+    /// Bindings in the order they were made.
+    pub bindings: Vec<Binding>,
+}
+
+impl AccountState {
+    pub fn active_count(&self) -> usize {
+        self.bindings.iter().filter(|b| b.status == BindingStatus::Active).count()
+    }
+
+    pub fn active_with_fingerprint(&self, fp: &Hash) -> Option<&Binding> {
+        self.bindings.iter().find(|b| b.status == BindingStatus::Active && b.wallet.fingerprint == *fp)
+    }
+
+    pub fn active_binding(&self, id: Uuid) -> Option<&Binding> {
+        self.bindings.iter().find(|b| b.binding_id == id && b.status == BindingStatus::Active)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Projection {
+    /// Global sequence of the last event applied.
+    pub position: u64,
+    pub accounts: HashMap<String, AccountState>,
+    /// Wallet fingerprint -> accounts where it is actively bound.
+    pub wallets: HashMap<Hash, BTreeSet<String>>,
+}
+
+impl Projection {
+    /// Folds one event in. Events must come in global order.
+    pub fn apply(&mut self, e: &Event) {
+        assert_eq!(e.seq, self.position + 1, "projection fed out of order");
+        self.position = e.seq;
+        let acct = self.accounts.entry(e.account.clone()).or_default();
+        acct.version = e.account_seq;
+        match &e.payload {
+            Payload::WalletBound { binding_id, provider, wallet, agreement_id, .. } => {
+                acct.bindings.push(Binding {
+                    binding_id: *binding_id,
+                    provider: provider.clone(),
+                    wallet: wallet.clone(),
+                    agreement_id: agreement_id.clone(),
+                    status: BindingStatus::Active,
+                    bound_at: e.event_time,
+                    unbound_at: None,
+                    last_used_at: None,
+                    payments_count: 0,
+                });
+                self.wallets.entry(wallet.fingerprint).or_default().insert(e.account.clone());
+            }
+            Payload::PaymentSucceeded { binding_id, .. } => {
+                if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
+                    b.last_used_at = Some(e.event_time);
+                    b.payments_count += 1;
+                }
+            }
+            Payload::WalletUnbound { binding_id, wallet, .. } => {
+                if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
+                    b.status = BindingStatus::Unbound;
+                    b.unbound_at = Some(e.event_time);
+                }
+                if acct.active_with_fingerprint(&wallet.fingerprint).is_none() {
+                    if let Some(set) = self.wallets.get_mut(&wallet.fingerprint) {
+                        set.remove(&e.account);
+                        if set.is_empty() {
+                            self.wallets.remove(&wallet.fingerprint);
+                        }
+                    }
+                }
+                let inactive = acct.bindings.len() - acct.active_count();
+                if inactive > INACTIVE_BINDINGS_KEPT_MAX {
+                    let pos = acct.bindings.iter().position(|b| b.status != BindingStatus::Active).expect("some inactive");
+                    acct.bindings.remove(pos);
+                }
+            }
+            Payload::BindFailed { .. } | Payload::PaymentFailed { .. } | Payload::UnbindFailed { .. } => {}
+        }
+    }
+
+    /// Rebuilds the projection from events in order.
+    pub fn rebuild<'a>(events: impl IntoIterator<Item = &'a Event>) -> Projection {
+        let mut p = Projection::default();
+        for e in events {
+            p.apply(e);
+        }
+        p
+    }
+
+    /// Reconstructs the projection from stored per-account states (the reverse index is
+    /// derived from the active bindings).
+    pub fn from_accounts(position: u64, accounts: HashMap<String, AccountState>) -> Projection {
+        let mut wallets: HashMap<Hash, BTreeSet<String>> = HashMap::new();
+        for (name, a) in &accounts {
+            for b in a.bindings.iter().filter(|b| b.status == BindingStatus::Active) {
+                wallets.entry(b.wallet.fingerprint).or_default().insert(name.clone());
+            }
+        }
+        Projection { position, accounts, wallets }
+    }
+}

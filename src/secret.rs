@@ -1,0 +1,186 @@
+//! Sensitive data. Raw wallet account numbers, phone numbers, payment passwords, SMS codes and
+//! biometric assertions live only in [`SecretString`] while a command is in flight: it cannot
+//! be serialized, and its `Debug` prints nothing. What the ledger keeps of a wallet is a masked
+//! display form and a keyed fingerprint ([`LedgerSecret::fingerprint`]).
+
+use bindledger_events::{Hash, Provider, WalletRef};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::fmt;
+use std::path::Path;
+
+use crate::error::Error;
+
+/// A secret string: never printed, never serialized.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(s: String) -> Self {
+        SecretString(s)
+    }
+    /// The only way to read it; call sites are few and reviewed.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(SecretString)
+    }
+}
+
+/// The ledger's HMAC key (32 bytes).
+#[derive(Clone)]
+pub struct LedgerSecret([u8; 32]);
+
+impl fmt::Debug for LedgerSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LedgerSecret([redacted])")
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+impl LedgerSecret {
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        LedgerSecret(b)
+    }
+
+    /// Parses 64 hex characters.
+    pub fn from_hex(s: &str) -> Result<Self, Error> {
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(s.trim(), &mut b)
+            .map_err(|_| Error::Config("the ledger secret must be 64 hex characters (32 bytes)".into()))?;
+        Ok(LedgerSecret(b))
+    }
+
+    /// Reads the secret file, or creates it with a random secret (mode 0600) if it is missing.
+    pub fn load_or_create(path: &Path) -> Result<Self, Error> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => Self::from_hex(&s),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut b = [0u8; 32];
+                getrandom::fill(&mut b).map_err(|e| Error::Config(format!("no randomness: {e}")))?;
+                write_private(path, hex::encode(b).as_bytes())?;
+                tracing::info!(path = %path.display(), "created a new ledger secret");
+                Ok(LedgerSecret(b))
+            }
+            Err(e) => Err(Error::Io(format!("reading the secret file {}: {e}", path.display()))),
+        }
+    }
+
+    pub fn mac(&self, parts: &[&[u8]]) -> Hash {
+        let mut m = <HmacSha256 as Mac>::new_from_slice(&self.0).expect("any key length");
+        for p in parts {
+            m.update(&(p.len() as u32).to_be_bytes());
+            m.update(p);
+        }
+        Hash(m.finalize().into_bytes().into())
+    }
+
+    /// A value that identifies this secret without revealing it: stored in the log's metadata
+    /// so that opening a log with another secret is refused.
+    pub fn check_value(&self) -> Hash {
+        self.mac(&[b"bindledger/secret-check/v1"])
+    }
+
+    /// The keyed fingerprint of a wallet: same wallet, same fingerprint, across accounts.
+    pub fn fingerprint(&self, provider: &Provider, normalized_account: &str) -> Hash {
+        self.mac(&[b"bindledger/wallet/v1", provider.as_str().as_bytes(), normalized_account.as_bytes()])
+    }
+
+    pub fn wallet_ref(&self, provider: &Provider, raw_account: &str) -> WalletRef {
+        let normalized = normalize_wallet_account(raw_account);
+        WalletRef { masked: mask(&normalized), fingerprint: self.fingerprint(provider, &normalized) }
+    }
+}
+
+/// Writes a file readable only by its owner.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path).map_err(|e| Error::Io(format!("creating {}: {e}", path.display())))?;
+    f.write_all(contents).and_then(|_| f.sync_all()).map_err(|e| Error::Io(format!("writing {}: {e}", path.display())))
+}
+
+/// Normalises a wallet account: trims, lowercases e-mail style accounts, drops spaces and
+/// dashes from numbers.
+pub fn normalize_wallet_account(raw: &str) -> String {
+    let t = raw.trim();
+    if t.contains('@') {
+        t.to_lowercase()
+    } else {
+        t.chars().filter(|c| !matches!(c, ' ' | '-')).collect()
+    }
+}
+
+/// The display form: `138****5678` for a phone, `************1234` for a card number,
+/// `a***@example.com` for an e-mail style account. Never reveals more than 7 characters.
+pub fn mask(normalized: &str) -> String {
+    if let Some((user, domain)) = normalized.split_once('@') {
+        let first: String = user.chars().take(1).collect();
+        let domain_shown: String = domain.chars().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+        return format!("{first}***@{domain_shown}");
+    }
+    let chars: Vec<char> = normalized.chars().collect();
+    let digits = chars.iter().filter(|c| c.is_ascii_digit()).count();
+    let n = chars.len();
+    if n >= 13 && digits == n {
+        // Card numbers: last four only.
+        return format!("{}{}", "*".repeat(n - 4), chars[n - 4..].iter().collect::<String>());
+    }
+    if n >= 8 {
+        let keep_tail = 4;
+        let keep_head = 3.min(n - keep_tail - 1);
+        let head: String = chars[..keep_head].iter().collect();
+        let tail: String = chars[n - keep_tail..].iter().collect();
+        return format!("{head}****{tail}");
+    }
+    // Short accounts: show only the last character.
+    format!("****{}", chars.last().map(|c| c.to_string()).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_like_the_platform_shows_it() {
+        assert_eq!(mask("13812345678"), "138****5678");
+        assert_eq!(mask("+8613812345678"), "+86****5678");
+        assert_eq!(mask("6222021234567890123"), "***************0123");
+        assert_eq!(mask("alice@example.com"), "a***@example.com");
+        assert_eq!(mask("12345"), "****5");
+    }
+
+    #[test]
+    fn fingerprints_are_keyed_and_normalised() {
+        let a = LedgerSecret::from_bytes([1; 32]);
+        let b = LedgerSecret::from_bytes([2; 32]);
+        let p = Provider::parse("alipay").unwrap();
+        assert_eq!(a.wallet_ref(&p, "138 1234 5678").fingerprint, a.wallet_ref(&p, "13812345678").fingerprint);
+        assert_ne!(a.wallet_ref(&p, "13812345678").fingerprint, b.wallet_ref(&p, "13812345678").fingerprint);
+        let q = Provider::parse("wechat_pay").unwrap();
+        assert_ne!(a.wallet_ref(&p, "13812345678").fingerprint, a.wallet_ref(&q, "13812345678").fingerprint);
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = SecretString::new("654321".into());
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert!(!format!("{:?}", LedgerSecret::from_bytes([9; 32])).contains("09"));
+    }
+}
