@@ -1,1 +1,339 @@
-//! The benchmark.
+//! `bindledger bench`: one run, one machine, three measurements.
+//! 1. **Raw sled baseline**: the same stored event bytes written in batches with
+//!    `apply_batch` + `flush`, nothing else.
+//! 2. **Library path**: durable payment commands through [`Ledger::pay`] from many concurrent
+//!    submitters (validation, idempotency, gateway simulator, writer, group commit).
+//! 3. **HTTP end to end**: the same commands over the real HTTP server from many connections.
+//!
+//! Prints a Markdown table with throughput, latency percentiles and ratios to the baseline.
+
+use bindledger_events::{codec, hash_bytes, Context, Currency, Event, Factor, FactorCheck, Hash, Payload, Provider, WalletRef, GENESIS_HASH, SCHEMA_VERSION};
+use chrono::Utc;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+use crate::client::Client;
+use crate::command::{BindRequest, CommonInput, PayRequest};
+use crate::config::{Config, Role, TokenConfig};
+use crate::gateway::{Scenario, SimulatedGateway};
+use crate::http::AppState;
+use crate::ledger::Ledger;
+use crate::secret::{LedgerSecret, SecretString};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Events written by the raw sled baseline.
+    #[arg(long, default_value_t = 400_000)]
+    pub raw_events: u64,
+    /// Batch size of the raw sled baseline.
+    #[arg(long, default_value_t = 512)]
+    pub raw_batch: usize,
+    /// Commands in the library-level run.
+    #[arg(long, default_value_t = 300_000)]
+    pub lib_commands: u64,
+    /// Concurrent submitters in the library-level run.
+    #[arg(long, default_value_t = 512)]
+    pub lib_concurrency: usize,
+    /// Commands in the HTTP run.
+    #[arg(long, default_value_t = 200_000)]
+    pub http_commands: u64,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 256)]
+    pub http_connections: usize,
+    /// Accounts the commands are spread over.
+    #[arg(long, default_value_t = 2000)]
+    pub accounts: usize,
+    /// Where to put the logs (default: a new directory under the system temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+struct Row {
+    name: String,
+    ops: u64,
+    seconds: f64,
+    p50_us: Option<u64>,
+    p99_us: Option<u64>,
+    note: String,
+}
+
+impl Row {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    Some(sorted[i])
+}
+
+/// A payment event shaped like the ledger's, for the raw baseline.
+fn sample_event(seq: u64, prev: Hash) -> Event {
+    Event {
+        v: SCHEMA_VERSION,
+        id: Uuid::now_v7(),
+        seq,
+        account: format!("bench-{:05}", seq % 2000),
+        account_seq: seq / 2000 + 1,
+        event_time: Utc::now(),
+        record_time: Utc::now(),
+        idempotency_key: Some(format!("bench-pay-{seq}")),
+        request_digest: Some(Hash([3; 32])),
+        correlation_id: None,
+        context: Context { channel: "api".into(), ..Context::default() },
+        prev_hash: prev,
+        payload: Payload::PaymentSucceeded {
+            binding_id: Uuid::now_v7(),
+            provider: Provider::parse("alipay").expect("known"),
+            wallet: WalletRef { masked: "138****5678".into(), fingerprint: Hash([5; 32]) },
+            order_id: format!("order-{seq}"),
+            amount_minor: 100,
+            currency: Currency::CNY,
+            factors: vec![FactorCheck { factor: Factor::Password, passed: true }],
+            authorization_id: "auth_0123456789abcdef01234567".into(),
+        },
+    }
+}
+
+fn raw_sled(dir: &Path, events: u64, batch_size: usize) -> anyhow::Result<(Row, usize)> {
+    let db = sled::Config::new().path(dir.join("raw")).mode(sled::Mode::HighThroughput).open()?;
+    let tree = db.open_tree("raw")?;
+    // Prepare the bytes first: the baseline measures only sled.
+    let mut prev = GENESIS_HASH;
+    let mut payloads = Vec::with_capacity(events as usize);
+    for seq in 1..=events {
+        let b = codec::encode(&sample_event(seq, prev));
+        prev = hash_bytes(&b);
+        payloads.push(b);
+    }
+    let bytes_per_event = payloads.iter().map(|p| p.len()).sum::<usize>() / payloads.len().max(1);
+    let started = Instant::now();
+    let mut seq = 0u64;
+    for chunk in payloads.chunks(batch_size) {
+        let mut batch = sled::Batch::default();
+        for p in chunk {
+            seq += 1;
+            let mut k = [0u8; 9];
+            k[0] = b'E';
+            k[1..].copy_from_slice(&seq.to_be_bytes());
+            batch.insert(&k[..], p.as_slice());
+        }
+        tree.apply_batch(batch)?;
+        db.flush()?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((
+        Row { name: "raw sled: apply_batch + flush".into(), ops: events, seconds, p50_us: None, p99_us: None, note: format!("batches of {batch_size}, {bytes_per_event} B/event") },
+        bytes_per_event,
+    ))
+}
+
+fn bench_config(dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.data_dir = dir.to_path_buf();
+    c.gateway.simulated = Scenario { balance_minor_min: 1_000_000_000_000, balance_minor_max: 1_000_000_000_000, ..Scenario::quiet(42) };
+    c.max_bindings_per_account = 4;
+    c
+}
+
+struct Fixture {
+    ledger: Ledger,
+    gateway: Arc<SimulatedGateway>,
+    /// (account, binding id, password)
+    bindings: Vec<(String, Uuid, String)>,
+}
+
+async fn fixture(dir: &Path, accounts: usize) -> anyhow::Result<Fixture> {
+    let config = bench_config(dir);
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
+    let ledger = Ledger::open(&config, LedgerSecret::from_bytes([7; 32]), gateway.clone())?;
+    let provider = Provider::parse("alipay").expect("known");
+    let mut bindings = Vec::with_capacity(accounts);
+    for i in 0..accounts {
+        let account = format!("bench-{i:05}");
+        let phone = format!("139{i:08}");
+        let password = gateway.password_for(&provider, &phone);
+        let req = BindRequest {
+            provider: "alipay".into(),
+            wallet_account: SecretString::new(phone),
+            payment_password: SecretString::new(password.clone()),
+            factor: None,
+            common: CommonInput::default(),
+        };
+        let r = ledger.bind(req.validate(&account, Utc::now())?).await?;
+        match r.event.payload {
+            Payload::WalletBound { binding_id, .. } => bindings.push((account, binding_id, password)),
+            other => anyhow::bail!("bench fixture bind failed: {other:?}"),
+        }
+    }
+    Ok(Fixture { ledger, gateway, bindings })
+}
+
+fn pay_request(binding: &(String, Uuid, String), n: u64) -> PayRequest {
+    PayRequest {
+        binding_id: binding.1.to_string(),
+        order_id: format!("o-{n}"),
+        amount_minor: 100,
+        currency: None,
+        payment_password: SecretString::new(binding.2.clone()),
+        factor: None,
+        common: CommonInput { idempotency_key: Some(format!("pay-{n}")), ..CommonInput::default() },
+    }
+}
+
+async fn library(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, f64)> {
+    let f = fixture(dir, args.accounts).await?;
+    let bindings = Arc::new(f.bindings);
+    let base = f.ledger.log_len();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.lib_concurrency {
+        let ledger = f.ledger.clone();
+        let bindings = bindings.clone();
+        let next = next.clone();
+        let total = args.lib_commands;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let b = &bindings[(n % bindings.len() as u64) as usize];
+                let t = Instant::now();
+                let cmd = pay_request(b, n).validate(&b.0, Utc::now()).expect("valid");
+                let r = ledger.pay(cmd).await.expect("durable");
+                debug_assert!(matches!(r.event.payload, Payload::PaymentSucceeded { .. }));
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let written = f.ledger.log_len() - base;
+    anyhow::ensure!(written == args.lib_commands, "expected {} events, the log grew by {written}", args.lib_commands);
+    let batch_mean = f.ledger.metrics().batch_size.mean();
+    drop(f.gateway);
+    f.ledger.close();
+    Ok((
+        Row {
+            name: "library: Ledger::pay, durable".into(),
+            ops: args.lib_commands,
+            seconds,
+            p50_us: percentile(&lat, 0.5),
+            p99_us: percentile(&lat, 0.99),
+            note: format!("{} submitters, mean batch {batch_mean:.0}", args.lib_concurrency),
+        },
+        batch_mean,
+    ))
+}
+
+async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
+    let f = fixture(dir, args.accounts).await?;
+    let token = "bench-token-0123456789".to_string();
+    let tokens = vec![TokenConfig { token: token.clone(), roles: vec![Role::Writer] }];
+    let config = bench_config(dir);
+    let state = AppState::new(f.ledger.clone(), &tokens, config.http.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::http::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let bindings = Arc::new(f.bindings);
+    let base = f.ledger.log_len();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.http_connections {
+        let bindings = bindings.clone();
+        let next = next.clone();
+        let token = token.clone();
+        let total = args.http_commands;
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::new(addr, Some(token));
+            let mut lat = Vec::new();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let b = &bindings[(n % bindings.len() as u64) as usize];
+                let body = serde_json::json!({
+                    "binding_id": b.1, "order_id": format!("o-{n}"), "amount_minor": 100,
+                    "payment_password": b.2, "idempotency_key": format!("pay-{n}"),
+                });
+                let t = Instant::now();
+                let (status, _) = client.post_json(&format!("/v1/accounts/{}/payments", b.0), &body).await?;
+                anyhow::ensure!(status.as_u16() == 201, "unexpected status {status}");
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let written = f.ledger.log_len() - base;
+    anyhow::ensure!(written == args.http_commands, "expected {} events, the log grew by {written}", args.http_commands);
+    let batch_mean = f.ledger.metrics().batch_size.mean();
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    f.ledger.close();
+    Ok(Row {
+        name: "HTTP: POST /payments, durable".into(),
+        ops: args.http_commands,
+        seconds,
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        note: format!("{} connections, mean batch {batch_mean:.0}", args.http_connections),
+    })
+}
+
+fn fmt_us(v: Option<u64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(us) if us >= 1000 => format!("{:.1} ms", us as f64 / 1000.0),
+        Some(us) => format!("{us} µs"),
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let root = args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("bindledger-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&root)?;
+    eprintln!("bench: logs under {} ({} cores)", root.display(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    eprintln!("bench: raw sled baseline ...");
+    let (raw, _) = raw_sled(&root, args.raw_events, args.raw_batch)?;
+    eprintln!("bench: library path ...");
+    let (lib, _) = library(&root.join("lib"), &args).await?;
+    eprintln!("bench: HTTP ...");
+    let http = http(&root.join("http"), &args).await?;
+    let baseline = raw.rate();
+    println!("| measurement | ops | seconds | ops/s | p50 | p99 | vs raw sled | notes |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    for r in [&raw, &lib, &http] {
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {} | {} | {:.2} | {} |",
+            r.name, r.ops, r.seconds, r.rate(), fmt_us(r.p50_us), fmt_us(r.p99_us), r.rate() / baseline, r.note
+        );
+    }
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    Ok(())
+}

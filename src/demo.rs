@@ -1,1 +1,501 @@
-//! The demo workload.
+//! The demo workload: a simulated population of shoppers binding wallets, paying, unbinding
+//! and failing in every way the domain knows, plus a few accounts that behave like attackers
+//! (password brute force, one wallet shared by a ring of accounts, bind-then-drain, probing
+//! with dead wallets, binding churn). Runs against the real ledger and serves the real HTTP
+//! API meanwhile; prints a live summary each second and a report at the end.
+
+use bindledger_events::{ChainVerifier, Factor, Payload, Provider};
+use chrono::Utc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+use crate::command::{BindRequest, CommonInput, ContextInput, FactorInput, PayRequest, UnbindRequest};
+use crate::config::Config;
+use crate::gateway::{MaintenanceWindow, SimulatedGateway, WalletStatus};
+use crate::http::AppState;
+use crate::ledger::Ledger;
+use crate::secret::{LedgerSecret, SecretString};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoOptions {
+    /// Ordinary shoppers in the population.
+    #[arg(long, default_value_t = 400)]
+    pub shoppers: usize,
+    /// How long to run, in seconds (0: until Ctrl-C).
+    #[arg(long, default_value_t = 20)]
+    pub duration_s: u64,
+    /// Commands per second across the population.
+    #[arg(long, default_value_t = 1500)]
+    pub rate: u64,
+    /// Seed of the population's choices.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+/// A small deterministic PRNG (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+}
+
+const PROVIDERS: &[&str] = &["alipay", "wechat_pay", "apple_pay", "union_pay", "bank_card", "credit_card"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Shopper,
+    BruteForcer,
+    Ring,
+    Drainer,
+    Prober,
+    Churner,
+}
+
+struct Actor {
+    account: String,
+    role: Role,
+    /// Wallets this person owns: provider and phone/account number.
+    wallets: Vec<(Provider, String)>,
+    active: Vec<(Uuid, usize)>,
+    orders: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    by_outcome: BTreeMap<String, u64>,
+    spent_minor: i64,
+    errors: BTreeMap<String, u64>,
+}
+
+fn common(key: Option<String>, rng: &mut Rng) -> CommonInput {
+    let channel = ["app", "web", "mini_program"][rng.below(3) as usize];
+    CommonInput {
+        idempotency_key: key,
+        context: Some(ContextInput {
+            channel: Some(channel.to_owned()),
+            device_id: Some(format!("dev-{:04x}", rng.below(4096))),
+            ip: Some(format!("10.{}.{}.{}", rng.below(256), rng.below(256), 1 + rng.below(254))),
+            user_agent: None,
+        }),
+        ..CommonInput::default()
+    }
+}
+
+struct World {
+    ledger: Ledger,
+    gateway: Arc<SimulatedGateway>,
+    tally: Mutex<Tally>,
+}
+
+impl World {
+    fn record(&self, r: crate::Result<crate::ledger::CommandResult>) {
+        let mut t = self.tally.lock().expect("tally");
+        match r {
+            Ok(c) => {
+                let key = match c.event.payload.failure_code() {
+                    Some(code) => format!("{}:{}", c.event.event_type(), code),
+                    None => c.event.event_type().to_owned(),
+                };
+                if let Payload::PaymentSucceeded { amount_minor, .. } = c.event.payload {
+                    t.spent_minor += amount_minor;
+                }
+                *t.by_outcome.entry(key).or_default() += 1;
+            }
+            Err(e) => *t.errors.entry(e.code().to_owned()).or_default() += 1,
+        }
+    }
+
+    async fn bind(&self, actor: &mut Actor, wallet: usize, rng: &mut Rng, wrong_password: bool, wrong_factor: bool) {
+        let (provider, phone) = actor.wallets[wallet].clone();
+        let mut password = self.gateway.password_for(&provider, &phone);
+        if wrong_password {
+            password = format!("{:06}", (password.parse::<u64>().unwrap_or(0) + 1 + rng.below(999)) % 1_000_000);
+        }
+        let factor = if rng.chance(500) || wrong_factor {
+            let kind = [Factor::Sms, Factor::Fingerprint, Factor::Face][rng.below(3) as usize];
+            let mut code = self.gateway.factor_code_for(&provider, &phone, kind);
+            if wrong_factor {
+                code.push('x');
+            }
+            Some(FactorInput { kind: kind.as_str().to_owned(), code: SecretString::new(code) })
+        } else {
+            None
+        };
+        let req = BindRequest {
+            provider: provider.as_str().to_owned(),
+            wallet_account: SecretString::new(phone),
+            payment_password: SecretString::new(password),
+            factor,
+            common: common(Some(format!("bind-{}", Uuid::now_v7())), rng),
+        };
+        let cmd = match req.validate(&actor.account, Utc::now()) {
+            Ok(c) => c,
+            Err(e) => return self.record(Err(e)),
+        };
+        let r = self.ledger.bind(cmd).await;
+        if let Ok(c) = &r {
+            if let Payload::WalletBound { binding_id, .. } = c.event.payload {
+                actor.active.push((binding_id, wallet));
+            }
+        }
+        self.record(r);
+    }
+
+    async fn pay(&self, actor: &mut Actor, binding: Uuid, wallet: usize, amount_minor: i64, rng: &mut Rng, wrong_password: bool) {
+        let (provider, phone) = &actor.wallets[wallet];
+        let mut password = self.gateway.password_for(provider, phone);
+        if wrong_password {
+            password.push('9');
+        }
+        actor.orders += 1;
+        let req = PayRequest {
+            binding_id: binding.to_string(),
+            order_id: format!("{}-o{}", actor.account, actor.orders),
+            amount_minor,
+            currency: None,
+            payment_password: SecretString::new(password),
+            factor: None,
+            common: common(Some(format!("pay-{}-{}", actor.account, actor.orders)), rng),
+        };
+        match req.validate(&actor.account, Utc::now()) {
+            Ok(cmd) => {
+                let r = self.ledger.pay(cmd).await;
+                self.record(r);
+            }
+            Err(e) => self.record(Err(e)),
+        }
+    }
+
+    async fn unbind(&self, actor: &mut Actor, binding: Uuid, rng: &mut Rng) {
+        let req = UnbindRequest { confirm: true, common: common(None, rng) };
+        match req.validate(&actor.account, &binding.to_string(), Utc::now()) {
+            Ok(cmd) => {
+                let r = self.ledger.unbind(cmd).await;
+                if let Ok(c) = &r {
+                    if matches!(c.event.payload, Payload::WalletUnbound { .. }) {
+                        actor.active.retain(|(b, _)| *b != binding);
+                    }
+                }
+                self.record(r);
+            }
+            Err(e) => self.record(Err(e)),
+        }
+    }
+
+    /// One step of one actor.
+    async fn step(&self, actor: &mut Actor, rng: &mut Rng) {
+        match actor.role {
+            Role::Shopper => {
+                let roll = rng.below(1000);
+                if actor.active.is_empty() || (roll < 60 && actor.active.len() < 3) {
+                    // Mostly a wallet not bound yet; now and then one that is (a double click).
+                    let unbound: Vec<usize> = (0..actor.wallets.len()).filter(|w| !actor.active.iter().any(|(_, a)| a == w)).collect();
+                    let w = if unbound.is_empty() || rng.chance(50) {
+                        rng.below(actor.wallets.len() as u64) as usize
+                    } else {
+                        unbound[rng.below(unbound.len() as u64) as usize]
+                    };
+                    let wrong_pw = rng.chance(60);
+                    let wrong_factor = !wrong_pw && rng.chance(30);
+                    self.bind(actor, w, rng, wrong_pw, wrong_factor).await;
+                } else if roll < 90 {
+                    let (b, _) = actor.active[rng.below(actor.active.len() as u64) as usize];
+                    self.unbind(actor, b, rng).await;
+                } else if roll < 97 {
+                    // A stale tab: paying or unbinding with a binding that is not active.
+                    let stale = Uuid::now_v7();
+                    if rng.chance(500) {
+                        self.pay(actor, stale, 0, 1999, rng, false).await;
+                    } else {
+                        self.unbind(actor, stale, rng).await;
+                    }
+                } else {
+                    let (b, w) = actor.active[rng.below(actor.active.len() as u64) as usize];
+                    let amount = 500 + rng.below(80_000) as i64;
+                    let wrong = rng.chance(30);
+                    self.pay(actor, b, w, amount, rng, wrong).await;
+                }
+            }
+            Role::BruteForcer => {
+                if actor.active.is_empty() {
+                    self.bind(actor, 0, rng, false, false).await;
+                } else {
+                    let (b, w) = actor.active[0];
+                    self.pay(actor, b, w, 99_900, rng, true).await;
+                }
+            }
+            Role::Ring | Role::Churner => {
+                if actor.active.is_empty() {
+                    self.bind(actor, 0, rng, false, false).await;
+                } else if actor.role == Role::Churner {
+                    let (b, _) = actor.active[0];
+                    self.unbind(actor, b, rng).await;
+                } else {
+                    let (b, w) = actor.active[0];
+                    self.pay(actor, b, w, 1000 + rng.below(5000) as i64, rng, false).await;
+                }
+            }
+            Role::Drainer => {
+                // A fresh wallet each time, then large payments right away.
+                if actor.active.is_empty() {
+                    let w = rng.below(actor.wallets.len() as u64) as usize;
+                    self.bind(actor, w, rng, false, false).await;
+                } else {
+                    let (b, w) = actor.active[0];
+                    self.pay(actor, b, w, 250_000, rng, false).await;
+                    if rng.chance(150) {
+                        self.unbind(actor, b, rng).await;
+                    }
+                }
+            }
+            Role::Prober => {
+                let w = rng.below(actor.wallets.len() as u64) as usize;
+                self.bind(actor, w, rng, false, false).await;
+            }
+        }
+    }
+}
+
+fn phone(rng: &mut Rng) -> String {
+    format!("1{}{:09}", [3, 5, 7, 8, 9][rng.below(5) as usize], rng.below(1_000_000_000))
+}
+
+fn population(opts: &DemoOptions, gateway: &SimulatedGateway, rng: &mut Rng) -> Vec<Actor> {
+    let mut actors = Vec::new();
+    for i in 0..opts.shoppers {
+        let wallets = (0..1 + rng.below(3))
+            .map(|_| (Provider::parse(PROVIDERS[rng.below(PROVIDERS.len() as u64) as usize]).expect("known"), phone(rng)))
+            .collect();
+        actors.push(Actor { account: format!("shopper-{i:05}"), role: Role::Shopper, wallets, active: vec![], orders: 0 });
+    }
+    let alipay = Provider::parse("alipay").expect("known");
+    let active_phone = |rng: &mut Rng| loop {
+        let p = phone(rng);
+        if gateway.wallet_status(&alipay, &p) == WalletStatus::Active {
+            return p;
+        }
+    };
+    let shared = active_phone(rng);
+    for i in 0..4 {
+        actors.push(Actor { account: format!("ring-{i}"), role: Role::Ring, wallets: vec![(alipay.clone(), shared.clone())], active: vec![], orders: 0 });
+    }
+    actors.push(Actor { account: "bruteforce-1".into(), role: Role::BruteForcer, wallets: vec![(alipay.clone(), active_phone(rng))], active: vec![], orders: 0 });
+    let drainer_wallets = (0..6).map(|_| (alipay.clone(), active_phone(rng))).collect();
+    actors.push(Actor { account: "drainer-1".into(), role: Role::Drainer, wallets: drainer_wallets, active: vec![], orders: 0 });
+    let mut dead = Vec::new();
+    while dead.len() < 4 {
+        let p = phone(rng);
+        if matches!(gateway.wallet_status(&alipay, &p), WalletStatus::Frozen | WalletStatus::Closed) {
+            dead.push((alipay.clone(), p));
+        }
+    }
+    actors.push(Actor { account: "prober-1".into(), role: Role::Prober, wallets: dead, active: vec![], orders: 0 });
+    actors.push(Actor { account: "churner-1".into(), role: Role::Churner, wallets: vec![(alipay.clone(), active_phone(rng))], active: vec![], orders: 0 });
+    actors
+}
+
+fn grouped(n: i64) -> String {
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn count(t: &Tally, prefix: &str) -> u64 {
+    t.by_outcome.iter().filter(|(k, _)| k.as_str() == prefix || k.starts_with(&format!("{prefix}:"))).map(|(_, v)| v).sum()
+}
+
+/// Runs the demo until the duration passes (or Ctrl-C), then prints the report.
+pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> anyhow::Result<()> {
+    let mut scenario = config.gateway.simulated.clone();
+    // Apple Pay goes into maintenance for a few seconds, so that failure shows up too.
+    let start = Utc::now();
+    scenario.maintenance.push(MaintenanceWindow {
+        provider: "apple_pay".into(),
+        from: start + chrono::Duration::seconds(4),
+        until: start + chrono::Duration::seconds(7),
+    });
+    let gateway = Arc::new(SimulatedGateway::new(scenario));
+    let ledger = Ledger::open(&config, secret, gateway.clone())?;
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let addr = listener.local_addr()?;
+    let state = AppState::new(ledger.clone(), &config.tokens, config.http.clone());
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::http::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+
+    let token_hint = config.data_dir.join("admin.token");
+    println!("bindledger demo");
+    println!("  log:       {}", config.data_dir.display());
+    println!("  HTTP API:  http://{addr}   (token: {})", token_hint.display());
+    println!("  try:       curl -s -H \"Authorization: Bearer $(cat {})\" http://{addr}/v1/accounts/shopper-00001/bindings", token_hint.display());
+    println!("  population: {} shoppers + a password brute-forcer, a ring of 4 accounts sharing one wallet,", opts.shoppers);
+    println!("              a bind-then-drain account, a dead-wallet prober and a binding churner");
+    println!("  apple_pay is under maintenance from second 4 to 7\n");
+    println!("{:>4} {:>9} {:>7} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}", "t(s)", "events", "ev/s", "bound", "bind_fail", "paid", "pay_fail", "unbound", "unbind_fail", "spent");
+
+    let world = Arc::new(World { ledger: ledger.clone(), gateway: gateway.clone(), tally: Mutex::new(Tally::default()) });
+    let mut rng = Rng(opts.seed);
+    let actors = population(&opts, &gateway, &mut rng);
+    let workers = 32usize;
+    let mut buckets: Vec<Vec<Actor>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, a) in actors.into_iter().enumerate() {
+        buckets[i % workers].push(a);
+    }
+    let deadline = (opts.duration_s > 0).then(|| Instant::now() + Duration::from_secs(opts.duration_s));
+    let per_worker_interval = Duration::from_secs_f64(workers as f64 / opts.rate.max(1) as f64);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for (w, mut actors) in buckets.into_iter().enumerate() {
+        let world = world.clone();
+        let stop = stop.clone();
+        let mut rng = Rng(opts.seed.wrapping_mul(1000).wrapping_add(w as u64));
+        handles.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(per_worker_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                // The attackers (placed last) act more often than any one shopper.
+                let i = if rng.chance(250) && actors.len() > 1 { actors.len() - 1 - rng.below(2) as usize } else { rng.below(actors.len() as u64) as usize };
+                let mut actor = std::mem::replace(&mut actors[i], Actor { account: String::new(), role: Role::Shopper, wallets: vec![], active: vec![], orders: 0 });
+                world.step(&mut actor, &mut rng).await;
+                actors[i] = actor;
+            }
+        }));
+    }
+
+    let started = Instant::now();
+    let mut last_events = ledger.log_len();
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut second = 0u64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = &mut ctrl_c => { break; }
+        }
+        second += 1;
+        let events = ledger.log_len();
+        {
+            let t = world.tally.lock().expect("tally");
+            println!(
+                "{:>4} {:>9} {:>7} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}",
+                second,
+                grouped(events as i64),
+                grouped((events - last_events) as i64),
+                grouped(count(&t, "wallet_bound") as i64),
+                grouped(count(&t, "bind_failed") as i64),
+                grouped(count(&t, "payment_succeeded") as i64),
+                grouped(count(&t, "payment_failed") as i64),
+                grouped(count(&t, "wallet_unbound") as i64),
+                grouped(count(&t, "unbind_failed") as i64),
+                format!("{}.{:02} CNY", grouped(t.spent_minor / 100), t.spent_minor % 100),
+            );
+        }
+        last_events = events;
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in handles {
+        let _ = h.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    report(&world, elapsed);
+    let _ = stop_http.send(());
+    let _ = server.await;
+    ledger.close();
+    println!("\nThe log stays in {}; check it offline with:", config.data_dir.display());
+    println!("  bindledger verify --data-dir {}", config.data_dir.display());
+    println!("  bindledger export --data-dir {} | head", config.data_dir.display());
+    Ok(())
+}
+
+fn report(world: &World, elapsed_s: f64) {
+    let ledger = &world.ledger;
+    let t = world.tally.lock().expect("tally");
+    println!("\n== outcomes after {:.1} s ({} events, {:.0} events/s) ==", elapsed_s, grouped(ledger.log_len() as i64), ledger.log_len() as f64 / elapsed_s);
+    for (k, v) in &t.by_outcome {
+        println!("  {:<46} {:>9}", k, grouped(*v as i64));
+    }
+    if !t.errors.is_empty() {
+        println!("  answered with an error, nothing recorded:");
+        for (k, v) in &t.errors {
+            println!("    {:<44} {:>9}", k, grouped(*v as i64));
+        }
+    }
+
+    // Security signals visible in the log (the alert rules run as their own projection).
+    let projection = ledger.projection();
+    let mut shared: Vec<_> = projection.wallets.iter().filter(|(_, a)| a.len() >= 3).collect();
+    shared.sort_by_key(|(_, a)| std::cmp::Reverse(a.len()));
+    println!("\n== security signals in the log ==");
+    for (fp, accounts) in shared.iter().take(3) {
+        println!("  wallet {}… is bound to {} accounts: {}", &fp.to_hex()[..16], accounts.len(), accounts.iter().cloned().collect::<Vec<_>>().join(", "));
+    }
+    let mut wrong_pw: HashMap<String, u64> = HashMap::new();
+    let mut dead: HashMap<String, u64> = HashMap::new();
+    let mut verifier = ChainVerifier::new();
+    let mut broken = None;
+    for r in ledger.raw_events(1) {
+        let Ok((_, bytes)) = r else { continue };
+        match verifier.push(&bytes) {
+            Ok((e, _)) => match &e.payload {
+                Payload::PaymentFailed { reason: bindledger_events::PaymentFailure::WrongPassword, .. } => {
+                    *wrong_pw.entry(e.account.clone()).or_default() += 1;
+                }
+                Payload::BindFailed { reason: bindledger_events::BindFailure::WalletFrozen | bindledger_events::BindFailure::WalletClosed, .. } => {
+                    *dead.entry(e.account.clone()).or_default() += 1;
+                }
+                _ => {}
+            },
+            Err(e) => {
+                broken = Some(e);
+                break;
+            }
+        }
+    }
+    let top = |m: &HashMap<String, u64>| {
+        let mut v: Vec<_> = m.iter().collect();
+        v.sort_by_key(|(_, n)| std::cmp::Reverse(**n));
+        v.into_iter().take(2).map(|(a, n)| format!("{a} ({n})")).collect::<Vec<_>>().join(", ")
+    };
+    println!("  most wrong payment passwords: {}", top(&wrong_pw));
+    println!("  most binds with frozen or closed wallets: {}", top(&dead));
+    match broken {
+        None => println!("\n== hash chain: {} events verified, head {} ==", grouped(verifier.last_seq() as i64), verifier.head()),
+        Some(e) => println!("\n== hash chain BROKEN: {e} =="),
+    }
+    if let Ok(events) = ledger.history("drainer-1", 0, 2) {
+        if let Some(e) = events.first() {
+            println!("\none stored event, as auditors and consumers see it:\n  {}", serde_json::to_string(e).unwrap_or_default());
+        }
+    }
+}

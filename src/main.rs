@@ -1,1 +1,251 @@
-fn main(){}
+//! The `bindledger` command: thin. Parses flags, sets up tracing, calls into the library, and
+//! maps errors to exit codes (printing the whole chain once).
+
+use anyhow::{Context, Result};
+use bindledger::config::{Config, Role, TokenConfig};
+use bindledger::gateway::SimulatedGateway;
+use bindledger::http::AppState;
+use bindledger::secret::{write_private, LedgerSecret};
+use bindledger::{bench, demo, offline, Ledger};
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Exit codes.
+const EXIT_ERROR: i32 = 1;
+const EXIT_VERIFY_FAILED: i32 = 3;
+
+#[derive(Parser)]
+#[command(name = "bindledger", version, about = "An event-sourced, hash-chained ledger of payment-wallet bindings",
+    after_help = "Exit codes: 0 success, 1 error, 2 bad usage, 3 verification found a problem.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// TOML configuration file (see README for every key and its default).
+    #[arg(long, short = 'c', env = "BINDLEDGER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides the file and BINDLEDGER_DATA_DIR).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address (overrides the file and BINDLEDGER_LISTEN).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the ledger and its HTTP API.
+    Serve(Common),
+    /// Run the ledger with a simulated population of shoppers (and a few attackers), printing
+    /// a live summary.
+    Demo(DemoArgs),
+    /// Write a stopped ledger's events as NDJSON (the exact stored bytes, one per line).
+    Export {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// First global sequence to export.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Output file (default: standard output).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// Verify a stopped ledger: the hash chain, and the stored projection against a rebuild.
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure raw sled, the library path and HTTP end to end in one run.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    demo: demo::DemoOptions,
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn load_config(c: &Common) -> Result<Config> {
+    let mut config = Config::load(c.config.as_deref())?;
+    if let Some(d) = &c.data_dir {
+        config.data_dir = d.clone();
+    }
+    if let Some(l) = c.listen {
+        config.listen = l;
+    }
+    Ok(config)
+}
+
+/// The secret: `BINDLEDGER_SECRET` (hex) if set, else the secret file (created if missing).
+fn load_secret(config: &Config) -> Result<LedgerSecret> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    match std::env::var("BINDLEDGER_SECRET") {
+        Ok(hex) => Ok(LedgerSecret::from_hex(&hex)?),
+        Err(_) => Ok(LedgerSecret::load_or_create(&config.secret_path())?),
+    }
+}
+
+/// With no tokens configured, one token with every role is created in `<data_dir>/admin.token`.
+fn ensure_tokens(config: &mut Config) -> Result<()> {
+    if !config.tokens.is_empty() {
+        return Ok(());
+    }
+    let path = config.data_dir.join("admin.token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) => t.trim().to_owned(),
+        Err(_) => {
+            let mut b = [0u8; 24];
+            getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let t = hex::encode(b);
+            write_private(&path, t.as_bytes())?;
+            t
+        }
+    };
+    tracing::info!(path = %path.display(), "no tokens configured: using the admin token (writer, reader, auditor) in this file");
+    config.tokens.push(TokenConfig { token, roles: vec![Role::Writer, Role::Reader, Role::Auditor] });
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+fn open_ledger(config: &Config) -> Result<Ledger> {
+    let secret = load_secret(config)?;
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
+    Ok(Ledger::open(config, secret, gateway)?)
+}
+
+async fn serve(common: Common) -> Result<()> {
+    let mut config = load_config(&common)?;
+    let ledger = open_ledger(&config)?;
+    ensure_tokens(&mut config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    // One line on stdout that scripts (and tests) can read.
+    println!("listening on http://{addr}");
+    std::io::stdout().flush()?;
+    tracing::info!(%addr, events = ledger.log_len(), "serving");
+    let state = AppState::new(ledger.clone(), &config.tokens, config.http.clone());
+    bindledger::http::serve(listener, state, shutdown_signal()).await?;
+    ledger.close();
+    Ok(())
+}
+
+fn export(data_dir: &Path, from: u64, output: Option<&Path>) -> Result<()> {
+    let n = match output {
+        Some(p) => {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?);
+            offline::export(data_dir, from, &mut f)?
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut lock = std::io::BufWriter::new(stdout.lock());
+            offline::export(data_dir, from, &mut lock)?
+        }
+    };
+    eprintln!("exported {n} events");
+    Ok(())
+}
+
+fn verify(data_dir: &Path, json: bool) -> Result<i32> {
+    let report = offline::verify(data_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("events:      {}", report.events);
+        println!("chain head:  {}", report.head);
+        match &report.chain_error {
+            None => println!("chain:       ok"),
+            Some(e) => println!("chain:       BROKEN at event {}: {e}", report.chain_error_seq.unwrap_or(0)),
+        }
+        if report.projection_matches {
+            println!("projection:  ok (equals a rebuild at position {})", report.projection_position);
+        } else {
+            println!(
+                "projection:  DIFFERS from a rebuild at position {} (accounts: {})",
+                report.projection_position,
+                report.projection_differences.join(", ")
+            );
+        }
+    }
+    Ok(if report.ok() { 0 } else { EXIT_VERIFY_FAILED })
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Serve(common) => {
+            init_tracing("info");
+            tokio::runtime::Runtime::new()?.block_on(serve(common))?;
+            Ok(0)
+        }
+        Command::Demo(args) => {
+            init_tracing("warn");
+            let mut config = load_config(&args.common)?;
+            if args.common.data_dir.is_none() && std::env::var_os("BINDLEDGER_DATA_DIR").is_none() {
+                config.data_dir = std::env::temp_dir().join(format!("bindledger-demo-{}", std::process::id()));
+            }
+            let secret = load_secret(&config)?;
+            ensure_tokens(&mut config)?;
+            tokio::runtime::Runtime::new()?.block_on(demo::run(config, secret, args.demo))?;
+            Ok(0)
+        }
+        Command::Export { data_dir, from, output } => {
+            init_tracing("warn");
+            export(&data_dir, from, output.as_deref())?;
+            Ok(0)
+        }
+        Command::Verify { data_dir, json } => {
+            init_tracing("warn");
+            verify(&data_dir, json)
+        }
+        Command::Bench(args) => {
+            init_tracing("warn");
+            tokio::runtime::Runtime::new()?.block_on(bench::run(args))?;
+            Ok(0)
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(EXIT_ERROR);
+        }
+    }
+}
