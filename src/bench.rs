@@ -1,6 +1,7 @@
 //! `bindledger bench`: one run, one machine, three measurements.
 //! 1. **Raw sled baseline**: the same stored event bytes written in batches with
-//!    `apply_batch` + `flush`, nothing else.
+//!    `apply_batch` + `flush`, nothing else, in the ledger's layout (chunks of events), and, for
+//!    context, one key per event.
 //! 2. **Library path**: durable payment commands through [`Ledger::pay`] from many concurrent
 //!    submitters (validation, idempotency, gateway simulator, writer, group commit).
 //! 3. **HTTP end to end**: the same commands over the real HTTP server from many connections.
@@ -21,6 +22,7 @@ use crate::gateway::{Scenario, SimulatedGateway};
 use crate::http::AppState;
 use crate::ledger::Ledger;
 use crate::secret::{LedgerSecret, SecretString};
+use crate::store::CHUNK_EVENTS_MAX;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -101,37 +103,58 @@ fn sample_event(seq: u64, prev: Hash) -> Event {
     }
 }
 
-fn raw_sled(dir: &Path, events: u64, batch_size: usize) -> anyhow::Result<(Row, usize)> {
-    let db = sled::Config::new().path(dir.join("raw")).mode(sled::Mode::HighThroughput).open()?;
+/// Writes the same bytes with `apply_batch` + `flush` and nothing else: either laid out as
+/// the ledger stores them (chunks of [`CHUNK_EVENTS_MAX`] events, one key each) or one key per
+/// event.
+fn raw_sled(dir: &Path, payloads: &[Vec<u8>], batch_size: usize, chunked: bool) -> anyhow::Result<Row> {
+    let name = if chunked { "raw-chunked" } else { "raw-keyed" };
+    let db = sled::Config::new().path(dir.join(name)).mode(sled::Mode::HighThroughput).open()?;
     let tree = db.open_tree("raw")?;
-    // Prepare the bytes first: the baseline measures only sled.
-    let mut prev = GENESIS_HASH;
-    let mut payloads = Vec::with_capacity(events as usize);
-    for seq in 1..=events {
-        let b = codec::encode(&sample_event(seq, prev));
-        prev = hash_bytes(&b);
-        payloads.push(b);
-    }
     let bytes_per_event = payloads.iter().map(|p| p.len()).sum::<usize>() / payloads.len().max(1);
     let started = Instant::now();
-    let mut seq = 0u64;
-    for chunk in payloads.chunks(batch_size) {
+    let mut seq = 1u64;
+    for batch_payloads in payloads.chunks(batch_size) {
         let mut batch = sled::Batch::default();
-        for p in chunk {
-            seq += 1;
-            let mut k = [0u8; 9];
-            k[0] = b'E';
-            k[1..].copy_from_slice(&seq.to_be_bytes());
-            batch.insert(&k[..], p.as_slice());
+        if chunked {
+            for chunk in batch_payloads.chunks(CHUNK_EVENTS_MAX) {
+                let mut value = Vec::with_capacity(chunk.iter().map(|p| p.len() + 4).sum());
+                for p in chunk {
+                    value.extend_from_slice(&(p.len() as u32).to_be_bytes());
+                    value.extend_from_slice(p);
+                }
+                batch.insert(&seq.to_be_bytes()[..], value);
+                seq += chunk.len() as u64;
+            }
+        } else {
+            for p in batch_payloads {
+                batch.insert(&seq.to_be_bytes()[..], p.as_slice());
+                seq += 1;
+            }
         }
         tree.apply_batch(batch)?;
         db.flush()?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    Ok((
-        Row { name: "raw sled: apply_batch + flush".into(), ops: events, seconds, p50_us: None, p99_us: None, note: format!("batches of {batch_size}, {bytes_per_event} B/event") },
-        bytes_per_event,
-    ))
+    let layout = if chunked { format!("chunks of {CHUNK_EVENTS_MAX} (the ledger's layout)") } else { "one key per event".into() };
+    Ok(Row {
+        name: format!("raw sled, {layout}"),
+        ops: payloads.len() as u64,
+        seconds,
+        p50_us: None,
+        p99_us: None,
+        note: format!("batches of {batch_size}, {bytes_per_event} B/event"),
+    })
+}
+
+fn sample_payloads(events: u64) -> Vec<Vec<u8>> {
+    let mut prev = GENESIS_HASH;
+    (1..=events)
+        .map(|seq| {
+            let b = codec::encode(&sample_event(seq, prev));
+            prev = hash_bytes(&b);
+            b
+        })
+        .collect()
 }
 
 fn bench_config(dir: &Path) -> Config {
@@ -317,8 +340,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let root = args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("bindledger-bench-{}", std::process::id())));
     std::fs::create_dir_all(&root)?;
     eprintln!("bench: logs under {} ({} cores)", root.display(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    eprintln!("bench: raw sled baseline ...");
-    let (raw, _) = raw_sled(&root, args.raw_events, args.raw_batch)?;
+    eprintln!("bench: raw sled baselines ...");
+    let payloads = sample_payloads(args.raw_events);
+    let raw = raw_sled(&root, &payloads, args.raw_batch, true)?;
+    let raw_keyed = raw_sled(&root, &payloads, args.raw_batch, false)?;
+    drop(payloads);
     eprintln!("bench: library path ...");
     let (lib, _) = library(&root.join("lib"), &args).await?;
     eprintln!("bench: HTTP ...");
@@ -326,7 +352,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let baseline = raw.rate();
     println!("| measurement | ops | seconds | ops/s | p50 | p99 | vs raw sled | notes |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|");
-    for r in [&raw, &lib, &http] {
+    for r in [&raw, &raw_keyed, &lib, &http] {
         println!(
             "| {} | {} | {:.2} | {:.0} | {} | {} | {:.2} | {} |",
             r.name, r.ops, r.seconds, r.rate(), fmt_us(r.p50_us), fmt_us(r.p99_us), r.rate() / baseline, r.note

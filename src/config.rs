@@ -55,6 +55,9 @@ pub struct Config {
     /// When true the platform side is in maintenance: commands are recorded as
     /// `maintenance` failures with side `platform`. Default false.
     pub platform_maintenance: bool,
+    /// An idempotency key is remembered while fewer than this many events follow it.
+    /// Default 1,000,000.
+    pub idempotency_window_events: u64,
     pub writer: WriterConfig,
     pub gateway: GatewayConfig,
     pub http: HttpConfig,
@@ -70,6 +73,9 @@ pub struct WriterConfig {
     pub queue_capacity: usize,
     /// Commands decided and made durable together (one flush). Default 2048.
     pub batch_max: usize,
+    /// Events between two projection snapshots (a restart folds at most about this many).
+    /// Default 50,000.
+    pub snapshot_every_events: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +110,7 @@ impl Default for Config {
             secret_file: None,
             max_bindings_per_account: 10,
             platform_maintenance: false,
+            idempotency_window_events: 1_000_000,
             writer: WriterConfig::default(),
             gateway: GatewayConfig::default(),
             http: HttpConfig::default(),
@@ -114,7 +121,7 @@ impl Default for Config {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        WriterConfig { queue_capacity: 16384, batch_max: 2048 }
+        WriterConfig { queue_capacity: 16384, batch_max: 2048, snapshot_every_events: 50_000 }
     }
 }
 
@@ -181,6 +188,9 @@ impl Config {
         }
         if self.gateway.concurrency_max == 0 || self.http.connections_max == 0 {
             return bad("gateway.concurrency_max and http.connections_max must be at least 1");
+        }
+        if self.idempotency_window_events == 0 || self.writer.snapshot_every_events == 0 {
+            return bad("idempotency_window_events and writer.snapshot_every_events must be at least 1");
         }
         if self.max_bindings_per_account == 0 {
             return bad("max_bindings_per_account must be at least 1");

@@ -428,7 +428,7 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
         let _ = h.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    report(&world, elapsed);
+    report(&world, elapsed).await;
     let _ = stop_http.send(());
     let _ = server.await;
     ledger.close();
@@ -438,8 +438,9 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     Ok(())
 }
 
-fn report(world: &World, elapsed_s: f64) {
+async fn report(world: &World, elapsed_s: f64) {
     let ledger = &world.ledger;
+    let sample = ledger.history("drainer-1", 0, 2).await;
     let t = world.tally.lock().expect("tally");
     println!("\n== outcomes after {:.1} s ({} events, {:.0} events/s) ==", elapsed_s, grouped(ledger.log_len() as i64), ledger.log_len() as f64 / elapsed_s);
     for (k, v) in &t.by_outcome {
@@ -493,7 +494,7 @@ fn report(world: &World, elapsed_s: f64) {
         None => println!("\n== hash chain: {} events verified, head {} ==", grouped(verifier.last_seq() as i64), verifier.head()),
         Some(e) => println!("\n== hash chain BROKEN: {e} =="),
     }
-    if let Ok(events) = ledger.history("drainer-1", 0, 2) {
+    if let Ok(events) = sample {
         if let Some(e) = events.first() {
             println!("\none stored event, as auditors and consumers see it:\n  {}", serde_json::to_string(e).unwrap_or_default());
         }

@@ -167,18 +167,30 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     q.map(|Query(t)| t).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
 }
 
+/// The answer to a command. The event is embedded as its stored bytes (no re-encoding): the
+/// same bytes the hash covers, so a client can check `hash` itself.
 fn command_response(r: CommandResult) -> Response {
     let status = if r.replayed { StatusCode::OK } else { StatusCode::CREATED };
     let outcome = if r.event.payload.succeeded() { "succeeded" } else { "failed" };
-    let body = json!({
-        "outcome": outcome,
-        "event_type": r.event.event_type(),
-        "failure_code": r.event.payload.failure_code(),
-        "replayed": r.replayed,
-        "hash": r.hash,
-        "event": r.event,
-    });
-    (status, Json(body)).into_response()
+    let failure = match r.event.payload.failure_code() {
+        Some(code) => format!("\"{code}\""),
+        None => "null".to_owned(),
+    };
+    let mut body = Vec::with_capacity(r.bytes.len() + 192);
+    body.extend_from_slice(
+        format!(
+            "{{\"outcome\":\"{outcome}\",\"event_type\":\"{}\",\"failure_code\":{failure},\"replayed\":{},\"hash\":\"{}\",\"event\":",
+            r.event.event_type(),
+            r.replayed,
+            r.hash
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(&r.bytes);
+    body.push(b'}');
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 async fn bind(
@@ -251,7 +263,7 @@ async fn bindings(
 #[serde(deny_unknown_fields)]
 struct PageQuery {
     limit: Option<usize>,
-    before: Option<u64>,
+    before_version: Option<u64>,
     after_version: Option<u64>,
 }
 
@@ -259,6 +271,7 @@ fn payment_view(e: &Event) -> Option<serde_json::Value> {
     let common = |status: &str, order_id: &str, amount_minor: i64, currency: &bindledger_events::Currency, binding_id| {
         json!({
             "seq": e.seq,
+            "account_seq": e.account_seq,
             "event_id": e.id,
             "event_time": e.event_time,
             "status": status,
@@ -296,10 +309,9 @@ async fn payments(
     command::validate_account(&account)?;
     let q = query(q)?;
     let limit = q.limit.unwrap_or(50).clamp(1, s.http.page_limit_max);
-    let events = s.ledger.payments(&account, q.before, limit)?;
-    let next = if events.len() == limit { events.last().map(|e| e.seq) } else { None };
+    let (events, next) = s.ledger.payments(&account, q.before_version, limit).await?;
     let list: Vec<_> = events.iter().filter_map(payment_view).collect();
-    Ok(Json(json!({"account": account, "payments": list, "next_before": next})).into_response())
+    Ok(Json(json!({"account": account, "payments": list, "next_before_version": next})).into_response())
 }
 
 async fn history(
@@ -313,7 +325,7 @@ async fn history(
     command::validate_account(&account)?;
     let q = query(q)?;
     let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
-    let events = s.ledger.history(&account, q.after_version.unwrap_or(0), limit)?;
+    let events = s.ledger.history(&account, q.after_version.unwrap_or(0), limit).await?;
     let next = if events.len() == limit { events.last().map(|e| e.account_seq) } else { None };
     Ok(Json(json!({"account": account, "events": events, "next_after_version": next})).into_response())
 }

@@ -8,7 +8,7 @@
 
 use bindledger_events::{codec, hash_bytes, ChainVerifier, Event, Hash, Payload, PaymentFailure};
 use chrono::Utc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -17,11 +17,13 @@ use crate::command::{BindCommand, Meta, PayCommand, UnbindCommand};
 use crate::config::Config;
 use crate::decide::{self, BindFacts, BindVerdict, PayFacts, PayVerdict, Rules};
 use crate::error::{Error, Result};
+use crate::idempotency::{composite, IdempotencyIndex};
+use crate::indexer::Indexer;
 use crate::gateway::{BindVerification, GatewayFailure, PaymentAuthorization, WalletGateway};
 use crate::metrics::Metrics;
 use crate::projection::{AccountState, Projection};
 use crate::secret::LedgerSecret;
-use crate::store::Store;
+use crate::store::{IndexBatch, Store};
 use crate::writer::{Committed, Request, Submission, Writer};
 
 pub use crate::writer::Committed as CommandResult;
@@ -40,6 +42,10 @@ struct Inner {
     /// Bounded queue to the writer; `None` once closed.
     tx: RwLock<Option<mpsc::Sender<Submission>>>,
     read: Arc<RwLock<Projection>>,
+    /// Keys of durable commands (see [`IdempotencyIndex`]).
+    idempotency: Arc<Mutex<IdempotencyIndex>>,
+    /// The history index covers events through this seq.
+    indexed: Arc<AtomicU64>,
     /// Gateway calls in flight.
     gateway_permits: Semaphore,
     gateway_timeout: Duration,
@@ -59,42 +65,55 @@ impl Drop for Inner {
 }
 
 impl Ledger {
-    /// Opens the log in `config.data_dir`, loads the projection (folding any events it had not
-    /// seen yet) and starts the writer.
+    /// Opens the log in `config.data_dir`, loads the projection snapshot and folds the events
+    /// after it (checking their links), catches the history index up, rebuilds the
+    /// idempotency index from the log's tail, and starts the writer.
     pub fn open(config: &Config, secret: LedgerSecret, gateway: Arc<dyn WalletGateway>) -> Result<Ledger> {
         let store = Arc::new(Store::open(&config.data_dir)?);
         store.check_secret(&secret.check_value())?;
-        let (position, accounts) = store.load_accounts()?;
-        let mut state = Projection::from_accounts(position, accounts);
-        // Resume: fold what the stored projection has not seen (and check those links).
-        let head = store.head()?;
-        let (last_seq, last_hash) = head.unwrap_or((0, bindledger_events::GENESIS_HASH));
-        if position > last_seq {
-            return Err(Error::Corrupt(format!("projection position {position} is past the log's end {last_seq}")));
+        let (last_seq, last_hash) = store.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));
+        let (indexed, snapshot) = store.index_positions()?;
+        if snapshot > last_seq || indexed > last_seq {
+            return Err(Error::Corrupt(format!("index positions ({indexed}, {snapshot}) are past the log's end {last_seq}")));
         }
-        if position < last_seq {
-            let mut verifier = match position {
+        let mut state = Projection::from_accounts(snapshot, store.load_accounts()?);
+        if snapshot < last_seq {
+            let mut verifier = match snapshot {
                 0 => ChainVerifier::new(),
-                p => {
-                    let b = store.event_bytes(p)?.ok_or_else(|| Error::Corrupt(format!("event {p} missing")))?;
-                    ChainVerifier::resume(p, hash_bytes(&b))
-                }
+                p => ChainVerifier::resume(p, hash_bytes(&store.event_bytes(p)?.ok_or_else(|| Error::Corrupt(format!("event {p} missing")))?)),
             };
-            for r in store.scan_events(position + 1) {
+            let mut rows = IndexBatch::default();
+            let mut pending_rows = 0;
+            for r in store.scan_events(snapshot + 1) {
                 let (_, bytes) = r?;
                 let (event, _) = verifier.push(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
-                state.apply(&event);
+                if event.seq > indexed {
+                    rows.add_history(&event.account, event.account_seq, event.seq);
+                    pending_rows += 1;
+                    if pending_rows == 10_000 {
+                        rows.set_indexed(event.seq);
+                        store.apply_index(std::mem::take(&mut rows))?;
+                        pending_rows = 0;
+                    }
+                }
+                state.apply_catching_up(&event);
             }
-            tracing::info!(from = position, to = last_seq, "projection caught up with the log");
+            rows.set_indexed(last_seq);
+            store.apply_index(rows)?;
+            store.flush()?;
+            tracing::info!(from = snapshot, to = last_seq, "projection and index caught up with the log");
         }
+        let idempotency = IdempotencyIndex::rebuild(&store, config.idempotency_window_events)?;
         let metrics = Arc::new(Metrics::default());
         metrics.log_events.store(last_seq, Ordering::Relaxed);
         let read = Arc::new(RwLock::new(state.clone()));
         let failed = Arc::new(AtomicBool::new(false));
+        let indexed = Arc::new(AtomicU64::new(last_seq));
         let rules = Rules {
             max_bindings_per_account: config.max_bindings_per_account,
             platform_maintenance: config.platform_maintenance,
         };
+        let idempotency = Arc::new(Mutex::new(idempotency));
         let (tx, rx) = mpsc::channel(config.writer.queue_capacity);
         let writer = Writer {
             store: store.clone(),
@@ -106,6 +125,16 @@ impl Ledger {
             batch_max: config.writer.batch_max,
             metrics: metrics.clone(),
             failed: failed.clone(),
+            idempotency: idempotency.clone(),
+            durable: Arc::new(AtomicU64::new(last_seq)),
+            pending: Default::default(),
+            pending_batches: Default::default(),
+            indexer: Some(Indexer {
+                store: store.clone(),
+                read: read.clone(),
+                indexed: indexed.clone(),
+                snapshot_every_events: config.writer.snapshot_every_events,
+            }),
         };
         let handle = std::thread::Builder::new()
             .name("bindledger-writer".into())
@@ -119,6 +148,8 @@ impl Ledger {
                 gateway,
                 tx: RwLock::new(Some(tx)),
                 read,
+                idempotency,
+                indexed,
                 gateway_permits: Semaphore::new(config.gateway.concurrency_max),
                 gateway_timeout: Duration::from_millis(config.gateway.timeout_ms),
                 rules,
@@ -164,7 +195,8 @@ impl Ledger {
     /// The original result, if this idempotency key was used before with the same request.
     fn replay_if_known(&self, meta: &Meta, digest: &Hash) -> Result<Option<Committed>> {
         let Some(key) = meta.idempotency_key.as_deref() else { return Ok(None) };
-        match self.inner.store.idempotency(&meta.account, key)? {
+        let known = self.inner.idempotency.lock().expect("idempotency lock").get(&composite(&meta.account, key));
+        match known {
             None => Ok(None),
             Some((_, d)) if &d != digest => {
                 self.inner.metrics.count_rejected("idempotency_key_reused");
@@ -174,7 +206,7 @@ impl Ledger {
                 let bytes = self.inner.store.event_bytes(seq)?.ok_or_else(|| Error::Corrupt(format!("event {seq} missing")))?;
                 let event = codec::decode(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
                 self.inner.metrics.idempotent_replays.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(Committed { event, hash: hash_bytes(&bytes), replayed: true }))
+                Ok(Some(Committed { event, hash: hash_bytes(&bytes), bytes: bytes::Bytes::copy_from_slice(&bytes), replayed: true }))
             }
         }
     }
@@ -366,14 +398,45 @@ impl Ledger {
             .collect()
     }
 
-    /// An account's payment events (succeeded and failed), newest first, with `seq < before`.
-    pub fn payments(&self, account: &str, before: Option<u64>, limit: usize) -> Result<Vec<Event>> {
-        self.events_at(self.inner.store.payment_seqs(account, before, limit)?)
+    /// Waits (a little) until the history index covers every event readers can see.
+    async fn wait_indexed(&self) {
+        let target = self.log_len();
+        for _ in 0..2000 {
+            if self.inner.indexed.load(Ordering::SeqCst) >= target {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// An account's payment events (succeeded and failed), newest first, with
+    /// `account_seq < before_version`; also returns the cursor for the next page.
+    pub async fn payments(&self, account: &str, before_version: Option<u64>, limit: usize) -> Result<(Vec<Event>, Option<u64>)> {
+        self.wait_indexed().await;
+        let mut out = Vec::with_capacity(limit);
+        let mut before = before_version.unwrap_or(u64::MAX);
+        loop {
+            let seqs = self.inner.store.account_event_seqs(account, 0, before, true, 256)?;
+            let exhausted = seqs.len() < 256;
+            for event in self.events_at(seqs)? {
+                before = event.account_seq;
+                if matches!(event.payload, Payload::PaymentSucceeded { .. } | Payload::PaymentFailed { .. }) {
+                    out.push(event);
+                    if out.len() == limit {
+                        return Ok((out, Some(before)));
+                    }
+                }
+            }
+            if exhausted {
+                return Ok((out, None));
+            }
+        }
     }
 
     /// An account's events with `account_seq > after_version`, oldest first.
-    pub fn history(&self, account: &str, after_version: u64, limit: usize) -> Result<Vec<Event>> {
-        self.events_at(self.inner.store.account_event_seqs(account, after_version, limit)?)
+    pub async fn history(&self, account: &str, after_version: u64, limit: usize) -> Result<Vec<Event>> {
+        self.wait_indexed().await;
+        self.events_at(self.inner.store.account_event_seqs(account, after_version, u64::MAX, false, limit)?)
     }
 
     /// Raw stored events from `from` on (the bytes the hash chain covers). Only durable events:

@@ -10,8 +10,11 @@
 //! - [`gateway`]: the wallet-provider trait and the deterministic simulated provider.
 //! - [`decide`]: the business rules: pure functions from state and facts to one event.
 //! - [`projection`]: the pure fold from events to bindings and the wallet index.
-//! - [`store`]: the sled layout; one atomic batch and one flush per group commit.
-//! - [`writer`]: the single writer thread (batching, deciding, group commit).
+//! - [`store`]: the sled layout: the log in chunks (one atomic batch and one flush per group
+//!   commit), derived rows in a separate tree.
+//! - [`writer`]: the single writer thread (batching, deciding) and the flusher (group commit).
+//! - [`idempotency`]: the bounded idempotency index, derived from the log.
+//! - [`indexer`]: history rows and projection snapshots, off the write path.
 //! - [`ledger`]: the library API tying these together.
 //! - [`http`]: the axum HTTP API; [`metrics`]: Prometheus text metrics.
 //! - [`config`]: TOML + environment configuration; [`error`]: the error enum.
@@ -27,6 +30,8 @@ pub mod demo;
 pub mod error;
 pub mod gateway;
 pub mod http;
+pub mod idempotency;
+pub mod indexer;
 pub mod ledger;
 pub mod metrics;
 pub mod offline;

@@ -3,6 +3,7 @@
 
 use bindledger_events::{ChainError, ChainVerifier, Hash};
 use serde::Serialize;
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 
@@ -39,11 +40,11 @@ pub struct VerifyReport {
     /// The first break in the chain, if any.
     pub chain_error: Option<String>,
     pub chain_error_seq: Option<u64>,
-    /// Position of the stored projection.
-    pub projection_position: u64,
-    /// Whether the stored projection equals a rebuild from the log.
+    /// Position of the stored projection snapshot.
+    pub snapshot_position: u64,
+    /// Whether every stored projection row equals a rebuild from the log at that row's version.
     pub projection_matches: bool,
-    /// Accounts whose stored state differs from the rebuild (at most 20 listed).
+    /// Accounts whose stored row differs from the rebuild (at most 20 listed).
     pub projection_differences: Vec<String>,
 }
 
@@ -53,15 +54,18 @@ impl VerifyReport {
     }
 }
 
-/// Verifies the hash chain of the whole log and compares the stored projection with a rebuild.
+/// Verifies the hash chain of the whole log and checks every stored projection row against a
+/// rebuild from the log. A row may include events past the snapshot position, so each row is
+/// compared with the rebuilt account at the row's own version.
 pub fn verify(dir: &Path) -> Result<VerifyReport> {
     let store = open_existing(dir)?;
-    let (position, stored) = store.load_accounts()?;
-    let stored = Projection::from_accounts(position, stored);
+    let (_, snapshot) = store.index_positions()?;
+    let stored = store.load_accounts()?;
     let mut verifier = ChainVerifier::new();
     let mut rebuilt = Projection::default();
     let mut chain_error: Option<ChainError> = None;
-    let mut at_position = if position == 0 { Some(rebuilt.clone()) } else { None };
+    let mut checked: HashSet<&str> = HashSet::new();
+    let mut differences = Vec::new();
     for r in store.scan_events(1) {
         let (key, bytes) = r?;
         match verifier.push(&bytes) {
@@ -71,8 +75,13 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             }
             Ok((event, _)) => {
                 rebuilt.apply(&event);
-                if event.seq == position {
-                    at_position = Some(rebuilt.clone());
+                if let Some((name, row)) = stored.get_key_value(&event.account) {
+                    if row.version == event.account_seq {
+                        checked.insert(name.as_str());
+                        if rebuilt.accounts.get(name) != Some(row) {
+                            differences.push(name.clone());
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -81,28 +90,36 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             }
         }
     }
-    let mut differences = Vec::new();
-    let matches = match &at_position {
-        Some(p) => {
-            let mut names: Vec<&String> = p.accounts.keys().chain(stored.accounts.keys()).collect();
-            names.sort();
-            names.dedup();
-            for n in names {
-                if p.accounts.get(n) != stored.accounts.get(n) {
-                    differences.push(n.clone());
-                }
-            }
-            differences.truncate(20);
-            p == &stored
+    // A row that matches no moment of its account, or an account with events up to the
+    // snapshot position but no row, is a difference too.
+    for name in stored.keys() {
+        if !checked.contains(name.as_str()) {
+            differences.push(name.clone());
         }
-        None => false,
-    };
+    }
+    if chain_error.is_none() {
+        let mut at_snapshot = Projection::default();
+        for r in store.scan_events(1).take(snapshot as usize) {
+            let (_, bytes) = r?;
+            let event = bindledger_events::decode(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+            at_snapshot.apply(&event);
+        }
+        for name in at_snapshot.accounts.keys() {
+            if !stored.contains_key(name) {
+                differences.push(name.clone());
+            }
+        }
+    }
+    differences.sort();
+    differences.dedup();
+    let matches = differences.is_empty();
+    differences.truncate(20);
     Ok(VerifyReport {
         events: verifier.last_seq(),
         head: verifier.head(),
         chain_error_seq: chain_error.as_ref().map(|e| e.seq()),
         chain_error: chain_error.map(|e| e.to_string()),
-        projection_position: position,
+        snapshot_position: snapshot,
         projection_matches: matches,
         projection_differences: differences,
     })

@@ -118,6 +118,18 @@ impl Projection {
         }
     }
 
+    /// Folds an event during catch-up from a snapshot, where an account's stored row may
+    /// already include events past the snapshot position: those are skipped.
+    pub fn apply_catching_up(&mut self, e: &Event) {
+        let seen = self.accounts.get(&e.account).is_some_and(|a| a.version >= e.account_seq);
+        if seen {
+            assert_eq!(e.seq, self.position + 1, "projection fed out of order");
+            self.position = e.seq;
+        } else {
+            self.apply(e);
+        }
+    }
+
     /// Rebuilds the projection from events in order.
     pub fn rebuild<'a>(events: impl IntoIterator<Item = &'a Event>) -> Projection {
         let mut p = Projection::default();

@@ -1,17 +1,23 @@
 //! The single writer. It owns the log: it takes commands in batches (up to `batch_max`),
-//! decides each against its in-memory state, turns each into exactly one event, writes the
-//! batch atomically with one flush (group commit), publishes the events to the read model, and
-//! only then answers the callers.
+//! decides each against its in-memory state, turns each into exactly one event and applies the
+//! batch to sled atomically. A second thread, the flusher, makes each batch durable with one
+//! flush (group commit), publishes its events to the read model, and only then answers the
+//! callers. While batch N is being flushed, batch N+1 is being decided: sled's `flush` makes
+//! every write applied before it started durable, so answering after it is safe.
 //!
-//! **Architecture invariant:** nothing but this thread appends to the log, and no caller is
-//! answered before its event is durable. If a write or flush fails the writer answers every
-//! caller of the batch with `storage_failed` and stops: its state may be ahead of the disk.
+//! **Architecture invariants:** nothing but this thread appends to the log; no caller is
+//! answered before its event is durable; readers only see durable events. If a write or flush
+//! fails, every caller in flight gets `storage_failed` and both threads stop: the writer's
+//! state may be ahead of the disk.
+//!
+//! After the flush, the batch's idempotency keys enter the shared [`IdempotencyIndex`] and its
+//! events go to the [`crate::indexer`] (history rows, projection snapshots), off the write path.
 
-use bindledger_events::{codec, hash_bytes, Event, Hash, Payload, SCHEMA_VERSION};
+use bindledger_events::{codec, hash_bytes, Event, Hash, SCHEMA_VERSION};
 use chrono::Utc;
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -20,8 +26,13 @@ use crate::command::Meta;
 use crate::decide::{self, BindFacts, BindVerdict, PayFacts, PayVerdict, Rules};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::idempotency::{composite, IdempotencyIndex};
+use crate::indexer::{IndexItem, Indexer, INDEX_QUEUE_BATCHES};
 use crate::projection::Projection;
-use crate::store::{Store, WriteBatch};
+use crate::store::{LogBatch, Store};
+/// Batches decided but not yet durable (the writer runs at most this far ahead). The flusher
+/// makes all the batches waiting for it durable with one flush.
+const PIPELINE_DEPTH: usize = 8;
 
 /// A command ready to be decided: validated, its secrets already used and dropped.
 #[derive(Debug)]
@@ -55,6 +66,8 @@ impl Request {
 #[derive(Debug, Clone)]
 pub struct Committed {
     pub event: Event,
+    /// The event's stored bytes (what the hash covers).
+    pub bytes: bytes::Bytes,
     pub hash: Hash,
     /// True when this is the result of an earlier command with the same idempotency key.
     pub replayed: bool,
@@ -72,9 +85,16 @@ enum Answer {
     Fail(Error),
 }
 
+/// A decided, applied batch on its way to durability.
+struct Job {
+    events: Vec<(Event, bytes::Bytes, Hash)>,
+    replies: Vec<(&'static str, oneshot::Sender<Result<Committed>>, Answer)>,
+    started: Instant,
+}
+
 pub struct Writer {
     pub store: Arc<Store>,
-    /// The writer's own decision state; may run ahead of the read model within a batch.
+    /// The writer's own decision state; runs ahead of the read model by the batches in flight.
     pub state: Projection,
     /// What readers see: only events that are durable.
     pub read: Arc<RwLock<Projection>>,
@@ -84,10 +104,41 @@ pub struct Writer {
     pub batch_max: usize,
     pub metrics: Arc<Metrics>,
     pub failed: Arc<AtomicBool>,
+    /// Keys of durable events (shared with the ledger's pre-check).
+    pub idempotency: Arc<Mutex<IdempotencyIndex>>,
+    /// Highest seq that is durable and whose keys are in `idempotency`.
+    pub durable: Arc<AtomicU64>,
+    /// Keys of batches decided but not yet durable, and which batch holds them.
+    pub pending: HashMap<String, (u64, Hash)>,
+    pub pending_batches: VecDeque<(u64, Vec<String>)>,
+    /// The indexer, started with the writer.
+    pub indexer: Option<Indexer>,
 }
 
 impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<Submission>) {
+        let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(PIPELINE_DEPTH);
+        let (index_tx, index_rx) = std::sync::mpsc::sync_channel::<Vec<IndexItem>>(INDEX_QUEUE_BATCHES);
+        let indexer = self.indexer.take().expect("the writer runs once");
+        let indexer = std::thread::Builder::new()
+            .name("bindledger-indexer".into())
+            .spawn(move || indexer.run(index_rx))
+            .expect("starting the indexer thread");
+        let flusher = {
+            let f = Flusher {
+                store: self.store.clone(),
+                read: self.read.clone(),
+                metrics: self.metrics.clone(),
+                failed: self.failed.clone(),
+                idempotency: self.idempotency.clone(),
+                durable: self.durable.clone(),
+                index: index_tx,
+            };
+            std::thread::Builder::new()
+                .name("bindledger-flusher".into())
+                .spawn(move || f.run(job_rx))
+                .expect("starting the flusher thread")
+        };
         let mut subs = Vec::with_capacity(self.batch_max);
         while let Some(first) = rx.blocking_recv() {
             subs.push(first);
@@ -97,64 +148,74 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if !self.process(&mut subs) {
+            let job = self.process(&mut subs);
+            if self.failed.load(Ordering::SeqCst) || job.and_then(|j| job_tx.send(j).map_err(|_| ())).is_err() {
                 // Storage failed: refuse everything still queued, then stop.
+                self.failed.store(true, Ordering::SeqCst);
                 rx.close();
                 while let Ok(s) = rx.try_recv() {
                     let _ = s.reply.send(Err(Error::StorageFailed("the writer stopped after a storage failure".into())));
                 }
-                return;
+                break;
             }
         }
-        tracing::info!("writer stopped: every handle closed");
+        drop(job_tx);
+        let _ = flusher.join();
+        let _ = indexer.join();
+        tracing::info!("writer stopped");
     }
 
     fn stored_event(&self, seq: u64) -> Result<Committed> {
         let bytes = self.store.event_bytes(seq)?.ok_or_else(|| Error::Corrupt(format!("idempotency row points at missing event {seq}")))?;
         let event = codec::decode(&bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
-        Ok(Committed { event, hash: hash_bytes(&bytes), replayed: true })
+        Ok(Committed { event, hash: hash_bytes(&bytes), bytes: bytes::Bytes::copy_from_slice(&bytes), replayed: true })
     }
 
-    /// Decides, writes and answers one batch. Returns false if storage failed.
-    fn process(&mut self, subs: &mut Vec<Submission>) -> bool {
+    /// The event an idempotency key produced, if it is known (durable or in flight).
+    fn known_key(&self, key: &str) -> Option<(u64, Hash)> {
+        self.pending.get(key).copied().or_else(|| self.idempotency.lock().expect("idempotency lock").get(key))
+    }
+
+    /// Decides one batch and applies it to sled; returns the job that makes it durable.
+    fn process(&mut self, subs: &mut Vec<Submission>) -> std::result::Result<Job, ()> {
         let started = Instant::now();
         let now = bindledger_events::types::micros::truncate(Utc::now());
-        let mut batch = WriteBatch::default();
-        let mut events: Vec<(Event, Hash)> = Vec::with_capacity(subs.len());
+        // Forget in-flight keys of batches that became durable (they are in the shared index).
+        let durable = self.durable.load(Ordering::SeqCst);
+        while self.pending_batches.front().is_some_and(|(last, _)| *last <= durable) {
+            let (_, keys) = self.pending_batches.pop_front().expect("front exists");
+            for k in keys {
+                if self.pending.get(&k).is_some_and(|(seq, _)| *seq <= durable) {
+                    self.pending.remove(&k);
+                }
+            }
+        }
+        let mut batch = LogBatch::default();
+        let mut events: Vec<(Event, bytes::Bytes, Hash)> = Vec::with_capacity(subs.len());
         let mut answers: Vec<Answer> = Vec::with_capacity(subs.len());
-        let mut batch_keys: HashMap<(&str, &str), (usize, Hash)> = HashMap::new();
-        let mut touched: HashSet<String> = HashSet::new();
+        let mut batch_keys: HashMap<String, usize> = HashMap::new();
         let mut buf = Vec::with_capacity(1024);
 
         for sub in subs.iter() {
             let req = &sub.request;
             let meta = req.meta();
-            if let Some(key) = meta.idempotency_key.as_deref() {
-                if let Some((idx, digest)) = batch_keys.get(&(meta.account.as_str(), key)) {
-                    answers.push(if digest == req.digest() {
-                        Answer::ReplayOfBatch(*idx)
-                    } else {
-                        Answer::Fail(Error::IdempotencyKeyReused { key: key.to_owned() })
-                    });
+            let key = meta.idempotency_key.as_deref().map(|k| composite(&meta.account, k));
+            if let Some(ck) = &key {
+                let reused = || Answer::Fail(Error::IdempotencyKeyReused { key: meta.idempotency_key.clone().unwrap_or_default() });
+                if let Some(idx) = batch_keys.get(ck) {
+                    answers.push(if events[*idx].0.request_digest.as_ref() == Some(req.digest()) { Answer::ReplayOfBatch(*idx) } else { reused() });
                     continue;
                 }
-                match self.store.idempotency(&meta.account, key) {
-                    Ok(Some((seq, digest))) => {
-                        answers.push(if &digest == req.digest() {
-                            match self.stored_event(seq) {
-                                Ok(c) => Answer::Replay(c),
-                                Err(e) => Answer::Fail(e),
-                            }
-                        } else {
-                            Answer::Fail(Error::IdempotencyKeyReused { key: key.to_owned() })
-                        });
-                        continue;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        answers.push(Answer::Fail(e));
-                        continue;
-                    }
+                if let Some((seq, digest)) = self.known_key(ck) {
+                    answers.push(if &digest == req.digest() {
+                        match self.stored_event(seq) {
+                            Ok(c) => Answer::Replay(c),
+                            Err(e) => Answer::Fail(e),
+                        }
+                    } else {
+                        reused()
+                    });
+                    continue;
                 }
             }
             let acct = self.state.accounts.get(&meta.account);
@@ -187,62 +248,120 @@ impl Writer {
             };
             codec::encode_into(&event, &mut buf);
             let hash = hash_bytes(&buf);
-            let is_payment = matches!(event.payload, Payload::PaymentSucceeded { .. } | Payload::PaymentFailed { .. });
-            batch.add_event(
-                event.seq,
-                &event.account,
-                event.account_seq,
-                &buf,
-                is_payment,
-                meta.idempotency_key.as_deref().map(|k| (k, req.digest())),
-            );
+            batch.add_event(event.seq, &buf);
             self.state.apply(&event);
             self.next_seq += 1;
             self.prev_hash = hash;
-            if let Some(key) = meta.idempotency_key.as_deref() {
-                batch_keys.insert((meta.account.as_str(), key), (events.len(), *req.digest()));
+            if let Some(ck) = key {
+                batch_keys.insert(ck, events.len());
             }
-            touched.insert(meta.account.clone());
             answers.push(Answer::New(events.len()));
-            events.push((event, hash));
+            events.push((event, bytes::Bytes::copy_from_slice(&buf), hash));
         }
 
         if !events.is_empty() {
-            for account in &touched {
-                batch.put_account(account, &self.state.accounts[account]);
-            }
-            batch.set_position(self.next_seq - 1);
-            if let Err(e) = self.store.commit(batch) {
+            if let Err(e) = self.store.apply_log(batch) {
                 tracing::error!(error = %e, events = events.len(), "writing the batch failed; the writer stops");
                 self.failed.store(true, Ordering::SeqCst);
                 for sub in subs.drain(..) {
                     let _ = sub.reply.send(Err(Error::StorageFailed(e.to_string())));
                 }
-                return false;
+                return Err(());
             }
-            let mut read = self.read.write().expect("read model lock");
-            for (e, _) in &events {
-                read.apply(e);
-            }
-            drop(read);
-            self.metrics.flush_seconds.observe(started.elapsed().as_secs_f64());
-            self.metrics.batch_size.observe(events.len() as f64);
-            self.metrics.log_events.store(self.next_seq - 1, Ordering::Relaxed);
         }
+        if !batch_keys.is_empty() {
+            let last = self.next_seq - 1;
+            let mut keys = Vec::with_capacity(batch_keys.len());
+            for (k, idx) in batch_keys {
+                let (e, _, _) = &events[idx];
+                self.pending.insert(k.clone(), (e.seq, e.request_digest.unwrap_or_default()));
+                keys.push(k);
+            }
+            self.pending_batches.push_back((last, keys));
+        }
+        let replies = subs.drain(..).zip(answers).map(|(s, a)| (s.request.kind(), s.reply, a)).collect();
+        Ok(Job { events, replies, started })
+    }
+}
 
-        let mut outcomes = Vec::with_capacity(events.len());
-        for (sub, answer) in subs.drain(..).zip(answers) {
-            let kind = sub.request.kind();
+/// Makes each job durable, then publishes it: idempotency keys, read model, indexer, answers.
+struct Flusher {
+    store: Arc<Store>,
+    read: Arc<RwLock<Projection>>,
+    metrics: Arc<Metrics>,
+    failed: Arc<AtomicBool>,
+    idempotency: Arc<Mutex<IdempotencyIndex>>,
+    durable: Arc<AtomicU64>,
+    index: std::sync::mpsc::SyncSender<Vec<IndexItem>>,
+}
+
+impl Flusher {
+    fn run(self, jobs: std::sync::mpsc::Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            // Everything already decided goes durable with one flush.
+            let mut ready = vec![first];
+            while let Ok(job) = jobs.try_recv() {
+                ready.push(job);
+            }
+            if ready.iter().any(|j| !j.events.is_empty()) {
+                if let Err(e) = self.store.flush() {
+                    tracing::error!(error = %e, "flushing the log failed; the ledger stops taking commands");
+                    self.failed.store(true, Ordering::SeqCst);
+                    let later = std::iter::from_fn(|| jobs.recv().ok());
+                    for job in ready.into_iter().chain(later) {
+                        for (_, reply, _) in job.replies {
+                            let _ = reply.send(Err(Error::StorageFailed(e.to_string())));
+                        }
+                    }
+                    return;
+                }
+            }
+            for job in ready {
+                if !job.events.is_empty() {
+                    self.publish(&job.events);
+                    self.metrics.flush_seconds.observe(job.started.elapsed().as_secs_f64());
+                    self.metrics.batch_size.observe(job.events.len() as f64);
+                }
+                self.answer(job);
+            }
+        }
+    }
+
+    fn publish(&self, events: &[(Event, bytes::Bytes, Hash)]) {
+        {
+            let mut ix = self.idempotency.lock().expect("idempotency lock");
+            for (e, _, _) in events {
+                if let (Some(k), Some(d)) = (&e.idempotency_key, e.request_digest) {
+                    ix.insert(composite(&e.account, k), e.seq, d);
+                }
+            }
+        }
+        let mut r = self.read.write().expect("read model lock");
+        for (e, _, _) in events {
+            r.apply(e);
+        }
+        let position = r.position;
+        drop(r);
+        self.durable.store(position, Ordering::SeqCst);
+        self.metrics.log_events.store(position, Ordering::Relaxed);
+        let items = events.iter().map(|(e, _, _)| (e.seq, e.account.clone(), e.account_seq)).collect();
+        // A full queue blocks here: the indexer's pace bounds the ledger's, never its memory.
+        let _ = self.index.send(items);
+    }
+
+    fn answer(&self, job: Job) {
+        let mut outcomes = Vec::with_capacity(job.events.len());
+        for (kind, reply, answer) in job.replies {
             let result = match answer {
                 Answer::New(i) => {
-                    let (event, hash) = &events[i];
+                    let (event, bytes, hash) = &job.events[i];
                     outcomes.push((kind, event.payload.failure_code().unwrap_or("succeeded")));
-                    Ok(Committed { event: event.clone(), hash: *hash, replayed: false })
+                    Ok(Committed { event: event.clone(), bytes: bytes.clone(), hash: *hash, replayed: false })
                 }
                 Answer::ReplayOfBatch(i) => {
-                    let (event, hash) = &events[i];
+                    let (event, bytes, hash) = &job.events[i];
                     self.metrics.idempotent_replays.fetch_add(1, Ordering::Relaxed);
-                    Ok(Committed { event: event.clone(), hash: *hash, replayed: true })
+                    Ok(Committed { event: event.clone(), bytes: bytes.clone(), hash: *hash, replayed: true })
                 }
                 Answer::Replay(c) => {
                     self.metrics.idempotent_replays.fetch_add(1, Ordering::Relaxed);
@@ -253,9 +372,8 @@ impl Writer {
                     Err(e)
                 }
             };
-            let _ = sub.reply.send(result);
+            let _ = reply.send(result);
         }
         self.metrics.count_commands(&outcomes);
-        true
     }
 }
