@@ -250,6 +250,12 @@ impl SimulatedGateway {
         s.balance_minor_min + (number(&self.agreement_facts(agreement), 16) % span) as i64
     }
 
+    /// Minor units currently authorised (spent and not voided) on a wallet.
+    pub fn spent_minor(&self, provider: &Provider, wallet_account: &str) -> i64 {
+        let agreement = self.agreement_id(provider, wallet_account);
+        self.spent.lock().expect("simulator lock").get(&agreement).copied().unwrap_or(0)
+    }
+
     fn in_maintenance(&self, provider: &Provider, t: DateTime<Utc>) -> bool {
         self.scenario.maintenance.iter().any(|w| w.provider == provider.as_str() && w.from <= t && t < w.until)
     }

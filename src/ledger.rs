@@ -160,8 +160,10 @@ impl Ledger {
         })
     }
 
-    /// Stops taking commands, lets the writer finish what is queued, and waits for it.
-    pub fn close(&self) {
+    /// Stops taking commands, lets the writer finish what is queued (writing the final
+    /// projection snapshot), and waits for it. The directory's lock is released when the last
+    /// clone of this handle is dropped.
+    pub fn close(self) {
         self.inner.tx.write().expect("lock").take();
         let handle = self.inner.writer.lock().expect("lock").take();
         if let Some(h) = handle {
@@ -195,7 +197,7 @@ impl Ledger {
     /// The original result, if this idempotency key was used before with the same request.
     fn replay_if_known(&self, meta: &Meta, digest: &Hash) -> Result<Option<Committed>> {
         let Some(key) = meta.idempotency_key.as_deref() else { return Ok(None) };
-        let known = self.inner.idempotency.lock().expect("idempotency lock").get(&composite(&meta.account, key));
+        let known = self.inner.idempotency.lock().expect("idempotency lock").get(&composite(&meta.account, key), self.log_len());
         match known {
             None => Ok(None),
             Some((_, d)) if &d != digest => {
@@ -410,27 +412,36 @@ impl Ledger {
     }
 
     /// An account's payment events (succeeded and failed), newest first, with
-    /// `account_seq < before_version`; also returns the cursor for the next page.
+    /// `account_seq < before_version`; also returns the cursor for the next page, `None` when
+    /// there is no more.
     pub async fn payments(&self, account: &str, before_version: Option<u64>, limit: usize) -> Result<(Vec<Event>, Option<u64>)> {
         self.wait_indexed().await;
-        let mut out = Vec::with_capacity(limit);
+        let mut out = Vec::with_capacity(limit + 1);
         let mut before = before_version.unwrap_or(u64::MAX);
-        loop {
+        // One more than asked tells whether a next page exists.
+        'pages: loop {
             let seqs = self.inner.store.account_event_seqs(account, 0, before, true, 256)?;
             let exhausted = seqs.len() < 256;
             for event in self.events_at(seqs)? {
                 before = event.account_seq;
                 if matches!(event.payload, Payload::PaymentSucceeded { .. } | Payload::PaymentFailed { .. }) {
                     out.push(event);
-                    if out.len() == limit {
-                        return Ok((out, Some(before)));
+                    if out.len() > limit {
+                        break 'pages;
                     }
                 }
             }
             if exhausted {
-                return Ok((out, None));
+                break;
             }
         }
+        let next = if out.len() > limit {
+            out.pop();
+            out.last().map(|e| e.account_seq)
+        } else {
+            None
+        };
+        Ok((out, next))
     }
 
     /// An account's events with `account_seq > after_version`, oldest first.

@@ -173,7 +173,8 @@ impl Writer {
 
     /// The event an idempotency key produced, if it is known (durable or in flight).
     fn known_key(&self, key: &str) -> Option<(u64, Hash)> {
-        self.pending.get(key).copied().or_else(|| self.idempotency.lock().expect("idempotency lock").get(key))
+        let last = self.next_seq - 1;
+        self.pending.get(key).copied().or_else(|| self.idempotency.lock().expect("idempotency lock").get(key, last))
     }
 
     /// Decides one batch and applies it to sled; returns the job that makes it durable.

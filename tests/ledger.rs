@@ -1,0 +1,300 @@
+//! The library API over real sled files: races, restarts, idempotency, overload, the gateway's
+//! failure modes.
+
+mod common;
+
+use bindledger::command::{BindRequest, CommonInput, PayRequest, UnbindRequest};
+use bindledger::gateway::{MaintenanceWindow, Scenario, SimulatedGateway};
+use bindledger::projection::Projection;
+use bindledger::secret::{LedgerSecret, SecretString};
+use bindledger::{Config, Error, Ledger};
+use bindledger_events::{decode, BindFailure, Payload, PaymentFailure, Side};
+use chrono::Utc;
+use common::*;
+use std::sync::Arc;
+use uuid::Uuid;
+
+const SECRET: [u8; 32] = [42; 32];
+
+fn open(config: &Config) -> (Ledger, Arc<SimulatedGateway>) {
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
+    (Ledger::open(config, LedgerSecret::from_bytes(SECRET), gateway.clone()).unwrap(), gateway)
+}
+
+fn bind_request(g: &SimulatedGateway, n: u64, key: Option<&str>) -> BindRequest {
+    BindRequest {
+        provider: "alipay".into(),
+        wallet_account: SecretString::new(phone(n)),
+        payment_password: SecretString::new(g.password_for(&alipay(), &phone(n))),
+        factor: None,
+        common: CommonInput { idempotency_key: key.map(str::to_owned), ..Default::default() },
+    }
+}
+
+async fn bind(l: &Ledger, g: &SimulatedGateway, account: &str, n: u64) -> Uuid {
+    let r = l.bind(bind_request(g, n, None).validate(account, Utc::now()).unwrap()).await.unwrap();
+    match r.event.payload {
+        Payload::WalletBound { binding_id, .. } => binding_id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn pay_request(g: &SimulatedGateway, n: u64, binding: Uuid, amount_minor: i64, key: Option<&str>, expected_version: Option<u64>) -> PayRequest {
+    PayRequest {
+        binding_id: binding.to_string(),
+        order_id: format!("o-{amount_minor}"),
+        amount_minor,
+        currency: None,
+        payment_password: SecretString::new(g.password_for(&alipay(), &phone(n))),
+        factor: None,
+        common: CommonInput { idempotency_key: key.map(str::to_owned), expected_version, ..Default::default() },
+    }
+}
+
+fn all_events(l: &Ledger) -> Vec<bindledger_events::Event> {
+    l.raw_events(1).map(|r| decode(&r.unwrap().1).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_racing_on_one_idempotency_key_get_one_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, g) = open(&test_config(dir.path()));
+    let binding = bind(&l, &g, "acct", 1).await;
+    let base = l.log_len();
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (l, g) = (l.clone(), g.clone());
+            tokio::spawn(async move { l.pay(pay_request(&g, 1, binding, 500, Some("k-1"), None).validate("acct", Utc::now()).unwrap()).await })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    let mut fresh = 0;
+    for t in tasks {
+        let r = t.await.unwrap().expect("every racer gets the result");
+        seqs.push(r.event.seq);
+        fresh += usize::from(!r.replayed);
+    }
+    assert!(seqs.iter().all(|s| *s == seqs[0]), "all racers see the same event: {seqs:?}");
+    assert_eq!(fresh, 1, "exactly one racer made the event");
+    assert_eq!(l.log_len(), base + 1);
+    assert_eq!(g.spent_minor(&alipay(), &phone(1)), 500, "the losers' authorisations were voided");
+
+    // Different requests racing on one key: one wins, the rest are told the key is taken.
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let (l, g) = (l.clone(), g.clone());
+            tokio::spawn(async move { l.pay(pay_request(&g, 1, binding, 100 + i, Some("k-2"), None).validate("acct", Utc::now()).unwrap()).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) => {
+                assert!(!r.replayed);
+                ok += 1;
+            }
+            Err(Error::IdempotencyKeyReused { key }) => assert_eq!(key, "k-2"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(l.log_len(), base + 2);
+    l.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expected_versions_serialise_racing_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (l, g) = open(&test_config(dir.path()));
+    let binding = bind(&l, &g, "shared", 7).await;
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (l, g) = (l.clone(), g.clone());
+            tokio::spawn(async move {
+                let mut conflicts = 0;
+                let mut won = Vec::new();
+                while won.len() < 5 {
+                    let version = l.account("shared").unwrap().version;
+                    let req = pay_request(&g, 7, binding, 1 + i, None, Some(version));
+                    match l.pay(req.validate("shared", Utc::now()).unwrap()).await {
+                        Ok(r) => {
+                            assert_eq!(r.event.account_seq, version + 1);
+                            won.push(r.event.account_seq);
+                        }
+                        Err(Error::VersionConflict { .. }) => conflicts += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                (won, conflicts)
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.extend(t.await.unwrap().0);
+    }
+    versions.sort();
+    assert_eq!(versions, (2..=81).collect::<Vec<u64>>(), "each version was won exactly once");
+    assert_eq!(l.account("shared").unwrap().version, 81);
+    l.close();
+}
+
+#[tokio::test]
+async fn a_restart_resumes_the_projection_and_a_rebuild_equals_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.writer.snapshot_every_events = 7; // several snapshots, and a tail to fold
+    let (l, g) = open(&config);
+    for a in 0..6u64 {
+        let account = format!("acct-{a}");
+        let b1 = bind(&l, &g, &account, a * 10 + 1).await;
+        let b2 = bind(&l, &g, &account, a * 10 + 2).await;
+        for k in 0..3 {
+            l.pay(pay_request(&g, a * 10 + 1, b1, 100 + k, None, None).validate(&account, Utc::now()).unwrap()).await.unwrap();
+        }
+        if a % 2 == 0 {
+            l.unbind(UnbindRequest { confirm: true, common: CommonInput::default() }.validate(&account, &b2.to_string(), Utc::now()).unwrap()).await.unwrap();
+        }
+    }
+    // Two accounts share a wallet.
+    bind(&l, &g, "acct-0", 51).await;
+    bind(&l, &g, "acct-1", 51).await;
+    let live = l.projection();
+    let rebuilt = Projection::rebuild(all_events(&l).iter());
+    assert_eq!(live, rebuilt, "the live projection equals a rebuild from the log");
+    l.close();
+
+    let (l, _) = open(&config);
+    assert_eq!(l.projection(), rebuilt, "reopened: the stored snapshot plus the tail equals a rebuild");
+    let report = bindledger::offline::verify(dir.path());
+    assert!(report.is_err(), "the log is open in this process, verify must not open it twice");
+    l.close();
+    let report = bindledger::offline::verify(dir.path()).unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.events, rebuilt.position);
+}
+
+#[tokio::test]
+async fn idempotency_keys_survive_a_restart_within_their_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.idempotency_window_events = 5;
+    let (l, g) = open(&config);
+    let binding = bind(&l, &g, "acct", 3).await;
+    let first = l.pay(pay_request(&g, 3, binding, 700, Some("pay-1"), None).validate("acct", Utc::now()).unwrap()).await.unwrap();
+    l.close();
+    let (l, g) = open(&config);
+    let again = l.pay(pay_request(&g, 3, binding, 700, Some("pay-1"), None).validate("acct", Utc::now()).unwrap()).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.event, first.event);
+    assert_eq!(again.hash, first.hash);
+    // Five more events and the key has left the window: it is new again.
+    for k in 0..5 {
+        l.pay(pay_request(&g, 3, binding, 1 + k, None, None).validate("acct", Utc::now()).unwrap()).await.unwrap();
+    }
+    let later = l.pay(pay_request(&g, 3, binding, 700, Some("pay-1"), None).validate("acct", Utc::now()).unwrap()).await.unwrap();
+    assert!(!later.replayed);
+    assert_ne!(later.event.seq, first.event.seq);
+    l.close();
+}
+
+#[tokio::test]
+async fn another_secret_is_refused_for_an_existing_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let (l, g) = open(&config);
+    bind(&l, &g, "acct", 1).await;
+    l.close();
+    let other = Ledger::open(&config, LedgerSecret::from_bytes([1; 32]), g.clone());
+    assert!(matches!(other, Err(Error::SecretMismatch)), "{:?}", other.err());
+    let (l, _) = open(&config);
+    assert_eq!(l.log_len(), 1);
+    l.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_overloaded_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.writer.queue_capacity = 1;
+    config.writer.batch_max = 1;
+    let (l, g) = open(&config);
+    let binding = bind(&l, &g, "acct", 1).await;
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let (l, g) = (l.clone(), g.clone());
+            tokio::spawn(async move { l.pay(pay_request(&g, 1, binding, 1 + i, Some(&format!("k{i}")), None).validate("acct", Utc::now()).unwrap()).await })
+        })
+        .collect();
+    let (mut ok, mut overloaded) = (Vec::new(), 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) => ok.push(r.event.idempotency_key.unwrap()),
+            Err(Error::Overloaded(_)) => overloaded += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(overloaded > 0, "a queue of one must overflow under 300 concurrent commands");
+    let mut logged: Vec<String> = all_events(&l).into_iter().filter_map(|e| e.idempotency_key).collect();
+    logged.sort();
+    ok.sort();
+    assert_eq!(logged, ok, "exactly the acknowledged commands are in the log");
+    let spent: i64 = all_events(&l).iter().map(|e| match e.payload { Payload::PaymentSucceeded { amount_minor, .. } => amount_minor, _ => 0 }).sum();
+    assert_eq!(g.spent_minor(&alipay(), &phone(1)), spent, "refused commands were voided at the provider");
+    l.close();
+}
+
+#[tokio::test]
+async fn provider_failures_are_recorded_as_typed_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    let now = Utc::now();
+    config.gateway.simulated = Scenario {
+        maintenance: vec![MaintenanceWindow { provider: "wechat_pay".into(), from: now - chrono::Duration::hours(1), until: now + chrono::Duration::hours(1) }],
+        ..Scenario::quiet(11)
+    };
+    let (l, g) = open(&config);
+    let req = BindRequest { provider: "wechat_pay".into(), ..bind_request(&g, 1, None) };
+    let r = l.bind(req.validate("acct", Utc::now()).unwrap()).await.unwrap();
+    assert!(matches!(r.event.payload, Payload::BindFailed { reason: BindFailure::Maintenance { side: Side::Provider }, .. }), "{:?}", r.event.payload);
+    l.close();
+
+    // A provider that never answers in time is a network failure.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.gateway.simulated.latency_ms = 500;
+    config.gateway.timeout_ms = 50;
+    let (l, g) = open(&config);
+    let r = l.bind(bind_request(&g, 1, None).validate("acct", Utc::now()).unwrap()).await.unwrap();
+    assert!(matches!(r.event.payload, Payload::BindFailed { reason: BindFailure::Network, .. }), "{:?}", r.event.payload);
+    l.close();
+
+    // The platform's own maintenance.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.platform_maintenance = true;
+    let (l, g) = open(&config);
+    let r = l.pay(pay_request(&g, 1, Uuid::now_v7(), 5, None, None).validate("acct", Utc::now()).unwrap()).await.unwrap();
+    assert!(matches!(r.event.payload, Payload::PaymentFailed { reason: PaymentFailure::Maintenance { side: Side::Platform }, .. }));
+    l.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorisation_the_writer_refuses_is_voided() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.gateway.simulated.latency_ms = 300;
+    let (l, g) = open(&config);
+    let binding = bind(&l, &g, "acct", 9).await;
+    // The payment passes the pre-check and waits on the provider; meanwhile the wallet is unbound.
+    let pay = {
+        let (l, g) = (l.clone(), g.clone());
+        tokio::spawn(async move { l.pay(pay_request(&g, 9, binding, 4200, None, None).validate("acct", Utc::now()).unwrap()).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    l.unbind(UnbindRequest { confirm: true, common: CommonInput::default() }.validate("acct", &binding.to_string(), Utc::now()).unwrap()).await.unwrap();
+    let r = pay.await.unwrap().unwrap();
+    assert!(matches!(r.event.payload, Payload::PaymentFailed { reason: PaymentFailure::BindingNotActive, .. }), "{:?}", r.event.payload);
+    assert_eq!(g.spent_minor(&alipay(), &phone(9)), 0, "the provider's authorisation was released");
+    l.close();
+}
