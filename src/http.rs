@@ -82,6 +82,7 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        tracing::debug!(code = self.code, field = self.field, message = %self.message, "request refused");
         let body = json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
         let mut r = (self.status, Json(body)).into_response();
         match self.status {
@@ -417,7 +418,12 @@ async fn not_found() -> ApiError {
 
 async fn bound_in_flight(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     match s.in_flight.clone().try_acquire_owned() {
-        Ok(_permit) => next.run(req).await,
+        Ok(_permit) => {
+            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+            let response = next.run(req).await;
+            tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+            response
+        }
         Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight; retry shortly").into_response(),
     }
 }

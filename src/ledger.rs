@@ -225,6 +225,23 @@ impl Ledger {
     }
 
     async fn submit(&self, request: Request) -> Result<Committed> {
+        let kind = request.kind();
+        let result = self.submit_inner(request).await;
+        match &result {
+            Ok(c) => tracing::debug!(
+                account = %c.event.account,
+                kind,
+                outcome = c.event.payload.failure_code().unwrap_or("succeeded"),
+                seq = c.event.seq,
+                replayed = c.replayed,
+                "command"
+            ),
+            Err(e) => tracing::debug!(kind, code = e.code(), error = %e, "command refused"),
+        }
+        result
+    }
+
+    async fn submit_inner(&self, request: Request) -> Result<Committed> {
         let (reply, rx) = oneshot::channel();
         {
             let guard = self.inner.tx.read().expect("lock");

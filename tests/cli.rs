@@ -1,0 +1,79 @@
+//! The `bindledger` binary as a user runs it.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+#[test]
+fn a_live_log_is_refused_to_offline_tools_and_a_stopped_one_exports_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let server = spawn_server(&data, &log, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = bindledger::client::Client::new(server.addr, Some(ALL.into()));
+        for i in 0..5 {
+            let body = serde_json::json!({"provider": "wechat_pay", "wallet_account": phone(i), "payment_password": "000000"});
+            let (status, _) = c.post_json(&format!("/v1/accounts/u{i}/bindings"), &body).await.unwrap();
+            assert_eq!(status.as_u16(), 201);
+        }
+    });
+    let (code, _, stderr) = run_cli(&["verify", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    server.kill();
+
+    let out = dir.path().join("events.ndjson");
+    let (code, _, stderr) = run_cli(&["export", "--data-dir", data.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("exported 5 events"), "{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 5);
+    let (code, stdout, _) = run_cli(&["verify", "--data-dir", data.to_str().unwrap()]);
+    let stdout = String::from_utf8(stdout).unwrap();
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("chain:       ok"), "{stdout}");
+    let (code, _, stderr) = run_cli(&["verify", "--data-dir", dir.path().join("nothing").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no ledger log"), "{stderr}");
+}
+
+#[test]
+fn without_configured_tokens_an_admin_token_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let server = spawn_server(&data, &log, &[("BINDLEDGER_TOKENS", "")]);
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(data.join("admin.token")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(data.join("secret.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (status, _) = bindledger::client::Client::new(server.addr, Some(token.trim().into())).get_json("/v1/accounts/x/bindings").await.unwrap();
+        assert_eq!(status.as_u16(), 200);
+        let (status, _) = bindledger::client::Client::new(server.addr, None).get_json("/v1/accounts/x/bindings").await.unwrap();
+        assert_eq!(status.as_u16(), 401);
+    });
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "data_dir = \"x\"\n[writer]\nbatch_maxx = 3\n").unwrap();
+    let out = Command::new(binary()).args(["serve", "--config", config.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("batch_maxx") && stderr.contains("bad.toml"), "{stderr}");
+    let (code, stdout, _) = run_cli(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(String::from_utf8_lossy(&stdout).contains("Exit codes"));
+    let (code, _, _) = run_cli(&["no-such-command"]);
+    assert_eq!(code, 2);
+}
