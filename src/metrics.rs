@@ -60,6 +60,8 @@ pub struct Metrics {
     /// Commands answered without a new event: validation errors, conflicts, overload.
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     pub idempotent_replays: AtomicU64,
+    /// Flushes made (one flush covers every batch decided while the previous one ran).
+    pub flushes: AtomicU64,
     pub batch_size: Histogram,
     pub flush_seconds: Histogram,
     pub log_events: AtomicU64,
@@ -71,6 +73,7 @@ impl Default for Metrics {
             commands: Mutex::new(BTreeMap::new()),
             rejected: Mutex::new(BTreeMap::new()),
             idempotent_replays: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
             batch_size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 65536.0]),
             flush_seconds: Histogram::new(&[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
             log_events: AtomicU64::new(0),
@@ -104,6 +107,11 @@ impl Metrics {
             out,
             "# HELP bindledger_idempotent_replays_total Commands answered with the result of an earlier command with the same idempotency key.\n# TYPE bindledger_idempotent_replays_total counter\nbindledger_idempotent_replays_total {}",
             self.idempotent_replays.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP bindledger_flushes_total Flushes of the log (group commits).\n# TYPE bindledger_flushes_total counter\nbindledger_flushes_total {}",
+            self.flushes.load(Ordering::Relaxed)
         );
         self.batch_size.render(&mut out, "bindledger_batch_size", "Commands per group commit.");
         self.flush_seconds.render(&mut out, "bindledger_flush_seconds", "Time to write and flush one batch.");

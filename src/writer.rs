@@ -305,6 +305,7 @@ impl Flusher {
                 ready.push(job);
             }
             if ready.iter().any(|j| !j.events.is_empty()) {
+                self.metrics.flushes.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = self.store.flush() {
                     tracing::error!(error = %e, "flushing the log failed; the ledger stops taking commands");
                     self.failed.store(true, Ordering::SeqCst);
