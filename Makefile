@@ -2,6 +2,7 @@
 # (cargo) is the only prerequisite.
 
 CARGO ?= cargo
+SHELL := /bin/bash
 
 .PHONY: demo test bench check-toolchain
 
@@ -15,7 +16,10 @@ demo: check-toolchain
 ## Every test: unit tests, and the integration tests against real sled files, the real HTTP
 ## server and the real binary killed with SIGKILL.
 test: check-toolchain
-	$(CARGO) test --workspace --locked
+	@mkdir -p target
+	@set -o pipefail; $(CARGO) test --workspace --locked 2>&1 | tee target/test-output.log; status=$$?; \
+	  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } \
+	       END { printf "\n%d passed, %d failed\n", p, f }' target/test-output.log; exit $$status
 
 ## Raw sled baseline, library path and HTTP end to end, in one run.
 bench: check-toolchain
