@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 use crate::gateway::Scenario;
+use crate::relay::KafkaConfig;
 
 /// What a bearer token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -61,6 +62,8 @@ pub struct Config {
     pub writer: WriterConfig,
     pub gateway: GatewayConfig,
     pub http: HttpConfig,
+    /// The Kafka relay (off unless `kafka.brokers` is set).
+    pub kafka: KafkaConfig,
     /// Bearer tokens. When none are configured, `serve` creates one with every role and writes
     /// it to `<data_dir>/admin.token`.
     pub tokens: Vec<TokenConfig>,
@@ -114,6 +117,7 @@ impl Default for Config {
             writer: WriterConfig::default(),
             gateway: GatewayConfig::default(),
             http: HttpConfig::default(),
+            kafka: KafkaConfig::default(),
             tokens: Vec::new(),
         }
     }
@@ -161,7 +165,8 @@ impl Config {
     }
 
     /// `BINDLEDGER_DATA_DIR`, `BINDLEDGER_LISTEN`, `BINDLEDGER_SECRET_FILE`,
-    /// `BINDLEDGER_TOKENS` (`role+role:token,...`).
+    /// `BINDLEDGER_KAFKA_BROKERS`, `BINDLEDGER_KAFKA_TOPIC`, `BINDLEDGER_TOKENS`
+    /// (`role+role:token,...`).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
         if let Some(v) = get("BINDLEDGER_DATA_DIR") {
             self.data_dir = v.into();
@@ -171,6 +176,12 @@ impl Config {
         }
         if let Some(v) = get("BINDLEDGER_SECRET_FILE") {
             self.secret_file = Some(v.into());
+        }
+        if let Some(v) = get("BINDLEDGER_KAFKA_BROKERS") {
+            self.kafka.brokers = v;
+        }
+        if let Some(v) = get("BINDLEDGER_KAFKA_TOPIC") {
+            self.kafka.topic = v;
         }
         if let Some(v) = get("BINDLEDGER_TOKENS") {
             self.tokens = parse_tokens(&v)?;
@@ -194,6 +205,10 @@ impl Config {
         }
         if self.max_bindings_per_account == 0 {
             return bad("max_bindings_per_account must be at least 1");
+        }
+        let k = &self.kafka;
+        if k.partitions < 1 || k.replication_factor < 1 || k.inflight_events_max == 0 || k.topic.is_empty() {
+            return bad("kafka: partitions, replication_factor and inflight_events_max must be at least 1, and topic not empty");
         }
         for t in &self.tokens {
             if t.token.len() < 16 {

@@ -26,6 +26,7 @@ use crate::config::{HttpConfig, Role, TokenConfig};
 use crate::error::Error;
 use crate::ledger::{CommandResult, Ledger};
 use crate::projection::Binding;
+use crate::relay::{Relay, RelayStatus};
 
 pub struct AppState {
     pub ledger: Ledger,
@@ -34,13 +35,22 @@ pub struct AppState {
     http: HttpConfig,
     /// Requests in flight; beyond the bound the answer is 503 `overloaded`.
     in_flight: Arc<Semaphore>,
+    /// The Kafka relay's topic and status, when it runs.
+    relay: Option<(String, Arc<RelayStatus>)>,
 }
 
 impl AppState {
     pub fn new(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig) -> Arc<AppState> {
         let tokens = tokens.iter().map(|t| (Sha256::digest(t.token.as_bytes()).into(), t.roles.clone())).collect();
         let in_flight = Arc::new(Semaphore::new(http.connections_max));
-        Arc::new(AppState { ledger, tokens, http, in_flight })
+        Arc::new(AppState { ledger, tokens, http, in_flight, relay: None })
+    }
+
+    /// The same, reporting a running relay in `/metrics` and `/v1/relay`.
+    pub fn with_relay(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig, topic: &str, status: Arc<RelayStatus>) -> Arc<AppState> {
+        let mut state = Arc::into_inner(Self::new(ledger, tokens, http)).expect("just made");
+        state.relay = Some((topic.to_owned(), status));
+        Arc::new(state)
     }
 }
 
@@ -407,9 +417,31 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    let mut r = s.ledger.metrics().render().into_response();
+    let mut text = s.ledger.metrics().render();
+    if let Some((topic, status)) = &s.relay {
+        use std::fmt::Write;
+        let r = Relay::report(&s.ledger, topic, status);
+        let _ = write!(
+            text,
+            "# HELP bindledger_relay_position Every event up to this seq is on the Kafka topic.\n# TYPE bindledger_relay_position gauge\nbindledger_relay_position {}\n\
+             # HELP bindledger_relay_lag_events Events in the log not yet on the topic.\n# TYPE bindledger_relay_lag_events gauge\nbindledger_relay_lag_events {}\n\
+             # HELP bindledger_relay_lag_seconds Age of the oldest event not yet on the topic.\n# TYPE bindledger_relay_lag_seconds gauge\nbindledger_relay_lag_seconds {}\n\
+             # HELP bindledger_relay_published_total Events the relay published.\n# TYPE bindledger_relay_published_total counter\nbindledger_relay_published_total {}\n\
+             # HELP bindledger_relay_state The relay's state.\n# TYPE bindledger_relay_state gauge\nbindledger_relay_state{{state=\"{}\"}} 1\n",
+            r.position, r.lag_events, r.lag_seconds, r.published_total, r.state
+        );
+    }
+    let mut r = text.into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r
+}
+
+async fn relay_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Reader)?;
+    match &s.relay {
+        Some((topic, status)) => Ok(Json(Relay::report(&s.ledger, topic, status)).into_response()),
+        None => Ok(Json(json!({"state": "disabled"})).into_response()),
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -436,6 +468,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/accounts/{account}/events", get(history))
         .route("/v1/wallets/{fingerprint}/accounts", get(wallet_accounts))
         .route("/v1/events", get(feed))
+        .route("/v1/relay", get(relay_status))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)

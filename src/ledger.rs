@@ -46,6 +46,8 @@ struct Inner {
     idempotency: Arc<Mutex<IdempotencyIndex>>,
     /// The history index covers events through this seq.
     indexed: Arc<AtomicU64>,
+    /// The highest durable seq, for followers.
+    durable_watch: Arc<tokio::sync::watch::Sender<u64>>,
     /// Gateway calls in flight.
     gateway_permits: Semaphore,
     gateway_timeout: Duration,
@@ -114,6 +116,7 @@ impl Ledger {
             platform_maintenance: config.platform_maintenance,
         };
         let idempotency = Arc::new(Mutex::new(idempotency));
+        let durable_watch = Arc::new(tokio::sync::watch::Sender::new(last_seq));
         let (tx, rx) = mpsc::channel(config.writer.queue_capacity);
         let writer = Writer {
             store: store.clone(),
@@ -127,6 +130,7 @@ impl Ledger {
             failed: failed.clone(),
             idempotency: idempotency.clone(),
             durable: Arc::new(AtomicU64::new(last_seq)),
+            durable_watch: durable_watch.clone(),
             pending: Default::default(),
             pending_batches: Default::default(),
             indexer: Some(Indexer {
@@ -150,6 +154,7 @@ impl Ledger {
                 read,
                 idempotency,
                 indexed,
+                durable_watch,
                 gateway_permits: Semaphore::new(config.gateway.concurrency_max),
                 gateway_timeout: Duration::from_millis(config.gateway.timeout_ms),
                 rules,
@@ -472,6 +477,24 @@ impl Ledger {
     pub fn raw_events(&self, from: u64) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + Send + 'static {
         let end = self.log_len();
         self.inner.store.scan_events(from.max(1)).take_while(move |r| r.as_ref().map_or(true, |(seq, _)| *seq <= end))
+    }
+
+    /// Follows the highest durable seq.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.durable_watch.subscribe()
+    }
+
+    /// One stored event's bytes (durable or not; callers check against `log_len`).
+    pub fn event_bytes(&self, seq: u64) -> Result<Option<sled::IVec>> {
+        self.inner.store.event_bytes(seq)
+    }
+
+    pub fn relay_position(&self, topic: &str) -> Result<u64> {
+        self.inner.store.relay_position(topic)
+    }
+
+    pub fn set_relay_position(&self, topic: &str, seq: u64) -> Result<()> {
+        self.inner.store.set_relay_position(topic, seq)
     }
 
     /// Size of the store's files on disk.

@@ -17,10 +17,13 @@
 //! - [`indexer`]: history rows and projection snapshots, off the write path.
 //! - [`ledger`]: the library API tying these together.
 //! - [`http`]: the axum HTTP API; [`metrics`]: Prometheus text metrics.
+//! - [`relay`]: the Kafka outbox relay (exactly once on the topic, without transactions).
+//! - [`analytics`]: the downstream analytics consumer (`bindledger consume`).
 //! - [`config`]: TOML + environment configuration; [`error`]: the error enum.
 //! - [`offline`]: export and verify a log that no process has open.
 //! - [`client`], [`demo`], [`bench`]: a small HTTP client, the demo workload, the benchmark.
 
+pub mod analytics;
 pub mod bench;
 pub mod client;
 pub mod command;
@@ -36,6 +39,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod offline;
 pub mod projection;
+pub mod relay;
 pub mod secret;
 pub mod store;
 pub mod writer;

@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use bindledger::config::{Config, Role, TokenConfig};
 use bindledger::gateway::SimulatedGateway;
 use bindledger::http::AppState;
+use bindledger::relay::Relay;
 use bindledger::secret::{write_private, LedgerSecret};
 use bindledger::{bench, demo, offline, Ledger};
 use clap::{Args, Parser, Subcommand};
@@ -71,6 +72,23 @@ enum Command {
     },
     /// Measure raw sled, the library path and HTTP end to end in one run.
     Bench(bench::BenchArgs),
+    /// Read the events topic as an analytics team would: spend per account, month and
+    /// provider; bind success rates; failure reasons per day.
+    Consume(bindledger::analytics::ConsumeArgs),
+    /// Ask a running ledger how it is: health, log length, the Kafka relay's state and lag.
+    Status {
+        /// The ledger's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "BINDLEDGER_URL")]
+        url: String,
+        /// A token with the reader role (default: the admin token in --data-dir).
+        #[arg(long, env = "BINDLEDGER_TOKEN")]
+        token: Option<String>,
+        #[arg(long, default_value = "bindledger-data")]
+        data_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -163,10 +181,62 @@ async fn serve(common: Common) -> Result<()> {
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, events = ledger.log_len(), "serving");
-    let state = AppState::new(ledger.clone(), &config.tokens, config.http.clone());
+    let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
+    let (state, relay_task) = if config.kafka.enabled() {
+        let relay = Relay::new(ledger.clone(), config.kafka.clone());
+        let state = AppState::with_relay(ledger.clone(), &config.tokens, config.http.clone(), &config.kafka.topic, relay.status.clone());
+        tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, "kafka relay on");
+        (state, Some(tokio::spawn(relay.run(relay_stopped))))
+    } else {
+        (AppState::new(ledger.clone(), &config.tokens, config.http.clone()), None)
+    };
     bindledger::http::serve(listener, state, shutdown_signal()).await?;
+    let _ = stop_relay.send(true);
+    if let Some(t) = relay_task {
+        let _ = t.await;
+    }
     ledger.close();
     Ok(())
+}
+
+async fn status(url: &str, token: Option<String>, data_dir: &Path, json: bool) -> Result<i32> {
+    let addr: SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("{url} is not http://IP:PORT"))?;
+    let token = match token {
+        Some(t) => t,
+        None => std::fs::read_to_string(data_dir.join("admin.token"))
+            .map(|t| t.trim().to_owned())
+            .with_context(|| format!("no --token and no admin token in {}", data_dir.display()))?,
+    };
+    let mut client = bindledger::client::Client::new(addr, Some(token));
+    let (_, health) = client.get_json("/healthz").await.with_context(|| format!("asking {url}"))?;
+    let (status, relay) = client.get_json("/v1/relay").await?;
+    anyhow::ensure!(status.is_success(), "{url}/v1/relay answered {status}: {relay}");
+    if json {
+        println!("{}", serde_json::json!({"health": health, "relay": relay}));
+    } else {
+        println!("ledger:  {} ({} events)", health["status"].as_str().unwrap_or("?"), health["events"]);
+        if relay["state"] == "disabled" {
+            println!("relay:   disabled (no kafka.brokers configured)");
+        } else {
+            println!(
+                "relay:   {} to {}, position {}, lag {} events / {:.3} s, published {}",
+                relay["state"].as_str().unwrap_or("?"),
+                relay["topic"].as_str().unwrap_or("?"),
+                relay["position"],
+                relay["lag_events"],
+                relay["lag_seconds"].as_f64().unwrap_or(0.0),
+                relay["published_total"]
+            );
+            if let Some(e) = relay["last_error"].as_str() {
+                println!("         last error: {e}");
+            }
+        }
+    }
+    Ok(if health["status"] == "ok" { 0 } else { EXIT_ERROR })
 }
 
 fn export(data_dir: &Path, from: u64, output: Option<&Path>) -> Result<()> {
@@ -235,6 +305,21 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Verify { data_dir, json } => {
             init_tracing("warn");
             verify(&data_dir, json)
+        }
+        Command::Consume(args) => {
+            init_tracing("warn");
+            let report = bindledger::analytics::consume(&args)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.analytics.summary());
+                println!("{} messages, {} duplicates dropped, {} undecodable", report.messages, report.duplicates, report.undecodable);
+            }
+            Ok(0)
+        }
+        Command::Status { url, token, data_dir, json } => {
+            init_tracing("warn");
+            tokio::runtime::Runtime::new()?.block_on(status(&url, token, &data_dir, json))
         }
         Command::Bench(args) => {
             init_tracing("warn");

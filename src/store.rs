@@ -252,6 +252,21 @@ impl Store {
         Ok((get(INDEX_POSITION)?, get(SNAPSHOT_POSITION)?))
     }
 
+    /// The relay's position for a topic: every event up to it was acknowledged by the broker.
+    pub fn relay_position(&self, topic: &str) -> Result<u64> {
+        match self.index.get(format!("Mrelay:{topic}"))? {
+            Some(v) => u64_of(&v),
+            None => Ok(0),
+        }
+    }
+
+    /// Saves the relay's position (made durable by the next flush; losing it only makes the
+    /// next recovery scan longer).
+    pub fn set_relay_position(&self, topic: &str, seq: u64) -> Result<()> {
+        self.index.insert(format!("Mrelay:{topic}"), &seq.to_be_bytes()[..])?;
+        Ok(())
+    }
+
     /// The stored projection rows.
     pub fn load_accounts(&self) -> Result<HashMap<String, AccountState>> {
         let mut accounts = HashMap::new();

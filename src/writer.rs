@@ -108,6 +108,7 @@ pub struct Writer {
     pub idempotency: Arc<Mutex<IdempotencyIndex>>,
     /// Highest seq that is durable and whose keys are in `idempotency`.
     pub durable: Arc<AtomicU64>,
+    pub durable_watch: Arc<tokio::sync::watch::Sender<u64>>,
     /// Keys of batches decided but not yet durable, and which batch holds them.
     pub pending: HashMap<String, (u64, Hash)>,
     pub pending_batches: VecDeque<(u64, Vec<String>)>,
@@ -132,6 +133,7 @@ impl Writer {
                 failed: self.failed.clone(),
                 idempotency: self.idempotency.clone(),
                 durable: self.durable.clone(),
+                durable_watch: self.durable_watch.clone(),
                 index: index_tx,
             };
             std::thread::Builder::new()
@@ -293,6 +295,8 @@ struct Flusher {
     failed: Arc<AtomicBool>,
     idempotency: Arc<Mutex<IdempotencyIndex>>,
     durable: Arc<AtomicU64>,
+    /// Tells followers (the Kafka relay) that more events are durable.
+    durable_watch: Arc<tokio::sync::watch::Sender<u64>>,
     index: std::sync::mpsc::SyncSender<Vec<IndexItem>>,
 }
 
@@ -346,6 +350,7 @@ impl Flusher {
         drop(r);
         self.durable.store(position, Ordering::SeqCst);
         self.metrics.log_events.store(position, Ordering::Relaxed);
+        self.durable_watch.send_replace(position);
         let items = events.iter().map(|(e, _, _)| (e.seq, e.account.clone(), e.account_seq)).collect();
         // A full queue blocks here: the indexer's pace bounds the ledger's, never its memory.
         let _ = self.index.send(items);

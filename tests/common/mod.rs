@@ -135,3 +135,180 @@ pub fn run_cli(args: &[&str]) -> (i32, Vec<u8>, String) {
     let out = Command::new(binary()).args(args).output().expect("run bindledger");
     (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+// ---- a real Kafka-compatible broker (tansu) for the tests that need one ----
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// Where the tansu binary is: `TANSU`, then `~/.cargo/bin/tansu`, then `PATH`.
+pub fn tansu_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cargo_bin = PathBuf::from(home).join(".cargo/bin/tansu");
+    if cargo_bin.exists() {
+        return cargo_bin;
+    }
+    match Command::new("tansu").arg("--version").output() {
+        Ok(_) => PathBuf::from("tansu"),
+        Err(_) => panic!(
+            "this test needs the tansu Kafka broker and it is not installed: run `make test` (which installs it), \
+             or `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql`, or set TANSU=/path/to/tansu"
+        ),
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    pub addr: String,
+    /// For the sqlite engine: the directory holding tansu.db.
+    dir: Option<PathBuf>,
+}
+
+impl Broker {
+    /// A broker with in-memory storage on a free port.
+    pub fn start() -> Broker {
+        Self::start_on(free_port(), None)
+    }
+
+    /// A broker on `port`; with `sqlite_dir`, its data survives restarts.
+    pub fn start_on(port: u16, sqlite_dir: Option<&Path>) -> Broker {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut cmd = Command::new(tansu_binary());
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"]);
+        match sqlite_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).unwrap();
+                cmd.arg("sqlite://tansu.db").current_dir(dir);
+            }
+            None => {
+                cmd.arg("memory://tansu/");
+            }
+        }
+        let log = std::env::temp_dir().join(format!("tansu-{port}.log"));
+        let log = std::fs::File::create(log).unwrap();
+        cmd.stdout(Stdio::null()).stderr(Stdio::from(log));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting tansu: {e}"));
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not start listening on {addr}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Broker { child: Some(child), port, addr, dir: sqlite_dir.map(Path::to_path_buf) }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap().success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    /// SIGKILL, then start again on the same port (and storage directory).
+    pub fn restart(&mut self) {
+        self.thaw_quietly();
+        let mut c = self.child.take().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+        let again = Broker::start_on(self.port, self.dir.as_deref());
+        *self = again;
+    }
+
+    fn thaw_quietly(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.thaw_quietly();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A fresh topic name per test.
+pub fn fresh_topic(name: &str) -> String {
+    format!("bindledger.test.{name}.{}", uuid::Uuid::now_v7().simple())
+}
+
+/// One message as read back from the topic.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: Vec<u8>,
+    pub headers: std::collections::HashMap<String, String>,
+}
+
+/// Reads every message of every partition of `topic`, up to the high watermarks.
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<Read> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-reader-{}", uuid::Uuid::now_v7().simple()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let timeout = std::time::Duration::from_secs(10);
+    let md = consumer.fetch_metadata(Some(topic), timeout).unwrap();
+    let partitions = md.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0i64;
+    let mut highs = Vec::new();
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout).unwrap();
+        highs.push(high);
+        remaining += high - low;
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while remaining > 0 {
+        assert!(std::time::Instant::now() < deadline, "reading {topic}: {remaining} messages did not arrive");
+        match consumer.poll(std::time::Duration::from_millis(200)) {
+            None => {}
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            Some(Ok(m)) => {
+                if m.offset() >= highs[m.partition() as usize] {
+                    continue;
+                }
+                remaining -= 1;
+                let headers = m
+                    .headers()
+                    .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                    .unwrap_or_default();
+                out.push(Read {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,244 @@
+//! The downstream analytics consumer: what another team builds from the topic with the schema
+//! crate alone. It reads `bindledger.events` in a consumer group, decodes each message with
+//! `bindledger-events` (upcasting older versions), drops duplicates, and keeps the views a
+//! person budgeting or watching quality wants: spend per account per month per wallet provider,
+//! bind success rates per provider, and failure reasons per day.
+//!
+//! **Duplicates.** The topic contract puts an account's events in one partition in increasing
+//! `seq`; a message with a `seq` not above the highest already seen in its partition is a
+//! duplicate (a redelivery after a rebalance or a retried read), whatever its event id. This
+//! keeps memory to one number per partition instead of a set of every event id.
+
+use bindledger_events::{decode, Currency, Event, Payload};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::ClientConfig;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// Most distinct keys one view keeps; beyond it, new keys are counted in `overflowed`.
+pub const VIEW_KEYS_MAX: usize = 1_000_000;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct BindRate {
+    pub attempts: u64,
+    pub succeeded: u64,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Analytics {
+    pub events: u64,
+    /// "account|YYYY-MM|provider|currency" -> minor units spent (successful payments).
+    pub spend_minor: BTreeMap<String, i64>,
+    /// provider -> bind attempts and successes.
+    pub bind_rates: BTreeMap<String, BindRate>,
+    /// "YYYY-MM-DD|event_type|code" -> count.
+    pub failures_per_day: BTreeMap<String, u64>,
+    /// New keys dropped because a view was full.
+    pub overflowed: u64,
+}
+
+fn bump<'a, V: Default>(map: &'a mut BTreeMap<String, V>, key: String, overflowed: &mut u64) -> Option<&'a mut V> {
+    if !map.contains_key(&key) && map.len() >= VIEW_KEYS_MAX {
+        *overflowed += 1;
+        return None;
+    }
+    Some(map.entry(key).or_default())
+}
+
+impl Analytics {
+    /// Folds one event in (event time, never the clock).
+    pub fn apply(&mut self, e: &Event) {
+        self.events += 1;
+        let month = e.event_time.format("%Y-%m");
+        match &e.payload {
+            Payload::PaymentSucceeded { provider, amount_minor, currency, .. } => {
+                let key = format!("{}|{month}|{provider}|{currency}", e.account);
+                if let Some(v) = bump(&mut self.spend_minor, key, &mut self.overflowed) {
+                    *v = v.checked_add(*amount_minor).expect("sums of bounded amounts fit in i64");
+                }
+            }
+            Payload::WalletBound { provider, .. } | Payload::BindFailed { provider, .. } => {
+                if let Some(rate) = bump(&mut self.bind_rates, provider.to_string(), &mut self.overflowed) {
+                    rate.attempts += 1;
+                    rate.succeeded += u64::from(matches!(e.payload, Payload::WalletBound { .. }));
+                }
+            }
+            _ => {}
+        }
+        if let Some(code) = e.payload.failure_code() {
+            let key = format!("{}|{}|{code}", e.event_time.format("%Y-%m-%d"), e.event_type());
+            if let Some(v) = bump(&mut self.failures_per_day, key, &mut self.overflowed) {
+                *v += 1;
+            }
+        }
+    }
+
+    /// A short report for a person.
+    pub fn summary(&self) -> String {
+        let mut out = format!("{} events\n", self.events);
+        out.push_str("bind success rate per provider:\n");
+        for (p, r) in &self.bind_rates {
+            out.push_str(&format!("  {:<14} {:>6} / {:<6} {:>5.1}%\n", p, r.succeeded, r.attempts, 100.0 * r.succeeded as f64 / r.attempts.max(1) as f64));
+        }
+        let mut per_provider: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for (k, v) in &self.spend_minor {
+            let parts: Vec<&str> = k.split('|').collect();
+            *per_provider.entry((parts[2].to_owned(), parts[3].to_owned())).or_default() += v;
+        }
+        out.push_str("spend per provider:\n");
+        for ((p, c), v) in &per_provider {
+            let c = Currency::parse(c).unwrap_or_default();
+            out.push_str(&format!("  {:<14} {:>20}\n", p, c.format(*v)));
+        }
+        let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+        for (k, v) in &self.failures_per_day {
+            let reason = k.splitn(2, '|').nth(1).unwrap_or("").to_owned();
+            *reasons.entry(reason).or_default() += v;
+        }
+        out.push_str("failures by reason:\n");
+        for (r, v) in &reasons {
+            out.push_str(&format!("  {:<46} {:>8}\n", r, v));
+        }
+        out
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConsumeArgs {
+    /// Bootstrap servers.
+    #[arg(long, env = "BINDLEDGER_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    #[arg(long, env = "BINDLEDGER_KAFKA_TOPIC", default_value = "bindledger.events")]
+    pub topic: String,
+    /// Consumer group (a new group starts at the beginning of the topic).
+    #[arg(long, default_value = "bindledger-analytics")]
+    pub group: String,
+    /// Stop after this long without a new message (0: run until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub idle_exit_ms: u64,
+    /// Print the final aggregates as JSON instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a consumer run saw.
+#[derive(Debug, Default, Serialize)]
+pub struct ConsumeReport {
+    pub analytics: Analytics,
+    pub messages: u64,
+    pub duplicates: u64,
+    pub undecodable: u64,
+}
+
+/// Consumes until idle (or forever), printing a summary every 5 s.
+pub fn consume(args: &ConsumeArgs) -> anyhow::Result<ConsumeReport> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("group.id", &args.group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .create()?;
+    consumer.subscribe(&[&args.topic])?;
+    let mut report = ConsumeReport::default();
+    let mut highest: HashMap<i32, u64> = HashMap::new();
+    let mut last_message = Instant::now();
+    let mut last_print = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "kafka"),
+            Some(Ok(m)) => {
+                last_message = Instant::now();
+                report.messages += 1;
+                let Some(value) = m.payload() else {
+                    report.undecodable += 1;
+                    continue;
+                };
+                match decode(value) {
+                    Ok(e) => {
+                        let seen = highest.entry(m.partition()).or_insert(0);
+                        if e.seq <= *seen {
+                            report.duplicates += 1;
+                            continue;
+                        }
+                        *seen = e.seq;
+                        report.analytics.apply(&e);
+                    }
+                    Err(err) => {
+                        report.undecodable += 1;
+                        tracing::warn!(partition = m.partition(), offset = m.offset(), error = %err, "undecodable message");
+                    }
+                }
+            }
+        }
+        if !args.json && last_print.elapsed() > Duration::from_secs(5) {
+            println!("{}", report.analytics.summary());
+            last_print = Instant::now();
+        }
+        if args.idle_exit_ms > 0 && last_message.elapsed() > Duration::from_millis(args.idle_exit_ms) {
+            return Ok(report);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bindledger_events::{Context, FactorCheck, Hash, PaymentFailure, Provider, WalletRef, SCHEMA_VERSION};
+    use chrono::TimeZone;
+
+    fn event(seq: u64, account: &str, day: u32, payload: Payload) -> Event {
+        let t = chrono::Utc.with_ymd_and_hms(2026, 11, day, 12, 0, 0).unwrap();
+        Event {
+            v: SCHEMA_VERSION,
+            id: uuid::Uuid::from_u128(seq as u128),
+            seq,
+            account: account.into(),
+            account_seq: seq,
+            event_time: t,
+            record_time: t,
+            idempotency_key: None,
+            request_digest: None,
+            correlation_id: None,
+            context: Context::default(),
+            prev_hash: Hash::default(),
+            payload,
+        }
+    }
+
+    fn paid(amount_minor: i64) -> Payload {
+        Payload::PaymentSucceeded {
+            binding_id: uuid::Uuid::nil(),
+            provider: Provider::parse("alipay").unwrap(),
+            wallet: WalletRef { masked: "x".into(), fingerprint: Hash::default() },
+            order_id: "o".into(),
+            amount_minor,
+            currency: Currency::CNY,
+            factors: vec![FactorCheck { factor: bindledger_events::Factor::Password, passed: true }],
+            authorization_id: "a".into(),
+        }
+    }
+
+    #[test]
+    fn aggregates_by_account_month_provider_and_day() {
+        let mut a = Analytics::default();
+        a.apply(&event(1, "alice", 1, paid(1000)));
+        a.apply(&event(2, "alice", 2, paid(250)));
+        a.apply(&event(3, "bob", 2, paid(5)));
+        a.apply(&event(4, "bob", 3, Payload::PaymentFailed {
+            binding_id: uuid::Uuid::nil(),
+            order_id: "o".into(),
+            amount_minor: 1,
+            currency: Currency::CNY,
+            factors: vec![],
+            reason: PaymentFailure::WrongPassword,
+        }));
+        assert_eq!(a.spend_minor["alice|2026-11|alipay|CNY"], 1250);
+        assert_eq!(a.spend_minor["bob|2026-11|alipay|CNY"], 5);
+        assert_eq!(a.failures_per_day["2026-11-03|payment_failed|wrong_password"], 1);
+        assert_eq!(a.events, 4);
+        assert!(a.summary().contains("12.55 CNY"), "{}", a.summary());
+    }
+}

@@ -1,0 +1,450 @@
+//! The outbox relay: publishes every durable event to Kafka, in global order, keyed by account,
+//! with the idempotent producer (`acks=all`). The message value is the event's stored bytes;
+//! headers carry `event_type`, `schema_version`, `event_id`, `seq` and `hash`.
+//!
+//! **Exactly once on the topic, without transactions.** The relay chooses each message's
+//! partition itself (Kafka's default partitioner: murmur2 of the key), so an event always goes
+//! to the same partition. Within a partition the idempotent producer keeps order without gaps
+//! or duplicates, so on every (re)start the relay reads the last message of each partition,
+//! learns the highest `seq` it holds, and skips exactly the events already there. Its stored
+//! position (saved only after the broker acknowledged) only shortens that scan.
+//!
+//! **The broker never blocks commands.** The relay runs beside the ledger and only reads the
+//! log; when the broker is away it retries with bounded backoff and catches up when it is back.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::ledger::Ledger;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, e.g. `127.0.0.1:9092`. Empty (the default): no relay.
+    /// Env `BINDLEDGER_KAFKA_BROKERS`.
+    pub brokers: String,
+    /// The events topic. Default `bindledger.events`. Env `BINDLEDGER_KAFKA_TOPIC`.
+    pub topic: String,
+    /// Partitions when the relay creates the topic. Default 6.
+    pub partitions: i32,
+    /// Replication factor when the relay creates the topic. Default 1.
+    pub replication_factor: i32,
+    /// Events sent before waiting for their acknowledgements. Default 20,000.
+    pub inflight_events_max: usize,
+    /// librdkafka `message.timeout.ms`: a message not acknowledged by then fails and the relay
+    /// recovers. Default 30,000.
+    pub message_timeout_ms: u64,
+    /// Longest wait between two attempts while the broker is away. Default 5,000 ms.
+    pub backoff_ms_max: u64,
+    /// Extra librdkafka properties (security, SASL, ...), given as they are.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            topic: "bindledger.events".into(),
+            partitions: 6,
+            replication_factor: 1,
+            inflight_events_max: 20_000,
+            message_timeout_ms: 30_000,
+            backoff_ms_max: 5_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn enabled(&self) -> bool {
+        !self.brokers.trim().is_empty()
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// Kafka's default partitioner (murmur2 of the key, as the Java client computes it), so that
+/// any client keyed by account agrees with the relay.
+pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) as i32 % partitions
+}
+
+/// MurmurHash2, 32-bit, seed 0x9747b28c, as in Kafka's `Utils.murmur2`.
+pub fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= (rest[2] as u32) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= (rest[1] as u32) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= rest[0] as u32;
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// Finds `"name":"value"` in canonical event bytes (ids, account and type never contain a
+/// quote or a backslash).
+fn string_field<'a>(bytes: &'a [u8], marker: &[u8]) -> Option<&'a str> {
+    let at = bytes.windows(marker.len()).position(|w| w == marker)? + marker.len();
+    let len = bytes[at..].iter().position(|b| *b == b'"')?;
+    std::str::from_utf8(&bytes[at..at + len]).ok()
+}
+
+/// What the relay needs of an event without decoding it.
+struct Routing<'a> {
+    account: &'a str,
+    event_id: &'a str,
+    event_type: &'a str,
+    version: &'a str,
+}
+
+fn routing(bytes: &[u8]) -> Option<Routing<'_>> {
+    let version_end = bytes.iter().position(|b| *b == b',')?;
+    Some(Routing {
+        version: std::str::from_utf8(bytes.get(5..version_end)?).ok()?,
+        event_id: string_field(bytes, b"\"id\":\"")?,
+        account: string_field(bytes, b",\"account\":\"")?,
+        event_type: string_field(bytes, b"\"payload\":{\"type\":\"")?,
+    })
+}
+
+/// The relay's state, for `/metrics`, `/v1/relay` and `bindledger status`.
+#[derive(Default)]
+pub struct RelayStatus {
+    state: AtomicU8,
+    /// Every event up to this seq is on the topic.
+    pub position: AtomicU64,
+    pub published_total: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+const STATES: &[&str] = &["starting", "connecting", "recovering", "publishing", "idle", "backoff", "stopped"];
+
+#[derive(Clone, Copy)]
+enum State {
+    Connecting = 1,
+    Recovering = 2,
+    Publishing = 3,
+    Idle = 4,
+    Backoff = 5,
+    Stopped = 6,
+}
+
+impl RelayStatus {
+    pub fn state(&self) -> &'static str {
+        STATES[self.state.load(Ordering::Relaxed) as usize]
+    }
+    fn set(&self, s: State) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+}
+
+/// The relay's status as a person or a script reads it.
+#[derive(Debug, serde::Serialize)]
+pub struct RelayReport {
+    pub state: &'static str,
+    pub topic: String,
+    pub position: u64,
+    pub log_events: u64,
+    pub lag_events: u64,
+    /// Age of the oldest event not yet on the topic (0 when caught up).
+    pub lag_seconds: f64,
+    pub published_total: u64,
+    pub last_error: Option<String>,
+}
+
+pub struct Relay {
+    ledger: Ledger,
+    config: KafkaConfig,
+    pub status: std::sync::Arc<RelayStatus>,
+}
+
+type SessionResult = Result<(), String>;
+
+impl Relay {
+    pub fn new(ledger: Ledger, config: KafkaConfig) -> Relay {
+        Relay { ledger, config, status: Default::default() }
+    }
+
+    pub fn report(ledger: &Ledger, topic: &str, status: &RelayStatus) -> RelayReport {
+        let position = status.position.load(Ordering::Relaxed);
+        let log_events = ledger.log_len();
+        let lag_events = log_events.saturating_sub(position);
+        let lag_seconds = if lag_events == 0 {
+            0.0
+        } else {
+            ledger
+                .event_bytes(position + 1)
+                .ok()
+                .flatten()
+                .and_then(|b| bindledger_events::decode(&b).ok())
+                .map(|e| (chrono::Utc::now() - e.record_time).num_milliseconds().max(0) as f64 / 1000.0)
+                .unwrap_or(0.0)
+        };
+        RelayReport {
+            state: status.state(),
+            topic: topic.to_owned(),
+            position,
+            log_events,
+            lag_events,
+            lag_seconds,
+            published_total: status.published_total.load(Ordering::Relaxed),
+            last_error: status.last_error.lock().expect("status lock").clone(),
+        }
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        let backoff_max = Duration::from_millis(self.config.backoff_ms_max.max(100));
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let published_before = self.status.published_total.load(Ordering::Relaxed);
+            let result = tokio::select! {
+                r = self.session() => r,
+                _ = shutdown.changed() => Ok(()),
+            };
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = result {
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "kafka relay: will retry");
+                *self.status.last_error.lock().expect("status lock") = Some(e);
+                self.status.set(State::Backoff);
+                if self.status.published_total.load(Ordering::Relaxed) > published_before {
+                    backoff = Duration::from_millis(100);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                }
+                backoff = (backoff * 2).min(backoff_max);
+            }
+        }
+        self.status.set(State::Stopped);
+    }
+
+    async fn ensure_topic(&self) -> Result<(), String> {
+        let admin: AdminClient<DefaultClientContext> = self.config.client_config().create().map_err(|e| format!("admin client: {e}"))?;
+        let topic = NewTopic::new(&self.config.topic, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))).request_timeout(Some(Duration::from_secs(10)));
+        let results = admin.create_topics([&topic], &opts).await.map_err(|e| format!("creating topic {}: {e}", self.config.topic))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => return Err(format!("creating topic {t}: {code}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The highest `seq` in each partition (0 for an empty one), read from its last message.
+    fn recover(&self) -> Result<Vec<u64>, String> {
+        let consumer: BaseConsumer = self
+            .config
+            .client_config()
+            .set("group.id", "bindledger-relay-recovery")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(|e| format!("recovery consumer: {e}"))?;
+        let timeout = Duration::from_secs(10);
+        let metadata = consumer.fetch_metadata(Some(&self.config.topic), timeout).map_err(|e| format!("metadata: {e}"))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.config.topic)
+            .map(|t| t.partitions().len())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("topic {} has no partitions", self.config.topic))?;
+        let mut maxes = vec![0u64; partitions];
+        let mut tpl = TopicPartitionList::new();
+        let mut waiting = 0;
+        for p in 0..partitions as i32 {
+            let (low, high) = consumer.fetch_watermarks(&self.config.topic, p, timeout).map_err(|e| format!("watermarks of partition {p}: {e}"))?;
+            if high > low {
+                tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(high - 1)).map_err(|e| e.to_string())?;
+                waiting += 1;
+            }
+        }
+        if waiting == 0 {
+            return Ok(maxes);
+        }
+        consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
+        let mut seen = vec![false; partitions];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while waiting > 0 {
+            if Instant::now() > deadline {
+                return Err("timed out reading the last message of each partition".into());
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Err(e)) => return Err(format!("reading the last messages: {e}")),
+                Some(Ok(m)) => {
+                    let p = m.partition() as usize;
+                    let seq = m
+                        .headers()
+                        .and_then(|h| h.iter().find(|h| h.key == "seq").and_then(|h| h.value.map(|v| v.to_vec())))
+                        .and_then(|v| String::from_utf8(v).ok())
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or_else(|| format!("partition {p} holds a message without a seq header"))?;
+                    maxes[p] = maxes[p].max(seq);
+                    if !seen[p] {
+                        seen[p] = true;
+                        waiting -= 1;
+                    }
+                }
+            }
+        }
+        Ok(maxes)
+    }
+
+    fn producer(&self) -> Result<FutureProducer, String> {
+        self.config
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", self.config.message_timeout_ms.to_string())
+            .set("queue.buffering.max.messages", (self.config.inflight_events_max * 2).max(1000).to_string())
+            .create()
+            .map_err(|e| format!("producer: {e}"))
+    }
+
+    /// Connects, recovers what the topic holds, then publishes until an error or shutdown.
+    async fn session(&self) -> SessionResult {
+        self.status.set(State::Connecting);
+        self.ensure_topic().await?;
+        self.status.set(State::Recovering);
+        let maxes = {
+            let relay = self;
+            tokio::task::block_in_place(|| relay.recover())?
+        };
+        let partitions = maxes.len() as i32;
+        let topic = self.config.topic.clone();
+        let saved = self.ledger.relay_position(&topic).map_err(|e| e.to_string())?;
+        let on_topic = maxes.iter().copied().min().unwrap_or(0);
+        let mut from = saved.min(on_topic) + 1;
+        tracing::info!(%topic, partitions, from, "kafka relay: recovered");
+        let producer = self.producer()?;
+        let mut durable = self.ledger.subscribe();
+        let mut position = from - 1;
+        self.status.position.store(position.max(self.status.position.load(Ordering::Relaxed).min(position)), Ordering::Relaxed);
+        *self.status.last_error.lock().expect("status lock") = None;
+        loop {
+            let end = self.ledger.log_len();
+            if from > end {
+                self.status.set(State::Idle);
+                self.status.position.store(position, Ordering::Relaxed);
+                let _ = tokio::time::timeout(Duration::from_secs(1), durable.changed()).await;
+                continue;
+            }
+            self.status.set(State::Publishing);
+            let mut pending = Vec::with_capacity(self.config.inflight_events_max.min(4096));
+            let mut last = from - 1;
+            for r in self.ledger.raw_events(from).take(self.config.inflight_events_max) {
+                let (seq, bytes) = r.map_err(|e| e.to_string())?;
+                last = seq;
+                let route = routing(&bytes).ok_or_else(|| format!("event {seq}: cannot read its routing fields"))?;
+                let partition = partition_for(route.account.as_bytes(), partitions);
+                if seq <= maxes[partition as usize] {
+                    continue; // already on the topic
+                }
+                let hash = bindledger_events::hash_bytes(&bytes).to_hex();
+                let seq_text = seq.to_string();
+                let headers = OwnedHeaders::new_with_capacity(5)
+                    .insert(Header { key: "event_type", value: Some(route.event_type) })
+                    .insert(Header { key: "schema_version", value: Some(route.version) })
+                    .insert(Header { key: "event_id", value: Some(route.event_id) })
+                    .insert(Header { key: "seq", value: Some(seq_text.as_str()) })
+                    .insert(Header { key: "hash", value: Some(hash.as_str()) });
+                let record = FutureRecord::to(&topic).partition(partition).key(route.account).payload(&bytes[..]).headers(headers);
+                match producer.send_result(record) {
+                    Ok(delivery) => pending.push(delivery),
+                    Err((e, _)) => return Err(format!("queueing event {seq}: {e}")),
+                }
+            }
+            for delivery in pending {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(delivery_error(e)),
+                    Err(_) => return Err("the producer was dropped".into()),
+                }
+            }
+            let sent = last + 1 - from;
+            position = last;
+            from = last + 1;
+            self.ledger.set_relay_position(&topic, position).map_err(|e| e.to_string())?;
+            self.status.position.store(position, Ordering::Relaxed);
+            self.status.published_total.fetch_add(sent, Ordering::Relaxed);
+        }
+    }
+}
+
+fn delivery_error(e: KafkaError) -> String {
+    format!("delivery failed: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafkas_reference_values() {
+        // Values from Kafka's UtilsTest.testMurmur2.
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
+        assert_eq!(murmur2(&[b'a', b'b', b'c']) as i32, 479470107);
+    }
+
+    #[test]
+    fn routing_fields_come_from_the_canonical_bytes() {
+        let bytes = br#"{"v":2,"id":"0192-ab","seq":7,"account":"alice","account_seq":1,"payload":{"type":"wallet_bound","x":1}}"#;
+        let r = routing(bytes).unwrap();
+        assert_eq!((r.version, r.event_id, r.account, r.event_type), ("2", "0192-ab", "alice", "wallet_bound"));
+        let p = partition_for(b"alice", 6);
+        assert!((0..6).contains(&p));
+        assert_eq!(p, partition_for(b"alice", 6));
+    }
+}

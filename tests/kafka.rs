@@ -1,0 +1,324 @@
+//! The Kafka relay against a real broker process (tansu), a fresh topic per test.
+
+mod common;
+
+use bindledger::command::{BindRequest, CommonInput, PayRequest, UnbindRequest};
+use bindledger::gateway::{Scenario, SimulatedGateway};
+use bindledger::relay::{partition_for, KafkaConfig, Relay, RelayStatus};
+use bindledger::secret::{LedgerSecret, SecretString};
+use bindledger::{Config, Ledger};
+use bindledger_events::{ChainVerifier, Payload};
+use chrono::Utc;
+use common::*;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PARTITIONS: i32 = 4;
+
+fn kafka_config(brokers: &str, topic: &str) -> KafkaConfig {
+    KafkaConfig { brokers: brokers.into(), topic: topic.into(), partitions: PARTITIONS, message_timeout_ms: 3000, backoff_ms_max: 500, ..KafkaConfig::default() }
+}
+
+struct Running {
+    ledger: Ledger,
+    gateway: Arc<SimulatedGateway>,
+    status: Arc<RelayStatus>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start(dir: &std::path::Path, kafka: KafkaConfig) -> Running {
+    let mut config: Config = test_config(dir);
+    config.gateway.simulated = Scenario { frozen_per_mille: 50, closed_per_mille: 30, ..Scenario::quiet(5) };
+    config.kafka = kafka.clone();
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
+    let ledger = Ledger::open(&config, LedgerSecret::from_bytes([3; 32]), gateway.clone()).unwrap();
+    let relay = Relay::new(ledger.clone(), kafka);
+    let status = relay.status.clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(relay.run(stopped));
+    Running { ledger, gateway, status, stop, task }
+}
+
+impl Running {
+    async fn stop(self) -> (Ledger, Arc<SimulatedGateway>) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap();
+        (self.ledger, self.gateway)
+    }
+
+    async fn caught_up(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.status.position.load(Ordering::Relaxed) < self.ledger.log_len() {
+            assert!(
+                Instant::now() < deadline,
+                "the relay did not catch up: position {} of {} ({}; last error {:?})",
+                self.status.position.load(Ordering::Relaxed),
+                self.ledger.log_len(),
+                self.status.state(),
+                self.status.last_error.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A mixed workload: binds (some of frozen or closed wallets), payments (some with wrong
+/// passwords), unbinds, unbinds of nothing. Every command must succeed as a command.
+async fn workload(l: &Ledger, g: &SimulatedGateway, round: u64, accounts: u64) {
+    for a in 0..accounts {
+        let account = format!("acct-{a}");
+        let n = round * 1000 + a;
+        let req = BindRequest {
+            provider: "alipay".into(),
+            wallet_account: SecretString::new(phone(n)),
+            payment_password: SecretString::new(g.password_for(&alipay(), &phone(n))),
+            factor: None,
+            common: CommonInput::default(),
+        };
+        let bound = l.bind(req.validate(&account, Utc::now()).unwrap()).await.expect("commands never fail because of Kafka");
+        let Payload::WalletBound { binding_id, .. } = bound.event.payload else { continue };
+        for k in 0..3 {
+            let pay = PayRequest {
+                binding_id: binding_id.to_string(),
+                order_id: format!("o-{round}-{k}"),
+                amount_minor: 100 + k,
+                currency: None,
+                payment_password: SecretString::new(if k == 2 { "wrong".into() } else { g.password_for(&alipay(), &phone(n)) }),
+                factor: None,
+                common: CommonInput::default(),
+            };
+            l.pay(pay.validate(&account, Utc::now()).unwrap()).await.unwrap();
+        }
+        if a % 3 == 0 {
+            let unbind = UnbindRequest { confirm: true, common: CommonInput::default() };
+            l.unbind(unbind.validate(&account, &binding_id.to_string(), Utc::now()).unwrap()).await.unwrap();
+        }
+    }
+}
+
+/// The topic holds every event of the log exactly once: same bytes, right key, partition and
+/// headers, per-account order; and the chain verifies from the topic alone.
+fn assert_topic_equals_log(brokers: &str, topic: &str, log: &[(u64, Vec<u8>)]) {
+    let reads = read_topic(brokers, topic);
+    let mut by_seq = BTreeMap::new();
+    for r in reads {
+        let seq: u64 = r.headers["seq"].parse().unwrap();
+        if let Some(first) = by_seq.insert(seq, r.clone()) {
+            panic!("event {seq} is on the topic twice (offsets {} and {})", first.offset, r.offset);
+        }
+    }
+    assert_eq!(by_seq.len(), log.len(), "events on the topic vs in the log");
+    let mut last_in_partition: BTreeMap<i32, (i64, u64)> = BTreeMap::new();
+    for (seq, bytes) in log {
+        let r = by_seq.get(seq).unwrap_or_else(|| panic!("event {seq} is missing from the topic"));
+        assert_eq!(&r.value, bytes, "event {seq}: the message value is the stored bytes");
+        let e = bindledger_events::decode(bytes).unwrap();
+        assert_eq!(r.key, e.account);
+        assert_eq!(r.partition, partition_for(e.account.as_bytes(), PARTITIONS));
+        assert_eq!(r.headers["event_type"], e.event_type());
+        assert_eq!(r.headers["event_id"], e.id.to_string());
+        assert_eq!(r.headers["schema_version"], "2");
+        assert_eq!(r.headers["hash"], bindledger_events::hash_bytes(bytes).to_hex());
+    }
+    // In each partition, offsets follow global (hence per-account) order.
+    for (seq, r) in &by_seq {
+        if let Some((offset, prev_seq)) = last_in_partition.insert(r.partition, (r.offset, *seq)) {
+            assert!(r.offset > offset && *seq > prev_seq, "partition {} out of order", r.partition);
+        }
+    }
+    let mut verifier = ChainVerifier::new();
+    for r in by_seq.values() {
+        verifier.push(&r.value).expect("the chain verifies from the topic");
+    }
+}
+
+fn log_of(l: &Ledger) -> Vec<(u64, Vec<u8>)> {
+    l.raw_events(1).map(|r| r.map(|(s, b)| (s, b.to_vec())).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_reaches_the_topic_exactly_once() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fresh_topic("exactly-once");
+    let r = start(dir.path(), kafka_config(&broker.addr, &topic));
+    workload(&r.ledger, &r.gateway, 0, 40).await;
+    r.caught_up(Duration::from_secs(60)).await;
+    assert_topic_equals_log(&broker.addr, &topic, &log_of(&r.ledger));
+    let published = r.status.published_total.load(Ordering::Relaxed);
+    assert_eq!(published, r.ledger.log_len());
+    let (ledger, _) = r.stop().await;
+    ledger.close();
+
+    // A restart of the relay publishes nothing twice, even without its saved position.
+    let r = start(dir.path(), kafka_config(&broker.addr, &topic));
+    r.ledger.set_relay_position(&topic, 0).unwrap();
+    r.caught_up(Duration::from_secs(30)).await;
+    workload(&r.ledger, &r.gateway, 1, 10).await;
+    r.caught_up(Duration::from_secs(30)).await;
+    assert_topic_equals_log(&broker.addr, &topic, &log_of(&r.ledger));
+    let (ledger, _) = r.stop().await;
+    ledger.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_is_not_there_yet_blocks_nothing() {
+    let port = free_port();
+    let brokers = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fresh_topic("late-broker");
+    let r = start(dir.path(), kafka_config(&brokers, &topic));
+    let t = Instant::now();
+    workload(&r.ledger, &r.gateway, 0, 20).await;
+    assert!(t.elapsed() < Duration::from_secs(20), "commands were slowed by the missing broker: {:?}", t.elapsed());
+    assert_eq!(r.status.position.load(Ordering::Relaxed), 0);
+    assert!(r.status.last_error.lock().unwrap().is_some(), "the relay reports why it cannot publish");
+    let broker = Broker::start_on(port, None);
+    r.caught_up(Duration::from_secs(60)).await;
+    assert_topic_equals_log(&broker.addr, &topic, &log_of(&r.ledger));
+    let (ledger, _) = r.stop().await;
+    ledger.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_broker_blocks_nothing_and_the_topic_ends_complete() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fresh_topic("frozen-broker");
+    let r = start(dir.path(), kafka_config(&broker.addr, &topic));
+    workload(&r.ledger, &r.gateway, 0, 10).await;
+    r.caught_up(Duration::from_secs(30)).await;
+    broker.freeze();
+    // Longer than message.timeout.ms (3 s) while commands keep coming.
+    let t = Instant::now();
+    let mut round = 1;
+    while t.elapsed() < Duration::from_secs(6) {
+        workload(&r.ledger, &r.gateway, round, 5).await;
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(r.status.position.load(Ordering::Relaxed) < r.ledger.log_len(), "nothing can be published while the broker is frozen");
+    broker.thaw();
+    r.caught_up(Duration::from_secs(90)).await;
+    assert_topic_equals_log(&broker.addr, &topic, &log_of(&r.ledger));
+    let (ledger, _) = r.stop().await;
+    ledger.close();
+}
+
+fn quiet_config_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("bindledger.toml");
+    std::fs::write(
+        &path,
+        "[writer]\nsnapshot_every_events = 100\n\n[kafka]\npartitions = 4\nmessage_timeout_ms = 5000\nbackoff_ms_max = 500\n\n[gateway.simulated]\nseed = 11\nfrozen_per_mille = 0\nclosed_per_mille = 0\nunknown_per_mille = 0\nnetwork_error_per_mille = 0\nbalance_minor_min = 100000000000\nbalance_minor_max = 100000000000\n",
+    )
+    .unwrap();
+    path
+}
+
+fn export(data: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
+    let (code, out, stderr) = run_cli(&["export", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    out.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| (bindledger_events::decode(l).unwrap().seq, l.to_vec())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_ledger_while_publishing_leaves_every_event_on_the_topic_once() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let topic = fresh_topic("sigkill");
+    let config = quiet_config_file(dir.path());
+    let env = [
+        ("BINDLEDGER_CONFIG", config.to_str().unwrap()),
+        ("BINDLEDGER_KAFKA_BROKERS", broker.addr.as_str()),
+        ("BINDLEDGER_KAFKA_TOPIC", topic.as_str()),
+    ];
+    let gateway = Arc::new(SimulatedGateway::new(Scenario::quiet(11)));
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    eprintln!("seed {seed}");
+    for round in 0..4u64 {
+        let server = spawn_server(&data, &log, &env);
+        let stop_at = Instant::now() + Duration::from_millis(300 + (seed * (round + 7)) % 700);
+        let tasks: Vec<_> = (0..8u64)
+            .map(|c| {
+                let (addr, g) = (server.addr, gateway.clone());
+                tokio::spawn(async move {
+                    let mut client = bindledger::client::Client::new(addr, Some(ALL.into()));
+                    for n in 0u64.. {
+                        let wallet = phone(round * 100_000 + c * 1000 + n);
+                        let body = serde_json::json!({"provider": "alipay", "wallet_account": wallet, "payment_password": g.password_for(&alipay(), &wallet)});
+                        let Ok((_, v)) = client.post_json(&format!("/v1/accounts/k{c}-{}/bindings", n / 5), &body).await else { return };
+                        let Some(binding) = v["event"]["payload"]["binding_id"].as_str() else { continue };
+                        let pay = serde_json::json!({"binding_id": binding, "order_id": format!("o{n}"), "amount_minor": 100 + n, "payment_password": g.password_for(&alipay(), &wallet)});
+                        if client.post_json(&format!("/v1/accounts/k{c}-{}/payments", n / 5), &pay).await.is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep_until(stop_at.into()).await;
+        server.kill();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    // The last start: wait for the relay to catch up, then compare the topic with the log.
+    let server = spawn_server(&data, &log, &env);
+    let mut client = bindledger::client::Client::new(server.addr, Some(ALL.into()));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, relay) = client.get_json("/v1/relay").await.unwrap();
+        if relay["lag_events"] == 0 && relay["position"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the relay did not catch up: {relay}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = client.send(hyper::Method::GET, "/metrics", None).await.unwrap();
+    assert!(String::from_utf8_lossy(&metrics).contains("bindledger_relay_lag_events 0"));
+    server.kill();
+    let log_events = export(&data);
+    assert!(log_events.len() > 100, "the load produced {} events", log_events.len());
+    assert_topic_equals_log(&broker.addr, &topic, &log_events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_analytics_consumer_agrees_with_the_log() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fresh_topic("analytics");
+    let r = start(dir.path(), kafka_config(&broker.addr, &topic));
+    workload(&r.ledger, &r.gateway, 0, 30).await;
+    r.caught_up(Duration::from_secs(60)).await;
+    let log = log_of(&r.ledger);
+    // A duplicate on the topic (as a redelivery would make): the consumer must drop it.
+    {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let (seq, bytes) = &log[log.len() / 2];
+        let e = bindledger_events::decode(bytes).unwrap();
+        let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &broker.addr).create().unwrap();
+        let partition = partition_for(e.account.as_bytes(), PARTITIONS);
+        producer.send(BaseRecord::to(&topic).partition(partition).key(&e.account).payload(bytes)).map_err(|(e, _)| e).unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+        eprintln!("duplicated event {seq}");
+    }
+    let (ledger, _) = r.stop().await;
+    ledger.close();
+
+    let (code, out, stderr) = run_cli(&["consume", "--brokers", &broker.addr, "--topic", &topic, "--group", &fresh_topic("group"), "--idle-exit-ms", "3000", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["messages"].as_u64(), Some(log.len() as u64 + 1));
+    assert_eq!(report["duplicates"], 1);
+    let mut expected = bindledger::analytics::Analytics::default();
+    for (_, bytes) in &log {
+        expected.apply(&bindledger_events::decode(bytes).unwrap());
+    }
+    assert_eq!(report["analytics"], serde_json::to_value(&expected).unwrap(), "the consumer's aggregates equal the log's");
+    assert!(expected.spend_minor.len() > 10 && !expected.failures_per_day.is_empty());
+}
