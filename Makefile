@@ -1,23 +1,38 @@
-# The two commands (and a benchmark). Each builds what it needs first; the Rust toolchain
-# (cargo) is the only prerequisite.
+# The two commands (and a benchmark). Each installs what it needs first: the Rust toolchain
+# (cargo) is the only prerequisite; the development Kafka broker, tansu, is installed from
+# crates.io on first use (about 7 minutes, once; then it is in ~/.cargo/bin).
 
 CARGO ?= cargo
 SHELL := /bin/bash
+TANSU_VERSION := 0.6.0
+TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
+# The demo's broker listens here (in memory: a fresh topic each run).
+DEMO_KAFKA_PORT ?= 19092
 
-.PHONY: demo test bench check-toolchain
+.PHONY: demo test bench check-toolchain tansu
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs, then run make again" >&2; exit 1; }
 
-## The ledger with a demo workload: shoppers binding, paying, unbinding, failing; attackers.
-demo: check-toolchain
-	$(CARGO) run --release --locked -- demo
+tansu: check-toolchain
+	@test -x "$(TANSU)" && "$(TANSU)" --version >/dev/null 2>&1 || { \
+	  echo "installing the tansu Kafka broker $(TANSU_VERSION) (once; about 7 minutes)"; \
+	  $(CARGO) install tansu --version $(TANSU_VERSION) --locked --features dynostore,libsql; }
+
+## The ledger with a demo workload, publishing to a Kafka broker started for the occasion.
+demo: tansu
+	$(CARGO) build --release --locked
+	@set -e; \
+	  "$(TANSU)" broker --listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) --advertised-listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) \
+	    --storage-engine memory://tansu/ > target/tansu-demo.log 2>&1 & broker=$$!; \
+	  trap 'kill $$broker 2>/dev/null' EXIT; \
+	  BINDLEDGER_KAFKA_BROKERS=127.0.0.1:$(DEMO_KAFKA_PORT) ./target/release/bindledger demo
 
 ## Every test: unit tests, and the integration tests against real sled files, the real HTTP
-## server and the real binary killed with SIGKILL.
-test: check-toolchain
+## server, a real Kafka broker process, and the real binary killed with SIGKILL.
+test: tansu
 	@mkdir -p target
-	@set -o pipefail; $(CARGO) test --workspace --locked 2>&1 | tee target/test-output.log; status=$$?; \
+	@set -o pipefail; TANSU="$(TANSU)" $(CARGO) test --workspace --locked 2>&1 | tee target/test-output.log; status=$$?; \
 	  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } \
 	       END { printf "\n%d passed, %d failed\n", p, f }' target/test-output.log; exit $$status
 

@@ -127,6 +127,8 @@ pub struct ConsumeArgs {
 #[derive(Debug, Default, Serialize)]
 pub struct ConsumeReport {
     pub analytics: Analytics,
+    /// Messages per `event_type` header (duplicates excluded).
+    pub per_type: BTreeMap<String, u64>,
     pub messages: u64,
     pub duplicates: u64,
     pub undecodable: u64,
@@ -164,6 +166,7 @@ pub fn consume(args: &ConsumeArgs) -> anyhow::Result<ConsumeReport> {
                             continue;
                         }
                         *seen = e.seq;
+                        *report.per_type.entry(e.event_type().to_owned()).or_default() += 1;
                         report.analytics.apply(&e);
                     }
                     Err(err) => {

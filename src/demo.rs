@@ -270,6 +270,39 @@ impl World {
     }
 }
 
+/// Waits for the relay to catch up, then reads the topic back as an analytics team would.
+async fn kafka_report(ledger: &Ledger, config: &Config, status: &crate::relay::RelayStatus) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status.position.load(std::sync::atomic::Ordering::Relaxed) < ledger.log_len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let position = status.position.load(std::sync::atomic::Ordering::Relaxed);
+    println!("\n== kafka: {} of {} events on topic {} ==", grouped(position as i64), grouped(ledger.log_len() as i64), config.kafka.topic);
+    if let Some(e) = status.last_error.lock().expect("status lock").as_ref() {
+        println!("  last relay error: {e}");
+    }
+    let args = crate::analytics::ConsumeArgs {
+        brokers: config.kafka.brokers.clone(),
+        topic: config.kafka.topic.clone(),
+        group: format!("bindledger-demo-{}", Uuid::now_v7().simple()),
+        idle_exit_ms: 2000,
+        json: true,
+    };
+    match tokio::task::spawn_blocking(move || crate::analytics::consume(&args)).await {
+        Ok(Ok(r)) => {
+            println!("read back by an analytics consumer: {} messages, {} duplicates", grouped(r.messages as i64), r.duplicates);
+            for (t, n) in &r.per_type {
+                println!("  {:<22} {:>9}", t, grouped(*n as i64));
+            }
+            let same = r.messages == ledger.log_len() && r.duplicates == 0;
+            println!("  the topic {} the log, event for event", if same { "equals" } else { "does NOT equal" });
+            println!("\n{}", r.analytics.summary().lines().filter(|l| !l.starts_with("  20")).collect::<Vec<_>>().join("\n"));
+        }
+        Ok(Err(e)) => println!("  reading the topic back failed: {e:#}"),
+        Err(e) => println!("  reading the topic back failed: {e}"),
+    }
+}
+
 fn phone(rng: &mut Rng) -> String {
     format!("1{}{:09}", [3, 5, 7, 8, 9][rng.below(5) as usize], rng.below(1_000_000_000))
 }
@@ -340,12 +373,20 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     });
     let gateway = Arc::new(SimulatedGateway::new(scenario));
     let ledger = Ledger::open(&config, secret, gateway.clone())?;
+    // With a broker configured, the relay publishes everything to Kafka as it happens.
+    let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
+    let relay = config.kafka.enabled().then(|| crate::relay::Relay::new(ledger.clone(), config.kafka.clone()));
+    let relay_status = relay.as_ref().map(|r| r.status.clone());
+    let relay_task = relay.map(|r| tokio::spawn(r.run(relay_stopped)));
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     };
     let addr = listener.local_addr()?;
-    let state = AppState::new(ledger.clone(), &config.tokens, config.http.clone());
+    let state = match &relay_status {
+        Some(status) => AppState::with_relay(ledger.clone(), &config.tokens, config.http.clone(), &config.kafka.topic, status.clone()),
+        None => AppState::new(ledger.clone(), &config.tokens, config.http.clone()),
+    };
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::http::serve(listener, state, async move {
         let _ = stopped.await;
@@ -358,8 +399,12 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     println!("  try:       curl -s -H \"Authorization: Bearer $(cat {})\" http://{addr}/v1/accounts/shopper-00001/bindings", token_hint.display());
     println!("  population: {} shoppers + a password brute-forcer, a ring of 4 accounts sharing one wallet,", opts.shoppers);
     println!("              a bind-then-drain account, a dead-wallet prober and a binding churner");
-    println!("  apple_pay is under maintenance from second 4 to 7\n");
-    println!("{:>4} {:>9} {:>7} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}", "t(s)", "events", "ev/s", "bound", "bind_fail", "paid", "pay_fail", "unbound", "unbind_fail", "spent");
+    println!("  apple_pay is under maintenance from second 4 to 7");
+    match &relay_status {
+        Some(_) => println!("  kafka:     publishing to topic {} at {}\n", config.kafka.topic, config.kafka.brokers),
+        None => println!("  kafka:     off (set BINDLEDGER_KAFKA_BROKERS, or run `make demo`, which starts a broker)\n"),
+    }
+    println!("{:>4} {:>9} {:>7} {:>9} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}", "t(s)", "events", "ev/s", "on_kafka", "bound", "bind_fail", "paid", "pay_fail", "unbound", "unbind_fail", "spent");
 
     let world = Arc::new(World { ledger: ledger.clone(), gateway: gateway.clone(), tally: Mutex::new(Tally::default()) });
     let mut rng = Rng(opts.seed);
@@ -404,11 +449,13 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
         let events = ledger.log_len();
         {
             let t = world.tally.lock().expect("tally");
+            let on_kafka = relay_status.as_ref().map_or("-".to_owned(), |s| grouped(s.position.load(std::sync::atomic::Ordering::Relaxed) as i64));
             println!(
-                "{:>4} {:>9} {:>7} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}",
+                "{:>4} {:>9} {:>7} {:>9} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}",
                 second,
                 grouped(events as i64),
                 grouped((events - last_events) as i64),
+                on_kafka,
                 grouped(count(&t, "wallet_bound") as i64),
                 grouped(count(&t, "bind_failed") as i64),
                 grouped(count(&t, "payment_succeeded") as i64),
@@ -429,6 +476,11 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     }
     let elapsed = started.elapsed().as_secs_f64();
     report(&world, elapsed).await;
+    if let (Some(status), Some(task)) = (relay_status, relay_task) {
+        kafka_report(&ledger, &config, &status).await;
+        let _ = stop_relay.send(true);
+        let _ = task.await;
+    }
     let _ = stop_http.send(());
     let _ = server.await;
     ledger.close();

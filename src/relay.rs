@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 
 use crate::ledger::Ledger;
 
+/// Recovery reads each partition's tail until nothing new arrives for this long.
+const RECOVERY_QUIET: Duration = Duration::from_millis(300);
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
@@ -265,7 +268,7 @@ impl Relay {
     async fn ensure_topic(&self) -> Result<(), String> {
         let admin: AdminClient<DefaultClientContext> = self.config.client_config().create().map_err(|e| format!("admin client: {e}"))?;
         let topic = NewTopic::new(&self.config.topic, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor));
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))).request_timeout(Some(Duration::from_secs(10)));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))).request_timeout(Some(Duration::from_secs(5)));
         let results = admin.create_topics([&topic], &opts).await.map_err(|e| format!("creating topic {}: {e}", self.config.topic))?;
         for r in results {
             match r {
@@ -276,7 +279,9 @@ impl Relay {
         Ok(())
     }
 
-    /// The highest `seq` in each partition (0 for an empty one), read from its last message.
+    /// The highest `seq` in each partition (0 for an empty one), read from its last message,
+    /// which must be this log's event with that `seq` (same hash): a topic holding another
+    /// log's events is refused rather than published over.
     fn recover(&self) -> Result<Vec<u64>, String> {
         let consumer: BaseConsumer = self
             .config
@@ -309,23 +314,38 @@ impl Relay {
             return Ok(maxes);
         }
         consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
+        // Read from there to the end: a broker may report the high watermark as the start of
+        // the last record batch (tansu 0.6 does), so the last message is not always at
+        // `high - 1`. Done when every non-empty partition has answered and nothing new came
+        // for a quiet period (nothing is being produced while the relay recovers).
         let mut seen = vec![false; partitions];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while waiting > 0 {
+        let mut last_message = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while waiting > 0 || last_message.elapsed() < RECOVERY_QUIET {
             if Instant::now() > deadline {
-                return Err("timed out reading the last message of each partition".into());
+                return Err("timed out reading the last messages of the partitions".into());
             }
-            match consumer.poll(Duration::from_millis(200)) {
+            match consumer.poll(Duration::from_millis(50)) {
                 None => {}
                 Some(Err(e)) => return Err(format!("reading the last messages: {e}")),
                 Some(Ok(m)) => {
+                    last_message = Instant::now();
                     let p = m.partition() as usize;
-                    let seq = m
-                        .headers()
-                        .and_then(|h| h.iter().find(|h| h.key == "seq").and_then(|h| h.value.map(|v| v.to_vec())))
-                        .and_then(|v| String::from_utf8(v).ok())
+                    let header = |name: &str| {
+                        m.headers()
+                            .and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
+                    };
+                    let seq = header("seq")
                         .and_then(|s| s.parse::<u64>().ok())
                         .ok_or_else(|| format!("partition {p} holds a message without a seq header"))?;
+                    let ours = self.ledger.event_bytes(seq).map_err(|e| e.to_string())?.filter(|_| seq <= self.ledger.log_len());
+                    let same = ours.is_some_and(|b| Some(bindledger_events::hash_bytes(&b).to_hex()) == header("hash"));
+                    if !same {
+                        return Err(format!(
+                            "topic {} partition {p} holds an event {seq} that is not this log's event {seq}: the topic belongs to another log; refusing to publish to it",
+                            self.config.topic
+                        ));
+                    }
                     maxes[p] = maxes[p].max(seq);
                     if !seen[p] {
                         seen[p] = true;

@@ -175,7 +175,12 @@ async fn a_broker_that_is_not_there_yet_blocks_nothing() {
     workload(&r.ledger, &r.gateway, 0, 20).await;
     assert!(t.elapsed() < Duration::from_secs(20), "commands were slowed by the missing broker: {:?}", t.elapsed());
     assert_eq!(r.status.position.load(Ordering::Relaxed), 0);
-    assert!(r.status.last_error.lock().unwrap().is_some(), "the relay reports why it cannot publish");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.status.last_error.lock().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the relay should report why it cannot publish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("relay while the broker is away: {} ({:?})", r.status.state(), r.status.last_error.lock().unwrap());
     let broker = Broker::start_on(port, None);
     r.caught_up(Duration::from_secs(60)).await;
     assert_topic_equals_log(&broker.addr, &topic, &log_of(&r.ledger));
@@ -321,4 +326,36 @@ async fn the_analytics_consumer_agrees_with_the_log() {
     }
     assert_eq!(report["analytics"], serde_json::to_value(&expected).unwrap(), "the consumer's aggregates equal the log's");
     assert!(expected.spend_minor.len() > 10 && !expected.failures_per_day.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_of_another_log_is_refused() {
+    let broker = Broker::start();
+    let topic = fresh_topic("owned");
+    let first = tempfile::tempdir().unwrap();
+    let r = start(first.path(), kafka_config(&broker.addr, &topic));
+    workload(&r.ledger, &r.gateway, 0, 5).await;
+    r.caught_up(Duration::from_secs(30)).await;
+    let before = read_topic(&broker.addr, &topic).len();
+    let (ledger, _) = r.stop().await;
+    ledger.close();
+    // Another, younger log pointed at the same topic must not publish over it.
+    let second = tempfile::tempdir().unwrap();
+    let r = start(second.path(), kafka_config(&broker.addr, &topic));
+    workload(&r.ledger, &r.gateway, 1, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let error = loop {
+        if let Some(e) = r.status.last_error.lock().unwrap().clone() {
+            if e.contains("another log") {
+                break e;
+            }
+        }
+        assert!(Instant::now() < deadline, "the relay did not notice the topic is another log's");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(error.contains(&topic), "{error}");
+    assert_eq!(r.status.published_total.load(Ordering::Relaxed), 0);
+    assert_eq!(read_topic(&broker.addr, &topic).len(), before, "nothing was published over the other log's events");
+    let (ledger, _) = r.stop().await;
+    ledger.close();
 }
