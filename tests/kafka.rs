@@ -286,6 +286,11 @@ async fn sigkill_of_the_ledger_while_publishing_leaves_every_event_on_the_topic_
     }
     let (_, metrics) = client.send(hyper::Method::GET, "/metrics", None).await.unwrap();
     assert!(String::from_utf8_lossy(&metrics).contains("bindledger_relay_lag_events 0"));
+    let url = format!("http://{}", server.addr);
+    let (code, out, stderr) = run_cli(&["status", "--url", &url, "--token", ALL]);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.contains("ledger:  ok") && out.contains("lag 0 events") && out.contains(&topic), "{out}");
     server.kill();
     let log_events = export(&data);
     assert!(log_events.len() > 100, "the load produced {} events", log_events.len());
@@ -356,6 +361,26 @@ async fn a_topic_of_another_log_is_refused() {
     assert!(error.contains(&topic), "{error}");
     assert_eq!(r.status.published_total.load(Ordering::Relaxed), 0);
     assert_eq!(read_topic(&broker.addr, &topic).len(), before, "nothing was published over the other log's events");
+    let (ledger, _) = r.stop().await;
+    ledger.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_with_persistent_storage_loses_and_duplicates_nothing() {
+    let broker_dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start_on(free_port(), Some(broker_dir.path()));
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fresh_topic("broker-restart");
+    let r = start(dir.path(), kafka_config(&broker.addr, &topic));
+    workload(&r.ledger, &r.gateway, 0, 10).await;
+    r.caught_up(Duration::from_secs(30)).await;
+    for round in 1..=2 {
+        // SIGKILL the broker while commands keep flowing, then bring it back on its data.
+        broker.restart();
+        workload(&r.ledger, &r.gateway, round, 10).await;
+    }
+    r.caught_up(Duration::from_secs(90)).await;
+    assert_topic_equals_log(&broker.addr, &topic, &log_of(&r.ledger));
     let (ledger, _) = r.stop().await;
     ledger.close();
 }
