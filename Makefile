@@ -9,7 +9,7 @@ TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
 # The demo's broker listens here (in memory: a fresh topic each run).
 DEMO_KAFKA_PORT ?= 19092
 
-.PHONY: demo test bench check-toolchain tansu
+.PHONY: demo test bench bench-kafka check-toolchain tansu
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs, then run make again" >&2; exit 1; }
@@ -39,3 +39,12 @@ test: tansu
 ## Raw sled baseline, library path and HTTP end to end, in one run.
 bench: check-toolchain
 	$(CARGO) run --release --locked -- bench
+
+## The Kafka relay against a raw producer on the same broker, and end-to-end lag.
+bench-kafka: tansu
+	$(CARGO) build --release --locked
+	@set -e; \
+	  "$(TANSU)" broker --listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) --advertised-listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) \
+	    --storage-engine memory://tansu/ > target/tansu-bench.log 2>&1 & broker=$$!; \
+	  trap 'kill $$broker 2>/dev/null' EXIT; sleep 1; \
+	  ./target/release/bindledger bench-kafka --brokers 127.0.0.1:$(DEMO_KAFKA_PORT)

@@ -10,6 +10,7 @@
 
 use bindledger_events::{codec, hash_bytes, Context, Currency, Event, Factor, FactorCheck, Hash, Payload, Provider, WalletRef, GENESIS_HASH, SCHEMA_VERSION};
 use chrono::Utc;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -378,4 +379,242 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&root);
     }
     Ok(())
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct KafkaBenchArgs {
+    /// The broker to measure against.
+    #[arg(long, env = "BINDLEDGER_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
+    pub brokers: String,
+    /// Events in the pre-filled log.
+    #[arg(long, default_value_t = 500_000)]
+    pub events: u64,
+    /// Commands per second for the lag measurement.
+    #[arg(long, default_value_t = 5000)]
+    pub lag_rate: u64,
+    /// Seconds of the lag measurement.
+    #[arg(long, default_value_t = 10)]
+    pub lag_seconds: u64,
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+}
+
+fn fresh_topic(what: &str) -> String {
+    format!("bindledger.bench.{what}.{}", Uuid::now_v7().simple())
+}
+
+/// Raw producer throughput vs the relay draining a pre-filled log, and end-to-end lag.
+pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
+    use crate::relay::{partition_for, KafkaConfig, Relay};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use std::sync::atomic::Ordering;
+
+    let root = std::env::temp_dir().join(format!("bindledger-bench-kafka-{}", std::process::id()));
+    std::fs::create_dir_all(&root)?;
+    eprintln!("bench-kafka: pre-filling a log with {} events ...", args.events);
+    let f = fixture(&root.join("log"), 2000).await?;
+    let bindings = Arc::new(f.bindings);
+    let fill = f.ledger.log_len();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let total = args.events.saturating_sub(fill);
+    let mut tasks = Vec::new();
+    for _ in 0..512 {
+        let (ledger, bindings, next) = (f.ledger.clone(), bindings.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let b = &bindings[(n % bindings.len() as u64) as usize];
+                ledger.pay(pay_request(b, n).validate(&b.0, Utc::now()).expect("valid")).await.expect("durable");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let events = f.ledger.log_len();
+    let payloads: Vec<(u64, Vec<u8>)> = f.ledger.raw_events(1).map(|r| r.map(|(s, b)| (s, b.to_vec()))).collect::<crate::Result<_>>()?;
+    let bytes_per_event = payloads.iter().map(|(_, b)| b.len()).sum::<usize>() / payloads.len().max(1);
+
+    // 1. Raw producer: the same values, keys and partitions, idempotent, acks=all, linger 5 ms.
+    let kafka = |topic: &str| KafkaConfig { brokers: args.brokers.clone(), topic: topic.into(), partitions: args.partitions, ..KafkaConfig::default() };
+    let raw_topic = fresh_topic("raw");
+    {
+        // The topic is created the same way the relay does it.
+        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new().set("bootstrap.servers", &args.brokers).create()?;
+        let t = rdkafka::admin::NewTopic::new(&raw_topic, args.partitions, rdkafka::admin::TopicReplication::Fixed(1));
+        admin.create_topics([&t], &rdkafka::admin::AdminOptions::new()).await?;
+    }
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    eprintln!("bench-kafka: raw producer ...");
+    let started = Instant::now();
+    for chunk in payloads.chunks(20_000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for (_, bytes) in chunk {
+            let key = account_of(bytes);
+            let record = FutureRecord::to(&raw_topic).partition(partition_for(key.as_bytes(), args.partitions)).key(key).payload(&bytes[..]);
+            pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        }
+        for p in pending {
+            p.await?.map_err(|(e, _)| e)?;
+        }
+    }
+    let raw = Row { name: "raw rdkafka producer, same values and keys".into(), ops: events, seconds: started.elapsed().as_secs_f64(), p50_us: None, p99_us: None, note: format!("{bytes_per_event} B/event, {} partitions", args.partitions) };
+
+    // 2. The relay draining the pre-filled log to a fresh topic.
+    eprintln!("bench-kafka: relay draining the log ...");
+    let relay_topic = fresh_topic("relay");
+    let relay = Relay::new(f.ledger.clone(), kafka(&relay_topic));
+    let status = relay.status.clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let task = tokio::spawn(relay.run(stopped));
+    let mut publishing_since = None;
+    while status.position.load(Ordering::Relaxed) < events {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "the relay did not drain the log: {:?}", status.last_error.lock().unwrap());
+        if publishing_since.is_none() && status.state() == "publishing" {
+            publishing_since = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let total_s = started.elapsed().as_secs_f64();
+    let publishing_s = publishing_since.map_or(total_s, |t| t.elapsed().as_secs_f64());
+    let drain = Row { name: "relay draining the log, publishing only".into(), ops: events, seconds: publishing_s, p50_us: None, p99_us: None, note: format!("{} partitions", args.partitions) };
+    let drain_all = Row { name: "relay draining the log, with connecting, topic creation and recovery".into(), ops: events, seconds: total_s, p50_us: None, p99_us: None, note: String::new() };
+
+    // 3. Lag at a steady rate: command acknowledged -> message read from the topic.
+    eprintln!("bench-kafka: lag at {} commands/s for {} s ...", args.lag_rate, args.lag_seconds);
+    let acked: Arc<std::sync::Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let seen: Arc<std::sync::Mutex<HashMap<u64, u64>>> = Arc::default();
+    let duplicates = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let consumer_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (brokers, topic, acked, seen, done, duplicates) = (args.brokers.clone(), relay_topic.clone(), acked.clone(), seen.clone(), consumer_done.clone(), duplicates.clone());
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            use rdkafka::message::{Headers, Message};
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", format!("bench-lag-{}", Uuid::now_v7().simple()))
+                .set("auto.offset.reset", "latest")
+                .set("fetch.wait.max.ms", "5")
+                .create()?;
+            consumer.subscribe(&[&topic])?;
+            while !done.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+                    let now = Instant::now();
+                    let seq = m.headers().and_then(|h| h.iter().find(|h| h.key == "seq").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).parse::<u64>().unwrap_or(0))));
+                    if let Some(seq) = seq {
+                        if let Some(t) = acked.lock().unwrap().get(&seq) {
+                            let lag = now.duration_since(*t).as_micros() as u64;
+                            if seen.lock().unwrap().insert(seq, lag).is_some() {
+                                duplicates.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await; // let the consumer join and reach the end
+    let interval = Duration::from_secs_f64(1.0 / args.lag_rate as f64);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let until = Instant::now() + Duration::from_secs(args.lag_seconds);
+    let mut n = 10_000_000_000u64;
+    let mut inflight = tokio::task::JoinSet::new();
+    while Instant::now() < until {
+        tick.tick().await;
+        n += 1;
+        let (ledger, bindings, acked) = (f.ledger.clone(), bindings.clone(), acked.clone());
+        inflight.spawn(async move {
+            let b = &bindings[(n % bindings.len() as u64) as usize];
+            if let Ok(r) = ledger.pay(pay_request(b, n).validate(&b.0, Utc::now()).expect("valid")).await {
+                acked.lock().unwrap().insert(r.event.seq, Instant::now());
+            }
+        });
+        while inflight.len() > 10_000 {
+            inflight.join_next().await;
+        }
+    }
+    while inflight.join_next().await.is_some() {}
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    consumer_done.store(true, Ordering::Relaxed);
+    reader.join().map_err(|_| anyhow::anyhow!("the lag reader panicked"))??;
+    let mut lags: Vec<u64> = seen.lock().unwrap().values().copied().collect();
+    lags.sort_unstable();
+    let sent = acked.lock().unwrap().len() as u64;
+    let lag = Row {
+        name: format!("lag: command acknowledged -> read from the topic, at {}/s", args.lag_rate),
+        ops: sent,
+        seconds: args.lag_seconds as f64,
+        p50_us: percentile(&lags, 0.5),
+        p99_us: percentile(&lags, 0.99),
+        note: format!("{} of {} read back; {} redelivered to the consumer group (the topic holds each once)", lags.len(), sent, duplicates.load(Ordering::Relaxed)),
+    };
+    let _ = stop.send(true);
+    let _ = task.await;
+    // Exactly once: read the whole topic back, without a consumer group.
+    let log_len = f.ledger.log_len();
+    let (messages, distinct) = tokio::task::block_in_place(|| count_topic(&args.brokers, &relay_topic, args.partitions))?;
+    f.ledger.close();
+    let _ = std::fs::remove_dir_all(&root);
+    eprintln!("bench-kafka: the relay's topic holds {messages} messages, {distinct} distinct seqs; the log holds {log_len} events");
+    anyhow::ensure!(messages == distinct && distinct == log_len, "the topic does not hold every event exactly once");
+
+    println!("| measurement | events | seconds | events/s | p50 | p99 | vs raw producer | notes |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    for r in [&raw, &drain, &drain_all] {
+        println!("| {} | {} | {:.2} | {:.0} | - | - | {:.2} | {} |", r.name, r.ops, r.seconds, r.rate(), r.rate() / raw.rate(), r.note);
+    }
+    println!("| {} | {} | {:.0} | {:.0} | {} | {} | - | {} |", lag.name, lag.ops, lag.seconds, lag.rate(), fmt_us(lag.p50_us), fmt_us(lag.p99_us), lag.note);
+    Ok(())
+}
+
+/// The account of canonical event bytes.
+fn account_of(bytes: &[u8]) -> &str {
+    let marker = b",\"account\":\"";
+    let at = bytes.windows(marker.len()).position(|w| w == marker).map_or(0, |p| p + marker.len());
+    let len = bytes[at..].iter().position(|b| *b == b'"').unwrap_or(0);
+    std::str::from_utf8(&bytes[at..at + len]).unwrap_or("")
+}
+
+/// (messages, distinct seqs) on a topic, read from the beginning of every partition until
+/// quiet.
+fn count_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<(u64, u64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-count-{}", Uuid::now_v7().simple()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut seqs = std::collections::HashSet::new();
+    let mut messages = 0u64;
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(3) {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            last = Instant::now();
+            messages += 1;
+            if let Some(seq) = m.headers().and_then(|h| h.iter().find(|h| h.key == "seq").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).parse::<u64>().unwrap_or(0)))) {
+                seqs.insert(seq);
+            }
+        }
+    }
+    Ok((messages, seqs.len() as u64))
 }

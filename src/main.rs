@@ -75,6 +75,8 @@ enum Command {
     /// Read the events topic as an analytics team would: spend per account, month and
     /// provider; bind success rates; failure reasons per day.
     Consume(bindledger::analytics::ConsumeArgs),
+    /// Measure the Kafka relay against a raw producer on the same broker, and end-to-end lag.
+    BenchKafka(bench::KafkaBenchArgs),
     /// Ask a running ledger how it is: health, log length, the Kafka relay's state and lag.
     Status {
         /// The ledger's HTTP address.
@@ -320,6 +322,11 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Status { url, token, data_dir, json } => {
             init_tracing("warn");
             tokio::runtime::Runtime::new()?.block_on(status(&url, token, &data_dir, json))
+        }
+        Command::BenchKafka(args) => {
+            init_tracing("warn");
+            tokio::runtime::Runtime::new()?.block_on(bench::kafka(args))?;
+            Ok(0)
         }
         Command::Bench(args) => {
             init_tracing("warn");

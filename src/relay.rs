@@ -18,15 +18,20 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::ledger::Ledger;
+
+/// Events read from the log per pass.
+const RELAY_READ_EVENTS: usize = 4096;
+/// The saved position is updated at least this often (in events) while publishing.
+const RELAY_SAVE_EVERY_EVENTS: u64 = 10_000;
 
 /// Recovery reads each partition's tail until nothing new arrives for this long.
 const RECOVERY_QUIET: Duration = Duration::from_millis(300);
@@ -387,55 +392,96 @@ impl Relay {
         let producer = self.producer()?;
         let mut durable = self.ledger.subscribe();
         let mut position = from - 1;
-        self.status.position.store(position.max(self.status.position.load(Ordering::Relaxed).min(position)), Ordering::Relaxed);
+        self.status.position.store(position, Ordering::Relaxed);
         *self.status.last_error.lock().expect("status lock") = None;
+        // Deliveries in send order: (seq, its delivery, or None for an event already on the
+        // topic). The front is awaited when the window is full, so the producer never idles
+        // and the position only moves past events that are acknowledged.
+        let mut window: VecDeque<(u64, Option<DeliveryFuture>)> = VecDeque::with_capacity(self.config.inflight_events_max.min(65536));
+        let mut saved_at = position;
         loop {
             let end = self.ledger.log_len();
             if from > end {
-                self.status.set(State::Idle);
+                // Caught up with the log: settle what is in flight, then wait for more.
+                while let Some((seq, delivery)) = window.pop_front() {
+                    if let Some(d) = delivery {
+                        settle(d).await?;
+                        self.status.published_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    position = seq;
+                }
+                if position != saved_at {
+                    self.ledger.set_relay_position(&topic, position).map_err(|e| e.to_string())?;
+                    saved_at = position;
+                }
                 self.status.position.store(position, Ordering::Relaxed);
+                self.status.set(State::Idle);
                 let _ = tokio::time::timeout(Duration::from_secs(1), durable.changed()).await;
                 continue;
             }
             self.status.set(State::Publishing);
-            let mut pending = Vec::with_capacity(self.config.inflight_events_max.min(4096));
-            let mut last = from - 1;
-            for r in self.ledger.raw_events(from).take(self.config.inflight_events_max) {
+            for r in self.ledger.raw_events(from).take(RELAY_READ_EVENTS) {
                 let (seq, bytes) = r.map_err(|e| e.to_string())?;
-                last = seq;
+                from = seq + 1;
                 let route = routing(&bytes).ok_or_else(|| format!("event {seq}: cannot read its routing fields"))?;
                 let partition = partition_for(route.account.as_bytes(), partitions);
-                if seq <= maxes[partition as usize] {
-                    continue; // already on the topic
-                }
-                let hash = bindledger_events::hash_bytes(&bytes).to_hex();
-                let seq_text = seq.to_string();
-                let headers = OwnedHeaders::new_with_capacity(5)
-                    .insert(Header { key: "event_type", value: Some(route.event_type) })
-                    .insert(Header { key: "schema_version", value: Some(route.version) })
-                    .insert(Header { key: "event_id", value: Some(route.event_id) })
-                    .insert(Header { key: "seq", value: Some(seq_text.as_str()) })
-                    .insert(Header { key: "hash", value: Some(hash.as_str()) });
-                let record = FutureRecord::to(&topic).partition(partition).key(route.account).payload(&bytes[..]).headers(headers);
-                match producer.send_result(record) {
-                    Ok(delivery) => pending.push(delivery),
-                    Err((e, _)) => return Err(format!("queueing event {seq}: {e}")),
+                let delivery = if seq <= maxes[partition as usize] {
+                    None // already on the topic
+                } else {
+                    let hash = bindledger_events::hash_bytes(&bytes).to_hex();
+                    let seq_text = seq.to_string();
+                    let headers = OwnedHeaders::new_with_capacity(5)
+                        .insert(Header { key: "event_type", value: Some(route.event_type) })
+                        .insert(Header { key: "schema_version", value: Some(route.version) })
+                        .insert(Header { key: "event_id", value: Some(route.event_id) })
+                        .insert(Header { key: "seq", value: Some(seq_text.as_str()) })
+                        .insert(Header { key: "hash", value: Some(hash.as_str()) });
+                    let record = FutureRecord::to(&topic).partition(partition).key(route.account).payload(&bytes[..]).headers(headers);
+                    match producer.send_result(record) {
+                        Ok(delivery) => Some(delivery),
+                        Err((e, _)) => return Err(format!("queueing event {seq}: {e}")),
+                    }
+                };
+                window.push_back((seq, delivery));
+                while window.len() >= self.config.inflight_events_max {
+                    let (seq, delivery) = window.pop_front().expect("the window is full");
+                    if let Some(d) = delivery {
+                        settle(d).await?;
+                        self.status.published_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    position = seq;
                 }
             }
-            for delivery in pending {
-                match delivery.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(delivery_error(e)),
-                    Err(_) => return Err("the producer was dropped".into()),
+            // Count what has settled at the front without waiting.
+            while let Some((_, Some(d))) = window.front_mut() {
+                match futures_util::FutureExt::now_or_never(d) {
+                    Some(result) => {
+                        result.map_err(|_| "the producer was dropped".to_string())?.map_err(|(e, _)| delivery_error(e))?;
+                        let (seq, _) = window.pop_front().expect("front exists");
+                        self.status.published_total.fetch_add(1, Ordering::Relaxed);
+                        position = seq;
+                    }
+                    None => break,
                 }
             }
-            let sent = last + 1 - from;
-            position = last;
-            from = last + 1;
-            self.ledger.set_relay_position(&topic, position).map_err(|e| e.to_string())?;
+            while let Some((seq, None)) = window.front() {
+                position = *seq;
+                window.pop_front();
+            }
             self.status.position.store(position, Ordering::Relaxed);
-            self.status.published_total.fetch_add(sent, Ordering::Relaxed);
+            if position >= saved_at + RELAY_SAVE_EVERY_EVENTS {
+                self.ledger.set_relay_position(&topic, position).map_err(|e| e.to_string())?;
+                saved_at = position;
+            }
         }
+    }
+}
+
+async fn settle(d: DeliveryFuture) -> SessionResult {
+    match d.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(delivery_error(e)),
+        Err(_) => Err("the producer was dropped".into()),
     }
 }
 
