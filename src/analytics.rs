@@ -94,7 +94,7 @@ impl Analytics {
         }
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
         for (k, v) in &self.failures_per_day {
-            let reason = k.splitn(2, '|').nth(1).unwrap_or("").to_owned();
+            let reason = k.split_once('|').map_or("", |(_, r)| r).to_owned();
             *reasons.entry(reason).or_default() += v;
         }
         out.push_str("failures by reason:\n");

@@ -32,7 +32,7 @@ impl Client {
     }
 
     async fn sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, ClientError> {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+        if self.sender.as_ref().map_or(true, |s| s.is_closed()) {
             let stream = tokio::net::TcpStream::connect(self.addr).await.map_err(ClientError::Connect)?;
             stream.set_nodelay(true).map_err(ClientError::Connect)?;
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;

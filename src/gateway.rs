@@ -103,8 +103,8 @@ impl Default for Scenario {
             closed_per_mille: 10,
             unknown_per_mille: 10,
             network_error_per_mille: 5,
-            balance_minor_min: 100_00,
-            balance_minor_max: 50_000_00,
+            balance_minor_min: 10_000,    // 100.00
+            balance_minor_max: 5_000_000, // 50,000.00
             maintenance: Vec::new(),
             latency_ms: 0,
         }

@@ -37,11 +37,7 @@ impl Indexer {
         let mut dirty: HashSet<String> = HashSet::new();
         let mut since_snapshot = 0u64;
         let mut last = self.indexed.load(Ordering::SeqCst);
-        loop {
-            let first = match rx.recv() {
-                Ok(items) => items,
-                Err(_) => break,
-            };
+        while let Ok(first) = rx.recv() {
             let mut batch = IndexBatch::default();
             let mut drained = vec![first];
             while drained.len() < INDEX_DRAIN_BATCHES {

@@ -78,6 +78,7 @@ pub struct Submission {
     pub reply: oneshot::Sender<Result<Committed>>,
 }
 
+#[allow(clippy::large_enum_variant)] // one per command in flight, moved once: boxing buys nothing
 enum Answer {
     New(usize),
     Replay(Committed),

@@ -30,10 +30,8 @@ pub fn tokens() -> Vec<TokenConfig> {
 }
 
 pub fn test_config(dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.to_path_buf();
+    let mut c = Config { data_dir: dir.to_path_buf(), tokens: tokens(), ..Config::default() };
     c.gateway.simulated = Scenario::quiet(11);
-    c.tokens = tokens();
     c
 }
 
