@@ -34,11 +34,11 @@ pub struct DemoOptions {
     pub seed: u64,
 }
 
-/// A small deterministic PRNG (splitmix64).
-struct Rng(u64);
+/// A small deterministic PRNG (splitmix64): the same seed, the same population and choices.
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -7,6 +7,7 @@ mod common;
 use bindledger::gateway::{Scenario, SimulatedGateway};
 use bindledger::projection::Projection;
 use bindledger_events::{decode, hash_bytes, Event};
+use bindledger::demo::Rng;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -38,17 +39,6 @@ fn config_file(dir: &std::path::Path) -> std::path::PathBuf {
     )
     .unwrap();
     path
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }
 
 async fn send(client: &mut bindledger::client::Client, book: &Mutex<Book>, sent: Sent) -> bool {
