@@ -364,6 +364,9 @@ fn count(t: &Tally, prefix: &str) -> u64 {
 /// Runs the demo until the duration passes (or Ctrl-C), then prints the report.
 pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> anyhow::Result<()> {
     let mut scenario = config.gateway.simulated.clone();
+    // Wallets hold 1,000.00 to 200,000.00: shoppers run dry now and then, the drainer soon.
+    scenario.balance_minor_min = scenario.balance_minor_min.max(100_000);
+    scenario.balance_minor_max = scenario.balance_minor_max.max(20_000_000);
     // Apple Pay goes into maintenance for a few seconds, so that failure shows up too.
     let start = Utc::now();
     scenario.maintenance.push(MaintenanceWindow {

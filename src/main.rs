@@ -77,6 +77,17 @@ enum Command {
     Consume(bindledger::analytics::ConsumeArgs),
     /// Measure the Kafka relay against a raw producer on the same broker, and end-to-end lag.
     BenchKafka(bench::KafkaBenchArgs),
+    /// Show what the built-in simulated provider knows of a wallet (for trying the API by
+    /// hand): its standing, payment password, SMS code, biometric assertions and balance.
+    SimWallet {
+        #[command(flatten)]
+        common: Common,
+        /// alipay, wechat_pay, apple_pay, union_pay, bank_card, credit_card or other:<name>.
+        #[arg(long, default_value = "alipay")]
+        provider: String,
+        /// The wallet's phone or account number.
+        wallet_account: String,
+    },
     /// Ask a running ledger how it is: health, log length, the Kafka relay's state and lag.
     Status {
         /// The ledger's HTTP address.
@@ -317,6 +328,22 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("{}", report.analytics.summary());
                 println!("{} messages, {} duplicates dropped, {} undecodable", report.messages, report.duplicates, report.undecodable);
             }
+            Ok(0)
+        }
+        Command::SimWallet { common, provider, wallet_account } => {
+            init_tracing("warn");
+            let config = load_config(&common)?;
+            let provider = bindledger_events::Provider::parse(&provider)?;
+            let g = SimulatedGateway::new(config.gateway.simulated.clone());
+            let f = |factor| g.factor_code_for(&provider, &wallet_account, factor);
+            use bindledger_events::Factor;
+            println!("provider:          {provider} (simulated, seed {})", config.gateway.simulated.seed);
+            println!("standing:          {:?}", g.wallet_status(&provider, &wallet_account));
+            println!("payment_password:  {}", g.password_for(&provider, &wallet_account));
+            println!("sms code:          {}", f(Factor::Sms));
+            println!("fingerprint:       {}", f(Factor::Fingerprint));
+            println!("face:              {}", f(Factor::Face));
+            println!("balance:           {}", bindledger_events::Currency::CNY.format(g.initial_balance_minor(&provider, &wallet_account)));
             Ok(0)
         }
         Command::Status { url, token, data_dir, json } => {

@@ -77,3 +77,15 @@ fn a_bad_configuration_is_refused_with_the_reason() {
     let (code, _, _) = run_cli(&["no-such-command"]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn sim_wallet_tells_what_the_simulated_provider_expects() {
+    use bindledger::gateway::{Scenario, SimulatedGateway};
+    let (code, out, stderr) = run_cli(&["sim-wallet", "--provider", "wechat_pay", "13900001111"]);
+    assert_eq!(code, 0, "{stderr}");
+    let out = String::from_utf8(out).unwrap();
+    let g = SimulatedGateway::new(Scenario::default());
+    let p = bindledger_events::Provider::parse("wechat_pay").unwrap();
+    assert!(out.contains(&format!("payment_password:  {}", g.password_for(&p, "13900001111"))), "{out}");
+    assert!(out.contains(&format!("{:?}", g.wallet_status(&p, "13900001111"))), "{out}");
+}

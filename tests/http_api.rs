@@ -63,7 +63,7 @@ async fn bind_pay_read_unbind_and_audit_the_feed() {
     let (_, page1) = r.get_json("/v1/accounts/alice/payments?limit=2").await.unwrap();
     let amounts: Vec<_> = page1["payments"].as_array().unwrap().iter().map(|p| (p["status"].clone(), p["amount_minor"].clone())).collect();
     assert_eq!(amounts, vec![(json!("failed"), json!(5)), (json!("succeeded"), json!(100_000))], "newest first");
-    assert_eq!(page1["payments"][1]["amount_display"], "1000.00 CNY");
+    assert_eq!(page1["payments"][1]["amount_display"], "1,000.00 CNY");
     let cursor = page1["next_before_version"].as_u64().unwrap();
     let (_, page2) = r.get_json(&format!("/v1/accounts/alice/payments?limit=2&before_version={cursor}")).await.unwrap();
     let amounts: Vec<_> = page2["payments"].as_array().unwrap().iter().map(|p| p["amount_minor"].as_i64().unwrap()).collect();

@@ -65,23 +65,29 @@ impl Currency {
         ISO_4217.iter().find(|(c, _)| c.as_bytes() == self.0).map(|(_, d)| *d).unwrap_or(2)
     }
 
-    /// A human form of an amount, e.g. `1234` CNY -> `12.34 CNY`. For display only.
+    /// A human form of an amount, e.g. `123456789` CNY -> `1,234,567.89 CNY`. For display only.
     pub fn format(&self, amount_minor: i64) -> String {
         let digits = self.minor_digits() as u32;
-        if digits == 0 {
-            return format!("{} {}", amount_minor, self.as_str());
-        }
-        let unit = 10i64.pow(digits);
         let sign = if amount_minor < 0 { "-" } else { "" };
         let abs = amount_minor.unsigned_abs();
-        format!(
-            "{sign}{}.{:0width$} {}",
-            abs / unit as u64,
-            abs % unit as u64,
-            self.as_str(),
-            width = digits as usize
-        )
+        if digits == 0 {
+            return format!("{sign}{} {}", group_thousands(abs), self.as_str());
+        }
+        let unit = 10u64.pow(digits);
+        format!("{sign}{}.{:0width$} {}", group_thousands(abs / unit), abs % unit, self.as_str(), width = digits as usize)
     }
+}
+
+fn group_thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl Default for Currency {
@@ -129,7 +135,9 @@ mod tests {
 
     #[test]
     fn formats_minor_units() {
-        assert_eq!(Currency::CNY.format(123456), "1234.56 CNY");
+        assert_eq!(Currency::CNY.format(123456), "1,234.56 CNY");
+        assert_eq!(Currency::CNY.format(-123456789), "-1,234,567.89 CNY");
+        assert_eq!(Currency::parse("JPY").unwrap().format(1_000_000), "1,000,000 JPY");
         assert_eq!(Currency::CNY.format(5), "0.05 CNY");
         assert_eq!(Currency::parse("JPY").unwrap().format(500), "500 JPY");
         assert_eq!(Currency::parse("KWD").unwrap().format(1001), "1.001 KWD");
