@@ -7,7 +7,7 @@
 //! Rows may include events past the recorded snapshot position (the read model runs ahead of
 //! the indexer); the catch-up fold skips events an account's row already includes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -46,10 +46,17 @@ impl Indexer {
                     Err(_) => break,
                 }
             }
+            // One row per account per pass: its events here have consecutive account seqs.
+            let mut runs: HashMap<String, (u64, Vec<u64>)> = HashMap::new();
             for (seq, account, account_seq) in drained.into_iter().flatten() {
-                batch.add_history(&account, account_seq, seq);
                 since_snapshot += 1;
                 last = seq;
+                let run = runs.entry(account).or_insert_with(|| (account_seq, Vec::new()));
+                debug_assert_eq!(run.0 + run.1.len() as u64, account_seq, "an account's events come in order");
+                run.1.push(seq);
+            }
+            for (account, (first, seqs)) in runs {
+                batch.add_history_run(&account, first, &seqs);
                 dirty.insert(account);
             }
             batch.set_indexed(last);

@@ -4,7 +4,7 @@
 //! | tree | key | value | written by |
 //! |---|---|---|---|
 //! | `log` | first seq of the chunk | up to [`CHUNK_EVENTS_MAX`] events, each `u32` length + canonical bytes | the writer, one atomic batch + one flush per group commit |
-//! | `index` | `A` account 0x00 account_seq | seq | the indexer, after durability |
+//! | `index` | `A` account 0x00 first account_seq | the seqs of that account's events from there on, 8 bytes each (one run per indexer pass) | the indexer, after durability |
 //! | `index` | `B` account | the account's projection state (JSON) | the indexer, every so often |
 //! | `index` | `M` name | the indexer's positions | the indexer |
 //! | default | name | store format, secret check | on creation |
@@ -110,8 +110,17 @@ pub struct IndexBatch {
 }
 
 impl IndexBatch {
+    /// One account's events with consecutive account seqs from `first_account_seq`.
+    pub fn add_history_run(&mut self, account: &str, first_account_seq: u64, seqs: &[u64]) {
+        let mut v = Vec::with_capacity(seqs.len() * 8);
+        for s in seqs {
+            v.extend_from_slice(&s.to_be_bytes());
+        }
+        self.batch.insert(account_key(b'A', account, &first_account_seq.to_be_bytes()), v);
+    }
+
     pub fn add_history(&mut self, account: &str, account_seq: u64, seq: u64) {
-        self.batch.insert(account_key(b'A', account, &account_seq.to_be_bytes()), &seq.to_be_bytes()[..]);
+        self.add_history_run(account, account_seq, &[seq]);
     }
 
     pub fn put_account(&mut self, account: &str, state: &AccountState) {
@@ -233,12 +242,34 @@ impl Store {
     /// Seqs of an account's events with `account_seq` in `(after, before)`, oldest first, or
     /// newest first when `newest_first`.
     pub fn account_event_seqs(&self, account: &str, after: u64, before: u64, newest_first: bool, limit: usize) -> Result<Vec<u64>> {
-        let start = account_key(b'A', account, &(after.saturating_add(1)).to_be_bytes());
+        let lo = after.saturating_add(1);
+        if lo >= before || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let prefix = account_key(b'A', account, &[]);
+        let first_of = |k: &[u8]| u64_of(&k[prefix.len()..]);
+        // Rows start anywhere: the one covering `lo` starts at or before it.
+        let start = match self.index.range(prefix.clone()..=account_key(b'A', account, &lo.to_be_bytes())).next_back() {
+            Some(r) => r?.0.to_vec(),
+            None => prefix.clone(),
+        };
         let end = account_key(b'A', account, &before.to_be_bytes());
-        let range = self.index.range(start..end);
-        let seqs: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-            if newest_first { Box::new(range.rev()) } else { Box::new(range) };
-        seqs.take(limit).map(|r| u64_of(&r?.1)).collect()
+        let rows = self.index.range(start..end);
+        let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if newest_first { Box::new(rows.rev()) } else { Box::new(rows) };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for r in rows {
+            let (k, v) = r?;
+            let first = first_of(&k)?;
+            let entries = (0..v.len() / 8).map(|i| (first + i as u64, &v[i * 8..i * 8 + 8])).filter(|(a, _)| *a >= lo && *a < before);
+            let entries: Vec<(u64, &[u8])> = if newest_first { entries.rev().collect() } else { entries.collect() };
+            for (_, seq) in entries {
+                out.push(u64_of(seq)?);
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The indexer's positions: (history indexed through, snapshot complete through).
@@ -302,5 +333,33 @@ impl Store {
     /// Size of the store's files on disk, in bytes.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_runs_are_read_across_and_inside_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = IndexBatch::default();
+        b.add_history_run("a", 1, &[10, 11, 12]);
+        b.add_history_run("a", 4, &[20]);
+        b.add_history_run("a", 5, &[30, 31, 32, 33]);
+        b.add_history_run("ab", 1, &[99]);
+        b.add_history_run("", 1, &[98]);
+        store.apply_index(b).unwrap();
+        let q = |after, before, newest, limit| store.account_event_seqs("a", after, before, newest, limit).unwrap();
+        assert_eq!(q(0, u64::MAX, false, 100), vec![10, 11, 12, 20, 30, 31, 32, 33]);
+        assert_eq!(q(2, u64::MAX, false, 100), vec![12, 20, 30, 31, 32, 33], "starting inside a row");
+        assert_eq!(q(2, 6, false, 100), vec![12, 20, 30], "ending inside a row");
+        assert_eq!(q(0, 7, true, 100), vec![31, 30, 20, 12, 11, 10], "newest first");
+        assert_eq!(q(0, u64::MAX, true, 2), vec![33, 32]);
+        assert_eq!(q(5, u64::MAX, false, 2), vec![31, 32]);
+        assert_eq!(q(8, u64::MAX, false, 10), Vec::<u64>::new());
+        assert_eq!(store.account_event_seqs("ab", 0, u64::MAX, false, 10).unwrap(), vec![99]);
+        assert_eq!(store.account_event_seqs("b", 0, u64::MAX, false, 10).unwrap(), Vec::<u64>::new());
     }
 }
