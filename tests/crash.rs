@@ -112,7 +112,7 @@ async fn acknowledged_commands_survive_repeated_sigkill() {
             return;
         }
         // Load from many clients, then SIGKILL at a random moment.
-        let stop_at = Instant::now() + Duration::from_millis(150 + rng.next() % 650);
+        let stop_at = Instant::now() + Duration::from_millis(150 + rng.next_u64() % 650);
         let tasks: Vec<_> = (0..CLIENTS)
             .map(|c| {
                 let book = book.clone();
