@@ -180,10 +180,6 @@ impl Ledger {
         &self.inner.metrics
     }
 
-    pub fn secret(&self) -> &LedgerSecret {
-        &self.inner.secret
-    }
-
     /// Number of events in the log.
     pub fn log_len(&self) -> u64 {
         self.inner.metrics.log_events.load(Ordering::Relaxed)
@@ -497,8 +493,4 @@ impl Ledger {
         self.inner.store.set_relay_position(topic, seq)
     }
 
-    /// Size of the store's files on disk.
-    pub fn store_size_bytes(&self) -> u64 {
-        self.inner.store.size_on_disk()
-    }
 }

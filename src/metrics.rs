@@ -31,15 +31,6 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Mean of the observed values.
-    pub fn mean(&self) -> f64 {
-        let n = self.count.load(Ordering::Relaxed);
-        if n == 0 {
-            return 0.0;
-        }
-        self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6 / n as f64
-    }
-
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;

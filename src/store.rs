@@ -74,7 +74,6 @@ pub struct LogBatch {
     chunk: Vec<u8>,
     chunk_first: u64,
     chunk_events: usize,
-    events: usize,
 }
 
 impl LogBatch {
@@ -88,7 +87,6 @@ impl LogBatch {
         self.chunk.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
         self.chunk.extend_from_slice(bytes);
         self.chunk_events += 1;
-        self.events += 1;
     }
 
     fn close_chunk(&mut self) {
@@ -96,10 +94,6 @@ impl LogBatch {
             self.batch.insert(&self.chunk_first.to_be_bytes()[..], std::mem::take(&mut self.chunk));
             self.chunk_events = 0;
         }
-    }
-
-    pub fn events(&self) -> usize {
-        self.events
     }
 }
 
@@ -328,11 +322,6 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
-    }
-
-    /// Size of the store's files on disk, in bytes.
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
     }
 }
 
