@@ -216,42 +216,61 @@ fn events_per_flush(ledger: &Ledger, events: u64, flushes_before: u64) -> f64 {
     events as f64 / flushes.max(1) as f64
 }
 
-async fn library(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, f64)> {
-    let f = fixture(dir, args.accounts).await?;
-    let bindings = Arc::new(f.bindings);
-    let base = f.ledger.log_len();
-    let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
+/// Runs `op` for every n in `0..total` from `workers` concurrent tasks, each with its own
+/// state (made by `make`, threaded through `op`); returns the per-operation latencies in µs,
+/// sorted, and the elapsed seconds.
+async fn drive<S, F, Fut>(workers: usize, total: u64, mut make: impl FnMut() -> S, op: F) -> anyhow::Result<(Vec<u64>, f64)>
+where
+    S: Send + 'static,
+    F: Fn(S, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = (S, anyhow::Result<()>)> + Send + 'static,
+{
+    let op = Arc::new(op);
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.lib_concurrency {
-        let ledger = f.ledger.clone();
-        let bindings = bindings.clone();
-        let next = next.clone();
-        let total = args.lib_commands;
+    let mut tasks = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (op, next, mut state) = (op.clone(), next.clone(), make());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             loop {
                 let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n >= total {
-                    break;
+                    return Ok::<_, anyhow::Error>(lat);
                 }
-                let b = &bindings[(n % bindings.len() as u64) as usize];
                 let t = Instant::now();
-                let cmd = pay_request(b, n).validate(&b.0, Utc::now()).expect("valid");
-                let r = ledger.pay(cmd).await.expect("durable");
-                debug_assert!(matches!(r.event.payload, Payload::PaymentSucceeded { .. }));
+                let (back, result) = op(state, n).await;
+                state = back;
+                result?;
                 lat.push(t.elapsed().as_micros() as u64);
             }
-            lat
         }));
     }
     let mut lat = Vec::new();
     for t in tasks {
-        lat.extend(t.await?);
+        lat.extend(t.await??);
     }
     let seconds = started.elapsed().as_secs_f64();
     lat.sort_unstable();
+    Ok((lat, seconds))
+}
+
+async fn library(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, f64)> {
+    let f = fixture(dir, args.accounts).await?;
+    let bindings = Arc::new(f.bindings);
+    let base = f.ledger.log_len();
+    let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
+    let ledger = f.ledger.clone();
+    let (lat, seconds) = drive(args.lib_concurrency, args.lib_commands, || (), move |(), n| {
+        let (ledger, bindings) = (ledger.clone(), bindings.clone());
+        async move {
+            let b = &bindings[(n % bindings.len() as u64) as usize];
+            let cmd = pay_request(b, n).validate(&b.0, Utc::now()).expect("valid");
+            let result = ledger.pay(cmd).await.map(|r| debug_assert!(matches!(r.event.payload, Payload::PaymentSucceeded { .. })));
+            ((), result.map_err(anyhow::Error::from))
+        }
+    })
+    .await?;
     let written = f.ledger.log_len() - base;
     anyhow::ensure!(written == args.lib_commands, "expected {} events, the log grew by {written}", args.lib_commands);
     let per_flush = events_per_flush(&f.ledger, written, flushes_before);
@@ -285,44 +304,27 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
     let bindings = Arc::new(f.bindings);
     let base = f.ledger.log_len();
     let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.http_connections {
+    let make_client = || Client::new(addr, Some(token.clone()));
+    let (lat, seconds) = drive(args.http_connections, args.http_commands, make_client, move |mut client, n| {
         let bindings = bindings.clone();
-        let next = next.clone();
-        let token = token.clone();
-        let total = args.http_commands;
-        tasks.push(tokio::spawn(async move {
-            let mut client = Client::new(addr, Some(token));
-            let mut lat = Vec::new();
-            loop {
-                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n >= total {
-                    break;
-                }
-                let b = &bindings[(n % bindings.len() as u64) as usize];
-                // The load generator shares the two cores with the server: keep it cheap (no
-                // JSON value building or parsing, status only).
-                let body = format!(
-                    r#"{{"binding_id":"{}","order_id":"o-{n}","amount_minor":100,"payment_password":"{}","idempotency_key":"pay-{n}"}}"#,
-                    b.1, b.2
-                );
-                let path = format!("/v1/accounts/{}/payments", b.0);
-                let t = Instant::now();
-                let (status, _) = client.send(hyper::Method::POST, &path, Some(body.into_bytes())).await?;
-                anyhow::ensure!(status.as_u16() == 201, "unexpected status {status}");
-                lat.push(t.elapsed().as_micros() as u64);
-            }
-            Ok::<_, anyhow::Error>(lat)
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await??);
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    lat.sort_unstable();
+        async move {
+            let b = &bindings[(n % bindings.len() as u64) as usize];
+            // The load generator shares the two cores with the server: keep it cheap (no
+            // JSON value building or parsing, status only).
+            let body = format!(
+                r#"{{"binding_id":"{}","order_id":"o-{n}","amount_minor":100,"payment_password":"{}","idempotency_key":"pay-{n}"}}"#,
+                b.1, b.2
+            );
+            let path = format!("/v1/accounts/{}/payments", b.0);
+            let result = match client.send(hyper::Method::POST, &path, Some(body.into_bytes())).await {
+                Ok((status, _)) if status.as_u16() == 201 => Ok(()),
+                Ok((status, _)) => Err(anyhow::anyhow!("unexpected status {status}")),
+                Err(e) => Err(e.into()),
+            };
+            (client, result)
+        }
+    })
+    .await?;
     let written = f.ledger.log_len() - base;
     anyhow::ensure!(written == args.http_commands, "expected {} events, the log grew by {written}", args.http_commands);
     let per_flush = events_per_flush(&f.ledger, written, flushes_before);
@@ -413,25 +415,17 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
     let f = fixture(&root.join("log"), 2000).await?;
     let bindings = Arc::new(f.bindings);
     let fill = f.ledger.log_len();
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let total = args.events.saturating_sub(fill);
-    let mut tasks = Vec::new();
-    for _ in 0..512 {
-        let (ledger, bindings, next) = (f.ledger.clone(), bindings.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= total {
-                    break;
-                }
-                let b = &bindings[(n % bindings.len() as u64) as usize];
-                ledger.pay(pay_request(b, n).validate(&b.0, Utc::now()).expect("valid")).await.expect("durable");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
+    let ledger = f.ledger.clone();
+    let fill_bindings = bindings.clone();
+    drive(512, args.events.saturating_sub(fill), || (), move |(), n| {
+        let (ledger, bindings) = (ledger.clone(), fill_bindings.clone());
+        async move {
+            let b = &bindings[(n % bindings.len() as u64) as usize];
+            let result = ledger.pay(pay_request(b, n).validate(&b.0, Utc::now()).expect("valid")).await;
+            ((), result.map(|_| ()).map_err(anyhow::Error::from))
+        }
+    })
+    .await?;
     let events = f.ledger.log_len();
     let payloads: Vec<(u64, Vec<u8>)> = f.ledger.raw_events(1).map(|r| r.map(|(s, b)| (s, b.to_vec()))).collect::<crate::Result<_>>()?;
     let bytes_per_event = payloads.iter().map(|(_, b)| b.len()).sum::<usize>() / payloads.len().max(1);
