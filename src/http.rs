@@ -41,16 +41,18 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig) -> Arc<AppState> {
-        let tokens = tokens.iter().map(|t| (Sha256::digest(t.token.as_bytes()).into(), t.roles.clone())).collect();
-        let in_flight = Arc::new(Semaphore::new(http.connections_max));
-        Arc::new(AppState { ledger, tokens, http, in_flight, relay: None })
+        Self::build(ledger, tokens, http, None)
     }
 
     /// The same, reporting a running relay in `/metrics` and `/v1/relay`.
     pub fn with_relay(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig, topic: &str, status: Arc<RelayStatus>) -> Arc<AppState> {
-        let mut state = Arc::into_inner(Self::new(ledger, tokens, http)).expect("just made");
-        state.relay = Some((topic.to_owned(), status));
-        Arc::new(state)
+        Self::build(ledger, tokens, http, Some((topic.to_owned(), status)))
+    }
+
+    fn build(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig, relay: Option<(String, Arc<RelayStatus>)>) -> Arc<AppState> {
+        let tokens = tokens.iter().map(|t| (Sha256::digest(t.token.as_bytes()).into(), t.roles.clone())).collect();
+        let in_flight = Arc::new(Semaphore::new(http.connections_max));
+        Arc::new(AppState { ledger, tokens, http, in_flight, relay })
     }
 }
 
