@@ -124,6 +124,48 @@ pub struct UnbindCommand {
     pub binding_id: Uuid,
 }
 
+/// Locks a binding: issued by the monitoring when an alert asks for it (not over HTTP).
+#[derive(Debug, Clone)]
+pub struct LockCommand {
+    pub meta: Meta,
+    pub binding_id: Uuid,
+    /// The alert that caused the lock.
+    pub alert_id: String,
+    /// Event time at which the lock ends.
+    pub until: DateTime<Utc>,
+}
+
+/// Lifts a lock: by a person (`manual`) or because it ran out (`expired`, for the lock of
+/// `alert_id`).
+#[derive(Debug, Clone)]
+pub struct UnlockCommand {
+    pub meta: Meta,
+    pub binding_id: Uuid,
+    pub cause: bindledger_events::UnlockCause,
+    pub alert_id: Option<String>,
+}
+
+/// `POST /v1/accounts/{account}/bindings/{binding_id}/unlock`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlockRequest {
+    #[serde(default)]
+    pub confirm: bool,
+    #[serde(flatten)]
+    pub common: CommonInput,
+}
+
+impl UnlockRequest {
+    pub fn validate(self, account: &str, binding_id: &str, now: DateTime<Utc>) -> Result<UnlockCommand, Error> {
+        let meta = validate_common(account, self.common, now)?;
+        let binding_id = parse_uuid(binding_id, "binding_id")?;
+        if !self.confirm {
+            return Err(Error::invalid("confirmation_required", "confirm", "unlocking needs \"confirm\": true"));
+        }
+        Ok(UnlockCommand { meta, binding_id, cause: bindledger_events::UnlockCause::Manual, alert_id: None })
+    }
+}
+
 fn id_chars_ok(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }

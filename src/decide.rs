@@ -6,8 +6,10 @@
 //! bother it); the writer runs the same checks again against the state at decision time.
 
 use bindledger_events::{
-    BindFailure, Factor, FactorCheck, Payload, PaymentFailure, Provider, Side, UnbindFailure, WalletRef,
+    BindFailure, Factor, FactorCheck, LockFailure, Payload, PaymentFailure, Provider, Side, UnbindFailure, UnlockCause,
+    WalletRef,
 };
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::gateway::GatewayFailure;
@@ -52,6 +54,8 @@ pub struct PayFacts {
     pub amount_minor: i64,
     pub currency: bindledger_events::Currency,
     pub factor: Option<Factor>,
+    /// The payment's event time (a lock is in force before its `until`).
+    pub at: DateTime<Utc>,
 }
 
 fn factors(password_passed: Option<bool>, factor: Option<(Factor, bool)>) -> Vec<FactorCheck> {
@@ -139,12 +143,12 @@ pub fn decide_bind(
 }
 
 /// Reasons to refuse a payment without asking the provider.
-pub fn precheck_pay(acct: Option<&AccountState>, binding_id: Uuid, rules: Rules) -> Option<PaymentFailure> {
+pub fn precheck_pay(acct: Option<&AccountState>, binding_id: Uuid, at: DateTime<Utc>, rules: Rules) -> Option<PaymentFailure> {
     if rules.platform_maintenance {
         return Some(PaymentFailure::Maintenance { side: Side::Platform });
     }
     match acct.and_then(|a| a.active_binding(binding_id)) {
-        Some(_) => None,
+        Some(b) => b.lock_at(at).map(|l| PaymentFailure::BindingLocked { alert_id: l.alert_id.clone(), until: l.until }),
         None => Some(PaymentFailure::BindingNotActive),
     }
 }
@@ -164,7 +168,7 @@ pub fn decide_pay(acct: Option<&AccountState>, facts: &PayFacts, verdict: &PayVe
         factors,
         reason,
     };
-    if let Some(reason) = precheck_pay(acct, facts.binding_id, rules) {
+    if let Some(reason) = precheck_pay(acct, facts.binding_id, facts.at, rules) {
         return failed(reason, factor_checks);
     }
     let binding = acct.and_then(|a| a.active_binding(facts.binding_id)).expect("precheck passed");
@@ -202,6 +206,34 @@ pub fn decide_unbind(acct: Option<&AccountState>, binding_id: Uuid, rules: Rules
     match acct.and_then(|a| a.active_binding(binding_id)) {
         Some(b) => Payload::WalletUnbound { binding_id, provider: b.provider.clone(), wallet: b.wallet.clone() },
         None => Payload::UnbindFailed { binding_id, reason: UnbindFailure::NotBound },
+    }
+}
+
+/// Locks an active binding until `until` (a newer lock replaces an older one, keeping the
+/// later end).
+pub fn decide_lock(acct: Option<&AccountState>, binding_id: Uuid, alert_id: &str, until: DateTime<Utc>) -> Payload {
+    match acct.and_then(|a| a.active_binding(binding_id)) {
+        Some(b) => Payload::BindingLocked {
+            binding_id,
+            alert_id: alert_id.to_owned(),
+            until: b.lock.as_ref().map_or(until, |l| l.until.max(until)),
+        },
+        None => Payload::BindingLockFailed { binding_id, alert_id: alert_id.to_owned(), reason: LockFailure::NotBound },
+    }
+}
+
+/// Lifts a binding's lock. An expiry (`cause` expired, made for the lock of `alert_id`) only
+/// ends that very lock, and only once its time is over at `at`.
+pub fn decide_unlock(acct: Option<&AccountState>, binding_id: Uuid, cause: UnlockCause, alert_id: Option<&str>, at: DateTime<Utc>) -> Payload {
+    let Some(b) = acct.and_then(|a| a.active_binding(binding_id)) else {
+        return Payload::BindingUnlockFailed { binding_id, reason: LockFailure::NotBound };
+    };
+    let lock = b.lock.as_ref().filter(|l| {
+        alert_id.is_none_or(|id| id == l.alert_id) && (cause == UnlockCause::Manual || l.until <= at)
+    });
+    match lock {
+        Some(l) => Payload::BindingUnlocked { binding_id, alert_id: l.alert_id.clone(), cause },
+        None => Payload::BindingUnlockFailed { binding_id, reason: LockFailure::NotLocked },
     }
 }
 
@@ -332,7 +364,7 @@ mod tests {
     }
 
     fn when_pay(p: &Projection, binding: u128, verdict: PayVerdict, rules: Rules) -> Payload {
-        let facts = PayFacts { binding_id: id(binding), order_id: "o-1".into(), amount_minor: 1999, currency: Currency::CNY, factor: None };
+        let facts = PayFacts { binding_id: id(binding), order_id: "o-1".into(), amount_minor: 1999, currency: Currency::CNY, factor: None, at: Utc::now() };
         decide_pay(p.accounts.get("a"), &facts, &verdict, rules)
     }
 
@@ -407,5 +439,58 @@ mod tests {
         assert_eq!(p.wallets[&Hash([2; 32])].iter().collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(p.accounts["a"].version, 3);
         assert_eq!(p.accounts["a"].active_count(), 1);
+    }
+
+    fn locked(n: u8, alert: &str, until: DateTime<Utc>) -> Payload {
+        Payload::BindingLocked { binding_id: id(n as u128), alert_id: alert.into(), until }
+    }
+
+    #[test]
+    fn lock_outcomes_and_payments_on_a_locked_binding() {
+        let later = Utc::now() + chrono::Duration::minutes(30);
+        let p = given(vec![bound(1)]);
+        assert_eq!(decide_lock(p.accounts.get("a"), id(1), "al-1", later), locked(1, "al-1", later));
+        assert_eq!(
+            decide_lock(p.accounts.get("a"), id(2), "al-1", later),
+            Payload::BindingLockFailed { binding_id: id(2), alert_id: "al-1".into(), reason: LockFailure::NotBound }
+        );
+        // A second lock never shortens the first.
+        let p = given(vec![bound(1), locked(1, "al-1", later)]);
+        let sooner = later - chrono::Duration::minutes(10);
+        assert_eq!(decide_lock(p.accounts.get("a"), id(1), "al-2", sooner), locked(1, "al-2", later));
+        // While locked, a payment fails with the typed reason without asking the provider.
+        let ok = PayVerdict::Authorized { authorization_id: "a".into() };
+        assert_eq!(pay_reason(when_pay(&p, 1, ok.clone(), RULES)), PaymentFailure::BindingLocked { alert_id: "al-1".into(), until: later });
+        // Past `until` (event time) the lock no longer applies, even before the unlock event.
+        let past = given(vec![bound(1), locked(1, "al-1", Utc::now() - chrono::Duration::seconds(1))]);
+        assert!(matches!(when_pay(&past, 1, ok.clone(), RULES), Payload::PaymentSucceeded { .. }));
+        // Unlocks: manual, expiry only once due and only of the lock it was made for.
+        let acct = past.accounts.get("a");
+        let now = Utc::now();
+        assert_eq!(
+            decide_unlock(acct, id(1), UnlockCause::Expired, Some("al-1"), now),
+            Payload::BindingUnlocked { binding_id: id(1), alert_id: "al-1".into(), cause: UnlockCause::Expired }
+        );
+        assert_eq!(
+            decide_unlock(acct, id(1), UnlockCause::Expired, Some("al-0"), now),
+            Payload::BindingUnlockFailed { binding_id: id(1), reason: LockFailure::NotLocked }
+        );
+        let acct = p.accounts.get("a");
+        assert_eq!(
+            decide_unlock(acct, id(1), UnlockCause::Expired, Some("al-1"), now),
+            Payload::BindingUnlockFailed { binding_id: id(1), reason: LockFailure::NotLocked },
+            "not due yet"
+        );
+        assert_eq!(
+            decide_unlock(acct, id(1), UnlockCause::Manual, None, now),
+            Payload::BindingUnlocked { binding_id: id(1), alert_id: "al-1".into(), cause: UnlockCause::Manual }
+        );
+        assert_eq!(
+            decide_unlock(acct, id(3), UnlockCause::Manual, None, now),
+            Payload::BindingUnlockFailed { binding_id: id(3), reason: LockFailure::NotBound }
+        );
+        // After the unlock event, payments succeed again.
+        let p = given(vec![bound(1), locked(1, "al-1", later), Payload::BindingUnlocked { binding_id: id(1), alert_id: "al-1".into(), cause: UnlockCause::Manual }]);
+        assert!(matches!(when_pay(&p, 1, ok, RULES), Payload::PaymentSucceeded { .. }));
     }
 }

@@ -34,6 +34,24 @@ pub struct Binding {
     pub unbound_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub payments_count: u64,
+    /// Set while the binding is locked by the monitoring (payments fail until `until`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<BindingLock>,
+}
+
+/// A lock on a binding, from a `binding_locked` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindingLock {
+    pub alert_id: String,
+    pub locked_at: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+}
+
+impl Binding {
+    /// The lock in force at event time `at`, if any.
+    pub fn lock_at(&self, at: DateTime<Utc>) -> Option<&BindingLock> {
+        self.lock.as_ref().filter(|l| at < l.until)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +104,7 @@ impl Projection {
                     unbound_at: None,
                     last_used_at: None,
                     payments_count: 0,
+                    lock: None,
                 });
                 self.wallets.entry(wallet.fingerprint).or_default().insert(e.account.clone());
             }
@@ -114,7 +133,21 @@ impl Projection {
                     acct.bindings.remove(pos);
                 }
             }
-            Payload::BindFailed { .. } | Payload::PaymentFailed { .. } | Payload::UnbindFailed { .. } => {}
+            Payload::BindingLocked { binding_id, alert_id, until } => {
+                if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
+                    b.lock = Some(BindingLock { alert_id: alert_id.clone(), locked_at: e.event_time, until: *until });
+                }
+            }
+            Payload::BindingUnlocked { binding_id, .. } => {
+                if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
+                    b.lock = None;
+                }
+            }
+            Payload::BindFailed { .. }
+            | Payload::PaymentFailed { .. }
+            | Payload::UnbindFailed { .. }
+            | Payload::BindingLockFailed { .. }
+            | Payload::BindingUnlockFailed { .. } => {}
         }
     }
 

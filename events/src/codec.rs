@@ -5,7 +5,10 @@
 //!
 //! ## Schema versions
 //! - **v1**: `payment_succeeded` and `payment_failed` had no `currency`; every amount was CNY.
-//! - **v2** (current): payments carry `currency`.
+//! - **v2**: payments carry `currency`.
+//! - **v3** (current): bindings can be locked: `binding_locked`, `binding_lock_failed`,
+//!   `binding_unlocked`, `binding_unlock_failed`, and the payment failure `binding_locked`.
+//!   Every v2 event is a valid v3 event.
 //!
 //! Decoding an older version upcasts it to the current types; the stored bytes (and so the
 //! hashes) are never rewritten.
@@ -15,7 +18,7 @@ use serde_json::Value;
 use crate::types::Event;
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: u16 = 2;
+pub const SCHEMA_VERSION: u16 = 3;
 
 /// The oldest schema version this code can read.
 pub const SCHEMA_VERSION_MIN: u16 = 1;
@@ -43,7 +46,7 @@ pub fn encode_into(event: &Event, buf: &mut Vec<u8>) {
 /// Decodes stored bytes of any supported version into the current types.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     // Canonical bytes start with the version; the current version takes the direct path.
-    const CURRENT_PREFIX: &[u8] = b"{\"v\":2,";
+    const CURRENT_PREFIX: &[u8] = b"{\"v\":3,";
     if bytes.starts_with(CURRENT_PREFIX) {
         return serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()));
     }
@@ -54,7 +57,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     })?;
     match version {
         1 => upcast_v1_to_v2(&mut value),
-        2 => {}
+        2 | 3 => {}
         other => return Err(DecodeError::UnsupportedVersion(other)),
     }
     serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))

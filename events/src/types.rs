@@ -197,6 +197,28 @@ pub enum PaymentFailure {
     VerificationFactorFailed { factor: Factor },
     Network,
     Maintenance { side: Side },
+    /// The binding is locked by the security team's monitoring until `until` (event time).
+    BindingLocked { alert_id: String, #[serde(with = "micros")] until: DateTime<Utc> },
+}
+
+/// Why a lock or an unlock failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum LockFailure {
+    /// No active binding with that id on this account.
+    NotBound,
+    /// (unlock) The binding is not locked.
+    NotLocked,
+}
+
+/// Why a lock ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnlockCause {
+    /// Someone with the `security` role lifted it.
+    Manual,
+    /// Its time ran out.
+    Expired,
 }
 
 /// Why an unbind failed.
@@ -255,6 +277,31 @@ pub enum Payload {
         binding_id: Uuid,
         reason: UnbindFailure,
     },
+    /// (v3) Payments with the binding fail with `binding_locked` until `until` (event time) or
+    /// an unlock. `alert_id` names the alert that caused it.
+    BindingLocked {
+        binding_id: Uuid,
+        alert_id: String,
+        #[serde(with = "micros")]
+        until: DateTime<Utc>,
+    },
+    /// (v3) A lock was refused.
+    BindingLockFailed {
+        binding_id: Uuid,
+        alert_id: String,
+        reason: LockFailure,
+    },
+    /// (v3) The lock caused by `alert_id` ended.
+    BindingUnlocked {
+        binding_id: Uuid,
+        alert_id: String,
+        cause: UnlockCause,
+    },
+    /// (v3) An unlock was refused.
+    BindingUnlockFailed {
+        binding_id: Uuid,
+        reason: LockFailure,
+    },
 }
 
 /// Every event type name, as it appears in `payload.type` and in Kafka headers.
@@ -265,6 +312,10 @@ pub const EVENT_TYPES: &[&str] = &[
     "payment_failed",
     "wallet_unbound",
     "unbind_failed",
+    "binding_locked",
+    "binding_lock_failed",
+    "binding_unlocked",
+    "binding_unlock_failed",
 ];
 
 impl Payload {
@@ -276,6 +327,10 @@ impl Payload {
             Payload::PaymentFailed { .. } => "payment_failed",
             Payload::WalletUnbound { .. } => "wallet_unbound",
             Payload::UnbindFailed { .. } => "unbind_failed",
+            Payload::BindingLocked { .. } => "binding_locked",
+            Payload::BindingLockFailed { .. } => "binding_lock_failed",
+            Payload::BindingUnlocked { .. } => "binding_unlocked",
+            Payload::BindingUnlockFailed { .. } => "binding_unlock_failed",
         }
     }
 
@@ -283,7 +338,11 @@ impl Payload {
     pub fn succeeded(&self) -> bool {
         matches!(
             self,
-            Payload::WalletBound { .. } | Payload::PaymentSucceeded { .. } | Payload::WalletUnbound { .. }
+            Payload::WalletBound { .. }
+                | Payload::PaymentSucceeded { .. }
+                | Payload::WalletUnbound { .. }
+                | Payload::BindingLocked { .. }
+                | Payload::BindingUnlocked { .. }
         )
     }
 
@@ -293,6 +352,7 @@ impl Payload {
             Payload::BindFailed { reason, .. } => Some(reason.code()),
             Payload::PaymentFailed { reason, .. } => Some(reason.code()),
             Payload::UnbindFailed { reason, .. } => Some(reason.code()),
+            Payload::BindingLockFailed { reason, .. } | Payload::BindingUnlockFailed { reason, .. } => Some(reason.code()),
             _ => None,
         }
     }
@@ -324,6 +384,16 @@ impl PaymentFailure {
             PaymentFailure::VerificationFactorFailed { .. } => "verification_factor_failed",
             PaymentFailure::Network => "network",
             PaymentFailure::Maintenance { .. } => "maintenance",
+            PaymentFailure::BindingLocked { .. } => "binding_locked",
+        }
+    }
+}
+
+impl LockFailure {
+    pub fn code(&self) -> &'static str {
+        match self {
+            LockFailure::NotBound => "not_bound",
+            LockFailure::NotLocked => "not_locked",
         }
     }
 }
@@ -351,6 +421,8 @@ pub const FAILURE_CODES: &[&str] = &[
     "binding_not_active",
     "insufficient_funds",
     "not_bound",
+    "binding_locked",
+    "not_locked",
 ];
 
 /// Times are stored as RFC 3339 UTC with exactly six fractional digits.
