@@ -183,6 +183,9 @@ impl Config {
         if let Some(v) = get("BINDLEDGER_KAFKA_TOPIC") {
             self.kafka.topic = v;
         }
+        if let Some(v) = get("BINDLEDGER_KAFKA_ALERTS_TOPIC") {
+            self.kafka.alerts_topic = v;
+        }
         if let Some(v) = get("BINDLEDGER_TOKENS") {
             self.tokens = parse_tokens(&v)?;
         }
@@ -207,7 +210,7 @@ impl Config {
             return bad("max_bindings_per_account must be at least 1");
         }
         let k = &self.kafka;
-        if k.partitions < 1 || k.replication_factor < 1 || k.inflight_events_max == 0 || k.topic.is_empty() {
+        if k.partitions < 1 || k.replication_factor < 1 || k.inflight_events_max == 0 || k.topic.is_empty() || k.alerts_topic.is_empty() {
             return bad("kafka: partitions, replication_factor and inflight_events_max must be at least 1, and topic not empty");
         }
         for t in &self.tokens {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::command::{BindCommand, Meta, PayCommand, UnbindCommand};
+use crate::command::{BindCommand, LockCommand, Meta, PayCommand, UnbindCommand, UnlockCommand};
 use crate::config::Config;
 use crate::decide::{self, BindFacts, BindVerdict, PayFacts, PayVerdict, Rules};
 use crate::error::{Error, Result};
@@ -55,11 +55,13 @@ struct Inner {
     metrics: Arc<Metrics>,
     failed: Arc<AtomicBool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    tap: crate::writer::EventTap,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.tx.write().expect("lock").take();
+        self.tap.lock().expect("lock").take();
         if let Some(h) = self.writer.lock().expect("lock").take() {
             let _ = h.join();
         }
@@ -118,6 +120,7 @@ impl Ledger {
         let idempotency = Arc::new(Mutex::new(idempotency));
         let durable_watch = Arc::new(tokio::sync::watch::Sender::new(last_seq));
         let (tx, rx) = mpsc::channel(config.writer.queue_capacity);
+        let tap: crate::writer::EventTap = Default::default();
         let writer = Writer {
             store: store.clone(),
             state,
@@ -139,6 +142,7 @@ impl Ledger {
                 indexed: indexed.clone(),
                 snapshot_every_events: config.writer.snapshot_every_events,
             }),
+            tap: tap.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("bindledger-writer".into())
@@ -161,6 +165,7 @@ impl Ledger {
                 metrics,
                 failed,
                 writer: Mutex::new(Some(handle)),
+                tap,
             }),
         })
     }
@@ -174,6 +179,28 @@ impl Ledger {
         if let Some(h) = handle {
             let _ = h.join();
         }
+        // The follower of the tap sees the end.
+        self.inner.tap.lock().expect("lock").take();
+    }
+
+    /// Follows durable events as they are published: each item is one durable batch, in
+    /// order. The queue holds `capacity` batches; when it is full batches are skipped (never
+    /// waited for), so a follower that finds a gap reads it with [`Ledger::raw_events`]. One
+    /// follower at a time: a new tap replaces the previous one.
+    pub fn tap(&self, capacity: usize) -> std::sync::mpsc::Receiver<Arc<Vec<Event>>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
+        *self.inner.tap.lock().expect("lock") = Some(tx);
+        rx
+    }
+
+    /// The alert monitor's storage.
+    pub fn alert_store(&self) -> crate::alerts::store::AlertStore {
+        crate::alerts::store::AlertStore::new(self.inner.store.alerts_tree())
+    }
+
+    /// Makes everything written so far durable (derived rows included).
+    pub fn flush(&self) -> Result<()> {
+        self.inner.store.flush()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -330,12 +357,13 @@ impl Ledger {
             amount_minor: cmd.amount_minor,
             currency: cmd.currency,
             factor,
+            at: cmd.meta.event_time.expect("set above"),
         };
         let (pre, binding) = {
             let read = self.inner.read.read().expect("lock");
             let acct = read.accounts.get(&cmd.meta.account);
             self.check_version(&cmd.meta, acct)?;
-            let pre = decide::precheck_pay(acct, cmd.binding_id, self.inner.rules);
+            let pre = decide::precheck_pay(acct, cmd.binding_id, facts.at, self.inner.rules);
             let binding = acct.and_then(|a| a.active_binding(cmd.binding_id)).map(|b| (b.provider.clone(), b.agreement_id.clone()));
             (pre, binding)
         };
@@ -390,6 +418,47 @@ impl Ledger {
             self.check_version(&cmd.meta, read.accounts.get(&cmd.meta.account))?;
         }
         self.submit(Request::Unbind { meta: cmd.meta, digest, binding_id: cmd.binding_id }).await
+    }
+
+    /// Locks a binding (`binding_locked` or `binding_lock_failed`). The monitoring sends it with
+    /// an idempotency key made from the alert id, so a restart never locks twice.
+    pub async fn lock(&self, mut cmd: LockCommand) -> Result<Committed> {
+        Self::now_meta(&mut cmd.meta);
+        let digest = self.inner.secret.mac(&[
+            b"lock",
+            cmd.meta.account.as_bytes(),
+            cmd.binding_id.as_bytes(),
+            cmd.alert_id.as_bytes(),
+            &cmd.until.timestamp_micros().to_be_bytes(),
+        ]);
+        if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
+            return Ok(done);
+        }
+        self.submit(Request::Lock { meta: cmd.meta, digest, binding_id: cmd.binding_id, alert_id: cmd.alert_id, until: cmd.until }).await
+    }
+
+    /// Lifts a lock (`binding_unlocked` or `binding_unlock_failed`).
+    pub async fn unlock(&self, mut cmd: UnlockCommand) -> Result<Committed> {
+        Self::now_meta(&mut cmd.meta);
+        let cause = match cmd.cause {
+            bindledger_events::UnlockCause::Manual => b"manual".as_slice(),
+            bindledger_events::UnlockCause::Expired => b"expired".as_slice(),
+        };
+        let digest = self.inner.secret.mac(&[
+            b"unlock",
+            cmd.meta.account.as_bytes(),
+            cmd.binding_id.as_bytes(),
+            cause,
+            cmd.alert_id.as_deref().unwrap_or("").as_bytes(),
+        ]);
+        if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
+            return Ok(done);
+        }
+        {
+            let read = self.inner.read.read().expect("lock");
+            self.check_version(&cmd.meta, read.accounts.get(&cmd.meta.account))?;
+        }
+        self.submit(Request::Unlock { meta: cmd.meta, digest, binding_id: cmd.binding_id, cause: cmd.cause, alert_id: cmd.alert_id }).await
     }
 
     // ---- reads ----

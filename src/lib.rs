@@ -23,6 +23,7 @@
 //! - [`offline`]: export and verify a log that no process has open.
 //! - [`client`], [`demo`], [`bench`]: a small HTTP client, the demo workload, the benchmark.
 
+pub mod alerts;
 pub mod analytics;
 pub mod bench;
 pub mod client;

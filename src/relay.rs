@@ -44,6 +44,9 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// The events topic. Default `bindledger.events`. Env `BINDLEDGER_KAFKA_TOPIC`.
     pub topic: String,
+    /// The alerts topic (one partition, so alerts keep their order). Default
+    /// `bindledger.alerts`. Env `BINDLEDGER_KAFKA_ALERTS_TOPIC`.
+    pub alerts_topic: String,
     /// Partitions when the relay creates the topic. Default 6.
     pub partitions: i32,
     /// Replication factor when the relay creates the topic. Default 1.
@@ -64,6 +67,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             brokers: String::new(),
             topic: "bindledger.events".into(),
+            alerts_topic: "bindledger.alerts".into(),
             partitions: 6,
             replication_factor: 1,
             inflight_events_max: 20_000,
@@ -171,7 +175,7 @@ pub struct RelayStatus {
 const STATES: &[&str] = &["starting", "connecting", "recovering", "publishing", "idle", "backoff", "stopped"];
 
 #[derive(Clone, Copy)]
-enum State {
+pub(crate) enum State {
     Connecting = 1,
     Recovering = 2,
     Publishing = 3,
@@ -184,7 +188,7 @@ impl RelayStatus {
     pub fn state(&self) -> &'static str {
         STATES[self.state.load(Ordering::Relaxed) as usize]
     }
-    fn set(&self, s: State) {
+    pub(crate) fn set(&self, s: State) {
         self.state.store(s as u8, Ordering::Relaxed);
     }
 }
@@ -276,114 +280,36 @@ impl Relay {
         self.status.set(State::Stopped);
     }
 
-    async fn ensure_topic(&self) -> Result<(), String> {
-        let admin: AdminClient<DefaultClientContext> = self.config.client_config().create().map_err(|e| format!("admin client: {e}"))?;
-        let topic = NewTopic::new(&self.config.topic, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor));
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))).request_timeout(Some(Duration::from_secs(5)));
-        let results = admin.create_topics([&topic], &opts).await.map_err(|e| format!("creating topic {}: {e}", self.config.topic))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, code)) => return Err(format!("creating topic {t}: {code}")),
-            }
-        }
-        Ok(())
-    }
-
     /// The highest `seq` in each partition (0 for an empty one), read from its last message,
     /// which must be this log's event with that `seq` (same hash): a topic holding another
     /// log's events is refused rather than published over.
     fn recover(&self) -> Result<Vec<u64>, String> {
-        let consumer: BaseConsumer = self
-            .config
-            .client_config()
-            .set("group.id", "bindledger-relay-recovery")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .create()
-            .map_err(|e| format!("recovery consumer: {e}"))?;
-        let timeout = Duration::from_secs(10);
-        let metadata = consumer.fetch_metadata(Some(&self.config.topic), timeout).map_err(|e| format!("metadata: {e}"))?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.config.topic)
-            .map(|t| t.partitions().len())
-            .filter(|n| *n > 0)
-            .ok_or_else(|| format!("topic {} has no partitions", self.config.topic))?;
-        let mut maxes = vec![0u64; partitions];
-        let mut tpl = TopicPartitionList::new();
-        let mut waiting = 0;
-        for p in 0..partitions as i32 {
-            let (low, high) = consumer.fetch_watermarks(&self.config.topic, p, timeout).map_err(|e| format!("watermarks of partition {p}: {e}"))?;
-            if high > low {
-                tpl.add_partition_offset(&self.config.topic, p, Offset::Offset(high - 1)).map_err(|e| e.to_string())?;
-                waiting += 1;
+        let mut maxes: Vec<u64> = Vec::new();
+        let partitions = read_tails(&self.config, &self.config.topic, |p, m| {
+            let header = |name: &str| header_text(m, name);
+            let seq = header("seq").and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| format!("partition {p} holds a message without a seq header"))?;
+            let ours = self.ledger.event_bytes(seq).map_err(|e| e.to_string())?.filter(|_| seq <= self.ledger.log_len());
+            let same = ours.is_some_and(|b| Some(bindledger_events::hash_bytes(&b).to_hex()) == header("hash"));
+            if !same {
+                return Err(format!(
+                    "topic {} partition {p} holds an event {seq} that is not this log's event {seq}: the topic belongs to another log; refusing to publish to it",
+                    self.config.topic
+                ));
             }
-        }
-        if waiting == 0 {
-            return Ok(maxes);
-        }
-        consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
-        // Read from there to the end: a broker may report the high watermark as the start of
-        // the last record batch (tansu 0.6 does), so the last message is not always at
-        // `high - 1`. Done when every non-empty partition has answered and nothing new came
-        // for a quiet period (nothing is being produced while the relay recovers).
-        let mut seen = vec![false; partitions];
-        let mut last_message = Instant::now();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while waiting > 0 || last_message.elapsed() < RECOVERY_QUIET {
-            if Instant::now() > deadline {
-                return Err("timed out reading the last messages of the partitions".into());
+            if maxes.len() <= p {
+                maxes.resize(p + 1, 0);
             }
-            match consumer.poll(Duration::from_millis(50)) {
-                None => {}
-                Some(Err(e)) => return Err(format!("reading the last messages: {e}")),
-                Some(Ok(m)) => {
-                    last_message = Instant::now();
-                    let p = m.partition() as usize;
-                    let header = |name: &str| {
-                        m.headers()
-                            .and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
-                    };
-                    let seq = header("seq")
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .ok_or_else(|| format!("partition {p} holds a message without a seq header"))?;
-                    let ours = self.ledger.event_bytes(seq).map_err(|e| e.to_string())?.filter(|_| seq <= self.ledger.log_len());
-                    let same = ours.is_some_and(|b| Some(bindledger_events::hash_bytes(&b).to_hex()) == header("hash"));
-                    if !same {
-                        return Err(format!(
-                            "topic {} partition {p} holds an event {seq} that is not this log's event {seq}: the topic belongs to another log; refusing to publish to it",
-                            self.config.topic
-                        ));
-                    }
-                    maxes[p] = maxes[p].max(seq);
-                    if !seen[p] {
-                        seen[p] = true;
-                        waiting -= 1;
-                    }
-                }
-            }
-        }
+            maxes[p] = maxes[p].max(seq);
+            Ok(())
+        })?;
+        maxes.resize(partitions, 0);
         Ok(maxes)
-    }
-
-    fn producer(&self) -> Result<FutureProducer, String> {
-        self.config
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", self.config.message_timeout_ms.to_string())
-            .set("queue.buffering.max.messages", (self.config.inflight_events_max * 2).max(1000).to_string())
-            .create()
-            .map_err(|e| format!("producer: {e}"))
     }
 
     /// Connects, recovers what the topic holds, then publishes until an error or shutdown.
     async fn session(&self) -> SessionResult {
         self.status.set(State::Connecting);
-        self.ensure_topic().await?;
+        ensure_topic(&self.config, &self.config.topic, self.config.partitions).await?;
         self.status.set(State::Recovering);
         let maxes = {
             let relay = self;
@@ -395,7 +321,7 @@ impl Relay {
         let on_topic = maxes.iter().copied().min().unwrap_or(0);
         let mut from = saved.min(on_topic) + 1;
         tracing::info!(%topic, partitions, from, "kafka relay: recovered");
-        let producer = self.producer()?;
+        let producer = producer(&self.config)?;
         let mut durable = self.ledger.subscribe();
         let mut position = from - 1;
         self.status.position.store(position, Ordering::Relaxed);
@@ -481,6 +407,103 @@ impl Relay {
             }
         }
     }
+}
+
+/// Creates `topic` with `partitions` unless it exists.
+pub(crate) async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = config.client_config().create().map_err(|e| format!("admin client: {e}"))?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(config.replication_factor));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))).request_timeout(Some(Duration::from_secs(5)));
+    let results = admin.create_topics([&new], &opts).await.map_err(|e| format!("creating topic {topic}: {e}"))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => return Err(format!("creating topic {t}: {code}")),
+        }
+    }
+    Ok(())
+}
+
+/// The idempotent producer (`acks=all`) both relays use.
+pub(crate) fn producer(config: &KafkaConfig) -> Result<FutureProducer, String> {
+    config
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", config.message_timeout_ms.to_string())
+        .set("queue.buffering.max.messages", (config.inflight_events_max * 2).max(1000).to_string())
+        .create()
+        .map_err(|e| format!("producer: {e}"))
+}
+
+/// A header's value as text.
+pub(crate) fn header_text<M: Message>(m: &M, name: &str) -> Option<String> {
+    m.headers().and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
+}
+
+/// Reads the last message(s) of every non-empty partition of `topic`, handing each to
+/// `on_message` (partition, message); returns the number of partitions. Blocking.
+pub(crate) fn read_tails(
+    config: &KafkaConfig,
+    topic: &str,
+    mut on_message: impl FnMut(usize, &rdkafka::message::BorrowedMessage<'_>) -> Result<(), String>,
+) -> Result<usize, String> {
+    let consumer: BaseConsumer = config
+        .client_config()
+        .set("group.id", "bindledger-relay-recovery")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .map_err(|e| format!("recovery consumer: {e}"))?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| format!("metadata: {e}"))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("topic {topic} has no partitions"))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut waiting = 0;
+    for p in 0..partitions as i32 {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout).map_err(|e| format!("watermarks of partition {p}: {e}"))?;
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Offset(high - 1)).map_err(|e| e.to_string())?;
+            waiting += 1;
+        }
+    }
+    if waiting == 0 {
+        return Ok(partitions);
+    }
+    consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
+    // Read from there to the end: a broker may report the high watermark as the start of the
+    // last record batch (tansu 0.6 does), so the last message is not always at `high - 1`.
+    // Done when every non-empty partition has answered and nothing new came for a quiet
+    // period (nothing is being produced while a relay recovers).
+    let mut seen = vec![false; partitions];
+    let mut last_message = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while waiting > 0 || last_message.elapsed() < RECOVERY_QUIET {
+        if Instant::now() > deadline {
+            return Err("timed out reading the last messages of the partitions".into());
+        }
+        match consumer.poll(Duration::from_millis(50)) {
+            None => {}
+            Some(Err(e)) => return Err(format!("reading the last messages: {e}")),
+            Some(Ok(m)) => {
+                last_message = Instant::now();
+                let p = m.partition() as usize;
+                on_message(p, &m)?;
+                if !seen[p] {
+                    seen[p] = true;
+                    waiting -= 1;
+                }
+            }
+        }
+    }
+    Ok(partitions)
 }
 
 async fn settle(d: DeliveryFuture) -> SessionResult {

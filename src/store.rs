@@ -7,6 +7,7 @@
 //! | `index` | `A` account 0x00 first account_seq | the seqs of that account's events from there on, 8 bytes each (one run per indexer pass) | the indexer, after durability |
 //! | `index` | `B` account | the account's projection state (JSON) | the indexer, every so often |
 //! | `index` | `M` name | the indexer's positions | the indexer |
+//! | `alerts` | see [`crate::alerts::store`] | alert stream, alerts, the monitor's checkpoint | the monitor |
 //! | default | name | store format, secret check | on creation |
 //!
 //! **The log tree is the only source of truth.** Everything in `index` is derived and carries
@@ -33,6 +34,7 @@ pub struct Store {
     db: sled::Db,
     log: sled::Tree,
     index: sled::Tree,
+    alerts: sled::Tree,
 }
 
 fn account_key(prefix: u8, account: &str, suffix: &[u8]) -> Vec<u8> {
@@ -164,7 +166,8 @@ impl Store {
         }
         let log = db.open_tree("log")?;
         let index = db.open_tree("index")?;
-        Ok(Store { db, log, index })
+        let alerts = db.open_tree("alerts")?;
+        Ok(Store { db, log, index, alerts })
     }
 
     /// Records the secret's check value on first use; refuses a different secret later.
@@ -316,6 +319,11 @@ impl Store {
     pub fn apply_index(&self, batch: IndexBatch) -> Result<()> {
         self.index.apply_batch(batch.batch)?;
         Ok(())
+    }
+
+    /// The tree of the alert monitor (derived, like `index`).
+    pub fn alerts_tree(&self) -> sled::Tree {
+        self.alerts.clone()
     }
 
     /// Makes everything applied so far durable.

@@ -40,17 +40,27 @@ pub enum Request {
     Bind { meta: Meta, digest: Hash, facts: BindFacts, verdict: BindVerdict },
     Pay { meta: Meta, digest: Hash, facts: PayFacts, verdict: PayVerdict },
     Unbind { meta: Meta, digest: Hash, binding_id: Uuid },
+    Lock { meta: Meta, digest: Hash, binding_id: Uuid, alert_id: String, until: chrono::DateTime<Utc> },
+    Unlock { meta: Meta, digest: Hash, binding_id: Uuid, cause: bindledger_events::UnlockCause, alert_id: Option<String> },
 }
 
 impl Request {
     fn meta(&self) -> &Meta {
         match self {
-            Request::Bind { meta, .. } | Request::Pay { meta, .. } | Request::Unbind { meta, .. } => meta,
+            Request::Bind { meta, .. }
+            | Request::Pay { meta, .. }
+            | Request::Unbind { meta, .. }
+            | Request::Lock { meta, .. }
+            | Request::Unlock { meta, .. } => meta,
         }
     }
     fn digest(&self) -> &Hash {
         match self {
-            Request::Bind { digest, .. } | Request::Pay { digest, .. } | Request::Unbind { digest, .. } => digest,
+            Request::Bind { digest, .. }
+            | Request::Pay { digest, .. }
+            | Request::Unbind { digest, .. }
+            | Request::Lock { digest, .. }
+            | Request::Unlock { digest, .. } => digest,
         }
     }
     pub fn kind(&self) -> &'static str {
@@ -58,6 +68,8 @@ impl Request {
             Request::Bind { .. } => "bind",
             Request::Pay { .. } => "pay",
             Request::Unbind { .. } => "unbind",
+            Request::Lock { .. } => "lock",
+            Request::Unlock { .. } => "unlock",
         }
     }
 }
@@ -115,7 +127,13 @@ pub struct Writer {
     pub pending_batches: VecDeque<(u64, Vec<String>)>,
     /// The indexer, started with the writer.
     pub indexer: Option<Indexer>,
+    pub tap: EventTap,
 }
+
+/// Where the flusher hands each durable batch's events to a follower (the alert monitor)
+/// without ever waiting: when the follower's bounded queue is full the batch is not sent, and
+/// the follower, seeing a gap, reads it from the log.
+pub type EventTap = Arc<Mutex<Option<std::sync::mpsc::SyncSender<Arc<Vec<Event>>>>>>;
 
 impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<Submission>) {
@@ -136,6 +154,7 @@ impl Writer {
                 durable: self.durable.clone(),
                 durable_watch: self.durable_watch.clone(),
                 index: index_tx,
+                tap: self.tap.clone(),
             };
             std::thread::Builder::new()
                 .name("bindledger-flusher".into())
@@ -230,10 +249,15 @@ impl Writer {
                     continue;
                 }
             }
+            let event_time = meta.event_time.unwrap_or(now);
             let payload = match req {
                 Request::Bind { facts, verdict, .. } => decide::decide_bind(acct, facts, verdict, self.rules, Uuid::now_v7()),
                 Request::Pay { facts, verdict, .. } => decide::decide_pay(acct, facts, verdict, self.rules),
                 Request::Unbind { binding_id, .. } => decide::decide_unbind(acct, *binding_id, self.rules),
+                Request::Lock { binding_id, alert_id, until, .. } => decide::decide_lock(acct, *binding_id, alert_id, *until),
+                Request::Unlock { binding_id, cause, alert_id, .. } => {
+                    decide::decide_unlock(acct, *binding_id, *cause, alert_id.as_deref(), event_time)
+                }
             };
             let event = Event {
                 v: SCHEMA_VERSION,
@@ -241,7 +265,7 @@ impl Writer {
                 seq: self.next_seq,
                 account: meta.account.clone(),
                 account_seq: version + 1,
-                event_time: meta.event_time.unwrap_or(now),
+                event_time,
                 record_time: now,
                 idempotency_key: meta.idempotency_key.clone(),
                 request_digest: Some(*req.digest()),
@@ -299,6 +323,7 @@ struct Flusher {
     /// Tells followers (the Kafka relay) that more events are durable.
     durable_watch: Arc<tokio::sync::watch::Sender<u64>>,
     index: std::sync::mpsc::SyncSender<Vec<IndexItem>>,
+    tap: EventTap,
 }
 
 impl Flusher {
@@ -352,6 +377,10 @@ impl Flusher {
         self.durable.store(position, Ordering::SeqCst);
         self.metrics.log_events.store(position, Ordering::Relaxed);
         self.durable_watch.send_replace(position);
+        if let Some(tap) = self.tap.lock().expect("tap lock").as_ref() {
+            let batch: Vec<Event> = events.iter().map(|(e, _, _)| e.clone()).collect();
+            let _ = tap.try_send(Arc::new(batch));
+        }
         let items = events.iter().map(|(e, _, _)| (e.seq, e.account.clone(), e.account_seq)).collect();
         // A full queue blocks here: the indexer's pace bounds the ledger's, never its memory.
         let _ = self.index.send(items);

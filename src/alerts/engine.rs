@@ -1,0 +1,533 @@
+//! The rule engine: a pure fold over events in log order. It reads nothing but the events (their
+//! event time, never the clock), so the live monitor, a restart from a checkpoint and a rebuild
+//! from the log raise the same alerts with the same ids and contents.
+//!
+//! State is per rule and key (account, or wallet fingerprint for `shared_wallet`), and bounded:
+//! windows keep only what can still count, keys quiet for longer than their rule looks back are
+//! swept out every [`SWEEP_EVERY`] events, and each rule tracks at most `limits.keys_max` keys
+//! (beyond it the quietest go first, ties broken by key, so eviction is deterministic too).
+
+use bindledger_events::{BindFailure, Currency, Event, Payload, PaymentFailure};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use uuid::Uuid;
+
+use super::rules::{CountRule, RuleSet, Severity, Span};
+
+/// Events between two sweeps of quiet keys.
+pub const SWEEP_EVERY: u64 = 4096;
+/// Recent binds remembered per account (bind-then-drain, churn).
+const RECENT_BINDS_MAX: usize = 8;
+
+/// What an alert is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AlertKey {
+    /// `account` or `wallet`.
+    pub kind: String,
+    /// The account id, or the wallet fingerprint (hex).
+    pub value: String,
+}
+
+/// A protective action an alert asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockAction {
+    pub account: String,
+    pub binding_id: Uuid,
+    pub until: DateTime<Utc>,
+}
+
+/// An alert, as a person reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    /// `<rule>-<seq of the event that opened it>`: unique, and the same on every rebuild.
+    pub id: String,
+    pub rule: String,
+    pub key: AlertKey,
+    /// The accounts involved (for a wallet alert, the accounts it was bound to).
+    pub accounts: Vec<String>,
+    pub severity: Severity,
+    /// The event-time window the observation covers.
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    /// What was seen, against what the rule allows; `unit` says what they count.
+    pub observed: i64,
+    pub threshold: i64,
+    pub unit: String,
+    /// For amounts.
+    pub currency: Option<Currency>,
+    /// The triggering events, oldest first (at most `limits.event_ids_max`, the newest kept).
+    pub event_ids: Vec<Uuid>,
+    pub event_seqs: Vec<u64>,
+    /// Times the rule matched while this alert was open (1 when opened).
+    pub matches: u64,
+    /// Event time of the opening match, and of the latest.
+    pub opened_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Further matches before this (event time) update this alert instead of raising another.
+    pub open_until: DateTime<Utc>,
+    /// 1 when opened, +1 for each update.
+    pub revision: u32,
+    /// Global seq of the event that produced this revision.
+    pub position: u64,
+    /// A lock the alert caused (password brute force, when configured).
+    pub lock: Option<LockAction>,
+}
+
+/// One entry of the alert stream: an alert opened or updated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertChange {
+    /// Position in the alert stream, from 1, without gaps (the SSE event id).
+    pub stream_seq: u64,
+    /// `opened` or `updated`.
+    pub change: String,
+    pub alert: Alert,
+}
+
+/// A lock currently in force (from `binding_locked` events), for expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveLock {
+    pub account: String,
+    pub binding_id: Uuid,
+    pub alert_id: String,
+    pub until: DateTime<Utc>,
+}
+
+/// A matching event, as remembered in a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Hit {
+    t: i64,
+    seq: u64,
+    id: Uuid,
+}
+
+impl Hit {
+    fn of(e: &Event) -> Hit {
+        Hit { t: e.event_time.timestamp_micros(), seq: e.seq, id: e.id }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Window {
+    hits: VecDeque<Hit>,
+    /// For `shared_wallet`: the account of each hit.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    accounts: VecDeque<String>,
+    last: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RecentBind {
+    binding_id: Uuid,
+    bind: Hit,
+    spent: i64,
+    payments: Vec<Hit>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct AccountBinds {
+    binds: VecDeque<RecentBind>,
+    last: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Payments {
+    amounts: VecDeque<(Currency, i64)>,
+    last: i64,
+}
+
+/// Everything the engine remembers; serialised whole into checkpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineState {
+    /// Seq of the last event folded in.
+    pub position: u64,
+    /// Last alert stream seq handed out.
+    pub stream_seq: u64,
+    /// Highest event time seen (micros): the clock of eviction.
+    high_time: i64,
+    brute_force: HashMap<String, Window>,
+    bind_failures: HashMap<String, Window>,
+    dead_wallets: HashMap<String, Window>,
+    shared_wallet: HashMap<String, Window>,
+    churn: HashMap<String, Window>,
+    binds: HashMap<String, AccountBinds>,
+    payments: HashMap<String, Payments>,
+    /// Open alerts by "rule|key".
+    open: HashMap<String, Alert>,
+    /// Locks asked for by alerts and not yet seen in the log, by alert id.
+    pub pending_locks: BTreeMap<String, LockAction>,
+    /// Locks in force, by binding.
+    pub locks: BTreeMap<Uuid, ActiveLock>,
+}
+
+/// The rules and their state.
+pub struct Engine {
+    pub rules: RuleSet,
+    pub state: EngineState,
+}
+
+fn time(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+/// What one rule saw when it matched.
+struct Observation {
+    rule: &'static str,
+    key: AlertKey,
+    accounts: Vec<String>,
+    severity: Severity,
+    window_start: i64,
+    observed: i64,
+    threshold: i64,
+    unit: &'static str,
+    currency: Option<Currency>,
+    hits: Vec<Hit>,
+    cooldown: Span,
+    lock: Option<LockAction>,
+}
+
+/// Counts hits in `[t - window, t]` after adding `hit`; keeps at most `keep` of them.
+fn count_in(w: &mut Window, hit: Hit, window: Span, keep: usize) -> Vec<Hit> {
+    w.hits.push_back(hit);
+    w.last = w.last.max(hit.t);
+    let from = hit.t - window.micros();
+    while w.hits.front().is_some_and(|h| h.t < from) || w.hits.len() > keep {
+        w.hits.pop_front();
+        w.accounts.pop_front();
+    }
+    w.hits.iter().filter(|h| h.t >= from && h.t <= hit.t).copied().collect()
+}
+
+impl Engine {
+    pub fn new(rules: RuleSet) -> Engine {
+        Engine { rules, state: EngineState::default() }
+    }
+
+    pub fn resume(rules: RuleSet, state: EngineState) -> Engine {
+        Engine { rules, state }
+    }
+
+    /// Folds one event in; returns the alert changes it caused, in order. Events must come in
+    /// global order.
+    pub fn apply(&mut self, e: &Event) -> Vec<AlertChange> {
+        assert_eq!(e.seq, self.state.position + 1, "alert engine fed out of order");
+        self.state.position = e.seq;
+        let t = e.event_time.timestamp_micros();
+        self.state.high_time = self.state.high_time.max(t);
+        let mut seen = Vec::new();
+        self.observe(e, t, &mut seen);
+        let changes = seen.into_iter().map(|o| self.raise(o, e, t)).collect();
+        if e.seq % SWEEP_EVERY == 0 {
+            self.sweep();
+        }
+        changes
+    }
+
+    fn count_rule(
+        rule: &CountRule,
+        name: &'static str,
+        map: &mut HashMap<String, Window>,
+        key: &str,
+        hit: Hit,
+        unit: &'static str,
+    ) -> Option<Observation> {
+        let w = map.entry(key.to_owned()).or_default();
+        let keep = rule.threshold as usize + 32;
+        let hits = count_in(w, hit, rule.window, keep);
+        (hits.len() >= rule.threshold as usize).then(|| Observation {
+            rule: name,
+            key: AlertKey { kind: "account".into(), value: key.to_owned() },
+            accounts: vec![key.to_owned()],
+            severity: rule.severity,
+            window_start: hit.t - rule.window.micros(),
+            observed: hits.len() as i64,
+            threshold: rule.threshold as i64,
+            unit,
+            currency: None,
+            hits,
+            cooldown: rule.cooldown,
+            lock: None,
+        })
+    }
+
+    fn observe(&mut self, e: &Event, t: i64, out: &mut Vec<Observation>) {
+        let r = &self.rules;
+        let s = &mut self.state;
+        let hit = Hit::of(e);
+        let account = e.account.as_str();
+        match &e.payload {
+            Payload::PaymentFailed { binding_id, reason: PaymentFailure::WrongPassword, .. } => {
+                let bf = &r.password_brute_force;
+                if bf.count.enabled {
+                    if let Some(mut o) = Self::count_rule(&bf.count, "password_brute_force", &mut s.brute_force, account, hit, "wrong_passwords") {
+                        if bf.lock {
+                            o.lock = Some(LockAction { account: account.to_owned(), binding_id: *binding_id, until: time(t + bf.lock_for.micros()) });
+                        }
+                        out.push(o);
+                    }
+                }
+            }
+            Payload::BindFailed { reason, wallet, .. } => match reason {
+                BindFailure::InvalidInput { .. } | BindFailure::VerificationFactorFailed { .. } if r.bind_failure_burst.enabled => {
+                    out.extend(Self::count_rule(&r.bind_failure_burst, "bind_failure_burst", &mut s.bind_failures, account, hit, "failed_binds"));
+                }
+                BindFailure::WalletFrozen | BindFailure::WalletClosed if r.dead_wallet_probing.enabled => {
+                    let _ = wallet;
+                    out.extend(Self::count_rule(&r.dead_wallet_probing, "dead_wallet_probing", &mut s.dead_wallets, account, hit, "dead_wallet_binds"));
+                }
+                _ => {}
+            },
+            Payload::WalletBound { binding_id, wallet, .. } => {
+                let sw = &r.shared_wallet;
+                if sw.enabled {
+                    let fp = wallet.fingerprint.to_hex();
+                    let w = s.shared_wallet.entry(fp.clone()).or_default();
+                    // One entry per account: its latest bind.
+                    if let Some(i) = w.accounts.iter().position(|a| a == account) {
+                        w.accounts.remove(i);
+                        w.hits.remove(i);
+                    }
+                    w.accounts.push_back(account.to_owned());
+                    let keep = sw.threshold as usize + 32;
+                    let hits = count_in(w, hit, sw.window, keep);
+                    if hits.len() >= sw.threshold as usize {
+                        let from = t - sw.window.micros();
+                        let accounts: Vec<String> = w.hits.iter().zip(&w.accounts).filter(|(h, _)| h.t >= from && h.t <= t).map(|(_, a)| a.clone()).collect();
+                        out.push(Observation {
+                            rule: "shared_wallet",
+                            key: AlertKey { kind: "wallet".into(), value: fp },
+                            accounts,
+                            severity: sw.severity,
+                            window_start: from,
+                            observed: hits.len() as i64,
+                            threshold: sw.threshold as i64,
+                            unit: "accounts",
+                            currency: None,
+                            hits,
+                            cooldown: sw.cooldown,
+                            lock: None,
+                        });
+                    }
+                }
+                if r.bind_then_drain.enabled || r.binding_churn.enabled {
+                    let horizon = r.bind_then_drain.window.max(r.binding_churn.window).micros();
+                    let b = s.binds.entry(account.to_owned()).or_default();
+                    b.last = b.last.max(t);
+                    b.binds.retain(|x| x.bind.t >= t - horizon);
+                    if b.binds.len() == RECENT_BINDS_MAX {
+                        b.binds.pop_front();
+                    }
+                    b.binds.push_back(RecentBind { binding_id: *binding_id, bind: hit, spent: 0, payments: Vec::new() });
+                }
+            }
+            Payload::WalletUnbound { binding_id, .. } => {
+                s.locks.remove(binding_id);
+                let ch = &r.binding_churn;
+                let bound_at = s.binds.get(account).and_then(|b| b.binds.iter().find(|x| x.binding_id == *binding_id)).map(|x| x.bind);
+                if let Some(bind) = bound_at.filter(|b| ch.enabled && t - b.t <= ch.window.micros()) {
+                    if let Some(mut o) = Self::count_rule(ch, "binding_churn", &mut s.churn, account, hit, "cycles") {
+                        // The binds of the counted cycles are triggering events too.
+                        o.hits.push(bind);
+                        o.hits.sort_by_key(|h| h.seq);
+                        out.push(o);
+                    }
+                }
+            }
+            Payload::PaymentSucceeded { binding_id, amount_minor, currency, .. } => {
+                let dr = &r.bind_then_drain;
+                if dr.enabled && *currency == dr.currency {
+                    if let Some(b) = s.binds.get_mut(account) {
+                        b.last = b.last.max(t);
+                        if let Some(x) = b.binds.iter_mut().find(|x| x.binding_id == *binding_id && t - x.bind.t <= dr.window.micros()) {
+                            x.spent = x.spent.saturating_add(*amount_minor);
+                            if x.payments.len() >= r.limits.event_ids_max {
+                                x.payments.remove(0);
+                            }
+                            x.payments.push(hit);
+                            if x.spent >= dr.amount_minor {
+                                let mut hits = vec![x.bind];
+                                hits.extend(&x.payments);
+                                out.push(Observation {
+                                    rule: "bind_then_drain",
+                                    key: AlertKey { kind: "account".into(), value: account.to_owned() },
+                                    accounts: vec![account.to_owned()],
+                                    severity: dr.severity,
+                                    window_start: x.bind.t,
+                                    observed: x.spent,
+                                    threshold: dr.amount_minor,
+                                    unit: "minor_units",
+                                    currency: Some(dr.currency),
+                                    hits,
+                                    cooldown: dr.cooldown,
+                                    lock: None,
+                                });
+                            }
+                        }
+                    }
+                }
+                let sp = &r.amount_spike;
+                if sp.enabled {
+                    let p = s.payments.entry(account.to_owned()).or_default();
+                    if t - p.last > sp.forget_after.micros() && p.last != 0 {
+                        p.amounts.clear();
+                    }
+                    p.last = p.last.max(t);
+                    let mut same: Vec<i64> = p.amounts.iter().filter(|(c, _)| c == currency).map(|(_, a)| *a).collect();
+                    if same.len() >= sp.min_history as usize {
+                        same.sort_unstable();
+                        let n = same.len();
+                        // Twice the median, exactly (the mean of the middle two when n is even).
+                        let median_x2 = same[(n - 1) / 2] as i128 + same[n / 2] as i128;
+                        if (*amount_minor as i128) * 2 > sp.factor as i128 * median_x2 {
+                            out.push(Observation {
+                                rule: "amount_spike",
+                                key: AlertKey { kind: "account".into(), value: account.to_owned() },
+                                accounts: vec![account.to_owned()],
+                                severity: sp.severity,
+                                window_start: t,
+                                observed: *amount_minor,
+                                threshold: (sp.factor as i128 * median_x2 / 2).min(i64::MAX as i128) as i64,
+                                unit: "minor_units",
+                                currency: Some(*currency),
+                                hits: vec![hit],
+                                cooldown: sp.cooldown,
+                                lock: None,
+                            });
+                        }
+                    }
+                    if p.amounts.len() >= sp.history as usize {
+                        p.amounts.pop_front();
+                    }
+                    p.amounts.push_back((*currency, *amount_minor));
+                }
+            }
+            Payload::BindingLocked { binding_id, alert_id, until } => {
+                s.pending_locks.remove(alert_id);
+                s.locks.insert(*binding_id, ActiveLock { account: account.to_owned(), binding_id: *binding_id, alert_id: alert_id.clone(), until: *until });
+            }
+            Payload::BindingLockFailed { alert_id, .. } => {
+                s.pending_locks.remove(alert_id);
+            }
+            Payload::BindingUnlocked { binding_id, .. } | Payload::BindingUnlockFailed { binding_id, .. } => {
+                s.locks.remove(binding_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Opens an alert, or updates the open one for the same rule and key.
+    fn raise(&mut self, o: Observation, e: &Event, t: i64) -> AlertChange {
+        let max_ids = self.rules.limits.event_ids_max;
+        let slot = format!("{}|{}|{}", o.rule, o.key.kind, o.key.value);
+        let s = &mut self.state;
+        s.stream_seq += 1;
+        let open_until = time(t.saturating_add(o.cooldown.micros()));
+        let (change, alert) = match s.open.get_mut(&slot).filter(|a| e.event_time < a.open_until) {
+            Some(a) => {
+                a.revision += 1;
+                a.matches += 1;
+                a.observed = o.observed;
+                a.threshold = o.threshold;
+                a.window_start = a.window_start.min(time(o.window_start));
+                a.window_end = e.event_time.max(a.window_end);
+                a.updated_at = e.event_time;
+                a.open_until = open_until;
+                a.position = e.seq;
+                for acc in o.accounts {
+                    if !a.accounts.contains(&acc) && a.accounts.len() < max_ids {
+                        a.accounts.push(acc);
+                    }
+                }
+                for h in o.hits {
+                    if !a.event_seqs.contains(&h.seq) {
+                        a.event_seqs.push(h.seq);
+                        a.event_ids.push(h.id);
+                    }
+                }
+                let extra = a.event_seqs.len().saturating_sub(max_ids);
+                a.event_seqs.drain(..extra);
+                a.event_ids.drain(..extra);
+                ("updated", a.clone())
+            }
+            None => {
+                let mut hits = o.hits;
+                let extra = hits.len().saturating_sub(max_ids);
+                hits.drain(..extra);
+                let id = format!("{}-{}", o.rule, e.seq);
+                if let Some(lock) = &o.lock {
+                    s.pending_locks.insert(id.clone(), lock.clone());
+                }
+                let alert = Alert {
+                    id,
+                    rule: o.rule.to_owned(),
+                    key: o.key,
+                    accounts: o.accounts,
+                    severity: o.severity,
+                    window_start: time(o.window_start),
+                    window_end: e.event_time,
+                    observed: o.observed,
+                    threshold: o.threshold,
+                    unit: o.unit.to_owned(),
+                    currency: o.currency,
+                    event_ids: hits.iter().map(|h| h.id).collect(),
+                    event_seqs: hits.iter().map(|h| h.seq).collect(),
+                    matches: 1,
+                    opened_at: e.event_time,
+                    updated_at: e.event_time,
+                    open_until,
+                    revision: 1,
+                    position: e.seq,
+                    lock: o.lock,
+                };
+                s.open.insert(slot, alert.clone());
+                ("opened", alert)
+            }
+        };
+        AlertChange { stream_seq: s.stream_seq, change: change.to_owned(), alert }
+    }
+
+    /// Drops state that can no longer matter, then the quietest keys beyond `keys_max`.
+    fn sweep(&mut self) {
+        let r = &self.rules;
+        let s = &mut self.state;
+        let now = s.high_time;
+        let keys_max = r.limits.keys_max;
+        fn trim<V>(map: &mut HashMap<String, V>, before: i64, keys_max: usize, last: impl Fn(&V) -> i64) {
+            map.retain(|_, v| last(v) >= before);
+            if map.len() > keys_max {
+                let mut by_age: Vec<(i64, String)> = map.iter().map(|(k, v)| (last(v), k.clone())).collect();
+                by_age.sort_unstable();
+                for (_, k) in by_age.into_iter().take(map.len() - keys_max) {
+                    map.remove(&k);
+                }
+            }
+        }
+        let w = |x: &Window| x.last;
+        trim(&mut s.brute_force, now - r.password_brute_force.count.window.micros(), keys_max, w);
+        trim(&mut s.bind_failures, now - r.bind_failure_burst.window.micros(), keys_max, w);
+        trim(&mut s.dead_wallets, now - r.dead_wallet_probing.window.micros(), keys_max, w);
+        trim(&mut s.shared_wallet, now - r.shared_wallet.window.micros(), keys_max, w);
+        trim(&mut s.churn, now - r.binding_churn.window.micros(), keys_max, w);
+        let horizon = r.bind_then_drain.window.max(r.binding_churn.window).micros();
+        trim(&mut s.binds, now - horizon, keys_max, |b| b.last);
+        trim(&mut s.payments, now - r.amount_spike.forget_after.micros(), keys_max, |p| p.last);
+        trim(&mut s.open, now, usize::MAX, |a| a.open_until.timestamp_micros());
+    }
+
+    /// Keys tracked, over all rules (for metrics).
+    pub fn keys(&self) -> usize {
+        let s = &self.state;
+        s.brute_force.len() + s.bind_failures.len() + s.dead_wallets.len() + s.shared_wallet.len() + s.churn.len() + s.binds.len() + s.payments.len()
+    }
+
+    /// Alerts currently open (within their cool-down).
+    pub fn open_alerts(&self) -> usize {
+        self.state.open.len()
+    }
+}
+
+/// Runs the rules over events from the start of a log: every change, in order.
+pub fn rebuild<'a>(rules: RuleSet, events: impl IntoIterator<Item = &'a Event>) -> Vec<AlertChange> {
+    let mut engine = Engine::new(rules);
+    events.into_iter().flat_map(|e| engine.apply(e)).collect()
+}
