@@ -78,3 +78,94 @@ impl Client {
         Ok((status, serde_json::from_slice(&bytes)?))
     }
 }
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseMessage {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Longest SSE event accepted (bounds the buffer).
+const SSE_EVENT_MAX: usize = 1 << 20;
+
+/// A Server-Sent Events stream on its own connection.
+pub struct SseStream {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+}
+
+impl SseStream {
+    /// Opens `path` as an event stream, resuming after `last_event_id` if given. A non-200
+    /// answer is returned as the status and body.
+    pub async fn open(addr: SocketAddr, token: Option<&str>, path: &str, last_event_id: Option<&str>) -> Result<Result<SseStream, (StatusCode, Bytes)>, ClientError> {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(ClientError::Connect)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder().method(Method::GET).uri(path).header("host", addr.to_string()).header("accept", "text/event-stream");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = sender.send_request(req.body(Full::new(Bytes::new()))?).await?;
+        if resp.status() != StatusCode::OK {
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            return Ok(Err((status, body)));
+        }
+        Ok(Ok(SseStream { body: resp.into_body(), buf: Vec::new() }))
+    }
+
+    /// The next event (comments and keep-alives skipped); `None` when the stream ends.
+    pub async fn next(&mut self) -> Result<Option<SseMessage>, ClientError> {
+        loop {
+            if let Some(end) = find_event_end(&self.buf) {
+                let block: Vec<u8> = self.buf.drain(..end.1).collect();
+                let text = String::from_utf8_lossy(&block[..end.0]);
+                let mut msg = SseMessage::default();
+                let mut data = Vec::new();
+                for line in text.lines() {
+                    let (field, value) = line.split_once(':').map(|(f, v)| (f, v.strip_prefix(' ').unwrap_or(v))).unwrap_or((line, ""));
+                    match field {
+                        "id" => msg.id = Some(value.to_owned()),
+                        "event" => msg.event = Some(value.to_owned()),
+                        "data" => data.push(value.to_owned()),
+                        _ => {}
+                    }
+                }
+                if data.is_empty() && msg.id.is_none() {
+                    continue; // a comment (keep-alive)
+                }
+                msg.data = data.join("\n");
+                return Ok(Some(msg));
+            }
+            if self.buf.len() > SSE_EVENT_MAX {
+                self.buf.clear();
+                return Ok(None);
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// (end of the event's text, end including the blank line) of the first complete event.
+fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2));
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, i + 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}

@@ -18,8 +18,10 @@ pub enum Role {
     Writer,
     /// Read projections (bindings, payments, an account's history, wallet index).
     Reader,
-    /// Read the global event feed.
+    /// Read the global event feed (and alerts).
     Auditor,
+    /// Read alerts and follow them live; lift binding locks.
+    Security,
 }
 
 impl Role {
@@ -28,6 +30,7 @@ impl Role {
             "writer" => Some(Role::Writer),
             "reader" => Some(Role::Reader),
             "auditor" => Some(Role::Auditor),
+            "security" => Some(Role::Security),
             _ => None,
         }
     }
@@ -64,9 +67,30 @@ pub struct Config {
     pub http: HttpConfig,
     /// The Kafka relay (off unless `kafka.brokers` is set).
     pub kafka: KafkaConfig,
+    /// The alert monitor.
+    pub alerts: AlertsConfig,
     /// Bearer tokens. When none are configured, `serve` creates one with every role and writes
     /// it to `<data_dir>/admin.token`.
     pub tokens: Vec<TokenConfig>,
+}
+
+/// The alert monitor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Run the monitor (rules over every event, alerts stored, `/v1/alerts`). Default true.
+    pub enabled: bool,
+    /// The rules file (TOML; the README lists every key and its default). Default: none, the
+    /// built-in defaults. Env `BINDLEDGER_ALERT_RULES`.
+    pub rules_file: Option<PathBuf>,
+    /// Events between two checkpoints of the monitor's state. Default 100,000.
+    pub checkpoint_every_events: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig { enabled: true, rules_file: None, checkpoint_every_events: 100_000 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,6 +142,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             http: HttpConfig::default(),
             kafka: KafkaConfig::default(),
+            alerts: AlertsConfig::default(),
             tokens: Vec::new(),
         }
     }
@@ -186,6 +211,9 @@ impl Config {
         if let Some(v) = get("BINDLEDGER_KAFKA_ALERTS_TOPIC") {
             self.kafka.alerts_topic = v;
         }
+        if let Some(v) = get("BINDLEDGER_ALERT_RULES") {
+            self.alerts.rules_file = Some(v.into());
+        }
         if let Some(v) = get("BINDLEDGER_TOKENS") {
             self.tokens = parse_tokens(&v)?;
         }
@@ -206,6 +234,9 @@ impl Config {
         if self.idempotency_window_events == 0 || self.writer.snapshot_every_events == 0 {
             return bad("idempotency_window_events and writer.snapshot_every_events must be at least 1");
         }
+        if self.alerts.checkpoint_every_events == 0 {
+            return bad("alerts.checkpoint_every_events must be at least 1");
+        }
         if self.max_bindings_per_account == 0 {
             return bad("max_bindings_per_account must be at least 1");
         }
@@ -224,6 +255,15 @@ impl Config {
         self.gateway.simulated.validate()
     }
 
+    /// The alert rules: the rules file if one is configured (refused with the line and the
+    /// problem if it cannot be used), else the defaults.
+    pub fn alert_rules(&self) -> Result<crate::alerts::RuleSet, Error> {
+        match &self.alerts.rules_file {
+            Some(path) => crate::alerts::RuleSet::load(path).map_err(|e| Error::Config(format!("alert rules: {e}"))),
+            None => Ok(crate::alerts::RuleSet::default()),
+        }
+    }
+
     pub fn secret_path(&self) -> PathBuf {
         self.secret_file.clone().unwrap_or_else(|| self.data_dir.join("secret.key"))
     }
@@ -240,7 +280,7 @@ pub fn parse_tokens(s: &str) -> Result<Vec<TokenConfig>, Error> {
                 .ok_or_else(|| Error::Config("BINDLEDGER_TOKENS entries look like role+role:token".into()))?;
             let roles = roles
                 .split('+')
-                .map(|r| Role::parse(r).ok_or_else(|| Error::Config(format!("unknown role {r:?} (writer, reader, auditor)"))))
+                .map(|r| Role::parse(r).ok_or_else(|| Error::Config(format!("unknown role {r:?} (writer, reader, auditor, security)"))))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(TokenConfig { token: token.to_owned(), roles })
         })

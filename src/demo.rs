@@ -6,7 +6,7 @@
 
 use bindledger_events::{ChainVerifier, Factor, Payload, Provider};
 use chrono::Utc;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -14,14 +14,13 @@ use uuid::Uuid;
 use crate::command::{BindRequest, CommonInput, ContextInput, FactorInput, PayRequest, UnbindRequest};
 use crate::config::Config;
 use crate::gateway::{MaintenanceWindow, SimulatedGateway, WalletStatus};
-use crate::http::AppState;
 use crate::ledger::Ledger;
 use crate::secret::{LedgerSecret, SecretString};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoOptions {
     /// Ordinary shoppers in the population.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 2000)]
     pub shoppers: usize,
     /// How long to run, in seconds (0: until Ctrl-C).
     #[arg(long, default_value_t = 20)]
@@ -203,7 +202,15 @@ impl World {
                 let roll = rng.below(1000);
                 if actor.active.is_empty() || (roll < 60 && actor.active.len() < 3) {
                     // Mostly a wallet not bound yet; now and then one that is (a double click).
-                    let unbound: Vec<usize> = (0..actor.wallets.len()).filter(|w| !actor.active.iter().any(|(_, a)| a == w)).collect();
+                    // A shopper told a wallet is frozen or closed rarely tries it again.
+                    let usable = |w: &usize| {
+                        let (p, acct) = &actor.wallets[*w];
+                        self.gateway.wallet_status(p, acct) == WalletStatus::Active || rng.chance(100)
+                    };
+                    let unbound: Vec<usize> = (0..actor.wallets.len()).filter(|w| !actor.active.iter().any(|(_, a)| a == w)).filter(usable).collect();
+                    if actor.active.is_empty() && unbound.is_empty() && !rng.chance(20) {
+                        return; // nothing left to bind: the shopper mostly gives up
+                    }
                     let w = if unbound.is_empty() || rng.chance(50) {
                         rng.below(actor.wallets.len() as u64) as usize
                     } else {
@@ -225,14 +232,17 @@ impl World {
                     }
                 } else {
                     let (b, w) = actor.active[rng.below(actor.active.len() as u64) as usize];
-                    let amount = 500 + rng.below(80_000) as i64;
+                    let amount = 100 + rng.below(30_000) as i64;
                     let wrong = rng.chance(30);
                     self.pay(actor, b, w, amount, rng, wrong).await;
                 }
             }
             Role::BruteForcer => {
                 if actor.active.is_empty() {
-                    self.bind(actor, 0, rng, false, false).await;
+                    // Guesses the wallet's password at binding first (a failed-bind burst).
+                    actor.orders += 1;
+                    let guessing = actor.orders <= 6;
+                    self.bind(actor, 0, rng, guessing, false).await;
                 } else {
                     let (b, w) = actor.active[0];
                     self.pay(actor, b, w, 99_900, rng, true).await;
@@ -270,8 +280,79 @@ impl World {
     }
 }
 
+/// Most alerts printed live (the rest are counted in the report).
+const ALERTS_PRINTED_MAX: usize = 25;
+
+/// Prints each alert as it opens, the way the security team's feed shows it.
+async fn print_alerts(m: crate::http::MonitorView) {
+    let mut stream = m.stream.clone();
+    let mut after = *stream.borrow_and_update();
+    let mut printed = 0;
+    while stream.changed().await.is_ok() {
+        let through = *stream.borrow_and_update();
+        let store = m.store.clone();
+        let Ok(Ok(changes)) = tokio::task::spawn_blocking(move || store.changes_after(after, through, 1000)).await else { return };
+        after = changes.last().map_or(through, |c| c.stream_seq);
+        for c in changes.iter().filter(|c| c.change == "opened") {
+            printed += 1;
+            if printed <= ALERTS_PRINTED_MAX {
+                println!("     ALERT {}", alert_line(&c.alert));
+            } else if printed == ALERTS_PRINTED_MAX + 1 {
+                println!("     (more alerts: counted in the report below)");
+            }
+        }
+    }
+}
+
+/// One alert in one line.
+pub fn alert_line(a: &crate::alerts::Alert) -> String {
+    let key = if a.key.kind == "wallet" { format!("wallet {}…", &a.key.value[..16.min(a.key.value.len())]) } else { format!("account {}", a.key.value) };
+    let amount = |v: i64| a.currency.map_or(v.to_string(), |c| c.format(v));
+    let what = match a.unit.as_str() {
+        "minor_units" => format!("{} against {}", amount(a.observed), amount(a.threshold)),
+        unit => format!("{} {} (threshold {})", a.observed, unit.replace('_', " "), a.threshold),
+    };
+    let lock = a.lock.as_ref().map(|l| format!(", binding {} locked until {}", l.binding_id, l.until.format("%H:%M:%S"))).unwrap_or_default();
+    format!("{:<8} {:<20} {key}: {what}, events {:?}{lock} [{}]", a.severity.as_str(), a.rule, a.event_seqs, a.id)
+}
+
+/// Alerts per rule, and what the locks did.
+async fn alerts_report(ledger: &Ledger, m: &crate::http::MonitorView) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m.status.position.load(std::sync::atomic::Ordering::Relaxed) < ledger.log_len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("\n== alerts (rules over every event, event time) ==");
+    for (i, rule) in crate::alerts::rules::RULE_NAMES.iter().enumerate() {
+        println!("  {:<24} {:>6} opened", rule, grouped(m.status.opened[i].load(std::sync::atomic::Ordering::Relaxed) as i64));
+    }
+    println!("  {:<24} {:>6}", "updates (suppressed)", grouped(m.status.updated_total.load(std::sync::atomic::Ordering::Relaxed) as i64));
+    let store = m.store.clone();
+    if let Ok(Ok((alerts, _))) = tokio::task::spawn_blocking(move || {
+        store.list(&crate::alerts::store::AlertFilter { severity: Some(crate::alerts::Severity::High), ..Default::default() }, None, 5)
+    })
+    .await
+    {
+        println!("  latest high-severity alerts:");
+        for a in &alerts {
+            println!("    {}", alert_line(a));
+        }
+    }
+    let (mut locked, mut refused_locked, mut unlocked) = (0u64, 0u64, 0u64);
+    for r in ledger.raw_events(1) {
+        let Ok((_, bytes)) = r else { continue };
+        match bindledger_events::decode(&bytes).map(|e| e.payload) {
+            Ok(Payload::BindingLocked { .. }) => locked += 1,
+            Ok(Payload::BindingUnlocked { .. }) => unlocked += 1,
+            Ok(Payload::PaymentFailed { reason: bindledger_events::PaymentFailure::BindingLocked { .. }, .. }) => refused_locked += 1,
+            _ => {}
+        }
+    }
+    println!("  protective locks: {locked} bindings locked, {refused_locked} payments refused while locked, {unlocked} unlocked");
+}
+
 /// Waits for the relay to catch up, then reads the topic back as an analytics team would.
-async fn kafka_report(ledger: &Ledger, config: &Config, status: &crate::relay::RelayStatus) {
+async fn kafka_report(ledger: &Ledger, config: &Config, status: &crate::relay::RelayStatus, alerts: Option<&(String, Arc<crate::relay::RelayStatus>)>) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while status.position.load(std::sync::atomic::Ordering::Relaxed) < ledger.log_len() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -280,6 +361,19 @@ async fn kafka_report(ledger: &Ledger, config: &Config, status: &crate::relay::R
     println!("\n== kafka: {} of {} events on topic {} ==", grouped(position as i64), grouped(ledger.log_len() as i64), config.kafka.topic);
     if let Some(e) = status.last_error.lock().expect("status lock").as_ref() {
         println!("  last relay error: {e}");
+    }
+    if let Some((topic, st)) = alerts {
+        // The alerts relay settles within a moment of the monitor.
+        let mut last = u64::MAX;
+        for _ in 0..30 {
+            let now = st.position.load(std::sync::atomic::Ordering::Relaxed);
+            if now == last {
+                break;
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!("  alert changes on topic {topic}: {}", grouped(st.published_total.load(std::sync::atomic::Ordering::Relaxed) as i64));
     }
     let args = crate::analytics::ConsumeArgs {
         brokers: config.kafka.brokers.clone(),
@@ -375,21 +469,18 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
         until: start + chrono::Duration::seconds(7),
     });
     let gateway = Arc::new(SimulatedGateway::new(scenario));
-    let ledger = Ledger::open(&config, secret, gateway.clone())?;
-    // With a broker configured, the relay publishes everything to Kafka as it happens.
-    let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
-    let relay = config.kafka.enabled().then(|| crate::relay::Relay::new(ledger.clone(), config.kafka.clone()));
-    let relay_status = relay.as_ref().map(|r| r.status.clone());
-    let relay_task = relay.map(|r| tokio::spawn(r.run(relay_stopped)));
+    // The brute-force rule locks the binding it was tried on, so the lock shows up too.
+    let mut rules = config.alert_rules()?;
+    rules.password_brute_force.lock = true;
+    let node = crate::node::Node::start_with_rules(&config, rules, secret, gateway.clone())?;
+    let ledger = node.ledger.clone();
+    let relay_status = node.extras.relay.as_ref().map(|(_, s)| s.clone());
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     };
     let addr = listener.local_addr()?;
-    let state = match &relay_status {
-        Some(status) => AppState::with_relay(ledger.clone(), &config.tokens, config.http.clone(), &config.kafka.topic, status.clone()),
-        None => AppState::new(ledger.clone(), &config.tokens, config.http.clone()),
-    };
+    let state = node.state.clone();
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::http::serve(listener, state, async move {
         let _ = stopped.await;
@@ -400,13 +491,16 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     println!("  log:       {}", config.data_dir.display());
     println!("  HTTP API:  http://{addr}   (token: {})", token_hint.display());
     println!("  try:       curl -s -H \"Authorization: Bearer $(cat {})\" http://{addr}/v1/accounts/shopper-00001/bindings", token_hint.display());
-    println!("  population: {} shoppers + a password brute-forcer, a ring of 4 accounts sharing one wallet,", opts.shoppers);
+    println!("  population: {} shoppers + a password guesser (binds, then payments), a ring of 4 accounts sharing one wallet,", opts.shoppers);
     println!("              a bind-then-drain account, a dead-wallet prober and a binding churner");
     println!("  apple_pay is under maintenance from second 4 to 7");
     match &relay_status {
         Some(_) => println!("  kafka:     publishing to topic {} at {}\n", config.kafka.topic, config.kafka.brokers),
         None => println!("  kafka:     off (set BINDLEDGER_KAFKA_BROKERS, or run `make demo`, which starts a broker)\n"),
     }
+    println!("  alerts:    the monitor runs the 7 rules over every event; new alerts print as they open");
+    println!("             (live: curl -N -H \"Authorization: Bearer $(cat {})\" http://{addr}/v1/alerts/stream)\n", token_hint.display());
+    let alert_printer = node.extras.monitor.clone().map(|m| tokio::spawn(print_alerts(m)));
     println!("{:>4} {:>9} {:>7} {:>9} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}", "t(s)", "events", "ev/s", "on_kafka", "bound", "bind_fail", "paid", "pay_fail", "unbound", "unbind_fail", "spent");
 
     let world = Arc::new(World { ledger: ledger.clone(), gateway: gateway.clone(), tally: Mutex::new(Tally::default()) });
@@ -425,13 +519,19 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
         let world = world.clone();
         let stop = stop.clone();
         let mut rng = Rng(opts.seed.wrapping_mul(1000).wrapping_add(w as u64));
+        // Attackers come last in the population, so last in their bucket.
+        let attackers = actors.iter().filter(|a| !matches!(a.role, Role::Shopper)).count() as u64;
         handles.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(per_worker_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 tick.tick().await;
                 // The attackers (placed last) act more often than any one shopper.
-                let i = if rng.chance(250) && actors.len() > 1 { actors.len() - 1 - rng.below(2) as usize } else { rng.below(actors.len() as u64) as usize };
+                let i = if rng.chance(250) && attackers > 0 {
+                    actors.len() - 1 - rng.below(attackers) as usize
+                } else {
+                    rng.below(actors.len() as u64) as usize
+                };
                 let mut actor = std::mem::replace(&mut actors[i], Actor { account: String::new(), role: Role::Shopper, wallets: vec![], active: vec![], orders: 0 });
                 world.step(&mut actor, &mut rng).await;
                 actors[i] = actor;
@@ -478,15 +578,19 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
         let _ = h.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(p) = alert_printer {
+        p.abort();
+    }
     report(&world, elapsed).await;
-    if let (Some(status), Some(task)) = (relay_status, relay_task) {
-        kafka_report(&ledger, &config, &status).await;
-        let _ = stop_relay.send(true);
-        let _ = task.await;
+    if let Some(m) = &node.extras.monitor {
+        alerts_report(&ledger, m).await;
+    }
+    if let Some(status) = relay_status {
+        kafka_report(&ledger, &config, &status, node.extras.alerts_relay.as_ref()).await;
     }
     let _ = stop_http.send(());
     let _ = server.await;
-    ledger.close();
+    node.stop().await;
     println!("\nThe log stays in {}; check it offline with:", config.data_dir.display());
     println!("  bindledger verify --data-dir {}", config.data_dir.display());
     println!("  bindledger export --data-dir {} | head", config.data_dir.display());
@@ -508,43 +612,15 @@ async fn report(world: &World, elapsed_s: f64) {
         }
     }
 
-    // Security signals visible in the log (the alert rules run as their own projection).
-    let projection = ledger.projection();
-    let mut shared: Vec<_> = projection.wallets.iter().filter(|(_, a)| a.len() >= 3).collect();
-    shared.sort_by_key(|(_, a)| std::cmp::Reverse(a.len()));
-    println!("\n== security signals in the log ==");
-    for (fp, accounts) in shared.iter().take(3) {
-        println!("  wallet {}… is bound to {} accounts: {}", &fp.to_hex()[..16], accounts.len(), accounts.iter().cloned().collect::<Vec<_>>().join(", "));
-    }
-    let mut wrong_pw: HashMap<String, u64> = HashMap::new();
-    let mut dead: HashMap<String, u64> = HashMap::new();
     let mut verifier = ChainVerifier::new();
     let mut broken = None;
     for r in ledger.raw_events(1) {
         let Ok((_, bytes)) = r else { continue };
-        match verifier.push(&bytes) {
-            Ok((e, _)) => match &e.payload {
-                Payload::PaymentFailed { reason: bindledger_events::PaymentFailure::WrongPassword, .. } => {
-                    *wrong_pw.entry(e.account.clone()).or_default() += 1;
-                }
-                Payload::BindFailed { reason: bindledger_events::BindFailure::WalletFrozen | bindledger_events::BindFailure::WalletClosed, .. } => {
-                    *dead.entry(e.account.clone()).or_default() += 1;
-                }
-                _ => {}
-            },
-            Err(e) => {
-                broken = Some(e);
-                break;
-            }
+        if let Err(e) = verifier.push(&bytes) {
+            broken = Some(e);
+            break;
         }
     }
-    let top = |m: &HashMap<String, u64>| {
-        let mut v: Vec<_> = m.iter().collect();
-        v.sort_by_key(|(_, n)| std::cmp::Reverse(**n));
-        v.into_iter().take(2).map(|(a, n)| format!("{a} ({n})")).collect::<Vec<_>>().join(", ")
-    };
-    println!("  most wrong payment passwords: {}", top(&wrong_pw));
-    println!("  most binds with frozen or closed wallets: {}", top(&dead));
     match broken {
         None => println!("\n== hash chain: {} events verified, head {} ==", grouped(verifier.last_seq() as i64), verifier.head()),
         Some(e) => println!("\n== hash chain BROKEN: {e} =="),

@@ -1,5 +1,6 @@
 //! The HTTP API (axum). Commands under `/v1/accounts/{account}/...`, reads of the projections,
-//! the NDJSON event feed for auditors, `/healthz` and `/metrics`.
+//! the NDJSON event feed for auditors, alerts (list, one, and a live Server-Sent Events feed),
+//! `/healthz` and `/metrics`.
 //!
 //! Every error is JSON `{"error": {"code", "message", "field"}}` with a stable code. Bodies are
 //! size-limited, requests in flight are bounded, and bearer tokens carry roles: a missing or
@@ -21,7 +22,9 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-use crate::command::{self, BindRequest, PayRequest, UnbindRequest};
+use crate::alerts::store::{AlertFilter, AlertStore};
+use crate::alerts::{MonitorStatus, Severity};
+use crate::command::{self, BindRequest, PayRequest, UnbindRequest, UnlockRequest};
 use crate::config::{HttpConfig, Role, TokenConfig};
 use crate::error::Error;
 use crate::ledger::{CommandResult, Ledger};
@@ -35,24 +38,47 @@ pub struct AppState {
     http: HttpConfig,
     /// Requests in flight; beyond the bound the answer is 503 `overloaded`.
     in_flight: Arc<Semaphore>,
-    /// The Kafka relay's topic and status, when it runs.
-    relay: Option<(String, Arc<RelayStatus>)>,
+    extras: Extras,
+    /// Turns true when the server shuts down (ends the live feeds).
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+/// What runs beside the ledger, when it does.
+#[derive(Default, Clone)]
+pub struct Extras {
+    /// The Kafka relay's topic and status.
+    pub relay: Option<(String, Arc<RelayStatus>)>,
+    /// The alerts topic and its publisher's status.
+    pub alerts_relay: Option<(String, Arc<RelayStatus>)>,
+    /// The alert monitor.
+    pub monitor: Option<MonitorView>,
+}
+
+/// What the API needs of the alert monitor.
+#[derive(Clone)]
+pub struct MonitorView {
+    pub store: AlertStore,
+    pub stream: tokio::sync::watch::Receiver<u64>,
+    pub status: Arc<MonitorStatus>,
+}
+
+impl MonitorView {
+    pub fn of(m: &crate::alerts::Monitor) -> MonitorView {
+        MonitorView { store: m.store().clone(), stream: m.subscribe(), status: m.status().clone() }
+    }
 }
 
 impl AppState {
     pub fn new(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig) -> Arc<AppState> {
-        Self::build(ledger, tokens, http, None)
+        Self::build(ledger, tokens, http, Extras::default())
     }
 
-    /// The same, reporting a running relay in `/metrics` and `/v1/relay`.
-    pub fn with_relay(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig, topic: &str, status: Arc<RelayStatus>) -> Arc<AppState> {
-        Self::build(ledger, tokens, http, Some((topic.to_owned(), status)))
-    }
-
-    fn build(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig, relay: Option<(String, Arc<RelayStatus>)>) -> Arc<AppState> {
+    /// The same, with what runs beside the ledger (reported in `/metrics`, `/v1/relay`, and
+    /// the alerts routes).
+    pub fn build(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig, extras: Extras) -> Arc<AppState> {
         let tokens = tokens.iter().map(|t| (Sha256::digest(t.token.as_bytes()).into(), t.roles.clone())).collect();
         let in_flight = Arc::new(Semaphore::new(http.connections_max));
-        Arc::new(AppState { ledger, tokens, http, in_flight, relay })
+        Arc::new(AppState { ledger, tokens, http, in_flight, extras, closing: tokio::sync::watch::Sender::new(false) })
     }
 }
 
@@ -113,6 +139,10 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 fn authorize(state: &AppState, headers: &HeaderMap, role: Role) -> ApiResult<()> {
+    authorize_any(state, headers, &[role])
+}
+
+fn authorize_any(state: &AppState, headers: &HeaderMap, allowed: &[Role]) -> ApiResult<()> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -125,10 +155,11 @@ fn authorize(state: &AppState, headers: &HeaderMap, role: Role) -> ApiResult<()>
         .find(|(d, _)| *d == digest)
         .map(|(_, r)| r)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token"))?;
-    if roles.contains(&role) {
+    if allowed.iter().any(|r| roles.contains(r)) {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this token lacks the {role:?} role").to_lowercase()))
+        let names: Vec<String> = allowed.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this token lacks the {} role", names.join(" or "))))
     }
 }
 
@@ -245,6 +276,172 @@ async fn unbind(
     Ok(command_response(s.ledger.unbind(cmd).await?))
 }
 
+async fn unlock(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Security)?;
+    let (account, binding_id) = path(p)?;
+    let req: UnlockRequest = parse_body(body)?;
+    let cmd = req.validate(&account, &binding_id, chrono::Utc::now()).inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    Ok(command_response(s.ledger.unlock(cmd).await?))
+}
+
+/// Who may read alerts.
+const ALERT_READERS: &[Role] = &[Role::Security, Role::Auditor];
+
+fn monitor(s: &AppState) -> ApiResult<&MonitorView> {
+    s.extras.monitor.as_ref().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "alerts_disabled", "the alert monitor is not running (alerts.enabled = false)")
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertQuery {
+    since: Option<String>,
+    severity: Option<String>,
+    rule: Option<String>,
+    account: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+    /// SSE only: resume after this stream seq (as `Last-Event-ID` does).
+    after: Option<u64>,
+}
+
+impl AlertQuery {
+    fn filter(&self) -> ApiResult<AlertFilter> {
+        let bad = |code, field, message: String| {
+            let mut e = ApiError::new(StatusCode::BAD_REQUEST, code, message);
+            e.field = Some(field);
+            e
+        };
+        let since = match &self.since {
+            None => None,
+            Some(t) => Some(
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map_err(|_| bad("invalid_time", "since", "since must be an RFC 3339 time, e.g. 2026-11-26T08:00:00Z".into()))?
+                    .with_timezone(&chrono::Utc),
+            ),
+        };
+        let severity = match &self.severity {
+            None => None,
+            Some(v) => Some(Severity::parse(v).ok_or_else(|| bad("invalid_severity", "severity", "severity is one of low, medium, high, critical".into()))?),
+        };
+        if let Some(r) = &self.rule {
+            if !crate::alerts::rules::RULE_NAMES.contains(&r.as_str()) {
+                return Err(bad("invalid_rule", "rule", format!("rule is one of {}", crate::alerts::rules::RULE_NAMES.join(", "))));
+            }
+        }
+        if let Some(a) = &self.account {
+            command::validate_account(a)?;
+        }
+        Ok(AlertFilter { since, severity, rule: self.rule.clone(), account: self.account.clone() })
+    }
+}
+
+/// Alerts, newest first (by the event that opened them), each at its latest revision.
+async fn alerts_list(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<AlertQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    authorize_any(&s, &headers, ALERT_READERS)?;
+    let m = monitor(&s)?;
+    let q = query(q)?;
+    let filter = q.filter()?;
+    let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
+    let store = m.store.clone();
+    let cursor = q.cursor.clone();
+    let (alerts, next) = tokio::task::spawn_blocking(move || store.list(&filter, cursor.as_deref(), limit))
+        .await
+        .map_err(|e| ApiError::from(Error::Io(e.to_string())))??;
+    Ok(Json(json!({"alerts": alerts, "next_cursor": next})).into_response())
+}
+
+async fn alert_one(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    authorize_any(&s, &headers, ALERT_READERS)?;
+    let m = monitor(&s)?;
+    let id = path(id)?;
+    match m.store.get(&id)? {
+        Some(a) => Ok(Json(a).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "alert_not_found", format!("no alert {:?}", id.chars().take(80).collect::<String>()))),
+    }
+}
+
+/// Stream entries per read of the live feed.
+const STREAM_READ: usize = 256;
+
+/// The live feed: every alert change as a Server-Sent Event (`id` = stream seq, `event:
+/// alert`, `data` = the change as JSON), in order, from after `Last-Event-ID` (or `?after=`),
+/// then live. Filters apply; ids stay the stream's, so resuming works with them too.
+async fn alerts_stream(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<AlertQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    authorize_any(&s, &headers, ALERT_READERS)?;
+    let m = monitor(&s)?.clone();
+    let q = query(q)?;
+    let filter = q.filter()?;
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_last_event_id", "Last-Event-ID must be a stream seq from this feed")
+        })?),
+    };
+    let after = last_event_id.or(q.after).unwrap_or(0);
+    struct Feed {
+        m: MonitorView,
+        filter: AlertFilter,
+        after: u64,
+        pending: std::collections::VecDeque<crate::alerts::AlertChange>,
+        closing: tokio::sync::watch::Receiver<bool>,
+    }
+    let feed = Feed { m, filter, after, pending: Default::default(), closing: s.closing.subscribe() };
+    let stream = futures_util::stream::unfold(feed, |mut f| async move {
+        loop {
+            if *f.closing.borrow() {
+                return None;
+            }
+            if let Some(c) = f.pending.pop_front() {
+                let data = serde_json::to_string(&c).expect("alerts serialize");
+                let ev = SseEvent::default().id(c.stream_seq.to_string()).event("alert").data(data);
+                return Some((Ok::<_, std::convert::Infallible>(ev), f));
+            }
+            let through = *f.m.stream.borrow_and_update();
+            if through > f.after {
+                let store = f.m.store.clone();
+                let after = f.after;
+                let read = tokio::task::spawn_blocking(move || store.changes_after(after, through, STREAM_READ)).await;
+                match read {
+                    Ok(Ok(changes)) => {
+                        if let Some(last) = changes.last() {
+                            f.after = last.stream_seq;
+                        }
+                        let keep: Vec<_> = changes.into_iter().filter(|c| f.filter.accepts(&c.alert)).collect();
+                        f.pending.extend(keep);
+                        continue;
+                    }
+                    _ => return None,
+                }
+            }
+            tokio::select! {
+                r = f.m.stream.changed() => if r.is_err() { return None },
+                _ = f.closing.changed() => {}
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))).into_response())
+}
+
 /// A binding as shown to readers (without the provider's agreement reference).
 fn binding_view(b: &Binding) -> serde_json::Value {
     json!({
@@ -256,6 +453,7 @@ fn binding_view(b: &Binding) -> serde_json::Value {
         "unbound_at": b.unbound_at,
         "last_used_at": b.last_used_at,
         "payments_count": b.payments_count,
+        "lock": b.lock,
     })
 }
 
@@ -420,7 +618,7 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let mut text = s.ledger.metrics().render();
-    if let Some((topic, status)) = &s.relay {
+    if let Some((topic, status)) = &s.extras.relay {
         use std::fmt::Write;
         let r = Relay::report(&s.ledger, topic, status);
         let _ = write!(
@@ -440,7 +638,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
 
 async fn relay_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
     authorize(&s, &headers, Role::Reader)?;
-    match &s.relay {
+    match &s.extras.relay {
         Some((topic, status)) => Ok(Json(Relay::report(&s.ledger, topic, status)).into_response()),
         None => Ok(Json(json!({"state": "disabled"})).into_response()),
     }
@@ -471,6 +669,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/wallets/{fingerprint}/accounts", get(wallet_accounts))
         .route("/v1/events", get(feed))
         .route("/v1/relay", get(relay_status))
+        .route("/v1/accounts/{account}/bindings/{binding_id}/unlock", post(unlock))
+        .route("/v1/alerts", get(alerts_list))
+        .route("/v1/alerts/stream", get(alerts_stream))
+        .route("/v1/alerts/{alert_id}", get(alert_one))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -485,5 +687,12 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let closing = state.closing.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Live feeds end, so that the graceful shutdown does not wait for them forever.
+            closing.send_replace(true);
+        })
+        .await
 }

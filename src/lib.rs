@@ -38,6 +38,7 @@ pub mod idempotency;
 pub mod indexer;
 pub mod ledger;
 pub mod metrics;
+pub mod node;
 pub mod offline;
 pub mod projection;
 pub mod relay;

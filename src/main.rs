@@ -4,10 +4,9 @@
 use anyhow::{Context, Result};
 use bindledger::config::{Config, Role, TokenConfig};
 use bindledger::gateway::SimulatedGateway;
-use bindledger::http::AppState;
-use bindledger::relay::Relay;
+use bindledger::node::Node;
 use bindledger::secret::{write_private, LedgerSecret};
-use bindledger::{bench, demo, offline, Ledger};
+use bindledger::{bench, demo, offline};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -88,6 +87,8 @@ enum Command {
         /// The wallet's phone or account number.
         wallet_account: String,
     },
+    /// List a running ledger's alerts (newest first), or follow them live with --follow.
+    Alerts(AlertsArgs),
     /// Ask a running ledger how it is: health, log length, the Kafka relay's state and lag.
     Status {
         /// The ledger's HTTP address.
@@ -102,6 +103,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct AlertsArgs {
+    /// The ledger's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "BINDLEDGER_URL")]
+    url: String,
+    /// A token with the security or auditor role (default: the admin token in --data-dir).
+    #[arg(long, env = "BINDLEDGER_TOKEN")]
+    token: Option<String>,
+    #[arg(long, default_value = "bindledger-data")]
+    data_dir: PathBuf,
+    /// Follow the live feed (Server-Sent Events), reconnecting without loss or repeats.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// With --follow: start after this stream seq (default: from the first alert).
+    #[arg(long)]
+    after: Option<u64>,
+    /// At least this severe: low, medium, high, critical.
+    #[arg(long)]
+    severity: Option<String>,
+    /// Only this rule.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Only alerts involving this account.
+    #[arg(long)]
+    account: Option<String>,
+    /// Only alerts opened at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Without --follow: at most this many.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -154,8 +191,8 @@ fn ensure_tokens(config: &mut Config) -> Result<()> {
             t
         }
     };
-    tracing::info!(path = %path.display(), "no tokens configured: using the admin token (writer, reader, auditor) in this file");
-    config.tokens.push(TokenConfig { token, roles: vec![Role::Writer, Role::Reader, Role::Auditor] });
+    tracing::info!(path = %path.display(), "no tokens configured: using the admin token (writer, reader, auditor, security) in this file");
+    config.tokens.push(TokenConfig { token, roles: vec![Role::Writer, Role::Reader, Role::Auditor, Role::Security] });
     Ok(())
 }
 
@@ -178,52 +215,104 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-fn open_ledger(config: &Config) -> Result<Ledger> {
-    let secret = load_secret(config)?;
-    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
-    Ok(Ledger::open(config, secret, gateway)?)
-}
-
 async fn serve(common: Common) -> Result<()> {
     let mut config = load_config(&common)?;
-    let ledger = open_ledger(&config)?;
+    // Refuse an unusable rules file before anything starts.
+    config.alert_rules()?;
+    let secret = load_secret(&config)?;
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     ensure_tokens(&mut config)?;
+    let node = Node::start(&config, secret, gateway)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     // One line on stdout that scripts (and tests) can read.
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;
-    tracing::info!(%addr, events = ledger.log_len(), "serving");
-    let (stop_relay, relay_stopped) = tokio::sync::watch::channel(false);
-    let (state, relay_task) = if config.kafka.enabled() {
-        let relay = Relay::new(ledger.clone(), config.kafka.clone());
-        let state = AppState::with_relay(ledger.clone(), &config.tokens, config.http.clone(), &config.kafka.topic, relay.status.clone());
-        tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, "kafka relay on");
-        (state, Some(tokio::spawn(relay.run(relay_stopped))))
-    } else {
-        (AppState::new(ledger.clone(), &config.tokens, config.http.clone()), None)
-    };
-    bindledger::http::serve(listener, state, shutdown_signal()).await?;
-    let _ = stop_relay.send(true);
-    if let Some(t) = relay_task {
-        let _ = t.await;
-    }
-    ledger.close();
+    tracing::info!(%addr, events = node.ledger.log_len(), alerts = config.alerts.enabled, "serving");
+    bindledger::http::serve(listener, node.state.clone(), shutdown_signal()).await?;
+    node.stop().await;
     Ok(())
 }
 
-async fn status(url: &str, token: Option<String>, data_dir: &Path, json: bool) -> Result<i32> {
-    let addr: SocketAddr = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .with_context(|| format!("{url} is not http://IP:PORT"))?;
-    let token = match token {
-        Some(t) => t,
+/// `bindledger alerts`: lists alerts, or follows the live feed (reconnecting where it left).
+async fn alerts(args: AlertsArgs) -> Result<i32> {
+    let addr = parse_url(&args.url)?;
+    let token = token_or_admin(args.token, &args.data_dir)?;
+    let mut query: Vec<String> = Vec::new();
+    for (k, v) in [("severity", &args.severity), ("rule", &args.rule), ("account", &args.account), ("since", &args.since)] {
+        if let Some(v) = v {
+            query.push(format!("{k}={}", url_escape(v)));
+        }
+    }
+    if !args.follow {
+        query.push(format!("limit={}", args.limit));
+        let path = format!("/v1/alerts?{}", query.join("&"));
+        let mut client = bindledger::client::Client::new(addr, Some(token));
+        let (status, body) = client.get_json(&path).await.with_context(|| format!("asking {}", args.url))?;
+        anyhow::ensure!(status.is_success(), "{} answered {status}: {body}", args.url);
+        let alerts: Vec<bindledger::alerts::Alert> = serde_json::from_value(body["alerts"].clone())?;
+        for a in &alerts {
+            if args.json {
+                println!("{}", serde_json::to_string(a)?);
+            } else {
+                println!("{} {}", a.opened_at.format("%Y-%m-%d %H:%M:%S"), demo::alert_line(a));
+            }
+        }
+        if !args.json {
+            eprintln!("{} alerts{}", alerts.len(), if body["next_cursor"].is_null() { "" } else { " (more: narrow the filters or raise --limit)" });
+        }
+        return Ok(0);
+    }
+    let path = format!("/v1/alerts/stream?{}", query.join("&"));
+    let mut last_id = args.after.map(|a| a.to_string());
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        match bindledger::client::SseStream::open(addr, Some(&token), &path, last_id.as_deref()).await {
+            Ok(Ok(mut stream)) => {
+                backoff = std::time::Duration::from_millis(200);
+                while let Ok(Some(msg)) = stream.next().await {
+                    if let Some(id) = &msg.id {
+                        last_id = Some(id.clone());
+                    }
+                    if args.json {
+                        println!("{}", msg.data);
+                    } else if let Ok(c) = serde_json::from_str::<bindledger::alerts::AlertChange>(&msg.data) {
+                        println!("{} {:<7} {}", c.alert.updated_at.format("%H:%M:%S%.3f"), c.change, demo::alert_line(&c.alert));
+                    }
+                    std::io::stdout().flush()?;
+                }
+                eprintln!("(the feed closed; reconnecting after {})", last_id.as_deref().unwrap_or("the start"));
+            }
+            Ok(Err((status, body))) => anyhow::bail!("{} answered {status}: {}", args.url, String::from_utf8_lossy(&body)),
+            Err(e) => eprintln!("(cannot reach {}: {e}; retrying)", args.url),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':') { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+fn parse_url(url: &str) -> Result<SocketAddr> {
+    url.trim_start_matches("http://").trim_end_matches('/').parse().with_context(|| format!("{url} is not http://IP:PORT"))
+}
+
+fn token_or_admin(token: Option<String>, data_dir: &Path) -> Result<String> {
+    match token {
+        Some(t) => Ok(t),
         None => std::fs::read_to_string(data_dir.join("admin.token"))
             .map(|t| t.trim().to_owned())
-            .with_context(|| format!("no --token and no admin token in {}", data_dir.display()))?,
-    };
+            .with_context(|| format!("no --token and no admin token in {}", data_dir.display())),
+    }
+}
+
+async fn status(url: &str, token: Option<String>, data_dir: &Path, json: bool) -> Result<i32> {
+    let addr = parse_url(url)?;
+    let token = token_or_admin(token, data_dir)?;
     let mut client = bindledger::client::Client::new(addr, Some(token));
     let (_, health) = client.get_json("/healthz").await.with_context(|| format!("asking {url}"))?;
     let (status, relay) = client.get_json("/v1/relay").await?;
@@ -345,6 +434,10 @@ fn run(cli: Cli) -> Result<i32> {
             println!("face:              {}", f(Factor::Face));
             println!("balance:           {}", bindledger_events::Currency::CNY.format(g.initial_balance_minor(&provider, &wallet_account)));
             Ok(0)
+        }
+        Command::Alerts(args) => {
+            init_tracing("warn");
+            tokio::runtime::Runtime::new()?.block_on(alerts(args))
         }
         Command::Status { url, token, data_dir, json } => {
             init_tracing("warn");

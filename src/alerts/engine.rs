@@ -438,15 +438,13 @@ impl Engine {
                         a.accounts.push(acc);
                     }
                 }
-                for h in o.hits {
-                    if !a.event_seqs.contains(&h.seq) {
-                        a.event_seqs.push(h.seq);
-                        a.event_ids.push(h.id);
-                    }
-                }
-                let extra = a.event_seqs.len().saturating_sub(max_ids);
-                a.event_seqs.drain(..extra);
-                a.event_ids.drain(..extra);
+                let mut all: Vec<(u64, Uuid)> = a.event_seqs.iter().copied().zip(a.event_ids.iter().copied()).collect();
+                all.extend(o.hits.iter().map(|h| (h.seq, h.id)));
+                all.sort_unstable_by_key(|(seq, _)| *seq);
+                all.dedup_by_key(|(seq, _)| *seq);
+                let extra = all.len().saturating_sub(max_ids);
+                all.drain(..extra);
+                (a.event_seqs, a.event_ids) = all.into_iter().unzip();
                 ("updated", a.clone())
             }
             None => {

@@ -36,7 +36,7 @@ pub struct AlertFilter {
 }
 
 impl AlertFilter {
-    fn accepts(&self, a: &Alert) -> bool {
+    pub fn accepts(&self, a: &Alert) -> bool {
         self.since.is_none_or(|t| a.opened_at >= t)
             && self.severity.is_none_or(|s| a.severity >= s)
             && self.rule.as_deref().is_none_or(|r| a.rule == r)

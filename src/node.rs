@@ -1,0 +1,82 @@
+//! A running node: the ledger and what runs beside it — the alert monitor, the Kafka relays
+//! of events and alerts — and the HTTP state that reports them. `bindledger serve`, the demo
+//! and the tests start and stop it the same way.
+
+use std::sync::Arc;
+
+use crate::alerts::publish::AlertPublisher;
+use crate::alerts::{Monitor, MonitorConfig};
+use crate::config::Config;
+use crate::error::Result;
+use crate::gateway::WalletGateway;
+use crate::http::{AppState, Extras, MonitorView};
+use crate::ledger::Ledger;
+use crate::relay::Relay;
+use crate::secret::LedgerSecret;
+
+pub struct Node {
+    pub ledger: Ledger,
+    pub monitor: Option<Monitor>,
+    pub state: Arc<AppState>,
+    pub extras: Extras,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens the ledger and starts the monitor and the relays the configuration asks for.
+    /// Runs inside a tokio runtime. An unusable rules file is refused before the ledger opens.
+    pub fn start(config: &Config, secret: LedgerSecret, gateway: Arc<dyn WalletGateway>) -> Result<Node> {
+        let rules = config.alert_rules()?;
+        Self::start_with_rules(config, rules, secret, gateway)
+    }
+
+    /// The same with the rules given (the demo turns locking on).
+    pub fn start_with_rules(config: &Config, rules: crate::alerts::RuleSet, secret: LedgerSecret, gateway: Arc<dyn WalletGateway>) -> Result<Node> {
+        let ledger = Ledger::open(config, secret, gateway)?;
+        let mut extras = Extras::default();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        let monitor = if config.alerts.enabled {
+            let mut mc = MonitorConfig::new(rules);
+            mc.checkpoint_every_events = config.alerts.checkpoint_every_events;
+            let m = Monitor::start(&ledger, mc, tokio::runtime::Handle::current())?;
+            extras.monitor = Some(MonitorView::of(&m));
+            Some(m)
+        } else {
+            None
+        };
+        if config.kafka.enabled() {
+            let relay = Relay::new(ledger.clone(), config.kafka.clone());
+            extras.relay = Some((config.kafka.topic.clone(), relay.status.clone()));
+            tasks.push(tokio::spawn(relay.run(stopped.clone())));
+            if let Some(m) = &monitor {
+                let p = AlertPublisher::new(m.store().clone(), m.subscribe(), config.kafka.clone());
+                extras.alerts_relay = Some((config.kafka.alerts_topic.clone(), p.status.clone()));
+                tasks.push(tokio::spawn(p.run(stopped.clone())));
+            }
+            tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, alerts_topic = %config.kafka.alerts_topic, "kafka relays on");
+        }
+        let state = AppState::build(ledger.clone(), &config.tokens, config.http.clone(), extras.clone());
+        Ok(Node { ledger, monitor, state, extras, stop, tasks })
+    }
+
+    /// Stops the relays, closes the ledger (its queue drains), then lets the monitor fold the
+    /// last events and save its checkpoint.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let ledger = self.ledger.clone();
+        let monitor = self.monitor;
+        drop(self.state);
+        let _ = tokio::task::spawn_blocking(move || {
+            ledger.close();
+            if let Some(m) = monitor {
+                m.join();
+            }
+        })
+        .await;
+    }
+}
