@@ -612,7 +612,7 @@ async fn raw_produce(producer: &rdkafka::producer::FutureProducer, topic: &str, 
             .iter()
             .map(|(seq, b)| {
                 let e = bindledger_events::decode(b).expect("own events decode");
-                [e.event_type().to_owned(), "2".to_owned(), e.id.to_string(), seq.to_string(), hash_bytes(b).to_hex()]
+                [e.event_type().to_owned(), bindledger_events::SCHEMA_VERSION.to_string(), e.id.to_string(), seq.to_string(), hash_bytes(b).to_hex()]
             })
             .collect()
     } else {

@@ -229,7 +229,7 @@ pub fn decide_unlock(acct: Option<&AccountState>, binding_id: Uuid, cause: Unloc
         return Payload::BindingUnlockFailed { binding_id, reason: LockFailure::NotBound };
     };
     let lock = b.lock.as_ref().filter(|l| {
-        alert_id.is_none_or(|id| id == l.alert_id) && (cause == UnlockCause::Manual || l.until <= at)
+        alert_id.map_or(true, |id| id == l.alert_id) && (cause == UnlockCause::Manual || l.until <= at)
     });
     match lock {
         Some(l) => Payload::BindingUnlocked { binding_id, alert_id: l.alert_id.clone(), cause },

@@ -631,6 +631,41 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             r.position, r.lag_events, r.lag_seconds, r.published_total, r.state
         );
     }
+    if let Some(m) = &s.extras.monitor {
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &m.status;
+        let _ = write!(
+            text,
+            "# HELP bindledger_monitor_position Every event up to this seq went through the alert rules.\n# TYPE bindledger_monitor_position gauge\nbindledger_monitor_position {}\n\
+             # HELP bindledger_alert_stream_seq Alert changes stored (the SSE feed's last id).\n# TYPE bindledger_alert_stream_seq gauge\nbindledger_alert_stream_seq {}\n\
+             # HELP bindledger_alert_updates_total Matches that updated an open alert instead of raising another.\n# TYPE bindledger_alert_updates_total counter\nbindledger_alert_updates_total {}\n\
+             # HELP bindledger_monitor_keys Keys (accounts, wallets) the rules track.\n# TYPE bindledger_monitor_keys gauge\nbindledger_monitor_keys {}\n\
+             # HELP bindledger_monitor_open_alerts Alerts within their cool-down.\n# TYPE bindledger_monitor_open_alerts gauge\nbindledger_monitor_open_alerts {}\n\
+             # HELP bindledger_monitor_gaps_total Batches the monitor read from the log because its queue was full.\n# TYPE bindledger_monitor_gaps_total counter\nbindledger_monitor_gaps_total {}\n\
+             # HELP bindledger_monitor_actions_total Lock and unlock commands the monitor sent.\n# TYPE bindledger_monitor_actions_total counter\nbindledger_monitor_actions_total{{action=\"lock\"}} {}\nbindledger_monitor_actions_total{{action=\"unlock\"}} {}\n\
+             # HELP bindledger_alerts_opened_total Alerts opened, per rule.\n# TYPE bindledger_alerts_opened_total counter\n",
+            st.position.load(Relaxed),
+            st.stream_seq.load(Relaxed),
+            st.updated_total.load(Relaxed),
+            st.keys.load(Relaxed),
+            st.open_alerts.load(Relaxed),
+            st.gaps_read_from_log.load(Relaxed),
+            st.locks_sent.load(Relaxed),
+            st.unlocks_sent.load(Relaxed),
+        );
+        for (i, rule) in crate::alerts::rules::RULE_NAMES.iter().enumerate() {
+            let _ = writeln!(text, "bindledger_alerts_opened_total{{rule=\"{rule}\"}} {}", st.opened[i].load(Relaxed));
+        }
+    }
+    if let Some((topic, st)) = &s.extras.alerts_relay {
+        use std::fmt::Write;
+        let _ = write!(
+            text,
+            "# HELP bindledger_alerts_relay_position Every alert change up to this stream seq is on the alerts topic.\n# TYPE bindledger_alerts_relay_position gauge\nbindledger_alerts_relay_position{{topic=\"{topic}\"}} {}\n",
+            st.position.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     let mut r = text.into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r

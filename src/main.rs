@@ -61,10 +61,14 @@ enum Command {
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
     },
-    /// Verify a stopped ledger: the hash chain, and the stored projection against a rebuild.
+    /// Verify a stopped ledger: the hash chain, and the stored projection and alerts against a
+    /// rebuild.
     Verify {
         #[arg(long)]
         data_dir: PathBuf,
+        /// The alert rules the ledger ran with (default: the built-in rules).
+        #[arg(long, env = "BINDLEDGER_ALERT_RULES")]
+        rules: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -357,8 +361,12 @@ fn export(data_dir: &Path, from: u64, output: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn verify(data_dir: &Path, json: bool) -> Result<i32> {
-    let report = offline::verify(data_dir)?;
+fn verify(data_dir: &Path, rules: Option<&Path>, json: bool) -> Result<i32> {
+    let rules = match rules {
+        Some(p) => bindledger::alerts::RuleSet::load(p)?,
+        None => bindledger::alerts::RuleSet::default(),
+    };
+    let report = offline::verify(data_dir, &rules)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -376,6 +384,13 @@ fn verify(data_dir: &Path, json: bool) -> Result<i32> {
                 report.snapshot_position,
                 report.projection_differences.join(", ")
             );
+        }
+        match &report.alerts_difference {
+            None => println!("alerts:      ok ({} changes stored, {} raised by a rebuild)", report.alerts_stored, report.alerts_rebuilt),
+            Some(d) => println!("alerts:      DIFFER from a rebuild: {d}"),
+        }
+        if let Some(n) = &report.alerts_rules_note {
+            println!("             note: {n}");
         }
     }
     Ok(if report.ok() { 0 } else { EXIT_VERIFY_FAILED })
@@ -404,9 +419,9 @@ fn run(cli: Cli) -> Result<i32> {
             export(&data_dir, from, output.as_deref())?;
             Ok(0)
         }
-        Command::Verify { data_dir, json } => {
+        Command::Verify { data_dir, rules, json } => {
             init_tracing("warn");
-            verify(&data_dir, json)
+            verify(&data_dir, rules.as_deref(), json)
         }
         Command::Consume(args) => {
             init_tracing("warn");

@@ -1,5 +1,5 @@
 //! Offline work on a log that no process has open (sled locks its directory): export the
-//! stored events as NDJSON, and verify the chain and the stored projection.
+//! stored events as NDJSON, and verify the chain, the stored projection and the stored alerts.
 
 use bindledger_events::{ChainError, ChainVerifier, Hash};
 use serde::Serialize;
@@ -7,6 +7,9 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 
+use crate::alerts::engine::Engine;
+use crate::alerts::store::AlertStore;
+use crate::alerts::RuleSet;
 use crate::error::{Error, Result};
 use crate::projection::Projection;
 use crate::store::Store;
@@ -46,19 +49,31 @@ pub struct VerifyReport {
     pub projection_matches: bool,
     /// Accounts whose stored row differs from the rebuild (at most 20 listed).
     pub projection_differences: Vec<String>,
+    /// Alert changes stored by the monitor, and raised by a rebuild over the log.
+    pub alerts_stored: u64,
+    pub alerts_rebuilt: u64,
+    /// Whether the stored alert stream equals the rebuild's (the stored one may stop short,
+    /// when the monitor was behind at a crash).
+    pub alerts_match: bool,
+    /// The first stored alert change that differs from the rebuild.
+    pub alerts_difference: Option<String>,
+    /// Set when the monitor's checkpoint was made with other rules than the ones checked.
+    pub alerts_rules_note: Option<String>,
 }
 
 impl VerifyReport {
     pub fn ok(&self) -> bool {
-        self.chain_error.is_none() && self.projection_matches
+        self.chain_error.is_none() && self.projection_matches && self.alerts_match
     }
 }
 
 /// Verifies the hash chain of the whole log and checks every stored projection row against a
 /// rebuild from the log. A row may include events past the snapshot position, so each row is
 /// compared with the rebuilt account at the row's own version.
-pub fn verify(dir: &Path) -> Result<VerifyReport> {
+pub fn verify(dir: &Path, rules: &RuleSet) -> Result<VerifyReport> {
     let store = open_existing(dir)?;
+    let mut engine = Engine::new(rules.clone());
+    let mut alerts = Vec::new();
     let (_, snapshot) = store.index_positions()?;
     let stored = store.load_accounts()?;
     let mut verifier = ChainVerifier::new();
@@ -75,6 +90,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             }
             Ok((event, _)) => {
                 rebuilt.apply(&event);
+                alerts.extend(engine.apply(&event));
                 if let Some((name, row)) = stored.get_key_value(&event.account) {
                     if row.version == event.account_seq {
                         checked.insert(name.as_str());
@@ -110,6 +126,27 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             }
         }
     }
+    // The stored alert stream must be the rebuild's, change for change, from 1 on.
+    let alert_store = AlertStore::new(store.alerts_tree());
+    let stored_last = alert_store.last_stream_seq()?;
+    let stored_alerts = alert_store.changes_after(0, stored_last, usize::MAX)?;
+    let mut alerts_difference = None;
+    for (i, c) in stored_alerts.iter().enumerate() {
+        let why = match alerts.get(i) {
+            _ if c.stream_seq != i as u64 + 1 => Some(format!("stream seq {} stored where {} was expected (a gap)", c.stream_seq, i + 1)),
+            None => Some(format!("alert change {} is stored but the log does not raise it", c.stream_seq)),
+            Some(r) if r != c => Some(format!("alert change {} differs: stored {} (revision {}), rebuilt {} (revision {})", c.stream_seq, c.alert.id, c.alert.revision, r.alert.id, r.alert.revision)),
+            Some(_) => None,
+        };
+        if why.is_some() {
+            alerts_difference = why;
+            break;
+        }
+    }
+    let alerts_rules_note = alert_store
+        .checkpoint()?
+        .filter(|cp| cp.rules_digest != rules.digest())
+        .map(|cp| format!("the monitor's checkpoint was made with other rules (digest {}, checked with {}): pass the rules file it ran with", cp.rules_digest, rules.digest()));
     differences.sort();
     differences.dedup();
     let matches = differences.is_empty();
@@ -122,5 +159,10 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         snapshot_position: snapshot,
         projection_matches: matches,
         projection_differences: differences,
+        alerts_stored: stored_alerts.len() as u64,
+        alerts_rebuilt: alerts.len() as u64,
+        alerts_match: alerts_difference.is_none(),
+        alerts_difference,
+        alerts_rules_note,
     })
 }

@@ -120,7 +120,7 @@ fn assert_topic_equals_log(brokers: &str, topic: &str, log: &[(u64, Vec<u8>)]) {
         assert_eq!(r.partition, partition_for(e.account.as_bytes(), PARTITIONS));
         assert_eq!(r.headers["event_type"], e.event_type());
         assert_eq!(r.headers["event_id"], e.id.to_string());
-        assert_eq!(r.headers["schema_version"], "2");
+        assert_eq!(r.headers["schema_version"], "3");
         assert_eq!(r.headers["hash"], bindledger_events::hash_bytes(bytes).to_hex());
     }
     // In each partition, offsets follow global (hence per-account) order.

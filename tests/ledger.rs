@@ -166,10 +166,10 @@ async fn a_restart_resumes_the_projection_and_a_rebuild_equals_it() {
 
     let (l, _) = open(&config);
     assert_eq!(l.projection(), rebuilt, "reopened: the stored snapshot plus the tail equals a rebuild");
-    let report = bindledger::offline::verify(dir.path());
+    let report = bindledger::offline::verify(dir.path(), &bindledger::alerts::RuleSet::default());
     assert!(report.is_err(), "the log is open in this process, verify must not open it twice");
     l.close();
-    let report = bindledger::offline::verify(dir.path()).unwrap();
+    let report = bindledger::offline::verify(dir.path(), &bindledger::alerts::RuleSet::default()).unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.events, rebuilt.position);
 }

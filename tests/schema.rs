@@ -3,7 +3,7 @@
 
 mod common;
 
-use bindledger::command::{BindRequest, CommonInput, FactorInput, PayRequest, UnbindRequest};
+use bindledger::command::{BindRequest, CommonInput, FactorInput, LockCommand, Meta, PayRequest, UnbindRequest, UnlockCommand};
 use bindledger::gateway::{MaintenanceWindow, Scenario, SimulatedGateway, WalletStatus};
 use bindledger::secret::{LedgerSecret, SecretString};
 use bindledger::Ledger;
@@ -83,6 +83,23 @@ async fn every_event_the_ledger_emits_matches_the_published_schema() {
     for req in [pay(500, None, binding_id, "CNY"), pay(501, Some("bad"), binding_id, "USD"), pay(999_999, None, binding_id, "CNY"), pay(7, None, uuid::Uuid::now_v7(), "JPY")] {
         l.pay(req.validate("a", Utc::now()).unwrap()).await.unwrap();
     }
+    // Locks: a lock, a refused lock, a payment refused while locked, an unlock, a refused unlock.
+    let meta = |key: &str| Meta {
+        account: "a".into(),
+        idempotency_key: Some(key.into()),
+        expected_version: None,
+        correlation_id: Some("password_brute_force-9".into()),
+        event_time: None,
+        context: Context { channel: "monitor".into(), ..Default::default() },
+    };
+    let until = types::micros::truncate(Utc::now() + chrono::Duration::minutes(30));
+    for b in [binding_id, uuid::Uuid::now_v7()] {
+        l.lock(LockCommand { meta: meta(&format!("lock-{b}")), binding_id: b, alert_id: "password_brute_force-9".into(), until }).await.unwrap();
+    }
+    l.pay(pay(502, None, binding_id, "CNY").validate("a", Utc::now()).unwrap()).await.unwrap();
+    for key in ["unlock-1", "unlock-2"] {
+        l.unlock(UnlockCommand { meta: meta(key), binding_id, cause: UnlockCause::Manual, alert_id: None }).await.unwrap();
+    }
     for id in [binding_id, binding_id] {
         l.unbind(UnbindRequest { confirm: true, common: CommonInput::default() }.validate("a", &id.to_string(), Utc::now()).unwrap()).await.unwrap();
     }
@@ -113,11 +130,14 @@ async fn every_event_the_ledger_emits_matches_the_published_schema() {
         PaymentFailure::WrongPassword, PaymentFailure::BindingNotActive, PaymentFailure::WalletFrozen, PaymentFailure::WalletClosed,
         PaymentFailure::InsufficientFunds, PaymentFailure::VerificationFactorFailed { factor: Factor::Sms }, PaymentFailure::Network,
         PaymentFailure::Maintenance { side: Side::Provider },
+        PaymentFailure::BindingLocked { alert_id: "password_brute_force-9".into(), until: types::micros::truncate(Utc::now()) },
     ];
     let wallet = WalletRef { masked: "138****5678".into(), fingerprint: Hash([1; 32]) };
     let mut payloads: Vec<Payload> = bind_reasons.into_iter().map(|reason| Payload::BindFailed { provider: alipay.clone(), wallet: wallet.clone(), factors: vec![], reason }).collect();
     payloads.extend(pay_reasons.into_iter().map(|reason| Payload::PaymentFailed { binding_id, order_id: "o".into(), amount_minor: 1, currency: Currency::CNY, factors: vec![], reason }));
     payloads.extend([UnbindFailure::NotBound, UnbindFailure::Maintenance { side: Side::Platform }].into_iter().map(|reason| Payload::UnbindFailed { binding_id, reason }));
+    payloads.push(Payload::BindingLockFailed { binding_id, alert_id: "x-1".into(), reason: LockFailure::NotBound });
+    payloads.push(Payload::BindingUnlockFailed { binding_id, reason: LockFailure::NotLocked });
     let mut codes = BTreeSet::new();
     for payload in payloads {
         codes.insert(payload.failure_code().unwrap());

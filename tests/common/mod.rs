@@ -5,7 +5,7 @@
 use bindledger::client::Client;
 use bindledger::config::{Config, Role, TokenConfig};
 use bindledger::gateway::{Scenario, SimulatedGateway};
-use bindledger::http::AppState;
+use bindledger::node::Node;
 use bindledger::secret::LedgerSecret;
 use bindledger::Ledger;
 use bindledger_events::Provider;
@@ -18,6 +18,7 @@ use std::sync::Arc;
 pub const WRITER: &str = "writer-token-0123456789";
 pub const READER: &str = "reader-token-0123456789";
 pub const AUDITOR: &str = "auditor-token-0123456789";
+pub const SECURITY: &str = "security-token-0123456789";
 pub const ALL: &str = "all-roles-token-0123456789";
 
 pub fn tokens() -> Vec<TokenConfig> {
@@ -25,7 +26,8 @@ pub fn tokens() -> Vec<TokenConfig> {
         TokenConfig { token: WRITER.into(), roles: vec![Role::Writer] },
         TokenConfig { token: READER.into(), roles: vec![Role::Reader] },
         TokenConfig { token: AUDITOR.into(), roles: vec![Role::Auditor] },
-        TokenConfig { token: ALL.into(), roles: vec![Role::Writer, Role::Reader, Role::Auditor] },
+        TokenConfig { token: SECURITY.into(), roles: vec![Role::Security] },
+        TokenConfig { token: ALL.into(), roles: vec![Role::Writer, Role::Reader, Role::Auditor, Role::Security] },
     ]
 }
 
@@ -35,8 +37,10 @@ pub fn test_config(dir: &Path) -> Config {
     c
 }
 
+/// The ledger, its alert monitor (unless the configuration turns it off) and the HTTP server.
 pub struct TestServer {
     pub ledger: Ledger,
+    pub node: Option<Node>,
     pub gateway: Arc<SimulatedGateway>,
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -46,15 +50,14 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start(config: Config) -> TestServer {
         let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
-        let ledger = Ledger::open(&config, LedgerSecret::from_bytes([42; 32]), gateway.clone()).expect("open ledger");
+        let node = Node::start(&config, LedgerSecret::from_bytes([42; 32]), gateway.clone()).expect("open ledger");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = AppState::new(ledger.clone(), &config.tokens, config.http.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(bindledger::http::serve(listener, state, async move {
+        let task = tokio::spawn(bindledger::http::serve(listener, node.state.clone(), async move {
             let _ = stopped.await;
         }));
-        TestServer { ledger, gateway, addr, stop: Some(stop), task: Some(task) }
+        TestServer { ledger: node.ledger.clone(), node: Some(node), gateway, addr, stop: Some(stop), task: Some(task) }
     }
 
     pub fn client(&self, token: &str) -> Client {
@@ -64,7 +67,7 @@ impl TestServer {
     pub async fn shutdown(mut self) {
         let _ = self.stop.take().unwrap().send(());
         let _ = self.task.take().unwrap().await;
-        self.ledger.close();
+        self.node.take().unwrap().stop().await;
     }
 }
 
@@ -93,7 +96,7 @@ pub fn spawn_server(data_dir: &Path, log_file: &Path, extra_env: &[(&str, &str)]
     let mut cmd = Command::new(binary());
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
-        .env("BINDLEDGER_TOKENS", format!("writer+reader+auditor:{ALL}"))
+        .env("BINDLEDGER_TOKENS", format!("writer+reader+auditor+security:{ALL}"))
         .env_remove("BINDLEDGER_CONFIG")
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
@@ -114,6 +117,13 @@ pub fn spawn_server(data_dir: &Path, log_file: &Path, extra_env: &[(&str, &str)]
 }
 
 impl ServerProcess {
+    /// SIGTERM: a graceful stop; waits for the process to exit and returns its status code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap().code()
+    }
+
     /// SIGKILL, no chance to clean up.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
@@ -304,4 +314,9 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Read> {
         }
     }
     out
+}
+
+/// A value from a Prometheus text page (first line starting with `name`).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{'])).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
