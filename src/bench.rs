@@ -159,7 +159,7 @@ fn sample_payloads(events: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn bench_config(dir: &Path) -> Config {
+pub(crate) fn bench_config(dir: &Path) -> Config {
     let mut c = Config { data_dir: dir.to_path_buf(), max_bindings_per_account: 4, ..Config::default() };
     c.gateway.simulated = Scenario { balance_minor_min: 1_000_000_000_000, balance_minor_max: 1_000_000_000_000, ..Scenario::quiet(42) };
     c
@@ -198,7 +198,7 @@ async fn fixture(dir: &Path, accounts: usize) -> anyhow::Result<Fixture> {
     Ok(Fixture { ledger, gateway, bindings })
 }
 
-fn pay_request(binding: &(String, Uuid, String), n: u64) -> PayRequest {
+pub(crate) fn pay_request(binding: &(String, Uuid, String), n: u64) -> PayRequest {
     PayRequest {
         binding_id: binding.1.to_string(),
         order_id: format!("o-{n}"),

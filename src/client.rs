@@ -101,6 +101,7 @@ impl SseStream {
     /// answer is returned as the status and body.
     pub async fn open(addr: SocketAddr, token: Option<&str>, path: &str, last_event_id: Option<&str>) -> Result<Result<SseStream, (StatusCode, Bytes)>, ClientError> {
         let stream = tokio::net::TcpStream::connect(addr).await.map_err(ClientError::Connect)?;
+        stream.set_nodelay(true).map_err(ClientError::Connect)?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;

@@ -285,13 +285,12 @@ const ALERTS_PRINTED_MAX: usize = 25;
 
 /// Prints each alert as it opens, the way the security team's feed shows it.
 async fn print_alerts(m: crate::http::MonitorView) {
-    let mut stream = m.stream.clone();
+    let mut stream = m.feed.subscribe();
     let mut after = *stream.borrow_and_update();
     let mut printed = 0;
     while stream.changed().await.is_ok() {
         let through = *stream.borrow_and_update();
-        let store = m.store.clone();
-        let Ok(Ok(changes)) = tokio::task::spawn_blocking(move || store.changes_after(after, through, 1000)).await else { return };
+        let Ok(changes) = m.feed.changes_after(after, 1000) else { return };
         after = changes.last().map_or(through, |c| c.stream_seq);
         for c in changes.iter().filter(|c| c.change == "opened") {
             printed += 1;

@@ -58,13 +58,13 @@ pub struct Extras {
 #[derive(Clone)]
 pub struct MonitorView {
     pub store: AlertStore,
-    pub stream: tokio::sync::watch::Receiver<u64>,
+    pub feed: Arc<crate::alerts::feed::AlertFeed>,
     pub status: Arc<MonitorStatus>,
 }
 
 impl MonitorView {
     pub fn of(m: &crate::alerts::Monitor) -> MonitorView {
-        MonitorView { store: m.store().clone(), stream: m.subscribe(), status: m.status().clone() }
+        MonitorView { store: m.store().clone(), feed: m.feed().clone(), status: m.status().clone() }
     }
 }
 
@@ -400,12 +400,14 @@ async fn alerts_stream(
     let after = last_event_id.or(q.after).unwrap_or(0);
     struct Feed {
         m: MonitorView,
+        published: tokio::sync::watch::Receiver<u64>,
         filter: AlertFilter,
         after: u64,
         pending: std::collections::VecDeque<crate::alerts::AlertChange>,
         closing: tokio::sync::watch::Receiver<bool>,
     }
-    let feed = Feed { m, filter, after, pending: Default::default(), closing: s.closing.subscribe() };
+    let published = m.feed.subscribe();
+    let feed = Feed { m, published, filter, after, pending: Default::default(), closing: s.closing.subscribe() };
     let stream = futures_util::stream::unfold(feed, |mut f| async move {
         loop {
             if *f.closing.borrow() {
@@ -416,13 +418,15 @@ async fn alerts_stream(
                 let ev = SseEvent::default().id(c.stream_seq.to_string()).event("alert").data(data);
                 return Some((Ok::<_, std::convert::Infallible>(ev), f));
             }
-            let through = *f.m.stream.borrow_and_update();
+            let through = *f.published.borrow_and_update();
             if through > f.after {
-                let store = f.m.store.clone();
-                let after = f.after;
-                let read = tokio::task::spawn_blocking(move || store.changes_after(after, through, STREAM_READ)).await;
-                match read {
-                    Ok(Ok(changes)) => {
+                match f.m.feed.changes_after(f.after, STREAM_READ) {
+                    Ok(changes) if changes.is_empty() => {
+                        // Older than the memory holds and not stored yet: shortly.
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    Ok(changes) => {
                         if let Some(last) = changes.last() {
                             f.after = last.stream_seq;
                         }
@@ -430,11 +434,11 @@ async fn alerts_stream(
                         f.pending.extend(keep);
                         continue;
                     }
-                    _ => return None,
+                    Err(_) => return None,
                 }
             }
             tokio::select! {
-                r = f.m.stream.changed() => if r.is_err() { return None },
+                r = f.published.changed() => if r.is_err() { return None },
                 _ = f.closing.changed() => {}
             }
         }
@@ -722,7 +726,13 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let closing = state.closing.clone();
+    // Small writes (an SSE event, a short answer) go out at once: with Nagle's algorithm and
+    // the peer's delayed ACK they could wait 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown.await;

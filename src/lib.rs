@@ -26,6 +26,7 @@
 pub mod alerts;
 pub mod analytics;
 pub mod bench;
+pub mod bench_alerts;
 pub mod client;
 pub mod command;
 pub mod config;

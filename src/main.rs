@@ -75,6 +75,9 @@ enum Command {
     },
     /// Measure raw sled, the library path and HTTP end to end in one run.
     Bench(bench::BenchArgs),
+    /// Measure the alert monitor: latency from a command's acknowledgement to its alert on the
+    /// live feed at paced rates, and rule throughput over a stored log against decoding alone.
+    BenchAlerts(bindledger::bench_alerts::AlertBenchArgs),
     /// Read the events topic as an analytics team would: spend per account, month and
     /// provider; bind success rates; failure reasons per day.
     Consume(bindledger::analytics::ConsumeArgs),
@@ -461,6 +464,11 @@ fn run(cli: Cli) -> Result<i32> {
         Command::BenchKafka(args) => {
             init_tracing("warn");
             tokio::runtime::Runtime::new()?.block_on(bench::kafka(args))?;
+            Ok(0)
+        }
+        Command::BenchAlerts(args) => {
+            init_tracing("warn");
+            tokio::runtime::Runtime::new()?.block_on(bindledger::bench_alerts::run(args))?;
             Ok(0)
         }
         Command::Bench(args) => {

@@ -51,7 +51,7 @@ impl Node {
             extras.relay = Some((config.kafka.topic.clone(), relay.status.clone()));
             tasks.push(tokio::spawn(relay.run(stopped.clone())));
             if let Some(m) = &monitor {
-                let p = AlertPublisher::new(m.store().clone(), m.subscribe(), config.kafka.clone());
+                let p = AlertPublisher::new(m.feed().clone(), config.kafka.clone());
                 extras.alerts_relay = Some((config.kafka.alerts_topic.clone(), p.status.clone()));
                 tasks.push(tokio::spawn(p.run(stopped.clone())));
             }

@@ -125,7 +125,7 @@ mod tests {
     fn encoding_is_canonical_and_round_trips() {
         let e = event(1, GENESIS_HASH, payment(1234));
         let bytes = encode(&e);
-        assert!(bytes.starts_with(b"{\"v\":2,\"id\":"), "{}", String::from_utf8_lossy(&bytes));
+        assert!(bytes.starts_with(b"{\"v\":3,\"id\":"), "{}", String::from_utf8_lossy(&bytes));
         let text = std::str::from_utf8(&bytes).unwrap();
         assert!(text.contains("\"event_time\":\"2026-11-26T08:00:00.000000Z\""), "{text}");
         assert!(!text.contains(' ') || text.contains("\"masked\""), "no whitespace: {text}");
@@ -135,7 +135,7 @@ mod tests {
     }
 
     #[test]
-    fn a_v1_event_is_read_by_v2_code() {
+    fn a_v1_event_is_read_by_current_code() {
         // A payment written by v1 code: no currency, amounts were CNY.
         let v1 = br#"{"v":1,"id":"00000000-0000-0000-0000-000000000001","seq":1,"account":"acct-1","account_seq":1,"event_time":"2026-01-01T00:00:00.000000Z","record_time":"2026-01-01T00:00:00.000000Z","idempotency_key":null,"request_digest":null,"correlation_id":null,"context":{"channel":"app","device_id":null,"ip":null,"user_agent":null},"prev_hash":"0000000000000000000000000000000000000000000000000000000000000000","payload":{"type":"payment_failed","binding_id":"00000000-0000-0000-0000-000000000002","order_id":"o-9","amount_minor":500,"factors":[],"reason":{"code":"insufficient_funds"}}}"#;
         let e = decode(v1).unwrap();
@@ -152,6 +152,15 @@ mod tests {
         let mut v = ChainVerifier::new();
         let (_, h) = v.push(v1).unwrap();
         assert_eq!(h, hash_bytes(v1));
+    }
+
+    #[test]
+    fn a_v2_event_is_read_by_v3_code() {
+        // Version 3 only added event types: a version 2 event reads as it is.
+        let v3 = encode(&event(1, GENESIS_HASH, payment(77)));
+        let v2 = [b"{\"v\":2,".as_slice(), &v3[b"{\"v\":3,".len()..]].concat();
+        let e = decode(&v2).unwrap();
+        assert_eq!((e.v, e.payload), (2, payment(77)));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`rules`]: the rules file (TOML) with documented defaults.
 //! - [`engine`]: the pure fold `(state, event) -> alert changes`; event time only.
 //! - [`store`]: alerts, the alert stream and the engine's checkpoint in sled.
+//! - [`feed`]: the live stream followers read (recent changes in memory, older ones in sled).
 //! - [`monitor`]: the live thread fed by the flusher, with checkpoints and protective actions.
 //! - [`publish`]: the alerts topic on Kafka.
 //!
@@ -11,6 +12,7 @@
 //! gives the same alerts, ids and contents as the live run, across restarts.
 
 pub mod engine;
+pub mod feed;
 pub mod monitor;
 pub mod publish;
 pub mod rules;

@@ -12,22 +12,22 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::store::AlertStore;
+use super::feed::AlertFeed;
 use crate::relay::{ensure_topic, header_text, producer, read_tails, KafkaConfig, RelayStatus, State};
 
 /// Changes read from the store per pass.
 const READ_CHANGES: usize = 1024;
 
 pub struct AlertPublisher {
-    store: AlertStore,
+    feed: Arc<AlertFeed>,
     stream: tokio::sync::watch::Receiver<u64>,
     config: KafkaConfig,
     pub status: Arc<RelayStatus>,
 }
 
 impl AlertPublisher {
-    pub fn new(store: AlertStore, stream: tokio::sync::watch::Receiver<u64>, config: KafkaConfig) -> AlertPublisher {
-        AlertPublisher { store, stream, config, status: Default::default() }
+    pub fn new(feed: Arc<AlertFeed>, config: KafkaConfig) -> AlertPublisher {
+        AlertPublisher { stream: feed.subscribe(), feed, config, status: Default::default() }
     }
 
     /// Runs until `shutdown` turns true.
@@ -61,7 +61,7 @@ impl AlertPublisher {
             let seq = header_text(m, "stream_seq")
                 .and_then(|s| s.parse::<u64>().ok())
                 .ok_or_else(|| format!("{topic} partition {p} holds a message without a stream_seq header"))?;
-            let ours = self.store.changes_after(seq.saturating_sub(1), seq, 1).map_err(|e| e.to_string())?;
+            let ours = self.feed.store().changes_after(seq.saturating_sub(1), seq, 1).map_err(|e| e.to_string())?;
             if ours.first().map(|c| c.alert.id.as_str()) != header_text(m, "alert_id").as_deref() {
                 return Err(format!("{topic} holds alert {seq} that is not this ledger's: refusing to publish to it"));
             }
@@ -83,7 +83,12 @@ impl AlertPublisher {
         tracing::info!(%topic, from = position + 1, "alerts topic: recovered");
         loop {
             let through = *self.stream.borrow_and_update();
-            let changes = self.store.changes_after(position, through, READ_CHANGES).map_err(|e| e.to_string())?;
+            let changes = self.feed.changes_after(position, READ_CHANGES).map_err(|e| e.to_string())?;
+            if changes.is_empty() && through > position {
+                // Older than the memory holds and not stored yet: shortly.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
             if changes.is_empty() {
                 self.status.set(State::Idle);
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.changed()).await;
