@@ -384,3 +384,71 @@ async fn a_broker_restart_with_persistent_storage_loses_and_duplicates_nothing()
     let (ledger, _) = r.stop().await;
     ledger.close();
 }
+
+/// Starts a whole node (ledger, monitor, both relays), tries `accounts` x 6 wrong passwords,
+/// waits until the alerts topic holds every change, and stops it.
+async fn alert_round(dir: &std::path::Path, kafka: &KafkaConfig, round: u64, accounts: u64) {
+    let mut config: Config = test_config(dir);
+    config.kafka = kafka.clone();
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
+    let node = bindledger::node::Node::start(&config, LedgerSecret::from_bytes([3; 32]), gateway.clone()).unwrap();
+    let l = node.ledger.clone();
+    for a in 0..accounts {
+        let account = format!("acct-{round}-{a}");
+        let n = round * 1000 + a;
+        let req = BindRequest {
+            provider: "alipay".into(),
+            wallet_account: SecretString::new(phone(n)),
+            payment_password: SecretString::new(gateway.password_for(&alipay(), &phone(n))),
+            factor: None,
+            common: CommonInput::default(),
+        };
+        let Payload::WalletBound { binding_id, .. } = l.bind(req.validate(&account, Utc::now()).unwrap()).await.unwrap().event.payload else { panic!() };
+        for k in 0..6 {
+            let pay = PayRequest {
+                binding_id: binding_id.to_string(),
+                order_id: format!("o-{k}"),
+                amount_minor: 100,
+                currency: None,
+                payment_password: SecretString::new("wrong".into()),
+                factor: None,
+                common: CommonInput::default(),
+            };
+            l.pay(pay.validate(&account, Utc::now()).unwrap()).await.unwrap();
+        }
+    }
+    let feed = node.monitor.as_ref().unwrap().feed().clone();
+    let (_, alerts_status) = node.extras.alerts_relay.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while feed.published() < accounts * 2 || alerts_status.position.load(Ordering::Relaxed) < feed.published() {
+        assert!(Instant::now() < deadline, "the alerts topic did not catch up: {:?}", alerts_status.last_error.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_reach_their_own_topic_once_and_in_order_across_a_restart() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = KafkaConfig { alerts_topic: fresh_topic("alerts"), ..kafka_config(&broker.addr, &fresh_topic("alert-events")) };
+    alert_round(dir.path(), &kafka, 0, 8).await;
+    alert_round(dir.path(), &kafka, 1, 5).await;
+    // The stored alert stream, offline.
+    let store = bindledger::store::Store::open(dir.path()).unwrap();
+    let alerts = bindledger::alerts::store::AlertStore::new(store.alerts_tree());
+    let stored = alerts.changes_after(0, alerts.last_stream_seq().unwrap(), usize::MAX).unwrap();
+    assert_eq!(stored.len(), 26, "13 accounts: an opening and an update each");
+    let reads = read_topic(&broker.addr, &kafka.alerts_topic);
+    let seqs: Vec<u64> = reads.iter().map(|r| r.headers["stream_seq"].parse().unwrap()).collect();
+    assert_eq!(seqs, (1..=26).collect::<Vec<_>>(), "every change once, in stream order");
+    for (r, c) in reads.iter().zip(&stored) {
+        let on_topic: bindledger::alerts::AlertChange = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(&on_topic, c);
+        assert_eq!((r.partition, r.key.as_str()), (0, c.alert.key.value.as_str()));
+        assert_eq!(r.headers["alert_id"], c.alert.id);
+        assert_eq!(r.headers["rule"], c.alert.rule);
+        assert_eq!(r.headers["severity"], c.alert.severity.as_str());
+        assert_eq!(r.headers["change"], c.change);
+    }
+}
