@@ -9,7 +9,7 @@ TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
 # The demo's broker listens here (in memory: a fresh topic each run).
 DEMO_KAFKA_PORT ?= 19092
 
-.PHONY: demo test bench bench-kafka check-toolchain tansu
+.PHONY: demo test bench bench-kafka bench-alerts check-toolchain tansu
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs, then run make again" >&2; exit 1; }
@@ -39,6 +39,11 @@ test: tansu
 ## Raw sled baseline, library path and HTTP end to end, in one run.
 bench: check-toolchain
 	$(CARGO) run --release --locked -- bench
+
+## Alert latency through the live feed at 1,000 and 10,000 commands/s, and rule throughput
+## over a stored log of 1,000,000 events against decoding alone.
+bench-alerts: check-toolchain
+	$(CARGO) run --release --locked -- bench-alerts
 
 ## The Kafka relay against a raw producer on the same broker, and end-to-end lag.
 bench-kafka: tansu

@@ -186,8 +186,9 @@ async fn latency(dir: &Path, rate: u64, args: &AlertBenchArgs) -> anyhow::Result
     Ok(Latency { rate, achieved, samples, before_ack, changes: changes.load(std::sync::atomic::Ordering::Relaxed) })
 }
 
-/// Writes a log of `n` events shaped like a busy day: 20,000 accounts paying, some binding,
-/// unbinding, failing, and a few attacking, one millisecond of event time apart.
+/// Writes a log of `n` events shaped like a busy day: 100,000 accounts paying, some binding,
+/// unbinding, failing (some with wrong passwords), one in a thousand sharing a wallet, one
+/// millisecond of event time apart.
 fn write_log(dir: &Path, n: u64) -> anyhow::Result<Store> {
     let store = Store::open(dir)?;
     let provider = Provider::parse("alipay").expect("known");
@@ -198,17 +199,19 @@ fn write_log(dir: &Path, n: u64) -> anyhow::Result<Store> {
     let mut batch = LogBatch::default();
     let mut buf = Vec::with_capacity(1024);
     for seq in 1..=n {
-        let a = rng.below(20_000) as u32;
+        let a = rng.below(100_000) as u32;
         let v = versions.entry(a).or_default();
         *v += 1;
-        let wallet = WalletRef { masked: "138****5678".into(), fingerprint: Hash([(a % 251) as u8; 32]) };
+        let mut fp = [0u8; 32];
+        fp[..4].copy_from_slice(&(if a % 1000 == 0 { 0 } else { a }).to_be_bytes());
+        let wallet = WalletRef { masked: "138****5678".into(), fingerprint: Hash(fp) };
         let binding_id = Uuid::from_u128(a as u128 + 1);
         let roll = rng.below(1000);
         let payload = match roll {
             0..=39 => Payload::WalletBound { binding_id, provider: provider.clone(), wallet, factors: vec![], agreement_id: "agr".into() },
             40..=59 => Payload::WalletUnbound { binding_id, provider: provider.clone(), wallet },
             60..=79 => Payload::BindFailed { provider: provider.clone(), wallet, factors: vec![], reason: if roll % 2 == 0 { BindFailure::WalletFrozen } else { BindFailure::InvalidInput { field: "payment_password".into() } } },
-            80..=119 => Payload::PaymentFailed {
+            80..=89 => Payload::PaymentFailed {
                 binding_id,
                 order_id: format!("o-{seq}"),
                 amount_minor: 5000,
@@ -221,7 +224,7 @@ fn write_log(dir: &Path, n: u64) -> anyhow::Result<Store> {
                 provider: provider.clone(),
                 wallet,
                 order_id: format!("o-{seq}"),
-                amount_minor: if roll == 999 { 2_000_000 } else { 100 + rng.below(50_000) as i64 },
+                amount_minor: if roll == 999 { 2_000_000 } else { 100 + rng.below(20_000) as i64 },
                 currency: Currency::CNY,
                 factors: vec![FactorCheck { factor: Factor::Password, passed: true }],
                 authorization_id: "auth_0123456789abcdef01234567".into(),

@@ -418,3 +418,85 @@ async fn alerts_rebuilt_from_the_log_equal_the_live_ones_across_a_sigkill() {
     assert!(!locks.is_empty(), "some locks were made");
     eprintln!("{} events, {} alert changes ({before_kill} seen before the kill), {} locks, rules fired: {rules_fired:?}", events.len(), rebuilt.len(), locks.len());
 }
+
+/// `bindledger serve` on a fixed port (so a follower can reconnect to it after a restart).
+fn serve_on(port: u16, data: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(binary())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data)
+        .env("BINDLEDGER_TOKENS", format!("writer+reader+auditor+security:{ALL}"))
+        .env_remove("BINDLEDGER_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    child
+}
+
+async fn brute_force(addr: std::net::SocketAddr, account: &str, n: u64, tries: usize) {
+    let g = SimulatedGateway::new(bindledger::config::Config::default().gateway.simulated);
+    let mut c = Client::new(addr, Some(ALL.into()));
+    let body = json!({"provider": "alipay", "wallet_account": phone(n), "payment_password": g.password_for(&alipay(), &phone(n))});
+    let (status, v) = c.post_json(&format!("/v1/accounts/{account}/bindings"), &body).await.unwrap();
+    assert_eq!(v["event_type"], "wallet_bound", "{status} {v}");
+    let b = v["event"]["payload"]["binding_id"].as_str().unwrap().to_owned();
+    for i in 0..tries {
+        let pay = json!({"binding_id": b, "order_id": format!("o-{i}"), "amount_minor": 100, "payment_password": "wrong"});
+        c.post_json(&format!("/v1/accounts/{account}/payments"), &pay).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_and_follows_alerts_across_a_server_restart() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = (dir.path().join("data"), dir.path().join("server.log"));
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let url = format!("http://{addr}");
+    let mut server = serve_on(port, &data, &log);
+    brute_force(addr, "mallory", 1, 6).await; // stream seqs 1 (opened) and 2 (updated)
+    // Listing, as JSON lines.
+    let (code, out, err) = run_cli(&["alerts", "--url", &url, "--token", ALL, "--json", "--rule", "password_brute_force"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<Value> = String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0]["id"].as_str(), listed[0]["revision"].as_u64()), (Some("password_brute_force-6"), Some(2)));
+    // Following: the two changes so far, then the server is killed and restarted, and the
+    // follower carries on after the last id it printed.
+    let mut follower = std::process::Command::new(binary())
+        .args(["alerts", "--follow", "--json", "--url", &url, "--token", ALL])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || -> AlertChange { serde_json::from_str(&rx.recv_timeout(Duration::from_secs(15)).expect("a line from the follower")).unwrap() };
+    let mut seen = vec![next(), next()];
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let mut server = serve_on(port, &data, &log);
+    brute_force(addr, "trudy", 2, 5).await; // stream seq 3
+    seen.push(next());
+    brute_force(addr, "oscar", 3, 5).await; // stream seq 4
+    seen.push(next());
+    assert_eq!(seen.iter().map(|c| c.stream_seq).collect::<Vec<_>>(), vec![1, 2, 3, 4], "nothing missed, nothing twice");
+    assert_eq!(seen.iter().map(|c| c.alert.key.value.as_str()).collect::<Vec<_>>(), vec!["mallory", "mallory", "trudy", "oscar"]);
+    assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "nothing more");
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -186,6 +186,14 @@ struct Observation {
     lock: Option<LockAction>,
 }
 
+/// The state of `key`, made on first use (without allocating the key when it exists).
+fn slot<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key).expect("just made")
+}
+
 /// Counts hits in `[t - window, t]` after adding `hit`; keeps at most `keep` of them.
 fn count_in(w: &mut Window, hit: Hit, window: Span, keep: usize) -> Vec<Hit> {
     w.hits.push_back(hit);
@@ -231,7 +239,7 @@ impl Engine {
         hit: Hit,
         unit: &'static str,
     ) -> Option<Observation> {
-        let w = map.entry(key.to_owned()).or_default();
+        let w = slot(map, key);
         let keep = rule.threshold as usize + 32;
         let hits = count_in(w, hit, rule.window, keep);
         (hits.len() >= rule.threshold as usize).then(|| Observation {
@@ -311,7 +319,7 @@ impl Engine {
                 }
                 if r.bind_then_drain.enabled || r.binding_churn.enabled {
                     let horizon = r.bind_then_drain.window.max(r.binding_churn.window).micros();
-                    let b = s.binds.entry(account.to_owned()).or_default();
+                    let b = slot(&mut s.binds, account);
                     b.last = b.last.max(t);
                     b.binds.retain(|x| x.bind.t >= t - horizon);
                     if b.binds.len() == RECENT_BINDS_MAX {
@@ -367,7 +375,7 @@ impl Engine {
                 }
                 let sp = &r.amount_spike;
                 if sp.enabled {
-                    let p = s.payments.entry(account.to_owned()).or_default();
+                    let p = slot(&mut s.payments, account);
                     if t - p.last > sp.forget_after.micros() && p.last != 0 {
                         p.amounts.clear();
                     }
