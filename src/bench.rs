@@ -3,7 +3,8 @@
 //!    `apply_batch` + `flush`, nothing else, in the ledger's layout (chunks of events), and, for
 //!    context, one key per event.
 //! 2. **Library path**: durable payment commands through [`Ledger::pay`] from many concurrent
-//!    submitters (validation, idempotency, gateway simulator, writer, group commit).
+//!    submitters (validation, idempotency, gateway simulator, writer, group commit), with the
+//!    alert monitor running as `serve` runs it.
 //! 3. **HTTP end to end**: the same commands over the real HTTP server from many connections.
 //!
 //! Prints a Markdown table with throughput, latency percentiles and ratios to the baseline.
@@ -166,6 +167,8 @@ pub(crate) fn bench_config(dir: &Path) -> Config {
 }
 
 struct Fixture {
+    /// The ledger as `serve` runs it: with the alert monitor.
+    node: crate::node::Node,
     ledger: Ledger,
     gateway: Arc<SimulatedGateway>,
     /// (account, binding id, password)
@@ -175,7 +178,8 @@ struct Fixture {
 async fn fixture(dir: &Path, accounts: usize) -> anyhow::Result<Fixture> {
     let config = bench_config(dir);
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
-    let ledger = Ledger::open(&config, LedgerSecret::from_bytes([7; 32]), gateway.clone())?;
+    let node = crate::node::Node::start(&config, LedgerSecret::from_bytes([7; 32]), gateway.clone())?;
+    let ledger = node.ledger.clone();
     let provider = Provider::parse("alipay").expect("known");
     let mut bindings = Vec::with_capacity(accounts);
     for i in 0..accounts {
@@ -195,7 +199,7 @@ async fn fixture(dir: &Path, accounts: usize) -> anyhow::Result<Fixture> {
             other => anyhow::bail!("bench fixture bind failed: {other:?}"),
         }
     }
-    Ok(Fixture { ledger, gateway, bindings })
+    Ok(Fixture { node, ledger, gateway, bindings })
 }
 
 pub(crate) fn pay_request(binding: &(String, Uuid, String), n: u64) -> PayRequest {
@@ -275,7 +279,7 @@ async fn library(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, f64)> {
     anyhow::ensure!(written == args.lib_commands, "expected {} events, the log grew by {written}", args.lib_commands);
     let per_flush = events_per_flush(&f.ledger, written, flushes_before);
     drop(f.gateway);
-    f.ledger.close();
+    f.node.stop().await;
     Ok((
         Row {
             name: "library: Ledger::pay, durable".into(),
@@ -294,7 +298,7 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
     let token = "bench-token-0123456789".to_string();
     let tokens = vec![TokenConfig { token: token.clone(), roles: vec![Role::Writer] }];
     let config = bench_config(dir);
-    let state = AppState::new(f.ledger.clone(), &tokens, config.http.clone());
+    let state = AppState::build(f.ledger.clone(), &tokens, config.http.clone(), f.node.extras.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -330,7 +334,7 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
     let per_flush = events_per_flush(&f.ledger, written, flushes_before);
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    f.ledger.close();
+    f.node.stop().await;
     Ok(Row {
         name: "HTTP: POST /payments, durable".into(),
         ops: args.http_commands,
@@ -549,7 +553,7 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
     // Exactly once: read the whole topic back, without a consumer group.
     let log_len = f.ledger.log_len();
     let (messages, distinct) = tokio::task::block_in_place(|| count_topic(&args.brokers, &relay_topic, args.partitions))?;
-    f.ledger.close();
+    f.node.stop().await;
     let _ = std::fs::remove_dir_all(&root);
     eprintln!("bench-kafka: the relay's topic holds {messages} messages, {distinct} distinct seqs; the log holds {log_len} events");
     anyhow::ensure!(messages == distinct && distinct == log_len, "the topic does not hold every event exactly once");
