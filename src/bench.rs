@@ -180,10 +180,16 @@ async fn fixture(dir: &Path, accounts: usize) -> anyhow::Result<Fixture> {
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     let node = crate::node::Node::start(&config, LedgerSecret::from_bytes([7; 32]), gateway.clone())?;
     let ledger = node.ledger.clone();
+    let bindings = bind_accounts(&ledger, &gateway, (0..accounts).map(|i| format!("bench-{i:05}"))).await?;
+    Ok(Fixture { node, ledger, gateway, bindings })
+}
+
+/// Binds one wallet (phone `139` + the index) to each account; returns (account, binding id,
+/// password).
+pub(crate) async fn bind_accounts(ledger: &Ledger, gateway: &SimulatedGateway, accounts: impl Iterator<Item = String>) -> anyhow::Result<Vec<(String, Uuid, String)>> {
     let provider = Provider::parse("alipay").expect("known");
-    let mut bindings = Vec::with_capacity(accounts);
-    for i in 0..accounts {
-        let account = format!("bench-{i:05}");
+    let mut bindings = Vec::new();
+    for (i, account) in accounts.enumerate() {
         let phone = format!("139{i:08}");
         let password = gateway.password_for(&provider, &phone);
         let req = BindRequest {
@@ -193,13 +199,12 @@ async fn fixture(dir: &Path, accounts: usize) -> anyhow::Result<Fixture> {
             factor: None,
             common: CommonInput::default(),
         };
-        let r = ledger.bind(req.validate(&account, Utc::now())?).await?;
-        match r.event.payload {
+        match ledger.bind(req.validate(&account, Utc::now())?).await?.event.payload {
             Payload::WalletBound { binding_id, .. } => bindings.push((account, binding_id, password)),
             other => anyhow::bail!("bench fixture bind failed: {other:?}"),
         }
     }
-    Ok(Fixture { node, ledger, gateway, bindings })
+    Ok(bindings)
 }
 
 pub(crate) fn pay_request(binding: &(String, Uuid, String), n: u64) -> PayRequest {

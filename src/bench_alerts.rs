@@ -16,9 +16,8 @@ use uuid::Uuid;
 
 use crate::alerts::engine::{AlertChange, Engine};
 use crate::alerts::RuleSet;
-use crate::bench::{bench_config, pay_request};
+use crate::bench::{bench_config, bind_accounts, pay_request};
 use crate::client::SseStream;
-use crate::command::{BindRequest, CommonInput};
 use crate::config::{Role, TokenConfig};
 use crate::gateway::SimulatedGateway;
 use crate::node::Node;
@@ -71,24 +70,8 @@ async fn latency(dir: &Path, rate: u64, args: &AlertBenchArgs) -> anyhow::Result
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     let node = Node::start(&config, LedgerSecret::from_bytes([8; 32]), gateway.clone())?;
     let ledger = node.ledger.clone();
-    let provider = Provider::parse("alipay").expect("known");
-    let mut bindings = Vec::with_capacity(SHOPPERS + ATTACKERS);
-    for i in 0..SHOPPERS + ATTACKERS {
-        let account = if i < SHOPPERS { format!("shopper-{i:05}") } else { format!("attacker-{i:05}") };
-        let phone = format!("139{i:08}");
-        let password = gateway.password_for(&provider, &phone);
-        let req = BindRequest {
-            provider: "alipay".into(),
-            wallet_account: SecretString::new(phone),
-            payment_password: SecretString::new(password.clone()),
-            factor: None,
-            common: CommonInput::default(),
-        };
-        match ledger.bind(req.validate(&account, Utc::now())?).await?.event.payload {
-            Payload::WalletBound { binding_id, .. } => bindings.push((account, binding_id, password)),
-            other => anyhow::bail!("bench fixture bind failed: {other:?}"),
-        }
-    }
+    let names = (0..SHOPPERS + ATTACKERS).map(|i| if i < SHOPPERS { format!("shopper-{i:05}") } else { format!("attacker-{i:05}") });
+    let bindings = bind_accounts(&ledger, &gateway, names).await?;
     let bindings = Arc::new(bindings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -98,30 +98,38 @@ enum Command {
     Alerts(AlertsArgs),
     /// Ask a running ledger how it is: health, log length, the Kafka relay's state and lag.
     Status {
-        /// The ledger's HTTP address.
-        #[arg(long, default_value = "http://127.0.0.1:8080", env = "BINDLEDGER_URL")]
-        url: String,
-        /// A token with the reader role (default: the admin token in --data-dir).
-        #[arg(long, env = "BINDLEDGER_TOKEN")]
-        token: Option<String>,
-        #[arg(long, default_value = "bindledger-data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
 }
 
+/// How to reach a running ledger.
 #[derive(Args)]
-struct AlertsArgs {
+struct Remote {
     /// The ledger's HTTP address.
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "BINDLEDGER_URL")]
     url: String,
-    /// A token with the security or auditor role (default: the admin token in --data-dir).
+    /// A token with the needed role (status: reader; alerts: security or auditor). Default:
+    /// the admin token in --data-dir.
     #[arg(long, env = "BINDLEDGER_TOKEN")]
     token: Option<String>,
     #[arg(long, default_value = "bindledger-data")]
     data_dir: PathBuf,
+}
+
+impl Remote {
+    fn connect(&self) -> Result<(SocketAddr, String)> {
+        Ok((parse_url(&self.url)?, token_or_admin(self.token.clone(), &self.data_dir)?))
+    }
+}
+
+#[derive(Args)]
+struct AlertsArgs {
+    #[command(flatten)]
+    remote: Remote,
     /// Follow the live feed (Server-Sent Events), reconnecting without loss or repeats.
     #[arg(long, short = 'f')]
     follow: bool,
@@ -243,8 +251,8 @@ async fn serve(common: Common) -> Result<()> {
 
 /// `bindledger alerts`: lists alerts, or follows the live feed (reconnecting where it left).
 async fn alerts(args: AlertsArgs) -> Result<i32> {
-    let addr = parse_url(&args.url)?;
-    let token = token_or_admin(args.token, &args.data_dir)?;
+    let (addr, token) = args.remote.connect()?;
+    let url = &args.remote.url;
     let mut query: Vec<String> = Vec::new();
     for (k, v) in [("severity", &args.severity), ("rule", &args.rule), ("account", &args.account), ("since", &args.since)] {
         if let Some(v) = v {
@@ -255,8 +263,8 @@ async fn alerts(args: AlertsArgs) -> Result<i32> {
         query.push(format!("limit={}", args.limit));
         let path = format!("/v1/alerts?{}", query.join("&"));
         let mut client = bindledger::client::Client::new(addr, Some(token));
-        let (status, body) = client.get_json(&path).await.with_context(|| format!("asking {}", args.url))?;
-        anyhow::ensure!(status.is_success(), "{} answered {status}: {body}", args.url);
+        let (status, body) = client.get_json(&path).await.with_context(|| format!("asking {url}"))?;
+        anyhow::ensure!(status.is_success(), "{url} answered {status}: {body}");
         let alerts: Vec<bindledger::alerts::Alert> = serde_json::from_value(body["alerts"].clone())?;
         for a in &alerts {
             if args.json {
@@ -290,8 +298,8 @@ async fn alerts(args: AlertsArgs) -> Result<i32> {
                 }
                 eprintln!("(the feed closed; reconnecting after {})", last_id.as_deref().unwrap_or("the start"));
             }
-            Ok(Err((status, body))) => anyhow::bail!("{} answered {status}: {}", args.url, String::from_utf8_lossy(&body)),
-            Err(e) => eprintln!("(cannot reach {}: {e}; retrying)", args.url),
+            Ok(Err((status, body))) => anyhow::bail!("{url} answered {status}: {}", String::from_utf8_lossy(&body)),
+            Err(e) => eprintln!("(cannot reach {url}: {e}; retrying)"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
@@ -317,9 +325,9 @@ fn token_or_admin(token: Option<String>, data_dir: &Path) -> Result<String> {
     }
 }
 
-async fn status(url: &str, token: Option<String>, data_dir: &Path, json: bool) -> Result<i32> {
-    let addr = parse_url(url)?;
-    let token = token_or_admin(token, data_dir)?;
+async fn status(remote: &Remote, json: bool) -> Result<i32> {
+    let (addr, token) = remote.connect()?;
+    let url = &remote.url;
     let mut client = bindledger::client::Client::new(addr, Some(token));
     let (_, health) = client.get_json("/healthz").await.with_context(|| format!("asking {url}"))?;
     let (status, relay) = client.get_json("/v1/relay").await?;
@@ -457,9 +465,9 @@ fn run(cli: Cli) -> Result<i32> {
             init_tracing("warn");
             tokio::runtime::Runtime::new()?.block_on(alerts(args))
         }
-        Command::Status { url, token, data_dir, json } => {
+        Command::Status { remote, json } => {
             init_tracing("warn");
-            tokio::runtime::Runtime::new()?.block_on(status(&url, token, &data_dir, json))
+            tokio::runtime::Runtime::new()?.block_on(status(&remote, json))
         }
         Command::BenchKafka(args) => {
             init_tracing("warn");

@@ -8,7 +8,7 @@ mod common;
 use bindledger::alerts::engine::{self, AlertChange};
 use bindledger::alerts::RuleSet;
 use bindledger::client::{Client, SseStream};
-use bindledger::command::{BindRequest, CommonInput, PayRequest};
+use bindledger::command::{CommonInput, PayRequest};
 use bindledger::gateway::{Scenario, SimulatedGateway};
 use bindledger::secret::SecretString;
 use bindledger::Ledger;
@@ -21,17 +21,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 async fn bind(l: &Ledger, g: &SimulatedGateway, account: &str, n: u64) -> Uuid {
-    let req = BindRequest {
-        provider: "alipay".into(),
-        wallet_account: SecretString::new(phone(n)),
-        payment_password: SecretString::new(g.password_for(&alipay(), &phone(n))),
-        factor: None,
-        common: CommonInput::default(),
-    };
-    match l.bind(req.validate(account, Utc::now()).unwrap()).await.unwrap().event.payload {
-        Payload::WalletBound { binding_id, .. } => binding_id,
-        other => panic!("{other:?}"),
-    }
+    bind_wallet(l, g, account, n).await
 }
 
 async fn pay(l: &Ledger, g: &SimulatedGateway, account: &str, n: u64, binding: Uuid, right_password: bool) -> Payload {

@@ -395,15 +395,7 @@ async fn alert_round(dir: &std::path::Path, kafka: &KafkaConfig, round: u64, acc
     let l = node.ledger.clone();
     for a in 0..accounts {
         let account = format!("acct-{round}-{a}");
-        let n = round * 1000 + a;
-        let req = BindRequest {
-            provider: "alipay".into(),
-            wallet_account: SecretString::new(phone(n)),
-            payment_password: SecretString::new(gateway.password_for(&alipay(), &phone(n))),
-            factor: None,
-            common: CommonInput::default(),
-        };
-        let Payload::WalletBound { binding_id, .. } = l.bind(req.validate(&account, Utc::now()).unwrap()).await.unwrap().event.payload else { panic!() };
+        let binding_id = bind_wallet(&l, &gateway, &account, round * 1000 + a).await;
         for k in 0..6 {
             let pay = PayRequest {
                 binding_id: binding_id.to_string(),

@@ -71,6 +71,22 @@ impl TestServer {
     }
 }
 
+/// Binds the wallet `phone(n)` to `account` through the library with its right password;
+/// returns the binding id.
+pub async fn bind_wallet(l: &Ledger, g: &SimulatedGateway, account: &str, n: u64) -> uuid::Uuid {
+    let req = bindledger::command::BindRequest {
+        provider: "alipay".into(),
+        wallet_account: bindledger::secret::SecretString::new(phone(n)),
+        payment_password: bindledger::secret::SecretString::new(g.password_for(&alipay(), &phone(n))),
+        factor: None,
+        common: bindledger::command::CommonInput::default(),
+    };
+    match l.bind(req.validate(account, chrono::Utc::now()).unwrap()).await.unwrap().event.payload {
+        bindledger_events::Payload::WalletBound { binding_id, .. } => binding_id,
+        other => panic!("bind of {account} failed: {other:?}"),
+    }
+}
+
 /// A phone number whose simulated wallet is active (quiet scenario: all are).
 pub fn phone(n: u64) -> String {
     format!("139{:08}", n)
