@@ -96,7 +96,7 @@ enum Command {
     },
     /// List a running ledger's alerts (newest first), or follow them live with --follow.
     Alerts(AlertsArgs),
-    /// Ask a running ledger how it is: health, log length, the Kafka relay's state and lag.
+    /// Ask a running ledger how it is: health, log length, the Kafka relay's state and lag, the alert monitor.
     Status {
         #[command(flatten)]
         remote: Remote,
@@ -332,8 +332,27 @@ async fn status(remote: &Remote, json: bool) -> Result<i32> {
     let (_, health) = client.get_json("/healthz").await.with_context(|| format!("asking {url}"))?;
     let (status, relay) = client.get_json("/v1/relay").await?;
     anyhow::ensure!(status.is_success(), "{url}/v1/relay answered {status}: {relay}");
+    // The monitor's figures, from the Prometheus page.
+    let (_, page) = client.send(hyper::Method::GET, "/metrics", None).await?;
+    let page = String::from_utf8_lossy(&page);
+    let gauge = |name: &str| {
+        page.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse::<u64>().ok()))
+    };
+    let opened: Vec<(String, u64)> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("bindledger_alerts_opened_total{rule=\""))
+        .filter_map(|l| l.split_once("\"} ").and_then(|(rule, n)| Some((rule.to_owned(), n.trim().parse().ok()?))))
+        .collect();
+    let monitor = gauge("bindledger_monitor_position").map(|position| {
+        serde_json::json!({
+            "position": position,
+            "alert_stream_seq": gauge("bindledger_alert_stream_seq"),
+            "open_alerts": gauge("bindledger_monitor_open_alerts"),
+            "opened": opened.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        })
+    });
     if json {
-        println!("{}", serde_json::json!({"health": health, "relay": relay}));
+        println!("{}", serde_json::json!({"health": health, "relay": relay, "monitor": monitor}));
     } else {
         println!("ledger:  {} ({} events)", health["status"].as_str().unwrap_or("?"), health["events"]);
         if relay["state"] == "disabled" {
@@ -350,6 +369,19 @@ async fn status(remote: &Remote, json: bool) -> Result<i32> {
             );
             if let Some(e) = relay["last_error"].as_str() {
                 println!("         last error: {e}");
+            }
+        }
+        match &monitor {
+            None => println!("alerts:  monitor off (alerts.enabled = false)"),
+            Some(m) => {
+                let fired: Vec<String> = opened.iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r} {n}")).collect();
+                println!(
+                    "alerts:  monitor at event {}, {} changes on the feed, {} open; opened: {}",
+                    m["position"],
+                    m["alert_stream_seq"],
+                    m["open_alerts"],
+                    if fired.is_empty() { "none".to_owned() } else { fired.join(", ") }
+                );
             }
         }
     }

@@ -485,6 +485,18 @@ async fn the_cli_lists_and_follows_alerts_across_a_server_restart() {
     assert_eq!(seen.iter().map(|c| c.stream_seq).collect::<Vec<_>>(), vec![1, 2, 3, 4], "nothing missed, nothing twice");
     assert_eq!(seen.iter().map(|c| c.alert.key.value.as_str()).collect::<Vec<_>>(), vec!["mallory", "mallory", "trudy", "oscar"]);
     assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "nothing more");
+    // `status` shows the monitor.
+    let (code, out, err) = run_cli(&["status", "--url", &url, "--token", ALL, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let st: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(st["monitor"]["position"], st["health"]["events"]);
+    assert_eq!(st["monitor"]["alert_stream_seq"], 4);
+    // Opened by this process: trudy's and oscar's, and mallory's again only if the kill came
+    // before it reached the disk.
+    let opened = st["monitor"]["opened"]["password_brute_force"].as_u64().unwrap();
+    assert!((2..=3).contains(&opened), "{st}");
+    let (_, out, _) = run_cli(&["status", "--url", &url, "--token", ALL]);
+    assert!(String::from_utf8_lossy(&out).contains(&format!("opened: password_brute_force {opened}")), "{}", String::from_utf8_lossy(&out));
     follower.kill().unwrap();
     follower.wait().unwrap();
     server.kill().unwrap();

@@ -66,7 +66,8 @@ pub struct MonitorStatus {
     pub stream_seq: AtomicU64,
     pub keys: AtomicU64,
     pub open_alerts: AtomicU64,
-    /// Alerts opened, per rule (in [`RULE_NAMES`] order).
+    /// Alerts opened by this process, per rule (in [`RULE_NAMES`] order); changes made again
+    /// after a restart, already stored before it, are not counted twice.
     pub opened: [AtomicU64; 7],
     pub updated_total: AtomicU64,
     pub gaps_read_from_log: AtomicU64,
@@ -76,8 +77,9 @@ pub struct MonitorStatus {
 }
 
 impl MonitorStatus {
-    fn count(&self, changes: &[AlertChange]) {
-        for c in changes {
+    /// Counts changes past `known` (those made again after a restart were counted before).
+    fn count(&self, changes: &[AlertChange], known: u64) {
+        for c in changes.iter().filter(|c| c.stream_seq > known) {
             if c.change == "opened" {
                 if let Some(i) = RULE_NAMES.iter().position(|r| *r == c.alert.rule) {
                     self.opened[i].fetch_add(1, Ordering::Relaxed);
@@ -144,6 +146,7 @@ impl Monitor {
             runtime,
             in_flight: Arc::new(Mutex::new(HashSet::new())),
             since_checkpoint: 0,
+            stored_at_start: stored,
             writes: None,
         };
         let thread = std::thread::Builder::new()
@@ -186,6 +189,8 @@ struct Worker {
     /// Action keys (idempotency keys) sent and not yet answered.
     in_flight: Arc<Mutex<HashSet<String>>>,
     since_checkpoint: u64,
+    /// The last stream seq stored when the monitor started.
+    stored_at_start: u64,
     /// To the store thread.
     writes: Option<std::sync::mpsc::SyncSender<Write>>,
 }
@@ -317,7 +322,7 @@ impl Worker {
     /// is due, after them).
     fn commit(&mut self, changes: Vec<AlertChange>) -> Result<()> {
         self.feed.publish(&changes);
-        self.status.count(&changes);
+        self.status.count(&changes, self.stored_at_start);
         for c in &changes {
             tracing::info!(
                 alert = %c.alert.id,
