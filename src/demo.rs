@@ -468,10 +468,17 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
         until: start + chrono::Duration::seconds(7),
     });
     let gateway = Arc::new(SimulatedGateway::new(scenario));
-    // The brute-force rule locks the binding it was tried on, so the lock shows up too.
-    let mut rules = config.alert_rules()?;
-    rules.password_brute_force.lock = true;
-    let node = crate::node::Node::start_with_rules(&config, rules, secret, gateway.clone())?;
+    // Unless a rules file is configured, the demo's rules are the defaults with the brute-force
+    // lock on, so the lock shows up too; written next to the log so `verify` can use them.
+    let mut config = config;
+    if config.alerts.rules_file.is_none() {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let path = config.data_dir.join("demo-rules.toml");
+        std::fs::write(&path, "# the demo's alert rules: the defaults, with the brute-force lock on\n[password_brute_force]\nlock = true\n")?;
+        config.alerts.rules_file = Some(path);
+    }
+    let rules_file = config.alerts.rules_file.clone().expect("set above");
+    let node = crate::node::Node::start(&config, secret, gateway.clone())?;
     let ledger = node.ledger.clone();
     let relay_status = node.extras.relay.as_ref().map(|(_, s)| s.clone());
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
@@ -591,7 +598,7 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     let _ = server.await;
     node.stop().await;
     println!("\nThe log stays in {}; check it offline with:", config.data_dir.display());
-    println!("  bindledger verify --data-dir {}", config.data_dir.display());
+    println!("  bindledger verify --data-dir {} --rules {}", config.data_dir.display(), rules_file.display());
     println!("  bindledger export --data-dir {} | head", config.data_dir.display());
     Ok(())
 }

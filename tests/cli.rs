@@ -89,3 +89,29 @@ fn sim_wallet_tells_what_the_simulated_provider_expects() {
     assert!(out.contains(&format!("payment_password:  {}", g.password_for(&p, "13900001111"))), "{out}");
     assert!(out.contains(&format!("{:?}", g.wallet_status(&p, "13900001111"))), "{out}");
 }
+
+#[test]
+fn the_demo_runs_raises_alerts_and_leaves_a_log_that_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let out = Command::new(binary())
+        .args(["demo", "--duration-s", "4", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env_remove("BINDLEDGER_CONFIG")
+        .env_remove("BINDLEDGER_KAFKA_BROKERS")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for needle in ["ALERT high", "== outcomes after", "payment_succeeded", "== hash chain:", "== alerts", "protective locks:"] {
+        assert!(text.contains(needle), "no {needle:?} in the demo's output:\n{text}");
+    }
+    // The command it prints to check the log works, alerts included.
+    let rules = data.join("demo-rules.toml");
+    assert!(text.contains(&format!("--rules {}", rules.display())), "{text}");
+    let (code, out, err) = run_cli(&["verify", "--data-dir", data.to_str().unwrap(), "--rules", rules.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["alerts_match"], true, "{report}");
+    assert!(report["alerts_stored"].as_u64().unwrap() > 0, "{report}");
+}
