@@ -1,48 +1,219 @@
-//! `bindledger-replay`: the audit tool. This version verifies the hash chain of an NDJSON
-//! export (from `bindledger export` or the HTTP event feed) using the schema crate alone, as a
-//! third party would. Rebuilding state as of a moment, account histories and rule backtests
-//! come later.
-//!
-//! Exit codes: 0 the chain verifies, 1 the input cannot be read, 2 bad usage, 3 the chain is
-//! broken (the first bad event is named).
+//! `bindledger-replay`: the audit tool. Reads a log from a stopped ledger's directory, an NDJSON
+//! export, a running ledger's HTTP feed or the Kafka topic, and
+//! - `verify`: checks the chain, the global and per-account sequences, and names the first
+//!   problem (altered bytes, a missing event, a duplicate, a reordering) with its sequence;
+//! - `history --account A`: one account's timeline;
+//! - `state --at SEQ|TIME`: the bindings (and alerts) as they were at that moment, from the same
+//!   projection and rule code the ledger runs.
 
-use bindledger_events::ChainVerifier;
-use std::io::{BufRead, BufReader, Read};
+use bindledger::alerts::engine::Engine;
+use bindledger::alerts::RuleSet;
+use bindledger::projection::Projection;
+use bindledger_events::{Event, Payload};
+use bindledger_replay::{audit, Source};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let input: Box<dyn Read> = match args.as_slice() {
-        [cmd] if cmd == "verify" => Box::new(std::io::stdin()),
-        [cmd, path] if cmd == "verify" => match std::fs::File::open(path) {
-            Ok(f) => Box::new(f),
-            Err(e) => {
-                eprintln!("error: opening {path}: {e}");
-                std::process::exit(1);
-            }
-        },
-        _ => {
-            eprintln!("usage: bindledger-replay verify [EXPORT.ndjson]   (reads standard input without a file)");
-            std::process::exit(2);
-        }
-    };
-    let mut verifier = ChainVerifier::new();
-    for (n, line) in BufReader::new(input).split(b'\n').enumerate() {
-        let line = match line {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: reading line {}: {e}", n + 1);
-                std::process::exit(1);
-            }
-        };
-        if line.is_empty() {
-            continue;
-        }
-        if let Err(e) = verifier.push(&line) {
-            println!("chain BROKEN at line {}: {e}", n + 1);
-            std::process::exit(3);
+const EXIT_ERROR: i32 = 1;
+const EXIT_PROBLEM: i32 = 3;
+
+#[derive(Parser)]
+#[command(name = "bindledger-replay", version, about = "The bindledger audit tool",
+    after_help = "Exit codes: 0 success, 1 the log cannot be read (or another error), 2 bad usage, 3 verify found a problem.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the log comes from: exactly one.
+#[derive(Args, Clone)]
+struct From {
+    /// A stopped ledger's data directory.
+    #[arg(long, group = "source")]
+    data_dir: Option<PathBuf>,
+    /// An NDJSON export; `-` reads standard input.
+    #[arg(long, group = "source")]
+    export: Option<PathBuf>,
+    /// A running ledger's address (http://IP:PORT), read through its event feed.
+    #[arg(long, group = "source", requires = "token")]
+    url: Option<String>,
+    /// An auditor token for --url.
+    #[arg(long, env = "BINDLEDGER_TOKEN")]
+    token: Option<String>,
+    /// Kafka bootstrap servers: read the events topic.
+    #[arg(long, group = "source")]
+    brokers: Option<String>,
+    /// The events topic, with --brokers.
+    #[arg(long, default_value = "bindledger.events")]
+    topic: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl From {
+    fn source(&self) -> Result<Source, String> {
+        match (&self.data_dir, &self.export, &self.url, &self.brokers) {
+            (Some(d), None, None, None) => Ok(Source::DataDir(d.clone())),
+            (None, Some(p), None, None) => Ok(Source::Export(p.clone())),
+            (None, None, Some(u), None) => Ok(Source::Http { url: u.clone(), token: self.token.clone().unwrap_or_default() }),
+            (None, None, None, Some(b)) => Ok(Source::Kafka { brokers: b.clone(), topic: self.topic.clone() }),
+            _ => Err("give one source: --data-dir, --export, --url (with --token) or --brokers".into()),
         }
     }
-    println!("events:     {}", verifier.last_seq());
-    println!("chain head: {}", verifier.head());
-    println!("chain:      ok");
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Verify the log; exit 3 naming the first problem.
+    Verify(From),
+    /// One account's timeline.
+    History {
+        #[command(flatten)]
+        from: From,
+        #[arg(long)]
+        account: String,
+    },
+    /// Bindings and alerts as they were after event SEQ, or at TIME (RFC 3339, by record time).
+    State {
+        #[command(flatten)]
+        from: From,
+        #[arg(long)]
+        at: String,
+        /// Only this account's bindings.
+        #[arg(long)]
+        account: Option<String>,
+        /// The alert rules the ledger ran with (default: the built-in rules).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+}
+
+fn run(cli: Cli) -> Result<i32, String> {
+    match cli.command {
+        Command::Verify(from) => {
+            let report = audit(from.source()?.read()?)?;
+            if from.json {
+                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            } else {
+                println!("events:     {}", report.events);
+                println!("chain head: {}", report.head);
+                match &report.problem {
+                    None => println!("verify:     ok"),
+                    Some(p) => println!(
+                        "verify:     FAILED: {} at event {}{} (position {} in the source): expected {}, found {}",
+                        p.kind,
+                        p.seq,
+                        p.account.as_deref().map(|a| format!(", account {a}")).unwrap_or_default(),
+                        p.position,
+                        p.expected,
+                        p.found
+                    ),
+                }
+            }
+            Ok(if report.ok() { 0 } else { EXIT_PROBLEM })
+        }
+        Command::History { from, account } => {
+            let events: Vec<Event> = from.source()?.events()?.into_iter().filter(|e| e.account == account).collect();
+            for e in &events {
+                if from.json {
+                    println!("{}", serde_json::to_string(e).map_err(|e| e.to_string())?);
+                } else {
+                    println!("{}", history_line(e));
+                }
+            }
+            if !from.json {
+                eprintln!("{} events of account {account}", events.len());
+            }
+            Ok(0)
+        }
+        Command::State { from, at, account, rules } => {
+            let rules = match rules {
+                Some(p) => RuleSet::load(&p).map_err(|e| e.to_string())?,
+                None => RuleSet::default(),
+            };
+            let until: Box<dyn Fn(&Event) -> bool> = match at.parse::<u64>() {
+                Ok(seq) => Box::new(move |e: &Event| e.seq <= seq),
+                Err(_) => {
+                    let t = chrono::DateTime::parse_from_rfc3339(&at).map_err(|_| format!("--at {at:?} is neither a sequence nor an RFC 3339 time"))?;
+                    let t = t.with_timezone(&chrono::Utc);
+                    Box::new(move |e: &Event| e.record_time <= t)
+                }
+            };
+            let mut projection = Projection::default();
+            let mut engine = Engine::new(rules);
+            let mut alerts = std::collections::BTreeMap::new();
+            for e in from.source()?.events()?.iter().take_while(|e| until(e)) {
+                projection.apply(e);
+                for c in engine.apply(e) {
+                    alerts.insert(c.alert.id.clone(), c.alert);
+                }
+            }
+            let accounts: std::collections::BTreeMap<&String, _> =
+                projection.accounts.iter().filter(|(name, _)| account.as_ref().map_or(true, |a| a == *name)).collect();
+            let alerts: Vec<_> = alerts.values().filter(|a| account.as_ref().map_or(true, |acc| a.accounts.contains(acc))).collect();
+            if from.json {
+                let v = serde_json::json!({"position": projection.position, "accounts": accounts, "alerts": alerts});
+                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+            } else {
+                println!("after event {}:", projection.position);
+                for (name, a) in &accounts {
+                    println!("  {name} (version {})", a.version);
+                    for b in &a.bindings {
+                        println!(
+                            "    {} {:?} {} {} bound {}{}",
+                            b.binding_id,
+                            b.status,
+                            b.provider,
+                            b.wallet.masked,
+                            b.bound_at.format("%Y-%m-%d %H:%M:%S"),
+                            b.lock.as_ref().map(|l| format!(", locked by {} until {}", l.alert_id, l.until)).unwrap_or_default()
+                        );
+                    }
+                }
+                println!("alerts: {}", alerts.len());
+                for a in alerts {
+                    println!("  {} {} {} observed {} threshold {} (revision {})", a.id, a.severity.as_str(), a.key.value, a.observed, a.threshold, a.revision);
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// One event, as a person reads it: time, event, outcome, wallet, reason.
+fn history_line(e: &Event) -> String {
+    let wallet = match &e.payload {
+        Payload::WalletBound { wallet, .. } | Payload::BindFailed { wallet, .. } | Payload::PaymentSucceeded { wallet, .. } | Payload::WalletUnbound { wallet, .. } => {
+            wallet.masked.clone()
+        }
+        _ => String::new(),
+    };
+    let detail = match &e.payload {
+        Payload::PaymentSucceeded { amount_minor, currency, order_id, .. } | Payload::PaymentFailed { amount_minor, currency, order_id, .. } => {
+            format!("{} order {order_id}", currency.format(*amount_minor))
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{} #{:<6} {:<22} {:<9} {:<14} {:<26} {}",
+        e.event_time.format("%Y-%m-%d %H:%M:%S%.3f"),
+        e.seq,
+        e.event_type(),
+        if e.payload.succeeded() { "succeeded" } else { "failed" },
+        wallet,
+        e.payload.failure_code().unwrap_or(""),
+        detail
+    )
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(EXIT_ERROR);
+        }
+    }
 }

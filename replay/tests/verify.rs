@@ -1,4 +1,6 @@
-//! The audit tool on an export built with the schema crate alone, intact and tampered.
+//! The audit tool on exports built with the schema crate alone: intact, and tampered in each
+//! way an auditor must catch (altered bytes, a missing event, a duplicate, a reordering), each
+//! located.
 
 use bindledger_events::{encode, hash_bytes, Context, Event, Hash, Payload, UnbindFailure, GENESIS_HASH, SCHEMA_VERSION};
 use std::process::Command;
@@ -12,7 +14,7 @@ fn export(n: u64) -> Vec<String> {
                 id: uuid::Uuid::from_u128(seq as u128),
                 seq,
                 account: format!("a{}", seq % 3),
-                account_seq: seq / 3 + 1,
+                account_seq: (seq - 1) / 3 + 1,
                 event_time: chrono::DateTime::from_timestamp(1_790_000_000 + seq as i64, 0).unwrap(),
                 record_time: chrono::DateTime::from_timestamp(1_790_000_000 + seq as i64, 0).unwrap(),
                 idempotency_key: None,
@@ -29,30 +31,85 @@ fn export(n: u64) -> Vec<String> {
         .collect()
 }
 
-fn verify(lines: &[String]) -> (i32, String) {
-    let path = std::env::temp_dir().join(format!("bindledger-replay-test-{}-{}.ndjson", std::process::id(), lines.len()));
+/// Runs `verify --json` on the lines; returns the exit code and the report.
+fn verify(lines: &[String]) -> (i32, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("export.ndjson");
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay")).args(["verify", path.to_str().unwrap()]).output().unwrap();
-    let _ = std::fs::remove_file(&path);
-    (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay")).args(["verify", "--json", "--export", path.to_str().unwrap()]).output().unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code().unwrap(), report)
+}
+
+fn problem(lines: &[String]) -> (String, u64, u64) {
+    let (code, r) = verify(lines);
+    assert_eq!(code, 3, "{r}");
+    let p = &r["problem"];
+    (p["kind"].as_str().unwrap().to_owned(), p["seq"].as_u64().unwrap(), r["events"].as_u64().unwrap())
 }
 
 #[test]
-fn an_intact_export_verifies_and_an_edit_is_located() {
+fn an_intact_export_verifies() {
     let lines = export(20);
-    let (code, out) = verify(&lines);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("events:     20"), "{out}");
+    let (code, r) = verify(&lines);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["events"], 20);
+    assert_eq!(r["head"], hash_bytes(lines[19].as_bytes()).to_hex());
+    assert!(r["problem"].is_null());
+}
 
-    let mut edited = export(21);
-    edited[9] = edited[9].replace("\"a1\"", "\"a2\"");
-    let (code, out) = verify(&edited);
-    assert_eq!(code, 3, "{out}");
-    assert!(out.contains("line 11") && out.contains("event 11"), "the break shows at the next event: {out}");
+#[test]
+fn altered_bytes_are_located_at_the_altered_event() {
+    // A payload field changed: the next event's link no longer matches.
+    let mut lines = export(21);
+    lines[9] = lines[9].replace("\"channel\":\"app\"", "\"channel\":\"web\"");
+    assert_eq!(problem(&lines), ("altered".into(), 10, 9));
+    // The account changed (its per-account sequence breaks first): still the altered event.
+    let mut lines = export(21);
+    lines[9] = lines[9].replace("\"a1\"", "\"a2\"");
+    assert_eq!(problem(&lines), ("altered".into(), 10, 9));
+    // The link itself changed in event 12: event 12 is the altered one, not event 11.
+    let mut lines = export(21);
+    let link = hash_bytes(lines[10].as_bytes()).to_hex();
+    lines[11] = lines[11].replace(&link, &"0".repeat(64));
+    assert_eq!(problem(&lines), ("altered".into(), 12, 11));
+    // The last event altered.
+    let mut lines = export(21);
+    lines[20] = lines[20].replace("\"channel\":\"app\"", "\"channel\":\"api\"");
+    let (code, r) = verify(&lines);
+    assert_eq!(code, 0, "nothing links to the last event: only a signed checkpoint can catch this ({r})");
+}
 
-    let mut dropped = export(22);
-    dropped.remove(4);
-    let (code, out) = verify(&dropped);
-    assert_eq!(code, 3);
-    assert!(out.contains("expected global sequence 5, found 6"), "{out}");
+#[test]
+fn a_missing_event_is_named() {
+    let mut lines = export(22);
+    lines.remove(4);
+    assert_eq!(problem(&lines), ("missing".into(), 5, 4));
+    let (_, r) = verify(&lines);
+    assert!(r["problem"]["found"].as_str().unwrap().contains("events 5..5 are not there"), "{r}");
+}
+
+#[test]
+fn a_duplicate_is_named() {
+    let mut lines = export(22);
+    lines.insert(7, lines[6].clone());
+    assert_eq!(problem(&lines), ("duplicate".into(), 7, 7));
+}
+
+#[test]
+fn a_reordering_is_named() {
+    let mut lines = export(22);
+    lines.swap(11, 12);
+    assert_eq!(problem(&lines), ("reordered".into(), 12, 11));
+}
+
+#[test]
+fn garbage_is_named_and_usage_errors_exit_2() {
+    let mut lines = export(5);
+    lines[2] = "{not json".into();
+    assert_eq!(problem(&lines), ("undecodable".into(), 3, 2));
+    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay")).args(["verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "no source: an error");
+    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay")).args(["verify", "--export", "a", "--data-dir", "b"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "two sources: bad usage");
 }

@@ -1,0 +1,280 @@
+//! The audit tool's library: where a log comes from ([`Source`]), and an auditor's check of it
+//! ([`audit`]) that names the first problem precisely.
+
+use bindledger_events::{decode, hash_bytes, Event, Hash, GENESIS_HASH};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::PathBuf;
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// Where to read a log from. Each yields the stored bytes of the events, in the order the
+/// source holds them.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A stopped ledger's data directory (sled; only read).
+    DataDir(PathBuf),
+    /// An NDJSON export (`bindledger export`, or the HTTP feed saved to a file); `-` is stdin.
+    Export(PathBuf),
+    /// A running ledger's HTTP event feed, with an auditor token.
+    Http { url: String, token: String },
+    /// The events topic, partitions merged on the global sequence.
+    Kafka { brokers: String, topic: String },
+}
+
+/// Events per HTTP feed request.
+const FEED_PAGE: u64 = 100_000;
+
+impl Source {
+    /// Every event's stored bytes, in the source's order.
+    pub fn read(&self) -> Result<Box<dyn Iterator<Item = Result<Vec<u8>>>>> {
+        match self {
+            Source::DataDir(dir) => {
+                if !dir.join("log").exists() {
+                    return Err(format!("no ledger log in {}", dir.display()));
+                }
+                let store = bindledger::store::Store::open(dir).map_err(|e| e.to_string())?;
+                Ok(Box::new(store.scan_events(1).map(|r| r.map(|(_, b)| b.to_vec()).map_err(|e| e.to_string()))))
+            }
+            Source::Export(path) => {
+                let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+                    Box::new(std::io::BufReader::new(std::io::stdin()))
+                } else {
+                    Box::new(std::io::BufReader::new(std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?))
+                };
+                Ok(Box::new(reader.split(b'\n').filter(|l| !matches!(l, Ok(l) if l.is_empty())).map(|l| l.map_err(|e| e.to_string()))))
+            }
+            Source::Http { url, token } => {
+                let events = http_feed(url, token)?;
+                Ok(Box::new(events.into_iter().map(Ok)))
+            }
+            Source::Kafka { brokers, topic } => {
+                let events = kafka_topic(brokers, topic)?;
+                Ok(Box::new(events.into_iter().map(Ok)))
+            }
+        }
+    }
+
+    /// Every event, decoded, in the source's order (stops at the first undecodable one).
+    pub fn events(&self) -> Result<Vec<Event>> {
+        self.read()?.map(|r| r.and_then(|b| decode(&b).map_err(|e| e.to_string()))).collect()
+    }
+}
+
+fn http_feed(url: &str, token: &str) -> Result<Vec<Vec<u8>>> {
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").trim_end_matches('/').parse().map_err(|_| format!("{url} is not http://IP:PORT"))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut client = bindledger::client::Client::new(addr, Some(token.to_owned()));
+        let mut out = Vec::new();
+        loop {
+            let from = out.len() as u64 + 1;
+            let (status, body) = client
+                .send(hyper::Method::GET, &format!("/v1/events?from={from}&limit={FEED_PAGE}"), None)
+                .await
+                .map_err(|e| format!("reading {url}/v1/events: {e}"))?;
+            if !status.is_success() {
+                return Err(format!("{url}/v1/events answered {status}: {}", String::from_utf8_lossy(&body)));
+            }
+            let before = out.len();
+            out.extend(body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
+            if ((out.len() - before) as u64) < FEED_PAGE {
+                return Ok(out);
+            }
+        }
+    })
+}
+
+fn kafka_topic(brokers: &str, topic: &str) -> Result<Vec<Vec<u8>>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bindledger-replay-{}", uuid::Uuid::now_v7().simple()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| format!("kafka consumer: {e}"))?;
+    let timeout = std::time::Duration::from_secs(10);
+    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let partitions = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    if partitions == 0 {
+        return Err(format!("topic {topic} has no partitions"));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    // Read until nothing new arrives for a while (a broker's high watermark is not trusted).
+    let mut by_seq: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut last = std::time::Instant::now();
+    while last.elapsed() < std::time::Duration::from_secs(2) {
+        match consumer.poll(std::time::Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
+            Some(Ok(m)) => {
+                last = std::time::Instant::now();
+                let seq = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "seq").and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok()))
+                    .ok_or_else(|| format!("{topic} partition {} offset {} has no seq header", m.partition(), m.offset()))?;
+                by_seq.push((seq, m.payload().unwrap_or_default().to_vec()));
+            }
+        }
+    }
+    // Merge the partitions on the global sequence (a stable sort keeps duplicates visible).
+    by_seq.sort_by_key(|(seq, _)| *seq);
+    Ok(by_seq.into_iter().map(|(_, b)| b).collect())
+}
+
+/// The next event's seq and recorded link, without taking it.
+fn peek_seq<I: Iterator<Item = Result<Vec<u8>>>>(events: &mut std::iter::Peekable<I>) -> Option<(u64, Hash)> {
+    match events.peek() {
+        Some(Ok(b)) => decode(b).ok().map(|n: Event| (n.seq, n.prev_hash)),
+        _ => None,
+    }
+}
+
+/// The first problem in a log, located.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// `altered`, `missing`, `duplicate`, `reordered`, `undecodable`, `account_sequence`.
+    pub kind: &'static str,
+    /// The global sequence where it is.
+    pub seq: u64,
+    /// The event's account, when known.
+    pub account: Option<String>,
+    /// Position in the source (1 = its first event).
+    pub position: u64,
+    pub expected: String,
+    pub found: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    /// Events verified: all of them, or those before the problem.
+    pub events: u64,
+    /// Hash of the last verified event.
+    pub head: Hash,
+    pub problem: Option<Problem>,
+}
+
+impl AuditReport {
+    pub fn ok(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// Checks a log as an auditor does: global sequence continuity, each event's `prev_hash`
+/// against the hash of the stored bytes before it, per-account sequence continuity, and that
+/// every event decodes. Stops at the first problem and tells what it is, looking one event
+/// ahead to tell an altered event from the one after it, and a missing event from two
+/// swapped ones.
+pub fn audit(events: impl Iterator<Item = Result<Vec<u8>>>) -> Result<AuditReport> {
+    let mut events = events.peekable();
+    let mut expected = 1u64;
+    let mut prev = GENESIS_HASH;
+    // The hash before `prev`: the head when the event before turns out altered.
+    let mut before_prev = GENESIS_HASH;
+    let mut accounts: HashMap<String, u64> = HashMap::new();
+    let mut position = 0u64;
+    let fail = |p: Problem, n: u64, head: Hash| Ok(AuditReport { events: n, head, problem: Some(p) });
+    while let Some(bytes) = events.next() {
+        let bytes = bytes?;
+        position += 1;
+        let e = match decode(&bytes) {
+            Ok(e) => e,
+            Err(err) => {
+                let p = Problem { kind: "undecodable", seq: expected, account: None, position, expected: "a valid event".into(), found: err.to_string() };
+                return fail(p, expected - 1, prev);
+            }
+        };
+        let hash = hash_bytes(&bytes);
+        if e.seq < expected {
+            let kind = if e.seq + 1 == expected && hash == prev { "duplicate" } else { "reordered" };
+            let p = Problem {
+                kind,
+                seq: e.seq,
+                account: Some(e.account.clone()),
+                position,
+                expected: format!("event {expected}"),
+                found: format!("event {} again{}", e.seq, if kind == "duplicate" { ", the same bytes" } else { "" }),
+            };
+            return fail(p, expected - 1, prev);
+        }
+        if e.seq > expected {
+            let next = peek_seq(&mut events);
+            let (kind, found) = if next.map(|(s, _)| s) == Some(expected) {
+                ("reordered", format!("event {} before event {expected}", e.seq))
+            } else {
+                ("missing", format!("event {} (events {expected}..{} are not there)", e.seq, e.seq - 1))
+            };
+            let p = Problem { kind, seq: expected, account: Some(e.account.clone()), position, expected: format!("event {expected}"), found };
+            return fail(p, expected - 1, prev);
+        }
+        if e.prev_hash != prev {
+            // Either the event before was altered (its bytes no longer hash to what this one
+            // recorded), or this one was (its recorded link changed): the next link tells.
+            let next = peek_seq(&mut events);
+            let this_intact = next.is_some_and(|(s, link)| s == e.seq + 1 && link == hash);
+            let previous_altered = this_intact || next.is_none() && expected > 1;
+            let p = if previous_altered {
+                Problem {
+                    kind: "altered",
+                    seq: e.seq - 1,
+                    account: None,
+                    position: position - 1,
+                    expected: format!("bytes hashing to {} (recorded by event {})", e.prev_hash, e.seq),
+                    found: format!("bytes hashing to {prev}"),
+                }
+            } else {
+                Problem {
+                    kind: "altered",
+                    seq: e.seq,
+                    account: Some(e.account.clone()),
+                    position,
+                    expected: format!("prev_hash {prev}"),
+                    found: format!("prev_hash {}", e.prev_hash),
+                }
+            };
+            if previous_altered {
+                return fail(p, expected - 2, before_prev);
+            }
+            return fail(p, expected - 1, prev);
+        }
+        let last = accounts.get(&e.account).copied().unwrap_or(0);
+        if e.account_seq != last + 1 {
+            // An edit of this event's account or account_seq shows here first: if the next
+            // event does not link to these bytes, they were altered.
+            if let Some((s, link)) = peek_seq(&mut events) {
+                if s == e.seq + 1 && link != hash {
+                    let p = Problem {
+                        kind: "altered",
+                        seq: e.seq,
+                        account: Some(e.account.clone()),
+                        position,
+                        expected: format!("bytes hashing to {link} (recorded by event {s})"),
+                        found: format!("bytes hashing to {hash}"),
+                    };
+                    return fail(p, expected - 1, prev);
+                }
+            }
+            let p = Problem {
+                kind: "account_sequence",
+                seq: e.seq,
+                account: Some(e.account.clone()),
+                position,
+                expected: format!("account_seq {}", last + 1),
+                found: format!("account_seq {}", e.account_seq),
+            };
+            return fail(p, expected - 1, prev);
+        }
+        accounts.insert(e.account.clone(), e.account_seq);
+        before_prev = prev;
+        prev = hash;
+        expected += 1;
+    }
+    Ok(AuditReport { events: expected - 1, head: prev, problem: None })
+}
