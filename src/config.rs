@@ -69,9 +69,35 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// The alert monitor.
     pub alerts: AlertsConfig,
+    /// Signed checkpoints of the log's head.
+    pub checkpoints: CheckpointsConfig,
     /// Bearer tokens. When none are configured, `serve` creates one with every role and writes
     /// it to `<data_dir>/admin.token`.
     pub tokens: Vec<TokenConfig>,
+}
+
+/// Signed checkpoints (see [`crate::checkpoint`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointsConfig {
+    /// Sign checkpoints. Default true.
+    pub enabled: bool,
+    /// A checkpoint at least every this many events. Default 10,000.
+    pub every_events: u64,
+    /// ...or every this many seconds when there are new events. Default 60.
+    pub every_seconds: u64,
+    /// The Ed25519 signing key (64 hex characters). Default `<data_dir>/checkpoint.key`,
+    /// created (mode 0600) on first start. Env `BINDLEDGER_CHECKPOINT_KEY_FILE`.
+    pub key_file: Option<PathBuf>,
+    /// The Kafka topic checkpoints go to (when `kafka.brokers` is set). Default
+    /// `bindledger.checkpoints`.
+    pub topic: String,
+}
+
+impl Default for CheckpointsConfig {
+    fn default() -> Self {
+        CheckpointsConfig { enabled: true, every_events: 10_000, every_seconds: 60, key_file: None, topic: "bindledger.checkpoints".into() }
+    }
 }
 
 /// The alert monitor.
@@ -143,6 +169,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             kafka: KafkaConfig::default(),
             alerts: AlertsConfig::default(),
+            checkpoints: CheckpointsConfig::default(),
             tokens: Vec::new(),
         }
     }
@@ -214,6 +241,9 @@ impl Config {
         if let Some(v) = get("BINDLEDGER_ALERT_RULES") {
             self.alerts.rules_file = Some(v.into());
         }
+        if let Some(v) = get("BINDLEDGER_CHECKPOINT_KEY_FILE") {
+            self.checkpoints.key_file = Some(v.into());
+        }
         if let Some(v) = get("BINDLEDGER_TOKENS") {
             self.tokens = parse_tokens(&v)?;
         }
@@ -233,6 +263,9 @@ impl Config {
         }
         if self.idempotency_window_events == 0 || self.writer.snapshot_every_events == 0 {
             return bad("idempotency_window_events and writer.snapshot_every_events must be at least 1");
+        }
+        if self.checkpoints.every_events == 0 || self.checkpoints.every_seconds == 0 || self.checkpoints.topic.is_empty() {
+            return bad("checkpoints.every_events and checkpoints.every_seconds must be at least 1, and checkpoints.topic not empty");
         }
         if self.alerts.checkpoint_every_events == 0 {
             return bad("alerts.checkpoint_every_events must be at least 1");
@@ -262,6 +295,10 @@ impl Config {
             Some(path) => crate::alerts::RuleSet::load(path).map_err(|e| Error::Config(format!("alert rules: {e}"))),
             None => Ok(crate::alerts::RuleSet::default()),
         }
+    }
+
+    pub fn checkpoint_key_path(&self) -> PathBuf {
+        self.checkpoints.key_file.clone().unwrap_or_else(|| self.data_dir.join("checkpoint.key"))
     }
 
     pub fn secret_path(&self) -> PathBuf {

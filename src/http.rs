@@ -52,6 +52,8 @@ pub struct Extras {
     pub alerts_relay: Option<(String, Arc<RelayStatus>)>,
     /// The alert monitor.
     pub monitor: Option<MonitorView>,
+    /// Signed checkpoints, and the public key that checks them (hex).
+    pub checkpoints: Option<(crate::checkpoint::CheckpointStore, String)>,
 }
 
 /// What the API needs of the alert monitor.
@@ -287,6 +289,36 @@ async fn unlock(
     let req: UnlockRequest = parse_body(body)?;
     let cmd = req.validate(&account, &binding_id, chrono::Utc::now()).inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     Ok(command_response(s.ledger.unlock(cmd).await?))
+}
+
+fn checkpoints_of(s: &AppState) -> ApiResult<&(crate::checkpoint::CheckpointStore, String)> {
+    s.extras.checkpoints.as_ref().ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "checkpoints_disabled", "checkpoints are off (checkpoints.enabled = false)"))
+}
+
+/// Every signed checkpoint, oldest first, one JSON object per line.
+async fn checkpoints(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Auditor)?;
+    let (store, _) = checkpoints_of(&s)?;
+    let mut body = Vec::new();
+    for cp in store.all()? {
+        body.extend_from_slice(&serde_json::to_vec(&cp).expect("checkpoints serialize"));
+        body.push(b'\n');
+    }
+    let mut r = body.into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(r)
+}
+
+/// The public key checkpoints are signed with, and what is signed.
+async fn checkpoint_key(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Auditor)?;
+    let (_, key) = checkpoints_of(&s)?;
+    Ok(Json(json!({
+        "algorithm": "ed25519",
+        "public_key": key,
+        "message": "bindledger-checkpoint:v1:{seq}:{head}:{time}",
+    }))
+    .into_response())
 }
 
 /// Who may read alerts.
@@ -643,6 +675,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             text,
             "# HELP bindledger_monitor_position Every event up to this seq went through the alert rules.\n# TYPE bindledger_monitor_position gauge\nbindledger_monitor_position {}\n\
              # HELP bindledger_alert_stream_seq Alert changes stored (the SSE feed's last id).\n# TYPE bindledger_alert_stream_seq gauge\nbindledger_alert_stream_seq {}\n\
+             # HELP bindledger_alert_stored_seq Alert changes stored in sled (the listing's view).\n# TYPE bindledger_alert_stored_seq gauge\nbindledger_alert_stored_seq {}\n\
              # HELP bindledger_alert_updates_total Matches that updated an open alert instead of raising another.\n# TYPE bindledger_alert_updates_total counter\nbindledger_alert_updates_total {}\n\
              # HELP bindledger_monitor_keys Keys (accounts, wallets) the rules track.\n# TYPE bindledger_monitor_keys gauge\nbindledger_monitor_keys {}\n\
              # HELP bindledger_monitor_open_alerts Alerts within their cool-down.\n# TYPE bindledger_monitor_open_alerts gauge\nbindledger_monitor_open_alerts {}\n\
@@ -651,6 +684,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
              # HELP bindledger_alerts_opened_total Alerts opened, per rule.\n# TYPE bindledger_alerts_opened_total counter\n",
             st.position.load(Relaxed),
             st.stream_seq.load(Relaxed),
+            m.feed.stored(),
             st.updated_total.load(Relaxed),
             st.keys.load(Relaxed),
             st.open_alerts.load(Relaxed),
@@ -709,6 +743,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events", get(feed))
         .route("/v1/relay", get(relay_status))
         .route("/v1/accounts/{account}/bindings/{binding_id}/unlock", post(unlock))
+        .route("/v1/checkpoints", get(checkpoints))
+        .route("/v1/checkpoints/key", get(checkpoint_key))
         .route("/v1/alerts", get(alerts_list))
         .route("/v1/alerts/stream", get(alerts_stream))
         .route("/v1/alerts/{alert_id}", get(alert_one))

@@ -198,6 +198,11 @@ impl Ledger {
         crate::alerts::store::AlertStore::new(self.inner.store.alerts_tree())
     }
 
+    /// The signed checkpoints.
+    pub fn checkpoint_store(&self) -> crate::checkpoint::CheckpointStore {
+        crate::checkpoint::CheckpointStore::new(self.inner.store.checkpoints_tree())
+    }
+
     /// Makes everything written so far durable (derived rows included).
     pub fn flush(&self) -> Result<()> {
         self.inner.store.flush()

@@ -27,6 +27,7 @@ pub mod alerts;
 pub mod analytics;
 pub mod bench;
 pub mod bench_alerts;
+pub mod checkpoint;
 pub mod client;
 pub mod command;
 pub mod config;

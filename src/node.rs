@@ -57,6 +57,14 @@ impl Node {
             }
             tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, alerts_topic = %config.kafka.alerts_topic, "kafka relays on");
         }
+        if config.checkpoints.enabled {
+            let key = Arc::new(crate::checkpoint::CheckpointKey::load_or_create(&config.checkpoint_key_path())?);
+            let store = ledger.checkpoint_store();
+            extras.checkpoints = Some((store.clone(), key.public_hex()));
+            tracing::info!(public_key = %key.public_hex(), "signing checkpoints");
+            let kafka = config.kafka.enabled().then(|| config.kafka.clone());
+            tasks.push(tokio::spawn(crate::checkpoint::run(ledger.clone(), key, store, config.checkpoints.clone(), kafka, stopped.clone())));
+        }
         let state = AppState::build(ledger.clone(), &config.tokens, config.http.clone(), extras.clone());
         Ok(Node { ledger, monitor, state, extras, stop, tasks })
     }

@@ -8,6 +8,7 @@
 //! | `index` | `B` account | the account's projection state (JSON) | the indexer, every so often |
 //! | `index` | `M` name | the indexer's positions | the indexer |
 //! | `alerts` | see [`crate::alerts::store`] | alert stream, alerts, the monitor's checkpoint | the monitor |
+//! | `checkpoints` | seq | a signed checkpoint of the head (JSON, [`crate::checkpoint`]) | the checkpointer |
 //! | default | name | store format, secret check | on creation |
 //!
 //! **The log tree is the only source of truth.** Everything in `index` is derived and carries
@@ -35,6 +36,7 @@ pub struct Store {
     log: sled::Tree,
     index: sled::Tree,
     alerts: sled::Tree,
+    checkpoints: sled::Tree,
 }
 
 fn account_key(prefix: u8, account: &str, suffix: &[u8]) -> Vec<u8> {
@@ -167,7 +169,8 @@ impl Store {
         let log = db.open_tree("log")?;
         let index = db.open_tree("index")?;
         let alerts = db.open_tree("alerts")?;
-        Ok(Store { db, log, index, alerts })
+        let checkpoints = db.open_tree("checkpoints")?;
+        Ok(Store { db, log, index, alerts, checkpoints })
     }
 
     /// Records the secret's check value on first use; refuses a different secret later.
@@ -324,6 +327,11 @@ impl Store {
     /// The tree of the alert monitor (derived, like `index`).
     pub fn alerts_tree(&self) -> sled::Tree {
         self.alerts.clone()
+    }
+
+    /// Signed checkpoints of the head.
+    pub fn checkpoints_tree(&self) -> sled::Tree {
+        self.checkpoints.clone()
     }
 
     /// Makes everything applied so far durable.

@@ -44,7 +44,9 @@ async fn monitor_caught_up(client: &mut Client) -> String {
     loop {
         let (_, body) = client.send(hyper::Method::GET, "/metrics", None).await.unwrap();
         let text = String::from_utf8(body.to_vec()).unwrap();
-        if metric(&text, "bindledger_monitor_position") == metric(&text, "bindledger_log_events") {
+        let caught_up = metric(&text, "bindledger_monitor_position") == metric(&text, "bindledger_log_events")
+            && metric(&text, "bindledger_alert_stored_seq") == metric(&text, "bindledger_alert_stream_seq");
+        if caught_up {
             return text;
         }
         assert!(Instant::now() < deadline, "the monitor did not catch up:\n{text}");
@@ -450,6 +452,7 @@ async fn the_cli_lists_and_follows_alerts_across_a_server_restart() {
     let url = format!("http://{addr}");
     let mut server = serve_on(port, &data, &log);
     brute_force(addr, "mallory", 1, 6).await; // stream seqs 1 (opened) and 2 (updated)
+    monitor_caught_up(&mut Client::new(addr, Some(ALL.into()))).await;
     // Listing, as JSON lines.
     let (code, out, err) = run_cli(&["alerts", "--url", &url, "--token", ALL, "--json", "--rule", "password_brute_force"]);
     assert_eq!(code, 0, "{err}");

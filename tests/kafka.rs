@@ -444,3 +444,33 @@ async fn alerts_reach_their_own_topic_once_and_in_order_across_a_restart() {
         assert_eq!(r.headers["change"], c.change);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_checkpoints_reach_their_topic() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: Config = test_config(dir.path());
+    config.kafka = KafkaConfig { alerts_topic: fresh_topic("cp-alerts"), ..kafka_config(&broker.addr, &fresh_topic("cp-events")) };
+    config.checkpoints.topic = fresh_topic("checkpoints");
+    config.checkpoints.every_events = 5;
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
+    let node = bindledger::node::Node::start(&config, LedgerSecret::from_bytes([3; 32]), gateway.clone()).unwrap();
+    for a in 0..12 {
+        bind_wallet(&node.ledger, &gateway, &format!("acct-{a}"), a).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, key) = node.extras.checkpoints.clone().unwrap();
+    let log_len = node.ledger.log_len();
+    node.stop().await;
+    let reads = read_topic(&broker.addr, &config.checkpoints.topic);
+    assert!(reads.len() >= 2, "{} checkpoints on the topic", reads.len());
+    let mut last = 0;
+    for r in &reads {
+        let cp: bindledger::checkpoint::SignedCheckpoint = serde_json::from_slice(&r.value).unwrap();
+        cp.verify(&key).unwrap();
+        assert_eq!(r.key, cp.seq.to_string());
+        assert!(cp.seq > last, "in order");
+        last = cp.seq;
+    }
+    assert_eq!(last, log_len, "the last one (made on stop) is at the log's end");
+}

@@ -173,6 +173,68 @@ impl AuditReport {
 /// ahead to tell an altered event from the one after it, and a missing event from two
 /// swapped ones.
 pub fn audit(events: impl Iterator<Item = Result<Vec<u8>>>) -> Result<AuditReport> {
+    audit_against(events, &std::collections::BTreeMap::new())
+}
+
+/// Signed checkpoints an auditor trusts: each signature checked with `public_key` (hex).
+/// Returns the heads they vouch for, by seq, or the first that does not verify.
+pub fn trusted_heads(checkpoints: &[bindledger::checkpoint::SignedCheckpoint], public_key: &str) -> std::result::Result<std::collections::BTreeMap<u64, Hash>, Problem> {
+    let mut heads = std::collections::BTreeMap::new();
+    for (i, cp) in checkpoints.iter().enumerate() {
+        if let Err(why) = cp.verify(public_key) {
+            return Err(Problem {
+                kind: "checkpoint_signature",
+                seq: cp.seq,
+                account: None,
+                position: i as u64 + 1,
+                expected: "a checkpoint signed with the trusted key".into(),
+                found: why,
+            });
+        }
+        heads.insert(cp.seq, cp.head);
+    }
+    Ok(heads)
+}
+
+/// Reads signed checkpoints: an NDJSON file, or a running ledger's `GET /v1/checkpoints`.
+pub fn read_checkpoints(from: &str, token: Option<&str>) -> Result<Vec<bindledger::checkpoint::SignedCheckpoint>> {
+    let text = if from.starts_with("http://") {
+        let addr: std::net::SocketAddr = from.trim_start_matches("http://").trim_end_matches('/').parse().map_err(|_| format!("{from} is not http://IP:PORT"))?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let (status, body) = rt
+            .block_on(bindledger::client::Client::new(addr, token.map(str::to_owned)).send(hyper::Method::GET, "/v1/checkpoints", None))
+            .map_err(|e| format!("reading {from}/v1/checkpoints: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{from}/v1/checkpoints answered {status}"));
+        }
+        String::from_utf8_lossy(&body).into_owned()
+    } else {
+        std::fs::read_to_string(from).map_err(|e| format!("reading {from}: {e}"))?
+    };
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).map_err(|e| format!("a checkpoint line: {e}"))).collect()
+}
+
+/// [`audit`], also checking the log against signed heads: the event at each checkpoint's seq
+/// must hash to its head, and the log must reach the last checkpoint. A log rewritten after a
+/// checkpoint (even with its chain recomputed) fails here.
+pub fn audit_against(events: impl Iterator<Item = Result<Vec<u8>>>, heads: &std::collections::BTreeMap<u64, Hash>) -> Result<AuditReport> {
+    let mut report = audit_inner(events, heads)?;
+    if report.problem.is_none() {
+        if let Some((&seq, head)) = heads.iter().next_back().filter(|(seq, _)| **seq > report.events) {
+            report.problem = Some(Problem {
+                kind: "truncated",
+                seq,
+                account: None,
+                position: report.events + 1,
+                expected: format!("event {seq} with hash {head} (signed checkpoint)"),
+                found: format!("the log ends at event {}", report.events),
+            });
+        }
+    }
+    Ok(report)
+}
+
+fn audit_inner(events: impl Iterator<Item = Result<Vec<u8>>>, heads: &std::collections::BTreeMap<u64, Hash>) -> Result<AuditReport> {
     let mut events = events.peekable();
     let mut expected = 1u64;
     let mut prev = GENESIS_HASH;
@@ -268,6 +330,17 @@ pub fn audit(events: impl Iterator<Item = Result<Vec<u8>>>) -> Result<AuditRepor
                 position,
                 expected: format!("account_seq {}", last + 1),
                 found: format!("account_seq {}", e.account_seq),
+            };
+            return fail(p, expected - 1, prev);
+        }
+        if let Some(signed) = heads.get(&e.seq).filter(|h| **h != hash) {
+            let p = Problem {
+                kind: "checkpoint_mismatch",
+                seq: e.seq,
+                account: Some(e.account.clone()),
+                position,
+                expected: format!("hash {signed} (signed checkpoint)"),
+                found: format!("hash {hash}: the log was rewritten at or before this event"),
             };
             return fail(p, expected - 1, prev);
         }

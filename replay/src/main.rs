@@ -10,7 +10,7 @@ use bindledger::alerts::engine::Engine;
 use bindledger::alerts::RuleSet;
 use bindledger::projection::Projection;
 use bindledger_events::{Event, Payload};
-use bindledger_replay::{audit, Source};
+use bindledger_replay::{audit, audit_against, Source};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -66,7 +66,17 @@ impl From {
 #[derive(Subcommand)]
 enum Command {
     /// Verify the log; exit 3 naming the first problem.
-    Verify(From),
+    Verify {
+        #[command(flatten)]
+        from: From,
+        /// Signed checkpoints to hold the log to: an NDJSON file, or http://IP:PORT (a running
+        /// ledger's GET /v1/checkpoints, with --token).
+        #[arg(long, requires = "public_key")]
+        checkpoints: Option<String>,
+        /// The ledger's checkpoint public key (hex), obtained from a channel you trust.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
     /// One account's timeline.
     History {
         #[command(flatten)]
@@ -91,8 +101,17 @@ enum Command {
 
 fn run(cli: Cli) -> Result<i32, String> {
     match cli.command {
-        Command::Verify(from) => {
-            let report = audit(from.source()?.read()?)?;
+        Command::Verify { from, checkpoints, public_key } => {
+            let report = match checkpoints {
+                None => audit(from.source()?.read()?)?,
+                Some(cps) => {
+                    let cps = bindledger_replay::read_checkpoints(&cps, from.token.as_deref())?;
+                    match bindledger_replay::trusted_heads(&cps, public_key.as_deref().unwrap_or_default()) {
+                        Ok(heads) => audit_against(from.source()?.read()?, &heads)?,
+                        Err(problem) => bindledger_replay::AuditReport { events: 0, head: bindledger_events::GENESIS_HASH, problem: Some(problem) },
+                    }
+                }
+            };
             if from.json {
                 println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
             } else {

@@ -50,6 +50,12 @@ impl AlertFeed {
         *self.published.borrow()
     }
 
+    /// The last stream seq stored in sled (what the listing and `GET /v1/alerts/{id}` see;
+    /// it trails `published` by a few milliseconds at most).
+    pub fn stored(&self) -> u64 {
+        self.stored.load(Ordering::SeqCst)
+    }
+
     pub fn store(&self) -> &AlertStore {
         &self.store
     }
