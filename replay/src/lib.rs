@@ -351,3 +351,38 @@ fn audit_inner(events: impl Iterator<Item = Result<Vec<u8>>>, heads: &std::colle
     }
     Ok(AuditReport { events: expected - 1, head: prev, problem: None })
 }
+
+/// What a candidate rules file would have raised over a log, against what was raised.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Backtest {
+    pub events: u64,
+    /// Alerts (latest revision) the candidate raises and the actual run did not.
+    pub added: Vec<bindledger::alerts::Alert>,
+    /// Alerts the actual run raised and the candidate does not.
+    pub removed: Vec<bindledger::alerts::Alert>,
+    /// Same id, different contents: (actual, candidate).
+    pub changed: Vec<(bindledger::alerts::Alert, bindledger::alerts::Alert)>,
+    pub unchanged: u64,
+}
+
+/// Each alert at its latest revision, by id.
+pub fn latest(changes: impl IntoIterator<Item = bindledger::alerts::AlertChange>) -> std::collections::BTreeMap<String, bindledger::alerts::Alert> {
+    changes.into_iter().map(|c| (c.alert.id.clone(), c.alert)).collect()
+}
+
+/// Runs `candidate` over the events and compares its alerts with `actual` (by id: an alert's
+/// id is its rule and the event that opened it, so the same alert under both rule sets has
+/// the same id).
+pub fn backtest(events: &[Event], candidate: bindledger::alerts::RuleSet, actual: &std::collections::BTreeMap<String, bindledger::alerts::Alert>) -> Backtest {
+    let proposed = latest(bindledger::alerts::engine::rebuild(candidate, events));
+    let mut out = Backtest { events: events.len() as u64, ..Backtest::default() };
+    for (id, a) in &proposed {
+        match actual.get(id) {
+            None => out.added.push(a.clone()),
+            Some(b) if b != a => out.changed.push((b.clone(), a.clone())),
+            Some(_) => out.unchanged += 1,
+        }
+    }
+    out.removed = actual.iter().filter(|(id, _)| !proposed.contains_key(*id)).map(|(_, a)| a.clone()).collect();
+    out
+}

@@ -4,7 +4,8 @@
 //!   problem (altered bytes, a missing event, a duplicate, a reordering) with its sequence;
 //! - `history --account A`: one account's timeline;
 //! - `state --at SEQ|TIME`: the bindings (and alerts) as they were at that moment, from the same
-//!   projection and rule code the ledger runs.
+//!   projection and rule code the ledger runs;
+//! - `backtest --rules FILE`: what a candidate rules file would have raised, against what was.
 
 use bindledger::alerts::engine::Engine;
 use bindledger::alerts::RuleSet;
@@ -97,10 +98,62 @@ enum Command {
         #[arg(long)]
         rules: Option<PathBuf>,
     },
+    /// What a candidate rules file would have raised over the log, against the alerts actually
+    /// raised (stored by the ledger, with --data-dir; else those of --current-rules): added,
+    /// removed, changed.
+    Backtest {
+        #[command(flatten)]
+        from: From,
+        /// The candidate rules file.
+        #[arg(long)]
+        rules: PathBuf,
+        /// The rules the ledger runs (default: the built-in rules); used when the source holds
+        /// no stored alerts.
+        #[arg(long)]
+        current_rules: Option<PathBuf>,
+    },
+}
+
+fn load_rules(path: Option<&std::path::Path>) -> Result<RuleSet, String> {
+    match path {
+        Some(p) => RuleSet::load(p).map_err(|e| e.to_string()),
+        None => Ok(RuleSet::default()),
+    }
 }
 
 fn run(cli: Cli) -> Result<i32, String> {
     match cli.command {
+        Command::Backtest { from, rules, current_rules } => {
+            let candidate = load_rules(Some(&rules))?;
+            let source = from.source()?;
+            let events = source.events()?;
+            // The alerts actually raised: the ledger's own, when the source holds them.
+            let actual = match &source {
+                Source::DataDir(dir) => {
+                    let store = bindledger::store::Store::open(dir).map_err(|e| e.to_string())?;
+                    let alerts = bindledger::alerts::store::AlertStore::new(store.alerts_tree());
+                    let last = alerts.last_stream_seq().map_err(|e| e.to_string())?;
+                    bindledger_replay::latest(alerts.changes_after(0, last, usize::MAX).map_err(|e| e.to_string())?)
+                }
+                _ => bindledger_replay::latest(bindledger::alerts::engine::rebuild(load_rules(current_rules.as_deref())?, &events)),
+            };
+            let b = bindledger_replay::backtest(&events, candidate, &actual);
+            if from.json {
+                println!("{}", serde_json::to_string_pretty(&b).map_err(|e| e.to_string())?);
+            } else {
+                println!("{} events; candidate vs actual: {} added, {} removed, {} changed, {} unchanged", b.events, b.added.len(), b.removed.len(), b.changed.len(), b.unchanged);
+                for a in &b.added {
+                    println!("  + {} {} {} observed {} threshold {}", a.id, a.severity.as_str(), a.key.value, a.observed, a.threshold);
+                }
+                for a in &b.removed {
+                    println!("  - {} {} {} observed {} threshold {}", a.id, a.severity.as_str(), a.key.value, a.observed, a.threshold);
+                }
+                for (was, now) in &b.changed {
+                    println!("  ~ {} observed {} -> {}, threshold {} -> {}, revision {} -> {}", was.id, was.observed, now.observed, was.threshold, now.threshold, was.revision, now.revision);
+                }
+            }
+            Ok(0)
+        }
         Command::Verify { from, checkpoints, public_key } => {
             let report = match checkpoints {
                 None => audit(from.source()?.read()?)?,
@@ -147,10 +200,7 @@ fn run(cli: Cli) -> Result<i32, String> {
             Ok(0)
         }
         Command::State { from, at, account, rules } => {
-            let rules = match rules {
-                Some(p) => RuleSet::load(&p).map_err(|e| e.to_string())?,
-                None => RuleSet::default(),
-            };
+            let rules = load_rules(rules.as_deref())?;
             let until: Box<dyn Fn(&Event) -> bool> = match at.parse::<u64>() {
                 Ok(seq) => Box::new(move |e: &Event| e.seq <= seq),
                 Err(_) => {
