@@ -479,7 +479,7 @@ async fn alerts_stream(
 }
 
 /// A binding as shown to readers (without the provider's agreement reference).
-fn binding_view(b: &Binding) -> serde_json::Value {
+pub fn binding_view(b: &Binding) -> serde_json::Value {
     json!({
         "binding_id": b.binding_id,
         "provider": b.provider,

@@ -98,6 +98,18 @@ enum Command {
         #[arg(long)]
         rules: Option<PathBuf>,
     },
+    /// A rebuild from the source compared with a running ledger's projections, account by
+    /// account; exit 3 on any difference.
+    Diff {
+        #[command(flatten)]
+        from: From,
+        /// The running ledger (http://IP:PORT).
+        #[arg(long)]
+        against: String,
+        /// A token with the reader role for --against (default: --token).
+        #[arg(long)]
+        against_token: Option<String>,
+    },
     /// What a candidate rules file would have raised over the log, against the alerts actually
     /// raised (stored by the ledger, with --data-dir; else those of --current-rules): added,
     /// removed, changed.
@@ -123,6 +135,45 @@ fn load_rules(path: Option<&std::path::Path>) -> Result<RuleSet, String> {
 
 fn run(cli: Cli) -> Result<i32, String> {
     match cli.command {
+        Command::Diff { from, against, against_token } => {
+            let events = from.source()?.events()?;
+            let rebuilt = Projection::rebuild(&events);
+            let token = against_token.or(from.token.clone()).unwrap_or_default();
+            let addr: std::net::SocketAddr = against.trim_start_matches("http://").trim_end_matches('/').parse().map_err(|_| format!("{against} is not http://IP:PORT"))?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            let mut names: Vec<&String> = rebuilt.accounts.keys().collect();
+            names.sort();
+            let (mut same, mut moved_on, mut differences) = (0u64, 0u64, Vec::new());
+            rt.block_on(async {
+                let mut client = bindledger::client::Client::new(addr, Some(token));
+                for name in names {
+                    let (status, live) = client.get_json(&format!("/v1/accounts/{name}/bindings")).await.map_err(|e| format!("asking {against}: {e}"))?;
+                    if !status.is_success() {
+                        return Err(format!("{against} answered {status}: {live}"));
+                    }
+                    let ours = &rebuilt.accounts[name];
+                    let live_version = live["version"].as_u64().unwrap_or(0);
+                    let rebuilt_view = serde_json::Value::Array(ours.bindings.iter().map(bindledger::http::binding_view).collect());
+                    if live_version > ours.version {
+                        moved_on += 1; // the ledger has events the source does not (yet)
+                    } else if live_version == ours.version && live["bindings"] == rebuilt_view {
+                        same += 1;
+                    } else {
+                        differences.push(serde_json::json!({"account": name, "rebuilt": {"version": ours.version, "bindings": rebuilt_view}, "live": live}));
+                    }
+                }
+                Ok::<_, String>(())
+            })?;
+            if from.json {
+                println!("{}", serde_json::json!({"events": events.len(), "same": same, "moved_on": moved_on, "differences": differences}));
+            } else {
+                println!("{} events rebuilt; {} accounts equal, {} moved on since the source ends, {} differ", events.len(), same, moved_on, differences.len());
+                for d in &differences {
+                    println!("  {}: rebuilt {}\n  {}  live    {}", d["account"], d["rebuilt"], " ".repeat(d["account"].to_string().len()), d["live"]);
+                }
+            }
+            Ok(if differences.is_empty() { 0 } else { EXIT_PROBLEM })
+        }
         Command::Backtest { from, rules, current_rules } => {
             let candidate = load_rules(Some(&rules))?;
             let source = from.source()?;

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 const TOKEN: &str = "auditor-token-0123456789";
+const READER: &str = "reader-token-0123456789";
 
 fn replay(args: &[&str]) -> (i32, Vec<u8>) {
     let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay")).args(args).output().unwrap();
@@ -25,7 +26,7 @@ fn every_source_gives_the_same_log_and_state_at_equals_the_live_state() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut config = Config { data_dir: data.clone(), tokens: vec![TokenConfig { token: TOKEN.into(), roles: vec![Role::Auditor] }], ..Config::default() };
+    let mut config = Config { data_dir: data.clone(), tokens: vec![TokenConfig { token: TOKEN.into(), roles: vec![Role::Auditor] }, TokenConfig { token: READER.into(), roles: vec![Role::Reader] }], ..Config::default() };
     config.gateway.simulated = Scenario { frozen_per_mille: 100, ..Scenario::quiet(4) };
     let g = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     let alipay = Provider::parse("alipay").unwrap();
@@ -77,6 +78,31 @@ fn every_source_gives_the_same_log_and_state_at_equals_the_live_state() {
         }
         let http = Source::Http { url: format!("http://{addr}"), token: TOKEN.into() };
         let http_events = tokio::task::spawn_blocking(move || http.read().unwrap().collect::<Result<Vec<_>, _>>().unwrap()).await.unwrap();
+        // diff: a rebuild from the feed equals the running ledger's projections...
+        let url = format!("http://{addr}");
+        let (code, out) = {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || replay(&["diff", "--json", "--url", &url, "--token", TOKEN, "--against", &url, "--against-token", READER])).await.unwrap()
+        };
+        let d: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!((code, d["same"].as_u64(), d["differences"].as_array().map(Vec::len)), (0, Some(8), Some(0)), "{d}");
+        // ...and a log whose bound wallet was edited differs, on that account only.
+        let mut edited = http_events.clone();
+        let i = edited.iter().position(|b| String::from_utf8_lossy(b).contains("\"wallet_bound\"") && String::from_utf8_lossy(b).contains("\"acct-3\"")).unwrap();
+        let mut e = bindledger_events::decode(&edited[i]).unwrap();
+        if let Payload::WalletBound { wallet, .. } = &mut e.payload {
+            wallet.masked = "139****0000".into();
+        }
+        edited[i] = bindledger_events::encode(&e);
+        let path = dir.path().join("edited.ndjson");
+        std::fs::write(&path, edited.iter().flat_map(|l| l.iter().copied().chain([b'\n'])).collect::<Vec<u8>>()).unwrap();
+        let (code, out) = {
+            let (url, path) = (url.clone(), path.clone());
+            tokio::task::spawn_blocking(move || replay(&["diff", "--json", "--export", path.to_str().unwrap(), "--against", &url, "--token", READER])).await.unwrap()
+        };
+        let d: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(code, 3, "{d}");
+        assert_eq!(d["differences"].as_array().unwrap().iter().map(|x| x["account"].as_str().unwrap()).collect::<Vec<_>>(), vec!["acct-3"]);
         let _ = stop.send(());
         let _ = server.await;
         node.stop().await;
