@@ -27,6 +27,25 @@ pub enum Source {
 const FEED_PAGE: u64 = 100_000;
 
 impl Source {
+    /// How many events the source holds, when it can tell cheaply (a data directory).
+    pub fn len_hint(&self) -> Option<u64> {
+        match self {
+            Source::DataDir(dir) => bindledger::store::Store::open(dir).ok()?.head().ok()?.map(|(seq, _)| seq),
+            _ => None,
+        }
+    }
+
+    /// [`Source::read`], with a progress line (count, rate, ETA when the total is known) on
+    /// stderr while it runs, when stderr is a terminal; nothing when it is not.
+    pub fn read_with_progress(&self) -> Result<Box<dyn Iterator<Item = Result<Vec<u8>>>>> {
+        use std::io::IsTerminal;
+        let inner = self.read()?;
+        if !std::io::stderr().is_terminal() {
+            return Ok(inner);
+        }
+        Ok(Box::new(Progress { inner, total: self.len_hint(), n: 0, started: std::time::Instant::now(), shown: std::time::Instant::now() }))
+    }
+
     /// Every event's stored bytes, in the source's order.
     pub fn read(&self) -> Result<Box<dyn Iterator<Item = Result<Vec<u8>>>>> {
         match self {
@@ -58,7 +77,35 @@ impl Source {
 
     /// Every event, decoded, in the source's order (stops at the first undecodable one).
     pub fn events(&self) -> Result<Vec<Event>> {
-        self.read()?.map(|r| r.and_then(|b| decode(&b).map_err(|e| e.to_string()))).collect()
+        self.read_with_progress()?.map(|r| r.and_then(|b| decode(&b).map_err(|e| e.to_string()))).collect()
+    }
+}
+
+struct Progress {
+    inner: Box<dyn Iterator<Item = Result<Vec<u8>>>>,
+    total: Option<u64>,
+    n: u64,
+    started: std::time::Instant,
+    shown: std::time::Instant,
+}
+
+impl Iterator for Progress {
+    type Item = Result<Vec<u8>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.inner.next();
+        if item.is_some() {
+            self.n += 1;
+            if self.n % 1024 == 0 && self.shown.elapsed().as_millis() >= 100 {
+                self.shown = std::time::Instant::now();
+                let rate = self.n as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+                let eta = self.total.filter(|t| *t > self.n).map(|t| format!(", ETA {:.0} s", (t - self.n) as f64 / rate)).unwrap_or_default();
+                let of = self.total.map(|t| format!(" of {t}")).unwrap_or_default();
+                eprint!("\r\x1b[K{} events{of}, {rate:.0}/s{eta}", self.n);
+            }
+        } else if self.n >= 1024 {
+            eprint!("\r\x1b[K");
+        }
+        item
     }
 }
 

@@ -207,11 +207,11 @@ fn run(cli: Cli) -> Result<i32, String> {
         }
         Command::Verify { from, checkpoints, public_key } => {
             let report = match checkpoints {
-                None => audit(from.source()?.read()?)?,
+                None => audit(from.source()?.read_with_progress()?)?,
                 Some(cps) => {
                     let cps = bindledger_replay::read_checkpoints(&cps, from.token.as_deref())?;
                     match bindledger_replay::trusted_heads(&cps, public_key.as_deref().unwrap_or_default()) {
-                        Ok(heads) => audit_against(from.source()?.read()?, &heads)?,
+                        Ok(heads) => audit_against(from.source()?.read_with_progress()?, &heads)?,
                         Err(problem) => bindledger_replay::AuditReport { events: 0, head: bindledger_events::GENESIS_HASH, problem: Some(problem) },
                     }
                 }

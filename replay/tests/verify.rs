@@ -113,3 +113,24 @@ fn garbage_is_named_and_usage_errors_exit_2() {
     let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay")).args(["verify", "--export", "a", "--data-dir", "b"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "two sources: bad usage");
 }
+
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.ndjson");
+    std::fs::write(&path, export(30_000).join("\n") + "\n").unwrap();
+    let bin = env!("CARGO_BIN_EXE_bindledger-replay");
+    // Piped: the report on stdout, nothing on stderr.
+    let out = Command::new(bin).args(["verify", "--export", path.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    // On a terminal (script(1) gives the command one): a progress line with a rate.
+    let cmd = format!("{bin} verify --export {} >/dev/null", path.display());
+    match Command::new("script").args(["-qec", &cmd, "/dev/null"]).output() {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains(" events, ") && text.contains("/s"), "{text}");
+        }
+        Err(e) => eprintln!("script(1) is not available ({e}): the terminal case is not checked here"),
+    }
+}
