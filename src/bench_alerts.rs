@@ -172,7 +172,7 @@ async fn latency(dir: &Path, rate: u64, args: &AlertBenchArgs) -> anyhow::Result
 /// Writes a log of `n` events shaped like a busy day: 100,000 accounts paying, some binding,
 /// unbinding, failing (some with wrong passwords), one in a thousand sharing a wallet, one
 /// millisecond of event time apart.
-fn write_log(dir: &Path, n: u64) -> anyhow::Result<Store> {
+pub fn write_log(dir: &Path, n: u64) -> anyhow::Result<Store> {
     let store = Store::open(dir)?;
     let provider = Provider::parse("alipay").expect("known");
     let mut rng = crate::demo::Rng(99);

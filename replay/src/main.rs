@@ -110,6 +110,15 @@ enum Command {
         #[arg(long)]
         against_token: Option<String>,
     },
+    /// Measure: a raw scan of a stored log (the baseline), verify, and verify plus a full
+    /// rebuild, over a generated log of --events events.
+    Bench {
+        #[arg(long, default_value_t = 5_000_000)]
+        events: u64,
+        /// Where to write the log (default: a new directory under the system temp dir, removed after).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// What a candidate rules file would have raised over the log, against the alerts actually
     /// raised (stored by the ledger, with --data-dir; else those of --current-rules): added,
     /// removed, changed.
@@ -135,6 +144,53 @@ fn load_rules(path: Option<&std::path::Path>) -> Result<RuleSet, String> {
 
 fn run(cli: Cli) -> Result<i32, String> {
     match cli.command {
+        Command::Bench { events, dir } => {
+            let root = dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("bindledger-replay-bench-{}", std::process::id())));
+            let t = std::time::Instant::now();
+            let store = bindledger::bench_alerts::write_log(&root.join("log"), events).map_err(|e| e.to_string())?;
+            eprintln!("wrote {events} events in {:.1} s", t.elapsed().as_secs_f64());
+            let time = |f: &mut dyn FnMut() -> Result<u64, String>| -> Result<(u64, f64), String> {
+                let t = std::time::Instant::now();
+                let n = f()?;
+                Ok((n, t.elapsed().as_secs_f64()))
+            };
+            let (raw_n, raw_s) = time(&mut || {
+                let mut n = 0u64;
+                for r in store.scan_events(1) {
+                    r.map_err(|e| e.to_string())?;
+                    n += 1;
+                }
+                Ok(n)
+            })?;
+            let (verify_n, verify_s) = time(&mut || {
+                let r = audit(store.scan_events(1).map(|r| r.map(|(_, b)| b.to_vec()).map_err(|e| e.to_string())))?;
+                if !r.ok() {
+                    return Err(format!("the generated log does not verify: {:?}", r.problem));
+                }
+                Ok(r.events)
+            })?;
+            let (rebuild_n, rebuild_s) = time(&mut || {
+                let mut verifier = bindledger_events::ChainVerifier::new();
+                let mut projection = Projection::default();
+                for r in store.scan_events(1) {
+                    let (_, bytes) = r.map_err(|e| e.to_string())?;
+                    let (e, _) = verifier.push(&bytes).map_err(|e| e.to_string())?;
+                    projection.apply(&e);
+                }
+                Ok(projection.position)
+            })?;
+            drop(store);
+            if dir.is_none() {
+                let _ = std::fs::remove_dir_all(&root);
+            }
+            let rate = |n: u64, s: f64| n as f64 / s;
+            println!("| run | events | seconds | events/s | vs raw scan |");
+            println!("|---|---:|---:|---:|---:|");
+            println!("| raw sled scan (no decoding) | {raw_n} | {raw_s:.2} | {:.0} | 1.00 |", rate(raw_n, raw_s));
+            println!("| verify (decode, hash, sequences) | {verify_n} | {verify_s:.2} | {:.0} | {:.2} |", rate(verify_n, verify_s), rate(verify_n, verify_s) / rate(raw_n, raw_s));
+            println!("| verify + full rebuild, one pass | {rebuild_n} | {rebuild_s:.2} | {:.0} | {:.2} |", rate(rebuild_n, rebuild_s), rate(rebuild_n, rebuild_s) / rate(raw_n, raw_s));
+            Ok(0)
+        }
         Command::Diff { from, against, against_token } => {
             let events = from.source()?.events()?;
             let rebuilt = Projection::rebuild(&events);
