@@ -288,10 +288,8 @@ async fn print_alerts(m: crate::http::MonitorView) {
     let mut stream = m.feed.subscribe();
     let mut after = *stream.borrow_and_update();
     let mut printed = 0;
-    while stream.changed().await.is_ok() {
-        let through = *stream.borrow_and_update();
-        let Ok(changes) = m.feed.changes_after(after, 1000) else { return };
-        after = changes.last().map_or(through, |c| c.stream_seq);
+    while let Ok(Some(changes)) = m.feed.next_after(after, 1000, &mut stream).await {
+        after = changes.last().map_or(after, |c| c.stream_seq);
         for c in changes.iter().filter(|c| c.change == "opened") {
             printed += 1;
             if printed <= ALERTS_PRINTED_MAX {

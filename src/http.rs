@@ -450,28 +450,17 @@ async fn alerts_stream(
                 let ev = SseEvent::default().id(c.stream_seq.to_string()).event("alert").data(data);
                 return Some((Ok::<_, std::convert::Infallible>(ev), f));
             }
-            let through = *f.published.borrow_and_update();
-            if through > f.after {
-                match f.m.feed.changes_after(f.after, STREAM_READ) {
-                    Ok(changes) if changes.is_empty() => {
-                        // Older than the memory holds and not stored yet: shortly.
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                        continue;
-                    }
-                    Ok(changes) => {
-                        if let Some(last) = changes.last() {
-                            f.after = last.stream_seq;
-                        }
-                        let keep: Vec<_> = changes.into_iter().filter(|c| f.filter.accepts(&c.alert)).collect();
-                        f.pending.extend(keep);
-                        continue;
-                    }
-                    Err(_) => return None,
+            let next = tokio::select! {
+                r = f.m.feed.next_after(f.after, STREAM_READ, &mut f.published) => r,
+                _ = f.closing.changed() => continue,
+            };
+            match next {
+                Ok(Some(changes)) => {
+                    f.after = changes.last().map_or(f.after, |c| c.stream_seq);
+                    let keep: Vec<_> = changes.into_iter().filter(|c| f.filter.accepts(&c.alert)).collect();
+                    f.pending.extend(keep);
                 }
-            }
-            tokio::select! {
-                r = f.published.changed() => if r.is_err() { return None },
-                _ = f.closing.changed() => {}
+                _ => return None,
             }
         }
     });

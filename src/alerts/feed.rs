@@ -85,6 +85,27 @@ impl AlertFeed {
         self.stored.fetch_max(stream_seq, Ordering::SeqCst);
     }
 
+    /// The next changes after `after` (at most `limit`), waiting until there are some: what a
+    /// follower calls in a loop. `published` is the follower's own [`AlertFeed::subscribe`].
+    /// `None` once the monitor has stopped.
+    pub async fn next_after(&self, after: u64, limit: usize, published: &mut tokio::sync::watch::Receiver<u64>) -> Result<Option<Vec<AlertChange>>> {
+        loop {
+            let through = *published.borrow_and_update();
+            if through > after {
+                let changes = self.changes_after(after, limit)?;
+                if !changes.is_empty() {
+                    return Ok(Some(changes));
+                }
+                // Older than the memory holds and not stored yet: shortly.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+            if published.changed().await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Published changes after `after`, oldest first, at most `limit`: from memory when they
     /// are still there, else from sled (up to what is stored; an empty answer while the store
     /// catches up means "ask again shortly").

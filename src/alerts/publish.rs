@@ -82,18 +82,13 @@ impl AlertPublisher {
         *self.status.last_error.lock().expect("status lock") = None;
         tracing::info!(%topic, from = position + 1, "alerts topic: recovered");
         loop {
-            let through = *self.stream.borrow_and_update();
-            let changes = self.feed.changes_after(position, READ_CHANGES).map_err(|e| e.to_string())?;
-            if changes.is_empty() && through > position {
-                // Older than the memory holds and not stored yet: shortly.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-            if changes.is_empty() {
+            if self.feed.published() <= position {
                 self.status.set(State::Idle);
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.changed()).await;
-                continue;
             }
+            let changes = match self.feed.next_after(position, READ_CHANGES, &mut self.stream).await.map_err(|e| e.to_string())? {
+                Some(changes) => changes,
+                None => return Ok(()), // the monitor stopped
+            };
             self.status.set(State::Publishing);
             let mut deliveries = Vec::with_capacity(changes.len());
             for c in &changes {
