@@ -39,11 +39,12 @@ impl Source {
     /// stderr while it runs, when stderr is a terminal; nothing when it is not.
     pub fn read_with_progress(&self) -> Result<Box<dyn Iterator<Item = Result<Vec<u8>>>>> {
         use std::io::IsTerminal;
-        let inner = self.read()?;
         if !std::io::stderr().is_terminal() {
-            return Ok(inner);
+            return self.read();
         }
-        Ok(Box::new(Progress { inner, total: self.len_hint(), n: 0, started: std::time::Instant::now(), shown: std::time::Instant::now() }))
+        // The total first: a data directory can be open only once at a time.
+        let total = self.len_hint();
+        Ok(Box::new(Progress { inner: self.read()?, total, n: 0, started: std::time::Instant::now(), shown: std::time::Instant::now() }))
     }
 
     /// Every event's stored bytes, in the source's order.
