@@ -20,6 +20,11 @@ pub enum ClientError {
     Json(#[from] serde_json::Error),
 }
 
+/// The address in `http://IP:PORT` (what every command that talks to a ledger takes).
+pub fn parse_http_addr(url: &str) -> Result<SocketAddr, String> {
+    url.trim_start_matches("http://").trim_end_matches('/').parse().map_err(|_| format!("{url} is not http://IP:PORT"))
+}
+
 pub struct Client {
     addr: SocketAddr,
     token: Option<String>,

@@ -313,7 +313,7 @@ fn url_escape(s: &str) -> String {
 }
 
 fn parse_url(url: &str) -> Result<SocketAddr> {
-    url.trim_start_matches("http://").trim_end_matches('/').parse().with_context(|| format!("{url} is not http://IP:PORT"))
+    bindledger::client::parse_http_addr(url).map_err(anyhow::Error::msg)
 }
 
 fn token_or_admin(token: Option<String>, data_dir: &Path) -> Result<String> {

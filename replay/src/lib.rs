@@ -111,7 +111,7 @@ impl Iterator for Progress {
 }
 
 fn http_feed(url: &str, token: &str) -> Result<Vec<Vec<u8>>> {
-    let addr: std::net::SocketAddr = url.trim_start_matches("http://").trim_end_matches('/').parse().map_err(|_| format!("{url} is not http://IP:PORT"))?;
+    let addr = bindledger::client::parse_http_addr(url)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let mut client = bindledger::client::Client::new(addr, Some(token.to_owned()));
@@ -247,7 +247,7 @@ pub fn trusted_heads(checkpoints: &[bindledger::checkpoint::SignedCheckpoint], p
 /// Reads signed checkpoints: an NDJSON file, or a running ledger's `GET /v1/checkpoints`.
 pub fn read_checkpoints(from: &str, token: Option<&str>) -> Result<Vec<bindledger::checkpoint::SignedCheckpoint>> {
     let text = if from.starts_with("http://") {
-        let addr: std::net::SocketAddr = from.trim_start_matches("http://").trim_end_matches('/').parse().map_err(|_| format!("{from} is not http://IP:PORT"))?;
+        let addr = bindledger::client::parse_http_addr(from)?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
         let (status, body) = rt
             .block_on(bindledger::client::Client::new(addr, token.map(str::to_owned)).send(hyper::Method::GET, "/v1/checkpoints", None))

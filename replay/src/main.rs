@@ -195,7 +195,7 @@ fn run(cli: Cli) -> Result<i32, String> {
             let events = from.source()?.events()?;
             let rebuilt = Projection::rebuild(&events);
             let token = against_token.or(from.token.clone()).unwrap_or_default();
-            let addr: std::net::SocketAddr = against.trim_start_matches("http://").trim_end_matches('/').parse().map_err(|_| format!("{against} is not http://IP:PORT"))?;
+            let addr = bindledger::client::parse_http_addr(&against)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
             let mut names: Vec<&String> = rebuilt.accounts.keys().collect();
             names.sort();
