@@ -189,26 +189,11 @@ pub fn consume(args: &ConsumeArgs) -> anyhow::Result<ConsumeReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bindledger_events::{Context, FactorCheck, Hash, PaymentFailure, Provider, WalletRef, SCHEMA_VERSION};
+    use bindledger_events::{FactorCheck, Hash, PaymentFailure, Provider, WalletRef};
     use chrono::TimeZone;
 
     fn event(seq: u64, account: &str, day: u32, payload: Payload) -> Event {
-        let t = chrono::Utc.with_ymd_and_hms(2026, 11, day, 12, 0, 0).unwrap();
-        Event {
-            v: SCHEMA_VERSION,
-            id: uuid::Uuid::from_u128(seq as u128),
-            seq,
-            account: account.into(),
-            account_seq: seq,
-            event_time: t,
-            record_time: t,
-            idempotency_key: None,
-            request_digest: None,
-            correlation_id: None,
-            context: Context::default(),
-            prev_hash: Hash::default(),
-            payload,
-        }
+        crate::testing::event(seq, account, seq, chrono::Utc.with_ymd_and_hms(2026, 11, day, 12, 0, 0).unwrap(), payload)
     }
 
     fn paid(amount_minor: i64) -> Payload {

@@ -242,18 +242,13 @@ mod tests {
     //! given(events).when(command).then(event): every outcome and every failure reason.
     use super::*;
     use crate::projection::Projection;
-    use bindledger_events::{Context, Currency, Event, Hash, SCHEMA_VERSION};
+    use bindledger_events::{Currency, Hash};
     use chrono::Utc;
 
     const RULES: Rules = Rules { max_bindings_per_account: 2, platform_maintenance: false };
     const MAINTENANCE: Rules = Rules { max_bindings_per_account: 2, platform_maintenance: true };
 
-    fn wallet(n: u8) -> WalletRef {
-        WalletRef { masked: format!("138****000{n}"), fingerprint: Hash([n; 32]) }
-    }
-    fn alipay() -> Provider {
-        Provider::parse("alipay").unwrap()
-    }
+    use crate::testing::{alipay, wallet};
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)
     }
@@ -275,21 +270,7 @@ mod tests {
         let mut p = Projection::default();
         for (i, payload) in payloads.into_iter().enumerate() {
             let seq = i as u64 + 1;
-            p.apply(&Event {
-                v: SCHEMA_VERSION,
-                id: id(seq as u128),
-                seq,
-                account: "a".into(),
-                account_seq: seq,
-                event_time: Utc::now(),
-                record_time: Utc::now(),
-                idempotency_key: None,
-                request_digest: None,
-                correlation_id: None,
-                context: Context::default(),
-                prev_hash: Hash::default(),
-                payload,
-            });
+            p.apply(&crate::testing::event(seq, "a", seq, Utc::now(), payload));
         }
         p
     }

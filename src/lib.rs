@@ -46,6 +46,8 @@ pub mod projection;
 pub mod relay;
 pub mod secret;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod writer;
 
 pub use config::Config;

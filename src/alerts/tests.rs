@@ -3,7 +3,7 @@
 //! the bounds on state.
 
 use bindledger_events::{
-    BindFailure, Context, Currency, Event, Factor, Hash, Payload, PaymentFailure, Provider, WalletRef, SCHEMA_VERSION,
+    BindFailure, Currency, Event, Factor, Hash, Payload, PaymentFailure,
 };
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use uuid::Uuid;
@@ -21,13 +21,7 @@ fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 26, 8, 0, 0).unwrap()
 }
 
-fn wallet(n: u8) -> WalletRef {
-    WalletRef { masked: format!("138****000{n}"), fingerprint: Hash([n; 32]) }
-}
-
-fn alipay() -> Provider {
-    Provider::parse("alipay").unwrap()
-}
+use crate::testing::{alipay, wallet};
 
 fn binding(n: u128) -> Uuid {
     Uuid::from_u128(n)
@@ -41,21 +35,7 @@ impl Log {
         let seq = self.events.len() as u64 + 1;
         let v = self.versions.entry(account.to_owned()).or_default();
         *v += 1;
-        self.events.push(Event {
-            v: SCHEMA_VERSION,
-            id: Uuid::from_u128(1000 + seq as u128),
-            seq,
-            account: account.into(),
-            account_seq: *v,
-            event_time: t0() + Duration::seconds(secs),
-            record_time: t0() + Duration::seconds(secs),
-            idempotency_key: None,
-            request_digest: None,
-            correlation_id: None,
-            context: Context::default(),
-            prev_hash: Hash::default(),
-            payload,
-        });
+        self.events.push(crate::testing::event(seq, account, *v, t0() + Duration::seconds(secs), payload));
         self
     }
     fn wrong_password(&mut self, secs: i64, account: &str) -> &mut Log {
