@@ -21,6 +21,10 @@ impl Hash {
         hex::encode(self.0)
     }
     pub fn from_hex(s: &str) -> Result<Hash, hex::FromHexError> {
+        if let Some(h) = hash_from_hex(s.as_bytes()) {
+            return Ok(h);
+        }
+        // The slow path only to name what is wrong.
         let mut out = [0u8; 32];
         hex::decode_to_slice(s, &mut out)?;
         Ok(Hash(out))
@@ -48,9 +52,50 @@ impl Serialize for Hash {
 
 impl<'de> Deserialize<'de> for Hash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Hash::from_hex(&s).map_err(serde::de::Error::custom)
+        // A visitor, not a String: decoding a hash allocates nothing.
+        struct HexVisitor;
+        impl serde::de::Visitor<'_> for HexVisitor {
+            type Value = Hash;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("64 hex characters")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Hash, E> {
+                Hash::from_hex(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(HexVisitor)
     }
+}
+
+/// Each byte's value as a hex digit (either case), or 0xff.
+static HEX_VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = match c as u8 {
+            b @ b'0'..=b'9' => b - b'0',
+            b @ b'a'..=b'f' => b - b'a' + 10,
+            b @ b'A'..=b'F' => b - b'A' + 10,
+            _ => 0xff,
+        };
+        c += 1;
+    }
+    t
+};
+
+/// 64 hex digits (either case) as a hash, or `None`.
+pub(crate) fn hash_from_hex(hex: &[u8]) -> Option<Hash> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let (hi, lo) = (HEX_VALUE[pair[0] as usize], HEX_VALUE[pair[1] as usize]);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
+    }
+    (bad & 0xf0 == 0).then_some(Hash(out))
 }
 
 /// SHA-256 over bytes: the hash of a stored event.

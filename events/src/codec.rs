@@ -45,6 +45,16 @@ pub fn encode_into(event: &Event, buf: &mut Vec<u8>) {
 
 /// Decodes stored bytes of any supported version into the current types.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    // Canonical bytes of this or the previous version are read directly; anything else (and
+    // every error message) comes from the general decoder below.
+    if let Some(event) = crate::canonical::decode(bytes) {
+        return Ok(event);
+    }
+    decode_general(bytes)
+}
+
+/// The general decoder: any field order, whitespace, escapes, every supported version.
+pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
     // Canonical bytes start with the version; the current version takes the direct path.
     const CURRENT_PREFIX: &[u8] = b"{\"v\":3,";
     if bytes.starts_with(CURRENT_PREFIX) {

@@ -18,6 +18,7 @@
 //! - **Stored bytes are never re-encoded.** Decoding (and upcasting) produces a value for
 //!   reading; hashing always uses the bytes as stored.
 
+pub mod canonical;
 pub mod chain;
 pub mod codec;
 pub mod money;

@@ -427,21 +427,111 @@ pub const FAILURE_CODES: &[&str] = &[
 
 /// Times are stored as RFC 3339 UTC with exactly six fractional digits.
 pub mod micros {
-    use chrono::{DateTime, SecondsFormat, Utc};
-    use serde::{Deserialize, Deserializer, Serializer};
+    use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Timelike, Utc};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    /// The canonical form, `2026-11-26T08:00:00.123456Z`, is 27 bytes.
+    const LEN: usize = 27;
 
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
+        match format(t) {
+            Some(buf) => s.serialize_str(std::str::from_utf8(&buf).expect("ascii digits")),
+            None => s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        }
+    }
+
+    /// The canonical form without allocating, for years 0-9999 (what chrono would print).
+    fn format(t: &DateTime<Utc>) -> Option<[u8; LEN]> {
+        let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+        let micros = t.nanosecond() / 1_000;
+        let mut b = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |at: usize, width: usize, mut v: u32| {
+            for i in (at..at + width).rev() {
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, t.month());
+        put(8, 2, t.day());
+        put(11, 2, t.hour());
+        put(14, 2, t.minute());
+        put(17, 2, t.second());
+        put(20, 6, micros); // a leap second (micros >= 1,000,000) takes the slow path below
+        (micros < 1_000_000).then_some(b)
+    }
+
+    /// Reads the canonical form directly; anything else goes through chrono's RFC 3339 parser.
+    fn parse(s: &str) -> Result<DateTime<Utc>, String> {
+        if let Some(t) = parse_canonical(s.as_bytes()) {
+            return Ok(t);
+        }
+        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|e| format!("{s:?}: {e}"))
+    }
+
+    pub(crate) fn parse_canonical(b: &[u8]) -> Option<DateTime<Utc>> {
+        if b.len() != LEN || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'.' || b[26] != b'Z' {
+            return None;
+        }
+        let num = |at: usize, width: usize| -> Option<u32> {
+            b[at..at + width].iter().try_fold(0u32, |n, c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+        };
+        let date = NaiveDate::from_ymd_opt(num(0, 4)? as i32, num(5, 2)?, num(8, 2)?)?;
+        let (h, m, sec) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+        if sec > 59 {
+            return None;
+        }
+        Some(date.and_hms_micro_opt(h, m, sec, num(20, 6)?)?.and_utc())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&s).map(|t| t.with_timezone(&Utc)).map_err(serde::de::Error::custom)
+        struct TimeVisitor;
+        impl serde::de::Visitor<'_> for TimeVisitor {
+            type Value = DateTime<Utc>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an RFC 3339 time")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<DateTime<Utc>, E> {
+                parse(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(TimeVisitor)
     }
 
     /// Truncates a time to what the encoding keeps, so an encoded-then-decoded time is equal.
     pub fn truncate(t: DateTime<Utc>) -> DateTime<Utc> {
         let micros = t.timestamp_micros();
         DateTime::from_timestamp_micros(micros).expect("in range")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_fast_paths_agree_with_chrono() {
+            let mut t = DateTime::from_timestamp_micros(-62_135_596_800_000_000).unwrap(); // year 1
+            let step = 7_919_993_137_777i64; // ~92 days and some micros, so every field moves
+            while t.year() < 9999 {
+                let ours = format(&t).expect("years 1-9999");
+                let chrono = t.to_rfc3339_opts(SecondsFormat::Micros, true);
+                assert_eq!(std::str::from_utf8(&ours).unwrap(), chrono);
+                assert_eq!(parse_canonical(chrono.as_bytes()), Some(t), "{chrono}");
+                t += chrono::Duration::microseconds(step);
+            }
+        }
+
+        #[test]
+        fn other_forms_take_chronos_path_and_nonsense_is_refused() {
+            let same = parse("2026-11-26T08:00:00.000001Z").unwrap();
+            assert_eq!(parse("2026-11-26T08:00:00.000001+00:00").unwrap(), same);
+            assert_eq!(parse("2026-11-26T16:00:00.000001+08:00").unwrap(), same);
+            assert_eq!(parse("2026-11-26T08:00:00.000001z").unwrap(), same);
+            for bad in ["2026-13-26T08:00:00.000000Z", "2026-02-30T08:00:00.000000Z", "2026-11-26T24:00:00.000000Z", "2026-11-26T08:60:00.000000Z", "2026-11-26T08:00:61.000000Z", "2026-11-26T08:00:00.00000aZ", "2026-11-26 08:00:00", ""] {
+                assert!(parse_canonical(bad.as_bytes()).is_none(), "{bad}");
+                assert!(parse(bad).is_err(), "{bad}");
+            }
+        }
     }
 }

@@ -1,0 +1,591 @@
+//! A direct reader for the canonical encoding: it walks the bytes in the one order the encoder
+//! writes them and builds the [`Event`] with no intermediate values, about ten times faster
+//! than the general JSON decoder (the audit tool reads every event of a log).
+//!
+//! It accepts only a subset of what the general decoder accepts, and for that subset gives the
+//! same value: anything it does not expect (another field order, whitespace, a string with an
+//! escape, an older schema version, an unknown field) makes it return `None`, and
+//! [`crate::decode`] falls back to the general decoder, which also gives the error messages.
+//! The tests check both properties against the general decoder on every payload variant and on
+//! many corrupted inputs.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::chain::Hash;
+use crate::money::Currency;
+use crate::types::*;
+
+/// Decodes canonical bytes of schema version 2 or 3, or returns `None`.
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    // One UTF-8 check for the whole event; every string below is a slice of it. Canonical
+    // bytes hold no control character anywhere (no whitespace, none raw in a string), so one
+    // check here lets strings look only for their closing quote.
+    if bytes.iter().fold(false, |seen, &b| seen | (b < 0x20)) {
+        return None;
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut r = Reader { s: text, i: 0 };
+    r.lit("{\"v\":")?;
+    let v = match r.u64()? {
+        v @ (2 | 3) => v as u16,
+        _ => return None,
+    };
+    r.lit(",\"id\":")?;
+    let id = r.uuid()?;
+    r.lit(",\"seq\":")?;
+    let seq = r.u64()?;
+    r.lit(",\"account\":")?;
+    let account = r.string()?;
+    r.lit(",\"account_seq\":")?;
+    let account_seq = r.u64()?;
+    r.lit(",\"event_time\":")?;
+    let event_time = r.time()?;
+    r.lit(",\"record_time\":")?;
+    let record_time = r.time()?;
+    r.lit(",\"idempotency_key\":")?;
+    let idempotency_key = r.opt(Reader::string)?;
+    r.lit(",\"request_digest\":")?;
+    let request_digest = r.opt(Reader::hash)?;
+    r.lit(",\"correlation_id\":")?;
+    let correlation_id = r.opt(Reader::string)?;
+    r.lit(",\"context\":{\"channel\":")?;
+    let channel = r.string()?;
+    r.lit(",\"device_id\":")?;
+    let device_id = r.opt(Reader::string)?;
+    r.lit(",\"ip\":")?;
+    let ip = r.opt(Reader::string)?;
+    r.lit(",\"user_agent\":")?;
+    let user_agent = r.opt(Reader::string)?;
+    r.lit("},\"prev_hash\":")?;
+    let prev_hash = r.hash()?;
+    r.lit(",\"payload\":")?;
+    let payload = r.payload()?;
+    r.lit("}")?;
+    if r.i != r.s.len() {
+        return None;
+    }
+    Some(Event {
+        v,
+        id,
+        seq,
+        account,
+        account_seq,
+        event_time,
+        record_time,
+        idempotency_key,
+        request_digest,
+        correlation_id,
+        context: Context { channel, device_id, ip, user_agent },
+        prev_hash,
+        payload,
+    })
+}
+
+struct Reader<'a> {
+    s: &'a str,
+    i: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn rest(&self) -> &'a [u8] {
+        &self.s.as_bytes()[self.i..]
+    }
+
+    /// Exactly these bytes next.
+    #[inline(always)]
+    fn lit(&mut self, l: &str) -> Option<()> {
+        self.rest().starts_with(l.as_bytes()).then(|| self.i += l.len())
+    }
+
+    /// A string without escapes, borrowed (control characters were refused up front).
+    fn str(&mut self) -> Option<&'a str> {
+        self.lit("\"")?;
+        let start = self.i;
+        let len = memchr::memchr2(b'"', b'\\', self.rest())?;
+        if self.rest()[len] != b'"' {
+            return None;
+        }
+        self.i += len + 1;
+        // Both ends are at ASCII bytes, so on character boundaries.
+        Some(&self.s[start..start + len])
+    }
+
+    /// A string of exactly `n` bytes (ids, hashes, times), borrowed; what the caller parses it
+    /// with refuses a quote or a backslash inside.
+    fn fixed(&mut self, n: usize) -> Option<&'a [u8]> {
+        let r = self.rest();
+        if r.len() < n + 2 || r[0] != b'"' || r[n + 1] != b'"' {
+            return None;
+        }
+        self.i += n + 2;
+        Some(&r[1..=n])
+    }
+
+    fn string(&mut self) -> Option<String> {
+        self.str().map(str::to_owned)
+    }
+
+    #[inline(always)]
+    fn opt<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        if self.lit("null").is_some() {
+            return Some(None);
+        }
+        read(self).map(Some)
+    }
+
+    /// A non-negative integer as JSON writes it: no sign, no leading zero, no fraction.
+    fn u64(&mut self) -> Option<u64> {
+        let digits = self.rest().iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || digits > 20 || (digits > 1 && self.rest()[0] == b'0') {
+            return None;
+        }
+        if matches!(self.rest().get(digits), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for &b in &self.rest()[..digits] {
+            n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        }
+        self.i += digits;
+        Some(n)
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        if self.lit("-").is_some() {
+            let n = self.u64()?;
+            if n == 0 {
+                return None; // `-0` is not canonical
+            }
+            return 0i64.checked_sub_unsigned(n);
+        }
+        i64::try_from(self.u64()?).ok()
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        u32::try_from(self.u64()?).ok()
+    }
+
+    fn bool(&mut self) -> Option<bool> {
+        if self.lit("true").is_some() {
+            Some(true)
+        } else {
+            self.lit("false").map(|_| false)
+        }
+    }
+
+    /// The hyphenated form only (36 bytes), as the encoder writes it.
+    fn uuid(&mut self) -> Option<Uuid> {
+        Uuid::try_parse_ascii(self.fixed(36)?).ok()
+    }
+
+    fn hash(&mut self) -> Option<Hash> {
+        crate::chain::hash_from_hex(self.fixed(64)?)
+    }
+
+    fn time(&mut self) -> Option<DateTime<Utc>> {
+        crate::types::micros::parse_canonical(self.fixed(27)?)
+    }
+
+    fn provider(&mut self) -> Option<Provider> {
+        Provider::parse(self.str()?).ok()
+    }
+
+    fn currency(&mut self) -> Option<Currency> {
+        Currency::parse(self.str()?).ok()
+    }
+
+    fn wallet(&mut self) -> Option<WalletRef> {
+        self.lit("{\"masked\":")?;
+        let masked = self.string()?;
+        self.lit(",\"fingerprint\":")?;
+        let fingerprint = self.hash()?;
+        self.lit("}")?;
+        Some(WalletRef { masked, fingerprint })
+    }
+
+    fn factor(&mut self) -> Option<Factor> {
+        Some(match self.str()? {
+            "password" => Factor::Password,
+            "sms" => Factor::Sms,
+            "fingerprint" => Factor::Fingerprint,
+            "face" => Factor::Face,
+            _ => return None,
+        })
+    }
+
+    fn side(&mut self) -> Option<Side> {
+        Some(match self.str()? {
+            "provider" => Side::Provider,
+            "platform" => Side::Platform,
+            _ => return None,
+        })
+    }
+
+    fn factors(&mut self) -> Option<Vec<FactorCheck>> {
+        self.lit("[")?;
+        let mut out = Vec::new();
+        if self.lit("]").is_some() {
+            return Some(out);
+        }
+        loop {
+            self.lit("{\"factor\":")?;
+            let factor = self.factor()?;
+            self.lit(",\"passed\":")?;
+            let passed = self.bool()?;
+            self.lit("}")?;
+            out.push(FactorCheck { factor, passed });
+            if self.lit("]").is_some() {
+                return Some(out);
+            }
+            self.lit(",")?;
+        }
+    }
+
+    /// `{"code":"<code>"` of a failure reason; the caller reads the fields and the `}`.
+    fn code(&mut self) -> Option<&'a str> {
+        self.lit("{\"code\":")?;
+        self.str()
+    }
+
+    fn end(&mut self) -> Option<()> {
+        self.lit("}")
+    }
+
+    fn bind_failure(&mut self) -> Option<BindFailure> {
+        let reason = match self.code()? {
+            "wallet_frozen" => BindFailure::WalletFrozen,
+            "wallet_closed" => BindFailure::WalletClosed,
+            "invalid_input" => {
+                self.lit(",\"field\":")?;
+                BindFailure::InvalidInput { field: self.string()? }
+            }
+            "network" => BindFailure::Network,
+            "maintenance" => {
+                self.lit(",\"side\":")?;
+                BindFailure::Maintenance { side: self.side()? }
+            }
+            "already_bound" => {
+                self.lit(",\"binding_id\":")?;
+                BindFailure::AlreadyBound { binding_id: self.uuid()? }
+            }
+            "verification_factor_failed" => {
+                self.lit(",\"factor\":")?;
+                BindFailure::VerificationFactorFailed { factor: self.factor()? }
+            }
+            "binding_limit_reached" => {
+                self.lit(",\"limit\":")?;
+                BindFailure::BindingLimitReached { limit: self.u32()? }
+            }
+            _ => return None,
+        };
+        self.end().map(|_| reason)
+    }
+
+    fn payment_failure(&mut self) -> Option<PaymentFailure> {
+        let reason = match self.code()? {
+            "wrong_password" => PaymentFailure::WrongPassword,
+            "binding_not_active" => PaymentFailure::BindingNotActive,
+            "wallet_frozen" => PaymentFailure::WalletFrozen,
+            "wallet_closed" => PaymentFailure::WalletClosed,
+            "insufficient_funds" => PaymentFailure::InsufficientFunds,
+            "verification_factor_failed" => {
+                self.lit(",\"factor\":")?;
+                PaymentFailure::VerificationFactorFailed { factor: self.factor()? }
+            }
+            "network" => PaymentFailure::Network,
+            "maintenance" => {
+                self.lit(",\"side\":")?;
+                PaymentFailure::Maintenance { side: self.side()? }
+            }
+            "binding_locked" => {
+                self.lit(",\"alert_id\":")?;
+                let alert_id = self.string()?;
+                self.lit(",\"until\":")?;
+                PaymentFailure::BindingLocked { alert_id, until: self.time()? }
+            }
+            _ => return None,
+        };
+        self.end().map(|_| reason)
+    }
+
+    fn lock_failure(&mut self) -> Option<LockFailure> {
+        let reason = match self.code()? {
+            "not_bound" => LockFailure::NotBound,
+            "not_locked" => LockFailure::NotLocked,
+            _ => return None,
+        };
+        self.end().map(|_| reason)
+    }
+
+    fn unbind_failure(&mut self) -> Option<UnbindFailure> {
+        let reason = match self.code()? {
+            "not_bound" => UnbindFailure::NotBound,
+            "maintenance" => {
+                self.lit(",\"side\":")?;
+                UnbindFailure::Maintenance { side: self.side()? }
+            }
+            _ => return None,
+        };
+        self.end().map(|_| reason)
+    }
+
+    fn payload(&mut self) -> Option<Payload> {
+        self.lit("{\"type\":")?;
+        let kind = self.str()?;
+        // Each field in declaration order: `,"name":value`.
+        macro_rules! field {
+            ($name:literal, $read:ident) => {{
+                self.lit(concat!(",\"", $name, "\":"))?;
+                self.$read()?
+            }};
+        }
+        let payload = match kind {
+            "wallet_bound" => Payload::WalletBound {
+                binding_id: field!("binding_id", uuid),
+                provider: field!("provider", provider),
+                wallet: field!("wallet", wallet),
+                factors: field!("factors", factors),
+                agreement_id: field!("agreement_id", string),
+            },
+            "bind_failed" => Payload::BindFailed {
+                provider: field!("provider", provider),
+                wallet: field!("wallet", wallet),
+                factors: field!("factors", factors),
+                reason: field!("reason", bind_failure),
+            },
+            "payment_succeeded" => Payload::PaymentSucceeded {
+                binding_id: field!("binding_id", uuid),
+                provider: field!("provider", provider),
+                wallet: field!("wallet", wallet),
+                order_id: field!("order_id", string),
+                amount_minor: field!("amount_minor", i64),
+                currency: field!("currency", currency),
+                factors: field!("factors", factors),
+                authorization_id: field!("authorization_id", string),
+            },
+            "payment_failed" => Payload::PaymentFailed {
+                binding_id: field!("binding_id", uuid),
+                order_id: field!("order_id", string),
+                amount_minor: field!("amount_minor", i64),
+                currency: field!("currency", currency),
+                factors: field!("factors", factors),
+                reason: field!("reason", payment_failure),
+            },
+            "wallet_unbound" => Payload::WalletUnbound {
+                binding_id: field!("binding_id", uuid),
+                provider: field!("provider", provider),
+                wallet: field!("wallet", wallet),
+            },
+            "unbind_failed" => Payload::UnbindFailed {
+                binding_id: field!("binding_id", uuid),
+                reason: field!("reason", unbind_failure),
+            },
+            "binding_locked" => Payload::BindingLocked {
+                binding_id: field!("binding_id", uuid),
+                alert_id: field!("alert_id", string),
+                until: field!("until", time),
+            },
+            "binding_lock_failed" => Payload::BindingLockFailed {
+                binding_id: field!("binding_id", uuid),
+                alert_id: field!("alert_id", string),
+                reason: field!("reason", lock_failure),
+            },
+            "binding_unlocked" => Payload::BindingUnlocked {
+                binding_id: field!("binding_id", uuid),
+                alert_id: field!("alert_id", string),
+                cause: {
+                    self.lit(",\"cause\":")?;
+                    match self.str()? {
+                        "manual" => UnlockCause::Manual,
+                        "expired" => UnlockCause::Expired,
+                        _ => return None,
+                    }
+                },
+            },
+            "binding_unlock_failed" => Payload::BindingUnlockFailed {
+                binding_id: field!("binding_id", uuid),
+                reason: field!("reason", lock_failure),
+            },
+            _ => return None,
+        };
+        self.end().map(|_| payload)
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::GENESIS_HASH;
+    use crate::codec::{decode_general, encode};
+    use chrono::TimeZone;
+
+    fn wallet(n: u8) -> WalletRef {
+        WalletRef { masked: "138****5678".into(), fingerprint: Hash([n; 32]) }
+    }
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    /// Every payload variant and every failure reason, with and without the optional parts.
+    fn payloads() -> Vec<Payload> {
+        let t = Utc.with_ymd_and_hms(2026, 11, 26, 8, 0, 0).unwrap() + chrono::Duration::microseconds(123_456);
+        let p = || Provider::parse("alipay").unwrap();
+        let f = vec![FactorCheck { factor: Factor::Password, passed: true }, FactorCheck { factor: Factor::Sms, passed: false }];
+        let cny = Currency::parse("CNY").unwrap();
+        let mut out = vec![
+            Payload::WalletBound { binding_id: id(1), provider: p(), wallet: wallet(1), factors: f.clone(), agreement_id: "agr-1".into() },
+            Payload::WalletBound { binding_id: id(1), provider: Provider::parse("other:my-pay_2").unwrap(), wallet: wallet(2), factors: vec![], agreement_id: String::new() },
+            Payload::PaymentSucceeded { binding_id: id(2), provider: p(), wallet: wallet(3), order_id: "o-1".into(), amount_minor: 1, currency: cny, factors: f.clone(), authorization_id: "a-1".into() },
+            Payload::PaymentSucceeded { binding_id: id(2), provider: p(), wallet: wallet(3), order_id: "订单-1".into(), amount_minor: i64::MAX, currency: Currency::parse("JPY").unwrap(), factors: vec![FactorCheck { factor: Factor::Face, passed: true }], authorization_id: "a".into() },
+            Payload::WalletUnbound { binding_id: id(3), provider: p(), wallet: wallet(4) },
+            Payload::BindingLocked { binding_id: id(4), alert_id: "brute_force-17".into(), until: t },
+            Payload::BindingUnlocked { binding_id: id(4), alert_id: "x".into(), cause: UnlockCause::Manual },
+            Payload::BindingUnlocked { binding_id: id(4), alert_id: "x".into(), cause: UnlockCause::Expired },
+        ];
+        let bind = [
+            BindFailure::WalletFrozen,
+            BindFailure::WalletClosed,
+            BindFailure::InvalidInput { field: "wallet_account".into() },
+            BindFailure::Network,
+            BindFailure::Maintenance { side: Side::Provider },
+            BindFailure::Maintenance { side: Side::Platform },
+            BindFailure::AlreadyBound { binding_id: id(9) },
+            BindFailure::VerificationFactorFailed { factor: Factor::Fingerprint },
+            BindFailure::BindingLimitReached { limit: u32::MAX },
+        ];
+        out.extend(bind.into_iter().map(|reason| Payload::BindFailed { provider: p(), wallet: wallet(5), factors: f.clone(), reason }));
+        let pay = [
+            PaymentFailure::WrongPassword,
+            PaymentFailure::BindingNotActive,
+            PaymentFailure::WalletFrozen,
+            PaymentFailure::WalletClosed,
+            PaymentFailure::InsufficientFunds,
+            PaymentFailure::VerificationFactorFailed { factor: Factor::Sms },
+            PaymentFailure::Network,
+            PaymentFailure::Maintenance { side: Side::Platform },
+            PaymentFailure::BindingLocked { alert_id: "ring-5".into(), until: t },
+        ];
+        out.extend(pay.into_iter().map(|reason| Payload::PaymentFailed { binding_id: id(6), order_id: "o-2".into(), amount_minor: -42, currency: cny, factors: vec![], reason }));
+        out.extend([UnbindFailure::NotBound, UnbindFailure::Maintenance { side: Side::Provider }].map(|reason| Payload::UnbindFailed { binding_id: id(7), reason }));
+        for reason in [LockFailure::NotBound, LockFailure::NotLocked] {
+            out.push(Payload::BindingLockFailed { binding_id: id(8), alert_id: "a-1".into(), reason: reason.clone() });
+            out.push(Payload::BindingUnlockFailed { binding_id: id(8), reason });
+        }
+        out
+    }
+
+    fn events() -> Vec<Event> {
+        payloads()
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| {
+                let full = i % 2 == 0;
+                let some = |s: &str| full.then(|| s.to_owned());
+                Event {
+                    v: crate::SCHEMA_VERSION,
+                    id: Uuid::now_v7(),
+                    seq: if i == 3 { u64::MAX } else { i as u64 + 1 },
+                    account: format!("acct-{i}"),
+                    account_seq: i as u64 * 1_000_003,
+                    event_time: Utc.with_ymd_and_hms(2026, 1 + (i % 12) as u32, 28, 23, 59, 59).unwrap() + chrono::Duration::microseconds(i as i64 * 7),
+                    record_time: Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
+                    idempotency_key: some("k-1"),
+                    request_digest: full.then_some(Hash([0xab; 32])),
+                    correlation_id: some("checkout/42"),
+                    context: Context { channel: "app".into(), device_id: some("dev-1"), ip: some("10.0.0.1"), user_agent: some("Mozilla/5.0 (ü)") },
+                    prev_hash: if i == 0 { GENESIS_HASH } else { Hash([i as u8; 32]) },
+                    payload,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_variant_is_read_directly_and_equals_the_general_decoder() {
+        let all = events();
+        assert_eq!(all.len(), 32);
+        for e in all {
+            let bytes = encode(&e);
+            assert_eq!(decode(&bytes).as_ref(), Some(&e), "{}", String::from_utf8_lossy(&bytes));
+            assert_eq!(decode_general(&bytes).as_ref(), Ok(&e));
+        }
+    }
+
+    #[test]
+    fn version_2_is_read_directly_and_version_1_is_not() {
+        let bytes = encode(&events()[2]);
+        let v2 = [b"{\"v\":2,".as_slice(), &bytes[7..]].concat();
+        assert_eq!(decode(&v2).map(|e| e.v), Some(2));
+        let v1 = [b"{\"v\":1,".as_slice(), &bytes[7..]].concat();
+        assert_eq!(decode(&v1), None, "v1 needs upcasting: the general decoder's job");
+    }
+
+    #[test]
+    fn what_it_does_not_expect_goes_to_the_general_decoder() {
+        let e = events().remove(3);
+        let bytes = encode(&e);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        // Valid JSON for the general decoder, not canonical: each is left to it, which
+        // decodes it to the same event.
+        let variants = [
+            format!("{text} "),
+            text.replacen("{\"v\":3,", "{ \"v\":3,", 1),
+            text.replacen("\"account\":\"acct-3\"", "\"account\":\"acct\\u002d3\"", 1),
+            text.replacen("\"idempotency_key\":null,", "", 1).replacen("\"request_digest\":null,", "\"idempotency_key\":null,\"request_digest\":null,\"extra\":1,", 1),
+        ];
+        for v in &variants {
+            assert_ne!(v, &text);
+            assert_eq!(decode(v.as_bytes()), None, "{v}");
+            assert_eq!(decode_general(v.as_bytes()).as_ref(), Ok(&e), "{v}");
+            assert_eq!(crate::decode(v.as_bytes()).as_ref(), Ok(&e));
+        }
+        // An escaped quote in a string: not read directly, decoded by the general decoder.
+        let mut quoted = e.clone();
+        quoted.context.user_agent = Some("say \"hi\"\n".into());
+        let b = encode(&quoted);
+        assert_eq!(decode(&b), None);
+        assert_eq!(crate::decode(&b), Ok(quoted));
+    }
+
+    /// Corrupts canonical bytes in every way a byte can go wrong, one at a time: whenever the
+    /// direct reader accepts the result, the general decoder must accept it too and give the
+    /// same event.
+    #[test]
+    fn on_corrupted_bytes_it_never_disagrees_with_the_general_decoder() {
+        let replacements = b"0123456789abcdefABCDEF\"\\{}[],:-.eE+ nulltrufs\x00\x1f\x7f\xc3\xa9";
+        let (mut accepted, mut tried) = (0u64, 0u64);
+        for e in events().into_iter().step_by(3).take(5) {
+            let bytes = encode(&e);
+            for at in 0..bytes.len() {
+                let mut cases: Vec<Vec<u8>> = replacements
+                    .iter()
+                    .filter(|&&r| r != bytes[at])
+                    .map(|&r| {
+                        let mut b = bytes.clone();
+                        b[at] = r;
+                        b
+                    })
+                    .collect();
+                let mut removed = bytes.clone();
+                removed.remove(at);
+                cases.push(removed);
+                let mut doubled = bytes.clone();
+                doubled.insert(at, bytes[at]);
+                cases.push(doubled);
+                for case in cases {
+                    tried += 1;
+                    if let Some(direct) = decode(&case) {
+                        accepted += 1;
+                        assert_eq!(decode_general(&case).as_ref(), Ok(&direct), "{}", String::from_utf8_lossy(&case));
+                    }
+                }
+            }
+        }
+        // Some corruptions are still valid events (another digit, another hex letter): the
+        // comparison above ran on those.
+        assert!(accepted > 1_000 && accepted < tried / 2, "accepted {accepted} of {tried}");
+    }
+}
