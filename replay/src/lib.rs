@@ -54,7 +54,7 @@ impl Source {
                 if !dir.join("log").exists() {
                     return Err(format!("no ledger log in {}", dir.display()));
                 }
-                let store = bindledger::store::Store::open(dir).map_err(|e| e.to_string())?;
+                let store = bindledger::store::Store::open_for_scan(dir).map_err(|e| e.to_string())?;
                 Ok(Box::new(store.scan_events(1).map(|r| r.map(|(_, b)| b.to_vec()).map_err(|e| e.to_string()))))
             }
             Source::Export(path) => {
@@ -107,6 +107,138 @@ impl Iterator for Progress {
             eprint!("\r\x1b[K");
         }
         item
+    }
+}
+
+/// One event as the audit reads it: its stored bytes, their SHA-256 and the event decoded.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub bytes: Vec<u8>,
+    pub hash: Hash,
+    pub event: std::result::Result<Event, String>,
+}
+
+impl Decoded {
+    pub fn new(bytes: Vec<u8>) -> Decoded {
+        let hash = hash_bytes(&bytes);
+        let event = decode(&bytes).map_err(|e| e.to_string());
+        Decoded { bytes, hash, event }
+    }
+}
+
+/// Events per batch handed between the pipeline's threads.
+const PIPELINE_BATCH: usize = 256;
+/// Batches in flight per worker, each way.
+const PIPELINE_DEPTH: usize = 4;
+
+/// Reads a source on one thread, hashes and decodes its events on `workers` threads, and
+/// yields them in the source's order. Every channel between the threads is bounded
+/// ([`PIPELINE_DEPTH`] batches of [`PIPELINE_BATCH`] events per worker each way), so memory
+/// stays flat however long the log. Dropping it stops the threads and waits for them (a data
+/// directory is free again when it returns).
+pub struct Pipeline {
+    outputs: Vec<std::sync::mpsc::Receiver<Vec<Result<Decoded>>>>,
+    next_worker: usize,
+    batch: std::vec::IntoIter<Result<Decoded>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    done: bool,
+}
+
+impl Source {
+    /// Every event, hashed and decoded in parallel, in the source's order; with the progress
+    /// line of [`Source::read_with_progress`].
+    pub fn decoded(&self) -> Pipeline {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        Pipeline::start(self.clone(), workers)
+    }
+}
+
+impl Pipeline {
+    pub fn start(source: Source, workers: usize) -> Pipeline {
+        use std::sync::mpsc::sync_channel;
+        let mut inputs = Vec::new();
+        let mut outputs = Vec::new();
+        let mut threads = Vec::new();
+        for _ in 0..workers {
+            let (in_tx, in_rx) = sync_channel::<Vec<Result<Vec<u8>>>>(PIPELINE_DEPTH);
+            let (out_tx, out_rx) = sync_channel::<Vec<Result<Decoded>>>(PIPELINE_DEPTH);
+            threads.push(std::thread::spawn(move || {
+                for batch in in_rx {
+                    let done: Vec<Result<Decoded>> = batch.into_iter().map(|r| r.map(Decoded::new)).collect();
+                    if out_tx.send(done).is_err() {
+                        return;
+                    }
+                }
+            }));
+            inputs.push(in_tx);
+            outputs.push(out_rx);
+        }
+        threads.push(std::thread::spawn(move || {
+            let mut items = source.read_with_progress().unwrap_or_else(|e| Box::new(std::iter::once(Err(e))));
+            let mut k = 0;
+            loop {
+                let mut batch = Vec::with_capacity(PIPELINE_BATCH);
+                let mut end = false;
+                while batch.len() < PIPELINE_BATCH {
+                    match items.next() {
+                        Some(item) => {
+                            end = item.is_err();
+                            batch.push(item);
+                            if end {
+                                break;
+                            }
+                        }
+                        None => {
+                            end = true;
+                            break;
+                        }
+                    }
+                }
+                if !batch.is_empty() {
+                    if inputs[k % inputs.len()].send(batch).is_err() {
+                        return;
+                    }
+                    k += 1;
+                }
+                if end {
+                    // An empty batch, where the consumer looks next, marks the end.
+                    let _ = inputs[k % inputs.len()].send(Vec::new());
+                    return;
+                }
+            }
+        }));
+        Pipeline { outputs, next_worker: 0, batch: Vec::new().into_iter(), threads, done: false }
+    }
+}
+
+impl Iterator for Pipeline {
+    type Item = Result<Decoded>;
+    fn next(&mut self) -> Option<Result<Decoded>> {
+        loop {
+            if let Some(item) = self.batch.next() {
+                return Some(item);
+            }
+            if self.done {
+                return None;
+            }
+            let from = self.next_worker % self.outputs.len();
+            self.next_worker += 1;
+            match self.outputs[from].recv() {
+                Ok(batch) if !batch.is_empty() => self.batch = batch.into_iter(),
+                // The end (an empty batch), or the threads are gone.
+                _ => self.done = true,
+            }
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        // Closing the outputs makes the workers stop, which makes the reader stop.
+        self.outputs.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
 
@@ -178,9 +310,9 @@ fn kafka_topic(brokers: &str, topic: &str) -> Result<Vec<Vec<u8>>> {
 }
 
 /// The next event's seq and recorded link, without taking it.
-fn peek_seq<I: Iterator<Item = Result<Vec<u8>>>>(events: &mut std::iter::Peekable<I>) -> Option<(u64, Hash)> {
+fn peek_seq<I: Iterator<Item = Result<Decoded>>>(events: &mut std::iter::Peekable<I>) -> Option<(u64, Hash)> {
     match events.peek() {
-        Some(Ok(b)) => decode(b).ok().map(|n: Event| (n.seq, n.prev_hash)),
+        Some(Ok(Decoded { event: Ok(n), .. })) => Some((n.seq, n.prev_hash)),
         _ => None,
     }
 }
@@ -266,7 +398,14 @@ pub fn read_checkpoints(from: &str, token: Option<&str>) -> Result<Vec<bindledge
 /// must hash to its head, and the log must reach the last checkpoint. A log rewritten after a
 /// checkpoint (even with its chain recomputed) fails here.
 pub fn audit_against(events: impl Iterator<Item = Result<Vec<u8>>>, heads: &std::collections::BTreeMap<u64, Hash>) -> Result<AuditReport> {
-    let mut report = audit_inner(events, heads)?;
+    audit_decoded(events.map(|r| r.map(Decoded::new)), heads, |_| {})
+}
+
+/// [`audit_against`] over events already hashed and decoded (by a [`Pipeline`]), handing each
+/// event that passed every check to `visit`, in order: one pass verifies a log and rebuilds
+/// whatever `visit` folds.
+pub fn audit_decoded(events: impl Iterator<Item = Result<Decoded>>, heads: &std::collections::BTreeMap<u64, Hash>, visit: impl FnMut(&Event)) -> Result<AuditReport> {
+    let mut report = audit_inner(events, heads, visit)?;
     if report.problem.is_none() {
         if let Some((&seq, head)) = heads.iter().next_back().filter(|(seq, _)| **seq > report.events) {
             report.problem = Some(Problem {
@@ -282,7 +421,7 @@ pub fn audit_against(events: impl Iterator<Item = Result<Vec<u8>>>, heads: &std:
     Ok(report)
 }
 
-fn audit_inner(events: impl Iterator<Item = Result<Vec<u8>>>, heads: &std::collections::BTreeMap<u64, Hash>) -> Result<AuditReport> {
+fn audit_inner(events: impl Iterator<Item = Result<Decoded>>, heads: &std::collections::BTreeMap<u64, Hash>, mut visit: impl FnMut(&Event)) -> Result<AuditReport> {
     let mut events = events.peekable();
     let mut expected = 1u64;
     let mut prev = GENESIS_HASH;
@@ -291,17 +430,16 @@ fn audit_inner(events: impl Iterator<Item = Result<Vec<u8>>>, heads: &std::colle
     let mut accounts: HashMap<String, u64> = HashMap::new();
     let mut position = 0u64;
     let fail = |p: Problem, n: u64, head: Hash| Ok(AuditReport { events: n, head, problem: Some(p) });
-    while let Some(bytes) = events.next() {
-        let bytes = bytes?;
+    while let Some(item) = events.next() {
+        let Decoded { hash, event, .. } = item?;
         position += 1;
-        let e = match decode(&bytes) {
+        let e = match event {
             Ok(e) => e,
             Err(err) => {
-                let p = Problem { kind: "undecodable", seq: expected, account: None, position, expected: "a valid event".into(), found: err.to_string() };
+                let p = Problem { kind: "undecodable", seq: expected, account: None, position, expected: "a valid event".into(), found: err };
                 return fail(p, expected - 1, prev);
             }
         };
-        let hash = hash_bytes(&bytes);
         if e.seq < expected {
             let kind = if e.seq + 1 == expected && hash == prev { "duplicate" } else { "reordered" };
             let p = Problem {
@@ -392,7 +530,13 @@ fn audit_inner(events: impl Iterator<Item = Result<Vec<u8>>>, heads: &std::colle
             };
             return fail(p, expected - 1, prev);
         }
-        accounts.insert(e.account.clone(), e.account_seq);
+        match accounts.get_mut(&e.account) {
+            Some(seq) => *seq = e.account_seq,
+            None => {
+                accounts.insert(e.account.clone(), e.account_seq);
+            }
+        }
+        visit(&e);
         before_prev = prev;
         prev = hash;
         expected += 1;

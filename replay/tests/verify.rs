@@ -134,3 +134,41 @@ fn progress_shows_on_a_terminal_only() {
         Err(e) => eprintln!("script(1) is not available ({e}): the terminal case is not checked here"),
     }
 }
+
+/// The CLI hashes and decodes on worker threads in batches: over many batches, each problem is
+/// still found at its place, and the pipeline yields exactly what a plain read does, in order.
+#[test]
+fn the_pipeline_keeps_the_order_across_batches_and_threads() {
+    let lines = export(5_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("export.ndjson");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let source = bindledger_replay::Source::Export(path);
+    let plain: Vec<bindledger_replay::Decoded> = source.read().unwrap().map(|r| bindledger_replay::Decoded::new(r.unwrap())).collect();
+    for workers in [1, 2, 3] {
+        let piped: Vec<bindledger_replay::Decoded> = bindledger_replay::Pipeline::start(source.clone(), workers).map(Result::unwrap).collect();
+        assert_eq!(piped.len(), 5_000);
+        for (a, b) in plain.iter().zip(&piped) {
+            assert_eq!((&a.bytes, a.hash, &a.event), (&b.bytes, b.hash, &b.event));
+        }
+    }
+    let (code, r) = verify(&lines);
+    assert_eq!((code, r["events"].as_u64()), (0, Some(5_000)), "{r}");
+    let mut swapped = lines.clone();
+    swapped.swap(3_999, 4_000);
+    assert_eq!(problem(&swapped), ("reordered".into(), 4_000, 3_999));
+    let mut cut = lines.clone();
+    cut.remove(2_600);
+    assert_eq!(problem(&cut), ("missing".into(), 2_601, 2_600));
+    let mut bad = lines.clone();
+    bad[4_998] = bad[4_998].replace("not_bound", "not_bound\",\"x\":\"");
+    assert_eq!(problem(&bad).1, 4_999);
+}
+
+/// A source that cannot be read reports it through the pipeline, which then ends.
+#[test]
+fn a_source_error_comes_through_the_pipeline() {
+    let mut p = bindledger_replay::Pipeline::start(bindledger_replay::Source::Export("/nonexistent/export.ndjson".into()), 2);
+    assert!(p.next().unwrap().unwrap_err().contains("/nonexistent/export.ndjson"));
+    assert!(p.next().is_none());
+}
