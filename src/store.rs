@@ -140,6 +140,78 @@ impl IndexBatch {
 /// The page cache of [`Store::open_for_scan`].
 const SCAN_CACHE_BYTES: u64 = 64 << 20;
 
+/// Stored bytes [`DirScan`] reads between two opens of the log.
+pub const SCAN_REOPEN_BYTES: u64 = 512 << 20;
+
+/// Reads a stopped ledger's log from a sequence to its end, in order, holding a bounded part of
+/// it in memory. sled 0.34 keeps every page a scan has read in memory until the database is
+/// closed, whatever its cache size (sled issue #1036): a plain scan of a 5,000,000-event log
+/// grew to 4.3 GB and spent most of its time in the kernel zeroing fresh pages. This scan closes
+/// the log after each [`SCAN_REOPEN_BYTES`] it read and opens it again where it stopped, so
+/// memory stays near that bound and is reused (measured on that log: 268k events/s at 4.3 GB
+/// for one open, 1.2-1.6M/s at under 1 GB).
+pub struct DirScan {
+    dir: std::path::PathBuf,
+    next: u64,
+    open: Option<Box<dyn Iterator<Item = Result<(u64, sled::IVec)>> + Send>>,
+    read: u64,
+    reopen_bytes: u64,
+    /// How many times the log was opened so far.
+    pub opens: u64,
+    done: bool,
+}
+
+/// See [`DirScan`].
+pub fn scan_dir(dir: &Path, from: u64) -> Result<DirScan> {
+    scan_dir_reopening(dir, from, SCAN_REOPEN_BYTES)
+}
+
+/// [`scan_dir`], reopening the log after each `reopen_bytes` read.
+pub fn scan_dir_reopening(dir: &Path, from: u64, reopen_bytes: u64) -> Result<DirScan> {
+    if !dir.join("log").exists() {
+        return Err(Error::NotFound(format!("no ledger log in {}", dir.display())));
+    }
+    Ok(DirScan { dir: dir.to_path_buf(), next: from.max(1), open: None, read: 0, reopen_bytes, opens: 0, done: false })
+}
+
+impl Iterator for DirScan {
+    type Item = Result<(u64, sled::IVec)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        if self.read >= self.reopen_bytes {
+            // Dropping the iterator drops the last handle on the database, which closes it.
+            self.open = None;
+            self.read = 0;
+        }
+        if self.open.is_none() {
+            match Store::open_for_scan(&self.dir) {
+                Ok(store) => {
+                    self.opens += 1;
+                    self.open = Some(Box::new(store.scan_events(self.next)));
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        let item = self.open.as_mut().expect("opened above").next();
+        match &item {
+            Some(Ok((seq, bytes))) => {
+                self.next = seq + 1;
+                self.read += bytes.len() as u64;
+            }
+            Some(Err(_)) | None => {
+                self.done = true;
+                self.open = None;
+            }
+        }
+        item
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir/log`.
     pub fn open(dir: &Path) -> Result<Store> {
@@ -359,6 +431,36 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reopening_scan_reads_every_event_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let events: Vec<Vec<u8>> = (1..=1_000u64).map(|seq| format!("event {seq} {}", "x".repeat(seq as usize % 300)).into_bytes()).collect();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for (i, part) in events.chunks(300).enumerate() {
+                let mut b = LogBatch::default();
+                for (j, e) in part.iter().enumerate() {
+                    b.add_event((i * 300 + j) as u64 + 1, e);
+                }
+                store.apply_log(b).unwrap();
+            }
+            store.flush().unwrap();
+        }
+        for from in [1u64, 2, 129, 777] {
+            let mut scan = scan_dir_reopening(dir.path(), from, 10_000).unwrap();
+            let read: Vec<(u64, Vec<u8>)> = scan.by_ref().map(|r| r.map(|(s, b)| (s, b.to_vec())).unwrap()).collect();
+            let want: Vec<(u64, Vec<u8>)> = (from..=1_000).map(|s| (s, events[s as usize - 1].clone())).collect();
+            assert_eq!(read, want, "from {from}");
+            let bytes: u64 = read.iter().map(|(_, b)| b.len() as u64).sum();
+            assert!(scan.opens >= bytes / 10_000 && scan.opens > 1, "opened {} times for {bytes} bytes", scan.opens);
+            assert!(scan.next().is_none());
+        }
+        // Closed at the end: the directory can be opened again.
+        drop(Store::open(dir.path()).unwrap());
+        let missing = scan_dir(&dir.path().join("nothing"), 1).err().unwrap();
+        assert!(missing.to_string().contains("no ledger log"), "{missing}");
+    }
 
     #[test]
     fn history_runs_are_read_across_and_inside_rows() {

@@ -51,11 +51,8 @@ impl Source {
     pub fn read(&self) -> Result<Box<dyn Iterator<Item = Result<Vec<u8>>>>> {
         match self {
             Source::DataDir(dir) => {
-                if !dir.join("log").exists() {
-                    return Err(format!("no ledger log in {}", dir.display()));
-                }
-                let store = bindledger::store::Store::open_for_scan(dir).map_err(|e| e.to_string())?;
-                Ok(Box::new(store.scan_events(1).map(|r| r.map(|(_, b)| b.to_vec()).map_err(|e| e.to_string()))))
+                let scan = bindledger::store::scan_dir(dir, 1).map_err(|e| e.to_string())?;
+                Ok(Box::new(scan.map(|r| r.map(|(_, b)| b.to_vec()).map_err(|e| e.to_string()))))
             }
             Source::Export(path) => {
                 let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
