@@ -44,8 +44,10 @@ struct Inner {
     read: Arc<RwLock<Projection>>,
     /// Keys of durable commands (see [`IdempotencyIndex`]).
     idempotency: Arc<Mutex<IdempotencyIndex>>,
-    /// The history index covers events through this seq.
+    /// The history index (stored rows and pending ones) covers events through this seq.
     indexed: Arc<AtomicU64>,
+    /// History not yet in the stored rows.
+    pending_history: Arc<RwLock<crate::indexer::PendingHistory>>,
     /// The highest durable seq, for followers.
     durable_watch: Arc<tokio::sync::watch::Sender<u64>>,
     /// Gateway calls in flight.
@@ -113,6 +115,7 @@ impl Ledger {
         let read = Arc::new(RwLock::new(state.clone()));
         let failed = Arc::new(AtomicBool::new(false));
         let indexed = Arc::new(AtomicU64::new(last_seq));
+        let pending_history: Arc<RwLock<crate::indexer::PendingHistory>> = Default::default();
         let rules = Rules {
             max_bindings_per_account: config.max_bindings_per_account,
             platform_maintenance: config.platform_maintenance,
@@ -141,6 +144,7 @@ impl Ledger {
                 read: read.clone(),
                 indexed: indexed.clone(),
                 snapshot_every_events: config.writer.snapshot_every_events,
+                pending: pending_history.clone(),
             }),
             tap: tap.clone(),
         };
@@ -158,6 +162,7 @@ impl Ledger {
                 read,
                 idempotency,
                 indexed,
+                pending_history,
                 durable_watch,
                 gateway_permits: Semaphore::new(config.gateway.concurrency_max),
                 gateway_timeout: Duration::from_millis(config.gateway.timeout_ms),
@@ -492,6 +497,21 @@ impl Ledger {
             .collect()
     }
 
+    /// Seqs of an account's events with `account_seq` in `(after, before)`, oldest or newest
+    /// first, at most `limit`: the stored history rows merged with the pending ones (read
+    /// first; see [`crate::indexer::PendingHistory`]).
+    fn account_event_seqs(&self, account: &str, after: u64, before: u64, newest_first: bool, limit: usize) -> Result<Vec<u64>> {
+        let mut seqs = self.inner.pending_history.read().expect("pending history lock").seqs(account, after, before);
+        seqs.extend(self.inner.store.account_event_seqs(account, after, before, newest_first, limit)?);
+        seqs.sort_unstable();
+        seqs.dedup();
+        if newest_first {
+            seqs.reverse();
+        }
+        seqs.truncate(limit);
+        Ok(seqs)
+    }
+
     /// Waits (a little) until the history index covers every event readers can see.
     async fn wait_indexed(&self) {
         let target = self.log_len();
@@ -512,7 +532,7 @@ impl Ledger {
         let mut before = before_version.unwrap_or(u64::MAX);
         // One more than asked tells whether a next page exists.
         'pages: loop {
-            let seqs = self.inner.store.account_event_seqs(account, 0, before, true, 256)?;
+            let seqs = self.account_event_seqs(account, 0, before, true, 256)?;
             let exhausted = seqs.len() < 256;
             for event in self.events_at(seqs)? {
                 before = event.account_seq;
@@ -539,7 +559,7 @@ impl Ledger {
     /// An account's events with `account_seq > after_version`, oldest first.
     pub async fn history(&self, account: &str, after_version: u64, limit: usize) -> Result<Vec<Event>> {
         self.wait_indexed().await;
-        self.events_at(self.inner.store.account_event_seqs(account, after_version, u64::MAX, false, limit)?)
+        self.events_at(self.account_event_seqs(account, after_version, u64::MAX, false, limit)?)
     }
 
     /// Raw stored events from `from` on (the bytes the hash chain covers). Only durable events:

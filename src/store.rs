@@ -137,6 +137,9 @@ impl IndexBatch {
     }
 }
 
+/// What the error of a log already open says.
+const IN_USE: &str = "is in use by another process";
+
 /// The page cache of [`Store::open_for_scan`].
 const SCAN_CACHE_BYTES: u64 = 64 << 20;
 
@@ -174,6 +177,22 @@ pub fn scan_dir_reopening(dir: &Path, from: u64, reopen_bytes: u64) -> Result<Di
     Ok(DirScan { dir: dir.to_path_buf(), next: from.max(1), open: None, read: 0, reopen_bytes, opens: 0, done: false })
 }
 
+/// Opens the log for a scan right after this process closed it: sled's I/O threads may hold
+/// the directory's lock for a moment after the last handle is dropped, so a lock held is tried
+/// again for up to two seconds (another process holding it still fails then).
+fn open_after_close(dir: &Path) -> Result<Store> {
+    let mut tries = 0;
+    loop {
+        match Store::open_for_scan(dir) {
+            Err(Error::Io(text)) if text.contains(IN_USE) && tries < 200 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Iterator for DirScan {
     type Item = Result<(u64, sled::IVec)>;
     fn next(&mut self) -> Option<Self::Item> {
@@ -186,7 +205,7 @@ impl Iterator for DirScan {
             self.read = 0;
         }
         if self.open.is_none() {
-            match Store::open_for_scan(&self.dir) {
+            match open_after_close(&self.dir) {
                 Ok(store) => {
                     self.opens += 1;
                     self.open = Some(Box::new(store.scan_events(self.next)));
@@ -231,10 +250,7 @@ impl Store {
         let db = config.path(dir.join("log")).mode(sled::Mode::HighThroughput).open().map_err(|e| {
             let text = e.to_string();
             if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
-                Error::Io(format!(
-                    "{} is in use by another process (sled holds an exclusive lock); read a running ledger through its HTTP event feed",
-                    dir.display()
-                ))
+                Error::Io(format!("{} {IN_USE} (sled holds an exclusive lock); read a running ledger through its HTTP event feed", dir.display()))
             } else {
                 Error::from(e)
             }

@@ -8,7 +8,7 @@ use bindledger::gateway::{MaintenanceWindow, Scenario, SimulatedGateway};
 use bindledger::projection::Projection;
 use bindledger::secret::{LedgerSecret, SecretString};
 use bindledger::{Config, Error, Ledger};
-use bindledger_events::{decode, BindFailure, Payload, PaymentFailure, Side};
+use bindledger_events::{decode, BindFailure, Event, Payload, PaymentFailure, Side};
 use chrono::Utc;
 use common::*;
 use std::sync::Arc;
@@ -296,5 +296,49 @@ async fn an_authorisation_the_writer_refuses_is_voided() {
     let r = pay.await.unwrap().unwrap();
     assert!(matches!(r.event.payload, Payload::PaymentFailed { reason: PaymentFailure::BindingNotActive, .. }), "{:?}", r.event.payload);
     assert_eq!(g.spent_minor(&alipay(), &phone(9)), 0, "the provider's authorisation was released");
+    l.close();
+}
+
+/// History and payments read the stored history rows and the ones the indexer still holds in
+/// memory alike: checked while rows are written every few events and after a restart.
+#[tokio::test]
+async fn history_and_payments_read_stored_and_pending_rows_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.writer.snapshot_every_events = 7;
+    async fn check(l: &Ledger) {
+        let log: Vec<Event> = all_events(l).into_iter().filter(|e| e.account == "acct-h").collect();
+        let history = l.history("acct-h", 0, 1_000).await.unwrap();
+        assert_eq!(history, log, "history");
+        let later = l.history("acct-h", 3, 4).await.unwrap();
+        assert_eq!(later, log.iter().skip(3).take(4).cloned().collect::<Vec<_>>(), "history after version 3");
+        let mut paged = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (page, next) = l.payments("acct-h", cursor, 3).await.unwrap();
+            assert!(page.len() <= 3);
+            paged.extend(page);
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let payments: Vec<Event> = log.iter().rev().filter(|e| e.event_type().starts_with("payment_")).cloned().collect();
+        assert_eq!(paged, payments, "payments, newest first, page by page");
+    }
+    let (l, g) = open(&config);
+    let b = bind(&l, &g, "acct-h", 1).await;
+    let other = bind(&l, &g, "other", 2).await;
+    for k in 0..40 {
+        l.pay(pay_request(&g, 1, b, 100 + k, None, None).validate("acct-h", Utc::now()).unwrap()).await.unwrap();
+        l.pay(pay_request(&g, 2, other, 1 + k, None, None).validate("other", Utc::now()).unwrap()).await.unwrap();
+        if k % 9 == 0 {
+            check(&l).await;
+        }
+    }
+    check(&l).await;
+    l.close();
+    let (l, _) = open(&config);
+    check(&l).await;
     l.close();
 }

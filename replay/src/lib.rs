@@ -75,7 +75,7 @@ impl Source {
 
     /// Every event, decoded, in the source's order (stops at the first undecodable one).
     pub fn events(&self) -> Result<Vec<Event>> {
-        self.read_with_progress()?.map(|r| r.and_then(|b| decode(&b).map_err(|e| e.to_string()))).collect()
+        self.decoded().map(|r| r.and_then(|d| d.event)).collect()
     }
 }
 
