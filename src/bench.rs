@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-use crate::client::Client;
 use crate::command::{BindRequest, CommonInput, PayRequest};
 use crate::config::{Config, Role, TokenConfig};
 use crate::gateway::{Scenario, SimulatedGateway};
@@ -313,21 +312,23 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
     let bindings = Arc::new(f.bindings);
     let base = f.ledger.log_len();
     let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
-    let make_client = || Client::new(addr, Some(token.clone()));
+    let make_client = || LoadClient { addr, stream: None, buf: Vec::with_capacity(4096) };
     let (lat, seconds) = drive(args.http_connections, args.http_commands, make_client, move |mut client, n| {
-        let bindings = bindings.clone();
+        let (bindings, token) = (bindings.clone(), token.clone());
         async move {
             let b = &bindings[(n % bindings.len() as u64) as usize];
-            // The load generator shares the two cores with the server: keep it cheap (no
-            // JSON value building or parsing, status only).
             let body = format!(
                 r#"{{"binding_id":"{}","order_id":"o-{n}","amount_minor":100,"payment_password":"{}","idempotency_key":"pay-{n}"}}"#,
                 b.1, b.2
             );
-            let path = format!("/v1/accounts/{}/payments", b.0);
-            let result = match client.send(hyper::Method::POST, &path, Some(body.into_bytes())).await {
-                Ok((status, _)) if status.as_u16() == 201 => Ok(()),
-                Ok((status, _)) => Err(anyhow::anyhow!("unexpected status {status}")),
+            let request = format!(
+                "POST /v1/accounts/{}/payments HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                b.0,
+                body.len()
+            );
+            let result = match client.post(request.as_bytes()).await {
+                Ok(201) => Ok(()),
+                Ok(status) => Err(anyhow::anyhow!("unexpected status {status}")),
                 Err(e) => Err(e.into()),
             };
             (client, result)
@@ -348,6 +349,62 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
         p99_us: percentile(&lat, 0.99),
         note: format!("{} connections, {per_flush:.0} events per flush", args.http_connections),
     })
+}
+
+/// The HTTP run's load generator: one kept-alive connection, a request written as prepared,
+/// the response read up to its status and `content-length` body. It shares the two cores with
+/// the server, so it does as little as HTTP/1.1 allows (no pooled client, no header map, no
+/// connection task per request); correctness of the server's HTTP is the tests' business.
+struct LoadClient {
+    addr: std::net::SocketAddr,
+    stream: Option<tokio::net::TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl LoadClient {
+    /// Sends one request; returns the response's status.
+    async fn post(&mut self, request: &[u8]) -> std::io::Result<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if self.stream.is_none() {
+            let s = tokio::net::TcpStream::connect(self.addr).await?;
+            s.set_nodelay(true)?;
+            self.stream = Some(s);
+        }
+        let stream = self.stream.as_mut().expect("connected above");
+        stream.write_all(request).await?;
+        self.buf.clear();
+        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        loop {
+            let mut chunk = [0u8; 2048];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                self.stream = None;
+                return Err(bad("the server closed the connection"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = memchr::memmem::find(&self.buf, b"\r\n\r\n") else {
+                if self.buf.len() > 64 * 1024 {
+                    return Err(bad("response headers over 64 KiB"));
+                }
+                continue;
+            };
+            let head = std::str::from_utf8(&self.buf[..end]).map_err(|_| bad("response head is not UTF-8"))?;
+            let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no status line"))?;
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.trim().parse().ok()))
+                .ok_or_else(|| bad("no content-length"))?;
+            while self.buf.len() < end + 4 + length {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    self.stream = None;
+                    return Err(bad("the server closed the connection mid-body"));
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(status);
+        }
+    }
 }
 
 fn fmt_us(v: Option<u64>) -> String {
