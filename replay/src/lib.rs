@@ -73,9 +73,24 @@ impl Source {
         }
     }
 
-    /// Every event, decoded, in the source's order (stops at the first undecodable one).
+    /// Every event, decoded, in the source's order (stops at the first undecodable one). The
+    /// whole log in memory: for tests and small logs; the commands use [`Source::for_each`].
     pub fn events(&self) -> Result<Vec<Event>> {
         self.decoded().map(|r| r.and_then(|d| d.event)).collect()
+    }
+
+    /// Hands every event to `f`, in the source's order, until `f` returns false, holding only
+    /// the pipeline's bounded batches in memory; an undecodable event is an error. Returns the
+    /// number of events handed over.
+    pub fn for_each(&self, mut f: impl FnMut(Event) -> bool) -> Result<u64> {
+        let mut n = 0;
+        for item in self.decoded() {
+            n += 1;
+            if !f(item?.event.map_err(|e| format!("event {n} of the source: {e}"))?) {
+                break;
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -559,19 +574,44 @@ pub fn latest(changes: impl IntoIterator<Item = bindledger::alerts::AlertChange>
     changes.into_iter().map(|c| (c.alert.id.clone(), c.alert)).collect()
 }
 
-/// Runs `candidate` over the events and compares its alerts with `actual` (by id: an alert's
-/// id is its rule and the event that opened it, so the same alert under both rule sets has
-/// the same id).
-pub fn backtest(events: &[Event], candidate: bindledger::alerts::RuleSet, actual: &std::collections::BTreeMap<String, bindledger::alerts::Alert>) -> Backtest {
-    let proposed = latest(bindledger::alerts::engine::rebuild(candidate, events));
-    let mut out = Backtest { events: events.len() as u64, ..Backtest::default() };
-    for (id, a) in &proposed {
-        match actual.get(id) {
-            None => out.added.push(a.clone()),
-            Some(b) if b != a => out.changed.push((b.clone(), a.clone())),
-            Some(_) => out.unchanged += 1,
+/// A candidate rules file run over a log, event by event, beside the rules the ledger runs
+/// when the source holds no stored alerts.
+pub struct Backtester {
+    candidate: bindledger::alerts::engine::Engine,
+    proposed: std::collections::BTreeMap<String, bindledger::alerts::Alert>,
+    current: Option<(bindledger::alerts::engine::Engine, std::collections::BTreeMap<String, bindledger::alerts::Alert>)>,
+    events: u64,
+}
+
+impl Backtester {
+    /// `current`: the rules to compare with, when the alerts actually raised are not stored.
+    pub fn new(candidate: bindledger::alerts::RuleSet, current: Option<bindledger::alerts::RuleSet>) -> Backtester {
+        use bindledger::alerts::engine::Engine;
+        Backtester { candidate: Engine::new(candidate), proposed: Default::default(), current: current.map(|r| (Engine::new(r), Default::default())), events: 0 }
+    }
+
+    pub fn apply(&mut self, e: &Event) {
+        self.events += 1;
+        self.proposed.extend(self.candidate.apply(e).into_iter().map(|c| (c.alert.id.clone(), c.alert)));
+        if let Some((engine, raised)) = &mut self.current {
+            raised.extend(engine.apply(e).into_iter().map(|c| (c.alert.id.clone(), c.alert)));
         }
     }
-    out.removed = actual.iter().filter(|(id, _)| !proposed.contains_key(*id)).map(|(_, a)| a.clone()).collect();
-    out
+
+    /// Compares the candidate's alerts with `actual` (the stored ones), or with the current
+    /// rules' when none were given (by id: an alert's id is its rule and the event that opened
+    /// it, so the same alert under both rule sets has the same id).
+    pub fn finish(self, actual: Option<std::collections::BTreeMap<String, bindledger::alerts::Alert>>) -> Backtest {
+        let actual = actual.or(self.current.map(|(_, raised)| raised)).unwrap_or_default();
+        let mut out = Backtest { events: self.events, ..Backtest::default() };
+        for (id, a) in &self.proposed {
+            match actual.get(id) {
+                None => out.added.push(a.clone()),
+                Some(b) if b != a => out.changed.push((b.clone(), a.clone())),
+                Some(_) => out.unchanged += 1,
+            }
+        }
+        out.removed = actual.iter().filter(|(id, _)| !self.proposed.contains_key(*id)).map(|(_, a)| a.clone()).collect();
+        out
+    }
 }

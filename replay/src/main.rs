@@ -213,8 +213,11 @@ fn run(cli: Cli) -> Result<i32, String> {
             Ok(0)
         }
         Command::Diff { from, against, against_token } => {
-            let events = from.source()?.events()?;
-            let rebuilt = Projection::rebuild(&events);
+            let mut rebuilt = Projection::default();
+            let events = from.source()?.for_each(|e| {
+                rebuilt.apply(&e);
+                true
+            })?;
             let token = against_token.or(from.token.clone()).unwrap_or_default();
             let addr = bindledger::client::parse_http_addr(&against)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
@@ -242,9 +245,9 @@ fn run(cli: Cli) -> Result<i32, String> {
                 Ok::<_, String>(())
             })?;
             if from.json {
-                println!("{}", serde_json::json!({"events": events.len(), "same": same, "moved_on": moved_on, "differences": differences}));
+                println!("{}", serde_json::json!({"events": events, "same": same, "moved_on": moved_on, "differences": differences}));
             } else {
-                println!("{} events rebuilt; {} accounts equal, {} moved on since the source ends, {} differ", events.len(), same, moved_on, differences.len());
+                println!("{events} events rebuilt; {} accounts equal, {} moved on since the source ends, {} differ", same, moved_on, differences.len());
                 for d in &differences {
                     println!("  {}: rebuilt {}\n  {}  live    {}", d["account"], d["rebuilt"], " ".repeat(d["account"].to_string().len()), d["live"]);
                 }
@@ -254,18 +257,24 @@ fn run(cli: Cli) -> Result<i32, String> {
         Command::Backtest { from, rules, current_rules } => {
             let candidate = load_rules(Some(&rules))?;
             let source = from.source()?;
-            let events = source.events()?;
-            // The alerts actually raised: the ledger's own, when the source holds them.
-            let actual = match &source {
+            // The alerts actually raised: the ledger's own, when the source holds them (read
+            // before the log: a data directory can be open only once at a time).
+            let stored = match &source {
                 Source::DataDir(dir) => {
                     let store = bindledger::store::Store::open(dir).map_err(|e| e.to_string())?;
                     let alerts = bindledger::alerts::store::AlertStore::new(store.alerts_tree());
                     let last = alerts.last_stream_seq().map_err(|e| e.to_string())?;
-                    bindledger_replay::latest(alerts.changes_after(0, last, usize::MAX).map_err(|e| e.to_string())?)
+                    Some(bindledger_replay::latest(alerts.changes_after(0, last, usize::MAX).map_err(|e| e.to_string())?))
                 }
-                _ => bindledger_replay::latest(bindledger::alerts::engine::rebuild(load_rules(current_rules.as_deref())?, &events)),
+                _ => None,
             };
-            let b = bindledger_replay::backtest(&events, candidate, &actual);
+            let current = if stored.is_none() { Some(load_rules(current_rules.as_deref())?) } else { None };
+            let mut tester = bindledger_replay::Backtester::new(candidate, current);
+            source.for_each(|e| {
+                tester.apply(&e);
+                true
+            })?;
+            let b = tester.finish(stored);
             if from.json {
                 println!("{}", serde_json::to_string_pretty(&b).map_err(|e| e.to_string())?);
             } else {
@@ -314,16 +323,26 @@ fn run(cli: Cli) -> Result<i32, String> {
             Ok(if report.ok() { 0 } else { EXIT_PROBLEM })
         }
         Command::History { from, account } => {
-            let events: Vec<Event> = from.source()?.events()?.into_iter().filter(|e| e.account == account).collect();
-            for e in &events {
-                if from.json {
-                    println!("{}", serde_json::to_string(e).map_err(|e| e.to_string())?);
-                } else {
-                    println!("{}", history_line(e));
+            // Printed as found: the log is never held in memory.
+            let mut shown = 0u64;
+            let mut failed = None;
+            from.source()?.for_each(|e| {
+                if e.account != account {
+                    return true;
                 }
+                shown += 1;
+                let line = if from.json { serde_json::to_string(&e).map_err(|e| e.to_string()) } else { Ok(history_line(&e)) };
+                match line {
+                    Ok(line) => println!("{line}"),
+                    Err(why) => failed = Some(why),
+                }
+                failed.is_none()
+            })?;
+            if let Some(why) = failed {
+                return Err(why);
             }
             if !from.json {
-                eprintln!("{} events of account {account}", events.len());
+                eprintln!("{shown} events of account {account}");
             }
             Ok(0)
         }
@@ -340,12 +359,17 @@ fn run(cli: Cli) -> Result<i32, String> {
             let mut projection = Projection::default();
             let mut engine = Engine::new(rules);
             let mut alerts = std::collections::BTreeMap::new();
-            for e in from.source()?.events()?.iter().take_while(|e| until(e)) {
-                projection.apply(e);
-                for c in engine.apply(e) {
+            // Reading stops at the first event past the moment.
+            from.source()?.for_each(|e| {
+                if !until(&e) {
+                    return false;
+                }
+                projection.apply(&e);
+                for c in engine.apply(&e) {
                     alerts.insert(c.alert.id.clone(), c.alert);
                 }
-            }
+                true
+            })?;
             let accounts: std::collections::BTreeMap<&String, _> =
                 projection.accounts.iter().filter(|(name, _)| account.as_ref().map_or(true, |a| a == *name)).collect();
             let alerts: Vec<_> = alerts.values().filter(|a| account.as_ref().map_or(true, |acc| a.accounts.contains(acc))).collect();
