@@ -9,6 +9,37 @@ use std::path::PathBuf;
 
 pub type Result<T> = std::result::Result<T, String>;
 
+/// An event's stored bytes as a source yields them: from a data directory, a slice of the sled
+/// page they were read with (no copy); from the other sources, owned.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    Sled(sled::IVec),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Stored {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Stored::Sled(b) => b,
+            Stored::Owned(b) => b,
+        }
+    }
+}
+
+impl PartialEq for Stored {
+    fn eq(&self, other: &Stored) -> bool {
+        **self == **other
+    }
+}
+impl Eq for Stored {}
+
+impl From<Vec<u8>> for Stored {
+    fn from(b: Vec<u8>) -> Stored {
+        Stored::Owned(b)
+    }
+}
+
 /// Where to read a log from. Each yields the stored bytes of the events, in the order the
 /// source holds them.
 #[derive(Debug, Clone)]
@@ -37,7 +68,7 @@ impl Source {
 
     /// [`Source::read`], with a progress line (count, rate, ETA when the total is known) on
     /// stderr while it runs, when stderr is a terminal; nothing when it is not.
-    pub fn read_with_progress(&self) -> Result<Box<dyn Iterator<Item = Result<Vec<u8>>>>> {
+    pub fn read_with_progress(&self) -> Result<Box<dyn Iterator<Item = Result<Stored>>>> {
         use std::io::IsTerminal;
         if !std::io::stderr().is_terminal() {
             return self.read();
@@ -48,11 +79,11 @@ impl Source {
     }
 
     /// Every event's stored bytes, in the source's order.
-    pub fn read(&self) -> Result<Box<dyn Iterator<Item = Result<Vec<u8>>>>> {
+    pub fn read(&self) -> Result<Box<dyn Iterator<Item = Result<Stored>>>> {
         match self {
             Source::DataDir(dir) => {
                 let scan = bindledger::store::scan_dir(dir, 1).map_err(|e| e.to_string())?;
-                Ok(Box::new(scan.map(|r| r.map(|(_, b)| b.to_vec()).map_err(|e| e.to_string()))))
+                Ok(Box::new(scan.map(|r| r.map(|(_, b)| Stored::Sled(b)).map_err(|e| e.to_string()))))
             }
             Source::Export(path) => {
                 let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
@@ -60,15 +91,15 @@ impl Source {
                 } else {
                     Box::new(std::io::BufReader::new(std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?))
                 };
-                Ok(Box::new(reader.split(b'\n').filter(|l| !matches!(l, Ok(l) if l.is_empty())).map(|l| l.map_err(|e| e.to_string()))))
+                Ok(Box::new(reader.split(b'\n').filter(|l| !matches!(l, Ok(l) if l.is_empty())).map(|l| l.map(Stored::Owned).map_err(|e| e.to_string()))))
             }
             Source::Http { url, token } => {
                 let events = http_feed(url, token)?;
-                Ok(Box::new(events.into_iter().map(Ok)))
+                Ok(Box::new(events.into_iter().map(|b| Ok(Stored::Owned(b)))))
             }
             Source::Kafka { brokers, topic } => {
                 let events = kafka_topic(brokers, topic)?;
-                Ok(Box::new(events.into_iter().map(Ok)))
+                Ok(Box::new(events.into_iter().map(|b| Ok(Stored::Owned(b)))))
             }
         }
     }
@@ -95,7 +126,7 @@ impl Source {
 }
 
 struct Progress {
-    inner: Box<dyn Iterator<Item = Result<Vec<u8>>>>,
+    inner: Box<dyn Iterator<Item = Result<Stored>>>,
     total: Option<u64>,
     n: u64,
     started: std::time::Instant,
@@ -103,7 +134,7 @@ struct Progress {
 }
 
 impl Iterator for Progress {
-    type Item = Result<Vec<u8>>;
+    type Item = Result<Stored>;
     fn next(&mut self) -> Option<Self::Item> {
         let item = self.inner.next();
         if item.is_some() {
@@ -125,13 +156,14 @@ impl Iterator for Progress {
 /// One event as the audit reads it: its stored bytes, their SHA-256 and the event decoded.
 #[derive(Debug, Clone)]
 pub struct Decoded {
-    pub bytes: Vec<u8>,
+    pub bytes: Stored,
     pub hash: Hash,
     pub event: std::result::Result<Event, String>,
 }
 
 impl Decoded {
-    pub fn new(bytes: Vec<u8>) -> Decoded {
+    pub fn new(bytes: impl Into<Stored>) -> Decoded {
+        let bytes = bytes.into();
         let hash = hash_bytes(&bytes);
         let event = decode(&bytes).map_err(|e| e.to_string());
         Decoded { bytes, hash, event }
@@ -172,7 +204,7 @@ impl Pipeline {
         let mut outputs = Vec::new();
         let mut threads = Vec::new();
         for _ in 0..workers {
-            let (in_tx, in_rx) = sync_channel::<Vec<Result<Vec<u8>>>>(PIPELINE_DEPTH);
+            let (in_tx, in_rx) = sync_channel::<Vec<Result<Stored>>>(PIPELINE_DEPTH);
             let (out_tx, out_rx) = sync_channel::<Vec<Result<Decoded>>>(PIPELINE_DEPTH);
             threads.push(std::thread::spawn(move || {
                 for batch in in_rx {
@@ -364,7 +396,7 @@ impl AuditReport {
 /// every event decodes. Stops at the first problem and tells what it is, looking one event
 /// ahead to tell an altered event from the one after it, and a missing event from two
 /// swapped ones.
-pub fn audit(events: impl Iterator<Item = Result<Vec<u8>>>) -> Result<AuditReport> {
+pub fn audit<B: Into<Stored>>(events: impl Iterator<Item = Result<B>>) -> Result<AuditReport> {
     audit_against(events, &std::collections::BTreeMap::new())
 }
 
@@ -409,7 +441,7 @@ pub fn read_checkpoints(from: &str, token: Option<&str>) -> Result<Vec<bindledge
 /// [`audit`], also checking the log against signed heads: the event at each checkpoint's seq
 /// must hash to its head, and the log must reach the last checkpoint. A log rewritten after a
 /// checkpoint (even with its chain recomputed) fails here.
-pub fn audit_against(events: impl Iterator<Item = Result<Vec<u8>>>, heads: &std::collections::BTreeMap<u64, Hash>) -> Result<AuditReport> {
+pub fn audit_against<B: Into<Stored>>(events: impl Iterator<Item = Result<B>>, heads: &std::collections::BTreeMap<u64, Hash>) -> Result<AuditReport> {
     audit_decoded(events.map(|r| r.map(Decoded::new)), heads, |_| {})
 }
 

@@ -93,7 +93,7 @@ fn every_source_gives_the_same_log_and_state_at_equals_the_live_state() {
         if let Payload::WalletBound { wallet, .. } = &mut e.payload {
             wallet.masked = "139****0000".into();
         }
-        edited[i] = bindledger_events::encode(&e);
+        edited[i] = bindledger_events::encode(&e).into();
         let path = dir.path().join("edited.ndjson");
         std::fs::write(&path, edited.iter().flat_map(|l| l.iter().copied().chain([b'\n'])).collect::<Vec<u8>>()).unwrap();
         let (code, out) = {
@@ -122,7 +122,7 @@ fn every_source_gives_the_same_log_and_state_at_equals_the_live_state() {
     let mut piped = Source::DataDir(data.clone()).decoded();
     assert!(piped.next().unwrap().is_ok());
     drop(piped);
-    let piped: Vec<Vec<u8>> = Source::DataDir(data.clone()).decoded().map(|r| r.unwrap().bytes).collect();
+    let piped: Vec<bindledger_replay::Stored> = Source::DataDir(data.clone()).decoded().map(|r| r.unwrap().bytes).collect();
     assert_eq!(piped, dir_events, "pipeline and data directory");
     let (code, out) = replay(&["verify", "--json", "--data-dir", data.to_str().unwrap()]);
     assert_eq!(code, 0, "{}", String::from_utf8_lossy(&out));
