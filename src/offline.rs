@@ -70,17 +70,23 @@ impl VerifyReport {
 /// rebuild from the log. A row may include events past the snapshot position, so each row is
 /// compared with the rebuilt account at the row's own version.
 pub fn verify(dir: &Path, rules: &RuleSet) -> Result<VerifyReport> {
-    let store = open_existing(dir)?;
+    // What the ledger stored beside the log first; then the log, read in bounded memory.
+    let (snapshot, stored, stored_alerts, alerts_checkpoint) = {
+        let store = open_existing(dir)?;
+        let (_, snapshot) = store.index_positions()?;
+        let alert_store = AlertStore::new(store.alerts_tree());
+        let stored_last = alert_store.last_stream_seq()?;
+        let stored_alerts = alert_store.changes_after(0, stored_last, usize::MAX)?;
+        (snapshot, store.load_accounts()?, stored_alerts, alert_store.checkpoint()?)
+    };
     let mut engine = Engine::new(rules.clone());
     let mut alerts = Vec::new();
-    let (_, snapshot) = store.index_positions()?;
-    let stored = store.load_accounts()?;
     let mut verifier = ChainVerifier::new();
     let mut rebuilt = Projection::default();
     let mut chain_error: Option<ChainError> = None;
     let mut checked: HashSet<&str> = HashSet::new();
     let mut differences = Vec::new();
-    for r in store.scan_events(1) {
+    for r in crate::store::scan_dir(dir, 1)? {
         let (key, bytes) = r?;
         match verifier.push(&bytes) {
             Ok((event, _)) if event.seq != key => {
@@ -114,7 +120,7 @@ pub fn verify(dir: &Path, rules: &RuleSet) -> Result<VerifyReport> {
     }
     if chain_error.is_none() {
         let mut at_snapshot = Projection::default();
-        for r in store.scan_events(1).take(snapshot as usize) {
+        for r in crate::store::scan_dir(dir, 1)?.take(snapshot as usize) {
             let (_, bytes) = r?;
             let event = bindledger_events::decode(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
             at_snapshot.apply(&event);
@@ -126,9 +132,6 @@ pub fn verify(dir: &Path, rules: &RuleSet) -> Result<VerifyReport> {
         }
     }
     // The stored alert stream must be the rebuild's, change for change, from 1 on.
-    let alert_store = AlertStore::new(store.alerts_tree());
-    let stored_last = alert_store.last_stream_seq()?;
-    let stored_alerts = alert_store.changes_after(0, stored_last, usize::MAX)?;
     let mut alerts_difference = None;
     for (i, c) in stored_alerts.iter().enumerate() {
         let why = match alerts.get(i) {
@@ -142,8 +145,7 @@ pub fn verify(dir: &Path, rules: &RuleSet) -> Result<VerifyReport> {
             break;
         }
     }
-    let alerts_rules_note = alert_store
-        .checkpoint()?
+    let alerts_rules_note = alerts_checkpoint
         .filter(|cp| cp.rules_digest != rules.digest())
         .map(|cp| format!("the monitor's checkpoint was made with other rules (digest {}, checked with {}): pass the rules file it ran with", cp.rules_digest, rules.digest()));
     differences.sort();
