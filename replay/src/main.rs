@@ -428,7 +428,30 @@ fn history_line(e: &Event) -> String {
     )
 }
 
+/// Keeps memory the audit frees for reuse instead of handing it back to the kernel after a
+/// second (mimalloc's default): a long scan frees and allocates sled pages all the time, and
+/// each page handed back and taken again was faulted in and zeroed anew. Measured on a
+/// 5,000,000-event log: minor page faults 16,259 -> 707, kernel time 6.5 s -> 2.0-2.7 s, verify
+/// 12.8 s -> 9.5 s. The audit's memory is bounded by its pipeline and its scan, so nothing grows.
+fn keep_freed_memory() {
+    use std::os::raw::{c_int, c_long};
+    extern "C" {
+        fn mi_option_get(option: c_int) -> c_long;
+        fn mi_option_set(option: c_int, value: c_long);
+    }
+    // `mi_option_purge_delay` in mimalloc 3's `mi_option_e`, whose default is 1000 ms. Any other
+    // value means another mimalloc, or a value from the environment: left as it is.
+    const PURGE_DELAY: c_int = 15;
+    // SAFETY: plain C calls into the linked allocator, with an option index and a value.
+    unsafe {
+        if mi_option_get(PURGE_DELAY) == 1000 {
+            mi_option_set(PURGE_DELAY, -1);
+        }
+    }
+}
+
 fn main() {
+    keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => std::process::exit(code),
