@@ -27,6 +27,9 @@ pub enum Error {
     Config(String),
     #[error("{0}")]
     Io(String),
+    /// The data directory is open in another process (sled locks it).
+    #[error("{0} is in use by another process (sled holds an exclusive lock); read a running ledger through its HTTP event feed")]
+    InUse(String),
     /// The configured secret is not the one this log was created with.
     #[error("the configured ledger secret is not the one this log was created with; refusing to open it (fingerprints would no longer match)")]
     SecretMismatch,
@@ -53,6 +56,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Config(_) => "config",
             Error::Io(_) => "io",
+            Error::InUse(_) => "in_use",
             Error::SecretMismatch => "secret_mismatch",
             Error::Corrupt(_) => "corrupt",
             Error::ShuttingDown => "shutting_down",

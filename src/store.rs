@@ -137,9 +137,6 @@ impl IndexBatch {
     }
 }
 
-/// What the error of a log already open says.
-const IN_USE: &str = "is in use by another process";
-
 /// The page cache of [`Store::open_for_scan`].
 const SCAN_CACHE_BYTES: u64 = 64 << 20;
 
@@ -164,6 +161,15 @@ pub struct DirScan {
     done: bool,
 }
 
+/// Refuses a directory that holds no ledger log (opening it would create one).
+pub fn require_log(dir: &Path) -> Result<()> {
+    if dir.join("log").exists() {
+        Ok(())
+    } else {
+        Err(Error::NotFound(format!("no ledger log in {}", dir.display())))
+    }
+}
+
 /// See [`DirScan`].
 pub fn scan_dir(dir: &Path, from: u64) -> Result<DirScan> {
     scan_dir_reopening(dir, from, SCAN_REOPEN_BYTES)
@@ -171,9 +177,7 @@ pub fn scan_dir(dir: &Path, from: u64) -> Result<DirScan> {
 
 /// [`scan_dir`], reopening the log after each `reopen_bytes` read.
 pub fn scan_dir_reopening(dir: &Path, from: u64, reopen_bytes: u64) -> Result<DirScan> {
-    if !dir.join("log").exists() {
-        return Err(Error::NotFound(format!("no ledger log in {}", dir.display())));
-    }
+    require_log(dir)?;
     Ok(DirScan { dir: dir.to_path_buf(), next: from.max(1), open: None, read: 0, reopen_bytes, opens: 0, done: false })
 }
 
@@ -184,7 +188,7 @@ fn open_after_close(dir: &Path) -> Result<Store> {
     let mut tries = 0;
     loop {
         match Store::open_for_scan(dir) {
-            Err(Error::Io(text)) if text.contains(IN_USE) && tries < 200 => {
+            Err(Error::InUse(_)) if tries < 200 => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
@@ -250,7 +254,7 @@ impl Store {
         let db = config.path(dir.join("log")).mode(sled::Mode::HighThroughput).open().map_err(|e| {
             let text = e.to_string();
             if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
-                Error::Io(format!("{} {IN_USE} (sled holds an exclusive lock); read a running ledger through its HTTP event feed", dir.display()))
+                Error::InUse(dir.display().to_string())
             } else {
                 Error::from(e)
             }

@@ -61,7 +61,10 @@ impl Source {
     /// How many events the source holds, when it can tell cheaply (a data directory).
     pub fn len_hint(&self) -> Option<u64> {
         match self {
-            Source::DataDir(dir) => bindledger::store::Store::open(dir).ok()?.head().ok()?.map(|(seq, _)| seq),
+            Source::DataDir(dir) => {
+                bindledger::store::require_log(dir).ok()?;
+                bindledger::store::Store::open_for_scan(dir).ok()?.head().ok()?.map(|(seq, _)| seq)
+            }
             _ => None,
         }
     }

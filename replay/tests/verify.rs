@@ -172,3 +172,12 @@ fn a_source_error_comes_through_the_pipeline() {
     assert!(p.next().unwrap().unwrap_err().contains("/nonexistent/export.ndjson"));
     assert!(p.next().is_none());
 }
+
+/// Asking a directory without a log how long it is creates nothing there.
+#[test]
+fn a_directory_without_a_log_is_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-ledger-here");
+    assert_eq!(bindledger_replay::Source::DataDir(missing.clone()).len_hint(), None);
+    assert!(!missing.exists());
+}
