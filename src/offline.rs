@@ -15,9 +15,7 @@ use crate::projection::Projection;
 use crate::store::Store;
 
 fn open_existing(dir: &Path) -> Result<Store> {
-    if !dir.join("log").exists() {
-        return Err(Error::NotFound(format!("no ledger log in {}", dir.display())));
-    }
+    crate::store::require_log(dir)?;
     Store::open(dir)
 }
 
@@ -86,6 +84,8 @@ pub fn verify(dir: &Path, rules: &RuleSet) -> Result<VerifyReport> {
     let mut chain_error: Option<ChainError> = None;
     let mut checked: HashSet<&str> = HashSet::new();
     let mut differences = Vec::new();
+    // Accounts with events up to the snapshot position but no stored row.
+    let mut unrecorded: HashSet<String> = HashSet::new();
     for r in crate::store::scan_dir(dir, 1)? {
         let (key, bytes) = r?;
         match verifier.push(&bytes) {
@@ -94,6 +94,9 @@ pub fn verify(dir: &Path, rules: &RuleSet) -> Result<VerifyReport> {
                 break;
             }
             Ok((event, _)) => {
+                if event.seq <= snapshot && !stored.contains_key(&event.account) && !unrecorded.contains(&event.account) {
+                    unrecorded.insert(event.account.clone());
+                }
                 rebuilt.apply(&event);
                 alerts.extend(engine.apply(&event));
                 if let Some((name, row)) = stored.get_key_value(&event.account) {
@@ -119,17 +122,7 @@ pub fn verify(dir: &Path, rules: &RuleSet) -> Result<VerifyReport> {
         }
     }
     if chain_error.is_none() {
-        let mut at_snapshot = Projection::default();
-        for r in crate::store::scan_dir(dir, 1)?.take(snapshot as usize) {
-            let (_, bytes) = r?;
-            let event = bindledger_events::decode(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
-            at_snapshot.apply(&event);
-        }
-        for name in at_snapshot.accounts.keys() {
-            if !stored.contains_key(name) {
-                differences.push(name.clone());
-            }
-        }
+        differences.extend(unrecorded);
     }
     // The stored alert stream must be the rebuild's, change for change, from 1 on.
     let mut alerts_difference = None;
@@ -166,4 +159,41 @@ pub fn verify(dir: &Path, rules: &RuleSet) -> Result<VerifyReport> {
         alerts_difference,
         alerts_rules_note,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{IndexBatch, LogBatch};
+    use crate::testing::event;
+    use bindledger_events::{encode, hash_bytes, Payload, UnbindFailure, GENESIS_HASH};
+
+    /// A stored snapshot must hold a row for every account with events up to its position.
+    #[test]
+    fn an_account_without_its_snapshot_row_is_a_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (mut log, mut prev, mut rebuilt) = (LogBatch::default(), GENESIS_HASH, Projection::default());
+        for (seq, account, account_seq) in [(1, "a", 1), (2, "b", 1), (3, "a", 2), (4, "c", 1)] {
+            let mut e = event(seq, account, account_seq, at, Payload::UnbindFailed { binding_id: uuid::Uuid::nil(), reason: UnbindFailure::NotBound });
+            e.prev_hash = prev;
+            let bytes = encode(&e);
+            prev = hash_bytes(&bytes);
+            log.add_event(seq, &bytes);
+            rebuilt.apply(&e);
+        }
+        store.apply_log(log).unwrap();
+        // A snapshot at event 3 with a row for `a` only: `b` had events by then, `c` not yet.
+        let mut index = IndexBatch::default();
+        index.put_account("a", &rebuilt.accounts["a"]);
+        index.set_snapshot(3);
+        store.apply_index(index).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let report = verify(dir.path(), &RuleSet::default()).unwrap();
+        assert!(report.chain_error.is_none(), "{report:?}");
+        assert_eq!(report.projection_differences, vec!["b".to_owned()]);
+        assert!(!report.projection_matches);
+    }
 }
