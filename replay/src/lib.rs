@@ -10,35 +10,8 @@ use std::path::PathBuf;
 pub type Result<T> = std::result::Result<T, String>;
 
 /// An event's stored bytes as a source yields them: from a data directory, a slice of the sled
-/// page they were read with (no copy); from the other sources, owned.
-#[derive(Debug, Clone)]
-pub enum Stored {
-    Sled(sled::IVec),
-    Owned(Vec<u8>),
-}
-
-impl std::ops::Deref for Stored {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Stored::Sled(b) => b,
-            Stored::Owned(b) => b,
-        }
-    }
-}
-
-impl PartialEq for Stored {
-    fn eq(&self, other: &Stored) -> bool {
-        **self == **other
-    }
-}
-impl Eq for Stored {}
-
-impl From<Vec<u8>> for Stored {
-    fn from(b: Vec<u8>) -> Stored {
-        Stored::Owned(b)
-    }
-}
+/// page they were read with (no copy); from the other sources, a copy of what was read.
+pub type Stored = sled::IVec;
 
 /// Where to read a log from. Each yields the stored bytes of the events, in the order the
 /// source holds them.
@@ -86,7 +59,7 @@ impl Source {
         match self {
             Source::DataDir(dir) => {
                 let scan = bindledger::store::scan_dir(dir, 1).map_err(|e| e.to_string())?;
-                Ok(Box::new(scan.map(|r| r.map(|(_, b)| Stored::Sled(b)).map_err(|e| e.to_string()))))
+                Ok(Box::new(scan.map(|r| r.map(|(_, b)| b).map_err(|e| e.to_string()))))
             }
             Source::Export(path) => {
                 let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
@@ -94,15 +67,15 @@ impl Source {
                 } else {
                     Box::new(std::io::BufReader::new(std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?))
                 };
-                Ok(Box::new(reader.split(b'\n').filter(|l| !matches!(l, Ok(l) if l.is_empty())).map(|l| l.map(Stored::Owned).map_err(|e| e.to_string()))))
+                Ok(Box::new(reader.split(b'\n').filter(|l| !matches!(l, Ok(l) if l.is_empty())).map(|l| l.map(Stored::from).map_err(|e| e.to_string()))))
             }
             Source::Http { url, token } => {
                 let events = http_feed(url, token)?;
-                Ok(Box::new(events.into_iter().map(|b| Ok(Stored::Owned(b)))))
+                Ok(Box::new(events.into_iter().map(|b| Ok(Stored::from(b)))))
             }
             Source::Kafka { brokers, topic } => {
                 let events = kafka_topic(brokers, topic)?;
-                Ok(Box::new(events.into_iter().map(|b| Ok(Stored::Owned(b)))))
+                Ok(Box::new(events.into_iter().map(|b| Ok(Stored::from(b)))))
             }
         }
     }
