@@ -197,23 +197,9 @@ impl Pipeline {
             let mut items = source.read_with_progress().unwrap_or_else(|e| Box::new(std::iter::once(Err(e))));
             let mut k = 0;
             loop {
-                let mut batch = Vec::with_capacity(PIPELINE_BATCH);
-                let mut end = false;
-                while batch.len() < PIPELINE_BATCH {
-                    match items.next() {
-                        Some(item) => {
-                            end = item.is_err();
-                            batch.push(item);
-                            if end {
-                                break;
-                            }
-                        }
-                        None => {
-                            end = true;
-                            break;
-                        }
-                    }
-                }
+                let batch: Vec<Result<Stored>> = items.by_ref().take(PIPELINE_BATCH).collect();
+                // The source ran out, or failed (readers stop at its error).
+                let end = batch.len() < PIPELINE_BATCH || batch.iter().any(Result::is_err);
                 if !batch.is_empty() {
                     if inputs[k % inputs.len()].send(batch).is_err() {
                         return;
