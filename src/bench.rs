@@ -198,8 +198,8 @@ pub(crate) async fn bind_accounts(ledger: &Ledger, gateway: &SimulatedGateway, a
             factor: None,
             common: CommonInput::default(),
         };
-        match ledger.bind(req.validate(&account, Utc::now())?).await?.event.payload {
-            Payload::WalletBound { binding_id, .. } => bindings.push((account, binding_id, password)),
+        match &ledger.bind(req.validate(&account, Utc::now())?).await?.event.payload {
+            Payload::WalletBound { binding_id, .. } => bindings.push((account, *binding_id, password)),
             other => anyhow::bail!("bench fixture bind failed: {other:?}"),
         }
     }

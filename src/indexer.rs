@@ -22,9 +22,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::projection::Projection;
 use crate::store::{IndexBatch, Store};
-
-/// (seq, account, account_seq) of a durable event.
-pub type IndexItem = (u64, String, u64);
+use crate::writer::DurableBatch;
 
 /// Batches waiting for the indexer.
 pub const INDEX_QUEUE_BATCHES: usize = 1024;
@@ -50,8 +48,11 @@ pub struct PendingHistory {
 }
 
 impl PendingHistory {
-    fn add(&mut self, account: String, account_seq: u64, seq: u64) {
-        let run = self.gathering.entry(account).or_insert_with(|| (account_seq, Vec::new()));
+    fn add(&mut self, account: &str, account_seq: u64, seq: u64) {
+        let run = match self.gathering.get_mut(account) {
+            Some(run) => run,
+            None => self.gathering.entry(account.to_owned()).or_insert((account_seq, Vec::new())),
+        };
         debug_assert_eq!(run.0 + run.1.len() as u64, account_seq, "an account's events come in order");
         run.1.push(seq);
         self.events += 1;
@@ -77,7 +78,7 @@ pub struct Indexer {
 }
 
 impl Indexer {
-    pub fn run(self, rx: std::sync::mpsc::Receiver<Vec<IndexItem>>) {
+    pub fn run(self, rx: std::sync::mpsc::Receiver<DurableBatch>) {
         let mut dirty: HashSet<String> = HashSet::new();
         let mut since_snapshot = 0u64;
         let mut last = self.indexed.load(Ordering::SeqCst);
@@ -91,13 +92,13 @@ impl Indexer {
             }
             let gathered = {
                 let mut pending = self.pending.write().expect("pending history lock");
-                for (seq, account, account_seq) in drained.into_iter().flatten() {
+                for e in drained.iter().flat_map(|b| b.iter()) {
                     since_snapshot += 1;
-                    last = seq;
-                    if !dirty.contains(&account) {
-                        dirty.insert(account.clone());
+                    last = e.seq;
+                    if !dirty.contains(&e.account) {
+                        dirty.insert(e.account.clone());
                     }
-                    pending.add(account, account_seq, seq);
+                    pending.add(&e.account, e.account_seq, e.seq);
                 }
                 pending.events
             };

@@ -192,7 +192,7 @@ impl Ledger {
     /// order. The queue holds `capacity` batches; when it is full batches are skipped (never
     /// waited for), so a follower that finds a gap reads it with [`Ledger::raw_events`]. One
     /// follower at a time: a new tap replaces the previous one.
-    pub fn tap(&self, capacity: usize) -> std::sync::mpsc::Receiver<Arc<Vec<Event>>> {
+    pub fn tap(&self, capacity: usize) -> std::sync::mpsc::Receiver<crate::writer::DurableBatch> {
         let (tx, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
         *self.inner.tap.lock().expect("lock") = Some(tx);
         rx
@@ -246,7 +246,7 @@ impl Ledger {
                 let bytes = self.inner.store.event_bytes(seq)?.ok_or_else(|| Error::Corrupt(format!("event {seq} missing")))?;
                 let event = codec::decode(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
                 self.inner.metrics.idempotent_replays.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(Committed { event, hash: hash_bytes(&bytes), bytes: bytes::Bytes::copy_from_slice(&bytes), replayed: true }))
+                Ok(Some(Committed { event: Arc::new(event), hash: hash_bytes(&bytes), bytes: bytes::Bytes::copy_from_slice(&bytes), replayed: true }))
             }
         }
     }

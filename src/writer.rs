@@ -27,7 +27,7 @@ use crate::decide::{self, BindFacts, BindVerdict, PayFacts, PayVerdict, Rules};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::idempotency::{composite, IdempotencyIndex};
-use crate::indexer::{IndexItem, Indexer, INDEX_QUEUE_BATCHES};
+use crate::indexer::{Indexer, INDEX_QUEUE_BATCHES};
 use crate::projection::Projection;
 use crate::store::{LogBatch, Store};
 /// Batches decided but not yet durable (the writer runs at most this far ahead). The flusher
@@ -77,7 +77,8 @@ impl Request {
 /// The answer to a command: its event (or, for a retry, the original one).
 #[derive(Debug, Clone)]
 pub struct Committed {
-    pub event: Event,
+    /// Shared with the read side's followers (the monitor, the indexer): never copied.
+    pub event: Arc<Event>,
     /// The event's stored bytes (what the hash covers).
     pub bytes: bytes::Bytes,
     pub hash: Hash,
@@ -100,7 +101,7 @@ enum Answer {
 
 /// A decided, applied batch on its way to durability.
 struct Job {
-    events: Vec<(Event, bytes::Bytes, Hash)>,
+    events: Vec<(Arc<Event>, bytes::Bytes, Hash)>,
     replies: Vec<(&'static str, oneshot::Sender<Result<Committed>>, Answer)>,
     started: Instant,
 }
@@ -133,12 +134,16 @@ pub struct Writer {
 /// Where the flusher hands each durable batch's events to a follower (the alert monitor)
 /// without ever waiting: when the follower's bounded queue is full the batch is not sent, and
 /// the follower, seeing a gap, reads it from the log.
-pub type EventTap = Arc<Mutex<Option<std::sync::mpsc::SyncSender<Arc<Vec<Event>>>>>>;
+pub type EventTap = Arc<Mutex<Option<std::sync::mpsc::SyncSender<DurableBatch>>>>;
+
+/// The events of one durable batch, in order, as the flusher hands them to the monitor and the
+/// indexer: the events themselves are shared, not copied.
+pub type DurableBatch = Arc<Vec<Arc<Event>>>;
 
 impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<Submission>) {
         let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(PIPELINE_DEPTH);
-        let (index_tx, index_rx) = std::sync::mpsc::sync_channel::<Vec<IndexItem>>(INDEX_QUEUE_BATCHES);
+        let (index_tx, index_rx) = std::sync::mpsc::sync_channel::<DurableBatch>(INDEX_QUEUE_BATCHES);
         let indexer = self.indexer.take().expect("the writer runs once");
         let indexer = std::thread::Builder::new()
             .name("bindledger-indexer".into())
@@ -190,7 +195,7 @@ impl Writer {
     fn stored_event(&self, seq: u64) -> Result<Committed> {
         let bytes = self.store.event_bytes(seq)?.ok_or_else(|| Error::Corrupt(format!("idempotency row points at missing event {seq}")))?;
         let event = codec::decode(&bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
-        Ok(Committed { event, hash: hash_bytes(&bytes), bytes: bytes::Bytes::copy_from_slice(&bytes), replayed: true })
+        Ok(Committed { event: Arc::new(event), hash: hash_bytes(&bytes), bytes: bytes::Bytes::copy_from_slice(&bytes), replayed: true })
     }
 
     /// The event an idempotency key produced, if it is known (durable or in flight).
@@ -214,7 +219,7 @@ impl Writer {
             }
         }
         let mut batch = LogBatch::default();
-        let mut events: Vec<(Event, bytes::Bytes, Hash)> = Vec::with_capacity(subs.len());
+        let mut events: Vec<(Arc<Event>, bytes::Bytes, Hash)> = Vec::with_capacity(subs.len());
         let mut answers: Vec<Answer> = Vec::with_capacity(subs.len());
         let mut batch_keys: HashMap<String, usize> = HashMap::new();
         let mut buf = Vec::with_capacity(1024);
@@ -284,7 +289,7 @@ impl Writer {
                 batch_keys.insert(ck, events.len());
             }
             answers.push(Answer::New(events.len()));
-            events.push((event, bytes::Bytes::copy_from_slice(&buf), hash));
+            events.push((Arc::new(event), bytes::Bytes::copy_from_slice(&buf), hash));
         }
 
         if !events.is_empty() {
@@ -322,7 +327,7 @@ struct Flusher {
     durable: Arc<AtomicU64>,
     /// Tells followers (the Kafka relay) that more events are durable.
     durable_watch: Arc<tokio::sync::watch::Sender<u64>>,
-    index: std::sync::mpsc::SyncSender<Vec<IndexItem>>,
+    index: std::sync::mpsc::SyncSender<DurableBatch>,
     tap: EventTap,
 }
 
@@ -359,7 +364,7 @@ impl Flusher {
         }
     }
 
-    fn publish(&self, events: &[(Event, bytes::Bytes, Hash)]) {
+    fn publish(&self, events: &[(Arc<Event>, bytes::Bytes, Hash)]) {
         {
             let mut ix = self.idempotency.lock().expect("idempotency lock");
             for (e, _, _) in events {
@@ -377,13 +382,12 @@ impl Flusher {
         self.durable.store(position, Ordering::SeqCst);
         self.metrics.log_events.store(position, Ordering::Relaxed);
         self.durable_watch.send_replace(position);
+        let batch: DurableBatch = Arc::new(events.iter().map(|(e, _, _)| e.clone()).collect());
         if let Some(tap) = self.tap.lock().expect("tap lock").as_ref() {
-            let batch: Vec<Event> = events.iter().map(|(e, _, _)| e.clone()).collect();
-            let _ = tap.try_send(Arc::new(batch));
+            let _ = tap.try_send(batch.clone());
         }
-        let items = events.iter().map(|(e, _, _)| (e.seq, e.account.clone(), e.account_seq)).collect();
         // A full queue blocks here: the indexer's pace bounds the ledger's, never its memory.
-        let _ = self.index.send(items);
+        let _ = self.index.send(batch);
     }
 
     fn answer(&self, job: Job) {

@@ -35,7 +35,7 @@ async fn pay(l: &Ledger, g: &SimulatedGateway, account: &str, n: u64, binding: U
         factor: None,
         common: CommonInput::default(),
     };
-    l.pay(req.validate(account, Utc::now()).unwrap()).await.unwrap().event.payload
+    l.pay(req.validate(account, Utc::now()).unwrap()).await.unwrap().event.payload.clone()
 }
 
 /// Waits until the monitor has folded every event of the log.

@@ -33,8 +33,8 @@ fn bind_request(g: &SimulatedGateway, n: u64, key: Option<&str>) -> BindRequest 
 
 async fn bind(l: &Ledger, g: &SimulatedGateway, account: &str, n: u64) -> Uuid {
     let r = l.bind(bind_request(g, n, None).validate(account, Utc::now()).unwrap()).await.unwrap();
-    match r.event.payload {
-        Payload::WalletBound { binding_id, .. } => binding_id,
+    match &r.event.payload {
+        Payload::WalletBound { binding_id, .. } => *binding_id,
         other => panic!("{other:?}"),
     }
 }
@@ -229,7 +229,7 @@ async fn a_full_queue_answers_overloaded_and_loses_nothing_acknowledged() {
     let (mut ok, mut overloaded) = (Vec::new(), 0);
     for t in tasks {
         match t.await.unwrap() {
-            Ok(r) => ok.push(r.event.idempotency_key.unwrap()),
+            Ok(r) => ok.push(r.event.idempotency_key.clone().unwrap()),
             Err(Error::Overloaded(_)) => overloaded += 1,
             Err(e) => panic!("{e}"),
         }

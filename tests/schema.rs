@@ -33,7 +33,7 @@ async fn bind(l: &Ledger, g: &SimulatedGateway, account: &str, provider: &str, p
         factor: factor.map(|(f, code)| FactorInput { kind: f.as_str().into(), code: SecretString::new(code) }),
         common: CommonInput::default(),
     };
-    l.bind(req.validate(account, Utc::now()).unwrap()).await.unwrap().event
+    l.bind(req.validate(account, Utc::now()).unwrap()).await.unwrap().event.as_ref().clone()
 }
 
 #[tokio::test]

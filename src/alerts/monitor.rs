@@ -20,7 +20,7 @@
 //!   and the ledger answers it with the first result. Locks past their `until` (wall clock)
 //!   are lifted with an `expired` unlock command, keyed the same way.
 
-use bindledger_events::{Context, Event, UnlockCause};
+use bindledger_events::{Context, UnlockCause};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -196,7 +196,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self, rx: std::sync::mpsc::Receiver<Arc<Vec<Event>>>) {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<crate::writer::DurableBatch>) {
         let (tx, writes) = std::sync::mpsc::sync_channel::<Write>(STORE_QUEUE);
         let writer = {
             let (store, digest, status, feed) = (self.store.clone(), self.digest.clone(), self.status.clone(), self.feed.clone());
@@ -246,7 +246,7 @@ impl Worker {
         }
     }
 
-    fn run_inner(&mut self, rx: std::sync::mpsc::Receiver<Arc<Vec<Event>>>) -> Result<()> {
+    fn run_inner(&mut self, rx: std::sync::mpsc::Receiver<crate::writer::DurableBatch>) -> Result<()> {
         self.catch_up(self.ledger.log_len())?;
         tracing::info!(position = self.engine.state.position, stream_seq = self.engine.state.stream_seq, "alert monitor caught up");
         loop {
@@ -298,7 +298,7 @@ impl Worker {
         Ok(())
     }
 
-    fn fold(&mut self, batches: &[Arc<Vec<Event>>]) -> Result<()> {
+    fn fold(&mut self, batches: &[crate::writer::DurableBatch]) -> Result<()> {
         let mut changes = Vec::new();
         for batch in batches {
             for e in batch.iter() {

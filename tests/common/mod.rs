@@ -81,8 +81,8 @@ pub async fn bind_wallet(l: &Ledger, g: &SimulatedGateway, account: &str, n: u64
         factor: None,
         common: bindledger::command::CommonInput::default(),
     };
-    match l.bind(req.validate(account, chrono::Utc::now()).unwrap()).await.unwrap().event.payload {
-        bindledger_events::Payload::WalletBound { binding_id, .. } => binding_id,
+    match &l.bind(req.validate(account, chrono::Utc::now()).unwrap()).await.unwrap().event.payload {
+        bindledger_events::Payload::WalletBound { binding_id, .. } => *binding_id,
         other => panic!("bind of {account} failed: {other:?}"),
     }
 }
