@@ -27,7 +27,7 @@ use crate::store::CHUNK_EVENTS_MAX;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Events written by the raw sled baseline.
+    /// Events written by each raw sled run (the baseline writes them spread over its rounds).
     #[arg(long, default_value_t = 400_000)]
     pub raw_events: u64,
     /// Batch size of the second raw sled run (the first uses the library run's events per
@@ -49,6 +49,11 @@ pub struct BenchArgs {
     /// Accounts the commands are spread over.
     #[arg(long, default_value_t = 2000)]
     pub accounts: usize,
+    /// The library run and its raw baseline are measured in this many alternating rounds (a
+    /// library round, then the raw baseline of as many events per flush as it made), so both
+    /// sides of the ratio see the machine in the same state.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub rounds: u64,
     /// Where to put the logs (default: a new directory under the system temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -263,38 +268,68 @@ where
     Ok((lat, seconds))
 }
 
-async fn library(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, f64)> {
-    let f = fixture(dir, args.accounts).await?;
+/// The library path and its baseline, in alternating rounds on one ledger: each round sends
+/// its share of the commands, then writes its share of `payloads` with raw sled in batches of
+/// the events per flush that round made. Returns the library row, the baseline row (both over
+/// all rounds) and each round's (library rate, raw rate, events per flush).
+async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow::Result<(Row, Row, Vec<(f64, f64, usize)>)> {
+    let f = fixture(&root.join("lib"), args.accounts).await?;
     let bindings = Arc::new(f.bindings);
-    let base = f.ledger.log_len();
-    let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
-    let ledger = f.ledger.clone();
-    let (lat, seconds) = drive(args.lib_concurrency, args.lib_commands, || (), move |(), n| {
-        let (ledger, bindings) = (ledger.clone(), bindings.clone());
-        async move {
-            let b = &bindings[(n % bindings.len() as u64) as usize];
-            let cmd = pay_request(b, n).validate(&b.0, Utc::now()).expect("valid");
-            let result = ledger.pay(cmd).await.map(|r| debug_assert!(matches!(r.event.payload, Payload::PaymentSucceeded { .. })));
-            ((), result.map_err(anyhow::Error::from))
-        }
-    })
-    .await?;
-    let written = f.ledger.log_len() - base;
-    anyhow::ensure!(written == args.lib_commands, "expected {} events, the log grew by {written}", args.lib_commands);
-    let per_flush = events_per_flush(&f.ledger, written, flushes_before);
+    let rounds = args.rounds.max(1);
+    let (mut lat, mut lib_seconds, mut raw_seconds, mut flushes, mut raw_ops) = (Vec::new(), 0.0, 0.0, 0u64, 0u64);
+    let mut per_round = Vec::new();
+    for r in 0..rounds {
+        let first = args.lib_commands * r / rounds;
+        let count = args.lib_commands * (r + 1) / rounds - first;
+        let base = f.ledger.log_len();
+        let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
+        let (ledger, bindings) = (f.ledger.clone(), bindings.clone());
+        let (round_lat, seconds) = drive(args.lib_concurrency, count, || (), move |(), n| {
+            let (ledger, bindings) = (ledger.clone(), bindings.clone());
+            async move {
+                let n = first + n;
+                let b = &bindings[(n % bindings.len() as u64) as usize];
+                let cmd = pay_request(b, n).validate(&b.0, Utc::now()).expect("valid");
+                let result = ledger.pay(cmd).await.map(|r| debug_assert!(matches!(r.event.payload, Payload::PaymentSucceeded { .. })));
+                ((), result.map_err(anyhow::Error::from))
+            }
+        })
+        .await?;
+        let written = f.ledger.log_len() - base;
+        anyhow::ensure!(written == count, "expected {count} events, the log grew by {written}");
+        let round_flushes = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed) - flushes_before;
+        let per_flush = (written as f64 / round_flushes.max(1) as f64).round().max(1.0) as usize;
+        let share = &payloads[(payloads.len() as u64 * r / rounds) as usize..(payloads.len() as u64 * (r + 1) / rounds) as usize];
+        let raw = tokio::task::block_in_place(|| raw_sled(&root.join(format!("same-{r}")), share, per_flush, true))?;
+        per_round.push((count as f64 / seconds, raw.rate(), per_flush));
+        lat.extend(round_lat);
+        lib_seconds += seconds;
+        raw_seconds += raw.seconds;
+        raw_ops += raw.ops;
+        flushes += round_flushes;
+    }
+    lat.sort_unstable();
     drop(f.gateway);
     f.node.stop().await;
-    Ok((
-        Row {
-            name: "library: Ledger::pay, durable".into(),
-            ops: args.lib_commands,
-            seconds,
-            p50_us: percentile(&lat, 0.5),
-            p99_us: percentile(&lat, 0.99),
-            note: format!("{} submitters, {per_flush:.0} events per flush", args.lib_concurrency),
-        },
-        per_flush,
-    ))
+    let per_flush = args.lib_commands as f64 / flushes.max(1) as f64;
+    let bytes_per_event = payloads.iter().map(|p| p.len()).sum::<usize>() / payloads.len().max(1);
+    let lib = Row {
+        name: "library: Ledger::pay, durable".into(),
+        ops: args.lib_commands,
+        seconds: lib_seconds,
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        note: format!("{} submitters, {per_flush:.0} events per flush, {rounds} rounds", args.lib_concurrency),
+    };
+    let raw = Row {
+        name: format!("raw sled, chunks of {CHUNK_EVENTS_MAX} (the ledger's layout), after each library round"),
+        ops: raw_ops,
+        seconds: raw_seconds,
+        p50_us: None,
+        p99_us: None,
+        note: format!("batches of each round's events per flush, {bytes_per_event} B/event"),
+    };
+    Ok((lib, raw, per_round))
 }
 
 async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
@@ -419,16 +454,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let root = args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("bindledger-bench-{}", std::process::id())));
     std::fs::create_dir_all(&root)?;
     eprintln!("bench: logs under {} ({} cores)", root.display(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    eprintln!("bench: library path ...");
-    let (lib, lib_per_flush) = library(&root.join("lib"), &args).await?;
-    eprintln!("bench: HTTP ...");
-    let http = http(&root.join("http"), &args).await?;
-    eprintln!("bench: raw sled baselines ...");
     let payloads = sample_payloads(args.raw_events);
     // The baseline: the same bytes, the same layout, the same number of events per flush as
-    // the library run made. Then, for context, larger batches and one key per event.
-    let same_batch = (lib_per_flush.round() as usize).max(1);
-    let raw = raw_sled(&root.join("same"), &payloads, same_batch, true)?;
+    // the library run made, measured right after each of its rounds.
+    eprintln!("bench: library path and its raw sled baseline, {} rounds ...", args.rounds);
+    let (lib, raw, rounds) = library(&root, &args, &payloads).await?;
+    eprintln!("bench: HTTP ...");
+    let http = http(&root.join("http"), &args).await?;
+    // For context: larger batches and one key per event.
+    eprintln!("bench: raw sled, batches of {} ...", args.raw_batch);
     let raw_large = raw_sled(&root, &payloads, args.raw_batch, true)?;
     let raw_keyed = raw_sled(&root, &payloads, args.raw_batch, false)?;
     drop(payloads);
@@ -441,6 +475,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             r.name, r.ops, r.seconds, r.rate(), fmt_us(r.p50_us), fmt_us(r.p99_us), r.rate() / baseline, r.note
         );
     }
+    let mut ratios: Vec<f64> = rounds.iter().map(|(lib, raw, _)| lib / raw).collect();
+    let each = rounds.iter().map(|(lib, raw, batch)| format!("{lib:.0} / {raw:.0} = {:.2} (batches of {batch})", lib / raw)).collect::<Vec<_>>().join("; ");
+    ratios.sort_by(f64::total_cmp);
+    println!();
+    println!("Library / raw sled by round: {each}; median {:.2}.", ratios[ratios.len() / 2]);
     if args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&root);
     }
