@@ -115,3 +115,57 @@ fn the_demo_runs_raises_alerts_and_leaves_a_log_that_verifies() {
     assert_eq!(report["alerts_match"], true, "{report}");
     assert!(report["alerts_stored"].as_u64().unwrap() > 0, "{report}");
 }
+
+#[test]
+fn the_benchmark_measures_every_row_and_each_round_of_its_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run_cli(&[
+        "bench",
+        "--lib-commands",
+        "900",
+        "--rounds",
+        "3",
+        "--http-commands",
+        "300",
+        "--http-connections",
+        "16",
+        "--raw-events",
+        "600",
+        "--raw-batch",
+        "64",
+        "--accounts",
+        "40",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let out = String::from_utf8(stdout).unwrap();
+    let row = |name: &str| -> Vec<String> {
+        let line = out.lines().find(|l| l.starts_with(&format!("| {name}"))).unwrap_or_else(|| panic!("no row {name:?} in\n{out}"));
+        line.split('|').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect()
+    };
+    // Every command of every round became one durable event (the run checks the log too).
+    let lib = row("library: Ledger::pay");
+    assert_eq!(lib[1], "900", "{out}");
+    assert!(lib[7].contains("3 rounds"), "{out}");
+    assert_eq!(row("HTTP: POST")[1], "300", "{out}");
+    // The baseline wrote all its events across the rounds; the rows for context wrote them all.
+    assert_eq!(row("raw sled, chunks of 128 (the ledger's layout), after each library round")[1], "600", "{out}");
+    assert_eq!(row("raw sled, one key per event")[1], "600", "{out}");
+    for r in [row("library: Ledger::pay"), row("HTTP: POST")] {
+        let rate: f64 = r[3].parse().unwrap();
+        let ratio: f64 = r[6].parse().unwrap();
+        assert!(rate > 0.0 && ratio > 0.0, "{out}");
+    }
+    // One ratio per round, and their median.
+    let rounds = out.lines().find(|l| l.starts_with("Library / raw sled by round:")).unwrap_or_else(|| panic!("no rounds line in\n{out}"));
+    let ratios: Vec<f64> = rounds.split(';').filter_map(|part| part.split(" = ").nth(1)).map(|r| r.split_whitespace().next().unwrap().parse().unwrap()).collect();
+    assert_eq!(ratios.len(), 3, "{rounds}");
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert!(rounds.trim_end_matches('.').ends_with(&format!("median {:.2}", sorted[1])), "{rounds}");
+    // The logs stay where they were asked to go.
+    for sub in ["lib", "http", "same-0", "same-1", "same-2"] {
+        assert!(dir.path().join(sub).exists(), "{sub} missing under {}", dir.path().display());
+    }
+}
