@@ -143,6 +143,9 @@ const SCAN_CACHE_BYTES: u64 = 64 << 20;
 /// Stored bytes [`DirScan`] reads between two opens of the log.
 pub const SCAN_REOPEN_BYTES: u64 = 512 << 20;
 
+/// Events of an open log, in order.
+type EventIter = Box<dyn Iterator<Item = Result<(u64, sled::IVec)>> + Send>;
+
 /// Reads a stopped ledger's log from a sequence to its end, in order, holding a bounded part of
 /// it in memory. sled 0.34 keeps every page a scan has read in memory until the database is
 /// closed, whatever its cache size (sled issue #1036): a plain scan of a 5,000,000-event log
@@ -153,7 +156,7 @@ pub const SCAN_REOPEN_BYTES: u64 = 512 << 20;
 pub struct DirScan {
     dir: std::path::PathBuf,
     next: u64,
-    open: Option<Box<dyn Iterator<Item = Result<(u64, sled::IVec)>> + Send>>,
+    open: Option<EventIter>,
     read: u64,
     reopen_bytes: u64,
     /// How many times the log was opened so far.
