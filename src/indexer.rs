@@ -16,7 +16,7 @@
 //! crash, the ledger writes the rows of the events past the recorded history position again
 //! from the log before it starts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -28,8 +28,8 @@ use crate::writer::DurableBatch;
 pub const INDEX_QUEUE_BATCHES: usize = 1024;
 /// Batches the indexer takes together.
 const INDEX_DRAIN_BATCHES: usize = 64;
-/// Accounts waiting for their row before a snapshot is forced.
-const SNAPSHOT_DIRTY_MAX: usize = 50_000;
+/// Accounts with pending history (so a changed row) before their rows are written anyway.
+const PENDING_ACCOUNTS_MAX: usize = 50_000;
 /// Events gathered in memory before their history rows are written.
 pub const PENDING_EVENTS_MAX: usize = 65_536;
 
@@ -79,8 +79,6 @@ pub struct Indexer {
 
 impl Indexer {
     pub fn run(self, rx: std::sync::mpsc::Receiver<DurableBatch>) {
-        let mut dirty: HashSet<String> = HashSet::new();
-        let mut since_snapshot = 0u64;
         let mut last = self.indexed.load(Ordering::SeqCst);
         while let Ok(first) = rx.recv() {
             let mut drained = vec![first];
@@ -90,65 +88,53 @@ impl Indexer {
                     Err(_) => break,
                 }
             }
-            let gathered = {
+            let (events, accounts) = {
                 let mut pending = self.pending.write().expect("pending history lock");
                 for e in drained.iter().flat_map(|b| b.iter()) {
-                    since_snapshot += 1;
                     last = e.seq;
-                    if !dirty.contains(&e.account) {
-                        dirty.insert(e.account.clone());
-                    }
                     pending.add(&e.account, e.account_seq, e.seq);
                 }
-                pending.events
+                (pending.events, pending.gathering.len())
             };
             // Readers find these events among the pending ones from now on.
             self.indexed.store(last, Ordering::SeqCst);
-            let snapshot_due = since_snapshot >= self.snapshot_every_events || dirty.len() >= SNAPSHOT_DIRTY_MAX;
-            if gathered >= PENDING_EVENTS_MAX || snapshot_due {
-                if let Err(e) = self.write(&mut dirty, last) {
+            if events >= PENDING_EVENTS_MAX || events as u64 >= self.snapshot_every_events || accounts >= PENDING_ACCOUNTS_MAX {
+                if let Err(e) = self.write(last) {
                     tracing::error!(error = %e, "writing the index failed; it will be rebuilt from the log on the next start");
                     return;
                 }
-                since_snapshot = 0;
             }
         }
         // Closing: write every remaining row so the next start resumes at the end.
-        if let Err(e) = self.write(&mut dirty, last).and_then(|_| self.store.flush()) {
+        if let Err(e) = self.write(last).and_then(|_| self.store.flush()) {
             tracing::error!(error = %e, "writing the final snapshot failed; the next start folds the log instead");
         }
     }
 
-    /// Writes the history rows of every pending event, the rows of the accounts that changed,
-    /// and the positions they cover, in one batch.
-    fn write(&self, dirty: &mut HashSet<String>, last: u64) -> crate::error::Result<()> {
+    /// Writes the history rows of every pending event and the rows of their accounts (the
+    /// accounts changed since the last write, as the read model has them now), with the
+    /// positions they cover, in one batch.
+    fn write(&self, last: u64) -> crate::error::Result<()> {
         let mut batch = IndexBatch::default();
         {
             let mut pending = self.pending.write().expect("pending history lock");
-            let gathered = std::mem::take(&mut pending.gathering);
-            pending.writing = gathered;
+            pending.writing = std::mem::take(&mut pending.gathering);
             pending.events = 0;
         }
         {
             let pending = self.pending.read().expect("pending history lock");
+            let read = self.read.read().expect("read model lock");
             for (account, (first, seqs)) in &pending.writing {
                 batch.add_history_run(account, *first, seqs);
+                if let Some(state) = read.accounts.get(account) {
+                    batch.put_account(account, state);
+                }
             }
         }
         batch.set_indexed(last);
-        self.snapshot(&mut batch, dirty, last);
+        batch.set_snapshot(last);
         self.store.apply_index(batch)?;
         self.pending.write().expect("pending history lock").writing.clear();
         Ok(())
-    }
-
-    fn snapshot(&self, batch: &mut IndexBatch, dirty: &mut HashSet<String>, position: u64) {
-        let read = self.read.read().expect("read model lock");
-        for account in dirty.drain() {
-            if let Some(state) = read.accounts.get(&account) {
-                batch.put_account(&account, state);
-            }
-        }
-        batch.set_snapshot(position);
     }
 }
