@@ -82,6 +82,15 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     })
 }
 
+/// The next field, `,"name":value`, read with the reader's method `read` (fields come in
+/// declaration order); `None` from the enclosing function when it is not there.
+macro_rules! field {
+    ($r:ident, $name:literal, $read:ident) => {{
+        $r.lit(concat!(",\"", $name, "\":"))?;
+        $r.$read()?
+    }};
+}
+
 struct Reader<'a> {
     s: &'a str,
     i: usize,
@@ -197,11 +206,9 @@ impl<'a> Reader<'a> {
 
     fn wallet(&mut self) -> Option<WalletRef> {
         self.lit("{\"masked\":")?;
-        let masked = self.string()?;
-        self.lit(",\"fingerprint\":")?;
-        let fingerprint = self.hash()?;
+        let wallet = WalletRef { masked: self.string()?, fingerprint: field!(self, "fingerprint", hash) };
         self.lit("}")?;
-        Some(WalletRef { masked, fingerprint })
+        Some(wallet)
     }
 
     fn factor(&mut self) -> Option<Factor> {
@@ -222,6 +229,14 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn unlock_cause(&mut self) -> Option<UnlockCause> {
+        Some(match self.str()? {
+            "manual" => UnlockCause::Manual,
+            "expired" => UnlockCause::Expired,
+            _ => return None,
+        })
+    }
+
     fn factors(&mut self) -> Option<Vec<FactorCheck>> {
         self.lit("[")?;
         let mut out = Vec::new();
@@ -230,11 +245,8 @@ impl<'a> Reader<'a> {
         }
         loop {
             self.lit("{\"factor\":")?;
-            let factor = self.factor()?;
-            self.lit(",\"passed\":")?;
-            let passed = self.bool()?;
+            out.push(FactorCheck { factor: self.factor()?, passed: field!(self, "passed", bool) });
             self.lit("}")?;
-            out.push(FactorCheck { factor, passed });
             if self.lit("]").is_some() {
                 return Some(out);
             }
@@ -256,27 +268,12 @@ impl<'a> Reader<'a> {
         let reason = match self.code()? {
             "wallet_frozen" => BindFailure::WalletFrozen,
             "wallet_closed" => BindFailure::WalletClosed,
-            "invalid_input" => {
-                self.lit(",\"field\":")?;
-                BindFailure::InvalidInput { field: self.string()? }
-            }
+            "invalid_input" => BindFailure::InvalidInput { field: field!(self, "field", string) },
             "network" => BindFailure::Network,
-            "maintenance" => {
-                self.lit(",\"side\":")?;
-                BindFailure::Maintenance { side: self.side()? }
-            }
-            "already_bound" => {
-                self.lit(",\"binding_id\":")?;
-                BindFailure::AlreadyBound { binding_id: self.uuid()? }
-            }
-            "verification_factor_failed" => {
-                self.lit(",\"factor\":")?;
-                BindFailure::VerificationFactorFailed { factor: self.factor()? }
-            }
-            "binding_limit_reached" => {
-                self.lit(",\"limit\":")?;
-                BindFailure::BindingLimitReached { limit: self.u32()? }
-            }
+            "maintenance" => BindFailure::Maintenance { side: field!(self, "side", side) },
+            "already_bound" => BindFailure::AlreadyBound { binding_id: field!(self, "binding_id", uuid) },
+            "verification_factor_failed" => BindFailure::VerificationFactorFailed { factor: field!(self, "factor", factor) },
+            "binding_limit_reached" => BindFailure::BindingLimitReached { limit: field!(self, "limit", u32) },
             _ => return None,
         };
         self.end().map(|_| reason)
@@ -289,21 +286,10 @@ impl<'a> Reader<'a> {
             "wallet_frozen" => PaymentFailure::WalletFrozen,
             "wallet_closed" => PaymentFailure::WalletClosed,
             "insufficient_funds" => PaymentFailure::InsufficientFunds,
-            "verification_factor_failed" => {
-                self.lit(",\"factor\":")?;
-                PaymentFailure::VerificationFactorFailed { factor: self.factor()? }
-            }
+            "verification_factor_failed" => PaymentFailure::VerificationFactorFailed { factor: field!(self, "factor", factor) },
             "network" => PaymentFailure::Network,
-            "maintenance" => {
-                self.lit(",\"side\":")?;
-                PaymentFailure::Maintenance { side: self.side()? }
-            }
-            "binding_locked" => {
-                self.lit(",\"alert_id\":")?;
-                let alert_id = self.string()?;
-                self.lit(",\"until\":")?;
-                PaymentFailure::BindingLocked { alert_id, until: self.time()? }
-            }
+            "maintenance" => PaymentFailure::Maintenance { side: field!(self, "side", side) },
+            "binding_locked" => PaymentFailure::BindingLocked { alert_id: field!(self, "alert_id", string), until: field!(self, "until", time) },
             _ => return None,
         };
         self.end().map(|_| reason)
@@ -321,10 +307,7 @@ impl<'a> Reader<'a> {
     fn unbind_failure(&mut self) -> Option<UnbindFailure> {
         let reason = match self.code()? {
             "not_bound" => UnbindFailure::NotBound,
-            "maintenance" => {
-                self.lit(",\"side\":")?;
-                UnbindFailure::Maintenance { side: self.side()? }
-            }
+            "maintenance" => UnbindFailure::Maintenance { side: field!(self, "side", side) },
             _ => return None,
         };
         self.end().map(|_| reason)
@@ -333,86 +316,71 @@ impl<'a> Reader<'a> {
     fn payload(&mut self) -> Option<Payload> {
         self.lit("{\"type\":")?;
         let kind = self.str()?;
-        // Each field in declaration order: `,"name":value`.
-        macro_rules! field {
-            ($name:literal, $read:ident) => {{
-                self.lit(concat!(",\"", $name, "\":"))?;
-                self.$read()?
-            }};
-        }
         let payload = match kind {
             "wallet_bound" => Payload::WalletBound {
-                binding_id: field!("binding_id", uuid),
-                provider: field!("provider", provider),
-                wallet: field!("wallet", wallet),
-                factors: field!("factors", factors),
-                agreement_id: field!("agreement_id", string),
+                binding_id: field!(self, "binding_id", uuid),
+                provider: field!(self, "provider", provider),
+                wallet: field!(self, "wallet", wallet),
+                factors: field!(self, "factors", factors),
+                agreement_id: field!(self, "agreement_id", string),
             },
             "bind_failed" => Payload::BindFailed {
-                provider: field!("provider", provider),
-                wallet: field!("wallet", wallet),
-                factors: field!("factors", factors),
-                reason: field!("reason", bind_failure),
+                provider: field!(self, "provider", provider),
+                wallet: field!(self, "wallet", wallet),
+                factors: field!(self, "factors", factors),
+                reason: field!(self, "reason", bind_failure),
             },
             "payment_succeeded" => Payload::PaymentSucceeded {
-                binding_id: field!("binding_id", uuid),
-                provider: field!("provider", provider),
-                wallet: field!("wallet", wallet),
-                order_id: field!("order_id", string),
-                amount_minor: field!("amount_minor", i64),
-                currency: field!("currency", currency),
-                factors: field!("factors", factors),
-                authorization_id: field!("authorization_id", string),
+                binding_id: field!(self, "binding_id", uuid),
+                provider: field!(self, "provider", provider),
+                wallet: field!(self, "wallet", wallet),
+                order_id: field!(self, "order_id", string),
+                amount_minor: field!(self, "amount_minor", i64),
+                currency: field!(self, "currency", currency),
+                factors: field!(self, "factors", factors),
+                authorization_id: field!(self, "authorization_id", string),
             },
             "payment_failed" => Payload::PaymentFailed {
-                binding_id: field!("binding_id", uuid),
-                order_id: field!("order_id", string),
-                amount_minor: field!("amount_minor", i64),
-                currency: field!("currency", currency),
-                factors: field!("factors", factors),
-                reason: field!("reason", payment_failure),
+                binding_id: field!(self, "binding_id", uuid),
+                order_id: field!(self, "order_id", string),
+                amount_minor: field!(self, "amount_minor", i64),
+                currency: field!(self, "currency", currency),
+                factors: field!(self, "factors", factors),
+                reason: field!(self, "reason", payment_failure),
             },
             "wallet_unbound" => Payload::WalletUnbound {
-                binding_id: field!("binding_id", uuid),
-                provider: field!("provider", provider),
-                wallet: field!("wallet", wallet),
+                binding_id: field!(self, "binding_id", uuid),
+                provider: field!(self, "provider", provider),
+                wallet: field!(self, "wallet", wallet),
             },
             "unbind_failed" => Payload::UnbindFailed {
-                binding_id: field!("binding_id", uuid),
-                reason: field!("reason", unbind_failure),
+                binding_id: field!(self, "binding_id", uuid),
+                reason: field!(self, "reason", unbind_failure),
             },
             "binding_locked" => Payload::BindingLocked {
-                binding_id: field!("binding_id", uuid),
-                alert_id: field!("alert_id", string),
-                until: field!("until", time),
+                binding_id: field!(self, "binding_id", uuid),
+                alert_id: field!(self, "alert_id", string),
+                until: field!(self, "until", time),
             },
             "binding_lock_failed" => Payload::BindingLockFailed {
-                binding_id: field!("binding_id", uuid),
-                alert_id: field!("alert_id", string),
-                reason: field!("reason", lock_failure),
+                binding_id: field!(self, "binding_id", uuid),
+                alert_id: field!(self, "alert_id", string),
+                reason: field!(self, "reason", lock_failure),
             },
             "binding_unlocked" => Payload::BindingUnlocked {
-                binding_id: field!("binding_id", uuid),
-                alert_id: field!("alert_id", string),
-                cause: {
-                    self.lit(",\"cause\":")?;
-                    match self.str()? {
-                        "manual" => UnlockCause::Manual,
-                        "expired" => UnlockCause::Expired,
-                        _ => return None,
-                    }
-                },
+                binding_id: field!(self, "binding_id", uuid),
+                alert_id: field!(self, "alert_id", string),
+                cause: field!(self, "cause", unlock_cause),
             },
             "binding_unlock_failed" => Payload::BindingUnlockFailed {
-                binding_id: field!("binding_id", uuid),
-                reason: field!("reason", lock_failure),
+                binding_id: field!(self, "binding_id", uuid),
+                reason: field!(self, "reason", lock_failure),
             },
             _ => return None,
         };
         self.end().map(|_| payload)
     }
 }
-
 
 #[cfg(test)]
 mod tests {
