@@ -586,9 +586,9 @@ impl Backtester {
 
     pub fn apply(&mut self, e: &Event) {
         self.events += 1;
-        self.proposed.extend(self.candidate.apply(e).into_iter().map(|c| (c.alert.id.clone(), c.alert)));
+        self.proposed.extend(latest(self.candidate.apply(e)));
         if let Some((engine, raised)) = &mut self.current {
-            raised.extend(engine.apply(e).into_iter().map(|c| (c.alert.id.clone(), c.alert)));
+            raised.extend(latest(engine.apply(e)));
         }
     }
 
