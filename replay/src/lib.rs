@@ -115,7 +115,8 @@ impl Iterator for Progress {
         let item = self.inner.next();
         if item.is_some() {
             self.n += 1;
-            if self.n % 1024 == 0 && self.shown.elapsed().as_millis() >= 100 {
+            // The first line at once, then at most one every 100 ms.
+            if self.n % 1024 == 0 && (self.n == 1024 || self.shown.elapsed().as_millis() >= 100) {
                 self.shown = std::time::Instant::now();
                 let rate = self.n as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
                 let eta = self.total.filter(|t| *t > self.n).map(|t| format!(", ETA {:.0} s", (t - self.n) as f64 / rate)).unwrap_or_default();
