@@ -276,13 +276,14 @@ async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow:
     let f = fixture(&root.join("lib"), args.accounts).await?;
     let bindings = Arc::new(f.bindings);
     let rounds = args.rounds.max(1);
-    let (mut lat, mut lib_seconds, mut raw_seconds, mut flushes, mut raw_ops) = (Vec::new(), 0.0, 0.0, 0u64, 0u64);
+    let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
+    let (mut lat, mut lib_seconds, mut raw_seconds, mut raw_ops) = (Vec::new(), 0.0, 0.0, 0u64);
     let mut per_round = Vec::new();
     for r in 0..rounds {
         let first = args.lib_commands * r / rounds;
         let count = args.lib_commands * (r + 1) / rounds - first;
         let base = f.ledger.log_len();
-        let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
+        let round_flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
         let (ledger, bindings) = (f.ledger.clone(), bindings.clone());
         let (round_lat, seconds) = drive(args.lib_concurrency, count, || (), move |(), n| {
             let (ledger, bindings) = (ledger.clone(), bindings.clone());
@@ -297,8 +298,7 @@ async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow:
         .await?;
         let written = f.ledger.log_len() - base;
         anyhow::ensure!(written == count, "expected {count} events, the log grew by {written}");
-        let round_flushes = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed) - flushes_before;
-        let per_flush = (written as f64 / round_flushes.max(1) as f64).round().max(1.0) as usize;
+        let per_flush = events_per_flush(&f.ledger, written, round_flushes_before).round().max(1.0) as usize;
         let share = &payloads[(payloads.len() as u64 * r / rounds) as usize..(payloads.len() as u64 * (r + 1) / rounds) as usize];
         let raw = tokio::task::block_in_place(|| raw_sled(&root.join(format!("same-{r}")), share, per_flush, true))?;
         per_round.push((count as f64 / seconds, raw.rate(), per_flush));
@@ -306,12 +306,11 @@ async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow:
         lib_seconds += seconds;
         raw_seconds += raw.seconds;
         raw_ops += raw.ops;
-        flushes += round_flushes;
     }
     lat.sort_unstable();
+    let per_flush = events_per_flush(&f.ledger, args.lib_commands, flushes_before);
     drop(f.gateway);
     f.node.stop().await;
-    let per_flush = args.lib_commands as f64 / flushes.max(1) as f64;
     let bytes_per_event = payloads.iter().map(|p| p.len()).sum::<usize>() / payloads.len().max(1);
     let lib = Row {
         name: "library: Ledger::pay, durable".into(),
@@ -397,47 +396,62 @@ struct LoadClient {
 }
 
 impl LoadClient {
-    /// Sends one request; returns the response's status.
+    /// Sends one request; returns the response's status. A connection that failed is dropped
+    /// (the next request opens another).
     async fn post(&mut self, request: &[u8]) -> std::io::Result<u16> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         if self.stream.is_none() {
             let s = tokio::net::TcpStream::connect(self.addr).await?;
             s.set_nodelay(true)?;
             self.stream = Some(s);
         }
         let stream = self.stream.as_mut().expect("connected above");
-        stream.write_all(request).await?;
         self.buf.clear();
-        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-        loop {
-            let mut chunk = [0u8; 2048];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                self.stream = None;
-                return Err(bad("the server closed the connection"));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-            let Some(end) = memchr::memmem::find(&self.buf, b"\r\n\r\n") else {
-                if self.buf.len() > 64 * 1024 {
-                    return Err(bad("response headers over 64 KiB"));
-                }
-                continue;
-            };
-            let head = std::str::from_utf8(&self.buf[..end]).map_err(|_| bad("response head is not UTF-8"))?;
-            let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no status line"))?;
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.trim().parse().ok()))
-                .ok_or_else(|| bad("no content-length"))?;
-            while self.buf.len() < end + 4 + length {
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    self.stream = None;
-                    return Err(bad("the server closed the connection mid-body"));
-                }
-                self.buf.extend_from_slice(&chunk[..n]);
-            }
-            return Ok(status);
+        let answer = match stream.write_all(request).await {
+            Ok(()) => read_response(stream, &mut self.buf).await,
+            Err(e) => Err(e),
+        };
+        if answer.is_err() {
+            self.stream = None;
+        }
+        answer
+    }
+}
+
+/// Reads one response into `buf`: its head, then as many body bytes as its `content-length`
+/// says; returns its status.
+async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let end = loop {
+        read_more(stream, buf).await?;
+        if let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") {
+            break end;
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(bad("response headers over 64 KiB"));
+        }
+    };
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("response head is not UTF-8"))?;
+    let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no status line"))?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.trim().parse().ok()))
+        .ok_or_else(|| bad("no content-length"))?;
+    while buf.len() < end + 4 + length {
+        read_more(stream, buf).await?;
+    }
+    Ok(status)
+}
+
+/// Appends what the server sent next to `buf`; the server closing the connection is an error.
+async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 2048];
+    match stream.read(&mut chunk).await? {
+        0 => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection")),
+        n => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(())
         }
     }
 }
