@@ -243,10 +243,9 @@ impl Ledger {
                 Err(Error::IdempotencyKeyReused { key: key.to_owned() })
             }
             Some((seq, _)) => {
-                let bytes = self.inner.store.event_bytes(seq)?.ok_or_else(|| Error::Corrupt(format!("event {seq} missing")))?;
-                let event = codec::decode(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+                let replay = Committed::replay_of(&self.inner.store, seq)?;
                 self.inner.metrics.idempotent_replays.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(Committed { event: Arc::new(event), hash: hash_bytes(&bytes), bytes: bytes::Bytes::copy_from_slice(&bytes), replayed: true }))
+                Ok(Some(replay))
             }
         }
     }

@@ -86,6 +86,15 @@ pub struct Committed {
     pub replayed: bool,
 }
 
+impl Committed {
+    /// The answer to a retried command: the event its key produced, read from the log.
+    pub(crate) fn replay_of(store: &Store, seq: u64) -> Result<Committed> {
+        let bytes = store.event_bytes(seq)?.ok_or_else(|| Error::Corrupt(format!("an idempotency key points at missing event {seq}")))?;
+        let event = codec::decode(&bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
+        Ok(Committed { event: Arc::new(event), hash: hash_bytes(&bytes), bytes: bytes::Bytes::copy_from_slice(&bytes), replayed: true })
+    }
+}
+
 pub struct Submission {
     pub request: Request,
     pub reply: oneshot::Sender<Result<Committed>>,
@@ -192,11 +201,6 @@ impl Writer {
         tracing::info!("writer stopped");
     }
 
-    fn stored_event(&self, seq: u64) -> Result<Committed> {
-        let bytes = self.store.event_bytes(seq)?.ok_or_else(|| Error::Corrupt(format!("idempotency row points at missing event {seq}")))?;
-        let event = codec::decode(&bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
-        Ok(Committed { event: Arc::new(event), hash: hash_bytes(&bytes), bytes: bytes::Bytes::copy_from_slice(&bytes), replayed: true })
-    }
 
     /// The event an idempotency key produced, if it is known (durable or in flight).
     fn known_key(&self, key: &str) -> Option<(u64, Hash)> {
@@ -236,7 +240,7 @@ impl Writer {
                 }
                 if let Some((seq, digest)) = self.known_key(ck) {
                     answers.push(if &digest == req.digest() {
-                        match self.stored_event(seq) {
+                        match Committed::replay_of(&self.store, seq) {
                             Ok(c) => Answer::Replay(c),
                             Err(e) => Answer::Fail(e),
                         }
