@@ -124,7 +124,9 @@ impl Default for AlertsConfig {
 pub struct WriterConfig {
     /// Commands waiting for the writer; beyond this callers get `overloaded`. Default 16384.
     pub queue_capacity: usize,
-    /// Commands decided and made durable together (one flush). Default 2048.
+    /// Commands the writer decides and applies to sled together. Default 128: one stored chunk,
+    /// written with one atomic `insert` (a larger batch needs sled's costlier `apply_batch`). The
+    /// flusher makes every batch applied while it was flushing durable with its next flush.
     pub batch_max: usize,
     /// Events between two projection snapshots (a restart folds at most about this many).
     /// Default 50,000.
@@ -177,7 +179,7 @@ impl Default for Config {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        WriterConfig { queue_capacity: 16384, batch_max: 2048, snapshot_every_events: 50_000 }
+        WriterConfig { queue_capacity: 16384, batch_max: crate::store::CHUNK_EVENTS_MAX, snapshot_every_events: 50_000 }
     }
 }
 

@@ -71,10 +71,10 @@ pub fn chunk_events(first_seq: u64, chunk: &sled::IVec) -> Result<Vec<(u64, sled
     Ok(out)
 }
 
-/// One group commit of the log: events in chunks.
+/// One group commit of the log: events in chunks of at most [`CHUNK_EVENTS_MAX`], one key each.
 #[derive(Default)]
 pub struct LogBatch {
-    batch: sled::Batch,
+    chunks: Vec<(u64, Vec<u8>)>,
     chunk: Vec<u8>,
     chunk_first: u64,
     chunk_events: usize,
@@ -95,7 +95,7 @@ impl LogBatch {
 
     fn close_chunk(&mut self) {
         if self.chunk_events > 0 {
-            self.batch.insert(&self.chunk_first.to_be_bytes()[..], std::mem::take(&mut self.chunk));
+            self.chunks.push((self.chunk_first, std::mem::take(&mut self.chunk)));
             self.chunk_events = 0;
         }
     }
@@ -420,10 +420,25 @@ impl Store {
         Ok(accounts)
     }
 
-    /// Applies a log batch atomically (visible, not yet durable).
+    /// Applies a log batch atomically (visible, not yet durable). A batch of one chunk is one
+    /// `insert`, atomic by itself; only a batch of several chunks needs sled's `apply_batch`,
+    /// which writes out the current log buffer twice more to pin the batch (measured: three
+    /// buffer writes, each with its `sync_file_range`, per group commit instead of one).
     pub fn apply_log(&self, mut batch: LogBatch) -> Result<()> {
         batch.close_chunk();
-        self.log.apply_batch(batch.batch)?;
+        match &mut batch.chunks[..] {
+            [] => {}
+            [(first, chunk)] => {
+                self.log.insert(first.to_be_bytes(), std::mem::take(chunk))?;
+            }
+            chunks => {
+                let mut b = sled::Batch::default();
+                for (first, chunk) in chunks {
+                    b.insert(&first.to_be_bytes()[..], std::mem::take(chunk));
+                }
+                self.log.apply_batch(b)?;
+            }
+        }
         Ok(())
     }
 
