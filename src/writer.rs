@@ -357,9 +357,11 @@ impl Flusher {
                     return;
                 }
             }
+            // One hand-over per flush to the indexer and the monitor, whatever the number of
+            // batches it made durable: each wakes a thread.
+            self.publish(&ready);
             for job in ready {
                 if !job.events.is_empty() {
-                    self.publish(&job.events);
                     self.metrics.flush_seconds.observe(job.started.elapsed().as_secs_f64());
                     self.metrics.batch_size.observe(job.events.len() as f64);
                 }
@@ -368,17 +370,23 @@ impl Flusher {
         }
     }
 
-    fn publish(&self, events: &[(Arc<Event>, bytes::Bytes, Hash)]) {
+    /// Publishes the events of jobs just made durable, in order.
+    fn publish(&self, jobs: &[Job]) {
+        let events = || jobs.iter().flat_map(|j| j.events.iter().map(|(e, _, _)| e));
+        let count = jobs.iter().map(|j| j.events.len()).sum();
+        if count == 0 {
+            return;
+        }
         {
             let mut ix = self.idempotency.lock().expect("idempotency lock");
-            for (e, _, _) in events {
+            for e in events() {
                 if let (Some(k), Some(d)) = (&e.idempotency_key, e.request_digest) {
                     ix.insert(composite(&e.account, k), e.seq, d);
                 }
             }
         }
         let mut r = self.read.write().expect("read model lock");
-        for (e, _, _) in events {
+        for e in events() {
             r.apply(e);
         }
         let position = r.position;
@@ -386,7 +394,9 @@ impl Flusher {
         self.durable.store(position, Ordering::SeqCst);
         self.metrics.log_events.store(position, Ordering::Relaxed);
         self.durable_watch.send_replace(position);
-        let batch: DurableBatch = Arc::new(events.iter().map(|(e, _, _)| e.clone()).collect());
+        let mut batch = Vec::with_capacity(count);
+        batch.extend(events().cloned());
+        let batch: DurableBatch = Arc::new(batch);
         if let Some(tap) = self.tap.lock().expect("tap lock").as_ref() {
             let _ = tap.try_send(batch.clone());
         }
