@@ -147,6 +147,7 @@ impl Ledger {
                 pending: pending_history.clone(),
             }),
             tap: tap.clone(),
+            ids: Default::default(),
         };
         let handle = std::thread::Builder::new()
             .name("bindledger-writer".into())

@@ -54,6 +54,15 @@ impl Request {
             | Request::Unlock { meta, .. } => meta,
         }
     }
+    fn meta_mut(&mut self) -> &mut Meta {
+        match self {
+            Request::Bind { meta, .. }
+            | Request::Pay { meta, .. }
+            | Request::Unbind { meta, .. }
+            | Request::Lock { meta, .. }
+            | Request::Unlock { meta, .. } => meta,
+        }
+    }
     fn digest(&self) -> &Hash {
         match self {
             Request::Bind { digest, .. }
@@ -138,6 +147,34 @@ pub struct Writer {
     /// The indexer, started with the writer.
     pub indexer: Option<Indexer>,
     pub tap: EventTap,
+    pub ids: EventIds,
+}
+
+/// UUID v7 ids for the writer's events and bindings: the batch's clock for the time, the OS
+/// generator for the 74 random bits, read [`EventIds::RANDOM_BYTES`] at a time (one
+/// `getrandom` call per 409 ids instead of one per id, which profiles showed at 2% of the CPU).
+#[derive(Default)]
+pub struct EventIds {
+    random: Vec<u8>,
+    at: usize,
+}
+
+impl EventIds {
+    const RANDOM_BYTES: usize = 4096;
+
+    pub fn next(&mut self, now: chrono::DateTime<Utc>) -> Uuid {
+        if self.at + 10 > self.random.len() {
+            self.random.resize(Self::RANDOM_BYTES, 0);
+            if getrandom::fill(&mut self.random).is_err() {
+                self.random.clear();
+                return Uuid::now_v7();
+            }
+            self.at = 0;
+        }
+        let bytes: &[u8; 10] = self.random[self.at..self.at + 10].try_into().expect("ten bytes");
+        self.at += 10;
+        uuid::Builder::from_unix_timestamp_millis(now.timestamp_millis().max(0) as u64, bytes).into_uuid()
+    }
 }
 
 /// Where the flusher hands each durable batch's events to a follower (the alert monitor)
@@ -228,8 +265,8 @@ impl Writer {
         let mut batch_keys: HashMap<String, usize> = HashMap::new();
         let mut buf = Vec::with_capacity(1024);
 
-        for sub in subs.iter() {
-            let req = &sub.request;
+        for sub in subs.iter_mut() {
+            let req = &mut sub.request;
             let meta = req.meta();
             let key = meta.idempotency_key.as_deref().map(|k| composite(&meta.account, k));
             if let Some(ck) = &key {
@@ -259,8 +296,8 @@ impl Writer {
                 }
             }
             let event_time = meta.event_time.unwrap_or(now);
-            let payload = match req {
-                Request::Bind { facts, verdict, .. } => decide::decide_bind(acct, facts, verdict, self.rules, Uuid::now_v7()),
+            let payload = match &*req {
+                Request::Bind { facts, verdict, .. } => decide::decide_bind(acct, facts, verdict, self.rules, self.ids.next(now)),
                 Request::Pay { facts, verdict, .. } => decide::decide_pay(acct, facts, verdict, self.rules),
                 Request::Unbind { binding_id, .. } => decide::decide_unbind(acct, *binding_id, self.rules),
                 Request::Lock { binding_id, alert_id, until, .. } => decide::decide_lock(acct, *binding_id, alert_id, *until),
@@ -268,18 +305,21 @@ impl Writer {
                     decide::decide_unlock(acct, *binding_id, *cause, alert_id.as_deref(), event_time)
                 }
             };
+            // The command's strings move into its event (the answer needs only its kind).
+            let request_digest = Some(*req.digest());
+            let meta = req.meta_mut();
             let event = Event {
                 v: SCHEMA_VERSION,
-                id: Uuid::now_v7(),
+                id: self.ids.next(now),
                 seq: self.next_seq,
-                account: meta.account.clone(),
+                account: std::mem::take(&mut meta.account),
                 account_seq: version + 1,
                 event_time,
                 record_time: now,
-                idempotency_key: meta.idempotency_key.clone(),
-                request_digest: Some(*req.digest()),
-                correlation_id: meta.correlation_id.clone(),
-                context: meta.context.clone(),
+                idempotency_key: meta.idempotency_key.take(),
+                request_digest,
+                correlation_id: meta.correlation_id.take(),
+                context: std::mem::take(&mut meta.context),
                 prev_hash: self.prev_hash,
                 payload,
             };
@@ -430,5 +470,24 @@ impl Flusher {
             let _ = reply.send(result);
         }
         self.metrics.count_commands(&outcomes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_v7_with_the_given_time_and_distinct_across_refills() {
+        let mut ids = EventIds::default();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-26T10:00:00.123Z").unwrap().with_timezone(&Utc);
+        let n = 3 * EventIds::RANDOM_BYTES / 10;
+        let all: std::collections::HashSet<Uuid> = (0..n).map(|_| ids.next(now)).collect();
+        assert_eq!(all.len(), n, "every id is new, also after the random buffer was read again");
+        for id in &all {
+            assert_eq!(id.get_version_num(), 7);
+            let (secs, nanos) = id.get_timestamp().expect("v7 has a time").to_unix();
+            assert_eq!((secs, nanos / 1_000_000), (now.timestamp() as u64, 123));
+        }
     }
 }
