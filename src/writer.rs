@@ -44,33 +44,28 @@ pub enum Request {
     Unlock { meta: Meta, digest: Hash, binding_id: Uuid, cause: bindledger_events::UnlockCause, alert_id: Option<String> },
 }
 
+/// A field every variant of [`Request`] has, borrowed as `$req` is (shared or mutable).
+macro_rules! common_field {
+    ($req:expr, $field:ident) => {
+        match $req {
+            Request::Bind { $field, .. }
+            | Request::Pay { $field, .. }
+            | Request::Unbind { $field, .. }
+            | Request::Lock { $field, .. }
+            | Request::Unlock { $field, .. } => $field,
+        }
+    };
+}
+
 impl Request {
     fn meta(&self) -> &Meta {
-        match self {
-            Request::Bind { meta, .. }
-            | Request::Pay { meta, .. }
-            | Request::Unbind { meta, .. }
-            | Request::Lock { meta, .. }
-            | Request::Unlock { meta, .. } => meta,
-        }
+        common_field!(self, meta)
     }
     fn meta_mut(&mut self) -> &mut Meta {
-        match self {
-            Request::Bind { meta, .. }
-            | Request::Pay { meta, .. }
-            | Request::Unbind { meta, .. }
-            | Request::Lock { meta, .. }
-            | Request::Unlock { meta, .. } => meta,
-        }
+        common_field!(self, meta)
     }
     fn digest(&self) -> &Hash {
-        match self {
-            Request::Bind { digest, .. }
-            | Request::Pay { digest, .. }
-            | Request::Unbind { digest, .. }
-            | Request::Lock { digest, .. }
-            | Request::Unlock { digest, .. } => digest,
-        }
+        common_field!(self, digest)
     }
     pub fn kind(&self) -> &'static str {
         match self {
