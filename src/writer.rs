@@ -233,7 +233,6 @@ impl Writer {
         tracing::info!("writer stopped");
     }
 
-
     /// The event an idempotency key produced, if it is known (durable or in flight).
     fn known_key(&self, key: &str) -> Option<(u64, Hash)> {
         let last = self.next_seq - 1;
@@ -407,21 +406,20 @@ impl Flusher {
 
     /// Publishes the events of jobs just made durable, in order.
     fn publish(&self, jobs: &[Job]) {
-        let events = || jobs.iter().flat_map(|j| j.events.iter().map(|(e, _, _)| e));
-        let count = jobs.iter().map(|j| j.events.len()).sum();
-        if count == 0 {
+        let batch: Vec<Arc<Event>> = jobs.iter().flat_map(|j| j.events.iter().map(|(e, _, _)| e.clone())).collect();
+        if batch.is_empty() {
             return;
         }
         {
             let mut ix = self.idempotency.lock().expect("idempotency lock");
-            for e in events() {
+            for e in &batch {
                 if let (Some(k), Some(d)) = (&e.idempotency_key, e.request_digest) {
                     ix.insert(composite(&e.account, k), e.seq, d);
                 }
             }
         }
         let mut r = self.read.write().expect("read model lock");
-        for e in events() {
+        for e in &batch {
             r.apply(e);
         }
         let position = r.position;
@@ -429,8 +427,6 @@ impl Flusher {
         self.durable.store(position, Ordering::SeqCst);
         self.metrics.log_events.store(position, Ordering::Relaxed);
         self.durable_watch.send_replace(position);
-        let mut batch = Vec::with_capacity(count);
-        batch.extend(events().cloned());
         let batch: DurableBatch = Arc::new(batch);
         if let Some(tap) = self.tap.lock().expect("tap lock").as_ref() {
             let _ = tap.try_send(batch.clone());
