@@ -387,12 +387,12 @@ fn run(cli: Cli) -> Result<i32, String> {
     }
 }
 
-/// One event, as a person reads it: time, event, outcome, wallet, reason.
 /// Reads every event of a scan and keeps none: the cost of the scan alone.
 fn count(mut scan: impl Iterator<Item = bindledger::Result<(u64, sled::IVec)>>) -> Result<u64, String> {
     scan.try_fold(0u64, |n, r| r.map(|_| n + 1)).map_err(|e| e.to_string())
 }
 
+/// One event, as a person reads it: time, event, outcome, wallet, reason.
 fn history_line(e: &Event) -> String {
     let wallet = match &e.payload {
         Payload::WalletBound { wallet, .. } | Payload::BindFailed { wallet, .. } | Payload::PaymentSucceeded { wallet, .. } | Payload::WalletUnbound { wallet, .. } => {
