@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::command::{BindRequest, CommonInput, PayRequest};
-use crate::config::{Config, Role, TokenConfig};
+use crate::config::{Config, Role, TokenConfig, WriterConfig};
 use crate::gateway::{Scenario, SimulatedGateway};
 use crate::http::AppState;
 use crate::ledger::Ledger;
@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// sides of the ratio see the machine in the same state.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
     pub rounds: u64,
+    /// The flusher's group-commit delay under load (`writer.commit_delay_us`; 0 turns it off),
+    /// to compare with and without it.
+    #[arg(long, default_value_t = WriterConfig::default().commit_delay_us)]
+    pub commit_delay_us: u64,
     /// Where to put the logs (default: a new directory under the system temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -179,8 +183,9 @@ struct Fixture {
     bindings: Vec<(String, Uuid, String)>,
 }
 
-async fn fixture(dir: &Path, accounts: usize) -> anyhow::Result<Fixture> {
-    let config = bench_config(dir);
+async fn fixture(dir: &Path, accounts: usize, commit_delay_us: u64) -> anyhow::Result<Fixture> {
+    let mut config = bench_config(dir);
+    config.writer.commit_delay_us = commit_delay_us;
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     let node = crate::node::Node::start(&config, LedgerSecret::from_bytes([7; 32]), gateway.clone())?;
     let ledger = node.ledger.clone();
@@ -273,7 +278,7 @@ where
 /// the events per flush that round made. Returns the library row, the baseline row (both over
 /// all rounds) and each round's (library rate, raw rate, events per flush).
 async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow::Result<(Row, Row, Vec<(f64, f64, usize)>)> {
-    let f = fixture(&root.join("lib"), args.accounts).await?;
+    let f = fixture(&root.join("lib"), args.accounts, args.commit_delay_us).await?;
     let bindings = Arc::new(f.bindings);
     let rounds = args.rounds.max(1);
     let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
@@ -332,7 +337,7 @@ async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow:
 }
 
 async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
-    let f = fixture(dir, args.accounts).await?;
+    let f = fixture(dir, args.accounts, args.commit_delay_us).await?;
     let token = "bench-token-0123456789".to_string();
     let tokens = vec![TokenConfig { token: token.clone(), roles: vec![Role::Writer] }];
     let config = bench_config(dir);
@@ -346,6 +351,7 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
     let bindings = Arc::new(f.bindings);
     let base = f.ledger.log_len();
     let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
+    let batches_before = f.ledger.metrics().batch_size.count();
     let make_client = || LoadClient { addr, stream: None, buf: Vec::with_capacity(4096) };
     let (lat, seconds) = drive(args.http_connections, args.http_commands, make_client, move |mut client, n| {
         let (bindings, token) = (bindings.clone(), token.clone());
@@ -372,6 +378,7 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
     let written = f.ledger.log_len() - base;
     anyhow::ensure!(written == args.http_commands, "expected {} events, the log grew by {written}", args.http_commands);
     let per_flush = events_per_flush(&f.ledger, written, flushes_before);
+    let per_batch = written as f64 / (f.ledger.metrics().batch_size.count() - batches_before).max(1) as f64;
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     f.node.stop().await;
@@ -381,7 +388,7 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
         seconds,
         p50_us: percentile(&lat, 0.5),
         p99_us: percentile(&lat, 0.99),
-        note: format!("{} connections, {per_flush:.0} events per flush", args.http_connections),
+        note: format!("{} connections, {per_flush:.0} events per flush, {per_batch:.1} per writer batch", args.http_connections),
     })
 }
 
@@ -531,7 +538,7 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
     let root = std::env::temp_dir().join(format!("bindledger-bench-kafka-{}", std::process::id()));
     std::fs::create_dir_all(&root)?;
     eprintln!("bench-kafka: pre-filling a log with {} events ...", args.events);
-    let f = fixture(&root.join("log"), 2000).await?;
+    let f = fixture(&root.join("log"), 2000, WriterConfig::default().commit_delay_us).await?;
     let bindings = Arc::new(f.bindings);
     let fill = f.ledger.log_len();
     let ledger = f.ledger.clone();

@@ -131,6 +131,26 @@ pub struct WriterConfig {
     /// Events between two projection snapshots (a restart folds at most about this many).
     /// Default 50,000.
     pub snapshot_every_events: u64,
+    /// How long a flush may wait for more events while the ledger is busy (group commit
+    /// delay). Each flush costs sled a log write and wakes its I/O threads, so under load
+    /// fewer, larger flushes leave more CPU for commands. 0 turns it off. Default 2000 µs.
+    pub commit_delay_us: u64,
+    /// A waiting flush goes ahead as soon as this many events are ready. Default 64.
+    pub commit_batch: usize,
+    /// The flusher waits only right after a flush that carried at least this many events: a
+    /// lone command on a quiet ledger is never held back. Default 16.
+    pub commit_busy_events: usize,
+}
+
+impl WriterConfig {
+    /// The flusher's group-commit delay, or `None` when it is off.
+    pub fn commit_delay(&self) -> Option<crate::writer::CommitDelay> {
+        (self.commit_delay_us > 0).then(|| crate::writer::CommitDelay {
+            delay: std::time::Duration::from_micros(self.commit_delay_us),
+            batch: self.commit_batch,
+            busy_events: self.commit_busy_events,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,7 +199,14 @@ impl Default for Config {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        WriterConfig { queue_capacity: 16384, batch_max: crate::store::CHUNK_EVENTS_MAX, snapshot_every_events: 50_000 }
+        WriterConfig {
+            queue_capacity: 16384,
+            batch_max: crate::store::CHUNK_EVENTS_MAX,
+            snapshot_every_events: 50_000,
+            commit_delay_us: 2000,
+            commit_batch: 64,
+            commit_busy_events: 16,
+        }
     }
 }
 
@@ -259,6 +286,12 @@ impl Config {
         }
         if self.writer.batch_max > 65536 {
             return bad("writer.batch_max must be at most 65536");
+        }
+        if self.writer.commit_delay_us > 100_000 {
+            return bad("writer.commit_delay_us must be at most 100000 (0.1 s)");
+        }
+        if self.writer.commit_batch == 0 || self.writer.commit_busy_events == 0 {
+            return bad("writer.commit_batch and writer.commit_busy_events must be at least 1");
         }
         if self.gateway.concurrency_max == 0 || self.http.connections_max == 0 {
             return bad("gateway.concurrency_max and http.connections_max must be at least 1");
@@ -354,5 +387,20 @@ mod tests {
         let c = Config::from_toml("[writer]\nbatch_max = 0").unwrap();
         assert!(c.validate().is_err());
         assert!(parse_tokens("root:abc").is_err());
+    }
+
+    #[test]
+    fn the_commit_delay_is_configured_checked_and_turned_off_by_zero() {
+        let on = Config::from_toml("[writer]\ncommit_delay_us = 500\ncommit_batch = 32\ncommit_busy_events = 4").unwrap();
+        on.validate().unwrap();
+        let expected = crate::writer::CommitDelay { delay: std::time::Duration::from_micros(500), batch: 32, busy_events: 4 };
+        assert_eq!(on.writer.commit_delay(), Some(expected));
+        let off = Config::from_toml("[writer]\ncommit_delay_us = 0").unwrap();
+        off.validate().unwrap();
+        assert_eq!(off.writer.commit_delay(), None);
+        for bad in ["commit_delay_us = 100001", "commit_batch = 0", "commit_busy_events = 0"] {
+            let e = Config::from_toml(&format!("[writer]\n{bad}")).unwrap().validate().unwrap_err().to_string();
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
+        }
     }
 }

@@ -132,6 +132,7 @@ impl Ledger {
             prev_hash: last_hash,
             rules,
             batch_max: config.writer.batch_max,
+            commit_delay: config.writer.commit_delay(),
             metrics: metrics.clone(),
             failed: failed.clone(),
             idempotency: idempotency.clone(),

@@ -31,6 +31,11 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// How many values were observed.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
@@ -53,6 +58,8 @@ pub struct Metrics {
     pub idempotent_replays: AtomicU64,
     /// Flushes made (one flush covers every batch decided while the previous one ran).
     pub flushes: AtomicU64,
+    /// Flushes that waited for more events (the group-commit delay).
+    pub commit_delays: AtomicU64,
     pub batch_size: Histogram,
     pub flush_seconds: Histogram,
     pub log_events: AtomicU64,
@@ -65,6 +72,7 @@ impl Default for Metrics {
             rejected: Mutex::new(BTreeMap::new()),
             idempotent_replays: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            commit_delays: AtomicU64::new(0),
             batch_size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 65536.0]),
             flush_seconds: Histogram::new(&[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
             log_events: AtomicU64::new(0),
@@ -104,8 +112,13 @@ impl Metrics {
             "# HELP bindledger_flushes_total Flushes of the log (group commits).\n# TYPE bindledger_flushes_total counter\nbindledger_flushes_total {}",
             self.flushes.load(Ordering::Relaxed)
         );
-        self.batch_size.render(&mut out, "bindledger_batch_size", "Commands per group commit.");
-        self.flush_seconds.render(&mut out, "bindledger_flush_seconds", "Time to write and flush one batch.");
+        let _ = writeln!(
+            out,
+            "# HELP bindledger_commit_delays_total Flushes that waited for more events because the ledger was busy.\n# TYPE bindledger_commit_delays_total counter\nbindledger_commit_delays_total {}",
+            self.commit_delays.load(Ordering::Relaxed)
+        );
+        self.batch_size.render(&mut out, "bindledger_batch_size", "Events per writer batch (one sled write; one flush makes one or more durable).");
+        self.flush_seconds.render(&mut out, "bindledger_flush_seconds", "Time from deciding a batch to its being durable.");
         let _ = writeln!(
             out,
             "# HELP bindledger_log_events Events in the log.\n# TYPE bindledger_log_events gauge\nbindledger_log_events {}",

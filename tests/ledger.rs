@@ -244,6 +244,47 @@ async fn a_full_queue_answers_overloaded_and_loses_nothing_acknowledged() {
     l.close();
 }
 
+/// The group-commit delay: one command at a time never waits for company; a burst makes flushes
+/// wait and gather more events, and every acknowledged command is in the log once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_delay_holds_flushes_only_while_the_ledger_is_busy() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.writer.commit_delay_us = 20_000;
+    config.writer.commit_batch = 1_000_000;
+    config.writer.commit_busy_events = 2;
+    let (l, g) = open(&config);
+    let binding = bind(&l, &g, "acct", 1).await;
+    for i in 0..20 {
+        l.pay(pay_request(&g, 1, binding, 1 + i, None, None).validate("acct", Utc::now()).unwrap()).await.unwrap();
+    }
+    assert_eq!(l.metrics().commit_delays.load(Relaxed), 0, "flushes of one command each never wait");
+
+    let (base, flushes_before) = (l.log_len(), l.metrics().flushes.load(Relaxed));
+    let mut acknowledged = Vec::new();
+    for wave in 0..3 {
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let (l, g) = (l.clone(), g.clone());
+                let key = format!("w{wave}-{i}");
+                tokio::spawn(async move { l.pay(pay_request(&g, 1, binding, 1 + i, Some(&key), None).validate("acct", Utc::now()).unwrap()).await })
+            })
+            .collect();
+        for t in tasks {
+            acknowledged.push(t.await.unwrap().unwrap().event.idempotency_key.clone().unwrap());
+        }
+    }
+    let flushes = l.metrics().flushes.load(Relaxed) - flushes_before;
+    assert!(l.metrics().commit_delays.load(Relaxed) > 0, "{flushes} flushes for 300 concurrent commands, none waited");
+    assert_eq!(l.log_len(), base + 300);
+    let mut logged: Vec<String> = all_events(&l).into_iter().filter_map(|e| e.idempotency_key).collect();
+    logged.sort();
+    acknowledged.sort();
+    assert_eq!(logged, acknowledged, "every acknowledged command is in the log exactly once");
+    l.close();
+}
+
 #[tokio::test]
 async fn provider_failures_are_recorded_as_typed_events() {
     let dir = tempfile::tempdir().unwrap();
