@@ -131,11 +131,11 @@ pub struct WriterConfig {
     /// Events between two projection snapshots (a restart folds at most about this many).
     /// Default 50,000.
     pub snapshot_every_events: u64,
-    /// How long a flush may wait for more events while the ledger is busy (group commit
-    /// delay). Each flush costs sled a log write and wakes its I/O threads, so under load
-    /// fewer, larger flushes leave more CPU for commands. 0 turns it off. Default 2000 µs.
+    /// How long a flush waits for more events while the ledger is busy (group-commit delay).
+    /// Each flush costs sled a log write and wakes its I/O threads, so under load fewer, larger
+    /// flushes leave more CPU for commands. 0 turns it off. Default 2000 µs.
     pub commit_delay_us: u64,
-    /// A waiting flush goes ahead as soon as this many events are ready. Default 64.
+    /// A flush that already has this many events ready does not wait. Default 64.
     pub commit_batch: usize,
     /// The flusher waits only right after a flush that carried at least this many events: a
     /// lone command on a quiet ledger is never held back. Default 16.

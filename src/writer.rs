@@ -178,9 +178,10 @@ impl EventIds {
 
 /// How the flusher gathers more events into one flush while the ledger is busy: after a flush
 /// that carried at least `busy_events` events, a flush with fewer than `batch` events ready
-/// waits up to `delay` for more. A quiet ledger (a lone command) never waits; a busy one trades
-/// at most `delay` of latency for fewer flushes, each of which costs sled a log write and wakes
-/// its I/O threads.
+/// first waits `delay` and takes what the writer decided meanwhile. A quiet ledger (a lone
+/// command) never waits; a busy one trades `delay` of latency for fewer flushes and fewer,
+/// larger writer batches, each flush costing sled a log write and a round of wake-ups of its
+/// I/O threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommitDelay {
     pub delay: std::time::Duration,
@@ -399,15 +400,14 @@ impl Flusher {
             let mut events: usize = ready.iter().map(|j| j.events.len()).sum();
             if let Some(c) = self.commit_delay.filter(|c| last_flush_events >= c.busy_events && events < c.batch) {
                 self.metrics.commit_delays.fetch_add(1, Ordering::Relaxed);
-                let deadline = Instant::now() + c.delay;
-                while events < c.batch {
-                    match jobs.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                        Ok(job) => {
-                            events += job.events.len();
-                            ready.push(job);
-                        }
-                        Err(_) => break,
-                    }
+                // A sleep, not a wait on the queue: a waiting flusher would be woken by every
+                // batch the writer hands over (in HTTP profiles, waking the flusher cost the
+                // writer more than its sled writes). Meanwhile the writer, its one slot taken,
+                // gathers the commands arriving into one larger batch.
+                std::thread::sleep(c.delay);
+                while let Ok(job) = jobs.try_recv() {
+                    events += job.events.len();
+                    ready.push(job);
                 }
             }
             last_flush_events = events;
