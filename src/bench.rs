@@ -352,23 +352,34 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
     let base = f.ledger.log_len();
     let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
     let batches_before = f.ledger.metrics().batch_size.count();
-    let make_client = || LoadClient { addr, stream: None, buf: Vec::with_capacity(4096) };
+    let make_client = || LoadClient { addr, stream: None, buf: Vec::with_capacity(4096), body: Vec::with_capacity(256), request: Vec::with_capacity(512) };
     let (lat, seconds) = drive(args.http_connections, args.http_commands, make_client, move |mut client, n| {
-        let (bindings, token) = (bindings.clone(), token.clone());
-        async move {
-            let b = &bindings[(n % bindings.len() as u64) as usize];
-            let body = format!(
-                r#"{{"binding_id":"{}","order_id":"o-{n}","amount_minor":100,"payment_password":"{}","idempotency_key":"pay-{n}"}}"#,
-                b.1, b.2
-            );
-            let request = format!(
-                "POST /v1/accounts/{}/payments HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        use std::io::Write;
+        let b = &bindings[(n % bindings.len() as u64) as usize];
+        let (body, request) = (&mut client.body, &mut client.request);
+        body.clear();
+        request.clear();
+        let formatted = write!(
+            body,
+            r#"{{"binding_id":"{}","order_id":"o-{n}","amount_minor":100,"payment_password":"{}","idempotency_key":"pay-{n}"}}"#,
+            b.1, b.2
+        )
+        .and_then(|()| {
+            write!(
+                request,
+                "POST /v1/accounts/{}/payments HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
                 b.0,
                 body.len()
-            );
-            let result = match client.post(request.as_bytes()).await {
-                Ok(201) => Ok(()),
-                Ok(status) => Err(anyhow::anyhow!("unexpected status {status}")),
+            )
+        });
+        request.extend_from_slice(body);
+        async move {
+            let result = match formatted {
+                Ok(()) => match client.post().await {
+                    Ok(201) => Ok(()),
+                    Ok(status) => Err(anyhow::anyhow!("unexpected status {status}")),
+                    Err(e) => Err(e.into()),
+                },
                 Err(e) => Err(e.into()),
             };
             (client, result)
@@ -400,12 +411,15 @@ struct LoadClient {
     addr: std::net::SocketAddr,
     stream: Option<tokio::net::TcpStream>,
     buf: Vec<u8>,
+    /// The next request's body and the whole request, rewritten in place for each request.
+    body: Vec<u8>,
+    request: Vec<u8>,
 }
 
 impl LoadClient {
-    /// Sends one request; returns the response's status. A connection that failed is dropped
-    /// (the next request opens another).
-    async fn post(&mut self, request: &[u8]) -> std::io::Result<u16> {
+    /// Sends the prepared request; returns the response's status. A connection that failed is
+    /// dropped (the next request opens another).
+    async fn post(&mut self) -> std::io::Result<u16> {
         use tokio::io::AsyncWriteExt;
         if self.stream.is_none() {
             let s = tokio::net::TcpStream::connect(self.addr).await?;
@@ -414,7 +428,7 @@ impl LoadClient {
         }
         let stream = self.stream.as_mut().expect("connected above");
         self.buf.clear();
-        let answer = match stream.write_all(request).await {
+        let answer = match stream.write_all(&self.request).await {
             Ok(()) => read_response(stream, &mut self.buf).await,
             Err(e) => Err(e),
         };

@@ -713,9 +713,12 @@ async fn not_found() -> ApiError {
 async fn bound_in_flight(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     match s.in_flight.clone().try_acquire_owned() {
         Ok(_permit) => {
-            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+            // The request line is copied only when it will be logged.
+            let line = tracing::enabled!(tracing::Level::DEBUG).then(|| (req.method().clone(), req.uri().path().to_owned()));
             let response = next.run(req).await;
-            tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+            if let Some((method, path)) = line {
+                tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+            }
             response
         }
         Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight; retry shortly").into_response(),
