@@ -33,14 +33,16 @@ pub enum DecodeError {
 
 /// Encodes an event canonically. The event's `v` must be the current version.
 pub fn encode(event: &Event) -> Vec<u8> {
-    debug_assert_eq!(event.v, SCHEMA_VERSION, "only the current version is written");
-    serde_json::to_vec(event).expect("events always serialize")
+    let mut buf = Vec::with_capacity(1024);
+    encode_into(event, &mut buf);
+    buf
 }
 
-/// Encodes into a reused buffer (the writer's hot path).
+/// Encodes into a reused buffer (the writer's hot path). The bytes are serde_json's for the
+/// types' `Serialize` impls, written directly by [`crate::canonical::encode_into`].
 pub fn encode_into(event: &Event, buf: &mut Vec<u8>) {
-    buf.clear();
-    serde_json::to_writer(&mut *buf, event).expect("events always serialize");
+    debug_assert_eq!(event.v, SCHEMA_VERSION, "only the current version is written");
+    crate::canonical::encode_into(event, buf);
 }
 
 /// Decodes stored bytes of any supported version into the current types.

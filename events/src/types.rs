@@ -442,7 +442,7 @@ pub mod micros {
     }
 
     /// The canonical form without allocating, for years 0-9999 (what chrono would print).
-    fn format(t: &DateTime<Utc>) -> Option<[u8; LEN]> {
+    pub(crate) fn format(t: &DateTime<Utc>) -> Option<[u8; LEN]> {
         let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
         let micros = t.nanosecond() / 1_000;
         let mut b = *b"0000-00-00T00:00:00.000000Z";
