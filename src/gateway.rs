@@ -159,8 +159,35 @@ pub struct SimulatedGateway {
     calls: AtomicU64,
     /// Spent minor units per agreement. A std Mutex: held for a map lookup, never across await.
     spent: Mutex<HashMap<String, i64>>,
-    /// Authorisations not voided yet, for `void_payment`: id -> (agreement, amount).
-    authorizations: Mutex<HashMap<String, (String, i64)>>,
+    /// Recent authorisations not voided yet, for `void_payment`.
+    authorizations: Mutex<RecentAuthorizations>,
+}
+
+/// Authorisations the simulator can still void: id -> (agreement, amount). A void follows its
+/// authorisation at once (the writer refused the payment), so only the latest are kept, in two
+/// generations of at most [`RecentAuthorizations::GENERATION`] each: when the current one is
+/// full it becomes the previous one and the oldest generation is dropped. A small table also
+/// keeps lookups in cache: a table of every authorisation of a long run turned them into cache
+/// misses.
+#[derive(Default)]
+struct RecentAuthorizations {
+    current: HashMap<String, (String, i64)>,
+    previous: HashMap<String, (String, i64)>,
+}
+
+impl RecentAuthorizations {
+    const GENERATION: usize = 32_768;
+
+    fn insert(&mut self, id: String, agreement_and_amount: (String, i64)) {
+        if self.current.len() >= Self::GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(id, agreement_and_amount);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<(String, i64)> {
+        self.current.remove(id).or_else(|| self.previous.remove(id))
+    }
 }
 
 fn derive(seed: u64, parts: &[&str]) -> [u8; 32] {
@@ -177,13 +204,24 @@ fn number(bytes: &[u8; 32], offset: usize) -> u64 {
     u64::from_be_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
 }
 
+/// The wallet's six-digit payment password, from its facts digest.
+fn password_from(facts: &[u8; 32]) -> [u8; 6] {
+    let mut n = number(facts, 8) % 1_000_000;
+    let mut digits = [b'0'; 6];
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    digits
+}
+
 impl SimulatedGateway {
     pub fn new(scenario: Scenario) -> Self {
         SimulatedGateway {
             scenario,
             calls: AtomicU64::new(0),
             spent: Mutex::new(HashMap::new()),
-            authorizations: Mutex::new(HashMap::new()),
+            authorizations: Mutex::new(RecentAuthorizations::default()),
         }
     }
 
@@ -204,7 +242,13 @@ impl SimulatedGateway {
     }
 
     fn status_of(&self, agreement: &str) -> WalletStatus {
-        let roll = (number(&self.agreement_facts(agreement), 0) % 1000) as u32;
+        self.status_from(&self.agreement_facts(agreement))
+    }
+
+    /// A wallet's standing, password and starting balance all come from its one facts digest,
+    /// computed once per call.
+    fn status_from(&self, facts: &[u8; 32]) -> WalletStatus {
+        let roll = (number(facts, 0) % 1000) as u32;
         let s = &self.scenario;
         if roll < s.frozen_per_mille {
             WalletStatus::Frozen
@@ -223,7 +267,7 @@ impl SimulatedGateway {
     }
 
     fn password_of(&self, agreement: &str) -> String {
-        format!("{:06}", number(&self.agreement_facts(agreement), 8) % 1_000_000)
+        String::from_utf8(password_from(&self.agreement_facts(agreement)).to_vec()).expect("digits")
     }
 
     /// The SMS code the provider sends, or the biometric assertion the owner's device makes.
@@ -245,9 +289,13 @@ impl SimulatedGateway {
     }
 
     fn initial_balance_of(&self, agreement: &str) -> i64 {
+        self.balance_from(&self.agreement_facts(agreement))
+    }
+
+    fn balance_from(&self, facts: &[u8; 32]) -> i64 {
         let s = &self.scenario;
         let span = (s.balance_minor_max - s.balance_minor_min) as u64 + 1;
-        s.balance_minor_min + (number(&self.agreement_facts(agreement), 16) % span) as i64
+        s.balance_minor_min + (number(facts, 16) % span) as i64
     }
 
     /// Minor units currently authorised (spent and not voided) on a wallet.
@@ -310,34 +358,38 @@ impl SimulatedGateway {
         if self.network_fails() {
             return Err(GatewayFailure::Network);
         }
-        match self.status_of(req.agreement_id) {
+        let facts = self.agreement_facts(req.agreement_id);
+        match self.status_from(&facts) {
             WalletStatus::Frozen => return Err(GatewayFailure::WalletFrozen),
             WalletStatus::Closed | WalletStatus::Unknown => return Err(GatewayFailure::WalletClosed),
             WalletStatus::Active => {}
         }
-        if self.password_of(req.agreement_id) != req.payment_password {
+        if password_from(&facts) != req.payment_password.as_bytes() {
             return Err(GatewayFailure::WrongPassword);
         }
         self.check_factor(req.agreement_id, req.factor)?;
-        let initial = self.initial_balance_of(req.agreement_id);
+        let initial = self.balance_from(&facts);
         {
             let mut spent = self.spent.lock().expect("simulator lock");
             if spent.len() >= SIMULATED_WALLETS_MAX && !spent.contains_key(req.agreement_id) {
                 spent.clear();
             }
-            let s = spent.entry(req.agreement_id.to_owned()).or_insert(0);
+            // The agreement is copied only the first time the wallet pays.
+            let s = match spent.get_mut(req.agreement_id) {
+                Some(s) => s,
+                None => spent.entry(req.agreement_id.to_owned()).or_insert(0),
+            };
             if initial - *s < req.amount_minor {
                 return Err(GatewayFailure::InsufficientFunds);
             }
             *s += req.amount_minor;
         }
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        let id = format!("auth_{}", hex::encode(&derive(self.scenario.seed, &["auth", req.agreement_id, req.order_id, &n.to_string()])[..12]));
-        let mut auths = self.authorizations.lock().expect("simulator lock");
-        if auths.len() >= SIMULATED_WALLETS_MAX {
-            auths.clear();
-        }
-        auths.insert(id.clone(), (req.agreement_id.to_owned(), req.amount_minor));
+        let d = derive(self.scenario.seed, &["auth", req.agreement_id, req.order_id, &n.to_string()]);
+        let mut text = [0u8; 24];
+        hex::encode_to_slice(&d[..12], &mut text).expect("24 bytes hold 12 hex pairs");
+        let id = ["auth_", std::str::from_utf8(&text).expect("hex is ascii")].concat();
+        self.authorizations.lock().expect("simulator lock").insert(id.clone(), (req.agreement_id.to_owned(), req.amount_minor));
         Ok(id)
     }
 }
@@ -372,6 +424,33 @@ impl WalletGateway for SimulatedGateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_latest_authorisations_stay_voidable_across_generations() {
+        let mut recent = RecentAuthorizations::default();
+        let n = 2 * RecentAuthorizations::GENERATION + 10;
+        for i in 0..n {
+            recent.insert(format!("auth_{i}"), (format!("agr_{}", i % 7), i as i64));
+        }
+        // The newest generation and the one before it are kept; older ones are gone.
+        assert_eq!(recent.remove(&format!("auth_{}", n - 1)), Some((format!("agr_{}", (n - 1) % 7), (n - 1) as i64)));
+        let kept_from = n - 10 - RecentAuthorizations::GENERATION;
+        assert!(recent.remove(&format!("auth_{kept_from}")).is_some(), "the previous generation is voidable");
+        assert_eq!(recent.remove(&format!("auth_{}", kept_from - 1)), None, "the oldest generation was dropped");
+        assert_eq!(recent.remove(&format!("auth_{}", n - 1)), None, "a void removes it");
+    }
+
+    #[test]
+    fn a_password_is_six_zero_padded_digits_of_its_facts() {
+        for i in 0..2000u32 {
+            let facts = derive(7, &["facts", &i.to_string()]);
+            let expected = format!("{:06}", number(&facts, 8) % 1_000_000);
+            assert_eq!(password_from(&facts).as_slice(), expected.as_bytes());
+        }
+        let mut small = [0u8; 32];
+        small[15] = 42;
+        assert_eq!(&password_from(&small), b"000042");
+    }
 
     fn gw() -> SimulatedGateway {
         SimulatedGateway::new(Scenario { network_error_per_mille: 0, ..Scenario::default() })
