@@ -214,24 +214,30 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
 }
 
 /// The answer to a command. The event is embedded as its stored bytes (no re-encoding): the
-/// same bytes the hash covers, so a client can check `hash` itself.
+/// same bytes the hash covers, so a client can check `hash` itself. Written piece by piece into
+/// one buffer: every command's answer goes through here.
 fn command_response(r: CommandResult) -> Response {
     let status = if r.replayed { StatusCode::OK } else { StatusCode::CREATED };
-    let outcome = if r.event.payload.succeeded() { "succeeded" } else { "failed" };
-    let failure = match r.event.payload.failure_code() {
-        Some(code) => format!("\"{code}\""),
-        None => "null".to_owned(),
-    };
-    let mut body = Vec::with_capacity(r.bytes.len() + 192);
-    body.extend_from_slice(
-        format!(
-            "{{\"outcome\":\"{outcome}\",\"event_type\":\"{}\",\"failure_code\":{failure},\"replayed\":{},\"hash\":\"{}\",\"event\":",
-            r.event.event_type(),
-            r.replayed,
-            r.hash
-        )
-        .as_bytes(),
-    );
+    let outcome: &[u8] = if r.event.payload.succeeded() { b"succeeded" } else { b"failed" };
+    let mut hash = [0u8; 64];
+    hex::encode_to_slice(r.hash.0, &mut hash).expect("64 bytes hold 32 hex pairs");
+    let mut body = Vec::with_capacity(r.bytes.len() + 256);
+    body.extend_from_slice(b"{\"outcome\":\"");
+    body.extend_from_slice(outcome);
+    body.extend_from_slice(b"\",\"event_type\":\"");
+    body.extend_from_slice(r.event.event_type().as_bytes());
+    body.extend_from_slice(b"\",\"failure_code\":");
+    match r.event.payload.failure_code() {
+        Some(code) => {
+            body.push(b'"');
+            body.extend_from_slice(code.as_bytes());
+            body.push(b'"');
+        }
+        None => body.extend_from_slice(b"null"),
+    }
+    body.extend_from_slice(if r.replayed { b",\"replayed\":true,\"hash\":\"" } else { b",\"replayed\":false,\"hash\":\"" });
+    body.extend_from_slice(&hash);
+    body.extend_from_slice(b"\",\"event\":");
     body.extend_from_slice(&r.bytes);
     body.push(b'}');
     let mut resp = (status, body).into_response();
