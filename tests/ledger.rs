@@ -55,6 +55,24 @@ fn all_events(l: &Ledger) -> Vec<bindledger_events::Event> {
     l.raw_events(1).map(|r| decode(&r.unwrap().1).unwrap()).collect()
 }
 
+/// One payment per key, all at once, each from its own task; the i-th pays 1 + i minor units.
+fn pay_concurrently(l: &Ledger, g: &Arc<SimulatedGateway>, binding: Uuid, keys: Vec<String>) -> Vec<tokio::task::JoinHandle<bindledger::Result<bindledger::ledger::CommandResult>>> {
+    keys.into_iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let (l, g) = (l.clone(), g.clone());
+            tokio::spawn(async move { l.pay(pay_request(&g, 1, binding, 1 + i as i64, Some(&key), None).validate("acct", Utc::now()).unwrap()).await })
+        })
+        .collect()
+}
+
+/// The idempotency keys of the events in the log, sorted.
+fn logged_keys(l: &Ledger) -> Vec<String> {
+    let mut keys: Vec<String> = all_events(l).into_iter().filter_map(|e| e.idempotency_key).collect();
+    keys.sort();
+    keys
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_racing_on_one_idempotency_key_get_one_event() {
     let dir = tempfile::tempdir().unwrap();
@@ -220,12 +238,7 @@ async fn a_full_queue_answers_overloaded_and_loses_nothing_acknowledged() {
     config.writer.batch_max = 1;
     let (l, g) = open(&config);
     let binding = bind(&l, &g, "acct", 1).await;
-    let tasks: Vec<_> = (0..300)
-        .map(|i| {
-            let (l, g) = (l.clone(), g.clone());
-            tokio::spawn(async move { l.pay(pay_request(&g, 1, binding, 1 + i, Some(&format!("k{i}")), None).validate("acct", Utc::now()).unwrap()).await })
-        })
-        .collect();
+    let tasks = pay_concurrently(&l, &g, binding, (0..300).map(|i| format!("k{i}")).collect());
     let (mut ok, mut overloaded) = (Vec::new(), 0);
     for t in tasks {
         match t.await.unwrap() {
@@ -235,10 +248,8 @@ async fn a_full_queue_answers_overloaded_and_loses_nothing_acknowledged() {
         }
     }
     assert!(overloaded > 0, "a queue of one must overflow under 300 concurrent commands");
-    let mut logged: Vec<String> = all_events(&l).into_iter().filter_map(|e| e.idempotency_key).collect();
-    logged.sort();
     ok.sort();
-    assert_eq!(logged, ok, "exactly the acknowledged commands are in the log");
+    assert_eq!(logged_keys(&l), ok, "exactly the acknowledged commands are in the log");
     let spent: i64 = all_events(&l).iter().map(|e| match e.payload { Payload::PaymentSucceeded { amount_minor, .. } => amount_minor, _ => 0 }).sum();
     assert_eq!(g.spent_minor(&alipay(), &phone(1)), spent, "refused commands were voided at the provider");
     l.close();
@@ -264,24 +275,15 @@ async fn the_commit_delay_holds_flushes_only_while_the_ledger_is_busy() {
     let (base, flushes_before) = (l.log_len(), l.metrics().flushes.load(Relaxed));
     let mut acknowledged = Vec::new();
     for wave in 0..3 {
-        let tasks: Vec<_> = (0..100)
-            .map(|i| {
-                let (l, g) = (l.clone(), g.clone());
-                let key = format!("w{wave}-{i}");
-                tokio::spawn(async move { l.pay(pay_request(&g, 1, binding, 1 + i, Some(&key), None).validate("acct", Utc::now()).unwrap()).await })
-            })
-            .collect();
-        for t in tasks {
+        for t in pay_concurrently(&l, &g, binding, (0..100).map(|i| format!("w{wave}-{i}")).collect()) {
             acknowledged.push(t.await.unwrap().unwrap().event.idempotency_key.clone().unwrap());
         }
     }
     let flushes = l.metrics().flushes.load(Relaxed) - flushes_before;
     assert!(l.metrics().commit_delays.load(Relaxed) > 0, "{flushes} flushes for 300 concurrent commands, none waited");
     assert_eq!(l.log_len(), base + 300);
-    let mut logged: Vec<String> = all_events(&l).into_iter().filter_map(|e| e.idempotency_key).collect();
-    logged.sort();
     acknowledged.sort();
-    assert_eq!(logged, acknowledged, "every acknowledged command is in the log exactly once");
+    assert_eq!(logged_keys(&l), acknowledged, "every acknowledged command is in the log exactly once");
     l.close();
 }
 
