@@ -401,9 +401,9 @@ impl Flusher {
             if let Some(c) = self.commit_delay.filter(|c| last_flush_events >= c.busy_events && events < c.batch) {
                 self.metrics.commit_delays.fetch_add(1, Ordering::Relaxed);
                 // A sleep, not a wait on the queue: a waiting flusher would be woken by every
-                // batch the writer hands over (in HTTP profiles, waking the flusher cost the
-                // writer more than its sled writes). Meanwhile the writer, its one slot taken,
-                // gathers the commands arriving into one larger batch.
+                // batch the writer hands over (in an HTTP profile, waking the flusher showed in
+                // more of the writer's samples than sled's insert). Meanwhile the writer, its
+                // one slot taken, gathers the commands arriving into one larger batch.
                 std::thread::sleep(c.delay);
                 while let Ok(job) = jobs.try_recv() {
                     events += job.events.len();
