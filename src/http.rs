@@ -219,8 +219,6 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
 fn command_response(r: CommandResult) -> Response {
     let status = if r.replayed { StatusCode::OK } else { StatusCode::CREATED };
     let outcome: &[u8] = if r.event.payload.succeeded() { b"succeeded" } else { b"failed" };
-    let mut hash = [0u8; 64];
-    hex::encode_to_slice(r.hash.0, &mut hash).expect("64 bytes hold 32 hex pairs");
     let mut body = Vec::with_capacity(r.bytes.len() + 256);
     body.extend_from_slice(b"{\"outcome\":\"");
     body.extend_from_slice(outcome);
@@ -236,7 +234,7 @@ fn command_response(r: CommandResult) -> Response {
         None => body.extend_from_slice(b"null"),
     }
     body.extend_from_slice(if r.replayed { b",\"replayed\":true,\"hash\":\"" } else { b",\"replayed\":false,\"hash\":\"" });
-    body.extend_from_slice(&hash);
+    body.extend_from_slice(&r.hash.hex_bytes());
     body.extend_from_slice(b"\",\"event\":");
     body.extend_from_slice(&r.bytes);
     body.push(b'}');

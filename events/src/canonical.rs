@@ -299,10 +299,8 @@ impl Writer<'_> {
     }
 
     fn hash(&mut self, h: &Hash) {
-        let mut text = [0u8; 64];
-        hex::encode_to_slice(h.0, &mut text).expect("64 bytes hold 32 hex pairs");
         self.0.push(b'"');
-        self.0.extend_from_slice(&text);
+        self.0.extend_from_slice(&h.hex_bytes());
         self.0.push(b'"');
     }
 

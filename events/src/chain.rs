@@ -20,6 +20,16 @@ impl Hash {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+    /// The 64 lowercase hex characters, without allocating (the encoder and the HTTP answers).
+    pub fn hex_bytes(&self) -> [u8; 64] {
+        let mut text = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut text).expect("64 bytes hold 32 hex pairs");
+        text
+    }
+    /// [`Hash::hex_bytes`] as text.
+    fn with_hex<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        f(std::str::from_utf8(&self.hex_bytes()).expect("hex is ascii"))
+    }
     pub fn from_hex(s: &str) -> Result<Hash, hex::FromHexError> {
         if let Some(h) = hash_from_hex(s.as_bytes()) {
             return Ok(h);
@@ -33,20 +43,18 @@ impl Hash {
 
 impl fmt::Debug for Hash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.to_hex())
+        self.with_hex(|hex| f.write_str(hex))
     }
 }
 impl fmt::Display for Hash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.to_hex())
+        self.with_hex(|hex| f.write_str(hex))
     }
 }
 
 impl Serialize for Hash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0u8; 64];
-        hex::encode_to_slice(self.0, &mut buf).expect("64 bytes hold 32 hex pairs");
-        s.serialize_str(std::str::from_utf8(&buf).expect("hex is ascii"))
+        self.with_hex(|hex| s.serialize_str(hex))
     }
 }
 
