@@ -236,17 +236,16 @@ impl SimulatedGateway {
         derive(self.scenario.seed, &["facts", agreement])
     }
 
+    /// A wallet's standing, password and starting balance all come from its one facts digest.
+    fn wallet_facts(&self, provider: &Provider, wallet_account: &str) -> [u8; 32] {
+        self.agreement_facts(&self.agreement_id(provider, wallet_account))
+    }
+
     /// The wallet's standing at its provider.
     pub fn wallet_status(&self, provider: &Provider, wallet_account: &str) -> WalletStatus {
-        self.status_of(&self.agreement_id(provider, wallet_account))
+        self.status_from(&self.wallet_facts(provider, wallet_account))
     }
 
-    fn status_of(&self, agreement: &str) -> WalletStatus {
-        self.status_from(&self.agreement_facts(agreement))
-    }
-
-    /// A wallet's standing, password and starting balance all come from its one facts digest,
-    /// computed once per call.
     fn status_from(&self, facts: &[u8; 32]) -> WalletStatus {
         let roll = (number(facts, 0) % 1000) as u32;
         let s = &self.scenario;
@@ -263,11 +262,7 @@ impl SimulatedGateway {
 
     /// The wallet's payment password (what its owner knows; six digits).
     pub fn password_for(&self, provider: &Provider, wallet_account: &str) -> String {
-        self.password_of(&self.agreement_id(provider, wallet_account))
-    }
-
-    fn password_of(&self, agreement: &str) -> String {
-        String::from_utf8(password_from(&self.agreement_facts(agreement)).to_vec()).expect("digits")
+        String::from_utf8(password_from(&self.wallet_facts(provider, wallet_account)).to_vec()).expect("digits")
     }
 
     /// The SMS code the provider sends, or the biometric assertion the owner's device makes.
@@ -285,11 +280,7 @@ impl SimulatedGateway {
 
     /// The wallet's starting balance.
     pub fn initial_balance_minor(&self, provider: &Provider, wallet_account: &str) -> i64 {
-        self.initial_balance_of(&self.agreement_id(provider, wallet_account))
-    }
-
-    fn initial_balance_of(&self, agreement: &str) -> i64 {
-        self.balance_from(&self.agreement_facts(agreement))
+        self.balance_from(&self.wallet_facts(provider, wallet_account))
     }
 
     fn balance_from(&self, facts: &[u8; 32]) -> i64 {
@@ -330,44 +321,48 @@ impl SimulatedGateway {
         }
     }
 
-    fn verify_now(&self, req: &BindVerification<'_>) -> Result<String, GatewayFailure> {
-        if self.in_maintenance(req.provider, req.event_time) {
+    /// The checks a binding and a payment share, in the provider's order: maintenance, the
+    /// network, the wallet's standing (an unknown wallet fails as `unknown`), the password and
+    /// the extra factor. Returns the wallet's facts digest.
+    fn check_wallet(
+        &self,
+        provider: &Provider,
+        event_time: DateTime<Utc>,
+        agreement: &str,
+        payment_password: &str,
+        factor: Option<(Factor, &str)>,
+        unknown: GatewayFailure,
+    ) -> Result<[u8; 32], GatewayFailure> {
+        if self.in_maintenance(provider, event_time) {
             return Err(GatewayFailure::Maintenance);
         }
         if self.network_fails() {
             return Err(GatewayFailure::Network);
         }
-        let agreement = self.agreement_id(req.provider, req.wallet_account);
-        match self.status_of(&agreement) {
+        let facts = self.agreement_facts(agreement);
+        match self.status_from(&facts) {
             WalletStatus::Frozen => return Err(GatewayFailure::WalletFrozen),
             WalletStatus::Closed => return Err(GatewayFailure::WalletClosed),
-            WalletStatus::Unknown => return Err(GatewayFailure::UnknownWallet),
+            WalletStatus::Unknown => return Err(unknown),
             WalletStatus::Active => {}
         }
-        if self.password_of(&agreement) != req.payment_password {
+        if password_from(&facts) != payment_password.as_bytes() {
             return Err(GatewayFailure::WrongPassword);
         }
-        self.check_factor(&agreement, req.factor)?;
+        self.check_factor(agreement, factor)?;
+        Ok(facts)
+    }
+
+    fn verify_now(&self, req: &BindVerification<'_>) -> Result<String, GatewayFailure> {
+        let agreement = self.agreement_id(req.provider, req.wallet_account);
+        self.check_wallet(req.provider, req.event_time, &agreement, req.payment_password, req.factor, GatewayFailure::UnknownWallet)?;
         Ok(agreement)
     }
 
     fn authorize_now(&self, req: &PaymentAuthorization<'_>) -> Result<String, GatewayFailure> {
-        if self.in_maintenance(req.provider, req.event_time) {
-            return Err(GatewayFailure::Maintenance);
-        }
-        if self.network_fails() {
-            return Err(GatewayFailure::Network);
-        }
-        let facts = self.agreement_facts(req.agreement_id);
-        match self.status_from(&facts) {
-            WalletStatus::Frozen => return Err(GatewayFailure::WalletFrozen),
-            WalletStatus::Closed | WalletStatus::Unknown => return Err(GatewayFailure::WalletClosed),
-            WalletStatus::Active => {}
-        }
-        if password_from(&facts) != req.payment_password.as_bytes() {
-            return Err(GatewayFailure::WrongPassword);
-        }
-        self.check_factor(req.agreement_id, req.factor)?;
+        // A wallet the provider does not know cannot have an agreement: it reads as closed.
+        let facts =
+            self.check_wallet(req.provider, req.event_time, req.agreement_id, req.payment_password, req.factor, GatewayFailure::WalletClosed)?;
         let initial = self.balance_from(&facts);
         {
             let mut spent = self.spent.lock().expect("simulator lock");
