@@ -409,12 +409,20 @@ impl Relay {
     }
 }
 
+/// The longest wait for an admin request's answer (its own timeout is 5 s).
+const ADMIN_ANSWER_MAX: Duration = Duration::from_secs(15);
+
 /// Creates `topic` with `partitions` unless it exists.
 pub(crate) async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = config.client_config().create().map_err(|e| format!("admin client: {e}"))?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(config.replication_factor));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))).request_timeout(Some(Duration::from_secs(5)));
-    let results = admin.create_topics([&new], &opts).await.map_err(|e| format!("creating topic {topic}: {e}"))?;
+    // librdkafka times the request out itself; this bound holds if its answer never comes (a
+    // relay stuck here would neither publish nor say why).
+    let results = tokio::time::timeout(ADMIN_ANSWER_MAX, admin.create_topics([&new], &opts))
+        .await
+        .map_err(|_| format!("creating topic {topic}: no answer from the brokers within {} s", ADMIN_ANSWER_MAX.as_secs()))?
+        .map_err(|e| format!("creating topic {topic}: {e}"))?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -166,7 +166,11 @@ async fn every_event_reaches_the_topic_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_is_not_there_yet_blocks_nothing() {
-    let port = free_port();
+    // The port stays bound (not listening: connections are refused) until the broker starts on
+    // it, so no broker of a test running alongside can take it meanwhile.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = reserved.local_addr().unwrap().port();
     let brokers = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let topic = fresh_topic("late-broker");
@@ -181,6 +185,7 @@ async fn a_broker_that_is_not_there_yet_blocks_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("relay while the broker is away: {} ({:?})", r.status.state(), r.status.last_error.lock().unwrap());
+    drop(reserved);
     let broker = Broker::start_on(port, None);
     r.caught_up(Duration::from_secs(60)).await;
     assert_topic_equals_log(&broker.addr, &topic, &log_of(&r.ledger));
