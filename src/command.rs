@@ -4,7 +4,8 @@
 
 use bindledger_events::{types::micros, Context, Currency, Factor, Provider, AMOUNT_MINOR_MAX};
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::error::Error;
@@ -20,8 +21,7 @@ pub const USER_AGENT_LEN_MAX: usize = 256;
 /// How far in the future a caller-supplied event time may be (clock skew).
 pub const EVENT_TIME_SKEW_MAX_S: i64 = 300;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, )]
 pub struct FactorInput {
     /// `sms`, `fingerprint` or `face`.
     pub kind: String,
@@ -29,8 +29,7 @@ pub struct FactorInput {
     pub code: SecretString,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, )]
 pub struct ContextInput {
     pub channel: Option<String>,
     pub device_id: Option<String>,
@@ -39,8 +38,7 @@ pub struct ContextInput {
 }
 
 /// Fields every command may carry.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, )]
 pub struct CommonInput {
     pub idempotency_key: Option<String>,
     pub expected_version: Option<u64>,
@@ -49,8 +47,7 @@ pub struct CommonInput {
     pub context: Option<ContextInput>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, )]
 pub struct BindRequest {
     pub provider: String,
     /// The phone number or wallet account number. Never stored.
@@ -58,12 +55,10 @@ pub struct BindRequest {
     /// Never stored.
     pub payment_password: SecretString,
     pub factor: Option<FactorInput>,
-    #[serde(flatten)]
     pub common: CommonInput,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, )]
 pub struct PayRequest {
     pub binding_id: String,
     pub order_id: String,
@@ -73,18 +68,193 @@ pub struct PayRequest {
     /// Never stored.
     pub payment_password: SecretString,
     pub factor: Option<FactorInput>,
-    #[serde(flatten)]
     pub common: CommonInput,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, )]
 pub struct UnbindRequest {
     /// Must be true: the user confirmed the unbind.
     pub confirm: bool,
-    #[serde(flatten)]
     pub common: CommonInput,
 }
+
+/// A command's JSON body, read field by field, so that every refusal names its field (a
+/// `'static` name from this file) and none carries what was sent: a wrong type is "has the
+/// wrong type", never "invalid type: string \"809966\"" as a JSON decoder would say.
+pub struct Fields {
+    map: Map<String, Value>,
+    /// `""` at the top level, `"factor."` or `"context."` inside those objects.
+    nested: Option<&'static str>,
+}
+
+impl Fields {
+    /// Parses a body: it must be one JSON object.
+    pub fn parse(bytes: &[u8]) -> Result<Fields, Error> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|_| Error::Invalid { code: "malformed_json", field: None, message: "the body is not valid JSON" })?;
+        match value {
+            Value::Object(map) => Ok(Fields { map, nested: None }),
+            _ => Err(Error::Invalid { code: "invalid_request", field: None, message: "the body must be a JSON object" }),
+        }
+    }
+
+    fn wrong_type(field: &'static str) -> Error {
+        Error::invalid("invalid_request", field, "this field has the wrong type (see the README for the API)")
+    }
+
+    /// An optional field; `null` counts as absent.
+    pub fn opt<T: DeserializeOwned>(&mut self, field: &'static str) -> Result<Option<T>, Error> {
+        let key = field.rsplit('.').next().unwrap_or(field);
+        match self.map.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => T::deserialize(v).map(Some).map_err(|_| Self::wrong_type(field)),
+        }
+    }
+
+    /// A required field.
+    pub fn req<T: DeserializeOwned>(&mut self, field: &'static str) -> Result<T, Error> {
+        self.opt(field)?.ok_or_else(|| Error::invalid("invalid_request", field, "this field is required"))
+    }
+
+    /// An optional object (`factor`, `context`), read field by field in turn.
+    fn object(&mut self, field: &'static str) -> Result<Option<Fields>, Error> {
+        match self.map.remove(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(Fields { map, nested: Some(field) })),
+            Some(_) => Err(Self::wrong_type(field)),
+        }
+    }
+
+    /// Refuses a field the command does not take (without naming it: the name is the
+    /// caller's text).
+    pub fn finish(self) -> Result<(), Error> {
+        if self.map.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid {
+                code: "invalid_request",
+                field: self.nested,
+                message: "the body has a field this command does not take (see the README for the API)",
+            })
+        }
+    }
+}
+
+/// What a request type reads from its body.
+pub trait FromFields: Sized {
+    fn from_fields(f: &mut Fields) -> Result<Self, Error>;
+
+    /// Parses a whole body.
+    fn from_body(bytes: &[u8]) -> Result<Self, Error> {
+        let mut f = Fields::parse(bytes)?;
+        let r = Self::from_fields(&mut f)?;
+        f.finish()?;
+        Ok(r)
+    }
+}
+
+impl FromFields for FactorInput {
+    fn from_fields(f: &mut Fields) -> Result<Self, Error> {
+        Ok(FactorInput { kind: f.req("factor.kind")?, code: f.req("factor.code")? })
+    }
+}
+
+impl FromFields for ContextInput {
+    fn from_fields(f: &mut Fields) -> Result<Self, Error> {
+        Ok(ContextInput {
+            channel: f.opt("context.channel")?,
+            device_id: f.opt("context.device_id")?,
+            ip: f.opt("context.ip")?,
+            user_agent: f.opt("context.user_agent")?,
+        })
+    }
+}
+
+fn nested<T: FromFields>(f: &mut Fields, field: &'static str) -> Result<Option<T>, Error> {
+    match f.object(field)? {
+        None => Ok(None),
+        Some(mut inner) => {
+            let v = T::from_fields(&mut inner)?;
+            inner.finish()?;
+            Ok(Some(v))
+        }
+    }
+}
+
+impl FromFields for CommonInput {
+    fn from_fields(f: &mut Fields) -> Result<Self, Error> {
+        let event_time: Option<String> = f.opt("event_time")?;
+        let event_time = match event_time {
+            None => None,
+            Some(t) => Some(
+                DateTime::parse_from_rfc3339(&t)
+                    .map_err(|_| Error::invalid("invalid_event_time", "event_time", "event_time must be an RFC 3339 time, e.g. 2026-11-26T08:00:00Z"))?
+                    .with_timezone(&Utc),
+            ),
+        };
+        Ok(CommonInput {
+            idempotency_key: f.opt("idempotency_key")?,
+            expected_version: f.opt("expected_version")?,
+            correlation_id: f.opt("correlation_id")?,
+            event_time,
+            context: nested(f, "context")?,
+        })
+    }
+}
+
+impl FromFields for BindRequest {
+    fn from_fields(f: &mut Fields) -> Result<Self, Error> {
+        Ok(BindRequest {
+            provider: f.req("provider")?,
+            wallet_account: f.req("wallet_account")?,
+            payment_password: f.req("payment_password")?,
+            factor: nested(f, "factor")?,
+            common: CommonInput::from_fields(f)?,
+        })
+    }
+}
+
+impl FromFields for PayRequest {
+    fn from_fields(f: &mut Fields) -> Result<Self, Error> {
+        Ok(PayRequest {
+            binding_id: f.req("binding_id")?,
+            order_id: f.req("order_id")?,
+            amount_minor: f.req("amount_minor")?,
+            currency: f.opt("currency")?,
+            payment_password: f.req("payment_password")?,
+            factor: nested(f, "factor")?,
+            common: CommonInput::from_fields(f)?,
+        })
+    }
+}
+
+impl FromFields for UnbindRequest {
+    fn from_fields(f: &mut Fields) -> Result<Self, Error> {
+        Ok(UnbindRequest { confirm: f.req("confirm")?, common: CommonInput::from_fields(f)? })
+    }
+}
+
+impl FromFields for UnlockRequest {
+    fn from_fields(f: &mut Fields) -> Result<Self, Error> {
+        Ok(UnlockRequest { confirm: f.opt("confirm")?.unwrap_or(false), common: CommonInput::from_fields(f)? })
+    }
+}
+
+/// Library users and tests may still read a request with serde; it goes through the same
+/// field-by-field reader, so both refuse the same bodies.
+macro_rules! deserialize_via_fields {
+    ($($t:ty),*) => {$(
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let map = <Map<String, Value> as serde::Deserialize>::deserialize(d)?;
+                let mut f = Fields { map, nested: None };
+                let r = <$t>::from_fields(&mut f).and_then(|r| f.finish().map(|_| r));
+                r.map_err(|e| serde::de::Error::custom(e))
+            }
+        }
+    )*};
+}
+deserialize_via_fields!(BindRequest, PayRequest, UnbindRequest, UnlockRequest);
 
 /// Validated fields common to all commands.
 #[derive(Debug, Clone)]
@@ -146,12 +316,9 @@ pub struct UnlockCommand {
 }
 
 /// `POST /v1/accounts/{account}/bindings/{binding_id}/unlock`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, )]
 pub struct UnlockRequest {
-    #[serde(default)]
     pub confirm: bool,
-    #[serde(flatten)]
     pub common: CommonInput,
 }
 
@@ -170,13 +337,16 @@ fn id_chars_ok(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
-/// An account id: 1-64 of `A-Z a-z 0-9 _ - . :`.
+/// An account id: 1-64 of `A-Z a-z 0-9 _ - . :`, except `.` and `..`: those are dot segments,
+/// which URL normalisers (RFC 3986, section 5.2.4) remove, so an ordinary client could not
+/// address the account. No other id in this alphabet is rewritten by a normaliser (none needs
+/// percent-encoding).
 pub fn validate_account(s: &str) -> Result<(), Error> {
-    if s.is_empty() || s.len() > ACCOUNT_LEN_MAX || !id_chars_ok(s) {
+    if s.is_empty() || s.len() > ACCOUNT_LEN_MAX || !id_chars_ok(s) || s == "." || s == ".." {
         return Err(Error::invalid(
             "invalid_account",
             "account",
-            format!("account ids are 1-{ACCOUNT_LEN_MAX} characters of A-Z a-z 0-9 _ - . :"),
+            "account ids are 1-64 characters of A-Z a-z 0-9 _ - . : (not . or .. alone)",
         ));
     }
     Ok(())
@@ -184,9 +354,9 @@ pub fn validate_account(s: &str) -> Result<(), Error> {
 
 pub fn parse_uuid(s: &str, field: &'static str) -> Result<Uuid, Error> {
     if s.len() > 36 {
-        return Err(Error::invalid("invalid_binding_id", field, format!("{field} must be a UUID")));
+        return Err(Error::invalid("invalid_binding_id", field, "must be a UUID"));
     }
-    Uuid::parse_str(s).map_err(|_| Error::invalid("invalid_binding_id", field, format!("{field} must be a UUID")))
+    Uuid::parse_str(s).map_err(|_| Error::invalid("invalid_binding_id", field, "must be a UUID"))
 }
 
 fn printable(s: &str, max: usize) -> bool {
@@ -200,7 +370,7 @@ fn validate_common(account: &str, c: CommonInput, now: DateTime<Utc>) -> Result<
             return Err(Error::invalid(
                 "invalid_idempotency_key",
                 "idempotency_key",
-                format!("idempotency keys are 1-{KEY_LEN_MAX} printable ASCII characters without spaces"),
+                "idempotency keys are 1-128 printable ASCII characters without spaces",
             ));
         }
     }
@@ -209,7 +379,7 @@ fn validate_common(account: &str, c: CommonInput, now: DateTime<Utc>) -> Result<
             return Err(Error::invalid(
                 "invalid_correlation_id",
                 "correlation_id",
-                format!("correlation ids are 1-{KEY_LEN_MAX} printable ASCII characters without spaces"),
+                "correlation ids are 1-128 printable ASCII characters without spaces",
             ));
         }
     }
@@ -219,7 +389,7 @@ fn validate_common(account: &str, c: CommonInput, now: DateTime<Utc>) -> Result<
             return Err(Error::invalid(
                 "invalid_event_time",
                 "event_time",
-                format!("event_time must be after 2000-01-01 and at most {EVENT_TIME_SKEW_MAX_S} s in the future"),
+                "event_time must be after 2000-01-01 and at most 300 s in the future",
             ));
         }
     }
@@ -230,7 +400,7 @@ fn validate_common(account: &str, c: CommonInput, now: DateTime<Utc>) -> Result<
     }
     if let Some(d) = &ctx.device_id {
         if !printable(d, KEY_LEN_MAX) {
-            return Err(Error::invalid("invalid_context", "context.device_id", format!("device_id is 1-{KEY_LEN_MAX} printable ASCII characters")));
+            return Err(Error::invalid("invalid_context", "context.device_id", "device_id is 1-128 printable ASCII characters"));
         }
     }
     if let Some(ip) = &ctx.ip {
@@ -240,7 +410,7 @@ fn validate_common(account: &str, c: CommonInput, now: DateTime<Utc>) -> Result<
     }
     if let Some(ua) = &ctx.user_agent {
         if ua.len() > USER_AGENT_LEN_MAX || ua.chars().any(|c| c.is_control()) {
-            return Err(Error::invalid("invalid_context", "context.user_agent", format!("user_agent is at most {USER_AGENT_LEN_MAX} bytes without control characters")));
+            return Err(Error::invalid("invalid_context", "context.user_agent", "user_agent is at most 256 bytes without control characters"));
         }
     }
     Ok(Meta {
@@ -259,7 +429,7 @@ fn validate_password(p: &SecretString) -> Result<(), Error> {
         return Err(Error::invalid(
             "invalid_payment_password",
             "payment_password",
-            format!("payment_password must be 1-{PASSWORD_LEN_MAX} bytes"),
+            "payment_password must be 1-64 bytes",
         ));
     }
     Ok(())
@@ -274,7 +444,7 @@ fn validate_factor(f: Option<FactorInput>) -> Result<Option<(Factor, SecretStrin
         _ => return Err(Error::invalid("invalid_factor", "factor.kind", "factor.kind is one of sms, fingerprint, face")),
     };
     if f.code.expose().is_empty() || f.code.expose().len() > FACTOR_SECRET_LEN_MAX {
-        return Err(Error::invalid("invalid_factor", "factor.code", format!("factor.code must be 1-{FACTOR_SECRET_LEN_MAX} bytes")));
+        return Err(Error::invalid("invalid_factor", "factor.code", "factor.code must be 1-512 bytes"));
     }
     Ok(Some((kind, f.code)))
 }
@@ -304,7 +474,7 @@ impl BindRequest {
     pub fn validate(self, account: &str, now: DateTime<Utc>) -> Result<BindCommand, Error> {
         let meta = validate_common(account, self.common, now)?;
         let provider = Provider::parse(&self.provider)
-            .map_err(|e| Error::invalid("invalid_provider", "provider", e))?;
+            .map_err(|_| Error::invalid("invalid_provider", "provider", "provider is one of alipay, wechat_pay, apple_pay, union_pay, bank_card, credit_card, or other:<name> (1-32 of a-z 0-9 _ -)"))?;
         let wallet_account = validate_wallet_account(&self.wallet_account)?;
         validate_password(&self.payment_password)?;
         let factor = validate_factor(self.factor)?;
@@ -320,19 +490,19 @@ impl PayRequest {
             return Err(Error::invalid(
                 "invalid_order_id",
                 "order_id",
-                format!("order ids are 1-{ORDER_ID_LEN_MAX} characters of A-Z a-z 0-9 _ - . :"),
+                "order ids are 1-64 characters of A-Z a-z 0-9 _ - . :",
             ));
         }
         if self.amount_minor <= 0 || self.amount_minor > AMOUNT_MINOR_MAX {
             return Err(Error::invalid(
                 "invalid_amount",
                 "amount_minor",
-                format!("amount_minor is an integer number of minor units (fen, cents) from 1 to {AMOUNT_MINOR_MAX}"),
+                "amount_minor is an integer number of minor units (fen, cents) from 1 to 10000000000000",
             ));
         }
         let currency = match &self.currency {
             None => Currency::CNY,
-            Some(c) => Currency::parse(c).map_err(|e| Error::invalid("invalid_currency", "currency", e))?,
+            Some(c) => Currency::parse(c).map_err(|_| Error::invalid("invalid_currency", "currency", "currency is an active ISO 4217 code such as CNY, USD, EUR"))?,
         };
         validate_password(&self.payment_password)?;
         let factor = validate_factor(self.factor)?;
@@ -364,7 +534,7 @@ mod tests {
     use super::*;
 
     fn bind(json: &str) -> Result<BindCommand, Error> {
-        let r: BindRequest = serde_json::from_str(json).map_err(|e| Error::invalid("bad_json", "body", e))?;
+        let r: BindRequest = serde_json::from_str(json).map_err(|_| Error::invalid("bad_json", "body", "not a bind request"))?;
         r.validate("acct-1", Utc::now())
     }
 
@@ -418,5 +588,32 @@ mod tests {
         assert!(validate_account(&"a".repeat(65)).is_err());
         assert!(validate_account("a/b").is_err());
         assert!(validate_account("").is_err());
+        // Dot segments: a URL normaliser removes them, so nobody could address the account.
+        assert!(validate_account(".").is_err());
+        assert!(validate_account("..").is_err());
+        assert!(validate_account("...").is_ok());
+        assert!(validate_account("a.b").is_ok());
+    }
+
+    #[test]
+    fn messages_state_the_limits_in_force() {
+        // Messages are fixed text (they may not carry any submitted value); the limits they
+        // name are checked here against the constants.
+        let msg = |r: Result<(), Error>| r.unwrap_err().to_string();
+        assert!(msg(validate_account("")).contains(&format!("1-{ACCOUNT_LEN_MAX} ")));
+        assert!(msg(validate_password(&SecretString::new(String::new()))).contains(&format!("1-{PASSWORD_LEN_MAX} ")));
+        let pay = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = serde_json::json!({"binding_id":"00000000-0000-0000-0000-000000000001","order_id":"o1","amount_minor":1,"payment_password":"1"});
+            f(&mut v);
+            serde_json::from_value::<PayRequest>(v).unwrap().validate("a", Utc::now()).unwrap_err().to_string()
+        };
+        assert!(pay(&|v| v["amount_minor"] = 0.into()).contains(&format!("to {AMOUNT_MINOR_MAX}")));
+        assert!(pay(&|v| v["order_id"] = "".into()).contains(&format!("1-{ORDER_ID_LEN_MAX} ")));
+        assert!(pay(&|v| v["idempotency_key"] = "".into()).contains(&format!("1-{KEY_LEN_MAX} ")));
+        assert!(pay(&|v| v["correlation_id"] = "".into()).contains(&format!("1-{KEY_LEN_MAX} ")));
+        assert!(pay(&|v| v["context"] = serde_json::json!({"device_id": ""})).contains(&format!("1-{KEY_LEN_MAX} ")));
+        assert!(pay(&|v| v["context"] = serde_json::json!({"user_agent": "x".repeat(USER_AGENT_LEN_MAX + 1)})).contains(&format!("{USER_AGENT_LEN_MAX} bytes")));
+        assert!(pay(&|v| v["factor"] = serde_json::json!({"kind": "sms", "code": ""})).contains(&format!("1-{FACTOR_SECRET_LEN_MAX} ")));
+        assert!(pay(&|v| v["event_time"] = "2999-01-01T00:00:00Z".into()).contains(&format!("{EVENT_TIME_SKEW_MAX_S} s")));
     }
 }

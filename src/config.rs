@@ -62,6 +62,10 @@ pub struct Config {
     /// An idempotency key is remembered while fewer than this many events follow it.
     /// Default 1,000,000.
     pub idempotency_window_events: u64,
+    /// How far in the past a caller's `event_time` may be, in seconds (the future is bounded
+    /// at 300 s). Security rules never read `event_time`; this keeps business reports honest.
+    /// Default 300.
+    pub event_time_past_max_s: u64,
     pub writer: WriterConfig,
     pub gateway: GatewayConfig,
     pub http: HttpConfig,
@@ -173,8 +177,28 @@ pub struct HttpConfig {
     pub feed_limit_max: u64,
     /// Most items one page of a list may hold. Default 1000.
     pub page_limit_max: usize,
-    /// Connections served at once. Default 4096.
+    /// Requests in flight at once; beyond it, `503 overloaded`. `/healthz` and `/metrics`
+    /// are not counted, so they answer whatever the load. Default 4096.
     pub connections_max: usize,
+    /// Open connections from one peer address; more are closed at once. Generous by default,
+    /// since a ledger behind a load balancer or a service mesh sees few peers. Default 4096.
+    pub connections_per_peer_max: usize,
+    /// A request's headers must arrive within this time, counted from the moment the server
+    /// waits for them (a new connection, or the end of the previous answer); otherwise the
+    /// connection is closed. So an idle connection is closed after it too. Default 5000 ms.
+    pub header_timeout_ms: u64,
+    /// A command's body must arrive within this time after its headers; otherwise `408`.
+    /// Default 5000 ms.
+    pub body_timeout_ms: u64,
+}
+
+impl HttpConfig {
+    pub fn header_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.header_timeout_ms)
+    }
+    pub fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.body_timeout_ms)
+    }
 }
 
 impl Default for Config {
@@ -186,6 +210,7 @@ impl Default for Config {
             max_bindings_per_account: 10,
             platform_maintenance: false,
             idempotency_window_events: 1_000_000,
+            event_time_past_max_s: 300,
             writer: WriterConfig::default(),
             gateway: GatewayConfig::default(),
             http: HttpConfig::default(),
@@ -218,7 +243,15 @@ impl Default for GatewayConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { body_limit_bytes: 16384, feed_limit_max: 1_000_000, page_limit_max: 1000, connections_max: 4096 }
+        HttpConfig {
+            body_limit_bytes: 16384,
+            feed_limit_max: 1_000_000,
+            page_limit_max: 1000,
+            connections_max: 4096,
+            connections_per_peer_max: 4096,
+            header_timeout_ms: 5000,
+            body_timeout_ms: 5000,
+        }
     }
 }
 
@@ -293,8 +326,11 @@ impl Config {
         if self.writer.commit_batch == 0 || self.writer.commit_busy_events == 0 {
             return bad("writer.commit_batch and writer.commit_busy_events must be at least 1");
         }
-        if self.gateway.concurrency_max == 0 || self.http.connections_max == 0 {
-            return bad("gateway.concurrency_max and http.connections_max must be at least 1");
+        if self.gateway.concurrency_max == 0 || self.http.connections_max == 0 || self.http.connections_per_peer_max == 0 {
+            return bad("gateway.concurrency_max, http.connections_max and http.connections_per_peer_max must be at least 1");
+        }
+        if !(1..=600_000).contains(&self.http.header_timeout_ms) || !(1..=600_000).contains(&self.http.body_timeout_ms) {
+            return bad("http.header_timeout_ms and http.body_timeout_ms must be from 1 to 600000 (10 minutes)");
         }
         if self.idempotency_window_events == 0 || self.writer.snapshot_every_events == 0 {
             return bad("idempotency_window_events and writer.snapshot_every_events must be at least 1");

@@ -20,6 +20,44 @@ use crate::projection::AccountState;
 pub struct Rules {
     pub max_bindings_per_account: u32,
     pub platform_maintenance: bool,
+    /// The inline guard against password guessing, when on.
+    pub password_guard: Option<PasswordGuard>,
+}
+
+/// At most `threshold` wrong payment passwords on one binding reach the provider within
+/// `window` (in `record_time`), counting the attempts still in flight; an unlock gives the
+/// binding a fresh budget. Set from the `password_brute_force` rule when `lock` is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordGuard {
+    pub threshold: u32,
+    pub window: chrono::Duration,
+}
+
+/// What the guard allows on a binding at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// This many more attempts may reach the provider.
+    Left(u32),
+    /// None before `until`, when the oldest counted wrong password leaves the window.
+    Spent { until: DateTime<Utc> },
+}
+
+impl PasswordGuard {
+    pub fn threshold(&self) -> usize {
+        (self.threshold as usize).min(crate::projection::WRONG_PASSWORDS_KEPT_MAX)
+    }
+
+    pub fn budget(&self, binding: &crate::projection::Binding, now: DateTime<Utc>) -> Budget {
+        let recent: Vec<&DateTime<Utc>> = binding.wrong_passwords_after(now - self.window).collect();
+        let threshold = self.threshold();
+        if recent.len() < threshold {
+            Budget::Left((threshold - recent.len()) as u32)
+        } else {
+            let mut times: Vec<DateTime<Utc>> = recent.into_iter().copied().collect();
+            times.sort_unstable();
+            Budget::Spent { until: times[times.len() - threshold] + self.window }
+        }
+    }
 }
 
 /// What the provider said about a bind, or why it was not asked.
@@ -54,8 +92,6 @@ pub struct PayFacts {
     pub amount_minor: i64,
     pub currency: bindledger_events::Currency,
     pub factor: Option<Factor>,
-    /// The payment's event time (a lock is in force before its `until`).
-    pub at: DateTime<Utc>,
 }
 
 fn factors(password_passed: Option<bool>, factor: Option<(Factor, bool)>) -> Vec<FactorCheck> {
@@ -142,18 +178,19 @@ pub fn decide_bind(
     }
 }
 
-/// Reasons to refuse a payment without asking the provider.
-pub fn precheck_pay(acct: Option<&AccountState>, binding_id: Uuid, at: DateTime<Utc>, rules: Rules) -> Option<PaymentFailure> {
+/// Reasons to refuse a payment without asking the provider, at `now` (the ledger's time: a
+/// lock is in force before its `until`).
+pub fn precheck_pay(acct: Option<&AccountState>, binding_id: Uuid, now: DateTime<Utc>, rules: Rules) -> Option<PaymentFailure> {
     if rules.platform_maintenance {
         return Some(PaymentFailure::Maintenance { side: Side::Platform });
     }
     match acct.and_then(|a| a.active_binding(binding_id)) {
-        Some(b) => b.lock_at(at).map(|l| PaymentFailure::BindingLocked { alert_id: l.alert_id.clone(), until: l.until }),
+        Some(b) => b.lock_at(now).map(|l| PaymentFailure::BindingLocked { alert_id: l.alert_id.clone(), until: l.until }),
         None => Some(PaymentFailure::BindingNotActive),
     }
 }
 
-pub fn decide_pay(acct: Option<&AccountState>, facts: &PayFacts, verdict: &PayVerdict, rules: Rules) -> Payload {
+pub fn decide_pay(acct: Option<&AccountState>, facts: &PayFacts, verdict: &PayVerdict, rules: Rules, now: DateTime<Utc>) -> Payload {
     let (success, failure) = match verdict {
         PayVerdict::Authorized { .. } => (true, None),
         PayVerdict::Failed(f) => (false, Some(*f)),
@@ -168,7 +205,7 @@ pub fn decide_pay(acct: Option<&AccountState>, facts: &PayFacts, verdict: &PayVe
         factors,
         reason,
     };
-    if let Some(reason) = precheck_pay(acct, facts.binding_id, facts.at, rules) {
+    if let Some(reason) = precheck_pay(acct, facts.binding_id, now, rules) {
         return failed(reason, factor_checks);
     }
     let binding = acct.and_then(|a| a.active_binding(facts.binding_id)).expect("precheck passed");
@@ -223,13 +260,13 @@ pub fn decide_lock(acct: Option<&AccountState>, binding_id: Uuid, alert_id: &str
 }
 
 /// Lifts a binding's lock. An expiry (`cause` expired, made for the lock of `alert_id`) only
-/// ends that very lock, and only once its time is over at `at`.
-pub fn decide_unlock(acct: Option<&AccountState>, binding_id: Uuid, cause: UnlockCause, alert_id: Option<&str>, at: DateTime<Utc>) -> Payload {
+/// ends that very lock, and only once its time is over at `now` (the ledger's time).
+pub fn decide_unlock(acct: Option<&AccountState>, binding_id: Uuid, cause: UnlockCause, alert_id: Option<&str>, now: DateTime<Utc>) -> Payload {
     let Some(b) = acct.and_then(|a| a.active_binding(binding_id)) else {
         return Payload::BindingUnlockFailed { binding_id, reason: LockFailure::NotBound };
     };
     let lock = b.lock.as_ref().filter(|l| {
-        alert_id.map_or(true, |id| id == l.alert_id) && (cause == UnlockCause::Manual || l.until <= at)
+        alert_id.map_or(true, |id| id == l.alert_id) && (cause == UnlockCause::Manual || l.until <= now)
     });
     match lock {
         Some(l) => Payload::BindingUnlocked { binding_id, alert_id: l.alert_id.clone(), cause },
@@ -245,8 +282,8 @@ mod tests {
     use bindledger_events::{Currency, Hash};
     use chrono::Utc;
 
-    const RULES: Rules = Rules { max_bindings_per_account: 2, platform_maintenance: false };
-    const MAINTENANCE: Rules = Rules { max_bindings_per_account: 2, platform_maintenance: true };
+    const RULES: Rules = Rules { max_bindings_per_account: 2, platform_maintenance: false, password_guard: None };
+    const MAINTENANCE: Rules = Rules { max_bindings_per_account: 2, platform_maintenance: true, password_guard: None };
 
     use crate::testing::{alipay, wallet};
     fn id(n: u128) -> Uuid {
@@ -345,8 +382,8 @@ mod tests {
     }
 
     fn when_pay(p: &Projection, binding: u128, verdict: PayVerdict, rules: Rules) -> Payload {
-        let facts = PayFacts { binding_id: id(binding), order_id: "o-1".into(), amount_minor: 1999, currency: Currency::CNY, factor: None, at: Utc::now() };
-        decide_pay(p.accounts.get("a"), &facts, &verdict, rules)
+        let facts = PayFacts { binding_id: id(binding), order_id: "o-1".into(), amount_minor: 1999, currency: Currency::CNY, factor: None };
+        decide_pay(p.accounts.get("a"), &facts, &verdict, rules, Utc::now())
     }
 
     fn pay_reason(p: Payload) -> PaymentFailure {
@@ -442,7 +479,8 @@ mod tests {
         // While locked, a payment fails with the typed reason without asking the provider.
         let ok = PayVerdict::Authorized { authorization_id: "a".into() };
         assert_eq!(pay_reason(when_pay(&p, 1, ok.clone(), RULES)), PaymentFailure::BindingLocked { alert_id: "al-1".into(), until: later });
-        // Past `until` (event time) the lock no longer applies, even before the unlock event.
+        // Past `until` (the ledger's time) the lock no longer applies, even before the unlock
+        // event.
         let past = given(vec![bound(1), locked(1, "al-1", Utc::now() - chrono::Duration::seconds(1))]);
         assert!(matches!(when_pay(&past, 1, ok.clone(), RULES), Payload::PaymentSucceeded { .. }));
         // Unlocks: manual, expiry only once due and only of the lock it was made for.
@@ -473,5 +511,37 @@ mod tests {
         // After the unlock event, payments succeed again.
         let p = given(vec![bound(1), locked(1, "al-1", later), Payload::BindingUnlocked { binding_id: id(1), alert_id: "al-1".into(), cause: UnlockCause::Manual }]);
         assert!(matches!(when_pay(&p, 1, ok, RULES), Payload::PaymentSucceeded { .. }));
+    }
+
+    #[test]
+    fn the_password_guard_counts_recent_wrong_passwords_since_the_last_unlock() {
+        let guard = PasswordGuard { threshold: 3, window: chrono::Duration::minutes(10) };
+        let wrong = |b: u128| Payload::PaymentFailed {
+            binding_id: id(b),
+            order_id: "o".into(),
+            amount_minor: 1,
+            currency: Currency::CNY,
+            factors: vec![],
+            reason: PaymentFailure::WrongPassword,
+        };
+        let t0 = Utc::now();
+        let at = |mins: i64| t0 + chrono::Duration::minutes(mins);
+        // Recorded at minutes 0, 1, 2 (record_time; the event time is the caller's).
+        let mut p = Projection::default();
+        for (i, (payload, mins)) in [(bound(1), 0), (wrong(1), 0), (wrong(1), 1), (wrong(2), 1), (wrong(1), 2)].into_iter().enumerate() {
+            let seq = i as u64 + 1;
+            let mut e = crate::testing::event(seq, "a", seq, t0 - chrono::Duration::hours(4), payload);
+            e.record_time = at(mins);
+            p.apply(&e);
+        }
+        let b = p.accounts["a"].active_binding(id(1)).unwrap().clone();
+        assert_eq!(guard.budget(&b, at(2)), Budget::Spent { until: at(10) }, "three wrong passwords within ten minutes");
+        assert_eq!(guard.budget(&b, at(10)), Budget::Left(1), "the first left the window");
+        assert_eq!(guard.budget(&b, at(13)), Budget::Left(3));
+        // An unlock gives a fresh budget.
+        let mut e = crate::testing::event(6, "a", 6, t0, Payload::BindingUnlocked { binding_id: id(1), alert_id: "x".into(), cause: UnlockCause::Manual });
+        e.record_time = at(3);
+        p.apply(&e);
+        assert_eq!(guard.budget(p.accounts["a"].active_binding(id(1)).unwrap(), at(3)), Budget::Left(3));
     }
 }

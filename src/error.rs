@@ -1,17 +1,17 @@
 //! The library's one error enum. Each variant has a stable machine-readable code; the HTTP
 //! layer maps them to status codes. Messages never contain a secret.
 
-use std::fmt;
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The command is malformed; nothing was recorded. `code` is stable, `field` names the
-    /// offending input.
+    /// offending input. Every part is `'static`, so a submitted value cannot end up in the
+    /// message (or in a log line made from it): that holds by construction.
     #[error("{message}")]
-    Invalid { code: &'static str, field: Option<&'static str>, message: String },
-    /// The idempotency key was used before for a different request.
-    #[error("idempotency key {key:?} was already used for a different request")]
-    IdempotencyKeyReused { key: String },
+    Invalid { code: &'static str, field: Option<&'static str>, message: &'static str },
+    /// The idempotency key was used before for a different request. The key itself is not
+    /// carried: answers and logs never repeat a submitted value.
+    #[error("this idempotency key was already used for a different request")]
+    IdempotencyKeyReused,
     /// Optimistic concurrency: the account is not at the version the caller expected.
     #[error("account is at version {actual}, the command expected version {expected}")]
     VersionConflict { expected: u64, actual: u64 },
@@ -21,8 +21,13 @@ pub enum Error {
     /// The log could not be written; the ledger stopped taking commands.
     #[error("the event log could not be written: {0}")]
     StorageFailed(String),
-    #[error("not found: {0}")]
-    NotFound(String),
+    /// Something named by the caller does not exist. The message is fixed text (the name is
+    /// the caller's own value and is not repeated).
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// A data directory holds no ledger log (operator tools; never an HTTP answer).
+    #[error("no ledger log in {0}")]
+    NoLog(String),
     #[error("configuration: {0}")]
     Config(String),
     #[error("{0}")]
@@ -41,19 +46,20 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn invalid(code: &'static str, field: &'static str, message: impl fmt::Display) -> Error {
-        Error::Invalid { code, field: Some(field), message: message.to_string() }
+    pub fn invalid(code: &'static str, field: &'static str, message: &'static str) -> Error {
+        Error::Invalid { code, field: Some(field), message }
     }
 
     /// A stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
             Error::Invalid { code, .. } => code,
-            Error::IdempotencyKeyReused { .. } => "idempotency_key_reused",
+            Error::IdempotencyKeyReused => "idempotency_key_reused",
             Error::VersionConflict { .. } => "version_conflict",
             Error::Overloaded(_) => "overloaded",
             Error::StorageFailed(_) => "storage_failed",
             Error::NotFound(_) => "not_found",
+            Error::NoLog(_) => "no_log",
             Error::Config(_) => "config",
             Error::Io(_) => "io",
             Error::InUse(_) => "in_use",

@@ -7,7 +7,7 @@
 //! unknown token is 401, a token without the needed role is 403.
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bindledger_events::{Event, Hash, Payload};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -84,18 +83,24 @@ impl AppState {
     }
 }
 
-/// An error answer.
+/// An error answer. Every part is `'static`: an answer (and the log line made from it) cannot
+/// carry a value the caller submitted, by construction.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
-    message: String,
+    message: &'static str,
     field: Option<&'static str>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), field: None }
+    fn new(status: StatusCode, code: &'static str, message: &'static str) -> Self {
+        ApiError { status, code, message, field: None }
+    }
+
+    fn with_field(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
+        self
     }
 }
 
@@ -110,13 +115,21 @@ impl From<Error> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR || matches!(e, Error::StorageFailed(_)) {
+            // Internal errors (storage, IO) carry no caller value; they are logged in full
+            // and answered with fixed text.
             tracing::error!(error = %e, "request failed");
         }
-        let field = match &e {
-            Error::Invalid { field, .. } => *field,
-            _ => None,
+        let (field, message) = match &e {
+            Error::Invalid { field, message, .. } => (*field, *message),
+            Error::NotFound(message) => (None, *message),
+            Error::IdempotencyKeyReused => (None, "this idempotency key was already used for a different request"),
+            Error::VersionConflict { .. } => (Some("expected_version"), "the account is not at the expected version; read it and retry"),
+            Error::Overloaded(why) => (None, *why),
+            Error::ShuttingDown => (None, "the ledger is shutting down"),
+            Error::StorageFailed(_) => (None, "the event log could not be written; the ledger takes no more commands"),
+            _ => (None, "internal error; see the server's log"),
         };
-        ApiError { status, code: e.code(), message: e.to_string(), field }
+        ApiError { status, code: e.code(), message, field }
     }
 }
 
@@ -144,73 +157,79 @@ fn authorize(state: &AppState, headers: &HeaderMap, role: Role) -> ApiResult<()>
     authorize_any(state, headers, &[role])
 }
 
-fn authorize_any(state: &AppState, headers: &HeaderMap, allowed: &[Role]) -> ApiResult<()> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+/// The token of an `Authorization: Bearer <token>` header. The scheme is matched without
+/// regard to case (RFC 7235, section 2.1).
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim_start();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// The roles of the request's token, from its headers alone (no body has been read).
+fn authenticate<'s>(state: &'s AppState, headers: &HeaderMap) -> ApiResult<&'s [Role]> {
+    let token = bearer_token(headers)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "send Authorization: Bearer <token>"))?;
-    let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-    let roles = state
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    state
         .tokens
         .iter()
         .find(|(d, _)| *d == digest)
-        .map(|(_, r)| r)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token"))?;
+        .map(|(_, r)| r.as_slice())
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token"))
+}
+
+fn authorize_any(state: &AppState, headers: &HeaderMap, allowed: &[Role]) -> ApiResult<()> {
+    let roles = authenticate(state, headers)?;
     if allowed.iter().any(|r| roles.contains(r)) {
-        Ok(())
-    } else {
-        let names: Vec<String> = allowed.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
-        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this token lacks the {} role", names.join(" or "))))
+        return Ok(());
+    }
+    let message = match allowed {
+        [Role::Writer] => "this token lacks the writer role",
+        [Role::Reader] => "this token lacks the reader role",
+        [Role::Auditor] => "this token lacks the auditor role",
+        [Role::Security] => "this token lacks the security role",
+        _ => "this token lacks the security or auditor role",
+    };
+    Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message))
+}
+
+/// Reads a command's body after its token was checked: at most `http.body_limit_bytes`
+/// (`413`), within `http.body_timeout_ms` (`408`, the slot it held is freed).
+async fn read_body(state: &AppState, body: Body) -> ApiResult<Bytes> {
+    let limit = state.http.body_limit_bytes;
+    match tokio::time::timeout(state.http.body_timeout(), axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "the request body did not arrive in time")),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is larger than the limit"))
+            } else {
+                Err(ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", "the request body could not be read"))
+            }
+        }
     }
 }
 
-/// serde's messages quote the offending value ("invalid type: integer `123456`"); a value may
-/// be a password, so quoted values are cut from the message.
-fn redact_values(message: &str) -> String {
-    if !(message.starts_with("invalid type") || message.starts_with("invalid value") || message.starts_with("invalid length")) {
-        return message.to_owned();
-    }
-    let mut out = String::with_capacity(message.len());
-    let mut inside = false;
-    for c in message.chars() {
-        if c == '`' {
-            if !inside {
-                out.push_str("(value hidden)");
-            }
-            inside = !inside;
-        } else if !inside {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is larger than the limit")
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", "the request body could not be read")
-        }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}"))
-            }
-            Category::Data => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", redact_values(&e.to_string())),
-        }
+/// Authenticates from the headers, then reads and parses the body field by field.
+async fn command_body<T: command::FromFields>(state: &AppState, req: Request, role: Role) -> ApiResult<T> {
+    authorize(state, req.headers(), role)?;
+    let bytes = read_body(state, req.into_body()).await?;
+    T::from_body(&bytes).map_err(|e| {
+        state.ledger.metrics().count_rejected(e.code());
+        ApiError::from(e)
     })
 }
 
 fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
-    p.map(|Path(t)| t).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text()))
+    p.map(|Path(t)| t).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", "the path is not valid for this route"))
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
-    q.map(|Query(t)| t).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+    q.map(|Query(t)| t).map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "the query string has an unknown parameter or a value of the wrong type")
+    })
 }
 
 /// The answer to a command. The event is embedded as its stored bytes (no re-encoding): the
@@ -243,54 +262,30 @@ fn command_response(r: CommandResult) -> Response {
     resp
 }
 
-async fn bind(
-    State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
-    account: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Writer)?;
+async fn bind(State(s): State<Arc<AppState>>, account: Result<Path<String>, PathRejection>, req: Request) -> ApiResult<Response> {
+    let req: BindRequest = command_body(&s, req, Role::Writer).await?;
     let account = path(account)?;
-    let req: BindRequest = parse_body(body)?;
     let cmd = req.validate(&account, chrono::Utc::now()).inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     Ok(command_response(s.ledger.bind(cmd).await?))
 }
 
-async fn pay(
-    State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
-    account: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Writer)?;
+async fn pay(State(s): State<Arc<AppState>>, account: Result<Path<String>, PathRejection>, req: Request) -> ApiResult<Response> {
+    let req: PayRequest = command_body(&s, req, Role::Writer).await?;
     let account = path(account)?;
-    let req: PayRequest = parse_body(body)?;
     let cmd = req.validate(&account, chrono::Utc::now()).inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     Ok(command_response(s.ledger.pay(cmd).await?))
 }
 
-async fn unbind(
-    State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
-    p: Result<Path<(String, String)>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Writer)?;
+async fn unbind(State(s): State<Arc<AppState>>, p: Result<Path<(String, String)>, PathRejection>, req: Request) -> ApiResult<Response> {
+    let req: UnbindRequest = command_body(&s, req, Role::Writer).await?;
     let (account, binding_id) = path(p)?;
-    let req: UnbindRequest = parse_body(body)?;
     let cmd = req.validate(&account, &binding_id, chrono::Utc::now()).inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     Ok(command_response(s.ledger.unbind(cmd).await?))
 }
 
-async fn unlock(
-    State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
-    p: Result<Path<(String, String)>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Security)?;
+async fn unlock(State(s): State<Arc<AppState>>, p: Result<Path<(String, String)>, PathRejection>, req: Request) -> ApiResult<Response> {
+    let req: UnlockRequest = command_body(&s, req, Role::Security).await?;
     let (account, binding_id) = path(p)?;
-    let req: UnlockRequest = parse_body(body)?;
     let cmd = req.validate(&account, &binding_id, chrono::Utc::now()).inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     Ok(command_response(s.ledger.unlock(cmd).await?))
 }
@@ -349,26 +344,22 @@ struct AlertQuery {
 
 impl AlertQuery {
     fn filter(&self) -> ApiResult<AlertFilter> {
-        let bad = |code, field, message: String| {
-            let mut e = ApiError::new(StatusCode::BAD_REQUEST, code, message);
-            e.field = Some(field);
-            e
-        };
+        let bad = |code, field, message| ApiError::new(StatusCode::BAD_REQUEST, code, message).with_field(field);
         let since = match &self.since {
             None => None,
             Some(t) => Some(
                 chrono::DateTime::parse_from_rfc3339(t)
-                    .map_err(|_| bad("invalid_time", "since", "since must be an RFC 3339 time, e.g. 2026-11-26T08:00:00Z".into()))?
+                    .map_err(|_| bad("invalid_time", "since", "since must be an RFC 3339 time, e.g. 2026-11-26T08:00:00Z"))?
                     .with_timezone(&chrono::Utc),
             ),
         };
         let severity = match &self.severity {
             None => None,
-            Some(v) => Some(Severity::parse(v).ok_or_else(|| bad("invalid_severity", "severity", "severity is one of low, medium, high, critical".into()))?),
+            Some(v) => Some(Severity::parse(v).ok_or_else(|| bad("invalid_severity", "severity", "severity is one of low, medium, high, critical"))?),
         };
         if let Some(r) = &self.rule {
             if !crate::alerts::rules::RULE_NAMES.contains(&r.as_str()) {
-                return Err(bad("invalid_rule", "rule", format!("rule is one of {}", crate::alerts::rules::RULE_NAMES.join(", "))));
+                return Err(bad("invalid_rule", "rule", crate::alerts::rules::RULE_NAMES_TEXT));
             }
         }
         if let Some(a) = &self.account {
@@ -407,7 +398,7 @@ async fn alert_one(
     let id = path(id)?;
     match m.store.get(&id)? {
         Some(a) => Ok(Json(a).into_response()),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "alert_not_found", format!("no alert {:?}", id.chars().take(80).collect::<String>()))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "alert_not_found", "no alert has this id")),
     }
 }
 
@@ -714,19 +705,35 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see the README for the API")
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take this method; see the README for the API")
+}
+
+/// Bounds the requests in flight (`http.connections_max`), except `/healthz` and `/metrics`,
+/// which answer whatever the load: a full ledger is not a failed one. Logs one debug line per
+/// request with its route's pattern (`/v1/accounts/{account}/payments`), never the path
+/// itself, which holds the caller's values.
 async fn bound_in_flight(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    match s.in_flight.clone().try_acquire_owned() {
-        Ok(_permit) => {
-            // The request line is copied only when it will be logged.
-            let line = tracing::enabled!(tracing::Level::DEBUG).then(|| (req.method().clone(), req.uri().path().to_owned()));
-            let response = next.run(req).await;
-            if let Some((method, path)) = line {
-                tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+    let probe = matches!(req.uri().path(), "/healthz" | "/metrics");
+    let _permit = if probe {
+        None
+    } else {
+        match s.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight; retry shortly").into_response()
             }
-            response
         }
-        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight; retry shortly").into_response(),
+    };
+    let line = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("(no route)", |m| m.as_str()).to_owned();
+        (req.method().clone(), route)
+    });
+    let response = next.run(req).await;
+    if let Some((method, route)) = line {
+        tracing::debug!(%method, %route, status = response.status().as_u16(), "request");
     }
+    response
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -747,29 +754,120 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), bound_in_flight))
         .layer(DefaultBodyLimit::max(state.http.body_limit_bytes))
         .with_state(state)
 }
 
-/// Serves until `shutdown` completes.
+/// Open connections per peer address (see `http.connections_per_peer_max`).
+#[derive(Default)]
+struct Peers {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in [`Peers`], given back when the connection ends.
+struct PeerSlot {
+    peers: Arc<Peers>,
+    ip: std::net::IpAddr,
+}
+
+impl Peers {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut open = self.open.lock().expect("peers lock");
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot { peers: self.clone(), ip })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.peers.open.lock().expect("peers lock");
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves until `shutdown` completes, then lets the connections finish what they are doing
+/// (idle ones close at once) and returns once all are closed.
+///
+/// Each connection is HTTP/1.1 with a header read timeout (`http.header_timeout_ms`): a
+/// client that opens a socket and sends nothing, or sends its headers a byte at a time, is
+/// disconnected when it runs out, and so is a keep-alive connection left idle for as long.
+/// Bodies are read by the handlers, after the token was checked, within
+/// `http.body_timeout_ms`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
     let closing = state.closing.clone();
-    // Small writes (an SSE event, a short answer) go out at once: with Nagle's algorithm and
-    // the peer's delayed ACK they could wait 40 ms.
-    let listener = listener.tap_io(|tcp| {
+    let peers: Arc<Peers> = Default::default();
+    let per_peer = state.http.connections_per_peer_max;
+    let header_timeout = state.http.header_timeout();
+    let app = router(state);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Some(slot) = peers.enter(peer.ip(), per_peer) else {
+            tracing::debug!("connection refused: too many open connections from one peer address");
+            drop(tcp);
+            continue;
+        };
+        // Small writes (an SSE event, a short answer) go out at once: with Nagle's algorithm
+        // and the peer's delayed ACK they could wait 40 ms.
         let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Live feeds end, so that the graceful shutdown does not wait for them forever.
-            closing.send_replace(true);
-        })
-        .await
+        let service = TowerToHyperService::new(app.clone());
+        let mut closing = closing.subscribe();
+        connections.spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            let mut shutting_down = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::trace!(error = %e, "connection ended");
+                        }
+                        return;
+                    }
+                    _ = closing.changed(), if !shutting_down => {
+                        shutting_down = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        });
+    }
+    // Live feeds end, so that connections streaming them can close.
+    closing.send_replace(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }

@@ -9,7 +9,9 @@
 use bindledger_events::{codec, hash_bytes, ChainVerifier, Event, Hash, Payload, PaymentFailure};
 use chrono::Utc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+use uuid::Uuid;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -27,6 +29,26 @@ use crate::store::{IndexBatch, Store};
 use crate::writer::{Committed, Request, Submission, Writer};
 
 pub use crate::writer::Committed as CommandResult;
+
+/// One payment attempt on a binding, counted against its budget while it lasts.
+struct Attempt<'l> {
+    ledger: &'l Ledger,
+    binding_id: Uuid,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let mut attempts = self.ledger.inner.attempts.lock().expect("attempts lock");
+        if let std::collections::hash_map::Entry::Occupied(mut e) = attempts.entry(self.binding_id) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+        drop(attempts);
+        self.ledger.inner.attempt_ended.notify_waiters();
+    }
+}
 
 /// A handle to an open ledger. Cheap to clone; the writer stops when the last handle is
 /// closed or dropped.
@@ -54,6 +76,12 @@ struct Inner {
     gateway_permits: Semaphore,
     gateway_timeout: Duration,
     rules: Rules,
+    /// Payments on each binding that are with the provider now (the inline guard counts
+    /// them against the binding's budget), and a wake-up when one ends.
+    attempts: Mutex<HashMap<Uuid, u32>>,
+    attempt_ended: tokio::sync::Notify,
+    /// How far in the past a caller's `event_time` may be.
+    event_time_past_max: chrono::Duration,
     metrics: Arc<Metrics>,
     failed: Arc<AtomicBool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -74,7 +102,17 @@ impl Ledger {
     /// Opens the log in `config.data_dir`, loads the projection snapshot and folds the events
     /// after it (checking their links), catches the history index up, rebuilds the
     /// idempotency index from the log's tail, and starts the writer.
+    ///
+    /// The inline guard against password guessing follows the configured alert rules (see
+    /// [`Ledger::open_with_rules`]).
     pub fn open(config: &Config, secret: LedgerSecret, gateway: Arc<dyn WalletGateway>) -> Result<Ledger> {
+        let rules = config.alert_rules()?;
+        Self::open_with_rules(config, &rules, secret, gateway)
+    }
+
+    /// The same, with the alert rules given: the `password_brute_force` rule with `lock` on
+    /// sets the inline guard ([`crate::decide::PasswordGuard`]).
+    pub fn open_with_rules(config: &Config, alert_rules: &crate::alerts::RuleSet, secret: LedgerSecret, gateway: Arc<dyn WalletGateway>) -> Result<Ledger> {
         let store = Arc::new(Store::open(&config.data_dir)?);
         store.check_secret(&secret.check_value())?;
         let (last_seq, last_hash) = store.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));
@@ -119,6 +157,7 @@ impl Ledger {
         let rules = Rules {
             max_bindings_per_account: config.max_bindings_per_account,
             platform_maintenance: config.platform_maintenance,
+            password_guard: alert_rules.password_guard(),
         };
         let idempotency = Arc::new(Mutex::new(idempotency));
         let durable_watch = Arc::new(tokio::sync::watch::Sender::new(last_seq));
@@ -169,6 +208,9 @@ impl Ledger {
                 gateway_permits: Semaphore::new(config.gateway.concurrency_max),
                 gateway_timeout: Duration::from_millis(config.gateway.timeout_ms),
                 rules,
+                attempts: Default::default(),
+                attempt_ended: tokio::sync::Notify::new(),
+                event_time_past_max: chrono::Duration::seconds(config.event_time_past_max_s as i64),
                 metrics,
                 failed,
                 writer: Mutex::new(Some(handle)),
@@ -228,9 +270,54 @@ impl Ledger {
         !self.inner.failed.load(Ordering::SeqCst) && self.inner.tx.read().expect("lock").is_some()
     }
 
-    fn now_meta(meta: &mut Meta) {
-        if meta.event_time.is_none() {
-            meta.event_time = Some(bindledger_events::types::micros::truncate(Utc::now()));
+    /// Dates a command without an event time now; refuses one dated further back than
+    /// `event_time_past_max_s` (the future is bounded when the command is validated).
+    fn now_meta(&self, meta: &mut Meta) -> Result<()> {
+        let now = Utc::now();
+        match meta.event_time {
+            None => meta.event_time = Some(bindledger_events::types::micros::truncate(now)),
+            Some(t) if t < now - self.inner.event_time_past_max => {
+                self.inner.metrics.count_rejected("invalid_event_time");
+                return Err(Error::invalid(
+                    "invalid_event_time",
+                    "event_time",
+                    "event_time is further in the past than this ledger accepts (event_time_past_max_s)",
+                ));
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Takes one attempt from a binding's budget for a payment that will ask the provider,
+    /// waiting while the budget is held by attempts in flight. `Err(until)` when the budget is
+    /// spent: the payment fails as `too_many_attempts` without reaching the provider.
+    async fn take_attempt(&self, account: &str, binding_id: Uuid) -> Result<std::result::Result<Option<Attempt<'_>>, chrono::DateTime<Utc>>> {
+        let Some(guard) = self.inner.rules.password_guard else { return Ok(Ok(None)) };
+        let deadline = tokio::time::Instant::now() + self.inner.gateway_timeout;
+        loop {
+            let ended = self.inner.attempt_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            {
+                let read = self.inner.read.read().expect("lock");
+                let budget = read.accounts.get(account).and_then(|a| a.active_binding(binding_id)).map(|b| guard.budget(b, Utc::now()));
+                let mut attempts = self.inner.attempts.lock().expect("attempts lock");
+                let in_flight = attempts.get(&binding_id).copied().unwrap_or(0);
+                match budget {
+                    Some(crate::decide::Budget::Spent { until }) => return Ok(Err(until)),
+                    Some(crate::decide::Budget::Left(left)) if in_flight >= left => {}
+                    // A binding that is not active is refused by the writer anyway.
+                    _ => {
+                        *attempts.entry(binding_id).or_insert(0) += 1;
+                        return Ok(Ok(Some(Attempt { ledger: self, binding_id })));
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                self.inner.metrics.count_rejected("overloaded");
+                return Err(Error::Overloaded("too many payments in flight on this binding"));
+            }
         }
     }
 
@@ -242,7 +329,7 @@ impl Ledger {
             None => Ok(None),
             Some((_, d)) if &d != digest => {
                 self.inner.metrics.count_rejected("idempotency_key_reused");
-                Err(Error::IdempotencyKeyReused { key: key.to_owned() })
+                Err(Error::IdempotencyKeyReused)
             }
             Some((seq, _)) => {
                 let replay = Committed::replay_of(&self.inner.store, seq)?;
@@ -267,8 +354,8 @@ impl Ledger {
         let kind = request.kind();
         let result = self.submit_inner(request).await;
         match &result {
+            // The seq names the event; the account id (the caller's value) is not logged.
             Ok(c) => tracing::debug!(
-                account = %c.event.account,
                 kind,
                 outcome = c.event.payload.failure_code().unwrap_or("succeeded"),
                 seq = c.event.seq,
@@ -306,7 +393,7 @@ impl Ledger {
 
     /// Binds a wallet. The answer is the recorded event: `wallet_bound` or `bind_failed`.
     pub async fn bind(&self, mut cmd: BindCommand) -> Result<Committed> {
-        Self::now_meta(&mut cmd.meta);
+        self.now_meta(&mut cmd.meta)?;
         let secret = &self.inner.secret;
         let wallet = secret.wallet_ref(&cmd.provider, cmd.wallet_account.expose());
         let factor = cmd.factor.as_ref().map(|(f, _)| *f);
@@ -348,7 +435,7 @@ impl Ledger {
 
     /// Pays with a bound wallet: `payment_succeeded` or `payment_failed`.
     pub async fn pay(&self, mut cmd: PayCommand) -> Result<Committed> {
-        Self::now_meta(&mut cmd.meta);
+        self.now_meta(&mut cmd.meta)?;
         let factor = cmd.factor.as_ref().map(|(f, _)| *f);
         let digest = self.inner.secret.mac(&[
             b"pay",
@@ -368,13 +455,12 @@ impl Ledger {
             amount_minor: cmd.amount_minor,
             currency: cmd.currency,
             factor,
-            at: cmd.meta.event_time.expect("set above"),
         };
         let (pre, binding) = {
             let read = self.inner.read.read().expect("lock");
             let acct = read.accounts.get(&cmd.meta.account);
             self.check_version(&cmd.meta, acct)?;
-            let pre = decide::precheck_pay(acct, cmd.binding_id, facts.at, self.inner.rules);
+            let pre = decide::precheck_pay(acct, cmd.binding_id, Utc::now(), self.inner.rules);
             let binding = acct.and_then(|a| a.active_binding(cmd.binding_id)).map(|b| (b.provider.clone(), b.agreement_id.clone()));
             (pre, binding)
         };
@@ -383,6 +469,15 @@ impl Ledger {
             (pre, _) => {
                 let reason = pre.unwrap_or(PaymentFailure::BindingNotActive);
                 let verdict = PayVerdict::Skipped(reason);
+                return self.submit(Request::Pay { meta: cmd.meta, digest, facts, verdict }).await;
+            }
+        };
+        // The attempt is given back once its event is durable (and so counted, when it was a
+        // wrong password), after the submit below.
+        let _attempt = match self.take_attempt(&cmd.meta.account, cmd.binding_id).await? {
+            Ok(attempt) => attempt,
+            Err(until) => {
+                let verdict = PayVerdict::Skipped(PaymentFailure::TooManyAttempts { until });
                 return self.submit(Request::Pay { meta: cmd.meta, digest, facts, verdict }).await;
             }
         };
@@ -419,7 +514,7 @@ impl Ledger {
 
     /// Unbinds a wallet: `wallet_unbound` or `unbind_failed`.
     pub async fn unbind(&self, mut cmd: UnbindCommand) -> Result<Committed> {
-        Self::now_meta(&mut cmd.meta);
+        self.now_meta(&mut cmd.meta)?;
         let digest = self.inner.secret.mac(&[b"unbind", cmd.meta.account.as_bytes(), cmd.binding_id.as_bytes()]);
         if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
             return Ok(done);
@@ -434,7 +529,7 @@ impl Ledger {
     /// Locks a binding (`binding_locked` or `binding_lock_failed`). The monitoring sends it with
     /// an idempotency key made from the alert id, so a restart never locks twice.
     pub async fn lock(&self, mut cmd: LockCommand) -> Result<Committed> {
-        Self::now_meta(&mut cmd.meta);
+        self.now_meta(&mut cmd.meta)?;
         let digest = self.inner.secret.mac(&[
             b"lock",
             cmd.meta.account.as_bytes(),
@@ -450,7 +545,7 @@ impl Ledger {
 
     /// Lifts a lock (`binding_unlocked` or `binding_unlock_failed`).
     pub async fn unlock(&self, mut cmd: UnlockCommand) -> Result<Committed> {
-        Self::now_meta(&mut cmd.meta);
+        self.now_meta(&mut cmd.meta)?;
         let cause = match cmd.cause {
             bindledger_events::UnlockCause::Manual => b"manual".as_slice(),
             bindledger_events::UnlockCause::Expired => b"expired".as_slice(),

@@ -26,8 +26,18 @@ const EXIT_VERIFY_FAILED: i32 = 3;
 #[command(name = "bindledger", version, about = "An event-sourced, hash-chained ledger of payment-wallet bindings",
     after_help = "Exit codes: 0 success, 1 error, 2 bad usage, 3 verification found a problem.")]
 struct Cli {
+    /// Log lines on stderr as text (coloured only on a terminal, and never with NO_COLOR set)
+    /// or as one JSON object per line, for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "BINDLEDGER_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Clone)]
@@ -164,10 +174,20 @@ struct DemoArgs {
     demo: demo::DemoOptions,
 }
 
-fn init_tracing(default: &str) {
+/// Logs go to stderr, filtered by `RUST_LOG` (default: `default`). Colour codes only when
+/// stderr is a terminal and `NO_COLOR` is unset, so a file or a pipe gets plain text.
+fn init_tracing(default: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init()
+        }
+    }
 }
 
 fn load_config(c: &Common) -> Result<Config> {
@@ -440,14 +460,15 @@ fn verify(data_dir: &Path, rules: Option<&Path>, json: bool) -> Result<i32> {
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    let log_format = cli.log_format;
     match cli.command {
         Command::Serve(common) => {
-            init_tracing("info");
+            init_tracing("info", log_format);
             tokio::runtime::Runtime::new()?.block_on(serve(common))?;
             Ok(0)
         }
         Command::Demo(args) => {
-            init_tracing("warn");
+            init_tracing("warn", log_format);
             let mut config = load_config(&args.common)?;
             if args.common.data_dir.is_none() && std::env::var_os("BINDLEDGER_DATA_DIR").is_none() {
                 config.data_dir = std::env::temp_dir().join(format!("bindledger-demo-{}", std::process::id()));
@@ -458,16 +479,16 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Export { data_dir, from, output } => {
-            init_tracing("warn");
+            init_tracing("warn", log_format);
             export(&data_dir, from, output.as_deref())?;
             Ok(0)
         }
         Command::Verify { data_dir, rules, json } => {
-            init_tracing("warn");
+            init_tracing("warn", log_format);
             verify(&data_dir, rules.as_deref(), json)
         }
         Command::Consume(args) => {
-            init_tracing("warn");
+            init_tracing("warn", log_format);
             let report = bindledger::analytics::consume(&args)?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -478,7 +499,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::SimWallet { common, provider, wallet_account } => {
-            init_tracing("warn");
+            init_tracing("warn", log_format);
             let config = load_config(&common)?;
             let provider = bindledger_events::Provider::parse(&provider)?;
             let g = SimulatedGateway::new(config.gateway.simulated.clone());
@@ -494,25 +515,25 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Alerts(args) => {
-            init_tracing("warn");
+            init_tracing("warn", log_format);
             tokio::runtime::Runtime::new()?.block_on(alerts(args))
         }
         Command::Status { remote, json } => {
-            init_tracing("warn");
+            init_tracing("warn", log_format);
             tokio::runtime::Runtime::new()?.block_on(status(&remote, json))
         }
         Command::BenchKafka(args) => {
-            init_tracing("warn");
+            init_tracing("warn", log_format);
             tokio::runtime::Runtime::new()?.block_on(bench::kafka(args))?;
             Ok(0)
         }
         Command::BenchAlerts(args) => {
-            init_tracing("warn");
+            init_tracing("warn", log_format);
             tokio::runtime::Runtime::new()?.block_on(bindledger::bench_alerts::run(args))?;
             Ok(0)
         }
         Command::Bench(args) => {
-            init_tracing("warn");
+            init_tracing("warn", log_format);
             tokio::runtime::Runtime::new()?.block_on(bench::run(args))?;
             Ok(0)
         }

@@ -33,7 +33,7 @@ impl Node {
 
     /// The same with the rules given (the demo turns locking on).
     pub fn start_with_rules(config: &Config, rules: crate::alerts::RuleSet, secret: LedgerSecret, gateway: Arc<dyn WalletGateway>) -> Result<Node> {
-        let ledger = Ledger::open(config, secret, gateway)?;
+        let ledger = Ledger::open_with_rules(config, &rules, secret, gateway)?;
         let mut extras = Extras::default();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();

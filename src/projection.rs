@@ -1,6 +1,8 @@
 //! Projections: pure folds over events. [`Projection::apply`] cannot fail and reads nothing but
-//! the event (its event time, never the clock), so the live ledger, a restart and the audit
-//! tool all reach the same state from the same log.
+//! the event (its times, never the clock), so the live ledger, a restart and the audit tool
+//! all reach the same state from the same log. What protects against an attacker (locks, the
+//! count of wrong passwords) is kept in `record_time`, the ledger's own clock; what the
+//! business reports (bound, unbound, last used) in `event_time`.
 //!
 //! The projection holds each account's bindings and version, and the reverse index from wallet
 //! fingerprint to the accounts that hold it bound. Payments and an account's history are read
@@ -9,11 +11,15 @@
 use bindledger_events::{Event, Hash, Payload, Provider, WalletRef};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use uuid::Uuid;
 
 /// Ended bindings kept per account (the oldest go first); active ones are never dropped.
 pub const INACTIVE_BINDINGS_KEPT_MAX: usize = 16;
+
+/// Wrong payment passwords remembered per binding (the newest). The inline guard counts at
+/// most this many, so its threshold is `min(password_brute_force.threshold, this)`.
+pub const WRONG_PASSWORDS_KEPT_MAX: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -37,6 +43,10 @@ pub struct Binding {
     /// Set while the binding is locked by the monitoring (payments fail until `until`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock: Option<BindingLock>,
+    /// `record_time` of the wrong payment passwords since the binding was last unlocked,
+    /// oldest first, at most [`WRONG_PASSWORDS_KEPT_MAX`]: what the inline guard counts.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub wrong_passwords: VecDeque<DateTime<Utc>>,
 }
 
 /// A lock on a binding, from a `binding_locked` event.
@@ -48,9 +58,14 @@ pub struct BindingLock {
 }
 
 impl Binding {
-    /// The lock in force at event time `at`, if any.
-    pub fn lock_at(&self, at: DateTime<Utc>) -> Option<&BindingLock> {
-        self.lock.as_ref().filter(|l| at < l.until)
+    /// The lock in force at `now` (the ledger's time), if any.
+    pub fn lock_at(&self, now: DateTime<Utc>) -> Option<&BindingLock> {
+        self.lock.as_ref().filter(|l| now < l.until)
+    }
+
+    /// The wrong passwords recorded after `since`, oldest first.
+    pub fn wrong_passwords_after(&self, since: DateTime<Utc>) -> impl Iterator<Item = &DateTime<Utc>> {
+        self.wrong_passwords.iter().filter(move |t| **t > since)
     }
 }
 
@@ -105,6 +120,7 @@ impl Projection {
                     last_used_at: None,
                     payments_count: 0,
                     lock: None,
+                    wrong_passwords: VecDeque::new(),
                 });
                 self.wallets.entry(wallet.fingerprint).or_default().insert(e.account.clone());
             }
@@ -135,12 +151,22 @@ impl Projection {
             }
             Payload::BindingLocked { binding_id, alert_id, until } => {
                 if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
-                    b.lock = Some(BindingLock { alert_id: alert_id.clone(), locked_at: e.event_time, until: *until });
+                    b.lock = Some(BindingLock { alert_id: alert_id.clone(), locked_at: e.record_time, until: *until });
                 }
             }
             Payload::BindingUnlocked { binding_id, .. } => {
                 if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
                     b.lock = None;
+                    // An unlock gives the binding a fresh budget of attempts.
+                    b.wrong_passwords.clear();
+                }
+            }
+            Payload::PaymentFailed { binding_id, reason: bindledger_events::PaymentFailure::WrongPassword, .. } => {
+                if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
+                    if b.wrong_passwords.len() == WRONG_PASSWORDS_KEPT_MAX {
+                        b.wrong_passwords.pop_front();
+                    }
+                    b.wrong_passwords.push_back(e.record_time);
                 }
             }
             Payload::BindFailed { .. }

@@ -127,30 +127,36 @@ pub fn normalize_wallet_account(raw: &str) -> String {
     }
 }
 
-/// The display form: `138****5678` for a phone, `************1234` for a card number,
-/// `a***@example.com` for an e-mail style account. Never reveals more than 7 characters.
+/// The display form of a wallet account. The rule (README, "Nothing sensitive is kept"): at
+/// least half of the digits are hidden, whatever the length.
+/// - A number of n digits (a leading `+` is kept as it is) shows at most n / 2 of them
+///   (rounded down): the last four at most, and before them the first three at most, when
+///   that stays within n / 2. Numbers of 13 digits or more (cards, phones with a country
+///   code) show the last four only. Each hidden digit is one `*`.
+///   `13812345678` -> `1******5678`; `85212341` -> `****2341`; `12345` -> `***45`.
+/// - An e-mail style account shows the first character of its name when the name has two or
+///   more, then `***@` and at most the last 12 characters of the domain.
 pub fn mask(normalized: &str) -> String {
     if let Some((user, domain)) = normalized.split_once('@') {
-        let first: String = user.chars().take(1).collect();
+        let first: String = if user.chars().count() >= 2 { user.chars().take(1).collect() } else { String::new() };
         let domain_shown: String = domain.chars().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
         return format!("{first}***@{domain_shown}");
     }
-    let chars: Vec<char> = normalized.chars().collect();
-    let digits = chars.iter().filter(|c| c.is_ascii_digit()).count();
+    let (plus, digits) = match normalized.strip_prefix('+') {
+        Some(rest) => ("+", rest),
+        None => ("", normalized),
+    };
+    let chars: Vec<char> = digits.chars().collect();
     let n = chars.len();
-    if n >= 13 && digits == n {
-        // Card numbers: last four only.
-        return format!("{}{}", "*".repeat(n - 4), chars[n - 4..].iter().collect::<String>());
-    }
-    if n >= 8 {
-        let keep_tail = 4;
-        let keep_head = 3.min(n - keep_tail - 1);
-        let head: String = chars[..keep_head].iter().collect();
-        let tail: String = chars[n - keep_tail..].iter().collect();
-        return format!("{head}****{tail}");
-    }
-    // Short accounts: show only the last character.
-    format!("****{}", chars.last().map(|c| c.to_string()).unwrap_or_default())
+    let shown_max = n / 2;
+    let tail = shown_max.min(4);
+    let head = if n >= 13 { 0 } else { (shown_max - tail).min(3) };
+    let mut out = String::with_capacity(n + 1);
+    out.push_str(plus);
+    out.extend(&chars[..head]);
+    out.extend(std::iter::repeat_n('*', n - head - tail));
+    out.extend(&chars[n - tail..]);
+    out
 }
 
 #[cfg(test)]
@@ -159,11 +165,27 @@ mod tests {
 
     #[test]
     fn masks_like_the_platform_shows_it() {
-        assert_eq!(mask("13812345678"), "138****5678");
-        assert_eq!(mask("+8613812345678"), "+86****5678");
+        assert_eq!(mask("13812345678"), "1******5678");
+        assert_eq!(mask("+8613812345678"), "+*********5678");
         assert_eq!(mask("6222021234567890123"), "***************0123");
         assert_eq!(mask("alice@example.com"), "a***@example.com");
-        assert_eq!(mask("12345"), "****5");
+        assert_eq!(mask("a@example.com"), "***@example.com");
+        assert_eq!(mask("12345"), "***45");
+        assert_eq!(mask("85212341"), "****2341");
+    }
+
+    #[test]
+    fn masking_hides_at_least_half_of_the_digits_at_every_length() {
+        for n in 1..=19usize {
+            let number: String = (0..n).map(|i| char::from(b'1' + (i % 9) as u8)).collect();
+            for form in [number.clone(), format!("+{number}")] {
+                let masked = mask(&form);
+                let shown = masked.chars().filter(|c| c.is_ascii_digit()).count();
+                let hidden = masked.chars().filter(|c| *c == '*').count();
+                assert_eq!(shown + hidden, n, "{form} -> {masked}: one character per digit");
+                assert!(hidden * 2 >= n, "{form} -> {masked}: {hidden} of {n} digits hidden");
+            }
+        }
     }
 
     #[test]

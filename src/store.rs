@@ -169,7 +169,7 @@ pub fn require_log(dir: &Path) -> Result<()> {
     if dir.join("log").exists() {
         Ok(())
     } else {
-        Err(Error::NotFound(format!("no ledger log in {}", dir.display())))
+        Err(Error::NoLog(dir.display().to_string()))
     }
 }
 

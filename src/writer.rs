@@ -282,7 +282,7 @@ impl Writer {
             let meta = req.meta();
             let key = meta.idempotency_key.as_deref().map(|k| composite(&meta.account, k));
             if let Some(ck) = &key {
-                let reused = || Answer::Fail(Error::IdempotencyKeyReused { key: meta.idempotency_key.clone().unwrap_or_default() });
+                let reused = || Answer::Fail(Error::IdempotencyKeyReused);
                 if let Some(idx) = batch_keys.get(ck) {
                     answers.push(if events[*idx].0.request_digest.as_ref() == Some(req.digest()) { Answer::ReplayOfBatch(*idx) } else { reused() });
                     continue;
@@ -310,11 +310,11 @@ impl Writer {
             let event_time = meta.event_time.unwrap_or(now);
             let payload = match &*req {
                 Request::Bind { facts, verdict, .. } => decide::decide_bind(acct, facts, verdict, self.rules, self.ids.next(now)),
-                Request::Pay { facts, verdict, .. } => decide::decide_pay(acct, facts, verdict, self.rules),
+                Request::Pay { facts, verdict, .. } => decide::decide_pay(acct, facts, verdict, self.rules, now),
                 Request::Unbind { binding_id, .. } => decide::decide_unbind(acct, *binding_id, self.rules),
                 Request::Lock { binding_id, alert_id, until, .. } => decide::decide_lock(acct, *binding_id, alert_id, *until),
                 Request::Unlock { binding_id, cause, alert_id, .. } => {
-                    decide::decide_unlock(acct, *binding_id, *cause, alert_id.as_deref(), event_time)
+                    decide::decide_unlock(acct, *binding_id, *cause, alert_id.as_deref(), now)
                 }
             };
             // The command's strings move into its event (the answer needs only its kind).

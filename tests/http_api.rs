@@ -32,7 +32,7 @@ async fn bind_pay_read_unbind_and_audit_the_feed() {
     let bound = bind(&mut w, &s, "alice", 1).await;
     assert_eq!(bound["outcome"], "succeeded");
     assert_eq!(bound["event"]["payload"]["type"], "wallet_bound");
-    assert_eq!(bound["event"]["payload"]["wallet"]["masked"], "139****0001");
+    assert_eq!(bound["event"]["payload"]["wallet"]["masked"], "1******0001");
     assert_eq!(bound["event"]["payload"]["factors"], json!([{"factor": "password", "passed": true}, {"factor": "sms", "passed": true}]));
     let binding = bound["event"]["payload"]["binding_id"].as_str().unwrap().to_owned();
     let fingerprint = bound["event"]["payload"]["wallet"]["fingerprint"].as_str().unwrap().to_owned();

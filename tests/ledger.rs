@@ -111,7 +111,7 @@ async fn many_clients_racing_on_one_idempotency_key_get_one_event() {
                 assert!(!r.replayed);
                 ok += 1;
             }
-            Err(Error::IdempotencyKeyReused { key }) => assert_eq!(key, "k-2"),
+            Err(Error::IdempotencyKeyReused) => {}
             Err(e) => panic!("{e}"),
         }
     }

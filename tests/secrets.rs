@@ -95,8 +95,8 @@ async fn secrets_never_reach_disk_logs_or_answers() {
 
     // The search can see what is there: account ids and masked wallets are on disk and in answers.
     let disk: Vec<u8> = corpus.iter().filter(|(n, _)| n.contains("data")).flat_map(|(_, b)| b.clone()).collect();
-    assert!(contains(&disk, "user-1") && contains(&disk, "137****5432"), "the sled files hold the events in the clear");
-    assert!(contains(&corpus.last().unwrap().1, "156****3344"));
+    assert!(contains(&disk, "user-1") && contains(&disk, "1******5432"), "the sled files hold the events in the clear");
+    assert!(contains(&corpus.last().unwrap().1, "1******3344"));
     assert!(std::fs::read(&log).unwrap().len() > 1000, "debug logging produced output");
 
     let secrets: Vec<&str> = phones.iter().chain(&wrong_passwords).chain(&wrong_codes).copied().chain([numeric_password]).collect();

@@ -35,7 +35,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     let mut r = Reader { s: text, i: 0 };
     r.lit("{\"v\":")?;
     let v = match r.u64()? {
-        v @ (2 | 3) => v as u16,
+        v @ (2..=4) => v as u16,
         _ => return None,
     };
     r.lit(",\"id\":")?;
@@ -174,6 +174,10 @@ pub fn encode_into(e: &Event, out: &mut Vec<u8>) {
                 PaymentFailure::Maintenance { side } => w.side(*side),
                 PaymentFailure::BindingLocked { alert_id, until } => {
                     w.key_str("alert_id", alert_id);
+                    w.raw(",\"until\":");
+                    w.time(until);
+                }
+                PaymentFailure::TooManyAttempts { until } => {
                     w.raw(",\"until\":");
                     w.time(until);
                 }
@@ -585,6 +589,7 @@ impl<'a> Reader<'a> {
             "network" => PaymentFailure::Network,
             "maintenance" => PaymentFailure::Maintenance { side: field!(self, "side", side) },
             "binding_locked" => PaymentFailure::BindingLocked { alert_id: field!(self, "alert_id", string), until: field!(self, "until", time) },
+            "too_many_attempts" => PaymentFailure::TooManyAttempts { until: field!(self, "until", time) },
             _ => return None,
         };
         self.end().map(|_| reason)
@@ -730,6 +735,7 @@ mod tests {
             PaymentFailure::Network,
             PaymentFailure::Maintenance { side: Side::Platform },
             PaymentFailure::BindingLocked { alert_id: "ring-5".into(), until: t },
+            PaymentFailure::TooManyAttempts { until: t },
         ];
         out.extend(pay.into_iter().map(|reason| Payload::PaymentFailed { binding_id: id(6), order_id: "o-2".into(), amount_minor: -42, currency: cny, factors: vec![], reason }));
         out.extend([UnbindFailure::NotBound, UnbindFailure::Maintenance { side: Side::Provider }].map(|reason| Payload::UnbindFailed { binding_id: id(7), reason }));
@@ -769,7 +775,7 @@ mod tests {
     #[test]
     fn every_variant_is_read_directly_and_equals_the_general_decoder() {
         let all = events();
-        assert_eq!(all.len(), 32);
+        assert_eq!(all.len(), 33);
         for e in all {
             let bytes = encode(&e);
             assert_eq!(decode(&bytes).as_ref(), Some(&e), "{}", String::from_utf8_lossy(&bytes));
@@ -828,7 +834,7 @@ mod tests {
             assert_writes_what_serde_writes(&e);
             cases += 1;
         }
-        assert_eq!(cases, 32);
+        assert_eq!(cases, 33);
     }
 
     #[test]
@@ -849,7 +855,7 @@ mod tests {
         // decodes it to the same event.
         let variants = [
             format!("{text} "),
-            text.replacen("{\"v\":3,", "{ \"v\":3,", 1),
+            text.replacen("{\"v\":4,", "{ \"v\":4,", 1),
             text.replacen("\"account\":\"acct-3\"", "\"account\":\"acct\\u002d3\"", 1),
             text.replacen("\"idempotency_key\":null,", "", 1).replacen("\"request_digest\":null,", "\"idempotency_key\":null,\"request_digest\":null,\"extra\":1,", 1),
         ];

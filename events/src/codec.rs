@@ -6,9 +6,11 @@
 //! ## Schema versions
 //! - **v1**: `payment_succeeded` and `payment_failed` had no `currency`; every amount was CNY.
 //! - **v2**: payments carry `currency`.
-//! - **v3** (current): bindings can be locked: `binding_locked`, `binding_lock_failed`,
+//! - **v3**: bindings can be locked: `binding_locked`, `binding_lock_failed`,
 //!   `binding_unlocked`, `binding_unlock_failed`, and the payment failure `binding_locked`.
 //!   Every v2 event is a valid v3 event.
+//! - **v4** (current): the payment failure `too_many_attempts` (the inline guard against
+//!   password guessing). Every v3 event is a valid v4 event.
 //!
 //! Decoding an older version upcasts it to the current types; the stored bytes (and so the
 //! hashes) are never rewritten.
@@ -18,7 +20,7 @@ use serde_json::Value;
 use crate::types::Event;
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: u16 = 3;
+pub const SCHEMA_VERSION: u16 = 4;
 
 /// The oldest schema version this code can read.
 pub const SCHEMA_VERSION_MIN: u16 = 1;
@@ -58,7 +60,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 /// The general decoder: any field order, whitespace, escapes, every supported version.
 pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
     // Canonical bytes start with the version; the current version takes the direct path.
-    const CURRENT_PREFIX: &[u8] = b"{\"v\":3,";
+    const CURRENT_PREFIX: &[u8] = b"{\"v\":4,";
     if bytes.starts_with(CURRENT_PREFIX) {
         return serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()));
     }
@@ -69,7 +71,7 @@ pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
     })?;
     match version {
         1 => upcast_v1_to_v2(&mut value),
-        2 | 3 => {}
+        2..=4 => {}
         other => return Err(DecodeError::UnsupportedVersion(other)),
     }
     serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))
@@ -137,7 +139,7 @@ mod tests {
     fn encoding_is_canonical_and_round_trips() {
         let e = event(1, GENESIS_HASH, payment(1234));
         let bytes = encode(&e);
-        assert!(bytes.starts_with(b"{\"v\":3,\"id\":"), "{}", String::from_utf8_lossy(&bytes));
+        assert!(bytes.starts_with(b"{\"v\":4,\"id\":"), "{}", String::from_utf8_lossy(&bytes));
         let text = std::str::from_utf8(&bytes).unwrap();
         assert!(text.contains("\"event_time\":\"2026-11-26T08:00:00.000000Z\""), "{text}");
         assert!(!text.contains(' ') || text.contains("\"masked\""), "no whitespace: {text}");
@@ -170,7 +172,7 @@ mod tests {
     fn a_v2_event_is_read_by_v3_code() {
         // Version 3 only added event types: a version 2 event reads as it is.
         let v3 = encode(&event(1, GENESIS_HASH, payment(77)));
-        let v2 = [b"{\"v\":2,".as_slice(), &v3[b"{\"v\":3,".len()..]].concat();
+        let v2 = [b"{\"v\":2,".as_slice(), &v3[b"{\"v\":4,".len()..]].concat();
         let e = decode(&v2).unwrap();
         assert_eq!((e.v, e.payload), (2, payment(77)));
     }

@@ -40,8 +40,9 @@ const ISO_4217: &[(&str, u8)] = &[
 pub struct Currency([u8; 3]);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown currency {0:?}: expected an active ISO 4217 code such as CNY, USD, EUR")]
-pub struct CurrencyError(pub String);
+/// Carries no part of the refused text: an error never repeats a submitted value.
+#[error("unknown currency: expected an active ISO 4217 code such as CNY, USD, EUR")]
+pub struct CurrencyError;
 
 impl Currency {
     pub const CNY: Currency = Currency(*b"CNY");
@@ -51,8 +52,7 @@ impl Currency {
         if bytes.len() == 3 && ISO_4217.iter().any(|(c, _)| c.as_bytes() == bytes) {
             Ok(Currency([bytes[0], bytes[1], bytes[2]]))
         } else {
-            // Never echo a long input back: cut it.
-            Err(CurrencyError(code.chars().take(8).collect()))
+            Err(CurrencyError)
         }
     }
 

@@ -117,8 +117,9 @@ pub const KNOWN_PROVIDERS: &[&str] =
     &["alipay", "wechat_pay", "apple_pay", "union_pay", "bank_card", "credit_card"];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown wallet provider {0:?}: expected one of alipay, wechat_pay, apple_pay, union_pay, bank_card, credit_card, or other:<name> (name: 1-32 of a-z 0-9 _ -)")]
-pub struct ProviderError(pub String);
+/// Carries no part of the refused text: an error never repeats a submitted value.
+#[error("unknown wallet provider: expected one of alipay, wechat_pay, apple_pay, union_pay, bank_card, credit_card, or other:<name> (name: 1-32 of a-z 0-9 _ -)")]
+pub struct ProviderError;
 
 impl Provider {
     pub fn parse(s: &str) -> Result<Provider, ProviderError> {
@@ -133,7 +134,7 @@ impl Provider {
                 return Ok(Provider(s.to_owned()));
             }
         }
-        Err(ProviderError(s.chars().take(48).collect()))
+        Err(ProviderError)
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -197,8 +198,14 @@ pub enum PaymentFailure {
     VerificationFactorFailed { factor: Factor },
     Network,
     Maintenance { side: Side },
-    /// The binding is locked by the security team's monitoring until `until` (event time).
+    /// The binding is locked by the security team's monitoring until `until` (the ledger's
+    /// time, `record_time`).
     BindingLocked { alert_id: String, #[serde(with = "micros")] until: DateTime<Utc> },
+    /// (v4) The binding's budget of wrong payment passwords is spent: as many as the
+    /// `password_brute_force` threshold were recorded within its window (since the last
+    /// unlock), so the provider is not asked again before `until`, when the oldest of them
+    /// leaves the window.
+    TooManyAttempts { #[serde(with = "micros")] until: DateTime<Utc> },
 }
 
 /// Why a lock or an unlock failed.
@@ -385,6 +392,7 @@ impl PaymentFailure {
             PaymentFailure::Network => "network",
             PaymentFailure::Maintenance { .. } => "maintenance",
             PaymentFailure::BindingLocked { .. } => "binding_locked",
+            PaymentFailure::TooManyAttempts { .. } => "too_many_attempts",
         }
     }
 }

@@ -1,6 +1,10 @@
 //! The rule engine: a pure fold over events in log order. It reads nothing but the events (their
-//! event time, never the clock), so the live monitor, a restart from a checkpoint and a rebuild
-//! from the log raise the same alerts with the same ids and contents.
+//! `record_time`, never the clock), so the live monitor, a restart from a checkpoint and a
+//! rebuild from the log raise the same alerts with the same ids and contents.
+//!
+//! Windows run on `record_time`, the ledger's own clock, never on `event_time`, which the
+//! caller may set: an attacker cannot spread guesses over the past to stay under a threshold,
+//! nor date them so that a lock ends as soon as it is taken.
 //!
 //! State is per rule and key (account, or wallet fingerprint for `shared_wallet`), and bounded:
 //! windows keep only what can still count, keys quiet for longer than their rule looks back are
@@ -103,7 +107,7 @@ struct Hit {
 
 impl Hit {
     fn of(e: &Event) -> Hit {
-        Hit { t: e.event_time.timestamp_micros(), seq: e.seq, id: e.id }
+        Hit { t: e.record_time.timestamp_micros(), seq: e.seq, id: e.id }
     }
 }
 
@@ -143,7 +147,7 @@ pub struct EngineState {
     pub position: u64,
     /// Last alert stream seq handed out.
     pub stream_seq: u64,
-    /// Highest event time seen (micros): the clock of eviction.
+    /// Highest record time seen (micros): the clock of eviction.
     high_time: i64,
     brute_force: HashMap<String, Window>,
     bind_failures: HashMap<String, Window>,
@@ -154,16 +158,36 @@ pub struct EngineState {
     payments: HashMap<String, Payments>,
     /// Open alerts by "rule|key".
     open: HashMap<String, Alert>,
-    /// Locks asked for by alerts and not yet seen in the log, by alert id.
+    /// Locks asked for by alerts and not yet seen in the log, by lock key: the alert id for
+    /// the lock an alert opens with, `<alert id>#<seq>` for a lock taken again by the event
+    /// `seq` after the binding was unlocked while the alert stayed open.
     pub pending_locks: BTreeMap<String, LockAction>,
     /// Locks in force, by binding.
     pub locks: BTreeMap<Uuid, ActiveLock>,
+    /// Locks that were lifted while their alert stayed open: alert id -> binding. Guessing
+    /// that goes on there locks it again (see [`Engine::raise`]). Dropped with the alert.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    unlocked: BTreeMap<String, Uuid>,
 }
 
 /// The rules and their state.
 pub struct Engine {
     pub rules: RuleSet,
     pub state: EngineState,
+}
+
+/// Whether a pending lock key (see [`EngineState::pending_locks`]) is one of `alert_id`'s.
+pub fn is_lock_of(key: &str, alert_id: &str) -> bool {
+    key.strip_prefix(alert_id).is_some_and(|rest| rest.is_empty() || rest.starts_with('#'))
+}
+
+/// The alert a pending lock key belongs to.
+pub fn alert_of_lock(key: &str) -> &str {
+    key.split_once('#').map_or(key, |(alert, _)| alert)
+}
+
+fn forget_pending_locks(pending: &mut BTreeMap<String, LockAction>, alert_id: &str) {
+    pending.retain(|k, _| !is_lock_of(k, alert_id));
 }
 
 fn time(micros: i64) -> DateTime<Utc> {
@@ -220,7 +244,7 @@ impl Engine {
     pub fn apply(&mut self, e: &Event) -> Vec<AlertChange> {
         assert_eq!(e.seq, self.state.position + 1, "alert engine fed out of order");
         self.state.position = e.seq;
-        let t = e.event_time.timestamp_micros();
+        let t = e.record_time.timestamp_micros();
         self.state.high_time = self.state.high_time.max(t);
         let mut seen = Vec::new();
         self.observe(e, t, &mut seen);
@@ -410,13 +434,22 @@ impl Engine {
                 }
             }
             Payload::BindingLocked { binding_id, alert_id, until } => {
-                s.pending_locks.remove(alert_id);
+                forget_pending_locks(&mut s.pending_locks, alert_id);
                 s.locks.insert(*binding_id, ActiveLock { account: account.to_owned(), binding_id: *binding_id, alert_id: alert_id.clone(), until: *until });
             }
             Payload::BindingLockFailed { alert_id, .. } => {
-                s.pending_locks.remove(alert_id);
+                forget_pending_locks(&mut s.pending_locks, alert_id);
             }
-            Payload::BindingUnlocked { binding_id, .. } | Payload::BindingUnlockFailed { binding_id, .. } => {
+            Payload::BindingUnlocked { binding_id, alert_id, .. } => {
+                s.locks.remove(binding_id);
+                s.unlocked.insert(alert_id.clone(), *binding_id);
+                // Guesses after an unlock are counted afresh: `threshold` more lock it again
+                // (as the ledger's inline guard allows that many more).
+                if let Some(w) = s.brute_force.get_mut(account) {
+                    w.hits.clear();
+                }
+            }
+            Payload::BindingUnlockFailed { binding_id, .. } => {
                 s.locks.remove(binding_id);
             }
             _ => {}
@@ -430,15 +463,26 @@ impl Engine {
         let s = &mut self.state;
         s.stream_seq += 1;
         let open_until = time(t.saturating_add(o.cooldown.micros()));
-        let (change, alert) = match s.open.get_mut(&slot).filter(|a| e.event_time < a.open_until) {
+        let now = e.record_time;
+        let (change, alert) = match s.open.get_mut(&slot).filter(|a| now < a.open_until) {
             Some(a) => {
+                // The binding was unlocked while the alert stayed open, and guessing went on:
+                // lock it again (under a key of its own, so the ledger does not take it for
+                // the first lock's retry).
+                if let Some(lock) = &o.lock {
+                    if s.unlocked.get(&a.id) == Some(&lock.binding_id) && !s.locks.contains_key(&lock.binding_id) {
+                        s.unlocked.remove(&a.id);
+                        s.pending_locks.insert(format!("{}#{}", a.id, e.seq), lock.clone());
+                        a.lock = Some(lock.clone());
+                    }
+                }
                 a.revision += 1;
                 a.matches += 1;
                 a.observed = o.observed;
                 a.threshold = o.threshold;
                 a.window_start = a.window_start.min(time(o.window_start));
-                a.window_end = e.event_time.max(a.window_end);
-                a.updated_at = e.event_time;
+                a.window_end = now.max(a.window_end);
+                a.updated_at = now;
                 a.open_until = open_until;
                 a.position = e.seq;
                 for acc in o.accounts {
@@ -470,7 +514,7 @@ impl Engine {
                     accounts: o.accounts,
                     severity: o.severity,
                     window_start: time(o.window_start),
-                    window_end: e.event_time,
+                    window_end: now,
                     observed: o.observed,
                     threshold: o.threshold,
                     unit: o.unit.to_owned(),
@@ -478,8 +522,8 @@ impl Engine {
                     event_ids: hits.iter().map(|h| h.id).collect(),
                     event_seqs: hits.iter().map(|h| h.seq).collect(),
                     matches: 1,
-                    opened_at: e.event_time,
-                    updated_at: e.event_time,
+                    opened_at: now,
+                    updated_at: now,
                     open_until,
                     revision: 1,
                     position: e.seq,
@@ -518,6 +562,8 @@ impl Engine {
         trim(&mut s.binds, now - horizon, keys_max, |b| b.last);
         trim(&mut s.payments, now - r.amount_spike.forget_after.micros(), keys_max, |p| p.last);
         trim(&mut s.open, now, usize::MAX, |a| a.open_until.timestamp_micros());
+        let open_ids: std::collections::HashSet<&str> = s.open.values().map(|a| a.id.as_str()).collect();
+        s.unlocked.retain(|id, _| open_ids.contains(id.as_str()));
     }
 
     /// Keys tracked, over all rules (for metrics).

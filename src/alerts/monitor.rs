@@ -360,10 +360,11 @@ impl Worker {
         let mut sends: Vec<(String, Action)> = Vec::new();
         {
             let in_flight = self.in_flight.lock().expect("lock");
-            for (alert_id, lock) in &self.engine.state.pending_locks {
-                let key = format!("lock:{alert_id}");
+            for (lock_key, lock) in &self.engine.state.pending_locks {
+                let key = format!("lock:{lock_key}");
                 if !in_flight.contains(&key) {
-                    sends.push((key, Action::Lock(alert_id.clone(), lock.clone())));
+                    let alert_id = super::engine::alert_of_lock(lock_key).to_owned();
+                    sends.push((key, Action::Lock(alert_id, lock.clone())));
                 }
             }
             for lock in self.engine.state.locks.values() {

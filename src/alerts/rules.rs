@@ -42,6 +42,9 @@ impl Severity {
 pub struct Span(pub i64);
 
 impl Span {
+    pub fn duration(&self) -> chrono::Duration {
+        chrono::Duration::microseconds(self.0)
+    }
     pub const fn secs(s: i64) -> Span {
         Span(s * 1_000_000)
     }
@@ -130,7 +133,7 @@ pub struct BruteForceRule {
     pub count: CountRule,
     /// Lock the binding the wrong passwords were tried on.
     pub lock: bool,
-    /// How long a lock lasts (event time).
+    /// How long a lock lasts (in the ledger's time, `record_time`).
     pub lock_for: Span,
 }
 
@@ -184,6 +187,15 @@ pub struct RuleSet {
 }
 
 /// Rule names, in the order they are evaluated.
+impl RuleSet {
+    /// The ledger's inline guard against password guessing: on when the
+    /// `password_brute_force` rule is enabled with `lock`.
+    pub fn password_guard(&self) -> Option<crate::decide::PasswordGuard> {
+        let bf = &self.password_brute_force;
+        (bf.count.enabled && bf.lock).then(|| crate::decide::PasswordGuard { threshold: bf.count.threshold, window: bf.count.window.duration() })
+    }
+}
+
 pub const RULE_NAMES: &[&str] = &[
     "password_brute_force",
     "bind_failure_burst",
@@ -194,6 +206,9 @@ pub const RULE_NAMES: &[&str] = &[
     "dead_wallet_probing",
 ];
 
+/// The same, as text for messages.
+pub const RULE_NAMES_TEXT: &str = "rule is one of password_brute_force, bind_failure_burst, bind_then_drain, shared_wallet, binding_churn, amount_spike, dead_wallet_probing";
+
 fn count(severity: Severity, threshold: u32, window: Span, cooldown: Span) -> CountRule {
     CountRule { enabled: true, severity, threshold, window, cooldown }
 }
@@ -203,7 +218,8 @@ impl Default for RuleSet {
         RuleSet {
             password_brute_force: BruteForceRule {
                 count: count(Severity::High, 5, Span::mins(10), Span::mins(30)),
-                lock: false,
+                // On by default: a payment platform limits guesses, it does not only report them.
+                lock: true,
                 lock_for: Span::mins(30),
             },
             bind_failure_burst: count(Severity::Medium, 5, Span::mins(10), Span::mins(30)),
@@ -381,7 +397,8 @@ impl RuleSet {
         let build = || -> Result<RuleSet, RulesError> {
             let currency = match &drain.currency {
                 None => d.bind_then_drain.currency,
-                Some(s) => Currency::parse(s.get_ref()).map_err(|e| r.err(s.span().start, e.to_string()))?,
+                // A rules file is the operator's own text: naming the value helps them.
+                Some(s) => Currency::parse(s.get_ref()).map_err(|e| r.err(s.span().start, format!("{:?}: {e}", s.get_ref())))?,
             };
             let rules = RuleSet {
                 password_brute_force: BruteForceRule {

@@ -102,7 +102,7 @@ fn brute_force_fires_at_five_wrong_passwords_within_ten_minutes() {
     assert_eq!(a.window_start, t0() + Duration::minutes(4) - Duration::minutes(10));
     assert_eq!(a.opened_at, t0() + Duration::minutes(4));
     assert_eq!(changes[0].stream_seq, 1);
-    assert!(a.lock.is_none(), "locking is off by default");
+    assert!(a.lock.is_some(), "locking is on by default");
 }
 
 #[test]
@@ -146,6 +146,75 @@ fn brute_force_repeats_update_the_open_alert_and_a_lock_is_asked_for() {
     }
     let changes = log.run(r);
     assert_eq!(opened(&changes, "password_brute_force"), 2);
+}
+
+/// Regression (issue 13): twelve wrong passwords sent within a second but dated eleven
+/// minutes apart going back four hours raised no alert, and six dated two hours ago had
+/// their lock released at once as expired. Windows and locks run on `record_time`.
+#[test]
+fn brute_force_windows_run_on_the_ledgers_clock_not_the_callers() {
+    let mut log = Log::new();
+    for i in 0..12i64 {
+        log.wrong_password(0, "mallory");
+        let e = log.events.last_mut().unwrap();
+        e.record_time = t0() + Duration::milliseconds(i * 80);
+        e.event_time = t0() - Duration::minutes(11 * (12 - i));
+    }
+    let changes = log.run(rules());
+    assert_eq!(opened(&changes, "password_brute_force"), 1, "backdating does not spread the guesses out");
+    let a = &changes[0].alert;
+    assert_eq!(a.opened_at, t0() + Duration::milliseconds(4 * 80));
+    let lock = a.lock.as_ref().expect("locking is on by default");
+    assert_eq!(lock.until, a.opened_at + Duration::minutes(30), "the lock lasts from the ledger's time");
+}
+
+/// Regression (issue 13): after a manual unlock, twenty more wrong passwords only updated
+/// the alert. Guessing after an unlock locks the binding again, once `threshold` more were
+/// recorded, under a lock key of its own.
+#[test]
+fn guessing_after_an_unlock_locks_again() {
+    let mut log = Log::new();
+    for i in 0..5 {
+        log.wrong_password(i, "mallory");
+    }
+    let mut engine = Engine::new(rules());
+    let apply_all = |engine: &mut Engine, log: &Log, from: usize| -> Vec<AlertChange> {
+        log.events[from..].iter().flat_map(|e| engine.apply(e)).collect()
+    };
+    let changes = apply_all(&mut engine, &log, 0);
+    let alert_id = changes[0].alert.id.clone();
+    assert_eq!(engine.state.pending_locks.keys().cloned().collect::<Vec<_>>(), vec![alert_id.clone()]);
+    let until = t0() + Duration::minutes(30);
+    log.at(6, "mallory", Payload::BindingLocked { binding_id: binding(1), alert_id: alert_id.clone(), until });
+    log.at(60, "mallory", Payload::BindingUnlocked { binding_id: binding(1), alert_id: alert_id.clone(), cause: bindledger_events::UnlockCause::Manual });
+    let mut from = 5;
+    apply_all(&mut engine, &log, from);
+    from = log.events.len();
+    assert!(engine.state.pending_locks.is_empty() && engine.state.locks.is_empty());
+    for i in 0..4 {
+        log.wrong_password(61 + i, "mallory");
+    }
+    let quiet = apply_all(&mut engine, &log, from);
+    assert!(quiet.is_empty(), "four guesses after the unlock are under the threshold: {quiet:?}");
+    from = log.events.len();
+    log.wrong_password(70, "mallory");
+    let again = apply_all(&mut engine, &log, from);
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].change.as_str(), again[0].alert.id.as_str()), ("updated", alert_id.as_str()));
+    let key = format!("{alert_id}#{}", log.events.len());
+    assert_eq!(engine.state.pending_locks.keys().cloned().collect::<Vec<_>>(), vec![key.clone()]);
+    assert!(super::engine::is_lock_of(&key, &alert_id));
+    assert_eq!(super::engine::alert_of_lock(&key), alert_id);
+    // The lock event (same alert id) clears it; a rebuild from the log agrees.
+    log.at(71, "mallory", Payload::BindingLocked { binding_id: binding(1), alert_id: alert_id.clone(), until });
+    apply_all(&mut engine, &log, log.events.len() - 1);
+    assert!(engine.state.pending_locks.is_empty());
+    assert_eq!(engine.state.locks.len(), 1);
+    let mut rebuilt = Engine::new(rules());
+    for e in &log.events {
+        rebuilt.apply(e);
+    }
+    assert_eq!(rebuilt.state, engine.state);
 }
 
 // ---- bind failure burst: 5 failed binds (wrong input / failed factor) within 10 min ----
