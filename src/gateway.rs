@@ -157,6 +157,9 @@ const SIMULATED_WALLETS_MAX: usize = 1_000_000;
 pub struct SimulatedGateway {
     scenario: Scenario,
     calls: AtomicU64,
+    /// Payment authorisations asked for (every one that reached the provider), for tests
+    /// that check what the ledger lets through.
+    payment_calls: AtomicU64,
     /// Spent minor units per agreement. A std Mutex: held for a map lookup, never across await.
     spent: Mutex<HashMap<String, i64>>,
     /// Recent authorisations not voided yet, for `void_payment`.
@@ -220,6 +223,7 @@ impl SimulatedGateway {
         SimulatedGateway {
             scenario,
             calls: AtomicU64::new(0),
+            payment_calls: AtomicU64::new(0),
             spent: Mutex::new(HashMap::new()),
             authorizations: Mutex::new(RecentAuthorizations::default()),
         }
@@ -359,7 +363,13 @@ impl SimulatedGateway {
         Ok(agreement)
     }
 
+    /// How many payment authorisations reached this provider so far.
+    pub fn payment_calls(&self) -> u64 {
+        self.payment_calls.load(Ordering::Relaxed)
+    }
+
     fn authorize_now(&self, req: &PaymentAuthorization<'_>) -> Result<String, GatewayFailure> {
+        self.payment_calls.fetch_add(1, Ordering::Relaxed);
         // A wallet the provider does not know cannot have an agreement: it reads as closed.
         let facts =
             self.check_wallet(req.provider, req.event_time, req.agreement_id, req.payment_password, req.factor, GatewayFailure::WalletClosed)?;
