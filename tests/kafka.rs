@@ -120,7 +120,7 @@ fn assert_topic_equals_log(brokers: &str, topic: &str, log: &[(u64, Vec<u8>)]) {
         assert_eq!(r.partition, partition_for(e.account.as_bytes(), PARTITIONS));
         assert_eq!(r.headers["event_type"], e.event_type());
         assert_eq!(r.headers["event_id"], e.id.to_string());
-        assert_eq!(r.headers["schema_version"], "3");
+        assert_eq!(r.headers["schema_version"], bindledger_events::SCHEMA_VERSION.to_string());
         assert_eq!(r.headers["hash"], bindledger_events::hash_bytes(bytes).to_hex());
     }
     // In each partition, offsets follow global (hence per-account) order.
@@ -395,6 +395,11 @@ async fn a_broker_restart_with_persistent_storage_loses_and_duplicates_nothing()
 async fn alert_round(dir: &std::path::Path, kafka: &KafkaConfig, round: u64, accounts: u64) {
     let mut config: Config = test_config(dir);
     config.kafka = kafka.clone();
+    // Without locking (and so without the inline guard), the sixth wrong password reaches the
+    // provider and updates the alert: an opening and an update per account.
+    let rules = dir.join("no-lock.toml");
+    std::fs::write(&rules, "[password_brute_force]\nlock = false\n").unwrap();
+    config.alerts.rules_file = Some(rules);
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     let node = bindledger::node::Node::start(&config, LedgerSecret::from_bytes([3; 32]), gateway.clone()).unwrap();
     let l = node.ledger.clone();
