@@ -9,7 +9,7 @@ TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
 # The demo's broker listens here (in memory: a fresh topic each run).
 DEMO_KAFKA_PORT ?= 19092
 
-.PHONY: demo test bench bench-kafka bench-alerts check-toolchain tansu
+.PHONY: demo test bench bench-kafka bench-alerts check-toolchain tansu test-tools
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs, then run make again" >&2; exit 1; }
@@ -18,6 +18,14 @@ tansu: check-toolchain
 	@test -x "$(TANSU)" && "$(TANSU)" --version >/dev/null 2>&1 || { \
 	  echo "installing the tansu Kafka broker $(TANSU_VERSION) (once; about 7 minutes)"; \
 	  $(CARGO) install tansu --version $(TANSU_VERSION) --locked --features dynostore,libsql; }
+
+## Tools the tests run besides the broker: strace (the durability test watches the ledger's
+## system calls), from Debian's packages when it is missing.
+test-tools:
+	@command -v strace >/dev/null 2>&1 || { \
+	  echo "installing strace (the durability test needs it)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq strace; }
 
 ## The ledger with a demo workload, publishing to a Kafka broker started for the occasion.
 demo: tansu
@@ -30,7 +38,7 @@ demo: tansu
 
 ## Every test: unit tests, and the integration tests against real sled files, the real HTTP
 ## server, a real Kafka broker process, and the real binary killed with SIGKILL.
-test: tansu
+test: tansu test-tools
 	@mkdir -p target
 	@set -o pipefail; TANSU="$(TANSU)" $(CARGO) test --workspace --locked 2>&1 | tee target/test-output.log; status=$$?; \
 	  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } \

@@ -277,20 +277,19 @@ where
 /// its share of the commands, then writes its share of `payloads` with raw sled in batches of
 /// the events per flush that round made. Returns the library row, the baseline row (both over
 /// all rounds) and each round's (library rate, raw rate, events per flush).
-async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow::Result<(Row, Row, Vec<(f64, f64, usize)>)> {
+async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow::Result<(Row, Row, Row, Vec<(f64, f64, usize)>)> {
     let f = fixture(&root.join("lib"), args.accounts, args.commit_delay_us).await?;
     let bindings = Arc::new(f.bindings);
     let rounds = args.rounds.max(1);
     let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
     let (mut lat, mut lib_seconds, mut raw_seconds, mut raw_ops) = (Vec::new(), 0.0, 0.0, 0u64);
+    let (mut unsynced_lat, mut unsynced_seconds, mut unsynced_ops) = (Vec::new(), 0.0, 0u64);
     let mut per_round = Vec::new();
-    for r in 0..rounds {
-        let first = args.lib_commands * r / rounds;
-        let count = args.lib_commands * (r + 1) / rounds - first;
-        let base = f.ledger.log_len();
-        let round_flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
+    // Commands of the rounds without the sync are numbered after the others (fresh keys).
+    let mut unsynced_next = args.lib_commands;
+    let pay_round = |first: u64, count: u64| {
         let (ledger, bindings) = (f.ledger.clone(), bindings.clone());
-        let (round_lat, seconds) = drive(args.lib_concurrency, count, || (), move |(), n| {
+        drive(args.lib_concurrency, count, || (), move |(), n| {
             let (ledger, bindings) = (ledger.clone(), bindings.clone());
             async move {
                 let n = first + n;
@@ -300,10 +299,26 @@ async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow:
                 ((), result.map_err(anyhow::Error::from))
             }
         })
-        .await?;
+    };
+    for r in 0..rounds {
+        let first = args.lib_commands * r / rounds;
+        let count = args.lib_commands * (r + 1) / rounds - first;
+        let base = f.ledger.log_len();
+        let round_flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
+        let (round_lat, seconds) = pay_round(first, count).await?;
         let written = f.ledger.log_len() - base;
         anyhow::ensure!(written == count, "expected {count} events, the log grew by {written}");
         let per_flush = events_per_flush(&f.ledger, written, round_flushes_before).round().max(1.0) as usize;
+        // The same commands without the fdatasync after each flush: what durability against
+        // a power cut costs (half a round, right after the synced one).
+        f.ledger.set_sync_data(false);
+        let half = (count / 2).max(1);
+        let (u_lat, u_seconds) = pay_round(unsynced_next, half).await?;
+        f.ledger.set_sync_data(true);
+        unsynced_next += half;
+        unsynced_lat.extend(u_lat);
+        unsynced_seconds += u_seconds;
+        unsynced_ops += half;
         let share = &payloads[(payloads.len() as u64 * r / rounds) as usize..(payloads.len() as u64 * (r + 1) / rounds) as usize];
         let raw = tokio::task::block_in_place(|| raw_sled(&root.join(format!("same-{r}")), share, per_flush, true))?;
         per_round.push((count as f64 / seconds, raw.rate(), per_flush));
@@ -313,7 +328,8 @@ async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow:
         raw_ops += raw.ops;
     }
     lat.sort_unstable();
-    let per_flush = events_per_flush(&f.ledger, args.lib_commands, flushes_before);
+    unsynced_lat.sort_unstable();
+    let per_flush = events_per_flush(&f.ledger, args.lib_commands + unsynced_ops, flushes_before);
     drop(f.gateway);
     f.node.stop().await;
     let bytes_per_event = payloads.iter().map(|p| p.len()).sum::<usize>() / payloads.len().max(1);
@@ -325,6 +341,14 @@ async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow:
         p99_us: percentile(&lat, 0.99),
         note: format!("{} submitters, {per_flush:.0} events per flush, {rounds} rounds", args.lib_concurrency),
     };
+    let unsynced = Row {
+        name: "library without the fdatasync after each flush (writer.sync_data = false)".into(),
+        ops: unsynced_ops,
+        seconds: unsynced_seconds,
+        p50_us: percentile(&unsynced_lat, 0.5),
+        p99_us: percentile(&unsynced_lat, 0.99),
+        note: "half a round after each synced round, same ledger".into(),
+    };
     let raw = Row {
         name: format!("raw sled, chunks of {CHUNK_EVENTS_MAX} (the ledger's layout), after each library round"),
         ops: raw_ops,
@@ -333,7 +357,7 @@ async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow:
         p99_us: None,
         note: format!("batches of each round's events per flush, {bytes_per_event} B/event"),
     };
-    Ok((lib, raw, per_round))
+    Ok((lib, unsynced, raw, per_round))
 }
 
 async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
@@ -493,7 +517,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // The baseline: the same bytes, the same layout, the same number of events per flush as
     // the library run made, measured right after each of its rounds.
     eprintln!("bench: library path and its raw sled baseline, {} rounds ...", args.rounds);
-    let (lib, raw, rounds) = library(&root, &args, &payloads).await?;
+    let (lib, unsynced, raw, rounds) = library(&root, &args, &payloads).await?;
     eprintln!("bench: HTTP ...");
     let http = http(&root.join("http"), &args).await?;
     // For context: larger batches and one key per event.
@@ -504,7 +528,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let baseline = raw.rate();
     println!("| measurement | ops | seconds | ops/s | p50 | p99 | vs raw sled (same batches) | notes |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|");
-    for r in [&raw, &raw_large, &raw_keyed, &lib, &http] {
+    for r in [&raw, &raw_large, &raw_keyed, &lib, &unsynced, &http] {
         println!(
             "| {} | {} | {:.2} | {:.0} | {} | {} | {:.2} | {} |",
             r.name, r.ops, r.seconds, r.rate(), fmt_us(r.p50_us), fmt_us(r.p99_us), r.rate() / baseline, r.note
@@ -515,6 +539,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ratios.sort_by(f64::total_cmp);
     println!();
     println!("Library / raw sled by round: {each}; median {:.2}.", ratios[ratios.len() / 2]);
+    println!(
+        "The fdatasync after each flush: {:.0} commands/s with it, {:.0} without ({:.2}); p99 {} against {}.",
+        lib.rate(),
+        unsynced.rate(),
+        lib.rate() / unsynced.rate(),
+        fmt_us(lib.p99_us),
+        fmt_us(unsynced.p99_us)
+    );
     if args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&root);
     }

@@ -144,6 +144,10 @@ pub struct WriterConfig {
     /// The flusher waits only right after a flush that carried at least this many events: a
     /// lone command on a quiet ledger is never held back. Default 16.
     pub commit_busy_events: usize,
+    /// After each flush, `fdatasync` the log's files, so that an acknowledged command survives
+    /// a power cut or a kernel crash, not only a crash of the process. Default true; false
+    /// only where the storage is made durable some other way (or to measure the sync's cost).
+    pub sync_data: bool,
 }
 
 impl WriterConfig {
@@ -231,6 +235,7 @@ impl Default for WriterConfig {
             commit_delay_us: 2000,
             commit_batch: 64,
             commit_busy_events: 16,
+            sync_data: true,
         }
     }
 }

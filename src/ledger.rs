@@ -114,6 +114,7 @@ impl Ledger {
     /// sets the inline guard ([`crate::decide::PasswordGuard`]).
     pub fn open_with_rules(config: &Config, alert_rules: &crate::alerts::RuleSet, secret: LedgerSecret, gateway: Arc<dyn WalletGateway>) -> Result<Ledger> {
         let store = Arc::new(Store::open(&config.data_dir)?);
+        store.set_sync_data(config.writer.sync_data);
         store.check_secret(&secret.check_value())?;
         let (last_seq, last_hash) = store.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));
         let (indexed, snapshot) = store.index_positions()?;
@@ -250,6 +251,12 @@ impl Ledger {
     /// The signed checkpoints.
     pub fn checkpoint_store(&self) -> crate::checkpoint::CheckpointStore {
         crate::checkpoint::CheckpointStore::new(self.inner.store.checkpoints_tree())
+    }
+
+    /// Turns the `fdatasync` after each flush on or off (`writer.sync_data`; the benchmark
+    /// measures what it costs).
+    pub fn set_sync_data(&self, on: bool) {
+        self.inner.store.set_sync_data(on);
     }
 
     /// Makes everything written so far durable (derived rows included).
