@@ -130,7 +130,13 @@ pub fn verify(dir: &Path, rules: &RuleSet) -> Result<VerifyReport> {
         let why = match alerts.get(i) {
             _ if c.stream_seq != i as u64 + 1 => Some(format!("stream seq {} stored where {} was expected (a gap)", c.stream_seq, i + 1)),
             None => Some(format!("alert change {} is stored but the log does not raise it", c.stream_seq)),
-            Some(r) if r != c => Some(format!("alert change {} differs: stored {} (revision {}), rebuilt {} (revision {})", c.stream_seq, c.alert.id, c.alert.revision, r.alert.id, r.alert.revision)),
+            Some(r) if r != c => {
+                let mut fields = crate::alerts::differences(&c.alert, &r.alert);
+                if c.change != r.change {
+                    fields.insert(0, format!("change: {} -> {}", c.change, r.change));
+                }
+                Some(format!("alert change {} ({}) differs, stored -> rebuilt: {}", c.stream_seq, c.alert.id, fields.join(", ")))
+            }
             Some(_) => None,
         };
         if why.is_some() {

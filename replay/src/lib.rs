@@ -27,8 +27,95 @@ pub enum Source {
     Kafka { brokers: String, topic: String },
 }
 
-/// Events per HTTP feed request.
-const FEED_PAGE: u64 = 100_000;
+/// Events per HTTP feed request: one page in memory at a time.
+const FEED_PAGE: u64 = 10_000;
+
+/// The longest line (or feed record) read whole. An event is a few KB at most; a longer line
+/// is read up to this and reported `undecodable` at its position, the rest of it skipped.
+pub const LINE_BYTES_MAX: usize = 1 << 20;
+
+/// Reads `\n`-terminated lines, each at most [`LINE_BYTES_MAX`] bytes kept (the rest of a
+/// longer one is read and dropped), so memory stays bounded whatever the input.
+struct Lines<R: BufRead> {
+    reader: R,
+    done: bool,
+}
+
+impl<R: BufRead> Iterator for Lines<R> {
+    type Item = Result<Stored>;
+    fn next(&mut self) -> Option<Result<Stored>> {
+        if self.done {
+            return None;
+        }
+        let mut line = Vec::new();
+        let mut any = false;
+        loop {
+            let buf = match self.reader.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e.to_string()));
+                }
+            };
+            if buf.is_empty() {
+                self.done = true;
+                return any.then(|| Ok(Stored::from(line)));
+            }
+            any = true;
+            let (chunk, end) = match memchr::memchr(b'\n', buf) {
+                Some(i) => (&buf[..i], Some(i + 1)),
+                None => (buf, None),
+            };
+            let room = (LINE_BYTES_MAX + 1).saturating_sub(line.len());
+            line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            let used = end.unwrap_or(buf.len());
+            self.reader.consume(used);
+            if end.is_some() {
+                return Some(Ok(Stored::from(line)));
+            }
+        }
+    }
+}
+
+/// A running ledger's event feed, one page ([`FEED_PAGE`] events) at a time.
+struct HttpFeed {
+    url: String,
+    client: bindledger::client::Client,
+    rt: tokio::runtime::Runtime,
+    next_from: u64,
+    page: std::collections::VecDeque<Stored>,
+    done: bool,
+}
+
+impl Iterator for HttpFeed {
+    type Item = Result<Stored>;
+    fn next(&mut self) -> Option<Result<Stored>> {
+        if let Some(b) = self.page.pop_front() {
+            return Some(Ok(b));
+        }
+        if self.done {
+            return None;
+        }
+        let path = format!("/v1/events?from={}&limit={FEED_PAGE}", self.next_from);
+        let (status, body) = match self.rt.block_on(self.client.send(hyper::Method::GET, &path, None)) {
+            Ok(r) => r,
+            Err(e) => {
+                self.done = true;
+                return Some(Err(format!("reading {}/v1/events: {e}", self.url)));
+            }
+        };
+        if !status.is_success() {
+            self.done = true;
+            return Some(Err(format!("{}/v1/events answered {status}", self.url)));
+        }
+        let lines: Vec<Stored> = Lines { reader: std::io::Cursor::new(&body[..]), done: false }.filter_map(|l| l.ok()).collect();
+        self.done = (lines.len() as u64) < FEED_PAGE;
+        self.next_from += lines.len() as u64;
+        self.page = lines.into();
+        self.page.pop_front().map(Ok)
+    }
+}
 
 impl Source {
     /// How many events the source holds, when it can tell cheaply (a data directory).
@@ -62,16 +149,19 @@ impl Source {
                 Ok(Box::new(scan.map(|r| r.map(|(_, b)| b).map_err(|e| e.to_string()))))
             }
             Source::Export(path) => {
-                let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+                let reader: Box<dyn BufRead + Send> = if path.as_os_str() == "-" {
                     Box::new(std::io::BufReader::new(std::io::stdin()))
                 } else {
                     Box::new(std::io::BufReader::new(std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?))
                 };
-                Ok(Box::new(reader.split(b'\n').filter(|l| !matches!(l, Ok(l) if l.is_empty())).map(|l| l.map(Stored::from).map_err(|e| e.to_string()))))
+                // Blank lines are kept: the audit reports them (an export has none).
+                Ok(Box::new(Lines { reader, done: false }))
             }
             Source::Http { url, token } => {
-                let events = http_feed(url, token)?;
-                Ok(Box::new(events.into_iter().map(|b| Ok(Stored::from(b)))))
+                let addr = bindledger::client::parse_http_addr(url)?;
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+                let client = bindledger::client::Client::new(addr, Some(token.to_owned()));
+                Ok(Box::new(HttpFeed { url: url.clone(), client, rt, next_from: 1, page: Default::default(), done: false }))
             }
             Source::Kafka { brokers, topic } => {
                 let events = kafka_topic(brokers, topic)?;
@@ -87,17 +177,10 @@ impl Source {
     }
 
     /// Hands every event to `f`, in the source's order, until `f` returns false, holding only
-    /// the pipeline's bounded batches in memory; an undecodable event is an error. Returns the
-    /// number of events handed over.
-    pub fn for_each(&self, mut f: impl FnMut(Event) -> bool) -> Result<u64> {
-        let mut n = 0;
-        for item in self.decoded() {
-            n += 1;
-            if !f(item?.event.map_err(|e| format!("event {n} of the source: {e}"))?) {
-                break;
-            }
-        }
-        Ok(n)
+    /// the pipeline's bounded batches in memory. The chain is checked as it is read: only
+    /// verified events reach `f`, and the report names the first problem, where reading stopped.
+    pub fn for_each(&self, f: impl FnMut(&Event) -> bool) -> Result<AuditReport> {
+        audit_from(self.decoded(), Start::default(), &std::collections::BTreeMap::new(), f)
     }
 }
 
@@ -142,7 +225,11 @@ impl Decoded {
     pub fn new(bytes: impl Into<Stored>) -> Decoded {
         let bytes = bytes.into();
         let hash = hash_bytes(&bytes);
-        let event = decode(&bytes).map_err(|e| e.to_string());
+        let event = if bytes.len() > LINE_BYTES_MAX {
+            Err(format!("a line of more than {LINE_BYTES_MAX} bytes (no event is that long)"))
+        } else {
+            decode(&bytes).map_err(|e| e.to_string())
+        };
         Decoded { bytes, hash, event }
     }
 }
@@ -249,30 +336,6 @@ impl Drop for Pipeline {
     }
 }
 
-fn http_feed(url: &str, token: &str) -> Result<Vec<Vec<u8>>> {
-    let addr = bindledger::client::parse_http_addr(url)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let mut client = bindledger::client::Client::new(addr, Some(token.to_owned()));
-        let mut out = Vec::new();
-        loop {
-            let from = out.len() as u64 + 1;
-            let (status, body) = client
-                .send(hyper::Method::GET, &format!("/v1/events?from={from}&limit={FEED_PAGE}"), None)
-                .await
-                .map_err(|e| format!("reading {url}/v1/events: {e}"))?;
-            if !status.is_success() {
-                return Err(format!("{url}/v1/events answered {status}: {}", String::from_utf8_lossy(&body)));
-            }
-            let before = out.len();
-            out.extend(body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
-            if ((out.len() - before) as u64) < FEED_PAGE {
-                return Ok(out);
-            }
-        }
-    })
-}
-
 fn kafka_topic(brokers: &str, topic: &str) -> Result<Vec<Vec<u8>>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
@@ -316,24 +379,25 @@ fn kafka_topic(brokers: &str, topic: &str) -> Result<Vec<Vec<u8>>> {
     Ok(by_seq.into_iter().map(|(_, b)| b).collect())
 }
 
-/// The next event's seq and recorded link, without taking it.
-fn peek_seq<I: Iterator<Item = Result<Decoded>>>(events: &mut std::iter::Peekable<I>) -> Option<(u64, Hash)> {
-    match events.peek() {
-        Some(Ok(Decoded { event: Ok(n), .. })) => Some((n.seq, n.prev_hash)),
-        _ => None,
-    }
-}
+/// How far ahead the audit looks for an event that is not where it belongs (to tell a
+/// reordering from a missing event), and how many verified events' hashes it remembers (to
+/// tell a duplicate from a conflicting event).
+pub const LOOKAHEAD_EVENTS: usize = 1024;
+pub const RECENT_EVENTS: usize = 4096;
 
 /// The first problem in a log, located.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
-    /// `altered`, `missing`, `duplicate`, `reordered`, `undecodable`, `account_sequence`.
+    /// `altered`, `broken_link`, `missing`, `duplicate`, `conflict`, `reordered`,
+    /// `undecodable`, `line_ending`, `blank_line`, `empty`, `account_sequence`,
+    /// `checkpoint_signature`, `checkpoint_mismatch`, `truncated`.
     pub kind: &'static str,
-    /// The global sequence where it is.
+    /// The global sequence where it is (for a checkpoint's signature: the seq it covers).
     pub seq: u64,
     /// The event's account, when known.
     pub account: Option<String>,
-    /// Position in the source (1 = its first event).
+    /// Position in the source (1 = its first event; for a checkpoint's signature, its line
+    /// in the checkpoints).
     pub position: u64,
     pub expected: String,
     pub found: String,
@@ -343,8 +407,16 @@ pub struct Problem {
 pub struct AuditReport {
     /// Events verified: all of them, or those before the problem.
     pub events: u64,
+    /// The first event verified (1, or the one after a trusted head).
+    pub first_seq: u64,
     /// Hash of the last verified event.
     pub head: Hash,
+    /// Signed checkpoints whose head was matched against the log.
+    pub checkpoints_checked: u64,
+    /// The newest seq a checked checkpoint covers.
+    pub checkpoint_seq: Option<u64>,
+    /// The reading stopped before the source's end because the caller asked (`state --at`).
+    pub stopped_early: bool,
     pub problem: Option<Problem>,
 }
 
@@ -352,13 +424,42 @@ impl AuditReport {
     pub fn ok(&self) -> bool {
         self.problem.is_none()
     }
+
+    /// The last verified seq.
+    pub fn last_seq(&self) -> u64 {
+        self.first_seq + self.events - 1
+    }
+}
+
+/// Where an audit starts: the genesis, or a head the auditor trusts (`--trusted-head
+/// SEQ:HASH`, or a checkpoint), so that a partial export (`export --from N`) can be verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    /// The seq of the trusted event (0: the genesis).
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+impl Default for Start {
+    fn default() -> Self {
+        Start { seq: 0, hash: GENESIS_HASH }
+    }
+}
+
+impl Start {
+    /// Parses `SEQ:HASH`.
+    pub fn parse(text: &str) -> std::result::Result<Start, String> {
+        let (seq, hash) = text.split_once(':').ok_or("a trusted head is SEQ:HASH (64 hex characters)")?;
+        let seq: u64 = seq.parse().map_err(|_| "a trusted head's SEQ is a whole number")?;
+        let hash = Hash::from_hex(hash).map_err(|_| "a trusted head's HASH is 64 hex characters")?;
+        Ok(Start { seq, hash })
+    }
 }
 
 /// Checks a log as an auditor does: global sequence continuity, each event's `prev_hash`
 /// against the hash of the stored bytes before it, per-account sequence continuity, and that
-/// every event decodes. Stops at the first problem and tells what it is, looking one event
-/// ahead to tell an altered event from the one after it, and a missing event from two
-/// swapped ones.
+/// every event decodes. Stops at the first problem and tells what it is (the decision rules
+/// are in the README, "Verifying a log").
 pub fn audit<B: Into<Stored>>(events: impl Iterator<Item = Result<B>>) -> Result<AuditReport> {
     audit_against(events, &std::collections::BTreeMap::new())
 }
@@ -398,7 +499,11 @@ pub fn read_checkpoints(from: &str, token: Option<&str>) -> Result<Vec<bindledge
     } else {
         std::fs::read_to_string(from).map_err(|e| format!("reading {from}: {e}"))?
     };
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).map_err(|e| format!("a checkpoint line: {e}"))).collect()
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{from}: line {}: not a checkpoint: {e}", i + 1)))
+        .collect()
 }
 
 /// [`audit`], also checking the log against signed heads: the event at each checkpoint's seq
@@ -411,144 +516,294 @@ pub fn audit_against<B: Into<Stored>>(events: impl Iterator<Item = Result<B>>, h
 /// [`audit_against`] over events already hashed and decoded (by a [`Pipeline`]), handing each
 /// event that passed every check to `visit`, in order: one pass verifies a log and rebuilds
 /// whatever `visit` folds.
-pub fn audit_decoded(events: impl Iterator<Item = Result<Decoded>>, heads: &std::collections::BTreeMap<u64, Hash>, visit: impl FnMut(&Event)) -> Result<AuditReport> {
-    let mut report = audit_inner(events, heads, visit)?;
-    if report.problem.is_none() {
-        if let Some((&seq, head)) = heads.iter().next_back().filter(|(seq, _)| **seq > report.events) {
+pub fn audit_decoded(events: impl Iterator<Item = Result<Decoded>>, heads: &std::collections::BTreeMap<u64, Hash>, mut visit: impl FnMut(&Event)) -> Result<AuditReport> {
+    audit_from(events, Start::default(), heads, |e| {
+        visit(e);
+        true
+    })
+}
+
+/// The audit from `start`, handing each verified event to `visit` until it returns false
+/// (the report then says `stopped_early`). Every command of the audit tool reads through here,
+/// so none of them folds an event the chain does not vouch for.
+pub fn audit_from(
+    events: impl Iterator<Item = Result<Decoded>>,
+    start: Start,
+    heads: &std::collections::BTreeMap<u64, Hash>,
+    visit: impl FnMut(&Event) -> bool,
+) -> Result<AuditReport> {
+    let mut report = Auditor::new(events, start, heads).run(visit)?;
+    if report.problem.is_none() && !report.stopped_early {
+        if report.events == 0 {
+            report.problem = Some(Problem {
+                kind: "empty",
+                seq: start.seq + 1,
+                account: None,
+                position: 1,
+                expected: format!("event {}", start.seq + 1),
+                found: "a source without any event".into(),
+            });
+        } else if let Some((&seq, head)) = heads.iter().next_back().filter(|(seq, _)| **seq > report.last_seq()) {
             report.problem = Some(Problem {
                 kind: "truncated",
                 seq,
                 account: None,
                 position: report.events + 1,
                 expected: format!("event {seq} with hash {head} (signed checkpoint)"),
-                found: format!("the log ends at event {}", report.events),
+                found: format!("the log ends at event {}", report.last_seq()),
             });
         }
     }
     Ok(report)
 }
 
-fn audit_inner(events: impl Iterator<Item = Result<Decoded>>, heads: &std::collections::BTreeMap<u64, Hash>, mut visit: impl FnMut(&Event)) -> Result<AuditReport> {
-    let mut events = events.peekable();
-    let mut expected = 1u64;
-    let mut prev = GENESIS_HASH;
-    // The hash before `prev`: the head when the event before turns out altered.
-    let mut before_prev = GENESIS_HASH;
-    let mut accounts: HashMap<String, u64> = HashMap::new();
-    let mut position = 0u64;
-    let fail = |p: Problem, n: u64, head: Hash| Ok(AuditReport { events: n, head, problem: Some(p) });
-    while let Some(item) = events.next() {
-        let Decoded { hash, event, .. } = item?;
-        position += 1;
-        let e = match event {
-            Ok(e) => e,
-            Err(err) => {
-                let p = Problem { kind: "undecodable", seq: expected, account: None, position, expected: "a valid event".into(), found: err };
-                return fail(p, expected - 1, prev);
-            }
-        };
-        if e.seq < expected {
-            let kind = if e.seq + 1 == expected && hash == prev { "duplicate" } else { "reordered" };
-            let p = Problem {
+/// The audit's state: a bounded look-ahead over the source, and the hashes of the last
+/// [`RECENT_EVENTS`] verified events.
+struct Auditor<'h, I: Iterator<Item = Result<Decoded>>> {
+    events: I,
+    ahead: std::collections::VecDeque<Result<Decoded>>,
+    heads: &'h std::collections::BTreeMap<u64, Hash>,
+    start: Start,
+    /// The seq the next event must have, and the hash of the one before it.
+    expected: u64,
+    prev: Hash,
+    /// seq -> hash of recently verified events.
+    recent: std::collections::VecDeque<(u64, Hash)>,
+    /// The stored bytes of the last verified event (to tell, when a link breaks, whether they
+    /// are what the ledger writes).
+    prev_bytes: Option<Stored>,
+    accounts: HashMap<String, u64>,
+    position: u64,
+    checkpoints_checked: u64,
+    checkpoint_seq: Option<u64>,
+}
+
+impl<'h, I: Iterator<Item = Result<Decoded>>> Auditor<'h, I> {
+    fn new(events: I, start: Start, heads: &'h std::collections::BTreeMap<u64, Hash>) -> Self {
+        Auditor {
+            events,
+            ahead: Default::default(),
+            heads,
+            start,
+            expected: start.seq + 1,
+            prev: start.hash,
+            recent: Default::default(),
+            prev_bytes: None,
+            accounts: HashMap::new(),
+            position: 0,
+            checkpoints_checked: 0,
+            checkpoint_seq: None,
+        }
+    }
+
+    fn next_item(&mut self) -> Option<Result<Decoded>> {
+        self.ahead.pop_front().or_else(|| self.events.next())
+    }
+
+    /// The item `k` places ahead of the current one (0 = the next), read into the look-ahead.
+    fn peek(&mut self, k: usize) -> Option<&Result<Decoded>> {
+        while self.ahead.len() <= k {
+            let item = self.events.next()?;
+            self.ahead.push_back(item);
+        }
+        self.ahead.get(k)
+    }
+
+    /// The next event's seq and recorded link.
+    fn peek_link(&mut self) -> Option<(u64, Hash)> {
+        match self.peek(0) {
+            Some(Ok(Decoded { event: Ok(n), .. })) => Some((n.seq, n.prev_hash)),
+            _ => None,
+        }
+    }
+
+    fn report(&self, problem: Option<Problem>, stopped_early: bool) -> AuditReport {
+        AuditReport {
+            events: self.expected - 1 - self.start.seq,
+            first_seq: self.start.seq + 1,
+            head: self.prev,
+            checkpoints_checked: self.checkpoints_checked,
+            checkpoint_seq: self.checkpoint_seq,
+            stopped_early,
+            problem,
+        }
+    }
+
+    fn recent_hash(&self, seq: u64) -> Option<Hash> {
+        self.recent.iter().rev().find(|(s, _)| *s == seq).map(|(_, h)| *h)
+    }
+
+    fn run(mut self, mut visit: impl FnMut(&Event) -> bool) -> Result<AuditReport> {
+        while let Some(item) = self.next_item() {
+            let Decoded { hash, event, bytes } = item?;
+            self.position += 1;
+            let position = self.position;
+            let expected = self.expected;
+            let prev = self.prev;
+            let problem = |kind, seq, account: Option<&str>, expected: String, found: String| Problem {
                 kind,
-                seq: e.seq,
-                account: Some(e.account.clone()),
+                seq,
+                account: account.map(str::to_owned),
                 position,
-                expected: format!("event {expected}"),
-                found: format!("event {} again{}", e.seq, if kind == "duplicate" { ", the same bytes" } else { "" }),
+                expected,
+                found,
             };
-            return fail(p, expected - 1, prev);
-        }
-        if e.seq > expected {
-            let next = peek_seq(&mut events);
-            let (kind, found) = if next.map(|(s, _)| s) == Some(expected) {
-                ("reordered", format!("event {} before event {expected}", e.seq))
-            } else {
-                ("missing", format!("event {} (events {expected}..{} are not there)", e.seq, e.seq - 1))
-            };
-            let p = Problem { kind, seq: expected, account: Some(e.account.clone()), position, expected: format!("event {expected}"), found };
-            return fail(p, expected - 1, prev);
-        }
-        if e.prev_hash != prev {
-            // Either the event before was altered (its bytes no longer hash to what this one
-            // recorded), or this one was (its recorded link changed): the next link tells.
-            let next = peek_seq(&mut events);
-            let this_intact = next.is_some_and(|(s, link)| s == e.seq + 1 && link == hash);
-            let previous_altered = this_intact || next.is_none() && expected > 1;
-            let p = if previous_altered {
-                Problem {
-                    kind: "altered",
-                    seq: e.seq - 1,
-                    account: None,
-                    position: position - 1,
-                    expected: format!("bytes hashing to {} (recorded by event {})", e.prev_hash, e.seq),
-                    found: format!("bytes hashing to {prev}"),
-                }
-            } else {
-                Problem {
-                    kind: "altered",
-                    seq: e.seq,
-                    account: Some(e.account.clone()),
-                    position,
-                    expected: format!("prev_hash {prev}"),
-                    found: format!("prev_hash {}", e.prev_hash),
-                }
-            };
-            if previous_altered {
-                return fail(p, expected - 2, before_prev);
+            if bytes.is_empty() {
+                let p = problem("blank_line", expected, None, format!("event {expected}"), "a blank line".into());
+                return Ok(self.report(Some(p), false));
             }
-            return fail(p, expected - 1, prev);
-        }
-        let last = accounts.get(&e.account).copied().unwrap_or(0);
-        if e.account_seq != last + 1 {
-            // An edit of this event's account or account_seq shows here first: if the next
-            // event does not link to these bytes, they were altered.
-            if let Some((s, link)) = peek_seq(&mut events) {
-                if s == e.seq + 1 && link != hash {
+            if bytes.last() == Some(&b'\r') {
+                let p = problem(
+                    "line_ending",
+                    expected,
+                    None,
+                    "a line of the event's stored bytes, ended by \\n alone".into(),
+                    "a line ending in \\r\\n: the \\r is not part of the stored bytes (the export was rewritten with CRLF line endings)".into(),
+                );
+                return Ok(self.report(Some(p), false));
+            }
+            let e = match event {
+                Ok(e) => e,
+                Err(err) => {
+                    let p = problem("undecodable", expected, None, "a valid event".into(), err);
+                    return Ok(self.report(Some(p), false));
+                }
+            };
+            let account = Some(e.account.as_str());
+            if e.seq != expected && e.prev_hash == prev && expected > self.start.seq + 1 {
+                // It links to the event before: it is event `expected`, its seq field edited.
+                let p = problem("altered", expected, account, format!("seq {expected}"), format!("seq {} in an event that links to event {}: its seq field was changed", e.seq, expected - 1));
+                return Ok(self.report(Some(p), false));
+            }
+            if e.seq < expected {
+                let p = match self.recent_hash(e.seq) {
+                    Some(h) if h == hash => problem(
+                        "duplicate",
+                        e.seq,
+                        account,
+                        format!("event {expected}"),
+                        if e.seq + 1 == expected { format!("event {} again, the same bytes", e.seq) } else { format!("event {} again, the same bytes, in place of event {expected}", e.seq) },
+                    ),
+                    Some(_) => problem("conflict", e.seq, account, format!("event {expected}"), format!("a second event {} whose bytes differ from the one verified", e.seq)),
+                    None => problem("reordered", e.seq, account, format!("event {expected}"), format!("event {}, which belongs earlier in the log", e.seq)),
+                };
+                return Ok(self.report(Some(p), false));
+            }
+            if e.seq > expected {
+                // Is event `expected` further on (a reordering) or nowhere near (missing)?
+                let mut found_at = None;
+                for k in 0..LOOKAHEAD_EVENTS {
+                    match self.peek(k) {
+                        None => break,
+                        Some(Ok(Decoded { event: Ok(n), .. })) if n.seq == expected => {
+                            found_at = Some(position + 1 + k as u64);
+                            break;
+                        }
+                        Some(_) => {}
+                    }
+                }
+                let p = match found_at {
+                    Some(at) => problem("reordered", expected, account, format!("event {expected}"), format!("event {} at this place; event {expected} comes later, at position {at}", e.seq)),
+                    None => problem(
+                        "missing",
+                        expected,
+                        account,
+                        format!("event {expected}"),
+                        format!(
+                            "event {} at this place, and no event {expected} here or in the next {LOOKAHEAD_EVENTS} events of the source{}",
+                            e.seq,
+                            if e.seq == expected + 1 { String::new() } else { format!(" (events {expected}..{} are absent)", e.seq - 1) }
+                        ),
+                    ),
+                };
+                return Ok(self.report(Some(p), false));
+            }
+            if e.prev_hash != prev {
+                // The link between event `expected - 1` and this one is broken: one of the two
+                // changed. What vouches for this event's bytes: the next event's link, or a
+                // signed checkpoint at this seq; for the one before: a checkpoint at its seq.
+                let next = self.peek_link();
+                let vouched_by_next = next.is_some_and(|(s, link)| s == e.seq + 1 && link == hash);
+                let contradicted_by_next = next.is_some_and(|(s, link)| s == e.seq + 1 && link != hash);
+                let signed_here = self.heads.get(&e.seq).copied();
+                let signed_before = self.heads.get(&(e.seq - 1)).copied();
+                // Last, the bytes themselves: the ledger writes only canonical encodings, so bytes
+                // that do not re-encode to themselves were not written by it.
+                let canonical = |b: &[u8]| decode(b).is_ok_and(|ev| ev.v != bindledger_events::SCHEMA_VERSION || bindledger_events::encode(&ev) == b);
+                let before_forged = self.prev_bytes.as_ref().is_some_and(|b| !canonical(b));
+                let this_forged = !canonical(&bytes);
+                let this_intact = vouched_by_next || signed_here == Some(hash) || (before_forged && !this_forged);
+                let this_changed = contradicted_by_next || signed_here.is_some_and(|h| h != hash) || signed_before == Some(prev) || (this_forged && !before_forged);
+                let p = if this_intact && !this_changed && expected > self.start.seq + 1 {
                     let p = Problem {
                         kind: "altered",
-                        seq: e.seq,
-                        account: Some(e.account.clone()),
-                        position,
-                        expected: format!("bytes hashing to {link} (recorded by event {s})"),
-                        found: format!("bytes hashing to {hash}"),
+                        seq: e.seq - 1,
+                        account: None,
+                        position: position - 1,
+                        expected: format!("bytes hashing to {} (recorded by event {})", e.prev_hash, e.seq),
+                        found: format!("bytes hashing to {prev}"),
                     };
-                    return fail(p, expected - 1, prev);
+                    // The head is the one before the altered event.
+                    let mut r = self.report(Some(p), false);
+                    r.events = r.events.saturating_sub(1);
+                    r.head = self.recent.iter().rev().nth(1).map_or(self.start.hash, |(_, h)| *h);
+                    return Ok(r);
+                } else if this_changed || expected == self.start.seq + 1 {
+                    problem("altered", e.seq, account, format!("prev_hash {prev}"), format!("prev_hash {}", e.prev_hash))
+                } else {
+                    problem(
+                        "broken_link",
+                        e.seq,
+                        account,
+                        format!("prev_hash {prev} (the hash of event {}'s bytes)", e.seq - 1),
+                        format!("prev_hash {}; no later event or signed checkpoint tells whether event {} or event {} changed", e.prev_hash, e.seq - 1, e.seq),
+                    )
+                };
+                return Ok(self.report(Some(p), false));
+            }
+            match self.accounts.get(&e.account).copied() {
+                Some(last) if e.account_seq != last + 1 => {
+                    // An edit of this event's account or account_seq shows here first: if the
+                    // next event does not link to these bytes, they were altered.
+                    if let Some((s, link)) = self.peek_link() {
+                        if s == e.seq + 1 && link != hash {
+                            let p = problem("altered", e.seq, account, format!("bytes hashing to {link} (recorded by event {s})"), format!("bytes hashing to {hash}"));
+                            return Ok(self.report(Some(p), false));
+                        }
+                    }
+                    let p = problem("account_sequence", e.seq, account, format!("account_seq {}", last + 1), format!("account_seq {}", e.account_seq));
+                    return Ok(self.report(Some(p), false));
                 }
+                // From the genesis, an account's first event has account_seq 1; after a trusted
+                // head, the first one seen sets where the account is.
+                None if self.start.seq == 0 && e.account_seq != 1 => {
+                    let p = problem("account_sequence", e.seq, account, "account_seq 1 (the account's first event)".into(), format!("account_seq {}", e.account_seq));
+                    return Ok(self.report(Some(p), false));
+                }
+                _ => {}
             }
-            let p = Problem {
-                kind: "account_sequence",
-                seq: e.seq,
-                account: Some(e.account.clone()),
-                position,
-                expected: format!("account_seq {}", last + 1),
-                found: format!("account_seq {}", e.account_seq),
-            };
-            return fail(p, expected - 1, prev);
-        }
-        if let Some(signed) = heads.get(&e.seq).filter(|h| **h != hash) {
-            let p = Problem {
-                kind: "checkpoint_mismatch",
-                seq: e.seq,
-                account: Some(e.account.clone()),
-                position,
-                expected: format!("hash {signed} (signed checkpoint)"),
-                found: format!("hash {hash}: the log was rewritten at or before this event"),
-            };
-            return fail(p, expected - 1, prev);
-        }
-        match accounts.get_mut(&e.account) {
-            Some(seq) => *seq = e.account_seq,
-            None => {
-                accounts.insert(e.account.clone(), e.account_seq);
+            if let Some(signed) = self.heads.get(&e.seq).copied() {
+                if signed != hash {
+                    let p = problem("checkpoint_mismatch", e.seq, account, format!("hash {signed} (signed checkpoint)"), format!("hash {hash}: the log was rewritten at or before this event"));
+                    return Ok(self.report(Some(p), false));
+                }
+                self.checkpoints_checked += 1;
+                self.checkpoint_seq = Some(e.seq);
+            }
+            self.accounts.insert(e.account.clone(), e.account_seq);
+            if self.recent.len() == RECENT_EVENTS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((e.seq, hash));
+            self.prev_bytes = Some(bytes);
+            self.prev = hash;
+            self.expected += 1;
+            if !visit(&e) {
+                return Ok(self.report(None, true));
             }
         }
-        visit(&e);
-        before_prev = prev;
-        prev = hash;
-        expected += 1;
+        Ok(self.report(None, false))
     }
-    Ok(AuditReport { events: expected - 1, head: prev, problem: None })
 }
 
 /// What a candidate rules file would have raised over a log, against what was raised.

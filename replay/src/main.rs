@@ -11,7 +11,7 @@ use bindledger::alerts::engine::Engine;
 use bindledger::alerts::RuleSet;
 use bindledger::projection::Projection;
 use bindledger_events::{Event, Payload};
-use bindledger_replay::{audit_decoded, Pipeline, Source};
+use bindledger_replay::{audit_decoded, AuditReport, Pipeline, Source, Start};
 use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +22,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EXIT_ERROR: i32 = 1;
 const EXIT_PROBLEM: i32 = 3;
+
+/// Ends the program as clap does for bad usage: the message, a hint, exit 2.
+fn usage(message: &str) -> ! {
+    use clap::CommandFactory;
+    Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message).exit()
+}
 
 #[derive(Parser)]
 #[command(name = "bindledger-replay", version, about = "The bindledger audit tool",
@@ -58,13 +64,36 @@ struct From {
 }
 
 impl From {
-    fn source(&self) -> Result<Source, String> {
+    /// The source; without exactly one, bad usage (exit 2).
+    fn source(&self) -> Source {
         match (&self.data_dir, &self.export, &self.url, &self.brokers) {
-            (Some(d), None, None, None) => Ok(Source::DataDir(d.clone())),
-            (None, Some(p), None, None) => Ok(Source::Export(p.clone())),
-            (None, None, Some(u), None) => Ok(Source::Http { url: u.clone(), token: self.token.clone().unwrap_or_default() }),
-            (None, None, None, Some(b)) => Ok(Source::Kafka { brokers: b.clone(), topic: self.topic.clone() }),
-            _ => Err("give one source: --data-dir, --export, --url (with --token) or --brokers".into()),
+            (Some(d), None, None, None) => Source::DataDir(d.clone()),
+            (None, Some(p), None, None) => Source::Export(p.clone()),
+            (None, None, Some(u), None) => Source::Http { url: u.clone(), token: self.token.clone().unwrap_or_default() },
+            (None, None, None, Some(b)) => Source::Kafka { brokers: b.clone(), topic: self.topic.clone() },
+            _ => usage("give one source: --data-dir, --export, --url (with --token) or --brokers"),
+        }
+    }
+}
+
+/// Prints where reading stopped and why, on stderr (the commands that rebuild state print
+/// their result on stdout only for a log that verified).
+fn print_problem(report: &AuditReport, json: bool) {
+    if json {
+        println!("{}", serde_json::json!({"verified": false, "events": report.events, "head": report.head, "problem": report.problem}));
+    }
+    if let Some(p) = &report.problem {
+        eprintln!(
+            "the log does not verify: {} at event {}{} (position {} in the source): expected {}, found {}",
+            p.kind,
+            p.seq,
+            p.account.as_deref().map(|a| format!(", account {a}")).unwrap_or_default(),
+            p.position,
+            p.expected,
+            p.found
+        );
+        if report.events > 0 {
+            eprintln!("{} events before it verified (events {}..{}), head {}", report.events, report.first_seq, report.last_seq(), report.head);
         }
     }
 }
@@ -79,9 +108,15 @@ enum Command {
         /// ledger's GET /v1/checkpoints, with --token).
         #[arg(long, requires = "public_key")]
         checkpoints: Option<String>,
-        /// The ledger's checkpoint public key (hex), obtained from a channel you trust.
-        #[arg(long)]
+        /// The ledger's checkpoint public key (64 hex characters), obtained from a channel you
+        /// trust. Needs --checkpoints.
+        #[arg(long, requires = "checkpoints", value_parser = parse_public_key)]
         public_key: Option<String>,
+        /// Start from a head you trust instead of the genesis, to verify a partial export
+        /// (`bindledger export --from N`): SEQ:HASH, the seq and hash of the event just before
+        /// the source's first (from a signed checkpoint, or an earlier verification).
+        #[arg(long, value_parser = Start::parse)]
+        trusted_head: Option<Start>,
     },
     /// One account's timeline.
     History {
@@ -138,6 +173,15 @@ enum Command {
         #[arg(long)]
         current_rules: Option<PathBuf>,
     },
+}
+
+fn parse_public_key(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(t.to_ascii_lowercase())
+    } else {
+        Err("a public key is 64 hex characters (an Ed25519 key)".into())
+    }
 }
 
 fn load_rules(path: Option<&std::path::Path>) -> Result<RuleSet, String> {
@@ -199,10 +243,15 @@ fn run(cli: Cli) -> Result<i32, String> {
         }
         Command::Diff { from, against, against_token } => {
             let mut rebuilt = Projection::default();
-            let events = from.source()?.for_each(|e| {
-                rebuilt.apply(&e);
+            let report = from.source().for_each(|e| {
+                rebuilt.apply(e);
                 true
             })?;
+            if !report.ok() {
+                print_problem(&report, from.json);
+                return Ok(EXIT_PROBLEM);
+            }
+            let events = report.events;
             let token = against_token.or(from.token.clone()).unwrap_or_default();
             let addr = bindledger::client::parse_http_addr(&against)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
@@ -241,7 +290,7 @@ fn run(cli: Cli) -> Result<i32, String> {
         }
         Command::Backtest { from, rules, current_rules } => {
             let candidate = load_rules(Some(&rules))?;
-            let source = from.source()?;
+            let source = from.source();
             // The alerts actually raised: the ledger's own, when the source holds them (read
             // before the log: a data directory can be open only once at a time).
             let stored = match &source {
@@ -255,10 +304,14 @@ fn run(cli: Cli) -> Result<i32, String> {
             };
             let current = if stored.is_none() { Some(load_rules(current_rules.as_deref())?) } else { None };
             let mut tester = bindledger_replay::Backtester::new(candidate, current);
-            source.for_each(|e| {
-                tester.apply(&e);
+            let report = source.for_each(|e| {
+                tester.apply(e);
                 true
             })?;
+            if !report.ok() {
+                print_problem(&report, from.json);
+                return Ok(EXIT_PROBLEM);
+            }
             let b = tester.finish(stored);
             if from.json {
                 println!("{}", serde_json::to_string_pretty(&b).map_err(|e| e.to_string())?);
@@ -271,39 +324,39 @@ fn run(cli: Cli) -> Result<i32, String> {
                     println!("  - {} {} {} observed {} threshold {}", a.id, a.severity.as_str(), a.key.value, a.observed, a.threshold);
                 }
                 for (was, now) in &b.changed {
-                    println!("  ~ {} observed {} -> {}, threshold {} -> {}, revision {} -> {}", was.id, was.observed, now.observed, was.threshold, now.threshold, was.revision, now.revision);
+                    println!("  ~ {} {}", was.id, bindledger::alerts::differences(was, now).join(", "));
                 }
             }
             Ok(0)
         }
-        Command::Verify { from, checkpoints, public_key } => {
-            let report = match checkpoints {
-                None => audit_decoded(from.source()?.decoded(), &BTreeMap::new(), |_| {})?,
+        Command::Verify { from, checkpoints, public_key, trusted_head } => {
+            let source = from.source();
+            let start = trusted_head.unwrap_or_default();
+            let (heads, checkpoints_given) = match checkpoints {
+                None => (BTreeMap::new(), 0),
                 Some(cps) => {
                     let cps = bindledger_replay::read_checkpoints(&cps, from.token.as_deref())?;
                     match bindledger_replay::trusted_heads(&cps, public_key.as_deref().unwrap_or_default()) {
-                        Ok(heads) => audit_decoded(from.source()?.decoded(), &heads, |_| {})?,
-                        Err(problem) => bindledger_replay::AuditReport { events: 0, head: bindledger_events::GENESIS_HASH, problem: Some(problem) },
+                        Ok(heads) => (heads, cps.len()),
+                        Err(p) => {
+                            // Nothing of the log was read: the checkpoints themselves failed.
+                            if from.json {
+                                println!("{}", serde_json::json!({"checkpoints": cps.len(), "events": null, "problem": p}));
+                            } else {
+                                println!("checkpoints: {} read; checkpoint {} (for event {}) FAILED: {}; the log was not checked", cps.len(), p.position, p.seq, p.found);
+                            }
+                            return Ok(EXIT_PROBLEM);
+                        }
                     }
                 }
             };
+            let report = bindledger_replay::audit_from(source.decoded(), start, &heads, |_| true)?;
             if from.json {
-                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+                let mut v = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+                v["checkpoints_given"] = checkpoints_given.into();
+                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
             } else {
-                println!("events:     {}", report.events);
-                println!("chain head: {}", report.head);
-                match &report.problem {
-                    None => println!("verify:     ok"),
-                    Some(p) => println!(
-                        "verify:     FAILED: {} at event {}{} (position {} in the source): expected {}, found {}",
-                        p.kind,
-                        p.seq,
-                        p.account.as_deref().map(|a| format!(", account {a}")).unwrap_or_default(),
-                        p.position,
-                        p.expected,
-                        p.found
-                    ),
-                }
+                print_verify(&report, start, checkpoints_given);
             }
             Ok(if report.ok() { 0 } else { EXIT_PROBLEM })
         }
@@ -311,12 +364,12 @@ fn run(cli: Cli) -> Result<i32, String> {
             // Printed as found: the log is never held in memory.
             let mut shown = 0u64;
             let mut failed = None;
-            from.source()?.for_each(|e| {
+            let report = from.source().for_each(|e| {
                 if e.account != account {
                     return true;
                 }
                 shown += 1;
-                let line = if from.json { serde_json::to_string(&e).map_err(|e| e.to_string()) } else { Ok(history_line(&e)) };
+                let line = if from.json { serde_json::to_string(e).map_err(|e| e.to_string()) } else { Ok(history_line(e)) };
                 match line {
                     Ok(line) => println!("{line}"),
                     Err(why) => failed = Some(why),
@@ -325,6 +378,10 @@ fn run(cli: Cli) -> Result<i32, String> {
             })?;
             if let Some(why) = failed {
                 return Err(why);
+            }
+            if !report.ok() {
+                print_problem(&report, from.json);
+                return Ok(EXIT_PROBLEM);
             }
             if !from.json {
                 eprintln!("{shown} events of account {account}");
@@ -345,16 +402,20 @@ fn run(cli: Cli) -> Result<i32, String> {
             let mut engine = Engine::new(rules);
             let mut alerts = std::collections::BTreeMap::new();
             // Reading stops at the first event past the moment.
-            from.source()?.for_each(|e| {
-                if !until(&e) {
+            let report = from.source().for_each(|e| {
+                if !until(e) {
                     return false;
                 }
-                projection.apply(&e);
-                for c in engine.apply(&e) {
+                projection.apply(e);
+                for c in engine.apply(e) {
                     alerts.insert(c.alert.id.clone(), c.alert);
                 }
                 true
             })?;
+            if !report.ok() {
+                print_problem(&report, from.json);
+                return Ok(EXIT_PROBLEM);
+            }
             let accounts: std::collections::BTreeMap<&String, _> =
                 projection.accounts.iter().filter(|(name, _)| account.as_ref().map_or(true, |a| a == *name)).collect();
             let alerts: Vec<_> = alerts.values().filter(|a| account.as_ref().map_or(true, |acc| a.accounts.contains(acc))).collect();
@@ -384,6 +445,38 @@ fn run(cli: Cli) -> Result<i32, String> {
             }
             Ok(0)
         }
+    }
+}
+
+/// What verify proved, in words.
+fn print_verify(report: &AuditReport, start: Start, checkpoints_given: usize) {
+    let from = if start.seq == 0 { "the genesis".to_owned() } else { format!("the trusted head at event {}", start.seq) };
+    match report.events {
+        0 => println!("events:      none verified (from {from})"),
+        n => println!("events:      {n} verified, {}..{} (from {from})", report.first_seq, report.last_seq()),
+    }
+    println!("chain head:  {}", report.head);
+    match (checkpoints_given, report.checkpoint_seq) {
+        (0, _) => println!("checkpoints: none given: the chain alone cannot show an edit of the newest events, nor a rewrite with the chain recomputed (give --checkpoints and --public-key)"),
+        (n, None) => println!("checkpoints: {n} signatures valid, none of them at an event verified"),
+        (n, Some(seq)) => {
+            println!("checkpoints: {n} signatures valid, {} matched the log, the newest at event {seq}", report.checkpoints_checked);
+            if report.ok() && seq < report.last_seq() {
+                println!("             events {}..{} are after the newest checkpoint: only the chain vouches for them", seq + 1, report.last_seq());
+            }
+        }
+    }
+    match &report.problem {
+        None => println!("verify:      ok"),
+        Some(p) => println!(
+            "verify:      FAILED: {} at event {}{} (position {} in the source): expected {}, found {}",
+            p.kind,
+            p.seq,
+            p.account.as_deref().map(|a| format!(", account {a}")).unwrap_or_default(),
+            p.position,
+            p.expected,
+            p.found
+        ),
     }
 }
 

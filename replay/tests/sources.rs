@@ -94,6 +94,24 @@ fn every_source_gives_the_same_log_and_state_at_equals_the_live_state() {
             wallet.masked = "139****0000".into();
         }
         edited[i] = bindledger_events::encode(&e).into();
+        // Edited as it is, the log does not verify: diff says where, and rebuilds nothing.
+        let path = dir.path().join("edited-raw.ndjson");
+        std::fs::write(&path, edited.iter().flat_map(|l| l.iter().copied().chain([b'\n'])).collect::<Vec<u8>>()).unwrap();
+        let (code, out) = {
+            let (url, path) = (url.clone(), path.clone());
+            tokio::task::spawn_blocking(move || replay(&["diff", "--json", "--export", path.to_str().unwrap(), "--against", &url, "--token", READER])).await.unwrap()
+        };
+        let d: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!((code, d["problem"]["kind"].as_str(), d["problem"]["seq"].as_u64()), (3, Some("altered"), Some(e.seq)), "{d}");
+        // With its chain recomputed after the edit (a forger's rewrite, which only signed
+        // checkpoints expose), it verifies, and diff shows the account that differs.
+        let mut prev = bindledger_events::hash_bytes(&edited[i - 1]);
+        for b in edited[i..].iter_mut() {
+            let mut ev = bindledger_events::decode(b).unwrap();
+            ev.prev_hash = prev;
+            *b = bindledger_events::encode(&ev).into();
+            prev = bindledger_events::hash_bytes(b);
+        }
         let path = dir.path().join("edited.ndjson");
         std::fs::write(&path, edited.iter().flat_map(|l| l.iter().copied().chain([b'\n'])).collect::<Vec<u8>>()).unwrap();
         let (code, out) = {

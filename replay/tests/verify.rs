@@ -86,7 +86,7 @@ fn a_missing_event_is_named() {
     lines.remove(4);
     assert_eq!(problem(&lines), ("missing".into(), 5, 4));
     let (_, r) = verify(&lines);
-    assert!(r["problem"]["found"].as_str().unwrap().contains("events 5..5 are not there"), "{r}");
+    assert!(r["problem"]["found"].as_str().unwrap().contains("no event 5 here or in the next"), "{r}");
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn garbage_is_named_and_usage_errors_exit_2() {
     lines[2] = "{not json".into();
     assert_eq!(problem(&lines), ("undecodable".into(), 3, 2));
     let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay")).args(["verify"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "no source: an error");
+    assert_eq!(out.status.code(), Some(2), "no source: bad usage");
     let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay")).args(["verify", "--export", "a", "--data-dir", "b"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "two sources: bad usage");
 }
