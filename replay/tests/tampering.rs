@@ -1,0 +1,236 @@
+//! Issue 14's regressions: an outside auditor's tampering cases, each named with the right kind
+//! at the right place; no command panics or folds an unverified event; bounded lines, blank
+//! lines, empty sources, CRLF; partial exports verified from a trusted head; usage errors exit
+//! 2; a failed checkpoint signature says what was (not) checked.
+
+use bindledger::checkpoint::CheckpointKey;
+use bindledger_events::{decode, encode, hash_bytes, Context, Event, Hash, Payload, UnbindFailure, GENESIS_HASH, SCHEMA_VERSION};
+use std::process::Command;
+
+/// `n` chained events of three accounts (`a0`, `a1`, `a2`), canonical bytes.
+fn log(n: u64) -> Vec<Vec<u8>> {
+    let mut prev = GENESIS_HASH;
+    (1..=n)
+        .map(|seq| {
+            let e = Event {
+                v: SCHEMA_VERSION,
+                id: uuid::Uuid::from_u128(seq as u128),
+                seq,
+                account: format!("a{}", seq % 3),
+                account_seq: (seq - 1) / 3 + 1,
+                event_time: chrono::DateTime::from_timestamp(1_790_000_000 + seq as i64, 0).unwrap(),
+                record_time: chrono::DateTime::from_timestamp(1_790_000_000 + seq as i64, 0).unwrap(),
+                idempotency_key: None,
+                request_digest: Some(Hash([9; 32])),
+                correlation_id: None,
+                context: Context { channel: "app".into(), ..Context::default() },
+                prev_hash: prev,
+                payload: Payload::UnbindFailed { binding_id: uuid::Uuid::from_u128(7), reason: UnbindFailure::NotBound },
+            };
+            let bytes = encode(&e);
+            prev = hash_bytes(&bytes);
+            bytes
+        })
+        .collect()
+}
+
+fn write(dir: &std::path::Path, name: &str, lines: &[Vec<u8>], sep: &[u8]) -> String {
+    let path = dir.join(name);
+    let mut body = Vec::new();
+    for l in lines {
+        body.extend_from_slice(l);
+        body.extend_from_slice(sep);
+    }
+    std::fs::write(&path, body).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `verify --json` on the lines: (exit code, report).
+fn verify(lines: &[Vec<u8>], extra: &[&str]) -> (i32, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "export.ndjson", lines, b"\n");
+    let mut args = vec!["verify", "--json", "--export", &path];
+    args.extend_from_slice(extra);
+    let (code, out, err) = run(&args);
+    (code, serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}")))
+}
+
+fn problem(lines: &[Vec<u8>]) -> (String, u64, u64) {
+    let (code, r) = verify(lines, &[]);
+    assert_eq!(code, 3, "{r}");
+    (r["problem"]["kind"].as_str().unwrap().to_owned(), r["problem"]["seq"].as_u64().unwrap(), r["problem"]["position"].as_u64().unwrap())
+}
+
+fn edit(bytes: &[u8], f: impl FnOnce(&mut Event)) -> Vec<u8> {
+    let mut e = decode(bytes).unwrap();
+    f(&mut e);
+    encode(&e)
+}
+
+#[test]
+fn each_tampering_is_named_by_what_the_evidence_proves() {
+    let base = log(100);
+    // Two events of one account swapped 33 apart: a reordering (the event is further on),
+    // not a missing one.
+    let mut l = base.clone();
+    l.swap(30, 63);
+    assert_eq!(problem(&l), ("reordered".into(), 31, 31));
+    let (_, r) = verify(&l, &[]);
+    assert!(r["problem"]["found"].as_str().unwrap().contains("position 64"), "{r}");
+    // An event whose seq field was edited: it still links to the one before, so it is that
+    // event, altered; nothing is missing.
+    let mut l = base.clone();
+    l[40] = edit(&l[40], |e| e.seq = 50);
+    assert_eq!(problem(&l), ("altered".into(), 41, 41));
+    // A duplicate a few events after its original, and an old event's bytes in place of
+    // another: both are duplicates of the event they repeat, at the place they stand.
+    let mut l = base.clone();
+    l.insert(15, l[11].clone());
+    assert_eq!(problem(&l), ("duplicate".into(), 12, 16));
+    let mut l = base.clone();
+    l[9] = l[2].clone();
+    let (code, r) = verify(&l, &[]);
+    assert_eq!((code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64(), r["problem"]["position"].as_u64()), (3, Some("duplicate"), Some(3), Some(10)), "{r}");
+    assert!(r["problem"]["found"].as_str().unwrap().contains("in place of event 10"), "{r}");
+    // A second, different event claiming an old seq: a conflict.
+    let mut l = base.clone();
+    l.insert(20, edit(&base[4], |e| e.correlation_id = Some("forged".into())));
+    assert_eq!(problem(&l), ("conflict".into(), 5, 21));
+    // The last event's prev_hash edited: with nothing after it, the chain alone cannot tell
+    // which of the two changed, and says so...
+    let mut l = base.clone();
+    l[99] = edit(&l[99], |e| e.prev_hash = Hash([1; 32]));
+    assert_eq!(problem(&l), ("broken_link".into(), 100, 100));
+    // ...but a signed checkpoint at the last event proves it was that one.
+    let dir = tempfile::tempdir().unwrap();
+    let key = CheckpointKey::load_or_create(&dir.path().join("cp.key")).unwrap();
+    let cp = key.sign(100, hash_bytes(&base[99]), chrono::Utc::now());
+    let cps = dir.path().join("checkpoints.ndjson");
+    std::fs::write(&cps, serde_json::to_string(&cp).unwrap() + "\n").unwrap();
+    let (code, r) = verify(&l, &["--checkpoints", cps.to_str().unwrap(), "--public-key", &key.public_hex()]);
+    assert_eq!((code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64()), (3, Some("altered"), Some(100)), "{r}");
+    // Bytes that are not the ledger's canonical encoding, before a broken link at the end:
+    // that event was altered.
+    let mut l = base.clone();
+    l[98] = String::from_utf8(l[98].clone()).unwrap().replace("not_bound\"", "not_bound\",\"x\":1").into_bytes();
+    assert_eq!(problem(&l), ("altered".into(), 99, 99));
+    // CRLF line endings: the first event's line, not the second event's link.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "crlf.ndjson", &base[..5], b"\r\n");
+    let (code, out, _) = run(&["verify", "--json", "--export", &path]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64(), r["problem"]["position"].as_u64()), (3, Some("line_ending"), Some(1), Some(1)), "{r}");
+}
+
+#[test]
+fn blank_lines_empty_sources_and_overlong_lines_are_problems_not_ok() {
+    let base = log(10);
+    let mut l = base.clone();
+    l.insert(4, Vec::new());
+    assert_eq!(problem(&l), ("blank_line".into(), 5, 5));
+    assert_eq!(problem(&[]), ("empty".into(), 1, 1));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "blank.ndjson", &[Vec::new(), Vec::new()], b"\n");
+    let (code, out, _) = run(&["verify", "--json", "--export", &path]);
+    assert_eq!(code, 3, "{out}");
+    // A line far longer than any event: read up to the bound, named, and the rest skipped.
+    let mut l = base.clone();
+    l[6] = vec![b'x'; 3 << 20];
+    let (code, r) = verify(&l, &[]);
+    assert_eq!((code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64()), (3, Some("undecodable"), Some(7)), "{r}");
+    assert!(r["problem"]["found"].as_str().unwrap().contains("more than"), "{r}");
+}
+
+/// Regression: `state`, `diff` and `backtest` panicked (exit 101) on a log with a deleted,
+/// duplicated or swapped event and on a legitimate `export --from N` file; `history` printed a
+/// duplicated event twice and exited 0; an edited amount flowed into `state`.
+#[test]
+fn no_command_panics_or_folds_an_unverified_event() {
+    let base = log(60);
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "[amount_spike]\nenabled = false\n").unwrap();
+    let mut deleted = base.clone();
+    deleted.remove(20);
+    let mut duplicated = base.clone();
+    duplicated.insert(21, base[20].clone());
+    let mut swapped = base.clone();
+    swapped.swap(20, 21);
+    let mut amount = base.clone();
+    amount[30] = edit(&amount[30], |e| e.correlation_id = Some("edited".into()));
+    let partial = base[30..].to_vec();
+    for (name, lines) in [("deleted", &deleted), ("duplicated", &duplicated), ("swapped", &swapped), ("edited", &amount), ("partial", &partial)] {
+        let path = write(dir.path(), &format!("{name}.ndjson"), lines, b"\n");
+        for args in [
+            vec!["state", "--at", "59", "--export", &path],
+            vec!["state", "--json", "--at", "59", "--export", &path],
+            vec!["backtest", "--rules", rules.to_str().unwrap(), "--export", &path],
+            vec!["history", "--account", "a0", "--export", &path],
+        ] {
+            let (code, out, err) = run(&args);
+            assert_eq!(code, 3, "{name} {args:?}: {out} {err}");
+            assert!(err.contains("the log does not verify"), "{name} {args:?}: {err}");
+            if args[0] == "history" {
+                // Only what verified was printed, each event once.
+                let seqs: Vec<&str> = out.lines().map(|l| l.split_whitespace().nth(2).unwrap()).collect();
+                let mut unique = seqs.clone();
+                unique.dedup();
+                assert_eq!(seqs, unique, "{name}");
+            }
+        }
+    }
+    // state --at before the damage still answers: reading stops at the moment.
+    let path = write(dir.path(), "late.ndjson", &deleted, b"\n");
+    let (code, out, err) = run(&["state", "--json", "--at", "10", "--export", &path]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["position"], 10);
+}
+
+/// A partial export verifies from a trusted head; without it, it is named as missing events.
+#[test]
+fn a_partial_export_verifies_from_a_trusted_head() {
+    let base = log(50);
+    let partial = base[20..].to_vec();
+    let (code, r) = verify(&partial, &[]);
+    assert_eq!((code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64()), (3, Some("missing"), Some(1)), "{r}");
+    let head = format!("20:{}", hash_bytes(&base[19]).to_hex());
+    let (code, r) = verify(&partial, &["--trusted-head", &head]);
+    assert_eq!((code, r["events"].as_u64(), r["first_seq"].as_u64()), (0, Some(30), Some(21)), "{r}");
+    let wrong = format!("20:{}", hash_bytes(&base[18]).to_hex());
+    let (code, r) = verify(&partial, &["--trusted-head", &wrong]);
+    assert_eq!((code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64()), (3, Some("altered"), Some(21)), "{r}");
+}
+
+/// Regressions: `--public-key xyz` exited 3 as a signature problem; `--public-key` without
+/// `--checkpoints` was ignored; a failed signature printed "events: 0, chain head 000...".
+#[test]
+fn usage_errors_exit_2_and_a_bad_signature_says_nothing_was_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "e.ndjson", &log(5), b"\n");
+    let good_key = CheckpointKey::load_or_create(&dir.path().join("k1")).unwrap();
+    let other_key = CheckpointKey::load_or_create(&dir.path().join("k2")).unwrap();
+    let cps = dir.path().join("cps.ndjson");
+    std::fs::write(&cps, serde_json::to_string(&other_key.sign(5, hash_bytes(&log(5)[4]), chrono::Utc::now())).unwrap() + "\n").unwrap();
+    for args in [
+        vec!["verify", "--export", &path, "--checkpoints", cps.to_str().unwrap(), "--public-key", "xyz"],
+        vec!["verify", "--export", &path, "--public-key", "ab"],
+        vec!["verify"],
+        vec!["verify", "--trusted-head", "nonsense", "--export", &path],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+    let (code, out, _) = run(&["verify", "--export", &path, "--checkpoints", cps.to_str().unwrap(), "--public-key", &good_key.public_hex()]);
+    assert_eq!(code, 3);
+    assert!(out.contains("checkpoint 1 (for event 5) FAILED") && out.contains("the log was not checked"), "{out}");
+    assert!(!out.contains("chain head: 000"), "{out}");
+    // What verify proved, in words.
+    let (code, out, _) = run(&["verify", "--export", &path]);
+    assert_eq!(code, 0);
+    assert!(out.contains("5 verified, 1..5") && out.contains("none given"), "{out}");
+}
