@@ -490,11 +490,18 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
         let _ = stopped.await;
     }));
 
-    let token_hint = config.data_dir.join("admin.token");
+    // The admin token file exists only when no tokens are configured; otherwise the token is
+    // one of the configuration's, which the banner does not repeat.
+    let admin_file = config.data_dir.join("admin.token");
+    let (token_where, token_ref) = if admin_file.exists() {
+        (admin_file.display().to_string(), format!("$(cat {})", admin_file.display()))
+    } else {
+        ("a token of your configuration (tokens, or BINDLEDGER_TOKENS), as $TOKEN below".to_owned(), "$TOKEN".to_owned())
+    };
     println!("bindledger demo");
     println!("  log:       {}", config.data_dir.display());
-    println!("  HTTP API:  http://{addr}   (token: {})", token_hint.display());
-    println!("  try:       curl -s -H \"Authorization: Bearer $(cat {})\" http://{addr}/v1/accounts/shopper-00001/bindings", token_hint.display());
+    println!("  HTTP API:  http://{addr}   (token: {token_where})");
+    println!("  try:       curl -s -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/accounts/shopper-00001/bindings");
     println!("  population: {} shoppers + a password guesser (binds, then payments), a ring of 4 accounts sharing one wallet,", opts.shoppers);
     println!("              a bind-then-drain account, a dead-wallet prober and a binding churner");
     println!("  apple_pay is under maintenance from second 4 to 7");
@@ -503,7 +510,7 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
         None => println!("  kafka:     off (set BINDLEDGER_KAFKA_BROKERS, or run `make demo`, which starts a broker)\n"),
     }
     println!("  alerts:    the monitor runs the 7 rules over every event; new alerts print as they open");
-    println!("             (live: curl -N -H \"Authorization: Bearer $(cat {})\" http://{addr}/v1/alerts/stream)\n", token_hint.display());
+    println!("             (live: curl -N -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/alerts/stream)\n");
     let alert_printer = node.extras.monitor.clone().map(|m| tokio::spawn(print_alerts(m)));
     println!("{:>4} {:>9} {:>7} {:>9} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}", "t(s)", "events", "ev/s", "on_kafka", "bound", "bind_fail", "paid", "pay_fail", "unbound", "unbind_fail", "spent");
 

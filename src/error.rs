@@ -18,8 +18,9 @@ pub enum Error {
     /// A bounded queue is full; retry later.
     #[error("the ledger is overloaded ({0}); retry shortly")]
     Overloaded(&'static str),
-    /// The log could not be written; the ledger stopped taking commands.
-    #[error("the event log could not be written: {0}")]
+    /// The storage failed (a write, a flush, or a read); a ledger whose writes failed stops
+    /// taking commands.
+    #[error("the storage failed: {0}")]
     StorageFailed(String),
     /// Something named by the caller does not exist. The message is fixed text (the name is
     /// the caller's own value and is not repeated).
@@ -72,7 +73,11 @@ impl Error {
 
 impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
-        Error::StorageFailed(e.to_string())
+        match e {
+            // Where sled found it, without its (empty) backtrace.
+            sled::Error::Corruption { at, .. } => Error::Corrupt(format!("sled found its file corrupted{}", at.map(|at| format!(" at {at:?}")).unwrap_or_default())),
+            other => Error::StorageFailed(other.to_string()),
+        }
     }
 }
 

@@ -55,6 +55,16 @@ fn u64_of(bytes: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(arr))
 }
 
+/// A failure to read (never "could not be written": nothing was being written), saying what
+/// was being read; sled's own report of corruption keeps its place in the file.
+pub fn read_error(e: sled::Error, what: &str) -> Error {
+    match e {
+        sled::Error::Corruption { at, .. } => Error::Corrupt(format!("{what}: sled found its file corrupted{}", at.map(|at| format!(" at {at:?}")).unwrap_or_default())),
+        sled::Error::Io(io) => Error::Io(format!("{what}: {io}")),
+        other => Error::Corrupt(format!("{what}: {other}")),
+    }
+}
+
 /// Splits a stored chunk into its events' bytes (zero-copy).
 pub fn chunk_events(first_seq: u64, chunk: &sled::IVec) -> Result<Vec<(u64, sled::IVec)>> {
     let mut out = Vec::new();
@@ -243,7 +253,7 @@ impl Iterator for DirScan {
 impl Store {
     /// Opens (or creates) the store in `dir/log`.
     pub fn open(dir: &Path) -> Result<Store> {
-        Self::open_with(dir, sled::Config::new())
+        Self::open_with(dir, sled::Config::new(), true)
     }
 
     /// Opens the store to read it once from end to end (the audit tool): with a small page
@@ -251,20 +261,22 @@ impl Store {
     /// scan fills with pages it never reads again (measured: fresh memory for each page read
     /// cost the kernel more time zeroing it than the scan itself took).
     pub fn open_for_scan(dir: &Path) -> Result<Store> {
-        Self::open_with(dir, sled::Config::new().cache_capacity(SCAN_CACHE_BYTES))
+        Self::open_with(dir, sled::Config::new().cache_capacity(SCAN_CACHE_BYTES), false)
     }
 
-    fn open_with(dir: &Path, config: sled::Config) -> Result<Store> {
+    /// `durable`: sync the files now and after every flush (see [`Syncer`]); a store opened
+    /// only to be read does neither.
+    fn open_with(dir: &Path, config: sled::Config, durable: bool) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("creating {}: {e}", dir.display())))?;
         let db = config.path(dir.join("log")).mode(sled::Mode::HighThroughput).open().map_err(|e| {
             let text = e.to_string();
             if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
                 Error::InUse(dir.display().to_string())
             } else {
-                Error::from(e)
+                read_error(e, &format!("opening the log in {}", dir.display()))
             }
         })?;
-        match db.get(META_FORMAT)? {
+        match db.get(META_FORMAT).map_err(|e| read_error(e, &format!("reading the log's format in {}", dir.display())))? {
             Some(v) if v.as_ref() == FORMAT => {}
             Some(v) => {
                 return Err(Error::Corrupt(format!(
@@ -282,7 +294,7 @@ impl Store {
         let index = db.open_tree("index")?;
         let alerts = db.open_tree("alerts")?;
         let checkpoints = db.open_tree("checkpoints")?;
-        let syncer = Syncer::open(dir)?;
+        let syncer = Syncer::open(dir, durable)?;
         Ok(Store { db, syncer, log, index, alerts, checkpoints })
     }
 
@@ -329,10 +341,16 @@ impl Store {
             Some(Ok((k, _))) => k.to_vec(),
             _ => from.to_be_bytes().to_vec(),
         };
+        // The first seq of the last chunk read, to say where a read failed.
+        let mut last = from;
         self.log
             .range(start..)
-            .flat_map(|r| {
-                let chunk: Vec<Result<(u64, sled::IVec)>> = match r.map_err(Error::from).and_then(|(k, v)| chunk_events(u64_of(&k)?, &v)) {
+            .flat_map(move |r| {
+                let read = r.map_err(|e| read_error(e, &format!("reading the log after the chunk of event {last}"))).and_then(|(k, v)| {
+                    last = u64_of(&k)?;
+                    chunk_events(last, &v)
+                });
+                let chunk: Vec<Result<(u64, sled::IVec)>> = match read {
                     Ok(events) => events.into_iter().map(Ok).collect(),
                     Err(e) => vec![Err(e)],
                 };
@@ -502,20 +520,24 @@ fn sync_path(path: &Path) -> Result<()> {
 }
 
 impl Syncer {
-    fn open(dir: &Path) -> Result<Syncer> {
+    fn open(dir: &Path, durable: bool) -> Result<Syncer> {
         let sled_dir = dir.join("log");
         let db_path = sled_dir.join("db");
         let db_file = std::fs::File::open(&db_path).map_err(|e| Error::StorageFailed(format!("opening {}: {e}", db_path.display())))?;
-        db_file.sync_all().map_err(|e| Error::StorageFailed(format!("syncing {}: {e}", db_path.display())))?;
-        sync_path(&sled_dir)?;
-        sync_path(dir)?;
+        if durable {
+            db_file.sync_all().map_err(|e| Error::StorageFailed(format!("syncing {}: {e}", db_path.display())))?;
+            sync_path(&sled_dir)?;
+            sync_path(dir)?;
+        }
         let syncer = Syncer {
-            enabled: std::sync::atomic::AtomicBool::new(true),
+            enabled: std::sync::atomic::AtomicBool::new(durable),
             db_file,
             blobs: sled_dir.join("blobs"),
             synced_blobs: Default::default(),
         };
-        syncer.sync_blobs(true)?;
+        if durable {
+            syncer.sync_blobs(true)?;
+        }
         Ok(syncer)
     }
 

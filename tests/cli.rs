@@ -169,3 +169,24 @@ fn the_benchmark_measures_every_row_and_each_round_of_its_baseline() {
         assert!(dir.path().join(sub).exists(), "{sub} missing under {}", dir.path().display());
     }
 }
+
+/// Regression (issue 14): the demo's banner pointed at `admin.token` when tokens were
+/// configured, and no such file is created then.
+#[test]
+fn the_demo_banner_names_the_token_that_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(binary())
+        .args(["demo", "--duration-s", "1", "--shoppers", "40", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("BINDLEDGER_TOKENS", "writer+reader+auditor+security:configured-token-0123456789")
+        .env_remove("BINDLEDGER_KAFKA_BROKERS")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!data.join("admin.token").exists());
+    let banner: String = text.lines().take(6).collect::<Vec<_>>().join("\n");
+    assert!(!banner.contains("admin.token") && banner.contains("$TOKEN"), "{banner}");
+    assert!(!text.contains("configured-token-0123456789"), "the token itself is not printed");
+}

@@ -234,3 +234,42 @@ fn usage_errors_exit_2_and_a_bad_signature_says_nothing_was_checked() {
     assert_eq!(code, 0);
     assert!(out.contains("5 verified, 1..5") && out.contains("none given"), "{out}");
 }
+
+/// Regression: a corrupt sled file was reported as "could not be written" during a read-only
+/// operation, with no position. A flipped byte in the log's file never passes for an intact
+/// log: either it fell in space sled no longer uses (the whole log verifies), or sled reports
+/// the corruption and the message says where it was reading, or sled's recovery drops what
+/// follows the damage and the audit finds the log short (exit 3).
+#[test]
+fn a_corrupt_store_is_named_as_corrupt_or_found_short() {
+    for quarter in [1usize, 2, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        {
+            // As the ledger writes: small batches, one flush each.
+            let store = bindledger::store::Store::open(&data).unwrap();
+            for chunk in log(3000).chunks(64).enumerate() {
+                let mut batch = bindledger::store::LogBatch::default();
+                for (i, bytes) in chunk.1.iter().enumerate() {
+                    batch.add_event((chunk.0 * 64 + i + 1) as u64, bytes);
+                }
+                store.apply_log(batch).unwrap();
+                store.flush().unwrap();
+            }
+        }
+        let db = data.join("log").join("db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        let from = bytes.len() * quarter / 4;
+        let at = from + bytes[from..].windows(9).position(|w| w == b"\"payload\"").expect("event bytes in the file");
+        bytes[at + 3] ^= 1;
+        std::fs::write(&db, bytes).unwrap();
+        let (code, out, err) = run(&["verify", "--data-dir", data.to_str().unwrap()]);
+        assert!(!err.contains("could not be written"), "{err}");
+        match code {
+            // The byte was in space sled no longer uses: the whole log, intact.
+            0 => assert!(out.contains("3000 verified"), "{out}"),
+            1 => assert!(err.contains("corrupt") && err.contains("after the chunk of event"), "{err}"),
+            _ => assert_eq!(code, 3, "{out} {err}"),
+        }
+    }
+}
