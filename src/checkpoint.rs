@@ -8,7 +8,9 @@
 //! `{"seq", "head", "time", "public_key", "signature"}`; `head` is the SHA-256 of the stored
 //! bytes of event `seq` (64 hex), `time` RFC 3339 UTC with six fractional digits, `public_key`
 //! and `signature` hex. The signature is Ed25519 (RFC 8032) over the ASCII bytes of
-//! `bindledger-checkpoint:v1:{seq}:{head}:{time}`.
+//! `bindledger-checkpoint:v1:{seq}:{head}:{time}`, where `time` is the text of the JSON field
+//! exactly as it stands (the ledger writes `2026-11-28T03:00:00.123456Z`): a checkpoint whose
+//! time was rewritten to another form of the same instant does not verify.
 
 use bindledger_events::Hash;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -18,7 +20,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SignedCheckpoint {
     pub seq: u64,
     pub head: Hash,
@@ -26,11 +28,35 @@ pub struct SignedCheckpoint {
     pub time: DateTime<Utc>,
     pub public_key: String,
     pub signature: String,
+    /// The `time` field's text as read (the signed text); `None` for one made here.
+    #[serde(skip)]
+    pub time_text: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for SignedCheckpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            seq: u64,
+            head: Hash,
+            time: String,
+            public_key: String,
+            signature: String,
+        }
+        let raw = Raw::deserialize(d)?;
+        let time = DateTime::parse_from_rfc3339(&raw.time).map_err(|_| serde::de::Error::custom("time is not an RFC 3339 time"))?.with_timezone(&Utc);
+        Ok(SignedCheckpoint { seq: raw.seq, head: raw.head, time, public_key: raw.public_key, signature: raw.signature, time_text: Some(raw.time) })
+    }
 }
 
 /// The signed message.
 pub fn message(seq: u64, head: &Hash, time: &DateTime<Utc>) -> String {
-    format!("bindledger-checkpoint:v1:{seq}:{head}:{}", time.to_rfc3339_opts(SecondsFormat::Micros, true))
+    message_text(seq, head, &time.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+fn message_text(seq: u64, head: &Hash, time: &str) -> String {
+    format!("bindledger-checkpoint:v1:{seq}:{head}:{time}")
 }
 
 impl SignedCheckpoint {
@@ -41,7 +67,12 @@ impl SignedCheckpoint {
         }
         let key = parse_public_key(public_key_hex)?;
         let sig: [u8; 64] = hex::decode(&self.signature).ok().and_then(|b| b.try_into().ok()).ok_or("the signature is not 64 bytes of hex")?;
-        key.verify(message(self.seq, &self.head, &self.time).as_bytes(), &Signature::from_bytes(&sig)).map_err(|_| "the signature does not verify".to_string())
+        // Over the time's text as it stands, as a verifier in any language does.
+        let text = match &self.time_text {
+            Some(t) => message_text(self.seq, &self.head, t),
+            None => message(self.seq, &self.head, &self.time),
+        };
+        key.verify(text.as_bytes(), &Signature::from_bytes(&sig)).map_err(|_| "the signature does not verify".to_string())
     }
 }
 
@@ -82,7 +113,7 @@ impl CheckpointKey {
     pub fn sign(&self, seq: u64, head: Hash, time: DateTime<Utc>) -> SignedCheckpoint {
         let time = bindledger_events::types::micros::truncate(time);
         let signature = self.0.sign(message(seq, &head, &time).as_bytes());
-        SignedCheckpoint { seq, head, time, public_key: self.public_hex(), signature: hex::encode(signature.to_bytes()) }
+        SignedCheckpoint { seq, head, time, public_key: self.public_hex(), signature: hex::encode(signature.to_bytes()), time_text: None }
     }
 }
 
@@ -221,5 +252,15 @@ mod tests {
         ] {
             assert!(tampered.verify(&key.public_hex()).is_err(), "{tampered:?}");
         }
+        // Read back, the signed text is the time's text: the same instant written another way
+        // (+08:00) does not verify, as a verifier in another language would find.
+        let text = serde_json::to_string(&cp).unwrap();
+        let read: SignedCheckpoint = serde_json::from_str(&text).unwrap();
+        read.verify(&key.public_hex()).unwrap();
+        let shifted = (cp.time + chrono::Duration::hours(8)).format("%Y-%m-%dT%H:%M:%S%.6f+08:00").to_string();
+        let canonical = cp.time.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let rewritten: SignedCheckpoint = serde_json::from_str(&text.replace(&canonical, &shifted)).unwrap();
+        assert_eq!(rewritten.time, cp.time, "the same instant");
+        assert!(rewritten.verify(&key.public_hex()).is_err());
     }
 }

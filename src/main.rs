@@ -62,6 +62,7 @@ enum Command {
     Demo(DemoArgs),
     /// Write a stopped ledger's events as NDJSON (the exact stored bytes, one per line).
     Export {
+        /// The stopped ledger's data directory.
         #[arg(long)]
         data_dir: PathBuf,
         /// First global sequence to export.
@@ -70,6 +71,10 @@ enum Command {
         /// Output file (default: standard output).
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
+        /// Also write the signed checkpoints stored in the directory to this file (NDJSON, as
+        /// `GET /v1/checkpoints` serves them), for `bindledger-replay verify --checkpoints`.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
     },
     /// Verify a stopped ledger: the hash chain, and the stored projection and alerts against a
     /// rebuild.
@@ -478,8 +483,20 @@ fn run(cli: Cli) -> Result<i32> {
             tokio::runtime::Runtime::new()?.block_on(demo::run(config, secret, args.demo))?;
             Ok(0)
         }
-        Command::Export { data_dir, from, output } => {
+        Command::Export { data_dir, from, output, checkpoints } => {
             init_tracing("warn", log_format);
+            if let Some(path) = &checkpoints {
+                bindledger::store::require_log(&data_dir)?;
+                let store = bindledger::store::Store::open_for_scan(&data_dir)?;
+                let all = bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree()).all()?;
+                let mut text = String::new();
+                for cp in &all {
+                    text.push_str(&serde_json::to_string(cp)?);
+                    text.push('\n');
+                }
+                std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("exported {} checkpoints to {}", all.len(), path.display());
+            }
             export(&data_dir, from, output.as_deref())?;
             Ok(0)
         }

@@ -190,3 +190,32 @@ fn the_demo_banner_names_the_token_that_exists() {
     assert!(!banner.contains("admin.token") && banner.contains("$TOKEN"), "{banner}");
     assert!(!text.contains("configured-token-0123456789"), "the token itself is not printed");
 }
+
+/// `bindledger export --checkpoints FILE`: a stopped ledger's signed checkpoints, offline, as
+/// `GET /v1/checkpoints` serves them.
+#[test]
+fn export_writes_the_stored_checkpoints_beside_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut config = test_config(&data);
+        config.checkpoints.every_events = 3;
+        let g = std::sync::Arc::new(bindledger::gateway::SimulatedGateway::new(config.gateway.simulated.clone()));
+        let node = bindledger::node::Node::start(&config, bindledger::secret::LedgerSecret::from_bytes([5; 32]), g.clone()).unwrap();
+        for a in 0..10 {
+            bind_wallet(&node.ledger, &g, &format!("acct-{a}"), a).await;
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        node.stop().await;
+    });
+    let cps = dir.path().join("cps.ndjson");
+    let (code, out, err) = run_cli(&["export", "--data-dir", data.to_str().unwrap(), "--checkpoints", cps.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(String::from_utf8(out).unwrap().lines().count(), 10);
+    let store = bindledger::store::Store::open(&data).unwrap();
+    let stored = bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree()).all().unwrap();
+    assert!(stored.len() >= 2);
+    let written: Vec<bindledger::checkpoint::SignedCheckpoint> = std::fs::read_to_string(&cps).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(written.iter().map(|c| (c.seq, c.head)).collect::<Vec<_>>(), stored.iter().map(|c| (c.seq, c.head)).collect::<Vec<_>>());
+}

@@ -484,6 +484,14 @@ pub fn trusted_heads(checkpoints: &[bindledger::checkpoint::SignedCheckpoint], p
     Ok(heads)
 }
 
+/// The signed checkpoints a stopped ledger's directory holds (it is opened and closed again
+/// before the log is read: sled allows one open at a time).
+pub fn stored_checkpoints(dir: &std::path::Path) -> Result<Vec<bindledger::checkpoint::SignedCheckpoint>> {
+    bindledger::store::require_log(dir).map_err(|e| e.to_string())?;
+    let store = bindledger::store::Store::open_for_scan(dir).map_err(|e| e.to_string())?;
+    bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree()).all().map_err(|e| e.to_string())
+}
+
 /// Reads signed checkpoints: an NDJSON file, or a running ledger's `GET /v1/checkpoints`.
 pub fn read_checkpoints(from: &str, token: Option<&str>) -> Result<Vec<bindledger::checkpoint::SignedCheckpoint>> {
     let text = if from.starts_with("http://") {

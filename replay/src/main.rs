@@ -109,8 +109,8 @@ enum Command {
         #[arg(long, requires = "public_key")]
         checkpoints: Option<String>,
         /// The ledger's checkpoint public key (64 hex characters), obtained from a channel you
-        /// trust. Needs --checkpoints.
-        #[arg(long, requires = "checkpoints", value_parser = parse_public_key)]
+        /// trust. Checks --checkpoints, or with --data-dir the checkpoints stored there.
+        #[arg(long, value_parser = parse_public_key)]
         public_key: Option<String>,
         /// Start from a head you trust instead of the genesis, to verify a partial export
         /// (`bindledger export --from N`): SEQ:HASH, the seq and hash of the event just before
@@ -332,10 +332,28 @@ fn run(cli: Cli) -> Result<i32, String> {
         Command::Verify { from, checkpoints, public_key, trusted_head } => {
             let source = from.source();
             let start = trusted_head.unwrap_or_default();
-            let (heads, checkpoints_given) = match checkpoints {
-                None => (BTreeMap::new(), 0),
-                Some(cps) => {
-                    let cps = bindledger_replay::read_checkpoints(&cps, from.token.as_deref())?;
+            // With --data-dir, the checkpoints stored in the directory, unless others are given.
+            let stored = match (&checkpoints, &source) {
+                (None, Source::DataDir(dir)) => Some(bindledger_replay::stored_checkpoints(dir)?),
+                _ => None,
+            };
+            if checkpoints.is_none() && stored.is_none() && public_key.is_some() {
+                usage("--public-key checks checkpoints: give --checkpoints (or read a --data-dir, which holds its own)");
+            }
+            let (heads, checkpoints_given) = match (checkpoints, stored, &public_key) {
+                (None, Some(cps), None) => {
+                    if !from.json {
+                        println!("checkpoints: {} stored in the directory, not checked: give --public-key (from a channel you trust) to hold the log to them", cps.len());
+                    }
+                    (BTreeMap::new(), 0)
+                }
+                (None, None, _) => (BTreeMap::new(), 0),
+                (given, stored, _) => {
+                    let cps = match (given, stored) {
+                        (Some(path), _) => bindledger_replay::read_checkpoints(&path, from.token.as_deref())?,
+                        (None, Some(cps)) => cps,
+                        (None, None) => unreachable!("matched above"),
+                    };
                     match bindledger_replay::trusted_heads(&cps, public_key.as_deref().unwrap_or_default()) {
                         Ok(heads) => (heads, cps.len()),
                         Err(p) => {

@@ -113,4 +113,11 @@ fn a_rewritten_or_truncated_log_fails_against_the_signed_checkpoints() {
     let other = CheckpointKey::load_or_create(&dir.path().join("other.key")).unwrap().public_hex();
     let (_, (signed_code, r)) = check(&intact, &other);
     assert_eq!((signed_code, r["problem"]["kind"].as_str()), (3, Some("checkpoint_signature")), "{r}");
+
+    // Offline, a stopped ledger's own checkpoints: checked with --data-dir and the key.
+    let (code, r) = replay(&["verify", "--json", "--data-dir", data.to_str().unwrap(), "--public-key", &key]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!((r["checkpoints_checked"].as_u64(), r["checkpoint_seq"].as_u64()), (Some(cps.len() as u64), Some(lines.len() as u64)), "{r}");
+    let (code, r) = replay(&["verify", "--json", "--export", intact.to_str().unwrap(), "--checkpoints", cp_file.to_str().unwrap(), "--public-key", &key]);
+    assert_eq!((code, r["checkpoints_checked"].as_u64()), (0, Some(cps.len() as u64)), "{r}");
 }

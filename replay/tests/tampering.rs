@@ -221,6 +221,7 @@ fn usage_errors_exit_2_and_a_bad_signature_says_nothing_was_checked() {
         vec!["verify", "--export", &path, "--public-key", "ab"],
         vec!["verify"],
         vec!["verify", "--trusted-head", "nonsense", "--export", &path],
+        vec!["verify", "--export", &path, "--public-key", good_key.public_hex().as_str()],
     ] {
         let (code, _, err) = run(&args);
         assert_eq!(code, 2, "{args:?}: {err}");
