@@ -19,13 +19,17 @@ tansu: check-toolchain
 	  echo "installing the tansu Kafka broker $(TANSU_VERSION) (once; about 7 minutes)"; \
 	  $(CARGO) install tansu --version $(TANSU_VERSION) --locked --features dynostore,libsql; }
 
-## Tools the tests run besides the broker: strace (the durability test watches the ledger's
-## system calls), from Debian's packages when it is missing.
+## Tools the tests run besides the broker, from Debian's packages when missing: strace (the
+## durability test watches the ledger's system calls) and python3 (events/verify.py, the
+## independent verifier).
 test-tools:
-	@command -v strace >/dev/null 2>&1 || { \
-	  echo "installing strace (the durability test needs it)"; \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq strace; }
+	@missing=""; command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
+	  command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing$$missing (the tests need them)"; \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	  fi
 
 ## The ledger with a demo workload, publishing to a Kafka broker started for the occasion.
 demo: tansu

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""An independent verifier of a bindledger log, written from events/VERIFYING.md alone.
+
+Standard library only (the Ed25519 check is the RFC 8032 reference arithmetic, slow but
+plain). Usage:
+
+    python3 events/verify.py EXPORT.ndjson [--checkpoints FILE --public-key HEX]
+                             [--trusted-head SEQ:HASH]
+
+Prints `ok EVENTS HEAD` and exits 0, or `FAIL LINE SEQ REASON` (the first line, 1-based,
+that breaks a rule) and exits 3; exits 2 on bad usage, 1 when the file cannot be read.
+"""
+
+import hashlib
+import json
+import sys
+
+# ---- Ed25519 verification (RFC 8032, section 5.1), affine coordinates ----
+P = 2**255 - 19
+L = 2**252 + 27742317777372353535851937790883648493
+D = -121665 * pow(121666, P - 2, P) % P
+SQRT_M1 = pow(2, (P - 1) // 4, P)
+
+
+def _inv(x):
+    return pow(x, P - 2, P)
+
+
+def _recover_x(y, sign):
+    xx = (y * y - 1) * _inv(D * y * y + 1) % P
+    x = pow(xx, (P + 3) // 8, P)
+    if (x * x - xx) % P != 0:
+        x = x * SQRT_M1 % P
+    if (x * x - xx) % P != 0:
+        return None
+    if x == 0 and sign:
+        return None
+    if x % 2 != sign:
+        x = P - x
+    return x
+
+
+def _add(a, b):
+    (x1, y1), (x2, y2) = a, b
+    t = D * x1 * x2 * y1 * y2 % P
+    return ((x1 * y2 + x2 * y1) * _inv(1 + t) % P, (y1 * y2 + x1 * x2) * _inv(1 - t) % P)
+
+
+def _mul(point, e):
+    result = (0, 1)
+    while e:
+        if e & 1:
+            result = _add(result, point)
+        point = _add(point, point)
+        e >>= 1
+    return result
+
+
+_BY = 4 * _inv(5) % P
+_B = (_recover_x(_BY, 0), _BY)
+
+
+def _decode_point(s):
+    if len(s) != 32:
+        return None
+    y = int.from_bytes(s, "little")
+    sign = y >> 255
+    y &= (1 << 255) - 1
+    if y >= P:
+        return None
+    x = _recover_x(y, sign)
+    return None if x is None else (x, y)
+
+
+def ed25519_verify(public_key, message, signature):
+    if len(signature) != 64:
+        return False
+    a = _decode_point(public_key)
+    r = _decode_point(signature[:32])
+    s = int.from_bytes(signature[32:], "little")
+    if a is None or r is None or s >= L:
+        return False
+    h = int.from_bytes(hashlib.sha512(signature[:32] + public_key + message).digest(), "little") % L
+    return _mul(_B, s) == _add(r, _mul(a, h))
+
+
+# ---- the log ----
+GENESIS = "0" * 64
+
+
+def fail(line, seq, reason):
+    print(f"FAIL {line} {seq} {reason}")
+    sys.exit(3)
+
+
+def read_checkpoints(path, public_key):
+    """Signed heads by seq; exits 3 at the first checkpoint that does not verify."""
+    heads = {}
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    key = bytes.fromhex(public_key)
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        cp = json.loads(raw)
+        if cp["public_key"].lower() != public_key.lower():
+            fail(0, cp["seq"], f"checkpoint line {n} is signed with another key")
+        message = f"bindledger-checkpoint:v1:{cp['seq']}:{cp['head']}:{cp['time']}".encode("ascii")
+        if not ed25519_verify(key, message, bytes.fromhex(cp["signature"])):
+            fail(0, cp["seq"], f"checkpoint line {n}: the signature does not verify")
+        heads[cp["seq"]] = cp["head"]
+    return heads
+
+
+def main(argv):
+    args = argv[1:]
+    opts = {}
+    positional = []
+    while args:
+        a = args.pop(0)
+        if a in ("--checkpoints", "--public-key", "--trusted-head"):
+            if not args:
+                print(f"usage: {a} needs a value", file=sys.stderr)
+                return 2
+            opts[a] = args.pop(0)
+        else:
+            positional.append(a)
+    if len(positional) != 1 or (("--checkpoints" in opts) != ("--public-key" in opts)):
+        print(__doc__, file=sys.stderr)
+        return 2
+    heads = read_checkpoints(opts["--checkpoints"], opts["--public-key"]) if "--checkpoints" in opts else {}
+    seq, prev = 0, GENESIS
+    if "--trusted-head" in opts:
+        s, h = opts["--trusted-head"].split(":")
+        seq, prev = int(s), h.lower()
+    accounts = {}
+    try:
+        with open(positional[0], "rb") as f:
+            data = f.read()
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if data and not data.endswith(b"\n"):
+        data += b"\n"  # a last line without its newline is still a line
+    lines = data.split(b"\n")[:-1]
+    if not lines:
+        fail(1, seq + 1, "the source holds no event")
+    for n, line in enumerate(lines, 1):
+        expected = seq + 1
+        if not line:
+            fail(n, expected, "a blank line")
+        if line.endswith(b"\r"):
+            fail(n, expected, "a line ending in \\r\\n")
+        try:
+            event = json.loads(line)
+        except ValueError:
+            fail(n, expected, "not JSON")
+        if event.get("seq") != expected:
+            fail(n, expected, f"seq {event.get('seq')} where {expected} was expected")
+        if event.get("prev_hash") != prev:
+            fail(n, expected, "prev_hash is not the hash of the line before")
+        account, account_seq = event.get("account"), event.get("account_seq")
+        if account in accounts:
+            if account_seq != accounts[account] + 1:
+                fail(n, expected, f"account_seq {account_seq} where {accounts[account] + 1} was expected")
+        elif "--trusted-head" not in opts and account_seq != 1:
+            fail(n, expected, f"account_seq {account_seq} for the account's first event")
+        accounts[account] = account_seq
+        digest = hashlib.sha256(line).hexdigest()
+        if expected in heads and heads[expected] != digest:
+            fail(n, expected, "the event does not hash to its signed checkpoint's head")
+        seq, prev = expected, digest
+    if heads and max(heads) > seq:
+        fail(len(lines) + 1, max(heads), f"the log ends at event {seq}, before a signed checkpoint")
+    print(f"ok {seq} {prev}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
