@@ -260,6 +260,12 @@ impl Source {
 
 impl Pipeline {
     pub fn start(source: Source, workers: usize) -> Pipeline {
+        Self::start_with(source, workers, true)
+    }
+
+    /// With `decode` false the workers only hash (the event is left undecoded): the baseline
+    /// of the benchmark, what reading and hashing alone cost.
+    pub fn start_with(source: Source, workers: usize, decode: bool) -> Pipeline {
         use std::sync::mpsc::sync_channel;
         let mut inputs = Vec::new();
         let mut outputs = Vec::new();
@@ -269,7 +275,18 @@ impl Pipeline {
             let (out_tx, out_rx) = sync_channel::<Vec<Result<Decoded>>>(PIPELINE_DEPTH);
             threads.push(std::thread::spawn(move || {
                 for batch in in_rx {
-                    let done: Vec<Result<Decoded>> = batch.into_iter().map(|r| r.map(Decoded::new)).collect();
+                    let done: Vec<Result<Decoded>> = batch
+                        .into_iter()
+                        .map(|r| {
+                            r.map(|bytes| {
+                                if decode {
+                                    Decoded::new(bytes)
+                                } else {
+                                    Decoded { hash: hash_bytes(&bytes), bytes, event: Err(String::new()) }
+                                }
+                            })
+                        })
+                        .collect();
                     if out_tx.send(done).is_err() {
                         return;
                     }

@@ -218,8 +218,26 @@ fn run(cli: Cli) -> Result<i32, String> {
             rows.push(("raw sled scan as the audit reads (reopened every 512 MiB), no decoding".into(), n, s));
             let (n, s) = time(&mut || verified(bindledger_replay::audit(source.read()?)?))?;
             rows.push(("verify, one thread (read, hash, decode, check)".into(), n, s));
-            let (n, s) = time(&mut || verified(audit_decoded(Pipeline::start(source.clone(), workers), &BTreeMap::new(), |_| {})?))?;
-            rows.push((format!("verify, pipelined ({workers} hash+decode threads)"), n, s));
+            // How verify grows with cores: the same run with 1, 2 and every core, against a
+            // baseline on every core that only reads and hashes (no decoding, no checks).
+            let (n, s) = time(&mut || {
+                let mut n = 0u64;
+                for d in Pipeline::start_with(source.clone(), workers, false) {
+                    d?;
+                    n += 1;
+                }
+                Ok(n)
+            })?;
+            rows.push((format!("read + hash only, {workers} threads (the scaling baseline)"), n, s));
+            let hash_only = n as f64 / s;
+            let mut scaling = Vec::new();
+            let mut counts = vec![1, 2, workers];
+            counts.dedup();
+            for w in counts {
+                let (n, s) = time(&mut || verified(audit_decoded(Pipeline::start(source.clone(), w), &BTreeMap::new(), |_| {})?))?;
+                rows.push((format!("verify, pipelined ({w} hash+decode threads)"), n, s));
+                scaling.push((w, n as f64 / s));
+            }
             let (n, s) = time(&mut || {
                 let mut projection = Projection::default();
                 let n = verified(audit_decoded(Pipeline::start(source.clone(), workers), &BTreeMap::new(), |e| projection.apply(e))?)?;
@@ -238,6 +256,12 @@ fn run(cli: Cli) -> Result<i32, String> {
             for (name, n, s) in rows {
                 let rate = n as f64 / s;
                 println!("| {name} | {n} | {s:.2} | {rate:.0} | {:.2} |", rate / base);
+            }
+            println!();
+            println!("| verify threads | events/s | events/s per thread | vs read + hash only on {workers} threads |");
+            println!("|---:|---:|---:|---:|");
+            for (w, rate) in scaling {
+                println!("| {w} | {rate:.0} | {:.0} | {:.2} |", rate / w as f64, rate / hash_only);
             }
             Ok(0)
         }
