@@ -217,7 +217,12 @@ type SessionResult = Result<(), String>;
 
 impl Relay {
     pub fn new(ledger: Ledger, config: KafkaConfig) -> Relay {
-        Relay { ledger, config, status: Default::default() }
+        let status: std::sync::Arc<RelayStatus> = Default::default();
+        // Until a session has read the topic, the position is the one saved when events were
+        // last confirmed on it: a restart while the broker is away must not report the whole
+        // log as lag.
+        status.position.store(ledger.relay_position(&config.topic).unwrap_or(0), Ordering::Relaxed);
+        Relay { ledger, config, status }
     }
 
     pub fn report(ledger: &Ledger, topic: &str, status: &RelayStatus) -> RelayReport {

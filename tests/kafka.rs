@@ -164,6 +164,34 @@ async fn every_event_reaches_the_topic_exactly_once() {
     ledger.close();
 }
 
+/// Regression (issue 16): after a restart while the broker was unreachable, `/v1/relay`
+/// reported the whole log as lag (position 0) until the relay recovered. The saved position
+/// is reported until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_without_the_broker_reports_the_saved_position_not_a_false_lag() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fresh_topic("false-lag");
+    let r = start(dir.path(), kafka_config(&broker.addr, &topic));
+    workload(&r.ledger, &r.gateway, 0, 10).await;
+    r.caught_up(Duration::from_secs(60)).await;
+    let published = r.ledger.log_len();
+    let (ledger, _) = r.stop().await;
+    ledger.close();
+    drop(broker);
+    // The same log, the broker gone (nothing listens on its port).
+    let port = free_port();
+    let r = start(dir.path(), kafka_config(&format!("127.0.0.1:{port}"), &topic));
+    for _ in 0..10 {
+        let report = Relay::report(&r.ledger, &topic, &r.status);
+        assert_eq!((report.position, report.lag_events), (published, 0), "{report:?}");
+        assert_eq!(report.lag_seconds, 0.0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ledger, _) = r.stop().await;
+    ledger.close();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_is_not_there_yet_blocks_nothing() {
     // The port stays bound (not listening: connections are refused) until the broker starts on
