@@ -120,7 +120,7 @@ impl CheckpointKey {
 /// Checkpoints in sled (tree `checkpoints`, key = seq big-endian).
 #[derive(Clone)]
 pub struct CheckpointStore {
-    tree: sled::Tree,
+    pub(crate) tree: sled::Tree,
 }
 
 impl CheckpointStore {
@@ -155,17 +155,17 @@ impl CheckpointStore {
 }
 
 /// Makes a checkpoint every `every_events` events or `every_seconds` (whichever first, when
-/// there is something new), until `shutdown`; then one last one.
+/// there is something new), until `shutdown`; then one last one. Signing never waits for Kafka:
+/// [`CheckpointPublisher`] puts the stored checkpoints on their topic on its own.
 pub async fn run(
     ledger: crate::ledger::Ledger,
     key: std::sync::Arc<CheckpointKey>,
     store: CheckpointStore,
     config: crate::config::CheckpointsConfig,
-    kafka: Option<crate::relay::KafkaConfig>,
+    signed: tokio::sync::watch::Sender<u64>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let (every_events, every_seconds) = (config.every_events, config.every_seconds);
-    let mut publisher = kafka.map(|k| Publisher { config: k, topic: config.topic.clone(), producer: None });
     let mut durable = ledger.subscribe();
     let mut last = store.last().ok().flatten().map_or(0, |c| c.seq);
     let mut since = tokio::time::Instant::now();
@@ -181,11 +181,7 @@ pub async fn run(
                         Ok(()) => {
                             last = head;
                             since = tokio::time::Instant::now();
-                            if let Some(p) = publisher.as_mut() {
-                                if let Err(e) = p.publish(&cp).await {
-                                    tracing::warn!(error = %e, seq = cp.seq, "publishing a checkpoint failed (it is stored and served over HTTP)");
-                                }
-                            }
+                            signed.send_replace(head);
                         }
                         Err(e) => tracing::error!(error = %e, "storing a checkpoint failed"),
                     }
@@ -204,28 +200,123 @@ pub async fn run(
     }
 }
 
-/// Checkpoints to their Kafka topic: key = seq, value = the checkpoint's JSON.
-struct Publisher {
+/// Puts every stored checkpoint on the checkpoints topic, exactly once and in order, like the
+/// events relay: on each (re)connection it reads the topic's last checkpoint, which must be
+/// this ledger's (the same signature for that seq, from our key; otherwise it refuses to
+/// publish, as the events and alerts topics do), then sends every stored checkpoint after it.
+/// Checkpoints made while the broker is away, or just before a crash, go out when it is back.
+pub struct CheckpointPublisher {
+    store: CheckpointStore,
+    public_key: String,
     config: crate::relay::KafkaConfig,
     topic: String,
-    producer: Option<rdkafka::producer::FutureProducer>,
+    signed: tokio::sync::watch::Receiver<u64>,
+    pub status: std::sync::Arc<crate::relay::RelayStatus>,
 }
 
-impl Publisher {
-    async fn publish(&mut self, cp: &SignedCheckpoint) -> std::result::Result<(), String> {
-        if self.producer.is_none() {
-            crate::relay::ensure_topic(&self.config, &self.topic, 1).await?;
-            self.producer = Some(crate::relay::producer(&self.config)?);
+impl CheckpointPublisher {
+    pub fn new(store: CheckpointStore, public_key: String, config: crate::relay::KafkaConfig, topic: String, signed: tokio::sync::watch::Receiver<u64>) -> Self {
+        CheckpointPublisher { store, public_key, config, topic, signed, status: Default::default() }
+    }
+
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        use crate::relay::State;
+        let mut backoff = std::time::Duration::from_millis(100);
+        let backoff_max = std::time::Duration::from_millis(self.config.backoff_ms_max.max(100));
+        loop {
+            let result = tokio::select! {
+                r = self.session() => r,
+                _ = shutdown.changed() => Ok(()),
+            };
+            if *shutdown.borrow() {
+                // The last checkpoint, made on stop, goes out if the broker is there: once the
+                // signer has ended (its sender dropped), what is stored is published.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                    while self.signed.changed().await.is_ok() {}
+                    let _ = self.session_once().await;
+                })
+                .await;
+                break;
+            }
+            if let Err(e) = result {
+                tracing::warn!(error = %e, topic = %self.topic, "checkpoints topic: will retry");
+                *self.status.last_error.lock().expect("status lock") = Some(e);
+                self.status.set(State::Backoff);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                }
+                backoff = (backoff * 2).min(backoff_max);
+            }
         }
-        let producer = self.producer.as_ref().expect("made above");
-        let key = cp.seq.to_string();
-        let value = serde_json::to_vec(cp).expect("checkpoints serialize");
-        let record = rdkafka::producer::FutureRecord::to(&self.topic).partition(0).key(&key).payload(&value);
-        match producer.send(record, std::time::Duration::from_secs(10)).await {
-            Ok(_) => Ok(()),
-            Err((e, _)) => {
-                self.producer = None;
-                Err(e.to_string())
+        self.status.set(State::Stopped);
+    }
+
+    /// The seq of the topic's last checkpoint (0 when empty), checked to be this ledger's.
+    fn recover(&self) -> std::result::Result<u64, String> {
+        let topic = &self.topic;
+        let mut last = 0u64;
+        crate::relay::read_tails(&self.config, topic, |_, m| {
+            use rdkafka::message::Message;
+            let theirs: SignedCheckpoint = serde_json::from_slice(m.payload().unwrap_or_default())
+                .map_err(|_| format!("{topic} holds a message that is not a checkpoint: refusing to publish to it"))?;
+            let ours = self.store.tree.get(theirs.seq.to_be_bytes()).map_err(|e| e.to_string())?;
+            let ours: Option<SignedCheckpoint> = ours.and_then(|v| serde_json::from_slice(&v).ok());
+            let same = ours.is_some_and(|o| o.signature == theirs.signature && o.head == theirs.head) && theirs.public_key.eq_ignore_ascii_case(&self.public_key);
+            if !same {
+                return Err(format!("{topic} holds checkpoint {} that is not this ledger's: refusing to publish to it", theirs.seq));
+            }
+            last = last.max(theirs.seq);
+            Ok(())
+        })?;
+        Ok(last)
+    }
+
+    async fn session_once(&mut self) -> std::result::Result<(), String> {
+        let position = self.connect().await?;
+        self.publish_after(position).await.map(|_| ())
+    }
+
+    async fn connect(&mut self) -> std::result::Result<u64, String> {
+        use crate::relay::State;
+        self.status.set(State::Connecting);
+        crate::relay::ensure_topic(&self.config, &self.topic, 1).await?;
+        self.status.set(State::Recovering);
+        let position = tokio::task::block_in_place(|| self.recover())?;
+        self.status.position.store(position, std::sync::atomic::Ordering::Relaxed);
+        *self.status.last_error.lock().expect("status lock") = None;
+        Ok(position)
+    }
+
+    /// Sends every stored checkpoint after `position`, in order; returns the new position.
+    async fn publish_after(&mut self, mut position: u64) -> std::result::Result<u64, String> {
+        let producer = crate::relay::producer(&self.config)?;
+        let pending: Vec<SignedCheckpoint> = self
+            .store
+            .tree
+            .range((position + 1).to_be_bytes()..)
+            .map(|r| r.map_err(|e| e.to_string()).and_then(|(_, v)| serde_json::from_slice(&v).map_err(|e| e.to_string())))
+            .collect::<std::result::Result<_, _>>()?;
+        for cp in pending {
+            self.status.set(crate::relay::State::Publishing);
+            let key = cp.seq.to_string();
+            let value = serde_json::to_vec(&cp).expect("checkpoints serialize");
+            let record = rdkafka::producer::FutureRecord::to(&self.topic).partition(0).key(&key).payload(&value);
+            producer.send(record, std::time::Duration::from_secs(30)).await.map_err(|(e, _)| format!("checkpoint {}: {e}", cp.seq))?;
+            position = cp.seq;
+            self.status.position.store(position, std::sync::atomic::Ordering::Relaxed);
+            self.status.published_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.status.set(crate::relay::State::Idle);
+        Ok(position)
+    }
+
+    async fn session(&mut self) -> std::result::Result<(), String> {
+        let mut position = self.connect().await?;
+        loop {
+            position = self.publish_after(position).await?;
+            if self.signed.changed().await.is_err() {
+                return Ok(());
             }
         }
     }

@@ -53,6 +53,8 @@ pub struct Extras {
     pub monitor: Option<MonitorView>,
     /// Signed checkpoints, and the public key that checks them (hex).
     pub checkpoints: Option<(crate::checkpoint::CheckpointStore, String)>,
+    /// The checkpoints topic and its publisher's status.
+    pub checkpoints_relay: Option<(String, Arc<RelayStatus>)>,
 }
 
 /// What the API needs of the alert monitor.
@@ -685,6 +687,14 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         let _ = write!(
             text,
             "# HELP bindledger_alerts_relay_position Every alert change up to this stream seq is on the alerts topic.\n# TYPE bindledger_alerts_relay_position gauge\nbindledger_alerts_relay_position{{topic=\"{topic}\"}} {}\n",
+            st.position.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    if let Some((topic, st)) = &s.extras.checkpoints_relay {
+        use std::fmt::Write;
+        let _ = write!(
+            text,
+            "# HELP bindledger_checkpoints_relay_position Every checkpoint up to this seq is on the checkpoints topic.\n# TYPE bindledger_checkpoints_relay_position gauge\nbindledger_checkpoints_relay_position{{topic=\"{topic}\"}} {}\n",
             st.position.load(std::sync::atomic::Ordering::Relaxed)
         );
     }

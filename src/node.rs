@@ -37,6 +37,7 @@ impl Node {
         let mut extras = Extras::default();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
+        let mut publisher: Option<crate::checkpoint::CheckpointPublisher> = None;
         let monitor = if config.alerts.enabled {
             let mut mc = MonitorConfig::new(rules);
             mc.checkpoint_every_events = config.alerts.checkpoint_every_events;
@@ -62,8 +63,17 @@ impl Node {
             let store = ledger.checkpoint_store();
             extras.checkpoints = Some((store.clone(), key.public_hex()));
             tracing::info!(public_key = %key.public_hex(), "signing checkpoints");
-            let kafka = config.kafka.enabled().then(|| config.kafka.clone());
-            tasks.push(tokio::spawn(crate::checkpoint::run(ledger.clone(), key, store, config.checkpoints.clone(), kafka, stopped.clone())));
+            let (signed_tx, signed_rx) = tokio::sync::watch::channel(0u64);
+            if config.kafka.enabled() {
+                let p = crate::checkpoint::CheckpointPublisher::new(store.clone(), key.public_hex(), config.kafka.clone(), config.checkpoints.topic.clone(), signed_rx);
+                extras.checkpoints_relay = Some((config.checkpoints.topic.clone(), p.status.clone()));
+                // Started after the signer so that the last checkpoint, made on stop, is there.
+                publisher = Some(p);
+            }
+            tasks.push(tokio::spawn(crate::checkpoint::run(ledger.clone(), key, store, config.checkpoints.clone(), signed_tx, stopped.clone())));
+        }
+        if let Some(p) = publisher {
+            tasks.push(tokio::spawn(p.run(stopped.clone())));
         }
         let state = AppState::build(ledger.clone(), &config.tokens, config.http.clone(), extras.clone());
         Ok(Node { ledger, monitor, state, extras, stop, tasks })

@@ -511,4 +511,47 @@ async fn signed_checkpoints_reach_their_topic() {
         last = cp.seq;
     }
     assert_eq!(last, log_len, "the last one (made on stop) is at the log's end");
+
+    // Issue 16: checkpoints made while the broker is away (here: the ledger pointed at a port
+    // where none listens) are stored, and reach the topic, exactly once and in order, when the
+    // ledger runs with the broker again.
+    let topic_of = |config: &Config| read_topic(&broker.addr, &config.checkpoints.topic);
+    let stored = |dir: &std::path::Path| {
+        let store = bindledger::store::Store::open(dir).unwrap();
+        bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree()).all().unwrap()
+    };
+    let mut away = config.clone();
+    away.kafka.brokers = format!("127.0.0.1:{}", free_port());
+    let node = bindledger::node::Node::start(&away, LedgerSecret::from_bytes([3; 32]), gateway.clone()).unwrap();
+    for a in 12..24 {
+        bind_wallet(&node.ledger, &gateway, &format!("acct-{a}"), a).await;
+    }
+    node.stop().await;
+    assert_eq!(topic_of(&config).len(), reads.len(), "nothing published while away");
+    let node = bindledger::node::Node::start(&config, LedgerSecret::from_bytes([3; 32]), gateway.clone()).unwrap();
+    bind_wallet(&node.ledger, &gateway, "acct-back", 99).await;
+    node.stop().await;
+    let on_topic: Vec<bindledger::checkpoint::SignedCheckpoint> = topic_of(&config).iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
+    let all = stored(dir.path());
+    assert_eq!(on_topic.iter().map(|c| (c.seq, c.head)).collect::<Vec<_>>(), all.iter().map(|c| (c.seq, c.head)).collect::<Vec<_>>(), "every stored checkpoint once, in order");
+
+    // Another ledger (another key) pointed at the same checkpoints topic is refused.
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut other = test_config(other_dir.path());
+    other.kafka = KafkaConfig { alerts_topic: fresh_topic("other-alerts"), ..kafka_config(&broker.addr, &fresh_topic("other-events")) };
+    other.checkpoints = config.checkpoints.clone();
+    let node = bindledger::node::Node::start(&other, LedgerSecret::from_bytes([4; 32]), gateway.clone()).unwrap();
+    bind_wallet(&node.ledger, &gateway, "intruder", 1).await;
+    let (_, status) = node.extras.checkpoints_relay.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let refused = status.last_error.lock().unwrap().as_deref().is_some_and(|e| e.contains("not this ledger's"));
+        if refused {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the other ledger was not refused: {:?}", status.last_error.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.stop().await;
+    assert_eq!(topic_of(&config).len(), all.len(), "nothing of the other ledger's on the topic");
 }
