@@ -170,6 +170,8 @@ pub struct RelayStatus {
     pub position: AtomicU64,
     pub published_total: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// A problem that does not stop publishing (a topic that may delete events).
+    pub warning: Mutex<Option<String>>,
 }
 
 const STATES: &[&str] = &["starting", "connecting", "recovering", "publishing", "idle", "backoff", "stopped"];
@@ -205,6 +207,7 @@ pub struct RelayReport {
     pub lag_seconds: f64,
     pub published_total: u64,
     pub last_error: Option<String>,
+    pub warning: Option<String>,
 }
 
 pub struct Relay {
@@ -249,6 +252,7 @@ impl Relay {
             lag_seconds,
             published_total: status.published_total.load(Ordering::Relaxed),
             last_error: status.last_error.lock().expect("status lock").clone(),
+            warning: status.warning.lock().expect("status lock").clone(),
         }
     }
 
@@ -315,6 +319,11 @@ impl Relay {
     async fn session(&self) -> SessionResult {
         self.status.set(State::Connecting);
         ensure_topic(&self.config, &self.config.topic, self.config.partitions).await?;
+        let warning = retention_problem(&self.config, &self.config.topic).await;
+        if let Some(w) = &warning {
+            tracing::warn!(warning = %w, "kafka relay: the events topic does not keep every event");
+        }
+        *self.status.warning.lock().expect("status lock") = warning;
         self.status.set(State::Recovering);
         let maxes = {
             let relay = self;
@@ -420,7 +429,12 @@ const ADMIN_ANSWER_MAX: Duration = Duration::from_secs(15);
 /// Creates `topic` with `partitions` unless it exists.
 pub(crate) async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = config.client_config().create().map_err(|e| format!("admin client: {e}"))?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(config.replication_factor));
+    // The topics are the ledger's replica and an auditor's copy: Kafka must never delete or
+    // compact them.
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(config.replication_factor))
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1")
+        .set("cleanup.policy", "delete");
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))).request_timeout(Some(Duration::from_secs(5)));
     // librdkafka times the request out itself; this bound holds if its answer never comes (a
     // relay stuck here would neither publish nor say why).
@@ -435,6 +449,30 @@ pub(crate) async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: 
         }
     }
     Ok(())
+}
+
+/// Whether an existing topic keeps every record: `None` when it does (or when the broker does
+/// not describe topic configurations), else what is wrong, for a warning.
+pub(crate) async fn retention_problem(config: &KafkaConfig, topic: &str) -> Option<String> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<DefaultClientContext> = config.client_config().create().ok()?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
+    let described = tokio::time::timeout(ADMIN_ANSWER_MAX, admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts)).await.ok()?.ok()?;
+    let resource = described.into_iter().next()?.ok()?;
+    let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+    let mut problems = Vec::new();
+    if let Some(ms) = value("retention.ms").filter(|v| v != "-1") {
+        problems.push(format!("retention.ms={ms}"));
+    }
+    if let Some(bytes) = value("retention.bytes").filter(|v| v != "-1") {
+        problems.push(format!("retention.bytes={bytes}"));
+    }
+    if let Some(policy) = value("cleanup.policy").filter(|v| v.contains("compact")) {
+        problems.push(format!("cleanup.policy={policy}"));
+    }
+    (!problems.is_empty()).then(|| {
+        format!("topic {topic} may lose events ({}): it is the ledger's replica; set retention.ms=-1, retention.bytes=-1, cleanup.policy=delete", problems.join(", "))
+    })
 }
 
 /// The idempotent producer (`acks=all`) both relays use.

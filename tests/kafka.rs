@@ -192,6 +192,47 @@ async fn a_restart_without_the_broker_reports_the_saved_position_not_a_false_lag
     ledger.close();
 }
 
+/// Issue 16: the events topic is the ledger's replica, so Kafka must never delete or compact
+/// it. A topic the relay creates keeps every record; an existing one that may lose records is
+/// reported (`/v1/relay`'s `warning`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_topic_keeps_every_record_or_the_relay_warns() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+    let broker = Broker::start();
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new().set("bootstrap.servers", &broker.addr).create().unwrap();
+    let describe = |topic: String| {
+        let admin = &admin;
+        async move {
+            let r = admin.describe_configs([&ResourceSpecifier::Topic(&topic)], &AdminOptions::new()).await.unwrap();
+            let resource = r.into_iter().next().unwrap().unwrap();
+            (resource.get("retention.ms").and_then(|e| e.value.clone()), resource.get("cleanup.policy").and_then(|e| e.value.clone()))
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fresh_topic("kept");
+    let r = start(dir.path(), kafka_config(&broker.addr, &topic));
+    workload(&r.ledger, &r.gateway, 0, 3).await;
+    r.caught_up(Duration::from_secs(60)).await;
+    assert_eq!(describe(topic.clone()).await, (Some("-1".into()), Some("delete".into())));
+    assert!(r.status.warning.lock().unwrap().is_none());
+    let (ledger, _) = r.stop().await;
+    ledger.close();
+
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fresh_topic("short-lived");
+    let new = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1)).set("retention.ms", "60000");
+    admin.create_topics([&new], &AdminOptions::new()).await.unwrap();
+    let r = start(dir.path(), kafka_config(&broker.addr, &topic));
+    workload(&r.ledger, &r.gateway, 0, 3).await;
+    r.caught_up(Duration::from_secs(60)).await;
+    let warning = r.status.warning.lock().unwrap().clone();
+    assert!(warning.as_deref().is_some_and(|w| w.contains("retention.ms=60000")), "{warning:?}");
+    let report = Relay::report(&r.ledger, &topic, &r.status);
+    assert!(report.warning.is_some());
+    let (ledger, _) = r.stop().await;
+    ledger.close();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_is_not_there_yet_blocks_nothing() {
     // The port stays bound (not listening: connections are refused) until the broker starts on

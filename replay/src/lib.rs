@@ -28,7 +28,7 @@ pub enum Source {
 }
 
 /// Events per HTTP feed request: one page in memory at a time.
-const FEED_PAGE: u64 = 10_000;
+const FEED_PAGE: u64 = 2_000;
 
 /// The longest line (or feed record) read whole. An event is a few KB at most; a longer line
 /// is read up to this and reported `undecodable` at its position, the rest of it skipped.

@@ -77,3 +77,84 @@ fn memory_stays_bounded_whatever_the_log_length() {
     assert_eq!(code, 3);
     assert!(peak < BOUND_BYTES, "a 200 MiB line: peak resident memory {peak} bytes");
 }
+
+/// Regression: the `--url` source held the whole log in memory (a 204 MB log: 347 MB
+/// resident), and `state --url --at 10` read everything. Now it reads the feed a page at a
+/// time and stops at the moment asked for.
+#[test]
+fn the_http_feed_is_read_in_bounded_memory() {
+    use bindledger::config::{Config, Role, TokenConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let secret = bindledger::secret::LedgerSecret::from_bytes([6; 32]);
+    let n = 250_000u64;
+    let written = {
+        // Written as the ledger writes, with the secret the ledger will open it with.
+        let store = bindledger::store::Store::open(&data).unwrap();
+        store.check_secret(&secret.check_value()).unwrap();
+        let mut prev = GENESIS_HASH;
+        let mut batch = bindledger::store::LogBatch::default();
+        let mut total = 0u64;
+        for seq in 1..=n {
+            let e = Event {
+                v: SCHEMA_VERSION,
+                id: uuid::Uuid::from_u128(seq as u128),
+                seq,
+                account: format!("acct-{}", seq % 5),
+                account_seq: (seq - 1) / 5 + 1,
+                event_time: chrono::DateTime::from_timestamp(1_790_000_000 + seq as i64, 0).unwrap(),
+                record_time: chrono::DateTime::from_timestamp(1_790_000_000 + seq as i64, 0).unwrap(),
+                idempotency_key: None,
+                request_digest: Some(Hash([9; 32])),
+                correlation_id: None,
+                context: Context { channel: "app".into(), user_agent: Some("Mozilla/5.0 ".repeat(50)), ..Context::default() },
+                prev_hash: prev,
+                payload: Payload::UnbindFailed { binding_id: uuid::Uuid::from_u128(7), reason: UnbindFailure::NotBound },
+            };
+            let bytes = encode(&e);
+            prev = hash_bytes(&bytes);
+            total += bytes.len() as u64;
+            batch.add_event(seq, &bytes);
+            if seq % 1024 == 0 {
+                store.apply_log(std::mem::take(&mut batch)).unwrap();
+            }
+        }
+        store.apply_log(batch).unwrap();
+        store.flush().unwrap();
+        total
+    };
+    let log_bytes = written;
+    assert!(log_bytes > 3 * BOUND_BYTES, "the log ({log_bytes} bytes) is several times the bound");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let token = "auditor-token-0123456789";
+    let config = Config { data_dir: data.clone(), tokens: vec![TokenConfig { token: token.into(), roles: vec![Role::Auditor] }], ..Config::default() };
+    let g = std::sync::Arc::new(bindledger::gateway::SimulatedGateway::new(config.gateway.simulated.clone()));
+    let (addr, stop, server, node) = rt.block_on(async {
+        let mut config = config.clone();
+        config.alerts.enabled = false;
+        config.checkpoints.enabled = false;
+        let node = bindledger::node::Node::start(&config, secret, g).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(bindledger::http::serve(listener, node.state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        (addr, stop, server, node)
+    });
+    let url = format!("http://{addr}");
+    for args in [vec!["verify", "--url", &url, "--token", token], vec!["state", "--at", "10", "--url", &url, "--token", token]] {
+        let started = std::time::Instant::now();
+        let (code, peak) = peak_rss(&args);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(peak < BOUND_BYTES, "{args:?}: peak resident memory {peak} bytes over a {log_bytes}-byte log");
+        if args[0] == "state" {
+            assert!(started.elapsed() < std::time::Duration::from_secs(20), "state --at 10 stops reading early");
+        }
+    }
+    rt.block_on(async {
+        let _ = stop.send(());
+        let _ = server.await;
+        node.stop().await;
+    });
+}
