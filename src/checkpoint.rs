@@ -301,7 +301,8 @@ impl CheckpointPublisher {
             self.status.set(crate::relay::State::Publishing);
             let key = cp.seq.to_string();
             let value = serde_json::to_vec(&cp).expect("checkpoints serialize");
-            let record = rdkafka::producer::FutureRecord::to(&self.topic).partition(0).key(&key).payload(&value);
+            let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header { key: "seq", value: Some(key.as_str()) });
+            let record = rdkafka::producer::FutureRecord::to(&self.topic).partition(0).key(&key).payload(&value).headers(headers);
             producer.send(record, std::time::Duration::from_secs(30)).await.map_err(|(e, _)| format!("checkpoint {}: {e}", cp.seq))?;
             position = cp.seq;
             self.status.position.store(position, std::sync::atomic::Ordering::Relaxed);

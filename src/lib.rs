@@ -21,6 +21,7 @@
 //! - [`analytics`]: the downstream analytics consumer (`bindledger consume`).
 //! - [`config`]: TOML + environment configuration; [`error`]: the error enum.
 //! - [`offline`]: export and verify a log that no process has open.
+//! - [`restore`]: a data directory rebuilt from the events topic and its signed checkpoints.
 //! - [`client`], [`demo`], [`bench`]: a small HTTP client, the demo workload, the benchmark.
 
 pub mod alerts;
@@ -44,6 +45,7 @@ pub mod node;
 pub mod offline;
 pub mod projection;
 pub mod relay;
+pub mod restore;
 pub mod secret;
 pub mod store;
 #[cfg(test)]

@@ -98,6 +98,10 @@ enum Command {
     Consume(bindledger::analytics::ConsumeArgs),
     /// Measure the Kafka relay against a raw producer on the same broker, and end-to-end lag.
     BenchKafka(bench::KafkaBenchArgs),
+    /// Rebuild a data directory from the Kafka events topic: the log byte for byte, every link
+    /// checked, the signed checkpoints checked with --public-key and kept. Resumable: run it
+    /// again on the same directory to go on. `serve` then rebuilds projections and alerts.
+    Restore(RestoreArgs),
     /// Show what the built-in simulated provider knows of a wallet (for trying the API by
     /// hand): its standing, payment password, SMS code, biometric assertions and balance.
     SimWallet {
@@ -169,6 +173,30 @@ struct AlertsArgs {
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// The directory to restore into (new, or one a previous restore left unfinished).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "BINDLEDGER_KAFKA_BROKERS")]
+    brokers: String,
+    /// The events topic.
+    #[arg(long, env = "BINDLEDGER_KAFKA_TOPIC", default_value = "bindledger.events")]
+    topic: String,
+    /// The checkpoints topic.
+    #[arg(long, default_value = "bindledger.checkpoints")]
+    checkpoints_topic: String,
+    /// The ledger's checkpoint public key (64 hex characters), from a channel you trust: the
+    /// checkpoints are checked with it and kept. Without it they are not restored.
+    #[arg(long)]
+    public_key: Option<String>,
+    /// The ledger's HMAC secret, the one the log was written with (it is not on Kafka; keep it
+    /// in a secrets store). Or BINDLEDGER_SECRET.
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -503,6 +531,44 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Verify { data_dir, rules, json } => {
             init_tracing("warn", log_format);
             verify(&data_dir, rules.as_deref(), json)
+        }
+        Command::Restore(args) => {
+            init_tracing("warn", log_format);
+            let secret = match (&args.secret_file, std::env::var("BINDLEDGER_SECRET")) {
+                (Some(path), _) => LedgerSecret::from_hex(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)?,
+                (None, Ok(hex)) => LedgerSecret::from_hex(&hex)?,
+                (None, Err(_)) => {
+                    use clap::CommandFactory;
+                    Cli::command()
+                        .error(clap::error::ErrorKind::MissingRequiredArgument, "restore needs the ledger's secret: --secret-file FILE or BINDLEDGER_SECRET")
+                        .exit()
+                }
+            };
+            let kafka = bindledger::relay::KafkaConfig { brokers: args.brokers.clone(), topic: args.topic.clone(), ..Default::default() };
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let started = std::time::Instant::now();
+            let report = bindledger::restore::restore(&kafka, Some(args.checkpoints_topic.as_str()).filter(|_| args.public_key.is_some()), args.public_key.as_deref(), &args.data_dir, &secret, |n| {
+                if terminal {
+                    eprint!("\r\x1b[K{n} events, {:.0}/s", n as f64 / started.elapsed().as_secs_f64().max(1e-9));
+                }
+            })?;
+            if terminal {
+                eprint!("\r\x1b[K");
+            }
+            println!(
+                "restored {} events into {} ({} were already there); head {} at event {}",
+                report.restored,
+                args.data_dir.display(),
+                report.resumed_from,
+                report.head,
+                report.head_seq
+            );
+            match &args.public_key {
+                Some(_) => println!("checkpoints: {} checked and kept ({} beyond the restored log)", report.checkpoints_kept, report.checkpoints_beyond),
+                None => println!("checkpoints: not restored (give --public-key to check and keep them)"),
+            }
+            println!("next: bindledger serve --data-dir {} (with the same secret and checkpoint key)", args.data_dir.display());
+            Ok(0)
         }
         Command::Consume(args) => {
             init_tracing("warn", log_format);

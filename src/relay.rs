@@ -83,7 +83,7 @@ impl KafkaConfig {
         !self.brokers.trim().is_empty()
     }
 
-    fn client_config(&self) -> ClientConfig {
+    pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         for (k, v) in &self.properties {
@@ -592,5 +592,132 @@ mod tests {
         let p = partition_for(b"alice", 6);
         assert!((0..6).contains(&p));
         assert_eq!(p, partition_for(b"alice", 6));
+    }
+}
+
+/// Messages buffered per partition before that partition is paused: the merge holds at most
+/// this many per partition, whatever the topic's length.
+const KAFKA_BUFFER_PER_PARTITION: usize = 4096;
+
+/// The events topic read as one log: every partition from its start to the high watermark it
+/// had when reading began, merged on the `seq` header (a k-way merge: each partition is in
+/// global order already). A partition whose buffer is full is paused until the merge has
+/// taken from it, so memory stays bounded. Ties (a duplicate across partitions) keep both, in
+/// partition order, for the audit to name.
+pub struct TopicReader {
+    consumer: rdkafka::consumer::BaseConsumer,
+    topic: String,
+    /// Per partition: buffered (seq, value), when it last delivered (or was resumed), whether
+    /// it is paused, and whether it has ended.
+    buffers: Vec<std::collections::VecDeque<(u64, Vec<u8>)>>,
+    active: Vec<std::time::Instant>,
+    paused: Vec<bool>,
+    ended: Vec<bool>,
+    failed: bool,
+}
+
+/// How long a partition must deliver nothing (while not paused) to count as read to its end.
+const KAFKA_QUIET: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens `topic` for reading from its start (`client`: the brokers and any security settings).
+pub fn read_topic(mut client: ClientConfig, topic: &str) -> Result<TopicReader, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::TopicPartitionList;
+    let consumer: BaseConsumer = client
+        .set("group.id", format!("bindledger-reader-{}", uuid::Uuid::now_v7().simple()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| format!("kafka consumer: {e}"))?;
+    let timeout = std::time::Duration::from_secs(10);
+    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let partitions = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    if partitions == 0 {
+        return Err(format!("topic {topic} has no partitions"));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let n = partitions as usize;
+    let now = std::time::Instant::now();
+    Ok(TopicReader { consumer, topic: topic.to_owned(), buffers: vec![Default::default(); n], active: vec![now; n], paused: vec![false; n], ended: vec![false; n], failed: false })
+}
+
+impl TopicReader {
+    fn set_paused(&mut self, p: usize, pause: bool) -> std::result::Result<(), String> {
+        use rdkafka::consumer::Consumer;
+        if self.paused[p] == pause {
+            return Ok(());
+        }
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(&self.topic, p as i32);
+        let r = if pause { self.consumer.pause(&tpl) } else { self.consumer.resume(&tpl) };
+        r.map_err(|e| format!("{} partition {p}: {e}", self.topic))?;
+        self.paused[p] = pause;
+        self.active[p] = std::time::Instant::now();
+        Ok(())
+    }
+
+    fn finished(&mut self, p: usize) -> bool {
+        if !self.ended[p] && !self.paused[p] && self.buffers[p].is_empty() && self.active[p].elapsed() >= KAFKA_QUIET {
+            self.ended[p] = true;
+        }
+        self.ended[p]
+    }
+
+    fn step(&mut self) -> std::result::Result<Option<Vec<u8>>, String> {
+        use rdkafka::message::{Headers, Message};
+        loop {
+            // Every partition has its next event buffered, or has none left: take the smallest.
+            let ready = (0..self.buffers.len()).all(|p| !self.buffers[p].is_empty() || self.finished(p));
+            if ready {
+                let Some(p) = (0..self.buffers.len()).filter(|&p| !self.buffers[p].is_empty()).min_by_key(|&p| self.buffers[p][0].0) else {
+                    return Ok(None);
+                };
+                let (_, value) = self.buffers[p].pop_front().expect("not empty");
+                if self.buffers[p].len() < KAFKA_BUFFER_PER_PARTITION / 2 {
+                    self.set_paused(p, false)?;
+                }
+                return Ok(Some(value));
+            }
+            match self.consumer.poll(std::time::Duration::from_millis(100)) {
+                None => {}
+                Some(Err(e)) => return Err(format!("reading {}: {e}", self.topic)),
+                Some(Ok(m)) => {
+                    let p = m.partition() as usize;
+                    if self.ended[p] {
+                        continue; // arrived after the partition was taken as read to its end
+                    }
+                    self.active[p] = std::time::Instant::now();
+                    // The `seq` header (events), else the key (checkpoints are keyed by seq).
+                    let seq = m
+                        .headers()
+                        .and_then(|h| h.iter().find(|h| h.key == "seq").and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok()))
+                        .or_else(|| std::str::from_utf8(m.key()?).ok()?.parse().ok())
+                        .ok_or_else(|| format!("{} partition {p} offset {} has no seq header", self.topic, m.offset()))?;
+                    self.buffers[p].push_back((seq, m.payload().unwrap_or_default().to_vec()));
+                    if self.buffers[p].len() >= KAFKA_BUFFER_PER_PARTITION {
+                        self.set_paused(p, true)?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for TopicReader {
+    type Item = Result<Vec<u8>, String>;
+    fn next(&mut self) -> Option<Result<Vec<u8>, String>> {
+        if self.failed {
+            return None;
+        }
+        match self.step() {
+            Ok(v) => v.map(Ok),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
     }
 }

@@ -596,3 +596,81 @@ async fn signed_checkpoints_reach_their_topic() {
     node.stop().await;
     assert_eq!(topic_of(&config).len(), all.len(), "nothing of the other ledger's on the topic");
 }
+
+/// Issue 16, restore from the topic: a ledger publishing to Kafka (events and signed
+/// checkpoints) loses its data directory; `bindledger restore` rebuilds it from the topics,
+/// byte for byte, with its checkpoints checked and kept; a second run is a no-op; `serve` on
+/// the restored directory has the same bindings and continues the same chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_directory_is_restored_from_the_topic_byte_for_byte() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut config: Config = test_config(&data);
+    config.kafka = KafkaConfig { alerts_topic: fresh_topic("restore-alerts"), ..kafka_config(&broker.addr, &fresh_topic("restore-events")) };
+    config.checkpoints.topic = fresh_topic("restore-checkpoints");
+    config.checkpoints.every_events = 25;
+    let secret = LedgerSecret::from_bytes([3; 32]);
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
+    let node = bindledger::node::Node::start(&config, secret.clone(), gateway.clone()).unwrap();
+    workload(&node.ledger, &gateway, 0, 30).await;
+    let (_, relay) = node.extras.relay.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while relay.position.load(Ordering::Relaxed) < node.ledger.log_len() {
+        assert!(Instant::now() < deadline, "the relay did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, key) = node.extras.checkpoints.clone().unwrap();
+    let original: Vec<(u64, Vec<u8>)> = log_of(&node.ledger);
+    let bindings: Vec<(String, serde_json::Value)> = (0..30)
+        .map(|a| format!("acct-0-{a}"))
+        .filter_map(|a| node.ledger.account(&a).map(|s| (a, serde_json::to_value(&s).unwrap())))
+        .collect();
+    node.stop().await;
+    // The machine's disk is gone.
+    std::fs::remove_dir_all(&data).unwrap();
+    let restored_dir = dir.path().join("restored");
+    let secret_hex = "03".repeat(32);
+    let restore = |dir: &std::path::Path| {
+        std::process::Command::new(binary())
+            .args(["restore", "--brokers", &broker.addr, "--topic", &config.kafka.topic, "--checkpoints-topic", &config.checkpoints.topic, "--public-key", &key, "--data-dir"])
+            .arg(dir)
+            .env("BINDLEDGER_SECRET", &secret_hex)
+            .output()
+            .unwrap()
+    };
+    let out = restore(&restored_dir);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("restored {} events", original.len())), "{text}");
+    assert!(text.contains("checked and kept"), "{text}");
+    let again = restore(&restored_dir);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("restored 0 events"), "{}", String::from_utf8_lossy(&again.stdout));
+    // Byte for byte, with the checkpoints.
+    {
+        let store = bindledger::store::Store::open(&restored_dir).unwrap();
+        let restored: Vec<(u64, Vec<u8>)> = store.scan_events(1).map(|r| r.map(|(s, b)| (s, b.to_vec())).unwrap()).collect();
+        assert_eq!(restored, original);
+        let cps = bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree()).all().unwrap();
+        assert!(!cps.is_empty(), "{} checkpoints", cps.len());
+        for cp in &cps {
+            cp.verify(&key).unwrap();
+            assert_eq!(bindledger_events::hash_bytes(&original[cp.seq as usize - 1].1), cp.head);
+        }
+    }
+    // The ledger on the restored directory: the same bindings, and the chain goes on.
+    let mut restored_config = config.clone();
+    restored_config.data_dir = restored_dir.clone();
+    restored_config.kafka.brokers = String::new();
+    let node = bindledger::node::Node::start(&restored_config, secret, gateway.clone()).unwrap();
+    for (a, state) in &bindings {
+        assert_eq!(&serde_json::to_value(node.ledger.account(a).unwrap()).unwrap(), state, "{a}");
+    }
+    let next = bind_wallet(&node.ledger, &gateway, "after-restore", 77).await;
+    let _ = next;
+    let last = log_of(&node.ledger).pop().unwrap();
+    let e = bindledger_events::decode(&last.1).unwrap();
+    assert_eq!(e.seq, original.len() as u64 + 1);
+    assert_eq!(e.prev_hash, bindledger_events::hash_bytes(&original.last().unwrap().1));
+    node.stop().await;
+}
