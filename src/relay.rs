@@ -430,9 +430,12 @@ const ADMIN_ANSWER_MAX: Duration = Duration::from_secs(15);
 pub(crate) async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = config.client_config().create().map_err(|e| format!("admin client: {e}"))?;
     // The topics are the ledger's replica and an auditor's copy: Kafka must never delete or
-    // compact them.
+    // compact them. Retention is a century rather than -1 (infinite): tansu 0.6's sqlite
+    // storage drops every record of a topic with retention.ms=-1 when it restarts, and a
+    // century is as good as forever to Kafka.
+    let retention = RETENTION_MS_MIN.to_string();
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(config.replication_factor))
-        .set("retention.ms", "-1")
+        .set("retention.ms", &retention)
         .set("retention.bytes", "-1")
         .set("cleanup.policy", "delete");
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))).request_timeout(Some(Duration::from_secs(5)));
@@ -451,6 +454,9 @@ pub(crate) async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: 
     Ok(())
 }
 
+/// The shortest retention taken as keeping every record: a century, in milliseconds.
+pub const RETENTION_MS_MIN: i64 = 100 * 365 * 24 * 3600 * 1000;
+
 /// Whether an existing topic keeps every record: `None` when it does (or when the broker does
 /// not describe topic configurations), else what is wrong, for a warning.
 pub(crate) async fn retention_problem(config: &KafkaConfig, topic: &str) -> Option<String> {
@@ -461,7 +467,7 @@ pub(crate) async fn retention_problem(config: &KafkaConfig, topic: &str) -> Opti
     let resource = described.into_iter().next()?.ok()?;
     let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
     let mut problems = Vec::new();
-    if let Some(ms) = value("retention.ms").filter(|v| v != "-1") {
+    if let Some(ms) = value("retention.ms").filter(|v| v != "-1" && v.parse::<i64>().map_or(true, |ms| ms < RETENTION_MS_MIN)) {
         problems.push(format!("retention.ms={ms}"));
     }
     if let Some(bytes) = value("retention.bytes").filter(|v| v != "-1") {
@@ -471,7 +477,7 @@ pub(crate) async fn retention_problem(config: &KafkaConfig, topic: &str) -> Opti
         problems.push(format!("cleanup.policy={policy}"));
     }
     (!problems.is_empty()).then(|| {
-        format!("topic {topic} may lose events ({}): it is the ledger's replica; set retention.ms=-1, retention.bytes=-1, cleanup.policy=delete", problems.join(", "))
+        format!("topic {topic} may lose events ({}): it is the ledger's replica; set retention.ms=-1 (or a century or more), retention.bytes=-1, cleanup.policy=delete", problems.join(", "))
     })
 }
 

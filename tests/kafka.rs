@@ -213,7 +213,7 @@ async fn the_events_topic_keeps_every_record_or_the_relay_warns() {
     let r = start(dir.path(), kafka_config(&broker.addr, &topic));
     workload(&r.ledger, &r.gateway, 0, 3).await;
     r.caught_up(Duration::from_secs(60)).await;
-    assert_eq!(describe(topic.clone()).await, (Some("-1".into()), Some("delete".into())));
+    assert_eq!(describe(topic.clone()).await, (Some(bindledger::relay::RETENTION_MS_MIN.to_string()), Some("delete".into())));
     assert!(r.status.warning.lock().unwrap().is_none());
     let (ledger, _) = r.stop().await;
     ledger.close();

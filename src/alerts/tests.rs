@@ -477,3 +477,23 @@ fn state_is_bounded_by_windows_and_keys_max() {
     }
     assert!(engine.keys() <= 1, "all windows expired: {}", engine.keys());
 }
+
+/// Regression (issue 14): `backtest` and `bindledger verify` printed changes that showed no
+/// difference ("observed 3 -> 3, threshold 3 -> 3" for a severity change). Only the fields that
+/// differ are shown.
+#[test]
+fn differences_name_only_the_fields_that_differ() {
+    let mut log = Log::new();
+    for i in 0..5 {
+        log.wrong_password(i, "mallory");
+    }
+    let was = log.run(rules()).remove(0).alert;
+    let mut now = was.clone();
+    now.severity = super::Severity::Critical;
+    assert_eq!(super::differences(&was, &now), vec!["severity: \"high\" -> \"critical\"".to_owned()]);
+    now.observed = 9;
+    let d = super::differences(&was, &now);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(d.iter().any(|f| f == "observed: 5 -> 9"), "{d:?}");
+    assert!(super::differences(&was, &was).is_empty());
+}
