@@ -36,6 +36,14 @@ impl Role {
     }
 }
 
+/// When a command is answered (see [`Config::durability`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    Local,
+    Replicated,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
@@ -66,6 +74,13 @@ pub struct Config {
     /// at 300 s). Security rules never read `event_time`; this keeps business reports honest.
     /// Default 300.
     pub event_time_past_max_s: u64,
+    /// `local` (default): a command is answered once its event is durable on this machine's
+    /// disk. `replicated`: also once the Kafka cluster acknowledged it (`acks=all`); needs
+    /// `kafka.brokers`.
+    pub durability: Durability,
+    /// Replicated mode: how long a command waits for the cluster's acknowledgement before it is
+    /// answered `503 outcome_unknown`. Default 5000.
+    pub replication_timeout_ms: u64,
     pub writer: WriterConfig,
     pub gateway: GatewayConfig,
     pub http: HttpConfig,
@@ -215,6 +230,8 @@ impl Default for Config {
             platform_maintenance: false,
             idempotency_window_events: 1_000_000,
             event_time_past_max_s: 300,
+            durability: Durability::Local,
+            replication_timeout_ms: 5000,
             writer: WriterConfig::default(),
             gateway: GatewayConfig::default(),
             http: HttpConfig::default(),
@@ -348,6 +365,12 @@ impl Config {
         }
         if self.max_bindings_per_account == 0 {
             return bad("max_bindings_per_account must be at least 1");
+        }
+        if self.durability == Durability::Replicated && !self.kafka.enabled() {
+            return bad("durability = \"replicated\" needs kafka.brokers: the Kafka cluster is the replication");
+        }
+        if self.replication_timeout_ms == 0 {
+            return bad("replication_timeout_ms must be at least 1");
         }
         let k = &self.kafka;
         if k.partitions < 1 || k.replication_factor < 1 || k.inflight_events_max == 0 || k.topic.is_empty() || k.alerts_topic.is_empty() {

@@ -44,6 +44,11 @@ pub enum Error {
     Corrupt(String),
     #[error("the ledger is shutting down")]
     ShuttingDown,
+    /// Replicated mode: the event is durable on this ledger, but the Kafka cluster did not
+    /// acknowledge it in time. The caller retries with the same idempotency key; the retry
+    /// returns the original event once it is replicated, and never executes it twice.
+    #[error("the Kafka cluster has not acknowledged the event in time; retry with the same idempotency key")]
+    OutcomeUnknown,
 }
 
 impl Error {
@@ -67,6 +72,7 @@ impl Error {
             Error::SecretMismatch => "secret_mismatch",
             Error::Corrupt(_) => "corrupt",
             Error::ShuttingDown => "shutting_down",
+            Error::OutcomeUnknown => "outcome_unknown",
         }
     }
 }

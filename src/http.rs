@@ -113,7 +113,7 @@ impl From<Error> for ApiError {
             Error::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::VersionConflict { .. } => StatusCode::CONFLICT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Overloaded(_) | Error::ShuttingDown | Error::StorageFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Overloaded(_) | Error::ShuttingDown | Error::StorageFailed(_) | Error::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR || matches!(e, Error::StorageFailed(_)) {
@@ -128,6 +128,10 @@ impl From<Error> for ApiError {
             Error::VersionConflict { .. } => (Some("expected_version"), "the account is not at the expected version; read it and retry"),
             Error::Overloaded(why) => (None, *why),
             Error::ShuttingDown => (None, "the ledger is shutting down"),
+            Error::OutcomeUnknown => (
+                None,
+                "the event is durable on this ledger but the Kafka cluster has not acknowledged it in time; retry with the same idempotency key",
+            ),
             Error::StorageFailed(_) => (None, "the event log could not be written; the ledger takes no more commands"),
             _ => (None, "internal error; see the server's log"),
         };

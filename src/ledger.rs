@@ -82,6 +82,9 @@ struct Inner {
     attempt_ended: tokio::sync::Notify,
     /// How far in the past a caller's `event_time` may be.
     event_time_past_max: chrono::Duration,
+    /// Replicated mode: every event up to this seq is acknowledged by the Kafka cluster (the
+    /// relay advances it), and how long an answer waits for it.
+    replicated: Option<(tokio::sync::watch::Sender<u64>, Duration)>,
     metrics: Arc<Metrics>,
     failed: Arc<AtomicBool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -212,6 +215,8 @@ impl Ledger {
                 attempts: Default::default(),
                 attempt_ended: tokio::sync::Notify::new(),
                 event_time_past_max: chrono::Duration::seconds(config.event_time_past_max_s as i64),
+                replicated: (config.durability == crate::config::Durability::Replicated)
+                    .then(|| (tokio::sync::watch::Sender::new(0), Duration::from_millis(config.replication_timeout_ms))),
                 metrics,
                 failed,
                 writer: Mutex::new(Some(handle)),
@@ -357,9 +362,37 @@ impl Ledger {
         Ok(())
     }
 
+    /// The relay: every event up to `seq` is on the topic (acknowledged by the cluster).
+    pub fn replicated_to(&self, seq: u64) {
+        if let Some((tx, _)) = &self.inner.replicated {
+            tx.send_if_modified(|p| {
+                let moved = seq > *p;
+                *p = (*p).max(seq);
+                moved
+            });
+        }
+    }
+
+    /// Replicated mode: holds an answer until the cluster has its event (a replay too: the
+    /// original may not be replicated yet), or answers `outcome_unknown` after the timeout.
+    /// The event stays durable here; a retry with the same key returns it once replicated.
+    async fn replicated(&self, result: Result<Committed>) -> Result<Committed> {
+        let (Some((tx, timeout)), Ok(c)) = (&self.inner.replicated, &result) else { return result };
+        let seq = c.event.seq;
+        let mut rx = tx.subscribe();
+        let replicated = tokio::time::timeout(*timeout, rx.wait_for(|p| *p >= seq)).await.is_ok_and(|r| r.is_ok());
+        if replicated {
+            result
+        } else {
+            self.inner.metrics.count_rejected("outcome_unknown");
+            Err(Error::OutcomeUnknown)
+        }
+    }
+
     async fn submit(&self, request: Request) -> Result<Committed> {
         let kind = request.kind();
         let result = self.submit_inner(request).await;
+        let result = self.replicated(result).await;
         match &result {
             // The seq names the event; the account id (the caller's value) is not logged.
             Ok(c) => tracing::debug!(
@@ -412,7 +445,7 @@ impl Ledger {
             factor.map_or("", |f| f.as_str()).as_bytes(),
         ]);
         if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
-            return Ok(done);
+            return self.replicated(Ok(done)).await;
         }
         let facts = BindFacts { provider: cmd.provider.clone(), wallet, factor };
         let pre = {
@@ -454,7 +487,7 @@ impl Ledger {
             factor.map_or("", |f| f.as_str()).as_bytes(),
         ]);
         if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
-            return Ok(done);
+            return self.replicated(Ok(done)).await;
         }
         let facts = PayFacts {
             binding_id: cmd.binding_id,
@@ -524,7 +557,7 @@ impl Ledger {
         self.now_meta(&mut cmd.meta)?;
         let digest = self.inner.secret.mac(&[b"unbind", cmd.meta.account.as_bytes(), cmd.binding_id.as_bytes()]);
         if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
-            return Ok(done);
+            return self.replicated(Ok(done)).await;
         }
         {
             let read = self.inner.read.read().expect("lock");
@@ -545,7 +578,7 @@ impl Ledger {
             &cmd.until.timestamp_micros().to_be_bytes(),
         ]);
         if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
-            return Ok(done);
+            return self.replicated(Ok(done)).await;
         }
         self.submit(Request::Lock { meta: cmd.meta, digest, binding_id: cmd.binding_id, alert_id: cmd.alert_id, until: cmd.until }).await
     }
@@ -565,7 +598,7 @@ impl Ledger {
             cmd.alert_id.as_deref().unwrap_or("").as_bytes(),
         ]);
         if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
-            return Ok(done);
+            return self.replicated(Ok(done)).await;
         }
         {
             let read = self.inner.read.read().expect("lock");

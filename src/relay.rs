@@ -219,12 +219,21 @@ pub struct Relay {
 type SessionResult = Result<(), String>;
 
 impl Relay {
+    /// Every event up to `position` is on the topic: for `/v1/relay`, and for the ledger's
+    /// replicated acknowledgement.
+    fn advance(&self, position: u64) {
+        self.status.position.store(position, Ordering::Relaxed);
+        self.ledger.replicated_to(position);
+    }
+
     pub fn new(ledger: Ledger, config: KafkaConfig) -> Relay {
         let status: std::sync::Arc<RelayStatus> = Default::default();
         // Until a session has read the topic, the position is the one saved when events were
         // last confirmed on it: a restart while the broker is away must not report the whole
         // log as lag.
-        status.position.store(ledger.relay_position(&config.topic).unwrap_or(0), Ordering::Relaxed);
+        let saved = ledger.relay_position(&config.topic).unwrap_or(0);
+        status.position.store(saved, Ordering::Relaxed);
+        ledger.replicated_to(saved);
         Relay { ledger, config, status }
     }
 
@@ -338,7 +347,7 @@ impl Relay {
         let producer = producer(&self.config)?;
         let mut durable = self.ledger.subscribe();
         let mut position = from - 1;
-        self.status.position.store(position, Ordering::Relaxed);
+        self.advance(position);
         *self.status.last_error.lock().expect("status lock") = None;
         // Deliveries in send order: (seq, its delivery, or None for an event already on the
         // topic). The front is awaited when the window is full, so the producer never idles
@@ -360,7 +369,7 @@ impl Relay {
                     self.ledger.set_relay_position(&topic, position).map_err(|e| e.to_string())?;
                     saved_at = position;
                 }
-                self.status.position.store(position, Ordering::Relaxed);
+                self.advance(position);
                 self.status.set(State::Idle);
                 let _ = tokio::time::timeout(Duration::from_secs(1), durable.changed()).await;
                 continue;
@@ -414,7 +423,7 @@ impl Relay {
                 position = *seq;
                 window.pop_front();
             }
-            self.status.position.store(position, Ordering::Relaxed);
+            self.advance(position);
             if position >= saved_at + RELAY_SAVE_EVERY_EVENTS {
                 self.ledger.set_relay_position(&topic, position).map_err(|e| e.to_string())?;
                 saved_at = position;

@@ -674,3 +674,60 @@ async fn a_lost_directory_is_restored_from_the_topic_byte_for_byte() {
     assert_eq!(e.prev_hash, bindledger_events::hash_bytes(&original.last().unwrap().1));
     node.stop().await;
 }
+
+/// Issue 16, replicated acknowledgement: with the broker away, commands are answered
+/// `503 outcome_unknown` within the timeout and none as a success; when it returns, retries
+/// with the same idempotency keys get the original events (`replayed`), each in the log once;
+/// and with the broker there, a command is answered only once its event is on the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_mode_acknowledges_nothing_the_cluster_does_not_hold() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: Config = test_config(dir.path());
+    config.kafka = KafkaConfig { alerts_topic: fresh_topic("repl-alerts"), ..kafka_config(&addr, &fresh_topic("repl-events")) };
+    config.checkpoints.enabled = false;
+    config.durability = bindledger::config::Durability::Replicated;
+    config.replication_timeout_ms = 1000;
+    let server = TestServer::start(config.clone()).await;
+    let (l, g) = (server.ledger.clone(), server.gateway.clone());
+    let binding = {
+        // The bind itself waits for the cluster: with no broker, its outcome is unknown too.
+        let mut c = server.client(ALL);
+        let body = serde_json::json!({"provider": "alipay", "wallet_account": phone(1), "payment_password": g.password_for(&alipay(), &phone(1)), "idempotency_key": "bind-1"});
+        let started = Instant::now();
+        let (status, v) = c.post_json("/v1/accounts/alice/bindings", &body).await.unwrap();
+        assert_eq!((status.as_u16(), v["error"]["code"].as_str()), (503, Some("outcome_unknown")), "{v}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        body
+    };
+    let mut c = server.client(ALL);
+    let pay = |i: u64, bound: &str| {
+        serde_json::json!({"binding_id": bound, "order_id": format!("o-{i}"), "amount_minor": 100, "payment_password": g.password_for(&alipay(), &phone(1)), "idempotency_key": format!("pay-{i}")})
+    };
+    // The broker arrives; the relay publishes; the retry of the bind returns the original.
+    let _broker = Broker::start_on(port, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let bound = loop {
+        let (status, v) = c.post_json("/v1/accounts/alice/bindings", &binding).await.unwrap();
+        if status.as_u16() == 200 {
+            assert_eq!(v["replayed"], true, "{v}");
+            break v["event"]["payload"]["binding_id"].as_str().unwrap().to_owned();
+        }
+        assert_eq!(v["error"]["code"], "outcome_unknown", "{v}");
+        assert!(Instant::now() < deadline, "the retry never succeeded");
+    };
+    // With the broker there: answered once replicated.
+    for i in 0..20 {
+        let (status, v) = c.post_json("/v1/accounts/alice/payments", &pay(i, &bound)).await.unwrap();
+        assert_eq!(status.as_u16(), 201, "{v}");
+        let seq = v["event"]["seq"].as_u64().unwrap();
+        let (_, relay) = server.node.as_ref().unwrap().extras.relay.clone().unwrap();
+        assert!(relay.position.load(Ordering::Relaxed) >= seq, "answered before the cluster held event {seq}");
+    }
+    // Each command once in the log.
+    let binds = log_of(&l).iter().filter(|(_, b)| String::from_utf8_lossy(b).contains("\"wallet_bound\"")).count();
+    assert_eq!(binds, 1);
+    let _ = g;
+    server.shutdown().await;
+}
