@@ -184,8 +184,12 @@ struct Fixture {
 }
 
 async fn fixture(dir: &Path, accounts: usize, commit_delay_us: u64) -> anyhow::Result<Fixture> {
+    fixture_with(dir, accounts, |c| c.writer.commit_delay_us = commit_delay_us).await
+}
+
+async fn fixture_with(dir: &Path, accounts: usize, adjust: impl FnOnce(&mut Config)) -> anyhow::Result<Fixture> {
     let mut config = bench_config(dir);
-    config.writer.commit_delay_us = commit_delay_us;
+    adjust(&mut config);
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     let node = crate::node::Node::start(&config, LedgerSecret::from_bytes([7; 32]), gateway.clone())?;
     let ledger = node.ledger.clone();
@@ -569,6 +573,9 @@ pub struct KafkaBenchArgs {
     pub lag_seconds: u64,
     #[arg(long, default_value_t = 6)]
     pub partitions: i32,
+    /// Payments in each run of local against replicated durability.
+    #[arg(long, default_value_t = 50_000)]
+    pub mode_commands: u64,
 }
 
 fn fresh_topic(what: &str) -> String {
@@ -732,6 +739,51 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
         println!("| {} | {} | {:.2} | {:.0} | - | - | {:.2} | {} |", r.name, r.ops, r.seconds, r.rate(), r.rate() / raw.rate(), r.note);
     }
     println!("| {} | {} | {:.0} | {:.0} | {} | {} | - | {} |", lag.name, lag.ops, lag.seconds, lag.rate(), fmt_us(lag.p50_us), fmt_us(lag.p99_us), lag.note);
+
+    // 4. Local against replicated durability: the same payments through the library, with the
+    // relay publishing in both; replicated answers only once the cluster holds the event.
+    let mut modes = Vec::new();
+    for mode in [crate::config::Durability::Local, crate::config::Durability::Replicated] {
+        eprintln!("bench-kafka: {mode:?} durability, {} payments ...", args.mode_commands);
+        let topic = fresh_topic("mode");
+        let dir = root.join(format!("mode-{mode:?}"));
+        let f = fixture_with(&dir, 200, |c| {
+            c.kafka = kafka(&topic);
+            c.kafka.alerts_topic = fresh_topic("mode-alerts");
+            c.checkpoints.enabled = false;
+            c.durability = mode;
+        })
+        .await?;
+        let bindings = Arc::new(f.bindings);
+        let ledger = f.ledger.clone();
+        let (mut lat, seconds) = drive(512, args.mode_commands, || (), move |(), n| {
+            let (ledger, bindings) = (ledger.clone(), bindings.clone());
+            async move {
+                let b = &bindings[(n % bindings.len() as u64) as usize];
+                let result = ledger.pay(pay_request(b, n).validate(&b.0, Utc::now()).expect("valid")).await;
+                ((), result.map(|_| ()).map_err(anyhow::Error::from))
+            }
+        })
+        .await?;
+        lat.sort_unstable();
+        f.node.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        modes.push(Row {
+            name: format!("library: Ledger::pay, {mode:?} durability"),
+            ops: args.mode_commands,
+            seconds,
+            p50_us: percentile(&lat, 0.5),
+            p99_us: percentile(&lat, 0.99),
+            note: "512 submitters, the relay publishing".into(),
+        });
+    }
+    println!();
+    println!("| measurement | commands | seconds | commands/s | p50 | p99 | vs local |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in &modes {
+        println!("| {} | {} | {:.2} | {:.0} | {} | {} | {:.2} |", r.name, r.ops, r.seconds, r.rate(), fmt_us(r.p50_us), fmt_us(r.p99_us), r.rate() / modes[0].rate());
+    }
+    let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
 
