@@ -743,15 +743,17 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
     // 4. Local against replicated durability: the same payments through the library, with the
     // relay publishing in both; replicated answers only once the cluster holds the event.
     let mut modes = Vec::new();
-    for mode in [crate::config::Durability::Local, crate::config::Durability::Replicated] {
-        eprintln!("bench-kafka: {mode:?} durability, {} payments ...", args.mode_commands);
+    use crate::config::Durability;
+    for (mode, linger_ms) in [(Durability::Local, 5), (Durability::Replicated, 5), (Durability::Replicated, 0)] {
+        eprintln!("bench-kafka: {mode:?} durability, linger.ms {linger_ms}, {} payments ...", args.mode_commands);
         let topic = fresh_topic("mode");
-        let dir = root.join(format!("mode-{mode:?}"));
+        let dir = root.join(format!("mode-{mode:?}-{linger_ms}"));
         let f = fixture_with(&dir, 200, |c| {
             c.kafka = kafka(&topic);
             c.kafka.alerts_topic = fresh_topic("mode-alerts");
             c.checkpoints.enabled = false;
             c.durability = mode;
+            c.kafka.linger_ms = Some(linger_ms);
         })
         .await?;
         let bindings = Arc::new(f.bindings);
@@ -769,7 +771,7 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
         f.node.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
         modes.push(Row {
-            name: format!("library: Ledger::pay, {mode:?} durability"),
+            name: format!("library: Ledger::pay, {mode:?} durability, linger.ms {linger_ms}"),
             ops: args.mode_commands,
             seconds,
             p50_us: percentile(&lat, 0.5),

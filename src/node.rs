@@ -48,7 +48,12 @@ impl Node {
             None
         };
         if config.kafka.enabled() {
-            let relay = Relay::new(ledger.clone(), config.kafka.clone());
+            let mut kafka = config.kafka.clone();
+            if config.durability == crate::config::Durability::Replicated {
+                // Every command waits for its event's acknowledgement: send at once.
+                kafka.linger_ms.get_or_insert(0);
+            }
+            let relay = Relay::new(ledger.clone(), kafka);
             extras.relay = Some((config.kafka.topic.clone(), relay.status.clone()));
             tasks.push(tokio::spawn(relay.run(stopped.clone())));
             if let Some(m) = &monitor {
