@@ -19,6 +19,25 @@ use std::sync::Arc;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit codes.
+/// `println!` for the command's output: a closed pipe (`| head`) ends the program quietly with
+/// exit code 0, as `head` expects, instead of a panic or a "Broken pipe" error.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            stdout_failed(e);
+        }
+    }};
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing to standard output: {e}");
+    std::process::exit(1);
+}
+
 const EXIT_ERROR: i32 = 1;
 const EXIT_VERIFY_FAILED: i32 = 3;
 
@@ -294,7 +313,7 @@ async fn serve(common: Common) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     // One line on stdout that scripts (and tests) can read.
-    println!("listening on http://{addr}");
+    outln!("listening on http://{addr}");
     std::io::stdout().flush()?;
     tracing::info!(%addr, events = node.ledger.log_len(), alerts = config.alerts.enabled, "serving");
     bindledger::http::serve(listener, node.state.clone(), shutdown_signal()).await?;
@@ -321,9 +340,9 @@ async fn alerts(args: AlertsArgs) -> Result<i32> {
         let alerts: Vec<bindledger::alerts::Alert> = serde_json::from_value(body["alerts"].clone())?;
         for a in &alerts {
             if args.json {
-                println!("{}", serde_json::to_string(a)?);
+                outln!("{}", serde_json::to_string(a)?);
             } else {
-                println!("{} {}", a.opened_at.format("%Y-%m-%d %H:%M:%S"), demo::alert_line(a));
+                outln!("{} {}", a.opened_at.format("%Y-%m-%d %H:%M:%S"), demo::alert_line(a));
             }
         }
         if !args.json {
@@ -343,9 +362,9 @@ async fn alerts(args: AlertsArgs) -> Result<i32> {
                         last_id = Some(id.clone());
                     }
                     if args.json {
-                        println!("{}", msg.data);
+                        outln!("{}", msg.data);
                     } else if let Ok(c) = serde_json::from_str::<bindledger::alerts::AlertChange>(&msg.data) {
-                        println!("{} {:<7} {}", c.alert.updated_at.format("%H:%M:%S%.3f"), c.change, demo::alert_line(&c.alert));
+                        outln!("{} {:<7} {}", c.alert.updated_at.format("%H:%M:%S%.3f"), c.change, demo::alert_line(&c.alert));
                     }
                     std::io::stdout().flush()?;
                 }
@@ -405,13 +424,13 @@ async fn status(remote: &Remote, json: bool) -> Result<i32> {
         })
     });
     if json {
-        println!("{}", serde_json::json!({"health": health, "relay": relay, "monitor": monitor}));
+        outln!("{}", serde_json::json!({"health": health, "relay": relay, "monitor": monitor}));
     } else {
-        println!("ledger:  {} ({} events)", health["status"].as_str().unwrap_or("?"), health["events"]);
+        outln!("ledger:  {} ({} events)", health["status"].as_str().unwrap_or("?"), health["events"]);
         if relay["state"] == "disabled" {
-            println!("relay:   disabled (no kafka.brokers configured)");
+            outln!("relay:   disabled (no kafka.brokers configured)");
         } else {
-            println!(
+            outln!(
                 "relay:   {} to {}, position {}, lag {} events / {:.3} s, published {}",
                 relay["state"].as_str().unwrap_or("?"),
                 relay["topic"].as_str().unwrap_or("?"),
@@ -421,14 +440,14 @@ async fn status(remote: &Remote, json: bool) -> Result<i32> {
                 relay["published_total"]
             );
             if let Some(e) = relay["last_error"].as_str() {
-                println!("         last error: {e}");
+                outln!("         last error: {e}");
             }
         }
         match &monitor {
-            None => println!("alerts:  monitor off (alerts.enabled = false)"),
+            None => outln!("alerts:  monitor off (alerts.enabled = false)"),
             Some(m) => {
                 let fired: Vec<String> = opened.iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r} {n}")).collect();
-                println!(
+                outln!(
                     "alerts:  monitor at event {}, {} changes on the feed, {} open; opened: {}",
                     m["position"],
                     m["alert_stream_seq"],
@@ -464,29 +483,29 @@ fn verify(data_dir: &Path, rules: Option<&Path>, json: bool) -> Result<i32> {
     };
     let report = offline::verify(data_dir, &rules)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("events:      {}", report.events);
-        println!("chain head:  {}", report.head);
+        outln!("events:      {}", report.events);
+        outln!("chain head:  {}", report.head);
         match &report.chain_error {
-            None => println!("chain:       ok"),
-            Some(e) => println!("chain:       BROKEN at event {}: {e}", report.chain_error_seq.unwrap_or(0)),
+            None => outln!("chain:       ok"),
+            Some(e) => outln!("chain:       BROKEN at event {}: {e}", report.chain_error_seq.unwrap_or(0)),
         }
         if report.projection_matches {
-            println!("projection:  ok (every stored row equals a rebuild; snapshot at {})", report.snapshot_position);
+            outln!("projection:  ok (every stored row equals a rebuild; snapshot at {})", report.snapshot_position);
         } else {
-            println!(
+            outln!(
                 "projection:  DIFFERS from a rebuild (snapshot at {}; accounts: {})",
                 report.snapshot_position,
                 report.projection_differences.join(", ")
             );
         }
         match &report.alerts_difference {
-            None => println!("alerts:      ok ({} changes stored, {} raised by a rebuild)", report.alerts_stored, report.alerts_rebuilt),
-            Some(d) => println!("alerts:      DIFFER from a rebuild: {d}"),
+            None => outln!("alerts:      ok ({} changes stored, {} raised by a rebuild)", report.alerts_stored, report.alerts_rebuilt),
+            Some(d) => outln!("alerts:      DIFFER from a rebuild: {d}"),
         }
         if let Some(n) = &report.alerts_rules_note {
-            println!("             note: {n}");
+            outln!("             note: {n}");
         }
     }
     Ok(if report.ok() { 0 } else { EXIT_VERIFY_FAILED })
@@ -555,7 +574,7 @@ fn run(cli: Cli) -> Result<i32> {
             if terminal {
                 eprint!("\r\x1b[K");
             }
-            println!(
+            outln!(
                 "restored {} events into {} ({} were already there); head {} at event {}",
                 report.restored,
                 args.data_dir.display(),
@@ -564,20 +583,20 @@ fn run(cli: Cli) -> Result<i32> {
                 report.head_seq
             );
             match &args.public_key {
-                Some(_) => println!("checkpoints: {} checked and kept ({} beyond the restored log)", report.checkpoints_kept, report.checkpoints_beyond),
-                None => println!("checkpoints: not restored (give --public-key to check and keep them)"),
+                Some(_) => outln!("checkpoints: {} checked and kept ({} beyond the restored log)", report.checkpoints_kept, report.checkpoints_beyond),
+                None => outln!("checkpoints: not restored (give --public-key to check and keep them)"),
             }
-            println!("next: bindledger serve --data-dir {} (with the same secret and checkpoint key)", args.data_dir.display());
+            outln!("next: bindledger serve --data-dir {} (with the same secret and checkpoint key)", args.data_dir.display());
             Ok(0)
         }
         Command::Consume(args) => {
             init_tracing("warn", log_format);
             let report = bindledger::analytics::consume(&args)?;
             if args.json {
-                println!("{}", serde_json::to_string(&report)?);
+                outln!("{}", serde_json::to_string(&report)?);
             } else {
-                println!("{}", report.analytics.summary());
-                println!("{} messages, {} duplicates dropped, {} undecodable", report.messages, report.duplicates, report.undecodable);
+                outln!("{}", report.analytics.summary());
+                outln!("{} messages, {} duplicates dropped, {} undecodable", report.messages, report.duplicates, report.undecodable);
             }
             Ok(0)
         }
@@ -588,13 +607,13 @@ fn run(cli: Cli) -> Result<i32> {
             let g = SimulatedGateway::new(config.gateway.simulated.clone());
             let f = |factor| g.factor_code_for(&provider, &wallet_account, factor);
             use bindledger_events::Factor;
-            println!("provider:          {provider} (simulated, seed {})", config.gateway.simulated.seed);
-            println!("standing:          {:?}", g.wallet_status(&provider, &wallet_account));
-            println!("payment_password:  {}", g.password_for(&provider, &wallet_account));
-            println!("sms code:          {}", f(Factor::Sms));
-            println!("fingerprint:       {}", f(Factor::Fingerprint));
-            println!("face:              {}", f(Factor::Face));
-            println!("balance:           {}", bindledger_events::Currency::CNY.format(g.initial_balance_minor(&provider, &wallet_account)));
+            outln!("provider:          {provider} (simulated, seed {})", config.gateway.simulated.seed);
+            outln!("standing:          {:?}", g.wallet_status(&provider, &wallet_account));
+            outln!("payment_password:  {}", g.password_for(&provider, &wallet_account));
+            outln!("sms code:          {}", f(Factor::Sms));
+            outln!("fingerprint:       {}", f(Factor::Fingerprint));
+            outln!("face:              {}", f(Factor::Face));
+            outln!("balance:           {}", bindledger_events::Currency::CNY.format(g.initial_balance_minor(&provider, &wallet_account)));
             Ok(0)
         }
         Command::Alerts(args) => {

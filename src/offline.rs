@@ -25,11 +25,19 @@ pub fn export(dir: &Path, from: u64, out: &mut dyn Write) -> Result<u64> {
     let mut n = 0;
     for r in crate::store::scan_dir(dir, from)? {
         let (_, bytes) = r?;
-        out.write_all(&bytes).and_then(|_| out.write_all(b"\n")).map_err(|e| Error::Io(format!("writing the export: {e}")))?;
+        match out.write_all(&bytes).and_then(|_| out.write_all(b"\n")) {
+            Ok(()) => {}
+            // The reader stopped reading (`| head`): the export ends there, quietly.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(n),
+            Err(e) => return Err(Error::Io(format!("writing the export: {e}"))),
+        }
         n += 1;
     }
-    out.flush().map_err(|e| Error::Io(e.to_string()))?;
-    Ok(n)
+    match out.flush() {
+        Ok(()) => Ok(n),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(n),
+        Err(e) => Err(Error::Io(e.to_string())),
+    }
 }
 
 #[derive(Debug, Serialize)]

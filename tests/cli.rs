@@ -219,3 +219,39 @@ fn export_writes_the_stored_checkpoints_beside_the_log() {
     let written: Vec<bindledger::checkpoint::SignedCheckpoint> = std::fs::read_to_string(&cps).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(written.iter().map(|c| (c.seq, c.head)).collect::<Vec<_>>(), stored.iter().map(|c| (c.seq, c.head)).collect::<Vec<_>>());
 }
+
+/// Regression (issue 15): `bindledger export … | head` ended with `Broken pipe`, exit 1, and
+/// `alerts … | head -1` panicked. A closed pipe ends the command quietly with exit code 0.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = rt.block_on(async {
+        let config = test_config(&data);
+        let g = std::sync::Arc::new(bindledger::gateway::SimulatedGateway::new(config.gateway.simulated.clone()));
+        let node = bindledger::node::Node::start(&config, bindledger::secret::LedgerSecret::from_bytes([5; 32]), g.clone()).unwrap();
+        for a in 0..300 {
+            bind_wallet(&node.ledger, &g, &format!("acct-{a}"), a).await;
+        }
+        node.stop().await;
+    });
+    let _ = addr;
+    let replay = binary().with_file_name("bindledger-replay");
+    let mut cases: Vec<(std::path::PathBuf, Vec<String>)> = vec![(binary(), vec!["export".into(), "--data-dir".into(), data.display().to_string()])];
+    if replay.exists() {
+        cases.push((replay, vec!["history".into(), "--account".into(), "acct-1".into(), "--json".into(), "--data-dir".into(), data.display().to_string()]));
+    }
+    for (bin, args) in cases {
+        let mut child = std::process::Command::new(&bin).args(&args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        assert!(!first.is_empty());
+        // The reader is gone (as `head -1` is after its line).
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("Broken pipe") && !err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -20,6 +20,25 @@ use std::path::PathBuf;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `println!` for the command's output: a closed pipe (`| head`) ends the program quietly with
+/// exit code 0, as `head` expects, instead of a panic or a "Broken pipe" error.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            stdout_failed(e);
+        }
+    }};
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing to standard output: {e}");
+    std::process::exit(1);
+}
+
 const EXIT_ERROR: i32 = 1;
 const EXIT_PROBLEM: i32 = 3;
 
@@ -80,7 +99,7 @@ impl From {
 /// their result on stdout only for a log that verified).
 fn print_problem(report: &AuditReport, json: bool) {
     if json {
-        println!("{}", serde_json::json!({"verified": false, "events": report.events, "head": report.head, "problem": report.problem}));
+        outln!("{}", serde_json::json!({"verified": false, "events": report.events, "head": report.head, "problem": report.problem}));
     }
     if let Some(p) = &report.problem {
         eprintln!(
@@ -251,17 +270,17 @@ fn run(cli: Cli) -> Result<i32, String> {
                 let _ = std::fs::remove_dir_all(&root);
             }
             let base = rows[0].1 as f64 / rows[0].2;
-            println!("| run | events | seconds | events/s | vs raw scan |");
-            println!("|---|---:|---:|---:|---:|");
+            outln!("| run | events | seconds | events/s | vs raw scan |");
+            outln!("|---|---:|---:|---:|---:|");
             for (name, n, s) in rows {
                 let rate = n as f64 / s;
-                println!("| {name} | {n} | {s:.2} | {rate:.0} | {:.2} |", rate / base);
+                outln!("| {name} | {n} | {s:.2} | {rate:.0} | {:.2} |", rate / base);
             }
-            println!();
-            println!("| verify threads | events/s | events/s per thread | vs read + hash only on {workers} threads |");
-            println!("|---:|---:|---:|---:|");
+            outln!();
+            outln!("| verify threads | events/s | events/s per thread | vs read + hash only on {workers} threads |");
+            outln!("|---:|---:|---:|---:|");
             for (w, rate) in scaling {
-                println!("| {w} | {rate:.0} | {:.0} | {:.2} |", rate / w as f64, rate / hash_only);
+                outln!("| {w} | {rate:.0} | {:.0} | {:.2} |", rate / w as f64, rate / hash_only);
             }
             Ok(0)
         }
@@ -303,11 +322,11 @@ fn run(cli: Cli) -> Result<i32, String> {
                 Ok::<_, String>(())
             })?;
             if from.json {
-                println!("{}", serde_json::json!({"events": events, "same": same, "moved_on": moved_on, "differences": differences}));
+                outln!("{}", serde_json::json!({"events": events, "same": same, "moved_on": moved_on, "differences": differences}));
             } else {
-                println!("{events} events rebuilt; {} accounts equal, {} moved on since the source ends, {} differ", same, moved_on, differences.len());
+                outln!("{events} events rebuilt; {} accounts equal, {} moved on since the source ends, {} differ", same, moved_on, differences.len());
                 for d in &differences {
-                    println!("  {}: rebuilt {}\n  {}  live    {}", d["account"], d["rebuilt"], " ".repeat(d["account"].to_string().len()), d["live"]);
+                    outln!("  {}: rebuilt {}\n  {}  live    {}", d["account"], d["rebuilt"], " ".repeat(d["account"].to_string().len()), d["live"]);
                 }
             }
             Ok(if differences.is_empty() { 0 } else { EXIT_PROBLEM })
@@ -338,17 +357,17 @@ fn run(cli: Cli) -> Result<i32, String> {
             }
             let b = tester.finish(stored);
             if from.json {
-                println!("{}", serde_json::to_string_pretty(&b).map_err(|e| e.to_string())?);
+                outln!("{}", serde_json::to_string_pretty(&b).map_err(|e| e.to_string())?);
             } else {
-                println!("{} events; candidate vs actual: {} added, {} removed, {} changed, {} unchanged", b.events, b.added.len(), b.removed.len(), b.changed.len(), b.unchanged);
+                outln!("{} events; candidate vs actual: {} added, {} removed, {} changed, {} unchanged", b.events, b.added.len(), b.removed.len(), b.changed.len(), b.unchanged);
                 for a in &b.added {
-                    println!("  + {} {} {} observed {} threshold {}", a.id, a.severity.as_str(), a.key.value, a.observed, a.threshold);
+                    outln!("  + {} {} {} observed {} threshold {}", a.id, a.severity.as_str(), a.key.value, a.observed, a.threshold);
                 }
                 for a in &b.removed {
-                    println!("  - {} {} {} observed {} threshold {}", a.id, a.severity.as_str(), a.key.value, a.observed, a.threshold);
+                    outln!("  - {} {} {} observed {} threshold {}", a.id, a.severity.as_str(), a.key.value, a.observed, a.threshold);
                 }
                 for (was, now) in &b.changed {
-                    println!("  ~ {} {}", was.id, bindledger::alerts::differences(was, now).join(", "));
+                    outln!("  ~ {} {}", was.id, bindledger::alerts::differences(was, now).join(", "));
                 }
             }
             Ok(0)
@@ -367,7 +386,7 @@ fn run(cli: Cli) -> Result<i32, String> {
             let (heads, checkpoints_given) = match (checkpoints, stored, &public_key) {
                 (None, Some(cps), None) => {
                     if !from.json {
-                        println!("checkpoints: {} stored in the directory, not checked: give --public-key (from a channel you trust) to hold the log to them", cps.len());
+                        outln!("checkpoints: {} stored in the directory, not checked: give --public-key (from a channel you trust) to hold the log to them", cps.len());
                     }
                     (BTreeMap::new(), 0)
                 }
@@ -383,9 +402,9 @@ fn run(cli: Cli) -> Result<i32, String> {
                         Err(p) => {
                             // Nothing of the log was read: the checkpoints themselves failed.
                             if from.json {
-                                println!("{}", serde_json::json!({"checkpoints": cps.len(), "events": null, "problem": p}));
+                                outln!("{}", serde_json::json!({"checkpoints": cps.len(), "events": null, "problem": p}));
                             } else {
-                                println!("checkpoints: {} read; checkpoint {} (for event {}) FAILED: {}; the log was not checked", cps.len(), p.position, p.seq, p.found);
+                                outln!("checkpoints: {} read; checkpoint {} (for event {}) FAILED: {}; the log was not checked", cps.len(), p.position, p.seq, p.found);
                             }
                             return Ok(EXIT_PROBLEM);
                         }
@@ -396,7 +415,7 @@ fn run(cli: Cli) -> Result<i32, String> {
             if from.json {
                 let mut v = serde_json::to_value(&report).map_err(|e| e.to_string())?;
                 v["checkpoints_given"] = checkpoints_given.into();
-                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+                outln!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
             } else {
                 print_verify(&report, start, checkpoints_given);
             }
@@ -413,7 +432,7 @@ fn run(cli: Cli) -> Result<i32, String> {
                 shown += 1;
                 let line = if from.json { serde_json::to_string(e).map_err(|e| e.to_string()) } else { Ok(history_line(e)) };
                 match line {
-                    Ok(line) => println!("{line}"),
+                    Ok(line) => outln!("{line}"),
                     Err(why) => failed = Some(why),
                 }
                 failed.is_none()
@@ -463,13 +482,13 @@ fn run(cli: Cli) -> Result<i32, String> {
             let alerts: Vec<_> = alerts.values().filter(|a| account.as_ref().map_or(true, |acc| a.accounts.contains(acc))).collect();
             if from.json {
                 let v = serde_json::json!({"position": projection.position, "accounts": accounts, "alerts": alerts});
-                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+                outln!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
             } else {
-                println!("after event {}:", projection.position);
+                outln!("after event {}:", projection.position);
                 for (name, a) in &accounts {
-                    println!("  {name} (version {})", a.version);
+                    outln!("  {name} (version {})", a.version);
                     for b in &a.bindings {
-                        println!(
+                        outln!(
                             "    {} {:?} {} {} bound {}{}",
                             b.binding_id,
                             b.status,
@@ -480,9 +499,9 @@ fn run(cli: Cli) -> Result<i32, String> {
                         );
                     }
                 }
-                println!("alerts: {}", alerts.len());
+                outln!("alerts: {}", alerts.len());
                 for a in alerts {
-                    println!("  {} {} {} observed {} threshold {} (revision {})", a.id, a.severity.as_str(), a.key.value, a.observed, a.threshold, a.revision);
+                    outln!("  {} {} {} observed {} threshold {} (revision {})", a.id, a.severity.as_str(), a.key.value, a.observed, a.threshold, a.revision);
                 }
             }
             Ok(0)
@@ -494,23 +513,23 @@ fn run(cli: Cli) -> Result<i32, String> {
 fn print_verify(report: &AuditReport, start: Start, checkpoints_given: usize) {
     let from = if start.seq == 0 { "the genesis".to_owned() } else { format!("the trusted head at event {}", start.seq) };
     match report.events {
-        0 => println!("events:      none verified (from {from})"),
-        n => println!("events:      {n} verified, {}..{} (from {from})", report.first_seq, report.last_seq()),
+        0 => outln!("events:      none verified (from {from})"),
+        n => outln!("events:      {n} verified, {}..{} (from {from})", report.first_seq, report.last_seq()),
     }
-    println!("chain head:  {}", report.head);
+    outln!("chain head:  {}", report.head);
     match (checkpoints_given, report.checkpoint_seq) {
-        (0, _) => println!("checkpoints: none given: the chain alone cannot show an edit of the newest events, nor a rewrite with the chain recomputed (give --checkpoints and --public-key)"),
-        (n, None) => println!("checkpoints: {n} signatures valid, none of them at an event verified"),
+        (0, _) => outln!("checkpoints: none given: the chain alone cannot show an edit of the newest events, nor a rewrite with the chain recomputed (give --checkpoints and --public-key)"),
+        (n, None) => outln!("checkpoints: {n} signatures valid, none of them at an event verified"),
         (n, Some(seq)) => {
-            println!("checkpoints: {n} signatures valid, {} matched the log, the newest at event {seq}", report.checkpoints_checked);
+            outln!("checkpoints: {n} signatures valid, {} matched the log, the newest at event {seq}", report.checkpoints_checked);
             if report.ok() && seq < report.last_seq() {
-                println!("             events {}..{} are after the newest checkpoint: only the chain vouches for them", seq + 1, report.last_seq());
+                outln!("             events {}..{} are after the newest checkpoint: only the chain vouches for them", seq + 1, report.last_seq());
             }
         }
     }
     match &report.problem {
-        None => println!("verify:      ok"),
-        Some(p) => println!(
+        None => outln!("verify:      ok"),
+        Some(p) => outln!(
             "verify:      FAILED: {} at event {}{} (position {} in the source): expected {}, found {}",
             p.kind,
             p.seq,
