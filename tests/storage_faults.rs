@@ -1,0 +1,88 @@
+//! Real storage faults (issue 18): the real server on a file system that runs out of space.
+//! It must refuse to acknowledge what it could not make durable, say so on `/healthz` and in
+//! its log, and every command it did acknowledge must be in the log when it is opened again.
+
+mod common;
+
+use bindledger::client::Client;
+use common::*;
+use serde_json::json;
+use std::process::Command;
+
+/// A small tmpfs, unmounted on drop.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&path).unwrap();
+        let status = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&path).status().expect("mount(8)");
+        assert!(status.success(), "mounting a tmpfs needs root (the test suite runs as root in CI)");
+        SmallDisk { path }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path().join("small"), "12m");
+    let data = disk.path.join("data");
+    let log = dir.path().join("server.log");
+    let server = spawn_server(&data, &log, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let g = bindledger::gateway::SimulatedGateway::new(bindledger::config::Config::default().gateway.simulated);
+    let (acknowledged, refused, health) = rt.block_on(async {
+        let mut c = Client::new(server.addr, Some(ALL.into()));
+        let password = g.password_for(&alipay(), &phone(1));
+        let (_, v) = c.post_json("/v1/accounts/alice/bindings", &json!({"provider": "alipay", "wallet_account": phone(1), "payment_password": password})).await.unwrap();
+        let binding = v["event"]["payload"]["binding_id"].as_str().unwrap().to_owned();
+        let mut acknowledged = vec![v["event"]["seq"].as_u64().unwrap()];
+        let mut refused = 0;
+        let filler = "x".repeat(250);
+        for i in 0..200_000u64 {
+            let body = json!({"binding_id": binding, "order_id": format!("o-{i}"), "amount_minor": 1, "payment_password": password,
+                "context": {"user_agent": filler, "device_id": format!("device-{i}")}});
+            match c.post_json("/v1/accounts/alice/payments", &body).await {
+                Ok((s, v)) if s.as_u16() == 201 => acknowledged.push(v["event"]["seq"].as_u64().unwrap()),
+                Ok((s, v)) => {
+                    assert_eq!((s.as_u16(), v["error"]["code"].as_str()), (503, Some("storage_failed")), "{v}");
+                    refused += 1;
+                    if refused >= 3 {
+                        break;
+                    }
+                }
+                Err(e) => panic!("the server went away: {e}"),
+            }
+        }
+        let (status, _) = Client::new(server.addr, None).send(hyper::Method::GET, "/healthz", None).await.unwrap();
+        (acknowledged, refused, status.as_u16())
+    });
+    assert!(refused >= 3, "the disk never filled ({} acknowledged)", acknowledged.len());
+    assert_eq!(health, 503, "/healthz reports the failed storage");
+    server.kill();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("ERROR") && (text.contains("flushing the log failed") || text.contains("writing the batch failed")), "{text}");
+    // Every acknowledged command is in the log, opened again on a disk with room.
+    let moved = dir.path().join("moved");
+    let status = Command::new("cp").args(["-a"]).arg(&data).arg(&moved).status().unwrap();
+    assert!(status.success());
+    drop(disk);
+    let store = bindledger::store::Store::open(&moved).unwrap();
+    let mut verifier = bindledger_events::ChainVerifier::new();
+    let mut seqs = std::collections::HashSet::new();
+    for r in store.scan_events(1) {
+        let (seq, bytes) = r.unwrap();
+        verifier.push(&bytes).unwrap();
+        seqs.insert(seq);
+    }
+    eprintln!("{} acknowledged before the disk filled, {} events in the log", acknowledged.len(), seqs.len());
+    let lost: Vec<&u64> = acknowledged.iter().filter(|s| !seqs.contains(s)).collect();
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?} ({} acknowledged)", acknowledged.len());
+}
