@@ -522,6 +522,10 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     for (i, a) in actors.into_iter().enumerate() {
         buckets[i % workers].push(a);
     }
+    // A small population (fewer actors than workers) leaves some buckets empty: no worker
+    // for them, and the rate is spread over the others.
+    buckets.retain(|b| !b.is_empty());
+    let workers = buckets.len().max(1);
     let deadline = (opts.duration_s > 0).then(|| Instant::now() + Duration::from_secs(opts.duration_s));
     let per_worker_interval = Duration::from_secs_f64(workers as f64 / opts.rate.max(1) as f64);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

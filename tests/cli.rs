@@ -255,3 +255,21 @@ fn a_closed_pipe_ends_quietly() {
         assert!(!err.contains("Broken pipe") && !err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// Regression (issue 15): `bindledger demo --shoppers 10` (any population under 24) panicked
+/// 14 worker tasks with an index out of bounds and still exited 0; `--shoppers 0` gave 24.
+#[test]
+fn the_demo_runs_with_a_small_population() {
+    for shoppers in ["0", "10"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(binary())
+            .args(["demo", "--duration-s", "2", "--shoppers", shoppers, "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env_remove("BINDLEDGER_KAFKA_BROKERS")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(!err.contains("panicked"), "--shoppers {shoppers}: {err}");
+    }
+}
