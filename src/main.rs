@@ -174,24 +174,28 @@ struct AlertsArgs {
     /// With --follow: start after this stream seq (default: from the first alert).
     #[arg(long)]
     after: Option<u64>,
-    /// At least this severe: low, medium, high, critical.
-    #[arg(long)]
+    /// At least this severe.
+    #[arg(long, value_parser = ["low", "medium", "high", "critical"])]
     severity: Option<String>,
     /// Only this rule.
-    #[arg(long)]
+    #[arg(long, value_parser = ["password_brute_force", "bind_failure_burst", "bind_then_drain", "shared_wallet", "binding_churn", "amount_spike", "dead_wallet_probing"])]
     rule: Option<String>,
     /// Only alerts involving this account.
     #[arg(long)]
     account: Option<String>,
-    /// Only alerts opened at or after this time (RFC 3339).
-    #[arg(long)]
+    /// Only alerts opened at or after this time (RFC 3339, e.g. 2026-11-28T08:00:00Z).
+    #[arg(long, value_parser = parse_rfc3339)]
     since: Option<String>,
-    /// Without --follow: at most this many.
-    #[arg(long, default_value_t = 50)]
-    limit: usize,
+    /// Without --follow: at most this many (1 to 1000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    limit: u64,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_rfc3339(text: &str) -> Result<String, String> {
+    chrono::DateTime::parse_from_rfc3339(text).map(|_| text.to_owned()).map_err(|_| "not an RFC 3339 time, e.g. 2026-11-28T08:00:00Z".to_owned())
 }
 
 #[derive(Args)]

@@ -273,3 +273,19 @@ fn the_demo_runs_with_a_small_population() {
         assert!(!err.contains("panicked"), "--shoppers {shoppers}: {err}");
     }
 }
+
+/// Regression (issue 15): `alerts --limit 0` returned one alert and `alerts --severity urgent`
+/// exited 1 with the server's raw JSON. Bad values are bad usage: exit 2, with what is allowed.
+#[test]
+fn alerts_refuses_bad_values_as_usage_errors() {
+    for (args, expected) in [
+        (vec!["alerts", "--limit", "0"], "1..=1000"),
+        (vec!["alerts", "--severity", "urgent"], "critical"),
+        (vec!["alerts", "--rule", "nonsense"], "password_brute_force"),
+        (vec!["alerts", "--since", "yesterday"], "RFC 3339"),
+    ] {
+        let (code, _, err) = run_cli(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}
