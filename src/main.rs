@@ -308,13 +308,13 @@ async fn shutdown_signal() {
 
 async fn serve(common: Common) -> Result<()> {
     let mut config = load_config(&common)?;
-    // Refuse an unusable rules file before anything starts.
+    // Refuse an unusable rules file, and a busy address, before anything is created.
     config.alert_rules()?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let secret = load_secret(&config)?;
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     ensure_tokens(&mut config)?;
     let node = Node::start(&config, secret, gateway)?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     // One line on stdout that scripts (and tests) can read.
     outln!("listening on http://{addr}");

@@ -289,3 +289,17 @@ fn alerts_refuses_bad_values_as_usage_errors() {
         assert!(err.contains(expected), "{args:?}: {err}");
     }
 }
+
+/// Regression (issue 15): `serve` on a busy port created the data directory and its keys
+/// before failing.
+#[test]
+fn serve_on_a_busy_port_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let data = dir.path().join("data");
+    let (code, _, err) = run_cli(&["serve", "--listen", &addr, "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("binding"), "{err}");
+    assert!(!data.exists(), "nothing was created");
+}
