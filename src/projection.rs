@@ -210,3 +210,89 @@ impl Projection {
         Projection { position, accounts, wallets }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bindledger_events::{Currency, PaymentFailure, UnlockCause};
+    use std::collections::HashMap;
+    use proptest::prelude::*;
+
+    /// One step of an account's life: (account, what, which binding or wallet). Turned into an
+    /// event the ledger could have written by [`realise`].
+    fn step() -> impl Strategy<Value = (u8, u8, u8)> {
+        (0u8..3, 0u8..6, 0u8..4)
+    }
+
+    /// The events a ledger would record for the steps: binds of wallets an account does not
+    /// hold yet (fresh binding ids), and unbinds, payments, locks and unlocks of its active
+    /// bindings.
+    fn realise(steps: Vec<(u8, u8, u8)>) -> Vec<Event> {
+        let t0 = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut active: HashMap<String, Vec<(uuid::Uuid, u8)>> = HashMap::new();
+        let mut next_binding = 0u128;
+        let mut events = Vec::new();
+        for (a, what, which) in steps {
+            let account = format!("acct-{a}");
+            let held = active.entry(account.clone()).or_default();
+            let pick = (!held.is_empty()).then(|| held[which as usize % held.len()]);
+            let payload = match (what, pick) {
+                (0, _) => {
+                    let w = which % 3;
+                    if held.iter().any(|(_, x)| *x == w) {
+                        continue;
+                    }
+                    next_binding += 1;
+                    held.push((uuid::Uuid::from_u128(next_binding), w));
+                    Payload::WalletBound { binding_id: uuid::Uuid::from_u128(next_binding), provider: crate::testing::alipay(), wallet: crate::testing::wallet(w), factors: vec![], agreement_id: "agr".into() }
+                }
+                (1, Some((b, w))) => {
+                    held.retain(|(x, _)| *x != b);
+                    Payload::WalletUnbound { binding_id: b, provider: crate::testing::alipay(), wallet: crate::testing::wallet(w) }
+                }
+                (2, Some((b, w))) => Payload::PaymentSucceeded {
+                    binding_id: b,
+                    provider: crate::testing::alipay(),
+                    wallet: crate::testing::wallet(w),
+                    order_id: "o".into(),
+                    amount_minor: 1 + which as i64,
+                    currency: Currency::CNY,
+                    factors: vec![],
+                    authorization_id: "a".into(),
+                },
+                (3, Some((b, _))) => Payload::PaymentFailed { binding_id: b, order_id: "o".into(), amount_minor: 1, currency: Currency::CNY, factors: vec![], reason: PaymentFailure::WrongPassword },
+                (4, Some((b, _))) => Payload::BindingLocked { binding_id: b, alert_id: "al".into(), until: chrono::DateTime::from_timestamp(2_000_000_000, 0).unwrap() },
+                (5, Some((b, _))) => Payload::BindingUnlocked { binding_id: b, alert_id: "al".into(), cause: UnlockCause::Manual },
+                _ => continue,
+            };
+            let v = versions.entry(account.clone()).or_default();
+            *v += 1;
+            let seq = events.len() as u64 + 1;
+            events.push(crate::testing::event(seq, &account, *v, t0 + chrono::Duration::seconds(seq as i64), payload));
+        }
+        events
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// A snapshot (as the store keeps it: each account's row as JSON) plus the events after
+        /// it, folded as a restart folds them, equals a fold of the whole log.
+        #[test]
+        fn a_snapshot_plus_the_events_after_it_equals_a_full_fold(steps in proptest::collection::vec(step(), 1..120), cut in any::<prop::sample::Index>()) {
+            let events = realise(steps);
+            let full = Projection::rebuild(&events);
+            let k = cut.index(events.len() + 1);
+            let at_cut = Projection::rebuild(&events[..k]);
+            let stored: HashMap<String, AccountState> = at_cut.accounts.iter()
+                .map(|(name, a)| (name.clone(), serde_json::from_slice(&serde_json::to_vec(a).unwrap()).unwrap()))
+                .collect();
+            let mut resumed = Projection::from_accounts(k as u64, stored);
+            for e in &events[k..] {
+                resumed.apply_catching_up(e);
+            }
+            prop_assert_eq!(resumed, full);
+        }
+    }
+}
