@@ -497,3 +497,74 @@ fn differences_name_only_the_fields_that_differ() {
     assert!(d.iter().any(|f| f == "observed: 5 -> 9"), "{d:?}");
     assert!(super::differences(&was, &was).is_empty());
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Events of a few accounts that fire every rule now and then: wrong passwords, failed
+    /// binds of both kinds, binds and unbinds of shared wallets, payments large and small.
+    fn log_of(steps: &[(u8, u8, u16)]) -> Log {
+        let mut log = Log::new();
+        let mut t = 0i64;
+        for &(a, what, n) in steps {
+            t += n as i64 % 300;
+            let account = format!("acct-{a}");
+            match what {
+                0 => {
+                    log.wrong_password(t, &account);
+                }
+                1 => {
+                    log.bind_failed(t, &account, BindFailure::InvalidInput { field: "payment_password".into() });
+                }
+                2 => {
+                    log.bind_failed(t, &account, BindFailure::WalletFrozen);
+                }
+                3 => {
+                    log.bound(t, &account, (n % 3) as u128 + 1, (n % 4) as u8 + 1);
+                }
+                4 => {
+                    log.unbound(t, &account, (n % 3) as u128 + 1, (n % 4) as u8 + 1);
+                }
+                _ => {
+                    log.paid(t, &account, (n % 3) as u128 + 1, 100 + (n as i64 % 7) * 100_000);
+                }
+            }
+        }
+        log
+    }
+
+    fn rules_strategy() -> impl Strategy<Value = RuleSet> {
+        (1u32..8, 1u32..6, any::<bool>(), 1i64..3600).prop_map(|(bf, churn, lock, window_s)| {
+            let mut r = RuleSet::default();
+            r.password_brute_force.count.threshold = bf;
+            r.password_brute_force.lock = lock;
+            r.binding_churn.threshold = churn;
+            r.bind_failure_burst.window = super::super::rules::Span::secs(window_s);
+            r
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// A checkpoint of the engine's state (as stored: JSON) and a resumed run raise exactly
+        /// what an uninterrupted run raises, for arbitrary event streams and rules.
+        #[test]
+        fn a_checkpoint_and_a_resume_equal_an_uninterrupted_run(
+            steps in proptest::collection::vec((0u8..4, 0u8..6, any::<u16>()), 1..150),
+            rules in rules_strategy(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let log = log_of(&steps);
+            let straight = log.run(rules.clone());
+            let k = cut.index(log.events.len() + 1);
+            let mut first = Engine::new(rules.clone());
+            let mut changes: Vec<AlertChange> = log.events[..k].iter().flat_map(|e| first.apply(e)).collect();
+            let state: EngineState = serde_json::from_slice(&serde_json::to_vec(&first.state).unwrap()).unwrap();
+            let mut second = Engine::resume(rules, state);
+            changes.extend(log.events[k..].iter().flat_map(|e| second.apply(e)));
+            prop_assert_eq!(changes, straight);
+        }
+    }
+}
