@@ -19,24 +19,7 @@ use std::sync::Arc;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit codes.
-/// `println!` for the command's output: a closed pipe (`| head`) ends the program quietly with
-/// exit code 0, as `head` expects, instead of a panic or a "Broken pipe" error.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
-            stdout_failed(e);
-        }
-    }};
-}
-
-fn stdout_failed(e: std::io::Error) -> ! {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
-    }
-    eprintln!("error: writing to standard output: {e}");
-    std::process::exit(1);
-}
+use bindledger::outln;
 
 const EXIT_ERROR: i32 = 1;
 const EXIT_VERIFY_FAILED: i32 = 3;

@@ -20,24 +20,7 @@ use std::path::PathBuf;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `println!` for the command's output: a closed pipe (`| head`) ends the program quietly with
-/// exit code 0, as `head` expects, instead of a panic or a "Broken pipe" error.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
-            stdout_failed(e);
-        }
-    }};
-}
-
-fn stdout_failed(e: std::io::Error) -> ! {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
-    }
-    eprintln!("error: writing to standard output: {e}");
-    std::process::exit(1);
-}
+use bindledger::outln;
 
 const EXIT_ERROR: i32 = 1;
 const EXIT_PROBLEM: i32 = 3;
@@ -102,15 +85,7 @@ fn print_problem(report: &AuditReport, json: bool) {
         outln!("{}", serde_json::json!({"verified": false, "events": report.events, "head": report.head, "problem": report.problem}));
     }
     if let Some(p) = &report.problem {
-        eprintln!(
-            "the log does not verify: {} at event {}{} (position {} in the source): expected {}, found {}",
-            p.kind,
-            p.seq,
-            p.account.as_deref().map(|a| format!(", account {a}")).unwrap_or_default(),
-            p.position,
-            p.expected,
-            p.found
-        );
+        eprintln!("the log does not verify: {}", problem_text(p));
         if report.events > 0 {
             eprintln!("{} events before it verified (events {}..{}), head {}", report.events, report.first_seq, report.last_seq(), report.head);
         }
@@ -529,16 +504,21 @@ fn print_verify(report: &AuditReport, start: Start, checkpoints_given: usize) {
     }
     match &report.problem {
         None => outln!("verify:      ok"),
-        Some(p) => outln!(
-            "verify:      FAILED: {} at event {}{} (position {} in the source): expected {}, found {}",
-            p.kind,
-            p.seq,
-            p.account.as_deref().map(|a| format!(", account {a}")).unwrap_or_default(),
-            p.position,
-            p.expected,
-            p.found
-        ),
+        Some(p) => outln!("verify:      FAILED: {}", problem_text(p)),
     }
+}
+
+/// A located problem, as a sentence.
+fn problem_text(p: &bindledger_replay::Problem) -> String {
+    format!(
+        "{} at event {}{} (position {} in the source): expected {}, found {}",
+        p.kind,
+        p.seq,
+        p.account.as_deref().map(|a| format!(", account {a}")).unwrap_or_default(),
+        p.position,
+        p.expected,
+        p.found
+    )
 }
 
 /// Reads every event of a scan and keeps none: the cost of the scan alone.

@@ -2,7 +2,7 @@
 //! several times larger than the bound, and a single line far longer than any event, while the
 //! process's peak resident memory (VmHWM, polled from /proc) stays under the bound.
 
-use bindledger_events::{encode, hash_bytes, Context, Event, Hash, Payload, UnbindFailure, GENESIS_HASH, SCHEMA_VERSION};
+mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -31,29 +31,12 @@ fn memory_stays_bounded_whatever_the_log_length() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.ndjson");
     let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-    let mut prev = GENESIS_HASH;
     let n = 300_000u64;
-    for seq in 1..=n {
-        let e = Event {
-            v: SCHEMA_VERSION,
-            id: uuid::Uuid::from_u128(seq as u128),
-            seq,
-            account: format!("acct-{}", seq % 5),
-            account_seq: (seq - 1) / 5 + 1,
-            event_time: chrono::DateTime::from_timestamp(1_790_000_000 + seq as i64, 0).unwrap(),
-            record_time: chrono::DateTime::from_timestamp(1_790_000_000 + seq as i64, 0).unwrap(),
-            idempotency_key: Some(format!("key-{seq}")),
-            request_digest: Some(Hash([9; 32])),
-            correlation_id: None,
-            context: Context { channel: "app".into(), user_agent: Some("Mozilla/5.0 ".repeat(20)), ..Context::default() },
-            prev_hash: prev,
-            payload: Payload::UnbindFailed { binding_id: uuid::Uuid::from_u128(7), reason: UnbindFailure::NotBound },
-        };
-        let bytes = encode(&e);
-        prev = hash_bytes(&bytes);
-        out.write_all(&bytes).unwrap();
+    common::chain(n, &common::Shape { accounts: 5, user_agent_bytes: 240, keys: true }, |_, bytes| {
+        out.write_all(bytes).unwrap();
         out.write_all(b"\n").unwrap();
-    }
+        false
+    });
     out.flush().unwrap();
     drop(out);
     let size = std::fs::metadata(&path).unwrap().len();
@@ -92,33 +75,16 @@ fn the_http_feed_is_read_in_bounded_memory() {
         // Written as the ledger writes, with the secret the ledger will open it with.
         let store = bindledger::store::Store::open(&data).unwrap();
         store.check_secret(&secret.check_value()).unwrap();
-        let mut prev = GENESIS_HASH;
         let mut batch = bindledger::store::LogBatch::default();
         let mut total = 0u64;
-        for seq in 1..=n {
-            let e = Event {
-                v: SCHEMA_VERSION,
-                id: uuid::Uuid::from_u128(seq as u128),
-                seq,
-                account: format!("acct-{}", seq % 5),
-                account_seq: (seq - 1) / 5 + 1,
-                event_time: chrono::DateTime::from_timestamp(1_790_000_000 + seq as i64, 0).unwrap(),
-                record_time: chrono::DateTime::from_timestamp(1_790_000_000 + seq as i64, 0).unwrap(),
-                idempotency_key: None,
-                request_digest: Some(Hash([9; 32])),
-                correlation_id: None,
-                context: Context { channel: "app".into(), user_agent: Some("Mozilla/5.0 ".repeat(50)), ..Context::default() },
-                prev_hash: prev,
-                payload: Payload::UnbindFailed { binding_id: uuid::Uuid::from_u128(7), reason: UnbindFailure::NotBound },
-            };
-            let bytes = encode(&e);
-            prev = hash_bytes(&bytes);
+        common::chain(n, &common::Shape { accounts: 5, user_agent_bytes: 600, keys: false }, |seq, bytes| {
             total += bytes.len() as u64;
-            batch.add_event(seq, &bytes);
+            batch.add_event(seq, bytes);
             if seq % 1024 == 0 {
                 store.apply_log(std::mem::take(&mut batch)).unwrap();
             }
-        }
+            false
+        });
         store.apply_log(batch).unwrap();
         store.flush().unwrap();
         total

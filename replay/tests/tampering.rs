@@ -4,35 +4,11 @@
 //! 2; a failed checkpoint signature says what was (not) checked.
 
 use bindledger::checkpoint::CheckpointKey;
-use bindledger_events::{decode, encode, hash_bytes, Context, Event, Hash, Payload, UnbindFailure, GENESIS_HASH, SCHEMA_VERSION};
+use bindledger_events::{decode, encode, hash_bytes, Event, Hash};
 use std::process::Command;
 
-/// `n` chained events of three accounts (`a0`, `a1`, `a2`), canonical bytes.
-fn log(n: u64) -> Vec<Vec<u8>> {
-    let mut prev = GENESIS_HASH;
-    (1..=n)
-        .map(|seq| {
-            let e = Event {
-                v: SCHEMA_VERSION,
-                id: uuid::Uuid::from_u128(seq as u128),
-                seq,
-                account: format!("a{}", seq % 3),
-                account_seq: (seq - 1) / 3 + 1,
-                event_time: chrono::DateTime::from_timestamp(1_790_000_000 + seq as i64, 0).unwrap(),
-                record_time: chrono::DateTime::from_timestamp(1_790_000_000 + seq as i64, 0).unwrap(),
-                idempotency_key: None,
-                request_digest: Some(Hash([9; 32])),
-                correlation_id: None,
-                context: Context { channel: "app".into(), ..Context::default() },
-                prev_hash: prev,
-                payload: Payload::UnbindFailed { binding_id: uuid::Uuid::from_u128(7), reason: UnbindFailure::NotBound },
-            };
-            let bytes = encode(&e);
-            prev = hash_bytes(&bytes);
-            bytes
-        })
-        .collect()
-}
+mod common;
+use common::log;
 
 fn write(dir: &std::path::Path, name: &str, lines: &[Vec<u8>], sep: &[u8]) -> String {
     let path = dir.join(name);

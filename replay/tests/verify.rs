@@ -2,33 +2,13 @@
 //! way an auditor must catch (altered bytes, a missing event, a duplicate, a reordering), each
 //! located.
 
-use bindledger_events::{encode, hash_bytes, Context, Event, Hash, Payload, UnbindFailure, GENESIS_HASH, SCHEMA_VERSION};
+use bindledger_events::hash_bytes;
 use std::process::Command;
 
+mod common;
+
 fn export(n: u64) -> Vec<String> {
-    let mut prev = GENESIS_HASH;
-    (1..=n)
-        .map(|seq| {
-            let e = Event {
-                v: SCHEMA_VERSION,
-                id: uuid::Uuid::from_u128(seq as u128),
-                seq,
-                account: format!("a{}", seq % 3),
-                account_seq: (seq - 1) / 3 + 1,
-                event_time: chrono::DateTime::from_timestamp(1_790_000_000 + seq as i64, 0).unwrap(),
-                record_time: chrono::DateTime::from_timestamp(1_790_000_000 + seq as i64, 0).unwrap(),
-                idempotency_key: None,
-                request_digest: Some(Hash([9; 32])),
-                correlation_id: None,
-                context: Context { channel: "app".into(), ..Context::default() },
-                prev_hash: prev,
-                payload: Payload::UnbindFailed { binding_id: uuid::Uuid::from_u128(7), reason: UnbindFailure::NotBound },
-            };
-            let bytes = encode(&e);
-            prev = hash_bytes(&bytes);
-            String::from_utf8(bytes).unwrap()
-        })
-        .collect()
+    common::log(n).into_iter().map(|b| String::from_utf8(b).unwrap()).collect()
 }
 
 /// Runs `verify --json` on the lines; returns the exit code and the report.
