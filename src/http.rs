@@ -715,6 +715,27 @@ async fn relay_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Api
     }
 }
 
+/// Every relay beside the ledger: the events topic, the alerts topic, the checkpoints topic.
+async fn relays_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Reader)?;
+    let other = |r: &Option<(String, Arc<RelayStatus>)>| match r {
+        None => json!({"state": "disabled"}),
+        Some((topic, st)) => json!({
+            "state": st.state(),
+            "topic": topic,
+            "position": st.position.load(std::sync::atomic::Ordering::Relaxed),
+            "published_total": st.published_total.load(std::sync::atomic::Ordering::Relaxed),
+            "last_error": *st.last_error.lock().expect("status lock"),
+            "warning": *st.warning.lock().expect("status lock"),
+        }),
+    };
+    let events = match &s.extras.relay {
+        Some((topic, status)) => serde_json::to_value(Relay::report(&s.ledger, topic, status)).expect("reports serialize"),
+        None => json!({"state": "disabled"}),
+    };
+    Ok(Json(json!({"events": events, "alerts": other(&s.extras.alerts_relay), "checkpoints": other(&s.extras.checkpoints_relay)})).into_response())
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see the README for the API")
 }
@@ -759,6 +780,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/wallets/{fingerprint}/accounts", get(wallet_accounts))
         .route("/v1/events", get(feed))
         .route("/v1/relay", get(relay_status))
+        .route("/v1/relays", get(relays_status))
         .route("/v1/accounts/{account}/bindings/{binding_id}/unlock", post(unlock))
         .route("/v1/checkpoints", get(checkpoints))
         .route("/v1/checkpoints/key", get(checkpoint_key))

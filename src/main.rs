@@ -389,8 +389,8 @@ async fn status(remote: &Remote, json: bool) -> Result<i32> {
     let url = &remote.url;
     let mut client = bindledger::client::Client::new(addr, Some(token));
     let (_, health) = client.get_json("/healthz").await.with_context(|| format!("asking {url}"))?;
-    let (status, relay) = client.get_json("/v1/relay").await?;
-    anyhow::ensure!(status.is_success(), "{url}/v1/relay answered {status}: {relay}");
+    let (status, relays) = client.get_json("/v1/relays").await?;
+    anyhow::ensure!(status.is_success(), "{url}/v1/relays answered {status}: {relays}");
     // The monitor's figures, from the Prometheus page.
     let (_, page) = client.send(hyper::Method::GET, "/metrics", None).await?;
     let page = String::from_utf8_lossy(&page);
@@ -410,15 +410,21 @@ async fn status(remote: &Remote, json: bool) -> Result<i32> {
             "opened": opened.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         })
     });
+    // A relay in backoff with an error is failing (or refusing a topic): worth an exit code.
+    let failing: Vec<&str> = ["events", "alerts", "checkpoints"]
+        .into_iter()
+        .filter(|k| relays[*k]["state"] == "backoff" && relays[*k]["last_error"].is_string())
+        .collect();
     if json {
-        outln!("{}", serde_json::json!({"health": health, "relay": relay, "monitor": monitor}));
+        outln!("{}", serde_json::json!({"health": health, "relay": relays["events"], "relays": relays, "monitor": monitor}));
     } else {
         outln!("ledger:  {} ({} events)", health["status"].as_str().unwrap_or("?"), health["events"]);
+        let relay = &relays["events"];
         if relay["state"] == "disabled" {
-            outln!("relay:   disabled (no kafka.brokers configured)");
+            outln!("relays:  disabled (no kafka.brokers configured)");
         } else {
             outln!(
-                "relay:   {} to {}, position {}, lag {} events / {:.3} s, published {}",
+                "events:  {} to {}, position {}, lag {} events / {:.3} s, published {}",
                 relay["state"].as_str().unwrap_or("?"),
                 relay["topic"].as_str().unwrap_or("?"),
                 relay["position"],
@@ -426,8 +432,18 @@ async fn status(remote: &Remote, json: bool) -> Result<i32> {
                 relay["lag_seconds"].as_f64().unwrap_or(0.0),
                 relay["published_total"]
             );
-            if let Some(e) = relay["last_error"].as_str() {
-                outln!("         last error: {e}");
+            for (name, r) in [("alerts:  ", &relays["alerts"]), ("checkpts:", &relays["checkpoints"])] {
+                if r["state"] != "disabled" {
+                    outln!("{name} {} to {}, position {}, published {}", r["state"].as_str().unwrap_or("?"), r["topic"].as_str().unwrap_or("?"), r["position"], r["published_total"]);
+                }
+            }
+            for r in ["events", "alerts", "checkpoints"] {
+                if let Some(e) = relays[r]["last_error"].as_str() {
+                    outln!("         {r} relay, last error: {e}");
+                }
+                if let Some(w) = relays[r]["warning"].as_str() {
+                    outln!("         {r} relay, warning: {w}");
+                }
             }
         }
         match &monitor {
@@ -444,7 +460,7 @@ async fn status(remote: &Remote, json: bool) -> Result<i32> {
             }
         }
     }
-    Ok(if health["status"] == "ok" { 0 } else { EXIT_ERROR })
+    Ok(if health["status"] == "ok" && failing.is_empty() { 0 } else { EXIT_ERROR })
 }
 
 fn export(data_dir: &Path, from: u64, output: Option<&Path>) -> Result<()> {

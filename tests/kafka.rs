@@ -593,6 +593,20 @@ async fn signed_checkpoints_reach_their_topic() {
         assert!(Instant::now() < deadline, "the other ledger was not refused: {:?}", status.last_error.lock().unwrap());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // `bindledger status` shows every relay and exits 1 while one is refusing (issue 15).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bindledger::http::serve(listener, node.state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&["status", "--json", "--url", &url, "--token", ALL])).await.unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert_eq!(code, 1, "{st}");
+    assert!(st["relays"]["checkpoints"]["last_error"].as_str().is_some_and(|e| e.contains("not this ledger's")), "{st}");
+    assert!(st["relays"]["events"]["state"].is_string() && st["relays"]["alerts"]["state"].is_string(), "{st}");
+    let _ = stop_http.send(());
+    let _ = server.await;
     node.stop().await;
     assert_eq!(topic_of(&config).len(), all.len(), "nothing of the other ledger's on the topic");
 }
