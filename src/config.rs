@@ -36,6 +36,24 @@ impl Role {
     }
 }
 
+/// An address to listen on or connect to: `IP:PORT`, or `HOST:PORT` resolved now (the first
+/// address the host has).
+pub fn resolve_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = text.parse() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    match text.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| "the host has no address".to_owned()),
+        Err(_) => Err("not IP:PORT or HOST:PORT with a host that resolves".to_owned()),
+    }
+}
+
+fn deserialize_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    resolve_address(&text).map_err(|e| serde::de::Error::custom(format!("listen: {e}")))
+}
+
 /// When a command is answered (see [`Config::durability`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -57,7 +75,8 @@ pub struct Config {
     /// Directory of the sled log, the secret file and the generated admin token.
     /// Default `bindledger-data`.
     pub data_dir: PathBuf,
-    /// HTTP listen address. Default `127.0.0.1:8080`.
+    /// HTTP listen address: IP:PORT or HOST:PORT (resolved at start). Default `127.0.0.1:8080`.
+    #[serde(deserialize_with = "deserialize_listen")]
     pub listen: SocketAddr,
     /// File holding the ledger secret (64 hex chars). Default `<data_dir>/secret.key`, created
     /// on first start. `BINDLEDGER_SECRET` gives the secret directly instead.
@@ -308,7 +327,7 @@ impl Config {
             self.data_dir = v.into();
         }
         if let Some(v) = get("BINDLEDGER_LISTEN") {
-            self.listen = v.parse().map_err(|e| Error::Config(format!("BINDLEDGER_LISTEN: {e}")))?;
+            self.listen = resolve_address(&v).map_err(|e| Error::Config(format!("BINDLEDGER_LISTEN: {e}")))?;
         }
         if let Some(v) = get("BINDLEDGER_SECRET_FILE") {
             self.secret_file = Some(v.into());

@@ -50,8 +50,8 @@ struct Common {
     /// Data directory (overrides the file and BINDLEDGER_DATA_DIR).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// HTTP listen address (overrides the file and BINDLEDGER_LISTEN).
-    #[arg(long)]
+    /// HTTP listen address, IP:PORT or HOST:PORT (overrides the file and BINDLEDGER_LISTEN).
+    #[arg(long, value_parser = bindledger::config::resolve_address)]
     listen: Option<SocketAddr>,
 }
 

@@ -303,3 +303,32 @@ fn serve_on_a_busy_port_creates_nothing() {
     assert!(err.contains("binding"), "{err}");
     assert!(!data.exists(), "nothing was created");
 }
+
+/// Regression (issue 15): hostnames were refused in `--listen` and `--url`.
+#[test]
+fn hostnames_work_in_listen_and_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(binary())
+        .args(["serve", "--listen", "localhost:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("BINDLEDGER_TOKENS", format!("writer+reader+auditor+security:{ALL}"))
+        .env_remove("BINDLEDGER_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let addr: std::net::SocketAddr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{line}")).parse().unwrap();
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let url = format!("http://localhost:{}", addr.port());
+    let (code, out, err) = run_cli(&["status", "--json", "--url", &url, "--token", ALL]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(code, 0, "{err}");
+    let st: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(st["health"]["status"], "ok");
+    let (code, _, err) = run_cli(&["status", "--url", "https://localhost:1", "--token", ALL]);
+    assert_eq!(code, 1);
+    assert!(err.contains("plain HTTP only"), "{err}");
+}
