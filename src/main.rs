@@ -117,11 +117,26 @@ enum Command {
     },
     /// List a running ledger's alerts (newest first), or follow them live with --follow.
     Alerts(AlertsArgs),
-    /// Ask a running ledger how it is: health, log length, the Kafka relay's state and lag, the alert monitor.
+    /// Ask a running ledger how it is: health, log length, every Kafka relay, the alert monitor.
     Status {
         #[command(flatten)]
         remote: Remote,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift the lock on a binding (security role): the answer is the recorded event,
+    /// `binding_unlocked`, or `binding_unlock_failed` with its reason (exit 1).
+    Unlock {
+        #[command(flatten)]
+        remote: Remote,
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// The locked binding's id.
+        #[arg(long)]
+        binding: String,
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -626,6 +641,41 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Status { remote, json } => {
             init_tracing("warn", log_format);
             tokio::runtime::Runtime::new()?.block_on(status(&remote, json))
+        }
+        Command::Unlock { remote, account, binding, json } => {
+            init_tracing("warn", log_format);
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let (addr, token) = remote.connect()?;
+                let path = format!("/v1/accounts/{}/bindings/{}/unlock", url_escape(&account), url_escape(&binding));
+                let (status, v) = bindledger::client::Client::new(addr, Some(token))
+                    .post_json(&path, &serde_json::json!({"confirm": true}))
+                    .await
+                    .with_context(|| format!("asking {}", remote.url))?;
+                if json {
+                    outln!("{v}");
+                }
+                if !status.is_success() {
+                    if !json {
+                        eprintln!("error: {} answered {status}: {} ({})", remote.url, v["error"]["message"].as_str().unwrap_or("?"), v["error"]["code"].as_str().unwrap_or("?"));
+                    }
+                    return Ok(EXIT_ERROR);
+                }
+                let event = &v["event"];
+                match v["event_type"].as_str() {
+                    Some("binding_unlocked") => {
+                        if !json {
+                            outln!("unlocked binding {binding} of {account} (the lock of alert {}), event {}", event["payload"]["alert_id"].as_str().unwrap_or("?"), event["seq"]);
+                        }
+                        Ok(0)
+                    }
+                    _ => {
+                        if !json {
+                            outln!("not unlocked: {} (event {})", v["failure_code"].as_str().unwrap_or("?"), event["seq"]);
+                        }
+                        Ok(EXIT_ERROR)
+                    }
+                }
+            })
         }
         Command::BenchKafka(args) => {
             init_tracing("warn", log_format);

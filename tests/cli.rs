@@ -332,3 +332,37 @@ fn hostnames_work_in_listen_and_url() {
     assert_eq!(code, 1);
     assert!(err.contains("plain HTTP only"), "{err}");
 }
+
+/// Issue 15: `bindledger unlock` (an unlock needed curl): lifts a lock, and says why when there
+/// is none (exit 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlock_lifts_a_lock_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let binding = bind_wallet(&server.ledger, &server.gateway, "victim", 1).await;
+    let meta = bindledger::command::Meta {
+        account: "victim".into(),
+        idempotency_key: Some("lock:manual-test".into()),
+        expected_version: None,
+        correlation_id: None,
+        event_time: None,
+        context: bindledger_events::Context { channel: "monitor".into(), ..Default::default() },
+    };
+    let until = chrono::Utc::now() + chrono::Duration::minutes(30);
+    let cmd = bindledger::command::LockCommand { meta, binding_id: binding, alert_id: "password_brute_force-1".into(), until };
+    let locked = server.ledger.lock(cmd).await.unwrap();
+    assert_eq!(locked.event.event_type(), "binding_locked");
+    let url = format!("http://{}", server.addr);
+    let b = binding.to_string();
+    let args = |u: &str, b: &str| vec!["unlock".to_owned(), "--url".into(), u.to_owned(), "--token".into(), SECURITY.into(), "--account".into(), "victim".into(), "--binding".into(), b.to_owned()];
+    let a = args(&url, &b);
+    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&a.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(String::from_utf8_lossy(&out).contains("unlocked binding"), "{}", String::from_utf8_lossy(&out));
+    assert!(server.ledger.account("victim").unwrap().bindings[0].lock.is_none());
+    let a = args(&url, &b);
+    let (code, out, _) = tokio::task::spawn_blocking(move || run_cli(&a.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap();
+    assert_eq!(code, 1);
+    assert!(String::from_utf8_lossy(&out).contains("not_locked"), "{}", String::from_utf8_lossy(&out));
+    server.shutdown().await;
+}
