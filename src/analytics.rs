@@ -107,9 +107,10 @@ impl Analytics {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConsumeArgs {
-    /// Bootstrap servers.
-    #[arg(long, env = "BINDLEDGER_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    /// Kafka bootstrap servers (the demo's broker, `make demo`, listens on 127.0.0.1:19092).
+    #[arg(long, env = "BINDLEDGER_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
     pub brokers: String,
+    /// The events topic.
     #[arg(long, env = "BINDLEDGER_KAFKA_TOPIC", default_value = "bindledger.events")]
     pub topic: String,
     /// Consumer group (a new group starts at the beginning of the topic).
@@ -142,6 +143,18 @@ pub fn consume(args: &ConsumeArgs) -> anyhow::Result<ConsumeReport> {
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "true")
         .create()?;
+    // Refuse at once, and say why, when there is nothing to read: no broker answers, or the
+    // topic does not exist (reading on would log AllBrokersDown forever and end with "0").
+    let md = consumer
+        .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
+        .map_err(|e| anyhow::anyhow!("no Kafka broker answered at {} ({e})", args.brokers))?;
+    let topic = md.topics().iter().find(|t| t.name() == args.topic);
+    anyhow::ensure!(
+        topic.is_some_and(|t| t.error().is_none() && !t.partitions().is_empty()),
+        "the topic {} does not exist on {} (start the ledger with kafka.brokers set, or give --topic)",
+        args.topic,
+        args.brokers
+    );
     consumer.subscribe(&[&args.topic])?;
     let mut report = ConsumeReport::default();
     let mut highest: HashMap<i32, u64> = HashMap::new();

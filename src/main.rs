@@ -81,6 +81,7 @@ enum Command {
     /// Verify a stopped ledger: the hash chain, and the stored projection and alerts against a
     /// rebuild.
     Verify {
+        /// The stopped ledger's data directory.
         #[arg(long)]
         data_dir: PathBuf,
         /// The alert rules the ledger ran with (default: the built-in rules).
@@ -152,6 +153,7 @@ struct Remote {
     /// the admin token in --data-dir.
     #[arg(long, env = "BINDLEDGER_TOKEN")]
     token: Option<String>,
+    /// Where to find the admin token when --token is not given (the ledger's data directory).
     #[arg(long, default_value = "bindledger-data")]
     data_dir: PathBuf,
 }

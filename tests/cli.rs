@@ -366,3 +366,15 @@ async fn unlock_lifts_a_lock_from_the_command_line() {
     assert!(String::from_utf8_lossy(&out).contains("not_locked"), "{}", String::from_utf8_lossy(&out));
     server.shutdown().await;
 }
+
+/// Regression (issue 15): `bindledger consume` with no broker logged warnings and exited 0
+/// with "0 messages". It says so and exits 1.
+#[test]
+fn consume_without_a_broker_says_so_and_fails() {
+    let port = free_port();
+    let started = std::time::Instant::now();
+    let (code, out, err) = run_cli(&["consume", "--brokers", &format!("127.0.0.1:{port}"), "--idle-exit-ms", "500"]);
+    assert_eq!(code, 1, "{} {err}", String::from_utf8_lossy(&out));
+    assert!(err.contains("no Kafka broker answered"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
