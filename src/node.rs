@@ -52,6 +52,7 @@ impl Node {
             if config.durability == crate::config::Durability::Replicated {
                 // Every command waits for its event's acknowledgement: send at once.
                 kafka.linger_ms.get_or_insert(0);
+                kafka.require_retention = true;
             }
             let relay = Relay::new(ledger.clone(), kafka);
             extras.relay = Some((config.kafka.topic.clone(), relay.status.clone()));

@@ -64,6 +64,10 @@ pub struct KafkaConfig {
     /// batches, against latency. Default 5 ms, and 0 in replicated mode, where every command
     /// waits for it.
     pub linger_ms: Option<u64>,
+    /// Refuse (rather than warn about) an events topic that may delete or compact records.
+    /// Set by the node in replicated mode; not read from the configuration file.
+    #[serde(skip)]
+    pub require_retention: bool,
 }
 
 impl Default for KafkaConfig {
@@ -79,6 +83,7 @@ impl Default for KafkaConfig {
             backoff_ms_max: 5_000,
             properties: BTreeMap::new(),
             linger_ms: None,
+            require_retention: false,
         }
     }
 }
@@ -335,6 +340,10 @@ impl Relay {
         ensure_topic(&self.config, &self.config.topic, self.config.partitions).await?;
         let warning = retention_problem(&self.config, &self.config.topic).await;
         if let Some(w) = &warning {
+            if self.config.require_retention {
+                // Replicated mode: the topic is the replica acknowledgements rely on.
+                return Err(format!("refusing to publish: {w}"));
+            }
             tracing::warn!(warning = %w, "kafka relay: the events topic does not keep every event");
         }
         *self.status.warning.lock().expect("status lock") = warning;

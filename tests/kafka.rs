@@ -231,6 +231,29 @@ async fn the_events_topic_keeps_every_record_or_the_relay_warns() {
     assert!(report.warning.is_some());
     let (ledger, _) = r.stop().await;
     ledger.close();
+
+    // In replicated mode such a topic is refused, and nothing is acknowledged on it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: Config = test_config(dir.path());
+    config.kafka = KafkaConfig { alerts_topic: fresh_topic("short-alerts"), ..kafka_config(&broker.addr, &topic) };
+    config.checkpoints.enabled = false;
+    config.durability = bindledger::config::Durability::Replicated;
+    config.replication_timeout_ms = 500;
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
+    let node = bindledger::node::Node::start(&config, LedgerSecret::from_bytes([8; 32]), gateway.clone()).unwrap();
+    let req = BindRequest {
+        provider: "alipay".into(),
+        wallet_account: SecretString::new(phone(1)),
+        payment_password: SecretString::new(gateway.password_for(&alipay(), &phone(1))),
+        factor: None,
+        common: CommonInput { idempotency_key: Some("k".into()), ..CommonInput::default() },
+    };
+    let answer = node.ledger.bind(req.validate("alice", Utc::now()).unwrap()).await;
+    assert!(matches!(answer, Err(bindledger::Error::OutcomeUnknown)), "{answer:?}");
+    let (_, status) = node.extras.relay.clone().unwrap();
+    let error = status.last_error.lock().unwrap().clone();
+    assert!(error.as_deref().is_some_and(|e| e.contains("refusing to publish") && e.contains("retention.ms=60000")), "{error:?}");
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
