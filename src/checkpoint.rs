@@ -221,8 +221,7 @@ impl CheckpointPublisher {
 
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         use crate::relay::State;
-        let mut backoff = std::time::Duration::from_millis(100);
-        let backoff_max = std::time::Duration::from_millis(self.config.backoff_ms_max.max(100));
+        let mut backoff = crate::relay::Backoff::new(&self.config);
         loop {
             let result = tokio::select! {
                 r = self.session() => r,
@@ -239,14 +238,7 @@ impl CheckpointPublisher {
                 break;
             }
             if let Err(e) = result {
-                tracing::warn!(error = %e, topic = %self.topic, "checkpoints topic: will retry");
-                *self.status.last_error.lock().expect("status lock") = Some(e);
-                self.status.set(State::Backoff);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => {}
-                }
-                backoff = (backoff * 2).min(backoff_max);
+                backoff.after_failure(&self.status, "checkpoints topic", &self.topic, e, &mut shutdown).await;
             }
         }
         self.status.set(State::Stopped);

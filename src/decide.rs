@@ -47,16 +47,18 @@ impl PasswordGuard {
         (self.threshold as usize).min(crate::projection::WRONG_PASSWORDS_KEPT_MAX)
     }
 
+    /// Every payment asks this before the provider: counting allocates nothing, and only a
+    /// spent budget (an attack) sorts the times to say when it frees.
     pub fn budget(&self, binding: &crate::projection::Binding, now: DateTime<Utc>) -> Budget {
-        let recent: Vec<&DateTime<Utc>> = binding.wrong_passwords_after(now - self.window).collect();
+        let since = now - self.window;
+        let recent = binding.wrong_passwords_after(since).count();
         let threshold = self.threshold();
-        if recent.len() < threshold {
-            Budget::Left((threshold - recent.len()) as u32)
-        } else {
-            let mut times: Vec<DateTime<Utc>> = recent.into_iter().copied().collect();
-            times.sort_unstable();
-            Budget::Spent { until: times[times.len() - threshold] + self.window }
+        if recent < threshold {
+            return Budget::Left((threshold - recent) as u32);
         }
+        let mut times: Vec<DateTime<Utc>> = binding.wrong_passwords_after(since).copied().collect();
+        times.sort_unstable();
+        Budget::Spent { until: times[times.len() - threshold] + self.window }
     }
 }
 

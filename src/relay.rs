@@ -172,6 +172,36 @@ fn routing(bytes: &[u8]) -> Option<Routing<'_>> {
     })
 }
 
+/// The wait between two sessions of a relay (events, alerts, checkpoints) after a failure: from
+/// 100 ms, doubling up to `kafka.backoff_ms_max`.
+pub(crate) struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(config: &KafkaConfig) -> Backoff {
+        Backoff { next: Duration::from_millis(100), max: Duration::from_millis(config.backoff_ms_max.max(100)) }
+    }
+
+    /// The next failure waits the shortest time again (the last session made progress).
+    pub(crate) fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+
+    /// Records a failed session in `status`, then waits (or until shutdown).
+    pub(crate) async fn after_failure(&mut self, status: &RelayStatus, what: &str, topic: &str, error: String, shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+        tracing::warn!(error = %error, %topic, backoff_ms = self.next.as_millis() as u64, "{what}: will retry");
+        *status.last_error.lock().expect("status lock") = Some(error);
+        status.set(State::Backoff);
+        tokio::select! {
+            _ = tokio::time::sleep(self.next) => {}
+            _ = shutdown.changed() => {}
+        }
+        self.next = (self.next * 2).min(self.max);
+    }
+}
+
 /// The relay's state, for `/metrics`, `/v1/relay` and `bindledger status`.
 #[derive(Default)]
 pub struct RelayStatus {
@@ -277,8 +307,7 @@ impl Relay {
 
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(100);
-        let backoff_max = Duration::from_millis(self.config.backoff_ms_max.max(100));
+        let mut backoff = Backoff::new(&self.config);
         loop {
             if *shutdown.borrow() {
                 break;
@@ -292,17 +321,10 @@ impl Relay {
                 break;
             }
             if let Err(e) = result {
-                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "kafka relay: will retry");
-                *self.status.last_error.lock().expect("status lock") = Some(e);
-                self.status.set(State::Backoff);
                 if self.status.published_total.load(Ordering::Relaxed) > published_before {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => {}
-                }
-                backoff = (backoff * 2).min(backoff_max);
+                backoff.after_failure(&self.status, "kafka relay", &self.config.topic, e, &mut shutdown).await;
             }
         }
         self.status.set(State::Stopped);

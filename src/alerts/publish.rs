@@ -10,10 +10,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::feed::AlertFeed;
-use crate::relay::{ensure_topic, header_text, producer, read_tails, KafkaConfig, RelayStatus, State};
+use crate::relay::{ensure_topic, header_text, producer, read_tails, Backoff, KafkaConfig, RelayStatus, State};
 
 /// Changes read from the store per pass.
 const READ_CHANGES: usize = 1024;
@@ -32,22 +31,14 @@ impl AlertPublisher {
 
     /// Runs until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(100);
-        let backoff_max = Duration::from_millis(self.config.backoff_ms_max.max(100));
+        let mut backoff = Backoff::new(&self.config);
         while !*shutdown.borrow() {
             let result = tokio::select! {
                 r = self.session() => r,
                 _ = shutdown.changed() => Ok(()),
             };
             if let Err(e) = result {
-                tracing::warn!(error = %e, topic = %self.config.alerts_topic, "alerts topic: will retry");
-                *self.status.last_error.lock().expect("status lock") = Some(e);
-                self.status.set(State::Backoff);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => {}
-                }
-                backoff = (backoff * 2).min(backoff_max);
+                backoff.after_failure(&self.status, "alerts topic", &self.config.alerts_topic, e, &mut shutdown).await;
             }
         }
         self.status.set(State::Stopped);
