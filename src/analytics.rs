@@ -53,10 +53,17 @@ impl Analytics {
         self.events += 1;
         let month = e.event_time.format("%Y-%m");
         match &e.payload {
-            Payload::PaymentSucceeded { provider, amount_minor, currency, .. } => {
+            Payload::PaymentSucceeded {
+                provider,
+                amount_minor,
+                currency,
+                ..
+            } => {
                 let key = format!("{}|{month}|{provider}|{currency}", e.account);
                 if let Some(v) = bump(&mut self.spend_minor, key, &mut self.overflowed) {
-                    *v = v.checked_add(*amount_minor).expect("sums of bounded amounts fit in i64");
+                    *v = v
+                        .checked_add(*amount_minor)
+                        .expect("sums of bounded amounts fit in i64");
                 }
             }
             Payload::WalletBound { provider, .. } | Payload::BindFailed { provider, .. } => {
@@ -80,12 +87,20 @@ impl Analytics {
         let mut out = format!("{} events\n", self.events);
         out.push_str("bind success rate per provider:\n");
         for (p, r) in &self.bind_rates {
-            out.push_str(&format!("  {:<14} {:>6} / {:<6} {:>5.1}%\n", p, r.succeeded, r.attempts, 100.0 * r.succeeded as f64 / r.attempts.max(1) as f64));
+            out.push_str(&format!(
+                "  {:<14} {:>6} / {:<6} {:>5.1}%\n",
+                p,
+                r.succeeded,
+                r.attempts,
+                100.0 * r.succeeded as f64 / r.attempts.max(1) as f64
+            ));
         }
         let mut per_provider: BTreeMap<(String, String), i64> = BTreeMap::new();
         for (k, v) in &self.spend_minor {
             let parts: Vec<&str> = k.split('|').collect();
-            *per_provider.entry((parts[2].to_owned(), parts[3].to_owned())).or_default() += v;
+            *per_provider
+                .entry((parts[2].to_owned(), parts[3].to_owned()))
+                .or_default() += v;
         }
         out.push_str("spend per provider:\n");
         for ((p, c), v) in &per_provider {
@@ -206,18 +221,30 @@ mod tests {
     use chrono::TimeZone;
 
     fn event(seq: u64, account: &str, day: u32, payload: Payload) -> Event {
-        crate::testing::event(seq, account, seq, chrono::Utc.with_ymd_and_hms(2026, 11, day, 12, 0, 0).unwrap(), payload)
+        crate::testing::event(
+            seq,
+            account,
+            seq,
+            chrono::Utc.with_ymd_and_hms(2026, 11, day, 12, 0, 0).unwrap(),
+            payload,
+        )
     }
 
     fn paid(amount_minor: i64) -> Payload {
         Payload::PaymentSucceeded {
             binding_id: uuid::Uuid::nil(),
             provider: Provider::parse("alipay").unwrap(),
-            wallet: WalletRef { masked: "x".into(), fingerprint: Hash::default() },
+            wallet: WalletRef {
+                masked: "x".into(),
+                fingerprint: Hash::default(),
+            },
             order_id: "o".into(),
             amount_minor,
             currency: Currency::CNY,
-            factors: vec![FactorCheck { factor: bindledger_events::Factor::Password, passed: true }],
+            factors: vec![FactorCheck {
+                factor: bindledger_events::Factor::Password,
+                passed: true,
+            }],
             authorization_id: "a".into(),
         }
     }
@@ -228,14 +255,19 @@ mod tests {
         a.apply(&event(1, "alice", 1, paid(1000)));
         a.apply(&event(2, "alice", 2, paid(250)));
         a.apply(&event(3, "bob", 2, paid(5)));
-        a.apply(&event(4, "bob", 3, Payload::PaymentFailed {
-            binding_id: uuid::Uuid::nil(),
-            order_id: "o".into(),
-            amount_minor: 1,
-            currency: Currency::CNY,
-            factors: vec![],
-            reason: PaymentFailure::WrongPassword,
-        }));
+        a.apply(&event(
+            4,
+            "bob",
+            3,
+            Payload::PaymentFailed {
+                binding_id: uuid::Uuid::nil(),
+                order_id: "o".into(),
+                amount_minor: 1,
+                currency: Currency::CNY,
+                factors: vec![],
+                reason: PaymentFailure::WrongPassword,
+            },
+        ));
         assert_eq!(a.spend_minor["alice|2026-11|alipay|CNY"], 1250);
         assert_eq!(a.spend_minor["bob|2026-11|alipay|CNY"], 5);
         assert_eq!(a.failures_per_day["2026-11-03|payment_failed|wrong_password"], 1);

@@ -9,7 +9,10 @@
 //!
 //! Prints a Markdown table with throughput, latency percentiles and ratios to the baseline.
 
-use bindledger_events::{codec, hash_bytes, Context, Currency, Event, Factor, FactorCheck, Hash, Payload, Provider, WalletRef, GENESIS_HASH, SCHEMA_VERSION};
+use bindledger_events::{
+    codec, hash_bytes, Context, Currency, Event, Factor, FactorCheck, Hash, Payload, Provider, WalletRef, GENESIS_HASH,
+    SCHEMA_VERSION,
+};
 use chrono::Utc;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -99,16 +102,25 @@ fn sample_event(seq: u64, prev: Hash) -> Event {
         idempotency_key: Some(format!("bench-pay-{seq}")),
         request_digest: Some(Hash([3; 32])),
         correlation_id: None,
-        context: Context { channel: "api".into(), ..Context::default() },
+        context: Context {
+            channel: "api".into(),
+            ..Context::default()
+        },
         prev_hash: prev,
         payload: Payload::PaymentSucceeded {
             binding_id: Uuid::now_v7(),
             provider: Provider::parse("alipay").expect("known"),
-            wallet: WalletRef { masked: "138****5678".into(), fingerprint: Hash([5; 32]) },
+            wallet: WalletRef {
+                masked: "138****5678".into(),
+                fingerprint: Hash([5; 32]),
+            },
             order_id: format!("order-{seq}"),
             amount_minor: 100,
             currency: Currency::CNY,
-            factors: vec![FactorCheck { factor: Factor::Password, passed: true }],
+            factors: vec![FactorCheck {
+                factor: Factor::Password,
+                passed: true,
+            }],
             authorization_id: "auth_0123456789abcdef01234567".into(),
         },
     }
@@ -119,7 +131,10 @@ fn sample_event(seq: u64, prev: Hash) -> Event {
 /// event.
 fn raw_sled(dir: &Path, payloads: &[Vec<u8>], batch_size: usize, chunked: bool) -> anyhow::Result<Row> {
     let name = if chunked { "raw-chunked" } else { "raw-keyed" };
-    let db = sled::Config::new().path(dir.join(name)).mode(sled::Mode::HighThroughput).open()?;
+    let db = sled::Config::new()
+        .path(dir.join(name))
+        .mode(sled::Mode::HighThroughput)
+        .open()?;
     let tree = db.open_tree("raw")?;
     let bytes_per_event = payloads.iter().map(|p| p.len()).sum::<usize>() / payloads.len().max(1);
     let started = Instant::now();
@@ -146,7 +161,11 @@ fn raw_sled(dir: &Path, payloads: &[Vec<u8>], batch_size: usize, chunked: bool) 
         db.flush()?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let layout = if chunked { format!("chunks of {CHUNK_EVENTS_MAX} (the ledger's layout)") } else { "one key per event".into() };
+    let layout = if chunked {
+        format!("chunks of {CHUNK_EVENTS_MAX} (the ledger's layout)")
+    } else {
+        "one key per event".into()
+    };
     Ok(Row {
         name: format!("raw sled, {layout}"),
         ops: payloads.len() as u64,
@@ -169,8 +188,16 @@ fn sample_payloads(events: u64) -> Vec<Vec<u8>> {
 }
 
 pub(crate) fn bench_config(dir: &Path) -> Config {
-    let mut c = Config { data_dir: dir.to_path_buf(), max_bindings_per_account: 4, ..Config::default() };
-    c.gateway.simulated = Scenario { balance_minor_min: 1_000_000_000_000, balance_minor_max: 1_000_000_000_000, ..Scenario::quiet(42) };
+    let mut c = Config {
+        data_dir: dir.to_path_buf(),
+        max_bindings_per_account: 4,
+        ..Config::default()
+    };
+    c.gateway.simulated = Scenario {
+        balance_minor_min: 1_000_000_000_000,
+        balance_minor_max: 1_000_000_000_000,
+        ..Scenario::quiet(42)
+    };
     c
 }
 
@@ -194,12 +221,21 @@ async fn fixture_with(dir: &Path, accounts: usize, adjust: impl FnOnce(&mut Conf
     let node = crate::node::Node::start(&config, LedgerSecret::from_bytes([7; 32]), gateway.clone())?;
     let ledger = node.ledger.clone();
     let bindings = bind_accounts(&ledger, &gateway, (0..accounts).map(|i| format!("bench-{i:05}"))).await?;
-    Ok(Fixture { node, ledger, gateway, bindings })
+    Ok(Fixture {
+        node,
+        ledger,
+        gateway,
+        bindings,
+    })
 }
 
 /// Binds one wallet (phone `139` + the index) to each account; returns (account, binding id,
 /// password).
-pub(crate) async fn bind_accounts(ledger: &Ledger, gateway: &SimulatedGateway, accounts: impl Iterator<Item = String>) -> anyhow::Result<Vec<(String, Uuid, String)>> {
+pub(crate) async fn bind_accounts(
+    ledger: &Ledger,
+    gateway: &SimulatedGateway,
+    accounts: impl Iterator<Item = String>,
+) -> anyhow::Result<Vec<(String, Uuid, String)>> {
     let provider = Provider::parse("alipay").expect("known");
     let mut bindings = Vec::new();
     for (i, account) in accounts.enumerate() {
@@ -228,7 +264,10 @@ pub(crate) fn pay_request(binding: &(String, Uuid, String), n: u64) -> PayReques
         currency: None,
         payment_password: SecretString::new(binding.2.clone()),
         factor: None,
-        common: CommonInput { idempotency_key: Some(format!("pay-{n}")), ..CommonInput::default() },
+        common: CommonInput {
+            idempotency_key: Some(format!("pay-{n}")),
+            ..CommonInput::default()
+        },
     }
 }
 
@@ -241,7 +280,12 @@ fn events_per_flush(ledger: &Ledger, events: u64, flushes_before: u64) -> f64 {
 /// Runs `op` for every n in `0..total` from `workers` concurrent tasks, each with its own
 /// state (made by `make`, threaded through `op`); returns the per-operation latencies in µs,
 /// sorted, and the elapsed seconds.
-async fn drive<S, F, Fut>(workers: usize, total: u64, mut make: impl FnMut() -> S, op: F) -> anyhow::Result<(Vec<u64>, f64)>
+async fn drive<S, F, Fut>(
+    workers: usize,
+    total: u64,
+    mut make: impl FnMut() -> S,
+    op: F,
+) -> anyhow::Result<(Vec<u64>, f64)>
 where
     S: Send + 'static,
     F: Fn(S, u64) -> Fut + Send + Sync + 'static,
@@ -281,7 +325,11 @@ where
 /// its share of the commands, then writes its share of `payloads` with raw sled in batches of
 /// the events per flush that round made. Returns the library row, the baseline row (both over
 /// all rounds) and each round's (library rate, raw rate, events per flush).
-async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow::Result<(Row, Row, Row, Vec<(f64, f64, usize)>)> {
+async fn library(
+    root: &Path,
+    args: &BenchArgs,
+    payloads: &[Vec<u8>],
+) -> anyhow::Result<(Row, Row, Row, Vec<(f64, f64, usize)>)> {
     let f = fixture(&root.join("lib"), args.accounts, args.commit_delay_us).await?;
     let bindings = Arc::new(f.bindings);
     let rounds = args.rounds.max(1);
@@ -293,16 +341,24 @@ async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow:
     let mut unsynced_next = args.lib_commands;
     let pay_round = |first: u64, count: u64| {
         let (ledger, bindings) = (f.ledger.clone(), bindings.clone());
-        drive(args.lib_concurrency, count, || (), move |(), n| {
-            let (ledger, bindings) = (ledger.clone(), bindings.clone());
-            async move {
-                let n = first + n;
-                let b = &bindings[(n % bindings.len() as u64) as usize];
-                let cmd = pay_request(b, n).validate(&b.0, Utc::now()).expect("valid");
-                let result = ledger.pay(cmd).await.map(|r| debug_assert!(matches!(r.event.payload, Payload::PaymentSucceeded { .. })));
-                ((), result.map_err(anyhow::Error::from))
-            }
-        })
+        drive(
+            args.lib_concurrency,
+            count,
+            || (),
+            move |(), n| {
+                let (ledger, bindings) = (ledger.clone(), bindings.clone());
+                async move {
+                    let n = first + n;
+                    let b = &bindings[(n % bindings.len() as u64) as usize];
+                    let cmd = pay_request(b, n).validate(&b.0, Utc::now()).expect("valid");
+                    let result = ledger
+                        .pay(cmd)
+                        .await
+                        .map(|r| debug_assert!(matches!(r.event.payload, Payload::PaymentSucceeded { .. })));
+                    ((), result.map_err(anyhow::Error::from))
+                }
+            },
+        )
     };
     for r in 0..rounds {
         let first = args.lib_commands * r / rounds;
@@ -312,7 +368,9 @@ async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow:
         let (round_lat, seconds) = pay_round(first, count).await?;
         let written = f.ledger.log_len() - base;
         anyhow::ensure!(written == count, "expected {count} events, the log grew by {written}");
-        let per_flush = events_per_flush(&f.ledger, written, round_flushes_before).round().max(1.0) as usize;
+        let per_flush = events_per_flush(&f.ledger, written, round_flushes_before)
+            .round()
+            .max(1.0) as usize;
         // The same commands without the fdatasync after each flush: what durability against
         // a power cut costs (half a round, right after the synced one).
         f.ledger.set_sync_data(false);
@@ -323,7 +381,8 @@ async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow:
         unsynced_lat.extend(u_lat);
         unsynced_seconds += u_seconds;
         unsynced_ops += half;
-        let share = &payloads[(payloads.len() as u64 * r / rounds) as usize..(payloads.len() as u64 * (r + 1) / rounds) as usize];
+        let share = &payloads
+            [(payloads.len() as u64 * r / rounds) as usize..(payloads.len() as u64 * (r + 1) / rounds) as usize];
         let raw = tokio::task::block_in_place(|| raw_sled(&root.join(format!("same-{r}")), share, per_flush, true))?;
         per_round.push((count as f64 / seconds, raw.rate(), per_flush));
         lat.extend(round_lat);
@@ -343,7 +402,10 @@ async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow:
         seconds: lib_seconds,
         p50_us: percentile(&lat, 0.5),
         p99_us: percentile(&lat, 0.99),
-        note: format!("{} submitters, {per_flush:.0} events per flush, {rounds} rounds", args.lib_concurrency),
+        note: format!(
+            "{} submitters, {per_flush:.0} events per flush, {rounds} rounds",
+            args.lib_concurrency
+        ),
     };
     let unsynced = Row {
         name: "library without the fdatasync after each flush (writer.sync_data = false)".into(),
@@ -367,7 +429,10 @@ async fn library(root: &Path, args: &BenchArgs, payloads: &[Vec<u8>]) -> anyhow:
 async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
     let f = fixture(dir, args.accounts, args.commit_delay_us).await?;
     let token = "bench-token-0123456789".to_string();
-    let tokens = vec![TokenConfig { token: token.clone(), roles: vec![Role::Writer] }];
+    let tokens = vec![TokenConfig {
+        token: token.clone(),
+        roles: vec![Role::Writer],
+    }];
     let config = bench_config(dir);
     let state = AppState::build(f.ledger.clone(), &tokens, config.http.clone(), f.node.extras.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -380,7 +445,13 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
     let base = f.ledger.log_len();
     let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
     let batches_before = f.ledger.metrics().batch_size.count();
-    let make_client = || LoadClient { addr, stream: None, buf: Vec::with_capacity(4096), body: Vec::with_capacity(256), request: Vec::with_capacity(512) };
+    let make_client = || LoadClient {
+        addr,
+        stream: None,
+        buf: Vec::with_capacity(4096),
+        body: Vec::with_capacity(256),
+        request: Vec::with_capacity(512),
+    };
     let (lat, seconds) = drive(args.http_connections, args.http_commands, make_client, move |mut client, n| {
         use std::io::Write;
         let b = &bindings[(n % bindings.len() as u64) as usize];
@@ -415,7 +486,11 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
     })
     .await?;
     let written = f.ledger.log_len() - base;
-    anyhow::ensure!(written == args.http_commands, "expected {} events, the log grew by {written}", args.http_commands);
+    anyhow::ensure!(
+        written == args.http_commands,
+        "expected {} events, the log grew by {written}",
+        args.http_commands
+    );
     let per_flush = events_per_flush(&f.ledger, written, flushes_before);
     let per_batch = written as f64 / (f.ledger.metrics().batch_size.count() - batches_before).max(1) as f64;
     let _ = stop.send(());
@@ -427,7 +502,10 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
         seconds,
         p50_us: percentile(&lat, 0.5),
         p99_us: percentile(&lat, 0.99),
-        note: format!("{} connections, {per_flush:.0} events per flush, {per_batch:.1} per writer batch", args.http_connections),
+        note: format!(
+            "{} connections, {per_flush:.0} events per flush, {per_batch:.1} per writer batch",
+            args.http_connections
+        ),
     })
 }
 
@@ -481,10 +559,17 @@ async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) ->
         }
     };
     let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("response head is not UTF-8"))?;
-    let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no status line"))?;
+    let status: u16 = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
     let length: usize = head
         .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+        })
         .ok_or_else(|| bad("no content-length"))?;
     while buf.len() < end + 4 + length {
         read_more(stream, buf).await?;
@@ -497,7 +582,10 @@ async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std
     use tokio::io::AsyncReadExt;
     let mut chunk = [0u8; 2048];
     match stream.read(&mut chunk).await? {
-        0 => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection")),
+        0 => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the server closed the connection",
+        )),
         n => {
             buf.extend_from_slice(&chunk[..n]);
             Ok(())
@@ -514,13 +602,23 @@ fn fmt_us(v: Option<u64>) -> String {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let root = args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("bindledger-bench-{}", std::process::id())));
+    let root = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("bindledger-bench-{}", std::process::id())));
     std::fs::create_dir_all(&root)?;
-    eprintln!("bench: logs under {} ({} cores)", root.display(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    eprintln!(
+        "bench: logs under {} ({} cores)",
+        root.display(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
     let payloads = sample_payloads(args.raw_events);
     // The baseline: the same bytes, the same layout, the same number of events per flush as
     // the library run made, measured right after each of its rounds.
-    eprintln!("bench: library path and its raw sled baseline, {} rounds ...", args.rounds);
+    eprintln!(
+        "bench: library path and its raw sled baseline, {} rounds ...",
+        args.rounds
+    );
     let (lib, unsynced, raw, rounds) = library(&root, &args, &payloads).await?;
     eprintln!("bench: HTTP ...");
     let http = http(&root.join("http"), &args).await?;
@@ -535,14 +633,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for r in [&raw, &raw_large, &raw_keyed, &lib, &unsynced, &http] {
         println!(
             "| {} | {} | {:.2} | {:.0} | {} | {} | {:.2} | {} |",
-            r.name, r.ops, r.seconds, r.rate(), fmt_us(r.p50_us), fmt_us(r.p99_us), r.rate() / baseline, r.note
+            r.name,
+            r.ops,
+            r.seconds,
+            r.rate(),
+            fmt_us(r.p50_us),
+            fmt_us(r.p99_us),
+            r.rate() / baseline,
+            r.note
         );
     }
     let mut ratios: Vec<f64> = rounds.iter().map(|(lib, raw, _)| lib / raw).collect();
-    let each = rounds.iter().map(|(lib, raw, batch)| format!("{lib:.0} / {raw:.0} = {:.2} (batches of {batch})", lib / raw)).collect::<Vec<_>>().join("; ");
+    let each = rounds
+        .iter()
+        .map(|(lib, raw, batch)| format!("{lib:.0} / {raw:.0} = {:.2} (batches of {batch})", lib / raw))
+        .collect::<Vec<_>>()
+        .join("; ");
     ratios.sort_by(f64::total_cmp);
     println!();
-    println!("Library / raw sled by round: {each}; median {:.2}.", ratios[ratios.len() / 2]);
+    println!(
+        "Library / raw sled by round: {each}; median {:.2}.",
+        ratios[ratios.len() / 2]
+    );
     println!(
         "The fdatasync after each flush: {:.0} commands/s with it, {:.0} without ({:.2}); p99 {} against {}.",
         lib.rate(),
@@ -596,25 +708,43 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
     let fill = f.ledger.log_len();
     let ledger = f.ledger.clone();
     let fill_bindings = bindings.clone();
-    drive(512, args.events.saturating_sub(fill), || (), move |(), n| {
-        let (ledger, bindings) = (ledger.clone(), fill_bindings.clone());
-        async move {
-            let b = &bindings[(n % bindings.len() as u64) as usize];
-            let result = ledger.pay(pay_request(b, n).validate(&b.0, Utc::now()).expect("valid")).await;
-            ((), result.map(|_| ()).map_err(anyhow::Error::from))
-        }
-    })
+    drive(
+        512,
+        args.events.saturating_sub(fill),
+        || (),
+        move |(), n| {
+            let (ledger, bindings) = (ledger.clone(), fill_bindings.clone());
+            async move {
+                let b = &bindings[(n % bindings.len() as u64) as usize];
+                let result = ledger
+                    .pay(pay_request(b, n).validate(&b.0, Utc::now()).expect("valid"))
+                    .await;
+                ((), result.map(|_| ()).map_err(anyhow::Error::from))
+            }
+        },
+    )
     .await?;
     let events = f.ledger.log_len();
-    let payloads: Vec<(u64, Vec<u8>)> = f.ledger.raw_events(1).map(|r| r.map(|(s, b)| (s, b.to_vec()))).collect::<crate::Result<_>>()?;
+    let payloads: Vec<(u64, Vec<u8>)> = f
+        .ledger
+        .raw_events(1)
+        .map(|r| r.map(|(s, b)| (s, b.to_vec())))
+        .collect::<crate::Result<_>>()?;
     let bytes_per_event = payloads.iter().map(|(_, b)| b.len()).sum::<usize>() / payloads.len().max(1);
 
     // 1. Raw producer: the same values, keys and partitions, idempotent, acks=all, linger 5 ms.
-    let kafka = |topic: &str| KafkaConfig { brokers: args.brokers.clone(), topic: topic.into(), partitions: args.partitions, ..KafkaConfig::default() };
+    let kafka = |topic: &str| KafkaConfig {
+        brokers: args.brokers.clone(),
+        topic: topic.into(),
+        partitions: args.partitions,
+        ..KafkaConfig::default()
+    };
     let raw_topic = fresh_topic("raw");
     {
         // The topic is created the same way the relay does it.
-        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new().set("bootstrap.servers", &args.brokers).create()?;
+        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &args.brokers)
+            .create()?;
         let t = rdkafka::admin::NewTopic::new(&raw_topic, args.partitions, rdkafka::admin::TopicReplication::Fixed(1));
         admin.create_topics([&t], &rdkafka::admin::AdminOptions::new()).await?;
     }
@@ -627,9 +757,23 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
         .create()?;
     eprintln!("bench-kafka: raw producer ...");
     let raw = raw_produce(&producer, &raw_topic, &payloads, args.partitions, false).await?;
-    let raw = Row { name: "raw rdkafka producer, same values and keys".into(), ops: events, seconds: raw, p50_us: None, p99_us: None, note: format!("{bytes_per_event} B/event, {} partitions", args.partitions) };
+    let raw = Row {
+        name: "raw rdkafka producer, same values and keys".into(),
+        ops: events,
+        seconds: raw,
+        p50_us: None,
+        p99_us: None,
+        note: format!("{bytes_per_event} B/event, {} partitions", args.partitions),
+    };
     let headed = raw_produce(&producer, &raw_topic, &payloads, args.partitions, true).await?;
-    let raw_headers = Row { name: "raw rdkafka producer, with the relay's five headers (precomputed)".into(), ops: events, seconds: headed, p50_us: None, p99_us: None, note: String::new() };
+    let raw_headers = Row {
+        name: "raw rdkafka producer, with the relay's five headers (precomputed)".into(),
+        ops: events,
+        seconds: headed,
+        p50_us: None,
+        p99_us: None,
+        note: String::new(),
+    };
 
     // 2. The relay draining the pre-filled log to a fresh topic.
     eprintln!("bench-kafka: relay draining the log ...");
@@ -641,7 +785,11 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
     let task = tokio::spawn(relay.run(stopped));
     let mut publishing_since = None;
     while status.position.load(Ordering::Relaxed) < events {
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "the relay did not drain the log: {:?}", status.last_error.lock().unwrap());
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the relay did not drain the log: {:?}",
+            status.last_error.lock().unwrap()
+        );
         if publishing_since.is_none() && status.state() == "publishing" {
             publishing_since = Some(Instant::now());
         }
@@ -649,17 +797,41 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
     }
     let total_s = started.elapsed().as_secs_f64();
     let publishing_s = publishing_since.map_or(total_s, |t| t.elapsed().as_secs_f64());
-    let drain = Row { name: "relay draining the log, publishing only".into(), ops: events, seconds: publishing_s, p50_us: None, p99_us: None, note: format!("{} partitions", args.partitions) };
-    let drain_all = Row { name: "relay draining the log, with connecting, topic creation and recovery".into(), ops: events, seconds: total_s, p50_us: None, p99_us: None, note: String::new() };
+    let drain = Row {
+        name: "relay draining the log, publishing only".into(),
+        ops: events,
+        seconds: publishing_s,
+        p50_us: None,
+        p99_us: None,
+        note: format!("{} partitions", args.partitions),
+    };
+    let drain_all = Row {
+        name: "relay draining the log, with connecting, topic creation and recovery".into(),
+        ops: events,
+        seconds: total_s,
+        p50_us: None,
+        p99_us: None,
+        note: String::new(),
+    };
 
     // 3. Lag at a steady rate: command acknowledged -> message read from the topic.
-    eprintln!("bench-kafka: lag at {} commands/s for {} s ...", args.lag_rate, args.lag_seconds);
+    eprintln!(
+        "bench-kafka: lag at {} commands/s for {} s ...",
+        args.lag_rate, args.lag_seconds
+    );
     let acked: Arc<std::sync::Mutex<HashMap<u64, Instant>>> = Arc::default();
     let seen: Arc<std::sync::Mutex<HashMap<u64, u64>>> = Arc::default();
     let duplicates = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let consumer_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
-        let (brokers, topic, acked, seen, done, duplicates) = (args.brokers.clone(), relay_topic.clone(), acked.clone(), seen.clone(), consumer_done.clone(), duplicates.clone());
+        let (brokers, topic, acked, seen, done, duplicates) = (
+            args.brokers.clone(),
+            relay_topic.clone(),
+            acked.clone(),
+            seen.clone(),
+            consumer_done.clone(),
+            duplicates.clone(),
+        );
         std::thread::spawn(move || -> anyhow::Result<()> {
             use rdkafka::consumer::{BaseConsumer, Consumer};
             use rdkafka::message::{Headers, Message};
@@ -673,7 +845,11 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
             while !done.load(Ordering::Relaxed) {
                 if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
                     let now = Instant::now();
-                    let seq = m.headers().and_then(|h| h.iter().find(|h| h.key == "seq").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).parse::<u64>().unwrap_or(0))));
+                    let seq = m.headers().and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == "seq")
+                            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).parse::<u64>().unwrap_or(0)))
+                    });
                     if let Some(seq) = seq {
                         if let Some(t) = acked.lock().unwrap().get(&seq) {
                             let lag = now.duration_since(*t).as_micros() as u64;
@@ -700,7 +876,10 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
         let (ledger, bindings, acked) = (f.ledger.clone(), bindings.clone(), acked.clone());
         inflight.spawn(async move {
             let b = &bindings[(n % bindings.len() as u64) as usize];
-            if let Ok(r) = ledger.pay(pay_request(b, n).validate(&b.0, Utc::now()).expect("valid")).await {
+            if let Ok(r) = ledger
+                .pay(pay_request(b, n).validate(&b.0, Utc::now()).expect("valid"))
+                .await
+            {
                 acked.lock().unwrap().insert(r.event.seq, Instant::now());
             }
         });
@@ -711,41 +890,79 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
     while inflight.join_next().await.is_some() {}
     tokio::time::sleep(Duration::from_secs(3)).await;
     consumer_done.store(true, Ordering::Relaxed);
-    reader.join().map_err(|_| anyhow::anyhow!("the lag reader panicked"))??;
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the lag reader panicked"))??;
     let mut lags: Vec<u64> = seen.lock().unwrap().values().copied().collect();
     lags.sort_unstable();
     let sent = acked.lock().unwrap().len() as u64;
     let lag = Row {
-        name: format!("lag: command acknowledged -> read from the topic, at {}/s", args.lag_rate),
+        name: format!(
+            "lag: command acknowledged -> read from the topic, at {}/s",
+            args.lag_rate
+        ),
         ops: sent,
         seconds: args.lag_seconds as f64,
         p50_us: percentile(&lags, 0.5),
         p99_us: percentile(&lags, 0.99),
-        note: format!("{} of {} read back; {} redelivered to the consumer group (the topic holds each once)", lags.len(), sent, duplicates.load(Ordering::Relaxed)),
+        note: format!(
+            "{} of {} read back; {} redelivered to the consumer group (the topic holds each once)",
+            lags.len(),
+            sent,
+            duplicates.load(Ordering::Relaxed)
+        ),
     };
     let _ = stop.send(true);
     let _ = task.await;
     // Exactly once: read the whole topic back, without a consumer group.
     let log_len = f.ledger.log_len();
-    let (messages, distinct) = tokio::task::block_in_place(|| count_topic(&args.brokers, &relay_topic, args.partitions))?;
+    let (messages, distinct) =
+        tokio::task::block_in_place(|| count_topic(&args.brokers, &relay_topic, args.partitions))?;
     f.node.stop().await;
     let _ = std::fs::remove_dir_all(&root);
     eprintln!("bench-kafka: the relay's topic holds {messages} messages, {distinct} distinct seqs; the log holds {log_len} events");
-    anyhow::ensure!(messages == distinct && distinct == log_len, "the topic does not hold every event exactly once");
+    anyhow::ensure!(
+        messages == distinct && distinct == log_len,
+        "the topic does not hold every event exactly once"
+    );
 
     println!("| measurement | events | seconds | events/s | p50 | p99 | vs raw producer | notes |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|");
     for r in [&raw, &raw_headers, &drain, &drain_all] {
-        println!("| {} | {} | {:.2} | {:.0} | - | - | {:.2} | {} |", r.name, r.ops, r.seconds, r.rate(), r.rate() / raw.rate(), r.note);
+        println!(
+            "| {} | {} | {:.2} | {:.0} | - | - | {:.2} | {} |",
+            r.name,
+            r.ops,
+            r.seconds,
+            r.rate(),
+            r.rate() / raw.rate(),
+            r.note
+        );
     }
-    println!("| {} | {} | {:.0} | {:.0} | {} | {} | - | {} |", lag.name, lag.ops, lag.seconds, lag.rate(), fmt_us(lag.p50_us), fmt_us(lag.p99_us), lag.note);
+    println!(
+        "| {} | {} | {:.0} | {:.0} | {} | {} | - | {} |",
+        lag.name,
+        lag.ops,
+        lag.seconds,
+        lag.rate(),
+        fmt_us(lag.p50_us),
+        fmt_us(lag.p99_us),
+        lag.note
+    );
 
     // 4. Local against replicated durability: the same payments through the library, with the
     // relay publishing in both; replicated answers only once the cluster holds the event.
     let mut modes = Vec::new();
     use crate::config::Durability;
-    for (mode, linger_ms) in [(Durability::Local, 5), (Durability::Replicated, 5), (Durability::Replicated, 0)] {
-        eprintln!("bench-kafka: {mode:?} durability, linger.ms {linger_ms}, {} payments ...", args.mode_commands);
+    for (mode, linger_ms) in [
+        (Durability::Local, 5),
+        (Durability::Replicated, 5),
+        (Durability::Replicated, 0),
+    ] {
+        eprintln!(
+            "bench-kafka: {mode:?} durability, linger.ms {linger_ms}, {} payments ...",
+            args.mode_commands
+        );
         let topic = fresh_topic("mode");
         let dir = root.join(format!("mode-{mode:?}-{linger_ms}"));
         let f = fixture_with(&dir, 200, |c| {
@@ -758,14 +975,21 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
         .await?;
         let bindings = Arc::new(f.bindings);
         let ledger = f.ledger.clone();
-        let (mut lat, seconds) = drive(512, args.mode_commands, || (), move |(), n| {
-            let (ledger, bindings) = (ledger.clone(), bindings.clone());
-            async move {
-                let b = &bindings[(n % bindings.len() as u64) as usize];
-                let result = ledger.pay(pay_request(b, n).validate(&b.0, Utc::now()).expect("valid")).await;
-                ((), result.map(|_| ()).map_err(anyhow::Error::from))
-            }
-        })
+        let (mut lat, seconds) = drive(
+            512,
+            args.mode_commands,
+            || (),
+            move |(), n| {
+                let (ledger, bindings) = (ledger.clone(), bindings.clone());
+                async move {
+                    let b = &bindings[(n % bindings.len() as u64) as usize];
+                    let result = ledger
+                        .pay(pay_request(b, n).validate(&b.0, Utc::now()).expect("valid"))
+                        .await;
+                    ((), result.map(|_| ()).map_err(anyhow::Error::from))
+                }
+            },
+        )
         .await?;
         lat.sort_unstable();
         f.node.stop().await;
@@ -783,7 +1007,16 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
     println!("| measurement | commands | seconds | commands/s | p50 | p99 | vs local |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in &modes {
-        println!("| {} | {} | {:.2} | {:.0} | {} | {} | {:.2} |", r.name, r.ops, r.seconds, r.rate(), fmt_us(r.p50_us), fmt_us(r.p99_us), r.rate() / modes[0].rate());
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {} | {} | {:.2} |",
+            r.name,
+            r.ops,
+            r.seconds,
+            r.rate(),
+            fmt_us(r.p50_us),
+            fmt_us(r.p99_us),
+            r.rate() / modes[0].rate()
+        );
     }
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
@@ -792,7 +1025,10 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
 /// The account of canonical event bytes.
 fn account_of(bytes: &[u8]) -> &str {
     let marker = b",\"account\":\"";
-    let at = bytes.windows(marker.len()).position(|w| w == marker).map_or(0, |p| p + marker.len());
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .map_or(0, |p| p + marker.len());
     let len = bytes[at..].iter().position(|b| *b == b'"').unwrap_or(0);
     std::str::from_utf8(&bytes[at..at + len]).unwrap_or("")
 }
@@ -820,7 +1056,11 @@ fn count_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<(u
             let m = m?;
             last = Instant::now();
             messages += 1;
-            if let Some(seq) = m.headers().and_then(|h| h.iter().find(|h| h.key == "seq").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).parse::<u64>().unwrap_or(0)))) {
+            if let Some(seq) = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "seq")
+                    .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).parse::<u64>().unwrap_or(0)))
+            }) {
                 seqs.insert(seq);
             }
         }
@@ -830,7 +1070,13 @@ fn count_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<(u
 
 /// Sends every payload with its key and partition (and, if asked, the relay's headers, made
 /// before the clock starts); returns the seconds until all are acknowledged.
-async fn raw_produce(producer: &rdkafka::producer::FutureProducer, topic: &str, payloads: &[(u64, Vec<u8>)], partitions: i32, headers: bool) -> anyhow::Result<f64> {
+async fn raw_produce(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    payloads: &[(u64, Vec<u8>)],
+    partitions: i32,
+    headers: bool,
+) -> anyhow::Result<f64> {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::FutureRecord;
     let header_values: Vec<[String; 5]> = if headers {
@@ -838,7 +1084,13 @@ async fn raw_produce(producer: &rdkafka::producer::FutureProducer, topic: &str, 
             .iter()
             .map(|(seq, b)| {
                 let e = bindledger_events::decode(b).expect("own events decode");
-                [e.event_type().to_owned(), bindledger_events::SCHEMA_VERSION.to_string(), e.id.to_string(), seq.to_string(), hash_bytes(b).to_hex()]
+                [
+                    e.event_type().to_owned(),
+                    bindledger_events::SCHEMA_VERSION.to_string(),
+                    e.id.to_string(),
+                    seq.to_string(),
+                    hash_bytes(b).to_hex(),
+                ]
             })
             .collect()
     } else {
@@ -849,15 +1101,33 @@ async fn raw_produce(producer: &rdkafka::producer::FutureProducer, topic: &str, 
         let mut pending = Vec::with_capacity(chunk.len());
         for (j, (_, bytes)) in chunk.iter().enumerate() {
             let key = account_of(bytes);
-            let mut record = FutureRecord::to(topic).partition(crate::relay::partition_for(key.as_bytes(), partitions)).key(key).payload(&bytes[..]);
+            let mut record = FutureRecord::to(topic)
+                .partition(crate::relay::partition_for(key.as_bytes(), partitions))
+                .key(key)
+                .payload(&bytes[..]);
             if let Some(h) = header_values.get(i * 20_000 + j) {
                 record = record.headers(
                     OwnedHeaders::new_with_capacity(5)
-                        .insert(Header { key: "event_type", value: Some(h[0].as_str()) })
-                        .insert(Header { key: "schema_version", value: Some(h[1].as_str()) })
-                        .insert(Header { key: "event_id", value: Some(h[2].as_str()) })
-                        .insert(Header { key: "seq", value: Some(h[3].as_str()) })
-                        .insert(Header { key: "hash", value: Some(h[4].as_str()) }),
+                        .insert(Header {
+                            key: "event_type",
+                            value: Some(h[0].as_str()),
+                        })
+                        .insert(Header {
+                            key: "schema_version",
+                            value: Some(h[1].as_str()),
+                        })
+                        .insert(Header {
+                            key: "event_id",
+                            value: Some(h[2].as_str()),
+                        })
+                        .insert(Header {
+                            key: "seq",
+                            value: Some(h[3].as_str()),
+                        })
+                        .insert(Header {
+                            key: "hash",
+                            value: Some(h[4].as_str()),
+                        }),
                 );
             }
             pending.push(producer.send_result(record).map_err(|(e, _)| e)?);

@@ -6,7 +6,10 @@
 //! 2. **Rule throughput** over a stored log (default 1,000,000 events): scanning the sled log
 //!    and decoding every event (the baseline), against the same plus the seven rules.
 
-use bindledger_events::{codec, hash_bytes, BindFailure, Context, Currency, Event, FactorCheck, Factor, Hash, Payload, PaymentFailure, Provider, WalletRef, GENESIS_HASH, SCHEMA_VERSION};
+use bindledger_events::{
+    codec, hash_bytes, BindFailure, Context, Currency, Event, Factor, FactorCheck, Hash, Payload, PaymentFailure,
+    Provider, WalletRef, GENESIS_HASH, SCHEMA_VERSION,
+};
 use chrono::{Duration as ChronoDuration, Utc};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -66,11 +69,20 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
 
 async fn latency(dir: &Path, rate: u64, args: &AlertBenchArgs) -> anyhow::Result<Latency> {
     let mut config = bench_config(dir);
-    config.tokens = vec![TokenConfig { token: TOKEN.into(), roles: vec![Role::Security] }];
+    config.tokens = vec![TokenConfig {
+        token: TOKEN.into(),
+        roles: vec![Role::Security],
+    }];
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     let node = Node::start(&config, LedgerSecret::from_bytes([8; 32]), gateway.clone())?;
     let ledger = node.ledger.clone();
-    let names = (0..SHOPPERS + ATTACKERS).map(|i| if i < SHOPPERS { format!("shopper-{i:05}") } else { format!("attacker-{i:05}") });
+    let names = (0..SHOPPERS + ATTACKERS).map(|i| {
+        if i < SHOPPERS {
+            format!("shopper-{i:05}")
+        } else {
+            format!("attacker-{i:05}")
+        }
+    });
     let bindings = bind_accounts(&ledger, &gateway, names).await?;
     let bindings = Arc::new(bindings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -88,12 +100,17 @@ async fn latency(dir: &Path, rate: u64, args: &AlertBenchArgs) -> anyhow::Result
     let follower = {
         let (visible, changes) = (visible.clone(), changes.clone());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
-                let mut feed = match SseStream::open(addr, Some(TOKEN), "/v1/alerts/stream", Some(&start_after.to_string())).await {
-                    Ok(Ok(f)) => f,
-                    other => panic!("the alert feed did not open: {:?}", other.err()),
-                };
+                let mut feed =
+                    match SseStream::open(addr, Some(TOKEN), "/v1/alerts/stream", Some(&start_after.to_string())).await
+                    {
+                        Ok(Ok(f)) => f,
+                        other => panic!("the alert feed did not open: {:?}", other.err()),
+                    };
                 opened.send(()).expect("the bench waits");
                 while let Ok(Some(msg)) = feed.next().await {
                     let at = Instant::now();
@@ -112,7 +129,10 @@ async fn latency(dir: &Path, rate: u64, args: &AlertBenchArgs) -> anyhow::Result
     let started = Instant::now();
     // The load runs on its own runtime, as clients elsewhere would: the node's runtime serves
     // the feed.
-    let load = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let load = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let mut tasks = Vec::new();
     for w in 0..SUBMITTERS {
         let (ledger, bindings, acks) = (ledger.clone(), bindings.clone(), acks.clone());
@@ -126,7 +146,11 @@ async fn latency(dir: &Path, rate: u64, args: &AlertBenchArgs) -> anyhow::Result
             for n in 0..per_task {
                 tick.tick().await;
                 let attack = rng.chance(attackers_per_mille);
-                let i = if attack { SHOPPERS + rng.below(ATTACKERS as u64) as usize } else { rng.below(SHOPPERS as u64) as usize };
+                let i = if attack {
+                    SHOPPERS + rng.below(ATTACKERS as u64) as usize
+                } else {
+                    rng.below(SHOPPERS as u64) as usize
+                };
                 let b = &bindings[i];
                 let mut req = pay_request(b, w * 1_000_000_000 + n);
                 if attack {
@@ -166,7 +190,13 @@ async fn latency(dir: &Path, rate: u64, args: &AlertBenchArgs) -> anyhow::Result
     let _ = server.await;
     node.stop().await;
     let _ = follower.join();
-    Ok(Latency { rate, achieved, samples, before_ack, changes: changes.load(std::sync::atomic::Ordering::Relaxed) })
+    Ok(Latency {
+        rate,
+        achieved,
+        samples,
+        before_ack,
+        changes: changes.load(std::sync::atomic::Ordering::Relaxed),
+    })
 }
 
 /// Writes a log of `n` events shaped like a busy day: 100,000 accounts paying, some binding,
@@ -187,19 +217,46 @@ pub fn write_log(dir: &Path, n: u64) -> anyhow::Result<Store> {
         *v += 1;
         let mut fp = [0u8; 32];
         fp[..4].copy_from_slice(&(if a % 1000 == 0 { 0 } else { a }).to_be_bytes());
-        let wallet = WalletRef { masked: "138****5678".into(), fingerprint: Hash(fp) };
+        let wallet = WalletRef {
+            masked: "138****5678".into(),
+            fingerprint: Hash(fp),
+        };
         let binding_id = Uuid::from_u128(a as u128 + 1);
         let roll = rng.below(1000);
         let payload = match roll {
-            0..=39 => Payload::WalletBound { binding_id, provider: provider.clone(), wallet, factors: vec![], agreement_id: "agr".into() },
-            40..=59 => Payload::WalletUnbound { binding_id, provider: provider.clone(), wallet },
-            60..=79 => Payload::BindFailed { provider: provider.clone(), wallet, factors: vec![], reason: if roll % 2 == 0 { BindFailure::WalletFrozen } else { BindFailure::InvalidInput { field: "payment_password".into() } } },
+            0..=39 => Payload::WalletBound {
+                binding_id,
+                provider: provider.clone(),
+                wallet,
+                factors: vec![],
+                agreement_id: "agr".into(),
+            },
+            40..=59 => Payload::WalletUnbound {
+                binding_id,
+                provider: provider.clone(),
+                wallet,
+            },
+            60..=79 => Payload::BindFailed {
+                provider: provider.clone(),
+                wallet,
+                factors: vec![],
+                reason: if roll % 2 == 0 {
+                    BindFailure::WalletFrozen
+                } else {
+                    BindFailure::InvalidInput {
+                        field: "payment_password".into(),
+                    }
+                },
+            },
             80..=89 => Payload::PaymentFailed {
                 binding_id,
                 order_id: format!("o-{seq}"),
                 amount_minor: 5000,
                 currency: Currency::CNY,
-                factors: vec![FactorCheck { factor: Factor::Password, passed: false }],
+                factors: vec![FactorCheck {
+                    factor: Factor::Password,
+                    passed: false,
+                }],
                 reason: PaymentFailure::WrongPassword,
             },
             _ => Payload::PaymentSucceeded {
@@ -207,9 +264,16 @@ pub fn write_log(dir: &Path, n: u64) -> anyhow::Result<Store> {
                 provider: provider.clone(),
                 wallet,
                 order_id: format!("o-{seq}"),
-                amount_minor: if roll == 999 { 2_000_000 } else { 100 + rng.below(20_000) as i64 },
+                amount_minor: if roll == 999 {
+                    2_000_000
+                } else {
+                    100 + rng.below(20_000) as i64
+                },
                 currency: Currency::CNY,
-                factors: vec![FactorCheck { factor: Factor::Password, passed: true }],
+                factors: vec![FactorCheck {
+                    factor: Factor::Password,
+                    passed: true,
+                }],
                 authorization_id: "auth_0123456789abcdef01234567".into(),
             },
         };
@@ -225,7 +289,10 @@ pub fn write_log(dir: &Path, n: u64) -> anyhow::Result<Store> {
             idempotency_key: Some(format!("k-{seq}")),
             request_digest: Some(Hash([3; 32])),
             correlation_id: None,
-            context: Context { channel: "app".into(), ..Context::default() },
+            context: Context {
+                channel: "app".into(),
+                ..Context::default()
+            },
             prev_hash: prev,
             payload,
         };
@@ -259,9 +326,16 @@ fn scan(store: &Store, rules: Option<&RuleSet>) -> anyhow::Result<(u64, u64, f64
 }
 
 pub async fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
-    let dir = args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("bindledger-bench-alerts-{}", std::process::id())));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("bindledger-bench-alerts-{}", std::process::id())));
     std::fs::create_dir_all(&dir)?;
-    println!("bindledger bench-alerts: {} cores, logs in {}", std::thread::available_parallelism().map_or(1, |n| n.get()), dir.display());
+    println!(
+        "bindledger bench-alerts: {} cores, logs in {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        dir.display()
+    );
     println!("\n## Alert latency: command acknowledged -> its alert change on the live SSE feed\n");
     println!("| target cmd/s | achieved cmd/s | attacker commands with an alert change | p50 | p99 | max | seen before the ack | alert changes |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -284,14 +358,25 @@ pub async fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let path = dir.join("log");
     let store = tokio::task::block_in_place(|| write_log(&path, args.log_events))?;
-    println!("(wrote {} events in {:.1} s)\n", args.log_events, started.elapsed().as_secs_f64());
+    println!(
+        "(wrote {} events in {:.1} s)\n",
+        args.log_events,
+        started.elapsed().as_secs_f64()
+    );
     let rules = RuleSet::default();
     let (base_n, _, base_s) = tokio::task::block_in_place(|| scan(&store, None))?;
     let (n, changes, s) = tokio::task::block_in_place(|| scan(&store, Some(&rules)))?;
     println!("| run | events | seconds | events/s | ratio |");
     println!("|---|---|---|---|---|");
-    println!("| baseline: scan + decode | {base_n} | {base_s:.2} | {:.0} | 1.00 |", base_n as f64 / base_s);
-    println!("| scan + decode + 7 rules | {n} | {s:.2} | {:.0} | {:.2} |", n as f64 / s, (n as f64 / s) / (base_n as f64 / base_s));
+    println!(
+        "| baseline: scan + decode | {base_n} | {base_s:.2} | {:.0} | 1.00 |",
+        base_n as f64 / base_s
+    );
+    println!(
+        "| scan + decode + 7 rules | {n} | {s:.2} | {:.0} | {:.2} |",
+        n as f64 / s,
+        (n as f64 / s) / (base_n as f64 / base_s)
+    );
     println!("\n({changes} alert changes raised over the log)");
     drop(store);
     if args.dir.is_none() {

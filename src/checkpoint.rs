@@ -45,8 +45,17 @@ impl<'de> Deserialize<'de> for SignedCheckpoint {
             signature: String,
         }
         let raw = Raw::deserialize(d)?;
-        let time = DateTime::parse_from_rfc3339(&raw.time).map_err(|_| serde::de::Error::custom("time is not an RFC 3339 time"))?.with_timezone(&Utc);
-        Ok(SignedCheckpoint { seq: raw.seq, head: raw.head, time, public_key: raw.public_key, signature: raw.signature, time_text: Some(raw.time) })
+        let time = DateTime::parse_from_rfc3339(&raw.time)
+            .map_err(|_| serde::de::Error::custom("time is not an RFC 3339 time"))?
+            .with_timezone(&Utc);
+        Ok(SignedCheckpoint {
+            seq: raw.seq,
+            head: raw.head,
+            time,
+            public_key: raw.public_key,
+            signature: raw.signature,
+            time_text: Some(raw.time),
+        })
     }
 }
 
@@ -63,21 +72,31 @@ impl SignedCheckpoint {
     /// Checks the signature with a public key the auditor trusts (hex).
     pub fn verify(&self, public_key_hex: &str) -> std::result::Result<(), String> {
         if !self.public_key.eq_ignore_ascii_case(public_key_hex) {
-            return Err(format!("signed with key {}, not the trusted key {public_key_hex}", self.public_key));
+            return Err(format!(
+                "signed with key {}, not the trusted key {public_key_hex}",
+                self.public_key
+            ));
         }
         let key = parse_public_key(public_key_hex)?;
-        let sig: [u8; 64] = hex::decode(&self.signature).ok().and_then(|b| b.try_into().ok()).ok_or("the signature is not 64 bytes of hex")?;
+        let sig: [u8; 64] = hex::decode(&self.signature)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or("the signature is not 64 bytes of hex")?;
         // Over the time's text as it stands, as a verifier in any language does.
         let text = match &self.time_text {
             Some(t) => message_text(self.seq, &self.head, t),
             None => message(self.seq, &self.head, &self.time),
         };
-        key.verify(text.as_bytes(), &Signature::from_bytes(&sig)).map_err(|_| "the signature does not verify".to_string())
+        key.verify(text.as_bytes(), &Signature::from_bytes(&sig))
+            .map_err(|_| "the signature does not verify".to_string())
     }
 }
 
 pub fn parse_public_key(hex_key: &str) -> std::result::Result<VerifyingKey, String> {
-    let bytes: [u8; 32] = hex::decode(hex_key.trim()).ok().and_then(|b| b.try_into().ok()).ok_or("a public key is 32 bytes of hex")?;
+    let bytes: [u8; 32] = hex::decode(hex_key.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("a public key is 32 bytes of hex")?;
     VerifyingKey::from_bytes(&bytes).map_err(|e| format!("not an Ed25519 public key: {e}"))
 }
 
@@ -92,7 +111,9 @@ impl CheckpointKey {
                 let b: [u8; 32] = hex::decode(s.trim())
                     .ok()
                     .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| Error::Config(format!("{}: a checkpoint key is 64 hex characters", path.display())))?;
+                    .ok_or_else(|| {
+                        Error::Config(format!("{}: a checkpoint key is 64 hex characters", path.display()))
+                    })?;
                 Ok(CheckpointKey(SigningKey::from_bytes(&b)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -113,7 +134,14 @@ impl CheckpointKey {
     pub fn sign(&self, seq: u64, head: Hash, time: DateTime<Utc>) -> SignedCheckpoint {
         let time = bindledger_events::types::micros::truncate(time);
         let signature = self.0.sign(message(seq, &head, &time).as_bytes());
-        SignedCheckpoint { seq, head, time, public_key: self.public_hex(), signature: hex::encode(signature.to_bytes()), time_text: None }
+        SignedCheckpoint {
+            seq,
+            head,
+            time,
+            public_key: self.public_hex(),
+            signature: hex::encode(signature.to_bytes()),
+            time_text: None,
+        }
     }
 }
 
@@ -129,7 +157,10 @@ impl CheckpointStore {
     }
 
     pub fn put(&self, cp: &SignedCheckpoint) -> Result<()> {
-        self.tree.insert(cp.seq.to_be_bytes(), serde_json::to_vec(cp).expect("checkpoints serialize"))?;
+        self.tree.insert(
+            cp.seq.to_be_bytes(),
+            serde_json::to_vec(cp).expect("checkpoints serialize"),
+        )?;
         Ok(())
     }
 
@@ -138,7 +169,9 @@ impl CheckpointStore {
             None => Ok(None),
             Some(r) => {
                 let (_, v) = r?;
-                serde_json::from_slice(&v).map(Some).map_err(|e| Error::Corrupt(format!("checkpoint: {e}")))
+                serde_json::from_slice(&v)
+                    .map(Some)
+                    .map_err(|e| Error::Corrupt(format!("checkpoint: {e}")))
             }
         }
     }
@@ -172,7 +205,8 @@ pub async fn run(
     loop {
         let stopping = *shutdown.borrow();
         let head = ledger.log_len();
-        let due = head > last && (head >= last + every_events || since.elapsed().as_secs() >= every_seconds || stopping);
+        let due =
+            head > last && (head >= last + every_events || since.elapsed().as_secs() >= every_seconds || stopping);
         if due {
             match ledger.event_bytes(head) {
                 Ok(Some(bytes)) => {
@@ -215,8 +249,21 @@ pub struct CheckpointPublisher {
 }
 
 impl CheckpointPublisher {
-    pub fn new(store: CheckpointStore, public_key: String, config: crate::relay::KafkaConfig, topic: String, signed: tokio::sync::watch::Receiver<u64>) -> Self {
-        CheckpointPublisher { store, public_key, config, topic, signed, status: Default::default() }
+    pub fn new(
+        store: CheckpointStore,
+        public_key: String,
+        config: crate::relay::KafkaConfig,
+        topic: String,
+        signed: tokio::sync::watch::Receiver<u64>,
+    ) -> Self {
+        CheckpointPublisher {
+            store,
+            public_key,
+            config,
+            topic,
+            signed,
+            status: Default::default(),
+        }
     }
 
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -238,7 +285,9 @@ impl CheckpointPublisher {
                 break;
             }
             if let Err(e) = result {
-                backoff.after_failure(&self.status, "checkpoints topic", &self.topic, e, &mut shutdown).await;
+                backoff
+                    .after_failure(&self.status, "checkpoints topic", &self.topic, e, &mut shutdown)
+                    .await;
             }
         }
         self.status.set(State::Stopped);
@@ -252,11 +301,19 @@ impl CheckpointPublisher {
             use rdkafka::message::Message;
             let theirs: SignedCheckpoint = serde_json::from_slice(m.payload().unwrap_or_default())
                 .map_err(|_| format!("{topic} holds a message that is not a checkpoint: refusing to publish to it"))?;
-            let ours = self.store.tree.get(theirs.seq.to_be_bytes()).map_err(|e| e.to_string())?;
+            let ours = self
+                .store
+                .tree
+                .get(theirs.seq.to_be_bytes())
+                .map_err(|e| e.to_string())?;
             let ours: Option<SignedCheckpoint> = ours.and_then(|v| serde_json::from_slice(&v).ok());
-            let same = ours.is_some_and(|o| o.signature == theirs.signature && o.head == theirs.head) && theirs.public_key.eq_ignore_ascii_case(&self.public_key);
+            let same = ours.is_some_and(|o| o.signature == theirs.signature && o.head == theirs.head)
+                && theirs.public_key.eq_ignore_ascii_case(&self.public_key);
             if !same {
-                return Err(format!("{topic} holds checkpoint {} that is not this ledger's: refusing to publish to it", theirs.seq));
+                return Err(format!(
+                    "{topic} holds checkpoint {} that is not this ledger's: refusing to publish to it",
+                    theirs.seq
+                ));
             }
             last = last.max(theirs.seq);
             Ok(())
@@ -275,7 +332,9 @@ impl CheckpointPublisher {
         crate::relay::ensure_topic(&self.config, &self.topic, 1).await?;
         self.status.set(State::Recovering);
         let position = tokio::task::block_in_place(|| self.recover())?;
-        self.status.position.store(position, std::sync::atomic::Ordering::Relaxed);
+        self.status
+            .position
+            .store(position, std::sync::atomic::Ordering::Relaxed);
         *self.status.last_error.lock().expect("status lock") = None;
         Ok(position)
     }
@@ -287,18 +346,35 @@ impl CheckpointPublisher {
             .store
             .tree
             .range((position + 1).to_be_bytes()..)
-            .map(|r| r.map_err(|e| e.to_string()).and_then(|(_, v)| serde_json::from_slice(&v).map_err(|e| e.to_string())))
+            .map(|r| {
+                r.map_err(|e| e.to_string())
+                    .and_then(|(_, v)| serde_json::from_slice(&v).map_err(|e| e.to_string()))
+            })
             .collect::<std::result::Result<_, _>>()?;
         for cp in pending {
             self.status.set(crate::relay::State::Publishing);
             let key = cp.seq.to_string();
             let value = serde_json::to_vec(&cp).expect("checkpoints serialize");
-            let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header { key: "seq", value: Some(key.as_str()) });
-            let record = rdkafka::producer::FutureRecord::to(&self.topic).partition(0).key(&key).payload(&value).headers(headers);
-            producer.send(record, std::time::Duration::from_secs(30)).await.map_err(|(e, _)| format!("checkpoint {}: {e}", cp.seq))?;
+            let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: "seq",
+                value: Some(key.as_str()),
+            });
+            let record = rdkafka::producer::FutureRecord::to(&self.topic)
+                .partition(0)
+                .key(&key)
+                .payload(&value)
+                .headers(headers);
+            producer
+                .send(record, std::time::Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| format!("checkpoint {}: {e}", cp.seq))?;
             position = cp.seq;
-            self.status.position.store(position, std::sync::atomic::Ordering::Relaxed);
-            self.status.published_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.status
+                .position
+                .store(position, std::sync::atomic::Ordering::Relaxed);
+            self.status
+                .published_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         self.status.set(crate::relay::State::Idle);
         Ok(position)
@@ -331,8 +407,14 @@ mod tests {
         assert!(cp.verify(&other.public_hex()).is_err());
         for tampered in [
             SignedCheckpoint { seq: 43, ..cp.clone() },
-            SignedCheckpoint { head: Hash([8; 32]), ..cp.clone() },
-            SignedCheckpoint { time: cp.time + chrono::Duration::seconds(1), ..cp.clone() },
+            SignedCheckpoint {
+                head: Hash([8; 32]),
+                ..cp.clone()
+            },
+            SignedCheckpoint {
+                time: cp.time + chrono::Duration::seconds(1),
+                ..cp.clone()
+            },
         ] {
             assert!(tampered.verify(&key.public_hex()).is_err(), "{tampered:?}");
         }
@@ -341,7 +423,9 @@ mod tests {
         let text = serde_json::to_string(&cp).unwrap();
         let read: SignedCheckpoint = serde_json::from_str(&text).unwrap();
         read.verify(&key.public_hex()).unwrap();
-        let shifted = (cp.time + chrono::Duration::hours(8)).format("%Y-%m-%dT%H:%M:%S%.6f+08:00").to_string();
+        let shifted = (cp.time + chrono::Duration::hours(8))
+            .format("%Y-%m-%dT%H:%M:%S%.6f+08:00")
+            .to_string();
         let canonical = cp.time.to_rfc3339_opts(SecondsFormat::Micros, true);
         let rewritten: SignedCheckpoint = serde_json::from_str(&text.replace(&canonical, &shifted)).unwrap();
         assert_eq!(rewritten.time, cp.time, "the same instant");

@@ -25,7 +25,9 @@ pub enum ClientError {
 /// HTTP only: an `https://` URL is refused with what to do.
 pub fn parse_http_addr(url: &str) -> Result<SocketAddr, String> {
     if url.starts_with("https://") {
-        return Err(format!("{url}: this client speaks plain HTTP only; use http://, or a local TLS-terminating proxy"));
+        return Err(format!(
+            "{url}: this client speaks plain HTTP only; use http://, or a local TLS-terminating proxy"
+        ));
     }
     let rest = url.trim_start_matches("http://").trim_end_matches('/');
     crate::config::resolve_address(rest).map_err(|e| format!("{url} is not http://HOST:PORT ({e})"))
@@ -39,12 +41,18 @@ pub struct Client {
 
 impl Client {
     pub fn new(addr: SocketAddr, token: Option<String>) -> Client {
-        Client { addr, token, sender: None }
+        Client {
+            addr,
+            token,
+            sender: None,
+        }
     }
 
     async fn sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, ClientError> {
         if self.sender.as_ref().map_or(true, |s| s.is_closed()) {
-            let stream = tokio::net::TcpStream::connect(self.addr).await.map_err(ClientError::Connect)?;
+            let stream = tokio::net::TcpStream::connect(self.addr)
+                .await
+                .map_err(ClientError::Connect)?;
             stream.set_nodelay(true).map_err(ClientError::Connect)?;
             let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(async move {
@@ -56,8 +64,16 @@ impl Client {
     }
 
     /// Sends a request; returns the status and the whole body.
-    pub async fn send(&mut self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes), ClientError> {
-        let mut req = Request::builder().method(method).uri(path).header("host", self.addr.to_string());
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string());
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
@@ -79,7 +95,11 @@ impl Client {
         Ok((status, body))
     }
 
-    pub async fn post_json(&mut self, path: &str, body: &serde_json::Value) -> Result<(StatusCode, serde_json::Value), ClientError> {
+    pub async fn post_json(
+        &mut self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(StatusCode, serde_json::Value), ClientError> {
         let (status, bytes) = self.send(Method::POST, path, Some(serde_json::to_vec(body)?)).await?;
         Ok((status, serde_json::from_slice(&bytes)?))
     }
@@ -110,14 +130,25 @@ pub struct SseStream {
 impl SseStream {
     /// Opens `path` as an event stream, resuming after `last_event_id` if given. A non-200
     /// answer is returned as the status and body.
-    pub async fn open(addr: SocketAddr, token: Option<&str>, path: &str, last_event_id: Option<&str>) -> Result<Result<SseStream, (StatusCode, Bytes)>, ClientError> {
-        let stream = tokio::net::TcpStream::connect(addr).await.map_err(ClientError::Connect)?;
+    pub async fn open(
+        addr: SocketAddr,
+        token: Option<&str>,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<Result<SseStream, (StatusCode, Bytes)>, ClientError> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(ClientError::Connect)?;
         stream.set_nodelay(true).map_err(ClientError::Connect)?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let mut req = Request::builder().method(Method::GET).uri(path).header("host", addr.to_string()).header("accept", "text/event-stream");
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("host", addr.to_string())
+            .header("accept", "text/event-stream");
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
@@ -130,7 +161,10 @@ impl SseStream {
             let body = resp.into_body().collect().await?.to_bytes();
             return Ok(Err((status, body)));
         }
-        Ok(Ok(SseStream { body: resp.into_body(), buf: Vec::new() }))
+        Ok(Ok(SseStream {
+            body: resp.into_body(),
+            buf: Vec::new(),
+        }))
     }
 
     /// The next event (comments and keep-alives skipped); `None` when the stream ends.
@@ -142,7 +176,10 @@ impl SseStream {
                 let mut msg = SseMessage::default();
                 let mut data = Vec::new();
                 for line in text.lines() {
-                    let (field, value) = line.split_once(':').map(|(f, v)| (f, v.strip_prefix(' ').unwrap_or(v))).unwrap_or((line, ""));
+                    let (field, value) = line
+                        .split_once(':')
+                        .map(|(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)))
+                        .unwrap_or((line, ""));
                     match field {
                         "id" => msg.id = Some(value.to_owned()),
                         "event" => msg.event = Some(value.to_owned()),

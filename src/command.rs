@@ -21,7 +21,7 @@ pub const USER_AGENT_LEN_MAX: usize = 256;
 /// How far in the future a caller-supplied event time may be (clock skew).
 pub const EVENT_TIME_SKEW_MAX_S: i64 = 300;
 
-#[derive(Debug, )]
+#[derive(Debug)]
 pub struct FactorInput {
     /// `sms`, `fingerprint` or `face`.
     pub kind: String,
@@ -29,7 +29,7 @@ pub struct FactorInput {
     pub code: SecretString,
 }
 
-#[derive(Debug, Default, )]
+#[derive(Debug, Default)]
 pub struct ContextInput {
     pub channel: Option<String>,
     pub device_id: Option<String>,
@@ -38,7 +38,7 @@ pub struct ContextInput {
 }
 
 /// Fields every command may carry.
-#[derive(Debug, Default, )]
+#[derive(Debug, Default)]
 pub struct CommonInput {
     pub idempotency_key: Option<String>,
     pub expected_version: Option<u64>,
@@ -47,7 +47,7 @@ pub struct CommonInput {
     pub context: Option<ContextInput>,
 }
 
-#[derive(Debug, )]
+#[derive(Debug)]
 pub struct BindRequest {
     pub provider: String,
     /// The phone number or wallet account number. Never stored.
@@ -58,7 +58,7 @@ pub struct BindRequest {
     pub common: CommonInput,
 }
 
-#[derive(Debug, )]
+#[derive(Debug)]
 pub struct PayRequest {
     pub binding_id: String,
     pub order_id: String,
@@ -71,7 +71,7 @@ pub struct PayRequest {
     pub common: CommonInput,
 }
 
-#[derive(Debug, )]
+#[derive(Debug)]
 pub struct UnbindRequest {
     /// Must be true: the user confirmed the unbind.
     pub confirm: bool,
@@ -90,16 +90,27 @@ pub struct Fields {
 impl Fields {
     /// Parses a body: it must be one JSON object.
     pub fn parse(bytes: &[u8]) -> Result<Fields, Error> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|_| Error::Invalid { code: "malformed_json", field: None, message: "the body is not valid JSON" })?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|_| Error::Invalid {
+            code: "malformed_json",
+            field: None,
+            message: "the body is not valid JSON",
+        })?;
         match value {
             Value::Object(map) => Ok(Fields { map, nested: None }),
-            _ => Err(Error::Invalid { code: "invalid_request", field: None, message: "the body must be a JSON object" }),
+            _ => Err(Error::Invalid {
+                code: "invalid_request",
+                field: None,
+                message: "the body must be a JSON object",
+            }),
         }
     }
 
     fn wrong_type(field: &'static str) -> Error {
-        Error::invalid("invalid_request", field, "this field has the wrong type (see the README for the API)")
+        Error::invalid(
+            "invalid_request",
+            field,
+            "this field has the wrong type (see the README for the API)",
+        )
     }
 
     /// An optional field; `null` counts as absent.
@@ -113,14 +124,18 @@ impl Fields {
 
     /// A required field.
     pub fn req<T: DeserializeOwned>(&mut self, field: &'static str) -> Result<T, Error> {
-        self.opt(field)?.ok_or_else(|| Error::invalid("invalid_request", field, "this field is required"))
+        self.opt(field)?
+            .ok_or_else(|| Error::invalid("invalid_request", field, "this field is required"))
     }
 
     /// An optional object (`factor`, `context`), read field by field in turn.
     fn object(&mut self, field: &'static str) -> Result<Option<Fields>, Error> {
         match self.map.remove(field) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(map)) => Ok(Some(Fields { map, nested: Some(field) })),
+            Some(Value::Object(map)) => Ok(Some(Fields {
+                map,
+                nested: Some(field),
+            })),
             Some(_) => Err(Self::wrong_type(field)),
         }
     }
@@ -155,7 +170,10 @@ pub trait FromFields: Sized {
 
 impl FromFields for FactorInput {
     fn from_fields(f: &mut Fields) -> Result<Self, Error> {
-        Ok(FactorInput { kind: f.req("factor.kind")?, code: f.req("factor.code")? })
+        Ok(FactorInput {
+            kind: f.req("factor.kind")?,
+            code: f.req("factor.code")?,
+        })
     }
 }
 
@@ -188,7 +206,13 @@ impl FromFields for CommonInput {
             None => None,
             Some(t) => Some(
                 DateTime::parse_from_rfc3339(&t)
-                    .map_err(|_| Error::invalid("invalid_event_time", "event_time", "event_time must be an RFC 3339 time, e.g. 2026-11-26T08:00:00Z"))?
+                    .map_err(|_| {
+                        Error::invalid(
+                            "invalid_event_time",
+                            "event_time",
+                            "event_time must be an RFC 3339 time, e.g. 2026-11-26T08:00:00Z",
+                        )
+                    })?
                     .with_timezone(&Utc),
             ),
         };
@@ -230,13 +254,19 @@ impl FromFields for PayRequest {
 
 impl FromFields for UnbindRequest {
     fn from_fields(f: &mut Fields) -> Result<Self, Error> {
-        Ok(UnbindRequest { confirm: f.req("confirm")?, common: CommonInput::from_fields(f)? })
+        Ok(UnbindRequest {
+            confirm: f.req("confirm")?,
+            common: CommonInput::from_fields(f)?,
+        })
     }
 }
 
 impl FromFields for UnlockRequest {
     fn from_fields(f: &mut Fields) -> Result<Self, Error> {
-        Ok(UnlockRequest { confirm: f.opt("confirm")?.unwrap_or(false), common: CommonInput::from_fields(f)? })
+        Ok(UnlockRequest {
+            confirm: f.opt("confirm")?.unwrap_or(false),
+            common: CommonInput::from_fields(f)?,
+        })
     }
 }
 
@@ -316,7 +346,7 @@ pub struct UnlockCommand {
 }
 
 /// `POST /v1/accounts/{account}/bindings/{binding_id}/unlock`.
-#[derive(Debug, )]
+#[derive(Debug)]
 pub struct UnlockRequest {
     pub confirm: bool,
     pub common: CommonInput,
@@ -327,14 +357,24 @@ impl UnlockRequest {
         let meta = validate_common(account, self.common, now)?;
         let binding_id = parse_uuid(binding_id, "binding_id")?;
         if !self.confirm {
-            return Err(Error::invalid("confirmation_required", "confirm", "unlocking needs \"confirm\": true"));
+            return Err(Error::invalid(
+                "confirmation_required",
+                "confirm",
+                "unlocking needs \"confirm\": true",
+            ));
         }
-        Ok(UnlockCommand { meta, binding_id, cause: bindledger_events::UnlockCause::Manual, alert_id: None })
+        Ok(UnlockCommand {
+            meta,
+            binding_id,
+            cause: bindledger_events::UnlockCause::Manual,
+            alert_id: None,
+        })
     }
 }
 
 fn id_chars_ok(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
 /// An account id: 1-64 of `A-Z a-z 0-9 _ - . :`, except `.` and `..`: those are dot segments,
@@ -396,21 +436,37 @@ fn validate_common(account: &str, c: CommonInput, now: DateTime<Utc>) -> Result<
     let ctx = c.context.unwrap_or_default();
     let channel = ctx.channel.unwrap_or_else(|| "api".to_owned());
     if channel.is_empty() || channel.len() > 32 || !channel.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-        return Err(Error::invalid("invalid_context", "context.channel", "channel is 1-32 of a-z and _ (app, web, mini_program, api)"));
+        return Err(Error::invalid(
+            "invalid_context",
+            "context.channel",
+            "channel is 1-32 of a-z and _ (app, web, mini_program, api)",
+        ));
     }
     if let Some(d) = &ctx.device_id {
         if !printable(d, KEY_LEN_MAX) {
-            return Err(Error::invalid("invalid_context", "context.device_id", "device_id is 1-128 printable ASCII characters"));
+            return Err(Error::invalid(
+                "invalid_context",
+                "context.device_id",
+                "device_id is 1-128 printable ASCII characters",
+            ));
         }
     }
     if let Some(ip) = &ctx.ip {
         if ip.len() > 45 || ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(Error::invalid("invalid_context", "context.ip", "ip must be an IPv4 or IPv6 address"));
+            return Err(Error::invalid(
+                "invalid_context",
+                "context.ip",
+                "ip must be an IPv4 or IPv6 address",
+            ));
         }
     }
     if let Some(ua) = &ctx.user_agent {
         if ua.len() > USER_AGENT_LEN_MAX || ua.chars().any(|c| c.is_control()) {
-            return Err(Error::invalid("invalid_context", "context.user_agent", "user_agent is at most 256 bytes without control characters"));
+            return Err(Error::invalid(
+                "invalid_context",
+                "context.user_agent",
+                "user_agent is at most 256 bytes without control characters",
+            ));
         }
     }
     Ok(Meta {
@@ -419,7 +475,12 @@ fn validate_common(account: &str, c: CommonInput, now: DateTime<Utc>) -> Result<
         expected_version: c.expected_version,
         correlation_id: c.correlation_id,
         event_time: c.event_time.map(micros::truncate),
-        context: Context { channel, device_id: ctx.device_id, ip: ctx.ip, user_agent: ctx.user_agent },
+        context: Context {
+            channel,
+            device_id: ctx.device_id,
+            ip: ctx.ip,
+            user_agent: ctx.user_agent,
+        },
     })
 }
 
@@ -441,10 +502,20 @@ fn validate_factor(f: Option<FactorInput>) -> Result<Option<(Factor, SecretStrin
         "sms" => Factor::Sms,
         "fingerprint" => Factor::Fingerprint,
         "face" => Factor::Face,
-        _ => return Err(Error::invalid("invalid_factor", "factor.kind", "factor.kind is one of sms, fingerprint, face")),
+        _ => {
+            return Err(Error::invalid(
+                "invalid_factor",
+                "factor.kind",
+                "factor.kind is one of sms, fingerprint, face",
+            ))
+        }
     };
     if f.code.expose().is_empty() || f.code.expose().len() > FACTOR_SECRET_LEN_MAX {
-        return Err(Error::invalid("invalid_factor", "factor.code", "factor.code must be 1-512 bytes"));
+        return Err(Error::invalid(
+            "invalid_factor",
+            "factor.code",
+            "factor.code must be 1-512 bytes",
+        ));
     }
     Ok(Some((kind, f.code)))
 }
@@ -458,7 +529,8 @@ fn validate_wallet_account(raw: &SecretString) -> Result<SecretString, Error> {
         (5..=19).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
     };
     let email = n.len() <= 64
-        && n.split_once('@').is_some_and(|(u, d)| !u.is_empty() && d.contains('.') && !d.starts_with('.'))
+        && n.split_once('@')
+            .is_some_and(|(u, d)| !u.is_empty() && d.contains('.') && !d.starts_with('.'))
         && n.bytes().all(|b| b.is_ascii_graphic());
     if !(phone_or_card || email) {
         return Err(Error::invalid(
@@ -478,7 +550,13 @@ impl BindRequest {
         let wallet_account = validate_wallet_account(&self.wallet_account)?;
         validate_password(&self.payment_password)?;
         let factor = validate_factor(self.factor)?;
-        Ok(BindCommand { meta, provider, wallet_account, payment_password: self.payment_password, factor })
+        Ok(BindCommand {
+            meta,
+            provider,
+            wallet_account,
+            payment_password: self.payment_password,
+            factor,
+        })
     }
 }
 
@@ -502,7 +580,13 @@ impl PayRequest {
         }
         let currency = match &self.currency {
             None => Currency::CNY,
-            Some(c) => Currency::parse(c).map_err(|_| Error::invalid("invalid_currency", "currency", "currency is an active ISO 4217 code such as CNY, USD, EUR"))?,
+            Some(c) => Currency::parse(c).map_err(|_| {
+                Error::invalid(
+                    "invalid_currency",
+                    "currency",
+                    "currency is an active ISO 4217 code such as CNY, USD, EUR",
+                )
+            })?,
         };
         validate_password(&self.payment_password)?;
         let factor = validate_factor(self.factor)?;
@@ -523,7 +607,11 @@ impl UnbindRequest {
         let meta = validate_common(account, self.common, now)?;
         let binding_id = parse_uuid(binding_id, "binding_id")?;
         if !self.confirm {
-            return Err(Error::invalid("confirmation_required", "confirm", "unbinding needs \"confirm\": true"));
+            return Err(Error::invalid(
+                "confirmation_required",
+                "confirm",
+                "unbinding needs \"confirm\": true",
+            ));
         }
         Ok(UnbindCommand { meta, binding_id })
     }
@@ -534,7 +622,8 @@ mod tests {
     use super::*;
 
     fn bind(json: &str) -> Result<BindCommand, Error> {
-        let r: BindRequest = serde_json::from_str(json).map_err(|_| Error::invalid("bad_json", "body", "not a bind request"))?;
+        let r: BindRequest =
+            serde_json::from_str(json).map_err(|_| Error::invalid("bad_json", "body", "not a bind request"))?;
         r.validate("acct-1", Utc::now())
     }
 
@@ -549,13 +638,34 @@ mod tests {
     #[test]
     fn bad_binds_name_the_field() {
         let cases = [
-            (r#"{"provider":"paypal","wallet_account":"13812345678","payment_password":"1"}"#, "provider"),
-            (r#"{"provider":"alipay","wallet_account":"hello","payment_password":"1"}"#, "wallet_account"),
-            (r#"{"provider":"alipay","wallet_account":"13812345678","payment_password":""}"#, "payment_password"),
-            (r#"{"provider":"alipay","wallet_account":"13812345678","payment_password":"1","factor":{"kind":"iris","code":"x"}}"#, "factor.kind"),
-            (r#"{"provider":"alipay","wallet_account":"13812345678","payment_password":"1","idempotency_key":"a b"}"#, "idempotency_key"),
-            (r#"{"provider":"alipay","wallet_account":"13812345678","payment_password":"1","event_time":"2999-01-01T00:00:00Z"}"#, "event_time"),
-            (r#"{"provider":"alipay","wallet_account":"13812345678","payment_password":"1","context":{"ip":"999.1.1.1"}}"#, "context.ip"),
+            (
+                r#"{"provider":"paypal","wallet_account":"13812345678","payment_password":"1"}"#,
+                "provider",
+            ),
+            (
+                r#"{"provider":"alipay","wallet_account":"hello","payment_password":"1"}"#,
+                "wallet_account",
+            ),
+            (
+                r#"{"provider":"alipay","wallet_account":"13812345678","payment_password":""}"#,
+                "payment_password",
+            ),
+            (
+                r#"{"provider":"alipay","wallet_account":"13812345678","payment_password":"1","factor":{"kind":"iris","code":"x"}}"#,
+                "factor.kind",
+            ),
+            (
+                r#"{"provider":"alipay","wallet_account":"13812345678","payment_password":"1","idempotency_key":"a b"}"#,
+                "idempotency_key",
+            ),
+            (
+                r#"{"provider":"alipay","wallet_account":"13812345678","payment_password":"1","event_time":"2999-01-01T00:00:00Z"}"#,
+                "event_time",
+            ),
+            (
+                r#"{"provider":"alipay","wallet_account":"13812345678","payment_password":"1","context":{"ip":"999.1.1.1"}}"#,
+                "context.ip",
+            ),
         ];
         for (json, field) in cases {
             match bind(json) {
@@ -568,7 +678,9 @@ mod tests {
     #[test]
     fn amounts_are_positive_bounded_integers() {
         let pay = |amount: &str, currency: &str| {
-            let json = format!(r#"{{"binding_id":"00000000-0000-0000-0000-000000000001","order_id":"o1","amount_minor":{amount},"currency":{currency},"payment_password":"1"}}"#);
+            let json = format!(
+                r#"{{"binding_id":"00000000-0000-0000-0000-000000000001","order_id":"o1","amount_minor":{amount},"currency":{currency},"payment_password":"1"}}"#
+            );
             serde_json::from_str::<PayRequest>(&json)
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.validate("a", Utc::now()).map_err(|e| e.code().to_owned()))
@@ -605,15 +717,25 @@ mod tests {
         let pay = |f: &dyn Fn(&mut serde_json::Value)| {
             let mut v = serde_json::json!({"binding_id":"00000000-0000-0000-0000-000000000001","order_id":"o1","amount_minor":1,"payment_password":"1"});
             f(&mut v);
-            serde_json::from_value::<PayRequest>(v).unwrap().validate("a", Utc::now()).unwrap_err().to_string()
+            serde_json::from_value::<PayRequest>(v)
+                .unwrap()
+                .validate("a", Utc::now())
+                .unwrap_err()
+                .to_string()
         };
         assert!(pay(&|v| v["amount_minor"] = 0.into()).contains(&format!("to {AMOUNT_MINOR_MAX}")));
         assert!(pay(&|v| v["order_id"] = "".into()).contains(&format!("1-{ORDER_ID_LEN_MAX} ")));
         assert!(pay(&|v| v["idempotency_key"] = "".into()).contains(&format!("1-{KEY_LEN_MAX} ")));
         assert!(pay(&|v| v["correlation_id"] = "".into()).contains(&format!("1-{KEY_LEN_MAX} ")));
         assert!(pay(&|v| v["context"] = serde_json::json!({"device_id": ""})).contains(&format!("1-{KEY_LEN_MAX} ")));
-        assert!(pay(&|v| v["context"] = serde_json::json!({"user_agent": "x".repeat(USER_AGENT_LEN_MAX + 1)})).contains(&format!("{USER_AGENT_LEN_MAX} bytes")));
-        assert!(pay(&|v| v["factor"] = serde_json::json!({"kind": "sms", "code": ""})).contains(&format!("1-{FACTOR_SECRET_LEN_MAX} ")));
-        assert!(pay(&|v| v["event_time"] = "2999-01-01T00:00:00Z".into()).contains(&format!("{EVENT_TIME_SKEW_MAX_S} s")));
+        assert!(
+            pay(&|v| v["context"] = serde_json::json!({"user_agent": "x".repeat(USER_AGENT_LEN_MAX + 1)}))
+                .contains(&format!("{USER_AGENT_LEN_MAX} bytes"))
+        );
+        assert!(pay(&|v| v["factor"] = serde_json::json!({"kind": "sms", "code": ""}))
+            .contains(&format!("1-{FACTOR_SECRET_LEN_MAX} ")));
+        assert!(
+            pay(&|v| v["event_time"] = "2999-01-01T00:00:00Z".into()).contains(&format!("{EVENT_TIME_SKEW_MAX_S} s"))
+        );
     }
 }

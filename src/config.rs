@@ -134,7 +134,13 @@ pub struct CheckpointsConfig {
 
 impl Default for CheckpointsConfig {
     fn default() -> Self {
-        CheckpointsConfig { enabled: true, every_events: 10_000, every_seconds: 60, key_file: None, topic: "bindledger.checkpoints".into() }
+        CheckpointsConfig {
+            enabled: true,
+            every_events: 10_000,
+            every_seconds: 60,
+            key_file: None,
+            topic: "bindledger.checkpoints".into(),
+        }
     }
 }
 
@@ -153,7 +159,11 @@ pub struct AlertsConfig {
 
 impl Default for AlertsConfig {
     fn default() -> Self {
-        AlertsConfig { enabled: true, rules_file: None, checkpoint_every_events: 100_000 }
+        AlertsConfig {
+            enabled: true,
+            rules_file: None,
+            checkpoint_every_events: 100_000,
+        }
     }
 }
 
@@ -278,7 +288,11 @@ impl Default for WriterConfig {
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig { concurrency_max: 8192, timeout_ms: 3000, simulated: Scenario::default() }
+        GatewayConfig {
+            concurrency_max: 8192,
+            timeout_ms: 3000,
+            simulated: Scenario::default(),
+        }
     }
 }
 
@@ -367,16 +381,25 @@ impl Config {
         if self.writer.commit_batch == 0 || self.writer.commit_busy_events == 0 {
             return bad("writer.commit_batch and writer.commit_busy_events must be at least 1");
         }
-        if self.gateway.concurrency_max == 0 || self.http.connections_max == 0 || self.http.connections_per_peer_max == 0 {
-            return bad("gateway.concurrency_max, http.connections_max and http.connections_per_peer_max must be at least 1");
+        if self.gateway.concurrency_max == 0
+            || self.http.connections_max == 0
+            || self.http.connections_per_peer_max == 0
+        {
+            return bad(
+                "gateway.concurrency_max, http.connections_max and http.connections_per_peer_max must be at least 1",
+            );
         }
-        if !(1..=600_000).contains(&self.http.header_timeout_ms) || !(1..=600_000).contains(&self.http.body_timeout_ms) {
+        if !(1..=600_000).contains(&self.http.header_timeout_ms) || !(1..=600_000).contains(&self.http.body_timeout_ms)
+        {
             return bad("http.header_timeout_ms and http.body_timeout_ms must be from 1 to 600000 (10 minutes)");
         }
         if self.idempotency_window_events == 0 || self.writer.snapshot_every_events == 0 {
             return bad("idempotency_window_events and writer.snapshot_every_events must be at least 1");
         }
-        if self.checkpoints.every_events == 0 || self.checkpoints.every_seconds == 0 || self.checkpoints.topic.is_empty() {
+        if self.checkpoints.every_events == 0
+            || self.checkpoints.every_seconds == 0
+            || self.checkpoints.topic.is_empty()
+        {
             return bad("checkpoints.every_events and checkpoints.every_seconds must be at least 1, and checkpoints.topic not empty");
         }
         if self.alerts.checkpoint_every_events == 0 {
@@ -392,8 +415,15 @@ impl Config {
             return bad("replication_timeout_ms must be at least 1");
         }
         let k = &self.kafka;
-        if k.partitions < 1 || k.replication_factor < 1 || k.inflight_events_max == 0 || k.topic.is_empty() || k.alerts_topic.is_empty() {
-            return bad("kafka: partitions, replication_factor and inflight_events_max must be at least 1, and topic not empty");
+        if k.partitions < 1
+            || k.replication_factor < 1
+            || k.inflight_events_max == 0
+            || k.topic.is_empty()
+            || k.alerts_topic.is_empty()
+        {
+            return bad(
+                "kafka: partitions, replication_factor and inflight_events_max must be at least 1, and topic not empty",
+            );
         }
         for t in &self.tokens {
             if t.token.len() < 16 {
@@ -416,11 +446,16 @@ impl Config {
     }
 
     pub fn checkpoint_key_path(&self) -> PathBuf {
-        self.checkpoints.key_file.clone().unwrap_or_else(|| self.data_dir.join("checkpoint.key"))
+        self.checkpoints
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("checkpoint.key"))
     }
 
     pub fn secret_path(&self) -> PathBuf {
-        self.secret_file.clone().unwrap_or_else(|| self.data_dir.join("secret.key"))
+        self.secret_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("secret.key"))
     }
 }
 
@@ -435,9 +470,15 @@ pub fn parse_tokens(s: &str) -> Result<Vec<TokenConfig>, Error> {
                 .ok_or_else(|| Error::Config("BINDLEDGER_TOKENS entries look like role+role:token".into()))?;
             let roles = roles
                 .split('+')
-                .map(|r| Role::parse(r).ok_or_else(|| Error::Config(format!("unknown role {r:?} (writer, reader, auditor, security)"))))
+                .map(|r| {
+                    Role::parse(r)
+                        .ok_or_else(|| Error::Config(format!("unknown role {r:?} (writer, reader, auditor, security)")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(TokenConfig { token: token.to_owned(), roles })
+            Ok(TokenConfig {
+                token: token.to_owned(),
+                roles,
+            })
         })
         .collect()
 }
@@ -474,15 +515,24 @@ mod tests {
 
     #[test]
     fn the_commit_delay_is_configured_checked_and_turned_off_by_zero() {
-        let on = Config::from_toml("[writer]\ncommit_delay_us = 500\ncommit_batch = 32\ncommit_busy_events = 4").unwrap();
+        let on =
+            Config::from_toml("[writer]\ncommit_delay_us = 500\ncommit_batch = 32\ncommit_busy_events = 4").unwrap();
         on.validate().unwrap();
-        let expected = crate::writer::CommitDelay { delay: std::time::Duration::from_micros(500), batch: 32, busy_events: 4 };
+        let expected = crate::writer::CommitDelay {
+            delay: std::time::Duration::from_micros(500),
+            batch: 32,
+            busy_events: 4,
+        };
         assert_eq!(on.writer.commit_delay(), Some(expected));
         let off = Config::from_toml("[writer]\ncommit_delay_us = 0").unwrap();
         off.validate().unwrap();
         assert_eq!(off.writer.commit_delay(), None);
         for bad in ["commit_delay_us = 100001", "commit_batch = 0", "commit_busy_events = 0"] {
-            let e = Config::from_toml(&format!("[writer]\n{bad}")).unwrap().validate().unwrap_err().to_string();
+            let e = Config::from_toml(&format!("[writer]\n{bad}"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
         }
     }

@@ -52,7 +52,14 @@ impl Rng {
     }
 }
 
-const PROVIDERS: &[&str] = &["alipay", "wechat_pay", "apple_pay", "union_pay", "bank_card", "credit_card"];
+const PROVIDERS: &[&str] = &[
+    "alipay",
+    "wechat_pay",
+    "apple_pay",
+    "union_pay",
+    "bank_card",
+    "credit_card",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
@@ -87,7 +94,12 @@ fn common(key: Option<String>, rng: &mut Rng) -> CommonInput {
         context: Some(ContextInput {
             channel: Some(channel.to_owned()),
             device_id: Some(format!("dev-{:04x}", rng.below(4096))),
-            ip: Some(format!("10.{}.{}.{}", rng.below(256), rng.below(256), 1 + rng.below(254))),
+            ip: Some(format!(
+                "10.{}.{}.{}",
+                rng.below(256),
+                rng.below(256),
+                1 + rng.below(254)
+            )),
             user_agent: None,
         }),
         ..CommonInput::default()
@@ -122,7 +134,10 @@ impl World {
         let (provider, phone) = actor.wallets[wallet].clone();
         let mut password = self.gateway.password_for(&provider, &phone);
         if wrong_password {
-            password = format!("{:06}", (password.parse::<u64>().unwrap_or(0) + 1 + rng.below(999)) % 1_000_000);
+            password = format!(
+                "{:06}",
+                (password.parse::<u64>().unwrap_or(0) + 1 + rng.below(999)) % 1_000_000
+            );
         }
         let factor = if rng.chance(500) || wrong_factor {
             let kind = [Factor::Sms, Factor::Fingerprint, Factor::Face][rng.below(3) as usize];
@@ -130,7 +145,10 @@ impl World {
             if wrong_factor {
                 code.push('x');
             }
-            Some(FactorInput { kind: kind.as_str().to_owned(), code: SecretString::new(code) })
+            Some(FactorInput {
+                kind: kind.as_str().to_owned(),
+                code: SecretString::new(code),
+            })
         } else {
             None
         };
@@ -154,7 +172,15 @@ impl World {
         self.record(r);
     }
 
-    async fn pay(&self, actor: &mut Actor, binding: Uuid, wallet: usize, amount_minor: i64, rng: &mut Rng, wrong_password: bool) {
+    async fn pay(
+        &self,
+        actor: &mut Actor,
+        binding: Uuid,
+        wallet: usize,
+        amount_minor: i64,
+        rng: &mut Rng,
+        wrong_password: bool,
+    ) {
         let (provider, phone) = &actor.wallets[wallet];
         let mut password = self.gateway.password_for(provider, phone);
         if wrong_password {
@@ -180,7 +206,10 @@ impl World {
     }
 
     async fn unbind(&self, actor: &mut Actor, binding: Uuid, rng: &mut Rng) {
-        let req = UnbindRequest { confirm: true, common: common(None, rng) };
+        let req = UnbindRequest {
+            confirm: true,
+            common: common(None, rng),
+        };
         match req.validate(&actor.account, &binding.to_string(), Utc::now()) {
             Ok(cmd) => {
                 let r = self.ledger.unbind(cmd).await;
@@ -207,7 +236,10 @@ impl World {
                         let (p, acct) = &actor.wallets[*w];
                         self.gateway.wallet_status(p, acct) == WalletStatus::Active || rng.chance(100)
                     };
-                    let unbound: Vec<usize> = (0..actor.wallets.len()).filter(|w| !actor.active.iter().any(|(_, a)| a == w)).filter(usable).collect();
+                    let unbound: Vec<usize> = (0..actor.wallets.len())
+                        .filter(|w| !actor.active.iter().any(|(_, a)| a == w))
+                        .filter(usable)
+                        .collect();
                     if actor.active.is_empty() && unbound.is_empty() && !rng.chance(20) {
                         return; // nothing left to bind: the shopper mostly gives up
                     }
@@ -303,14 +335,28 @@ async fn print_alerts(m: crate::http::MonitorView) {
 
 /// One alert in one line.
 pub fn alert_line(a: &crate::alerts::Alert) -> String {
-    let key = if a.key.kind == "wallet" { format!("wallet {}…", &a.key.value[..16.min(a.key.value.len())]) } else { format!("account {}", a.key.value) };
+    let key = if a.key.kind == "wallet" {
+        format!("wallet {}…", &a.key.value[..16.min(a.key.value.len())])
+    } else {
+        format!("account {}", a.key.value)
+    };
     let amount = |v: i64| a.currency.map_or(v.to_string(), |c| c.format(v));
     let what = match a.unit.as_str() {
         "minor_units" => format!("{} against {}", amount(a.observed), amount(a.threshold)),
         unit => format!("{} {} (threshold {})", a.observed, unit.replace('_', " "), a.threshold),
     };
-    let lock = a.lock.as_ref().map(|l| format!(", binding {} locked until {}", l.binding_id, l.until.format("%H:%M:%S"))).unwrap_or_default();
-    format!("{:<8} {:<20} {key}: {what}, events {:?}{lock} [{}]", a.severity.as_str(), a.rule, a.event_seqs, a.id)
+    let lock = a
+        .lock
+        .as_ref()
+        .map(|l| format!(", binding {} locked until {}", l.binding_id, l.until.format("%H:%M:%S")))
+        .unwrap_or_default();
+    format!(
+        "{:<8} {:<20} {key}: {what}, events {:?}{lock} [{}]",
+        a.severity.as_str(),
+        a.rule,
+        a.event_seqs,
+        a.id
+    )
 }
 
 /// Alerts per rule, and what the locks did.
@@ -321,12 +367,27 @@ async fn alerts_report(ledger: &Ledger, m: &crate::http::MonitorView) {
     }
     println!("\n== alerts (rules over every event, event time) ==");
     for (i, rule) in crate::alerts::rules::RULE_NAMES.iter().enumerate() {
-        println!("  {:<24} {:>6} opened", rule, grouped(m.status.opened[i].load(std::sync::atomic::Ordering::Relaxed) as i64));
+        println!(
+            "  {:<24} {:>6} opened",
+            rule,
+            grouped(m.status.opened[i].load(std::sync::atomic::Ordering::Relaxed) as i64)
+        );
     }
-    println!("  {:<24} {:>6}", "updates (suppressed)", grouped(m.status.updated_total.load(std::sync::atomic::Ordering::Relaxed) as i64));
+    println!(
+        "  {:<24} {:>6}",
+        "updates (suppressed)",
+        grouped(m.status.updated_total.load(std::sync::atomic::Ordering::Relaxed) as i64)
+    );
     let store = m.store.clone();
     if let Ok(Ok((alerts, _))) = tokio::task::spawn_blocking(move || {
-        store.list(&crate::alerts::store::AlertFilter { severity: Some(crate::alerts::Severity::High), ..Default::default() }, None, 5)
+        store.list(
+            &crate::alerts::store::AlertFilter {
+                severity: Some(crate::alerts::Severity::High),
+                ..Default::default()
+            },
+            None,
+            5,
+        )
     })
     .await
     {
@@ -341,7 +402,10 @@ async fn alerts_report(ledger: &Ledger, m: &crate::http::MonitorView) {
         match bindledger_events::decode(&bytes).map(|e| e.payload) {
             Ok(Payload::BindingLocked { .. }) => locked += 1,
             Ok(Payload::BindingUnlocked { .. }) => unlocked += 1,
-            Ok(Payload::PaymentFailed { reason: bindledger_events::PaymentFailure::BindingLocked { .. }, .. }) => refused_locked += 1,
+            Ok(Payload::PaymentFailed {
+                reason: bindledger_events::PaymentFailure::BindingLocked { .. },
+                ..
+            }) => refused_locked += 1,
             _ => {}
         }
     }
@@ -349,13 +413,23 @@ async fn alerts_report(ledger: &Ledger, m: &crate::http::MonitorView) {
 }
 
 /// Waits for the relay to catch up, then reads the topic back as an analytics team would.
-async fn kafka_report(ledger: &Ledger, config: &Config, status: &crate::relay::RelayStatus, alerts: Option<&(String, Arc<crate::relay::RelayStatus>)>) {
+async fn kafka_report(
+    ledger: &Ledger,
+    config: &Config,
+    status: &crate::relay::RelayStatus,
+    alerts: Option<&(String, Arc<crate::relay::RelayStatus>)>,
+) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while status.position.load(std::sync::atomic::Ordering::Relaxed) < ledger.log_len() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let position = status.position.load(std::sync::atomic::Ordering::Relaxed);
-    println!("\n== kafka: {} of {} events on topic {} ==", grouped(position as i64), grouped(ledger.log_len() as i64), config.kafka.topic);
+    println!(
+        "\n== kafka: {} of {} events on topic {} ==",
+        grouped(position as i64),
+        grouped(ledger.log_len() as i64),
+        config.kafka.topic
+    );
     if let Some(e) = status.last_error.lock().expect("status lock").as_ref() {
         println!("  last relay error: {e}");
     }
@@ -370,7 +444,10 @@ async fn kafka_report(ledger: &Ledger, config: &Config, status: &crate::relay::R
             last = now;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        println!("  alert changes on topic {topic}: {}", grouped(st.published_total.load(std::sync::atomic::Ordering::Relaxed) as i64));
+        println!(
+            "  alert changes on topic {topic}: {}",
+            grouped(st.published_total.load(std::sync::atomic::Ordering::Relaxed) as i64)
+        );
     }
     let args = crate::analytics::ConsumeArgs {
         brokers: config.kafka.brokers.clone(),
@@ -381,13 +458,28 @@ async fn kafka_report(ledger: &Ledger, config: &Config, status: &crate::relay::R
     };
     match tokio::task::spawn_blocking(move || crate::analytics::consume(&args)).await {
         Ok(Ok(r)) => {
-            println!("read back by an analytics consumer: {} messages, {} duplicates", grouped(r.messages as i64), r.duplicates);
+            println!(
+                "read back by an analytics consumer: {} messages, {} duplicates",
+                grouped(r.messages as i64),
+                r.duplicates
+            );
             for (t, n) in &r.per_type {
                 println!("  {:<22} {:>9}", t, grouped(*n as i64));
             }
             let same = r.messages == ledger.log_len() && r.duplicates == 0;
-            println!("  the topic {} the log, event for event", if same { "equals" } else { "does NOT equal" });
-            println!("\n{}", r.analytics.summary().lines().filter(|l| !l.starts_with("  20")).collect::<Vec<_>>().join("\n"));
+            println!(
+                "  the topic {} the log, event for event",
+                if same { "equals" } else { "does NOT equal" }
+            );
+            println!(
+                "\n{}",
+                r.analytics
+                    .summary()
+                    .lines()
+                    .filter(|l| !l.starts_with("  20"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
         }
         Ok(Err(e)) => println!("  reading the topic back failed: {e:#}"),
         Err(e) => println!("  reading the topic back failed: {e}"),
@@ -395,16 +487,31 @@ async fn kafka_report(ledger: &Ledger, config: &Config, status: &crate::relay::R
 }
 
 fn phone(rng: &mut Rng) -> String {
-    format!("1{}{:09}", [3, 5, 7, 8, 9][rng.below(5) as usize], rng.below(1_000_000_000))
+    format!(
+        "1{}{:09}",
+        [3, 5, 7, 8, 9][rng.below(5) as usize],
+        rng.below(1_000_000_000)
+    )
 }
 
 fn population(opts: &DemoOptions, gateway: &SimulatedGateway, rng: &mut Rng) -> Vec<Actor> {
     let mut actors = Vec::new();
     for i in 0..opts.shoppers {
         let wallets = (0..1 + rng.below(3))
-            .map(|_| (Provider::parse(PROVIDERS[rng.below(PROVIDERS.len() as u64) as usize]).expect("known"), phone(rng)))
+            .map(|_| {
+                (
+                    Provider::parse(PROVIDERS[rng.below(PROVIDERS.len() as u64) as usize]).expect("known"),
+                    phone(rng),
+                )
+            })
             .collect();
-        actors.push(Actor { account: format!("shopper-{i:05}"), role: Role::Shopper, wallets, active: vec![], orders: 0 });
+        actors.push(Actor {
+            account: format!("shopper-{i:05}"),
+            role: Role::Shopper,
+            wallets,
+            active: vec![],
+            orders: 0,
+        });
     }
     let alipay = Provider::parse("alipay").expect("known");
     let active_phone = |rng: &mut Rng| loop {
@@ -415,20 +522,53 @@ fn population(opts: &DemoOptions, gateway: &SimulatedGateway, rng: &mut Rng) -> 
     };
     let shared = active_phone(rng);
     for i in 0..4 {
-        actors.push(Actor { account: format!("ring-{i}"), role: Role::Ring, wallets: vec![(alipay.clone(), shared.clone())], active: vec![], orders: 0 });
+        actors.push(Actor {
+            account: format!("ring-{i}"),
+            role: Role::Ring,
+            wallets: vec![(alipay.clone(), shared.clone())],
+            active: vec![],
+            orders: 0,
+        });
     }
-    actors.push(Actor { account: "bruteforce-1".into(), role: Role::BruteForcer, wallets: vec![(alipay.clone(), active_phone(rng))], active: vec![], orders: 0 });
+    actors.push(Actor {
+        account: "bruteforce-1".into(),
+        role: Role::BruteForcer,
+        wallets: vec![(alipay.clone(), active_phone(rng))],
+        active: vec![],
+        orders: 0,
+    });
     let drainer_wallets = (0..6).map(|_| (alipay.clone(), active_phone(rng))).collect();
-    actors.push(Actor { account: "drainer-1".into(), role: Role::Drainer, wallets: drainer_wallets, active: vec![], orders: 0 });
+    actors.push(Actor {
+        account: "drainer-1".into(),
+        role: Role::Drainer,
+        wallets: drainer_wallets,
+        active: vec![],
+        orders: 0,
+    });
     let mut dead = Vec::new();
     while dead.len() < 4 {
         let p = phone(rng);
-        if matches!(gateway.wallet_status(&alipay, &p), WalletStatus::Frozen | WalletStatus::Closed) {
+        if matches!(
+            gateway.wallet_status(&alipay, &p),
+            WalletStatus::Frozen | WalletStatus::Closed
+        ) {
             dead.push((alipay.clone(), p));
         }
     }
-    actors.push(Actor { account: "prober-1".into(), role: Role::Prober, wallets: dead, active: vec![], orders: 0 });
-    actors.push(Actor { account: "churner-1".into(), role: Role::Churner, wallets: vec![(alipay.clone(), active_phone(rng))], active: vec![], orders: 0 });
+    actors.push(Actor {
+        account: "prober-1".into(),
+        role: Role::Prober,
+        wallets: dead,
+        active: vec![],
+        orders: 0,
+    });
+    actors.push(Actor {
+        account: "churner-1".into(),
+        role: Role::Churner,
+        wallets: vec![(alipay.clone(), active_phone(rng))],
+        active: vec![],
+        orders: 0,
+    });
     actors
 }
 
@@ -449,7 +589,11 @@ fn grouped(n: i64) -> String {
 }
 
 fn count(t: &Tally, prefix: &str) -> u64 {
-    t.by_outcome.iter().filter(|(k, _)| k.as_str() == prefix || k.starts_with(&format!("{prefix}:"))).map(|(_, v)| v).sum()
+    t.by_outcome
+        .iter()
+        .filter(|(k, _)| k.as_str() == prefix || k.starts_with(&format!("{prefix}:")))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// Runs the demo until the duration passes (or Ctrl-C), then prints the report.
@@ -494,9 +638,15 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     // one of the configuration's, which the banner does not repeat.
     let admin_file = config.data_dir.join("admin.token");
     let (token_where, token_ref) = if admin_file.exists() {
-        (admin_file.display().to_string(), format!("$(cat {})", admin_file.display()))
+        (
+            admin_file.display().to_string(),
+            format!("$(cat {})", admin_file.display()),
+        )
     } else {
-        ("a token of your configuration (tokens, or BINDLEDGER_TOKENS), as $TOKEN below".to_owned(), "$TOKEN".to_owned())
+        (
+            "a token of your configuration (tokens, or BINDLEDGER_TOKENS), as $TOKEN below".to_owned(),
+            "$TOKEN".to_owned(),
+        )
     };
     println!("bindledger demo");
     println!("  log:       {}", config.data_dir.display());
@@ -506,15 +656,37 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     println!("              a bind-then-drain account, a dead-wallet prober and a binding churner");
     println!("  apple_pay is under maintenance from second 4 to 7");
     match &relay_status {
-        Some(_) => println!("  kafka:     publishing to topic {} at {}\n", config.kafka.topic, config.kafka.brokers),
-        None => println!("  kafka:     off (set BINDLEDGER_KAFKA_BROKERS, or run `make demo`, which starts a broker)\n"),
+        Some(_) => println!(
+            "  kafka:     publishing to topic {} at {}\n",
+            config.kafka.topic, config.kafka.brokers
+        ),
+        None => {
+            println!("  kafka:     off (set BINDLEDGER_KAFKA_BROKERS, or run `make demo`, which starts a broker)\n")
+        }
     }
     println!("  alerts:    the monitor runs the 7 rules over every event; new alerts print as they open");
     println!("             (live: curl -N -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/alerts/stream)\n");
     let alert_printer = node.extras.monitor.clone().map(|m| tokio::spawn(print_alerts(m)));
-    println!("{:>4} {:>9} {:>7} {:>9} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}", "t(s)", "events", "ev/s", "on_kafka", "bound", "bind_fail", "paid", "pay_fail", "unbound", "unbind_fail", "spent");
+    println!(
+        "{:>4} {:>9} {:>7} {:>9} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}",
+        "t(s)",
+        "events",
+        "ev/s",
+        "on_kafka",
+        "bound",
+        "bind_fail",
+        "paid",
+        "pay_fail",
+        "unbound",
+        "unbind_fail",
+        "spent"
+    );
 
-    let world = Arc::new(World { ledger: ledger.clone(), gateway: gateway.clone(), tally: Mutex::new(Tally::default()) });
+    let world = Arc::new(World {
+        ledger: ledger.clone(),
+        gateway: gateway.clone(),
+        tally: Mutex::new(Tally::default()),
+    });
     let mut rng = Rng(opts.seed);
     let actors = population(&opts, &gateway, &mut rng);
     let workers = 32usize;
@@ -547,7 +719,16 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
                 } else {
                     rng.below(actors.len() as u64) as usize
                 };
-                let mut actor = std::mem::replace(&mut actors[i], Actor { account: String::new(), role: Role::Shopper, wallets: vec![], active: vec![], orders: 0 });
+                let mut actor = std::mem::replace(
+                    &mut actors[i],
+                    Actor {
+                        account: String::new(),
+                        role: Role::Shopper,
+                        wallets: vec![],
+                        active: vec![],
+                        orders: 0,
+                    },
+                );
                 world.step(&mut actor, &mut rng).await;
                 actors[i] = actor;
             }
@@ -567,7 +748,9 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
         let events = ledger.log_len();
         {
             let t = world.tally.lock().expect("tally");
-            let on_kafka = relay_status.as_ref().map_or("-".to_owned(), |s| grouped(s.position.load(std::sync::atomic::Ordering::Relaxed) as i64));
+            let on_kafka = relay_status.as_ref().map_or("-".to_owned(), |s| {
+                grouped(s.position.load(std::sync::atomic::Ordering::Relaxed) as i64)
+            });
             println!(
                 "{:>4} {:>9} {:>7} {:>9} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}",
                 second,
@@ -606,8 +789,15 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     let _ = stop_http.send(());
     let _ = server.await;
     node.stop().await;
-    println!("\nThe log stays in {}; check it offline with:", config.data_dir.display());
-    println!("  bindledger verify --data-dir {} --rules {}", config.data_dir.display(), rules_file.display());
+    println!(
+        "\nThe log stays in {}; check it offline with:",
+        config.data_dir.display()
+    );
+    println!(
+        "  bindledger verify --data-dir {} --rules {}",
+        config.data_dir.display(),
+        rules_file.display()
+    );
     println!("  bindledger export --data-dir {} | head", config.data_dir.display());
     Ok(())
 }
@@ -616,7 +806,12 @@ async fn report(world: &World, elapsed_s: f64) {
     let ledger = &world.ledger;
     let sample = ledger.history("drainer-1", 0, 2).await;
     let t = world.tally.lock().expect("tally");
-    println!("\n== outcomes after {:.1} s ({} events, {:.0} events/s) ==", elapsed_s, grouped(ledger.log_len() as i64), ledger.log_len() as f64 / elapsed_s);
+    println!(
+        "\n== outcomes after {:.1} s ({} events, {:.0} events/s) ==",
+        elapsed_s,
+        grouped(ledger.log_len() as i64),
+        ledger.log_len() as f64 / elapsed_s
+    );
     for (k, v) in &t.by_outcome {
         println!("  {:<46} {:>9}", k, grouped(*v as i64));
     }
@@ -637,12 +832,19 @@ async fn report(world: &World, elapsed_s: f64) {
         }
     }
     match broken {
-        None => println!("\n== hash chain: {} events verified, head {} ==", grouped(verifier.last_seq() as i64), verifier.head()),
+        None => println!(
+            "\n== hash chain: {} events verified, head {} ==",
+            grouped(verifier.last_seq() as i64),
+            verifier.head()
+        ),
         Some(e) => println!("\n== hash chain BROKEN: {e} =="),
     }
     if let Ok(events) = sample {
         if let Some(e) = events.first() {
-            println!("\none stored event, as auditors and consumers see it:\n  {}", serde_json::to_string(e).unwrap_or_default());
+            println!(
+                "\none stored event, as auditors and consumers see it:\n  {}",
+                serde_json::to_string(e).unwrap_or_default()
+            );
         }
     }
 }

@@ -7,7 +7,11 @@ pub enum Error {
     /// offending input. Every part is `'static`, so a submitted value cannot end up in the
     /// message (or in a log line made from it): that holds by construction.
     #[error("{message}")]
-    Invalid { code: &'static str, field: Option<&'static str>, message: &'static str },
+    Invalid {
+        code: &'static str,
+        field: Option<&'static str>,
+        message: &'static str,
+    },
     /// The idempotency key was used before for a different request. The key itself is not
     /// carried: answers and logs never repeat a submitted value.
     #[error("this idempotency key was already used for a different request")]
@@ -53,7 +57,11 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(code: &'static str, field: &'static str, message: &'static str) -> Error {
-        Error::Invalid { code, field: Some(field), message }
+        Error::Invalid {
+            code,
+            field: Some(field),
+            message,
+        }
     }
 
     /// A stable machine-readable code.
@@ -81,7 +89,10 @@ impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
         match e {
             // Where sled found it, without its (empty) backtrace.
-            sled::Error::Corruption { at, .. } => Error::Corrupt(format!("sled found its file corrupted{}", at.map(|at| format!(" at {at:?}")).unwrap_or_default())),
+            sled::Error::Corruption { at, .. } => Error::Corrupt(format!(
+                "sled found its file corrupted{}",
+                at.map(|at| format!(" at {at:?}")).unwrap_or_default()
+            )),
             other => Error::StorageFailed(other.to_string()),
         }
     }

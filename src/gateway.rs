@@ -127,15 +127,21 @@ impl Scenario {
     pub fn validate(&self) -> Result<(), Error> {
         let total = self.frozen_per_mille + self.closed_per_mille + self.unknown_per_mille;
         if total > 1000 || self.network_error_per_mille > 1000 {
-            return Err(Error::Config("gateway.simulated: per-mille rates must add up to at most 1000".into()));
+            return Err(Error::Config(
+                "gateway.simulated: per-mille rates must add up to at most 1000".into(),
+            ));
         }
         if self.balance_minor_min < 0 || self.balance_minor_max < self.balance_minor_min {
-            return Err(Error::Config("gateway.simulated: need 0 <= balance_minor_min <= balance_minor_max".into()));
+            return Err(Error::Config(
+                "gateway.simulated: need 0 <= balance_minor_min <= balance_minor_max".into(),
+            ));
         }
         for w in &self.maintenance {
             Provider::parse(&w.provider).map_err(|e| Error::Config(format!("gateway.simulated.maintenance: {e}")))?;
             if w.until <= w.from {
-                return Err(Error::Config("gateway.simulated.maintenance: `until` must be after `from`".into()));
+                return Err(Error::Config(
+                    "gateway.simulated.maintenance: `until` must be after `from`".into(),
+                ));
             }
         }
         Ok(())
@@ -296,11 +302,19 @@ impl SimulatedGateway {
     /// Minor units currently authorised (spent and not voided) on a wallet.
     pub fn spent_minor(&self, provider: &Provider, wallet_account: &str) -> i64 {
         let agreement = self.agreement_id(provider, wallet_account);
-        self.spent.lock().expect("simulator lock").get(&agreement).copied().unwrap_or(0)
+        self.spent
+            .lock()
+            .expect("simulator lock")
+            .get(&agreement)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn in_maintenance(&self, provider: &Provider, t: DateTime<Utc>) -> bool {
-        self.scenario.maintenance.iter().any(|w| w.provider == provider.as_str() && w.from <= t && t < w.until)
+        self.scenario
+            .maintenance
+            .iter()
+            .any(|w| w.provider == provider.as_str() && w.from <= t && t < w.until)
     }
 
     fn network_fails(&self) -> bool {
@@ -320,7 +334,9 @@ impl SimulatedGateway {
 
     fn check_factor(&self, agreement: &str, factor: Option<(Factor, &str)>) -> Result<(), GatewayFailure> {
         match factor {
-            Some((kind, code)) if self.factor_code_of(agreement, kind) != code => Err(GatewayFailure::FactorFailed(kind)),
+            Some((kind, code)) if self.factor_code_of(agreement, kind) != code => {
+                Err(GatewayFailure::FactorFailed(kind))
+            }
             _ => Ok(()),
         }
     }
@@ -359,7 +375,14 @@ impl SimulatedGateway {
 
     fn verify_now(&self, req: &BindVerification<'_>) -> Result<String, GatewayFailure> {
         let agreement = self.agreement_id(req.provider, req.wallet_account);
-        self.check_wallet(req.provider, req.event_time, &agreement, req.payment_password, req.factor, GatewayFailure::UnknownWallet)?;
+        self.check_wallet(
+            req.provider,
+            req.event_time,
+            &agreement,
+            req.payment_password,
+            req.factor,
+            GatewayFailure::UnknownWallet,
+        )?;
         Ok(agreement)
     }
 
@@ -371,8 +394,14 @@ impl SimulatedGateway {
     fn authorize_now(&self, req: &PaymentAuthorization<'_>) -> Result<String, GatewayFailure> {
         self.payment_calls.fetch_add(1, Ordering::Relaxed);
         // A wallet the provider does not know cannot have an agreement: it reads as closed.
-        let facts =
-            self.check_wallet(req.provider, req.event_time, req.agreement_id, req.payment_password, req.factor, GatewayFailure::WalletClosed)?;
+        let facts = self.check_wallet(
+            req.provider,
+            req.event_time,
+            req.agreement_id,
+            req.payment_password,
+            req.factor,
+            GatewayFailure::WalletClosed,
+        )?;
         let initial = self.balance_from(&facts);
         {
             let mut spent = self.spent.lock().expect("simulator lock");
@@ -390,11 +419,17 @@ impl SimulatedGateway {
             *s += req.amount_minor;
         }
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        let d = derive(self.scenario.seed, &["auth", req.agreement_id, req.order_id, &n.to_string()]);
+        let d = derive(
+            self.scenario.seed,
+            &["auth", req.agreement_id, req.order_id, &n.to_string()],
+        );
         let mut text = [0u8; 24];
         hex::encode_to_slice(&d[..12], &mut text).expect("24 bytes hold 12 hex pairs");
         let id = ["auth_", std::str::from_utf8(&text).expect("hex is ascii")].concat();
-        self.authorizations.lock().expect("simulator lock").insert(id.clone(), (req.agreement_id.to_owned(), req.amount_minor));
+        self.authorizations
+            .lock()
+            .expect("simulator lock")
+            .insert(id.clone(), (req.agreement_id.to_owned(), req.amount_minor));
         Ok(id)
     }
 }
@@ -416,7 +451,11 @@ impl WalletGateway for SimulatedGateway {
 
     fn void_payment<'a>(&'a self, _provider: &'a Provider, authorization_id: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let found = self.authorizations.lock().expect("simulator lock").remove(authorization_id);
+            let found = self
+                .authorizations
+                .lock()
+                .expect("simulator lock")
+                .remove(authorization_id);
             if let Some((agreement, amount)) = found {
                 if let Some(s) = self.spent.lock().expect("simulator lock").get_mut(&agreement) {
                     *s -= amount;
@@ -438,10 +477,20 @@ mod tests {
             recent.insert(format!("auth_{i}"), (format!("agr_{}", i % 7), i as i64));
         }
         // The newest generation and the one before it are kept; older ones are gone.
-        assert_eq!(recent.remove(&format!("auth_{}", n - 1)), Some((format!("agr_{}", (n - 1) % 7), (n - 1) as i64)));
+        assert_eq!(
+            recent.remove(&format!("auth_{}", n - 1)),
+            Some((format!("agr_{}", (n - 1) % 7), (n - 1) as i64))
+        );
         let kept_from = n - 10 - RecentAuthorizations::GENERATION;
-        assert!(recent.remove(&format!("auth_{kept_from}")).is_some(), "the previous generation is voidable");
-        assert_eq!(recent.remove(&format!("auth_{}", kept_from - 1)), None, "the oldest generation was dropped");
+        assert!(
+            recent.remove(&format!("auth_{kept_from}")).is_some(),
+            "the previous generation is voidable"
+        );
+        assert_eq!(
+            recent.remove(&format!("auth_{}", kept_from - 1)),
+            None,
+            "the oldest generation was dropped"
+        );
         assert_eq!(recent.remove(&format!("auth_{}", n - 1)), None, "a void removes it");
     }
 
@@ -458,7 +507,10 @@ mod tests {
     }
 
     fn gw() -> SimulatedGateway {
-        SimulatedGateway::new(Scenario { network_error_per_mille: 0, ..Scenario::default() })
+        SimulatedGateway::new(Scenario {
+            network_error_per_mille: 0,
+            ..Scenario::default()
+        })
     }
 
     #[test]
@@ -470,7 +522,10 @@ mod tests {
             assert_eq!(a.password_for(&p, &phone), b.password_for(&p, &phone));
             assert_eq!(a.wallet_status(&p, &phone), b.wallet_status(&p, &phone));
         }
-        let other = SimulatedGateway::new(Scenario { seed: 2, ..Scenario::default() });
+        let other = SimulatedGateway::new(Scenario {
+            seed: 2,
+            ..Scenario::default()
+        });
         assert_ne!(a.password_for(&p, "13800000001"), other.password_for(&p, "13800000001"));
         // The default rates give some frozen and closed wallets among many.
         let statuses: Vec<_> = (0..2000).map(|i| a.wallet_status(&p, &format!("139{i:08}"))).collect();
@@ -481,7 +536,10 @@ mod tests {
     async fn balances_run_out_and_voids_give_them_back() {
         let g = gw();
         let p = Provider::parse("wechat_pay").unwrap();
-        let phone = (0..1000).map(|i| format!("137{i:08}")).find(|ph| g.wallet_status(&p, ph) == WalletStatus::Active).unwrap();
+        let phone = (0..1000)
+            .map(|i| format!("137{i:08}"))
+            .find(|ph| g.wallet_status(&p, ph) == WalletStatus::Active)
+            .unwrap();
         let agreement = g.agreement_id(&p, &phone);
         let pw = g.password_for(&p, &phone);
         let balance = g.initial_balance_minor(&p, &phone);
@@ -496,7 +554,10 @@ mod tests {
             event_time: Utc::now(),
         };
         let auth = g.authorize_payment(pay(balance)).await.unwrap();
-        assert_eq!(g.authorize_payment(pay(1)).await, Err(GatewayFailure::InsufficientFunds));
+        assert_eq!(
+            g.authorize_payment(pay(1)).await,
+            Err(GatewayFailure::InsufficientFunds)
+        );
         g.void_payment(&p, &auth).await;
         assert!(g.authorize_payment(pay(1)).await.is_ok());
         let mut wrong = pay(1);

@@ -67,7 +67,11 @@ pub struct MonitorView {
 
 impl MonitorView {
     pub fn of(m: &crate::alerts::Monitor) -> MonitorView {
-        MonitorView { store: m.store().clone(), feed: m.feed().clone(), status: m.status().clone() }
+        MonitorView {
+            store: m.store().clone(),
+            feed: m.feed().clone(),
+            status: m.status().clone(),
+        }
     }
 }
 
@@ -79,9 +83,19 @@ impl AppState {
     /// The same, with what runs beside the ledger (reported in `/metrics`, `/v1/relay`, and
     /// the alerts routes).
     pub fn build(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig, extras: Extras) -> Arc<AppState> {
-        let tokens = tokens.iter().map(|t| (Sha256::digest(t.token.as_bytes()).into(), t.roles.clone())).collect();
+        let tokens = tokens
+            .iter()
+            .map(|t| (Sha256::digest(t.token.as_bytes()).into(), t.roles.clone()))
+            .collect();
         let in_flight = Arc::new(Semaphore::new(http.connections_max));
-        Arc::new(AppState { ledger, tokens, http, in_flight, extras, closing: tokio::sync::watch::Sender::new(false) })
+        Arc::new(AppState {
+            ledger,
+            tokens,
+            http,
+            in_flight,
+            extras,
+            closing: tokio::sync::watch::Sender::new(false),
+        })
     }
 }
 
@@ -97,7 +111,12 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: &'static str) -> Self {
-        ApiError { status, code, message, field: None }
+        ApiError {
+            status,
+            code,
+            message,
+            field: None,
+        }
     }
 
     fn with_field(mut self, field: &'static str) -> Self {
@@ -113,7 +132,9 @@ impl From<Error> for ApiError {
             Error::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::VersionConflict { .. } => StatusCode::CONFLICT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Overloaded(_) | Error::ShuttingDown | Error::StorageFailed(_) | Error::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Overloaded(_) | Error::ShuttingDown | Error::StorageFailed(_) | Error::OutcomeUnknown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR || matches!(e, Error::StorageFailed(_)) {
@@ -135,7 +156,12 @@ impl From<Error> for ApiError {
             Error::StorageFailed(_) => (None, "the event log could not be written; the ledger takes no more commands"),
             _ => (None, "internal error; see the server's log"),
         };
-        ApiError { status, code: e.code(), message, field }
+        ApiError {
+            status,
+            code: e.code(),
+            message,
+            field,
+        }
     }
 }
 
@@ -146,10 +172,12 @@ impl IntoResponse for ApiError {
         let mut r = (self.status, Json(body)).into_response();
         match self.status {
             StatusCode::UNAUTHORIZED => {
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             StatusCode::SERVICE_UNAVAILABLE => {
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }
@@ -168,13 +196,21 @@ fn authorize(state: &AppState, headers: &HeaderMap, role: Role) -> ApiResult<()>
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim_start();
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// The roles of the request's token, from its headers alone (no body has been read).
 fn authenticate<'s>(state: &'s AppState, headers: &HeaderMap) -> ApiResult<&'s [Role]> {
-    let token = bearer_token(headers)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "send Authorization: Bearer <token>"))?;
+    let token = bearer_token(headers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "send Authorization: Bearer <token>",
+        )
+    })?;
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     state
         .tokens
@@ -204,15 +240,26 @@ fn authorize_any(state: &AppState, headers: &HeaderMap, allowed: &[Role]) -> Api
 async fn read_body(state: &AppState, body: Body) -> ApiResult<Bytes> {
     let limit = state.http.body_limit_bytes;
     match tokio::time::timeout(state.http.body_timeout(), axum::body::to_bytes(body, limit)).await {
-        Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "the request body did not arrive in time")),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time",
+        )),
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             if too_large {
-                Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is larger than the limit"))
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than the limit",
+                ))
             } else {
-                Err(ApiError::new(StatusCode::BAD_REQUEST, "unreadable_body", "the request body could not be read"))
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable_body",
+                    "the request body could not be read",
+                ))
             }
         }
     }
@@ -229,12 +276,22 @@ async fn command_body<T: command::FromFields>(state: &AppState, req: Request, ro
 }
 
 fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
-    p.map(|Path(t)| t).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", "the path is not valid for this route"))
+    p.map(|Path(t)| t).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "the path is not valid for this route",
+        )
+    })
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     q.map(|Query(t)| t).map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "the query string has an unknown parameter or a value of the wrong type")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "the query string has an unknown parameter or a value of the wrong type",
+        )
     })
 }
 
@@ -242,8 +299,16 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
 /// same bytes the hash covers, so a client can check `hash` itself. Written piece by piece into
 /// one buffer: every command's answer goes through here.
 fn command_response(r: CommandResult) -> Response {
-    let status = if r.replayed { StatusCode::OK } else { StatusCode::CREATED };
-    let outcome: &[u8] = if r.event.payload.succeeded() { b"succeeded" } else { b"failed" };
+    let status = if r.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let outcome: &[u8] = if r.event.payload.succeeded() {
+        b"succeeded"
+    } else {
+        b"failed"
+    };
     let mut body = Vec::with_capacity(r.bytes.len() + 256);
     body.extend_from_slice(b"{\"outcome\":\"");
     body.extend_from_slice(outcome);
@@ -258,46 +323,81 @@ fn command_response(r: CommandResult) -> Response {
         }
         None => body.extend_from_slice(b"null"),
     }
-    body.extend_from_slice(if r.replayed { b",\"replayed\":true,\"hash\":\"" } else { b",\"replayed\":false,\"hash\":\"" });
+    body.extend_from_slice(if r.replayed {
+        b",\"replayed\":true,\"hash\":\""
+    } else {
+        b",\"replayed\":false,\"hash\":\""
+    });
     body.extend_from_slice(&r.hash.hex_bytes());
     body.extend_from_slice(b"\",\"event\":");
     body.extend_from_slice(&r.bytes);
     body.push(b'}');
     let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
-async fn bind(State(s): State<Arc<AppState>>, account: Result<Path<String>, PathRejection>, req: Request) -> ApiResult<Response> {
+async fn bind(
+    State(s): State<Arc<AppState>>,
+    account: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
     let req: BindRequest = command_body(&s, req, Role::Writer).await?;
     let account = path(account)?;
-    let cmd = req.validate(&account, chrono::Utc::now()).inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    let cmd = req
+        .validate(&account, chrono::Utc::now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     Ok(command_response(s.ledger.bind(cmd).await?))
 }
 
-async fn pay(State(s): State<Arc<AppState>>, account: Result<Path<String>, PathRejection>, req: Request) -> ApiResult<Response> {
+async fn pay(
+    State(s): State<Arc<AppState>>,
+    account: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
     let req: PayRequest = command_body(&s, req, Role::Writer).await?;
     let account = path(account)?;
-    let cmd = req.validate(&account, chrono::Utc::now()).inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    let cmd = req
+        .validate(&account, chrono::Utc::now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     Ok(command_response(s.ledger.pay(cmd).await?))
 }
 
-async fn unbind(State(s): State<Arc<AppState>>, p: Result<Path<(String, String)>, PathRejection>, req: Request) -> ApiResult<Response> {
+async fn unbind(
+    State(s): State<Arc<AppState>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
     let req: UnbindRequest = command_body(&s, req, Role::Writer).await?;
     let (account, binding_id) = path(p)?;
-    let cmd = req.validate(&account, &binding_id, chrono::Utc::now()).inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    let cmd = req
+        .validate(&account, &binding_id, chrono::Utc::now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     Ok(command_response(s.ledger.unbind(cmd).await?))
 }
 
-async fn unlock(State(s): State<Arc<AppState>>, p: Result<Path<(String, String)>, PathRejection>, req: Request) -> ApiResult<Response> {
+async fn unlock(
+    State(s): State<Arc<AppState>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
     let req: UnlockRequest = command_body(&s, req, Role::Security).await?;
     let (account, binding_id) = path(p)?;
-    let cmd = req.validate(&account, &binding_id, chrono::Utc::now()).inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    let cmd = req
+        .validate(&account, &binding_id, chrono::Utc::now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     Ok(command_response(s.ledger.unlock(cmd).await?))
 }
 
 fn checkpoints_of(s: &AppState) -> ApiResult<&(crate::checkpoint::CheckpointStore, String)> {
-    s.extras.checkpoints.as_ref().ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "checkpoints_disabled", "checkpoints are off (checkpoints.enabled = false)"))
+    s.extras.checkpoints.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "checkpoints_disabled",
+            "checkpoints are off (checkpoints.enabled = false)",
+        )
+    })
 }
 
 /// Every signed checkpoint, oldest first, one JSON object per line.
@@ -310,7 +410,8 @@ async fn checkpoints(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiR
         body.push(b'\n');
     }
     let mut r = body.into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     Ok(r)
 }
 
@@ -331,7 +432,11 @@ const ALERT_READERS: &[Role] = &[Role::Security, Role::Auditor];
 
 fn monitor(s: &AppState) -> ApiResult<&MonitorView> {
     s.extras.monitor.as_ref().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "alerts_disabled", "the alert monitor is not running (alerts.enabled = false)")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "alerts_disabled",
+            "the alert monitor is not running (alerts.enabled = false)",
+        )
     })
 }
 
@@ -355,13 +460,25 @@ impl AlertQuery {
             None => None,
             Some(t) => Some(
                 chrono::DateTime::parse_from_rfc3339(t)
-                    .map_err(|_| bad("invalid_time", "since", "since must be an RFC 3339 time, e.g. 2026-11-26T08:00:00Z"))?
+                    .map_err(|_| {
+                        bad(
+                            "invalid_time",
+                            "since",
+                            "since must be an RFC 3339 time, e.g. 2026-11-26T08:00:00Z",
+                        )
+                    })?
                     .with_timezone(&chrono::Utc),
             ),
         };
         let severity = match &self.severity {
             None => None,
-            Some(v) => Some(Severity::parse(v).ok_or_else(|| bad("invalid_severity", "severity", "severity is one of low, medium, high, critical"))?),
+            Some(v) => Some(Severity::parse(v).ok_or_else(|| {
+                bad(
+                    "invalid_severity",
+                    "severity",
+                    "severity is one of low, medium, high, critical",
+                )
+            })?),
         };
         if let Some(r) = &self.rule {
             if !crate::alerts::rules::RULE_NAMES.contains(&r.as_str()) {
@@ -371,7 +488,12 @@ impl AlertQuery {
         if let Some(a) = &self.account {
             command::validate_account(a)?;
         }
-        Ok(AlertFilter { since, severity, rule: self.rule.clone(), account: self.account.clone() })
+        Ok(AlertFilter {
+            since,
+            severity,
+            rule: self.rule.clone(),
+            account: self.account.clone(),
+        })
     }
 }
 
@@ -404,7 +526,11 @@ async fn alert_one(
     let id = path(id)?;
     match m.store.get(&id)? {
         Some(a) => Ok(Json(a).into_response()),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "alert_not_found", "no alert has this id")),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "alert_not_found",
+            "no alert has this id",
+        )),
     }
 }
 
@@ -426,9 +552,18 @@ async fn alerts_stream(
     let filter = q.filter()?;
     let last_event_id = match headers.get("last-event-id") {
         None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_last_event_id", "Last-Event-ID must be a stream seq from this feed")
-        })?),
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_last_event_id",
+                        "Last-Event-ID must be a stream seq from this feed",
+                    )
+                })?,
+        ),
     };
     let after = last_event_id.or(q.after).unwrap_or(0);
     struct Feed {
@@ -440,7 +575,14 @@ async fn alerts_stream(
         closing: tokio::sync::watch::Receiver<bool>,
     }
     let published = m.feed.subscribe();
-    let feed = Feed { m, published, filter, after, pending: Default::default(), closing: s.closing.subscribe() };
+    let feed = Feed {
+        m,
+        published,
+        filter,
+        after,
+        pending: Default::default(),
+        closing: s.closing.subscribe(),
+    };
     let stream = futures_util::stream::unfold(feed, |mut f| async move {
         loop {
             if *f.closing.borrow() {
@@ -448,7 +590,10 @@ async fn alerts_stream(
             }
             if let Some(c) = f.pending.pop_front() {
                 let data = serde_json::to_string(&c).expect("alerts serialize");
-                let ev = SseEvent::default().id(c.stream_seq.to_string()).event("alert").data(data);
+                let ev = SseEvent::default()
+                    .id(c.stream_seq.to_string())
+                    .event("alert")
+                    .data(data);
                 return Some((Ok::<_, std::convert::Infallible>(ev), f));
             }
             let next = tokio::select! {
@@ -465,7 +610,9 @@ async fn alerts_stream(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
 }
 
 /// A binding as shown to readers (without the provider's agreement reference).
@@ -505,28 +652,44 @@ struct PageQuery {
 }
 
 fn payment_view(e: &Event) -> Option<serde_json::Value> {
-    let common = |status: &str, order_id: &str, amount_minor: i64, currency: &bindledger_events::Currency, binding_id| {
-        json!({
-            "seq": e.seq,
-            "account_seq": e.account_seq,
-            "event_id": e.id,
-            "event_time": e.event_time,
-            "status": status,
-            "order_id": order_id,
-            "binding_id": binding_id,
-            "amount_minor": amount_minor,
-            "currency": currency,
-            "amount_display": currency.format(amount_minor),
-        })
-    };
+    let common =
+        |status: &str, order_id: &str, amount_minor: i64, currency: &bindledger_events::Currency, binding_id| {
+            json!({
+                "seq": e.seq,
+                "account_seq": e.account_seq,
+                "event_id": e.id,
+                "event_time": e.event_time,
+                "status": status,
+                "order_id": order_id,
+                "binding_id": binding_id,
+                "amount_minor": amount_minor,
+                "currency": currency,
+                "amount_display": currency.format(amount_minor),
+            })
+        };
     match &e.payload {
-        Payload::PaymentSucceeded { binding_id, provider, wallet, order_id, amount_minor, currency, .. } => {
+        Payload::PaymentSucceeded {
+            binding_id,
+            provider,
+            wallet,
+            order_id,
+            amount_minor,
+            currency,
+            ..
+        } => {
             let mut v = common("succeeded", order_id, *amount_minor, currency, binding_id);
             v["provider"] = json!(provider);
             v["wallet"] = json!(wallet.masked);
             Some(v)
         }
-        Payload::PaymentFailed { binding_id, order_id, amount_minor, currency, reason, .. } => {
+        Payload::PaymentFailed {
+            binding_id,
+            order_id,
+            amount_minor,
+            currency,
+            reason,
+            ..
+        } => {
             let mut v = common("failed", order_id, *amount_minor, currency, binding_id);
             v["reason"] = json!(reason);
             Some(v)
@@ -563,7 +726,11 @@ async fn history(
     let q = query(q)?;
     let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
     let events = s.ledger.history(&account, q.after_version.unwrap_or(0), limit).await?;
-    let next = if events.len() == limit { events.last().map(|e| e.account_seq) } else { None };
+    let next = if events.len() == limit {
+        events.last().map(|e| e.account_seq)
+    } else {
+        None
+    };
     Ok(Json(json!({"account": account, "events": events, "next_after_version": next})).into_response())
 }
 
@@ -574,8 +741,13 @@ async fn wallet_accounts(
 ) -> ApiResult<Response> {
     authorize(&s, &headers, Role::Reader)?;
     let fp = path(fp)?;
-    let hash = Hash::from_hex(&fp)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_fingerprint", "a wallet fingerprint is 64 hex characters"))?;
+    let hash = Hash::from_hex(&fp).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_fingerprint",
+            "a wallet fingerprint is 64 hex characters",
+        )
+    })?;
     Ok(Json(json!({"fingerprint": hash, "accounts": s.ledger.wallet_accounts(&hash)})).into_response())
 }
 
@@ -630,7 +802,8 @@ async fn feed(
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let mut r = Body::from_stream(stream).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     Ok(r)
 }
 
@@ -638,7 +811,11 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
     if s.ledger.is_healthy() {
         Json(json!({"status": "ok", "events": s.ledger.log_len()})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed", "events": s.ledger.log_len()}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "events": s.ledger.log_len()})),
+        )
+            .into_response()
     }
 }
 
@@ -683,7 +860,11 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             st.unlocks_sent.load(Relaxed),
         );
         for (i, rule) in crate::alerts::rules::RULE_NAMES.iter().enumerate() {
-            let _ = writeln!(text, "bindledger_alerts_opened_total{{rule=\"{rule}\"}} {}", st.opened[i].load(Relaxed));
+            let _ = writeln!(
+                text,
+                "bindledger_alerts_opened_total{{rule=\"{rule}\"}} {}",
+                st.opened[i].load(Relaxed)
+            );
         }
     }
     if let Some((topic, st)) = &s.extras.alerts_relay {
@@ -703,7 +884,10 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         );
     }
     let mut r = text.into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     r
 }
 
@@ -730,18 +914,28 @@ async fn relays_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Ap
         }),
     };
     let events = match &s.extras.relay {
-        Some((topic, status)) => serde_json::to_value(Relay::report(&s.ledger, topic, status)).expect("reports serialize"),
+        Some((topic, status)) => {
+            serde_json::to_value(Relay::report(&s.ledger, topic, status)).expect("reports serialize")
+        }
         None => json!({"state": "disabled"}),
     };
     Ok(Json(json!({"events": events, "alerts": other(&s.extras.alerts_relay), "checkpoints": other(&s.extras.checkpoints_relay)})).into_response())
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see the README for the API")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see the README for the API",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take this method; see the README for the API")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take this method; see the README for the API",
+    )
 }
 
 /// Bounds the requests in flight (`http.connections_max`), except `/healthz` and `/metrics`,
@@ -756,12 +950,21 @@ async fn bound_in_flight(State(s): State<Arc<AppState>>, req: Request, next: Nex
         match s.in_flight.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
-                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight; retry shortly").into_response()
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too many requests in flight; retry shortly",
+                )
+                .into_response()
             }
         }
     };
     let line = tracing::enabled!(tracing::Level::DEBUG).then(|| {
-        let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("(no route)", |m| m.as_str()).to_owned();
+        let route = req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map_or("(no route)", |m| m.as_str())
+            .to_owned();
         (req.method().clone(), route)
     });
     let response = next.run(req).await;
@@ -816,7 +1019,10 @@ impl Peers {
             return None;
         }
         *n += 1;
-        Some(PeerSlot { peers: self.clone(), ip })
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
     }
 }
 

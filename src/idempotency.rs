@@ -28,12 +28,19 @@ pub struct IdempotencyIndex {
 
 impl IdempotencyIndex {
     pub fn new(window_events: u64) -> Self {
-        IdempotencyIndex { map: HashMap::new(), order: VecDeque::new(), window_events }
+        IdempotencyIndex {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            window_events,
+        }
     }
 
     /// The key's event, if fewer than `window_events` events follow it up to `last_seq`.
     pub fn get(&self, composite_key: &str, last_seq: u64) -> Option<(u64, Hash)> {
-        self.map.get(composite_key).copied().filter(|(seq, _)| last_seq.saturating_sub(*seq) < self.window_events)
+        self.map
+            .get(composite_key)
+            .copied()
+            .filter(|(seq, _)| last_seq.saturating_sub(*seq) < self.window_events)
     }
 
     /// Records a key of a durable event. Keys must come in seq order.
@@ -94,7 +101,11 @@ mod tests {
         ix.insert(composite("a", "k1"), 1, Hash([1; 32]));
         ix.insert(composite("a", "k2"), 5, Hash([2; 32]));
         assert_eq!(ix.get(&composite("a", "k1"), 5), Some((1, Hash([1; 32]))));
-        assert_eq!(ix.get(&composite("a", "k1"), 11), None, "seq 1 is outside the window at seq 11");
+        assert_eq!(
+            ix.get(&composite("a", "k1"), 11),
+            None,
+            "seq 1 is outside the window at seq 11"
+        );
         ix.insert(composite("b", "k1"), 11, Hash([3; 32]));
         assert_eq!(ix.get(&composite("a", "k1"), 11), None);
         assert!(ix.get(&composite("a", "k2"), 11).is_some());

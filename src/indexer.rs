@@ -51,9 +51,16 @@ impl PendingHistory {
     fn add(&mut self, account: &str, account_seq: u64, seq: u64) {
         let run = match self.gathering.get_mut(account) {
             Some(run) => run,
-            None => self.gathering.entry(account.to_owned()).or_insert((account_seq, Vec::new())),
+            None => self
+                .gathering
+                .entry(account.to_owned())
+                .or_insert((account_seq, Vec::new())),
         };
-        debug_assert_eq!(run.0 + run.1.len() as u64, account_seq, "an account's events come in order");
+        debug_assert_eq!(
+            run.0 + run.1.len() as u64,
+            account_seq,
+            "an account's events come in order"
+        );
         run.1.push(seq);
         self.events += 1;
     }
@@ -61,8 +68,16 @@ impl PendingHistory {
     /// Seqs of the account's pending events with `account_seq` in `(after, before)`.
     pub fn seqs(&self, account: &str, after: u64, before: u64) -> Vec<u64> {
         let mut out = Vec::new();
-        for (first, seqs) in [self.writing.get(account), self.gathering.get(account)].into_iter().flatten() {
-            out.extend(seqs.iter().enumerate().filter(|(i, _)| (first + *i as u64) > after && (first + *i as u64) < before).map(|(_, s)| *s));
+        for (first, seqs) in [self.writing.get(account), self.gathering.get(account)]
+            .into_iter()
+            .flatten()
+        {
+            out.extend(
+                seqs.iter()
+                    .enumerate()
+                    .filter(|(i, _)| (first + *i as u64) > after && (first + *i as u64) < before)
+                    .map(|(_, s)| *s),
+            );
         }
         out
     }
@@ -98,7 +113,10 @@ impl Indexer {
             };
             // Readers find these events among the pending ones from now on.
             self.indexed.store(last, Ordering::SeqCst);
-            if events >= PENDING_EVENTS_MAX || events as u64 >= self.snapshot_every_events || accounts >= PENDING_ACCOUNTS_MAX {
+            if events >= PENDING_EVENTS_MAX
+                || events as u64 >= self.snapshot_every_events
+                || accounts >= PENDING_ACCOUNTS_MAX
+            {
                 if let Err(e) = self.write(last) {
                     tracing::error!(error = %e, "writing the index failed; it will be rebuilt from the log on the next start");
                     return;

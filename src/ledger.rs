@@ -8,20 +8,20 @@
 
 use bindledger_events::{codec, hash_bytes, ChainVerifier, Event, Hash, Payload, PaymentFailure};
 use chrono::Utc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use uuid::Uuid;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use uuid::Uuid;
 
 use crate::command::{BindCommand, LockCommand, Meta, PayCommand, UnbindCommand, UnlockCommand};
 use crate::config::Config;
 use crate::decide::{self, BindFacts, BindVerdict, PayFacts, PayVerdict, Rules};
 use crate::error::{Error, Result};
+use crate::gateway::{BindVerification, GatewayFailure, PaymentAuthorization, WalletGateway};
 use crate::idempotency::{composite, IdempotencyIndex};
 use crate::indexer::Indexer;
-use crate::gateway::{BindVerification, GatewayFailure, PaymentAuthorization, WalletGateway};
 use crate::metrics::Metrics;
 use crate::projection::{AccountState, Projection};
 use crate::secret::LedgerSecret;
@@ -115,20 +115,34 @@ impl Ledger {
 
     /// The same, with the alert rules given: the `password_brute_force` rule with `lock` on
     /// sets the inline guard ([`crate::decide::PasswordGuard`]).
-    pub fn open_with_rules(config: &Config, alert_rules: &crate::alerts::RuleSet, secret: LedgerSecret, gateway: Arc<dyn WalletGateway>) -> Result<Ledger> {
+    pub fn open_with_rules(
+        config: &Config,
+        alert_rules: &crate::alerts::RuleSet,
+        secret: LedgerSecret,
+        gateway: Arc<dyn WalletGateway>,
+    ) -> Result<Ledger> {
         let store = Arc::new(Store::open(&config.data_dir)?);
         store.set_sync_data(config.writer.sync_data);
         store.check_secret(&secret.check_value())?;
         let (last_seq, last_hash) = store.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));
         let (indexed, snapshot) = store.index_positions()?;
         if snapshot > last_seq || indexed > last_seq {
-            return Err(Error::Corrupt(format!("index positions ({indexed}, {snapshot}) are past the log's end {last_seq}")));
+            return Err(Error::Corrupt(format!(
+                "index positions ({indexed}, {snapshot}) are past the log's end {last_seq}"
+            )));
         }
         let mut state = Projection::from_accounts(snapshot, store.load_accounts()?);
         if snapshot < last_seq {
             let mut verifier = match snapshot {
                 0 => ChainVerifier::new(),
-                p => ChainVerifier::resume(p, hash_bytes(&store.event_bytes(p)?.ok_or_else(|| Error::Corrupt(format!("event {p} missing")))?)),
+                p => ChainVerifier::resume(
+                    p,
+                    hash_bytes(
+                        &store
+                            .event_bytes(p)?
+                            .ok_or_else(|| Error::Corrupt(format!("event {p} missing")))?,
+                    ),
+                ),
             };
             let mut rows = IndexBatch::default();
             let mut pending_rows = 0;
@@ -149,7 +163,11 @@ impl Ledger {
             rows.set_indexed(last_seq);
             store.apply_index(rows)?;
             store.flush()?;
-            tracing::info!(from = snapshot, to = last_seq, "projection and index caught up with the log");
+            tracing::info!(
+                from = snapshot,
+                to = last_seq,
+                "projection and index caught up with the log"
+            );
         }
         let idempotency = IdempotencyIndex::rebuild(&store, config.idempotency_window_events)?;
         let metrics = Arc::new(Metrics::default());
@@ -215,8 +233,12 @@ impl Ledger {
                 attempts: Default::default(),
                 attempt_ended: tokio::sync::Notify::new(),
                 event_time_past_max: chrono::Duration::seconds(config.event_time_past_max_s as i64),
-                replicated: (config.durability == crate::config::Durability::Replicated)
-                    .then(|| (tokio::sync::watch::Sender::new(0), Duration::from_millis(config.replication_timeout_ms))),
+                replicated: (config.durability == crate::config::Durability::Replicated).then(|| {
+                    (
+                        tokio::sync::watch::Sender::new(0),
+                        Duration::from_millis(config.replication_timeout_ms),
+                    )
+                }),
                 metrics,
                 failed,
                 writer: Mutex::new(Some(handle)),
@@ -304,8 +326,14 @@ impl Ledger {
     /// Takes one attempt from a binding's budget for a payment that will ask the provider,
     /// waiting while the budget is held by attempts in flight. `Err(until)` when the budget is
     /// spent: the payment fails as `too_many_attempts` without reaching the provider.
-    async fn take_attempt(&self, account: &str, binding_id: Uuid) -> Result<std::result::Result<Option<Attempt<'_>>, chrono::DateTime<Utc>>> {
-        let Some(guard) = self.inner.rules.password_guard else { return Ok(Ok(None)) };
+    async fn take_attempt(
+        &self,
+        account: &str,
+        binding_id: Uuid,
+    ) -> Result<std::result::Result<Option<Attempt<'_>>, chrono::DateTime<Utc>>> {
+        let Some(guard) = self.inner.rules.password_guard else {
+            return Ok(Ok(None));
+        };
         let deadline = tokio::time::Instant::now() + self.inner.gateway_timeout;
         loop {
             let ended = self.inner.attempt_ended.notified();
@@ -313,7 +341,11 @@ impl Ledger {
             ended.as_mut().enable();
             {
                 let read = self.inner.read.read().expect("lock");
-                let budget = read.accounts.get(account).and_then(|a| a.active_binding(binding_id)).map(|b| guard.budget(b, Utc::now()));
+                let budget = read
+                    .accounts
+                    .get(account)
+                    .and_then(|a| a.active_binding(binding_id))
+                    .map(|b| guard.budget(b, Utc::now()));
                 let mut attempts = self.inner.attempts.lock().expect("attempts lock");
                 let in_flight = attempts.get(&binding_id).copied().unwrap_or(0);
                 match budget {
@@ -322,7 +354,10 @@ impl Ledger {
                     // A binding that is not active is refused by the writer anyway.
                     _ => {
                         *attempts.entry(binding_id).or_insert(0) += 1;
-                        return Ok(Ok(Some(Attempt { ledger: self, binding_id })));
+                        return Ok(Ok(Some(Attempt {
+                            ledger: self,
+                            binding_id,
+                        })));
                     }
                 }
             }
@@ -335,8 +370,15 @@ impl Ledger {
 
     /// The original result, if this idempotency key was used before with the same request.
     fn replay_if_known(&self, meta: &Meta, digest: &Hash) -> Result<Option<Committed>> {
-        let Some(key) = meta.idempotency_key.as_deref() else { return Ok(None) };
-        let known = self.inner.idempotency.lock().expect("idempotency lock").get(&composite(&meta.account, key), self.log_len());
+        let Some(key) = meta.idempotency_key.as_deref() else {
+            return Ok(None);
+        };
+        let known = self
+            .inner
+            .idempotency
+            .lock()
+            .expect("idempotency lock")
+            .get(&composite(&meta.account, key), self.log_len());
         match known {
             None => Ok(None),
             Some((_, d)) if &d != digest => {
@@ -377,10 +419,14 @@ impl Ledger {
     /// original may not be replicated yet), or answers `outcome_unknown` after the timeout.
     /// The event stays durable here; a retry with the same key returns it once replicated.
     async fn replicated(&self, result: Result<Committed>) -> Result<Committed> {
-        let (Some((tx, timeout)), Ok(c)) = (&self.inner.replicated, &result) else { return result };
+        let (Some((tx, timeout)), Ok(c)) = (&self.inner.replicated, &result) else {
+            return result;
+        };
         let seq = c.event.seq;
         let mut rx = tx.subscribe();
-        let replicated = tokio::time::timeout(*timeout, rx.wait_for(|p| *p >= seq)).await.is_ok_and(|r| r.is_ok());
+        let replicated = tokio::time::timeout(*timeout, rx.wait_for(|p| *p >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok());
         if replicated {
             result
         } else {
@@ -420,15 +466,21 @@ impl Ledger {
                 mpsc::error::TrySendError::Closed(_) => Error::StorageFailed("the writer has stopped".into()),
             })?;
         }
-        rx.await.map_err(|_| Error::StorageFailed("the writer stopped before answering".into()))?
+        rx.await
+            .map_err(|_| Error::StorageFailed("the writer stopped before answering".into()))?
     }
 
-    async fn with_gateway<T>(&self, call: impl std::future::Future<Output = std::result::Result<T, GatewayFailure>>) -> Result<std::result::Result<T, GatewayFailure>> {
+    async fn with_gateway<T>(
+        &self,
+        call: impl std::future::Future<Output = std::result::Result<T, GatewayFailure>>,
+    ) -> Result<std::result::Result<T, GatewayFailure>> {
         let _permit = self.inner.gateway_permits.try_acquire().map_err(|_| {
             self.inner.metrics.count_rejected("overloaded");
             Error::Overloaded("too many wallet provider calls in flight")
         })?;
-        Ok(tokio::time::timeout(self.inner.gateway_timeout, call).await.unwrap_or(Err(GatewayFailure::Network)))
+        Ok(tokio::time::timeout(self.inner.gateway_timeout, call)
+            .await
+            .unwrap_or(Err(GatewayFailure::Network)))
     }
 
     /// Binds a wallet. The answer is the recorded event: `wallet_bound` or `bind_failed`.
@@ -447,7 +499,11 @@ impl Ledger {
         if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
             return self.replicated(Ok(done)).await;
         }
-        let facts = BindFacts { provider: cmd.provider.clone(), wallet, factor };
+        let facts = BindFacts {
+            provider: cmd.provider.clone(),
+            wallet,
+            factor,
+        };
         let pre = {
             let read = self.inner.read.read().expect("lock");
             let acct = read.accounts.get(&cmd.meta.account);
@@ -470,7 +526,13 @@ impl Ledger {
                 }
             }
         };
-        self.submit(Request::Bind { meta: cmd.meta, digest, facts, verdict }).await
+        self.submit(Request::Bind {
+            meta: cmd.meta,
+            digest,
+            facts,
+            verdict,
+        })
+        .await
     }
 
     /// Pays with a bound wallet: `payment_succeeded` or `payment_failed`.
@@ -501,7 +563,9 @@ impl Ledger {
             let acct = read.accounts.get(&cmd.meta.account);
             self.check_version(&cmd.meta, acct)?;
             let pre = decide::precheck_pay(acct, cmd.binding_id, Utc::now(), self.inner.rules);
-            let binding = acct.and_then(|a| a.active_binding(cmd.binding_id)).map(|b| (b.provider.clone(), b.agreement_id.clone()));
+            let binding = acct
+                .and_then(|a| a.active_binding(cmd.binding_id))
+                .map(|b| (b.provider.clone(), b.agreement_id.clone()));
             (pre, binding)
         };
         let (provider, agreement) = match (pre, binding) {
@@ -509,7 +573,14 @@ impl Ledger {
             (pre, _) => {
                 let reason = pre.unwrap_or(PaymentFailure::BindingNotActive);
                 let verdict = PayVerdict::Skipped(reason);
-                return self.submit(Request::Pay { meta: cmd.meta, digest, facts, verdict }).await;
+                return self
+                    .submit(Request::Pay {
+                        meta: cmd.meta,
+                        digest,
+                        facts,
+                        verdict,
+                    })
+                    .await;
             }
         };
         // The attempt is given back once its event is durable (and so counted, when it was a
@@ -518,7 +589,14 @@ impl Ledger {
             Ok(attempt) => attempt,
             Err(until) => {
                 let verdict = PayVerdict::Skipped(PaymentFailure::TooManyAttempts { until });
-                return self.submit(Request::Pay { meta: cmd.meta, digest, facts, verdict }).await;
+                return self
+                    .submit(Request::Pay {
+                        meta: cmd.meta,
+                        digest,
+                        facts,
+                        verdict,
+                    })
+                    .await;
             }
         };
         let call = self.inner.gateway.authorize_payment(PaymentAuthorization {
@@ -539,7 +617,14 @@ impl Ledger {
             PayVerdict::Authorized { authorization_id } => Some(authorization_id.clone()),
             _ => None,
         };
-        let result = self.submit(Request::Pay { meta: cmd.meta, digest, facts, verdict }).await;
+        let result = self
+            .submit(Request::Pay {
+                meta: cmd.meta,
+                digest,
+                facts,
+                verdict,
+            })
+            .await;
         if let Some(auth) = authorized {
             // Release the authorisation unless this very authorisation was recorded as a
             // success (the writer may have found the binding gone, or a racing retry won).
@@ -555,7 +640,10 @@ impl Ledger {
     /// Unbinds a wallet: `wallet_unbound` or `unbind_failed`.
     pub async fn unbind(&self, mut cmd: UnbindCommand) -> Result<Committed> {
         self.now_meta(&mut cmd.meta)?;
-        let digest = self.inner.secret.mac(&[b"unbind", cmd.meta.account.as_bytes(), cmd.binding_id.as_bytes()]);
+        let digest = self
+            .inner
+            .secret
+            .mac(&[b"unbind", cmd.meta.account.as_bytes(), cmd.binding_id.as_bytes()]);
         if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
             return self.replicated(Ok(done)).await;
         }
@@ -563,7 +651,12 @@ impl Ledger {
             let read = self.inner.read.read().expect("lock");
             self.check_version(&cmd.meta, read.accounts.get(&cmd.meta.account))?;
         }
-        self.submit(Request::Unbind { meta: cmd.meta, digest, binding_id: cmd.binding_id }).await
+        self.submit(Request::Unbind {
+            meta: cmd.meta,
+            digest,
+            binding_id: cmd.binding_id,
+        })
+        .await
     }
 
     /// Locks a binding (`binding_locked` or `binding_lock_failed`). The monitoring sends it with
@@ -580,7 +673,14 @@ impl Ledger {
         if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
             return self.replicated(Ok(done)).await;
         }
-        self.submit(Request::Lock { meta: cmd.meta, digest, binding_id: cmd.binding_id, alert_id: cmd.alert_id, until: cmd.until }).await
+        self.submit(Request::Lock {
+            meta: cmd.meta,
+            digest,
+            binding_id: cmd.binding_id,
+            alert_id: cmd.alert_id,
+            until: cmd.until,
+        })
+        .await
     }
 
     /// Lifts a lock (`binding_unlocked` or `binding_unlock_failed`).
@@ -604,7 +704,14 @@ impl Ledger {
             let read = self.inner.read.read().expect("lock");
             self.check_version(&cmd.meta, read.accounts.get(&cmd.meta.account))?;
         }
-        self.submit(Request::Unlock { meta: cmd.meta, digest, binding_id: cmd.binding_id, cause: cmd.cause, alert_id: cmd.alert_id }).await
+        self.submit(Request::Unlock {
+            meta: cmd.meta,
+            digest,
+            binding_id: cmd.binding_id,
+            cause: cmd.cause,
+            alert_id: cmd.alert_id,
+        })
+        .await
     }
 
     // ---- reads ----
@@ -616,7 +723,14 @@ impl Ledger {
 
     /// Accounts where a wallet fingerprint is actively bound.
     pub fn wallet_accounts(&self, fingerprint: &Hash) -> Vec<String> {
-        self.inner.read.read().expect("lock").wallets.get(fingerprint).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        self.inner
+            .read
+            .read()
+            .expect("lock")
+            .wallets
+            .get(fingerprint)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// A copy of the whole read model (for checks and tests; costly on large ledgers).
@@ -627,7 +741,11 @@ impl Ledger {
     fn events_at(&self, seqs: Vec<u64>) -> Result<Vec<Event>> {
         seqs.into_iter()
             .map(|seq| {
-                let b = self.inner.store.event_bytes(seq)?.ok_or_else(|| Error::Corrupt(format!("event {seq} missing")))?;
+                let b = self
+                    .inner
+                    .store
+                    .event_bytes(seq)?
+                    .ok_or_else(|| Error::Corrupt(format!("event {seq} missing")))?;
                 codec::decode(&b).map_err(|e| Error::Corrupt(e.to_string()))
             })
             .collect()
@@ -636,9 +754,25 @@ impl Ledger {
     /// Seqs of an account's events with `account_seq` in `(after, before)`, oldest or newest
     /// first, at most `limit`: the stored history rows merged with the pending ones (read
     /// first; see [`crate::indexer::PendingHistory`]).
-    fn account_event_seqs(&self, account: &str, after: u64, before: u64, newest_first: bool, limit: usize) -> Result<Vec<u64>> {
-        let mut seqs = self.inner.pending_history.read().expect("pending history lock").seqs(account, after, before);
-        seqs.extend(self.inner.store.account_event_seqs(account, after, before, newest_first, limit)?);
+    fn account_event_seqs(
+        &self,
+        account: &str,
+        after: u64,
+        before: u64,
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<u64>> {
+        let mut seqs = self
+            .inner
+            .pending_history
+            .read()
+            .expect("pending history lock")
+            .seqs(account, after, before);
+        seqs.extend(
+            self.inner
+                .store
+                .account_event_seqs(account, after, before, newest_first, limit)?,
+        );
         seqs.sort_unstable();
         seqs.dedup();
         if newest_first {
@@ -662,7 +796,12 @@ impl Ledger {
     /// An account's payment events (succeeded and failed), newest first, with
     /// `account_seq < before_version`; also returns the cursor for the next page, `None` when
     /// there is no more.
-    pub async fn payments(&self, account: &str, before_version: Option<u64>, limit: usize) -> Result<(Vec<Event>, Option<u64>)> {
+    pub async fn payments(
+        &self,
+        account: &str,
+        before_version: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Event>, Option<u64>)> {
         self.wait_indexed().await;
         let mut out = Vec::with_capacity(limit + 1);
         let mut before = before_version.unwrap_or(u64::MAX);
@@ -672,7 +811,10 @@ impl Ledger {
             let exhausted = seqs.len() < 256;
             for event in self.events_at(seqs)? {
                 before = event.account_seq;
-                if matches!(event.payload, Payload::PaymentSucceeded { .. } | Payload::PaymentFailed { .. }) {
+                if matches!(
+                    event.payload,
+                    Payload::PaymentSucceeded { .. } | Payload::PaymentFailed { .. }
+                ) {
                     out.push(event);
                     if out.len() > limit {
                         break 'pages;
@@ -702,7 +844,10 @@ impl Ledger {
     /// the iterator stops at the log length seen when it was made.
     pub fn raw_events(&self, from: u64) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + Send + 'static {
         let end = self.log_len();
-        self.inner.store.scan_events(from.max(1)).take_while(move |r| r.as_ref().map_or(true, |(seq, _)| *seq <= end))
+        self.inner
+            .store
+            .scan_events(from.max(1))
+            .take_while(move |r| r.as_ref().map_or(true, |(seq, _)| *seq <= end))
     }
 
     /// Follows the highest durable seq.
@@ -722,5 +867,4 @@ impl Ledger {
     pub fn set_relay_position(&self, topic: &str, seq: u64) -> Result<()> {
         self.inner.store.set_relay_position(topic, seq)
     }
-
 }

@@ -25,8 +25,12 @@ const EXIT_ERROR: i32 = 1;
 const EXIT_VERIFY_FAILED: i32 = 3;
 
 #[derive(Parser)]
-#[command(name = "bindledger", version, about = "An event-sourced, hash-chained ledger of payment-wallet bindings",
-    after_help = "Exit codes: 0 success, 1 error, 2 bad usage, 3 verification found a problem.")]
+#[command(
+    name = "bindledger",
+    version,
+    about = "An event-sourced, hash-chained ledger of payment-wallet bindings",
+    after_help = "Exit codes: 0 success, 1 error, 2 bad usage, 3 verification found a problem."
+)]
 struct Cli {
     /// Log lines on stderr as text (coloured only on a terminal, and never with NO_COLOR set)
     /// or as one JSON object per line, for log collectors.
@@ -160,7 +164,10 @@ struct Remote {
 
 impl Remote {
     fn connect(&self) -> Result<(SocketAddr, String)> {
-        Ok((parse_url(&self.url)?, token_or_admin(self.token.clone(), &self.data_dir)?))
+        Ok((
+            parse_url(&self.url)?,
+            token_or_admin(self.token.clone(), &self.data_dir)?,
+        ))
     }
 }
 
@@ -195,7 +202,9 @@ struct AlertsArgs {
 }
 
 fn parse_rfc3339(text: &str) -> Result<String, String> {
-    chrono::DateTime::parse_from_rfc3339(text).map(|_| text.to_owned()).map_err(|_| "not an RFC 3339 time, e.g. 2026-11-28T08:00:00Z".to_owned())
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|_| text.to_owned())
+        .map_err(|_| "not an RFC 3339 time, e.g. 2026-11-28T08:00:00Z".to_owned())
 }
 
 #[derive(Args)]
@@ -236,7 +245,10 @@ fn init_tracing(default: &str, format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
     match format {
         LogFormat::Json => builder.json().with_current_span(false).init(),
         LogFormat::Text => {
@@ -283,7 +295,10 @@ fn ensure_tokens(config: &mut Config) -> Result<()> {
         }
     };
     tracing::info!(path = %path.display(), "no tokens configured: using the admin token (writer, reader, auditor, security) in this file");
-    config.tokens.push(TokenConfig { token, roles: vec![Role::Writer, Role::Reader, Role::Auditor, Role::Security] });
+    config.tokens.push(TokenConfig {
+        token,
+        roles: vec![Role::Writer, Role::Reader, Role::Auditor, Role::Security],
+    });
     Ok(())
 }
 
@@ -310,7 +325,9 @@ async fn serve(common: Common) -> Result<()> {
     let mut config = load_config(&common)?;
     // Refuse an unusable rules file, and a busy address, before anything is created.
     config.alert_rules()?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
     let secret = load_secret(&config)?;
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     ensure_tokens(&mut config)?;
@@ -330,7 +347,12 @@ async fn alerts(args: AlertsArgs) -> Result<i32> {
     let (addr, token) = args.remote.connect()?;
     let url = &args.remote.url;
     let mut query: Vec<String> = Vec::new();
-    for (k, v) in [("severity", &args.severity), ("rule", &args.rule), ("account", &args.account), ("since", &args.since)] {
+    for (k, v) in [
+        ("severity", &args.severity),
+        ("rule", &args.rule),
+        ("account", &args.account),
+        ("since", &args.since),
+    ] {
         if let Some(v) = v {
             query.push(format!("{k}={}", url_escape(v)));
         }
@@ -350,7 +372,15 @@ async fn alerts(args: AlertsArgs) -> Result<i32> {
             }
         }
         if !args.json {
-            eprintln!("{} alerts{}", alerts.len(), if body["next_cursor"].is_null() { "" } else { " (more: narrow the filters or raise --limit)" });
+            eprintln!(
+                "{} alerts{}",
+                alerts.len(),
+                if body["next_cursor"].is_null() {
+                    ""
+                } else {
+                    " (more: narrow the filters or raise --limit)"
+                }
+            );
         }
         return Ok(0);
     }
@@ -368,11 +398,19 @@ async fn alerts(args: AlertsArgs) -> Result<i32> {
                     if args.json {
                         outln!("{}", msg.data);
                     } else if let Ok(c) = serde_json::from_str::<bindledger::alerts::AlertChange>(&msg.data) {
-                        outln!("{} {:<7} {}", c.alert.updated_at.format("%H:%M:%S%.3f"), c.change, demo::alert_line(&c.alert));
+                        outln!(
+                            "{} {:<7} {}",
+                            c.alert.updated_at.format("%H:%M:%S%.3f"),
+                            c.change,
+                            demo::alert_line(&c.alert)
+                        );
                     }
                     std::io::stdout().flush()?;
                 }
-                eprintln!("(the feed closed; reconnecting after {})", last_id.as_deref().unwrap_or("the start"));
+                eprintln!(
+                    "(the feed closed; reconnecting after {})",
+                    last_id.as_deref().unwrap_or("the start")
+                );
             }
             Ok(Err((status, body))) => anyhow::bail!("{url} answered {status}: {}", String::from_utf8_lossy(&body)),
             Err(e) => eprintln!("(cannot reach {url}: {e}; retrying)"),
@@ -384,7 +422,13 @@ async fn alerts(args: AlertsArgs) -> Result<i32> {
 
 fn url_escape(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':') { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -405,19 +449,29 @@ async fn status(remote: &Remote, json: bool) -> Result<i32> {
     let (addr, token) = remote.connect()?;
     let url = &remote.url;
     let mut client = bindledger::client::Client::new(addr, Some(token));
-    let (_, health) = client.get_json("/healthz").await.with_context(|| format!("asking {url}"))?;
+    let (_, health) = client
+        .get_json("/healthz")
+        .await
+        .with_context(|| format!("asking {url}"))?;
     let (status, relays) = client.get_json("/v1/relays").await?;
     anyhow::ensure!(status.is_success(), "{url}/v1/relays answered {status}: {relays}");
     // The monitor's figures, from the Prometheus page.
     let (_, page) = client.send(hyper::Method::GET, "/metrics", None).await?;
     let page = String::from_utf8_lossy(&page);
     let gauge = |name: &str| {
-        page.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse::<u64>().ok()))
+        page.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
     };
     let opened: Vec<(String, u64)> = page
         .lines()
         .filter_map(|l| l.strip_prefix("bindledger_alerts_opened_total{rule=\""))
-        .filter_map(|l| l.split_once("\"} ").and_then(|(rule, n)| Some((rule.to_owned(), n.trim().parse().ok()?))))
+        .filter_map(|l| {
+            l.split_once("\"} ")
+                .and_then(|(rule, n)| Some((rule.to_owned(), n.trim().parse().ok()?)))
+        })
         .collect();
     let monitor = gauge("bindledger_monitor_position").map(|position| {
         serde_json::json!({
@@ -433,9 +487,16 @@ async fn status(remote: &Remote, json: bool) -> Result<i32> {
         .filter(|k| relays[*k]["state"] == "backoff" && relays[*k]["last_error"].is_string())
         .collect();
     if json {
-        outln!("{}", serde_json::json!({"health": health, "relay": relays["events"], "relays": relays, "monitor": monitor}));
+        outln!(
+            "{}",
+            serde_json::json!({"health": health, "relay": relays["events"], "relays": relays, "monitor": monitor})
+        );
     } else {
-        outln!("ledger:  {} ({} events)", health["status"].as_str().unwrap_or("?"), health["events"]);
+        outln!(
+            "ledger:  {} ({} events)",
+            health["status"].as_str().unwrap_or("?"),
+            health["events"]
+        );
         let relay = &relays["events"];
         if relay["state"] == "disabled" {
             outln!("relays:  disabled (no kafka.brokers configured)");
@@ -451,7 +512,13 @@ async fn status(remote: &Remote, json: bool) -> Result<i32> {
             );
             for (name, r) in [("alerts:  ", &relays["alerts"]), ("checkpts:", &relays["checkpoints"])] {
                 if r["state"] != "disabled" {
-                    outln!("{name} {} to {}, position {}, published {}", r["state"].as_str().unwrap_or("?"), r["topic"].as_str().unwrap_or("?"), r["position"], r["published_total"]);
+                    outln!(
+                        "{name} {} to {}, position {}, published {}",
+                        r["state"].as_str().unwrap_or("?"),
+                        r["topic"].as_str().unwrap_or("?"),
+                        r["position"],
+                        r["published_total"]
+                    );
                 }
             }
             for r in ["events", "alerts", "checkpoints"] {
@@ -466,24 +533,37 @@ async fn status(remote: &Remote, json: bool) -> Result<i32> {
         match &monitor {
             None => outln!("alerts:  monitor off (alerts.enabled = false)"),
             Some(m) => {
-                let fired: Vec<String> = opened.iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r} {n}")).collect();
+                let fired: Vec<String> = opened
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(r, n)| format!("{r} {n}"))
+                    .collect();
                 outln!(
                     "alerts:  monitor at event {}, {} changes on the feed, {} open; opened: {}",
                     m["position"],
                     m["alert_stream_seq"],
                     m["open_alerts"],
-                    if fired.is_empty() { "none".to_owned() } else { fired.join(", ") }
+                    if fired.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        fired.join(", ")
+                    }
                 );
             }
         }
     }
-    Ok(if health["status"] == "ok" && failing.is_empty() { 0 } else { EXIT_ERROR })
+    Ok(if health["status"] == "ok" && failing.is_empty() {
+        0
+    } else {
+        EXIT_ERROR
+    })
 }
 
 fn export(data_dir: &Path, from: u64, output: Option<&Path>) -> Result<()> {
     let n = match output {
         Some(p) => {
-            let mut f = std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?);
+            let mut f =
+                std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?);
             offline::export(data_dir, from, &mut f)?
         }
         None => {
@@ -509,10 +589,16 @@ fn verify(data_dir: &Path, rules: Option<&Path>, json: bool) -> Result<i32> {
         outln!("chain head:  {}", report.head);
         match &report.chain_error {
             None => outln!("chain:       ok"),
-            Some(e) => outln!("chain:       BROKEN at event {}: {e}", report.chain_error_seq.unwrap_or(0)),
+            Some(e) => outln!(
+                "chain:       BROKEN at event {}: {e}",
+                report.chain_error_seq.unwrap_or(0)
+            ),
         }
         if report.projection_matches {
-            outln!("projection:  ok (every stored row equals a rebuild; snapshot at {})", report.snapshot_position);
+            outln!(
+                "projection:  ok (every stored row equals a rebuild; snapshot at {})",
+                report.snapshot_position
+            );
         } else {
             outln!(
                 "projection:  DIFFERS from a rebuild (snapshot at {}; accounts: {})",
@@ -521,7 +607,11 @@ fn verify(data_dir: &Path, rules: Option<&Path>, json: bool) -> Result<i32> {
             );
         }
         match &report.alerts_difference {
-            None => outln!("alerts:      ok ({} changes stored, {} raised by a rebuild)", report.alerts_stored, report.alerts_rebuilt),
+            None => outln!(
+                "alerts:      ok ({} changes stored, {} raised by a rebuild)",
+                report.alerts_stored,
+                report.alerts_rebuilt
+            ),
             Some(d) => outln!("alerts:      DIFFER from a rebuild: {d}"),
         }
         if let Some(n) = &report.alerts_rules_note {
@@ -550,7 +640,12 @@ fn run(cli: Cli) -> Result<i32> {
             tokio::runtime::Runtime::new()?.block_on(demo::run(config, secret, args.demo))?;
             Ok(0)
         }
-        Command::Export { data_dir, from, output, checkpoints } => {
+        Command::Export {
+            data_dir,
+            from,
+            output,
+            checkpoints,
+        } => {
             init_tracing("warn", log_format);
             if let Some(path) = &checkpoints {
                 bindledger::store::require_log(&data_dir)?;
@@ -574,23 +669,42 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Restore(args) => {
             init_tracing("warn", log_format);
             let secret = match (&args.secret_file, std::env::var("BINDLEDGER_SECRET")) {
-                (Some(path), _) => LedgerSecret::from_hex(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)?,
+                (Some(path), _) => LedgerSecret::from_hex(
+                    &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+                )?,
                 (None, Ok(hex)) => LedgerSecret::from_hex(&hex)?,
                 (None, Err(_)) => {
                     use clap::CommandFactory;
                     Cli::command()
-                        .error(clap::error::ErrorKind::MissingRequiredArgument, "restore needs the ledger's secret: --secret-file FILE or BINDLEDGER_SECRET")
+                        .error(
+                            clap::error::ErrorKind::MissingRequiredArgument,
+                            "restore needs the ledger's secret: --secret-file FILE or BINDLEDGER_SECRET",
+                        )
                         .exit()
                 }
             };
-            let kafka = bindledger::relay::KafkaConfig { brokers: args.brokers.clone(), topic: args.topic.clone(), ..Default::default() };
+            let kafka = bindledger::relay::KafkaConfig {
+                brokers: args.brokers.clone(),
+                topic: args.topic.clone(),
+                ..Default::default()
+            };
             let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let started = std::time::Instant::now();
-            let report = bindledger::restore::restore(&kafka, Some(args.checkpoints_topic.as_str()).filter(|_| args.public_key.is_some()), args.public_key.as_deref(), &args.data_dir, &secret, |n| {
-                if terminal {
-                    eprint!("\r\x1b[K{n} events, {:.0}/s", n as f64 / started.elapsed().as_secs_f64().max(1e-9));
-                }
-            })?;
+            let report = bindledger::restore::restore(
+                &kafka,
+                Some(args.checkpoints_topic.as_str()).filter(|_| args.public_key.is_some()),
+                args.public_key.as_deref(),
+                &args.data_dir,
+                &secret,
+                |n| {
+                    if terminal {
+                        eprint!(
+                            "\r\x1b[K{n} events, {:.0}/s",
+                            n as f64 / started.elapsed().as_secs_f64().max(1e-9)
+                        );
+                    }
+                },
+            )?;
             if terminal {
                 eprint!("\r\x1b[K");
             }
@@ -603,10 +717,17 @@ fn run(cli: Cli) -> Result<i32> {
                 report.head_seq
             );
             match &args.public_key {
-                Some(_) => outln!("checkpoints: {} checked and kept ({} beyond the restored log)", report.checkpoints_kept, report.checkpoints_beyond),
+                Some(_) => outln!(
+                    "checkpoints: {} checked and kept ({} beyond the restored log)",
+                    report.checkpoints_kept,
+                    report.checkpoints_beyond
+                ),
                 None => outln!("checkpoints: not restored (give --public-key to check and keep them)"),
             }
-            outln!("next: bindledger serve --data-dir {} (with the same secret and checkpoint key)", args.data_dir.display());
+            outln!(
+                "next: bindledger serve --data-dir {} (with the same secret and checkpoint key)",
+                args.data_dir.display()
+            );
             Ok(0)
         }
         Command::Consume(args) => {
@@ -616,24 +737,39 @@ fn run(cli: Cli) -> Result<i32> {
                 outln!("{}", serde_json::to_string(&report)?);
             } else {
                 outln!("{}", report.analytics.summary());
-                outln!("{} messages, {} duplicates dropped, {} undecodable", report.messages, report.duplicates, report.undecodable);
+                outln!(
+                    "{} messages, {} duplicates dropped, {} undecodable",
+                    report.messages,
+                    report.duplicates,
+                    report.undecodable
+                );
             }
             Ok(0)
         }
-        Command::SimWallet { common, provider, wallet_account } => {
+        Command::SimWallet {
+            common,
+            provider,
+            wallet_account,
+        } => {
             init_tracing("warn", log_format);
             let config = load_config(&common)?;
             let provider = bindledger_events::Provider::parse(&provider)?;
             let g = SimulatedGateway::new(config.gateway.simulated.clone());
             let f = |factor| g.factor_code_for(&provider, &wallet_account, factor);
             use bindledger_events::Factor;
-            outln!("provider:          {provider} (simulated, seed {})", config.gateway.simulated.seed);
+            outln!(
+                "provider:          {provider} (simulated, seed {})",
+                config.gateway.simulated.seed
+            );
             outln!("standing:          {:?}", g.wallet_status(&provider, &wallet_account));
             outln!("payment_password:  {}", g.password_for(&provider, &wallet_account));
             outln!("sms code:          {}", f(Factor::Sms));
             outln!("fingerprint:       {}", f(Factor::Fingerprint));
             outln!("face:              {}", f(Factor::Face));
-            outln!("balance:           {}", bindledger_events::Currency::CNY.format(g.initial_balance_minor(&provider, &wallet_account)));
+            outln!(
+                "balance:           {}",
+                bindledger_events::Currency::CNY.format(g.initial_balance_minor(&provider, &wallet_account))
+            );
             Ok(0)
         }
         Command::Alerts(args) => {
@@ -644,11 +780,20 @@ fn run(cli: Cli) -> Result<i32> {
             init_tracing("warn", log_format);
             tokio::runtime::Runtime::new()?.block_on(status(&remote, json))
         }
-        Command::Unlock { remote, account, binding, json } => {
+        Command::Unlock {
+            remote,
+            account,
+            binding,
+            json,
+        } => {
             init_tracing("warn", log_format);
             tokio::runtime::Runtime::new()?.block_on(async {
                 let (addr, token) = remote.connect()?;
-                let path = format!("/v1/accounts/{}/bindings/{}/unlock", url_escape(&account), url_escape(&binding));
+                let path = format!(
+                    "/v1/accounts/{}/bindings/{}/unlock",
+                    url_escape(&account),
+                    url_escape(&binding)
+                );
                 let (status, v) = bindledger::client::Client::new(addr, Some(token))
                     .post_json(&path, &serde_json::json!({"confirm": true}))
                     .await
@@ -658,7 +803,12 @@ fn run(cli: Cli) -> Result<i32> {
                 }
                 if !status.is_success() {
                     if !json {
-                        eprintln!("error: {} answered {status}: {} ({})", remote.url, v["error"]["message"].as_str().unwrap_or("?"), v["error"]["code"].as_str().unwrap_or("?"));
+                        eprintln!(
+                            "error: {} answered {status}: {} ({})",
+                            remote.url,
+                            v["error"]["message"].as_str().unwrap_or("?"),
+                            v["error"]["code"].as_str().unwrap_or("?")
+                        );
                     }
                     return Ok(EXIT_ERROR);
                 }
@@ -666,13 +816,21 @@ fn run(cli: Cli) -> Result<i32> {
                 match v["event_type"].as_str() {
                     Some("binding_unlocked") => {
                         if !json {
-                            outln!("unlocked binding {binding} of {account} (the lock of alert {}), event {}", event["payload"]["alert_id"].as_str().unwrap_or("?"), event["seq"]);
+                            outln!(
+                                "unlocked binding {binding} of {account} (the lock of alert {}), event {}",
+                                event["payload"]["alert_id"].as_str().unwrap_or("?"),
+                                event["seq"]
+                            );
                         }
                         Ok(0)
                     }
                     _ => {
                         if !json {
-                            outln!("not unlocked: {} (event {})", v["failure_code"].as_str().unwrap_or("?"), event["seq"]);
+                            outln!(
+                                "not unlocked: {} (event {})",
+                                v["failure_code"].as_str().unwrap_or("?"),
+                                event["seq"]
+                            );
                         }
                         Ok(EXIT_ERROR)
                     }

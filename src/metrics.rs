@@ -45,7 +45,11 @@ impl Histogram {
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count {count}");
     }
 }
@@ -73,7 +77,9 @@ impl Default for Metrics {
             idempotent_replays: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             commit_delays: AtomicU64::new(0),
-            batch_size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 65536.0]),
+            batch_size: Histogram::new(&[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 65536.0,
+            ]),
             flush_seconds: Histogram::new(&[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
             log_events: AtomicU64::new(0),
         }
@@ -96,7 +102,10 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP bindledger_commands_total Commands recorded as events, by kind and outcome.\n# TYPE bindledger_commands_total counter\n");
         for ((kind, outcome), n) in self.commands.lock().expect("metrics lock").iter() {
-            let _ = writeln!(out, "bindledger_commands_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "bindledger_commands_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
+            );
         }
         out.push_str("# HELP bindledger_commands_rejected_total Commands answered with an error and no event, by code.\n# TYPE bindledger_commands_rejected_total counter\n");
         for (code, n) in self.rejected.lock().expect("metrics lock").iter() {
@@ -117,8 +126,16 @@ impl Metrics {
             "# HELP bindledger_commit_delays_total Flushes that waited for more events because the ledger was busy.\n# TYPE bindledger_commit_delays_total counter\nbindledger_commit_delays_total {}",
             self.commit_delays.load(Ordering::Relaxed)
         );
-        self.batch_size.render(&mut out, "bindledger_batch_size", "Events per writer batch (one sled write; one flush makes one or more durable).");
-        self.flush_seconds.render(&mut out, "bindledger_flush_seconds", "Time from deciding a batch to its being durable.");
+        self.batch_size.render(
+            &mut out,
+            "bindledger_batch_size",
+            "Events per writer batch (one sled write; one flush makes one or more durable).",
+        );
+        self.flush_seconds.render(
+            &mut out,
+            "bindledger_flush_seconds",
+            "Time from deciding a batch to its being durable.",
+        );
         let _ = writeln!(
             out,
             "# HELP bindledger_log_events Events in the log.\n# TYPE bindledger_log_events gauge\nbindledger_log_events {}",

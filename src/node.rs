@@ -32,7 +32,12 @@ impl Node {
     }
 
     /// The same with the rules given (the demo turns locking on).
-    pub fn start_with_rules(config: &Config, rules: crate::alerts::RuleSet, secret: LedgerSecret, gateway: Arc<dyn WalletGateway>) -> Result<Node> {
+    pub fn start_with_rules(
+        config: &Config,
+        rules: crate::alerts::RuleSet,
+        secret: LedgerSecret,
+        gateway: Arc<dyn WalletGateway>,
+    ) -> Result<Node> {
         let ledger = Ledger::open_with_rules(config, &rules, secret, gateway)?;
         let mut extras = Extras::default();
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -65,24 +70,46 @@ impl Node {
             tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, alerts_topic = %config.kafka.alerts_topic, "kafka relays on");
         }
         if config.checkpoints.enabled {
-            let key = Arc::new(crate::checkpoint::CheckpointKey::load_or_create(&config.checkpoint_key_path())?);
+            let key = Arc::new(crate::checkpoint::CheckpointKey::load_or_create(
+                &config.checkpoint_key_path(),
+            )?);
             let store = ledger.checkpoint_store();
             extras.checkpoints = Some((store.clone(), key.public_hex()));
             tracing::info!(public_key = %key.public_hex(), "signing checkpoints");
             let (signed_tx, signed_rx) = tokio::sync::watch::channel(0u64);
             if config.kafka.enabled() {
-                let p = crate::checkpoint::CheckpointPublisher::new(store.clone(), key.public_hex(), config.kafka.clone(), config.checkpoints.topic.clone(), signed_rx);
+                let p = crate::checkpoint::CheckpointPublisher::new(
+                    store.clone(),
+                    key.public_hex(),
+                    config.kafka.clone(),
+                    config.checkpoints.topic.clone(),
+                    signed_rx,
+                );
                 extras.checkpoints_relay = Some((config.checkpoints.topic.clone(), p.status.clone()));
                 // Started after the signer so that the last checkpoint, made on stop, is there.
                 publisher = Some(p);
             }
-            tasks.push(tokio::spawn(crate::checkpoint::run(ledger.clone(), key, store, config.checkpoints.clone(), signed_tx, stopped.clone())));
+            tasks.push(tokio::spawn(crate::checkpoint::run(
+                ledger.clone(),
+                key,
+                store,
+                config.checkpoints.clone(),
+                signed_tx,
+                stopped.clone(),
+            )));
         }
         if let Some(p) = publisher {
             tasks.push(tokio::spawn(p.run(stopped.clone())));
         }
         let state = AppState::build(ledger.clone(), &config.tokens, config.http.clone(), extras.clone());
-        Ok(Node { ledger, monitor, state, extras, stop, tasks })
+        Ok(Node {
+            ledger,
+            monitor,
+            state,
+            extras,
+            stop,
+            tasks,
+        })
     }
 
     /// Stops the relays, closes the ledger (its queue drains), then lets the monitor fold the

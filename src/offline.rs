@@ -83,7 +83,12 @@ pub fn verify(dir: &Path, rules: &RuleSet) -> Result<VerifyReport> {
         let alert_store = AlertStore::new(store.alerts_tree());
         let stored_last = alert_store.last_stream_seq()?;
         let stored_alerts = alert_store.changes_after(0, stored_last, usize::MAX)?;
-        (snapshot, store.load_accounts()?, stored_alerts, alert_store.checkpoint()?)
+        (
+            snapshot,
+            store.load_accounts()?,
+            stored_alerts,
+            alert_store.checkpoint()?,
+        )
     };
     let mut engine = Engine::new(rules.clone());
     let mut alerts = Vec::new();
@@ -102,7 +107,8 @@ pub fn verify(dir: &Path, rules: &RuleSet) -> Result<VerifyReport> {
                 break;
             }
             Ok((event, _)) => {
-                if event.seq <= snapshot && !stored.contains_key(&event.account) && !unrecorded.contains(&event.account) {
+                if event.seq <= snapshot && !stored.contains_key(&event.account) && !unrecorded.contains(&event.account)
+                {
                     unrecorded.insert(event.account.clone());
                 }
                 rebuilt.apply(&event);
@@ -136,14 +142,26 @@ pub fn verify(dir: &Path, rules: &RuleSet) -> Result<VerifyReport> {
     let mut alerts_difference = None;
     for (i, c) in stored_alerts.iter().enumerate() {
         let why = match alerts.get(i) {
-            _ if c.stream_seq != i as u64 + 1 => Some(format!("stream seq {} stored where {} was expected (a gap)", c.stream_seq, i + 1)),
-            None => Some(format!("alert change {} is stored but the log does not raise it", c.stream_seq)),
+            _ if c.stream_seq != i as u64 + 1 => Some(format!(
+                "stream seq {} stored where {} was expected (a gap)",
+                c.stream_seq,
+                i + 1
+            )),
+            None => Some(format!(
+                "alert change {} is stored but the log does not raise it",
+                c.stream_seq
+            )),
             Some(r) if r != c => {
                 let mut fields = crate::alerts::differences(&c.alert, &r.alert);
                 if c.change != r.change {
                     fields.insert(0, format!("change: {} -> {}", c.change, r.change));
                 }
-                Some(format!("alert change {} ({}) differs, stored -> rebuilt: {}", c.stream_seq, c.alert.id, fields.join(", ")))
+                Some(format!(
+                    "alert change {} ({}) differs, stored -> rebuilt: {}",
+                    c.stream_seq,
+                    c.alert.id,
+                    fields.join(", ")
+                ))
             }
             Some(_) => None,
         };
@@ -190,7 +208,16 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let (mut log, mut prev, mut rebuilt) = (LogBatch::default(), GENESIS_HASH, Projection::default());
         for (seq, account, account_seq) in [(1, "a", 1), (2, "b", 1), (3, "a", 2), (4, "c", 1)] {
-            let mut e = event(seq, account, account_seq, at, Payload::UnbindFailed { binding_id: uuid::Uuid::nil(), reason: UnbindFailure::NotBound });
+            let mut e = event(
+                seq,
+                account,
+                account_seq,
+                at,
+                Payload::UnbindFailed {
+                    binding_id: uuid::Uuid::nil(),
+                    reason: UnbindFailure::NotBound,
+                },
+            );
             e.prev_hash = prev;
             let bytes = encode(&e);
             prev = hash_bytes(&bytes);

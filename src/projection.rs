@@ -79,15 +79,22 @@ pub struct AccountState {
 
 impl AccountState {
     pub fn active_count(&self) -> usize {
-        self.bindings.iter().filter(|b| b.status == BindingStatus::Active).count()
+        self.bindings
+            .iter()
+            .filter(|b| b.status == BindingStatus::Active)
+            .count()
     }
 
     pub fn active_with_fingerprint(&self, fp: &Hash) -> Option<&Binding> {
-        self.bindings.iter().find(|b| b.status == BindingStatus::Active && b.wallet.fingerprint == *fp)
+        self.bindings
+            .iter()
+            .find(|b| b.status == BindingStatus::Active && b.wallet.fingerprint == *fp)
     }
 
     pub fn active_binding(&self, id: Uuid) -> Option<&Binding> {
-        self.bindings.iter().find(|b| b.binding_id == id && b.status == BindingStatus::Active)
+        self.bindings
+            .iter()
+            .find(|b| b.binding_id == id && b.status == BindingStatus::Active)
     }
 }
 
@@ -108,7 +115,13 @@ impl Projection {
         let acct = self.accounts.entry(e.account.clone()).or_default();
         acct.version = e.account_seq;
         match &e.payload {
-            Payload::WalletBound { binding_id, provider, wallet, agreement_id, .. } => {
+            Payload::WalletBound {
+                binding_id,
+                provider,
+                wallet,
+                agreement_id,
+                ..
+            } => {
                 acct.bindings.push(Binding {
                     binding_id: *binding_id,
                     provider: provider.clone(),
@@ -122,7 +135,10 @@ impl Projection {
                     lock: None,
                     wrong_passwords: VecDeque::new(),
                 });
-                self.wallets.entry(wallet.fingerprint).or_default().insert(e.account.clone());
+                self.wallets
+                    .entry(wallet.fingerprint)
+                    .or_default()
+                    .insert(e.account.clone());
             }
             Payload::PaymentSucceeded { binding_id, .. } => {
                 if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
@@ -145,13 +161,25 @@ impl Projection {
                 }
                 let inactive = acct.bindings.len() - acct.active_count();
                 if inactive > INACTIVE_BINDINGS_KEPT_MAX {
-                    let pos = acct.bindings.iter().position(|b| b.status != BindingStatus::Active).expect("some inactive");
+                    let pos = acct
+                        .bindings
+                        .iter()
+                        .position(|b| b.status != BindingStatus::Active)
+                        .expect("some inactive");
                     acct.bindings.remove(pos);
                 }
             }
-            Payload::BindingLocked { binding_id, alert_id, until } => {
+            Payload::BindingLocked {
+                binding_id,
+                alert_id,
+                until,
+            } => {
                 if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
-                    b.lock = Some(BindingLock { alert_id: alert_id.clone(), locked_at: e.record_time, until: *until });
+                    b.lock = Some(BindingLock {
+                        alert_id: alert_id.clone(),
+                        locked_at: e.record_time,
+                        until: *until,
+                    });
                 }
             }
             Payload::BindingUnlocked { binding_id, .. } => {
@@ -161,7 +189,11 @@ impl Projection {
                     b.wrong_passwords.clear();
                 }
             }
-            Payload::PaymentFailed { binding_id, reason: bindledger_events::PaymentFailure::WrongPassword, .. } => {
+            Payload::PaymentFailed {
+                binding_id,
+                reason: bindledger_events::PaymentFailure::WrongPassword,
+                ..
+            } => {
                 if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
                     if b.wrong_passwords.len() == WRONG_PASSWORDS_KEPT_MAX {
                         b.wrong_passwords.pop_front();
@@ -180,7 +212,10 @@ impl Projection {
     /// Folds an event during catch-up from a snapshot, where an account's stored row may
     /// already include events past the snapshot position: those are skipped.
     pub fn apply_catching_up(&mut self, e: &Event) {
-        let seen = self.accounts.get(&e.account).is_some_and(|a| a.version >= e.account_seq);
+        let seen = self
+            .accounts
+            .get(&e.account)
+            .is_some_and(|a| a.version >= e.account_seq);
         if seen {
             assert_eq!(e.seq, self.position + 1, "projection fed out of order");
             self.position = e.seq;
@@ -207,7 +242,11 @@ impl Projection {
                 wallets.entry(b.wallet.fingerprint).or_default().insert(name.clone());
             }
         }
-        Projection { position, accounts, wallets }
+        Projection {
+            position,
+            accounts,
+            wallets,
+        }
     }
 }
 
@@ -215,8 +254,8 @@ impl Projection {
 mod tests {
     use super::*;
     use bindledger_events::{Currency, PaymentFailure, UnlockCause};
-    use std::collections::HashMap;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     /// One step of an account's life: (account, what, which binding or wallet). Turned into an
     /// event the ledger could have written by [`realise`].
@@ -245,11 +284,21 @@ mod tests {
                     }
                     next_binding += 1;
                     held.push((uuid::Uuid::from_u128(next_binding), w));
-                    Payload::WalletBound { binding_id: uuid::Uuid::from_u128(next_binding), provider: crate::testing::alipay(), wallet: crate::testing::wallet(w), factors: vec![], agreement_id: "agr".into() }
+                    Payload::WalletBound {
+                        binding_id: uuid::Uuid::from_u128(next_binding),
+                        provider: crate::testing::alipay(),
+                        wallet: crate::testing::wallet(w),
+                        factors: vec![],
+                        agreement_id: "agr".into(),
+                    }
                 }
                 (1, Some((b, w))) => {
                     held.retain(|(x, _)| *x != b);
-                    Payload::WalletUnbound { binding_id: b, provider: crate::testing::alipay(), wallet: crate::testing::wallet(w) }
+                    Payload::WalletUnbound {
+                        binding_id: b,
+                        provider: crate::testing::alipay(),
+                        wallet: crate::testing::wallet(w),
+                    }
                 }
                 (2, Some((b, w))) => Payload::PaymentSucceeded {
                     binding_id: b,
@@ -261,15 +310,36 @@ mod tests {
                     factors: vec![],
                     authorization_id: "a".into(),
                 },
-                (3, Some((b, _))) => Payload::PaymentFailed { binding_id: b, order_id: "o".into(), amount_minor: 1, currency: Currency::CNY, factors: vec![], reason: PaymentFailure::WrongPassword },
-                (4, Some((b, _))) => Payload::BindingLocked { binding_id: b, alert_id: "al".into(), until: chrono::DateTime::from_timestamp(2_000_000_000, 0).unwrap() },
-                (5, Some((b, _))) => Payload::BindingUnlocked { binding_id: b, alert_id: "al".into(), cause: UnlockCause::Manual },
+                (3, Some((b, _))) => Payload::PaymentFailed {
+                    binding_id: b,
+                    order_id: "o".into(),
+                    amount_minor: 1,
+                    currency: Currency::CNY,
+                    factors: vec![],
+                    reason: PaymentFailure::WrongPassword,
+                },
+                (4, Some((b, _))) => Payload::BindingLocked {
+                    binding_id: b,
+                    alert_id: "al".into(),
+                    until: chrono::DateTime::from_timestamp(2_000_000_000, 0).unwrap(),
+                },
+                (5, Some((b, _))) => Payload::BindingUnlocked {
+                    binding_id: b,
+                    alert_id: "al".into(),
+                    cause: UnlockCause::Manual,
+                },
                 _ => continue,
             };
             let v = versions.entry(account.clone()).or_default();
             *v += 1;
             let seq = events.len() as u64 + 1;
-            events.push(crate::testing::event(seq, &account, *v, t0 + chrono::Duration::seconds(seq as i64), payload));
+            events.push(crate::testing::event(
+                seq,
+                &account,
+                *v,
+                t0 + chrono::Duration::seconds(seq as i64),
+                payload,
+            ));
         }
         events
     }

@@ -181,7 +181,10 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(config: &KafkaConfig) -> Backoff {
-        Backoff { next: Duration::from_millis(100), max: Duration::from_millis(config.backoff_ms_max.max(100)) }
+        Backoff {
+            next: Duration::from_millis(100),
+            max: Duration::from_millis(config.backoff_ms_max.max(100)),
+        }
     }
 
     /// The next failure waits the shortest time again (the last session made progress).
@@ -190,7 +193,14 @@ impl Backoff {
     }
 
     /// Records a failed session in `status`, then waits (or until shutdown).
-    pub(crate) async fn after_failure(&mut self, status: &RelayStatus, what: &str, topic: &str, error: String, shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    pub(crate) async fn after_failure(
+        &mut self,
+        status: &RelayStatus,
+        what: &str,
+        topic: &str,
+        error: String,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) {
         tracing::warn!(error = %error, %topic, backoff_ms = self.next.as_millis() as u64, "{what}: will retry");
         *status.last_error.lock().expect("status lock") = Some(error);
         status.set(State::Backoff);
@@ -214,7 +224,15 @@ pub struct RelayStatus {
     pub warning: Mutex<Option<String>>,
 }
 
-const STATES: &[&str] = &["starting", "connecting", "recovering", "publishing", "idle", "backoff", "stopped"];
+const STATES: &[&str] = &[
+    "starting",
+    "connecting",
+    "recovering",
+    "publishing",
+    "idle",
+    "backoff",
+    "stopped",
+];
 
 #[derive(Clone, Copy)]
 pub(crate) enum State {
@@ -324,7 +342,9 @@ impl Relay {
                 if self.status.published_total.load(Ordering::Relaxed) > published_before {
                     backoff.reset();
                 }
-                backoff.after_failure(&self.status, "kafka relay", &self.config.topic, e, &mut shutdown).await;
+                backoff
+                    .after_failure(&self.status, "kafka relay", &self.config.topic, e, &mut shutdown)
+                    .await;
             }
         }
         self.status.set(State::Stopped);
@@ -337,8 +357,14 @@ impl Relay {
         let mut maxes: Vec<u64> = Vec::new();
         let partitions = read_tails(&self.config, &self.config.topic, |p, m| {
             let header = |name: &str| header_text(m, name);
-            let seq = header("seq").and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| format!("partition {p} holds a message without a seq header"))?;
-            let ours = self.ledger.event_bytes(seq).map_err(|e| e.to_string())?.filter(|_| seq <= self.ledger.log_len());
+            let seq = header("seq")
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| format!("partition {p} holds a message without a seq header"))?;
+            let ours = self
+                .ledger
+                .event_bytes(seq)
+                .map_err(|e| e.to_string())?
+                .filter(|_| seq <= self.ledger.log_len());
             let same = ours.is_some_and(|b| Some(bindledger_events::hash_bytes(&b).to_hex()) == header("hash"));
             if !same {
                 return Err(format!(
@@ -388,7 +414,8 @@ impl Relay {
         // Deliveries in send order: (seq, its delivery, or None for an event already on the
         // topic). The front is awaited when the window is full, so the producer never idles
         // and the position only moves past events that are acknowledged.
-        let mut window: VecDeque<(u64, Option<DeliveryFuture>)> = VecDeque::with_capacity(self.config.inflight_events_max.min(65536));
+        let mut window: VecDeque<(u64, Option<DeliveryFuture>)> =
+            VecDeque::with_capacity(self.config.inflight_events_max.min(65536));
         let mut saved_at = position;
         loop {
             let end = self.ledger.log_len();
@@ -402,7 +429,9 @@ impl Relay {
                     position = seq;
                 }
                 if position != saved_at {
-                    self.ledger.set_relay_position(&topic, position).map_err(|e| e.to_string())?;
+                    self.ledger
+                        .set_relay_position(&topic, position)
+                        .map_err(|e| e.to_string())?;
                     saved_at = position;
                 }
                 self.advance(position);
@@ -422,12 +451,31 @@ impl Relay {
                     let hash = bindledger_events::hash_bytes(&bytes).to_hex();
                     let seq_text = seq.to_string();
                     let headers = OwnedHeaders::new_with_capacity(5)
-                        .insert(Header { key: "event_type", value: Some(route.event_type) })
-                        .insert(Header { key: "schema_version", value: Some(route.version) })
-                        .insert(Header { key: "event_id", value: Some(route.event_id) })
-                        .insert(Header { key: "seq", value: Some(seq_text.as_str()) })
-                        .insert(Header { key: "hash", value: Some(hash.as_str()) });
-                    let record = FutureRecord::to(&topic).partition(partition).key(route.account).payload(&bytes[..]).headers(headers);
+                        .insert(Header {
+                            key: "event_type",
+                            value: Some(route.event_type),
+                        })
+                        .insert(Header {
+                            key: "schema_version",
+                            value: Some(route.version),
+                        })
+                        .insert(Header {
+                            key: "event_id",
+                            value: Some(route.event_id),
+                        })
+                        .insert(Header {
+                            key: "seq",
+                            value: Some(seq_text.as_str()),
+                        })
+                        .insert(Header {
+                            key: "hash",
+                            value: Some(hash.as_str()),
+                        });
+                    let record = FutureRecord::to(&topic)
+                        .partition(partition)
+                        .key(route.account)
+                        .payload(&bytes[..])
+                        .headers(headers);
                     match producer.send_result(record) {
                         Ok(delivery) => Some(delivery),
                         Err((e, _)) => return Err(format!("queueing event {seq}: {e}")),
@@ -447,7 +495,9 @@ impl Relay {
             while let Some((_, Some(d))) = window.front_mut() {
                 match futures_util::FutureExt::now_or_never(d) {
                     Some(result) => {
-                        result.map_err(|_| "the producer was dropped".to_string())?.map_err(|(e, _)| delivery_error(e))?;
+                        result
+                            .map_err(|_| "the producer was dropped".to_string())?
+                            .map_err(|(e, _)| delivery_error(e))?;
                         let (seq, _) = window.pop_front().expect("front exists");
                         self.status.published_total.fetch_add(1, Ordering::Relaxed);
                         position = seq;
@@ -461,7 +511,9 @@ impl Relay {
             }
             self.advance(position);
             if position >= saved_at + RELAY_SAVE_EVERY_EVENTS {
-                self.ledger.set_relay_position(&topic, position).map_err(|e| e.to_string())?;
+                self.ledger
+                    .set_relay_position(&topic, position)
+                    .map_err(|e| e.to_string())?;
                 saved_at = position;
             }
         }
@@ -473,7 +525,10 @@ const ADMIN_ANSWER_MAX: Duration = Duration::from_secs(15);
 
 /// Creates `topic` with `partitions` unless it exists.
 pub(crate) async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = config.client_config().create().map_err(|e| format!("admin client: {e}"))?;
+    let admin: AdminClient<DefaultClientContext> = config
+        .client_config()
+        .create()
+        .map_err(|e| format!("admin client: {e}"))?;
     // The topics are the ledger's replica and an auditor's copy: Kafka must never delete or
     // compact them. Retention is a century rather than -1 (infinite): tansu 0.6's sqlite
     // storage drops every record of a topic with retention.ms=-1 when it restarts, and a
@@ -483,12 +538,19 @@ pub(crate) async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: 
         .set("retention.ms", &retention)
         .set("retention.bytes", "-1")
         .set("cleanup.policy", "delete");
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))).request_timeout(Some(Duration::from_secs(5)));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(5)))
+        .request_timeout(Some(Duration::from_secs(5)));
     // librdkafka times the request out itself; this bound holds if its answer never comes (a
     // relay stuck here would neither publish nor say why).
     let results = tokio::time::timeout(ADMIN_ANSWER_MAX, admin.create_topics([&new], &opts))
         .await
-        .map_err(|_| format!("creating topic {topic}: no answer from the brokers within {} s", ADMIN_ANSWER_MAX.as_secs()))?
+        .map_err(|_| {
+            format!(
+                "creating topic {topic}: no answer from the brokers within {} s",
+                ADMIN_ANSWER_MAX.as_secs()
+            )
+        })?
         .map_err(|e| format!("creating topic {topic}: {e}"))?;
     for r in results {
         match r {
@@ -508,11 +570,19 @@ pub(crate) async fn retention_problem(config: &KafkaConfig, topic: &str) -> Opti
     use rdkafka::admin::ResourceSpecifier;
     let admin: AdminClient<DefaultClientContext> = config.client_config().create().ok()?;
     let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(5)));
-    let described = tokio::time::timeout(ADMIN_ANSWER_MAX, admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts)).await.ok()?.ok()?;
+    let described = tokio::time::timeout(
+        ADMIN_ANSWER_MAX,
+        admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts),
+    )
+    .await
+    .ok()?
+    .ok()?;
     let resource = described.into_iter().next()?.ok()?;
     let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
     let mut problems = Vec::new();
-    if let Some(ms) = value("retention.ms").filter(|v| v != "-1" && v.parse::<i64>().map_or(true, |ms| ms < RETENTION_MS_MIN)) {
+    if let Some(ms) =
+        value("retention.ms").filter(|v| v != "-1" && v.parse::<i64>().map_or(true, |ms| ms < RETENTION_MS_MIN))
+    {
         problems.push(format!("retention.ms={ms}"));
     }
     if let Some(bytes) = value("retention.bytes").filter(|v| v != "-1") {
@@ -534,14 +604,21 @@ pub(crate) fn producer(config: &KafkaConfig) -> Result<FutureProducer, String> {
         .set("acks", "all")
         .set("linger.ms", config.linger_ms.unwrap_or(5).to_string())
         .set("message.timeout.ms", config.message_timeout_ms.to_string())
-        .set("queue.buffering.max.messages", (config.inflight_events_max * 2).max(1000).to_string())
+        .set(
+            "queue.buffering.max.messages",
+            (config.inflight_events_max * 2).max(1000).to_string(),
+        )
         .create()
         .map_err(|e| format!("producer: {e}"))
 }
 
 /// A header's value as text.
 pub(crate) fn header_text<M: Message>(m: &M, name: &str) -> Option<String> {
-    m.headers().and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())))
+    m.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+    })
 }
 
 /// Reads the last message(s) of every non-empty partition of `topic`, handing each to
@@ -559,7 +636,9 @@ pub(crate) fn read_tails(
         .create()
         .map_err(|e| format!("recovery consumer: {e}"))?;
     let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| format!("metadata: {e}"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| format!("metadata: {e}"))?;
     let partitions = metadata
         .topics()
         .iter()
@@ -570,9 +649,12 @@ pub(crate) fn read_tails(
     let mut tpl = TopicPartitionList::new();
     let mut waiting = 0;
     for p in 0..partitions as i32 {
-        let (low, high) = consumer.fetch_watermarks(topic, p, timeout).map_err(|e| format!("watermarks of partition {p}: {e}"))?;
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .map_err(|e| format!("watermarks of partition {p}: {e}"))?;
         if high > low {
-            tpl.add_partition_offset(topic, p, Offset::Offset(high - 1)).map_err(|e| e.to_string())?;
+            tpl.add_partition_offset(topic, p, Offset::Offset(high - 1))
+                .map_err(|e| e.to_string())?;
             waiting += 1;
         }
     }
@@ -631,7 +713,10 @@ mod tests {
         assert_eq!(murmur2(b"foobar") as i32, -790332482);
         assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
         assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+            -58897971
+        );
         assert_eq!(murmur2(b"abc") as i32, 479470107);
     }
 
@@ -639,7 +724,10 @@ mod tests {
     fn routing_fields_come_from_the_canonical_bytes() {
         let bytes = br#"{"v":2,"id":"0192-ab","seq":7,"account":"alice","account_seq":1,"payload":{"type":"wallet_bound","x":1}}"#;
         let r = routing(bytes).unwrap();
-        assert_eq!((r.version, r.event_id, r.account, r.event_type), ("2", "0192-ab", "alice", "wallet_bound"));
+        assert_eq!(
+            (r.version, r.event_id, r.account, r.event_type),
+            ("2", "0192-ab", "alice", "wallet_bound")
+        );
         let p = partition_for(b"alice", 6);
         assert!((0..6).contains(&p));
         assert_eq!(p, partition_for(b"alice", 6));
@@ -675,24 +763,38 @@ pub fn read_topic(mut client: ClientConfig, topic: &str) -> Result<TopicReader, 
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::TopicPartitionList;
     let consumer: BaseConsumer = client
-        .set("group.id", format!("bindledger-reader-{}", uuid::Uuid::now_v7().simple()))
+        .set(
+            "group.id",
+            format!("bindledger-reader-{}", uuid::Uuid::now_v7().simple()),
+        )
         .set("enable.auto.commit", "false")
         .create()
         .map_err(|e| format!("kafka consumer: {e}"))?;
     let timeout = std::time::Duration::from_secs(10);
-    let md = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| format!("metadata of {topic}: {e}"))?;
     let partitions = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
     if partitions == 0 {
         return Err(format!("topic {topic} has no partitions"));
     }
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(|e| e.to_string())?;
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
     }
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
     let n = partitions as usize;
     let now = std::time::Instant::now();
-    Ok(TopicReader { consumer, topic: topic.to_owned(), buffers: vec![Default::default(); n], active: vec![now; n], paused: vec![false; n], ended: vec![false; n], failed: false })
+    Ok(TopicReader {
+        consumer,
+        topic: topic.to_owned(),
+        buffers: vec![Default::default(); n],
+        active: vec![now; n],
+        paused: vec![false; n],
+        ended: vec![false; n],
+        failed: false,
+    })
 }
 
 impl TopicReader {
@@ -703,7 +805,11 @@ impl TopicReader {
         }
         let mut tpl = rdkafka::TopicPartitionList::new();
         tpl.add_partition(&self.topic, p as i32);
-        let r = if pause { self.consumer.pause(&tpl) } else { self.consumer.resume(&tpl) };
+        let r = if pause {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        };
         r.map_err(|e| format!("{} partition {p}: {e}", self.topic))?;
         self.paused[p] = pause;
         self.active[p] = std::time::Instant::now();
@@ -723,7 +829,10 @@ impl TopicReader {
             // Every partition has its next event buffered, or has none left: take the smallest.
             let ready = (0..self.buffers.len()).all(|p| !self.buffers[p].is_empty() || self.finished(p));
             if ready {
-                let Some(p) = (0..self.buffers.len()).filter(|&p| !self.buffers[p].is_empty()).min_by_key(|&p| self.buffers[p][0].0) else {
+                let Some(p) = (0..self.buffers.len())
+                    .filter(|&p| !self.buffers[p].is_empty())
+                    .min_by_key(|&p| self.buffers[p][0].0)
+                else {
                     return Ok(None);
                 };
                 let (_, value) = self.buffers[p].pop_front().expect("not empty");
@@ -744,9 +853,15 @@ impl TopicReader {
                     // The `seq` header (events), else the key (checkpoints are keyed by seq).
                     let seq = m
                         .headers()
-                        .and_then(|h| h.iter().find(|h| h.key == "seq").and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok()))
+                        .and_then(|h| {
+                            h.iter()
+                                .find(|h| h.key == "seq")
+                                .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+                        })
                         .or_else(|| std::str::from_utf8(m.key()?).ok()?.parse().ok())
-                        .ok_or_else(|| format!("{} partition {p} offset {} has no seq header", self.topic, m.offset()))?;
+                        .ok_or_else(|| {
+                            format!("{} partition {p} offset {} has no seq header", self.topic, m.offset())
+                        })?;
                     self.buffers[p].push_back((seq, m.payload().unwrap_or_default().to_vec()));
                     if self.buffers[p].len() >= KAFKA_BUFFER_PER_PARTITION {
                         self.set_paused(p, true)?;

@@ -54,7 +54,9 @@ pub fn restore(
     let (mut in_batch, mut restored, mut since_flush) = (0usize, 0u64, 0u64);
     for item in crate::relay::read_topic(kafka.client_config(), &kafka.topic).map_err(Error::Io)? {
         let bytes = item.map_err(Error::Io)?;
-        let (event, hash) = verifier.push(&bytes).map_err(|e| Error::Corrupt(format!("the topic {} does not verify: {e}", kafka.topic)))?;
+        let (event, hash) = verifier
+            .push(&bytes)
+            .map_err(|e| Error::Corrupt(format!("the topic {} does not verify: {e}", kafka.topic)))?;
         if event.seq <= resumed_from {
             if event.seq == resumed_from && hash != head {
                 return Err(Error::Corrupt(format!(
@@ -85,22 +87,32 @@ pub fn restore(
     store.flush()?;
     let (head_seq, head) = store.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));
     if head_seq < resumed_from {
-        return Err(Error::Corrupt(format!("the topic {} ends at event {head_seq}, before the directory's {resumed_from}", kafka.topic)));
+        return Err(Error::Corrupt(format!(
+            "the topic {} ends at event {head_seq}, before the directory's {resumed_from}",
+            kafka.topic
+        )));
     }
     let (mut kept, mut beyond) = (0u64, 0u64);
     if let (Some(topic), Some(key)) = (checkpoints_topic, public_key) {
         let cps = CheckpointStore::new(store.checkpoints_tree());
         for item in crate::relay::read_topic(kafka.client_config(), topic).map_err(Error::Io)? {
             let value = item.map_err(Error::Io)?;
-            let cp: SignedCheckpoint = serde_json::from_slice(&value).map_err(|e| Error::Corrupt(format!("{topic}: not a checkpoint: {e}")))?;
-            cp.verify(key).map_err(|why| Error::Corrupt(format!("{topic}: checkpoint {}: {why}", cp.seq)))?;
+            let cp: SignedCheckpoint = serde_json::from_slice(&value)
+                .map_err(|e| Error::Corrupt(format!("{topic}: not a checkpoint: {e}")))?;
+            cp.verify(key)
+                .map_err(|why| Error::Corrupt(format!("{topic}: checkpoint {}: {why}", cp.seq)))?;
             if cp.seq > head_seq {
                 beyond += 1;
                 continue;
             }
-            let bytes = store.event_bytes(cp.seq)?.ok_or_else(|| Error::Corrupt(format!("event {} missing", cp.seq)))?;
+            let bytes = store
+                .event_bytes(cp.seq)?
+                .ok_or_else(|| Error::Corrupt(format!("event {} missing", cp.seq)))?;
             if hash_bytes(&bytes) != cp.head {
-                return Err(Error::Corrupt(format!("the restored event {} does not match its signed checkpoint: the topic was rewritten", cp.seq)));
+                return Err(Error::Corrupt(format!(
+                    "the restored event {} does not match its signed checkpoint: the topic was rewritten",
+                    cp.seq
+                )));
             }
             cps.put(&cp)?;
             kept += 1;
@@ -109,5 +121,12 @@ pub fn restore(
     }
     store.set_relay_position(&kafka.topic, head_seq)?;
     store.flush()?;
-    Ok(RestoreReport { resumed_from, restored, head_seq, head, checkpoints_kept: kept, checkpoints_beyond: beyond })
+    Ok(RestoreReport {
+        resumed_from,
+        restored,
+        head_seq,
+        head,
+        checkpoints_kept: kept,
+        checkpoints_beyond: beyond,
+    })
 }

@@ -94,12 +94,19 @@ impl LedgerSecret {
 
     /// The keyed fingerprint of a wallet: same wallet, same fingerprint, across accounts.
     pub fn fingerprint(&self, provider: &Provider, normalized_account: &str) -> Hash {
-        self.mac(&[b"bindledger/wallet/v1", provider.as_str().as_bytes(), normalized_account.as_bytes()])
+        self.mac(&[
+            b"bindledger/wallet/v1",
+            provider.as_str().as_bytes(),
+            normalized_account.as_bytes(),
+        ])
     }
 
     pub fn wallet_ref(&self, provider: &Provider, raw_account: &str) -> WalletRef {
         let normalized = normalize_wallet_account(raw_account);
-        WalletRef { masked: mask(&normalized), fingerprint: self.fingerprint(provider, &normalized) }
+        WalletRef {
+            masked: mask(&normalized),
+            fingerprint: self.fingerprint(provider, &normalized),
+        }
     }
 }
 
@@ -112,8 +119,12 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
     opts.write(true).create_new(true);
     #[cfg(unix)]
     opts.mode(0o600);
-    let mut f = opts.open(path).map_err(|e| Error::Io(format!("creating {}: {e}", path.display())))?;
-    f.write_all(contents).and_then(|_| f.sync_all()).map_err(|e| Error::Io(format!("writing {}: {e}", path.display())))
+    let mut f = opts
+        .open(path)
+        .map_err(|e| Error::Io(format!("creating {}: {e}", path.display())))?;
+    f.write_all(contents)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::Io(format!("writing {}: {e}", path.display())))
 }
 
 /// Normalises a wallet account: trims, lowercases e-mail style accounts, drops spaces and
@@ -138,8 +149,19 @@ pub fn normalize_wallet_account(raw: &str) -> String {
 ///   more, then `***@` and at most the last 12 characters of the domain.
 pub fn mask(normalized: &str) -> String {
     if let Some((user, domain)) = normalized.split_once('@') {
-        let first: String = if user.chars().count() >= 2 { user.chars().take(1).collect() } else { String::new() };
-        let domain_shown: String = domain.chars().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+        let first: String = if user.chars().count() >= 2 {
+            user.chars().take(1).collect()
+        } else {
+            String::new()
+        };
+        let domain_shown: String = domain
+            .chars()
+            .rev()
+            .take(12)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         return format!("{first}***@{domain_shown}");
     }
     let (plus, digits) = match normalized.strip_prefix('+') {
@@ -193,10 +215,19 @@ mod tests {
         let a = LedgerSecret::from_bytes([1; 32]);
         let b = LedgerSecret::from_bytes([2; 32]);
         let p = Provider::parse("alipay").unwrap();
-        assert_eq!(a.wallet_ref(&p, "138 1234 5678").fingerprint, a.wallet_ref(&p, "13812345678").fingerprint);
-        assert_ne!(a.wallet_ref(&p, "13812345678").fingerprint, b.wallet_ref(&p, "13812345678").fingerprint);
+        assert_eq!(
+            a.wallet_ref(&p, "138 1234 5678").fingerprint,
+            a.wallet_ref(&p, "13812345678").fingerprint
+        );
+        assert_ne!(
+            a.wallet_ref(&p, "13812345678").fingerprint,
+            b.wallet_ref(&p, "13812345678").fingerprint
+        );
         let q = Provider::parse("wechat_pay").unwrap();
-        assert_ne!(a.wallet_ref(&p, "13812345678").fingerprint, a.wallet_ref(&q, "13812345678").fingerprint);
+        assert_ne!(
+            a.wallet_ref(&p, "13812345678").fingerprint,
+            a.wallet_ref(&q, "13812345678").fingerprint
+        );
     }
 
     #[test]

@@ -51,7 +51,10 @@ fn account_key(prefix: u8, account: &str, suffix: &[u8]) -> Vec<u8> {
 }
 
 fn u64_of(bytes: &[u8]) -> Result<u64> {
-    let arr: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| Error::Corrupt("short integer".into()))?;
+    let arr: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Error::Corrupt("short integer".into()))?;
     Ok(u64::from_be_bytes(arr))
 }
 
@@ -59,7 +62,10 @@ fn u64_of(bytes: &[u8]) -> Result<u64> {
 /// was being read; sled's own report of corruption keeps its place in the file.
 pub fn read_error(e: sled::Error, what: &str) -> Error {
     match e {
-        sled::Error::Corruption { at, .. } => Error::Corrupt(format!("{what}: sled found its file corrupted{}", at.map(|at| format!(" at {at:?}")).unwrap_or_default())),
+        sled::Error::Corruption { at, .. } => Error::Corrupt(format!(
+            "{what}: sled found its file corrupted{}",
+            at.map(|at| format!(" at {at:?}")).unwrap_or_default()
+        )),
         sled::Error::Io(io) => Error::Io(format!("{what}: {io}")),
         other => Error::Corrupt(format!("{what}: {other}")),
     }
@@ -71,10 +77,15 @@ pub fn chunk_events(first_seq: u64, chunk: &sled::IVec) -> Result<Vec<(u64, sled
     let mut at = 0usize;
     let mut seq = first_seq;
     while at < chunk.len() {
-        let len_bytes: [u8; 4] = chunk.get(at..at + 4).and_then(|b| b.try_into().ok()).ok_or_else(|| Error::Corrupt(format!("chunk {first_seq}: truncated length")))?;
+        let len_bytes: [u8; 4] = chunk
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Error::Corrupt(format!("chunk {first_seq}: truncated length")))?;
         let len = u32::from_be_bytes(len_bytes) as usize;
         if at + 4 + len > chunk.len() {
-            return Err(Error::Corrupt(format!("chunk {first_seq}: event {seq} runs past the chunk")));
+            return Err(Error::Corrupt(format!(
+                "chunk {first_seq}: event {seq} runs past the chunk"
+            )));
         }
         out.push((seq, chunk.subslice(at + 4, len)));
         at += 4 + len;
@@ -126,7 +137,8 @@ impl IndexBatch {
         for s in seqs {
             v.extend_from_slice(&s.to_be_bytes());
         }
-        self.batch.insert(account_key(b'A', account, &first_account_seq.to_be_bytes()), v);
+        self.batch
+            .insert(account_key(b'A', account, &first_account_seq.to_be_bytes()), v);
     }
 
     pub fn add_history(&mut self, account: &str, account_seq: u64, seq: u64) {
@@ -137,7 +149,8 @@ impl IndexBatch {
         let mut k = Vec::with_capacity(1 + account.len());
         k.push(b'B');
         k.extend_from_slice(account.as_bytes());
-        self.batch.insert(k, serde_json::to_vec(state).expect("account state serializes"));
+        self.batch
+            .insert(k, serde_json::to_vec(state).expect("account state serializes"));
     }
 
     pub fn set_indexed(&mut self, seq: u64) {
@@ -193,7 +206,15 @@ pub fn scan_dir(dir: &Path, from: u64) -> Result<DirScan> {
 /// [`scan_dir`], reopening the log after each `reopen_bytes` read.
 pub fn scan_dir_reopening(dir: &Path, from: u64, reopen_bytes: u64) -> Result<DirScan> {
     require_log(dir)?;
-    Ok(DirScan { dir: dir.to_path_buf(), next: from.max(1), open: None, read: 0, reopen_bytes, opens: 0, done: false })
+    Ok(DirScan {
+        dir: dir.to_path_buf(),
+        next: from.max(1),
+        open: None,
+        read: 0,
+        reopen_bytes,
+        opens: 0,
+        done: false,
+    })
 }
 
 /// Opens the log for a scan right after this process closed it: sled's I/O threads may hold
@@ -268,15 +289,22 @@ impl Store {
     /// only to be read does neither.
     fn open_with(dir: &Path, config: sled::Config, durable: bool) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("creating {}: {e}", dir.display())))?;
-        let db = config.path(dir.join("log")).mode(sled::Mode::HighThroughput).open().map_err(|e| {
-            let text = e.to_string();
-            if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
-                Error::InUse(dir.display().to_string())
-            } else {
-                read_error(e, &format!("opening the log in {}", dir.display()))
-            }
-        })?;
-        match db.get(META_FORMAT).map_err(|e| read_error(e, &format!("reading the log's format in {}", dir.display())))? {
+        let db = config
+            .path(dir.join("log"))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| {
+                let text = e.to_string();
+                if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
+                    Error::InUse(dir.display().to_string())
+                } else {
+                    read_error(e, &format!("opening the log in {}", dir.display()))
+                }
+            })?;
+        match db
+            .get(META_FORMAT)
+            .map_err(|e| read_error(e, &format!("reading the log's format in {}", dir.display())))?
+        {
             Some(v) if v.as_ref() == FORMAT => {}
             Some(v) => {
                 return Err(Error::Corrupt(format!(
@@ -295,7 +323,14 @@ impl Store {
         let alerts = db.open_tree("alerts")?;
         let checkpoints = db.open_tree("checkpoints")?;
         let syncer = Syncer::open(dir, durable)?;
-        Ok(Store { db, syncer, log, index, alerts, checkpoints })
+        Ok(Store {
+            db,
+            syncer,
+            log,
+            index,
+            alerts,
+            checkpoints,
+        })
     }
 
     /// Records the secret's check value on first use; refuses a different secret later.
@@ -329,9 +364,14 @@ impl Store {
 
     /// One event's stored bytes.
     pub fn event_bytes(&self, seq: u64) -> Result<Option<sled::IVec>> {
-        let Some(r) = self.log.range(..=seq.to_be_bytes()).next_back() else { return Ok(None) };
+        let Some(r) = self.log.range(..=seq.to_be_bytes()).next_back() else {
+            return Ok(None);
+        };
         let (k, v) = r?;
-        Ok(chunk_events(u64_of(&k)?, &v)?.into_iter().find(|(s, _)| *s == seq).map(|(_, b)| b))
+        Ok(chunk_events(u64_of(&k)?, &v)?
+            .into_iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, b)| b))
     }
 
     /// Stored events from `from` on, in order, as (seq, bytes).
@@ -346,10 +386,12 @@ impl Store {
         self.log
             .range(start..)
             .flat_map(move |r| {
-                let read = r.map_err(|e| read_error(e, &format!("reading the log after the chunk of event {last}"))).and_then(|(k, v)| {
-                    last = u64_of(&k)?;
-                    chunk_events(last, &v)
-                });
+                let read = r
+                    .map_err(|e| read_error(e, &format!("reading the log after the chunk of event {last}")))
+                    .and_then(|(k, v)| {
+                        last = u64_of(&k)?;
+                        chunk_events(last, &v)
+                    });
                 let chunk: Vec<Result<(u64, sled::IVec)>> = match read {
                     Ok(events) => events.into_iter().map(Ok).collect(),
                     Err(e) => vec![Err(e)],
@@ -362,17 +404,25 @@ impl Store {
     /// Stored events newest first, starting at the log's end.
     pub fn scan_events_rev(&self) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + Send + 'static {
         self.log.iter().rev().flat_map(|r| {
-            let chunk: Vec<Result<(u64, sled::IVec)>> = match r.map_err(Error::from).and_then(|(k, v)| chunk_events(u64_of(&k)?, &v)) {
-                Ok(events) => events.into_iter().rev().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            };
+            let chunk: Vec<Result<(u64, sled::IVec)>> =
+                match r.map_err(Error::from).and_then(|(k, v)| chunk_events(u64_of(&k)?, &v)) {
+                    Ok(events) => events.into_iter().rev().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
             chunk
         })
     }
 
     /// Seqs of an account's events with `account_seq` in `(after, before)`, oldest first, or
     /// newest first when `newest_first`.
-    pub fn account_event_seqs(&self, account: &str, after: u64, before: u64, newest_first: bool, limit: usize) -> Result<Vec<u64>> {
+    pub fn account_event_seqs(
+        &self,
+        account: &str,
+        after: u64,
+        before: u64,
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<u64>> {
         let lo = after.saturating_add(1);
         if lo >= before || limit == 0 {
             return Ok(Vec::new());
@@ -380,19 +430,33 @@ impl Store {
         let prefix = account_key(b'A', account, &[]);
         let first_of = |k: &[u8]| u64_of(&k[prefix.len()..]);
         // Rows start anywhere: the one covering `lo` starts at or before it.
-        let start = match self.index.range(prefix.clone()..=account_key(b'A', account, &lo.to_be_bytes())).next_back() {
+        let start = match self
+            .index
+            .range(prefix.clone()..=account_key(b'A', account, &lo.to_be_bytes()))
+            .next_back()
+        {
             Some(r) => r?.0.to_vec(),
             None => prefix.clone(),
         };
         let end = account_key(b'A', account, &before.to_be_bytes());
         let rows = self.index.range(start..end);
-        let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if newest_first { Box::new(rows.rev()) } else { Box::new(rows) };
+        let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if newest_first {
+            Box::new(rows.rev())
+        } else {
+            Box::new(rows)
+        };
         let mut out = Vec::with_capacity(limit.min(1024));
         for r in rows {
             let (k, v) = r?;
             let first = first_of(&k)?;
-            let entries = (0..v.len() / 8).map(|i| (first + i as u64, &v[i * 8..i * 8 + 8])).filter(|(a, _)| *a >= lo && *a < before);
-            let entries: Vec<(u64, &[u8])> = if newest_first { entries.rev().collect() } else { entries.collect() };
+            let entries = (0..v.len() / 8)
+                .map(|i| (first + i as u64, &v[i * 8..i * 8 + 8]))
+                .filter(|(a, _)| *a >= lo && *a < before);
+            let entries: Vec<(u64, &[u8])> = if newest_first {
+                entries.rev().collect()
+            } else {
+                entries.collect()
+            };
             for (_, seq) in entries {
                 out.push(u64_of(seq)?);
                 if out.len() == limit {
@@ -434,8 +498,10 @@ impl Store {
         let mut accounts = HashMap::new();
         for r in self.index.scan_prefix(b"B") {
             let (k, v) = r?;
-            let name = String::from_utf8(k[1..].to_vec()).map_err(|_| Error::Corrupt("account key is not UTF-8".into()))?;
-            let state: AccountState = serde_json::from_slice(&v).map_err(|e| Error::Corrupt(format!("account {name}: {e}")))?;
+            let name =
+                String::from_utf8(k[1..].to_vec()).map_err(|_| Error::Corrupt("account key is not UTF-8".into()))?;
+            let state: AccountState =
+                serde_json::from_slice(&v).map_err(|e| Error::Corrupt(format!("account {name}: {e}")))?;
             accounts.insert(name, state);
         }
         Ok(accounts)
@@ -523,9 +589,12 @@ impl Syncer {
     fn open(dir: &Path, durable: bool) -> Result<Syncer> {
         let sled_dir = dir.join("log");
         let db_path = sled_dir.join("db");
-        let db_file = std::fs::File::open(&db_path).map_err(|e| Error::StorageFailed(format!("opening {}: {e}", db_path.display())))?;
+        let db_file = std::fs::File::open(&db_path)
+            .map_err(|e| Error::StorageFailed(format!("opening {}: {e}", db_path.display())))?;
         if durable {
-            db_file.sync_all().map_err(|e| Error::StorageFailed(format!("syncing {}: {e}", db_path.display())))?;
+            db_file
+                .sync_all()
+                .map_err(|e| Error::StorageFailed(format!("syncing {}: {e}", db_path.display())))?;
             sync_path(&sled_dir)?;
             sync_path(dir)?;
         }
@@ -545,7 +614,9 @@ impl Syncer {
         if !self.enabled.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
-        self.db_file.sync_data().map_err(|e| Error::StorageFailed(format!("fdatasync of the log: {e}")))?;
+        self.db_file
+            .sync_data()
+            .map_err(|e| Error::StorageFailed(format!("fdatasync of the log: {e}")))?;
         self.sync_blobs(false)
     }
 
@@ -564,7 +635,9 @@ impl Syncer {
             let name = entry.file_name();
             if !synced.contains(&name) {
                 match std::fs::File::open(entry.path()) {
-                    Ok(f) => f.sync_data().map_err(|e| Error::StorageFailed(format!("fdatasync of a blob: {e}")))?,
+                    Ok(f) => f
+                        .sync_data()
+                        .map_err(|e| Error::StorageFailed(format!("fdatasync of a blob: {e}")))?,
                     // sled removed it meanwhile: nothing to keep.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(Error::StorageFailed(format!("opening a blob: {e}"))),
@@ -588,7 +661,9 @@ mod tests {
     #[test]
     fn a_reopening_scan_reads_every_event_once_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let events: Vec<Vec<u8>> = (1..=1_000u64).map(|seq| format!("event {seq} {}", "x".repeat(seq as usize % 300)).into_bytes()).collect();
+        let events: Vec<Vec<u8>> = (1..=1_000u64)
+            .map(|seq| format!("event {seq} {}", "x".repeat(seq as usize % 300)).into_bytes())
+            .collect();
         {
             let store = Store::open(dir.path()).unwrap();
             for (i, part) in events.chunks(300).enumerate() {
@@ -602,11 +677,18 @@ mod tests {
         }
         for from in [1u64, 2, 129, 777] {
             let mut scan = scan_dir_reopening(dir.path(), from, 10_000).unwrap();
-            let read: Vec<(u64, Vec<u8>)> = scan.by_ref().map(|r| r.map(|(s, b)| (s, b.to_vec())).unwrap()).collect();
+            let read: Vec<(u64, Vec<u8>)> = scan
+                .by_ref()
+                .map(|r| r.map(|(s, b)| (s, b.to_vec())).unwrap())
+                .collect();
             let want: Vec<(u64, Vec<u8>)> = (from..=1_000).map(|s| (s, events[s as usize - 1].clone())).collect();
             assert_eq!(read, want, "from {from}");
             let bytes: u64 = read.iter().map(|(_, b)| b.len() as u64).sum();
-            assert!(scan.opens >= bytes / 10_000 && scan.opens > 1, "opened {} times for {bytes} bytes", scan.opens);
+            assert!(
+                scan.opens >= bytes / 10_000 && scan.opens > 1,
+                "opened {} times for {bytes} bytes",
+                scan.opens
+            );
             assert!(scan.next().is_none());
         }
         // Closed at the end: the directory can be opened again.
@@ -628,13 +710,23 @@ mod tests {
         store.apply_index(b).unwrap();
         let q = |after, before, newest, limit| store.account_event_seqs("a", after, before, newest, limit).unwrap();
         assert_eq!(q(0, u64::MAX, false, 100), vec![10, 11, 12, 20, 30, 31, 32, 33]);
-        assert_eq!(q(2, u64::MAX, false, 100), vec![12, 20, 30, 31, 32, 33], "starting inside a row");
+        assert_eq!(
+            q(2, u64::MAX, false, 100),
+            vec![12, 20, 30, 31, 32, 33],
+            "starting inside a row"
+        );
         assert_eq!(q(2, 6, false, 100), vec![12, 20, 30], "ending inside a row");
         assert_eq!(q(0, 7, true, 100), vec![31, 30, 20, 12, 11, 10], "newest first");
         assert_eq!(q(0, u64::MAX, true, 2), vec![33, 32]);
         assert_eq!(q(5, u64::MAX, false, 2), vec![31, 32]);
         assert_eq!(q(8, u64::MAX, false, 10), Vec::<u64>::new());
-        assert_eq!(store.account_event_seqs("ab", 0, u64::MAX, false, 10).unwrap(), vec![99]);
-        assert_eq!(store.account_event_seqs("b", 0, u64::MAX, false, 10).unwrap(), Vec::<u64>::new());
+        assert_eq!(
+            store.account_event_seqs("ab", 0, u64::MAX, false, 10).unwrap(),
+            vec![99]
+        );
+        assert_eq!(
+            store.account_event_seqs("b", 0, u64::MAX, false, 10).unwrap(),
+            Vec::<u64>::new()
+        );
     }
 }

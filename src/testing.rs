@@ -24,7 +24,10 @@ pub fn event(seq: u64, account: &str, account_seq: u64, at: DateTime<Utc>, paylo
 
 /// Wallet `n`: masked `138****000n`, fingerprint `n` repeated.
 pub fn wallet(n: u8) -> WalletRef {
-    WalletRef { masked: format!("138****000{n}"), fingerprint: Hash([n; 32]) }
+    WalletRef {
+        masked: format!("138****000{n}"),
+        fingerprint: Hash([n; 32]),
+    }
 }
 
 pub fn alipay() -> Provider {

@@ -25,9 +25,9 @@ use uuid::Uuid;
 use crate::command::Meta;
 use crate::decide::{self, BindFacts, BindVerdict, PayFacts, PayVerdict, Rules};
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
 use crate::idempotency::{composite, IdempotencyIndex};
 use crate::indexer::{Indexer, INDEX_QUEUE_BATCHES};
+use crate::metrics::Metrics;
 use crate::projection::Projection;
 use crate::store::{LogBatch, Store};
 /// Batches decided and waiting for the flusher (the writer runs at most this far ahead of it).
@@ -39,11 +39,37 @@ const PIPELINE_DEPTH: usize = 1;
 /// A command ready to be decided: validated, its secrets already used and dropped.
 #[derive(Debug)]
 pub enum Request {
-    Bind { meta: Meta, digest: Hash, facts: BindFacts, verdict: BindVerdict },
-    Pay { meta: Meta, digest: Hash, facts: PayFacts, verdict: PayVerdict },
-    Unbind { meta: Meta, digest: Hash, binding_id: Uuid },
-    Lock { meta: Meta, digest: Hash, binding_id: Uuid, alert_id: String, until: chrono::DateTime<Utc> },
-    Unlock { meta: Meta, digest: Hash, binding_id: Uuid, cause: bindledger_events::UnlockCause, alert_id: Option<String> },
+    Bind {
+        meta: Meta,
+        digest: Hash,
+        facts: BindFacts,
+        verdict: BindVerdict,
+    },
+    Pay {
+        meta: Meta,
+        digest: Hash,
+        facts: PayFacts,
+        verdict: PayVerdict,
+    },
+    Unbind {
+        meta: Meta,
+        digest: Hash,
+        binding_id: Uuid,
+    },
+    Lock {
+        meta: Meta,
+        digest: Hash,
+        binding_id: Uuid,
+        alert_id: String,
+        until: chrono::DateTime<Utc>,
+    },
+    Unlock {
+        meta: Meta,
+        digest: Hash,
+        binding_id: Uuid,
+        cause: bindledger_events::UnlockCause,
+        alert_id: Option<String>,
+    },
 }
 
 /// A field every variant of [`Request`] has, borrowed as `$req` is (shared or mutable).
@@ -95,9 +121,16 @@ pub struct Committed {
 impl Committed {
     /// The answer to a retried command: the event its key produced, read from the log.
     pub(crate) fn replay_of(store: &Store, seq: u64) -> Result<Committed> {
-        let bytes = store.event_bytes(seq)?.ok_or_else(|| Error::Corrupt(format!("an idempotency key points at missing event {seq}")))?;
+        let bytes = store
+            .event_bytes(seq)?
+            .ok_or_else(|| Error::Corrupt(format!("an idempotency key points at missing event {seq}")))?;
         let event = codec::decode(&bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
-        Ok(Committed { event: Arc::new(event), hash: hash_bytes(&bytes), bytes: bytes::Bytes::copy_from_slice(&bytes), replayed: true })
+        Ok(Committed {
+            event: Arc::new(event),
+            hash: hash_bytes(&bytes),
+            bytes: bytes::Bytes::copy_from_slice(&bytes),
+            replayed: true,
+        })
     }
 }
 
@@ -240,7 +273,9 @@ impl Writer {
                 self.failed.store(true, Ordering::SeqCst);
                 rx.close();
                 while let Ok(s) = rx.try_recv() {
-                    let _ = s.reply.send(Err(Error::StorageFailed("the writer stopped after a storage failure".into())));
+                    let _ = s.reply.send(Err(Error::StorageFailed(
+                        "the writer stopped after a storage failure".into(),
+                    )));
                 }
                 break;
             }
@@ -254,7 +289,10 @@ impl Writer {
     /// The event an idempotency key produced, if it is known (durable or in flight).
     fn known_key(&self, key: &str) -> Option<(u64, Hash)> {
         let last = self.next_seq - 1;
-        self.pending.get(key).copied().or_else(|| self.idempotency.lock().expect("idempotency lock").get(key, last))
+        self.pending
+            .get(key)
+            .copied()
+            .or_else(|| self.idempotency.lock().expect("idempotency lock").get(key, last))
     }
 
     /// Decides one batch and applies it to sled; returns the job that makes it durable.
@@ -284,7 +322,11 @@ impl Writer {
             if let Some(ck) = &key {
                 let reused = || Answer::Fail(Error::IdempotencyKeyReused);
                 if let Some(idx) = batch_keys.get(ck) {
-                    answers.push(if events[*idx].0.request_digest.as_ref() == Some(req.digest()) { Answer::ReplayOfBatch(*idx) } else { reused() });
+                    answers.push(if events[*idx].0.request_digest.as_ref() == Some(req.digest()) {
+                        Answer::ReplayOfBatch(*idx)
+                    } else {
+                        reused()
+                    });
                     continue;
                 }
                 if let Some((seq, digest)) = self.known_key(ck) {
@@ -303,19 +345,32 @@ impl Writer {
             let version = acct.map_or(0, |a| a.version);
             if let Some(expected) = meta.expected_version {
                 if expected != version {
-                    answers.push(Answer::Fail(Error::VersionConflict { expected, actual: version }));
+                    answers.push(Answer::Fail(Error::VersionConflict {
+                        expected,
+                        actual: version,
+                    }));
                     continue;
                 }
             }
             let event_time = meta.event_time.unwrap_or(now);
             let payload = match &*req {
-                Request::Bind { facts, verdict, .. } => decide::decide_bind(acct, facts, verdict, self.rules, self.ids.next(now)),
+                Request::Bind { facts, verdict, .. } => {
+                    decide::decide_bind(acct, facts, verdict, self.rules, self.ids.next(now))
+                }
                 Request::Pay { facts, verdict, .. } => decide::decide_pay(acct, facts, verdict, self.rules, now),
                 Request::Unbind { binding_id, .. } => decide::decide_unbind(acct, *binding_id, self.rules),
-                Request::Lock { binding_id, alert_id, until, .. } => decide::decide_lock(acct, *binding_id, alert_id, *until),
-                Request::Unlock { binding_id, cause, alert_id, .. } => {
-                    decide::decide_unlock(acct, *binding_id, *cause, alert_id.as_deref(), now)
-                }
+                Request::Lock {
+                    binding_id,
+                    alert_id,
+                    until,
+                    ..
+                } => decide::decide_lock(acct, *binding_id, alert_id, *until),
+                Request::Unlock {
+                    binding_id,
+                    cause,
+                    alert_id,
+                    ..
+                } => decide::decide_unlock(acct, *binding_id, *cause, alert_id.as_deref(), now),
             };
             // The command's strings move into its event (the answer needs only its kind).
             let request_digest = Some(*req.digest());
@@ -363,13 +418,22 @@ impl Writer {
             let mut keys = Vec::with_capacity(batch_keys.len());
             for (k, idx) in batch_keys {
                 let (e, _, _) = &events[idx];
-                self.pending.insert(k.clone(), (e.seq, e.request_digest.unwrap_or_default()));
+                self.pending
+                    .insert(k.clone(), (e.seq, e.request_digest.unwrap_or_default()));
                 keys.push(k);
             }
             self.pending_batches.push_back((last, keys));
         }
-        let replies = subs.drain(..).zip(answers).map(|(s, a)| (s.request.kind(), s.reply, a)).collect();
-        Ok(Job { events, replies, started })
+        let replies = subs
+            .drain(..)
+            .zip(answers)
+            .map(|(s, a)| (s.request.kind(), s.reply, a))
+            .collect();
+        Ok(Job {
+            events,
+            replies,
+            started,
+        })
     }
 }
 
@@ -398,7 +462,10 @@ impl Flusher {
                 ready.push(job);
             }
             let mut events: usize = ready.iter().map(|j| j.events.len()).sum();
-            if let Some(c) = self.commit_delay.filter(|c| last_flush_events >= c.busy_events && events < c.batch) {
+            if let Some(c) = self
+                .commit_delay
+                .filter(|c| last_flush_events >= c.busy_events && events < c.batch)
+            {
                 self.metrics.commit_delays.fetch_add(1, Ordering::Relaxed);
                 // A sleep, not a wait on the queue: a waiting flusher would be woken by every
                 // batch the writer hands over (in an HTTP profile, waking the flusher showed in
@@ -440,7 +507,10 @@ impl Flusher {
 
     /// Publishes the events of jobs just made durable, in order.
     fn publish(&self, jobs: &[Job]) {
-        let batch: Vec<Arc<Event>> = jobs.iter().flat_map(|j| j.events.iter().map(|(e, _, _)| e.clone())).collect();
+        let batch: Vec<Arc<Event>> = jobs
+            .iter()
+            .flat_map(|j| j.events.iter().map(|(e, _, _)| e.clone()))
+            .collect();
         if batch.is_empty() {
             return;
         }
@@ -476,12 +546,22 @@ impl Flusher {
                 Answer::New(i) => {
                     let (event, bytes, hash) = &job.events[i];
                     outcomes.push((kind, event.payload.failure_code().unwrap_or("succeeded")));
-                    Ok(Committed { event: event.clone(), bytes: bytes.clone(), hash: *hash, replayed: false })
+                    Ok(Committed {
+                        event: event.clone(),
+                        bytes: bytes.clone(),
+                        hash: *hash,
+                        replayed: false,
+                    })
                 }
                 Answer::ReplayOfBatch(i) => {
                     let (event, bytes, hash) = &job.events[i];
                     self.metrics.idempotent_replays.fetch_add(1, Ordering::Relaxed);
-                    Ok(Committed { event: event.clone(), bytes: bytes.clone(), hash: *hash, replayed: true })
+                    Ok(Committed {
+                        event: event.clone(),
+                        bytes: bytes.clone(),
+                        hash: *hash,
+                        replayed: true,
+                    })
                 }
                 Answer::Replay(c) => {
                     self.metrics.idempotent_replays.fetch_add(1, Ordering::Relaxed);
@@ -505,10 +585,16 @@ mod tests {
     #[test]
     fn event_ids_are_v7_with_the_given_time_and_distinct_across_refills() {
         let mut ids = EventIds::default();
-        let now = chrono::DateTime::parse_from_rfc3339("2026-11-26T10:00:00.123Z").unwrap().with_timezone(&Utc);
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-26T10:00:00.123Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let n = 3 * EventIds::RANDOM_BYTES / 10;
         let all: std::collections::HashSet<Uuid> = (0..n).map(|_| ids.next(now)).collect();
-        assert_eq!(all.len(), n, "every id is new, also after the random buffer was read again");
+        assert_eq!(
+            all.len(),
+            n,
+            "every id is new, also after the random buffer was read again"
+        );
         for id in &all {
             assert_eq!(id.get_version_num(), 7);
             let (secs, nanos) = id.get_timestamp().expect("v7 has a time").to_unix();

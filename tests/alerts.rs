@@ -25,7 +25,11 @@ async fn bind(l: &Ledger, g: &SimulatedGateway, account: &str, n: u64) -> Uuid {
 }
 
 async fn pay(l: &Ledger, g: &SimulatedGateway, account: &str, n: u64, binding: Uuid, right_password: bool) -> Payload {
-    let password = if right_password { g.password_for(&alipay(), &phone(n)) } else { "000000-wrong".into() };
+    let password = if right_password {
+        g.password_for(&alipay(), &phone(n))
+    } else {
+        "000000-wrong".into()
+    };
     let req = PayRequest {
         binding_id: binding.to_string(),
         order_id: format!("o-{}", Uuid::now_v7()),
@@ -35,7 +39,12 @@ async fn pay(l: &Ledger, g: &SimulatedGateway, account: &str, n: u64, binding: U
         factor: None,
         common: CommonInput::default(),
     };
-    l.pay(req.validate(account, Utc::now()).unwrap()).await.unwrap().event.payload.clone()
+    l.pay(req.validate(account, Utc::now()).unwrap())
+        .await
+        .unwrap()
+        .event
+        .payload
+        .clone()
 }
 
 /// Waits until the monitor has folded every event of the log.
@@ -55,7 +64,11 @@ async fn monitor_caught_up(client: &mut Client) -> String {
 }
 
 async fn next_change(s: &mut SseStream) -> (u64, AlertChange) {
-    let msg = tokio::time::timeout(Duration::from_secs(10), s.next()).await.expect("an alert within 10 s").unwrap().expect("the feed is open");
+    let msg = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .expect("an alert within 10 s")
+        .unwrap()
+        .expect("the feed is open");
     assert_eq!(msg.event.as_deref(), Some("alert"));
     let change: AlertChange = serde_json::from_str(&msg.data).unwrap();
     let id: u64 = msg.id.unwrap().parse().unwrap();
@@ -75,7 +88,10 @@ async fn listing_filters_pages_and_the_live_feed_resumes_without_loss_or_repeats
     let server = TestServer::start(config).await;
     let (l, g) = (server.ledger.clone(), server.gateway.clone());
     // The feed, opened before anything happens.
-    let mut feed = SseStream::open(server.addr, Some(SECURITY), "/v1/alerts/stream", None).await.unwrap().expect("200");
+    let mut feed = SseStream::open(server.addr, Some(SECURITY), "/v1/alerts/stream", None)
+        .await
+        .unwrap()
+        .expect("200");
     // Ten accounts, each trying six wrong passwords: one opening and one update each.
     let mut bindings = Vec::new();
     for i in 0..10u64 {
@@ -103,36 +119,66 @@ async fn listing_filters_pages_and_the_live_feed_resumes_without_loss_or_repeats
     assert_eq!(total, 21, "ten openings, ten updates, one shared wallet");
     // Resume after the last id seen: the rest arrives, in order, nothing twice.
     let last = seen.last().unwrap().0.to_string();
-    let mut feed = SseStream::open(server.addr, Some(SECURITY), "/v1/alerts/stream", Some(&last)).await.unwrap().expect("200");
+    let mut feed = SseStream::open(server.addr, Some(SECURITY), "/v1/alerts/stream", Some(&last))
+        .await
+        .unwrap()
+        .expect("200");
     while seen.len() < total as usize {
         seen.push(next_change(&mut feed).await);
     }
     let ids: Vec<u64> = seen.iter().map(|(id, _)| *id).collect();
-    assert_eq!(ids, (1..=total).collect::<Vec<_>>(), "in order, without loss or repeats");
+    assert_eq!(
+        ids,
+        (1..=total).collect::<Vec<_>>(),
+        "in order, without loss or repeats"
+    );
     // What the feed showed is what a rebuild from the log raises.
     let events: Vec<Event> = l.raw_events(1).map(|r| decode(&r.unwrap().1).unwrap()).collect();
     let rebuilt = engine::rebuild(RuleSet::load(&rules_path).unwrap(), &events);
     assert_eq!(seen.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(), rebuilt);
     // `?after=` works like Last-Event-ID, and filters apply to the feed.
-    let mut filtered = SseStream::open(server.addr, Some(SECURITY), "/v1/alerts/stream?after=0&rule=shared_wallet", None).await.unwrap().expect("200");
+    let mut filtered = SseStream::open(
+        server.addr,
+        Some(SECURITY),
+        "/v1/alerts/stream?after=0&rule=shared_wallet",
+        None,
+    )
+    .await
+    .unwrap()
+    .expect("200");
     let (id, c) = next_change(&mut filtered).await;
-    assert_eq!((id, c.alert.rule.as_str(), c.alert.accounts.len()), (21, "shared_wallet", 3));
+    assert_eq!(
+        (id, c.alert.rule.as_str(), c.alert.accounts.len()),
+        (21, "shared_wallet", 3)
+    );
 
     // The listing: latest revisions, newest first, filtered and paged.
-    let (status, body) = client.get_json("/v1/alerts?rule=password_brute_force&limit=4").await.unwrap();
+    let (status, body) = client
+        .get_json("/v1/alerts?rule=password_brute_force&limit=4")
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     let mut all: Vec<Value> = body["alerts"].as_array().unwrap().clone();
     let mut cursor = body["next_cursor"].as_str().map(str::to_owned);
     assert_eq!(all.len(), 4);
     while let Some(c) = cursor {
-        let (_, body) = client.get_json(&format!("/v1/alerts?rule=password_brute_force&limit=4&cursor={c}")).await.unwrap();
+        let (_, body) = client
+            .get_json(&format!("/v1/alerts?rule=password_brute_force&limit=4&cursor={c}"))
+            .await
+            .unwrap();
         all.extend(body["alerts"].as_array().unwrap().iter().cloned());
         cursor = body["next_cursor"].as_str().map(str::to_owned);
     }
     assert_eq!(all.len(), 10, "every brute-force alert once across the pages");
-    let positions: Vec<u64> = all.iter().map(|a| a["id"].as_str().unwrap().rsplit('-').next().unwrap().parse().unwrap()).collect();
+    let positions: Vec<u64> = all
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().rsplit('-').next().unwrap().parse().unwrap())
+        .collect();
     assert!(positions.windows(2).all(|w| w[0] > w[1]), "newest first: {positions:?}");
-    assert!(all.iter().all(|a| a["revision"] == 2 && a["observed"] == 6), "each at its latest revision");
+    assert!(
+        all.iter().all(|a| a["revision"] == 2 && a["observed"] == 6),
+        "each at its latest revision"
+    );
     let (_, body) = client.get_json("/v1/alerts?account=acct-3").await.unwrap();
     assert_eq!(body["alerts"].as_array().unwrap().len(), 1);
     let (_, body) = client.get_json("/v1/alerts?account=ring-b").await.unwrap();
@@ -153,21 +199,34 @@ async fn listing_filters_pages_and_the_live_feed_resumes_without_loss_or_repeats
         ("/v1/alerts?cursor=garbage", "invalid_cursor"),
     ] {
         let (status, body) = client.get_json(q).await.unwrap();
-        assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some(code)), "{q}: {body}");
+        assert_eq!(
+            (status.as_u16(), body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{q}: {body}"
+        );
     }
     let (status, body) = client.get_json("/v1/alerts/password_brute_force-999999").await.unwrap();
-    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (404, Some("alert_not_found")));
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (404, Some("alert_not_found"))
+    );
     let (status, _) = server.client(READER).get_json("/v1/alerts").await.unwrap();
     assert_eq!(status, 403);
     let (status, _) = server.client(AUDITOR).get_json("/v1/alerts").await.unwrap();
     assert_eq!(status, 200, "auditors read alerts too");
     let (status, _) = Client::new(server.addr, None).get_json("/v1/alerts").await.unwrap();
     assert_eq!(status, 401);
-    match SseStream::open(server.addr, Some(WRITER), "/v1/alerts/stream", None).await.unwrap() {
+    match SseStream::open(server.addr, Some(WRITER), "/v1/alerts/stream", None)
+        .await
+        .unwrap()
+    {
         Err((status, _)) => assert_eq!(status, 403),
         Ok(_) => panic!("a writer token must not read the feed"),
     }
-    match SseStream::open(server.addr, Some(SECURITY), "/v1/alerts/stream", Some("x")).await.unwrap() {
+    match SseStream::open(server.addr, Some(SECURITY), "/v1/alerts/stream", Some("x"))
+        .await
+        .unwrap()
+    {
         Err((status, _)) => assert_eq!(status, 400),
         Ok(_) => panic!("a bad Last-Event-ID is refused"),
     }
@@ -176,14 +235,22 @@ async fn listing_filters_pages_and_the_live_feed_resumes_without_loss_or_repeats
 
 fn lock_rules(dir: &std::path::Path, lock_for: &str) -> std::path::PathBuf {
     let path = dir.join("rules.toml");
-    std::fs::write(&path, format!("# lock after a brute force\n[password_brute_force]\nlock = true\nlock_for = \"{lock_for}\"\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("# lock after a brute force\n[password_brute_force]\nlock = true\nlock_for = \"{lock_for}\"\n"),
+    )
+    .unwrap();
     path
 }
 
 async fn wait_for(l: &Ledger, what: &str, mut found: impl FnMut(&Event) -> bool) -> Event {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(e) = l.raw_events(1).map(|r| decode(&r.unwrap().1).unwrap()).find(|e| found(e)) {
+        if let Some(e) = l
+            .raw_events(1)
+            .map(|r| decode(&r.unwrap().1).unwrap())
+            .find(|e| found(e))
+        {
             return e;
         }
         assert!(Instant::now() < deadline, "no {what} within 10 s");
@@ -204,52 +271,131 @@ async fn a_brute_force_locks_the_binding_until_unlocked_or_expired() {
         pay(&l, &g, "victim", 1, b, false).await;
     }
     let locked = wait_for(&l, "lock", |e| matches!(e.payload, Payload::BindingLocked { .. })).await;
-    let Payload::BindingLocked { binding_id, alert_id, until } = &locked.payload else { unreachable!() };
+    let Payload::BindingLocked {
+        binding_id,
+        alert_id,
+        until,
+    } = &locked.payload
+    else {
+        unreachable!()
+    };
     assert_eq!(*binding_id, b);
     assert_eq!(alert_id, &format!("password_brute_force-{}", locked.seq - 1));
-    assert_eq!(locked.idempotency_key.as_deref(), Some(format!("lock:{alert_id}").as_str()), "keyed by the alert: never twice");
+    assert_eq!(
+        locked.idempotency_key.as_deref(),
+        Some(format!("lock:{alert_id}").as_str()),
+        "keyed by the alert: never twice"
+    );
     assert_eq!(locked.correlation_id.as_deref(), Some(alert_id.as_str()));
     assert_eq!(locked.context.channel, "monitor");
     assert!(*until > Utc::now());
     // The right password now fails with the typed reason; the other binding still pays.
     match pay(&l, &g, "victim", 1, b, true).await {
-        Payload::PaymentFailed { reason: bindledger_events::PaymentFailure::BindingLocked { alert_id: a, .. }, .. } => assert_eq!(&a, alert_id),
+        Payload::PaymentFailed {
+            reason: bindledger_events::PaymentFailure::BindingLocked { alert_id: a, .. },
+            ..
+        } => assert_eq!(&a, alert_id),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(pay(&l, &g, "victim", 2, other, true).await, Payload::PaymentSucceeded { .. }));
+    assert!(matches!(
+        pay(&l, &g, "victim", 2, other, true).await,
+        Payload::PaymentSucceeded { .. }
+    ));
     // Over HTTP: the binding shows its lock; a writer may not unlock; security may.
     let mut client = server.client(ALL);
     let (_, view) = client.get_json("/v1/accounts/victim/bindings").await.unwrap();
-    let shown = view["bindings"].as_array().unwrap().iter().find(|x| x["binding_id"] == b.to_string()).unwrap().clone();
+    let shown = view["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["binding_id"] == b.to_string())
+        .unwrap()
+        .clone();
     assert_eq!(shown["lock"]["alert_id"], alert_id.as_str());
     let path = format!("/v1/accounts/victim/bindings/{b}/unlock");
-    let (status, _) = server.client(WRITER).post_json(&path, &json!({"confirm": true})).await.unwrap();
+    let (status, _) = server
+        .client(WRITER)
+        .post_json(&path, &json!({"confirm": true}))
+        .await
+        .unwrap();
     assert_eq!(status, 403);
     let (status, body) = server.client(SECURITY).post_json(&path, &json!({})).await.unwrap();
-    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some("confirmation_required")));
-    let (status, body) = server.client(SECURITY).post_json(&path, &json!({"confirm": true})).await.unwrap();
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (400, Some("confirmation_required"))
+    );
+    let (status, body) = server
+        .client(SECURITY)
+        .post_json(&path, &json!({"confirm": true}))
+        .await
+        .unwrap();
     assert_eq!(status, 201, "{body}");
-    assert_eq!((body["event_type"].as_str(), body["event"]["payload"]["cause"].as_str()), (Some("binding_unlocked"), Some("manual")));
-    let (status, body) = server.client(SECURITY).post_json(&path, &json!({"confirm": true})).await.unwrap();
-    assert_eq!((status.as_u16(), body["failure_code"].as_str()), (201, Some("not_locked")));
-    assert!(matches!(pay(&l, &g, "victim", 1, b, true).await, Payload::PaymentSucceeded { .. }), "paying again after the unlock");
+    assert_eq!(
+        (body["event_type"].as_str(), body["event"]["payload"]["cause"].as_str()),
+        (Some("binding_unlocked"), Some("manual"))
+    );
+    let (status, body) = server
+        .client(SECURITY)
+        .post_json(&path, &json!({"confirm": true}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.as_u16(), body["failure_code"].as_str()),
+        (201, Some("not_locked"))
+    );
+    assert!(
+        matches!(
+            pay(&l, &g, "victim", 1, b, true).await,
+            Payload::PaymentSucceeded { .. }
+        ),
+        "paying again after the unlock"
+    );
 
     // A second brute force on another account: this lock runs out (4 s) and the monitor lifts it.
     let c = bind(&l, &g, "victim-2", 3).await;
     for _ in 0..5 {
         pay(&l, &g, "victim-2", 3, c, false).await;
     }
-    let locked = wait_for(&l, "second lock", |e| e.account == "victim-2" && matches!(e.payload, Payload::BindingLocked { .. })).await;
-    assert_eq!(pay(&l, &g, "victim-2", 3, c, true).await.failure_code(), Some("binding_locked"));
-    let unlocked = wait_for(&l, "expiry", |e| e.account == "victim-2" && matches!(e.payload, Payload::BindingUnlocked { .. })).await;
-    let Payload::BindingUnlocked { cause, alert_id, .. } = &unlocked.payload else { unreachable!() };
+    let locked = wait_for(&l, "second lock", |e| {
+        e.account == "victim-2" && matches!(e.payload, Payload::BindingLocked { .. })
+    })
+    .await;
+    assert_eq!(
+        pay(&l, &g, "victim-2", 3, c, true).await.failure_code(),
+        Some("binding_locked")
+    );
+    let unlocked = wait_for(&l, "expiry", |e| {
+        e.account == "victim-2" && matches!(e.payload, Payload::BindingUnlocked { .. })
+    })
+    .await;
+    let Payload::BindingUnlocked { cause, alert_id, .. } = &unlocked.payload else {
+        unreachable!()
+    };
     assert_eq!(*cause, UnlockCause::Expired);
-    let Payload::BindingLocked { until, alert_id: lock_alert, .. } = &locked.payload else { unreachable!() };
+    let Payload::BindingLocked {
+        until,
+        alert_id: lock_alert,
+        ..
+    } = &locked.payload
+    else {
+        unreachable!()
+    };
     assert_eq!(alert_id, lock_alert);
     assert!(unlocked.event_time >= *until, "lifted only once due");
-    assert!(matches!(pay(&l, &g, "victim-2", 3, c, true).await, Payload::PaymentSucceeded { .. }));
+    assert!(matches!(
+        pay(&l, &g, "victim-2", 3, c, true).await,
+        Payload::PaymentSucceeded { .. }
+    ));
     // Exactly one lock per alert, however often the monitor looked.
-    let locks = l.raw_events(1).filter(|r| matches!(decode(&r.as_ref().unwrap().1).unwrap().payload, Payload::BindingLocked { .. })).count();
+    let locks = l
+        .raw_events(1)
+        .filter(|r| {
+            matches!(
+                decode(&r.as_ref().unwrap().1).unwrap().payload,
+                Payload::BindingLocked { .. }
+            )
+        })
+        .count();
     assert_eq!(locks, 2);
     server.shutdown().await;
 }
@@ -275,7 +421,11 @@ fn a_bad_rules_file_is_refused_at_start_naming_the_line() {
 
 /// Commands an attacker-heavy population sends, over HTTP: binds (some with a wrong password,
 /// some with frozen or closed wallets), payments with wrong and right passwords, unbinds.
-fn command(rng: &mut bindledger::demo::Rng, g: &SimulatedGateway, bound: &Mutex<Vec<(String, u64, String)>>) -> (String, Value) {
+fn command(
+    rng: &mut bindledger::demo::Rng,
+    g: &SimulatedGateway,
+    bound: &Mutex<Vec<(String, u64, String)>>,
+) -> (String, Value) {
     let account = format!("acct-{}", rng.below(6));
     let known = bound.lock().unwrap().iter().find(|(a, _, _)| *a == account).cloned();
     let roll = rng.below(10);
@@ -283,33 +433,56 @@ fn command(rng: &mut bindledger::demo::Rng, g: &SimulatedGateway, bound: &Mutex<
         Some((_, n, b)) if roll >= 3 => {
             let order = format!("o{}", rng.below(1 << 40));
             match roll {
-                3..=5 => (format!("/v1/accounts/{account}/payments"), json!({"binding_id": b, "order_id": order, "amount_minor": 100 + rng.below(400_000), "payment_password": "wrong-password"})),
+                3..=5 => (
+                    format!("/v1/accounts/{account}/payments"),
+                    json!({"binding_id": b, "order_id": order, "amount_minor": 100 + rng.below(400_000), "payment_password": "wrong-password"}),
+                ),
                 6..=8 => (
                     format!("/v1/accounts/{account}/payments"),
                     json!({"binding_id": b, "order_id": order, "amount_minor": 100 + rng.below(200_000), "payment_password": g.password_for(&alipay(), &phone(n))}),
                 ),
-                _ => (format!("/v1/accounts/{account}/bindings/{b}/unbind"), json!({"confirm": true})),
+                _ => (
+                    format!("/v1/accounts/{account}/bindings/{b}/unbind"),
+                    json!({"confirm": true}),
+                ),
             }
         }
         _ => {
             let n = rng.below(8);
-            let password = if rng.chance(200) { "bad".to_owned() } else { g.password_for(&alipay(), &phone(n)) };
-            (format!("/v1/accounts/{account}/bindings"), json!({"provider": "alipay", "wallet_account": phone(n), "payment_password": password}))
+            let password = if rng.chance(200) {
+                "bad".to_owned()
+            } else {
+                g.password_for(&alipay(), &phone(n))
+            };
+            (
+                format!("/v1/accounts/{account}/bindings"),
+                json!({"provider": "alipay", "wallet_account": phone(n), "payment_password": password}),
+            )
         }
     }
 }
 
-async fn workload(addr: std::net::SocketAddr, g: Arc<SimulatedGateway>, seed: u64, until: Instant, bound: Arc<Mutex<Vec<(String, u64, String)>>>) {
+async fn workload(
+    addr: std::net::SocketAddr,
+    g: Arc<SimulatedGateway>,
+    seed: u64,
+    until: Instant,
+    bound: Arc<Mutex<Vec<(String, u64, String)>>>,
+) {
     let mut rng = bindledger::demo::Rng(seed);
     let mut client = Client::new(addr, Some(ALL.into()));
     while Instant::now() < until {
         let (path, body) = command(&mut rng, &g, &bound);
         match client.post_json(&path, &body).await {
             Ok((_, v)) => {
-                if let (Some("wallet_bound"), Some(b)) = (v["event_type"].as_str(), v["event"]["payload"]["binding_id"].as_str()) {
+                if let (Some("wallet_bound"), Some(b)) =
+                    (v["event_type"].as_str(), v["event"]["payload"]["binding_id"].as_str())
+                {
                     let account = v["event"]["account"].as_str().unwrap().to_owned();
                     let masked = v["event"]["payload"]["wallet"]["masked"].as_str().unwrap().to_owned();
-                    let n = (0..8).find(|n| phone(*n).ends_with(&masked[masked.len() - 4..])).unwrap_or(0);
+                    let n = (0..8)
+                        .find(|n| phone(*n).ends_with(&masked[masked.len() - 4..]))
+                        .unwrap_or(0);
                     bound.lock().unwrap().push((account, n, b.to_owned()));
                 }
                 if v["event_type"] == "wallet_unbound" {
@@ -326,7 +499,9 @@ async fn workload(addr: std::net::SocketAddr, g: Arc<SimulatedGateway>, seed: u6
 /// `stop` is set.
 async fn follow(addr: std::net::SocketAddr, after: Option<u64>, seen: Arc<Mutex<Vec<AlertChange>>>) {
     let after = after.map(|a| a.to_string());
-    let Ok(Ok(mut feed)) = SseStream::open(addr, Some(ALL), "/v1/alerts/stream", after.as_deref()).await else { return };
+    let Ok(Ok(mut feed)) = SseStream::open(addr, Some(ALL), "/v1/alerts/stream", after.as_deref()).await else {
+        return;
+    };
     while let Ok(Some(msg)) = feed.next().await {
         seen.lock().unwrap().push(serde_json::from_str(&msg.data).unwrap());
     }
@@ -345,7 +520,10 @@ async fn alerts_rebuilt_from_the_log_equal_the_live_ones_across_a_sigkill() {
     scenario.frozen_per_mille = 150;
     scenario.closed_per_mille = 100;
     let g = Arc::new(SimulatedGateway::new(scenario));
-    let env = [("BINDLEDGER_CONFIG", config.to_str().unwrap()), ("BINDLEDGER_ALERT_RULES", rules_path.to_str().unwrap())];
+    let env = [
+        ("BINDLEDGER_CONFIG", config.to_str().unwrap()),
+        ("BINDLEDGER_ALERT_RULES", rules_path.to_str().unwrap()),
+    ];
     let seen: Arc<Mutex<Vec<AlertChange>>> = Default::default();
     let bound: Arc<Mutex<Vec<(String, u64, String)>>> = Default::default();
 
@@ -353,7 +531,9 @@ async fn alerts_rebuilt_from_the_log_equal_the_live_ones_across_a_sigkill() {
     let server = spawn_server(&data, &log, &env);
     let feed = tokio::spawn(follow(server.addr, None, seen.clone()));
     let until = Instant::now() + Duration::from_secs(4);
-    let clients: Vec<_> = (0..6).map(|i| tokio::spawn(workload(server.addr, g.clone(), 100 + i, until, bound.clone()))).collect();
+    let clients: Vec<_> = (0..6)
+        .map(|i| tokio::spawn(workload(server.addr, g.clone(), 100 + i, until, bound.clone())))
+        .collect();
     let kill_at = 1500 + (std::process::id() as u64 % 1500);
     tokio::time::sleep(Duration::from_millis(kill_at)).await;
     server.kill();
@@ -369,7 +549,9 @@ async fn alerts_rebuilt_from_the_log_equal_the_live_ones_across_a_sigkill() {
     let last = seen.lock().unwrap().last().map(|c| c.stream_seq);
     let feed = tokio::spawn(follow(server.addr, last, seen.clone()));
     let until = Instant::now() + Duration::from_secs(3);
-    let clients: Vec<_> = (0..6).map(|i| tokio::spawn(workload(server.addr, g.clone(), 200 + i, until, bound.clone()))).collect();
+    let clients: Vec<_> = (0..6)
+        .map(|i| tokio::spawn(workload(server.addr, g.clone(), 200 + i, until, bound.clone())))
+        .collect();
     for c in clients {
         c.await.unwrap();
     }
@@ -395,16 +577,26 @@ async fn alerts_rebuilt_from_the_log_equal_the_live_ones_across_a_sigkill() {
     let events: Vec<Event> = store.scan_events(1).map(|r| decode(&r.unwrap().1).unwrap()).collect();
     let rebuilt = engine::rebuild(rules, &events);
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), rebuilt.len(), "the feed saw every change ({before_kill} before the kill)");
+    assert_eq!(
+        seen.len(),
+        rebuilt.len(),
+        "the feed saw every change ({before_kill} before the kill)"
+    );
     assert_eq!(seen, rebuilt);
     let rules_fired: std::collections::BTreeSet<&str> = rebuilt.iter().map(|c| c.alert.rule.as_str()).collect();
     assert!(rules_fired.contains("password_brute_force"), "{rules_fired:?}");
     // Each lock the alerts asked for is in the log once.
-    let lock_alerts: Vec<&str> = rebuilt.iter().filter(|c| c.change == "opened" && c.alert.lock.is_some()).map(|c| c.alert.id.as_str()).collect();
+    let lock_alerts: Vec<&str> = rebuilt
+        .iter()
+        .filter(|c| c.change == "opened" && c.alert.lock.is_some())
+        .map(|c| c.alert.id.as_str())
+        .collect();
     let locks: Vec<String> = events
         .iter()
         .filter_map(|e| match &e.payload {
-            Payload::BindingLocked { alert_id, .. } | Payload::BindingLockFailed { alert_id, .. } => Some(alert_id.clone()),
+            Payload::BindingLocked { alert_id, .. } | Payload::BindingLockFailed { alert_id, .. } => {
+                Some(alert_id.clone())
+            }
             _ => None,
         })
         .collect();
@@ -414,7 +606,12 @@ async fn alerts_rebuilt_from_the_log_equal_the_live_ones_across_a_sigkill() {
     assert_eq!(unique.len(), locks.len(), "no alert locked twice: {locks:?}");
     assert!(locks.len() <= lock_alerts.len());
     assert!(!locks.is_empty(), "some locks were made");
-    eprintln!("{} events, {} alert changes ({before_kill} seen before the kill), {} locks, rules fired: {rules_fired:?}", events.len(), rebuilt.len(), locks.len());
+    eprintln!(
+        "{} events, {} alert changes ({before_kill} seen before the kill), {} locks, rules fired: {rules_fired:?}",
+        events.len(),
+        rebuilt.len(),
+        locks.len()
+    );
 }
 
 /// `bindledger serve` on a fixed port (so a follower can reconnect to it after a restart).
@@ -430,7 +627,9 @@ fn serve_on(port: u16, data: &std::path::Path, log: &std::path::Path) -> std::pr
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert!(line.starts_with("listening on"), "{line}");
     child
 }
@@ -439,12 +638,18 @@ async fn brute_force(addr: std::net::SocketAddr, account: &str, n: u64, tries: u
     let g = SimulatedGateway::new(bindledger::config::Config::default().gateway.simulated);
     let mut c = Client::new(addr, Some(ALL.into()));
     let body = json!({"provider": "alipay", "wallet_account": phone(n), "payment_password": g.password_for(&alipay(), &phone(n))});
-    let (status, v) = c.post_json(&format!("/v1/accounts/{account}/bindings"), &body).await.unwrap();
+    let (status, v) = c
+        .post_json(&format!("/v1/accounts/{account}/bindings"), &body)
+        .await
+        .unwrap();
     assert_eq!(v["event_type"], "wallet_bound", "{status} {v}");
     let b = v["event"]["payload"]["binding_id"].as_str().unwrap().to_owned();
     for i in 0..tries {
-        let pay = json!({"binding_id": b, "order_id": format!("o-{i}"), "amount_minor": 100, "payment_password": "wrong"});
-        c.post_json(&format!("/v1/accounts/{account}/payments"), &pay).await.unwrap();
+        let pay =
+            json!({"binding_id": b, "order_id": format!("o-{i}"), "amount_minor": 100, "payment_password": "wrong"});
+        c.post_json(&format!("/v1/accounts/{account}/payments"), &pay)
+            .await
+            .unwrap();
     }
 }
 
@@ -464,12 +669,32 @@ async fn the_cli_lists_and_follows_alerts_across_a_server_restart() {
     brute_force(addr, "mallet", 4, 5).await; // stream seq 2
     monitor_caught_up(&mut Client::new(addr, Some(ALL.into()))).await;
     // Listing, as JSON lines.
-    let (code, out, err) = run_cli(&["alerts", "--url", &url, "--token", ALL, "--json", "--rule", "password_brute_force"]);
+    let (code, out, err) = run_cli(&[
+        "alerts",
+        "--url",
+        &url,
+        "--token",
+        ALL,
+        "--json",
+        "--rule",
+        "password_brute_force",
+    ]);
     assert_eq!(code, 0, "{err}");
-    let listed: Vec<Value> = String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let listed: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(listed.len(), 2);
-    assert_eq!((listed[1]["id"].as_str(), listed[1]["revision"].as_u64()), (Some("password_brute_force-6"), Some(1)));
-    assert_eq!((listed[0]["key"]["value"].as_str(), listed[0]["revision"].as_u64()), (Some("mallet"), Some(1)), "newest first");
+    assert_eq!(
+        (listed[1]["id"].as_str(), listed[1]["revision"].as_u64()),
+        (Some("password_brute_force-6"), Some(1))
+    );
+    assert_eq!(
+        (listed[0]["key"]["value"].as_str(), listed[0]["revision"].as_u64()),
+        (Some("mallet"), Some(1)),
+        "newest first"
+    );
     // Following: the two changes so far, then the server is killed and restarted, and the
     // follower carries on after the last id it printed.
     let mut follower = std::process::Command::new(binary())
@@ -487,7 +712,13 @@ async fn the_cli_lists_and_follows_alerts_across_a_server_restart() {
             }
         }
     });
-    let next = || -> AlertChange { serde_json::from_str(&rx.recv_timeout(Duration::from_secs(15)).expect("a line from the follower")).unwrap() };
+    let next = || -> AlertChange {
+        serde_json::from_str(
+            &rx.recv_timeout(Duration::from_secs(15))
+                .expect("a line from the follower"),
+        )
+        .unwrap()
+    };
     let mut seen = vec![next(), next()];
     server.kill().unwrap();
     server.wait().unwrap();
@@ -496,8 +727,15 @@ async fn the_cli_lists_and_follows_alerts_across_a_server_restart() {
     seen.push(next());
     brute_force(addr, "oscar", 3, 5).await; // stream seq 4
     seen.push(next());
-    assert_eq!(seen.iter().map(|c| c.stream_seq).collect::<Vec<_>>(), vec![1, 2, 3, 4], "nothing missed, nothing twice");
-    assert_eq!(seen.iter().map(|c| c.alert.key.value.as_str()).collect::<Vec<_>>(), vec!["mallory", "mallet", "trudy", "oscar"]);
+    assert_eq!(
+        seen.iter().map(|c| c.stream_seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4],
+        "nothing missed, nothing twice"
+    );
+    assert_eq!(
+        seen.iter().map(|c| c.alert.key.value.as_str()).collect::<Vec<_>>(),
+        vec!["mallory", "mallet", "trudy", "oscar"]
+    );
     assert!(rx.recv_timeout(Duration::from_millis(500)).is_err(), "nothing more");
     // `status` shows the monitor.
     let (code, out, err) = run_cli(&["status", "--url", &url, "--token", ALL, "--json"]);
@@ -510,7 +748,11 @@ async fn the_cli_lists_and_follows_alerts_across_a_server_restart() {
     let opened = st["monitor"]["opened"]["password_brute_force"].as_u64().unwrap();
     assert!((2..=4).contains(&opened), "{st}");
     let (_, out, _) = run_cli(&["status", "--url", &url, "--token", ALL]);
-    assert!(String::from_utf8_lossy(&out).contains(&format!("opened: password_brute_force {opened}")), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        String::from_utf8_lossy(&out).contains(&format!("opened: password_brute_force {opened}")),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
     follower.kill().unwrap();
     follower.wait().unwrap();
     server.kill().unwrap();

@@ -15,8 +15,12 @@ fn a_live_log_is_refused_to_offline_tools_and_a_stopped_one_exports_and_verifies
     rt.block_on(async {
         let mut c = bindledger::client::Client::new(server.addr, Some(ALL.into()));
         for i in 0..5 {
-            let body = serde_json::json!({"provider": "wechat_pay", "wallet_account": phone(i), "payment_password": "000000"});
-            let (status, _) = c.post_json(&format!("/v1/accounts/u{i}/bindings"), &body).await.unwrap();
+            let body =
+                serde_json::json!({"provider": "wechat_pay", "wallet_account": phone(i), "payment_password": "000000"});
+            let (status, _) = c
+                .post_json(&format!("/v1/accounts/u{i}/bindings"), &body)
+                .await
+                .unwrap();
             assert_eq!(status.as_u16(), 201);
         }
     });
@@ -26,7 +30,13 @@ fn a_live_log_is_refused_to_offline_tools_and_a_stopped_one_exports_and_verifies
     server.kill();
 
     let out = dir.path().join("events.ndjson");
-    let (code, _, stderr) = run_cli(&["export", "--data-dir", data.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let (code, _, stderr) = run_cli(&[
+        "export",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("exported 5 events"), "{stderr}");
     let text = std::fs::read_to_string(&out).unwrap();
@@ -50,14 +60,30 @@ fn without_configured_tokens_an_admin_token_is_created() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(data.join("admin.token")).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::metadata(data.join("secret.key")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(data.join("admin.token"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(data.join("secret.key")).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (status, _) = bindledger::client::Client::new(server.addr, Some(token.trim().into())).get_json("/v1/accounts/x/bindings").await.unwrap();
+        let (status, _) = bindledger::client::Client::new(server.addr, Some(token.trim().into()))
+            .get_json("/v1/accounts/x/bindings")
+            .await
+            .unwrap();
         assert_eq!(status.as_u16(), 200);
-        let (status, _) = bindledger::client::Client::new(server.addr, None).get_json("/v1/accounts/x/bindings").await.unwrap();
+        let (status, _) = bindledger::client::Client::new(server.addr, None)
+            .get_json("/v1/accounts/x/bindings")
+            .await
+            .unwrap();
         assert_eq!(status.as_u16(), 401);
     });
 }
@@ -67,7 +93,10 @@ fn a_bad_configuration_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "data_dir = \"x\"\n[writer]\nbatch_maxx = 3\n").unwrap();
-    let out = Command::new(binary()).args(["serve", "--config", config.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("batch_maxx") && stderr.contains("bad.toml"), "{stderr}");
@@ -86,8 +115,14 @@ fn sim_wallet_tells_what_the_simulated_provider_expects() {
     let out = String::from_utf8(out).unwrap();
     let g = SimulatedGateway::new(Scenario::default());
     let p = bindledger_events::Provider::parse("wechat_pay").unwrap();
-    assert!(out.contains(&format!("payment_password:  {}", g.password_for(&p, "13900001111"))), "{out}");
-    assert!(out.contains(&format!("{:?}", g.wallet_status(&p, "13900001111"))), "{out}");
+    assert!(
+        out.contains(&format!("payment_password:  {}", g.password_for(&p, "13900001111"))),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{:?}", g.wallet_status(&p, "13900001111"))),
+        "{out}"
+    );
 }
 
 #[test]
@@ -103,13 +138,27 @@ fn the_demo_runs_raises_alerts_and_leaves_a_log_that_verifies() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    for needle in ["ALERT high", "== outcomes after", "payment_succeeded", "== hash chain:", "== alerts", "protective locks:"] {
+    for needle in [
+        "ALERT high",
+        "== outcomes after",
+        "payment_succeeded",
+        "== hash chain:",
+        "== alerts",
+        "protective locks:",
+    ] {
         assert!(text.contains(needle), "no {needle:?} in the demo's output:\n{text}");
     }
     // The command it prints to check the log works, alerts included.
     let rules = data.join("demo-rules.toml");
     assert!(text.contains(&format!("--rules {}", rules.display())), "{text}");
-    let (code, out, err) = run_cli(&["verify", "--data-dir", data.to_str().unwrap(), "--rules", rules.to_str().unwrap(), "--json"]);
+    let (code, out, err) = run_cli(&[
+        "verify",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(report["alerts_match"], true, "{report}");
@@ -141,8 +190,14 @@ fn the_benchmark_measures_every_row_and_each_round_of_its_baseline() {
     assert_eq!(code, 0, "{stderr}");
     let out = String::from_utf8(stdout).unwrap();
     let row = |name: &str| -> Vec<String> {
-        let line = out.lines().find(|l| l.starts_with(&format!("| {name}"))).unwrap_or_else(|| panic!("no row {name:?} in\n{out}"));
-        line.split('|').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect()
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name}")))
+            .unwrap_or_else(|| panic!("no row {name:?} in\n{out}"));
+        line.split('|')
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect()
     };
     // Every command of every round became one durable event (the run checks the log too).
     let lib = row("library: Ledger::pay");
@@ -150,7 +205,11 @@ fn the_benchmark_measures_every_row_and_each_round_of_its_baseline() {
     assert!(lib[7].contains("3 rounds"), "{out}");
     assert_eq!(row("HTTP: POST")[1], "300", "{out}");
     // The baseline wrote all its events across the rounds; the rows for context wrote them all.
-    assert_eq!(row("raw sled, chunks of 128 (the ledger's layout), after each library round")[1], "600", "{out}");
+    assert_eq!(
+        row("raw sled, chunks of 128 (the ledger's layout), after each library round")[1],
+        "600",
+        "{out}"
+    );
     assert_eq!(row("raw sled, one key per event")[1], "600", "{out}");
     for r in [row("library: Ledger::pay"), row("HTTP: POST")] {
         let rate: f64 = r[3].parse().unwrap();
@@ -158,15 +217,31 @@ fn the_benchmark_measures_every_row_and_each_round_of_its_baseline() {
         assert!(rate > 0.0 && ratio > 0.0, "{out}");
     }
     // One ratio per round, and their median.
-    let rounds = out.lines().find(|l| l.starts_with("Library / raw sled by round:")).unwrap_or_else(|| panic!("no rounds line in\n{out}"));
-    let ratios: Vec<f64> = rounds.split(';').filter_map(|part| part.split(" = ").nth(1)).map(|r| r.split_whitespace().next().unwrap().parse().unwrap()).collect();
+    let rounds = out
+        .lines()
+        .find(|l| l.starts_with("Library / raw sled by round:"))
+        .unwrap_or_else(|| panic!("no rounds line in\n{out}"));
+    let ratios: Vec<f64> = rounds
+        .split(';')
+        .filter_map(|part| part.split(" = ").nth(1))
+        .map(|r| r.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
     assert_eq!(ratios.len(), 3, "{rounds}");
     let mut sorted = ratios.clone();
     sorted.sort_by(f64::total_cmp);
-    assert!(rounds.trim_end_matches('.').ends_with(&format!("median {:.2}", sorted[1])), "{rounds}");
+    assert!(
+        rounds
+            .trim_end_matches('.')
+            .ends_with(&format!("median {:.2}", sorted[1])),
+        "{rounds}"
+    );
     // The logs stay where they were asked to go.
     for sub in ["lib", "http", "same-0", "same-1", "same-2"] {
-        assert!(dir.path().join(sub).exists(), "{sub} missing under {}", dir.path().display());
+        assert!(
+            dir.path().join(sub).exists(),
+            "{sub} missing under {}",
+            dir.path().display()
+        );
     }
 }
 
@@ -177,9 +252,21 @@ fn the_demo_banner_names_the_token_that_exists() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let out = std::process::Command::new(binary())
-        .args(["demo", "--duration-s", "1", "--shoppers", "40", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "demo",
+            "--duration-s",
+            "1",
+            "--shoppers",
+            "40",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
-        .env("BINDLEDGER_TOKENS", "writer+reader+auditor+security:configured-token-0123456789")
+        .env(
+            "BINDLEDGER_TOKENS",
+            "writer+reader+auditor+security:configured-token-0123456789",
+        )
         .env_remove("BINDLEDGER_KAFKA_BROKERS")
         .output()
         .unwrap();
@@ -188,7 +275,10 @@ fn the_demo_banner_names_the_token_that_exists() {
     assert!(!data.join("admin.token").exists());
     let banner: String = text.lines().take(6).collect::<Vec<_>>().join("\n");
     assert!(!banner.contains("admin.token") && banner.contains("$TOKEN"), "{banner}");
-    assert!(!text.contains("configured-token-0123456789"), "the token itself is not printed");
+    assert!(
+        !text.contains("configured-token-0123456789"),
+        "the token itself is not printed"
+    );
 }
 
 /// `bindledger export --checkpoints FILE`: a stopped ledger's signed checkpoints, offline, as
@@ -201,8 +291,15 @@ fn export_writes_the_stored_checkpoints_beside_the_log() {
     rt.block_on(async {
         let mut config = test_config(&data);
         config.checkpoints.every_events = 3;
-        let g = std::sync::Arc::new(bindledger::gateway::SimulatedGateway::new(config.gateway.simulated.clone()));
-        let node = bindledger::node::Node::start(&config, bindledger::secret::LedgerSecret::from_bytes([5; 32]), g.clone()).unwrap();
+        let g = std::sync::Arc::new(bindledger::gateway::SimulatedGateway::new(
+            config.gateway.simulated.clone(),
+        ));
+        let node = bindledger::node::Node::start(
+            &config,
+            bindledger::secret::LedgerSecret::from_bytes([5; 32]),
+            g.clone(),
+        )
+        .unwrap();
         for a in 0..10 {
             bind_wallet(&node.ledger, &g, &format!("acct-{a}"), a).await;
             tokio::time::sleep(std::time::Duration::from_millis(30)).await;
@@ -210,14 +307,29 @@ fn export_writes_the_stored_checkpoints_beside_the_log() {
         node.stop().await;
     });
     let cps = dir.path().join("cps.ndjson");
-    let (code, out, err) = run_cli(&["export", "--data-dir", data.to_str().unwrap(), "--checkpoints", cps.to_str().unwrap()]);
+    let (code, out, err) = run_cli(&[
+        "export",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--checkpoints",
+        cps.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(String::from_utf8(out).unwrap().lines().count(), 10);
     let store = bindledger::store::Store::open(&data).unwrap();
-    let stored = bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree()).all().unwrap();
+    let stored = bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree())
+        .all()
+        .unwrap();
     assert!(stored.len() >= 2);
-    let written: Vec<bindledger::checkpoint::SignedCheckpoint> = std::fs::read_to_string(&cps).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(written.iter().map(|c| (c.seq, c.head)).collect::<Vec<_>>(), stored.iter().map(|c| (c.seq, c.head)).collect::<Vec<_>>());
+    let written: Vec<bindledger::checkpoint::SignedCheckpoint> = std::fs::read_to_string(&cps)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        written.iter().map(|c| (c.seq, c.head)).collect::<Vec<_>>(),
+        stored.iter().map(|c| (c.seq, c.head)).collect::<Vec<_>>()
+    );
 }
 
 /// Regression (issue 15): `bindledger export … | head` ended with `Broken pipe`, exit 1, and
@@ -230,8 +342,15 @@ fn a_closed_pipe_ends_quietly() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let addr = rt.block_on(async {
         let config = test_config(&data);
-        let g = std::sync::Arc::new(bindledger::gateway::SimulatedGateway::new(config.gateway.simulated.clone()));
-        let node = bindledger::node::Node::start(&config, bindledger::secret::LedgerSecret::from_bytes([5; 32]), g.clone()).unwrap();
+        let g = std::sync::Arc::new(bindledger::gateway::SimulatedGateway::new(
+            config.gateway.simulated.clone(),
+        ));
+        let node = bindledger::node::Node::start(
+            &config,
+            bindledger::secret::LedgerSecret::from_bytes([5; 32]),
+            g.clone(),
+        )
+        .unwrap();
         for a in 0..300 {
             bind_wallet(&node.ledger, &g, &format!("acct-{a}"), a).await;
         }
@@ -239,20 +358,43 @@ fn a_closed_pipe_ends_quietly() {
     });
     let _ = addr;
     let replay = binary().with_file_name("bindledger-replay");
-    let mut cases: Vec<(std::path::PathBuf, Vec<String>)> = vec![(binary(), vec!["export".into(), "--data-dir".into(), data.display().to_string()])];
+    let mut cases: Vec<(std::path::PathBuf, Vec<String>)> = vec![(
+        binary(),
+        vec!["export".into(), "--data-dir".into(), data.display().to_string()],
+    )];
     if replay.exists() {
-        cases.push((replay, vec!["history".into(), "--account".into(), "acct-1".into(), "--json".into(), "--data-dir".into(), data.display().to_string()]));
+        cases.push((
+            replay,
+            vec![
+                "history".into(),
+                "--account".into(),
+                "acct-1".into(),
+                "--json".into(),
+                "--data-dir".into(),
+                data.display().to_string(),
+            ],
+        ));
     }
     for (bin, args) in cases {
-        let mut child = std::process::Command::new(&bin).args(&args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut child = std::process::Command::new(&bin)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut first = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
         assert!(!first.is_empty());
         // The reader is gone (as `head -1` is after its line).
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
-        assert!(!err.contains("Broken pipe") && !err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            !err.contains("Broken pipe") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
     }
 }
 
@@ -263,7 +405,16 @@ fn the_demo_runs_with_a_small_population() {
     for shoppers in ["0", "10"] {
         let dir = tempfile::tempdir().unwrap();
         let out = std::process::Command::new(binary())
-            .args(["demo", "--duration-s", "2", "--shoppers", shoppers, "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "demo",
+                "--duration-s",
+                "2",
+                "--shoppers",
+                shoppers,
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(dir.path().join("data"))
             .env_remove("BINDLEDGER_KAFKA_BROKERS")
             .output()
@@ -319,7 +470,12 @@ fn hostnames_work_in_listen_and_url() {
         .unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    let addr: std::net::SocketAddr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{line}")).parse().unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
     assert!(addr.ip().is_loopback(), "{addr}");
     let url = format!("http://localhost:{}", addr.port());
     let (code, out, err) = run_cli(&["status", "--json", "--url", &url, "--token", ALL]);
@@ -346,24 +502,58 @@ async fn unlock_lifts_a_lock_from_the_command_line() {
         expected_version: None,
         correlation_id: None,
         event_time: None,
-        context: bindledger_events::Context { channel: "monitor".into(), ..Default::default() },
+        context: bindledger_events::Context {
+            channel: "monitor".into(),
+            ..Default::default()
+        },
     };
     let until = chrono::Utc::now() + chrono::Duration::minutes(30);
-    let cmd = bindledger::command::LockCommand { meta, binding_id: binding, alert_id: "password_brute_force-1".into(), until };
+    let cmd = bindledger::command::LockCommand {
+        meta,
+        binding_id: binding,
+        alert_id: "password_brute_force-1".into(),
+        until,
+    };
     let locked = server.ledger.lock(cmd).await.unwrap();
     assert_eq!(locked.event.event_type(), "binding_locked");
     let url = format!("http://{}", server.addr);
     let b = binding.to_string();
-    let args = |u: &str, b: &str| vec!["unlock".to_owned(), "--url".into(), u.to_owned(), "--token".into(), SECURITY.into(), "--account".into(), "victim".into(), "--binding".into(), b.to_owned()];
+    let args = |u: &str, b: &str| {
+        vec![
+            "unlock".to_owned(),
+            "--url".into(),
+            u.to_owned(),
+            "--token".into(),
+            SECURITY.into(),
+            "--account".into(),
+            "victim".into(),
+            "--binding".into(),
+            b.to_owned(),
+        ]
+    };
     let a = args(&url, &b);
-    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&a.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run_cli(&a.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .unwrap();
     assert_eq!(code, 0, "{err}");
-    assert!(String::from_utf8_lossy(&out).contains("unlocked binding"), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        String::from_utf8_lossy(&out).contains("unlocked binding"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
     assert!(server.ledger.account("victim").unwrap().bindings[0].lock.is_none());
     let a = args(&url, &b);
-    let (code, out, _) = tokio::task::spawn_blocking(move || run_cli(&a.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap();
+    let (code, out, _) =
+        tokio::task::spawn_blocking(move || run_cli(&a.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .unwrap();
     assert_eq!(code, 1);
-    assert!(String::from_utf8_lossy(&out).contains("not_locked"), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        String::from_utf8_lossy(&out).contains("not_locked"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
     server.shutdown().await;
 }
 
@@ -373,7 +563,13 @@ async fn unlock_lifts_a_lock_from_the_command_line() {
 fn consume_without_a_broker_says_so_and_fails() {
     let port = free_port();
     let started = std::time::Instant::now();
-    let (code, out, err) = run_cli(&["consume", "--brokers", &format!("127.0.0.1:{port}"), "--idle-exit-ms", "500"]);
+    let (code, out, err) = run_cli(&[
+        "consume",
+        "--brokers",
+        &format!("127.0.0.1:{port}"),
+        "--idle-exit-ms",
+        "500",
+    ]);
     assert_eq!(code, 1, "{} {err}", String::from_utf8_lossy(&out));
     assert!(err.contains("no Kafka broker answered"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));

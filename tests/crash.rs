@@ -4,10 +4,10 @@
 
 mod common;
 
+use bindledger::demo::Rng;
 use bindledger::gateway::{Scenario, SimulatedGateway};
 use bindledger::projection::Projection;
 use bindledger_events::{decode, hash_bytes, Event};
-use bindledger::demo::Rng;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -43,7 +43,11 @@ fn config_file(dir: &std::path::Path) -> std::path::PathBuf {
 
 async fn send(client: &mut bindledger::client::Client, book: &Mutex<Book>, sent: Sent) -> bool {
     let (account, key, body) = &sent;
-    let path = if key.starts_with("bind") { format!("/v1/accounts/{account}/bindings") } else { format!("/v1/accounts/{account}/payments") };
+    let path = if key.starts_with("bind") {
+        format!("/v1/accounts/{account}/bindings")
+    } else {
+        format!("/v1/accounts/{account}/payments")
+    };
     match client.post_json(&path, body).await {
         Ok((status, v)) if status.as_u16() == 201 || status.as_u16() == 200 => {
             let seq = v["event"]["seq"].as_u64().unwrap();
@@ -76,7 +80,10 @@ async fn acknowledged_commands_survive_repeated_sigkill() {
     let config_env = config.to_str().unwrap().to_owned();
     let env = [("BINDLEDGER_CONFIG", config_env.as_str())];
     let gateway = SimulatedGateway::new(Scenario::quiet(11));
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     eprintln!("crash test seed {seed}");
     let mut rng = Rng(seed);
     let book = Arc::new(Mutex::new(Book::default()));
@@ -89,22 +96,40 @@ async fn acknowledged_commands_survive_repeated_sigkill() {
         let retry = std::mem::take(&mut book.lock().unwrap().unknown);
         book.lock().unwrap().retried += retry.len();
         for sent in retry {
-            assert!(send(&mut client, &book, sent).await, "a retry after restart must be answered");
+            assert!(
+                send(&mut client, &book, sent).await,
+                "a retry after restart must be answered"
+            );
         }
         if round == 0 {
             for a in 0..ACCOUNTS {
                 let account = format!("acct-{a}");
                 let body = json!({"provider": "alipay", "wallet_account": phone(a), "payment_password": gateway.password_for(&alipay(), &phone(a)), "idempotency_key": format!("bind-{a}")});
-                let (_, v) = client.post_json(&format!("/v1/accounts/{account}/bindings"), &body).await.unwrap();
-                book.lock().unwrap().acked.insert(format!("bind-{a}"), (v["event"]["seq"].as_u64().unwrap(), v["hash"].as_str().unwrap().to_owned()));
-                bindings.lock().unwrap().insert(account, v["event"]["payload"]["binding_id"].as_str().unwrap().to_owned());
+                let (_, v) = client
+                    .post_json(&format!("/v1/accounts/{account}/bindings"), &body)
+                    .await
+                    .unwrap();
+                book.lock().unwrap().acked.insert(
+                    format!("bind-{a}"),
+                    (
+                        v["event"]["seq"].as_u64().unwrap(),
+                        v["hash"].as_str().unwrap().to_owned(),
+                    ),
+                );
+                bindings.lock().unwrap().insert(
+                    account,
+                    v["event"]["payload"]["binding_id"].as_str().unwrap().to_owned(),
+                );
             }
         }
         if round == ROUNDS {
             // The last round: no crash, check the live projection against a rebuild below.
             let mut live = HashMap::new();
             for a in 0..ACCOUNTS {
-                let (_, v) = client.get_json(&format!("/v1/accounts/acct-{a}/bindings")).await.unwrap();
+                let (_, v) = client
+                    .get_json(&format!("/v1/accounts/acct-{a}/bindings"))
+                    .await
+                    .unwrap();
                 live.insert(format!("acct-{a}"), v);
             }
             server.kill();
@@ -145,7 +170,10 @@ fn check(data: &std::path::Path, book: &Book, live: &HashMap<String, Value>) {
     let (code, stdout, stderr) = run_cli(&["verify", "--json", "--data-dir", data.to_str().unwrap()]);
     let report: Value = serde_json::from_slice(&stdout).unwrap_or_else(|_| panic!("verify printed no JSON: {stderr}"));
     assert_eq!(code, 0, "verify failed: {report}");
-    assert!(report["chain_error"].is_null() && report["projection_matches"] == true, "{report}");
+    assert!(
+        report["chain_error"].is_null() && report["projection_matches"] == true,
+        "{report}"
+    );
 
     let (code, export, stderr) = run_cli(&["export", "--data-dir", data.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
@@ -153,13 +181,26 @@ fn check(data: &std::path::Path, book: &Book, live: &HashMap<String, Value>) {
     let mut events: Vec<Event> = Vec::new();
     for line in export.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let e = decode(line).unwrap();
-        by_key.entry(e.idempotency_key.clone().unwrap_or_default()).or_default().push((e.seq, hash_bytes(line).to_hex()));
+        by_key
+            .entry(e.idempotency_key.clone().unwrap_or_default())
+            .or_default()
+            .push((e.seq, hash_bytes(line).to_hex()));
         events.push(e);
     }
-    assert!(book.acked.len() > 50, "the load should have produced acknowledged commands, got {}", book.acked.len());
+    assert!(
+        book.acked.len() > 50,
+        "the load should have produced acknowledged commands, got {}",
+        book.acked.len()
+    );
     for (key, (seq, hash)) in &book.acked {
-        let found = by_key.get(key).unwrap_or_else(|| panic!("acknowledged command {key} (event {seq}) is missing from the log"));
-        assert_eq!(found, &vec![(*seq, hash.clone())], "acknowledged command {key} must be in the log exactly once, as acknowledged");
+        let found = by_key
+            .get(key)
+            .unwrap_or_else(|| panic!("acknowledged command {key} (event {seq}) is missing from the log"));
+        assert_eq!(
+            found,
+            &vec![(*seq, hash.clone())],
+            "acknowledged command {key} must be in the log exactly once, as acknowledged"
+        );
     }
     for (key, found) in &by_key {
         assert_eq!(found.len(), 1, "key {key} is in the log {} times", found.len());
@@ -168,10 +209,22 @@ fn check(data: &std::path::Path, book: &Book, live: &HashMap<String, Value>) {
     for (account, view) in live {
         let state = &rebuilt.accounts[account];
         assert_eq!(view["version"].as_u64(), Some(state.version), "{account}");
-        assert_eq!(view["bindings"][0]["payments_count"].as_u64(), Some(state.bindings[0].payments_count), "{account}");
-        assert_eq!(view["bindings"].as_array().unwrap().len(), state.bindings.len(), "{account}");
+        assert_eq!(
+            view["bindings"][0]["payments_count"].as_u64(),
+            Some(state.bindings[0].payments_count),
+            "{account}"
+        );
+        assert_eq!(
+            view["bindings"].as_array().unwrap().len(),
+            state.bindings.len(),
+            "{account}"
+        );
     }
-    assert!(book.retried >= ROUNDS, "each kill should catch commands in flight (retried {})", book.retried);
+    assert!(
+        book.retried >= ROUNDS,
+        "each kill should catch commands in flight (retried {})",
+        book.retried
+    );
     eprintln!(
         "crash test: {} events, {} acknowledged commands ({} retried after a kill), all present exactly once",
         events.len(),

@@ -35,16 +35,26 @@ fn parse(trace: &str) -> Vec<Call> {
     let mut calls = Vec::new();
     let mut open_args: HashMap<String, String> = HashMap::new();
     for line in trace.lines() {
-        let Some((tid, rest)) = line.split_once(' ') else { continue };
+        let Some((tid, rest)) = line.split_once(' ') else {
+            continue;
+        };
         let rest = rest.trim_start();
         if let Some(resumed) = rest.strip_prefix("<... ") {
             let name = resumed.split(' ').next().unwrap_or("").to_owned();
             let args = open_args.remove(&format!("{tid}:{name}")).unwrap_or_default();
             let fd = leading_number(&args);
-            calls.push(Call { name, fd, start: false, end: true, text: format!("{args}{resumed}") });
+            calls.push(Call {
+                name,
+                fd,
+                start: false,
+                end: true,
+                text: format!("{args}{resumed}"),
+            });
             continue;
         }
-        let Some((name, args)) = rest.split_once('(') else { continue };
+        let Some((name, args)) = rest.split_once('(') else {
+            continue;
+        };
         if name.contains(' ') || name.starts_with('+') || name.starts_with('-') {
             continue;
         }
@@ -53,7 +63,13 @@ fn parse(trace: &str) -> Vec<Call> {
         if unfinished {
             open_args.insert(format!("{tid}:{name}"), args.to_owned());
         }
-        calls.push(Call { name: name.to_owned(), fd, start: true, end: !unfinished, text: args.to_owned() });
+        calls.push(Call {
+            name: name.to_owned(),
+            fd,
+            start: true,
+            end: !unfinished,
+            text: args.to_owned(),
+        });
     }
     calls
 }
@@ -65,11 +81,25 @@ fn answers_after_sync(extra_config: &str, n: usize) -> Vec<(String, bool)> {
     let data = dir.path().join("data");
     let trace_path = dir.path().join("trace.txt");
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, format!("[alerts]\nenabled = false\n[checkpoints]\nenabled = false\n{extra_config}")).unwrap();
-    let strace = ["/usr/bin/strace", "/bin/strace"].into_iter().find(|p| Path::new(p).exists()).expect("strace is installed (make test installs it)");
+    std::fs::write(
+        &config,
+        format!("[alerts]\nenabled = false\n[checkpoints]\nenabled = false\n{extra_config}"),
+    )
+    .unwrap();
+    let strace = ["/usr/bin/strace", "/bin/strace"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("strace is installed (make test installs it)");
     use std::os::unix::process::CommandExt;
     let mut child = Command::new(strace)
-        .args(["-f", "-s", "65536", "-e", "trace=openat,pwrite64,pwritev,write,writev,sendto,sendmsg,fdatasync,fsync", "-o"])
+        .args([
+            "-f",
+            "-s",
+            "65536",
+            "-e",
+            "trace=openat,pwrite64,pwritev,write,writev,sendto,sendmsg,fdatasync,fsync",
+            "-o",
+        ])
         .arg(&trace_path)
         .arg(binary())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -84,7 +114,12 @@ fn answers_after_sync(extra_config: &str, n: usize) -> Vec<(String, bool)> {
         .unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    let addr: std::net::SocketAddr = line.trim().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{line}")).parse().unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
     let g = bindledger::gateway::SimulatedGateway::new(bindledger::config::Config::default().gateway.simulated);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let orders: Vec<String> = rt.block_on(async {
@@ -119,7 +154,9 @@ fn answers_after_sync(extra_config: &str, n: usize) -> Vec<(String, bool)> {
         }
         orders
     });
-    let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", child.id())]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", "--", &format!("-{}", child.id())])
+        .status();
     child.wait().unwrap();
     let trace = std::fs::read_to_string(&trace_path).unwrap();
     let calls = parse(&trace);
@@ -129,7 +166,11 @@ fn answers_after_sync(extra_config: &str, n: usize) -> Vec<(String, bool)> {
         .filter(|c| c.name == "openat" && c.text.contains("/log/db\""))
         .filter_map(|c| c.text.rsplit("= ").next().and_then(|r| r.trim().parse().ok()))
         .collect();
-    assert!(!db_fds.is_empty(), "sled's log file was opened:\n{}", &trace[..trace.len().min(2000)]);
+    assert!(
+        !db_fds.is_empty(),
+        "sled's log file was opened:\n{}",
+        &trace[..trace.len().min(2000)]
+    );
     let is_db = |c: &Call| c.fd.is_some_and(|fd| db_fds.contains(&fd));
     orders
         .into_iter()
@@ -140,17 +181,28 @@ fn answers_after_sync(extra_config: &str, n: usize) -> Vec<(String, bool)> {
                 .iter()
                 .position(|c| c.name.starts_with("pwrite") && c.start && is_db(c) && c.text.contains(&needle))
                 .unwrap_or_else(|| panic!("no write of {order} to the log file"));
-            let written_end = (written..calls.len()).find(|&i| calls[i].name.starts_with("pwrite") && calls[i].end && is_db(&calls[i])).unwrap();
+            let written_end = (written..calls.len())
+                .find(|&i| calls[i].name.starts_with("pwrite") && calls[i].end && is_db(&calls[i]))
+                .unwrap();
             // The answer: a socket write with the event in it.
             let answered = calls
                 .iter()
-                .position(|c| matches!(c.name.as_str(), "write" | "writev" | "sendto" | "sendmsg") && c.start && !is_db(c) && c.text.contains("HTTP/1.1 201") && c.text.contains(&needle))
+                .position(|c| {
+                    matches!(c.name.as_str(), "write" | "writev" | "sendto" | "sendmsg")
+                        && c.start
+                        && !is_db(c)
+                        && c.text.contains("HTTP/1.1 201")
+                        && c.text.contains(&needle)
+                })
                 .unwrap_or_else(|| panic!("no answer for {order}"));
             // A full sync of the log file that began after the write ended and ended before the
             // answer began.
             let synced = (written_end + 1..answered).any(|i| {
                 let c = &calls[i];
-                matches!(c.name.as_str(), "fdatasync" | "fsync") && c.start && is_db(c) && (i..answered).any(|j| calls[j].name == c.name && calls[j].end && is_db(&calls[j]))
+                matches!(c.name.as_str(), "fdatasync" | "fsync")
+                    && c.start
+                    && is_db(c)
+                    && (i..answered).any(|j| calls[j].name == c.name && calls[j].end && is_db(&calls[j]))
             });
             (order, synced)
         })
@@ -169,5 +221,9 @@ fn the_check_tells_a_ledger_without_the_sync_apart() {
     // sled's own periodic fsync may happen to cover an answer now and then; most are not.
     let results = answers_after_sync("[writer]\nsync_data = false\n", 40);
     let unsynced = results.iter().filter(|(_, ok)| !ok).count();
-    assert!(unsynced >= 10, "without the sync, answers leave before one: {unsynced} of {}", results.len());
+    assert!(
+        unsynced >= 10,
+        "without the sync, answers leave before one: {unsynced} of {}",
+        results.len()
+    );
 }

@@ -33,9 +33,15 @@ async fn bind_pay_read_unbind_and_audit_the_feed() {
     assert_eq!(bound["outcome"], "succeeded");
     assert_eq!(bound["event"]["payload"]["type"], "wallet_bound");
     assert_eq!(bound["event"]["payload"]["wallet"]["masked"], "1******0001");
-    assert_eq!(bound["event"]["payload"]["factors"], json!([{"factor": "password", "passed": true}, {"factor": "sms", "passed": true}]));
+    assert_eq!(
+        bound["event"]["payload"]["factors"],
+        json!([{"factor": "password", "passed": true}, {"factor": "sms", "passed": true}])
+    );
     let binding = bound["event"]["payload"]["binding_id"].as_str().unwrap().to_owned();
-    let fingerprint = bound["event"]["payload"]["wallet"]["fingerprint"].as_str().unwrap().to_owned();
+    let fingerprint = bound["event"]["payload"]["wallet"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let pw = s.gateway.password_for(&alipay(), &phone(1));
     for (i, amount) in [1999, 250, 100_000].into_iter().enumerate() {
@@ -48,43 +54,98 @@ async fn bind_pay_read_unbind_and_audit_the_feed() {
         assert_eq!(body["event"]["payload"]["currency"], "CNY");
     }
     let (_, wrong) = w
-        .post_json("/v1/accounts/alice/payments", &json!({"binding_id": binding, "order_id": "o-x", "amount_minor": 5, "payment_password": "not-it"}))
+        .post_json(
+            "/v1/accounts/alice/payments",
+            &json!({"binding_id": binding, "order_id": "o-x", "amount_minor": 5, "payment_password": "not-it"}),
+        )
         .await
         .unwrap();
-    assert_eq!((wrong["outcome"].as_str(), wrong["failure_code"].as_str()), (Some("failed"), Some("wrong_password")));
+    assert_eq!(
+        (wrong["outcome"].as_str(), wrong["failure_code"].as_str()),
+        (Some("failed"), Some("wrong_password"))
+    );
 
     let (status, list) = r.get_json("/v1/accounts/alice/bindings").await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["version"], 5);
     let b = &list["bindings"][0];
-    assert_eq!((b["status"].as_str(), b["payments_count"].as_u64()), (Some("active"), Some(3)));
-    assert!(b.get("agreement_id").is_none(), "the provider reference is not shown to readers");
+    assert_eq!(
+        (b["status"].as_str(), b["payments_count"].as_u64()),
+        (Some("active"), Some(3))
+    );
+    assert!(
+        b.get("agreement_id").is_none(),
+        "the provider reference is not shown to readers"
+    );
 
     let (_, page1) = r.get_json("/v1/accounts/alice/payments?limit=2").await.unwrap();
-    let amounts: Vec<_> = page1["payments"].as_array().unwrap().iter().map(|p| (p["status"].clone(), p["amount_minor"].clone())).collect();
-    assert_eq!(amounts, vec![(json!("failed"), json!(5)), (json!("succeeded"), json!(100_000))], "newest first");
+    let amounts: Vec<_> = page1["payments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["status"].clone(), p["amount_minor"].clone()))
+        .collect();
+    assert_eq!(
+        amounts,
+        vec![(json!("failed"), json!(5)), (json!("succeeded"), json!(100_000))],
+        "newest first"
+    );
     assert_eq!(page1["payments"][1]["amount_display"], "1,000.00 CNY");
     let cursor = page1["next_before_version"].as_u64().unwrap();
-    let (_, page2) = r.get_json(&format!("/v1/accounts/alice/payments?limit=2&before_version={cursor}")).await.unwrap();
-    let amounts: Vec<_> = page2["payments"].as_array().unwrap().iter().map(|p| p["amount_minor"].as_i64().unwrap()).collect();
+    let (_, page2) = r
+        .get_json(&format!("/v1/accounts/alice/payments?limit=2&before_version={cursor}"))
+        .await
+        .unwrap();
+    let amounts: Vec<_> = page2["payments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["amount_minor"].as_i64().unwrap())
+        .collect();
     assert_eq!(amounts, vec![250, 1999]);
     assert!(page2["next_before_version"].is_null());
 
-    let (_, wallets) = r.get_json(&format!("/v1/wallets/{fingerprint}/accounts")).await.unwrap();
+    let (_, wallets) = r
+        .get_json(&format!("/v1/wallets/{fingerprint}/accounts"))
+        .await
+        .unwrap();
     assert_eq!(wallets["accounts"], json!(["alice"]));
 
-    let (status, unbound) = w.post_json(&format!("/v1/accounts/alice/bindings/{binding}/unbind"), &json!({"confirm": true})).await.unwrap();
-    assert_eq!((status, unbound["event_type"].as_str()), (StatusCode::CREATED, Some("wallet_unbound")));
-    let (_, again) = w.post_json(&format!("/v1/accounts/alice/bindings/{binding}/unbind"), &json!({"confirm": true})).await.unwrap();
+    let (status, unbound) = w
+        .post_json(
+            &format!("/v1/accounts/alice/bindings/{binding}/unbind"),
+            &json!({"confirm": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, unbound["event_type"].as_str()),
+        (StatusCode::CREATED, Some("wallet_unbound"))
+    );
+    let (_, again) = w
+        .post_json(
+            &format!("/v1/accounts/alice/bindings/{binding}/unbind"),
+            &json!({"confirm": true}),
+        )
+        .await
+        .unwrap();
     assert_eq!(again["failure_code"], "not_bound");
     let (_, after) = w
-        .post_json("/v1/accounts/alice/payments", &json!({"binding_id": binding, "order_id": "o-late", "amount_minor": 5, "payment_password": pw}))
+        .post_json(
+            "/v1/accounts/alice/payments",
+            &json!({"binding_id": binding, "order_id": "o-late", "amount_minor": 5, "payment_password": pw}),
+        )
         .await
         .unwrap();
     assert_eq!(after["failure_code"], "binding_not_active");
 
     let (_, history) = r.get_json("/v1/accounts/alice/events?after_version=5").await.unwrap();
-    let types: Vec<_> = history["events"].as_array().unwrap().iter().map(|e| e["payload"]["type"].as_str().unwrap().to_owned()).collect();
+    let types: Vec<_> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["payload"]["type"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(types, vec!["wallet_unbound", "unbind_failed", "payment_failed"]);
 
     // The auditor's feed: the stored bytes, in order, verifiable with the chain alone.
@@ -97,7 +158,11 @@ async fn bind_pay_read_unbind_and_audit_the_feed() {
         let (_, hash) = verifier.push(line).expect("the chain verifies");
         n += 1;
         if n == 1 {
-            assert_eq!(hash.to_hex(), bound["hash"].as_str().unwrap(), "the answer's hash is the stored bytes' hash");
+            assert_eq!(
+                hash.to_hex(),
+                bound["hash"].as_str().unwrap(),
+                "the answer's hash is the stored bytes' hash"
+            );
         }
     }
     assert_eq!(n, 8);
@@ -107,8 +172,14 @@ async fn bind_pay_read_unbind_and_audit_the_feed() {
     let (status, metrics) = r.send(Method::GET, "/metrics", None).await.unwrap();
     let metrics = String::from_utf8(metrics.to_vec()).unwrap();
     assert_eq!(status, StatusCode::OK);
-    assert!(metrics.contains("bindledger_commands_total{kind=\"pay\",outcome=\"succeeded\"} 3"), "{metrics}");
-    assert!(metrics.contains("bindledger_commands_total{kind=\"pay\",outcome=\"wrong_password\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("bindledger_commands_total{kind=\"pay\",outcome=\"succeeded\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bindledger_commands_total{kind=\"pay\",outcome=\"wrong_password\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("bindledger_log_events 8"), "{metrics}");
     assert!(metrics.contains("bindledger_flush_seconds_count"), "{metrics}");
     let (status, health) = r.get_json("/healthz").await.unwrap();
@@ -123,11 +194,25 @@ async fn tokens_and_roles() {
     let body = json!({"provider": "alipay", "wallet_account": phone(1), "payment_password": "x"});
     let mut anonymous = bindledger::client::Client::new(s.addr, None);
     let (status, e) = anonymous.post_json("/v1/accounts/a/bindings", &body).await.unwrap();
-    assert_eq!((status, e["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthenticated")));
-    let (status, _) = s.client("no-such-token-000000000").post_json("/v1/accounts/a/bindings", &body).await.unwrap();
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthenticated"))
+    );
+    let (status, _) = s
+        .client("no-such-token-000000000")
+        .post_json("/v1/accounts/a/bindings", &body)
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, e) = s.client(READER).post_json("/v1/accounts/a/bindings", &body).await.unwrap();
-    assert_eq!((status, e["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+    let (status, e) = s
+        .client(READER)
+        .post_json("/v1/accounts/a/bindings", &body)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
     let (status, _) = s.client(WRITER).get_json("/v1/accounts/a/bindings").await.unwrap();
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = s.client(READER).send(Method::GET, "/v1/events", None).await.unwrap();
@@ -176,9 +261,13 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     ];
     for (what, path, body, status, code) in cases {
         let (got, bytes) = w.send(Method::POST, &path, Some(body)).await.unwrap();
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("{what}: the error is not JSON: {}", String::from_utf8_lossy(&bytes)));
+        let v: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("{what}: the error is not JSON: {}", String::from_utf8_lossy(&bytes)));
         assert_eq!((got, v["error"]["code"].as_str()), (status, Some(code)), "{what}: {v}");
-        assert!(!v["error"]["message"].as_str().unwrap_or("").is_empty(), "{what}: a human message");
+        assert!(
+            !v["error"]["message"].as_str().unwrap_or("").is_empty(),
+            "{what}: a human message"
+        );
         assert_eq!(s.ledger.log_len(), before, "{what}: the log changed");
     }
     let (_, list) = s.client(READER).get_json("/v1/accounts/bob/bindings").await.unwrap();
@@ -203,14 +292,20 @@ async fn idempotency_and_expected_version_over_http() {
     let mut other = pay.clone();
     other["amount_minor"] = json!(9999);
     let (s3, e) = w.post_json("/v1/accounts/carol/payments", &other).await.unwrap();
-    assert_eq!((s3, e["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("idempotency_key_reused")));
+    assert_eq!(
+        (s3, e["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("idempotency_key_reused"))
+    );
     // The same key on another account is another key.
     let (s4, _) = w.post_json("/v1/accounts/dave/payments", &json!({"binding_id": binding, "order_id": "o-1", "amount_minor": 1, "payment_password": pw, "idempotency_key": "checkout-77"})).await.unwrap();
     assert_eq!(s4, StatusCode::CREATED);
     assert_eq!(s.ledger.log_len(), 3);
     // Optimistic concurrency.
     let (s5, e) = w.post_json("/v1/accounts/carol/payments", &json!({"binding_id": binding, "order_id": "o-2", "amount_minor": 1, "payment_password": pw, "expected_version": 1})).await.unwrap();
-    assert_eq!((s5, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("version_conflict")));
+    assert_eq!(
+        (s5, e["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("version_conflict"))
+    );
     let (s6, _) = w.post_json("/v1/accounts/carol/payments", &json!({"binding_id": binding, "order_id": "o-2", "amount_minor": 1, "payment_password": pw, "expected_version": 2})).await.unwrap();
     assert_eq!(s6, StatusCode::CREATED);
     s.shutdown().await;

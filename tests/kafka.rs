@@ -18,7 +18,14 @@ use std::time::{Duration, Instant};
 const PARTITIONS: i32 = 4;
 
 fn kafka_config(brokers: &str, topic: &str) -> KafkaConfig {
-    KafkaConfig { brokers: brokers.into(), topic: topic.into(), partitions: PARTITIONS, message_timeout_ms: 3000, backoff_ms_max: 500, ..KafkaConfig::default() }
+    KafkaConfig {
+        brokers: brokers.into(),
+        topic: topic.into(),
+        partitions: PARTITIONS,
+        message_timeout_ms: 3000,
+        backoff_ms_max: 500,
+        ..KafkaConfig::default()
+    }
 }
 
 struct Running {
@@ -31,7 +38,11 @@ struct Running {
 
 fn start(dir: &std::path::Path, kafka: KafkaConfig) -> Running {
     let mut config: Config = test_config(dir);
-    config.gateway.simulated = Scenario { frozen_per_mille: 50, closed_per_mille: 30, ..Scenario::quiet(5) };
+    config.gateway.simulated = Scenario {
+        frozen_per_mille: 50,
+        closed_per_mille: 30,
+        ..Scenario::quiet(5)
+    };
     config.kafka = kafka.clone();
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     let ledger = Ledger::open(&config, LedgerSecret::from_bytes([3; 32]), gateway.clone()).unwrap();
@@ -39,7 +50,13 @@ fn start(dir: &std::path::Path, kafka: KafkaConfig) -> Running {
     let status = relay.status.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(relay.run(stopped));
-    Running { ledger, gateway, status, stop, task }
+    Running {
+        ledger,
+        gateway,
+        status,
+        stop,
+        task,
+    }
 }
 
 impl Running {
@@ -78,23 +95,37 @@ async fn workload(l: &Ledger, g: &SimulatedGateway, round: u64, accounts: u64) {
             factor: None,
             common: CommonInput::default(),
         };
-        let bound = l.bind(req.validate(&account, Utc::now()).unwrap()).await.expect("commands never fail because of Kafka");
-        let Payload::WalletBound { binding_id, .. } = bound.event.payload else { continue };
+        let bound = l
+            .bind(req.validate(&account, Utc::now()).unwrap())
+            .await
+            .expect("commands never fail because of Kafka");
+        let Payload::WalletBound { binding_id, .. } = bound.event.payload else {
+            continue;
+        };
         for k in 0..3 {
             let pay = PayRequest {
                 binding_id: binding_id.to_string(),
                 order_id: format!("o-{round}-{k}"),
                 amount_minor: 100 + k,
                 currency: None,
-                payment_password: SecretString::new(if k == 2 { "wrong".into() } else { g.password_for(&alipay(), &phone(n)) }),
+                payment_password: SecretString::new(if k == 2 {
+                    "wrong".into()
+                } else {
+                    g.password_for(&alipay(), &phone(n))
+                }),
                 factor: None,
                 common: CommonInput::default(),
             };
             l.pay(pay.validate(&account, Utc::now()).unwrap()).await.unwrap();
         }
         if a % 3 == 0 {
-            let unbind = UnbindRequest { confirm: true, common: CommonInput::default() };
-            l.unbind(unbind.validate(&account, &binding_id.to_string(), Utc::now()).unwrap()).await.unwrap();
+            let unbind = UnbindRequest {
+                confirm: true,
+                common: CommonInput::default(),
+            };
+            l.unbind(unbind.validate(&account, &binding_id.to_string(), Utc::now()).unwrap())
+                .await
+                .unwrap();
         }
     }
 }
@@ -107,26 +138,38 @@ fn assert_topic_equals_log(brokers: &str, topic: &str, log: &[(u64, Vec<u8>)]) {
     for r in reads {
         let seq: u64 = r.headers["seq"].parse().unwrap();
         if let Some(first) = by_seq.insert(seq, r.clone()) {
-            panic!("event {seq} is on the topic twice (offsets {} and {})", first.offset, r.offset);
+            panic!(
+                "event {seq} is on the topic twice (offsets {} and {})",
+                first.offset, r.offset
+            );
         }
     }
     assert_eq!(by_seq.len(), log.len(), "events on the topic vs in the log");
     let mut last_in_partition: BTreeMap<i32, (i64, u64)> = BTreeMap::new();
     for (seq, bytes) in log {
-        let r = by_seq.get(seq).unwrap_or_else(|| panic!("event {seq} is missing from the topic"));
+        let r = by_seq
+            .get(seq)
+            .unwrap_or_else(|| panic!("event {seq} is missing from the topic"));
         assert_eq!(&r.value, bytes, "event {seq}: the message value is the stored bytes");
         let e = bindledger_events::decode(bytes).unwrap();
         assert_eq!(r.key, e.account);
         assert_eq!(r.partition, partition_for(e.account.as_bytes(), PARTITIONS));
         assert_eq!(r.headers["event_type"], e.event_type());
         assert_eq!(r.headers["event_id"], e.id.to_string());
-        assert_eq!(r.headers["schema_version"], bindledger_events::SCHEMA_VERSION.to_string());
+        assert_eq!(
+            r.headers["schema_version"],
+            bindledger_events::SCHEMA_VERSION.to_string()
+        );
         assert_eq!(r.headers["hash"], bindledger_events::hash_bytes(bytes).to_hex());
     }
     // In each partition, offsets follow global (hence per-account) order.
     for (seq, r) in &by_seq {
         if let Some((offset, prev_seq)) = last_in_partition.insert(r.partition, (r.offset, *seq)) {
-            assert!(r.offset > offset && *seq > prev_seq, "partition {} out of order", r.partition);
+            assert!(
+                r.offset > offset && *seq > prev_seq,
+                "partition {} out of order",
+                r.partition
+            );
         }
     }
     let mut verifier = ChainVerifier::new();
@@ -136,7 +179,9 @@ fn assert_topic_equals_log(brokers: &str, topic: &str, log: &[(u64, Vec<u8>)]) {
 }
 
 fn log_of(l: &Ledger) -> Vec<(u64, Vec<u8>)> {
-    l.raw_events(1).map(|r| r.map(|(s, b)| (s, b.to_vec())).unwrap()).collect()
+    l.raw_events(1)
+        .map(|r| r.map(|(s, b)| (s, b.to_vec())).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,13 +244,22 @@ async fn a_restart_without_the_broker_reports_the_saved_position_not_a_false_lag
 async fn the_events_topic_keeps_every_record_or_the_relay_warns() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
     let broker = Broker::start();
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new().set("bootstrap.servers", &broker.addr).create().unwrap();
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
     let describe = |topic: String| {
         let admin = &admin;
         async move {
-            let r = admin.describe_configs([&ResourceSpecifier::Topic(&topic)], &AdminOptions::new()).await.unwrap();
+            let r = admin
+                .describe_configs([&ResourceSpecifier::Topic(&topic)], &AdminOptions::new())
+                .await
+                .unwrap();
             let resource = r.into_iter().next().unwrap().unwrap();
-            (resource.get("retention.ms").and_then(|e| e.value.clone()), resource.get("cleanup.policy").and_then(|e| e.value.clone()))
+            (
+                resource.get("retention.ms").and_then(|e| e.value.clone()),
+                resource.get("cleanup.policy").and_then(|e| e.value.clone()),
+            )
         }
     };
     let dir = tempfile::tempdir().unwrap();
@@ -213,7 +267,13 @@ async fn the_events_topic_keeps_every_record_or_the_relay_warns() {
     let r = start(dir.path(), kafka_config(&broker.addr, &topic));
     workload(&r.ledger, &r.gateway, 0, 3).await;
     r.caught_up(Duration::from_secs(60)).await;
-    assert_eq!(describe(topic.clone()).await, (Some(bindledger::relay::RETENTION_MS_MIN.to_string()), Some("delete".into())));
+    assert_eq!(
+        describe(topic.clone()).await,
+        (
+            Some(bindledger::relay::RETENTION_MS_MIN.to_string()),
+            Some("delete".into())
+        )
+    );
     assert!(r.status.warning.lock().unwrap().is_none());
     let (ledger, _) = r.stop().await;
     ledger.close();
@@ -226,7 +286,10 @@ async fn the_events_topic_keeps_every_record_or_the_relay_warns() {
     workload(&r.ledger, &r.gateway, 0, 3).await;
     r.caught_up(Duration::from_secs(60)).await;
     let warning = r.status.warning.lock().unwrap().clone();
-    assert!(warning.as_deref().is_some_and(|w| w.contains("retention.ms=60000")), "{warning:?}");
+    assert!(
+        warning.as_deref().is_some_and(|w| w.contains("retention.ms=60000")),
+        "{warning:?}"
+    );
     let report = Relay::report(&r.ledger, &topic, &r.status);
     assert!(report.warning.is_some());
     let (ledger, _) = r.stop().await;
@@ -235,7 +298,10 @@ async fn the_events_topic_keeps_every_record_or_the_relay_warns() {
     // In replicated mode such a topic is refused, and nothing is acknowledged on it.
     let dir = tempfile::tempdir().unwrap();
     let mut config: Config = test_config(dir.path());
-    config.kafka = KafkaConfig { alerts_topic: fresh_topic("short-alerts"), ..kafka_config(&broker.addr, &topic) };
+    config.kafka = KafkaConfig {
+        alerts_topic: fresh_topic("short-alerts"),
+        ..kafka_config(&broker.addr, &topic)
+    };
     config.checkpoints.enabled = false;
     config.durability = bindledger::config::Durability::Replicated;
     config.replication_timeout_ms = 500;
@@ -246,13 +312,21 @@ async fn the_events_topic_keeps_every_record_or_the_relay_warns() {
         wallet_account: SecretString::new(phone(1)),
         payment_password: SecretString::new(gateway.password_for(&alipay(), &phone(1))),
         factor: None,
-        common: CommonInput { idempotency_key: Some("k".into()), ..CommonInput::default() },
+        common: CommonInput {
+            idempotency_key: Some("k".into()),
+            ..CommonInput::default()
+        },
     };
     let answer = node.ledger.bind(req.validate("alice", Utc::now()).unwrap()).await;
     assert!(matches!(answer, Err(bindledger::Error::OutcomeUnknown)), "{answer:?}");
     let (_, status) = node.extras.relay.clone().unwrap();
     let error = status.last_error.lock().unwrap().clone();
-    assert!(error.as_deref().is_some_and(|e| e.contains("refusing to publish") && e.contains("retention.ms=60000")), "{error:?}");
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("refusing to publish") && e.contains("retention.ms=60000")),
+        "{error:?}"
+    );
     node.stop().await;
 }
 
@@ -269,14 +343,25 @@ async fn a_broker_that_is_not_there_yet_blocks_nothing() {
     let r = start(dir.path(), kafka_config(&brokers, &topic));
     let t = Instant::now();
     workload(&r.ledger, &r.gateway, 0, 20).await;
-    assert!(t.elapsed() < Duration::from_secs(20), "commands were slowed by the missing broker: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "commands were slowed by the missing broker: {:?}",
+        t.elapsed()
+    );
     assert_eq!(r.status.position.load(Ordering::Relaxed), 0);
     let deadline = Instant::now() + Duration::from_secs(30);
     while r.status.last_error.lock().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the relay should report why it cannot publish");
+        assert!(
+            Instant::now() < deadline,
+            "the relay should report why it cannot publish"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("relay while the broker is away: {} ({:?})", r.status.state(), r.status.last_error.lock().unwrap());
+    eprintln!(
+        "relay while the broker is away: {} ({:?})",
+        r.status.state(),
+        r.status.last_error.lock().unwrap()
+    );
     drop(reserved);
     let broker = Broker::start_on(port, None);
     r.caught_up(Duration::from_secs(60)).await;
@@ -302,7 +387,10 @@ async fn a_frozen_broker_blocks_nothing_and_the_topic_ends_complete() {
         round += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(r.status.position.load(Ordering::Relaxed) < r.ledger.log_len(), "nothing can be published while the broker is frozen");
+    assert!(
+        r.status.position.load(Ordering::Relaxed) < r.ledger.log_len(),
+        "nothing can be published while the broker is frozen"
+    );
     broker.thaw();
     r.caught_up(Duration::from_secs(90)).await;
     assert_topic_equals_log(&broker.addr, &topic, &log_of(&r.ledger));
@@ -323,7 +411,10 @@ fn quiet_config_file(dir: &std::path::Path) -> std::path::PathBuf {
 fn export(data: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
     let (code, out, stderr) = run_cli(&["export", "--data-dir", data.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
-    out.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| (bindledger_events::decode(l).unwrap().seq, l.to_vec())).collect()
+    out.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| (bindledger_events::decode(l).unwrap().seq, l.to_vec()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +431,10 @@ async fn sigkill_of_the_ledger_while_publishing_leaves_every_event_on_the_topic_
         ("BINDLEDGER_KAFKA_TOPIC", topic.as_str()),
     ];
     let gateway = Arc::new(SimulatedGateway::new(Scenario::quiet(11)));
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
     eprintln!("seed {seed}");
     for round in 0..4u64 {
         let server = spawn_server(&data, &log, &env);
@@ -387,7 +481,10 @@ async fn sigkill_of_the_ledger_while_publishing_leaves_every_event_on_the_topic_
     let (code, out, stderr) = run_cli(&["status", "--url", &url, "--token", ALL]);
     let out = String::from_utf8_lossy(&out);
     assert_eq!(code, 0, "{stderr}");
-    assert!(out.contains("ledger:  ok") && out.contains("lag 0 events") && out.contains(&topic), "{out}");
+    assert!(
+        out.contains("ledger:  ok") && out.contains("lag 0 events") && out.contains(&topic),
+        "{out}"
+    );
     server.kill();
     let log_events = export(&data);
     assert!(log_events.len() > 100, "the load produced {} events", log_events.len());
@@ -408,16 +505,38 @@ async fn the_analytics_consumer_agrees_with_the_log() {
         use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
         let (seq, bytes) = &log[log.len() / 2];
         let e = bindledger_events::decode(bytes).unwrap();
-        let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", &broker.addr).create().unwrap();
+        let producer: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &broker.addr)
+            .create()
+            .unwrap();
         let partition = partition_for(e.account.as_bytes(), PARTITIONS);
-        producer.send(BaseRecord::to(&topic).partition(partition).key(&e.account).payload(bytes)).map_err(|(e, _)| e).unwrap();
+        producer
+            .send(
+                BaseRecord::to(&topic)
+                    .partition(partition)
+                    .key(&e.account)
+                    .payload(bytes),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
         producer.flush(Duration::from_secs(10)).unwrap();
         eprintln!("duplicated event {seq}");
     }
     let (ledger, _) = r.stop().await;
     ledger.close();
 
-    let (code, out, stderr) = run_cli(&["consume", "--brokers", &broker.addr, "--topic", &topic, "--group", &fresh_topic("group"), "--idle-exit-ms", "3000", "--json"]);
+    let (code, out, stderr) = run_cli(&[
+        "consume",
+        "--brokers",
+        &broker.addr,
+        "--topic",
+        &topic,
+        "--group",
+        &fresh_topic("group"),
+        "--idle-exit-ms",
+        "3000",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(report["messages"].as_u64(), Some(log.len() as u64 + 1));
@@ -426,7 +545,11 @@ async fn the_analytics_consumer_agrees_with_the_log() {
     for (_, bytes) in &log {
         expected.apply(&bindledger_events::decode(bytes).unwrap());
     }
-    assert_eq!(report["analytics"], serde_json::to_value(&expected).unwrap(), "the consumer's aggregates equal the log's");
+    assert_eq!(
+        report["analytics"],
+        serde_json::to_value(&expected).unwrap(),
+        "the consumer's aggregates equal the log's"
+    );
     assert!(expected.spend_minor.len() > 10 && !expected.failures_per_day.is_empty());
 }
 
@@ -452,12 +575,19 @@ async fn a_topic_of_another_log_is_refused() {
                 break e;
             }
         }
-        assert!(Instant::now() < deadline, "the relay did not notice the topic is another log's");
+        assert!(
+            Instant::now() < deadline,
+            "the relay did not notice the topic is another log's"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(error.contains(&topic), "{error}");
     assert_eq!(r.status.published_total.load(Ordering::Relaxed), 0);
-    assert_eq!(read_topic(&broker.addr, &topic).len(), before, "nothing was published over the other log's events");
+    assert_eq!(
+        read_topic(&broker.addr, &topic).len(),
+        before,
+        "nothing was published over the other log's events"
+    );
     let (ledger, _) = r.stop().await;
     ledger.close();
 }
@@ -515,7 +645,11 @@ async fn alert_round(dir: &std::path::Path, kafka: &KafkaConfig, round: u64, acc
     let (_, alerts_status) = node.extras.alerts_relay.clone().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while feed.published() < accounts * 2 || alerts_status.position.load(Ordering::Relaxed) < feed.published() {
-        assert!(Instant::now() < deadline, "the alerts topic did not catch up: {:?}", alerts_status.last_error.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "the alerts topic did not catch up: {:?}",
+            alerts_status.last_error.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     node.stop().await;
@@ -525,13 +659,18 @@ async fn alert_round(dir: &std::path::Path, kafka: &KafkaConfig, round: u64, acc
 async fn alerts_reach_their_own_topic_once_and_in_order_across_a_restart() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let kafka = KafkaConfig { alerts_topic: fresh_topic("alerts"), ..kafka_config(&broker.addr, &fresh_topic("alert-events")) };
+    let kafka = KafkaConfig {
+        alerts_topic: fresh_topic("alerts"),
+        ..kafka_config(&broker.addr, &fresh_topic("alert-events"))
+    };
     alert_round(dir.path(), &kafka, 0, 8).await;
     alert_round(dir.path(), &kafka, 1, 5).await;
     // The stored alert stream, offline.
     let store = bindledger::store::Store::open(dir.path()).unwrap();
     let alerts = bindledger::alerts::store::AlertStore::new(store.alerts_tree());
-    let stored = alerts.changes_after(0, alerts.last_stream_seq().unwrap(), usize::MAX).unwrap();
+    let stored = alerts
+        .changes_after(0, alerts.last_stream_seq().unwrap(), usize::MAX)
+        .unwrap();
     assert_eq!(stored.len(), 26, "13 accounts: an opening and an update each");
     let reads = read_topic(&broker.addr, &kafka.alerts_topic);
     let seqs: Vec<u64> = reads.iter().map(|r| r.headers["stream_seq"].parse().unwrap()).collect();
@@ -552,7 +691,10 @@ async fn signed_checkpoints_reach_their_topic() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let mut config: Config = test_config(dir.path());
-    config.kafka = KafkaConfig { alerts_topic: fresh_topic("cp-alerts"), ..kafka_config(&broker.addr, &fresh_topic("cp-events")) };
+    config.kafka = KafkaConfig {
+        alerts_topic: fresh_topic("cp-alerts"),
+        ..kafka_config(&broker.addr, &fresh_topic("cp-events"))
+    };
     config.checkpoints.topic = fresh_topic("checkpoints");
     config.checkpoints.every_events = 5;
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
@@ -582,7 +724,9 @@ async fn signed_checkpoints_reach_their_topic() {
     let topic_of = |config: &Config| read_topic(&broker.addr, &config.checkpoints.topic);
     let stored = |dir: &std::path::Path| {
         let store = bindledger::store::Store::open(dir).unwrap();
-        bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree()).all().unwrap()
+        bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree())
+            .all()
+            .unwrap()
     };
     let mut away = config.clone();
     away.kafka.brokers = format!("127.0.0.1:{}", free_port());
@@ -595,25 +739,44 @@ async fn signed_checkpoints_reach_their_topic() {
     let node = bindledger::node::Node::start(&config, LedgerSecret::from_bytes([3; 32]), gateway.clone()).unwrap();
     bind_wallet(&node.ledger, &gateway, "acct-back", 99).await;
     node.stop().await;
-    let on_topic: Vec<bindledger::checkpoint::SignedCheckpoint> = topic_of(&config).iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect();
+    let on_topic: Vec<bindledger::checkpoint::SignedCheckpoint> = topic_of(&config)
+        .iter()
+        .map(|r| serde_json::from_slice(&r.value).unwrap())
+        .collect();
     let all = stored(dir.path());
-    assert_eq!(on_topic.iter().map(|c| (c.seq, c.head)).collect::<Vec<_>>(), all.iter().map(|c| (c.seq, c.head)).collect::<Vec<_>>(), "every stored checkpoint once, in order");
+    assert_eq!(
+        on_topic.iter().map(|c| (c.seq, c.head)).collect::<Vec<_>>(),
+        all.iter().map(|c| (c.seq, c.head)).collect::<Vec<_>>(),
+        "every stored checkpoint once, in order"
+    );
 
     // Another ledger (another key) pointed at the same checkpoints topic is refused.
     let other_dir = tempfile::tempdir().unwrap();
     let mut other = test_config(other_dir.path());
-    other.kafka = KafkaConfig { alerts_topic: fresh_topic("other-alerts"), ..kafka_config(&broker.addr, &fresh_topic("other-events")) };
+    other.kafka = KafkaConfig {
+        alerts_topic: fresh_topic("other-alerts"),
+        ..kafka_config(&broker.addr, &fresh_topic("other-events"))
+    };
     other.checkpoints = config.checkpoints.clone();
     let node = bindledger::node::Node::start(&other, LedgerSecret::from_bytes([4; 32]), gateway.clone()).unwrap();
     bind_wallet(&node.ledger, &gateway, "intruder", 1).await;
     let (_, status) = node.extras.checkpoints_relay.clone().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let refused = status.last_error.lock().unwrap().as_deref().is_some_and(|e| e.contains("not this ledger's"));
+        let refused = status
+            .last_error
+            .lock()
+            .unwrap()
+            .as_deref()
+            .is_some_and(|e| e.contains("not this ledger's"));
         if refused {
             break;
         }
-        assert!(Instant::now() < deadline, "the other ledger was not refused: {:?}", status.last_error.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "the other ledger was not refused: {:?}",
+            status.last_error.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // `bindledger status` shows every relay and exits 1 while one is refusing (issue 15).
@@ -623,15 +786,30 @@ async fn signed_checkpoints_reach_their_topic() {
     let server = tokio::spawn(bindledger::http::serve(listener, node.state.clone(), async move {
         let _ = stopped.await;
     }));
-    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&["status", "--json", "--url", &url, "--token", ALL])).await.unwrap();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || run_cli(&["status", "--json", "--url", &url, "--token", ALL]))
+            .await
+            .unwrap();
     let st: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {err}"));
     assert_eq!(code, 1, "{st}");
-    assert!(st["relays"]["checkpoints"]["last_error"].as_str().is_some_and(|e| e.contains("not this ledger's")), "{st}");
-    assert!(st["relays"]["events"]["state"].is_string() && st["relays"]["alerts"]["state"].is_string(), "{st}");
+    assert!(
+        st["relays"]["checkpoints"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not this ledger's")),
+        "{st}"
+    );
+    assert!(
+        st["relays"]["events"]["state"].is_string() && st["relays"]["alerts"]["state"].is_string(),
+        "{st}"
+    );
     let _ = stop_http.send(());
     let _ = server.await;
     node.stop().await;
-    assert_eq!(topic_of(&config).len(), all.len(), "nothing of the other ledger's on the topic");
+    assert_eq!(
+        topic_of(&config).len(),
+        all.len(),
+        "nothing of the other ledger's on the topic"
+    );
 }
 
 /// Issue 16, restore from the topic: a ledger publishing to Kafka (events and signed
@@ -644,7 +822,10 @@ async fn a_lost_directory_is_restored_from_the_topic_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut config: Config = test_config(&data);
-    config.kafka = KafkaConfig { alerts_topic: fresh_topic("restore-alerts"), ..kafka_config(&broker.addr, &fresh_topic("restore-events")) };
+    config.kafka = KafkaConfig {
+        alerts_topic: fresh_topic("restore-alerts"),
+        ..kafka_config(&broker.addr, &fresh_topic("restore-events"))
+    };
     config.checkpoints.topic = fresh_topic("restore-checkpoints");
     config.checkpoints.every_events = 25;
     let secret = LedgerSecret::from_bytes([3; 32]);
@@ -670,7 +851,18 @@ async fn a_lost_directory_is_restored_from_the_topic_byte_for_byte() {
     let secret_hex = "03".repeat(32);
     let restore = |dir: &std::path::Path| {
         std::process::Command::new(binary())
-            .args(["restore", "--brokers", &broker.addr, "--topic", &config.kafka.topic, "--checkpoints-topic", &config.checkpoints.topic, "--public-key", &key, "--data-dir"])
+            .args([
+                "restore",
+                "--brokers",
+                &broker.addr,
+                "--topic",
+                &config.kafka.topic,
+                "--checkpoints-topic",
+                &config.checkpoints.topic,
+                "--public-key",
+                &key,
+                "--data-dir",
+            ])
             .arg(dir)
             .env("BINDLEDGER_SECRET", &secret_hex)
             .output()
@@ -682,13 +874,22 @@ async fn a_lost_directory_is_restored_from_the_topic_byte_for_byte() {
     assert!(text.contains(&format!("restored {} events", original.len())), "{text}");
     assert!(text.contains("checked and kept"), "{text}");
     let again = restore(&restored_dir);
-    assert!(String::from_utf8_lossy(&again.stdout).contains("restored 0 events"), "{}", String::from_utf8_lossy(&again.stdout));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("restored 0 events"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
     // Byte for byte, with the checkpoints.
     {
         let store = bindledger::store::Store::open(&restored_dir).unwrap();
-        let restored: Vec<(u64, Vec<u8>)> = store.scan_events(1).map(|r| r.map(|(s, b)| (s, b.to_vec())).unwrap()).collect();
+        let restored: Vec<(u64, Vec<u8>)> = store
+            .scan_events(1)
+            .map(|r| r.map(|(s, b)| (s, b.to_vec())).unwrap())
+            .collect();
         assert_eq!(restored, original);
-        let cps = bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree()).all().unwrap();
+        let cps = bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree())
+            .all()
+            .unwrap();
         assert!(!cps.is_empty(), "{} checkpoints", cps.len());
         for cp in &cps {
             cp.verify(&key).unwrap();
@@ -701,7 +902,11 @@ async fn a_lost_directory_is_restored_from_the_topic_byte_for_byte() {
     restored_config.kafka.brokers = String::new();
     let node = bindledger::node::Node::start(&restored_config, secret, gateway.clone()).unwrap();
     for (a, state) in &bindings {
-        assert_eq!(&serde_json::to_value(node.ledger.account(a).unwrap()).unwrap(), state, "{a}");
+        assert_eq!(
+            &serde_json::to_value(node.ledger.account(a).unwrap()).unwrap(),
+            state,
+            "{a}"
+        );
     }
     let next = bind_wallet(&node.ledger, &gateway, "after-restore", 77).await;
     let _ = next;
@@ -722,7 +927,10 @@ async fn replicated_mode_acknowledges_nothing_the_cluster_does_not_hold() {
     let addr = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let mut config: Config = test_config(dir.path());
-    config.kafka = KafkaConfig { alerts_topic: fresh_topic("repl-alerts"), ..kafka_config(&addr, &fresh_topic("repl-events")) };
+    config.kafka = KafkaConfig {
+        alerts_topic: fresh_topic("repl-alerts"),
+        ..kafka_config(&addr, &fresh_topic("repl-events"))
+    };
     config.checkpoints.enabled = false;
     config.durability = bindledger::config::Durability::Replicated;
     config.replication_timeout_ms = 1000;
@@ -734,14 +942,16 @@ async fn replicated_mode_acknowledges_nothing_the_cluster_does_not_hold() {
         let body = serde_json::json!({"provider": "alipay", "wallet_account": phone(1), "payment_password": g.password_for(&alipay(), &phone(1)), "idempotency_key": "bind-1"});
         let started = Instant::now();
         let (status, v) = c.post_json("/v1/accounts/alice/bindings", &body).await.unwrap();
-        assert_eq!((status.as_u16(), v["error"]["code"].as_str()), (503, Some("outcome_unknown")), "{v}");
+        assert_eq!(
+            (status.as_u16(), v["error"]["code"].as_str()),
+            (503, Some("outcome_unknown")),
+            "{v}"
+        );
         assert!(started.elapsed() < Duration::from_secs(3));
         body
     };
     let mut c = server.client(ALL);
-    let pay = |i: u64, bound: &str| {
-        serde_json::json!({"binding_id": bound, "order_id": format!("o-{i}"), "amount_minor": 100, "payment_password": g.password_for(&alipay(), &phone(1)), "idempotency_key": format!("pay-{i}")})
-    };
+    let pay = |i: u64, bound: &str| serde_json::json!({"binding_id": bound, "order_id": format!("o-{i}"), "amount_minor": 100, "payment_password": g.password_for(&alipay(), &phone(1)), "idempotency_key": format!("pay-{i}")});
     // The broker arrives; the relay publishes; the retry of the bind returns the original.
     let _broker = Broker::start_on(port, None);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -756,14 +966,23 @@ async fn replicated_mode_acknowledges_nothing_the_cluster_does_not_hold() {
     };
     // With the broker there: answered once replicated.
     for i in 0..20 {
-        let (status, v) = c.post_json("/v1/accounts/alice/payments", &pay(i, &bound)).await.unwrap();
+        let (status, v) = c
+            .post_json("/v1/accounts/alice/payments", &pay(i, &bound))
+            .await
+            .unwrap();
         assert_eq!(status.as_u16(), 201, "{v}");
         let seq = v["event"]["seq"].as_u64().unwrap();
         let (_, relay) = server.node.as_ref().unwrap().extras.relay.clone().unwrap();
-        assert!(relay.position.load(Ordering::Relaxed) >= seq, "answered before the cluster held event {seq}");
+        assert!(
+            relay.position.load(Ordering::Relaxed) >= seq,
+            "answered before the cluster held event {seq}"
+        );
     }
     // Each command once in the log.
-    let binds = log_of(&l).iter().filter(|(_, b)| String::from_utf8_lossy(b).contains("\"wallet_bound\"")).count();
+    let binds = log_of(&l)
+        .iter()
+        .filter(|(_, b)| String::from_utf8_lossy(b).contains("\"wallet_bound\""))
+        .count();
     assert_eq!(binds, 1);
     let _ = g;
     server.shutdown().await;

@@ -18,7 +18,10 @@ const SECRET: [u8; 32] = [42; 32];
 
 fn open(config: &Config) -> (Ledger, Arc<SimulatedGateway>) {
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
-    (Ledger::open(config, LedgerSecret::from_bytes(SECRET), gateway.clone()).unwrap(), gateway)
+    (
+        Ledger::open(config, LedgerSecret::from_bytes(SECRET), gateway.clone()).unwrap(),
+        gateway,
+    )
 }
 
 fn bind_request(g: &SimulatedGateway, n: u64, key: Option<&str>) -> BindRequest {
@@ -27,19 +30,32 @@ fn bind_request(g: &SimulatedGateway, n: u64, key: Option<&str>) -> BindRequest 
         wallet_account: SecretString::new(phone(n)),
         payment_password: SecretString::new(g.password_for(&alipay(), &phone(n))),
         factor: None,
-        common: CommonInput { idempotency_key: key.map(str::to_owned), ..Default::default() },
+        common: CommonInput {
+            idempotency_key: key.map(str::to_owned),
+            ..Default::default()
+        },
     }
 }
 
 async fn bind(l: &Ledger, g: &SimulatedGateway, account: &str, n: u64) -> Uuid {
-    let r = l.bind(bind_request(g, n, None).validate(account, Utc::now()).unwrap()).await.unwrap();
+    let r = l
+        .bind(bind_request(g, n, None).validate(account, Utc::now()).unwrap())
+        .await
+        .unwrap();
     match &r.event.payload {
         Payload::WalletBound { binding_id, .. } => *binding_id,
         other => panic!("{other:?}"),
     }
 }
 
-fn pay_request(g: &SimulatedGateway, n: u64, binding: Uuid, amount_minor: i64, key: Option<&str>, expected_version: Option<u64>) -> PayRequest {
+fn pay_request(
+    g: &SimulatedGateway,
+    n: u64,
+    binding: Uuid,
+    amount_minor: i64,
+    key: Option<&str>,
+    expected_version: Option<u64>,
+) -> PayRequest {
     PayRequest {
         binding_id: binding.to_string(),
         order_id: format!("o-{amount_minor}"),
@@ -47,7 +63,11 @@ fn pay_request(g: &SimulatedGateway, n: u64, binding: Uuid, amount_minor: i64, k
         currency: None,
         payment_password: SecretString::new(g.password_for(&alipay(), &phone(n))),
         factor: None,
-        common: CommonInput { idempotency_key: key.map(str::to_owned), expected_version, ..Default::default() },
+        common: CommonInput {
+            idempotency_key: key.map(str::to_owned),
+            expected_version,
+            ..Default::default()
+        },
     }
 }
 
@@ -56,12 +76,24 @@ fn all_events(l: &Ledger) -> Vec<bindledger_events::Event> {
 }
 
 /// One payment per key, all at once, each from its own task; the i-th pays 1 + i minor units.
-fn pay_concurrently(l: &Ledger, g: &Arc<SimulatedGateway>, binding: Uuid, keys: Vec<String>) -> Vec<tokio::task::JoinHandle<bindledger::Result<bindledger::ledger::CommandResult>>> {
+fn pay_concurrently(
+    l: &Ledger,
+    g: &Arc<SimulatedGateway>,
+    binding: Uuid,
+    keys: Vec<String>,
+) -> Vec<tokio::task::JoinHandle<bindledger::Result<bindledger::ledger::CommandResult>>> {
     keys.into_iter()
         .enumerate()
         .map(|(i, key)| {
             let (l, g) = (l.clone(), g.clone());
-            tokio::spawn(async move { l.pay(pay_request(&g, 1, binding, 1 + i as i64, Some(&key), None).validate("acct", Utc::now()).unwrap()).await })
+            tokio::spawn(async move {
+                l.pay(
+                    pay_request(&g, 1, binding, 1 + i as i64, Some(&key), None)
+                        .validate("acct", Utc::now())
+                        .unwrap(),
+                )
+                .await
+            })
         })
         .collect()
 }
@@ -82,7 +114,14 @@ async fn many_clients_racing_on_one_idempotency_key_get_one_event() {
     let tasks: Vec<_> = (0..64)
         .map(|_| {
             let (l, g) = (l.clone(), g.clone());
-            tokio::spawn(async move { l.pay(pay_request(&g, 1, binding, 500, Some("k-1"), None).validate("acct", Utc::now()).unwrap()).await })
+            tokio::spawn(async move {
+                l.pay(
+                    pay_request(&g, 1, binding, 500, Some("k-1"), None)
+                        .validate("acct", Utc::now())
+                        .unwrap(),
+                )
+                .await
+            })
         })
         .collect();
     let mut seqs = Vec::new();
@@ -92,16 +131,30 @@ async fn many_clients_racing_on_one_idempotency_key_get_one_event() {
         seqs.push(r.event.seq);
         fresh += usize::from(!r.replayed);
     }
-    assert!(seqs.iter().all(|s| *s == seqs[0]), "all racers see the same event: {seqs:?}");
+    assert!(
+        seqs.iter().all(|s| *s == seqs[0]),
+        "all racers see the same event: {seqs:?}"
+    );
     assert_eq!(fresh, 1, "exactly one racer made the event");
     assert_eq!(l.log_len(), base + 1);
-    assert_eq!(g.spent_minor(&alipay(), &phone(1)), 500, "the losers' authorisations were voided");
+    assert_eq!(
+        g.spent_minor(&alipay(), &phone(1)),
+        500,
+        "the losers' authorisations were voided"
+    );
 
     // Different requests racing on one key: one wins, the rest are told the key is taken.
     let tasks: Vec<_> = (0..32)
         .map(|i| {
             let (l, g) = (l.clone(), g.clone());
-            tokio::spawn(async move { l.pay(pay_request(&g, 1, binding, 100 + i, Some("k-2"), None).validate("acct", Utc::now()).unwrap()).await })
+            tokio::spawn(async move {
+                l.pay(
+                    pay_request(&g, 1, binding, 100 + i, Some("k-2"), None)
+                        .validate("acct", Utc::now())
+                        .unwrap(),
+                )
+                .await
+            })
         })
         .collect();
     let mut ok = 0;
@@ -152,7 +205,11 @@ async fn expected_versions_serialise_racing_writers() {
         versions.extend(t.await.unwrap().0);
     }
     versions.sort();
-    assert_eq!(versions, (2..=81).collect::<Vec<u64>>(), "each version was won exactly once");
+    assert_eq!(
+        versions,
+        (2..=81).collect::<Vec<u64>>(),
+        "each version was won exactly once"
+    );
     assert_eq!(l.account("shared").unwrap().version, 81);
     l.close();
 }
@@ -168,10 +225,25 @@ async fn a_restart_resumes_the_projection_and_a_rebuild_equals_it() {
         let b1 = bind(&l, &g, &account, a * 10 + 1).await;
         let b2 = bind(&l, &g, &account, a * 10 + 2).await;
         for k in 0..3 {
-            l.pay(pay_request(&g, a * 10 + 1, b1, 100 + k, None, None).validate(&account, Utc::now()).unwrap()).await.unwrap();
+            l.pay(
+                pay_request(&g, a * 10 + 1, b1, 100 + k, None, None)
+                    .validate(&account, Utc::now())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
         }
         if a % 2 == 0 {
-            l.unbind(UnbindRequest { confirm: true, common: CommonInput::default() }.validate(&account, &b2.to_string(), Utc::now()).unwrap()).await.unwrap();
+            l.unbind(
+                UnbindRequest {
+                    confirm: true,
+                    common: CommonInput::default(),
+                }
+                .validate(&account, &b2.to_string(), Utc::now())
+                .unwrap(),
+            )
+            .await
+            .unwrap();
         }
     }
     // Two accounts share a wallet.
@@ -183,9 +255,16 @@ async fn a_restart_resumes_the_projection_and_a_rebuild_equals_it() {
     l.close();
 
     let (l, _) = open(&config);
-    assert_eq!(l.projection(), rebuilt, "reopened: the stored snapshot plus the tail equals a rebuild");
+    assert_eq!(
+        l.projection(),
+        rebuilt,
+        "reopened: the stored snapshot plus the tail equals a rebuild"
+    );
     let report = bindledger::offline::verify(dir.path(), &bindledger::alerts::RuleSet::default());
-    assert!(report.is_err(), "the log is open in this process, verify must not open it twice");
+    assert!(
+        report.is_err(),
+        "the log is open in this process, verify must not open it twice"
+    );
     l.close();
     let report = bindledger::offline::verify(dir.path(), &bindledger::alerts::RuleSet::default()).unwrap();
     assert!(report.ok(), "{report:?}");
@@ -199,18 +278,45 @@ async fn idempotency_keys_survive_a_restart_within_their_window() {
     config.idempotency_window_events = 5;
     let (l, g) = open(&config);
     let binding = bind(&l, &g, "acct", 3).await;
-    let first = l.pay(pay_request(&g, 3, binding, 700, Some("pay-1"), None).validate("acct", Utc::now()).unwrap()).await.unwrap();
+    let first = l
+        .pay(
+            pay_request(&g, 3, binding, 700, Some("pay-1"), None)
+                .validate("acct", Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     l.close();
     let (l, g) = open(&config);
-    let again = l.pay(pay_request(&g, 3, binding, 700, Some("pay-1"), None).validate("acct", Utc::now()).unwrap()).await.unwrap();
+    let again = l
+        .pay(
+            pay_request(&g, 3, binding, 700, Some("pay-1"), None)
+                .validate("acct", Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     assert!(again.replayed);
     assert_eq!(again.event, first.event);
     assert_eq!(again.hash, first.hash);
     // Five more events and the key has left the window: it is new again.
     for k in 0..5 {
-        l.pay(pay_request(&g, 3, binding, 1 + k, None, None).validate("acct", Utc::now()).unwrap()).await.unwrap();
+        l.pay(
+            pay_request(&g, 3, binding, 1 + k, None, None)
+                .validate("acct", Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     }
-    let later = l.pay(pay_request(&g, 3, binding, 700, Some("pay-1"), None).validate("acct", Utc::now()).unwrap()).await.unwrap();
+    let later = l
+        .pay(
+            pay_request(&g, 3, binding, 700, Some("pay-1"), None)
+                .validate("acct", Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     assert!(!later.replayed);
     assert_ne!(later.event.seq, first.event.seq);
     l.close();
@@ -247,11 +353,24 @@ async fn a_full_queue_answers_overloaded_and_loses_nothing_acknowledged() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert!(overloaded > 0, "a queue of one must overflow under 300 concurrent commands");
+    assert!(
+        overloaded > 0,
+        "a queue of one must overflow under 300 concurrent commands"
+    );
     ok.sort();
     assert_eq!(logged_keys(&l), ok, "exactly the acknowledged commands are in the log");
-    let spent: i64 = all_events(&l).iter().map(|e| match e.payload { Payload::PaymentSucceeded { amount_minor, .. } => amount_minor, _ => 0 }).sum();
-    assert_eq!(g.spent_minor(&alipay(), &phone(1)), spent, "refused commands were voided at the provider");
+    let spent: i64 = all_events(&l)
+        .iter()
+        .map(|e| match e.payload {
+            Payload::PaymentSucceeded { amount_minor, .. } => amount_minor,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(
+        g.spent_minor(&alipay(), &phone(1)),
+        spent,
+        "refused commands were voided at the provider"
+    );
     l.close();
 }
 
@@ -268,9 +387,19 @@ async fn the_commit_delay_holds_flushes_only_while_the_ledger_is_busy() {
     let (l, g) = open(&config);
     let binding = bind(&l, &g, "acct", 1).await;
     for i in 0..20 {
-        l.pay(pay_request(&g, 1, binding, 1 + i, None, None).validate("acct", Utc::now()).unwrap()).await.unwrap();
+        l.pay(
+            pay_request(&g, 1, binding, 1 + i, None, None)
+                .validate("acct", Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     }
-    assert_eq!(l.metrics().commit_delays.load(Relaxed), 0, "flushes of one command each never wait");
+    assert_eq!(
+        l.metrics().commit_delays.load(Relaxed),
+        0,
+        "flushes of one command each never wait"
+    );
 
     let (base, flushes_before) = (l.log_len(), l.metrics().flushes.load(Relaxed));
     let mut acknowledged = Vec::new();
@@ -280,10 +409,17 @@ async fn the_commit_delay_holds_flushes_only_while_the_ledger_is_busy() {
         }
     }
     let flushes = l.metrics().flushes.load(Relaxed) - flushes_before;
-    assert!(l.metrics().commit_delays.load(Relaxed) > 0, "{flushes} flushes for 300 concurrent commands, none waited");
+    assert!(
+        l.metrics().commit_delays.load(Relaxed) > 0,
+        "{flushes} flushes for 300 concurrent commands, none waited"
+    );
     assert_eq!(l.log_len(), base + 300);
     acknowledged.sort();
-    assert_eq!(logged_keys(&l), acknowledged, "every acknowledged command is in the log exactly once");
+    assert_eq!(
+        logged_keys(&l),
+        acknowledged,
+        "every acknowledged command is in the log exactly once"
+    );
     l.close();
 }
 
@@ -293,13 +429,30 @@ async fn provider_failures_are_recorded_as_typed_events() {
     let mut config = test_config(dir.path());
     let now = Utc::now();
     config.gateway.simulated = Scenario {
-        maintenance: vec![MaintenanceWindow { provider: "wechat_pay".into(), from: now - chrono::Duration::hours(1), until: now + chrono::Duration::hours(1) }],
+        maintenance: vec![MaintenanceWindow {
+            provider: "wechat_pay".into(),
+            from: now - chrono::Duration::hours(1),
+            until: now + chrono::Duration::hours(1),
+        }],
         ..Scenario::quiet(11)
     };
     let (l, g) = open(&config);
-    let req = BindRequest { provider: "wechat_pay".into(), ..bind_request(&g, 1, None) };
+    let req = BindRequest {
+        provider: "wechat_pay".into(),
+        ..bind_request(&g, 1, None)
+    };
     let r = l.bind(req.validate("acct", Utc::now()).unwrap()).await.unwrap();
-    assert!(matches!(r.event.payload, Payload::BindFailed { reason: BindFailure::Maintenance { side: Side::Provider }, .. }), "{:?}", r.event.payload);
+    assert!(
+        matches!(
+            r.event.payload,
+            Payload::BindFailed {
+                reason: BindFailure::Maintenance { side: Side::Provider },
+                ..
+            }
+        ),
+        "{:?}",
+        r.event.payload
+    );
     l.close();
 
     // A provider that never answers in time is a network failure.
@@ -308,8 +461,21 @@ async fn provider_failures_are_recorded_as_typed_events() {
     config.gateway.simulated.latency_ms = 500;
     config.gateway.timeout_ms = 50;
     let (l, g) = open(&config);
-    let r = l.bind(bind_request(&g, 1, None).validate("acct", Utc::now()).unwrap()).await.unwrap();
-    assert!(matches!(r.event.payload, Payload::BindFailed { reason: BindFailure::Network, .. }), "{:?}", r.event.payload);
+    let r = l
+        .bind(bind_request(&g, 1, None).validate("acct", Utc::now()).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            r.event.payload,
+            Payload::BindFailed {
+                reason: BindFailure::Network,
+                ..
+            }
+        ),
+        "{:?}",
+        r.event.payload
+    );
     l.close();
 
     // The platform's own maintenance.
@@ -317,8 +483,21 @@ async fn provider_failures_are_recorded_as_typed_events() {
     let mut config = test_config(dir.path());
     config.platform_maintenance = true;
     let (l, g) = open(&config);
-    let r = l.pay(pay_request(&g, 1, Uuid::now_v7(), 5, None, None).validate("acct", Utc::now()).unwrap()).await.unwrap();
-    assert!(matches!(r.event.payload, Payload::PaymentFailed { reason: PaymentFailure::Maintenance { side: Side::Platform }, .. }));
+    let r = l
+        .pay(
+            pay_request(&g, 1, Uuid::now_v7(), 5, None, None)
+                .validate("acct", Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        r.event.payload,
+        Payload::PaymentFailed {
+            reason: PaymentFailure::Maintenance { side: Side::Platform },
+            ..
+        }
+    ));
     l.close();
 }
 
@@ -332,13 +511,43 @@ async fn an_authorisation_the_writer_refuses_is_voided() {
     // The payment passes the pre-check and waits on the provider; meanwhile the wallet is unbound.
     let pay = {
         let (l, g) = (l.clone(), g.clone());
-        tokio::spawn(async move { l.pay(pay_request(&g, 9, binding, 4200, None, None).validate("acct", Utc::now()).unwrap()).await })
+        tokio::spawn(async move {
+            l.pay(
+                pay_request(&g, 9, binding, 4200, None, None)
+                    .validate("acct", Utc::now())
+                    .unwrap(),
+            )
+            .await
+        })
     };
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    l.unbind(UnbindRequest { confirm: true, common: CommonInput::default() }.validate("acct", &binding.to_string(), Utc::now()).unwrap()).await.unwrap();
+    l.unbind(
+        UnbindRequest {
+            confirm: true,
+            common: CommonInput::default(),
+        }
+        .validate("acct", &binding.to_string(), Utc::now())
+        .unwrap(),
+    )
+    .await
+    .unwrap();
     let r = pay.await.unwrap().unwrap();
-    assert!(matches!(r.event.payload, Payload::PaymentFailed { reason: PaymentFailure::BindingNotActive, .. }), "{:?}", r.event.payload);
-    assert_eq!(g.spent_minor(&alipay(), &phone(9)), 0, "the provider's authorisation was released");
+    assert!(
+        matches!(
+            r.event.payload,
+            Payload::PaymentFailed {
+                reason: PaymentFailure::BindingNotActive,
+                ..
+            }
+        ),
+        "{:?}",
+        r.event.payload
+    );
+    assert_eq!(
+        g.spent_minor(&alipay(), &phone(9)),
+        0,
+        "the provider's authorisation was released"
+    );
     l.close();
 }
 
@@ -354,7 +563,11 @@ async fn history_and_payments_read_stored_and_pending_rows_alike() {
         let history = l.history("acct-h", 0, 1_000).await.unwrap();
         assert_eq!(history, log, "history");
         let later = l.history("acct-h", 3, 4).await.unwrap();
-        assert_eq!(later, log.iter().skip(3).take(4).cloned().collect::<Vec<_>>(), "history after version 3");
+        assert_eq!(
+            later,
+            log.iter().skip(3).take(4).cloned().collect::<Vec<_>>(),
+            "history after version 3"
+        );
         let mut paged = Vec::new();
         let mut cursor = None;
         loop {
@@ -366,15 +579,32 @@ async fn history_and_payments_read_stored_and_pending_rows_alike() {
                 None => break,
             }
         }
-        let payments: Vec<Event> = log.iter().rev().filter(|e| e.event_type().starts_with("payment_")).cloned().collect();
+        let payments: Vec<Event> = log
+            .iter()
+            .rev()
+            .filter(|e| e.event_type().starts_with("payment_"))
+            .cloned()
+            .collect();
         assert_eq!(paged, payments, "payments, newest first, page by page");
     }
     let (l, g) = open(&config);
     let b = bind(&l, &g, "acct-h", 1).await;
     let other = bind(&l, &g, "other", 2).await;
     for k in 0..40 {
-        l.pay(pay_request(&g, 1, b, 100 + k, None, None).validate("acct-h", Utc::now()).unwrap()).await.unwrap();
-        l.pay(pay_request(&g, 2, other, 1 + k, None, None).validate("other", Utc::now()).unwrap()).await.unwrap();
+        l.pay(
+            pay_request(&g, 1, b, 100 + k, None, None)
+                .validate("acct-h", Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        l.pay(
+            pay_request(&g, 2, other, 1 + k, None, None)
+                .validate("other", Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
         if k % 9 == 0 {
             check(&l).await;
         }

@@ -23,7 +23,15 @@ const SECRET_NUMBER: u64 = 98_765_431;
 
 /// The wrong-typed (or invalid) values each field is sent with.
 fn hostile_values() -> Vec<Value> {
-    vec![json!(SECRET), json!(SECRET_NUMBER), json!({"x": SECRET}), json!([SECRET, SECRET_NUMBER]), json!(true), json!(-(SECRET_NUMBER as i64)), json!(1.5e300)]
+    vec![
+        json!(SECRET),
+        json!(SECRET_NUMBER),
+        json!({"x": SECRET}),
+        json!([SECRET, SECRET_NUMBER]),
+        json!(true),
+        json!(-(SECRET_NUMBER as i64)),
+        json!(1.5e300),
+    ]
 }
 
 /// Sets a (possibly nested, `a.b`) field of a JSON object.
@@ -62,44 +70,92 @@ async fn no_submitted_value_is_echoed_in_an_answer_or_a_log_line() {
         .await
         .unwrap();
     let binding = bound["event"]["payload"]["binding_id"].as_str().unwrap().to_owned();
-    let common_fields = ["idempotency_key", "expected_version", "correlation_id", "event_time", "context", "context.channel", "context.device_id", "context.ip", "context.user_agent"];
+    let common_fields = [
+        "idempotency_key",
+        "expected_version",
+        "correlation_id",
+        "event_time",
+        "context",
+        "context.channel",
+        "context.device_id",
+        "context.ip",
+        "context.user_agent",
+    ];
     let commands: Vec<(String, Value, Vec<&str>)> = vec![
         (
             "/v1/accounts/alice/bindings".into(),
             json!({"provider": "alipay", "wallet_account": phone(2), "payment_password": "123456"}),
-            vec!["provider", "wallet_account", "payment_password", "factor", "factor.kind", "factor.code"],
+            vec![
+                "provider",
+                "wallet_account",
+                "payment_password",
+                "factor",
+                "factor.kind",
+                "factor.code",
+            ],
         ),
         (
             "/v1/accounts/alice/payments".into(),
             json!({"binding_id": binding, "order_id": "o-1", "amount_minor": 100, "payment_password": "123456"}),
-            vec!["binding_id", "order_id", "amount_minor", "currency", "payment_password", "factor", "factor.kind", "factor.code"],
+            vec![
+                "binding_id",
+                "order_id",
+                "amount_minor",
+                "currency",
+                "payment_password",
+                "factor",
+                "factor.kind",
+                "factor.code",
+            ],
         ),
-        (format!("/v1/accounts/alice/bindings/{binding}/unbind"), json!({"confirm": true}), vec!["confirm"]),
-        (format!("/v1/accounts/alice/bindings/{binding}/unlock"), json!({"confirm": true}), vec!["confirm"]),
+        (
+            format!("/v1/accounts/alice/bindings/{binding}/unbind"),
+            json!({"confirm": true}),
+            vec!["confirm"],
+        ),
+        (
+            format!("/v1/accounts/alice/bindings/{binding}/unlock"),
+            json!({"confirm": true}),
+            vec!["confirm"],
+        ),
     ];
     let mut sent = 0;
     for (path, base, fields) in &commands {
         for field in fields.iter().chain(common_fields.iter()) {
             for v in hostile_values() {
                 let body = with_field(base, field, v);
-                let (status, answer) = c.send(hyper::Method::POST, path, Some(serde_json::to_vec(&body).unwrap())).await.unwrap();
+                let (status, answer) = c
+                    .send(hyper::Method::POST, path, Some(serde_json::to_vec(&body).unwrap()))
+                    .await
+                    .unwrap();
                 sent += 1;
                 // A recorded command's answer is its event, which holds what it recorded (an
                 // amount, an idempotency key); secrets are never recorded, so never answered.
                 let secret_field = matches!(*field, "payment_password" | "wallet_account" | "factor" | "factor.code");
                 if !status.is_success() || secret_field {
-                    assert!(!contains_secret(&answer), "{path} {field}: {status} {}", String::from_utf8_lossy(&answer));
+                    assert!(
+                        !contains_secret(&answer),
+                        "{path} {field}: {status} {}",
+                        String::from_utf8_lossy(&answer)
+                    );
                 }
                 if status.is_client_error() {
                     let e: Value = serde_json::from_slice(&answer).unwrap();
-                    assert!(e["error"]["code"].is_string() && e["error"]["message"].is_string(), "{e}");
+                    assert!(
+                        e["error"]["code"].is_string() && e["error"]["message"].is_string(),
+                        "{e}"
+                    );
                 }
             }
         }
         // An unknown field whose name is the secret, and bodies that are not JSON objects.
         let mut unknown = base.clone();
         unknown[SECRET] = json!(1);
-        for body in [serde_json::to_vec(&unknown).unwrap(), format!("{{\"{SECRET_TEXT}\"").into_bytes(), format!("[\"{SECRET_TEXT}\"]").into_bytes()] {
+        for body in [
+            serde_json::to_vec(&unknown).unwrap(),
+            format!("{{\"{SECRET_TEXT}\"").into_bytes(),
+            format!("[\"{SECRET_TEXT}\"]").into_bytes(),
+        ] {
             let (status, answer) = c.send(hyper::Method::POST, path, Some(body)).await.unwrap();
             assert_eq!(status.as_u16(), 400);
             assert!(!contains_secret(&answer), "{}", String::from_utf8_lossy(&answer));
@@ -107,15 +163,31 @@ async fn no_submitted_value_is_echoed_in_an_answer_or_a_log_line() {
         }
     }
     // Path and query values, and an alert id, are not repeated either.
-    for path in [format!("/v1/alerts/{SECRET_TEXT}-{SECRET_NUMBER}"), format!("/v1/alerts?severity={SECRET_TEXT}"), format!("/v1/alerts?{SECRET_TEXT}=1"), format!("/v1/accounts/alice/payments?limit={SECRET_TEXT}"), format!("/v1/wallets/{SECRET_TEXT}/accounts")] {
+    for path in [
+        format!("/v1/alerts/{SECRET_TEXT}-{SECRET_NUMBER}"),
+        format!("/v1/alerts?severity={SECRET_TEXT}"),
+        format!("/v1/alerts?{SECRET_TEXT}=1"),
+        format!("/v1/accounts/alice/payments?limit={SECRET_TEXT}"),
+        format!("/v1/wallets/{SECRET_TEXT}/accounts"),
+    ] {
         let (status, answer) = c.send(hyper::Method::GET, &path, None).await.unwrap();
         assert!(status.is_client_error(), "{path}: {status}");
-        assert!(!contains_secret(&answer), "{path}: {}", String::from_utf8_lossy(&answer));
+        assert!(
+            !contains_secret(&answer),
+            "{path}: {}",
+            String::from_utf8_lossy(&answer)
+        );
     }
     // The idempotency key of a different request is not named in the 422.
     let pay = json!({"binding_id": binding, "order_id": "o-k", "amount_minor": 100, "payment_password": "123456", "idempotency_key": format!("{SECRET_TEXT}-key")});
     c.post_json("/v1/accounts/alice/payments", &pay).await.unwrap();
-    let (status, answer) = c.post_json("/v1/accounts/alice/payments", &with_field(&pay, "amount_minor", json!(101))).await.unwrap();
+    let (status, answer) = c
+        .post_json(
+            "/v1/accounts/alice/payments",
+            &with_field(&pay, "amount_minor", json!(101)),
+        )
+        .await
+        .unwrap();
     assert_eq!(status.as_u16(), 422);
     assert!(!answer.to_string().contains(SECRET_TEXT), "{answer}");
     assert!(sent > 300, "{sent} hostile bodies sent");
@@ -123,8 +195,16 @@ async fn no_submitted_value_is_echoed_in_an_answer_or_a_log_line() {
     let text = std::fs::read(&log).unwrap();
     let lines = String::from_utf8_lossy(&text).lines().count();
     assert!(lines > 100, "trace logging was on ({lines} lines)");
-    let leaked: Vec<&str> = std::str::from_utf8(&text).unwrap().lines().filter(|l| contains_secret(l.as_bytes())).collect();
-    assert!(leaked.is_empty(), "log lines carry a submitted value: {:?}", &leaked[..leaked.len().min(5)]);
+    let leaked: Vec<&str> = std::str::from_utf8(&text)
+        .unwrap()
+        .lines()
+        .filter(|l| contains_secret(l.as_bytes()))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "log lines carry a submitted value: {:?}",
+        &leaked[..leaked.len().min(5)]
+    );
     assert!(!text.contains(&0x1b), "no colour codes in a log written to a file");
 }
 
@@ -134,11 +214,17 @@ async fn no_submitted_value_is_echoed_in_an_answer_or_a_log_line() {
 fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
-    let server = spawn_server(&dir.path().join("data"), &log, &[("BINDLEDGER_LOG_FORMAT", "json"), ("RUST_LOG", "debug")]);
+    let server = spawn_server(
+        &dir.path().join("data"),
+        &log,
+        &[("BINDLEDGER_LOG_FORMAT", "json"), ("RUST_LOG", "debug")],
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut c = Client::new(server.addr, Some(ALL.into()));
-        c.post_json("/v1/accounts/a/payments", &json!({"amount_minor": "x"})).await.unwrap();
+        c.post_json("/v1/accounts/a/payments", &json!({"amount_minor": "x"}))
+            .await
+            .unwrap();
     });
     drop(server);
     let text = std::fs::read_to_string(&log).unwrap();
@@ -155,7 +241,10 @@ async fn raw(addr: std::net::SocketAddr, request: &str) -> (u16, Value) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("an answer").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
     let text = String::from_utf8_lossy(&buf);
     let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
@@ -169,17 +258,29 @@ async fn every_refusal_has_the_error_shape_the_scheme_is_case_insensitive_and_do
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(dir.path())).await;
     let (status, body) = raw(server.addr, &format!("DELETE /v1/accounts/a/bindings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALL}\r\nConnection: close\r\n\r\n")).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (405, Some("method_not_allowed")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (405, Some("method_not_allowed")),
+        "{body}"
+    );
     assert!(body["error"]["message"].is_string());
     for scheme in ["bearer", "BEARER", "Bearer", "bEaReR"] {
         let (status, body) = raw(server.addr, &format!("GET /v1/accounts/a/bindings HTTP/1.1\r\nHost: x\r\nAuthorization: {scheme} {READER}\r\nConnection: close\r\n\r\n")).await;
         assert_eq!(status, 200, "{scheme}: {body}");
     }
-    let (status, body) = raw(server.addr, "GET /v1/accounts/a/bindings HTTP/1.1\r\nHost: x\r\nAuthorization: Basic abc\r\nConnection: close\r\n\r\n").await;
+    let (status, body) = raw(
+        server.addr,
+        "GET /v1/accounts/a/bindings HTTP/1.1\r\nHost: x\r\nAuthorization: Basic abc\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")));
     for id in ["%2E%2E", "%2e", ".", ".."] {
-        for (method, path) in [("GET", format!("/v1/accounts/{id}/bindings")), ("POST", format!("/v1/accounts/{id}/bindings"))] {
-            let body = json!({"provider": "alipay", "wallet_account": phone(1), "payment_password": "123456"}).to_string();
+        for (method, path) in [
+            ("GET", format!("/v1/accounts/{id}/bindings")),
+            ("POST", format!("/v1/accounts/{id}/bindings")),
+        ] {
+            let body =
+                json!({"provider": "alipay", "wallet_account": phone(1), "payment_password": "123456"}).to_string();
             let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALL}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
             let (status, answer) = raw(server.addr, &req).await;
             // Raw dots are dot segments: the router sees another path (404); encoded ones
@@ -187,14 +288,30 @@ async fn every_refusal_has_the_error_shape_the_scheme_is_case_insensitive_and_do
             assert!(matches!(status, 400 | 404), "{method} {path}: {status} {answer}");
             assert!(answer["error"]["code"].is_string(), "{answer}");
             if status == 400 {
-                assert_eq!((answer["error"]["code"].as_str(), answer["error"]["field"].as_str()), (Some("invalid_account"), Some("account")));
+                assert_eq!(
+                    (answer["error"]["code"].as_str(), answer["error"]["field"].as_str()),
+                    (Some("invalid_account"), Some("account"))
+                );
             }
         }
     }
     // A field the schema types is named when its type is wrong.
     let mut c = server.client(ALL);
-    let (status, body) = c.post_json("/v1/accounts/a/payments", &json!({"binding_id": "x", "order_id": "o", "amount_minor": "100", "payment_password": "1"})).await.unwrap();
-    assert_eq!((status.as_u16(), body["error"]["code"].as_str(), body["error"]["field"].as_str()), (400, Some("invalid_request"), Some("amount_minor")));
+    let (status, body) = c
+        .post_json(
+            "/v1/accounts/a/payments",
+            &json!({"binding_id": "x", "order_id": "o", "amount_minor": "100", "payment_password": "1"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            status.as_u16(),
+            body["error"]["code"].as_str(),
+            body["error"]["field"].as_str()
+        ),
+        (400, Some("invalid_request"), Some("amount_minor"))
+    );
     let (_, body) = c.post_json("/v1/accounts/a/payments", &json!({"binding_id": "x", "order_id": "o", "amount_minor": 1, "payment_password": "1", "factor": {"kind": 7, "code": "1"}})).await.unwrap();
     assert_eq!(body["error"]["field"], "factor.kind");
     assert_eq!(server.ledger.log_len(), 0, "nothing was recorded");
@@ -223,14 +340,18 @@ async fn idle_and_trickling_sockets_cannot_starve_the_server() {
     let mut trickling = Vec::new();
     for _ in 0..60 {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"POST /v1/accounts/a/payments HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{").await.unwrap();
+        s.write_all(b"POST /v1/accounts/a/payments HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            .await
+            .unwrap();
         trickling.push(s);
     }
     // Trickling headers: never finished.
     let mut slow_headers = Vec::new();
     for _ in 0..20 {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"POST /v1/accounts/a/payments HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        s.write_all(b"POST /v1/accounts/a/payments HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
         slow_headers.push(s);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -239,25 +360,48 @@ async fn idle_and_trickling_sockets_cannot_starve_the_server() {
     let mut c = server.client(ALL);
     let (status, body) = c.post_json("/v1/accounts/alice/bindings", &json!({"provider": "alipay", "wallet_account": phone(1), "payment_password": server.gateway.password_for(&alipay(), &phone(1))})).await.unwrap();
     assert_eq!(status.as_u16(), 201, "{body}");
-    let (status, _) = Client::new(addr, None).send(hyper::Method::GET, "/healthz", None).await.unwrap();
+    let (status, _) = Client::new(addr, None)
+        .send(hyper::Method::GET, "/healthz", None)
+        .await
+        .unwrap();
     assert_eq!(status.as_u16(), 200);
-    let (status, _) = Client::new(addr, None).send(hyper::Method::GET, "/metrics", None).await.unwrap();
+    let (status, _) = Client::new(addr, None)
+        .send(hyper::Method::GET, "/metrics", None)
+        .await
+        .unwrap();
     assert_eq!(status.as_u16(), 200);
-    assert!(started.elapsed() < Duration::from_secs(1), "answered in {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered in {:?}",
+        started.elapsed()
+    );
     // The unauthenticated tricklers were answered 401 from their headers alone.
     for s in trickling.iter_mut() {
         let mut buf = [0u8; 64];
-        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.expect("answered without waiting for the body").unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 401"), "{}", String::from_utf8_lossy(&buf[..n]));
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .expect("answered without waiting for the body")
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 401"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
     }
     // Idle sockets and unfinished headers are closed once the header timeout runs out.
     for s in idle.iter_mut().chain(slow_headers.iter_mut()) {
         let mut buf = [0u8; 256];
-        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed by the server");
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed by the server");
         // EOF, a reset, or an error answer before the close.
         if let Ok(n) = r {
             if n > 0 {
-                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 4"), "{}", String::from_utf8_lossy(&buf[..n]));
+                assert!(
+                    String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 4"),
+                    "{}",
+                    String::from_utf8_lossy(&buf[..n])
+                );
             }
         }
     }
@@ -265,9 +409,15 @@ async fn idle_and_trickling_sockets_cannot_starve_the_server() {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("POST /v1/accounts/a/payments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALL}\r\nContent-Length: 100\r\n\r\n{{").as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("a timeout answer").unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("a timeout answer")
+        .unwrap();
     let answer = String::from_utf8_lossy(&buf[..n]);
-    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("body_timeout"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains("body_timeout"),
+        "{answer}"
+    );
     server.shutdown().await;
 }
 
@@ -285,11 +435,16 @@ async fn connections_per_peer_are_bounded() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut extra = TcpStream::connect(server.addr).await.unwrap();
     let mut buf = [0u8; 16];
-    let r = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await.expect("closed at once");
+    let r = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf))
+        .await
+        .expect("closed at once");
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
     drop(held);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (status, _) = Client::new(server.addr, None).send(hyper::Method::GET, "/healthz", None).await.unwrap();
+    let (status, _) = Client::new(server.addr, None)
+        .send(hyper::Method::GET, "/healthz", None)
+        .await
+        .unwrap();
     assert_eq!(status.as_u16(), 200, "served again once the others closed");
     server.shutdown().await;
 }
@@ -311,7 +466,13 @@ async fn wait_for_event(l: &bindledger::Ledger, what: &str, f: impl Fn(&Event) -
 
 /// Sends `n` wrong-password payments at once, each on its own connection; returns the
 /// answers' failure codes (or error codes).
-async fn guess_concurrently(addr: std::net::SocketAddr, account: &str, binding: &str, n: usize, event_time: Option<String>) -> Vec<String> {
+async fn guess_concurrently(
+    addr: std::net::SocketAddr,
+    account: &str,
+    binding: &str,
+    n: usize,
+    event_time: Option<String>,
+) -> Vec<String> {
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let (account, binding, event_time) = (account.to_owned(), binding.to_owned(), event_time.clone());
@@ -347,7 +508,10 @@ async fn wrong_passwords_reaching_the_provider_are_bounded_under_concurrency_and
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     // Each provider call takes a while, so the guesses are truly in flight together.
-    config.gateway.simulated = Scenario { latency_ms: 30, ..Scenario::quiet(11) };
+    config.gateway.simulated = Scenario {
+        latency_ms: 30,
+        ..Scenario::quiet(11)
+    };
     let server = TestServer::start(config).await;
     let (l, g) = (server.ledger.clone(), server.gateway.clone());
     let binding = bind_wallet(&l, &g, "victim", 1).await.to_string();
@@ -356,28 +520,77 @@ async fn wrong_passwords_reaching_the_provider_are_bounded_under_concurrency_and
     let reached = g.payment_calls() - before;
     assert!(reached <= 5, "{reached} guesses reached the provider");
     assert_eq!(count(&codes, "wrong_password") as u64, reached, "{codes:?}");
-    assert_eq!(count(&codes, "wrong_password") + count(&codes, "too_many_attempts") + count(&codes, "binding_locked"), 200, "{codes:?}");
+    assert_eq!(
+        count(&codes, "wrong_password") + count(&codes, "too_many_attempts") + count(&codes, "binding_locked"),
+        200,
+        "{codes:?}"
+    );
     // The alert and its lock follow, as before.
-    let locked = wait_for_event(&l, "lock", |e| e.account == "victim" && matches!(e.payload, Payload::BindingLocked { .. })).await;
-    let Payload::BindingLocked { alert_id, .. } = &locked.payload else { unreachable!() };
+    let locked = wait_for_event(&l, "lock", |e| {
+        e.account == "victim" && matches!(e.payload, Payload::BindingLocked { .. })
+    })
+    .await;
+    let Payload::BindingLocked { alert_id, .. } = &locked.payload else {
+        unreachable!()
+    };
     // A manual unlock, then twenty more guesses: a fresh budget of five, and a second lock.
     let mut c = server.client(SECURITY);
-    let (status, body) = c.post_json(&format!("/v1/accounts/victim/bindings/{binding}/unlock"), &json!({"confirm": true})).await.unwrap();
-    assert_eq!((status.as_u16(), body["event_type"].as_str()), (201, Some("binding_unlocked")), "{body}");
+    let (status, body) = c
+        .post_json(
+            &format!("/v1/accounts/victim/bindings/{binding}/unlock"),
+            &json!({"confirm": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.as_u16(), body["event_type"].as_str()),
+        (201, Some("binding_unlocked")),
+        "{body}"
+    );
     let before = g.payment_calls();
     let codes = guess_concurrently(server.addr, "victim", &binding, 20, None).await;
     let reached = g.payment_calls() - before;
-    assert!((1..=5).contains(&reached), "{reached} guesses after the unlock reached the provider: {codes:?}");
-    let relocked = wait_for_event(&l, "second lock", |e| e.seq > locked.seq && matches!(e.payload, Payload::BindingLocked { .. })).await;
-    let Payload::BindingLocked { alert_id: again, .. } = &relocked.payload else { unreachable!() };
+    assert!(
+        (1..=5).contains(&reached),
+        "{reached} guesses after the unlock reached the provider: {codes:?}"
+    );
+    let relocked = wait_for_event(&l, "second lock", |e| {
+        e.seq > locked.seq && matches!(e.payload, Payload::BindingLocked { .. })
+    })
+    .await;
+    let Payload::BindingLocked { alert_id: again, .. } = &relocked.payload else {
+        unreachable!()
+    };
     assert_eq!(again, alert_id, "the same alert locks again");
-    assert!(relocked.idempotency_key.as_deref().unwrap().starts_with(&format!("lock:{alert_id}#")), "{:?}", relocked.idempotency_key);
+    assert!(
+        relocked
+            .idempotency_key
+            .as_deref()
+            .unwrap()
+            .starts_with(&format!("lock:{alert_id}#")),
+        "{:?}",
+        relocked.idempotency_key
+    );
     // The guard's refusals are recorded events with the documented reason and its end.
     let refused = events_of(&l)
         .into_iter()
-        .find(|e| matches!(&e.payload, Payload::PaymentFailed { reason: bindledger_events::PaymentFailure::TooManyAttempts { .. }, .. }))
+        .find(|e| {
+            matches!(
+                &e.payload,
+                Payload::PaymentFailed {
+                    reason: bindledger_events::PaymentFailure::TooManyAttempts { .. },
+                    ..
+                }
+            )
+        })
         .expect("a too_many_attempts event");
-    let Payload::PaymentFailed { reason: bindledger_events::PaymentFailure::TooManyAttempts { until }, .. } = refused.payload else { unreachable!() };
+    let Payload::PaymentFailed {
+        reason: bindledger_events::PaymentFailure::TooManyAttempts { until },
+        ..
+    } = refused.payload
+    else {
+        unreachable!()
+    };
     assert!(until > refused.record_time && until <= refused.record_time + chrono::Duration::minutes(10));
     server.shutdown().await;
 }
@@ -394,10 +607,20 @@ async fn a_backdated_event_time_neither_hides_guesses_nor_ends_a_lock() {
     let old = (chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
     let (status, body) = default
         .client(ALL)
-        .post_json("/v1/accounts/bob/payments", &json!({"binding_id": b, "order_id": "o", "amount_minor": 1, "payment_password": "1", "event_time": old}))
+        .post_json(
+            "/v1/accounts/bob/payments",
+            &json!({"binding_id": b, "order_id": "o", "amount_minor": 1, "payment_password": "1", "event_time": old}),
+        )
         .await
         .unwrap();
-    assert_eq!((status.as_u16(), body["error"]["code"].as_str(), body["error"]["field"].as_str()), (400, Some("invalid_event_time"), Some("event_time")));
+    assert_eq!(
+        (
+            status.as_u16(),
+            body["error"]["code"].as_str(),
+            body["error"]["field"].as_str()
+        ),
+        (400, Some("invalid_event_time"), Some("event_time"))
+    );
     default.shutdown().await;
 
     let mut config = test_config(&dir.path().join("lenient"));
@@ -414,17 +637,40 @@ async fn a_backdated_event_time_neither_hides_guesses_nor_ends_a_lock() {
             .unwrap();
     }
     let locked = wait_for_event(&l, "lock", |e| matches!(e.payload, Payload::BindingLocked { .. })).await;
-    let Payload::BindingLocked { until, .. } = locked.payload else { unreachable!() };
-    assert!(until > chrono::Utc::now() + chrono::Duration::minutes(25), "the lock runs from the ledger's time: {until}");
+    let Payload::BindingLocked { until, .. } = locked.payload else {
+        unreachable!()
+    };
+    assert!(
+        until > chrono::Utc::now() + chrono::Duration::minutes(25),
+        "the lock runs from the ledger's time: {until}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        !events_of(&l).iter().any(|e| matches!(e.payload, Payload::BindingUnlocked { .. })),
+        !events_of(&l)
+            .iter()
+            .any(|e| matches!(e.payload, Payload::BindingUnlocked { .. })),
         "the lock was not released as expired"
     );
     let right = g.password_for(&alipay(), &phone(1));
-    let (_, v) = c.post_json("/v1/accounts/mallory/payments", &json!({"binding_id": binding, "order_id": "o-x", "amount_minor": 1, "payment_password": right})).await.unwrap();
+    let (_, v) = c
+        .post_json(
+            "/v1/accounts/mallory/payments",
+            &json!({"binding_id": binding, "order_id": "o-x", "amount_minor": 1, "payment_password": right}),
+        )
+        .await
+        .unwrap();
     assert_eq!(v["failure_code"], "binding_locked", "{v}");
-    let alerts: Arc<Vec<Value>> = Arc::new(server.client(SECURITY).get_json("/v1/alerts?rule=password_brute_force").await.unwrap().1["alerts"].as_array().unwrap().clone());
+    let alerts: Arc<Vec<Value>> = Arc::new(
+        server
+            .client(SECURITY)
+            .get_json("/v1/alerts?rule=password_brute_force")
+            .await
+            .unwrap()
+            .1["alerts"]
+            .as_array()
+            .unwrap()
+            .clone(),
+    );
     assert_eq!(alerts.len(), 1);
     server.shutdown().await;
 }

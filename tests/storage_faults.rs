@@ -17,8 +17,15 @@ struct SmallDisk {
 impl SmallDisk {
     fn mount(path: std::path::PathBuf, size: &str) -> SmallDisk {
         std::fs::create_dir_all(&path).unwrap();
-        let status = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&path).status().expect("mount(8)");
-        assert!(status.success(), "mounting a tmpfs needs root (the test suite runs as root in CI)");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount(8)");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (the test suite runs as root in CI)"
+        );
         SmallDisk { path }
     }
 }
@@ -64,11 +71,19 @@ fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
         let (status, _) = Client::new(server.addr, None).send(hyper::Method::GET, "/healthz", None).await.unwrap();
         (acknowledged, refused, status.as_u16())
     });
-    assert!(refused >= 3, "the disk never filled ({} acknowledged)", acknowledged.len());
+    assert!(
+        refused >= 3,
+        "the disk never filled ({} acknowledged)",
+        acknowledged.len()
+    );
     assert_eq!(health, 503, "/healthz reports the failed storage");
     server.kill();
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("ERROR") && (text.contains("flushing the log failed") || text.contains("writing the batch failed")), "{text}");
+    assert!(
+        text.contains("ERROR")
+            && (text.contains("flushing the log failed") || text.contains("writing the batch failed")),
+        "{text}"
+    );
     // Every acknowledged command is in the log, opened again on a disk with room.
     let moved = dir.path().join("moved");
     let status = Command::new("cp").args(["-a"]).arg(&data).arg(&moved).status().unwrap();
@@ -82,7 +97,15 @@ fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
         verifier.push(&bytes).unwrap();
         seqs.insert(seq);
     }
-    eprintln!("{} acknowledged before the disk filled, {} events in the log", acknowledged.len(), seqs.len());
+    eprintln!(
+        "{} acknowledged before the disk filled, {} events in the log",
+        acknowledged.len(),
+        seqs.len()
+    );
     let lost: Vec<&u64> = acknowledged.iter().filter(|s| !seqs.contains(s)).collect();
-    assert!(lost.is_empty(), "acknowledged and lost: {lost:?} ({} acknowledged)", acknowledged.len());
+    assert!(
+        lost.is_empty(),
+        "acknowledged and lost: {lost:?} ({} acknowledged)",
+        acknowledged.len()
+    );
 }

@@ -83,7 +83,12 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         idempotency_key,
         request_digest,
         correlation_id,
-        context: Context { channel, device_id, ip, user_agent },
+        context: Context {
+            channel,
+            device_id,
+            ip,
+            user_agent,
+        },
         prev_hash,
         payload,
     })
@@ -129,14 +134,25 @@ pub fn encode_into(e: &Event, out: &mut Vec<u8>) {
     w.raw(",\"payload\":{\"type\":");
     w.str(e.payload.event_type());
     match &e.payload {
-        Payload::WalletBound { binding_id, provider, wallet, factors, agreement_id } => {
+        Payload::WalletBound {
+            binding_id,
+            provider,
+            wallet,
+            factors,
+            agreement_id,
+        } => {
             w.key_uuid("binding_id", binding_id);
             w.key_str("provider", provider.as_str());
             w.wallet(wallet);
             w.factors(factors);
             w.key_str("agreement_id", agreement_id);
         }
-        Payload::BindFailed { provider, wallet, factors, reason } => {
+        Payload::BindFailed {
+            provider,
+            wallet,
+            factors,
+            reason,
+        } => {
             w.key_str("provider", provider.as_str());
             w.wallet(wallet);
             w.factors(factors);
@@ -154,7 +170,16 @@ pub fn encode_into(e: &Event, out: &mut Vec<u8>) {
             }
             w.raw("}");
         }
-        Payload::PaymentSucceeded { binding_id, provider, wallet, order_id, amount_minor, currency, factors, authorization_id } => {
+        Payload::PaymentSucceeded {
+            binding_id,
+            provider,
+            wallet,
+            order_id,
+            amount_minor,
+            currency,
+            factors,
+            authorization_id,
+        } => {
             w.key_uuid("binding_id", binding_id);
             w.key_str("provider", provider.as_str());
             w.wallet(wallet);
@@ -163,7 +188,14 @@ pub fn encode_into(e: &Event, out: &mut Vec<u8>) {
             w.factors(factors);
             w.key_str("authorization_id", authorization_id);
         }
-        Payload::PaymentFailed { binding_id, order_id, amount_minor, currency, factors, reason } => {
+        Payload::PaymentFailed {
+            binding_id,
+            order_id,
+            amount_minor,
+            currency,
+            factors,
+            reason,
+        } => {
             w.key_uuid("binding_id", binding_id);
             w.key_str("order_id", order_id);
             w.amount(*amount_minor, currency);
@@ -190,7 +222,11 @@ pub fn encode_into(e: &Event, out: &mut Vec<u8>) {
             }
             w.raw("}");
         }
-        Payload::WalletUnbound { binding_id, provider, wallet } => {
+        Payload::WalletUnbound {
+            binding_id,
+            provider,
+            wallet,
+        } => {
             w.key_uuid("binding_id", binding_id);
             w.key_str("provider", provider.as_str());
             w.wallet(wallet);
@@ -203,19 +239,31 @@ pub fn encode_into(e: &Event, out: &mut Vec<u8>) {
             }
             w.raw("}");
         }
-        Payload::BindingLocked { binding_id, alert_id, until } => {
+        Payload::BindingLocked {
+            binding_id,
+            alert_id,
+            until,
+        } => {
             w.key_uuid("binding_id", binding_id);
             w.key_str("alert_id", alert_id);
             w.raw(",\"until\":");
             w.time(until);
         }
-        Payload::BindingLockFailed { binding_id, alert_id, reason } => {
+        Payload::BindingLockFailed {
+            binding_id,
+            alert_id,
+            reason,
+        } => {
             w.key_uuid("binding_id", binding_id);
             w.key_str("alert_id", alert_id);
             w.reason(reason.code());
             w.raw("}");
         }
-        Payload::BindingUnlocked { binding_id, alert_id, cause } => {
+        Payload::BindingUnlocked {
+            binding_id,
+            alert_id,
+            cause,
+        } => {
             w.key_uuid("binding_id", binding_id);
             w.key_str("alert_id", alert_id);
             w.key_str(
@@ -278,7 +326,14 @@ impl Writer<'_> {
             };
             self.0.extend_from_slice(&bytes[from..i]);
             if short == 0 {
-                self.0.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+                self.0.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]);
             } else {
                 self.0.extend_from_slice(&[b'\\', short]);
             }
@@ -298,7 +353,8 @@ impl Writer<'_> {
     fn uuid(&mut self, id: &Uuid) {
         let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
         self.0.push(b'"');
-        self.0.extend_from_slice(id.hyphenated().encode_lower(&mut text).as_bytes());
+        self.0
+            .extend_from_slice(id.hyphenated().encode_lower(&mut text).as_bytes());
         self.0.push(b'"');
     }
 
@@ -350,7 +406,11 @@ impl Writer<'_> {
             }
             self.raw("{\"factor\":");
             self.str(f.factor.as_str());
-            self.raw(if f.passed { ",\"passed\":true}" } else { ",\"passed\":false}" });
+            self.raw(if f.passed {
+                ",\"passed\":true}"
+            } else {
+                ",\"passed\":false}"
+            });
         }
         self.raw("]");
     }
@@ -505,7 +565,10 @@ impl<'a> Reader<'a> {
 
     fn wallet(&mut self) -> Option<WalletRef> {
         self.lit("{\"masked\":")?;
-        let wallet = WalletRef { masked: self.string()?, fingerprint: field!(self, "fingerprint", hash) };
+        let wallet = WalletRef {
+            masked: self.string()?,
+            fingerprint: field!(self, "fingerprint", hash),
+        };
         self.lit("}")?;
         Some(wallet)
     }
@@ -544,7 +607,10 @@ impl<'a> Reader<'a> {
         }
         loop {
             self.lit("{\"factor\":")?;
-            out.push(FactorCheck { factor: self.factor()?, passed: field!(self, "passed", bool) });
+            out.push(FactorCheck {
+                factor: self.factor()?,
+                passed: field!(self, "passed", bool),
+            });
             self.lit("}")?;
             if self.lit("]").is_some() {
                 return Some(out);
@@ -567,12 +633,22 @@ impl<'a> Reader<'a> {
         let reason = match self.code()? {
             "wallet_frozen" => BindFailure::WalletFrozen,
             "wallet_closed" => BindFailure::WalletClosed,
-            "invalid_input" => BindFailure::InvalidInput { field: field!(self, "field", string) },
+            "invalid_input" => BindFailure::InvalidInput {
+                field: field!(self, "field", string),
+            },
             "network" => BindFailure::Network,
-            "maintenance" => BindFailure::Maintenance { side: field!(self, "side", side) },
-            "already_bound" => BindFailure::AlreadyBound { binding_id: field!(self, "binding_id", uuid) },
-            "verification_factor_failed" => BindFailure::VerificationFactorFailed { factor: field!(self, "factor", factor) },
-            "binding_limit_reached" => BindFailure::BindingLimitReached { limit: field!(self, "limit", u32) },
+            "maintenance" => BindFailure::Maintenance {
+                side: field!(self, "side", side),
+            },
+            "already_bound" => BindFailure::AlreadyBound {
+                binding_id: field!(self, "binding_id", uuid),
+            },
+            "verification_factor_failed" => BindFailure::VerificationFactorFailed {
+                factor: field!(self, "factor", factor),
+            },
+            "binding_limit_reached" => BindFailure::BindingLimitReached {
+                limit: field!(self, "limit", u32),
+            },
             _ => return None,
         };
         self.end().map(|_| reason)
@@ -585,11 +661,20 @@ impl<'a> Reader<'a> {
             "wallet_frozen" => PaymentFailure::WalletFrozen,
             "wallet_closed" => PaymentFailure::WalletClosed,
             "insufficient_funds" => PaymentFailure::InsufficientFunds,
-            "verification_factor_failed" => PaymentFailure::VerificationFactorFailed { factor: field!(self, "factor", factor) },
+            "verification_factor_failed" => PaymentFailure::VerificationFactorFailed {
+                factor: field!(self, "factor", factor),
+            },
             "network" => PaymentFailure::Network,
-            "maintenance" => PaymentFailure::Maintenance { side: field!(self, "side", side) },
-            "binding_locked" => PaymentFailure::BindingLocked { alert_id: field!(self, "alert_id", string), until: field!(self, "until", time) },
-            "too_many_attempts" => PaymentFailure::TooManyAttempts { until: field!(self, "until", time) },
+            "maintenance" => PaymentFailure::Maintenance {
+                side: field!(self, "side", side),
+            },
+            "binding_locked" => PaymentFailure::BindingLocked {
+                alert_id: field!(self, "alert_id", string),
+                until: field!(self, "until", time),
+            },
+            "too_many_attempts" => PaymentFailure::TooManyAttempts {
+                until: field!(self, "until", time),
+            },
             _ => return None,
         };
         self.end().map(|_| reason)
@@ -607,7 +692,9 @@ impl<'a> Reader<'a> {
     fn unbind_failure(&mut self) -> Option<UnbindFailure> {
         let reason = match self.code()? {
             "not_bound" => UnbindFailure::NotBound,
-            "maintenance" => UnbindFailure::Maintenance { side: field!(self, "side", side) },
+            "maintenance" => UnbindFailure::Maintenance {
+                side: field!(self, "side", side),
+            },
             _ => return None,
         };
         self.end().map(|_| reason)
@@ -690,7 +777,10 @@ mod tests {
     use chrono::TimeZone;
 
     fn wallet(n: u8) -> WalletRef {
-        WalletRef { masked: "138****5678".into(), fingerprint: Hash([n; 32]) }
+        WalletRef {
+            masked: "138****5678".into(),
+            fingerprint: Hash([n; 32]),
+        }
     }
 
     fn id(n: u128) -> Uuid {
@@ -701,30 +791,97 @@ mod tests {
     fn payloads() -> Vec<Payload> {
         let t = Utc.with_ymd_and_hms(2026, 11, 26, 8, 0, 0).unwrap() + chrono::Duration::microseconds(123_456);
         let p = || Provider::parse("alipay").unwrap();
-        let f = vec![FactorCheck { factor: Factor::Password, passed: true }, FactorCheck { factor: Factor::Sms, passed: false }];
+        let f = vec![
+            FactorCheck {
+                factor: Factor::Password,
+                passed: true,
+            },
+            FactorCheck {
+                factor: Factor::Sms,
+                passed: false,
+            },
+        ];
         let cny = Currency::parse("CNY").unwrap();
         let mut out = vec![
-            Payload::WalletBound { binding_id: id(1), provider: p(), wallet: wallet(1), factors: f.clone(), agreement_id: "agr-1".into() },
-            Payload::WalletBound { binding_id: id(1), provider: Provider::parse("other:my-pay_2").unwrap(), wallet: wallet(2), factors: vec![], agreement_id: String::new() },
-            Payload::PaymentSucceeded { binding_id: id(2), provider: p(), wallet: wallet(3), order_id: "o-1".into(), amount_minor: 1, currency: cny, factors: f.clone(), authorization_id: "a-1".into() },
-            Payload::PaymentSucceeded { binding_id: id(2), provider: p(), wallet: wallet(3), order_id: "订单-1".into(), amount_minor: i64::MAX, currency: Currency::parse("JPY").unwrap(), factors: vec![FactorCheck { factor: Factor::Face, passed: true }], authorization_id: "a".into() },
-            Payload::WalletUnbound { binding_id: id(3), provider: p(), wallet: wallet(4) },
-            Payload::BindingLocked { binding_id: id(4), alert_id: "brute_force-17".into(), until: t },
-            Payload::BindingUnlocked { binding_id: id(4), alert_id: "x".into(), cause: UnlockCause::Manual },
-            Payload::BindingUnlocked { binding_id: id(4), alert_id: "x".into(), cause: UnlockCause::Expired },
+            Payload::WalletBound {
+                binding_id: id(1),
+                provider: p(),
+                wallet: wallet(1),
+                factors: f.clone(),
+                agreement_id: "agr-1".into(),
+            },
+            Payload::WalletBound {
+                binding_id: id(1),
+                provider: Provider::parse("other:my-pay_2").unwrap(),
+                wallet: wallet(2),
+                factors: vec![],
+                agreement_id: String::new(),
+            },
+            Payload::PaymentSucceeded {
+                binding_id: id(2),
+                provider: p(),
+                wallet: wallet(3),
+                order_id: "o-1".into(),
+                amount_minor: 1,
+                currency: cny,
+                factors: f.clone(),
+                authorization_id: "a-1".into(),
+            },
+            Payload::PaymentSucceeded {
+                binding_id: id(2),
+                provider: p(),
+                wallet: wallet(3),
+                order_id: "订单-1".into(),
+                amount_minor: i64::MAX,
+                currency: Currency::parse("JPY").unwrap(),
+                factors: vec![FactorCheck {
+                    factor: Factor::Face,
+                    passed: true,
+                }],
+                authorization_id: "a".into(),
+            },
+            Payload::WalletUnbound {
+                binding_id: id(3),
+                provider: p(),
+                wallet: wallet(4),
+            },
+            Payload::BindingLocked {
+                binding_id: id(4),
+                alert_id: "brute_force-17".into(),
+                until: t,
+            },
+            Payload::BindingUnlocked {
+                binding_id: id(4),
+                alert_id: "x".into(),
+                cause: UnlockCause::Manual,
+            },
+            Payload::BindingUnlocked {
+                binding_id: id(4),
+                alert_id: "x".into(),
+                cause: UnlockCause::Expired,
+            },
         ];
         let bind = [
             BindFailure::WalletFrozen,
             BindFailure::WalletClosed,
-            BindFailure::InvalidInput { field: "wallet_account".into() },
+            BindFailure::InvalidInput {
+                field: "wallet_account".into(),
+            },
             BindFailure::Network,
             BindFailure::Maintenance { side: Side::Provider },
             BindFailure::Maintenance { side: Side::Platform },
             BindFailure::AlreadyBound { binding_id: id(9) },
-            BindFailure::VerificationFactorFailed { factor: Factor::Fingerprint },
+            BindFailure::VerificationFactorFailed {
+                factor: Factor::Fingerprint,
+            },
             BindFailure::BindingLimitReached { limit: u32::MAX },
         ];
-        out.extend(bind.into_iter().map(|reason| Payload::BindFailed { provider: p(), wallet: wallet(5), factors: f.clone(), reason }));
+        out.extend(bind.into_iter().map(|reason| Payload::BindFailed {
+            provider: p(),
+            wallet: wallet(5),
+            factors: f.clone(),
+            reason,
+        }));
         let pay = [
             PaymentFailure::WrongPassword,
             PaymentFailure::BindingNotActive,
@@ -734,14 +891,40 @@ mod tests {
             PaymentFailure::VerificationFactorFailed { factor: Factor::Sms },
             PaymentFailure::Network,
             PaymentFailure::Maintenance { side: Side::Platform },
-            PaymentFailure::BindingLocked { alert_id: "ring-5".into(), until: t },
+            PaymentFailure::BindingLocked {
+                alert_id: "ring-5".into(),
+                until: t,
+            },
             PaymentFailure::TooManyAttempts { until: t },
         ];
-        out.extend(pay.into_iter().map(|reason| Payload::PaymentFailed { binding_id: id(6), order_id: "o-2".into(), amount_minor: -42, currency: cny, factors: vec![], reason }));
-        out.extend([UnbindFailure::NotBound, UnbindFailure::Maintenance { side: Side::Provider }].map(|reason| Payload::UnbindFailed { binding_id: id(7), reason }));
+        out.extend(pay.into_iter().map(|reason| Payload::PaymentFailed {
+            binding_id: id(6),
+            order_id: "o-2".into(),
+            amount_minor: -42,
+            currency: cny,
+            factors: vec![],
+            reason,
+        }));
+        out.extend(
+            [
+                UnbindFailure::NotBound,
+                UnbindFailure::Maintenance { side: Side::Provider },
+            ]
+            .map(|reason| Payload::UnbindFailed {
+                binding_id: id(7),
+                reason,
+            }),
+        );
         for reason in [LockFailure::NotBound, LockFailure::NotLocked] {
-            out.push(Payload::BindingLockFailed { binding_id: id(8), alert_id: "a-1".into(), reason: reason.clone() });
-            out.push(Payload::BindingUnlockFailed { binding_id: id(8), reason });
+            out.push(Payload::BindingLockFailed {
+                binding_id: id(8),
+                alert_id: "a-1".into(),
+                reason: reason.clone(),
+            });
+            out.push(Payload::BindingUnlockFailed {
+                binding_id: id(8),
+                reason,
+            });
         }
         out
     }
@@ -759,12 +942,18 @@ mod tests {
                     seq: if i == 3 { u64::MAX } else { i as u64 + 1 },
                     account: format!("acct-{i}"),
                     account_seq: i as u64 * 1_000_003,
-                    event_time: Utc.with_ymd_and_hms(2026, 1 + (i % 12) as u32, 28, 23, 59, 59).unwrap() + chrono::Duration::microseconds(i as i64 * 7),
+                    event_time: Utc.with_ymd_and_hms(2026, 1 + (i % 12) as u32, 28, 23, 59, 59).unwrap()
+                        + chrono::Duration::microseconds(i as i64 * 7),
                     record_time: Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
                     idempotency_key: some("k-1"),
                     request_digest: full.then_some(Hash([0xab; 32])),
                     correlation_id: some("checkout/42"),
-                    context: Context { channel: "app".into(), device_id: some("dev-1"), ip: some("10.0.0.1"), user_agent: some("Mozilla/5.0 (ü)") },
+                    context: Context {
+                        channel: "app".into(),
+                        device_id: some("dev-1"),
+                        ip: some("10.0.0.1"),
+                        user_agent: some("Mozilla/5.0 (ü)"),
+                    },
                     prev_hash: if i == 0 { GENESIS_HASH } else { Hash([i as u8; 32]) },
                     payload,
                 }
@@ -801,10 +990,25 @@ mod tests {
     #[test]
     fn the_writer_escapes_strings_and_formats_edge_values_as_serde_does() {
         let every_control: String = (0u8..0x20).map(char::from).collect();
-        let odd = ["", "\"", "\\", "a\"b\\c", "/", "\u{7f}", "ü 订单 😀", "\u{2028}\u{2029}", "tab\tnew\nline\r\u{8}\u{c}end", every_control.as_str()];
+        let odd = [
+            "",
+            "\"",
+            "\\",
+            "a\"b\\c",
+            "/",
+            "\u{7f}",
+            "ü 订单 😀",
+            "\u{2028}\u{2029}",
+            "tab\tnew\nline\r\u{8}\u{c}end",
+            every_control.as_str(),
+        ];
         let far = Utc.with_ymd_and_hms(12345, 6, 7, 8, 9, 10).unwrap();
         let before_zero = Utc.with_ymd_and_hms(-1, 1, 1, 0, 0, 0).unwrap();
-        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31).unwrap().and_hms_micro_opt(23, 59, 59, 1_500_000).unwrap().and_utc();
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_micro_opt(23, 59, 59, 1_500_000)
+            .unwrap()
+            .and_utc();
         let mut cases = 0;
         for (i, mut e) in events().into_iter().enumerate() {
             let s = odd[i % odd.len()].to_owned();
@@ -815,7 +1019,9 @@ mod tests {
             e.event_time = [far, before_zero, leap, e.event_time][i % 4];
             e.record_time = [leap, far, e.record_time, before_zero][i % 4];
             match &mut e.payload {
-                Payload::PaymentFailed { amount_minor, order_id, .. } => {
+                Payload::PaymentFailed {
+                    amount_minor, order_id, ..
+                } => {
                     *amount_minor = [i64::MIN, 0, -1, i64::MAX][i % 4];
                     *order_id = s.clone();
                 }
@@ -857,7 +1063,11 @@ mod tests {
             format!("{text} "),
             text.replacen("{\"v\":4,", "{ \"v\":4,", 1),
             text.replacen("\"account\":\"acct-3\"", "\"account\":\"acct\\u002d3\"", 1),
-            text.replacen("\"idempotency_key\":null,", "", 1).replacen("\"request_digest\":null,", "\"idempotency_key\":null,\"request_digest\":null,\"extra\":1,", 1),
+            text.replacen("\"idempotency_key\":null,", "", 1).replacen(
+                "\"request_digest\":null,",
+                "\"idempotency_key\":null,\"request_digest\":null,\"extra\":1,",
+                1,
+            ),
         ];
         for v in &variants {
             assert_ne!(v, &text);
@@ -902,13 +1112,21 @@ mod tests {
                     tried += 1;
                     if let Some(direct) = decode(&case) {
                         accepted += 1;
-                        assert_eq!(decode_general(&case).as_ref(), Ok(&direct), "{}", String::from_utf8_lossy(&case));
+                        assert_eq!(
+                            decode_general(&case).as_ref(),
+                            Ok(&direct),
+                            "{}",
+                            String::from_utf8_lossy(&case)
+                        );
                     }
                 }
             }
         }
         // Some corruptions are still valid events (another digit, another hex letter): the
         // comparison above ran on those.
-        assert!(accepted > 1_000 && accepted < tried / 2, "accepted {accepted} of {tried}");
+        assert!(
+            accepted > 1_000 && accepted < tried / 2,
+            "accepted {accepted} of {tried}"
+        );
     }
 }

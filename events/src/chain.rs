@@ -138,7 +138,10 @@ impl ChainError {
 
 impl From<(u64, DecodeError)> for ChainError {
     fn from((position, e): (u64, DecodeError)) -> Self {
-        ChainError::Undecodable { position, error: e.to_string() }
+        ChainError::Undecodable {
+            position,
+            error: e.to_string(),
+        }
     }
 }
 
@@ -158,12 +161,18 @@ impl Default for ChainVerifier {
 
 impl ChainVerifier {
     pub fn new() -> Self {
-        ChainVerifier { next_seq: 1, prev: GENESIS_HASH }
+        ChainVerifier {
+            next_seq: 1,
+            prev: GENESIS_HASH,
+        }
     }
 
     /// Continue a chain after event `last_seq`, whose hash is `last_hash`.
     pub fn resume(last_seq: u64, last_hash: Hash) -> Self {
-        ChainVerifier { next_seq: last_seq + 1, prev: last_hash }
+        ChainVerifier {
+            next_seq: last_seq + 1,
+            prev: last_hash,
+        }
     }
 
     /// Checks the next stored event; returns it decoded with its hash.
@@ -176,7 +185,10 @@ impl ChainVerifier {
     /// Checks an event already decoded from `bytes`.
     pub fn push_decoded(&mut self, event: &Event, bytes: &[u8]) -> Result<Hash, ChainError> {
         if event.seq != self.next_seq {
-            return Err(ChainError::SequenceGap { expected: self.next_seq, found: event.seq });
+            return Err(ChainError::SequenceGap {
+                expected: self.next_seq,
+                found: event.seq,
+            });
         }
         if event.prev_hash != self.prev {
             return Err(ChainError::BrokenLink {

@@ -64,11 +64,11 @@ pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
     if bytes.starts_with(CURRENT_PREFIX) {
         return serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()));
     }
-    let mut value: Value =
-        serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))?;
-    let version = value.get("v").and_then(Value::as_u64).ok_or_else(|| {
-        DecodeError::Invalid("missing schema version field `v`".to_owned())
-    })?;
+    let mut value: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    let version = value
+        .get("v")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| DecodeError::Invalid("missing schema version field `v`".to_owned()))?;
     match version {
         1 => upcast_v1_to_v2(&mut value),
         2..=4 => {}
@@ -101,7 +101,10 @@ mod tests {
     use uuid::Uuid;
 
     fn wallet() -> WalletRef {
-        WalletRef { masked: "138****5678".into(), fingerprint: Hash([7; 32]) }
+        WalletRef {
+            masked: "138****5678".into(),
+            fingerprint: Hash([7; 32]),
+        }
     }
 
     fn event(seq: u64, prev: Hash, payload: Payload) -> Event {
@@ -116,7 +119,10 @@ mod tests {
             idempotency_key: Some(format!("k{seq}")),
             request_digest: None,
             correlation_id: None,
-            context: Context { channel: "app".into(), ..Default::default() },
+            context: Context {
+                channel: "app".into(),
+                ..Default::default()
+            },
             prev_hash: prev,
             payload,
         }
@@ -130,7 +136,10 @@ mod tests {
             order_id: "o-1".into(),
             amount_minor,
             currency: Currency::parse("USD").unwrap(),
-            factors: vec![FactorCheck { factor: Factor::Password, passed: true }],
+            factors: vec![FactorCheck {
+                factor: Factor::Password,
+                passed: true,
+            }],
             authorization_id: "auth-1".into(),
         }
     }
@@ -139,10 +148,20 @@ mod tests {
     fn encoding_is_canonical_and_round_trips() {
         let e = event(1, GENESIS_HASH, payment(1234));
         let bytes = encode(&e);
-        assert!(bytes.starts_with(b"{\"v\":4,\"id\":"), "{}", String::from_utf8_lossy(&bytes));
+        assert!(
+            bytes.starts_with(b"{\"v\":4,\"id\":"),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
         let text = std::str::from_utf8(&bytes).unwrap();
-        assert!(text.contains("\"event_time\":\"2026-11-26T08:00:00.000000Z\""), "{text}");
-        assert!(!text.contains(' ') || text.contains("\"masked\""), "no whitespace: {text}");
+        assert!(
+            text.contains("\"event_time\":\"2026-11-26T08:00:00.000000Z\""),
+            "{text}"
+        );
+        assert!(
+            !text.contains(' ') || text.contains("\"masked\""),
+            "no whitespace: {text}"
+        );
         let back = decode(&bytes).unwrap();
         assert_eq!(back, e);
         assert_eq!(encode(&back), bytes, "decode then encode gives the same bytes");
@@ -155,7 +174,12 @@ mod tests {
         let e = decode(v1).unwrap();
         assert_eq!(e.v, 2);
         match e.payload {
-            Payload::PaymentFailed { currency, amount_minor, reason, .. } => {
+            Payload::PaymentFailed {
+                currency,
+                amount_minor,
+                reason,
+                ..
+            } => {
                 assert_eq!(currency, Currency::CNY);
                 assert_eq!(amount_minor, 500);
                 assert_eq!(reason, PaymentFailure::InsufficientFunds);
@@ -179,7 +203,10 @@ mod tests {
 
     #[test]
     fn unknown_versions_and_garbage_are_refused() {
-        assert!(matches!(decode(br#"{"v":9,"x":1}"#), Err(DecodeError::UnsupportedVersion(9))));
+        assert!(matches!(
+            decode(br#"{"v":9,"x":1}"#),
+            Err(DecodeError::UnsupportedVersion(9))
+        ));
         assert!(matches!(decode(b"not json"), Err(DecodeError::Invalid(_))));
         assert!(matches!(decode(br#"{"x":1}"#), Err(DecodeError::Invalid(_))));
     }
@@ -211,7 +238,9 @@ mod tests {
     #[test]
     fn an_edit_is_detected_at_the_next_event() {
         let mut log = chain(10);
-        let text = String::from_utf8(log[4].clone()).unwrap().replace("\"amount_minor\":500", "\"amount_minor\":1");
+        let text = String::from_utf8(log[4].clone())
+            .unwrap()
+            .replace("\"amount_minor\":500", "\"amount_minor\":1");
         log[4] = text.into_bytes();
         let err = verify(&log).unwrap_err();
         assert!(matches!(err, ChainError::BrokenLink { seq: 6, .. }), "{err}");
@@ -221,7 +250,10 @@ mod tests {
     fn removal_and_reordering_are_detected() {
         let mut log = chain(10);
         log.remove(3);
-        assert_eq!(verify(&log).unwrap_err(), ChainError::SequenceGap { expected: 4, found: 5 });
+        assert_eq!(
+            verify(&log).unwrap_err(),
+            ChainError::SequenceGap { expected: 4, found: 5 }
+        );
         let mut log = chain(10);
         log.swap(2, 3);
         assert_eq!(verify(&log).unwrap_err().seq(), 3);

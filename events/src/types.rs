@@ -113,8 +113,14 @@ pub enum Side {
 pub struct Provider(String);
 
 /// The providers the ledger knows by name.
-pub const KNOWN_PROVIDERS: &[&str] =
-    &["alipay", "wechat_pay", "apple_pay", "union_pay", "bank_card", "credit_card"];
+pub const KNOWN_PROVIDERS: &[&str] = &[
+    "alipay",
+    "wechat_pay",
+    "apple_pay",
+    "union_pay",
+    "bank_card",
+    "credit_card",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 /// Carries no part of the refused text: an error never repeats a submitted value.
@@ -129,7 +135,9 @@ impl Provider {
         if let Some(name) = s.strip_prefix("other:") {
             let ok = !name.is_empty()
                 && name.len() <= 32
-                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
             if ok {
                 return Ok(Provider(s.to_owned()));
             }
@@ -195,17 +203,28 @@ pub enum PaymentFailure {
     WalletFrozen,
     WalletClosed,
     InsufficientFunds,
-    VerificationFactorFailed { factor: Factor },
+    VerificationFactorFailed {
+        factor: Factor,
+    },
     Network,
-    Maintenance { side: Side },
+    Maintenance {
+        side: Side,
+    },
     /// The binding is locked by the security team's monitoring until `until` (the ledger's
     /// time, `record_time`).
-    BindingLocked { alert_id: String, #[serde(with = "micros")] until: DateTime<Utc> },
+    BindingLocked {
+        alert_id: String,
+        #[serde(with = "micros")]
+        until: DateTime<Utc>,
+    },
     /// (v4) The binding's budget of wrong payment passwords is spent: as many as the
     /// `password_brute_force` threshold were recorded within its window (since the last
     /// unlock), so the provider is not asked again before `until`, when the oldest of them
     /// leaves the window.
-    TooManyAttempts { #[serde(with = "micros")] until: DateTime<Utc> },
+    TooManyAttempts {
+        #[serde(with = "micros")]
+        until: DateTime<Utc>,
+    },
 }
 
 /// Why a lock or an unlock failed.
@@ -234,7 +253,9 @@ pub enum UnlockCause {
 pub enum UnbindFailure {
     /// No active binding with that id on this account.
     NotBound,
-    Maintenance { side: Side },
+    Maintenance {
+        side: Side,
+    },
 }
 
 /// What happened: one variant per outcome.
@@ -359,7 +380,9 @@ impl Payload {
             Payload::BindFailed { reason, .. } => Some(reason.code()),
             Payload::PaymentFailed { reason, .. } => Some(reason.code()),
             Payload::UnbindFailed { reason, .. } => Some(reason.code()),
-            Payload::BindingLockFailed { reason, .. } | Payload::BindingUnlockFailed { reason, .. } => Some(reason.code()),
+            Payload::BindingLockFailed { reason, .. } | Payload::BindingUnlockFailed { reason, .. } => {
+                Some(reason.code())
+            }
             _ => None,
         }
     }
@@ -475,15 +498,27 @@ pub mod micros {
         if let Some(t) = parse_canonical(s.as_bytes()) {
             return Ok(t);
         }
-        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|e| format!("{s:?}: {e}"))
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| format!("{s:?}: {e}"))
     }
 
     pub(crate) fn parse_canonical(b: &[u8]) -> Option<DateTime<Utc>> {
-        if b.len() != LEN || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'.' || b[26] != b'Z' {
+        if b.len() != LEN
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+            || b[19] != b'.'
+            || b[26] != b'Z'
+        {
             return None;
         }
         let num = |at: usize, width: usize| -> Option<u32> {
-            b[at..at + width].iter().try_fold(0u32, |n, c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+            b[at..at + width]
+                .iter()
+                .try_fold(0u32, |n, c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
         };
         let date = NaiveDate::from_ymd_opt(num(0, 4)? as i32, num(5, 2)?, num(8, 2)?)?;
         let (h, m, sec) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
@@ -536,7 +571,16 @@ pub mod micros {
             assert_eq!(parse("2026-11-26T08:00:00.000001+00:00").unwrap(), same);
             assert_eq!(parse("2026-11-26T16:00:00.000001+08:00").unwrap(), same);
             assert_eq!(parse("2026-11-26T08:00:00.000001z").unwrap(), same);
-            for bad in ["2026-13-26T08:00:00.000000Z", "2026-02-30T08:00:00.000000Z", "2026-11-26T24:00:00.000000Z", "2026-11-26T08:60:00.000000Z", "2026-11-26T08:00:61.000000Z", "2026-11-26T08:00:00.00000aZ", "2026-11-26 08:00:00", ""] {
+            for bad in [
+                "2026-13-26T08:00:00.000000Z",
+                "2026-02-30T08:00:00.000000Z",
+                "2026-11-26T24:00:00.000000Z",
+                "2026-11-26T08:60:00.000000Z",
+                "2026-11-26T08:00:61.000000Z",
+                "2026-11-26T08:00:00.00000aZ",
+                "2026-11-26 08:00:00",
+                "",
+            ] {
                 assert!(parse_canonical(bad.as_bytes()).is_none(), "{bad}");
                 assert!(parse(bad).is_err(), "{bad}");
             }

@@ -34,8 +34,16 @@ fn wallet() -> impl Strategy<Value = WalletRef> {
 }
 
 fn provider() -> impl Strategy<Value = Provider> {
-    prop_oneof![Just("alipay"), Just("wechat_pay"), Just("apple_pay"), Just("union_pay"), Just("bank_card"), Just("credit_card"), Just("other:x-1")]
-        .prop_map(|p| Provider::parse(p).unwrap())
+    prop_oneof![
+        Just("alipay"),
+        Just("wechat_pay"),
+        Just("apple_pay"),
+        Just("union_pay"),
+        Just("bank_card"),
+        Just("credit_card"),
+        Just("other:x-1")
+    ]
+    .prop_map(|p| Provider::parse(p).unwrap())
 }
 
 fn currency() -> impl Strategy<Value = Currency> {
@@ -43,11 +51,19 @@ fn currency() -> impl Strategy<Value = Currency> {
 }
 
 fn factor() -> impl Strategy<Value = Factor> {
-    prop_oneof![Just(Factor::Password), Just(Factor::Sms), Just(Factor::Fingerprint), Just(Factor::Face)]
+    prop_oneof![
+        Just(Factor::Password),
+        Just(Factor::Sms),
+        Just(Factor::Fingerprint),
+        Just(Factor::Face)
+    ]
 }
 
 fn factors() -> impl Strategy<Value = Vec<FactorCheck>> {
-    proptest::collection::vec((factor(), any::<bool>()).prop_map(|(factor, passed)| FactorCheck { factor, passed }), 0..3)
+    proptest::collection::vec(
+        (factor(), any::<bool>()).prop_map(|(factor, passed)| FactorCheck { factor, passed }),
+        0..3,
+    )
 }
 
 fn side() -> impl Strategy<Value = Side> {
@@ -84,25 +100,100 @@ fn payment_failure() -> impl Strategy<Value = PaymentFailure> {
 
 fn payload() -> BoxedStrategy<Payload> {
     prop_oneof![
-        (uuid(), provider(), wallet(), factors(), text()).prop_map(|(binding_id, provider, wallet, factors, agreement_id)| Payload::WalletBound { binding_id, provider, wallet, factors, agreement_id }),
-        (provider(), wallet(), factors(), bind_failure()).prop_map(|(provider, wallet, factors, reason)| Payload::BindFailed { provider, wallet, factors, reason }),
-        (uuid(), provider(), wallet(), text(), any::<i64>(), currency(), factors(), text()).prop_map(|(binding_id, provider, wallet, order_id, amount_minor, currency, factors, authorization_id)| {
-            Payload::PaymentSucceeded { binding_id, provider, wallet, order_id, amount_minor, currency, factors, authorization_id }
+        (uuid(), provider(), wallet(), factors(), text()).prop_map(
+            |(binding_id, provider, wallet, factors, agreement_id)| Payload::WalletBound {
+                binding_id,
+                provider,
+                wallet,
+                factors,
+                agreement_id
+            }
+        ),
+        (provider(), wallet(), factors(), bind_failure()).prop_map(|(provider, wallet, factors, reason)| {
+            Payload::BindFailed {
+                provider,
+                wallet,
+                factors,
+                reason,
+            }
         }),
-        (uuid(), text(), any::<i64>(), currency(), factors(), payment_failure()).prop_map(|(binding_id, order_id, amount_minor, currency, factors, reason)| Payload::PaymentFailed {
+        (
+            uuid(),
+            provider(),
+            wallet(),
+            text(),
+            any::<i64>(),
+            currency(),
+            factors(),
+            text()
+        )
+            .prop_map(
+                |(binding_id, provider, wallet, order_id, amount_minor, currency, factors, authorization_id)| {
+                    Payload::PaymentSucceeded {
+                        binding_id,
+                        provider,
+                        wallet,
+                        order_id,
+                        amount_minor,
+                        currency,
+                        factors,
+                        authorization_id,
+                    }
+                }
+            ),
+        (uuid(), text(), any::<i64>(), currency(), factors(), payment_failure()).prop_map(
+            |(binding_id, order_id, amount_minor, currency, factors, reason)| Payload::PaymentFailed {
+                binding_id,
+                order_id,
+                amount_minor,
+                currency,
+                factors,
+                reason
+            }
+        ),
+        (uuid(), provider(), wallet()).prop_map(|(binding_id, provider, wallet)| Payload::WalletUnbound {
             binding_id,
-            order_id,
-            amount_minor,
-            currency,
-            factors,
-            reason
+            provider,
+            wallet
         }),
-        (uuid(), provider(), wallet()).prop_map(|(binding_id, provider, wallet)| Payload::WalletUnbound { binding_id, provider, wallet }),
-        (uuid(), prop_oneof![Just(UnbindFailure::NotBound), side().prop_map(|side| UnbindFailure::Maintenance { side })]).prop_map(|(binding_id, reason)| Payload::UnbindFailed { binding_id, reason }),
-        (uuid(), text(), time()).prop_map(|(binding_id, alert_id, until)| Payload::BindingLocked { binding_id, alert_id, until }),
-        (uuid(), text(), prop_oneof![Just(LockFailure::NotBound), Just(LockFailure::NotLocked)]).prop_map(|(binding_id, alert_id, reason)| Payload::BindingLockFailed { binding_id, alert_id, reason }),
-        (uuid(), text(), prop_oneof![Just(UnlockCause::Manual), Just(UnlockCause::Expired)]).prop_map(|(binding_id, alert_id, cause)| Payload::BindingUnlocked { binding_id, alert_id, cause }),
-        (uuid(), prop_oneof![Just(LockFailure::NotBound), Just(LockFailure::NotLocked)]).prop_map(|(binding_id, reason)| Payload::BindingUnlockFailed { binding_id, reason }),
+        (
+            uuid(),
+            prop_oneof![
+                Just(UnbindFailure::NotBound),
+                side().prop_map(|side| UnbindFailure::Maintenance { side })
+            ]
+        )
+            .prop_map(|(binding_id, reason)| Payload::UnbindFailed { binding_id, reason }),
+        (uuid(), text(), time()).prop_map(|(binding_id, alert_id, until)| Payload::BindingLocked {
+            binding_id,
+            alert_id,
+            until
+        }),
+        (
+            uuid(),
+            text(),
+            prop_oneof![Just(LockFailure::NotBound), Just(LockFailure::NotLocked)]
+        )
+            .prop_map(|(binding_id, alert_id, reason)| Payload::BindingLockFailed {
+                binding_id,
+                alert_id,
+                reason
+            }),
+        (
+            uuid(),
+            text(),
+            prop_oneof![Just(UnlockCause::Manual), Just(UnlockCause::Expired)]
+        )
+            .prop_map(|(binding_id, alert_id, cause)| Payload::BindingUnlocked {
+                binding_id,
+                alert_id,
+                cause
+            }),
+        (
+            uuid(),
+            prop_oneof![Just(LockFailure::NotBound), Just(LockFailure::NotLocked)]
+        )
+            .prop_map(|(binding_id, reason)| Payload::BindingUnlockFailed { binding_id, reason }),
     ]
     .boxed()
 }
@@ -110,35 +201,64 @@ fn payload() -> BoxedStrategy<Payload> {
 fn event() -> BoxedStrategy<Event> {
     (
         (uuid(), any::<u64>(), text(), any::<u64>(), time(), time()),
-        (proptest::option::of(text()), proptest::option::of(hash()), proptest::option::of(text())),
-        (text(), proptest::option::of(text()), proptest::option::of(text()), proptest::option::of(text())),
+        (
+            proptest::option::of(text()),
+            proptest::option::of(hash()),
+            proptest::option::of(text()),
+        ),
+        (
+            text(),
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+        ),
         (hash(), payload()),
     )
-        .prop_map(|((id, seq, account, account_seq, event_time, record_time), (idempotency_key, request_digest, correlation_id), (channel, device_id, ip, user_agent), (prev_hash, payload))| Event {
-            v: SCHEMA_VERSION,
-            id,
-            seq,
-            account,
-            account_seq,
-            event_time,
-            record_time,
-            idempotency_key,
-            request_digest,
-            correlation_id,
-            context: Context { channel, device_id, ip, user_agent },
-            prev_hash,
-            payload,
-        })
+        .prop_map(
+            |(
+                (id, seq, account, account_seq, event_time, record_time),
+                (idempotency_key, request_digest, correlation_id),
+                (channel, device_id, ip, user_agent),
+                (prev_hash, payload),
+            )| Event {
+                v: SCHEMA_VERSION,
+                id,
+                seq,
+                account,
+                account_seq,
+                event_time,
+                record_time,
+                idempotency_key,
+                request_digest,
+                correlation_id,
+                context: Context {
+                    channel,
+                    device_id,
+                    ip,
+                    user_agent,
+                },
+                prev_hash,
+                payload,
+            },
+        )
         .boxed()
 }
 
 /// Runs `f` on a thread with a large stack: the strategies' values are deep in a debug build.
 fn big_stack(f: impl FnOnce() + Send + 'static) {
-    std::thread::Builder::new().stack_size(256 << 20).spawn(f).unwrap().join().unwrap();
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap();
 }
 
 fn runner() -> proptest::test_runner::TestRunner {
-    proptest::test_runner::TestRunner::new(ProptestConfig { cases: 512, ..ProptestConfig::default() })
+    proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 512,
+        ..ProptestConfig::default()
+    })
 }
 
 #[test]
@@ -147,7 +267,11 @@ fn encoding_round_trips_and_is_serde_json_byte_for_byte() {
         runner()
             .run(&event(), |e| {
                 let bytes = encode(&e);
-                prop_assert_eq!(&bytes, &serde_json::to_vec(&e).unwrap(), "the canonical writer writes serde_json's bytes");
+                prop_assert_eq!(
+                    &bytes,
+                    &serde_json::to_vec(&e).unwrap(),
+                    "the canonical writer writes serde_json's bytes"
+                );
                 prop_assert_eq!(decode(&bytes).unwrap(), e);
                 Ok(())
             })
@@ -159,24 +283,31 @@ fn encoding_round_trips_and_is_serde_json_byte_for_byte() {
 fn the_fast_reader_and_the_general_decoder_agree_on_mutated_bytes() {
     big_stack(|| {
         runner()
-            .run(&(event(), any::<usize>(), any::<u8>(), any::<bool>()), |(e, at, byte, cut)| {
-                let mut bytes = encode(&e);
-                let i = at % bytes.len();
-                if cut {
-                    bytes.truncate(i)
-                } else {
-                    bytes[i] = byte
-                }
-                // `decode` tries the fast reader first and falls back to the general decoder;
-                // the general decoder alone (serde) must give the same answer.
-                match (decode(&bytes), serde_json::from_slice::<Event>(&bytes)) {
-                    (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
-                    (Err(_), Err(_)) => {}
-                    (Ok(a), Err(_)) => prop_assert!(a.v != SCHEMA_VERSION, "the fast reader accepted bytes serde refuses: {:?}", String::from_utf8_lossy(&bytes)),
-                    (Err(e1), Ok(_)) => prop_assert!(false, "decode refused bytes serde reads: {e1}"),
-                }
-                Ok(())
-            })
+            .run(
+                &(event(), any::<usize>(), any::<u8>(), any::<bool>()),
+                |(e, at, byte, cut)| {
+                    let mut bytes = encode(&e);
+                    let i = at % bytes.len();
+                    if cut {
+                        bytes.truncate(i)
+                    } else {
+                        bytes[i] = byte
+                    }
+                    // `decode` tries the fast reader first and falls back to the general decoder;
+                    // the general decoder alone (serde) must give the same answer.
+                    match (decode(&bytes), serde_json::from_slice::<Event>(&bytes)) {
+                        (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                        (Err(_), Err(_)) => {}
+                        (Ok(a), Err(_)) => prop_assert!(
+                            a.v != SCHEMA_VERSION,
+                            "the fast reader accepted bytes serde refuses: {:?}",
+                            String::from_utf8_lossy(&bytes)
+                        ),
+                        (Err(e1), Ok(_)) => prop_assert!(false, "decode refused bytes serde reads: {e1}"),
+                    }
+                    Ok(())
+                },
+            )
             .unwrap()
     });
 }

@@ -109,7 +109,12 @@ impl Iterator for HttpFeed {
             self.done = true;
             return Some(Err(format!("{}/v1/events answered {status}", self.url)));
         }
-        let lines: Vec<Stored> = Lines { reader: std::io::Cursor::new(&body[..]), done: false }.filter_map(|l| l.ok()).collect();
+        let lines: Vec<Stored> = Lines {
+            reader: std::io::Cursor::new(&body[..]),
+            done: false,
+        }
+        .filter_map(|l| l.ok())
+        .collect();
         self.done = (lines.len() as u64) < FEED_PAGE;
         self.next_from += lines.len() as u64;
         self.page = lines.into();
@@ -123,7 +128,11 @@ impl Source {
         match self {
             Source::DataDir(dir) => {
                 bindledger::store::require_log(dir).ok()?;
-                bindledger::store::Store::open_for_scan(dir).ok()?.head().ok()?.map(|(seq, _)| seq)
+                bindledger::store::Store::open_for_scan(dir)
+                    .ok()?
+                    .head()
+                    .ok()?
+                    .map(|(seq, _)| seq)
             }
             _ => None,
         }
@@ -138,7 +147,13 @@ impl Source {
         }
         // The total first: a data directory can be open only once at a time.
         let total = self.len_hint();
-        Ok(Box::new(Progress { inner: self.read()?, total, n: 0, started: std::time::Instant::now(), shown: std::time::Instant::now() }))
+        Ok(Box::new(Progress {
+            inner: self.read()?,
+            total,
+            n: 0,
+            started: std::time::Instant::now(),
+            shown: std::time::Instant::now(),
+        }))
     }
 
     /// Every event's stored bytes, in the source's order.
@@ -152,16 +167,28 @@ impl Source {
                 let reader: Box<dyn BufRead + Send> = if path.as_os_str() == "-" {
                     Box::new(std::io::BufReader::new(std::io::stdin()))
                 } else {
-                    Box::new(std::io::BufReader::new(std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?))
+                    Box::new(std::io::BufReader::new(
+                        std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?,
+                    ))
                 };
                 // Blank lines are kept: the audit reports them (an export has none).
                 Ok(Box::new(Lines { reader, done: false }))
             }
             Source::Http { url, token } => {
                 let addr = bindledger::client::parse_http_addr(url)?;
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
                 let client = bindledger::client::Client::new(addr, Some(token.to_owned()));
-                Ok(Box::new(HttpFeed { url: url.clone(), client, rt, next_from: 1, page: Default::default(), done: false }))
+                Ok(Box::new(HttpFeed {
+                    url: url.clone(),
+                    client,
+                    rt,
+                    next_from: 1,
+                    page: Default::default(),
+                    done: false,
+                }))
             }
             Source::Kafka { brokers, topic } => Ok(Box::new(kafka_topic(brokers, topic)?.map(|r| r.map(Stored::from)))),
         }
@@ -199,7 +226,11 @@ impl Iterator for Progress {
             if self.n % 1024 == 0 && (self.n == 1024 || self.shown.elapsed().as_millis() >= 100) {
                 self.shown = std::time::Instant::now();
                 let rate = self.n as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-                let eta = self.total.filter(|t| *t > self.n).map(|t| format!(", ETA {:.0} s", (t - self.n) as f64 / rate)).unwrap_or_default();
+                let eta = self
+                    .total
+                    .filter(|t| *t > self.n)
+                    .map(|t| format!(", ETA {:.0} s", (t - self.n) as f64 / rate))
+                    .unwrap_or_default();
                 let of = self.total.map(|t| format!(" of {t}")).unwrap_or_default();
                 eprint!("\r\x1b[K{} events{of}, {rate:.0}/s{eta}", self.n);
             }
@@ -223,7 +254,9 @@ impl Decoded {
         let bytes = bytes.into();
         let hash = hash_bytes(&bytes);
         let event = if bytes.len() > LINE_BYTES_MAX {
-            Err(format!("a line of more than {LINE_BYTES_MAX} bytes (no event is that long)"))
+            Err(format!(
+                "a line of more than {LINE_BYTES_MAX} bytes (no event is that long)"
+            ))
         } else {
             decode(&bytes).map_err(|e| e.to_string())
         };
@@ -282,7 +315,11 @@ impl Pipeline {
                                 if decode {
                                     Decoded::new(bytes)
                                 } else {
-                                    Decoded { hash: hash_bytes(&bytes), bytes, event: Err(String::new()) }
+                                    Decoded {
+                                        hash: hash_bytes(&bytes),
+                                        bytes,
+                                        event: Err(String::new()),
+                                    }
                                 }
                             })
                         })
@@ -296,7 +333,9 @@ impl Pipeline {
             outputs.push(out_rx);
         }
         threads.push(std::thread::spawn(move || {
-            let mut items = source.read_with_progress().unwrap_or_else(|e| Box::new(std::iter::once(Err(e))));
+            let mut items = source
+                .read_with_progress()
+                .unwrap_or_else(|e| Box::new(std::iter::once(Err(e))));
             let mut k = 0;
             loop {
                 let batch: Vec<Result<Stored>> = items.by_ref().take(PIPELINE_BATCH).collect();
@@ -315,7 +354,13 @@ impl Pipeline {
                 }
             }
         }));
-        Pipeline { outputs, next_worker: 0, batch: Vec::new().into_iter(), threads, done: false }
+        Pipeline {
+            outputs,
+            next_worker: 0,
+            batch: Vec::new().into_iter(),
+            threads,
+            done: false,
+        }
     }
 }
 
@@ -419,14 +464,19 @@ pub struct Start {
 
 impl Default for Start {
     fn default() -> Self {
-        Start { seq: 0, hash: GENESIS_HASH }
+        Start {
+            seq: 0,
+            hash: GENESIS_HASH,
+        }
     }
 }
 
 impl Start {
     /// Parses `SEQ:HASH`.
     pub fn parse(text: &str) -> std::result::Result<Start, String> {
-        let (seq, hash) = text.split_once(':').ok_or("a trusted head is SEQ:HASH (64 hex characters)")?;
+        let (seq, hash) = text
+            .split_once(':')
+            .ok_or("a trusted head is SEQ:HASH (64 hex characters)")?;
         let seq: u64 = seq.parse().map_err(|_| "a trusted head's SEQ is a whole number")?;
         let hash = Hash::from_hex(hash).map_err(|_| "a trusted head's HASH is 64 hex characters")?;
         Ok(Start { seq, hash })
@@ -443,7 +493,10 @@ pub fn audit<B: Into<Stored>>(events: impl Iterator<Item = Result<B>>) -> Result
 
 /// Signed checkpoints an auditor trusts: each signature checked with `public_key` (hex).
 /// Returns the heads they vouch for, by seq, or the first that does not verify.
-pub fn trusted_heads(checkpoints: &[bindledger::checkpoint::SignedCheckpoint], public_key: &str) -> std::result::Result<std::collections::BTreeMap<u64, Hash>, Problem> {
+pub fn trusted_heads(
+    checkpoints: &[bindledger::checkpoint::SignedCheckpoint],
+    public_key: &str,
+) -> std::result::Result<std::collections::BTreeMap<u64, Hash>, Problem> {
     let mut heads = std::collections::BTreeMap::new();
     for (i, cp) in checkpoints.iter().enumerate() {
         if let Err(why) = cp.verify(public_key) {
@@ -466,16 +519,25 @@ pub fn trusted_heads(checkpoints: &[bindledger::checkpoint::SignedCheckpoint], p
 pub fn stored_checkpoints(dir: &std::path::Path) -> Result<Vec<bindledger::checkpoint::SignedCheckpoint>> {
     bindledger::store::require_log(dir).map_err(|e| e.to_string())?;
     let store = bindledger::store::Store::open_for_scan(dir).map_err(|e| e.to_string())?;
-    bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree()).all().map_err(|e| e.to_string())
+    bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree())
+        .all()
+        .map_err(|e| e.to_string())
 }
 
 /// Reads signed checkpoints: an NDJSON file, or a running ledger's `GET /v1/checkpoints`.
 pub fn read_checkpoints(from: &str, token: Option<&str>) -> Result<Vec<bindledger::checkpoint::SignedCheckpoint>> {
     let text = if from.starts_with("http://") {
         let addr = bindledger::client::parse_http_addr(from)?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
         let (status, body) = rt
-            .block_on(bindledger::client::Client::new(addr, token.map(str::to_owned)).send(hyper::Method::GET, "/v1/checkpoints", None))
+            .block_on(bindledger::client::Client::new(addr, token.map(str::to_owned)).send(
+                hyper::Method::GET,
+                "/v1/checkpoints",
+                None,
+            ))
             .map_err(|e| format!("reading {from}/v1/checkpoints: {e}"))?;
         if !status.is_success() {
             return Err(format!("{from}/v1/checkpoints answered {status}"));
@@ -494,14 +556,21 @@ pub fn read_checkpoints(from: &str, token: Option<&str>) -> Result<Vec<bindledge
 /// [`audit`], also checking the log against signed heads: the event at each checkpoint's seq
 /// must hash to its head, and the log must reach the last checkpoint. A log rewritten after a
 /// checkpoint (even with its chain recomputed) fails here.
-pub fn audit_against<B: Into<Stored>>(events: impl Iterator<Item = Result<B>>, heads: &std::collections::BTreeMap<u64, Hash>) -> Result<AuditReport> {
+pub fn audit_against<B: Into<Stored>>(
+    events: impl Iterator<Item = Result<B>>,
+    heads: &std::collections::BTreeMap<u64, Hash>,
+) -> Result<AuditReport> {
     audit_decoded(events.map(|r| r.map(Decoded::new)), heads, |_| {})
 }
 
 /// [`audit_against`] over events already hashed and decoded (by a [`Pipeline`]), handing each
 /// event that passed every check to `visit`, in order: one pass verifies a log and rebuilds
 /// whatever `visit` folds.
-pub fn audit_decoded(events: impl Iterator<Item = Result<Decoded>>, heads: &std::collections::BTreeMap<u64, Hash>, mut visit: impl FnMut(&Event)) -> Result<AuditReport> {
+pub fn audit_decoded(
+    events: impl Iterator<Item = Result<Decoded>>,
+    heads: &std::collections::BTreeMap<u64, Hash>,
+    mut visit: impl FnMut(&Event),
+) -> Result<AuditReport> {
     audit_from(events, Start::default(), heads, |e| {
         visit(e);
         true
@@ -634,7 +703,13 @@ impl<'h, I: Iterator<Item = Result<Decoded>>> Auditor<'h, I> {
                 found,
             };
             if bytes.is_empty() {
-                let p = problem("blank_line", expected, None, format!("event {expected}"), "a blank line".into());
+                let p = problem(
+                    "blank_line",
+                    expected,
+                    None,
+                    format!("event {expected}"),
+                    "a blank line".into(),
+                );
                 return Ok(self.report(Some(p), false));
             }
             if bytes.last() == Some(&b'\r') {
@@ -657,7 +732,17 @@ impl<'h, I: Iterator<Item = Result<Decoded>>> Auditor<'h, I> {
             let account = Some(e.account.as_str());
             if e.seq != expected && e.prev_hash == prev && expected > self.start.seq + 1 {
                 // It links to the event before: it is event `expected`, its seq field edited.
-                let p = problem("altered", expected, account, format!("seq {expected}"), format!("seq {} in an event that links to event {}: its seq field was changed", e.seq, expected - 1));
+                let p = problem(
+                    "altered",
+                    expected,
+                    account,
+                    format!("seq {expected}"),
+                    format!(
+                        "seq {} in an event that links to event {}: its seq field was changed",
+                        e.seq,
+                        expected - 1
+                    ),
+                );
                 return Ok(self.report(Some(p), false));
             }
             if e.seq < expected {
@@ -667,10 +752,26 @@ impl<'h, I: Iterator<Item = Result<Decoded>>> Auditor<'h, I> {
                         e.seq,
                         account,
                         format!("event {expected}"),
-                        if e.seq + 1 == expected { format!("event {} again, the same bytes", e.seq) } else { format!("event {} again, the same bytes, in place of event {expected}", e.seq) },
+                        if e.seq + 1 == expected {
+                            format!("event {} again, the same bytes", e.seq)
+                        } else {
+                            format!("event {} again, the same bytes, in place of event {expected}", e.seq)
+                        },
                     ),
-                    Some(_) => problem("conflict", e.seq, account, format!("event {expected}"), format!("a second event {} whose bytes differ from the one verified", e.seq)),
-                    None => problem("reordered", e.seq, account, format!("event {expected}"), format!("event {}, which belongs earlier in the log", e.seq)),
+                    Some(_) => problem(
+                        "conflict",
+                        e.seq,
+                        account,
+                        format!("event {expected}"),
+                        format!("a second event {} whose bytes differ from the one verified", e.seq),
+                    ),
+                    None => problem(
+                        "reordered",
+                        e.seq,
+                        account,
+                        format!("event {expected}"),
+                        format!("event {}, which belongs earlier in the log", e.seq),
+                    ),
                 };
                 return Ok(self.report(Some(p), false));
             }
@@ -714,11 +815,18 @@ impl<'h, I: Iterator<Item = Result<Decoded>>> Auditor<'h, I> {
                 let signed_before = self.heads.get(&(e.seq - 1)).copied();
                 // Last, the bytes themselves: the ledger writes only canonical encodings, so bytes
                 // that do not re-encode to themselves were not written by it.
-                let canonical = |b: &[u8]| decode(b).is_ok_and(|ev| ev.v != bindledger_events::SCHEMA_VERSION || bindledger_events::encode(&ev) == b);
+                let canonical = |b: &[u8]| {
+                    decode(b).is_ok_and(|ev| {
+                        ev.v != bindledger_events::SCHEMA_VERSION || bindledger_events::encode(&ev) == b
+                    })
+                };
                 let before_forged = self.prev_bytes.as_ref().is_some_and(|b| !canonical(b));
                 let this_forged = !canonical(&bytes);
                 let this_intact = vouched_by_next || signed_here == Some(hash) || (before_forged && !this_forged);
-                let this_changed = contradicted_by_next || signed_here.is_some_and(|h| h != hash) || signed_before == Some(prev) || (this_forged && !before_forged);
+                let this_changed = contradicted_by_next
+                    || signed_here.is_some_and(|h| h != hash)
+                    || signed_before == Some(prev)
+                    || (this_forged && !before_forged);
                 let p = if this_intact && !this_changed && expected > self.start.seq + 1 {
                     let p = Problem {
                         kind: "altered",
@@ -734,7 +842,13 @@ impl<'h, I: Iterator<Item = Result<Decoded>>> Auditor<'h, I> {
                     r.head = self.recent.iter().rev().nth(1).map_or(self.start.hash, |(_, h)| *h);
                     return Ok(r);
                 } else if this_changed || expected == self.start.seq + 1 {
-                    problem("altered", e.seq, account, format!("prev_hash {prev}"), format!("prev_hash {}", e.prev_hash))
+                    problem(
+                        "altered",
+                        e.seq,
+                        account,
+                        format!("prev_hash {prev}"),
+                        format!("prev_hash {}", e.prev_hash),
+                    )
                 } else {
                     problem(
                         "broken_link",
@@ -752,24 +866,48 @@ impl<'h, I: Iterator<Item = Result<Decoded>>> Auditor<'h, I> {
                     // next event does not link to these bytes, they were altered.
                     if let Some((s, link)) = self.peek_link() {
                         if s == e.seq + 1 && link != hash {
-                            let p = problem("altered", e.seq, account, format!("bytes hashing to {link} (recorded by event {s})"), format!("bytes hashing to {hash}"));
+                            let p = problem(
+                                "altered",
+                                e.seq,
+                                account,
+                                format!("bytes hashing to {link} (recorded by event {s})"),
+                                format!("bytes hashing to {hash}"),
+                            );
                             return Ok(self.report(Some(p), false));
                         }
                     }
-                    let p = problem("account_sequence", e.seq, account, format!("account_seq {}", last + 1), format!("account_seq {}", e.account_seq));
+                    let p = problem(
+                        "account_sequence",
+                        e.seq,
+                        account,
+                        format!("account_seq {}", last + 1),
+                        format!("account_seq {}", e.account_seq),
+                    );
                     return Ok(self.report(Some(p), false));
                 }
                 // From the genesis, an account's first event has account_seq 1; after a trusted
                 // head, the first one seen sets where the account is.
                 None if self.start.seq == 0 && e.account_seq != 1 => {
-                    let p = problem("account_sequence", e.seq, account, "account_seq 1 (the account's first event)".into(), format!("account_seq {}", e.account_seq));
+                    let p = problem(
+                        "account_sequence",
+                        e.seq,
+                        account,
+                        "account_seq 1 (the account's first event)".into(),
+                        format!("account_seq {}", e.account_seq),
+                    );
                     return Ok(self.report(Some(p), false));
                 }
                 _ => {}
             }
             if let Some(signed) = self.heads.get(&e.seq).copied() {
                 if signed != hash {
-                    let p = problem("checkpoint_mismatch", e.seq, account, format!("hash {signed} (signed checkpoint)"), format!("hash {hash}: the log was rewritten at or before this event"));
+                    let p = problem(
+                        "checkpoint_mismatch",
+                        e.seq,
+                        account,
+                        format!("hash {signed} (signed checkpoint)"),
+                        format!("hash {hash}: the log was rewritten at or before this event"),
+                    );
                     return Ok(self.report(Some(p), false));
                 }
                 self.checkpoints_checked += 1;
@@ -805,7 +943,9 @@ pub struct Backtest {
 }
 
 /// Each alert at its latest revision, by id.
-pub fn latest(changes: impl IntoIterator<Item = bindledger::alerts::AlertChange>) -> std::collections::BTreeMap<String, bindledger::alerts::Alert> {
+pub fn latest(
+    changes: impl IntoIterator<Item = bindledger::alerts::AlertChange>,
+) -> std::collections::BTreeMap<String, bindledger::alerts::Alert> {
     changes.into_iter().map(|c| (c.alert.id.clone(), c.alert)).collect()
 }
 
@@ -814,7 +954,10 @@ pub fn latest(changes: impl IntoIterator<Item = bindledger::alerts::AlertChange>
 pub struct Backtester {
     candidate: bindledger::alerts::engine::Engine,
     proposed: std::collections::BTreeMap<String, bindledger::alerts::Alert>,
-    current: Option<(bindledger::alerts::engine::Engine, std::collections::BTreeMap<String, bindledger::alerts::Alert>)>,
+    current: Option<(
+        bindledger::alerts::engine::Engine,
+        std::collections::BTreeMap<String, bindledger::alerts::Alert>,
+    )>,
     events: u64,
 }
 
@@ -822,7 +965,12 @@ impl Backtester {
     /// `current`: the rules to compare with, when the alerts actually raised are not stored.
     pub fn new(candidate: bindledger::alerts::RuleSet, current: Option<bindledger::alerts::RuleSet>) -> Backtester {
         use bindledger::alerts::engine::Engine;
-        Backtester { candidate: Engine::new(candidate), proposed: Default::default(), current: current.map(|r| (Engine::new(r), Default::default())), events: 0 }
+        Backtester {
+            candidate: Engine::new(candidate),
+            proposed: Default::default(),
+            current: current.map(|r| (Engine::new(r), Default::default())),
+            events: 0,
+        }
     }
 
     pub fn apply(&mut self, e: &Event) {
@@ -838,7 +986,10 @@ impl Backtester {
     /// it, so the same alert under both rule sets has the same id).
     pub fn finish(self, actual: Option<std::collections::BTreeMap<String, bindledger::alerts::Alert>>) -> Backtest {
         let actual = actual.or(self.current.map(|(_, raised)| raised)).unwrap_or_default();
-        let mut out = Backtest { events: self.events, ..Backtest::default() };
+        let mut out = Backtest {
+            events: self.events,
+            ..Backtest::default()
+        };
         for (id, a) in &self.proposed {
             match actual.get(id) {
                 None => out.added.push(a.clone()),
@@ -846,7 +997,11 @@ impl Backtester {
                 Some(_) => out.unchanged += 1,
             }
         }
-        out.removed = actual.iter().filter(|(id, _)| !self.proposed.contains_key(*id)).map(|(_, a)| a.clone()).collect();
+        out.removed = actual
+            .iter()
+            .filter(|(id, _)| !self.proposed.contains_key(*id))
+            .map(|(_, a)| a.clone())
+            .collect();
         out
     }
 }

@@ -28,12 +28,18 @@ const EXIT_PROBLEM: i32 = 3;
 /// Ends the program as clap does for bad usage: the message, a hint, exit 2.
 fn usage(message: &str) -> ! {
     use clap::CommandFactory;
-    Cli::command().error(clap::error::ErrorKind::ArgumentConflict, message).exit()
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
 }
 
 #[derive(Parser)]
-#[command(name = "bindledger-replay", version, about = "The bindledger audit tool",
-    after_help = "Exit codes: 0 success, 1 the log cannot be read (or another error), 2 bad usage, 3 verify found a problem.")]
+#[command(
+    name = "bindledger-replay",
+    version,
+    about = "The bindledger audit tool",
+    after_help = "Exit codes: 0 success, 1 the log cannot be read (or another error), 2 bad usage, 3 verify found a problem."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,8 +77,14 @@ impl From {
         match (&self.data_dir, &self.export, &self.url, &self.brokers) {
             (Some(d), None, None, None) => Source::DataDir(d.clone()),
             (None, Some(p), None, None) => Source::Export(p.clone()),
-            (None, None, Some(u), None) => Source::Http { url: u.clone(), token: self.token.clone().unwrap_or_default() },
-            (None, None, None, Some(b)) => Source::Kafka { brokers: b.clone(), topic: self.topic.clone() },
+            (None, None, Some(u), None) => Source::Http {
+                url: u.clone(),
+                token: self.token.clone().unwrap_or_default(),
+            },
+            (None, None, None, Some(b)) => Source::Kafka {
+                brokers: b.clone(),
+                topic: self.topic.clone(),
+            },
             _ => usage("give one source: --data-dir, --export, --url (with --token) or --brokers"),
         }
     }
@@ -82,12 +94,21 @@ impl From {
 /// their result on stdout only for a log that verified).
 fn print_problem(report: &AuditReport, json: bool) {
     if json {
-        outln!("{}", serde_json::json!({"verified": false, "events": report.events, "head": report.head, "problem": report.problem}));
+        outln!(
+            "{}",
+            serde_json::json!({"verified": false, "events": report.events, "head": report.head, "problem": report.problem})
+        );
     }
     if let Some(p) = &report.problem {
         eprintln!("the log does not verify: {}", problem_text(p));
         if report.events > 0 {
-            eprintln!("{} events before it verified (events {}..{}), head {}", report.events, report.first_seq, report.last_seq(), report.head);
+            eprintln!(
+                "{} events before it verified (events {}..{}), head {}",
+                report.events,
+                report.first_seq,
+                report.last_seq(),
+                report.head
+            );
         }
     }
 }
@@ -188,7 +209,9 @@ fn load_rules(path: Option<&std::path::Path>) -> Result<RuleSet, String> {
 fn run(cli: Cli) -> Result<i32, String> {
     match cli.command {
         Command::Bench { events, dir } => {
-            let root = dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("bindledger-replay-bench-{}", std::process::id())));
+            let root = dir.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("bindledger-replay-bench-{}", std::process::id()))
+            });
             let data = root.join("log");
             let t = std::time::Instant::now();
             let store = bindledger::bench_alerts::write_log(&data, events).map_err(|e| e.to_string())?;
@@ -206,10 +229,24 @@ fn run(cli: Cli) -> Result<i32, String> {
                 Some(p) => Err(format!("the generated log does not verify: {p:?}")),
             };
             let mut rows: Vec<(String, u64, f64)> = Vec::new();
-            let (n, s) = time(&mut || count(bindledger::store::Store::open(&data).map_err(|e| e.to_string())?.scan_events(1)))?;
-            rows.push(("raw sled scan, one open, one thread (no decoding): the baseline".into(), n, s));
+            let (n, s) = time(&mut || {
+                count(
+                    bindledger::store::Store::open(&data)
+                        .map_err(|e| e.to_string())?
+                        .scan_events(1),
+                )
+            })?;
+            rows.push((
+                "raw sled scan, one open, one thread (no decoding): the baseline".into(),
+                n,
+                s,
+            ));
             let (n, s) = time(&mut || count(bindledger::store::scan_dir(&data, 1).map_err(|e| e.to_string())?))?;
-            rows.push(("raw sled scan as the audit reads (reopened every 512 MiB), no decoding".into(), n, s));
+            rows.push((
+                "raw sled scan as the audit reads (reopened every 512 MiB), no decoding".into(),
+                n,
+                s,
+            ));
             let (n, s) = time(&mut || verified(bindledger_replay::audit(source.read()?)?))?;
             rows.push(("verify, one thread (read, hash, decode, check)".into(), n, s));
             // How verify grows with cores: the same run with 1, 2 and every core, against a
@@ -222,25 +259,43 @@ fn run(cli: Cli) -> Result<i32, String> {
                 }
                 Ok(n)
             })?;
-            rows.push((format!("read + hash only, {workers} threads (the scaling baseline)"), n, s));
+            rows.push((
+                format!("read + hash only, {workers} threads (the scaling baseline)"),
+                n,
+                s,
+            ));
             let hash_only = n as f64 / s;
             let mut scaling = Vec::new();
             let mut counts = vec![1, 2, workers];
             counts.dedup();
             for w in counts {
-                let (n, s) = time(&mut || verified(audit_decoded(Pipeline::start(source.clone(), w), &BTreeMap::new(), |_| {})?))?;
+                let (n, s) = time(&mut || {
+                    verified(audit_decoded(
+                        Pipeline::start(source.clone(), w),
+                        &BTreeMap::new(),
+                        |_| {},
+                    )?)
+                })?;
                 rows.push((format!("verify, pipelined ({w} hash+decode threads)"), n, s));
                 scaling.push((w, n as f64 / s));
             }
             let (n, s) = time(&mut || {
                 let mut projection = Projection::default();
-                let n = verified(audit_decoded(Pipeline::start(source.clone(), workers), &BTreeMap::new(), |e| projection.apply(e))?)?;
+                let n = verified(audit_decoded(
+                    Pipeline::start(source.clone(), workers),
+                    &BTreeMap::new(),
+                    |e| projection.apply(e),
+                )?)?;
                 if projection.position != n {
                     return Err(format!("rebuilt {} events of {n}", projection.position));
                 }
                 Ok(n)
             })?;
-            rows.push((format!("verify + full rebuild of the bindings, one pass, pipelined ({workers} threads)"), n, s));
+            rows.push((
+                format!("verify + full rebuild of the bindings, one pass, pipelined ({workers} threads)"),
+                n,
+                s,
+            ));
             if dir.is_none() {
                 let _ = std::fs::remove_dir_all(&root);
             }
@@ -259,7 +314,11 @@ fn run(cli: Cli) -> Result<i32, String> {
             }
             Ok(0)
         }
-        Command::Diff { from, against, against_token } => {
+        Command::Diff {
+            from,
+            against,
+            against_token,
+        } => {
             let mut rebuilt = Projection::default();
             let report = from.source().for_each(|e| {
                 rebuilt.apply(e);
@@ -272,7 +331,10 @@ fn run(cli: Cli) -> Result<i32, String> {
             let events = report.events;
             let token = against_token.or(from.token.clone()).unwrap_or_default();
             let addr = bindledger::client::parse_http_addr(&against)?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
             let mut names: Vec<&String> = rebuilt.accounts.keys().collect();
             names.sort();
             let (mut same, mut moved_on, mut differences) = (0u64, 0u64, Vec::new());
@@ -297,16 +359,34 @@ fn run(cli: Cli) -> Result<i32, String> {
                 Ok::<_, String>(())
             })?;
             if from.json {
-                outln!("{}", serde_json::json!({"events": events, "same": same, "moved_on": moved_on, "differences": differences}));
+                outln!(
+                    "{}",
+                    serde_json::json!({"events": events, "same": same, "moved_on": moved_on, "differences": differences})
+                );
             } else {
-                outln!("{events} events rebuilt; {} accounts equal, {} moved on since the source ends, {} differ", same, moved_on, differences.len());
+                outln!(
+                    "{events} events rebuilt; {} accounts equal, {} moved on since the source ends, {} differ",
+                    same,
+                    moved_on,
+                    differences.len()
+                );
                 for d in &differences {
-                    outln!("  {}: rebuilt {}\n  {}  live    {}", d["account"], d["rebuilt"], " ".repeat(d["account"].to_string().len()), d["live"]);
+                    outln!(
+                        "  {}: rebuilt {}\n  {}  live    {}",
+                        d["account"],
+                        d["rebuilt"],
+                        " ".repeat(d["account"].to_string().len()),
+                        d["live"]
+                    );
                 }
             }
             Ok(if differences.is_empty() { 0 } else { EXIT_PROBLEM })
         }
-        Command::Backtest { from, rules, current_rules } => {
+        Command::Backtest {
+            from,
+            rules,
+            current_rules,
+        } => {
             let candidate = load_rules(Some(&rules))?;
             let source = from.source();
             // The alerts actually raised: the ledger's own, when the source holds them (read
@@ -316,11 +396,17 @@ fn run(cli: Cli) -> Result<i32, String> {
                     let store = bindledger::store::Store::open(dir).map_err(|e| e.to_string())?;
                     let alerts = bindledger::alerts::store::AlertStore::new(store.alerts_tree());
                     let last = alerts.last_stream_seq().map_err(|e| e.to_string())?;
-                    Some(bindledger_replay::latest(alerts.changes_after(0, last, usize::MAX).map_err(|e| e.to_string())?))
+                    Some(bindledger_replay::latest(
+                        alerts.changes_after(0, last, usize::MAX).map_err(|e| e.to_string())?,
+                    ))
                 }
                 _ => None,
             };
-            let current = if stored.is_none() { Some(load_rules(current_rules.as_deref())?) } else { None };
+            let current = if stored.is_none() {
+                Some(load_rules(current_rules.as_deref())?)
+            } else {
+                None
+            };
             let mut tester = bindledger_replay::Backtester::new(candidate, current);
             let report = source.for_each(|e| {
                 tester.apply(e);
@@ -334,20 +420,50 @@ fn run(cli: Cli) -> Result<i32, String> {
             if from.json {
                 outln!("{}", serde_json::to_string_pretty(&b).map_err(|e| e.to_string())?);
             } else {
-                outln!("{} events; candidate vs actual: {} added, {} removed, {} changed, {} unchanged", b.events, b.added.len(), b.removed.len(), b.changed.len(), b.unchanged);
+                outln!(
+                    "{} events; candidate vs actual: {} added, {} removed, {} changed, {} unchanged",
+                    b.events,
+                    b.added.len(),
+                    b.removed.len(),
+                    b.changed.len(),
+                    b.unchanged
+                );
                 for a in &b.added {
-                    outln!("  + {} {} {} observed {} threshold {}", a.id, a.severity.as_str(), a.key.value, a.observed, a.threshold);
+                    outln!(
+                        "  + {} {} {} observed {} threshold {}",
+                        a.id,
+                        a.severity.as_str(),
+                        a.key.value,
+                        a.observed,
+                        a.threshold
+                    );
                 }
                 for a in &b.removed {
-                    outln!("  - {} {} {} observed {} threshold {}", a.id, a.severity.as_str(), a.key.value, a.observed, a.threshold);
+                    outln!(
+                        "  - {} {} {} observed {} threshold {}",
+                        a.id,
+                        a.severity.as_str(),
+                        a.key.value,
+                        a.observed,
+                        a.threshold
+                    );
                 }
                 for (was, now) in &b.changed {
-                    outln!("  ~ {} {}", was.id, bindledger::alerts::differences(was, now).join(", "));
+                    outln!(
+                        "  ~ {} {}",
+                        was.id,
+                        bindledger::alerts::differences(was, now).join(", ")
+                    );
                 }
             }
             Ok(0)
         }
-        Command::Verify { from, checkpoints, public_key, trusted_head } => {
+        Command::Verify {
+            from,
+            checkpoints,
+            public_key,
+            trusted_head,
+        } => {
             let source = from.source();
             let start = trusted_head.unwrap_or_default();
             // With --data-dir, the checkpoints stored in the directory, unless others are given.
@@ -356,7 +472,9 @@ fn run(cli: Cli) -> Result<i32, String> {
                 _ => None,
             };
             if checkpoints.is_none() && stored.is_none() && public_key.is_some() {
-                usage("--public-key checks checkpoints: give --checkpoints (or read a --data-dir, which holds its own)");
+                usage(
+                    "--public-key checks checkpoints: give --checkpoints (or read a --data-dir, which holds its own)",
+                );
             }
             let (heads, checkpoints_given) = match (checkpoints, stored, &public_key) {
                 (None, Some(cps), None) => {
@@ -377,7 +495,10 @@ fn run(cli: Cli) -> Result<i32, String> {
                         Err(p) => {
                             // Nothing of the log was read: the checkpoints themselves failed.
                             if from.json {
-                                outln!("{}", serde_json::json!({"checkpoints": cps.len(), "events": null, "problem": p}));
+                                outln!(
+                                    "{}",
+                                    serde_json::json!({"checkpoints": cps.len(), "events": null, "problem": p})
+                                );
                             } else {
                                 outln!("checkpoints: {} read; checkpoint {} (for event {}) FAILED: {}; the log was not checked", cps.len(), p.position, p.seq, p.found);
                             }
@@ -405,7 +526,11 @@ fn run(cli: Cli) -> Result<i32, String> {
                     return true;
                 }
                 shown += 1;
-                let line = if from.json { serde_json::to_string(e).map_err(|e| e.to_string()) } else { Ok(history_line(e)) };
+                let line = if from.json {
+                    serde_json::to_string(e).map_err(|e| e.to_string())
+                } else {
+                    Ok(history_line(e))
+                };
                 match line {
                     Ok(line) => outln!("{line}"),
                     Err(why) => failed = Some(why),
@@ -424,12 +549,18 @@ fn run(cli: Cli) -> Result<i32, String> {
             }
             Ok(0)
         }
-        Command::State { from, at, account, rules } => {
+        Command::State {
+            from,
+            at,
+            account,
+            rules,
+        } => {
             let rules = load_rules(rules.as_deref())?;
             let until: Box<dyn Fn(&Event) -> bool> = match at.parse::<u64>() {
                 Ok(seq) => Box::new(move |e: &Event| e.seq <= seq),
                 Err(_) => {
-                    let t = chrono::DateTime::parse_from_rfc3339(&at).map_err(|_| format!("--at {at:?} is neither a sequence nor an RFC 3339 time"))?;
+                    let t = chrono::DateTime::parse_from_rfc3339(&at)
+                        .map_err(|_| format!("--at {at:?} is neither a sequence nor an RFC 3339 time"))?;
                     let t = t.with_timezone(&chrono::Utc);
                     Box::new(move |e: &Event| e.record_time <= t)
                 }
@@ -452,9 +583,15 @@ fn run(cli: Cli) -> Result<i32, String> {
                 print_problem(&report, from.json);
                 return Ok(EXIT_PROBLEM);
             }
-            let accounts: std::collections::BTreeMap<&String, _> =
-                projection.accounts.iter().filter(|(name, _)| account.as_ref().map_or(true, |a| a == *name)).collect();
-            let alerts: Vec<_> = alerts.values().filter(|a| account.as_ref().map_or(true, |acc| a.accounts.contains(acc))).collect();
+            let accounts: std::collections::BTreeMap<&String, _> = projection
+                .accounts
+                .iter()
+                .filter(|(name, _)| account.as_ref().map_or(true, |a| a == *name))
+                .collect();
+            let alerts: Vec<_> = alerts
+                .values()
+                .filter(|a| account.as_ref().map_or(true, |acc| a.accounts.contains(acc)))
+                .collect();
             if from.json {
                 let v = serde_json::json!({"position": projection.position, "accounts": accounts, "alerts": alerts});
                 outln!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
@@ -470,13 +607,24 @@ fn run(cli: Cli) -> Result<i32, String> {
                             b.provider,
                             b.wallet.masked,
                             b.bound_at.format("%Y-%m-%d %H:%M:%S"),
-                            b.lock.as_ref().map(|l| format!(", locked by {} until {}", l.alert_id, l.until)).unwrap_or_default()
+                            b.lock
+                                .as_ref()
+                                .map(|l| format!(", locked by {} until {}", l.alert_id, l.until))
+                                .unwrap_or_default()
                         );
                     }
                 }
                 outln!("alerts: {}", alerts.len());
                 for a in alerts {
-                    outln!("  {} {} {} observed {} threshold {} (revision {})", a.id, a.severity.as_str(), a.key.value, a.observed, a.threshold, a.revision);
+                    outln!(
+                        "  {} {} {} observed {} threshold {} (revision {})",
+                        a.id,
+                        a.severity.as_str(),
+                        a.key.value,
+                        a.observed,
+                        a.threshold,
+                        a.revision
+                    );
                 }
             }
             Ok(0)
@@ -486,10 +634,18 @@ fn run(cli: Cli) -> Result<i32, String> {
 
 /// What verify proved, in words.
 fn print_verify(report: &AuditReport, start: Start, checkpoints_given: usize) {
-    let from = if start.seq == 0 { "the genesis".to_owned() } else { format!("the trusted head at event {}", start.seq) };
+    let from = if start.seq == 0 {
+        "the genesis".to_owned()
+    } else {
+        format!("the trusted head at event {}", start.seq)
+    };
     match report.events {
         0 => outln!("events:      none verified (from {from})"),
-        n => outln!("events:      {n} verified, {}..{} (from {from})", report.first_seq, report.last_seq()),
+        n => outln!(
+            "events:      {n} verified, {}..{} (from {from})",
+            report.first_seq,
+            report.last_seq()
+        ),
     }
     outln!("chain head:  {}", report.head);
     match (checkpoints_given, report.checkpoint_seq) {
@@ -514,7 +670,10 @@ fn problem_text(p: &bindledger_replay::Problem) -> String {
         "{} at event {}{} (position {} in the source): expected {}, found {}",
         p.kind,
         p.seq,
-        p.account.as_deref().map(|a| format!(", account {a}")).unwrap_or_default(),
+        p.account
+            .as_deref()
+            .map(|a| format!(", account {a}"))
+            .unwrap_or_default(),
         p.position,
         p.expected,
         p.found
@@ -529,13 +688,25 @@ fn count(mut scan: impl Iterator<Item = bindledger::Result<(u64, sled::IVec)>>) 
 /// One event, as a person reads it: time, event, outcome, wallet, reason.
 fn history_line(e: &Event) -> String {
     let wallet = match &e.payload {
-        Payload::WalletBound { wallet, .. } | Payload::BindFailed { wallet, .. } | Payload::PaymentSucceeded { wallet, .. } | Payload::WalletUnbound { wallet, .. } => {
-            wallet.masked.clone()
-        }
+        Payload::WalletBound { wallet, .. }
+        | Payload::BindFailed { wallet, .. }
+        | Payload::PaymentSucceeded { wallet, .. }
+        | Payload::WalletUnbound { wallet, .. } => wallet.masked.clone(),
         _ => String::new(),
     };
     let detail = match &e.payload {
-        Payload::PaymentSucceeded { amount_minor, currency, order_id, .. } | Payload::PaymentFailed { amount_minor, currency, order_id, .. } => {
+        Payload::PaymentSucceeded {
+            amount_minor,
+            currency,
+            order_id,
+            ..
+        }
+        | Payload::PaymentFailed {
+            amount_minor,
+            currency,
+            order_id,
+            ..
+        } => {
             format!("{} order {order_id}", currency.format(*amount_minor))
         }
         _ => String::new(),

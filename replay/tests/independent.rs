@@ -9,28 +9,53 @@ use std::path::Path;
 use std::process::Command;
 
 fn python() -> Option<&'static str> {
-    ["python3", "/usr/bin/python3"].into_iter().find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
+    ["python3", "/usr/bin/python3"].into_iter().find(|p| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
 }
 
 /// (exit code, first failing line) from verify.py.
 fn independent(export: &Path, extra: &[&str]) -> (i32, Option<u64>) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../events/verify.py");
-    let out = Command::new(python().expect("python3 (make test installs it)")).arg(script).arg(export).args(extra).output().unwrap();
+    let out = Command::new(python().expect("python3 (make test installs it)"))
+        .arg(script)
+        .arg(export)
+        .args(extra)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.strip_prefix("FAIL ").and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok());
+    let line = text
+        .strip_prefix("FAIL ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok());
     (out.status.code().unwrap(), line)
 }
 
 /// (exit code, position of the problem) from the tool.
 fn tool(export: &Path, extra: &[&str]) -> (i32, Option<u64>) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay")).args(["verify", "--json", "--export"]).arg(export).args(extra).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay"))
+        .args(["verify", "--json", "--export"])
+        .arg(export)
+        .args(extra)
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     (out.status.code().unwrap(), v["problem"]["position"].as_u64())
 }
 
 fn write(dir: &Path, name: &str, lines: &[Vec<u8>], sep: &[u8]) -> std::path::PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, lines.iter().flat_map(|l| l.iter().copied().chain(sep.iter().copied())).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        &path,
+        lines
+            .iter()
+            .flat_map(|l| l.iter().copied().chain(sep.iter().copied()))
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     path
 }
 
@@ -41,20 +66,35 @@ fn the_independent_verifier_and_the_tool_agree() {
     drop(bindledger::bench_alerts::write_log(&data, 400).unwrap());
     let mut export = Vec::new();
     bindledger::offline::export(&data, 1, &mut export).unwrap();
-    let lines: Vec<Vec<u8>> = export.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect();
+    let lines: Vec<Vec<u8>> = export
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
     assert_eq!(lines.len(), 400);
     // Signed checkpoints at 100, 250 and 400.
     let key = CheckpointKey::load_or_create(&dir.path().join("cp.key")).unwrap();
-    let cps: Vec<_> = [100usize, 250, 400].iter().map(|&s| key.sign(s as u64, hash_bytes(&lines[s - 1]), chrono::Utc::now())).collect();
+    let cps: Vec<_> = [100usize, 250, 400]
+        .iter()
+        .map(|&s| key.sign(s as u64, hash_bytes(&lines[s - 1]), chrono::Utc::now()))
+        .collect();
     let cp_file = dir.path().join("cps.ndjson");
     let cp_text: String = cps.iter().map(|c| serde_json::to_string(c).unwrap() + "\n").collect();
     std::fs::write(&cp_file, &cp_text).unwrap();
-    let signed = ["--checkpoints", cp_file.to_str().unwrap(), "--public-key", &key.public_hex()];
+    let signed = [
+        "--checkpoints",
+        cp_file.to_str().unwrap(),
+        "--public-key",
+        &key.public_hex(),
+    ];
     let signed: Vec<&str> = signed.to_vec();
 
     let mut cases: Vec<(&str, Vec<Vec<u8>>, &[u8])> = vec![("intact", lines.clone(), b"\n")];
     let mut l = lines.clone();
-    l[150] = String::from_utf8(l[150].clone()).unwrap().replacen("\"account\":\"", "\"account\":\"x", 1).into_bytes();
+    l[150] = String::from_utf8(l[150].clone())
+        .unwrap()
+        .replacen("\"account\":\"", "\"account\":\"x", 1)
+        .into_bytes();
     cases.push(("altered", l, b"\n"));
     let mut l = lines.clone();
     l.remove(200);
@@ -89,16 +129,24 @@ fn the_independent_verifier_and_the_tool_agree() {
         for extra in [Vec::new(), signed.clone()] {
             let (py_code, py_line) = independent(&path, &extra);
             let (tool_code, tool_pos) = tool(&path, &extra);
-            assert_eq!(py_code, tool_code, "{name} {extra:?}: verify.py {py_code} at {py_line:?}, the tool {tool_code} at {tool_pos:?}");
+            assert_eq!(
+                py_code, tool_code,
+                "{name} {extra:?}: verify.py {py_code} at {py_line:?}, the tool {tool_code} at {tool_pos:?}"
+            );
             if let (Some(a), Some(b)) = (py_line, tool_pos) {
-                assert!(a == b || a == b + 1, "{name} {extra:?}: verify.py at line {a}, the tool at position {b}");
+                assert!(
+                    a == b || a == b + 1,
+                    "{name} {extra:?}: verify.py at line {a}, the tool at position {b}"
+                );
             }
         }
     }
     // A checkpoint's time rewritten to another form of the same instant: neither accepts it.
     let c = &cps[0];
     let canonical = c.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let shifted = (c.time + chrono::Duration::hours(8)).format("%Y-%m-%dT%H:%M:%S%.6f+08:00").to_string();
+    let shifted = (c.time + chrono::Duration::hours(8))
+        .format("%Y-%m-%dT%H:%M:%S%.6f+08:00")
+        .to_string();
     std::fs::write(&cp_file, cp_text.replacen(&canonical, &shifted, 1)).unwrap();
     let intact = dir.path().join("intact.ndjson");
     assert_eq!(independent(&intact, &signed).0, 3);

@@ -16,15 +16,30 @@ struct Broker(std::process::Child, String);
 
 impl Broker {
     fn start() -> Broker {
-        let bin = std::env::var("TANSU").unwrap_or_else(|_| format!("{}/.cargo/bin/tansu", std::env::var("HOME").unwrap_or_default()));
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let bin = std::env::var("TANSU")
+            .unwrap_or_else(|_| format!("{}/.cargo/bin/tansu", std::env::var("HOME").unwrap_or_default()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("this test needs the tansu broker ({bin}): run `make test`, which installs it ({e})"));
+            .unwrap_or_else(|e| {
+                panic!("this test needs the tansu broker ({bin}): run `make test`, which installs it ({e})")
+            });
         let addr = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&addr).is_err() {
@@ -45,10 +60,17 @@ impl Drop for Broker {
 #[test]
 fn the_topic_gives_the_same_log_as_the_directory() {
     let broker = Broker::start();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let topic = format!("replay-{}", uuid::Uuid::now_v7().simple());
-    let mut config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+    let mut config = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
     config.gateway.simulated = Scenario::quiet(8);
     config.kafka.brokers = broker.1.clone();
     config.kafka.topic = topic.clone();
@@ -63,11 +85,18 @@ fn the_topic_gives_the_same_log_as_the_directory() {
             let req = bindledger::command::BindRequest {
                 provider: "alipay".into(),
                 wallet_account: SecretString::new(phone.clone()),
-                payment_password: SecretString::new(if a % 4 == 0 { "wrong".into() } else { g.password_for(&alipay, &phone) }),
+                payment_password: SecretString::new(if a % 4 == 0 {
+                    "wrong".into()
+                } else {
+                    g.password_for(&alipay, &phone)
+                }),
                 factor: None,
                 common: Default::default(),
             };
-            node.ledger.bind(req.validate(&format!("acct-{a}"), chrono::Utc::now()).unwrap()).await.unwrap();
+            node.ledger
+                .bind(req.validate(&format!("acct-{a}"), chrono::Utc::now()).unwrap())
+                .await
+                .unwrap();
         }
         let (_, status) = node.extras.relay.clone().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -77,8 +106,19 @@ fn the_topic_gives_the_same_log_as_the_directory() {
         }
         node.stop().await;
     });
-    let from_topic = Source::Kafka { brokers: broker.1.clone(), topic }.read().unwrap().collect::<Result<Vec<_>, _>>().unwrap();
-    let from_dir = Source::DataDir(dir.path().to_path_buf()).read().unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    let from_topic = Source::Kafka {
+        brokers: broker.1.clone(),
+        topic,
+    }
+    .read()
+    .unwrap()
+    .collect::<Result<Vec<_>, _>>()
+    .unwrap();
+    let from_dir = Source::DataDir(dir.path().to_path_buf())
+        .read()
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
     assert_eq!(from_topic.len(), 30);
     assert_eq!(from_topic, from_dir);
     let report = bindledger_replay::audit(from_topic.into_iter().map(Ok)).unwrap();

@@ -22,8 +22,15 @@ fn write(dir: &std::path::Path, name: &str, lines: &[Vec<u8>], sep: &[u8]) -> St
 }
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// `verify --json` on the lines: (exit code, report).
@@ -33,13 +40,20 @@ fn verify(lines: &[Vec<u8>], extra: &[&str]) -> (i32, serde_json::Value) {
     let mut args = vec!["verify", "--json", "--export", &path];
     args.extend_from_slice(extra);
     let (code, out, err) = run(&args);
-    (code, serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}")))
+    (
+        code,
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}")),
+    )
 }
 
 fn problem(lines: &[Vec<u8>]) -> (String, u64, u64) {
     let (code, r) = verify(lines, &[]);
     assert_eq!(code, 3, "{r}");
-    (r["problem"]["kind"].as_str().unwrap().to_owned(), r["problem"]["seq"].as_u64().unwrap(), r["problem"]["position"].as_u64().unwrap())
+    (
+        r["problem"]["kind"].as_str().unwrap().to_owned(),
+        r["problem"]["seq"].as_u64().unwrap(),
+        r["problem"]["position"].as_u64().unwrap(),
+    )
 }
 
 fn edit(bytes: &[u8], f: impl FnOnce(&mut Event)) -> Vec<u8> {
@@ -71,8 +85,20 @@ fn each_tampering_is_named_by_what_the_evidence_proves() {
     let mut l = base.clone();
     l[9] = l[2].clone();
     let (code, r) = verify(&l, &[]);
-    assert_eq!((code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64(), r["problem"]["position"].as_u64()), (3, Some("duplicate"), Some(3), Some(10)), "{r}");
-    assert!(r["problem"]["found"].as_str().unwrap().contains("in place of event 10"), "{r}");
+    assert_eq!(
+        (
+            code,
+            r["problem"]["kind"].as_str(),
+            r["problem"]["seq"].as_u64(),
+            r["problem"]["position"].as_u64()
+        ),
+        (3, Some("duplicate"), Some(3), Some(10)),
+        "{r}"
+    );
+    assert!(
+        r["problem"]["found"].as_str().unwrap().contains("in place of event 10"),
+        "{r}"
+    );
     // A second, different event claiming an old seq: a conflict.
     let mut l = base.clone();
     l.insert(20, edit(&base[4], |e| e.correlation_id = Some("forged".into())));
@@ -88,19 +114,43 @@ fn each_tampering_is_named_by_what_the_evidence_proves() {
     let cp = key.sign(100, hash_bytes(&base[99]), chrono::Utc::now());
     let cps = dir.path().join("checkpoints.ndjson");
     std::fs::write(&cps, serde_json::to_string(&cp).unwrap() + "\n").unwrap();
-    let (code, r) = verify(&l, &["--checkpoints", cps.to_str().unwrap(), "--public-key", &key.public_hex()]);
-    assert_eq!((code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64()), (3, Some("altered"), Some(100)), "{r}");
+    let (code, r) = verify(
+        &l,
+        &[
+            "--checkpoints",
+            cps.to_str().unwrap(),
+            "--public-key",
+            &key.public_hex(),
+        ],
+    );
+    assert_eq!(
+        (code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64()),
+        (3, Some("altered"), Some(100)),
+        "{r}"
+    );
     // Bytes that are not the ledger's canonical encoding, before a broken link at the end:
     // that event was altered.
     let mut l = base.clone();
-    l[98] = String::from_utf8(l[98].clone()).unwrap().replace("not_bound\"", "not_bound\",\"x\":1").into_bytes();
+    l[98] = String::from_utf8(l[98].clone())
+        .unwrap()
+        .replace("not_bound\"", "not_bound\",\"x\":1")
+        .into_bytes();
     assert_eq!(problem(&l), ("altered".into(), 99, 99));
     // CRLF line endings: the first event's line, not the second event's link.
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "crlf.ndjson", &base[..5], b"\r\n");
     let (code, out, _) = run(&["verify", "--json", "--export", &path]);
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64(), r["problem"]["position"].as_u64()), (3, Some("line_ending"), Some(1), Some(1)), "{r}");
+    assert_eq!(
+        (
+            code,
+            r["problem"]["kind"].as_str(),
+            r["problem"]["seq"].as_u64(),
+            r["problem"]["position"].as_u64()
+        ),
+        (3, Some("line_ending"), Some(1), Some(1)),
+        "{r}"
+    );
 }
 
 #[test]
@@ -118,7 +168,11 @@ fn blank_lines_empty_sources_and_overlong_lines_are_problems_not_ok() {
     let mut l = base.clone();
     l[6] = vec![b'x'; 3 << 20];
     let (code, r) = verify(&l, &[]);
-    assert_eq!((code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64()), (3, Some("undecodable"), Some(7)), "{r}");
+    assert_eq!(
+        (code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64()),
+        (3, Some("undecodable"), Some(7)),
+        "{r}"
+    );
     assert!(r["problem"]["found"].as_str().unwrap().contains("more than"), "{r}");
 }
 
@@ -140,7 +194,13 @@ fn no_command_panics_or_folds_an_unverified_event() {
     let mut amount = base.clone();
     amount[30] = edit(&amount[30], |e| e.correlation_id = Some("edited".into()));
     let partial = base[30..].to_vec();
-    for (name, lines) in [("deleted", &deleted), ("duplicated", &duplicated), ("swapped", &swapped), ("edited", &amount), ("partial", &partial)] {
+    for (name, lines) in [
+        ("deleted", &deleted),
+        ("duplicated", &duplicated),
+        ("swapped", &swapped),
+        ("edited", &amount),
+        ("partial", &partial),
+    ] {
         let path = write(dir.path(), &format!("{name}.ndjson"), lines, b"\n");
         for args in [
             vec!["state", "--at", "59", "--export", &path],
@@ -173,13 +233,25 @@ fn a_partial_export_verifies_from_a_trusted_head() {
     let base = log(50);
     let partial = base[20..].to_vec();
     let (code, r) = verify(&partial, &[]);
-    assert_eq!((code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64()), (3, Some("missing"), Some(1)), "{r}");
+    assert_eq!(
+        (code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64()),
+        (3, Some("missing"), Some(1)),
+        "{r}"
+    );
     let head = format!("20:{}", hash_bytes(&base[19]).to_hex());
     let (code, r) = verify(&partial, &["--trusted-head", &head]);
-    assert_eq!((code, r["events"].as_u64(), r["first_seq"].as_u64()), (0, Some(30), Some(21)), "{r}");
+    assert_eq!(
+        (code, r["events"].as_u64(), r["first_seq"].as_u64()),
+        (0, Some(30), Some(21)),
+        "{r}"
+    );
     let wrong = format!("20:{}", hash_bytes(&base[18]).to_hex());
     let (code, r) = verify(&partial, &["--trusted-head", &wrong]);
-    assert_eq!((code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64()), (3, Some("altered"), Some(21)), "{r}");
+    assert_eq!(
+        (code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64()),
+        (3, Some("altered"), Some(21)),
+        "{r}"
+    );
 }
 
 /// Regressions: `--public-key xyz` exited 3 as a signature problem; `--public-key` without
@@ -191,20 +263,49 @@ fn usage_errors_exit_2_and_a_bad_signature_says_nothing_was_checked() {
     let good_key = CheckpointKey::load_or_create(&dir.path().join("k1")).unwrap();
     let other_key = CheckpointKey::load_or_create(&dir.path().join("k2")).unwrap();
     let cps = dir.path().join("cps.ndjson");
-    std::fs::write(&cps, serde_json::to_string(&other_key.sign(5, hash_bytes(&log(5)[4]), chrono::Utc::now())).unwrap() + "\n").unwrap();
+    std::fs::write(
+        &cps,
+        serde_json::to_string(&other_key.sign(5, hash_bytes(&log(5)[4]), chrono::Utc::now())).unwrap() + "\n",
+    )
+    .unwrap();
     for args in [
-        vec!["verify", "--export", &path, "--checkpoints", cps.to_str().unwrap(), "--public-key", "xyz"],
+        vec![
+            "verify",
+            "--export",
+            &path,
+            "--checkpoints",
+            cps.to_str().unwrap(),
+            "--public-key",
+            "xyz",
+        ],
         vec!["verify", "--export", &path, "--public-key", "ab"],
         vec!["verify"],
         vec!["verify", "--trusted-head", "nonsense", "--export", &path],
-        vec!["verify", "--export", &path, "--public-key", good_key.public_hex().as_str()],
+        vec![
+            "verify",
+            "--export",
+            &path,
+            "--public-key",
+            good_key.public_hex().as_str(),
+        ],
     ] {
         let (code, _, err) = run(&args);
         assert_eq!(code, 2, "{args:?}: {err}");
     }
-    let (code, out, _) = run(&["verify", "--export", &path, "--checkpoints", cps.to_str().unwrap(), "--public-key", &good_key.public_hex()]);
+    let (code, out, _) = run(&[
+        "verify",
+        "--export",
+        &path,
+        "--checkpoints",
+        cps.to_str().unwrap(),
+        "--public-key",
+        &good_key.public_hex(),
+    ]);
     assert_eq!(code, 3);
-    assert!(out.contains("checkpoint 1 (for event 5) FAILED") && out.contains("the log was not checked"), "{out}");
+    assert!(
+        out.contains("checkpoint 1 (for event 5) FAILED") && out.contains("the log was not checked"),
+        "{out}"
+    );
     assert!(!out.contains("chain head: 000"), "{out}");
     // What verify proved, in words.
     let (code, out, _) = run(&["verify", "--export", &path]);
@@ -235,7 +336,13 @@ fn a_corrupt_store_is_named_as_corrupt_with_where_it_was_read() {
     }
     let db = data.join("log").join("db");
     let pristine = std::fs::read(&db).unwrap();
-    let places: Vec<usize> = pristine.windows(9).enumerate().filter(|(_, w)| *w == b"\"payload\"").map(|(i, _)| i).step_by(97).collect();
+    let places: Vec<usize> = pristine
+        .windows(9)
+        .enumerate()
+        .filter(|(_, w)| *w == b"\"payload\"")
+        .map(|(i, _)| i)
+        .step_by(97)
+        .collect();
     let mut named = 0;
     for at in places {
         let mut bytes = pristine.clone();
@@ -246,7 +353,11 @@ fn a_corrupt_store_is_named_as_corrupt_with_where_it_was_read() {
         if code == 1 {
             // Found while opening (sled's recovery), or while reading a chunk: either way, what
             // was being read is named.
-            assert!(err.contains("corrupt") && (err.contains("after the chunk of event") || err.contains("opening the log in")), "{err}");
+            assert!(
+                err.contains("corrupt")
+                    && (err.contains("after the chunk of event") || err.contains("opening the log in")),
+                "{err}"
+            );
             named += 1;
         }
         std::fs::write(&db, &pristine).unwrap();

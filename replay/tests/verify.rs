@@ -8,7 +8,10 @@ use std::process::Command;
 mod common;
 
 fn export(n: u64) -> Vec<String> {
-    common::log(n).into_iter().map(|b| String::from_utf8(b).unwrap()).collect()
+    common::log(n)
+        .into_iter()
+        .map(|b| String::from_utf8(b).unwrap())
+        .collect()
 }
 
 /// Runs `verify --json` on the lines; returns the exit code and the report.
@@ -16,8 +19,12 @@ fn verify(lines: &[String]) -> (i32, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("export.ndjson");
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay")).args(["verify", "--json", "--export", path.to_str().unwrap()]).output().unwrap();
-    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay"))
+        .args(["verify", "--json", "--export", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let report =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     (out.status.code().unwrap(), report)
 }
 
@@ -25,7 +32,11 @@ fn problem(lines: &[String]) -> (String, u64, u64) {
     let (code, r) = verify(lines);
     assert_eq!(code, 3, "{r}");
     let p = &r["problem"];
-    (p["kind"].as_str().unwrap().to_owned(), p["seq"].as_u64().unwrap(), r["events"].as_u64().unwrap())
+    (
+        p["kind"].as_str().unwrap().to_owned(),
+        p["seq"].as_u64().unwrap(),
+        r["events"].as_u64().unwrap(),
+    )
 }
 
 #[test]
@@ -57,7 +68,10 @@ fn altered_bytes_are_located_at_the_altered_event() {
     let mut lines = export(21);
     lines[20] = lines[20].replace("\"channel\":\"app\"", "\"channel\":\"api\"");
     let (code, r) = verify(&lines);
-    assert_eq!(code, 0, "nothing links to the last event: only a signed checkpoint can catch this ({r})");
+    assert_eq!(
+        code, 0,
+        "nothing links to the last event: only a signed checkpoint can catch this ({r})"
+    );
 }
 
 #[test]
@@ -66,7 +80,13 @@ fn a_missing_event_is_named() {
     lines.remove(4);
     assert_eq!(problem(&lines), ("missing".into(), 5, 4));
     let (_, r) = verify(&lines);
-    assert!(r["problem"]["found"].as_str().unwrap().contains("no event 5 here or in the next"), "{r}");
+    assert!(
+        r["problem"]["found"]
+            .as_str()
+            .unwrap()
+            .contains("no event 5 here or in the next"),
+        "{r}"
+    );
 }
 
 #[test]
@@ -88,9 +108,15 @@ fn garbage_is_named_and_usage_errors_exit_2() {
     let mut lines = export(5);
     lines[2] = "{not json".into();
     assert_eq!(problem(&lines), ("undecodable".into(), 3, 2));
-    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay")).args(["verify"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay"))
+        .args(["verify"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "no source: bad usage");
-    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay")).args(["verify", "--export", "a", "--data-dir", "b"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bindledger-replay"))
+        .args(["verify", "--export", "a", "--data-dir", "b"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "two sources: bad usage");
 }
 
@@ -101,7 +127,10 @@ fn progress_shows_on_a_terminal_only() {
     std::fs::write(&path, export(30_000).join("\n") + "\n").unwrap();
     let bin = env!("CARGO_BIN_EXE_bindledger-replay");
     // Piped: the report on stdout, nothing on stderr.
-    let out = Command::new(bin).args(["verify", "--export", path.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(bin)
+        .args(["verify", "--export", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
     // On a terminal (script(1) gives the command one): a progress line with a rate.
@@ -124,9 +153,15 @@ fn the_pipeline_keeps_the_order_across_batches_and_threads() {
     let path = dir.path().join("export.ndjson");
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     let source = bindledger_replay::Source::Export(path);
-    let plain: Vec<bindledger_replay::Decoded> = source.read().unwrap().map(|r| bindledger_replay::Decoded::new(r.unwrap())).collect();
+    let plain: Vec<bindledger_replay::Decoded> = source
+        .read()
+        .unwrap()
+        .map(|r| bindledger_replay::Decoded::new(r.unwrap()))
+        .collect();
     for workers in [1, 2, 3] {
-        let piped: Vec<bindledger_replay::Decoded> = bindledger_replay::Pipeline::start(source.clone(), workers).map(Result::unwrap).collect();
+        let piped: Vec<bindledger_replay::Decoded> = bindledger_replay::Pipeline::start(source.clone(), workers)
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(piped.len(), 5_000);
         for (a, b) in plain.iter().zip(&piped) {
             assert_eq!((&a.bytes, a.hash, &a.event), (&b.bytes, b.hash, &b.event));
@@ -148,7 +183,10 @@ fn the_pipeline_keeps_the_order_across_batches_and_threads() {
 /// A source that cannot be read reports it through the pipeline, which then ends.
 #[test]
 fn a_source_error_comes_through_the_pipeline() {
-    let mut p = bindledger_replay::Pipeline::start(bindledger_replay::Source::Export("/nonexistent/export.ndjson".into()), 2);
+    let mut p = bindledger_replay::Pipeline::start(
+        bindledger_replay::Source::Export("/nonexistent/export.ndjson".into()),
+        2,
+    );
     assert!(p.next().unwrap().unwrap_err().contains("/nonexistent/export.ndjson"));
     assert!(p.next().is_none());
 }

@@ -107,7 +107,11 @@ struct Hit {
 
 impl Hit {
     fn of(e: &Event) -> Hit {
-        Hit { t: e.record_time.timestamp_micros(), seq: e.seq, id: e.id }
+        Hit {
+            t: e.record_time.timestamp_micros(),
+            seq: e.seq,
+            id: e.id,
+        }
     }
 }
 
@@ -178,7 +182,8 @@ pub struct Engine {
 
 /// Whether a pending lock key (see [`EngineState::pending_locks`]) is one of `alert_id`'s.
 pub fn is_lock_of(key: &str, alert_id: &str) -> bool {
-    key.strip_prefix(alert_id).is_some_and(|rest| rest.is_empty() || rest.starts_with('#'))
+    key.strip_prefix(alert_id)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('#'))
 }
 
 /// The alert a pending lock key belongs to.
@@ -232,7 +237,10 @@ fn count_in(w: &mut Window, hit: Hit, window: Span, keep: usize) -> Vec<Hit> {
 
 impl Engine {
     pub fn new(rules: RuleSet) -> Engine {
-        Engine { rules, state: EngineState::default() }
+        Engine {
+            rules,
+            state: EngineState::default(),
+        }
     }
 
     pub fn resume(rules: RuleSet, state: EngineState) -> Engine {
@@ -268,7 +276,10 @@ impl Engine {
         let hits = count_in(w, hit, rule.window, keep);
         (hits.len() >= rule.threshold as usize).then(|| Observation {
             rule: name,
-            key: AlertKey { kind: "account".into(), value: key.to_owned() },
+            key: AlertKey {
+                kind: "account".into(),
+                value: key.to_owned(),
+            },
             accounts: vec![key.to_owned()],
             severity: rule.severity,
             window_start: hit.t - rule.window.micros(),
@@ -288,24 +299,55 @@ impl Engine {
         let hit = Hit::of(e);
         let account = e.account.as_str();
         match &e.payload {
-            Payload::PaymentFailed { binding_id, reason: PaymentFailure::WrongPassword, .. } => {
+            Payload::PaymentFailed {
+                binding_id,
+                reason: PaymentFailure::WrongPassword,
+                ..
+            } => {
                 let bf = &r.password_brute_force;
                 if bf.count.enabled {
-                    if let Some(mut o) = Self::count_rule(&bf.count, "password_brute_force", &mut s.brute_force, account, hit, "wrong_passwords") {
+                    if let Some(mut o) = Self::count_rule(
+                        &bf.count,
+                        "password_brute_force",
+                        &mut s.brute_force,
+                        account,
+                        hit,
+                        "wrong_passwords",
+                    ) {
                         if bf.lock {
-                            o.lock = Some(LockAction { account: account.to_owned(), binding_id: *binding_id, until: time(t + bf.lock_for.micros()) });
+                            o.lock = Some(LockAction {
+                                account: account.to_owned(),
+                                binding_id: *binding_id,
+                                until: time(t + bf.lock_for.micros()),
+                            });
                         }
                         out.push(o);
                     }
                 }
             }
             Payload::BindFailed { reason, wallet, .. } => match reason {
-                BindFailure::InvalidInput { .. } | BindFailure::VerificationFactorFailed { .. } if r.bind_failure_burst.enabled => {
-                    out.extend(Self::count_rule(&r.bind_failure_burst, "bind_failure_burst", &mut s.bind_failures, account, hit, "failed_binds"));
+                BindFailure::InvalidInput { .. } | BindFailure::VerificationFactorFailed { .. }
+                    if r.bind_failure_burst.enabled =>
+                {
+                    out.extend(Self::count_rule(
+                        &r.bind_failure_burst,
+                        "bind_failure_burst",
+                        &mut s.bind_failures,
+                        account,
+                        hit,
+                        "failed_binds",
+                    ));
                 }
                 BindFailure::WalletFrozen | BindFailure::WalletClosed if r.dead_wallet_probing.enabled => {
                     let _ = wallet;
-                    out.extend(Self::count_rule(&r.dead_wallet_probing, "dead_wallet_probing", &mut s.dead_wallets, account, hit, "dead_wallet_binds"));
+                    out.extend(Self::count_rule(
+                        &r.dead_wallet_probing,
+                        "dead_wallet_probing",
+                        &mut s.dead_wallets,
+                        account,
+                        hit,
+                        "dead_wallet_binds",
+                    ));
                 }
                 _ => {}
             },
@@ -324,10 +366,19 @@ impl Engine {
                     let hits = count_in(w, hit, sw.window, keep);
                     if hits.len() >= sw.threshold as usize {
                         let from = t - sw.window.micros();
-                        let accounts: Vec<String> = w.hits.iter().zip(&w.accounts).filter(|(h, _)| h.t >= from && h.t <= t).map(|(_, a)| a.clone()).collect();
+                        let accounts: Vec<String> = w
+                            .hits
+                            .iter()
+                            .zip(&w.accounts)
+                            .filter(|(h, _)| h.t >= from && h.t <= t)
+                            .map(|(_, a)| a.clone())
+                            .collect();
                         out.push(Observation {
                             rule: "shared_wallet",
-                            key: AlertKey { kind: "wallet".into(), value: fp },
+                            key: AlertKey {
+                                kind: "wallet".into(),
+                                value: fp,
+                            },
                             accounts,
                             severity: sw.severity,
                             window_start: from,
@@ -349,13 +400,22 @@ impl Engine {
                     if b.binds.len() == RECENT_BINDS_MAX {
                         b.binds.pop_front();
                     }
-                    b.binds.push_back(RecentBind { binding_id: *binding_id, bind: hit, spent: 0, payments: Vec::new() });
+                    b.binds.push_back(RecentBind {
+                        binding_id: *binding_id,
+                        bind: hit,
+                        spent: 0,
+                        payments: Vec::new(),
+                    });
                 }
             }
             Payload::WalletUnbound { binding_id, .. } => {
                 s.locks.remove(binding_id);
                 let ch = &r.binding_churn;
-                let bound_at = s.binds.get(account).and_then(|b| b.binds.iter().find(|x| x.binding_id == *binding_id)).map(|x| x.bind);
+                let bound_at = s
+                    .binds
+                    .get(account)
+                    .and_then(|b| b.binds.iter().find(|x| x.binding_id == *binding_id))
+                    .map(|x| x.bind);
                 if let Some(bind) = bound_at.filter(|b| ch.enabled && t - b.t <= ch.window.micros()) {
                     if let Some(mut o) = Self::count_rule(ch, "binding_churn", &mut s.churn, account, hit, "cycles") {
                         // The binds of the counted cycles are triggering events too.
@@ -365,12 +425,21 @@ impl Engine {
                     }
                 }
             }
-            Payload::PaymentSucceeded { binding_id, amount_minor, currency, .. } => {
+            Payload::PaymentSucceeded {
+                binding_id,
+                amount_minor,
+                currency,
+                ..
+            } => {
                 let dr = &r.bind_then_drain;
                 if dr.enabled && *currency == dr.currency {
                     if let Some(b) = s.binds.get_mut(account) {
                         b.last = b.last.max(t);
-                        if let Some(x) = b.binds.iter_mut().find(|x| x.binding_id == *binding_id && t - x.bind.t <= dr.window.micros()) {
+                        if let Some(x) = b
+                            .binds
+                            .iter_mut()
+                            .find(|x| x.binding_id == *binding_id && t - x.bind.t <= dr.window.micros())
+                        {
                             x.spent = x.spent.saturating_add(*amount_minor);
                             if x.payments.len() >= r.limits.event_ids_max {
                                 x.payments.remove(0);
@@ -381,7 +450,10 @@ impl Engine {
                                 hits.extend(&x.payments);
                                 out.push(Observation {
                                     rule: "bind_then_drain",
-                                    key: AlertKey { kind: "account".into(), value: account.to_owned() },
+                                    key: AlertKey {
+                                        kind: "account".into(),
+                                        value: account.to_owned(),
+                                    },
                                     accounts: vec![account.to_owned()],
                                     severity: dr.severity,
                                     window_start: x.bind.t,
@@ -404,7 +476,12 @@ impl Engine {
                         p.amounts.clear();
                     }
                     p.last = p.last.max(t);
-                    let mut same: Vec<i64> = p.amounts.iter().filter(|(c, _)| c == currency).map(|(_, a)| *a).collect();
+                    let mut same: Vec<i64> = p
+                        .amounts
+                        .iter()
+                        .filter(|(c, _)| c == currency)
+                        .map(|(_, a)| *a)
+                        .collect();
                     if same.len() >= sp.min_history as usize {
                         same.sort_unstable();
                         let n = same.len();
@@ -413,7 +490,10 @@ impl Engine {
                         if (*amount_minor as i128) * 2 > sp.factor as i128 * median_x2 {
                             out.push(Observation {
                                 rule: "amount_spike",
-                                key: AlertKey { kind: "account".into(), value: account.to_owned() },
+                                key: AlertKey {
+                                    kind: "account".into(),
+                                    value: account.to_owned(),
+                                },
                                 accounts: vec![account.to_owned()],
                                 severity: sp.severity,
                                 window_start: t,
@@ -433,14 +513,28 @@ impl Engine {
                     p.amounts.push_back((*currency, *amount_minor));
                 }
             }
-            Payload::BindingLocked { binding_id, alert_id, until } => {
+            Payload::BindingLocked {
+                binding_id,
+                alert_id,
+                until,
+            } => {
                 forget_pending_locks(&mut s.pending_locks, alert_id);
-                s.locks.insert(*binding_id, ActiveLock { account: account.to_owned(), binding_id: *binding_id, alert_id: alert_id.clone(), until: *until });
+                s.locks.insert(
+                    *binding_id,
+                    ActiveLock {
+                        account: account.to_owned(),
+                        binding_id: *binding_id,
+                        alert_id: alert_id.clone(),
+                        until: *until,
+                    },
+                );
             }
             Payload::BindingLockFailed { alert_id, .. } => {
                 forget_pending_locks(&mut s.pending_locks, alert_id);
             }
-            Payload::BindingUnlocked { binding_id, alert_id, .. } => {
+            Payload::BindingUnlocked {
+                binding_id, alert_id, ..
+            } => {
                 s.locks.remove(binding_id);
                 s.unlocked.insert(alert_id.clone(), *binding_id);
                 // Guesses after an unlock are counted afresh: `threshold` more lock it again
@@ -533,7 +627,11 @@ impl Engine {
                 ("opened", alert)
             }
         };
-        AlertChange { stream_seq: s.stream_seq, change: change.to_owned(), alert }
+        AlertChange {
+            stream_seq: s.stream_seq,
+            change: change.to_owned(),
+            alert,
+        }
     }
 
     /// Drops state that can no longer matter, then the quietest keys beyond `keys_max`.
@@ -553,14 +651,34 @@ impl Engine {
             }
         }
         let w = |x: &Window| x.last;
-        trim(&mut s.brute_force, now - r.password_brute_force.count.window.micros(), keys_max, w);
-        trim(&mut s.bind_failures, now - r.bind_failure_burst.window.micros(), keys_max, w);
-        trim(&mut s.dead_wallets, now - r.dead_wallet_probing.window.micros(), keys_max, w);
+        trim(
+            &mut s.brute_force,
+            now - r.password_brute_force.count.window.micros(),
+            keys_max,
+            w,
+        );
+        trim(
+            &mut s.bind_failures,
+            now - r.bind_failure_burst.window.micros(),
+            keys_max,
+            w,
+        );
+        trim(
+            &mut s.dead_wallets,
+            now - r.dead_wallet_probing.window.micros(),
+            keys_max,
+            w,
+        );
         trim(&mut s.shared_wallet, now - r.shared_wallet.window.micros(), keys_max, w);
         trim(&mut s.churn, now - r.binding_churn.window.micros(), keys_max, w);
         let horizon = r.bind_then_drain.window.max(r.binding_churn.window).micros();
         trim(&mut s.binds, now - horizon, keys_max, |b| b.last);
-        trim(&mut s.payments, now - r.amount_spike.forget_after.micros(), keys_max, |p| p.last);
+        trim(
+            &mut s.payments,
+            now - r.amount_spike.forget_after.micros(),
+            keys_max,
+            |p| p.last,
+        );
         trim(&mut s.open, now, usize::MAX, |a| a.open_until.timestamp_micros());
         let open_ids: std::collections::HashSet<&str> = s.open.values().map(|a| a.id.as_str()).collect();
         s.unlocked.retain(|id, _| open_ids.contains(id.as_str()));
@@ -569,7 +687,13 @@ impl Engine {
     /// Keys tracked, over all rules (for metrics).
     pub fn keys(&self) -> usize {
         let s = &self.state;
-        s.brute_force.len() + s.bind_failures.len() + s.dead_wallets.len() + s.shared_wallet.len() + s.churn.len() + s.binds.len() + s.payments.len()
+        s.brute_force.len()
+            + s.bind_failures.len()
+            + s.dead_wallets.len()
+            + s.shared_wallet.len()
+            + s.churn.len()
+            + s.binds.len()
+            + s.payments.len()
     }
 
     /// Alerts currently open (within their cool-down).

@@ -88,7 +88,12 @@ impl AlertFeed {
     /// The next changes after `after` (at most `limit`), waiting until there are some: what a
     /// follower calls in a loop. `published` is the follower's own [`AlertFeed::subscribe`].
     /// `None` once the monitor has stopped.
-    pub async fn next_after(&self, after: u64, limit: usize, published: &mut tokio::sync::watch::Receiver<u64>) -> Result<Option<Vec<AlertChange>>> {
+    pub async fn next_after(
+        &self,
+        after: u64,
+        limit: usize,
+        published: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Result<Option<Vec<AlertChange>>> {
         loop {
             let through = *published.borrow_and_update();
             if through > after {
@@ -119,7 +124,13 @@ impl AlertFeed {
             if let Some(front) = ring.front() {
                 if front.stream_seq <= after + 1 {
                     let skip = (after + 1 - front.stream_seq) as usize;
-                    return Ok(ring.iter().skip(skip).take(limit).filter(|c| c.stream_seq <= through).cloned().collect());
+                    return Ok(ring
+                        .iter()
+                        .skip(skip)
+                        .take(limit)
+                        .filter(|c| c.stream_seq <= through)
+                        .cloned()
+                        .collect());
                 }
             }
         }

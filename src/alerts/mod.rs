@@ -26,8 +26,13 @@ pub use engine::{Alert, AlertChange, AlertKey, Engine};
 /// The fields in which two revisions of an alert differ, as `field: old -> new` (long values
 /// shortened): what an auditor needs to see of a change, and nothing that stayed the same.
 pub fn differences(was: &Alert, now: &Alert) -> Vec<String> {
-    let (a, b) = (serde_json::to_value(was).unwrap_or_default(), serde_json::to_value(now).unwrap_or_default());
-    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return Vec::new() };
+    let (a, b) = (
+        serde_json::to_value(was).unwrap_or_default(),
+        serde_json::to_value(now).unwrap_or_default(),
+    );
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return Vec::new();
+    };
     let short = |v: Option<&serde_json::Value>| {
         let text = v.map_or("(none)".to_owned(), |v| v.to_string());
         if text.chars().count() > 60 {
@@ -39,7 +44,10 @@ pub fn differences(was: &Alert, now: &Alert) -> Vec<String> {
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
     keys.sort();
     keys.dedup();
-    keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).map(|k| format!("{k}: {} -> {}", short(a.get(k)), short(b.get(k)))).collect()
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {} -> {}", short(a.get(k)), short(b.get(k))))
+        .collect()
 }
 pub use monitor::{Monitor, MonitorConfig, MonitorStatus};
 pub use rules::{RuleSet, RulesError, Severity};

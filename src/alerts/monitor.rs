@@ -55,7 +55,11 @@ pub struct MonitorConfig {
 
 impl MonitorConfig {
     pub fn new(rules: RuleSet) -> MonitorConfig {
-        MonitorConfig { rules, checkpoint_every_events: 100_000, actions: true }
+        MonitorConfig {
+            rules,
+            checkpoint_every_events: 100_000,
+            actions: true,
+        }
     }
 }
 
@@ -125,7 +129,11 @@ impl Monitor {
             None => EngineState::default(),
         };
         if state.position > ledger.log_len() {
-            return Err(Error::Corrupt(format!("alert checkpoint at {} is past the log's end {}", state.position, ledger.log_len())));
+            return Err(Error::Corrupt(format!(
+                "alert checkpoint at {} is past the log's end {}",
+                state.position,
+                ledger.log_len()
+            )));
         }
         let status = Arc::new(MonitorStatus::default());
         status.position.store(state.position, Ordering::Relaxed);
@@ -153,7 +161,11 @@ impl Monitor {
             .name("bindledger-monitor".into())
             .spawn(move || worker.run(rx))
             .map_err(|e| Error::Io(format!("starting the monitor thread: {e}")))?;
-        Ok(Monitor { thread: Some(thread), status, feed })
+        Ok(Monitor {
+            thread: Some(thread),
+            status,
+            feed,
+        })
     }
 
     /// The live stream of alert changes.
@@ -199,7 +211,12 @@ impl Worker {
     fn run(mut self, rx: std::sync::mpsc::Receiver<crate::writer::DurableBatch>) {
         let (tx, writes) = std::sync::mpsc::sync_channel::<Write>(STORE_QUEUE);
         let writer = {
-            let (store, digest, status, feed) = (self.store.clone(), self.digest.clone(), self.status.clone(), self.feed.clone());
+            let (store, digest, status, feed) = (
+                self.store.clone(),
+                self.digest.clone(),
+                self.status.clone(),
+                self.feed.clone(),
+            );
             std::thread::Builder::new()
                 .name("bindledger-alert-store".into())
                 .spawn(move || {
@@ -248,7 +265,11 @@ impl Worker {
 
     fn run_inner(&mut self, rx: std::sync::mpsc::Receiver<crate::writer::DurableBatch>) -> Result<()> {
         self.catch_up(self.ledger.log_len())?;
-        tracing::info!(position = self.engine.state.position, stream_seq = self.engine.state.stream_seq, "alert monitor caught up");
+        tracing::info!(
+            position = self.engine.state.position,
+            stream_seq = self.engine.state.stream_seq,
+            "alert monitor caught up"
+        );
         loop {
             match rx.recv_timeout(TICK) {
                 Ok(batch) => {
@@ -286,7 +307,8 @@ impl Worker {
                 if seq > through {
                     break;
                 }
-                let event = bindledger_events::decode(&bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
+                let event =
+                    bindledger_events::decode(&bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
                 changes.extend(self.engine.apply(&event));
             }
             if self.engine.state.position < from {
@@ -351,7 +373,9 @@ impl Worker {
         self.status.position.store(s.position, Ordering::Relaxed);
         self.status.stream_seq.store(s.stream_seq, Ordering::Relaxed);
         self.status.keys.store(self.engine.keys() as u64, Ordering::Relaxed);
-        self.status.open_alerts.store(self.engine.open_alerts() as u64, Ordering::Relaxed);
+        self.status
+            .open_alerts
+            .store(self.engine.open_alerts() as u64, Ordering::Relaxed);
     }
 
     /// Sends the pending locks and the due unlocks that are not already on their way.
@@ -385,12 +409,20 @@ impl Worker {
                 expected_version: None,
                 correlation_id: Some(alert_id.to_owned()),
                 event_time: None,
-                context: Context { channel: "monitor".into(), ..Context::default() },
+                context: Context {
+                    channel: "monitor".into(),
+                    ..Context::default()
+                },
             };
             let task = match action {
                 Action::Lock(alert_id, lock) => {
                     status.locks_sent.fetch_add(1, Ordering::Relaxed);
-                    let cmd = LockCommand { meta: meta(&lock.account, &alert_id), binding_id: lock.binding_id, alert_id, until: lock.until };
+                    let cmd = LockCommand {
+                        meta: meta(&lock.account, &alert_id),
+                        binding_id: lock.binding_id,
+                        alert_id,
+                        until: lock.until,
+                    };
                     futures_util::future::Either::Left(async move { ledger.lock(cmd).await })
                 }
                 Action::Unlock(lock) => {

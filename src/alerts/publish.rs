@@ -26,7 +26,12 @@ pub struct AlertPublisher {
 
 impl AlertPublisher {
     pub fn new(feed: Arc<AlertFeed>, config: KafkaConfig) -> AlertPublisher {
-        AlertPublisher { stream: feed.subscribe(), feed, config, status: Default::default() }
+        AlertPublisher {
+            stream: feed.subscribe(),
+            feed,
+            config,
+            status: Default::default(),
+        }
     }
 
     /// Runs until `shutdown` turns true.
@@ -38,7 +43,15 @@ impl AlertPublisher {
                 _ = shutdown.changed() => Ok(()),
             };
             if let Err(e) = result {
-                backoff.after_failure(&self.status, "alerts topic", &self.config.alerts_topic, e, &mut shutdown).await;
+                backoff
+                    .after_failure(
+                        &self.status,
+                        "alerts topic",
+                        &self.config.alerts_topic,
+                        e,
+                        &mut shutdown,
+                    )
+                    .await;
             }
         }
         self.status.set(State::Stopped);
@@ -52,9 +65,15 @@ impl AlertPublisher {
             let seq = header_text(m, "stream_seq")
                 .and_then(|s| s.parse::<u64>().ok())
                 .ok_or_else(|| format!("{topic} partition {p} holds a message without a stream_seq header"))?;
-            let ours = self.feed.store().changes_after(seq.saturating_sub(1), seq, 1).map_err(|e| e.to_string())?;
+            let ours = self
+                .feed
+                .store()
+                .changes_after(seq.saturating_sub(1), seq, 1)
+                .map_err(|e| e.to_string())?;
             if ours.first().map(|c| c.alert.id.as_str()) != header_text(m, "alert_id").as_deref() {
-                return Err(format!("{topic} holds alert {seq} that is not this ledger's: refusing to publish to it"));
+                return Err(format!(
+                    "{topic} holds alert {seq} that is not this ledger's: refusing to publish to it"
+                ));
             }
             max = max.max(seq);
             Ok(())
@@ -76,7 +95,12 @@ impl AlertPublisher {
             if self.feed.published() <= position {
                 self.status.set(State::Idle);
             }
-            let changes = match self.feed.next_after(position, READ_CHANGES, &mut self.stream).await.map_err(|e| e.to_string())? {
+            let changes = match self
+                .feed
+                .next_after(position, READ_CHANGES, &mut self.stream)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 Some(changes) => changes,
                 None => return Ok(()), // the monitor stopped
             };
@@ -86,12 +110,31 @@ impl AlertPublisher {
                 let value = serde_json::to_vec(c).expect("alerts serialize");
                 let seq = c.stream_seq.to_string();
                 let headers = OwnedHeaders::new_with_capacity(5)
-                    .insert(Header { key: "stream_seq", value: Some(seq.as_str()) })
-                    .insert(Header { key: "alert_id", value: Some(c.alert.id.as_str()) })
-                    .insert(Header { key: "rule", value: Some(c.alert.rule.as_str()) })
-                    .insert(Header { key: "severity", value: Some(c.alert.severity.as_str()) })
-                    .insert(Header { key: "change", value: Some(c.change.as_str()) });
-                let record = FutureRecord::to(&topic).partition(0).key(c.alert.key.value.as_str()).payload(&value).headers(headers);
+                    .insert(Header {
+                        key: "stream_seq",
+                        value: Some(seq.as_str()),
+                    })
+                    .insert(Header {
+                        key: "alert_id",
+                        value: Some(c.alert.id.as_str()),
+                    })
+                    .insert(Header {
+                        key: "rule",
+                        value: Some(c.alert.rule.as_str()),
+                    })
+                    .insert(Header {
+                        key: "severity",
+                        value: Some(c.alert.severity.as_str()),
+                    })
+                    .insert(Header {
+                        key: "change",
+                        value: Some(c.change.as_str()),
+                    });
+                let record = FutureRecord::to(&topic)
+                    .partition(0)
+                    .key(c.alert.key.value.as_str())
+                    .payload(&value)
+                    .headers(headers);
                 match producer.send_result(record) {
                     Ok(d) => deliveries.push((c.stream_seq, d)),
                     Err((e, _)) => return Err(format!("queueing alert {}: {e}", c.stream_seq)),

@@ -71,9 +71,15 @@ impl Span {
                 'm' => 60,
                 'h' => 3600,
                 'd' => 86_400,
-                _ => return Err(format!("{text:?} is not a duration: use a number and a unit s, m, h or d, e.g. \"10m\"")),
+                _ => {
+                    return Err(format!(
+                        "{text:?} is not a duration: use a number and a unit s, m, h or d, e.g. \"10m\""
+                    ))
+                }
             };
-            let n: i64 = digits.parse().map_err(|_| format!("{text:?} is not a duration: a unit needs a number before it"))?;
+            let n: i64 = digits
+                .parse()
+                .map_err(|_| format!("{text:?} is not a duration: a unit needs a number before it"))?;
             digits.clear();
             total = n
                 .checked_mul(unit)
@@ -83,7 +89,9 @@ impl Span {
             any = true;
         }
         if !digits.is_empty() || !any {
-            return Err(format!("{text:?} is not a duration: use a number and a unit s, m, h or d, e.g. \"10m\""));
+            return Err(format!(
+                "{text:?} is not a duration: use a number and a unit s, m, h or d, e.g. \"10m\""
+            ));
         }
         Ok(Span::secs(total))
     }
@@ -192,7 +200,10 @@ impl RuleSet {
     /// `password_brute_force` rule is enabled with `lock`.
     pub fn password_guard(&self) -> Option<crate::decide::PasswordGuard> {
         let bf = &self.password_brute_force;
-        (bf.count.enabled && bf.lock).then(|| crate::decide::PasswordGuard { threshold: bf.count.threshold, window: bf.count.window.duration() })
+        (bf.count.enabled && bf.lock).then(|| crate::decide::PasswordGuard {
+            threshold: bf.count.threshold,
+            window: bf.count.window.duration(),
+        })
     }
 }
 
@@ -210,7 +221,13 @@ pub const RULE_NAMES: &[&str] = &[
 pub const RULE_NAMES_TEXT: &str = "rule is one of password_brute_force, bind_failure_burst, bind_then_drain, shared_wallet, binding_churn, amount_spike, dead_wallet_probing";
 
 fn count(severity: Severity, threshold: u32, window: Span, cooldown: Span) -> CountRule {
-    CountRule { enabled: true, severity, threshold, window, cooldown }
+    CountRule {
+        enabled: true,
+        severity,
+        threshold,
+        window,
+        cooldown,
+    }
 }
 
 impl Default for RuleSet {
@@ -243,7 +260,10 @@ impl Default for RuleSet {
                 cooldown: Span::hours(1),
             },
             dead_wallet_probing: count(Severity::High, 3, Span::hours(1), Span::hours(1)),
-            limits: Limits { keys_max: 1_000_000, event_ids_max: 32 },
+            limits: Limits {
+                keys_max: 1_000_000,
+                event_ids_max: 32,
+            },
         }
     }
 }
@@ -332,16 +352,30 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
     }
     fn err(&self, offset: usize, message: String) -> RulesError {
-        RulesError { file: None, line: self.line(offset), message }
+        RulesError {
+            file: None,
+            line: self.line(offset),
+            message,
+        }
     }
     fn int(&self, v: &S<i64>, name: &str, min: i64, max: i64, default: i64) -> Result<i64, RulesError> {
         match v {
             None => Ok(default),
             Some(s) if (min..=max).contains(s.get_ref()) => Ok(*s.get_ref()),
-            Some(s) => Err(self.err(s.span().start, format!("{name} = {} is out of range: it must be from {min} to {max}", s.get_ref()))),
+            Some(s) => Err(self.err(
+                s.span().start,
+                format!(
+                    "{name} = {} is out of range: it must be from {min} to {max}",
+                    s.get_ref()
+                ),
+            )),
         }
     }
     fn span(&self, v: &S<String>, name: &str, default: Span) -> Result<Span, RulesError> {
@@ -358,7 +392,13 @@ impl Reader<'_> {
         match v {
             None => Ok(default),
             Some(s) => Severity::parse(s.get_ref()).ok_or_else(|| {
-                self.err(s.span().start, format!("severity {:?} is unknown: use low, medium, high or critical", s.get_ref()))
+                self.err(
+                    s.span().start,
+                    format!(
+                        "severity {:?} is unknown: use low, medium, high or critical",
+                        s.get_ref()
+                    ),
+                )
             }),
         }
     }
@@ -398,7 +438,8 @@ impl RuleSet {
             let currency = match &drain.currency {
                 None => d.bind_then_drain.currency,
                 // A rules file is the operator's own text: naming the value helps them.
-                Some(s) => Currency::parse(s.get_ref()).map_err(|e| r.err(s.span().start, format!("{:?}: {e}", s.get_ref())))?,
+                Some(s) => Currency::parse(s.get_ref())
+                    .map_err(|e| r.err(s.span().start, format!("{:?}: {e}", s.get_ref())))?,
             };
             let rules = RuleSet {
                 password_brute_force: BruteForceRule {
@@ -419,7 +460,13 @@ impl RuleSet {
                 bind_then_drain: DrainRule {
                     enabled: Reader::flag(&drain.enabled, d.bind_then_drain.enabled),
                     severity: r.severity(&drain.severity, d.bind_then_drain.severity)?,
-                    amount_minor: r.int(&drain.amount_minor, "amount_minor", 1, bindledger_events::AMOUNT_MINOR_MAX, d.bind_then_drain.amount_minor)?,
+                    amount_minor: r.int(
+                        &drain.amount_minor,
+                        "amount_minor",
+                        1,
+                        bindledger_events::AMOUNT_MINOR_MAX,
+                        d.bind_then_drain.amount_minor,
+                    )?,
                     currency,
                     window: r.span(&drain.window, "window", d.bind_then_drain.window)?,
                     cooldown: r.span(&drain.cooldown, "cooldown", d.bind_then_drain.cooldown)?,
@@ -428,7 +475,13 @@ impl RuleSet {
                 binding_churn: r.count(file.binding_churn, d.binding_churn.clone())?,
                 amount_spike: {
                     let history = r.int(&spike.history, "history", 1, 1000, d.amount_spike.history as i64)? as u32;
-                    let min_history = r.int(&spike.min_history, "min_history", 1, history as i64, (d.amount_spike.min_history).min(history) as i64)? as u32;
+                    let min_history = r.int(
+                        &spike.min_history,
+                        "min_history",
+                        1,
+                        history as i64,
+                        (d.amount_spike.min_history).min(history) as i64,
+                    )? as u32;
                     SpikeRule {
                         enabled: Reader::flag(&spike.enabled, d.amount_spike.enabled),
                         severity: r.severity(&spike.severity, d.amount_spike.severity)?,
@@ -442,7 +495,13 @@ impl RuleSet {
                 dead_wallet_probing: r.count(file.dead_wallet_probing, d.dead_wallet_probing.clone())?,
                 limits: Limits {
                     keys_max: r.int(&limits.keys_max, "keys_max", 1, 100_000_000, d.limits.keys_max as i64)? as usize,
-                    event_ids_max: r.int(&limits.event_ids_max, "event_ids_max", 1, 10_000, d.limits.event_ids_max as i64)? as usize,
+                    event_ids_max: r.int(
+                        &limits.event_ids_max,
+                        "event_ids_max",
+                        1,
+                        10_000,
+                        d.limits.event_ids_max as i64,
+                    )? as usize,
                 },
             };
             Ok(rules)
@@ -453,8 +512,11 @@ impl RuleSet {
     /// Reads a rules file from disk.
     pub fn load(path: &std::path::Path) -> Result<RuleSet, RulesError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| RulesError { file: Some(name.clone()), line: 0, message: format!("cannot read it: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| RulesError {
+            file: Some(name.clone()),
+            line: 0,
+            message: format!("cannot read it: {e}"),
+        })?;
         RuleSet::from_toml(&text, Some(&name))
     }
 
@@ -488,9 +550,21 @@ mod tests {
     fn an_empty_file_is_the_default_set() {
         assert_eq!(RuleSet::from_toml("", None).unwrap(), RuleSet::default());
         let d = RuleSet::default();
-        assert_eq!((d.password_brute_force.count.threshold, d.password_brute_force.count.window), (5, Span::mins(10)));
-        assert_eq!((d.bind_then_drain.amount_minor, d.bind_then_drain.currency), (500_000, Currency::CNY));
-        assert_eq!((d.shared_wallet.threshold, d.shared_wallet.window), (3, Span::hours(24)));
+        assert_eq!(
+            (
+                d.password_brute_force.count.threshold,
+                d.password_brute_force.count.window
+            ),
+            (5, Span::mins(10))
+        );
+        assert_eq!(
+            (d.bind_then_drain.amount_minor, d.bind_then_drain.currency),
+            (500_000, Currency::CNY)
+        );
+        assert_eq!(
+            (d.shared_wallet.threshold, d.shared_wallet.window),
+            (3, Span::hours(24))
+        );
     }
 
     #[test]
@@ -509,14 +583,30 @@ mod tests {
     fn bad_files_name_the_line_and_the_problem() {
         let cases = [
             ("[shared_wallet]\nthreshold = 0\n", 2, "threshold = 0 is out of range"),
-            ("# comment\n[binding_churn]\nwindow = \"ten minutes\"\n", 3, "is not a duration"),
-            ("[bind_failure_burst]\n\nseverity = \"urgent\"\n", 3, "severity \"urgent\" is unknown"),
+            (
+                "# comment\n[binding_churn]\nwindow = \"ten minutes\"\n",
+                3,
+                "is not a duration",
+            ),
+            (
+                "[bind_failure_burst]\n\nseverity = \"urgent\"\n",
+                3,
+                "severity \"urgent\" is unknown",
+            ),
             ("[bind_then_drain]\ncurrency = \"XYZ\"\n", 2, "XYZ"),
-            ("[password_brute_force]\nthreshhold = 5\n", 2, "unknown field `threshhold`"),
+            (
+                "[password_brute_force]\nthreshhold = 5\n",
+                2,
+                "unknown field `threshhold`",
+            ),
             ("[nonsense_rule]\n", 1, "unknown field `nonsense_rule`"),
             ("[shared_wallet]\nthreshold = \"3\"\n", 2, "invalid type"),
             ("[shared_wallet\n", 1, ""),
-            ("[amount_spike]\nhistory = 10\nmin_history = 11\n", 3, "min_history = 11 is out of range"),
+            (
+                "[amount_spike]\nhistory = 10\nmin_history = 11\n",
+                3,
+                "min_history = 11 is out of range",
+            ),
             ("[dead_wallet_probing]\nwindow = \"0s\"\n", 2, "longer than zero"),
         ];
         for (text, line, needle) in cases {

@@ -40,7 +40,10 @@ impl AlertFilter {
         self.since.map_or(true, |t| a.opened_at >= t)
             && self.severity.map_or(true, |s| a.severity >= s)
             && self.rule.as_deref().map_or(true, |r| a.rule == r)
-            && self.account.as_deref().map_or(true, |acc| a.accounts.iter().any(|x| x == acc))
+            && self
+                .account
+                .as_deref()
+                .map_or(true, |acc| a.accounts.iter().any(|x| x == acc))
     }
 }
 
@@ -79,7 +82,9 @@ impl AlertStore {
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
         match self.tree.get(CHECKPOINT)? {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| corrupt("checkpoint", e)),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| corrupt("checkpoint", e)),
         }
     }
 
@@ -87,7 +92,10 @@ impl AlertStore {
     pub fn write(&self, changes: &[AlertChange], checkpoint: Option<&Checkpoint>) -> Result<()> {
         let mut batch = sled::Batch::default();
         for c in changes {
-            batch.insert(&seq_key(b'S', c.stream_seq)[..], serde_json::to_vec(c).expect("alerts serialize"));
+            batch.insert(
+                &seq_key(b'S', c.stream_seq)[..],
+                serde_json::to_vec(c).expect("alerts serialize"),
+            );
             let key = latest_key(&c.alert.id).expect("alert ids are rule-seq");
             batch.insert(key, serde_json::to_vec(&c.alert).expect("alerts serialize"));
         }
@@ -104,7 +112,9 @@ impl AlertStore {
             None => Ok(0),
             Some(r) => {
                 let (k, _) = r?;
-                Ok(u64::from_be_bytes(k[1..9].try_into().map_err(|e| corrupt("stream key", e))?))
+                Ok(u64::from_be_bytes(
+                    k[1..9].try_into().map_err(|e| corrupt("stream key", e))?,
+                ))
             }
         }
     }
@@ -115,7 +125,11 @@ impl AlertStore {
         if after >= through {
             return Ok(out);
         }
-        for r in self.tree.range(seq_key(b'S', after + 1)..=seq_key(b'S', through)).take(limit) {
+        for r in self
+            .tree
+            .range(seq_key(b'S', after + 1)..=seq_key(b'S', through))
+            .take(limit)
+        {
             let (_, v) = r?;
             out.push(serde_json::from_slice(&v).map_err(|e| corrupt("stream entry", e))?);
         }
@@ -124,7 +138,9 @@ impl AlertStore {
 
     /// One alert's latest revision.
     pub fn get(&self, alert_id: &str) -> Result<Option<Alert>> {
-        let Some(key) = latest_key(alert_id) else { return Ok(None) };
+        let Some(key) = latest_key(alert_id) else {
+            return Ok(None);
+        };
         match self.tree.get(key)? {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| corrupt("alert", e)),
@@ -138,7 +154,8 @@ impl AlertStore {
         let start = seq_key(b'L', 0).to_vec();
         let rows = match from {
             Some(id) => {
-                let end = latest_key(id).ok_or_else(|| Error::invalid("invalid_cursor", "cursor", "not a cursor from a previous page"))?;
+                let end = latest_key(id)
+                    .ok_or_else(|| Error::invalid("invalid_cursor", "cursor", "not a cursor from a previous page"))?;
                 self.tree.range(start..=end)
             }
             None => self.tree.range(start..seq_key(b'M', 0).to_vec()),

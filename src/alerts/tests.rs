@@ -2,9 +2,7 @@
 //! outside the window, and suppression of repeats. Then determinism across a checkpoint and
 //! the bounds on state.
 
-use bindledger_events::{
-    BindFailure, Currency, Event, Factor, Hash, Payload, PaymentFailure,
-};
+use bindledger_events::{BindFailure, Currency, Event, Factor, Hash, Payload, PaymentFailure};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use uuid::Uuid;
 
@@ -29,45 +27,89 @@ fn binding(n: u128) -> Uuid {
 
 impl Log {
     fn new() -> Log {
-        Log { events: Vec::new(), versions: Default::default() }
+        Log {
+            events: Vec::new(),
+            versions: Default::default(),
+        }
     }
     fn at(&mut self, secs: i64, account: &str, payload: Payload) -> &mut Log {
         let seq = self.events.len() as u64 + 1;
         let v = self.versions.entry(account.to_owned()).or_default();
         *v += 1;
-        self.events.push(crate::testing::event(seq, account, *v, t0() + Duration::seconds(secs), payload));
+        self.events.push(crate::testing::event(
+            seq,
+            account,
+            *v,
+            t0() + Duration::seconds(secs),
+            payload,
+        ));
         self
     }
     fn wrong_password(&mut self, secs: i64, account: &str) -> &mut Log {
-        self.at(secs, account, Payload::PaymentFailed {
-            binding_id: binding(1),
-            order_id: "o".into(),
-            amount_minor: 100,
-            currency: Currency::CNY,
-            factors: vec![],
-            reason: PaymentFailure::WrongPassword,
-        })
+        self.at(
+            secs,
+            account,
+            Payload::PaymentFailed {
+                binding_id: binding(1),
+                order_id: "o".into(),
+                amount_minor: 100,
+                currency: Currency::CNY,
+                factors: vec![],
+                reason: PaymentFailure::WrongPassword,
+            },
+        )
     }
     fn bind_failed(&mut self, secs: i64, account: &str, reason: BindFailure) -> &mut Log {
-        self.at(secs, account, Payload::BindFailed { provider: alipay(), wallet: wallet(9), factors: vec![], reason })
+        self.at(
+            secs,
+            account,
+            Payload::BindFailed {
+                provider: alipay(),
+                wallet: wallet(9),
+                factors: vec![],
+                reason,
+            },
+        )
     }
     fn bound(&mut self, secs: i64, account: &str, b: u128, w: u8) -> &mut Log {
-        self.at(secs, account, Payload::WalletBound { binding_id: binding(b), provider: alipay(), wallet: wallet(w), factors: vec![], agreement_id: "agr".into() })
+        self.at(
+            secs,
+            account,
+            Payload::WalletBound {
+                binding_id: binding(b),
+                provider: alipay(),
+                wallet: wallet(w),
+                factors: vec![],
+                agreement_id: "agr".into(),
+            },
+        )
     }
     fn unbound(&mut self, secs: i64, account: &str, b: u128, w: u8) -> &mut Log {
-        self.at(secs, account, Payload::WalletUnbound { binding_id: binding(b), provider: alipay(), wallet: wallet(w) })
+        self.at(
+            secs,
+            account,
+            Payload::WalletUnbound {
+                binding_id: binding(b),
+                provider: alipay(),
+                wallet: wallet(w),
+            },
+        )
     }
     fn paid(&mut self, secs: i64, account: &str, b: u128, amount_minor: i64) -> &mut Log {
-        self.at(secs, account, Payload::PaymentSucceeded {
-            binding_id: binding(b),
-            provider: alipay(),
-            wallet: wallet(1),
-            order_id: "o".into(),
-            amount_minor,
-            currency: Currency::CNY,
-            factors: vec![],
-            authorization_id: "auth".into(),
-        })
+        self.at(
+            secs,
+            account,
+            Payload::PaymentSucceeded {
+                binding_id: binding(b),
+                provider: alipay(),
+                wallet: wallet(1),
+                order_id: "o".into(),
+                amount_minor,
+                currency: Currency::CNY,
+                factors: vec![],
+                authorization_id: "auth".into(),
+            },
+        )
     }
     fn run(&self, rules: RuleSet) -> Vec<AlertChange> {
         super::engine::rebuild(rules, &self.events)
@@ -75,7 +117,10 @@ impl Log {
 }
 
 fn opened(changes: &[AlertChange], rule: &str) -> usize {
-    changes.iter().filter(|c| c.alert.rule == rule && c.change == "opened").count()
+    changes
+        .iter()
+        .filter(|c| c.alert.rule == rule && c.change == "opened")
+        .count()
 }
 
 fn rules() -> RuleSet {
@@ -93,7 +138,10 @@ fn brute_force_fires_at_five_wrong_passwords_within_ten_minutes() {
     let changes = log.run(rules());
     assert_eq!(changes.len(), 1);
     let a = &changes[0].alert;
-    assert_eq!((a.rule.as_str(), a.key.kind.as_str(), a.key.value.as_str()), ("password_brute_force", "account", "mallory"));
+    assert_eq!(
+        (a.rule.as_str(), a.key.kind.as_str(), a.key.value.as_str()),
+        ("password_brute_force", "account", "mallory")
+    );
     assert_eq!((a.observed, a.threshold, a.unit.as_str()), (5, 5, "wrong_passwords"));
     assert_eq!(a.id, "password_brute_force-5");
     assert_eq!(a.event_seqs, vec![1, 2, 3, 4, 5]);
@@ -133,9 +181,14 @@ fn brute_force_repeats_update_the_open_alert_and_a_lock_is_asked_for() {
     let changes = log.run(r.clone());
     assert_eq!(opened(&changes, "password_brute_force"), 1);
     assert_eq!(changes.len(), 4, "one opening, then three updates");
-    assert!(changes[1..].iter().all(|c| c.change == "updated" && c.alert.id == changes[0].alert.id));
+    assert!(changes[1..]
+        .iter()
+        .all(|c| c.change == "updated" && c.alert.id == changes[0].alert.id));
     let last = &changes[3].alert;
-    assert_eq!((last.revision, last.matches, last.observed, last.position), (4, 4, 8, 8));
+    assert_eq!(
+        (last.revision, last.matches, last.observed, last.position),
+        (4, 4, 8, 8)
+    );
     assert_eq!(last.event_seqs, (1..=8).collect::<Vec<_>>());
     let lock = changes[0].alert.lock.as_ref().expect("lock asked for");
     assert_eq!((lock.account.as_str(), lock.binding_id), ("mallory", binding(1)));
@@ -161,11 +214,19 @@ fn brute_force_windows_run_on_the_ledgers_clock_not_the_callers() {
         e.event_time = t0() - Duration::minutes(11 * (12 - i));
     }
     let changes = log.run(rules());
-    assert_eq!(opened(&changes, "password_brute_force"), 1, "backdating does not spread the guesses out");
+    assert_eq!(
+        opened(&changes, "password_brute_force"),
+        1,
+        "backdating does not spread the guesses out"
+    );
     let a = &changes[0].alert;
     assert_eq!(a.opened_at, t0() + Duration::milliseconds(4 * 80));
     let lock = a.lock.as_ref().expect("locking is on by default");
-    assert_eq!(lock.until, a.opened_at + Duration::minutes(30), "the lock lasts from the ledger's time");
+    assert_eq!(
+        lock.until,
+        a.opened_at + Duration::minutes(30),
+        "the lock lasts from the ledger's time"
+    );
 }
 
 /// Regression (issue 13): after a manual unlock, twenty more wrong passwords only updated
@@ -183,10 +244,29 @@ fn guessing_after_an_unlock_locks_again() {
     };
     let changes = apply_all(&mut engine, &log, 0);
     let alert_id = changes[0].alert.id.clone();
-    assert_eq!(engine.state.pending_locks.keys().cloned().collect::<Vec<_>>(), vec![alert_id.clone()]);
+    assert_eq!(
+        engine.state.pending_locks.keys().cloned().collect::<Vec<_>>(),
+        vec![alert_id.clone()]
+    );
     let until = t0() + Duration::minutes(30);
-    log.at(6, "mallory", Payload::BindingLocked { binding_id: binding(1), alert_id: alert_id.clone(), until });
-    log.at(60, "mallory", Payload::BindingUnlocked { binding_id: binding(1), alert_id: alert_id.clone(), cause: bindledger_events::UnlockCause::Manual });
+    log.at(
+        6,
+        "mallory",
+        Payload::BindingLocked {
+            binding_id: binding(1),
+            alert_id: alert_id.clone(),
+            until,
+        },
+    );
+    log.at(
+        60,
+        "mallory",
+        Payload::BindingUnlocked {
+            binding_id: binding(1),
+            alert_id: alert_id.clone(),
+            cause: bindledger_events::UnlockCause::Manual,
+        },
+    );
     let mut from = 5;
     apply_all(&mut engine, &log, from);
     from = log.events.len();
@@ -195,18 +275,35 @@ fn guessing_after_an_unlock_locks_again() {
         log.wrong_password(61 + i, "mallory");
     }
     let quiet = apply_all(&mut engine, &log, from);
-    assert!(quiet.is_empty(), "four guesses after the unlock are under the threshold: {quiet:?}");
+    assert!(
+        quiet.is_empty(),
+        "four guesses after the unlock are under the threshold: {quiet:?}"
+    );
     from = log.events.len();
     log.wrong_password(70, "mallory");
     let again = apply_all(&mut engine, &log, from);
     assert_eq!(again.len(), 1);
-    assert_eq!((again[0].change.as_str(), again[0].alert.id.as_str()), ("updated", alert_id.as_str()));
+    assert_eq!(
+        (again[0].change.as_str(), again[0].alert.id.as_str()),
+        ("updated", alert_id.as_str())
+    );
     let key = format!("{alert_id}#{}", log.events.len());
-    assert_eq!(engine.state.pending_locks.keys().cloned().collect::<Vec<_>>(), vec![key.clone()]);
+    assert_eq!(
+        engine.state.pending_locks.keys().cloned().collect::<Vec<_>>(),
+        vec![key.clone()]
+    );
     assert!(super::engine::is_lock_of(&key, &alert_id));
     assert_eq!(super::engine::alert_of_lock(&key), alert_id);
     // The lock event (same alert id) clears it; a rebuild from the log agrees.
-    log.at(71, "mallory", Payload::BindingLocked { binding_id: binding(1), alert_id: alert_id.clone(), until });
+    log.at(
+        71,
+        "mallory",
+        Payload::BindingLocked {
+            binding_id: binding(1),
+            alert_id: alert_id.clone(),
+            until,
+        },
+    );
     apply_all(&mut engine, &log, log.events.len() - 1);
     assert!(engine.state.pending_locks.is_empty());
     assert_eq!(engine.state.locks.len(), 1);
@@ -221,7 +318,9 @@ fn guessing_after_an_unlock_locks_again() {
 
 #[test]
 fn bind_failure_burst() {
-    let wrong = || BindFailure::InvalidInput { field: "payment_password".into() };
+    let wrong = || BindFailure::InvalidInput {
+        field: "payment_password".into(),
+    };
     let factor = || BindFailure::VerificationFactorFailed { factor: Factor::Sms };
     let mut log = Log::new();
     for i in 0..5 {
@@ -252,27 +351,44 @@ fn bind_failure_burst() {
 #[test]
 fn bind_then_drain() {
     let mut log = Log::new();
-    log.bound(0, "victim", 7, 1).paid(60, "victim", 7, 200_000).paid(120, "victim", 7, 300_000);
+    log.bound(0, "victim", 7, 1)
+        .paid(60, "victim", 7, 200_000)
+        .paid(120, "victim", 7, 300_000);
     let c = log.run(rules());
     assert_eq!(opened(&c, "bind_then_drain"), 1);
     let a = &c[0].alert;
-    assert_eq!((a.observed, a.threshold, a.currency), (500_000, 500_000, Some(Currency::CNY)));
+    assert_eq!(
+        (a.observed, a.threshold, a.currency),
+        (500_000, 500_000, Some(Currency::CNY))
+    );
     assert_eq!(a.event_seqs, vec![1, 2, 3], "the bind and the payments");
     assert_eq!(a.window_start, t0());
     // One minor unit under; or the second payment 30 min + 1 s after the bind; or another binding.
     let mut under = Log::new();
-    under.bound(0, "victim", 7, 1).paid(60, "victim", 7, 200_000).paid(120, "victim", 7, 299_999);
+    under
+        .bound(0, "victim", 7, 1)
+        .paid(60, "victim", 7, 200_000)
+        .paid(120, "victim", 7, 299_999);
     assert!(under.run(rules()).is_empty());
     let mut late = Log::new();
-    late.bound(0, "victim", 7, 1).paid(60, "victim", 7, 200_000).paid(1801, "victim", 7, 300_000);
+    late.bound(0, "victim", 7, 1)
+        .paid(60, "victim", 7, 200_000)
+        .paid(1801, "victim", 7, 300_000);
     assert!(late.run(rules()).is_empty());
     let mut other = Log::new();
-    other.bound(0, "victim", 7, 1).bound(1, "victim", 8, 2).paid(60, "victim", 7, 200_000).paid(120, "victim", 8, 300_000);
+    other
+        .bound(0, "victim", 7, 1)
+        .bound(1, "victim", 8, 2)
+        .paid(60, "victim", 7, 200_000)
+        .paid(120, "victim", 8, 300_000);
     assert!(other.run(rules()).is_empty());
     // More payments update the open alert.
     log.paid(180, "victim", 7, 100_000);
     let c = log.run(rules());
-    assert_eq!((c.len(), c[1].change.as_str(), c[1].alert.observed), (2, "updated", 600_000));
+    assert_eq!(
+        (c.len(), c[1].change.as_str(), c[1].alert.observed),
+        (2, "updated", 600_000)
+    );
 }
 
 // ---- shared wallet: one fingerprint bound to >= 3 accounts within 24 h ----
@@ -284,15 +400,24 @@ fn shared_wallet() {
     let c = log.run(rules());
     assert_eq!(opened(&c, "shared_wallet"), 1);
     let a = &c[0].alert;
-    assert_eq!((a.key.kind.as_str(), a.key.value.clone()), ("wallet", Hash([5; 32]).to_hex()));
+    assert_eq!(
+        (a.key.kind.as_str(), a.key.value.clone()),
+        ("wallet", Hash([5; 32]).to_hex())
+    );
     assert_eq!((a.observed, a.unit.as_str()), (3, "accounts"));
     assert_eq!(a.accounts, vec!["a1", "a2", "a3"]);
     // Two accounts (one of them binding twice), or the third a day and a second later.
     let mut under = Log::new();
-    under.bound(0, "a1", 1, 5).unbound(10, "a1", 1, 5).bound(20, "a1", 4, 5).bound(30, "a2", 2, 5);
+    under
+        .bound(0, "a1", 1, 5)
+        .unbound(10, "a1", 1, 5)
+        .bound(20, "a1", 4, 5)
+        .bound(30, "a2", 2, 5);
     assert!(under.run(rules()).is_empty());
     let mut late = Log::new();
-    late.bound(0, "a1", 1, 5).bound(10, "a2", 2, 5).bound(86_401, "a3", 3, 5);
+    late.bound(0, "a1", 1, 5)
+        .bound(10, "a2", 2, 5)
+        .bound(86_401, "a3", 3, 5);
     assert!(late.run(rules()).is_empty());
     // A fourth account updates the alert.
     log.bound(7300, "a4", 4, 5);
@@ -315,7 +440,12 @@ fn binding_churn() {
     assert_eq!((c[0].alert.observed, c[0].alert.unit.as_str()), (3, "cycles"));
     // Two cycles; or three where the first ended over an hour before the last.
     let mut under = Log::new();
-    under.bound(0, "c", 0, 1).unbound(60, "c", 0, 1).bound(120, "c", 1, 1).unbound(180, "c", 1, 1).bound(240, "c", 2, 1);
+    under
+        .bound(0, "c", 0, 1)
+        .unbound(60, "c", 0, 1)
+        .bound(120, "c", 1, 1)
+        .unbound(180, "c", 1, 1)
+        .bound(240, "c", 2, 1);
     assert!(under.run(rules()).is_empty());
     let mut slow = Log::new();
     for i in 0..3u128 {
@@ -369,8 +499,16 @@ fn amount_spike() {
     }
     window.paid(200, "s", 1, 40_000);
     let c = window.run(rules());
-    assert!(c.iter().any(|c| c.alert.rule == "amount_spike" && c.alert.position == 22), "5,000 after twenty payments of 10");
-    assert!(!c.iter().any(|c| c.alert.rule == "amount_spike" && c.alert.position == 42), "40,000 is not above 10 x 5,000");
+    assert!(
+        c.iter()
+            .any(|c| c.alert.rule == "amount_spike" && c.alert.position == 22),
+        "5,000 after twenty payments of 10"
+    );
+    assert!(
+        !c.iter()
+            .any(|c| c.alert.rule == "amount_spike" && c.alert.position == 42),
+        "40,000 is not above 10 x 5,000"
+    );
     // A second spike within the cool-down updates the alert.
     log.paid(200, "s", 1, 50_000);
     let c = log.run(rules());
@@ -382,14 +520,24 @@ fn amount_spike() {
 #[test]
 fn dead_wallet_probing() {
     let mut log = Log::new();
-    log.bind_failed(0, "p", BindFailure::WalletFrozen).bind_failed(600, "p", BindFailure::WalletClosed).bind_failed(1200, "p", BindFailure::WalletFrozen);
+    log.bind_failed(0, "p", BindFailure::WalletFrozen)
+        .bind_failed(600, "p", BindFailure::WalletClosed)
+        .bind_failed(1200, "p", BindFailure::WalletFrozen);
     let c = log.run(rules());
-    assert_eq!((opened(&c, "dead_wallet_probing"), c[0].alert.severity), (1, super::Severity::High));
+    assert_eq!(
+        (opened(&c, "dead_wallet_probing"), c[0].alert.severity),
+        (1, super::Severity::High)
+    );
     let mut under = Log::new();
-    under.bind_failed(0, "p", BindFailure::WalletFrozen).bind_failed(1, "p", BindFailure::WalletClosed).bind_failed(2, "p", BindFailure::Network);
+    under
+        .bind_failed(0, "p", BindFailure::WalletFrozen)
+        .bind_failed(1, "p", BindFailure::WalletClosed)
+        .bind_failed(2, "p", BindFailure::Network);
     assert!(under.run(rules()).is_empty());
     let mut slow = Log::new();
-    slow.bind_failed(0, "p", BindFailure::WalletFrozen).bind_failed(1800, "p", BindFailure::WalletFrozen).bind_failed(3601, "p", BindFailure::WalletFrozen);
+    slow.bind_failed(0, "p", BindFailure::WalletFrozen)
+        .bind_failed(1800, "p", BindFailure::WalletFrozen)
+        .bind_failed(3601, "p", BindFailure::WalletFrozen);
     assert!(slow.run(rules()).is_empty());
     log.bind_failed(1300, "p", BindFailure::WalletClosed);
     let c = log.run(rules());
@@ -417,12 +565,22 @@ fn busy_log(n: usize) -> Log {
         let b = (rng.next_u64() % 6) as u128;
         match rng.next_u64() % 8 {
             0 => log.wrong_password(i, &account),
-            1 => log.bind_failed(i, &account, BindFailure::InvalidInput { field: "wallet_account".into() }),
+            1 => log.bind_failed(
+                i,
+                &account,
+                BindFailure::InvalidInput {
+                    field: "wallet_account".into(),
+                },
+            ),
             2 => log.bind_failed(i, &account, BindFailure::WalletFrozen),
             3 => log.bound(i, &account, b, w),
             4 => log.unbound(i, &account, b, w),
             _ => {
-                let amount = if rng.next_u64() % 40 == 0 { 300_000 } else { (rng.next_u64() % 3000) as i64 + 1 };
+                let amount = if rng.next_u64() % 40 == 0 {
+                    300_000
+                } else {
+                    (rng.next_u64() % 3000) as i64 + 1
+                };
                 log.paid(i, &account, b, amount)
             }
         };
@@ -463,7 +621,11 @@ fn state_is_bounded_by_windows_and_keys_max() {
     for e in &log.events {
         engine.apply(e);
     }
-    assert!(engine.keys() <= 100 + super::engine::SWEEP_EVERY as usize, "keys: {}", engine.keys());
+    assert!(
+        engine.keys() <= 100 + super::engine::SWEEP_EVERY as usize,
+        "keys: {}",
+        engine.keys()
+    );
     // Long after, everything has expired.
     let mut later = Log::new();
     later.events = log.events.clone();
@@ -490,7 +652,10 @@ fn differences_name_only_the_fields_that_differ() {
     let was = log.run(rules()).remove(0).alert;
     let mut now = was.clone();
     now.severity = super::Severity::Critical;
-    assert_eq!(super::differences(&was, &now), vec!["severity: \"high\" -> \"critical\"".to_owned()]);
+    assert_eq!(
+        super::differences(&was, &now),
+        vec!["severity: \"high\" -> \"critical\"".to_owned()]
+    );
     now.observed = 9;
     let d = super::differences(&was, &now);
     assert_eq!(d.len(), 2, "{d:?}");
@@ -515,7 +680,13 @@ mod properties {
                     log.wrong_password(t, &account);
                 }
                 1 => {
-                    log.bind_failed(t, &account, BindFailure::InvalidInput { field: "payment_password".into() });
+                    log.bind_failed(
+                        t,
+                        &account,
+                        BindFailure::InvalidInput {
+                            field: "payment_password".into(),
+                        },
+                    );
                 }
                 2 => {
                     log.bind_failed(t, &account, BindFailure::WalletFrozen);

@@ -23,16 +23,35 @@ pub const ALL: &str = "all-roles-token-0123456789";
 
 pub fn tokens() -> Vec<TokenConfig> {
     vec![
-        TokenConfig { token: WRITER.into(), roles: vec![Role::Writer] },
-        TokenConfig { token: READER.into(), roles: vec![Role::Reader] },
-        TokenConfig { token: AUDITOR.into(), roles: vec![Role::Auditor] },
-        TokenConfig { token: SECURITY.into(), roles: vec![Role::Security] },
-        TokenConfig { token: ALL.into(), roles: vec![Role::Writer, Role::Reader, Role::Auditor, Role::Security] },
+        TokenConfig {
+            token: WRITER.into(),
+            roles: vec![Role::Writer],
+        },
+        TokenConfig {
+            token: READER.into(),
+            roles: vec![Role::Reader],
+        },
+        TokenConfig {
+            token: AUDITOR.into(),
+            roles: vec![Role::Auditor],
+        },
+        TokenConfig {
+            token: SECURITY.into(),
+            roles: vec![Role::Security],
+        },
+        TokenConfig {
+            token: ALL.into(),
+            roles: vec![Role::Writer, Role::Reader, Role::Auditor, Role::Security],
+        },
     ]
 }
 
 pub fn test_config(dir: &Path) -> Config {
-    let mut c = Config { data_dir: dir.to_path_buf(), tokens: tokens(), ..Config::default() };
+    let mut c = Config {
+        data_dir: dir.to_path_buf(),
+        tokens: tokens(),
+        ..Config::default()
+    };
     c.gateway.simulated = Scenario::quiet(11);
     c
 }
@@ -57,7 +76,14 @@ impl TestServer {
         let task = tokio::spawn(bindledger::http::serve(listener, node.state.clone(), async move {
             let _ = stopped.await;
         }));
-        TestServer { ledger: node.ledger.clone(), node: Some(node), gateway, addr, stop: Some(stop), task: Some(task) }
+        TestServer {
+            ledger: node.ledger.clone(),
+            node: Some(node),
+            gateway,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn client(&self, token: &str) -> Client {
@@ -81,7 +107,13 @@ pub async fn bind_wallet(l: &Ledger, g: &SimulatedGateway, account: &str, n: u64
         factor: None,
         common: bindledger::command::CommonInput::default(),
     };
-    match &l.bind(req.validate(account, chrono::Utc::now()).unwrap()).await.unwrap().event.payload {
+    match &l
+        .bind(req.validate(account, chrono::Utc::now()).unwrap())
+        .await
+        .unwrap()
+        .event
+        .payload
+    {
         bindledger_events::Payload::WalletBound { binding_id, .. } => *binding_id,
         other => panic!("bind of {account} failed: {other:?}"),
     }
@@ -108,7 +140,11 @@ pub fn binary() -> PathBuf {
 
 /// Starts `bindledger serve` on `data_dir` and waits for its "listening on" line.
 pub fn spawn_server(data_dir: &Path, log_file: &Path, extra_env: &[(&str, &str)]) -> ServerProcess {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_file).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file)
+        .unwrap();
     let mut cmd = Command::new(binary());
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
@@ -122,11 +158,18 @@ pub fn spawn_server(data_dir: &Path, log_file: &Path, extra_env: &[(&str, &str)]
     let mut child = cmd.spawn().expect("spawn bindledger serve");
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
     let addr = line
         .trim()
         .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?} (see {})", log_file.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "unexpected first line from the server: {line:?} (see {})",
+                log_file.display()
+            )
+        })
         .parse()
         .unwrap();
     ServerProcess { child, addr }
@@ -135,7 +178,10 @@ pub fn spawn_server(data_dir: &Path, log_file: &Path, extra_env: &[(&str, &str)]
 impl ServerProcess {
     /// SIGTERM: a graceful stop; waits for the process to exit and returns its status code.
     pub fn terminate(mut self) -> Option<i32> {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         self.child.wait().unwrap().code()
     }
@@ -157,7 +203,11 @@ impl Drop for ServerProcess {
 /// Runs a `bindledger` subcommand to completion; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, Vec<u8>, String) {
     let out = Command::new(binary()).args(args).output().expect("run bindledger");
-    (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 // ---- a real Kafka-compatible broker (tansu) for the tests that need one ----
@@ -186,7 +236,11 @@ pub fn tansu_binary() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Broker {
@@ -207,7 +261,14 @@ impl Broker {
     pub fn start_on(port: u16, sqlite_dir: Option<&Path>) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let mut cmd = Command::new(tansu_binary());
-        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine"]);
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+        ]);
         match sqlite_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).unwrap();
@@ -224,10 +285,18 @@ impl Broker {
         let addr = format!("127.0.0.1:{port}");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(std::time::Instant::now() < deadline, "tansu did not start listening on {addr}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tansu did not start listening on {addr}"
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        Broker { child: Some(child), port, addr, dir: sqlite_dir.map(Path::to_path_buf) }
+        Broker {
+            child: Some(child),
+            port,
+            addr,
+            dir: sqlite_dir.map(Path::to_path_buf),
+        }
     }
 
     fn signal(&self, sig: &str) {
@@ -317,7 +386,16 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Read> {
                 last = std::time::Instant::now();
                 let headers = m
                     .headers()
-                    .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
                 out.push(Read {
                     partition: m.partition(),
@@ -334,5 +412,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Read> {
 
 /// A value from a Prometheus text page (first line starting with `name`).
 pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{'])).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }

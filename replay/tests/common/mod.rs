@@ -2,7 +2,9 @@
 //! alone, in a few shapes.
 #![allow(dead_code)]
 
-use bindledger_events::{encode, hash_bytes, Context, Event, Hash, Payload, UnbindFailure, GENESIS_HASH, SCHEMA_VERSION};
+use bindledger_events::{
+    encode, hash_bytes, Context, Event, Hash, Payload, UnbindFailure, GENESIS_HASH, SCHEMA_VERSION,
+};
 
 /// The shape of a generated log.
 pub struct Shape {
@@ -16,13 +18,21 @@ pub struct Shape {
 
 impl Default for Shape {
     fn default() -> Self {
-        Shape { accounts: 3, user_agent_bytes: 0, keys: false }
+        Shape {
+            accounts: 3,
+            user_agent_bytes: 0,
+            keys: false,
+        }
     }
 }
 
 /// Event `seq` of such a log, linked to `prev`.
 pub fn event(seq: u64, prev: Hash, shape: &Shape) -> Event {
-    let account = if shape.user_agent_bytes > 0 { format!("acct-{}", seq % shape.accounts) } else { format!("a{}", seq % shape.accounts) };
+    let account = if shape.user_agent_bytes > 0 {
+        format!("acct-{}", seq % shape.accounts)
+    } else {
+        format!("a{}", seq % shape.accounts)
+    };
     Event {
         v: SCHEMA_VERSION,
         id: uuid::Uuid::from_u128(seq as u128),
@@ -34,9 +44,16 @@ pub fn event(seq: u64, prev: Hash, shape: &Shape) -> Event {
         idempotency_key: shape.keys.then(|| format!("key-{seq}")),
         request_digest: Some(Hash([9; 32])),
         correlation_id: None,
-        context: Context { channel: "app".into(), user_agent: (shape.user_agent_bytes > 0).then(|| "x".repeat(shape.user_agent_bytes)), ..Context::default() },
+        context: Context {
+            channel: "app".into(),
+            user_agent: (shape.user_agent_bytes > 0).then(|| "x".repeat(shape.user_agent_bytes)),
+            ..Context::default()
+        },
         prev_hash: prev,
-        payload: Payload::UnbindFailed { binding_id: uuid::Uuid::from_u128(7), reason: UnbindFailure::NotBound },
+        payload: Payload::UnbindFailed {
+            binding_id: uuid::Uuid::from_u128(7),
+            reason: UnbindFailure::NotBound,
+        },
     }
 }
 
