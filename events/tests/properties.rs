@@ -296,14 +296,24 @@ fn the_fast_reader_and_the_general_decoder_agree_on_mutated_bytes() {
                     // `decode` tries the fast reader first and falls back to the general decoder;
                     // the general decoder alone (serde) must give the same answer.
                     match (decode(&bytes), serde_json::from_slice::<Event>(&bytes)) {
-                        (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                        (Ok(a), Ok(mut b)) => {
+                            // A `v` mutated to 1 is upcast by `decode` (v1 -> v2), as documented.
+                            if b.v == 1 {
+                                b.v = 2
+                            }
+                            prop_assert_eq!(a, b)
+                        }
                         (Err(_), Err(_)) => {}
                         (Ok(a), Err(_)) => prop_assert!(
                             a.v != SCHEMA_VERSION,
                             "the fast reader accepted bytes serde refuses: {:?}",
                             String::from_utf8_lossy(&bytes)
                         ),
-                        (Err(e1), Ok(_)) => prop_assert!(false, "decode refused bytes serde reads: {e1}"),
+                        // serde reads any `v`; `decode` refuses a version this code does not know.
+                        (Err(e1), Ok(b)) => prop_assert!(
+                            !(1..=SCHEMA_VERSION).contains(&b.v),
+                            "decode refused bytes serde reads: {e1}"
+                        ),
                     }
                     Ok(())
                 },
