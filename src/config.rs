@@ -86,9 +86,8 @@ pub struct Config {
     /// When true the platform side is in maintenance: commands are recorded as
     /// `maintenance` failures with side `platform`. Default false.
     pub platform_maintenance: bool,
-    /// An idempotency key is remembered while fewer than this many events follow it.
-    /// Default 1,000,000.
-    pub idempotency_window_events: u64,
+    /// How long idempotency keys are remembered, and where (see [`IdempotencyConfig`]).
+    pub idempotency: IdempotencyConfig,
     /// How far in the past a caller's `event_time` may be, in seconds (the future is bounded
     /// at 300 s). Security rules never read `event_time`; this keeps business reports honest.
     /// Default 300.
@@ -112,6 +111,43 @@ pub struct Config {
     /// Bearer tokens. When none are configured, `serve` creates one with every role and writes
     /// it to `<data_dir>/admin.token`.
     pub tokens: Vec<TokenConfig>,
+}
+
+/// Idempotency keys (see [`crate::idempotency`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// How long a key is remembered, in the ledger's `record_time`, whatever the throughput:
+    /// a number and a unit (`s`, `m`, `h`, `d`). Default `24h`. A retry after the window is a
+    /// new command (a payment of an order already paid is still refused: `order_already_paid`).
+    pub window: String,
+    /// `disk` (default): the keys live in `<data_dir>/idempotency.keys`, memory holds only the
+    /// keys not yet written there. `memory`: the keys of the last `memory_keys` events, in
+    /// memory only (the former behaviour; the window holds only while they fit).
+    pub index: crate::idempotency::IndexKind,
+    /// `index = "memory"` only. Default 1,000,000.
+    pub memory_keys: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        IdempotencyConfig {
+            window: "24h".into(),
+            index: crate::idempotency::IndexKind::Disk,
+            memory_keys: 1_000_000,
+        }
+    }
+}
+
+impl IdempotencyConfig {
+    pub fn window(&self) -> Result<chrono::Duration, Error> {
+        match crate::alerts::rules::Span::parse(&self.window) {
+            Ok(s) if s.micros() > 0 => Ok(s.duration()),
+            _ => Err(Error::Config(
+                "idempotency.window must be a positive duration such as 24h, 90m or 7d".into(),
+            )),
+        }
+    }
 }
 
 /// Signed checkpoints (see [`crate::checkpoint`]).
@@ -257,7 +293,7 @@ impl Default for Config {
             secret_file: None,
             max_bindings_per_account: 10,
             platform_maintenance: false,
-            idempotency_window_events: 1_000_000,
+            idempotency: IdempotencyConfig::default(),
             event_time_past_max_s: 300,
             durability: Durability::Local,
             replication_timeout_ms: 5000,
@@ -393,8 +429,12 @@ impl Config {
         {
             return bad("http.header_timeout_ms and http.body_timeout_ms must be from 1 to 600000 (10 minutes)");
         }
-        if self.idempotency_window_events == 0 || self.writer.snapshot_every_events == 0 {
-            return bad("idempotency_window_events and writer.snapshot_every_events must be at least 1");
+        if self.writer.snapshot_every_events == 0 {
+            return bad("writer.snapshot_every_events must be at least 1");
+        }
+        self.idempotency.window()?;
+        if self.idempotency.memory_keys == 0 {
+            return bad("idempotency.memory_keys must be at least 1");
         }
         if self.checkpoints.every_events == 0
             || self.checkpoints.every_seconds == 0

@@ -90,11 +90,18 @@ pub struct Indexer {
     pub indexed: Arc<AtomicU64>,
     pub snapshot_every_events: u64,
     pub pending: Arc<RwLock<PendingHistory>>,
+    /// The idempotency and paid-order tables, written here too.
+    pub keys: Arc<crate::idempotency::KeyIndex>,
 }
+
+/// How long gathered idempotency keys and paid orders may wait before they are written.
+const KEYS_WRITE_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Indexer {
     pub fn run(self, rx: std::sync::mpsc::Receiver<DurableBatch>) {
         let mut last = self.indexed.load(Ordering::SeqCst);
+        let mut keys = crate::idempotency::Gathered::default();
+        let mut keys_written = std::time::Instant::now();
         while let Ok(first) = rx.recv() {
             let mut drained = vec![first];
             while drained.len() < INDEX_DRAIN_BATCHES {
@@ -113,6 +120,18 @@ impl Indexer {
             };
             // Readers find these events among the pending ones from now on.
             self.indexed.store(last, Ordering::SeqCst);
+            for b in &drained {
+                self.keys.gather(&mut keys, b);
+            }
+            if keys.len() >= crate::idempotency::GATHER_MAX
+                || (!keys.is_empty() && keys_written.elapsed() >= KEYS_WRITE_AFTER)
+            {
+                if let Err(e) = self.keys.write_gathered(&mut keys) {
+                    tracing::error!(error = %e, "writing the idempotency index failed; it will be caught up from the log on the next start");
+                    return;
+                }
+                keys_written = std::time::Instant::now();
+            }
             if events >= PENDING_EVENTS_MAX
                 || events as u64 >= self.snapshot_every_events
                 || accounts >= PENDING_ACCOUNTS_MAX
@@ -124,6 +143,9 @@ impl Indexer {
             }
         }
         // Closing: write every remaining row so the next start resumes at the end.
+        if let Err(e) = self.keys.write_gathered(&mut keys) {
+            tracing::error!(error = %e, "writing the idempotency index failed; it will be caught up from the log on the next start");
+        }
         if let Err(e) = self.write(last).and_then(|_| self.store.flush()) {
             tracing::error!(error = %e, "writing the final snapshot failed; the next start folds the log instead");
         }

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::decide::{self, BindFacts, BindVerdict, PayFacts, PayVerdict, Rules};
 use crate::error::{Error, Result};
 use crate::gateway::{BindVerification, GatewayFailure, PaymentAuthorization, WalletGateway};
-use crate::idempotency::{composite, IdempotencyIndex};
+use crate::idempotency::KeyIndex;
 use crate::indexer::Indexer;
 use crate::metrics::Metrics;
 use crate::projection::{AccountState, Projection};
@@ -50,6 +50,19 @@ impl Drop for Attempt<'_> {
     }
 }
 
+/// An order's payment in flight (see [`Ledger::claim_order`]); released when dropped.
+struct OrderClaim<'l> {
+    ledger: &'l Ledger,
+    key: String,
+}
+
+impl Drop for OrderClaim<'_> {
+    fn drop(&mut self) {
+        self.ledger.inner.order_claims.lock().expect("order claims lock").remove(&self.key);
+        self.ledger.inner.order_ended.notify_waiters();
+    }
+}
+
 /// A handle to an open ledger. Cheap to clone; the writer stops when the last handle is
 /// closed or dropped.
 #[derive(Clone)]
@@ -64,8 +77,11 @@ struct Inner {
     /// Bounded queue to the writer; `None` once closed.
     tx: RwLock<Option<mpsc::Sender<Submission>>>,
     read: Arc<RwLock<Projection>>,
-    /// Keys of durable commands (see [`IdempotencyIndex`]).
-    idempotency: Arc<Mutex<IdempotencyIndex>>,
+    /// Keys and paid orders of durable commands (see [`KeyIndex`]).
+    idempotency: Arc<KeyIndex>,
+    /// Orders with a payment in flight: a second payment of one waits for the first to end.
+    order_claims: Mutex<std::collections::HashSet<String>>,
+    order_ended: tokio::sync::Notify,
     /// The history index (stored rows and pending ones) covers events through this seq.
     indexed: Arc<AtomicU64>,
     /// History not yet in the stored rows.
@@ -169,7 +185,17 @@ impl Ledger {
                 "projection and index caught up with the log"
             );
         }
-        let idempotency = IdempotencyIndex::rebuild(&store, config.idempotency_window_events)?;
+        let idempotency = Arc::new(KeyIndex::open(
+            store.clone(),
+            &config.data_dir,
+            config.idempotency.index,
+            config.idempotency.window()?,
+            config.idempotency.memory_keys as usize,
+        )?);
+        let last_record_time = match store.event_bytes(last_seq)? {
+            Some(b) => bindledger_events::decode(&b).map_err(|e| Error::Corrupt(e.to_string()))?.record_time,
+            None => chrono::DateTime::<Utc>::MIN_UTC,
+        };
         let metrics = Arc::new(Metrics::default());
         metrics.log_events.store(last_seq, Ordering::Relaxed);
         let read = Arc::new(RwLock::new(state.clone()));
@@ -181,7 +207,6 @@ impl Ledger {
             platform_maintenance: config.platform_maintenance,
             password_guard: alert_rules.password_guard(),
         };
-        let idempotency = Arc::new(Mutex::new(idempotency));
         let durable_watch = Arc::new(tokio::sync::watch::Sender::new(last_seq));
         let (tx, rx) = mpsc::channel(config.writer.queue_capacity);
         let tap: crate::writer::EventTap = Default::default();
@@ -197,6 +222,7 @@ impl Ledger {
             metrics: metrics.clone(),
             failed: failed.clone(),
             idempotency: idempotency.clone(),
+            last_record_time,
             durable: Arc::new(AtomicU64::new(last_seq)),
             durable_watch: durable_watch.clone(),
             pending: Default::default(),
@@ -207,6 +233,7 @@ impl Ledger {
                 indexed: indexed.clone(),
                 snapshot_every_events: config.writer.snapshot_every_events,
                 pending: pending_history.clone(),
+                keys: idempotency.clone(),
             }),
             tap: tap.clone(),
             ids: Default::default(),
@@ -224,6 +251,8 @@ impl Ledger {
                 tx: RwLock::new(Some(tx)),
                 read,
                 idempotency,
+                order_claims: Default::default(),
+                order_ended: tokio::sync::Notify::new(),
                 indexed,
                 pending_history,
                 durable_watch,
@@ -323,6 +352,35 @@ impl Ledger {
         Ok(())
     }
 
+    /// Claims an order for one payment at a time: waits while another payment of the same
+    /// order on the account is in flight, then `Err(seq)` when the order is already paid (its
+    /// `payment_succeeded` event), or the claim, held until this payment's event is durable.
+    async fn claim_order(&self, account: &str, order_id: &str) -> Result<std::result::Result<OrderClaim<'_>, u64>> {
+        let key = crate::idempotency::composite(account, order_id);
+        let deadline = tokio::time::Instant::now() + self.inner.gateway_timeout * 2;
+        loop {
+            let ended = self.inner.order_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if let Some(seq) = self.inner.idempotency.paid_order(account, order_id)? {
+                return Ok(Err(seq));
+            }
+            if self.inner.order_claims.lock().expect("order claims lock").insert(key.clone()) {
+                // Paid between the look-up and the claim? Look again under the claim.
+                if let Some(seq) = self.inner.idempotency.paid_order(account, order_id)? {
+                    self.inner.order_claims.lock().expect("order claims lock").remove(&key);
+                    self.inner.order_ended.notify_waiters();
+                    return Ok(Err(seq));
+                }
+                return Ok(Ok(OrderClaim { ledger: self, key }));
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                self.inner.metrics.count_rejected("overloaded");
+                return Err(Error::Overloaded("another payment of this order is in flight"));
+            }
+        }
+    }
+
     /// Takes one attempt from a binding's budget for a payment that will ask the provider,
     /// waiting while the budget is held by attempts in flight. `Err(until)` when the budget is
     /// spent: the payment fails as `too_many_attempts` without reaching the provider.
@@ -373,13 +431,7 @@ impl Ledger {
         let Some(key) = meta.idempotency_key.as_deref() else {
             return Ok(None);
         };
-        let known = self
-            .inner
-            .idempotency
-            .lock()
-            .expect("idempotency lock")
-            .get(&composite(&meta.account, key), self.log_len());
-        match known {
+        match self.inner.idempotency.key(&meta.account, key, Utc::now())? {
             None => Ok(None),
             Some((_, d)) if &d != digest => {
                 self.inner.metrics.count_rejected("idempotency_key_reused");
@@ -557,6 +609,22 @@ impl Ledger {
             amount_minor: cmd.amount_minor,
             currency: cmd.currency,
             factor,
+        };
+        // One payment of an order at a time; none once it is paid. The claim is held until
+        // this payment's event is durable (and so known to the paid-orders index).
+        let _order = match self.claim_order(&cmd.meta.account, &cmd.order_id).await? {
+            Ok(claim) => claim,
+            Err(payment_seq) => {
+                let verdict = PayVerdict::Skipped(PaymentFailure::OrderAlreadyPaid { payment_seq });
+                return self
+                    .submit(Request::Pay {
+                        meta: cmd.meta,
+                        digest,
+                        facts,
+                        verdict,
+                    })
+                    .await;
+            }
         };
         let (pre, binding) = {
             let read = self.inner.read.read().expect("lock");

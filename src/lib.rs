@@ -39,6 +39,7 @@ pub mod gateway;
 pub mod http;
 pub mod idempotency;
 pub mod indexer;
+pub mod keytable;
 pub mod ledger;
 pub mod metrics;
 pub mod node;

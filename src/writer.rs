@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::command::Meta;
 use crate::decide::{self, BindFacts, BindVerdict, PayFacts, PayVerdict, Rules};
 use crate::error::{Error, Result};
-use crate::idempotency::{composite, IdempotencyIndex};
+use crate::idempotency::{composite, KeyIndex};
 use crate::indexer::{Indexer, INDEX_QUEUE_BATCHES};
 use crate::metrics::Metrics;
 use crate::projection::Projection;
@@ -168,8 +168,10 @@ pub struct Writer {
     pub commit_delay: Option<CommitDelay>,
     pub metrics: Arc<Metrics>,
     pub failed: Arc<AtomicBool>,
-    /// Keys of durable events (shared with the ledger's pre-check).
-    pub idempotency: Arc<Mutex<IdempotencyIndex>>,
+    /// Keys and paid orders of durable events (shared with the ledger's pre-check).
+    pub idempotency: Arc<KeyIndex>,
+    /// The last event's `record_time`: the next is never earlier (the clock may step back).
+    pub last_record_time: chrono::DateTime<Utc>,
     /// Highest seq that is durable and whose keys are in `idempotency`.
     pub durable: Arc<AtomicU64>,
     pub durable_watch: Arc<tokio::sync::watch::Sender<u64>>,
@@ -286,19 +288,20 @@ impl Writer {
         tracing::info!("writer stopped");
     }
 
-    /// The event an idempotency key produced, if it is known (durable or in flight).
-    fn known_key(&self, key: &str) -> Option<(u64, Hash)> {
-        let last = self.next_seq - 1;
-        self.pending
-            .get(key)
-            .copied()
-            .or_else(|| self.idempotency.lock().expect("idempotency lock").get(key, last))
+    /// The event an idempotency key produced, if it is known (durable or in flight) and
+    /// inside the window at `now`.
+    fn known_key(&self, ck: &str, account: &str, key: &str, now: chrono::DateTime<Utc>) -> Result<Option<(u64, Hash)>> {
+        match self.pending.get(ck) {
+            Some(found) => Ok(Some(*found)),
+            None => self.idempotency.key(account, key, now),
+        }
     }
 
     /// Decides one batch and applies it to sled; returns the job that makes it durable.
     fn process(&mut self, subs: &mut Vec<Submission>) -> std::result::Result<Job, ()> {
         let started = Instant::now();
-        let now = bindledger_events::types::micros::truncate(Utc::now());
+        let now = bindledger_events::types::micros::truncate(Utc::now()).max(self.last_record_time);
+        self.last_record_time = now;
         // Forget in-flight keys of batches that became durable (they are in the shared index).
         let durable = self.durable.load(Ordering::SeqCst);
         while self.pending_batches.front().is_some_and(|(last, _)| *last <= durable) {
@@ -329,7 +332,14 @@ impl Writer {
                     });
                     continue;
                 }
-                if let Some((seq, digest)) = self.known_key(ck) {
+                let known = match self.known_key(ck, &meta.account, meta.idempotency_key.as_deref().unwrap_or(""), now) {
+                    Ok(known) => known,
+                    Err(e) => {
+                        answers.push(Answer::Fail(e));
+                        continue;
+                    }
+                };
+                if let Some((seq, digest)) = known {
                     answers.push(if &digest == req.digest() {
                         match Committed::replay_of(&self.store, seq) {
                             Ok(c) => Answer::Replay(c),
@@ -443,7 +453,7 @@ struct Flusher {
     read: Arc<RwLock<Projection>>,
     metrics: Arc<Metrics>,
     failed: Arc<AtomicBool>,
-    idempotency: Arc<Mutex<IdempotencyIndex>>,
+    idempotency: Arc<KeyIndex>,
     durable: Arc<AtomicU64>,
     /// Tells followers (the Kafka relay) that more events are durable.
     durable_watch: Arc<tokio::sync::watch::Sender<u64>>,
@@ -514,14 +524,7 @@ impl Flusher {
         if batch.is_empty() {
             return;
         }
-        {
-            let mut ix = self.idempotency.lock().expect("idempotency lock");
-            for e in &batch {
-                if let (Some(k), Some(d)) = (&e.idempotency_key, e.request_digest) {
-                    ix.insert(composite(&e.account, k), e.seq, d);
-                }
-            }
-        }
+        self.idempotency.note_durable(&batch);
         let mut r = self.read.write().expect("read model lock");
         for e in &batch {
             r.apply(e);

@@ -275,7 +275,7 @@ async fn a_restart_resumes_the_projection_and_a_rebuild_equals_it() {
 async fn idempotency_keys_survive_a_restart_within_their_window() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
-    config.idempotency_window_events = 5;
+    config.idempotency.window = "3s".into();
     let (l, g) = open(&config);
     let binding = bind(&l, &g, "acct", 3).await;
     let first = l
@@ -299,8 +299,9 @@ async fn idempotency_keys_survive_a_restart_within_their_window() {
     assert!(again.replayed);
     assert_eq!(again.event, first.event);
     assert_eq!(again.hash, first.hash);
-    // Five more events and the key has left the window: it is new again.
-    for k in 0..5 {
+    // Many more events than the former window (counted in events) do not matter: the
+    // window is in time.
+    for k in 0..50 {
         l.pay(
             pay_request(&g, 3, binding, 1 + k, None, None)
                 .validate("acct", Utc::now())
@@ -309,6 +310,18 @@ async fn idempotency_keys_survive_a_restart_within_their_window() {
         .await
         .unwrap();
     }
+    let still = l
+        .pay(
+            pay_request(&g, 3, binding, 700, Some("pay-1"), None)
+                .validate("acct", Utc::now())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(still.replayed && still.event.seq == first.event.seq);
+    // After the window the key is new: the command runs again, and as its order is paid it
+    // is recorded as `order_already_paid`, naming the first payment.
+    tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
     let later = l
         .pay(
             pay_request(&g, 3, binding, 700, Some("pay-1"), None)
@@ -319,6 +332,17 @@ async fn idempotency_keys_survive_a_restart_within_their_window() {
         .unwrap();
     assert!(!later.replayed);
     assert_ne!(later.event.seq, first.event.seq);
+    assert!(
+        matches!(
+            later.event.payload,
+            Payload::PaymentFailed {
+                reason: PaymentFailure::OrderAlreadyPaid { payment_seq },
+                ..
+            } if payment_seq == first.event.seq
+        ),
+        "{:?}",
+        later.event.payload
+    );
     l.close();
 }
 

@@ -1,4 +1,4 @@
-//! The published JSON Schema (events/schema/event.v4.schema.json) accepts every event the
+//! The published JSON Schema (events/schema/event.v5.schema.json) accepts every event the
 //! ledger emits, of every type and every failure reason, and refuses drift.
 
 mod common;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 fn schema() -> jsonschema::Validator {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/events/schema/event.v4.schema.json"
+        "/events/schema/event.v5.schema.json"
     ))
     .unwrap();
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("the schema compiles")
@@ -241,6 +241,10 @@ async fn every_event_the_ledger_emits_matches_the_published_schema() {
             alert_id: "password_brute_force-9".into(),
             until: types::micros::truncate(Utc::now()),
         },
+        PaymentFailure::TooManyAttempts {
+            until: types::micros::truncate(Utc::now()),
+        },
+        PaymentFailure::OrderAlreadyPaid { payment_seq: 7 },
     ];
     let wallet = WalletRef {
         masked: "138****5678".into(),

@@ -35,7 +35,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     let mut r = Reader { s: text, i: 0 };
     r.lit("{\"v\":")?;
     let v = match r.u64()? {
-        v @ (2..=4) => v as u16,
+        v @ (2..=5) => v as u16,
         _ => return None,
     };
     r.lit(",\"id\":")?;
@@ -212,6 +212,10 @@ pub fn encode_into(e: &Event, out: &mut Vec<u8>) {
                 PaymentFailure::TooManyAttempts { until } => {
                     w.raw(",\"until\":");
                     w.time(until);
+                }
+                PaymentFailure::OrderAlreadyPaid { payment_seq } => {
+                    w.raw(",\"payment_seq\":");
+                    w.u64(*payment_seq);
                 }
                 PaymentFailure::WrongPassword
                 | PaymentFailure::BindingNotActive
@@ -675,6 +679,9 @@ impl<'a> Reader<'a> {
             "too_many_attempts" => PaymentFailure::TooManyAttempts {
                 until: field!(self, "until", time),
             },
+            "order_already_paid" => PaymentFailure::OrderAlreadyPaid {
+                payment_seq: field!(self, "payment_seq", u64),
+            },
             _ => return None,
         };
         self.end().map(|_| reason)
@@ -896,6 +903,7 @@ mod tests {
                 until: t,
             },
             PaymentFailure::TooManyAttempts { until: t },
+            PaymentFailure::OrderAlreadyPaid { payment_seq: 41 },
         ];
         out.extend(pay.into_iter().map(|reason| Payload::PaymentFailed {
             binding_id: id(6),
@@ -964,7 +972,7 @@ mod tests {
     #[test]
     fn every_variant_is_read_directly_and_equals_the_general_decoder() {
         let all = events();
-        assert_eq!(all.len(), 33);
+        assert_eq!(all.len(), 34);
         for e in all {
             let bytes = encode(&e);
             assert_eq!(decode(&bytes).as_ref(), Some(&e), "{}", String::from_utf8_lossy(&bytes));
@@ -1040,7 +1048,7 @@ mod tests {
             assert_writes_what_serde_writes(&e);
             cases += 1;
         }
-        assert_eq!(cases, 33);
+        assert_eq!(cases, 34);
     }
 
     #[test]
@@ -1061,7 +1069,7 @@ mod tests {
         // decodes it to the same event.
         let variants = [
             format!("{text} "),
-            text.replacen("{\"v\":4,", "{ \"v\":4,", 1),
+            text.replacen("{\"v\":5,", "{ \"v\":5,", 1),
             text.replacen("\"account\":\"acct-3\"", "\"account\":\"acct\\u002d3\"", 1),
             text.replacen("\"idempotency_key\":null,", "", 1).replacen(
                 "\"request_digest\":null,",

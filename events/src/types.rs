@@ -225,6 +225,12 @@ pub enum PaymentFailure {
         #[serde(with = "micros")]
         until: DateTime<Utc>,
     },
+    /// (v5) The order already has a `payment_succeeded` event on this account, at seq
+    /// `payment_seq`: the provider is not asked, so a retry without an idempotency key (or
+    /// with a new one) cannot charge the shopper twice for one order.
+    OrderAlreadyPaid {
+        payment_seq: u64,
+    },
 }
 
 /// Why a lock or an unlock failed.
@@ -416,6 +422,7 @@ impl PaymentFailure {
             PaymentFailure::Maintenance { .. } => "maintenance",
             PaymentFailure::BindingLocked { .. } => "binding_locked",
             PaymentFailure::TooManyAttempts { .. } => "too_many_attempts",
+            PaymentFailure::OrderAlreadyPaid { .. } => "order_already_paid",
         }
     }
 }
@@ -454,6 +461,8 @@ pub const FAILURE_CODES: &[&str] = &[
     "not_bound",
     "binding_locked",
     "not_locked",
+    "too_many_attempts",
+    "order_already_paid",
 ];
 
 /// Times are stored as RFC 3339 UTC with exactly six fractional digits.

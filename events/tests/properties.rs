@@ -95,6 +95,7 @@ fn payment_failure() -> impl Strategy<Value = PaymentFailure> {
         side().prop_map(|side| PaymentFailure::Maintenance { side }),
         (text(), time()).prop_map(|(alert_id, until)| PaymentFailure::BindingLocked { alert_id, until }),
         time().prop_map(|until| PaymentFailure::TooManyAttempts { until }),
+        any::<u64>().prop_map(|payment_seq| PaymentFailure::OrderAlreadyPaid { payment_seq }),
     ]
 }
 
