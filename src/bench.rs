@@ -1138,3 +1138,157 @@ async fn raw_produce(
     }
     Ok(started.elapsed().as_secs_f64())
 }
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct IdempotencyBenchArgs {
+    /// Keyed payments written before the measurement: each leaves an idempotency key and a
+    /// paid order in the indexes (so twice as many live entries).
+    #[arg(long, default_value_t = 2_000_000)]
+    pub live_keys: u64,
+    /// Keyed payments in each measured round.
+    #[arg(long, default_value_t = 100_000)]
+    pub commands: u64,
+    /// Measured rounds, alternating between the two indexes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub rounds: u64,
+    /// Concurrent submitters.
+    #[arg(long, default_value_t = 512)]
+    pub concurrency: usize,
+    /// Accounts the payments are spread over.
+    #[arg(long, default_value_t = 2000)]
+    pub accounts: usize,
+    /// Where to put the logs (default: a new directory under the system temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Resident memory of this process, in bytes (Linux).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The library path with the on-disk idempotency and paid-order indexes against the in-memory
+/// index (`idempotency.index = "memory"`, holding every key), both with millions of live keys:
+/// commands/s and latency in alternating rounds, and the resident memory each fill added.
+pub async fn idempotency(args: IdempotencyBenchArgs) -> anyhow::Result<()> {
+    use crate::idempotency::IndexKind;
+    let root = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("bindledger-bench-idem-{}", std::process::id())));
+    std::fs::create_dir_all(&root)?;
+    let capacity = args.live_keys + args.commands * args.rounds + 10_000;
+    let mut fixtures = Vec::new();
+    let mut fills = Vec::new();
+    // The disk index first: what it adds to resident memory is measured before the memory
+    // index's map exists.
+    for kind in [IndexKind::Disk, IndexKind::Memory] {
+        let name = match kind {
+            IndexKind::Disk => "disk",
+            IndexKind::Memory => "memory",
+        };
+        let f = fixture_with(&root.join(name), args.accounts, |c| {
+            c.idempotency.index = kind;
+            c.idempotency.memory_keys = capacity;
+        })
+        .await?;
+        let bindings = Arc::new(f.bindings.clone());
+        let before = resident_bytes();
+        eprintln!("bench: {name} index, writing {} keyed payments ...", args.live_keys);
+        let (_, seconds) = pay_range(&f.ledger, &bindings, 0, args.live_keys, args.concurrency).await?;
+        // Let the indexer write what it gathered.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (in_memory, on_disk, table_bytes) = f.ledger.key_index_stats();
+        fills.push((
+            name,
+            args.live_keys as f64 / seconds,
+            resident_bytes().saturating_sub(before),
+            in_memory,
+            on_disk,
+            table_bytes,
+        ));
+        fixtures.push((name, f, bindings));
+    }
+    let mut rows: Vec<(Vec<u64>, f64, u64)> = vec![(Vec::new(), 0.0, 0); 2];
+    for r in 0..args.rounds {
+        for (i, (name, f, bindings)) in fixtures.iter().enumerate() {
+            eprintln!("bench: round {} of {}, {name} index ...", r + 1, args.rounds);
+            let first = args.live_keys + r * args.commands;
+            let (lat, seconds) = pay_range(&f.ledger, bindings, first, args.commands, args.concurrency).await?;
+            rows[i].0.extend(lat);
+            rows[i].1 += seconds;
+            rows[i].2 += args.commands;
+        }
+    }
+    println!(
+        "| index | live keys and orders | fill commands/s | resident memory added by the fill | entries in memory | entries on disk | tables on disk | measured commands/s | p50 | p99 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rates = Vec::new();
+    for (i, (name, fill_rate, rss, in_memory, on_disk, bytes)) in fills.iter().enumerate() {
+        let (lat, seconds, ops) = &mut rows[i];
+        lat.sort_unstable();
+        let rate = *ops as f64 / *seconds;
+        rates.push(rate);
+        println!(
+            "| {name} | {} | {fill_rate:.0} | {:.0} MiB | {in_memory} | {on_disk} | {:.0} MiB | {rate:.0} | {} | {} |",
+            2 * args.live_keys,
+            *rss as f64 / (1 << 20) as f64,
+            *bytes as f64 / (1 << 20) as f64,
+            fmt_us(percentile(lat, 0.5)),
+            fmt_us(percentile(lat, 0.99)),
+        );
+    }
+    println!();
+    println!(
+        "On-disk index / in-memory index: {:.2} of the commands/s ({} rounds of {} keyed payments each, {} submitters).",
+        rates[0] / rates[1],
+        args.rounds,
+        args.commands,
+        args.concurrency
+    );
+    for (_, f, _) in fixtures {
+        f.node.stop().await;
+    }
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    Ok(())
+}
+
+/// Keyed payments `first..first + count`, each of its own order.
+async fn pay_range(
+    ledger: &Ledger,
+    bindings: &Arc<Vec<(String, Uuid, String)>>,
+    first: u64,
+    count: u64,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<u64>, f64)> {
+    let (ledger, bindings) = (ledger.clone(), bindings.clone());
+    drive(
+        concurrency,
+        count,
+        || (),
+        move |(), n| {
+            let (ledger, bindings) = (ledger.clone(), bindings.clone());
+            async move {
+                let n = first + n;
+                let b = &bindings[(n % bindings.len() as u64) as usize];
+                let cmd = pay_request(b, n).validate(&b.0, Utc::now()).expect("valid");
+                let result = ledger.pay(cmd).await.and_then(|r| match &r.event.payload {
+                    Payload::PaymentSucceeded { .. } => Ok(()),
+                    _ => Err(crate::error::Error::Corrupt("a bench payment did not succeed".into())),
+                });
+                ((), result.map_err(anyhow::Error::from))
+            }
+        },
+    )
+    .await
+}

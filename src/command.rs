@@ -295,6 +295,10 @@ pub struct Meta {
     pub correlation_id: Option<String>,
     pub event_time: Option<DateTime<Utc>>,
     pub context: Context,
+    /// Set by the ledger: the idempotency index's generation when the key was looked up
+    /// before the command was submitted (so the writer need not read the stored table again
+    /// unless the index moved keys there since). `None` for callers.
+    pub keys_checked: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -481,6 +485,7 @@ fn validate_common(account: &str, c: CommonInput, now: DateTime<Utc>) -> Result<
             ip: ctx.ip,
             user_agent: ctx.user_agent,
         },
+        keys_checked: None,
     })
 }
 

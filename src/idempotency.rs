@@ -31,7 +31,7 @@ use crate::keytable::KeyTable;
 use crate::store::Store;
 
 /// Entries gathered by the indexer before it writes them to the tables.
-pub const GATHER_MAX: usize = 16_384;
+pub const GATHER_MAX: usize = 131_072;
 
 pub fn composite(account: &str, key: &str) -> String {
     let mut s = String::with_capacity(account.len() + 1 + key.len());
@@ -133,7 +133,15 @@ pub struct KeyIndex {
     tables: Option<(KeyTable, KeyTable)>,
     memory_keys: usize,
     recent: Mutex<Recent>,
+    /// Counts the moves of keys from `recent` to the tables.
+    generation: std::sync::atomic::AtomicU64,
+    /// When the tables were last synced (they record their position then).
+    synced: Mutex<std::time::Instant>,
 }
+
+/// How often the tables are synced and record their position: a restart catches up from the
+/// last synced position, so this bounds the work of a catch-up, not what is remembered.
+const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl KeyIndex {
     /// Opens the tables in `dir` and catches them up with the log (or, in memory mode, reads
@@ -158,6 +166,8 @@ impl KeyIndex {
             tables,
             memory_keys,
             recent: Default::default(),
+            generation: Default::default(),
+            synced: Mutex::new(std::time::Instant::now()),
         };
         match &index.tables {
             Some(_) => index.catch_up()?,
@@ -183,21 +193,23 @@ impl KeyIndex {
             let p: Probe = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
             if let (Some(key), Some(_)) = (&p.idempotency_key, p.request_digest) {
                 if seq > keys.position() && seq >= horizon {
-                    g.keys.push((keys.fingerprint(&[p.account.as_bytes(), key.as_bytes()]), seq));
+                    g.keys
+                        .push((keys.fingerprint(&[p.account.as_bytes(), key.as_bytes()]), seq));
                 }
             }
             if let ("payment_succeeded", Some(order)) = (p.payload.kind.as_str(), &p.payload.order_id) {
                 if seq > orders.position() {
-                    g.orders.push((orders.fingerprint(&[p.account.as_bytes(), order.as_bytes()]), seq));
+                    g.orders
+                        .push((orders.fingerprint(&[p.account.as_bytes(), order.as_bytes()]), seq));
                 }
             }
             g.last = p.seq;
-            if g.len() >= 4 * GATHER_MAX {
-                self.write(&mut g, horizon)?;
+            if g.len() >= GATHER_MAX {
+                self.write(&mut g, horizon, false)?;
             }
         }
         g.last = end;
-        self.write(&mut g, horizon)?;
+        self.write(&mut g, horizon, true)?;
         tracing::info!(
             from,
             to = end,
@@ -231,7 +243,11 @@ impl KeyIndex {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let at = match self.store.event_bytes(mid)? {
-                Some(b) => bindledger_events::decode(&b).map_err(|e| Error::Corrupt(e.to_string()))?.record_time,
+                Some(b) => {
+                    bindledger_events::decode(&b)
+                        .map_err(|e| Error::Corrupt(e.to_string()))?
+                        .record_time
+                }
                 None => return Err(Error::Corrupt(format!("event {mid} missing"))),
             };
             if at <= cutoff {
@@ -255,14 +271,47 @@ impl KeyIndex {
         bindledger_events::decode(&bytes).map_err(|e| Error::Corrupt(e.to_string()))
     }
 
+    /// The generation of the index: it changes each time keys leave memory for the tables.
+    /// A look-up made at generation `g` that missed need not be repeated in the tables while
+    /// the generation is still `g`: any key that became known since is still in memory.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The event (seq, request digest) an idempotency key produced, if it is inside the window
-    /// at `now`.
-    pub fn key(&self, account: &str, key: &str, now: DateTime<Utc>) -> Result<Option<(u64, Hash)>> {
-        if let Some((seq, digest, at)) = self.recent.lock().expect("recent keys lock").keys.get(&composite(account, key)) {
+    /// at `now`. With `checked_at`, the generation at which an earlier look-up missed, the
+    /// tables are read only if keys moved there since.
+    pub fn key_since(
+        &self,
+        account: &str,
+        key: &str,
+        now: DateTime<Utc>,
+        checked_at: Option<u64>,
+    ) -> Result<Option<(u64, Hash)>> {
+        let generation = self.generation();
+        if let Some((seq, digest, at)) = self
+            .recent
+            .lock()
+            .expect("recent keys lock")
+            .keys
+            .get(&composite(account, key))
+        {
             if self.inside(*at, now) {
                 return Ok(Some((*seq, *digest)));
             }
         }
+        if checked_at == Some(generation) {
+            return Ok(None);
+        }
+        self.key_stored(account, key, now)
+    }
+
+    /// [`KeyIndex::key_since`] without an earlier look-up.
+    pub fn key(&self, account: &str, key: &str, now: DateTime<Utc>) -> Result<Option<(u64, Hash)>> {
+        self.key_since(account, key, now, None)
+    }
+
+    fn key_stored(&self, account: &str, key: &str, now: DateTime<Utc>) -> Result<Option<(u64, Hash)>> {
         let Some((table, _)) = &self.tables else {
             return Ok(None);
         };
@@ -281,7 +330,13 @@ impl KeyIndex {
 
     /// The `payment_succeeded` event of an order on an account, if there is one.
     pub fn paid_order(&self, account: &str, order_id: &str) -> Result<Option<u64>> {
-        if let Some(seq) = self.recent.lock().expect("recent keys lock").orders.get(&composite(account, order_id)) {
+        if let Some(seq) = self
+            .recent
+            .lock()
+            .expect("recent keys lock")
+            .orders
+            .get(&composite(account, order_id))
+        {
             return Ok(Some(*seq));
         }
         let Some((_, table)) = &self.tables else {
@@ -289,7 +344,8 @@ impl KeyIndex {
         };
         for seq in table.lookup(table.fingerprint(&[account.as_bytes(), order_id.as_bytes()]))? {
             let e = self.event(seq)?;
-            if e.account == account && matches!(&e.payload, Payload::PaymentSucceeded { order_id: o, .. } if o == order_id)
+            if e.account == account
+                && matches!(&e.payload, Payload::PaymentSucceeded { order_id: o, .. } if o == order_id)
             {
                 return Ok(Some(seq));
             }
@@ -324,29 +380,41 @@ impl KeyIndex {
         };
         for e in events {
             if let (Some(k), Some(_)) = (&e.idempotency_key, e.request_digest) {
-                g.keys.push((keys.fingerprint(&[e.account.as_bytes(), k.as_bytes()]), e.seq));
+                g.keys
+                    .push((keys.fingerprint(&[e.account.as_bytes(), k.as_bytes()]), e.seq));
             }
             if let Payload::PaymentSucceeded { order_id, .. } = &e.payload {
-                g.orders.push((orders.fingerprint(&[e.account.as_bytes(), order_id.as_bytes()]), e.seq));
+                g.orders
+                    .push((orders.fingerprint(&[e.account.as_bytes(), order_id.as_bytes()]), e.seq));
             }
             g.last = g.last.max(e.seq);
         }
     }
 
     /// Writes gathered entries to the tables, dropping keys that left the window from the
-    /// buckets it rewrites, then forgets them in memory.
-    pub fn write_gathered(&self, g: &mut Gathered) -> Result<()> {
+    /// buckets it rewrites, then forgets them in memory. `closing` syncs the tables.
+    pub fn write_gathered(&self, g: &mut Gathered, closing: bool) -> Result<()> {
         if self.tables.is_none() || g.last == 0 {
             return Ok(());
         }
         let horizon = self.horizon(Utc::now())?;
-        self.write(g, horizon)
+        self.write(g, horizon, closing)
     }
 
-    fn write(&self, g: &mut Gathered, horizon: u64) -> Result<()> {
+    fn write(&self, g: &mut Gathered, horizon: u64, force_sync: bool) -> Result<()> {
         let (keys, orders) = self.tables.as_ref().expect("disk mode");
-        keys.insert(&mut g.keys, horizon, g.last)?;
-        orders.insert(&mut g.orders, 0, g.last)?;
+        let sync = {
+            let mut synced = self.synced.lock().expect("sync time lock");
+            let due = force_sync || synced.elapsed() >= SYNC_EVERY;
+            if due {
+                *synced = std::time::Instant::now();
+            }
+            due
+        };
+        keys.insert(&mut g.keys, horizon, g.last, sync)?;
+        orders.insert(&mut g.orders, 0, g.last, sync)?;
+        // Before forgetting: a look-up that sees the old generation finds the keys in memory.
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.recent.lock().expect("recent keys lock").forget(g.last, usize::MAX);
         g.keys.clear();
         g.orders.clear();
@@ -361,6 +429,8 @@ impl KeyIndex {
 
     /// Live entries in the tables, and their size on disk.
     pub fn on_disk(&self) -> (u64, u64) {
-        self.tables.as_ref().map_or((0, 0), |(k, o)| (k.live() + o.live(), k.file_bytes() + o.file_bytes()))
+        self.tables
+            .as_ref()
+            .map_or((0, 0), |(k, o)| (k.live() + o.live(), k.file_bytes() + o.file_bytes()))
     }
 }

@@ -94,15 +94,33 @@ pub struct Indexer {
     pub keys: Arc<crate::idempotency::KeyIndex>,
 }
 
-/// How long gathered idempotency keys and paid orders may wait before they are written.
+/// Gathered idempotency keys and paid orders are written when the ledger has been quiet this
+/// long, or after [`KEYS_WRITE_BUSY`] under load (or [`crate::idempotency::GATHER_MAX`] of
+/// them): the more a write carries, the fewer times each bucket of the tables is rewritten.
 const KEYS_WRITE_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+const KEYS_WRITE_BUSY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Indexer {
     pub fn run(self, rx: std::sync::mpsc::Receiver<DurableBatch>) {
         let mut last = self.indexed.load(Ordering::SeqCst);
         let mut keys = crate::idempotency::Gathered::default();
         let mut keys_written = std::time::Instant::now();
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = match rx.recv_timeout(KEYS_WRITE_AFTER) {
+                Ok(first) => first,
+                // Quiet: write the keys gathered so far, so memory holds none for long.
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if !keys.is_empty() {
+                        if let Err(e) = self.keys.write_gathered(&mut keys, false) {
+                            tracing::error!(error = %e, "writing the idempotency index failed; it will be caught up from the log on the next start");
+                            return;
+                        }
+                        keys_written = std::time::Instant::now();
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let mut drained = vec![first];
             while drained.len() < INDEX_DRAIN_BATCHES {
                 match rx.try_recv() {
@@ -124,9 +142,9 @@ impl Indexer {
                 self.keys.gather(&mut keys, b);
             }
             if keys.len() >= crate::idempotency::GATHER_MAX
-                || (!keys.is_empty() && keys_written.elapsed() >= KEYS_WRITE_AFTER)
+                || (!keys.is_empty() && keys_written.elapsed() >= KEYS_WRITE_BUSY)
             {
-                if let Err(e) = self.keys.write_gathered(&mut keys) {
+                if let Err(e) = self.keys.write_gathered(&mut keys, false) {
                     tracing::error!(error = %e, "writing the idempotency index failed; it will be caught up from the log on the next start");
                     return;
                 }
@@ -143,7 +161,7 @@ impl Indexer {
             }
         }
         // Closing: write every remaining row so the next start resumes at the end.
-        if let Err(e) = self.keys.write_gathered(&mut keys) {
+        if let Err(e) = self.keys.write_gathered(&mut keys, true) {
             tracing::error!(error = %e, "writing the idempotency index failed; it will be caught up from the log on the next start");
         }
         if let Err(e) = self.write(last).and_then(|_| self.store.flush()) {

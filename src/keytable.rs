@@ -187,7 +187,10 @@ impl KeyTable {
         if len != (1 + (1u64 << header.bits)) * PAGE as u64 {
             return Ok(None);
         }
-        let f = File_ { file, bits: header.bits };
+        let f = File_ {
+            file,
+            bits: header.bits,
+        };
         for b in 0..f.buckets() {
             f.read_bucket(b, &mut page)?;
             if entries(&page).is_none() {
@@ -201,7 +204,8 @@ impl KeyTable {
     /// bucket: count 0, and the CRC of nothing is 0.)
     fn create(path: &Path, header: Header) -> Result<File> {
         let file = Self::create_unrenamed(path, header)?;
-        file.write_all_at(&header.encode(), 0).map_err(io("writing a key table"))?;
+        file.write_all_at(&header.encode(), 0)
+            .map_err(io("writing a key table"))?;
         file.sync_all().map_err(io("syncing a key table"))?;
         std::fs::rename(path.with_extension("new"), path).map_err(io("renaming a key table"))?;
         Ok(file)
@@ -241,10 +245,14 @@ impl KeyTable {
         Ok(list.filter(|(f, _)| *f == fp).map(|(_, s)| s).collect())
     }
 
-    /// Adds entries (fingerprint, seq) and records `position` once they are on disk. Entries
-    /// with a seq below `dead_before` are dropped from every bucket rewritten; an entry
-    /// already present is not added twice (catching up after a crash inserts some again).
-    pub fn insert(&self, items: &mut [(u64, u64)], dead_before: u64, position: u64) -> Result<()> {
+    /// Adds entries (fingerprint, seq) covering the log up to `position`. Entries with a seq
+    /// below `dead_before` are dropped from every bucket rewritten; an entry already present is
+    /// not added twice (catching up after a crash inserts some again).
+    ///
+    /// With `sync`, the buckets are synced and then `position` recorded in the header;
+    /// without, the header keeps the last synced position (a restart catches up from there,
+    /// and the buckets written since stay valid or fail their CRC).
+    pub fn insert(&self, items: &mut [(u64, u64)], dead_before: u64, position: u64, sync: bool) -> Result<()> {
         let mut header = self.writing.lock().expect("key table lock");
         loop {
             let f = self.current.read().expect("key table lock").clone();
@@ -267,10 +275,14 @@ impl KeyTable {
                 }
             }
         }
-        let f = self.current.read().expect("key table lock").clone();
-        f.file.sync_data().map_err(io("syncing a key table"))?;
-        header.position = header.position.max(position);
-        f.file.write_all_at(&header.encode(), 0).map_err(io("writing a key table"))?;
+        if sync {
+            let f = self.current.read().expect("key table lock").clone();
+            f.file.sync_data().map_err(io("syncing a key table"))?;
+            header.position = header.position.max(position);
+            f.file
+                .write_all_at(&header.encode(), 0)
+                .map_err(io("writing a key table"))?;
+        }
         Ok(())
     }
 
@@ -349,7 +361,9 @@ impl KeyTable {
             }
         }
         next.live = live;
-        new.file.write_all_at(&next.encode(), 0).map_err(io("writing a key table"))?;
+        new.file
+            .write_all_at(&next.encode(), 0)
+            .map_err(io("writing a key table"))?;
         new.file.sync_data().map_err(io("syncing a key table"))?;
         std::fs::rename(self.path.with_extension("new"), &self.path).map_err(io("renaming a key table"))?;
         tracing::debug!(buckets = new.buckets(), live, "key table grown");
@@ -392,7 +406,7 @@ mod tests {
         let t = KeyTable::open(&path).unwrap();
         let fp = |i: u64| t.fingerprint(&[b"acct", &i.to_le_bytes()]);
         let mut items: Vec<(u64, u64)> = (1..=20_000).map(|i| (fp(i), i)).collect();
-        t.insert(&mut items, 0, 20_000).unwrap();
+        t.insert(&mut items, 0, 20_000, true).unwrap();
         assert!(t.file_bytes() > (1 << INITIAL_BITS) * PAGE as u64, "it grew");
         assert_eq!(t.live(), 20_000);
         for i in [1, 777, 20_000] {
@@ -401,18 +415,22 @@ mod tests {
         assert!(t.lookup(fp(20_001)).unwrap().is_empty());
         // Inserting again adds nothing.
         let mut again = vec![(fp(5), 5)];
-        t.insert(&mut again, 0, 20_000).unwrap();
+        t.insert(&mut again, 0, 20_000, true).unwrap();
         assert_eq!(t.live(), 20_000);
         let salt_fp = fp(9);
         drop(t);
         let t = KeyTable::open(&path).unwrap();
         assert_eq!(t.position(), 20_000);
-        assert_eq!(t.fingerprint(&[b"acct", &9u64.to_le_bytes()]), salt_fp, "the salt is kept");
+        assert_eq!(
+            t.fingerprint(&[b"acct", &9u64.to_le_bytes()]),
+            salt_fp,
+            "the salt is kept"
+        );
         assert_eq!(t.lookup(salt_fp).unwrap(), vec![9]);
         // Entries below `dead_before` leave the buckets that are rewritten.
         let fp = |i: u64| t.fingerprint(&[b"acct", &i.to_le_bytes()]);
         let mut more: Vec<(u64, u64)> = (20_001..=40_000).map(|i| (fp(i), i)).collect();
-        t.insert(&mut more, 10_001, 40_000).unwrap();
+        t.insert(&mut more, 10_001, 40_000, true).unwrap();
         assert!(t.lookup(fp(1)).unwrap().is_empty());
         assert_eq!(t.lookup(fp(10_001)).unwrap(), vec![10_001]);
         assert!(t.live() <= 30_000, "{}", t.live());
@@ -430,7 +448,7 @@ mod tests {
         let path = dir.path().join("t.keys");
         let t = KeyTable::open(&path).unwrap();
         let mut items: Vec<(u64, u64)> = (1..=100u64).map(|i| (t.fingerprint(&[&i.to_le_bytes()]), i)).collect();
-        t.insert(&mut items, 0, 100).unwrap();
+        t.insert(&mut items, 0, 100, true).unwrap();
         drop(t);
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.write_all_at(&[0xff; 3], PAGE as u64 * 3 + 1).unwrap();

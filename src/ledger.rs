@@ -58,7 +58,12 @@ struct OrderClaim<'l> {
 
 impl Drop for OrderClaim<'_> {
     fn drop(&mut self) {
-        self.ledger.inner.order_claims.lock().expect("order claims lock").remove(&self.key);
+        self.ledger
+            .inner
+            .order_claims
+            .lock()
+            .expect("order claims lock")
+            .remove(&self.key);
         self.ledger.inner.order_ended.notify_waiters();
     }
 }
@@ -193,7 +198,11 @@ impl Ledger {
             config.idempotency.memory_keys as usize,
         )?);
         let last_record_time = match store.event_bytes(last_seq)? {
-            Some(b) => bindledger_events::decode(&b).map_err(|e| Error::Corrupt(e.to_string()))?.record_time,
+            Some(b) => {
+                bindledger_events::decode(&b)
+                    .map_err(|e| Error::Corrupt(e.to_string()))?
+                    .record_time
+            }
             None => chrono::DateTime::<Utc>::MIN_UTC,
         };
         let metrics = Arc::new(Metrics::default());
@@ -324,6 +333,13 @@ impl Ledger {
         &self.inner.metrics
     }
 
+    /// The idempotency and paid-order indexes: entries held in memory (not yet written to
+    /// disk), live entries on disk, and the tables' size in bytes.
+    pub fn key_index_stats(&self) -> (usize, u64, u64) {
+        let (live, bytes) = self.inner.idempotency.on_disk();
+        (self.inner.idempotency.in_memory(), live, bytes)
+    }
+
     /// Number of events in the log.
     pub fn log_len(&self) -> u64 {
         self.inner.metrics.log_events.load(Ordering::Relaxed)
@@ -362,17 +378,20 @@ impl Ledger {
             let ended = self.inner.order_ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            if let Some(seq) = self.inner.idempotency.paid_order(account, order_id)? {
-                return Ok(Err(seq));
-            }
-            if self.inner.order_claims.lock().expect("order claims lock").insert(key.clone()) {
-                // Paid between the look-up and the claim? Look again under the claim.
-                if let Some(seq) = self.inner.idempotency.paid_order(account, order_id)? {
-                    self.inner.order_claims.lock().expect("order claims lock").remove(&key);
-                    self.inner.order_ended.notify_waiters();
-                    return Ok(Err(seq));
-                }
-                return Ok(Ok(OrderClaim { ledger: self, key }));
+            if self
+                .inner
+                .order_claims
+                .lock()
+                .expect("order claims lock")
+                .insert(key.clone())
+            {
+                let claim = OrderClaim { ledger: self, key };
+                // Under the claim no other payment of the order is in flight: what the index
+                // says is final until the claim is released.
+                return Ok(match self.inner.idempotency.paid_order(account, order_id)? {
+                    Some(seq) => Err(seq),
+                    None => Ok(claim),
+                });
             }
             if tokio::time::timeout_at(deadline, ended).await.is_err() {
                 self.inner.metrics.count_rejected("overloaded");
@@ -427,11 +446,16 @@ impl Ledger {
     }
 
     /// The original result, if this idempotency key was used before with the same request.
-    fn replay_if_known(&self, meta: &Meta, digest: &Hash) -> Result<Option<Committed>> {
+    fn replay_if_known(&self, meta: &mut Meta, digest: &Hash) -> Result<Option<Committed>> {
         let Some(key) = meta.idempotency_key.as_deref() else {
             return Ok(None);
         };
-        match self.inner.idempotency.key(&meta.account, key, Utc::now())? {
+        let generation = self.inner.idempotency.generation();
+        let known = self.inner.idempotency.key(&meta.account, key, Utc::now())?;
+        if known.is_none() {
+            meta.keys_checked = Some(generation);
+        }
+        match known {
             None => Ok(None),
             Some((_, d)) if &d != digest => {
                 self.inner.metrics.count_rejected("idempotency_key_reused");
@@ -548,7 +572,7 @@ impl Ledger {
             &wallet.fingerprint.0,
             factor.map_or("", |f| f.as_str()).as_bytes(),
         ]);
-        if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
+        if let Some(done) = self.replay_if_known(&mut cmd.meta, &digest)? {
             return self.replicated(Ok(done)).await;
         }
         let facts = BindFacts {
@@ -600,7 +624,7 @@ impl Ledger {
             cmd.currency.as_str().as_bytes(),
             factor.map_or("", |f| f.as_str()).as_bytes(),
         ]);
-        if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
+        if let Some(done) = self.replay_if_known(&mut cmd.meta, &digest)? {
             return self.replicated(Ok(done)).await;
         }
         let facts = PayFacts {
@@ -712,7 +736,7 @@ impl Ledger {
             .inner
             .secret
             .mac(&[b"unbind", cmd.meta.account.as_bytes(), cmd.binding_id.as_bytes()]);
-        if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
+        if let Some(done) = self.replay_if_known(&mut cmd.meta, &digest)? {
             return self.replicated(Ok(done)).await;
         }
         {
@@ -738,7 +762,7 @@ impl Ledger {
             cmd.alert_id.as_bytes(),
             &cmd.until.timestamp_micros().to_be_bytes(),
         ]);
-        if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
+        if let Some(done) = self.replay_if_known(&mut cmd.meta, &digest)? {
             return self.replicated(Ok(done)).await;
         }
         self.submit(Request::Lock {
@@ -765,7 +789,7 @@ impl Ledger {
             cause,
             cmd.alert_id.as_deref().unwrap_or("").as_bytes(),
         ]);
-        if let Some(done) = self.replay_if_known(&cmd.meta, &digest)? {
+        if let Some(done) = self.replay_if_known(&mut cmd.meta, &digest)? {
             return self.replicated(Ok(done)).await;
         }
         {

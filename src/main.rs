@@ -105,6 +105,9 @@ enum Command {
     Consume(bindledger::analytics::ConsumeArgs),
     /// Measure the Kafka relay against a raw producer on the same broker, and end-to-end lag.
     BenchKafka(bench::KafkaBenchArgs),
+    /// Measure the library path with the on-disk idempotency index against the in-memory one,
+    /// with millions of live keys, and the memory each holds.
+    BenchIdempotency(bench::IdempotencyBenchArgs),
     /// Rebuild a data directory from the Kafka events topic: the log byte for byte, every link
     /// checked, the signed checkpoints checked with --public-key and kept. Resumable: run it
     /// again on the same directory to go on. `serve` then rebuilds projections and alerts.
@@ -840,6 +843,11 @@ fn run(cli: Cli) -> Result<i32> {
         Command::BenchKafka(args) => {
             init_tracing("warn", log_format);
             tokio::runtime::Runtime::new()?.block_on(bench::kafka(args))?;
+            Ok(0)
+        }
+        Command::BenchIdempotency(args) => {
+            init_tracing("warn", log_format);
+            tokio::runtime::Runtime::new()?.block_on(bench::idempotency(args))?;
             Ok(0)
         }
         Command::BenchAlerts(args) => {

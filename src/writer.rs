@@ -290,10 +290,17 @@ impl Writer {
 
     /// The event an idempotency key produced, if it is known (durable or in flight) and
     /// inside the window at `now`.
-    fn known_key(&self, ck: &str, account: &str, key: &str, now: chrono::DateTime<Utc>) -> Result<Option<(u64, Hash)>> {
+    fn known_key(
+        &self,
+        ck: &str,
+        account: &str,
+        key: &str,
+        now: chrono::DateTime<Utc>,
+        checked_at: Option<u64>,
+    ) -> Result<Option<(u64, Hash)>> {
         match self.pending.get(ck) {
             Some(found) => Ok(Some(*found)),
-            None => self.idempotency.key(account, key, now),
+            None => self.idempotency.key_since(account, key, now, checked_at),
         }
     }
 
@@ -332,7 +339,13 @@ impl Writer {
                     });
                     continue;
                 }
-                let known = match self.known_key(ck, &meta.account, meta.idempotency_key.as_deref().unwrap_or(""), now) {
+                let known = match self.known_key(
+                    ck,
+                    &meta.account,
+                    meta.idempotency_key.as_deref().unwrap_or(""),
+                    now,
+                    meta.keys_checked,
+                ) {
                     Ok(known) => known,
                     Err(e) => {
                         answers.push(Answer::Fail(e));

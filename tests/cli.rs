@@ -502,6 +502,7 @@ async fn unlock_lifts_a_lock_from_the_command_line() {
         expected_version: None,
         correlation_id: None,
         event_time: None,
+        keys_checked: None,
         context: bindledger_events::Context {
             channel: "monitor".into(),
             ..Default::default()

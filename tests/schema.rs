@@ -155,6 +155,7 @@ async fn every_event_the_ledger_emits_matches_the_published_schema() {
         expected_version: None,
         correlation_id: Some("password_brute_force-9".into()),
         event_time: None,
+        keys_checked: None,
         context: Context {
             channel: "monitor".into(),
             ..Default::default()

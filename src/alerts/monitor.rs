@@ -409,6 +409,7 @@ impl Worker {
                 expected_version: None,
                 correlation_id: Some(alert_id.to_owned()),
                 event_time: None,
+                keys_checked: None,
                 context: Context {
                     channel: "monitor".into(),
                     ..Context::default()
