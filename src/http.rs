@@ -821,6 +821,16 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let mut text = s.ledger.metrics().render();
+    {
+        use std::fmt::Write;
+        let (in_memory, on_disk, bytes) = s.ledger.key_index_stats();
+        let _ = write!(
+            text,
+            "# HELP bindledger_idempotency_entries Idempotency keys and paid orders known, by where they are held (memory: not yet written to disk by the indexer).\n# TYPE bindledger_idempotency_entries gauge\n\
+             bindledger_idempotency_entries{{held=\"memory\"}} {in_memory}\nbindledger_idempotency_entries{{held=\"disk\"}} {on_disk}\n\
+             # HELP bindledger_idempotency_table_bytes Size of the idempotency and paid-order tables on disk.\n# TYPE bindledger_idempotency_table_bytes gauge\nbindledger_idempotency_table_bytes {bytes}\n"
+        );
+    }
     if let Some((topic, status)) = &s.extras.relay {
         use std::fmt::Write;
         let r = Relay::report(&s.ledger, topic, status);

@@ -352,3 +352,52 @@ async fn keys_survive_sigkill_of_the_server() {
     }
     assert_eq!(payments, 600);
 }
+
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// Millions of live keys stay on disk: resident memory does not grow with them (the tables are
+/// read and written through the page cache, which is the kernel's, not the process's).
+#[test]
+fn millions_of_keys_live_on_disk_not_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = bindledger::keytable::KeyTable::open(&dir.path().join("t.keys")).unwrap();
+    let fp = |i: u64| {
+        // splitmix64: well-spread fingerprints without hashing costs in a debug build.
+        let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    const KEYS: u64 = 3_000_000;
+    const BATCH: u64 = 131_072;
+    let mut batch = Vec::with_capacity(BATCH as usize);
+    let before = resident_bytes();
+    let mut first = 1;
+    while first <= KEYS {
+        let last = (first + BATCH - 1).min(KEYS);
+        batch.clear();
+        batch.extend((first..=last).map(|i| (fp(i), i)));
+        table.insert(&mut batch, 0, last, last == KEYS).unwrap();
+        first = last + 1;
+    }
+    let grown = resident_bytes().saturating_sub(before);
+    assert_eq!(table.live(), KEYS);
+    assert!(table.file_bytes() >= KEYS * 16, "{}", table.file_bytes());
+    assert!(
+        grown < 48 << 20,
+        "resident memory grew by {} MiB for {KEYS} keys",
+        grown >> 20
+    );
+    for i in [1, 1_234_567, KEYS] {
+        assert_eq!(table.lookup(fp(i)).unwrap(), vec![i]);
+    }
+    assert!(table.lookup(fp(KEYS + 1)).unwrap().is_empty());
+}
