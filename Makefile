@@ -9,7 +9,7 @@ TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
 # The demo's broker listens here (in memory: a fresh topic each run).
 DEMO_KAFKA_PORT ?= 19092
 
-.PHONY: demo test bench bench-kafka bench-alerts check-toolchain tansu test-tools fmt-check
+.PHONY: demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs, then run make again" >&2; exit 1; }
@@ -61,6 +61,11 @@ bench: check-toolchain
 ## over a stored log of 1,000,000 events against decoding alone.
 bench-alerts: check-toolchain
 	$(CARGO) run --release --locked -- bench-alerts
+
+## The library path with the on-disk idempotency index against the in-memory one, with
+## millions of live keys.
+bench-idempotency: check-toolchain
+	$(CARGO) run --release --locked -- bench-idempotency
 
 ## The Kafka relay against a raw producer on the same broker, and end-to-end lag.
 bench-kafka: tansu
