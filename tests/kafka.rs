@@ -832,6 +832,43 @@ async fn a_lost_directory_is_restored_from_the_topic_byte_for_byte() {
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     let node = bindledger::node::Node::start(&config, secret.clone(), gateway.clone()).unwrap();
     workload(&node.ledger, &gateway, 0, 30).await;
+    // A keyed bind and a keyed payment: their keys and the paid order must outlive the disk.
+    let keyed_bind = || BindRequest {
+        provider: "alipay".into(),
+        wallet_account: SecretString::new(phone(500)),
+        payment_password: SecretString::new(gateway.password_for(&alipay(), &phone(500))),
+        factor: None,
+        common: CommonInput {
+            idempotency_key: Some("bind-before-loss".into()),
+            ..Default::default()
+        },
+    };
+    let bound = node
+        .ledger
+        .bind(keyed_bind().validate("keyed", Utc::now()).unwrap())
+        .await
+        .unwrap();
+    let Payload::WalletBound { binding_id, .. } = bound.event.payload else {
+        panic!("{:?}", bound.event.payload)
+    };
+    let keyed_pay = |key: &str| PayRequest {
+        binding_id: binding_id.to_string(),
+        order_id: "order-before-loss".into(),
+        amount_minor: 5,
+        currency: None,
+        payment_password: SecretString::new(gateway.password_for(&alipay(), &phone(500))),
+        factor: None,
+        common: CommonInput {
+            idempotency_key: Some(key.into()),
+            ..Default::default()
+        },
+    };
+    let paid = node
+        .ledger
+        .pay(keyed_pay("pay-before-loss").validate("keyed", Utc::now()).unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(paid.event.payload, Payload::PaymentSucceeded { .. }));
     let (_, relay) = node.extras.relay.clone().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while relay.position.load(Ordering::Relaxed) < node.ledger.log_len() {
@@ -908,10 +945,34 @@ async fn a_lost_directory_is_restored_from_the_topic_byte_for_byte() {
             "{a}"
         );
     }
+    // The keys and the paid order came back with the log.
+    let again = node
+        .ledger
+        .bind(keyed_bind().validate("keyed", Utc::now()).unwrap())
+        .await
+        .unwrap();
+    assert!(again.replayed && again.event.seq == bound.event.seq);
+    let again = node
+        .ledger
+        .pay(keyed_pay("pay-before-loss").validate("keyed", Utc::now()).unwrap())
+        .await
+        .unwrap();
+    assert!(again.replayed && again.event.seq == paid.event.seq);
+    let second = node
+        .ledger
+        .pay(keyed_pay("another-key").validate("keyed", Utc::now()).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&second.event.payload, Payload::PaymentFailed { reason: bindledger_events::PaymentFailure::OrderAlreadyPaid { payment_seq }, .. } if *payment_seq == paid.event.seq),
+        "{:?}",
+        second.event.payload
+    );
     let next = bind_wallet(&node.ledger, &gateway, "after-restore", 77).await;
     let _ = next;
-    let last = log_of(&node.ledger).pop().unwrap();
-    let e = bindledger_events::decode(&last.1).unwrap();
+    let log = log_of(&node.ledger);
+    assert_eq!(log.len(), original.len() + 2, "the refused payment, then the bind");
+    let e = bindledger_events::decode(&log[original.len()].1).unwrap();
     assert_eq!(e.seq, original.len() as u64 + 1);
     assert_eq!(e.prev_hash, bindledger_events::hash_bytes(&original.last().unwrap().1));
     node.stop().await;
