@@ -88,6 +88,8 @@ pub struct Config {
     pub platform_maintenance: bool,
     /// How long idempotency keys are remembered, and where (see [`IdempotencyConfig`]).
     pub idempotency: IdempotencyConfig,
+    /// A read replica following the events topic (see [`ReplicaConfig`]).
+    pub replica: ReplicaConfig,
     /// How far in the past a caller's `event_time` may be, in seconds (the future is bounded
     /// at 300 s). Security rules never read `event_time`; this keeps business reports honest.
     /// Default 300.
@@ -111,6 +113,17 @@ pub struct Config {
     /// Bearer tokens. When none are configured, `serve` creates one with every role and writes
     /// it to `<data_dir>/admin.token`.
     pub tokens: Vec<TokenConfig>,
+}
+
+/// A read replica (see [`crate::replica`]): it follows the events topic (`kafka.brokers`,
+/// `kafka.topic`) into its own log, serves every read, and answers commands `421 not_primary`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicaConfig {
+    /// Run as a replica. Default false (`serve --replica` sets it).
+    pub enabled: bool,
+    /// The primary's URL, named in `not_primary` answers so that clients know where to go.
+    pub primary_url: String,
 }
 
 /// Idempotency keys (see [`crate::idempotency`]).
@@ -274,6 +287,9 @@ pub struct HttpConfig {
     /// A command's body must arrive within this time after its headers; otherwise `408`.
     /// Default 5000 ms.
     pub body_timeout_ms: u64,
+    /// A read with `?min_seq=N` waits until this node holds event N (read-your-writes on a
+    /// replica), at most this long, then answers `503 not_caught_up`. Default 5000.
+    pub min_seq_wait_ms: u64,
 }
 
 impl HttpConfig {
@@ -294,6 +310,7 @@ impl Default for Config {
             max_bindings_per_account: 10,
             platform_maintenance: false,
             idempotency: IdempotencyConfig::default(),
+            replica: ReplicaConfig::default(),
             event_time_past_max_s: 300,
             durability: Durability::Local,
             replication_timeout_ms: 5000,
@@ -342,6 +359,7 @@ impl Default for HttpConfig {
             connections_per_peer_max: 4096,
             header_timeout_ms: 5000,
             body_timeout_ms: 5000,
+            min_seq_wait_ms: 5000,
         }
     }
 }
@@ -447,6 +465,9 @@ impl Config {
         }
         if self.max_bindings_per_account == 0 {
             return bad("max_bindings_per_account must be at least 1");
+        }
+        if self.replica.enabled && !self.kafka.enabled() {
+            return bad("a replica follows the events topic: it needs kafka.brokers");
         }
         if self.durability == Durability::Replicated && !self.kafka.enabled() {
             return bad("durability = \"replicated\" needs kafka.brokers: the Kafka cluster is the replication");

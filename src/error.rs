@@ -53,6 +53,9 @@ pub enum Error {
     /// returns the original event once it is replicated, and never executes it twice.
     #[error("the Kafka cluster has not acknowledged the event in time; retry with the same idempotency key")]
     OutcomeUnknown,
+    /// This node is a read replica: it takes no commands (the primary does).
+    #[error("this ledger is a read replica and takes no commands; send them to the primary")]
+    NotPrimary,
 }
 
 impl Error {
@@ -81,6 +84,7 @@ impl Error {
             Error::Corrupt(_) => "corrupt",
             Error::ShuttingDown => "shutting_down",
             Error::OutcomeUnknown => "outcome_unknown",
+            Error::NotPrimary => "not_primary",
         }
     }
 }

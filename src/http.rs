@@ -55,6 +55,8 @@ pub struct Extras {
     pub checkpoints: Option<(crate::checkpoint::CheckpointStore, String)>,
     /// The checkpoints topic and its publisher's status.
     pub checkpoints_relay: Option<(String, Arc<RelayStatus>)>,
+    /// A read replica: its follower's status and the primary's URL.
+    pub replica: Option<(Arc<crate::replica::ReplicaStatus>, String)>,
 }
 
 /// What the API needs of the alert monitor.
@@ -135,6 +137,7 @@ impl From<Error> for ApiError {
             Error::Overloaded(_) | Error::ShuttingDown | Error::StorageFailed(_) | Error::OutcomeUnknown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Error::NotPrimary => StatusCode::MISDIRECTED_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR || matches!(e, Error::StorageFailed(_)) {
@@ -154,6 +157,7 @@ impl From<Error> for ApiError {
                 "the event is durable on this ledger but the Kafka cluster has not acknowledged it in time; retry with the same idempotency key",
             ),
             Error::StorageFailed(_) => (None, "the event log could not be written; the ledger takes no more commands"),
+            Error::NotPrimary => (None, NOT_PRIMARY),
             _ => (None, "internal error; see the server's log"),
         };
         ApiError {
@@ -808,14 +812,26 @@ async fn feed(
 }
 
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
-    if s.ledger.is_healthy() {
-        Json(json!({"status": "ok", "events": s.ledger.log_len()})).into_response()
+    let events = s.ledger.log_len();
+    let mut body =
+        json!({"status": "ok", "events": events, "role": if s.ledger.is_primary() { "primary" } else { "replica" }});
+    let mut healthy = s.ledger.is_healthy();
+    if let Some((status, primary)) = &s.extras.replica {
+        let (lag_events, lag_seconds) = status.lag(events);
+        body["replica"] = json!({
+            "state": status.state(),
+            "lag_events": lag_events,
+            "lag_seconds": lag_seconds,
+            "primary": primary,
+            "last_error": status.last_error.lock().expect("replica status lock").clone(),
+        });
+        healthy &= status.state() != "failed";
+    }
+    if healthy {
+        Json(body).into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "failed", "events": s.ledger.log_len()})),
-        )
-            .into_response()
+        body["status"] = json!("failed");
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 
@@ -829,6 +845,17 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
             "# HELP bindledger_idempotency_entries Idempotency keys and paid orders known, by where they are held (memory: not yet written to disk by the indexer).\n# TYPE bindledger_idempotency_entries gauge\n\
              bindledger_idempotency_entries{{held=\"memory\"}} {in_memory}\nbindledger_idempotency_entries{{held=\"disk\"}} {on_disk}\n\
              # HELP bindledger_idempotency_table_bytes Size of the idempotency and paid-order tables on disk.\n# TYPE bindledger_idempotency_table_bytes gauge\nbindledger_idempotency_table_bytes {bytes}\n"
+        );
+    }
+    if let Some((status, _)) = &s.extras.replica {
+        use std::fmt::Write;
+        let (lag_events, lag_seconds) = status.lag(s.ledger.log_len());
+        let _ = write!(
+            text,
+            "# HELP bindledger_replica_lag_events Events seen on the topic and not yet in this replica's log.\n# TYPE bindledger_replica_lag_events gauge\nbindledger_replica_lag_events {lag_events}\n\
+             # HELP bindledger_replica_lag_seconds Age of the last event the replica appended, while it is behind (0 when caught up).\n# TYPE bindledger_replica_lag_seconds gauge\nbindledger_replica_lag_seconds {lag_seconds}\n\
+             # HELP bindledger_replica_state The replica's state.\n# TYPE bindledger_replica_state gauge\nbindledger_replica_state{{state=\"{}\"}} 1\n",
+            status.state()
         );
     }
     if let Some((topic, status)) = &s.extras.relay {
@@ -952,6 +979,80 @@ async fn method_not_allowed() -> ApiError {
 /// which answer whatever the load: a full ledger is not a failed one. Logs one debug line per
 /// request with its route's pattern (`/v1/accounts/{account}/payments`), never the path
 /// itself, which holds the caller's values.
+const NOT_PRIMARY: &str = "this ledger is a read replica and takes no commands; send them to the primary";
+
+/// On a replica, a command (every `POST`) is answered `421 not_primary` with the primary's URL,
+/// before its body is read (the caller's token is checked first, as everywhere).
+async fn replica_guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if req.method() == axum::http::Method::POST && !s.ledger.is_primary() && req.uri().path() != "/v1/admin/promote" {
+        if let Err(e) = authorize(&s, req.headers(), Role::Writer) {
+            return e.into_response();
+        }
+        let primary = s
+            .extras
+            .replica
+            .as_ref()
+            .map(|(_, url)| url.as_str())
+            .filter(|u| !u.is_empty());
+        s.ledger.metrics().count_rejected("not_primary");
+        let body = json!({"error": {"code": "not_primary", "message": NOT_PRIMARY, "field": null}, "primary": primary});
+        return (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response();
+    }
+    next.run(req).await
+}
+
+/// `?min_seq=N` on a read: waits until this node holds event N (a client reading its own write
+/// on a replica), then serves the read without the parameter.
+async fn wait_for_min_seq(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let Some(query) = req.uri().query() else {
+        return next.run(req).await;
+    };
+    if req.method() != axum::http::Method::GET || !query.split('&').any(|p| p.starts_with("min_seq=")) {
+        return next.run(req).await;
+    }
+    let mut min_seq = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|p| match p.strip_prefix("min_seq=") {
+            Some(v) => {
+                min_seq = Some(v.parse::<u64>().ok());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let Some(Some(seq)) = min_seq else {
+        return ApiError::from(Error::invalid(
+            "invalid_request",
+            "min_seq",
+            "min_seq must be an event seq (a positive integer)",
+        ))
+        .into_response();
+    };
+    if !s
+        .ledger
+        .wait_for_seq(seq, std::time::Duration::from_millis(s.http.min_seq_wait_ms))
+        .await
+    {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_caught_up",
+            "this node has not reached the requested min_seq in time; retry, or read from the primary",
+        )
+        .into_response();
+    }
+    let path = req.uri().path().to_owned();
+    let uri = if rest.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", rest.join("&"))
+    };
+    if let Ok(uri) = uri.parse() {
+        *req.uri_mut() = uri;
+    }
+    next.run(req).await
+}
+
 async fn bound_in_flight(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let probe = matches!(req.uri().path(), "/healthz" | "/metrics");
     let _permit = if probe {
@@ -1004,6 +1105,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), wait_for_min_seq))
+        .layer(middleware::from_fn_with_state(state.clone(), replica_guard))
         .layer(middleware::from_fn_with_state(state.clone(), bound_in_flight))
         .layer(DefaultBodyLimit::max(state.http.body_limit_bytes))
         .with_state(state)

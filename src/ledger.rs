@@ -87,6 +87,8 @@ struct Inner {
     /// Orders with a payment in flight: a second payment of one waits for the first to end.
     order_claims: Mutex<std::collections::HashSet<String>>,
     order_ended: tokio::sync::Notify,
+    /// False on a read replica: commands are refused with `not_primary`.
+    primary: AtomicBool,
     /// The history index (stored rows and pending ones) covers events through this seq.
     indexed: Arc<AtomicU64>,
     /// History not yet in the stored rows.
@@ -262,6 +264,7 @@ impl Ledger {
                 idempotency,
                 order_claims: Default::default(),
                 order_ended: tokio::sync::Notify::new(),
+                primary: AtomicBool::new(!config.replica.enabled),
                 indexed,
                 pending_history,
                 durable_watch,
@@ -338,6 +341,61 @@ impl Ledger {
     pub fn key_index_stats(&self) -> (usize, u64, u64) {
         let (live, bytes) = self.inner.idempotency.on_disk();
         (self.inner.idempotency.in_memory(), live, bytes)
+    }
+
+    /// False on a read replica (until it is promoted).
+    pub fn is_primary(&self) -> bool {
+        self.inner.primary.load(Ordering::SeqCst)
+    }
+
+    /// Makes this ledger take commands (a replica being promoted, once it has the whole topic
+    /// and has fenced the previous primary).
+    pub fn set_primary(&self) {
+        self.inner.primary.store(true, Ordering::SeqCst);
+    }
+
+    fn require_primary(&self) -> Result<()> {
+        if self.is_primary() {
+            Ok(())
+        } else {
+            self.inner.metrics.count_rejected("not_primary");
+            Err(Error::NotPrimary)
+        }
+    }
+
+    /// A replica: appends events read from the events topic, exactly as they are, in order;
+    /// returns once they are durable. Each must continue the log (its `seq` and `prev_hash`),
+    /// else `Corrupt` and nothing after it is appended.
+    pub async fn append_replicated(&self, events: Vec<bytes::Bytes>) -> Result<u64> {
+        let tx = self.inner.tx.read().expect("lock").clone().ok_or(Error::ShuttingDown)?;
+        let mut replies = Vec::with_capacity(events.len());
+        for bytes in events {
+            let (reply, rx) = oneshot::channel();
+            tx.send(Submission {
+                request: Request::Append { bytes },
+                reply,
+            })
+            .await
+            .map_err(|_| Error::StorageFailed("the writer has stopped".into()))?;
+            replies.push(rx);
+        }
+        let mut last = self.log_len();
+        for rx in replies {
+            let c = rx
+                .await
+                .map_err(|_| Error::StorageFailed("the writer stopped before answering".into()))??;
+            last = c.event.seq;
+        }
+        Ok(last)
+    }
+
+    /// Waits until the log holds event `seq` (read-your-writes on a replica), at most
+    /// `timeout`; true if it does.
+    pub async fn wait_for_seq(&self, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.inner.durable_watch.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Number of events in the log.
@@ -561,6 +619,7 @@ impl Ledger {
 
     /// Binds a wallet. The answer is the recorded event: `wallet_bound` or `bind_failed`.
     pub async fn bind(&self, mut cmd: BindCommand) -> Result<Committed> {
+        self.require_primary()?;
         self.now_meta(&mut cmd.meta)?;
         let secret = &self.inner.secret;
         let wallet = secret.wallet_ref(&cmd.provider, cmd.wallet_account.expose());
@@ -613,6 +672,7 @@ impl Ledger {
 
     /// Pays with a bound wallet: `payment_succeeded` or `payment_failed`.
     pub async fn pay(&self, mut cmd: PayCommand) -> Result<Committed> {
+        self.require_primary()?;
         self.now_meta(&mut cmd.meta)?;
         let factor = cmd.factor.as_ref().map(|(f, _)| *f);
         let digest = self.inner.secret.mac(&[
@@ -731,6 +791,7 @@ impl Ledger {
 
     /// Unbinds a wallet: `wallet_unbound` or `unbind_failed`.
     pub async fn unbind(&self, mut cmd: UnbindCommand) -> Result<Committed> {
+        self.require_primary()?;
         self.now_meta(&mut cmd.meta)?;
         let digest = self
             .inner
@@ -754,6 +815,7 @@ impl Ledger {
     /// Locks a binding (`binding_locked` or `binding_lock_failed`). The monitoring sends it with
     /// an idempotency key made from the alert id, so a restart never locks twice.
     pub async fn lock(&self, mut cmd: LockCommand) -> Result<Committed> {
+        self.require_primary()?;
         self.now_meta(&mut cmd.meta)?;
         let digest = self.inner.secret.mac(&[
             b"lock",
@@ -777,6 +839,7 @@ impl Ledger {
 
     /// Lifts a lock (`binding_unlocked` or `binding_unlock_failed`).
     pub async fn unlock(&self, mut cmd: UnlockCommand) -> Result<Committed> {
+        self.require_primary()?;
         self.now_meta(&mut cmd.meta)?;
         let cause = match cmd.cause {
             bindledger_events::UnlockCause::Manual => b"manual".as_slice(),
@@ -958,5 +1021,14 @@ impl Ledger {
 
     pub fn set_relay_position(&self, topic: &str, seq: u64) -> Result<()> {
         self.inner.store.set_relay_position(topic, seq)
+    }
+
+    /// A replica's next offset to read in each partition of `topic`, if it saved them.
+    pub fn replica_offsets(&self, topic: &str) -> Result<Option<Vec<i64>>> {
+        self.inner.store.replica_offsets(topic)
+    }
+
+    pub fn set_replica_offsets(&self, topic: &str, offsets: &[i64]) -> Result<()> {
+        self.inner.store.set_replica_offsets(topic, offsets)
     }
 }

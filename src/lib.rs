@@ -46,6 +46,7 @@ pub mod node;
 pub mod offline;
 pub mod projection;
 pub mod relay;
+pub mod replica;
 pub mod restore;
 pub mod secret;
 pub mod store;

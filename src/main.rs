@@ -59,10 +59,23 @@ struct Common {
     listen: Option<SocketAddr>,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Run as a read replica: follow the events topic (kafka.brokers, kafka.topic) into this
+    /// data directory, serve every read, and answer commands 421 not_primary (replica.enabled).
+    #[arg(long)]
+    replica: bool,
+    /// With --replica: the primary's URL, named in not_primary answers (replica.primary_url).
+    #[arg(long, requires = "replica")]
+    primary_url: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run the ledger and its HTTP API.
-    Serve(Common),
+    /// Run the ledger and its HTTP API (or, with --replica, a read replica of it).
+    Serve(ServeArgs),
     /// Run the ledger with a simulated population of shoppers (and a few attackers), printing
     /// a live summary.
     Demo(DemoArgs),
@@ -324,8 +337,15 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn serve(common: Common) -> Result<()> {
-    let mut config = load_config(&common)?;
+async fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = load_config(&args.common)?;
+    if args.replica {
+        config.replica.enabled = true;
+    }
+    if let Some(url) = args.primary_url {
+        config.replica.primary_url = url;
+    }
+    config.validate()?;
     // Refuse an unusable rules file, and a busy address, before anything is created.
     config.alert_rules()?;
     let listener = tokio::net::TcpListener::bind(config.listen)

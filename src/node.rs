@@ -21,6 +21,8 @@ pub struct Node {
     pub extras: Extras,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// A replica's follower thread, and the flag that stops it.
+    follower: Option<(std::thread::JoinHandle<Result<()>>, Arc<std::sync::atomic::AtomicBool>)>,
 }
 
 impl Node {
@@ -43,6 +45,7 @@ impl Node {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         let mut publisher: Option<crate::checkpoint::CheckpointPublisher> = None;
+        let replica = config.replica.enabled;
         let monitor = if config.alerts.enabled {
             let mut mc = MonitorConfig::new(rules);
             mc.checkpoint_every_events = config.alerts.checkpoint_every_events;
@@ -52,7 +55,26 @@ impl Node {
         } else {
             None
         };
-        if config.kafka.enabled() {
+        let mut follower = None;
+        if replica {
+            let status = Arc::new(crate::replica::ReplicaStatus::default());
+            extras.replica = Some((status.clone(), config.replica.primary_url.clone()));
+            let f = crate::replica::Follower {
+                ledger: ledger.clone(),
+                kafka: config.kafka.clone(),
+                status,
+            };
+            let stop_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (flag, handle) = (stop_flag.clone(), tokio::runtime::Handle::current());
+            let thread = std::thread::Builder::new()
+                .name("bindledger-replica".into())
+                .spawn(move || f.run(flag, handle))
+                .map_err(|e| crate::error::Error::Io(format!("starting the replica thread: {e}")))?;
+            follower = Some((thread, stop_flag));
+            tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, "read replica: following the events topic");
+        }
+        // A replica publishes nothing and signs nothing: the primary does.
+        if config.kafka.enabled() && !replica {
             let mut kafka = config.kafka.clone();
             if config.durability == crate::config::Durability::Replicated {
                 // Every command waits for its event's acknowledgement: send at once.
@@ -69,7 +91,7 @@ impl Node {
             }
             tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, alerts_topic = %config.kafka.alerts_topic, "kafka relays on");
         }
-        if config.checkpoints.enabled {
+        if config.checkpoints.enabled && !replica {
             let key = Arc::new(crate::checkpoint::CheckpointKey::load_or_create(
                 &config.checkpoint_key_path(),
             )?);
@@ -109,6 +131,7 @@ impl Node {
             extras,
             stop,
             tasks,
+            follower,
         })
     }
 
@@ -116,6 +139,10 @@ impl Node {
     /// last events and save its checkpoint.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
+        if let Some((thread, flag)) = self.follower {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         for t in self.tasks {
             let _ = t.await;
         }

@@ -493,6 +493,26 @@ impl Store {
         Ok(())
     }
 
+    /// A replica's next offset to read in each partition of `topic` (saved with the events
+    /// they cover: the next flush makes both durable; a replica that restarts from older
+    /// offsets skips the events it already has).
+    pub fn replica_offsets(&self, topic: &str) -> Result<Option<Vec<i64>>> {
+        match self.index.get(format!("Mreplica:{topic}"))? {
+            Some(v) => Ok(Some(
+                v.chunks_exact(8)
+                    .map(|c| i64::from_be_bytes(c.try_into().expect("8 bytes")))
+                    .collect(),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_replica_offsets(&self, topic: &str, offsets: &[i64]) -> Result<()> {
+        let bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_be_bytes()).collect();
+        self.index.insert(format!("Mreplica:{topic}"), bytes)?;
+        Ok(())
+    }
+
     /// The stored projection rows.
     pub fn load_accounts(&self) -> Result<HashMap<String, AccountState>> {
         let mut accounts = HashMap::new();

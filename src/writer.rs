@@ -70,6 +70,11 @@ pub enum Request {
         cause: bindledger_events::UnlockCause,
         alert_id: Option<String>,
     },
+    /// A replica: an event read from the events topic, appended as it is (its `seq` and
+    /// `prev_hash` must continue this log).
+    Append {
+        bytes: bytes::Bytes,
+    },
 }
 
 /// A field every variant of [`Request`] has, borrowed as `$req` is (shared or mutable).
@@ -81,6 +86,7 @@ macro_rules! common_field {
             | Request::Unbind { $field, .. }
             | Request::Lock { $field, .. }
             | Request::Unlock { $field, .. } => $field,
+            Request::Append { .. } => unreachable!("an appended event is not a command"),
         }
     };
 }
@@ -102,6 +108,7 @@ impl Request {
             Request::Unbind { .. } => "unbind",
             Request::Lock { .. } => "lock",
             Request::Unlock { .. } => "unlock",
+            Request::Append { .. } => "append",
         }
     }
 }
@@ -304,6 +311,23 @@ impl Writer {
         }
     }
 
+    /// Checks that an event read from the topic continues this log, and applies it.
+    fn append(&mut self, bytes: &[u8]) -> Result<(Event, Hash)> {
+        let event = codec::decode(bytes).map_err(|e| Error::Corrupt(format!("a replicated event: {e}")))?;
+        if event.seq != self.next_seq || event.prev_hash != self.prev_hash {
+            return Err(Error::Corrupt(format!(
+                "the topic's event {} does not continue this log at {}: another chain",
+                event.seq, self.next_seq
+            )));
+        }
+        let hash = hash_bytes(bytes);
+        self.state.apply(&event);
+        self.next_seq += 1;
+        self.prev_hash = hash;
+        self.last_record_time = self.last_record_time.max(event.record_time);
+        Ok((event, hash))
+    }
+
     /// Decides one batch and applies it to sled; returns the job that makes it durable.
     fn process(&mut self, subs: &mut Vec<Submission>) -> std::result::Result<Job, ()> {
         let started = Instant::now();
@@ -326,6 +350,17 @@ impl Writer {
         let mut buf = Vec::with_capacity(1024);
 
         for sub in subs.iter_mut() {
+            if let Request::Append { bytes } = &sub.request {
+                match self.append(bytes) {
+                    Ok((event, hash)) => {
+                        batch.add_event(event.seq, bytes);
+                        answers.push(Answer::New(events.len()));
+                        events.push((Arc::new(event), bytes.clone(), hash));
+                    }
+                    Err(e) => answers.push(Answer::Fail(e)),
+                }
+                continue;
+            }
             let req = &mut sub.request;
             let meta = req.meta();
             let key = meta.idempotency_key.as_deref().map(|k| composite(&meta.account, k));
@@ -394,6 +429,7 @@ impl Writer {
                     alert_id,
                     ..
                 } => decide::decide_unlock(acct, *binding_id, *cause, alert_id.as_deref(), now),
+                Request::Append { .. } => unreachable!("appended events are taken above"),
             };
             // The command's strings move into its event (the answer needs only its kind).
             let request_digest = Some(*req.digest());
@@ -561,7 +597,9 @@ impl Flusher {
             let result = match answer {
                 Answer::New(i) => {
                     let (event, bytes, hash) = &job.events[i];
-                    outcomes.push((kind, event.payload.failure_code().unwrap_or("succeeded")));
+                    if kind != "append" {
+                        outcomes.push((kind, event.payload.failure_code().unwrap_or("succeeded")));
+                    }
                     Ok(Committed {
                         event: event.clone(),
                         bytes: bytes.clone(),

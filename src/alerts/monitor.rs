@@ -282,7 +282,8 @@ impl Worker {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            if self.config.actions {
+            // A replica computes the same alerts but never acts: the primary does.
+            if self.config.actions && self.ledger.is_primary() {
                 self.act();
             }
         }

@@ -1,0 +1,275 @@
+//! A read replica: follows the events topic into its own log.
+//!
+//! The topic holds the exact stored bytes of every event, partitioned by account, each with a
+//! `seq` header. The follower reads every partition, and appends the event whose `seq` is the
+//! log's next one as soon as it is at the head of some partition's buffer (no need to wait for
+//! the other partitions: `seq` says exactly what comes next). The writer checks that each
+//! event continues the log (`seq` and `prev_hash`), so the replica's log is the primary's, byte
+//! for byte, with every link verified; from there the ledger derives everything as it does on
+//! the primary (read model, indexes, idempotency keys, alerts), and serves every read.
+//!
+//! The next offset of each partition is saved with the events (the same flush makes both
+//! durable), so a restarted replica resumes where it was; events read again are skipped.
+//!
+//! Promotion ([`Follower::run`] with `finish` set) reads each partition to the end it had when
+//! promotion began, appends everything, and returns: only then may the node take commands.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::error::{Error, Result};
+use crate::ledger::Ledger;
+use crate::relay::KafkaConfig;
+
+/// Events buffered per partition before it is paused.
+const BUFFER_PER_PARTITION: usize = 4096;
+/// Events appended per hand-over to the writer.
+const APPEND_BATCH: usize = 1024;
+
+/// What the follower is doing, for `/healthz`, `/metrics` and `bindledger status`.
+#[derive(Debug, Default)]
+pub struct ReplicaStatus {
+    /// The highest `seq` seen on the topic.
+    pub seen: AtomicU64,
+    /// `record_time` (µs) of the last event appended.
+    pub applied_record_micros: AtomicI64,
+    /// `following`, `caught_up`, `waiting_for_topic`, `promoting`, `promoted`, `failed`.
+    pub state: Mutex<&'static str>,
+    pub last_error: Mutex<Option<String>>,
+    /// Set to make the follower read to the topic's end and stop (promotion).
+    pub finish: AtomicBool,
+}
+
+impl ReplicaStatus {
+    pub fn state(&self) -> &'static str {
+        *self.state.lock().expect("replica status lock")
+    }
+
+    fn set_state(&self, s: &'static str) {
+        *self.state.lock().expect("replica status lock") = s;
+    }
+
+    /// Events seen on the topic and not yet in this log, and how old the last appended event
+    /// is while there are any (0 when caught up).
+    pub fn lag(&self, log_len: u64) -> (u64, f64) {
+        let events = self.seen.load(Ordering::Relaxed).saturating_sub(log_len);
+        if events == 0 {
+            return (0, 0.0);
+        }
+        let at = self.applied_record_micros.load(Ordering::Relaxed);
+        let now = chrono::Utc::now().timestamp_micros();
+        (events, if at == 0 { 0.0 } else { (now - at).max(0) as f64 / 1e6 })
+    }
+}
+
+pub struct Follower {
+    pub ledger: Ledger,
+    pub kafka: KafkaConfig,
+    pub status: Arc<ReplicaStatus>,
+}
+
+impl Follower {
+    /// Follows the topic until `stop` is set, or, with `status.finish` set, until every
+    /// partition is read to its end as of that moment (`Ok` then means caught up). Blocking:
+    /// run it on its own thread; `handle` runs the appends.
+    pub fn run(self, stop: Arc<AtomicBool>, handle: tokio::runtime::Handle) -> Result<()> {
+        let r = self.follow(&stop, &handle);
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "the replica stopped following the topic");
+            self.status.set_state("failed");
+            *self.status.last_error.lock().expect("replica status lock") = Some(e.to_string());
+        }
+        r
+    }
+
+    fn follow(&self, stop: &AtomicBool, handle: &tokio::runtime::Handle) -> Result<()> {
+        let topic = self.kafka.topic.clone();
+        let kafka_err = |e: rdkafka::error::KafkaError| Error::Io(format!("reading {topic}: {e}"));
+        let consumer: BaseConsumer = self
+            .kafka
+            .client_config()
+            .set(
+                "group.id",
+                format!("bindledger-replica-{}", uuid::Uuid::now_v7().simple()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()
+            .map_err(kafka_err)?;
+        // The topic may not exist yet (the primary creates it): wait for it.
+        let partitions = loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
+                Ok(md) => {
+                    let n = md.topics().first().map_or(0, |t| t.partitions().len());
+                    if n > 0 {
+                        break n;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "replica: no metadata yet"),
+            }
+            self.status.set_state("waiting_for_topic");
+            if self.status.finish.load(Ordering::SeqCst) {
+                // Nothing was ever published: the log is all there is.
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let mut offsets = match self.ledger.replica_offsets(&topic)? {
+            Some(o) if o.len() == partitions => o,
+            _ => vec![-2; partitions], // from the beginning
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets.iter().enumerate() {
+            let offset = if *o >= 0 { Offset::Offset(*o) } else { Offset::Beginning };
+            tpl.add_partition_offset(&topic, p as i32, offset).map_err(kafka_err)?;
+        }
+        consumer.assign(&tpl).map_err(kafka_err)?;
+        self.status.set_state("following");
+        let mut buffers: Vec<VecDeque<(u64, bytes::Bytes, i64)>> = vec![VecDeque::new(); partitions];
+        let mut paused = vec![false; partitions];
+        let mut next = self.ledger.log_len() + 1;
+        self.status.seen.fetch_max(next - 1, Ordering::Relaxed);
+        let mut ends: Option<Vec<i64>> = None;
+        let mut quiet_since = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            // Promotion: the end of each partition, as of now, is what must be read.
+            if ends.is_none() && self.status.finish.load(Ordering::SeqCst) {
+                self.status.set_state("promoting");
+                let mut e = Vec::with_capacity(partitions);
+                for p in 0..partitions {
+                    let (_, high) = consumer
+                        .fetch_watermarks(&topic, p as i32, Duration::from_secs(10))
+                        .map_err(kafka_err)?;
+                    e.push(high);
+                }
+                ends = Some(e);
+            }
+            let mut got = 0;
+            let mut wait = Duration::from_millis(100);
+            while got < APPEND_BATCH {
+                match consumer.poll(wait) {
+                    None => break,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "replica: reading the topic");
+                        break;
+                    }
+                    Some(Ok(m)) => {
+                        let p = m.partition() as usize;
+                        let seq = m
+                            .headers()
+                            .and_then(|h| {
+                                h.iter()
+                                    .find(|h| h.key == "seq")
+                                    .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<u64>().ok())
+                            })
+                            .ok_or_else(|| {
+                                Error::Corrupt(format!("{topic} partition {p} offset {} has no seq header", m.offset()))
+                            })?;
+                        self.status.seen.fetch_max(seq, Ordering::Relaxed);
+                        buffers[p].push_back((
+                            seq,
+                            bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                            m.offset(),
+                        ));
+                        if buffers[p].len() >= BUFFER_PER_PARTITION && !paused[p] {
+                            let mut one = TopicPartitionList::new();
+                            one.add_partition(&topic, p as i32);
+                            consumer.pause(&one).map_err(kafka_err)?;
+                            paused[p] = true;
+                        }
+                        got += 1;
+                        wait = Duration::ZERO;
+                    }
+                }
+            }
+            // Append, in seq order, every event that comes next.
+            let mut out = Vec::new();
+            loop {
+                let Some(p) = (0..partitions)
+                    .filter(|&p| buffers[p].front().is_some_and(|(s, _, _)| *s <= next))
+                    .min_by_key(|&p| buffers[p][0].0)
+                else {
+                    break;
+                };
+                let (seq, bytes, offset) = buffers[p].pop_front().expect("not empty");
+                offsets[p] = offset + 1;
+                if seq == next {
+                    out.push(bytes);
+                    next += 1;
+                }
+                if out.len() >= APPEND_BATCH {
+                    break;
+                }
+            }
+            if !out.is_empty() {
+                let last = out.last().cloned().expect("not empty");
+                handle.block_on(self.ledger.append_replicated(out))?;
+                if let Ok(e) = bindledger_events::decode(&last) {
+                    self.status
+                        .applied_record_micros
+                        .store(e.record_time.timestamp_micros(), Ordering::Relaxed);
+                }
+                self.ledger.set_replica_offsets(&topic, &offsets)?;
+                quiet_since = Instant::now();
+            }
+            for p in 0..partitions {
+                if paused[p] && buffers[p].len() < BUFFER_PER_PARTITION / 2 {
+                    let mut one = TopicPartitionList::new();
+                    one.add_partition(&topic, p as i32);
+                    consumer.resume(&one).map_err(kafka_err)?;
+                    paused[p] = false;
+                }
+            }
+            // A gap: every partition has buffered events, none of them the next one.
+            if (0..partitions).all(|p| buffers[p].len() >= BUFFER_PER_PARTITION) {
+                return Err(Error::Corrupt(format!(
+                    "event {next} is not on {topic}, though later ones are: the topic has a gap"
+                )));
+            }
+            let caught_up = (0..partitions).all(|p| buffers[p].is_empty());
+            if !matches!(self.status.state(), "promoting") {
+                self.status
+                    .set_state(if caught_up && self.status.seen.load(Ordering::Relaxed) < next {
+                        "caught_up"
+                    } else {
+                        "following"
+                    });
+            }
+            if let Some(ends) = &ends {
+                let positions = consumer.position().map_err(kafka_err)?;
+                let read_all = (0..partitions).all(|p| {
+                    let at = positions
+                        .find_partition(&topic, p as i32)
+                        .and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        })
+                        .unwrap_or(offsets[p]);
+                    at.max(offsets[p]) >= ends[p]
+                });
+                if read_all && caught_up {
+                    self.ledger.set_replica_offsets(&topic, &offsets)?;
+                    self.ledger.flush()?;
+                    self.status.set_state("promoted");
+                    tracing::info!(events = next - 1, "replica: read the topic to its end");
+                    return Ok(());
+                }
+                if quiet_since.elapsed() > Duration::from_secs(60) {
+                    return Err(Error::Io(format!(
+                        "promotion: {topic} could not be read to its end within a minute"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
