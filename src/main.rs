@@ -505,10 +505,13 @@ async fn status(remote: &Remote, json: bool) -> Result<i32> {
         })
     });
     // A relay in backoff with an error is failing (or refusing a topic): worth an exit code.
-    let failing: Vec<&str> = ["events", "alerts", "checkpoints"]
+    let mut failing: Vec<&str> = ["events", "alerts", "checkpoints"]
         .into_iter()
         .filter(|k| relays[*k]["state"] == "backoff" && relays[*k]["last_error"].is_string())
         .collect();
+    if health["replica"]["state"] == "failed" {
+        failing.push("replica");
+    }
     if json {
         outln!(
             "{}",
@@ -516,12 +519,28 @@ async fn status(remote: &Remote, json: bool) -> Result<i32> {
         );
     } else {
         outln!(
-            "ledger:  {} ({} events)",
+            "ledger:  {} ({} events, {})",
             health["status"].as_str().unwrap_or("?"),
-            health["events"]
+            health["events"],
+            health["role"].as_str().unwrap_or("primary")
         );
+        let r = &health["replica"];
+        if r.is_object() {
+            outln!(
+                "replica: {}, lag {} events / {:.3} s, primary {}",
+                r["state"].as_str().unwrap_or("?"),
+                r["lag_events"],
+                r["lag_seconds"].as_f64().unwrap_or(0.0),
+                r["primary"]
+                    .as_str()
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or("(not configured)")
+            );
+        }
         let relay = &relays["events"];
-        if relay["state"] == "disabled" {
+        if relay["state"] == "disabled" && r.is_object() {
+            outln!("relays:  none (a replica publishes nothing; the primary does)");
+        } else if relay["state"] == "disabled" {
             outln!("relays:  disabled (no kafka.brokers configured)");
         } else {
             outln!(

@@ -192,6 +192,22 @@ async fn a_replica_follows_the_topic_serves_the_same_reads_and_refuses_commands(
     let replica = TestServer::start(rc).await;
     caught_up(&replica, &primary).await;
     same_log(&replica, &primary);
+    // `bindledger status` names the role and the lag.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&replica, "/healthz").await.1["replica"]["state"] != "caught_up" {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("http://{}", replica.addr);
+    let (code, out, err) = tokio::task::spawn_blocking(move || run_cli(&["status", "--url", &url, "--token", ALL]))
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("replica)") && out.contains("replica: caught_up, lag 0 events"),
+        "{out}"
+    );
     replica.shutdown().await;
     primary.shutdown().await;
 }
