@@ -57,6 +57,8 @@ pub struct Extras {
     pub checkpoints_relay: Option<(String, Arc<RelayStatus>)>,
     /// A read replica: its follower's status and the primary's URL.
     pub replica: Option<(Arc<crate::replica::ReplicaStatus>, String)>,
+    /// A read replica: what promotes it.
+    pub promoter: Option<Arc<crate::replica::Promoter>>,
 }
 
 /// What the API needs of the alert monitor.
@@ -811,6 +813,32 @@ async fn feed(
     Ok(r)
 }
 
+/// `POST /v1/admin/promote`: a replica becomes the primary (writer role).
+async fn promote(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Writer)?;
+    let Some(p) = &s.extras.promoter else {
+        if s.ledger.is_primary() {
+            return Ok(Json(json!({"promoted": false, "events": s.ledger.log_len(), "seconds": 0.0})).into_response());
+        }
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_a_replica",
+            "this node cannot be promoted",
+        ));
+    };
+    match p.promote().await {
+        Ok(report) => Ok(Json(report).into_response()),
+        Err(e) => {
+            tracing::error!(error = %e, "promotion failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "promotion_failed",
+                "the replica could not read the events topic to its end; see the server's log",
+            ))
+        }
+    }
+}
+
 async fn healthz(State(s): State<Arc<AppState>>) -> Response {
     let events = s.ledger.log_len();
     let mut body =
@@ -1101,6 +1129,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/alerts", get(alerts_list))
         .route("/v1/alerts/stream", get(alerts_stream))
         .route("/v1/alerts/{alert_id}", get(alert_one))
+        .route("/v1/admin/promote", post(promote))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)

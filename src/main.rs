@@ -161,6 +161,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Promote a read replica to primary (writer role): it reads the events topic to its end,
+    /// then takes commands and starts its relays. Stop the previous primary first (README,
+    /// "Failover"). Exit 0 once it takes commands, 1 if it could not.
+    Promote {
+        #[command(flatten)]
+        remote: Remote,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How to reach a running ledger.
@@ -821,6 +831,38 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Status { remote, json } => {
             init_tracing("warn", log_format);
             tokio::runtime::Runtime::new()?.block_on(status(&remote, json))
+        }
+        Command::Promote { remote, json } => {
+            init_tracing("warn", log_format);
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let (addr, token) = remote.connect()?;
+                let (status, v) = bindledger::client::Client::new(addr, Some(token))
+                    .post_json("/v1/admin/promote", &serde_json::json!({}))
+                    .await
+                    .with_context(|| format!("asking {}", remote.url))?;
+                if json {
+                    outln!("{v}");
+                } else if status.is_success() {
+                    if v["promoted"] == true {
+                        outln!(
+                            "promoted: {} takes commands, {} events, after {:.3} s",
+                            remote.url,
+                            v["events"],
+                            v["seconds"].as_f64().unwrap_or(0.0)
+                        );
+                    } else {
+                        outln!("{} is already the primary ({} events)", remote.url, v["events"]);
+                    }
+                } else {
+                    eprintln!(
+                        "error: {} answered {status}: {} ({})",
+                        remote.url,
+                        v["error"]["message"].as_str().unwrap_or("?"),
+                        v["error"]["code"].as_str().unwrap_or("?")
+                    );
+                }
+                Ok(if status.is_success() { 0 } else { EXIT_ERROR })
+            })
         }
         Command::Unlock {
             remote,

@@ -20,10 +20,14 @@ pub struct Node {
     pub state: Arc<AppState>,
     pub extras: Extras,
     stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// A replica's follower thread, and the flag that stops it.
-    follower: Option<(std::thread::JoinHandle<Result<()>>, Arc<std::sync::atomic::AtomicBool>)>,
+    /// The tasks beside the ledger (a replica's start when it is promoted).
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// A replica's flag that stops its follower.
+    follower: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
+
+/// A task a primary runs beside the ledger, not yet spawned.
+pub type Service = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl Node {
     /// Opens the ledger and starts the monitor and the relays the configuration asks for.
@@ -43,8 +47,6 @@ impl Node {
         let ledger = Ledger::open_with_rules(config, &rules, secret, gateway)?;
         let mut extras = Extras::default();
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut tasks = Vec::new();
-        let mut publisher: Option<crate::checkpoint::CheckpointPublisher> = None;
         let replica = config.replica.enabled;
         let monitor = if config.alerts.enabled {
             let mut mc = MonitorConfig::new(rules);
@@ -55,26 +57,11 @@ impl Node {
         } else {
             None
         };
-        let mut follower = None;
-        if replica {
-            let status = Arc::new(crate::replica::ReplicaStatus::default());
-            extras.replica = Some((status.clone(), config.replica.primary_url.clone()));
-            let f = crate::replica::Follower {
-                ledger: ledger.clone(),
-                kafka: config.kafka.clone(),
-                status,
-            };
-            let stop_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let (flag, handle) = (stop_flag.clone(), tokio::runtime::Handle::current());
-            let thread = std::thread::Builder::new()
-                .name("bindledger-replica".into())
-                .spawn(move || f.run(flag, handle))
-                .map_err(|e| crate::error::Error::Io(format!("starting the replica thread: {e}")))?;
-            follower = Some((thread, stop_flag));
-            tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, "read replica: following the events topic");
-        }
-        // A replica publishes nothing and signs nothing: the primary does.
-        if config.kafka.enabled() && !replica {
+        // What a primary runs beside the ledger: the relays and the checkpoint signer. A
+        // replica builds them too (their statuses are reported as `standby`) and starts them
+        // when it is promoted.
+        let mut services: Vec<Service> = Vec::new();
+        if config.kafka.enabled() {
             let mut kafka = config.kafka.clone();
             if config.durability == crate::config::Durability::Replicated {
                 // Every command waits for its event's acknowledgement: send at once.
@@ -83,22 +70,22 @@ impl Node {
             }
             let relay = Relay::new(ledger.clone(), kafka);
             extras.relay = Some((config.kafka.topic.clone(), relay.status.clone()));
-            tasks.push(tokio::spawn(relay.run(stopped.clone())));
+            services.push(Box::pin(relay.run(stopped.clone())));
             if let Some(m) = &monitor {
                 let p = AlertPublisher::new(m.feed().clone(), config.kafka.clone());
                 extras.alerts_relay = Some((config.kafka.alerts_topic.clone(), p.status.clone()));
-                tasks.push(tokio::spawn(p.run(stopped.clone())));
+                services.push(Box::pin(p.run(stopped.clone())));
             }
-            tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, alerts_topic = %config.kafka.alerts_topic, "kafka relays on");
         }
-        if config.checkpoints.enabled && !replica {
+        if config.checkpoints.enabled {
             let key = Arc::new(crate::checkpoint::CheckpointKey::load_or_create(
                 &config.checkpoint_key_path(),
             )?);
             let store = ledger.checkpoint_store();
             extras.checkpoints = Some((store.clone(), key.public_hex()));
-            tracing::info!(public_key = %key.public_hex(), "signing checkpoints");
+            tracing::info!(public_key = %key.public_hex(), "checkpoints are signed with this key");
             let (signed_tx, signed_rx) = tokio::sync::watch::channel(0u64);
+            let mut publisher = None;
             if config.kafka.enabled() {
                 let p = crate::checkpoint::CheckpointPublisher::new(
                     store.clone(),
@@ -108,10 +95,9 @@ impl Node {
                     signed_rx,
                 );
                 extras.checkpoints_relay = Some((config.checkpoints.topic.clone(), p.status.clone()));
-                // Started after the signer so that the last checkpoint, made on stop, is there.
                 publisher = Some(p);
             }
-            tasks.push(tokio::spawn(crate::checkpoint::run(
+            services.push(Box::pin(crate::checkpoint::run(
                 ledger.clone(),
                 key,
                 store,
@@ -119,9 +105,53 @@ impl Node {
                 signed_tx,
                 stopped.clone(),
             )));
+            // Started after the signer so that the last checkpoint, made on stop, is there.
+            if let Some(p) = publisher {
+                services.push(Box::pin(p.run(stopped.clone())));
+            }
         }
-        if let Some(p) = publisher {
-            tasks.push(tokio::spawn(p.run(stopped.clone())));
+        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
+        let mut follower = None;
+        if replica {
+            for (_, status) in [&extras.relay, &extras.alerts_relay, &extras.checkpoints_relay]
+                .into_iter()
+                .flatten()
+            {
+                status.set_standby();
+            }
+            let status = Arc::new(crate::replica::ReplicaStatus::default());
+            let f = crate::replica::Follower {
+                ledger: ledger.clone(),
+                kafka: config.kafka.clone(),
+                status: status.clone(),
+            };
+            let stop_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (flag, handle) = (stop_flag.clone(), tokio::runtime::Handle::current());
+            let thread = std::thread::Builder::new()
+                .name("bindledger-replica".into())
+                .spawn(move || f.run(flag, handle))
+                .map_err(|e| crate::error::Error::Io(format!("starting the replica thread: {e}")))?;
+            let promoter = Arc::new(crate::replica::Promoter::new(
+                ledger.clone(),
+                status.clone(),
+                thread,
+                config.kafka.topic.clone(),
+                extras.relay.as_ref().map(|(_, s)| s.clone()),
+                services,
+                tasks.clone(),
+            ));
+            extras.replica = Some((status, config.replica.primary_url.clone()));
+            extras.promoter = Some(promoter);
+            follower = Some(stop_flag);
+            tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, "read replica: following the events topic");
+        } else {
+            let mut t = tasks.lock().expect("tasks lock");
+            for s in services {
+                t.push(tokio::spawn(s));
+            }
+            if config.kafka.enabled() {
+                tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, alerts_topic = %config.kafka.alerts_topic, "kafka relays on");
+            }
         }
         let state = AppState::build(ledger.clone(), &config.tokens, config.http.clone(), extras.clone());
         Ok(Node {
@@ -139,11 +169,14 @@ impl Node {
     /// last events and save its checkpoint.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        if let Some((thread, flag)) = self.follower {
+        if let Some(flag) = &self.follower {
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        for t in self.tasks {
+        if let Some(p) = &self.extras.promoter {
+            p.stop_following().await;
+        }
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        for t in tasks {
             let _ = t.await;
         }
         let ledger = self.ledger.clone();

@@ -232,6 +232,7 @@ const STATES: &[&str] = &[
     "idle",
     "backoff",
     "stopped",
+    "standby",
 ];
 
 #[derive(Clone, Copy)]
@@ -242,6 +243,8 @@ pub(crate) enum State {
     Idle = 4,
     Backoff = 5,
     Stopped = 6,
+    /// On a replica: not started until it is promoted.
+    Standby = 7,
 }
 
 impl RelayStatus {
@@ -250,6 +253,10 @@ impl RelayStatus {
     }
     pub(crate) fn set(&self, s: State) {
         self.state.store(s as u8, Ordering::Relaxed);
+    }
+    /// Marks a relay of a replica, which runs only once the replica is promoted.
+    pub fn set_standby(&self) {
+        self.set(State::Standby);
     }
 }
 
@@ -524,7 +531,7 @@ impl Relay {
 const ADMIN_ANSWER_MAX: Duration = Duration::from_secs(15);
 
 /// Creates `topic` with `partitions` unless it exists.
-pub(crate) async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<(), String> {
+pub async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = config
         .client_config()
         .create()

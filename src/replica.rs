@@ -273,3 +273,109 @@ impl Follower {
         Ok(())
     }
 }
+
+/// What a promotion did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PromoteReport {
+    /// Events in the log when the node started taking commands.
+    pub events: u64,
+    /// From the request to taking commands: reading the rest of the topic, then starting the
+    /// relays and the checkpoint signer.
+    pub seconds: f64,
+    /// False when the node was already the primary.
+    pub promoted: bool,
+}
+
+/// Turns a replica into the primary (see [`Promoter::promote`]).
+pub struct Promoter {
+    ledger: Ledger,
+    status: Arc<ReplicaStatus>,
+    thread: Mutex<Option<std::thread::JoinHandle<Result<()>>>>,
+    topic: String,
+    relay_status: Option<Arc<crate::relay::RelayStatus>>,
+    services: Mutex<Option<Vec<crate::node::Service>>>,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    promoting: tokio::sync::Mutex<()>,
+}
+
+impl Promoter {
+    pub fn new(
+        ledger: Ledger,
+        status: Arc<ReplicaStatus>,
+        thread: std::thread::JoinHandle<Result<()>>,
+        topic: String,
+        relay_status: Option<Arc<crate::relay::RelayStatus>>,
+        services: Vec<crate::node::Service>,
+        tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    ) -> Promoter {
+        Promoter {
+            ledger,
+            status,
+            thread: Mutex::new(Some(thread)),
+            topic,
+            relay_status,
+            services: Mutex::new(Some(services)),
+            tasks,
+            promoting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Waits for the follower thread to end (its stop flag is set by the node).
+    pub async fn stop_following(&self) {
+        let thread = self.thread.lock().expect("promoter lock").take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+
+    /// Reads the events topic to the end it has now, appends all of it, and only then takes
+    /// commands: starts the events relay (every event of this log is on the topic already),
+    /// the alerts and checkpoints publishers and the signer, and lets the alert monitor act.
+    ///
+    /// The previous primary must be stopped first: see the README (the development broker has
+    /// no Kafka transactions, so producer fencing is not used).
+    pub async fn promote(&self) -> Result<PromoteReport> {
+        let _one = self.promoting.lock().await;
+        let started = Instant::now();
+        if self.ledger.is_primary() {
+            return Ok(PromoteReport {
+                events: self.ledger.log_len(),
+                seconds: 0.0,
+                promoted: false,
+            });
+        }
+        self.status.finish.store(true, Ordering::SeqCst);
+        let thread = self.thread.lock().expect("promoter lock").take();
+        let Some(thread) = thread else {
+            return Err(Error::Io("the replica is not following the topic".into()));
+        };
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e),
+            _ => return Err(Error::Io("the replica's follower thread failed".into())),
+        }
+        // Everything in this log came from the topic: the relay starts after it.
+        let n = self.ledger.log_len();
+        self.ledger.set_relay_position(&self.topic, n)?;
+        if let Some(s) = &self.relay_status {
+            s.position.store(n, Ordering::Relaxed);
+        }
+        self.ledger.replicated_to(n);
+        self.ledger.flush()?;
+        self.ledger.set_primary();
+        let services = self.services.lock().expect("promoter lock").take().unwrap_or_default();
+        {
+            let mut tasks = self.tasks.lock().expect("tasks lock");
+            for s in services {
+                tasks.push(tokio::spawn(s));
+            }
+        }
+        self.status.set_state("promoted");
+        tracing::warn!(events = n, "promoted: this node is the primary now");
+        Ok(PromoteReport {
+            events: n,
+            seconds: started.elapsed().as_secs_f64(),
+            promoted: true,
+        })
+    }
+}
