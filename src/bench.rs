@@ -1018,8 +1018,191 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
             r.rate() / modes[0].rate()
         );
     }
+
+    // 5. Replicas: reading the relay's topic (all `log_len` events) with a raw consumer, with a
+    // restore and with a replica catching up; then a replica's lag behind a primary under load,
+    // and a promotion.
+    eprintln!("bench-kafka: reading the topic: raw consumer, restore, replica catch-up ...");
+    let (raw_read_n, raw_read_s) = tokio::task::block_in_place(|| read_to_end(&args.brokers, &relay_topic))?;
+    anyhow::ensure!(raw_read_n == log_len, "the raw consumer read {raw_read_n} of {log_len}");
+    let restore_dir = root.join("restored");
+    let restored_at = Instant::now();
+    let report = tokio::task::block_in_place(|| {
+        crate::restore::restore(
+            &kafka(&relay_topic),
+            None,
+            None,
+            &restore_dir,
+            &LedgerSecret::from_bytes([7; 32]),
+            |_| {},
+        )
+    })?;
+    let restore_s = restored_at.elapsed().as_secs_f64();
+    anyhow::ensure!(report.head_seq == log_len, "restored {} of {log_len}", report.head_seq);
+    let _ = std::fs::remove_dir_all(&restore_dir);
+    let catch_up_topic = relay_topic.clone();
+    let replica_dir = root.join("replica");
+    let r = fixture_replica(&replica_dir, kafka(&catch_up_topic)).await?;
+    let caught_at = Instant::now();
+    while r.ledger.log_len() < log_len {
+        anyhow::ensure!(
+            caught_at.elapsed() < Duration::from_secs(900),
+            "the replica did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let catch_up_s = caught_at.elapsed().as_secs_f64();
+    r.stop().await;
+    let _ = std::fs::remove_dir_all(&replica_dir);
+
+    // A primary under paced load with a replica following its topic: the time from each
+    // command's acknowledgement to the replica holding its event.
+    eprintln!("bench-kafka: replica lag at {}/s, then a promotion ...", args.lag_rate);
+    let topic = fresh_topic("replica-lag");
+    let p = fixture_with(&root.join("primary"), 200, |c| {
+        c.kafka = kafka(&topic);
+        c.kafka.alerts_topic = fresh_topic("replica-lag-alerts");
+        c.checkpoints.enabled = false;
+    })
+    .await?;
+    let mut rk = kafka(&topic);
+    rk.alerts_topic = fresh_topic("replica-lag-alerts-r");
+    let r = fixture_replica(&root.join("replica-lag"), rk).await?;
+    let acked: Arc<std::sync::Mutex<Vec<(u64, Instant)>>> = Default::default();
+    let bindings = Arc::new(p.bindings.clone());
+    let interval = Duration::from_secs_f64(1.0 / args.lag_rate.max(1) as f64);
+    let total = args.lag_rate * args.lag_seconds;
+    let mut inflight = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    let watcher = {
+        let (replica, acked) = (r.ledger.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut lags = Vec::new();
+            let mut waiting = std::collections::BTreeMap::new();
+            let deadline = Instant::now() + Duration::from_secs(args.lag_seconds + 30);
+            while Instant::now() < deadline && lags.len() < total as usize {
+                waiting.extend(std::mem::take(&mut *acked.lock().unwrap()));
+                let have = replica.log_len();
+                let now = Instant::now();
+                while let Some(entry) = waiting.first_entry() {
+                    if *entry.key() > have {
+                        break;
+                    }
+                    lags.push(now.duration_since(entry.remove()).as_micros() as u64);
+                }
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+            lags
+        })
+    };
+    for n in 0..total {
+        let due = start + interval * n as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let (ledger, bindings, acked) = (p.ledger.clone(), bindings.clone(), acked.clone());
+        inflight.spawn(async move {
+            let b = &bindings[(n % bindings.len() as u64) as usize];
+            if let Ok(c) = ledger
+                .pay(
+                    pay_request(b, 10_000_000 + n)
+                        .validate(&b.0, Utc::now())
+                        .expect("valid"),
+                )
+                .await
+            {
+                acked.lock().unwrap().push((c.event.seq, Instant::now()));
+            }
+        });
+    }
+    while inflight.join_next().await.is_some() {}
+    let mut lags = watcher.await?;
+    lags.sort_unstable();
+    // Promotion of the caught-up replica, once the primary is stopped: to its first
+    // acknowledged command.
+    p.node.stop().await;
+    let promoted_at = Instant::now();
+    let promoter = r.extras.promoter.clone().expect("a replica");
+    promoter.promote().await?;
+    // The primary's binding: the replica holds the same accounts and bindings.
+    let b = &bindings[0];
+    r.ledger
+        .pay(pay_request(b, 20_000_000).validate(&b.0, Utc::now()).expect("valid"))
+        .await?;
+    let failover_s = promoted_at.elapsed().as_secs_f64();
+    r.stop().await;
+
+    println!();
+    println!("| measurement | events | seconds | events/s | vs raw consumer | p50 | p99 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let raw_rate = log_len as f64 / raw_read_s;
+    for (name, secs) in [
+        ("raw rdkafka consumer, every partition from the start", raw_read_s),
+        (
+            "restore (bindledger restore): merge, check each link, write the log",
+            restore_s,
+        ),
+        (
+            "replica catch-up: follow, check each link, append, derive (read model, indexes, alerts)",
+            catch_up_s,
+        ),
+    ] {
+        println!(
+            "| {name} | {log_len} | {secs:.2} | {:.0} | {:.2} | - | - |",
+            log_len as f64 / secs,
+            log_len as f64 / secs / raw_rate
+        );
+    }
+    println!(
+        "| replica lag: command acknowledged on the primary -> held by the replica, at {}/s | {} | {} | - | - | {} | {} |",
+        args.lag_rate,
+        lags.len(),
+        args.lag_seconds,
+        fmt_us(percentile(&lags, 0.5)),
+        fmt_us(percentile(&lags, 0.99))
+    );
+    println!("| failover: promote a caught-up replica -> its first acknowledged command | 1 | {failover_s:.3} | - | - | - | - |");
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+/// A replica of `kafka.topic` as `serve --replica` runs it (with the alert monitor).
+async fn fixture_replica(dir: &Path, kafka: crate::relay::KafkaConfig) -> anyhow::Result<crate::node::Node> {
+    let mut config = bench_config(dir);
+    config.kafka = kafka;
+    config.checkpoints.enabled = false;
+    config.replica.enabled = true;
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
+    Ok(crate::node::Node::start(
+        &config,
+        LedgerSecret::from_bytes([7; 32]),
+        gateway,
+    )?)
+}
+
+/// Reads every partition of `topic` from the start; (messages, seconds to the last one).
+fn read_to_end(brokers: &str, topic: &str) -> anyhow::Result<(u64, f64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-read-{}", Uuid::now_v7().simple()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let (mut messages, mut last_at) = (0u64, started);
+    while last_at.elapsed() < Duration::from_secs(3) {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            m?;
+            messages += 1;
+            last_at = Instant::now();
+        }
+    }
+    Ok((messages, last_at.duration_since(started).as_secs_f64()))
 }
 
 /// The account of canonical event bytes.

@@ -741,122 +741,137 @@ mod tests {
     }
 }
 
-/// Messages buffered per partition before that partition is paused: the merge holds at most
-/// this many per partition, whatever the topic's length.
+/// Messages the merge buffers per partition (librdkafka's own queue per partition is bounded
+/// by `queued.max.messages.kbytes`, set below).
 const KAFKA_BUFFER_PER_PARTITION: usize = 4096;
 
-/// The events topic read as one log: every partition from its start to the high watermark it
-/// had when reading began, merged on the `seq` header (a k-way merge: each partition is in
-/// global order already). A partition whose buffer is full is paused until the merge has
-/// taken from it, so memory stays bounded. Ties (a duplicate across partitions) keep both, in
-/// partition order, for the audit to name.
-pub struct TopicReader {
-    consumer: rdkafka::consumer::BaseConsumer,
-    topic: String,
-    /// Per partition: buffered (seq, value), when it last delivered (or was resumed), whether
-    /// it is paused, and whether it has ended.
-    buffers: Vec<std::collections::VecDeque<(u64, Vec<u8>)>>,
-    active: Vec<std::time::Instant>,
-    paused: Vec<bool>,
-    ended: Vec<bool>,
-    failed: bool,
+/// A consumer of every partition of one topic, each partition with its own queue, so that a
+/// reader takes from the partition it needs and the others wait in librdkafka's bounded
+/// queues (which stop fetching when full). This is how the merges below bound their memory;
+/// not with `pause`/`resume` or `seek`: against the development broker (tansu 0.6), a
+/// partition fetched again from an offset inside a record batch skipped the batch's records.
+pub struct PartitionedConsumer {
+    consumer: std::sync::Arc<rdkafka::consumer::BaseConsumer>,
+    queues: Vec<rdkafka::consumer::base_consumer::PartitionQueue<rdkafka::consumer::DefaultConsumerContext>>,
+    pub topic: String,
+    /// Per partition: the next offset to take (records before it are skipped).
+    pub next_offset: Vec<i64>,
 }
 
-/// How long a partition must deliver nothing (while not paused) to count as read to its end.
-const KAFKA_QUIET: std::time::Duration = std::time::Duration::from_secs(2);
+/// One record: its `seq` header, its value and its offset.
+pub type SeqRecord = (u64, bytes::Bytes, i64);
 
-/// Opens `topic` for reading from its start (`client`: the brokers and any security settings).
-pub fn read_topic(mut client: ClientConfig, topic: &str) -> Result<TopicReader, String> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::TopicPartitionList;
-    let consumer: BaseConsumer = client
-        .set(
-            "group.id",
-            format!("bindledger-reader-{}", uuid::Uuid::now_v7().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| format!("kafka consumer: {e}"))?;
-    let timeout = std::time::Duration::from_secs(10);
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| format!("metadata of {topic}: {e}"))?;
-    let partitions = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
-    if partitions == 0 {
-        return Err(format!("topic {topic} has no partitions"));
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
-    }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let n = partitions as usize;
-    let now = std::time::Instant::now();
-    Ok(TopicReader {
-        consumer,
-        topic: topic.to_owned(),
-        buffers: vec![Default::default(); n],
-        active: vec![now; n],
-        paused: vec![false; n],
-        ended: vec![false; n],
-        failed: false,
-    })
-}
-
-impl TopicReader {
-    fn set_paused(&mut self, p: usize, pause: bool) -> std::result::Result<(), String> {
-        use rdkafka::consumer::Consumer;
-        if self.paused[p] == pause {
-            return Ok(());
+impl PartitionedConsumer {
+    /// Opens every partition of `topic` at `starts` (one per partition; `None`: the beginning).
+    /// `Ok(None)` when the topic does not exist or has no partitions.
+    pub fn open(
+        mut client: ClientConfig,
+        topic: &str,
+        starts: Option<&[i64]>,
+    ) -> Result<Option<PartitionedConsumer>, String> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::TopicPartitionList;
+        let consumer: BaseConsumer = client
+            .set(
+                "group.id",
+                format!("bindledger-reader-{}", uuid::Uuid::now_v7().simple()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("queued.max.messages.kbytes", "8192")
+            .set("queued.min.messages", "10000")
+            .create()
+            .map_err(|e| format!("kafka consumer: {e}"))?;
+        let md = consumer
+            .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+            .map_err(|e| format!("metadata of {topic}: {e}"))?;
+        let partitions = md
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if partitions == 0 {
+            return Ok(None);
         }
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition(&self.topic, p as i32);
-        let r = if pause {
-            self.consumer.pause(&tpl)
-        } else {
-            self.consumer.resume(&tpl)
+        let starts: Vec<i64> = match starts {
+            Some(s) if s.len() == partitions => s.to_vec(),
+            _ => vec![0; partitions],
         };
-        r.map_err(|e| format!("{} partition {p}: {e}", self.topic))?;
-        self.paused[p] = pause;
-        self.active[p] = std::time::Instant::now();
-        Ok(())
-    }
-
-    fn finished(&mut self, p: usize) -> bool {
-        if !self.ended[p] && !self.paused[p] && self.buffers[p].is_empty() && self.active[p].elapsed() >= KAFKA_QUIET {
-            self.ended[p] = true;
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in starts.iter().enumerate() {
+            let offset = if *o > 0 { Offset::Offset(*o) } else { Offset::Beginning };
+            tpl.add_partition_offset(topic, p as i32, offset)
+                .map_err(|e| e.to_string())?;
         }
-        self.ended[p]
+        let consumer = std::sync::Arc::new(consumer);
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let queues = (0..partitions as i32)
+            .map(|p| {
+                consumer
+                    .split_partition_queue(topic, p)
+                    .ok_or_else(|| format!("{topic} partition {p}: no queue"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Some(PartitionedConsumer {
+            consumer,
+            queues,
+            topic: topic.to_owned(),
+            next_offset: starts.iter().map(|o| (*o).max(0)).collect(),
+        }))
     }
 
-    fn step(&mut self) -> std::result::Result<Option<Vec<u8>>, String> {
+    pub fn partitions(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// The high watermark of partition `p` as the broker reports it now.
+    pub fn high_watermark(&self, p: usize) -> Result<i64, String> {
+        use rdkafka::consumer::Consumer;
+        self.consumer
+            .fetch_watermarks(&self.topic, p as i32, std::time::Duration::from_secs(10))
+            .map(|(_, high)| high)
+            .map_err(|e| format!("the end of {} partition {p}: {e}", self.topic))
+    }
+
+    /// Unparks the calling thread whenever a partition's queue receives records, so that a
+    /// follower can sleep with `std::thread::park_timeout` while the topic is quiet.
+    pub fn wake_this_thread_on_records(&mut self) {
+        for q in &mut self.queues {
+            let t = std::thread::current();
+            q.set_nonempty_callback(move || t.unpark());
+        }
+    }
+
+    /// Serves librdkafka's callbacks (errors, statistics); call it now and then.
+    pub fn serve(&self) -> Result<(), String> {
+        match self.consumer.poll(std::time::Duration::ZERO) {
+            Some(Err(e)) => Err(format!("reading {}: {e}", self.topic)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Moves records of partition `p` into `buffer` until it holds `max`, waiting at most
+    /// `wait` for the first; returns how many it moved.
+    pub fn fill(
+        &mut self,
+        p: usize,
+        buffer: &mut std::collections::VecDeque<SeqRecord>,
+        max: usize,
+        wait: std::time::Duration,
+    ) -> Result<usize, String> {
         use rdkafka::message::{Headers, Message};
-        loop {
-            // Every partition has its next event buffered, or has none left: take the smallest.
-            let ready = (0..self.buffers.len()).all(|p| !self.buffers[p].is_empty() || self.finished(p));
-            if ready {
-                let Some(p) = (0..self.buffers.len())
-                    .filter(|&p| !self.buffers[p].is_empty())
-                    .min_by_key(|&p| self.buffers[p][0].0)
-                else {
-                    return Ok(None);
-                };
-                let (_, value) = self.buffers[p].pop_front().expect("not empty");
-                if self.buffers[p].len() < KAFKA_BUFFER_PER_PARTITION / 2 {
-                    self.set_paused(p, false)?;
-                }
-                return Ok(Some(value));
-            }
-            match self.consumer.poll(std::time::Duration::from_millis(100)) {
-                None => {}
-                Some(Err(e)) => return Err(format!("reading {}: {e}", self.topic)),
+        let mut moved = 0;
+        let mut wait = wait;
+        while buffer.len() < max {
+            match self.queues[p].poll(wait) {
+                None => break,
+                Some(Err(e)) => return Err(format!("reading {} partition {p}: {e}", self.topic)),
                 Some(Ok(m)) => {
-                    let p = m.partition() as usize;
-                    if self.ended[p] {
-                        continue; // arrived after the partition was taken as read to its end
+                    wait = std::time::Duration::ZERO;
+                    if m.offset() < self.next_offset[p] {
+                        continue;
                     }
-                    self.active[p] = std::time::Instant::now();
+                    self.next_offset[p] = m.offset() + 1;
                     // The `seq` header (events), else the key (checkpoints are keyed by seq).
                     let seq = m
                         .headers()
@@ -869,11 +884,117 @@ impl TopicReader {
                         .ok_or_else(|| {
                             format!("{} partition {p} offset {} has no seq header", self.topic, m.offset())
                         })?;
-                    self.buffers[p].push_back((seq, m.payload().unwrap_or_default().to_vec()));
-                    if self.buffers[p].len() >= KAFKA_BUFFER_PER_PARTITION {
-                        self.set_paused(p, true)?;
-                    }
+                    buffer.push_back((
+                        seq,
+                        bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+                        m.offset(),
+                    ));
+                    moved += 1;
                 }
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// The events topic read as one log: every partition from its start to its end, merged on the
+/// `seq` header (a k-way merge: each partition is in global order already), with bounded
+/// memory ([`PartitionedConsumer`]). A partition is at its end once it has reached the high
+/// watermark it had when reading began and has then delivered nothing for [`KAFKA_QUIET`]
+/// (both: a broker may report a watermark short of its last record, as tansu 0.6 does). Ties
+/// (a duplicate across partitions) keep both, in partition order, for the audit to name.
+pub struct TopicReader {
+    reader: PartitionedConsumer,
+    buffers: Vec<std::collections::VecDeque<SeqRecord>>,
+    /// Per partition: when it last delivered, whether it has ended, its end when reading began.
+    active: Vec<std::time::Instant>,
+    ended: Vec<bool>,
+    ends: Vec<i64>,
+    failed: bool,
+}
+
+/// How long a partition past its high watermark must deliver nothing to count as read to its end.
+pub const KAFKA_QUIET: std::time::Duration = std::time::Duration::from_secs(2);
+/// A partition that makes no progress for this long short of its end fails the read.
+const KAFKA_STALLED: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens `topic` for reading from its start (`client`: the brokers and any security settings).
+pub fn read_topic(client: ClientConfig, topic: &str) -> Result<TopicReader, String> {
+    let reader =
+        PartitionedConsumer::open(client, topic, None)?.ok_or_else(|| format!("topic {topic} has no partitions"))?;
+    let n = reader.partitions();
+    let ends = (0..n)
+        .map(|p| reader.high_watermark(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let now = std::time::Instant::now();
+    Ok(TopicReader {
+        reader,
+        buffers: vec![Default::default(); n],
+        active: vec![now; n],
+        ended: vec![false; n],
+        ends,
+        failed: false,
+    })
+}
+
+impl TopicReader {
+    /// True once partition `p` is read to its end (see [`TopicReader`]).
+    fn finished(&mut self, p: usize) -> std::result::Result<bool, String> {
+        if self.ended[p] || !self.buffers[p].is_empty() {
+            return Ok(self.ended[p]);
+        }
+        let quiet = self.active[p].elapsed();
+        if self.reader.next_offset[p] >= self.ends[p] && quiet >= KAFKA_QUIET {
+            self.ended[p] = true;
+        } else if quiet >= KAFKA_STALLED {
+            return Err(format!(
+                "{} partition {p} stalled at offset {} of {}",
+                self.reader.topic, self.reader.next_offset[p], self.ends[p]
+            ));
+        }
+        Ok(self.ended[p])
+    }
+
+    fn step(&mut self) -> std::result::Result<Option<Vec<u8>>, String> {
+        loop {
+            // Take what each partition without a buffered record has ready now.
+            let mut waiting = None;
+            for p in 0..self.buffers.len() {
+                if self.ended[p] || !self.buffers[p].is_empty() {
+                    continue;
+                }
+                if self.reader.fill(
+                    p,
+                    &mut self.buffers[p],
+                    KAFKA_BUFFER_PER_PARTITION,
+                    std::time::Duration::ZERO,
+                )? > 0
+                {
+                    self.active[p] = std::time::Instant::now();
+                } else if !self.finished(p)? {
+                    waiting.get_or_insert(p);
+                }
+            }
+            let Some(p) = waiting else {
+                // Every partition has its next record buffered, or has none left: the smallest.
+                let Some(p) = (0..self.buffers.len())
+                    .filter(|&p| !self.buffers[p].is_empty())
+                    .min_by_key(|&p| self.buffers[p][0].0)
+                else {
+                    return Ok(None);
+                };
+                let (_, value, _) = self.buffers[p].pop_front().expect("not empty");
+                return Ok(Some(value.to_vec()));
+            };
+            self.reader.serve()?;
+            if self.reader.fill(
+                p,
+                &mut self.buffers[p],
+                KAFKA_BUFFER_PER_PARTITION,
+                std::time::Duration::from_millis(100),
+            )? > 0
+            {
+                self.active[p] = std::time::Instant::now();
             }
         }
     }

@@ -19,10 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
-
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::relay::KafkaConfig;
@@ -89,32 +85,18 @@ impl Follower {
     }
 
     fn follow(&self, stop: &AtomicBool, handle: &tokio::runtime::Handle) -> Result<()> {
+        use crate::relay::{PartitionedConsumer, SeqRecord, KAFKA_QUIET};
         let topic = self.kafka.topic.clone();
-        let kafka_err = |e: rdkafka::error::KafkaError| Error::Io(format!("reading {topic}: {e}"));
-        let consumer: BaseConsumer = self
-            .kafka
-            .client_config()
-            .set(
-                "group.id",
-                format!("bindledger-replica-{}", uuid::Uuid::now_v7().simple()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()
-            .map_err(kafka_err)?;
+        let saved = self.ledger.replica_offsets(&topic)?;
         // The topic may not exist yet (the primary creates it): wait for it.
-        let partitions = loop {
+        let mut reader = loop {
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            match consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
-                Ok(md) => {
-                    let n = md.topics().first().map_or(0, |t| t.partitions().len());
-                    if n > 0 {
-                        break n;
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "replica: no metadata yet"),
+            match PartitionedConsumer::open(self.kafka.client_config(), &topic, saved.as_deref()) {
+                Ok(Some(r)) => break r,
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "replica: the topic is not there yet"),
             }
             self.status.set_state("waiting_for_topic");
             if self.status.finish.load(Ordering::SeqCst) {
@@ -123,73 +105,41 @@ impl Follower {
             }
             std::thread::sleep(Duration::from_millis(500));
         };
-        let mut offsets = match self.ledger.replica_offsets(&topic)? {
-            Some(o) if o.len() == partitions => o,
-            _ => vec![-2; partitions], // from the beginning
-        };
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in offsets.iter().enumerate() {
-            let offset = if *o >= 0 { Offset::Offset(*o) } else { Offset::Beginning };
-            tpl.add_partition_offset(&topic, p as i32, offset).map_err(kafka_err)?;
-        }
-        consumer.assign(&tpl).map_err(kafka_err)?;
+        reader.wake_this_thread_on_records();
+        let partitions = reader.partitions();
         self.status.set_state("following");
-        let mut buffers: Vec<VecDeque<(u64, bytes::Bytes, i64)>> = vec![VecDeque::new(); partitions];
-        let mut paused = vec![false; partitions];
+        let mut buffers: Vec<VecDeque<SeqRecord>> = vec![VecDeque::new(); partitions];
+        // Per partition: the offset after the last record taken from its buffer.
+        let mut applied = reader.next_offset.clone();
         let mut next = self.ledger.log_len() + 1;
         self.status.seen.fetch_max(next - 1, Ordering::Relaxed);
         let mut ends: Option<Vec<i64>> = None;
-        let mut quiet_since = Instant::now();
+        let mut last_record = Instant::now();
         while !stop.load(Ordering::SeqCst) {
             // Promotion: the end of each partition, as of now, is what must be read.
             if ends.is_none() && self.status.finish.load(Ordering::SeqCst) {
                 self.status.set_state("promoting");
-                let mut e = Vec::with_capacity(partitions);
-                for p in 0..partitions {
-                    let (_, high) = consumer
-                        .fetch_watermarks(&topic, p as i32, Duration::from_secs(10))
-                        .map_err(kafka_err)?;
-                    e.push(high);
-                }
-                ends = Some(e);
+                ends = Some(
+                    (0..partitions)
+                        .map(|p| reader.high_watermark(p))
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(Error::Io)?,
+                );
             }
+            reader.serve().map_err(Error::Io)?;
             let mut got = 0;
-            let mut wait = Duration::from_millis(100);
-            while got < APPEND_BATCH {
-                match consumer.poll(wait) {
-                    None => break,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "replica: reading the topic");
-                        break;
-                    }
-                    Some(Ok(m)) => {
-                        let p = m.partition() as usize;
-                        let seq = m
-                            .headers()
-                            .and_then(|h| {
-                                h.iter()
-                                    .find(|h| h.key == "seq")
-                                    .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<u64>().ok())
-                            })
-                            .ok_or_else(|| {
-                                Error::Corrupt(format!("{topic} partition {p} offset {} has no seq header", m.offset()))
-                            })?;
-                        self.status.seen.fetch_max(seq, Ordering::Relaxed);
-                        buffers[p].push_back((
-                            seq,
-                            bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-                            m.offset(),
-                        ));
-                        if buffers[p].len() >= BUFFER_PER_PARTITION && !paused[p] {
-                            let mut one = TopicPartitionList::new();
-                            one.add_partition(&topic, p as i32);
-                            consumer.pause(&one).map_err(kafka_err)?;
-                            paused[p] = true;
-                        }
-                        got += 1;
-                        wait = Duration::ZERO;
-                    }
+            for (p, buffer) in buffers.iter_mut().enumerate() {
+                if buffer.len() < BUFFER_PER_PARTITION / 2 {
+                    got += reader
+                        .fill(p, buffer, BUFFER_PER_PARTITION, Duration::ZERO)
+                        .map_err(Error::Io)?;
                 }
+                if let Some((seq, _, _)) = buffer.back() {
+                    self.status.seen.fetch_max(*seq, Ordering::Relaxed);
+                }
+            }
+            if got > 0 {
+                last_record = Instant::now();
             }
             // Append, in seq order, every event that comes next.
             let mut out = Vec::new();
@@ -201,7 +151,7 @@ impl Follower {
                     break;
                 };
                 let (seq, bytes, offset) = buffers[p].pop_front().expect("not empty");
-                offsets[p] = offset + 1;
+                applied[p] = offset + 1;
                 if seq == next {
                     out.push(bytes);
                     next += 1;
@@ -218,25 +168,17 @@ impl Follower {
                         .applied_record_micros
                         .store(e.record_time.timestamp_micros(), Ordering::Relaxed);
                 }
-                self.ledger.set_replica_offsets(&topic, &offsets)?;
-                quiet_since = Instant::now();
+                self.ledger.set_replica_offsets(&topic, &applied)?;
+                continue;
             }
-            for p in 0..partitions {
-                if paused[p] && buffers[p].len() < BUFFER_PER_PARTITION / 2 {
-                    let mut one = TopicPartitionList::new();
-                    one.add_partition(&topic, p as i32);
-                    consumer.resume(&one).map_err(kafka_err)?;
-                    paused[p] = false;
-                }
-            }
-            // A gap: every partition has buffered events, none of them the next one.
-            if (0..partitions).all(|p| buffers[p].len() >= BUFFER_PER_PARTITION) {
+            // A gap: every partition has a full buffer, none of them with the next event.
+            if buffers.iter().all(|b| b.len() >= BUFFER_PER_PARTITION) {
                 return Err(Error::Corrupt(format!(
                     "event {next} is not on {topic}, though later ones are: the topic has a gap"
                 )));
             }
-            let caught_up = (0..partitions).all(|p| buffers[p].is_empty());
-            if !matches!(self.status.state(), "promoting") {
+            let caught_up = buffers.iter().all(|b| b.is_empty());
+            if ends.is_none() {
                 self.status
                     .set_state(if caught_up && self.status.seen.load(Ordering::Relaxed) < next {
                         "caught_up"
@@ -245,29 +187,23 @@ impl Follower {
                     });
             }
             if let Some(ends) = &ends {
-                let positions = consumer.position().map_err(kafka_err)?;
-                let read_all = (0..partitions).all(|p| {
-                    let at = positions
-                        .find_partition(&topic, p as i32)
-                        .and_then(|e| match e.offset() {
-                            Offset::Offset(o) => Some(o),
-                            _ => None,
-                        })
-                        .unwrap_or(offsets[p]);
-                    at.max(offsets[p]) >= ends[p]
-                });
-                if read_all && caught_up {
-                    self.ledger.set_replica_offsets(&topic, &offsets)?;
+                // Past each partition's end as of the promotion, and quiet (a broker may report
+                // an end short of its last record).
+                if caught_up && (0..partitions).all(|p| applied[p] >= ends[p]) && last_record.elapsed() >= KAFKA_QUIET {
+                    self.ledger.set_replica_offsets(&topic, &applied)?;
                     self.ledger.flush()?;
-                    self.status.set_state("promoted");
                     tracing::info!(events = next - 1, "replica: read the topic to its end");
                     return Ok(());
                 }
-                if quiet_since.elapsed() > Duration::from_secs(60) {
+                if last_record.elapsed() > Duration::from_secs(60) {
                     return Err(Error::Io(format!(
                         "promotion: {topic} could not be read to its end within a minute"
                     )));
                 }
+            }
+            if got == 0 {
+                // Quiet: sleep until a partition's queue receives records.
+                std::thread::park_timeout(Duration::from_millis(100));
             }
         }
         Ok(())
