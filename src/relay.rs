@@ -780,6 +780,8 @@ impl PartitionedConsumer {
             .set("isolation.level", "read_committed")
             .set("queued.max.messages.kbytes", "8192")
             .set("queued.min.messages", "10000")
+            // A follower wants records as soon as they are there, not a fuller fetch later.
+            .set("fetch.wait.max.ms", "10")
             .create()
             .map_err(|e| format!("kafka consumer: {e}"))?;
         let md = consumer
