@@ -1118,7 +1118,8 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
         });
     }
     while inflight.join_next().await.is_some() {}
-    let mut lags = tokio::task::block_in_place(|| watcher.join()).map_err(|_| anyhow::anyhow!("the lag watcher panicked"))?;
+    let mut lags =
+        tokio::task::block_in_place(|| watcher.join()).map_err(|_| anyhow::anyhow!("the lag watcher panicked"))?;
     lags.sort_unstable();
     // Promotion of the caught-up replica, once the primary is stopped: to its first
     // acknowledged command.
@@ -1144,7 +1145,10 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
             "restore (bindledger restore): merge, check each link, write the log (without the 2 s end-of-topic wait)",
             restore_s,
         ),
-        ("restore, with the 2 s wait that shows the topic has ended", restore_total_s),
+        (
+            "restore, with the 2 s wait that shows the topic has ended",
+            restore_total_s,
+        ),
         (
             "replica catch-up: follow, check each link, append, derive (read model, indexes, alerts)",
             catch_up_s,

@@ -402,6 +402,24 @@ async fn after_the_primary_is_lost_a_restore_and_a_promoted_replica_hold_every_a
         let (status, v) = client.post_json(path, body).await.unwrap();
         assert!(status.as_u16() == 201 || status.as_u16() == 200, "{key}: {status} {v}");
     }
+    // The promoted replica knows the keys the lost primary acknowledged: retries replay them.
+    let mut some: Vec<(&String, &(u64, String))> = acked.iter().collect();
+    some.sort();
+    for (key, (seq, hash)) in some.into_iter().take(5) {
+        let (t, i) = key.strip_prefix("pay-").unwrap().split_once('-').unwrap();
+        let (t, i): (u64, u64) = (t.parse().unwrap(), i.parse().unwrap());
+        let a = ((t + i) % 8) as usize;
+        let body = json!({"binding_id": bindings[a], "order_id": key, "amount_minor": 1, "payment_password": gateway.password_for(&alipay(), &phone(a as u64)), "idempotency_key": key});
+        let (status, v) = client
+            .post_json(&format!("/v1/accounts/acct-{a}/payments"), &body)
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 200, "a replay: {v}");
+        assert_eq!(
+            (v["event"]["seq"].as_u64(), v["hash"].as_str()),
+            (Some(*seq), Some(hash.as_str()))
+        );
+    }
     let (_, health) = client.get_json("/healthz").await.unwrap();
     assert_eq!(health["role"], "primary");
     replica.terminate();
