@@ -207,6 +207,9 @@ struct AlertsArgs {
     /// With --follow: start after this stream seq (default: from the first alert).
     #[arg(long)]
     after: Option<u64>,
+    /// With --follow: only alerts as they open (not each update of an open alert).
+    #[arg(long, requires = "follow")]
+    opened: bool,
     /// At least this severe.
     #[arg(long, value_parser = ["low", "medium", "high", "critical"])]
     severity: Option<String>,
@@ -401,7 +404,11 @@ async fn alerts(args: AlertsArgs) -> Result<i32> {
             if args.json {
                 outln!("{}", serde_json::to_string(a)?);
             } else {
-                outln!("{} {}", a.opened_at.format("%Y-%m-%d %H:%M:%S"), demo::alert_line(a));
+                outln!(
+                    "{} {}",
+                    a.opened_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    demo::alert_line(a)
+                );
             }
         }
         if !args.json {
@@ -428,12 +435,16 @@ async fn alerts(args: AlertsArgs) -> Result<i32> {
                     if let Some(id) = &msg.id {
                         last_id = Some(id.clone());
                     }
+                    let change = serde_json::from_str::<bindledger::alerts::AlertChange>(&msg.data);
+                    if args.opened && change.as_ref().is_ok_and(|c| c.change.to_string() != "opened") {
+                        continue;
+                    }
                     if args.json {
                         outln!("{}", msg.data);
-                    } else if let Ok(c) = serde_json::from_str::<bindledger::alerts::AlertChange>(&msg.data) {
+                    } else if let Ok(c) = change {
                         outln!(
                             "{} {:<7} {}",
-                            c.alert.updated_at.format("%H:%M:%S%.3f"),
+                            c.alert.updated_at.format("%H:%M:%S%.3f UTC"),
                             c.change,
                             demo::alert_line(&c.alert)
                         );

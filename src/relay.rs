@@ -756,6 +756,9 @@ pub struct PartitionedConsumer {
     pub topic: String,
     /// Per partition: the next offset to take (records before it are skipped).
     pub next_offset: Vec<i64>,
+    /// Records that reached the consumer's main queue before the partitions' queues were split
+    /// off (librdkafka may fetch as soon as partitions are assigned): taken first.
+    stray: Vec<std::collections::VecDeque<SeqRecord>>,
 }
 
 /// One record: its `seq` header, its value and its offset.
@@ -814,12 +817,16 @@ impl PartitionedConsumer {
                     .ok_or_else(|| format!("{topic} partition {p}: no queue"))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Some(PartitionedConsumer {
+        let mut reader = PartitionedConsumer {
             consumer,
             queues,
             topic: topic.to_owned(),
             next_offset: starts.iter().map(|o| (*o).max(0)).collect(),
-        }))
+            stray: vec![Default::default(); partitions],
+        };
+        // What reached the main queue before the split comes first.
+        reader.serve()?;
+        Ok(Some(reader))
     }
 
     pub fn partitions(&self) -> usize {
@@ -844,12 +851,41 @@ impl PartitionedConsumer {
         }
     }
 
-    /// Serves librdkafka's callbacks (errors, statistics); call it now and then.
-    pub fn serve(&self) -> Result<(), String> {
-        match self.consumer.poll(std::time::Duration::ZERO) {
-            Some(Err(e)) => Err(format!("reading {}: {e}", self.topic)),
-            _ => Ok(()),
+    /// Serves librdkafka's callbacks (errors, statistics); call it now and then. A record
+    /// found on the main queue is kept for its partition.
+    pub fn serve(&mut self) -> Result<(), String> {
+        loop {
+            match self.consumer.poll(std::time::Duration::ZERO) {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(format!("reading {}: {e}", self.topic)),
+                Some(Ok(m)) => {
+                    let p = m.partition() as usize;
+                    if p < self.stray.len() {
+                        let record = Self::record(&self.topic, p, &m)?;
+                        self.stray[p].push_back(record);
+                    }
+                }
+            }
         }
+    }
+
+    fn record(topic: &str, p: usize, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<SeqRecord, String> {
+        use rdkafka::message::{Headers, Message};
+        // The `seq` header (events), else the key (checkpoints are keyed by seq).
+        let seq = m
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "seq")
+                    .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+            })
+            .or_else(|| std::str::from_utf8(m.key()?).ok()?.parse().ok())
+            .ok_or_else(|| format!("{topic} partition {p} offset {} has no seq header", m.offset()))?;
+        Ok((
+            seq,
+            bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+            m.offset(),
+        ))
     }
 
     /// Moves records of partition `p` into `buffer` until it holds `max`, waiting at most
@@ -861,10 +897,18 @@ impl PartitionedConsumer {
         max: usize,
         wait: std::time::Duration,
     ) -> Result<usize, String> {
-        use rdkafka::message::{Headers, Message};
+        use rdkafka::message::Message;
         let mut moved = 0;
         let mut wait = wait;
         while buffer.len() < max {
+            if let Some(record) = self.stray[p].pop_front() {
+                if record.2 >= self.next_offset[p] {
+                    self.next_offset[p] = record.2 + 1;
+                    buffer.push_back(record);
+                    moved += 1;
+                }
+                continue;
+            }
             match self.queues[p].poll(wait) {
                 None => break,
                 Some(Err(e)) => return Err(format!("reading {} partition {p}: {e}", self.topic)),
@@ -874,23 +918,7 @@ impl PartitionedConsumer {
                         continue;
                     }
                     self.next_offset[p] = m.offset() + 1;
-                    // The `seq` header (events), else the key (checkpoints are keyed by seq).
-                    let seq = m
-                        .headers()
-                        .and_then(|h| {
-                            h.iter()
-                                .find(|h| h.key == "seq")
-                                .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-                        })
-                        .or_else(|| std::str::from_utf8(m.key()?).ok()?.parse().ok())
-                        .ok_or_else(|| {
-                            format!("{} partition {p} offset {} has no seq header", self.topic, m.offset())
-                        })?;
-                    buffer.push_back((
-                        seq,
-                        bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-                        m.offset(),
-                    ));
+                    buffer.push_back(Self::record(&self.topic, p, &m)?);
                     moved += 1;
                 }
             }

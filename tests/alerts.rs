@@ -695,6 +695,32 @@ async fn the_cli_lists_and_follows_alerts_across_a_server_restart() {
         (Some("mallet"), Some(1)),
         "newest first"
     );
+    // As text: times carry their zone.
+    let (code, out, err) = run_cli(&["alerts", "--url", &url, "--token", ALL]);
+    assert_eq!(code, 0, "{err}");
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.lines().count() >= 2 && text.lines().all(|l| l.contains(" UTC ")),
+        "{text}"
+    );
+    // `--opened`: only openings, never an update of an open alert.
+    let mut opened = std::process::Command::new(binary())
+        .args([
+            "alerts", "--follow", "--opened", "--json", "--url", &url, "--token", ALL,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        let mut lines = std::io::BufReader::new(opened.stdout.take().unwrap()).lines();
+        for _ in 0..2 {
+            let line: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            assert_eq!(line["change"], "opened", "{line}");
+        }
+    }
+    opened.kill().unwrap();
+    opened.wait().unwrap();
     // Following: the two changes so far, then the server is killed and restarted, and the
     // follower carries on after the last id it printed.
     let mut follower = std::process::Command::new(binary())
