@@ -38,7 +38,7 @@ fmt-check: check-toolchain
 
 ## The ledger with a demo workload, publishing to a Kafka broker started for the occasion.
 demo: tansu
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked --workspace
 	@set -e; \
 	  "$(TANSU)" broker --listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) --advertised-listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) \
 	    --storage-engine memory://tansu/ > target/tansu-demo.log 2>&1 & broker=$$!; \

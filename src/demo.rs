@@ -793,13 +793,50 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
         "\nThe log stays in {}; check it offline with:",
         config.data_dir.display()
     );
+    // The commands as they run from here: the binaries by the path this one was started from.
+    let (exe, replay) = tool_paths();
     println!(
-        "  bindledger verify --data-dir {} --rules {}",
+        "  {exe} verify --data-dir {} --rules {}",
         config.data_dir.display(),
         rules_file.display()
     );
-    println!("  bindledger export --data-dir {} | head", config.data_dir.display());
+    println!("  {exe} export --data-dir {} | head", config.data_dir.display());
+    if let Some(replay) = replay {
+        println!(
+            "  {replay} verify --data-dir {}    # the audit tool",
+            config.data_dir.display()
+        );
+    }
     Ok(())
+}
+
+/// How to call this binary, and the audit tool beside it (if built), from the current
+/// directory: `bindledger` when it is the one on the `PATH`, else its path (`./target/release/...`).
+fn tool_paths() -> (String, Option<String>) {
+    let Ok(exe) = std::env::current_exe() else {
+        return ("bindledger".into(), None);
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| d.join("bindledger").canonicalize().ok() == exe.canonicalize().ok())
+    });
+    let shown = |p: &std::path::Path| -> String {
+        match std::env::current_dir()
+            .ok()
+            .and_then(|cwd| p.strip_prefix(cwd).ok().map(|r| r.to_owned()))
+        {
+            Some(rel) => format!("./{}", rel.display()),
+            None => p.display().to_string(),
+        }
+    };
+    let replay = exe.with_file_name("bindledger-replay");
+    let replay = replay.exists().then(|| {
+        if on_path {
+            "bindledger-replay".into()
+        } else {
+            shown(&replay)
+        }
+    });
+    (if on_path { "bindledger".into() } else { shown(&exe) }, replay)
 }
 
 async fn report(world: &World, elapsed_s: f64) {

@@ -129,9 +129,11 @@ fn sim_wallet_tells_what_the_simulated_provider_expects() {
 fn the_demo_runs_raises_alerts_and_leaves_a_log_that_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
+    let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new(binary())
         .args(["demo", "--duration-s", "4", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
+        .current_dir(root)
         .env_remove("BINDLEDGER_CONFIG")
         .env_remove("BINDLEDGER_KAFKA_BROKERS")
         .output()
@@ -163,6 +165,23 @@ fn the_demo_runs_raises_alerts_and_leaves_a_log_that_verifies() {
     let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(report["alerts_match"], true, "{report}");
     assert!(report["alerts_stored"].as_u64().unwrap() > 0, "{report}");
+    // Each follow-up command works exactly as printed, from where the demo ran.
+    let printed: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("check it offline with:"))
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(printed.len() >= 2, "{text}");
+    for line in printed {
+        let run = Command::new("sh")
+            .args(["-c", &format!("{line} > /dev/null")])
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{line}: {}", String::from_utf8_lossy(&run.stderr));
+    }
 }
 
 #[test]
