@@ -339,27 +339,7 @@ async fn library(
     let mut per_round = Vec::new();
     // Commands of the rounds without the sync are numbered after the others (fresh keys).
     let mut unsynced_next = args.lib_commands;
-    let pay_round = |first: u64, count: u64| {
-        let (ledger, bindings) = (f.ledger.clone(), bindings.clone());
-        drive(
-            args.lib_concurrency,
-            count,
-            || (),
-            move |(), n| {
-                let (ledger, bindings) = (ledger.clone(), bindings.clone());
-                async move {
-                    let n = first + n;
-                    let b = &bindings[(n % bindings.len() as u64) as usize];
-                    let cmd = pay_request(b, n).validate(&b.0, Utc::now()).expect("valid");
-                    let result = ledger
-                        .pay(cmd)
-                        .await
-                        .map(|r| debug_assert!(matches!(r.event.payload, Payload::PaymentSucceeded { .. })));
-                    ((), result.map_err(anyhow::Error::from))
-                }
-            },
-        )
-    };
+    let pay_round = |first: u64, count: u64| pay_range(&f.ledger, &bindings, first, count, args.lib_concurrency);
     for r in 0..rounds {
         let first = args.lib_commands * r / rounds;
         let count = args.lib_commands * (r + 1) / rounds - first;

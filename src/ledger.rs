@@ -670,6 +670,17 @@ impl Ledger {
         .await
     }
 
+    /// Records a payment that fails before the provider is asked.
+    async fn skip_pay(&self, meta: Meta, digest: Hash, facts: PayFacts, reason: PaymentFailure) -> Result<Committed> {
+        self.submit(Request::Pay {
+            meta,
+            digest,
+            facts,
+            verdict: PayVerdict::Skipped(reason),
+        })
+        .await
+    }
+
     /// Pays with a bound wallet: `payment_succeeded` or `payment_failed`.
     pub async fn pay(&self, mut cmd: PayCommand) -> Result<Committed> {
         self.require_primary()?;
@@ -699,14 +710,13 @@ impl Ledger {
         let _order = match self.claim_order(&cmd.meta.account, &cmd.order_id).await? {
             Ok(claim) => claim,
             Err(payment_seq) => {
-                let verdict = PayVerdict::Skipped(PaymentFailure::OrderAlreadyPaid { payment_seq });
                 return self
-                    .submit(Request::Pay {
-                        meta: cmd.meta,
+                    .skip_pay(
+                        cmd.meta,
                         digest,
                         facts,
-                        verdict,
-                    })
+                        PaymentFailure::OrderAlreadyPaid { payment_seq },
+                    )
                     .await;
             }
         };
@@ -724,15 +734,7 @@ impl Ledger {
             (None, Some(binding)) => binding,
             (pre, _) => {
                 let reason = pre.unwrap_or(PaymentFailure::BindingNotActive);
-                let verdict = PayVerdict::Skipped(reason);
-                return self
-                    .submit(Request::Pay {
-                        meta: cmd.meta,
-                        digest,
-                        facts,
-                        verdict,
-                    })
-                    .await;
+                return self.skip_pay(cmd.meta, digest, facts, reason).await;
             }
         };
         // The attempt is given back once its event is durable (and so counted, when it was a
@@ -740,14 +742,8 @@ impl Ledger {
         let _attempt = match self.take_attempt(&cmd.meta.account, cmd.binding_id).await? {
             Ok(attempt) => attempt,
             Err(until) => {
-                let verdict = PayVerdict::Skipped(PaymentFailure::TooManyAttempts { until });
                 return self
-                    .submit(Request::Pay {
-                        meta: cmd.meta,
-                        digest,
-                        facts,
-                        verdict,
-                    })
+                    .skip_pay(cmd.meta, digest, facts, PaymentFailure::TooManyAttempts { until })
                     .await;
             }
         };
