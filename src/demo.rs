@@ -31,6 +31,10 @@ pub struct DemoOptions {
     /// Seed of the population's choices.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Set when the listen address was given (flag or `BINDLEDGER_LISTEN`): then a busy
+    /// address is an error; the default one, when busy, gives way to a free port.
+    #[arg(skip)]
+    pub listen_given: bool,
 }
 
 /// A small deterministic PRNG (splitmix64): the same seed, the same population and choices.
@@ -613,20 +617,52 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     // Unless a rules file is configured, the demo's rules are the defaults with the brute-force
     // lock on, so the lock shows up too; written next to the log so `verify` can use them.
     let mut config = config;
-    if config.alerts.rules_file.is_none() {
-        std::fs::create_dir_all(&config.data_dir)?;
+    // Topics of this run, unless topics were configured: another run's log on the same broker
+    // is refused by the relays, and its figures are not this run's.
+    let defaults = crate::config::Config::default();
+    let run = format!("{}-{}", Utc::now().format("%Y%m%d%H%M%S"), std::process::id());
+    if config.kafka.topic == defaults.kafka.topic {
+        config.kafka.topic = format!("bindledger.demo.{run}.events");
+    }
+    if config.kafka.alerts_topic == defaults.kafka.alerts_topic {
+        config.kafka.alerts_topic = format!("bindledger.demo.{run}.alerts");
+    }
+    if config.checkpoints.topic == defaults.checkpoints.topic {
+        config.checkpoints.topic = format!("bindledger.demo.{run}.checkpoints");
+    }
+    // The address first: an address that was asked for and is busy stops the demo before it
+    // opens anything.
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) if opts.listen_given => anyhow::bail!("cannot listen on {}: {e}", config.listen),
+        Err(_) => {
+            eprintln!(
+                "note: {} is busy; the demo listens on a free port instead",
+                config.listen
+            );
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?
+        }
+    };
+    const DEMO_RULES: &str =
+        "# the demo's alert rules: the defaults, with the brute-force lock on\n[password_brute_force]\nlock = true\n";
+    let (rules, write_rules) = match &config.alerts.rules_file {
+        Some(_) => (config.alert_rules()?, false),
+        None => (
+            crate::alerts::RuleSet::from_toml(DEMO_RULES, Some("demo-rules.toml"))
+                .map_err(|e| anyhow::anyhow!("the demo's rules: {e}"))?,
+            true,
+        ),
+    };
+    // The ledger opens (and locks its directory) before the rules file is written next to it.
+    let node = crate::node::Node::start_with_rules(&config, rules, secret, gateway.clone())?;
+    if write_rules {
         let path = config.data_dir.join("demo-rules.toml");
-        std::fs::write(&path, "# the demo's alert rules: the defaults, with the brute-force lock on\n[password_brute_force]\nlock = true\n")?;
+        std::fs::write(&path, DEMO_RULES)?;
         config.alerts.rules_file = Some(path);
     }
     let rules_file = config.alerts.rules_file.clone().expect("set above");
-    let node = crate::node::Node::start(&config, secret, gateway.clone())?;
     let ledger = node.ledger.clone();
     let relay_status = node.extras.relay.as_ref().map(|(_, s)| s.clone());
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-    };
     let addr = listener.local_addr()?;
     let state = node.state.clone();
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -700,7 +700,9 @@ fn run(cli: Cli) -> Result<i32> {
             }
             let secret = load_secret(&config)?;
             ensure_tokens(&mut config)?;
-            tokio::runtime::Runtime::new()?.block_on(demo::run(config, secret, args.demo))?;
+            let mut opts = args.demo;
+            opts.listen_given = args.common.listen.is_some() || std::env::var_os("BINDLEDGER_LISTEN").is_some();
+            tokio::runtime::Runtime::new()?.block_on(demo::run(config, secret, opts))?;
             Ok(0)
         }
         Command::Export {

@@ -594,3 +594,42 @@ fn consume_without_a_broker_says_so_and_fails() {
     assert!(err.contains("no Kafka broker answered"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
+
+/// A busy address given with `--listen` is an error (not silently another port), found before
+/// the demo opens anything.
+#[test]
+fn the_demo_refuses_a_busy_address_it_was_given() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let out = Command::new(binary())
+        .args(["demo", "--duration-s", "1", "--listen", &addr, "--data-dir"])
+        .arg(&data)
+        .env_remove("BINDLEDGER_CONFIG")
+        .env_remove("BINDLEDGER_KAFKA_BROKERS")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert!(!data.join("log").exists(), "no log was created");
+}
+
+/// The demo on the directory of a running ledger: refused, and nothing written into it.
+#[test]
+fn the_demo_on_a_locked_directory_writes_nothing_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = spawn_server(&data, &dir.path().join("server.log"), &[]);
+    let out = Command::new(binary())
+        .args(["demo", "--duration-s", "1", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env_remove("BINDLEDGER_CONFIG")
+        .env_remove("BINDLEDGER_KAFKA_BROKERS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!data.join("demo-rules.toml").exists());
+    server.terminate();
+}

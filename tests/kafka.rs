@@ -1101,3 +1101,52 @@ async fn a_long_topic_is_read_whole_in_seq_order() {
     assert_eq!(read.len() as u64, N);
     assert!(read.iter().copied().eq(1..=N), "every record, in seq order");
 }
+
+/// Two demo runs on one broker: each publishes to topics of its own run, so neither is refused
+/// and each reads back its own log's figures.
+#[test]
+fn two_demo_runs_on_one_broker_each_use_their_own_topics() {
+    let broker = Broker::start();
+    let mut topics = Vec::new();
+    for run in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(binary())
+            .args([
+                "demo",
+                "--duration-s",
+                "2",
+                "--shoppers",
+                "40",
+                "--rate",
+                "300",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.path().join("demo"))
+            .env_remove("BINDLEDGER_CONFIG")
+            .env("BINDLEDGER_KAFKA_BROKERS", &broker.addr)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "run {run}: {text}\n{err}");
+        assert!(
+            ![&text, &err]
+                .iter()
+                .any(|o| o.contains("another log") || o.contains("another ledger") || o.contains("last relay error")),
+            "run {run}: {text}\n{err}"
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("== kafka: "))
+            .unwrap_or_else(|| panic!("{text}"));
+        // "== kafka: N of N events on topic T ==": every event of this run's log is on its topic.
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[2], words[4], "{line}");
+        assert!(words[8].starts_with("bindledger.demo."), "{line}");
+        assert!(text.contains("the topic equals the log, event for event"), "{text}");
+        topics.push(words[8].to_owned());
+    }
+    assert_ne!(topics[0], topics[1]);
+}
