@@ -170,11 +170,36 @@ pub fn consume(args: &ConsumeArgs) -> anyhow::Result<ConsumeReport> {
         args.topic,
         args.brokers
     );
+    let partitions = topic.map_or(0, |t| t.partitions().len()) as i32;
+    // Say where reading starts: a group that read this topic before goes on from its
+    // committed offsets, and its aggregates then cover only what follows them.
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(&args.topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map(|c| {
+            c.elements()
+                .iter()
+                .filter(|e| matches!(e.offset(), rdkafka::Offset::Offset(o) if o > 0))
+                .count()
+        })
+        .unwrap_or(0);
+    if committed > 0 {
+        eprintln!(
+            "group {} read this topic before: it resumes from its committed offsets ({committed} of {partitions} partitions), so the figures cover only what follows them; give --group with a new name to read from the beginning",
+            args.group
+        );
+    } else {
+        eprintln!("group {}: reading {} from the beginning", args.group, args.topic);
+    }
     consumer.subscribe(&[&args.topic])?;
     let mut report = ConsumeReport::default();
     let mut highest: HashMap<i32, u64> = HashMap::new();
     let mut last_message = Instant::now();
     let mut last_print = Instant::now();
+    let mut printed_at = 0u64;
     loop {
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
@@ -204,14 +229,43 @@ pub fn consume(args: &ConsumeArgs) -> anyhow::Result<ConsumeReport> {
                 }
             }
         }
-        if !args.json && last_print.elapsed() > Duration::from_secs(5) {
-            println!("{}", report.analytics.summary());
+        if last_print.elapsed() > Duration::from_secs(5) {
+            // A progress line every 5 s, with the lag; the summary only when it changed.
+            let lag = lag_of(&consumer, &args.topic, partitions);
+            eprintln!(
+                "read {} messages (+{} in 5 s), lag {}",
+                report.messages,
+                report.messages - printed_at,
+                lag.map_or_else(|| "unknown".to_owned(), |l| format!("{l} messages"))
+            );
+            if !args.json && report.messages > printed_at {
+                println!("{}", report.analytics.summary());
+            }
+            printed_at = report.messages;
             last_print = Instant::now();
         }
         if args.idle_exit_ms > 0 && last_message.elapsed() > Duration::from_millis(args.idle_exit_ms) {
             return Ok(report);
         }
     }
+}
+
+/// Messages on the topic past the consumer's position, over every partition it is assigned.
+fn lag_of(consumer: &BaseConsumer, topic: &str, partitions: i32) -> Option<i64> {
+    let positions = consumer.position().ok()?;
+    let mut lag = 0;
+    for p in 0..partitions {
+        let Some(e) = positions.find_partition(topic, p) else {
+            continue;
+        };
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(2)).ok()?;
+        let at = match e.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => 0,
+        };
+        lag += (high - at).max(0);
+    }
+    Some(lag)
 }
 
 #[cfg(test)]

@@ -525,19 +525,24 @@ async fn the_analytics_consumer_agrees_with_the_log() {
     let (ledger, _) = r.stop().await;
     ledger.close();
 
-    let (code, out, stderr) = run_cli(&[
-        "consume",
-        "--brokers",
-        &broker.addr,
-        "--topic",
-        &topic,
-        "--group",
-        &fresh_topic("group"),
-        "--idle-exit-ms",
-        "3000",
-        "--json",
-    ]);
+    let group = fresh_topic("group");
+    let consume = || {
+        run_cli(&[
+            "consume",
+            "--brokers",
+            &broker.addr,
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+            "--idle-exit-ms",
+            "3000",
+            "--json",
+        ])
+    };
+    let (code, out, stderr) = consume();
     assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("from the beginning"), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(report["messages"].as_u64(), Some(log.len() as u64 + 1));
     assert_eq!(report["duplicates"], 1);
@@ -551,6 +556,13 @@ async fn the_analytics_consumer_agrees_with_the_log() {
         "the consumer's aggregates equal the log's"
     );
     assert!(expected.spend_minor.len() > 10 && !expected.failures_per_day.is_empty());
+    // The same group again: it says it resumes from its committed offsets (and reads nothing
+    // new), rather than presenting an empty report as the topic's.
+    let (code, out, stderr) = consume();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("resumes from its committed offsets"), "{stderr}");
+    let again: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(again["messages"], 0, "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
