@@ -19,8 +19,10 @@ use crate::secret::{LedgerSecret, SecretString};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoOptions {
-    /// Ordinary shoppers in the population.
-    #[arg(long, default_value_t = 2000)]
+    /// Ordinary shoppers in the population. Each acts about once every `shoppers / rate`
+    /// seconds; the rules' windows are real time (10 minutes to an hour), so a small population
+    /// at a high rate makes every shopper look like an attacker.
+    #[arg(long, default_value_t = 20_000)]
     pub shoppers: usize,
     /// How long to run, in seconds (0: until Ctrl-C).
     #[arg(long, default_value_t = 20)]
@@ -82,6 +84,9 @@ struct Actor {
     wallets: Vec<(Provider, String)>,
     active: Vec<(Uuid, usize)>,
     orders: u64,
+    /// A shopper's usual basket, in minor units: payments vary around it (at most 3 times its
+    /// half), so an ordinary shopper does not look like an amount spike.
+    typical_minor: i64,
 }
 
 #[derive(Default)]
@@ -232,33 +237,38 @@ impl World {
     async fn step(&self, actor: &mut Actor, rng: &mut Rng) {
         match actor.role {
             Role::Shopper => {
+                // Mostly payments, as at a checkout: binds, unbinds and stale tabs are rare, and
+                // a shopper rarely mistypes a password, so ordinary shoppers seldom match a rule
+                // (the alerts are the attackers' story).
                 let roll = rng.below(1000);
-                if actor.active.is_empty() || (roll < 60 && actor.active.len() < 3) {
+                if actor.active.is_empty() || (roll < 20 && actor.active.len() < 3) {
                     // Mostly a wallet not bound yet; now and then one that is (a double click).
-                    // A shopper told a wallet is frozen or closed rarely tries it again.
+                    // A shopper told a wallet is frozen or closed hardly ever tries it again.
                     let usable = |w: &usize| {
                         let (p, acct) = &actor.wallets[*w];
-                        self.gateway.wallet_status(p, acct) == WalletStatus::Active || rng.chance(100)
+                        self.gateway.wallet_status(p, acct) == WalletStatus::Active || rng.chance(10)
                     };
-                    let unbound: Vec<usize> = (0..actor.wallets.len())
+                    let usable: Vec<usize> = (0..actor.wallets.len()).filter(usable).collect();
+                    let unbound: Vec<usize> = usable
+                        .iter()
+                        .copied()
                         .filter(|w| !actor.active.iter().any(|(_, a)| a == w))
-                        .filter(usable)
                         .collect();
-                    if actor.active.is_empty() && unbound.is_empty() && !rng.chance(20) {
+                    if usable.is_empty() || (actor.active.is_empty() && unbound.is_empty() && !rng.chance(20)) {
                         return; // nothing left to bind: the shopper mostly gives up
                     }
                     let w = if unbound.is_empty() || rng.chance(50) {
-                        rng.below(actor.wallets.len() as u64) as usize
+                        usable[rng.below(usable.len() as u64) as usize]
                     } else {
                         unbound[rng.below(unbound.len() as u64) as usize]
                     };
-                    let wrong_pw = rng.chance(60);
-                    let wrong_factor = !wrong_pw && rng.chance(30);
+                    let wrong_pw = rng.chance(30);
+                    let wrong_factor = !wrong_pw && rng.chance(20);
                     self.bind(actor, w, rng, wrong_pw, wrong_factor).await;
-                } else if roll < 90 {
+                } else if roll < 30 {
                     let (b, _) = actor.active[rng.below(actor.active.len() as u64) as usize];
                     self.unbind(actor, b, rng).await;
-                } else if roll < 97 {
+                } else if roll < 50 {
                     // A stale tab: paying or unbinding with a binding that is not active.
                     let stale = Uuid::now_v7();
                     if rng.chance(500) {
@@ -268,8 +278,8 @@ impl World {
                     }
                 } else {
                     let (b, w) = actor.active[rng.below(actor.active.len() as u64) as usize];
-                    let amount = 100 + rng.below(30_000) as i64;
-                    let wrong = rng.chance(30);
+                    let amount = actor.typical_minor / 2 + rng.below(actor.typical_minor as u64) as i64;
+                    let wrong = rng.chance(10);
                     self.pay(actor, b, w, amount, rng, wrong).await;
                 }
             }
@@ -370,13 +380,45 @@ async fn alerts_report(ledger: &Ledger, m: &crate::http::MonitorView) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("\n== alerts (rules over every event, event time) ==");
+    // Whom each rule caught: the planted attackers, or ordinary shoppers (a false positive,
+    // as far as the demo's story goes).
+    let store = m.store.clone();
+    let caught = tokio::task::spawn_blocking(move || {
+        let mut by_rule: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..100 {
+            let (page, next) = store.list(&Default::default(), cursor.as_deref(), 1000)?;
+            for a in &page {
+                let e = by_rule.entry(a.rule.clone()).or_default();
+                if a.accounts.iter().all(|x| x.starts_with("shopper-")) {
+                    e.1 += 1
+                } else {
+                    e.0 += 1
+                }
+            }
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        Ok::<_, crate::error::Error>(by_rule)
+    })
+    .await
+    .ok()
+    .and_then(|r| r.ok())
+    .unwrap_or_default();
+    let (mut from_attackers, mut from_shoppers) = (0, 0);
     for (i, rule) in crate::alerts::rules::RULE_NAMES.iter().enumerate() {
+        let (a, sh) = caught.get(*rule).copied().unwrap_or_default();
+        from_attackers += a;
+        from_shoppers += sh;
         println!(
-            "  {:<24} {:>6} opened",
+            "  {:<24} {:>6} opened: {a} on the attackers, {sh} on ordinary shoppers",
             rule,
             grouped(m.status.opened[i].load(std::sync::atomic::Ordering::Relaxed) as i64)
         );
     }
+    println!("  alerts on the attackers: {from_attackers}; on ordinary shoppers: {from_shoppers}");
     println!(
         "  {:<24} {:>6}",
         "updates (suppressed)",
@@ -515,6 +557,7 @@ fn population(opts: &DemoOptions, gateway: &SimulatedGateway, rng: &mut Rng) -> 
             wallets,
             active: vec![],
             orders: 0,
+            typical_minor: 1_000 + rng.below(9_000) as i64,
         });
     }
     let alipay = Provider::parse("alipay").expect("known");
@@ -532,6 +575,7 @@ fn population(opts: &DemoOptions, gateway: &SimulatedGateway, rng: &mut Rng) -> 
             wallets: vec![(alipay.clone(), shared.clone())],
             active: vec![],
             orders: 0,
+            typical_minor: 0,
         });
     }
     actors.push(Actor {
@@ -540,6 +584,7 @@ fn population(opts: &DemoOptions, gateway: &SimulatedGateway, rng: &mut Rng) -> 
         wallets: vec![(alipay.clone(), active_phone(rng))],
         active: vec![],
         orders: 0,
+        typical_minor: 0,
     });
     let drainer_wallets = (0..6).map(|_| (alipay.clone(), active_phone(rng))).collect();
     actors.push(Actor {
@@ -548,6 +593,7 @@ fn population(opts: &DemoOptions, gateway: &SimulatedGateway, rng: &mut Rng) -> 
         wallets: drainer_wallets,
         active: vec![],
         orders: 0,
+        typical_minor: 0,
     });
     let mut dead = Vec::new();
     while dead.len() < 4 {
@@ -565,6 +611,7 @@ fn population(opts: &DemoOptions, gateway: &SimulatedGateway, rng: &mut Rng) -> 
         wallets: dead,
         active: vec![],
         orders: 0,
+        typical_minor: 0,
     });
     actors.push(Actor {
         account: "churner-1".into(),
@@ -572,6 +619,7 @@ fn population(opts: &DemoOptions, gateway: &SimulatedGateway, rng: &mut Rng) -> 
         wallets: vec![(alipay.clone(), active_phone(rng))],
         active: vec![],
         orders: 0,
+        typical_minor: 0,
     });
     actors
 }
@@ -763,6 +811,7 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
                         wallets: vec![],
                         active: vec![],
                         orders: 0,
+                        typical_minor: 0,
                     },
                 );
                 world.step(&mut actor, &mut rng).await;

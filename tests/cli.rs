@@ -150,6 +150,16 @@ fn the_demo_runs_raises_alerts_and_leaves_a_log_that_verifies() {
     ] {
         assert!(text.contains(needle), "no {needle:?} in the demo's output:\n{text}");
     }
+    // The alerts tell the population's story: on the planted attackers, not ordinary shoppers.
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("alerts on the attackers:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let counts: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(counts[0] > 0 && counts[1] == 0, "{line}");
     // The command it prints to check the log works, alerts included.
     let rules = data.join("demo-rules.toml");
     assert!(text.contains(&format!("--rules {}", rules.display())), "{text}");
