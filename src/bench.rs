@@ -897,7 +897,7 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
     // Exactly once: read the whole topic back, without a consumer group.
     let log_len = f.ledger.log_len();
     let (messages, distinct) =
-        tokio::task::block_in_place(|| count_topic(&args.brokers, &relay_topic, args.partitions))?;
+        tokio::task::block_in_place(|| read_to_end(&args.brokers, &relay_topic)).map(|r| (r.messages, r.distinct))?;
     f.node.stop().await;
     let _ = std::fs::remove_dir_all(&root);
     eprintln!("bench-kafka: the relay's topic holds {messages} messages, {distinct} distinct seqs; the log holds {log_len} events");
@@ -1003,7 +1003,11 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
     // restore and with a replica catching up; then a replica's lag behind a primary under load,
     // and a promotion.
     eprintln!("bench-kafka: reading the topic: raw consumer, restore, replica catch-up ...");
-    let (raw_read_n, raw_read_s) = tokio::task::block_in_place(|| read_to_end(&args.brokers, &relay_topic))?;
+    let TopicRead {
+        messages: raw_read_n,
+        seconds: raw_read_s,
+        ..
+    } = tokio::task::block_in_place(|| read_to_end(&args.brokers, &relay_topic))?;
     anyhow::ensure!(raw_read_n == log_len, "the raw consumer read {raw_read_n} of {log_len}");
     let restore_dir = root.join("restored");
     let restored_at = Instant::now();
@@ -1167,8 +1171,17 @@ async fn fixture_replica(dir: &Path, kafka: crate::relay::KafkaConfig) -> anyhow
     )?)
 }
 
-/// Reads every partition of `topic` from the start; (messages, seconds to the last one).
-fn read_to_end(brokers: &str, topic: &str) -> anyhow::Result<(u64, f64)> {
+/// What a raw consumer read of a topic: messages, distinct `seq` headers, and the seconds to
+/// the last message.
+struct TopicRead {
+    messages: u64,
+    distinct: u64,
+    seconds: f64,
+}
+
+/// Reads every partition of `topic` from the start until it is quiet for 3 s, as a raw
+/// consumer would (no merge, nothing written).
+fn read_to_end(brokers: &str, topic: &str) -> anyhow::Result<TopicRead> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -1186,14 +1199,22 @@ fn read_to_end(brokers: &str, topic: &str) -> anyhow::Result<(u64, f64)> {
     consumer.assign(&tpl)?;
     let started = Instant::now();
     let (mut messages, mut last_at) = (0u64, started);
+    let mut seqs = std::collections::HashSet::new();
     while last_at.elapsed() < Duration::from_secs(3) {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            m?;
+            let m = m?;
             messages += 1;
             last_at = Instant::now();
+            if let Some(seq) = crate::relay::header_text(&m, "seq").and_then(|v| v.parse::<u64>().ok()) {
+                seqs.insert(seq);
+            }
         }
     }
-    Ok((messages, last_at.duration_since(started).as_secs_f64()))
+    Ok(TopicRead {
+        messages,
+        distinct: seqs.len() as u64,
+        seconds: last_at.duration_since(started).as_secs_f64(),
+    })
 }
 
 /// The account of canonical event bytes.
@@ -1207,41 +1228,6 @@ fn account_of(bytes: &[u8]) -> &str {
     std::str::from_utf8(&bytes[at..at + len]).unwrap_or("")
 }
 
-/// (messages, distinct seqs) on a topic, read from the beginning of every partition until
-/// quiet.
-fn count_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<(u64, u64)> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("bench-count-{}", Uuid::now_v7().simple()))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    let mut seqs = std::collections::HashSet::new();
-    let mut messages = 0u64;
-    let mut last = Instant::now();
-    while last.elapsed() < Duration::from_secs(3) {
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m?;
-            last = Instant::now();
-            messages += 1;
-            if let Some(seq) = m.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == "seq")
-                    .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).parse::<u64>().unwrap_or(0)))
-            }) {
-                seqs.insert(seq);
-            }
-        }
-    }
-    Ok((messages, seqs.len() as u64))
-}
-
 /// Sends every payload with its key and partition (and, if asked, the relay's headers, made
 /// before the clock starts); returns the seconds until all are acknowledged.
 async fn raw_produce(
@@ -1249,60 +1235,36 @@ async fn raw_produce(
     topic: &str,
     payloads: &[(u64, Vec<u8>)],
     partitions: i32,
-    headers: bool,
+    with_headers: bool,
 ) -> anyhow::Result<f64> {
-    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::FutureRecord;
-    let header_values: Vec<[String; 5]> = if headers {
-        payloads
-            .iter()
-            .map(|(seq, b)| {
+    // The relay's headers, made before the clock starts.
+    let mut headers: Vec<Option<rdkafka::message::OwnedHeaders>> = payloads
+        .iter()
+        .map(|(seq, b)| {
+            with_headers.then(|| {
                 let e = bindledger_events::decode(b).expect("own events decode");
-                [
-                    e.event_type().to_owned(),
-                    bindledger_events::SCHEMA_VERSION.to_string(),
-                    e.id.to_string(),
-                    seq.to_string(),
-                    hash_bytes(b).to_hex(),
-                ]
+                crate::relay::event_headers(
+                    e.event_type(),
+                    &bindledger_events::SCHEMA_VERSION.to_string(),
+                    &e.id.to_string(),
+                    &seq.to_string(),
+                    &hash_bytes(b).to_hex(),
+                )
             })
-            .collect()
-    } else {
-        Vec::new()
-    };
+        })
+        .collect();
     let started = Instant::now();
-    for (i, chunk) in payloads.chunks(20_000).enumerate() {
+    for (chunk, chunk_headers) in payloads.chunks(20_000).zip(headers.chunks_mut(20_000)) {
         let mut pending = Vec::with_capacity(chunk.len());
-        for (j, (_, bytes)) in chunk.iter().enumerate() {
+        for ((_, bytes), h) in chunk.iter().zip(chunk_headers.iter_mut()) {
             let key = account_of(bytes);
             let mut record = FutureRecord::to(topic)
                 .partition(crate::relay::partition_for(key.as_bytes(), partitions))
                 .key(key)
                 .payload(&bytes[..]);
-            if let Some(h) = header_values.get(i * 20_000 + j) {
-                record = record.headers(
-                    OwnedHeaders::new_with_capacity(5)
-                        .insert(Header {
-                            key: "event_type",
-                            value: Some(h[0].as_str()),
-                        })
-                        .insert(Header {
-                            key: "schema_version",
-                            value: Some(h[1].as_str()),
-                        })
-                        .insert(Header {
-                            key: "event_id",
-                            value: Some(h[2].as_str()),
-                        })
-                        .insert(Header {
-                            key: "seq",
-                            value: Some(h[3].as_str()),
-                        })
-                        .insert(Header {
-                            key: "hash",
-                            value: Some(h[4].as_str()),
-                        }),
-                );
+            if let Some(h) = h.take() {
+                record = record.headers(h);
             }
             pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
         }
@@ -1337,7 +1299,7 @@ pub struct IdempotencyBenchArgs {
 }
 
 /// Resident memory of this process, in bytes (Linux).
-fn resident_bytes() -> u64 {
+pub fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -58,15 +58,6 @@ impl Rng {
     }
 }
 
-const PROVIDERS: &[&str] = &[
-    "alipay",
-    "wechat_pay",
-    "apple_pay",
-    "union_pay",
-    "bank_card",
-    "credit_card",
-];
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
     Shopper,
@@ -546,7 +537,11 @@ fn population(opts: &DemoOptions, gateway: &SimulatedGateway, rng: &mut Rng) -> 
         let wallets = (0..1 + rng.below(3))
             .map(|_| {
                 (
-                    Provider::parse(PROVIDERS[rng.below(PROVIDERS.len() as u64) as usize]).expect("known"),
+                    {
+                        use bindledger_events::types::KNOWN_PROVIDERS;
+                        Provider::parse(KNOWN_PROVIDERS[rng.below(KNOWN_PROVIDERS.len() as u64) as usize])
+                            .expect("known")
+                    },
                     phone(rng),
                 )
             })

@@ -279,23 +279,19 @@ impl KeyIndex {
     }
 
     /// The event (seq, request digest) an idempotency key produced, if it is inside the window
-    /// at `now`. With `checked_at`, the generation at which an earlier look-up missed, the
+    /// at `now`; `ck` is [`composite`] of the account and the key, which the caller has made
+    /// already. With `checked_at`, the generation at which an earlier look-up missed, the
     /// tables are read only if keys moved there since.
     pub fn key_since(
         &self,
+        ck: &str,
         account: &str,
         key: &str,
         now: DateTime<Utc>,
         checked_at: Option<u64>,
     ) -> Result<Option<(u64, Hash)>> {
         let generation = self.generation();
-        if let Some((seq, digest, at)) = self
-            .recent
-            .lock()
-            .expect("recent keys lock")
-            .keys
-            .get(&composite(account, key))
-        {
+        if let Some((seq, digest, at)) = self.recent.lock().expect("recent keys lock").keys.get(ck) {
             if self.inside(*at, now) {
                 return Ok(Some((*seq, *digest)));
             }
@@ -308,7 +304,7 @@ impl KeyIndex {
 
     /// [`KeyIndex::key_since`] without an earlier look-up.
     pub fn key(&self, account: &str, key: &str, now: DateTime<Utc>) -> Result<Option<(u64, Hash)>> {
-        self.key_since(account, key, now, None)
+        self.key_since(&composite(account, key), account, key, now, None)
     }
 
     fn key_stored(&self, account: &str, key: &str, now: DateTime<Utc>) -> Result<Option<(u64, Hash)>> {

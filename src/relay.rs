@@ -456,28 +456,8 @@ impl Relay {
                     None // already on the topic
                 } else {
                     let hash = bindledger_events::hash_bytes(&bytes).to_hex();
-                    let seq_text = seq.to_string();
-                    let headers = OwnedHeaders::new_with_capacity(5)
-                        .insert(Header {
-                            key: "event_type",
-                            value: Some(route.event_type),
-                        })
-                        .insert(Header {
-                            key: "schema_version",
-                            value: Some(route.version),
-                        })
-                        .insert(Header {
-                            key: "event_id",
-                            value: Some(route.event_id),
-                        })
-                        .insert(Header {
-                            key: "seq",
-                            value: Some(seq_text.as_str()),
-                        })
-                        .insert(Header {
-                            key: "hash",
-                            value: Some(hash.as_str()),
-                        });
+                    let headers =
+                        event_headers(route.event_type, route.version, route.event_id, &seq.to_string(), &hash);
                     let record = FutureRecord::to(&topic)
                         .partition(partition)
                         .key(route.account)
@@ -620,6 +600,25 @@ pub(crate) fn producer(config: &KafkaConfig) -> Result<FutureProducer, String> {
 }
 
 /// A header's value as text.
+/// The headers of an event's message (TOPIC.md): its type, schema version, id, `seq` and the
+/// SHA-256 of its bytes.
+pub(crate) fn event_headers(event_type: &str, version: &str, event_id: &str, seq: &str, hash: &str) -> OwnedHeaders {
+    [
+        ("event_type", event_type),
+        ("schema_version", version),
+        ("event_id", event_id),
+        ("seq", seq),
+        ("hash", hash),
+    ]
+    .into_iter()
+    .fold(OwnedHeaders::new_with_capacity(5), |h, (key, value)| {
+        h.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
+}
+
 pub(crate) fn header_text<M: Message>(m: &M, name: &str) -> Option<String> {
     m.headers().and_then(|h| {
         h.iter()
@@ -870,15 +869,10 @@ impl PartitionedConsumer {
     }
 
     fn record(topic: &str, p: usize, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<SeqRecord, String> {
-        use rdkafka::message::{Headers, Message};
+        use rdkafka::message::Message;
         // The `seq` header (events), else the key (checkpoints are keyed by seq).
-        let seq = m
-            .headers()
-            .and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == "seq")
-                    .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-            })
+        let seq = header_text(m, "seq")
+            .and_then(|v| v.parse().ok())
             .or_else(|| std::str::from_utf8(m.key()?).ok()?.parse().ok())
             .ok_or_else(|| format!("{topic} partition {p} offset {} has no seq header", m.offset()))?;
         Ok((

@@ -307,7 +307,7 @@ impl Writer {
     ) -> Result<Option<(u64, Hash)>> {
         match self.pending.get(ck) {
             Some(found) => Ok(Some(*found)),
-            None => self.idempotency.key_since(account, key, now, checked_at),
+            None => self.idempotency.key_since(ck, account, key, now, checked_at),
         }
     }
 

@@ -353,16 +353,6 @@ async fn keys_survive_sigkill_of_the_server() {
     assert_eq!(payments, 600);
 }
 
-fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap()
-        * 1024
-}
-
 /// Millions of live keys stay on disk: resident memory does not grow with them (the tables are
 /// read and written through the page cache, which is the kernel's, not the process's).
 #[test]
@@ -379,7 +369,7 @@ fn millions_of_keys_live_on_disk_not_in_memory() {
     const KEYS: u64 = 3_000_000;
     const BATCH: u64 = 131_072;
     let mut batch = Vec::with_capacity(BATCH as usize);
-    let before = resident_bytes();
+    let before = bindledger::bench::resident_bytes();
     let mut first = 1;
     while first <= KEYS {
         let last = (first + BATCH - 1).min(KEYS);
@@ -388,7 +378,7 @@ fn millions_of_keys_live_on_disk_not_in_memory() {
         table.insert(&mut batch, 0, last, last == KEYS).unwrap();
         first = last + 1;
     }
-    let grown = resident_bytes().saturating_sub(before);
+    let grown = bindledger::bench::resident_bytes().saturating_sub(before);
     assert_eq!(table.live(), KEYS);
     assert!(table.file_bytes() >= KEYS * 16, "{}", table.file_bytes());
     assert!(
