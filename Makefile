@@ -9,7 +9,7 @@ TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
 # The demo's broker listens here (in memory: a fresh topic each run).
 DEMO_KAFKA_PORT ?= 19092
 
-.PHONY: demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
+.PHONY: features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs, then run make again" >&2; exit 1; }
@@ -36,6 +36,14 @@ fmt-check: check-toolchain
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) fmt --all --check || { echo "the code is not formatted: run cargo fmt --all" >&2; exit 1; }
 
+## The library and the audit tool build without their default features (no axum, no
+## librdkafka), as ARCHITECTURE.md ("Features") promises.
+features-check: check-toolchain
+	@$(CARGO) check --locked --quiet -p bindledger --no-default-features
+	@$(CARGO) check --locked --quiet -p bindledger-replay --no-default-features
+	@! $(CARGO) tree --locked -p bindledger-replay --no-default-features -e normal | grep -E '^.* (rdkafka|axum) ' \
+	  || { echo "the audit tool without default features still depends on rdkafka or axum" >&2; exit 1; }
+
 ## The ledger with a demo workload, publishing to a Kafka broker started for the occasion.
 demo: tansu
 	$(CARGO) build --release --locked --workspace
@@ -47,7 +55,7 @@ demo: tansu
 
 ## Every test: unit tests, and the integration tests against real sled files, the real HTTP
 ## server, a real Kafka broker process, and the real binary killed with SIGKILL.
-test: tansu test-tools fmt-check
+test: tansu test-tools fmt-check features-check
 	@mkdir -p target
 	@set -o pipefail; TANSU="$(TANSU)" $(CARGO) test --workspace --locked 2>&1 | tee target/test-output.log; status=$$?; \
 	  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } \

@@ -2,13 +2,14 @@
 //! by command-line flags. Every field has a documented default, so `bindledger serve` starts on
 //! an empty directory with no file at all.
 
+use bindledger_events::Provider;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
-use crate::gateway::Scenario;
-use crate::relay::KafkaConfig;
 
 /// What a bearer token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -115,7 +116,7 @@ pub struct Config {
     pub tokens: Vec<TokenConfig>,
 }
 
-/// A read replica (see [`crate::replica`]): it follows the events topic (`kafka.brokers`,
+/// A read replica (see [`crate::adapters::kafka::replica`]): it follows the events topic (`kafka.brokers`,
 /// `kafka.topic`) into its own log, serves every read, and answers commands `421 not_primary`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -126,7 +127,7 @@ pub struct ReplicaConfig {
     pub primary_url: String,
 }
 
-/// Idempotency keys (see [`crate::idempotency`]).
+/// Idempotency keys (see [`crate::ledger::idempotency`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdempotencyConfig {
@@ -137,7 +138,7 @@ pub struct IdempotencyConfig {
     /// `disk` (default): the keys live in `<data_dir>/idempotency.keys`, memory holds only the
     /// keys not yet written there. `memory`: the keys of the last `memory_keys` events, in
     /// memory only (the former behaviour; the window holds only while they fit).
-    pub index: crate::idempotency::IndexKind,
+    pub index: IndexKind,
     /// `index = "memory"` only. Default 1,000,000.
     pub memory_keys: u64,
 }
@@ -146,7 +147,7 @@ impl Default for IdempotencyConfig {
     fn default() -> Self {
         IdempotencyConfig {
             window: "24h".into(),
-            index: crate::idempotency::IndexKind::Disk,
+            index: IndexKind::Disk,
             memory_keys: 1_000_000,
         }
     }
@@ -154,7 +155,7 @@ impl Default for IdempotencyConfig {
 
 impl IdempotencyConfig {
     pub fn window(&self) -> Result<chrono::Duration, Error> {
-        match crate::alerts::rules::Span::parse(&self.window) {
+        match crate::domain::alerts::rules::Span::parse(&self.window) {
             Ok(s) if s.micros() > 0 => Ok(s.duration()),
             _ => Err(Error::Config(
                 "idempotency.window must be a positive duration such as 24h, 90m or 7d".into(),
@@ -163,7 +164,7 @@ impl IdempotencyConfig {
     }
 }
 
-/// Signed checkpoints (see [`crate::checkpoint`]).
+/// Signed checkpoints (see [`crate::ledger::checkpoint`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointsConfig {
@@ -243,17 +244,6 @@ pub struct WriterConfig {
     pub sync_data: bool,
 }
 
-impl WriterConfig {
-    /// The flusher's group-commit delay, or `None` when it is off.
-    pub fn commit_delay(&self) -> Option<crate::writer::CommitDelay> {
-        (self.commit_delay_us > 0).then(|| crate::writer::CommitDelay {
-            delay: std::time::Duration::from_micros(self.commit_delay_us),
-            batch: self.commit_batch,
-            busy_events: self.commit_busy_events,
-        })
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
@@ -329,7 +319,7 @@ impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
             queue_capacity: 16384,
-            batch_max: crate::store::CHUNK_EVENTS_MAX,
+            batch_max: 128, // the store's chunk (`CHUNK_EVENTS_MAX`, a test holds them equal)
             snapshot_every_events: 50_000,
             commit_delay_us: 2000,
             commit_batch: 64,
@@ -499,10 +489,12 @@ impl Config {
 
     /// The alert rules: the rules file if one is configured (refused with the line and the
     /// problem if it cannot be used), else the defaults.
-    pub fn alert_rules(&self) -> Result<crate::alerts::RuleSet, Error> {
+    pub fn alert_rules(&self) -> Result<crate::domain::alerts::RuleSet, Error> {
         match &self.alerts.rules_file {
-            Some(path) => crate::alerts::RuleSet::load(path).map_err(|e| Error::Config(format!("alert rules: {e}"))),
-            None => Ok(crate::alerts::RuleSet::default()),
+            Some(path) => {
+                crate::domain::alerts::RuleSet::load(path).map_err(|e| Error::Config(format!("alert rules: {e}")))
+            }
+            None => Ok(crate::domain::alerts::RuleSet::default()),
         }
     }
 
@@ -579,7 +571,7 @@ mod tests {
         let on =
             Config::from_toml("[writer]\ncommit_delay_us = 500\ncommit_batch = 32\ncommit_busy_events = 4").unwrap();
         on.validate().unwrap();
-        let expected = crate::writer::CommitDelay {
+        let expected = crate::ledger::writer::CommitDelay {
             delay: std::time::Duration::from_micros(500),
             batch: 32,
             busy_events: 4,
@@ -597,4 +589,158 @@ mod tests {
             assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
         }
     }
+}
+
+/// A maintenance window of one provider, in event time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    pub provider: String,
+    pub from: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+}
+
+/// The simulated providers' world.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    /// Everything about a wallet derives from this seed and the wallet. Default 1.
+    pub seed: u64,
+    /// Wallets frozen by their provider, per thousand. Default 20.
+    pub frozen_per_mille: u32,
+    /// Wallets closed (deregistered), per thousand. Default 10.
+    pub closed_per_mille: u32,
+    /// Wallet accounts the provider does not know (typos), per thousand. Default 10.
+    pub unknown_per_mille: u32,
+    /// Calls that fail with a network error, per thousand. Default 5.
+    pub network_error_per_mille: u32,
+    /// Starting balance range of a wallet, minor units. Default 100.00 to 50,000.00.
+    pub balance_minor_min: i64,
+    pub balance_minor_max: i64,
+    /// Providers under maintenance, by event time.
+    pub maintenance: Vec<MaintenanceWindow>,
+    /// Simulated round-trip time of each call. Default 0.
+    pub latency_ms: u64,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            seed: 1,
+            frozen_per_mille: 20,
+            closed_per_mille: 10,
+            unknown_per_mille: 10,
+            network_error_per_mille: 5,
+            balance_minor_min: 10_000,    // 100.00
+            balance_minor_max: 5_000_000, // 50,000.00
+            maintenance: Vec::new(),
+            latency_ms: 0,
+        }
+    }
+}
+
+impl Scenario {
+    /// A world where nothing goes wrong unless a test asks for it.
+    pub fn quiet(seed: u64) -> Scenario {
+        Scenario {
+            seed,
+            frozen_per_mille: 0,
+            closed_per_mille: 0,
+            unknown_per_mille: 0,
+            network_error_per_mille: 0,
+            ..Scenario::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        let total = self.frozen_per_mille + self.closed_per_mille + self.unknown_per_mille;
+        if total > 1000 || self.network_error_per_mille > 1000 {
+            return Err(Error::Config(
+                "gateway.simulated: per-mille rates must add up to at most 1000".into(),
+            ));
+        }
+        if self.balance_minor_min < 0 || self.balance_minor_max < self.balance_minor_min {
+            return Err(Error::Config(
+                "gateway.simulated: need 0 <= balance_minor_min <= balance_minor_max".into(),
+            ));
+        }
+        for w in &self.maintenance {
+            Provider::parse(&w.provider).map_err(|e| Error::Config(format!("gateway.simulated.maintenance: {e}")))?;
+            if w.until <= w.from {
+                return Err(Error::Config(
+                    "gateway.simulated.maintenance: `until` must be after `from`".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, e.g. `127.0.0.1:9092`. Empty (the default): no relay.
+    /// Env `BINDLEDGER_KAFKA_BROKERS`.
+    pub brokers: String,
+    /// The events topic. Default `bindledger.events`. Env `BINDLEDGER_KAFKA_TOPIC`.
+    pub topic: String,
+    /// The alerts topic (one partition, so alerts keep their order). Default
+    /// `bindledger.alerts`. Env `BINDLEDGER_KAFKA_ALERTS_TOPIC`.
+    pub alerts_topic: String,
+    /// Partitions when the relay creates the topic. Default 6.
+    pub partitions: i32,
+    /// Replication factor when the relay creates the topic. Default 1.
+    pub replication_factor: i32,
+    /// Events sent before waiting for their acknowledgements. Default 20,000.
+    pub inflight_events_max: usize,
+    /// librdkafka `message.timeout.ms`: a message not acknowledged by then fails and the relay
+    /// recovers. Default 30,000.
+    pub message_timeout_ms: u64,
+    /// Longest wait between two attempts while the broker is away. Default 5,000 ms.
+    pub backoff_ms_max: u64,
+    /// Extra librdkafka properties (security, SASL, ...), given as they are.
+    pub properties: BTreeMap<String, String>,
+    /// How long the producer gathers messages into a batch (librdkafka's `linger.ms`): larger
+    /// batches, against latency. Default 5 ms, and 0 in replicated mode, where every command
+    /// waits for it.
+    pub linger_ms: Option<u64>,
+    /// Refuse (rather than warn about) an events topic that may delete or compact records.
+    /// Set by the node in replicated mode; not read from the configuration file.
+    #[serde(skip)]
+    pub require_retention: bool,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: String::new(),
+            topic: "bindledger.events".into(),
+            alerts_topic: "bindledger.alerts".into(),
+            partitions: 6,
+            replication_factor: 1,
+            inflight_events_max: 20_000,
+            message_timeout_ms: 30_000,
+            backoff_ms_max: 5_000,
+            properties: BTreeMap::new(),
+            linger_ms: None,
+            require_retention: false,
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn enabled(&self) -> bool {
+        !self.brokers.trim().is_empty()
+    }
+}
+
+/// Where the keys live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexKind {
+    /// On disk, with the keys the indexer has not written yet in memory (the default).
+    Disk,
+    /// In memory only: the keys of the last `memory_keys` events (the window in time holds
+    /// only while they fit). For comparison.
+    Memory,
 }

@@ -4,55 +4,39 @@
 //! command ends in exactly one event, a success or a typed failure, appended to a hash-chained
 //! sled log; projections fold the log into the current bindings.
 //!
-//! ## Layout
-//! - [`command`]: requests and their validation (before anything else happens).
-//! - [`secret`]: secret strings, masking, keyed wallet fingerprints, the ledger secret.
-//! - [`gateway`]: the wallet-provider trait and the deterministic simulated provider.
-//! - [`decide`]: the business rules: pure functions from state and facts to one event.
-//! - [`projection`]: the pure fold from events to bindings and the wallet index.
-//! - [`store`]: the sled layout: the log in chunks (one atomic batch and one flush per group
-//!   commit), derived rows in a separate tree.
-//! - [`writer`]: the single writer thread (batching, deciding) and the flusher (group commit).
-//! - [`idempotency`]: the bounded idempotency index, derived from the log.
-//! - [`indexer`]: history rows and projection snapshots, off the write path.
-//! - [`ledger`]: the library API tying these together.
-//! - [`http`]: the axum HTTP API; [`metrics`]: Prometheus text metrics.
-//! - [`relay`]: the Kafka outbox relay (exactly once on the topic, without transactions).
-//! - [`analytics`]: the downstream analytics consumer (`bindledger consume`).
-//! - [`config`]: TOML + environment configuration; [`error`]: the error enum.
-//! - [`offline`]: export and verify a log that no process has open.
-//! - [`restore`]: a data directory rebuilt from the events topic and its signed checkpoints.
-//! - [`client`], [`demo`], [`bench`]: a small HTTP client, the demo workload, the benchmark.
+//! ## Layers
+//! The tree shows the architecture; each layer depends only on those above it in this list
+//! (`tests/layers.rs` checks it):
+//! - [`error`] and [`config`]: the error type, and every configuration type (TOML and the
+//!   environment).
+//! - [`domain`]: pure code: commands and their validation, secrets and masking, the business
+//!   decisions, the projections, the anomaly rules and their engine. No IO.
+//! - [`ledger`]: the core: the writer, the flusher, the indexes, the storage (sled), the signed
+//!   checkpoints, the live alert monitor; [`Ledger`] is its API.
+//! - [`adapters`]: HTTP (the API and a small client), Kafka (the relays, the topic reader,
+//!   replicas, restore, the analytics consumer) and the simulated wallet provider.
+//! - [`node`] (feature `server`): the composition root that starts and stops a whole node.
+//!
+//! The `bindledger` binary (`src/bin/bindledger/`: one file per command, the demo and the
+//! benchmarks) and the audit tool (`replay/`) are built on this library.
+//!
+//! ## Features
+//! - `kafka` (on by default): the Kafka adapters, with librdkafka.
+//! - `server` (on by default; implies `kafka`): the HTTP server (axum) and [`node`].
+//!
+//! Without them the library is the domain, the core, the offline tools and the HTTP client:
+//! what the audit tool needs to read a log from a directory, a file or a ledger's API.
 
-pub mod alerts;
-pub mod analytics;
-pub mod bench;
-pub mod bench_alerts;
-pub mod checkpoint;
-pub mod client;
-pub mod command;
+pub mod adapters;
 pub mod config;
-pub mod decide;
-pub mod demo;
+pub mod domain;
 pub mod error;
-pub mod gateway;
-pub mod http;
-pub mod idempotency;
-pub mod indexer;
-pub mod keytable;
+pub mod fixture;
 pub mod ledger;
-pub mod metrics;
+#[cfg(feature = "server")]
 pub mod node;
-pub mod offline;
-pub mod projection;
-pub mod relay;
-pub mod replica;
-pub mod restore;
-pub mod secret;
-pub mod store;
 #[cfg(test)]
 mod testing;
-pub mod writer;
 
 pub use config::Config;
 pub use error::{Error, Result};

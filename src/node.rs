@@ -4,15 +4,15 @@
 
 use std::sync::Arc;
 
-use crate::alerts::publish::AlertPublisher;
-use crate::alerts::{Monitor, MonitorConfig};
+use crate::adapters::http::{AppState, Extras, MonitorView};
+use crate::adapters::kafka::alerts::AlertPublisher;
+use crate::adapters::kafka::relay::Relay;
 use crate::config::Config;
+use crate::domain::gateway::WalletGateway;
+use crate::domain::secret::LedgerSecret;
 use crate::error::Result;
-use crate::gateway::WalletGateway;
-use crate::http::{AppState, Extras, MonitorView};
+use crate::ledger::alerts::{Monitor, MonitorConfig};
 use crate::ledger::Ledger;
-use crate::relay::Relay;
-use crate::secret::LedgerSecret;
 
 pub struct Node {
     pub ledger: Ledger,
@@ -27,7 +27,7 @@ pub struct Node {
 }
 
 /// A task a primary runs beside the ledger, not yet spawned.
-pub type Service = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+pub use crate::adapters::kafka::replica::Service;
 
 impl Node {
     /// Opens the ledger and starts the monitor and the relays the configuration asks for.
@@ -40,7 +40,7 @@ impl Node {
     /// The same with the rules given (the demo turns locking on).
     pub fn start_with_rules(
         config: &Config,
-        rules: crate::alerts::RuleSet,
+        rules: crate::domain::alerts::RuleSet,
         secret: LedgerSecret,
         gateway: Arc<dyn WalletGateway>,
     ) -> Result<Node> {
@@ -78,7 +78,7 @@ impl Node {
             }
         }
         if config.checkpoints.enabled {
-            let key = Arc::new(crate::checkpoint::CheckpointKey::load_or_create(
+            let key = Arc::new(crate::ledger::checkpoint::CheckpointKey::load_or_create(
                 &config.checkpoint_key_path(),
             )?);
             let store = ledger.checkpoint_store();
@@ -87,7 +87,7 @@ impl Node {
             let (signed_tx, signed_rx) = tokio::sync::watch::channel(0u64);
             let mut publisher = None;
             if config.kafka.enabled() {
-                let p = crate::checkpoint::CheckpointPublisher::new(
+                let p = crate::adapters::kafka::checkpoints::CheckpointPublisher::new(
                     store.clone(),
                     key.public_hex(),
                     config.kafka.clone(),
@@ -97,7 +97,7 @@ impl Node {
                 extras.checkpoints_relay = Some((config.checkpoints.topic.clone(), p.status.clone()));
                 publisher = Some(p);
             }
-            services.push(Box::pin(crate::checkpoint::run(
+            services.push(Box::pin(crate::ledger::checkpoint::run(
                 ledger.clone(),
                 key,
                 store,
@@ -119,8 +119,8 @@ impl Node {
             {
                 status.set_standby();
             }
-            let status = Arc::new(crate::replica::ReplicaStatus::default());
-            let f = crate::replica::Follower {
+            let status = Arc::new(crate::adapters::kafka::replica::ReplicaStatus::default());
+            let f = crate::adapters::kafka::replica::Follower {
                 ledger: ledger.clone(),
                 kafka: config.kafka.clone(),
                 status: status.clone(),
@@ -131,7 +131,7 @@ impl Node {
                 .name("bindledger-replica".into())
                 .spawn(move || f.run(flag, handle))
                 .map_err(|e| crate::error::Error::Io(format!("starting the replica thread: {e}")))?;
-            let promoter = Arc::new(crate::replica::Promoter::new(
+            let promoter = Arc::new(crate::adapters::kafka::replica::Promoter::new(
                 ledger.clone(),
                 status.clone(),
                 thread,

@@ -5,12 +5,12 @@
 
 mod common;
 
-use bindledger::alerts::engine::{self, AlertChange};
-use bindledger::alerts::RuleSet;
-use bindledger::client::{Client, SseStream};
-use bindledger::command::{CommonInput, PayRequest};
-use bindledger::gateway::{Scenario, SimulatedGateway};
-use bindledger::secret::SecretString;
+use bindledger::adapters::http::client::{Client, SseStream};
+use bindledger::adapters::provider::{Scenario, SimulatedGateway};
+use bindledger::domain::alerts::engine::{self, AlertChange};
+use bindledger::domain::alerts::RuleSet;
+use bindledger::domain::command::{CommonInput, PayRequest};
+use bindledger::domain::secret::SecretString;
 use bindledger::Ledger;
 use bindledger_events::{decode, Event, Payload, UnlockCause};
 use chrono::Utc;
@@ -422,7 +422,7 @@ fn a_bad_rules_file_is_refused_at_start_naming_the_line() {
 /// Commands an attacker-heavy population sends, over HTTP: binds (some with a wrong password,
 /// some with frozen or closed wallets), payments with wrong and right passwords, unbinds.
 fn command(
-    rng: &mut bindledger::demo::Rng,
+    rng: &mut bindledger::fixture::Rng,
     g: &SimulatedGateway,
     bound: &Mutex<Vec<(String, u64, String)>>,
 ) -> (String, Value) {
@@ -469,7 +469,7 @@ async fn workload(
     until: Instant,
     bound: Arc<Mutex<Vec<(String, u64, String)>>>,
 ) {
-    let mut rng = bindledger::demo::Rng(seed);
+    let mut rng = bindledger::fixture::Rng(seed);
     let mut client = Client::new(addr, Some(ALL.into()));
     while Instant::now() < until {
         let (path, body) = command(&mut rng, &g, &bound);
@@ -567,13 +567,13 @@ async fn alerts_rebuilt_from_the_log_equal_the_live_ones_across_a_sigkill() {
 
     // Offline: the stored alert stream equals a rebuild from the log with the same rules...
     let rules = RuleSet::load(&rules_path).unwrap();
-    let report = bindledger::offline::verify(&data, &rules).unwrap();
+    let report = bindledger::ledger::offline::verify(&data, &rules).unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.alerts_stored, report.alerts_rebuilt);
     assert!(report.alerts_rules_note.is_none());
     // ...and so does what the live feed showed, across the kill: same ids, same contents, in
     // order, nothing missing or twice.
-    let store = bindledger::store::Store::open(&data).unwrap();
+    let store = bindledger::ledger::store::Store::open(&data).unwrap();
     let events: Vec<Event> = store.scan_events(1).map(|r| decode(&r.unwrap().1).unwrap()).collect();
     let rebuilt = engine::rebuild(rules, &events);
     let seen = seen.lock().unwrap().clone();

@@ -13,7 +13,7 @@ fn a_live_log_is_refused_to_offline_tools_and_a_stopped_one_exports_and_verifies
     let server = spawn_server(&data, &log, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut c = bindledger::client::Client::new(server.addr, Some(ALL.into()));
+        let mut c = bindledger::adapters::http::client::Client::new(server.addr, Some(ALL.into()));
         for i in 0..5 {
             let body =
                 serde_json::json!({"provider": "wechat_pay", "wallet_account": phone(i), "payment_password": "000000"});
@@ -75,12 +75,12 @@ fn without_configured_tokens_an_admin_token_is_created() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (status, _) = bindledger::client::Client::new(server.addr, Some(token.trim().into()))
+        let (status, _) = bindledger::adapters::http::client::Client::new(server.addr, Some(token.trim().into()))
             .get_json("/v1/accounts/x/bindings")
             .await
             .unwrap();
         assert_eq!(status.as_u16(), 200);
-        let (status, _) = bindledger::client::Client::new(server.addr, None)
+        let (status, _) = bindledger::adapters::http::client::Client::new(server.addr, None)
             .get_json("/v1/accounts/x/bindings")
             .await
             .unwrap();
@@ -109,7 +109,7 @@ fn a_bad_configuration_is_refused_with_the_reason() {
 
 #[test]
 fn sim_wallet_tells_what_the_simulated_provider_expects() {
-    use bindledger::gateway::{Scenario, SimulatedGateway};
+    use bindledger::adapters::provider::{Scenario, SimulatedGateway};
     let (code, out, stderr) = run_cli(&["sim-wallet", "--provider", "wechat_pay", "13900001111"]);
     assert_eq!(code, 0, "{stderr}");
     let out = String::from_utf8(out).unwrap();
@@ -320,12 +320,12 @@ fn export_writes_the_stored_checkpoints_beside_the_log() {
     rt.block_on(async {
         let mut config = test_config(&data);
         config.checkpoints.every_events = 3;
-        let g = std::sync::Arc::new(bindledger::gateway::SimulatedGateway::new(
+        let g = std::sync::Arc::new(bindledger::adapters::provider::SimulatedGateway::new(
             config.gateway.simulated.clone(),
         ));
         let node = bindledger::node::Node::start(
             &config,
-            bindledger::secret::LedgerSecret::from_bytes([5; 32]),
+            bindledger::domain::secret::LedgerSecret::from_bytes([5; 32]),
             g.clone(),
         )
         .unwrap();
@@ -345,12 +345,12 @@ fn export_writes_the_stored_checkpoints_beside_the_log() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(String::from_utf8(out).unwrap().lines().count(), 10);
-    let store = bindledger::store::Store::open(&data).unwrap();
-    let stored = bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree())
+    let store = bindledger::ledger::store::Store::open(&data).unwrap();
+    let stored = bindledger::ledger::checkpoint::CheckpointStore::new(store.checkpoints_tree())
         .all()
         .unwrap();
     assert!(stored.len() >= 2);
-    let written: Vec<bindledger::checkpoint::SignedCheckpoint> = std::fs::read_to_string(&cps)
+    let written: Vec<bindledger::ledger::checkpoint::SignedCheckpoint> = std::fs::read_to_string(&cps)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -371,12 +371,12 @@ fn a_closed_pipe_ends_quietly() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let addr = rt.block_on(async {
         let config = test_config(&data);
-        let g = std::sync::Arc::new(bindledger::gateway::SimulatedGateway::new(
+        let g = std::sync::Arc::new(bindledger::adapters::provider::SimulatedGateway::new(
             config.gateway.simulated.clone(),
         ));
         let node = bindledger::node::Node::start(
             &config,
-            bindledger::secret::LedgerSecret::from_bytes([5; 32]),
+            bindledger::domain::secret::LedgerSecret::from_bytes([5; 32]),
             g.clone(),
         )
         .unwrap();
@@ -525,7 +525,7 @@ async fn unlock_lifts_a_lock_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(test_config(dir.path())).await;
     let binding = bind_wallet(&server.ledger, &server.gateway, "victim", 1).await;
-    let meta = bindledger::command::Meta {
+    let meta = bindledger::domain::command::Meta {
         account: "victim".into(),
         idempotency_key: Some("lock:manual-test".into()),
         expected_version: None,
@@ -538,7 +538,7 @@ async fn unlock_lifts_a_lock_from_the_command_line() {
         },
     };
     let until = chrono::Utc::now() + chrono::Duration::minutes(30);
-    let cmd = bindledger::command::LockCommand {
+    let cmd = bindledger::domain::command::LockCommand {
         meta,
         binding_id: binding,
         alert_id: "password_brute_force-1".into(),

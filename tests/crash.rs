@@ -4,9 +4,9 @@
 
 mod common;
 
-use bindledger::demo::Rng;
-use bindledger::gateway::{Scenario, SimulatedGateway};
-use bindledger::projection::Projection;
+use bindledger::adapters::provider::{Scenario, SimulatedGateway};
+use bindledger::domain::projection::Projection;
+use bindledger::fixture::Rng;
 use bindledger_events::{decode, hash_bytes, Event};
 use common::*;
 use serde_json::{json, Value};
@@ -41,7 +41,7 @@ fn config_file(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
-async fn send(client: &mut bindledger::client::Client, book: &Mutex<Book>, sent: Sent) -> bool {
+async fn send(client: &mut bindledger::adapters::http::client::Client, book: &Mutex<Book>, sent: Sent) -> bool {
     let (account, key, body) = &sent;
     let path = if key.starts_with("bind") {
         format!("/v1/accounts/{account}/bindings")
@@ -91,7 +91,7 @@ async fn acknowledged_commands_survive_repeated_sigkill() {
 
     for round in 0..=ROUNDS {
         let server = spawn_server(&data, &log, &env);
-        let mut client = bindledger::client::Client::new(server.addr, Some(ALL.into()));
+        let mut client = bindledger::adapters::http::client::Client::new(server.addr, Some(ALL.into()));
         // First, the commands whose outcome the last crash hid: same keys, so exactly once.
         let retry = std::mem::take(&mut book.lock().unwrap().unknown);
         book.lock().unwrap().retried += retry.len();
@@ -145,7 +145,7 @@ async fn acknowledged_commands_survive_repeated_sigkill() {
                 let addr = server.addr;
                 let pw: HashMap<String, String> = (0..ACCOUNTS).map(|a| (format!("acct-{a}"), gateway.password_for(&alipay(), &phone(a)))).collect();
                 tokio::spawn(async move {
-                    let mut client = bindledger::client::Client::new(addr, Some(ALL.into()));
+                    let mut client = bindledger::adapters::http::client::Client::new(addr, Some(ALL.into()));
                     for n in 0.. {
                         let account = format!("acct-{}", (c + n) as u64 % ACCOUNTS);
                         let binding = bindings.lock().unwrap()[&account].clone();

@@ -7,7 +7,7 @@
 
 mod common;
 
-use bindledger::client::Client;
+use bindledger::adapters::http::client::Client;
 use common::*;
 use serde_json::json;
 use std::collections::HashMap;
@@ -120,7 +120,8 @@ fn answers_after_sync(extra_config: &str, n: usize) -> Vec<(String, bool)> {
         .unwrap_or_else(|| panic!("{line}"))
         .parse()
         .unwrap();
-    let g = bindledger::gateway::SimulatedGateway::new(bindledger::config::Config::default().gateway.simulated);
+    let g =
+        bindledger::adapters::provider::SimulatedGateway::new(bindledger::config::Config::default().gateway.simulated);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let orders: Vec<String> = rt.block_on(async {
         let mut c = Client::new(addr, Some(ALL.into()));

@@ -7,7 +7,7 @@ use common::*;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
-async fn bind(c: &mut bindledger::client::Client, s: &TestServer, account: &str, n: u64) -> Value {
+async fn bind(c: &mut bindledger::adapters::http::client::Client, s: &TestServer, account: &str, n: u64) -> Value {
     let pw = s.gateway.password_for(&alipay(), &phone(n));
     let sms = s.gateway.factor_code_for(&alipay(), &phone(n), Factor::Sms);
     let (status, body) = c
@@ -192,7 +192,7 @@ async fn tokens_and_roles() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(test_config(dir.path())).await;
     let body = json!({"provider": "alipay", "wallet_account": phone(1), "payment_password": "x"});
-    let mut anonymous = bindledger::client::Client::new(s.addr, None);
+    let mut anonymous = bindledger::adapters::http::client::Client::new(s.addr, None);
     let (status, e) = anonymous.post_json("/v1/accounts/a/bindings", &body).await.unwrap();
     assert_eq!(
         (status, e["error"]["code"].as_str()),

@@ -3,10 +3,10 @@
 
 mod common;
 
-use bindledger::command::{CommonInput, PayRequest};
-use bindledger::gateway::SimulatedGateway;
-use bindledger::idempotency::IndexKind;
-use bindledger::secret::{LedgerSecret, SecretString};
+use bindledger::adapters::provider::SimulatedGateway;
+use bindledger::domain::command::{CommonInput, PayRequest};
+use bindledger::domain::secret::{LedgerSecret, SecretString};
+use bindledger::ledger::idempotency::IndexKind;
 use bindledger::{Config, Ledger};
 use bindledger_events::{decode, Payload, PaymentFailure};
 use chrono::Utc;
@@ -301,9 +301,9 @@ async fn keys_survive_sigkill_of_the_server() {
     let config = dir.path().join("bindledger.toml");
     std::fs::write(&config, "[gateway.simulated]\nseed = 11\nfrozen_per_mille = 0\nclosed_per_mille = 0\nunknown_per_mille = 0\nnetwork_error_per_mille = 0\n").unwrap();
     let env = [("BINDLEDGER_CONFIG", config.to_str().unwrap())];
-    let gateway = SimulatedGateway::new(bindledger::gateway::Scenario::quiet(11));
+    let gateway = SimulatedGateway::new(bindledger::adapters::provider::Scenario::quiet(11));
     let server = spawn_server(&data, &log, &env);
-    let mut client = bindledger::client::Client::new(server.addr, Some(ALL.into()));
+    let mut client = bindledger::adapters::http::client::Client::new(server.addr, Some(ALL.into()));
     let (status, v) = client
         .post_json(
             "/v1/accounts/acct-1/bindings",
@@ -330,7 +330,7 @@ async fn keys_survive_sigkill_of_the_server() {
     }
     server.kill();
     let server = spawn_server(&data, &log, &env);
-    let mut client = bindledger::client::Client::new(server.addr, Some(ALL.into()));
+    let mut client = bindledger::adapters::http::client::Client::new(server.addr, Some(ALL.into()));
     for i in [0, 150, 300, 450, 599] {
         let (status, v) = client
             .post_json("/v1/accounts/acct-1/payments", &body(i))
@@ -342,7 +342,7 @@ async fn keys_survive_sigkill_of_the_server() {
     // The log holds each payment once.
     drop(client);
     server.terminate();
-    let scan = bindledger::store::scan_dir(&data, 1).unwrap();
+    let scan = bindledger::ledger::store::scan_dir(&data, 1).unwrap();
     let mut payments = 0;
     for r in scan {
         let (_, bytes) = r.unwrap();
@@ -358,7 +358,7 @@ async fn keys_survive_sigkill_of_the_server() {
 #[test]
 fn millions_of_keys_live_on_disk_not_in_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let table = bindledger::keytable::KeyTable::open(&dir.path().join("t.keys")).unwrap();
+    let table = bindledger::ledger::keytable::KeyTable::open(&dir.path().join("t.keys")).unwrap();
     let fp = |i: u64| {
         // splitmix64: well-spread fingerprints without hashing costs in a debug build.
         let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -369,7 +369,7 @@ fn millions_of_keys_live_on_disk_not_in_memory() {
     const KEYS: u64 = 3_000_000;
     const BATCH: u64 = 131_072;
     let mut batch = Vec::with_capacity(BATCH as usize);
-    let before = bindledger::bench::resident_bytes();
+    let before = bindledger::fixture::resident_bytes();
     let mut first = 1;
     while first <= KEYS {
         let last = (first + BATCH - 1).min(KEYS);
@@ -378,7 +378,7 @@ fn millions_of_keys_live_on_disk_not_in_memory() {
         table.insert(&mut batch, 0, last, last == KEYS).unwrap();
         first = last + 1;
     }
-    let grown = bindledger::bench::resident_bytes().saturating_sub(before);
+    let grown = bindledger::fixture::resident_bytes().saturating_sub(before);
     assert_eq!(table.live(), KEYS);
     assert!(table.file_bytes() >= KEYS * 16, "{}", table.file_bytes());
     assert!(

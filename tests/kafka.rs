@@ -2,10 +2,13 @@
 
 mod common;
 
-use bindledger::command::{BindRequest, CommonInput, PayRequest, UnbindRequest};
-use bindledger::gateway::{Scenario, SimulatedGateway};
-use bindledger::relay::{partition_for, KafkaConfig, Relay, RelayStatus};
-use bindledger::secret::{LedgerSecret, SecretString};
+use bindledger::adapters::kafka::client::RelayStatus;
+use bindledger::adapters::kafka::partition::partition_for;
+use bindledger::adapters::kafka::relay::Relay;
+use bindledger::adapters::provider::{Scenario, SimulatedGateway};
+use bindledger::config::KafkaConfig;
+use bindledger::domain::command::{BindRequest, CommonInput, PayRequest, UnbindRequest};
+use bindledger::domain::secret::{LedgerSecret, SecretString};
 use bindledger::{Config, Ledger};
 use bindledger_events::{ChainVerifier, Payload};
 use chrono::Utc;
@@ -270,7 +273,7 @@ async fn the_events_topic_keeps_every_record_or_the_relay_warns() {
     assert_eq!(
         describe(topic.clone()).await,
         (
-            Some(bindledger::relay::RETENTION_MS_MIN.to_string()),
+            Some(bindledger::adapters::kafka::client::RETENTION_MS_MIN.to_string()),
             Some("delete".into())
         )
     );
@@ -443,7 +446,7 @@ async fn sigkill_of_the_ledger_while_publishing_leaves_every_event_on_the_topic_
             .map(|c| {
                 let (addr, g) = (server.addr, gateway.clone());
                 tokio::spawn(async move {
-                    let mut client = bindledger::client::Client::new(addr, Some(ALL.into()));
+                    let mut client = bindledger::adapters::http::client::Client::new(addr, Some(ALL.into()));
                     for n in 0u64.. {
                         let wallet = phone(round * 100_000 + c * 1000 + n);
                         let body = serde_json::json!({"provider": "alipay", "wallet_account": wallet, "payment_password": g.password_for(&alipay(), &wallet)});
@@ -465,7 +468,7 @@ async fn sigkill_of_the_ledger_while_publishing_leaves_every_event_on_the_topic_
     }
     // The last start: wait for the relay to catch up, then compare the topic with the log.
     let server = spawn_server(&data, &log, &env);
-    let mut client = bindledger::client::Client::new(server.addr, Some(ALL.into()));
+    let mut client = bindledger::adapters::http::client::Client::new(server.addr, Some(ALL.into()));
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let (_, relay) = client.get_json("/v1/relay").await.unwrap();
@@ -546,7 +549,7 @@ async fn the_analytics_consumer_agrees_with_the_log() {
     let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(report["messages"].as_u64(), Some(log.len() as u64 + 1));
     assert_eq!(report["duplicates"], 1);
-    let mut expected = bindledger::analytics::Analytics::default();
+    let mut expected = bindledger::adapters::kafka::analytics::Analytics::default();
     for (_, bytes) in &log {
         expected.apply(&bindledger_events::decode(bytes).unwrap());
     }
@@ -678,8 +681,8 @@ async fn alerts_reach_their_own_topic_once_and_in_order_across_a_restart() {
     alert_round(dir.path(), &kafka, 0, 8).await;
     alert_round(dir.path(), &kafka, 1, 5).await;
     // The stored alert stream, offline.
-    let store = bindledger::store::Store::open(dir.path()).unwrap();
-    let alerts = bindledger::alerts::store::AlertStore::new(store.alerts_tree());
+    let store = bindledger::ledger::store::Store::open(dir.path()).unwrap();
+    let alerts = bindledger::ledger::alerts::store::AlertStore::new(store.alerts_tree());
     let stored = alerts
         .changes_after(0, alerts.last_stream_seq().unwrap(), usize::MAX)
         .unwrap();
@@ -688,7 +691,7 @@ async fn alerts_reach_their_own_topic_once_and_in_order_across_a_restart() {
     let seqs: Vec<u64> = reads.iter().map(|r| r.headers["stream_seq"].parse().unwrap()).collect();
     assert_eq!(seqs, (1..=26).collect::<Vec<_>>(), "every change once, in stream order");
     for (r, c) in reads.iter().zip(&stored) {
-        let on_topic: bindledger::alerts::AlertChange = serde_json::from_slice(&r.value).unwrap();
+        let on_topic: bindledger::domain::alerts::AlertChange = serde_json::from_slice(&r.value).unwrap();
         assert_eq!(&on_topic, c);
         assert_eq!((r.partition, r.key.as_str()), (0, c.alert.key.value.as_str()));
         assert_eq!(r.headers["alert_id"], c.alert.id);
@@ -722,7 +725,7 @@ async fn signed_checkpoints_reach_their_topic() {
     assert!(reads.len() >= 2, "{} checkpoints on the topic", reads.len());
     let mut last = 0;
     for r in &reads {
-        let cp: bindledger::checkpoint::SignedCheckpoint = serde_json::from_slice(&r.value).unwrap();
+        let cp: bindledger::ledger::checkpoint::SignedCheckpoint = serde_json::from_slice(&r.value).unwrap();
         cp.verify(&key).unwrap();
         assert_eq!(r.key, cp.seq.to_string());
         assert!(cp.seq > last, "in order");
@@ -735,8 +738,8 @@ async fn signed_checkpoints_reach_their_topic() {
     // ledger runs with the broker again.
     let topic_of = |config: &Config| read_topic(&broker.addr, &config.checkpoints.topic);
     let stored = |dir: &std::path::Path| {
-        let store = bindledger::store::Store::open(dir).unwrap();
-        bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree())
+        let store = bindledger::ledger::store::Store::open(dir).unwrap();
+        bindledger::ledger::checkpoint::CheckpointStore::new(store.checkpoints_tree())
             .all()
             .unwrap()
     };
@@ -751,7 +754,7 @@ async fn signed_checkpoints_reach_their_topic() {
     let node = bindledger::node::Node::start(&config, LedgerSecret::from_bytes([3; 32]), gateway.clone()).unwrap();
     bind_wallet(&node.ledger, &gateway, "acct-back", 99).await;
     node.stop().await;
-    let on_topic: Vec<bindledger::checkpoint::SignedCheckpoint> = topic_of(&config)
+    let on_topic: Vec<bindledger::ledger::checkpoint::SignedCheckpoint> = topic_of(&config)
         .iter()
         .map(|r| serde_json::from_slice(&r.value).unwrap())
         .collect();
@@ -795,9 +798,13 @@ async fn signed_checkpoints_reach_their_topic() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bindledger::http::serve(listener, node.state.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(bindledger::adapters::http::serve(
+        listener,
+        node.state.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     let (code, out, err) =
         tokio::task::spawn_blocking(move || run_cli(&["status", "--json", "--url", &url, "--token", ALL]))
             .await
@@ -930,13 +937,13 @@ async fn a_lost_directory_is_restored_from_the_topic_byte_for_byte() {
     );
     // Byte for byte, with the checkpoints.
     {
-        let store = bindledger::store::Store::open(&restored_dir).unwrap();
+        let store = bindledger::ledger::store::Store::open(&restored_dir).unwrap();
         let restored: Vec<(u64, Vec<u8>)> = store
             .scan_events(1)
             .map(|r| r.map(|(s, b)| (s, b.to_vec())).unwrap())
             .collect();
         assert_eq!(restored, original);
-        let cps = bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree())
+        let cps = bindledger::ledger::checkpoint::CheckpointStore::new(store.checkpoints_tree())
             .all()
             .unwrap();
         assert!(!cps.is_empty(), "{} checkpoints", cps.len());
@@ -1071,7 +1078,7 @@ async fn a_long_topic_is_read_whole_in_seq_order() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let broker = Broker::start();
     let topic = fresh_topic("long");
-    bindledger::relay::ensure_topic(&kafka_config(&broker.addr, &topic), &topic, 2)
+    bindledger::adapters::kafka::client::ensure_topic(&kafka_config(&broker.addr, &topic), &topic, 2)
         .await
         .unwrap();
     let producer: FutureProducer = rdkafka::ClientConfig::new()
@@ -1103,7 +1110,7 @@ async fn a_long_topic_is_read_whole_in_seq_order() {
     let read: Vec<u64> = tokio::task::spawn_blocking(move || {
         let mut client = rdkafka::ClientConfig::new();
         client.set("bootstrap.servers", &addr);
-        bindledger::relay::read_topic(client, &topic)
+        bindledger::adapters::kafka::reader::read_topic(client, &topic)
             .unwrap()
             .map(|r| String::from_utf8(r.unwrap()).unwrap().parse().unwrap())
             .collect()

@@ -3,10 +3,10 @@
 
 mod common;
 
-use bindledger::command::{BindRequest, CommonInput, PayRequest, UnbindRequest};
-use bindledger::gateway::{MaintenanceWindow, Scenario, SimulatedGateway};
-use bindledger::projection::Projection;
-use bindledger::secret::{LedgerSecret, SecretString};
+use bindledger::adapters::provider::{MaintenanceWindow, Scenario, SimulatedGateway};
+use bindledger::domain::command::{BindRequest, CommonInput, PayRequest, UnbindRequest};
+use bindledger::domain::projection::Projection;
+use bindledger::domain::secret::{LedgerSecret, SecretString};
 use bindledger::{Config, Error, Ledger};
 use bindledger_events::{decode, BindFailure, Event, Payload, PaymentFailure, Side};
 use chrono::Utc;
@@ -260,13 +260,14 @@ async fn a_restart_resumes_the_projection_and_a_rebuild_equals_it() {
         rebuilt,
         "reopened: the stored snapshot plus the tail equals a rebuild"
     );
-    let report = bindledger::offline::verify(dir.path(), &bindledger::alerts::RuleSet::default());
+    let report = bindledger::ledger::offline::verify(dir.path(), &bindledger::domain::alerts::RuleSet::default());
     assert!(
         report.is_err(),
         "the log is open in this process, verify must not open it twice"
     );
     l.close();
-    let report = bindledger::offline::verify(dir.path(), &bindledger::alerts::RuleSet::default()).unwrap();
+    let report =
+        bindledger::ledger::offline::verify(dir.path(), &bindledger::domain::alerts::RuleSet::default()).unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.events, rebuilt.position);
 }

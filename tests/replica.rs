@@ -5,9 +5,9 @@
 
 mod common;
 
-use bindledger::command::{CommonInput, PayRequest};
-use bindledger::relay::KafkaConfig;
-use bindledger::secret::SecretString;
+use bindledger::config::KafkaConfig;
+use bindledger::domain::command::{CommonInput, PayRequest};
+use bindledger::domain::secret::SecretString;
 use bindledger::Config;
 use chrono::Utc;
 use common::*;
@@ -235,7 +235,7 @@ const SECRET_HEX: &str = "2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a
 
 /// Every event of a stopped ledger's directory, in order.
 fn log_of_dir(dir: &std::path::Path) -> Vec<Vec<u8>> {
-    bindledger::store::scan_dir(dir, 1)
+    bindledger::ledger::store::scan_dir(dir, 1)
         .unwrap()
         .map(|r| r.unwrap().1.to_vec())
         .collect()
@@ -273,10 +273,11 @@ async fn after_the_primary_is_lost_a_restore_and_a_promoted_replica_hold_every_a
         ("BINDLEDGER_SECRET", SECRET_HEX),
     ];
     let replica = spawn_server(&replica_dir, &dir.path().join("replica.log"), &replica_env);
-    let mut client = bindledger::client::Client::new(primary.addr, Some(ALL.into()));
+    let mut client = bindledger::adapters::http::client::Client::new(primary.addr, Some(ALL.into()));
     let (_, key) = client.get_json("/v1/checkpoints/key").await.unwrap();
     let public_key = key["public_key"].as_str().unwrap().to_owned();
-    let gateway = bindledger::gateway::SimulatedGateway::new(bindledger::gateway::Scenario::quiet(11));
+    let gateway =
+        bindledger::adapters::provider::SimulatedGateway::new(bindledger::adapters::provider::Scenario::quiet(11));
     let mut bindings = Vec::new();
     for a in 0..8u64 {
         let (status, v) = client
@@ -300,7 +301,7 @@ async fn after_the_primary_is_lost_a_restore_and_a_promoted_replica_hold_every_a
         let addr = primary.addr;
         let pws: Vec<String> = (0..8).map(|a| gateway.password_for(&alipay(), &phone(a))).collect();
         load.spawn(async move {
-            let mut client = bindledger::client::Client::new(addr, Some(ALL.into()));
+            let mut client = bindledger::adapters::http::client::Client::new(addr, Some(ALL.into()));
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let a = ((t + i) % 8) as usize;
@@ -314,7 +315,7 @@ async fn after_the_primary_is_lost_a_restore_and_a_promoted_replica_hold_every_a
                     _ => {
                         unknown.lock().unwrap().push((path, key, body));
                         tokio::time::sleep(Duration::from_millis(20)).await;
-                        client = bindledger::client::Client::new(addr, Some(ALL.into()));
+                        client = bindledger::adapters::http::client::Client::new(addr, Some(ALL.into()));
                     }
                 }
                 i += 1;
@@ -382,7 +383,7 @@ async fn after_the_primary_is_lost_a_restore_and_a_promoted_replica_hold_every_a
             .unwrap()
     };
     assert_eq!(code, 0, "{}{err}", String::from_utf8_lossy(&out));
-    let mut client = bindledger::client::Client::new(replica.addr, Some(ALL.into()));
+    let mut client = bindledger::adapters::http::client::Client::new(replica.addr, Some(ALL.into()));
     let (status, v) = client
         .post_json(
             "/v1/accounts/acct-0/payments",

@@ -3,11 +3,11 @@
 
 mod common;
 
-use bindledger::command::{
+use bindledger::adapters::provider::{MaintenanceWindow, Scenario, SimulatedGateway, WalletStatus};
+use bindledger::domain::command::{
     BindRequest, CommonInput, FactorInput, LockCommand, Meta, PayRequest, UnbindRequest, UnlockCommand,
 };
-use bindledger::gateway::{MaintenanceWindow, Scenario, SimulatedGateway, WalletStatus};
-use bindledger::secret::{LedgerSecret, SecretString};
+use bindledger::domain::secret::{LedgerSecret, SecretString};
 use bindledger::Ledger;
 use bindledger_events::*;
 use chrono::Utc;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use bindledger::gateway::{Scenario, SimulatedGateway};
+use bindledger::adapters::provider::{Scenario, SimulatedGateway};
 use bindledger_events::Factor;
 use common::*;
 use serde_json::json;
@@ -37,7 +37,7 @@ async fn secrets_never_reach_disk_logs_or_answers() {
         &[("BINDLEDGER_CONFIG", config.to_str().unwrap()), ("RUST_LOG", "trace")],
     );
     let gateway = SimulatedGateway::new(Scenario::quiet(11));
-    let mut c = bindledger::client::Client::new(server.addr, Some(ALL.into()));
+    let mut c = bindledger::adapters::http::client::Client::new(server.addr, Some(ALL.into()));
     let mut answers: Vec<u8> = Vec::new();
 
     // Distinctive secrets, so that a match cannot be a coincidence.

@@ -6,8 +6,8 @@
 
 mod common;
 
-use bindledger::client::Client;
-use bindledger::gateway::Scenario;
+use bindledger::adapters::http::client::Client;
+use bindledger::adapters::provider::Scenario;
 use bindledger_events::{decode, Event, Payload};
 use common::*;
 use serde_json::{json, Value};
@@ -64,7 +64,8 @@ async fn no_submitted_value_is_echoed_in_an_answer_or_a_log_line() {
     let log = dir.path().join("server.log");
     let server = spawn_server(&dir.path().join("data"), &log, &[("RUST_LOG", "trace")]);
     let mut c = Client::new(server.addr, Some(ALL.into()));
-    let g = bindledger::gateway::SimulatedGateway::new(bindledger::config::Config::default().gateway.simulated);
+    let g =
+        bindledger::adapters::provider::SimulatedGateway::new(bindledger::config::Config::default().gateway.simulated);
     let (_, bound) = c
         .post_json("/v1/accounts/alice/bindings", &json!({"provider": "alipay", "wallet_account": phone(1), "payment_password": g.password_for(&alipay(), &phone(1))}))
         .await

@@ -4,7 +4,7 @@
 
 mod common;
 
-use bindledger::client::Client;
+use bindledger::adapters::http::client::Client;
 use common::*;
 use serde_json::json;
 use std::process::Command;
@@ -44,7 +44,8 @@ fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
     let log = dir.path().join("server.log");
     let server = spawn_server(&data, &log, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let g = bindledger::gateway::SimulatedGateway::new(bindledger::config::Config::default().gateway.simulated);
+    let g =
+        bindledger::adapters::provider::SimulatedGateway::new(bindledger::config::Config::default().gateway.simulated);
     let (acknowledged, refused, health) = rt.block_on(async {
         let mut c = Client::new(server.addr, Some(ALL.into()));
         let password = g.password_for(&alipay(), &phone(1));
@@ -89,7 +90,7 @@ fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
     let status = Command::new("cp").args(["-a"]).arg(&data).arg(&moved).status().unwrap();
     assert!(status.success());
     drop(disk);
-    let store = bindledger::store::Store::open(&moved).unwrap();
+    let store = bindledger::ledger::store::Store::open(&moved).unwrap();
     let mut verifier = bindledger_events::ChainVerifier::new();
     let mut seqs = std::collections::HashSet::new();
     for r in store.scan_events(1) {

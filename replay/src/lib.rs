@@ -81,7 +81,7 @@ impl<R: BufRead> Iterator for Lines<R> {
 /// A running ledger's event feed, one page ([`FEED_PAGE`] events) at a time.
 struct HttpFeed {
     url: String,
-    client: bindledger::client::Client,
+    client: bindledger::adapters::http::client::Client,
     rt: tokio::runtime::Runtime,
     next_from: u64,
     page: std::collections::VecDeque<Stored>,
@@ -127,8 +127,8 @@ impl Source {
     pub fn len_hint(&self) -> Option<u64> {
         match self {
             Source::DataDir(dir) => {
-                bindledger::store::require_log(dir).ok()?;
-                bindledger::store::Store::open_for_scan(dir)
+                bindledger::ledger::store::require_log(dir).ok()?;
+                bindledger::ledger::store::Store::open_for_scan(dir)
                     .ok()?
                     .head()
                     .ok()?
@@ -160,7 +160,7 @@ impl Source {
     pub fn read(&self) -> Result<Box<dyn Iterator<Item = Result<Stored>>>> {
         match self {
             Source::DataDir(dir) => {
-                let scan = bindledger::store::scan_dir(dir, 1).map_err(|e| e.to_string())?;
+                let scan = bindledger::ledger::store::scan_dir(dir, 1).map_err(|e| e.to_string())?;
                 Ok(Box::new(scan.map(|r| r.map(|(_, b)| b).map_err(|e| e.to_string()))))
             }
             Source::Export(path) => {
@@ -175,12 +175,12 @@ impl Source {
                 Ok(Box::new(Lines { reader, done: false }))
             }
             Source::Http { url, token } => {
-                let addr = bindledger::client::parse_http_addr(url)?;
+                let addr = bindledger::adapters::http::client::parse_http_addr(url)?;
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .map_err(|e| e.to_string())?;
-                let client = bindledger::client::Client::new(addr, Some(token.to_owned()));
+                let client = bindledger::adapters::http::client::Client::new(addr, Some(token.to_owned()));
                 Ok(Box::new(HttpFeed {
                     url: url.clone(),
                     client,
@@ -190,7 +190,10 @@ impl Source {
                     done: false,
                 }))
             }
+            #[cfg(feature = "kafka")]
             Source::Kafka { brokers, topic } => Ok(Box::new(kafka_topic(brokers, topic)?.map(|r| r.map(Stored::from)))),
+            #[cfg(not(feature = "kafka"))]
+            Source::Kafka { .. } => Err("this build has no Kafka source (built without the `kafka` feature)".into()),
         }
     }
 
@@ -395,10 +398,11 @@ impl Drop for Pipeline {
     }
 }
 
-fn kafka_topic(brokers: &str, topic: &str) -> Result<bindledger::relay::TopicReader> {
+#[cfg(feature = "kafka")]
+fn kafka_topic(brokers: &str, topic: &str) -> Result<bindledger::adapters::kafka::reader::TopicReader> {
     let mut client = rdkafka::ClientConfig::new();
     client.set("bootstrap.servers", brokers);
-    bindledger::relay::read_topic(client, topic)
+    bindledger::adapters::kafka::reader::read_topic(client, topic)
 }
 
 /// How far ahead the audit looks for an event that is not where it belongs (to tell a
@@ -494,7 +498,7 @@ pub fn audit<B: Into<Stored>>(events: impl Iterator<Item = Result<B>>) -> Result
 /// Signed checkpoints an auditor trusts: each signature checked with `public_key` (hex).
 /// Returns the heads they vouch for, by seq, or the first that does not verify.
 pub fn trusted_heads(
-    checkpoints: &[bindledger::checkpoint::SignedCheckpoint],
+    checkpoints: &[bindledger::ledger::checkpoint::SignedCheckpoint],
     public_key: &str,
 ) -> std::result::Result<std::collections::BTreeMap<u64, Hash>, Problem> {
     let mut heads = std::collections::BTreeMap::new();
@@ -516,28 +520,33 @@ pub fn trusted_heads(
 
 /// The signed checkpoints a stopped ledger's directory holds (it is opened and closed again
 /// before the log is read: sled allows one open at a time).
-pub fn stored_checkpoints(dir: &std::path::Path) -> Result<Vec<bindledger::checkpoint::SignedCheckpoint>> {
-    bindledger::store::require_log(dir).map_err(|e| e.to_string())?;
-    let store = bindledger::store::Store::open_for_scan(dir).map_err(|e| e.to_string())?;
-    bindledger::checkpoint::CheckpointStore::new(store.checkpoints_tree())
+pub fn stored_checkpoints(dir: &std::path::Path) -> Result<Vec<bindledger::ledger::checkpoint::SignedCheckpoint>> {
+    bindledger::ledger::store::require_log(dir).map_err(|e| e.to_string())?;
+    let store = bindledger::ledger::store::Store::open_for_scan(dir).map_err(|e| e.to_string())?;
+    bindledger::ledger::checkpoint::CheckpointStore::new(store.checkpoints_tree())
         .all()
         .map_err(|e| e.to_string())
 }
 
 /// Reads signed checkpoints: an NDJSON file, or a running ledger's `GET /v1/checkpoints`.
-pub fn read_checkpoints(from: &str, token: Option<&str>) -> Result<Vec<bindledger::checkpoint::SignedCheckpoint>> {
+pub fn read_checkpoints(
+    from: &str,
+    token: Option<&str>,
+) -> Result<Vec<bindledger::ledger::checkpoint::SignedCheckpoint>> {
     let text = if from.starts_with("http://") {
-        let addr = bindledger::client::parse_http_addr(from)?;
+        let addr = bindledger::adapters::http::client::parse_http_addr(from)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
         let (status, body) = rt
-            .block_on(bindledger::client::Client::new(addr, token.map(str::to_owned)).send(
-                hyper::Method::GET,
-                "/v1/checkpoints",
-                None,
-            ))
+            .block_on(
+                bindledger::adapters::http::client::Client::new(addr, token.map(str::to_owned)).send(
+                    hyper::Method::GET,
+                    "/v1/checkpoints",
+                    None,
+                ),
+            )
             .map_err(|e| format!("reading {from}/v1/checkpoints: {e}"))?;
         if !status.is_success() {
             return Err(format!("{from}/v1/checkpoints answered {status}"));
@@ -934,37 +943,40 @@ impl<'h, I: Iterator<Item = Result<Decoded>>> Auditor<'h, I> {
 pub struct Backtest {
     pub events: u64,
     /// Alerts (latest revision) the candidate raises and the actual run did not.
-    pub added: Vec<bindledger::alerts::Alert>,
+    pub added: Vec<bindledger::domain::alerts::Alert>,
     /// Alerts the actual run raised and the candidate does not.
-    pub removed: Vec<bindledger::alerts::Alert>,
+    pub removed: Vec<bindledger::domain::alerts::Alert>,
     /// Same id, different contents: (actual, candidate).
-    pub changed: Vec<(bindledger::alerts::Alert, bindledger::alerts::Alert)>,
+    pub changed: Vec<(bindledger::domain::alerts::Alert, bindledger::domain::alerts::Alert)>,
     pub unchanged: u64,
 }
 
 /// Each alert at its latest revision, by id.
 pub fn latest(
-    changes: impl IntoIterator<Item = bindledger::alerts::AlertChange>,
-) -> std::collections::BTreeMap<String, bindledger::alerts::Alert> {
+    changes: impl IntoIterator<Item = bindledger::domain::alerts::AlertChange>,
+) -> std::collections::BTreeMap<String, bindledger::domain::alerts::Alert> {
     changes.into_iter().map(|c| (c.alert.id.clone(), c.alert)).collect()
 }
 
 /// A candidate rules file run over a log, event by event, beside the rules the ledger runs
 /// when the source holds no stored alerts.
 pub struct Backtester {
-    candidate: bindledger::alerts::engine::Engine,
-    proposed: std::collections::BTreeMap<String, bindledger::alerts::Alert>,
+    candidate: bindledger::domain::alerts::engine::Engine,
+    proposed: std::collections::BTreeMap<String, bindledger::domain::alerts::Alert>,
     current: Option<(
-        bindledger::alerts::engine::Engine,
-        std::collections::BTreeMap<String, bindledger::alerts::Alert>,
+        bindledger::domain::alerts::engine::Engine,
+        std::collections::BTreeMap<String, bindledger::domain::alerts::Alert>,
     )>,
     events: u64,
 }
 
 impl Backtester {
     /// `current`: the rules to compare with, when the alerts actually raised are not stored.
-    pub fn new(candidate: bindledger::alerts::RuleSet, current: Option<bindledger::alerts::RuleSet>) -> Backtester {
-        use bindledger::alerts::engine::Engine;
+    pub fn new(
+        candidate: bindledger::domain::alerts::RuleSet,
+        current: Option<bindledger::domain::alerts::RuleSet>,
+    ) -> Backtester {
+        use bindledger::domain::alerts::engine::Engine;
         Backtester {
             candidate: Engine::new(candidate),
             proposed: Default::default(),
@@ -984,7 +996,10 @@ impl Backtester {
     /// Compares the candidate's alerts with `actual` (the stored ones), or with the current
     /// rules' when none were given (by id: an alert's id is its rule and the event that opened
     /// it, so the same alert under both rule sets has the same id).
-    pub fn finish(self, actual: Option<std::collections::BTreeMap<String, bindledger::alerts::Alert>>) -> Backtest {
+    pub fn finish(
+        self,
+        actual: Option<std::collections::BTreeMap<String, bindledger::domain::alerts::Alert>>,
+    ) -> Backtest {
         let actual = actual.or(self.current.map(|(_, raised)| raised)).unwrap_or_default();
         let mut out = Backtest {
             events: self.events,

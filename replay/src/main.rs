@@ -7,9 +7,9 @@
 //!   projection and rule code the ledger runs;
 //! - `backtest --rules FILE`: what a candidate rules file would have raised, against what was.
 
-use bindledger::alerts::engine::Engine;
-use bindledger::alerts::RuleSet;
-use bindledger::projection::Projection;
+use bindledger::domain::alerts::engine::Engine;
+use bindledger::domain::alerts::RuleSet;
+use bindledger::domain::projection::Projection;
 use bindledger_events::{Event, Payload};
 use bindledger_replay::{audit_decoded, AuditReport, Pipeline, Source, Start};
 use clap::{Args, Parser, Subcommand};
@@ -214,7 +214,7 @@ fn run(cli: Cli) -> Result<i32, String> {
             });
             let data = root.join("log");
             let t = std::time::Instant::now();
-            let store = bindledger::bench_alerts::write_log(&data, events).map_err(|e| e.to_string())?;
+            let store = bindledger::fixture::write_log(&data, events).map_err(|e| e.to_string())?;
             drop(store);
             eprintln!("wrote {events} events in {:.1} s", t.elapsed().as_secs_f64());
             let source = Source::DataDir(data.clone());
@@ -231,7 +231,7 @@ fn run(cli: Cli) -> Result<i32, String> {
             let mut rows: Vec<(String, u64, f64)> = Vec::new();
             let (n, s) = time(&mut || {
                 count(
-                    bindledger::store::Store::open(&data)
+                    bindledger::ledger::store::Store::open(&data)
                         .map_err(|e| e.to_string())?
                         .scan_events(1),
                 )
@@ -241,7 +241,8 @@ fn run(cli: Cli) -> Result<i32, String> {
                 n,
                 s,
             ));
-            let (n, s) = time(&mut || count(bindledger::store::scan_dir(&data, 1).map_err(|e| e.to_string())?))?;
+            let (n, s) =
+                time(&mut || count(bindledger::ledger::store::scan_dir(&data, 1).map_err(|e| e.to_string())?))?;
             rows.push((
                 "raw sled scan as the audit reads (reopened every 512 MiB), no decoding".into(),
                 n,
@@ -330,7 +331,7 @@ fn run(cli: Cli) -> Result<i32, String> {
             }
             let events = report.events;
             let token = against_token.or(from.token.clone()).unwrap_or_default();
-            let addr = bindledger::client::parse_http_addr(&against)?;
+            let addr = bindledger::adapters::http::client::parse_http_addr(&against)?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -339,7 +340,7 @@ fn run(cli: Cli) -> Result<i32, String> {
             names.sort();
             let (mut same, mut moved_on, mut differences) = (0u64, 0u64, Vec::new());
             rt.block_on(async {
-                let mut client = bindledger::client::Client::new(addr, Some(token));
+                let mut client = bindledger::adapters::http::client::Client::new(addr, Some(token));
                 for name in names {
                     let (status, live) = client.get_json(&format!("/v1/accounts/{name}/bindings")).await.map_err(|e| format!("asking {against}: {e}"))?;
                     if !status.is_success() {
@@ -347,7 +348,7 @@ fn run(cli: Cli) -> Result<i32, String> {
                     }
                     let ours = &rebuilt.accounts[name];
                     let live_version = live["version"].as_u64().unwrap_or(0);
-                    let rebuilt_view = serde_json::Value::Array(ours.bindings.iter().map(bindledger::http::binding_view).collect());
+                    let rebuilt_view = serde_json::Value::Array(ours.bindings.iter().map(bindledger::domain::projection::binding_view).collect());
                     if live_version > ours.version {
                         moved_on += 1; // the ledger has events the source does not (yet)
                     } else if live_version == ours.version && live["bindings"] == rebuilt_view {
@@ -393,8 +394,8 @@ fn run(cli: Cli) -> Result<i32, String> {
             // before the log: a data directory can be open only once at a time).
             let stored = match &source {
                 Source::DataDir(dir) => {
-                    let store = bindledger::store::Store::open(dir).map_err(|e| e.to_string())?;
-                    let alerts = bindledger::alerts::store::AlertStore::new(store.alerts_tree());
+                    let store = bindledger::ledger::store::Store::open(dir).map_err(|e| e.to_string())?;
+                    let alerts = bindledger::ledger::alerts::store::AlertStore::new(store.alerts_tree());
                     let last = alerts.last_stream_seq().map_err(|e| e.to_string())?;
                     Some(bindledger_replay::latest(
                         alerts.changes_after(0, last, usize::MAX).map_err(|e| e.to_string())?,
@@ -452,7 +453,7 @@ fn run(cli: Cli) -> Result<i32, String> {
                     outln!(
                         "  ~ {} {}",
                         was.id,
-                        bindledger::alerts::differences(was, now).join(", ")
+                        bindledger::domain::alerts::differences(was, now).join(", ")
                     );
                 }
             }

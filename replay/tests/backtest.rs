@@ -1,8 +1,8 @@
 //! Backtesting candidate rules over a real ledger's log against the alerts it raised.
 
+use bindledger::adapters::provider::{Scenario, SimulatedGateway};
 use bindledger::config::Config;
-use bindledger::gateway::{Scenario, SimulatedGateway};
-use bindledger::secret::{LedgerSecret, SecretString};
+use bindledger::domain::secret::{LedgerSecret, SecretString};
 use bindledger_events::Provider;
 use std::process::Command;
 use std::sync::Arc;
@@ -51,7 +51,7 @@ fn a_candidate_threshold_is_compared_with_what_was_raised() {
         // Wrong payment passwords: 5 for acct-a, 4 for acct-b, 7 for acct-c.
         for (n, (account, tries)) in [("acct-a", 5), ("acct-b", 4), ("acct-c", 7)].into_iter().enumerate() {
             let phone = format!("139{n:08}");
-            let bind = bindledger::command::BindRequest {
+            let bind = bindledger::domain::command::BindRequest {
                 provider: "alipay".into(),
                 wallet_account: SecretString::new(phone.clone()),
                 payment_password: SecretString::new(g.password_for(&alipay, &phone)),
@@ -67,7 +67,7 @@ fn a_candidate_threshold_is_compared_with_what_was_raised() {
                 panic!()
             };
             for i in 0..tries {
-                let pay = bindledger::command::PayRequest {
+                let pay = bindledger::domain::command::PayRequest {
                     binding_id: binding_id.to_string(),
                     order_id: format!("o-{i}"),
                     amount_minor: 100,
@@ -123,7 +123,7 @@ fn a_candidate_threshold_is_compared_with_what_was_raised() {
     // From an export, which holds no alerts: compared with what the current rules raise over
     // it (the built-in ones, which the ledger ran), the same answer.
     let export = dir.path().join("export.ndjson");
-    bindledger::offline::export(&data, 1, &mut std::fs::File::create(&export).unwrap()).unwrap();
+    bindledger::ledger::offline::export(&data, 1, &mut std::fs::File::create(&export).unwrap()).unwrap();
     let source = ["--export", export.to_str().unwrap()];
     let four_again = backtest_from(&source, dir.path(), "[password_brute_force]\nthreshold = 4\n", &[]);
     assert_eq!(

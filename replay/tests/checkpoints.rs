@@ -2,10 +2,10 @@
 //! passes a plain `verify` but fails `verify --checkpoints`; so does a truncated log, and
 //! checkpoints signed with another key are refused.
 
-use bindledger::checkpoint::{CheckpointKey, CheckpointStore};
+use bindledger::adapters::provider::{Scenario, SimulatedGateway};
 use bindledger::config::{Config, Role, TokenConfig};
-use bindledger::gateway::{Scenario, SimulatedGateway};
-use bindledger::secret::{LedgerSecret, SecretString};
+use bindledger::domain::secret::{LedgerSecret, SecretString};
+use bindledger::ledger::checkpoint::{CheckpointKey, CheckpointStore};
 use bindledger_events::{decode, encode, hash_bytes, Provider, GENESIS_HASH};
 use std::process::Command;
 use std::sync::Arc;
@@ -53,12 +53,16 @@ fn a_rewritten_or_truncated_log_fails_against_the_signed_checkpoints() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(bindledger::http::serve(listener, node.state.clone(), async move {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(bindledger::adapters::http::serve(
+            listener,
+            node.state.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         for a in 0..64u64 {
             let phone = format!("139{a:08}");
-            let req = bindledger::command::BindRequest {
+            let req = bindledger::domain::command::BindRequest {
                 provider: "alipay".into(),
                 wallet_account: SecretString::new(phone.clone()),
                 payment_password: SecretString::new(g.password_for(&alipay, &phone)),
@@ -90,7 +94,7 @@ fn a_rewritten_or_truncated_log_fails_against_the_signed_checkpoints() {
     assert!(served.len() >= 3, "checkpoints while running: {served:?}");
     assert!(served.iter().all(|c| c.verify(&key).is_ok()));
     // Offline: every checkpoint, the last one at the log's end (made on stop).
-    let store = bindledger::store::Store::open(&data).unwrap();
+    let store = bindledger::ledger::store::Store::open(&data).unwrap();
     let cps = CheckpointStore::new(store.checkpoints_tree()).all().unwrap();
     let lines: Vec<Vec<u8>> = store.scan_events(1).map(|r| r.unwrap().1.to_vec()).collect();
     drop(store);

@@ -3,7 +3,7 @@
 //! must agree on an exported log and on tampered copies of it: both accept, or both reject at
 //! the same place (the tool may name the event before, when it proves that one was altered).
 
-use bindledger::checkpoint::CheckpointKey;
+use bindledger::ledger::checkpoint::CheckpointKey;
 use bindledger_events::{decode, encode, hash_bytes};
 use std::path::Path;
 use std::process::Command;
@@ -63,9 +63,9 @@ fn write(dir: &Path, name: &str, lines: &[Vec<u8>], sep: &[u8]) -> std::path::Pa
 fn the_independent_verifier_and_the_tool_agree() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    drop(bindledger::bench_alerts::write_log(&data, 400).unwrap());
+    drop(bindledger::fixture::write_log(&data, 400).unwrap());
     let mut export = Vec::new();
-    bindledger::offline::export(&data, 1, &mut export).unwrap();
+    bindledger::ledger::offline::export(&data, 1, &mut export).unwrap();
     let lines: Vec<Vec<u8>> = export
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())

@@ -1,9 +1,9 @@
 //! The fourth source: the events topic on a real broker (tansu), partitions merged on `seq`,
 //! gives the same log as the ledger's directory, and `verify` reads it.
 
+use bindledger::adapters::provider::{Scenario, SimulatedGateway};
 use bindledger::config::Config;
-use bindledger::gateway::{Scenario, SimulatedGateway};
-use bindledger::secret::{LedgerSecret, SecretString};
+use bindledger::domain::secret::{LedgerSecret, SecretString};
 use bindledger_events::Provider;
 use bindledger_replay::Source;
 use std::process::{Command, Stdio};
@@ -82,7 +82,7 @@ fn the_topic_gives_the_same_log_as_the_directory() {
         let node = bindledger::node::Node::start(&config, LedgerSecret::from_bytes([2; 32]), g.clone()).unwrap();
         for a in 0..30u64 {
             let phone = format!("139{a:08}");
-            let req = bindledger::command::BindRequest {
+            let req = bindledger::domain::command::BindRequest {
                 provider: "alipay".into(),
                 wallet_account: SecretString::new(phone.clone()),
                 payment_password: SecretString::new(if a % 4 == 0 {

@@ -95,13 +95,13 @@ fn the_http_feed_is_read_in_bounded_memory() {
     use bindledger::config::{Config, Role, TokenConfig};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let secret = bindledger::secret::LedgerSecret::from_bytes([6; 32]);
+    let secret = bindledger::domain::secret::LedgerSecret::from_bytes([6; 32]);
     let n = 250_000u64;
     let written = {
         // Written as the ledger writes, with the secret the ledger will open it with.
-        let store = bindledger::store::Store::open(&data).unwrap();
+        let store = bindledger::ledger::store::Store::open(&data).unwrap();
         store.check_secret(&secret.check_value()).unwrap();
-        let mut batch = bindledger::store::LogBatch::default();
+        let mut batch = bindledger::ledger::store::LogBatch::default();
         let mut total = 0u64;
         common::chain(
             n,
@@ -142,7 +142,7 @@ fn the_http_feed_is_read_in_bounded_memory() {
         }],
         ..Config::default()
     };
-    let g = std::sync::Arc::new(bindledger::gateway::SimulatedGateway::new(
+    let g = std::sync::Arc::new(bindledger::adapters::provider::SimulatedGateway::new(
         config.gateway.simulated.clone(),
     ));
     let (addr, stop, server, node) = rt.block_on(async {
@@ -153,9 +153,13 @@ fn the_http_feed_is_read_in_bounded_memory() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(bindledger::http::serve(listener, node.state.clone(), async move {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(bindledger::adapters::http::serve(
+            listener,
+            node.state.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         (addr, stop, server, node)
     });
     let url = format!("http://{addr}");

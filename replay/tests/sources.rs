@@ -2,10 +2,10 @@
 //! export (stopped) is the same, byte for byte; `state --at` equals the state the live ledger
 //! had at many moments recorded during the run; `history` shows an account's events.
 
-use bindledger::command::{BindRequest, CommonInput, PayRequest, UnbindRequest};
+use bindledger::adapters::provider::{Scenario, SimulatedGateway};
 use bindledger::config::{Config, Role, TokenConfig};
-use bindledger::gateway::{Scenario, SimulatedGateway};
-use bindledger::secret::{LedgerSecret, SecretString};
+use bindledger::domain::command::{BindRequest, CommonInput, PayRequest, UnbindRequest};
+use bindledger::domain::secret::{LedgerSecret, SecretString};
 use bindledger_events::{Payload, Provider};
 use bindledger_replay::Source;
 use chrono::Utc;
@@ -59,9 +59,13 @@ fn every_source_gives_the_same_log_and_state_at_equals_the_live_state() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(bindledger::http::serve(listener, node.state.clone(), async move {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(bindledger::adapters::http::serve(
+            listener,
+            node.state.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         // A workload, recording the live read model now and then.
         let mut recorded = Vec::new();
         for round in 0..6u64 {
@@ -249,7 +253,7 @@ fn every_source_gives_the_same_log_and_state_at_equals_the_live_state() {
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let export = dir.path().join("export.ndjson");
-    bindledger::offline::export(&data, 1, &mut std::fs::File::create(&export).unwrap()).unwrap();
+    bindledger::ledger::offline::export(&data, 1, &mut std::fs::File::create(&export).unwrap()).unwrap();
     let export_events = Source::Export(export.clone())
         .read()
         .unwrap()

@@ -3,7 +3,7 @@
 //! lines, empty sources, CRLF; partial exports verified from a trusted head; usage errors exit
 //! 2; a failed checkpoint signature says what was (not) checked.
 
-use bindledger::checkpoint::CheckpointKey;
+use bindledger::ledger::checkpoint::CheckpointKey;
 use bindledger_events::{decode, encode, hash_bytes, Event, Hash};
 use std::process::Command;
 
@@ -324,9 +324,9 @@ fn a_corrupt_store_is_named_as_corrupt_with_where_it_was_read() {
     let data = dir.path().join("data");
     {
         // As the ledger writes: small batches, one flush each.
-        let store = bindledger::store::Store::open(&data).unwrap();
+        let store = bindledger::ledger::store::Store::open(&data).unwrap();
         for chunk in log(3000).chunks(64).enumerate() {
-            let mut batch = bindledger::store::LogBatch::default();
+            let mut batch = bindledger::ledger::store::LogBatch::default();
             for (i, bytes) in chunk.1.iter().enumerate() {
                 batch.add_event((chunk.0 * 64 + i + 1) as u64, bytes);
             }

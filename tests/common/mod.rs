@@ -2,11 +2,11 @@
 //! socket (in process), and the real `bindledger` binary as a child process.
 #![allow(dead_code)]
 
-use bindledger::client::Client;
+use bindledger::adapters::http::client::Client;
+use bindledger::adapters::provider::{Scenario, SimulatedGateway};
 use bindledger::config::{Config, Role, TokenConfig};
-use bindledger::gateway::{Scenario, SimulatedGateway};
+use bindledger::domain::secret::LedgerSecret;
 use bindledger::node::Node;
-use bindledger::secret::LedgerSecret;
 use bindledger::Ledger;
 use bindledger_events::Provider;
 use std::io::{BufRead, BufReader};
@@ -73,9 +73,13 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(bindledger::http::serve(listener, node.state.clone(), async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(bindledger::adapters::http::serve(
+            listener,
+            node.state.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         TestServer {
             ledger: node.ledger.clone(),
             node: Some(node),
@@ -100,12 +104,12 @@ impl TestServer {
 /// Binds the wallet `phone(n)` to `account` through the library with its right password;
 /// returns the binding id.
 pub async fn bind_wallet(l: &Ledger, g: &SimulatedGateway, account: &str, n: u64) -> uuid::Uuid {
-    let req = bindledger::command::BindRequest {
+    let req = bindledger::domain::command::BindRequest {
         provider: "alipay".into(),
-        wallet_account: bindledger::secret::SecretString::new(phone(n)),
-        payment_password: bindledger::secret::SecretString::new(g.password_for(&alipay(), &phone(n))),
+        wallet_account: bindledger::domain::secret::SecretString::new(phone(n)),
+        payment_password: bindledger::domain::secret::SecretString::new(g.password_for(&alipay(), &phone(n))),
         factor: None,
-        common: bindledger::command::CommonInput::default(),
+        common: bindledger::domain::command::CommonInput::default(),
     };
     match &l
         .bind(req.validate(account, chrono::Utc::now()).unwrap())

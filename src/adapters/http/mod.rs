@@ -1,0 +1,8 @@
+//! HTTP: the ledger's API (axum, feature `server`) and the small client the command line, the
+//! audit tool and the tests use.
+
+pub mod client;
+#[cfg(feature = "server")]
+mod server;
+#[cfg(feature = "server")]
+pub use server::*;

@@ -1,0 +1,1248 @@
+//! The HTTP API (axum). Commands under `/v1/accounts/{account}/...`, reads of the projections,
+//! the NDJSON event feed for auditors, alerts (list, one, and a live Server-Sent Events feed),
+//! `/healthz` and `/metrics`.
+//!
+//! Every error is JSON `{"error": {"code", "message", "field"}}` with a stable code. Bodies are
+//! size-limited, requests in flight are bounded, and bearer tokens carry roles: a missing or
+//! unknown token is 401, a token without the needed role is 403.
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bindledger_events::{Event, Hash, Payload};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+use crate::adapters::kafka::client::RelayStatus;
+use crate::adapters::kafka::relay::Relay;
+use crate::config::{HttpConfig, Role, TokenConfig};
+use crate::domain::alerts::Severity;
+use crate::domain::command::{self, BindRequest, PayRequest, UnbindRequest, UnlockRequest};
+use crate::domain::projection::binding_view;
+use crate::error::Error;
+use crate::ledger::alerts::store::{AlertFilter, AlertStore};
+use crate::ledger::alerts::MonitorStatus;
+use crate::ledger::{CommandResult, Ledger};
+
+pub struct AppState {
+    pub ledger: Ledger,
+    /// SHA-256 of each token, with its roles: tokens themselves are not kept in memory here.
+    tokens: Vec<([u8; 32], Vec<Role>)>,
+    http: HttpConfig,
+    /// Requests in flight; beyond the bound the answer is 503 `overloaded`.
+    in_flight: Arc<Semaphore>,
+    extras: Extras,
+    /// Turns true when the server shuts down (ends the live feeds).
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+/// What runs beside the ledger, when it does.
+#[derive(Default, Clone)]
+pub struct Extras {
+    /// The Kafka relay's topic and status.
+    pub relay: Option<(String, Arc<RelayStatus>)>,
+    /// The alerts topic and its publisher's status.
+    pub alerts_relay: Option<(String, Arc<RelayStatus>)>,
+    /// The alert monitor.
+    pub monitor: Option<MonitorView>,
+    /// Signed checkpoints, and the public key that checks them (hex).
+    pub checkpoints: Option<(crate::ledger::checkpoint::CheckpointStore, String)>,
+    /// The checkpoints topic and its publisher's status.
+    pub checkpoints_relay: Option<(String, Arc<RelayStatus>)>,
+    /// A read replica: its follower's status and the primary's URL.
+    pub replica: Option<(Arc<crate::adapters::kafka::replica::ReplicaStatus>, String)>,
+    /// A read replica: what promotes it.
+    pub promoter: Option<Arc<crate::adapters::kafka::replica::Promoter>>,
+}
+
+/// What the API needs of the alert monitor.
+#[derive(Clone)]
+pub struct MonitorView {
+    pub store: AlertStore,
+    pub feed: Arc<crate::ledger::alerts::feed::AlertFeed>,
+    pub status: Arc<MonitorStatus>,
+}
+
+impl MonitorView {
+    pub fn of(m: &crate::ledger::alerts::Monitor) -> MonitorView {
+        MonitorView {
+            store: m.store().clone(),
+            feed: m.feed().clone(),
+            status: m.status().clone(),
+        }
+    }
+}
+
+impl AppState {
+    pub fn new(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig) -> Arc<AppState> {
+        Self::build(ledger, tokens, http, Extras::default())
+    }
+
+    /// The same, with what runs beside the ledger (reported in `/metrics`, `/v1/relay`, and
+    /// the alerts routes).
+    pub fn build(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig, extras: Extras) -> Arc<AppState> {
+        let tokens = tokens
+            .iter()
+            .map(|t| (Sha256::digest(t.token.as_bytes()).into(), t.roles.clone()))
+            .collect();
+        let in_flight = Arc::new(Semaphore::new(http.connections_max));
+        Arc::new(AppState {
+            ledger,
+            tokens,
+            http,
+            in_flight,
+            extras,
+            closing: tokio::sync::watch::Sender::new(false),
+        })
+    }
+}
+
+/// An error answer. Every part is `'static`: an answer (and the log line made from it) cannot
+/// carry a value the caller submitted, by construction.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: &'static str,
+    field: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: &'static str) -> Self {
+        ApiError {
+            status,
+            code,
+            message,
+            field: None,
+        }
+    }
+
+    fn with_field(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
+        self
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Error::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::VersionConflict { .. } => StatusCode::CONFLICT,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Overloaded(_) | Error::ShuttingDown | Error::StorageFailed(_) | Error::OutcomeUnknown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Error::NotPrimary => StatusCode::MISDIRECTED_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR || matches!(e, Error::StorageFailed(_)) {
+            // Internal errors (storage, IO) carry no caller value; they are logged in full
+            // and answered with fixed text.
+            tracing::error!(error = %e, "request failed");
+        }
+        let (field, message) = match &e {
+            Error::Invalid { field, message, .. } => (*field, *message),
+            Error::NotFound(message) => (None, *message),
+            Error::IdempotencyKeyReused => (None, "this idempotency key was already used for a different request"),
+            Error::VersionConflict { .. } => (Some("expected_version"), "the account is not at the expected version; read it and retry"),
+            Error::Overloaded(why) => (None, *why),
+            Error::ShuttingDown => (None, "the ledger is shutting down"),
+            Error::OutcomeUnknown => (
+                None,
+                "the event is durable on this ledger but the Kafka cluster has not acknowledged it in time; retry with the same idempotency key",
+            ),
+            Error::StorageFailed(_) => (None, "the event log could not be written; the ledger takes no more commands"),
+            Error::NotPrimary => (None, NOT_PRIMARY),
+            _ => (None, "internal error; see the server's log"),
+        };
+        ApiError {
+            status,
+            code: e.code(),
+            message,
+            field,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        tracing::debug!(code = self.code, field = self.field, message = %self.message, "request refused");
+        let body = json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        let mut r = (self.status, Json(body)).into_response();
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn authorize(state: &AppState, headers: &HeaderMap, role: Role) -> ApiResult<()> {
+    authorize_any(state, headers, &[role])
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is matched without
+/// regard to case (RFC 7235, section 2.1).
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim_start();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The roles of the request's token, from its headers alone (no body has been read).
+fn authenticate<'s>(state: &'s AppState, headers: &HeaderMap) -> ApiResult<&'s [Role]> {
+    let token = bearer_token(headers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "send Authorization: Bearer <token>",
+        )
+    })?;
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    state
+        .tokens
+        .iter()
+        .find(|(d, _)| *d == digest)
+        .map(|(_, r)| r.as_slice())
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token"))
+}
+
+fn authorize_any(state: &AppState, headers: &HeaderMap, allowed: &[Role]) -> ApiResult<()> {
+    let roles = authenticate(state, headers)?;
+    if allowed.iter().any(|r| roles.contains(r)) {
+        return Ok(());
+    }
+    let message = match allowed {
+        [Role::Writer] => "this token lacks the writer role",
+        [Role::Reader] => "this token lacks the reader role",
+        [Role::Auditor] => "this token lacks the auditor role",
+        [Role::Security] => "this token lacks the security role",
+        _ => "this token lacks the security or auditor role",
+    };
+    Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message))
+}
+
+/// Reads a command's body after its token was checked: at most `http.body_limit_bytes`
+/// (`413`), within `http.body_timeout_ms` (`408`, the slot it held is freed).
+async fn read_body(state: &AppState, body: Body) -> ApiResult<Bytes> {
+    let limit = state.http.body_limit_bytes;
+    match tokio::time::timeout(state.http.body_timeout(), axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time",
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than the limit",
+                ))
+            } else {
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable_body",
+                    "the request body could not be read",
+                ))
+            }
+        }
+    }
+}
+
+/// Authenticates from the headers, then reads and parses the body field by field.
+async fn command_body<T: command::FromFields>(state: &AppState, req: Request, role: Role) -> ApiResult<T> {
+    authorize(state, req.headers(), role)?;
+    let bytes = read_body(state, req.into_body()).await?;
+    T::from_body(&bytes).map_err(|e| {
+        state.ledger.metrics().count_rejected(e.code());
+        ApiError::from(e)
+    })
+}
+
+fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
+    p.map(|Path(t)| t).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "the path is not valid for this route",
+        )
+    })
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(t)| t).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "the query string has an unknown parameter or a value of the wrong type",
+        )
+    })
+}
+
+/// The answer to a command. The event is embedded as its stored bytes (no re-encoding): the
+/// same bytes the hash covers, so a client can check `hash` itself. Written piece by piece into
+/// one buffer: every command's answer goes through here.
+fn command_response(r: CommandResult) -> Response {
+    let status = if r.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let outcome: &[u8] = if r.event.payload.succeeded() {
+        b"succeeded"
+    } else {
+        b"failed"
+    };
+    let mut body = Vec::with_capacity(r.bytes.len() + 256);
+    body.extend_from_slice(b"{\"outcome\":\"");
+    body.extend_from_slice(outcome);
+    body.extend_from_slice(b"\",\"event_type\":\"");
+    body.extend_from_slice(r.event.event_type().as_bytes());
+    body.extend_from_slice(b"\",\"failure_code\":");
+    match r.event.payload.failure_code() {
+        Some(code) => {
+            body.push(b'"');
+            body.extend_from_slice(code.as_bytes());
+            body.push(b'"');
+        }
+        None => body.extend_from_slice(b"null"),
+    }
+    body.extend_from_slice(if r.replayed {
+        b",\"replayed\":true,\"hash\":\""
+    } else {
+        b",\"replayed\":false,\"hash\":\""
+    });
+    body.extend_from_slice(&r.hash.hex_bytes());
+    body.extend_from_slice(b"\",\"event\":");
+    body.extend_from_slice(&r.bytes);
+    body.push(b'}');
+    let mut resp = (status, body).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+async fn bind(
+    State(s): State<Arc<AppState>>,
+    account: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let req: BindRequest = command_body(&s, req, Role::Writer).await?;
+    let account = path(account)?;
+    let cmd = req
+        .validate(&account, chrono::Utc::now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    Ok(command_response(s.ledger.bind(cmd).await?))
+}
+
+async fn pay(
+    State(s): State<Arc<AppState>>,
+    account: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let req: PayRequest = command_body(&s, req, Role::Writer).await?;
+    let account = path(account)?;
+    let cmd = req
+        .validate(&account, chrono::Utc::now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    Ok(command_response(s.ledger.pay(cmd).await?))
+}
+
+async fn unbind(
+    State(s): State<Arc<AppState>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let req: UnbindRequest = command_body(&s, req, Role::Writer).await?;
+    let (account, binding_id) = path(p)?;
+    let cmd = req
+        .validate(&account, &binding_id, chrono::Utc::now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    Ok(command_response(s.ledger.unbind(cmd).await?))
+}
+
+async fn unlock(
+    State(s): State<Arc<AppState>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let req: UnlockRequest = command_body(&s, req, Role::Security).await?;
+    let (account, binding_id) = path(p)?;
+    let cmd = req
+        .validate(&account, &binding_id, chrono::Utc::now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    Ok(command_response(s.ledger.unlock(cmd).await?))
+}
+
+fn checkpoints_of(s: &AppState) -> ApiResult<&(crate::ledger::checkpoint::CheckpointStore, String)> {
+    s.extras.checkpoints.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "checkpoints_disabled",
+            "checkpoints are off (checkpoints.enabled = false)",
+        )
+    })
+}
+
+/// Every signed checkpoint, oldest first, one JSON object per line.
+async fn checkpoints(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Auditor)?;
+    let (store, _) = checkpoints_of(&s)?;
+    let mut body = Vec::new();
+    for cp in store.all()? {
+        body.extend_from_slice(&serde_json::to_vec(&cp).expect("checkpoints serialize"));
+        body.push(b'\n');
+    }
+    let mut r = body.into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(r)
+}
+
+/// The public key checkpoints are signed with, and what is signed.
+async fn checkpoint_key(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Auditor)?;
+    let (_, key) = checkpoints_of(&s)?;
+    Ok(Json(json!({
+        "algorithm": "ed25519",
+        "public_key": key,
+        "message": "bindledger-checkpoint:v1:{seq}:{head}:{time}",
+    }))
+    .into_response())
+}
+
+/// Who may read alerts.
+const ALERT_READERS: &[Role] = &[Role::Security, Role::Auditor];
+
+fn monitor(s: &AppState) -> ApiResult<&MonitorView> {
+    s.extras.monitor.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "alerts_disabled",
+            "the alert monitor is not running (alerts.enabled = false)",
+        )
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertQuery {
+    since: Option<String>,
+    severity: Option<String>,
+    rule: Option<String>,
+    account: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+    /// SSE only: resume after this stream seq (as `Last-Event-ID` does).
+    after: Option<u64>,
+}
+
+impl AlertQuery {
+    fn filter(&self) -> ApiResult<AlertFilter> {
+        let bad = |code, field, message| ApiError::new(StatusCode::BAD_REQUEST, code, message).with_field(field);
+        let since = match &self.since {
+            None => None,
+            Some(t) => Some(
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map_err(|_| {
+                        bad(
+                            "invalid_time",
+                            "since",
+                            "since must be an RFC 3339 time, e.g. 2026-11-26T08:00:00Z",
+                        )
+                    })?
+                    .with_timezone(&chrono::Utc),
+            ),
+        };
+        let severity = match &self.severity {
+            None => None,
+            Some(v) => Some(Severity::parse(v).ok_or_else(|| {
+                bad(
+                    "invalid_severity",
+                    "severity",
+                    "severity is one of low, medium, high, critical",
+                )
+            })?),
+        };
+        if let Some(r) = &self.rule {
+            if !crate::domain::alerts::rules::RULE_NAMES.contains(&r.as_str()) {
+                return Err(bad(
+                    "invalid_rule",
+                    "rule",
+                    crate::domain::alerts::rules::RULE_NAMES_TEXT,
+                ));
+            }
+        }
+        if let Some(a) = &self.account {
+            command::validate_account(a)?;
+        }
+        Ok(AlertFilter {
+            since,
+            severity,
+            rule: self.rule.clone(),
+            account: self.account.clone(),
+        })
+    }
+}
+
+/// Alerts, newest first (by the event that opened them), each at its latest revision.
+async fn alerts_list(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<AlertQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    authorize_any(&s, &headers, ALERT_READERS)?;
+    let m = monitor(&s)?;
+    let q = query(q)?;
+    let filter = q.filter()?;
+    let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
+    let store = m.store.clone();
+    let cursor = q.cursor.clone();
+    let (alerts, next) = tokio::task::spawn_blocking(move || store.list(&filter, cursor.as_deref(), limit))
+        .await
+        .map_err(|e| ApiError::from(Error::Io(e.to_string())))??;
+    Ok(Json(json!({"alerts": alerts, "next_cursor": next})).into_response())
+}
+
+async fn alert_one(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    authorize_any(&s, &headers, ALERT_READERS)?;
+    let m = monitor(&s)?;
+    let id = path(id)?;
+    match m.store.get(&id)? {
+        Some(a) => Ok(Json(a).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "alert_not_found",
+            "no alert has this id",
+        )),
+    }
+}
+
+/// Stream entries per read of the live feed.
+const STREAM_READ: usize = 256;
+
+/// The live feed: every alert change as a Server-Sent Event (`id` = stream seq, `event:
+/// alert`, `data` = the change as JSON), in order, from after `Last-Event-ID` (or `?after=`),
+/// then live. Filters apply; ids stay the stream's, so resuming works with them too.
+async fn alerts_stream(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<AlertQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    authorize_any(&s, &headers, ALERT_READERS)?;
+    let m = monitor(&s)?.clone();
+    let q = query(q)?;
+    let filter = q.filter()?;
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_last_event_id",
+                        "Last-Event-ID must be a stream seq from this feed",
+                    )
+                })?,
+        ),
+    };
+    let after = last_event_id.or(q.after).unwrap_or(0);
+    struct Feed {
+        m: MonitorView,
+        published: tokio::sync::watch::Receiver<u64>,
+        filter: AlertFilter,
+        after: u64,
+        pending: std::collections::VecDeque<crate::domain::alerts::AlertChange>,
+        closing: tokio::sync::watch::Receiver<bool>,
+    }
+    let published = m.feed.subscribe();
+    let feed = Feed {
+        m,
+        published,
+        filter,
+        after,
+        pending: Default::default(),
+        closing: s.closing.subscribe(),
+    };
+    let stream = futures_util::stream::unfold(feed, |mut f| async move {
+        loop {
+            if *f.closing.borrow() {
+                return None;
+            }
+            if let Some(c) = f.pending.pop_front() {
+                let data = serde_json::to_string(&c).expect("alerts serialize");
+                let ev = SseEvent::default()
+                    .id(c.stream_seq.to_string())
+                    .event("alert")
+                    .data(data);
+                return Some((Ok::<_, std::convert::Infallible>(ev), f));
+            }
+            let next = tokio::select! {
+                r = f.m.feed.next_after(f.after, STREAM_READ, &mut f.published) => r,
+                _ = f.closing.changed() => continue,
+            };
+            match next {
+                Ok(Some(changes)) => {
+                    f.after = changes.last().map_or(f.after, |c| c.stream_seq);
+                    let keep: Vec<_> = changes.into_iter().filter(|c| f.filter.accepts(&c.alert)).collect();
+                    f.pending.extend(keep);
+                }
+                _ => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
+}
+
+async fn bindings(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    account: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Reader)?;
+    let account = path(account)?;
+    command::validate_account(&account)?;
+    let state = s.ledger.account(&account).unwrap_or_default();
+    let list: Vec<_> = state.bindings.iter().map(binding_view).collect();
+    Ok(Json(json!({"account": account, "version": state.version, "bindings": list})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<usize>,
+    before_version: Option<u64>,
+    after_version: Option<u64>,
+}
+
+fn payment_view(e: &Event) -> Option<serde_json::Value> {
+    let common =
+        |status: &str, order_id: &str, amount_minor: i64, currency: &bindledger_events::Currency, binding_id| {
+            json!({
+                "seq": e.seq,
+                "account_seq": e.account_seq,
+                "event_id": e.id,
+                "event_time": e.event_time,
+                "status": status,
+                "order_id": order_id,
+                "binding_id": binding_id,
+                "amount_minor": amount_minor,
+                "currency": currency,
+                "amount_display": currency.format(amount_minor),
+            })
+        };
+    match &e.payload {
+        Payload::PaymentSucceeded {
+            binding_id,
+            provider,
+            wallet,
+            order_id,
+            amount_minor,
+            currency,
+            ..
+        } => {
+            let mut v = common("succeeded", order_id, *amount_minor, currency, binding_id);
+            v["provider"] = json!(provider);
+            v["wallet"] = json!(wallet.masked);
+            Some(v)
+        }
+        Payload::PaymentFailed {
+            binding_id,
+            order_id,
+            amount_minor,
+            currency,
+            reason,
+            ..
+        } => {
+            let mut v = common("failed", order_id, *amount_minor, currency, binding_id);
+            v["reason"] = json!(reason);
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
+async fn payments(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    account: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Reader)?;
+    let account = path(account)?;
+    command::validate_account(&account)?;
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, s.http.page_limit_max);
+    let (events, next) = s.ledger.payments(&account, q.before_version, limit).await?;
+    let list: Vec<_> = events.iter().filter_map(payment_view).collect();
+    Ok(Json(json!({"account": account, "payments": list, "next_before_version": next})).into_response())
+}
+
+async fn history(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    account: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Reader)?;
+    let account = path(account)?;
+    command::validate_account(&account)?;
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
+    let events = s.ledger.history(&account, q.after_version.unwrap_or(0), limit).await?;
+    let next = if events.len() == limit {
+        events.last().map(|e| e.account_seq)
+    } else {
+        None
+    };
+    Ok(Json(json!({"account": account, "events": events, "next_after_version": next})).into_response())
+}
+
+async fn wallet_accounts(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    fp: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Reader)?;
+    let fp = path(fp)?;
+    let hash = Hash::from_hex(&fp).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_fingerprint",
+            "a wallet fingerprint is 64 hex characters",
+        )
+    })?;
+    Ok(Json(json!({"fingerprint": hash, "accounts": s.ledger.wallet_accounts(&hash)})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    from: Option<u64>,
+    limit: Option<u64>,
+}
+
+/// Events per chunk of the feed's body.
+const FEED_CHUNK_EVENTS: usize = 512;
+
+/// The global event feed: the stored bytes of each event, one per line, from `from` (default
+/// 1), at most `limit`. Streamed; a consumer can verify the chain from it.
+async fn feed(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<FeedQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Auditor)?;
+    let q = query(q)?;
+    let from = q.from.unwrap_or(1).max(1);
+    let limit = q.limit.unwrap_or(s.http.feed_limit_max).min(s.http.feed_limit_max);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let ledger = s.ledger.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::with_capacity(FEED_CHUNK_EVENTS * 512);
+        let mut in_chunk = 0;
+        for r in ledger.raw_events(from).take(limit as usize) {
+            match r {
+                Ok((_, bytes)) => {
+                    chunk.extend_from_slice(&bytes);
+                    chunk.push(b'\n');
+                    in_chunk += 1;
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            }
+            if in_chunk == FEED_CHUNK_EVENTS {
+                if tx.blocking_send(Ok(Bytes::from(std::mem::take(&mut chunk)))).is_err() {
+                    return;
+                }
+                in_chunk = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.blocking_send(Ok(Bytes::from(chunk)));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let mut r = Body::from_stream(stream).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(r)
+}
+
+/// `POST /v1/admin/promote`: a replica becomes the primary (writer role).
+async fn promote(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Writer)?;
+    let Some(p) = &s.extras.promoter else {
+        if s.ledger.is_primary() {
+            return Ok(Json(json!({"promoted": false, "events": s.ledger.log_len(), "seconds": 0.0})).into_response());
+        }
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_a_replica",
+            "this node cannot be promoted",
+        ));
+    };
+    match p.promote().await {
+        Ok(report) => Ok(Json(report).into_response()),
+        Err(e) => {
+            tracing::error!(error = %e, "promotion failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "promotion_failed",
+                "the replica could not read the events topic to its end; see the server's log",
+            ))
+        }
+    }
+}
+
+async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+    let events = s.ledger.log_len();
+    let mut body =
+        json!({"status": "ok", "events": events, "role": if s.ledger.is_primary() { "primary" } else { "replica" }});
+    let mut healthy = s.ledger.is_healthy();
+    if let Some((status, primary)) = &s.extras.replica {
+        let (lag_events, lag_seconds) = status.lag(events);
+        body["replica"] = json!({
+            "state": status.state(),
+            "lag_events": lag_events,
+            "lag_seconds": lag_seconds,
+            "primary": primary,
+            "last_error": status.last_error.lock().expect("replica status lock").clone(),
+        });
+        healthy &= status.state() != "failed";
+    }
+    if healthy {
+        Json(body).into_response()
+    } else {
+        body["status"] = json!("failed");
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let mut text = s.ledger.metrics().render();
+    {
+        use std::fmt::Write;
+        let (in_memory, on_disk, bytes) = s.ledger.key_index_stats();
+        let _ = write!(
+            text,
+            "# HELP bindledger_idempotency_entries Idempotency keys and paid orders known, by where they are held (memory: not yet written to disk by the indexer).\n# TYPE bindledger_idempotency_entries gauge\n\
+             bindledger_idempotency_entries{{held=\"memory\"}} {in_memory}\nbindledger_idempotency_entries{{held=\"disk\"}} {on_disk}\n\
+             # HELP bindledger_idempotency_table_bytes Size of the idempotency and paid-order tables on disk.\n# TYPE bindledger_idempotency_table_bytes gauge\nbindledger_idempotency_table_bytes {bytes}\n"
+        );
+    }
+    if let Some((status, _)) = &s.extras.replica {
+        use std::fmt::Write;
+        let (lag_events, lag_seconds) = status.lag(s.ledger.log_len());
+        let _ = write!(
+            text,
+            "# HELP bindledger_replica_lag_events Events seen on the topic and not yet in this replica's log.\n# TYPE bindledger_replica_lag_events gauge\nbindledger_replica_lag_events {lag_events}\n\
+             # HELP bindledger_replica_lag_seconds Age of the last event the replica appended, while it is behind (0 when caught up).\n# TYPE bindledger_replica_lag_seconds gauge\nbindledger_replica_lag_seconds {lag_seconds}\n\
+             # HELP bindledger_replica_state The replica's state.\n# TYPE bindledger_replica_state gauge\nbindledger_replica_state{{state=\"{}\"}} 1\n",
+            status.state()
+        );
+    }
+    if let Some((topic, status)) = &s.extras.relay {
+        use std::fmt::Write;
+        let r = Relay::report(&s.ledger, topic, status);
+        let _ = write!(
+            text,
+            "# HELP bindledger_relay_position Every event up to this seq is on the Kafka topic.\n# TYPE bindledger_relay_position gauge\nbindledger_relay_position {}\n\
+             # HELP bindledger_relay_lag_events Events in the log not yet on the topic.\n# TYPE bindledger_relay_lag_events gauge\nbindledger_relay_lag_events {}\n\
+             # HELP bindledger_relay_lag_seconds Age of the oldest event not yet on the topic.\n# TYPE bindledger_relay_lag_seconds gauge\nbindledger_relay_lag_seconds {}\n\
+             # HELP bindledger_relay_published_total Events the relay published.\n# TYPE bindledger_relay_published_total counter\nbindledger_relay_published_total {}\n\
+             # HELP bindledger_relay_state The relay's state.\n# TYPE bindledger_relay_state gauge\nbindledger_relay_state{{state=\"{}\"}} 1\n",
+            r.position, r.lag_events, r.lag_seconds, r.published_total, r.state
+        );
+    }
+    if let Some(m) = &s.extras.monitor {
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &m.status;
+        let _ = write!(
+            text,
+            "# HELP bindledger_monitor_position Every event up to this seq went through the alert rules.\n# TYPE bindledger_monitor_position gauge\nbindledger_monitor_position {}\n\
+             # HELP bindledger_alert_stream_seq Alert changes stored (the SSE feed's last id).\n# TYPE bindledger_alert_stream_seq gauge\nbindledger_alert_stream_seq {}\n\
+             # HELP bindledger_alert_stored_seq Alert changes stored in sled (the listing's view).\n# TYPE bindledger_alert_stored_seq gauge\nbindledger_alert_stored_seq {}\n\
+             # HELP bindledger_alert_updates_total Matches that updated an open alert instead of raising another.\n# TYPE bindledger_alert_updates_total counter\nbindledger_alert_updates_total {}\n\
+             # HELP bindledger_monitor_keys Keys (accounts, wallets) the rules track.\n# TYPE bindledger_monitor_keys gauge\nbindledger_monitor_keys {}\n\
+             # HELP bindledger_monitor_open_alerts Alerts within their cool-down.\n# TYPE bindledger_monitor_open_alerts gauge\nbindledger_monitor_open_alerts {}\n\
+             # HELP bindledger_monitor_gaps_total Batches the monitor read from the log because its queue was full.\n# TYPE bindledger_monitor_gaps_total counter\nbindledger_monitor_gaps_total {}\n\
+             # HELP bindledger_monitor_actions_total Lock and unlock commands the monitor sent.\n# TYPE bindledger_monitor_actions_total counter\nbindledger_monitor_actions_total{{action=\"lock\"}} {}\nbindledger_monitor_actions_total{{action=\"unlock\"}} {}\n\
+             # HELP bindledger_alerts_opened_total Alerts opened, per rule.\n# TYPE bindledger_alerts_opened_total counter\n",
+            st.position.load(Relaxed),
+            st.stream_seq.load(Relaxed),
+            m.feed.stored(),
+            st.updated_total.load(Relaxed),
+            st.keys.load(Relaxed),
+            st.open_alerts.load(Relaxed),
+            st.gaps_read_from_log.load(Relaxed),
+            st.locks_sent.load(Relaxed),
+            st.unlocks_sent.load(Relaxed),
+        );
+        for (i, rule) in crate::domain::alerts::rules::RULE_NAMES.iter().enumerate() {
+            let _ = writeln!(
+                text,
+                "bindledger_alerts_opened_total{{rule=\"{rule}\"}} {}",
+                st.opened[i].load(Relaxed)
+            );
+        }
+    }
+    if let Some((topic, st)) = &s.extras.alerts_relay {
+        use std::fmt::Write;
+        let _ = write!(
+            text,
+            "# HELP bindledger_alerts_relay_position Every alert change up to this stream seq is on the alerts topic.\n# TYPE bindledger_alerts_relay_position gauge\nbindledger_alerts_relay_position{{topic=\"{topic}\"}} {}\n",
+            st.position.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    if let Some((topic, st)) = &s.extras.checkpoints_relay {
+        use std::fmt::Write;
+        let _ = write!(
+            text,
+            "# HELP bindledger_checkpoints_relay_position Every checkpoint up to this seq is on the checkpoints topic.\n# TYPE bindledger_checkpoints_relay_position gauge\nbindledger_checkpoints_relay_position{{topic=\"{topic}\"}} {}\n",
+            st.position.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    let mut r = text.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+async fn relay_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Reader)?;
+    match &s.extras.relay {
+        Some((topic, status)) => Ok(Json(Relay::report(&s.ledger, topic, status)).into_response()),
+        None => Ok(Json(json!({"state": "disabled"})).into_response()),
+    }
+}
+
+/// Every relay beside the ledger: the events topic, the alerts topic, the checkpoints topic.
+async fn relays_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Reader)?;
+    let other = |r: &Option<(String, Arc<RelayStatus>)>| match r {
+        None => json!({"state": "disabled"}),
+        Some((topic, st)) => json!({
+            "state": st.state(),
+            "topic": topic,
+            "position": st.position.load(std::sync::atomic::Ordering::Relaxed),
+            "published_total": st.published_total.load(std::sync::atomic::Ordering::Relaxed),
+            "last_error": *st.last_error.lock().expect("status lock"),
+            "warning": *st.warning.lock().expect("status lock"),
+        }),
+    };
+    let events = match &s.extras.relay {
+        Some((topic, status)) => {
+            serde_json::to_value(Relay::report(&s.ledger, topic, status)).expect("reports serialize")
+        }
+        None => json!({"state": "disabled"}),
+    };
+    Ok(Json(json!({"events": events, "alerts": other(&s.extras.alerts_relay), "checkpoints": other(&s.extras.checkpoints_relay)})).into_response())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see the README for the API",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take this method; see the README for the API",
+    )
+}
+
+/// Bounds the requests in flight (`http.connections_max`), except `/healthz` and `/metrics`,
+/// which answer whatever the load: a full ledger is not a failed one. Logs one debug line per
+/// request with its route's pattern (`/v1/accounts/{account}/payments`), never the path
+/// itself, which holds the caller's values.
+const NOT_PRIMARY: &str = "this ledger is a read replica and takes no commands; send them to the primary";
+
+/// On a replica, a command (every `POST`) is answered `421 not_primary` with the primary's URL,
+/// before its body is read (the caller's token is checked first, as everywhere).
+async fn replica_guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if req.method() == axum::http::Method::POST && !s.ledger.is_primary() && req.uri().path() != "/v1/admin/promote" {
+        if let Err(e) = authorize(&s, req.headers(), Role::Writer) {
+            return e.into_response();
+        }
+        let primary = s
+            .extras
+            .replica
+            .as_ref()
+            .map(|(_, url)| url.as_str())
+            .filter(|u| !u.is_empty());
+        s.ledger.metrics().count_rejected("not_primary");
+        let body = json!({"error": {"code": "not_primary", "message": NOT_PRIMARY, "field": null}, "primary": primary});
+        return (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response();
+    }
+    next.run(req).await
+}
+
+/// `?min_seq=N` on a read: waits until this node holds event N (a client reading its own write
+/// on a replica), then serves the read without the parameter.
+async fn wait_for_min_seq(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let Some(query) = req.uri().query() else {
+        return next.run(req).await;
+    };
+    if req.method() != axum::http::Method::GET || !query.split('&').any(|p| p.starts_with("min_seq=")) {
+        return next.run(req).await;
+    }
+    let mut min_seq = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|p| match p.strip_prefix("min_seq=") {
+            Some(v) => {
+                min_seq = Some(v.parse::<u64>().ok());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let Some(Some(seq)) = min_seq else {
+        return ApiError::from(Error::invalid(
+            "invalid_request",
+            "min_seq",
+            "min_seq must be an event seq (a positive integer)",
+        ))
+        .into_response();
+    };
+    if !s
+        .ledger
+        .wait_for_seq(seq, std::time::Duration::from_millis(s.http.min_seq_wait_ms))
+        .await
+    {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_caught_up",
+            "this node has not reached the requested min_seq in time; retry, or read from the primary",
+        )
+        .into_response();
+    }
+    let path = req.uri().path().to_owned();
+    let uri = if rest.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", rest.join("&"))
+    };
+    if let Ok(uri) = uri.parse() {
+        *req.uri_mut() = uri;
+    }
+    next.run(req).await
+}
+
+async fn bound_in_flight(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let probe = matches!(req.uri().path(), "/healthz" | "/metrics");
+    let _permit = if probe {
+        None
+    } else {
+        match s.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too many requests in flight; retry shortly",
+                )
+                .into_response()
+            }
+        }
+    };
+    let line = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        let route = req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map_or("(no route)", |m| m.as_str())
+            .to_owned();
+        (req.method().clone(), route)
+    });
+    let response = next.run(req).await;
+    if let Some((method, route)) = line {
+        tracing::debug!(%method, %route, status = response.status().as_u16(), "request");
+    }
+    response
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/accounts/{account}/bindings", post(bind).get(bindings))
+        .route("/v1/accounts/{account}/bindings/{binding_id}/unbind", post(unbind))
+        .route("/v1/accounts/{account}/payments", post(pay).get(payments))
+        .route("/v1/accounts/{account}/events", get(history))
+        .route("/v1/wallets/{fingerprint}/accounts", get(wallet_accounts))
+        .route("/v1/events", get(feed))
+        .route("/v1/relay", get(relay_status))
+        .route("/v1/relays", get(relays_status))
+        .route("/v1/accounts/{account}/bindings/{binding_id}/unlock", post(unlock))
+        .route("/v1/checkpoints", get(checkpoints))
+        .route("/v1/checkpoints/key", get(checkpoint_key))
+        .route("/v1/alerts", get(alerts_list))
+        .route("/v1/alerts/stream", get(alerts_stream))
+        .route("/v1/alerts/{alert_id}", get(alert_one))
+        .route("/v1/admin/promote", post(promote))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), wait_for_min_seq))
+        .layer(middleware::from_fn_with_state(state.clone(), replica_guard))
+        .layer(middleware::from_fn_with_state(state.clone(), bound_in_flight))
+        .layer(DefaultBodyLimit::max(state.http.body_limit_bytes))
+        .with_state(state)
+}
+
+/// Open connections per peer address (see `http.connections_per_peer_max`).
+#[derive(Default)]
+struct Peers {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in [`Peers`], given back when the connection ends.
+struct PeerSlot {
+    peers: Arc<Peers>,
+    ip: std::net::IpAddr,
+}
+
+impl Peers {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut open = self.open.lock().expect("peers lock");
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.peers.open.lock().expect("peers lock");
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves until `shutdown` completes, then lets the connections finish what they are doing
+/// (idle ones close at once) and returns once all are closed.
+///
+/// Each connection is HTTP/1.1 with a header read timeout (`http.header_timeout_ms`): a
+/// client that opens a socket and sends nothing, or sends its headers a byte at a time, is
+/// disconnected when it runs out, and so is a keep-alive connection left idle for as long.
+/// Bodies are read by the handlers, after the token was checked, within
+/// `http.body_timeout_ms`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let closing = state.closing.clone();
+    let peers: Arc<Peers> = Default::default();
+    let per_peer = state.http.connections_per_peer_max;
+    let header_timeout = state.http.header_timeout();
+    let app = router(state);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Some(slot) = peers.enter(peer.ip(), per_peer) else {
+            tracing::debug!("connection refused: too many open connections from one peer address");
+            drop(tcp);
+            continue;
+        };
+        // Small writes (an SSE event, a short answer) go out at once: with Nagle's algorithm
+        // and the peer's delayed ACK they could wait 40 ms.
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let mut closing = closing.subscribe();
+        connections.spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            let mut shutting_down = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::trace!(error = %e, "connection ended");
+                        }
+                        return;
+                    }
+                    _ = closing.changed(), if !shutting_down => {
+                        shutting_down = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        });
+    }
+    // Live feeds end, so that connections streaming them can close.
+    closing.send_replace(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}

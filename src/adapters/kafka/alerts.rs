@@ -1,0 +1,156 @@
+//! Publishes the alert stream to its own topic (default `bindledger.alerts`): one message per
+//! alert change, in stream order, on partition 0, key = the alert's key (account or wallet
+//! fingerprint), value = the change as JSON, headers `stream_seq`, `alert_id`, `rule`,
+//! `severity`, `change`. Like the events relay it is exactly once without transactions: on
+//! every (re)start it reads the partition's last message and goes on after its `stream_seq`
+//! (refusing a topic whose last alert is not this ledger's), and the broker being away never
+//! holds up the monitor.
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::adapters::kafka::client::{ensure_topic, header_text, producer, read_tails, Backoff, RelayStatus, State};
+use crate::config::KafkaConfig;
+use crate::ledger::alerts::feed::AlertFeed;
+
+/// Changes read from the store per pass.
+const READ_CHANGES: usize = 1024;
+
+pub struct AlertPublisher {
+    feed: Arc<AlertFeed>,
+    stream: tokio::sync::watch::Receiver<u64>,
+    config: KafkaConfig,
+    pub status: Arc<RelayStatus>,
+}
+
+impl AlertPublisher {
+    pub fn new(feed: Arc<AlertFeed>, config: KafkaConfig) -> AlertPublisher {
+        AlertPublisher {
+            stream: feed.subscribe(),
+            feed,
+            config,
+            status: Default::default(),
+        }
+    }
+
+    /// Runs until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(&self.config);
+        while !*shutdown.borrow() {
+            let result = tokio::select! {
+                r = self.session() => r,
+                _ = shutdown.changed() => Ok(()),
+            };
+            if let Err(e) = result {
+                backoff
+                    .after_failure(
+                        &self.status,
+                        "alerts topic",
+                        &self.config.alerts_topic,
+                        e,
+                        &mut shutdown,
+                    )
+                    .await;
+            }
+        }
+        self.status.set(State::Stopped);
+    }
+
+    /// The highest stream seq on the topic, checked against this ledger's alert stream.
+    fn recover(&self) -> Result<u64, String> {
+        let topic = &self.config.alerts_topic;
+        let mut max = 0u64;
+        read_tails(&self.config, topic, |p, m| {
+            let seq = header_text(m, "stream_seq")
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| format!("{topic} partition {p} holds a message without a stream_seq header"))?;
+            let ours = self
+                .feed
+                .store()
+                .changes_after(seq.saturating_sub(1), seq, 1)
+                .map_err(|e| e.to_string())?;
+            if ours.first().map(|c| c.alert.id.as_str()) != header_text(m, "alert_id").as_deref() {
+                return Err(format!(
+                    "{topic} holds alert {seq} that is not this ledger's: refusing to publish to it"
+                ));
+            }
+            max = max.max(seq);
+            Ok(())
+        })?;
+        Ok(max)
+    }
+
+    async fn session(&mut self) -> Result<(), String> {
+        let topic = self.config.alerts_topic.clone();
+        self.status.set(State::Connecting);
+        ensure_topic(&self.config, &topic, 1).await?;
+        self.status.set(State::Recovering);
+        let mut position = tokio::task::block_in_place(|| self.recover())?;
+        let producer = producer(&self.config)?;
+        self.status.position.store(position, Ordering::Relaxed);
+        *self.status.last_error.lock().expect("status lock") = None;
+        tracing::info!(%topic, from = position + 1, "alerts topic: recovered");
+        loop {
+            if self.feed.published() <= position {
+                self.status.set(State::Idle);
+            }
+            let changes = match self
+                .feed
+                .next_after(position, READ_CHANGES, &mut self.stream)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(changes) => changes,
+                None => return Ok(()), // the monitor stopped
+            };
+            self.status.set(State::Publishing);
+            let mut deliveries = Vec::with_capacity(changes.len());
+            for c in &changes {
+                let value = serde_json::to_vec(c).expect("alerts serialize");
+                let seq = c.stream_seq.to_string();
+                let headers = OwnedHeaders::new_with_capacity(5)
+                    .insert(Header {
+                        key: "stream_seq",
+                        value: Some(seq.as_str()),
+                    })
+                    .insert(Header {
+                        key: "alert_id",
+                        value: Some(c.alert.id.as_str()),
+                    })
+                    .insert(Header {
+                        key: "rule",
+                        value: Some(c.alert.rule.as_str()),
+                    })
+                    .insert(Header {
+                        key: "severity",
+                        value: Some(c.alert.severity.as_str()),
+                    })
+                    .insert(Header {
+                        key: "change",
+                        value: Some(c.change.as_str()),
+                    });
+                let record = FutureRecord::to(&topic)
+                    .partition(0)
+                    .key(c.alert.key.value.as_str())
+                    .payload(&value)
+                    .headers(headers);
+                match producer.send_result(record) {
+                    Ok(d) => deliveries.push((c.stream_seq, d)),
+                    Err((e, _)) => return Err(format!("queueing alert {}: {e}", c.stream_seq)),
+                }
+            }
+            for (seq, d) in deliveries {
+                match d.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(format!("delivery failed: {e}")),
+                    Err(_) => return Err("the producer was dropped".into()),
+                }
+                position = seq;
+                self.status.published_total.fetch_add(1, Ordering::Relaxed);
+                self.status.position.store(position, Ordering::Relaxed);
+            }
+        }
+    }
+}

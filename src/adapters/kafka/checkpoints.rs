@@ -1,0 +1,161 @@
+//! The signed checkpoints topic: every checkpoint the ledger signs, published in order.
+
+use crate::config::KafkaConfig;
+use crate::ledger::checkpoint::{CheckpointStore, SignedCheckpoint};
+
+/// Puts every stored checkpoint on the checkpoints topic, exactly once and in order, like the
+/// events relay: on each (re)connection it reads the topic's last checkpoint, which must be
+/// this ledger's (the same signature for that seq, from our key; otherwise it refuses to
+/// publish, as the events and alerts topics do), then sends every stored checkpoint after it.
+/// Checkpoints made while the broker is away, or just before a crash, go out when it is back.
+pub struct CheckpointPublisher {
+    store: CheckpointStore,
+    public_key: String,
+    config: KafkaConfig,
+    topic: String,
+    signed: tokio::sync::watch::Receiver<u64>,
+    pub status: std::sync::Arc<crate::adapters::kafka::client::RelayStatus>,
+}
+
+impl CheckpointPublisher {
+    pub fn new(
+        store: CheckpointStore,
+        public_key: String,
+        config: KafkaConfig,
+        topic: String,
+        signed: tokio::sync::watch::Receiver<u64>,
+    ) -> Self {
+        CheckpointPublisher {
+            store,
+            public_key,
+            config,
+            topic,
+            signed,
+            status: Default::default(),
+        }
+    }
+
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        use crate::adapters::kafka::client::State;
+        let mut backoff = crate::adapters::kafka::client::Backoff::new(&self.config);
+        loop {
+            let result = tokio::select! {
+                r = self.session() => r,
+                _ = shutdown.changed() => Ok(()),
+            };
+            if *shutdown.borrow() {
+                // The last checkpoint, made on stop, goes out if the broker is there: once the
+                // signer has ended (its sender dropped), what is stored is published.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                    while self.signed.changed().await.is_ok() {}
+                    let _ = self.session_once().await;
+                })
+                .await;
+                break;
+            }
+            if let Err(e) = result {
+                backoff
+                    .after_failure(&self.status, "checkpoints topic", &self.topic, e, &mut shutdown)
+                    .await;
+            }
+        }
+        self.status.set(State::Stopped);
+    }
+
+    /// The seq of the topic's last checkpoint (0 when empty), checked to be this ledger's.
+    fn recover(&self) -> std::result::Result<u64, String> {
+        let topic = &self.topic;
+        let mut last = 0u64;
+        crate::adapters::kafka::client::read_tails(&self.config, topic, |_, m| {
+            use rdkafka::message::Message;
+            let theirs: SignedCheckpoint = serde_json::from_slice(m.payload().unwrap_or_default())
+                .map_err(|_| format!("{topic} holds a message that is not a checkpoint: refusing to publish to it"))?;
+            let ours = self
+                .store
+                .tree
+                .get(theirs.seq.to_be_bytes())
+                .map_err(|e| e.to_string())?;
+            let ours: Option<SignedCheckpoint> = ours.and_then(|v| serde_json::from_slice(&v).ok());
+            let same = ours.is_some_and(|o| o.signature == theirs.signature && o.head == theirs.head)
+                && theirs.public_key.eq_ignore_ascii_case(&self.public_key);
+            if !same {
+                return Err(format!(
+                    "{topic} holds checkpoint {} that is not this ledger's: refusing to publish to it",
+                    theirs.seq
+                ));
+            }
+            last = last.max(theirs.seq);
+            Ok(())
+        })?;
+        Ok(last)
+    }
+
+    async fn session_once(&mut self) -> std::result::Result<(), String> {
+        let position = self.connect().await?;
+        self.publish_after(position).await.map(|_| ())
+    }
+
+    async fn connect(&mut self) -> std::result::Result<u64, String> {
+        use crate::adapters::kafka::client::State;
+        self.status.set(State::Connecting);
+        crate::adapters::kafka::client::ensure_topic(&self.config, &self.topic, 1).await?;
+        self.status.set(State::Recovering);
+        let position = tokio::task::block_in_place(|| self.recover())?;
+        self.status
+            .position
+            .store(position, std::sync::atomic::Ordering::Relaxed);
+        *self.status.last_error.lock().expect("status lock") = None;
+        Ok(position)
+    }
+
+    /// Sends every stored checkpoint after `position`, in order; returns the new position.
+    async fn publish_after(&mut self, mut position: u64) -> std::result::Result<u64, String> {
+        let producer = crate::adapters::kafka::client::producer(&self.config)?;
+        let pending: Vec<SignedCheckpoint> = self
+            .store
+            .tree
+            .range((position + 1).to_be_bytes()..)
+            .map(|r| {
+                r.map_err(|e| e.to_string())
+                    .and_then(|(_, v)| serde_json::from_slice(&v).map_err(|e| e.to_string()))
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        for cp in pending {
+            self.status.set(crate::adapters::kafka::client::State::Publishing);
+            let key = cp.seq.to_string();
+            let value = serde_json::to_vec(&cp).expect("checkpoints serialize");
+            let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: "seq",
+                value: Some(key.as_str()),
+            });
+            let record = rdkafka::producer::FutureRecord::to(&self.topic)
+                .partition(0)
+                .key(&key)
+                .payload(&value)
+                .headers(headers);
+            producer
+                .send(record, std::time::Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| format!("checkpoint {}: {e}", cp.seq))?;
+            position = cp.seq;
+            self.status
+                .position
+                .store(position, std::sync::atomic::Ordering::Relaxed);
+            self.status
+                .published_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.status.set(crate::adapters::kafka::client::State::Idle);
+        Ok(position)
+    }
+
+    async fn session(&mut self) -> std::result::Result<(), String> {
+        let mut position = self.connect().await?;
+        loop {
+            position = self.publish_after(position).await?;
+            if self.signed.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! A topic read back as one log: every partition merged in `seq` order with bounded memory.
+
+use rdkafka::config::ClientConfig;
+use rdkafka::message::Message;
+use rdkafka::Offset;
+
+use super::client::header_text;
+
+/// Messages the merge buffers per partition (librdkafka's own queue per partition is bounded
+/// by `queued.max.messages.kbytes`, set below).
+const KAFKA_BUFFER_PER_PARTITION: usize = 4096;
+
+/// A consumer of every partition of one topic, each partition with its own queue, so that a
+/// reader takes from the partition it needs and the others wait in librdkafka's bounded
+/// queues (which stop fetching when full). This is how the merges below bound their memory;
+/// not with `pause`/`resume` or `seek`: against the development broker (tansu 0.6), a
+/// partition fetched again from an offset inside a record batch skipped the batch's records.
+pub struct PartitionedConsumer {
+    consumer: std::sync::Arc<rdkafka::consumer::BaseConsumer>,
+    queues: Vec<rdkafka::consumer::base_consumer::PartitionQueue<rdkafka::consumer::DefaultConsumerContext>>,
+    pub topic: String,
+    /// Per partition: the next offset to take (records before it are skipped).
+    pub next_offset: Vec<i64>,
+    /// Records that reached the consumer's main queue before the partitions' queues were split
+    /// off (librdkafka may fetch as soon as partitions are assigned): taken first.
+    stray: Vec<std::collections::VecDeque<SeqRecord>>,
+}
+
+/// One record: its `seq` header, its value and its offset.
+pub type SeqRecord = (u64, bytes::Bytes, i64);
+
+impl PartitionedConsumer {
+    /// Opens every partition of `topic` at `starts` (one per partition; `None`: the beginning).
+    /// `Ok(None)` when the topic does not exist or has no partitions.
+    pub fn open(
+        mut client: ClientConfig,
+        topic: &str,
+        starts: Option<&[i64]>,
+    ) -> Result<Option<PartitionedConsumer>, String> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::TopicPartitionList;
+        let consumer: BaseConsumer = client
+            .set(
+                "group.id",
+                format!("bindledger-reader-{}", uuid::Uuid::now_v7().simple()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("queued.max.messages.kbytes", "8192")
+            .set("queued.min.messages", "10000")
+            // A follower wants records as soon as they are there, not a fuller fetch later.
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(|e| format!("kafka consumer: {e}"))?;
+        let md = consumer
+            .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+            .map_err(|e| format!("metadata of {topic}: {e}"))?;
+        let partitions = md
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if partitions == 0 {
+            return Ok(None);
+        }
+        let starts: Vec<i64> = match starts {
+            Some(s) if s.len() == partitions => s.to_vec(),
+            _ => vec![0; partitions],
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in starts.iter().enumerate() {
+            let offset = if *o > 0 { Offset::Offset(*o) } else { Offset::Beginning };
+            tpl.add_partition_offset(topic, p as i32, offset)
+                .map_err(|e| e.to_string())?;
+        }
+        let consumer = std::sync::Arc::new(consumer);
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let queues = (0..partitions as i32)
+            .map(|p| {
+                consumer
+                    .split_partition_queue(topic, p)
+                    .ok_or_else(|| format!("{topic} partition {p}: no queue"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut reader = PartitionedConsumer {
+            consumer,
+            queues,
+            topic: topic.to_owned(),
+            next_offset: starts.iter().map(|o| (*o).max(0)).collect(),
+            stray: vec![Default::default(); partitions],
+        };
+        // What reached the main queue before the split comes first.
+        reader.serve()?;
+        Ok(Some(reader))
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// The high watermark of partition `p` as the broker reports it now.
+    pub fn high_watermark(&self, p: usize) -> Result<i64, String> {
+        use rdkafka::consumer::Consumer;
+        self.consumer
+            .fetch_watermarks(&self.topic, p as i32, std::time::Duration::from_secs(10))
+            .map(|(_, high)| high)
+            .map_err(|e| format!("the end of {} partition {p}: {e}", self.topic))
+    }
+
+    /// Unparks the calling thread whenever a partition's queue receives records, so that a
+    /// follower can sleep with `std::thread::park_timeout` while the topic is quiet.
+    pub fn wake_this_thread_on_records(&mut self) {
+        for q in &mut self.queues {
+            let t = std::thread::current();
+            q.set_nonempty_callback(move || t.unpark());
+        }
+    }
+
+    /// Serves librdkafka's callbacks (errors, statistics); call it now and then. A record
+    /// found on the main queue is kept for its partition.
+    pub fn serve(&mut self) -> Result<(), String> {
+        loop {
+            match self.consumer.poll(std::time::Duration::ZERO) {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(format!("reading {}: {e}", self.topic)),
+                Some(Ok(m)) => {
+                    let p = m.partition() as usize;
+                    if p < self.stray.len() {
+                        let record = Self::record(&self.topic, p, &m)?;
+                        self.stray[p].push_back(record);
+                    }
+                }
+            }
+        }
+    }
+
+    fn record(topic: &str, p: usize, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<SeqRecord, String> {
+        use rdkafka::message::Message;
+        // The `seq` header (events), else the key (checkpoints are keyed by seq).
+        let seq = header_text(m, "seq")
+            .and_then(|v| v.parse().ok())
+            .or_else(|| std::str::from_utf8(m.key()?).ok()?.parse().ok())
+            .ok_or_else(|| format!("{topic} partition {p} offset {} has no seq header", m.offset()))?;
+        Ok((
+            seq,
+            bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+            m.offset(),
+        ))
+    }
+
+    /// Moves records of partition `p` into `buffer` until it holds `max`, waiting at most
+    /// `wait` for the first; returns how many it moved.
+    pub fn fill(
+        &mut self,
+        p: usize,
+        buffer: &mut std::collections::VecDeque<SeqRecord>,
+        max: usize,
+        wait: std::time::Duration,
+    ) -> Result<usize, String> {
+        use rdkafka::message::Message;
+        let mut moved = 0;
+        let mut wait = wait;
+        while buffer.len() < max {
+            if let Some(record) = self.stray[p].pop_front() {
+                if record.2 >= self.next_offset[p] {
+                    self.next_offset[p] = record.2 + 1;
+                    buffer.push_back(record);
+                    moved += 1;
+                }
+                continue;
+            }
+            match self.queues[p].poll(wait) {
+                None => break,
+                Some(Err(e)) => return Err(format!("reading {} partition {p}: {e}", self.topic)),
+                Some(Ok(m)) => {
+                    wait = std::time::Duration::ZERO;
+                    if m.offset() < self.next_offset[p] {
+                        continue;
+                    }
+                    self.next_offset[p] = m.offset() + 1;
+                    buffer.push_back(Self::record(&self.topic, p, &m)?);
+                    moved += 1;
+                }
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// The events topic read as one log: every partition from its start to its end, merged on the
+/// `seq` header (a k-way merge: each partition is in global order already), with bounded
+/// memory ([`PartitionedConsumer`]). A partition is at its end once it has reached the high
+/// watermark it had when reading began and has then delivered nothing for [`KAFKA_QUIET`]
+/// (both: a broker may report a watermark short of its last record, as tansu 0.6 does). Ties
+/// (a duplicate across partitions) keep both, in partition order, for the audit to name.
+pub struct TopicReader {
+    reader: PartitionedConsumer,
+    buffers: Vec<std::collections::VecDeque<SeqRecord>>,
+    /// Per partition: when it last delivered, whether it has ended, its end when reading began.
+    active: Vec<std::time::Instant>,
+    ended: Vec<bool>,
+    ends: Vec<i64>,
+    failed: bool,
+}
+
+/// How long a partition past its high watermark must deliver nothing to count as read to its end.
+pub const KAFKA_QUIET: std::time::Duration = std::time::Duration::from_secs(2);
+/// A partition that makes no progress for this long short of its end fails the read.
+const KAFKA_STALLED: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens `topic` for reading from its start (`client`: the brokers and any security settings).
+pub fn read_topic(client: ClientConfig, topic: &str) -> Result<TopicReader, String> {
+    let reader =
+        PartitionedConsumer::open(client, topic, None)?.ok_or_else(|| format!("topic {topic} has no partitions"))?;
+    let n = reader.partitions();
+    let ends = (0..n)
+        .map(|p| reader.high_watermark(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let now = std::time::Instant::now();
+    Ok(TopicReader {
+        reader,
+        buffers: vec![Default::default(); n],
+        active: vec![now; n],
+        ended: vec![false; n],
+        ends,
+        failed: false,
+    })
+}
+
+impl TopicReader {
+    /// True once partition `p` is read to its end (see [`TopicReader`]).
+    fn finished(&mut self, p: usize) -> std::result::Result<bool, String> {
+        if self.ended[p] || !self.buffers[p].is_empty() {
+            return Ok(self.ended[p]);
+        }
+        let quiet = self.active[p].elapsed();
+        if self.reader.next_offset[p] >= self.ends[p] && quiet >= KAFKA_QUIET {
+            self.ended[p] = true;
+        } else if quiet >= KAFKA_STALLED {
+            return Err(format!(
+                "{} partition {p} stalled at offset {} of {}",
+                self.reader.topic, self.reader.next_offset[p], self.ends[p]
+            ));
+        }
+        Ok(self.ended[p])
+    }
+
+    fn step(&mut self) -> std::result::Result<Option<Vec<u8>>, String> {
+        loop {
+            // Take what each partition without a buffered record has ready now.
+            let mut waiting = None;
+            for p in 0..self.buffers.len() {
+                if self.ended[p] || !self.buffers[p].is_empty() {
+                    continue;
+                }
+                if self.reader.fill(
+                    p,
+                    &mut self.buffers[p],
+                    KAFKA_BUFFER_PER_PARTITION,
+                    std::time::Duration::ZERO,
+                )? > 0
+                {
+                    self.active[p] = std::time::Instant::now();
+                } else if !self.finished(p)? {
+                    waiting.get_or_insert(p);
+                }
+            }
+            let Some(p) = waiting else {
+                // Every partition has its next record buffered, or has none left: the smallest.
+                let Some(p) = (0..self.buffers.len())
+                    .filter(|&p| !self.buffers[p].is_empty())
+                    .min_by_key(|&p| self.buffers[p][0].0)
+                else {
+                    return Ok(None);
+                };
+                let (_, value, _) = self.buffers[p].pop_front().expect("not empty");
+                return Ok(Some(value.to_vec()));
+            };
+            self.reader.serve()?;
+            if self.reader.fill(
+                p,
+                &mut self.buffers[p],
+                KAFKA_BUFFER_PER_PARTITION,
+                std::time::Duration::from_millis(100),
+            )? > 0
+            {
+                self.active[p] = std::time::Instant::now();
+            }
+        }
+    }
+}
+
+impl Iterator for TopicReader {
+    type Item = Result<Vec<u8>, String>;
+    fn next(&mut self) -> Option<Result<Vec<u8>, String>> {
+        if self.failed {
+            return None;
+        }
+        match self.step() {
+            Ok(v) => v.map(Ok),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+        }
+    }
+}

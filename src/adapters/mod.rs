@@ -1,0 +1,12 @@
+//! Adapters: how the ledger meets the world. Each depends on the ledger core and the domain,
+//! never the reverse.
+//!
+//! - [`http`]: the HTTP API (axum) and the small HTTP client the tools use.
+//! - [`kafka`]: the events relay, the alerts and checkpoints topics, the topic reader, read
+//!   replicas, restore from the topic, and the analytics consumer.
+//! - [`provider`]: the deterministic simulated wallet provider.
+
+pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+pub mod provider;

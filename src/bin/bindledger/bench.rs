@@ -1,0 +1,1426 @@
+//! `bindledger bench`: one run, one machine, three measurements.
+//! 1. **Raw sled baseline**: the same stored event bytes written in batches with
+//!    `apply_batch` + `flush`, nothing else, in the ledger's layout (chunks of events), and, for
+//!    context, one key per event.
+//! 2. **Library path**: durable payment commands through [`Ledger::pay`] from many concurrent
+//!    submitters (validation, idempotency, gateway simulator, writer, group commit), with the
+//!    alert monitor running as `serve` runs it.
+//! 3. **HTTP end to end**: the same commands over the real HTTP server from many connections.
+//!
+//! Prints a Markdown table with throughput, latency percentiles and ratios to the baseline.
+
+use bindledger_events::{
+    codec, hash_bytes, Context, Currency, Event, Factor, FactorCheck, Hash, Payload, Provider, WalletRef, GENESIS_HASH,
+    SCHEMA_VERSION,
+};
+use chrono::Utc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+use bindledger::adapters::http::AppState;
+use bindledger::adapters::provider::{Scenario, SimulatedGateway};
+use bindledger::config::{Config, Role, TokenConfig, WriterConfig};
+use bindledger::domain::command::{BindRequest, CommonInput, PayRequest};
+use bindledger::domain::secret::{LedgerSecret, SecretString};
+use bindledger::ledger::store::CHUNK_EVENTS_MAX;
+use bindledger::ledger::Ledger;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Events written by each raw sled run (the baseline writes them spread over its rounds).
+    #[arg(long, default_value_t = 400_000)]
+    pub raw_events: u64,
+    /// Batch size of the second raw sled run (the first uses the library run's events per
+    /// flush).
+    #[arg(long, default_value_t = 512)]
+    pub raw_batch: usize,
+    /// Commands in the library-level run.
+    #[arg(long, default_value_t = 300_000)]
+    pub lib_commands: u64,
+    /// Concurrent submitters in the library-level run.
+    #[arg(long, default_value_t = 512)]
+    pub lib_concurrency: usize,
+    /// Commands in the HTTP run.
+    #[arg(long, default_value_t = 200_000)]
+    pub http_commands: u64,
+    /// Concurrent HTTP connections.
+    #[arg(long, default_value_t = 256)]
+    pub http_connections: usize,
+    /// Accounts the commands are spread over.
+    #[arg(long, default_value_t = 2000)]
+    pub accounts: usize,
+    /// The library run and its raw baseline are measured in this many alternating rounds (a
+    /// library round, then the raw baseline of as many events per flush as it made), so both
+    /// sides of the ratio see the machine in the same state.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub rounds: u64,
+    /// The flusher's group-commit delay under load (`writer.commit_delay_us`; 0 turns it off),
+    /// to compare with and without it.
+    #[arg(long, default_value_t = WriterConfig::default().commit_delay_us)]
+    pub commit_delay_us: u64,
+    /// Where to put the logs (default: a new directory under the system temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+struct Row {
+    name: String,
+    ops: u64,
+    seconds: f64,
+    p50_us: Option<u64>,
+    p99_us: Option<u64>,
+    note: String,
+}
+
+impl Row {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    Some(sorted[i])
+}
+
+/// A payment event shaped like the ledger's, for the raw baseline.
+fn sample_event(seq: u64, prev: Hash) -> Event {
+    Event {
+        v: SCHEMA_VERSION,
+        id: Uuid::now_v7(),
+        seq,
+        account: format!("bench-{:05}", seq % 2000),
+        account_seq: seq / 2000 + 1,
+        event_time: Utc::now(),
+        record_time: Utc::now(),
+        idempotency_key: Some(format!("bench-pay-{seq}")),
+        request_digest: Some(Hash([3; 32])),
+        correlation_id: None,
+        context: Context {
+            channel: "api".into(),
+            ..Context::default()
+        },
+        prev_hash: prev,
+        payload: Payload::PaymentSucceeded {
+            binding_id: Uuid::now_v7(),
+            provider: Provider::parse("alipay").expect("known"),
+            wallet: WalletRef {
+                masked: "138****5678".into(),
+                fingerprint: Hash([5; 32]),
+            },
+            order_id: format!("order-{seq}"),
+            amount_minor: 100,
+            currency: Currency::CNY,
+            factors: vec![FactorCheck {
+                factor: Factor::Password,
+                passed: true,
+            }],
+            authorization_id: "auth_0123456789abcdef01234567".into(),
+        },
+    }
+}
+
+/// Writes the same bytes with `apply_batch` + `flush` and nothing else: either laid out as
+/// the ledger stores them (chunks of [`CHUNK_EVENTS_MAX`] events, one key each) or one key per
+/// event.
+fn raw_sled(dir: &Path, payloads: &[Vec<u8>], batch_size: usize, chunked: bool) -> anyhow::Result<Row> {
+    let name = if chunked { "raw-chunked" } else { "raw-keyed" };
+    let db = sled::Config::new()
+        .path(dir.join(name))
+        .mode(sled::Mode::HighThroughput)
+        .open()?;
+    let tree = db.open_tree("raw")?;
+    let bytes_per_event = payloads.iter().map(|p| p.len()).sum::<usize>() / payloads.len().max(1);
+    let started = Instant::now();
+    let mut seq = 1u64;
+    for batch_payloads in payloads.chunks(batch_size) {
+        let mut batch = sled::Batch::default();
+        if chunked {
+            for chunk in batch_payloads.chunks(CHUNK_EVENTS_MAX) {
+                let mut value = Vec::with_capacity(chunk.iter().map(|p| p.len() + 4).sum());
+                for p in chunk {
+                    value.extend_from_slice(&(p.len() as u32).to_be_bytes());
+                    value.extend_from_slice(p);
+                }
+                batch.insert(&seq.to_be_bytes()[..], value);
+                seq += chunk.len() as u64;
+            }
+        } else {
+            for p in batch_payloads {
+                batch.insert(&seq.to_be_bytes()[..], p.as_slice());
+                seq += 1;
+            }
+        }
+        tree.apply_batch(batch)?;
+        db.flush()?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let layout = if chunked {
+        format!("chunks of {CHUNK_EVENTS_MAX} (the ledger's layout)")
+    } else {
+        "one key per event".into()
+    };
+    Ok(Row {
+        name: format!("raw sled, {layout}"),
+        ops: payloads.len() as u64,
+        seconds,
+        p50_us: None,
+        p99_us: None,
+        note: format!("batches of {batch_size}, {bytes_per_event} B/event"),
+    })
+}
+
+fn sample_payloads(events: u64) -> Vec<Vec<u8>> {
+    let mut prev = GENESIS_HASH;
+    (1..=events)
+        .map(|seq| {
+            let b = codec::encode(&sample_event(seq, prev));
+            prev = hash_bytes(&b);
+            b
+        })
+        .collect()
+}
+
+pub(crate) fn bench_config(dir: &Path) -> Config {
+    let mut c = Config {
+        data_dir: dir.to_path_buf(),
+        max_bindings_per_account: 4,
+        ..Config::default()
+    };
+    c.gateway.simulated = Scenario {
+        balance_minor_min: 1_000_000_000_000,
+        balance_minor_max: 1_000_000_000_000,
+        ..Scenario::quiet(42)
+    };
+    c
+}
+
+struct Fixture {
+    /// The ledger as `serve` runs it: with the alert monitor.
+    node: bindledger::node::Node,
+    ledger: Ledger,
+    gateway: Arc<SimulatedGateway>,
+    /// (account, binding id, password)
+    bindings: Vec<(String, Uuid, String)>,
+}
+
+async fn fixture(dir: &Path, accounts: usize, commit_delay_us: u64) -> anyhow::Result<Fixture> {
+    fixture_with(dir, accounts, |c| c.writer.commit_delay_us = commit_delay_us).await
+}
+
+async fn fixture_with(dir: &Path, accounts: usize, adjust: impl FnOnce(&mut Config)) -> anyhow::Result<Fixture> {
+    let mut config = bench_config(dir);
+    adjust(&mut config);
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
+    let node = bindledger::node::Node::start(&config, LedgerSecret::from_bytes([7; 32]), gateway.clone())?;
+    let ledger = node.ledger.clone();
+    let bindings = bind_accounts(&ledger, &gateway, (0..accounts).map(|i| format!("bench-{i:05}"))).await?;
+    Ok(Fixture {
+        node,
+        ledger,
+        gateway,
+        bindings,
+    })
+}
+
+/// Binds one wallet (phone `139` + the index) to each account; returns (account, binding id,
+/// password).
+pub(crate) async fn bind_accounts(
+    ledger: &Ledger,
+    gateway: &SimulatedGateway,
+    accounts: impl Iterator<Item = String>,
+) -> anyhow::Result<Vec<(String, Uuid, String)>> {
+    let provider = Provider::parse("alipay").expect("known");
+    let mut bindings = Vec::new();
+    for (i, account) in accounts.enumerate() {
+        let phone = format!("139{i:08}");
+        let password = gateway.password_for(&provider, &phone);
+        let req = BindRequest {
+            provider: "alipay".into(),
+            wallet_account: SecretString::new(phone),
+            payment_password: SecretString::new(password.clone()),
+            factor: None,
+            common: CommonInput::default(),
+        };
+        match &ledger.bind(req.validate(&account, Utc::now())?).await?.event.payload {
+            Payload::WalletBound { binding_id, .. } => bindings.push((account, *binding_id, password)),
+            other => anyhow::bail!("bench fixture bind failed: {other:?}"),
+        }
+    }
+    Ok(bindings)
+}
+
+pub(crate) fn pay_request(binding: &(String, Uuid, String), n: u64) -> PayRequest {
+    PayRequest {
+        binding_id: binding.1.to_string(),
+        order_id: format!("o-{n}"),
+        amount_minor: 100,
+        currency: None,
+        payment_password: SecretString::new(binding.2.clone()),
+        factor: None,
+        common: CommonInput {
+            idempotency_key: Some(format!("pay-{n}")),
+            ..CommonInput::default()
+        },
+    }
+}
+
+/// Events made durable per flush during a measured run.
+fn events_per_flush(ledger: &Ledger, events: u64, flushes_before: u64) -> f64 {
+    let flushes = ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed) - flushes_before;
+    events as f64 / flushes.max(1) as f64
+}
+
+/// Runs `op` for every n in `0..total` from `workers` concurrent tasks, each with its own
+/// state (made by `make`, threaded through `op`); returns the per-operation latencies in µs,
+/// sorted, and the elapsed seconds.
+async fn drive<S, F, Fut>(
+    workers: usize,
+    total: u64,
+    mut make: impl FnMut() -> S,
+    op: F,
+) -> anyhow::Result<(Vec<u64>, f64)>
+where
+    S: Send + 'static,
+    F: Fn(S, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = (S, anyhow::Result<()>)> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (op, next, mut state) = (op.clone(), next.clone(), make());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= total {
+                    return Ok::<_, anyhow::Error>(lat);
+                }
+                let t = Instant::now();
+                let (back, result) = op(state, n).await;
+                state = back;
+                result?;
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    Ok((lat, seconds))
+}
+
+/// The library path and its baseline, in alternating rounds on one ledger: each round sends
+/// its share of the commands, then writes its share of `payloads` with raw sled in batches of
+/// the events per flush that round made. Returns the library row, the baseline row (both over
+/// all rounds) and each round's (library rate, raw rate, events per flush).
+async fn library(
+    root: &Path,
+    args: &BenchArgs,
+    payloads: &[Vec<u8>],
+) -> anyhow::Result<(Row, Row, Row, Vec<(f64, f64, usize)>)> {
+    let f = fixture(&root.join("lib"), args.accounts, args.commit_delay_us).await?;
+    let bindings = Arc::new(f.bindings);
+    let rounds = args.rounds.max(1);
+    let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
+    let (mut lat, mut lib_seconds, mut raw_seconds, mut raw_ops) = (Vec::new(), 0.0, 0.0, 0u64);
+    let (mut unsynced_lat, mut unsynced_seconds, mut unsynced_ops) = (Vec::new(), 0.0, 0u64);
+    let mut per_round = Vec::new();
+    // Commands of the rounds without the sync are numbered after the others (fresh keys).
+    let mut unsynced_next = args.lib_commands;
+    let pay_round = |first: u64, count: u64| pay_range(&f.ledger, &bindings, first, count, args.lib_concurrency);
+    for r in 0..rounds {
+        let first = args.lib_commands * r / rounds;
+        let count = args.lib_commands * (r + 1) / rounds - first;
+        let base = f.ledger.log_len();
+        let round_flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
+        let (round_lat, seconds) = pay_round(first, count).await?;
+        let written = f.ledger.log_len() - base;
+        anyhow::ensure!(written == count, "expected {count} events, the log grew by {written}");
+        let per_flush = events_per_flush(&f.ledger, written, round_flushes_before)
+            .round()
+            .max(1.0) as usize;
+        // The same commands without the fdatasync after each flush: what durability against
+        // a power cut costs (half a round, right after the synced one).
+        f.ledger.set_sync_data(false);
+        let half = (count / 2).max(1);
+        let (u_lat, u_seconds) = pay_round(unsynced_next, half).await?;
+        f.ledger.set_sync_data(true);
+        unsynced_next += half;
+        unsynced_lat.extend(u_lat);
+        unsynced_seconds += u_seconds;
+        unsynced_ops += half;
+        let share = &payloads
+            [(payloads.len() as u64 * r / rounds) as usize..(payloads.len() as u64 * (r + 1) / rounds) as usize];
+        let raw = tokio::task::block_in_place(|| raw_sled(&root.join(format!("same-{r}")), share, per_flush, true))?;
+        per_round.push((count as f64 / seconds, raw.rate(), per_flush));
+        lat.extend(round_lat);
+        lib_seconds += seconds;
+        raw_seconds += raw.seconds;
+        raw_ops += raw.ops;
+    }
+    lat.sort_unstable();
+    unsynced_lat.sort_unstable();
+    let per_flush = events_per_flush(&f.ledger, args.lib_commands + unsynced_ops, flushes_before);
+    drop(f.gateway);
+    f.node.stop().await;
+    let bytes_per_event = payloads.iter().map(|p| p.len()).sum::<usize>() / payloads.len().max(1);
+    let lib = Row {
+        name: "library: Ledger::pay, durable".into(),
+        ops: args.lib_commands,
+        seconds: lib_seconds,
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        note: format!(
+            "{} submitters, {per_flush:.0} events per flush, {rounds} rounds",
+            args.lib_concurrency
+        ),
+    };
+    let unsynced = Row {
+        name: "library without the fdatasync after each flush (writer.sync_data = false)".into(),
+        ops: unsynced_ops,
+        seconds: unsynced_seconds,
+        p50_us: percentile(&unsynced_lat, 0.5),
+        p99_us: percentile(&unsynced_lat, 0.99),
+        note: "half a round after each synced round, same ledger".into(),
+    };
+    let raw = Row {
+        name: format!("raw sled, chunks of {CHUNK_EVENTS_MAX} (the ledger's layout), after each library round"),
+        ops: raw_ops,
+        seconds: raw_seconds,
+        p50_us: None,
+        p99_us: None,
+        note: format!("batches of each round's events per flush, {bytes_per_event} B/event"),
+    };
+    Ok((lib, unsynced, raw, per_round))
+}
+
+async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
+    let f = fixture(dir, args.accounts, args.commit_delay_us).await?;
+    let token = "bench-token-0123456789".to_string();
+    let tokens = vec![TokenConfig {
+        token: token.clone(),
+        roles: vec![Role::Writer],
+    }];
+    let config = bench_config(dir);
+    let state = AppState::build(f.ledger.clone(), &tokens, config.http.clone(), f.node.extras.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bindledger::adapters::http::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let bindings = Arc::new(f.bindings);
+    let base = f.ledger.log_len();
+    let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
+    let batches_before = f.ledger.metrics().batch_size.count();
+    let make_client = || LoadClient {
+        addr,
+        stream: None,
+        buf: Vec::with_capacity(4096),
+        body: Vec::with_capacity(256),
+        request: Vec::with_capacity(512),
+    };
+    let (lat, seconds) = drive(args.http_connections, args.http_commands, make_client, move |mut client, n| {
+        use std::io::Write;
+        let b = &bindings[(n % bindings.len() as u64) as usize];
+        let (body, request) = (&mut client.body, &mut client.request);
+        body.clear();
+        request.clear();
+        let formatted = write!(
+            body,
+            r#"{{"binding_id":"{}","order_id":"o-{n}","amount_minor":100,"payment_password":"{}","idempotency_key":"pay-{n}"}}"#,
+            b.1, b.2
+        )
+        .and_then(|()| {
+            write!(
+                request,
+                "POST /v1/accounts/{}/payments HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                b.0,
+                body.len()
+            )
+        });
+        request.extend_from_slice(body);
+        async move {
+            let result = match formatted {
+                Ok(()) => match client.post().await {
+                    Ok(201) => Ok(()),
+                    Ok(status) => Err(anyhow::anyhow!("unexpected status {status}")),
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e.into()),
+            };
+            (client, result)
+        }
+    })
+    .await?;
+    let written = f.ledger.log_len() - base;
+    anyhow::ensure!(
+        written == args.http_commands,
+        "expected {} events, the log grew by {written}",
+        args.http_commands
+    );
+    let per_flush = events_per_flush(&f.ledger, written, flushes_before);
+    let per_batch = written as f64 / (f.ledger.metrics().batch_size.count() - batches_before).max(1) as f64;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    f.node.stop().await;
+    Ok(Row {
+        name: "HTTP: POST /payments, durable".into(),
+        ops: args.http_commands,
+        seconds,
+        p50_us: percentile(&lat, 0.5),
+        p99_us: percentile(&lat, 0.99),
+        note: format!(
+            "{} connections, {per_flush:.0} events per flush, {per_batch:.1} per writer batch",
+            args.http_connections
+        ),
+    })
+}
+
+/// The HTTP run's load generator: one kept-alive connection, a request written as prepared,
+/// the response read up to its status and `content-length` body. It shares the two cores with
+/// the server, so it does as little as HTTP/1.1 allows (no pooled client, no header map, no
+/// connection task per request); correctness of the server's HTTP is the tests' business.
+struct LoadClient {
+    addr: std::net::SocketAddr,
+    stream: Option<tokio::net::TcpStream>,
+    buf: Vec<u8>,
+    /// The next request's body and the whole request, rewritten in place for each request.
+    body: Vec<u8>,
+    request: Vec<u8>,
+}
+
+impl LoadClient {
+    /// Sends the prepared request; returns the response's status. A connection that failed is
+    /// dropped (the next request opens another).
+    async fn post(&mut self) -> std::io::Result<u16> {
+        use tokio::io::AsyncWriteExt;
+        if self.stream.is_none() {
+            let s = tokio::net::TcpStream::connect(self.addr).await?;
+            s.set_nodelay(true)?;
+            self.stream = Some(s);
+        }
+        let stream = self.stream.as_mut().expect("connected above");
+        self.buf.clear();
+        let answer = match stream.write_all(&self.request).await {
+            Ok(()) => read_response(stream, &mut self.buf).await,
+            Err(e) => Err(e),
+        };
+        if answer.is_err() {
+            self.stream = None;
+        }
+        answer
+    }
+}
+
+/// Reads one response into `buf`: its head, then as many body bytes as its `content-length`
+/// says; returns its status.
+async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let end = loop {
+        read_more(stream, buf).await?;
+        if let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") {
+            break end;
+        }
+        if buf.len() > 64 * 1024 {
+            return Err(bad("response headers over 64 KiB"));
+        }
+    };
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("response head is not UTF-8"))?;
+    let status: u16 = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+        })
+        .ok_or_else(|| bad("no content-length"))?;
+    while buf.len() < end + 4 + length {
+        read_more(stream, buf).await?;
+    }
+    Ok(status)
+}
+
+/// Appends what the server sent next to `buf`; the server closing the connection is an error.
+async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 2048];
+    match stream.read(&mut chunk).await? {
+        0 => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the server closed the connection",
+        )),
+        n => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(())
+        }
+    }
+}
+
+fn fmt_us(v: Option<u64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(us) if us >= 1000 => format!("{:.1} ms", us as f64 / 1000.0),
+        Some(us) => format!("{us} µs"),
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let root = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("bindledger-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&root)?;
+    eprintln!(
+        "bench: logs under {} ({} cores)",
+        root.display(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    let payloads = sample_payloads(args.raw_events);
+    // The baseline: the same bytes, the same layout, the same number of events per flush as
+    // the library run made, measured right after each of its rounds.
+    eprintln!(
+        "bench: library path and its raw sled baseline, {} rounds ...",
+        args.rounds
+    );
+    let (lib, unsynced, raw, rounds) = library(&root, &args, &payloads).await?;
+    eprintln!("bench: HTTP ...");
+    let http = http(&root.join("http"), &args).await?;
+    // For context: larger batches and one key per event.
+    eprintln!("bench: raw sled, batches of {} ...", args.raw_batch);
+    let raw_large = raw_sled(&root, &payloads, args.raw_batch, true)?;
+    let raw_keyed = raw_sled(&root, &payloads, args.raw_batch, false)?;
+    drop(payloads);
+    let baseline = raw.rate();
+    println!("| measurement | ops | seconds | ops/s | p50 | p99 | vs raw sled (same batches) | notes |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    for r in [&raw, &raw_large, &raw_keyed, &lib, &unsynced, &http] {
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {} | {} | {:.2} | {} |",
+            r.name,
+            r.ops,
+            r.seconds,
+            r.rate(),
+            fmt_us(r.p50_us),
+            fmt_us(r.p99_us),
+            r.rate() / baseline,
+            r.note
+        );
+    }
+    let mut ratios: Vec<f64> = rounds.iter().map(|(lib, raw, _)| lib / raw).collect();
+    let each = rounds
+        .iter()
+        .map(|(lib, raw, batch)| format!("{lib:.0} / {raw:.0} = {:.2} (batches of {batch})", lib / raw))
+        .collect::<Vec<_>>()
+        .join("; ");
+    ratios.sort_by(f64::total_cmp);
+    println!();
+    println!(
+        "Library / raw sled by round: {each}; median {:.2}.",
+        ratios[ratios.len() / 2]
+    );
+    println!(
+        "The fdatasync after each flush: {:.0} commands/s with it, {:.0} without ({:.2}); p99 {} against {}.",
+        lib.rate(),
+        unsynced.rate(),
+        lib.rate() / unsynced.rate(),
+        fmt_us(lib.p99_us),
+        fmt_us(unsynced.p99_us)
+    );
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    Ok(())
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct KafkaBenchArgs {
+    /// The broker to measure against.
+    #[arg(long, env = "BINDLEDGER_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
+    pub brokers: String,
+    /// Events in the pre-filled log.
+    #[arg(long, default_value_t = 500_000)]
+    pub events: u64,
+    /// Commands per second for the lag measurement.
+    #[arg(long, default_value_t = 5000)]
+    pub lag_rate: u64,
+    /// Seconds of the lag measurement.
+    #[arg(long, default_value_t = 10)]
+    pub lag_seconds: u64,
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Payments in each run of local against replicated durability.
+    #[arg(long, default_value_t = 50_000)]
+    pub mode_commands: u64,
+}
+
+fn fresh_topic(what: &str) -> String {
+    format!("bindledger.bench.{what}.{}", Uuid::now_v7().simple())
+}
+
+/// Raw producer throughput vs the relay draining a pre-filled log, and end-to-end lag.
+pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
+    use bindledger::adapters::kafka::relay::Relay;
+    use bindledger::config::KafkaConfig;
+    use rdkafka::producer::FutureProducer;
+    use std::sync::atomic::Ordering;
+
+    let root = std::env::temp_dir().join(format!("bindledger-bench-kafka-{}", std::process::id()));
+    std::fs::create_dir_all(&root)?;
+    eprintln!("bench-kafka: pre-filling a log with {} events ...", args.events);
+    let f = fixture(&root.join("log"), 2000, WriterConfig::default().commit_delay_us).await?;
+    let bindings = Arc::new(f.bindings);
+    let fill = f.ledger.log_len();
+    let ledger = f.ledger.clone();
+    let fill_bindings = bindings.clone();
+    drive(
+        512,
+        args.events.saturating_sub(fill),
+        || (),
+        move |(), n| {
+            let (ledger, bindings) = (ledger.clone(), fill_bindings.clone());
+            async move {
+                let b = &bindings[(n % bindings.len() as u64) as usize];
+                let result = ledger
+                    .pay(pay_request(b, n).validate(&b.0, Utc::now()).expect("valid"))
+                    .await;
+                ((), result.map(|_| ()).map_err(anyhow::Error::from))
+            }
+        },
+    )
+    .await?;
+    let events = f.ledger.log_len();
+    let payloads: Vec<(u64, Vec<u8>)> = f
+        .ledger
+        .raw_events(1)
+        .map(|r| r.map(|(s, b)| (s, b.to_vec())))
+        .collect::<bindledger::Result<_>>()?;
+    let bytes_per_event = payloads.iter().map(|(_, b)| b.len()).sum::<usize>() / payloads.len().max(1);
+
+    // 1. Raw producer: the same values, keys and partitions, idempotent, acks=all, linger 5 ms.
+    let kafka = |topic: &str| KafkaConfig {
+        brokers: args.brokers.clone(),
+        topic: topic.into(),
+        partitions: args.partitions,
+        ..KafkaConfig::default()
+    };
+    let raw_topic = fresh_topic("raw");
+    {
+        // The topic is created the same way the relay does it.
+        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &args.brokers)
+            .create()?;
+        let t = rdkafka::admin::NewTopic::new(&raw_topic, args.partitions, rdkafka::admin::TopicReplication::Fixed(1));
+        admin.create_topics([&t], &rdkafka::admin::AdminOptions::new()).await?;
+    }
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    eprintln!("bench-kafka: raw producer ...");
+    let raw = raw_produce(&producer, &raw_topic, &payloads, args.partitions, false).await?;
+    let raw = Row {
+        name: "raw rdkafka producer, same values and keys".into(),
+        ops: events,
+        seconds: raw,
+        p50_us: None,
+        p99_us: None,
+        note: format!("{bytes_per_event} B/event, {} partitions", args.partitions),
+    };
+    let headed = raw_produce(&producer, &raw_topic, &payloads, args.partitions, true).await?;
+    let raw_headers = Row {
+        name: "raw rdkafka producer, with the relay's five headers (precomputed)".into(),
+        ops: events,
+        seconds: headed,
+        p50_us: None,
+        p99_us: None,
+        note: String::new(),
+    };
+
+    // 2. The relay draining the pre-filled log to a fresh topic.
+    eprintln!("bench-kafka: relay draining the log ...");
+    let relay_topic = fresh_topic("relay");
+    let relay = Relay::new(f.ledger.clone(), kafka(&relay_topic));
+    let status = relay.status.clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let task = tokio::spawn(relay.run(stopped));
+    let mut publishing_since = None;
+    while status.position.load(Ordering::Relaxed) < events {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "the relay did not drain the log: {:?}",
+            status.last_error.lock().unwrap()
+        );
+        if publishing_since.is_none() && status.state() == "publishing" {
+            publishing_since = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let total_s = started.elapsed().as_secs_f64();
+    let publishing_s = publishing_since.map_or(total_s, |t| t.elapsed().as_secs_f64());
+    let drain = Row {
+        name: "relay draining the log, publishing only".into(),
+        ops: events,
+        seconds: publishing_s,
+        p50_us: None,
+        p99_us: None,
+        note: format!("{} partitions", args.partitions),
+    };
+    let drain_all = Row {
+        name: "relay draining the log, with connecting, topic creation and recovery".into(),
+        ops: events,
+        seconds: total_s,
+        p50_us: None,
+        p99_us: None,
+        note: String::new(),
+    };
+
+    // 3. Lag at a steady rate: command acknowledged -> message read from the topic.
+    eprintln!(
+        "bench-kafka: lag at {} commands/s for {} s ...",
+        args.lag_rate, args.lag_seconds
+    );
+    let acked: Arc<std::sync::Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let seen: Arc<std::sync::Mutex<HashMap<u64, u64>>> = Arc::default();
+    let duplicates = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let consumer_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (brokers, topic, acked, seen, done, duplicates) = (
+            args.brokers.clone(),
+            relay_topic.clone(),
+            acked.clone(),
+            seen.clone(),
+            consumer_done.clone(),
+            duplicates.clone(),
+        );
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            use rdkafka::message::{Headers, Message};
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", format!("bench-lag-{}", Uuid::now_v7().simple()))
+                .set("auto.offset.reset", "latest")
+                .set("fetch.wait.max.ms", "5")
+                .create()?;
+            consumer.subscribe(&[&topic])?;
+            while !done.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+                    let now = Instant::now();
+                    let seq = m.headers().and_then(|h| {
+                        h.iter()
+                            .find(|h| h.key == "seq")
+                            .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).parse::<u64>().unwrap_or(0)))
+                    });
+                    if let Some(seq) = seq {
+                        if let Some(t) = acked.lock().unwrap().get(&seq) {
+                            let lag = now.duration_since(*t).as_micros() as u64;
+                            if seen.lock().unwrap().insert(seq, lag).is_some() {
+                                duplicates.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await; // let the consumer join and reach the end
+    let interval = Duration::from_secs_f64(1.0 / args.lag_rate as f64);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let until = Instant::now() + Duration::from_secs(args.lag_seconds);
+    let mut n = 10_000_000_000u64;
+    let mut inflight = tokio::task::JoinSet::new();
+    while Instant::now() < until {
+        tick.tick().await;
+        n += 1;
+        let (ledger, bindings, acked) = (f.ledger.clone(), bindings.clone(), acked.clone());
+        inflight.spawn(async move {
+            let b = &bindings[(n % bindings.len() as u64) as usize];
+            if let Ok(r) = ledger
+                .pay(pay_request(b, n).validate(&b.0, Utc::now()).expect("valid"))
+                .await
+            {
+                acked.lock().unwrap().insert(r.event.seq, Instant::now());
+            }
+        });
+        while inflight.len() > 10_000 {
+            inflight.join_next().await;
+        }
+    }
+    while inflight.join_next().await.is_some() {}
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    consumer_done.store(true, Ordering::Relaxed);
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the lag reader panicked"))??;
+    let mut lags: Vec<u64> = seen.lock().unwrap().values().copied().collect();
+    lags.sort_unstable();
+    let sent = acked.lock().unwrap().len() as u64;
+    let lag = Row {
+        name: format!(
+            "lag: command acknowledged -> read from the topic, at {}/s",
+            args.lag_rate
+        ),
+        ops: sent,
+        seconds: args.lag_seconds as f64,
+        p50_us: percentile(&lags, 0.5),
+        p99_us: percentile(&lags, 0.99),
+        note: format!(
+            "{} of {} read back; {} redelivered to the consumer group (the topic holds each once)",
+            lags.len(),
+            sent,
+            duplicates.load(Ordering::Relaxed)
+        ),
+    };
+    let _ = stop.send(true);
+    let _ = task.await;
+    // Exactly once: read the whole topic back, without a consumer group.
+    let log_len = f.ledger.log_len();
+    let (messages, distinct) =
+        tokio::task::block_in_place(|| read_to_end(&args.brokers, &relay_topic)).map(|r| (r.messages, r.distinct))?;
+    f.node.stop().await;
+    let _ = std::fs::remove_dir_all(&root);
+    eprintln!("bench-kafka: the relay's topic holds {messages} messages, {distinct} distinct seqs; the log holds {log_len} events");
+    anyhow::ensure!(
+        messages == distinct && distinct == log_len,
+        "the topic does not hold every event exactly once"
+    );
+
+    println!("| measurement | events | seconds | events/s | p50 | p99 | vs raw producer | notes |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    for r in [&raw, &raw_headers, &drain, &drain_all] {
+        println!(
+            "| {} | {} | {:.2} | {:.0} | - | - | {:.2} | {} |",
+            r.name,
+            r.ops,
+            r.seconds,
+            r.rate(),
+            r.rate() / raw.rate(),
+            r.note
+        );
+    }
+    println!(
+        "| {} | {} | {:.0} | {:.0} | {} | {} | - | {} |",
+        lag.name,
+        lag.ops,
+        lag.seconds,
+        lag.rate(),
+        fmt_us(lag.p50_us),
+        fmt_us(lag.p99_us),
+        lag.note
+    );
+
+    // 4. Local against replicated durability: the same payments through the library, with the
+    // relay publishing in both; replicated answers only once the cluster holds the event.
+    let mut modes = Vec::new();
+    use bindledger::config::Durability;
+    for (mode, linger_ms) in [
+        (Durability::Local, 5),
+        (Durability::Replicated, 5),
+        (Durability::Replicated, 0),
+    ] {
+        eprintln!(
+            "bench-kafka: {mode:?} durability, linger.ms {linger_ms}, {} payments ...",
+            args.mode_commands
+        );
+        let topic = fresh_topic("mode");
+        let dir = root.join(format!("mode-{mode:?}-{linger_ms}"));
+        let f = fixture_with(&dir, 200, |c| {
+            c.kafka = kafka(&topic);
+            c.kafka.alerts_topic = fresh_topic("mode-alerts");
+            c.checkpoints.enabled = false;
+            c.durability = mode;
+            c.kafka.linger_ms = Some(linger_ms);
+        })
+        .await?;
+        let bindings = Arc::new(f.bindings);
+        let ledger = f.ledger.clone();
+        let (mut lat, seconds) = drive(
+            512,
+            args.mode_commands,
+            || (),
+            move |(), n| {
+                let (ledger, bindings) = (ledger.clone(), bindings.clone());
+                async move {
+                    let b = &bindings[(n % bindings.len() as u64) as usize];
+                    let result = ledger
+                        .pay(pay_request(b, n).validate(&b.0, Utc::now()).expect("valid"))
+                        .await;
+                    ((), result.map(|_| ()).map_err(anyhow::Error::from))
+                }
+            },
+        )
+        .await?;
+        lat.sort_unstable();
+        f.node.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        modes.push(Row {
+            name: format!("library: Ledger::pay, {mode:?} durability, linger.ms {linger_ms}"),
+            ops: args.mode_commands,
+            seconds,
+            p50_us: percentile(&lat, 0.5),
+            p99_us: percentile(&lat, 0.99),
+            note: "512 submitters, the relay publishing".into(),
+        });
+    }
+    println!();
+    println!("| measurement | commands | seconds | commands/s | p50 | p99 | vs local |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in &modes {
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {} | {} | {:.2} |",
+            r.name,
+            r.ops,
+            r.seconds,
+            r.rate(),
+            fmt_us(r.p50_us),
+            fmt_us(r.p99_us),
+            r.rate() / modes[0].rate()
+        );
+    }
+
+    // 5. Replicas: reading the relay's topic (all `log_len` events) with a raw consumer, with a
+    // restore and with a replica catching up; then a replica's lag behind a primary under load,
+    // and a promotion.
+    eprintln!("bench-kafka: reading the topic: raw consumer, restore, replica catch-up ...");
+    let TopicRead {
+        messages: raw_read_n,
+        seconds: raw_read_s,
+        ..
+    } = tokio::task::block_in_place(|| read_to_end(&args.brokers, &relay_topic))?;
+    anyhow::ensure!(raw_read_n == log_len, "the raw consumer read {raw_read_n} of {log_len}");
+    let restore_dir = root.join("restored");
+    let restored_at = Instant::now();
+    let report = tokio::task::block_in_place(|| {
+        bindledger::adapters::kafka::restore::restore(
+            &kafka(&relay_topic),
+            None,
+            None,
+            &restore_dir,
+            &LedgerSecret::from_bytes([7; 32]),
+            |_| {},
+        )
+    })?;
+    // A restore knows the topic has ended once every partition has been quiet for
+    // `KAFKA_QUIET` past its high watermark: that wait is reported apart.
+    let restore_total_s = restored_at.elapsed().as_secs_f64();
+    let restore_s = restore_total_s - bindledger::adapters::kafka::reader::KAFKA_QUIET.as_secs_f64();
+    anyhow::ensure!(report.head_seq == log_len, "restored {} of {log_len}", report.head_seq);
+    let _ = std::fs::remove_dir_all(&restore_dir);
+    let catch_up_topic = relay_topic.clone();
+    let replica_dir = root.join("replica");
+    let r = fixture_replica(&replica_dir, kafka(&catch_up_topic)).await?;
+    let caught_at = Instant::now();
+    while r.ledger.log_len() < log_len {
+        anyhow::ensure!(
+            caught_at.elapsed() < Duration::from_secs(900),
+            "the replica did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let catch_up_s = caught_at.elapsed().as_secs_f64();
+    r.stop().await;
+    let _ = std::fs::remove_dir_all(&replica_dir);
+
+    // A primary under paced load with a replica following its topic: the time from each
+    // command's acknowledgement to the replica holding its event.
+    eprintln!("bench-kafka: replica lag at {}/s, then a promotion ...", args.lag_rate);
+    let topic = fresh_topic("replica-lag");
+    let p = fixture_with(&root.join("primary"), 200, |c| {
+        c.kafka = kafka(&topic);
+        c.kafka.alerts_topic = fresh_topic("replica-lag-alerts");
+        c.checkpoints.enabled = false;
+    })
+    .await?;
+    let mut rk = kafka(&topic);
+    rk.alerts_topic = fresh_topic("replica-lag-alerts-r");
+    let r = fixture_replica(&root.join("replica-lag"), rk).await?;
+    let acked: Arc<std::sync::Mutex<Vec<(u64, Instant)>>> = Default::default();
+    let bindings = Arc::new(p.bindings.clone());
+    let interval = Duration::from_secs_f64(1.0 / args.lag_rate.max(1) as f64);
+    let total = args.lag_rate * args.lag_seconds;
+    let mut inflight = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    // On a thread of its own: a task could be delayed by the load's tasks, and count that as lag.
+    let watcher = {
+        let (replica, acked) = (r.ledger.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let mut lags = Vec::new();
+            let mut waiting = std::collections::BTreeMap::new();
+            let deadline = Instant::now() + Duration::from_secs(args.lag_seconds + 30);
+            while Instant::now() < deadline && lags.len() < total as usize {
+                waiting.extend(std::mem::take(&mut *acked.lock().unwrap()));
+                let have = replica.log_len();
+                let now = Instant::now();
+                while let Some(entry) = waiting.first_entry() {
+                    if *entry.key() > have {
+                        break;
+                    }
+                    lags.push(now.duration_since(entry.remove()).as_micros() as u64);
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            lags
+        })
+    };
+    for n in 0..total {
+        let due = start + interval * n as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let (ledger, bindings, acked) = (p.ledger.clone(), bindings.clone(), acked.clone());
+        inflight.spawn(async move {
+            let b = &bindings[(n % bindings.len() as u64) as usize];
+            if let Ok(c) = ledger
+                .pay(
+                    pay_request(b, 10_000_000 + n)
+                        .validate(&b.0, Utc::now())
+                        .expect("valid"),
+                )
+                .await
+            {
+                acked.lock().unwrap().push((c.event.seq, Instant::now()));
+            }
+        });
+    }
+    while inflight.join_next().await.is_some() {}
+    let mut lags =
+        tokio::task::block_in_place(|| watcher.join()).map_err(|_| anyhow::anyhow!("the lag watcher panicked"))?;
+    lags.sort_unstable();
+    // Promotion of the caught-up replica, once the primary is stopped: to its first
+    // acknowledged command.
+    p.node.stop().await;
+    let promoted_at = Instant::now();
+    let promoter = r.extras.promoter.clone().expect("a replica");
+    promoter.promote().await?;
+    // The primary's binding: the replica holds the same accounts and bindings.
+    let b = &bindings[0];
+    r.ledger
+        .pay(pay_request(b, 20_000_000).validate(&b.0, Utc::now()).expect("valid"))
+        .await?;
+    let failover_s = promoted_at.elapsed().as_secs_f64();
+    r.stop().await;
+
+    println!();
+    println!("| measurement | events | seconds | events/s | vs raw consumer | p50 | p99 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let raw_rate = log_len as f64 / raw_read_s;
+    for (name, secs) in [
+        ("raw rdkafka consumer, every partition from the start", raw_read_s),
+        (
+            "restore (bindledger restore): merge, check each link, write the log (without the 2 s end-of-topic wait)",
+            restore_s,
+        ),
+        (
+            "restore, with the 2 s wait that shows the topic has ended",
+            restore_total_s,
+        ),
+        (
+            "replica catch-up: follow, check each link, append, derive (read model, indexes, alerts)",
+            catch_up_s,
+        ),
+    ] {
+        println!(
+            "| {name} | {log_len} | {secs:.2} | {:.0} | {:.2} | - | - |",
+            log_len as f64 / secs,
+            log_len as f64 / secs / raw_rate
+        );
+    }
+    println!(
+        "| replica lag: command acknowledged on the primary -> held by the replica, at {}/s | {} | {} | - | - | {} | {} |",
+        args.lag_rate,
+        lags.len(),
+        args.lag_seconds,
+        fmt_us(percentile(&lags, 0.5)),
+        fmt_us(percentile(&lags, 0.99))
+    );
+    println!("| failover: promote a caught-up replica -> its first acknowledged command | 1 | {failover_s:.3} | - | - | - | - |");
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+/// A replica of `kafka.topic` as `serve --replica` runs it (with the alert monitor).
+async fn fixture_replica(dir: &Path, kafka: bindledger::config::KafkaConfig) -> anyhow::Result<bindledger::node::Node> {
+    let mut config = bench_config(dir);
+    config.kafka = kafka;
+    config.checkpoints.enabled = false;
+    config.replica.enabled = true;
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
+    Ok(bindledger::node::Node::start(
+        &config,
+        LedgerSecret::from_bytes([7; 32]),
+        gateway,
+    )?)
+}
+
+/// What a raw consumer read of a topic: messages, distinct `seq` headers, and the seconds to
+/// the last message.
+struct TopicRead {
+    messages: u64,
+    distinct: u64,
+    seconds: f64,
+}
+
+/// Reads every partition of `topic` from the start until it is quiet for 3 s, as a raw
+/// consumer would (no merge, nothing written).
+fn read_to_end(brokers: &str, topic: &str) -> anyhow::Result<TopicRead> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-read-{}", Uuid::now_v7().simple()))
+        .set("enable.auto.commit", "false")
+        // As the replica and restore fetch (see `relay::PartitionedConsumer`).
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = md.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let (mut messages, mut last_at) = (0u64, started);
+    let mut seqs = std::collections::HashSet::new();
+    while last_at.elapsed() < Duration::from_secs(3) {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            messages += 1;
+            last_at = Instant::now();
+            if let Some(seq) =
+                bindledger::adapters::kafka::client::header_text(&m, "seq").and_then(|v| v.parse::<u64>().ok())
+            {
+                seqs.insert(seq);
+            }
+        }
+    }
+    Ok(TopicRead {
+        messages,
+        distinct: seqs.len() as u64,
+        seconds: last_at.duration_since(started).as_secs_f64(),
+    })
+}
+
+/// The account of canonical event bytes.
+fn account_of(bytes: &[u8]) -> &str {
+    let marker = b",\"account\":\"";
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .map_or(0, |p| p + marker.len());
+    let len = bytes[at..].iter().position(|b| *b == b'"').unwrap_or(0);
+    std::str::from_utf8(&bytes[at..at + len]).unwrap_or("")
+}
+
+/// Sends every payload with its key and partition (and, if asked, the relay's headers, made
+/// before the clock starts); returns the seconds until all are acknowledged.
+async fn raw_produce(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    payloads: &[(u64, Vec<u8>)],
+    partitions: i32,
+    with_headers: bool,
+) -> anyhow::Result<f64> {
+    use rdkafka::producer::FutureRecord;
+    // The relay's headers, made before the clock starts.
+    let mut headers: Vec<Option<rdkafka::message::OwnedHeaders>> = payloads
+        .iter()
+        .map(|(seq, b)| {
+            with_headers.then(|| {
+                let e = bindledger_events::decode(b).expect("own events decode");
+                bindledger::adapters::kafka::client::event_headers(
+                    e.event_type(),
+                    &bindledger_events::SCHEMA_VERSION.to_string(),
+                    &e.id.to_string(),
+                    &seq.to_string(),
+                    &hash_bytes(b).to_hex(),
+                )
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    for (chunk, chunk_headers) in payloads.chunks(20_000).zip(headers.chunks_mut(20_000)) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for ((_, bytes), h) in chunk.iter().zip(chunk_headers.iter_mut()) {
+            let key = account_of(bytes);
+            let mut record = FutureRecord::to(topic)
+                .partition(bindledger::adapters::kafka::partition::partition_for(
+                    key.as_bytes(),
+                    partitions,
+                ))
+                .key(key)
+                .payload(&bytes[..]);
+            if let Some(h) = h.take() {
+                record = record.headers(h);
+            }
+            pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        }
+        for p in pending {
+            p.await?.map_err(|(e, _)| e)?;
+        }
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct IdempotencyBenchArgs {
+    /// Keyed payments written before the measurement: each leaves an idempotency key and a
+    /// paid order in the indexes (so twice as many live entries).
+    #[arg(long, default_value_t = 2_000_000)]
+    pub live_keys: u64,
+    /// Keyed payments in each measured round.
+    #[arg(long, default_value_t = 100_000)]
+    pub commands: u64,
+    /// Measured rounds, alternating between the two indexes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub rounds: u64,
+    /// Concurrent submitters.
+    #[arg(long, default_value_t = 512)]
+    pub concurrency: usize,
+    /// Accounts the payments are spread over.
+    #[arg(long, default_value_t = 2000)]
+    pub accounts: usize,
+    /// Where to put the logs (default: a new directory under the system temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// The library path with the on-disk idempotency and paid-order indexes against the in-memory
+/// index (`idempotency.index = "memory"`, holding every key), both with millions of live keys:
+/// commands/s and latency in alternating rounds, and the resident memory each fill added.
+pub async fn idempotency(args: IdempotencyBenchArgs) -> anyhow::Result<()> {
+    use bindledger::ledger::idempotency::IndexKind;
+    let root = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("bindledger-bench-idem-{}", std::process::id())));
+    std::fs::create_dir_all(&root)?;
+    let capacity = args.live_keys + args.commands * args.rounds + 10_000;
+    let mut fixtures = Vec::new();
+    let mut fills = Vec::new();
+    // The disk index first: what it adds to resident memory is measured before the memory
+    // index's map exists.
+    for kind in [IndexKind::Disk, IndexKind::Memory] {
+        let name = match kind {
+            IndexKind::Disk => "disk",
+            IndexKind::Memory => "memory",
+        };
+        let f = fixture_with(&root.join(name), args.accounts, |c| {
+            c.idempotency.index = kind;
+            c.idempotency.memory_keys = capacity;
+        })
+        .await?;
+        let bindings = Arc::new(f.bindings.clone());
+        let before = bindledger::fixture::resident_bytes();
+        eprintln!("bench: {name} index, writing {} keyed payments ...", args.live_keys);
+        let (_, seconds) = pay_range(&f.ledger, &bindings, 0, args.live_keys, args.concurrency).await?;
+        // Let the indexer write what it gathered.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (in_memory, on_disk, table_bytes) = f.ledger.key_index_stats();
+        fills.push((
+            name,
+            args.live_keys as f64 / seconds,
+            bindledger::fixture::resident_bytes().saturating_sub(before),
+            in_memory,
+            on_disk,
+            table_bytes,
+        ));
+        fixtures.push((name, f, bindings));
+    }
+    let mut rows: Vec<(Vec<u64>, f64, u64)> = vec![(Vec::new(), 0.0, 0); 2];
+    for r in 0..args.rounds {
+        for (i, (name, f, bindings)) in fixtures.iter().enumerate() {
+            eprintln!("bench: round {} of {}, {name} index ...", r + 1, args.rounds);
+            let first = args.live_keys + r * args.commands;
+            let (lat, seconds) = pay_range(&f.ledger, bindings, first, args.commands, args.concurrency).await?;
+            rows[i].0.extend(lat);
+            rows[i].1 += seconds;
+            rows[i].2 += args.commands;
+        }
+    }
+    println!(
+        "| index | live keys and orders | fill commands/s | resident memory added by the fill | entries in memory | entries on disk | tables on disk | measured commands/s | p50 | p99 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut rates = Vec::new();
+    for (i, (name, fill_rate, rss, in_memory, on_disk, bytes)) in fills.iter().enumerate() {
+        let (lat, seconds, ops) = &mut rows[i];
+        lat.sort_unstable();
+        let rate = *ops as f64 / *seconds;
+        rates.push(rate);
+        println!(
+            "| {name} | {} | {fill_rate:.0} | {:.0} MiB | {in_memory} | {on_disk} | {:.0} MiB | {rate:.0} | {} | {} |",
+            2 * args.live_keys,
+            *rss as f64 / (1 << 20) as f64,
+            *bytes as f64 / (1 << 20) as f64,
+            fmt_us(percentile(lat, 0.5)),
+            fmt_us(percentile(lat, 0.99)),
+        );
+    }
+    println!();
+    println!(
+        "On-disk index / in-memory index: {:.2} of the commands/s ({} rounds of {} keyed payments each, {} submitters).",
+        rates[0] / rates[1],
+        args.rounds,
+        args.commands,
+        args.concurrency
+    );
+    for (_, f, _) in fixtures {
+        f.node.stop().await;
+    }
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    Ok(())
+}
+
+/// Keyed payments `first..first + count`, each of its own order.
+async fn pay_range(
+    ledger: &Ledger,
+    bindings: &Arc<Vec<(String, Uuid, String)>>,
+    first: u64,
+    count: u64,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<u64>, f64)> {
+    let (ledger, bindings) = (ledger.clone(), bindings.clone());
+    drive(
+        concurrency,
+        count,
+        || (),
+        move |(), n| {
+            let (ledger, bindings) = (ledger.clone(), bindings.clone());
+            async move {
+                let n = first + n;
+                let b = &bindings[(n % bindings.len() as u64) as usize];
+                let cmd = pay_request(b, n).validate(&b.0, Utc::now()).expect("valid");
+                let result = ledger.pay(cmd).await.and_then(|r| match &r.event.payload {
+                    Payload::PaymentSucceeded { .. } => Ok(()),
+                    _ => Err(bindledger::error::Error::Corrupt(
+                        "a bench payment did not succeed".into(),
+                    )),
+                });
+                ((), result.map_err(anyhow::Error::from))
+            }
+        },
+    )
+    .await
+}

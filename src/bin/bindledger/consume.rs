@@ -1,0 +1,20 @@
+//! `bindledger consume`: the analytics consumer of the events topic.
+
+use anyhow::Result;
+use bindledger::outln;
+
+pub fn run(args: bindledger::adapters::kafka::analytics::ConsumeArgs) -> Result<i32> {
+    let report = bindledger::adapters::kafka::analytics::consume(&args)?;
+    if args.json {
+        outln!("{}", serde_json::to_string(&report)?);
+    } else {
+        outln!("{}", report.analytics.summary());
+        outln!(
+            "{} messages, {} duplicates dropped, {} undecodable",
+            report.messages,
+            report.duplicates,
+            report.undecodable
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,923 @@
+//! The demo workload: a simulated population of shoppers binding wallets, paying, unbinding
+//! and failing in every way the domain knows, plus a few accounts that behave like attackers
+//! (password brute force, one wallet shared by a ring of accounts, bind-then-drain, probing
+//! with dead wallets, binding churn). Runs against the real ledger and serves the real HTTP
+//! API meanwhile; prints a live summary each second and a report at the end.
+
+pub use bindledger::fixture::Rng;
+use bindledger_events::{ChainVerifier, Factor, Payload, Provider};
+use chrono::Utc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+use bindledger::adapters::provider::{MaintenanceWindow, SimulatedGateway, WalletStatus};
+use bindledger::config::Config;
+use bindledger::domain::command::{BindRequest, CommonInput, ContextInput, FactorInput, PayRequest, UnbindRequest};
+use bindledger::domain::secret::{LedgerSecret, SecretString};
+use bindledger::ledger::Ledger;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoOptions {
+    /// Ordinary shoppers in the population. Each acts about once every `shoppers / rate`
+    /// seconds; the rules' windows are real time (10 minutes to an hour), so a small population
+    /// at a high rate makes every shopper look like an attacker.
+    #[arg(long, default_value_t = 20_000)]
+    pub shoppers: usize,
+    /// How long to run, in seconds (0: until Ctrl-C).
+    #[arg(long, default_value_t = 20)]
+    pub duration_s: u64,
+    /// Commands per second across the population.
+    #[arg(long, default_value_t = 1500)]
+    pub rate: u64,
+    /// Seed of the population's choices.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Set when the listen address was given (flag or `BINDLEDGER_LISTEN`): then a busy
+    /// address is an error; the default one, when busy, gives way to a free port.
+    #[arg(skip)]
+    pub listen_given: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Shopper,
+    BruteForcer,
+    Ring,
+    Drainer,
+    Prober,
+    Churner,
+}
+
+struct Actor {
+    account: String,
+    role: Role,
+    /// Wallets this person owns: provider and phone/account number.
+    wallets: Vec<(Provider, String)>,
+    active: Vec<(Uuid, usize)>,
+    orders: u64,
+    /// A shopper's usual basket, in minor units: payments vary around it (at most 3 times its
+    /// half), so an ordinary shopper does not look like an amount spike.
+    typical_minor: i64,
+}
+
+#[derive(Default)]
+struct Tally {
+    by_outcome: BTreeMap<String, u64>,
+    spent_minor: i64,
+    errors: BTreeMap<String, u64>,
+}
+
+fn common(key: Option<String>, rng: &mut Rng) -> CommonInput {
+    let channel = ["app", "web", "mini_program"][rng.below(3) as usize];
+    CommonInput {
+        idempotency_key: key,
+        context: Some(ContextInput {
+            channel: Some(channel.to_owned()),
+            device_id: Some(format!("dev-{:04x}", rng.below(4096))),
+            ip: Some(format!(
+                "10.{}.{}.{}",
+                rng.below(256),
+                rng.below(256),
+                1 + rng.below(254)
+            )),
+            user_agent: None,
+        }),
+        ..CommonInput::default()
+    }
+}
+
+struct World {
+    ledger: Ledger,
+    gateway: Arc<SimulatedGateway>,
+    tally: Mutex<Tally>,
+}
+
+impl World {
+    fn record(&self, r: bindledger::Result<bindledger::ledger::CommandResult>) {
+        let mut t = self.tally.lock().expect("tally");
+        match r {
+            Ok(c) => {
+                let key = match c.event.payload.failure_code() {
+                    Some(code) => format!("{}:{}", c.event.event_type(), code),
+                    None => c.event.event_type().to_owned(),
+                };
+                if let Payload::PaymentSucceeded { amount_minor, .. } = c.event.payload {
+                    t.spent_minor += amount_minor;
+                }
+                *t.by_outcome.entry(key).or_default() += 1;
+            }
+            Err(e) => *t.errors.entry(e.code().to_owned()).or_default() += 1,
+        }
+    }
+
+    async fn bind(&self, actor: &mut Actor, wallet: usize, rng: &mut Rng, wrong_password: bool, wrong_factor: bool) {
+        let (provider, phone) = actor.wallets[wallet].clone();
+        let mut password = self.gateway.password_for(&provider, &phone);
+        if wrong_password {
+            password = format!(
+                "{:06}",
+                (password.parse::<u64>().unwrap_or(0) + 1 + rng.below(999)) % 1_000_000
+            );
+        }
+        let factor = if rng.chance(500) || wrong_factor {
+            let kind = [Factor::Sms, Factor::Fingerprint, Factor::Face][rng.below(3) as usize];
+            let mut code = self.gateway.factor_code_for(&provider, &phone, kind);
+            if wrong_factor {
+                code.push('x');
+            }
+            Some(FactorInput {
+                kind: kind.as_str().to_owned(),
+                code: SecretString::new(code),
+            })
+        } else {
+            None
+        };
+        let req = BindRequest {
+            provider: provider.as_str().to_owned(),
+            wallet_account: SecretString::new(phone),
+            payment_password: SecretString::new(password),
+            factor,
+            common: common(Some(format!("bind-{}", Uuid::now_v7())), rng),
+        };
+        let cmd = match req.validate(&actor.account, Utc::now()) {
+            Ok(c) => c,
+            Err(e) => return self.record(Err(e)),
+        };
+        let r = self.ledger.bind(cmd).await;
+        if let Ok(c) = &r {
+            if let Payload::WalletBound { binding_id, .. } = c.event.payload {
+                actor.active.push((binding_id, wallet));
+            }
+        }
+        self.record(r);
+    }
+
+    async fn pay(
+        &self,
+        actor: &mut Actor,
+        binding: Uuid,
+        wallet: usize,
+        amount_minor: i64,
+        rng: &mut Rng,
+        wrong_password: bool,
+    ) {
+        let (provider, phone) = &actor.wallets[wallet];
+        let mut password = self.gateway.password_for(provider, phone);
+        if wrong_password {
+            password.push('9');
+        }
+        actor.orders += 1;
+        let req = PayRequest {
+            binding_id: binding.to_string(),
+            order_id: format!("{}-o{}", actor.account, actor.orders),
+            amount_minor,
+            currency: None,
+            payment_password: SecretString::new(password),
+            factor: None,
+            common: common(Some(format!("pay-{}-{}", actor.account, actor.orders)), rng),
+        };
+        match req.validate(&actor.account, Utc::now()) {
+            Ok(cmd) => {
+                let r = self.ledger.pay(cmd).await;
+                self.record(r);
+            }
+            Err(e) => self.record(Err(e)),
+        }
+    }
+
+    async fn unbind(&self, actor: &mut Actor, binding: Uuid, rng: &mut Rng) {
+        let req = UnbindRequest {
+            confirm: true,
+            common: common(None, rng),
+        };
+        match req.validate(&actor.account, &binding.to_string(), Utc::now()) {
+            Ok(cmd) => {
+                let r = self.ledger.unbind(cmd).await;
+                if let Ok(c) = &r {
+                    if matches!(c.event.payload, Payload::WalletUnbound { .. }) {
+                        actor.active.retain(|(b, _)| *b != binding);
+                    }
+                }
+                self.record(r);
+            }
+            Err(e) => self.record(Err(e)),
+        }
+    }
+
+    /// One step of one actor.
+    async fn step(&self, actor: &mut Actor, rng: &mut Rng) {
+        match actor.role {
+            Role::Shopper => {
+                // Mostly payments, as at a checkout: binds, unbinds and stale tabs are rare, and
+                // a shopper rarely mistypes a password, so ordinary shoppers seldom match a rule
+                // (the alerts are the attackers' story).
+                let roll = rng.below(1000);
+                if actor.active.is_empty() || (roll < 20 && actor.active.len() < 3) {
+                    // Mostly a wallet not bound yet; now and then one that is (a double click).
+                    // A shopper told a wallet is frozen or closed hardly ever tries it again.
+                    let usable = |w: &usize| {
+                        let (p, acct) = &actor.wallets[*w];
+                        self.gateway.wallet_status(p, acct) == WalletStatus::Active || rng.chance(10)
+                    };
+                    let usable: Vec<usize> = (0..actor.wallets.len()).filter(usable).collect();
+                    let unbound: Vec<usize> = usable
+                        .iter()
+                        .copied()
+                        .filter(|w| !actor.active.iter().any(|(_, a)| a == w))
+                        .collect();
+                    if usable.is_empty() || (actor.active.is_empty() && unbound.is_empty() && !rng.chance(20)) {
+                        return; // nothing left to bind: the shopper mostly gives up
+                    }
+                    let w = if unbound.is_empty() || rng.chance(50) {
+                        usable[rng.below(usable.len() as u64) as usize]
+                    } else {
+                        unbound[rng.below(unbound.len() as u64) as usize]
+                    };
+                    let wrong_pw = rng.chance(30);
+                    let wrong_factor = !wrong_pw && rng.chance(20);
+                    self.bind(actor, w, rng, wrong_pw, wrong_factor).await;
+                } else if roll < 30 {
+                    let (b, _) = actor.active[rng.below(actor.active.len() as u64) as usize];
+                    self.unbind(actor, b, rng).await;
+                } else if roll < 50 {
+                    // A stale tab: paying or unbinding with a binding that is not active.
+                    let stale = Uuid::now_v7();
+                    if rng.chance(500) {
+                        self.pay(actor, stale, 0, 1999, rng, false).await;
+                    } else {
+                        self.unbind(actor, stale, rng).await;
+                    }
+                } else {
+                    let (b, w) = actor.active[rng.below(actor.active.len() as u64) as usize];
+                    let amount = actor.typical_minor / 2 + rng.below(actor.typical_minor as u64) as i64;
+                    let wrong = rng.chance(10);
+                    self.pay(actor, b, w, amount, rng, wrong).await;
+                }
+            }
+            Role::BruteForcer => {
+                if actor.active.is_empty() {
+                    // Guesses the wallet's password at binding first (a failed-bind burst).
+                    actor.orders += 1;
+                    let guessing = actor.orders <= 6;
+                    self.bind(actor, 0, rng, guessing, false).await;
+                } else {
+                    let (b, w) = actor.active[0];
+                    self.pay(actor, b, w, 99_900, rng, true).await;
+                }
+            }
+            Role::Ring | Role::Churner => {
+                if actor.active.is_empty() {
+                    self.bind(actor, 0, rng, false, false).await;
+                } else if actor.role == Role::Churner {
+                    let (b, _) = actor.active[0];
+                    self.unbind(actor, b, rng).await;
+                } else {
+                    let (b, w) = actor.active[0];
+                    self.pay(actor, b, w, 1000 + rng.below(5000) as i64, rng, false).await;
+                }
+            }
+            Role::Drainer => {
+                // A fresh wallet each time, then large payments right away.
+                if actor.active.is_empty() {
+                    let w = rng.below(actor.wallets.len() as u64) as usize;
+                    self.bind(actor, w, rng, false, false).await;
+                } else {
+                    let (b, w) = actor.active[0];
+                    self.pay(actor, b, w, 250_000, rng, false).await;
+                    if rng.chance(150) {
+                        self.unbind(actor, b, rng).await;
+                    }
+                }
+            }
+            Role::Prober => {
+                let w = rng.below(actor.wallets.len() as u64) as usize;
+                self.bind(actor, w, rng, false, false).await;
+            }
+        }
+    }
+}
+
+/// Most alerts printed live (the rest are counted in the report).
+const ALERTS_PRINTED_MAX: usize = 25;
+
+/// Prints each alert as it opens, the way the security team's feed shows it.
+async fn print_alerts(m: bindledger::adapters::http::MonitorView) {
+    let mut stream = m.feed.subscribe();
+    let mut after = *stream.borrow_and_update();
+    let mut printed = 0;
+    while let Ok(Some(changes)) = m.feed.next_after(after, 1000, &mut stream).await {
+        after = changes.last().map_or(after, |c| c.stream_seq);
+        for c in changes.iter().filter(|c| c.change == "opened") {
+            printed += 1;
+            if printed <= ALERTS_PRINTED_MAX {
+                println!("     ALERT {}", crate::alerts::alert_line(&c.alert));
+            } else if printed == ALERTS_PRINTED_MAX + 1 {
+                println!("     (more alerts: counted in the report below)");
+            }
+        }
+    }
+}
+
+/// Alerts per rule, and what the locks did.
+async fn alerts_report(ledger: &Ledger, m: &bindledger::adapters::http::MonitorView) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m.status.position.load(std::sync::atomic::Ordering::Relaxed) < ledger.log_len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("\n== alerts (rules over every event, event time) ==");
+    // Whom each rule caught: the planted attackers, or ordinary shoppers (a false positive,
+    // as far as the demo's story goes).
+    let store = m.store.clone();
+    let caught = tokio::task::spawn_blocking(move || {
+        let mut by_rule: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..100 {
+            let (page, next) = store.list(&Default::default(), cursor.as_deref(), 1000)?;
+            for a in &page {
+                let e = by_rule.entry(a.rule.clone()).or_default();
+                if a.accounts.iter().all(|x| x.starts_with("shopper-")) {
+                    e.1 += 1
+                } else {
+                    e.0 += 1
+                }
+            }
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        Ok::<_, bindledger::error::Error>(by_rule)
+    })
+    .await
+    .ok()
+    .and_then(|r| r.ok())
+    .unwrap_or_default();
+    let (mut from_attackers, mut from_shoppers) = (0, 0);
+    for (i, rule) in bindledger::domain::alerts::rules::RULE_NAMES.iter().enumerate() {
+        let (a, sh) = caught.get(*rule).copied().unwrap_or_default();
+        from_attackers += a;
+        from_shoppers += sh;
+        println!(
+            "  {:<24} {:>6} opened: {a} on the attackers, {sh} on ordinary shoppers",
+            rule,
+            grouped(m.status.opened[i].load(std::sync::atomic::Ordering::Relaxed) as i64)
+        );
+    }
+    println!("  alerts on the attackers: {from_attackers}; on ordinary shoppers: {from_shoppers}");
+    println!(
+        "  {:<24} {:>6}",
+        "updates (suppressed)",
+        grouped(m.status.updated_total.load(std::sync::atomic::Ordering::Relaxed) as i64)
+    );
+    let store = m.store.clone();
+    if let Ok(Ok((alerts, _))) = tokio::task::spawn_blocking(move || {
+        store.list(
+            &bindledger::ledger::alerts::store::AlertFilter {
+                severity: Some(bindledger::domain::alerts::Severity::High),
+                ..Default::default()
+            },
+            None,
+            5,
+        )
+    })
+    .await
+    {
+        println!("  latest high-severity alerts:");
+        for a in &alerts {
+            println!("    {}", crate::alerts::alert_line(a));
+        }
+    }
+    let (mut locked, mut refused_locked, mut unlocked) = (0u64, 0u64, 0u64);
+    for r in ledger.raw_events(1) {
+        let Ok((_, bytes)) = r else { continue };
+        match bindledger_events::decode(&bytes).map(|e| e.payload) {
+            Ok(Payload::BindingLocked { .. }) => locked += 1,
+            Ok(Payload::BindingUnlocked { .. }) => unlocked += 1,
+            Ok(Payload::PaymentFailed {
+                reason: bindledger_events::PaymentFailure::BindingLocked { .. },
+                ..
+            }) => refused_locked += 1,
+            _ => {}
+        }
+    }
+    println!("  protective locks: {locked} bindings locked, {refused_locked} payments refused while locked, {unlocked} unlocked");
+}
+
+/// Waits for the relay to catch up, then reads the topic back as an analytics team would.
+async fn kafka_report(
+    ledger: &Ledger,
+    config: &Config,
+    status: &bindledger::adapters::kafka::client::RelayStatus,
+    alerts: Option<&(String, Arc<bindledger::adapters::kafka::client::RelayStatus>)>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status.position.load(std::sync::atomic::Ordering::Relaxed) < ledger.log_len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let position = status.position.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "\n== kafka: {} of {} events on topic {} ==",
+        grouped(position as i64),
+        grouped(ledger.log_len() as i64),
+        config.kafka.topic
+    );
+    if let Some(e) = status.last_error.lock().expect("status lock").as_ref() {
+        println!("  last relay error: {e}");
+    }
+    if let Some((topic, st)) = alerts {
+        // The alerts relay settles within a moment of the monitor.
+        let mut last = u64::MAX;
+        for _ in 0..30 {
+            let now = st.position.load(std::sync::atomic::Ordering::Relaxed);
+            if now == last {
+                break;
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!(
+            "  alert changes on topic {topic}: {}",
+            grouped(st.published_total.load(std::sync::atomic::Ordering::Relaxed) as i64)
+        );
+    }
+    let args = bindledger::adapters::kafka::analytics::ConsumeArgs {
+        brokers: config.kafka.brokers.clone(),
+        topic: config.kafka.topic.clone(),
+        group: format!("bindledger-demo-{}", Uuid::now_v7().simple()),
+        idle_exit_ms: 2000,
+        json: true,
+    };
+    match tokio::task::spawn_blocking(move || bindledger::adapters::kafka::analytics::consume(&args)).await {
+        Ok(Ok(r)) => {
+            println!(
+                "read back by an analytics consumer: {} messages, {} duplicates",
+                grouped(r.messages as i64),
+                r.duplicates
+            );
+            for (t, n) in &r.per_type {
+                println!("  {:<22} {:>9}", t, grouped(*n as i64));
+            }
+            let same = r.messages == ledger.log_len() && r.duplicates == 0;
+            println!(
+                "  the topic {} the log, event for event",
+                if same { "equals" } else { "does NOT equal" }
+            );
+            println!(
+                "\n{}",
+                r.analytics
+                    .summary()
+                    .lines()
+                    .filter(|l| !l.starts_with("  20"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        Ok(Err(e)) => println!("  reading the topic back failed: {e:#}"),
+        Err(e) => println!("  reading the topic back failed: {e}"),
+    }
+}
+
+fn phone(rng: &mut Rng) -> String {
+    format!(
+        "1{}{:09}",
+        [3, 5, 7, 8, 9][rng.below(5) as usize],
+        rng.below(1_000_000_000)
+    )
+}
+
+fn population(opts: &DemoOptions, gateway: &SimulatedGateway, rng: &mut Rng) -> Vec<Actor> {
+    let mut actors = Vec::new();
+    for i in 0..opts.shoppers {
+        let wallets = (0..1 + rng.below(3))
+            .map(|_| {
+                (
+                    {
+                        use bindledger_events::types::KNOWN_PROVIDERS;
+                        Provider::parse(KNOWN_PROVIDERS[rng.below(KNOWN_PROVIDERS.len() as u64) as usize])
+                            .expect("known")
+                    },
+                    phone(rng),
+                )
+            })
+            .collect();
+        actors.push(Actor {
+            account: format!("shopper-{i:05}"),
+            role: Role::Shopper,
+            wallets,
+            active: vec![],
+            orders: 0,
+            typical_minor: 1_000 + rng.below(9_000) as i64,
+        });
+    }
+    let alipay = Provider::parse("alipay").expect("known");
+    let active_phone = |rng: &mut Rng| loop {
+        let p = phone(rng);
+        if gateway.wallet_status(&alipay, &p) == WalletStatus::Active {
+            return p;
+        }
+    };
+    let shared = active_phone(rng);
+    for i in 0..4 {
+        actors.push(Actor {
+            account: format!("ring-{i}"),
+            role: Role::Ring,
+            wallets: vec![(alipay.clone(), shared.clone())],
+            active: vec![],
+            orders: 0,
+            typical_minor: 0,
+        });
+    }
+    actors.push(Actor {
+        account: "bruteforce-1".into(),
+        role: Role::BruteForcer,
+        wallets: vec![(alipay.clone(), active_phone(rng))],
+        active: vec![],
+        orders: 0,
+        typical_minor: 0,
+    });
+    let drainer_wallets = (0..6).map(|_| (alipay.clone(), active_phone(rng))).collect();
+    actors.push(Actor {
+        account: "drainer-1".into(),
+        role: Role::Drainer,
+        wallets: drainer_wallets,
+        active: vec![],
+        orders: 0,
+        typical_minor: 0,
+    });
+    let mut dead = Vec::new();
+    while dead.len() < 4 {
+        let p = phone(rng);
+        if matches!(
+            gateway.wallet_status(&alipay, &p),
+            WalletStatus::Frozen | WalletStatus::Closed
+        ) {
+            dead.push((alipay.clone(), p));
+        }
+    }
+    actors.push(Actor {
+        account: "prober-1".into(),
+        role: Role::Prober,
+        wallets: dead,
+        active: vec![],
+        orders: 0,
+        typical_minor: 0,
+    });
+    actors.push(Actor {
+        account: "churner-1".into(),
+        role: Role::Churner,
+        wallets: vec![(alipay.clone(), active_phone(rng))],
+        active: vec![],
+        orders: 0,
+        typical_minor: 0,
+    });
+    actors
+}
+
+fn grouped(n: i64) -> String {
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn count(t: &Tally, prefix: &str) -> u64 {
+    t.by_outcome
+        .iter()
+        .filter(|(k, _)| k.as_str() == prefix || k.starts_with(&format!("{prefix}:")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Runs the demo until the duration passes (or Ctrl-C), then prints the report.
+pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> anyhow::Result<()> {
+    let mut scenario = config.gateway.simulated.clone();
+    // Wallets hold 1,000.00 to 200,000.00: shoppers run dry now and then, the drainer soon.
+    scenario.balance_minor_min = scenario.balance_minor_min.max(100_000);
+    scenario.balance_minor_max = scenario.balance_minor_max.max(20_000_000);
+    // Apple Pay goes into maintenance for a few seconds, so that failure shows up too.
+    let start = Utc::now();
+    scenario.maintenance.push(MaintenanceWindow {
+        provider: "apple_pay".into(),
+        from: start + chrono::Duration::seconds(4),
+        until: start + chrono::Duration::seconds(7),
+    });
+    let gateway = Arc::new(SimulatedGateway::new(scenario));
+    // Unless a rules file is configured, the demo's rules are the defaults with the brute-force
+    // lock on, so the lock shows up too; written next to the log so `verify` can use them.
+    let mut config = config;
+    // Topics of this run, unless topics were configured: another run's log on the same broker
+    // is refused by the relays, and its figures are not this run's.
+    let defaults = bindledger::config::Config::default();
+    let run = format!("{}-{}", Utc::now().format("%Y%m%d%H%M%S"), std::process::id());
+    if config.kafka.topic == defaults.kafka.topic {
+        config.kafka.topic = format!("bindledger.demo.{run}.events");
+    }
+    if config.kafka.alerts_topic == defaults.kafka.alerts_topic {
+        config.kafka.alerts_topic = format!("bindledger.demo.{run}.alerts");
+    }
+    if config.checkpoints.topic == defaults.checkpoints.topic {
+        config.checkpoints.topic = format!("bindledger.demo.{run}.checkpoints");
+    }
+    // The address first: an address that was asked for and is busy stops the demo before it
+    // opens anything.
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) if opts.listen_given => anyhow::bail!("cannot listen on {}: {e}", config.listen),
+        Err(_) => {
+            eprintln!(
+                "note: {} is busy; the demo listens on a free port instead",
+                config.listen
+            );
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?
+        }
+    };
+    const DEMO_RULES: &str =
+        "# the demo's alert rules: the defaults, with the brute-force lock on\n[password_brute_force]\nlock = true\n";
+    let (rules, write_rules) = match &config.alerts.rules_file {
+        Some(_) => (config.alert_rules()?, false),
+        None => (
+            bindledger::domain::alerts::RuleSet::from_toml(DEMO_RULES, Some("demo-rules.toml"))
+                .map_err(|e| anyhow::anyhow!("the demo's rules: {e}"))?,
+            true,
+        ),
+    };
+    // The ledger opens (and locks its directory) before the rules file is written next to it.
+    let node = bindledger::node::Node::start_with_rules(&config, rules, secret, gateway.clone())?;
+    if write_rules {
+        let path = config.data_dir.join("demo-rules.toml");
+        std::fs::write(&path, DEMO_RULES)?;
+        config.alerts.rules_file = Some(path);
+    }
+    let rules_file = config.alerts.rules_file.clone().expect("set above");
+    let ledger = node.ledger.clone();
+    let relay_status = node.extras.relay.as_ref().map(|(_, s)| s.clone());
+    let addr = listener.local_addr()?;
+    let state = node.state.clone();
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bindledger::adapters::http::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+
+    // The admin token file exists only when no tokens are configured; otherwise the token is
+    // one of the configuration's, which the banner does not repeat.
+    let admin_file = config.data_dir.join("admin.token");
+    let (token_where, token_ref) = if admin_file.exists() {
+        (
+            admin_file.display().to_string(),
+            format!("$(cat {})", admin_file.display()),
+        )
+    } else {
+        (
+            "a token of your configuration (tokens, or BINDLEDGER_TOKENS), as $TOKEN below".to_owned(),
+            "$TOKEN".to_owned(),
+        )
+    };
+    println!("bindledger demo");
+    println!("  log:       {}", config.data_dir.display());
+    println!("  HTTP API:  http://{addr}   (token: {token_where})");
+    println!("  try:       curl -s -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/accounts/shopper-00001/bindings");
+    println!("  population: {} shoppers + a password guesser (binds, then payments), a ring of 4 accounts sharing one wallet,", opts.shoppers);
+    println!("              a bind-then-drain account, a dead-wallet prober and a binding churner");
+    println!("  apple_pay is under maintenance from second 4 to 7");
+    match &relay_status {
+        Some(_) => println!(
+            "  kafka:     publishing to topic {} at {}\n",
+            config.kafka.topic, config.kafka.brokers
+        ),
+        None => {
+            println!("  kafka:     off (set BINDLEDGER_KAFKA_BROKERS, or run `make demo`, which starts a broker)\n")
+        }
+    }
+    println!("  alerts:    the monitor runs the 7 rules over every event; new alerts print as they open");
+    println!("             (live: curl -N -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/alerts/stream)\n");
+    let alert_printer = node.extras.monitor.clone().map(|m| tokio::spawn(print_alerts(m)));
+    println!(
+        "{:>4} {:>9} {:>7} {:>9} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}",
+        "t(s)",
+        "events",
+        "ev/s",
+        "on_kafka",
+        "bound",
+        "bind_fail",
+        "paid",
+        "pay_fail",
+        "unbound",
+        "unbind_fail",
+        "spent"
+    );
+
+    let world = Arc::new(World {
+        ledger: ledger.clone(),
+        gateway: gateway.clone(),
+        tally: Mutex::new(Tally::default()),
+    });
+    let mut rng = Rng(opts.seed);
+    let actors = population(&opts, &gateway, &mut rng);
+    let workers = 32usize;
+    let mut buckets: Vec<Vec<Actor>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, a) in actors.into_iter().enumerate() {
+        buckets[i % workers].push(a);
+    }
+    // A small population (fewer actors than workers) leaves some buckets empty: no worker
+    // for them, and the rate is spread over the others.
+    buckets.retain(|b| !b.is_empty());
+    let workers = buckets.len().max(1);
+    let deadline = (opts.duration_s > 0).then(|| Instant::now() + Duration::from_secs(opts.duration_s));
+    let per_worker_interval = Duration::from_secs_f64(workers as f64 / opts.rate.max(1) as f64);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for (w, mut actors) in buckets.into_iter().enumerate() {
+        let world = world.clone();
+        let stop = stop.clone();
+        let mut rng = Rng(opts.seed.wrapping_mul(1000).wrapping_add(w as u64));
+        // Attackers come last in the population, so last in their bucket.
+        let attackers = actors.iter().filter(|a| !matches!(a.role, Role::Shopper)).count() as u64;
+        handles.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(per_worker_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                // The attackers (placed last) act more often than any one shopper.
+                let i = if rng.chance(250) && attackers > 0 {
+                    actors.len() - 1 - rng.below(attackers) as usize
+                } else {
+                    rng.below(actors.len() as u64) as usize
+                };
+                let mut actor = std::mem::replace(
+                    &mut actors[i],
+                    Actor {
+                        account: String::new(),
+                        role: Role::Shopper,
+                        wallets: vec![],
+                        active: vec![],
+                        orders: 0,
+                        typical_minor: 0,
+                    },
+                );
+                world.step(&mut actor, &mut rng).await;
+                actors[i] = actor;
+            }
+        }));
+    }
+
+    let started = Instant::now();
+    let mut last_events = ledger.log_len();
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut second = 0u64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = &mut ctrl_c => { break; }
+        }
+        second += 1;
+        let events = ledger.log_len();
+        {
+            let t = world.tally.lock().expect("tally");
+            let on_kafka = relay_status.as_ref().map_or("-".to_owned(), |s| {
+                grouped(s.position.load(std::sync::atomic::Ordering::Relaxed) as i64)
+            });
+            println!(
+                "{:>4} {:>9} {:>7} {:>9} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}",
+                second,
+                grouped(events as i64),
+                grouped((events - last_events) as i64),
+                on_kafka,
+                grouped(count(&t, "wallet_bound") as i64),
+                grouped(count(&t, "bind_failed") as i64),
+                grouped(count(&t, "payment_succeeded") as i64),
+                grouped(count(&t, "payment_failed") as i64),
+                grouped(count(&t, "wallet_unbound") as i64),
+                grouped(count(&t, "unbind_failed") as i64),
+                format!("{}.{:02} CNY", grouped(t.spent_minor / 100), t.spent_minor % 100),
+            );
+        }
+        last_events = events;
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in handles {
+        let _ = h.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(p) = alert_printer {
+        p.abort();
+    }
+    report(&world, elapsed).await;
+    if let Some(m) = &node.extras.monitor {
+        alerts_report(&ledger, m).await;
+    }
+    if let Some(status) = relay_status {
+        kafka_report(&ledger, &config, &status, node.extras.alerts_relay.as_ref()).await;
+    }
+    let _ = stop_http.send(());
+    let _ = server.await;
+    node.stop().await;
+    println!(
+        "\nThe log stays in {}; check it offline with:",
+        config.data_dir.display()
+    );
+    // The commands as they run from here: the binaries by the path this one was started from.
+    let (exe, replay) = tool_paths();
+    println!(
+        "  {exe} verify --data-dir {} --rules {}",
+        config.data_dir.display(),
+        rules_file.display()
+    );
+    println!("  {exe} export --data-dir {} | head", config.data_dir.display());
+    if let Some(replay) = replay {
+        println!(
+            "  {replay} verify --data-dir {}    # the audit tool",
+            config.data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// How to call this binary, and the audit tool beside it (if built), from the current
+/// directory: `bindledger` when it is the one on the `PATH`, else its path (`./target/release/...`).
+fn tool_paths() -> (String, Option<String>) {
+    let Ok(exe) = std::env::current_exe() else {
+        return ("bindledger".into(), None);
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| d.join("bindledger").canonicalize().ok() == exe.canonicalize().ok())
+    });
+    let shown = |p: &std::path::Path| -> String {
+        match std::env::current_dir()
+            .ok()
+            .and_then(|cwd| p.strip_prefix(cwd).ok().map(|r| r.to_owned()))
+        {
+            Some(rel) => format!("./{}", rel.display()),
+            None => p.display().to_string(),
+        }
+    };
+    let replay = exe.with_file_name("bindledger-replay");
+    let replay = replay.exists().then(|| {
+        if on_path {
+            "bindledger-replay".into()
+        } else {
+            shown(&replay)
+        }
+    });
+    (if on_path { "bindledger".into() } else { shown(&exe) }, replay)
+}
+
+async fn report(world: &World, elapsed_s: f64) {
+    let ledger = &world.ledger;
+    let sample = ledger.history("drainer-1", 0, 2).await;
+    let t = world.tally.lock().expect("tally");
+    println!(
+        "\n== outcomes after {:.1} s ({} events, {:.0} events/s) ==",
+        elapsed_s,
+        grouped(ledger.log_len() as i64),
+        ledger.log_len() as f64 / elapsed_s
+    );
+    for (k, v) in &t.by_outcome {
+        println!("  {:<46} {:>9}", k, grouped(*v as i64));
+    }
+    if !t.errors.is_empty() {
+        println!("  answered with an error, nothing recorded:");
+        for (k, v) in &t.errors {
+            println!("    {:<44} {:>9}", k, grouped(*v as i64));
+        }
+    }
+
+    let mut verifier = ChainVerifier::new();
+    let mut broken = None;
+    for r in ledger.raw_events(1) {
+        let Ok((_, bytes)) = r else { continue };
+        if let Err(e) = verifier.push(&bytes) {
+            broken = Some(e);
+            break;
+        }
+    }
+    match broken {
+        None => println!(
+            "\n== hash chain: {} events verified, head {} ==",
+            grouped(verifier.last_seq() as i64),
+            verifier.head()
+        ),
+        Some(e) => println!("\n== hash chain BROKEN: {e} =="),
+    }
+    if let Ok(events) = sample {
+        if let Some(e) = events.first() {
+            println!(
+                "\none stored event, as auditors and consumers see it:\n  {}",
+                serde_json::to_string(e).unwrap_or_default()
+            );
+        }
+    }
+}

@@ -1,0 +1,618 @@
+//! The rules file: thresholds, windows and severities of the seven anomaly rules, in TOML.
+//! Every field has a default (the table in the README), so an empty file, or none, gives the
+//! starting set. A file that cannot be used is refused with the line and the problem.
+
+use bindledger_events::Currency;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use toml::Spanned;
+
+/// How urgent an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Severity> {
+        match s {
+            "low" => Some(Severity::Low),
+            "medium" => Some(Severity::Medium),
+            "high" => Some(Severity::High),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// A span of event time, written `90s`, `10m`, `1h`, `30d` (a sum like `1h30m` is fine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Span(pub i64);
+
+impl Span {
+    pub fn duration(&self) -> chrono::Duration {
+        chrono::Duration::microseconds(self.0)
+    }
+    pub const fn secs(s: i64) -> Span {
+        Span(s * 1_000_000)
+    }
+    pub const fn mins(m: i64) -> Span {
+        Span::secs(m * 60)
+    }
+    pub const fn hours(h: i64) -> Span {
+        Span::mins(h * 60)
+    }
+    pub fn micros(&self) -> i64 {
+        self.0
+    }
+    pub fn parse(text: &str) -> Result<Span, String> {
+        let mut total: i64 = 0;
+        let mut digits = String::new();
+        let mut any = false;
+        for c in text.trim().chars() {
+            if c.is_ascii_digit() {
+                digits.push(c);
+                continue;
+            }
+            let unit: i64 = match c {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86_400,
+                _ => {
+                    return Err(format!(
+                        "{text:?} is not a duration: use a number and a unit s, m, h or d, e.g. \"10m\""
+                    ))
+                }
+            };
+            let n: i64 = digits
+                .parse()
+                .map_err(|_| format!("{text:?} is not a duration: a unit needs a number before it"))?;
+            digits.clear();
+            total = n
+                .checked_mul(unit)
+                .and_then(|v| total.checked_add(v))
+                .filter(|t| *t <= 366 * 86_400)
+                .ok_or_else(|| format!("{text:?} is longer than a year"))?;
+            any = true;
+        }
+        if !digits.is_empty() || !any {
+            return Err(format!(
+                "{text:?} is not a duration: use a number and a unit s, m, h or d, e.g. \"10m\""
+            ));
+        }
+        Ok(Span::secs(total))
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0 / 1_000_000;
+        match s {
+            s if s % 86_400 == 0 && s > 0 => write!(f, "{}d", s / 86_400),
+            s if s % 3600 == 0 && s > 0 => write!(f, "{}h", s / 3600),
+            s if s % 60 == 0 && s > 0 => write!(f, "{}m", s / 60),
+            s => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Span::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A rule that counts events of one kind per key in a sliding event-time window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CountRule {
+    pub enabled: bool,
+    pub severity: Severity,
+    /// Fires when this many events fall within `window`.
+    pub threshold: u32,
+    pub window: Span,
+    /// While an alert for the same key is open (until `cooldown` after its last match), new
+    /// matches update it instead of raising another.
+    pub cooldown: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BruteForceRule {
+    #[serde(flatten)]
+    pub count: CountRule,
+    /// Lock the binding the wrong passwords were tried on.
+    pub lock: bool,
+    /// How long a lock lasts (in the ledger's time, `record_time`).
+    pub lock_for: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DrainRule {
+    pub enabled: bool,
+    pub severity: Severity,
+    /// Fires when successful payments with a binding made within `window` of its bind add up to
+    /// at least this (in `currency`'s minor units). Payments in other currencies do not count.
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub window: Span,
+    pub cooldown: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpikeRule {
+    pub enabled: bool,
+    pub severity: Severity,
+    /// Fires when a payment is more than `factor` times the median of the account's last
+    /// `history` successful payments (in the same currency)...
+    pub factor: u32,
+    pub history: u32,
+    /// ...once there are at least this many of them.
+    pub min_history: u32,
+    /// An account with no payment for this long starts over.
+    pub forget_after: Span,
+    pub cooldown: Span,
+}
+
+/// Bounds on the monitor's memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Keys (accounts or wallets) tracked per rule; beyond it, the quietest keys are dropped.
+    pub keys_max: usize,
+    /// Triggering event ids kept in one alert (the count goes on).
+    pub event_ids_max: usize,
+}
+
+/// The seven rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleSet {
+    pub password_brute_force: BruteForceRule,
+    pub bind_failure_burst: CountRule,
+    pub bind_then_drain: DrainRule,
+    pub shared_wallet: CountRule,
+    pub binding_churn: CountRule,
+    pub amount_spike: SpikeRule,
+    pub dead_wallet_probing: CountRule,
+    pub limits: Limits,
+}
+
+/// Rule names, in the order they are evaluated.
+impl RuleSet {
+    /// The ledger's inline guard against password guessing: on when the
+    /// `password_brute_force` rule is enabled with `lock`.
+    pub fn password_guard(&self) -> Option<crate::domain::decide::PasswordGuard> {
+        let bf = &self.password_brute_force;
+        (bf.count.enabled && bf.lock).then(|| crate::domain::decide::PasswordGuard {
+            threshold: bf.count.threshold,
+            window: bf.count.window.duration(),
+        })
+    }
+}
+
+pub const RULE_NAMES: &[&str] = &[
+    "password_brute_force",
+    "bind_failure_burst",
+    "bind_then_drain",
+    "shared_wallet",
+    "binding_churn",
+    "amount_spike",
+    "dead_wallet_probing",
+];
+
+/// The same, as text for messages.
+pub const RULE_NAMES_TEXT: &str = "rule is one of password_brute_force, bind_failure_burst, bind_then_drain, shared_wallet, binding_churn, amount_spike, dead_wallet_probing";
+
+fn count(severity: Severity, threshold: u32, window: Span, cooldown: Span) -> CountRule {
+    CountRule {
+        enabled: true,
+        severity,
+        threshold,
+        window,
+        cooldown,
+    }
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        RuleSet {
+            password_brute_force: BruteForceRule {
+                count: count(Severity::High, 5, Span::mins(10), Span::mins(30)),
+                // On by default: a payment platform limits guesses, it does not only report them.
+                lock: true,
+                lock_for: Span::mins(30),
+            },
+            bind_failure_burst: count(Severity::Medium, 5, Span::mins(10), Span::mins(30)),
+            bind_then_drain: DrainRule {
+                enabled: true,
+                severity: Severity::High,
+                amount_minor: 500_000,
+                currency: Currency::CNY,
+                window: Span::mins(30),
+                cooldown: Span::mins(30),
+            },
+            shared_wallet: count(Severity::High, 3, Span::hours(24), Span::hours(24)),
+            binding_churn: count(Severity::Medium, 3, Span::hours(1), Span::hours(1)),
+            amount_spike: SpikeRule {
+                enabled: true,
+                severity: Severity::Medium,
+                factor: 10,
+                history: 20,
+                min_history: 5,
+                forget_after: Span::hours(24 * 90),
+                cooldown: Span::hours(1),
+            },
+            dead_wallet_probing: count(Severity::High, 3, Span::hours(1), Span::hours(1)),
+            limits: Limits {
+                keys_max: 1_000_000,
+                event_ids_max: 32,
+            },
+        }
+    }
+}
+
+/// A rules file that cannot be used: where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}line {line}: {message}", file.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
+pub struct RulesError {
+    pub file: Option<String>,
+    pub line: usize,
+    pub message: String,
+}
+
+// ---- the file's shape: every field optional, spans kept for messages ----
+
+type S<T> = Option<Spanned<T>>;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileCount {
+    enabled: S<bool>,
+    severity: S<String>,
+    threshold: S<i64>,
+    window: S<String>,
+    cooldown: S<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileBruteForce {
+    enabled: S<bool>,
+    severity: S<String>,
+    threshold: S<i64>,
+    window: S<String>,
+    cooldown: S<String>,
+    lock: S<bool>,
+    lock_for: S<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileDrain {
+    enabled: S<bool>,
+    severity: S<String>,
+    amount_minor: S<i64>,
+    currency: S<String>,
+    window: S<String>,
+    cooldown: S<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSpike {
+    enabled: S<bool>,
+    severity: S<String>,
+    factor: S<i64>,
+    history: S<i64>,
+    min_history: S<i64>,
+    forget_after: S<String>,
+    cooldown: S<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    keys_max: S<i64>,
+    event_ids_max: S<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    password_brute_force: Option<FileBruteForce>,
+    bind_failure_burst: Option<FileCount>,
+    bind_then_drain: Option<FileDrain>,
+    shared_wallet: Option<FileCount>,
+    binding_churn: Option<FileCount>,
+    amount_spike: Option<FileSpike>,
+    dead_wallet_probing: Option<FileCount>,
+    limits: Option<FileLimits>,
+}
+
+struct Reader<'a> {
+    text: &'a str,
+}
+
+impl Reader<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|b| *b == b'\n')
+            .count()
+            + 1
+    }
+    fn err(&self, offset: usize, message: String) -> RulesError {
+        RulesError {
+            file: None,
+            line: self.line(offset),
+            message,
+        }
+    }
+    fn int(&self, v: &S<i64>, name: &str, min: i64, max: i64, default: i64) -> Result<i64, RulesError> {
+        match v {
+            None => Ok(default),
+            Some(s) if (min..=max).contains(s.get_ref()) => Ok(*s.get_ref()),
+            Some(s) => Err(self.err(
+                s.span().start,
+                format!(
+                    "{name} = {} is out of range: it must be from {min} to {max}",
+                    s.get_ref()
+                ),
+            )),
+        }
+    }
+    fn span(&self, v: &S<String>, name: &str, default: Span) -> Result<Span, RulesError> {
+        match v {
+            None => Ok(default),
+            Some(s) => match Span::parse(s.get_ref()) {
+                Ok(span) if span.0 > 0 => Ok(span),
+                Ok(_) => Err(self.err(s.span().start, format!("{name} must be longer than zero"))),
+                Err(m) => Err(self.err(s.span().start, format!("{name}: {m}"))),
+            },
+        }
+    }
+    fn severity(&self, v: &S<String>, default: Severity) -> Result<Severity, RulesError> {
+        match v {
+            None => Ok(default),
+            Some(s) => Severity::parse(s.get_ref()).ok_or_else(|| {
+                self.err(
+                    s.span().start,
+                    format!(
+                        "severity {:?} is unknown: use low, medium, high or critical",
+                        s.get_ref()
+                    ),
+                )
+            }),
+        }
+    }
+    fn flag(v: &S<bool>, default: bool) -> bool {
+        v.as_ref().map_or(default, |s| *s.get_ref())
+    }
+    fn count(&self, f: Option<FileCount>, d: CountRule) -> Result<CountRule, RulesError> {
+        let f = f.unwrap_or_default();
+        Ok(CountRule {
+            enabled: Self::flag(&f.enabled, d.enabled),
+            severity: self.severity(&f.severity, d.severity)?,
+            threshold: self.int(&f.threshold, "threshold", 1, 10_000, d.threshold as i64)? as u32,
+            window: self.span(&f.window, "window", d.window)?,
+            cooldown: self.span(&f.cooldown, "cooldown", d.cooldown)?,
+        })
+    }
+}
+
+impl RuleSet {
+    /// Reads a rules file's text. `name` (the file's path) goes into error messages.
+    pub fn from_toml(text: &str, name: Option<&str>) -> Result<RuleSet, RulesError> {
+        let with_file = |mut e: RulesError| {
+            e.file = name.map(str::to_owned);
+            e
+        };
+        let r = Reader { text };
+        let file: File = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            with_file(r.err(offset, e.message().trim().to_owned()))
+        })?;
+        let d = RuleSet::default();
+        let bf = file.password_brute_force.unwrap_or_default();
+        let drain = file.bind_then_drain.unwrap_or_default();
+        let spike = file.amount_spike.unwrap_or_default();
+        let limits = file.limits.unwrap_or_default();
+        let build = || -> Result<RuleSet, RulesError> {
+            let currency = match &drain.currency {
+                None => d.bind_then_drain.currency,
+                // A rules file is the operator's own text: naming the value helps them.
+                Some(s) => Currency::parse(s.get_ref())
+                    .map_err(|e| r.err(s.span().start, format!("{:?}: {e}", s.get_ref())))?,
+            };
+            let rules = RuleSet {
+                password_brute_force: BruteForceRule {
+                    count: r.count(
+                        Some(FileCount {
+                            enabled: bf.enabled,
+                            severity: bf.severity,
+                            threshold: bf.threshold,
+                            window: bf.window,
+                            cooldown: bf.cooldown,
+                        }),
+                        d.password_brute_force.count.clone(),
+                    )?,
+                    lock: Reader::flag(&bf.lock, d.password_brute_force.lock),
+                    lock_for: r.span(&bf.lock_for, "lock_for", d.password_brute_force.lock_for)?,
+                },
+                bind_failure_burst: r.count(file.bind_failure_burst, d.bind_failure_burst.clone())?,
+                bind_then_drain: DrainRule {
+                    enabled: Reader::flag(&drain.enabled, d.bind_then_drain.enabled),
+                    severity: r.severity(&drain.severity, d.bind_then_drain.severity)?,
+                    amount_minor: r.int(
+                        &drain.amount_minor,
+                        "amount_minor",
+                        1,
+                        bindledger_events::AMOUNT_MINOR_MAX,
+                        d.bind_then_drain.amount_minor,
+                    )?,
+                    currency,
+                    window: r.span(&drain.window, "window", d.bind_then_drain.window)?,
+                    cooldown: r.span(&drain.cooldown, "cooldown", d.bind_then_drain.cooldown)?,
+                },
+                shared_wallet: r.count(file.shared_wallet, d.shared_wallet.clone())?,
+                binding_churn: r.count(file.binding_churn, d.binding_churn.clone())?,
+                amount_spike: {
+                    let history = r.int(&spike.history, "history", 1, 1000, d.amount_spike.history as i64)? as u32;
+                    let min_history = r.int(
+                        &spike.min_history,
+                        "min_history",
+                        1,
+                        history as i64,
+                        (d.amount_spike.min_history).min(history) as i64,
+                    )? as u32;
+                    SpikeRule {
+                        enabled: Reader::flag(&spike.enabled, d.amount_spike.enabled),
+                        severity: r.severity(&spike.severity, d.amount_spike.severity)?,
+                        factor: r.int(&spike.factor, "factor", 2, 1_000_000, d.amount_spike.factor as i64)? as u32,
+                        history,
+                        min_history,
+                        forget_after: r.span(&spike.forget_after, "forget_after", d.amount_spike.forget_after)?,
+                        cooldown: r.span(&spike.cooldown, "cooldown", d.amount_spike.cooldown)?,
+                    }
+                },
+                dead_wallet_probing: r.count(file.dead_wallet_probing, d.dead_wallet_probing.clone())?,
+                limits: Limits {
+                    keys_max: r.int(&limits.keys_max, "keys_max", 1, 100_000_000, d.limits.keys_max as i64)? as usize,
+                    event_ids_max: r.int(
+                        &limits.event_ids_max,
+                        "event_ids_max",
+                        1,
+                        10_000,
+                        d.limits.event_ids_max as i64,
+                    )? as usize,
+                },
+            };
+            Ok(rules)
+        };
+        build().map_err(with_file)
+    }
+
+    /// A digest of the effective rules (stored with the monitor's checkpoint).
+    pub fn digest(&self) -> String {
+        let json = serde_json::to_vec(self).expect("rules serialize");
+        hex::encode(&bindledger_events::hash_bytes(&json).0[..8])
+    }
+
+    /// The longest window any rule looks back over (state older than this is dead).
+    pub fn horizon(&self) -> Span {
+        [
+            self.password_brute_force.count.window,
+            self.bind_failure_burst.window,
+            self.bind_then_drain.window,
+            self.shared_wallet.window,
+            self.binding_churn.window,
+            self.dead_wallet_probing.window,
+        ]
+        .into_iter()
+        .max()
+        .expect("not empty")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_default_set() {
+        assert_eq!(RuleSet::from_toml("", None).unwrap(), RuleSet::default());
+        let d = RuleSet::default();
+        assert_eq!(
+            (
+                d.password_brute_force.count.threshold,
+                d.password_brute_force.count.window
+            ),
+            (5, Span::mins(10))
+        );
+        assert_eq!(
+            (d.bind_then_drain.amount_minor, d.bind_then_drain.currency),
+            (500_000, Currency::CNY)
+        );
+        assert_eq!(
+            (d.shared_wallet.threshold, d.shared_wallet.window),
+            (3, Span::hours(24))
+        );
+    }
+
+    #[test]
+    fn values_are_read() {
+        let text = "[password_brute_force]\nthreshold = 3\nwindow = \"1h30m\"\nlock = true\nlock_for = \"2h\"\n\n[amount_spike]\nenabled = false\n";
+        let r = RuleSet::from_toml(text, None).unwrap();
+        assert_eq!(r.password_brute_force.count.threshold, 3);
+        assert_eq!(r.password_brute_force.count.window, Span::mins(90));
+        assert!(r.password_brute_force.lock);
+        assert_eq!(r.password_brute_force.lock_for, Span::hours(2));
+        assert!(!r.amount_spike.enabled);
+        assert_eq!(r.bind_failure_burst, RuleSet::default().bind_failure_burst);
+    }
+
+    #[test]
+    fn bad_files_name_the_line_and_the_problem() {
+        let cases = [
+            ("[shared_wallet]\nthreshold = 0\n", 2, "threshold = 0 is out of range"),
+            (
+                "# comment\n[binding_churn]\nwindow = \"ten minutes\"\n",
+                3,
+                "is not a duration",
+            ),
+            (
+                "[bind_failure_burst]\n\nseverity = \"urgent\"\n",
+                3,
+                "severity \"urgent\" is unknown",
+            ),
+            ("[bind_then_drain]\ncurrency = \"XYZ\"\n", 2, "XYZ"),
+            (
+                "[password_brute_force]\nthreshhold = 5\n",
+                2,
+                "unknown field `threshhold`",
+            ),
+            ("[nonsense_rule]\n", 1, "unknown field `nonsense_rule`"),
+            ("[shared_wallet]\nthreshold = \"3\"\n", 2, "invalid type"),
+            ("[shared_wallet\n", 1, ""),
+            (
+                "[amount_spike]\nhistory = 10\nmin_history = 11\n",
+                3,
+                "min_history = 11 is out of range",
+            ),
+            ("[dead_wallet_probing]\nwindow = \"0s\"\n", 2, "longer than zero"),
+        ];
+        for (text, line, needle) in cases {
+            let e = RuleSet::from_toml(text, Some("rules.toml")).unwrap_err();
+            assert_eq!(e.line, line, "{text:?}: {e}");
+            assert!(e.to_string().starts_with(&format!("rules.toml: line {line}: ")), "{e}");
+            assert!(e.message.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn spans_parse_and_print() {
+        assert_eq!(Span::parse("10m").unwrap(), Span::mins(10));
+        assert_eq!(Span::parse("1d").unwrap().to_string(), "1d");
+        assert_eq!(Span::parse("90s").unwrap().to_string(), "90s");
+        assert!(Span::parse("10").is_err());
+        assert!(Span::parse("m").is_err());
+        assert!(Span::parse("400d").is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! Alerts in sled (tree `alerts`). Everything here is derived from the log and carries the
+//! position it reflects:
+//!
+//! | key | value |
+//! |---|---|
+//! | `S` stream seq (u64 BE) | one [`AlertChange`] (JSON): the alert stream, in order, without gaps |
+//! | `L` opening seq (u64 BE) rule | the alert's latest revision (JSON), listed newest first |
+//! | `Mcheckpoint` | the engine's state, its position and the rules digest (JSON) |
+//!
+//! Changes and the checkpoint that covers them are written in one atomic batch; changes after
+//! the last checkpoint are written again, identically, when the monitor resumes from it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::alerts::engine::{Alert, AlertChange, EngineState};
+use crate::domain::alerts::rules::Severity;
+use crate::error::{Error, Result};
+
+const CHECKPOINT: &[u8] = b"Mcheckpoint";
+
+#[derive(Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub rules_digest: String,
+    pub state: EngineState,
+}
+
+/// Filters of `GET /v1/alerts`.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    /// Opened at or after this event time.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// At least this severe.
+    pub severity: Option<Severity>,
+    pub rule: Option<String>,
+    pub account: Option<String>,
+}
+
+impl AlertFilter {
+    pub fn accepts(&self, a: &Alert) -> bool {
+        self.since.map_or(true, |t| a.opened_at >= t)
+            && self.severity.map_or(true, |s| a.severity >= s)
+            && self.rule.as_deref().map_or(true, |r| a.rule == r)
+            && self
+                .account
+                .as_deref()
+                .map_or(true, |acc| a.accounts.iter().any(|x| x == acc))
+    }
+}
+
+/// Rows a filtered listing looks at before returning a shorter page (bounds one request).
+pub const LIST_SCAN_MAX: usize = 100_000;
+
+#[derive(Clone)]
+pub struct AlertStore {
+    tree: sled::Tree,
+}
+
+fn seq_key(prefix: u8, seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn latest_key(alert_id: &str) -> Option<Vec<u8>> {
+    let (rule, seq) = alert_id.rsplit_once('-')?;
+    let seq: u64 = seq.parse().ok()?;
+    let mut k = seq_key(b'L', seq).to_vec();
+    k.extend_from_slice(rule.as_bytes());
+    Some(k)
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Corrupt(format!("alerts: {what}: {e}"))
+}
+
+impl AlertStore {
+    pub fn new(tree: sled::Tree) -> AlertStore {
+        AlertStore { tree }
+    }
+
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
+        match self.tree.get(CHECKPOINT)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| corrupt("checkpoint", e)),
+        }
+    }
+
+    /// Writes changes (and a checkpoint, if given) in one atomic batch.
+    pub fn write(&self, changes: &[AlertChange], checkpoint: Option<&Checkpoint>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for c in changes {
+            batch.insert(
+                &seq_key(b'S', c.stream_seq)[..],
+                serde_json::to_vec(c).expect("alerts serialize"),
+            );
+            let key = latest_key(&c.alert.id).expect("alert ids are rule-seq");
+            batch.insert(key, serde_json::to_vec(&c.alert).expect("alerts serialize"));
+        }
+        if let Some(cp) = checkpoint {
+            batch.insert(CHECKPOINT, serde_json::to_vec(cp).expect("state serializes"));
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The last stream seq stored.
+    pub fn last_stream_seq(&self) -> Result<u64> {
+        match self.tree.scan_prefix(b"S").next_back() {
+            None => Ok(0),
+            Some(r) => {
+                let (k, _) = r?;
+                Ok(u64::from_be_bytes(
+                    k[1..9].try_into().map_err(|e| corrupt("stream key", e))?,
+                ))
+            }
+        }
+    }
+
+    /// Stream entries after `after`, oldest first, at most `limit`, up to `through`.
+    pub fn changes_after(&self, after: u64, through: u64, limit: usize) -> Result<Vec<AlertChange>> {
+        let mut out = Vec::new();
+        if after >= through {
+            return Ok(out);
+        }
+        for r in self
+            .tree
+            .range(seq_key(b'S', after + 1)..=seq_key(b'S', through))
+            .take(limit)
+        {
+            let (_, v) = r?;
+            out.push(serde_json::from_slice(&v).map_err(|e| corrupt("stream entry", e))?);
+        }
+        Ok(out)
+    }
+
+    /// One alert's latest revision.
+    pub fn get(&self, alert_id: &str) -> Result<Option<Alert>> {
+        let Some(key) = latest_key(alert_id) else {
+            return Ok(None);
+        };
+        match self.tree.get(key)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| corrupt("alert", e)),
+        }
+    }
+
+    /// Alerts newest first (by the event that opened them), filtered. `from` is the cursor: the
+    /// id of the alert the page starts at (inclusive). Returns the page and the next cursor.
+    pub fn list(&self, filter: &AlertFilter, from: Option<&str>, limit: usize) -> Result<(Vec<Alert>, Option<String>)> {
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let start = seq_key(b'L', 0).to_vec();
+        let rows = match from {
+            Some(id) => {
+                let end = latest_key(id)
+                    .ok_or_else(|| Error::invalid("invalid_cursor", "cursor", "not a cursor from a previous page"))?;
+                self.tree.range(start..=end)
+            }
+            None => self.tree.range(start..seq_key(b'M', 0).to_vec()),
+        };
+        for (scanned, r) in rows.rev().enumerate() {
+            let (k, v) = r?;
+            if out.len() == limit || scanned == LIST_SCAN_MAX {
+                // Bounded work per request: the next page starts here.
+                return Ok((out, Some(id_of_key(&k)?)));
+            }
+            let a: Alert = serde_json::from_slice(&v).map_err(|e| corrupt("alert", e))?;
+            if filter.accepts(&a) {
+                out.push(a);
+            }
+        }
+        Ok((out, None))
+    }
+}
+
+fn id_of_key(k: &[u8]) -> Result<String> {
+    let seq = u64::from_be_bytes(k[1..9].try_into().map_err(|e| corrupt("alert key", e))?);
+    let rule = std::str::from_utf8(&k[9..]).map_err(|e| corrupt("alert key", e))?;
+    Ok(format!("{rule}-{seq}"))
+}

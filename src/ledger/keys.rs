@@ -1,0 +1,55 @@
+//! The ledger's keys and rules on disk: the ledger secret (created on first start, mode 0600)
+//! and the alert rules file. The types are the domain's; reading and writing them is here.
+
+use std::path::Path;
+
+use crate::domain::alerts::rules::{RuleSet, RulesError};
+use crate::domain::secret::LedgerSecret;
+use crate::error::Error;
+
+impl LedgerSecret {
+    /// Reads the secret file, or creates it with a random secret (mode 0600) if it is missing.
+    pub fn load_or_create(path: &Path) -> Result<Self, Error> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => Self::from_hex(&s),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut b = [0u8; 32];
+                getrandom::fill(&mut b).map_err(|e| Error::Config(format!("no randomness: {e}")))?;
+                write_private(path, hex::encode(b).as_bytes())?;
+                tracing::info!(path = %path.display(), "created a new ledger secret");
+                Ok(LedgerSecret::from_bytes(b))
+            }
+            Err(e) => Err(Error::Io(format!("reading the secret file {}: {e}", path.display()))),
+        }
+    }
+}
+
+impl RuleSet {
+    /// Reads a rules file from disk.
+    pub fn load(path: &std::path::Path) -> Result<RuleSet, RulesError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| RulesError {
+            file: Some(name.clone()),
+            line: 0,
+            message: format!("cannot read it: {e}"),
+        })?;
+        RuleSet::from_toml(&text, Some(&name))
+    }
+}
+
+/// Writes a file readable only by its owner.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts
+        .open(path)
+        .map_err(|e| Error::Io(format!("creating {}: {e}", path.display())))?;
+    f.write_all(contents)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::Io(format!("writing {}: {e}", path.display())))
+}

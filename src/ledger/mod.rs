@@ -1,0 +1,1056 @@
+//! The ledger core: the write path and its storage. It depends on the domain only, never on
+//! an adapter.
+//!
+//! - [`writer`]: the single writer thread (batching, deciding) and the flusher (group commit).
+//! - [`store`]: the sled layout: the log in chunks (one atomic batch and one synced flush per
+//!   group commit), derived rows in a separate tree.
+//! - [`idempotency`] and [`keytable`]: the idempotency and paid-order index, derived from the
+//!   log, in memory and on disk.
+//! - [`indexer`]: history rows and projection snapshots, off the write path.
+//! - [`keys`]: the ledger secret and the rules file on disk.
+//! - [`checkpoint`]: signed checkpoints of the chain head and their storage.
+//! - [`alerts`]: the live monitor, its feed and the alerts' storage.
+//! - [`metrics`]: the counters and histograms the ledger keeps.
+//! - [`offline`]: export and verify a log that no process has open.
+//!
+//! [`Ledger`], the handle below, is the library API. A command goes through
+//! 1. validation (done when the command was built),
+//! 2. an idempotency look-up and pre-checks against the read model, so that a retry or a
+//!    command that would be refused anyway never reaches the provider,
+//! 3. the wallet gateway, concurrently, outside the writer (bounded by a semaphore and a
+//!    timeout),
+//! 4. the single writer, through a bounded queue; the answer comes once the event is durable.
+
+pub mod alerts;
+pub mod checkpoint;
+pub mod idempotency;
+pub mod indexer;
+pub mod keys;
+pub mod keytable;
+pub mod metrics;
+pub mod offline;
+pub mod store;
+pub mod writer;
+
+use bindledger_events::{codec, hash_bytes, ChainVerifier, Event, Hash, Payload, PaymentFailure};
+use chrono::Utc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::domain::command::{BindCommand, LockCommand, Meta, PayCommand, UnbindCommand, UnlockCommand};
+use crate::domain::decide::{self, BindFacts, BindVerdict, PayFacts, PayVerdict, Rules};
+use crate::domain::gateway::{BindVerification, GatewayFailure, PaymentAuthorization, WalletGateway};
+use crate::domain::projection::{AccountState, Projection};
+use crate::domain::secret::LedgerSecret;
+use crate::error::{Error, Result};
+use crate::ledger::idempotency::KeyIndex;
+use crate::ledger::indexer::Indexer;
+use crate::ledger::metrics::Metrics;
+use crate::ledger::store::{IndexBatch, Store};
+use crate::ledger::writer::{Committed, Request, Submission, Writer};
+
+pub use crate::ledger::writer::Committed as CommandResult;
+
+/// One payment attempt on a binding, counted against its budget while it lasts.
+struct Attempt<'l> {
+    ledger: &'l Ledger,
+    binding_id: Uuid,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let mut attempts = self.ledger.inner.attempts.lock().expect("attempts lock");
+        if let std::collections::hash_map::Entry::Occupied(mut e) = attempts.entry(self.binding_id) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+        drop(attempts);
+        self.ledger.inner.attempt_ended.notify_waiters();
+    }
+}
+
+/// An order's payment in flight (see [`Ledger::claim_order`]); released when dropped.
+struct OrderClaim<'l> {
+    ledger: &'l Ledger,
+    key: String,
+}
+
+impl Drop for OrderClaim<'_> {
+    fn drop(&mut self) {
+        self.ledger
+            .inner
+            .order_claims
+            .lock()
+            .expect("order claims lock")
+            .remove(&self.key);
+        self.ledger.inner.order_ended.notify_waiters();
+    }
+}
+
+/// A handle to an open ledger. Cheap to clone; the writer stops when the last handle is
+/// closed or dropped.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    secret: LedgerSecret,
+    gateway: Arc<dyn WalletGateway>,
+    /// Bounded queue to the writer; `None` once closed.
+    tx: RwLock<Option<mpsc::Sender<Submission>>>,
+    read: Arc<RwLock<Projection>>,
+    /// Keys and paid orders of durable commands (see [`KeyIndex`]).
+    idempotency: Arc<KeyIndex>,
+    /// Orders with a payment in flight: a second payment of one waits for the first to end.
+    order_claims: Mutex<std::collections::HashSet<String>>,
+    order_ended: tokio::sync::Notify,
+    /// False on a read replica: commands are refused with `not_primary`.
+    primary: AtomicBool,
+    /// The history index (stored rows and pending ones) covers events through this seq.
+    indexed: Arc<AtomicU64>,
+    /// History not yet in the stored rows.
+    pending_history: Arc<RwLock<crate::ledger::indexer::PendingHistory>>,
+    /// The highest durable seq, for followers.
+    durable_watch: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Gateway calls in flight.
+    gateway_permits: Semaphore,
+    gateway_timeout: Duration,
+    rules: Rules,
+    /// Payments on each binding that are with the provider now (the inline guard counts
+    /// them against the binding's budget), and a wake-up when one ends.
+    attempts: Mutex<HashMap<Uuid, u32>>,
+    attempt_ended: tokio::sync::Notify,
+    /// How far in the past a caller's `event_time` may be.
+    event_time_past_max: chrono::Duration,
+    /// Replicated mode: every event up to this seq is acknowledged by the Kafka cluster (the
+    /// relay advances it), and how long an answer waits for it.
+    replicated: Option<(tokio::sync::watch::Sender<u64>, Duration)>,
+    metrics: Arc<Metrics>,
+    failed: Arc<AtomicBool>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    tap: crate::ledger::writer::EventTap,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.write().expect("lock").take();
+        self.tap.lock().expect("lock").take();
+        if let Some(h) = self.writer.lock().expect("lock").take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Ledger {
+    /// Opens the log in `config.data_dir`, loads the projection snapshot and folds the events
+    /// after it (checking their links), catches the history index up, rebuilds the
+    /// idempotency index from the log's tail, and starts the writer.
+    ///
+    /// The inline guard against password guessing follows the configured alert rules (see
+    /// [`Ledger::open_with_rules`]).
+    pub fn open(config: &Config, secret: LedgerSecret, gateway: Arc<dyn WalletGateway>) -> Result<Ledger> {
+        let rules = config.alert_rules()?;
+        Self::open_with_rules(config, &rules, secret, gateway)
+    }
+
+    /// The same, with the alert rules given: the `password_brute_force` rule with `lock` on
+    /// sets the inline guard ([`crate::domain::decide::PasswordGuard`]).
+    pub fn open_with_rules(
+        config: &Config,
+        alert_rules: &crate::domain::alerts::RuleSet,
+        secret: LedgerSecret,
+        gateway: Arc<dyn WalletGateway>,
+    ) -> Result<Ledger> {
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        store.set_sync_data(config.writer.sync_data);
+        store.check_secret(&secret.check_value())?;
+        let (last_seq, last_hash) = store.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));
+        let (indexed, snapshot) = store.index_positions()?;
+        if snapshot > last_seq || indexed > last_seq {
+            return Err(Error::Corrupt(format!(
+                "index positions ({indexed}, {snapshot}) are past the log's end {last_seq}"
+            )));
+        }
+        let mut state = Projection::from_accounts(snapshot, store.load_accounts()?);
+        if snapshot < last_seq {
+            let mut verifier = match snapshot {
+                0 => ChainVerifier::new(),
+                p => ChainVerifier::resume(
+                    p,
+                    hash_bytes(
+                        &store
+                            .event_bytes(p)?
+                            .ok_or_else(|| Error::Corrupt(format!("event {p} missing")))?,
+                    ),
+                ),
+            };
+            let mut rows = IndexBatch::default();
+            let mut pending_rows = 0;
+            for r in store.scan_events(snapshot + 1) {
+                let (_, bytes) = r?;
+                let (event, _) = verifier.push(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+                if event.seq > indexed {
+                    rows.add_history(&event.account, event.account_seq, event.seq);
+                    pending_rows += 1;
+                    if pending_rows == 10_000 {
+                        rows.set_indexed(event.seq);
+                        store.apply_index(std::mem::take(&mut rows))?;
+                        pending_rows = 0;
+                    }
+                }
+                state.apply_catching_up(&event);
+            }
+            rows.set_indexed(last_seq);
+            store.apply_index(rows)?;
+            store.flush()?;
+            tracing::info!(
+                from = snapshot,
+                to = last_seq,
+                "projection and index caught up with the log"
+            );
+        }
+        let idempotency = Arc::new(KeyIndex::open(
+            store.clone(),
+            &config.data_dir,
+            config.idempotency.index,
+            config.idempotency.window()?,
+            config.idempotency.memory_keys as usize,
+        )?);
+        let last_record_time = match store.event_bytes(last_seq)? {
+            Some(b) => {
+                bindledger_events::decode(&b)
+                    .map_err(|e| Error::Corrupt(e.to_string()))?
+                    .record_time
+            }
+            None => chrono::DateTime::<Utc>::MIN_UTC,
+        };
+        let metrics = Arc::new(Metrics::default());
+        metrics.log_events.store(last_seq, Ordering::Relaxed);
+        let read = Arc::new(RwLock::new(state.clone()));
+        let failed = Arc::new(AtomicBool::new(false));
+        let indexed = Arc::new(AtomicU64::new(last_seq));
+        let pending_history: Arc<RwLock<crate::ledger::indexer::PendingHistory>> = Default::default();
+        let rules = Rules {
+            max_bindings_per_account: config.max_bindings_per_account,
+            platform_maintenance: config.platform_maintenance,
+            password_guard: alert_rules.password_guard(),
+        };
+        let durable_watch = Arc::new(tokio::sync::watch::Sender::new(last_seq));
+        let (tx, rx) = mpsc::channel(config.writer.queue_capacity);
+        let tap: crate::ledger::writer::EventTap = Default::default();
+        let writer = Writer {
+            store: store.clone(),
+            state,
+            read: read.clone(),
+            next_seq: last_seq + 1,
+            prev_hash: last_hash,
+            rules,
+            batch_max: config.writer.batch_max,
+            commit_delay: config.writer.commit_delay(),
+            metrics: metrics.clone(),
+            failed: failed.clone(),
+            idempotency: idempotency.clone(),
+            last_record_time,
+            durable: Arc::new(AtomicU64::new(last_seq)),
+            durable_watch: durable_watch.clone(),
+            pending: Default::default(),
+            pending_batches: Default::default(),
+            indexer: Some(Indexer {
+                store: store.clone(),
+                read: read.clone(),
+                indexed: indexed.clone(),
+                snapshot_every_events: config.writer.snapshot_every_events,
+                pending: pending_history.clone(),
+                keys: idempotency.clone(),
+            }),
+            tap: tap.clone(),
+            ids: Default::default(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("bindledger-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::Io(format!("starting the writer thread: {e}")))?;
+        tracing::info!(events = last_seq, dir = %config.data_dir.display(), "ledger open");
+        Ok(Ledger {
+            inner: Arc::new(Inner {
+                store,
+                secret,
+                gateway,
+                tx: RwLock::new(Some(tx)),
+                read,
+                idempotency,
+                order_claims: Default::default(),
+                order_ended: tokio::sync::Notify::new(),
+                primary: AtomicBool::new(!config.replica.enabled),
+                indexed,
+                pending_history,
+                durable_watch,
+                gateway_permits: Semaphore::new(config.gateway.concurrency_max),
+                gateway_timeout: Duration::from_millis(config.gateway.timeout_ms),
+                rules,
+                attempts: Default::default(),
+                attempt_ended: tokio::sync::Notify::new(),
+                event_time_past_max: chrono::Duration::seconds(config.event_time_past_max_s as i64),
+                replicated: (config.durability == crate::config::Durability::Replicated).then(|| {
+                    (
+                        tokio::sync::watch::Sender::new(0),
+                        Duration::from_millis(config.replication_timeout_ms),
+                    )
+                }),
+                metrics,
+                failed,
+                writer: Mutex::new(Some(handle)),
+                tap,
+            }),
+        })
+    }
+
+    /// Stops taking commands, lets the writer finish what is queued (writing the final
+    /// projection snapshot), and waits for it. The directory's lock is released when the last
+    /// clone of this handle is dropped.
+    pub fn close(self) {
+        self.inner.tx.write().expect("lock").take();
+        let handle = self.inner.writer.lock().expect("lock").take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        // The follower of the tap sees the end.
+        self.inner.tap.lock().expect("lock").take();
+    }
+
+    /// Follows durable events as they are published: each item is one durable batch, in
+    /// order. The queue holds `capacity` batches; when it is full batches are skipped (never
+    /// waited for), so a follower that finds a gap reads it with [`Ledger::raw_events`]. One
+    /// follower at a time: a new tap replaces the previous one.
+    pub fn tap(&self, capacity: usize) -> std::sync::mpsc::Receiver<crate::ledger::writer::DurableBatch> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
+        *self.inner.tap.lock().expect("lock") = Some(tx);
+        rx
+    }
+
+    /// The alert monitor's storage.
+    pub fn alert_store(&self) -> crate::ledger::alerts::store::AlertStore {
+        crate::ledger::alerts::store::AlertStore::new(self.inner.store.alerts_tree())
+    }
+
+    /// The signed checkpoints.
+    pub fn checkpoint_store(&self) -> crate::ledger::checkpoint::CheckpointStore {
+        crate::ledger::checkpoint::CheckpointStore::new(self.inner.store.checkpoints_tree())
+    }
+
+    /// Turns the `fdatasync` after each flush on or off (`writer.sync_data`; the benchmark
+    /// measures what it costs).
+    pub fn set_sync_data(&self, on: bool) {
+        self.inner.store.set_sync_data(on);
+    }
+
+    /// Makes everything written so far durable (derived rows included).
+    pub fn flush(&self) -> Result<()> {
+        self.inner.store.flush()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The idempotency and paid-order indexes: entries held in memory (not yet written to
+    /// disk), live entries on disk, and the tables' size in bytes.
+    pub fn key_index_stats(&self) -> (usize, u64, u64) {
+        let (live, bytes) = self.inner.idempotency.on_disk();
+        (self.inner.idempotency.in_memory(), live, bytes)
+    }
+
+    /// False on a read replica (until it is promoted).
+    pub fn is_primary(&self) -> bool {
+        self.inner.primary.load(Ordering::SeqCst)
+    }
+
+    /// Makes this ledger take commands (a replica being promoted, once it has the whole topic
+    /// and has fenced the previous primary).
+    pub fn set_primary(&self) {
+        self.inner.primary.store(true, Ordering::SeqCst);
+    }
+
+    fn require_primary(&self) -> Result<()> {
+        if self.is_primary() {
+            Ok(())
+        } else {
+            self.inner.metrics.count_rejected("not_primary");
+            Err(Error::NotPrimary)
+        }
+    }
+
+    /// A replica: appends events read from the events topic, exactly as they are, in order;
+    /// returns once they are durable. Each must continue the log (its `seq` and `prev_hash`),
+    /// else `Corrupt` and nothing after it is appended.
+    pub async fn append_replicated(&self, events: Vec<bytes::Bytes>) -> Result<u64> {
+        let tx = self.inner.tx.read().expect("lock").clone().ok_or(Error::ShuttingDown)?;
+        let mut replies = Vec::with_capacity(events.len());
+        for bytes in events {
+            let (reply, rx) = oneshot::channel();
+            tx.send(Submission {
+                request: Request::Append { bytes },
+                reply,
+            })
+            .await
+            .map_err(|_| Error::StorageFailed("the writer has stopped".into()))?;
+            replies.push(rx);
+        }
+        let mut last = self.log_len();
+        for rx in replies {
+            let c = rx
+                .await
+                .map_err(|_| Error::StorageFailed("the writer stopped before answering".into()))??;
+            last = c.event.seq;
+        }
+        Ok(last)
+    }
+
+    /// Waits until the log holds event `seq` (read-your-writes on a replica), at most
+    /// `timeout`; true if it does.
+    pub async fn wait_for_seq(&self, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.inner.durable_watch.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Number of events in the log.
+    pub fn log_len(&self) -> u64 {
+        self.inner.metrics.log_events.load(Ordering::Relaxed)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        !self.inner.failed.load(Ordering::SeqCst) && self.inner.tx.read().expect("lock").is_some()
+    }
+
+    /// Dates a command without an event time now; refuses one dated further back than
+    /// `event_time_past_max_s` (the future is bounded when the command is validated).
+    fn now_meta(&self, meta: &mut Meta) -> Result<()> {
+        let now = Utc::now();
+        match meta.event_time {
+            None => meta.event_time = Some(bindledger_events::types::micros::truncate(now)),
+            Some(t) if t < now - self.inner.event_time_past_max => {
+                self.inner.metrics.count_rejected("invalid_event_time");
+                return Err(Error::invalid(
+                    "invalid_event_time",
+                    "event_time",
+                    "event_time is further in the past than this ledger accepts (event_time_past_max_s)",
+                ));
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Claims an order for one payment at a time: waits while another payment of the same
+    /// order on the account is in flight, then `Err(seq)` when the order is already paid (its
+    /// `payment_succeeded` event), or the claim, held until this payment's event is durable.
+    async fn claim_order(&self, account: &str, order_id: &str) -> Result<std::result::Result<OrderClaim<'_>, u64>> {
+        let key = crate::ledger::idempotency::composite(account, order_id);
+        let deadline = tokio::time::Instant::now() + self.inner.gateway_timeout * 2;
+        loop {
+            let ended = self.inner.order_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self
+                .inner
+                .order_claims
+                .lock()
+                .expect("order claims lock")
+                .insert(key.clone())
+            {
+                let claim = OrderClaim { ledger: self, key };
+                // Under the claim no other payment of the order is in flight: what the index
+                // says is final until the claim is released.
+                return Ok(match self.inner.idempotency.paid_order(account, order_id)? {
+                    Some(seq) => Err(seq),
+                    None => Ok(claim),
+                });
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                self.inner.metrics.count_rejected("overloaded");
+                return Err(Error::Overloaded("another payment of this order is in flight"));
+            }
+        }
+    }
+
+    /// Takes one attempt from a binding's budget for a payment that will ask the provider,
+    /// waiting while the budget is held by attempts in flight. `Err(until)` when the budget is
+    /// spent: the payment fails as `too_many_attempts` without reaching the provider.
+    async fn take_attempt(
+        &self,
+        account: &str,
+        binding_id: Uuid,
+    ) -> Result<std::result::Result<Option<Attempt<'_>>, chrono::DateTime<Utc>>> {
+        let Some(guard) = self.inner.rules.password_guard else {
+            return Ok(Ok(None));
+        };
+        let deadline = tokio::time::Instant::now() + self.inner.gateway_timeout;
+        loop {
+            let ended = self.inner.attempt_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            {
+                let read = self.inner.read.read().expect("lock");
+                let budget = read
+                    .accounts
+                    .get(account)
+                    .and_then(|a| a.active_binding(binding_id))
+                    .map(|b| guard.budget(b, Utc::now()));
+                let mut attempts = self.inner.attempts.lock().expect("attempts lock");
+                let in_flight = attempts.get(&binding_id).copied().unwrap_or(0);
+                match budget {
+                    Some(crate::domain::decide::Budget::Spent { until }) => return Ok(Err(until)),
+                    Some(crate::domain::decide::Budget::Left(left)) if in_flight >= left => {}
+                    // A binding that is not active is refused by the writer anyway.
+                    _ => {
+                        *attempts.entry(binding_id).or_insert(0) += 1;
+                        return Ok(Ok(Some(Attempt {
+                            ledger: self,
+                            binding_id,
+                        })));
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                self.inner.metrics.count_rejected("overloaded");
+                return Err(Error::Overloaded("too many payments in flight on this binding"));
+            }
+        }
+    }
+
+    /// The original result, if this idempotency key was used before with the same request.
+    fn replay_if_known(&self, meta: &mut Meta, digest: &Hash) -> Result<Option<Committed>> {
+        let Some(key) = meta.idempotency_key.as_deref() else {
+            return Ok(None);
+        };
+        let generation = self.inner.idempotency.generation();
+        let known = self.inner.idempotency.key(&meta.account, key, Utc::now())?;
+        if known.is_none() {
+            meta.keys_checked = Some(generation);
+        }
+        match known {
+            None => Ok(None),
+            Some((_, d)) if &d != digest => {
+                self.inner.metrics.count_rejected("idempotency_key_reused");
+                Err(Error::IdempotencyKeyReused)
+            }
+            Some((seq, _)) => {
+                let replay = Committed::replay_of(&self.inner.store, seq)?;
+                self.inner.metrics.idempotent_replays.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(replay))
+            }
+        }
+    }
+
+    fn check_version(&self, meta: &Meta, acct: Option<&AccountState>) -> Result<()> {
+        if let Some(expected) = meta.expected_version {
+            let actual = acct.map_or(0, |a| a.version);
+            if expected != actual {
+                self.inner.metrics.count_rejected("version_conflict");
+                return Err(Error::VersionConflict { expected, actual });
+            }
+        }
+        Ok(())
+    }
+
+    /// The relay: every event up to `seq` is on the topic (acknowledged by the cluster).
+    pub fn replicated_to(&self, seq: u64) {
+        if let Some((tx, _)) = &self.inner.replicated {
+            tx.send_if_modified(|p| {
+                let moved = seq > *p;
+                *p = (*p).max(seq);
+                moved
+            });
+        }
+    }
+
+    /// Replicated mode: holds an answer until the cluster has its event (a replay too: the
+    /// original may not be replicated yet), or answers `outcome_unknown` after the timeout.
+    /// The event stays durable here; a retry with the same key returns it once replicated.
+    async fn replicated(&self, result: Result<Committed>) -> Result<Committed> {
+        let (Some((tx, timeout)), Ok(c)) = (&self.inner.replicated, &result) else {
+            return result;
+        };
+        let seq = c.event.seq;
+        let mut rx = tx.subscribe();
+        let replicated = tokio::time::timeout(*timeout, rx.wait_for(|p| *p >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if replicated {
+            result
+        } else {
+            self.inner.metrics.count_rejected("outcome_unknown");
+            Err(Error::OutcomeUnknown)
+        }
+    }
+
+    async fn submit(&self, request: Request) -> Result<Committed> {
+        let kind = request.kind();
+        let result = self.submit_inner(request).await;
+        let result = self.replicated(result).await;
+        match &result {
+            // The seq names the event; the account id (the caller's value) is not logged.
+            Ok(c) => tracing::debug!(
+                kind,
+                outcome = c.event.payload.failure_code().unwrap_or("succeeded"),
+                seq = c.event.seq,
+                replayed = c.replayed,
+                "command"
+            ),
+            Err(e) => tracing::debug!(kind, code = e.code(), error = %e, "command refused"),
+        }
+        result
+    }
+
+    async fn submit_inner(&self, request: Request) -> Result<Committed> {
+        let (reply, rx) = oneshot::channel();
+        {
+            let guard = self.inner.tx.read().expect("lock");
+            let tx = guard.as_ref().ok_or(Error::ShuttingDown)?;
+            tx.try_send(Submission { request, reply }).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    self.inner.metrics.count_rejected("overloaded");
+                    Error::Overloaded("the writer queue is full")
+                }
+                mpsc::error::TrySendError::Closed(_) => Error::StorageFailed("the writer has stopped".into()),
+            })?;
+        }
+        rx.await
+            .map_err(|_| Error::StorageFailed("the writer stopped before answering".into()))?
+    }
+
+    async fn with_gateway<T>(
+        &self,
+        call: impl std::future::Future<Output = std::result::Result<T, GatewayFailure>>,
+    ) -> Result<std::result::Result<T, GatewayFailure>> {
+        let _permit = self.inner.gateway_permits.try_acquire().map_err(|_| {
+            self.inner.metrics.count_rejected("overloaded");
+            Error::Overloaded("too many wallet provider calls in flight")
+        })?;
+        Ok(tokio::time::timeout(self.inner.gateway_timeout, call)
+            .await
+            .unwrap_or(Err(GatewayFailure::Network)))
+    }
+
+    /// Binds a wallet. The answer is the recorded event: `wallet_bound` or `bind_failed`.
+    pub async fn bind(&self, mut cmd: BindCommand) -> Result<Committed> {
+        self.require_primary()?;
+        self.now_meta(&mut cmd.meta)?;
+        let secret = &self.inner.secret;
+        let wallet = secret.wallet_ref(&cmd.provider, cmd.wallet_account.expose());
+        let factor = cmd.factor.as_ref().map(|(f, _)| *f);
+        let digest = secret.mac(&[
+            b"bind",
+            cmd.meta.account.as_bytes(),
+            cmd.provider.as_str().as_bytes(),
+            &wallet.fingerprint.0,
+            factor.map_or("", |f| f.as_str()).as_bytes(),
+        ]);
+        if let Some(done) = self.replay_if_known(&mut cmd.meta, &digest)? {
+            return self.replicated(Ok(done)).await;
+        }
+        let facts = BindFacts {
+            provider: cmd.provider.clone(),
+            wallet,
+            factor,
+        };
+        let pre = {
+            let read = self.inner.read.read().expect("lock");
+            let acct = read.accounts.get(&cmd.meta.account);
+            self.check_version(&cmd.meta, acct)?;
+            decide::precheck_bind(acct, &facts, self.inner.rules)
+        };
+        let verdict = match pre {
+            Some(reason) => BindVerdict::Skipped(reason),
+            None => {
+                let call = self.inner.gateway.verify_binding(BindVerification {
+                    provider: &cmd.provider,
+                    wallet_account: cmd.wallet_account.expose(),
+                    payment_password: cmd.payment_password.expose(),
+                    factor: cmd.factor.as_ref().map(|(f, c)| (*f, c.expose())),
+                    event_time: cmd.meta.event_time.expect("set above"),
+                });
+                match self.with_gateway(call).await? {
+                    Ok(agreement_id) => BindVerdict::Verified { agreement_id },
+                    Err(f) => BindVerdict::Failed(f),
+                }
+            }
+        };
+        self.submit(Request::Bind {
+            meta: cmd.meta,
+            digest,
+            facts,
+            verdict,
+        })
+        .await
+    }
+
+    /// Records a payment that fails before the provider is asked.
+    async fn skip_pay(&self, meta: Meta, digest: Hash, facts: PayFacts, reason: PaymentFailure) -> Result<Committed> {
+        self.submit(Request::Pay {
+            meta,
+            digest,
+            facts,
+            verdict: PayVerdict::Skipped(reason),
+        })
+        .await
+    }
+
+    /// Pays with a bound wallet: `payment_succeeded` or `payment_failed`.
+    pub async fn pay(&self, mut cmd: PayCommand) -> Result<Committed> {
+        self.require_primary()?;
+        self.now_meta(&mut cmd.meta)?;
+        let factor = cmd.factor.as_ref().map(|(f, _)| *f);
+        let digest = self.inner.secret.mac(&[
+            b"pay",
+            cmd.meta.account.as_bytes(),
+            cmd.binding_id.as_bytes(),
+            cmd.order_id.as_bytes(),
+            &cmd.amount_minor.to_be_bytes(),
+            cmd.currency.as_str().as_bytes(),
+            factor.map_or("", |f| f.as_str()).as_bytes(),
+        ]);
+        if let Some(done) = self.replay_if_known(&mut cmd.meta, &digest)? {
+            return self.replicated(Ok(done)).await;
+        }
+        let facts = PayFacts {
+            binding_id: cmd.binding_id,
+            order_id: cmd.order_id.clone(),
+            amount_minor: cmd.amount_minor,
+            currency: cmd.currency,
+            factor,
+        };
+        // One payment of an order at a time; none once it is paid. The claim is held until
+        // this payment's event is durable (and so known to the paid-orders index).
+        let _order = match self.claim_order(&cmd.meta.account, &cmd.order_id).await? {
+            Ok(claim) => claim,
+            Err(payment_seq) => {
+                return self
+                    .skip_pay(
+                        cmd.meta,
+                        digest,
+                        facts,
+                        PaymentFailure::OrderAlreadyPaid { payment_seq },
+                    )
+                    .await;
+            }
+        };
+        let (pre, binding) = {
+            let read = self.inner.read.read().expect("lock");
+            let acct = read.accounts.get(&cmd.meta.account);
+            self.check_version(&cmd.meta, acct)?;
+            let pre = decide::precheck_pay(acct, cmd.binding_id, Utc::now(), self.inner.rules);
+            let binding = acct
+                .and_then(|a| a.active_binding(cmd.binding_id))
+                .map(|b| (b.provider.clone(), b.agreement_id.clone()));
+            (pre, binding)
+        };
+        let (provider, agreement) = match (pre, binding) {
+            (None, Some(binding)) => binding,
+            (pre, _) => {
+                let reason = pre.unwrap_or(PaymentFailure::BindingNotActive);
+                return self.skip_pay(cmd.meta, digest, facts, reason).await;
+            }
+        };
+        // The attempt is given back once its event is durable (and so counted, when it was a
+        // wrong password), after the submit below.
+        let _attempt = match self.take_attempt(&cmd.meta.account, cmd.binding_id).await? {
+            Ok(attempt) => attempt,
+            Err(until) => {
+                return self
+                    .skip_pay(cmd.meta, digest, facts, PaymentFailure::TooManyAttempts { until })
+                    .await;
+            }
+        };
+        let call = self.inner.gateway.authorize_payment(PaymentAuthorization {
+            provider: &provider,
+            agreement_id: &agreement,
+            order_id: &cmd.order_id,
+            amount_minor: cmd.amount_minor,
+            currency: cmd.currency,
+            payment_password: cmd.payment_password.expose(),
+            factor: cmd.factor.as_ref().map(|(f, c)| (*f, c.expose())),
+            event_time: cmd.meta.event_time.expect("set above"),
+        });
+        let verdict = match self.with_gateway(call).await? {
+            Ok(authorization_id) => PayVerdict::Authorized { authorization_id },
+            Err(f) => PayVerdict::Failed(f),
+        };
+        let authorized = match &verdict {
+            PayVerdict::Authorized { authorization_id } => Some(authorization_id.clone()),
+            _ => None,
+        };
+        let result = self
+            .submit(Request::Pay {
+                meta: cmd.meta,
+                digest,
+                facts,
+                verdict,
+            })
+            .await;
+        if let Some(auth) = authorized {
+            // Release the authorisation unless this very authorisation was recorded as a
+            // success (the writer may have found the binding gone, or a racing retry won).
+            let recorded = matches!(&result, Ok(c) if !c.replayed
+                && matches!(&c.event.payload, Payload::PaymentSucceeded { authorization_id, .. } if *authorization_id == auth));
+            if !recorded {
+                self.inner.gateway.void_payment(&provider, &auth).await;
+            }
+        }
+        result
+    }
+
+    /// Unbinds a wallet: `wallet_unbound` or `unbind_failed`.
+    pub async fn unbind(&self, mut cmd: UnbindCommand) -> Result<Committed> {
+        self.require_primary()?;
+        self.now_meta(&mut cmd.meta)?;
+        let digest = self
+            .inner
+            .secret
+            .mac(&[b"unbind", cmd.meta.account.as_bytes(), cmd.binding_id.as_bytes()]);
+        if let Some(done) = self.replay_if_known(&mut cmd.meta, &digest)? {
+            return self.replicated(Ok(done)).await;
+        }
+        {
+            let read = self.inner.read.read().expect("lock");
+            self.check_version(&cmd.meta, read.accounts.get(&cmd.meta.account))?;
+        }
+        self.submit(Request::Unbind {
+            meta: cmd.meta,
+            digest,
+            binding_id: cmd.binding_id,
+        })
+        .await
+    }
+
+    /// Locks a binding (`binding_locked` or `binding_lock_failed`). The monitoring sends it with
+    /// an idempotency key made from the alert id, so a restart never locks twice.
+    pub async fn lock(&self, mut cmd: LockCommand) -> Result<Committed> {
+        self.require_primary()?;
+        self.now_meta(&mut cmd.meta)?;
+        let digest = self.inner.secret.mac(&[
+            b"lock",
+            cmd.meta.account.as_bytes(),
+            cmd.binding_id.as_bytes(),
+            cmd.alert_id.as_bytes(),
+            &cmd.until.timestamp_micros().to_be_bytes(),
+        ]);
+        if let Some(done) = self.replay_if_known(&mut cmd.meta, &digest)? {
+            return self.replicated(Ok(done)).await;
+        }
+        self.submit(Request::Lock {
+            meta: cmd.meta,
+            digest,
+            binding_id: cmd.binding_id,
+            alert_id: cmd.alert_id,
+            until: cmd.until,
+        })
+        .await
+    }
+
+    /// Lifts a lock (`binding_unlocked` or `binding_unlock_failed`).
+    pub async fn unlock(&self, mut cmd: UnlockCommand) -> Result<Committed> {
+        self.require_primary()?;
+        self.now_meta(&mut cmd.meta)?;
+        let cause = match cmd.cause {
+            bindledger_events::UnlockCause::Manual => b"manual".as_slice(),
+            bindledger_events::UnlockCause::Expired => b"expired".as_slice(),
+        };
+        let digest = self.inner.secret.mac(&[
+            b"unlock",
+            cmd.meta.account.as_bytes(),
+            cmd.binding_id.as_bytes(),
+            cause,
+            cmd.alert_id.as_deref().unwrap_or("").as_bytes(),
+        ]);
+        if let Some(done) = self.replay_if_known(&mut cmd.meta, &digest)? {
+            return self.replicated(Ok(done)).await;
+        }
+        {
+            let read = self.inner.read.read().expect("lock");
+            self.check_version(&cmd.meta, read.accounts.get(&cmd.meta.account))?;
+        }
+        self.submit(Request::Unlock {
+            meta: cmd.meta,
+            digest,
+            binding_id: cmd.binding_id,
+            cause: cmd.cause,
+            alert_id: cmd.alert_id,
+        })
+        .await
+    }
+
+    // ---- reads ----
+
+    /// An account's bindings and version (only durable events are visible).
+    pub fn account(&self, account: &str) -> Option<AccountState> {
+        self.inner.read.read().expect("lock").accounts.get(account).cloned()
+    }
+
+    /// Accounts where a wallet fingerprint is actively bound.
+    pub fn wallet_accounts(&self, fingerprint: &Hash) -> Vec<String> {
+        self.inner
+            .read
+            .read()
+            .expect("lock")
+            .wallets
+            .get(fingerprint)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A copy of the whole read model (for checks and tests; costly on large ledgers).
+    pub fn projection(&self) -> Projection {
+        self.inner.read.read().expect("lock").clone()
+    }
+
+    fn events_at(&self, seqs: Vec<u64>) -> Result<Vec<Event>> {
+        seqs.into_iter()
+            .map(|seq| {
+                let b = self
+                    .inner
+                    .store
+                    .event_bytes(seq)?
+                    .ok_or_else(|| Error::Corrupt(format!("event {seq} missing")))?;
+                codec::decode(&b).map_err(|e| Error::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Seqs of an account's events with `account_seq` in `(after, before)`, oldest or newest
+    /// first, at most `limit`: the stored history rows merged with the pending ones (read
+    /// first; see [`crate::ledger::indexer::PendingHistory`]).
+    fn account_event_seqs(
+        &self,
+        account: &str,
+        after: u64,
+        before: u64,
+        newest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<u64>> {
+        let mut seqs = self
+            .inner
+            .pending_history
+            .read()
+            .expect("pending history lock")
+            .seqs(account, after, before);
+        seqs.extend(
+            self.inner
+                .store
+                .account_event_seqs(account, after, before, newest_first, limit)?,
+        );
+        seqs.sort_unstable();
+        seqs.dedup();
+        if newest_first {
+            seqs.reverse();
+        }
+        seqs.truncate(limit);
+        Ok(seqs)
+    }
+
+    /// Waits (a little) until the history index covers every event readers can see.
+    async fn wait_indexed(&self) {
+        let target = self.log_len();
+        for _ in 0..2000 {
+            if self.inner.indexed.load(Ordering::SeqCst) >= target {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// An account's payment events (succeeded and failed), newest first, with
+    /// `account_seq < before_version`; also returns the cursor for the next page, `None` when
+    /// there is no more.
+    pub async fn payments(
+        &self,
+        account: &str,
+        before_version: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Event>, Option<u64>)> {
+        self.wait_indexed().await;
+        let mut out = Vec::with_capacity(limit + 1);
+        let mut before = before_version.unwrap_or(u64::MAX);
+        // One more than asked tells whether a next page exists.
+        'pages: loop {
+            let seqs = self.account_event_seqs(account, 0, before, true, 256)?;
+            let exhausted = seqs.len() < 256;
+            for event in self.events_at(seqs)? {
+                before = event.account_seq;
+                if matches!(
+                    event.payload,
+                    Payload::PaymentSucceeded { .. } | Payload::PaymentFailed { .. }
+                ) {
+                    out.push(event);
+                    if out.len() > limit {
+                        break 'pages;
+                    }
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        let next = if out.len() > limit {
+            out.pop();
+            out.last().map(|e| e.account_seq)
+        } else {
+            None
+        };
+        Ok((out, next))
+    }
+
+    /// An account's events with `account_seq > after_version`, oldest first.
+    pub async fn history(&self, account: &str, after_version: u64, limit: usize) -> Result<Vec<Event>> {
+        self.wait_indexed().await;
+        self.events_at(self.account_event_seqs(account, after_version, u64::MAX, false, limit)?)
+    }
+
+    /// Raw stored events from `from` on (the bytes the hash chain covers). Only durable events:
+    /// the iterator stops at the log length seen when it was made.
+    pub fn raw_events(&self, from: u64) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + Send + 'static {
+        let end = self.log_len();
+        self.inner
+            .store
+            .scan_events(from.max(1))
+            .take_while(move |r| r.as_ref().map_or(true, |(seq, _)| *seq <= end))
+    }
+
+    /// Follows the highest durable seq.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.durable_watch.subscribe()
+    }
+
+    /// One stored event's bytes (durable or not; callers check against `log_len`).
+    pub fn event_bytes(&self, seq: u64) -> Result<Option<sled::IVec>> {
+        self.inner.store.event_bytes(seq)
+    }
+
+    pub fn relay_position(&self, topic: &str) -> Result<u64> {
+        self.inner.store.relay_position(topic)
+    }
+
+    pub fn set_relay_position(&self, topic: &str, seq: u64) -> Result<()> {
+        self.inner.store.set_relay_position(topic, seq)
+    }
+
+    /// A replica's next offset to read in each partition of `topic`, if it saved them.
+    pub fn replica_offsets(&self, topic: &str) -> Result<Option<Vec<i64>>> {
+        self.inner.store.replica_offsets(topic)
+    }
+
+    pub fn set_replica_offsets(&self, topic: &str, offsets: &[i64]) -> Result<()> {
+        self.inner.store.set_replica_offsets(topic, offsets)
+    }
+}
