@@ -9,7 +9,7 @@ TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
 # The demo's broker listens here (in memory: a fresh topic each run).
 DEMO_KAFKA_PORT ?= 19092
 
-.PHONY: features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
+.PHONY: lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs, then run make again" >&2; exit 1; }
@@ -36,6 +36,11 @@ fmt-check: check-toolchain
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) fmt --all --check || { echo "the code is not formatted: run cargo fmt --all" >&2; exit 1; }
 
+## clippy finds nothing, in every target (the component is added when missing).
+lint: check-toolchain
+	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+	@$(CARGO) clippy --locked --quiet --workspace --all-targets -- -D warnings
+
 ## The library and the audit tool build without their default features (no axum, no
 ## librdkafka), as ARCHITECTURE.md ("Features") promises.
 features-check: check-toolchain
@@ -55,7 +60,7 @@ demo: tansu
 
 ## Every test: unit tests, and the integration tests against real sled files, the real HTTP
 ## server, a real Kafka broker process, and the real binary killed with SIGKILL.
-test: tansu test-tools fmt-check features-check
+test: tansu test-tools fmt-check lint features-check
 	@mkdir -p target
 	@set -o pipefail; TANSU="$(TANSU)" $(CARGO) test --workspace --locked 2>&1 | tee target/test-output.log; status=$$?; \
 	  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } \

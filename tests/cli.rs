@@ -369,7 +369,7 @@ fn a_closed_pipe_ends_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let addr = rt.block_on(async {
+    rt.block_on(async {
         let config = test_config(&data);
         let g = std::sync::Arc::new(bindledger::adapters::provider::SimulatedGateway::new(
             config.gateway.simulated.clone(),
@@ -385,7 +385,6 @@ fn a_closed_pipe_ends_quietly() {
         }
         node.stop().await;
     });
-    let _ = addr;
     let replay = binary().with_file_name("bindledger-replay");
     let mut cases: Vec<(std::path::PathBuf, Vec<String>)> = vec![(
         binary(),

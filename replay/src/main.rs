@@ -587,11 +587,11 @@ fn run(cli: Cli) -> Result<i32, String> {
             let accounts: std::collections::BTreeMap<&String, _> = projection
                 .accounts
                 .iter()
-                .filter(|(name, _)| account.as_ref().map_or(true, |a| a == *name))
+                .filter(|(name, _)| account.as_ref().is_none_or(|a| a == *name))
                 .collect();
             let alerts: Vec<_> = alerts
                 .values()
-                .filter(|a| account.as_ref().map_or(true, |acc| a.accounts.contains(acc)))
+                .filter(|a| account.as_ref().is_none_or(|acc| a.accounts.contains(acc)))
                 .collect();
             if from.json {
                 let v = serde_json::json!({"position": projection.position, "accounts": accounts, "alerts": alerts});

@@ -89,7 +89,8 @@ fn the_independent_verifier_and_the_tool_agree() {
     ];
     let signed: Vec<&str> = signed.to_vec();
 
-    let mut cases: Vec<(&str, Vec<Vec<u8>>, &[u8])> = vec![("intact", lines.clone(), b"\n")];
+    type Case<'a> = (&'a str, Vec<Vec<u8>>, &'a [u8]);
+    let mut cases: Vec<Case> = vec![("intact", lines.clone(), b"\n")];
     let mut l = lines.clone();
     l[150] = String::from_utf8(l[150].clone())
         .unwrap()

@@ -322,7 +322,7 @@ pub fn decide_unlock(
     let lock = b
         .lock
         .as_ref()
-        .filter(|l| alert_id.map_or(true, |id| id == l.alert_id) && (cause == UnlockCause::Manual || l.until <= now));
+        .filter(|l| alert_id.is_none_or(|id| id == l.alert_id) && (cause == UnlockCause::Manual || l.until <= now));
     match lock {
         Some(l) => Payload::BindingUnlocked {
             binding_id,

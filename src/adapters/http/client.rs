@@ -49,7 +49,7 @@ impl Client {
     }
 
     async fn sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, ClientError> {
-        if self.sender.as_ref().map_or(true, |s| s.is_closed()) {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             let stream = tokio::net::TcpStream::connect(self.addr)
                 .await
                 .map_err(ClientError::Connect)?;

@@ -135,7 +135,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
             Error::Invalid { .. } => StatusCode::BAD_REQUEST,
-            Error::IdempotencyKeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Error::VersionConflict { .. } => StatusCode::CONFLICT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Overloaded(_) | Error::ShuttingDown | Error::StorageFailed(_) | Error::OutcomeUnknown => {

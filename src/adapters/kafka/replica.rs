@@ -147,13 +147,10 @@ impl Follower {
             }
             // Append, in seq order, every event that comes next.
             let mut out = Vec::new();
-            loop {
-                let Some(p) = (0..partitions)
-                    .filter(|&p| buffers[p].front().is_some_and(|(s, _, _)| *s <= next))
-                    .min_by_key(|&p| buffers[p][0].0)
-                else {
-                    break;
-                };
+            while let Some(p) = (0..partitions)
+                .filter(|&p| buffers[p].front().is_some_and(|(s, _, _)| *s <= next))
+                .min_by_key(|&p| buffers[p][0].0)
+            {
                 let (seq, bytes, offset) = buffers[p].pop_front().expect("not empty");
                 applied[p] = offset + 1;
                 if seq == next {

@@ -53,7 +53,7 @@ pub fn restore(
     let mut batch = LogBatch::default();
     let (mut in_batch, mut restored, mut since_flush) = (0usize, 0u64, 0u64);
     for item in
-        crate::adapters::kafka::reader::read_topic(crate::adapters::kafka::client::client_config(&kafka), &kafka.topic)
+        crate::adapters::kafka::reader::read_topic(crate::adapters::kafka::client::client_config(kafka), &kafka.topic)
             .map_err(Error::Io)?
     {
         let bytes = item.map_err(Error::Io)?;
@@ -99,7 +99,7 @@ pub fn restore(
     if let (Some(topic), Some(key)) = (checkpoints_topic, public_key) {
         let cps = CheckpointStore::new(store.checkpoints_tree());
         for item in
-            crate::adapters::kafka::reader::read_topic(crate::adapters::kafka::client::client_config(&kafka), topic)
+            crate::adapters::kafka::reader::read_topic(crate::adapters::kafka::client::client_config(kafka), topic)
                 .map_err(Error::Io)?
         {
             let value = item.map_err(Error::Io)?;

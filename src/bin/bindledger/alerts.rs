@@ -100,7 +100,7 @@ pub async fn run(args: AlertsArgs) -> Result<i32> {
                         last_id = Some(id.clone());
                     }
                     let change = serde_json::from_str::<bindledger::domain::alerts::AlertChange>(&msg.data);
-                    if args.opened && change.as_ref().is_ok_and(|c| c.change.to_string() != "opened") {
+                    if args.opened && change.as_ref().is_ok_and(|c| c.change != "opened") {
                         continue;
                     }
                     if args.json {

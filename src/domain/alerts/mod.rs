@@ -2,7 +2,7 @@
 //! projection over the log.
 //!
 //! - [`rules`]: the rules file (TOML) with documented defaults.
-//! - [`engine`]: the pure fold `(state, event) -> alert changes`; event time only.
+//! - [`engine`]: the pure fold `(state, event) -> alert changes` over the ledger's `record_time`.
 //!
 //! The live monitor, its feed and the alerts' storage are the core's
 //! ([`crate::ledger::alerts`]); the alerts topic is an adapter's.

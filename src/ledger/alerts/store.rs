@@ -37,13 +37,13 @@ pub struct AlertFilter {
 
 impl AlertFilter {
     pub fn accepts(&self, a: &Alert) -> bool {
-        self.since.map_or(true, |t| a.opened_at >= t)
-            && self.severity.map_or(true, |s| a.severity >= s)
-            && self.rule.as_deref().map_or(true, |r| a.rule == r)
+        self.since.is_none_or(|t| a.opened_at >= t)
+            && self.severity.is_none_or(|s| a.severity >= s)
+            && self.rule.as_deref().is_none_or(|r| a.rule == r)
             && self
                 .account
                 .as_deref()
-                .map_or(true, |acc| a.accounts.iter().any(|x| x == acc))
+                .is_none_or(|acc| a.accounts.iter().any(|x| x == acc))
     }
 }
 
