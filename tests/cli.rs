@@ -131,7 +131,16 @@ fn the_demo_runs_raises_alerts_and_leaves_a_log_that_verifies() {
     let data = dir.path().join("demo");
     let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new(binary())
-        .args(["demo", "--duration-s", "4", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "demo",
+            "--duration-s",
+            "4",
+            "--header-every",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
         .current_dir(root)
         .env_remove("BINDLEDGER_CONFIG")
@@ -149,6 +158,29 @@ fn the_demo_runs_raises_alerts_and_leaves_a_log_that_verifies() {
         "protective locks:",
     ] {
         assert!(text.contains(needle), "no {needle:?} in the demo's output:\n{text}");
+    }
+    // The live table fits 80 columns and repeats its header (here every 2 rows); stdout is a
+    // pipe, so nothing is coloured.
+    let headers = text.lines().filter(|l| l.trim_start().starts_with("t(s)")).count();
+    assert!(headers >= 2, "the table's header was not repeated:\n{text}");
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.trim_start().starts_with("t(s)")
+                || l.split_whitespace().count() == 11 && l.trim_start().starts_with(|c: char| c.is_ascii_digit())
+        })
+        .collect();
+    assert!(rows.len() >= headers + 3, "no table rows:\n{text}");
+    for row in &rows {
+        assert!(
+            row.chars().count() <= 80,
+            "a table line is wider than 80 columns: {row:?}"
+        );
+    }
+    assert!(!text.contains('\x1b'), "colour codes in piped output:\n{text}");
+    // An alert over many events stays on one line: its events are shortened.
+    for l in text.lines().filter(|l| l.contains("ALERT ")) {
+        assert!(l.matches(", ").count() < 8, "an alert line lists every event: {l}");
     }
     // The alerts tell the population's story: on the planted attackers, not ordinary shoppers.
     let line = text

@@ -49,6 +49,7 @@ pub fn parse_rfc3339(text: &str) -> Result<String, String> {
 /// `bindledger alerts`: lists alerts, or follows the live feed (reconnecting where it left).
 pub async fn run(args: AlertsArgs) -> Result<i32> {
     let (addr, token) = args.remote.connect()?;
+    let colour = stdout_colour();
     let url = &args.remote.url;
     let mut query: Vec<String> = Vec::new();
     for (k, v) in [
@@ -72,7 +73,11 @@ pub async fn run(args: AlertsArgs) -> Result<i32> {
             if args.json {
                 outln!("{}", serde_json::to_string(a)?);
             } else {
-                outln!("{} {}", a.opened_at.format("%Y-%m-%d %H:%M:%S UTC"), alert_line(a));
+                outln!(
+                    "{} {}",
+                    a.opened_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    alert_line(a, colour)
+                );
             }
         }
         if !args.json {
@@ -110,7 +115,7 @@ pub async fn run(args: AlertsArgs) -> Result<i32> {
                             "{} {:<7} {}",
                             c.alert.updated_at.format("%H:%M:%S%.3f UTC"),
                             c.change,
-                            alert_line(&c.alert)
+                            alert_line(&c.alert, colour)
                         );
                     }
                     std::io::stdout().flush()?;
@@ -128,8 +133,50 @@ pub async fn run(args: AlertsArgs) -> Result<i32> {
     }
 }
 
-/// One alert in one line.
-pub fn alert_line(a: &bindledger::domain::alerts::Alert) -> String {
+/// Whether standard output gets colour: only a terminal, and never with `NO_COLOR` set.
+pub fn stdout_colour() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stdout()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// A severity, padded to its column, in its colour on a terminal (critical bold red, high red,
+/// medium yellow).
+fn severity(a: &bindledger::domain::alerts::Alert, colour: bool) -> String {
+    let text = format!("{:<8}", a.severity.as_str());
+    let code = match a.severity.as_str() {
+        "critical" => "1;31",
+        "high" => "31",
+        "medium" => "33",
+        _ => return text,
+    };
+    if colour {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text
+    }
+}
+
+/// The events of an alert, short: all of up to three, else the first two, the last and how
+/// many (an alert over 32 events stays on one line).
+fn event_list(seqs: &[u64]) -> String {
+    match seqs {
+        [] => "no events".to_owned(),
+        [one] => format!("event {one}"),
+        _ if seqs.len() <= 3 => format!(
+            "events {}",
+            seqs.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+        ),
+        _ => format!(
+            "events {}, {} … {} ({} in all)",
+            seqs[0],
+            seqs[1],
+            seqs[seqs.len() - 1],
+            seqs.len()
+        ),
+    }
+}
+
+/// One alert in one line (severity coloured when `colour`).
+pub fn alert_line(a: &bindledger::domain::alerts::Alert, colour: bool) -> String {
     let key = if a.key.kind == "wallet" {
         format!("wallet {}…", &a.key.value[..16.min(a.key.value.len())])
     } else {
@@ -143,13 +190,19 @@ pub fn alert_line(a: &bindledger::domain::alerts::Alert) -> String {
     let lock = a
         .lock
         .as_ref()
-        .map(|l| format!(", binding {} locked until {}", l.binding_id, l.until.format("%H:%M:%S")))
+        .map(|l| {
+            format!(
+                ", binding {} locked until {} UTC",
+                l.binding_id,
+                l.until.format("%H:%M:%S")
+            )
+        })
         .unwrap_or_default();
     format!(
-        "{:<8} {:<20} {key}: {what}, events {:?}{lock} [{}]",
-        a.severity.as_str(),
+        "{} {:<20} {key}: {what}, {}{lock} [{}]",
+        severity(a, colour),
         a.rule,
-        a.event_seqs,
+        event_list(&a.event_seqs),
         a.id
     )
 }

@@ -38,6 +38,9 @@ pub struct DemoOptions {
     /// address is an error; the default one, when busy, gives way to a free port.
     #[arg(skip)]
     pub listen_given: bool,
+    /// Repeat the table's header every this many rows, as vmstat does (0: only at the start).
+    #[arg(long, default_value_t = 20)]
+    pub header_every: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,12 +310,13 @@ async fn print_alerts(m: bindledger::adapters::http::MonitorView) {
     let mut stream = m.feed.subscribe();
     let mut after = *stream.borrow_and_update();
     let mut printed = 0;
+    let colour = crate::alerts::stdout_colour();
     while let Ok(Some(changes)) = m.feed.next_after(after, 1000, &mut stream).await {
         after = changes.last().map_or(after, |c| c.stream_seq);
         for c in changes.iter().filter(|c| c.change == "opened") {
             printed += 1;
             if printed <= ALERTS_PRINTED_MAX {
-                println!("     ALERT {}", crate::alerts::alert_line(&c.alert));
+                println!("     ALERT {}", crate::alerts::alert_line(&c.alert, colour));
             } else if printed == ALERTS_PRINTED_MAX + 1 {
                 println!("     (more alerts: counted in the report below)");
             }
@@ -386,7 +390,7 @@ async fn alerts_report(ledger: &Ledger, m: &bindledger::adapters::http::MonitorV
     {
         println!("  latest high-severity alerts:");
         for a in &alerts {
-            println!("    {}", crate::alerts::alert_line(a));
+            println!("    {}", crate::alerts::alert_line(a, crate::alerts::stdout_colour()));
         }
     }
     let (mut locked, mut refused_locked, mut unlocked) = (0u64, 0u64, 0u64);
@@ -575,6 +579,30 @@ fn population(opts: &DemoOptions, gateway: &SimulatedGateway, rng: &mut Rng) -> 
     actors
 }
 
+/// The live table's header: 80 columns, so a terminal never wraps a row. `spent` is in
+/// CNY (k: thousands, M: millions).
+fn print_table_header() {
+    println!(
+        "{:>4}{:>9}{:>7}{:>9}{:>7}{:>7}{:>8}{:>7}{:>6}{:>7}{:>8}",
+        "t(s)", "events", "ev/s", "on_kafka", "bound", "b.fail", "paid", "p.fail", "unbnd", "u.fail", "spent"
+    );
+}
+
+/// An amount in a few characters: `12,345`, `678k`, `12.3M`, `4.5B`.
+fn compact(n: i64) -> String {
+    let a = n.abs() as f64;
+    let sign = if n < 0 { "-" } else { "" };
+    if a < 100_000.0 {
+        grouped(n)
+    } else if a < 1e6 {
+        format!("{sign}{:.0}k", a / 1e3)
+    } else if a < 1e9 {
+        format!("{sign}{:.1}M", a / 1e6)
+    } else {
+        format!("{sign}{:.1}B", a / 1e9)
+    }
+}
+
 fn grouped(n: i64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();
@@ -702,20 +730,7 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     println!("  alerts:    the monitor runs the 7 rules over every event; new alerts print as they open");
     println!("             (live: curl -N -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/alerts/stream)\n");
     let alert_printer = node.extras.monitor.clone().map(|m| tokio::spawn(print_alerts(m)));
-    println!(
-        "{:>4} {:>9} {:>7} {:>9} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}",
-        "t(s)",
-        "events",
-        "ev/s",
-        "on_kafka",
-        "bound",
-        "bind_fail",
-        "paid",
-        "pay_fail",
-        "unbound",
-        "unbind_fail",
-        "spent"
-    );
+    print_table_header();
 
     let world = Arc::new(World {
         ledger: ledger.clone(),
@@ -787,8 +802,11 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
             let on_kafka = relay_status.as_ref().map_or("-".to_owned(), |s| {
                 grouped(s.position.load(std::sync::atomic::Ordering::Relaxed) as i64)
             });
+            if opts.header_every > 0 && second > 1 && (second - 1) % opts.header_every == 0 {
+                print_table_header();
+            }
             println!(
-                "{:>4} {:>9} {:>7} {:>9} {:>7} {:>9} {:>8} {:>9} {:>8} {:>10} {:>16}",
+                "{:>4}{:>9}{:>7}{:>9}{:>7}{:>7}{:>8}{:>7}{:>6}{:>7}{:>8}",
                 second,
                 grouped(events as i64),
                 grouped((events - last_events) as i64),
@@ -799,7 +817,7 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
                 grouped(count(&t, "payment_failed") as i64),
                 grouped(count(&t, "wallet_unbound") as i64),
                 grouped(count(&t, "unbind_failed") as i64),
-                format!("{}.{:02} CNY", grouped(t.spent_minor / 100), t.spent_minor % 100),
+                compact(t.spent_minor / 100),
             );
         }
         last_events = events;
