@@ -37,16 +37,29 @@ impl Role {
     }
 }
 
+/// Why an address cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("not IP:PORT or HOST:PORT with a host that resolves")]
+    Unresolved,
+    #[error("the host has no address")]
+    NoAddress,
+    #[error("not http://HOST:PORT")]
+    NotHttp,
+    #[error("this client speaks plain HTTP only: use http://, or a local TLS-terminating proxy")]
+    Https,
+}
+
 /// An address to listen on or connect to: `IP:PORT`, or `HOST:PORT` resolved now (the first
 /// address the host has).
-pub fn resolve_address(text: &str) -> Result<SocketAddr, String> {
+pub fn resolve_address(text: &str) -> Result<SocketAddr, AddressError> {
     if let Ok(a) = text.parse() {
         return Ok(a);
     }
     use std::net::ToSocketAddrs;
     match text.to_socket_addrs() {
-        Ok(mut addrs) => addrs.next().ok_or_else(|| "the host has no address".to_owned()),
-        Err(_) => Err("not IP:PORT or HOST:PORT with a host that resolves".to_owned()),
+        Ok(mut addrs) => addrs.next().ok_or(AddressError::NoAddress),
+        Err(_) => Err(AddressError::Unresolved),
     }
 }
 

@@ -7,7 +7,44 @@ use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::PathBuf;
 
-pub type Result<T> = std::result::Result<T, String>;
+/// Why a log (or its checkpoints) could not be read. A problem found in what was read is not
+/// an error: it is the [`Problem`] of an [`AuditReport`].
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A file or the standard input could not be read.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The ledger's storage (a data directory) could not be read.
+    #[error(transparent)]
+    Ledger(#[from] bindledger::Error),
+    /// The events topic could not be read.
+    #[cfg(feature = "kafka")]
+    #[error(transparent)]
+    Kafka(#[from] bindledger::adapters::kafka::KafkaError),
+    /// A running ledger could not be reached, or refused the request.
+    #[error("{0}")]
+    Http(String),
+    /// What was read is not what it should be (a checkpoints file; an event that does not
+    /// decode, where a caller wants events).
+    #[error("{0}")]
+    Format(String),
+    /// This build cannot read the source.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+impl SourceError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SourceError {
+        let what = what.into();
+        move |source| SourceError::Io { what, source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, SourceError>;
 
 /// An event's stored bytes as a source yields them: from a data directory, a slice of the sled
 /// page they were read with (no copy); from the other sources, a copy of what was read.
@@ -55,7 +92,10 @@ impl<R: BufRead> Iterator for Lines<R> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     self.done = true;
-                    return Some(Err(e.to_string()));
+                    return Some(Err(SourceError::Io {
+                        what: "reading the log".into(),
+                        source: e,
+                    }));
                 }
             };
             if buf.is_empty() {
@@ -102,12 +142,15 @@ impl Iterator for HttpFeed {
             Ok(r) => r,
             Err(e) => {
                 self.done = true;
-                return Some(Err(format!("reading {}/v1/events: {e}", self.url)));
+                return Some(Err(SourceError::Http(format!("reading {}/v1/events: {e}", self.url))));
             }
         };
         if !status.is_success() {
             self.done = true;
-            return Some(Err(format!("{}/v1/events answered {status}", self.url)));
+            return Some(Err(SourceError::Http(format!(
+                "{}/v1/events answered {status}",
+                self.url
+            ))));
         }
         let lines: Vec<Stored> = Lines {
             reader: std::io::Cursor::new(&body[..]),
@@ -160,26 +203,27 @@ impl Source {
     pub fn read(&self) -> Result<Box<dyn Iterator<Item = Result<Stored>>>> {
         match self {
             Source::DataDir(dir) => {
-                let scan = bindledger::ledger::store::scan_dir(dir, 1).map_err(|e| e.to_string())?;
-                Ok(Box::new(scan.map(|r| r.map(|(_, b)| b).map_err(|e| e.to_string()))))
+                let scan = bindledger::ledger::store::scan_dir(dir, 1)?;
+                Ok(Box::new(scan.map(|r| r.map(|(_, b)| b).map_err(SourceError::from))))
             }
             Source::Export(path) => {
                 let reader: Box<dyn BufRead + Send> = if path.as_os_str() == "-" {
                     Box::new(std::io::BufReader::new(std::io::stdin()))
                 } else {
                     Box::new(std::io::BufReader::new(
-                        std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?,
+                        std::fs::File::open(path).map_err(SourceError::io(format!("opening {}", path.display())))?,
                     ))
                 };
                 // Blank lines are kept: the audit reports them (an export has none).
                 Ok(Box::new(Lines { reader, done: false }))
             }
             Source::Http { url, token } => {
-                let addr = bindledger::adapters::http::client::parse_http_addr(url)?;
+                let addr = bindledger::adapters::http::client::parse_http_addr(url)
+                    .map_err(|e| SourceError::Http(format!("{url}: {e}")))?;
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(SourceError::io("starting a runtime"))?;
                 let client = bindledger::adapters::http::client::Client::new(addr, Some(token.to_owned()));
                 Ok(Box::new(HttpFeed {
                     url: url.clone(),
@@ -191,16 +235,22 @@ impl Source {
                 }))
             }
             #[cfg(feature = "kafka")]
-            Source::Kafka { brokers, topic } => Ok(Box::new(kafka_topic(brokers, topic)?.map(|r| r.map(Stored::from)))),
+            Source::Kafka { brokers, topic } => Ok(Box::new(
+                kafka_topic(brokers, topic)?.map(|r| r.map(Stored::from).map_err(SourceError::from)),
+            )),
             #[cfg(not(feature = "kafka"))]
-            Source::Kafka { .. } => Err("this build has no Kafka source (built without the `kafka` feature)".into()),
+            Source::Kafka { .. } => Err(SourceError::Unsupported(
+                "this build has no Kafka source (built without the `kafka` feature)",
+            )),
         }
     }
 
     /// Every event, decoded, in the source's order (stops at the first undecodable one). The
     /// whole log in memory: for tests and small logs; the commands use [`Source::for_each`].
     pub fn events(&self) -> Result<Vec<Event>> {
-        self.decoded().map(|r| r.and_then(|d| d.event)).collect()
+        self.decoded()
+            .map(|r| r.and_then(|d| d.event.map_err(SourceError::Format)))
+            .collect()
     }
 
     /// Hands every event to `f`, in the source's order, until `f` returns false, holding only
@@ -402,7 +452,7 @@ impl Drop for Pipeline {
 fn kafka_topic(brokers: &str, topic: &str) -> Result<bindledger::adapters::kafka::reader::TopicReader> {
     let mut client = rdkafka::ClientConfig::new();
     client.set("bootstrap.servers", brokers);
-    bindledger::adapters::kafka::reader::read_topic(client, topic)
+    Ok(bindledger::adapters::kafka::reader::read_topic(client, topic)?)
 }
 
 /// How far ahead the audit looks for an event that is not where it belongs (to tell a
@@ -510,7 +560,7 @@ pub fn trusted_heads(
                 account: None,
                 position: i as u64 + 1,
                 expected: "a checkpoint signed with the trusted key".into(),
-                found: why,
+                found: why.to_string(),
             });
         }
         heads.insert(cp.seq, cp.head);
@@ -521,11 +571,9 @@ pub fn trusted_heads(
 /// The signed checkpoints a stopped ledger's directory holds (it is opened and closed again
 /// before the log is read: sled allows one open at a time).
 pub fn stored_checkpoints(dir: &std::path::Path) -> Result<Vec<bindledger::ledger::checkpoint::SignedCheckpoint>> {
-    bindledger::ledger::store::require_log(dir).map_err(|e| e.to_string())?;
-    let store = bindledger::ledger::store::Store::open_for_scan(dir).map_err(|e| e.to_string())?;
-    bindledger::ledger::checkpoint::CheckpointStore::new(store.checkpoints_tree())
-        .all()
-        .map_err(|e| e.to_string())
+    bindledger::ledger::store::require_log(dir)?;
+    let store = bindledger::ledger::store::Store::open_for_scan(dir)?;
+    Ok(bindledger::ledger::checkpoint::CheckpointStore::new(store.checkpoints_tree()).all()?)
 }
 
 /// Reads signed checkpoints: an NDJSON file, or a running ledger's `GET /v1/checkpoints`.
@@ -534,11 +582,12 @@ pub fn read_checkpoints(
     token: Option<&str>,
 ) -> Result<Vec<bindledger::ledger::checkpoint::SignedCheckpoint>> {
     let text = if from.starts_with("http://") {
-        let addr = bindledger::adapters::http::client::parse_http_addr(from)?;
+        let addr = bindledger::adapters::http::client::parse_http_addr(from)
+            .map_err(|e| SourceError::Http(format!("{from}: {e}")))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(SourceError::io("starting a runtime"))?;
         let (status, body) = rt
             .block_on(
                 bindledger::adapters::http::client::Client::new(addr, token.map(str::to_owned)).send(
@@ -547,18 +596,21 @@ pub fn read_checkpoints(
                     None,
                 ),
             )
-            .map_err(|e| format!("reading {from}/v1/checkpoints: {e}"))?;
+            .map_err(|e| SourceError::Http(format!("reading {from}/v1/checkpoints: {e}")))?;
         if !status.is_success() {
-            return Err(format!("{from}/v1/checkpoints answered {status}"));
+            return Err(SourceError::Http(format!("{from}/v1/checkpoints answered {status}")));
         }
         String::from_utf8_lossy(&body).into_owned()
     } else {
-        std::fs::read_to_string(from).map_err(|e| format!("reading {from}: {e}"))?
+        std::fs::read_to_string(from).map_err(SourceError::io(format!("reading {from}")))?
     };
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{from}: line {}: not a checkpoint: {e}", i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| SourceError::Format(format!("{from}: line {}: not a checkpoint: {e}", i + 1)))
+        })
         .collect()
 }
 

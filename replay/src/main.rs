@@ -7,6 +7,7 @@
 //!   projection and rule code the ledger runs;
 //! - `backtest --rules FILE`: what a candidate rules file would have raised, against what was.
 
+use anyhow::Context;
 use bindledger::domain::alerts::engine::Engine;
 use bindledger::domain::alerts::RuleSet;
 use bindledger::domain::projection::Projection;
@@ -199,14 +200,14 @@ fn parse_public_key(text: &str) -> Result<String, String> {
     }
 }
 
-fn load_rules(path: Option<&std::path::Path>) -> Result<RuleSet, String> {
+fn load_rules(path: Option<&std::path::Path>) -> anyhow::Result<RuleSet> {
     match path {
-        Some(p) => RuleSet::load(p).map_err(|e| e.to_string()),
+        Some(p) => Ok(RuleSet::load(p)?),
         None => Ok(RuleSet::default()),
     }
 }
 
-fn run(cli: Cli) -> Result<i32, String> {
+fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Bench { events, dir } => {
             let root = dir.clone().unwrap_or_else(|| {
@@ -214,35 +215,28 @@ fn run(cli: Cli) -> Result<i32, String> {
             });
             let data = root.join("log");
             let t = std::time::Instant::now();
-            let store = bindledger::fixture::write_log(&data, events).map_err(|e| e.to_string())?;
+            let store = bindledger::fixture::write_log(&data, events)?;
             drop(store);
             eprintln!("wrote {events} events in {:.1} s", t.elapsed().as_secs_f64());
             let source = Source::DataDir(data.clone());
             let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-            let time = |f: &mut dyn FnMut() -> Result<u64, String>| -> Result<(u64, f64), String> {
+            let time = |f: &mut dyn FnMut() -> anyhow::Result<u64>| -> anyhow::Result<(u64, f64)> {
                 let t = std::time::Instant::now();
                 let n = f()?;
                 Ok((n, t.elapsed().as_secs_f64()))
             };
             let verified = |r: bindledger_replay::AuditReport| match r.problem {
                 None => Ok(r.events),
-                Some(p) => Err(format!("the generated log does not verify: {p:?}")),
+                Some(p) => Err(anyhow::anyhow!("the generated log does not verify: {p:?}")),
             };
             let mut rows: Vec<(String, u64, f64)> = Vec::new();
-            let (n, s) = time(&mut || {
-                count(
-                    bindledger::ledger::store::Store::open(&data)
-                        .map_err(|e| e.to_string())?
-                        .scan_events(1),
-                )
-            })?;
+            let (n, s) = time(&mut || count(bindledger::ledger::store::Store::open(&data)?.scan_events(1)))?;
             rows.push((
                 "raw sled scan, one open, one thread (no decoding): the baseline".into(),
                 n,
                 s,
             ));
-            let (n, s) =
-                time(&mut || count(bindledger::ledger::store::scan_dir(&data, 1).map_err(|e| e.to_string())?))?;
+            let (n, s) = time(&mut || count(bindledger::ledger::store::scan_dir(&data, 1)?))?;
             rows.push((
                 "raw sled scan as the audit reads (reopened every 512 MiB), no decoding".into(),
                 n,
@@ -288,7 +282,7 @@ fn run(cli: Cli) -> Result<i32, String> {
                     |e| projection.apply(e),
                 )?)?;
                 if projection.position != n {
-                    return Err(format!("rebuilt {} events of {n}", projection.position));
+                    anyhow::bail!("rebuilt {} events of {n}", projection.position);
                 }
                 Ok(n)
             })?;
@@ -331,20 +325,18 @@ fn run(cli: Cli) -> Result<i32, String> {
             }
             let events = report.events;
             let token = against_token.or(from.token.clone()).unwrap_or_default();
-            let addr = bindledger::adapters::http::client::parse_http_addr(&against)?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
+            let addr = bindledger::adapters::http::client::parse_http_addr(&against)
+                .with_context(|| format!("--against {against}"))?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let mut names: Vec<&String> = rebuilt.accounts.keys().collect();
             names.sort();
             let (mut same, mut moved_on, mut differences) = (0u64, 0u64, Vec::new());
             rt.block_on(async {
                 let mut client = bindledger::adapters::http::client::Client::new(addr, Some(token));
                 for name in names {
-                    let (status, live) = client.get_json(&format!("/v1/accounts/{name}/bindings")).await.map_err(|e| format!("asking {against}: {e}"))?;
+                    let (status, live) = client.get_json(&format!("/v1/accounts/{name}/bindings")).await.with_context(|| format!("asking {against}"))?;
                     if !status.is_success() {
-                        return Err(format!("{against} answered {status}: {live}"));
+                        anyhow::bail!("{against} answered {status}: {live}");
                     }
                     let ours = &rebuilt.accounts[name];
                     let live_version = live["version"].as_u64().unwrap_or(0);
@@ -357,7 +349,7 @@ fn run(cli: Cli) -> Result<i32, String> {
                         differences.push(serde_json::json!({"account": name, "rebuilt": {"version": ours.version, "bindings": rebuilt_view}, "live": live}));
                     }
                 }
-                Ok::<_, String>(())
+                Ok::<_, anyhow::Error>(())
             })?;
             if from.json {
                 outln!(
@@ -394,12 +386,10 @@ fn run(cli: Cli) -> Result<i32, String> {
             // before the log: a data directory can be open only once at a time).
             let stored = match &source {
                 Source::DataDir(dir) => {
-                    let store = bindledger::ledger::store::Store::open(dir).map_err(|e| e.to_string())?;
+                    let store = bindledger::ledger::store::Store::open(dir)?;
                     let alerts = bindledger::ledger::alerts::store::AlertStore::new(store.alerts_tree());
-                    let last = alerts.last_stream_seq().map_err(|e| e.to_string())?;
-                    Some(bindledger_replay::latest(
-                        alerts.changes_after(0, last, usize::MAX).map_err(|e| e.to_string())?,
-                    ))
+                    let last = alerts.last_stream_seq()?;
+                    Some(bindledger_replay::latest(alerts.changes_after(0, last, usize::MAX)?))
                 }
                 _ => None,
             };
@@ -419,7 +409,7 @@ fn run(cli: Cli) -> Result<i32, String> {
             }
             let b = tester.finish(stored);
             if from.json {
-                outln!("{}", serde_json::to_string_pretty(&b).map_err(|e| e.to_string())?);
+                outln!("{}", serde_json::to_string_pretty(&b)?);
             } else {
                 outln!(
                     "{} events; candidate vs actual: {} added, {} removed, {} changed, {} unchanged",
@@ -510,9 +500,9 @@ fn run(cli: Cli) -> Result<i32, String> {
             };
             let report = bindledger_replay::audit_from(source.decoded(), start, &heads, |_| true)?;
             if from.json {
-                let mut v = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+                let mut v = serde_json::to_value(&report)?;
                 v["checkpoints_given"] = checkpoints_given.into();
-                outln!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_verify(&report, start, checkpoints_given);
             }
@@ -528,7 +518,7 @@ fn run(cli: Cli) -> Result<i32, String> {
                 }
                 shown += 1;
                 let line = if from.json {
-                    serde_json::to_string(e).map_err(|e| e.to_string())
+                    serde_json::to_string(e)
                 } else {
                     Ok(history_line(e))
                 };
@@ -539,7 +529,7 @@ fn run(cli: Cli) -> Result<i32, String> {
                 failed.is_none()
             })?;
             if let Some(why) = failed {
-                return Err(why);
+                return Err(why.into());
             }
             if !report.ok() {
                 print_problem(&report, from.json);
@@ -561,7 +551,7 @@ fn run(cli: Cli) -> Result<i32, String> {
                 Ok(seq) => Box::new(move |e: &Event| e.seq <= seq),
                 Err(_) => {
                     let t = chrono::DateTime::parse_from_rfc3339(&at)
-                        .map_err(|_| format!("--at {at:?} is neither a sequence nor an RFC 3339 time"))?;
+                        .map_err(|_| anyhow::anyhow!("--at {at:?} is neither a sequence nor an RFC 3339 time"))?;
                     let t = t.with_timezone(&chrono::Utc);
                     Box::new(move |e: &Event| e.record_time <= t)
                 }
@@ -595,7 +585,7 @@ fn run(cli: Cli) -> Result<i32, String> {
                 .collect();
             if from.json {
                 let v = serde_json::json!({"position": projection.position, "accounts": accounts, "alerts": alerts});
-                outln!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 outln!("after event {}:", projection.position);
                 for (name, a) in &accounts {
@@ -682,8 +672,8 @@ fn problem_text(p: &bindledger_replay::Problem) -> String {
 }
 
 /// Reads every event of a scan and keeps none: the cost of the scan alone.
-fn count(mut scan: impl Iterator<Item = bindledger::Result<(u64, sled::IVec)>>) -> Result<u64, String> {
-    scan.try_fold(0u64, |n, r| r.map(|_| n + 1)).map_err(|e| e.to_string())
+fn count(mut scan: impl Iterator<Item = bindledger::Result<(u64, sled::IVec)>>) -> anyhow::Result<u64> {
+    Ok(scan.try_fold(0u64, |n, r| r.map(|_| n + 1))?)
 }
 
 /// One event, as a person reads it: time, event, outcome, wallet, reason.
@@ -752,7 +742,7 @@ fn main() {
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e:#}");
             std::process::exit(EXIT_ERROR);
         }
     }

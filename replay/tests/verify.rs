@@ -187,7 +187,12 @@ fn a_source_error_comes_through_the_pipeline() {
         bindledger_replay::Source::Export("/nonexistent/export.ndjson".into()),
         2,
     );
-    assert!(p.next().unwrap().unwrap_err().contains("/nonexistent/export.ndjson"));
+    assert!(p
+        .next()
+        .unwrap()
+        .unwrap_err()
+        .to_string()
+        .contains("/nonexistent/export.ndjson"));
     assert!(p.next().is_none());
 }
 

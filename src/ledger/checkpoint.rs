@@ -68,36 +68,52 @@ fn message_text(seq: u64, head: &Hash, time: &str) -> String {
     format!("bindledger-checkpoint:v1:{seq}:{head}:{time}")
 }
 
+/// Why a checkpoint does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointError {
+    /// The checkpoint names another key than the trusted one.
+    #[error("signed with key {signed_with}, not the trusted key {trusted}")]
+    OtherKey { signed_with: String, trusted: String },
+    #[error("a public key is 32 bytes of hex")]
+    KeyNotHex,
+    #[error("not an Ed25519 public key")]
+    KeyNotEd25519,
+    #[error("the signature is not 64 bytes of hex")]
+    SignatureNotHex,
+    #[error("the signature does not verify")]
+    BadSignature,
+}
+
 impl SignedCheckpoint {
     /// Checks the signature with a public key the auditor trusts (hex).
-    pub fn verify(&self, public_key_hex: &str) -> std::result::Result<(), String> {
+    pub fn verify(&self, public_key_hex: &str) -> std::result::Result<(), CheckpointError> {
         if !self.public_key.eq_ignore_ascii_case(public_key_hex) {
-            return Err(format!(
-                "signed with key {}, not the trusted key {public_key_hex}",
-                self.public_key
-            ));
+            return Err(CheckpointError::OtherKey {
+                signed_with: self.public_key.clone(),
+                trusted: public_key_hex.to_owned(),
+            });
         }
         let key = parse_public_key(public_key_hex)?;
         let sig: [u8; 64] = hex::decode(&self.signature)
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or("the signature is not 64 bytes of hex")?;
+            .ok_or(CheckpointError::SignatureNotHex)?;
         // Over the time's text as it stands, as a verifier in any language does.
         let text = match &self.time_text {
             Some(t) => message_text(self.seq, &self.head, t),
             None => message(self.seq, &self.head, &self.time),
         };
         key.verify(text.as_bytes(), &Signature::from_bytes(&sig))
-            .map_err(|_| "the signature does not verify".to_string())
+            .map_err(|_| CheckpointError::BadSignature)
     }
 }
 
-pub fn parse_public_key(hex_key: &str) -> std::result::Result<VerifyingKey, String> {
+pub fn parse_public_key(hex_key: &str) -> std::result::Result<VerifyingKey, CheckpointError> {
     let bytes: [u8; 32] = hex::decode(hex_key.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or("a public key is 32 bytes of hex")?;
-    VerifyingKey::from_bytes(&bytes).map_err(|e| format!("not an Ed25519 public key: {e}"))
+        .ok_or(CheckpointError::KeyNotHex)?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| CheckpointError::KeyNotEd25519)
 }
 
 /// The ledger's signing key.

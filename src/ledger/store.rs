@@ -294,6 +294,9 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| {
+                // sled 0.34 reports a held lock as io::ErrorKind::Other with the text "could not
+                // acquire lock" (its config.rs, try_lock), dropping flock's WouldBlock: the text
+                // is the only signal there is, so it is matched here, in this one place.
                 let text = e.to_string();
                 if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
                     Error::InUse(dir.display().to_string())

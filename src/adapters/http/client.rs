@@ -20,17 +20,18 @@ pub enum ClientError {
     Json(#[from] serde_json::Error),
 }
 
-/// The address in `http://IP:PORT` (what every command that talks to a ledger takes).
 /// The address of `http://HOST:PORT` (or `IP:PORT`), resolved now. This client speaks plain
 /// HTTP only: an `https://` URL is refused with what to do.
-pub fn parse_http_addr(url: &str) -> Result<SocketAddr, String> {
+pub fn parse_http_addr(url: &str) -> Result<SocketAddr, crate::config::AddressError> {
+    use crate::config::AddressError;
     if url.starts_with("https://") {
-        return Err(format!(
-            "{url}: this client speaks plain HTTP only; use http://, or a local TLS-terminating proxy"
-        ));
+        return Err(AddressError::Https);
     }
     let rest = url.trim_start_matches("http://").trim_end_matches('/');
-    crate::config::resolve_address(rest).map_err(|e| format!("{url} is not http://HOST:PORT ({e})"))
+    crate::config::resolve_address(rest).map_err(|e| match e {
+        AddressError::Unresolved => AddressError::NotHttp,
+        other => other,
+    })
 }
 
 pub struct Client {

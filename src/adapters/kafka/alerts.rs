@@ -6,6 +6,7 @@
 //! (refusing a topic whose last alert is not this ledger's), and the broker being away never
 //! holds up the monitor.
 
+use crate::adapters::kafka::{client_error, KafkaError};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use std::sync::atomic::Ordering;
@@ -59,22 +60,22 @@ impl AlertPublisher {
     }
 
     /// The highest stream seq on the topic, checked against this ledger's alert stream.
-    fn recover(&self) -> Result<u64, String> {
+    fn recover(&self) -> Result<u64, KafkaError> {
         let topic = &self.config.alerts_topic;
         let mut max = 0u64;
         read_tails(&self.config, topic, |p, m| {
             let seq = header_text(m, "stream_seq")
                 .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| format!("{topic} partition {p} holds a message without a stream_seq header"))?;
-            let ours = self
-                .feed
-                .store()
-                .changes_after(seq.saturating_sub(1), seq, 1)
-                .map_err(|e| e.to_string())?;
+                .ok_or_else(|| {
+                    KafkaError::Topic(format!(
+                        "{topic} partition {p} holds a message without a stream_seq header"
+                    ))
+                })?;
+            let ours = self.feed.store().changes_after(seq.saturating_sub(1), seq, 1)?;
             if ours.first().map(|c| c.alert.id.as_str()) != header_text(m, "alert_id").as_deref() {
-                return Err(format!(
-                    "{topic} holds alert {seq} that is not this ledger's: refusing to publish to it"
-                ));
+                return Err(KafkaError::Refused(format!(
+                    "{topic} holds alert {seq} that is not this ledger\'s: refusing to publish to it"
+                )));
             }
             max = max.max(seq);
             Ok(())
@@ -82,7 +83,7 @@ impl AlertPublisher {
         Ok(max)
     }
 
-    async fn session(&mut self) -> Result<(), String> {
+    async fn session(&mut self) -> Result<(), KafkaError> {
         let topic = self.config.alerts_topic.clone();
         self.status.set(State::Connecting);
         ensure_topic(&self.config, &topic, 1).await?;
@@ -96,12 +97,7 @@ impl AlertPublisher {
             if self.feed.published() <= position {
                 self.status.set(State::Idle);
             }
-            let changes = match self
-                .feed
-                .next_after(position, READ_CHANGES, &mut self.stream)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            let changes = match self.feed.next_after(position, READ_CHANGES, &mut self.stream).await? {
                 Some(changes) => changes,
                 None => return Ok(()), // the monitor stopped
             };
@@ -138,14 +134,14 @@ impl AlertPublisher {
                     .headers(headers);
                 match producer.send_result(record) {
                     Ok(d) => deliveries.push((c.stream_seq, d)),
-                    Err((e, _)) => return Err(format!("queueing alert {}: {e}", c.stream_seq)),
+                    Err((e, _)) => return Err(client_error(format!("queueing alert {}", c.stream_seq))(e)),
                 }
             }
             for (seq, d) in deliveries {
                 match d.await {
                     Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(format!("delivery failed: {e}")),
-                    Err(_) => return Err("the producer was dropped".into()),
+                    Ok(Err((e, _))) => return Err(client_error("delivering an alert")(e)),
+                    Err(_) => return Err(KafkaError::Topic("the producer was dropped".into())),
                 }
                 position = seq;
                 self.status.published_total.fetch_add(1, Ordering::Relaxed);

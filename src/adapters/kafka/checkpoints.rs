@@ -1,5 +1,6 @@
 //! The signed checkpoints topic: every checkpoint the ledger signs, published in order.
 
+use crate::adapters::kafka::{client_error, KafkaError};
 use crate::config::KafkaConfig;
 use crate::ledger::checkpoint::{CheckpointStore, SignedCheckpoint};
 
@@ -63,26 +64,29 @@ impl CheckpointPublisher {
     }
 
     /// The seq of the topic's last checkpoint (0 when empty), checked to be this ledger's.
-    fn recover(&self) -> std::result::Result<u64, String> {
+    fn recover(&self) -> Result<u64, KafkaError> {
         let topic = &self.topic;
         let mut last = 0u64;
         crate::adapters::kafka::client::read_tails(&self.config, topic, |_, m| {
             use rdkafka::message::Message;
-            let theirs: SignedCheckpoint = serde_json::from_slice(m.payload().unwrap_or_default())
-                .map_err(|_| format!("{topic} holds a message that is not a checkpoint: refusing to publish to it"))?;
+            let theirs: SignedCheckpoint = serde_json::from_slice(m.payload().unwrap_or_default()).map_err(|_| {
+                KafkaError::Refused(format!(
+                    "{topic} holds a message that is not a checkpoint: refusing to publish to it"
+                ))
+            })?;
             let ours = self
                 .store
                 .tree
                 .get(theirs.seq.to_be_bytes())
-                .map_err(|e| e.to_string())?;
+                .map_err(crate::Error::from)?;
             let ours: Option<SignedCheckpoint> = ours.and_then(|v| serde_json::from_slice(&v).ok());
             let same = ours.is_some_and(|o| o.signature == theirs.signature && o.head == theirs.head)
                 && theirs.public_key.eq_ignore_ascii_case(&self.public_key);
             if !same {
-                return Err(format!(
+                return Err(KafkaError::Refused(format!(
                     "{topic} holds checkpoint {} that is not this ledger's: refusing to publish to it",
                     theirs.seq
-                ));
+                )));
             }
             last = last.max(theirs.seq);
             Ok(())
@@ -90,12 +94,12 @@ impl CheckpointPublisher {
         Ok(last)
     }
 
-    async fn session_once(&mut self) -> std::result::Result<(), String> {
+    async fn session_once(&mut self) -> Result<(), KafkaError> {
         let position = self.connect().await?;
         self.publish_after(position).await.map(|_| ())
     }
 
-    async fn connect(&mut self) -> std::result::Result<u64, String> {
+    async fn connect(&mut self) -> Result<u64, KafkaError> {
         use crate::adapters::kafka::client::State;
         self.status.set(State::Connecting);
         crate::adapters::kafka::client::ensure_topic(&self.config, &self.topic, 1).await?;
@@ -109,15 +113,16 @@ impl CheckpointPublisher {
     }
 
     /// Sends every stored checkpoint after `position`, in order; returns the new position.
-    async fn publish_after(&mut self, mut position: u64) -> std::result::Result<u64, String> {
+    async fn publish_after(&mut self, mut position: u64) -> Result<u64, KafkaError> {
         let producer = crate::adapters::kafka::client::producer(&self.config)?;
         let pending: Vec<SignedCheckpoint> = self
             .store
             .tree
             .range((position + 1).to_be_bytes()..)
             .map(|r| {
-                r.map_err(|e| e.to_string())
-                    .and_then(|(_, v)| serde_json::from_slice(&v).map_err(|e| e.to_string()))
+                r.map_err(crate::Error::from).and_then(|(_, v)| {
+                    serde_json::from_slice(&v).map_err(|e| crate::Error::Corrupt(format!("a stored checkpoint: {e}")))
+                })
             })
             .collect::<std::result::Result<_, _>>()?;
         for cp in pending {
@@ -136,7 +141,7 @@ impl CheckpointPublisher {
             producer
                 .send(record, std::time::Duration::from_secs(30))
                 .await
-                .map_err(|(e, _)| format!("checkpoint {}: {e}", cp.seq))?;
+                .map_err(|(e, _)| client_error(format!("publishing checkpoint {}", cp.seq))(e))?;
             position = cp.seq;
             self.status
                 .position
@@ -149,7 +154,7 @@ impl CheckpointPublisher {
         Ok(position)
     }
 
-    async fn session(&mut self) -> std::result::Result<(), String> {
+    async fn session(&mut self) -> Result<(), KafkaError> {
         let mut position = self.connect().await?;
         loop {
             position = self.publish_after(position).await?;

@@ -2,6 +2,7 @@
 //! topic creation and its retention check, message headers, the partition tails read on
 //! recovery, the backoff between sessions and the status each relay reports.
 
+use crate::adapters::kafka::{client_error, KafkaError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -55,11 +56,11 @@ impl Backoff {
         status: &RelayStatus,
         what: &str,
         topic: &str,
-        error: String,
+        error: KafkaError,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) {
         tracing::warn!(error = %error, %topic, backoff_ms = self.next.as_millis() as u64, "{what}: will retry");
-        *status.last_error.lock().expect("status lock") = Some(error);
+        *status.last_error.lock().expect("status lock") = Some(error.to_string());
         status.set(State::Backoff);
         tokio::select! {
             _ = tokio::time::sleep(self.next) => {}
@@ -136,10 +137,9 @@ pub struct RelayReport {
 const ADMIN_ANSWER_MAX: Duration = Duration::from_secs(15);
 
 /// Creates `topic` with `partitions` unless it exists.
-pub async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = client_config(config)
-        .create()
-        .map_err(|e| format!("admin client: {e}"))?;
+pub async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(config).create().map_err(client_error("admin client"))?;
     // The topics are the ledger's replica and an auditor's copy: Kafka must never delete or
     // compact them. Retention is a century rather than -1 (infinite): tansu 0.6's sqlite
     // storage drops every record of a topic with retention.ms=-1 when it restarts, and a
@@ -157,16 +157,16 @@ pub async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) ->
     let results = tokio::time::timeout(ADMIN_ANSWER_MAX, admin.create_topics([&new], &opts))
         .await
         .map_err(|_| {
-            format!(
-                "creating topic {topic}: no answer from the brokers within {} s",
+            KafkaError::NoAnswer(format!(
+                "creating topic {topic} (waited {} s)",
                 ADMIN_ANSWER_MAX.as_secs()
-            )
+            ))
         })?
-        .map_err(|e| format!("creating topic {topic}: {e}"))?;
+        .map_err(client_error(format!("creating topic {topic}")))?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, code)) => return Err(format!("creating topic {t}: {code}")),
+            Err((t, code)) => return Err(KafkaError::Topic(format!("creating topic {t}: {code}"))),
         }
     }
     Ok(())
@@ -208,7 +208,7 @@ pub(crate) async fn retention_problem(config: &KafkaConfig, topic: &str) -> Opti
 }
 
 /// The idempotent producer (`acks=all`) both relays use.
-pub(crate) fn producer(config: &KafkaConfig) -> Result<FutureProducer, String> {
+pub(crate) fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     client_config(config)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -219,7 +219,7 @@ pub(crate) fn producer(config: &KafkaConfig) -> Result<FutureProducer, String> {
             (config.inflight_events_max * 2).max(1000).to_string(),
         )
         .create()
-        .map_err(|e| format!("producer: {e}"))
+        .map_err(client_error("producer"))
 }
 
 /// The headers of an event's message (TOPIC.md): its type, schema version, id, `seq` and the
@@ -255,41 +255,41 @@ pub fn header_text<M: Message>(m: &M, name: &str) -> Option<String> {
 pub(crate) fn read_tails(
     config: &KafkaConfig,
     topic: &str,
-    mut on_message: impl FnMut(usize, &rdkafka::message::BorrowedMessage<'_>) -> Result<(), String>,
-) -> Result<usize, String> {
+    mut on_message: impl FnMut(usize, &rdkafka::message::BorrowedMessage<'_>) -> Result<(), KafkaError>,
+) -> Result<usize, KafkaError> {
     let consumer: BaseConsumer = client_config(config)
         .set("group.id", "bindledger-relay-recovery")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()
-        .map_err(|e| format!("recovery consumer: {e}"))?;
+        .map_err(client_error("recovery consumer"))?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| format!("metadata: {e}"))?;
+        .map_err(client_error("metadata"))?;
     let partitions = metadata
         .topics()
         .iter()
         .find(|t| t.name() == topic)
         .map(|t| t.partitions().len())
         .filter(|n| *n > 0)
-        .ok_or_else(|| format!("topic {topic} has no partitions"))?;
+        .ok_or_else(|| KafkaError::Topic(format!("topic {topic} has no partitions")))?;
     let mut tpl = TopicPartitionList::new();
     let mut waiting = 0;
     for p in 0..partitions as i32 {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, timeout)
-            .map_err(|e| format!("watermarks of partition {p}: {e}"))?;
+            .map_err(client_error(format!("watermarks of partition {p}")))?;
         if high > low {
             tpl.add_partition_offset(topic, p, Offset::Offset(high - 1))
-                .map_err(|e| e.to_string())?;
+                .map_err(client_error(format!("reading from partition {p}")))?;
             waiting += 1;
         }
     }
     if waiting == 0 {
         return Ok(partitions);
     }
-    consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
+    consumer.assign(&tpl).map_err(client_error("assign"))?;
     // Read from there to the end: a broker may report the high watermark as the start of the
     // last record batch (tansu 0.6 does), so the last message is not always at `high - 1`.
     // Done when every non-empty partition has answered and nothing new came for a quiet
@@ -299,11 +299,13 @@ pub(crate) fn read_tails(
     let deadline = Instant::now() + Duration::from_secs(60);
     while waiting > 0 || last_message.elapsed() < RECOVERY_QUIET {
         if Instant::now() > deadline {
-            return Err("timed out reading the last messages of the partitions".into());
+            return Err(KafkaError::NoAnswer(
+                "reading the last messages of the partitions".into(),
+            ));
         }
         match consumer.poll(Duration::from_millis(50)) {
             None => {}
-            Some(Err(e)) => return Err(format!("reading the last messages: {e}")),
+            Some(Err(e)) => return Err(client_error("reading the last messages")(e)),
             Some(Ok(m)) => {
                 last_message = Instant::now();
                 let p = m.partition() as usize;

@@ -18,3 +18,35 @@ pub mod reader;
 pub mod relay;
 pub mod replica;
 pub mod restore;
+
+/// What can go wrong between the ledger and Kafka. The relays show it in their status and
+/// start a new session after a backoff; the tools (restore, the audit tool) stop with it.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    /// librdkafka failed an operation (`what` names it).
+    #[error("{what}: {source}")]
+    Client {
+        what: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The brokers did not answer within the time the operation allows.
+    #[error("{0}: no answer from the brokers in time")]
+    NoAnswer(String),
+    /// The topic is not this ledger's to publish to (it holds another log's records, or may
+    /// delete records in replicated mode): the relay refuses it rather than write over it.
+    #[error("{0}")]
+    Refused(String),
+    /// The topic or a record on it is not as the topic's contract (TOPIC.md) says.
+    #[error("{0}")]
+    Topic(String),
+    /// The ledger under the relay failed (reading the log, saving a position).
+    #[error(transparent)]
+    Ledger(#[from] crate::Error),
+}
+
+/// For `map_err`: a librdkafka error, with what was being done.
+pub(crate) fn client_error(what: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> KafkaError {
+    let what = what.into();
+    move |source| KafkaError::Client { what, source }
+}

@@ -1,5 +1,6 @@
 //! A topic read back as one log: every partition merged in `seq` order with bounded memory.
 
+use crate::adapters::kafka::{client_error, KafkaError};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::Message;
 use rdkafka::Offset;
@@ -36,7 +37,7 @@ impl PartitionedConsumer {
         mut client: ClientConfig,
         topic: &str,
         starts: Option<&[i64]>,
-    ) -> Result<Option<PartitionedConsumer>, String> {
+    ) -> Result<Option<PartitionedConsumer>, KafkaError> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::TopicPartitionList;
         let consumer: BaseConsumer = client
@@ -51,10 +52,10 @@ impl PartitionedConsumer {
             // A follower wants records as soon as they are there, not a fuller fetch later.
             .set("fetch.wait.max.ms", "10")
             .create()
-            .map_err(|e| format!("kafka consumer: {e}"))?;
+            .map_err(client_error("kafka consumer"))?;
         let md = consumer
             .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
-            .map_err(|e| format!("metadata of {topic}: {e}"))?;
+            .map_err(client_error(format!("metadata of {topic}")))?;
         let partitions = md
             .topics()
             .first()
@@ -71,17 +72,19 @@ impl PartitionedConsumer {
         for (p, o) in starts.iter().enumerate() {
             let offset = if *o > 0 { Offset::Offset(*o) } else { Offset::Beginning };
             tpl.add_partition_offset(topic, p as i32, offset)
-                .map_err(|e| e.to_string())?;
+                .map_err(client_error(format!("reading from partition {p}")))?;
         }
         let consumer = std::sync::Arc::new(consumer);
-        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        consumer
+            .assign(&tpl)
+            .map_err(client_error("assigning the partitions"))?;
         let queues = (0..partitions as i32)
             .map(|p| {
                 consumer
                     .split_partition_queue(topic, p)
-                    .ok_or_else(|| format!("{topic} partition {p}: no queue"))
+                    .ok_or_else(|| KafkaError::Topic(format!("{topic} partition {p}: no queue")))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, KafkaError>>()?;
         let mut reader = PartitionedConsumer {
             consumer,
             queues,
@@ -99,12 +102,12 @@ impl PartitionedConsumer {
     }
 
     /// The high watermark of partition `p` as the broker reports it now.
-    pub fn high_watermark(&self, p: usize) -> Result<i64, String> {
+    pub fn high_watermark(&self, p: usize) -> Result<i64, KafkaError> {
         use rdkafka::consumer::Consumer;
         self.consumer
             .fetch_watermarks(&self.topic, p as i32, std::time::Duration::from_secs(10))
             .map(|(_, high)| high)
-            .map_err(|e| format!("the end of {} partition {p}: {e}", self.topic))
+            .map_err(client_error(format!("the end of {} partition {p}", self.topic)))
     }
 
     /// Unparks the calling thread whenever a partition's queue receives records, so that a
@@ -118,11 +121,11 @@ impl PartitionedConsumer {
 
     /// Serves librdkafka's callbacks (errors, statistics); call it now and then. A record
     /// found on the main queue is kept for its partition.
-    pub fn serve(&mut self) -> Result<(), String> {
+    pub fn serve(&mut self) -> Result<(), KafkaError> {
         loop {
             match self.consumer.poll(std::time::Duration::ZERO) {
                 None => return Ok(()),
-                Some(Err(e)) => return Err(format!("reading {}: {e}", self.topic)),
+                Some(Err(e)) => return Err(client_error(format!("reading {}", self.topic))(e)),
                 Some(Ok(m)) => {
                     let p = m.partition() as usize;
                     if p < self.stray.len() {
@@ -134,13 +137,15 @@ impl PartitionedConsumer {
         }
     }
 
-    fn record(topic: &str, p: usize, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<SeqRecord, String> {
+    fn record(topic: &str, p: usize, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<SeqRecord, KafkaError> {
         use rdkafka::message::Message;
         // The `seq` header (events), else the key (checkpoints are keyed by seq).
         let seq = header_text(m, "seq")
             .and_then(|v| v.parse().ok())
             .or_else(|| std::str::from_utf8(m.key()?).ok()?.parse().ok())
-            .ok_or_else(|| format!("{topic} partition {p} offset {} has no seq header", m.offset()))?;
+            .ok_or_else(|| {
+                KafkaError::Topic(format!("{topic} partition {p} offset {} has no seq header", m.offset()))
+            })?;
         Ok((
             seq,
             bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
@@ -156,7 +161,7 @@ impl PartitionedConsumer {
         buffer: &mut std::collections::VecDeque<SeqRecord>,
         max: usize,
         wait: std::time::Duration,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, KafkaError> {
         use rdkafka::message::Message;
         let mut moved = 0;
         let mut wait = wait;
@@ -171,7 +176,7 @@ impl PartitionedConsumer {
             }
             match self.queues[p].poll(wait) {
                 None => break,
-                Some(Err(e)) => return Err(format!("reading {} partition {p}: {e}", self.topic)),
+                Some(Err(e)) => return Err(client_error(format!("reading {} partition {p}", self.topic))(e)),
                 Some(Ok(m)) => {
                     wait = std::time::Duration::ZERO;
                     if m.offset() < self.next_offset[p] {
@@ -209,9 +214,9 @@ pub const KAFKA_QUIET: std::time::Duration = std::time::Duration::from_secs(2);
 const KAFKA_STALLED: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Opens `topic` for reading from its start (`client`: the brokers and any security settings).
-pub fn read_topic(client: ClientConfig, topic: &str) -> Result<TopicReader, String> {
-    let reader =
-        PartitionedConsumer::open(client, topic, None)?.ok_or_else(|| format!("topic {topic} has no partitions"))?;
+pub fn read_topic(client: ClientConfig, topic: &str) -> Result<TopicReader, KafkaError> {
+    let reader = PartitionedConsumer::open(client, topic, None)?
+        .ok_or_else(|| KafkaError::Topic(format!("topic {topic} has no partitions")))?;
     let n = reader.partitions();
     let ends = (0..n)
         .map(|p| reader.high_watermark(p))
@@ -229,7 +234,7 @@ pub fn read_topic(client: ClientConfig, topic: &str) -> Result<TopicReader, Stri
 
 impl TopicReader {
     /// True once partition `p` is read to its end (see [`TopicReader`]).
-    fn finished(&mut self, p: usize) -> std::result::Result<bool, String> {
+    fn finished(&mut self, p: usize) -> Result<bool, KafkaError> {
         if self.ended[p] || !self.buffers[p].is_empty() {
             return Ok(self.ended[p]);
         }
@@ -237,15 +242,15 @@ impl TopicReader {
         if self.reader.next_offset[p] >= self.ends[p] && quiet >= KAFKA_QUIET {
             self.ended[p] = true;
         } else if quiet >= KAFKA_STALLED {
-            return Err(format!(
+            return Err(KafkaError::NoAnswer(format!(
                 "{} partition {p} stalled at offset {} of {}",
                 self.reader.topic, self.reader.next_offset[p], self.ends[p]
-            ));
+            )));
         }
         Ok(self.ended[p])
     }
 
-    fn step(&mut self) -> std::result::Result<Option<Vec<u8>>, String> {
+    fn step(&mut self) -> std::result::Result<Option<Vec<u8>>, KafkaError> {
         loop {
             // Take what each partition without a buffered record has ready now.
             let mut waiting = None;
@@ -291,8 +296,8 @@ impl TopicReader {
 }
 
 impl Iterator for TopicReader {
-    type Item = Result<Vec<u8>, String>;
-    fn next(&mut self) -> Option<Result<Vec<u8>, String>> {
+    type Item = Result<Vec<u8>, KafkaError>;
+    fn next(&mut self) -> Option<Result<Vec<u8>, KafkaError>> {
         if self.failed {
             return None;
         }

@@ -12,7 +12,8 @@
 //! **The broker never blocks commands.** The relay runs beside the ledger and only reads the
 //! log; when the broker is away it retries with bounded backoff and catches up when it is back.
 
-use rdkafka::error::KafkaError;
+use crate::adapters::kafka::{client_error, KafkaError};
+use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -69,7 +70,7 @@ pub struct Relay {
     pub status: std::sync::Arc<RelayStatus>,
 }
 
-type SessionResult = Result<(), String>;
+type SessionResult = Result<(), KafkaError>;
 
 impl Relay {
     /// Every event up to `position` is on the topic: for `/v1/relay`, and for the ledger's
@@ -148,24 +149,20 @@ impl Relay {
     /// The highest `seq` in each partition (0 for an empty one), read from its last message,
     /// which must be this log's event with that `seq` (same hash): a topic holding another
     /// log's events is refused rather than published over.
-    fn recover(&self) -> Result<Vec<u64>, String> {
+    fn recover(&self) -> Result<Vec<u64>, KafkaError> {
         let mut maxes: Vec<u64> = Vec::new();
         let partitions = read_tails(&self.config, &self.config.topic, |p, m| {
             let header = |name: &str| header_text(m, name);
             let seq = header("seq")
                 .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| format!("partition {p} holds a message without a seq header"))?;
-            let ours = self
-                .ledger
-                .event_bytes(seq)
-                .map_err(|e| e.to_string())?
-                .filter(|_| seq <= self.ledger.log_len());
+                .ok_or_else(|| KafkaError::Topic(format!("partition {p} holds a message without a seq header")))?;
+            let ours = self.ledger.event_bytes(seq)?.filter(|_| seq <= self.ledger.log_len());
             let same = ours.is_some_and(|b| Some(bindledger_events::hash_bytes(&b).to_hex()) == header("hash"));
             if !same {
-                return Err(format!(
+                return Err(KafkaError::Refused(format!(
                     "topic {} partition {p} holds an event {seq} that is not this log's event {seq}: the topic belongs to another log; refusing to publish to it",
                     self.config.topic
-                ));
+                )));
             }
             if maxes.len() <= p {
                 maxes.resize(p + 1, 0);
@@ -185,7 +182,7 @@ impl Relay {
         if let Some(w) = &warning {
             if self.config.require_retention {
                 // Replicated mode: the topic is the replica acknowledgements rely on.
-                return Err(format!("refusing to publish: {w}"));
+                return Err(KafkaError::Refused(format!("refusing to publish: {w}")));
             }
             tracing::warn!(warning = %w, "kafka relay: the events topic does not keep every event");
         }
@@ -197,7 +194,7 @@ impl Relay {
         };
         let partitions = maxes.len() as i32;
         let topic = self.config.topic.clone();
-        let saved = self.ledger.relay_position(&topic).map_err(|e| e.to_string())?;
+        let saved = self.ledger.relay_position(&topic)?;
         let on_topic = maxes.iter().copied().min().unwrap_or(0);
         let mut from = saved.min(on_topic) + 1;
         tracing::info!(%topic, partitions, from, "kafka relay: recovered");
@@ -224,9 +221,7 @@ impl Relay {
                     position = seq;
                 }
                 if position != saved_at {
-                    self.ledger
-                        .set_relay_position(&topic, position)
-                        .map_err(|e| e.to_string())?;
+                    self.ledger.set_relay_position(&topic, position)?;
                     saved_at = position;
                 }
                 self.advance(position);
@@ -236,9 +231,10 @@ impl Relay {
             }
             self.status.set(State::Publishing);
             for r in self.ledger.raw_events(from).take(RELAY_READ_EVENTS) {
-                let (seq, bytes) = r.map_err(|e| e.to_string())?;
+                let (seq, bytes) = r?;
                 from = seq + 1;
-                let route = routing(&bytes).ok_or_else(|| format!("event {seq}: cannot read its routing fields"))?;
+                let route = routing(&bytes)
+                    .ok_or_else(|| crate::Error::Corrupt(format!("event {seq}: cannot read its routing fields")))?;
                 let partition = partition_for(route.account.as_bytes(), partitions);
                 let delivery = if seq <= maxes[partition as usize] {
                     None // already on the topic
@@ -253,7 +249,7 @@ impl Relay {
                         .headers(headers);
                     match producer.send_result(record) {
                         Ok(delivery) => Some(delivery),
-                        Err((e, _)) => return Err(format!("queueing event {seq}: {e}")),
+                        Err((e, _)) => return Err(client_error(format!("queueing event {seq}"))(e)),
                     }
                 };
                 window.push_back((seq, delivery));
@@ -271,7 +267,7 @@ impl Relay {
                 match futures_util::FutureExt::now_or_never(d) {
                     Some(result) => {
                         result
-                            .map_err(|_| "the producer was dropped".to_string())?
+                            .map_err(|_| KafkaError::Topic("the producer was dropped".into()))?
                             .map_err(|(e, _)| delivery_error(e))?;
                         let (seq, _) = window.pop_front().expect("front exists");
                         self.status.published_total.fetch_add(1, Ordering::Relaxed);
@@ -286,9 +282,7 @@ impl Relay {
             }
             self.advance(position);
             if position >= saved_at + RELAY_SAVE_EVERY_EVENTS {
-                self.ledger
-                    .set_relay_position(&topic, position)
-                    .map_err(|e| e.to_string())?;
+                self.ledger.set_relay_position(&topic, position)?;
                 saved_at = position;
             }
         }
@@ -299,12 +293,12 @@ async fn settle(d: DeliveryFuture) -> SessionResult {
     match d.await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err((e, _))) => Err(delivery_error(e)),
-        Err(_) => Err("the producer was dropped".into()),
+        Err(_) => Err(KafkaError::Topic("the producer was dropped".into())),
     }
 }
 
-fn delivery_error(e: KafkaError) -> String {
-    format!("delivery failed: {e}")
+fn delivery_error(e: RdKafkaError) -> KafkaError {
+    client_error("delivering an event")(e)
 }
 
 #[cfg(test)]

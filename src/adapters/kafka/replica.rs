@@ -127,16 +127,16 @@ impl Follower {
                     (0..partitions)
                         .map(|p| reader.high_watermark(p))
                         .collect::<std::result::Result<_, _>>()
-                        .map_err(Error::Io)?,
+                        .map_err(|e| Error::Io(e.to_string()))?,
                 );
             }
-            reader.serve().map_err(Error::Io)?;
+            reader.serve().map_err(|e| Error::Io(e.to_string()))?;
             let mut got = 0;
             for (p, buffer) in buffers.iter_mut().enumerate() {
                 if buffer.len() < BUFFER_PER_PARTITION / 2 {
                     got += reader
                         .fill(p, buffer, BUFFER_PER_PARTITION, Duration::ZERO)
-                        .map_err(Error::Io)?;
+                        .map_err(|e| Error::Io(e.to_string()))?;
                 }
                 if let Some((seq, _, _)) = buffer.back() {
                     self.status.seen.fetch_max(*seq, Ordering::Relaxed);

@@ -54,9 +54,9 @@ pub fn restore(
     let (mut in_batch, mut restored, mut since_flush) = (0usize, 0u64, 0u64);
     for item in
         crate::adapters::kafka::reader::read_topic(crate::adapters::kafka::client::client_config(kafka), &kafka.topic)
-            .map_err(Error::Io)?
+            .map_err(|e| Error::Io(e.to_string()))?
     {
-        let bytes = item.map_err(Error::Io)?;
+        let bytes = item.map_err(|e| Error::Io(e.to_string()))?;
         let (event, hash) = verifier
             .push(&bytes)
             .map_err(|e| Error::Corrupt(format!("the topic {} does not verify: {e}", kafka.topic)))?;
@@ -100,9 +100,9 @@ pub fn restore(
         let cps = CheckpointStore::new(store.checkpoints_tree());
         for item in
             crate::adapters::kafka::reader::read_topic(crate::adapters::kafka::client::client_config(kafka), topic)
-                .map_err(Error::Io)?
+                .map_err(|e| Error::Io(e.to_string()))?
         {
-            let value = item.map_err(Error::Io)?;
+            let value = item.map_err(|e| Error::Io(e.to_string()))?;
             let cp: SignedCheckpoint = serde_json::from_slice(&value)
                 .map_err(|e| Error::Corrupt(format!("{topic}: not a checkpoint: {e}")))?;
             cp.verify(key)

@@ -42,7 +42,7 @@ pub fn url_escape(s: &str) -> String {
 }
 
 pub fn parse_url(url: &str) -> Result<SocketAddr> {
-    bindledger::adapters::http::client::parse_http_addr(url).map_err(anyhow::Error::msg)
+    bindledger::adapters::http::client::parse_http_addr(url).with_context(|| format!("--url {url}"))
 }
 
 pub fn token_or_admin(token: Option<String>, data_dir: &Path) -> Result<String> {
