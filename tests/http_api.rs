@@ -182,8 +182,32 @@ async fn bind_pay_read_unbind_and_audit_the_feed() {
     );
     assert!(metrics.contains("bindledger_log_events 8"), "{metrics}");
     assert!(metrics.contains("bindledger_flush_seconds_count"), "{metrics}");
+    // The exposition is OpenMetrics, as prometheus-client writes it: every family typed, the
+    // page closed by `# EOF`, counters suffixed `_total`.
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+    assert!(metrics.contains("# TYPE bindledger_commands counter"), "{metrics}");
+    assert!(metrics.contains("# TYPE bindledger_log_events gauge"), "{metrics}");
+    assert!(
+        metrics.contains("bindledger_idempotency_entries{held=\"memory\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("bindledger_writer_batches_total"), "{metrics}");
     let (status, health) = r.get_json("/healthz").await.unwrap();
     assert_eq!((status, health["events"].as_u64()), (StatusCode::OK, Some(8)));
+    // What `bindledger status` reads, as JSON.
+    let (status, all) = r.get_json("/v1/status").await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(all["health"], health, "{all}");
+    assert_eq!(all["relays"]["events"]["state"], "disabled", "{all}");
+    assert!(
+        all["monitor"].is_null() || all["monitor"]["opened"].is_object(),
+        "{all}"
+    );
+    let (status, _) = bindledger::adapters::http::client::Client::new(s.addr, None)
+        .get_json("/v1/status")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     s.shutdown().await;
 }
 

@@ -403,7 +403,6 @@ async fn a_full_queue_answers_overloaded_and_loses_nothing_acknowledged() {
 /// wait and gather more events, and every acknowledged command is in the log once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_commit_delay_holds_flushes_only_while_the_ledger_is_busy() {
-    use std::sync::atomic::Ordering::Relaxed;
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.writer.commit_delay_us = 20_000;
@@ -421,21 +420,21 @@ async fn the_commit_delay_holds_flushes_only_while_the_ledger_is_busy() {
         .unwrap();
     }
     assert_eq!(
-        l.metrics().commit_delays.load(Relaxed),
+        l.metrics().commit_delays.get(),
         0,
         "flushes of one command each never wait"
     );
 
-    let (base, flushes_before) = (l.log_len(), l.metrics().flushes.load(Relaxed));
+    let (base, flushes_before) = (l.log_len(), l.metrics().flushes.get());
     let mut acknowledged = Vec::new();
     for wave in 0..3 {
         for t in pay_concurrently(&l, &g, binding, (0..100).map(|i| format!("w{wave}-{i}")).collect()) {
             acknowledged.push(t.await.unwrap().unwrap().event.idempotency_key.clone().unwrap());
         }
     }
-    let flushes = l.metrics().flushes.load(Relaxed) - flushes_before;
+    let flushes = l.metrics().flushes.get() - flushes_before;
     assert!(
-        l.metrics().commit_delays.load(Relaxed) > 0,
+        l.metrics().commit_delays.get() > 0,
         "{flushes} flushes for 300 concurrent commands, none waited"
     );
     assert_eq!(l.log_len(), base + 300);

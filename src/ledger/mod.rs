@@ -234,7 +234,7 @@ impl Ledger {
             None => chrono::DateTime::<Utc>::MIN_UTC,
         };
         let metrics = Arc::new(Metrics::default());
-        metrics.log_events.store(last_seq, Ordering::Relaxed);
+        metrics.set_log_len(last_seq);
         let read = Arc::new(RwLock::new(state.clone()));
         let failed = Arc::new(AtomicBool::new(false));
         let indexed = Arc::new(AtomicU64::new(last_seq));
@@ -426,7 +426,7 @@ impl Ledger {
 
     /// Number of events in the log.
     pub fn log_len(&self) -> u64 {
-        self.inner.metrics.log_events.load(Ordering::Relaxed)
+        self.inner.metrics.log_len()
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -547,7 +547,7 @@ impl Ledger {
             }
             Some((seq, _)) => {
                 let replay = Committed::replay_of(&self.inner.store, seq)?;
-                self.inner.metrics.idempotent_replays.fetch_add(1, Ordering::Relaxed);
+                self.inner.metrics.idempotent_replays.inc();
                 Ok(Some(replay))
             }
         }

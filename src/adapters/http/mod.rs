@@ -3,6 +3,8 @@
 
 pub mod client;
 #[cfg(feature = "server")]
+mod metrics;
+#[cfg(feature = "server")]
 mod server;
 #[cfg(feature = "server")]
 pub use server::*;

@@ -39,7 +39,7 @@ pub struct AppState {
     http: HttpConfig,
     /// Requests in flight; beyond the bound the answer is 503 `overloaded`.
     in_flight: Arc<Semaphore>,
-    extras: Extras,
+    pub(super) extras: Extras,
     /// Turns true when the server shuts down (ends the live feeds).
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -830,7 +830,9 @@ async fn promote(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResul
     }
 }
 
-async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+/// The node's health: `ok` or `failed` (failed storage, a failed replica), its role, its
+/// replica's lag.
+fn health(s: &AppState) -> (bool, serde_json::Value) {
     let events = s.ledger.log_len();
     let mut body =
         json!({"status": "ok", "events": events, "role": if s.ledger.is_primary() { "primary" } else { "replica" }});
@@ -846,103 +848,47 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
         });
         healthy &= status.state() != "failed";
     }
-    if healthy {
-        Json(body).into_response()
-    } else {
+    if !healthy {
         body["status"] = json!("failed");
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+    (healthy, body)
+}
+
+async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+    match health(&s) {
+        (true, body) => Json(body).into_response(),
+        (false, body) => (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response(),
     }
 }
 
-async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    let mut text = s.ledger.metrics().render();
-    {
-        use std::fmt::Write;
-        let (in_memory, on_disk, bytes) = s.ledger.key_index_stats();
-        let _ = write!(
-            text,
-            "# HELP bindledger_idempotency_entries Idempotency keys and paid orders known, by where they are held (memory: not yet written to disk by the indexer).\n# TYPE bindledger_idempotency_entries gauge\n\
-             bindledger_idempotency_entries{{held=\"memory\"}} {in_memory}\nbindledger_idempotency_entries{{held=\"disk\"}} {on_disk}\n\
-             # HELP bindledger_idempotency_table_bytes Size of the idempotency and paid-order tables on disk.\n# TYPE bindledger_idempotency_table_bytes gauge\nbindledger_idempotency_table_bytes {bytes}\n"
-        );
-    }
-    if let Some((status, _)) = &s.extras.replica {
-        use std::fmt::Write;
-        let (lag_events, lag_seconds) = status.lag(s.ledger.log_len());
-        let _ = write!(
-            text,
-            "# HELP bindledger_replica_lag_events Events seen on the topic and not yet in this replica's log.\n# TYPE bindledger_replica_lag_events gauge\nbindledger_replica_lag_events {lag_events}\n\
-             # HELP bindledger_replica_lag_seconds Age of the last event the replica appended, while it is behind (0 when caught up).\n# TYPE bindledger_replica_lag_seconds gauge\nbindledger_replica_lag_seconds {lag_seconds}\n\
-             # HELP bindledger_replica_state The replica's state.\n# TYPE bindledger_replica_state gauge\nbindledger_replica_state{{state=\"{}\"}} 1\n",
-            status.state()
-        );
-    }
-    if let Some((topic, status)) = &s.extras.relay {
-        use std::fmt::Write;
-        let r = Relay::report(&s.ledger, topic, status);
-        let _ = write!(
-            text,
-            "# HELP bindledger_relay_position Every event up to this seq is on the Kafka topic.\n# TYPE bindledger_relay_position gauge\nbindledger_relay_position {}\n\
-             # HELP bindledger_relay_lag_events Events in the log not yet on the topic.\n# TYPE bindledger_relay_lag_events gauge\nbindledger_relay_lag_events {}\n\
-             # HELP bindledger_relay_lag_seconds Age of the oldest event not yet on the topic.\n# TYPE bindledger_relay_lag_seconds gauge\nbindledger_relay_lag_seconds {}\n\
-             # HELP bindledger_relay_published_total Events the relay published.\n# TYPE bindledger_relay_published_total counter\nbindledger_relay_published_total {}\n\
-             # HELP bindledger_relay_state The relay's state.\n# TYPE bindledger_relay_state gauge\nbindledger_relay_state{{state=\"{}\"}} 1\n",
-            r.position, r.lag_events, r.lag_seconds, r.published_total, r.state
-        );
-    }
-    if let Some(m) = &s.extras.monitor {
-        use std::fmt::Write;
+/// `GET /v1/status` (reader): everything `bindledger status` shows, as JSON: the health, every
+/// relay, and the alert monitor (`null` when it is off).
+async fn status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Reader)?;
+    let (_, health) = health(&s);
+    let monitor = s.extras.monitor.as_ref().map(|m| {
         use std::sync::atomic::Ordering::Relaxed;
         let st = &m.status;
-        let _ = write!(
-            text,
-            "# HELP bindledger_monitor_position Every event up to this seq went through the alert rules.\n# TYPE bindledger_monitor_position gauge\nbindledger_monitor_position {}\n\
-             # HELP bindledger_alert_stream_seq Alert changes stored (the SSE feed's last id).\n# TYPE bindledger_alert_stream_seq gauge\nbindledger_alert_stream_seq {}\n\
-             # HELP bindledger_alert_stored_seq Alert changes stored in sled (the listing's view).\n# TYPE bindledger_alert_stored_seq gauge\nbindledger_alert_stored_seq {}\n\
-             # HELP bindledger_alert_updates_total Matches that updated an open alert instead of raising another.\n# TYPE bindledger_alert_updates_total counter\nbindledger_alert_updates_total {}\n\
-             # HELP bindledger_monitor_keys Keys (accounts, wallets) the rules track.\n# TYPE bindledger_monitor_keys gauge\nbindledger_monitor_keys {}\n\
-             # HELP bindledger_monitor_open_alerts Alerts within their cool-down.\n# TYPE bindledger_monitor_open_alerts gauge\nbindledger_monitor_open_alerts {}\n\
-             # HELP bindledger_monitor_gaps_total Batches the monitor read from the log because its queue was full.\n# TYPE bindledger_monitor_gaps_total counter\nbindledger_monitor_gaps_total {}\n\
-             # HELP bindledger_monitor_actions_total Lock and unlock commands the monitor sent.\n# TYPE bindledger_monitor_actions_total counter\nbindledger_monitor_actions_total{{action=\"lock\"}} {}\nbindledger_monitor_actions_total{{action=\"unlock\"}} {}\n\
-             # HELP bindledger_alerts_opened_total Alerts opened, per rule.\n# TYPE bindledger_alerts_opened_total counter\n",
-            st.position.load(Relaxed),
-            st.stream_seq.load(Relaxed),
-            m.feed.stored(),
-            st.updated_total.load(Relaxed),
-            st.keys.load(Relaxed),
-            st.open_alerts.load(Relaxed),
-            st.gaps_read_from_log.load(Relaxed),
-            st.locks_sent.load(Relaxed),
-            st.unlocks_sent.load(Relaxed),
-        );
-        for (i, rule) in crate::domain::alerts::rules::RULE_NAMES.iter().enumerate() {
-            let _ = writeln!(
-                text,
-                "bindledger_alerts_opened_total{{rule=\"{rule}\"}} {}",
-                st.opened[i].load(Relaxed)
-            );
-        }
-    }
-    if let Some((topic, st)) = &s.extras.alerts_relay {
-        use std::fmt::Write;
-        let _ = write!(
-            text,
-            "# HELP bindledger_alerts_relay_position Every alert change up to this stream seq is on the alerts topic.\n# TYPE bindledger_alerts_relay_position gauge\nbindledger_alerts_relay_position{{topic=\"{topic}\"}} {}\n",
-            st.position.load(std::sync::atomic::Ordering::Relaxed)
-        );
-    }
-    if let Some((topic, st)) = &s.extras.checkpoints_relay {
-        use std::fmt::Write;
-        let _ = write!(
-            text,
-            "# HELP bindledger_checkpoints_relay_position Every checkpoint up to this seq is on the checkpoints topic.\n# TYPE bindledger_checkpoints_relay_position gauge\nbindledger_checkpoints_relay_position{{topic=\"{topic}\"}} {}\n",
-            st.position.load(std::sync::atomic::Ordering::Relaxed)
-        );
-    }
-    let mut r = text.into_response();
+        let opened: serde_json::Map<String, serde_json::Value> = crate::domain::alerts::rules::RULE_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| ((*rule).to_owned(), json!(st.opened[i].load(Relaxed))))
+            .collect();
+        json!({
+            "position": st.position.load(Relaxed),
+            "alert_stream_seq": st.stream_seq.load(Relaxed),
+            "open_alerts": st.open_alerts.load(Relaxed),
+            "opened": opened,
+        })
+    });
+    Ok(Json(json!({"health": health, "relays": relays(&s), "monitor": monitor})).into_response())
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let mut r = super::metrics::render(&s).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
+        HeaderValue::from_static(super::metrics::CONTENT_TYPE),
     );
     r
 }
@@ -956,8 +902,7 @@ async fn relay_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Api
 }
 
 /// Every relay beside the ledger: the events topic, the alerts topic, the checkpoints topic.
-async fn relays_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Reader)?;
+fn relays(s: &AppState) -> serde_json::Value {
     let other = |r: &Option<(String, Arc<RelayStatus>)>| match r {
         None => json!({"state": "disabled"}),
         Some((topic, st)) => json!({
@@ -975,7 +920,12 @@ async fn relays_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Ap
         }
         None => json!({"state": "disabled"}),
     };
-    Ok(Json(json!({"events": events, "alerts": other(&s.extras.alerts_relay), "checkpoints": other(&s.extras.checkpoints_relay)})).into_response())
+    json!({"events": events, "alerts": other(&s.extras.alerts_relay), "checkpoints": other(&s.extras.checkpoints_relay)})
+}
+
+async fn relays_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&s, &headers, Role::Reader)?;
+    Ok(Json(relays(&s)).into_response())
 }
 
 async fn not_found() -> ApiError {
@@ -1114,6 +1064,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events", get(feed))
         .route("/v1/relay", get(relay_status))
         .route("/v1/relays", get(relays_status))
+        .route("/v1/status", get(status))
         .route("/v1/accounts/{account}/bindings/{binding_id}/unlock", post(unlock))
         .route("/v1/checkpoints", get(checkpoints))
         .route("/v1/checkpoints/key", get(checkpoint_key))

@@ -273,7 +273,7 @@ pub(crate) fn pay_request(binding: &(String, Uuid, String), n: u64) -> PayReques
 
 /// Events made durable per flush during a measured run.
 fn events_per_flush(ledger: &Ledger, events: u64, flushes_before: u64) -> f64 {
-    let flushes = ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed) - flushes_before;
+    let flushes = ledger.metrics().flushes.get() - flushes_before;
     events as f64 / flushes.max(1) as f64
 }
 
@@ -333,7 +333,7 @@ async fn library(
     let f = fixture(&root.join("lib"), args.accounts, args.commit_delay_us).await?;
     let bindings = Arc::new(f.bindings);
     let rounds = args.rounds.max(1);
-    let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
+    let flushes_before = f.ledger.metrics().flushes.get();
     let (mut lat, mut lib_seconds, mut raw_seconds, mut raw_ops) = (Vec::new(), 0.0, 0.0, 0u64);
     let (mut unsynced_lat, mut unsynced_seconds, mut unsynced_ops) = (Vec::new(), 0.0, 0u64);
     let mut per_round = Vec::new();
@@ -344,7 +344,7 @@ async fn library(
         let first = args.lib_commands * r / rounds;
         let count = args.lib_commands * (r + 1) / rounds - first;
         let base = f.ledger.log_len();
-        let round_flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
+        let round_flushes_before = f.ledger.metrics().flushes.get();
         let (round_lat, seconds) = pay_round(first, count).await?;
         let written = f.ledger.log_len() - base;
         anyhow::ensure!(written == count, "expected {count} events, the log grew by {written}");
@@ -423,8 +423,8 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
     }));
     let bindings = Arc::new(f.bindings);
     let base = f.ledger.log_len();
-    let flushes_before = f.ledger.metrics().flushes.load(std::sync::atomic::Ordering::Relaxed);
-    let batches_before = f.ledger.metrics().batch_size.count();
+    let flushes_before = f.ledger.metrics().flushes.get();
+    let batches_before = f.ledger.metrics().batches.get();
     let make_client = || LoadClient {
         addr,
         stream: None,
@@ -472,7 +472,7 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
         args.http_commands
     );
     let per_flush = events_per_flush(&f.ledger, written, flushes_before);
-    let per_batch = written as f64 / (f.ledger.metrics().batch_size.count() - batches_before).max(1) as f64;
+    let per_batch = written as f64 / (f.ledger.metrics().batches.get() - batches_before).max(1) as f64;
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     f.node.stop().await;

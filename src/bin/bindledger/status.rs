@@ -11,38 +11,20 @@ pub async fn run(remote: &Remote, json: bool) -> Result<i32> {
     let (addr, token) = remote.connect()?;
     let url = &remote.url;
     let mut client = bindledger::adapters::http::client::Client::new(addr, Some(token));
-    let (_, health) = client
-        .get_json("/healthz")
+    let (status, all) = client
+        .get_json("/v1/status")
         .await
         .with_context(|| format!("asking {url}"))?;
-    let (status, relays) = client.get_json("/v1/relays").await?;
-    anyhow::ensure!(status.is_success(), "{url}/v1/relays answered {status}: {relays}");
-    // The monitor's figures, from the Prometheus page.
-    let (_, page) = client.send(hyper::Method::GET, "/metrics", None).await?;
-    let page = String::from_utf8_lossy(&page);
-    let gauge = |name: &str| {
-        page.lines().find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|v| v.trim().parse::<u64>().ok())
+    anyhow::ensure!(status.is_success(), "{url}/v1/status answered {status}: {all}");
+    let (health, relays, monitor) = (&all["health"], &all["relays"], &all["monitor"]);
+    let opened: Vec<(String, u64)> = monitor["opened"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(rule, n)| (rule.clone(), n.as_u64().unwrap_or(0)))
+                .collect()
         })
-    };
-    let opened: Vec<(String, u64)> = page
-        .lines()
-        .filter_map(|l| l.strip_prefix("bindledger_alerts_opened_total{rule=\""))
-        .filter_map(|l| {
-            l.split_once("\"} ")
-                .and_then(|(rule, n)| Some((rule.to_owned(), n.trim().parse().ok()?)))
-        })
-        .collect();
-    let monitor = gauge("bindledger_monitor_position").map(|position| {
-        serde_json::json!({
-            "position": position,
-            "alert_stream_seq": gauge("bindledger_alert_stream_seq"),
-            "open_alerts": gauge("bindledger_monitor_open_alerts"),
-            "opened": opened.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-        })
-    });
+        .unwrap_or_default();
     // A relay in backoff with an error is failing (or refusing a topic): worth an exit code.
     let mut failing: Vec<&str> = ["events", "alerts", "checkpoints"]
         .into_iter()
@@ -111,7 +93,7 @@ pub async fn run(remote: &Remote, json: bool) -> Result<i32> {
                 }
             }
         }
-        match &monitor {
+        match monitor.is_object().then_some(monitor) {
             None => outln!("alerts:  monitor off (alerts.enabled = false)"),
             Some(m) => {
                 let fired: Vec<String> = opened
