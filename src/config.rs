@@ -44,10 +44,6 @@ pub enum AddressError {
     Unresolved,
     #[error("the host has no address")]
     NoAddress,
-    #[error("not http://HOST:PORT")]
-    NotHttp,
-    #[error("this client speaks plain HTTP only: use http://, or a local TLS-terminating proxy")]
-    Https,
 }
 
 /// An address to listen on or connect to: `IP:PORT`, or `HOST:PORT` resolved now (the first
@@ -293,6 +289,11 @@ pub struct HttpConfig {
     /// A read with `?min_seq=N` waits until this node holds event N (read-your-writes on a
     /// replica), at most this long, then answers `503 not_caught_up`. Default 5000.
     pub min_seq_wait_ms: u64,
+    /// Serve `POST /v1/bench/accounts/{account}/payments`: a payment taken through the same
+    /// router, limits, authentication, body reading and validation, answered without a
+    /// command. The HTTP benchmark's baseline; set by it only, never read from a file.
+    #[serde(skip)]
+    pub baseline_route: bool,
 }
 
 impl HttpConfig {
@@ -363,6 +364,7 @@ impl Default for HttpConfig {
             header_timeout_ms: 5000,
             body_timeout_ms: 5000,
             min_seq_wait_ms: 5000,
+            baseline_route: false,
         }
     }
 }

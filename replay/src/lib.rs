@@ -218,7 +218,7 @@ impl Source {
                 Ok(Box::new(Lines { reader, done: false }))
             }
             Source::Http { url, token } => {
-                let addr = bindledger::adapters::http::client::parse_http_addr(url)
+                let addr = bindledger::adapters::http::client::Endpoint::parse(url)
                     .map_err(|e| SourceError::Http(format!("{url}: {e}")))?;
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -581,8 +581,8 @@ pub fn read_checkpoints(
     from: &str,
     token: Option<&str>,
 ) -> Result<Vec<bindledger::ledger::checkpoint::SignedCheckpoint>> {
-    let text = if from.starts_with("http://") {
-        let addr = bindledger::adapters::http::client::parse_http_addr(from)
+    let text = if from.starts_with("http://") || from.starts_with("https://") {
+        let addr = bindledger::adapters::http::client::Endpoint::parse(from)
             .map_err(|e| SourceError::Http(format!("{from}: {e}")))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -55,7 +55,7 @@ struct From {
     /// An NDJSON export; `-` reads standard input.
     #[arg(long, group = "source")]
     export: Option<PathBuf>,
-    /// A running ledger's address (http://IP:PORT), read through its event feed.
+    /// A running ledger's address (http:// or https://, a host name or an address), read through its event feed.
     #[arg(long, group = "source", requires = "token")]
     url: Option<String>,
     /// An auditor token for --url.
@@ -120,7 +120,7 @@ enum Command {
     Verify {
         #[command(flatten)]
         from: From,
-        /// Signed checkpoints to hold the log to: an NDJSON file, or http://IP:PORT (a running
+        /// Signed checkpoints to hold the log to: an NDJSON file, or a ledger's http:// or https:// URL (a running
         /// ledger's GET /v1/checkpoints, with --token).
         #[arg(long, requires = "public_key")]
         checkpoints: Option<String>,
@@ -159,7 +159,7 @@ enum Command {
     Diff {
         #[command(flatten)]
         from: From,
-        /// The running ledger (http://IP:PORT).
+        /// The running ledger (http:// or https:// URL).
         #[arg(long)]
         against: String,
         /// A token with the reader role for --against (default: --token).
@@ -325,7 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             let events = report.events;
             let token = against_token.or(from.token.clone()).unwrap_or_default();
-            let addr = bindledger::adapters::http::client::parse_http_addr(&against)
+            let addr = bindledger::adapters::http::client::Endpoint::parse(&against)
                 .with_context(|| format!("--against {against}"))?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let mut names: Vec<&String> = rebuilt.accounts.keys().collect();

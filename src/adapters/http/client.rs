@@ -1,67 +1,84 @@
-//! A small HTTP/1.1 client over one kept-alive connection (hyper), used by the demo, the
-//! benchmark and the tests to talk to a real server.
+//! The HTTP client of the command line, the audit tool and the tests: `reqwest` (rustls, so
+//! `https://` works with the system's usual roots; hostnames are resolved per request) and the
+//! `eventsource-stream` parser for the alerts' Server-Sent Events. The benchmark keeps its own
+//! raw load generator.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use eventsource_stream::Eventsource;
+use futures_util::{Stream, StreamExt};
+use hyper::{Method, StatusCode};
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("connecting: {0}")]
-    Connect(std::io::Error),
-    #[error("http: {0}")]
-    Http(#[from] hyper::Error),
-    #[error("building the request: {0}")]
-    Request(#[from] hyper::http::Error),
+    /// The request failed: no connection, TLS, a broken answer.
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
     #[error("the response is not JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("not an http:// or https:// URL with a host")]
+    BadUrl,
+    /// An event of the stream is longer than [`SSE_EVENT_MAX`]: the stream is not read further
+    /// (reading it again would meet the same event).
+    #[error("an event of the stream is longer than {SSE_EVENT_MAX} bytes")]
+    EventTooLong,
+    #[error("the event stream is not valid: {0}")]
+    EventStream(String),
 }
 
-/// The address of `http://HOST:PORT` (or `IP:PORT`), resolved now. This client speaks plain
-/// HTTP only: an `https://` URL is refused with what to do.
-pub fn parse_http_addr(url: &str) -> Result<SocketAddr, crate::config::AddressError> {
-    use crate::config::AddressError;
-    if url.starts_with("https://") {
-        return Err(AddressError::Https);
+/// Where a ledger answers: `http://HOST:PORT` or `https://HOST:PORT`, optionally with a path
+/// prefix. A socket address is `http://` to it.
+#[derive(Debug, Clone)]
+pub struct Endpoint(String);
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Endpoint, ClientError> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| ClientError::BadUrl)?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(ClientError::BadUrl);
+        }
+        Ok(Endpoint(parsed.as_str().trim_end_matches('/').to_owned()))
     }
-    let rest = url.trim_start_matches("http://").trim_end_matches('/');
-    crate::config::resolve_address(rest).map_err(|e| match e {
-        AddressError::Unresolved => AddressError::NotHttp,
-        other => other,
-    })
+
+    /// The URL of `path` (which starts with `/`, with its query if any).
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.0)
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Endpoint {
+        Endpoint(format!("http://{addr}"))
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .expect("a client with default TLS settings builds")
 }
 
 pub struct Client {
-    addr: SocketAddr,
+    http: reqwest::Client,
+    endpoint: Endpoint,
     token: Option<String>,
-    sender: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl Client {
-    pub fn new(addr: SocketAddr, token: Option<String>) -> Client {
+    pub fn new(endpoint: impl Into<Endpoint>, token: Option<String>) -> Client {
         Client {
-            addr,
+            http: http_client(),
+            endpoint: endpoint.into(),
             token,
-            sender: None,
         }
-    }
-
-    async fn sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, ClientError> {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = tokio::net::TcpStream::connect(self.addr)
-                .await
-                .map_err(ClientError::Connect)?;
-            stream.set_nodelay(true).map_err(ClientError::Connect)?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            self.sender = Some(sender);
-        }
-        Ok(self.sender.as_mut().expect("just set"))
     }
 
     /// Sends a request; returns the status and the whole body.
@@ -71,29 +88,16 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string());
+        let mut req = self.http.request(method, self.endpoint.url(path));
         if let Some(t) = &self.token {
-            req = req.header("authorization", format!("Bearer {t}"));
+            req = req.bearer_auth(t);
         }
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
         }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let sender = self.sender().await?;
-        sender.ready().await?;
-        let resp = match sender.send_request(req).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.sender = None;
-                return Err(e.into());
-            }
-        };
+        let resp = req.send().await?;
         let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        Ok((status, resp.bytes().await?))
     }
 
     pub async fn post_json(
@@ -119,103 +123,137 @@ pub struct SseMessage {
     pub data: String,
 }
 
-/// Longest SSE event accepted (bounds the buffer).
-const SSE_EVENT_MAX: usize = 1 << 20;
+/// Longest SSE event accepted (bounds what the parser buffers). An alert change is a few KB.
+pub const SSE_EVENT_MAX: usize = 16 << 20;
 
-/// A Server-Sent Events stream on its own connection.
+type Events = Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, ClientError>> + Send>>;
+
+/// A Server-Sent Events stream.
 pub struct SseStream {
-    body: hyper::body::Incoming,
-    buf: Vec<u8>,
+    events: Events,
+}
+
+/// The body's bytes, failing once more than [`SSE_EVENT_MAX`] bytes came without a blank
+/// line (the end of an event), so the parser's buffer stays bounded.
+fn bounded(
+    body: impl Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<Bytes, ClientError>> + Send {
+    let mut since_blank = 0usize;
+    let mut last = 0u8;
+    body.map(move |chunk| {
+        let chunk = chunk?;
+        for &b in chunk.iter() {
+            since_blank = if b == b'\n' && last == b'\n' {
+                0
+            } else {
+                since_blank + 1
+            };
+            if b != b'\r' {
+                last = b;
+            }
+        }
+        if since_blank > SSE_EVENT_MAX {
+            return Err(ClientError::EventTooLong);
+        }
+        Ok(chunk)
+    })
 }
 
 impl SseStream {
     /// Opens `path` as an event stream, resuming after `last_event_id` if given. A non-200
     /// answer is returned as the status and body.
     pub async fn open(
-        addr: SocketAddr,
+        endpoint: impl Into<Endpoint>,
         token: Option<&str>,
         path: &str,
         last_event_id: Option<&str>,
     ) -> Result<Result<SseStream, (StatusCode, Bytes)>, ClientError> {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(ClientError::Connect)?;
-        stream.set_nodelay(true).map_err(ClientError::Connect)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header("host", addr.to_string())
+        let endpoint = endpoint.into();
+        let mut req = http_client()
+            .get(endpoint.url(path))
             .header("accept", "text/event-stream");
         if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
+            req = req.bearer_auth(t);
         }
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
-        let resp = sender.send_request(req.body(Full::new(Bytes::new()))?).await?;
+        let resp = req.send().await?;
         if resp.status() != StatusCode::OK {
             let status = resp.status();
-            let body = resp.into_body().collect().await?.to_bytes();
-            return Ok(Err((status, body)));
+            return Ok(Err((status, resp.bytes().await?)));
         }
+        let events = bounded(resp.bytes_stream()).eventsource().map(|r| {
+            r.map_err(|e| match e {
+                eventsource_stream::EventStreamError::Transport(e) => e,
+                other => ClientError::EventStream(other.to_string()),
+            })
+        });
         Ok(Ok(SseStream {
-            body: resp.into_body(),
-            buf: Vec::new(),
+            events: Box::pin(events),
         }))
     }
 
     /// The next event (comments and keep-alives skipped); `None` when the stream ends.
     pub async fn next(&mut self) -> Result<Option<SseMessage>, ClientError> {
-        loop {
-            if let Some(end) = find_event_end(&self.buf) {
-                let block: Vec<u8> = self.buf.drain(..end.1).collect();
-                let text = String::from_utf8_lossy(&block[..end.0]);
-                let mut msg = SseMessage::default();
-                let mut data = Vec::new();
-                for line in text.lines() {
-                    let (field, value) = line
-                        .split_once(':')
-                        .map(|(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)))
-                        .unwrap_or((line, ""));
-                    match field {
-                        "id" => msg.id = Some(value.to_owned()),
-                        "event" => msg.event = Some(value.to_owned()),
-                        "data" => data.push(value.to_owned()),
-                        _ => {}
-                    }
-                }
-                if data.is_empty() && msg.id.is_none() {
-                    continue; // a comment (keep-alive)
-                }
-                msg.data = data.join("\n");
-                return Ok(Some(msg));
-            }
-            if self.buf.len() > SSE_EVENT_MAX {
-                self.buf.clear();
-                return Ok(None);
-            }
-            match self.body.frame().await {
-                None => return Ok(None),
-                Some(frame) => {
-                    if let Ok(data) = frame?.into_data() {
-                        self.buf.extend_from_slice(&data);
-                    }
-                }
-            }
+        match self.events.next().await {
+            None => Ok(None),
+            Some(Err(e)) => Err(e),
+            Some(Ok(e)) => Ok(Some(SseMessage {
+                id: Some(e.id).filter(|id| !id.is_empty()),
+                event: Some(e.event).filter(|name| !name.is_empty() && name != "message"),
+                data: e.data,
+            })),
         }
     }
 }
 
-/// (end of the event's text, end including the blank line) of the first complete event.
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2));
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, i + 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
-        (a, b) => a.or(b),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_is_an_http_or_https_url_with_a_host() {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080/",
+            "https://ledger.internal:8443",
+            "https://ledger.internal/prefix/",
+        ] {
+            let e = Endpoint::parse(ok).unwrap();
+            assert!(!e.to_string().ends_with('/'), "{e}");
+            assert_eq!(e.url("/v1/status"), format!("{}/v1/status", ok.trim_end_matches('/')));
+        }
+        for bad in ["ftp://x:1", "localhost:8080", "http://", "not a url"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+        let from_addr: Endpoint = "127.0.0.1:9".parse::<SocketAddr>().unwrap().into();
+        assert_eq!(from_addr.to_string(), "http://127.0.0.1:9");
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_is_parsed_and_an_endless_event_is_refused() {
+        let chunks: Vec<Result<Bytes, ClientError>> = vec![
+            Ok(Bytes::from_static(b": keep-alive\n\nid: 7\ndata: {\"a\":1}\n\n")),
+            Ok(Bytes::from_static(b"id: 8\ndata: x\n")),
+            Ok(Bytes::from_static(b"\n")),
+        ];
+        let mut events = futures_util::stream::iter(chunks).eventsource();
+        let first = events.next().await.unwrap().unwrap();
+        assert_eq!((first.id.as_str(), first.data.as_str()), ("7", "{\"a\":1}"));
+        let second = events.next().await.unwrap().unwrap();
+        assert_eq!((second.id.as_str(), second.data.as_str()), ("8", "x"));
+
+        // More than SSE_EVENT_MAX bytes without a blank line: an error, not a buffer that grows.
+        let piece = Bytes::from(vec![b'a'; 1 << 20]);
+        let body = futures_util::stream::iter(std::iter::once(Ok(Bytes::from_static(b"data: "))).chain(
+            std::iter::repeat_with(move || Ok::<_, reqwest::Error>(piece.clone())).take(SSE_EVENT_MAX / (1 << 20) + 2),
+        ));
+        let results: Vec<_> = bounded(body).collect().await;
+        assert!(
+            matches!(results.last(), Some(Err(ClientError::EventTooLong))),
+            "{} chunks, none refused",
+            results.len()
+        );
     }
 }

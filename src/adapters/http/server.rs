@@ -372,6 +372,31 @@ async fn pay(
     Ok(command_response(s.ledger.pay(cmd).await?))
 }
 
+/// The benchmark's baseline (`http.baseline_route`): [`pay`] up to the command, then an answer
+/// of an event's size without one.
+async fn pay_baseline(
+    State(s): State<Arc<AppState>>,
+    account: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let req: PayRequest = command_body(&s, req, Role::Writer).await?;
+    let account = path(account)?;
+    let cmd = req
+        .validate(&account, chrono::Utc::now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    std::hint::black_box(cmd);
+    // About the size of a payment's answer, and built into a fresh buffer as that one is.
+    static ANSWER: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        format!("{{\"outcome\":\"baseline\",\"padding\":\"{}\"}}", " ".repeat(600)).into_bytes()
+    });
+    Ok((
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        ANSWER.clone(),
+    )
+        .into_response())
+}
+
 async fn unbind(
     State(s): State<Arc<AppState>>,
     p: Result<Path<(String, String)>, PathRejection>,
@@ -1055,7 +1080,12 @@ async fn bound_in_flight(State(s): State<Arc<AppState>>, req: Request, next: Nex
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let routes = if state.http.baseline_route {
+        Router::new().route("/v1/bench/accounts/{account}/payments", post(pay_baseline))
+    } else {
+        Router::new()
+    };
+    routes
         .route("/v1/accounts/{account}/bindings", post(bind).get(bindings))
         .route("/v1/accounts/{account}/bindings/{binding_id}/unbind", post(unbind))
         .route("/v1/accounts/{account}/payments", post(pay).get(payments))

@@ -65,7 +65,7 @@ pub async fn run(args: AlertsArgs) -> Result<i32> {
     if !args.follow {
         query.push(format!("limit={}", args.limit));
         let path = format!("/v1/alerts?{}", query.join("&"));
-        let mut client = bindledger::adapters::http::client::Client::new(addr, Some(token));
+        let mut client = bindledger::adapters::http::client::Client::new(addr.clone(), Some(token.clone()));
         let (status, body) = client.get_json(&path).await.with_context(|| format!("asking {url}"))?;
         anyhow::ensure!(status.is_success(), "{url} answered {status}: {body}");
         let alerts: Vec<bindledger::domain::alerts::Alert> = serde_json::from_value(body["alerts"].clone())?;
@@ -97,10 +97,21 @@ pub async fn run(args: AlertsArgs) -> Result<i32> {
     let mut last_id = args.after.map(|a| a.to_string());
     let mut backoff = std::time::Duration::from_millis(200);
     loop {
-        match bindledger::adapters::http::client::SseStream::open(addr, Some(&token), &path, last_id.as_deref()).await {
+        match bindledger::adapters::http::client::SseStream::open(addr.clone(), Some(&token), &path, last_id.as_deref())
+            .await
+        {
             Ok(Ok(mut stream)) => {
                 backoff = std::time::Duration::from_millis(200);
-                while let Ok(Some(msg)) = stream.next().await {
+                loop {
+                    let msg = match stream.next().await {
+                        Ok(Some(msg)) => msg,
+                        Ok(None) => break,
+                        // Reading the stream again would meet the same event: stop, and say so.
+                        Err(e @ bindledger::adapters::http::client::ClientError::EventTooLong) => {
+                            anyhow::bail!("{url}: {e}")
+                        }
+                        Err(_) => break,
+                    };
                     if let Some(id) = &msg.id {
                         last_id = Some(id.clone());
                     }

@@ -337,6 +337,7 @@ async fn library(
     let (mut lat, mut lib_seconds, mut raw_seconds, mut raw_ops) = (Vec::new(), 0.0, 0.0, 0u64);
     let (mut unsynced_lat, mut unsynced_seconds, mut unsynced_ops) = (Vec::new(), 0.0, 0u64);
     let mut per_round = Vec::new();
+    let mut lib_cpu = 0.0;
     // Commands of the rounds without the sync are numbered after the others (fresh keys).
     let mut unsynced_next = args.lib_commands;
     let pay_round = |first: u64, count: u64| pay_range(&f.ledger, &bindings, first, count, args.lib_concurrency);
@@ -345,7 +346,9 @@ async fn library(
         let count = args.lib_commands * (r + 1) / rounds - first;
         let base = f.ledger.log_len();
         let round_flushes_before = f.ledger.metrics().flushes.get();
+        let cpu_before = cpu_seconds();
         let (round_lat, seconds) = pay_round(first, count).await?;
+        lib_cpu += cpu_seconds() - cpu_before;
         let written = f.ledger.log_len() - base;
         anyhow::ensure!(written == count, "expected {count} events, the log grew by {written}");
         let per_flush = events_per_flush(&f.ledger, written, round_flushes_before)
@@ -383,8 +386,9 @@ async fn library(
         p50_us: percentile(&lat, 0.5),
         p99_us: percentile(&lat, 0.99),
         note: format!(
-            "{} submitters, {per_flush:.0} events per flush, {rounds} rounds",
-            args.lib_concurrency
+            "{} submitters, {per_flush:.0} events per flush, {rounds} rounds; CPU {:.0} µs per command (submitters included)",
+            args.lib_concurrency,
+            lib_cpu * 1e6 / args.lib_commands as f64
         ),
     };
     let unsynced = Row {
@@ -406,14 +410,30 @@ async fn library(
     Ok((lib, unsynced, raw, per_round))
 }
 
-async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
+/// CPU time this process has used (user and system), from `/proc/self/stat` (Linux).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are the 14th and 15th fields, in USER_HZ (100 on Linux).
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// The HTTP runs: the same load generator, in a process of its own, against the ledger's
+/// `POST /payments` and against the baseline route, which is the same server stack (router,
+/// limits, authentication, body reading, validation) without the command. Returns the
+/// baseline row and the ledger's row.
+async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row)> {
     let f = fixture(dir, args.accounts, args.commit_delay_us).await?;
     let token = "bench-token-0123456789".to_string();
     let tokens = vec![TokenConfig {
         token: token.clone(),
         roles: vec![Role::Writer],
     }];
-    let config = bench_config(dir);
+    let mut config = bench_config(dir);
+    config.http.baseline_route = true;
     let state = AppState::build(f.ledger.clone(), &tokens, config.http.clone(), f.node.extras.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -421,10 +441,138 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
     let server = tokio::spawn(bindledger::adapters::http::serve(listener, state, async move {
         let _ = stopped.await;
     }));
-    let bindings = Arc::new(f.bindings);
+    let bindings_file = dir.join("bindings.tsv");
+    std::fs::write(
+        &bindings_file,
+        f.bindings
+            .iter()
+            .map(|(a, b, p)| format!("{a}\t{b}\t{p}\n"))
+            .collect::<String>(),
+    )?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Pinned to a core of its own where there are cores to spare; on two cores the server
+    // needs both, and the generator shares them.
+    let pin = (cores >= 4 && std::process::Command::new("taskset").arg("-V").output().is_ok())
+        .then(|| (cores - 1).to_string());
+    let run = |prefix: &'static str, first: u64| {
+        let mut cmd = match &pin {
+            Some(core) => {
+                let mut c = std::process::Command::new("taskset");
+                c.args(["-c", core])
+                    .arg(std::env::current_exe().expect("the running binary"));
+                c
+            }
+            None => std::process::Command::new(std::env::current_exe().expect("the running binary")),
+        };
+        cmd.arg("bench-load")
+            .args(["--addr", &addr.to_string(), "--token", &token, "--prefix", prefix])
+            .arg("--bindings")
+            .arg(&bindings_file)
+            .args(["--connections", &args.http_connections.to_string()])
+            .args([
+                "--commands",
+                &args.http_commands.to_string(),
+                "--first",
+                &first.to_string(),
+            ])
+            .stderr(std::process::Stdio::inherit());
+        async move {
+            let cpu_before = cpu_seconds();
+            let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+            let cpu = cpu_seconds() - cpu_before;
+            anyhow::ensure!(out.status.success(), "the load generator failed ({})", out.status);
+            let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            Ok::<_, anyhow::Error>((r, cpu))
+        }
+    };
+    let (base_r, base_cpu) = run("/v1/bench/accounts", 0).await?;
     let base = f.ledger.log_len();
     let flushes_before = f.ledger.metrics().flushes.get();
     let batches_before = f.ledger.metrics().batches.get();
+    let (r, cpu) = run("/v1/accounts", 0).await?;
+    let written = f.ledger.log_len() - base;
+    anyhow::ensure!(
+        written == args.http_commands,
+        "expected {} events, the log grew by {written}",
+        args.http_commands
+    );
+    let per_flush = events_per_flush(&f.ledger, written, flushes_before);
+    let per_batch = written as f64 / (f.ledger.metrics().batches.get() - batches_before).max(1) as f64;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    f.node.stop().await;
+    let generator = match &pin {
+        Some(core) => format!("load generator in its own process, pinned to core {core}"),
+        None => format!("load generator in its own process, sharing the {cores} cores"),
+    };
+    let row = |name: &str, r: &serde_json::Value, cpu: f64, more: String| Row {
+        name: name.into(),
+        ops: args.http_commands,
+        seconds: r["seconds"].as_f64().unwrap_or(f64::NAN),
+        p50_us: r["p50_us"].as_u64(),
+        p99_us: r["p99_us"].as_u64(),
+        note: format!(
+            "{} connections, {generator}; server CPU {:.0} µs per request{more}",
+            args.http_connections,
+            cpu * 1e6 / args.http_commands as f64
+        ),
+    };
+    Ok((
+        row(
+            "HTTP baseline: the same POST through router, auth, body and validation, no command",
+            &base_r,
+            base_cpu,
+            String::new(),
+        ),
+        row(
+            "HTTP: POST /payments, durable",
+            &r,
+            cpu,
+            format!(", {per_flush:.0} events per flush, {per_batch:.1} per writer batch"),
+        ),
+    ))
+}
+
+/// What `bindledger bench-load` takes: the HTTP benchmark's load generator, run by the
+/// benchmark as a process of its own.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    #[arg(long)]
+    pub addr: std::net::SocketAddr,
+    #[arg(long)]
+    pub token: String,
+    /// `/v1/accounts` (the ledger) or `/v1/bench/accounts` (the baseline route).
+    #[arg(long)]
+    pub prefix: String,
+    /// Lines of `account<TAB>binding_id<TAB>payment_password`.
+    #[arg(long)]
+    pub bindings: PathBuf,
+    #[arg(long)]
+    pub connections: usize,
+    #[arg(long)]
+    pub commands: u64,
+    /// The first command's number (idempotency keys and orders are numbered from it).
+    #[arg(long, default_value_t = 0)]
+    pub first: u64,
+}
+
+/// Sends `commands` payments over `connections` kept-alive connections; prints
+/// `{"seconds", "p50_us", "p99_us"}`.
+pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    let bindings: Vec<(String, String, String)> = std::fs::read_to_string(&args.bindings)?
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split('\t');
+            Some((
+                parts.next()?.to_owned(),
+                parts.next()?.to_owned(),
+                parts.next()?.to_owned(),
+            ))
+        })
+        .collect();
+    anyhow::ensure!(!bindings.is_empty(), "no bindings in {}", args.bindings.display());
+    let bindings = Arc::new(bindings);
+    let (addr, token, prefix, first) = (args.addr, Arc::new(args.token), Arc::new(args.prefix), args.first);
     let make_client = || LoadClient {
         addr,
         stream: None,
@@ -432,8 +580,9 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
         body: Vec::with_capacity(256),
         request: Vec::with_capacity(512),
     };
-    let (lat, seconds) = drive(args.http_connections, args.http_commands, make_client, move |mut client, n| {
+    let (lat, seconds) = drive(args.connections, args.commands, make_client, move |mut client, n| {
         use std::io::Write;
+        let n = first + n;
         let b = &bindings[(n % bindings.len() as u64) as usize];
         let (body, request) = (&mut client.body, &mut client.request);
         body.clear();
@@ -446,7 +595,7 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
         .and_then(|()| {
             write!(
                 request,
-                "POST /v1/accounts/{}/payments HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                "POST {prefix}/{}/payments HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
                 b.0,
                 body.len()
             )
@@ -465,28 +614,11 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<Row> {
         }
     })
     .await?;
-    let written = f.ledger.log_len() - base;
-    anyhow::ensure!(
-        written == args.http_commands,
-        "expected {} events, the log grew by {written}",
-        args.http_commands
+    println!(
+        "{}",
+        serde_json::json!({"seconds": seconds, "p50_us": percentile(&lat, 0.5), "p99_us": percentile(&lat, 0.99)})
     );
-    let per_flush = events_per_flush(&f.ledger, written, flushes_before);
-    let per_batch = written as f64 / (f.ledger.metrics().batches.get() - batches_before).max(1) as f64;
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    f.node.stop().await;
-    Ok(Row {
-        name: "HTTP: POST /payments, durable".into(),
-        ops: args.http_commands,
-        seconds,
-        p50_us: percentile(&lat, 0.5),
-        p99_us: percentile(&lat, 0.99),
-        note: format!(
-            "{} connections, {per_flush:.0} events per flush, {per_batch:.1} per writer batch",
-            args.http_connections
-        ),
-    })
+    Ok(())
 }
 
 /// The HTTP run's load generator: one kept-alive connection, a request written as prepared,
@@ -600,8 +732,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.rounds
     );
     let (lib, unsynced, raw, rounds) = library(&root, &args, &payloads).await?;
-    eprintln!("bench: HTTP ...");
-    let http = http(&root.join("http"), &args).await?;
+    eprintln!("bench: HTTP, its baseline route and the ledger, the load generator in its own process ...");
+    let (http_base, http) = http(&root.join("http"), &args).await?;
     // For context: larger batches and one key per event.
     eprintln!("bench: raw sled, batches of {} ...", args.raw_batch);
     let raw_large = raw_sled(&root, &payloads, args.raw_batch, true)?;
@@ -610,7 +742,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let baseline = raw.rate();
     println!("| measurement | ops | seconds | ops/s | p50 | p99 | vs raw sled (same batches) | notes |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|");
-    for r in [&raw, &raw_large, &raw_keyed, &lib, &unsynced, &http] {
+    for r in [&raw, &raw_large, &raw_keyed, &lib, &unsynced, &http_base, &http] {
         println!(
             "| {} | {} | {:.2} | {:.0} | {} | {} | {:.2} | {} |",
             r.name,
@@ -642,6 +774,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         lib.rate() / unsynced.rate(),
         fmt_us(lib.p99_us),
         fmt_us(unsynced.p99_us)
+    );
+    println!(
+        "HTTP / its baseline route (same run, same load generator): {:.0} / {:.0} = {:.2}; p99 {} against {}.",
+        http.rate(),
+        http_base.rate(),
+        http.rate() / http_base.rate(),
+        fmt_us(http.p99_us),
+        fmt_us(http_base.p99_us)
     );
     if args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&root);

@@ -110,6 +110,9 @@ enum Command {
     },
     /// Measure raw sled, the library path and HTTP end to end in one run.
     Bench(bench::BenchArgs),
+    /// The HTTP benchmark's load generator (run by `bench` as a process of its own).
+    #[command(hide = true)]
+    BenchLoad(bench::LoadArgs),
     /// Measure the alert monitor: latency from a command's acknowledgement to its alert on the
     /// live feed at paced rates, and rule throughput over a stored log against decoding alone.
     BenchAlerts(crate::bench_alerts::AlertBenchArgs),
@@ -328,6 +331,11 @@ fn run(cli: Cli) -> Result<i32> {
         Command::BenchAlerts(args) => {
             init_tracing("warn", log_format);
             tokio::runtime::Runtime::new()?.block_on(crate::bench_alerts::run(args))?;
+            Ok(0)
+        }
+        Command::BenchLoad(args) => {
+            init_tracing("warn", log_format);
+            tokio::runtime::Runtime::new()?.block_on(bench::load(args))?;
             Ok(0)
         }
         Command::Bench(args) => {

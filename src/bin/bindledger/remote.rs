@@ -1,14 +1,14 @@
 //! How the commands that talk to a running ledger reach it: its URL and a token.
 
 use anyhow::{Context, Result};
+use bindledger::adapters::http::client::Endpoint;
 use clap::Args;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// How to reach a running ledger.
 #[derive(Args)]
 pub struct Remote {
-    /// The ledger's HTTP address.
+    /// The ledger's URL: http:// or https://, with a host name or an address.
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "BINDLEDGER_URL")]
     pub url: String,
     /// A token with the needed role (status: reader; alerts: security or auditor). Default:
@@ -21,7 +21,7 @@ pub struct Remote {
 }
 
 impl Remote {
-    pub fn connect(&self) -> Result<(SocketAddr, String)> {
+    pub fn connect(&self) -> Result<(Endpoint, String)> {
         Ok((
             parse_url(&self.url)?,
             token_or_admin(self.token.clone(), &self.data_dir)?,
@@ -41,8 +41,8 @@ pub fn url_escape(s: &str) -> String {
         .collect()
 }
 
-pub fn parse_url(url: &str) -> Result<SocketAddr> {
-    bindledger::adapters::http::client::parse_http_addr(url).with_context(|| format!("--url {url}"))
+pub fn parse_url(url: &str) -> Result<Endpoint> {
+    Endpoint::parse(url).with_context(|| format!("--url {url}"))
 }
 
 pub fn token_or_admin(token: Option<String>, data_dir: &Path) -> Result<String> {
