@@ -97,7 +97,7 @@ impl Node {
                 extras.checkpoints_relay = Some((config.checkpoints.topic.clone(), p.status.clone()));
                 publisher = Some(p);
             }
-            services.push(Box::pin(crate::ledger::checkpoint::run(
+            services.push(Box::pin(crate::ledger::signer::run(
                 ledger.clone(),
                 key,
                 store,

@@ -163,6 +163,84 @@ fn every_part_uses_only_the_layers_below_it() {
     }
 }
 
+/// The core's files name each other without a cycle (`checkpoint <-> ledger` and
+/// `writer <-> indexer` were cycles once): a file's module is `ledger` for `ledger/mod.rs`,
+/// else its path (`alerts::store`); `crate::ledger::X` names the file X when there is one, else
+/// `ledger` itself (its API); `super::x` in `ledger/alerts/` names `alerts::x`.
+#[test]
+fn the_core_has_no_cycle_between_its_files() {
+    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ledger");
+    let mut files = Vec::new();
+    rust_files(&core, &mut files);
+    let module_of = |f: &Path| -> String {
+        let rel = f.strip_prefix(&core).unwrap().to_string_lossy().replace('\\', "/");
+        let rel = rel
+            .trim_end_matches(".rs")
+            .trim_end_matches("/mod")
+            .trim_end_matches("mod");
+        if rel.is_empty() {
+            "ledger".to_owned()
+        } else {
+            rel.replace('/', "::")
+        }
+    };
+    let modules: BTreeSet<String> = files.iter().map(|f| module_of(f)).collect();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in &files {
+        let me = module_of(f);
+        let code = code(&std::fs::read_to_string(f).unwrap());
+        let mut edges = BTreeSet::new();
+        for (at, _) in code.match_indices("crate::ledger::") {
+            let rest = &code[at + "crate::ledger::".len()..];
+            let path: Vec<&str> = rest
+                .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                .next()
+                .unwrap_or("")
+                .split("::")
+                .collect();
+            let two = path.iter().take(2).copied().collect::<Vec<_>>().join("::");
+            let target = if modules.contains(&two) {
+                two
+            } else if modules.contains(path[0]) {
+                path[0].to_owned()
+            } else {
+                "ledger".to_owned()
+            };
+            edges.insert(target);
+        }
+        if me.starts_with("alerts::") {
+            for (at, _) in code.match_indices("super::") {
+                let name: String = code[at + 7..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                edges.insert(format!("alerts::{name}"));
+            }
+        }
+        edges.remove(&me);
+        graph.insert(me, edges);
+    }
+    assert!(graph.len() > 10, "the core's files were not found: {graph:?}");
+    fn cycle(graph: &BTreeMap<String, BTreeSet<String>>, at: &str, path: &mut Vec<String>) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == at) {
+            return Some(path[i..].to_vec());
+        }
+        path.push(at.to_owned());
+        for next in graph.get(at).into_iter().flatten() {
+            if let Some(c) = cycle(graph, next, path) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        None
+    }
+    for start in graph.keys() {
+        if let Some(c) = cycle(&graph, start, &mut Vec::new()) {
+            panic!("a cycle in the core: {} -> {}", c.join(" -> "), c[0]);
+        }
+    }
+}
+
 #[test]
 fn the_domain_does_no_io() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/domain");

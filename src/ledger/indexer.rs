@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::domain::projection::Projection;
+use crate::ledger::store::DurableBatch;
 use crate::ledger::store::{IndexBatch, Store};
-use crate::ledger::writer::DurableBatch;
 
 /// Batches waiting for the indexer.
 pub const INDEX_QUEUE_BATCHES: usize = 1024;

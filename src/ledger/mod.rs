@@ -8,7 +8,8 @@
 //!   log, in memory and on disk.
 //! - [`indexer`]: history rows and projection snapshots, off the write path.
 //! - [`keys`]: the ledger secret and the rules file on disk.
-//! - [`checkpoint`]: signed checkpoints of the chain head and their storage.
+//! - [`checkpoint`]: signed checkpoints of the chain head and their storage; [`signer`]: the
+//!   task that signs the head.
 //! - [`alerts`]: the live monitor, its feed and the alerts' storage.
 //! - [`metrics`]: the counters and histograms the ledger keeps.
 //! - [`offline`]: export and verify a log that no process has open.
@@ -29,6 +30,7 @@ pub mod keys;
 pub mod keytable;
 pub mod metrics;
 pub mod offline;
+pub mod signer;
 pub mod store;
 pub mod writer;
 
@@ -331,7 +333,7 @@ impl Ledger {
     /// order. The queue holds `capacity` batches; when it is full batches are skipped (never
     /// waited for), so a follower that finds a gap reads it with [`Ledger::raw_events`]. One
     /// follower at a time: a new tap replaces the previous one.
-    pub fn tap(&self, capacity: usize) -> std::sync::mpsc::Receiver<crate::ledger::writer::DurableBatch> {
+    pub fn tap(&self, capacity: usize) -> std::sync::mpsc::Receiver<crate::ledger::store::DurableBatch> {
         let (tx, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
         *self.inner.tap.lock().expect("lock") = Some(tx);
         rx

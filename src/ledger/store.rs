@@ -22,6 +22,10 @@ use std::path::Path;
 use crate::domain::projection::AccountState;
 use crate::error::{Error, Result};
 
+/// The events one flush made durable, in order, shared (never copied) by the answers, the
+/// indexer and the monitor.
+pub type DurableBatch = std::sync::Arc<Vec<std::sync::Arc<bindledger_events::Event>>>;
+
 /// Most events in one stored chunk: bounds what a point read has to load.
 pub const CHUNK_EVENTS_MAX: usize = 128;
 

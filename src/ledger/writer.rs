@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::ledger::idempotency::{composite, KeyIndex};
 use crate::ledger::indexer::{Indexer, INDEX_QUEUE_BATCHES};
 use crate::ledger::metrics::Metrics;
+use crate::ledger::store::DurableBatch;
 use crate::ledger::store::{LogBatch, Store};
 /// Batches decided and waiting for the flusher (the writer runs at most this far ahead of it).
 /// One: while the flusher is busy, new commands gather in the writer's queue and become one
@@ -235,10 +236,6 @@ pub struct CommitDelay {
 /// without ever waiting: when the follower's bounded queue is full the batch is not sent, and
 /// the follower, seeing a gap, reads it from the log.
 pub type EventTap = Arc<Mutex<Option<std::sync::mpsc::SyncSender<DurableBatch>>>>;
-
-/// The events of one durable batch, in order, as the flusher hands them to the monitor and the
-/// indexer: the events themselves are shared, not copied.
-pub type DurableBatch = Arc<Vec<Arc<Event>>>;
 
 impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<Submission>) {

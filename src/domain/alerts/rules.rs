@@ -37,7 +37,10 @@ impl Severity {
     }
 }
 
-/// A span of event time, written `90s`, `10m`, `1h`, `30d` (a sum like `1h30m` is fine).
+/// A span of time, written `90s`, `10m`, `1h`, `30d` (a sum like `1h30m` is fine). Parsed by
+/// hand: the syntax is four units and a sum, a line-numbered error must name the file's text,
+/// and a duration crate (humantime) would accept forms (`1 hour`, `2y`) the README does not
+/// document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Span(pub i64);
 
@@ -57,6 +60,7 @@ impl Span {
     pub fn micros(&self) -> i64 {
         self.0
     }
+    /// The error is a message for the rules file's error (which adds the file and line).
     pub fn parse(text: &str) -> Result<Span, String> {
         let mut total: i64 = 0;
         let mut digits = String::new();

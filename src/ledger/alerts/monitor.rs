@@ -208,7 +208,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self, rx: std::sync::mpsc::Receiver<crate::ledger::writer::DurableBatch>) {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<crate::ledger::store::DurableBatch>) {
         let (tx, writes) = std::sync::mpsc::sync_channel::<Write>(STORE_QUEUE);
         let writer = {
             let (store, digest, status, feed) = (
@@ -263,7 +263,7 @@ impl Worker {
         }
     }
 
-    fn run_inner(&mut self, rx: std::sync::mpsc::Receiver<crate::ledger::writer::DurableBatch>) -> Result<()> {
+    fn run_inner(&mut self, rx: std::sync::mpsc::Receiver<crate::ledger::store::DurableBatch>) -> Result<()> {
         self.catch_up(self.ledger.log_len())?;
         tracing::info!(
             position = self.engine.state.position,
@@ -321,7 +321,7 @@ impl Worker {
         Ok(())
     }
 
-    fn fold(&mut self, batches: &[crate::ledger::writer::DurableBatch]) -> Result<()> {
+    fn fold(&mut self, batches: &[crate::ledger::store::DurableBatch]) -> Result<()> {
         let mut changes = Vec::new();
         for batch in batches {
             for e in batch.iter() {
