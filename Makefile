@@ -20,15 +20,19 @@ tansu: check-toolchain
 	  $(CARGO) install tansu --version $(TANSU_VERSION) --locked --features dynostore,libsql; }
 
 ## Tools the tests run besides the broker, from Debian's packages when missing: strace (the
-## durability test watches the ledger's system calls) and python3 (events/verify.py, the
-## independent verifier).
+## durability test watches the ledger's system calls), python3 (events/verify.py, the
+## independent verifier), and chromium with chromium-driver and a CJK font (the console's
+## test drives a real headless browser through WebDriver and saves screenshots).
 test-tools:
 	@missing=""; command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
 	  command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	  command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	  fc-list 2>/dev/null | grep -qi wenquanyi || missing="$$missing fonts-wqy-microhei"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing$$missing (the tests need them)"; \
 	    if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	  fi
 
 ## The code is as rustfmt writes it (rustfmt.toml); the component is added when missing.

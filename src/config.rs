@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 
 /// What a bearer token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Send commands (bind, pay, unbind).
@@ -77,6 +77,33 @@ pub enum Durability {
 pub struct TokenConfig {
     pub token: String,
     pub roles: Vec<Role>,
+    /// Who holds the token (`alice`, `fraud-desk`): shown in the console, and the name its
+    /// actions are attributed to. Letters, digits, `.`, `_` and `-`, at most 64.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl TokenConfig {
+    /// The token's name, or `token-` and the first 8 hex digits of its SHA-256 (never the
+    /// token itself).
+    pub fn display_name(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => {
+                use sha2::Digest;
+                let d = sha2::Sha256::digest(self.token.as_bytes());
+                format!("token-{}", hex::encode(&d[..4]))
+            }
+        }
+    }
+}
+
+/// Whether a token's name is letters, digits, `.`, `_` and `-`, at most 64.
+fn valid_token_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -294,6 +321,9 @@ pub struct HttpConfig {
     /// command. The HTTP benchmark's baseline; set by it only, never read from a file.
     #[serde(skip)]
     pub baseline_route: bool,
+    /// Mark the console's session cookie `Secure` (sent over HTTPS only). Default false, since
+    /// the ledger itself serves plain HTTP; set it when a TLS proxy is in front.
+    pub console_secure_cookie: bool,
 }
 
 impl HttpConfig {
@@ -365,6 +395,7 @@ impl Default for HttpConfig {
             body_timeout_ms: 5000,
             min_seq_wait_ms: 5000,
             baseline_route: false,
+            console_secure_cookie: false,
         }
     }
 }
@@ -498,6 +529,14 @@ impl Config {
             if t.roles.is_empty() {
                 return bad("every token needs at least one role");
             }
+            if t.name.as_deref().is_some_and(|n| !valid_token_name(n)) {
+                return bad("a token's name is letters, digits, '.', '_' and '-', at most 64");
+            }
+        }
+        let mut names: Vec<&str> = self.tokens.iter().filter_map(|t| t.name.as_deref()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return bad("two tokens have one name: names say who acted, so each is one holder's");
         }
         self.gateway.simulated.validate()
     }
@@ -532,10 +571,14 @@ pub fn parse_tokens(s: &str) -> Result<Vec<TokenConfig>, Error> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|part| {
-            let (roles, token) = part
+            let (head, token) = part
                 .trim()
                 .split_once(':')
-                .ok_or_else(|| Error::Config("BINDLEDGER_TOKENS entries look like role+role:token".into()))?;
+                .ok_or_else(|| Error::Config("BINDLEDGER_TOKENS entries look like [name@]role+role:token".into()))?;
+            let (name, roles) = match head.split_once('@') {
+                Some((name, roles)) => (Some(name.to_owned()), roles),
+                None => (None, head),
+            };
             let roles = roles
                 .split('+')
                 .map(|r| {
@@ -546,6 +589,7 @@ pub fn parse_tokens(s: &str) -> Result<Vec<TokenConfig>, Error> {
             Ok(TokenConfig {
                 token: token.to_owned(),
                 roles,
+                name,
             })
         })
         .collect()
@@ -579,6 +623,19 @@ mod tests {
         let c = Config::from_toml("[writer]\nbatch_max = 0").unwrap();
         assert!(c.validate().is_err());
         assert!(parse_tokens("root:abc").is_err());
+        let named = parse_tokens("alice@security+reader:0123456789abcdef").unwrap();
+        assert_eq!(named[0].name.as_deref(), Some("alice"));
+        assert_eq!(named[0].roles, vec![Role::Security, Role::Reader]);
+        assert!(parse_tokens("reader:0123456789abcdef").unwrap()[0]
+            .display_name()
+            .starts_with("token-"));
+        let mut c = Config {
+            tokens: parse_tokens("a b@reader:0123456789abcdef").unwrap(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err(), "a name with a space");
+        c.tokens = parse_tokens("bob@reader:0123456789abcdef,bob@writer:fedcba9876543210").unwrap();
+        assert!(c.validate().is_err(), "one name for two tokens");
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn a_rewritten_or_truncated_log_fails_against_the_signed_checkpoints() {
         tokens: vec![TokenConfig {
             token: TOKEN.into(),
             roles: vec![Role::Auditor],
+            name: None,
         }],
         ..Config::default()
     };

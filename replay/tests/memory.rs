@@ -139,6 +139,7 @@ fn the_http_feed_is_read_in_bounded_memory() {
         tokens: vec![TokenConfig {
             token: token.into(),
             roles: vec![Role::Auditor],
+            name: None,
         }],
         ..Config::default()
     };

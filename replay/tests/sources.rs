@@ -39,10 +39,12 @@ fn every_source_gives_the_same_log_and_state_at_equals_the_live_state() {
             TokenConfig {
                 token: TOKEN.into(),
                 roles: vec![Role::Auditor],
+                name: None,
             },
             TokenConfig {
                 token: READER.into(),
                 roles: vec![Role::Reader],
+                name: None,
             },
         ],
         ..Config::default()

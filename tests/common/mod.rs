@@ -26,22 +26,27 @@ pub fn tokens() -> Vec<TokenConfig> {
         TokenConfig {
             token: WRITER.into(),
             roles: vec![Role::Writer],
+            name: None,
         },
         TokenConfig {
             token: READER.into(),
             roles: vec![Role::Reader],
+            name: None,
         },
         TokenConfig {
             token: AUDITOR.into(),
             roles: vec![Role::Auditor],
+            name: None,
         },
         TokenConfig {
             token: SECURITY.into(),
             roles: vec![Role::Security],
+            name: None,
         },
         TokenConfig {
             token: ALL.into(),
             roles: vec![Role::Writer, Role::Reader, Role::Auditor, Role::Security],
+            name: None,
         },
     ]
 }

@@ -3,6 +3,8 @@
 
 pub mod client;
 #[cfg(feature = "server")]
+mod console;
+#[cfg(feature = "server")]
 mod metrics;
 #[cfg(feature = "server")]
 mod server;

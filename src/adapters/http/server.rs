@@ -35,7 +35,9 @@ use crate::ledger::{CommandResult, Ledger};
 pub struct AppState {
     pub ledger: Ledger,
     /// SHA-256 of each token, with its roles: tokens themselves are not kept in memory here.
-    tokens: Vec<([u8; 32], Vec<Role>)>,
+    tokens: Vec<([u8; 32], Arc<Principal>)>,
+    /// The console's signed-in sessions.
+    pub(super) sessions: super::console::Sessions,
     http: HttpConfig,
     /// Requests in flight; beyond the bound the answer is 503 `overloaded`.
     in_flight: Arc<Semaphore>,
@@ -91,7 +93,13 @@ impl AppState {
     pub fn build(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig, extras: Extras) -> Arc<AppState> {
         let tokens = tokens
             .iter()
-            .map(|t| (Sha256::digest(t.token.as_bytes()).into(), t.roles.clone()))
+            .map(|t| {
+                let principal = Principal {
+                    name: t.display_name(),
+                    roles: t.roles.clone(),
+                };
+                (Sha256::digest(t.token.as_bytes()).into(), Arc::new(principal))
+            })
             .collect();
         let in_flight = Arc::new(Semaphore::new(http.connections_max));
         Arc::new(AppState {
@@ -101,8 +109,27 @@ impl AppState {
             in_flight,
             extras,
             closing: tokio::sync::watch::Sender::new(false),
+            sessions: Default::default(),
         })
     }
+
+    /// Who holds `token`, if it is one of the configured tokens.
+    pub(super) fn principal_of_token(&self, token: &str) -> Option<Arc<Principal>> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.tokens.iter().find(|(d, _)| *d == digest).map(|(_, p)| p.clone())
+    }
+
+    /// Whether the console's cookie is marked `Secure` (`http.console_secure_cookie`).
+    pub(super) fn console_secure_cookie(&self) -> bool {
+        self.http.console_secure_cookie
+    }
+}
+
+/// Who a request acts as: a token's name and roles (by a bearer token, or a console session).
+#[derive(Debug)]
+pub struct Principal {
+    pub name: String,
+    pub roles: Vec<Role>,
 }
 
 /// An error answer. Every part is `'static`: an answer (and the log line made from it) cannot
@@ -116,7 +143,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: &'static str) -> Self {
+    pub(super) fn new(status: StatusCode, code: &'static str, message: &'static str) -> Self {
         ApiError {
             status,
             code,
@@ -193,7 +220,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(super) type ApiResult<T> = Result<T, ApiError>;
 
 fn authorize(state: &AppState, headers: &HeaderMap, role: Role) -> ApiResult<()> {
     authorize_any(state, headers, &[role])
@@ -210,27 +237,26 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The roles of the request's token, from its headers alone (no body has been read).
-fn authenticate<'s>(state: &'s AppState, headers: &HeaderMap) -> ApiResult<&'s [Role]> {
-    let token = bearer_token(headers).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "send Authorization: Bearer <token>",
-        )
-    })?;
-    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+/// Who sent the request, from its headers alone (no body has been read): its bearer token,
+/// else its console session cookie.
+fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Arc<Principal>> {
+    let Some(token) = bearer_token(headers) else {
+        return super::console::session_principal(state, headers).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "send Authorization: Bearer <token>",
+            )
+        });
+    };
     state
-        .tokens
-        .iter()
-        .find(|(d, _)| *d == digest)
-        .map(|(_, r)| r.as_slice())
+        .principal_of_token(token)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token"))
 }
 
 fn authorize_any(state: &AppState, headers: &HeaderMap, allowed: &[Role]) -> ApiResult<()> {
-    let roles = authenticate(state, headers)?;
-    if allowed.iter().any(|r| roles.contains(r)) {
+    let principal = authenticate(state, headers)?;
+    if allowed.iter().any(|r| principal.roles.contains(r)) {
         return Ok(());
     }
     let message = match allowed {
@@ -978,7 +1004,11 @@ const NOT_PRIMARY: &str = "this ledger is a read replica and takes no commands; 
 /// On a replica, a command (every `POST`) is answered `421 not_primary` with the primary's URL,
 /// before its body is read (the caller's token is checked first, as everywhere).
 async fn replica_guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if req.method() == axum::http::Method::POST && !s.ledger.is_primary() && req.uri().path() != "/v1/admin/promote" {
+    if req.method() == axum::http::Method::POST
+        && !s.ledger.is_primary()
+        && req.uri().path() != "/v1/admin/promote"
+        && req.uri().path() != "/console/session"
+    {
         if let Err(e) = authorize(&s, req.headers(), Role::Writer) {
             return e.into_response();
         }
@@ -1047,6 +1077,14 @@ async fn wait_for_min_seq(State(s): State<Arc<AppState>>, mut req: Request, next
     next.run(req).await
 }
 
+/// The console's CSRF rule, before anything else reads the request.
+async fn csrf_guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match super::console::check_csrf(&s, req.method(), req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn bound_in_flight(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let probe = matches!(req.uri().path(), "/healthz" | "/metrics");
     let _permit = if probe {
@@ -1102,11 +1140,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/alerts/stream", get(alerts_stream))
         .route("/v1/alerts/{alert_id}", get(alert_one))
         .route("/v1/admin/promote", post(promote))
+        .route("/console", get(super::console::page))
+        .route("/console/app.js", get(super::console::script))
+        .route("/console/app.css", get(super::console::style))
+        .route(
+            "/console/session",
+            get(super::console::current)
+                .post(super::console::sign_in)
+                .delete(super::console::sign_out),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), wait_for_min_seq))
+        .layer(middleware::from_fn_with_state(state.clone(), csrf_guard))
         .layer(middleware::from_fn_with_state(state.clone(), replica_guard))
         .layer(middleware::from_fn_with_state(state.clone(), bound_in_flight))
         .layer(DefaultBodyLimit::max(state.http.body_limit_bytes))

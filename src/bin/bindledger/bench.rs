@@ -431,6 +431,7 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row)> {
     let tokens = vec![TokenConfig {
         token: token.clone(),
         roles: vec![Role::Writer],
+        name: None,
     }];
     let mut config = bench_config(dir);
     config.http.baseline_route = true;

@@ -68,6 +68,7 @@ async fn latency(dir: &Path, rate: u64, args: &AlertBenchArgs) -> anyhow::Result
     config.tokens = vec![TokenConfig {
         token: TOKEN.into(),
         roles: vec![Role::Security],
+        name: None,
     }];
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     let node = Node::start(&config, LedgerSecret::from_bytes([8; 32]), gateway.clone())?;

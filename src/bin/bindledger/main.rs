@@ -243,6 +243,7 @@ fn ensure_tokens(config: &mut Config) -> Result<()> {
     config.tokens.push(TokenConfig {
         token,
         roles: vec![Role::Writer, Role::Reader, Role::Auditor, Role::Security],
+        name: None,
     });
     Ok(())
 }

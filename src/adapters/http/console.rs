@@ -1,0 +1,241 @@
+//! The security console at `/console`: a page, its script and its style, served from the
+//! binary (no CDN, no external font, no build step), and the sessions it signs in with.
+//!
+//! **Sign-in.** The page posts a token to `POST /console/session`; the answer sets an
+//! `HttpOnly`, `SameSite=Strict` cookie naming a session held here (the token is not kept by
+//! the browser) and gives the page the session's CSRF token, which it holds in memory only.
+//! The session has the token's roles and name; every API call the page makes is checked against
+//! them exactly as a bearer token is.
+//!
+//! **CSRF.** A request authenticated by the cookie that changes anything (any method but GET
+//! and HEAD) must carry `X-CSRF-Token` equal to its session's; otherwise `403 csrf`, before the
+//! body is read. A bearer token is not sent by browsers on their own, so it needs none.
+//!
+//! **Headers.** The pages are served with a strict Content-Security-Policy (`'self'` only, no
+//! inline script or style, no framing), `nosniff`, no referrer, and `no-store`.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::server::{ApiError, ApiResult, AppState, Principal};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "bindledger_session";
+/// How long a session lasts without use.
+const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
+/// Most sessions held at once; beyond it the least recently used goes.
+const SESSIONS_MAX: usize = 10_000;
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; font-src 'none'; object-src 'none'; base-uri 'none'; \
+                   form-action 'none'; frame-ancestors 'none'";
+
+struct Session {
+    principal: Arc<Principal>,
+    csrf: String,
+    used: Instant,
+}
+
+/// The console's sessions, by the SHA-256 of their id (the id itself is only in the cookie).
+#[derive(Default)]
+pub struct Sessions {
+    by_id: Mutex<HashMap<[u8; 32], Session>>,
+}
+
+fn random_hex() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("the system has randomness");
+    hex::encode(b)
+}
+
+fn digest(id: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(id.as_bytes()).into()
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Sessions {
+    /// A new session for `principal`: its id (for the cookie) and CSRF token.
+    fn open(&self, principal: Arc<Principal>) -> (String, String) {
+        let (id, csrf) = (random_hex(), random_hex());
+        let mut all = self.by_id.lock().expect("sessions lock");
+        let now = Instant::now();
+        all.retain(|_, s| now.duration_since(s.used) < SESSION_IDLE);
+        if all.len() >= SESSIONS_MAX {
+            if let Some(oldest) = all.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k) {
+                all.remove(&oldest);
+            }
+        }
+        all.insert(
+            digest(&id),
+            Session {
+                principal,
+                csrf: csrf.clone(),
+                used: now,
+            },
+        );
+        (id, csrf)
+    }
+
+    /// The live session a cookie names, touched; with its CSRF token.
+    fn find(&self, id: &str) -> Option<(Arc<Principal>, String)> {
+        let mut all = self.by_id.lock().expect("sessions lock");
+        let key = digest(id);
+        let s = all.get_mut(&key)?;
+        if s.used.elapsed() >= SESSION_IDLE {
+            all.remove(&key);
+            return None;
+        }
+        s.used = Instant::now();
+        Some((s.principal.clone(), s.csrf.clone()))
+    }
+
+    fn close(&self, id: &str) {
+        self.by_id.lock().expect("sessions lock").remove(&digest(id));
+    }
+}
+
+/// The session id in the request's cookie, if any.
+pub fn cookie_session(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v)
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The principal of a request authenticated by its session cookie.
+pub fn session_principal(state: &AppState, headers: &HeaderMap) -> Option<Arc<Principal>> {
+    state.sessions.find(cookie_session(headers)?).map(|(p, _)| p)
+}
+
+/// The CSRF rule (see the module's documentation), from the method and headers alone.
+pub fn check_csrf(state: &AppState, method: &Method, headers: &HeaderMap) -> ApiResult<()> {
+    if matches!(*method, Method::GET | Method::HEAD) || headers.contains_key(header::AUTHORIZATION) {
+        return Ok(());
+    }
+    let Some(id) = cookie_session(headers) else {
+        return Ok(());
+    };
+    let Some((_, csrf)) = state.sessions.find(id) else {
+        return Ok(()); // not a live session: the request is unauthenticated, and answered so
+    };
+    let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if same(sent.as_bytes(), csrf.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "a request signed in by the console's cookie needs its X-CSRF-Token",
+        ))
+    }
+}
+
+fn page_headers(content_type: &'static str) -> [(header::HeaderName, HeaderValue); 6] {
+    [
+        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)),
+        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ]
+}
+
+pub async fn page() -> Response {
+    (
+        page_headers("text/html; charset=utf-8"),
+        include_str!("console/index.html"),
+    )
+        .into_response()
+}
+
+pub async fn script() -> Response {
+    (
+        page_headers("text/javascript; charset=utf-8"),
+        include_str!("console/app.js"),
+    )
+        .into_response()
+}
+
+pub async fn style() -> Response {
+    (page_headers("text/css; charset=utf-8"), include_str!("console/app.css")).into_response()
+}
+
+fn who(p: &Principal, csrf: &str) -> serde_json::Value {
+    json!({"name": p.name, "roles": p.roles, "csrf": csrf})
+}
+
+/// `GET /console/session`: who is signed in (a reload of the page keeps its session).
+pub async fn current(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    match cookie_session(&headers).and_then(|id| s.sessions.find(id)) {
+        Some((p, csrf)) => Ok(Json(who(&p, &csrf)).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "not signed in",
+        )),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    token: String,
+}
+
+/// `POST /console/session` `{token}`: signs in; sets the session cookie.
+pub async fn sign_in(State(s): State<Arc<AppState>>, body: axum::body::Bytes) -> ApiResult<Response> {
+    let Ok(SignIn { token }) = serde_json::from_slice::<SignIn>(&body) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "send {\"token\": ...}",
+        ));
+    };
+    let principal = s
+        .principal_of_token(&token)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token"))?;
+    let (id, csrf) = s.sessions.open(principal.clone());
+    let cookie = format!(
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        SESSION_IDLE.as_secs(),
+        if s.console_secure_cookie() { "; Secure" } else { "" }
+    );
+    let mut r = Json(who(&principal, &csrf)).into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).expect("hex and ASCII"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+/// `DELETE /console/session`: signs out (needs the CSRF token, as every change does).
+pub async fn sign_out(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(id) = cookie_session(&headers) {
+        s.sessions.close(id);
+    }
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")).expect("ASCII"),
+    );
+    r
+}

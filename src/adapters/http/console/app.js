@@ -1,0 +1,399 @@
+// The bindledger security console. Plain JavaScript, no build step, no dependency. Every value
+// from the ledger reaches the page through textContent (never as HTML), and the page runs under
+// a Content-Security-Policy that allows only this script and its style sheet.
+"use strict";
+
+const state = { me: null, csrf: "", stream: null, alerts: new Map() };
+
+// Failure reasons in plain language, in Chinese and English (the platform's users read Chinese).
+const REASONS = {
+  wallet_frozen: ["钱包已被冻结", "the wallet is frozen by its provider"],
+  wallet_closed: ["钱包已注销", "the wallet was closed"],
+  invalid_input: ["输入信息有误", "the details given were not valid"],
+  network: ["网络异常，请稍后重试", "a network error reaching the provider"],
+  maintenance: ["支付渠道维护中", "the provider is under maintenance"],
+  already_bound: ["该钱包已绑定此账户", "the wallet is already bound to this account"],
+  verification_factor_failed: ["验证码或生物识别验证失败", "the SMS code or biometric check failed"],
+  binding_limit_reached: ["绑定数量已达上限", "the account has as many wallets as allowed"],
+  wrong_password: ["支付密码错误", "wrong payment password"],
+  binding_not_active: ["该绑定已失效", "the binding is no longer active"],
+  insufficient_funds: ["余额不足", "insufficient funds"],
+  not_bound: ["未找到该绑定", "no such binding on this account"],
+  binding_locked: ["该绑定因安全原因已被锁定", "the binding is locked for safety"],
+  not_locked: ["该绑定未被锁定", "the binding is not locked"],
+  too_many_attempts: ["尝试次数过多，请稍后再试", "too many attempts; try again later"],
+  order_already_paid: ["该订单已支付", "the order is already paid"],
+  unknown_wallet: ["钱包账户不存在", "the provider does not know this wallet account"],
+};
+
+const EVENTS = {
+  wallet_bound: ["绑定成功", "wallet bound"],
+  bind_failed: ["绑定失败", "bind failed"],
+  payment_succeeded: ["支付成功", "payment succeeded"],
+  payment_failed: ["支付失败", "payment failed"],
+  wallet_unbound: ["解绑成功", "wallet unbound"],
+  unbind_failed: ["解绑失败", "unbind failed"],
+  binding_locked: ["绑定已锁定", "binding locked"],
+  binding_lock_failed: ["锁定失败", "lock failed"],
+  binding_unlocked: ["绑定已解锁", "binding unlocked"],
+};
+
+const RULES = {
+  password_brute_force: "wrong payment passwords on one account",
+  bind_failure_burst: "failed binds on one account",
+  bind_then_drain: "a new binding spent heavily at once",
+  shared_wallet: "one wallet bound to several accounts",
+  binding_churn: "bind and unbind again and again",
+  amount_spike: "a payment far above the account's usual",
+  dead_wallet_probing: "binds tried with dead wallets",
+};
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (v !== null && v !== undefined && v !== false) e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === null || c === undefined) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+// A failure reason: its code, or the event's `{code, ...}` object.
+function reason(why) {
+  const code = why && typeof why === "object" ? why.code : why;
+  const r = REASONS[code];
+  return r ? el("span", { class: "reason" }, el("span", { class: "zh", lang: "zh-CN" }, r[0]), r[1]) : code || "";
+}
+
+function eventName(type) {
+  const r = EVENTS[type];
+  return r ? el("span", {}, el("span", { class: "zh", lang: "zh-CN" }, r[0]), r[1]) : type;
+}
+
+function utc(t) {
+  return t ? t.replace("T", " ").replace(/\.\d+Z$/, " UTC").replace(/Z$/, " UTC") : "";
+}
+
+function span(from, to) {
+  const s = Math.round((Date.parse(to) - Date.parse(from)) / 1000);
+  if (!(s >= 0)) return "";
+  if (s < 120) return `${s} s`;
+  if (s < 7200) return `${Math.round(s / 60)} min`;
+  return `${Math.round(s / 3600)} h`;
+}
+
+async function api(method, path, body) {
+  const headers = { accept: "application/json" };
+  if (method !== "GET") headers["x-csrf-token"] = state.csrf;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const r = await fetch(path, {
+    method,
+    headers,
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await r.text();
+  let json = null;
+  try { json = text ? JSON.parse(text) : null; } catch (_) { json = null; }
+  if (r.status === 401 && path !== "/console/session") { signedOut(); }
+  return { status: r.status, ok: r.ok, json };
+}
+
+function can(role) {
+  return !!state.me && state.me.roles.includes(role);
+}
+
+function show(...nodes) {
+  const main = document.getElementById("main");
+  main.replaceChildren(...nodes);
+}
+
+function failure(what, r) {
+  const msg = r.json && r.json.error ? `${r.json.error.message} (${r.json.error.code})` : `HTTP ${r.status}`;
+  return el("p", { class: "error", role: "alert" }, `${what}: ${msg}`);
+}
+
+// ---- sign-in ---------------------------------------------------------------------------------
+
+function signedIn(me) {
+  state.me = me;
+  state.csrf = me.csrf;
+  document.getElementById("sign-in").hidden = true;
+  document.getElementById("nav").hidden = false;
+  document.getElementById("who").textContent = `${me.name} (${me.roles.join(", ")})`;
+  route();
+}
+
+function signedOut() {
+  state.me = null;
+  state.csrf = "";
+  if (state.stream) { state.stream.close(); state.stream = null; }
+  document.getElementById("nav").hidden = true;
+  document.getElementById("sign-in").hidden = false;
+  show();
+}
+
+document.getElementById("sign-in-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const input = document.getElementById("token");
+  const r = await api("POST", "/console/session", { token: input.value });
+  input.value = "";
+  if (r.ok) {
+    document.getElementById("sign-in-error").textContent = "";
+    signedIn(r.json);
+  } else {
+    document.getElementById("sign-in-error").textContent = "That token was not accepted.";
+  }
+});
+
+document.getElementById("sign-out").addEventListener("click", async () => {
+  await api("DELETE", "/console/session");
+  signedOut();
+});
+
+document.getElementById("find").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const v = document.getElementById("find-text").value.trim();
+  if (!v) return;
+  location.hash = /^[0-9a-f]{64}$/.test(v) ? `#/wallet/${v}` : `#/account/${encodeURIComponent(v)}`;
+});
+
+// ---- the alert queue ---------------------------------------------------------------------------
+
+function describe(a) {
+  const words = a.unit.replace(/_/g, " ");
+  const money = (v) => (a.currency ? `${(v / 100).toFixed(2)} ${a.currency}` : v);
+  const within = span(a.window_start, a.window_end);
+  if (a.unit === "minor_units") {
+    return `${money(a.observed)} within ${within}; threshold ${money(a.threshold)}`;
+  }
+  return `${a.observed} ${words} within ${within}; threshold ${a.threshold}`;
+}
+
+function alertState(a) {
+  if (a.lock && Date.parse(a.lock.until) > Date.now()) return `binding locked until ${utc(a.lock.until)}`;
+  return Date.parse(a.open_until) > Date.now() ? "open" : "closed";
+}
+
+function subject(a) {
+  if (a.key.kind === "wallet") {
+    return el("a", { href: `#/wallet/${a.key.value}` }, `wallet ${a.key.value.slice(0, 12)}…`);
+  }
+  return el("a", { href: `#/account/${encodeURIComponent(a.key.value)}` }, a.key.value);
+}
+
+function alertRow(a) {
+  return el(
+    "tr",
+    { "data-alert": a.id, "data-severity": a.severity, "data-rule": a.rule },
+    el("td", {}, utc(a.opened_at)),
+    el("td", {}, el("span", { class: `sev sev-${a.severity}` }, a.severity)),
+    el("td", {}, el("a", { href: `#/alert/${encodeURIComponent(a.id)}` }, a.rule), el("div", { class: "muted" }, RULES[a.rule] || "")),
+    el("td", {}, subject(a)),
+    el("td", {}, describe(a)),
+    el("td", { class: "state" }, alertState(a)),
+  );
+}
+
+const SEVERITY_RANK = { low: 0, medium: 1, high: 2, critical: 3 };
+
+function matches(a, f) {
+  if (f.severity && SEVERITY_RANK[a.severity] < SEVERITY_RANK[f.severity]) return false;
+  if (f.rule && a.rule !== f.rule) return false;
+  if (f.account && !(a.accounts || []).includes(f.account) && a.key.value !== f.account) return false;
+  if (f.state && (alertState(a) === "closed") !== (f.state === "closed")) return false;
+  return true;
+}
+
+function renderQueue(tbody, filters) {
+  const rows = [...state.alerts.values()]
+    .filter((a) => matches(a, filters))
+    .sort((x, y) => (y.opened_at > x.opened_at ? 1 : y.opened_at < x.opened_at ? -1 : 0))
+    .map(alertRow);
+  tbody.replaceChildren(...rows);
+  document.getElementById("count").textContent = `${rows.length} alerts`;
+}
+
+async function alertsView() {
+  const filters = { severity: "", rule: "", account: "", state: "" };
+  const tbody = el("tbody", { id: "queue" });
+  const select = (name, options) =>
+    el("select", { id: `f-${name}`, "aria-label": name, onchange: (e) => { filters[name] = e.target.value; renderQueue(tbody, filters); } },
+      options.map(([v, label]) => el("option", { value: v }, label)));
+  const controls = el(
+    "div",
+    { class: "filters" },
+    select("severity", [["", "any severity"], ["medium", "medium or worse"], ["high", "high or worse"], ["critical", "critical"]]),
+    select("rule", [["", "any rule"], ...Object.keys(RULES).map((r) => [r, r])]),
+    select("state", [["", "open and closed"], ["open", "open"], ["closed", "closed"]]),
+    el("input", { id: "f-account", placeholder: "account", "aria-label": "account",
+      oninput: (e) => { filters.account = e.target.value.trim(); renderQueue(tbody, filters); } }),
+    el("span", { id: "count", class: "muted" }),
+    el("span", { id: "live", class: "muted" }, "connecting…"),
+  );
+  show(
+    el("h2", {}, "Alerts"),
+    controls,
+    el("table", {}, el("thead", {}, el("tr", {}, ["opened", "severity", "rule", "account or wallet", "observed", "state"].map((h) => el("th", {}, h)))), tbody),
+  );
+  const r = await api("GET", "/v1/alerts?limit=1000");
+  if (!r.ok) { show(failure("the alerts could not be read", r)); return; }
+  for (const a of r.json.alerts) state.alerts.set(a.id, a);
+  renderQueue(tbody, filters);
+  if (state.stream) state.stream.close();
+  // The feed replays every change from the start, then follows: a row is updated in place.
+  const stream = new EventSource("/v1/alerts/stream", { withCredentials: true });
+  state.stream = stream;
+  stream.addEventListener("open", () => { document.getElementById("live") && (document.getElementById("live").textContent = "live"); });
+  stream.addEventListener("error", () => { document.getElementById("live") && (document.getElementById("live").textContent = "reconnecting…"); });
+  stream.addEventListener("alert", (ev) => {
+    const change = JSON.parse(ev.data);
+    const a = change.alert;
+    const fresh = !state.alerts.has(a.id) || state.alerts.get(a.id).revision < a.revision;
+    state.alerts.set(a.id, a);
+    if (!document.body.contains(tbody)) return;
+    const old = tbody.querySelector(`tr[data-alert="${CSS.escape(a.id)}"]`);
+    if (old && matches(a, filters)) {
+      const row = alertRow(a);
+      if (fresh) row.classList.add("fresh");
+      old.replaceWith(row);
+    } else if (fresh) {
+      renderQueue(tbody, filters);
+      const row = tbody.querySelector(`tr[data-alert="${CSS.escape(a.id)}"]`);
+      if (row) row.classList.add("fresh");
+    }
+  });
+}
+
+// ---- an alert, an account, a wallet -------------------------------------------------------------
+
+function timeline(events, highlight) {
+  return el(
+    "table",
+    { class: "timeline" },
+    el("thead", {}, el("tr", {}, ["time", "seq", "event", "outcome", "wallet", "reason"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, events.map((e) => {
+      const p = e.payload || {};
+      const failed = /failed$/.test(p.type);
+      return el(
+        "tr",
+        { class: highlight.has(e.seq) ? "hit" : null, "data-seq": e.seq },
+        el("td", {}, utc(e.event_time)),
+        el("td", {}, e.seq),
+        el("td", {}, eventName(p.type)),
+        el("td", {}, failed ? "failed" : "succeeded"),
+        el("td", {}, p.wallet ? p.wallet.masked : ""),
+        el("td", {}, failed ? reason(p.reason) : ""),
+      );
+    })),
+  );
+}
+
+async function alertView(id) {
+  const r = await api("GET", `/v1/alerts/${encodeURIComponent(id)}`);
+  if (!r.ok) { show(failure("the alert could not be read", r)); return; }
+  const a = r.json;
+  const parts = [
+    el("h2", {}, `${a.rule} `, el("span", { class: `sev sev-${a.severity}` }, a.severity)),
+    el("dl", {},
+      el("dt", {}, "what"), el("dd", {}, RULES[a.rule] || a.rule),
+      el("dt", {}, "observed"), el("dd", {}, describe(a)),
+      el("dt", {}, "subject"), el("dd", {}, subject(a)),
+      el("dt", {}, "accounts"), el("dd", {}, (a.accounts || []).map((acc) => [el("a", { href: `#/account/${encodeURIComponent(acc)}` }, acc), " "])),
+      el("dt", {}, "opened"), el("dd", {}, utc(a.opened_at)),
+      el("dt", {}, "updated"), el("dd", {}, `${utc(a.updated_at)} (revision ${a.revision}, ${a.matches} matches)`),
+      el("dt", {}, "state"), el("dd", {}, alertState(a)),
+      el("dt", {}, "events"), el("dd", {}, a.event_seqs.join(", ")),
+    ),
+  ];
+  const hits = new Set(a.event_seqs);
+  for (const acc of (a.accounts || []).slice(0, 4)) {
+    const h = await api("GET", `/v1/accounts/${encodeURIComponent(acc)}/events?limit=200`);
+    parts.push(el("h3", {}, `Timeline of ${acc}`));
+    parts.push(h.ok ? timeline(h.json.events, hits) : failure("the timeline could not be read", h));
+  }
+  show(...parts);
+}
+
+async function unlock(account, binding) {
+  if (!confirm(`Unlock binding ${binding} of ${account}?`)) return;
+  const r = await api("POST", `/v1/accounts/${encodeURIComponent(account)}/bindings/${binding}/unlock`, { confirm: true });
+  if (!r.ok) { alert(`Not unlocked: ${r.json && r.json.error ? r.json.error.message : r.status}`); }
+  await accountView(account);
+}
+
+async function accountView(account) {
+  const [b, p, h] = await Promise.all([
+    api("GET", `/v1/accounts/${encodeURIComponent(account)}/bindings`),
+    api("GET", `/v1/accounts/${encodeURIComponent(account)}/payments?limit=50`),
+    api("GET", `/v1/accounts/${encodeURIComponent(account)}/events?limit=500`),
+  ]);
+  const parts = [el("h2", {}, `Account ${account}`)];
+  if (!b.ok) { show(...parts, failure("the bindings could not be read", b)); return; }
+  const now = Date.now();
+  parts.push(el("h3", {}, "Bindings"));
+  parts.push(el("table", { id: "bindings" },
+    el("thead", {}, el("tr", {}, ["binding", "provider", "wallet", "status", "lock", "bound", ""].map((x) => el("th", {}, x)))),
+    el("tbody", {}, b.json.bindings.map((x) => {
+      const locked = x.lock && Date.parse(x.lock.until) > now;
+      return el("tr", { "data-binding": x.binding_id, "data-locked": locked ? "true" : "false" },
+        el("td", {}, x.binding_id),
+        el("td", {}, x.provider),
+        el("td", {}, x.wallet.masked, " ", el("a", { href: `#/wallet/${x.wallet.fingerprint}` }, "wallet")),
+        el("td", { class: "status" }, x.status),
+        el("td", { class: "lock" }, locked ? `locked until ${utc(x.lock.until)} (alert ${x.lock.alert_id})` : "not locked"),
+        el("td", {}, utc(x.bound_at)),
+        el("td", {}, locked && can("security")
+          ? el("button", { class: "danger unlock", type: "button", onclick: () => unlock(account, x.binding_id) }, "Unlock")
+          : ""),
+      );
+    })),
+  ));
+  parts.push(el("h3", {}, "Payments"));
+  parts.push(p.ok
+    ? el("table", {}, el("thead", {}, el("tr", {}, ["time", "order", "amount", "status", "reason"].map((x) => el("th", {}, x)))),
+        el("tbody", {}, p.json.payments.map((x) => el("tr", {},
+          el("td", {}, utc(x.event_time || x.time)), el("td", {}, x.order_id),
+          el("td", {}, `${(x.amount_minor / 100).toFixed(2)} ${x.currency || ""}`),
+          el("td", {}, x.status), el("td", {}, x.reason ? reason(x.reason) : "")))))
+    : failure("the payments could not be read", p));
+  parts.push(el("h3", {}, "History"));
+  parts.push(h.ok ? timeline(h.json.events, new Set()) : failure("the history could not be read", h));
+  show(...parts);
+}
+
+async function walletView(fingerprint) {
+  const r = await api("GET", `/v1/wallets/${fingerprint}/accounts`);
+  if (!r.ok) { show(failure("the wallet could not be read", r)); return; }
+  show(
+    el("h2", {}, "Wallet ", el("code", {}, fingerprint.slice(0, 16) + "…")),
+    el("p", { class: "muted" }, "Accounts this wallet is bound to now. Several accounts on one wallet is how a shared-wallet ring shows."),
+    el("ul", { id: "wallet-accounts" }, r.json.accounts.map((acc) => el("li", {}, el("a", { href: `#/account/${encodeURIComponent(acc)}` }, acc)))),
+  );
+}
+
+// ---- routing ------------------------------------------------------------------------------------
+
+function route() {
+  if (!state.me) return;
+  const [, view, arg] = (location.hash || "#/alerts").split("/");
+  const value = arg ? decodeURIComponent(arg) : "";
+  if (view !== "alerts" && state.stream) { state.stream.close(); state.stream = null; }
+  if (view === "alert") alertView(value);
+  else if (view === "account") accountView(value);
+  else if (view === "wallet") walletView(value);
+  else if (can("security") || can("auditor")) alertsView();
+  else show(el("p", { id: "no-alerts", class: "muted" }, "Alerts need the security or auditor role. Look up an account or a wallet above."));
+}
+
+window.addEventListener("hashchange", route);
+
+(async () => {
+  const r = await api("GET", "/console/session");
+  if (r.ok) signedIn(r.json);
+  else signedOut();
+})();

@@ -1,0 +1,265 @@
+//! The security console in a real headless Chromium, driven through WebDriver (Debian's
+//! `chromium` and `chromium-driver`; `make test` installs them when missing), against the real
+//! server. Screenshots of each page are saved under `target/console-*.png` for review.
+
+mod common;
+
+use common::*;
+use fantoccini::{ClientBuilder, Locator};
+use serde_json::json;
+use std::time::Duration;
+
+const ALICE: &str = "alice-security-token-0123";
+const BOB: &str = "bob-reader-token-012345678";
+
+struct Driver {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chromedriver() -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian's chromium-driver; `make test` installs it)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "chromedriver did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn browser(driver: &Driver) -> fantoccini::Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"]}),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+async fn screenshot(b: &fantoccini::Client, name: &str) {
+    let png = b.screenshot().await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("console-{name}.png")), png).unwrap();
+}
+
+async fn sign_in(b: &fantoccini::Client, base: &str, token: &str) {
+    b.goto(&format!("{base}/console")).await.unwrap();
+    let input = b.wait().for_element(Locator::Css("#token")).await.unwrap();
+    input.send_keys(token).await.unwrap();
+    b.find(Locator::Css("#sign-in-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        b,
+        "the signed-in page",
+        "document.querySelector('#queue') || document.querySelector('#no-alerts')",
+    )
+    .await;
+}
+
+/// Waits until the page's JavaScript expression is true.
+async fn until(b: &fantoccini::Client, what: &str, js: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = b.execute(&format!("return !!({js});"), vec![]).await.unwrap();
+        if v == json!(true) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config
+        .tokens
+        .extend(bindledger::config::parse_tokens(&format!("alice@security+reader:{ALICE},bob@reader:{BOB}")).unwrap());
+    let server = TestServer::start(config).await;
+    let base = format!("http://{}", server.addr);
+    let driver = chromedriver();
+
+    // Sign in; the page holds no token, only an HttpOnly cookie.
+    let alice = browser(&driver).await;
+    sign_in(&alice, &base, ALICE).await;
+    let who = alice.find(Locator::Css("#who")).await.unwrap().text().await.unwrap();
+    assert!(who.contains("alice"), "{who}");
+    let cookie = alice.get_named_cookie("bindledger_session").await.unwrap();
+    assert_eq!(cookie.http_only(), Some(true));
+    assert!(
+        alice.execute("return document.cookie;", vec![]).await.unwrap() == json!(""),
+        "the session cookie is readable by the page"
+    );
+
+    // An attacker's wrong payment passwords: the alert appears in the open queue, no reload.
+    let binding = bind_wallet(&server.ledger, &server.gateway, "victim", 1).await;
+    let mut writer = server.client(WRITER);
+    for i in 0..6 {
+        let body = json!({"binding_id": binding, "order_id": format!("o-{i}"), "amount_minor": 100, "payment_password": "000000"});
+        writer.post_json("/v1/accounts/victim/payments", &body).await.unwrap();
+    }
+    until(
+        &alice,
+        "the brute-force alert in the queue",
+        "document.querySelector('tr[data-rule=\"password_brute_force\"]')",
+    )
+    .await;
+    let row = alice
+        .find(Locator::Css("tr[data-rule=\"password_brute_force\"]"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(row.contains("victim") && row.contains("threshold 5"), "{row}");
+    screenshot(&alice, "alerts").await;
+
+    // The alert's page: its triggering events, with the reason in Chinese.
+    alice
+        .find(Locator::Css("tr[data-rule=\"password_brute_force\"] td a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    alice
+        .wait()
+        .for_element(Locator::Css("table.timeline tr.hit"))
+        .await
+        .unwrap();
+    let page = alice.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
+    assert!(page.contains("支付密码错误"), "no reason in Chinese: {page}");
+    assert!(page.contains("wrong payment password"), "{page}");
+    screenshot(&alice, "alert").await;
+
+    // A reader sees the lock but no button to lift it.
+    let bob = browser(&driver).await;
+    sign_in(&bob, &base, BOB).await;
+    bob.goto(&format!("{base}/console#/account/victim")).await.unwrap();
+    until(
+        &bob,
+        "the locked binding",
+        "document.querySelector('tr[data-locked=\"true\"]')",
+    )
+    .await;
+    assert!(bob.find_all(Locator::Css("button.unlock")).await.unwrap().is_empty());
+    screenshot(&bob, "account-reader").await;
+
+    // A forged request with alice's cookie but without the page's CSRF token is refused.
+    let forged = reqwest::Client::new()
+        .post(format!("{base}/v1/accounts/victim/bindings/{binding}/unlock"))
+        .header("cookie", format!("bindledger_session={}", cookie.value()))
+        .header("content-type", "application/json")
+        .body(r#"{"confirm":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
+    assert!(forged.text().await.unwrap().contains("\"csrf\""));
+
+    // Alice unlocks from the account page, with a confirmation, and sees the state change.
+    alice.goto(&format!("{base}/console#/account/victim")).await.unwrap();
+    until(&alice, "the unlock button", "document.querySelector('button.unlock')").await;
+    alice
+        .find(Locator::Css("button.unlock"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    alice.accept_alert().await.unwrap();
+    until(
+        &alice,
+        "the binding unlocked",
+        "document.querySelector('tr[data-locked=\"false\"]') && !document.querySelector('button.unlock')",
+    )
+    .await;
+    screenshot(&alice, "account").await;
+    let (_, bindings) = server
+        .client(READER)
+        .get_json("/v1/accounts/victim/bindings")
+        .await
+        .unwrap();
+    assert!(
+        bindings["bindings"][0]["lock"].is_null()
+            || bindings["bindings"][0]["lock"]["until"].as_str().unwrap() < chrono::Utc::now().to_rfc3339().as_str(),
+        "{bindings}"
+    );
+
+    // A shared-wallet ring: one wallet on three accounts, seen on the wallet's page.
+    for acc in ["ring-1", "ring-2", "ring-3"] {
+        bind_wallet(&server.ledger, &server.gateway, acc, 77).await;
+    }
+    let (_, ring) = server
+        .client(READER)
+        .get_json("/v1/accounts/ring-1/bindings")
+        .await
+        .unwrap();
+    let fingerprint = ring["bindings"][0]["wallet"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice
+        .goto(&format!("{base}/console#/wallet/{fingerprint}"))
+        .await
+        .unwrap();
+    until(
+        &alice,
+        "the ring's accounts",
+        "document.querySelectorAll('#wallet-accounts li').length === 3",
+    )
+    .await;
+    screenshot(&alice, "wallet").await;
+
+    // Signing out ends the session: the cookie no longer reads anything.
+    alice
+        .find(Locator::Css("#sign-out"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    alice.wait().for_element(Locator::Css("#token")).await.unwrap();
+    let after = reqwest::Client::new()
+        .get(format!("{base}/v1/accounts/victim/bindings"))
+        .header("cookie", format!("bindledger_session={}", cookie.value()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status().as_u16(), 401);
+
+    alice.close().await.unwrap();
+    bob.close().await.unwrap();
+    drop(driver);
+    server.shutdown().await;
+}
