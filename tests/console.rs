@@ -162,6 +162,53 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
     assert!(page.contains("wrong payment password"), "{page}");
     screenshot(&alice, "alert").await;
 
+    // Triage with a note: acknowledged, then resolved, each in the alert's history by name.
+    let note = alice.find(Locator::Css("#triage-note")).await.unwrap();
+    note.send_keys("called the holder; card kept").await.unwrap();
+    alice.find(Locator::Css("#ack")).await.unwrap().click().await.unwrap();
+    until(
+        &alice,
+        "the acknowledgement in the history",
+        "document.querySelector('#triage-history li[data-action=\"acknowledged\"]')",
+    )
+    .await;
+    alice
+        .find(Locator::Css("#triage-note"))
+        .await
+        .unwrap()
+        .send_keys("no further guesses")
+        .await
+        .unwrap();
+    alice
+        .find(Locator::Css("#resolve"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &alice,
+        "the resolution in the history",
+        "document.querySelector('#triage-history li[data-action=\"resolved\"]')",
+    )
+    .await;
+    let history = alice
+        .find(Locator::Css("#triage-history"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        history.contains("acknowledged by alice") && history.contains("called the holder; card kept"),
+        "{history}"
+    );
+    assert!(
+        history.contains("resolved by alice") && history.contains("no further guesses"),
+        "{history}"
+    );
+    screenshot(&alice, "alert-triaged").await;
+
     // A reader sees the lock but no button to lift it.
     let bob = browser(&driver).await;
     sign_in(&bob, &base, BOB).await;
@@ -173,6 +220,15 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
     )
     .await;
     assert!(bob.find_all(Locator::Css("button.unlock")).await.unwrap().is_empty());
+    let (status, _) = server
+        .client(BOB)
+        .post_json(
+            "/v1/alerts/password_brute_force-6/triage",
+            &json!({"action": "resolved"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 403, "a reader triaged an alert");
     screenshot(&bob, "account-reader").await;
 
     // A forged request with alice's cookie but without the page's CSRF token is refused.

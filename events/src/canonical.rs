@@ -34,8 +34,9 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     let text = std::str::from_utf8(bytes).ok()?;
     let mut r = Reader { s: text, i: 0 };
     r.lit("{\"v\":")?;
+    const CURRENT: u64 = crate::codec::SCHEMA_VERSION as u64;
     let v = match r.u64()? {
-        v @ (2..=5) => v as u16,
+        v @ (2..=CURRENT) => v as u16,
         _ => return None,
     };
     r.lit(",\"id\":")?;
@@ -282,6 +283,20 @@ pub fn encode_into(e: &Event, out: &mut Vec<u8>) {
             w.key_uuid("binding_id", binding_id);
             w.reason(reason.code());
             w.raw("}");
+        }
+        Payload::AlertTriaged {
+            alert_id,
+            action,
+            operator,
+            assignee,
+            note,
+        } => {
+            w.key_str("alert_id", alert_id);
+            w.key_str("action", action.as_str());
+            w.key_str("operator", operator);
+            w.raw(",\"assignee\":");
+            w.opt_str(assignee.as_deref());
+            w.key_str("note", note);
         }
     }
     w.raw("}}");
@@ -770,6 +785,16 @@ impl<'a> Reader<'a> {
                 binding_id: field!(self, "binding_id", uuid),
                 reason: field!(self, "reason", lock_failure),
             },
+            "alert_triaged" => Payload::AlertTriaged {
+                alert_id: field!(self, "alert_id", string),
+                action: TriageAction::parse(&field!(self, "action", string))?,
+                operator: field!(self, "operator", string),
+                assignee: {
+                    self.lit(",\"assignee\":")?;
+                    self.opt(Reader::string)?
+                },
+                note: field!(self, "note", string),
+            },
             _ => return None,
         };
         self.end().map(|_| payload)
@@ -866,6 +891,20 @@ mod tests {
                 binding_id: id(4),
                 alert_id: "x".into(),
                 cause: UnlockCause::Expired,
+            },
+            Payload::AlertTriaged {
+                alert_id: "password_brute_force-17".into(),
+                action: TriageAction::Assigned,
+                operator: "alice".into(),
+                assignee: Some("bob".into()),
+                note: "call the holder now \u{4f60}".into(),
+            },
+            Payload::AlertTriaged {
+                alert_id: "x".into(),
+                action: TriageAction::FalsePositive,
+                operator: "alice".into(),
+                assignee: None,
+                note: String::new(),
             },
         ];
         let bind = [
@@ -972,7 +1011,7 @@ mod tests {
     #[test]
     fn every_variant_is_read_directly_and_equals_the_general_decoder() {
         let all = events();
-        assert_eq!(all.len(), 34);
+        assert_eq!(all.len(), 36);
         for e in all {
             let bytes = encode(&e);
             assert_eq!(decode(&bytes).as_ref(), Some(&e), "{}", String::from_utf8_lossy(&bytes));
@@ -1048,7 +1087,7 @@ mod tests {
             assert_writes_what_serde_writes(&e);
             cases += 1;
         }
-        assert_eq!(cases, 34);
+        assert_eq!(cases, 36);
     }
 
     #[test]
@@ -1069,7 +1108,7 @@ mod tests {
         // decodes it to the same event.
         let variants = [
             format!("{text} "),
-            text.replacen("{\"v\":5,", "{ \"v\":5,", 1),
+            text.replacen("{\"v\":6,", "{ \"v\":6,", 1),
             text.replacen("\"account\":\"acct-3\"", "\"account\":\"acct\\u002d3\"", 1),
             text.replacen("\"idempotency_key\":null,", "", 1).replacen(
                 "\"request_digest\":null,",

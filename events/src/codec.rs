@@ -22,7 +22,7 @@ use serde_json::Value;
 use crate::types::Event;
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: u16 = 5;
+pub const SCHEMA_VERSION: u16 = 6;
 
 /// The oldest schema version this code can read.
 pub const SCHEMA_VERSION_MIN: u16 = 1;
@@ -62,7 +62,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 /// The general decoder: any field order, whitespace, escapes, every supported version.
 pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
     // Canonical bytes start with the version; the current version takes the direct path.
-    const CURRENT_PREFIX: &[u8] = b"{\"v\":5,";
+    const CURRENT_PREFIX: &[u8] = b"{\"v\":6,";
     if bytes.starts_with(CURRENT_PREFIX) {
         return serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()));
     }
@@ -73,7 +73,7 @@ pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
         .ok_or_else(|| DecodeError::Invalid("missing schema version field `v`".to_owned()))?;
     match version {
         1 => upcast_v1_to_v2(&mut value),
-        2..=5 => {}
+        2..=6 => {}
         other => return Err(DecodeError::UnsupportedVersion(other)),
     }
     serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))
@@ -151,7 +151,7 @@ mod tests {
         let e = event(1, GENESIS_HASH, payment(1234));
         let bytes = encode(&e);
         assert!(
-            bytes.starts_with(b"{\"v\":5,\"id\":"),
+            bytes.starts_with(b"{\"v\":6,\"id\":"),
             "{}",
             String::from_utf8_lossy(&bytes)
         );
@@ -198,7 +198,7 @@ mod tests {
     fn a_v2_event_is_read_by_v3_code() {
         // Version 3 only added event types: a version 2 event reads as it is.
         let v3 = encode(&event(1, GENESIS_HASH, payment(77)));
-        let v2 = [b"{\"v\":2,".as_slice(), &v3[b"{\"v\":5,".len()..]].concat();
+        let v2 = [b"{\"v\":2,".as_slice(), &v3[b"{\"v\":6,".len()..]].concat();
         let e = decode(&v2).unwrap();
         assert_eq!((e.v, e.payload), (2, payment(77)));
     }

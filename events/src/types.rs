@@ -336,6 +336,48 @@ pub enum Payload {
         binding_id: Uuid,
         reason: LockFailure,
     },
+    /// (v6) A person triaged an alert (the security console, or the API): who (`operator`,
+    /// the name of their token), what, and a note. The event belongs to the alert's account.
+    AlertTriaged {
+        alert_id: String,
+        action: TriageAction,
+        operator: String,
+        /// For `assigned`: to whom (a token's name); else null.
+        assignee: Option<String>,
+        note: String,
+    },
+}
+
+/// (v6) What a person did with an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriageAction {
+    Acknowledged,
+    Assigned,
+    Resolved,
+    FalsePositive,
+}
+
+impl TriageAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TriageAction::Acknowledged => "acknowledged",
+            TriageAction::Assigned => "assigned",
+            TriageAction::Resolved => "resolved",
+            TriageAction::FalsePositive => "false_positive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TriageAction> {
+        [
+            TriageAction::Acknowledged,
+            TriageAction::Assigned,
+            TriageAction::Resolved,
+            TriageAction::FalsePositive,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
+    }
 }
 
 /// Every event type name, as it appears in `payload.type` and in Kafka headers.
@@ -350,6 +392,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "binding_lock_failed",
     "binding_unlocked",
     "binding_unlock_failed",
+    "alert_triaged",
 ];
 
 impl Payload {
@@ -365,6 +408,7 @@ impl Payload {
             Payload::BindingLockFailed { .. } => "binding_lock_failed",
             Payload::BindingUnlocked { .. } => "binding_unlocked",
             Payload::BindingUnlockFailed { .. } => "binding_unlock_failed",
+            Payload::AlertTriaged { .. } => "alert_triaged",
         }
     }
 
@@ -377,6 +421,7 @@ impl Payload {
                 | Payload::WalletUnbound { .. }
                 | Payload::BindingLocked { .. }
                 | Payload::BindingUnlocked { .. }
+                | Payload::AlertTriaged { .. }
         )
     }
 

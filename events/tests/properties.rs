@@ -195,6 +195,25 @@ fn payload() -> BoxedStrategy<Payload> {
             prop_oneof![Just(LockFailure::NotBound), Just(LockFailure::NotLocked)]
         )
             .prop_map(|(binding_id, reason)| Payload::BindingUnlockFailed { binding_id, reason }),
+        (
+            text(),
+            prop_oneof![
+                Just(TriageAction::Acknowledged),
+                Just(TriageAction::Assigned),
+                Just(TriageAction::Resolved),
+                Just(TriageAction::FalsePositive)
+            ],
+            text(),
+            proptest::option::of(text()),
+            text()
+        )
+            .prop_map(|(alert_id, action, operator, assignee, note)| Payload::AlertTriaged {
+                alert_id,
+                action,
+                operator,
+                assignee,
+                note
+            }),
     ]
     .boxed()
 }

@@ -270,6 +270,17 @@ impl FromFields for UnlockRequest {
     }
 }
 
+impl FromFields for TriageRequest {
+    fn from_fields(f: &mut Fields) -> Result<Self, Error> {
+        Ok(TriageRequest {
+            action: f.req("action")?,
+            assignee: f.opt("assignee")?,
+            note: f.opt("note")?,
+            common: CommonInput::from_fields(f)?,
+        })
+    }
+}
+
 /// Library users and tests may still read a request with serde; it goes through the same
 /// field-by-field reader, so both refuse the same bodies.
 macro_rules! deserialize_via_fields {
@@ -284,7 +295,7 @@ macro_rules! deserialize_via_fields {
         }
     )*};
 }
-deserialize_via_fields!(BindRequest, PayRequest, UnbindRequest, UnlockRequest);
+deserialize_via_fields!(BindRequest, PayRequest, UnbindRequest, UnlockRequest, TriageRequest);
 
 /// Validated fields common to all commands.
 #[derive(Debug, Clone)]
@@ -374,6 +385,96 @@ impl UnlockRequest {
             alert_id: None,
         })
     }
+}
+
+/// `POST /v1/alerts/{alert_id}/triage`: what a person did with an alert, and a note.
+#[derive(Debug)]
+pub struct TriageRequest {
+    pub action: String,
+    pub assignee: Option<String>,
+    pub note: Option<String>,
+    pub common: CommonInput,
+}
+
+/// Longest triage note, in bytes.
+pub const NOTE_LEN_MAX: usize = 1000;
+
+/// A triage of an alert, validated; `operator` is the name of the token that sent it.
+#[derive(Debug, Clone)]
+pub struct TriageCommand {
+    pub meta: Meta,
+    pub alert_id: String,
+    pub action: bindledger_events::TriageAction,
+    pub operator: String,
+    pub assignee: Option<String>,
+    pub note: String,
+}
+
+impl TriageRequest {
+    /// `account` is the alert's (its event goes in that account's history).
+    pub fn validate(
+        self,
+        account: &str,
+        alert_id: &str,
+        operator: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TriageCommand, Error> {
+        let meta = validate_common(account, self.common, now)?;
+        validate_alert_id(alert_id)?;
+        let action = bindledger_events::TriageAction::parse(&self.action).ok_or(Error::invalid(
+            "invalid_action",
+            "action",
+            "action is acknowledged, assigned, resolved or false_positive",
+        ))?;
+        let note = self.note.unwrap_or_default();
+        if note.len() > NOTE_LEN_MAX || note.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(Error::invalid(
+                "invalid_note",
+                "note",
+                "a note is at most 1000 bytes of text (line breaks allowed, no other control characters)",
+            ));
+        }
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        };
+        let assignee = match (action, self.assignee) {
+            (bindledger_events::TriageAction::Assigned, Some(a)) if name_ok(&a) => Some(a),
+            (bindledger_events::TriageAction::Assigned, _) => {
+                return Err(Error::invalid(
+                    "invalid_assignee",
+                    "assignee",
+                    "assigning needs an assignee: a token's name (letters, digits, . _ -, at most 64)",
+                ))
+            }
+            (_, None) => None,
+            (_, Some(_)) => {
+                return Err(Error::invalid(
+                    "invalid_assignee",
+                    "assignee",
+                    "only the action assigned takes an assignee",
+                ))
+            }
+        };
+        Ok(TriageCommand {
+            meta,
+            alert_id: alert_id.to_owned(),
+            action,
+            operator: operator.to_owned(),
+            assignee,
+            note,
+        })
+    }
+}
+
+/// An alert id: `<rule>-<seq>`, at most 128 of `A-Z a-z 0-9 _ - . :`.
+pub fn validate_alert_id(s: &str) -> Result<(), Error> {
+    if s.is_empty() || s.len() > 128 || !id_chars_ok(s) {
+        return Err(Error::invalid("invalid_alert_id", "alert_id", "not an alert id"));
+    }
+    Ok(())
 }
 
 fn id_chars_ok(s: &str) -> bool {

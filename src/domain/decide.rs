@@ -336,6 +336,24 @@ pub fn decide_unlock(
     }
 }
 
+/// A person's triage of an alert: always recorded (the alert was found before the command
+/// was sent; the event is the audit trail of who did what).
+pub fn decide_triage(
+    alert_id: &str,
+    action: bindledger_events::TriageAction,
+    operator: &str,
+    assignee: Option<&str>,
+    note: &str,
+) -> Payload {
+    Payload::AlertTriaged {
+        alert_id: alert_id.to_owned(),
+        action,
+        operator: operator.to_owned(),
+        assignee: assignee.map(str::to_owned),
+        note: note.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! given(events).when(command).then(event): every outcome and every failure reason.

@@ -205,7 +205,8 @@ impl Projection {
             | Payload::PaymentFailed { .. }
             | Payload::UnbindFailed { .. }
             | Payload::BindingLockFailed { .. }
-            | Payload::BindingUnlockFailed { .. } => {}
+            | Payload::BindingUnlockFailed { .. }
+            | Payload::AlertTriaged { .. } => {}
         }
     }
 

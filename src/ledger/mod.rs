@@ -197,6 +197,7 @@ impl Ledger {
             };
             let mut rows = IndexBatch::default();
             let mut pending_rows = 0;
+            let mut caught_up: std::collections::HashSet<String> = std::collections::HashSet::new();
             for r in store.scan_events(snapshot + 1) {
                 let (_, bytes) = r?;
                 let (event, _) = verifier.push(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -210,8 +211,18 @@ impl Ledger {
                     }
                 }
                 state.apply_catching_up(&event);
+                caught_up.insert(event.account);
+            }
+            // The caught-up accounts' rows and the snapshot position go together: a snapshot
+            // position past an account's events without its row would claim a row that is not
+            // there (the indexer's next snapshot covers only accounts that change after this).
+            for account in &caught_up {
+                if let Some(row) = state.accounts.get(account) {
+                    rows.put_account(account, row);
+                }
             }
             rows.set_indexed(last_seq);
+            rows.set_snapshot(last_seq);
             store.apply_index(rows)?;
             store.flush()?;
             tracing::info!(
@@ -889,6 +900,39 @@ impl Ledger {
             binding_id: cmd.binding_id,
             cause: cmd.cause,
             alert_id: cmd.alert_id,
+        })
+        .await
+    }
+
+    /// Records a person's triage of an alert (see [`crate::domain::command::TriageCommand`]):
+    /// one `alert_triaged` event in the alert's account, attributed to the token's name.
+    pub async fn triage(&self, mut cmd: crate::domain::command::TriageCommand) -> Result<Committed> {
+        self.require_primary()?;
+        self.now_meta(&mut cmd.meta)?;
+        let digest = self.inner.secret.mac(&[
+            b"triage",
+            cmd.meta.account.as_bytes(),
+            cmd.alert_id.as_bytes(),
+            cmd.action.as_str().as_bytes(),
+            cmd.operator.as_bytes(),
+            cmd.assignee.as_deref().unwrap_or("").as_bytes(),
+            cmd.note.as_bytes(),
+        ]);
+        if let Some(done) = self.replay_if_known(&mut cmd.meta, &digest)? {
+            return self.replicated(Ok(done)).await;
+        }
+        {
+            let read = self.inner.read.read().expect("lock");
+            self.check_version(&cmd.meta, read.accounts.get(&cmd.meta.account))?;
+        }
+        self.submit(Request::Triage {
+            meta: cmd.meta,
+            digest,
+            alert_id: cmd.alert_id,
+            action: cmd.action,
+            operator: cmd.operator,
+            assignee: cmd.assignee,
+            note: cmd.note,
         })
         .await
     }

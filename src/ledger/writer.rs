@@ -71,6 +71,15 @@ pub enum Request {
         cause: bindledger_events::UnlockCause,
         alert_id: Option<String>,
     },
+    Triage {
+        meta: Meta,
+        digest: Hash,
+        alert_id: String,
+        action: bindledger_events::TriageAction,
+        operator: String,
+        assignee: Option<String>,
+        note: String,
+    },
     /// A replica: an event read from the events topic, appended as it is (its `seq` and
     /// `prev_hash` must continue this log).
     Append {
@@ -86,7 +95,8 @@ macro_rules! common_field {
             | Request::Pay { $field, .. }
             | Request::Unbind { $field, .. }
             | Request::Lock { $field, .. }
-            | Request::Unlock { $field, .. } => $field,
+            | Request::Unlock { $field, .. }
+            | Request::Triage { $field, .. } => $field,
             Request::Append { .. } => unreachable!("an appended event is not a command"),
         }
     };
@@ -109,6 +119,7 @@ impl Request {
             Request::Unbind { .. } => "unbind",
             Request::Lock { .. } => "lock",
             Request::Unlock { .. } => "unlock",
+            Request::Triage { .. } => "triage",
             Request::Append { .. } => "append",
         }
     }
@@ -426,6 +437,14 @@ impl Writer {
                     alert_id,
                     ..
                 } => decide::decide_unlock(acct, *binding_id, *cause, alert_id.as_deref(), now),
+                Request::Triage {
+                    alert_id,
+                    action,
+                    operator,
+                    assignee,
+                    note,
+                    ..
+                } => decide::decide_triage(alert_id, *action, operator, assignee.as_deref(), note),
                 Request::Append { .. } => unreachable!("appended events are taken above"),
             };
             // The command's strings move into its event (the answer needs only its kind).

@@ -597,6 +597,37 @@ async fn alert_one(
     }
 }
 
+/// `POST /v1/alerts/{alert_id}/triage` (security): `{action, note?, assignee?}` and the common
+/// fields. Recorded as an `alert_triaged` event in the alert's account, attributed to the
+/// token's name; answered like any command.
+async fn triage(
+    State(s): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let principal = authenticate(&s, req.headers())?;
+    let req: command::TriageRequest = command_body(&s, req, Role::Security).await?;
+    let id = path(id)?;
+    command::validate_alert_id(&id)?;
+    let m = monitor(&s)?;
+    let Some(alert) = m.store.get(&id)? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "alert_not_found",
+            "no alert has this id",
+        ));
+    };
+    let account = alert
+        .accounts
+        .first()
+        .cloned()
+        .unwrap_or_else(|| alert.key.value.clone());
+    let cmd = req
+        .validate(&account, &id, &principal.name, chrono::Utc::now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    Ok(command_response(s.ledger.triage(cmd).await?))
+}
+
 /// Stream entries per read of the live feed.
 const STREAM_READ: usize = 256;
 
@@ -1139,6 +1170,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/alerts", get(alerts_list))
         .route("/v1/alerts/stream", get(alerts_stream))
         .route("/v1/alerts/{alert_id}", get(alert_one))
+        .route("/v1/alerts/{alert_id}/triage", post(triage))
         .route("/v1/admin/promote", post(promote))
         .route("/console", get(super::console::page))
         .route("/console/app.js", get(super::console::script))

@@ -36,6 +36,14 @@ const EVENTS = {
   binding_locked: ["绑定已锁定", "binding locked"],
   binding_lock_failed: ["锁定失败", "lock failed"],
   binding_unlocked: ["绑定已解锁", "binding unlocked"],
+  alert_triaged: ["告警已处理", "alert triaged"],
+};
+
+const ACTIONS = {
+  acknowledged: "acknowledged",
+  assigned: "assigned",
+  resolved: "resolved",
+  false_positive: "marked a false positive",
 };
 
 const RULES = {
@@ -287,7 +295,7 @@ function timeline(events, highlight) {
         el("td", {}, eventName(p.type)),
         el("td", {}, failed ? "failed" : "succeeded"),
         el("td", {}, p.wallet ? p.wallet.masked : ""),
-        el("td", {}, failed ? reason(p.reason) : ""),
+        el("td", {}, failed ? reason(p.reason) : p.type === "alert_triaged" ? `${ACTIONS[p.action] || p.action} by ${p.operator}` : ""),
       );
     })),
   );
@@ -311,8 +319,39 @@ async function alertView(id) {
     ),
   ];
   const hits = new Set(a.event_seqs);
+  const timelines = [];
   for (const acc of (a.accounts || []).slice(0, 4)) {
-    const h = await api("GET", `/v1/accounts/${encodeURIComponent(acc)}/events?limit=200`);
+    timelines.push([acc, await api("GET", `/v1/accounts/${encodeURIComponent(acc)}/events?limit=1000`)]);
+  }
+  // The alert's history: every triage recorded against it, oldest first.
+  const triage = timelines
+    .flatMap(([, h]) => (h.ok ? h.json.events : []))
+    .filter((e) => e.payload && e.payload.type === "alert_triaged" && e.payload.alert_id === a.id)
+    .sort((x, y) => x.seq - y.seq);
+  parts.push(el("h3", {}, "History"));
+  parts.push(el("ul", { id: "triage-history" },
+    el("li", {}, `${utc(a.opened_at)}: opened by the rule`),
+    triage.map((e) => el("li", { "data-action": e.payload.action },
+      `${utc(e.record_time)}: ${ACTIONS[e.payload.action] || e.payload.action} by ${e.payload.operator}`,
+      e.payload.assignee ? ` (to ${e.payload.assignee})` : "",
+      e.payload.note ? [": ", el("q", {}, e.payload.note)] : ""))));
+  if (can("security")) {
+    const note = el("textarea", { id: "triage-note", rows: "2", cols: "60", maxlength: "1000", placeholder: "note (who you called, what you found)", "aria-label": "note" });
+    const assignee = el("input", { id: "triage-assignee", placeholder: "assign to (token name)", "aria-label": "assignee" });
+    const act = async (action) => {
+      const body = { action, note: note.value };
+      if (action === "assigned") body.assignee = assignee.value.trim();
+      const r = await api("POST", `/v1/alerts/${encodeURIComponent(a.id)}/triage`, body);
+      if (!r.ok) { alert(`Not recorded: ${r.json && r.json.error ? r.json.error.message : r.status}`); return; }
+      await alertView(a.id);
+    };
+    parts.push(el("div", { class: "filters", id: "triage" }, note,
+      el("button", { type: "button", id: "ack", onclick: () => act("acknowledged") }, "Acknowledge"),
+      assignee, el("button", { type: "button", id: "assign", onclick: () => act("assigned") }, "Assign"),
+      el("button", { type: "button", id: "resolve", onclick: () => act("resolved") }, "Resolve"),
+      el("button", { type: "button", id: "false-positive", onclick: () => act("false_positive") }, "False positive")));
+  }
+  for (const [acc, h] of timelines) {
     parts.push(el("h3", {}, `Timeline of ${acc}`));
     parts.push(h.ok ? timeline(h.json.events, hits) : failure("the timeline could not be read", h));
   }
