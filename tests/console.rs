@@ -98,6 +98,15 @@ async fn until(b: &fantoccini::Client, what: &str, js: &str) {
     }
 }
 
+async fn alert_id_of(server: &TestServer, rule: &str) -> String {
+    let (_, alerts) = server
+        .client(SECURITY)
+        .get_json(&format!("/v1/alerts?rule={rule}"))
+        .await
+        .unwrap();
+    alerts["alerts"][0]["id"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
@@ -245,9 +254,21 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
 
     // Alice unlocks from the account page, with a confirmation, and sees the state change.
     alice.goto(&format!("{base}/console#/account/victim")).await.unwrap();
-    until(&alice, "the unlock button", "document.querySelector('button.unlock')").await;
+    until(
+        &alice,
+        "the unlock button",
+        "document.querySelector('#bindings button.unlock')",
+    )
+    .await;
     alice
-        .find(Locator::Css("button.unlock"))
+        .find(Locator::Css("#bindings input.reason"))
+        .await
+        .unwrap()
+        .send_keys("holder called; it was them")
+        .await
+        .unwrap();
+    alice
+        .find(Locator::Css("#bindings button.unlock"))
         .await
         .unwrap()
         .click()
@@ -271,6 +292,62 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
             || bindings["bindings"][0]["lock"]["until"].as_str().unwrap() < chrono::Utc::now().to_rfc3339().as_str(),
         "{bindings}"
     );
+
+    // The unlock is in the alert's page at once, by name and reason; a lock from there too.
+    let alert_id = alert_id_of(&server, "password_brute_force").await;
+    alice.goto(&format!("{base}/console#/alert/{alert_id}")).await.unwrap();
+    until(
+        &alice,
+        "the unlock in the history",
+        "document.querySelector('#triage-history li[data-action=\"unlocked\"]')",
+    )
+    .await;
+    let history = alice
+        .find(Locator::Css("#triage-history"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        history.contains("unlocked the binding by alice") && history.contains("holder called; it was them"),
+        "{history}"
+    );
+    until(
+        &alice,
+        "the binding shown unlocked",
+        "document.querySelector('table.alert-bindings tr[data-locked=\"false\"] button.lock')",
+    )
+    .await;
+    alice
+        .find(Locator::Css("table.alert-bindings input.reason"))
+        .await
+        .unwrap()
+        .send_keys("second device, same guesses")
+        .await
+        .unwrap();
+    alice
+        .find(Locator::Css("table.alert-bindings button.lock"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    alice.accept_alert().await.unwrap();
+    until(&alice, "the lock in the history", "document.querySelector('#triage-history li[data-action=\"locked\"]') && document.querySelector('table.alert-bindings tr[data-locked=\"true\"]')").await;
+    let history = alice
+        .find(Locator::Css("#triage-history"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        history.contains("locked the binding by alice: “second device, same guesses”")
+            || history.contains("second device, same guesses"),
+        "{history}"
+    );
+    screenshot(&alice, "alert-locked").await;
 
     // A shared-wallet ring: one wallet on three accounts, seen on the wallet's page.
     for acc in ["ring-1", "ring-2", "ring-3"] {
@@ -296,6 +373,11 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
     )
     .await;
     screenshot(&alice, "wallet").await;
+
+    // No page failed on the way (a script error is shown on the page, not swallowed).
+    for b in [&alice, &bob] {
+        assert!(b.find_all(Locator::Css(".page-error")).await.unwrap().is_empty());
+    }
 
     // Signing out ends the session: the cookie no longer reads anything.
     alice

@@ -356,6 +356,11 @@ pub enum TriageAction {
     Assigned,
     Resolved,
     FalsePositive,
+    /// A person locked a binding for this alert (the `binding_locked` event comes first); the
+    /// note is their reason.
+    Locked,
+    /// A person lifted a binding's lock (after the `binding_unlocked` event); the note is why.
+    Unlocked,
 }
 
 impl TriageAction {
@@ -365,6 +370,8 @@ impl TriageAction {
             TriageAction::Assigned => "assigned",
             TriageAction::Resolved => "resolved",
             TriageAction::FalsePositive => "false_positive",
+            TriageAction::Locked => "locked",
+            TriageAction::Unlocked => "unlocked",
         }
     }
 
@@ -374,6 +381,8 @@ impl TriageAction {
             TriageAction::Assigned,
             TriageAction::Resolved,
             TriageAction::FalsePositive,
+            TriageAction::Locked,
+            TriageAction::Unlocked,
         ]
         .into_iter()
         .find(|a| a.as_str() == s)

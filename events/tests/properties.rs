@@ -201,7 +201,9 @@ fn payload() -> BoxedStrategy<Payload> {
                 Just(TriageAction::Acknowledged),
                 Just(TriageAction::Assigned),
                 Just(TriageAction::Resolved),
-                Just(TriageAction::FalsePositive)
+                Just(TriageAction::FalsePositive),
+                Just(TriageAction::Locked),
+                Just(TriageAction::Unlocked)
             ],
             text(),
             proptest::option::of(text()),

@@ -265,6 +265,7 @@ impl FromFields for UnlockRequest {
     fn from_fields(f: &mut Fields) -> Result<Self, Error> {
         Ok(UnlockRequest {
             confirm: f.opt("confirm")?.unwrap_or(false),
+            reason: f.opt("reason")?,
             common: CommonInput::from_fields(f)?,
         })
     }
@@ -295,7 +296,14 @@ macro_rules! deserialize_via_fields {
         }
     )*};
 }
-deserialize_via_fields!(BindRequest, PayRequest, UnbindRequest, UnlockRequest, TriageRequest);
+deserialize_via_fields!(
+    BindRequest,
+    PayRequest,
+    UnbindRequest,
+    UnlockRequest,
+    TriageRequest,
+    LockRequest
+);
 
 /// Validated fields common to all commands.
 #[derive(Debug, Clone)]
@@ -364,6 +372,8 @@ pub struct UnlockCommand {
 #[derive(Debug)]
 pub struct UnlockRequest {
     pub confirm: bool,
+    /// Why (the console asks for it): recorded, by the token's name, as the alert's triage.
+    pub reason: Option<String>,
     pub common: CommonInput,
 }
 
@@ -421,19 +431,20 @@ impl TriageRequest {
     ) -> Result<TriageCommand, Error> {
         let meta = validate_common(account, self.common, now)?;
         validate_alert_id(alert_id)?;
-        let action = bindledger_events::TriageAction::parse(&self.action).ok_or(Error::invalid(
+        use bindledger_events::TriageAction;
+        let action = TriageAction::parse(&self.action).ok_or(Error::invalid(
             "invalid_action",
             "action",
             "action is acknowledged, assigned, resolved or false_positive",
         ))?;
-        let note = self.note.unwrap_or_default();
-        if note.len() > NOTE_LEN_MAX || note.chars().any(|c| c.is_control() && c != '\n') {
+        if matches!(action, TriageAction::Locked | TriageAction::Unlocked) {
             return Err(Error::invalid(
-                "invalid_note",
-                "note",
-                "a note is at most 1000 bytes of text (line breaks allowed, no other control characters)",
+                "invalid_action",
+                "action",
+                "locked and unlocked are recorded by the lock and unlock routes, with the lock itself",
             ));
         }
+        let note = validate_note(self.note, "note")?;
         let name_ok = |n: &str| {
             !n.is_empty()
                 && n.len() <= 64
@@ -466,6 +477,76 @@ impl TriageRequest {
             assignee,
             note,
         })
+    }
+}
+
+/// A note or reason: at most [`NOTE_LEN_MAX`] bytes of text, line breaks allowed.
+pub fn validate_note(note: Option<String>, field: &'static str) -> Result<String, Error> {
+    let note = note.unwrap_or_default();
+    if note.len() > NOTE_LEN_MAX || note.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(Error::invalid(
+            "invalid_note",
+            field,
+            "a note is at most 1000 bytes of text (line breaks allowed, no other control characters)",
+        ));
+    }
+    Ok(note)
+}
+
+/// `POST /v1/accounts/{account}/bindings/{binding_id}/lock` (security): a person locks a
+/// binding for an alert, for `minutes` (1 to 1440, default 30), with a reason.
+#[derive(Debug)]
+pub struct LockRequest {
+    pub confirm: bool,
+    pub alert_id: String,
+    pub minutes: Option<i64>,
+    pub reason: Option<String>,
+    pub common: CommonInput,
+}
+
+impl FromFields for LockRequest {
+    fn from_fields(f: &mut Fields) -> Result<Self, Error> {
+        Ok(LockRequest {
+            confirm: f.opt("confirm")?.unwrap_or(false),
+            alert_id: f.req("alert_id")?,
+            minutes: f.opt("minutes")?,
+            reason: f.opt("reason")?,
+            common: CommonInput::from_fields(f)?,
+        })
+    }
+}
+
+impl LockRequest {
+    /// The lock, and the reason (checked as a note).
+    pub fn validate(self, account: &str, binding_id: &str, now: DateTime<Utc>) -> Result<(LockCommand, String), Error> {
+        let meta = validate_common(account, self.common, now)?;
+        let binding_id = parse_uuid(binding_id, "binding_id")?;
+        validate_alert_id(&self.alert_id)?;
+        if !self.confirm {
+            return Err(Error::invalid(
+                "confirmation_required",
+                "confirm",
+                "locking needs \"confirm\": true",
+            ));
+        }
+        let minutes = self.minutes.unwrap_or(30);
+        if !(1..=1440).contains(&minutes) {
+            return Err(Error::invalid(
+                "invalid_minutes",
+                "minutes",
+                "minutes is 1 to 1440 (a day)",
+            ));
+        }
+        let reason = validate_note(self.reason, "reason")?;
+        Ok((
+            LockCommand {
+                meta,
+                binding_id,
+                alert_id: self.alert_id,
+                until: now + Duration::minutes(minutes),
+            },
+            reason,
+        ))
     }
 }
 

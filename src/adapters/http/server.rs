@@ -14,7 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bindledger_events::{Event, Hash, Payload};
+use bindledger_events::{Event, Hash, Payload, TriageAction};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -441,12 +441,85 @@ async fn unlock(
     p: Result<Path<(String, String)>, PathRejection>,
     req: Request,
 ) -> ApiResult<Response> {
+    let principal = authenticate(&s, req.headers())?;
     let req: UnlockRequest = command_body(&s, req, Role::Security).await?;
     let (account, binding_id) = path(p)?;
+    let reason = command::validate_note(req.reason.clone(), "reason")?;
     let cmd = req
         .validate(&account, &binding_id, chrono::Utc::now())
         .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
-    Ok(command_response(s.ledger.unlock(cmd).await?))
+    let key = cmd.meta.idempotency_key.clone();
+    let done = s.ledger.unlock(cmd).await?;
+    if let Payload::BindingUnlocked { alert_id, .. } = &done.event.payload {
+        attribute(&s, &account, alert_id, TriageAction::Unlocked, &principal, reason, key).await?;
+    }
+    Ok(command_response(done))
+}
+
+/// `POST /v1/accounts/{account}/bindings/{binding_id}/lock` (security): locks a binding for an
+/// alert, then records who did it and why as the alert's triage (`locked`).
+async fn lock(
+    State(s): State<Arc<AppState>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let principal = authenticate(&s, req.headers())?;
+    let req: command::LockRequest = command_body(&s, req, Role::Security).await?;
+    let (account, binding_id) = path(p)?;
+    let (cmd, reason) = req
+        .validate(&account, &binding_id, chrono::Utc::now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    if monitor(&s)?.store.get(&cmd.alert_id)?.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "alert_not_found",
+            "no alert has this id",
+        ));
+    }
+    let (alert_id, key) = (cmd.alert_id.clone(), cmd.meta.idempotency_key.clone());
+    let done = s.ledger.lock(cmd).await?;
+    if matches!(done.event.payload, Payload::BindingLocked { .. }) {
+        attribute(&s, &account, &alert_id, TriageAction::Locked, &principal, reason, key).await?;
+    }
+    Ok(command_response(done))
+}
+
+/// Records a person's lock or unlock as the alert's triage, by their token's name. Its
+/// idempotency key follows the command's, so a retried command does not record it twice.
+async fn attribute(
+    s: &AppState,
+    account: &str,
+    alert_id: &str,
+    action: TriageAction,
+    principal: &Principal,
+    note: String,
+    key: Option<String>,
+) -> ApiResult<()> {
+    let meta = command::Meta {
+        account: account.to_owned(),
+        idempotency_key: key.map(|k| format!("{k}/{}", action.as_str())),
+        expected_version: None,
+        correlation_id: None,
+        event_time: None,
+        context: bindledger_events::Context {
+            channel: "console".into(),
+            device_id: None,
+            ip: None,
+            user_agent: None,
+        },
+        keys_checked: None,
+    };
+    s.ledger
+        .triage(command::TriageCommand {
+            meta,
+            alert_id: alert_id.to_owned(),
+            action,
+            operator: principal.name.clone(),
+            assignee: None,
+            note,
+        })
+        .await?;
+    Ok(())
 }
 
 fn checkpoints_of(s: &AppState) -> ApiResult<&(crate::ledger::checkpoint::CheckpointStore, String)> {
@@ -1165,6 +1238,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/relays", get(relays_status))
         .route("/v1/status", get(status))
         .route("/v1/accounts/{account}/bindings/{binding_id}/unlock", post(unlock))
+        .route("/v1/accounts/{account}/bindings/{binding_id}/lock", post(lock))
         .route("/v1/checkpoints", get(checkpoints))
         .route("/v1/checkpoints/key", get(checkpoint_key))
         .route("/v1/alerts", get(alerts_list))

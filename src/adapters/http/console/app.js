@@ -44,6 +44,8 @@ const ACTIONS = {
   assigned: "assigned",
   resolved: "resolved",
   false_positive: "marked a false positive",
+  locked: "locked the binding",
+  unlocked: "unlocked the binding",
 };
 
 const RULES = {
@@ -314,7 +316,7 @@ async function alertView(id) {
       el("dt", {}, "accounts"), el("dd", {}, (a.accounts || []).map((acc) => [el("a", { href: `#/account/${encodeURIComponent(acc)}` }, acc), " "])),
       el("dt", {}, "opened"), el("dd", {}, utc(a.opened_at)),
       el("dt", {}, "updated"), el("dd", {}, `${utc(a.updated_at)} (revision ${a.revision}, ${a.matches} matches)`),
-      el("dt", {}, "state"), el("dd", {}, alertState(a)),
+      el("dt", {}, "state"), el("dd", { id: "alert-state" }, Date.parse(a.open_until) > Date.now() ? "open" : "closed"),
       el("dt", {}, "events"), el("dd", {}, a.event_seqs.join(", ")),
     ),
   ];
@@ -328,6 +330,10 @@ async function alertView(id) {
     .flatMap(([, h]) => (h.ok ? h.json.events : []))
     .filter((e) => e.payload && e.payload.type === "alert_triaged" && e.payload.alert_id === a.id)
     .sort((x, y) => x.seq - y.seq);
+  const latest = triage[triage.length - 1];
+  if (latest) {
+    parts[1].querySelector("#alert-state").append(`; ${ACTIONS[latest.payload.action] || latest.payload.action} by ${latest.payload.operator}`);
+  }
   parts.push(el("h3", {}, "History"));
   parts.push(el("ul", { id: "triage-history" },
     el("li", {}, `${utc(a.opened_at)}: opened by the rule`),
@@ -351,6 +357,27 @@ async function alertView(id) {
       el("button", { type: "button", id: "resolve", onclick: () => act("resolved") }, "Resolve"),
       el("button", { type: "button", id: "false-positive", onclick: () => act("false_positive") }, "False positive")));
   }
+  // The bindings as they stand now (a lock lifted since the alert shows here at once).
+  for (const acc of (a.accounts || []).slice(0, 4)) {
+    const b = await api("GET", `/v1/accounts/${encodeURIComponent(acc)}/bindings`);
+    if (!b.ok) continue;
+    const now = Date.now();
+    parts.push(el("h3", {}, `Bindings of ${acc} now`));
+    parts.push(el("table", { class: "alert-bindings" },
+      el("thead", {}, el("tr", {}, ["binding", "wallet", "status", "lock", ""].map((x) => el("th", {}, x)))),
+      el("tbody", {}, b.json.bindings.filter((x) => x.status === "active").map((x) => {
+        const locked = x.lock && Date.parse(x.lock.until) > now;
+        return el("tr", { "data-binding": x.binding_id, "data-locked": locked ? "true" : "false" },
+          el("td", {}, x.binding_id), el("td", {}, x.wallet.masked), el("td", {}, x.status),
+          el("td", {}, locked ? `locked until ${utc(x.lock.until)}` : "not locked"),
+          el("td", {}, can("security") ? (() => {
+            const why = reasonInput(x.binding_id);
+            return [why, " ", locked
+              ? el("button", { type: "button", class: "danger unlock", onclick: async () => { await unlock(acc, x.binding_id, why); await alertView(a.id); } }, "Unlock")
+              : el("button", { type: "button", class: "danger lock", onclick: () => lock(a.id, acc, x.binding_id, why) }, "Lock")];
+          })() : ""));
+      }))));
+  }
   for (const [acc, h] of timelines) {
     parts.push(el("h3", {}, `Timeline of ${acc}`));
     parts.push(h.ok ? timeline(h.json.events, hits) : failure("the timeline could not be read", h));
@@ -358,11 +385,26 @@ async function alertView(id) {
   show(...parts);
 }
 
-async function unlock(account, binding) {
+function reasonInput(binding) {
+  return el("input", { class: "reason", "data-for": binding, placeholder: "reason", "aria-label": "reason", maxlength: "1000" });
+}
+
+// `reason`: the input beside the button (its text is recorded with the person's name).
+async function unlock(account, binding, reason) {
+  const why = reason.value.trim();
   if (!confirm(`Unlock binding ${binding} of ${account}?`)) return;
-  const r = await api("POST", `/v1/accounts/${encodeURIComponent(account)}/bindings/${binding}/unlock`, { confirm: true });
+  const r = await api("POST", `/v1/accounts/${encodeURIComponent(account)}/bindings/${binding}/unlock`, { confirm: true, reason: why });
   if (!r.ok) { alert(`Not unlocked: ${r.json && r.json.error ? r.json.error.message : r.status}`); }
   await accountView(account);
+}
+
+async function lock(alertId, account, binding, reason) {
+  const why = reason.value.trim();
+  if (!confirm(`Lock binding ${binding} of ${account} for 30 minutes?`)) return;
+  const r = await api("POST", `/v1/accounts/${encodeURIComponent(account)}/bindings/${binding}/lock`,
+    { confirm: true, alert_id: alertId, minutes: 30, reason: why });
+  if (!r.ok) { alert(`Not locked: ${r.json && r.json.error ? r.json.error.message : r.status}`); }
+  await alertView(alertId);
 }
 
 async function accountView(account) {
@@ -386,9 +428,10 @@ async function accountView(account) {
         el("td", { class: "status" }, x.status),
         el("td", { class: "lock" }, locked ? `locked until ${utc(x.lock.until)} (alert ${x.lock.alert_id})` : "not locked"),
         el("td", {}, utc(x.bound_at)),
-        el("td", {}, locked && can("security")
-          ? el("button", { class: "danger unlock", type: "button", onclick: () => unlock(account, x.binding_id) }, "Unlock")
-          : ""),
+        el("td", {}, locked && can("security") ? (() => {
+          const why = reasonInput(x.binding_id);
+          return [why, " ", el("button", { class: "danger unlock", type: "button", onclick: () => unlock(account, x.binding_id, why) }, "Unlock")];
+        })() : ""),
       );
     })),
   ));
@@ -430,6 +473,14 @@ function route() {
 }
 
 window.addEventListener("hashchange", route);
+
+// A failure of the page itself is shown, not swallowed (and the browser test looks for it).
+function pageError(what) {
+  const main = document.getElementById("main");
+  main.prepend(el("p", { class: "error page-error", role: "alert" }, `The page failed: ${what}`));
+}
+window.addEventListener("error", (e) => pageError(e.message));
+window.addEventListener("unhandledrejection", (e) => pageError(String(e.reason)));
 
 (async () => {
   const r = await api("GET", "/console/session");
