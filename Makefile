@@ -9,7 +9,7 @@ TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
 # The demo's broker listens here (in memory: a fresh topic each run).
 DEMO_KAFKA_PORT ?= 19092
 
-.PHONY: lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
+.PHONY: bench-console lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs, then run make again" >&2; exit 1; }
@@ -92,3 +92,8 @@ bench-kafka: tansu
 	    --storage-engine memory://tansu/ > target/tansu-bench.log 2>&1 & broker=$$!; \
 	  trap 'kill $$broker 2>/dev/null' EXIT; sleep 1; \
 	  ./target/release/bindledger bench-kafka --brokers 127.0.0.1:$(DEMO_KAFKA_PORT)
+
+## From a command's acknowledgement to its alert in the console's queue, in a real headless
+## Chromium, at 1,000 commands/s for 20 s (BENCH_RATE, BENCH_SECONDS).
+bench-console: check-toolchain test-tools
+	$(CARGO) test --release --locked --test console bench_ack_to_alert_in_the_browser -- --ignored --nocapture

@@ -401,3 +401,121 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
     drop(driver);
     server.shutdown().await;
 }
+
+/// `make bench-console`: from a command's acknowledgement to its alert in the browser's queue.
+/// Ordinary payments at `BENCH_RATE` commands/s (default 1,000) over many accounts, among them
+/// attackers whose fifth wrong password opens a `password_brute_force` alert; the page notes
+/// when each alert's row first appears (`Date.now()`), the load generator when the command
+/// that opened it was acknowledged (the alert's id names that event's seq). Prints p50 and p99.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: make bench-console"]
+async fn bench_ack_to_alert_in_the_browser() {
+    let rate: u64 = std::env::var("BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config
+        .tokens
+        .extend(bindledger::config::parse_tokens(&format!("alice@security+reader:{ALICE}")).unwrap());
+    let server = TestServer::start(config).await;
+    let base = format!("http://{}", server.addr);
+    let driver = chromedriver();
+    let b = browser(&driver).await;
+    sign_in(&b, &base, ALICE).await;
+    // The page records when each alert's row first appears.
+    b.execute(
+        "window.__seen = {}; new MutationObserver(() => { for (const r of document.querySelectorAll('#queue tr[data-alert]')) { if (!(r.dataset.alert in window.__seen)) window.__seen[r.dataset.alert] = Date.now(); } }).observe(document.getElementById('main'), {subtree: true, childList: true}); return true;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let shoppers = 200u64;
+    let attackers = (rate * seconds / 60).max(10);
+    let mut bindings = Vec::new();
+    for a in 0..shoppers + attackers {
+        let account = if a < shoppers {
+            format!("shopper-{a}")
+        } else {
+            format!("attacker-{a}")
+        };
+        let id = bind_wallet(&server.ledger, &server.gateway, &account, a).await;
+        let password = server.gateway.password_for(&alipay(), &phone(a));
+        bindings.push((account, id, password));
+    }
+    let bindings = std::sync::Arc::new(bindings);
+    let acks = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<u64, u128>::new()));
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let total = rate * seconds;
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    let workers = 64u64;
+    for w in 0..workers {
+        let (bindings, acks, addr) = (bindings.clone(), acks.clone(), server.addr);
+        tasks.push(tokio::spawn(async move {
+            let mut c = bindledger::adapters::http::client::Client::new(addr, Some(ALL.into()));
+            let mut n = w;
+            while n < total {
+                let due = started + Duration::from_micros(n * 1_000_000 / rate);
+                tokio::time::sleep_until(due.into()).await;
+                // One command in ten is an attacker's wrong password, the rest pay.
+                let (i, password) = if n % 10 == 0 {
+                    let a = shoppers + (n / 10) % attackers;
+                    (a as usize, "000000".to_owned())
+                } else {
+                    let s = (n % shoppers) as usize;
+                    (s, bindings[s].2.clone())
+                };
+                let (account, binding, _) = &bindings[i];
+                let body = json!({"binding_id": binding, "order_id": format!("o-{n}"), "amount_minor": 100, "payment_password": password});
+                if let Ok((_, v)) = c.post_json(&format!("/v1/accounts/{account}/payments"), &body).await {
+                    if let Some(seq) = v["event"]["seq"].as_u64() {
+                        acks.lock().unwrap().insert(seq, now_ms());
+                    }
+                }
+                n += workers;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = b.execute("return window.__seen;", vec![]).await.unwrap();
+    let acks = acks.lock().unwrap();
+    let mut lat: Vec<i64> = seen
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter_map(|(id, t)| {
+            let seq: u64 = id.rsplit('-').next()?.parse().ok()?;
+            Some(t.as_i64()? - *acks.get(&seq)? as i64)
+        })
+        .collect();
+    lat.sort_unstable();
+    assert!(!lat.is_empty(), "no alert was seen in the browser");
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "ack -> alert in the browser's queue: {} alerts, {} commands at {:.0}/s (asked {rate}/s): p50 {} ms, p99 {} ms, max {} ms",
+        lat.len(),
+        total,
+        total as f64 / elapsed,
+        pct(0.5),
+        pct(0.99),
+        lat[lat.len() - 1]
+    );
+    b.close().await.unwrap();
+    drop(driver);
+    server.shutdown().await;
+}

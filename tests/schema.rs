@@ -198,6 +198,17 @@ async fn every_event_the_ledger_emits_matches_the_published_schema() {
         .unwrap();
     }
 
+    l.triage(bindledger::domain::command::TriageCommand {
+        meta: meta("triage-1"),
+        alert_id: "password_brute_force-7".into(),
+        action: bindledger_events::TriageAction::Assigned,
+        operator: "alice".into(),
+        assignee: Some("bob".into()),
+        note: "called the holder".into(),
+    })
+    .await
+    .unwrap();
+
     let v = schema();
     let mut seen = BTreeSet::new();
     for r in l.raw_events(1) {
