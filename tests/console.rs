@@ -71,18 +71,28 @@ async fn sign_in(b: &fantoccini::Client, base: &str, token: &str) {
     b.goto(&format!("{base}/console")).await.unwrap();
     let input = b.wait().for_element(Locator::Css("#token")).await.unwrap();
     input.send_keys(token).await.unwrap();
-    b.find(Locator::Css("#sign-in-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(b, "#sign-in-form button").await;
     until(
         b,
         "the signed-in page",
         "document.querySelector('#queue') || document.querySelector('#no-alerts')",
     )
     .await;
+}
+
+/// Types `text` into the element `css` selects.
+async fn type_into(b: &fantoccini::Client, css: &str, text: &str) {
+    b.find(Locator::Css(css)).await.unwrap().send_keys(text).await.unwrap();
+}
+
+/// Clicks the element `css` selects.
+async fn click(b: &fantoccini::Client, css: &str) {
+    b.find(Locator::Css(css)).await.unwrap().click().await.unwrap();
+}
+
+/// The text of the element `css` selects.
+async fn text(b: &fantoccini::Client, css: &str) -> String {
+    b.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
 }
 
 /// Waits until the page's JavaScript expression is true.
@@ -121,7 +131,7 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
     // Sign in; the page holds no token, only an HttpOnly cookie.
     let alice = browser(&driver).await;
     sign_in(&alice, &base, ALICE).await;
-    let who = alice.find(Locator::Css("#who")).await.unwrap().text().await.unwrap();
+    let who = text(&alice, "#who").await;
     assert!(who.contains("alice"), "{who}");
     let cookie = alice.get_named_cookie("bindledger_session").await.unwrap();
     assert_eq!(cookie.http_only(), Some(true));
@@ -143,30 +153,18 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
         "document.querySelector('tr[data-rule=\"password_brute_force\"]')",
     )
     .await;
-    let row = alice
-        .find(Locator::Css("tr[data-rule=\"password_brute_force\"]"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let row = text(&alice, "tr[data-rule=\"password_brute_force\"]").await;
     assert!(row.contains("victim") && row.contains("threshold 5"), "{row}");
     screenshot(&alice, "alerts").await;
 
     // The alert's page: its triggering events, with the reason in Chinese.
-    alice
-        .find(Locator::Css("tr[data-rule=\"password_brute_force\"] td a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&alice, "tr[data-rule=\"password_brute_force\"] td a").await;
     alice
         .wait()
         .for_element(Locator::Css("table.timeline tr.hit"))
         .await
         .unwrap();
-    let page = alice.find(Locator::Css("main")).await.unwrap().text().await.unwrap();
+    let page = text(&alice, "main").await;
     assert!(page.contains("支付密码错误"), "no reason in Chinese: {page}");
     assert!(page.contains("wrong payment password"), "{page}");
     screenshot(&alice, "alert").await;
@@ -174,40 +172,22 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
     // Triage with a note: acknowledged, then resolved, each in the alert's history by name.
     let note = alice.find(Locator::Css("#triage-note")).await.unwrap();
     note.send_keys("called the holder; card kept").await.unwrap();
-    alice.find(Locator::Css("#ack")).await.unwrap().click().await.unwrap();
+    click(&alice, "#ack").await;
     until(
         &alice,
         "the acknowledgement in the history",
         "document.querySelector('#triage-history li[data-action=\"acknowledged\"]')",
     )
     .await;
-    alice
-        .find(Locator::Css("#triage-note"))
-        .await
-        .unwrap()
-        .send_keys("no further guesses")
-        .await
-        .unwrap();
-    alice
-        .find(Locator::Css("#resolve"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&alice, "#triage-note", "no further guesses").await;
+    click(&alice, "#resolve").await;
     until(
         &alice,
         "the resolution in the history",
         "document.querySelector('#triage-history li[data-action=\"resolved\"]')",
     )
     .await;
-    let history = alice
-        .find(Locator::Css("#triage-history"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let history = text(&alice, "#triage-history").await;
     assert!(
         history.contains("acknowledged by alice") && history.contains("called the holder; card kept"),
         "{history}"
@@ -260,20 +240,8 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
         "document.querySelector('#bindings button.unlock')",
     )
     .await;
-    alice
-        .find(Locator::Css("#bindings input.reason"))
-        .await
-        .unwrap()
-        .send_keys("holder called; it was them")
-        .await
-        .unwrap();
-    alice
-        .find(Locator::Css("#bindings button.unlock"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&alice, "#bindings input.reason", "holder called; it was them").await;
+    click(&alice, "#bindings button.unlock").await;
     alice.accept_alert().await.unwrap();
     until(
         &alice,
@@ -302,13 +270,7 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
         "document.querySelector('#triage-history li[data-action=\"unlocked\"]')",
     )
     .await;
-    let history = alice
-        .find(Locator::Css("#triage-history"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let history = text(&alice, "#triage-history").await;
     assert!(
         history.contains("unlocked the binding by alice") && history.contains("holder called; it was them"),
         "{history}"
@@ -319,29 +281,16 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
         "document.querySelector('table.alert-bindings tr[data-locked=\"false\"] button.lock')",
     )
     .await;
-    alice
-        .find(Locator::Css("table.alert-bindings input.reason"))
-        .await
-        .unwrap()
-        .send_keys("second device, same guesses")
-        .await
-        .unwrap();
-    alice
-        .find(Locator::Css("table.alert-bindings button.lock"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(
+        &alice,
+        "table.alert-bindings input.reason",
+        "second device, same guesses",
+    )
+    .await;
+    click(&alice, "table.alert-bindings button.lock").await;
     alice.accept_alert().await.unwrap();
     until(&alice, "the lock in the history", "document.querySelector('#triage-history li[data-action=\"locked\"]') && document.querySelector('table.alert-bindings tr[data-locked=\"true\"]')").await;
-    let history = alice
-        .find(Locator::Css("#triage-history"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let history = text(&alice, "#triage-history").await;
     assert!(
         history.contains("locked the binding by alice: “second device, same guesses”")
             || history.contains("second device, same guesses"),
@@ -380,13 +329,7 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
     }
 
     // Signing out ends the session: the cookie no longer reads anything.
-    alice
-        .find(Locator::Css("#sign-out"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&alice, "#sign-out").await;
     alice.wait().for_element(Locator::Css("#token")).await.unwrap();
     let after = reqwest::Client::new()
         .get(format!("{base}/v1/accounts/victim/bindings"))

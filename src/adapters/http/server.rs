@@ -385,16 +385,25 @@ async fn bind(
     Ok(command_response(s.ledger.bind(cmd).await?))
 }
 
+/// A payment's request, up to the command: token, body, path and validation.
+async fn pay_command(
+    s: &AppState,
+    account: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> ApiResult<command::PayCommand> {
+    let req: PayRequest = command_body(s, req, Role::Writer).await?;
+    let account = path(account)?;
+    Ok(req
+        .validate(&account, chrono::Utc::now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?)
+}
+
 async fn pay(
     State(s): State<Arc<AppState>>,
     account: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> ApiResult<Response> {
-    let req: PayRequest = command_body(&s, req, Role::Writer).await?;
-    let account = path(account)?;
-    let cmd = req
-        .validate(&account, chrono::Utc::now())
-        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    let cmd = pay_command(&s, account, req).await?;
     Ok(command_response(s.ledger.pay(cmd).await?))
 }
 
@@ -405,12 +414,7 @@ async fn pay_baseline(
     account: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> ApiResult<Response> {
-    let req: PayRequest = command_body(&s, req, Role::Writer).await?;
-    let account = path(account)?;
-    let cmd = req
-        .validate(&account, chrono::Utc::now())
-        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
-    std::hint::black_box(cmd);
+    std::hint::black_box(pay_command(&s, account, req).await?);
     // About the size of a payment's answer, and built into a fresh buffer as that one is.
     static ANSWER: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
         format!("{{\"outcome\":\"baseline\",\"padding\":\"{}\"}}", " ".repeat(600)).into_bytes()
