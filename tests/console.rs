@@ -436,7 +436,7 @@ async fn bench_ack_to_alert_in_the_browser() {
     let elapsed = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let seen = b.execute("return window.__seen;", vec![]).await.unwrap();
-    let acks = acks.lock().unwrap();
+    let acks = std::mem::take(&mut *acks.lock().unwrap());
     let mut lat: Vec<i64> = seen
         .as_object()
         .unwrap()
