@@ -323,6 +323,26 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
     .await;
     screenshot(&alice, "wallet").await;
 
+    // At a glance: alerts by rule and severity, commands per second (while some run), relays.
+    alice.goto(&format!("{base}/console#/glance")).await.unwrap();
+    for i in 0..20 {
+        let body = json!({"binding_id": binding, "order_id": format!("g-{i}"), "amount_minor": 100, "payment_password": "000000"});
+        writer.post_json("/v1/accounts/victim/payments", &body).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    until(
+        &alice,
+        "the glance charts",
+        "document.querySelectorAll('#glance-rules-day rect').length === 7 && document.querySelector('#glance-rate-line polyline') && document.querySelector('#glance-relays dl')",
+    )
+    .await;
+    let glance = text(&alice, "main").await;
+    assert!(
+        glance.contains("password_brute_force") && glance.contains("commands in the last second"),
+        "{glance}"
+    );
+    screenshot(&alice, "glance").await;
+
     // No page failed on the way (a script error is shown on the page, not swallowed).
     for b in [&alice, &bob] {
         assert!(b.find_all(Locator::Css(".page-error")).await.unwrap().is_empty());

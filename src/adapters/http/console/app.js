@@ -458,6 +458,112 @@ async function walletView(fingerprint) {
   );
 }
 
+
+// ---- at a glance ----------------------------------------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs, ...children) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  for (const c of children.flat(Infinity)) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+/// Horizontal bars: [label, value] pairs.
+function bars(id, rows, color) {
+  const max = Math.max(1, ...rows.map((r) => r[1]));
+  const h = 20 * rows.length + 4;
+  return svg("svg", { id, width: "560", height: String(h), role: "img" },
+    rows.map(([label, v], i) => [
+      svg("text", { x: "0", y: String(20 * i + 15), "font-size": "12" }, label),
+      svg("rect", { x: "190", y: String(20 * i + 4), height: "14", width: String(Math.max(1, (300 * v) / max)), fill: color }),
+      svg("text", { x: String(196 + (300 * v) / max), y: String(20 * i + 15), "font-size": "12" }, String(v)),
+    ]));
+}
+
+/// A line over the last samples (one per second).
+function line(id, samples) {
+  const w = 560, h = 80, max = Math.max(1, ...samples);
+  const points = samples.map((v, i) => `${(w * i) / Math.max(1, samples.length - 1)},${h - (h * v) / max}`).join(" ");
+  return svg("svg", { id, width: String(w), height: String(h + 14), role: "img" },
+    svg("polyline", { points, fill: "none", stroke: "#2457c5", "stroke-width": "2" }),
+    svg("text", { x: "0", y: String(h + 12), "font-size": "11" }, `max ${max}/s over the last ${samples.length} s`));
+}
+
+/// The commands counters of `/metrics` (OpenMetrics text): {"kind outcome": total}.
+function commandTotals(text) {
+  const totals = {};
+  for (const l of text.split("\n")) {
+    const m = /^bindledger_commands_total\{kind="([^"]*)",outcome="([^"]*)"\} (\d+)/.exec(l);
+    if (m) totals[`${m[1]} ${m[2]}`] = Number(m[3]);
+  }
+  return totals;
+}
+
+async function glanceView() {
+  const rate = el("div", { id: "glance-rate" }, el("span", { class: "muted" }, "measuring…"));
+  const reasons = el("table", { id: "glance-reasons" });
+  const relays = el("div", { id: "glance-relays" });
+  const rules = el("div", { id: "glance-rules" });
+  show(el("h2", {}, "At a glance"),
+    el("h3", {}, "Alerts opened by rule: last hour, last day"), rules,
+    el("h3", {}, "Commands per second"), rate,
+    el("h3", {}, "Failures per second, by reason (last second)"), reasons,
+    el("h3", {}, "Relays"), relays);
+  const since = new Date(Date.now() - 24 * 3600 * 1000).toISOString();
+  const a = await api("GET", `/v1/alerts?limit=1000&since=${encodeURIComponent(since)}`);
+  if (a.ok) {
+    const hour = Date.now() - 3600 * 1000;
+    const byRule = Object.keys(RULES).map((r) => {
+      const of = a.json.alerts.filter((x) => x.rule === r);
+      return [r, of.filter((x) => Date.parse(x.opened_at) >= hour).length, of.length];
+    });
+    const bySeverity = ["critical", "high", "medium", "low"].map((s) => [s, a.json.alerts.filter((x) => x.severity === s).length]);
+    rules.replaceChildren(
+      bars("glance-rules-hour", byRule.map(([r, h]) => [r, h]), "#c0392b"),
+      bars("glance-rules-day", byRule.map(([r, , d]) => [r, d]), "#b9770e"),
+      el("h3", {}, "Alerts opened by severity, last day"),
+      bars("glance-severity", bySeverity, "#4a6a88"));
+  } else {
+    rules.replaceChildren(failure("the alerts could not be read", a));
+  }
+  const samples = [];
+  let last = null;
+  const tick = async () => {
+    if (!document.body.contains(rate)) { clearInterval(state.glance); state.glance = null; return; }
+    const m = await fetch("/metrics", { credentials: "same-origin" });
+    const totals = commandTotals(await m.text());
+    if (last) {
+      const delta = (k) => (totals[k] || 0) - (last[k] || 0);
+      const all = Object.keys(totals).reduce((s, k) => s + delta(k), 0);
+      samples.push(all);
+      if (samples.length > 60) samples.shift();
+      rate.replaceChildren(line("glance-rate-line", samples), el("div", { class: "muted" }, `${all} commands in the last second`));
+      const failing = Object.keys(totals)
+        .filter((k) => !k.endsWith(" succeeded") && delta(k) > 0)
+        .map((k) => [k.split(" ")[1], delta(k)]);
+      reasons.replaceChildren(...failing.map(([code, n]) => el("tr", {}, el("td", {}, reason(code)), el("td", {}, `${n}/s`))));
+    }
+    last = totals;
+    const s = await api("GET", "/v1/status");
+    if (s.ok) {
+      const r = s.json.relays;
+      relays.replaceChildren(el("dl", {},
+        ["events", "alerts", "checkpoints"].map((k) => [
+          el("dt", {}, k),
+          el("dd", {}, r[k].state === "disabled" ? "disabled"
+            : `${r[k].state}, position ${r[k].position}` + (k === "events" ? `, lag ${r[k].lag_events} events / ${Number(r[k].lag_seconds || 0).toFixed(3)} s` : "")),
+        ])));
+    } else {
+      relays.replaceChildren(failure("the relays could not be read", s));
+    }
+  };
+  if (state.glance) clearInterval(state.glance);
+  await tick();
+  state.glance = setInterval(tick, 1000);
+}
+
 // ---- routing ------------------------------------------------------------------------------------
 
 function route() {
@@ -468,6 +574,7 @@ function route() {
   if (view === "alert") alertView(value);
   else if (view === "account") accountView(value);
   else if (view === "wallet") walletView(value);
+  else if (view === "glance") glanceView();
   else if (can("security") || can("auditor")) alertsView();
   else show(el("p", { id: "no-alerts", class: "muted" }, "Alerts need the security or auditor role. Look up an account or a wallet above."));
 }
