@@ -343,6 +343,46 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
     );
     screenshot(&alice, "glance").await;
 
+    // The rules in force, in words; a candidate backtested over the log from the page.
+    alice.goto(&format!("{base}/console#/rules")).await.unwrap();
+    until(
+        &alice,
+        "the rules",
+        "document.querySelectorAll('#rules tr[data-rule]').length === 7",
+    )
+    .await;
+    let rules = text(&alice, "#rules tr[data-rule=\"password_brute_force\"]").await;
+    assert!(rules.contains("threshold 5") && rules.contains("window 10m"), "{rules}");
+    type_into(&alice, "#candidate", "[password_brute_force]\nthreshold = 10000").await;
+    click(&alice, "#run-backtest").await;
+    until(&alice, "the backtest", "document.querySelector('#backtest-summary')").await;
+    let summary = text(&alice, "#backtest-summary").await;
+    assert!(
+        summary.contains("1 removed"),
+        "a threshold no one reaches removes the brute-force alert: {summary}"
+    );
+    assert!(text(&alice, "#backtest-removed")
+        .await
+        .contains("password_brute_force-"));
+    alice
+        .find(Locator::Css("#candidate"))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    type_into(&alice, "#candidate", "[password_brute_force]\nthreshold = oops").await;
+    click(&alice, "#run-backtest").await;
+    until(
+        &alice,
+        "the refusal",
+        "document.querySelector('#backtest-result .error')",
+    )
+    .await;
+    let refusal = text(&alice, "#backtest-result").await;
+    assert!(refusal.contains("line 2") && !refusal.contains("oops"), "{refusal}");
+    screenshot(&alice, "rules").await;
+
     // No page failed on the way (a script error is shown on the page, not swallowed).
     for b in [&alice, &bob] {
         assert!(b.find_all(Locator::Css(".page-error")).await.unwrap().is_empty());

@@ -71,6 +71,7 @@ pub struct MonitorView {
     pub store: AlertStore,
     pub feed: Arc<crate::ledger::alerts::feed::AlertFeed>,
     pub status: Arc<MonitorStatus>,
+    pub rules: Arc<crate::domain::alerts::RuleSet>,
 }
 
 impl MonitorView {
@@ -79,6 +80,7 @@ impl MonitorView {
             store: m.store().clone(),
             feed: m.feed().clone(),
             status: m.status().clone(),
+            rules: m.rules().clone(),
         }
     }
 }
@@ -705,6 +707,72 @@ async fn triage(
     Ok(command_response(s.ledger.triage(cmd).await?))
 }
 
+/// `GET /v1/rules` (security, auditor): the alert rules in force, and their digest.
+async fn rules(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    authorize_any(&s, &headers, ALERT_READERS)?;
+    let m = monitor(&s)?;
+    Ok(Json(json!({"rules": &*m.rules, "digest": m.rules.digest()})).into_response())
+}
+
+/// Alerts listed per kind in a backtest's answer (the counts cover all of them).
+const BACKTEST_LISTED_MAX: usize = 100;
+
+/// `POST /v1/rules/backtest` (security): the body is a candidate rules file (TOML). Runs it
+/// over the whole log beside the alerts the ledger raised, and answers what it would have
+/// added, removed and changed: `{events, added, removed, changed, unchanged, listed_max}`,
+/// each list at most `listed_max` long. A file that does not parse is `400 invalid_rules`
+/// with the `line` of the problem (never its text).
+async fn backtest(State(s): State<Arc<AppState>>, req: Request) -> ApiResult<Response> {
+    authorize(&s, req.headers(), Role::Security)?;
+    let body = read_body(&s, req.into_body()).await?;
+    let m = monitor(&s)?;
+    let candidate = match std::str::from_utf8(&body)
+        .ok()
+        .map(|text| crate::domain::alerts::RuleSet::from_toml(text, None))
+    {
+        Some(Ok(rules)) => rules,
+        Some(Err(e)) => {
+            let body = json!({"error": {"code": "invalid_rules", "message": "the rules file is not valid; see the line", "field": "rules"}, "line": e.line});
+            return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+        }
+        None => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_rules",
+                "the rules file is not UTF-8 text",
+            ))
+        }
+    };
+    let (ledger, store) = (s.ledger.clone(), m.store.clone());
+    let report = tokio::task::spawn_blocking(move || -> crate::error::Result<_> {
+        use crate::domain::alerts::backtest::{latest, Backtester};
+        let last = store.last_stream_seq()?;
+        let actual = latest(store.changes_after(0, last, usize::MAX)?);
+        let mut tester = Backtester::new(candidate, None);
+        for r in ledger.raw_events(1) {
+            let (_, bytes) = r?;
+            let e = bindledger_events::decode(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+            tester.apply(&e);
+        }
+        Ok(tester.finish(Some(actual)))
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the backtest failed"))??;
+    let take = |v: &[crate::domain::alerts::Alert]| v.iter().take(BACKTEST_LISTED_MAX).cloned().collect::<Vec<_>>();
+    Ok(Json(json!({
+        "events": report.events,
+        "added_total": report.added.len(),
+        "removed_total": report.removed.len(),
+        "changed_total": report.changed.len(),
+        "unchanged": report.unchanged,
+        "added": take(&report.added),
+        "removed": take(&report.removed),
+        "changed": report.changed.iter().take(BACKTEST_LISTED_MAX).map(|(was, now)| json!({"id": now.id, "differences": crate::domain::alerts::differences(was, now)})).collect::<Vec<_>>(),
+        "listed_max": BACKTEST_LISTED_MAX,
+    }))
+    .into_response())
+}
+
 /// Stream entries per read of the live feed.
 const STREAM_READ: usize = 256;
 
@@ -1116,6 +1184,7 @@ async fn replica_guard(State(s): State<Arc<AppState>>, req: Request, next: Next)
         && !s.ledger.is_primary()
         && req.uri().path() != "/v1/admin/promote"
         && req.uri().path() != "/console/session"
+        && req.uri().path() != "/v1/rules/backtest"
     {
         if let Err(e) = authorize(&s, req.headers(), Role::Writer) {
             return e.into_response();
@@ -1249,6 +1318,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/alerts/stream", get(alerts_stream))
         .route("/v1/alerts/{alert_id}", get(alert_one))
         .route("/v1/alerts/{alert_id}/triage", post(triage))
+        .route("/v1/rules", get(rules))
+        .route("/v1/rules/backtest", post(backtest))
         .route("/v1/admin/promote", post(promote))
         .route("/console", get(super::console::page))
         .route("/console/app.js", get(super::console::script))

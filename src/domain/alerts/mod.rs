@@ -10,6 +10,7 @@
 //! **Invariant: alerts depend only on the log (and the rules).** Rebuilding them from the log
 //! gives the same alerts, ids and contents as the live run, across restarts.
 
+pub mod backtest;
 pub mod engine;
 pub mod rules;
 

@@ -101,6 +101,7 @@ pub struct Monitor {
     thread: Option<std::thread::JoinHandle<()>>,
     status: Arc<MonitorStatus>,
     feed: Arc<AlertFeed>,
+    rules: Arc<RuleSet>,
 }
 
 /// What the store thread writes, in order.
@@ -113,6 +114,7 @@ impl Monitor {
     /// Starts the monitor on an open ledger. `runtime` runs the commands it sends.
     pub fn start(ledger: &Ledger, config: MonitorConfig, runtime: tokio::runtime::Handle) -> Result<Monitor> {
         let store = ledger.alert_store();
+        let rules = config.rules.clone();
         let digest = config.rules.digest();
         let state = match store.checkpoint()? {
             Some(cp) => {
@@ -165,7 +167,13 @@ impl Monitor {
             thread: Some(thread),
             status,
             feed,
+            rules: Arc::new(rules),
         })
+    }
+
+    /// The rules it runs.
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
     }
 
     /// The live stream of alert changes.

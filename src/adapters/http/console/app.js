@@ -564,6 +564,63 @@ async function glanceView() {
   state.glance = setInterval(tick, 1000);
 }
 
+
+// ---- rules and backtest -------------------------------------------------------------------------
+
+function settings(r) {
+  return Object.entries(r)
+    .filter(([k]) => k !== "enabled" && k !== "severity")
+    .map(([k, v]) => `${k.replace(/_/g, " ")} ${v}`)
+    .join(" · ");
+}
+
+async function rulesView() {
+  const r = await api("GET", "/v1/rules");
+  if (!r.ok) { show(failure("the rules could not be read", r)); return; }
+  const rules = r.json.rules;
+  const out = el("div", { id: "backtest-result" });
+  const candidate = el("textarea", { id: "candidate", rows: "8", cols: "80", "aria-label": "candidate rules file",
+    placeholder: "[password_brute_force]\nthreshold = 3\nwindow = \"10m\"" });
+  const run = async () => {
+    out.replaceChildren(el("p", { class: "muted" }, "running over the log…"));
+    const res = await fetch("/v1/rules/backtest", {
+      method: "POST", credentials: "same-origin",
+      headers: { "content-type": "text/plain", "x-csrf-token": state.csrf }, body: candidate.value,
+    });
+    const json = await res.json().catch(() => null);
+    if (!res.ok) {
+      const line = json && json.line ? ` (line ${json.line})` : "";
+      out.replaceChildren(el("p", { class: "error", role: "alert" }, `${json && json.error ? json.error.message : res.status}${line}`));
+      return;
+    }
+    const listed = (title, id, alerts) => [el("h3", {}, title), el("ul", { id }, alerts.map((a) =>
+      el("li", {}, el("a", { href: `#/alert/${encodeURIComponent(a.id)}` }, a.id), ` ${a.severity} · ${a.key.value} · ${describe(a)}`)))];
+    out.replaceChildren(
+      el("p", { id: "backtest-summary" }, `${json.events} events: ${json.added_total} added, ${json.removed_total} removed, ${json.changed_total} changed, ${json.unchanged} unchanged (lists show at most ${json.listed_max})`),
+      ...listed("Added", "backtest-added", json.added),
+      ...listed("Removed", "backtest-removed", json.removed),
+      el("h3", {}, "Changed"),
+      el("ul", { id: "backtest-changed" }, json.changed.map((c) => el("li", {}, el("a", { href: `#/alert/${encodeURIComponent(c.id)}` }, c.id), `: ${c.differences.join("; ")}`))),
+    );
+  };
+  show(
+    el("h2", {}, "Rules in force"),
+    el("table", { id: "rules" },
+      el("thead", {}, el("tr", {}, ["rule", "what", "severity", "on", "settings"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, Object.keys(RULES).map((name) => {
+        const rule = rules[name] || {};
+        return el("tr", { "data-rule": name }, el("td", {}, name), el("td", {}, RULES[name]),
+          el("td", {}, rule.severity || ""), el("td", {}, rule.enabled === false ? "off" : "on"), el("td", {}, settings(rule)));
+      }))),
+    el("p", { class: "muted" }, `rules digest ${r.json.digest}; limits: ${settings(rules.limits || {})}`),
+    el("h2", {}, "Backtest a candidate rules file"),
+    el("p", { class: "muted" }, "Runs the candidate over the whole log beside the alerts the ledger raised. Keys left out keep their defaults (see the README)."),
+    candidate,
+    el("div", {}, can("security") ? el("button", { type: "button", id: "run-backtest", onclick: run }, "Backtest") : el("span", { class: "muted" }, "backtests need the security role")),
+    out,
+  );
+}
+
 // ---- routing ------------------------------------------------------------------------------------
 
 function route() {
@@ -575,6 +632,7 @@ function route() {
   else if (view === "account") accountView(value);
   else if (view === "wallet") walletView(value);
   else if (view === "glance") glanceView();
+  else if (view === "rules") rulesView();
   else if (can("security") || can("auditor")) alertsView();
   else show(el("p", { id: "no-alerts", class: "muted" }, "Alerts need the security or auditor role. Look up an account or a wallet above."));
 }
