@@ -321,6 +321,27 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
         "document.querySelectorAll('#wallet-accounts li').length === 3",
     )
     .await;
+    // One of the ring unbinds: the wallet's page still shows it, as bound before.
+    let (_, r3) = server
+        .client(READER)
+        .get_json("/v1/accounts/ring-3/bindings")
+        .await
+        .unwrap();
+    let r3_binding = r3["bindings"][0]["binding_id"].as_str().unwrap().to_owned();
+    writer
+        .post_json(
+            &format!("/v1/accounts/ring-3/bindings/{r3_binding}/unbind"),
+            &json!({"confirm": true}),
+        )
+        .await
+        .unwrap();
+    alice.refresh().await.unwrap();
+    until(
+        &alice,
+        "the ring with one account unbound",
+        "document.querySelectorAll('#wallet-accounts li').length === 3 && document.querySelectorAll('#wallet-accounts li[data-bound=\"before\"]').length === 1",
+    )
+    .await;
     screenshot(&alice, "wallet").await;
 
     // At a glance: alerts by rule and severity, commands per second (while some run), relays.

@@ -105,6 +105,9 @@ pub struct Projection {
     pub accounts: HashMap<String, AccountState>,
     /// Wallet fingerprint -> accounts where it is actively bound.
     pub wallets: HashMap<Hash, BTreeSet<String>>,
+    /// Wallet fingerprint -> every account it was ever bound to (a ring shows here even after
+    /// its members unbound).
+    pub wallet_history: HashMap<Hash, BTreeSet<String>>,
 }
 
 impl Projection {
@@ -136,6 +139,10 @@ impl Projection {
                     wrong_passwords: VecDeque::new(),
                 });
                 self.wallets
+                    .entry(wallet.fingerprint)
+                    .or_default()
+                    .insert(e.account.clone());
+                self.wallet_history
                     .entry(wallet.fingerprint)
                     .or_default()
                     .insert(e.account.clone());
@@ -238,15 +245,23 @@ impl Projection {
     /// derived from the active bindings).
     pub fn from_accounts(position: u64, accounts: HashMap<String, AccountState>) -> Projection {
         let mut wallets: HashMap<Hash, BTreeSet<String>> = HashMap::new();
+        let mut wallet_history: HashMap<Hash, BTreeSet<String>> = HashMap::new();
         for (name, a) in &accounts {
-            for b in a.bindings.iter().filter(|b| b.status == BindingStatus::Active) {
-                wallets.entry(b.wallet.fingerprint).or_default().insert(name.clone());
+            for b in &a.bindings {
+                if b.status == BindingStatus::Active {
+                    wallets.entry(b.wallet.fingerprint).or_default().insert(name.clone());
+                }
+                wallet_history
+                    .entry(b.wallet.fingerprint)
+                    .or_default()
+                    .insert(name.clone());
             }
         }
         Projection {
             position,
             accounts,
             wallets,
+            wallet_history,
         }
     }
 }

@@ -956,6 +956,18 @@ impl Ledger {
             .unwrap_or_default()
     }
 
+    /// Every account a wallet fingerprint was ever bound to (the unbound ones included).
+    pub fn wallet_history(&self, fingerprint: &Hash) -> Vec<String> {
+        self.inner
+            .read
+            .read()
+            .expect("lock")
+            .wallet_history
+            .get(fingerprint)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// A copy of the whole read model (for checks and tests; costly on large ledgers).
     pub fn projection(&self) -> Projection {
         self.inner.read.read().expect("lock").clone()

@@ -972,7 +972,7 @@ async fn wallet_accounts(
             "a wallet fingerprint is 64 hex characters",
         )
     })?;
-    Ok(Json(json!({"fingerprint": hash, "accounts": s.ledger.wallet_accounts(&hash)})).into_response())
+    Ok(Json(json!({"fingerprint": hash, "accounts": s.ledger.wallet_accounts(&hash), "history": s.ledger.wallet_history(&hash)})).into_response())
 }
 
 #[derive(Deserialize)]

@@ -451,13 +451,15 @@ async function accountView(account) {
 async function walletView(fingerprint) {
   const r = await api("GET", `/v1/wallets/${fingerprint}/accounts`);
   if (!r.ok) { show(failure("the wallet could not be read", r)); return; }
+  const now = new Set(r.json.accounts);
+  const all = r.json.history && r.json.history.length ? r.json.history : r.json.accounts;
   show(
     el("h2", {}, "Wallet ", el("code", {}, fingerprint.slice(0, 16) + "…")),
-    el("p", { class: "muted" }, "Accounts this wallet is bound to now. Several accounts on one wallet is how a shared-wallet ring shows."),
-    el("ul", { id: "wallet-accounts" }, r.json.accounts.map((acc) => el("li", {}, el("a", { href: `#/account/${encodeURIComponent(acc)}` }, acc)))),
+    el("p", { class: "muted" }, `Every account this wallet is or was bound to: ${now.size} now, ${all.length} in all. Several accounts on one wallet is how a shared-wallet ring shows.`),
+    el("ul", { id: "wallet-accounts" }, all.map((acc) => el("li", { "data-bound": now.has(acc) ? "now" : "before" },
+      el("a", { href: `#/account/${encodeURIComponent(acc)}` }, acc), now.has(acc) ? " (bound now)" : " (was bound; unbound since)"))),
   );
 }
-
 
 // ---- at a glance ----------------------------------------------------------------------------------
 
