@@ -110,3 +110,126 @@ fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
         acknowledged.len()
     );
 }
+
+/// A flipped byte in sled's log file: sled, meeting the damage while it recovers on open,
+/// drops what follows it and opens without an error. The ledger must not then start on a log
+/// that lost events it had acknowledged: its head record (`<data_dir>/head`) names the last
+/// durable event, and a log that ends before it is refused, saying what was lost and where it
+/// was recorded. Whatever the flip hits, the ledger either starts with every event, or refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_never_starts_a_ledger_that_lost_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let g = std::sync::Arc::new(bindledger::adapters::provider::SimulatedGateway::new(
+        config.gateway.simulated.clone(),
+    ));
+    let written = {
+        let l = bindledger::Ledger::open(
+            &config,
+            bindledger::domain::secret::LedgerSecret::from_bytes([42; 32]),
+            g.clone(),
+        )
+        .unwrap();
+        for a in 0..400 {
+            bind_wallet(&l, &g, &format!("acct-{a}"), a).await;
+        }
+        let n = l.log_len();
+        l.close();
+        n
+    };
+    assert_eq!(
+        bindledger::ledger::head::read(dir.path()).unwrap().map(|(seq, _)| seq),
+        Some(written)
+    );
+    let db = dir.path().join("log").join("db");
+    let pristine = std::fs::read(&db).unwrap();
+    let places: Vec<usize> = pristine
+        .windows(9)
+        .enumerate()
+        .filter(|(_, w)| *w == b"\"payload\"")
+        .map(|(i, _)| i)
+        .step_by(7)
+        .collect();
+    let (mut whole, mut refused) = (0, 0);
+    for at in places {
+        let mut bytes = pristine.clone();
+        bytes[at + 3] ^= 1;
+        std::fs::write(&db, &bytes).unwrap();
+        match bindledger::Ledger::open(
+            &config,
+            bindledger::domain::secret::LedgerSecret::from_bytes([42; 32]),
+            g.clone(),
+        ) {
+            Ok(l) => {
+                // It started: then every acknowledged event is there.
+                assert_eq!(l.log_len(), written, "started on a log that lost events (flip at {at})");
+                whole += 1;
+                l.close();
+            }
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.contains("corrupt"), "{text}");
+                refused += 1;
+            }
+        }
+        std::fs::write(&db, &pristine).unwrap();
+        // The head record follows each start; put back the one of the whole log.
+        let _ = bindledger::Ledger::open(
+            &config,
+            bindledger::domain::secret::LedgerSecret::from_bytes([42; 32]),
+            g.clone(),
+        )
+        .map(|l| l.close());
+        if refused >= 3 {
+            break;
+        }
+    }
+    assert!(refused > 0, "no flip was refused ({whole} started whole)");
+}
+
+/// The case the head record exists for, made directly: the log loses its last stored chunk (as
+/// when sled drops what follows damage in its recovery). The ledger refuses to start, saying
+/// how many events were lost after which one, and where the head was recorded, and a refused
+/// start changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_lost_acknowledged_events_is_refused_with_what_was_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let secret = || bindledger::domain::secret::LedgerSecret::from_bytes([42; 32]);
+    let g = std::sync::Arc::new(bindledger::adapters::provider::SimulatedGateway::new(
+        config.gateway.simulated.clone(),
+    ));
+    let written = {
+        let l = bindledger::Ledger::open(&config, secret(), g.clone()).unwrap();
+        for a in 0..300 {
+            bind_wallet(&l, &g, &format!("acct-{a}"), a).await;
+        }
+        let n = l.log_len();
+        l.close();
+        n
+    };
+    let kept = {
+        let db = sled::open(dir.path().join("log")).unwrap();
+        let log = db.open_tree("log").unwrap();
+        let (last_chunk, _) = log.last().unwrap().unwrap();
+        log.remove(&last_chunk).unwrap();
+        db.flush().unwrap();
+        u64::from_be_bytes(last_chunk.as_ref().try_into().unwrap()) - 1
+    };
+    assert!(kept < written);
+    let err = match bindledger::Ledger::open(&config, secret(), g.clone()) {
+        Ok(_) => panic!("started on a log that lost events {}..={written}", kept + 1),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(&format!("ends at event {kept}"))
+            && err.contains(&format!("lost {} events", written - kept))
+            && err.contains("head"),
+        "{err}"
+    );
+    // A refused start changes nothing: it is refused again, for the same reason.
+    let again = bindledger::Ledger::open(&config, secret(), g)
+        .err()
+        .map(|e| e.to_string());
+    assert_eq!(again.as_deref(), Some(err.as_str()));
+}

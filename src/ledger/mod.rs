@@ -8,6 +8,7 @@
 //!   log, in memory and on disk.
 //! - [`indexer`]: history rows and projection snapshots, off the write path.
 //! - [`keys`]: the ledger secret and the rules file on disk.
+//! - [`head`]: the head record, which refuses to start on a log that lost acknowledged events.
 //! - [`checkpoint`]: signed checkpoints of the chain head and their storage; [`signer`]: the
 //!   task that signs the head.
 //! - [`alerts`]: the live monitor, its feed and the alerts' storage.
@@ -24,6 +25,7 @@
 
 pub mod alerts;
 pub mod checkpoint;
+pub mod head;
 pub mod idempotency;
 pub mod indexer;
 pub mod keys;
@@ -176,6 +178,13 @@ impl Ledger {
         store.set_sync_data(config.writer.sync_data);
         store.check_secret(&secret.check_value())?;
         let (last_seq, last_hash) = store.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));
+        // A log that lost events it had acknowledged is refused here, before anything is
+        // written; then the head record follows this log.
+        head::check(&config.data_dir, last_seq, |seq| {
+            Ok(store.event_bytes(seq)?.map(|b| hash_bytes(&b)))
+        })?;
+        let head_recorder =
+            head::HeadRecorder::start(&config.data_dir, (last_seq > 0).then_some((last_seq, last_hash)))?;
         let (indexed, snapshot) = store.index_positions()?;
         if snapshot > last_seq || indexed > last_seq {
             return Err(Error::Corrupt(format!(
@@ -287,6 +296,7 @@ impl Ledger {
             }),
             tap: tap.clone(),
             ids: Default::default(),
+            head: Some(head_recorder),
         };
         let handle = std::thread::Builder::new()
             .name("bindledger-writer".into())

@@ -293,21 +293,31 @@ impl Store {
     /// only to be read does neither.
     fn open_with(dir: &Path, config: sled::Config, durable: bool) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("creating {}: {e}", dir.display())))?;
-        let db = config
-            .path(dir.join("log"))
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| {
-                // sled 0.34 reports a held lock as io::ErrorKind::Other with the text "could not
-                // acquire lock" (its config.rs, try_lock), dropping flock's WouldBlock: the text
-                // is the only signal there is, so it is matched here, in this one place.
-                let text = e.to_string();
-                if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
-                    Error::InUse(dir.display().to_string())
-                } else {
-                    read_error(e, &format!("opening the log in {}", dir.display()))
-                }
-            })?;
+        let config = config.path(dir.join("log")).mode(sled::Mode::HighThroughput);
+        // sled 0.34 panics on some damage it meets while recovering its log ("tried to
+        // serialize Uninitialized"): a damaged file is reported as one, not as a crash.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Error::Corrupt(format!(
+                "sled could not recover the log in {} ({what}): its files are damaged",
+                dir.display()
+            ))
+        })?;
+        let db = opened.map_err(|e| {
+            // sled 0.34 reports a held lock as io::ErrorKind::Other with the text "could not
+            // acquire lock" (its config.rs, try_lock), dropping flock's WouldBlock: the text
+            // is the only signal there is, so it is matched here, in this one place.
+            let text = e.to_string();
+            if text.contains("lock") || text.contains("WouldBlock") || text.contains("temporarily unavailable") {
+                Error::InUse(dir.display().to_string())
+            } else {
+                read_error(e, &format!("opening the log in {}", dir.display()))
+            }
+        })?;
         match db
             .get(META_FORMAT)
             .map_err(|e| read_error(e, &format!("reading the log's format in {}", dir.display())))?

@@ -201,6 +201,8 @@ pub struct Writer {
     pub indexer: Option<Indexer>,
     pub tap: EventTap,
     pub ids: EventIds,
+    /// Records each flush's last event once durable (see [`crate::ledger::head`]).
+    pub head: Option<crate::ledger::head::HeadRecorder>,
 }
 
 /// UUID v7 ids for the writer's events and bindings: the batch's clock for the time, the OS
@@ -269,6 +271,7 @@ impl Writer {
                 index: index_tx,
                 tap: self.tap.clone(),
                 commit_delay: self.commit_delay,
+                head: self.head.take(),
             };
             std::thread::Builder::new()
                 .name("bindledger-flusher".into())
@@ -525,6 +528,7 @@ struct Flusher {
     index: std::sync::mpsc::SyncSender<DurableBatch>,
     tap: EventTap,
     commit_delay: Option<CommitDelay>,
+    head: Option<crate::ledger::head::HeadRecorder>,
 }
 
 impl Flusher {
@@ -565,6 +569,11 @@ impl Flusher {
                         }
                     }
                     return;
+                }
+                if let Some(head) = &self.head {
+                    if let Some((e, _, hash)) = ready.iter().rev().find_map(|j| j.events.last()) {
+                        head.note(e.seq, *hash);
+                    }
                 }
             }
             // One hand-over per flush to the indexer and the monitor, whatever the number of
