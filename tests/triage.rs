@@ -119,4 +119,17 @@ async fn triage_is_recorded_by_name_survives_a_sigkill_and_verifies() {
         .filter(|l| l.contains("\"type\":\"alert_triaged\""))
         .count();
     assert_eq!(triaged, 3);
+    // The audit tool's account history names who did what.
+    let history = std::process::Command::new(binary().with_file_name("bindledger-replay"))
+        .args(["history", "--data-dir"])
+        .arg(&data)
+        .args(["--account", "victim"])
+        .output()
+        .unwrap();
+    let history = String::from_utf8_lossy(&history.stdout);
+    assert!(
+        history.contains(&format!("{alert_id} assigned by carol to dave"))
+            && history.contains(&format!("{alert_id} resolved by carol")),
+        "{history}"
+    );
 }

@@ -700,6 +700,16 @@ fn history_line(e: &Event) -> String {
         } => {
             format!("{} order {order_id}", currency.format(*amount_minor))
         }
+        Payload::AlertTriaged {
+            alert_id,
+            action,
+            operator,
+            assignee,
+            ..
+        } => match assignee {
+            Some(to) => format!("{alert_id} {} by {operator} to {to}", action.as_str()),
+            None => format!("{alert_id} {} by {operator}", action.as_str()),
+        },
         _ => String::new(),
     };
     format!(
