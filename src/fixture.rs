@@ -151,3 +151,14 @@ pub fn resident_bytes() -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+/// Offsets in a file's bytes where an event's `"payload"` key is stored (every `step`-th
+/// one): where a flipped byte lands in event data, for tests of damaged storage.
+pub fn payload_offsets(file: &[u8], step: usize) -> Vec<usize> {
+    file.windows(9)
+        .enumerate()
+        .filter(|(_, w)| *w == b"\"payload\"")
+        .map(|(i, _)| i)
+        .step_by(step.max(1))
+        .collect()
+}

@@ -143,13 +143,7 @@ async fn a_flipped_byte_never_starts_a_ledger_that_lost_events() {
     );
     let db = dir.path().join("log").join("db");
     let pristine = std::fs::read(&db).unwrap();
-    let places: Vec<usize> = pristine
-        .windows(9)
-        .enumerate()
-        .filter(|(_, w)| *w == b"\"payload\"")
-        .map(|(i, _)| i)
-        .step_by(7)
-        .collect();
+    let places = bindledger::fixture::payload_offsets(&pristine, 7);
     let (mut whole, mut refused) = (0, 0);
     for at in places {
         let mut bytes = pristine.clone();

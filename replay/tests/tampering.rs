@@ -336,13 +336,7 @@ fn a_corrupt_store_is_named_as_corrupt_with_where_it_was_read() {
     }
     let db = data.join("log").join("db");
     let pristine = std::fs::read(&db).unwrap();
-    let places: Vec<usize> = pristine
-        .windows(9)
-        .enumerate()
-        .filter(|(_, w)| *w == b"\"payload\"")
-        .map(|(i, _)| i)
-        .step_by(97)
-        .collect();
+    let places = bindledger::fixture::payload_offsets(&pristine, 97);
     let mut named = 0;
     for at in places {
         let mut bytes = pristine.clone();
