@@ -98,14 +98,6 @@ impl TokenConfig {
     }
 }
 
-/// Whether a token's name is letters, digits, `.`, `_` and `-`, at most 64.
-fn valid_token_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -529,7 +521,10 @@ impl Config {
             if t.roles.is_empty() {
                 return bad("every token needs at least one role");
             }
-            if t.name.as_deref().is_some_and(|n| !valid_token_name(n)) {
+            if t.name
+                .as_deref()
+                .is_some_and(|n| !crate::domain::command::valid_name(n))
+            {
                 return bad("a token's name is letters, digits, '.', '_' and '-', at most 64");
             }
         }

@@ -378,7 +378,13 @@ pub struct UnlockRequest {
 }
 
 impl UnlockRequest {
-    pub fn validate(self, account: &str, binding_id: &str, now: DateTime<Utc>) -> Result<UnlockCommand, Error> {
+    /// The unlock, and its reason (checked as a note).
+    pub fn validate(
+        self,
+        account: &str,
+        binding_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(UnlockCommand, String), Error> {
         let meta = validate_common(account, self.common, now)?;
         let binding_id = parse_uuid(binding_id, "binding_id")?;
         if !self.confirm {
@@ -388,12 +394,16 @@ impl UnlockRequest {
                 "unlocking needs \"confirm\": true",
             ));
         }
-        Ok(UnlockCommand {
-            meta,
-            binding_id,
-            cause: bindledger_events::UnlockCause::Manual,
-            alert_id: None,
-        })
+        let reason = validate_note(self.reason, "reason")?;
+        Ok((
+            UnlockCommand {
+                meta,
+                binding_id,
+                cause: bindledger_events::UnlockCause::Manual,
+                alert_id: None,
+            },
+            reason,
+        ))
     }
 }
 
@@ -445,14 +455,8 @@ impl TriageRequest {
             ));
         }
         let note = validate_note(self.note, "note")?;
-        let name_ok = |n: &str| {
-            !n.is_empty()
-                && n.len() <= 64
-                && n.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        };
         let assignee = match (action, self.assignee) {
-            (bindledger_events::TriageAction::Assigned, Some(a)) if name_ok(&a) => Some(a),
+            (bindledger_events::TriageAction::Assigned, Some(a)) if valid_name(&a) => Some(a),
             (bindledger_events::TriageAction::Assigned, _) => {
                 return Err(Error::invalid(
                     "invalid_assignee",
@@ -478,6 +482,15 @@ impl TriageRequest {
             note,
         })
     }
+}
+
+/// A person's name, as tokens are named (and alerts assigned): letters, digits, `.`, `_` and
+/// `-`, at most 64.
+pub fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// A note or reason: at most [`NOTE_LEN_MAX`] bytes of text, line breaks allowed.

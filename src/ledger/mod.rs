@@ -956,23 +956,22 @@ impl Ledger {
 
     /// Accounts where a wallet fingerprint is actively bound.
     pub fn wallet_accounts(&self, fingerprint: &Hash) -> Vec<String> {
-        self.inner
-            .read
-            .read()
-            .expect("lock")
-            .wallets
-            .get(fingerprint)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default()
+        self.accounts_of(fingerprint, |p| &p.wallets)
     }
 
     /// Every account a wallet fingerprint was ever bound to (the unbound ones included).
     pub fn wallet_history(&self, fingerprint: &Hash) -> Vec<String> {
-        self.inner
-            .read
-            .read()
-            .expect("lock")
-            .wallet_history
+        self.accounts_of(fingerprint, |p| &p.wallet_history)
+    }
+
+    /// The accounts one of the read model's wallet indexes holds for `fingerprint`.
+    fn accounts_of(
+        &self,
+        fingerprint: &Hash,
+        index: impl Fn(&Projection) -> &HashMap<Hash, std::collections::BTreeSet<String>>,
+    ) -> Vec<String> {
+        let read = self.inner.read.read().expect("lock");
+        index(&read)
             .get(fingerprint)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default()

@@ -224,7 +224,8 @@ impl IntoResponse for ApiError {
 
 pub(super) type ApiResult<T> = Result<T, ApiError>;
 
-fn authorize(state: &AppState, headers: &HeaderMap, role: Role) -> ApiResult<()> {
+/// Who sent the request, if they hold `role`.
+fn authorize(state: &AppState, headers: &HeaderMap, role: Role) -> ApiResult<Arc<Principal>> {
     authorize_any(state, headers, &[role])
 }
 
@@ -256,10 +257,10 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Arc<Principa
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token"))
 }
 
-fn authorize_any(state: &AppState, headers: &HeaderMap, allowed: &[Role]) -> ApiResult<()> {
+fn authorize_any(state: &AppState, headers: &HeaderMap, allowed: &[Role]) -> ApiResult<Arc<Principal>> {
     let principal = authenticate(state, headers)?;
     if allowed.iter().any(|r| principal.roles.contains(r)) {
-        return Ok(());
+        return Ok(principal);
     }
     let message = match allowed {
         [Role::Writer] => "this token lacks the writer role",
@@ -303,12 +304,22 @@ async fn read_body(state: &AppState, body: Body) -> ApiResult<Bytes> {
 
 /// Authenticates from the headers, then reads and parses the body field by field.
 async fn command_body<T: command::FromFields>(state: &AppState, req: Request, role: Role) -> ApiResult<T> {
-    authorize(state, req.headers(), role)?;
+    Ok(command_body_as(state, req, role).await?.0)
+}
+
+/// [`command_body`], with who sent it (for what is recorded under their name).
+async fn command_body_as<T: command::FromFields>(
+    state: &AppState,
+    req: Request,
+    role: Role,
+) -> ApiResult<(T, Arc<Principal>)> {
+    let principal = authorize(state, req.headers(), role)?;
     let bytes = read_body(state, req.into_body()).await?;
-    T::from_body(&bytes).map_err(|e| {
+    let body = T::from_body(&bytes).map_err(|e| {
         state.ledger.metrics().count_rejected(e.code());
         ApiError::from(e)
-    })
+    })?;
+    Ok((body, principal))
 }
 
 fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
@@ -447,11 +458,9 @@ async fn unlock(
     p: Result<Path<(String, String)>, PathRejection>,
     req: Request,
 ) -> ApiResult<Response> {
-    let principal = authenticate(&s, req.headers())?;
-    let req: UnlockRequest = command_body(&s, req, Role::Security).await?;
+    let (req, principal): (UnlockRequest, _) = command_body_as(&s, req, Role::Security).await?;
     let (account, binding_id) = path(p)?;
-    let reason = command::validate_note(req.reason.clone(), "reason")?;
-    let cmd = req
+    let (cmd, reason) = req
         .validate(&account, &binding_id, chrono::Utc::now())
         .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     let key = cmd.meta.idempotency_key.clone();
@@ -469,8 +478,7 @@ async fn lock(
     p: Result<Path<(String, String)>, PathRejection>,
     req: Request,
 ) -> ApiResult<Response> {
-    let principal = authenticate(&s, req.headers())?;
-    let req: command::LockRequest = command_body(&s, req, Role::Security).await?;
+    let (req, principal): (command::LockRequest, _) = command_body_as(&s, req, Role::Security).await?;
     let (account, binding_id) = path(p)?;
     let (cmd, reason) = req
         .validate(&account, &binding_id, chrono::Utc::now())
@@ -684,8 +692,7 @@ async fn triage(
     id: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> ApiResult<Response> {
-    let principal = authenticate(&s, req.headers())?;
-    let req: command::TriageRequest = command_body(&s, req, Role::Security).await?;
+    let (req, principal): (command::TriageRequest, _) = command_body_as(&s, req, Role::Security).await?;
     let id = path(id)?;
     command::validate_alert_id(&id)?;
     let m = monitor(&s)?;

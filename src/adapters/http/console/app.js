@@ -96,15 +96,17 @@ function span(from, to) {
   return `${Math.round(s / 3600)} h`;
 }
 
+// `body`: an object (sent as JSON) or a string (sent as it is, as text).
 async function api(method, path, body) {
   const headers = { accept: "application/json" };
   if (method !== "GET") headers["x-csrf-token"] = state.csrf;
-  if (body !== undefined) headers["content-type"] = "application/json";
+  const raw = typeof body === "string";
+  if (body !== undefined) headers["content-type"] = raw ? "text/plain" : "application/json";
   const r = await fetch(path, {
     method,
     headers,
     credentials: "same-origin",
-    body: body === undefined ? undefined : JSON.stringify(body),
+    body: body === undefined || raw ? body : JSON.stringify(body),
   });
   const text = await r.text();
   let json = null;
@@ -585,11 +587,8 @@ async function rulesView() {
     placeholder: "[password_brute_force]\nthreshold = 3\nwindow = \"10m\"" });
   const run = async () => {
     out.replaceChildren(el("p", { class: "muted" }, "running over the log…"));
-    const res = await fetch("/v1/rules/backtest", {
-      method: "POST", credentials: "same-origin",
-      headers: { "content-type": "text/plain", "x-csrf-token": state.csrf }, body: candidate.value,
-    });
-    const json = await res.json().catch(() => null);
+    const res = await api("POST", "/v1/rules/backtest", candidate.value);
+    const json = res.json;
     if (!res.ok) {
       const line = json && json.line ? ` (line ${json.line})` : "";
       out.replaceChildren(el("p", { class: "error", role: "alert" }, `${json && json.error ? json.error.message : res.status}${line}`));
