@@ -97,9 +97,17 @@ pub fn check(dir: &Path, last_seq: u64, hash_of: impl Fn(u64) -> Result<Option<H
     }
 }
 
+struct State {
+    /// The newest durable head not yet written.
+    pending: Option<(u64, Hash)>,
+    /// The highest `seq` ever noted (written or pending): an older note is ignored even once
+    /// the newer one has been taken by the writer.
+    highest: Option<u64>,
+    stop: bool,
+}
+
 struct Shared {
-    /// The newest durable head not yet written, and whether to stop.
-    state: Mutex<(Option<(u64, Hash)>, bool)>,
+    state: Mutex<State>,
     wake: Condvar,
 }
 
@@ -134,7 +142,11 @@ impl HeadRecorder {
             write(seq, &hash, true).map_err(|e| Error::StorageFailed(format!("writing {}: {e}", path.display())))?;
         }
         let shared = Arc::new(Shared {
-            state: Mutex::new((None, false)),
+            state: Mutex::new(State {
+                pending: None,
+                highest: initial.map(|(seq, _)| seq),
+                stop: false,
+            }),
             wake: Condvar::new(),
         });
         let worker = shared.clone();
@@ -145,10 +157,10 @@ impl HeadRecorder {
                 loop {
                     let (next, stop) = {
                         let mut s = worker.state.lock().expect("head lock");
-                        while s.0.is_none() && !s.1 {
+                        while s.pending.is_none() && !s.stop {
                             s = worker.wake.wait(s).expect("head lock");
                         }
-                        (s.0.take(), s.1)
+                        (s.pending.take(), s.stop)
                     };
                     if let Some((seq, hash)) = next {
                         let sync = stop || synced.elapsed() >= SYNC_EVERY;
@@ -176,8 +188,9 @@ impl HeadRecorder {
     /// Notes a durable head (the last event of a flush, after it is durable).
     pub fn note(&self, seq: u64, hash: Hash) {
         let mut s = self.shared.state.lock().expect("head lock");
-        if s.0.is_none_or(|(old, _)| seq > old) {
-            s.0 = Some((seq, hash));
+        if s.highest.is_none_or(|old| seq > old) {
+            s.highest = Some(seq);
+            s.pending = Some((seq, hash));
         }
         self.shared.wake.notify_one();
     }
@@ -186,7 +199,7 @@ impl HeadRecorder {
 impl Drop for HeadRecorder {
     /// Writes the last noted head, then stops.
     fn drop(&mut self) {
-        self.shared.state.lock().expect("head lock").1 = true;
+        self.shared.state.lock().expect("head lock").stop = true;
         self.shared.wake.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -206,7 +219,8 @@ mod tests {
             let r = HeadRecorder::start(dir.path(), Some((3, Hash([3; 32])))).unwrap();
             assert_eq!(read(dir.path()), Ok(Some((3, Hash([3; 32])))));
             r.note(9, Hash([9; 32]));
-            r.note(7, Hash([7; 32])); // older than the newest noted: ignored
+            std::thread::sleep(WRITE_EVERY * 2); // the writer has taken 9...
+            r.note(7, Hash([7; 32])); // ... and an older note is still ignored
         }
         assert_eq!(read(dir.path()), Ok(Some((9, Hash([9; 32])))));
         let hash_of = |seq: u64| Ok(Some(Hash([seq as u8; 32])));
