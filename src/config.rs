@@ -437,6 +437,9 @@ impl Config {
         if let Some(v) = get("BINDLEDGER_KAFKA_ALERTS_TOPIC") {
             self.kafka.alerts_topic = v;
         }
+        if let Some(v) = get("BINDLEDGER_KAFKA_NOTIFICATIONS_TOPIC") {
+            self.kafka.notifications_topic = v;
+        }
         if let Some(v) = get("BINDLEDGER_ALERT_RULES") {
             self.alerts.rules_file = Some(v.into());
         }
@@ -754,6 +757,11 @@ pub struct KafkaConfig {
     /// The alerts topic (one partition, so alerts keep their order). Default
     /// `bindledger.alerts`. Env `BINDLEDGER_KAFKA_ALERTS_TOPIC`.
     pub alerts_topic: String,
+    /// The notifications topic: what the account holder is told (a wallet bound, a binding
+    /// locked or unlocked, a high-severity alert), keyed by account, in Chinese and English.
+    /// Default `bindledger.notifications`; empty: none are published. Env
+    /// `BINDLEDGER_KAFKA_NOTIFICATIONS_TOPIC`.
+    pub notifications_topic: String,
     /// Partitions when the relay creates the topic. Default 6.
     pub partitions: i32,
     /// Replication factor when the relay creates the topic. Default 1.
@@ -783,6 +791,7 @@ impl Default for KafkaConfig {
             brokers: String::new(),
             topic: "bindledger.events".into(),
             alerts_topic: "bindledger.alerts".into(),
+            notifications_topic: "bindledger.notifications".into(),
             partitions: 6,
             replication_factor: 1,
             inflight_events_max: 20_000,

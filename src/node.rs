@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::adapters::http::{AppState, Extras, MonitorView};
 use crate::adapters::kafka::alerts::AlertPublisher;
+use crate::adapters::kafka::notifications::NotificationPublisher;
 use crate::adapters::kafka::relay::Relay;
 use crate::config::Config;
 use crate::domain::gateway::WalletGateway;
@@ -76,6 +77,17 @@ impl Node {
                 extras.alerts_relay = Some((config.kafka.alerts_topic.clone(), p.status.clone()));
                 services.push(Box::pin(p.run(stopped.clone())));
             }
+            if !config.kafka.notifications_topic.is_empty() {
+                let alerts = monitor
+                    .as_ref()
+                    .map(|m| crate::adapters::kafka::notifications::AlertSource {
+                        feed: m.feed().clone(),
+                        monitor: m.status().clone(),
+                    });
+                let p = NotificationPublisher::new(ledger.clone(), alerts, config.kafka.clone());
+                extras.notifications_relay = Some((config.kafka.notifications_topic.clone(), p.status.clone()));
+                services.push(Box::pin(p.run(stopped.clone())));
+            }
         }
         if config.checkpoints.enabled {
             let key = Arc::new(crate::ledger::checkpoint::CheckpointKey::load_or_create(
@@ -113,9 +125,14 @@ impl Node {
         let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
         let mut follower = None;
         if replica {
-            for (_, status) in [&extras.relay, &extras.alerts_relay, &extras.checkpoints_relay]
-                .into_iter()
-                .flatten()
+            for (_, status) in [
+                &extras.relay,
+                &extras.alerts_relay,
+                &extras.notifications_relay,
+                &extras.checkpoints_relay,
+            ]
+            .into_iter()
+            .flatten()
             {
                 status.set_standby();
             }

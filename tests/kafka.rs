@@ -1169,3 +1169,198 @@ fn two_demo_runs_on_one_broker_each_use_their_own_topics() {
     }
     assert_ne!(topics[0], topics[1]);
 }
+
+/// Waits until the server's notifications publisher has gone through its whole log.
+async fn notifications_caught_up(client: &mut bindledger::adapters::http::client::Client) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = client.get_json("/v1/status").await.unwrap();
+        let relays = &v["relays"];
+        let (log, at) = (
+            relays["events"]["log_events"].as_u64(),
+            relays["notifications"]["position"].as_u64(),
+        );
+        if log.is_some() && log == at && v["monitor"]["position"].as_u64() == log {
+            return;
+        }
+        assert!(Instant::now() < deadline, "notifications did not catch up: {relays}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_holder_is_told_once_per_event_in_both_languages_across_sigkill() {
+    use bindledger::adapters::http::client::Client;
+    use bindledger::domain::notify::{Notification, NotificationKind};
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("server.log");
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "[password_brute_force]\nlock = true\nlock_for = \"1h\"\n").unwrap();
+    let config = dir.path().join("bindledger.toml");
+    std::fs::write(
+        &config,
+        format!("[kafka]\npartitions = {PARTITIONS}\nmessage_timeout_ms = 3000\nbackoff_ms_max = 500\n\n[gateway.simulated]\nseed = 5\nfrozen_per_mille = 0\nclosed_per_mille = 0\nunknown_per_mille = 0\nnetwork_error_per_mille = 0\n"),
+    )
+    .unwrap();
+    let topic = fresh_topic("notifications");
+    let (events, alerts) = (fresh_topic("n-events"), fresh_topic("n-alerts"));
+    let env = [
+        ("BINDLEDGER_CONFIG", config.to_str().unwrap()),
+        ("BINDLEDGER_KAFKA_BROKERS", broker.addr.as_str()),
+        ("BINDLEDGER_KAFKA_TOPIC", events.as_str()),
+        ("BINDLEDGER_KAFKA_ALERTS_TOPIC", alerts.as_str()),
+        ("BINDLEDGER_KAFKA_NOTIFICATIONS_TOPIC", topic.as_str()),
+        ("BINDLEDGER_ALERT_RULES", rules.to_str().unwrap()),
+    ];
+    let gateway = SimulatedGateway::new(Scenario::quiet(5));
+    let bind = |account: String, n: u64| {
+        let body = serde_json::json!({"provider": "alipay", "wallet_account": phone(n), "payment_password": gateway.password_for(&alipay(), &phone(n)), "idempotency_key": format!("bind-{n}")});
+        (format!("/v1/accounts/{account}/bindings"), body)
+    };
+    let mut bindings = Vec::new();
+
+    // 1. Four wallets bound, two of them brute-forced (a high alert, then a lock); the
+    //    publisher catches up, then the process is killed.
+    let server = spawn_server(&data, &log, &env);
+    let mut client = Client::new(server.addr, Some(ALL.into()));
+    for n in 0..4u64 {
+        let (path, body) = bind(format!("acct-{n}"), n);
+        let (status, v) = client.post_json(&path, &body).await.unwrap();
+        assert_eq!(status, 201, "{v}");
+        bindings.push(v["event"]["payload"]["binding_id"].as_str().unwrap().to_owned());
+    }
+    for n in 0..2u64 {
+        for k in 0..5 {
+            let body = serde_json::json!({"binding_id": bindings[n as usize], "order_id": format!("o-{k}"), "amount_minor": 100, "payment_password": "wrong-password"});
+            let (status, v) = client
+                .post_json(&format!("/v1/accounts/acct-{n}/payments"), &body)
+                .await
+                .unwrap();
+            assert_eq!(status, 201, "{v}");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = client.get_json("/v1/accounts/acct-1/bindings").await.unwrap();
+        if !v["bindings"][0]["lock"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no lock: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    notifications_caught_up(&mut client).await;
+    server.kill();
+    // As a kill between the broker's acknowledgement and the saved position leaves it: the
+    // positions are forgotten, and the topic's tails alone must keep it exactly once.
+    {
+        let store = bindledger::ledger::store::Store::open(&data).unwrap();
+        store.set_relay_position(&topic, 0).unwrap();
+        store.set_relay_position(&format!("{topic}#alert-stream"), 0).unwrap();
+        store.flush().unwrap();
+    }
+
+    // 2. Two more wallets and a manual unlock, killed as soon as they are acknowledged.
+    let server = spawn_server(&data, &log, &env);
+    let mut client = Client::new(server.addr, Some(ALL.into()));
+    for n in 4..6u64 {
+        let (path, body) = bind(format!("acct-{n}"), n);
+        let (status, v) = client.post_json(&path, &body).await.unwrap();
+        assert_eq!(status, 201, "{v}");
+    }
+    let path = format!("/v1/accounts/acct-0/bindings/{}/unlock", bindings[0]);
+    let (status, v) = client
+        .post_json(
+            &path,
+            &serde_json::json!({"confirm": true, "reason": "the holder called"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    server.kill();
+
+    // 3. A last run catches up and stops.
+    let server = spawn_server(&data, &log, &env);
+    let mut client = Client::new(server.addr, Some(ALL.into()));
+    notifications_caught_up(&mut client).await;
+    assert_eq!(server.terminate(), Some(0));
+
+    let reads = read_topic(&broker.addr, &topic);
+    let told: Vec<Notification> = reads
+        .iter()
+        .map(|r| serde_json::from_slice(&r.value).unwrap())
+        .collect();
+    let mut ids: Vec<&str> = told.iter().map(|n| n.id.as_str()).collect();
+    ids.sort_unstable();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), before, "a notification was published twice: {ids:?}");
+    let count = |kind: NotificationKind| told.iter().filter(|n| n.kind == kind).count();
+    assert_eq!(count(NotificationKind::WalletBound), 6, "one per bound wallet");
+    assert_eq!(count(NotificationKind::AlertOpened), 2, "one per high alert");
+    assert_eq!(count(NotificationKind::BindingLocked), 2, "one per lock");
+    assert_eq!(count(NotificationKind::BindingUnlocked), 1, "one per unlock");
+    // Each is the one its event causes: the same id, seq and account as the log says.
+    let store = bindledger::ledger::store::Store::open(&data).unwrap();
+    let mut last: BTreeMap<i32, (u64, u32)> = BTreeMap::new();
+    for (r, n) in reads.iter().zip(&told) {
+        assert_eq!(
+            (r.key.as_str(), r.partition),
+            (n.account.as_str(), partition_for(n.account.as_bytes(), PARTITIONS))
+        );
+        assert_eq!(r.headers["notification_id"], n.id);
+        assert_eq!(r.headers["kind"], n.kind.as_str());
+        let prev = last.insert(r.partition, (n.seq, n.index));
+        assert!(
+            prev.is_none_or(|p| p < (n.seq, n.index)),
+            "in log order within a partition"
+        );
+        let bytes = store.scan_events(n.seq).next().unwrap().unwrap().1;
+        assert_eq!(r.headers["event_hash"], bindledger_events::hash_bytes(&bytes).to_hex());
+        let event = bindledger_events::decode(&bytes).unwrap();
+        let expected_kind = match &event.payload {
+            Payload::WalletBound { .. } => NotificationKind::WalletBound,
+            Payload::BindingLocked { .. } => NotificationKind::BindingLocked,
+            Payload::BindingUnlocked { .. } => NotificationKind::BindingUnlocked,
+            _ => NotificationKind::AlertOpened,
+        };
+        assert_eq!(
+            (n.kind, n.account.as_str()),
+            (expected_kind, event.account.as_str()),
+            "{n:?}"
+        );
+        // Both languages, and never the wallet account in the clear.
+        assert!(
+            n.messages.zh.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c)),
+            "{n:?}"
+        );
+        assert!(n.messages.en.is_ascii() && !n.messages.en.is_empty(), "{n:?}");
+        for k in 0..6 {
+            assert!(
+                !String::from_utf8_lossy(&r.value).contains(&phone(k)),
+                "a wallet account in the clear"
+            );
+        }
+        match n.kind {
+            NotificationKind::WalletBound | NotificationKind::BindingLocked | NotificationKind::BindingUnlocked => {
+                let masked = n.wallet.as_deref().expect("the wallet, masked");
+                assert!(
+                    n.messages.zh.contains("支付宝") && n.messages.zh.contains(masked),
+                    "{n:?}"
+                );
+                assert!(
+                    n.messages.en.contains("Alipay") && n.messages.en.contains(masked),
+                    "{n:?}"
+                );
+            }
+            NotificationKind::AlertOpened => {
+                assert!(
+                    n.messages.zh.contains("支付密码") && n.messages.en.contains("wrong payment passwords"),
+                    "{n:?}"
+                );
+                assert!(n.alert_id.as_deref().unwrap().starts_with("password_brute_force-"));
+            }
+        }
+    }
+}

@@ -8,10 +8,12 @@
 //! - [`decide`]: the business rules: pure functions from state and facts to one event.
 //! - [`projection`]: the fold from events to bindings and the wallet index.
 //! - [`alerts`]: the anomaly rules and the engine that folds events into alerts.
+//! - [`notify`]: what the account holder is told, in Chinese and English.
 
 pub mod alerts;
 pub mod command;
 pub mod decide;
 pub mod gateway;
+pub mod notify;
 pub mod projection;
 pub mod secret;

@@ -239,6 +239,11 @@ fn snapshot(s: &AppState) -> Snapshot {
             &s.extras.alerts_relay,
         ),
         (
+            "bindledger_notifications_relay_position",
+            "Every notification caused by events up to this seq is on the notifications topic",
+            &s.extras.notifications_relay,
+        ),
+        (
             "bindledger_checkpoints_relay_position",
             "Every checkpoint up to this seq is on the checkpoints topic",
             &s.extras.checkpoints_relay,

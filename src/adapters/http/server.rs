@@ -53,6 +53,8 @@ pub struct Extras {
     pub relay: Option<(String, Arc<RelayStatus>)>,
     /// The alerts topic and its publisher's status.
     pub alerts_relay: Option<(String, Arc<RelayStatus>)>,
+    /// The notifications topic and its publisher's status.
+    pub notifications_relay: Option<(String, Arc<RelayStatus>)>,
     /// The alert monitor.
     pub monitor: Option<MonitorView>,
     /// Signed checkpoints, and the public key that checks them (hex).
@@ -1135,7 +1137,7 @@ async fn relay_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Api
     }
 }
 
-/// Every relay beside the ledger: the events topic, the alerts topic, the checkpoints topic.
+/// Every relay beside the ledger: the events, alerts, notifications and checkpoints topics.
 fn relays(s: &AppState) -> serde_json::Value {
     let other = |r: &Option<(String, Arc<RelayStatus>)>| match r {
         None => json!({"state": "disabled"}),
@@ -1154,7 +1156,12 @@ fn relays(s: &AppState) -> serde_json::Value {
         }
         None => json!({"state": "disabled"}),
     };
-    json!({"events": events, "alerts": other(&s.extras.alerts_relay), "checkpoints": other(&s.extras.checkpoints_relay)})
+    json!({
+        "events": events,
+        "alerts": other(&s.extras.alerts_relay),
+        "notifications": other(&s.extras.notifications_relay),
+        "checkpoints": other(&s.extras.checkpoints_relay),
+    })
 }
 
 async fn relays_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {

@@ -5,6 +5,7 @@
 //! - [`relay`]: the events relay: the log onto the topic, exactly once, without transactions.
 //! - [`reader`]: a topic read back as one log, in `seq` order, with bounded memory.
 //! - [`alerts`]: the alerts topic. [`checkpoints`]: the signed checkpoints topic.
+//! - [`notifications`]: what the account holder is told, on its own topic, exactly once.
 //! - [`replica`]: a read replica that follows the topic, and its promotion.
 //! - [`restore`]: a data directory rebuilt from the topic and its signed checkpoints.
 //! - [`analytics`]: the downstream analytics consumer (`bindledger consume`).
@@ -13,6 +14,7 @@ pub mod alerts;
 pub mod analytics;
 pub mod checkpoints;
 pub mod client;
+pub mod notifications;
 pub mod partition;
 pub mod reader;
 pub mod relay;

@@ -41,14 +41,14 @@ fn string_field<'a>(bytes: &'a [u8], marker: &[u8]) -> Option<&'a str> {
 }
 
 /// What the relay needs of an event without decoding it.
-struct Routing<'a> {
-    account: &'a str,
+pub(super) struct Routing<'a> {
+    pub(super) account: &'a str,
     event_id: &'a str,
-    event_type: &'a str,
+    pub(super) event_type: &'a str,
     version: &'a str,
 }
 
-fn routing(bytes: &[u8]) -> Option<Routing<'_>> {
+pub(super) fn routing(bytes: &[u8]) -> Option<Routing<'_>> {
     let version_end = bytes.iter().position(|b| *b == b',')?;
     Some(Routing {
         version: std::str::from_utf8(bytes.get(5..version_end)?).ok()?,

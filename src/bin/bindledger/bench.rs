@@ -858,6 +858,7 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
     let kafka = |topic: &str| KafkaConfig {
         brokers: args.brokers.clone(),
         topic: topic.into(),
+        notifications_topic: format!("{topic}.notifications"),
         partitions: args.partitions,
         ..KafkaConfig::default()
     };

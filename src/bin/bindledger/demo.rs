@@ -415,6 +415,7 @@ async fn kafka_report(
     config: &Config,
     status: &bindledger::adapters::kafka::client::RelayStatus,
     alerts: Option<&(String, Arc<bindledger::adapters::kafka::client::RelayStatus>)>,
+    notifications: Option<&(String, Arc<bindledger::adapters::kafka::client::RelayStatus>)>,
 ) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while status.position.load(std::sync::atomic::Ordering::Relaxed) < ledger.log_len() && Instant::now() < deadline {
@@ -443,6 +444,19 @@ async fn kafka_report(
         }
         println!(
             "  alert changes on topic {topic}: {}",
+            grouped(st.published_total.load(std::sync::atomic::Ordering::Relaxed) as i64)
+        );
+    }
+    if let Some((topic, st)) = notifications {
+        // It follows the monitor through the log.
+        for _ in 0..50 {
+            if st.position.load(std::sync::atomic::Ordering::Relaxed) >= ledger.log_len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "  account holders told on topic {topic} (zh and en): {}",
             grouped(st.published_total.load(std::sync::atomic::Ordering::Relaxed) as i64)
         );
     }
@@ -654,6 +668,9 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     if config.kafka.alerts_topic == defaults.kafka.alerts_topic {
         config.kafka.alerts_topic = format!("bindledger.demo.{run}.alerts");
     }
+    if config.kafka.notifications_topic == defaults.kafka.notifications_topic {
+        config.kafka.notifications_topic = format!("bindledger.demo.{run}.notifications");
+    }
     if config.checkpoints.topic == defaults.checkpoints.topic {
         config.checkpoints.topic = format!("bindledger.demo.{run}.checkpoints");
     }
@@ -838,7 +855,14 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
         alerts_report(&ledger, m).await;
     }
     if let Some(status) = relay_status {
-        kafka_report(&ledger, &config, &status, node.extras.alerts_relay.as_ref()).await;
+        kafka_report(
+            &ledger,
+            &config,
+            &status,
+            node.extras.alerts_relay.as_ref(),
+            node.extras.notifications_relay.as_ref(),
+        )
+        .await;
     }
     let _ = stop_http.send(());
     let _ = server.await;

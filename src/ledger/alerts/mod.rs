@@ -9,4 +9,5 @@ pub mod feed;
 pub mod monitor;
 pub mod store;
 
+pub use feed::AlertFeed;
 pub use monitor::{Monitor, MonitorConfig, MonitorStatus};

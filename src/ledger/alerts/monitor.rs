@@ -379,7 +379,8 @@ impl Worker {
 
     fn publish_status(&self) {
         let s = &self.engine.state;
-        self.status.position.store(s.position, Ordering::Relaxed);
+        // Release: a reader that sees the position sees the changes published before it.
+        self.status.position.store(s.position, Ordering::Release);
         self.status.stream_seq.store(s.stream_seq, Ordering::Relaxed);
         self.status.keys.store(self.engine.keys() as u64, Ordering::Relaxed);
         self.status
