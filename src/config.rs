@@ -139,6 +139,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Signed checkpoints of the log's head.
     pub checkpoints: CheckpointsConfig,
+    /// Signed webhooks for the security team (off unless `webhooks.url` is set).
+    pub webhooks: WebhooksConfig,
     /// Bearer tokens. When none are configured, `serve` creates one with every role and writes
     /// it to `<data_dir>/admin.token`.
     pub tokens: Vec<TokenConfig>,
@@ -219,6 +221,58 @@ impl Default for CheckpointsConfig {
             key_file: None,
             topic: "bindledger.checkpoints".into(),
         }
+    }
+}
+
+/// Signed webhooks: each alert that opens at `severity_min` or above is POSTed to `url` as
+/// JSON, signed with HMAC-SHA256 (`Bindledger-Signature: t=<unix seconds>,v1=<hex>` over
+/// `<t>.<body>`), retried with exponential backoff, every attempt kept in a delivery log
+/// (`GET /v1/webhooks/deliveries`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Where to POST (`http://` or `https://`). Empty (the default): no webhooks. Env
+    /// `BINDLEDGER_WEBHOOK_URL`.
+    pub url: String,
+    /// The signing secret: the file's text (trimmed) is the HMAC key. Default
+    /// `<data_dir>/webhook.secret`, created (64 hex characters, mode 0600) on first start. Env
+    /// `BINDLEDGER_WEBHOOK_SECRET_FILE`.
+    pub secret_file: Option<PathBuf>,
+    /// The least severity sent: `low`, `medium`, `high` (the default) or `critical`.
+    pub severity_min: String,
+    /// Attempts per alert before it is given up (logged, and kept in the delivery log).
+    /// Default 8.
+    pub attempts_max: u32,
+    /// The wait after the first failed attempt, doubled after each. Default 1,000 ms.
+    pub backoff_ms: u64,
+    /// The longest wait between attempts. Default 60,000 ms.
+    pub backoff_ms_max: u64,
+    /// An attempt without an answer by then fails. Default 5,000 ms.
+    pub timeout_ms: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            url: String::new(),
+            secret_file: None,
+            severity_min: "high".into(),
+            attempts_max: 8,
+            backoff_ms: 1_000,
+            backoff_ms_max: 60_000,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    pub fn enabled(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
+
+    /// The least severity sent (checked by [`Config::validate`]).
+    pub fn severity(&self) -> crate::domain::alerts::Severity {
+        crate::domain::alerts::Severity::parse(&self.severity_min).unwrap_or(crate::domain::alerts::Severity::High)
     }
 }
 
@@ -346,6 +400,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             alerts: AlertsConfig::default(),
             checkpoints: CheckpointsConfig::default(),
+            webhooks: WebhooksConfig::default(),
             tokens: Vec::new(),
         }
     }
@@ -440,6 +495,12 @@ impl Config {
         if let Some(v) = get("BINDLEDGER_KAFKA_NOTIFICATIONS_TOPIC") {
             self.kafka.notifications_topic = v;
         }
+        if let Some(v) = get("BINDLEDGER_WEBHOOK_URL") {
+            self.webhooks.url = v;
+        }
+        if let Some(v) = get("BINDLEDGER_WEBHOOK_SECRET_FILE") {
+            self.webhooks.secret_file = Some(v.into());
+        }
         if let Some(v) = get("BINDLEDGER_ALERT_RULES") {
             self.alerts.rules_file = Some(v.into());
         }
@@ -517,6 +578,26 @@ impl Config {
                 "kafka: partitions, replication_factor and inflight_events_max must be at least 1, and topic not empty",
             );
         }
+        let w = &self.webhooks;
+        if w.enabled() {
+            let url = w.url.trim();
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.parse::<reqwest::Url>().is_err() {
+                return bad("webhooks.url must be an http:// or https:// URL");
+            }
+            if !self.alerts.enabled {
+                return bad("webhooks send alerts: they need alerts.enabled = true");
+            }
+        }
+        if crate::domain::alerts::Severity::parse(&w.severity_min).is_none() {
+            return bad("webhooks.severity_min must be one of low, medium, high, critical");
+        }
+        if w.attempts_max == 0
+            || w.backoff_ms == 0
+            || w.backoff_ms_max < w.backoff_ms
+            || !(1..=600_000).contains(&w.timeout_ms)
+        {
+            return bad("webhooks: attempts_max and backoff_ms must be at least 1, backoff_ms_max at least backoff_ms, timeout_ms from 1 to 600000");
+        }
         for t in &self.tokens {
             if t.token.len() < 16 {
                 return bad("every token must be at least 16 characters long");
@@ -548,6 +629,13 @@ impl Config {
             }
             None => Ok(crate::domain::alerts::RuleSet::default()),
         }
+    }
+
+    pub fn webhook_secret_path(&self) -> PathBuf {
+        self.webhooks
+            .secret_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("webhook.secret"))
     }
 
     pub fn checkpoint_key_path(&self) -> PathBuf {

@@ -89,6 +89,17 @@ impl Node {
                 services.push(Box::pin(p.run(stopped.clone())));
             }
         }
+        if let (true, Some(m)) = (config.webhooks.enabled(), &monitor) {
+            let secret = crate::ledger::keys::load_or_create_webhook_secret(&config.webhook_secret_path())?;
+            let sender = crate::adapters::webhook::WebhookSender::new(
+                m.feed().clone(),
+                ledger.webhook_log(),
+                config.webhooks.clone(),
+                secret,
+            )?;
+            extras.webhooks = Some((ledger.webhook_log(), sender.status.clone()));
+            services.push(Box::pin(sender.run(stopped.clone())));
+        }
         if config.checkpoints.enabled {
             let key = Arc::new(crate::ledger::checkpoint::CheckpointKey::load_or_create(
                 &config.checkpoint_key_path(),

@@ -784,3 +784,216 @@ async fn the_cli_lists_and_follows_alerts_across_a_server_restart() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// What a webhook receiver got: when, the headers it checks, the body.
+#[derive(Clone)]
+struct Received {
+    at: Instant,
+    delivery: String,
+    signature: String,
+    body: Vec<u8>,
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Received>>>,
+    /// Requests still to answer 500.
+    fail: Arc<std::sync::atomic::AtomicU32>,
+}
+
+async fn start_receiver() -> (Receiver, String) {
+    let r = Receiver::default();
+    let state = r.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let state = state.clone();
+            async move {
+                let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                state.got.lock().unwrap().push(Received {
+                    at: Instant::now(),
+                    delivery: header("bindledger-delivery"),
+                    signature: header("bindledger-signature"),
+                    body: body.to_vec(),
+                });
+                let failing = state
+                    .fail
+                    .fetch_update(
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                        |n| n.checked_sub(1),
+                    )
+                    .is_ok();
+                if failing {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (r, url)
+}
+
+/// Checks a signature as a receiver written from the README would: HMAC-SHA256, keyed with the
+/// secret file's text, over `<t>.<body>`.
+fn signed_by(secret: &str, header: &str, body: &[u8]) -> bool {
+    use hmac::Mac;
+    let Some((t, v1)) = header.strip_prefix("t=").and_then(|rest| rest.split_once(",v1=")) else {
+        return false;
+    };
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    let now = Utc::now().timestamp();
+    hex::encode(mac.finalize().into_bytes()) == v1 && (now - t.parse::<i64>().unwrap()).abs() < 60
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_alerts_reach_a_signed_webhook_with_retries_and_a_delivery_log() {
+    let (receiver, url) = start_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    let rules = dir.path().join("no-lock.toml");
+    std::fs::write(&rules, "[password_brute_force]\nlock = false\n").unwrap();
+    config.alerts.rules_file = Some(rules);
+    config.webhooks.url = url;
+    config.webhooks.attempts_max = 4;
+    config.webhooks.backoff_ms = 100;
+    config.webhooks.backoff_ms_max = 200;
+    let server = TestServer::start(config.clone()).await;
+    let secret = std::fs::read_to_string(dir.path().join("webhook.secret")).unwrap();
+    assert_eq!(secret.trim().len(), 64, "a secret is created on first start");
+    let (l, g) = (server.ledger.clone(), server.gateway.clone());
+    let brute_force = |account: &'static str, n: u64| {
+        let (l, g) = (l.clone(), g.clone());
+        async move {
+            let b = bind(&l, &g, account, n).await;
+            for _ in 0..5 {
+                pay(&l, &g, account, n, b, false).await;
+            }
+        }
+    };
+    let got = |n: usize| {
+        let r = receiver.got.clone();
+        move || r.lock().unwrap().len() >= n
+    };
+
+    // 1. Two failures, then delivered on the third attempt, after a backoff that doubles.
+    receiver.fail.store(2, std::sync::atomic::Ordering::SeqCst);
+    brute_force("first", 1).await;
+    wait_until("three attempts", got(3)).await;
+    // 2. Every attempt fails: given up after four, and the next alert still goes.
+    receiver.fail.store(4, std::sync::atomic::Ordering::SeqCst);
+    brute_force("second", 2).await;
+    wait_until("four more attempts", got(7)).await;
+    brute_force("third", 3).await;
+    wait_until("the third alert", got(8)).await;
+
+    let got = receiver.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 8);
+    for r in &got {
+        assert!(
+            signed_by(secret.trim(), &r.signature, &r.body),
+            "a signature that does not check"
+        );
+        assert!(!signed_by("another-secret", &r.signature, &r.body));
+        let change: AlertChange = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(
+            (change.change.as_str(), change.alert.rule.as_str()),
+            ("opened", "password_brute_force")
+        );
+        assert_eq!(
+            r.delivery,
+            change.stream_seq.to_string(),
+            "the delivery id is the change's"
+        );
+    }
+    let alert_of = |r: &Received| serde_json::from_slice::<AlertChange>(&r.body).unwrap().alert.accounts[0].clone();
+    let accounts: Vec<String> = got.iter().map(alert_of).collect();
+    assert_eq!(
+        accounts,
+        ["first", "first", "first", "second", "second", "second", "second", "third"]
+    );
+    assert!(
+        got[0..3].windows(2).all(|w| w[0].delivery == w[1].delivery),
+        "one id across retries"
+    );
+    let gaps: Vec<Duration> = got[3..7].windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert!(
+        gaps[0] >= Duration::from_millis(100) && gaps[1] >= Duration::from_millis(200),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps[2] >= Duration::from_millis(200),
+        "the backoff is capped, not shorter: {gaps:?}"
+    );
+
+    // The delivery log: every attempt, newest first; security and auditors read it.
+    let (status, v) = server.client(READER).get_json("/v1/webhooks/deliveries").await.unwrap();
+    assert_eq!(status, 403, "{v}");
+    let (status, v) = server
+        .client(SECURITY)
+        .get_json("/v1/webhooks/deliveries")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    let outcomes: Vec<(&str, u64)> = v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["outcome"].as_str().unwrap(), d["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("delivered", 204),
+            ("given_up", 500),
+            ("retrying", 500),
+            ("retrying", 500),
+            ("retrying", 500),
+            ("delivered", 204),
+            ("retrying", 500),
+            ("retrying", 500),
+        ]
+    );
+    assert_eq!(
+        (v["delivered_total"].as_u64(), v["given_up_total"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let (_, page) = server
+        .client(AUDITOR)
+        .get_json(&format!(
+            "/v1/webhooks/deliveries?limit=3&before={}",
+            v["deliveries"][2]["n"]
+        ))
+        .await
+        .unwrap();
+    assert_eq!(page["deliveries"].as_array().unwrap().len(), 3, "{page}");
+    assert_eq!(page["deliveries"][0]["n"], v["deliveries"][3]["n"]);
+    let (status, _) = server
+        .client(SECURITY)
+        .get_json("/v1/webhooks/deliveries?limit=x")
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+
+    // A restart goes on where it stopped: nothing is sent again.
+    drop((l, g));
+    server.shutdown().await;
+    let server = TestServer::start(config).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.got.lock().unwrap().len(), 8, "sent again after a restart");
+    server.shutdown().await;
+}

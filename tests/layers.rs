@@ -10,8 +10,8 @@
 //! | `domain` | `error` |
 //! | `config` | `error`, `domain` |
 //! | `ledger` (the core) | `error`, `domain`, `config` |
-//! | `provider`, `kafka` | the core and below |
-//! | `http` | the core and below, `kafka` (the relays' and the replica's status) |
+//! | `provider`, `kafka`, `webhook` | the core and below |
+//! | `http` | the core and below, `kafka` and `webhook` (the relays', the replica's and the webhooks' status) |
 //! | `node` (the composition root) | everything |
 //! | `fixture` (benchmarks and tests) | the core and below |
 
@@ -25,6 +25,7 @@ fn part_of(relative: &str) -> &'static str {
         ("adapters/http/", "http"),
         ("adapters/kafka/", "kafka"),
         ("adapters/provider", "provider"),
+        ("adapters/webhook", "webhook"),
         ("adapters/mod.rs", "adapters"),
         ("config.rs", "config"),
         ("error.rs", "error"),
@@ -46,10 +47,10 @@ fn allowed(part: &str) -> &'static [&'static str] {
         "domain" => &["error"],
         "config" => &["error", "domain"],
         "ledger" => &["error", "domain", "config"],
-        "provider" | "kafka" | "fixture" => &["error", "domain", "config", "ledger"],
-        "http" => &["error", "domain", "config", "ledger", "kafka"],
+        "provider" | "kafka" | "webhook" | "fixture" => &["error", "domain", "config", "ledger"],
+        "http" => &["error", "domain", "config", "ledger", "kafka", "webhook"],
         _ => &[
-            "error", "domain", "config", "ledger", "kafka", "http", "provider", "adapters",
+            "error", "domain", "config", "ledger", "kafka", "http", "provider", "webhook", "adapters",
         ],
     }
 }
@@ -101,6 +102,7 @@ fn uses(code: &str) -> BTreeSet<&'static str> {
                 Some("http") => "http",
                 Some("kafka") => "kafka",
                 Some("provider") => "provider",
+                Some("webhook") => "webhook",
                 _ => "adapters",
             },
             "domain" => "domain",

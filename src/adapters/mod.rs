@@ -5,8 +5,10 @@
 //! - [`kafka`]: the events relay, the alerts and checkpoints topics, the topic reader, read
 //!   replicas, restore from the topic, and the analytics consumer.
 //! - [`provider`]: the deterministic simulated wallet provider.
+//! - [`webhook`]: signed webhooks of the alerts for the security team, with retries.
 
 pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod provider;
+pub mod webhook;

@@ -24,6 +24,27 @@ impl LedgerSecret {
     }
 }
 
+/// The webhooks' signing secret: the file's text, trimmed (the receiver uses the same text);
+/// created with 64 random hex characters (mode 0600) if it is missing.
+pub fn load_or_create_webhook_secret(path: &Path) -> Result<String, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().len() >= 16 => Ok(s.trim().to_owned()),
+        Ok(_) => Err(Error::Config(format!(
+            "{}: a webhook secret is at least 16 characters",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut b = [0u8; 32];
+            getrandom::fill(&mut b).map_err(|e| Error::Config(format!("no randomness: {e}")))?;
+            let secret = hex::encode(b);
+            write_private(path, secret.as_bytes())?;
+            tracing::info!(path = %path.display(), "created a new webhook signing secret");
+            Ok(secret)
+        }
+        Err(e) => Err(Error::Io(format!("reading the webhook secret {}: {e}", path.display()))),
+    }
+}
+
 impl RuleSet {
     /// Reads a rules file from disk.
     pub fn load(path: &std::path::Path) -> Result<RuleSet, RulesError> {

@@ -13,6 +13,7 @@
 //!   task that signs the head.
 //! - [`alerts`]: the live monitor, its feed and the alerts' storage.
 //! - [`metrics`]: the counters and histograms the ledger keeps.
+//! - [`webhooks`]: how far the webhooks have sent the alert stream, and their delivery log.
 //! - [`offline`]: export and verify a log that no process has open.
 //!
 //! [`Ledger`], the handle below, is the library API. A command goes through
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod offline;
 pub mod signer;
 pub mod store;
+pub mod webhooks;
 pub mod writer;
 
 use bindledger_events::{codec, hash_bytes, ChainVerifier, Event, Hash, Payload, PaymentFailure};
@@ -363,6 +365,11 @@ impl Ledger {
     /// The alert monitor's storage.
     pub fn alert_store(&self) -> crate::ledger::alerts::store::AlertStore {
         crate::ledger::alerts::store::AlertStore::new(self.inner.store.alerts_tree())
+    }
+
+    /// The webhooks' position and delivery log.
+    pub fn webhook_log(&self) -> crate::ledger::webhooks::WebhookLog {
+        crate::ledger::webhooks::WebhookLog::new(self.inner.store.webhooks_tree())
     }
 
     /// The signed checkpoints.

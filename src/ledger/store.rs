@@ -43,6 +43,7 @@ pub struct Store {
     index: sled::Tree,
     alerts: sled::Tree,
     checkpoints: sled::Tree,
+    webhooks: sled::Tree,
 }
 
 fn account_key(prefix: u8, account: &str, suffix: &[u8]) -> Vec<u8> {
@@ -339,6 +340,7 @@ impl Store {
         let index = db.open_tree("index")?;
         let alerts = db.open_tree("alerts")?;
         let checkpoints = db.open_tree("checkpoints")?;
+        let webhooks = db.open_tree("webhooks")?;
         let syncer = Syncer::open(dir, durable)?;
         Ok(Store {
             db,
@@ -347,6 +349,7 @@ impl Store {
             index,
             alerts,
             checkpoints,
+            webhooks,
         })
     }
 
@@ -581,6 +584,11 @@ impl Store {
     /// Signed checkpoints of the head.
     pub fn checkpoints_tree(&self) -> sled::Tree {
         self.checkpoints.clone()
+    }
+
+    /// The webhooks' position and delivery log.
+    pub fn webhooks_tree(&self) -> sled::Tree {
+        self.webhooks.clone()
     }
 
     /// Makes everything applied so far durable.

@@ -53,6 +53,11 @@ pub struct Extras {
     pub relay: Option<(String, Arc<RelayStatus>)>,
     /// The alerts topic and its publisher's status.
     pub alerts_relay: Option<(String, Arc<RelayStatus>)>,
+    /// Signed webhooks: their delivery log and the sender's status.
+    pub webhooks: Option<(
+        crate::ledger::webhooks::WebhookLog,
+        Arc<crate::adapters::webhook::WebhookStatus>,
+    )>,
     /// The notifications topic and its publisher's status.
     pub notifications_relay: Option<(String, Arc<RelayStatus>)>,
     /// The alert monitor.
@@ -571,6 +576,48 @@ async fn checkpoint_key(State(s): State<Arc<AppState>>, headers: HeaderMap) -> A
         "algorithm": "ed25519",
         "public_key": key,
         "message": "bindledger-checkpoint:v1:{seq}:{head}:{time}",
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveriesQuery {
+    limit: Option<usize>,
+    /// Attempts before this one (its `n`): the next page.
+    before: Option<u64>,
+}
+
+/// `GET /v1/webhooks/deliveries` (security, auditor): the webhooks' delivery log, newest
+/// attempt first, and the sender's totals.
+async fn webhook_deliveries(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<DeliveriesQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    authorize_any(&s, &headers, ALERT_READERS)?;
+    let q = query(q)?;
+    let Some((log, status)) = s.extras.webhooks.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhooks_disabled",
+            "webhooks are off (webhooks.url is not set)",
+        ));
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
+    let before = q.before;
+    let deliveries = tokio::task::spawn_blocking(move || log.recent(limit, before))
+        .await
+        .map_err(|e| ApiError::from(Error::Io(e.to_string())))??;
+    use std::sync::atomic::Ordering::Relaxed;
+    Ok(Json(json!({
+        "position": status.position.load(Relaxed),
+        "delivered_total": status.delivered_total.load(Relaxed),
+        "given_up_total": status.given_up_total.load(Relaxed),
+        "attempts_total": status.attempts_total.load(Relaxed),
+        "last_error": *status.last_error.lock().expect("status lock"),
+        "deliveries": deliveries,
+        "next_before": deliveries.last().filter(|_| deliveries.len() == limit).map(|d| d.n),
     }))
     .into_response())
 }
@@ -1117,7 +1164,16 @@ async fn status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult
             "opened": opened,
         })
     });
-    Ok(Json(json!({"health": health, "relays": relays(&s), "monitor": monitor})).into_response())
+    let webhooks = s.extras.webhooks.as_ref().map(|(_, st)| {
+        use std::sync::atomic::Ordering::Relaxed;
+        json!({
+            "position": st.position.load(Relaxed),
+            "delivered_total": st.delivered_total.load(Relaxed),
+            "given_up_total": st.given_up_total.load(Relaxed),
+            "last_error": *st.last_error.lock().expect("status lock"),
+        })
+    });
+    Ok(Json(json!({"health": health, "relays": relays(&s), "monitor": monitor, "webhooks": webhooks})).into_response())
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
@@ -1330,6 +1386,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/alerts/{alert_id}", get(alert_one))
         .route("/v1/alerts/{alert_id}/triage", post(triage))
         .route("/v1/rules", get(rules))
+        .route("/v1/webhooks/deliveries", get(webhook_deliveries))
         .route("/v1/rules/backtest", post(backtest))
         .route("/v1/admin/promote", post(promote))
         .route("/console", get(super::console::page))

@@ -1,0 +1,236 @@
+//! Signed webhooks for the security team: each alert that opens at the configured severity or
+//! above is POSTed to `webhooks.url`, as payment providers send theirs.
+//!
+//! **Request.** `POST`, `Content-Type: application/json`, the body the alert change as on the
+//! live feed and the alerts topic (`{"stream_seq", "change", "alert"}`). Headers:
+//! - `Bindledger-Delivery`: the change's stream seq, the same on every attempt (a receiver
+//!   keeps the ones it has seen: delivery is at least once);
+//! - `Bindledger-Event`: `alert.opened`;
+//! - `Bindledger-Signature`: `t=<unix seconds>,v1=<hex>`, where `v1` is the HMAC-SHA256, keyed
+//!   with the secret file's text, of `<t>.<body>`. A receiver recomputes it, compares in
+//!   constant time, and refuses a `t` far from its clock (a replayed request).
+//!
+//! **Retries.** Any answer but a 2xx, or none within `timeout_ms`, is retried after
+//! `backoff_ms`, doubled each time up to `backoff_ms_max`, for `attempts_max` attempts; then it
+//! is given up and logged. Alerts are sent one at a time, in stream order; the position is
+//! saved after each, so a restart goes on where it stopped. Every attempt is kept in the
+//! delivery log (`GET /v1/webhooks/deliveries`).
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::WebhooksConfig;
+use crate::domain::alerts::{AlertChange, Severity};
+use crate::error::Result;
+use crate::ledger::alerts::AlertFeed;
+use crate::ledger::webhooks::{Delivery, WebhookLog};
+
+/// Alert changes read from the stream at a time.
+const READ_CHANGES: usize = 256;
+
+/// `Bindledger-Signature` for `body` at `t` (unix seconds).
+pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// What a receiver does: checks a `Bindledger-Signature` header against the body, and that its
+/// time is within `tolerance_s` of `now` (unix seconds).
+pub fn verify(secret: &str, header: &str, body: &[u8], now: i64, tolerance_s: i64) -> bool {
+    let mut t = None;
+    let mut v1 = None;
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", v)) => t = v.parse::<i64>().ok(),
+            Some(("v1", v)) => v1 = hex::decode(v).ok(),
+            _ => {}
+        }
+    }
+    let (Some(t), Some(v1)) = (t, v1) else { return false };
+    if (now - t).abs() > tolerance_s {
+        return false;
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.verify_slice(&v1).is_ok()
+}
+
+/// The sender's state, for `/v1/status`.
+#[derive(Debug, Default)]
+pub struct WebhookStatus {
+    /// Every alert change through this stream seq is sent or given up.
+    pub position: AtomicU64,
+    pub delivered_total: AtomicU64,
+    pub given_up_total: AtomicU64,
+    pub attempts_total: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+pub struct WebhookSender {
+    feed: Arc<AlertFeed>,
+    log: WebhookLog,
+    config: WebhooksConfig,
+    secret: String,
+    severity_min: Severity,
+    http: reqwest::Client,
+    pub status: Arc<WebhookStatus>,
+}
+
+impl WebhookSender {
+    pub fn new(feed: Arc<AlertFeed>, log: WebhookLog, config: WebhooksConfig, secret: String) -> Result<WebhookSender> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| crate::Error::Config(format!("webhooks: {e}")))?;
+        let status = Arc::new(WebhookStatus::default());
+        status.position.store(log.position()?, Ordering::Relaxed);
+        Ok(WebhookSender {
+            feed,
+            log,
+            severity_min: config.severity(),
+            config,
+            secret,
+            http,
+            status,
+        })
+    }
+
+    /// Whether a change is sent: an alert opening at the least severity or above.
+    fn sends(&self, c: &AlertChange) -> bool {
+        c.change == "opened" && c.alert.severity >= self.severity_min
+    }
+
+    /// Runs until `shutdown` turns true (an attempt under way is abandoned, and made again on
+    /// the next start) or the monitor stops.
+    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        tokio::select! {
+            r = self.send_all() => if let Err(e) = r {
+                tracing::error!(error = %e, "webhooks stopped");
+                *self.status.last_error.lock().expect("status lock") = Some(e.to_string());
+            },
+            _ = shutdown.changed() => {}
+        }
+    }
+
+    async fn send_all(&self) -> Result<()> {
+        let mut published = self.feed.subscribe();
+        let mut position = self.log.position()?;
+        loop {
+            let Some(changes) = self.feed.next_after(position, READ_CHANGES, &mut published).await? else {
+                return Ok(()); // the monitor stopped
+            };
+            for c in changes {
+                if self.sends(&c) {
+                    self.deliver(&c).await?;
+                    position = c.stream_seq;
+                    self.log.set_position(position)?;
+                } else {
+                    position = c.stream_seq;
+                }
+                self.status.position.store(position, Ordering::Relaxed);
+            }
+            self.log.set_position(position)?;
+        }
+    }
+
+    /// Sends one change until it is delivered or its attempts run out.
+    async fn deliver(&self, c: &AlertChange) -> Result<()> {
+        let body = serde_json::to_vec(c).expect("alerts serialize");
+        let mut wait = Duration::from_millis(self.config.backoff_ms);
+        for attempt in 1..=self.config.attempts_max {
+            let t = chrono::Utc::now();
+            let started = Instant::now();
+            let answer = self
+                .http
+                .post(self.config.url.trim())
+                .header("content-type", "application/json")
+                .header("bindledger-delivery", c.stream_seq.to_string())
+                .header("bindledger-event", "alert.opened")
+                .header("bindledger-signature", signature(&self.secret, t.timestamp(), &body))
+                .body(body.clone())
+                .send()
+                .await;
+            let (status, error) = match answer {
+                Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None),
+                Ok(r) => (
+                    Some(r.status().as_u16()),
+                    Some(format!("answered {}", r.status().as_u16())),
+                ),
+                Err(e) if e.is_timeout() => (None, Some(format!("no answer in {} ms", self.config.timeout_ms))),
+                Err(e) if e.is_connect() => (None, Some("could not connect".to_owned())),
+                Err(_) => (None, Some("the request failed".to_owned())),
+            };
+            let outcome = match (&error, attempt == self.config.attempts_max) {
+                (None, _) => "delivered",
+                (Some(_), false) => "retrying",
+                (Some(_), true) => "given_up",
+            };
+            self.status.attempts_total.fetch_add(1, Ordering::Relaxed);
+            self.log.record(Delivery {
+                n: 0,
+                stream_seq: c.stream_seq,
+                alert_id: c.alert.id.clone(),
+                rule: c.alert.rule.clone(),
+                severity: c.alert.severity.as_str().to_owned(),
+                attempt,
+                at: t,
+                status,
+                outcome: outcome.to_owned(),
+                error: error.clone(),
+                duration_ms: started.elapsed().as_millis() as u64,
+            })?;
+            match error {
+                None => {
+                    self.status.delivered_total.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Some(e) => {
+                    tracing::warn!(alert = %c.alert.id, attempt, error = %e, "webhook not delivered");
+                    *self.status.last_error.lock().expect("status lock") = Some(e);
+                }
+            }
+            if attempt < self.config.attempts_max {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(self.config.backoff_ms_max));
+            }
+        }
+        self.status.given_up_total.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(alert = %c.alert.id, attempts = self.config.attempts_max, "webhook given up");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_verifies_with_its_secret_body_and_time_only() {
+        let body = br#"{"stream_seq":1}"#;
+        let header = signature("a-secret-of-some-length", 1_800_000_000, body);
+        assert!(header.starts_with("t=1800000000,v1="));
+        assert!(verify("a-secret-of-some-length", &header, body, 1_800_000_010, 300));
+        assert!(!verify("another-secret-entirely", &header, body, 1_800_000_010, 300));
+        assert!(!verify(
+            "a-secret-of-some-length",
+            &header,
+            br#"{"stream_seq":2}"#,
+            1_800_000_010,
+            300
+        ));
+        assert!(
+            !verify("a-secret-of-some-length", &header, body, 1_800_000_400, 300),
+            "too old"
+        );
+        assert!(!verify("a-secret-of-some-length", "t=1,v1=zz", body, 1, 300));
+    }
+}
