@@ -298,6 +298,33 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
     );
     screenshot(&alice, "alert-locked").await;
 
+    // The queue shows where each alert stands with the people handling it, and filters by it.
+    alice.goto(&format!("{base}/console#/alerts")).await.unwrap();
+    until(
+        &alice,
+        "the triage state in the queue",
+        "(document.querySelector('tr[data-rule=\"password_brute_force\"] .triage') || {}).textContent === 'locked the binding by alice'",
+    )
+    .await;
+    let rows = "document.querySelectorAll('tr[data-rule=\"password_brute_force\"]').length";
+    alice
+        .execute(
+            "const s = document.querySelector('#f-state'); s.value = 'untriaged'; s.dispatchEvent(new Event('change'));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    until(&alice, "a triaged alert filtered out", &format!("{rows} === 0")).await;
+    alice
+        .execute(
+            "const s = document.querySelector('#f-state'); s.value = 'locked'; s.dispatchEvent(new Event('change'));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    until(&alice, "a locked alert shown", &format!("{rows} === 1")).await;
+    screenshot(&alice, "alerts-triaged").await;
+
     // A shared-wallet ring: one wallet on three accounts, seen on the wallet's page.
     for acc in ["ring-1", "ring-2", "ring-3"] {
         bind_wallet(&server.ledger, &server.gateway, acc, 77).await;

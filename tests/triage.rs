@@ -96,12 +96,44 @@ async fn triage_is_recorded_by_name_survives_a_sigkill_and_verifies() {
         .all(|e| e["payload"]["operator"] == "carol" && e["payload"]["alert_id"] == alert_id.as_str()));
     assert_eq!(before[1]["payload"]["assignee"], "dave");
 
+    // The alert says where it stands: resolved by carol, still assigned to dave.
+    let standing = |v: &serde_json::Value| {
+        (
+            v["triage"]["action"].clone(),
+            v["triage"]["operator"].clone(),
+            v["triage"]["assignee"].clone(),
+            v["triage"]["seq"].clone(),
+        )
+    };
+    let triaged_at = before[2]["seq"].clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let resolved = loop {
+        let (_, v) = all.get_json(&format!("/v1/alerts/{alert_id}")).await.unwrap();
+        if v["triage"]["action"] == "resolved" {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "no triage on the alert: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        standing(&resolved),
+        (json!("resolved"), json!("carol"), json!("dave"), triaged_at.clone())
+    );
+    let (_, listed) = all.get_json("/v1/alerts?rule=password_brute_force").await.unwrap();
+    assert_eq!(standing(&listed["alerts"][0]), standing(&resolved));
+
     // SIGKILL, restart: the same events, byte for byte, and the log verifies offline.
     server.kill();
     let server = spawn_server(&data, &log, &env);
     let mut all = bindledger::adapters::http::client::Client::new(server.addr, Some(ALL.into()));
     let (_, after) = all.get_json("/v1/accounts/victim/events?limit=1000").await.unwrap();
     assert_eq!(triage_of(&after), before);
+    let (_, again) = all.get_json(&format!("/v1/alerts/{alert_id}")).await.unwrap();
+    assert_eq!(
+        standing(&again),
+        standing(&resolved),
+        "the triage state after a SIGKILL"
+    );
     server.terminate();
     let out = std::process::Command::new(binary())
         .args(["verify", "--data-dir"])

@@ -709,10 +709,26 @@ async fn alerts_list(
     let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
     let store = m.store.clone();
     let cursor = q.cursor.clone();
-    let (alerts, next) = tokio::task::spawn_blocking(move || store.list(&filter, cursor.as_deref(), limit))
-        .await
-        .map_err(|e| ApiError::from(Error::Io(e.to_string())))??;
+    let (alerts, next) = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+        let (alerts, next) = store.list(&filter, cursor.as_deref(), limit)?;
+        let alerts = alerts
+            .into_iter()
+            .map(|a| with_triage(&store, a))
+            .collect::<crate::Result<Vec<_>>>()?;
+        Ok((alerts, next))
+    })
+    .await
+    .map_err(|e| ApiError::from(Error::Io(e.to_string())))??;
     Ok(Json(json!({"alerts": alerts, "next_cursor": next})).into_response())
+}
+
+/// An alert as the API shows it: its latest revision and `triage`, where it stands with the
+/// people handling it (`null` before anyone acted on it).
+fn with_triage(store: &AlertStore, alert: crate::domain::alerts::Alert) -> crate::Result<serde_json::Value> {
+    let triage = store.triage(&alert.id)?;
+    let mut v = serde_json::to_value(alert).expect("alerts serialize");
+    v["triage"] = serde_json::to_value(triage).expect("triage serializes");
+    Ok(v)
 }
 
 async fn alert_one(
@@ -724,7 +740,7 @@ async fn alert_one(
     let m = monitor(&s)?;
     let id = path(id)?;
     match m.store.get(&id)? {
-        Some(a) => Ok(Json(a).into_response()),
+        Some(a) => Ok(Json(with_triage(&m.store, a)?).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "alert_not_found",

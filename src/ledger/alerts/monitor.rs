@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::feed::AlertFeed;
-use super::store::{AlertStore, Checkpoint};
+use super::store::{AlertStore, Checkpoint, TriageState};
 use crate::domain::alerts::engine::{AlertChange, Engine, EngineState};
 use crate::domain::alerts::rules::{RuleSet, RULE_NAMES};
 use crate::domain::command::{LockCommand, Meta, UnlockCommand};
@@ -107,6 +107,7 @@ pub struct Monitor {
 /// What the store thread writes, in order.
 enum Write {
     Changes(Vec<AlertChange>),
+    Triage(Vec<(String, TriageState)>),
     Checkpoint(Box<EngineState>),
 }
 
@@ -158,6 +159,7 @@ impl Monitor {
             since_checkpoint: 0,
             stored_at_start: stored,
             writes: None,
+            triage: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("bindledger-monitor".into())
@@ -213,6 +215,8 @@ struct Worker {
     stored_at_start: u64,
     /// To the store thread.
     writes: Option<std::sync::mpsc::SyncSender<Write>>,
+    /// Triage events folded and not yet sent to the store thread.
+    triage: Vec<(String, TriageState)>,
 }
 
 impl Worker {
@@ -235,6 +239,7 @@ impl Worker {
                                     feed.stored_through(last.stream_seq);
                                 }
                             }),
+                            Write::Triage(items) => store.write_triage(&items),
                             Write::Checkpoint(state) => store.write(&[], Some(&Checkpoint { rules_digest: digest.clone(), state: *state })),
                         };
                         if let Err(e) = result {
@@ -318,6 +323,7 @@ impl Worker {
                 }
                 let event =
                     bindledger_events::decode(&bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
+                self.note_triage(&event);
                 changes.extend(self.engine.apply(&event));
             }
             if self.engine.state.position < from {
@@ -342,6 +348,7 @@ impl Worker {
                     self.commit(std::mem::take(&mut changes))?;
                     self.catch_up(e.seq - 1)?;
                 }
+                self.note_triage(e);
                 changes.extend(self.engine.apply(e));
                 self.since_checkpoint += 1;
             }
@@ -369,12 +376,39 @@ impl Worker {
         if !changes.is_empty() {
             self.send(Write::Changes(changes));
         }
+        if !self.triage.is_empty() {
+            let triage = std::mem::take(&mut self.triage);
+            self.send(Write::Triage(triage));
+        }
         if self.since_checkpoint >= self.config.checkpoint_every_events {
             self.send(Write::Checkpoint(Box::new(self.engine.state.clone())));
             self.since_checkpoint = 0;
         }
         self.publish_status();
         Ok(())
+    }
+
+    /// Keeps an `alert_triaged` event for the alert's triage state.
+    fn note_triage(&mut self, e: &bindledger_events::Event) {
+        if let bindledger_events::Payload::AlertTriaged {
+            alert_id,
+            action,
+            operator,
+            assignee,
+            ..
+        } = &e.payload
+        {
+            self.triage.push((
+                alert_id.clone(),
+                TriageState {
+                    action: action.as_str().to_owned(),
+                    operator: operator.clone(),
+                    assignee: assignee.clone(),
+                    at: e.record_time,
+                    seq: e.seq,
+                },
+            ));
+        }
     }
 
     fn publish_status(&self) {

@@ -6,6 +6,7 @@
 //! | `S` stream seq (u64 BE) | one [`AlertChange`] (JSON): the alert stream, in order, without gaps |
 //! | `L` opening seq (u64 BE) rule | the alert's latest revision (JSON), listed newest first |
 //! | `Mcheckpoint` | the engine's state, its position and the rules digest (JSON) |
+//! | `T` alert id | the alert's latest triage ([`TriageState`], JSON), from its `alert_triaged` events |
 //!
 //! Changes and the checkpoint that covers them are written in one atomic batch; changes after
 //! the last checkpoint are written again, identically, when the monitor resumes from it.
@@ -22,6 +23,22 @@ const CHECKPOINT: &[u8] = b"Mcheckpoint";
 pub struct Checkpoint {
     pub rules_digest: String,
     pub state: EngineState,
+}
+
+/// Where an alert stands with the people handling it: its latest `alert_triaged` event (the
+/// assignee is kept from the latest `assigned` one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriageState {
+    /// `acknowledged`, `assigned`, `resolved`, `false_positive`, `locked` or `unlocked`.
+    pub action: String,
+    /// Who did it (their token's name).
+    pub operator: String,
+    /// To whom it is assigned, if it ever was.
+    pub assignee: Option<String>,
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The event's seq.
+    pub seq: u64,
 }
 
 /// Filters of `GET /v1/alerts`.
@@ -104,6 +121,34 @@ impl AlertStore {
         }
         self.tree.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// Records triage events, in log order (one written again after a restart changes nothing:
+    /// an event older than the stored state is ignored).
+    pub fn write_triage(&self, items: &[(String, TriageState)]) -> Result<()> {
+        for (alert_id, t) in items {
+            let key = [b"T".as_slice(), alert_id.as_bytes()].concat();
+            let old = self.triage(alert_id)?;
+            if old.as_ref().is_some_and(|o| o.seq >= t.seq) {
+                continue;
+            }
+            let mut t = t.clone();
+            if t.assignee.is_none() {
+                t.assignee = old.and_then(|o| o.assignee);
+            }
+            self.tree
+                .insert(key, serde_json::to_vec(&t).expect("triage serializes"))?;
+        }
+        Ok(())
+    }
+
+    /// An alert's latest triage, if it has one.
+    pub fn triage(&self, alert_id: &str) -> Result<Option<TriageState>> {
+        let key = [b"T".as_slice(), alert_id.as_bytes()].concat();
+        match self.tree.get(key)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| corrupt("triage", e)),
+        }
     }
 
     /// The last stream seq stored.

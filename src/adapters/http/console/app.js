@@ -187,8 +187,18 @@ function describe(a) {
 }
 
 function alertState(a) {
-  if (a.lock && Date.parse(a.lock.until) > Date.now()) return `binding locked until ${utc(a.lock.until)}`;
+  // A lock a person lifted since (the latest triage says so) is not shown as in force.
+  const lifted = a.triage && a.triage.action === "unlocked";
+  if (a.lock && !lifted && Date.parse(a.lock.until) > Date.now()) return `binding locked until ${utc(a.lock.until)}`;
   return Date.parse(a.open_until) > Date.now() ? "open" : "closed";
+}
+
+// Where an alert stands with the people handling it: its latest triage.
+function triageText(a) {
+  const t = a.triage;
+  if (!t) return "not yet triaged";
+  const to = t.action === "assigned" && t.assignee ? ` to ${t.assignee}` : "";
+  return `${ACTIONS[t.action] || t.action}${to} by ${t.operator}`;
 }
 
 function subject(a) {
@@ -207,7 +217,7 @@ function alertRow(a) {
     el("td", {}, el("a", { href: `#/alert/${encodeURIComponent(a.id)}` }, a.rule), el("div", { class: "muted" }, RULES[a.rule] || "")),
     el("td", {}, subject(a)),
     el("td", {}, describe(a)),
-    el("td", { class: "state" }, alertState(a)),
+    el("td", { class: "state" }, alertState(a), el("div", { class: "muted triage" }, triageText(a))),
   );
 }
 
@@ -217,7 +227,13 @@ function matches(a, f) {
   if (f.severity && SEVERITY_RANK[a.severity] < SEVERITY_RANK[f.severity]) return false;
   if (f.rule && a.rule !== f.rule) return false;
   if (f.account && !(a.accounts || []).includes(f.account) && a.key.value !== f.account) return false;
-  if (f.state && (alertState(a) === "closed") !== (f.state === "closed")) return false;
+  if (f.state === "open" || f.state === "closed") {
+    if ((alertState(a) === "closed") !== (f.state === "closed")) return false;
+  } else if (f.state === "untriaged") {
+    if (a.triage) return false;
+  } else if (f.state && (!a.triage || a.triage.action !== f.state)) {
+    return false;
+  }
   return true;
 }
 
@@ -227,7 +243,7 @@ function renderQueue(tbody, filters) {
     .sort((x, y) => (y.opened_at > x.opened_at ? 1 : y.opened_at < x.opened_at ? -1 : 0))
     .map(alertRow);
   tbody.replaceChildren(...rows);
-  document.getElementById("count").textContent = `${rows.length} alerts`;
+  document.getElementById("count").textContent = `${rows.length} alert${rows.length === 1 ? "" : "s"}`;
 }
 
 async function alertsView() {
@@ -241,7 +257,8 @@ async function alertsView() {
     { class: "filters" },
     select("severity", [["", "any severity"], ["medium", "medium or worse"], ["high", "high or worse"], ["critical", "critical"]]),
     select("rule", [["", "any rule"], ...Object.keys(RULES).map((r) => [r, r])]),
-    select("state", [["", "open and closed"], ["open", "open"], ["closed", "closed"]]),
+    select("state", [["", "any state"], ["open", "open"], ["closed", "closed"], ["untriaged", "not yet triaged"],
+      ["acknowledged", "acknowledged"], ["assigned", "assigned"], ["resolved", "resolved"], ["false_positive", "false positive"], ["locked", "locked by a person"], ["unlocked", "unlocked by a person"]]),
     el("input", { id: "f-account", placeholder: "account", "aria-label": "account",
       oninput: (e) => { filters.account = e.target.value.trim(); renderQueue(tbody, filters); } }),
     el("span", { id: "count", class: "muted" }),
@@ -256,6 +273,19 @@ async function alertsView() {
   if (!r.ok) { show(failure("the alerts could not be read", r)); return; }
   for (const a of r.json.alerts) state.alerts.set(a.id, a);
   renderQueue(tbody, filters);
+  // Triage by others shows within a few seconds: the listing carries it.
+  if (state.triagePoll) clearInterval(state.triagePoll);
+  state.triagePoll = setInterval(async () => {
+    if (!document.body.contains(tbody)) { clearInterval(state.triagePoll); state.triagePoll = null; return; }
+    const r = await api("GET", "/v1/alerts?limit=1000");
+    if (!r.ok || !document.body.contains(tbody)) return;
+    let changed = false;
+    for (const a of r.json.alerts) {
+      const known = state.alerts.get(a.id);
+      if (known && JSON.stringify(known.triage) !== JSON.stringify(a.triage)) { known.triage = a.triage; changed = true; }
+    }
+    if (changed) renderQueue(tbody, filters);
+  }, 3000);
   if (state.stream) state.stream.close();
   // The feed replays every change from the start, then follows: a row is updated in place.
   const stream = new EventSource("/v1/alerts/stream", { withCredentials: true });
@@ -265,7 +295,9 @@ async function alertsView() {
   stream.addEventListener("alert", (ev) => {
     const change = JSON.parse(ev.data);
     const a = change.alert;
-    const fresh = !state.alerts.has(a.id) || state.alerts.get(a.id).revision < a.revision;
+    const prev = state.alerts.get(a.id);
+    const fresh = !prev || prev.revision < a.revision;
+    if (prev && a.triage === undefined) a.triage = prev.triage; // the stream carries revisions, not triage
     state.alerts.set(a.id, a);
     if (!document.body.contains(tbody)) return;
     const old = tbody.querySelector(`tr[data-alert="${CSS.escape(a.id)}"]`);
