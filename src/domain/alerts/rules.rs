@@ -513,6 +513,61 @@ impl RuleSet {
         build().map_err(with_file)
     }
 
+    /// The rules as a rules file: every setting of every rule written out, so that
+    /// [`RuleSet::from_toml`] reads back exactly this set.
+    pub fn to_toml(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let count = |out: &mut String, name: &str, r: &CountRule| {
+            let _ = write!(
+                out,
+                "[{name}]\nenabled = {}\nseverity = \"{}\"\nthreshold = {}\nwindow = \"{}\"\ncooldown = \"{}\"\n",
+                r.enabled,
+                r.severity.as_str(),
+                r.threshold,
+                r.window,
+                r.cooldown
+            );
+        };
+        let bf = &self.password_brute_force;
+        count(&mut out, "password_brute_force", &bf.count);
+        let _ = writeln!(out, "lock = {}\nlock_for = \"{}\"\n", bf.lock, bf.lock_for);
+        count(&mut out, "bind_failure_burst", &self.bind_failure_burst);
+        let d = &self.bind_then_drain;
+        let _ = writeln!(
+            out,
+            "\n[bind_then_drain]\nenabled = {}\nseverity = \"{}\"\namount_minor = {}\ncurrency = \"{}\"\nwindow = \"{}\"\ncooldown = \"{}\"\n",
+            d.enabled,
+            d.severity.as_str(),
+            d.amount_minor,
+            d.currency.as_str(),
+            d.window,
+            d.cooldown
+        );
+        count(&mut out, "shared_wallet", &self.shared_wallet);
+        out.push('\n');
+        count(&mut out, "binding_churn", &self.binding_churn);
+        let a = &self.amount_spike;
+        let _ = writeln!(
+            out,
+            "\n[amount_spike]\nenabled = {}\nseverity = \"{}\"\nfactor = {}\nhistory = {}\nmin_history = {}\nforget_after = \"{}\"\ncooldown = \"{}\"\n",
+            a.enabled,
+            a.severity.as_str(),
+            a.factor,
+            a.history,
+            a.min_history,
+            a.forget_after,
+            a.cooldown
+        );
+        count(&mut out, "dead_wallet_probing", &self.dead_wallet_probing);
+        let _ = write!(
+            out,
+            "\n[limits]\nkeys_max = {}\nevent_ids_max = {}\n",
+            self.limits.keys_max, self.limits.event_ids_max
+        );
+        out
+    }
+
     /// A digest of the effective rules (stored with the monitor's checkpoint).
     pub fn digest(&self) -> String {
         let json = serde_json::to_vec(self).expect("rules serialize");
@@ -607,6 +662,157 @@ mod tests {
             assert_eq!(e.line, line, "{text:?}: {e}");
             assert!(e.to_string().starts_with(&format!("rules.toml: line {line}: ")), "{e}");
             assert!(e.message.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_default_set_prints_and_reads_back() {
+        let d = RuleSet::default();
+        assert_eq!(RuleSet::from_toml(&d.to_toml(), None).unwrap(), d);
+    }
+
+    use proptest::prelude::*;
+
+    fn span() -> impl Strategy<Value = Span> {
+        // Up to a year, in whole seconds, often in round units.
+        prop_oneof![
+            (1i64..=366 * 86_400).prop_map(Span::secs),
+            (1i64..=366).prop_map(|d| Span::secs(d * 86_400)),
+            (1i64..=48).prop_map(Span::hours),
+            (1i64..=600).prop_map(Span::mins),
+        ]
+    }
+
+    fn severity() -> impl Strategy<Value = Severity> {
+        prop_oneof![
+            Just(Severity::Low),
+            Just(Severity::Medium),
+            Just(Severity::High),
+            Just(Severity::Critical)
+        ]
+    }
+
+    fn count_rule() -> impl Strategy<Value = CountRule> {
+        (any::<bool>(), severity(), 1u32..=10_000, span(), span()).prop_map(
+            |(enabled, severity, threshold, window, cooldown)| CountRule {
+                enabled,
+                severity,
+                threshold,
+                window,
+                cooldown,
+            },
+        )
+    }
+
+    fn rule_set() -> impl Strategy<Value = RuleSet> {
+        let currencies = prop::sample::select(vec!["CNY", "USD", "EUR", "JPY", "HKD"]);
+        (
+            (count_rule(), any::<bool>(), span()),
+            prop::array::uniform5(count_rule()),
+            (
+                any::<bool>(),
+                severity(),
+                1i64..=bindledger_events::AMOUNT_MINOR_MAX,
+                currencies,
+                span(),
+                span(),
+            ),
+            (
+                any::<bool>(),
+                severity(),
+                2u32..=1_000_000,
+                1u32..=1000,
+                any::<prop::sample::Index>(),
+                span(),
+                span(),
+            ),
+            (1usize..=100_000_000, 1usize..=10_000),
+        )
+            .prop_map(|(bf, counts, drain, spike, limits)| {
+                let [burst, shared, churn, probing, _] = counts;
+                RuleSet {
+                    password_brute_force: BruteForceRule {
+                        count: bf.0,
+                        lock: bf.1,
+                        lock_for: bf.2,
+                    },
+                    bind_failure_burst: burst,
+                    bind_then_drain: DrainRule {
+                        enabled: drain.0,
+                        severity: drain.1,
+                        amount_minor: drain.2,
+                        currency: Currency::parse(drain.3).unwrap(),
+                        window: drain.4,
+                        cooldown: drain.5,
+                    },
+                    shared_wallet: shared,
+                    binding_churn: churn,
+                    amount_spike: SpikeRule {
+                        enabled: spike.0,
+                        severity: spike.1,
+                        factor: spike.2,
+                        history: spike.3,
+                        min_history: spike.4.index(spike.3 as usize) as u32 + 1,
+                        forget_after: spike.5,
+                        cooldown: spike.6,
+                    },
+                    dead_wallet_probing: probing,
+                    limits: Limits {
+                        keys_max: limits.0,
+                        event_ids_max: limits.1,
+                    },
+                }
+            })
+    }
+
+    /// Checks what any refusal must be: a line inside the file (or just past its end), and a
+    /// message.
+    fn refused_well(text: &str, result: Result<RuleSet, RulesError>) -> Result<(), TestCaseError> {
+        if let Err(e) = result {
+            let lines = text.lines().count().max(1) + 1;
+            prop_assert!(e.line >= 1 && e.line <= lines, "line {} of {lines}: {e}", e.line);
+            prop_assert!(!e.message.is_empty());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_span_prints_and_parses_back(s in span()) {
+            prop_assert_eq!(Span::parse(&s.to_string()).unwrap(), s);
+        }
+
+        #[test]
+        fn a_rule_set_prints_and_reads_back(rules in rule_set()) {
+            let text = rules.to_toml();
+            prop_assert_eq!(RuleSet::from_toml(&text, None).unwrap(), rules);
+        }
+
+        #[test]
+        fn arbitrary_text_is_read_or_refused_with_a_line(text in "[\\[\\]a-z_=\"0-9 .\n#-]{0,200}") {
+            refused_well(&text, RuleSet::from_toml(&text, None))?;
+        }
+
+        #[test]
+        fn a_damaged_rules_file_is_read_or_refused_with_a_line(
+            rules in rule_set(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6),
+        ) {
+            let mut bytes = rules.to_toml().into_bytes();
+            for (at, byte, how) in edits {
+                let i = at.index(bytes.len() + 1);
+                match how {
+                    0 if i < bytes.len() => bytes[i] = byte,
+                    1 if i < bytes.len() => { bytes.remove(i); }
+                    _ => bytes.insert(i.min(bytes.len()), byte),
+                }
+            }
+            // A rules file is text: bytes that are not UTF-8 are refused before parsing.
+            if let Ok(text) = String::from_utf8(bytes) {
+                refused_well(&text, RuleSet::from_toml(&text, None))?;
+            }
         }
     }
 
