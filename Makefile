@@ -9,7 +9,10 @@ TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
 # The demo's broker listens here (in memory: a fresh topic each run).
 DEMO_KAFKA_PORT ?= 19092
 
-.PHONY: bench-console lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
+# How long each fuzz target runs under `make fuzz` (seconds).
+FUZZ_SECONDS ?= 60
+
+.PHONY: fuzz bench-console lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs, then run make again" >&2; exit 1; }
@@ -97,3 +100,22 @@ bench-kafka: tansu
 ## Chromium, at 1,000 commands/s for 20 s (BENCH_RATE, BENCH_SECONDS).
 bench-console: check-toolchain test-tools
 	$(CARGO) test --release --locked --test console bench_ack_to_alert_in_the_browser -- --ignored --nocapture
+
+## The fuzz targets (fuzz/: the event decoder, the rules parser, the command bodies) under
+## AFL++ through afl.rs, on the stable toolchain, FUZZ_SECONDS each (60 by default). Installs
+## cargo-afl and builds AFL++ on first use (a few minutes, once). New inputs are kept in
+## target/fuzz/<target>/; a crash fails the run and is listed: copy it into
+## fuzz/corpus/<target>/ once fixed, where `make test` (tests/fuzz_corpus.rs) keeps it.
+fuzz: check-toolchain
+	@command -v cargo-afl >/dev/null 2>&1 || $(CARGO) install cargo-afl --locked
+	@$(CARGO) afl config --build >/dev/null 2>&1 || true
+	cd fuzz && $(CARGO) afl build --release --locked
+	@set -e; failed=0; for t in decoder rules bodies; do \
+	  out=target/fuzz/$$t; rm -rf $$out; mkdir -p $$out; \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS) s ..."; \
+	  AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_QUIET=1 \
+	    $(CARGO) afl fuzz -V $(FUZZ_SECONDS) -i fuzz/corpus/$$t -o $$out fuzz/target/release/$$t > $$out/afl.log 2>&1; \
+	  grep -E '^(execs_done|execs_per_sec|corpus_count|saved_crashes)' $$out/default/fuzzer_stats | tr -s ' ' | sed 's/^/  /'; \
+	  crashes=$$(ls $$out/default/crashes 2>/dev/null | grep -c '^id' || true); \
+	  if [ "$$crashes" != 0 ]; then echo "  $$t: $$crashes crashing inputs in $$out/default/crashes" >&2; failed=1; fi; \
+	done; exit $$failed

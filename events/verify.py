@@ -22,6 +22,20 @@ D = -121665 * pow(121666, P - 2, P) % P
 SQRT_M1 = pow(2, (P - 1) // 4, P)
 
 
+
+class RepeatedKey(Exception):
+    pass
+
+
+def no_repeated_keys(pairs):
+    """An object with a key twice has no one meaning: the ledger's readers refuse it."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise RepeatedKey(k)
+        out[k] = v
+    return out
+
 def _inv(x):
     return pow(x, P - 2, P)
 
@@ -156,7 +170,9 @@ def main(argv):
         if line.endswith(b"\r"):
             fail(n, expected, "a line ending in \\r\\n")
         try:
-            event = json.loads(line)
+            event = json.loads(line, object_pairs_hook=no_repeated_keys)
+        except RepeatedKey:
+            fail(n, expected, "a key appears twice in one object")
         except ValueError:
             fail(n, expected, "not JSON")
         if event.get("seq") != expected:

@@ -61,12 +61,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 
 /// The general decoder: any field order, whitespace, escapes, every supported version.
 pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
+    // JSON is UTF-8; serde would skip bytes that are not inside a field it ignores (found by
+    // `make fuzz`), so they are refused here, whatever the path.
+    if std::str::from_utf8(bytes).is_err() {
+        return Err(DecodeError::Invalid("the bytes are not UTF-8".to_owned()));
+    }
     // Canonical bytes start with the version; the current version takes the direct path.
     const CURRENT_PREFIX: &[u8] = b"{\"v\":6,";
     if bytes.starts_with(CURRENT_PREFIX) {
         return serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()));
     }
-    let mut value: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    let mut value: Value = serde_json::from_slice::<Strict>(bytes)
+        .map(|s| s.0)
+        .map_err(|e| DecodeError::Invalid(e.to_string()))?;
     let version = value
         .get("v")
         .and_then(Value::as_u64)
@@ -77,6 +84,68 @@ pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
         other => return Err(DecodeError::UnsupportedVersion(other)),
     }
     serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))
+}
+
+/// A JSON value that refuses a key repeated in one object, at any depth: such bytes have no one
+/// meaning (serde's derived readers refuse them, a plain `Value` keeps the last), so every
+/// reader of an event must refuse them alike (found by `make fuzz`).
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element::<Strict>()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value::<Strict>()?;
+            if out.insert(key, v).is_some() {
+                return Err(serde::de::Error::custom("a key appears twice in one object"));
+            }
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// v1 -> v2: payments gain `currency`, which v1 implied was CNY.
@@ -101,6 +170,37 @@ mod tests {
     use crate::types::*;
     use chrono::{TimeZone, Utc};
     use uuid::Uuid;
+
+    #[test]
+    fn a_repeated_key_or_a_time_finer_than_a_microsecond_is_refused() {
+        let e = event(
+            1,
+            GENESIS_HASH,
+            Payload::WalletUnbound {
+                binding_id: Uuid::from_u128(9),
+                provider: crate::types::Provider::parse("alipay").unwrap(),
+                wallet: wallet(),
+            },
+        );
+        let text = String::from_utf8(encode(&e)).unwrap();
+        assert_eq!(decode(text.as_bytes()).unwrap(), e);
+        // Not canonical (a space), so the general decoder reads it: the same event.
+        let spaced = text.replacen(",\"seq\"", ", \"seq\"", 1);
+        assert_eq!(decode(spaced.as_bytes()).unwrap(), e);
+        let twice = spaced.replacen(", \"seq\":1", ", \"seq\":7, \"seq\":1", 1);
+        let refused = decode(twice.as_bytes()).unwrap_err().to_string();
+        assert!(refused.contains("duplicate field `seq`"), "{refused}");
+        // Without the current version's prefix, through the generic path: refused the same.
+        let refused = decode(format!(" {twice}").as_bytes()).unwrap_err().to_string();
+        assert!(refused.contains("a key appears twice"), "{refused}");
+        assert_eq!(decode(format!(" {spaced}").as_bytes()).unwrap(), e);
+        let nested = spaced.replacen("\"masked\":", "\"masked\":\"x\",\"masked\":", 1);
+        assert!(decode(format!(" {nested}").as_bytes()).is_err());
+        let fine = spaced.replacen(".000000Z\"", ".0000001Z\"", 1);
+        assert_ne!(fine, spaced);
+        let refused = decode(fine.as_bytes()).unwrap_err().to_string();
+        assert!(refused.contains("at most microseconds"), "{refused}");
+    }
 
     fn wallet() -> WalletRef {
         WalletRef {

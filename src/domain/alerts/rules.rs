@@ -431,7 +431,12 @@ impl RuleSet {
         let r = Reader { text };
         let file: File = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
-            with_file(r.err(offset, e.message().trim().to_owned()))
+            // The TOML parser leaves some messages empty (a control character in a comment).
+            let message = match e.message().trim() {
+                "" => "this is not valid TOML here (a control character, or an unclosed bracket or quote?)".to_owned(),
+                m => m.to_owned(),
+            };
+            with_file(r.err(offset, message))
         })?;
         let d = RuleSet::default();
         let bf = file.password_brute_force.unwrap_or_default();
@@ -656,6 +661,8 @@ mod tests {
                 "min_history = 11 is out of range",
             ),
             ("[dead_wallet_probing]\nwindow = \"0s\"\n", 2, "longer than zero"),
+            // Found by `make fuzz`: the TOML parser gives no message for this one.
+            ("# a comment\u{10}\n[shared_wallet]\n", 1, "not valid TOML here"),
         ];
         for (text, line, needle) in cases {
             let e = RuleSet::from_toml(text, Some("rules.toml")).unwrap_err();
