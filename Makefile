@@ -9,10 +9,20 @@ TANSU ?= $(or $(shell command -v tansu 2>/dev/null),$(HOME)/.cargo/bin/tansu)
 # The demo's broker listens here (in memory: a fresh topic each run).
 DEMO_KAFKA_PORT ?= 19092
 
+# `make simulate`: the seeds to run (SEED alone replays that one seed), and steps per seed.
+ifdef SEED
+SEEDS ?= 1
+else
+SEED := 1
+SEEDS ?= 100
+endif
+STEPS ?= 400
+PLANT ?=
+
 # How long each fuzz target runs under `make fuzz` (seconds).
 FUZZ_SECONDS ?= 60
 
-.PHONY: fuzz bench-console lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
+.PHONY: simulate fuzz bench-console lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs, then run make again" >&2; exit 1; }
@@ -119,3 +129,10 @@ fuzz: check-toolchain
 	  crashes=$$(ls $$out/default/crashes 2>/dev/null | grep -c '^id' || true); \
 	  if [ "$$crashes" != 0 ]; then echo "  $$t: $$crashes crashing inputs in $$out/default/crashes" >&2; failed=1; fi; \
 	done; exit $$failed
+
+## The deterministic simulation of the ledger core (`bindledger simulate`): SEEDS seeds from
+## SEED (100 from 1 by default; `make simulate SEED=17` replays seed 17 exactly), STEPS steps
+## each, a line per seed. A failing seed prints how to replay it. `make test` runs 12 seeds.
+simulate: check-toolchain
+	$(CARGO) build --release --locked
+	./target/release/bindledger simulate --seed $(SEED) --seeds $(SEEDS) --steps $(STEPS) $(if $(PLANT),--plant $(PLANT))

@@ -128,6 +128,8 @@ pub struct KeyIndex {
     generation: std::sync::atomic::AtomicU64,
     /// When the tables were last synced (they record their position then).
     synced: Mutex<std::time::Instant>,
+    /// Where the window's end is read.
+    clock: Arc<dyn crate::ledger::clock::Clock>,
 }
 
 /// How often the tables are synced and record their position: a restart catches up from the
@@ -143,6 +145,7 @@ impl KeyIndex {
         kind: IndexKind,
         window: chrono::Duration,
         memory_keys: usize,
+        clock: Arc<dyn crate::ledger::clock::Clock>,
     ) -> Result<KeyIndex> {
         let tables = match kind {
             IndexKind::Disk => Some((
@@ -159,6 +162,7 @@ impl KeyIndex {
             recent: Default::default(),
             generation: Default::default(),
             synced: Mutex::new(std::time::Instant::now()),
+            clock,
         };
         match &index.tables {
             Some(_) => index.catch_up()?,
@@ -177,7 +181,7 @@ impl KeyIndex {
         }
         let started = std::time::Instant::now();
         // Keys older than the window are not worth adding.
-        let horizon = self.horizon(Utc::now())?;
+        let horizon = self.horizon(self.clock.now())?;
         let mut g = Gathered::default();
         for r in self.store.scan_events(from + 1) {
             let (seq, bytes) = r?;
@@ -384,7 +388,7 @@ impl KeyIndex {
         if self.tables.is_none() || g.last == 0 {
             return Ok(());
         }
-        let horizon = self.horizon(Utc::now())?;
+        let horizon = self.horizon(self.clock.now())?;
         self.write(g, horizon, closing)
     }
 

@@ -26,6 +26,7 @@
 
 pub mod alerts;
 pub mod checkpoint;
+pub mod clock;
 pub mod head;
 pub mod idempotency;
 pub mod indexer;
@@ -100,6 +101,39 @@ impl Drop for OrderClaim<'_> {
     }
 }
 
+/// The seams a deterministic simulation drives (`bindledger simulate`). Production opens the
+/// ledger with [`Seams::default`]: the system clock, random event ids, no injected faults.
+#[derive(Clone)]
+pub struct Seams {
+    /// Where every time the ledger decides with is read.
+    pub clock: Arc<dyn clock::Clock>,
+    /// Event and binding ids from this seed instead of the OS's generator.
+    pub ids_seed: Option<u64>,
+    /// Storage failures to inject (see [`store::StorageFaults`]).
+    pub faults: Option<Arc<store::StorageFaults>>,
+    /// A known bug, for the simulator's test that it finds one.
+    pub planted_bug: Option<PlantedBug>,
+}
+
+impl Default for Seams {
+    fn default() -> Self {
+        Seams {
+            clock: Arc::new(clock::SystemClock),
+            ids_seed: None,
+            faults: None,
+            planted_bug: None,
+        }
+    }
+}
+
+/// Bugs the simulator's own test plants, to show that the simulator finds such a bug within the
+/// seeds `make test` runs. Never set but by that test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// On open, after catching the projection up with the log, fold the last event again.
+    RefoldLastEventOnOpen,
+}
+
 /// A handle to an open ledger. Cheap to clone; the writer stops when the last handle is
 /// closed or dropped.
 #[derive(Clone)]
@@ -109,6 +143,8 @@ pub struct Ledger {
 
 struct Inner {
     store: Arc<Store>,
+    /// Where the ledger reads the time (the system clock but in the simulator).
+    clock: Arc<dyn clock::Clock>,
     secret: LedgerSecret,
     gateway: Arc<dyn WalletGateway>,
     /// Bounded queue to the writer; `None` once closed.
@@ -176,7 +212,19 @@ impl Ledger {
         secret: LedgerSecret,
         gateway: Arc<dyn WalletGateway>,
     ) -> Result<Ledger> {
-        let store = Arc::new(Store::open(&config.data_dir)?);
+        Self::open_with_seams(config, alert_rules, secret, gateway, Seams::default())
+    }
+
+    /// The same, with the seams a simulation drives ([`Seams`]); production uses
+    /// [`Seams::default`]: the system clock, random ids, no injected faults.
+    pub fn open_with_seams(
+        config: &Config,
+        alert_rules: &crate::domain::alerts::RuleSet,
+        secret: LedgerSecret,
+        gateway: Arc<dyn WalletGateway>,
+        seams: Seams,
+    ) -> Result<Ledger> {
+        let store = Arc::new(Store::open_with_faults(&config.data_dir, seams.faults.clone())?);
         store.set_sync_data(config.writer.sync_data);
         store.check_secret(&secret.check_value())?;
         let (last_seq, last_hash) = store.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));
@@ -194,6 +242,7 @@ impl Ledger {
             )));
         }
         let mut state = Projection::from_accounts(snapshot, store.load_accounts()?);
+        let planted_refold = seams.planted_bug == Some(PlantedBug::RefoldLastEventOnOpen) && last_seq > 0;
         if snapshot < last_seq {
             let mut verifier = match snapshot {
                 0 => ChainVerifier::new(),
@@ -248,6 +297,7 @@ impl Ledger {
             config.idempotency.index,
             config.idempotency.window()?,
             config.idempotency.memory_keys as usize,
+            seams.clock.clone(),
         )?);
         let last_record_time = match store.event_bytes(last_seq)? {
             Some(b) => {
@@ -257,6 +307,14 @@ impl Ledger {
             }
             None => chrono::DateTime::<Utc>::MIN_UTC,
         };
+        if planted_refold {
+            // The simulator's own test: a known bug it must find (see [`PlantedBug`]).
+            if let Some(b) = store.event_bytes(last_seq)? {
+                let e = bindledger_events::decode(&b).map_err(|e| Error::Corrupt(e.to_string()))?;
+                state.position -= 1;
+                state.apply(&e);
+            }
+        }
         let metrics = Arc::new(Metrics::default());
         metrics.set_log_len(last_seq);
         let read = Arc::new(RwLock::new(state.clone()));
@@ -297,8 +355,12 @@ impl Ledger {
                 keys: idempotency.clone(),
             }),
             tap: tap.clone(),
-            ids: Default::default(),
+            ids: match seams.ids_seed {
+                Some(seed) => crate::ledger::writer::EventIds::seeded(seed),
+                None => Default::default(),
+            },
             head: Some(head_recorder),
+            clock: seams.clock.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("bindledger-writer".into())
@@ -308,6 +370,7 @@ impl Ledger {
         Ok(Ledger {
             inner: Arc::new(Inner {
                 store,
+                clock: seams.clock,
                 secret,
                 gateway,
                 tx: RwLock::new(Some(tx)),
@@ -337,6 +400,11 @@ impl Ledger {
                 tap,
             }),
         })
+    }
+
+    /// The ledger's time (the system clock, but in a simulation).
+    pub fn now(&self) -> chrono::DateTime<Utc> {
+        self.inner.clock.now()
     }
 
     /// Stops taking commands, lets the writer finish what is queued (writing the final
@@ -466,7 +534,7 @@ impl Ledger {
     /// Dates a command without an event time now; refuses one dated further back than
     /// `event_time_past_max_s` (the future is bounded when the command is validated).
     fn now_meta(&self, meta: &mut Meta) -> Result<()> {
-        let now = Utc::now();
+        let now = self.inner.clock.now();
         match meta.event_time {
             None => meta.event_time = Some(bindledger_events::types::micros::truncate(now)),
             Some(t) if t < now - self.inner.event_time_past_max => {
@@ -536,7 +604,7 @@ impl Ledger {
                     .accounts
                     .get(account)
                     .and_then(|a| a.active_binding(binding_id))
-                    .map(|b| guard.budget(b, Utc::now()));
+                    .map(|b| guard.budget(b, self.inner.clock.now()));
                 let mut attempts = self.inner.attempts.lock().expect("attempts lock");
                 let in_flight = attempts.get(&binding_id).copied().unwrap_or(0);
                 match budget {
@@ -565,7 +633,7 @@ impl Ledger {
             return Ok(None);
         };
         let generation = self.inner.idempotency.generation();
-        let known = self.inner.idempotency.key(&meta.account, key, Utc::now())?;
+        let known = self.inner.idempotency.key(&meta.account, key, self.inner.clock.now())?;
         if known.is_none() {
             meta.keys_checked = Some(generation);
         }
@@ -780,7 +848,7 @@ impl Ledger {
             let read = self.inner.read.read().expect("lock");
             let acct = read.accounts.get(&cmd.meta.account);
             self.check_version(&cmd.meta, acct)?;
-            let pre = decide::precheck_pay(acct, cmd.binding_id, Utc::now(), self.inner.rules);
+            let pre = decide::precheck_pay(acct, cmd.binding_id, self.inner.clock.now(), self.inner.rules);
             let binding = acct
                 .and_then(|a| a.active_binding(cmd.binding_id))
                 .map(|b| (b.provider.clone(), b.agreement_id.clone()));

@@ -44,6 +44,67 @@ pub struct Store {
     alerts: sled::Tree,
     checkpoints: sled::Tree,
     webhooks: sled::Tree,
+    /// Failures a simulation injects (`None` in production).
+    faults: Option<std::sync::Arc<StorageFaults>>,
+}
+
+/// Storage failures a simulation injects: the `n`th write of the log (from now) and the `n`th
+/// flush fail as a full disk would, and every one after them (a store that failed stays failed
+/// until it is reopened). `u64::MAX`: never.
+#[derive(Debug)]
+pub struct StorageFaults {
+    writes_left: std::sync::atomic::AtomicU64,
+    flushes_left: std::sync::atomic::AtomicU64,
+}
+
+impl Default for StorageFaults {
+    fn default() -> Self {
+        StorageFaults {
+            writes_left: std::sync::atomic::AtomicU64::new(u64::MAX),
+            flushes_left: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl StorageFaults {
+    /// The `n`th log write from now fails (1: the next one).
+    pub fn fail_write_in(&self, n: u64) {
+        self.writes_left.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The `n`th flush from now fails (1: the next one).
+    pub fn fail_flush_in(&self, n: u64) {
+        self.flushes_left.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Nothing fails (after a reopen).
+    pub fn clear(&self) {
+        self.fail_write_in(u64::MAX);
+        self.fail_flush_in(u64::MAX);
+    }
+
+    fn due(left: &std::sync::atomic::AtomicU64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = left.load(SeqCst);
+        if n == u64::MAX {
+            return false;
+        }
+        if n > 1 {
+            left.store(n - 1, SeqCst);
+            return false;
+        }
+        left.store(1, SeqCst);
+        true
+    }
+
+    fn check(left: &std::sync::atomic::AtomicU64, what: &str) -> Result<()> {
+        if Self::due(left) {
+            return Err(Error::StorageFailed(format!(
+                "{what}: no space left on device (injected)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn account_key(prefix: u8, account: &str, suffix: &[u8]) -> Vec<u8> {
@@ -282,6 +343,13 @@ impl Store {
         Self::open_with(dir, sled::Config::new(), true)
     }
 
+    /// [`Store::open`], with injected storage failures (a simulation's).
+    pub fn open_with_faults(dir: &Path, faults: Option<std::sync::Arc<StorageFaults>>) -> Result<Store> {
+        let mut store = Self::open(dir)?;
+        store.faults = faults;
+        Ok(store)
+    }
+
     /// Opens the store to read it once from end to end (the audit tool): with a small page
     /// cache, whose memory is reused at once, instead of sled's 1 GiB default, which a long
     /// scan fills with pages it never reads again (measured: fresh memory for each page read
@@ -350,6 +418,7 @@ impl Store {
             alerts,
             checkpoints,
             webhooks,
+            faults: None,
         })
     }
 
@@ -552,6 +621,9 @@ impl Store {
     /// which writes out the current log buffer twice more to pin the batch (measured: three
     /// buffer writes, each with its `sync_file_range`, per group commit instead of one).
     pub fn apply_log(&self, mut batch: LogBatch) -> Result<()> {
+        if let Some(f) = &self.faults {
+            StorageFaults::check(&f.writes_left, "writing the log")?;
+        }
         batch.close_chunk();
         match &mut batch.chunks[..] {
             [] => {}
@@ -595,6 +667,9 @@ impl Store {
     /// Makes everything written so far durable, against a power cut too: sled's flush, then
     /// `fdatasync` of its files (see [`Syncer`]).
     pub fn flush(&self) -> Result<()> {
+        if let Some(f) = &self.faults {
+            StorageFaults::check(&f.flushes_left, "flushing the log")?;
+        }
         self.db.flush()?;
         self.syncer.sync()
     }

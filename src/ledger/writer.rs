@@ -203,6 +203,8 @@ pub struct Writer {
     pub ids: EventIds,
     /// Records each flush's last event once durable (see [`crate::ledger::head`]).
     pub head: Option<crate::ledger::head::HeadRecorder>,
+    /// Where `record_time` is read.
+    pub clock: Arc<dyn crate::ledger::clock::Clock>,
 }
 
 /// UUID v7 ids for the writer's events and bindings: the batch's clock for the time, the OS
@@ -212,15 +214,35 @@ pub struct Writer {
 pub struct EventIds {
     random: Vec<u8>,
     at: usize,
+    /// A simulation's: the random bits come from this seed's sequence.
+    seed: Option<u64>,
 }
 
 impl EventIds {
     const RANDOM_BYTES: usize = 4096;
 
+    /// Ids whose random bits come from `seed` (a simulation's), not the OS's generator.
+    pub fn seeded(seed: u64) -> EventIds {
+        EventIds {
+            random: Vec::new(),
+            at: 0,
+            seed: Some(seed),
+        }
+    }
+
     pub fn next(&mut self, now: chrono::DateTime<Utc>) -> Uuid {
         if self.at + 10 > self.random.len() {
             self.random.resize(Self::RANDOM_BYTES, 0);
-            if getrandom::fill(&mut self.random).is_err() {
+            if let Some(seed) = &mut self.seed {
+                for chunk in self.random.chunks_mut(8) {
+                    // splitmix64
+                    *seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                    let mut z = *seed;
+                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                    chunk.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes()[..chunk.len()]);
+                }
+            } else if getrandom::fill(&mut self.random).is_err() {
                 self.random.clear();
                 return Uuid::now_v7();
             }
@@ -342,7 +364,7 @@ impl Writer {
     /// Decides one batch and applies it to sled; returns the job that makes it durable.
     fn process(&mut self, subs: &mut Vec<Submission>) -> std::result::Result<Job, ()> {
         let started = Instant::now();
-        let now = bindledger_events::types::micros::truncate(Utc::now()).max(self.last_record_time);
+        let now = bindledger_events::types::micros::truncate(self.clock.now()).max(self.last_record_time);
         self.last_record_time = now;
         // Forget in-flight keys of batches that became durable (they are in the shared index).
         let durable = self.durable.load(Ordering::SeqCst);

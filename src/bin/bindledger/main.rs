@@ -17,6 +17,7 @@ mod remote;
 mod restore;
 mod serve;
 mod sim_wallet;
+mod simulate;
 mod status;
 mod unlock;
 mod verify;
@@ -116,6 +117,10 @@ enum Command {
     /// Measure the alert monitor: latency from a command's acknowledgement to its alert on the
     /// live feed at paced rates, and rule throughput over a stored log against decoding alone.
     BenchAlerts(crate::bench_alerts::AlertBenchArgs),
+    /// Run the deterministic simulation of the ledger core: random workloads from a seed with
+    /// injected storage faults, reopens and a simulated clock, checked after every step.
+    /// Exits 3 when a seed fails (and prints how to replay it).
+    Simulate(crate::simulate::SimulateArgs),
     /// Read the events topic as an analytics team would: spend per account, month and
     /// provider; bind success rates; failure reasons per day.
     Consume(bindledger::adapters::kafka::analytics::ConsumeArgs),
@@ -328,6 +333,12 @@ fn run(cli: Cli) -> Result<i32> {
             init_tracing("warn", log_format);
             tokio::runtime::Runtime::new()?.block_on(bench::idempotency(args))?;
             Ok(0)
+        }
+        Command::Simulate(args) => {
+            // The injected failures are logged as errors by design: the simulator reports.
+            init_tracing("off", log_format);
+            let passed = tokio::runtime::Runtime::new()?.block_on(crate::simulate::run(args))?;
+            Ok(if passed { 0 } else { 3 })
         }
         Command::BenchAlerts(args) => {
             init_tracing("warn", log_format);

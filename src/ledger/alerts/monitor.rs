@@ -51,6 +51,11 @@ pub struct MonitorConfig {
     /// Send the lock and unlock commands the rules ask for (the live ledger does; a
     /// read-only run does not).
     pub actions: bool,
+    /// How often locks are checked for expiry and pending actions retried when no event comes.
+    pub tick: Duration,
+    /// One action at a time, in the order of their keys (a simulation's, so that the log's
+    /// order is a function of its seed); by default they are sent together.
+    pub serial_actions: bool,
 }
 
 impl MonitorConfig {
@@ -59,6 +64,8 @@ impl MonitorConfig {
             rules,
             checkpoint_every_events: 100_000,
             actions: true,
+            tick: TICK,
+            serial_actions: false,
         }
     }
 }
@@ -77,6 +84,12 @@ pub struct MonitorStatus {
     pub gaps_read_from_log: AtomicU64,
     pub locks_sent: AtomicU64,
     pub unlocks_sent: AtomicU64,
+    /// The position at which the monitor last looked for actions to send (after folding).
+    pub acted: AtomicU64,
+    /// Lock and unlock commands sent and not yet answered.
+    pub actions_in_flight: AtomicU64,
+    /// Times the monitor has looked for actions to send (after each batch, and each tick).
+    pub act_passes: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -284,7 +297,7 @@ impl Worker {
             "alert monitor caught up"
         );
         loop {
-            match rx.recv_timeout(TICK) {
+            match rx.recv_timeout(self.config.tick) {
                 Ok(batch) => {
                     let mut batches = vec![batch];
                     while let Ok(b) = rx.try_recv() {
@@ -299,6 +312,8 @@ impl Worker {
             if self.config.actions && self.ledger.is_primary() {
                 self.act();
             }
+            self.status.acted.store(self.engine.state.position, Ordering::SeqCst);
+            self.status.act_passes.fetch_add(1, Ordering::SeqCst);
         }
         // The ledger closed: fold whatever reached the log after the last batch.
         self.catch_up(self.ledger.log_len())?;
@@ -424,7 +439,7 @@ impl Worker {
 
     /// Sends the pending locks and the due unlocks that are not already on their way.
     fn act(&mut self) {
-        let now = chrono::Utc::now();
+        let now = self.ledger.now();
         let mut sends: Vec<(String, Action)> = Vec::new();
         {
             let in_flight = self.in_flight.lock().expect("lock");
@@ -442,8 +457,16 @@ impl Worker {
                 }
             }
         }
+        sends.sort_by(|a, b| a.0.cmp(&b.0));
+        if self.config.serial_actions {
+            if !self.in_flight.lock().expect("lock").is_empty() {
+                return;
+            }
+            sends.truncate(1);
+        }
         for (key, action) in sends {
             self.in_flight.lock().expect("lock").insert(key.clone());
+            self.status.actions_in_flight.fetch_add(1, Ordering::SeqCst);
             let ledger = self.ledger.clone();
             let in_flight = self.in_flight.clone();
             let status = self.status.clone();
@@ -489,6 +512,7 @@ impl Worker {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 in_flight.lock().expect("lock").remove(&key);
+                status.actions_in_flight.fetch_sub(1, Ordering::SeqCst);
             });
         }
     }
