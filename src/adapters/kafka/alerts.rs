@@ -12,7 +12,9 @@ use rdkafka::producer::FutureRecord;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::adapters::kafka::client::{ensure_topic, header_text, producer, read_tails, Backoff, RelayStatus, State};
+use crate::adapters::kafka::client::{
+    ensure_topic, header_text, producer, read_tails, run_sessions, RelayStatus, State,
+};
 use crate::config::KafkaConfig;
 use crate::ledger::alerts::feed::AlertFeed;
 
@@ -38,25 +40,15 @@ impl AlertPublisher {
 
     /// Runs until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(&self.config);
-        while !*shutdown.borrow() {
-            let result = tokio::select! {
-                r = self.session() => r,
-                _ = shutdown.changed() => Ok(()),
-            };
-            if let Err(e) = result {
-                backoff
-                    .after_failure(
-                        &self.status,
-                        "alerts topic",
-                        &self.config.alerts_topic,
-                        e,
-                        &mut shutdown,
-                    )
-                    .await;
-            }
-        }
-        self.status.set(State::Stopped);
+        let (config, status) = (self.config.clone(), self.status.clone());
+        run_sessions!(
+            &config,
+            &status,
+            "alerts topic",
+            &config.alerts_topic,
+            shutdown,
+            self.session()
+        );
     }
 
     /// The highest stream seq on the topic, checked against this ledger's alert stream.

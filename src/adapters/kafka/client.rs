@@ -70,6 +70,26 @@ impl Backoff {
     }
 }
 
+/// A publisher's life: runs `$session` (an expression that makes one session's future, e.g.
+/// `self.session()`) until `$shutdown` turns true, again after each failure with bounded
+/// backoff; then marks `$status` stopped. The alerts and the notifications topics run this way.
+macro_rules! run_sessions {
+    ($config:expr, $status:expr, $what:expr, $topic:expr, $shutdown:ident, $session:expr) => {{
+        let mut backoff = $crate::adapters::kafka::client::Backoff::new($config);
+        while !*$shutdown.borrow() {
+            let result = tokio::select! {
+                r = $session => r,
+                _ = $shutdown.changed() => Ok(()),
+            };
+            if let Err(e) = result {
+                backoff.after_failure($status, $what, $topic, e, &mut $shutdown).await;
+            }
+        }
+        $status.set($crate::adapters::kafka::client::State::Stopped);
+    }};
+}
+pub(crate) use run_sessions;
+
 /// The relay's state, for `/metrics`, `/v1/relay` and `bindledger status`.
 #[derive(Default)]
 pub struct RelayStatus {

@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::client::{ensure_topic, header_text, producer, read_tails, Backoff, RelayStatus, State};
+use super::client::{ensure_topic, header_text, producer, read_tails, run_sessions, RelayStatus, State};
 use super::partition::partition_for;
 use super::relay::routing;
 use super::{client_error, KafkaError};
@@ -86,25 +86,15 @@ impl NotificationPublisher {
 
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(&self.config);
-        while !*shutdown.borrow() {
-            let result = tokio::select! {
-                r = self.session() => r,
-                _ = shutdown.changed() => Ok(()),
-            };
-            if let Err(e) = result {
-                backoff
-                    .after_failure(
-                        &self.status,
-                        "notifications topic",
-                        &self.config.notifications_topic,
-                        e,
-                        &mut shutdown,
-                    )
-                    .await;
-            }
-        }
-        self.status.set(State::Stopped);
+        let topic = self.config.notifications_topic.clone();
+        run_sessions!(
+            &self.config,
+            &self.status,
+            "notifications topic",
+            &topic,
+            shutdown,
+            self.session()
+        );
     }
 
     /// The last `(seq, index)` of each partition (`(0, 0)` for an empty one), each checked to
