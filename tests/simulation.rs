@@ -47,6 +47,7 @@ fn twelve_seeds_keep_every_invariant() {
     };
     assert!(figure(" reopens") >= 50, "{summary}");
     assert!(figure(" storage faults") >= 12, "{summary}");
+    assert!(figure(" crashes") >= 6, "{summary}");
     assert!(figure(" locks") >= 12, "{summary}");
     eprintln!("{out}");
 }
@@ -67,21 +68,15 @@ fn a_seed_replays_exactly() {
 }
 
 #[test]
-fn a_planted_bug_is_found_within_the_seeds_make_test_runs() {
-    let (code, out) = simulate(&[
-        "--seed",
-        "1",
-        "--seeds",
-        "12",
-        "--steps",
-        "300",
-        "--plant",
-        "refold-on-open",
-    ]);
-    assert_eq!(code, 3, "{out}");
-    assert!(
-        out.contains("FAILED") && out.contains("the projection differs from a fold of the log"),
-        "{out}"
-    );
-    assert!(out.contains("replay it: make simulate SEED="), "{out}");
+fn planted_bugs_are_found_within_the_seeds_make_test_runs() {
+    for (plant, found) in [
+        ("refold-on-open", "the projection differs from a fold of the log"),
+        ("ack-before-flush", "was acknowledged after a storage failure"),
+    ] {
+        let args = ["--seed", "1", "--seeds", "12", "--steps", "300", "--plant", plant];
+        let (code, out) = simulate(&args);
+        assert_eq!(code, 3, "{plant}: {out}");
+        assert!(out.contains("FAILED") && out.contains(found), "{plant}: {out}");
+        assert!(out.contains(&format!("PLANT={plant}")), "{out}");
+    }
 }

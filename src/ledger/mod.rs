@@ -132,6 +132,8 @@ impl Default for Seams {
 pub enum PlantedBug {
     /// On open, after catching the projection up with the log, fold the last event again.
     RefoldLastEventOnOpen,
+    /// Answer a batch whose flush failed as if it had been made durable.
+    AckBeforeFlush,
 }
 
 /// A handle to an open ledger. Cheap to clone; the writer stops when the last handle is
@@ -361,6 +363,7 @@ impl Ledger {
             },
             head: Some(head_recorder),
             clock: seams.clock.clone(),
+            planted: seams.planted_bug,
         };
         let handle = std::thread::Builder::new()
             .name("bindledger-writer".into())

@@ -205,6 +205,8 @@ pub struct Writer {
     pub head: Option<crate::ledger::head::HeadRecorder>,
     /// Where `record_time` is read.
     pub clock: Arc<dyn crate::ledger::clock::Clock>,
+    /// A bug the simulator's test plants (never set otherwise).
+    pub planted: Option<crate::ledger::PlantedBug>,
 }
 
 /// UUID v7 ids for the writer's events and bindings: the batch's clock for the time, the OS
@@ -294,6 +296,7 @@ impl Writer {
                 tap: self.tap.clone(),
                 commit_delay: self.commit_delay,
                 head: self.head.take(),
+                ack_before_flush: self.planted == Some(crate::ledger::PlantedBug::AckBeforeFlush),
             };
             std::thread::Builder::new()
                 .name("bindledger-flusher".into())
@@ -551,6 +554,8 @@ struct Flusher {
     tap: EventTap,
     commit_delay: Option<CommitDelay>,
     head: Option<crate::ledger::head::HeadRecorder>,
+    /// The simulator's planted bug: answer a batch whose flush failed as if it had not.
+    ack_before_flush: bool,
 }
 
 impl Flusher {
@@ -584,6 +589,11 @@ impl Flusher {
                 if let Err(e) = self.store.flush() {
                     tracing::error!(error = %e, "flushing the log failed; the ledger stops taking commands");
                     self.failed.store(true, Ordering::SeqCst);
+                    if self.ack_before_flush {
+                        for job in std::mem::take(&mut ready) {
+                            self.answer(job);
+                        }
+                    }
                     let later = std::iter::from_fn(|| jobs.recv().ok());
                     for job in ready.into_iter().chain(later) {
                         for (_, reply, _) in job.replies {

@@ -53,7 +53,8 @@ pub struct SimulateArgs {
     /// Simulated steps per seed.
     #[arg(long, default_value_t = 400)]
     pub steps: u64,
-    /// Plant a known bug, to see the simulator find it: refold-on-open.
+    /// Plant a known bug, to see the simulator find it: refold-on-open (the last event folded
+    /// again on open) or ack-before-flush (a batch answered though its flush failed).
     #[arg(long)]
     pub plant: Option<String>,
     /// Where the runs' data directories go (each is removed once its seed passes).
@@ -73,6 +74,10 @@ pub struct Covered {
     pub races: u64,
     pub reopens: u64,
     pub storage_faults: u64,
+    /// Reopens after a crash that lost what was not flushed, and the events it lost (written,
+    /// never flushed, never acknowledged).
+    pub crashes: u64,
+    pub lost: u64,
     pub alerts: u64,
     pub locks: u64,
     pub head: String,
@@ -82,7 +87,8 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
     let plant = match args.plant.as_deref() {
         None => None,
         Some("refold-on-open") => Some(PlantedBug::RefoldLastEventOnOpen),
-        Some(_) => bail!("--plant: the one planted bug is refold-on-open"),
+        Some("ack-before-flush") => Some(PlantedBug::AckBeforeFlush),
+        Some(_) => bail!("--plant: refold-on-open or ack-before-flush"),
     };
     let root = args
         .dir
@@ -99,8 +105,17 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
                     let _ = std::fs::remove_dir_all(&dir);
                 }
                 println!(
-                    "seed {seed}: ok: {} commands, {} events, {} retries, {} races, {} reopens, {} storage faults, {} alerts, {} locks; head {}",
-                    c.commands, c.events, c.retries, c.races, c.reopens, c.storage_faults, c.alerts, c.locks, &c.head[..16]
+                    "seed {seed}: ok: {} commands, {} events, {} retries, {} races, {} reopens, {} storage faults, {} crashes, {} alert changes, {} locks; head {}",
+                    c.commands,
+                    c.events,
+                    c.retries,
+                    c.races,
+                    c.reopens,
+                    c.storage_faults,
+                    c.crashes,
+                    c.alerts,
+                    c.locks,
+                    &c.head[..16]
                 );
                 total.commands += c.commands;
                 total.events += c.events;
@@ -108,6 +123,8 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
                 total.races += c.races;
                 total.reopens += c.reopens;
                 total.storage_faults += c.storage_faults;
+                total.crashes += c.crashes;
+                total.lost += c.lost;
                 total.alerts += c.alerts;
                 total.locks += c.locks;
             }
@@ -125,12 +142,14 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{} seeds passed: {} commands ({:.0}/s), {} reopens, {} storage faults, {} alerts, {} locks, in {:.1} s",
+        "{} seeds passed: {} commands ({:.0}/s), {} reopens, {} storage faults, {} crashes ({} unacknowledged events lost), {} alert changes, {} locks, in {:.1} s",
         args.seeds,
         total.commands,
         total.commands as f64 / secs.max(1e-9),
         total.reopens,
         total.storage_faults,
+        total.crashes,
+        total.lost,
         total.alerts,
         total.locks,
         secs
@@ -190,6 +209,9 @@ struct Sim {
     ledger: Option<Ledger>,
     monitor: Option<Monitor>,
     rng: Rng,
+    /// A copy of the directory as last flushed, and its log's length, to restore at the next
+    /// reopen (a crash).
+    lose_unflushed: Option<(std::path::PathBuf, u64)>,
     model: Model,
     covered: Covered,
     next_key: u64,
@@ -242,6 +264,7 @@ async fn simulate(seed: u64, steps: u64, plant: Option<PlantedBug>, dir: &std::p
         ledger: None,
         monitor: None,
         rng,
+        lose_unflushed: None,
         model: Model::default(),
         covered: Covered::default(),
         next_key: 0,
@@ -311,6 +334,19 @@ impl Sim {
         let monitor = self.monitor.take();
         tokio::task::spawn_blocking(move || close(ledger, monitor)).await?;
         self.faults.clear();
+        let mut flushed = None;
+        if let Some((copy, len)) = self.lose_unflushed.take() {
+            // What the process wrote, flushed or not (sled flushes what it holds on close).
+            let written = bindledger::ledger::store::Store::open(&self.dir)?
+                .head()?
+                .map_or(0, |(seq, _)| seq);
+            // The crash: what was not flushed is gone.
+            std::fs::remove_dir_all(&self.dir)?;
+            std::fs::rename(&copy, &self.dir)?;
+            self.covered.crashes += 1;
+            self.covered.lost += written.saturating_sub(len);
+            flushed = Some(len);
+        }
         let report = bindledger::ledger::offline::verify(&self.dir, &self.rules)?;
         ensure!(
             report.ok(),
@@ -321,6 +357,13 @@ impl Sim {
         );
         self.covered.reopens += 1;
         self.open()?;
+        if let Some(len) = flushed {
+            ensure!(
+                self.ledger().log_len() == len,
+                "after the crash the log ends at {}, not at the last flush {len}",
+                self.ledger().log_len()
+            );
+        }
         self.check_all().context("the checks after a reopen")?;
         // What a storage failure left unknown is retried: the same key, so exactly once.
         for (key, sent) in std::mem::take(&mut self.model.unknown) {
@@ -606,11 +649,21 @@ impl Sim {
 
     /// A write or a flush fails: that command and every later one are refused, the ledger
     /// says it is unhealthy; a reopen brings back everything acknowledged.
+    ///
+    /// A failed flush is followed by a crash that loses what was not flushed: the directory
+    /// as it stood at the last flush (copied then, everything acknowledged being flushed and
+    /// the monitor settled) replaces the one the process left.
     async fn storage_fault(&mut self) -> Result<()> {
         self.covered.storage_faults += 1;
+        let mut crash_copy = None;
         if self.pick(2) == 0 {
             self.faults.fail_write_in(1);
         } else {
+            self.ledger().flush()?;
+            let copy = self.dir.with_extension("flushed");
+            let _ = std::fs::remove_dir_all(&copy);
+            copy_dir(&self.dir, &copy).context("copying the flushed directory")?;
+            crash_copy = Some((copy, self.ledger().log_len()));
             self.faults.fail_flush_in(1);
         }
         for _ in 0..2 {
@@ -628,6 +681,7 @@ impl Sim {
         if self.ledger().is_healthy() && !self.model.unknown.is_empty() {
             bail!("the ledger says it is healthy after a storage failure");
         }
+        self.lose_unflushed = crash_copy;
         self.reopen().await
     }
 
@@ -738,4 +792,19 @@ impl Sim {
 /// The provider a simulated wallet belongs to.
 fn wallet_provider(wallet: u64) -> Provider {
     Provider::parse(["alipay", "wechat_pay", "union_pay"][(wallet % 3) as usize]).expect("known")
+}
+
+/// Copies a directory tree (a data directory: files and folders only).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
