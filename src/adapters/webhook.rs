@@ -33,11 +33,16 @@ const READ_CHANGES: usize = 256;
 
 /// `Bindledger-Signature` for `body` at `t` (unix seconds).
 pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
+    format!("t={t},v1={}", hex::encode(mac(secret, t, body).finalize().into_bytes()))
+}
+
+/// The HMAC-SHA256 of `<t>.<body>`, keyed with the secret's text.
+fn mac(secret: &str, t: i64, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    mac
 }
 
 /// What a receiver does: checks a `Bindledger-Signature` header against the body, and that its
@@ -56,11 +61,7 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now: i64, tolerance_s: i6
     if (now - t).abs() > tolerance_s {
         return false;
     }
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
-    mac.update(t.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.verify_slice(&v1).is_ok()
+    mac(secret, t, body).verify_slice(&v1).is_ok()
 }
 
 /// The sender's state, for `/v1/status`.
