@@ -206,7 +206,7 @@ pub struct Writer {
     /// Where `record_time` is read.
     pub clock: Arc<dyn crate::ledger::clock::Clock>,
     /// A bug the simulator's test plants (never set otherwise).
-    pub planted: Option<crate::ledger::PlantedBug>,
+    pub planted: Option<crate::ledger::seams::PlantedBug>,
 }
 
 /// UUID v7 ids for the writer's events and bindings: the batch's clock for the time, the OS
@@ -296,7 +296,7 @@ impl Writer {
                 tap: self.tap.clone(),
                 commit_delay: self.commit_delay,
                 head: self.head.take(),
-                ack_before_flush: self.planted == Some(crate::ledger::PlantedBug::AckBeforeFlush),
+                ack_before_flush: self.planted == Some(crate::ledger::seams::PlantedBug::AckBeforeFlush),
             };
             std::thread::Builder::new()
                 .name("bindledger-flusher".into())
