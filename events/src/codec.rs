@@ -63,15 +63,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
     // JSON is UTF-8; serde would skip bytes that are not inside a field it ignores (found by
     // `make fuzz`), so they are refused here, whatever the path.
-    if std::str::from_utf8(bytes).is_err() {
-        return Err(DecodeError::Invalid("the bytes are not UTF-8".to_owned()));
-    }
+    // The text is read as a `str` from here, so serde does not check the UTF-8 again.
+    let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::Invalid("the bytes are not UTF-8".to_owned()))?;
     // Canonical bytes start with the version; the current version takes the direct path.
-    const CURRENT_PREFIX: &[u8] = b"{\"v\":6,";
-    if bytes.starts_with(CURRENT_PREFIX) {
-        return serde_json::from_slice(bytes).map_err(|e| DecodeError::Invalid(e.to_string()));
+    const CURRENT_PREFIX: &str = "{\"v\":6,";
+    if text.starts_with(CURRENT_PREFIX) {
+        return serde_json::from_str(text).map_err(|e| DecodeError::Invalid(e.to_string()));
     }
-    let mut value: Value = serde_json::from_slice::<Strict>(bytes)
+    let mut value: Value = serde_json::from_str::<Strict>(text)
         .map(|s| s.0)
         .map_err(|e| DecodeError::Invalid(e.to_string()))?;
     let version = value

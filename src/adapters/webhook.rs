@@ -75,6 +75,19 @@ pub struct WebhookStatus {
     pub last_error: Mutex<Option<String>>,
 }
 
+impl WebhookStatus {
+    /// As `/v1/status` and `GET /v1/webhooks/deliveries` show it.
+    pub fn report(&self) -> serde_json::Value {
+        serde_json::json!({
+            "position": self.position.load(Ordering::Relaxed),
+            "delivered_total": self.delivered_total.load(Ordering::Relaxed),
+            "given_up_total": self.given_up_total.load(Ordering::Relaxed),
+            "attempts_total": self.attempts_total.load(Ordering::Relaxed),
+            "last_error": *self.last_error.lock().expect("status lock"),
+        })
+    }
+}
+
 pub struct WebhookSender {
     feed: Arc<AlertFeed>,
     log: WebhookLog,
@@ -130,12 +143,11 @@ impl WebhookSender {
                 return Ok(()); // the monitor stopped
             };
             for c in changes {
+                position = c.stream_seq;
                 if self.sends(&c) {
                     self.deliver(&c).await?;
-                    position = c.stream_seq;
+                    // Saved at once: a restart must not send a delivered alert again.
                     self.log.set_position(position)?;
-                } else {
-                    position = c.stream_seq;
                 }
                 self.status.position.store(position, Ordering::Relaxed);
             }

@@ -1,8 +1,6 @@
 //! The signer: signs the durable head of the log every so many events or seconds, and once
 //! more when the node stops (see [`crate::ledger::checkpoint`] for the format).
 
-use chrono::Utc;
-
 use crate::ledger::checkpoint::{CheckpointKey, CheckpointStore};
 
 /// Makes a checkpoint every `every_events` events or `every_seconds` (whichever first, when
@@ -28,7 +26,7 @@ pub async fn run(
         if due {
             match ledger.event_bytes(head) {
                 Ok(Some(bytes)) => {
-                    let cp = key.sign(head, bindledger_events::hash_bytes(&bytes), Utc::now());
+                    let cp = key.sign(head, bindledger_events::hash_bytes(&bytes), ledger.now());
                     match store.put(&cp) {
                         Ok(()) => {
                             last = head;

@@ -400,7 +400,7 @@ async fn bind(
     let req: BindRequest = command_body(&s, req, Role::Writer).await?;
     let account = path(account)?;
     let cmd = req
-        .validate(&account, chrono::Utc::now())
+        .validate(&account, s.ledger.now())
         .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     Ok(command_response(s.ledger.bind(cmd).await?))
 }
@@ -414,7 +414,7 @@ async fn pay_command(
     let req: PayRequest = command_body(s, req, Role::Writer).await?;
     let account = path(account)?;
     Ok(req
-        .validate(&account, chrono::Utc::now())
+        .validate(&account, s.ledger.now())
         .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?)
 }
 
@@ -455,7 +455,7 @@ async fn unbind(
     let req: UnbindRequest = command_body(&s, req, Role::Writer).await?;
     let (account, binding_id) = path(p)?;
     let cmd = req
-        .validate(&account, &binding_id, chrono::Utc::now())
+        .validate(&account, &binding_id, s.ledger.now())
         .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     Ok(command_response(s.ledger.unbind(cmd).await?))
 }
@@ -468,7 +468,7 @@ async fn unlock(
     let (req, principal): (UnlockRequest, _) = command_body_as(&s, req, Role::Security).await?;
     let (account, binding_id) = path(p)?;
     let (cmd, reason) = req
-        .validate(&account, &binding_id, chrono::Utc::now())
+        .validate(&account, &binding_id, s.ledger.now())
         .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     let key = cmd.meta.idempotency_key.clone();
     let done = s.ledger.unlock(cmd).await?;
@@ -488,7 +488,7 @@ async fn lock(
     let (req, principal): (command::LockRequest, _) = command_body_as(&s, req, Role::Security).await?;
     let (account, binding_id) = path(p)?;
     let (cmd, reason) = req
-        .validate(&account, &binding_id, chrono::Utc::now())
+        .validate(&account, &binding_id, s.ledger.now())
         .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     if monitor(&s)?.store.get(&cmd.alert_id)?.is_none() {
         return Err(ApiError::new(
@@ -609,17 +609,10 @@ async fn webhook_deliveries(
     let deliveries = tokio::task::spawn_blocking(move || log.recent(limit, before))
         .await
         .map_err(|e| ApiError::from(Error::Io(e.to_string())))??;
-    use std::sync::atomic::Ordering::Relaxed;
-    Ok(Json(json!({
-        "position": status.position.load(Relaxed),
-        "delivered_total": status.delivered_total.load(Relaxed),
-        "given_up_total": status.given_up_total.load(Relaxed),
-        "attempts_total": status.attempts_total.load(Relaxed),
-        "last_error": *status.last_error.lock().expect("status lock"),
-        "deliveries": deliveries,
-        "next_before": deliveries.last().filter(|_| deliveries.len() == limit).map(|d| d.n),
-    }))
-    .into_response())
+    let mut report = status.report();
+    report["next_before"] = json!(deliveries.last().filter(|_| deliveries.len() == limit).map(|d| d.n));
+    report["deliveries"] = json!(deliveries);
+    Ok(Json(report).into_response())
 }
 
 /// Who may read alerts.
@@ -774,7 +767,7 @@ async fn triage(
         .cloned()
         .unwrap_or_else(|| alert.key.value.clone());
     let cmd = req
-        .validate(&account, &id, &principal.name, chrono::Utc::now())
+        .validate(&account, &id, &principal.name, s.ledger.now())
         .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     Ok(command_response(s.ledger.triage(cmd).await?))
 }
@@ -1180,15 +1173,7 @@ async fn status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult
             "opened": opened,
         })
     });
-    let webhooks = s.extras.webhooks.as_ref().map(|(_, st)| {
-        use std::sync::atomic::Ordering::Relaxed;
-        json!({
-            "position": st.position.load(Relaxed),
-            "delivered_total": st.delivered_total.load(Relaxed),
-            "given_up_total": st.given_up_total.load(Relaxed),
-            "last_error": *st.last_error.lock().expect("status lock"),
-        })
-    });
+    let webhooks = s.extras.webhooks.as_ref().map(|(_, st)| st.report());
     Ok(Json(json!({"health": health, "relays": relays(&s), "monitor": monitor, "webhooks": webhooks})).into_response())
 }
 

@@ -7,13 +7,12 @@
 //! holds up the monitor.
 
 use crate::adapters::kafka::{client_error, KafkaError};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::adapters::kafka::client::{
-    ensure_topic, header_text, producer, read_tails, run_sessions, RelayStatus, State,
+    ensure_topic, header_text, headers, producer, read_tails, run_sessions, RelayStatus, State,
 };
 use crate::config::KafkaConfig;
 use crate::ledger::alerts::feed::AlertFeed;
@@ -98,27 +97,13 @@ impl AlertPublisher {
             for c in &changes {
                 let value = serde_json::to_vec(c).expect("alerts serialize");
                 let seq = c.stream_seq.to_string();
-                let headers = OwnedHeaders::new_with_capacity(5)
-                    .insert(Header {
-                        key: "stream_seq",
-                        value: Some(seq.as_str()),
-                    })
-                    .insert(Header {
-                        key: "alert_id",
-                        value: Some(c.alert.id.as_str()),
-                    })
-                    .insert(Header {
-                        key: "rule",
-                        value: Some(c.alert.rule.as_str()),
-                    })
-                    .insert(Header {
-                        key: "severity",
-                        value: Some(c.alert.severity.as_str()),
-                    })
-                    .insert(Header {
-                        key: "change",
-                        value: Some(c.change.as_str()),
-                    });
+                let headers = headers(&[
+                    ("stream_seq", &seq),
+                    ("alert_id", &c.alert.id),
+                    ("rule", &c.alert.rule),
+                    ("severity", c.alert.severity.as_str()),
+                    ("change", &c.change),
+                ]);
                 let record = FutureRecord::to(&topic)
                     .partition(0)
                     .key(c.alert.key.value.as_str())

@@ -129,10 +129,7 @@ impl CheckpointPublisher {
             self.status.set(crate::adapters::kafka::client::State::Publishing);
             let key = cp.seq.to_string();
             let value = serde_json::to_vec(&cp).expect("checkpoints serialize");
-            let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
-                key: "seq",
-                value: Some(key.as_str()),
-            });
+            let headers = crate::adapters::kafka::client::headers(&[("seq", &key)]);
             let record = rdkafka::producer::FutureRecord::to(&self.topic)
                 .partition(0)
                 .key(&key)

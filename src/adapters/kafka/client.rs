@@ -245,20 +245,25 @@ pub(crate) fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaErro
 /// The headers of an event's message (TOPIC.md): its type, schema version, id, `seq` and the
 /// SHA-256 of its bytes.
 pub fn event_headers(event_type: &str, version: &str, event_id: &str, seq: &str, hash: &str) -> OwnedHeaders {
-    [
+    headers(&[
         ("event_type", event_type),
         ("schema_version", version),
         ("event_id", event_id),
         ("seq", seq),
         ("hash", hash),
-    ]
-    .into_iter()
-    .fold(OwnedHeaders::new_with_capacity(5), |h, (key, value)| {
-        h.insert(Header {
-            key,
-            value: Some(value),
+    ])
+}
+
+/// A message's headers, as text, in this order (every topic's messages carry theirs).
+pub(crate) fn headers(pairs: &[(&str, &str)]) -> OwnedHeaders {
+    pairs
+        .iter()
+        .fold(OwnedHeaders::new_with_capacity(pairs.len()), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(*value),
+            })
         })
-    })
 }
 
 /// A header's value as text.

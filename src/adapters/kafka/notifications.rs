@@ -20,15 +20,13 @@
 //! publisher goes through the log only as far as the monitor has folded it, and takes the
 //! alerts each event opened from the alert stream.
 
-use bindledger_events::Hash;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::client::{ensure_topic, header_text, producer, read_tails, run_sessions, RelayStatus, State};
+use super::client::{ensure_topic, header_text, headers, producer, read_tails, run_sessions, RelayStatus, State};
 use super::partition::partition_for;
 use super::relay::routing;
 use super::{client_error, KafkaError};
@@ -233,8 +231,7 @@ impl NotificationPublisher {
                 } else {
                     None
                 };
-                let hash: Hash = bindledger_events::hash_bytes(&bytes);
-                let hash = hash.to_hex();
+                let hash = bindledger_events::hash_bytes(&bytes).to_hex();
                 let opened: Vec<&Alert> = opened.iter().collect();
                 for n in notify::for_event(event.as_ref(), seq, &opened, &wallet_of) {
                     let partition = partition_for(n.account.as_bytes(), partitions);
@@ -243,20 +240,13 @@ impl NotificationPublisher {
                     }
                     let value = serde_json::to_vec(&n).expect("notifications serialize");
                     let (seq_text, index_text) = (n.seq.to_string(), n.index.to_string());
-                    let headers = [
-                        ("notification_id", n.id.as_str()),
+                    let headers = headers(&[
+                        ("notification_id", &n.id),
                         ("kind", n.kind.as_str()),
-                        ("seq", seq_text.as_str()),
-                        ("index", index_text.as_str()),
-                        ("event_hash", hash.as_str()),
-                    ]
-                    .into_iter()
-                    .fold(OwnedHeaders::new_with_capacity(5), |h, (key, value)| {
-                        h.insert(Header {
-                            key,
-                            value: Some(value),
-                        })
-                    });
+                        ("seq", &seq_text),
+                        ("index", &index_text),
+                        ("event_hash", &hash),
+                    ]);
                     let record = FutureRecord::to(&topic)
                         .partition(partition)
                         .key(n.account.as_str())

@@ -498,6 +498,12 @@ impl Sim {
             _ => {}
         }
         let sent = self.next_command();
+        self.command(sent).await
+    }
+
+    /// Sends a new command (a new key) and checks its answer: a new event, recorded in the
+    /// model, or a refusal that changed nothing; then lets the monitor settle.
+    async fn command(&mut self, sent: Sent) -> Result<()> {
         let key = self.key();
         let before = self.ledger().log_len();
         self.covered.commands += 1;
@@ -599,20 +605,7 @@ impl Sim {
                 amount: 100,
                 wallet: None,
             };
-            let key = self.key();
-            let before = self.ledger().log_len();
-            self.covered.commands += 1;
-            match self.send(&key, &sent).await {
-                Ok(c) => self.record(&key, &sent, &c)?,
-                Err(e) if matches!(e.code(), "storage_failed" | "outcome_unknown") => {
-                    bail!("a storage failure without one injected: {e}")
-                }
-                Err(_) => {
-                    self.settle().await?;
-                    ensure!(self.ledger().log_len() == before, "a refused command changed the log");
-                }
-            }
-            self.settle().await?;
+            self.command(sent).await?;
             let ms = self.pick(2000) as i64;
             self.advance(Duration::milliseconds(ms)).await?;
         }
