@@ -333,6 +333,7 @@ impl Sim {
         let ledger = self.ledger.take().expect("open");
         let monitor = self.monitor.take();
         tokio::task::spawn_blocking(move || close(ledger, monitor)).await?;
+        released(&self.dir).await?;
         self.faults.clear();
         let mut flushed = None;
         if let Some((copy, len)) = self.lose_unflushed.take() {
@@ -800,4 +801,19 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()>
         }
     }
     Ok(())
+}
+
+/// Waits until no handle of the closed ledger is left: a lock or unlock the monitor sent just
+/// before a storage failure waits a second before it gives up its handle (and sled its lock).
+async fn released(dir: &std::path::Path) -> Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match bindledger::ledger::store::Store::open(dir) {
+            Ok(_) => return Ok(()),
+            Err(bindledger::Error::InUse(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(e).context("the closed ledger's directory"),
+        }
+    }
 }
