@@ -779,6 +779,13 @@ pub struct Scenario {
     pub maintenance: Vec<MaintenanceWindow>,
     /// Simulated round-trip time of each call. Default 0.
     pub latency_ms: u64,
+    /// Up to this much more for each call, from the seed and the call. Default 0.
+    pub latency_jitter_ms: u64,
+    /// Calls that hang for `slow_ms` instead, per thousand (past `gateway.timeout_ms`, the
+    /// ledger gives up and records a `network` failure). Default 0.
+    pub slow_per_mille: u32,
+    /// How long a slow call takes. Default 10,000.
+    pub slow_ms: u64,
 }
 
 impl Default for Scenario {
@@ -793,6 +800,9 @@ impl Default for Scenario {
             balance_minor_max: 5_000_000, // 50,000.00
             maintenance: Vec::new(),
             latency_ms: 0,
+            latency_jitter_ms: 0,
+            slow_per_mille: 0,
+            slow_ms: 10_000,
         }
     }
 }
@@ -812,7 +822,7 @@ impl Scenario {
 
     pub fn validate(&self) -> Result<(), Error> {
         let total = self.frozen_per_mille + self.closed_per_mille + self.unknown_per_mille;
-        if total > 1000 || self.network_error_per_mille > 1000 {
+        if total > 1000 || self.network_error_per_mille > 1000 || self.slow_per_mille > 1000 {
             return Err(Error::Config(
                 "gateway.simulated: per-mille rates must add up to at most 1000".into(),
             ));

@@ -32,7 +32,9 @@ fn twelve_seeds_keep_every_invariant() {
     let (code, out) = simulate(&["--seed", "1", "--seeds", "12", "--steps", "300"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("12 seeds passed"), "{out}");
-    // They covered what they are for: reopens, storage faults, alerts and locks.
+    // They covered what they are for: reopens, storage faults, alerts and locks, and wallet
+    // provider calls that outlast the ledger's timeout (each checked to end as a network
+    // failure).
     let summary = out.lines().last().unwrap();
     let figure = |name: &str| -> u64 {
         let at = summary.find(name).unwrap_or_else(|| panic!("{summary}"));
@@ -49,6 +51,7 @@ fn twelve_seeds_keep_every_invariant() {
     assert!(figure(" storage faults") >= 12, "{summary}");
     assert!(figure(" crashes") >= 6, "{summary}");
     assert!(figure(" locks") >= 12, "{summary}");
+    assert!(figure(" provider timeouts") >= 12, "{summary}");
     eprintln!("{out}");
 }
 

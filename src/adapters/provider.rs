@@ -12,6 +12,8 @@ use std::sync::Mutex;
 
 pub use crate::config::{MaintenanceWindow, Scenario};
 use crate::domain::gateway::{BindVerification, GatewayFailure, PaymentAuthorization, WalletGateway};
+use crate::ledger::clock::{Clock, SystemClock};
+use std::sync::Arc;
 
 /// How a simulated wallet stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,30 @@ pub struct SimulatedGateway {
     spent: Mutex<HashMap<String, i64>>,
     /// Recent authorisations not voided yet, for `void_payment`.
     authorizations: Mutex<RecentAuthorizations>,
+    /// Where the calls' latency passes: tokio's timers, or the simulator's clock.
+    clock: Arc<dyn Clock>,
+    /// Calls made, for each call's latency (a counter of its own, so that latency leaves the
+    /// other draws as they were).
+    latency_calls: AtomicU64,
+    /// Calls whose caller stopped waiting before the answer (the ledger's timeout).
+    abandoned: Arc<AtomicU64>,
+}
+
+/// Counts a call as abandoned when it is dropped before it answered.
+struct Pending(Option<Arc<AtomicU64>>);
+
+impl Pending {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(n) = &self.0 {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Authorisations the simulator can still void: id -> (agreement, amount). A void follows its
@@ -97,7 +123,21 @@ impl SimulatedGateway {
             payment_calls: AtomicU64::new(0),
             spent: Mutex::new(HashMap::new()),
             authorizations: Mutex::new(RecentAuthorizations::default()),
+            clock: Arc::new(SystemClock),
+            latency_calls: AtomicU64::new(0),
+            abandoned: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The same provider with its calls' latency passing on `clock` (the simulator's).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Calls whose caller gave up before the answer came.
+    pub fn abandoned_calls(&self) -> u64 {
+        self.abandoned.load(Ordering::Relaxed)
     }
 
     /// The agreement id the provider issues for a wallet (stable for the wallet).
@@ -191,10 +231,27 @@ impl SimulatedGateway {
         ((number(&d, 0) % 1000) as u32) < self.scenario.network_error_per_mille
     }
 
-    async fn latency(&self) {
-        if self.scenario.latency_ms > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(self.scenario.latency_ms)).await;
+    /// How long this call takes: `latency_ms`, plus up to `latency_jitter_ms`, or `slow_ms`
+    /// for a slow call; from the seed and the call's number.
+    pub fn latency_of_call(&self, n: u64) -> std::time::Duration {
+        let s = &self.scenario;
+        if s.latency_jitter_ms == 0 && s.slow_per_mille == 0 {
+            return std::time::Duration::from_millis(s.latency_ms);
         }
+        let d = derive(s.seed, &["latency", &n.to_string()]);
+        if ((number(&d, 0) % 1000) as u32) < s.slow_per_mille {
+            return std::time::Duration::from_millis(s.slow_ms);
+        }
+        std::time::Duration::from_millis(s.latency_ms + number(&d, 8) % (s.latency_jitter_ms + 1))
+    }
+
+    /// The call's latency, started now (before the call is first polled, so that a simulated
+    /// clock knows of it as soon as the call exists); and its abandonment guard.
+    fn call_started(&self) -> (Option<BoxFuture<'static, ()>>, Pending) {
+        let n = self.latency_calls.fetch_add(1, Ordering::Relaxed);
+        let latency = self.latency_of_call(n);
+        let wait = (!latency.is_zero()).then(|| self.clock.sleep(latency));
+        (wait, Pending(Some(self.abandoned.clone())))
     }
 
     fn check_factor(&self, agreement: &str, factor: Option<(Factor, &str)>) -> Result<(), GatewayFailure> {
@@ -301,15 +358,23 @@ impl SimulatedGateway {
 
 impl WalletGateway for SimulatedGateway {
     fn verify_binding<'a>(&'a self, req: BindVerification<'a>) -> BoxFuture<'a, Result<String, GatewayFailure>> {
+        let (wait, pending) = self.call_started();
         Box::pin(async move {
-            self.latency().await;
+            if let Some(w) = wait {
+                w.await;
+            }
+            pending.answered();
             self.verify_now(&req)
         })
     }
 
     fn authorize_payment<'a>(&'a self, req: PaymentAuthorization<'a>) -> BoxFuture<'a, Result<String, GatewayFailure>> {
+        let (wait, pending) = self.call_started();
         Box::pin(async move {
-            self.latency().await;
+            if let Some(w) = wait {
+                w.await;
+            }
+            pending.answered();
             self.authorize_now(&req)
         })
     }

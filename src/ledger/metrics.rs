@@ -18,6 +18,9 @@ pub struct Metrics {
     /// Commands answered without a new event: validation errors, conflicts, overload.
     rejected: Family<Labels<1>, Counter>,
     pub idempotent_replays: Counter,
+    /// Wallet provider calls the ledger gave up on after `gateway.timeout_ms` (recorded as
+    /// `network` failures).
+    pub gateway_timeouts: Counter,
     /// Flushes made (one flush covers every batch decided while the previous one ran).
     pub flushes: Counter,
     /// Flushes that waited for more events (the group-commit delay).
@@ -35,6 +38,7 @@ impl Default for Metrics {
             commands: Family::default(),
             rejected: Family::default(),
             idempotent_replays: Counter::default(),
+            gateway_timeouts: Counter::default(),
             flushes: Counter::default(),
             commit_delays: Counter::default(),
             batch_size: Histogram::new([
@@ -86,6 +90,11 @@ impl Metrics {
             "bindledger_idempotent_replays",
             "Commands answered with the result of an earlier command with the same idempotency key",
             self.idempotent_replays.clone(),
+        );
+        registry.register(
+            "bindledger_gateway_timeouts",
+            "Wallet provider calls given up after gateway.timeout_ms, recorded as network failures",
+            self.gateway_timeouts.clone(),
         );
         registry.register(
             "bindledger_flushes",

@@ -706,9 +706,17 @@ impl Ledger {
             self.inner.metrics.count_rejected("overloaded");
             Error::Overloaded("too many wallet provider calls in flight")
         })?;
-        Ok(tokio::time::timeout(self.inner.gateway_timeout, call)
-            .await
-            .unwrap_or(Err(GatewayFailure::Network)))
+        // The timeout runs on the ledger's clock (simulated time in the simulator); it is made
+        // before the call is first polled, so both are waiting when the simulator looks.
+        let timeout = self.inner.clock.sleep(self.inner.gateway_timeout);
+        tokio::select! {
+            biased;
+            answer = call => Ok(answer),
+            () = timeout => {
+                self.inner.metrics.gateway_timeouts.inc();
+                Ok(Err(GatewayFailure::Network))
+            }
+        }
     }
 
     /// Binds a wallet. The answer is the recorded event: `wallet_bound` or `bind_failed`.

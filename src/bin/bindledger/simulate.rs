@@ -57,7 +57,8 @@ pub struct SimulateArgs {
     /// again on open) or ack-before-flush (a batch answered though its flush failed).
     #[arg(long)]
     pub plant: Option<String>,
-    /// Where the runs' data directories go (each is removed once its seed passes).
+    /// Where the runs' data directories go (each is removed once its seed passes). Default: a
+    /// folder in /dev/shm (memory) where it can be written, else in the temporary directory.
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
     /// Keep the data directories of seeds that pass (to compare two runs of one seed).
@@ -80,6 +81,8 @@ pub struct Covered {
     pub lost: u64,
     pub alerts: u64,
     pub locks: u64,
+    /// Commands whose wallet provider call the ledger gave up on (its timeout, simulated time).
+    pub timeouts: u64,
     pub head: String,
 }
 
@@ -90,10 +93,17 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
         Some("ack-before-flush") => Some(PlantedBug::AckBeforeFlush),
         Some(_) => bail!("--plant: refold-on-open or ack-before-flush"),
     };
-    let root = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("bindledger-simulate-{}", std::process::id())));
+    let root = args.dir.clone().unwrap_or_else(|| {
+        // In memory where the machine has a tmpfs for it: the store is the real one (sled),
+        // and nothing the simulation writes touches a disk.
+        let shm = std::path::Path::new("/dev/shm");
+        let base = if shm.is_dir() && tempfile_in(shm) {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        base.join(format!("bindledger-simulate-{}", std::process::id()))
+    });
     let started = Instant::now();
     let mut total = Covered::default();
     for seed in args.seed..args.seed.saturating_add(args.seeds) {
@@ -105,11 +115,12 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
                     let _ = std::fs::remove_dir_all(&dir);
                 }
                 println!(
-                    "seed {seed}: ok: {} commands, {} events, {} retries, {} races, {} reopens, {} storage faults, {} crashes, {} alert changes, {} locks; head {}",
+                    "seed {seed}: ok: {} commands, {} events, {} retries, {} races, {} provider timeouts, {} reopens, {} storage faults, {} crashes, {} alert changes, {} locks; head {}",
                     c.commands,
                     c.events,
                     c.retries,
                     c.races,
+                    c.timeouts,
                     c.reopens,
                     c.storage_faults,
                     c.crashes,
@@ -121,6 +132,7 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
                 total.events += c.events;
                 total.retries += c.retries;
                 total.races += c.races;
+                total.timeouts += c.timeouts;
                 total.reopens += c.reopens;
                 total.storage_faults += c.storage_faults;
                 total.crashes += c.crashes;
@@ -142,10 +154,11 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{} seeds passed: {} commands ({:.0}/s), {} reopens, {} storage faults, {} crashes ({} unacknowledged events lost), {} alert changes, {} locks, in {:.1} s",
+        "{} seeds passed: {} commands ({:.0}/s), {} provider timeouts, {} reopens, {} storage faults, {} crashes ({} unacknowledged events lost), {} alert changes, {} locks, in {:.1} s",
         args.seeds,
         total.commands,
         total.commands as f64 / secs.max(1e-9),
+        total.timeouts,
         total.reopens,
         total.storage_faults,
         total.crashes,
@@ -239,6 +252,11 @@ async fn simulate(seed: u64, steps: u64, plant: Option<PlantedBug>, dir: &std::p
         unknown_per_mille: 20,
         network_error_per_mille: 25,
         maintenance,
+        // Every call takes some simulated time; a few hang past the ledger's timeout.
+        latency_ms: 20,
+        latency_jitter_ms: 800,
+        slow_per_mille: 30,
+        slow_ms: 8_000,
         ..Scenario::quiet(seed)
     };
     let mut config = Config {
@@ -252,14 +270,15 @@ async fn simulate(seed: u64, steps: u64, plant: Option<PlantedBug>, dir: &std::p
     config.gateway.simulated = scenario.clone();
     let rules = RuleSet::from_toml("[password_brute_force]\nlock = true\nlock_for = \"20m\"\n", None)
         .map_err(|e| anyhow!("{e}"))?;
+    let clock = Arc::new(ManualClock::new(start));
     let mut sim = Sim {
         seed,
         dir: dir.to_path_buf(),
         config,
         rules,
-        clock: Arc::new(ManualClock::new(start)),
+        clock: clock.clone(),
         faults: Arc::new(StorageFaults::default()),
-        gateway: Arc::new(SimulatedGateway::new(scenario)),
+        gateway: Arc::new(SimulatedGateway::new(scenario).with_clock(clock)),
         plant,
         ledger: None,
         monitor: None,
@@ -319,7 +338,7 @@ impl Sim {
         mc.checkpoint_every_events = self.config.alerts.checkpoint_every_events;
         // The monitor looks at the (simulated) clock often, and the simulator waits for it to
         // have looked after every move of the clock: an expired lock is lifted at once.
-        mc.tick = std::time::Duration::from_millis(1);
+        mc.tick = std::time::Duration::from_micros(100);
         mc.serial_actions = true;
         let monitor = Monitor::start(&ledger, mc, tokio::runtime::Handle::current())?;
         self.ledger = Some(ledger);
@@ -370,7 +389,7 @@ impl Sim {
         for (key, sent) in std::mem::take(&mut self.model.unknown) {
             let c = self
                 .send(&key, &sent)
-                .await
+                .await?
                 .context("a retry after a storage failure")?;
             self.record(&key, &sent, &c)?;
         }
@@ -386,7 +405,12 @@ impl Sim {
         self.rng.next_u64() % n
     }
 
-    async fn send(&self, key: &str, sent: &Sent) -> bindledger::Result<Committed> {
+    /// Sends a command and runs it to its answer (see [`Sim::drive`]).
+    async fn send(&self, key: &str, sent: &Sent) -> Result<bindledger::Result<Committed>> {
+        self.drive(self.send_now(key, sent)).await
+    }
+
+    async fn send_now(&self, key: &str, sent: &Sent) -> bindledger::Result<Committed> {
         let l = self.ledger();
         let now = self.clock.now();
         let common = || CommonInput {
@@ -508,10 +532,26 @@ impl Sim {
         let key = self.key();
         let before = self.ledger().log_len();
         self.covered.commands += 1;
-        match self.send(&key, &sent).await {
+        let abandoned = self.gateway.abandoned_calls();
+        match self.send(&key, &sent).await? {
             Ok(c) => {
                 ensure!(!c.replayed, "a new key was answered as a retry");
                 ensure!(c.event.seq > before, "a new command's event {} is not new", c.event.seq);
+                if self.gateway.abandoned_calls() > abandoned {
+                    // The provider did not answer within the ledger's timeout: a network failure.
+                    self.covered.timeouts += 1;
+                    let reason = match &c.event.payload {
+                        Payload::BindFailed { reason, .. } => reason.code(),
+                        Payload::PaymentFailed { reason, .. } => reason.code(),
+                        _ => "",
+                    };
+                    ensure!(
+                        reason == "network",
+                        "a command whose provider call timed out ended as event {} ({}), not a network failure",
+                        c.event.seq,
+                        c.event.payload.event_type()
+                    );
+                }
                 self.record(&key, &sent, &c)?;
             }
             Err(e) if e.code() == "storage_failed" || e.code() == "outcome_unknown" => {
@@ -577,7 +617,7 @@ impl Sim {
         self.covered.retries += 1;
         let c = self
             .send(&key, &sent)
-            .await
+            .await?
             .with_context(|| format!("retrying {key}"))?;
         ensure!(
             c.replayed && c.event.seq == seq,
@@ -663,7 +703,7 @@ impl Sim {
         for _ in 0..2 {
             let sent = self.next_command();
             let key = self.key();
-            match self.send(&key, &sent).await {
+            match self.send(&key, &sent).await? {
                 Ok(c) => bail!("event {} was acknowledged after a storage failure", c.event.seq),
                 Err(e) if matches!(e.code(), "storage_failed" | "outcome_unknown" | "shutting_down") => {
                     self.model.unknown.push((key, sent));
@@ -679,16 +719,49 @@ impl Sim {
         self.reopen().await
     }
 
+    /// Runs a command to its answer. While it waits on simulated time (a wallet provider's
+    /// latency, the ledger's timeout on it), the clock is moved to the earliest deadline and
+    /// the monitor allowed to look before the command goes on: the order of everything the
+    /// ledger writes stays a function of the seed.
+    async fn drive<T>(&self, command: impl std::future::Future<Output = T>) -> Result<T> {
+        tokio::pin!(command);
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            tokio::select! {
+                biased;
+                answer = &mut command => return Ok(answer),
+                () = std::future::ready(()) => {}
+            }
+            if let Some(at) = self.clock.next_deadline() {
+                self.clock.advance_to(at);
+                self.looked().await?;
+                continue;
+            }
+            // Waiting on the writer (real threads): let real time pass.
+            tokio::select! {
+                biased;
+                answer = &mut command => return Ok(answer),
+                () = tokio::time::sleep(std::time::Duration::from_micros(50)) => {}
+            }
+            ensure!(Instant::now() < deadline, "a command did not end in 30 s");
+        }
+    }
+
     /// Moves the clock, then waits for the monitor to have looked at it (lifting the locks that
     /// ran out) and settled.
     async fn advance(&self, by: Duration) -> Result<()> {
         self.clock.advance(by);
+        self.looked().await
+    }
+
+    /// Waits for the monitor to have looked at the clock since it last moved, and settled.
+    async fn looked(&self) -> Result<()> {
         let status = self.monitor.as_ref().expect("running").status().clone();
         let passes = status.act_passes.load(Ordering::SeqCst);
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
         while status.act_passes.load(Ordering::SeqCst) < passes + 2 {
             ensure!(Instant::now() < deadline, "the monitor did not look at the clock");
-            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+            tokio::time::sleep(std::time::Duration::from_micros(50)).await;
         }
         self.settle().await
     }
@@ -711,14 +784,14 @@ impl Sim {
                 let passes = status.act_passes.load(Ordering::SeqCst);
                 while status.act_passes.load(Ordering::SeqCst) < passes + 2 {
                     ensure!(Instant::now() < deadline, "the monitor stopped looking");
-                    tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                    tokio::time::sleep(std::time::Duration::from_micros(50)).await;
                 }
                 if quiet(len) && self.ledger().log_len() == len {
                     return Ok(());
                 }
             }
             ensure!(Instant::now() < deadline, "the monitor did not settle: {:?}", status);
-            tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+            tokio::time::sleep(std::time::Duration::from_micros(50)).await;
         }
     }
 
@@ -786,6 +859,14 @@ impl Sim {
 /// The provider a simulated wallet belongs to.
 fn wallet_provider(wallet: u64) -> Provider {
     Provider::parse(["alipay", "wechat_pay", "union_pay"][(wallet % 3) as usize]).expect("known")
+}
+
+/// Whether a file can be made in `dir`.
+fn tempfile_in(dir: &std::path::Path) -> bool {
+    let probe = dir.join(format!(".bindledger-simulate-probe-{}", std::process::id()));
+    let ok = std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
 }
 
 /// Copies a directory tree (a data directory: files and folders only).
