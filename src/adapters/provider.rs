@@ -43,19 +43,19 @@ pub struct SimulatedGateway {
     /// other draws as they were).
     latency_calls: AtomicU64,
     /// Calls whose caller stopped waiting before the answer (the ledger's timeout).
-    abandoned: Arc<AtomicU64>,
+    abandoned: AtomicU64,
 }
 
 /// Counts a call as abandoned when it is dropped before it answered.
-struct Pending(Option<Arc<AtomicU64>>);
+struct Pending<'a>(Option<&'a AtomicU64>);
 
-impl Pending {
+impl Pending<'_> {
     fn answered(mut self) {
         self.0 = None;
     }
 }
 
-impl Drop for Pending {
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Some(n) = &self.0 {
             n.fetch_add(1, Ordering::Relaxed);
@@ -125,7 +125,7 @@ impl SimulatedGateway {
             authorizations: Mutex::new(RecentAuthorizations::default()),
             clock: Arc::new(SystemClock),
             latency_calls: AtomicU64::new(0),
-            abandoned: Arc::new(AtomicU64::new(0)),
+            abandoned: AtomicU64::new(0),
         }
     }
 
@@ -247,11 +247,11 @@ impl SimulatedGateway {
 
     /// The call's latency, started now (before the call is first polled, so that a simulated
     /// clock knows of it as soon as the call exists); and its abandonment guard.
-    fn call_started(&self) -> (Option<BoxFuture<'static, ()>>, Pending) {
+    fn call_started(&self) -> (Option<BoxFuture<'static, ()>>, Pending<'_>) {
         let n = self.latency_calls.fetch_add(1, Ordering::Relaxed);
         let latency = self.latency_of_call(n);
         let wait = (!latency.is_zero()).then(|| self.clock.sleep(latency));
-        (wait, Pending(Some(self.abandoned.clone())))
+        (wait, Pending(Some(&self.abandoned)))
     }
 
     fn check_factor(&self, agreement: &str, factor: Option<(Factor, &str)>) -> Result<(), GatewayFailure> {

@@ -461,6 +461,13 @@ impl Ledger {
     /// returns once they are durable. Each must continue the log (its `seq` and `prev_hash`),
     /// else `Corrupt` and nothing after it is appended.
     pub async fn append_replicated(&self, events: Vec<bytes::Bytes>) -> Result<u64> {
+        self.submit_replicated(events).await?.durable().await
+    }
+
+    /// [`Ledger::append_replicated`] in two halves: hands the events to the writer, in order,
+    /// and returns without waiting for them to be durable, so that a follower can read the next
+    /// events while these are written. Submissions from one caller keep their order.
+    pub async fn submit_replicated(&self, events: Vec<bytes::Bytes>) -> Result<ReplicatedAppend> {
         let tx = self.inner.tx.read().expect("lock").clone().ok_or(Error::ShuttingDown)?;
         let mut replies = Vec::with_capacity(events.len());
         for bytes in events {
@@ -473,14 +480,10 @@ impl Ledger {
             .map_err(|_| Error::StorageFailed("the writer has stopped".into()))?;
             replies.push(rx);
         }
-        let mut last = self.log_len();
-        for rx in replies {
-            let c = rx
-                .await
-                .map_err(|_| Error::StorageFailed("the writer stopped before answering".into()))??;
-            last = c.event.seq;
-        }
-        Ok(last)
+        Ok(ReplicatedAppend {
+            replies,
+            before: self.log_len(),
+        })
     }
 
     /// Waits until the log holds event `seq` (read-your-writes on a replica), at most
@@ -1172,5 +1175,26 @@ impl Ledger {
 
     pub fn set_replica_offsets(&self, topic: &str, offsets: &[i64]) -> Result<()> {
         self.inner.store.set_replica_offsets(topic, offsets)
+    }
+}
+
+/// Events a replica handed to the writer ([`Ledger::submit_replicated`]), not yet known durable.
+pub struct ReplicatedAppend {
+    replies: Vec<oneshot::Receiver<Result<Committed>>>,
+    before: u64,
+}
+
+impl ReplicatedAppend {
+    /// Waits until every event is durable; the `seq` of the last (or the log's length when
+    /// there were none). The first refusal (a broken link) is the answer.
+    pub async fn durable(self) -> Result<u64> {
+        let mut last = self.before;
+        for rx in self.replies {
+            let c = rx
+                .await
+                .map_err(|_| Error::StorageFailed("the writer stopped before answering".into()))??;
+            last = c.event.seq;
+        }
+        Ok(last)
     }
 }

@@ -47,8 +47,8 @@ impl PartitionedConsumer {
             )
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
-            .set("queued.max.messages.kbytes", "8192")
-            .set("queued.min.messages", "10000")
+            .set("queued.max.messages.kbytes", "65536")
+            .set("queued.min.messages", "100000")
             // A follower wants records as soon as they are there, not a fuller fetch later.
             .set("fetch.wait.max.ms", "10")
             .create()
@@ -279,7 +279,8 @@ impl TopicReader {
                     return Ok(None);
                 };
                 let (_, value, _) = self.buffers[p].pop_front().expect("not empty");
-                return Ok(Some(value.to_vec()));
+                // The record's own allocation (copied once out of librdkafka), not a new copy.
+                return Ok(Some(Vec::from(value)));
             };
             self.reader.serve()?;
             if self.reader.fill(
@@ -307,6 +308,52 @@ impl Iterator for TopicReader {
                 self.failed = true;
                 Some(Err(e))
             }
+        }
+    }
+}
+
+/// Records a [`ReadAhead`] hands over at once, and how many such chunks may wait.
+const READ_AHEAD_CHUNK: usize = 1024;
+const READ_AHEAD_CHUNKS: usize = 8;
+
+type Chunk = Vec<Result<Vec<u8>, KafkaError>>;
+
+/// A [`TopicReader`] on a thread of its own, at most [`READ_AHEAD_CHUNKS`] chunks of
+/// [`READ_AHEAD_CHUNK`] records ahead of its user: fetching and merging the partitions overlap
+/// the user's work (checking each link and writing the log, in a restore). Dropped early, its
+/// thread stops at its next hand-over.
+pub struct ReadAhead {
+    chunks: std::sync::mpsc::Receiver<Chunk>,
+    chunk: std::vec::IntoIter<Result<Vec<u8>, KafkaError>>,
+}
+
+impl TopicReader {
+    pub fn read_ahead(mut self) -> std::io::Result<ReadAhead> {
+        let (tx, chunks) = std::sync::mpsc::sync_channel::<Chunk>(READ_AHEAD_CHUNKS);
+        std::thread::Builder::new()
+            .name(format!("read {}", self.reader.topic))
+            .spawn(move || loop {
+                let chunk: Chunk = self.by_ref().take(READ_AHEAD_CHUNK).collect();
+                if chunk.is_empty() || tx.send(chunk).is_err() {
+                    return;
+                }
+            })?;
+        Ok(ReadAhead {
+            chunks,
+            chunk: Vec::new().into_iter(),
+        })
+    }
+}
+
+impl Iterator for ReadAhead {
+    type Item = Result<Vec<u8>, KafkaError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.chunk.next() {
+                return Some(item);
+            }
+            // The reader's thread ends (and the channel closes) after the topic's end or an error.
+            self.chunk = self.chunks.recv().ok()?.into_iter();
         }
     }
 }

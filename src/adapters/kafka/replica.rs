@@ -27,6 +27,9 @@ use crate::ledger::Ledger;
 const BUFFER_PER_PARTITION: usize = 4096;
 /// Events appended per hand-over to the writer.
 const APPEND_BATCH: usize = 1024;
+/// Hand-overs the follower makes before it waits for the oldest to be durable: reading the
+/// topic overlaps the writer's work and its flushes.
+const APPENDS_IN_FLIGHT: usize = 2;
 
 /// What the follower is doing, for `/healthz`, `/metrics` and `bindledger status`.
 #[derive(Debug, Default)]
@@ -119,6 +122,18 @@ impl Follower {
         self.status.seen.fetch_max(next - 1, Ordering::Relaxed);
         let mut ends: Option<Vec<i64>> = None;
         let mut last_record = Instant::now();
+        // Hand-overs not yet durable: each with the offsets to save once it is, and its last event.
+        let mut in_flight: VecDeque<(crate::ledger::ReplicatedAppend, Vec<i64>, bytes::Bytes)> = VecDeque::new();
+        let settle =
+            |(append, offsets, last): (crate::ledger::ReplicatedAppend, Vec<i64>, bytes::Bytes)| -> Result<()> {
+                handle.block_on(append.durable())?;
+                if let Ok(e) = bindledger_events::decode(&last) {
+                    self.status
+                        .applied_record_micros
+                        .store(e.record_time.timestamp_micros(), Ordering::Relaxed);
+                }
+                self.ledger.set_replica_offsets(&topic, &offsets)
+            };
         while !stop.load(Ordering::SeqCst) {
             // Promotion: the end of each partition, as of now, is what must be read.
             if ends.is_none() && self.status.finish.load(Ordering::SeqCst) {
@@ -163,14 +178,16 @@ impl Follower {
             }
             if !out.is_empty() {
                 let last = out.last().cloned().expect("not empty");
-                handle.block_on(self.ledger.append_replicated(out))?;
-                if let Ok(e) = bindledger_events::decode(&last) {
-                    self.status
-                        .applied_record_micros
-                        .store(e.record_time.timestamp_micros(), Ordering::Relaxed);
+                let append = handle.block_on(self.ledger.submit_replicated(out))?;
+                in_flight.push_back((append, applied.clone(), last));
+                if in_flight.len() >= APPENDS_IN_FLIGHT {
+                    settle(in_flight.pop_front().expect("in flight"))?;
                 }
-                self.ledger.set_replica_offsets(&topic, &applied)?;
                 continue;
+            }
+            // Nothing more to hand over now: what was handed over becomes durable first.
+            while let Some(oldest) = in_flight.pop_front() {
+                settle(oldest)?;
             }
             // A gap: every partition has a full buffer, none of them with the next event.
             if buffers.iter().all(|b| b.len() >= BUFFER_PER_PARTITION) {

@@ -52,10 +52,13 @@ pub fn restore(
     let mut verifier = ChainVerifier::new();
     let mut batch = LogBatch::default();
     let (mut in_batch, mut restored, mut since_flush) = (0usize, 0u64, 0u64);
-    for item in
+    // Fetching and merging the partitions on a thread of their own; checking and writing here.
+    let events =
         crate::adapters::kafka::reader::read_topic(crate::adapters::kafka::client::client_config(kafka), &kafka.topic)
             .map_err(|e| Error::Io(e.to_string()))?
-    {
+            .read_ahead()
+            .map_err(|e| Error::Io(format!("starting the topic's reader: {e}")))?;
+    for item in events {
         let bytes = item.map_err(|e| Error::Io(e.to_string()))?;
         let (event, hash) = verifier
             .push(&bytes)
