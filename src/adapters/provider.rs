@@ -44,6 +44,8 @@ pub struct SimulatedGateway {
     latency_calls: AtomicU64,
     /// Calls whose caller stopped waiting before the answer (the ledger's timeout).
     abandoned: AtomicU64,
+    /// The latency of the last call made, in microseconds.
+    last_latency_us: AtomicU64,
 }
 
 /// Counts a call as abandoned when it is dropped before it answered.
@@ -126,6 +128,7 @@ impl SimulatedGateway {
             clock: Arc::new(SystemClock),
             latency_calls: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
+            last_latency_us: AtomicU64::new(0),
         }
     }
 
@@ -138,6 +141,16 @@ impl SimulatedGateway {
     /// Calls whose caller gave up before the answer came.
     pub fn abandoned_calls(&self) -> u64 {
         self.abandoned.load(Ordering::Relaxed)
+    }
+
+    /// Binding verifications and payment authorisations made so far.
+    pub fn calls_made(&self) -> u64 {
+        self.latency_calls.load(Ordering::Relaxed)
+    }
+
+    /// How long the last call made takes (see [`SimulatedGateway::latency_of_call`]).
+    pub fn last_latency(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.last_latency_us.load(Ordering::Relaxed))
     }
 
     /// The agreement id the provider issues for a wallet (stable for the wallet).
@@ -250,6 +263,10 @@ impl SimulatedGateway {
     fn call_started(&self) -> (Option<BoxFuture<'static, ()>>, Pending<'_>) {
         let n = self.latency_calls.fetch_add(1, Ordering::Relaxed);
         let latency = self.latency_of_call(n);
+        self.last_latency_us.store(
+            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         let wait = (!latency.is_zero()).then(|| self.clock.sleep(latency));
         (wait, Pending(Some(&self.abandoned)))
     }

@@ -353,7 +353,11 @@ impl Ledger {
                 pending_history,
                 durable_watch,
                 gateway_permits: Semaphore::new(config.gateway.concurrency_max),
-                gateway_timeout: Duration::from_millis(config.gateway.timeout_ms),
+                gateway_timeout: if seams.planted_bug == Some(PlantedBug::NoGatewayTimeout) {
+                    Duration::from_secs(24 * 3600)
+                } else {
+                    Duration::from_millis(config.gateway.timeout_ms)
+                },
                 rules,
                 attempts: Default::default(),
                 attempt_ended: tokio::sync::Notify::new(),

@@ -39,4 +39,6 @@ pub enum PlantedBug {
     RefoldLastEventOnOpen,
     /// Answer a batch whose flush failed as if it had been made durable.
     AckBeforeFlush,
+    /// Wait for a wallet provider however long it takes (no `gateway.timeout_ms`).
+    NoGatewayTimeout,
 }

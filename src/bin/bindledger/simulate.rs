@@ -54,7 +54,8 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 400)]
     pub steps: u64,
     /// Plant a known bug, to see the simulator find it: refold-on-open (the last event folded
-    /// again on open) or ack-before-flush (a batch answered though its flush failed).
+    /// again on open), ack-before-flush (a batch answered though its flush failed) or
+    /// no-gateway-timeout (the ledger waits for a wallet provider however long it takes).
     #[arg(long)]
     pub plant: Option<String>,
     /// Where the runs' data directories go (each is removed once its seed passes). Default: a
@@ -91,7 +92,8 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
         None => None,
         Some("refold-on-open") => Some(PlantedBug::RefoldLastEventOnOpen),
         Some("ack-before-flush") => Some(PlantedBug::AckBeforeFlush),
-        Some(_) => bail!("--plant: refold-on-open or ack-before-flush"),
+        Some("no-gateway-timeout") => Some(PlantedBug::NoGatewayTimeout),
+        Some(_) => bail!("--plant: refold-on-open, ack-before-flush or no-gateway-timeout"),
     };
     let root = args.dir.clone().unwrap_or_else(|| {
         // In memory where the machine has a tmpfs for it: the store is the real one (sled),
@@ -532,12 +534,24 @@ impl Sim {
         let key = self.key();
         let before = self.ledger().log_len();
         self.covered.commands += 1;
-        let abandoned = self.gateway.abandoned_calls();
+        let (calls, abandoned) = (self.gateway.calls_made(), self.gateway.abandoned_calls());
         match self.send(&key, &sent).await? {
             Ok(c) => {
                 ensure!(!c.replayed, "a new key was answered as a retry");
                 ensure!(c.event.seq > before, "a new command's event {} is not new", c.event.seq);
-                if self.gateway.abandoned_calls() > abandoned {
+                // A provider call slower than the ledger's timeout is given up, and only such a one.
+                let timeout = std::time::Duration::from_millis(self.config.gateway.timeout_ms);
+                let slow = self.gateway.calls_made() > calls && self.gateway.last_latency() > timeout;
+                let given_up = self.gateway.abandoned_calls() > abandoned;
+                ensure!(
+                    slow == given_up,
+                    "a provider call of {:?} against the ledger's timeout of {timeout:?} was {} (event {}, {}): a call that outlasted the ledger's timeout must be given up, and only such a call",
+                    self.gateway.last_latency(),
+                    if given_up { "given up" } else { "waited for" },
+                    c.event.seq,
+                    c.event.payload.event_type()
+                );
+                if given_up {
                     // The provider did not answer within the ledger's timeout: a network failure.
                     self.covered.timeouts += 1;
                     let reason = match &c.event.payload {
