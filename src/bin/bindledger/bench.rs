@@ -1198,6 +1198,13 @@ pub async fn kafka(args: KafkaBenchArgs) -> anyhow::Result<()> {
     let mut rk = kafka(&topic);
     rk.alerts_topic = fresh_topic("replica-lag-alerts-r");
     let r = fixture_replica(&root.join("replica-lag"), rk).await?;
+    // The lag under load, not the replica's start (finding the topic, joining, the first
+    // fetch): the load begins once the replica holds the primary's log so far.
+    let caught_up_by = Instant::now() + Duration::from_secs(60);
+    while r.ledger.log_len() < p.ledger.log_len() {
+        anyhow::ensure!(Instant::now() < caught_up_by, "the replica did not catch up in 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let acked: Arc<std::sync::Mutex<Vec<(u64, Instant)>>> = Default::default();
     let bindings = Arc::new(p.bindings.clone());
     let interval = Duration::from_secs_f64(1.0 / args.lag_rate.max(1) as f64);
