@@ -44,8 +44,6 @@ pub struct SimulatedGateway {
     latency_calls: AtomicU64,
     /// Calls whose caller stopped waiting before the answer (the ledger's timeout).
     abandoned: AtomicU64,
-    /// The latency of the last call made, in microseconds.
-    last_latency_us: AtomicU64,
 }
 
 /// Counts a call as abandoned when it is dropped before it answered.
@@ -128,7 +126,6 @@ impl SimulatedGateway {
             clock: Arc::new(SystemClock),
             latency_calls: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
-            last_latency_us: AtomicU64::new(0),
         }
     }
 
@@ -150,7 +147,7 @@ impl SimulatedGateway {
 
     /// How long the last call made takes (see [`SimulatedGateway::latency_of_call`]).
     pub fn last_latency(&self) -> std::time::Duration {
-        std::time::Duration::from_micros(self.last_latency_us.load(Ordering::Relaxed))
+        self.latency_of_call(self.calls_made().saturating_sub(1))
     }
 
     /// The agreement id the provider issues for a wallet (stable for the wallet).
@@ -258,17 +255,20 @@ impl SimulatedGateway {
         std::time::Duration::from_millis(s.latency_ms + number(&d, 8) % (s.latency_jitter_ms + 1))
     }
 
-    /// The call's latency, started now (before the call is first polled, so that a simulated
-    /// clock knows of it as soon as the call exists); and its abandonment guard.
-    fn call_started(&self) -> (Option<BoxFuture<'static, ()>>, Pending<'_>) {
+    /// The call's latency: started now (before the call is first polled, so that a simulated
+    /// clock knows of it as soon as the call exists); a call dropped before it has passed
+    /// counts as abandoned.
+    fn latency(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
         let n = self.latency_calls.fetch_add(1, Ordering::Relaxed);
         let latency = self.latency_of_call(n);
-        self.last_latency_us.store(
-            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
         let wait = (!latency.is_zero()).then(|| self.clock.sleep(latency));
-        (wait, Pending(Some(&self.abandoned)))
+        let pending = Pending(Some(&self.abandoned));
+        async move {
+            if let Some(w) = wait {
+                w.await;
+            }
+            pending.answered();
+        }
     }
 
     fn check_factor(&self, agreement: &str, factor: Option<(Factor, &str)>) -> Result<(), GatewayFailure> {
@@ -375,23 +375,17 @@ impl SimulatedGateway {
 
 impl WalletGateway for SimulatedGateway {
     fn verify_binding<'a>(&'a self, req: BindVerification<'a>) -> BoxFuture<'a, Result<String, GatewayFailure>> {
-        let (wait, pending) = self.call_started();
+        let latency = self.latency();
         Box::pin(async move {
-            if let Some(w) = wait {
-                w.await;
-            }
-            pending.answered();
+            latency.await;
             self.verify_now(&req)
         })
     }
 
     fn authorize_payment<'a>(&'a self, req: PaymentAuthorization<'a>) -> BoxFuture<'a, Result<String, GatewayFailure>> {
-        let (wait, pending) = self.call_started();
+        let latency = self.latency();
         Box::pin(async move {
-            if let Some(w) = wait {
-                w.await;
-            }
-            pending.answered();
+            latency.await;
             self.authorize_now(&req)
         })
     }

@@ -461,16 +461,11 @@ impl Ledger {
         }
     }
 
-    /// A replica: appends events read from the events topic, exactly as they are, in order;
-    /// returns once they are durable. Each must continue the log (its `seq` and `prev_hash`),
-    /// else `Corrupt` and nothing after it is appended.
-    pub async fn append_replicated(&self, events: Vec<bytes::Bytes>) -> Result<u64> {
-        self.submit_replicated(events).await?.durable().await
-    }
-
-    /// [`Ledger::append_replicated`] in two halves: hands the events to the writer, in order,
-    /// and returns without waiting for them to be durable, so that a follower can read the next
-    /// events while these are written. Submissions from one caller keep their order.
+    /// A replica: hands events read from the events topic to the writer, exactly as they are,
+    /// in order, and returns without waiting for them to be durable (see
+    /// [`ReplicatedAppend::durable`]), so that a follower can read the next events while these
+    /// are written. Submissions from one caller keep their order. Each must continue the log
+    /// (its `seq` and `prev_hash`), else `Corrupt` and nothing after it is appended.
     pub async fn submit_replicated(&self, events: Vec<bytes::Bytes>) -> Result<ReplicatedAppend> {
         let tx = self.inner.tx.read().expect("lock").clone().ok_or(Error::ShuttingDown)?;
         let mut replies = Vec::with_capacity(events.len());
@@ -484,10 +479,7 @@ impl Ledger {
             .map_err(|_| Error::StorageFailed("the writer has stopped".into()))?;
             replies.push(rx);
         }
-        Ok(ReplicatedAppend {
-            replies,
-            before: self.log_len(),
-        })
+        Ok(ReplicatedAppend { replies })
     }
 
     /// Waits until the log holds event `seq` (read-your-writes on a replica), at most
@@ -715,8 +707,7 @@ impl Ledger {
         })?;
         // A provider that answers at once needs no timer.
         let mut call = std::pin::pin!(call);
-        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
-        if let std::task::Poll::Ready(answer) = first {
+        if let Some(answer) = futures_util::FutureExt::now_or_never(call.as_mut()) {
             return Ok(answer);
         }
         // The timeout runs on the ledger's clock (simulated time in the simulator); it is made
@@ -1191,19 +1182,18 @@ impl Ledger {
 /// Events a replica handed to the writer ([`Ledger::submit_replicated`]), not yet known durable.
 pub struct ReplicatedAppend {
     replies: Vec<oneshot::Receiver<Result<Committed>>>,
-    before: u64,
 }
 
 impl ReplicatedAppend {
-    /// Waits until every event is durable; the `seq` of the last (or the log's length when
-    /// there were none). The first refusal (a broken link) is the answer.
-    pub async fn durable(self) -> Result<u64> {
-        let mut last = self.before;
+    /// Waits until every event is durable; the last one as recorded (none if there were none).
+    /// The first refusal (a broken link) is the answer.
+    pub async fn durable(self) -> Result<Option<Committed>> {
+        let mut last = None;
         for rx in self.replies {
-            let c = rx
-                .await
-                .map_err(|_| Error::StorageFailed("the writer stopped before answering".into()))??;
-            last = c.event.seq;
+            last = Some(
+                rx.await
+                    .map_err(|_| Error::StorageFailed("the writer stopped before answering".into()))??,
+            );
         }
         Ok(last)
     }

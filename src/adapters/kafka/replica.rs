@@ -122,18 +122,16 @@ impl Follower {
         self.status.seen.fetch_max(next - 1, Ordering::Relaxed);
         let mut ends: Option<Vec<i64>> = None;
         let mut last_record = Instant::now();
-        // Hand-overs not yet durable: each with the offsets to save once it is, and its last event.
-        let mut in_flight: VecDeque<(crate::ledger::ReplicatedAppend, Vec<i64>, bytes::Bytes)> = VecDeque::new();
-        let settle =
-            |(append, offsets, last): (crate::ledger::ReplicatedAppend, Vec<i64>, bytes::Bytes)| -> Result<()> {
-                handle.block_on(append.durable())?;
-                if let Ok(e) = bindledger_events::decode(&last) {
-                    self.status
-                        .applied_record_micros
-                        .store(e.record_time.timestamp_micros(), Ordering::Relaxed);
-                }
-                self.ledger.set_replica_offsets(&topic, &offsets)
-            };
+        // Hand-overs not yet durable, each with the offsets to save once it is.
+        let mut in_flight: VecDeque<(crate::ledger::ReplicatedAppend, Vec<i64>)> = VecDeque::new();
+        let settle = |(append, offsets): (crate::ledger::ReplicatedAppend, Vec<i64>)| -> Result<()> {
+            if let Some(last) = handle.block_on(append.durable())? {
+                self.status
+                    .applied_record_micros
+                    .store(last.event.record_time.timestamp_micros(), Ordering::Relaxed);
+            }
+            self.ledger.set_replica_offsets(&topic, &offsets)
+        };
         while !stop.load(Ordering::SeqCst) {
             // Promotion: the end of each partition, as of now, is what must be read.
             if ends.is_none() && self.status.finish.load(Ordering::SeqCst) {
@@ -177,9 +175,8 @@ impl Follower {
                 }
             }
             if !out.is_empty() {
-                let last = out.last().cloned().expect("not empty");
                 let append = handle.block_on(self.ledger.submit_replicated(out))?;
-                in_flight.push_back((append, applied.clone(), last));
+                in_flight.push_back((append, applied.clone()));
                 if in_flight.len() >= APPENDS_IN_FLIGHT {
                     settle(in_flight.pop_front().expect("in flight"))?;
                 }

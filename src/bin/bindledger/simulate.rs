@@ -98,13 +98,12 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
     let root = args.dir.clone().unwrap_or_else(|| {
         // In memory where the machine has a tmpfs for it: the store is the real one (sled),
         // and nothing the simulation writes touches a disk.
-        let shm = std::path::Path::new("/dev/shm");
-        let base = if shm.is_dir() && tempfile_in(shm) {
-            shm.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        base.join(format!("bindledger-simulate-{}", std::process::id()))
+        let name = format!("bindledger-simulate-{}", std::process::id());
+        let shm = std::path::Path::new("/dev/shm").join(&name);
+        match std::fs::create_dir_all(&shm) {
+            Ok(()) => shm,
+            Err(_) => std::env::temp_dir().join(name),
+        }
     });
     let started = Instant::now();
     let mut total = Covered::default();
@@ -554,13 +553,8 @@ impl Sim {
                 if given_up {
                     // The provider did not answer within the ledger's timeout: a network failure.
                     self.covered.timeouts += 1;
-                    let reason = match &c.event.payload {
-                        Payload::BindFailed { reason, .. } => reason.code(),
-                        Payload::PaymentFailed { reason, .. } => reason.code(),
-                        _ => "",
-                    };
                     ensure!(
-                        reason == "network",
+                        c.event.payload.failure_code() == Some("network"),
                         "a command whose provider call timed out ended as event {} ({}), not a network failure",
                         c.event.seq,
                         c.event.payload.event_type()
@@ -770,14 +764,21 @@ impl Sim {
 
     /// Waits for the monitor to have looked at the clock since it last moved, and settled.
     async fn looked(&self) -> Result<()> {
-        let status = self.monitor.as_ref().expect("running").status().clone();
+        self.looks_twice(Instant::now() + std::time::Duration::from_secs(30))
+            .await
+            .context("the monitor did not look at the clock")?;
+        self.settle().await
+    }
+
+    /// Waits until the monitor has looked for actions twice more (so once wholly after now).
+    async fn looks_twice(&self, deadline: Instant) -> Result<()> {
+        let status = self.monitor.as_ref().expect("running").status();
         let passes = status.act_passes.load(Ordering::SeqCst);
-        let deadline = Instant::now() + std::time::Duration::from_secs(30);
         while status.act_passes.load(Ordering::SeqCst) < passes + 2 {
-            ensure!(Instant::now() < deadline, "the monitor did not look at the clock");
+            ensure!(Instant::now() < deadline, "the monitor stopped looking");
             tokio::time::sleep(std::time::Duration::from_micros(50)).await;
         }
-        self.settle().await
+        Ok(())
     }
 
     /// Waits until the monitor has folded the whole log and the locks it sent are answered:
@@ -795,11 +796,7 @@ impl Sim {
             if quiet(len) {
                 // Quiet, and still quiet after the monitor has looked twice more (an action
                 // answered just now is followed by the next one at its next look).
-                let passes = status.act_passes.load(Ordering::SeqCst);
-                while status.act_passes.load(Ordering::SeqCst) < passes + 2 {
-                    ensure!(Instant::now() < deadline, "the monitor stopped looking");
-                    tokio::time::sleep(std::time::Duration::from_micros(50)).await;
-                }
+                self.looks_twice(deadline).await?;
                 if quiet(len) && self.ledger().log_len() == len {
                     return Ok(());
                 }
@@ -873,14 +870,6 @@ impl Sim {
 /// The provider a simulated wallet belongs to.
 fn wallet_provider(wallet: u64) -> Provider {
     Provider::parse(["alipay", "wechat_pay", "union_pay"][(wallet % 3) as usize]).expect("known")
-}
-
-/// Whether a file can be made in `dir`.
-fn tempfile_in(dir: &std::path::Path) -> bool {
-    let probe = dir.join(format!(".bindledger-simulate-probe-{}", std::process::id()));
-    let ok = std::fs::write(&probe, b"").is_ok();
-    let _ = std::fs::remove_file(&probe);
-    ok
 }
 
 /// Copies a directory tree (a data directory: files and folders only).
