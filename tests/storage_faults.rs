@@ -149,11 +149,24 @@ async fn a_flipped_byte_never_starts_a_ledger_that_lost_events() {
         let mut bytes = pristine.clone();
         bytes[at + 3] ^= 1;
         std::fs::write(&db, &bytes).unwrap();
-        match bindledger::Ledger::open(
-            &config,
-            bindledger::domain::secret::LedgerSecret::from_bytes([42; 32]),
-            g.clone(),
-        ) {
+        // sled may still hold the directory after the previous damaged open (a thread of its own
+        // that panicked on the damage lets go of its lock a little later): open again then.
+        let open = || {
+            bindledger::Ledger::open(
+                &config,
+                bindledger::domain::secret::LedgerSecret::from_bytes([42; 32]),
+                g.clone(),
+            )
+        };
+        let mut opened = open();
+        for _ in 0..300 {
+            if !matches!(opened, Err(bindledger::Error::InUse(_))) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            opened = open();
+        }
+        match opened {
             Ok(l) => {
                 // It started: then every acknowledged event is there.
                 assert_eq!(l.log_len(), written, "started on a log that lost events (flip at {at})");
