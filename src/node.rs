@@ -45,6 +45,18 @@ impl Node {
         secret: LedgerSecret,
         gateway: Arc<dyn WalletGateway>,
     ) -> Result<Node> {
+        // A primary a promotion fenced rejoins as a replica first (and stays one until promoted).
+        let (replica, rejoined) = crate::adapters::kafka::rejoin::prepare(config)?;
+        if let Some(r) = &rejoined {
+            tracing::warn!(
+                head = r.head,
+                quarantined = r.quarantined,
+                "this node was fenced: it rejoined as a replica"
+            );
+        }
+        let mut config = config.clone();
+        config.replica.enabled = replica;
+        let config = &config;
         let ledger = Ledger::open_with_rules(config, &rules, secret, gateway)?;
         let mut extras = Extras::default();
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -163,7 +175,7 @@ impl Node {
                 ledger.clone(),
                 status.clone(),
                 thread,
-                config.kafka.topic.clone(),
+                config.kafka.clone(),
                 extras.relay.as_ref().map(|(_, s)| s.clone()),
                 services,
                 tasks.clone(),

@@ -441,3 +441,289 @@ async fn after_the_primary_is_lost_a_restore_and_a_promoted_replica_hold_every_a
     let (code, out, err) = run_cli(&["verify", "--data-dir", replica_dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{}{err}", String::from_utf8_lossy(&out));
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to a server process.
+fn signal(server: &ServerProcess, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Issue 16: a zombie primary. The primary, in replicated mode under load, is paused with
+/// SIGSTOP; the replica is promoted (it fences the topic) and takes commands; then the old
+/// primary is resumed while its clients go on sending. It acknowledges no command sent after
+/// the promotion, and every command it ever acknowledged is in the new primary's chain; it
+/// finds out it was fenced and takes no more commands. Restarted, it quarantines what the
+/// chain does not hold and follows the new primary as a replica, identical to it. The topic,
+/// read by the fencing rules (TOPIC.md), is one chain: a restore from it is the new primary's
+/// log byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_primary_resumed_after_a_promotion_acknowledges_nothing_more_and_cannot_fork_the_chain() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    fn refs<'a>(e: &'a [(&'static str, String); 2]) -> [(&'static str, &'a str); 2] {
+        e.each_ref().map(|(k, v)| (*k, v.as_str()))
+    }
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let topics = [
+        fresh_topic("zombie-events"),
+        fresh_topic("zombie-alerts"),
+        fresh_topic("zombie-checkpoints"),
+    ];
+    let primary_toml = failover_config(dir.path(), "primary", &broker.addr, &topics, false);
+    let replica_toml = failover_config(dir.path(), "replica", &broker.addr, &topics, true);
+    let (primary_dir, replica_dir) = (dir.path().join("primary"), dir.path().join("replica"));
+    let env = |toml: &std::path::Path| {
+        [
+            ("BINDLEDGER_CONFIG", toml.to_str().unwrap().to_owned()),
+            ("BINDLEDGER_SECRET", SECRET_HEX.to_owned()),
+        ]
+    };
+    let (primary_env, replica_env) = (env(&primary_toml), env(&replica_toml));
+    let primary = spawn_server(&primary_dir, &dir.path().join("primary.log"), &refs(&primary_env));
+    std::fs::create_dir_all(&replica_dir).unwrap();
+    std::fs::copy(primary_dir.join("checkpoint.key"), replica_dir.join("checkpoint.key")).unwrap();
+    let replica = spawn_server(&replica_dir, &dir.path().join("replica.log"), &refs(&replica_env));
+    let gateway =
+        bindledger::adapters::provider::SimulatedGateway::new(bindledger::adapters::provider::Scenario::quiet(11));
+    let mut client = bindledger::adapters::http::client::Client::new(primary.addr, Some(ALL.into()));
+    let mut bindings = Vec::new();
+    for a in 0..8u64 {
+        let (status, v) = client
+            .post_json(
+                &format!("/v1/accounts/acct-{a}/bindings"),
+                &json!({"provider": "alipay", "wallet_account": phone(a), "payment_password": gateway.password_for(&alipay(), &phone(a)), "idempotency_key": format!("bind-{a}")}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 201, "{v}");
+        bindings.push(v["event"]["payload"]["binding_id"].as_str().unwrap().to_owned());
+    }
+    let pws: Vec<String> = (0..8).map(|a| gateway.password_for(&alipay(), &phone(a))).collect();
+    let pay = |a: usize, key: &str| json!({"binding_id": bindings[a], "order_id": key, "amount_minor": 1, "payment_password": pws[a], "idempotency_key": key});
+    // The load on the old primary: each acknowledged key with its event, and when it was sent.
+    type Acked = HashMap<String, (u64, String, Instant)>;
+    let acked: Arc<Mutex<Acked>> = Default::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for t in 0..4u64 {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let addr = primary.addr;
+        let bodies: Vec<Value> = (0..2000u64)
+            .map(|i| pay(((t + i) % 8) as usize, &format!("old-{t}-{i}")))
+            .collect();
+        load.spawn(async move {
+            let mut client = bindledger::adapters::http::client::Client::new(addr, Some(ALL.into()));
+            for (i, body) in bodies.into_iter().enumerate() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let a = (t + i as u64) % 8;
+                let sent = Instant::now();
+                match client
+                    .post_json(&format!("/v1/accounts/acct-{a}/payments"), &body)
+                    .await
+                {
+                    Ok((s, v)) if s.as_u16() == 201 => {
+                        let key = body["idempotency_key"].as_str().unwrap().to_owned();
+                        acked.lock().unwrap().insert(
+                            key,
+                            (
+                                v["event"]["seq"].as_u64().unwrap(),
+                                v["hash"].as_str().unwrap().to_owned(),
+                                sent,
+                            ),
+                        );
+                    }
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        client = bindledger::adapters::http::client::Client::new(addr, Some(ALL.into()));
+                    }
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The old primary stops answering (a long pause, a partition): its clients wait.
+    signal(&primary, "STOP");
+    let url = format!("http://{}", replica.addr);
+    let (code, out, err) = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || run_cli(&["promote", "--url", &url, "--token", ALL]))
+            .await
+            .unwrap()
+    };
+    assert_eq!(code, 0, "{}{err}", String::from_utf8_lossy(&out));
+    let promoted_at = Instant::now();
+    let mut new = bindledger::adapters::http::client::Client::new(replica.addr, Some(ALL.into()));
+    for i in 0..20 {
+        let a = i % 8;
+        let (status, v) = new
+            .post_json(&format!("/v1/accounts/acct-{a}/payments"), &pay(a, &format!("new-{i}")))
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 201, "{v}");
+    }
+    // The old primary comes back, its clients still sending.
+    signal(&primary, "CONT");
+    let mut old = bindledger::adapters::http::client::Client::new(primary.addr, Some(ALL.into()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, relay) = old.get_json("/v1/relay").await.unwrap();
+        if relay["state"] == "fenced" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old primary never found out: {relay}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It takes no more commands.
+    let (status, v) = old
+        .post_json("/v1/accounts/acct-1/payments", &pay(1, "to-the-fenced-one"))
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 421, "{v}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    while load.join_next().await.is_some() {}
+    // More on the new primary, after what the old one wrote past the fences.
+    for i in 20..40 {
+        let a = i % 8;
+        let (status, v) = new
+            .post_json(&format!("/v1/accounts/acct-{a}/payments"), &pay(a, &format!("new-{i}")))
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 201, "{v}");
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 20, "the old primary was under load: {}", acked.len());
+    let late: Vec<&String> = acked
+        .iter()
+        .filter(|(_, (_, _, sent))| *sent > promoted_at)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(late.is_empty(), "acknowledged after the promotion: {late:?}");
+    // The new primary publishes everything, past the old one's messages.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, relay) = new.get_json("/v1/relay").await.unwrap();
+        if relay["lag_events"] == 0 && relay["state"] != "backoff" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new primary's relay: {relay}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Restarted, the old primary quarantines what the chain does not hold and follows it.
+    primary.kill();
+    let old_log = log_of_dir(&primary_dir);
+    let rejoined = spawn_server(&primary_dir, &dir.path().join("primary.log"), &refs(&primary_env));
+    let mut old = bindledger::adapters::http::client::Client::new(rejoined.addr, Some(ALL.into()));
+    let (_, health) = new.get_json("/healthz").await.unwrap();
+    let target = health["events"].as_u64().unwrap_or_else(|| panic!("{health}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, h) = old.get_json("/healthz").await.unwrap();
+        assert_eq!(h["role"], "replica", "{h}");
+        if h["events"].as_u64() == Some(target) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rejoined node: {h}, the primary: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = old
+        .post_json("/v1/accounts/acct-1/payments", &pay(1, "to-the-rejoined-one"))
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 421);
+    assert_eq!(rejoined.terminate(), Some(0));
+    assert_eq!(replica.terminate(), Some(0));
+    let promoted = log_of_dir(&replica_dir);
+    assert!(
+        log_of_dir(&primary_dir) == promoted,
+        "the rejoined node's log is the new primary's"
+    );
+    assert!(
+        dir.path().join("primary.fenced-epoch-0").join("log").exists(),
+        "the old directory is kept"
+    );
+    let quarantined: Vec<Vec<u8>> = std::fs::read_dir(&primary_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("quarantine-"))
+        .flat_map(|f| {
+            std::fs::read(f)
+                .unwrap()
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // Every event of its old log is in the chain or in the quarantine, and nothing quarantined
+    // was acknowledged.
+    let head = old_log.iter().zip(&promoted).take_while(|(a, b)| a == b).count();
+    assert_eq!(
+        &old_log[head..],
+        &quarantined[..],
+        "the quarantine holds the old log past the chain"
+    );
+    assert!(!quarantined.is_empty(), "the old primary wrote past the chain");
+    for bytes in &quarantined {
+        let e = bindledger_events::decode(bytes).unwrap();
+        let key = e.idempotency_key.expect("each with its idempotency key");
+        assert!(!acked.contains_key(&key), "{key} was acknowledged, yet quarantined");
+    }
+    // One chain: what a reader of the topic rebuilds is the new primary's log.
+    let restored_dir = dir.path().join("restored");
+    let out = std::process::Command::new(binary())
+        .args(["restore", "--data-dir"])
+        .arg(&restored_dir)
+        .args(["--brokers", &broker.addr, "--topic", &topics[0]])
+        .env("BINDLEDGER_SECRET", SECRET_HEX)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let restored = log_of_dir(&restored_dir);
+    assert_eq!(restored.len(), promoted.len());
+    assert!(restored == promoted, "the topic's chain is the new primary's log");
+    // The topic holds the fences, and what the old primary wrote past them: the rules dropped it.
+    let messages = read_topic(&broker.addr, &topics[0]);
+    let fences = messages.iter().filter(|m| m.headers.contains_key("fence")).count();
+    let events = messages.len() - fences;
+    assert_eq!(fences, 3, "one fence per partition");
+    assert!(
+        events > promoted.len(),
+        "the old primary wrote past the fences: {events} messages, {} in the chain",
+        promoted.len()
+    );
+    eprintln!(
+        "zombie: {} acknowledged by the old primary, {} events in the chain, {} more on the topic, {} quarantined",
+        acked.len(),
+        promoted.len(),
+        events - promoted.len(),
+        quarantined.len()
+    );
+    let mut by_key: HashMap<String, Vec<(u64, String)>> = HashMap::new();
+    for bytes in &promoted {
+        let e = bindledger_events::decode(bytes).unwrap();
+        if let Some(k) = &e.idempotency_key {
+            by_key
+                .entry(k.clone())
+                .or_default()
+                .push((e.seq, bindledger_events::hash_bytes(bytes).to_hex()));
+        }
+    }
+    for (key, (seq, hash, _)) in &acked {
+        assert_eq!(by_key.get(key), Some(&vec![(*seq, hash.clone())]), "acknowledged {key}");
+    }
+    for i in 0..40 {
+        assert_eq!(by_key.get(&format!("new-{i}")).map(Vec::len), Some(1), "new-{i}");
+    }
+    let (code, out, err) = run_cli(&["verify", "--data-dir", replica_dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{}{err}", String::from_utf8_lossy(&out));
+}

@@ -193,7 +193,9 @@ impl Ledger {
         gateway: Arc<dyn WalletGateway>,
         seams: Seams,
     ) -> Result<Ledger> {
-        let store = Arc::new(Store::open_with_faults(&config.data_dir, seams.faults.clone())?);
+        let store = Arc::new(store::retry_in_use(|| {
+            Store::open_with_faults(&config.data_dir, seams.faults.clone())
+        })?);
         store.set_sync_data(config.writer.sync_data);
         store.check_secret(&secret.check_value())?;
         let (last_seq, last_hash) = store.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));
@@ -337,6 +339,11 @@ impl Ledger {
             .spawn(move || writer.run(rx))
             .map_err(|e| Error::Io(format!("starting the writer thread: {e}")))?;
         tracing::info!(events = last_seq, dir = %config.data_dir.display(), "ledger open");
+        // A primary a promotion fenced stays fenced across restarts: it takes no commands.
+        let fenced = store.meta("fenced")?.is_some();
+        if fenced && !config.replica.enabled {
+            tracing::error!("this node was fenced by a promotion: it takes no commands (see the README's Failover)");
+        }
         Ok(Ledger {
             inner: Arc::new(Inner {
                 store,
@@ -348,7 +355,7 @@ impl Ledger {
                 idempotency,
                 order_claims: Default::default(),
                 order_ended: tokio::sync::Notify::new(),
-                primary: AtomicBool::new(!config.replica.enabled),
+                primary: AtomicBool::new(!config.replica.enabled && !fenced),
                 indexed,
                 pending_history,
                 durable_watch,
@@ -1176,6 +1183,65 @@ impl Ledger {
 
     pub fn set_replica_offsets(&self, topic: &str, offsets: &[i64]) -> Result<()> {
         self.inner.store.set_replica_offsets(topic, offsets)
+    }
+
+    pub fn relay_verified(&self, topic: &str) -> Result<Option<Vec<(i64, u64)>>> {
+        self.inner.store.relay_verified(topic)
+    }
+
+    pub fn set_relay_verified(&self, topic: &str, partitions: &[(i64, u64)]) -> Result<()> {
+        self.inner.store.set_relay_verified(topic, partitions)
+    }
+
+    /// This node's term as a primary: its epoch (0 until a promotion) and the promotion's id.
+    pub fn epoch(&self) -> Result<(u64, String)> {
+        Ok(match self.inner.store.meta("epoch")? {
+            Some(v) if v.len() >= 8 => (
+                u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+                String::from_utf8_lossy(&v[8..]).into_owned(),
+            ),
+            _ => (0, String::new()),
+        })
+    }
+
+    pub fn set_epoch(&self, epoch: u64, promotion: &str) -> Result<()> {
+        let mut v = epoch.to_be_bytes().to_vec();
+        v.extend_from_slice(promotion.as_bytes());
+        self.inner.store.set_meta("epoch", &v)
+    }
+
+    /// Whether the node starts as a replica whatever its configuration says (`rejoin`):
+    /// `"replica"` after a rejoin, `"primary"` once promoted.
+    pub fn set_role(&self, role: &str) -> Result<()> {
+        self.inner.store.set_meta("role", role.as_bytes())
+    }
+
+    /// The epoch of the promotion that fenced this node, if one did.
+    pub fn fenced_by(&self) -> Result<Option<u64>> {
+        Ok(self
+            .inner
+            .store
+            .meta("fenced")?
+            .filter(|v| v.len() == 8)
+            .map(|v| u64::from_be_bytes(v[..].try_into().expect("8 bytes"))))
+    }
+
+    /// A promotion to `epoch` took the topic over: this node takes no more commands (in
+    /// replicated mode the answers still waiting end as `outcome_unknown`), now and after a
+    /// restart.
+    pub fn fence(&self, epoch: u64) -> Result<()> {
+        self.inner.primary.store(false, Ordering::SeqCst);
+        self.inner.store.set_meta("fenced", &epoch.to_be_bytes())?;
+        self.inner.store.flush()
+    }
+
+    /// A replica's saved reading state (see `adapters::kafka::terms`).
+    pub fn replica_terms(&self, topic: &str) -> Result<Option<Vec<u8>>> {
+        self.inner.store.meta(&format!("replica-terms:{topic}"))
+    }
+
+    pub fn set_replica_terms(&self, topic: &str, terms: &[u8]) -> Result<()> {
+        self.inner.store.set_meta(&format!("replica-terms:{topic}"), terms)
     }
 }
 

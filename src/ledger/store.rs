@@ -287,9 +287,15 @@ pub fn scan_dir_reopening(dir: &Path, from: u64, reopen_bytes: u64) -> Result<Di
 /// the directory's lock for a moment after the last handle is dropped, so a lock held is tried
 /// again for up to two seconds (another process holding it still fails then).
 fn open_after_close(dir: &Path) -> Result<Store> {
+    retry_in_use(|| Store::open_for_scan(dir))
+}
+
+/// `open`, tried again while the directory's lock is held, for up to two seconds (see
+/// [`open_after_close`]).
+pub fn retry_in_use(mut open: impl FnMut() -> Result<Store>) -> Result<Store> {
     let mut tries = 0;
     loop {
-        match Store::open_for_scan(dir) {
+        match open() {
             Err(Error::InUse(_)) if tries < 200 => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(10));
@@ -420,6 +426,14 @@ impl Store {
             webhooks,
             faults: None,
         })
+    }
+
+    /// Gives a new, empty store this one's secret check value (a rebuilt directory).
+    pub fn copy_secret_check_to(&self, new: &Store) -> Result<()> {
+        if let Some(v) = self.db.get(META_SECRET_CHECK)? {
+            new.db.insert(META_SECRET_CHECK, v)?;
+        }
+        Ok(())
     }
 
     /// Records the secret's check value on first use; refuses a different secret later.
@@ -599,6 +613,45 @@ impl Store {
     pub fn set_replica_offsets(&self, topic: &str, offsets: &[i64]) -> Result<()> {
         let bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_be_bytes()).collect();
         self.index.insert(format!("Mreplica:{topic}"), bytes)?;
+        Ok(())
+    }
+
+    /// The relay's check of each partition of `topic`: the offset after its last message
+    /// known to be this term's own or older (nothing foreign in between), and the highest
+    /// `seq` it published there (see `adapters::kafka::terms`).
+    pub fn relay_verified(&self, topic: &str) -> Result<Option<Vec<(i64, u64)>>> {
+        match self.index.get(format!("Mrelay-verified:{topic}"))? {
+            Some(v) => Ok(Some(
+                v.chunks_exact(16)
+                    .map(|c| {
+                        let (o, s) = c.split_at(8);
+                        (
+                            i64::from_be_bytes(o.try_into().expect("8 bytes")),
+                            u64::from_be_bytes(s.try_into().expect("8 bytes")),
+                        )
+                    })
+                    .collect(),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_relay_verified(&self, topic: &str, partitions: &[(i64, u64)]) -> Result<()> {
+        let bytes: Vec<u8> = partitions
+            .iter()
+            .flat_map(|(o, s)| o.to_be_bytes().into_iter().chain(s.to_be_bytes()))
+            .collect();
+        self.index.insert(format!("Mrelay-verified:{topic}"), bytes)?;
+        Ok(())
+    }
+
+    /// A small named value of the node's own (its term, a replica's reading rules' state).
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.index.get(format!("M{name}"))?.map(|v| v.to_vec()))
+    }
+
+    pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.index.insert(format!("M{name}"), value)?;
         Ok(())
     }
 

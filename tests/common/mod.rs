@@ -174,8 +174,10 @@ pub fn spawn_server(data_dir: &Path, log_file: &Path, extra_env: &[(&str, &str)]
         .trim()
         .strip_prefix("listening on http://")
         .unwrap_or_else(|| {
+            let log = std::fs::read_to_string(log_file).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
             panic!(
-                "unexpected first line from the server: {line:?} (see {})",
+                "unexpected first line from the server: {line:?} (the end of {}: {tail:?})",
                 log_file.display()
             )
         })

@@ -111,6 +111,7 @@ const STATES: &[&str] = &[
     "backoff",
     "stopped",
     "standby",
+    "fenced",
 ];
 
 #[derive(Clone, Copy)]
@@ -123,6 +124,8 @@ pub(crate) enum State {
     Stopped = 6,
     /// On a replica: not started until it is promoted.
     Standby = 7,
+    /// A promotion fenced this node: it publishes nothing more.
+    Fenced = 8,
 }
 
 impl RelayStatus {
@@ -242,15 +245,23 @@ pub(crate) fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaErro
         .map_err(client_error("producer"))
 }
 
-/// The headers of an event's message (TOPIC.md): its type, schema version, id, `seq` and the
-/// SHA-256 of its bytes.
-pub fn event_headers(event_type: &str, version: &str, event_id: &str, seq: &str, hash: &str) -> OwnedHeaders {
+/// The headers of an event's message (TOPIC.md): its type, schema version, id, `seq`, the
+/// SHA-256 of its bytes, and the epoch of the primary that published it.
+pub fn event_headers(
+    event_type: &str,
+    version: &str,
+    event_id: &str,
+    seq: &str,
+    hash: &str,
+    epoch: &str,
+) -> OwnedHeaders {
     headers(&[
         ("event_type", event_type),
         ("schema_version", version),
         ("event_id", event_id),
         ("seq", seq),
         ("hash", hash),
+        ("epoch", epoch),
     ])
 }
 
@@ -280,8 +291,31 @@ pub fn header_text<M: Message>(m: &M, name: &str) -> Option<String> {
 pub(crate) fn read_tails(
     config: &KafkaConfig,
     topic: &str,
-    mut on_message: impl FnMut(usize, &rdkafka::message::BorrowedMessage<'_>) -> Result<(), KafkaError>,
+    on_message: impl FnMut(usize, &rdkafka::message::BorrowedMessage<'_>) -> Result<(), KafkaError>,
 ) -> Result<usize, KafkaError> {
+    read_partitions(config, topic, ReadFrom::Tails, on_message).map(|ends| ends.len())
+}
+
+/// Where [`read_partitions`] starts in each partition.
+#[derive(Clone, Copy)]
+pub(crate) enum ReadFrom<'a> {
+    /// Its last message.
+    Tails,
+    /// Its first.
+    Beginning,
+    /// These offsets, one per partition (else its last message).
+    Offsets(&'a [i64]),
+}
+
+/// Reads every partition of `topic` from `from` to its end, handing each message to
+/// `on_message` (partition, message); returns each partition's end: the offset after its last
+/// message. Blocking.
+pub(crate) fn read_partitions(
+    config: &KafkaConfig,
+    topic: &str,
+    from: ReadFrom<'_>,
+    mut on_message: impl FnMut(usize, &rdkafka::message::BorrowedMessage<'_>) -> Result<(), KafkaError>,
+) -> Result<Vec<i64>, KafkaError> {
     let consumer: BaseConsumer = client_config(config)
         .set("group.id", "bindledger-relay-recovery")
         .set("enable.auto.commit", "false")
@@ -301,25 +335,33 @@ pub(crate) fn read_tails(
         .ok_or_else(|| KafkaError::Topic(format!("topic {topic} has no partitions")))?;
     let mut tpl = TopicPartitionList::new();
     let mut waiting = 0;
-    for p in 0..partitions as i32 {
+    let mut expecting = vec![false; partitions];
+    let mut ends = vec![0i64; partitions];
+    for p in 0..partitions {
         let (low, high) = consumer
-            .fetch_watermarks(topic, p, timeout)
+            .fetch_watermarks(topic, p as i32, timeout)
             .map_err(client_error(format!("watermarks of partition {p}")))?;
-        if high > low {
-            tpl.add_partition_offset(topic, p, Offset::Offset(high - 1))
+        let start = match from {
+            ReadFrom::Offsets(s) if s.len() == partitions => s[p].max(low),
+            ReadFrom::Beginning => low,
+            _ => (high - 1).max(low),
+        };
+        ends[p] = start.max(0);
+        if high > start {
+            tpl.add_partition_offset(topic, p as i32, Offset::Offset(start))
                 .map_err(client_error(format!("reading from partition {p}")))?;
+            expecting[p] = true;
             waiting += 1;
         }
     }
     if waiting == 0 {
-        return Ok(partitions);
+        return Ok(ends);
     }
     consumer.assign(&tpl).map_err(client_error("assign"))?;
     // Read from there to the end: a broker may report the high watermark as the start of the
     // last record batch (tansu 0.6 does), so the last message is not always at `high - 1`.
-    // Done when every non-empty partition has answered and nothing new came for a quiet
-    // period (nothing is being produced while a relay recovers).
-    let mut seen = vec![false; partitions];
+    // Done when every partition expected to have messages has answered and nothing new came
+    // for a quiet period (nothing is being produced while a relay recovers).
     let mut last_message = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(60);
     while waiting > 0 || last_message.elapsed() < RECOVERY_QUIET {
@@ -334,13 +376,17 @@ pub(crate) fn read_tails(
             Some(Ok(m)) => {
                 last_message = Instant::now();
                 let p = m.partition() as usize;
+                if p >= partitions || m.offset() < ends[p] {
+                    continue;
+                }
                 on_message(p, &m)?;
-                if !seen[p] {
-                    seen[p] = true;
+                ends[p] = m.offset() + 1;
+                if expecting[p] {
+                    expecting[p] = false;
                     waiting -= 1;
                 }
             }
         }
     }
-    Ok(partitions)
+    Ok(ends)
 }

@@ -8,6 +8,8 @@
 //! - [`notifications`]: what the account holder is told, on its own topic, exactly once.
 //! - [`replica`]: a read replica that follows the topic, and its promotion.
 //! - [`restore`]: a data directory rebuilt from the topic and its signed checkpoints.
+//! - [`terms`]: epochs and fences: a promotion stops the previous primary forking the chain.
+//! - [`rejoin`]: a fenced primary quarantines what the chain does not hold, and follows it.
 //! - [`analytics`]: the downstream analytics consumer (`bindledger consume`).
 
 pub mod alerts;
@@ -17,9 +19,11 @@ pub mod client;
 pub mod notifications;
 pub mod partition;
 pub mod reader;
+pub mod rejoin;
 pub mod relay;
 pub mod replica;
 pub mod restore;
+pub mod terms;
 
 /// What can go wrong between the ledger and Kafka. The relays show it in their status and
 /// start a new session after a backoff; the tools (restore, the audit tool) stop with it.
@@ -39,6 +43,18 @@ pub enum KafkaError {
     /// delete records in replicated mode): the relay refuses it rather than write over it.
     #[error("{0}")]
     Refused(String),
+    /// A promotion to `epoch` fenced this node: it is no longer the primary (`terms`).
+    #[error("a promotion to epoch {epoch} fenced this node: it is no longer the primary, and publishes and acknowledges nothing more")]
+    Fenced { epoch: u64 },
+    /// A message of this node's landed elsewhere than right after its previous one in that
+    /// partition: something else wrote in between (the next session finds out what).
+    #[error("{topic} partition {partition}: an event landed at offset {found}, not {expected}: another writer wrote in between")]
+    Moved {
+        topic: String,
+        partition: i32,
+        expected: i64,
+        found: i64,
+    },
     /// The topic or a record on it is not as the topic's contract (TOPIC.md) says.
     #[error("{0}")]
     Topic(String),

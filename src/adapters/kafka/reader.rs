@@ -25,10 +25,30 @@ pub struct PartitionedConsumer {
     /// Records that reached the consumer's main queue before the partitions' queues were split
     /// off (librdkafka may fetch as soon as partitions are assigned): taken first.
     stray: Vec<std::collections::VecDeque<SeqRecord>>,
+    /// The fencing rules applied as records are read (rule 1 in [`Self::fill`]).
+    pub terms: super::terms::Terms,
 }
 
-/// One record: its `seq` header, its value and its offset.
-pub type SeqRecord = (u64, bytes::Bytes, i64);
+/// One message of a topic read as a log.
+#[derive(Debug, Clone)]
+pub struct SeqRecord {
+    /// Its `seq` header (0 for a fence).
+    pub seq: u64,
+    pub value: bytes::Bytes,
+    pub offset: i64,
+    /// Its `epoch` header (0 when absent); a fence's own epoch.
+    pub epoch: u64,
+    /// Set for a fence ([`super::terms`]).
+    pub fence: Option<Fence>,
+    /// The highest fence read in its partition before it (set as it is admitted).
+    pub fenced: u64,
+}
+
+/// A fence's `node` header: the promotion that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub node: String,
+}
 
 impl PartitionedConsumer {
     /// Opens every partition of `topic` at `starts` (one per partition; `None`: the beginning).
@@ -91,6 +111,7 @@ impl PartitionedConsumer {
             topic: topic.to_owned(),
             next_offset: starts.iter().map(|o| (*o).max(0)).collect(),
             stray: vec![Default::default(); partitions],
+            terms: super::terms::Terms::new(partitions),
         };
         // What reached the main queue before the split comes first.
         reader.serve()?;
@@ -139,22 +160,39 @@ impl PartitionedConsumer {
 
     fn record(topic: &str, p: usize, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<SeqRecord, KafkaError> {
         use rdkafka::message::Message;
+        let number = |name: &str| header_text(m, name).and_then(|v| v.parse::<u64>().ok());
+        let value = bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default());
+        if let Some(epoch) = number("fence") {
+            return Ok(SeqRecord {
+                seq: 0,
+                value,
+                offset: m.offset(),
+                epoch,
+                fence: Some(Fence {
+                    node: header_text(m, "node").unwrap_or_default(),
+                }),
+                fenced: 0,
+            });
+        }
         // The `seq` header (events), else the key (checkpoints are keyed by seq).
-        let seq = header_text(m, "seq")
-            .and_then(|v| v.parse().ok())
+        let seq = number("seq")
             .or_else(|| std::str::from_utf8(m.key()?).ok()?.parse().ok())
             .ok_or_else(|| {
                 KafkaError::Topic(format!("{topic} partition {p} offset {} has no seq header", m.offset()))
             })?;
-        Ok((
+        Ok(SeqRecord {
             seq,
-            bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-            m.offset(),
-        ))
+            value,
+            offset: m.offset(),
+            epoch: number("epoch").unwrap_or(0),
+            fence: None,
+            fenced: 0,
+        })
     }
 
     /// Moves records of partition `p` into `buffer` until it holds `max`, waiting at most
-    /// `wait` for the first; returns how many it moved.
+    /// `wait` for the first; returns how many it read (fences and records the fencing rules
+    /// drop included: they are progress too, though not buffered).
     pub fn fill(
         &mut self,
         p: usize,
@@ -166,26 +204,28 @@ impl PartitionedConsumer {
         let mut moved = 0;
         let mut wait = wait;
         while buffer.len() < max {
-            if let Some(record) = self.stray[p].pop_front() {
-                if record.2 >= self.next_offset[p] {
-                    self.next_offset[p] = record.2 + 1;
-                    buffer.push_back(record);
-                    moved += 1;
+            let record = if let Some(record) = self.stray[p].pop_front() {
+                if record.offset < self.next_offset[p] {
+                    continue;
                 }
-                continue;
-            }
-            match self.queues[p].poll(wait) {
-                None => break,
-                Some(Err(e)) => return Err(client_error(format!("reading {} partition {p}", self.topic))(e)),
-                Some(Ok(m)) => {
-                    wait = std::time::Duration::ZERO;
-                    if m.offset() < self.next_offset[p] {
-                        continue;
+                record
+            } else {
+                match self.queues[p].poll(wait) {
+                    None => break,
+                    Some(Err(e)) => return Err(client_error(format!("reading {} partition {p}", self.topic))(e)),
+                    Some(Ok(m)) => {
+                        wait = std::time::Duration::ZERO;
+                        if m.offset() < self.next_offset[p] {
+                            continue;
+                        }
+                        Self::record(&self.topic, p, &m)?
                     }
-                    self.next_offset[p] = m.offset() + 1;
-                    buffer.push_back(Self::record(&self.topic, p, &m)?);
-                    moved += 1;
                 }
+            };
+            self.next_offset[p] = record.offset + 1;
+            moved += 1;
+            if let Some(record) = self.terms.admit(p, record) {
+                buffer.push_back(record);
             }
         }
         Ok(moved)
@@ -197,7 +237,8 @@ impl PartitionedConsumer {
 /// memory ([`PartitionedConsumer`]). A partition is at its end once it has reached the high
 /// watermark it had when reading began and has then delivered nothing for [`KAFKA_QUIET`]
 /// (both: a broker may report a watermark short of its last record, as tansu 0.6 does). Ties
-/// (a duplicate across partitions) keep both, in partition order, for the audit to name.
+/// (a duplicate across partitions) keep both, in partition order, for the audit to name. The
+/// fencing rules ([`super::terms`]) drop what a fenced primary wrote.
 pub struct TopicReader {
     reader: PartitionedConsumer,
     buffers: Vec<std::collections::VecDeque<SeqRecord>>,
@@ -206,6 +247,8 @@ pub struct TopicReader {
     ended: Vec<bool>,
     ends: Vec<i64>,
     failed: bool,
+    /// The `seq` of the last record taken.
+    last: u64,
 }
 
 /// How long a partition past its high watermark must deliver nothing to count as read to its end.
@@ -229,6 +272,7 @@ pub fn read_topic(client: ClientConfig, topic: &str) -> Result<TopicReader, Kafk
         ended: vec![false; n],
         ends,
         failed: false,
+        last: 0,
     })
 }
 
@@ -270,17 +314,52 @@ impl TopicReader {
                     waiting.get_or_insert(p);
                 }
             }
-            let Some(p) = waiting else {
-                // Every partition has its next record buffered, or has none left: the smallest.
-                let Some(p) = (0..self.buffers.len())
-                    .filter(|&p| !self.buffers[p].is_empty())
-                    .min_by_key(|&p| self.buffers[p][0].0)
-                else {
-                    return Ok(None);
-                };
-                let (_, value, _) = self.buffers[p].pop_front().expect("not empty");
-                // The record's own allocation (copied once out of librdkafka), not a new copy.
-                return Ok(Some(Vec::from(value)));
+            // The fencing rules drop what a fenced primary wrote; a partition they emptied is
+            // read again first.
+            let mut pruned = false;
+            for b in &mut self.buffers {
+                let before = b.len();
+                self.reader.terms.prune(b);
+                pruned |= b.len() != before;
+            }
+            if pruned {
+                continue;
+            }
+            let p = match waiting {
+                Some(p) => p,
+                None => {
+                    // Every partition has its next record buffered, or has none left: the
+                    // smallest, unless it is not the next event and a partition's head may
+                    // still be dropped by a fence further on (read more of that one first).
+                    let Some(p) = (0..self.buffers.len())
+                        .filter(|&p| !self.buffers[p].is_empty())
+                        .min_by_key(|&p| self.buffers[p][0].seq)
+                    else {
+                        return Ok(None);
+                    };
+                    let undecided = (self.buffers[p][0].seq != self.last + 1)
+                        .then(|| {
+                            (0..self.buffers.len()).find(|&q| {
+                                self.buffers[q].len() < KAFKA_BUFFER_PER_PARTITION
+                                    && self.buffers[q]
+                                        .front()
+                                        .is_some_and(|h| self.reader.terms.undecided(q, h))
+                                    && !(self.reader.next_offset[q] >= self.ends[q]
+                                        && self.active[q].elapsed() >= KAFKA_QUIET)
+                            })
+                        })
+                        .flatten();
+                    match undecided {
+                        Some(q) => q,
+                        None => {
+                            let record = self.buffers[p].pop_front().expect("not empty");
+                            self.reader.terms.took(&record);
+                            self.last = record.seq;
+                            // The record's own allocation (copied once out of librdkafka).
+                            return Ok(Some(Vec::from(record.value)));
+                        }
+                    }
+                }
             };
             self.reader.serve()?;
             if self.reader.fill(
@@ -293,6 +372,11 @@ impl TopicReader {
                 self.active[p] = std::time::Instant::now();
             }
         }
+    }
+
+    /// Messages the fencing rules dropped so far (a fenced primary's; see [`super::terms`]).
+    pub fn dropped(&self) -> u64 {
+        self.reader.terms.dropped
     }
 }
 

@@ -20,8 +20,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::client::{
-    ensure_topic, event_headers, header_text, producer, read_tails, retention_problem, Backoff, RelayReport,
-    RelayStatus, State,
+    ensure_topic, event_headers, header_text, producer, read_partitions, retention_problem, Backoff, ReadFrom,
+    RelayReport, RelayStatus, State,
 };
 use super::partition::partition_for;
 use crate::config::KafkaConfig;
@@ -134,6 +134,15 @@ impl Relay {
             if *shutdown.borrow() {
                 break;
             }
+            if let Err(KafkaError::Fenced { epoch }) = result {
+                tracing::error!(epoch, topic = %self.config.topic, "kafka relay: a promotion fenced this node; it takes no more commands (restart it to rejoin as a replica)");
+                if let Err(e) = self.ledger.fence(epoch) {
+                    tracing::error!(error = %e, "recording that this node was fenced failed");
+                }
+                *self.status.last_error.lock().expect("status lock") = Some(KafkaError::Fenced { epoch }.to_string());
+                self.status.set(State::Fenced);
+                return;
+            }
             if let Err(e) = result {
                 if self.status.published_total.load(Ordering::Relaxed) > published_before {
                     backoff.reset();
@@ -146,22 +155,45 @@ impl Relay {
         self.status.set(State::Stopped);
     }
 
-    /// The highest `seq` in each partition (0 for an empty one), read from its last message,
-    /// which must be this log's event with that `seq` (same hash): a topic holding another
-    /// log's events is refused rather than published over.
-    fn recover(&self) -> Result<Vec<u64>, KafkaError> {
-        let mut maxes: Vec<u64> = Vec::new();
-        let partitions = read_tails(&self.config, &self.config.topic, |p, m| {
+    /// What the topic holds of this log, per partition: the highest `seq` (0 for none) and the
+    /// offset after the last message. Read from where the last session verified each
+    /// partition (else from its last message) to its end. Each message must be this log's
+    /// event of this node's epoch (same hash: a topic holding another log's events is refused
+    /// rather than published over), or one a fenced primary of an older epoch wrote (skipped);
+    /// a fence or an event of a newer epoch means a promotion fenced this node.
+    fn recover(&self, epoch: u64) -> Result<(Vec<u64>, Vec<i64>), KafkaError> {
+        let topic = &self.config.topic;
+        let verified = self.ledger.relay_verified(topic)?;
+        let starts: Option<Vec<i64>> = verified.as_ref().map(|v| v.iter().map(|(o, _)| *o).collect());
+        let mut maxes: Vec<u64> = verified
+            .as_ref()
+            .map(|v| v.iter().map(|(_, s)| *s).collect())
+            .unwrap_or_default();
+        let from = starts.as_deref().map_or(ReadFrom::Tails, ReadFrom::Offsets);
+        let ends = read_partitions(&self.config, topic, from, |p, m| {
             let header = |name: &str| header_text(m, name);
-            let seq = header("seq")
-                .and_then(|s| s.parse::<u64>().ok())
+            let number = |name: &str| header(name).and_then(|s| s.parse::<u64>().ok());
+            if let Some(fence) = number("fence") {
+                return if fence > epoch {
+                    Err(KafkaError::Fenced { epoch: fence })
+                } else {
+                    Ok(())
+                };
+            }
+            let seq = number("seq")
                 .ok_or_else(|| KafkaError::Topic(format!("partition {p} holds a message without a seq header")))?;
+            let theirs = number("epoch").unwrap_or(0);
+            if theirs > epoch {
+                return Err(KafkaError::Fenced { epoch: theirs });
+            }
+            if theirs < epoch {
+                return Ok(()); // a fenced primary's, after this node's fence: not in the chain
+            }
             let ours = self.ledger.event_bytes(seq)?.filter(|_| seq <= self.ledger.log_len());
             let same = ours.is_some_and(|b| Some(bindledger_events::hash_bytes(&b).to_hex()) == header("hash"));
             if !same {
                 return Err(KafkaError::Refused(format!(
-                    "topic {} partition {p} holds an event {seq} that is not this log's event {seq}: the topic belongs to another log; refusing to publish to it",
-                    self.config.topic
+                    "topic {topic} partition {p} holds an event {seq} that is not this log's event {seq}: the topic belongs to another log; refusing to publish to it",
                 )));
             }
             if maxes.len() <= p {
@@ -170,8 +202,8 @@ impl Relay {
             maxes[p] = maxes[p].max(seq);
             Ok(())
         })?;
-        maxes.resize(partitions, 0);
-        Ok(maxes)
+        maxes.resize(ends.len(), 0);
+        Ok((maxes, ends))
     }
 
     /// Connects, recovers what the topic holds, then publishes until an error or shutdown.
@@ -188,10 +220,12 @@ impl Relay {
         }
         *self.status.warning.lock().expect("status lock") = warning;
         self.status.set(State::Recovering);
-        let maxes = {
+        let (epoch, _) = self.ledger.epoch()?;
+        let (mut maxes, mut expected) = {
             let relay = self;
-            tokio::task::block_in_place(|| relay.recover())?
+            tokio::task::block_in_place(|| relay.recover(epoch))?
         };
+        let epoch_text = epoch.to_string();
         let partitions = maxes.len() as i32;
         let topic = self.config.topic.clone();
         let saved = self.ledger.relay_position(&topic)?;
@@ -205,7 +239,9 @@ impl Relay {
         *self.status.last_error.lock().expect("status lock") = None;
         // Deliveries in send order: (seq, its delivery, or None for an event already on the
         // topic). The front is awaited when the window is full, so the producer never idles
-        // and the position only moves past events that are acknowledged.
+        // and the position only moves past events that are acknowledged, each at the offset
+        // right after this node's previous message in its partition (`expected`): nothing
+        // foreign, a fence above all, landed in between, so no fencing rule can drop it.
         let mut window: VecDeque<(u64, Option<DeliveryFuture>)> =
             VecDeque::with_capacity(self.config.inflight_events_max.min(65536));
         let mut saved_at = position;
@@ -215,13 +251,13 @@ impl Relay {
                 // Caught up with the log: settle what is in flight, then wait for more.
                 while let Some((seq, delivery)) = window.pop_front() {
                     if let Some(d) = delivery {
-                        settle(d).await?;
+                        landed(&topic, d.await, seq, &mut expected, &mut maxes)?;
                         self.status.published_total.fetch_add(1, Ordering::Relaxed);
                     }
                     position = seq;
                 }
                 if position != saved_at {
-                    self.ledger.set_relay_position(&topic, position)?;
+                    self.save(position, &expected, &maxes)?;
                     saved_at = position;
                 }
                 self.advance(position);
@@ -240,8 +276,14 @@ impl Relay {
                     None // already on the topic
                 } else {
                     let hash = bindledger_events::hash_bytes(&bytes).to_hex();
-                    let headers =
-                        event_headers(route.event_type, route.version, route.event_id, &seq.to_string(), &hash);
+                    let headers = event_headers(
+                        route.event_type,
+                        route.version,
+                        route.event_id,
+                        &seq.to_string(),
+                        &hash,
+                        &epoch_text,
+                    );
                     let record = FutureRecord::to(&topic)
                         .partition(partition)
                         .key(route.account)
@@ -256,7 +298,7 @@ impl Relay {
                 while window.len() >= self.config.inflight_events_max {
                     let (seq, delivery) = window.pop_front().expect("the window is full");
                     if let Some(d) = delivery {
-                        settle(d).await?;
+                        landed(&topic, d.await, seq, &mut expected, &mut maxes)?;
                         self.status.published_total.fetch_add(1, Ordering::Relaxed);
                     }
                     position = seq;
@@ -266,10 +308,8 @@ impl Relay {
             while let Some((_, Some(d))) = window.front_mut() {
                 match futures_util::FutureExt::now_or_never(d) {
                     Some(result) => {
-                        result
-                            .map_err(|_| KafkaError::Topic("the producer was dropped".into()))?
-                            .map_err(|(e, _)| delivery_error(e))?;
                         let (seq, _) = window.pop_front().expect("front exists");
+                        landed(&topic, result, seq, &mut expected, &mut maxes)?;
                         self.status.published_total.fetch_add(1, Ordering::Relaxed);
                         position = seq;
                     }
@@ -282,19 +322,47 @@ impl Relay {
             }
             self.advance(position);
             if position >= saved_at + RELAY_SAVE_EVERY_EVENTS {
-                self.ledger.set_relay_position(&topic, position)?;
+                self.save(position, &expected, &maxes)?;
                 saved_at = position;
             }
         }
     }
 }
 
-async fn settle(d: DeliveryFuture) -> SessionResult {
-    match d.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(delivery_error(e)),
-        Err(_) => Err(KafkaError::Topic("the producer was dropped".into())),
+impl Relay {
+    /// Saves the position with what each partition was verified to hold up to it.
+    fn save(&self, position: u64, expected: &[i64], maxes: &[u64]) -> Result<(), KafkaError> {
+        let verified: Vec<(i64, u64)> = expected.iter().copied().zip(maxes.iter().copied()).collect();
+        self.ledger.set_relay_verified(&self.config.topic, &verified)?;
+        self.ledger.set_relay_position(&self.config.topic, position)?;
+        Ok(())
     }
+}
+
+/// Event `seq`'s delivery: acknowledged, and at the offset right after this node's previous
+/// message in its partition.
+fn landed<Dropped>(
+    topic: &str,
+    result: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, Dropped>,
+    seq: u64,
+    expected: &mut [i64],
+    maxes: &mut [u64],
+) -> SessionResult {
+    let delivery = result
+        .map_err(|_| KafkaError::Topic("the producer was dropped".into()))?
+        .map_err(|(e, _)| delivery_error(e))?;
+    let p = delivery.partition as usize;
+    if delivery.offset != expected[p] {
+        return Err(KafkaError::Moved {
+            topic: topic.to_owned(),
+            partition: delivery.partition,
+            expected: expected[p],
+            found: delivery.offset,
+        });
+    }
+    expected[p] += 1;
+    maxes[p] = maxes[p].max(seq);
+    Ok(())
 }
 
 fn delivery_error(e: RdKafkaError) -> KafkaError {

@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::reader::SeqRecord;
+use super::terms::Terms;
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
@@ -43,6 +45,19 @@ pub struct ReplicaStatus {
     pub last_error: Mutex<Option<String>>,
     /// Set to make the follower read to the topic's end and stop (promotion).
     pub finish: AtomicBool,
+    /// A promotion's fences, written before `finish` is set: read through them, then stop.
+    pub fences: Mutex<Option<Fences>>,
+    /// The highest epoch read on the topic (a promotion takes the next).
+    pub highest_epoch: AtomicU64,
+}
+
+/// The fences a promotion wrote: its epoch, its id, and per partition the offset after its
+/// fence (what the follower must read to).
+#[derive(Debug, Clone)]
+pub struct Fences {
+    pub epoch: u64,
+    pub node: String,
+    pub ends: Vec<i64>,
 }
 
 impl ReplicaStatus {
@@ -88,7 +103,7 @@ impl Follower {
     }
 
     fn follow(&self, stop: &AtomicBool, handle: &tokio::runtime::Handle) -> Result<()> {
-        use crate::adapters::kafka::reader::{PartitionedConsumer, SeqRecord, KAFKA_QUIET};
+        use crate::adapters::kafka::reader::{PartitionedConsumer, KAFKA_QUIET};
         let topic = self.kafka.topic.clone();
         let saved = self.ledger.replica_offsets(&topic)?;
         // The topic may not exist yet (the primary creates it): wait for it.
@@ -114,34 +129,48 @@ impl Follower {
         };
         reader.wake_this_thread_on_records();
         let partitions = reader.partitions();
+        // The fencing rules' state as of the saved offsets.
+        if let Some(t) = self.ledger.replica_terms(&topic)?.and_then(|b| Terms::from_bytes(&b)) {
+            if t.fenced.len() == partitions {
+                reader.terms = t;
+            }
+        }
         self.status.set_state("following");
         let mut buffers: Vec<VecDeque<SeqRecord>> = vec![VecDeque::new(); partitions];
-        // Per partition: the offset after the last record taken from its buffer.
+        // Per partition: the offset after the last record taken from its buffer, and the
+        // highest fence before it.
         let mut applied = reader.next_offset.clone();
+        let mut applied_fenced = reader.terms.fenced.clone();
         let mut next = self.ledger.log_len() + 1;
         self.status.seen.fetch_max(next - 1, Ordering::Relaxed);
         let mut ends: Option<Vec<i64>> = None;
+        let mut fences: Option<Fences> = None;
         let mut last_record = Instant::now();
-        // Hand-overs not yet durable, each with the offsets to save once it is.
-        let mut in_flight: VecDeque<(crate::ledger::ReplicatedAppend, Vec<i64>)> = VecDeque::new();
-        let settle = |(append, offsets): (crate::ledger::ReplicatedAppend, Vec<i64>)| -> Result<()> {
+        // Hand-overs not yet durable, each with the offsets and rules' state to save once it is.
+        type Handed = (crate::ledger::ReplicatedAppend, Vec<i64>, Vec<u8>);
+        let mut in_flight: VecDeque<Handed> = VecDeque::new();
+        let settle = |(append, offsets, terms): Handed| -> Result<()> {
             if let Some(last) = handle.block_on(append.durable())? {
                 self.status
                     .applied_record_micros
                     .store(last.event.record_time.timestamp_micros(), Ordering::Relaxed);
             }
+            self.ledger.set_replica_terms(&topic, &terms)?;
             self.ledger.set_replica_offsets(&topic, &offsets)
         };
         while !stop.load(Ordering::SeqCst) {
-            // Promotion: the end of each partition, as of now, is what must be read.
+            // Promotion: read through its fences (or, without any, to each partition's end
+            // as of now).
             if ends.is_none() && self.status.finish.load(Ordering::SeqCst) {
                 self.status.set_state("promoting");
-                ends = Some(
-                    (0..partitions)
+                fences = self.status.fences.lock().expect("replica status lock").clone();
+                ends = Some(match &fences {
+                    Some(f) => f.ends.clone(),
+                    None => (0..partitions)
                         .map(|p| reader.high_watermark(p))
                         .collect::<std::result::Result<_, _>>()
                         .map_err(|e| Error::Io(e.to_string()))?,
-                );
+                });
             }
             reader.serve().map_err(|e| Error::Io(e.to_string()))?;
             let mut got = 0;
@@ -151,32 +180,43 @@ impl Follower {
                         .fill(p, buffer, BUFFER_PER_PARTITION, Duration::ZERO)
                         .map_err(|e| Error::Io(e.to_string()))?;
                 }
-                if let Some((seq, _, _)) = buffer.back() {
-                    self.status.seen.fetch_max(*seq, Ordering::Relaxed);
+                reader.terms.prune(buffer);
+                if let Some(r) = buffer.back() {
+                    self.status.seen.fetch_max(r.seq, Ordering::Relaxed);
                 }
             }
+            self.status
+                .highest_epoch
+                .fetch_max(reader.terms.highest.max(reader.terms.chain), Ordering::Relaxed);
             if got > 0 {
                 last_record = Instant::now();
             }
             // Append, in seq order, every event that comes next.
             let mut out = Vec::new();
             while let Some(p) = (0..partitions)
-                .filter(|&p| buffers[p].front().is_some_and(|(s, _, _)| *s <= next))
-                .min_by_key(|&p| buffers[p][0].0)
+                .filter(|&p| buffers[p].front().is_some_and(|r| r.seq <= next))
+                .min_by_key(|&p| buffers[p][0].seq)
             {
-                let (seq, bytes, offset) = buffers[p].pop_front().expect("not empty");
-                applied[p] = offset + 1;
-                if seq == next {
-                    out.push(bytes);
+                let r = buffers[p].pop_front().expect("not empty");
+                applied[p] = r.offset + 1;
+                applied_fenced[p] = r.fenced;
+                if r.seq == next {
+                    reader.terms.took(&r);
+                    out.push(r.value);
                     next += 1;
                 }
+                reader.terms.prune(&mut buffers[p]);
                 if out.len() >= APPEND_BATCH {
                     break;
                 }
             }
             if !out.is_empty() {
                 let append = handle.block_on(self.ledger.submit_replicated(out))?;
-                in_flight.push_back((append, applied.clone()));
+                let terms = Terms {
+                    fenced: applied_fenced.clone(),
+                    ..reader.terms.clone()
+                };
+                in_flight.push_back((append, applied.clone(), terms.to_bytes()));
                 if in_flight.len() >= APPENDS_IN_FLIGHT {
                     settle(in_flight.pop_front().expect("in flight"))?;
                 }
@@ -201,7 +241,13 @@ impl Follower {
                         "following"
                     });
             }
-            if let Some(ends) = &ends {
+            if let (Some(ends), Some(f)) = (&ends, &fences) {
+                // Read through every fence: what is left buffered is a fenced primary's
+                // (rule 3 would drop it once this node writes), and the chain ends here.
+                if (0..partitions).all(|p| reader.next_offset[p] >= ends[p]) {
+                    return self.finish_promotion(&mut reader, &mut buffers, f, next - 1);
+                }
+            } else if let Some(ends) = &ends {
                 // Past each partition's end as of the promotion, and quiet (a broker may report
                 // an end short of its last record).
                 if caught_up && (0..partitions).all(|p| applied[p] >= ends[p]) && last_record.elapsed() >= KAFKA_QUIET {
@@ -210,17 +256,58 @@ impl Follower {
                     tracing::info!(events = next - 1, "replica: read the topic to its end");
                     return Ok(());
                 }
-                if last_record.elapsed() > Duration::from_secs(60) {
-                    return Err(Error::Io(format!(
-                        "promotion: {topic} could not be read to its end within a minute"
-                    )));
-                }
+            }
+            if ends.is_some() && last_record.elapsed() > Duration::from_secs(60) {
+                return Err(Error::Io(format!(
+                    "promotion: {topic} could not be read to its end within a minute"
+                )));
             }
             if got == 0 {
                 // Quiet: sleep until a partition's queue receives records.
                 std::thread::park_timeout(Duration::from_millis(100));
             }
         }
+        Ok(())
+    }
+
+    /// The follower read through a promotion's fences in every partition: checks that each
+    /// partition's first fence of the newest epoch is this promotion's (else another promotion
+    /// came first, and this one fails), and drops what is left buffered: events of a fenced
+    /// primary that cannot continue the chain at `head`.
+    fn finish_promotion(
+        &self,
+        reader: &mut crate::adapters::kafka::reader::PartitionedConsumer,
+        buffers: &mut [VecDeque<SeqRecord>],
+        fences: &Fences,
+        head: u64,
+    ) -> Result<()> {
+        let ours = Some((fences.epoch, fences.node.clone()));
+        if let Some(p) = (0..buffers.len()).find(|&p| reader.terms.first.get(p) != Some(&ours)) {
+            return Err(Error::Io(format!(
+                "promotion: partition {p} of {} was fenced by another promotion first: this node stays a replica",
+                self.kafka.topic
+            )));
+        }
+        let mut dropped = 0;
+        for b in buffers.iter_mut() {
+            if let Some(r) = b.iter().find(|r| r.epoch >= fences.epoch) {
+                return Err(Error::Io(format!(
+                    "promotion: {} holds event {} of epoch {} after this promotion's fence: another primary is writing",
+                    self.kafka.topic, r.seq, r.epoch
+                )));
+            }
+            dropped += b.len();
+            b.clear();
+        }
+        self.ledger
+            .set_replica_offsets(&self.kafka.topic, &reader.next_offset)?;
+        self.ledger.flush()?;
+        tracing::info!(
+            events = head,
+            epoch = fences.epoch,
+            dropped,
+            "replica: read the topic through this promotion's fences"
+        );
         Ok(())
     }
 }
@@ -245,7 +332,7 @@ pub struct Promoter {
     ledger: Ledger,
     status: Arc<ReplicaStatus>,
     thread: Mutex<Option<std::thread::JoinHandle<Result<()>>>>,
-    topic: String,
+    kafka: KafkaConfig,
     relay_status: Option<Arc<crate::adapters::kafka::client::RelayStatus>>,
     services: Mutex<Option<Vec<Service>>>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
@@ -257,7 +344,7 @@ impl Promoter {
         ledger: Ledger,
         status: Arc<ReplicaStatus>,
         thread: std::thread::JoinHandle<Result<()>>,
-        topic: String,
+        kafka: KafkaConfig,
         relay_status: Option<Arc<crate::adapters::kafka::client::RelayStatus>>,
         services: Vec<Service>,
         tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
@@ -266,7 +353,7 @@ impl Promoter {
             ledger,
             status,
             thread: Mutex::new(Some(thread)),
-            topic,
+            kafka,
             relay_status,
             services: Mutex::new(Some(services)),
             tasks,
@@ -282,12 +369,10 @@ impl Promoter {
         }
     }
 
-    /// Reads the events topic to the end it has now, appends all of it, and only then takes
-    /// commands: starts the events relay (every event of this log is on the topic already),
-    /// the alerts and checkpoints publishers and the signer, and lets the alert monitor act.
-    ///
-    /// The previous primary must be stopped first: see the README (the development broker has
-    /// no Kafka transactions, so producer fencing is not used).
+    /// Fences the previous primary, reads the events topic through the fences, appends all
+    /// of it, and only then takes commands: starts the events relay (every event of this log
+    /// is on the topic already), the alerts and checkpoints publishers and the signer, and
+    /// lets the alert monitor act. See [`super::terms`] for what the fences do.
     pub async fn promote(&self) -> Result<PromoteReport> {
         let _one = self.promoting.lock().await;
         let started = Instant::now();
@@ -298,6 +383,21 @@ impl Promoter {
                 promoted: false,
             });
         }
+        if self.thread.lock().expect("promoter lock").is_none() {
+            return Err(Error::Io("the replica is not following the topic".into()));
+        }
+        let (own, _) = self.ledger.epoch()?;
+        let epoch = own.max(self.status.highest_epoch.load(Ordering::SeqCst)) + 1;
+        let node = uuid::Uuid::now_v7().simple().to_string();
+        let ends = write_fences(&self.kafka, epoch, &node)
+            .await
+            .map_err(|e| Error::Io(e.to_string()))?;
+        tracing::warn!(epoch, "promotion: fenced every partition of the events topic");
+        *self.status.fences.lock().expect("replica status lock") = Some(Fences {
+            epoch,
+            node: node.clone(),
+            ends: ends.clone(),
+        });
         self.status.finish.store(true, Ordering::SeqCst);
         let thread = self.thread.lock().expect("promoter lock").take();
         let Some(thread) = thread else {
@@ -310,7 +410,13 @@ impl Promoter {
         }
         // Everything in this log came from the topic: the relay starts after it.
         let n = self.ledger.log_len();
-        self.ledger.set_relay_position(&self.topic, n)?;
+        // The relay publishes in this term from the fences on: every event up to `n` is on
+        // the topic before them, in the chain.
+        self.ledger.set_epoch(epoch, &node)?;
+        self.ledger.set_role("primary")?;
+        let verified: Vec<(i64, u64)> = ends.iter().map(|e| (*e, n)).collect();
+        self.ledger.set_relay_verified(&self.kafka.topic, &verified)?;
+        self.ledger.set_relay_position(&self.kafka.topic, n)?;
         if let Some(s) = &self.relay_status {
             s.position.store(n, Ordering::Relaxed);
         }
@@ -325,11 +431,65 @@ impl Promoter {
             }
         }
         self.status.set_state("promoted");
-        tracing::warn!(events = n, "promoted: this node is the primary now");
+        tracing::warn!(events = n, epoch, "promoted: this node is the primary now");
         Ok(PromoteReport {
             events: n,
             seconds: started.elapsed().as_secs_f64(),
             promoted: true,
         })
     }
+}
+
+/// Writes a fence of `epoch` (by the promotion `node`) to every partition of the events topic
+/// (creating it if nothing was ever published); returns, per partition, the offset after it.
+async fn write_fences(kafka: &KafkaConfig, epoch: u64, node: &str) -> std::result::Result<Vec<i64>, super::KafkaError> {
+    use super::client::{ensure_topic, headers, producer};
+    use super::client_error;
+    use rdkafka::producer::FutureRecord;
+    ensure_topic(kafka, &kafka.topic, kafka.partitions).await?;
+    let producer = producer(kafka)?;
+    let partitions = {
+        let producer = producer.clone();
+        let topic = kafka.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map_err(client_error(format!("metadata of {topic}")))
+                .map(|md| md.topics().first().map_or(0, |t| t.partitions().len()))
+        })
+        .await
+        .map_err(|_| super::KafkaError::Topic("reading the topic's metadata failed".into()))??
+    };
+    if partitions == 0 {
+        return Err(super::KafkaError::Topic(format!(
+            "topic {} has no partitions",
+            kafka.topic
+        )));
+    }
+    let text = epoch.to_string();
+    let value = serde_json::json!({"fence": epoch, "node": node}).to_string();
+    let mut deliveries = Vec::with_capacity(partitions);
+    for p in 0..partitions as i32 {
+        let record = FutureRecord::to(&kafka.topic)
+            .partition(p)
+            .key("fence")
+            .payload(&value)
+            .headers(headers(&[("fence", &text), ("node", node)]));
+        deliveries.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| client_error(format!("fencing partition {p}"))(e))?,
+        );
+    }
+    let mut ends = Vec::with_capacity(partitions);
+    for (p, d) in deliveries.into_iter().enumerate() {
+        let delivered = d
+            .await
+            .map_err(|_| super::KafkaError::Topic("the producer was dropped".into()))?
+            .map_err(|(e, _)| client_error(format!("fencing partition {p}"))(e))?;
+        ends.push(delivered.offset + 1);
+    }
+    Ok(ends)
 }

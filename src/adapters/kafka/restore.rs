@@ -50,8 +50,8 @@ pub fn restore(
     store.check_secret(&secret.check_value())?;
     let (resumed_from, head) = store.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));
     let mut verifier = ChainVerifier::new();
-    let mut batch = LogBatch::default();
-    let (mut in_batch, mut restored, mut since_flush) = (0usize, 0u64, 0u64);
+    let mut writer = LogWriter::new(&store);
+    let mut restored = 0u64;
     // Fetching and merging the partitions on a thread of their own; checking and writing here.
     let events =
         crate::adapters::kafka::reader::read_topic(crate::adapters::kafka::client::client_config(kafka), &kafka.topic)
@@ -73,24 +73,12 @@ pub fn restore(
             }
             continue;
         }
-        batch.add_event(event.seq, &bytes);
-        in_batch += 1;
         restored += 1;
-        since_flush += 1;
-        if in_batch == CHUNK_EVENTS_MAX {
-            store.apply_log(std::mem::take(&mut batch))?;
-            in_batch = 0;
-            if since_flush >= FLUSH_EVERY_EVENTS {
-                store.flush()?;
-                since_flush = 0;
-                progress(event.seq);
-            }
+        if writer.push(event.seq, &bytes)? {
+            progress(event.seq);
         }
     }
-    if in_batch > 0 {
-        store.apply_log(batch)?;
-    }
-    store.flush()?;
+    writer.finish()?;
     let (head_seq, head) = store.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));
     if head_seq < resumed_from {
         return Err(Error::Corrupt(format!(
@@ -138,4 +126,49 @@ pub fn restore(
         checkpoints_kept: kept,
         checkpoints_beyond: beyond,
     })
+}
+
+/// Writes events into a store's log in chunks, with a flush every [`FLUSH_EVERY_EVENTS`].
+pub(super) struct LogWriter<'a> {
+    store: &'a Store,
+    batch: LogBatch,
+    in_batch: usize,
+    since_flush: u64,
+}
+
+impl<'a> LogWriter<'a> {
+    pub(super) fn new(store: &'a Store) -> LogWriter<'a> {
+        LogWriter {
+            store,
+            batch: LogBatch::default(),
+            in_batch: 0,
+            since_flush: 0,
+        }
+    }
+
+    /// Adds the next event; true when that made a flush.
+    pub(super) fn push(&mut self, seq: u64, bytes: &[u8]) -> Result<bool> {
+        self.batch.add_event(seq, bytes);
+        self.in_batch += 1;
+        self.since_flush += 1;
+        if self.in_batch < CHUNK_EVENTS_MAX {
+            return Ok(false);
+        }
+        self.store.apply_log(std::mem::take(&mut self.batch))?;
+        self.in_batch = 0;
+        if self.since_flush < FLUSH_EVERY_EVENTS {
+            return Ok(false);
+        }
+        self.store.flush()?;
+        self.since_flush = 0;
+        Ok(true)
+    }
+
+    /// Writes what is left and flushes.
+    pub(super) fn finish(self) -> Result<()> {
+        if self.in_batch > 0 {
+            self.store.apply_log(self.batch)?;
+        }
+        self.store.flush()
+    }
 }

@@ -1402,6 +1402,7 @@ async fn raw_produce(
                     &e.id.to_string(),
                     &seq.to_string(),
                     &hash_bytes(b).to_hex(),
+                    "0",
                 )
             })
         })
