@@ -708,6 +708,24 @@ async fn a_paused_primary_resumed_after_a_promotion_acknowledges_nothing_more_an
         events - promoted.len(),
         quarantined.len()
     );
+    // The analytics consumer skips the fences and drops what came after them in a partition.
+    let (code, out, err) = run_cli(&[
+        "consume",
+        "--brokers",
+        &broker.addr,
+        "--topic",
+        &topics[0],
+        "--group",
+        "zombie-analytics",
+        "--idle-exit-ms",
+        "3000",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["fences"], 3, "{report}");
+    assert_eq!(report["undecodable"], 0, "{report}");
+    assert!(report["fenced"].as_u64().unwrap() >= 1, "{report}");
     let mut by_key: HashMap<String, Vec<(u64, String)>> = HashMap::new();
     for bytes in &promoted {
         let e = bindledger_events::decode(bytes).unwrap();

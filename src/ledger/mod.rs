@@ -638,6 +638,16 @@ impl Ledger {
         Ok(())
     }
 
+    /// The last event a checkpoint may sign: the durable head, in replicated mode only as far
+    /// as the cluster acknowledged it.
+    pub fn signable_head(&self) -> u64 {
+        let head = self.log_len();
+        match &self.inner.replicated {
+            Some((tx, _)) => head.min(*tx.borrow()),
+            None => head,
+        }
+    }
+
     /// The relay: every event up to `seq` is on the topic (acknowledged by the cluster).
     pub fn replicated_to(&self, seq: u64) {
         if let Some((tx, _)) = &self.inner.replicated {

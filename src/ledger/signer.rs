@@ -1,5 +1,5 @@
-//! The signer: signs the durable head of the log every so many events or seconds, and once
-//! more when the node stops (see [`crate::ledger::checkpoint`] for the format).
+//! The signer: signs the durable head of the log (in replicated mode, the head the cluster
+//! holds) every so many events or seconds, and once more when the node stops (see [`crate::ledger::checkpoint`] for the format).
 
 use crate::ledger::checkpoint::{CheckpointKey, CheckpointStore};
 
@@ -20,7 +20,14 @@ pub async fn run(
     let mut since = tokio::time::Instant::now();
     loop {
         let stopping = *shutdown.borrow();
-        let head = ledger.log_len();
+        // What may be signed: the durable head, in replicated mode only what the cluster
+        // holds, and nothing once a promotion fenced this node (its events past the chain
+        // are quarantined when it rejoins; a signature must never cover one).
+        let head = if ledger.is_primary() {
+            ledger.signable_head()
+        } else {
+            last
+        };
         let due =
             head > last && (head >= last + every_events || since.elapsed().as_secs() >= every_seconds || stopping);
         if due {

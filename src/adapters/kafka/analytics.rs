@@ -8,6 +8,11 @@
 //! `seq`; a message with a `seq` not above the highest already seen in its partition is a
 //! duplicate (a redelivery after a rebalance or a retried read), whatever its event id. This
 //! keeps memory to one number per partition instead of a set of every event id.
+//!
+//! **Fences.** A promotion writes a fence to every partition (TOPIC.md); a message of an epoch
+//! below the highest one read in its partition (fences included) was written by a primary
+//! after it was fenced, and is dropped. That is the topic's first fencing rule; the two others
+//! need the whole chain, which this consumer does not rebuild (see TOPIC.md).
 
 use bindledger_events::{decode, Currency, Event, Payload};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -148,6 +153,9 @@ pub struct ConsumeReport {
     pub messages: u64,
     pub duplicates: u64,
     pub undecodable: u64,
+    /// Fences read, and messages dropped as a fenced primary's.
+    pub fences: u64,
+    pub fenced: u64,
 }
 
 /// Consumes until idle (or forever), printing a summary every 5 s.
@@ -197,6 +205,7 @@ pub fn consume(args: &ConsumeArgs) -> anyhow::Result<ConsumeReport> {
     consumer.subscribe(&[&args.topic])?;
     let mut report = ConsumeReport::default();
     let mut highest: HashMap<i32, u64> = HashMap::new();
+    let mut epochs: HashMap<i32, u64> = HashMap::new();
     let mut last_message = Instant::now();
     let mut last_print = Instant::now();
     let mut printed_at = 0u64;
@@ -207,6 +216,19 @@ pub fn consume(args: &ConsumeArgs) -> anyhow::Result<ConsumeReport> {
             Some(Ok(m)) => {
                 last_message = Instant::now();
                 report.messages += 1;
+                let number = |name: &str| super::client::header_text(&m, name).and_then(|v| v.parse::<u64>().ok());
+                let term = epochs.entry(m.partition()).or_insert(0);
+                if let Some(fence) = number("fence") {
+                    report.fences += 1;
+                    *term = (*term).max(fence);
+                    continue;
+                }
+                let epoch = number("epoch").unwrap_or(0);
+                if epoch < *term {
+                    report.fenced += 1;
+                    continue;
+                }
+                *term = epoch;
                 let Some(value) = m.payload() else {
                     report.undecodable += 1;
                     continue;

@@ -15,6 +15,13 @@ pub fn run(args: bindledger::adapters::kafka::analytics::ConsumeArgs) -> Result<
             report.duplicates,
             report.undecodable
         );
+        if report.fences > 0 {
+            outln!(
+                "{} fences, {} messages of a fenced primary dropped",
+                report.fences,
+                report.fenced
+            );
+        }
     }
     Ok(0)
 }
