@@ -1126,8 +1126,16 @@ async fn promote(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResul
 /// replica's lag.
 fn health(s: &AppState) -> (bool, serde_json::Value) {
     let events = s.ledger.log_len();
-    let mut body =
-        json!({"status": "ok", "events": events, "role": if s.ledger.is_primary() { "primary" } else { "replica" }});
+    // A primary a promotion fenced takes no commands and follows nothing until it restarts.
+    let role = if s.ledger.is_primary() {
+        "primary"
+    } else if s.extras.replica.is_none() && s.ledger.fenced_by().ok().flatten().is_some() {
+        "fenced"
+    } else {
+        "replica"
+    };
+    let epoch = s.ledger.epoch().map_or(0, |(e, _)| e);
+    let mut body = json!({"status": "ok", "events": events, "role": role, "epoch": epoch});
     let mut healthy = s.ledger.is_healthy();
     if let Some((status, primary)) = &s.extras.replica {
         let (lag_events, lag_seconds) = status.lag(events);

@@ -409,15 +409,20 @@ type Chunk = Vec<Result<Vec<u8>, KafkaError>>;
 pub struct ReadAhead {
     chunks: std::sync::mpsc::Receiver<Chunk>,
     chunk: std::vec::IntoIter<Result<Vec<u8>, KafkaError>>,
+    /// The epoch of the last record handed over ([`super::terms::Terms::chain`]).
+    epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TopicReader {
     pub fn read_ahead(mut self) -> std::io::Result<ReadAhead> {
         let (tx, chunks) = std::sync::mpsc::sync_channel::<Chunk>(READ_AHEAD_CHUNKS);
+        let epoch: std::sync::Arc<std::sync::atomic::AtomicU64> = Default::default();
+        let chain = epoch.clone();
         std::thread::Builder::new()
             .name(format!("read {}", self.reader.topic))
             .spawn(move || loop {
                 let chunk: Chunk = self.by_ref().take(READ_AHEAD_CHUNK).collect();
+                chain.store(self.reader.terms.chain, std::sync::atomic::Ordering::SeqCst);
                 if chunk.is_empty() || tx.send(chunk).is_err() {
                     return;
                 }
@@ -425,7 +430,15 @@ impl TopicReader {
         Ok(ReadAhead {
             chunks,
             chunk: Vec::new().into_iter(),
+            epoch,
         })
+    }
+}
+
+impl ReadAhead {
+    /// The epoch of the last record read so far: at the end, the epoch the topic's chain is in.
+    pub fn chain_epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

@@ -34,6 +34,8 @@ pub struct RestoreReport {
     /// Signed checkpoints checked and kept, and those on the topic beyond the restored log.
     pub checkpoints_kept: u64,
     pub checkpoints_beyond: u64,
+    /// The epoch of the chain it continues (see `terms`).
+    pub epoch: u64,
 }
 
 /// Restores `dir` from `kafka.topic` (and `checkpoints_topic`, checked with `public_key`),
@@ -53,12 +55,12 @@ pub fn restore(
     let mut writer = LogWriter::new(&store);
     let mut restored = 0u64;
     // Fetching and merging the partitions on a thread of their own; checking and writing here.
-    let events =
+    let mut events =
         crate::adapters::kafka::reader::read_topic(crate::adapters::kafka::client::client_config(kafka), &kafka.topic)
             .map_err(|e| Error::Io(e.to_string()))?
             .read_ahead()
             .map_err(|e| Error::Io(format!("starting the topic's reader: {e}")))?;
-    for item in events {
+    for item in events.by_ref() {
         let bytes = item.map_err(|e| Error::Io(e.to_string()))?;
         let (event, hash) = verifier
             .push(&bytes)
@@ -117,6 +119,10 @@ pub fn restore(
         store.flush()?;
     }
     store.set_relay_position(&kafka.topic, head_seq)?;
+    // The restored ledger publishes in the epoch of the chain it continues (a newer primary's
+    // messages would tell its relay that it was fenced).
+    let epoch = events.chain_epoch();
+    store.set_meta("epoch", &epoch.to_be_bytes())?;
     store.flush()?;
     Ok(RestoreReport {
         resumed_from,
@@ -125,6 +131,7 @@ pub fn restore(
         head,
         checkpoints_kept: kept,
         checkpoints_beyond: beyond,
+        epoch,
     })
 }
 
