@@ -85,7 +85,7 @@ impl Node {
             extras.relay = Some((config.kafka.topic.clone(), relay.status.clone()));
             services.push(Box::pin(relay.run(stopped.clone())));
             if let Some(m) = &monitor {
-                let p = AlertPublisher::new(m.feed().clone(), config.kafka.clone());
+                let p = AlertPublisher::new(m.feed().clone(), ledger.on_topic(), config.kafka.clone());
                 extras.alerts_relay = Some((config.kafka.alerts_topic.clone(), p.status.clone()));
                 services.push(Box::pin(p.run(stopped.clone())));
             }
@@ -123,6 +123,7 @@ impl Node {
             let mut publisher = None;
             if config.kafka.enabled() {
                 let p = crate::adapters::kafka::checkpoints::CheckpointPublisher::new(
+                    ledger.clone(),
                     store.clone(),
                     key.public_hex(),
                     config.kafka.clone(),

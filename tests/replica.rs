@@ -615,6 +615,15 @@ async fn a_paused_primary_resumed_after_a_promotion_acknowledges_nothing_more_an
         assert!(Instant::now() < deadline, "the new primary's relay: {relay}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Nothing the old primary derived (alerts, notifications, checkpoints) made the new
+    // primary's other topics refuse it: those go out only once their events are in the chain.
+    let (_, relays) = new.get_json("/v1/relays").await.unwrap();
+    for name in ["alerts", "notifications", "checkpoints"] {
+        assert!(
+            relays[name]["last_error"].is_null() && relays[name]["state"] != "backoff",
+            "{name}: {relays}"
+        );
+    }
     // Restarted, the old primary quarantines what the chain does not hold and follows it.
     primary.kill();
     let old_log = log_of_dir(&primary_dir);

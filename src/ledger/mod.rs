@@ -142,9 +142,11 @@ struct Inner {
     attempt_ended: tokio::sync::Notify,
     /// How far in the past a caller's `event_time` may be.
     event_time_past_max: chrono::Duration,
-    /// Replicated mode: every event up to this seq is acknowledged by the Kafka cluster (the
-    /// relay advances it), and how long an answer waits for it.
-    replicated: Option<(tokio::sync::watch::Sender<u64>, Duration)>,
+    /// Every event up to this seq is on the events topic, acknowledged by the Kafka cluster
+    /// (the relay advances it).
+    on_topic: tokio::sync::watch::Sender<u64>,
+    /// Replicated mode: how long an answer waits for its event to be on the topic.
+    replication_timeout: Option<Duration>,
     metrics: Arc<Metrics>,
     failed: Arc<AtomicBool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -369,12 +371,9 @@ impl Ledger {
                 attempts: Default::default(),
                 attempt_ended: tokio::sync::Notify::new(),
                 event_time_past_max: chrono::Duration::seconds(config.event_time_past_max_s as i64),
-                replicated: (config.durability == crate::config::Durability::Replicated).then(|| {
-                    (
-                        tokio::sync::watch::Sender::new(0),
-                        Duration::from_millis(config.replication_timeout_ms),
-                    )
-                }),
+                on_topic: tokio::sync::watch::Sender::new(0),
+                replication_timeout: (config.durability == crate::config::Durability::Replicated)
+                    .then(|| Duration::from_millis(config.replication_timeout_ms)),
                 metrics,
                 failed,
                 writer: Mutex::new(Some(handle)),
@@ -642,33 +641,38 @@ impl Ledger {
     /// as the cluster acknowledged it.
     pub fn signable_head(&self) -> u64 {
         let head = self.log_len();
-        match &self.inner.replicated {
-            Some((tx, _)) => head.min(*tx.borrow()),
+        match self.inner.replication_timeout {
+            Some(_) => head.min(*self.inner.on_topic.borrow()),
             None => head,
         }
     }
 
     /// The relay: every event up to `seq` is on the topic (acknowledged by the cluster).
     pub fn replicated_to(&self, seq: u64) {
-        if let Some((tx, _)) = &self.inner.replicated {
-            tx.send_if_modified(|p| {
-                let moved = seq > *p;
-                *p = (*p).max(seq);
-                moved
-            });
-        }
+        self.inner.on_topic.send_if_modified(|p| {
+            let moved = seq > *p;
+            *p = (*p).max(seq);
+            moved
+        });
+    }
+
+    /// Every event up to the value is on the events topic. What is derived from events for
+    /// other topics (alerts, notifications) goes out only as far: never ahead of the events,
+    /// and never from events a promotion may leave out of the chain.
+    pub fn on_topic(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.on_topic.subscribe()
     }
 
     /// Replicated mode: holds an answer until the cluster has its event (a replay too: the
     /// original may not be replicated yet), or answers `outcome_unknown` after the timeout.
     /// The event stays durable here; a retry with the same key returns it once replicated.
     async fn replicated(&self, result: Result<Committed>) -> Result<Committed> {
-        let (Some((tx, timeout)), Ok(c)) = (&self.inner.replicated, &result) else {
+        let (Some(timeout), Ok(c)) = (self.inner.replication_timeout, &result) else {
             return result;
         };
         let seq = c.event.seq;
-        let mut rx = tx.subscribe();
-        let replicated = tokio::time::timeout(*timeout, rx.wait_for(|p| *p >= seq))
+        let mut rx = self.inner.on_topic.subscribe();
+        let replicated = tokio::time::timeout(timeout, rx.wait_for(|p| *p >= seq))
             .await
             .is_ok_and(|r| r.is_ok());
         if replicated {

@@ -23,14 +23,21 @@ const READ_CHANGES: usize = 1024;
 pub struct AlertPublisher {
     feed: Arc<AlertFeed>,
     stream: tokio::sync::watch::Receiver<u64>,
+    /// How far the events are on their topic ([`crate::ledger::Ledger::on_topic`]).
+    on_topic: tokio::sync::watch::Receiver<u64>,
     config: KafkaConfig,
     pub status: Arc<RelayStatus>,
 }
 
 impl AlertPublisher {
-    pub fn new(feed: Arc<AlertFeed>, config: KafkaConfig) -> AlertPublisher {
+    pub fn new(
+        feed: Arc<AlertFeed>,
+        on_topic: tokio::sync::watch::Receiver<u64>,
+        config: KafkaConfig,
+    ) -> AlertPublisher {
         AlertPublisher {
             stream: feed.subscribe(),
+            on_topic,
             feed,
             config,
             status: Default::default(),
@@ -92,6 +99,15 @@ impl AlertPublisher {
                 Some(changes) => changes,
                 None => return Ok(()), // the monitor stopped
             };
+            // A change goes out once the event that made it is on the events topic.
+            let caused_by = changes.iter().map(|c| c.alert.position).max().unwrap_or(0);
+            if *self.on_topic.borrow() < caused_by {
+                self.status.set(State::Idle);
+                self.on_topic
+                    .wait_for(|p| *p >= caused_by)
+                    .await
+                    .map_err(|_| KafkaError::Topic("the ledger stopped".into()))?;
+            }
             self.status.set(State::Publishing);
             let mut deliveries = Vec::with_capacity(changes.len());
             for c in &changes {

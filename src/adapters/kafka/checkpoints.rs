@@ -6,10 +6,12 @@ use crate::ledger::checkpoint::{CheckpointStore, SignedCheckpoint};
 
 /// Puts every stored checkpoint on the checkpoints topic, exactly once and in order, like the
 /// events relay: on each (re)connection it reads the topic's last checkpoint, which must be
-/// this ledger's (the same signature for that seq, from our key; otherwise it refuses to
-/// publish, as the events and alerts topics do), then sends every stored checkpoint after it.
+/// this ledger's (signed with our key over the same event of this log: ours, or on a promoted
+/// node the previous primary's, which is then kept; otherwise it refuses to publish, as the
+/// events and alerts topics do), then sends every stored checkpoint after it.
 /// Checkpoints made while the broker is away, or just before a crash, go out when it is back.
 pub struct CheckpointPublisher {
+    ledger: crate::ledger::Ledger,
     store: CheckpointStore,
     public_key: String,
     config: KafkaConfig,
@@ -20,6 +22,7 @@ pub struct CheckpointPublisher {
 
 impl CheckpointPublisher {
     pub fn new(
+        ledger: crate::ledger::Ledger,
         store: CheckpointStore,
         public_key: String,
         config: KafkaConfig,
@@ -27,6 +30,7 @@ impl CheckpointPublisher {
         signed: tokio::sync::watch::Receiver<u64>,
     ) -> Self {
         CheckpointPublisher {
+            ledger,
             store,
             public_key,
             config,
@@ -74,14 +78,26 @@ impl CheckpointPublisher {
                     "{topic} holds a message that is not a checkpoint: refusing to publish to it"
                 ))
             })?;
-            let ours = self
-                .store
-                .tree
-                .get(theirs.seq.to_be_bytes())
-                .map_err(crate::Error::from)?;
-            let ours: Option<SignedCheckpoint> = ours.and_then(|v| serde_json::from_slice(&v).ok());
-            let same = ours.is_some_and(|o| o.signature == theirs.signature && o.head == theirs.head)
-                && theirs.public_key.eq_ignore_ascii_case(&self.public_key);
+            // Ours, or a previous primary's (this node was promoted) with the same key over the
+            // same event of this log: kept in place of any of ours for that seq, and publishing
+            // goes on after it.
+            let event = self
+                .ledger
+                .event_bytes(theirs.seq)?
+                .filter(|_| theirs.seq <= self.ledger.log_len());
+            let same = event.is_some_and(|b| bindledger_events::hash_bytes(&b) == theirs.head)
+                && theirs.verify(&self.public_key).is_ok();
+            if same {
+                let ours = self
+                    .store
+                    .tree
+                    .get(theirs.seq.to_be_bytes())
+                    .map_err(crate::Error::from)?;
+                let ours: Option<SignedCheckpoint> = ours.and_then(|v| serde_json::from_slice(&v).ok());
+                if ours.is_none_or(|o| o.signature != theirs.signature) {
+                    self.store.put(&theirs)?;
+                }
+            }
             if !same {
                 return Err(KafkaError::Refused(format!(
                     "{topic} holds checkpoint {} that is not this ledger's: refusing to publish to it",

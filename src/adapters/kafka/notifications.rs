@@ -181,6 +181,7 @@ impl NotificationPublisher {
         let mut saved_at = saved;
         let producer = producer(&self.config)?;
         let mut durable = self.ledger.subscribe();
+        let on_topic = self.ledger.on_topic();
         self.status.position.store(saved, Ordering::Relaxed);
         *self.status.last_error.lock().expect("status lock") = None;
         tracing::info!(%topic, partitions, from, "notifications topic: recovered");
@@ -191,11 +192,13 @@ impl NotificationPublisher {
         };
         loop {
             let end = self.ledger.log_len();
-            // An event's alerts are known once the monitor has folded it.
+            // An event's alerts are known once the monitor has folded it; it is told once the
+            // event is on the events topic (never from an event a promotion leaves out).
             let through = match &self.alerts {
                 Some(a) => end.min(a.monitor.position.load(Ordering::Acquire)),
                 None => end,
-            };
+            }
+            .min(*on_topic.borrow());
             if from > through {
                 if saved_at < from - 1 {
                     self.save(from - 1, cursor.consumed)?;
