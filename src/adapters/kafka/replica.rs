@@ -175,9 +175,21 @@ impl Follower {
             reader.serve().map_err(|e| Error::Io(e.to_string()))?;
             let mut got = 0;
             for (p, buffer) in buffers.iter_mut().enumerate() {
-                if buffer.len() < BUFFER_PER_PARTITION / 2 {
+                // While promoting, a partition is read through its fence whatever its buffer
+                // holds: what a fenced primary left before the fence may not join the chain
+                // and is dropped at the end (at most its relay's in-flight window).
+                let to_fence = match (&ends, &fences) {
+                    (Some(ends), Some(_)) => reader.next_offset[p] < ends[p],
+                    _ => false,
+                };
+                let max = if to_fence {
+                    BUFFER_PER_PARTITION + self.kafka.inflight_events_max
+                } else {
+                    BUFFER_PER_PARTITION
+                };
+                if buffer.len() < BUFFER_PER_PARTITION / 2 || (to_fence && buffer.len() < max) {
                     got += reader
-                        .fill(p, buffer, BUFFER_PER_PARTITION, Duration::ZERO)
+                        .fill(p, buffer, max, Duration::ZERO)
                         .map_err(|e| Error::Io(e.to_string()))?;
                 }
                 reader.terms.prune(buffer);
@@ -226,8 +238,9 @@ impl Follower {
             while let Some(oldest) = in_flight.pop_front() {
                 settle(oldest)?;
             }
-            // A gap: every partition has a full buffer, none of them with the next event.
-            if buffers.iter().all(|b| b.len() >= BUFFER_PER_PARTITION) {
+            // A gap: every partition has a full buffer, none of them with the next event (while
+            // promoting, they may hold a fenced primary's events, read through to the fences).
+            if fences.is_none() && buffers.iter().all(|b| b.len() >= BUFFER_PER_PARTITION) {
                 return Err(Error::Corrupt(format!(
                     "event {next} is not on {topic}, though later ones are: the topic has a gap"
                 )));
