@@ -233,6 +233,80 @@ fn failover_config(
 
 const SECRET_HEX: &str = "2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a";
 
+/// A primary and a replica in replicated mode on `broker`, in a directory of their own.
+struct Pair {
+    dir: tempfile::TempDir,
+    topics: [String; 3],
+    primary_toml: std::path::PathBuf,
+    replica_toml: std::path::PathBuf,
+    primary_dir: std::path::PathBuf,
+    replica_dir: std::path::PathBuf,
+}
+
+fn pair(broker: &Broker, tag: &str) -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let topics = [
+        fresh_topic(&format!("{tag}-events")),
+        fresh_topic(&format!("{tag}-alerts")),
+        fresh_topic(&format!("{tag}-checkpoints")),
+    ];
+    Pair {
+        primary_toml: failover_config(dir.path(), "primary", &broker.addr, &topics, false),
+        replica_toml: failover_config(dir.path(), "replica", &broker.addr, &topics, true),
+        primary_dir: dir.path().join("primary"),
+        replica_dir: dir.path().join("replica"),
+        topics,
+        dir,
+    }
+}
+
+/// Binds a wallet to each of `acct-0` .. `acct-7`; their binding ids.
+async fn bind_eight(
+    client: &mut bindledger::adapters::http::client::Client,
+    gateway: &bindledger::adapters::provider::SimulatedGateway,
+) -> Vec<String> {
+    let mut bindings = Vec::new();
+    for a in 0..8u64 {
+        let (status, v) = client
+            .post_json(
+                &format!("/v1/accounts/acct-{a}/bindings"),
+                &json!({"provider": "alipay", "wallet_account": phone(a), "payment_password": gateway.password_for(&alipay(), &phone(a)), "idempotency_key": format!("bind-{a}")}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 201, "{v}");
+        bindings.push(v["event"]["payload"]["binding_id"].as_str().unwrap().to_owned());
+    }
+    bindings
+}
+
+/// `bindledger restore --data-dir DIR ARGS...`, which must succeed.
+fn restore(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new(binary())
+        .args(["restore", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .env("BINDLEDGER_SECRET", SECRET_HEX)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Each idempotency key of a log, with the events (seq, hash) that carry it.
+fn by_key(log: &[Vec<u8>]) -> std::collections::HashMap<String, Vec<(u64, String)>> {
+    let mut by_key: std::collections::HashMap<String, Vec<(u64, String)>> = Default::default();
+    for bytes in log {
+        let e = bindledger_events::decode(bytes).unwrap();
+        if let Some(k) = &e.idempotency_key {
+            by_key
+                .entry(k.clone())
+                .or_default()
+                .push((e.seq, bindledger_events::hash_bytes(bytes).to_hex()));
+        }
+    }
+    by_key
+}
+
 /// Every event of a stopped ledger's directory, in order.
 fn log_of_dir(dir: &std::path::Path) -> Vec<Vec<u8>> {
     bindledger::ledger::store::scan_dir(dir, 1)
@@ -250,15 +324,14 @@ async fn after_the_primary_is_lost_a_restore_and_a_promoted_replica_hold_every_a
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
     let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let topics = [
-        fresh_topic("failover-events"),
-        fresh_topic("failover-alerts"),
-        fresh_topic("failover-checkpoints"),
-    ];
-    let primary_toml = failover_config(dir.path(), "primary", &broker.addr, &topics, false);
-    let replica_toml = failover_config(dir.path(), "replica", &broker.addr, &topics, true);
-    let (primary_dir, replica_dir) = (dir.path().join("primary"), dir.path().join("replica"));
+    let Pair {
+        dir,
+        topics,
+        primary_toml,
+        replica_toml,
+        primary_dir,
+        replica_dir,
+    } = pair(&broker, "failover");
     let primary_env = [
         ("BINDLEDGER_CONFIG", primary_toml.to_str().unwrap()),
         ("BINDLEDGER_SECRET", SECRET_HEX),
@@ -278,18 +351,7 @@ async fn after_the_primary_is_lost_a_restore_and_a_promoted_replica_hold_every_a
     let public_key = key["public_key"].as_str().unwrap().to_owned();
     let gateway =
         bindledger::adapters::provider::SimulatedGateway::new(bindledger::adapters::provider::Scenario::quiet(11));
-    let mut bindings = Vec::new();
-    for a in 0..8u64 {
-        let (status, v) = client
-            .post_json(
-                &format!("/v1/accounts/acct-{a}/bindings"),
-                &json!({"provider": "alipay", "wallet_account": phone(a), "payment_password": gateway.password_for(&alipay(), &phone(a)), "idempotency_key": format!("bind-{a}")}),
-            )
-            .await
-            .unwrap();
-        assert_eq!(status.as_u16(), 201, "{v}");
-        bindings.push(v["event"]["payload"]["binding_id"].as_str().unwrap().to_owned());
-    }
+    let bindings = bind_eight(&mut client, &gateway).await;
     // The load: keyed payments from 4 clients until the primary dies.
     type Sent = (String, String, Value);
     let acked: Arc<Mutex<HashMap<String, (u64, String)>>> = Default::default();
@@ -333,10 +395,9 @@ async fn after_the_primary_is_lost_a_restore_and_a_promoted_replica_hold_every_a
 
     // Restore from the topic: byte for byte what the topic holds, every acknowledged command in it.
     let restored_dir = dir.path().join("restored");
-    let out = std::process::Command::new(binary())
-        .args(["restore", "--data-dir"])
-        .arg(&restored_dir)
-        .args([
+    restore(
+        &restored_dir,
+        &[
             "--brokers",
             &broker.addr,
             "--topic",
@@ -345,30 +406,14 @@ async fn after_the_primary_is_lost_a_restore_and_a_promoted_replica_hold_every_a
             &topics[2],
             "--public-key",
             &public_key,
-        ])
-        .env("BINDLEDGER_SECRET", SECRET_HEX)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        ],
+    );
     let restored = log_of_dir(&restored_dir);
     let mut topic: Vec<Read> = read_topic(&broker.addr, &topics[0]);
     topic.sort_by_key(|r| r.headers["seq"].parse::<u64>().unwrap());
     let topic: Vec<Vec<u8>> = topic.into_iter().map(|r| r.value).collect();
     assert_eq!(restored, topic, "the restored log is the topic");
-    let keyed = |log: &[Vec<u8>]| {
-        let mut by_key: HashMap<String, Vec<(u64, String)>> = HashMap::new();
-        for bytes in log {
-            let e = bindledger_events::decode(bytes).unwrap();
-            if let Some(k) = &e.idempotency_key {
-                by_key
-                    .entry(k.clone())
-                    .or_default()
-                    .push((e.seq, bindledger_events::hash_bytes(bytes).to_hex()));
-            }
-        }
-        by_key
-    };
-    let in_restored = keyed(&restored);
+    let in_restored = by_key(&restored);
     for (key, seen) in &acked {
         assert_eq!(in_restored.get(key), Some(&vec![seen.clone()]), "acknowledged {key}");
     }
@@ -430,7 +475,7 @@ async fn after_the_primary_is_lost_a_restore_and_a_promoted_replica_hold_every_a
         &restored[..],
         "the promoted log continues the topic's"
     );
-    let in_promoted = keyed(&promoted);
+    let in_promoted = by_key(&promoted);
     for (key, seen) in &acked {
         assert_eq!(in_promoted.get(key), Some(&vec![seen.clone()]), "acknowledged {key}");
     }
@@ -467,15 +512,14 @@ async fn a_paused_primary_resumed_after_a_promotion_acknowledges_nothing_more_an
         e.each_ref().map(|(k, v)| (*k, v.as_str()))
     }
     let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let topics = [
-        fresh_topic("zombie-events"),
-        fresh_topic("zombie-alerts"),
-        fresh_topic("zombie-checkpoints"),
-    ];
-    let primary_toml = failover_config(dir.path(), "primary", &broker.addr, &topics, false);
-    let replica_toml = failover_config(dir.path(), "replica", &broker.addr, &topics, true);
-    let (primary_dir, replica_dir) = (dir.path().join("primary"), dir.path().join("replica"));
+    let Pair {
+        dir,
+        topics,
+        primary_toml,
+        replica_toml,
+        primary_dir,
+        replica_dir,
+    } = pair(&broker, "zombie");
     let env = |toml: &std::path::Path| {
         [
             ("BINDLEDGER_CONFIG", toml.to_str().unwrap().to_owned()),
@@ -490,18 +534,7 @@ async fn a_paused_primary_resumed_after_a_promotion_acknowledges_nothing_more_an
     let gateway =
         bindledger::adapters::provider::SimulatedGateway::new(bindledger::adapters::provider::Scenario::quiet(11));
     let mut client = bindledger::adapters::http::client::Client::new(primary.addr, Some(ALL.into()));
-    let mut bindings = Vec::new();
-    for a in 0..8u64 {
-        let (status, v) = client
-            .post_json(
-                &format!("/v1/accounts/acct-{a}/bindings"),
-                &json!({"provider": "alipay", "wallet_account": phone(a), "payment_password": gateway.password_for(&alipay(), &phone(a)), "idempotency_key": format!("bind-{a}")}),
-            )
-            .await
-            .unwrap();
-        assert_eq!(status.as_u16(), 201, "{v}");
-        bindings.push(v["event"]["payload"]["binding_id"].as_str().unwrap().to_owned());
-    }
+    let bindings = bind_eight(&mut client, &gateway).await;
     let pws: Vec<String> = (0..8).map(|a| gateway.password_for(&alipay(), &phone(a))).collect();
     let pay = |a: usize, key: &str| json!({"binding_id": bindings[a], "order_id": key, "amount_minor": 1, "payment_password": pws[a], "idempotency_key": key});
     // The load on the old primary: each acknowledged key with its event, and when it was sent.
@@ -689,14 +722,7 @@ async fn a_paused_primary_resumed_after_a_promotion_acknowledges_nothing_more_an
     }
     // One chain: what a reader of the topic rebuilds is the new primary's log.
     let restored_dir = dir.path().join("restored");
-    let out = std::process::Command::new(binary())
-        .args(["restore", "--data-dir"])
-        .arg(&restored_dir)
-        .args(["--brokers", &broker.addr, "--topic", &topics[0]])
-        .env("BINDLEDGER_SECRET", SECRET_HEX)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    restore(&restored_dir, &["--brokers", &broker.addr, "--topic", &topics[0]]);
     let restored = log_of_dir(&restored_dir);
     assert_eq!(restored.len(), promoted.len());
     assert!(restored == promoted, "the topic's chain is the new primary's log");
@@ -761,16 +787,7 @@ async fn a_paused_primary_resumed_after_a_promotion_acknowledges_nothing_more_an
     assert_eq!(report["fences"], 3, "{report}");
     assert_eq!(report["undecodable"], 0, "{report}");
     assert!(report["fenced"].as_u64().unwrap() >= 1, "{report}");
-    let mut by_key: HashMap<String, Vec<(u64, String)>> = HashMap::new();
-    for bytes in &promoted {
-        let e = bindledger_events::decode(bytes).unwrap();
-        if let Some(k) = &e.idempotency_key {
-            by_key
-                .entry(k.clone())
-                .or_default()
-                .push((e.seq, bindledger_events::hash_bytes(bytes).to_hex()));
-        }
-    }
+    let by_key = by_key(&promoted);
     for (key, (seq, hash, _)) in &acked {
         assert_eq!(by_key.get(key), Some(&vec![(*seq, hash.clone())]), "acknowledged {key}");
     }
