@@ -45,19 +45,22 @@ impl Node {
         secret: LedgerSecret,
         gateway: Arc<dyn WalletGateway>,
     ) -> Result<Node> {
-        // A primary a promotion fenced rejoins as a replica first (and stays one until promoted).
-        let (replica, rejoined) = crate::adapters::kafka::rejoin::prepare(config)?;
-        if let Some(r) = &rejoined {
+        crate::adapters::kafka::rejoin::finish_interrupted(&config.data_dir)?;
+        let mut ledger = Ledger::open_with_rules(config, &rules, secret.clone(), gateway.clone())?;
+        // A primary a promotion fenced rejoins as a replica (and stays one until promoted).
+        if !config.replica.enabled && config.kafka.enabled() && ledger.fenced_by()?.is_some() {
+            ledger.close();
+            let r = crate::adapters::kafka::rejoin::rejoin(config)?;
             tracing::warn!(
                 head = r.head,
                 quarantined = r.quarantined,
                 "this node was fenced: it rejoined as a replica"
             );
+            ledger = Ledger::open_with_rules(config, &rules, secret, gateway)?;
         }
         let mut config = config.clone();
-        config.replica.enabled = replica;
+        config.replica.enabled = config.replica.enabled || ledger.starts_as_replica()?;
         let config = &config;
-        let ledger = Ledger::open_with_rules(config, &rules, secret, gateway)?;
         let mut extras = Extras::default();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let replica = config.replica.enabled;

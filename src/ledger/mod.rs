@@ -341,9 +341,11 @@ impl Ledger {
             .spawn(move || writer.run(rx))
             .map_err(|e| Error::Io(format!("starting the writer thread: {e}")))?;
         tracing::info!(events = last_seq, dir = %config.data_dir.display(), "ledger open");
-        // A primary a promotion fenced stays fenced across restarts: it takes no commands.
-        let fenced = store.meta("fenced")?.is_some();
-        if fenced && !config.replica.enabled {
+        // A primary a promotion fenced stays fenced across restarts: it takes no commands (a
+        // node rejoins first, see `node`); one that rejoined is a replica until promoted.
+        let fenced = store.fenced_by()?.is_some();
+        let as_replica = config.replica.enabled || store.starts_as_replica()?;
+        if fenced && !as_replica {
             tracing::error!("this node was fenced by a promotion: it takes no commands (see the README's Failover)");
         }
         Ok(Ledger {
@@ -357,7 +359,7 @@ impl Ledger {
                 idempotency,
                 order_claims: Default::default(),
                 order_ended: tokio::sync::Notify::new(),
-                primary: AtomicBool::new(!config.replica.enabled && !fenced),
+                primary: AtomicBool::new(!as_replica && !fenced),
                 indexed,
                 pending_history,
                 durable_watch,
@@ -1209,35 +1211,26 @@ impl Ledger {
 
     /// This node's term as a primary: its epoch (0 until a promotion) and the promotion's id.
     pub fn epoch(&self) -> Result<(u64, String)> {
-        Ok(match self.inner.store.meta("epoch")? {
-            Some(v) if v.len() >= 8 => (
-                u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
-                String::from_utf8_lossy(&v[8..]).into_owned(),
-            ),
-            _ => (0, String::new()),
-        })
+        self.inner.store.epoch()
     }
 
     pub fn set_epoch(&self, epoch: u64, promotion: &str) -> Result<()> {
-        let mut v = epoch.to_be_bytes().to_vec();
-        v.extend_from_slice(promotion.as_bytes());
-        self.inner.store.set_meta("epoch", &v)
+        self.inner.store.set_epoch(epoch, promotion)
     }
 
-    /// Whether the node starts as a replica whatever its configuration says (`rejoin`):
-    /// `"replica"` after a rejoin, `"primary"` once promoted.
-    pub fn set_role(&self, role: &str) -> Result<()> {
-        self.inner.store.set_meta("role", role.as_bytes())
+    /// Whether the node starts as a replica whatever its configuration says (see
+    /// `adapters::kafka::rejoin`): set when a fenced primary rejoins, cleared by a promotion.
+    pub fn starts_as_replica(&self) -> Result<bool> {
+        self.inner.store.starts_as_replica()
+    }
+
+    pub fn set_starts_as_replica(&self, replica: bool) -> Result<()> {
+        self.inner.store.set_starts_as_replica(replica)
     }
 
     /// The epoch of the promotion that fenced this node, if one did.
     pub fn fenced_by(&self) -> Result<Option<u64>> {
-        Ok(self
-            .inner
-            .store
-            .meta("fenced")?
-            .filter(|v| v.len() == 8)
-            .map(|v| u64::from_be_bytes(v[..].try_into().expect("8 bytes"))))
+        self.inner.store.fenced_by()
     }
 
     /// A promotion to `epoch` took the topic over: this node takes no more commands (in
@@ -1245,17 +1238,17 @@ impl Ledger {
     /// restart.
     pub fn fence(&self, epoch: u64) -> Result<()> {
         self.inner.primary.store(false, Ordering::SeqCst);
-        self.inner.store.set_meta("fenced", &epoch.to_be_bytes())?;
+        self.inner.store.set_fenced_by(epoch)?;
         self.inner.store.flush()
     }
 
     /// A replica's saved reading state (see `adapters::kafka::terms`).
     pub fn replica_terms(&self, topic: &str) -> Result<Option<Vec<u8>>> {
-        self.inner.store.meta(&format!("replica-terms:{topic}"))
+        self.inner.store.replica_terms(topic)
     }
 
     pub fn set_replica_terms(&self, topic: &str, terms: &[u8]) -> Result<()> {
-        self.inner.store.set_meta(&format!("replica-terms:{topic}"), terms)
+        self.inner.store.set_replica_terms(topic, terms)
     }
 }
 

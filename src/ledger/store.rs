@@ -645,14 +645,55 @@ impl Store {
         Ok(())
     }
 
-    /// A small named value of the node's own (its term, a replica's reading rules' state).
-    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.index.get(format!("M{name}"))?.map(|v| v.to_vec()))
+    fn meta(&self, name: &str) -> Result<Option<sled::IVec>> {
+        Ok(self.index.get(format!("M{name}"))?)
     }
 
-    pub fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
+    fn set_meta(&self, name: &str, value: &[u8]) -> Result<()> {
         self.index.insert(format!("M{name}"), value)?;
         Ok(())
+    }
+
+    /// This node's term as a primary: its epoch (0 until a promotion) and the promotion's id.
+    pub fn epoch(&self) -> Result<(u64, String)> {
+        Ok(match self.meta("epoch")? {
+            Some(v) if v.len() >= 8 => (u64_of(&v)?, String::from_utf8_lossy(&v[8..]).into_owned()),
+            _ => (0, String::new()),
+        })
+    }
+
+    pub fn set_epoch(&self, epoch: u64, promotion: &str) -> Result<()> {
+        let mut v = epoch.to_be_bytes().to_vec();
+        v.extend_from_slice(promotion.as_bytes());
+        self.set_meta("epoch", &v)
+    }
+
+    /// The epoch of the promotion that fenced this node, if one did.
+    pub fn fenced_by(&self) -> Result<Option<u64>> {
+        self.meta("fenced")?.map(|v| u64_of(&v)).transpose()
+    }
+
+    pub fn set_fenced_by(&self, epoch: u64) -> Result<()> {
+        self.set_meta("fenced", &epoch.to_be_bytes())
+    }
+
+    /// Whether the node starts as a replica whatever its configuration says: after a fenced
+    /// primary rejoined, until it is promoted.
+    pub fn starts_as_replica(&self) -> Result<bool> {
+        Ok(self.meta("role")?.as_deref() == Some(b"replica"))
+    }
+
+    pub fn set_starts_as_replica(&self, replica: bool) -> Result<()> {
+        self.set_meta("role", if replica { b"replica" } else { b"primary" })
+    }
+
+    /// A replica's saved reading state (see `adapters::kafka::terms`).
+    pub fn replica_terms(&self, topic: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta(&format!("replica-terms:{topic}"))?.map(|v| v.to_vec()))
+    }
+
+    pub fn set_replica_terms(&self, topic: &str, terms: &[u8]) -> Result<()> {
+        self.set_meta(&format!("replica-terms:{topic}"), terms)
     }
 
     /// The stored projection rows.

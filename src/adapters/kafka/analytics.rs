@@ -216,7 +216,7 @@ pub fn consume(args: &ConsumeArgs) -> anyhow::Result<ConsumeReport> {
             Some(Ok(m)) => {
                 last_message = Instant::now();
                 report.messages += 1;
-                let number = |name: &str| super::client::header_text(&m, name).and_then(|v| v.parse::<u64>().ok());
+                let number = |name: &str| super::client::header_number(&m, name);
                 let term = epochs.entry(m.partition()).or_insert(0);
                 if let Some(fence) = number("fence") {
                     report.fences += 1;

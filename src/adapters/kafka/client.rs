@@ -277,6 +277,11 @@ pub(crate) fn headers(pairs: &[(&str, &str)]) -> OwnedHeaders {
         })
 }
 
+/// A header's value as a decimal number (`seq`, `epoch`, `fence`).
+pub fn header_number<M: Message>(m: &M, name: &str) -> Option<u64> {
+    header_text(m, name).and_then(|v| v.parse().ok())
+}
+
 /// A header's value as text.
 pub fn header_text<M: Message>(m: &M, name: &str) -> Option<String> {
     m.headers().and_then(|h| {

@@ -101,7 +101,7 @@ impl NotificationPublisher {
         let topic = &self.config.notifications_topic;
         let mut tails: Vec<(u64, u32)> = Vec::new();
         let partitions = read_tails(&self.config, topic, |p, m| {
-            let number = |name: &str| header_text(m, name).and_then(|s| s.parse::<u64>().ok());
+            let number = |name: &str| super::client::header_number(m, name);
             let (Some(seq), Some(index)) = (number("seq"), number("index")) else {
                 return Err(KafkaError::Topic(format!(
                     "{topic} partition {p} holds a message without seq and index headers"

@@ -160,7 +160,7 @@ impl PartitionedConsumer {
 
     fn record(topic: &str, p: usize, m: &rdkafka::message::BorrowedMessage<'_>) -> Result<SeqRecord, KafkaError> {
         use rdkafka::message::Message;
-        let number = |name: &str| header_text(m, name).and_then(|v| v.parse::<u64>().ok());
+        let number = |name: &str| super::client::header_number(m, name);
         let value = bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default());
         if let Some(epoch) = number("fence") {
             return Ok(SeqRecord {

@@ -1,5 +1,5 @@
 //! A fenced primary's way back ([`super::terms`]). When a node that a promotion fenced starts
-//! again, before its ledger opens:
+//! again, its ledger opens, says it was fenced and is closed again; then:
 //!
 //! 1. It reads the events topic from where its relay last verified each partition, up to the
 //!    newer epoch's fence there, and finds how far the chain holds its own events: its saved
@@ -15,15 +15,12 @@
 
 use std::path::{Path, PathBuf};
 
-use super::client::{header_text, read_partitions, ReadFrom};
+use super::client::{header_number, header_text, read_partitions, ReadFrom};
 use super::terms::Terms;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ledger::checkpoint::CheckpointStore;
 use crate::ledger::store::{retry_in_use, Store};
-
-/// The meta entry that makes a node start as a replica whatever its configuration says.
-pub const ROLE: &str = "role";
 
 /// What a rejoin did.
 #[derive(Debug, Clone)]
@@ -37,32 +34,14 @@ pub struct Rejoined {
     pub kept: PathBuf,
 }
 
-/// Before a node opens its ledger: rejoins if a promotion fenced it, and says whether it must
-/// start as a replica (it rejoined, now or before, and was not promoted since).
-pub fn prepare(config: &Config) -> Result<(bool, Option<Rejoined>)> {
-    let dir = &config.data_dir;
+/// Before a node opens its ledger: a rejoin that stopped after the old directory was moved
+/// aside is finished (the new one is complete).
+pub fn finish_interrupted(dir: &Path) -> Result<()> {
     let building = building_dir(dir);
-    // A rejoin that stopped after the old directory was moved aside: the new one is complete.
     if !dir.exists() && building.join(COMPLETE).exists() {
         std::fs::rename(&building, dir).map_err(|e| Error::Io(format!("finishing a rejoin: {e}")))?;
     }
-    if config.replica.enabled || !config.kafka.enabled() || !dir.join("log").exists() {
-        return Ok((config.replica.enabled, None));
-    }
-    let store = retry_in_use(|| Store::open(dir))?;
-    if store.meta(ROLE)?.as_deref() == Some(b"replica") {
-        return Ok((true, None));
-    }
-    let Some(fenced) = store.meta("fenced")? else {
-        return Ok((false, None));
-    };
-    let fenced = u64::from_be_bytes(
-        fenced[..]
-            .try_into()
-            .map_err(|_| Error::Corrupt("the fenced marker".into()))?,
-    );
-    let done = rejoin(config, store, fenced)?;
-    Ok((true, Some(done)))
+    Ok(())
 }
 
 const COMPLETE: &str = "rejoin-complete";
@@ -73,13 +52,15 @@ fn building_dir(dir: &Path) -> PathBuf {
     dir.with_file_name(name)
 }
 
-fn rejoin(config: &Config, old: Store, fenced: u64) -> Result<Rejoined> {
+/// Rejoins a primary a promotion fenced (its ledger closed): see the module's notes.
+pub fn rejoin(config: &Config) -> Result<Rejoined> {
     let topic = &config.kafka.topic;
     let dir = &config.data_dir;
-    let own = match old.meta("epoch")? {
-        Some(v) if v.len() >= 8 => u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
-        _ => 0,
-    };
+    let old = retry_in_use(|| Store::open(dir))?;
+    let fenced = old
+        .fenced_by()?
+        .ok_or_else(|| Error::Io("rejoining: this node was not fenced".into()))?;
+    let (own, _) = old.epoch()?;
     let (len, _) = old.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));
     let position = old.relay_position(topic)?.min(len);
     let verified = old.relay_verified(topic)?;
@@ -92,7 +73,7 @@ fn rejoin(config: &Config, old: Store, fenced: u64) -> Result<Rejoined> {
         if past_fence.len() <= p {
             past_fence.resize(p + 1, false);
         }
-        let number = |name: &str| header_text(m, name).and_then(|s| s.parse::<u64>().ok());
+        let number = |name: &str| header_number(m, name);
         if number("fence").is_some_and(|f| f > own) {
             past_fence[p] = true;
         }
@@ -165,10 +146,10 @@ fn rejoin(config: &Config, old: Store, fenced: u64) -> Result<Rejoined> {
                 highest: fenced,
                 ..Terms::default()
             };
-            new.set_meta(&format!("replica-terms:{topic}"), &terms.to_bytes())?;
+            new.set_replica_terms(topic, &terms.to_bytes())?;
         }
-        new.set_meta("epoch", &own.to_be_bytes())?;
-        new.set_meta(ROLE, b"replica")?;
+        new.set_epoch(own, "")?;
+        new.set_starts_as_replica(true)?;
         new.flush()?;
     }
     drop(old);

@@ -20,8 +20,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::client::{
-    ensure_topic, event_headers, header_text, producer, read_partitions, retention_problem, Backoff, ReadFrom,
-    RelayReport, RelayStatus, State,
+    ensure_topic, event_headers, header_number, header_text, producer, read_partitions, retention_problem, Backoff,
+    ReadFrom, RelayReport, RelayStatus, State,
 };
 use super::partition::partition_for;
 use crate::config::KafkaConfig;
@@ -172,7 +172,7 @@ impl Relay {
         let from = starts.as_deref().map_or(ReadFrom::Tails, ReadFrom::Offsets);
         let ends = read_partitions(&self.config, topic, from, |p, m| {
             let header = |name: &str| header_text(m, name);
-            let number = |name: &str| header(name).and_then(|s| s.parse::<u64>().ok());
+            let number = |name: &str| header_number(m, name);
             if let Some(fence) = number("fence") {
                 return if fence > epoch {
                     Err(KafkaError::Fenced { epoch: fence })

@@ -426,7 +426,7 @@ impl Promoter {
         // The relay publishes in this term from the fences on: every event up to `n` is on
         // the topic before them, in the chain.
         self.ledger.set_epoch(epoch, &node)?;
-        self.ledger.set_role("primary")?;
+        self.ledger.set_starts_as_replica(false)?;
         let verified: Vec<(i64, u64)> = ends.iter().map(|e| (*e, n)).collect();
         self.ledger.set_relay_verified(&self.kafka.topic, &verified)?;
         self.ledger.set_relay_position(&self.kafka.topic, n)?;

@@ -122,7 +122,7 @@ pub fn restore(
     // The restored ledger publishes in the epoch of the chain it continues (a newer primary's
     // messages would tell its relay that it was fenced).
     let epoch = events.chain_epoch();
-    store.set_meta("epoch", &epoch.to_be_bytes())?;
+    store.set_epoch(epoch, "")?;
     store.flush()?;
     Ok(RestoreReport {
         resumed_from,
