@@ -16,9 +16,11 @@ pub enum Error {
     /// carried: answers and logs never repeat a submitted value.
     #[error("this idempotency key was already used for a different request")]
     IdempotencyKeyReused,
-    /// Optimistic concurrency: the account is not at the version the caller expected.
-    #[error("account is at version {actual}, the command expected version {expected}")]
-    VersionConflict { expected: u64, actual: u64 },
+    /// Optimistic concurrency: the account is not at the version the caller expected. Only the
+    /// ledger's own version is carried: the expected one is the caller's value, which no
+    /// message or log line may repeat.
+    #[error("account is at version {actual}, not at the version the command expected")]
+    VersionConflict { actual: u64 },
     /// A bounded queue is full; retry later.
     #[error("the ledger is overloaded ({0}); retry shortly")]
     Overloaded(&'static str),

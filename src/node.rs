@@ -28,7 +28,7 @@ pub struct Node {
 }
 
 /// A task a primary runs beside the ledger, not yet spawned.
-pub use crate::adapters::kafka::replica::Service;
+pub use crate::adapters::kafka::replica::{abort_on_panic, Service};
 
 impl Node {
     /// Opens the ledger and starts the monitor and the relays the configuration asks for.
@@ -191,7 +191,7 @@ impl Node {
         } else {
             let mut t = tasks.lock().expect("tasks lock");
             for s in services {
-                t.push(tokio::spawn(s));
+                t.push(tokio::spawn(abort_on_panic(s)));
             }
             if config.kafka.enabled() {
                 tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, alerts_topic = %config.kafka.alerts_topic, "kafka relays on");

@@ -232,3 +232,68 @@ fn check(data: &std::path::Path, book: &Book, live: &HashMap<String, Value>) {
         book.retried
     );
 }
+
+/// Regression (issue 26, item 8): a core thread that panicked left the node half alive: the
+/// flusher ignored a dead indexer, there was no panic hook, and `/healthz` still said 200.
+/// Now a panic on any core thread ends the process (SIGABRT; its supervisor restarts it) and
+/// nothing acknowledged is lost: the restart recovers every acknowledged event from the log.
+/// The panic is planted with the debug builds' seam `BINDLEDGER_FAULT_PANIC`.
+#[test]
+fn a_node_whose_core_thread_dies_stops_and_loses_nothing_acknowledged() {
+    use std::os::unix::process::ExitStatusExt;
+    for thread in [
+        "bindledger-writer",
+        "bindledger-flusher",
+        "bindledger-indexer",
+        "bindledger-monitor",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, log) = (dir.path().join("data"), dir.path().join("server.log"));
+        let plan = format!("{thread}:3");
+        let mut server = spawn_server(&data, &log, &[("BINDLEDGER_FAULT_PANIC", plan.as_str())]);
+        let addr = server.addr;
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let acknowledged = rt.block_on(async {
+            let mut acknowledged = 0u64;
+            for i in 0..400u64 {
+                let mut c = bindledger::adapters::http::client::Client::new(addr, Some(ALL.into()));
+                let body =
+                    serde_json::json!({"provider": "alipay", "wallet_account": phone(i), "payment_password": "000000"});
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    c.post_json(&format!("/v1/accounts/a-{i}/bindings"), &body),
+                )
+                .await
+                {
+                    Ok(Ok((status, _))) if status.as_u16() == 201 => acknowledged = i + 1,
+                    _ => break,
+                }
+            }
+            acknowledged
+        });
+        let status = server
+            .wait_exit(std::time::Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("{thread}: the node went on after its thread died"));
+        assert_eq!(status.signal(), Some(6), "{thread}: ended by SIGABRT: {status:?}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains(&format!("the core thread {thread} died")),
+            "{thread}: {text}"
+        );
+        assert!(acknowledged < 400, "{thread}: commands went on being acknowledged");
+        // The restart recovers every acknowledged command.
+        drop(server);
+        let server = spawn_server(&data, &log, &[]);
+        let got = rt.block_on(async {
+            let mut c = bindledger::adapters::http::client::Client::new(server.addr, Some(ALL.into()));
+            let mut found = 0;
+            for i in 0..acknowledged {
+                let (_, v) = c.get_json(&format!("/v1/accounts/a-{i}/events")).await.unwrap();
+                found += usize::from(v["events"].as_array().is_some_and(|e| e.len() == 1));
+            }
+            found
+        });
+        assert_eq!(got as u64, acknowledged, "{thread}: acknowledged commands lost");
+        server.terminate();
+    }
+}

@@ -150,6 +150,21 @@ async fn a_replica_follows_the_topic_serves_the_same_reads_and_refuses_commands(
         .await
         .unwrap();
     assert_eq!(status.as_u16(), 401, "the token is checked first");
+    // Regression: commands of the security role (lock, unlock, triage) answered 403 on a
+    // replica: every command is 421, whatever role it needs, and names the primary.
+    for path in [
+        "/v1/accounts/acct-1/bindings/00000000-0000-0000-0000-000000000001/lock",
+        "/v1/accounts/acct-1/bindings/00000000-0000-0000-0000-000000000001/unlock",
+        "/v1/alerts/password_brute_force-1/triage",
+    ] {
+        let (status, v) = replica
+            .client(SECURITY)
+            .post_json(path, &json!({"confirm": true, "action": "acknowledged"}))
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 421, "{path}: {v}");
+        assert_eq!(v["primary"], format!("http://{}", primary.addr), "{path}");
+    }
     assert_eq!(replica.ledger.log_len(), before);
 
     // Health: the role and the lag.

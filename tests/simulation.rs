@@ -55,6 +55,30 @@ fn twelve_seeds_keep_every_invariant() {
     eprintln!("{out}");
 }
 
+/// Regression (issue 26, item 9): `make simulate` with its defaults stopped at seed 31, whose
+/// alert locked a binding again after its first lock expired, as the README documents; the
+/// simulator's check was stale. `make test` ran seeds 1-12 only, so nothing noticed: it now
+/// runs seed 31 and a sample of four more past 12 that changes every day (printed, with the
+/// command that replays them).
+#[test]
+fn seed_31_and_a_daily_sample_of_later_seeds_keep_every_invariant() {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    let from = 13 + (days % 200) * 4;
+    eprintln!(
+        "seeds 31 and {from}..{}: replay with make simulate SEED=<seed>",
+        from + 4
+    );
+    let (code, out) = simulate(&["--seed", "31", "--seeds", "1", "--steps", "400"]);
+    assert_eq!(code, 0, "seed 31: {out}");
+    let (code, out) = simulate(&["--seed", &from.to_string(), "--seeds", "4", "--steps", "400"]);
+    assert_eq!(code, 0, "seeds {from}..{}: {out}", from + 4);
+    assert!(out.contains("4 seeds passed"), "{out}");
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     let (a, out_a) = simulate(&["--seed", "40", "--seeds", "2", "--steps", "250"]);

@@ -14,7 +14,9 @@ async fn triage_is_recorded_by_name_survives_a_sigkill_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
-    let tokens = format!("writer+reader+auditor+security:{ALL},carol@security+reader:carol-token-0123456789");
+    let tokens = format!(
+        "writer+reader+auditor+security:{ALL},carol@security+reader:carol-token-0123456789,dave@security:dave-token-0123456789"
+    );
     let env = [("BINDLEDGER_TOKENS", tokens.as_str())];
     let server = spawn_server(&data, &log, &env);
     let mut all = bindledger::adapters::http::client::Client::new(server.addr, Some(ALL.into()));

@@ -167,6 +167,10 @@ pub fn encode_into(e: &Event, out: &mut Vec<u8>) {
                     w.raw(",\"limit\":");
                     w.u64(u64::from(*limit));
                 }
+                BindFailure::TooManyAttempts { until } => {
+                    w.raw(",\"until\":");
+                    w.time(until);
+                }
                 BindFailure::WalletFrozen | BindFailure::WalletClosed | BindFailure::Network => {}
             }
             w.raw("}");
@@ -668,6 +672,9 @@ impl<'a> Reader<'a> {
             "binding_limit_reached" => BindFailure::BindingLimitReached {
                 limit: field!(self, "limit", u32),
             },
+            "too_many_attempts" => BindFailure::TooManyAttempts {
+                until: field!(self, "until", time),
+            },
             _ => return None,
         };
         self.end().map(|_| reason)
@@ -921,6 +928,7 @@ mod tests {
                 factor: Factor::Fingerprint,
             },
             BindFailure::BindingLimitReached { limit: u32::MAX },
+            BindFailure::TooManyAttempts { until: t },
         ];
         out.extend(bind.into_iter().map(|reason| Payload::BindFailed {
             provider: p(),
@@ -1011,7 +1019,7 @@ mod tests {
     #[test]
     fn every_variant_is_read_directly_and_equals_the_general_decoder() {
         let all = events();
-        assert_eq!(all.len(), 36);
+        assert_eq!(all.len(), 37);
         for e in all {
             let bytes = encode(&e);
             assert_eq!(decode(&bytes).as_ref(), Some(&e), "{}", String::from_utf8_lossy(&bytes));
@@ -1087,7 +1095,7 @@ mod tests {
             assert_writes_what_serde_writes(&e);
             cases += 1;
         }
-        assert_eq!(cases, 36);
+        assert_eq!(cases, 37);
     }
 
     #[test]
@@ -1108,7 +1116,7 @@ mod tests {
         // decodes it to the same event.
         let variants = [
             format!("{text} "),
-            text.replacen("{\"v\":6,", "{ \"v\":6,", 1),
+            text.replacen("{\"v\":7,", "{ \"v\":7,", 1),
             text.replacen("\"account\":\"acct-3\"", "\"account\":\"acct\\u002d3\"", 1),
             text.replacen("\"idempotency_key\":null,", "", 1).replacen(
                 "\"request_digest\":null,",

@@ -11,8 +11,11 @@
 //!   Every v2 event is a valid v3 event.
 //! - **v4**: the payment failure `too_many_attempts` (the inline guard against
 //!   password guessing). Every v3 event is a valid v4 event.
-//! - **v5** (current): the payment failure `order_already_paid` (with `payment_seq`, the
+//! - **v5**: the payment failure `order_already_paid` (with `payment_seq`, the
 //!   order's `payment_succeeded` event). Every v4 event is a valid v5 event.
+//! - **v6**: `alert_triaged`, and lock and unlock attributed. Every v5 event is a valid v6 event.
+//! - **v7** (current): the bind failure `too_many_attempts` (`until`), the inline guard against
+//!   password stuffing on binds. Every v6 event is a valid v7 event.
 //!
 //! Decoding an older version upcasts it to the current types; the stored bytes (and so the
 //! hashes) are never rewritten.
@@ -22,7 +25,7 @@ use serde_json::Value;
 use crate::types::Event;
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: u16 = 6;
+pub const SCHEMA_VERSION: u16 = 7;
 
 /// The oldest schema version this code can read.
 pub const SCHEMA_VERSION_MIN: u16 = 1;
@@ -66,7 +69,7 @@ pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
     // The text is read as a `str` from here, so serde does not check the UTF-8 again.
     let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::Invalid("the bytes are not UTF-8".to_owned()))?;
     // Canonical bytes start with the version; the current version takes the direct path.
-    const CURRENT_PREFIX: &str = "{\"v\":6,";
+    const CURRENT_PREFIX: &str = "{\"v\":7,";
     if text.starts_with(CURRENT_PREFIX) {
         return serde_json::from_str(text).map_err(|e| DecodeError::Invalid(e.to_string()));
     }
@@ -79,10 +82,17 @@ pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
         .ok_or_else(|| DecodeError::Invalid("missing schema version field `v`".to_owned()))?;
     match version {
         1 => upcast_v1_to_v2(&mut value),
-        2..=6 => {}
+        2..=7 => {}
         other => return Err(DecodeError::UnsupportedVersion(other)),
     }
     serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))
+}
+
+/// Parses JSON text into a value, refusing a key repeated in one object at any depth (see
+/// [`Strict`]): what every reader of JSON that decides something must use, event or request
+/// body alike.
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    serde_json::from_slice::<Strict>(bytes).map(|s| s.0)
 }
 
 /// A JSON value that refuses a key repeated in one object, at any depth: such bytes have no one
@@ -250,7 +260,7 @@ mod tests {
         let e = event(1, GENESIS_HASH, payment(1234));
         let bytes = encode(&e);
         assert!(
-            bytes.starts_with(b"{\"v\":6,\"id\":"),
+            bytes.starts_with(b"{\"v\":7,\"id\":"),
             "{}",
             String::from_utf8_lossy(&bytes)
         );
@@ -297,7 +307,7 @@ mod tests {
     fn a_v2_event_is_read_by_v3_code() {
         // Version 3 only added event types: a version 2 event reads as it is.
         let v3 = encode(&event(1, GENESIS_HASH, payment(77)));
-        let v2 = [b"{\"v\":2,".as_slice(), &v3[b"{\"v\":6,".len()..]].concat();
+        let v2 = [b"{\"v\":2,".as_slice(), &v3[b"{\"v\":7,".len()..]].concat();
         let e = decode(&v2).unwrap();
         assert_eq!((e.v, e.payload), (2, payment(77)));
     }

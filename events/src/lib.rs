@@ -25,6 +25,6 @@ pub mod money;
 pub mod types;
 
 pub use chain::{hash_bytes, ChainError, ChainVerifier, Hash, GENESIS_HASH};
-pub use codec::{decode, encode, DecodeError, SCHEMA_VERSION};
+pub use codec::{decode, encode, parse_strict, DecodeError, SCHEMA_VERSION};
 pub use money::{Currency, CurrencyError, AMOUNT_MINOR_MAX};
 pub use types::*;

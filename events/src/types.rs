@@ -191,6 +191,12 @@ pub enum BindFailure {
     VerificationFactorFailed { factor: Factor },
     /// The account holds as many active bindings as it may.
     BindingLimitReached { limit: u32 },
+    /// The wallet's budget of wrong payment passwords on binds (from all accounts together) is
+    /// spent until `until` (the ledger's time): the provider was not asked (schema v7).
+    TooManyAttempts {
+        #[serde(with = "micros")]
+        until: DateTime<Utc>,
+    },
 }
 
 /// Why a payment failed.
@@ -459,6 +465,7 @@ impl BindFailure {
             BindFailure::AlreadyBound { .. } => "already_bound",
             BindFailure::VerificationFactorFailed { .. } => "verification_factor_failed",
             BindFailure::BindingLimitReached { .. } => "binding_limit_reached",
+            BindFailure::TooManyAttempts { .. } => "too_many_attempts",
         }
     }
 }

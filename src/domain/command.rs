@@ -88,12 +88,18 @@ pub struct Fields {
 }
 
 impl Fields {
-    /// Parses a body: it must be one JSON object.
+    /// Parses a body: it must be one JSON object, with no key given twice at any depth (such a
+    /// body has no one meaning: a reader keeping the last value would decide on one, another
+    /// on the other).
     pub fn parse(bytes: &[u8]) -> Result<Fields, Error> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|_| Error::Invalid {
+        let value: Value = bindledger_events::parse_strict(bytes).map_err(|e| Error::Invalid {
             code: "malformed_json",
             field: None,
-            message: "the body is not valid JSON",
+            message: if e.is_data() {
+                "the body gives a key twice in one object"
+            } else {
+                "the body is not valid JSON"
+            },
         })?;
         match value {
             Value::Object(map) => Ok(Fields { map, nested: None }),

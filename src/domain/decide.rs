@@ -22,6 +22,8 @@ pub struct Rules {
     pub platform_maintenance: bool,
     /// The inline guard against password guessing, when on.
     pub password_guard: Option<PasswordGuard>,
+    /// The inline guard against password stuffing on binds (one wallet, any accounts), when on.
+    pub bind_guard: Option<PasswordGuard>,
 }
 
 /// At most `threshold` wrong payment passwords on one binding reach the provider within
@@ -50,13 +52,33 @@ impl PasswordGuard {
     /// Every payment asks this before the provider: counting allocates nothing, and only a
     /// spent budget (an attack) sorts the times to say when it frees.
     pub fn budget(&self, binding: &crate::domain::projection::Binding, now: DateTime<Utc>) -> Budget {
+        self.budget_of(|since| binding.wrong_passwords_after(since).copied(), now)
+    }
+
+    /// The same for binds of one wallet, from every account together (the projection's
+    /// [`crate::domain::projection::Projection::wallet_wrong_passwords`]).
+    pub fn wallet_budget(
+        &self,
+        projection: &crate::domain::projection::Projection,
+        fp: &bindledger_events::Hash,
+        now: DateTime<Utc>,
+    ) -> Budget {
+        self.budget_of(|since| projection.wallet_wrong_passwords_after(fp, since), now)
+    }
+
+    /// The budget left at `now`, given the wrong passwords recorded after a time.
+    fn budget_of<I: Iterator<Item = DateTime<Utc>>>(
+        &self,
+        after: impl Fn(DateTime<Utc>) -> I,
+        now: DateTime<Utc>,
+    ) -> Budget {
         let since = now - self.window;
-        let recent = binding.wrong_passwords_after(since).count();
+        let recent = after(since).count();
         let threshold = self.threshold();
         if recent < threshold {
             return Budget::Left((threshold - recent) as u32);
         }
-        let mut times: Vec<DateTime<Utc>> = binding.wrong_passwords_after(since).copied().collect();
+        let mut times: Vec<DateTime<Utc>> = after(since).collect();
         times.sort_unstable();
         Budget::Spent {
             until: times[times.len() - threshold] + self.window,
@@ -366,11 +388,13 @@ mod tests {
         max_bindings_per_account: 2,
         platform_maintenance: false,
         password_guard: None,
+        bind_guard: None,
     };
     const MAINTENANCE: Rules = Rules {
         max_bindings_per_account: 2,
         platform_maintenance: true,
         password_guard: None,
+        bind_guard: None,
     };
 
     use crate::testing::{alipay, wallet};

@@ -292,6 +292,10 @@ fn rule_words(rule: &str) -> (&'static str, &'static str) {
         "binding_churn" => ("反复绑定和解绑钱包", "wallets bound and unbound again and again"),
         "amount_spike" => ("远高于平时的支付金额", "a payment far above your usual amounts"),
         "dead_wallet_probing" => ("尝试绑定已失效的钱包", "attempts to bind wallets that no longer exist"),
+        "password_stuffing" => (
+            "多个账户在绑定时尝试同一钱包的支付密码",
+            "the payment password of one wallet was tried from several accounts",
+        ),
         _ => ("异常操作", "unusual activity"),
     }
 }

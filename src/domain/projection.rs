@@ -11,11 +11,15 @@
 use bindledger_events::{Event, Hash, Payload, Provider, WalletRef};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use uuid::Uuid;
 
 /// Ended bindings kept per account (the oldest go first); active ones are never dropped.
 pub const INACTIVE_BINDINGS_KEPT_MAX: usize = 16;
+
+/// Wrong payment passwords on binds remembered per account (the newest), with their wallet:
+/// what the bind guard counts per wallet, over every account.
+pub const BIND_WRONG_PASSWORDS_KEPT_MAX: usize = 16;
 
 /// Wrong payment passwords remembered per binding (the newest). The inline guard counts at
 /// most this many, so its threshold is `min(password_brute_force.threshold, this)`.
@@ -75,6 +79,10 @@ pub struct AccountState {
     pub version: u64,
     /// Bindings in the order they were made.
     pub bindings: Vec<Binding>,
+    /// Wrong payment passwords on this account's binds: the wallet's fingerprint and the
+    /// `record_time`, oldest first, at most [`BIND_WRONG_PASSWORDS_KEPT_MAX`].
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub bind_wrong_passwords: VecDeque<(Hash, DateTime<Utc>)>,
 }
 
 impl AccountState {
@@ -108,9 +116,43 @@ pub struct Projection {
     /// Wallet fingerprint -> every account it was ever bound to (a ring shows here even after
     /// its members unbound).
     pub wallet_history: HashMap<Hash, BTreeSet<String>>,
+    /// Wallet fingerprint -> the `record_time`s of wrong payment passwords on its binds (with
+    /// how many at each), over every account: the union of the accounts'
+    /// `bind_wrong_passwords`, so it is derived from them and bounded by them.
+    pub wallet_wrong_passwords: HashMap<Hash, BTreeMap<DateTime<Utc>, u32>>,
+}
+
+/// Adds (`true`) or takes away one wrong password at `t` on `fp`'s binds.
+fn count_wrong(map: &mut HashMap<Hash, BTreeMap<DateTime<Utc>, u32>>, fp: Hash, t: DateTime<Utc>, add: bool) {
+    let times = map.entry(fp).or_default();
+    let n = times.entry(t).or_insert(0);
+    if add {
+        *n += 1;
+    } else {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            times.remove(&t);
+        }
+    }
+    if times.is_empty() {
+        map.remove(&fp);
+    }
 }
 
 impl Projection {
+    /// The wrong payment passwords on binds of `fp` after `since`, from every account.
+    pub fn wallet_wrong_passwords_after(
+        &self,
+        fp: &Hash,
+        since: DateTime<Utc>,
+    ) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+        self.wallet_wrong_passwords
+            .get(fp)
+            .into_iter()
+            .flat_map(move |times| times.range((std::ops::Bound::Excluded(since), std::ops::Bound::Unbounded)))
+            .flat_map(|(t, n)| std::iter::repeat_n(*t, *n as usize))
+    }
+
     /// Folds one event in. Events must come in global order.
     pub fn apply(&mut self, e: &Event) {
         assert_eq!(e.seq, self.position + 1, "projection fed out of order");
@@ -208,6 +250,24 @@ impl Projection {
                     b.wrong_passwords.push_back(e.record_time);
                 }
             }
+            Payload::BindFailed {
+                wallet,
+                reason: bindledger_events::BindFailure::InvalidInput { field },
+                ..
+            } if field == "payment_password" => {
+                if acct.bind_wrong_passwords.len() == BIND_WRONG_PASSWORDS_KEPT_MAX {
+                    if let Some((fp, t)) = acct.bind_wrong_passwords.pop_front() {
+                        count_wrong(&mut self.wallet_wrong_passwords, fp, t, false);
+                    }
+                }
+                acct.bind_wrong_passwords.push_back((wallet.fingerprint, e.record_time));
+                count_wrong(
+                    &mut self.wallet_wrong_passwords,
+                    wallet.fingerprint,
+                    e.record_time,
+                    true,
+                );
+            }
             Payload::BindFailed { .. }
             | Payload::PaymentFailed { .. }
             | Payload::UnbindFailed { .. }
@@ -246,7 +306,11 @@ impl Projection {
     pub fn from_accounts(position: u64, accounts: HashMap<String, AccountState>) -> Projection {
         let mut wallets: HashMap<Hash, BTreeSet<String>> = HashMap::new();
         let mut wallet_history: HashMap<Hash, BTreeSet<String>> = HashMap::new();
+        let mut wallet_wrong_passwords = HashMap::new();
         for (name, a) in &accounts {
+            for (fp, t) in &a.bind_wrong_passwords {
+                count_wrong(&mut wallet_wrong_passwords, *fp, *t, true);
+            }
             for b in &a.bindings {
                 if b.status == BindingStatus::Active {
                     wallets.entry(b.wallet.fingerprint).or_default().insert(name.clone());
@@ -262,6 +326,7 @@ impl Projection {
             accounts,
             wallets,
             wallet_history,
+            wallet_wrong_passwords,
         }
     }
 }
@@ -291,7 +356,7 @@ mod tests {
     /// One step of an account's life: (account, what, which binding or wallet). Turned into an
     /// event the ledger could have written by [`realise`].
     fn step() -> impl Strategy<Value = (u8, u8, u8)> {
-        (0u8..3, 0u8..6, 0u8..4)
+        (0u8..3, 0u8..7, 0u8..4)
     }
 
     /// The events a ledger would record for the steps: binds of wallets an account does not
@@ -354,6 +419,14 @@ mod tests {
                     alert_id: "al".into(),
                     until: chrono::DateTime::from_timestamp(2_000_000_000, 0).unwrap(),
                 },
+                (6, _) => Payload::BindFailed {
+                    provider: crate::testing::alipay(),
+                    wallet: crate::testing::wallet(which % 3),
+                    factors: vec![],
+                    reason: bindledger_events::BindFailure::InvalidInput {
+                        field: "payment_password".into(),
+                    },
+                },
                 (5, Some((b, _))) => Payload::BindingUnlocked {
                     binding_id: b,
                     alert_id: "al".into(),
@@ -381,7 +454,7 @@ mod tests {
         /// A snapshot (as the store keeps it: each account's row as JSON) plus the events after
         /// it, folded as a restart folds them, equals a fold of the whole log.
         #[test]
-        fn a_snapshot_plus_the_events_after_it_equals_a_full_fold(steps in proptest::collection::vec(step(), 1..120), cut in any::<prop::sample::Index>()) {
+        fn a_snapshot_plus_the_events_after_it_equals_a_full_fold(steps in proptest::collection::vec(step(), 1..160), cut in any::<prop::sample::Index>()) {
             let events = realise(steps);
             let full = Projection::rebuild(&events);
             let k = cut.index(events.len() + 1);

@@ -121,6 +121,7 @@ impl Indexer {
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             };
+            crate::ledger::seams::panic_point("bindledger-indexer");
             let mut drained = vec![first];
             while drained.len() < INDEX_DRAIN_BATCHES {
                 match rx.try_recv() {

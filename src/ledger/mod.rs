@@ -40,7 +40,7 @@ pub mod store;
 pub mod webhooks;
 pub mod writer;
 
-use bindledger_events::{codec, hash_bytes, ChainVerifier, Event, Hash, Payload, PaymentFailure};
+use bindledger_events::{codec, hash_bytes, BindFailure, ChainVerifier, Event, Hash, Payload, PaymentFailure};
 use chrono::Utc;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,16 +65,26 @@ use crate::ledger::writer::{Committed, Request, Submission, Writer};
 pub use crate::ledger::seams::{PlantedBug, Seams};
 pub use crate::ledger::writer::Committed as CommandResult;
 
-/// One payment attempt on a binding, counted against its budget while it lasts.
+/// What a guard's budget of wrong passwords belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Guarded {
+    /// Payments on one binding.
+    Binding(Uuid),
+    /// Binds of one wallet (its fingerprint), from every account.
+    Wallet(Hash),
+}
+
+/// One attempt that will ask the provider for a password, counted against its budget while it
+/// lasts.
 struct Attempt<'l> {
     ledger: &'l Ledger,
-    binding_id: Uuid,
+    key: Guarded,
 }
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         let mut attempts = self.ledger.inner.attempts.lock().expect("attempts lock");
-        if let std::collections::hash_map::Entry::Occupied(mut e) = attempts.entry(self.binding_id) {
+        if let std::collections::hash_map::Entry::Occupied(mut e) = attempts.entry(self.key) {
             *e.get_mut() -= 1;
             if *e.get() == 0 {
                 e.remove();
@@ -136,9 +146,9 @@ struct Inner {
     gateway_permits: Semaphore,
     gateway_timeout: Duration,
     rules: Rules,
-    /// Payments on each binding that are with the provider now (the inline guard counts
-    /// them against the binding's budget), and a wake-up when one ends.
-    attempts: Mutex<HashMap<Uuid, u32>>,
+    /// Payments on each binding and binds of each wallet that are with the provider now (the
+    /// inline guards count them against the budget), and a wake-up when one ends.
+    attempts: Mutex<HashMap<Guarded, u32>>,
     attempt_ended: tokio::sync::Notify,
     /// How far in the past a caller's `event_time` may be.
     event_time_past_max: chrono::Duration,
@@ -195,6 +205,7 @@ impl Ledger {
         gateway: Arc<dyn WalletGateway>,
         seams: Seams,
     ) -> Result<Ledger> {
+        crate::ledger::seams::abort_on_core_panic();
         let store = Arc::new(store::retry_in_use(|| {
             Store::open_with_faults(&config.data_dir, seams.faults.clone())
         })?);
@@ -298,6 +309,7 @@ impl Ledger {
             max_bindings_per_account: config.max_bindings_per_account,
             platform_maintenance: config.platform_maintenance,
             password_guard: alert_rules.password_guard(),
+            bind_guard: alert_rules.bind_guard(),
         };
         let durable_watch = Arc::new(tokio::sync::watch::Sender::new(last_seq));
         let (tx, rx) = mpsc::channel(config.writer.queue_capacity);
@@ -559,15 +571,21 @@ impl Ledger {
         }
     }
 
-    /// Takes one attempt from a binding's budget for a payment that will ask the provider,
-    /// waiting while the budget is held by attempts in flight. `Err(until)` when the budget is
-    /// spent: the payment fails as `too_many_attempts` without reaching the provider.
+    /// Takes one attempt from the budget of `key` (a binding's payments, or a wallet's binds)
+    /// for a command that will ask the provider for a password, waiting while the budget is
+    /// held by attempts in flight. `Err(until)` when the budget is spent: the command fails as
+    /// `too_many_attempts` without reaching the provider. `Ok(None)` when that guard is off.
     async fn take_attempt(
         &self,
         account: &str,
-        binding_id: Uuid,
+        key: Guarded,
     ) -> Result<std::result::Result<Option<Attempt<'_>>, chrono::DateTime<Utc>>> {
-        let Some(guard) = self.inner.rules.password_guard else {
+        use crate::domain::decide::Budget;
+        let guard = match key {
+            Guarded::Binding(_) => self.inner.rules.password_guard,
+            Guarded::Wallet(_) => self.inner.rules.bind_guard,
+        };
+        let Some(guard) = guard else {
             return Ok(Ok(None));
         };
         let deadline = tokio::time::Instant::now() + self.inner.gateway_timeout;
@@ -577,29 +595,33 @@ impl Ledger {
             ended.as_mut().enable();
             {
                 let read = self.inner.read.read().expect("lock");
-                let budget = read
-                    .accounts
-                    .get(account)
-                    .and_then(|a| a.active_binding(binding_id))
-                    .map(|b| guard.budget(b, self.inner.clock.now()));
+                let now = self.inner.clock.now();
+                let budget = match key {
+                    Guarded::Binding(id) => read
+                        .accounts
+                        .get(account)
+                        .and_then(|a| a.active_binding(id))
+                        .map(|b| guard.budget(b, now)),
+                    Guarded::Wallet(fp) => Some(guard.wallet_budget(&read, &fp, now)),
+                };
                 let mut attempts = self.inner.attempts.lock().expect("attempts lock");
-                let in_flight = attempts.get(&binding_id).copied().unwrap_or(0);
+                let in_flight = attempts.get(&key).copied().unwrap_or(0);
                 match budget {
-                    Some(crate::domain::decide::Budget::Spent { until }) => return Ok(Err(until)),
-                    Some(crate::domain::decide::Budget::Left(left)) if in_flight >= left => {}
+                    Some(Budget::Spent { until }) => return Ok(Err(until)),
+                    Some(Budget::Left(left)) if in_flight >= left => {}
                     // A binding that is not active is refused by the writer anyway.
                     _ => {
-                        *attempts.entry(binding_id).or_insert(0) += 1;
-                        return Ok(Ok(Some(Attempt {
-                            ledger: self,
-                            binding_id,
-                        })));
+                        *attempts.entry(key).or_insert(0) += 1;
+                        return Ok(Ok(Some(Attempt { ledger: self, key })));
                     }
                 }
             }
             if tokio::time::timeout_at(deadline, ended).await.is_err() {
                 self.inner.metrics.count_rejected("overloaded");
-                return Err(Error::Overloaded("too many payments in flight on this binding"));
+                return Err(Error::Overloaded(match key {
+                    Guarded::Binding(_) => "too many payments in flight on this binding",
+                    Guarded::Wallet(_) => "too many binds of this wallet in flight",
+                }));
             }
         }
     }
@@ -633,7 +655,7 @@ impl Ledger {
             let actual = acct.map_or(0, |a| a.version);
             if expected != actual {
                 self.inner.metrics.count_rejected("version_conflict");
-                return Err(Error::VersionConflict { expected, actual });
+                return Err(Error::VersionConflict { actual });
             }
         }
         Ok(())
@@ -774,6 +796,22 @@ impl Ledger {
             self.check_version(&cmd.meta, acct)?;
             decide::precheck_bind(acct, &facts, self.inner.rules)
         };
+        // The attempt is given back once its event is durable (and so counted, when it was a
+        // wrong password), after the submit below.
+        let mut _attempt = None;
+        let pre = match pre {
+            Some(reason) => Some(reason),
+            None => match self
+                .take_attempt(&cmd.meta.account, Guarded::Wallet(facts.wallet.fingerprint))
+                .await?
+            {
+                Ok(attempt) => {
+                    _attempt = attempt;
+                    None
+                }
+                Err(until) => Some(BindFailure::TooManyAttempts { until }),
+            },
+        };
         let verdict = match pre {
             Some(reason) => BindVerdict::Skipped(reason),
             None => {
@@ -868,7 +906,10 @@ impl Ledger {
         };
         // The attempt is given back once its event is durable (and so counted, when it was a
         // wrong password), after the submit below.
-        let _attempt = match self.take_attempt(&cmd.meta.account, cmd.binding_id).await? {
+        let _attempt = match self
+            .take_attempt(&cmd.meta.account, Guarded::Binding(cmd.binding_id))
+            .await?
+        {
             Ok(attempt) => attempt,
             Err(until) => {
                 return self

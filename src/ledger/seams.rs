@@ -42,3 +42,56 @@ pub enum PlantedBug {
     /// Wait for a wallet provider however long it takes (no `gateway.timeout_ms`).
     NoGatewayTimeout,
 }
+
+/// Whether a thread is one of the core's (`bindledger-writer`, `-flusher`, `-indexer`,
+/// `-monitor`, `-alert-store`, `-head`, `-replica`): a node without one of them is not a node.
+pub fn is_core_thread(name: Option<&str>) -> bool {
+    name.is_some_and(|n| n.starts_with("bindledger-"))
+}
+
+/// Makes a panic on a core thread end the process (abort: exit by `SIGABRT`), after the
+/// panic's message is printed. A node whose writer, flusher, indexer, monitor or replica died
+/// must not go on answering as if healthy; its supervisor restarts it, and the restart recovers
+/// from the log like any crash (what SIGKILL tests prove). Installed once per process, around
+/// whatever hook was there.
+pub fn abort_on_core_panic() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            let thread = std::thread::current();
+            if is_core_thread(thread.name()) {
+                eprintln!(
+                    "bindledger: the core thread {} died; stopping the process (its supervisor restarts it, and the restart recovers from the log)",
+                    thread.name().unwrap_or("?")
+                );
+                std::process::abort();
+            }
+        }));
+    });
+}
+
+/// A test seam for a core thread that dies, in debug builds only (release builds ignore it):
+/// `BINDLEDGER_FAULT_PANIC=<thread>:<n>` makes the thread named `<thread>` panic at its `n`th
+/// pass through here (once per batch it handles). `tests/crash.rs` uses it on each core thread.
+pub fn panic_point(thread: &'static str) {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static PLAN: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+        static PASSES: AtomicU64 = AtomicU64::new(0);
+        let plan = PLAN.get_or_init(|| {
+            let v = std::env::var("BINDLEDGER_FAULT_PANIC").ok()?;
+            let (name, n) = v.split_once(':')?;
+            Some((name.to_owned(), n.parse().ok()?))
+        });
+        if let Some((name, n)) = plan {
+            if name == thread && PASSES.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+                panic!("a panic planted in {thread} (BINDLEDGER_FAULT_PANIC)");
+            }
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = thread;
+}

@@ -305,6 +305,7 @@ impl Writer {
         };
         let mut subs = Vec::with_capacity(self.batch_max);
         while let Some(first) = rx.blocking_recv() {
+            crate::ledger::seams::panic_point("bindledger-writer");
             subs.push(first);
             while subs.len() < self.batch_max {
                 match rx.try_recv() {
@@ -439,10 +440,7 @@ impl Writer {
             let version = acct.map_or(0, |a| a.version);
             if let Some(expected) = meta.expected_version {
                 if expected != version {
-                    answers.push(Answer::Fail(Error::VersionConflict {
-                        expected,
-                        actual: version,
-                    }));
+                    answers.push(Answer::Fail(Error::VersionConflict { actual: version }));
                     continue;
                 }
             }
@@ -562,6 +560,7 @@ impl Flusher {
     fn run(self, jobs: std::sync::mpsc::Receiver<Job>) {
         let mut last_flush_events = 0;
         while let Ok(first) = jobs.recv() {
+            crate::ledger::seams::panic_point("bindledger-flusher");
             // Everything already decided goes durable with one flush.
             let mut ready = vec![first];
             while let Ok(job) = jobs.try_recv() {

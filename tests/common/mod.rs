@@ -197,6 +197,20 @@ impl ServerProcess {
         self.child.wait().unwrap().code()
     }
 
+    /// Waits up to `within` for the process to exit by itself; its status, if it did.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, no chance to clean up.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

@@ -7,15 +7,21 @@
 //! The session has the token's roles and name; every API call the page makes is checked against
 //! them exactly as a bearer token is.
 //!
-//! **CSRF.** A request authenticated by the cookie that changes anything (any method but GET
-//! and HEAD) must carry `X-CSRF-Token` equal to its session's; otherwise `403 csrf`, before the
-//! body is read. A bearer token is not sent by browsers on their own, so it needs none.
+//! **CSRF.** A request is authenticated by exactly one credential (see
+//! `server::authenticate`): a request with an `Authorization` header by that header alone (a
+//! bearer token, which browsers do not send on their own, so it needs no CSRF token; any other
+//! scheme is refused, never taken for the cookie), one without by the cookie. A request
+//! authenticated by the cookie that changes anything (any method but GET and HEAD) must carry
+//! `X-CSRF-Token` equal to its session's; otherwise `403 csrf`, before the body is read.
+//!
+//! **Sessions** are bounded per token (`SESSIONS_PER_TOKEN`): a new sign-in beyond it ends
+//! the same token's least recently used session, never another token's.
 //!
 //! **Headers.** The pages are served with a strict Content-Security-Policy (`'self'` only, no
 //! inline script or style, no framing), `nosniff`, no referrer, and `no-store`.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -29,8 +35,9 @@ use super::server::{ApiError, ApiResult, AppState, Principal};
 pub const COOKIE: &str = "bindledger_session";
 /// How long a session lasts without use.
 const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
-/// Most sessions held at once; beyond it the least recently used goes.
-const SESSIONS_MAX: usize = 10_000;
+/// Most sessions one token holds at once; beyond it, that token's least recently used goes.
+/// The sessions held in all are at most this many times the number of configured tokens.
+pub const SESSIONS_PER_TOKEN: usize = 64;
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; font-src 'none'; object-src 'none'; base-uri 'none'; \
@@ -65,14 +72,16 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Sessions {
-    /// A new session for `principal`: its id (for the cookie) and CSRF token.
+    /// A new session for `principal`: its id (for the cookie) and CSRF token. When the token
+    /// holds [`SESSIONS_PER_TOKEN`] sessions, its least recently used one ends.
     fn open(&self, principal: Arc<Principal>) -> (String, String) {
         let (id, csrf) = (random_hex(), random_hex());
         let mut all = self.by_id.lock().expect("sessions lock");
         let now = Instant::now();
         all.retain(|_, s| now.duration_since(s.used) < SESSION_IDLE);
-        if all.len() >= SESSIONS_MAX {
-            if let Some(oldest) = all.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k) {
+        let same_token = || all.iter().filter(|(_, s)| s.principal.name == principal.name);
+        if same_token().count() >= SESSIONS_PER_TOKEN {
+            if let Some(oldest) = same_token().min_by_key(|(_, s)| s.used).map(|(k, _)| *k) {
                 all.remove(&oldest);
             }
         }
@@ -88,7 +97,7 @@ impl Sessions {
     }
 
     /// The live session a cookie names, touched; with its CSRF token.
-    fn find(&self, id: &str) -> Option<(Arc<Principal>, String)> {
+    pub(super) fn find(&self, id: &str) -> Option<(Arc<Principal>, String)> {
         let mut all = self.by_id.lock().expect("sessions lock");
         let key = digest(id);
         let s = all.get_mut(&key)?;
@@ -118,22 +127,8 @@ pub fn cookie_session(headers: &HeaderMap) -> Option<&str> {
         .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// The principal of a request authenticated by its session cookie.
-pub fn session_principal(state: &AppState, headers: &HeaderMap) -> Option<Arc<Principal>> {
-    state.sessions.find(cookie_session(headers)?).map(|(p, _)| p)
-}
-
-/// The CSRF rule (see the module's documentation), from the method and headers alone.
-pub fn check_csrf(state: &AppState, method: &Method, headers: &HeaderMap) -> ApiResult<()> {
-    if matches!(*method, Method::GET | Method::HEAD) || headers.contains_key(header::AUTHORIZATION) {
-        return Ok(());
-    }
-    let Some(id) = cookie_session(headers) else {
-        return Ok(());
-    };
-    let Some((_, csrf)) = state.sessions.find(id) else {
-        return Ok(()); // not a live session: the request is unauthenticated, and answered so
-    };
+/// The CSRF rule for a request signed in by the cookie of a session whose token is `csrf`.
+pub(super) fn check_csrf(headers: &HeaderMap, csrf: &str) -> ApiResult<()> {
     let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
     if same(sent.as_bytes(), csrf.as_bytes()) {
         Ok(())
@@ -193,21 +188,16 @@ pub async fn current(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiR
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignIn {
-    token: String,
-}
-
-/// `POST /console/session` `{token}`: signs in; sets the session cookie.
-pub async fn sign_in(State(s): State<Arc<AppState>>, body: axum::body::Bytes) -> ApiResult<Response> {
-    let Ok(SignIn { token }) = serde_json::from_slice::<SignIn>(&body) else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "send {\"token\": ...}",
-        ));
-    };
+/// `POST /console/session` `{token}`: signs in; sets the session cookie. The body is read as
+/// every body is (bounded in size and time, [`super::server::read_body`]), and taken as a
+/// command's fields are (one JSON object, no key twice, nothing else in it).
+pub async fn sign_in(State(s): State<Arc<AppState>>, req: axum::extract::Request) -> ApiResult<Response> {
+    let bytes = super::server::read_body(&s, req.into_body()).await?;
+    let token: String = crate::domain::command::Fields::parse(&bytes).and_then(|mut f| {
+        let token = f.req("token")?;
+        f.finish()?;
+        Ok(token)
+    })?;
     let principal = s
         .principal_of_token(&token)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token"))?;

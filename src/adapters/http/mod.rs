@@ -9,4 +9,6 @@ mod metrics;
 #[cfg(feature = "server")]
 mod server;
 #[cfg(feature = "server")]
+pub use console::SESSIONS_PER_TOKEN;
+#[cfg(feature = "server")]
 pub use server::*;

@@ -39,8 +39,11 @@ pub struct AppState {
     /// The console's signed-in sessions.
     pub(super) sessions: super::console::Sessions,
     http: HttpConfig,
-    /// Requests in flight; beyond the bound the answer is 503 `overloaded`.
+    /// Authenticated requests in flight; beyond the bound the answer is 503 `overloaded`.
     in_flight: Arc<Semaphore>,
+    /// Requests in flight to the public routes but the probes (the console's page and its
+    /// sign-in): a pool of their own, so that they cannot take a slot of `in_flight`.
+    public_in_flight: Arc<Semaphore>,
     pub(super) extras: Extras,
     /// Turns true when the server shuts down (ends the live feeds).
     closing: tokio::sync::watch::Sender<bool>,
@@ -111,11 +114,13 @@ impl AppState {
             })
             .collect();
         let in_flight = Arc::new(Semaphore::new(http.connections_max));
+        let public_in_flight = Arc::new(Semaphore::new((http.connections_max / 4).max(4)));
         Arc::new(AppState {
             ledger,
             tokens,
             http,
             in_flight,
+            public_in_flight,
             extras,
             closing: tokio::sync::watch::Sender::new(false),
             sessions: Default::default(),
@@ -126,6 +131,15 @@ impl AppState {
     pub(super) fn principal_of_token(&self, token: &str) -> Option<Arc<Principal>> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.tokens.iter().find(|(d, _)| *d == digest).map(|(_, p)| p.clone())
+    }
+
+    /// The primary's URL, on a replica that knows it.
+    fn primary_url(&self) -> Option<&str> {
+        self.extras
+            .replica
+            .as_ref()
+            .map(|(_, url)| url.as_str())
+            .filter(|u| !u.is_empty())
     }
 
     /// Whether the console's cookie is marked `Secure` (`http.console_secure_cookie`).
@@ -211,7 +225,7 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        tracing::debug!(code = self.code, field = self.field, message = %self.message, "request refused");
+        tracing::debug!(code = self.code, field = self.field, reason = %self.message, "request refused");
         let body = json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
         let mut r = (self.status, Json(body)).into_response();
         match self.status {
@@ -231,57 +245,108 @@ impl IntoResponse for ApiError {
 
 pub(super) type ApiResult<T> = Result<T, ApiError>;
 
-/// Who sent the request, if they hold `role`.
-fn authorize(state: &AppState, headers: &HeaderMap, role: Role) -> ApiResult<Arc<Principal>> {
-    authorize_any(state, headers, &[role])
+/// How a request's `Authorization` header reads.
+enum Authorization<'h> {
+    /// No such header: the request may be signed in by the console's cookie.
+    Absent,
+    /// `Bearer <token>`, the scheme matched without regard to case (RFC 7235, section 2.1).
+    Bearer(&'h str),
+    /// Any other scheme, an empty token, or bytes that are not text: never a credential.
+    Unusable,
 }
 
-/// The token of an `Authorization: Bearer <token>` header. The scheme is matched without
-/// regard to case (RFC 7235, section 2.1).
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim_start();
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-/// Who sent the request, from its headers alone (no body has been read): its bearer token,
-/// else its console session cookie.
-fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Arc<Principal>> {
-    let Some(token) = bearer_token(headers) else {
-        return super::console::session_principal(state, headers).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "send Authorization: Bearer <token>",
-            )
-        });
+fn authorization(headers: &HeaderMap) -> Authorization<'_> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Authorization::Absent;
     };
-    state
-        .principal_of_token(token)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown token"))
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty());
+    token.map_or(Authorization::Unusable, Authorization::Bearer)
 }
 
-fn authorize_any(state: &AppState, headers: &HeaderMap, allowed: &[Role]) -> ApiResult<Arc<Principal>> {
-    let principal = authenticate(state, headers)?;
-    if allowed.iter().any(|r| principal.roles.contains(r)) {
-        return Ok(principal);
+fn unauthenticated(message: &'static str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+}
+
+/// Who sent the request, from its method and headers alone (no body has been read, nothing
+/// has waited). A request is authenticated by exactly one credential: an `Authorization`
+/// header, when it has one, and then only a known bearer token will do (another scheme never
+/// falls back to the cookie); otherwise the console's session cookie, and a cookie-signed
+/// request that changes anything (any method but GET and HEAD) must carry its session's
+/// `X-CSRF-Token`.
+pub(super) fn authenticate(
+    state: &AppState,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+) -> ApiResult<Arc<Principal>> {
+    match authorization(headers) {
+        Authorization::Bearer(token) => state
+            .principal_of_token(token)
+            .ok_or_else(|| unauthenticated("unknown token")),
+        Authorization::Unusable => Err(unauthenticated("send Authorization: Bearer <token>")),
+        Authorization::Absent => {
+            let (principal, csrf) = super::console::cookie_session(headers)
+                .and_then(|id| state.sessions.find(id))
+                .ok_or_else(|| unauthenticated("send Authorization: Bearer <token>"))?;
+            if !matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD) {
+                super::console::check_csrf(headers, &csrf)?;
+            }
+            Ok(principal)
+        }
     }
-    let message = match allowed {
-        [Role::Writer] => "this token lacks the writer role",
-        [Role::Reader] => "this token lacks the reader role",
-        [Role::Auditor] => "this token lacks the auditor role",
-        [Role::Security] => "this token lacks the security role",
-        _ => "this token lacks the security or auditor role",
-    };
-    Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message))
+}
+
+/// Who sent a request, as the gate authenticated it (see [`gate`]). Every route but the
+/// [`PUBLIC`] ones has one.
+#[derive(Clone)]
+pub(super) struct Caller(pub(super) Arc<Principal>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> ApiResult<Caller> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| unauthenticated("send Authorization: Bearer <token>"))
+    }
+}
+
+/// The caller of `req`, if it holds `role`.
+fn authorize(req: &Request, role: Role) -> ApiResult<Arc<Principal>> {
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .ok_or_else(|| unauthenticated("send Authorization: Bearer <token>"))?;
+    caller.require(&[role])
+}
+
+impl Caller {
+    /// The caller, if it holds one of `allowed`.
+    pub(super) fn require(&self, allowed: &[Role]) -> ApiResult<Arc<Principal>> {
+        if allowed.iter().any(|r| self.0.roles.contains(r)) {
+            return Ok(self.0.clone());
+        }
+        let message = match allowed {
+            [Role::Writer] => "this token lacks the writer role",
+            [Role::Reader] => "this token lacks the reader role",
+            [Role::Auditor] => "this token lacks the auditor role",
+            [Role::Security] => "this token lacks the security role",
+            _ => "this token lacks the security or auditor role",
+        };
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message))
+    }
 }
 
 /// Reads a command's body after its token was checked: at most `http.body_limit_bytes`
 /// (`413`), within `http.body_timeout_ms` (`408`, the slot it held is freed).
-async fn read_body(state: &AppState, body: Body) -> ApiResult<Bytes> {
+pub(super) async fn read_body(state: &AppState, body: Body) -> ApiResult<Bytes> {
     let limit = state.http.body_limit_bytes;
     match tokio::time::timeout(state.http.body_timeout(), axum::body::to_bytes(body, limit)).await {
         Err(_) => Err(ApiError::new(
@@ -320,7 +385,7 @@ async fn command_body_as<T: command::FromFields>(
     req: Request,
     role: Role,
 ) -> ApiResult<(T, Arc<Principal>)> {
-    let principal = authorize(state, req.headers(), role)?;
+    let principal = authorize(&req, role)?;
     let bytes = read_body(state, req.into_body()).await?;
     let body = T::from_body(&bytes).map_err(|e| {
         state.ledger.metrics().count_rejected(e.code());
@@ -490,12 +555,21 @@ async fn lock(
     let (cmd, reason) = req
         .validate(&account, &binding_id, s.ledger.now())
         .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
-    if monitor(&s)?.store.get(&cmd.alert_id)?.is_none() {
+    let Some(alert) = monitor(&s)?.store.get(&cmd.alert_id)? else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "alert_not_found",
             "no alert has this id",
         ));
+    };
+    // A lock cites the alert that justifies it: one about this account.
+    if !alert.accounts.contains(&account) && alert.key.value != account {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "alert_of_another_account",
+            "the alert is not about this account; a lock must cite an alert about the account it locks",
+        )
+        .with_field("alert_id"));
     }
     let (alert_id, key) = (cmd.alert_id.clone(), cmd.meta.idempotency_key.clone());
     let done = s.ledger.lock(cmd).await?;
@@ -554,8 +628,8 @@ fn checkpoints_of(s: &AppState) -> ApiResult<&(crate::ledger::checkpoint::Checkp
 }
 
 /// Every signed checkpoint, oldest first, one JSON object per line.
-async fn checkpoints(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Auditor)?;
+async fn checkpoints(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Auditor])?;
     let (store, _) = checkpoints_of(&s)?;
     let mut body = Vec::new();
     for cp in store.all()? {
@@ -569,8 +643,8 @@ async fn checkpoints(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiR
 }
 
 /// The public key checkpoints are signed with, and what is signed.
-async fn checkpoint_key(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Auditor)?;
+async fn checkpoint_key(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Auditor])?;
     let (_, key) = checkpoints_of(&s)?;
     Ok(Json(json!({
         "algorithm": "ed25519",
@@ -592,10 +666,10 @@ struct DeliveriesQuery {
 /// attempt first, and the sender's totals.
 async fn webhook_deliveries(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     q: Result<Query<DeliveriesQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    authorize_any(&s, &headers, ALERT_READERS)?;
+    caller.require(ALERT_READERS)?;
     let q = query(q)?;
     let Some((log, status)) = s.extras.webhooks.clone() else {
         return Err(ApiError::new(
@@ -692,10 +766,10 @@ impl AlertQuery {
 /// Alerts, newest first (by the event that opened them), each at its latest revision.
 async fn alerts_list(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     q: Result<Query<AlertQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    authorize_any(&s, &headers, ALERT_READERS)?;
+    caller.require(ALERT_READERS)?;
     let m = monitor(&s)?;
     let q = query(q)?;
     let filter = q.filter()?;
@@ -726,10 +800,10 @@ fn with_triage(store: &AlertStore, alert: crate::domain::alerts::Alert) -> crate
 
 async fn alert_one(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
-    authorize_any(&s, &headers, ALERT_READERS)?;
+    caller.require(ALERT_READERS)?;
     let m = monitor(&s)?;
     let id = path(id)?;
     match m.store.get(&id)? {
@@ -769,12 +843,24 @@ async fn triage(
     let cmd = req
         .validate(&account, &id, &principal.name, s.ledger.now())
         .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    // An alert is assigned to someone who can act on it: a token's name.
+    if let Some(assignee) = &cmd.assignee {
+        if !s.tokens.iter().any(|(_, p)| p.name == *assignee) {
+            s.ledger.metrics().count_rejected("unknown_assignee");
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_assignee",
+                "no token has this name; assign the alert to a token's name",
+            )
+            .with_field("assignee"));
+        }
+    }
     Ok(command_response(s.ledger.triage(cmd).await?))
 }
 
 /// `GET /v1/rules` (security, auditor): the alert rules in force, and their digest.
-async fn rules(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize_any(&s, &headers, ALERT_READERS)?;
+async fn rules(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(ALERT_READERS)?;
     let m = monitor(&s)?;
     Ok(Json(json!({"rules": &*m.rules, "digest": m.rules.digest()})).into_response())
 }
@@ -788,7 +874,7 @@ const BACKTEST_LISTED_MAX: usize = 100;
 /// each list at most `listed_max` long. A file that does not parse is `400 invalid_rules`
 /// with the `line` of the problem (never its text).
 async fn backtest(State(s): State<Arc<AppState>>, req: Request) -> ApiResult<Response> {
-    authorize(&s, req.headers(), Role::Security)?;
+    authorize(&req, Role::Security)?;
     let body = read_body(&s, req.into_body()).await?;
     let m = monitor(&s)?;
     let candidate = match std::str::from_utf8(&body)
@@ -846,11 +932,12 @@ const STREAM_READ: usize = 256;
 /// then live. Filters apply; ids stay the stream's, so resuming works with them too.
 async fn alerts_stream(
     State(s): State<Arc<AppState>>,
+    caller: Caller,
     headers: HeaderMap,
     q: Result<Query<AlertQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-    authorize_any(&s, &headers, ALERT_READERS)?;
+    caller.require(ALERT_READERS)?;
     let m = monitor(&s)?.clone();
     let q = query(q)?;
     let filter = q.filter()?;
@@ -921,10 +1008,10 @@ async fn alerts_stream(
 
 async fn bindings(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     account: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Reader)?;
+    caller.require(&[Role::Reader])?;
     let account = path(account)?;
     command::validate_account(&account)?;
     let state = s.ledger.account(&account).unwrap_or_default();
@@ -989,11 +1076,11 @@ fn payment_view(e: &Event) -> Option<serde_json::Value> {
 
 async fn payments(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     account: Result<Path<String>, PathRejection>,
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Reader)?;
+    caller.require(&[Role::Reader])?;
     let account = path(account)?;
     command::validate_account(&account)?;
     let q = query(q)?;
@@ -1005,11 +1092,11 @@ async fn payments(
 
 async fn history(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     account: Result<Path<String>, PathRejection>,
     q: Result<Query<PageQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Reader)?;
+    caller.require(&[Role::Reader])?;
     let account = path(account)?;
     command::validate_account(&account)?;
     let q = query(q)?;
@@ -1025,10 +1112,10 @@ async fn history(
 
 async fn wallet_accounts(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     fp: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Reader)?;
+    caller.require(&[Role::Reader])?;
     let fp = path(fp)?;
     let hash = Hash::from_hex(&fp).map_err(|_| {
         ApiError::new(
@@ -1054,10 +1141,10 @@ const FEED_CHUNK_EVENTS: usize = 512;
 /// 1), at most `limit`. Streamed; a consumer can verify the chain from it.
 async fn feed(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    caller: Caller,
     q: Result<Query<FeedQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Auditor)?;
+    caller.require(&[Role::Auditor])?;
     let q = query(q)?;
     let from = q.from.unwrap_or(1).max(1);
     let limit = q.limit.unwrap_or(s.http.feed_limit_max).min(s.http.feed_limit_max);
@@ -1097,8 +1184,8 @@ async fn feed(
 }
 
 /// `POST /v1/admin/promote`: a replica becomes the primary (writer role).
-async fn promote(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Writer)?;
+async fn promote(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Writer])?;
     let Some(p) = &s.extras.promoter else {
         if s.ledger.is_primary() {
             return Ok(Json(json!({"promoted": false, "events": s.ledger.log_len(), "seconds": 0.0})).into_response());
@@ -1163,8 +1250,8 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
 
 /// `GET /v1/status` (reader): everything `bindledger status` shows, as JSON: the health, every
 /// relay, and the alert monitor (`null` when it is off).
-async fn status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Reader)?;
+async fn status(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Reader])?;
     let (_, health) = health(&s);
     let monitor = s.extras.monitor.as_ref().map(|m| {
         use std::sync::atomic::Ordering::Relaxed;
@@ -1194,8 +1281,8 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     r
 }
 
-async fn relay_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Reader)?;
+async fn relay_status(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Reader])?;
     match &s.extras.relay {
         Some((topic, status)) => Ok(Json(Relay::report(&s.ledger, topic, status)).into_response()),
         None => Ok(Json(json!({"state": "disabled"})).into_response()),
@@ -1229,8 +1316,8 @@ fn relays(s: &AppState) -> serde_json::Value {
     })
 }
 
-async fn relays_status(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&s, &headers, Role::Reader)?;
+async fn relays_status(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Reader])?;
     Ok(Json(relays(&s)).into_response())
 }
 
@@ -1250,44 +1337,110 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Bounds the requests in flight (`http.connections_max`), except `/healthz` and `/metrics`,
-/// which answer whatever the load: a full ledger is not a failed one. Logs one debug line per
-/// request with its route's pattern (`/v1/accounts/{account}/payments`), never the path
-/// itself, which holds the caller's values.
 const NOT_PRIMARY: &str = "this ledger is a read replica and takes no commands; send them to the primary";
 
-/// On a replica, a command (every `POST`) is answered `421 not_primary` with the primary's URL,
-/// before its body is read (the caller's token is checked first, as everywhere).
+/// Routes anyone may call, by method and path: the probes, the console's page and assets, who
+/// is signed in, and the sign-in (whose body is the credential). Every other request, to a
+/// route or to a path that is none, is authenticated from its headers by [`gate`] before
+/// anything else happens to it.
+pub const PUBLIC: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/console"),
+    ("GET", "/console/app.js"),
+    ("GET", "/console/app.css"),
+    ("GET", "/console/session"),
+    ("POST", "/console/session"),
+];
+
+/// The probes answer whatever the load: a full ledger is not a failed one.
+const PROBES: &[&str] = &["/healthz", "/metrics"];
+
+fn is_public(method: &axum::http::Method, path: &str) -> bool {
+    let method = if *method == axum::http::Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    PUBLIC.iter().any(|(m, p)| *m == method && *p == path)
+}
+
+/// The first thing every request meets. A request to a [`PUBLIC`] route takes a slot of its
+/// own pool (`max(connections_max / 4, 4)`, the probes none), so that nobody without a
+/// credential can hold a slot an authorised request needs. Any other request is authenticated
+/// from its method and headers ([`authenticate`]: `401`, or `403 csrf`) before it waits for
+/// anything or has its body read; only then does it take one of `http.connections_max` slots
+/// (`503 overloaded` beyond). Logs one debug line per request with its route's pattern
+/// (`/v1/accounts/{account}/payments`), never the path itself, which holds the caller's values.
+async fn gate(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let pool = if is_public(req.method(), req.uri().path()) {
+        (!PROBES.contains(&req.uri().path())).then_some(&s.public_in_flight)
+    } else {
+        match authenticate(&s, req.method(), req.headers()) {
+            Ok(principal) => {
+                req.extensions_mut().insert(Caller(principal));
+            }
+            Err(e) => return e.into_response(),
+        }
+        Some(&s.in_flight)
+    };
+    let _permit = match pool.map(|p| p.clone().try_acquire_owned()) {
+        None => None,
+        Some(Ok(permit)) => Some(permit),
+        Some(Err(_)) => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many requests in flight; retry shortly",
+            )
+            .into_response()
+        }
+    };
+    let line = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        let route = req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map_or("(no route)", |m| m.as_str())
+            .to_owned();
+        (req.method().clone(), route)
+    });
+    let response = next.run(req).await;
+    if let Some((method, route)) = line {
+        tracing::debug!(%method, %route, status = response.status().as_u16(), "request");
+    }
+    response
+}
+
+/// Commands a replica takes itself: its promotion, and a backtest (which reads the log only).
+const REPLICA_POSTS: &[&str] = &["/v1/admin/promote", "/v1/rules/backtest"];
+
+/// On a replica, a command (every authenticated `POST` but [`REPLICA_POSTS`]) is answered
+/// `421 not_primary` with the primary's URL, before its body is read, whatever role it needs:
+/// the primary decides the roles.
 async fn replica_guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     if req.method() == axum::http::Method::POST
         && !s.ledger.is_primary()
-        && req.uri().path() != "/v1/admin/promote"
-        && req.uri().path() != "/console/session"
-        && req.uri().path() != "/v1/rules/backtest"
+        && req.extensions().get::<Caller>().is_some()
+        && !REPLICA_POSTS.contains(&req.uri().path())
     {
-        if let Err(e) = authorize(&s, req.headers(), Role::Writer) {
-            return e.into_response();
-        }
-        let primary = s
-            .extras
-            .replica
-            .as_ref()
-            .map(|(_, url)| url.as_str())
-            .filter(|u| !u.is_empty());
         s.ledger.metrics().count_rejected("not_primary");
-        let body = json!({"error": {"code": "not_primary", "message": NOT_PRIMARY, "field": null}, "primary": primary});
+        let body = json!({"error": {"code": "not_primary", "message": NOT_PRIMARY, "field": null}, "primary": s.primary_url()});
         return (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response();
     }
     next.run(req).await
 }
 
-/// `?min_seq=N` on a read: waits until this node holds event N (a client reading its own write
-/// on a replica), then serves the read without the parameter.
+/// `?min_seq=N` on an authenticated read: waits until this node holds event N (a client reading
+/// its own write on a replica), then serves the read without the parameter. A request the gate
+/// did not authenticate never waits.
 async fn wait_for_min_seq(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let Some(query) = req.uri().query() else {
         return next.run(req).await;
     };
-    if req.method() != axum::http::Method::GET || !query.split('&').any(|p| p.starts_with("min_seq=")) {
+    if req.method() != axum::http::Method::GET
+        || req.extensions().get::<Caller>().is_none()
+        || !query.split('&').any(|p| p.starts_with("min_seq="))
+    {
         return next.run(req).await;
     }
     let mut min_seq = None;
@@ -1333,41 +1486,52 @@ async fn wait_for_min_seq(State(s): State<Arc<AppState>>, mut req: Request, next
     next.run(req).await
 }
 
-async fn bound_in_flight(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    // The console's CSRF rule first, before anything reads the request (here rather than in a
-    // layer of its own: every layer costs each request a little).
-    if let Err(e) = super::console::check_csrf(&s, req.method(), req.headers()) {
-        return e.into_response();
-    }
-    let probe = matches!(req.uri().path(), "/healthz" | "/metrics");
-    let _permit = if probe {
-        None
-    } else {
-        match s.in_flight.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                return ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "overloaded",
-                    "too many requests in flight; retry shortly",
-                )
-                .into_response()
-            }
+/// Declares the routes once: [`ROUTES`] (every method and path pattern, for what must hold of
+/// each, such as the gate's tests) and the router's table are made from the same list.
+macro_rules! routes {
+    ($($path:literal => $first:ident($h:expr) $(.$m:ident($hm:expr))*;)*) => {
+        /// Every route of the API: method and path pattern.
+        pub const ROUTES: &[(&str, &str)] = &[$(
+            (routes!(@method $first), $path), $((routes!(@method $m), $path),)*
+        )*];
+
+        fn table(r: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+            r$(.route($path, $first($h)$(.$m($hm))*))*
         }
     };
-    let line = tracing::enabled!(tracing::Level::DEBUG).then(|| {
-        let route = req
-            .extensions()
-            .get::<axum::extract::MatchedPath>()
-            .map_or("(no route)", |m| m.as_str())
-            .to_owned();
-        (req.method().clone(), route)
-    });
-    let response = next.run(req).await;
-    if let Some((method, route)) = line {
-        tracing::debug!(%method, %route, status = response.status().as_u16(), "request");
-    }
-    response
+    (@method get) => { "GET" };
+    (@method post) => { "POST" };
+    (@method delete) => { "DELETE" };
+}
+
+routes! {
+    "/v1/accounts/{account}/bindings" => post(bind).get(bindings);
+    "/v1/accounts/{account}/bindings/{binding_id}/unbind" => post(unbind);
+    "/v1/accounts/{account}/payments" => post(pay).get(payments);
+    "/v1/accounts/{account}/events" => get(history);
+    "/v1/wallets/{fingerprint}/accounts" => get(wallet_accounts);
+    "/v1/events" => get(feed);
+    "/v1/relay" => get(relay_status);
+    "/v1/relays" => get(relays_status);
+    "/v1/status" => get(status);
+    "/v1/accounts/{account}/bindings/{binding_id}/unlock" => post(unlock);
+    "/v1/accounts/{account}/bindings/{binding_id}/lock" => post(lock);
+    "/v1/checkpoints" => get(checkpoints);
+    "/v1/checkpoints/key" => get(checkpoint_key);
+    "/v1/alerts" => get(alerts_list);
+    "/v1/alerts/stream" => get(alerts_stream);
+    "/v1/alerts/{alert_id}" => get(alert_one);
+    "/v1/alerts/{alert_id}/triage" => post(triage);
+    "/v1/rules" => get(rules);
+    "/v1/webhooks/deliveries" => get(webhook_deliveries);
+    "/v1/rules/backtest" => post(backtest);
+    "/v1/admin/promote" => post(promote);
+    "/console" => get(super::console::page);
+    "/console/app.js" => get(super::console::script);
+    "/console/app.css" => get(super::console::style);
+    "/console/session" => get(super::console::current).post(super::console::sign_in).delete(super::console::sign_out);
+    "/healthz" => get(healthz);
+    "/metrics" => get(metrics);
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -1376,44 +1540,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     } else {
         Router::new()
     };
-    routes
-        .route("/v1/accounts/{account}/bindings", post(bind).get(bindings))
-        .route("/v1/accounts/{account}/bindings/{binding_id}/unbind", post(unbind))
-        .route("/v1/accounts/{account}/payments", post(pay).get(payments))
-        .route("/v1/accounts/{account}/events", get(history))
-        .route("/v1/wallets/{fingerprint}/accounts", get(wallet_accounts))
-        .route("/v1/events", get(feed))
-        .route("/v1/relay", get(relay_status))
-        .route("/v1/relays", get(relays_status))
-        .route("/v1/status", get(status))
-        .route("/v1/accounts/{account}/bindings/{binding_id}/unlock", post(unlock))
-        .route("/v1/accounts/{account}/bindings/{binding_id}/lock", post(lock))
-        .route("/v1/checkpoints", get(checkpoints))
-        .route("/v1/checkpoints/key", get(checkpoint_key))
-        .route("/v1/alerts", get(alerts_list))
-        .route("/v1/alerts/stream", get(alerts_stream))
-        .route("/v1/alerts/{alert_id}", get(alert_one))
-        .route("/v1/alerts/{alert_id}/triage", post(triage))
-        .route("/v1/rules", get(rules))
-        .route("/v1/webhooks/deliveries", get(webhook_deliveries))
-        .route("/v1/rules/backtest", post(backtest))
-        .route("/v1/admin/promote", post(promote))
-        .route("/console", get(super::console::page))
-        .route("/console/app.js", get(super::console::script))
-        .route("/console/app.css", get(super::console::style))
-        .route(
-            "/console/session",
-            get(super::console::current)
-                .post(super::console::sign_in)
-                .delete(super::console::sign_out),
-        )
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+    table(routes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), wait_for_min_seq))
         .layer(middleware::from_fn_with_state(state.clone(), replica_guard))
-        .layer(middleware::from_fn_with_state(state.clone(), bound_in_flight))
+        .layer(middleware::from_fn_with_state(state.clone(), gate))
         .layer(DefaultBodyLimit::max(state.http.body_limit_bytes))
         .with_state(state)
 }

@@ -340,6 +340,17 @@ pub struct PromoteReport {
 /// A task the node starts only once it is the primary (a relay, the signer).
 pub type Service = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// A service (a relay, the signer, the webhook sender) that panics ends the process, as a core
+/// thread's panic does ([`crate::ledger::seams::abort_on_core_panic`]): a node that lost one
+/// must not go on answering as if healthy.
+pub async fn abort_on_panic(service: Service) {
+    use futures_util::FutureExt;
+    if std::panic::AssertUnwindSafe(service).catch_unwind().await.is_err() {
+        eprintln!("bindledger: a service beside the ledger died; stopping the process (its supervisor restarts it)");
+        std::process::abort();
+    }
+}
+
 /// Turns a replica into the primary (see [`Promoter::promote`]).
 pub struct Promoter {
     ledger: Ledger,
@@ -440,7 +451,7 @@ impl Promoter {
         {
             let mut tasks = self.tasks.lock().expect("tasks lock");
             for s in services {
-                tasks.push(tokio::spawn(s));
+                tasks.push(tokio::spawn(abort_on_panic(s)));
             }
         }
         self.status.set_state("promoted");

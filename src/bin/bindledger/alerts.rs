@@ -24,7 +24,7 @@ pub struct AlertsArgs {
     #[arg(long, value_parser = ["low", "medium", "high", "critical"])]
     pub severity: Option<String>,
     /// Only this rule.
-    #[arg(long, value_parser = ["password_brute_force", "bind_failure_burst", "bind_then_drain", "shared_wallet", "binding_churn", "amount_spike", "dead_wallet_probing"])]
+    #[arg(long, value_parser = ["password_brute_force", "bind_failure_burst", "bind_then_drain", "shared_wallet", "binding_churn", "amount_spike", "dead_wallet_probing", "password_stuffing"])]
     pub rule: Option<String>,
     /// Only alerts involving this account.
     #[arg(long)]

@@ -813,7 +813,7 @@ impl Sim {
         let mut verifier = ChainVerifier::new();
         let mut fold = Projection::default();
         let mut keys: HashMap<String, u64> = HashMap::new();
-        let mut locks: HashMap<String, u64> = HashMap::new();
+        let mut locks: HashMap<String, (uuid::Uuid, chrono::DateTime<chrono::Utc>)> = HashMap::new();
         let mut alerts = 0;
         for r in l.raw_events(1) {
             let (seq, bytes) = r?;
@@ -826,9 +826,29 @@ impl Sim {
                     bail!("the key {k} is in the log twice: events {first} and {seq}");
                 }
             }
-            if let Payload::BindingLocked { alert_id, .. } = &event.payload {
-                *locks.entry(alert_id.clone()).or_default() += 1;
-                ensure!(locks[alert_id] == 1, "alert {alert_id} locked a binding twice");
+            // An alert locks a binding once at a time: again only once its previous lock ended
+            // (it expired, or a person lifted it while the alert stayed open), as the README
+            // documents.
+            match &event.payload {
+                Payload::BindingLocked {
+                    alert_id,
+                    binding_id,
+                    until,
+                } => {
+                    if let Some((binding, prev_until)) = locks.get(alert_id) {
+                        ensure!(
+                            binding != binding_id || *prev_until <= event.record_time,
+                            "alert {alert_id} locked a binding again while its lock was in force (event {seq})"
+                        );
+                    }
+                    locks.insert(alert_id.clone(), (*binding_id, *until));
+                }
+                Payload::BindingUnlocked {
+                    alert_id, binding_id, ..
+                } if locks.get(alert_id).is_some_and(|(b, _)| b == binding_id) => {
+                    locks.remove(alert_id);
+                }
+                _ => {}
             }
             fold.apply(&event);
         }

@@ -118,7 +118,7 @@ impl Hit {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Window {
     hits: VecDeque<Hit>,
-    /// For `shared_wallet`: the account of each hit.
+    /// For `shared_wallet` and `password_stuffing`: the account of each hit.
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     accounts: VecDeque<String>,
     last: i64,
@@ -157,6 +157,9 @@ pub struct EngineState {
     bind_failures: HashMap<String, Window>,
     dead_wallets: HashMap<String, Window>,
     shared_wallet: HashMap<String, Window>,
+    /// `password_stuffing`: wrong bind passwords per wallet fingerprint, with their accounts.
+    #[serde(default)]
+    stuffing: HashMap<String, Window>,
     churn: HashMap<String, Window>,
     binds: HashMap<String, AccountBinds>,
     payments: HashMap<String, Payments>,
@@ -323,6 +326,57 @@ impl Engine {
                         }
                         out.push(o);
                     }
+                }
+            }
+            Payload::BindFailed {
+                reason: BindFailure::InvalidInput { field },
+                wallet,
+                ..
+            } if field == "payment_password" && r.password_stuffing.count.enabled => {
+                let ps = &r.password_stuffing;
+                let fp = wallet.fingerprint.to_hex();
+                let w = s.stuffing.entry(fp.clone()).or_default();
+                w.accounts.push_back(account.to_owned());
+                let keep = ps.count.threshold as usize + 32;
+                let hits = count_in(w, hit, ps.count.window, keep);
+                let from = t - ps.count.window.micros();
+                let mut accounts: Vec<String> = w
+                    .hits
+                    .iter()
+                    .zip(&w.accounts)
+                    .filter(|(h, _)| h.t >= from && h.t <= t)
+                    .map(|(_, a)| a.clone())
+                    .collect();
+                accounts.sort_unstable();
+                accounts.dedup();
+                if hits.len() >= ps.count.threshold as usize && accounts.len() >= ps.accounts_min as usize {
+                    out.push(Observation {
+                        rule: "password_stuffing",
+                        key: AlertKey {
+                            kind: "wallet".into(),
+                            value: fp,
+                        },
+                        accounts,
+                        severity: ps.count.severity,
+                        window_start: from,
+                        observed: hits.len() as i64,
+                        threshold: ps.count.threshold as i64,
+                        unit: "wrong_passwords",
+                        currency: None,
+                        hits,
+                        cooldown: ps.count.cooldown,
+                        lock: None,
+                    });
+                }
+                if r.bind_failure_burst.enabled {
+                    out.extend(Self::count_rule(
+                        &r.bind_failure_burst,
+                        "bind_failure_burst",
+                        &mut s.bind_failures,
+                        account,
+                        hit,
+                        "failed_binds",
+                    ));
                 }
             }
             Payload::BindFailed { reason, wallet, .. } => match reason {
@@ -670,6 +724,12 @@ impl Engine {
             w,
         );
         trim(&mut s.shared_wallet, now - r.shared_wallet.window.micros(), keys_max, w);
+        trim(
+            &mut s.stuffing,
+            now - r.password_stuffing.count.window.micros(),
+            keys_max,
+            w,
+        );
         trim(&mut s.churn, now - r.binding_churn.window.micros(), keys_max, w);
         let horizon = r.bind_then_drain.window.max(r.binding_churn.window).micros();
         trim(&mut s.binds, now - horizon, keys_max, |b| b.last);
@@ -691,6 +751,7 @@ impl Engine {
             + s.bind_failures.len()
             + s.dead_wallets.len()
             + s.shared_wallet.len()
+            + s.stuffing.len()
             + s.churn.len()
             + s.binds.len()
             + s.payments.len()

@@ -149,6 +149,19 @@ pub struct BruteForceRule {
     pub lock_for: Span,
 }
 
+/// Password stuffing: wrong payment passwords tried on binds of one wallet (by its
+/// fingerprint), from several accounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StuffingRule {
+    #[serde(flatten)]
+    pub count: CountRule,
+    /// ...from at least this many distinct accounts (one account alone is `bind_failure_burst`).
+    pub accounts_min: u32,
+    /// Guard binds of the wallet inline: at most `threshold` wrong passwords within `window`
+    /// reach the provider, from all accounts together (the ledger's bind guard).
+    pub guard: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DrainRule {
     pub enabled: bool,
@@ -185,7 +198,7 @@ pub struct Limits {
     pub event_ids_max: usize,
 }
 
-/// The seven rules.
+/// The eight rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleSet {
     pub password_brute_force: BruteForceRule,
@@ -195,6 +208,7 @@ pub struct RuleSet {
     pub binding_churn: CountRule,
     pub amount_spike: SpikeRule,
     pub dead_wallet_probing: CountRule,
+    pub password_stuffing: StuffingRule,
     pub limits: Limits,
 }
 
@@ -209,9 +223,22 @@ impl RuleSet {
             window: bf.count.window.duration(),
         })
     }
+
+    /// The ledger's inline guard against password stuffing on binds: on when the
+    /// `password_stuffing` rule is enabled with `guard`.
+    pub fn bind_guard(&self) -> Option<crate::domain::decide::PasswordGuard> {
+        let ps = &self.password_stuffing;
+        (ps.count.enabled && ps.guard).then(|| crate::domain::decide::PasswordGuard {
+            threshold: ps.count.threshold,
+            window: ps.count.window.duration(),
+        })
+    }
 }
 
-pub const RULE_NAMES: &[&str] = &[
+/// How many rules there are.
+pub const RULES_COUNT: usize = 8;
+
+pub const RULE_NAMES: [&str; RULES_COUNT] = [
     "password_brute_force",
     "bind_failure_burst",
     "bind_then_drain",
@@ -219,10 +246,11 @@ pub const RULE_NAMES: &[&str] = &[
     "binding_churn",
     "amount_spike",
     "dead_wallet_probing",
+    "password_stuffing",
 ];
 
 /// The same, as text for messages.
-pub const RULE_NAMES_TEXT: &str = "rule is one of password_brute_force, bind_failure_burst, bind_then_drain, shared_wallet, binding_churn, amount_spike, dead_wallet_probing";
+pub const RULE_NAMES_TEXT: &str = "rule is one of password_brute_force, bind_failure_burst, bind_then_drain, shared_wallet, binding_churn, amount_spike, dead_wallet_probing, password_stuffing";
 
 fn count(severity: Severity, threshold: u32, window: Span, cooldown: Span) -> CountRule {
     CountRule {
@@ -264,6 +292,12 @@ impl Default for RuleSet {
                 cooldown: Span::hours(1),
             },
             dead_wallet_probing: count(Severity::High, 3, Span::hours(1), Span::hours(1)),
+            password_stuffing: StuffingRule {
+                count: count(Severity::High, 5, Span::mins(10), Span::mins(30)),
+                accounts_min: 2,
+                // On by default, as the payment guard is: binding is a password check too.
+                guard: true,
+            },
             limits: Limits {
                 keys_max: 1_000_000,
                 event_ids_max: 32,
@@ -309,6 +343,18 @@ struct FileBruteForce {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct FileStuffing {
+    enabled: S<bool>,
+    severity: S<String>,
+    threshold: S<i64>,
+    window: S<String>,
+    cooldown: S<String>,
+    accounts_min: S<i64>,
+    guard: S<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct FileDrain {
     enabled: S<bool>,
     severity: S<String>,
@@ -347,6 +393,7 @@ struct File {
     binding_churn: Option<FileCount>,
     amount_spike: Option<FileSpike>,
     dead_wallet_probing: Option<FileCount>,
+    password_stuffing: Option<FileStuffing>,
     limits: Option<FileLimits>,
 }
 
@@ -443,6 +490,7 @@ impl RuleSet {
         let drain = file.bind_then_drain.unwrap_or_default();
         let spike = file.amount_spike.unwrap_or_default();
         let limits = file.limits.unwrap_or_default();
+        let ps = file.password_stuffing.unwrap_or_default();
         let build = || -> Result<RuleSet, RulesError> {
             let currency = match &drain.currency {
                 None => d.bind_then_drain.currency,
@@ -502,6 +550,26 @@ impl RuleSet {
                     }
                 },
                 dead_wallet_probing: r.count(file.dead_wallet_probing, d.dead_wallet_probing.clone())?,
+                password_stuffing: StuffingRule {
+                    count: r.count(
+                        Some(FileCount {
+                            enabled: ps.enabled,
+                            severity: ps.severity,
+                            threshold: ps.threshold,
+                            window: ps.window,
+                            cooldown: ps.cooldown,
+                        }),
+                        d.password_stuffing.count.clone(),
+                    )?,
+                    accounts_min: r.int(
+                        &ps.accounts_min,
+                        "accounts_min",
+                        1,
+                        10_000,
+                        d.password_stuffing.accounts_min as i64,
+                    )? as u32,
+                    guard: Reader::flag(&ps.guard, d.password_stuffing.guard),
+                },
                 limits: Limits {
                     keys_max: r.int(&limits.keys_max, "keys_max", 1, 100_000_000, d.limits.keys_max as i64)? as usize,
                     event_ids_max: r.int(
@@ -565,6 +633,10 @@ impl RuleSet {
             a.cooldown
         );
         count(&mut out, "dead_wallet_probing", &self.dead_wallet_probing);
+        out.push('\n');
+        let ps = &self.password_stuffing;
+        count(&mut out, "password_stuffing", &ps.count);
+        let _ = writeln!(out, "accounts_min = {}\nguard = {}", ps.accounts_min, ps.guard);
         let _ = write!(
             out,
             "\n[limits]\nkeys_max = {}\nevent_ids_max = {}\n",
@@ -588,6 +660,7 @@ impl RuleSet {
             self.shared_wallet.window,
             self.binding_churn.window,
             self.dead_wallet_probing.window,
+            self.password_stuffing.count.window,
         ]
         .into_iter()
         .max()
@@ -734,9 +807,10 @@ mod tests {
                 span(),
             ),
             (1usize..=100_000_000, 1usize..=10_000),
+            (1u32..=10_000, any::<bool>()),
         )
-            .prop_map(|(bf, counts, drain, spike, limits)| {
-                let [burst, shared, churn, probing, _] = counts;
+            .prop_map(|(bf, counts, drain, spike, limits, stuffing)| {
+                let [burst, shared, churn, probing, stuffing_count] = counts;
                 RuleSet {
                     password_brute_force: BruteForceRule {
                         count: bf.0,
@@ -764,6 +838,11 @@ mod tests {
                         cooldown: spike.6,
                     },
                     dead_wallet_probing: probing,
+                    password_stuffing: StuffingRule {
+                        count: stuffing_count,
+                        accounts_min: stuffing.0,
+                        guard: stuffing.1,
+                    },
                     limits: Limits {
                         keys_max: limits.0,
                         event_ids_max: limits.1,

@@ -544,6 +544,45 @@ fn dead_wallet_probing() {
     assert_eq!((c.len(), c[1].change.as_str(), c[1].alert.observed), (2, "updated", 4));
 }
 
+/// Wrong payment passwords on binds of one wallet: from several accounts it is stuffing (a
+/// wallet alert naming them); from one account alone it is not (that is `bind_failure_burst`).
+#[test]
+fn password_stuffing() {
+    let wrong = || BindFailure::InvalidInput {
+        field: "payment_password".into(),
+    };
+    let mut log = Log::new();
+    for (i, account) in ["s1", "s2", "s3", "s4", "s5"].iter().enumerate() {
+        log.bind_failed(i as i64 * 60, account, wrong());
+    }
+    let c = log.run(rules());
+    assert_eq!(opened(&c, "password_stuffing"), 1, "{c:?}");
+    let a = &c.iter().find(|c| c.alert.rule == "password_stuffing").unwrap().alert;
+    assert_eq!((a.key.kind.as_str(), a.accounts.len(), a.observed), ("wallet", 5, 5));
+    let mut alone = Log::new();
+    for i in 0..6 {
+        alone.bind_failed(i, "one", wrong());
+    }
+    assert_eq!(opened(&alone.run(rules()), "password_stuffing"), 0);
+    // A wrong wallet number is not a password guess, and the window is ten minutes.
+    let mut other = Log::new();
+    for (i, account) in ["s1", "s2", "s3", "s4", "s5"].iter().enumerate() {
+        other.bind_failed(
+            i as i64,
+            account,
+            BindFailure::InvalidInput {
+                field: "wallet_account".into(),
+            },
+        );
+    }
+    assert_eq!(opened(&other.run(rules()), "password_stuffing"), 0);
+    let mut slow = Log::new();
+    for (i, account) in ["s1", "s2", "s3", "s4", "s5"].iter().enumerate() {
+        slow.bind_failed(i as i64 * 200, account, wrong());
+    }
+    assert_eq!(opened(&slow.run(rules()), "password_stuffing"), 0);
+}
+
 #[test]
 fn a_disabled_rule_is_silent() {
     let mut r = rules();
@@ -569,7 +608,12 @@ fn busy_log(n: usize) -> Log {
                 i,
                 &account,
                 BindFailure::InvalidInput {
-                    field: "wallet_account".into(),
+                    field: if w % 2 == 0 {
+                        "wallet_account"
+                    } else {
+                        "payment_password"
+                    }
+                    .into(),
                 },
             ),
             2 => log.bind_failed(i, &account, BindFailure::WalletFrozen),

@@ -29,7 +29,7 @@ use std::time::Duration;
 use super::feed::AlertFeed;
 use super::store::{AlertStore, Checkpoint, TriageState};
 use crate::domain::alerts::engine::{AlertChange, Engine, EngineState};
-use crate::domain::alerts::rules::{RuleSet, RULE_NAMES};
+use crate::domain::alerts::rules::{RuleSet, RULES_COUNT, RULE_NAMES};
 use crate::domain::command::{LockCommand, Meta, UnlockCommand};
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
@@ -79,7 +79,7 @@ pub struct MonitorStatus {
     pub open_alerts: AtomicU64,
     /// Alerts opened by this process, per rule (in [`RULE_NAMES`] order); changes made again
     /// after a restart, already stored before it, are not counted twice.
-    pub opened: [AtomicU64; 7],
+    pub opened: [AtomicU64; RULES_COUNT],
     pub updated_total: AtomicU64,
     pub gaps_read_from_log: AtomicU64,
     pub locks_sent: AtomicU64,
@@ -299,6 +299,7 @@ impl Worker {
         loop {
             match rx.recv_timeout(self.config.tick) {
                 Ok(batch) => {
+                    crate::ledger::seams::panic_point("bindledger-monitor");
                     let mut batches = vec![batch];
                     while let Ok(b) = rx.try_recv() {
                         batches.push(b);
@@ -451,7 +452,9 @@ impl Worker {
                 }
             }
             for lock in self.engine.state.locks.values() {
-                let key = format!("unlock:{}", lock.alert_id);
+                // One key per lock: an alert that locks again (after an expiry or an unlock)
+                // ends each of its locks by a command of its own, never a replay of the first.
+                let key = format!("unlock:{}@{}", lock.alert_id, lock.until.timestamp_micros());
                 if lock.until <= now && !in_flight.contains(&key) {
                     sends.push((key, Action::Unlock(lock.clone())));
                 }

@@ -56,6 +56,7 @@ const RULES = {
   binding_churn: "bind and unbind again and again",
   amount_spike: "a payment far above the account's usual",
   dead_wallet_probing: "binds tried with dead wallets",
+  password_stuffing: "one wallet's password tried from many accounts",
 };
 
 function el(tag, attrs, ...children) {
