@@ -381,7 +381,7 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
     until(
         &alice,
         "the glance charts",
-        "document.querySelectorAll('#glance-rules-day rect').length === 7 && document.querySelector('#glance-rate-line polyline') && document.querySelector('#glance-relays dl')",
+        "document.querySelectorAll('#glance-rules-day rect').length === 8 && document.querySelector('#glance-rate-line polyline') && document.querySelector('#glance-relays dl')",
     )
     .await;
     let glance = text(&alice, "main").await;
@@ -396,7 +396,7 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
     until(
         &alice,
         "the rules",
-        "document.querySelectorAll('#rules tr[data-rule]').length === 7",
+        "document.querySelectorAll('#rules tr[data-rule]').length === 8",
     )
     .await;
     let rules = text(&alice, "#rules tr[data-rule=\"password_brute_force\"]").await;
