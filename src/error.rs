@@ -55,6 +55,10 @@ pub enum Error {
     /// returns the original event once it is replicated, and never executes it twice.
     #[error("the Kafka cluster has not acknowledged the event in time; retry with the same idempotency key")]
     OutcomeUnknown,
+    /// A part of this node died (a relay, the signer, the webhook sender): it takes no more
+    /// commands and `/healthz` is `503` until its supervisor restarts it.
+    #[error("this node halted: {0}; restart it")]
+    Halted(&'static str),
     /// This node is a read replica: it takes no commands (the primary does).
     #[error("this ledger is a read replica and takes no commands; send them to the primary")]
     NotPrimary,
@@ -87,6 +91,7 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
             Error::OutcomeUnknown => "outcome_unknown",
             Error::NotPrimary => "not_primary",
+            Error::Halted(_) => "halted",
         }
     }
 }

@@ -28,7 +28,7 @@ pub struct Node {
 }
 
 /// A task a primary runs beside the ledger, not yet spawned.
-pub use crate::adapters::kafka::replica::{abort_on_panic, Service};
+pub use crate::adapters::kafka::replica::{halt_on_panic, Service};
 
 impl Node {
     /// Opens the ledger and starts the monitor and the relays the configuration asks for.
@@ -164,26 +164,38 @@ impl Node {
                 status.set_standby();
             }
             let status = Arc::new(crate::adapters::kafka::replica::ReplicaStatus::default());
-            let f = crate::adapters::kafka::replica::Follower {
-                ledger: ledger.clone(),
-                kafka: config.kafka.clone(),
-                status: status.clone(),
-            };
             let stop_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let (flag, handle) = (stop_flag.clone(), tokio::runtime::Handle::current());
-            let thread = std::thread::Builder::new()
-                .name("bindledger-replica".into())
-                .spawn(move || f.run(flag, handle))
-                .map_err(|e| crate::error::Error::Io(format!("starting the replica thread: {e}")))?;
-            let promoter = Arc::new(crate::adapters::kafka::replica::Promoter::new(
+            let thread = crate::adapters::kafka::replica::spawn_follower(
+                ledger.clone(),
+                config.kafka.clone(),
+                status.clone(),
+                stop_flag.clone(),
+                tokio::runtime::Handle::current(),
+            )?;
+            let mut promoter = crate::adapters::kafka::replica::Promoter::new(
                 ledger.clone(),
                 status.clone(),
                 thread,
+                stop_flag.clone(),
                 config.kafka.clone(),
                 extras.relay.as_ref().map(|(_, s)| s.clone()),
                 services,
                 tasks.clone(),
-            ));
+            );
+            promoter.checkpoints_topic = extras.checkpoints_relay.as_ref().map(|(topic, _)| topic.clone());
+            let promoter = Arc::new(promoter);
+            // The primary's checkpoints, as they reach their topic.
+            if let (Some((store, key)), Some((topic, _))) = (&extras.checkpoints, &extras.checkpoints_relay) {
+                crate::adapters::kafka::checkpoints::follow(
+                    ledger.clone(),
+                    store.clone(),
+                    key.clone(),
+                    config.kafka.clone(),
+                    topic.clone(),
+                    stop_flag.clone(),
+                )
+                .map_err(|e| crate::error::Error::Io(format!("starting the checkpoints follower: {e}")))?;
+            }
             extras.replica = Some((status, config.replica.primary_url.clone()));
             extras.promoter = Some(promoter);
             follower = Some(stop_flag);
@@ -191,7 +203,7 @@ impl Node {
         } else {
             let mut t = tasks.lock().expect("tasks lock");
             for s in services {
-                t.push(tokio::spawn(abort_on_panic(s)));
+                t.push(tokio::spawn(halt_on_panic(s, ledger.clone())));
             }
             if config.kafka.enabled() {
                 tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, alerts_topic = %config.kafka.alerts_topic, "kafka relays on");

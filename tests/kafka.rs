@@ -1364,3 +1364,66 @@ async fn the_account_holder_is_told_once_per_event_in_both_languages_across_sigk
         }
     }
 }
+
+/// Regression (issue 26, item 8): a part of the node that died left it half alive. A relay
+/// that panics (planted with the debug builds' seam) halts the node: `/healthz` answers `503`
+/// and commands are refused `503 halted`, so that its supervisor restarts it; restarted, it
+/// publishes everything.
+#[test]
+fn a_node_whose_relay_dies_halts_and_says_so() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = fresh_topic("halt");
+    let (data, log) = (dir.path().join("data"), dir.path().join("server.log"));
+    let env = [
+        ("BINDLEDGER_KAFKA_BROKERS", broker.addr.as_str()),
+        ("BINDLEDGER_KAFKA_TOPIC", topic.as_str()),
+        ("BINDLEDGER_FAULT_PANIC", "relay:1"),
+    ];
+    let server = spawn_server(&data, &log, &env);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = bindledger::adapters::http::client::Client::new(server.addr, Some(ALL.into()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, h) = c.get_json("/healthz").await.unwrap();
+            if status.as_u16() == 503 {
+                assert_eq!(h["status"], "failed", "{h}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "still healthy: {h}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, v) = c
+            .post_json(
+                "/v1/accounts/a/bindings",
+                &serde_json::json!({"provider": "alipay", "wallet_account": phone(1), "payment_password": "000000"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (status.as_u16(), v["error"]["code"].as_str()),
+            (503, Some("halted")),
+            "{v}"
+        );
+    });
+    drop(server);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("the node halted"), "{text}");
+    let env = [
+        ("BINDLEDGER_KAFKA_BROKERS", broker.addr.as_str()),
+        ("BINDLEDGER_KAFKA_TOPIC", topic.as_str()),
+    ];
+    let server = spawn_server(&data, &log, &env);
+    rt.block_on(async {
+        let mut c = bindledger::adapters::http::client::Client::new(server.addr, Some(ALL.into()));
+        let (status, v) = c
+            .post_json(
+                "/v1/accounts/a/bindings",
+                &serde_json::json!({"provider": "alipay", "wallet_account": phone(1), "payment_password": "000000"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 201, "{v}");
+    });
+}

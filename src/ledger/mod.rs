@@ -159,6 +159,8 @@ struct Inner {
     replication_timeout: Option<Duration>,
     metrics: Arc<Metrics>,
     failed: Arc<AtomicBool>,
+    /// Why the node halted, once a part of it died ([`Ledger::halt`]).
+    halted: Mutex<Option<&'static str>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     tap: crate::ledger::writer::EventTap,
 }
@@ -390,6 +392,7 @@ impl Ledger {
                     .then(|| Duration::from_millis(config.replication_timeout_ms)),
                 metrics,
                 failed,
+                halted: Mutex::new(None),
                 writer: Mutex::new(Some(handle)),
                 tap,
             }),
@@ -472,7 +475,17 @@ impl Ledger {
         self.inner.primary.store(true, Ordering::SeqCst);
     }
 
+    /// A part of the node died (see [`Error::Halted`]): no more commands, `/healthz` `503`.
+    pub fn halt(&self, why: &'static str) {
+        tracing::error!(why, "the node halted: it takes no more commands; restart it");
+        *self.inner.halted.lock().expect("halted lock") = Some(why);
+        self.inner.failed.store(true, Ordering::SeqCst);
+    }
+
     fn require_primary(&self) -> Result<()> {
+        if let Some(why) = *self.inner.halted.lock().expect("halted lock") {
+            return Err(Error::Halted(why));
+        }
         if self.is_primary() {
             Ok(())
         } else {

@@ -72,9 +72,10 @@ pub fn abort_on_core_panic() {
     });
 }
 
-/// A test seam for a core thread that dies, in debug builds only (release builds ignore it):
-/// `BINDLEDGER_FAULT_PANIC=<thread>:<n>` makes the thread named `<thread>` panic at its `n`th
-/// pass through here (once per batch it handles). `tests/crash.rs` uses it on each core thread.
+/// A test seam for a part of the node that dies, in debug builds only (release builds ignore
+/// it): `BINDLEDGER_FAULT_PANIC=<part>:<n>` makes the part named `<part>` (a core thread's
+/// name, or `relay`) panic at its `n`th pass through here (once per batch a thread handles,
+/// once per session of the relay). `tests/crash.rs` and `tests/kafka.rs` use it.
 pub fn panic_point(thread: &'static str) {
     #[cfg(debug_assertions)]
     {

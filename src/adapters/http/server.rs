@@ -188,9 +188,11 @@ impl From<Error> for ApiError {
             Error::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Error::VersionConflict { .. } => StatusCode::CONFLICT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Overloaded(_) | Error::ShuttingDown | Error::StorageFailed(_) | Error::OutcomeUnknown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::Overloaded(_)
+            | Error::ShuttingDown
+            | Error::StorageFailed(_)
+            | Error::OutcomeUnknown
+            | Error::Halted(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::NotPrimary => StatusCode::MISDIRECTED_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -212,6 +214,7 @@ impl From<Error> for ApiError {
             ),
             Error::StorageFailed(_) => (None, "the event log could not be written; the ledger takes no more commands"),
             Error::NotPrimary => (None, NOT_PRIMARY),
+            Error::Halted(why) => (None, *why),
             _ => (None, "internal error; see the server's log"),
         };
         ApiError {

@@ -1,8 +1,69 @@
 //! The signed checkpoints topic: every checkpoint the ledger signs, published in order.
+//!
+//! **Fencing.** Each checkpoint message carries the `epoch` of the primary that published it,
+//! and a promotion (or a restore) writes a fence of its epoch here too. A reader of the topic
+//! ([`read_published`]) applies the events topic's rule 1 (a fence of epoch `E` drops every
+//! later checkpoint of an epoch below `E`), and a checkpoint of epoch `e` over event `S` is a
+//! fenced primary's when the chain's event `S` is of a later epoch (that primary signed its
+//! own head, which the chain does not hold): such a checkpoint is dropped, never taken for a
+//! rewritten topic. A fenced node publishes nothing more: its publisher stops once the node
+//! takes no commands.
 
 use crate::adapters::kafka::{client_error, KafkaError};
 use crate::config::KafkaConfig;
 use crate::ledger::checkpoint::{CheckpointStore, SignedCheckpoint};
+
+/// A checkpoint as the topic holds it, with the epoch of the primary that published it.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub epoch: u64,
+    pub checkpoint: SignedCheckpoint,
+}
+
+/// The checkpoints topic read from its start, fences applied (rule 1); the fences themselves
+/// and what they drop are left out. Also: the highest fence read.
+pub fn read_published(kafka: &KafkaConfig, topic: &str) -> Result<(Vec<Published>, u64), KafkaError> {
+    use crate::adapters::kafka::reader::{PartitionedConsumer, KAFKA_QUIET};
+    let Some(mut reader) =
+        PartitionedConsumer::open(crate::adapters::kafka::client::client_config(kafka), topic, None)?
+    else {
+        return Ok((Vec::new(), 0));
+    };
+    let mut out = Vec::new();
+    for p in 0..reader.partitions() {
+        let end = reader.high_watermark(p)?;
+        let mut buffer = std::collections::VecDeque::new();
+        let mut quiet_since = std::time::Instant::now();
+        let stalled = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let n = reader.fill(p, &mut buffer, 1024, std::time::Duration::from_millis(100))?;
+            for r in buffer.drain(..) {
+                let checkpoint: SignedCheckpoint = serde_json::from_slice(&r.value)
+                    .map_err(|_| KafkaError::Topic(format!("{topic} holds a message that is not a checkpoint")))?;
+                out.push(Published {
+                    epoch: r.epoch,
+                    checkpoint,
+                });
+            }
+            if n > 0 {
+                quiet_since = std::time::Instant::now();
+            } else if reader.next_offset[p] >= end && quiet_since.elapsed() >= KAFKA_QUIET {
+                break;
+            } else if std::time::Instant::now() > stalled {
+                return Err(KafkaError::NoAnswer(format!(
+                    "{topic} partition {p} could not be read to its end"
+                )));
+            }
+        }
+    }
+    Ok((out, reader.terms.highest))
+}
+
+/// Whether a checkpoint of `epoch` over event `seq` was signed by a primary that a later epoch
+/// fenced before `seq`: `epoch_starts` lists where each epoch's events begin in the chain.
+pub fn fenced_checkpoint(epoch: u64, seq: u64, epoch_starts: &[(u64, u64)]) -> bool {
+    epoch_starts.iter().any(|(e, first)| *e > epoch && *first <= seq)
+}
 
 /// Puts every stored checkpoint on the checkpoints topic, exactly once and in order, like the
 /// events relay: on each (re)connection it reads the topic's last checkpoint, which must be
@@ -48,6 +109,11 @@ impl CheckpointPublisher {
                 r = self.session() => r,
                 _ = shutdown.changed() => Ok(()),
             };
+            if let Err(KafkaError::Fenced { epoch }) = result {
+                tracing::warn!(epoch, topic = %self.topic, "checkpoints: this node was fenced; it publishes no more checkpoints");
+                self.status.set(State::Fenced);
+                return;
+            }
             if *shutdown.borrow() {
                 // The last checkpoint, made on stop, goes out if the broker is there: once the
                 // signer has ended (its sender dropped), what is stored is published.
@@ -67,46 +133,47 @@ impl CheckpointPublisher {
         self.status.set(State::Stopped);
     }
 
-    /// The seq of the topic's last checkpoint (0 when empty), checked to be this ledger's.
+    /// The seq of the topic's last checkpoint that stands (0 when none), each checked to be
+    /// this ledger's: over the same event of this log, with our key (ours, or on a promoted node
+    /// the previous primary's, which is then kept in place of any of ours for that seq). A
+    /// checkpoint that does not match this log is a fenced primary's when its epoch is below
+    /// this node's (skipped), and refuses the topic otherwise.
     fn recover(&self) -> Result<u64, KafkaError> {
         let topic = &self.topic;
+        let (own_epoch, _) = self.ledger.epoch()?;
+        let (published, _) = read_published(&self.config, topic)?;
         let mut last = 0u64;
-        crate::adapters::kafka::client::read_tails(&self.config, topic, |_, m| {
-            use rdkafka::message::Message;
-            let theirs: SignedCheckpoint = serde_json::from_slice(m.payload().unwrap_or_default()).map_err(|_| {
-                KafkaError::Refused(format!(
-                    "{topic} holds a message that is not a checkpoint: refusing to publish to it"
-                ))
-            })?;
-            // Ours, or a previous primary's (this node was promoted) with the same key over the
-            // same event of this log: kept in place of any of ours for that seq, and publishing
-            // goes on after it.
+        for Published {
+            epoch,
+            checkpoint: theirs,
+        } in published
+        {
             let event = self
                 .ledger
                 .event_bytes(theirs.seq)?
                 .filter(|_| theirs.seq <= self.ledger.log_len());
             let same = event.is_some_and(|b| bindledger_events::hash_bytes(&b) == theirs.head)
                 && theirs.verify(&self.public_key).is_ok();
-            if same {
-                let ours = self
-                    .store
-                    .tree
-                    .get(theirs.seq.to_be_bytes())
-                    .map_err(crate::Error::from)?;
-                let ours: Option<SignedCheckpoint> = ours.and_then(|v| serde_json::from_slice(&v).ok());
-                if ours.is_none_or(|o| o.signature != theirs.signature) {
-                    self.store.put(&theirs)?;
-                }
-            }
             if !same {
+                if epoch < own_epoch {
+                    continue; // a fenced primary's, over an event the chain does not hold
+                }
                 return Err(KafkaError::Refused(format!(
                     "{topic} holds checkpoint {} that is not this ledger's: refusing to publish to it",
                     theirs.seq
                 )));
             }
+            let ours = self
+                .store
+                .tree
+                .get(theirs.seq.to_be_bytes())
+                .map_err(crate::Error::from)?;
+            let ours: Option<SignedCheckpoint> = ours.and_then(|v| serde_json::from_slice(&v).ok());
+            if ours.is_none_or(|o| o.signature != theirs.signature) {
+                self.store.put(&theirs)?;
+            }
             last = last.max(theirs.seq);
-            Ok(())
-        })?;
+        }
         Ok(last)
     }
 
@@ -141,11 +208,20 @@ impl CheckpointPublisher {
                 })
             })
             .collect::<std::result::Result<_, _>>()?;
+        let (epoch, _) = self.ledger.epoch()?;
+        let epoch = epoch.to_string();
         for cp in pending {
+            // A node a promotion fenced publishes nothing more (what it signed before may be
+            // over events the chain will not hold).
+            if !self.ledger.is_primary() {
+                return Err(KafkaError::Fenced {
+                    epoch: self.ledger.fenced_by()?.unwrap_or(0),
+                });
+            }
             self.status.set(crate::adapters::kafka::client::State::Publishing);
             let key = cp.seq.to_string();
             let value = serde_json::to_vec(&cp).expect("checkpoints serialize");
-            let headers = crate::adapters::kafka::client::headers(&[("seq", &key)]);
+            let headers = crate::adapters::kafka::client::headers(&[("seq", &key), ("epoch", &epoch)]);
             let record = rdkafka::producer::FutureRecord::to(&self.topic)
                 .partition(0)
                 .key(&key)
@@ -176,4 +252,86 @@ impl CheckpointPublisher {
             }
         }
     }
+}
+
+/// Checkpoints a replica holds back until its log reaches their event.
+const AHEAD_MAX: usize = 1024;
+
+/// A replica's copy of the checkpoints topic: follows it (on a thread of its own, until `stop`
+/// is set or the node is promoted, when its own signer and publisher take over) and keeps each
+/// checkpoint that verifies with `public_key` and is over the same event of the replica's log,
+/// so that a replica serves the primary's checkpoints. One ahead of the log waits for it (at
+/// most [`AHEAD_MAX`]); a fenced primary's, over an event the chain does not hold, is skipped.
+pub fn follow(
+    ledger: crate::ledger::Ledger,
+    store: CheckpointStore,
+    public_key: String,
+    config: KafkaConfig,
+    topic: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    use std::sync::atomic::Ordering;
+    std::thread::Builder::new()
+        .name("bindledger-replica-checkpoints".into())
+        .spawn(move || {
+            let mut next_offset = 0i64;
+            let mut ahead: std::collections::VecDeque<SignedCheckpoint> = Default::default();
+            let keep = |cp: &SignedCheckpoint| -> crate::Result<bool> {
+                let Some(bytes) = ledger.event_bytes(cp.seq)? else {
+                    return Ok(false);
+                };
+                if bindledger_events::hash_bytes(&bytes) == cp.head && cp.verify(&public_key).is_ok() {
+                    store.put(cp)?;
+                }
+                Ok(true)
+            };
+            while !stop.load(Ordering::SeqCst) && !ledger.is_primary() {
+                let reader = crate::adapters::kafka::reader::PartitionedConsumer::open(
+                    crate::adapters::kafka::client::client_config(&config),
+                    &topic,
+                    Some(&[next_offset]),
+                );
+                let mut reader = match reader {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        std::thread::sleep(std::time::Duration::from_millis(500));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "replica: the checkpoints topic cannot be read yet");
+                        std::thread::sleep(std::time::Duration::from_millis(500));
+                        continue;
+                    }
+                };
+                let mut buffer = std::collections::VecDeque::new();
+                while !stop.load(Ordering::SeqCst) && !ledger.is_primary() {
+                    if let Err(e) = reader.fill(0, &mut buffer, 256, std::time::Duration::from_millis(200)) {
+                        tracing::debug!(error = %e, "replica: reading the checkpoints topic failed");
+                        break;
+                    }
+                    next_offset = reader.next_offset[0];
+                    for r in buffer.drain(..) {
+                        if let Ok(cp) = serde_json::from_slice::<SignedCheckpoint>(&r.value) {
+                            if ahead.len() == AHEAD_MAX {
+                                ahead.pop_front();
+                            }
+                            ahead.push_back(cp);
+                        }
+                    }
+                    // Those the log has reached.
+                    while let Some(cp) = ahead.front() {
+                        match keep(cp) {
+                            Ok(true) => {
+                                ahead.pop_front();
+                            }
+                            Ok(false) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "replica: keeping a checkpoint failed");
+                                ahead.pop_front();
+                            }
+                        }
+                    }
+                }
+            }
+        })
 }

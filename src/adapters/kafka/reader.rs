@@ -241,6 +241,12 @@ impl PartitionedConsumer {
 /// fencing rules ([`super::terms`]) drop what a fenced primary wrote.
 pub struct TopicReader {
     reader: PartitionedConsumer,
+    /// Whether the chain ends at a hole ([`TopicReader::ending_at_a_hole`]).
+    end_at_hole: bool,
+    /// What lay past the chain's end when it ended at a hole.
+    torn: Option<TornTail>,
+    /// Where each epoch's events begin in the chain: (epoch, first seq), oldest first.
+    epoch_starts: Vec<(u64, u64)>,
     buffers: Vec<std::collections::VecDeque<SeqRecord>>,
     /// Per partition: when it last delivered, whether it has ended, its end when reading began.
     active: Vec<std::time::Instant>,
@@ -267,6 +273,9 @@ pub fn read_topic(client: ClientConfig, topic: &str) -> Result<TopicReader, Kafk
     let now = std::time::Instant::now();
     Ok(TopicReader {
         reader,
+        end_at_hole: false,
+        torn: None,
+        epoch_starts: Vec::new(),
         buffers: vec![Default::default(); n],
         active: vec![now; n],
         ended: vec![false; n],
@@ -276,7 +285,80 @@ pub fn read_topic(client: ClientConfig, topic: &str) -> Result<TopicReader, Kafk
     })
 }
 
+/// Messages on the events topic past a hole in the chain, when every partition is read to its
+/// end: the unacknowledged tail of a primary that died while its relay had events in flight to
+/// several partitions (some landed, some did not). In replicated mode none of them can have
+/// been acknowledged (an event is acknowledged only once every message up to it landed); in
+/// local mode they are events the lost disk held.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TornTail {
+    /// The first seq missing: the chain ends just before it.
+    pub missing: u64,
+    /// How many messages lie past the hole.
+    pub messages: u64,
+    /// Their seqs, in order (the first [`TORN_SEQS_LISTED`]).
+    pub seqs: Vec<u64>,
+    /// Their epoch (the highest among them).
+    pub epoch: u64,
+}
+
+/// Seqs of a torn tail listed in its report.
+pub const TORN_SEQS_LISTED: usize = 64;
+
 impl TopicReader {
+    /// Ends the chain at a hole instead of handing over what lies past it (a restore: the
+    /// chain up to its last contiguous event is what can be rebuilt, and what lies past the
+    /// hole is reported by [`TopicReader::torn`]). Without it, the records past a hole are
+    /// handed over, for the audit to name the hole.
+    pub fn ending_at_a_hole(mut self) -> TopicReader {
+        self.end_at_hole = true;
+        self
+    }
+
+    /// What lay past the hole the chain ended at, if it ended at one.
+    pub fn torn(&self) -> Option<&TornTail> {
+        self.torn.as_ref()
+    }
+
+    /// Rule 4 (TOPIC.md): once every partition has shown its fence of the newest epoch, a
+    /// buffered message of an older epoch that does not continue the chain never will (what
+    /// came before the fences is all buffered, what came after them is dropped by rule 1, and
+    /// the newest primary's chain goes on from the last event every reader has): it is a
+    /// fenced primary's torn tail, dropped. Returns whether it dropped any.
+    fn drop_fenced_tail(&mut self) -> bool {
+        let terms = &self.reader.terms;
+        let highest = terms.highest;
+        if highest == 0 || terms.fenced.iter().any(|f| *f < highest) {
+            return false;
+        }
+        let mut dropped = 0;
+        for b in &mut self.buffers {
+            let before = b.len();
+            b.retain(|r| r.epoch >= highest);
+            dropped += (before - b.len()) as u64;
+        }
+        self.reader.terms.dropped += dropped;
+        dropped > 0
+    }
+
+    /// Ends the chain at a hole: what is buffered past it is the torn tail.
+    fn end_at_the_hole(&mut self) {
+        let mut seqs: Vec<u64> = self.buffers.iter().flatten().map(|r| r.seq).collect();
+        seqs.sort_unstable();
+        let epoch = self.buffers.iter().flatten().map(|r| r.epoch).max().unwrap_or(0);
+        let messages = seqs.len() as u64;
+        seqs.truncate(TORN_SEQS_LISTED);
+        self.torn = Some(TornTail {
+            missing: self.last + 1,
+            messages,
+            seqs,
+            epoch,
+        });
+        for b in &mut self.buffers {
+            b.clear();
+        }
+    }
+
     /// True once partition `p` is read to its end (see [`TopicReader`]).
     fn finished(&mut self, p: usize) -> Result<bool, KafkaError> {
         if self.ended[p] || !self.buffers[p].is_empty() {
@@ -351,8 +433,18 @@ impl TopicReader {
                         .flatten();
                     match undecided {
                         Some(q) => q,
+                        None if self.buffers[p][0].seq != self.last + 1 && self.drop_fenced_tail() => continue,
+                        None if self.buffers[p][0].seq > self.last + 1 && self.end_at_hole => {
+                            // Every partition is read to its end (none is waited on) and the
+                            // next event is not there: the chain ends here.
+                            self.end_at_the_hole();
+                            return Ok(None);
+                        }
                         None => {
                             let record = self.buffers[p].pop_front().expect("not empty");
+                            if self.epoch_starts.last().is_none_or(|(e, _)| record.epoch > *e) {
+                                self.epoch_starts.push((record.epoch, record.seq));
+                            }
                             self.reader.terms.took(&record);
                             self.last = record.seq;
                             // The record's own allocation (copied once out of librdkafka).
@@ -411,18 +503,32 @@ pub struct ReadAhead {
     chunk: std::vec::IntoIter<Result<Vec<u8>, KafkaError>>,
     /// The epoch of the last record handed over ([`super::terms::Terms::chain`]).
     epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The highest epoch read anywhere (fences included).
+    highest: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Set at the end: what lay past the hole the chain ended at, and where each epoch begins.
+    torn: std::sync::Arc<std::sync::Mutex<Option<End>>>,
 }
+
+/// What a read-ahead knows once the topic is read: the torn tail, and the epochs' starts.
+type End = (Option<TornTail>, Vec<(u64, u64)>);
 
 impl TopicReader {
     pub fn read_ahead(mut self) -> std::io::Result<ReadAhead> {
         let (tx, chunks) = std::sync::mpsc::sync_channel::<Chunk>(READ_AHEAD_CHUNKS);
         let epoch: std::sync::Arc<std::sync::atomic::AtomicU64> = Default::default();
-        let chain = epoch.clone();
+        let highest: std::sync::Arc<std::sync::atomic::AtomicU64> = Default::default();
+        let torn: std::sync::Arc<std::sync::Mutex<Option<End>>> = Default::default();
+        let (chain, high, tail) = (epoch.clone(), highest.clone(), torn.clone());
         std::thread::Builder::new()
             .name(format!("read {}", self.reader.topic))
             .spawn(move || loop {
                 let chunk: Chunk = self.by_ref().take(READ_AHEAD_CHUNK).collect();
                 chain.store(self.reader.terms.chain, std::sync::atomic::Ordering::SeqCst);
+                high.store(self.reader.terms.highest, std::sync::atomic::Ordering::SeqCst);
+                if chunk.is_empty() {
+                    // Before the channel closes: the user reads it after the last chunk.
+                    *tail.lock().expect("torn tail lock") = Some((self.torn.clone(), self.epoch_starts.clone()));
+                }
                 if chunk.is_empty() || tx.send(chunk).is_err() {
                     return;
                 }
@@ -431,6 +537,8 @@ impl TopicReader {
             chunks,
             chunk: Vec::new().into_iter(),
             epoch,
+            highest,
+            torn,
         })
     }
 }
@@ -439,6 +547,32 @@ impl ReadAhead {
     /// The epoch of the last record read so far: at the end, the epoch the topic's chain is in.
     pub fn chain_epoch(&self) -> u64 {
         self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The highest epoch read anywhere on the topic, fences included.
+    pub fn highest_epoch(&self) -> u64 {
+        self.highest.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Once read to the end: what lay past the hole the chain ended at, if it ended at one
+    /// ([`TopicReader::ending_at_a_hole`]).
+    pub fn torn(&self) -> Option<TornTail> {
+        self.torn
+            .lock()
+            .expect("torn tail lock")
+            .as_ref()
+            .and_then(|(t, _)| t.clone())
+    }
+
+    /// Once read to the end: where each epoch's events begin in the chain, (epoch, first seq),
+    /// oldest first.
+    pub fn epoch_starts(&self) -> Vec<(u64, u64)> {
+        self.torn
+            .lock()
+            .expect("torn tail lock")
+            .as_ref()
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default()
     }
 }
 

@@ -92,8 +92,14 @@ impl Relay {
     }
 
     pub fn report(ledger: &Ledger, topic: &str, status: &RelayStatus) -> RelayReport {
-        let position = status.position.load(Ordering::Relaxed);
         let log_events = ledger.log_len();
+        // A replica's relay stands by: every event of its log came from the topic, so none is
+        // waiting to be published (the replica's own lag is the follower's, in `/healthz`).
+        let position = if status.state() == "standby" {
+            log_events
+        } else {
+            status.position.load(Ordering::Relaxed)
+        };
         let lag_events = log_events.saturating_sub(position);
         let lag_seconds = if lag_events == 0 {
             0.0
@@ -232,6 +238,7 @@ impl Relay {
         let on_topic = maxes.iter().copied().min().unwrap_or(0);
         let mut from = saved.min(on_topic) + 1;
         tracing::info!(%topic, partitions, from, "kafka relay: recovered");
+        crate::ledger::seams::panic_point("relay");
         let producer = producer(&self.config)?;
         let mut durable = self.ledger.subscribe();
         let mut position = from - 1;

@@ -34,13 +34,14 @@ const APPEND_BATCH: usize = 1024;
 const APPENDS_IN_FLIGHT: usize = 2;
 
 /// What the follower is doing, for `/healthz`, `/metrics` and `bindledger status`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReplicaStatus {
     /// The highest `seq` seen on the topic.
     pub seen: AtomicU64,
     /// `record_time` (µs) of the last event appended.
     pub applied_record_micros: AtomicI64,
-    /// `following`, `caught_up`, `waiting_for_topic`, `promoting`, `promoted`, `failed`.
+    /// `starting`, `following`, `caught_up`, `waiting_for_topic`, `promoting`, `promoted`,
+    /// `failed`.
     pub state: Mutex<&'static str>,
     pub last_error: Mutex<Option<String>>,
     /// Set to make the follower read to the topic's end and stop (promotion).
@@ -58,6 +59,20 @@ pub struct Fences {
     pub epoch: u64,
     pub node: String,
     pub ends: Vec<i64>,
+}
+
+impl Default for ReplicaStatus {
+    fn default() -> Self {
+        ReplicaStatus {
+            seen: Default::default(),
+            applied_record_micros: Default::default(),
+            state: Mutex::new("starting"),
+            last_error: Default::default(),
+            finish: Default::default(),
+            fences: Default::default(),
+            highest_epoch: Default::default(),
+        }
+    }
 }
 
 impl ReplicaStatus {
@@ -129,6 +144,18 @@ impl Follower {
         };
         reader.wake_this_thread_on_records();
         let partitions = reader.partitions();
+        // How far the topic goes, from each partition's last message: the lag is known from
+        // the start, not only once the follower has read that far.
+        let seen = &self.status.seen;
+        let tails = crate::adapters::kafka::client::read_tails(&self.kafka, &topic, |_, m| {
+            if let Some(seq) = crate::adapters::kafka::client::header_number(m, "seq") {
+                seen.fetch_max(seq, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+        if let Err(e) = tails {
+            tracing::debug!(error = %e, "replica: the topic's last messages could not be read");
+        }
         // The fencing rules' state as of the saved offsets.
         if let Some(t) = self.ledger.replica_terms(&topic)?.and_then(|b| Terms::from_bytes(&b)) {
             if t.fenced.len() == partitions {
@@ -213,9 +240,17 @@ impl Follower {
                 applied[p] = r.offset + 1;
                 applied_fenced[p] = r.fenced;
                 if r.seq == next {
+                    let newer = r.epoch > reader.terms.chain;
                     reader.terms.took(&r);
                     out.push(r.value);
                     next += 1;
+                    if newer {
+                        // Rule 2 now drops older epochs' heads in every partition, not only
+                        // this one (a torn tail left before the fences).
+                        for b in buffers.iter_mut() {
+                            reader.terms.prune(b);
+                        }
+                    }
                 }
                 reader.terms.prune(&mut buffers[p]);
                 if out.len() >= APPEND_BATCH {
@@ -340,15 +375,31 @@ pub struct PromoteReport {
 /// A task the node starts only once it is the primary (a relay, the signer).
 pub type Service = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// A service (a relay, the signer, the webhook sender) that panics ends the process, as a core
-/// thread's panic does ([`crate::ledger::seams::abort_on_core_panic`]): a node that lost one
-/// must not go on answering as if healthy.
-pub async fn abort_on_panic(service: Service) {
+/// A service (a relay, the signer, the webhook sender) that panics halts the node: it takes no
+/// more commands (`503 halted`) and `/healthz` answers `503`, so that its supervisor restarts
+/// it; a node that lost a part must not go on answering as if healthy. (A core thread's panic
+/// ends the process at once: [`crate::ledger::seams::abort_on_core_panic`].)
+pub async fn halt_on_panic(service: Service, ledger: Ledger) {
     use futures_util::FutureExt;
     if std::panic::AssertUnwindSafe(service).catch_unwind().await.is_err() {
-        eprintln!("bindledger: a service beside the ledger died; stopping the process (its supervisor restarts it)");
-        std::process::abort();
+        ledger.halt("a service beside the ledger (a relay, the signer or the webhook sender) died");
     }
+}
+
+/// Starts a follower of the events topic on a thread of its own (`bindledger-replica`), until
+/// `stop` is set or a promotion makes it read to the end.
+pub fn spawn_follower(
+    ledger: Ledger,
+    kafka: KafkaConfig,
+    status: Arc<ReplicaStatus>,
+    stop: Arc<AtomicBool>,
+    handle: tokio::runtime::Handle,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let f = Follower { ledger, kafka, status };
+    std::thread::Builder::new()
+        .name("bindledger-replica".into())
+        .spawn(move || f.run(stop, handle))
+        .map_err(|e| Error::Io(format!("starting the replica thread: {e}")))
 }
 
 /// Turns a replica into the primary (see [`Promoter::promote`]).
@@ -361,13 +412,19 @@ pub struct Promoter {
     services: Mutex<Option<Vec<Service>>>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     promoting: tokio::sync::Mutex<()>,
+    /// The checkpoints topic, fenced with the events topic (when checkpoints are published).
+    pub checkpoints_topic: Option<String>,
+    /// The follower's stop flag, for a follower started again after a lost promotion.
+    stop: Arc<AtomicBool>,
 }
 
 impl Promoter {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         ledger: Ledger,
         status: Arc<ReplicaStatus>,
         thread: std::thread::JoinHandle<Result<()>>,
+        stop: Arc<AtomicBool>,
         kafka: KafkaConfig,
         relay_status: Option<Arc<crate::adapters::kafka::client::RelayStatus>>,
         services: Vec<Service>,
@@ -382,6 +439,8 @@ impl Promoter {
             services: Mutex::new(Some(services)),
             tasks,
             promoting: tokio::sync::Mutex::new(()),
+            checkpoints_topic: None,
+            stop,
         }
     }
 
@@ -413,9 +472,16 @@ impl Promoter {
         let (own, _) = self.ledger.epoch()?;
         let epoch = own.max(self.status.highest_epoch.load(Ordering::SeqCst)) + 1;
         let node = uuid::Uuid::now_v7().simple().to_string();
-        let ends = write_fences(&self.kafka, epoch, &node)
+        let ends = write_fences(&self.kafka, &self.kafka.topic, self.kafka.partitions, epoch, &node)
             .await
             .map_err(|e| Error::Io(e.to_string()))?;
+        // The checkpoints topic too: what the previous primary still publishes there after
+        // this is dropped by its readers (see `checkpoints`).
+        if let Some(topic) = &self.checkpoints_topic {
+            write_fences(&self.kafka, topic, 1, epoch, &node)
+                .await
+                .map_err(|e| Error::Io(e.to_string()))?;
+        }
         tracing::warn!(epoch, "promotion: fenced every partition of the events topic");
         *self.status.fences.lock().expect("replica status lock") = Some(Fences {
             epoch,
@@ -429,7 +495,24 @@ impl Promoter {
         };
         match tokio::task::spawn_blocking(move || thread.join()).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Ok(Err(e))) => {
+                // Another promotion came first (or the topic could not be read through): this
+                // node stays a replica, and follows the topic again (the winner's chain).
+                self.status.set_state("following");
+                self.status.finish.store(false, Ordering::SeqCst);
+                *self.status.fences.lock().expect("replica status lock") = None;
+                *self.status.last_error.lock().expect("replica status lock") = Some(e.to_string());
+                let thread = spawn_follower(
+                    self.ledger.clone(),
+                    self.kafka.clone(),
+                    self.status.clone(),
+                    self.stop.clone(),
+                    tokio::runtime::Handle::current(),
+                )?;
+                *self.thread.lock().expect("promoter lock") = Some(thread);
+                tracing::warn!(error = %e, "promotion failed: this node follows the topic again");
+                return Err(e);
+            }
             _ => return Err(Error::Io("the replica's follower thread failed".into())),
         }
         // Everything in this log came from the topic: the relay starts after it.
@@ -451,7 +534,7 @@ impl Promoter {
         {
             let mut tasks = self.tasks.lock().expect("tasks lock");
             for s in services {
-                tasks.push(tokio::spawn(abort_on_panic(s)));
+                tasks.push(tokio::spawn(halt_on_panic(s, self.ledger.clone())));
             }
         }
         self.status.set_state("promoted");
@@ -464,17 +547,24 @@ impl Promoter {
     }
 }
 
-/// Writes a fence of `epoch` (by the promotion `node`) to every partition of the events topic
-/// (creating it if nothing was ever published); returns, per partition, the offset after it.
-async fn write_fences(kafka: &KafkaConfig, epoch: u64, node: &str) -> std::result::Result<Vec<i64>, super::KafkaError> {
+/// Writes a fence of `epoch` (by the promotion `node`) to every partition of `topic` (the events
+/// topic, or the checkpoints topic; created with `partitions` if nothing was ever published);
+/// returns, per partition, the offset after it.
+pub(super) async fn write_fences(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partitions: i32,
+    epoch: u64,
+    node: &str,
+) -> std::result::Result<Vec<i64>, super::KafkaError> {
     use super::client::{ensure_topic, headers, producer};
     use super::client_error;
     use rdkafka::producer::FutureRecord;
-    ensure_topic(kafka, &kafka.topic, kafka.partitions).await?;
+    ensure_topic(kafka, topic, partitions).await?;
     let producer = producer(kafka)?;
     let partitions = {
         let producer = producer.clone();
-        let topic = kafka.topic.clone();
+        let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer;
             producer
@@ -487,16 +577,13 @@ async fn write_fences(kafka: &KafkaConfig, epoch: u64, node: &str) -> std::resul
         .map_err(|_| super::KafkaError::Topic("reading the topic's metadata failed".into()))??
     };
     if partitions == 0 {
-        return Err(super::KafkaError::Topic(format!(
-            "topic {} has no partitions",
-            kafka.topic
-        )));
+        return Err(super::KafkaError::Topic(format!("topic {topic} has no partitions")));
     }
     let text = epoch.to_string();
     let value = serde_json::json!({"fence": epoch, "node": node}).to_string();
     let mut deliveries = Vec::with_capacity(partitions);
     for p in 0..partitions as i32 {
-        let record = FutureRecord::to(&kafka.topic)
+        let record = FutureRecord::to(topic)
             .partition(p)
             .key("fence")
             .payload(&value)

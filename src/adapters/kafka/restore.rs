@@ -5,6 +5,17 @@
 //! match the restored log. Projections, indexes, idempotency keys and alerts are derived from
 //! the log, and `serve` rebuilds them when it opens the directory.
 //!
+//! **A torn topic.** A primary that dies while its relay has events in flight to several
+//! partitions leaves the topic ending in a tail with holes (some partitions received later
+//! events than others). The restore takes the chain up to its last contiguous event and
+//! reports what lies past the hole ([`TornTail`]); in replicated mode none of it can have been
+//! acknowledged, in local mode it is what was lost with the disk. The restored node then
+//! starts a new epoch: like a promotion, the restore writes a fence of it to every partition
+//! of the events topic (and to the checkpoints topic), so that every reader drops the tail
+//! (TOPIC.md, rule 4) and no reader ever sees two events with one seq once the restored node
+//! writes the next ones. Checkpoints a fenced primary signed over events the chain does not
+//! hold are dropped, never taken for a rewritten topic.
+//!
 //! Resumable: it writes in chunks with a flush every [`FLUSH_EVERY_EVENTS`]; run again on the
 //! same directory, it skips the events already there (checking that the topic's event at the
 //! directory's head is the same one) and goes on from there.
@@ -12,10 +23,11 @@
 use bindledger_events::{hash_bytes, ChainVerifier};
 use std::path::Path;
 
+use crate::adapters::kafka::reader::TornTail;
 use crate::config::KafkaConfig;
 use crate::domain::secret::LedgerSecret;
 use crate::error::{Error, Result};
-use crate::ledger::checkpoint::{CheckpointStore, SignedCheckpoint};
+use crate::ledger::checkpoint::CheckpointStore;
 use crate::ledger::store::{LogBatch, Store, CHUNK_EVENTS_MAX};
 
 /// Events written between two flushes (what an interrupted restore may have to read again).
@@ -34,7 +46,11 @@ pub struct RestoreReport {
     /// Signed checkpoints checked and kept, and those on the topic beyond the restored log.
     pub checkpoints_kept: u64,
     pub checkpoints_beyond: u64,
-    /// The epoch of the chain it continues (see `terms`).
+    /// Checkpoints a fenced primary signed over events the chain does not hold (dropped).
+    pub checkpoints_fenced: u64,
+    /// What lay past a hole the chain ended at, if it did.
+    pub torn: Option<TornTail>,
+    /// The epoch the restored node starts (fenced on the topics): one more than any read.
     pub epoch: u64,
 }
 
@@ -58,6 +74,7 @@ pub fn restore(
     let mut events =
         crate::adapters::kafka::reader::read_topic(crate::adapters::kafka::client::client_config(kafka), &kafka.topic)
             .map_err(|e| Error::Io(e.to_string()))?
+            .ending_at_a_hole()
             .read_ahead()
             .map_err(|e| Error::Io(format!("starting the topic's reader: {e}")))?;
     for item in events.by_ref() {
@@ -88,18 +105,22 @@ pub fn restore(
             kafka.topic
         )));
     }
-    let (mut kept, mut beyond) = (0u64, 0u64);
+    let torn = events.torn();
+    let epoch_starts = events.epoch_starts();
+    let (mut kept, mut beyond, mut fenced) = (0u64, 0u64, 0u64);
+    let mut highest = events.highest_epoch();
     if let (Some(topic), Some(key)) = (checkpoints_topic, public_key) {
         let cps = CheckpointStore::new(store.checkpoints_tree());
-        for item in
-            crate::adapters::kafka::reader::read_topic(crate::adapters::kafka::client::client_config(kafka), topic)
-                .map_err(|e| Error::Io(e.to_string()))?
-        {
-            let value = item.map_err(|e| Error::Io(e.to_string()))?;
-            let cp: SignedCheckpoint = serde_json::from_slice(&value)
-                .map_err(|e| Error::Corrupt(format!("{topic}: not a checkpoint: {e}")))?;
+        let (published, fences) =
+            crate::adapters::kafka::checkpoints::read_published(kafka, topic).map_err(|e| Error::Io(e.to_string()))?;
+        highest = highest.max(fences);
+        for crate::adapters::kafka::checkpoints::Published { epoch, checkpoint: cp } in published {
             cp.verify(key)
                 .map_err(|why| Error::Corrupt(format!("{topic}: checkpoint {}: {why}", cp.seq)))?;
+            if crate::adapters::kafka::checkpoints::fenced_checkpoint(epoch, cp.seq, &epoch_starts) {
+                fenced += 1;
+                continue;
+            }
             if cp.seq > head_seq {
                 beyond += 1;
                 continue;
@@ -118,11 +139,33 @@ pub fn restore(
         }
         store.flush()?;
     }
+    // The restored node starts a new epoch and fences the topics with it, as a promotion does:
+    // whatever a previous primary left past the chain (a torn tail) or still writes is dropped
+    // by every reader, and its relay publishes in the new epoch from the fences on.
+    let epoch = highest.max(events.chain_epoch()) + 1;
+    let node = format!("restore-{}", uuid::Uuid::now_v7().simple());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io(format!("starting a runtime to fence the topics: {e}")))?;
+    let ends = runtime
+        .block_on(super::replica::write_fences(
+            kafka,
+            &kafka.topic,
+            kafka.partitions,
+            epoch,
+            &node,
+        ))
+        .map_err(|e| Error::Io(e.to_string()))?;
+    if let Some(topic) = checkpoints_topic {
+        runtime
+            .block_on(super::replica::write_fences(kafka, topic, 1, epoch, &node))
+            .map_err(|e| Error::Io(e.to_string()))?;
+    }
+    let verified: Vec<(i64, u64)> = ends.iter().map(|e| (*e, head_seq)).collect();
+    store.set_relay_verified(&kafka.topic, &verified)?;
     store.set_relay_position(&kafka.topic, head_seq)?;
-    // The restored ledger publishes in the epoch of the chain it continues (a newer primary's
-    // messages would tell its relay that it was fenced).
-    let epoch = events.chain_epoch();
-    store.set_epoch(epoch, "")?;
+    store.set_epoch(epoch, &node)?;
     store.flush()?;
     Ok(RestoreReport {
         resumed_from,
@@ -131,6 +174,8 @@ pub fn restore(
         head,
         checkpoints_kept: kept,
         checkpoints_beyond: beyond,
+        checkpoints_fenced: fenced,
+        torn,
         epoch,
     })
 }

@@ -55,7 +55,7 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
     let started = std::time::Instant::now();
     let report = bindledger::adapters::kafka::restore::restore(
         &kafka,
-        Some(args.checkpoints_topic.as_str()).filter(|_| args.public_key.is_some()),
+        Some(args.checkpoints_topic.as_str()),
         args.public_key.as_deref(),
         &args.data_dir,
         &secret,
@@ -79,11 +79,28 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
         report.head,
         report.head_seq
     );
+    if let Some(t) = &report.torn {
+        let listed: Vec<String> = t.seqs.iter().map(u64::to_string).collect();
+        outln!(
+            "the topic is torn: event {} is not on it, but {} later message(s) are (seqs {}{}, epoch {}). In replicated mode none of them can have been acknowledged; in local mode they are the events lost with the disk. The chain ends at event {}.",
+            t.missing,
+            t.messages,
+            listed.join(", "),
+            if t.messages as usize > listed.len() { ", ..." } else { "" },
+            t.epoch,
+            t.missing - 1
+        );
+    }
+    outln!(
+        "fenced the topics with epoch {}: what lies past the chain is dropped by every reader, and the restored node writes in this epoch",
+        report.epoch
+    );
     match &args.public_key {
         Some(_) => outln!(
-            "checkpoints: {} checked and kept ({} beyond the restored log)",
+            "checkpoints: {} checked and kept ({} beyond the restored log, {} of a fenced primary dropped)",
             report.checkpoints_kept,
-            report.checkpoints_beyond
+            report.checkpoints_beyond,
+            report.checkpoints_fenced
         ),
         None => outln!("checkpoints: not restored (give --public-key to check and keep them)"),
     }
