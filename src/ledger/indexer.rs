@@ -30,6 +30,8 @@ pub const INDEX_QUEUE_BATCHES: usize = 1024;
 const INDEX_DRAIN_BATCHES: usize = 64;
 /// Accounts with pending history (so a changed row) before their rows are written anyway.
 const PENDING_ACCOUNTS_MAX: usize = 50_000;
+/// Accounts whose rows one sled batch of an indexer write carries (see [`Indexer::write`]).
+const WRITE_CHUNK_ACCOUNTS: usize = 1024;
 /// Events gathered in memory before their history rows are written.
 pub const PENDING_EVENTS_MAX: usize = 65_536;
 
@@ -171,10 +173,17 @@ impl Indexer {
     }
 
     /// Writes the history rows of every pending event and the rows of their accounts (the
-    /// accounts changed since the last write, as the read model has them now), with the
-    /// positions they cover, in one batch.
+    /// accounts changed since the last write, as the read model has them now), then the
+    /// positions they cover.
+    ///
+    /// In chunks of [`WRITE_CHUNK_ACCOUNTS`] accounts: the read model's lock is held only to
+    /// copy one chunk's states (serialising and writing them happen without it, so the
+    /// flusher, which publishes each durable batch under that lock, never waits for a whole
+    /// write), and each chunk is its own sled batch, so the log's writes go on between them.
+    /// Rows written before a crash cut a write short are harmless: rows may run ahead of the
+    /// recorded positions (the catch-up skips what an account's row includes, readers drop
+    /// duplicate history), and the positions are written last.
     fn write(&self, last: u64) -> crate::error::Result<()> {
-        let mut batch = IndexBatch::default();
         {
             let mut pending = self.pending.write().expect("pending history lock");
             pending.writing = std::mem::take(&mut pending.gathering);
@@ -182,14 +191,26 @@ impl Indexer {
         }
         {
             let pending = self.pending.read().expect("pending history lock");
-            let read = self.read.read().expect("read model lock");
-            for (account, (first, seqs)) in &pending.writing {
-                batch.add_history_run(account, *first, seqs);
-                if let Some(state) = read.accounts.get(account) {
-                    batch.put_account(account, state);
+            let accounts: Vec<(&String, &Run)> = pending.writing.iter().collect();
+            for chunk in accounts.chunks(WRITE_CHUNK_ACCOUNTS) {
+                let states: Vec<Option<crate::domain::projection::AccountState>> = {
+                    let read = self.read.read().expect("read model lock");
+                    chunk
+                        .iter()
+                        .map(|(account, _)| read.accounts.get(*account).cloned())
+                        .collect()
+                };
+                let mut batch = IndexBatch::default();
+                for ((account, (first, seqs)), state) in chunk.iter().zip(&states) {
+                    batch.add_history_run(account, *first, seqs);
+                    if let Some(state) = state {
+                        batch.put_account(account, state);
+                    }
                 }
+                self.store.apply_index(batch)?;
             }
         }
+        let mut batch = IndexBatch::default();
         batch.set_indexed(last);
         batch.set_snapshot(last);
         self.store.apply_index(batch)?;

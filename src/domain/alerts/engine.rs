@@ -181,6 +181,143 @@ pub struct EngineState {
 pub struct Engine {
     pub rules: RuleSet,
     pub state: EngineState,
+    /// Keys (accounts, wallet fingerprints) whose per-key state may have changed since the last
+    /// [`Engine::delta`], and keys a sweep dropped since: what an incremental checkpoint writes.
+    dirty: std::collections::HashSet<String>,
+    dropped: std::collections::HashSet<String>,
+}
+
+/// The engine's state as a checkpoint stores it, in pieces: a small header (positions, open
+/// alerts, locks) and one row per rule and key, so that a checkpoint writes only the keys that
+/// changed since the one before it (its cost follows the events folded, not the number of
+/// accounts the engine tracks).
+#[derive(Debug, Clone, Default)]
+pub struct StateDelta {
+    /// The header, JSON.
+    pub header: Vec<u8>,
+    /// Rows to write (`Some`) or remove (`None`), by row key (a map's letter, then the key).
+    pub rows: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// The header of a stored state: everything but the per-key maps.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    position: u64,
+    stream_seq: u64,
+    high_time: i64,
+    open: HashMap<String, Alert>,
+    pending_locks: BTreeMap<String, LockAction>,
+    locks: BTreeMap<Uuid, ActiveLock>,
+    #[serde(default)]
+    unlocked: BTreeMap<String, Uuid>,
+}
+
+/// Calls `$m!(letter, field)` for each per-key map of [`EngineState`], with its row letter.
+macro_rules! per_key_maps {
+    ($m:ident) => {
+        $m!(b'b', brute_force);
+        $m!(b'f', bind_failures);
+        $m!(b'd', dead_wallets);
+        $m!(b's', shared_wallet);
+        $m!(b'p', stuffing);
+        $m!(b'c', churn);
+        $m!(b'n', binds);
+        $m!(b'y', payments);
+    };
+}
+
+impl EngineState {
+    /// Rebuilds a state from its stored header and rows ([`StateDelta`]).
+    pub fn from_rows(
+        header: &[u8],
+        rows: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<EngineState, serde_json::Error> {
+        let h: Header = serde_json::from_slice(header)?;
+        let mut s = EngineState {
+            position: h.position,
+            stream_seq: h.stream_seq,
+            high_time: h.high_time,
+            open: h.open,
+            pending_locks: h.pending_locks,
+            locks: h.locks,
+            unlocked: h.unlocked,
+            ..EngineState::default()
+        };
+        for (k, v) in rows {
+            let Some((&letter, key)) = k.split_first() else {
+                continue;
+            };
+            let key = String::from_utf8_lossy(key).into_owned();
+            macro_rules! load {
+                ($letter:expr, $field:ident) => {
+                    if letter == $letter {
+                        s.$field.insert(key.clone(), serde_json::from_slice(&v)?);
+                    }
+                };
+            }
+            per_key_maps!(load);
+        }
+        Ok(s)
+    }
+
+    fn header(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct HeaderRef<'a> {
+            position: u64,
+            stream_seq: u64,
+            high_time: i64,
+            open: &'a HashMap<String, Alert>,
+            pending_locks: &'a BTreeMap<String, LockAction>,
+            locks: &'a BTreeMap<Uuid, ActiveLock>,
+            unlocked: &'a BTreeMap<String, Uuid>,
+        }
+        serde_json::to_vec(&HeaderRef {
+            position: self.position,
+            stream_seq: self.stream_seq,
+            high_time: self.high_time,
+            open: &self.open,
+            pending_locks: &self.pending_locks,
+            locks: &self.locks,
+            unlocked: &self.unlocked,
+        })
+        .expect("the state serializes")
+    }
+
+    /// The rows of `touched` keys in the per-key maps that hold them, and a removal of the
+    /// `dropped` keys' rows in the maps that no longer hold them (a key leaves a map only when
+    /// a sweep drops it).
+    fn rows_of<'a>(
+        &self,
+        touched: impl IntoIterator<Item = &'a String>,
+        dropped: impl IntoIterator<Item = &'a String>,
+    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let mut rows = Vec::new();
+        for key in touched {
+            macro_rules! row {
+                ($letter:expr, $field:ident) => {
+                    if let Some(v) = self.$field.get(key) {
+                        let k = [&[$letter][..], key.as_bytes()].concat();
+                        rows.push((
+                            k,
+                            Some(serde_json::to_vec(v).expect("the state serializes")),
+                        ));
+                    }
+                };
+            }
+            per_key_maps!(row);
+        }
+        for key in dropped {
+            macro_rules! removal {
+                ($letter:expr, $field:ident) => {
+                    if !self.$field.contains_key(key) {
+                        rows.push(([&[$letter][..], key.as_bytes()].concat(), None));
+                    }
+                };
+            }
+            per_key_maps!(removal);
+        }
+        rows
+    }
 }
 
 /// Whether a pending lock key (see [`EngineState::pending_locks`]) is one of `alert_id`'s.
@@ -240,14 +377,45 @@ fn count_in(w: &mut Window, hit: Hit, window: Span, keep: usize) -> Vec<Hit> {
 
 impl Engine {
     pub fn new(rules: RuleSet) -> Engine {
-        Engine {
-            rules,
-            state: EngineState::default(),
-        }
+        Engine::resume(rules, EngineState::default())
     }
 
     pub fn resume(rules: RuleSet, state: EngineState) -> Engine {
-        Engine { rules, state }
+        Engine {
+            rules,
+            state,
+            dirty: Default::default(),
+            dropped: Default::default(),
+        }
+    }
+
+    /// What changed since the last call (or since the engine began): the header and the rows
+    /// of the keys touched since, for an incremental checkpoint.
+    pub fn delta(&mut self) -> StateDelta {
+        let (dirty, dropped) = (std::mem::take(&mut self.dirty), std::mem::take(&mut self.dropped));
+        StateDelta {
+            header: self.state.header(),
+            rows: self.state.rows_of(&dirty, &dropped),
+        }
+    }
+
+    /// The whole state as rows (a checkpoint that stands alone: the first one, or one replacing
+    /// a checkpoint of the older, single-value format).
+    pub fn full(&mut self) -> StateDelta {
+        self.dirty.clear();
+        self.dropped.clear();
+        let s = &self.state;
+        let mut keys: std::collections::HashSet<&String> = Default::default();
+        macro_rules! all_keys {
+            ($letter:expr, $field:ident) => {
+                keys.extend(s.$field.keys());
+            };
+        }
+        per_key_maps!(all_keys);
+        StateDelta {
+            header: s.header(),
+            rows: s.rows_of(keys, std::iter::empty()),
+        }
     }
 
     /// Folds one event in; returns the alert changes it caused, in order. Events must come in
@@ -257,6 +425,17 @@ impl Engine {
         self.state.position = e.seq;
         let t = e.record_time.timestamp_micros();
         self.state.high_time = self.state.high_time.max(t);
+        // The keys this event can change: its account, and its wallet's fingerprint.
+        if !self.dirty.contains(&e.account) {
+            self.dirty.insert(e.account.clone());
+        }
+        if let Payload::WalletBound { wallet, .. }
+        | Payload::BindFailed { wallet, .. }
+        | Payload::PaymentSucceeded { wallet, .. }
+        | Payload::WalletUnbound { wallet, .. } = &e.payload
+        {
+            self.dirty.insert(wallet.fingerprint.to_hex());
+        }
         let mut seen = Vec::new();
         self.observe(e, t, &mut seen);
         let changes = seen.into_iter().map(|o| self.raise(o, e, t)).collect();
@@ -694,52 +873,61 @@ impl Engine {
         let s = &mut self.state;
         let now = s.high_time;
         let keys_max = r.limits.keys_max;
-        fn trim<V>(map: &mut HashMap<String, V>, before: i64, keys_max: usize, last: impl Fn(&V) -> i64) {
-            map.retain(|_, v| last(v) >= before);
-            if map.len() > keys_max {
-                let mut by_age: Vec<(i64, String)> = map.iter().map(|(k, v)| (last(v), k.clone())).collect();
-                by_age.sort_unstable();
-                for (_, k) in by_age.into_iter().take(map.len() - keys_max) {
-                    map.remove(&k);
-                }
-            }
-        }
+        let d = &mut self.dropped;
         let w = |x: &Window| x.last;
-        trim(
+        trim_map(
             &mut s.brute_force,
             now - r.password_brute_force.count.window.micros(),
             keys_max,
             w,
+            d,
         );
-        trim(
+        trim_map(
             &mut s.bind_failures,
             now - r.bind_failure_burst.window.micros(),
             keys_max,
             w,
+            d,
         );
-        trim(
+        trim_map(
             &mut s.dead_wallets,
             now - r.dead_wallet_probing.window.micros(),
             keys_max,
             w,
+            d,
         );
-        trim(&mut s.shared_wallet, now - r.shared_wallet.window.micros(), keys_max, w);
-        trim(
+        trim_map(
+            &mut s.shared_wallet,
+            now - r.shared_wallet.window.micros(),
+            keys_max,
+            w,
+            d,
+        );
+        trim_map(
             &mut s.stuffing,
             now - r.password_stuffing.count.window.micros(),
             keys_max,
             w,
+            d,
         );
-        trim(&mut s.churn, now - r.binding_churn.window.micros(), keys_max, w);
+        trim_map(&mut s.churn, now - r.binding_churn.window.micros(), keys_max, w, d);
         let horizon = r.bind_then_drain.window.max(r.binding_churn.window).micros();
-        trim(&mut s.binds, now - horizon, keys_max, |b| b.last);
-        trim(
+        trim_map(&mut s.binds, now - horizon, keys_max, |b| b.last, d);
+        trim_map(
             &mut s.payments,
             now - r.amount_spike.forget_after.micros(),
             keys_max,
             |p| p.last,
+            d,
         );
-        trim(&mut s.open, now, usize::MAX, |a| a.open_until.timestamp_micros());
+        // Open alerts live in the header, not in rows.
+        trim_map(
+            &mut s.open,
+            now,
+            usize::MAX,
+            |a| a.open_until.timestamp_micros(),
+            &mut Default::default(),
+        );
         let open_ids: std::collections::HashSet<&str> = s.open.values().map(|a| a.id.as_str()).collect();
         s.unlocked.retain(|id, _| open_ids.contains(id.as_str()));
     }
@@ -760,6 +948,32 @@ impl Engine {
     /// Alerts currently open (within their cool-down).
     pub fn open_alerts(&self) -> usize {
         self.state.open.len()
+    }
+}
+
+/// Drops the keys of `map` last active before `before`, then the quietest beyond `keys_max` (ties
+/// broken by key); each key dropped is noted in `dropped`.
+fn trim_map<V>(
+    map: &mut HashMap<String, V>,
+    before: i64,
+    keys_max: usize,
+    last: impl Fn(&V) -> i64,
+    dropped: &mut std::collections::HashSet<String>,
+) {
+    map.retain(|k, v| {
+        let keep = last(v) >= before;
+        if !keep {
+            dropped.insert(k.clone());
+        }
+        keep
+    });
+    if map.len() > keys_max {
+        let mut by_age: Vec<(i64, String)> = map.iter().map(|(k, v)| (last(v), k.clone())).collect();
+        by_age.sort_unstable();
+        for (_, k) in by_age.into_iter().take(map.len() - keys_max) {
+            map.remove(&k);
+            dropped.insert(k);
+        }
     }
 }
 

@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::feed::AlertFeed;
-use super::store::{AlertStore, Checkpoint, TriageState};
-use crate::domain::alerts::engine::{AlertChange, Engine, EngineState};
+use super::store::{AlertStore, TriageState};
+use crate::domain::alerts::engine::{AlertChange, Engine, EngineState, StateDelta};
 use crate::domain::alerts::rules::{RuleSet, RULES_COUNT, RULE_NAMES};
 use crate::domain::command::{LockCommand, Meta, UnlockCommand};
 use crate::error::{Error, Result};
@@ -121,7 +121,7 @@ pub struct Monitor {
 enum Write {
     Changes(Vec<AlertChange>),
     Triage(Vec<(String, TriageState)>),
-    Checkpoint(Box<EngineState>),
+    Checkpoint(StateDelta),
 }
 
 impl Monitor {
@@ -130,8 +130,12 @@ impl Monitor {
         let store = ledger.alert_store();
         let rules = config.rules.clone();
         let digest = config.rules.digest();
+        // With no checkpoint, the engine starts empty and every key it touches is a delta's;
+        // one of the older format is replaced by a whole one.
+        let mut whole_next = false;
         let state = match store.checkpoint()? {
             Some(cp) => {
+                whole_next = cp.whole;
                 if cp.rules_digest != digest {
                     tracing::warn!(
                         checkpoint = %cp.rules_digest,
@@ -173,6 +177,7 @@ impl Monitor {
             stored_at_start: stored,
             writes: None,
             triage: Vec::new(),
+            whole_next,
         };
         let thread = std::thread::Builder::new()
             .name("bindledger-monitor".into())
@@ -230,6 +235,8 @@ struct Worker {
     writes: Option<std::sync::mpsc::SyncSender<Write>>,
     /// Triage events folded and not yet sent to the store thread.
     triage: Vec<(String, TriageState)>,
+    /// The next checkpoint is written whole (the stored one is of the older format).
+    whole_next: bool,
 }
 
 impl Worker {
@@ -247,13 +254,13 @@ impl Worker {
                 .spawn(move || {
                     for w in writes {
                         let result = match w {
-                            Write::Changes(changes) => store.write(&changes, None).map(|_| {
+                            Write::Changes(changes) => store.write(&changes).map(|_| {
                                 if let Some(last) = changes.last() {
                                     feed.stored_through(last.stream_seq);
                                 }
                             }),
                             Write::Triage(items) => store.write_triage(&items),
-                            Write::Checkpoint(state) => store.write(&[], Some(&Checkpoint { rules_digest: digest.clone(), state: *state })),
+                            Write::Checkpoint(delta) => store.write_checkpoint(&delta, &digest),
                         };
                         if let Err(e) = result {
                             // Stop storing: a later checkpoint must not cover changes that
@@ -271,7 +278,8 @@ impl Worker {
         let result = self.run_inner(rx).map(|_| {
             // The final checkpoint, after the last changes; never after a failure (the state
             // may then be ahead of the stored changes).
-            self.send(Write::Checkpoint(Box::new(self.engine.state.clone())));
+            let delta = self.checkpoint_delta();
+            self.send(Write::Checkpoint(delta));
         });
         drop(self.writes.take());
         let stored_all = writer.join().unwrap_or(false);
@@ -372,6 +380,16 @@ impl Worker {
         self.commit(changes)
     }
 
+    /// What the next checkpoint writes: the keys changed since the last one, or the whole
+    /// state when the stored one is of the older format.
+    fn checkpoint_delta(&mut self) -> StateDelta {
+        if std::mem::take(&mut self.whole_next) {
+            self.engine.full()
+        } else {
+            self.engine.delta()
+        }
+    }
+
     /// Publishes changes to the followers, then has them stored (with a checkpoint when one
     /// is due, after them).
     fn commit(&mut self, changes: Vec<AlertChange>) -> Result<()> {
@@ -397,7 +415,8 @@ impl Worker {
             self.send(Write::Triage(triage));
         }
         if self.since_checkpoint >= self.config.checkpoint_every_events {
-            self.send(Write::Checkpoint(Box::new(self.engine.state.clone())));
+            let delta = self.checkpoint_delta();
+            self.send(Write::Checkpoint(delta));
             self.since_checkpoint = 0;
         }
         self.publish_status();

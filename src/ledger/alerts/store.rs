@@ -5,24 +5,44 @@
 //! |---|---|
 //! | `S` stream seq (u64 BE) | one [`AlertChange`] (JSON): the alert stream, in order, without gaps |
 //! | `L` opening seq (u64 BE) rule | the alert's latest revision (JSON), listed newest first |
-//! | `Mcheckpoint` | the engine's state, its position and the rules digest (JSON) |
+//! | `Mcheckpoint` | the engine's state header (position, stream seq, open alerts, locks) and the rules digest (JSON) |
+//! | `K` map letter, key | the engine's state of one rule and key (JSON; see `engine::StateDelta`) |
 //! | `T` alert id | the alert's latest triage ([`TriageState`], JSON), from its `alert_triaged` events |
 //!
 //! Changes and the checkpoint that covers them are written in one atomic batch; changes after
-//! the last checkpoint are written again, identically, when the monitor resumes from it.
+//! the last checkpoint are written again, identically, when the monitor resumes from it. A
+//! checkpoint writes the header and the rows of the keys that changed since the one before it,
+//! so its cost follows the events folded since, not the number of keys tracked. (A checkpoint
+//! of the older format, the whole state in `Mcheckpoint`, is read as it is; the next one is
+//! written whole, in rows.)
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::alerts::engine::{Alert, AlertChange, EngineState};
+use crate::domain::alerts::engine::{Alert, AlertChange, EngineState, StateDelta};
 use crate::domain::alerts::rules::Severity;
 use crate::error::{Error, Result};
 
 const CHECKPOINT: &[u8] = b"Mcheckpoint";
+/// The prefix of the engine state's rows.
+const STATE_ROWS: &[u8] = b"K";
 
-#[derive(Serialize, Deserialize)]
+/// A stored checkpoint, read back.
 pub struct Checkpoint {
     pub rules_digest: String,
     pub state: EngineState,
+    /// Whether it is of the older format (the whole state in one value): the next checkpoint
+    /// must then be written whole.
+    pub whole: bool,
+}
+
+/// `Mcheckpoint` as stored: the header of the rows' format, or the whole state (older).
+#[derive(Deserialize)]
+struct StoredCheckpoint {
+    rules_digest: String,
+    #[serde(default)]
+    header: Option<serde_json::Value>,
+    #[serde(default)]
+    state: Option<EngineState>,
 }
 
 /// Where an alert stands with the people handling it: its latest `alert_triaged` event (the
@@ -97,16 +117,56 @@ impl AlertStore {
     }
 
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
-        match self.tree.get(CHECKPOINT)? {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| corrupt("checkpoint", e)),
+        let Some(v) = self.tree.get(CHECKPOINT)? else {
+            return Ok(None);
+        };
+        let stored: StoredCheckpoint = serde_json::from_slice(&v).map_err(|e| corrupt("checkpoint", e))?;
+        if let Some(state) = stored.state {
+            return Ok(Some(Checkpoint {
+                rules_digest: stored.rules_digest,
+                state,
+                whole: true,
+            }));
         }
+        let header = stored
+            .header
+            .ok_or_else(|| Error::Corrupt("the alert checkpoint has no header".into()))?;
+        let rows = self
+            .tree
+            .scan_prefix(STATE_ROWS)
+            .map(|r| r.map(|(k, v)| (k[STATE_ROWS.len()..].to_vec(), v.to_vec())))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let header = serde_json::to_vec(&header).expect("a value serializes");
+        let state = EngineState::from_rows(&header, rows).map_err(|e| corrupt("checkpoint", e))?;
+        Ok(Some(Checkpoint {
+            rules_digest: stored.rules_digest,
+            state,
+            whole: false,
+        }))
     }
 
-    /// Writes changes (and a checkpoint, if given) in one atomic batch.
-    pub fn write(&self, changes: &[AlertChange], checkpoint: Option<&Checkpoint>) -> Result<()> {
+    /// Writes a checkpoint: the delta's rows and its header, in one atomic batch.
+    pub fn write_checkpoint(&self, delta: &StateDelta, rules_digest: &str) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in &delta.rows {
+            let key = [STATE_ROWS, k].concat();
+            match v {
+                Some(v) => batch.insert(key, v.as_slice()),
+                None => batch.remove(key),
+            }
+        }
+        let header = std::str::from_utf8(&delta.header).expect("JSON is UTF-8");
+        let value = format!(
+            "{{\"rules_digest\":{},\"header\":{header}}}",
+            serde_json::to_string(rules_digest).expect("a string serializes")
+        );
+        batch.insert(CHECKPOINT, value.as_bytes());
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Writes changes in one atomic batch.
+    pub fn write(&self, changes: &[AlertChange]) -> Result<()> {
         let mut batch = sled::Batch::default();
         for c in changes {
             batch.insert(
@@ -115,9 +175,6 @@ impl AlertStore {
             );
             let key = latest_key(&c.alert.id).expect("alert ids are rule-seq");
             batch.insert(key, serde_json::to_vec(&c.alert).expect("alerts serialize"));
-        }
-        if let Some(cp) = checkpoint {
-            batch.insert(CHECKPOINT, serde_json::to_vec(cp).expect("state serializes"));
         }
         self.tree.apply_batch(batch)?;
         Ok(())
@@ -224,4 +281,62 @@ fn id_of_key(k: &[u8]) -> Result<String> {
     let seq = u64::from_be_bytes(k[1..9].try_into().map_err(|e| corrupt("alert key", e))?);
     let rule = std::str::from_utf8(&k[9..]).map_err(|e| corrupt("alert key", e))?;
     Ok(format!("{rule}-{seq}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::alerts::engine::Engine;
+
+    /// A checkpoint of the older format (the whole state in one value) is read as it is and
+    /// marked whole; one written in rows reads back to the same state.
+    #[test]
+    fn both_checkpoint_formats_read_back() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = AlertStore::new(db.open_tree("alerts").unwrap());
+        let mut engine = Engine::new(crate::domain::alerts::RuleSet::default());
+        let t0 = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
+        for seq in 1..=300u64 {
+            let account = format!("acct-{}", seq % 7);
+            let payload = if seq % 3 == 0 {
+                bindledger_events::Payload::WalletBound {
+                    binding_id: uuid::Uuid::from_u128(seq as u128),
+                    provider: crate::testing::alipay(),
+                    wallet: crate::testing::wallet((seq % 5) as u8),
+                    factors: vec![],
+                    agreement_id: "agr".into(),
+                }
+            } else {
+                bindledger_events::Payload::PaymentFailed {
+                    binding_id: uuid::Uuid::from_u128(seq as u128),
+                    order_id: "o".into(),
+                    amount_minor: 1,
+                    currency: bindledger_events::Currency::CNY,
+                    factors: vec![],
+                    reason: bindledger_events::PaymentFailure::WrongPassword,
+                }
+            };
+            let at = t0 + chrono::Duration::seconds(seq as i64);
+            engine.apply(&crate::testing::event(seq, &account, seq, at, payload));
+        }
+        assert_eq!(engine.state.position, 300);
+        #[derive(Serialize)]
+        struct Old<'a> {
+            rules_digest: &'a str,
+            state: &'a EngineState,
+        }
+        let old = serde_json::to_vec(&Old {
+            rules_digest: "d",
+            state: &engine.state,
+        })
+        .unwrap();
+        store.tree.insert(CHECKPOINT, old).unwrap();
+        let cp = store.checkpoint().unwrap().unwrap();
+        assert!(cp.whole);
+        assert_eq!(cp.state, engine.state);
+        store.write_checkpoint(&engine.full(), "d").unwrap();
+        let cp = store.checkpoint().unwrap().unwrap();
+        assert!(!cp.whole);
+        assert_eq!((cp.state, cp.rules_digest.as_str()), (engine.state.clone(), "d"));
+    }
 }
