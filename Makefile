@@ -22,7 +22,7 @@ PLANT ?=
 # How long each fuzz target runs under `make fuzz` (seconds).
 FUZZ_SECONDS ?= 60
 
-.PHONY: simulate fuzz bench-console lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
+.PHONY: bench-scale simulate fuzz bench-console lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs, then run make again" >&2; exit 1; }
@@ -86,6 +86,19 @@ test: tansu test-tools fmt-check lint features-check
 ## Raw sled baseline, library path and HTTP end to end, in one run.
 bench: check-toolchain
 	$(CARGO) run --release --locked -- bench
+
+## Cost against the number of accounts: the library and HTTP paths, CPU per command, p50/p99
+## and resident memory at each of SCALE_ACCOUNTS (10,000, 100,000 and 1,000,000 by default:
+## about 6 minutes and 13 GB of memory at the largest), one `bindledger bench` run per size.
+SCALE_ACCOUNTS ?= 10000 100000 1000000
+bench-scale: check-toolchain
+	$(CARGO) build --release --locked
+	@for n in $(SCALE_ACCOUNTS); do \
+	  echo "== $$n accounts"; \
+	  /usr/bin/env time -f "max resident %M KB, %e s" ./target/release/bindledger bench --accounts $$n \
+	    --lib-commands 40000 --lib-concurrency 64 --http-commands 4000 --http-connections 16 \
+	    --raw-events 4000 --rounds 1 | grep -E '^\| (library: Ledger|HTTP: POST)'; \
+	done
 
 ## Alert latency through the live feed at 1,000 and 10,000 commands/s, and rule throughput
 ## over a stored log of 1,000,000 events against decoding alone.
