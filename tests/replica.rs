@@ -295,8 +295,8 @@ async fn bind_eight(
     bindings
 }
 
-/// `bindledger restore --data-dir DIR ARGS...`, which must succeed.
-fn restore(dir: &std::path::Path, args: &[&str]) {
+/// `bindledger restore --data-dir DIR ARGS...`, which must succeed; what it printed.
+fn restore(dir: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new(binary())
         .args(["restore", "--data-dir"])
         .arg(dir)
@@ -304,7 +304,9 @@ fn restore(dir: &std::path::Path, args: &[&str]) {
         .env("BINDLEDGER_SECRET", SECRET_HEX)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
 }
 
 /// Each idempotency key of a log, with the events (seq, hash) that carry it.
@@ -917,22 +919,17 @@ async fn a_torn_topic_is_restored_up_to_its_hole_and_the_tail_is_fenced() {
 
     // The restore: the chain to the hole, the tail reported, the topics fenced.
     let restored = dir.path().join("restored");
-    let out = std::process::Command::new(binary())
-        .args(["restore", "--data-dir"])
-        .arg(&restored)
-        .args([
+    let stdout = restore(
+        &restored,
+        &[
             "--brokers",
             &broker.addr,
             "--topic",
             &k.topic,
             "--checkpoints-topic",
             &checkpoints_topic,
-        ])
-        .env("BINDLEDGER_SECRET", SECRET_HEX)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        ],
+    );
     assert!(
         stdout.contains(&format!(
             "event {} is not on it, but 2 later message(s) are (seqs {}, {}",
@@ -1021,6 +1018,40 @@ async fn a_torn_topic_is_restored_up_to_its_hole_and_the_tail_is_fenced() {
     replica.shutdown().await;
 }
 
+/// Nodes of one ledger in a directory of their own, on fresh topics of `broker`, sharing one
+/// checkpoint key: what a primary and its replicas share.
+struct Nodes {
+    dir: tempfile::TempDir,
+    kafka: KafkaConfig,
+    checkpoints_topic: String,
+    key_file: std::path::PathBuf,
+    checkpoint_every_events: u64,
+}
+
+impl Nodes {
+    fn new(broker: &Broker, tag: &str, checkpoint_every_events: u64) -> Nodes {
+        let dir = tempfile::tempdir().unwrap();
+        Nodes {
+            kafka: kafka(&broker.addr, tag),
+            checkpoints_topic: fresh_topic(&format!("{tag}-checkpoints")),
+            key_file: dir.path().join("checkpoint.key"),
+            dir,
+            checkpoint_every_events,
+        }
+    }
+
+    /// The configuration of the node `name`, a replica or not.
+    fn config(&self, name: &str, replica: bool) -> Config {
+        let mut c: Config = test_config(&self.dir.path().join(name));
+        c.kafka = self.kafka.clone();
+        c.checkpoints.topic = self.checkpoints_topic.clone();
+        c.checkpoints.key_file = Some(self.key_file.clone());
+        c.checkpoints.every_events = self.checkpoint_every_events;
+        c.replica.enabled = replica;
+        c
+    }
+}
+
 /// A node's `/healthz` replica report: (events, state, lag_events).
 async fn replica_health(server: &TestServer) -> (u64, String, u64) {
     let (_, h) = get(server, "/healthz").await;
@@ -1040,19 +1071,8 @@ async fn replica_health(server: &TestServer) -> (u64, String, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_tell_the_truth_and_the_loser_of_a_promotion_race_follows_the_winner() {
     let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let k = kafka(&broker.addr, "truth");
-    let checkpoints_topic = fresh_topic("truth-checkpoints");
-    let key_file = dir.path().join("checkpoint.key");
-    let config = |name: &str, replica: bool| {
-        let mut c: Config = test_config(&dir.path().join(name));
-        c.kafka = k.clone();
-        c.checkpoints.topic = checkpoints_topic.clone();
-        c.checkpoints.key_file = Some(key_file.clone());
-        c.checkpoints.every_events = 20;
-        c.replica.enabled = replica;
-        c
-    };
+    let nodes = Nodes::new(&broker, "truth", 20);
+    let config = |name: &str, replica: bool| nodes.config(name, replica);
     let primary = TestServer::start(config("primary", false)).await;
     workload(&primary, 10, "before").await;
     published(&primary).await;
@@ -1217,19 +1237,10 @@ async fn publish_checkpoint(
 async fn a_fenced_primarys_checkpoints_are_dropped_and_never_block_a_restore() {
     use bindledger::adapters::kafka::checkpoints::{fenced_checkpoint, read_published};
     let broker = Broker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let k = kafka(&broker.addr, "cpfence");
-    let checkpoints_topic = fresh_topic("cpfence-checkpoints");
-    let key_file = dir.path().join("checkpoint.key");
-    let config = |name: &str, replica: bool| {
-        let mut c: Config = test_config(&dir.path().join(name));
-        c.kafka = k.clone();
-        c.checkpoints.topic = checkpoints_topic.clone();
-        c.checkpoints.key_file = Some(key_file.clone());
-        c.checkpoints.every_events = 8;
-        c.replica.enabled = replica;
-        c
-    };
+    let nodes = Nodes::new(&broker, "cpfence", 8);
+    let config = |name: &str, replica: bool| nodes.config(name, replica);
+    let (dir, k) = (&nodes.dir, nodes.kafka.clone());
+    let (checkpoints_topic, key_file) = (nodes.checkpoints_topic.clone(), nodes.key_file.clone());
     let primary = TestServer::start(config("primary", false)).await;
     let mut c = primary.client(ALL);
     bind_eight(&mut c, &primary.gateway).await;
@@ -1309,10 +1320,9 @@ async fn a_fenced_primarys_checkpoints_are_dropped_and_never_block_a_restore() {
     );
     // A restore that checks the checkpoints succeeds and drops the fenced primary's.
     let restored = dir.path().join("restored");
-    let out = std::process::Command::new(binary())
-        .args(["restore", "--data-dir"])
-        .arg(&restored)
-        .args([
+    let stdout = restore(
+        &restored,
+        &[
             "--brokers",
             &broker.addr,
             "--topic",
@@ -1321,12 +1331,8 @@ async fn a_fenced_primarys_checkpoints_are_dropped_and_never_block_a_restore() {
             &checkpoints_topic,
             "--public-key",
             &key.public_hex(),
-        ])
-        .env("BINDLEDGER_SECRET", SECRET_HEX)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        ],
+    );
     assert!(stdout.contains("1 of a fenced primary dropped"), "{stdout}");
     assert_eq!(log_of_dir(&restored), chain);
 }

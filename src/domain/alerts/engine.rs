@@ -507,83 +507,74 @@ impl Engine {
                     }
                 }
             }
-            Payload::BindFailed {
-                reason: BindFailure::InvalidInput { field },
-                wallet,
-                ..
-            } if field == "payment_password" && r.password_stuffing.count.enabled => {
-                let ps = &r.password_stuffing;
-                let fp = wallet.fingerprint.to_hex();
-                let w = s.stuffing.entry(fp.clone()).or_default();
-                w.accounts.push_back(account.to_owned());
-                let keep = ps.count.threshold as usize + 32;
-                let hits = count_in(w, hit, ps.count.window, keep);
-                let from = t - ps.count.window.micros();
-                let mut accounts: Vec<String> = w
-                    .hits
-                    .iter()
-                    .zip(&w.accounts)
-                    .filter(|(h, _)| h.t >= from && h.t <= t)
-                    .map(|(_, a)| a.clone())
-                    .collect();
-                accounts.sort_unstable();
-                accounts.dedup();
-                if hits.len() >= ps.count.threshold as usize && accounts.len() >= ps.accounts_min as usize {
-                    out.push(Observation {
-                        rule: "password_stuffing",
-                        key: AlertKey {
-                            kind: "wallet".into(),
-                            value: fp,
-                        },
-                        accounts,
-                        severity: ps.count.severity,
-                        window_start: from,
-                        observed: hits.len() as i64,
-                        threshold: ps.count.threshold as i64,
-                        unit: "wrong_passwords",
-                        currency: None,
-                        hits,
-                        cooldown: ps.count.cooldown,
-                        lock: None,
-                    });
+            Payload::BindFailed { reason, wallet, .. } => {
+                // A wrong payment password on a bind counts for its wallet, from any account
+                // (password stuffing), as well as for its account (below).
+                if matches!(reason, BindFailure::InvalidInput { field } if field == "payment_password")
+                    && r.password_stuffing.count.enabled
+                {
+                    let ps = &r.password_stuffing;
+                    let fp = wallet.fingerprint.to_hex();
+                    let w = s.stuffing.entry(fp.clone()).or_default();
+                    w.accounts.push_back(account.to_owned());
+                    let keep = ps.count.threshold as usize + 32;
+                    let hits = count_in(w, hit, ps.count.window, keep);
+                    let from = t - ps.count.window.micros();
+                    let mut accounts: Vec<String> = w
+                        .hits
+                        .iter()
+                        .zip(&w.accounts)
+                        .filter(|(h, _)| h.t >= from && h.t <= t)
+                        .map(|(_, a)| a.clone())
+                        .collect();
+                    accounts.sort_unstable();
+                    accounts.dedup();
+                    if hits.len() >= ps.count.threshold as usize && accounts.len() >= ps.accounts_min as usize {
+                        out.push(Observation {
+                            rule: "password_stuffing",
+                            key: AlertKey {
+                                kind: "wallet".into(),
+                                value: fp,
+                            },
+                            accounts,
+                            severity: ps.count.severity,
+                            window_start: from,
+                            observed: hits.len() as i64,
+                            threshold: ps.count.threshold as i64,
+                            unit: "wrong_passwords",
+                            currency: None,
+                            hits,
+                            cooldown: ps.count.cooldown,
+                            lock: None,
+                        });
+                    }
                 }
-                if r.bind_failure_burst.enabled {
-                    out.extend(Self::count_rule(
-                        &r.bind_failure_burst,
-                        "bind_failure_burst",
-                        &mut s.bind_failures,
-                        account,
-                        hit,
-                        "failed_binds",
-                    ));
+                match reason {
+                    BindFailure::InvalidInput { .. } | BindFailure::VerificationFactorFailed { .. }
+                        if r.bind_failure_burst.enabled =>
+                    {
+                        out.extend(Self::count_rule(
+                            &r.bind_failure_burst,
+                            "bind_failure_burst",
+                            &mut s.bind_failures,
+                            account,
+                            hit,
+                            "failed_binds",
+                        ));
+                    }
+                    BindFailure::WalletFrozen | BindFailure::WalletClosed if r.dead_wallet_probing.enabled => {
+                        out.extend(Self::count_rule(
+                            &r.dead_wallet_probing,
+                            "dead_wallet_probing",
+                            &mut s.dead_wallets,
+                            account,
+                            hit,
+                            "dead_wallet_binds",
+                        ));
+                    }
+                    _ => {}
                 }
             }
-            Payload::BindFailed { reason, wallet, .. } => match reason {
-                BindFailure::InvalidInput { .. } | BindFailure::VerificationFactorFailed { .. }
-                    if r.bind_failure_burst.enabled =>
-                {
-                    out.extend(Self::count_rule(
-                        &r.bind_failure_burst,
-                        "bind_failure_burst",
-                        &mut s.bind_failures,
-                        account,
-                        hit,
-                        "failed_binds",
-                    ));
-                }
-                BindFailure::WalletFrozen | BindFailure::WalletClosed if r.dead_wallet_probing.enabled => {
-                    let _ = wallet;
-                    out.extend(Self::count_rule(
-                        &r.dead_wallet_probing,
-                        "dead_wallet_probing",
-                        &mut s.dead_wallets,
-                        account,
-                        hit,
-                        "dead_wallet_binds",
-                    ));
-                }
-                _ => {}
-            },
             Payload::WalletBound { binding_id, wallet, .. } => {
                 let sw = &r.shared_wallet;
                 if sw.enabled {
