@@ -370,6 +370,10 @@ pub struct HttpConfig {
     /// Mark the console's session cookie `Secure` (sent over HTTPS only). Default false, since
     /// the ledger itself serves plain HTTP; set it when a TLS proxy is in front.
     pub console_secure_cookie: bool,
+    /// The URL clients reach this node at (`http://host:port`). A promotion writes it in its
+    /// fences, so that a primary it fenced names its successor in its `421 not_primary`
+    /// answers. Default empty (the fences then name no URL).
+    pub advertised_url: String,
 }
 
 impl HttpConfig {
@@ -443,6 +447,7 @@ impl Default for HttpConfig {
             min_seq_wait_ms: 5000,
             baseline_route: false,
             console_secure_cookie: false,
+            advertised_url: String::new(),
         }
     }
 }

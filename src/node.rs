@@ -47,8 +47,20 @@ impl Node {
     ) -> Result<Node> {
         crate::adapters::kafka::rejoin::finish_interrupted(&config.data_dir)?;
         let mut ledger = Ledger::open_with_rules(config, &rules, secret.clone(), gateway.clone())?;
+        // A primary that a promotion fenced while it was down (killed while paused, say) finds
+        // out before it takes a command: the topic's last messages carry a newer epoch.
+        if !config.replica.enabled && config.kafka.enabled() && ledger.fenced_by()?.is_none() && ledger.log_len() > 0 {
+            if let Some((epoch, url)) = crate::adapters::kafka::rejoin::newer_epoch(&config.kafka, ledger.epoch()?.0) {
+                tracing::warn!(epoch, "a promotion fenced this node while it was down");
+                ledger.fence(epoch)?;
+                if let Some(url) = url {
+                    ledger.set_successor(&url)?;
+                }
+            }
+        }
         // A primary a promotion fenced rejoins as a replica (and stays one until promoted).
         if !config.replica.enabled && config.kafka.enabled() && ledger.fenced_by()?.is_some() {
+            let successor = ledger.successor();
             ledger.close();
             let r = crate::adapters::kafka::rejoin::rejoin(config)?;
             tracing::warn!(
@@ -57,6 +69,9 @@ impl Node {
                 "this node was fenced: it rejoined as a replica"
             );
             ledger = Ledger::open_with_rules(config, &rules, secret, gateway)?;
+            if let Some(url) = successor {
+                ledger.set_successor(&url)?;
+            }
         }
         let mut config = config.clone();
         config.replica.enabled = config.replica.enabled || ledger.starts_as_replica()?;
@@ -183,6 +198,7 @@ impl Node {
                 tasks.clone(),
             );
             promoter.checkpoints_topic = extras.checkpoints_relay.as_ref().map(|(topic, _)| topic.clone());
+            promoter.url = config.http.advertised_url.clone();
             let promoter = Arc::new(promoter);
             // The primary's checkpoints, as they reach their topic.
             if let (Some((store, key)), Some((topic, _))) = (&extras.checkpoints, &extras.checkpoints_relay) {

@@ -1336,3 +1336,58 @@ async fn a_fenced_primarys_checkpoints_are_dropped_and_never_block_a_restore() {
     assert!(stdout.contains("1 of a fenced primary dropped"), "{stdout}");
     assert_eq!(log_of_dir(&restored), chain);
 }
+
+/// Regressions (issue 26, item 7): a fenced primary's `421` carried `"primary": null`, and an
+/// old primary killed while frozen needed two restarts to rejoin. The promoted node writes its
+/// `http.advertised_url` in its fences; a primary that was down during the promotion reads the
+/// topic's last messages as it starts, finds the newer epoch, and rejoins as a replica in that
+/// one start, naming its successor in its `421`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_fenced_while_down_rejoins_in_one_start_and_names_its_successor() {
+    let broker = Broker::start();
+    let nodes = Nodes::new(&broker, "successor", 1000);
+    let primary = TestServer::start(nodes.config("primary", false)).await;
+    let mut c = primary.client(ALL);
+    bind_eight(&mut c, &primary.gateway).await;
+    published(&primary).await;
+    let mut rc = nodes.config("replica", true);
+    rc.http.advertised_url = "http://successor.test:8080".into();
+    let replica = TestServer::start(rc).await;
+    caught_up(&replica, &primary).await;
+    // The primary is down (killed while paused) when the replica is promoted.
+    primary.shutdown().await;
+    let (status, v) = replica
+        .client(ALL)
+        .post_json("/v1/admin/promote", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 200, "{v}");
+    let (status, v) = replica
+        .client(ALL)
+        .post_json(
+            "/v1/accounts/after/bindings",
+            &json!({"provider": "alipay", "wallet_account": phone(50), "payment_password": "000000"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 201, "{v}");
+    published(&replica).await;
+    // One start: it finds the fence, rejoins as a replica and names its successor.
+    let old = TestServer::start(nodes.config("primary", false)).await;
+    let (_, h) = get(&old, "/healthz").await;
+    assert_eq!(h["role"], "replica", "{h}");
+    let (status, v) = old
+        .client(ALL)
+        .post_json(
+            "/v1/accounts/again/bindings",
+            &json!({"provider": "alipay", "wallet_account": phone(51), "payment_password": "000000"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 421, "{v}");
+    assert_eq!(v["primary"], "http://successor.test:8080", "{v}");
+    caught_up(&old, &replica).await;
+    same_log(&old, &replica);
+    old.shutdown().await;
+    replica.shutdown().await;
+}

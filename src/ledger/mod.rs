@@ -1282,6 +1282,16 @@ impl Ledger {
         self.inner.store.set_starts_as_replica(replica)
     }
 
+    /// The URL of the primary that fenced this node, when its fence named one.
+    pub fn successor(&self) -> Option<String> {
+        self.inner.store.successor().ok().flatten()
+    }
+
+    /// Records the URL a fence of a newer epoch named.
+    pub fn set_successor(&self, url: &str) -> Result<()> {
+        self.inner.store.set_successor(url)
+    }
+
     /// The epoch of the promotion that fenced this node, if one did.
     pub fn fenced_by(&self) -> Result<Option<u64>> {
         self.inner.store.fenced_by()

@@ -677,6 +677,17 @@ impl Store {
         self.set_meta("fenced", &epoch.to_be_bytes())
     }
 
+    /// The URL of the primary that fenced this node, when its fence named one.
+    pub fn successor(&self) -> Result<Option<String>> {
+        Ok(self
+            .meta("successor")?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn set_successor(&self, url: &str) -> Result<()> {
+        self.set_meta("successor", url.as_bytes())
+    }
+
     /// Whether the node starts as a replica whatever its configuration says: after a fenced
     /// primary rejoined, until it is promoted.
     pub fn starts_as_replica(&self) -> Result<bool> {

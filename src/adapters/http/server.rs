@@ -133,13 +133,15 @@ impl AppState {
         self.tokens.iter().find(|(d, _)| *d == digest).map(|(_, p)| p.clone())
     }
 
-    /// The primary's URL, on a replica that knows it.
-    fn primary_url(&self) -> Option<&str> {
+    /// The primary's URL, on a node that knows it: a replica's configured one, else the one
+    /// the fence of the promotion that fenced this node named.
+    fn primary_url(&self) -> Option<String> {
         self.extras
             .replica
             .as_ref()
-            .map(|(_, url)| url.as_str())
+            .map(|(_, url)| url.clone())
             .filter(|u| !u.is_empty())
+            .or_else(|| self.ledger.successor())
     }
 
     /// Whether the console's cookie is marked `Secure` (`http.console_secure_cookie`).

@@ -23,40 +23,25 @@ pub struct Published {
 /// The checkpoints topic read from its start, fences applied (rule 1); the fences themselves
 /// and what they drop are left out. Also: the highest fence read.
 pub fn read_published(kafka: &KafkaConfig, topic: &str) -> Result<(Vec<Published>, u64), KafkaError> {
-    use crate::adapters::kafka::reader::{PartitionedConsumer, KAFKA_QUIET};
-    let Some(mut reader) =
-        PartitionedConsumer::open(crate::adapters::kafka::client::client_config(kafka), topic, None)?
-    else {
-        return Ok((Vec::new(), 0));
-    };
+    use crate::adapters::kafka::client::{header_number, read_partitions, ReadFrom};
     let mut out = Vec::new();
-    for p in 0..reader.partitions() {
-        let end = reader.high_watermark(p)?;
-        let mut buffer = std::collections::VecDeque::new();
-        let mut quiet_since = std::time::Instant::now();
-        let stalled = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let n = reader.fill(p, &mut buffer, 1024, std::time::Duration::from_millis(100))?;
-            for r in buffer.drain(..) {
-                let checkpoint: SignedCheckpoint = serde_json::from_slice(&r.value)
-                    .map_err(|_| KafkaError::Topic(format!("{topic} holds a message that is not a checkpoint")))?;
-                out.push(Published {
-                    epoch: r.epoch,
-                    checkpoint,
-                });
-            }
-            if n > 0 {
-                quiet_since = std::time::Instant::now();
-            } else if reader.next_offset[p] >= end && quiet_since.elapsed() >= KAFKA_QUIET {
-                break;
-            } else if std::time::Instant::now() > stalled {
-                return Err(KafkaError::NoAnswer(format!(
-                    "{topic} partition {p} could not be read to its end"
-                )));
-            }
+    let mut fenced = 0u64;
+    read_partitions(kafka, topic, ReadFrom::Beginning, |_, m| {
+        use rdkafka::message::Message;
+        if let Some(fence) = header_number(m, "fence") {
+            fenced = fenced.max(fence);
+            return Ok(());
         }
-    }
-    Ok((out, reader.terms.highest))
+        let epoch = header_number(m, "epoch").unwrap_or(0);
+        if epoch < fenced {
+            return Ok(()); // published by a primary after a newer epoch's fence
+        }
+        let checkpoint: SignedCheckpoint = serde_json::from_slice(m.payload().unwrap_or_default())
+            .map_err(|_| KafkaError::Topic(format!("{topic} holds a message that is not a checkpoint")))?;
+        out.push(Published { epoch, checkpoint });
+        Ok(())
+    })?;
+    Ok((out, fenced))
 }
 
 /// Whether a checkpoint of `epoch` over event `seq` was signed by a primary that a later epoch

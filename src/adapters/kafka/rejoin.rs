@@ -184,3 +184,33 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|_| f.sync_all())
         .map_err(|e| Error::Io(format!("{}: {e}", path.display())))
 }
+
+/// How long a start waits to learn from the topic whether a promotion fenced this node while
+/// it was down (a broker that is away must not hold the start: the relay finds out later).
+const NEWER_EPOCH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The newest epoch on the events topic's last messages, with the URL its fence named, when it
+/// is newer than `own`: a promotion fenced this node. `None` when it is not, or when the topic
+/// cannot be read within [`NEWER_EPOCH_WAIT`].
+pub fn newer_epoch(kafka: &crate::config::KafkaConfig, own: u64) -> Option<(u64, Option<String>)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let kafka = kafka.clone();
+    std::thread::Builder::new()
+        .name("fence check".into())
+        .spawn(move || {
+            use crate::adapters::kafka::client::{header_number, header_text, read_tails};
+            let mut newest: Option<(u64, Option<String>)> = None;
+            let read = read_tails(&kafka, &kafka.topic, |_, m| {
+                let epoch = header_number(m, "fence")
+                    .or_else(|| header_number(m, "epoch"))
+                    .unwrap_or(0);
+                if epoch > own && newest.as_ref().is_none_or(|(e, _)| epoch > *e) {
+                    newest = Some((epoch, header_text(m, "url")));
+                }
+                Ok(())
+            });
+            let _ = tx.send(read.ok().and(newest));
+        })
+        .ok()?;
+    rx.recv_timeout(NEWER_EPOCH_WAIT).ok().flatten()
+}

@@ -181,6 +181,9 @@ impl Relay {
             let number = |name: &str| header_number(m, name);
             if let Some(fence) = number("fence") {
                 return if fence > epoch {
+                    if let Some(url) = header("url") {
+                        self.ledger.set_successor(&url)?;
+                    }
                     Err(KafkaError::Fenced { epoch: fence })
                 } else {
                     Ok(())

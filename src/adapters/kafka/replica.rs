@@ -416,6 +416,8 @@ pub struct Promoter {
     pub checkpoints_topic: Option<String>,
     /// The follower's stop flag, for a follower started again after a lost promotion.
     stop: Arc<AtomicBool>,
+    /// This node's URL (`http.advertised_url`), written in its fences.
+    pub url: String,
 }
 
 impl Promoter {
@@ -441,6 +443,7 @@ impl Promoter {
             promoting: tokio::sync::Mutex::new(()),
             checkpoints_topic: None,
             stop,
+            url: String::new(),
         }
     }
 
@@ -472,13 +475,20 @@ impl Promoter {
         let (own, _) = self.ledger.epoch()?;
         let epoch = own.max(self.status.highest_epoch.load(Ordering::SeqCst)) + 1;
         let node = uuid::Uuid::now_v7().simple().to_string();
-        let ends = write_fences(&self.kafka, &self.kafka.topic, self.kafka.partitions, epoch, &node)
-            .await
-            .map_err(|e| Error::Io(e.to_string()))?;
+        let ends = write_fences(
+            &self.kafka,
+            &self.kafka.topic,
+            self.kafka.partitions,
+            epoch,
+            &node,
+            &self.url,
+        )
+        .await
+        .map_err(|e| Error::Io(e.to_string()))?;
         // The checkpoints topic too: what the previous primary still publishes there after
         // this is dropped by its readers (see `checkpoints`).
         if let Some(topic) = &self.checkpoints_topic {
-            write_fences(&self.kafka, topic, 1, epoch, &node)
+            write_fences(&self.kafka, topic, 1, epoch, &node, &self.url)
                 .await
                 .map_err(|e| Error::Io(e.to_string()))?;
         }
@@ -556,6 +566,7 @@ pub(super) async fn write_fences(
     partitions: i32,
     epoch: u64,
     node: &str,
+    url: &str,
 ) -> std::result::Result<Vec<i64>, super::KafkaError> {
     use super::client::{ensure_topic, headers, producer};
     use super::client_error;
@@ -587,7 +598,11 @@ pub(super) async fn write_fences(
             .partition(p)
             .key("fence")
             .payload(&value)
-            .headers(headers(&[("fence", &text), ("node", node)]));
+            .headers(if url.is_empty() {
+                headers(&[("fence", &text), ("node", node)])
+            } else {
+                headers(&[("fence", &text), ("node", node), ("url", url)])
+            });
         deliveries.push(
             producer
                 .send_result(record)

@@ -155,11 +155,12 @@ pub fn restore(
             kafka.partitions,
             epoch,
             &node,
+            "",
         ))
         .map_err(|e| Error::Io(e.to_string()))?;
     if let Some(topic) = checkpoints_topic {
         runtime
-            .block_on(super::replica::write_fences(kafka, topic, 1, epoch, &node))
+            .block_on(super::replica::write_fences(kafka, topic, 1, epoch, &node, ""))
             .map_err(|e| Error::Io(e.to_string()))?;
     }
     let verified: Vec<(i64, u64)> = ends.iter().map(|e| (*e, head_seq)).collect();
