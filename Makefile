@@ -145,7 +145,7 @@ fuzz: check-toolchain
 
 ## The deterministic simulation of the ledger core (`bindledger simulate`): SEEDS seeds from
 ## SEED (100 from 1 by default; `make simulate SEED=17` replays seed 17 exactly), STEPS steps
-## each, a line per seed. A failing seed prints how to replay it. `make test` runs 12 seeds.
+## each, a line per seed. A failing seed prints how to replay it. `make test` runs seeds 1-12, seed 31 and four later seeds that change daily.
 simulate: check-toolchain
 	$(CARGO) build --release --locked
 	./target/release/bindledger simulate --seed $(SEED) --seeds $(SEEDS) --steps $(STEPS) $(if $(PLANT),--plant $(PLANT))
