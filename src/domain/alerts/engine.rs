@@ -124,6 +124,18 @@ struct Window {
     last: i64,
 }
 
+impl Window {
+    /// The accounts of the hits within `[from, to]`, in hit order (windows that keep them).
+    fn accounts_within(&self, from: i64, to: i64) -> Vec<String> {
+        self.hits
+            .iter()
+            .zip(&self.accounts)
+            .filter(|(h, _)| h.t >= from && h.t <= to)
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct RecentBind {
     binding_id: Uuid,
@@ -520,13 +532,7 @@ impl Engine {
                     let keep = ps.count.threshold as usize + 32;
                     let hits = count_in(w, hit, ps.count.window, keep);
                     let from = t - ps.count.window.micros();
-                    let mut accounts: Vec<String> = w
-                        .hits
-                        .iter()
-                        .zip(&w.accounts)
-                        .filter(|(h, _)| h.t >= from && h.t <= t)
-                        .map(|(_, a)| a.clone())
-                        .collect();
+                    let mut accounts = w.accounts_within(from, t);
                     accounts.sort_unstable();
                     accounts.dedup();
                     if hits.len() >= ps.count.threshold as usize && accounts.len() >= ps.accounts_min as usize {
@@ -590,13 +596,7 @@ impl Engine {
                     let hits = count_in(w, hit, sw.window, keep);
                     if hits.len() >= sw.threshold as usize {
                         let from = t - sw.window.micros();
-                        let accounts: Vec<String> = w
-                            .hits
-                            .iter()
-                            .zip(&w.accounts)
-                            .filter(|(h, _)| h.t >= from && h.t <= t)
-                            .map(|(_, a)| a.clone())
-                            .collect();
+                        let accounts = w.accounts_within(from, t);
                         out.push(Observation {
                             rule: "shared_wallet",
                             key: AlertKey {
