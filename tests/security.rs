@@ -572,10 +572,35 @@ async fn wrong_passwords_reaching_the_provider_are_bounded_under_concurrency_and
         "{:?}",
         relocked.idempotency_key
     );
-    // The guard's refusals are recorded events with the documented reason and its end.
-    let refused = events_of(&l)
+    server.shutdown().await;
+}
+
+/// The guard's refusal is a recorded event with the documented reason and the end of the
+/// refusal. The monitor is off here, so no lock can land between the fifth wrong password and
+/// the sixth guess (with the monitor on, a fast lock answers every later guess
+/// `binding_locked`, which is also correct but proves nothing about the guard's event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_refusal_is_a_recorded_event_with_its_reason_and_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.alerts.enabled = false;
+    let server = TestServer::start(config).await;
+    let (l, g) = (server.ledger.clone(), server.gateway.clone());
+    let binding = bind_wallet(&l, &g, "victim", 1).await.to_string();
+    let before = g.payment_calls();
+    let mut c = server.client(ALL);
+    let mut codes = Vec::new();
+    for i in 0..7 {
+        let body = json!({"binding_id": binding, "order_id": format!("g-{i}"), "amount_minor": 100, "payment_password": "000000"});
+        let (_, v) = c.post_json("/v1/accounts/victim/payments", &body).await.unwrap();
+        codes.push(v["failure_code"].as_str().unwrap_or("?").to_owned());
+    }
+    assert_eq!(g.payment_calls() - before, 5, "{codes:?}");
+    assert_eq!(codes[..5], ["wrong_password"; 5], "{codes:?}");
+    assert_eq!(codes[5..], ["too_many_attempts"; 2], "{codes:?}");
+    let refused: Vec<Event> = events_of(&l)
         .into_iter()
-        .find(|e| {
+        .filter(|e| {
             matches!(
                 &e.payload,
                 Payload::PaymentFailed {
@@ -584,15 +609,18 @@ async fn wrong_passwords_reaching_the_provider_are_bounded_under_concurrency_and
                 }
             )
         })
-        .expect("a too_many_attempts event");
-    let Payload::PaymentFailed {
-        reason: bindledger_events::PaymentFailure::TooManyAttempts { until },
-        ..
-    } = refused.payload
-    else {
-        unreachable!()
-    };
-    assert!(until > refused.record_time && until <= refused.record_time + chrono::Duration::minutes(10));
+        .collect();
+    assert_eq!(refused.len(), 2);
+    for e in refused {
+        let Payload::PaymentFailed {
+            reason: bindledger_events::PaymentFailure::TooManyAttempts { until },
+            ..
+        } = e.payload
+        else {
+            unreachable!()
+        };
+        assert!(until > e.record_time && until <= e.record_time + chrono::Duration::minutes(10));
+    }
     server.shutdown().await;
 }
 
