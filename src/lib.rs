@@ -5,16 +5,16 @@
 //! sled log; projections fold the log into the current bindings.
 //!
 //! ## Layers
-//! The tree shows the architecture; each layer depends only on those above it in this list
-//! (`tests/layers.rs` checks it):
-//! - [`error`] and [`config`]: the error type, and every configuration type (TOML and the
-//!   environment).
-//! - [`domain`]: pure code: commands and their validation, secrets and masking, the business
-//!   decisions, the projections, the anomaly rules and their engine. No IO.
-//! - [`ledger`]: the core: the writer, the flusher, the indexes, the storage (sled), the signed
-//!   checkpoints, the live alert monitor; [`Ledger`] is its API.
-//! - [`adapters`]: HTTP (the API and a small client), Kafka (the relays, the topic reader,
-//!   replicas, restore, the analytics consumer) and the simulated wallet provider.
+//! Each layer is a crate of the workspace, so a use across layers upwards does not compile;
+//! this crate re-exports them under their module names (`tests/layers.rs` holds the graph):
+//! - [`domain`] and [`error`] (`bindledger-domain`): pure code: commands and their
+//!   validation, secrets and masking, the business decisions, the projections, the anomaly
+//!   rules and their engine; the error type. No IO.
+//! - [`ledger`] and [`config`] (`bindledger-core`): the writer, the flusher, the indexes, the
+//!   storage (sled), the signed checkpoints, the live alert monitor; [`Ledger`] is its API.
+//! - [`adapters`]: HTTP (`bindledger-http`: the API and a small client), Kafka
+//!   (`bindledger-kafka`: the relays, the topic reader, replicas, restore, the analytics
+//!   consumer) and the simulated wallet provider.
 //! - [`node`] (feature `server`): the composition root that starts and stops a whole node.
 //!
 //! The `bindledger` binary (`src/bin/bindledger/`: one file per command, the demo and the
@@ -28,19 +28,11 @@
 //! what the audit tool needs to read a log from a directory, a file or a ledger's API.
 
 pub mod adapters;
-pub mod config;
-pub mod domain;
-pub mod error;
-pub mod fixture;
-pub mod ledger;
 #[cfg(feature = "server")]
 pub mod node;
-#[cfg(test)]
-mod testing;
 
-pub use config::Config;
-pub use error::{Error, Result};
-pub use ledger::Ledger;
+pub use bindledger_core::{self as ledger, config, Config, Ledger};
+pub use bindledger_domain::{self as domain, error, Error, Result};
 
 /// `println!` for a command's output: a closed pipe (`| head`) ends the program quietly with
 /// exit code 0, as `head` expects, instead of a panic or a "Broken pipe" error. Used by the

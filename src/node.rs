@@ -34,7 +34,7 @@ impl Node {
     /// Opens the ledger and starts the monitor and the relays the configuration asks for.
     /// Runs inside a tokio runtime. An unusable rules file is refused before the ledger opens.
     pub fn start(config: &Config, secret: LedgerSecret, gateway: Arc<dyn WalletGateway>) -> Result<Node> {
-        let rules = config.alert_rules()?;
+        let rules = crate::ledger::keys::alert_rules(config)?;
         Self::start_with_rules(config, rules, secret, gateway)
     }
 
@@ -210,7 +210,7 @@ impl Node {
                     topic.clone(),
                     stop_flag.clone(),
                 )
-                .map_err(|e| crate::error::Error::Io(format!("starting the checkpoints follower: {e}")))?;
+                .map_err(|e| crate::error::Error::io(format!("starting the checkpoints follower: {e}")))?;
             }
             extras.replica = Some((status, config.replica.primary_url.clone()));
             extras.promoter = Some(promoter);

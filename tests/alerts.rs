@@ -8,7 +8,6 @@ mod common;
 use bindledger::adapters::http::client::{Client, SseStream};
 use bindledger::adapters::provider::{Scenario, SimulatedGateway};
 use bindledger::domain::alerts::engine::{self, AlertChange};
-use bindledger::domain::alerts::RuleSet;
 use bindledger::domain::command::{CommonInput, PayRequest};
 use bindledger::domain::secret::SecretString;
 use bindledger::Ledger;
@@ -134,7 +133,7 @@ async fn listing_filters_pages_and_the_live_feed_resumes_without_loss_or_repeats
     );
     // What the feed showed is what a rebuild from the log raises.
     let events: Vec<Event> = l.raw_events(1).map(|r| decode(&r.unwrap().1).unwrap()).collect();
-    let rebuilt = engine::rebuild(RuleSet::load(&rules_path).unwrap(), &events);
+    let rebuilt = engine::rebuild(bindledger::ledger::keys::load_rules(&rules_path).unwrap(), &events);
     assert_eq!(seen.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(), rebuilt);
     // `?after=` works like Last-Event-ID, and filters apply to the feed.
     let mut filtered = SseStream::open(
@@ -422,7 +421,7 @@ fn a_bad_rules_file_is_refused_at_start_naming_the_line() {
 /// Commands an attacker-heavy population sends, over HTTP: binds (some with a wrong password,
 /// some with frozen or closed wallets), payments with wrong and right passwords, unbinds.
 fn command(
-    rng: &mut bindledger::fixture::Rng,
+    rng: &mut bindledger_fixture::Rng,
     g: &SimulatedGateway,
     bound: &Mutex<Vec<(String, u64, String)>>,
 ) -> (String, Value) {
@@ -469,7 +468,7 @@ async fn workload(
     until: Instant,
     bound: Arc<Mutex<Vec<(String, u64, String)>>>,
 ) {
-    let mut rng = bindledger::fixture::Rng(seed);
+    let mut rng = bindledger_fixture::Rng(seed);
     let mut client = Client::new(addr, Some(ALL.into()));
     while Instant::now() < until {
         let (path, body) = command(&mut rng, &g, &bound);
@@ -566,7 +565,7 @@ async fn alerts_rebuilt_from_the_log_equal_the_live_ones_across_a_sigkill() {
     let _ = feed.await;
 
     // Offline: the stored alert stream equals a rebuild from the log with the same rules...
-    let rules = RuleSet::load(&rules_path).unwrap();
+    let rules = bindledger::ledger::keys::load_rules(&rules_path).unwrap();
     let report = bindledger::ledger::offline::verify(&data, &rules).unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.alerts_stored, report.alerts_rebuilt);

@@ -6,8 +6,8 @@ mod common;
 
 use bindledger::adapters::provider::{Scenario, SimulatedGateway};
 use bindledger::domain::projection::Projection;
-use bindledger::fixture::Rng;
 use bindledger_events::{decode, hash_bytes, Event};
+use bindledger_fixture::Rng;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;

@@ -369,7 +369,7 @@ fn millions_of_keys_live_on_disk_not_in_memory() {
     const KEYS: u64 = 3_000_000;
     const BATCH: u64 = 131_072;
     let mut batch = Vec::with_capacity(BATCH as usize);
-    let before = bindledger::fixture::resident_bytes();
+    let before = bindledger_fixture::resident_bytes();
     let mut first = 1;
     while first <= KEYS {
         let last = (first + BATCH - 1).min(KEYS);
@@ -378,7 +378,7 @@ fn millions_of_keys_live_on_disk_not_in_memory() {
         table.insert(&mut batch, 0, last, last == KEYS).unwrap();
         first = last + 1;
     }
-    let grown = bindledger::fixture::resident_bytes().saturating_sub(before);
+    let grown = bindledger_fixture::resident_bytes().saturating_sub(before);
     assert_eq!(table.live(), KEYS);
     assert!(table.file_bytes() >= KEYS * 16, "{}", table.file_bytes());
     assert!(

@@ -1,57 +1,130 @@
-//! The library's layers, checked from its source: which module may use which, and that the
-//! domain does no IO. ARCHITECTURE.md ("Layers") says why; this test is how it stays true.
+//! The layers, held by the compiler: each layer is a crate of the workspace, and a crate can
+//! only name the crates it depends on, so a use across layers upwards does not compile. These
+//! tests check the dependency graph itself (so that a new dependency cannot quietly turn the
+//! layers into one), where sled, librdkafka and axum may appear, and two properties the crate
+//! graph cannot see: the core's files have no cycle between them, and the domain does no IO.
+//! ARCHITECTURE.md ("Layers") says why.
 //!
-//! Each file under `src/` (the binaries aside) belongs to one part. A part may use only the
-//! parts it is allowed to, in its code outside `#[cfg(test)]` modules and comments:
-//!
-//! | part | may use |
+//! | crate | may depend on (normal dependencies) |
 //! |---|---|
-//! | `error` | nothing |
-//! | `domain` | `error` |
-//! | `config` | `error`, `domain` |
-//! | `ledger` (the core) | `error`, `domain`, `config` |
-//! | `provider`, `kafka`, `webhook` | the core and below |
-//! | `http` | the core and below, `kafka` and `webhook` (the relays', the replica's and the webhooks' status) |
-//! | `node` (the composition root) | everything |
-//! | `fixture` (benchmarks and tests) | the core and below |
+//! | `bindledger-events` | nothing of ours |
+//! | `bindledger-domain` | events |
+//! | `bindledger-core` | events, domain |
+//! | `bindledger-kafka` | events, domain, core |
+//! | `bindledger-http` | events, domain, core, kafka (the server shows the relays' status) |
+//! | `bindledger-fixture` (benchmarks and tests) | events, domain, core |
+//! | `bindledger` (the node and the binaries) | everything |
+//! | `bindledger-replay` (the audit tool) | events, `bindledger` without its server, fixture |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-fn part_of(relative: &str) -> &'static str {
-    for (prefix, part) in [
-        ("domain/", "domain"),
-        ("ledger/", "ledger"),
-        ("adapters/http/", "http"),
-        ("adapters/kafka/", "kafka"),
-        ("adapters/provider", "provider"),
-        ("adapters/webhook", "webhook"),
-        ("adapters/mod.rs", "adapters"),
-        ("config.rs", "config"),
-        ("error.rs", "error"),
-        ("node.rs", "node"),
-        ("fixture.rs", "fixture"),
-        ("testing.rs", "testing"),
-        ("lib.rs", "lib"),
-    ] {
-        if relative.starts_with(prefix) {
-            return part;
-        }
-    }
-    panic!("src/{relative} belongs to no layer: add it to tests/layers.rs and ARCHITECTURE.md");
+const CRATES: [(&str, &str, &[&str]); 8] = [
+    ("events", "bindledger-events", &[]),
+    ("crates/domain", "bindledger-domain", &["bindledger-events"]),
+    (
+        "crates/core",
+        "bindledger-core",
+        &["bindledger-events", "bindledger-domain"],
+    ),
+    (
+        "crates/kafka",
+        "bindledger-kafka",
+        &["bindledger-events", "bindledger-domain", "bindledger-core"],
+    ),
+    (
+        "crates/http",
+        "bindledger-http",
+        &[
+            "bindledger-events",
+            "bindledger-domain",
+            "bindledger-core",
+            "bindledger-kafka",
+        ],
+    ),
+    (
+        "crates/fixture",
+        "bindledger-fixture",
+        &["bindledger-events", "bindledger-domain", "bindledger-core"],
+    ),
+    (
+        ".",
+        "bindledger",
+        &[
+            "bindledger-events",
+            "bindledger-domain",
+            "bindledger-core",
+            "bindledger-kafka",
+            "bindledger-http",
+            "bindledger-fixture",
+        ],
+    ),
+    (
+        "replay",
+        "bindledger-replay",
+        &["bindledger-events", "bindledger", "bindledger-fixture"],
+    ),
+];
+
+/// A manifest's name and its normal dependencies (not dev- or build-dependencies).
+fn manifest(dir: &str) -> (String, BTreeSet<String>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join("Cargo.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let value: toml::Table = toml::from_str(&text).unwrap();
+    let name = value["package"]["name"].as_str().unwrap().to_owned();
+    let deps = value
+        .get("dependencies")
+        .and_then(|d| d.as_table())
+        .map(|d| d.keys().cloned().collect())
+        .unwrap_or_default();
+    (name, deps)
 }
 
-fn allowed(part: &str) -> &'static [&'static str] {
-    match part {
-        "error" => &[],
-        "domain" => &["error"],
-        "config" => &["error", "domain"],
-        "ledger" => &["error", "domain", "config"],
-        "provider" | "kafka" | "webhook" | "fixture" => &["error", "domain", "config", "ledger"],
-        "http" => &["error", "domain", "config", "ledger", "kafka", "webhook"],
-        _ => &[
-            "error", "domain", "config", "ledger", "kafka", "http", "provider", "webhook", "adapters",
-        ],
+#[test]
+fn each_crate_depends_only_on_the_layers_below_it() {
+    let mut wrong = Vec::new();
+    for (dir, name, allowed) in CRATES {
+        let (found, deps) = manifest(dir);
+        assert_eq!(found, name, "{dir}");
+        for d in deps.iter().filter(|d| d.starts_with("bindledger")) {
+            if !allowed.contains(&d.as_str()) {
+                wrong.push(format!("{name} depends on {d}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "layering broken:\n{}", wrong.join("\n"));
+    // Every crate of the workspace is in the table.
+    let (_, _) = manifest(".");
+    let root: toml::Table =
+        toml::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap())
+            .unwrap();
+    let members: BTreeSet<&str> = root["workspace"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    let listed: BTreeSet<&str> = CRATES.iter().map(|c| c.0).collect();
+    assert_eq!(members, listed, "a workspace member is missing from this test's table");
+}
+
+/// sled is the core's (the audit tool reads a directory through it too, and the benchmark
+/// measures raw sled as its baseline); librdkafka is the Kafka crate's and the binaries'; axum
+/// is the HTTP crate's and the binaries'. The domain depends on none of them.
+#[test]
+fn storage_kafka_and_http_libraries_stay_in_their_crates() {
+    for (dir, name, _) in CRATES {
+        let (_, deps) = manifest(dir);
+        for (lib, allowed) in [
+            ("sled", &["bindledger-core", "bindledger", "bindledger-replay"][..]),
+            ("rdkafka", &["bindledger-kafka", "bindledger", "bindledger-replay"][..]),
+            ("axum", &["bindledger-http", "bindledger"][..]),
+        ] {
+            assert!(
+                !deps.contains(lib) || allowed.contains(&name),
+                "{name} depends on {lib}"
+            );
+        }
     }
 }
 
@@ -83,95 +156,15 @@ fn code(text: &str) -> String {
         .join("\n")
 }
 
-/// The parts a file's code names through `crate::`.
-fn uses(code: &str) -> BTreeSet<&'static str> {
-    let mut found = BTreeSet::new();
-    for (at, _) in code.match_indices("crate::") {
-        if code[..at].ends_with('$') {
-            continue;
-        }
-        let rest = &code[at + "crate::".len()..];
-        let path: String = rest
-            .chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
-            .collect();
-        let mut segments = path.split("::");
-        let first = segments.next().unwrap_or("");
-        let part = match first {
-            "adapters" => match segments.next() {
-                Some("http") => "http",
-                Some("kafka") => "kafka",
-                Some("provider") => "provider",
-                Some("webhook") => "webhook",
-                _ => "adapters",
-            },
-            "domain" => "domain",
-            "ledger" | "Ledger" => "ledger",
-            "config" | "Config" => "config",
-            "error" | "Error" | "Result" => "error",
-            "node" => "node",
-            "fixture" => "fixture",
-            "testing" => "testing",
-            other => panic!("crate::{other} is not a module of a known layer"),
-        };
-        found.insert(part);
-    }
-    found
-}
-
-#[test]
-fn every_part_uses_only_the_layers_below_it() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    assert!(files.len() > 30, "the source tree was not found");
-    let mut wrong = Vec::new();
-    let mut graph: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for file in &files {
-        let relative = file.strip_prefix(&src).unwrap().to_string_lossy().replace('\\', "/");
-        let part = part_of(&relative);
-        // lib.rs only declares; tests.rs and testing.rs are compiled for tests only.
-        if part == "lib" || part == "testing" || relative.ends_with("/tests.rs") {
-            continue;
-        }
-        let used = uses(&code(&std::fs::read_to_string(file).unwrap()));
-        for u in &used {
-            if *u != part && !allowed(part).contains(u) {
-                wrong.push(format!("src/{relative} ({part}) uses {u}"));
-            }
-            graph.entry(part).or_default().insert(u);
-        }
-    }
-    assert!(wrong.is_empty(), "layering broken:\n{}", wrong.join("\n"));
-    // And no cycle between parts (a cycle would need an allowed edge back down; this holds
-    // the table above to being a hierarchy if it is ever edited).
-    fn reaches<'a>(
-        graph: &BTreeMap<&'a str, BTreeSet<&'a str>>,
-        from: &'a str,
-        to: &str,
-        seen: &mut BTreeSet<&'a str>,
-    ) -> bool {
-        graph
-            .get(from)
-            .into_iter()
-            .flatten()
-            .any(|next| *next != from && (*next == to || (seen.insert(next) && reaches(graph, next, to, seen))))
-    }
-    for part in graph.keys() {
-        assert!(
-            !reaches(&graph, part, part, &mut BTreeSet::new()),
-            "{part} is in a cycle of parts: {graph:?}"
-        );
-    }
-}
-
 /// The core's files name each other without a cycle (`checkpoint <-> ledger` and
-/// `writer <-> indexer` were cycles once): a file's module is `ledger` for `ledger/mod.rs`,
-/// else its path (`alerts::store`); `crate::ledger::X` names the file X when there is one, else
-/// `ledger` itself (its API); `super::x` in `ledger/alerts/` names `alerts::x`.
+/// `writer <-> indexer` were cycles once): a file's module is `ledger` for `lib.rs`, else its
+/// path (`alerts::store`); `crate::X` names the file X when there is one, else `ledger` itself
+/// (its API; `crate::domain`, `crate::error`, `crate::Error` and `crate::Result` are the domain
+/// crate's); `super::x` in
+/// `alerts/` names `alerts::x`.
 #[test]
 fn the_core_has_no_cycle_between_its_files() {
-    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ledger");
+    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/core/src");
     let mut files = Vec::new();
     rust_files(&core, &mut files);
     let module_of = |f: &Path| -> String {
@@ -180,7 +173,7 @@ fn the_core_has_no_cycle_between_its_files() {
             .trim_end_matches(".rs")
             .trim_end_matches("/mod")
             .trim_end_matches("mod");
-        if rel.is_empty() {
+        if rel.is_empty() || rel == "lib" {
             "ledger".to_owned()
         } else {
             rel.replace('/', "::")
@@ -192,8 +185,14 @@ fn the_core_has_no_cycle_between_its_files() {
         let me = module_of(f);
         let code = code(&std::fs::read_to_string(f).unwrap());
         let mut edges = BTreeSet::new();
-        for (at, _) in code.match_indices("crate::ledger::") {
-            let rest = &code[at + "crate::ledger::".len()..];
+        for (at, _) in code.match_indices("crate::") {
+            let rest = &code[at + "crate::".len()..];
+            if ["domain::", "error::", "Error", "Result"]
+                .iter()
+                .any(|d| rest.starts_with(d))
+            {
+                continue; // the domain crate's
+            }
             let path: Vec<&str> = rest
                 .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
                 .next()
@@ -245,7 +244,7 @@ fn the_core_has_no_cycle_between_its_files() {
 
 #[test]
 fn the_domain_does_no_io() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/domain");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/domain/src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     let forbidden = [
@@ -256,7 +255,7 @@ fn the_domain_does_no_io() {
         "std::env",
         "std::process",
         "tokio",
-        "sled",
+        "sled::",
         "rdkafka",
         "axum",
         "hyper",
@@ -267,7 +266,11 @@ fn the_domain_does_no_io() {
         "File::",
     ];
     let mut wrong = Vec::new();
-    for file in files.iter().filter(|f| !f.ends_with("tests.rs")) {
+    assert!(files.len() > 8, "the domain's files were not found");
+    for file in files
+        .iter()
+        .filter(|f| !f.ends_with("tests.rs") && !f.ends_with("testing.rs"))
+    {
         let code = code(&std::fs::read_to_string(file).unwrap());
         for f in forbidden {
             if code.contains(f) {
@@ -280,14 +283,11 @@ fn the_domain_does_no_io() {
 
 #[test]
 fn the_checks_above_would_see_a_wrong_use() {
-    // The checker itself: a use across layers, in code, is found; in a comment or a test
-    // module it is not.
-    assert_eq!(uses(&code("use crate::ledger::Ledger;")), BTreeSet::from(["ledger"]));
-    assert!(uses(&code("// see crate::adapters::http")).is_empty());
-    assert!(uses(&code(
-        "fn a() {}\n#[cfg(test)]\nmod tests {\n use crate::node::Node;\n}"
-    ))
-    .is_empty());
-    assert!(!allowed("domain").contains(&"ledger"));
-    assert!(!allowed("ledger").contains(&"kafka"));
+    // The checker itself: a name in code is found; in a comment or a test module it is not.
+    assert!(code("use crate::writer::Writer;").contains("crate::writer"));
+    assert!(!code("// see crate::writer").contains("crate::writer"));
+    assert!(!code("fn a() {}\n#[cfg(test)]\nmod tests {\n use crate::writer::Writer;\n}").contains("crate::writer"));
+    // And the table refuses an upward edge.
+    let core = CRATES.iter().find(|c| c.1 == "bindledger-core").unwrap();
+    assert!(!core.2.contains(&"bindledger-kafka"));
 }

@@ -202,7 +202,7 @@ fn parse_public_key(text: &str) -> Result<String, String> {
 
 fn load_rules(path: Option<&std::path::Path>) -> anyhow::Result<RuleSet> {
     match path {
-        Some(p) => Ok(RuleSet::load(p)?),
+        Some(p) => Ok(bindledger::ledger::keys::load_rules(p)?),
         None => Ok(RuleSet::default()),
     }
 }
@@ -215,7 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             });
             let data = root.join("log");
             let t = std::time::Instant::now();
-            let store = bindledger::fixture::write_log(&data, events)?;
+            let store = bindledger_fixture::write_log(&data, events)?;
             drop(store);
             eprintln!("wrote {events} events in {:.1} s", t.elapsed().as_secs_f64());
             let source = Source::DataDir(data.clone());

@@ -63,7 +63,7 @@ fn write(dir: &Path, name: &str, lines: &[Vec<u8>], sep: &[u8]) -> std::path::Pa
 fn the_independent_verifier_and_the_tool_agree() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    drop(bindledger::fixture::write_log(&data, 400).unwrap());
+    drop(bindledger_fixture::write_log(&data, 400).unwrap());
     let mut export = Vec::new();
     bindledger::ledger::offline::export(&data, 1, &mut export).unwrap();
     let lines: Vec<Vec<u8>> = export

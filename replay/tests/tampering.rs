@@ -336,7 +336,7 @@ fn a_corrupt_store_is_named_as_corrupt_with_where_it_was_read() {
     }
     let db = data.join("log").join("db");
     let pristine = std::fs::read(&db).unwrap();
-    let places = bindledger::fixture::payload_offsets(&pristine, 97);
+    let places = bindledger_fixture::payload_offsets(&pristine, 97);
     let mut named = 0;
     for at in places {
         let mut bytes = pristine.clone();

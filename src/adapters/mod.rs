@@ -7,8 +7,8 @@
 //! - [`provider`]: the deterministic simulated wallet provider.
 //! - [`webhook`]: signed webhooks of the alerts for the security team, with retries.
 
-pub mod http;
+pub use bindledger_http as http;
+pub use bindledger_http::webhook;
 #[cfg(feature = "kafka")]
-pub mod kafka;
+pub use bindledger_kafka as kafka;
 pub mod provider;
-pub mod webhook;

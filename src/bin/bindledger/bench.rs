@@ -1508,7 +1508,7 @@ pub async fn idempotency(args: IdempotencyBenchArgs) -> anyhow::Result<()> {
         })
         .await?;
         let bindings = Arc::new(f.bindings.clone());
-        let before = bindledger::fixture::resident_bytes();
+        let before = bindledger_fixture::resident_bytes();
         eprintln!("bench: {name} index, writing {} keyed payments ...", args.live_keys);
         let (_, seconds) = pay_range(&f.ledger, &bindings, 0, args.live_keys, args.concurrency).await?;
         // Let the indexer write what it gathered.
@@ -1517,7 +1517,7 @@ pub async fn idempotency(args: IdempotencyBenchArgs) -> anyhow::Result<()> {
         fills.push((
             name,
             args.live_keys as f64 / seconds,
-            bindledger::fixture::resident_bytes().saturating_sub(before),
+            bindledger_fixture::resident_bytes().saturating_sub(before),
             in_memory,
             on_disk,
             table_bytes,

@@ -141,7 +141,7 @@ async fn latency(dir: &Path, rate: u64, args: &AlertBenchArgs) -> anyhow::Result
         let interval = Duration::from_secs_f64(SUBMITTERS as f64 / rate as f64);
         let attackers_per_mille = args.attackers_per_mille;
         tasks.push(load.spawn(async move {
-            let mut rng = bindledger::fixture::Rng(w + 1);
+            let mut rng = bindledger_fixture::Rng(w + 1);
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             for n in 0..per_task {
@@ -249,7 +249,7 @@ pub async fn run(args: AlertBenchArgs) -> anyhow::Result<()> {
     println!("\n## Rule throughput over a stored log\n");
     let started = Instant::now();
     let path = dir.join("log");
-    let store = tokio::task::block_in_place(|| bindledger::fixture::write_log(&path, args.log_events))?;
+    let store = tokio::task::block_in_place(|| bindledger_fixture::write_log(&path, args.log_events))?;
     println!(
         "(wrote {} events in {:.1} s)\n",
         args.log_events,

@@ -224,7 +224,7 @@ fn load_secret(config: &Config) -> Result<LedgerSecret> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     match std::env::var("BINDLEDGER_SECRET") {
         Ok(hex) => Ok(LedgerSecret::from_hex(&hex)?),
-        Err(_) => Ok(LedgerSecret::load_or_create(&config.secret_path())?),
+        Err(_) => Ok(bindledger::ledger::keys::load_or_create_secret(&config.secret_path())?),
     }
 }
 

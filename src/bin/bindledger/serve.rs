@@ -51,7 +51,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     config.validate()?;
     // Refuse an unusable rules file, and a busy address, before anything is created.
-    config.alert_rules()?;
+    bindledger::ledger::keys::alert_rules(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -10,7 +10,7 @@ use crate::EXIT_VERIFY_FAILED;
 
 pub fn run(data_dir: &Path, rules: Option<&Path>, json: bool) -> Result<i32> {
     let rules = match rules {
-        Some(p) => bindledger::domain::alerts::RuleSet::load(p)?,
+        Some(p) => bindledger::ledger::keys::load_rules(p)?,
         None => bindledger::domain::alerts::RuleSet::default(),
     };
     let report = offline::verify(data_dir, &rules)?;

@@ -1,0 +1,253 @@
+//! The library's one error enum. Each variant has a stable machine-readable code; the HTTP
+//! layer maps them to status codes. Messages never contain a secret.
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The command is malformed; nothing was recorded. `code` is stable, `field` names the
+    /// offending input. Every part is `'static`, so a submitted value cannot end up in the
+    /// message (or in a log line made from it): that holds by construction.
+    #[error("{message}")]
+    Invalid {
+        code: &'static str,
+        field: Option<&'static str>,
+        message: &'static str,
+    },
+    /// The idempotency key was used before for a different request. The key itself is not
+    /// carried: answers and logs never repeat a submitted value.
+    #[error("this idempotency key was already used for a different request")]
+    IdempotencyKeyReused,
+    /// Optimistic concurrency: the account is not at the version the caller expected. Only the
+    /// ledger's own version is carried: the expected one is the caller's value, which no
+    /// message or log line may repeat.
+    #[error("account is at version {actual}, not at the version the command expected")]
+    VersionConflict { actual: u64 },
+    /// A bounded queue is full; retry later.
+    #[error("the ledger is overloaded ({0}); retry shortly")]
+    Overloaded(&'static str),
+    /// The storage failed (a write, a flush, or a read); a ledger whose writes failed stops
+    /// taking commands. `cause` is the operating system's error when there is one: a full
+    /// disk is told apart by [`Error::code`] (`disk_full`) and [`Error::io_kind`].
+    #[error("the storage failed: {what}")]
+    StorageFailed {
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
+    /// Something named by the caller does not exist. The message is fixed text (the name is
+    /// the caller's own value and is not repeated).
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// A data directory holds no ledger log (operator tools; never an HTTP answer).
+    #[error("no ledger log in {0}")]
+    NoLog(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A file, a thread or a connection outside the log failed; `cause` as above.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        cause: Option<Cause>,
+    },
+    /// The data directory is open in another process (sled locks it).
+    #[error("{0} is in use by another process (sled holds an exclusive lock); read a running ledger through its HTTP event feed")]
+    InUse(String),
+    /// The configured secret is not the one this log was created with.
+    #[error("the configured ledger secret is not the one this log was created with; refusing to open it (fingerprints would no longer match)")]
+    SecretMismatch,
+    /// The log or a projection is corrupt.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("the ledger is shutting down")]
+    ShuttingDown,
+    /// Replicated mode: the event is durable on this ledger, but the Kafka cluster did not
+    /// acknowledge it in time. The caller retries with the same idempotency key; the retry
+    /// returns the original event once it is replicated, and never executes it twice.
+    #[error("the Kafka cluster has not acknowledged the event in time; retry with the same idempotency key")]
+    OutcomeUnknown,
+    /// A part of this node died (a relay, the signer, the webhook sender): it takes no more
+    /// commands and `/healthz` is `503` until its supervisor restarts it.
+    #[error("this node halted: {0}; restart it")]
+    Halted(&'static str),
+    /// This node is a read replica: it takes no commands (the primary does).
+    #[error("this ledger is a read replica and takes no commands; send them to the primary")]
+    NotPrimary,
+}
+
+impl Error {
+    pub fn invalid(code: &'static str, field: &'static str, message: &'static str) -> Error {
+        Error::Invalid {
+            code,
+            field: Some(field),
+            message,
+        }
+    }
+
+    /// A storage failure with no operating-system error under it.
+    pub fn storage(what: impl Into<String>) -> Error {
+        Error::StorageFailed {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// A storage failure caused by an I/O error, which it keeps as its source.
+    pub fn storage_io(what: impl Into<String>, cause: std::io::Error) -> Error {
+        Error::StorageFailed {
+            what: what.into(),
+            cause: Some(Cause::new(cause)),
+        }
+    }
+
+    /// A failure outside the log with no operating-system error under it.
+    pub fn io(what: impl Into<String>) -> Error {
+        Error::Io {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// A failure outside the log caused by an I/O error, which it keeps as its source.
+    pub fn io_caused(what: impl Into<String>, cause: std::io::Error) -> Error {
+        Error::Io {
+            what: what.into(),
+            cause: Some(Cause::new(cause)),
+        }
+    }
+
+    /// The kind of the I/O error under this one, if there is one.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Error::StorageFailed { cause, .. } | Error::Io { cause, .. } => cause.as_ref().map(|c| c.0.kind()),
+            _ => None,
+        }
+    }
+
+    /// The disk (or the file system's quota) is full.
+    pub fn disk_full(&self) -> bool {
+        match self {
+            Error::StorageFailed { cause: Some(c), .. } | Error::Io { cause: Some(c), .. } => c.disk_full(),
+            _ => false,
+        }
+    }
+
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Invalid { code, .. } => code,
+            Error::IdempotencyKeyReused => "idempotency_key_reused",
+            Error::VersionConflict { .. } => "version_conflict",
+            Error::Overloaded(_) => "overloaded",
+            e @ (Error::StorageFailed { .. } | Error::Io { .. }) if e.disk_full() => "disk_full",
+            Error::StorageFailed { .. } => "storage_failed",
+            Error::NotFound(_) => "not_found",
+            Error::NoLog(_) => "no_log",
+            Error::Config(_) => "config",
+            Error::Io { .. } => "io",
+            Error::InUse(_) => "in_use",
+            Error::SecretMismatch => "secret_mismatch",
+            Error::Corrupt(_) => "corrupt",
+            Error::ShuttingDown => "shutting_down",
+            Error::OutcomeUnknown => "outcome_unknown",
+            Error::NotPrimary => "not_primary",
+            Error::Halted(_) => "halted",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The operating system's error under a storage or I/O failure, shared so that one failure
+/// can answer every command that waited on it. Two causes are equal when their kind and text
+/// are.
+#[derive(Debug, Clone)]
+pub struct Cause(std::sync::Arc<std::io::Error>);
+
+impl Cause {
+    pub fn new(e: std::io::Error) -> Cause {
+        Cause(std::sync::Arc::new(e))
+    }
+
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.0.kind()
+    }
+
+    /// ENOSPC or EDQUOT, by kind (sled passes the operating system's error on re-wrapped, with
+    /// its kind but without its number) or by number.
+    pub fn disk_full(&self) -> bool {
+        matches!(
+            self.0.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) || matches!(self.0.raw_os_error(), Some(28) | Some(122))
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Cause) -> bool {
+        self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for Cause {}
+
+/// An error and every cause under it, joined by ": " (as `anyhow` prints `{:#}`): what an
+/// operator reads in a log line or on standard error.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_has_its_own_code_and_keeps_its_cause() {
+        let full = Error::storage_io("writing the log", std::io::Error::from_raw_os_error(28));
+        assert_eq!(full.code(), "disk_full");
+        assert!(full.disk_full());
+        assert_eq!(full.io_kind(), Some(std::io::Error::from_raw_os_error(28).kind()));
+        let source = std::error::Error::source(&full).expect("a source");
+        assert!(source.to_string().contains("No space left"), "{source}");
+        assert_eq!(
+            full.to_string(),
+            "the storage failed: writing the log",
+            "the cause is not repeated"
+        );
+        assert!(
+            chain(&full).ends_with("writing the log: No space left on device (os error 28)"),
+            "{}",
+            chain(&full)
+        );
+        let other = Error::storage_io("writing the log", std::io::Error::from_raw_os_error(5));
+        assert_eq!(other.code(), "storage_failed");
+        assert!(other.io_kind().is_some());
+        assert_ne!(full, other);
+        assert_eq!(Error::storage("stopped").code(), "storage_failed");
+        assert_eq!(
+            Error::io_caused("x", std::io::Error::from_raw_os_error(122)).code(),
+            "disk_full"
+        );
+    }
+}

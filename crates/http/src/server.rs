@@ -1,0 +1,1671 @@
+//! The HTTP API (axum). Commands under `/v1/accounts/{account}/...`, reads of the projections,
+//! the NDJSON event feed for auditors, alerts (list, one, and a live Server-Sent Events feed),
+//! `/healthz` and `/metrics`.
+//!
+//! Every error is JSON `{"error": {"code", "message", "field"}}` with a stable code. Bodies are
+//! size-limited, requests in flight are bounded, and bearer tokens carry roles: a missing or
+//! unknown token is 401, a token without the needed role is 403.
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bindledger_events::{Event, Hash, Payload, TriageAction};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+use crate::config::{HttpConfig, Role, TokenConfig};
+use crate::domain::alerts::Severity;
+use crate::domain::command::{self, BindRequest, PayRequest, UnbindRequest, UnlockRequest};
+use crate::domain::projection::binding_view;
+use crate::error::Error;
+use crate::ledger::alerts::store::{AlertFilter, AlertStore};
+use crate::ledger::alerts::MonitorStatus;
+use crate::ledger::{CommandResult, Ledger};
+use bindledger_kafka::client::RelayStatus;
+use bindledger_kafka::relay::Relay;
+
+pub struct AppState {
+    pub ledger: Ledger,
+    /// SHA-256 of each token, with its roles: tokens themselves are not kept in memory here.
+    tokens: Vec<([u8; 32], Arc<Principal>)>,
+    /// The console's signed-in sessions.
+    pub(super) sessions: super::console::Sessions,
+    http: HttpConfig,
+    /// Authenticated requests in flight; beyond the bound the answer is 503 `overloaded`.
+    in_flight: Arc<Semaphore>,
+    /// Requests in flight to the public routes but the probes (the console's page and its
+    /// sign-in): a pool of their own, so that they cannot take a slot of `in_flight`.
+    public_in_flight: Arc<Semaphore>,
+    pub(super) extras: Extras,
+    /// Turns true when the server shuts down (ends the live feeds).
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+/// What runs beside the ledger, when it does.
+#[derive(Default, Clone)]
+pub struct Extras {
+    /// The Kafka relay's topic and status.
+    pub relay: Option<(String, Arc<RelayStatus>)>,
+    /// The alerts topic and its publisher's status.
+    pub alerts_relay: Option<(String, Arc<RelayStatus>)>,
+    /// Signed webhooks: their delivery log and the sender's status.
+    pub webhooks: Option<(crate::ledger::webhooks::WebhookLog, Arc<crate::webhook::WebhookStatus>)>,
+    /// The notifications topic and its publisher's status.
+    pub notifications_relay: Option<(String, Arc<RelayStatus>)>,
+    /// The alert monitor.
+    pub monitor: Option<MonitorView>,
+    /// Signed checkpoints, and the public key that checks them (hex).
+    pub checkpoints: Option<(crate::ledger::checkpoint::CheckpointStore, String)>,
+    /// The checkpoints topic and its publisher's status.
+    pub checkpoints_relay: Option<(String, Arc<RelayStatus>)>,
+    /// A read replica: its follower's status and the primary's URL.
+    pub replica: Option<(Arc<bindledger_kafka::replica::ReplicaStatus>, String)>,
+    /// A read replica: what promotes it.
+    pub promoter: Option<Arc<bindledger_kafka::replica::Promoter>>,
+}
+
+/// What the API needs of the alert monitor.
+#[derive(Clone)]
+pub struct MonitorView {
+    pub store: AlertStore,
+    pub feed: Arc<crate::ledger::alerts::feed::AlertFeed>,
+    pub status: Arc<MonitorStatus>,
+    pub rules: Arc<crate::domain::alerts::RuleSet>,
+}
+
+impl MonitorView {
+    pub fn of(m: &crate::ledger::alerts::Monitor) -> MonitorView {
+        MonitorView {
+            store: m.store().clone(),
+            feed: m.feed().clone(),
+            status: m.status().clone(),
+            rules: m.rules().clone(),
+        }
+    }
+}
+
+impl AppState {
+    pub fn new(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig) -> Arc<AppState> {
+        Self::build(ledger, tokens, http, Extras::default())
+    }
+
+    /// The same, with what runs beside the ledger (reported in `/metrics`, `/v1/relay`, and
+    /// the alerts routes).
+    pub fn build(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig, extras: Extras) -> Arc<AppState> {
+        let tokens = tokens
+            .iter()
+            .map(|t| {
+                let principal = Principal {
+                    name: t.display_name(),
+                    roles: t.roles.clone(),
+                };
+                (Sha256::digest(t.token.as_bytes()).into(), Arc::new(principal))
+            })
+            .collect();
+        let in_flight = Arc::new(Semaphore::new(http.connections_max));
+        let public_in_flight = Arc::new(Semaphore::new((http.connections_max / 4).max(4)));
+        Arc::new(AppState {
+            ledger,
+            tokens,
+            http,
+            in_flight,
+            public_in_flight,
+            extras,
+            closing: tokio::sync::watch::Sender::new(false),
+            sessions: Default::default(),
+        })
+    }
+
+    /// Who holds `token`, if it is one of the configured tokens.
+    pub(super) fn principal_of_token(&self, token: &str) -> Option<Arc<Principal>> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.tokens.iter().find(|(d, _)| *d == digest).map(|(_, p)| p.clone())
+    }
+
+    /// The primary's URL, on a node that knows it: a replica's configured one, else the one
+    /// the fence of the promotion that fenced this node named.
+    fn primary_url(&self) -> Option<String> {
+        self.extras
+            .replica
+            .as_ref()
+            .map(|(_, url)| url.clone())
+            .filter(|u| !u.is_empty())
+            .or_else(|| self.ledger.successor())
+    }
+
+    /// Whether the console's cookie is marked `Secure` (`http.console_secure_cookie`).
+    pub(super) fn console_secure_cookie(&self) -> bool {
+        self.http.console_secure_cookie
+    }
+}
+
+/// Who a request acts as: a token's name and roles (by a bearer token, or a console session).
+#[derive(Debug)]
+pub struct Principal {
+    pub name: String,
+    pub roles: Vec<Role>,
+}
+
+/// An error answer. Every part is `'static`: an answer (and the log line made from it) cannot
+/// carry a value the caller submitted, by construction.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: &'static str,
+    field: Option<&'static str>,
+}
+
+impl ApiError {
+    pub(super) fn new(status: StatusCode, code: &'static str, message: &'static str) -> Self {
+        ApiError {
+            status,
+            code,
+            message,
+            field: None,
+        }
+    }
+
+    fn with_field(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
+        self
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Error::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::VersionConflict { .. } => StatusCode::CONFLICT,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Overloaded(_)
+            | Error::ShuttingDown
+            | Error::StorageFailed { .. }
+            | Error::OutcomeUnknown
+            | Error::Halted(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NotPrimary => StatusCode::MISDIRECTED_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR || matches!(e, Error::StorageFailed { .. }) {
+            // Internal errors (storage, IO) carry no caller value; they are logged in full
+            // and answered with fixed text.
+            tracing::error!(error = %crate::error::chain(&e), code = e.code(), "request failed");
+        }
+        let (field, message) = match &e {
+            Error::Invalid { field, message, .. } => (*field, *message),
+            Error::NotFound(message) => (None, *message),
+            Error::IdempotencyKeyReused => (None, "this idempotency key was already used for a different request"),
+            Error::VersionConflict { .. } => (Some("expected_version"), "the account is not at the expected version; read it and retry"),
+            Error::Overloaded(why) => (None, *why),
+            Error::ShuttingDown => (None, "the ledger is shutting down"),
+            Error::OutcomeUnknown => (
+                None,
+                "the event is durable on this ledger but the Kafka cluster has not acknowledged it in time; retry with the same idempotency key",
+            ),
+            e @ Error::StorageFailed { .. } if e.disk_full() => {
+                (None, "the disk is full: the event log could not be written; the ledger takes no more commands")
+            }
+            Error::StorageFailed { .. } => (None, "the event log could not be written; the ledger takes no more commands"),
+            Error::NotPrimary => (None, NOT_PRIMARY),
+            Error::Halted(why) => (None, *why),
+            _ => (None, "internal error; see the server's log"),
+        };
+        ApiError {
+            status,
+            code: e.code(),
+            message,
+            field,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        tracing::debug!(code = self.code, field = self.field, reason = %self.message, "request refused");
+        let body = json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        let mut r = (self.status, Json(body)).into_response();
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+pub(super) type ApiResult<T> = Result<T, ApiError>;
+
+/// How a request's `Authorization` header reads.
+enum Authorization<'h> {
+    /// No such header: the request may be signed in by the console's cookie.
+    Absent,
+    /// `Bearer <token>`, the scheme matched without regard to case (RFC 7235, section 2.1).
+    Bearer(&'h str),
+    /// Any other scheme, an empty token, or bytes that are not text: never a credential.
+    Unusable,
+}
+
+fn authorization(headers: &HeaderMap) -> Authorization<'_> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Authorization::Absent;
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty());
+    token.map_or(Authorization::Unusable, Authorization::Bearer)
+}
+
+fn unauthenticated(message: &'static str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+}
+
+/// Who sent the request, from its method and headers alone (no body has been read, nothing
+/// has waited). A request is authenticated by exactly one credential: an `Authorization`
+/// header, when it has one, and then only a known bearer token will do (another scheme never
+/// falls back to the cookie); otherwise the console's session cookie, and a cookie-signed
+/// request that changes anything (any method but GET and HEAD) must carry its session's
+/// `X-CSRF-Token`.
+pub(super) fn authenticate(
+    state: &AppState,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+) -> ApiResult<Arc<Principal>> {
+    match authorization(headers) {
+        Authorization::Bearer(token) => state
+            .principal_of_token(token)
+            .ok_or_else(|| unauthenticated("unknown token")),
+        Authorization::Unusable => Err(unauthenticated("send Authorization: Bearer <token>")),
+        Authorization::Absent => {
+            let (principal, csrf) = super::console::cookie_session(headers)
+                .and_then(|id| state.sessions.find(id))
+                .ok_or_else(|| unauthenticated("send Authorization: Bearer <token>"))?;
+            if !matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD) {
+                super::console::check_csrf(headers, &csrf)?;
+            }
+            Ok(principal)
+        }
+    }
+}
+
+/// Who sent a request, as the gate authenticated it (see [`gate`]). Every route but the
+/// [`PUBLIC`] ones has one.
+#[derive(Clone)]
+pub(super) struct Caller(pub(super) Arc<Principal>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> ApiResult<Caller> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| unauthenticated("send Authorization: Bearer <token>"))
+    }
+}
+
+/// The caller of `req`, if it holds `role`.
+fn authorize(req: &Request, role: Role) -> ApiResult<Arc<Principal>> {
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .ok_or_else(|| unauthenticated("send Authorization: Bearer <token>"))?;
+    caller.require(&[role])
+}
+
+impl Caller {
+    /// The caller, if it holds one of `allowed`.
+    pub(super) fn require(&self, allowed: &[Role]) -> ApiResult<Arc<Principal>> {
+        if allowed.iter().any(|r| self.0.roles.contains(r)) {
+            return Ok(self.0.clone());
+        }
+        let message = match allowed {
+            [Role::Writer] => "this token lacks the writer role",
+            [Role::Reader] => "this token lacks the reader role",
+            [Role::Auditor] => "this token lacks the auditor role",
+            [Role::Security] => "this token lacks the security role",
+            _ => "this token lacks the security or auditor role",
+        };
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message))
+    }
+}
+
+/// Reads a command's body after its token was checked: at most `http.body_limit_bytes`
+/// (`413`), within `http.body_timeout_ms` (`408`, the slot it held is freed).
+pub(super) async fn read_body(state: &AppState, body: Body) -> ApiResult<Bytes> {
+    let limit = state.http.body_limit_bytes;
+    match tokio::time::timeout(state.http.body_timeout(), axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time",
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than the limit",
+                ))
+            } else {
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable_body",
+                    "the request body could not be read",
+                ))
+            }
+        }
+    }
+}
+
+/// Authenticates from the headers, then reads and parses the body field by field.
+async fn command_body<T: command::FromFields>(state: &AppState, req: Request, role: Role) -> ApiResult<T> {
+    Ok(command_body_as(state, req, role).await?.0)
+}
+
+/// [`command_body`], with who sent it (for what is recorded under their name).
+async fn command_body_as<T: command::FromFields>(
+    state: &AppState,
+    req: Request,
+    role: Role,
+) -> ApiResult<(T, Arc<Principal>)> {
+    let principal = authorize(&req, role)?;
+    let bytes = read_body(state, req.into_body()).await?;
+    let body = T::from_body(&bytes).map_err(|e| {
+        state.ledger.metrics().count_rejected(e.code());
+        ApiError::from(e)
+    })?;
+    Ok((body, principal))
+}
+
+fn path<T>(p: Result<Path<T>, PathRejection>) -> ApiResult<T> {
+    p.map(|Path(t)| t).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+            "the path is not valid for this route",
+        )
+    })
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(t)| t).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "the query string has an unknown parameter or a value of the wrong type",
+        )
+    })
+}
+
+/// The answer to a command. The event is embedded as its stored bytes (no re-encoding): the
+/// same bytes the hash covers, so a client can check `hash` itself. Written piece by piece into
+/// one buffer: every command's answer goes through here.
+fn command_response(r: CommandResult) -> Response {
+    let status = if r.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let outcome: &[u8] = if r.event.payload.succeeded() {
+        b"succeeded"
+    } else {
+        b"failed"
+    };
+    let mut body = Vec::with_capacity(r.bytes.len() + 256);
+    body.extend_from_slice(b"{\"outcome\":\"");
+    body.extend_from_slice(outcome);
+    body.extend_from_slice(b"\",\"event_type\":\"");
+    body.extend_from_slice(r.event.event_type().as_bytes());
+    body.extend_from_slice(b"\",\"failure_code\":");
+    match r.event.payload.failure_code() {
+        Some(code) => {
+            body.push(b'"');
+            body.extend_from_slice(code.as_bytes());
+            body.push(b'"');
+        }
+        None => body.extend_from_slice(b"null"),
+    }
+    body.extend_from_slice(if r.replayed {
+        b",\"replayed\":true,\"hash\":\""
+    } else {
+        b",\"replayed\":false,\"hash\":\""
+    });
+    body.extend_from_slice(&r.hash.hex_bytes());
+    body.extend_from_slice(b"\",\"event\":");
+    body.extend_from_slice(&r.bytes);
+    body.push(b'}');
+    let mut resp = (status, body).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+async fn bind(
+    State(s): State<Arc<AppState>>,
+    account: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let req: BindRequest = command_body(&s, req, Role::Writer).await?;
+    let account = path(account)?;
+    let cmd = req
+        .validate(&account, s.ledger.now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    Ok(command_response(s.ledger.bind(cmd).await?))
+}
+
+/// A payment's request, up to the command: token, body, path and validation.
+async fn pay_command(
+    s: &AppState,
+    account: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> ApiResult<command::PayCommand> {
+    let req: PayRequest = command_body(s, req, Role::Writer).await?;
+    let account = path(account)?;
+    Ok(req
+        .validate(&account, s.ledger.now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?)
+}
+
+async fn pay(
+    State(s): State<Arc<AppState>>,
+    account: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let cmd = pay_command(&s, account, req).await?;
+    Ok(command_response(s.ledger.pay(cmd).await?))
+}
+
+/// The benchmark's baseline (`http.baseline_route`): [`pay`] up to the command, then an answer
+/// of an event's size without one.
+async fn pay_baseline(
+    State(s): State<Arc<AppState>>,
+    account: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    std::hint::black_box(pay_command(&s, account, req).await?);
+    // About the size of a payment's answer, and built into a fresh buffer as that one is.
+    static ANSWER: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        format!("{{\"outcome\":\"baseline\",\"padding\":\"{}\"}}", " ".repeat(600)).into_bytes()
+    });
+    Ok((
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        ANSWER.clone(),
+    )
+        .into_response())
+}
+
+async fn unbind(
+    State(s): State<Arc<AppState>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let req: UnbindRequest = command_body(&s, req, Role::Writer).await?;
+    let (account, binding_id) = path(p)?;
+    let cmd = req
+        .validate(&account, &binding_id, s.ledger.now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    Ok(command_response(s.ledger.unbind(cmd).await?))
+}
+
+async fn unlock(
+    State(s): State<Arc<AppState>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let (req, principal): (UnlockRequest, _) = command_body_as(&s, req, Role::Security).await?;
+    let (account, binding_id) = path(p)?;
+    let (cmd, reason) = req
+        .validate(&account, &binding_id, s.ledger.now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    let key = cmd.meta.idempotency_key.clone();
+    let done = s.ledger.unlock(cmd).await?;
+    if let Payload::BindingUnlocked { alert_id, .. } = &done.event.payload {
+        attribute(&s, &account, alert_id, TriageAction::Unlocked, &principal, reason, key).await?;
+    }
+    Ok(command_response(done))
+}
+
+/// `POST /v1/accounts/{account}/bindings/{binding_id}/lock` (security): locks a binding for an
+/// alert, then records who did it and why as the alert's triage (`locked`).
+async fn lock(
+    State(s): State<Arc<AppState>>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let (req, principal): (command::LockRequest, _) = command_body_as(&s, req, Role::Security).await?;
+    let (account, binding_id) = path(p)?;
+    let (cmd, reason) = req
+        .validate(&account, &binding_id, s.ledger.now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    let Some(alert) = monitor(&s)?.store.get(&cmd.alert_id)? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "alert_not_found",
+            "no alert has this id",
+        ));
+    };
+    // A lock cites the alert that justifies it: one about this account.
+    if !alert.accounts.contains(&account) && alert.key.value != account {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "alert_of_another_account",
+            "the alert is not about this account; a lock must cite an alert about the account it locks",
+        )
+        .with_field("alert_id"));
+    }
+    let (alert_id, key) = (cmd.alert_id.clone(), cmd.meta.idempotency_key.clone());
+    let done = s.ledger.lock(cmd).await?;
+    if matches!(done.event.payload, Payload::BindingLocked { .. }) {
+        attribute(&s, &account, &alert_id, TriageAction::Locked, &principal, reason, key).await?;
+    }
+    Ok(command_response(done))
+}
+
+/// Records a person's lock or unlock as the alert's triage, by their token's name. Its
+/// idempotency key follows the command's, so a retried command does not record it twice.
+async fn attribute(
+    s: &AppState,
+    account: &str,
+    alert_id: &str,
+    action: TriageAction,
+    principal: &Principal,
+    note: String,
+    key: Option<String>,
+) -> ApiResult<()> {
+    let meta = command::Meta {
+        account: account.to_owned(),
+        idempotency_key: key.map(|k| format!("{k}/{}", action.as_str())),
+        expected_version: None,
+        correlation_id: None,
+        event_time: None,
+        context: bindledger_events::Context {
+            channel: "console".into(),
+            device_id: None,
+            ip: None,
+            user_agent: None,
+        },
+        keys_checked: None,
+    };
+    s.ledger
+        .triage(command::TriageCommand {
+            meta,
+            alert_id: alert_id.to_owned(),
+            action,
+            operator: principal.name.clone(),
+            assignee: None,
+            note,
+        })
+        .await?;
+    Ok(())
+}
+
+fn checkpoints_of(s: &AppState) -> ApiResult<&(crate::ledger::checkpoint::CheckpointStore, String)> {
+    s.extras.checkpoints.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "checkpoints_disabled",
+            "checkpoints are off (checkpoints.enabled = false)",
+        )
+    })
+}
+
+/// Every signed checkpoint, oldest first, one JSON object per line.
+async fn checkpoints(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Auditor])?;
+    let (store, _) = checkpoints_of(&s)?;
+    let mut body = Vec::new();
+    for cp in store.all()? {
+        body.extend_from_slice(&serde_json::to_vec(&cp).expect("checkpoints serialize"));
+        body.push(b'\n');
+    }
+    let mut r = body.into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(r)
+}
+
+/// The public key checkpoints are signed with, and what is signed.
+async fn checkpoint_key(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Auditor])?;
+    let (_, key) = checkpoints_of(&s)?;
+    Ok(Json(json!({
+        "algorithm": "ed25519",
+        "public_key": key,
+        "message": "bindledger-checkpoint:v1:{seq}:{head}:{time}",
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveriesQuery {
+    limit: Option<usize>,
+    /// Attempts before this one (its `n`): the next page.
+    before: Option<u64>,
+}
+
+/// `GET /v1/webhooks/deliveries` (security, auditor): the webhooks' delivery log, newest
+/// attempt first, and the sender's totals.
+async fn webhook_deliveries(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    q: Result<Query<DeliveriesQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    caller.require(ALERT_READERS)?;
+    let q = query(q)?;
+    let Some((log, status)) = s.extras.webhooks.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhooks_disabled",
+            "webhooks are off (webhooks.url is not set)",
+        ));
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
+    let before = q.before;
+    let deliveries = tokio::task::spawn_blocking(move || log.recent(limit, before))
+        .await
+        .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
+    let mut report = status.report();
+    report["next_before"] = json!(deliveries.last().filter(|_| deliveries.len() == limit).map(|d| d.n));
+    report["deliveries"] = json!(deliveries);
+    Ok(Json(report).into_response())
+}
+
+/// Who may read alerts.
+const ALERT_READERS: &[Role] = &[Role::Security, Role::Auditor];
+
+fn monitor(s: &AppState) -> ApiResult<&MonitorView> {
+    s.extras.monitor.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "alerts_disabled",
+            "the alert monitor is not running (alerts.enabled = false)",
+        )
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertQuery {
+    since: Option<String>,
+    severity: Option<String>,
+    rule: Option<String>,
+    account: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+    /// SSE only: resume after this stream seq (as `Last-Event-ID` does).
+    after: Option<u64>,
+}
+
+impl AlertQuery {
+    fn filter(&self) -> ApiResult<AlertFilter> {
+        let bad = |code, field, message| ApiError::new(StatusCode::BAD_REQUEST, code, message).with_field(field);
+        let since = match &self.since {
+            None => None,
+            Some(t) => Some(
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map_err(|_| {
+                        bad(
+                            "invalid_time",
+                            "since",
+                            "since must be an RFC 3339 time, e.g. 2026-11-26T08:00:00Z",
+                        )
+                    })?
+                    .with_timezone(&chrono::Utc),
+            ),
+        };
+        let severity = match &self.severity {
+            None => None,
+            Some(v) => Some(Severity::parse(v).ok_or_else(|| {
+                bad(
+                    "invalid_severity",
+                    "severity",
+                    "severity is one of low, medium, high, critical",
+                )
+            })?),
+        };
+        if let Some(r) = &self.rule {
+            if !crate::domain::alerts::rules::RULE_NAMES.contains(&r.as_str()) {
+                return Err(bad(
+                    "invalid_rule",
+                    "rule",
+                    crate::domain::alerts::rules::RULE_NAMES_TEXT,
+                ));
+            }
+        }
+        if let Some(a) = &self.account {
+            command::validate_account(a)?;
+        }
+        Ok(AlertFilter {
+            since,
+            severity,
+            rule: self.rule.clone(),
+            account: self.account.clone(),
+        })
+    }
+}
+
+/// Alerts, newest first (by the event that opened them), each at its latest revision.
+async fn alerts_list(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    q: Result<Query<AlertQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    caller.require(ALERT_READERS)?;
+    let m = monitor(&s)?;
+    let q = query(q)?;
+    let filter = q.filter()?;
+    let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
+    let store = m.store.clone();
+    let cursor = q.cursor.clone();
+    let (alerts, next) = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+        let (alerts, next) = store.list(&filter, cursor.as_deref(), limit)?;
+        let alerts = alerts
+            .into_iter()
+            .map(|a| with_triage(&store, a))
+            .collect::<crate::Result<Vec<_>>>()?;
+        Ok((alerts, next))
+    })
+    .await
+    .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
+    Ok(Json(json!({"alerts": alerts, "next_cursor": next})).into_response())
+}
+
+/// An alert as the API shows it: its latest revision and `triage`, where it stands with the
+/// people handling it (`null` before anyone acted on it).
+fn with_triage(store: &AlertStore, alert: crate::domain::alerts::Alert) -> crate::Result<serde_json::Value> {
+    let triage = store.triage(&alert.id)?;
+    let mut v = serde_json::to_value(alert).expect("alerts serialize");
+    v["triage"] = serde_json::to_value(triage).expect("triage serializes");
+    Ok(v)
+}
+
+async fn alert_one(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    caller.require(ALERT_READERS)?;
+    let m = monitor(&s)?;
+    let id = path(id)?;
+    match m.store.get(&id)? {
+        Some(a) => Ok(Json(with_triage(&m.store, a)?).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "alert_not_found",
+            "no alert has this id",
+        )),
+    }
+}
+
+/// `POST /v1/alerts/{alert_id}/triage` (security): `{action, note?, assignee?}` and the common
+/// fields. Recorded as an `alert_triaged` event in the alert's account, attributed to the
+/// token's name; answered like any command.
+async fn triage(
+    State(s): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let (req, principal): (command::TriageRequest, _) = command_body_as(&s, req, Role::Security).await?;
+    let id = path(id)?;
+    command::validate_alert_id(&id)?;
+    let m = monitor(&s)?;
+    let Some(alert) = m.store.get(&id)? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "alert_not_found",
+            "no alert has this id",
+        ));
+    };
+    let account = alert
+        .accounts
+        .first()
+        .cloned()
+        .unwrap_or_else(|| alert.key.value.clone());
+    let cmd = req
+        .validate(&account, &id, &principal.name, s.ledger.now())
+        .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
+    // An alert is assigned to someone who can act on it: a token's name.
+    if let Some(assignee) = &cmd.assignee {
+        if !s.tokens.iter().any(|(_, p)| p.name == *assignee) {
+            s.ledger.metrics().count_rejected("unknown_assignee");
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_assignee",
+                "no token has this name; assign the alert to a token's name",
+            )
+            .with_field("assignee"));
+        }
+    }
+    Ok(command_response(s.ledger.triage(cmd).await?))
+}
+
+/// `GET /v1/rules` (security, auditor): the alert rules in force, and their digest.
+async fn rules(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(ALERT_READERS)?;
+    let m = monitor(&s)?;
+    Ok(Json(json!({"rules": &*m.rules, "digest": m.rules.digest()})).into_response())
+}
+
+/// Alerts listed per kind in a backtest's answer (the counts cover all of them).
+const BACKTEST_LISTED_MAX: usize = 100;
+
+/// `POST /v1/rules/backtest` (security): the body is a candidate rules file (TOML). Runs it
+/// over the whole log beside the alerts the ledger raised, and answers what it would have
+/// added, removed and changed: `{events, added, removed, changed, unchanged, listed_max}`,
+/// each list at most `listed_max` long. A file that does not parse is `400 invalid_rules`
+/// with the `line` of the problem (never its text).
+async fn backtest(State(s): State<Arc<AppState>>, req: Request) -> ApiResult<Response> {
+    authorize(&req, Role::Security)?;
+    let body = read_body(&s, req.into_body()).await?;
+    let m = monitor(&s)?;
+    let candidate = match std::str::from_utf8(&body)
+        .ok()
+        .map(|text| crate::domain::alerts::RuleSet::from_toml(text, None))
+    {
+        Some(Ok(rules)) => rules,
+        Some(Err(e)) => {
+            let body = json!({"error": {"code": "invalid_rules", "message": "the rules file is not valid; see the line", "field": "rules"}, "line": e.line});
+            return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+        }
+        None => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_rules",
+                "the rules file is not UTF-8 text",
+            ))
+        }
+    };
+    let (ledger, store) = (s.ledger.clone(), m.store.clone());
+    let report = tokio::task::spawn_blocking(move || -> crate::error::Result<_> {
+        use crate::domain::alerts::backtest::{latest, Backtester};
+        let last = store.last_stream_seq()?;
+        let actual = latest(store.changes_after(0, last, usize::MAX)?);
+        let mut tester = Backtester::new(candidate, None);
+        for r in ledger.raw_events(1) {
+            let (_, bytes) = r?;
+            let e = bindledger_events::decode(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+            tester.apply(&e);
+        }
+        Ok(tester.finish(Some(actual)))
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the backtest failed"))??;
+    let take = |v: &[crate::domain::alerts::Alert]| v.iter().take(BACKTEST_LISTED_MAX).cloned().collect::<Vec<_>>();
+    Ok(Json(json!({
+        "events": report.events,
+        "added_total": report.added.len(),
+        "removed_total": report.removed.len(),
+        "changed_total": report.changed.len(),
+        "unchanged": report.unchanged,
+        "added": take(&report.added),
+        "removed": take(&report.removed),
+        "changed": report.changed.iter().take(BACKTEST_LISTED_MAX).map(|(was, now)| json!({"id": now.id, "differences": crate::domain::alerts::differences(was, now)})).collect::<Vec<_>>(),
+        "listed_max": BACKTEST_LISTED_MAX,
+    }))
+    .into_response())
+}
+
+/// Stream entries per read of the live feed.
+const STREAM_READ: usize = 256;
+
+/// The live feed: every alert change as a Server-Sent Event (`id` = stream seq, `event:
+/// alert`, `data` = the change as JSON), in order, from after `Last-Event-ID` (or `?after=`),
+/// then live. Filters apply; ids stay the stream's, so resuming works with them too.
+async fn alerts_stream(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    q: Result<Query<AlertQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    caller.require(ALERT_READERS)?;
+    let m = monitor(&s)?.clone();
+    let q = query(q)?;
+    let filter = q.filter()?;
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_last_event_id",
+                        "Last-Event-ID must be a stream seq from this feed",
+                    )
+                })?,
+        ),
+    };
+    let after = last_event_id.or(q.after).unwrap_or(0);
+    struct Feed {
+        m: MonitorView,
+        published: tokio::sync::watch::Receiver<u64>,
+        filter: AlertFilter,
+        after: u64,
+        pending: std::collections::VecDeque<crate::domain::alerts::AlertChange>,
+        closing: tokio::sync::watch::Receiver<bool>,
+    }
+    let published = m.feed.subscribe();
+    let feed = Feed {
+        m,
+        published,
+        filter,
+        after,
+        pending: Default::default(),
+        closing: s.closing.subscribe(),
+    };
+    let stream = futures_util::stream::unfold(feed, |mut f| async move {
+        loop {
+            if *f.closing.borrow() {
+                return None;
+            }
+            if let Some(c) = f.pending.pop_front() {
+                let data = serde_json::to_string(&c).expect("alerts serialize");
+                let ev = SseEvent::default()
+                    .id(c.stream_seq.to_string())
+                    .event("alert")
+                    .data(data);
+                return Some((Ok::<_, std::convert::Infallible>(ev), f));
+            }
+            let next = tokio::select! {
+                r = f.m.feed.next_after(f.after, STREAM_READ, &mut f.published) => r,
+                _ = f.closing.changed() => continue,
+            };
+            match next {
+                Ok(Some(changes)) => {
+                    f.after = changes.last().map_or(f.after, |c| c.stream_seq);
+                    let keep: Vec<_> = changes.into_iter().filter(|c| f.filter.accepts(&c.alert)).collect();
+                    f.pending.extend(keep);
+                }
+                _ => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
+}
+
+async fn bindings(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    account: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    caller.require(&[Role::Reader])?;
+    let account = path(account)?;
+    command::validate_account(&account)?;
+    let state = s.ledger.account(&account).unwrap_or_default();
+    let list: Vec<_> = state.bindings.iter().map(binding_view).collect();
+    Ok(Json(json!({"account": account, "version": state.version, "bindings": list})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<usize>,
+    before_version: Option<u64>,
+    after_version: Option<u64>,
+}
+
+fn payment_view(e: &Event) -> Option<serde_json::Value> {
+    let common =
+        |status: &str, order_id: &str, amount_minor: i64, currency: &bindledger_events::Currency, binding_id| {
+            json!({
+                "seq": e.seq,
+                "account_seq": e.account_seq,
+                "event_id": e.id,
+                "event_time": e.event_time,
+                "status": status,
+                "order_id": order_id,
+                "binding_id": binding_id,
+                "amount_minor": amount_minor,
+                "currency": currency,
+                "amount_display": currency.format(amount_minor),
+            })
+        };
+    match &e.payload {
+        Payload::PaymentSucceeded {
+            binding_id,
+            provider,
+            wallet,
+            order_id,
+            amount_minor,
+            currency,
+            ..
+        } => {
+            let mut v = common("succeeded", order_id, *amount_minor, currency, binding_id);
+            v["provider"] = json!(provider);
+            v["wallet"] = json!(wallet.masked);
+            Some(v)
+        }
+        Payload::PaymentFailed {
+            binding_id,
+            order_id,
+            amount_minor,
+            currency,
+            reason,
+            ..
+        } => {
+            let mut v = common("failed", order_id, *amount_minor, currency, binding_id);
+            v["reason"] = json!(reason);
+            Some(v)
+        }
+        _ => None,
+    }
+}
+
+async fn payments(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    account: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    caller.require(&[Role::Reader])?;
+    let account = path(account)?;
+    command::validate_account(&account)?;
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, s.http.page_limit_max);
+    let (events, next) = s.ledger.payments(&account, q.before_version, limit).await?;
+    let list: Vec<_> = events.iter().filter_map(payment_view).collect();
+    Ok(Json(json!({"account": account, "payments": list, "next_before_version": next})).into_response())
+}
+
+async fn history(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    account: Result<Path<String>, PathRejection>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    caller.require(&[Role::Reader])?;
+    let account = path(account)?;
+    command::validate_account(&account)?;
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
+    let events = s.ledger.history(&account, q.after_version.unwrap_or(0), limit).await?;
+    let next = if events.len() == limit {
+        events.last().map(|e| e.account_seq)
+    } else {
+        None
+    };
+    Ok(Json(json!({"account": account, "events": events, "next_after_version": next})).into_response())
+}
+
+async fn wallet_accounts(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    fp: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    caller.require(&[Role::Reader])?;
+    let fp = path(fp)?;
+    let hash = Hash::from_hex(&fp).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_fingerprint",
+            "a wallet fingerprint is 64 hex characters",
+        )
+    })?;
+    Ok(Json(json!({"fingerprint": hash, "accounts": s.ledger.wallet_accounts(&hash), "history": s.ledger.wallet_history(&hash)})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    from: Option<u64>,
+    limit: Option<u64>,
+}
+
+/// Events per chunk of the feed's body.
+const FEED_CHUNK_EVENTS: usize = 512;
+
+/// The global event feed: the stored bytes of each event, one per line, from `from` (default
+/// 1), at most `limit`. Streamed; a consumer can verify the chain from it.
+async fn feed(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    q: Result<Query<FeedQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    caller.require(&[Role::Auditor])?;
+    let q = query(q)?;
+    let from = q.from.unwrap_or(1).max(1);
+    let limit = q.limit.unwrap_or(s.http.feed_limit_max).min(s.http.feed_limit_max);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let ledger = s.ledger.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut chunk = Vec::with_capacity(FEED_CHUNK_EVENTS * 512);
+        let mut in_chunk = 0;
+        for r in ledger.raw_events(from).take(limit as usize) {
+            match r {
+                Ok((_, bytes)) => {
+                    chunk.extend_from_slice(&bytes);
+                    chunk.push(b'\n');
+                    in_chunk += 1;
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            }
+            if in_chunk == FEED_CHUNK_EVENTS {
+                if tx.blocking_send(Ok(Bytes::from(std::mem::take(&mut chunk)))).is_err() {
+                    return;
+                }
+                in_chunk = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = tx.blocking_send(Ok(Bytes::from(chunk)));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let mut r = Body::from_stream(stream).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(r)
+}
+
+/// `POST /v1/admin/promote`: a replica becomes the primary (writer role).
+async fn promote(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Writer])?;
+    let Some(p) = &s.extras.promoter else {
+        if s.ledger.is_primary() {
+            return Ok(Json(json!({"promoted": false, "events": s.ledger.log_len(), "seconds": 0.0})).into_response());
+        }
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_a_replica",
+            "this node cannot be promoted",
+        ));
+    };
+    match p.promote().await {
+        Ok(report) => Ok(Json(report).into_response()),
+        Err(e) => {
+            tracing::error!(error = %e, "promotion failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "promotion_failed",
+                "the replica could not read the events topic to its end; see the server's log",
+            ))
+        }
+    }
+}
+
+/// The node's health: `ok` or `failed` (failed storage, a failed replica), its role, its
+/// replica's lag.
+fn health(s: &AppState) -> (bool, serde_json::Value) {
+    let events = s.ledger.log_len();
+    // A primary a promotion fenced takes no commands and follows nothing until it restarts.
+    let role = if s.ledger.is_primary() {
+        "primary"
+    } else if s.extras.replica.is_none() && s.ledger.fenced_by().ok().flatten().is_some() {
+        "fenced"
+    } else {
+        "replica"
+    };
+    let epoch = s.ledger.epoch().map_or(0, |(e, _)| e);
+    let mut body = json!({"status": "ok", "events": events, "role": role, "epoch": epoch});
+    let mut healthy = s.ledger.is_healthy();
+    if let Some((status, primary)) = &s.extras.replica {
+        let (lag_events, lag_seconds) = status.lag(events);
+        body["replica"] = json!({
+            "state": status.state(),
+            "lag_events": lag_events,
+            "lag_seconds": lag_seconds,
+            "primary": primary,
+            "last_error": status.last_error.lock().expect("replica status lock").clone(),
+        });
+        healthy &= status.state() != "failed";
+    }
+    if !healthy {
+        body["status"] = json!("failed");
+    }
+    (healthy, body)
+}
+
+async fn healthz(State(s): State<Arc<AppState>>) -> Response {
+    match health(&s) {
+        (true, body) => Json(body).into_response(),
+        (false, body) => (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response(),
+    }
+}
+
+/// `GET /v1/status` (reader): everything `bindledger status` shows, as JSON: the health, every
+/// relay, and the alert monitor (`null` when it is off).
+async fn status(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Reader])?;
+    let (_, health) = health(&s);
+    let monitor = s.extras.monitor.as_ref().map(|m| {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &m.status;
+        let opened: serde_json::Map<String, serde_json::Value> = crate::domain::alerts::rules::RULE_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| ((*rule).to_owned(), json!(st.opened[i].load(Relaxed))))
+            .collect();
+        json!({
+            "position": st.position.load(Relaxed),
+            "alert_stream_seq": st.stream_seq.load(Relaxed),
+            "open_alerts": st.open_alerts.load(Relaxed),
+            "opened": opened,
+        })
+    });
+    let webhooks = s.extras.webhooks.as_ref().map(|(_, st)| st.report());
+    Ok(Json(json!({"health": health, "relays": relays(&s), "monitor": monitor, "webhooks": webhooks})).into_response())
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    let mut r = super::metrics::render(&s).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(super::metrics::CONTENT_TYPE),
+    );
+    r
+}
+
+async fn relay_status(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Reader])?;
+    match &s.extras.relay {
+        Some((topic, status)) => Ok(Json(Relay::report(&s.ledger, topic, status)).into_response()),
+        None => Ok(Json(json!({"state": "disabled"})).into_response()),
+    }
+}
+
+/// Every relay beside the ledger: the events, alerts, notifications and checkpoints topics.
+fn relays(s: &AppState) -> serde_json::Value {
+    let other = |r: &Option<(String, Arc<RelayStatus>)>| match r {
+        None => json!({"state": "disabled"}),
+        Some((topic, st)) => json!({
+            "state": st.state(),
+            "topic": topic,
+            "position": st.position.load(std::sync::atomic::Ordering::Relaxed),
+            "published_total": st.published_total.load(std::sync::atomic::Ordering::Relaxed),
+            "last_error": *st.last_error.lock().expect("status lock"),
+            "warning": *st.warning.lock().expect("status lock"),
+        }),
+    };
+    let events = match &s.extras.relay {
+        Some((topic, status)) => {
+            serde_json::to_value(Relay::report(&s.ledger, topic, status)).expect("reports serialize")
+        }
+        None => json!({"state": "disabled"}),
+    };
+    json!({
+        "events": events,
+        "alerts": other(&s.extras.alerts_relay),
+        "notifications": other(&s.extras.notifications_relay),
+        "checkpoints": other(&s.extras.checkpoints_relay),
+    })
+}
+
+async fn relays_status(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Reader])?;
+    Ok(Json(relays(&s)).into_response())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such route; see the README for the API",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take this method; see the README for the API",
+    )
+}
+
+const NOT_PRIMARY: &str = "this ledger is a read replica and takes no commands; send them to the primary";
+
+/// Routes anyone may call, by method and path: the probes, the console's page and assets, who
+/// is signed in, and the sign-in (whose body is the credential). Every other request, to a
+/// route or to a path that is none, is authenticated from its headers by [`gate`] before
+/// anything else happens to it.
+pub const PUBLIC: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/console"),
+    ("GET", "/console/app.js"),
+    ("GET", "/console/app.css"),
+    ("GET", "/console/session"),
+    ("POST", "/console/session"),
+];
+
+/// The probes answer whatever the load: a full ledger is not a failed one.
+const PROBES: &[&str] = &["/healthz", "/metrics"];
+
+fn is_public(method: &axum::http::Method, path: &str) -> bool {
+    let method = if *method == axum::http::Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    PUBLIC.iter().any(|(m, p)| *m == method && *p == path)
+}
+
+/// The first thing every request meets. A request to a [`PUBLIC`] route takes a slot of its
+/// own pool (`max(connections_max / 4, 4)`, the probes none), so that nobody without a
+/// credential can hold a slot an authorised request needs. Any other request is authenticated
+/// from its method and headers ([`authenticate`]: `401`, or `403 csrf`) before it waits for
+/// anything or has its body read; only then does it take one of `http.connections_max` slots
+/// (`503 overloaded` beyond). Logs one debug line per request with its route's pattern
+/// (`/v1/accounts/{account}/payments`), never the path itself, which holds the caller's values.
+async fn gate(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let pool = if is_public(req.method(), req.uri().path()) {
+        (!PROBES.contains(&req.uri().path())).then_some(&s.public_in_flight)
+    } else {
+        match authenticate(&s, req.method(), req.headers()) {
+            Ok(principal) => {
+                req.extensions_mut().insert(Caller(principal));
+            }
+            Err(e) => return e.into_response(),
+        }
+        Some(&s.in_flight)
+    };
+    let _permit = match pool.map(|p| p.clone().try_acquire_owned()) {
+        None => None,
+        Some(Ok(permit)) => Some(permit),
+        Some(Err(_)) => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many requests in flight; retry shortly",
+            )
+            .into_response()
+        }
+    };
+    let line = tracing::enabled!(tracing::Level::DEBUG).then(|| {
+        let route = req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map_or("(no route)", |m| m.as_str())
+            .to_owned();
+        (req.method().clone(), route)
+    });
+    let response = next.run(req).await;
+    if let Some((method, route)) = line {
+        tracing::debug!(%method, %route, status = response.status().as_u16(), "request");
+    }
+    response
+}
+
+/// Commands a replica takes itself: its promotion, and a backtest (which reads the log only).
+const REPLICA_POSTS: &[&str] = &["/v1/admin/promote", "/v1/rules/backtest"];
+
+/// On a replica, a command (every authenticated `POST` but [`REPLICA_POSTS`]) is answered
+/// `421 not_primary` with the primary's URL, before its body is read, whatever role it needs:
+/// the primary decides the roles.
+async fn replica_guard(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if req.method() == axum::http::Method::POST
+        && !s.ledger.is_primary()
+        && req.extensions().get::<Caller>().is_some()
+        && !REPLICA_POSTS.contains(&req.uri().path())
+    {
+        s.ledger.metrics().count_rejected("not_primary");
+        let body = json!({"error": {"code": "not_primary", "message": NOT_PRIMARY, "field": null}, "primary": s.primary_url()});
+        return (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response();
+    }
+    next.run(req).await
+}
+
+/// `?min_seq=N` on an authenticated read: waits until this node holds event N (a client reading
+/// its own write on a replica), then serves the read without the parameter. A request the gate
+/// did not authenticate never waits.
+async fn wait_for_min_seq(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let Some(query) = req.uri().query() else {
+        return next.run(req).await;
+    };
+    if req.method() != axum::http::Method::GET
+        || req.extensions().get::<Caller>().is_none()
+        || !query.split('&').any(|p| p.starts_with("min_seq="))
+    {
+        return next.run(req).await;
+    }
+    let mut min_seq = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|p| match p.strip_prefix("min_seq=") {
+            Some(v) => {
+                min_seq = Some(v.parse::<u64>().ok());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let Some(Some(seq)) = min_seq else {
+        return ApiError::from(Error::invalid(
+            "invalid_request",
+            "min_seq",
+            "min_seq must be an event seq (a positive integer)",
+        ))
+        .into_response();
+    };
+    if !s
+        .ledger
+        .wait_for_seq(seq, std::time::Duration::from_millis(s.http.min_seq_wait_ms))
+        .await
+    {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_caught_up",
+            "this node has not reached the requested min_seq in time; retry, or read from the primary",
+        )
+        .into_response();
+    }
+    let path = req.uri().path().to_owned();
+    let uri = if rest.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", rest.join("&"))
+    };
+    if let Ok(uri) = uri.parse() {
+        *req.uri_mut() = uri;
+    }
+    next.run(req).await
+}
+
+/// Declares the routes once: [`ROUTES`] (every method and path pattern, for what must hold of
+/// each, such as the gate's tests) and the router's table are made from the same list.
+macro_rules! routes {
+    ($($path:literal => $first:ident($h:expr) $(.$m:ident($hm:expr))*;)*) => {
+        /// Every route of the API: method and path pattern.
+        pub const ROUTES: &[(&str, &str)] = &[$(
+            (routes!(@method $first), $path), $((routes!(@method $m), $path),)*
+        )*];
+
+        fn table(r: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+            r$(.route($path, $first($h)$(.$m($hm))*))*
+        }
+    };
+    (@method get) => { "GET" };
+    (@method post) => { "POST" };
+    (@method delete) => { "DELETE" };
+}
+
+routes! {
+    "/v1/accounts/{account}/bindings" => post(bind).get(bindings);
+    "/v1/accounts/{account}/bindings/{binding_id}/unbind" => post(unbind);
+    "/v1/accounts/{account}/payments" => post(pay).get(payments);
+    "/v1/accounts/{account}/events" => get(history);
+    "/v1/wallets/{fingerprint}/accounts" => get(wallet_accounts);
+    "/v1/events" => get(feed);
+    "/v1/relay" => get(relay_status);
+    "/v1/relays" => get(relays_status);
+    "/v1/status" => get(status);
+    "/v1/accounts/{account}/bindings/{binding_id}/unlock" => post(unlock);
+    "/v1/accounts/{account}/bindings/{binding_id}/lock" => post(lock);
+    "/v1/checkpoints" => get(checkpoints);
+    "/v1/checkpoints/key" => get(checkpoint_key);
+    "/v1/alerts" => get(alerts_list);
+    "/v1/alerts/stream" => get(alerts_stream);
+    "/v1/alerts/{alert_id}" => get(alert_one);
+    "/v1/alerts/{alert_id}/triage" => post(triage);
+    "/v1/rules" => get(rules);
+    "/v1/webhooks/deliveries" => get(webhook_deliveries);
+    "/v1/rules/backtest" => post(backtest);
+    "/v1/admin/promote" => post(promote);
+    "/console" => get(super::console::page);
+    "/console/app.js" => get(super::console::script);
+    "/console/app.css" => get(super::console::style);
+    "/console/session" => get(super::console::current).post(super::console::sign_in).delete(super::console::sign_out);
+    "/healthz" => get(healthz);
+    "/metrics" => get(metrics);
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let routes = if state.http.baseline_route {
+        Router::new().route("/v1/bench/accounts/{account}/payments", post(pay_baseline))
+    } else {
+        Router::new()
+    };
+    table(routes)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), wait_for_min_seq))
+        .layer(middleware::from_fn_with_state(state.clone(), replica_guard))
+        .layer(middleware::from_fn_with_state(state.clone(), gate))
+        .layer(DefaultBodyLimit::max(state.http.body_limit_bytes))
+        .with_state(state)
+}
+
+/// Open connections per peer address (see `http.connections_per_peer_max`).
+#[derive(Default)]
+struct Peers {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in [`Peers`], given back when the connection ends.
+struct PeerSlot {
+    peers: Arc<Peers>,
+    ip: std::net::IpAddr,
+}
+
+impl Peers {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut open = self.open.lock().expect("peers lock");
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.peers.open.lock().expect("peers lock");
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves until `shutdown` completes, then lets the connections finish what they are doing
+/// (idle ones close at once) and returns once all are closed.
+///
+/// Each connection is HTTP/1.1 with a header read timeout (`http.header_timeout_ms`): a
+/// client that opens a socket and sends nothing, or sends its headers a byte at a time, is
+/// disconnected when it runs out, and so is a keep-alive connection left idle for as long.
+/// Bodies are read by the handlers, after the token was checked, within
+/// `http.body_timeout_ms`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let closing = state.closing.clone();
+    let peers: Arc<Peers> = Default::default();
+    let per_peer = state.http.connections_per_peer_max;
+    let header_timeout = state.http.header_timeout();
+    let app = router(state);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Some(slot) = peers.enter(peer.ip(), per_peer) else {
+            tracing::debug!("connection refused: too many open connections from one peer address");
+            drop(tcp);
+            continue;
+        };
+        // Small writes (an SSE event, a short answer) go out at once: with Nagle's algorithm
+        // and the peer's delayed ACK they could wait 40 ms.
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let mut closing = closing.subscribe();
+        connections.spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            let mut shutting_down = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::trace!(error = %e, "connection ended");
+                        }
+                        return;
+                    }
+                    _ = closing.changed(), if !shutting_down => {
+                        shutting_down = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        });
+    }
+    // Live feeds end, so that connections streaming them can close.
+    closing.send_replace(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
