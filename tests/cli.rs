@@ -480,6 +480,62 @@ fn a_closed_pipe_ends_quietly() {
             !err.contains("Broken pipe") && !err.contains("panicked"),
             "{args:?}: {err}"
         );
+        // Regression: `export … | head -2` reported "exported 81 events": what went into a
+        // buffer, not what was read. A cut-off export claims no count.
+        assert!(!err.contains("exported"), "{args:?}: {err}");
+    }
+}
+
+/// Regression: `simulate … | head -1` panicked (exit 101) and left its folder behind. Now it
+/// stops quietly after the reader goes, with exit code 0, and removes its folder.
+#[test]
+fn simulate_into_a_closed_pipe_stops_quietly_and_cleans_up() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let mut child = std::process::Command::new(binary())
+        .args(["simulate", "--seeds", "500", "--steps", "20", "--dir"])
+        .arg(&runs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("seed 1: ok"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert!(!runs.exists(), "the runs' folder was left behind");
+}
+
+/// Regression: `simulate --plant bogus` and `status --url ftp://x` exited 1 after starting
+/// work. A bad value is bad usage: exit 2 before anything runs, naming what is allowed.
+#[test]
+fn bad_values_are_usage_errors_before_anything_runs() {
+    for (args, expected) in [
+        (vec!["simulate", "--plant", "bogus", "--seeds", "1"], "ack-before-flush"),
+        (vec!["status", "--url", "ftp://x"], "http://"),
+        (vec!["alerts", "--url", "127.0.0.1:8080"], "http://"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(binary())
+            .args(&args)
+            .current_dir(dir.path())
+            .env_remove("BINDLEDGER_URL")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{args:?} wrote files"
+        );
     }
 }
 

@@ -4,8 +4,8 @@
 //! with dead wallets, binding churn). Runs against the real ledger and serves the real HTTP
 //! API meanwhile; prints a live summary each second and a report at the end.
 
-pub use bindledger::fixture::Rng;
 use bindledger_events::{ChainVerifier, Factor, Payload, Provider};
+pub use bindledger_fixture::Rng;
 use chrono::Utc;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -316,9 +316,9 @@ async fn print_alerts(m: bindledger::adapters::http::MonitorView) {
         for c in changes.iter().filter(|c| c.change == "opened") {
             printed += 1;
             if printed <= ALERTS_PRINTED_MAX {
-                println!("     ALERT {}", crate::alerts::alert_line(&c.alert, colour));
+                bindledger::outln!("     ALERT {}", crate::alerts::alert_line(&c.alert, colour));
             } else if printed == ALERTS_PRINTED_MAX + 1 {
-                println!("     (more alerts: counted in the report below)");
+                bindledger::outln!("     (more alerts: counted in the report below)");
             }
         }
     }
@@ -330,7 +330,7 @@ async fn alerts_report(ledger: &Ledger, m: &bindledger::adapters::http::MonitorV
     while m.status.position.load(std::sync::atomic::Ordering::Relaxed) < ledger.log_len() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("\n== alerts (rules over every event, event time) ==");
+    bindledger::outln!("\n== alerts (rules over every event, event time) ==");
     // Whom each rule caught: the planted attackers, or ordinary shoppers (a false positive,
     // as far as the demo's story goes).
     let store = m.store.clone();
@@ -363,14 +363,14 @@ async fn alerts_report(ledger: &Ledger, m: &bindledger::adapters::http::MonitorV
         let (a, sh) = caught.get(*rule).copied().unwrap_or_default();
         from_attackers += a;
         from_shoppers += sh;
-        println!(
+        bindledger::outln!(
             "  {:<24} {:>6} opened: {a} on the attackers, {sh} on ordinary shoppers",
             rule,
             grouped(m.status.opened[i].load(std::sync::atomic::Ordering::Relaxed) as i64)
         );
     }
-    println!("  alerts on the attackers: {from_attackers}; on ordinary shoppers: {from_shoppers}");
-    println!(
+    bindledger::outln!("  alerts on the attackers: {from_attackers}; on ordinary shoppers: {from_shoppers}");
+    bindledger::outln!(
         "  {:<24} {:>6}",
         "updates (suppressed)",
         grouped(m.status.updated_total.load(std::sync::atomic::Ordering::Relaxed) as i64)
@@ -388,9 +388,9 @@ async fn alerts_report(ledger: &Ledger, m: &bindledger::adapters::http::MonitorV
     })
     .await
     {
-        println!("  latest high-severity alerts:");
+        bindledger::outln!("  latest high-severity alerts:");
         for a in &alerts {
-            println!("    {}", crate::alerts::alert_line(a, crate::alerts::stdout_colour()));
+            bindledger::outln!("    {}", crate::alerts::alert_line(a, crate::alerts::stdout_colour()));
         }
     }
     let (mut locked, mut refused_locked, mut unlocked) = (0u64, 0u64, 0u64);
@@ -406,7 +406,7 @@ async fn alerts_report(ledger: &Ledger, m: &bindledger::adapters::http::MonitorV
             _ => {}
         }
     }
-    println!("  protective locks: {locked} bindings locked, {refused_locked} payments refused while locked, {unlocked} unlocked");
+    bindledger::outln!("  protective locks: {locked} bindings locked, {refused_locked} payments refused while locked, {unlocked} unlocked");
 }
 
 /// Waits for the relay to catch up, then reads the topic back as an analytics team would.
@@ -422,14 +422,14 @@ async fn kafka_report(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let position = status.position.load(std::sync::atomic::Ordering::Relaxed);
-    println!(
+    bindledger::outln!(
         "\n== kafka: {} of {} events on topic {} ==",
         grouped(position as i64),
         grouped(ledger.log_len() as i64),
         config.kafka.topic
     );
     if let Some(e) = status.last_error.lock().expect("status lock").as_ref() {
-        println!("  last relay error: {e}");
+        bindledger::outln!("  last relay error: {e}");
     }
     if let Some((topic, st)) = alerts {
         // The alerts relay settles within a moment of the monitor.
@@ -442,7 +442,7 @@ async fn kafka_report(
             last = now;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        println!(
+        bindledger::outln!(
             "  alert changes on topic {topic}: {}",
             grouped(st.published_total.load(std::sync::atomic::Ordering::Relaxed) as i64)
         );
@@ -455,7 +455,7 @@ async fn kafka_report(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        println!(
+        bindledger::outln!(
             "  account holders told on topic {topic} (zh and en): {}",
             grouped(st.published_total.load(std::sync::atomic::Ordering::Relaxed) as i64)
         );
@@ -469,20 +469,20 @@ async fn kafka_report(
     };
     match tokio::task::spawn_blocking(move || bindledger::adapters::kafka::analytics::consume(&args)).await {
         Ok(Ok(r)) => {
-            println!(
+            bindledger::outln!(
                 "read back by an analytics consumer: {} messages, {} duplicates",
                 grouped(r.messages as i64),
                 r.duplicates
             );
             for (t, n) in &r.per_type {
-                println!("  {:<22} {:>9}", t, grouped(*n as i64));
+                bindledger::outln!("  {:<22} {:>9}", t, grouped(*n as i64));
             }
             let same = r.messages == ledger.log_len() && r.duplicates == 0;
-            println!(
+            bindledger::outln!(
                 "  the topic {} the log, event for event",
                 if same { "equals" } else { "does NOT equal" }
             );
-            println!(
+            bindledger::outln!(
                 "\n{}",
                 r.analytics
                     .summary()
@@ -492,8 +492,8 @@ async fn kafka_report(
                     .join("\n")
             );
         }
-        Ok(Err(e)) => println!("  reading the topic back failed: {e:#}"),
-        Err(e) => println!("  reading the topic back failed: {e}"),
+        Ok(Err(e)) => bindledger::outln!("  reading the topic back failed: {e:#}"),
+        Err(e) => bindledger::outln!("  reading the topic back failed: {e}"),
     }
 }
 
@@ -596,9 +596,19 @@ fn population(opts: &DemoOptions, gateway: &SimulatedGateway, rng: &mut Rng) -> 
 /// The live table's header: 80 columns, so a terminal never wraps a row. `spent` is in
 /// CNY (k: thousands, M: millions).
 fn print_table_header() {
-    println!(
+    bindledger::outln!(
         "{:>4}{:>9}{:>7}{:>9}{:>7}{:>7}{:>8}{:>7}{:>6}{:>7}{:>8}",
-        "t(s)", "events", "ev/s", "on_kafka", "bound", "b.fail", "paid", "p.fail", "unbnd", "u.fail", "spent"
+        "t(s)",
+        "events",
+        "ev/s",
+        "on_kafka",
+        "bound",
+        "b.fail",
+        "paid",
+        "p.fail",
+        "unbnd",
+        "u.fail",
+        "spent"
     );
 }
 
@@ -690,7 +700,7 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     const DEMO_RULES: &str =
         "# the demo's alert rules: the defaults, with the brute-force lock on\n[password_brute_force]\nlock = true\n";
     let (rules, write_rules) = match &config.alerts.rules_file {
-        Some(_) => (config.alert_rules()?, false),
+        Some(_) => (bindledger::ledger::keys::alert_rules(&config)?, false),
         None => (
             bindledger::domain::alerts::RuleSet::from_toml(DEMO_RULES, Some("demo-rules.toml"))
                 .map_err(|e| anyhow::anyhow!("the demo's rules: {e}"))?,
@@ -728,24 +738,29 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
             "$TOKEN".to_owned(),
         )
     };
-    println!("bindledger demo");
-    println!("  log:       {}", config.data_dir.display());
-    println!("  HTTP API:  http://{addr}   (token: {token_where})");
-    println!("  try:       curl -s -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/accounts/shopper-00001/bindings");
-    println!("  population: {} shoppers + a password guesser (binds, then payments), a ring of 4 accounts sharing one wallet,", opts.shoppers);
-    println!("              a bind-then-drain account, a dead-wallet prober and a binding churner");
-    println!("  apple_pay is under maintenance from second 4 to 7");
+    bindledger::outln!("bindledger demo");
+    bindledger::outln!("  log:       {}", config.data_dir.display());
+    bindledger::outln!("  HTTP API:  http://{addr}   (token: {token_where})");
+    bindledger::outln!("  try:       curl -s -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/accounts/shopper-00001/bindings");
+    bindledger::outln!("  population: {} shoppers + a password guesser (binds, then payments), a ring of 4 accounts sharing one wallet,", opts.shoppers);
+    bindledger::outln!("              a bind-then-drain account, a dead-wallet prober and a binding churner");
+    bindledger::outln!("  apple_pay is under maintenance from second 4 to 7");
     match &relay_status {
-        Some(_) => println!(
+        Some(_) => bindledger::outln!(
             "  kafka:     publishing to topic {} at {}\n",
-            config.kafka.topic, config.kafka.brokers
+            config.kafka.topic,
+            config.kafka.brokers
         ),
         None => {
-            println!("  kafka:     off (set BINDLEDGER_KAFKA_BROKERS, or run `make demo`, which starts a broker)\n")
+            bindledger::outln!(
+                "  kafka:     off (set BINDLEDGER_KAFKA_BROKERS, or run `make demo`, which starts a broker)\n"
+            )
         }
     }
-    println!("  alerts:    the monitor runs the 7 rules over every event; new alerts print as they open");
-    println!("             (live: curl -N -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/alerts/stream)\n");
+    bindledger::outln!("  alerts:    the monitor runs the 7 rules over every event; new alerts print as they open");
+    bindledger::outln!(
+        "             (live: curl -N -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/alerts/stream)\n"
+    );
     let alert_printer = node.extras.monitor.clone().map(|m| tokio::spawn(print_alerts(m)));
     print_table_header();
 
@@ -822,7 +837,7 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
             if opts.header_every > 0 && second > 1 && (second - 1) % opts.header_every == 0 {
                 print_table_header();
             }
-            println!(
+            bindledger::outln!(
                 "{:>4}{:>9}{:>7}{:>9}{:>7}{:>7}{:>8}{:>7}{:>6}{:>7}{:>8}",
                 second,
                 grouped(events as i64),
@@ -867,20 +882,20 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     let _ = stop_http.send(());
     let _ = server.await;
     node.stop().await;
-    println!(
+    bindledger::outln!(
         "\nThe log stays in {}; check it offline with:",
         config.data_dir.display()
     );
     // The commands as they run from here: the binaries by the path this one was started from.
     let (exe, replay) = tool_paths();
-    println!(
+    bindledger::outln!(
         "  {exe} verify --data-dir {} --rules {}",
         config.data_dir.display(),
         rules_file.display()
     );
-    println!("  {exe} export --data-dir {} | head", config.data_dir.display());
+    bindledger::outln!("  {exe} export --data-dir {} | head", config.data_dir.display());
     if let Some(replay) = replay {
-        println!(
+        bindledger::outln!(
             "  {replay} verify --data-dir {}    # the audit tool",
             config.data_dir.display()
         );
@@ -921,19 +936,19 @@ async fn report(world: &World, elapsed_s: f64) {
     let ledger = &world.ledger;
     let sample = ledger.history("drainer-1", 0, 2).await;
     let t = world.tally.lock().expect("tally");
-    println!(
+    bindledger::outln!(
         "\n== outcomes after {:.1} s ({} events, {:.0} events/s) ==",
         elapsed_s,
         grouped(ledger.log_len() as i64),
         ledger.log_len() as f64 / elapsed_s
     );
     for (k, v) in &t.by_outcome {
-        println!("  {:<46} {:>9}", k, grouped(*v as i64));
+        bindledger::outln!("  {:<46} {:>9}", k, grouped(*v as i64));
     }
     if !t.errors.is_empty() {
-        println!("  answered with an error, nothing recorded:");
+        bindledger::outln!("  answered with an error, nothing recorded:");
         for (k, v) in &t.errors {
-            println!("    {:<44} {:>9}", k, grouped(*v as i64));
+            bindledger::outln!("    {:<44} {:>9}", k, grouped(*v as i64));
         }
     }
 
@@ -947,16 +962,16 @@ async fn report(world: &World, elapsed_s: f64) {
         }
     }
     match broken {
-        None => println!(
+        None => bindledger::outln!(
             "\n== hash chain: {} events verified, head {} ==",
             grouped(verifier.last_seq() as i64),
             verifier.head()
         ),
-        Some(e) => println!("\n== hash chain BROKEN: {e} =="),
+        Some(e) => bindledger::outln!("\n== hash chain BROKEN: {e} =="),
     }
     if let Ok(events) = sample {
         if let Some(e) = events.first() {
-            println!(
+            bindledger::outln!(
                 "\none stored event, as auditors and consumers see it:\n  {}",
                 serde_json::to_string(e).unwrap_or_default()
             );

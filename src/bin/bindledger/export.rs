@@ -35,6 +35,9 @@ fn write_events(data_dir: &Path, from: u64, output: Option<&Path>) -> Result<()>
             offline::export(data_dir, from, &mut lock)?
         }
     };
-    eprintln!("exported {n} events");
+    // `None`: the reader stopped reading (`| head`); the export ends quietly, claiming nothing.
+    if let Some(n) = n {
+        eprintln!("exported {n} events");
+    }
     Ok(())
 }

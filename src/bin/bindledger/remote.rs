@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 #[derive(Args)]
 pub struct Remote {
     /// The ledger's URL: http:// or https://, with a host name or an address.
-    #[arg(long, default_value = "http://127.0.0.1:8080", env = "BINDLEDGER_URL")]
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "BINDLEDGER_URL", value_parser = url_arg)]
     pub url: String,
     /// A token with the needed role (status: reader; alerts: security or auditor). Default:
     /// the admin token in --data-dir.
@@ -39,6 +39,14 @@ pub fn url_escape(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// `--url` checked as clap parses it, so a bad one is a usage error (exit 2), like any other
+/// bad value.
+pub fn url_arg(url: &str) -> std::result::Result<String, String> {
+    Endpoint::parse(url)
+        .map(|_| url.to_owned())
+        .map_err(|e| format!("{e} (expected http:// or https:// with a host name or an address)"))
 }
 
 pub fn parse_url(url: &str) -> Result<Endpoint> {

@@ -29,13 +29,13 @@ use bindledger::domain::alerts::RuleSet;
 use bindledger::domain::command::{BindRequest, CommonInput, PayRequest, UnbindRequest};
 use bindledger::domain::projection::Projection;
 use bindledger::domain::secret::{LedgerSecret, SecretString};
-use bindledger::fixture::Rng;
 use bindledger::ledger::alerts::{Monitor, MonitorConfig};
 use bindledger::ledger::clock::Clock;
 use bindledger::ledger::clock::ManualClock;
 use bindledger::ledger::store::StorageFaults;
 use bindledger::ledger::{CommandResult as Committed, Ledger, PlantedBug, Seams};
 use bindledger_events::{ChainVerifier, Hash, Payload, Provider};
+use bindledger_fixture::Rng;
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -56,7 +56,7 @@ pub struct SimulateArgs {
     /// Plant a known bug, to see the simulator find it: refold-on-open (the last event folded
     /// again on open), ack-before-flush (a batch answered though its flush failed) or
     /// no-gateway-timeout (the ledger waits for a wallet provider however long it takes).
-    #[arg(long)]
+    #[arg(long, value_parser = ["refold-on-open", "ack-before-flush", "no-gateway-timeout"])]
     pub plant: Option<String>,
     /// Where the runs' data directories go (each is removed once its seed passes). Default: a
     /// folder in /dev/shm (memory) where it can be written, else in the temporary directory.
@@ -93,7 +93,7 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
         Some("refold-on-open") => Some(PlantedBug::RefoldLastEventOnOpen),
         Some("ack-before-flush") => Some(PlantedBug::AckBeforeFlush),
         Some("no-gateway-timeout") => Some(PlantedBug::NoGatewayTimeout),
-        Some(_) => bail!("--plant: refold-on-open, ack-before-flush or no-gateway-timeout"),
+        Some(_) => unreachable!("clap allows only the values above"),
     };
     let root = args.dir.clone().unwrap_or_else(|| {
         // In memory where the machine has a tmpfs for it: the store is the real one (sled),
@@ -105,6 +105,13 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
             Err(_) => std::env::temp_dir().join(name),
         }
     });
+    // The runs' folder goes when this function ends, however it ends (a panic too), unless
+    // asked to keep it or a seed failed (its data is then what replays it).
+    let mut cleanup = RemoveOnDrop {
+        root: root.clone(),
+        keep: args.keep,
+        ours: args.dir.is_none(),
+    };
     let started = Instant::now();
     let mut total = Covered::default();
     for seed in args.seed..args.seed.saturating_add(args.seeds) {
@@ -115,7 +122,7 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
                 if !args.keep {
                     let _ = std::fs::remove_dir_all(&dir);
                 }
-                println!(
+                let shown = say(format_args!(
                     "seed {seed}: ok: {} commands, {} events, {} retries, {} races, {} provider timeouts, {} reopens, {} storage faults, {} crashes, {} alert changes, {} locks; head {}",
                     c.commands,
                     c.events,
@@ -128,7 +135,11 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
                     c.alerts,
                     c.locks,
                     &c.head[..16]
-                );
+                ));
+                if !shown {
+                    // The reader went away (`| head -1`): stop quietly, as `head` expects.
+                    return Ok(true);
+                }
                 total.commands += c.commands;
                 total.events += c.events;
                 total.retries += c.retries;
@@ -142,19 +153,22 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
                 total.locks += c.locks;
             }
             Err(e) => {
-                println!("seed {seed}: FAILED: {e:#}");
+                cleanup.keep = true;
                 let plant = args.plant.as_deref().map(|p| format!(" PLANT={p}")).unwrap_or_default();
-                println!(
-                    "replay it: make simulate SEED={seed} STEPS={}{plant} (its data stays in {})",
+                let text = format!(
+                    "seed {seed}: FAILED: {e:#}\nreplay it: make simulate SEED={seed} STEPS={}{plant} (its data stays in {})",
                     args.steps,
                     dir.display()
                 );
+                if !say(format_args!("{text}")) {
+                    eprintln!("{text}"); // a failure is never lost with a closed pipe
+                }
                 return Ok(false);
             }
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    say(format_args!(
         "{} seeds passed: {} commands ({:.0}/s), {} provider timeouts, {} reopens, {} storage faults, {} crashes ({} unacknowledged events lost), {} alert changes, {} locks, in {:.1} s",
         args.seeds,
         total.commands,
@@ -167,11 +181,35 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
         total.alerts,
         total.locks,
         secs
-    );
-    if !args.keep {
-        let _ = std::fs::remove_dir(&root);
-    }
+    ));
     Ok(true)
+}
+
+/// One line on standard output; false when it cannot be written (a closed pipe).
+fn say(line: std::fmt::Arguments) -> bool {
+    use std::io::Write;
+    writeln!(std::io::stdout(), "{line}").is_ok()
+}
+
+/// The runs' folder, removed when the run ends: all of it when this run made it, else only if
+/// it is empty (a `--dir` given may hold other things).
+struct RemoveOnDrop {
+    root: std::path::PathBuf,
+    keep: bool,
+    ours: bool,
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        let _ = if self.ours {
+            std::fs::remove_dir_all(&self.root)
+        } else {
+            std::fs::remove_dir(&self.root)
+        };
+    }
 }
 
 /// What the simulator sent, to send it again.
