@@ -11,8 +11,10 @@ Prints `ok EVENTS HEAD` and exits 0, or `FAIL LINE SEQ REASON` (the first line, 
 that breaks a rule) and exits 3; exits 2 on bad usage, 1 when the file cannot be read.
 """
 
+import datetime
 import hashlib
 import json
+import re
 import sys
 
 # ---- Ed25519 verification (RFC 8032, section 5.1), affine coordinates ----
@@ -35,6 +37,80 @@ def no_repeated_keys(pairs):
             raise RepeatedKey(k)
         out[k] = v
     return out
+
+class NotANumber(Exception):
+    pass
+
+
+def no_constants(name):
+    """NaN and Infinity are not JSON: Python's reader takes them, the ledger's does not."""
+    raise NotANumber(name)
+
+
+# The envelope: every field of an event, and what it holds.
+ENVELOPE = ("v", "id", "seq", "account", "account_seq", "event_time", "record_time",
+            "context", "prev_hash", "payload")
+# These three may also be absent, which is the same as null.
+OPTIONAL = ("idempotency_key", "request_digest", "correlation_id")
+TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$")
+HEX64 = re.compile(r"^[0-9A-Fa-f]{64}$")
+_H = "[0-9A-Fa-f]"
+UUID = re.compile(rf"^(?:{_H}{{32}}|(urn:uuid:|\{{)?{_H}{{8}}-{_H}{{4}}-{_H}{{4}}-{_H}{{4}}-{_H}{{12}}\}}?)$")
+# The schema versions this verifier knows (events/schema/event.v1 .. v7).
+KNOWN_VERSIONS = range(1, 8)
+
+
+def is_integer(x, low=0):
+    """A JSON integer (no fraction, no exponent: 20001.0 and 2e4 are not), unsigned 64-bit."""
+    return type(x) is int and low <= x < 2**64
+
+
+def is_time(x):
+    """RFC 3339, no finer than microseconds (digits past the sixth of the fraction are zeros)."""
+    m = TIME.match(x) if isinstance(x, str) else None
+    if not m:
+        return False
+    y, mo, d, h, mi, sec, frac, zone = m.groups()
+    if frac and frac[6:9].strip("0"):
+        return False
+    if zone not in ("Z", "z") and (int(zone[1:3]) > 23 or int(zone[4:6]) > 59):
+        return False
+    try:
+        datetime.datetime(int(y), int(mo), int(d), int(h), int(mi), min(int(sec), 59))
+    except ValueError:
+        return False
+    return int(sec) <= 60
+
+
+def envelope_problem(event):
+    """What is wrong with an event's envelope, or None."""
+    if not isinstance(event, dict):
+        return "not a JSON object"
+    for key in ENVELOPE:
+        if key not in event:
+            return f"no {key} field"
+    if not is_integer(event["v"], 1) or event["v"] not in KNOWN_VERSIONS:
+        return "v is not a schema version this verifier knows"
+    if not is_integer(event["seq"], 1) or not is_integer(event["account_seq"], 1):
+        return "seq and account_seq are whole numbers from 1 (no fraction, no exponent)"
+    if not isinstance(event["account"], str):
+        return "account is a string"
+    m = UUID.match(event["id"]) if isinstance(event["id"], str) else None
+    if not m or (m.group(1) == "{") != event["id"].endswith("}"):
+        return "id is a UUID"
+    if not is_time(event["event_time"]) or not is_time(event["record_time"]):
+        return "event_time and record_time are RFC 3339 times, to the microsecond at most"
+    if not isinstance(event["prev_hash"], str) or not HEX64.match(event["prev_hash"]):
+        return "prev_hash is 64 hex characters"
+    if not isinstance(event["context"], dict) or not isinstance(event["payload"], dict):
+        return "context and payload are objects"
+    for key in OPTIONAL:
+        if event.get(key) is not None and not isinstance(event[key], str):
+            return f"{key} is a string or null"
+    if event.get("request_digest") is not None and not HEX64.match(event["request_digest"]):
+        return "request_digest is 64 hex characters or null"
+    return None
+
 
 def _inv(x):
     return pow(x, P - 2, P)
@@ -119,8 +195,13 @@ def read_checkpoints(path, public_key):
     key = bytes.fromhex(public_key)
     for n, raw in enumerate(lines, 1):
         if not raw.strip():
-            continue
-        cp = json.loads(raw)
+            continue  # blank lines in a checkpoints file are skipped
+        try:
+            cp = json.loads(raw.decode("utf-8"), object_pairs_hook=no_repeated_keys, parse_constant=no_constants)
+            cp["seq"], cp["head"], cp["time"], cp["public_key"], cp["signature"]
+        except (ValueError, KeyError, TypeError, RepeatedKey, NotANumber):
+            print(f"error: {path}: line {n}: not a checkpoint", file=sys.stderr)
+            sys.exit(1)
         if cp["public_key"].lower() != public_key.lower():
             fail(0, cp["seq"], f"checkpoint line {n} is signed with another key")
         message = f"bindledger-checkpoint:v1:{cp['seq']}:{cp['head']}:{cp['time']}".encode("ascii")
@@ -169,15 +250,23 @@ def main(argv):
             fail(n, expected, "a blank line")
         if line.endswith(b"\r"):
             fail(n, expected, "a line ending in \\r\\n")
+        if line.startswith(b"\xef\xbb\xbf"):
+            fail(n, expected, "a byte order mark before the event")
         try:
-            event = json.loads(line, object_pairs_hook=no_repeated_keys)
+            text = line.decode("utf-8")  # strictly: json.loads would guess UTF-16 or drop a BOM
+            event = json.loads(text, object_pairs_hook=no_repeated_keys, parse_constant=no_constants)
         except RepeatedKey:
             fail(n, expected, "a key appears twice in one object")
+        except NotANumber:
+            fail(n, expected, "NaN or Infinity, which JSON does not have")
         except ValueError:
-            fail(n, expected, "not JSON")
+            fail(n, expected, "not UTF-8 JSON")
+        problem = envelope_problem(event)
+        if problem:
+            fail(n, expected, problem)
         if event.get("seq") != expected:
             fail(n, expected, f"seq {event.get('seq')} where {expected} was expected")
-        if event.get("prev_hash") != prev:
+        if event["prev_hash"].lower() != prev:
             fail(n, expected, "prev_hash is not the hash of the line before")
         account, account_seq = event.get("account"), event.get("account_seq")
         if account in accounts:

@@ -11,8 +11,9 @@ use std::path::PathBuf;
 /// an error: it is the [`Problem`] of an [`AuditReport`].
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// A file or the standard input could not be read.
-    #[error("{what}: {source}")]
+    /// A file or the standard input could not be read. The I/O error is the source, not
+    /// repeated in this text (the tool prints the whole chain once).
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
@@ -62,6 +63,70 @@ pub enum Source {
     Http { url: String, token: String },
     /// The events topic, partitions merged on the global sequence.
     Kafka { brokers: String, topic: String },
+}
+
+/// A stopped ledger's data directory, copied to read: sled writes when it opens a database
+/// (a snapshot file, torn segments zeroed, old blobs removed), and an audit must leave the
+/// directory it audits byte for byte as it was. The copy holds the log (`log/`) only, goes in
+/// the system's temporary directory (`TMPDIR`; `std::fs::copy` shares the blocks where the
+/// file system can, as btrfs and XFS do within one file system), and is removed on drop.
+#[derive(Debug)]
+pub struct ReadCopy {
+    root: PathBuf,
+    original: PathBuf,
+}
+
+impl ReadCopy {
+    pub fn of(dir: &std::path::Path) -> Result<ReadCopy> {
+        bindledger::ledger::store::require_log(dir)?;
+        let root = std::env::temp_dir().join(format!(
+            "bindledger-replay-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let copy = ReadCopy {
+            root,
+            original: dir.to_path_buf(),
+        };
+        copy_tree(&dir.join("log"), &copy.root.join("log"))?;
+        Ok(copy)
+    }
+
+    /// The copy's data directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.root
+    }
+
+    /// A message about the copy, naming the directory it is a copy of.
+    pub fn name_the_original(&self, text: &str) -> String {
+        text.replace(&self.root.display().to_string(), &self.original.display().to_string())
+    }
+}
+
+impl Drop for ReadCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(SourceError::io(format!("creating {}", to.display())))?;
+    for entry in std::fs::read_dir(from).map_err(SourceError::io(format!("reading {}", from.display())))? {
+        let entry = entry.map_err(SourceError::io(format!("reading {}", from.display())))?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        if entry
+            .file_type()
+            .map_err(SourceError::io(format!("reading {}", source.display())))?
+            .is_dir()
+        {
+            copy_tree(&source, &target)?;
+        } else {
+            std::fs::copy(&source, &target).map_err(SourceError::io(format!("copying {}", source.display())))?;
+        }
+    }
+    Ok(())
 }
 
 /// Events per HTTP feed request: one page in memory at a time.
@@ -465,16 +530,19 @@ pub const RECENT_EVENTS: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
     /// `altered`, `broken_link`, `missing`, `duplicate`, `conflict`, `reordered`,
-    /// `undecodable`, `line_ending`, `blank_line`, `empty`, `account_sequence`,
+    /// `undecodable`, `line_ending`, `blank_line`, `empty`, `account_sequence`, `trusted_head`,
     /// `checkpoint_signature`, `checkpoint_mismatch`, `truncated`.
     pub kind: &'static str,
     /// The global sequence where it is (for a checkpoint's signature: the seq it covers).
     pub seq: u64,
     /// The event's account, when known.
     pub account: Option<String>,
-    /// Position in the source (1 = its first event; for a checkpoint's signature, its line
-    /// in the checkpoints).
+    /// Position in the source (1 = its first event); 0 when the problem is in the signed
+    /// checkpoints, not in the log.
     pub position: u64,
+    /// For a checkpoint's signature: which checkpoint (1 = the first one given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<u64>,
     pub expected: String,
     pub found: String,
 }
@@ -505,6 +573,11 @@ impl AuditReport {
     pub fn last_seq(&self) -> u64 {
         self.first_seq + self.events - 1
     }
+}
+
+/// What an altered event's account sequence says, beside its hash.
+fn wanted_found(wanted: &str, found: u64) -> String {
+    format!("{wanted} expected, account_seq {found} found")
 }
 
 /// Where an audit starts: the genesis, or a head the auditor trusts (`--trusted-head
@@ -558,7 +631,8 @@ pub fn trusted_heads(
                 kind: "checkpoint_signature",
                 seq: cp.seq,
                 account: None,
-                position: i as u64 + 1,
+                position: 0,
+                checkpoint: Some(i as u64 + 1),
                 expected: "a checkpoint signed with the trusted key".into(),
                 found: why.to_string(),
             });
@@ -655,6 +729,7 @@ pub fn audit_from(
                 seq: start.seq + 1,
                 account: None,
                 position: 1,
+                checkpoint: None,
                 expected: format!("event {}", start.seq + 1),
                 found: "a source without any event".into(),
             });
@@ -664,6 +739,7 @@ pub fn audit_from(
                 seq,
                 account: None,
                 position: report.events + 1,
+                checkpoint: None,
                 expected: format!("event {seq} with hash {head} (signed checkpoint)"),
                 found: format!("the log ends at event {}", report.last_seq()),
             });
@@ -760,6 +836,7 @@ impl<'h, I: Iterator<Item = Result<Decoded>>> Auditor<'h, I> {
                 seq,
                 account: account.map(str::to_owned),
                 position,
+                checkpoint: None,
                 expected,
                 found,
             };
@@ -826,12 +903,17 @@ impl<'h, I: Iterator<Item = Result<Decoded>>> Auditor<'h, I> {
                         format!("event {expected}"),
                         format!("a second event {} whose bytes differ from the one verified", e.seq),
                     ),
+                    // Event S was verified at its own place, too long ago to compare its bytes:
+                    // what is wrong is here, where event E belongs.
                     None => problem(
                         "reordered",
-                        e.seq,
+                        expected,
                         account,
                         format!("event {expected}"),
-                        format!("event {}, which belongs earlier in the log", e.seq),
+                        format!(
+                            "event {}, which was verified earlier at its own place (too long ago to compare its bytes)",
+                            e.seq
+                        ),
                     ),
                 };
                 return Ok(self.report(Some(p), false));
@@ -894,6 +976,7 @@ impl<'h, I: Iterator<Item = Result<Decoded>>> Auditor<'h, I> {
                         seq: e.seq - 1,
                         account: None,
                         position: position - 1,
+                        checkpoint: None,
                         expected: format!("bytes hashing to {} (recorded by event {})", e.prev_hash, e.seq),
                         found: format!("bytes hashing to {prev}"),
                     };
@@ -902,6 +985,25 @@ impl<'h, I: Iterator<Item = Result<Decoded>>> Auditor<'h, I> {
                     r.events = r.events.saturating_sub(1);
                     r.head = self.recent.iter().rev().nth(1).map_or(self.start.hash, |(_, h)| *h);
                     return Ok(r);
+                } else if expected == self.start.seq + 1 && self.start.seq > 0 && !this_changed {
+                    // The first event after a trusted head links to another head: nothing
+                    // says this event changed, so the trusted head is what does not match
+                    // (a wrong --trusted-head, or a log rewritten before it).
+                    Problem {
+                        kind: "trusted_head",
+                        seq: self.start.seq,
+                        account: None,
+                        position,
+                        checkpoint: None,
+                        expected: format!(
+                            "event {} hashing to {} (the trusted head)",
+                            self.start.seq, self.start.hash
+                        ),
+                        found: format!(
+                            "event {} links to {}: the trusted head is not this log's event {}",
+                            e.seq, e.prev_hash, self.start.seq
+                        ),
+                    }
                 } else if this_changed || expected == self.start.seq + 1 {
                     problem(
                         "altered",
@@ -921,44 +1023,44 @@ impl<'h, I: Iterator<Item = Result<Decoded>>> Auditor<'h, I> {
                 };
                 return Ok(self.report(Some(p), false));
             }
-            match self.accounts.get(&e.account).copied() {
-                Some(last) if e.account_seq != last + 1 => {
-                    // An edit of this event's account or account_seq shows here first: if the
-                    // next event does not link to these bytes, they were altered.
-                    if let Some((s, link)) = self.peek_link() {
-                        if s == e.seq + 1 && link != hash {
-                            let p = problem(
-                                "altered",
-                                e.seq,
-                                account,
-                                format!("bytes hashing to {link} (recorded by event {s})"),
-                                format!("bytes hashing to {hash}"),
-                            );
-                            return Ok(self.report(Some(p), false));
-                        }
-                    }
-                    let p = problem(
-                        "account_sequence",
-                        e.seq,
-                        account,
-                        format!("account_seq {}", last + 1),
-                        format!("account_seq {}", e.account_seq),
-                    );
-                    return Ok(self.report(Some(p), false));
-                }
+            let wanted = match self.accounts.get(&e.account).copied() {
+                Some(last) if e.account_seq != last + 1 => Some(format!("account_seq {}", last + 1)),
                 // From the genesis, an account's first event has account_seq 1; after a trusted
                 // head, the first one seen sets where the account is.
                 None if self.start.seq == 0 && e.account_seq != 1 => {
-                    let p = problem(
+                    Some("account_seq 1 (the account's first event)".to_owned())
+                }
+                _ => None,
+            };
+            if let Some(wanted) = wanted {
+                // An edit of this event's account or account_seq shows here first: if the next
+                // event does not link to these bytes, or a signed checkpoint at this seq does
+                // not match them, they were altered.
+                let next = self.peek_link().filter(|(s, _)| *s == e.seq + 1);
+                let p = match (next, self.heads.get(&e.seq).copied()) {
+                    (Some((s, link)), _) if link != hash => problem(
+                        "altered",
+                        e.seq,
+                        account,
+                        format!("bytes hashing to {link} (recorded by event {s})"),
+                        format!("bytes hashing to {hash} ({})", wanted_found(&wanted, e.account_seq)),
+                    ),
+                    (_, Some(signed)) if signed != hash => problem(
+                        "altered",
+                        e.seq,
+                        account,
+                        format!("bytes hashing to {signed} (signed checkpoint)"),
+                        format!("bytes hashing to {hash} ({})", wanted_found(&wanted, e.account_seq)),
+                    ),
+                    _ => problem(
                         "account_sequence",
                         e.seq,
                         account,
-                        "account_seq 1 (the account's first event)".into(),
+                        wanted,
                         format!("account_seq {}", e.account_seq),
-                    );
-                    return Ok(self.report(Some(p), false));
-                }
-                _ => {}
+                    ),
+                };
+                return Ok(self.report(Some(p), false));
             }
             if let Some(signed) = self.heads.get(&e.seq).copied() {
                 if signed != hash {

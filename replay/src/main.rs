@@ -21,10 +21,68 @@ use std::path::PathBuf;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use bindledger::outln;
+/// `println!` for the tool's output: a closed pipe (`| head`) ends the program quietly with
+/// exit code 0, as `head` expects, after removing the read copy of a data directory.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            stdout_failed(e);
+        }
+    }};
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    drop(READ_COPY.lock().unwrap_or_else(|p| p.into_inner()).take());
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing to standard output: {e}");
+    std::process::exit(1);
+}
+
+/// The copy of a `--data-dir` this run reads (see [`bindledger_replay::ReadCopy`]), removed
+/// however the program ends.
+static READ_COPY: std::sync::Mutex<Option<bindledger_replay::ReadCopy>> = std::sync::Mutex::new(None);
 
 const EXIT_ERROR: i32 = 1;
 const EXIT_PROBLEM: i32 = 3;
+/// Shown under every command's `--help`, not only the top one's.
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 the log cannot be read (or another error), 2 bad usage, 3 the log does not verify (every command checks the chain as it reads) or diff found a difference.";
+
+/// The command line as clap parses it, every subcommand's help ending with the exit codes.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command()
+        .mut_subcommands(|c| c.after_help(EXIT_CODES))
+        .get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// `state --at`: after an event, or at a moment of record time.
+#[derive(Clone, Copy)]
+enum At {
+    Seq(u64),
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+impl At {
+    /// Checked as clap parses it, so a bad value is bad usage (exit 2). The value is not
+    /// repeated: it is the caller's.
+    fn parse(s: &str) -> std::result::Result<At, String> {
+        if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+            return s
+                .parse::<u64>()
+                .map(At::Seq)
+                .map_err(|_| "a sequence number that large is past any log".to_owned());
+        }
+        chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| At::Time(t.with_timezone(&chrono::Utc)))
+            .map_err(|_| {
+                "expected an event's seq (1, 2, ...) or an RFC 3339 time such as 2026-11-28T10:00:00Z".to_owned()
+            })
+    }
+}
 
 /// Ends the program as clap does for bad usage: the message, a hint, exit 2.
 fn usage(message: &str) -> ! {
@@ -39,7 +97,7 @@ fn usage(message: &str) -> ! {
     name = "bindledger-replay",
     version,
     about = "The bindledger audit tool",
-    after_help = "Exit codes: 0 success, 1 the log cannot be read (or another error), 2 bad usage, 3 verify found a problem."
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -145,8 +203,8 @@ enum Command {
     State {
         #[command(flatten)]
         from: From,
-        #[arg(long)]
-        at: String,
+        #[arg(long, value_parser = At::parse)]
+        at: At,
         /// Only this account's bindings.
         #[arg(long)]
         account: Option<String>,
@@ -205,6 +263,24 @@ fn load_rules(path: Option<&std::path::Path>) -> anyhow::Result<RuleSet> {
         Some(p) => Ok(bindledger::ledger::keys::load_rules(p)?),
         None => Ok(RuleSet::default()),
     }
+}
+
+/// Points the command's `--data-dir` at a fresh copy of it, kept in [`READ_COPY`].
+fn read_through_a_copy(cli: &mut Cli) -> anyhow::Result<()> {
+    let from = match &mut cli.command {
+        Command::Verify { from, .. }
+        | Command::History { from, .. }
+        | Command::State { from, .. }
+        | Command::Diff { from, .. }
+        | Command::Backtest { from, .. } => from,
+        _ => return Ok(()),
+    };
+    if let Some(dir) = &mut from.data_dir {
+        let copy = bindledger_replay::ReadCopy::of(dir)?;
+        *dir = copy.path().to_path_buf();
+        *READ_COPY.lock().unwrap_or_else(|p| p.into_inner()) = Some(copy);
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -491,7 +567,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                                     serde_json::json!({"checkpoints": cps.len(), "events": null, "problem": p})
                                 );
                             } else {
-                                outln!("checkpoints: {} read; checkpoint {} (for event {}) FAILED: {}; the log was not checked", cps.len(), p.position, p.seq, p.found);
+                                outln!("checkpoints: {} read; checkpoint {} (for event {}) FAILED: {}; the log was not checked", cps.len(), p.checkpoint.unwrap_or_default(), p.seq, p.found);
                             }
                             return Ok(EXIT_PROBLEM);
                         }
@@ -547,14 +623,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             rules,
         } => {
             let rules = load_rules(rules.as_deref())?;
-            let until: Box<dyn Fn(&Event) -> bool> = match at.parse::<u64>() {
-                Ok(seq) => Box::new(move |e: &Event| e.seq <= seq),
-                Err(_) => {
-                    let t = chrono::DateTime::parse_from_rfc3339(&at)
-                        .map_err(|_| anyhow::anyhow!("--at {at:?} is neither a sequence nor an RFC 3339 time"))?;
-                    let t = t.with_timezone(&chrono::Utc);
-                    Box::new(move |e: &Event| e.record_time <= t)
-                }
+            let until: Box<dyn Fn(&Event) -> bool> = match at {
+                At::Seq(seq) => Box::new(move |e: &Event| e.seq <= seq),
+                At::Time(t) => Box::new(move |e: &Event| e.record_time <= t),
             };
             let mut projection = Projection::default();
             let mut engine = Engine::new(rules);
@@ -573,6 +644,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             if !report.ok() {
                 print_problem(&report, from.json);
                 return Ok(EXIT_PROBLEM);
+            }
+            if let At::Seq(seq) = at {
+                // The state after an event the log does not hold is no state at all.
+                anyhow::ensure!(
+                    projection.position >= seq,
+                    "the log ends at event {}, before --at {seq}",
+                    projection.position
+                );
             }
             let accounts: std::collections::BTreeMap<&String, _> = projection
                 .accounts
@@ -657,15 +736,18 @@ fn print_verify(report: &AuditReport, start: Start, checkpoints_given: usize) {
 
 /// A located problem, as a sentence.
 fn problem_text(p: &bindledger_replay::Problem) -> String {
+    let place = match p.checkpoint {
+        Some(n) => format!("signed checkpoint {n} of those given"),
+        None => format!("position {} in the source", p.position),
+    };
     format!(
-        "{} at event {}{} (position {} in the source): expected {}, found {}",
+        "{} at event {}{} ({place}): expected {}, found {}",
         p.kind,
         p.seq,
         p.account
             .as_deref()
             .map(|a| format!(", account {a}"))
             .unwrap_or_default(),
-        p.position,
         p.expected,
         p.found
     )
@@ -748,12 +830,21 @@ fn keep_freed_memory() {
 
 fn main() {
     keep_freed_memory();
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => std::process::exit(code),
+    let mut cli = parse_cli();
+    // A data directory is read through a copy: opening a sled database writes to it (a
+    // snapshot, torn segments zeroed), and an audit must leave what it audits as it was.
+    let code = match read_through_a_copy(&mut cli).and_then(|()| run(cli)) {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(EXIT_ERROR);
+            let text = format!("{e:#}");
+            let text = match &*READ_COPY.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(copy) => copy.name_the_original(&text),
+                None => text,
+            };
+            eprintln!("error: {text}");
+            EXIT_ERROR
         }
-    }
+    };
+    drop(READ_COPY.lock().unwrap_or_else(|p| p.into_inner()).take());
+    std::process::exit(code);
 }

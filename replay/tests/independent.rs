@@ -124,6 +124,87 @@ fn the_independent_verifier_and_the_tool_agree() {
         prev = hash_bytes(b);
     }
     cases.push(("rewritten", l, b"\n"));
+    // What a reader of JSON might let through and the ledger's reader does not (or does): each
+    // edit at event 151, the chain after it recomputed, so only the form decides.
+    let text151 = String::from_utf8(lines[150].clone()).unwrap();
+    let record_time = {
+        let at = text151.find("\"record_time\":\"").unwrap() + "\"record_time\":\"".len();
+        text151[at..at + 27].to_owned()
+    };
+    assert!(record_time.ends_with('Z') && record_time.len() == 27, "{record_time}");
+    let edits: Vec<(&str, String)> = vec![
+        (
+            "seq_with_a_fraction",
+            text151.replacen("\"seq\":151,", "\"seq\":151.0,", 1),
+        ),
+        (
+            "seq_with_an_exponent",
+            text151.replacen("\"seq\":151,", "\"seq\":1.51e2,", 1),
+        ),
+        (
+            "seq_as_a_string",
+            text151.replacen("\"seq\":151,", "\"seq\":\"151\",", 1),
+        ),
+        (
+            "time_with_seven_digits",
+            text151.replacen(&record_time, &format!("{}7Z", &record_time[..26]), 1),
+        ),
+        (
+            "time_with_seven_digits_ending_in_zero",
+            text151.replacen(&record_time, &format!("{}0Z", &record_time[..26]), 1),
+        ),
+        (
+            "time_with_an_offset",
+            text151.replacen(&record_time, &format!("{}+00:00", &record_time[..26]), 1),
+        ),
+        (
+            "time_with_a_lowercase_t",
+            text151.replacen(&record_time, &record_time.replacen('T', "t", 1), 1),
+        ),
+        (
+            "time_with_a_space",
+            text151.replacen(&record_time, &record_time.replacen('T', " ", 1), 1),
+        ),
+        ("a_byte_order_mark", format!("\u{feff}{text151}")),
+        ("account_seq_not_a_number", {
+            let at = text151.find("\"account_seq\":").unwrap() + "\"account_seq\":".len();
+            let end = at + text151[at..].find(',').unwrap();
+            format!("{}NaN{}", &text151[..at], &text151[end..])
+        }),
+        ("without_its_context", {
+            let at = text151.find("\"context\":").unwrap();
+            let end = at + text151[at..].find('}').unwrap() + 2;
+            format!("{}{}", &text151[..at], &text151[end..])
+        }),
+    ];
+    for (name, edited) in edits {
+        assert_ne!(edited, text151, "{name}: the edit did not apply");
+        let mut l = lines.clone();
+        l[150] = edited.into_bytes();
+        for i in 151..l.len() {
+            let link = hash_bytes(&l[i - 1]).to_string();
+            let text = String::from_utf8(l[i].clone()).unwrap();
+            let at = text.find("\"prev_hash\":\"").unwrap() + "\"prev_hash\":\"".len();
+            l[i] = format!("{}{link}{}", &text[..at], &text[at + 64..]).into_bytes();
+        }
+        cases.push((name, l, b"\n"));
+    }
+    // An account_seq edited in place (the chain not recomputed): the next event's link shows it.
+    let mut l = lines.clone();
+    let e = decode(&l[150]).unwrap();
+    l[150] = text151
+        .replacen(
+            &format!("\"account_seq\":{},", e.account_seq),
+            &format!("\"account_seq\":{},", e.account_seq + 1),
+            1,
+        )
+        .into_bytes();
+    assert_ne!(l[150], lines[150]);
+    cases.push(("account_seq_edited", l, b"\n"));
+    // An old event's bytes in place of a later one.
+    let mut l = lines.clone();
+    l[300] = lines[10].clone();
+    cases.push(("an_old_event_in_place_of_another", l, b"\n"));
 
     for (name, lines, sep) in &cases {
         let path = write(dir.path(), &format!("{name}.ndjson"), lines, sep);

@@ -99,6 +99,25 @@ fn each_tampering_is_named_by_what_the_evidence_proves() {
         r["problem"]["found"].as_str().unwrap().contains("in place of event 10"),
         "{r}"
     );
+    // Regression: an account's first event with its account_seq edited was named
+    // `account_sequence`; the next event does not link to its bytes, so it was altered.
+    let mut l = base.clone();
+    l[0] = edit(&l[0], |e| e.account_seq = 2);
+    assert_eq!(problem(&l), ("altered".into(), 1, 1));
+    let mut l = base.clone();
+    l[50] = edit(&l[50], |e| e.account_seq += 1);
+    assert_eq!(problem(&l), ("altered".into(), 51, 51));
+    // The last event's: nothing after it links to it, so the sequence is what is named...
+    let mut l = base.clone();
+    l[99] = edit(&l[99], |e| e.account_seq += 1);
+    assert_eq!(problem(&l), ("account_sequence".into(), 100, 100));
+    // Regression: an old event's bytes in place of another, too old to compare, were named
+    // `reordered` at the copied event's seq (which was verified at its own place); the problem
+    // is where event E belongs.
+    let big = log(4200);
+    let mut l = big.clone();
+    l[4150] = big[10].clone();
+    assert_eq!(problem(&l), ("reordered".into(), 4151, 4151));
     // A second, different event claiming an old seq: a conflict.
     let mut l = base.clone();
     l.insert(20, edit(&base[4], |e| e.correlation_id = Some("forged".into())));
@@ -245,8 +264,19 @@ fn a_partial_export_verifies_from_a_trusted_head() {
         (0, Some(30), Some(21)),
         "{r}"
     );
+    // Regression: a wrong trusted head blamed event 21, which nothing says changed. The
+    // trusted head is what does not match.
     let wrong = format!("20:{}", hash_bytes(&base[18]).to_hex());
     let (code, r) = verify(&partial, &["--trusted-head", &wrong]);
+    assert_eq!(
+        (code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64()),
+        (3, Some("trusted_head"), Some(20)),
+        "{r}"
+    );
+    // But event 21 whose link was edited, with event 22 not linking to its bytes: event 21.
+    let mut edited = partial.clone();
+    edited[0] = edit(&edited[0], |e| e.prev_hash = Hash([7; 32]));
+    let (code, r) = verify(&edited, &["--trusted-head", &head]);
     assert_eq!(
         (code, r["problem"]["kind"].as_str(), r["problem"]["seq"].as_u64()),
         (3, Some("altered"), Some(21)),
@@ -306,6 +336,29 @@ fn usage_errors_exit_2_and_a_bad_signature_says_nothing_was_checked() {
         out.contains("checkpoint 1 (for event 5) FAILED") && out.contains("the log was not checked"),
         "{out}"
     );
+    // Regression: `position` meant the checkpoint's line here and the log's position
+    // elsewhere. It is the log's only; the checkpoint has a field of its own.
+    let (code, out, _) = run(&[
+        "verify",
+        "--json",
+        "--export",
+        &path,
+        "--checkpoints",
+        cps.to_str().unwrap(),
+        "--public-key",
+        &good_key.public_hex(),
+    ]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            code,
+            r["problem"]["kind"].as_str(),
+            r["problem"]["position"].as_u64(),
+            r["problem"]["checkpoint"].as_u64()
+        ),
+        (3, Some("checkpoint_signature"), Some(0), Some(1)),
+        "{r}"
+    );
     assert!(!out.contains("chain head: 000"), "{out}");
     // What verify proved, in words.
     let (code, out, _) = run(&["verify", "--export", &path]);
@@ -360,4 +413,81 @@ fn a_corrupt_store_is_named_as_corrupt_with_where_it_was_read() {
         }
     }
     assert!(named > 0, "no flip reached sled's corruption check");
+}
+
+/// Regressions: bad `--at` values exited 1, and `--at` past the log's end answered the end;
+/// `--help` of a command listed no exit codes.
+#[test]
+fn state_at_is_checked_and_every_help_lists_the_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "e.ndjson", &log(20), b"\n");
+    for bad in ["tomorrow", "-3", "12:00", "2026-13-01T00:00:00Z", ""] {
+        let at = format!("--at={bad}");
+        let (code, _, err) = run(&["state", "--export", &path, &at]);
+        assert_eq!(code, 2, "--at {bad:?}: {err}");
+        assert!(err.contains("RFC 3339"), "--at {bad:?}: {err}");
+    }
+    let (code, out, err) = run(&["state", "--export", &path, "--at", "20"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("after event 20"), "{out}");
+    let (code, _, err) = run(&["state", "--export", &path, "--at", "21"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the log ends at event 20, before --at 21"), "{err}");
+    let (code, _, err) = run(&["state", "--export", &path, "--at", "2100-01-01T00:00:00Z"]);
+    assert_eq!(code, 0, "a moment after the last event is the end state: {err}");
+    for command in ["verify", "history", "state", "backtest", "diff", "bench"] {
+        let (code, out, _) = run(&[command, "--help"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("Exit codes: 0 success"), "{command} --help:\n{out}");
+    }
+}
+
+/// Regression: reading a data directory whose `log/conf` was removed recreated it: a read must
+/// never write to the directory it audits. A directory without its files is refused, and an
+/// intact one is left byte for byte as it was.
+#[test]
+fn reading_a_directory_never_writes_to_it() {
+    fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let p = entry.unwrap().path();
+                if p.is_dir() {
+                    out.insert(p.clone(), Vec::new());
+                    stack.push(p);
+                } else {
+                    out.insert(p.clone(), std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        out
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    drop(bindledger_fixture::write_log(&data, 300).unwrap());
+    let data_arg = data.to_str().unwrap();
+    let before = snapshot(&data);
+    for args in [
+        vec!["verify", "--data-dir", data_arg],
+        vec!["history", "--data-dir", data_arg, "--account", "acct-00001"],
+        vec!["state", "--data-dir", data_arg, "--at", "100"],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let after = snapshot(&data);
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>(),
+            "{args:?} changed the directory's files"
+        );
+        for (path, bytes) in &before {
+            assert!(after[path] == *bytes, "{args:?} wrote to {}", path.display());
+        }
+    }
+    std::fs::remove_file(data.join("log/conf")).unwrap();
+    let (code, _, err) = run(&["verify", "--data-dir", data_arg]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("log/conf is missing"), "{err}");
+    assert!(!data.join("log/conf").exists(), "the read recreated log/conf");
 }

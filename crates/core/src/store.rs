@@ -269,11 +269,21 @@ pub struct DirScan {
 
 /// Refuses a directory that holds no ledger log (opening it would create one).
 pub fn require_log(dir: &Path) -> Result<()> {
-    if dir.join("log").exists() {
-        Ok(())
-    } else {
-        Err(Error::NoLog(dir.display().to_string()))
+    let log = dir.join("log");
+    if !log.exists() {
+        return Err(Error::NoLog(dir.display().to_string()));
     }
+    // sled recreates a missing file when it opens a directory: a read (an export, an audit)
+    // must never write to the directory it reads, so a log without its files is refused here.
+    for file in ["conf", "db"] {
+        if !log.join(file).is_file() {
+            return Err(Error::Corrupt(format!(
+                "{}: log/{file} is missing, so this is not a whole ledger log; it is not opened (opening it would write)",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// See [`DirScan`].
@@ -390,7 +400,7 @@ impl Store {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             Error::Corrupt(format!(
-                "sled could not recover the log in {} ({what}): its files are damaged",
+                "opening the log in {}: sled could not recover it ({what}): its files are damaged",
                 dir.display()
             ))
         })?;

@@ -32,12 +32,13 @@ pub mod terms;
 /// start a new session after a backoff; the tools (restore, the audit tool) stop with it.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
-    /// librdkafka failed an operation (`what` names it).
-    #[error("{what}: {source}")]
+    /// librdkafka failed an operation (`what` names it). The cause is in the text, which the
+    /// relays' status and log lines show as it is; it is not also a `source`, so a printer of
+    /// the whole chain does not say it twice.
+    #[error("{what}: {cause}")]
     Client {
         what: String,
-        #[source]
-        source: rdkafka::error::KafkaError,
+        cause: rdkafka::error::KafkaError,
     },
     /// The brokers did not answer within the time the operation allows.
     #[error("{0}: no answer from the brokers in time")]
@@ -69,5 +70,5 @@ pub enum KafkaError {
 /// For `map_err`: a librdkafka error, with what was being done.
 pub(crate) fn client_error(what: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> KafkaError {
     let what = what.into();
-    move |source| KafkaError::Client { what, source }
+    move |cause| KafkaError::Client { what, cause }
 }
