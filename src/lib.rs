@@ -33,25 +33,3 @@ pub mod node;
 
 pub use bindledger_core::{self as ledger, config, Config, Ledger};
 pub use bindledger_domain::{self as domain, error, Error, Result};
-
-/// `println!` for a command's output: a closed pipe (`| head`) ends the program quietly with
-/// exit code 0, as `head` expects, instead of a panic or a "Broken pipe" error. Used by the
-/// `bindledger` and `bindledger-replay` binaries.
-#[macro_export]
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
-            $crate::stdout_failed(e);
-        }
-    }};
-}
-
-/// What [`outln!`] does when standard output fails: exit 0 on a closed pipe, else 1.
-pub fn stdout_failed(e: std::io::Error) -> ! {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
-    }
-    eprintln!("error: writing to standard output: {e}");
-    std::process::exit(1);
-}

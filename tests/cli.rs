@@ -512,6 +512,61 @@ fn simulate_into_a_closed_pipe_stops_quietly_and_cleans_up() {
     assert!(!runs.exists(), "the runs' folder was left behind");
 }
 
+/// Regression: `sim-wallet --help` listed --data-dir and --listen, which it ignores; and a
+/// command's `--help` did not list the exit codes.
+#[test]
+fn help_lists_what_a_command_uses_and_the_exit_codes() {
+    let out = std::process::Command::new(binary())
+        .args(["sim-wallet", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("--config") && text.contains("--provider"), "{text}");
+    assert!(!text.contains("--data-dir") && !text.contains("--listen"), "{text}");
+    for command in [
+        "serve", "demo", "export", "verify", "restore", "status", "alerts", "simulate",
+    ] {
+        let out = std::process::Command::new(binary())
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Exit codes: 0 success"), "{command} --help:\n{text}");
+    }
+}
+
+/// Regression: `demo --listen <busy port>` wrote `admin.token` and `secret.key` before it
+/// failed. The address comes first: nothing is written.
+#[test]
+fn a_demo_on_a_busy_address_writes_nothing() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(binary())
+        .args([
+            "demo",
+            "--duration-s",
+            "1",
+            "--listen",
+            &busy.local_addr().unwrap().to_string(),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env_remove("BINDLEDGER_KAFKA_BROKERS")
+        .env_remove("BINDLEDGER_TOKENS")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert!(
+        !data.exists() || std::fs::read_dir(&data).unwrap().next().is_none(),
+        "files were written: {:?}",
+        std::fs::read_dir(&data).map(|d| d.map(|e| e.unwrap().file_name()).collect::<Vec<_>>())
+    );
+}
+
 /// Regression: `simulate --plant bogus` and `status --url ftp://x` exited 1 after starting
 /// work. A bad value is bad usage: exit 2 before anything runs, naming what is allowed.
 #[test]
@@ -633,8 +688,9 @@ fn hostnames_work_in_listen_and_url() {
         err.contains("https://localhost:1") && !err.contains("not an http"),
         "{err}"
     );
+    // Another scheme is bad usage (exit 2), found as the arguments are read.
     let (code, _, err) = run_cli(&["status", "--url", "ftp://localhost:1", "--token", ALL]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("not an http:// or https:// URL"), "{err}");
 }
 
@@ -762,4 +818,55 @@ fn the_demo_on_a_locked_directory_writes_nothing_into_it() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!data.join("demo-rules.toml").exists());
     server.terminate();
+}
+
+/// Regression: SIGTERM closed the requests in flight instead of draining them. A payment
+/// waiting on a slow wallet provider when the signal comes is answered, durably, and the
+/// server then exits 0.
+#[test]
+fn sigterm_drains_the_requests_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("slow.toml");
+    std::fs::write(&config, "[gateway.simulated]\nlatency_ms = 1500\n").unwrap();
+    let data = dir.path().join("data");
+    let server = spawn_server(
+        &data,
+        &dir.path().join("server.log"),
+        &[("BINDLEDGER_CONFIG", config.to_str().unwrap())],
+    );
+    let addr = server.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let g =
+        bindledger::adapters::provider::SimulatedGateway::new(bindledger::config::Config::default().gateway.simulated);
+    let password = g.password_for(&bindledger_events::Provider::parse("alipay").unwrap(), &phone(1));
+    let binding = rt.block_on(async {
+        let mut c = bindledger::adapters::http::client::Client::new(addr, Some(ALL.into()));
+        let (status, v) = c
+            .post_json(
+                "/v1/accounts/alice/bindings",
+                &serde_json::json!({"provider": "alipay", "wallet_account": phone(1), "payment_password": password}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 201, "{v}");
+        v["event"]["payload"]["binding_id"].as_str().unwrap().to_owned()
+    });
+    let in_flight = rt.spawn(async move {
+        let mut c = bindledger::adapters::http::client::Client::new(addr, Some(ALL.into()));
+        c.post_json(
+            "/v1/accounts/alice/payments",
+            &serde_json::json!({"binding_id": binding, "order_id": "o-1", "amount_minor": 100, "payment_password": password}),
+        )
+        .await
+    });
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let exit = std::thread::spawn(move || server.terminate());
+    let answer = rt.block_on(in_flight).unwrap();
+    let (status, v) = answer.expect("the request in flight was answered, not cut off");
+    assert_eq!(status.as_u16(), 201, "{v}");
+    assert_eq!(v["event_type"], "payment_succeeded", "{v}");
+    assert_eq!(exit.join().unwrap(), Some(0));
+    // And it is in the log.
+    let store = bindledger::ledger::store::Store::open(&data).unwrap();
+    assert_eq!(store.scan_events(1).count(), 2);
 }

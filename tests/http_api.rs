@@ -192,6 +192,35 @@ async fn bind_pay_read_unbind_and_audit_the_feed() {
         "{metrics}"
     );
     assert!(metrics.contains("bindledger_writer_batches_total"), "{metrics}");
+    // Requests by route pattern, method and status: the pattern, never the path (which holds
+    // an account), so the labels stay a bounded set.
+    assert!(
+        metrics.contains(
+            "bindledger_http_requests_total{route=\"/v1/accounts/{account}/payments\",method=\"POST\",status=\"201\"} "
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bindledger_http_request_duration_seconds_count{route=\"/v1/events\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("bindledger_http") && l.contains("alice")),
+        "an account in a label: {metrics}"
+    );
+    // Readiness, beside liveness: a primary that takes commands is ready.
+    let (status, ready) = bindledger::adapters::http::client::Client::new(s.addr, None)
+        .get_json("/readyz")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(
+        (ready["ready"].as_bool(), ready["role"].as_str()),
+        (Some(true), Some("primary")),
+        "{ready}"
+    );
     let (status, health) = r.get_json("/healthz").await.unwrap();
     assert_eq!((status, health["events"].as_u64()), (StatusCode::OK, Some(8)));
     // What `bindledger status` reads, as JSON.

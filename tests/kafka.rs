@@ -488,6 +488,19 @@ async fn sigkill_of_the_ledger_while_publishing_leaves_every_event_on_the_topic_
         out.contains("ledger:  ok") && out.contains("lag 0 events") && out.contains(&topic),
         "{out}"
     );
+    // Regression: `alerts:` was printed twice (the alerts relay and the monitor), and the
+    // notifications relay not at all. Each line names one thing.
+    let labels: Vec<&str> = out.lines().filter_map(|l| l.split(':').next()).collect();
+    let unique: std::collections::BTreeSet<&&str> = labels.iter().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        unique.len(),
+        labels.iter().filter(|l| !l.trim().is_empty()).count(),
+        "{out}"
+    );
+    assert!(
+        out.contains("relay events:") && out.contains("monitor: at event"),
+        "{out}"
+    );
     server.kill();
     let log_events = export(&data);
     assert!(log_events.len() > 100, "the load produced {} events", log_events.len());

@@ -47,6 +47,8 @@ pub struct AppState {
     pub(super) extras: Extras,
     /// Turns true when the server shuts down (ends the live feeds).
     closing: tokio::sync::watch::Sender<bool>,
+    /// Requests answered, by route pattern, method and status, and how long they took.
+    pub(super) requests: super::metrics::Requests,
 }
 
 /// What runs beside the ledger, when it does.
@@ -120,6 +122,7 @@ impl AppState {
             public_in_flight,
             extras,
             closing: tokio::sync::watch::Sender::new(false),
+            requests: super::metrics::Requests::default(),
             sessions: Default::default(),
         })
     }
@@ -1253,6 +1256,31 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// `GET /readyz`: whether this node should be sent traffic now (a load balancer's readiness
+/// probe; `/healthz` is liveness). A primary is ready while it is healthy and takes commands; a
+/// replica once its follower is following the topic; nobody while the server shuts down, and
+/// never a fenced primary.
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    let (healthy, body) = health(&s);
+    let role = body["role"].as_str().unwrap_or("primary").to_owned();
+    let reason = if !healthy {
+        Some("failed")
+    } else if *s.closing.borrow() {
+        Some("shutting_down")
+    } else if role == "fenced" {
+        Some("fenced")
+    } else if let Some((status, _)) = s.extras.replica.as_ref().filter(|_| !s.ledger.is_primary()) {
+        (status.state() != "following").then_some("catching_up")
+    } else {
+        None
+    };
+    let answer = json!({"ready": reason.is_none(), "role": role, "reason": reason});
+    match reason {
+        None => Json(answer).into_response(),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(answer)).into_response(),
+    }
+}
+
 /// `GET /v1/status` (reader): everything `bindledger status` shows, as JSON: the health, every
 /// relay, and the alert monitor (`null` when it is off).
 async fn status(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
@@ -1350,6 +1378,7 @@ const NOT_PRIMARY: &str = "this ledger is a read replica and takes no commands; 
 /// anything else happens to it.
 pub const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/healthz"),
+    ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/console"),
     ("GET", "/console/app.js"),
@@ -1359,7 +1388,7 @@ pub const PUBLIC: &[(&str, &str)] = &[
 ];
 
 /// The probes answer whatever the load: a full ledger is not a failed one.
-const PROBES: &[&str] = &["/healthz", "/metrics"];
+const PROBES: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
 fn is_public(method: &axum::http::Method, path: &str) -> bool {
     let method = if *method == axum::http::Method::HEAD {
@@ -1377,11 +1406,45 @@ fn is_public(method: &axum::http::Method, path: &str) -> bool {
 /// anything or has its body read; only then does it take one of `http.connections_max` slots
 /// (`503 overloaded` beyond). Logs one debug line per request with its route's pattern
 /// (`/v1/accounts/{account}/payments`), never the path itself, which holds the caller's values.
-async fn gate(State(s): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+async fn gate(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = route_pattern(&method, req.uri().path());
+    let response = gate_inner(&s, req, next).await;
+    s.requests
+        .record(method.as_str(), route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// The route pattern a request is for (`/v1/accounts/{account}/payments`), never its path: a
+/// path holds the caller's values, and a metric's labels must be a bounded set.
+fn route_pattern(method: &axum::http::Method, path: &str) -> &'static str {
+    let method = if *method == axum::http::Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    let segments: Vec<&str> = path.split('/').collect();
+    ROUTES
+        .iter()
+        .filter(|(m, _)| *m == method)
+        .map(|(_, pattern)| *pattern)
+        .find(|pattern| {
+            let want: Vec<&str> = pattern.split('/').collect();
+            want.len() == segments.len()
+                && want
+                    .iter()
+                    .zip(&segments)
+                    .all(|(w, got)| (w.starts_with('{') && !got.is_empty()) || w == got)
+        })
+        .unwrap_or("(no route)")
+}
+
+async fn gate_inner(s: &Arc<AppState>, mut req: Request, next: Next) -> Response {
     let pool = if is_public(req.method(), req.uri().path()) {
         (!PROBES.contains(&req.uri().path())).then_some(&s.public_in_flight)
     } else {
-        match authenticate(&s, req.method(), req.headers()) {
+        match authenticate(s, req.method(), req.headers()) {
             Ok(principal) => {
                 req.extensions_mut().insert(Caller(principal));
             }
@@ -1536,6 +1599,7 @@ routes! {
     "/console/app.css" => get(super::console::style);
     "/console/session" => get(super::console::current).post(super::console::sign_in).delete(super::console::sign_out);
     "/healthz" => get(healthz);
+    "/readyz" => get(readyz);
     "/metrics" => get(metrics);
 }
 

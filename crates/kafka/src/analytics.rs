@@ -140,23 +140,35 @@ impl Analytics {
     }
 }
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct ConsumeArgs {
-    /// Kafka bootstrap servers (the demo's broker, `make demo`, listens on 127.0.0.1:19092).
-    #[arg(long, env = "BINDLEDGER_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
+/// What `consume` reads, and for how long. (The command line that fills it is the binary's.)
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    /// Kafka bootstrap servers.
     pub brokers: String,
     /// The events topic.
-    #[arg(long, env = "BINDLEDGER_KAFKA_TOPIC", default_value = "bindledger.events")]
     pub topic: String,
     /// Consumer group (a new group starts at the beginning of the topic).
-    #[arg(long, default_value = "bindledger-analytics")]
     pub group: String,
-    /// Stop after this long without a new message (0: run until Ctrl-C).
-    #[arg(long, default_value_t = 0)]
+    /// Stop after this long without a new message (0: run until stopped).
     pub idle_exit_ms: u64,
-    /// Print the final aggregates as JSON instead of the summary.
-    #[arg(long)]
-    pub json: bool,
+}
+
+/// What a consumer run tells as it goes, for its caller to show.
+#[derive(Debug)]
+pub enum ConsumeNote<'a> {
+    /// The group read this topic before: it resumes from its committed offsets on this many
+    /// of the partitions, so the figures cover only what follows them.
+    Resuming { committed: usize, partitions: i32 },
+    /// A new group: from the beginning.
+    FromTheBeginning,
+    /// Every 5 s: messages read so far, read in these 5 s, the lag (when known), and the
+    /// aggregates.
+    Progress {
+        messages: u64,
+        recent: u64,
+        lag: Option<i64>,
+        report: &'a ConsumeReport,
+    },
 }
 
 /// What a consumer run saw.
@@ -173,8 +185,8 @@ pub struct ConsumeReport {
     pub fenced: u64,
 }
 
-/// Consumes until idle (or forever), printing a summary every 5 s.
-pub fn consume(args: &ConsumeArgs) -> anyhow::Result<ConsumeReport> {
+/// Consumes until idle (or forever), telling `note` where it starts and how it goes every 5 s.
+pub fn consume(args: &ConsumeOptions, mut note: impl FnMut(ConsumeNote<'_>)) -> anyhow::Result<ConsumeReport> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
         .set("group.id", &args.group)
@@ -210,12 +222,9 @@ pub fn consume(args: &ConsumeArgs) -> anyhow::Result<ConsumeReport> {
         })
         .unwrap_or(0);
     if committed > 0 {
-        eprintln!(
-            "group {} read this topic before: it resumes from its committed offsets ({committed} of {partitions} partitions), so the figures cover only what follows them; give --group with a new name to read from the beginning",
-            args.group
-        );
+        note(ConsumeNote::Resuming { committed, partitions });
     } else {
-        eprintln!("group {}: reading {} from the beginning", args.group, args.topic);
+        note(ConsumeNote::FromTheBeginning);
     }
     consumer.subscribe(&[&args.topic])?;
     let mut report = ConsumeReport::default();
@@ -267,17 +276,13 @@ pub fn consume(args: &ConsumeArgs) -> anyhow::Result<ConsumeReport> {
             }
         }
         if last_print.elapsed() > Duration::from_secs(5) {
-            // A progress line every 5 s, with the lag; the summary only when it changed.
             let lag = lag_of(&consumer, &args.topic, partitions);
-            eprintln!(
-                "read {} messages (+{} in 5 s), lag {}",
-                report.messages,
-                report.messages - printed_at,
-                lag.map_or_else(|| "unknown".to_owned(), |l| format!("{l} messages"))
-            );
-            if !args.json && report.messages > printed_at {
-                println!("{}", report.analytics.summary());
-            }
+            note(ConsumeNote::Progress {
+                messages: report.messages,
+                recent: report.messages - printed_at,
+                lag,
+                report: &report,
+            });
             printed_at = report.messages;
             last_print = Instant::now();
         }

@@ -1,7 +1,6 @@
 //! `bindledger alerts`: list alerts, or follow them live.
 
 use anyhow::{Context, Result};
-use bindledger::outln;
 use clap::Args;
 use std::io::Write;
 

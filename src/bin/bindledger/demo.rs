@@ -316,9 +316,9 @@ async fn print_alerts(m: bindledger::adapters::http::MonitorView) {
         for c in changes.iter().filter(|c| c.change == "opened") {
             printed += 1;
             if printed <= ALERTS_PRINTED_MAX {
-                bindledger::outln!("     ALERT {}", crate::alerts::alert_line(&c.alert, colour));
+                outln!("     ALERT {}", crate::alerts::alert_line(&c.alert, colour));
             } else if printed == ALERTS_PRINTED_MAX + 1 {
-                bindledger::outln!("     (more alerts: counted in the report below)");
+                outln!("     (more alerts: counted in the report below)");
             }
         }
     }
@@ -330,7 +330,7 @@ async fn alerts_report(ledger: &Ledger, m: &bindledger::adapters::http::MonitorV
     while m.status.position.load(std::sync::atomic::Ordering::Relaxed) < ledger.log_len() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bindledger::outln!("\n== alerts (rules over every event, event time) ==");
+    outln!("\n== alerts (rules over every event, event time) ==");
     // Whom each rule caught: the planted attackers, or ordinary shoppers (a false positive,
     // as far as the demo's story goes).
     let store = m.store.clone();
@@ -363,14 +363,14 @@ async fn alerts_report(ledger: &Ledger, m: &bindledger::adapters::http::MonitorV
         let (a, sh) = caught.get(*rule).copied().unwrap_or_default();
         from_attackers += a;
         from_shoppers += sh;
-        bindledger::outln!(
+        outln!(
             "  {:<24} {:>6} opened: {a} on the attackers, {sh} on ordinary shoppers",
             rule,
             grouped(m.status.opened[i].load(std::sync::atomic::Ordering::Relaxed) as i64)
         );
     }
-    bindledger::outln!("  alerts on the attackers: {from_attackers}; on ordinary shoppers: {from_shoppers}");
-    bindledger::outln!(
+    outln!("  alerts on the attackers: {from_attackers}; on ordinary shoppers: {from_shoppers}");
+    outln!(
         "  {:<24} {:>6}",
         "updates (suppressed)",
         grouped(m.status.updated_total.load(std::sync::atomic::Ordering::Relaxed) as i64)
@@ -388,9 +388,9 @@ async fn alerts_report(ledger: &Ledger, m: &bindledger::adapters::http::MonitorV
     })
     .await
     {
-        bindledger::outln!("  latest high-severity alerts:");
+        outln!("  latest high-severity alerts:");
         for a in &alerts {
-            bindledger::outln!("    {}", crate::alerts::alert_line(a, crate::alerts::stdout_colour()));
+            outln!("    {}", crate::alerts::alert_line(a, crate::alerts::stdout_colour()));
         }
     }
     let (mut locked, mut refused_locked, mut unlocked) = (0u64, 0u64, 0u64);
@@ -406,7 +406,7 @@ async fn alerts_report(ledger: &Ledger, m: &bindledger::adapters::http::MonitorV
             _ => {}
         }
     }
-    bindledger::outln!("  protective locks: {locked} bindings locked, {refused_locked} payments refused while locked, {unlocked} unlocked");
+    outln!("  protective locks: {locked} bindings locked, {refused_locked} payments refused while locked, {unlocked} unlocked");
 }
 
 /// Waits for the relay to catch up, then reads the topic back as an analytics team would.
@@ -422,14 +422,14 @@ async fn kafka_report(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let position = status.position.load(std::sync::atomic::Ordering::Relaxed);
-    bindledger::outln!(
+    outln!(
         "\n== kafka: {} of {} events on topic {} ==",
         grouped(position as i64),
         grouped(ledger.log_len() as i64),
         config.kafka.topic
     );
     if let Some(e) = status.last_error.lock().expect("status lock").as_ref() {
-        bindledger::outln!("  last relay error: {e}");
+        outln!("  last relay error: {e}");
     }
     if let Some((topic, st)) = alerts {
         // The alerts relay settles within a moment of the monitor.
@@ -442,7 +442,7 @@ async fn kafka_report(
             last = now;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        bindledger::outln!(
+        outln!(
             "  alert changes on topic {topic}: {}",
             grouped(st.published_total.load(std::sync::atomic::Ordering::Relaxed) as i64)
         );
@@ -455,34 +455,33 @@ async fn kafka_report(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bindledger::outln!(
+        outln!(
             "  account holders told on topic {topic} (zh and en): {}",
             grouped(st.published_total.load(std::sync::atomic::Ordering::Relaxed) as i64)
         );
     }
-    let args = bindledger::adapters::kafka::analytics::ConsumeArgs {
+    let args = bindledger::adapters::kafka::analytics::ConsumeOptions {
         brokers: config.kafka.brokers.clone(),
         topic: config.kafka.topic.clone(),
         group: format!("bindledger-demo-{}", Uuid::now_v7().simple()),
         idle_exit_ms: 2000,
-        json: true,
     };
-    match tokio::task::spawn_blocking(move || bindledger::adapters::kafka::analytics::consume(&args)).await {
+    match tokio::task::spawn_blocking(move || bindledger::adapters::kafka::analytics::consume(&args, |_| {})).await {
         Ok(Ok(r)) => {
-            bindledger::outln!(
+            outln!(
                 "read back by an analytics consumer: {} messages, {} duplicates",
                 grouped(r.messages as i64),
                 r.duplicates
             );
             for (t, n) in &r.per_type {
-                bindledger::outln!("  {:<22} {:>9}", t, grouped(*n as i64));
+                outln!("  {:<22} {:>9}", t, grouped(*n as i64));
             }
             let same = r.messages == ledger.log_len() && r.duplicates == 0;
-            bindledger::outln!(
+            outln!(
                 "  the topic {} the log, event for event",
                 if same { "equals" } else { "does NOT equal" }
             );
-            bindledger::outln!(
+            outln!(
                 "\n{}",
                 r.analytics
                     .summary()
@@ -492,8 +491,8 @@ async fn kafka_report(
                     .join("\n")
             );
         }
-        Ok(Err(e)) => bindledger::outln!("  reading the topic back failed: {e:#}"),
-        Err(e) => bindledger::outln!("  reading the topic back failed: {e}"),
+        Ok(Err(e)) => outln!("  reading the topic back failed: {e:#}"),
+        Err(e) => outln!("  reading the topic back failed: {e}"),
     }
 }
 
@@ -596,7 +595,7 @@ fn population(opts: &DemoOptions, gateway: &SimulatedGateway, rng: &mut Rng) -> 
 /// The live table's header: 80 columns, so a terminal never wraps a row. `spent` is in
 /// CNY (k: thousands, M: millions).
 fn print_table_header() {
-    bindledger::outln!(
+    outln!(
         "{:>4}{:>9}{:>7}{:>9}{:>7}{:>7}{:>8}{:>7}{:>6}{:>7}{:>8}",
         "t(s)",
         "events",
@@ -652,7 +651,31 @@ fn count(t: &Tally, prefix: &str) -> u64 {
 }
 
 /// Runs the demo until the duration passes (or Ctrl-C), then prints the report.
-pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> anyhow::Result<()> {
+/// The demo's address, bound before anything is written: an address that was asked for and is
+/// busy stops the demo before it creates a key or a token file; otherwise a busy default moves
+/// to a free port.
+pub fn listen(config: &Config, listen_given: bool) -> anyhow::Result<std::net::TcpListener> {
+    let listener = match std::net::TcpListener::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) if listen_given => anyhow::bail!("cannot listen on {}: {e}", config.listen),
+        Err(_) => {
+            eprintln!(
+                "note: {} is busy; the demo listens on a free port instead",
+                config.listen
+            );
+            std::net::TcpListener::bind("127.0.0.1:0")?
+        }
+    };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+pub async fn run(
+    config: Config,
+    secret: LedgerSecret,
+    opts: DemoOptions,
+    listener: std::net::TcpListener,
+) -> anyhow::Result<()> {
     let mut scenario = config.gateway.simulated.clone();
     // Wallets hold 1,000.00 to 200,000.00: shoppers run dry now and then, the drainer soon.
     scenario.balance_minor_min = scenario.balance_minor_min.max(100_000);
@@ -684,19 +707,7 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     if config.checkpoints.topic == defaults.checkpoints.topic {
         config.checkpoints.topic = format!("bindledger.demo.{run}.checkpoints");
     }
-    // The address first: an address that was asked for and is busy stops the demo before it
-    // opens anything.
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(e) if opts.listen_given => anyhow::bail!("cannot listen on {}: {e}", config.listen),
-        Err(_) => {
-            eprintln!(
-                "note: {} is busy; the demo listens on a free port instead",
-                config.listen
-            );
-            tokio::net::TcpListener::bind("127.0.0.1:0").await?
-        }
-    };
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     const DEMO_RULES: &str =
         "# the demo's alert rules: the defaults, with the brute-force lock on\n[password_brute_force]\nlock = true\n";
     let (rules, write_rules) = match &config.alerts.rules_file {
@@ -738,29 +749,25 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
             "$TOKEN".to_owned(),
         )
     };
-    bindledger::outln!("bindledger demo");
-    bindledger::outln!("  log:       {}", config.data_dir.display());
-    bindledger::outln!("  HTTP API:  http://{addr}   (token: {token_where})");
-    bindledger::outln!("  try:       curl -s -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/accounts/shopper-00001/bindings");
-    bindledger::outln!("  population: {} shoppers + a password guesser (binds, then payments), a ring of 4 accounts sharing one wallet,", opts.shoppers);
-    bindledger::outln!("              a bind-then-drain account, a dead-wallet prober and a binding churner");
-    bindledger::outln!("  apple_pay is under maintenance from second 4 to 7");
+    outln!("bindledger demo");
+    outln!("  log:       {}", config.data_dir.display());
+    outln!("  HTTP API:  http://{addr}   (token: {token_where})");
+    outln!("  try:       curl -s -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/accounts/shopper-00001/bindings");
+    outln!("  population: {} shoppers + a password guesser (binds, then payments), a ring of 4 accounts sharing one wallet,", opts.shoppers);
+    outln!("              a bind-then-drain account, a dead-wallet prober and a binding churner");
+    outln!("  apple_pay is under maintenance from second 4 to 7");
     match &relay_status {
-        Some(_) => bindledger::outln!(
+        Some(_) => outln!(
             "  kafka:     publishing to topic {} at {}\n",
             config.kafka.topic,
             config.kafka.brokers
         ),
         None => {
-            bindledger::outln!(
-                "  kafka:     off (set BINDLEDGER_KAFKA_BROKERS, or run `make demo`, which starts a broker)\n"
-            )
+            outln!("  kafka:     off (set BINDLEDGER_KAFKA_BROKERS, or run `make demo`, which starts a broker)\n")
         }
     }
-    bindledger::outln!("  alerts:    the monitor runs the 7 rules over every event; new alerts print as they open");
-    bindledger::outln!(
-        "             (live: curl -N -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/alerts/stream)\n"
-    );
+    outln!("  alerts:    the monitor runs the 7 rules over every event; new alerts print as they open");
+    outln!("             (live: curl -N -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/alerts/stream)\n");
     let alert_printer = node.extras.monitor.clone().map(|m| tokio::spawn(print_alerts(m)));
     print_table_header();
 
@@ -837,7 +844,7 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
             if opts.header_every > 0 && second > 1 && (second - 1) % opts.header_every == 0 {
                 print_table_header();
             }
-            bindledger::outln!(
+            outln!(
                 "{:>4}{:>9}{:>7}{:>9}{:>7}{:>7}{:>8}{:>7}{:>6}{:>7}{:>8}",
                 second,
                 grouped(events as i64),
@@ -882,20 +889,20 @@ pub async fn run(config: Config, secret: LedgerSecret, opts: DemoOptions) -> any
     let _ = stop_http.send(());
     let _ = server.await;
     node.stop().await;
-    bindledger::outln!(
+    outln!(
         "\nThe log stays in {}; check it offline with:",
         config.data_dir.display()
     );
     // The commands as they run from here: the binaries by the path this one was started from.
     let (exe, replay) = tool_paths();
-    bindledger::outln!(
+    outln!(
         "  {exe} verify --data-dir {} --rules {}",
         config.data_dir.display(),
         rules_file.display()
     );
-    bindledger::outln!("  {exe} export --data-dir {} | head", config.data_dir.display());
+    outln!("  {exe} export --data-dir {} | head", config.data_dir.display());
     if let Some(replay) = replay {
-        bindledger::outln!(
+        outln!(
             "  {replay} verify --data-dir {}    # the audit tool",
             config.data_dir.display()
         );
@@ -936,19 +943,19 @@ async fn report(world: &World, elapsed_s: f64) {
     let ledger = &world.ledger;
     let sample = ledger.history("drainer-1", 0, 2).await;
     let t = world.tally.lock().expect("tally");
-    bindledger::outln!(
+    outln!(
         "\n== outcomes after {:.1} s ({} events, {:.0} events/s) ==",
         elapsed_s,
         grouped(ledger.log_len() as i64),
         ledger.log_len() as f64 / elapsed_s
     );
     for (k, v) in &t.by_outcome {
-        bindledger::outln!("  {:<46} {:>9}", k, grouped(*v as i64));
+        outln!("  {:<46} {:>9}", k, grouped(*v as i64));
     }
     if !t.errors.is_empty() {
-        bindledger::outln!("  answered with an error, nothing recorded:");
+        outln!("  answered with an error, nothing recorded:");
         for (k, v) in &t.errors {
-            bindledger::outln!("    {:<44} {:>9}", k, grouped(*v as i64));
+            outln!("    {:<44} {:>9}", k, grouped(*v as i64));
         }
     }
 
@@ -962,16 +969,16 @@ async fn report(world: &World, elapsed_s: f64) {
         }
     }
     match broken {
-        None => bindledger::outln!(
+        None => outln!(
             "\n== hash chain: {} events verified, head {} ==",
             grouped(verifier.last_seq() as i64),
             verifier.head()
         ),
-        Some(e) => bindledger::outln!("\n== hash chain BROKEN: {e} =="),
+        Some(e) => outln!("\n== hash chain BROKEN: {e} =="),
     }
     if let Ok(events) = sample {
         if let Some(e) = events.first() {
-            bindledger::outln!(
+            outln!(
                 "\none stored event, as auditors and consumers see it:\n  {}",
                 serde_json::to_string(e).unwrap_or_default()
             );

@@ -6,6 +6,26 @@ use bindledger::config::{Config, Role, TokenConfig};
 use bindledger::domain::secret::LedgerSecret;
 use bindledger::ledger::keys::write_private;
 
+/// `println!` for a command's output: a closed pipe (`| head`) ends the program quietly with
+/// exit code 0, as `head` expects, instead of a panic or a "Broken pipe" error.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(e);
+        }
+    }};
+}
+
+/// What [`outln!`] does when standard output fails: exit 0 on a closed pipe, else 1.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing to standard output: {e}");
+    std::process::exit(1);
+}
+
 mod alerts;
 mod bench;
 mod bench_alerts;
@@ -36,6 +56,7 @@ use std::path::PathBuf;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EXIT_ERROR: i32 = 1;
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 error, 2 bad usage, 3 verification found a problem.";
 const EXIT_VERIFY_FAILED: i32 = 3;
 
 #[derive(Parser)]
@@ -43,7 +64,7 @@ const EXIT_VERIFY_FAILED: i32 = 3;
     name = "bindledger",
     version,
     about = "An event-sourced, hash-chained ledger of payment-wallet bindings",
-    after_help = "Exit codes: 0 success, 1 error, 2 bad usage, 3 verification found a problem."
+    after_help = EXIT_CODES
 )]
 struct Cli {
     /// Log lines on stderr as text (coloured only on a terminal, and never with NO_COLOR set)
@@ -123,7 +144,7 @@ enum Command {
     Simulate(crate::simulate::SimulateArgs),
     /// Read the events topic as an analytics team would: spend per account, month and
     /// provider; bind success rates; failure reasons per day.
-    Consume(bindledger::adapters::kafka::analytics::ConsumeArgs),
+    Consume(consume::ConsumeArgs),
     /// Measure the Kafka relay against a raw producer on the same broker, and end-to-end lag.
     BenchKafka(bench::KafkaBenchArgs),
     /// Measure the library path with the on-disk idempotency index against the in-memory one,
@@ -136,8 +157,10 @@ enum Command {
     /// Show what the built-in simulated provider knows of a wallet (for trying the API by
     /// hand): its standing, payment password, SMS code, biometric assertions and balance.
     SimWallet {
-        #[command(flatten)]
-        common: Common,
+        /// TOML configuration file: its `[gateway.simulated]` section (the seed) decides the
+        /// wallets' passwords and codes.
+        #[arg(long, short = 'c', env = "BINDLEDGER_CONFIG")]
+        config: Option<PathBuf>,
         /// alipay, wechat_pay, apple_pay, union_pay, bank_card, credit_card or other:<name>.
         #[arg(long, default_value = "alipay")]
         provider: String,
@@ -267,11 +290,13 @@ fn run(cli: Cli) -> Result<i32> {
             if args.common.data_dir.is_none() && std::env::var_os("BINDLEDGER_DATA_DIR").is_none() {
                 config.data_dir = std::env::temp_dir().join(format!("bindledger-demo-{}", std::process::id()));
             }
-            let secret = load_secret(&config)?;
-            ensure_tokens(&mut config)?;
             let mut opts = args.demo;
             opts.listen_given = args.common.listen.is_some() || std::env::var_os("BINDLEDGER_LISTEN").is_some();
-            tokio::runtime::Runtime::new()?.block_on(demo::run(config, secret, opts))?;
+            // The address before any file: a busy one that was asked for writes nothing.
+            let listener = demo::listen(&config, opts.listen_given)?;
+            let secret = load_secret(&config)?;
+            ensure_tokens(&mut config)?;
+            tokio::runtime::Runtime::new()?.block_on(demo::run(config, secret, opts, listener))?;
             Ok(0)
         }
         Command::Export {
@@ -296,11 +321,16 @@ fn run(cli: Cli) -> Result<i32> {
             consume::run(args)
         }
         Command::SimWallet {
-            common,
+            config,
             provider,
             wallet_account,
         } => {
             init_tracing("warn", log_format);
+            let common = Common {
+                config,
+                data_dir: None,
+                listen: None,
+            };
             sim_wallet::run(&common, &provider, &wallet_account)
         }
         Command::Alerts(args) => {
@@ -359,7 +389,14 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = {
+        // Every command's --help ends with the exit codes, not only the top one's.
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command()
+            .mut_subcommands(|c| c.after_help(EXIT_CODES))
+            .get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    };
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

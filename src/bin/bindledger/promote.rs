@@ -1,7 +1,6 @@
 //! `bindledger promote`: make a read replica the primary.
 
 use anyhow::{Context, Result};
-use bindledger::outln;
 
 use crate::remote::{print_refusal, Remote};
 use crate::EXIT_ERROR;

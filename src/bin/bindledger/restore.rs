@@ -2,7 +2,6 @@
 
 use anyhow::{Context, Result};
 use bindledger::domain::secret::LedgerSecret;
-use bindledger::outln;
 use clap::Args;
 use std::path::PathBuf;
 

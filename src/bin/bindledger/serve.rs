@@ -3,7 +3,6 @@
 use anyhow::{Context, Result};
 use bindledger::adapters::provider::SimulatedGateway;
 use bindledger::node::Node;
-use bindledger::outln;
 use std::io::Write;
 use std::sync::Arc;
 

@@ -3,7 +3,6 @@
 
 use anyhow::Result;
 use bindledger::adapters::provider::SimulatedGateway;
-use bindledger::outln;
 
 use crate::{load_config, Common};
 

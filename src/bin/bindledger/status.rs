@@ -2,10 +2,12 @@
 //! ledger; exit 1 when it is not ok or a relay is failing.
 
 use anyhow::{Context, Result};
-use bindledger::outln;
 
 use crate::remote::Remote;
 use crate::EXIT_ERROR;
+
+/// Every relay `/v1/status` reports, in the order they are printed.
+const RELAYS: [&str; 4] = ["events", "alerts", "notifications", "checkpoints"];
 
 pub async fn run(remote: &Remote, json: bool) -> Result<i32> {
     let (addr, token) = remote.connect()?;
@@ -26,7 +28,7 @@ pub async fn run(remote: &Remote, json: bool) -> Result<i32> {
         })
         .unwrap_or_default();
     // A relay in backoff with an error is failing (or refusing a topic): worth an exit code.
-    let mut failing: Vec<&str> = ["events", "alerts", "checkpoints"]
+    let mut failing: Vec<&str> = RELAYS
         .into_iter()
         .filter(|k| relays[*k]["state"] == "backoff" && relays[*k]["last_error"].is_string())
         .collect();
@@ -65,7 +67,7 @@ pub async fn run(remote: &Remote, json: bool) -> Result<i32> {
             outln!("relays:  disabled (no kafka.brokers configured)");
         } else {
             outln!(
-                "events:  {} to {}, position {}, lag {} events / {:.3} s, published {}",
+                "relay events:        {} to {}, position {}, lag {} events / {:.3} s, published {}",
                 relay["state"].as_str().unwrap_or("?"),
                 relay["topic"].as_str().unwrap_or("?"),
                 relay["position"],
@@ -73,10 +75,12 @@ pub async fn run(remote: &Remote, json: bool) -> Result<i32> {
                 relay["lag_seconds"].as_f64().unwrap_or(0.0),
                 relay["published_total"]
             );
-            for (name, r) in [("alerts:  ", &relays["alerts"]), ("checkpts:", &relays["checkpoints"])] {
+            for name in &RELAYS[1..] {
+                let r = &relays[*name];
                 if r["state"] != "disabled" {
                     outln!(
-                        "{name} {} to {}, position {}, published {}",
+                        "relay {:<14} {} to {}, position {}, published {}",
+                        format!("{name}:"),
                         r["state"].as_str().unwrap_or("?"),
                         r["topic"].as_str().unwrap_or("?"),
                         r["position"],
@@ -84,7 +88,7 @@ pub async fn run(remote: &Remote, json: bool) -> Result<i32> {
                     );
                 }
             }
-            for r in ["events", "alerts", "checkpoints"] {
+            for r in RELAYS {
                 if let Some(e) = relays[r]["last_error"].as_str() {
                     outln!("         {r} relay, last error: {e}");
                 }
@@ -94,7 +98,7 @@ pub async fn run(remote: &Remote, json: bool) -> Result<i32> {
             }
         }
         match monitor.is_object().then_some(monitor) {
-            None => outln!("alerts:  monitor off (alerts.enabled = false)"),
+            None => outln!("monitor: off (alerts.enabled = false)"),
             Some(m) => {
                 let fired: Vec<String> = opened
                     .iter()
@@ -102,7 +106,7 @@ pub async fn run(remote: &Remote, json: bool) -> Result<i32> {
                     .map(|(r, n)| format!("{r} {n}"))
                     .collect();
                 outln!(
-                    "alerts:  monitor at event {}, {} changes on the feed, {} open; opened: {}",
+                    "monitor: at event {}, {} alert changes on the feed, {} open; opened: {}",
                     m["position"],
                     m["alert_stream_seq"],
                     m["open_alerts"],

@@ -1,7 +1,6 @@
 //! `bindledger unlock`: lift a binding's lock (security role).
 
 use anyhow::{Context, Result};
-use bindledger::outln;
 
 use crate::remote::{print_refusal, url_escape, Remote};
 use crate::EXIT_ERROR;

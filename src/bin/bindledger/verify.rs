@@ -3,7 +3,6 @@
 
 use anyhow::Result;
 use bindledger::ledger::offline;
-use bindledger::outln;
 use std::path::Path;
 
 use crate::EXIT_VERIFY_FAILED;
