@@ -56,12 +56,14 @@ fmt-check: check-toolchain
 ## clippy finds nothing, in every target (the component is added when missing).
 lint: check-toolchain
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
-	@$(CARGO) clippy --locked --quiet --workspace --all-targets -- -D warnings
+	@$(CARGO) clippy --locked --quiet --workspace --all-targets --features bindledger/simulation -- -D warnings
 
 ## The library and the audit tool build without their default features (no axum, no
-## librdkafka), as ARCHITECTURE.md ("Features") promises.
+## librdkafka), as ARCHITECTURE.md ("Features") promises; the binary builds without the
+## feature simulation (no planted bugs), as a production build does.
 features-check: check-toolchain
 	@$(CARGO) check --locked --quiet -p bindledger --no-default-features
+	@$(CARGO) check --locked --quiet -p bindledger --bins
 	@$(CARGO) check --locked --quiet -p bindledger-replay --no-default-features
 	@! $(CARGO) tree --locked -p bindledger-replay --no-default-features -e normal | grep -E '^.* (rdkafka|axum) ' \
 	  || { echo "the audit tool without default features still depends on rdkafka or axum" >&2; exit 1; }
@@ -79,7 +81,7 @@ demo: tansu
 ## server, a real Kafka broker process, and the real binary killed with SIGKILL.
 test: tansu test-tools fmt-check lint features-check
 	@mkdir -p target
-	@set -o pipefail; TANSU="$(TANSU)" $(CARGO) test --workspace --locked 2>&1 | tee target/test-output.log; status=$$?; \
+	@set -o pipefail; TANSU="$(TANSU)" $(CARGO) test --workspace --locked --features bindledger/simulation 2>&1 | tee target/test-output.log; status=$$?; \
 	  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } \
 	       END { printf "\n%d passed, %d failed\n", p, f }' target/test-output.log; exit $$status
 
@@ -147,5 +149,5 @@ fuzz: check-toolchain
 ## SEED (100 from 1 by default; `make simulate SEED=17` replays seed 17 exactly), STEPS steps
 ## each, a line per seed. A failing seed prints how to replay it. `make test` runs seeds 1-12, seed 31 and four later seeds that change daily.
 simulate: check-toolchain
-	$(CARGO) build --release --locked
+	$(CARGO) build --release --locked --features simulation
 	./target/release/bindledger simulate --seed $(SEED) --seeds $(SEEDS) --steps $(STEPS) $(if $(PLANT),--plant $(PLANT))

@@ -95,6 +95,7 @@ fn a_seed_replays_exactly() {
 }
 
 #[test]
+#[cfg(feature = "simulation")]
 fn planted_bugs_are_found_within_the_seeds_make_test_runs() {
     for (plant, found) in [
         ("refold-on-open", "the projection differs from a fold of the log"),

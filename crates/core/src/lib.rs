@@ -35,6 +35,7 @@ pub mod clock;
 pub mod head;
 pub mod idempotency;
 pub mod indexer;
+pub mod invariants;
 pub mod keys;
 pub mod keytable;
 pub mod metrics;
@@ -65,8 +66,21 @@ use crate::metrics::Metrics;
 use crate::store::{IndexBatch, Store};
 use crate::writer::{Committed, Request, Submission, Writer};
 
-pub use crate::seams::{PlantedBug, Seams};
+#[cfg(feature = "simulation")]
+pub use crate::seams::PlantedBug;
+pub use crate::seams::Seams;
 pub use crate::writer::Committed as CommandResult;
+
+/// How long a command waits for the wallet provider (`gateway.timeout_ms`; forever, near
+/// enough, with the simulator's planted `NoGatewayTimeout`).
+fn gateway_timeout(config: &Config, seams: &Seams) -> Duration {
+    #[cfg(feature = "simulation")]
+    if seams.planted_bug == Some(PlantedBug::NoGatewayTimeout) {
+        return Duration::from_secs(24 * 3600);
+    }
+    let _ = seams;
+    Duration::from_millis(config.gateway.timeout_ms)
+}
 
 /// What a guard's budget of wrong passwords belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -231,6 +245,7 @@ impl Ledger {
             )));
         }
         let mut state = Projection::from_accounts(snapshot, store.load_accounts()?);
+        #[cfg(feature = "simulation")]
         let planted_refold = seams.planted_bug == Some(PlantedBug::RefoldLastEventOnOpen) && last_seq > 0;
         if snapshot < last_seq {
             let mut verifier = match snapshot {
@@ -296,8 +311,9 @@ impl Ledger {
             }
             None => chrono::DateTime::<Utc>::MIN_UTC,
         };
+        #[cfg(feature = "simulation")]
         if planted_refold {
-            // The simulator's own test: a known bug it must find (see [`PlantedBug`]).
+            // The simulator's own test: a known bug it must find (see `PlantedBug`).
             if let Some(b) = store.event_bytes(last_seq)? {
                 let e = bindledger_events::decode(&b).map_err(|e| Error::Corrupt(e.to_string()))?;
                 state.position -= 1;
@@ -351,6 +367,7 @@ impl Ledger {
             },
             head: Some(head_recorder),
             clock: seams.clock.clone(),
+            #[cfg(feature = "simulation")]
             planted: seams.planted_bug,
         };
         let handle = std::thread::Builder::new()
@@ -365,6 +382,7 @@ impl Ledger {
         if fenced && !as_replica {
             tracing::error!("this node was fenced by a promotion: it takes no commands (see the README's Failover)");
         }
+        let gateway_timeout = gateway_timeout(config, &seams);
         Ok(Ledger {
             inner: Arc::new(Inner {
                 store,
@@ -381,11 +399,7 @@ impl Ledger {
                 pending_history,
                 durable_watch,
                 gateway_permits: Semaphore::new(config.gateway.concurrency_max),
-                gateway_timeout: if seams.planted_bug == Some(PlantedBug::NoGatewayTimeout) {
-                    Duration::from_secs(24 * 3600)
-                } else {
-                    Duration::from_millis(config.gateway.timeout_ms)
-                },
+                gateway_timeout,
                 rules,
                 attempts: Default::default(),
                 attempt_ended: tokio::sync::Notify::new(),

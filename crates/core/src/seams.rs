@@ -16,7 +16,8 @@ pub struct Seams {
     pub ids_seed: Option<u64>,
     /// Storage failures to inject (see [`store::StorageFaults`]).
     pub faults: Option<Arc<store::StorageFaults>>,
-    /// A known bug, for the simulator's test that it finds one.
+    /// A known bug, for the simulator's test that it finds one (feature `simulation` only).
+    #[cfg(feature = "simulation")]
     pub planted_bug: Option<PlantedBug>,
 }
 
@@ -26,13 +27,16 @@ impl Default for Seams {
             clock: Arc::new(clock::SystemClock),
             ids_seed: None,
             faults: None,
+            #[cfg(feature = "simulation")]
             planted_bug: None,
         }
     }
 }
 
 /// Bugs the simulator's own test plants, to show that the simulator finds such a bug within the
-/// seeds `make test` runs. Never set but by that test.
+/// seeds `make test` runs. They exist only with the feature `simulation` (which `make test` and
+/// `make simulate` turn on): a build without it cannot plant one.
+#[cfg(feature = "simulation")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlantedBug {
     /// On open, after catching the projection up with the log, fold the last event again.

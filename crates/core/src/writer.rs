@@ -205,7 +205,8 @@ pub struct Writer {
     pub head: Option<crate::head::HeadRecorder>,
     /// Where `record_time` is read.
     pub clock: Arc<dyn crate::clock::Clock>,
-    /// A bug the simulator's test plants (never set otherwise).
+    /// A bug the simulator's test plants (feature `simulation` only).
+    #[cfg(feature = "simulation")]
     pub planted: Option<crate::seams::PlantedBug>,
 }
 
@@ -285,6 +286,7 @@ impl Writer {
                 tap: self.tap.clone(),
                 commit_delay: self.commit_delay,
                 head: self.head.take(),
+                #[cfg(feature = "simulation")]
                 ack_before_flush: self.planted == Some(crate::seams::PlantedBug::AckBeforeFlush),
             };
             std::thread::Builder::new()
@@ -369,6 +371,7 @@ impl Writer {
                 }
             }
         }
+        let (first_seq, head_before) = (self.next_seq, self.prev_hash);
         let mut batch = LogBatch::default();
         let mut events: Vec<(Arc<Event>, bytes::Bytes, Hash)> = Vec::with_capacity(subs.len());
         let mut answers: Vec<Answer> = Vec::with_capacity(subs.len());
@@ -484,6 +487,7 @@ impl Writer {
             let hash = hash_bytes(&buf);
             batch.add_event(event.seq, &buf);
             self.state.apply(&event);
+            crate::invariants::account_at_its_event(self.state.accounts.get(&event.account).map(|a| a.version), &event);
             self.next_seq += 1;
             self.prev_hash = hash;
             if let Some(ck) = key {
@@ -493,6 +497,7 @@ impl Writer {
             events.push((Arc::new(event), bytes::Bytes::copy_from_slice(&buf), hash));
         }
 
+        crate::invariants::batch_continues_the_log(first_seq, head_before, &events, self.batch_max);
         if !events.is_empty() {
             if let Err(e) = self.store.apply_log(batch) {
                 tracing::error!(error = %crate::error::chain(&e), code = e.code(), events = events.len(), "writing the batch failed; the writer stops");
@@ -542,6 +547,7 @@ struct Flusher {
     commit_delay: Option<CommitDelay>,
     head: Option<crate::head::HeadRecorder>,
     /// The simulator's planted bug: answer a batch whose flush failed as if it had not.
+    #[cfg(feature = "simulation")]
     ack_before_flush: bool,
 }
 
@@ -577,6 +583,7 @@ impl Flusher {
                 if let Err(e) = self.store.flush() {
                     tracing::error!(error = %crate::error::chain(&e), code = e.code(), "flushing the log failed; the ledger stops taking commands");
                     self.failed.store(true, Ordering::SeqCst);
+                    #[cfg(feature = "simulation")]
                     if self.ack_before_flush {
                         for job in std::mem::take(&mut ready) {
                             self.answer(job);
@@ -621,10 +628,17 @@ impl Flusher {
         }
         self.idempotency.note_durable(&batch);
         let mut r = self.read.write().expect("read model lock");
+        let durable_before = r.position;
         for e in &batch {
             r.apply(e);
         }
         let position = r.position;
+        crate::invariants::published_in_order(
+            durable_before,
+            batch.first().map_or(0, |e| e.seq),
+            batch.last().map_or(0, |e| e.seq),
+            position,
+        );
         drop(r);
         self.durable.store(position, Ordering::SeqCst);
         self.metrics.set_log_len(position);

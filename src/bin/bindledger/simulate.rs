@@ -33,7 +33,14 @@ use bindledger::ledger::alerts::{Monitor, MonitorConfig};
 use bindledger::ledger::clock::Clock;
 use bindledger::ledger::clock::ManualClock;
 use bindledger::ledger::store::StorageFaults;
-use bindledger::ledger::{CommandResult as Committed, Ledger, PlantedBug, Seams};
+#[cfg(feature = "simulation")]
+use bindledger::ledger::PlantedBug;
+use bindledger::ledger::{CommandResult as Committed, Ledger, Seams};
+
+/// Without the feature `simulation` no bug can be planted: the type has no value.
+#[cfg(not(feature = "simulation"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlantedBug {}
 use bindledger_events::{ChainVerifier, Hash, Payload, Provider};
 use bindledger_fixture::Rng;
 use chrono::{DateTime, Duration, Utc};
@@ -56,6 +63,8 @@ pub struct SimulateArgs {
     /// Plant a known bug, to see the simulator find it: refold-on-open (the last event folded
     /// again on open), ack-before-flush (a batch answered though its flush failed) or
     /// no-gateway-timeout (the ledger waits for a wallet provider however long it takes).
+    /// Only in a build with the feature `simulation` (`make simulate` and `make test` build so).
+    #[cfg(feature = "simulation")]
     #[arg(long, value_parser = ["refold-on-open", "ack-before-flush", "no-gateway-timeout"])]
     pub plant: Option<String>,
     /// Where the runs' data directories go (each is removed once its seed passes). Default: a
@@ -88,6 +97,7 @@ pub struct Covered {
 }
 
 pub async fn run(args: SimulateArgs) -> Result<bool> {
+    #[cfg(feature = "simulation")]
     let plant = match args.plant.as_deref() {
         None => None,
         Some("refold-on-open") => Some(PlantedBug::RefoldLastEventOnOpen),
@@ -95,6 +105,8 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
         Some("no-gateway-timeout") => Some(PlantedBug::NoGatewayTimeout),
         Some(_) => unreachable!("clap allows only the values above"),
     };
+    #[cfg(not(feature = "simulation"))]
+    let plant: Option<PlantedBug> = None;
     let root = args.dir.clone().unwrap_or_else(|| {
         // In memory where the machine has a tmpfs for it: the store is the real one (sled),
         // and nothing the simulation writes touches a disk.
@@ -154,7 +166,10 @@ pub async fn run(args: SimulateArgs) -> Result<bool> {
             }
             Err(e) => {
                 cleanup.keep = true;
+                #[cfg(feature = "simulation")]
                 let plant = args.plant.as_deref().map(|p| format!(" PLANT={p}")).unwrap_or_default();
+                #[cfg(not(feature = "simulation"))]
+                let plant = "";
                 let text = format!(
                     "seed {seed}: FAILED: {e:#}\nreplay it: make simulate SEED={seed} STEPS={}{plant} (its data stays in {})",
                     args.steps,
@@ -363,8 +378,11 @@ impl Sim {
             clock: self.clock.clone(),
             ids_seed: Some(self.seed ^ self.covered.reopens.wrapping_mul(0x5851_F42D_4C95_7F2D)),
             faults: Some(self.faults.clone()),
+            #[cfg(feature = "simulation")]
             planted_bug: self.plant,
         };
+        #[cfg(not(feature = "simulation"))]
+        let _ = self.plant;
         let ledger = Ledger::open_with_seams(
             &self.config,
             &self.rules,
