@@ -210,6 +210,16 @@ async fn bind_pay_read_unbind_and_audit_the_feed() {
             .any(|l| l.starts_with("bindledger_http") && l.contains("alice")),
         "an account in a label: {metrics}"
     );
+    // The benchmark's baseline route is not the API's: the server of `bindledger serve` (and
+    // of this test) has no such route.
+    let (status, _) = r
+        .post_json("/v1/bench/accounts/alice/payments", &json!({"binding_id": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!bindledger::adapters::http::ROUTES
+        .iter()
+        .any(|(_, p)| p.contains("bench")));
     // Readiness, beside liveness: a primary that takes commands is ready.
     let (status, ready) = bindledger::adapters::http::client::Client::new(s.addr, None)
         .get_json("/readyz")

@@ -362,11 +362,6 @@ pub struct HttpConfig {
     /// A read with `?min_seq=N` waits until this node holds event N (read-your-writes on a
     /// replica), at most this long, then answers `503 not_caught_up`. Default 5000.
     pub min_seq_wait_ms: u64,
-    /// Serve `POST /v1/bench/accounts/{account}/payments`: a payment taken through the same
-    /// router, limits, authentication, body reading and validation, answered without a
-    /// command. The HTTP benchmark's baseline; set by it only, never read from a file.
-    #[serde(skip)]
-    pub baseline_route: bool,
     /// Mark the console's session cookie `Secure` (sent over HTTPS only). Default false, since
     /// the ledger itself serves plain HTTP; set it when a TLS proxy is in front.
     pub console_secure_cookie: bool,
@@ -445,34 +440,109 @@ impl Default for HttpConfig {
             header_timeout_ms: 5000,
             body_timeout_ms: 5000,
             min_seq_wait_ms: 5000,
-            baseline_route: false,
             console_secure_cookie: false,
             advertised_url: String::new(),
         }
     }
 }
 
+/// The keys the environment can set besides those [`Config::apply_env`] reads, each as
+/// `BINDLEDGER_` + its path in capitals with `_` for `.` (see [`Config::from_toml_and_env`]).
+pub const ENV_KEYS: &[&str] = &[
+    "durability",
+    "replication_timeout_ms",
+    "max_bindings_per_account",
+    "platform_maintenance",
+    "event_time_past_max_s",
+    "idempotency.window",
+    "writer.queue_capacity",
+    "writer.batch_max",
+    "writer.snapshot_every_events",
+    "writer.commit_delay_us",
+    "writer.commit_batch",
+    "writer.commit_busy_events",
+    "writer.sync_data",
+    "gateway.concurrency_max",
+    "gateway.timeout_ms",
+    "http.body_limit_bytes",
+    "http.feed_limit_max",
+    "http.page_limit_max",
+    "http.connections_max",
+    "http.connections_per_peer_max",
+    "http.header_timeout_ms",
+    "http.body_timeout_ms",
+    "http.min_seq_wait_ms",
+    "http.advertised_url",
+    "http.console_secure_cookie",
+    "alerts.enabled",
+    "alerts.checkpoint_every_events",
+    "checkpoints.every_events",
+    "checkpoints.every_seconds",
+];
+
+/// `BINDLEDGER_HTTP_CONNECTIONS_MAX` for `http.connections_max`.
+pub fn env_name(key: &str) -> String {
+    format!("BINDLEDGER_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
 impl Config {
     /// Reads a TOML file (if given) and applies the environment.
     pub fn load(file: Option<&Path>) -> Result<Config, Error> {
-        let mut config = match file {
+        let get = |k: &str| std::env::var(k).ok();
+        let text = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?;
-                Self::from_toml(&text).map_err(|e| match e {
-                    Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
-                    other => other,
-                })?
+                std::fs::read_to_string(path).map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?
             }
-            None => Config::default(),
+            None => String::new(),
         };
-        config.apply_env(|k| std::env::var(k).ok())?;
+        let mut config = Self::from_toml_and_env(&text, get).map_err(|e| match (e, file) {
+            (Error::Config(m), Some(path)) => Error::Config(format!("{}: {m}", path.display())),
+            (other, _) => other,
+        })?;
+        config.apply_env(get)?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn from_toml(text: &str) -> Result<Config, Error> {
         toml::from_str(text).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// The TOML text with every key of [`ENV_KEYS`] that the environment sets put over it:
+    /// `BINDLEDGER_` and the key's path in capitals, `.` as `_` (`http.connections_max` is
+    /// `BINDLEDGER_HTTP_CONNECTIONS_MAX`). A value is read as TOML (a number, `true`) when it
+    /// is one, else as a string (`replicated`).
+    pub fn from_toml_and_env(text: &str, get: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        let mut set = Vec::new();
+        for key in ENV_KEYS {
+            let name = env_name(key);
+            let Some(raw) = get(&name) else { continue };
+            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw));
+            let mut at = &mut table;
+            let mut parts: Vec<&str> = key.split('.').collect();
+            let last = parts.pop().expect("a key has a name");
+            for part in parts {
+                at = at
+                    .entry(part)
+                    .or_insert_with(|| toml::Value::Table(Default::default()))
+                    .as_table_mut()
+                    .ok_or_else(|| Error::Config(format!("{part} is not a section")))?;
+            }
+            at.insert(last.to_owned(), value);
+            set.push(name);
+        }
+        toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            let from = if set.is_empty() {
+                String::new()
+            } else {
+                format!(" (the environment sets {})", set.join(", "))
+            };
+            Error::Config(format!("{}{from}", e.message()))
+        })
     }
 
     /// `BINDLEDGER_DATA_DIR`, `BINDLEDGER_LISTEN`, `BINDLEDGER_SECRET_FILE`,
@@ -702,6 +772,37 @@ impl WriterConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_of_env_keys_is_set_by_its_environment_variable_over_the_file() {
+        let env = |k: &str| match k {
+            "BINDLEDGER_DURABILITY" => Some("replicated".to_owned()),
+            "BINDLEDGER_HTTP_CONNECTIONS_MAX" => Some("64".to_owned()),
+            "BINDLEDGER_WRITER_SYNC_DATA" => Some("false".to_owned()),
+            "BINDLEDGER_IDEMPOTENCY_WINDOW" => Some("2h".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_toml_and_env("[http]\nconnections_max = 8\nbody_timeout_ms = 700\n", env).unwrap();
+        assert_eq!(c.durability, Durability::Replicated);
+        assert_eq!(c.http.connections_max, 64, "the environment over the file");
+        assert_eq!(c.http.body_timeout_ms, 700, "the file's other keys stay");
+        assert!(!c.writer.sync_data);
+        assert_eq!(c.idempotency.window, "2h");
+        // Each name is the path in capitals; a bad value names the variables that were set.
+        assert_eq!(env_name("writer.queue_capacity"), "BINDLEDGER_WRITER_QUEUE_CAPACITY");
+        let bad = |k: &str| (k == "BINDLEDGER_GATEWAY_TIMEOUT_MS").then(|| "soon".to_owned());
+        let e = Config::from_toml_and_env("", bad).unwrap_err().to_string();
+        assert!(e.contains("BINDLEDGER_GATEWAY_TIMEOUT_MS"), "{e}");
+        // Every key of the list is a key of the configuration.
+        for key in ENV_KEYS {
+            let one = |k: &str| (k == env_name(key)).then(|| "1".to_owned());
+            let e = Config::from_toml_and_env("", one)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!e.contains("unknown field"), "{key}: {e}");
+        }
+    }
 
     #[test]
     fn defaults_apply_and_env_overrides_file() {

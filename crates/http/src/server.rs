@@ -500,8 +500,8 @@ async fn pay(
     Ok(command_response(s.ledger.pay(cmd).await?))
 }
 
-/// The benchmark's baseline (`http.baseline_route`): [`pay`] up to the command, then an answer
-/// of an event's size without one.
+/// The benchmark's baseline (`bindledger bench`, through [`serve_with_the_baseline`]): [`pay`]
+/// up to the command, then an answer of an event's size without one.
 async fn pay_baseline(
     State(s): State<Arc<AppState>>,
     account: Result<Path<String>, PathRejection>,
@@ -1603,12 +1603,22 @@ routes! {
     "/metrics" => get(metrics);
 }
 
+/// The API's router: every route of [`ROUTES`], behind the gate.
 pub fn router(state: Arc<AppState>) -> Router {
-    let routes = if state.http.baseline_route {
-        Router::new().route("/v1/bench/accounts/{account}/payments", post(pay_baseline))
-    } else {
-        Router::new()
-    };
+    router_with(state, Router::new())
+}
+
+/// The router with the benchmark's baseline route besides (`POST
+/// /v1/bench/accounts/{account}/payments`, see [`serve_with_the_baseline`]): never served by
+/// `bindledger serve`.
+fn router_with_the_baseline(state: Arc<AppState>) -> Router {
+    router_with(
+        state,
+        Router::new().route("/v1/bench/accounts/{account}/payments", post(pay_baseline)),
+    )
+}
+
+fn router_with(state: Arc<AppState>, routes: Router<Arc<AppState>>) -> Router {
     table(routes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -1671,13 +1681,33 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let app = router(state.clone());
+    serve_app(listener, state, app, shutdown).await
+}
+
+/// [`serve`], with the benchmark's baseline route besides the API's (`bindledger bench`
+/// measures the server up to a command against it).
+pub async fn serve_with_the_baseline(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router_with_the_baseline(state.clone());
+    serve_app(listener, state, app, shutdown).await
+}
+
+async fn serve_app(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
     let closing = state.closing.clone();
     let peers: Arc<Peers> = Default::default();
     let per_peer = state.http.connections_per_peer_max;
     let header_timeout = state.http.header_timeout();
-    let app = router(state);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
