@@ -533,7 +533,7 @@ async fn alerts_rebuilt_from_the_log_equal_the_live_ones_across_a_sigkill() {
     let clients: Vec<_> = (0..6)
         .map(|i| tokio::spawn(workload(server.addr, g.clone(), 100 + i, until, bound.clone())))
         .collect();
-    let kill_at = 1500 + (std::process::id() as u64 % 1500);
+    let kill_at = 1500 + test_seed("alerts_rebuilt_from_the_log_equal_the_live_ones_across_a_sigkill") % 1500;
     tokio::time::sleep(Duration::from_millis(kill_at)).await;
     server.kill();
     for c in clients {

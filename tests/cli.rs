@@ -572,6 +572,7 @@ fn a_demo_on_a_busy_address_writes_nothing() {
 #[test]
 fn bad_values_are_usage_errors_before_anything_runs() {
     for (args, expected) in [
+        #[cfg(feature = "simulation")]
         (vec!["simulate", "--plant", "bogus", "--seeds", "1"], "ack-before-flush"),
         (vec!["status", "--url", "ftp://x"], "http://"),
         (vec!["alerts", "--url", "127.0.0.1:8080"], "http://"),
@@ -869,4 +870,90 @@ fn sigterm_drains_the_requests_in_flight() {
     // And it is in the log.
     let store = bindledger::ledger::store::Store::open(&data).unwrap();
     assert_eq!(store.scan_events(1).count(), 2);
+}
+
+/// Regression: `restore` with no broker waited 10 s, printed a raw librdkafka error and left
+/// `DIR/log` behind. The broker is asked first: one sentence, nothing created.
+#[test]
+fn restore_without_a_broker_says_so_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("restored");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["restore", "--brokers", &closed.to_string(), "--data-dir"])
+        .arg(&data)
+        .env("BINDLEDGER_SECRET", "ab".repeat(32))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no Kafka broker answered at"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    assert!(!data.exists(), "the restore created {}", data.display());
+}
+
+/// `bindledger profile`: a saved URL and token file, so `status` needs neither flag; flags and
+/// the environment still win over the profile.
+#[test]
+fn a_profile_saves_the_url_and_the_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn_server(&dir.path().join("data"), &dir.path().join("server.log"), &[]);
+    let profiles = dir.path().join("conf").join("profiles.toml");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{ALL}\n")).unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(binary())
+            .args(args)
+            .current_dir(dir.path())
+            .env("BINDLEDGER_PROFILES", &profiles)
+            .env_remove("BINDLEDGER_URL")
+            .env_remove("BINDLEDGER_TOKEN")
+            .env_remove("BINDLEDGER_PROFILE")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url = format!("http://{}", server.addr);
+    let (code, _, err) = cli(&[
+        "profile",
+        "set",
+        "local",
+        "--url",
+        &url,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = cli(&["profile", "set", "elsewhere", "--url", "http://127.0.0.1:1"]);
+    assert_eq!(code, Some(0), "{err}");
+    let text = std::fs::read_to_string(&profiles).unwrap();
+    assert!(!text.contains(ALL), "the token itself is never saved: {text}");
+    let (code, out, _) = cli(&["profile", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.lines().any(|l| l.starts_with("* local")),
+        "the first one is in use: {out}"
+    );
+    let (code, out, err) = cli(&["status", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["health"]["status"], "ok", "{v}");
+    // Another profile by name; an unknown one is an error; a flag wins over the profile.
+    let (code, _, err) = cli(&["status", "--profile", "elsewhere"]);
+    assert_eq!(code, Some(1), "{err}");
+    let (code, _, err) = cli(&["status", "--profile", "nope"]);
+    assert!(code == Some(1) && err.contains("no profile"), "{err}");
+    let (code, _, err) = cli(&["status", "--profile", "elsewhere", "--url", &url, "--token", ALL]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, _) = cli(&["profile", "use", "elsewhere"]);
+    assert_eq!(code, Some(0));
+    let (code, _, _) = cli(&["status"]);
+    assert_eq!(code, Some(1), "the profile in use is the unreachable one now");
 }

@@ -80,11 +80,7 @@ async fn acknowledged_commands_survive_repeated_sigkill() {
     let config_env = config.to_str().unwrap().to_owned();
     let env = [("BINDLEDGER_CONFIG", config_env.as_str())];
     let gateway = SimulatedGateway::new(Scenario::quiet(11));
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("crash test seed {seed}");
+    let seed = test_seed("acknowledged_commands_survive_repeated_sigkill");
     let mut rng = Rng(seed);
     let book = Arc::new(Mutex::new(Book::default()));
     let bindings: Arc<Mutex<HashMap<String, String>>> = Arc::default();

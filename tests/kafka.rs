@@ -434,11 +434,7 @@ async fn sigkill_of_the_ledger_while_publishing_leaves_every_event_on_the_topic_
         ("BINDLEDGER_KAFKA_TOPIC", topic.as_str()),
     ];
     let gateway = Arc::new(SimulatedGateway::new(Scenario::quiet(11)));
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
-    eprintln!("seed {seed}");
+    let seed = test_seed("sigkill_of_the_ledger_while_publishing") % 1_000_000_007;
     for round in 0..4u64 {
         let server = spawn_server(&data, &log, &env);
         let stop_at = Instant::now() + Duration::from_millis(300 + (seed * (round + 7)) % 700);
@@ -937,6 +933,25 @@ async fn a_lost_directory_is_restored_from_the_topic_byte_for_byte() {
             .output()
             .unwrap()
     };
+    // A topic the broker does not hold: said at once, nothing created.
+    let wrong = dir.path().join("wrong-topic");
+    let out = std::process::Command::new(binary())
+        .args([
+            "restore",
+            "--brokers",
+            &broker.addr,
+            "--topic",
+            "no-such-topic",
+            "--data-dir",
+        ])
+        .arg(&wrong)
+        .env("BINDLEDGER_SECRET", &secret_hex)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the topic no-such-topic does not exist"), "{err}");
+    assert!(!wrong.exists());
     let out = restore(&restored_dir);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
@@ -1178,6 +1193,25 @@ fn two_demo_runs_on_one_broker_each_use_their_own_topics() {
         assert_eq!(words[2], words[4], "{line}");
         assert!(words[8].starts_with("bindledger.demo."), "{line}");
         assert!(text.contains("the topic equals the log, event for event"), "{text}");
+        // Regression: the banner named the events topic only. All four, and the commands
+        // that read this run while it goes.
+        let banner: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.trim_start().starts_with("alerts:"))
+            .collect();
+        let named = banner
+            .iter()
+            .filter(|l| l.trim_start().starts_with("bindledger.demo."))
+            .count();
+        assert_eq!(named, 4, "{}", banner.join("\n"));
+        assert!(
+            banner.iter().any(|l| l.contains(" status --url http://"))
+                && banner
+                    .iter()
+                    .any(|l| l.contains(&format!(" consume --brokers {} --topic {}", broker.addr, words[8]))),
+            "{}",
+            banner.join("\n")
+        );
         topics.push(words[8].to_owned());
     }
     assert_ne!(topics[0], topics[1]);

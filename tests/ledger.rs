@@ -24,6 +24,23 @@ fn open(config: &Config) -> (Ledger, Arc<SimulatedGateway>) {
     )
 }
 
+/// The ledger on a manual clock (its `record_time`, its windows).
+fn open_with_clock(
+    config: &Config,
+    clock: Arc<bindledger::ledger::clock::ManualClock>,
+) -> (Ledger, Arc<SimulatedGateway>) {
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
+    let seams = bindledger::ledger::Seams {
+        clock,
+        ..Default::default()
+    };
+    let rules = bindledger::ledger::keys::alert_rules(config).unwrap();
+    (
+        Ledger::open_with_seams(config, &rules, LedgerSecret::from_bytes(SECRET), gateway.clone(), seams).unwrap(),
+        gateway,
+    )
+}
+
 fn bind_request(g: &SimulatedGateway, n: u64, key: Option<&str>) -> BindRequest {
     BindRequest {
         provider: "alipay".into(),
@@ -277,22 +294,25 @@ async fn idempotency_keys_survive_a_restart_within_their_window() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.idempotency.window = "3s".into();
-    let (l, g) = open(&config);
+    // The window is in the ledger's time: a manual clock moves past it, no sleep.
+    let clock = Arc::new(bindledger::ledger::clock::ManualClock::new(Utc::now()));
+    let now = || bindledger::ledger::clock::Clock::now(&*clock);
+    let (l, g) = open_with_clock(&config, clock.clone());
     let binding = bind(&l, &g, "acct", 3).await;
     let first = l
         .pay(
             pay_request(&g, 3, binding, 700, Some("pay-1"), None)
-                .validate("acct", Utc::now())
+                .validate("acct", now())
                 .unwrap(),
         )
         .await
         .unwrap();
     l.close();
-    let (l, g) = open(&config);
+    let (l, g) = open_with_clock(&config, clock.clone());
     let again = l
         .pay(
             pay_request(&g, 3, binding, 700, Some("pay-1"), None)
-                .validate("acct", Utc::now())
+                .validate("acct", now())
                 .unwrap(),
         )
         .await
@@ -305,7 +325,7 @@ async fn idempotency_keys_survive_a_restart_within_their_window() {
     for k in 0..50 {
         l.pay(
             pay_request(&g, 3, binding, 1 + k, None, None)
-                .validate("acct", Utc::now())
+                .validate("acct", now())
                 .unwrap(),
         )
         .await
@@ -314,7 +334,7 @@ async fn idempotency_keys_survive_a_restart_within_their_window() {
     let still = l
         .pay(
             pay_request(&g, 3, binding, 700, Some("pay-1"), None)
-                .validate("acct", Utc::now())
+                .validate("acct", now())
                 .unwrap(),
         )
         .await
@@ -322,11 +342,11 @@ async fn idempotency_keys_survive_a_restart_within_their_window() {
     assert!(still.replayed && still.event.seq == first.event.seq);
     // After the window the key is new: the command runs again, and as its order is paid it
     // is recorded as `order_already_paid`, naming the first payment.
-    tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
+    clock.advance(chrono::Duration::milliseconds(3_100));
     let later = l
         .pay(
             pay_request(&g, 3, binding, 700, Some("pay-1"), None)
-                .validate("acct", Utc::now())
+                .validate("acct", now())
                 .unwrap(),
         )
         .await

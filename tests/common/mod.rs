@@ -441,3 +441,18 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
+
+/// A seed for a test's random choices: `BINDLEDGER_TEST_SEED` when set (to replay a run),
+/// else a new one from the clock; printed either way, with how to replay it.
+pub fn test_seed(test: &str) -> u64 {
+    let seed = std::env::var("BINDLEDGER_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("{test}: seed {seed} (replay: BINDLEDGER_TEST_SEED={seed} cargo test {test})");
+    seed
+}

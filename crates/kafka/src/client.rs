@@ -160,6 +160,30 @@ pub struct RelayReport {
 const ADMIN_ANSWER_MAX: Duration = Duration::from_secs(15);
 
 /// Creates `topic` with `partitions` unless it exists.
+/// Whether a broker answers at `kafka.brokers` within `within` and holds `topic` with at least
+/// one partition: asked before a tool creates anything (restore), so that a wrong address or
+/// topic is said in one sentence, at once, with nothing left behind.
+pub fn require_topic(config: &KafkaConfig, topic: &str, within: Duration) -> Result<(), KafkaError> {
+    let consumer: BaseConsumer = client_config(config)
+        .set("group.id", "bindledger-probe")
+        .create()
+        .map_err(client_error("a Kafka client"))?;
+    let metadata = consumer.fetch_metadata(Some(topic), within).map_err(|_| {
+        KafkaError::Topic(format!(
+            "no Kafka broker answered at {} within {} s: is it running, and is the address right?",
+            config.brokers,
+            within.as_secs()
+        ))
+    })?;
+    match metadata.topics().iter().find(|t| t.name() == topic) {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+        _ => Err(KafkaError::Topic(format!(
+            "the topic {topic} does not exist on {} (give --topic)",
+            config.brokers
+        ))),
+    }
+}
+
 pub async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(config).create().map_err(client_error("admin client"))?;

@@ -64,6 +64,9 @@ pub fn restore(
     secret: &LedgerSecret,
     mut progress: impl FnMut(u64),
 ) -> Result<RestoreReport> {
+    // The broker and the topic first: an unreachable broker or a wrong topic creates nothing.
+    crate::client::require_topic(kafka, &kafka.topic, std::time::Duration::from_secs(5))
+        .map_err(|e| Error::io(e.to_string()))?;
     let store = Store::open(dir)?;
     store.check_secret(&secret.check_value())?;
     let (resumed_from, head) = store.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));

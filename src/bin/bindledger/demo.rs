@@ -756,17 +756,47 @@ pub async fn run(
     outln!("  population: {} shoppers + a password guesser (binds, then payments), a ring of 4 accounts sharing one wallet,", opts.shoppers);
     outln!("              a bind-then-drain account, a dead-wallet prober and a binding churner");
     outln!("  apple_pay is under maintenance from second 4 to 7");
+    let (exe, _) = tool_paths();
+    let token_arg = if admin_file.exists() {
+        format!("--data-dir {}", config.data_dir.display())
+    } else {
+        "--token $TOKEN".to_owned()
+    };
     match &relay_status {
-        Some(_) => outln!(
-            "  kafka:     publishing to topic {} at {}\n",
-            config.kafka.topic,
-            config.kafka.brokers
-        ),
+        Some(_) => {
+            outln!("  kafka:     at {}, four topics:", config.kafka.brokers);
+            outln!(
+                "               {:<40} every event, keyed by account",
+                config.kafka.topic
+            );
+            outln!(
+                "               {:<40} the alerts as they open and change",
+                config.kafka.alerts_topic
+            );
+            outln!(
+                "               {:<40} what each account holder is told (zh, en)",
+                config.kafka.notifications_topic
+            );
+            outln!("               {:<40} the signed checkpoints", config.checkpoints.topic);
+            outln!("  while it runs:");
+            outln!("    {exe} status --url http://{addr} {token_arg}");
+            outln!(
+                "    {exe} consume --brokers {} --topic {} --group readback-$RANDOM --idle-exit-ms 3000",
+                config.kafka.brokers,
+                config.kafka.topic
+            );
+        }
         None => {
-            outln!("  kafka:     off (set BINDLEDGER_KAFKA_BROKERS, or run `make demo`, which starts a broker)\n")
+            outln!("  kafka:     off (set BINDLEDGER_KAFKA_BROKERS, or run `make demo`, which starts a broker)");
+            outln!("  while it runs:");
+            outln!("    {exe} status --url http://{addr} {token_arg}");
         }
     }
-    outln!("  alerts:    the monitor runs the 7 rules over every event; new alerts print as they open");
+    outln!();
+    outln!(
+        "  alerts:    the monitor runs the {} rules over every event; new alerts print as they open",
+        bindledger::domain::alerts::rules::RULES_COUNT
+    );
     outln!("             (live: curl -N -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/alerts/stream)\n");
     let alert_printer = node.extras.monitor.clone().map(|m| tokio::spawn(print_alerts(m)));
     print_table_header();

@@ -32,6 +32,7 @@ mod bench_alerts;
 mod consume;
 mod demo;
 mod export;
+mod profile;
 mod promote;
 mod remote;
 mod restore;
@@ -139,7 +140,8 @@ enum Command {
     /// live feed at paced rates, and rule throughput over a stored log against decoding alone.
     BenchAlerts(crate::bench_alerts::AlertBenchArgs),
     /// Run the deterministic simulation of the ledger core: random workloads from a seed with
-    /// injected storage faults, reopens and a simulated clock, checked after every step.
+    /// injected storage faults, reopens and a simulated clock, checked at every step and over
+    /// the whole log every 50 steps and at each reopen.
     /// Exits 3 when a seed fails (and prints how to replay it).
     Simulate(crate::simulate::SimulateArgs),
     /// Read the events topic as an analytics team would: spend per account, month and
@@ -191,6 +193,13 @@ enum Command {
         /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Save and choose the ledgers the remote commands reach (`status`, `alerts`, `unlock`,
+    /// `promote`): a profile is a URL and the file of its token, so those commands need no
+    /// --url and --token each time.
+    Profile {
+        #[command(subcommand)]
+        command: profile::ProfileCommand,
     },
     /// Promote a read replica to primary (writer role): it reads the events topic to its end,
     /// then takes commands and starts its relays. Stop the previous primary first (README,
@@ -333,25 +342,33 @@ fn run(cli: Cli) -> Result<i32> {
             };
             sim_wallet::run(&common, &provider, &wallet_account)
         }
-        Command::Alerts(args) => {
+        Command::Alerts(mut args) => {
             init_tracing("warn", log_format);
+            args.remote.resolve()?;
             tokio::runtime::Runtime::new()?.block_on(alerts::run(args))
         }
-        Command::Status { remote, json } => {
+        Command::Status { mut remote, json } => {
             init_tracing("warn", log_format);
+            remote.resolve()?;
             tokio::runtime::Runtime::new()?.block_on(status::run(&remote, json))
         }
-        Command::Promote { remote, json } => {
+        Command::Promote { mut remote, json } => {
             init_tracing("warn", log_format);
+            remote.resolve()?;
             tokio::runtime::Runtime::new()?.block_on(promote::run(&remote, json))
         }
+        Command::Profile { command } => {
+            init_tracing("warn", log_format);
+            profile::run(command)
+        }
         Command::Unlock {
-            remote,
+            mut remote,
             account,
             binding,
             json,
         } => {
             init_tracing("warn", log_format);
+            remote.resolve()?;
             tokio::runtime::Runtime::new()?.block_on(unlock::run(&remote, &account, &binding, json))
         }
         Command::BenchKafka(args) => {

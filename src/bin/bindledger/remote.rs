@@ -5,27 +5,61 @@ use bindledger::adapters::http::client::Endpoint;
 use clap::Args;
 use std::path::{Path, PathBuf};
 
-/// How to reach a running ledger.
+/// How to reach a running ledger: flags, else the environment, else a saved profile
+/// (`bindledger profile`), else the defaults.
 #[derive(Args)]
 pub struct Remote {
-    /// The ledger's URL: http:// or https://, with a host name or an address.
-    #[arg(long, default_value = "http://127.0.0.1:8080", env = "BINDLEDGER_URL", value_parser = url_arg)]
-    pub url: String,
+    /// The ledger's URL: http:// or https://, with a host name or an address. Default: the
+    /// profile's, else http://127.0.0.1:8080.
+    #[arg(long = "url", env = "BINDLEDGER_URL", value_parser = url_arg)]
+    url_given: Option<String>,
     /// A token with the needed role (status: reader; alerts: security or auditor). Default:
-    /// the admin token in --data-dir.
+    /// the profile's token file, else the admin token in --data-dir.
     #[arg(long, env = "BINDLEDGER_TOKEN")]
     pub token: Option<String>,
-    /// Where to find the admin token when --token is not given (the ledger's data directory).
+    /// Where to find the admin token when no token is given (the ledger's data directory).
     #[arg(long, default_value = "bindledger-data")]
     pub data_dir: PathBuf,
+    /// A saved profile (`bindledger profile list`); default: the one `profile use` chose.
+    #[arg(long, env = "BINDLEDGER_PROFILE")]
+    pub profile: Option<String>,
+    /// The URL in use, once [`Remote::resolve`] has run.
+    #[arg(skip)]
+    pub url: String,
+    #[arg(skip)]
+    token_file: Option<PathBuf>,
 }
 
 impl Remote {
+    /// Fills in what the flags and the environment left to the profile or the defaults.
+    pub fn resolve(&mut self) -> Result<()> {
+        let saved = match crate::profile::path() {
+            Some(path) if self.url_given.is_none() || self.token.is_none() || self.profile.is_some() => {
+                crate::profile::Profiles::load(&path)?
+            }
+            _ => crate::profile::Profiles::default(),
+        };
+        let profile = saved.chosen(self.profile.as_deref())?;
+        self.url = match (&self.url_given, profile) {
+            (Some(u), _) => u.clone(),
+            (None, Some(p)) => p.url.clone(),
+            (None, None) => "http://127.0.0.1:8080".to_owned(),
+        };
+        if self.token.is_none() {
+            self.token_file = profile.and_then(|p| p.token_file.clone());
+        }
+        Ok(())
+    }
+
     pub fn connect(&self) -> Result<(Endpoint, String)> {
-        Ok((
-            parse_url(&self.url)?,
-            token_or_admin(self.token.clone(), &self.data_dir)?,
-        ))
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .map(|t| t.trim().to_owned())
+                .with_context(|| format!("reading the profile's token file {}", file.display()))?,
+            (None, None) => token_or_admin(None, &self.data_dir)?,
+        };
+        Ok((parse_url(&self.url)?, token))
     }
 }
 
