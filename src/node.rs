@@ -49,18 +49,24 @@ impl Node {
         let mut ledger = Ledger::open_with_rules(config, &rules, secret.clone(), gateway.clone())?;
         // A primary that a promotion fenced while it was down (killed while paused, say) finds
         // out before it takes a command: the topic's last messages carry a newer epoch.
-        if !config.replica.enabled && config.kafka.enabled() && ledger.fenced_by()?.is_none() && ledger.log_len() > 0 {
-            if let Some((epoch, url)) = crate::adapters::kafka::rejoin::newer_epoch(&config.kafka, ledger.epoch()?.0) {
+        if !config.replica.enabled
+            && config.kafka.enabled()
+            && ledger.replication().fenced_by()?.is_none()
+            && ledger.log_len() > 0
+        {
+            if let Some((epoch, url)) =
+                crate::adapters::kafka::rejoin::newer_epoch(&config.kafka, ledger.replication().epoch()?.0)
+            {
                 tracing::warn!(epoch, "a promotion fenced this node while it was down");
-                ledger.fence(epoch)?;
+                ledger.replication().fence(epoch)?;
                 if let Some(url) = url {
-                    ledger.set_successor(&url)?;
+                    ledger.replication().set_successor(&url)?;
                 }
             }
         }
         // A primary a promotion fenced rejoins as a replica (and stays one until promoted).
-        if !config.replica.enabled && config.kafka.enabled() && ledger.fenced_by()?.is_some() {
-            let successor = ledger.successor();
+        if !config.replica.enabled && config.kafka.enabled() && ledger.replication().fenced_by()?.is_some() {
+            let successor = ledger.replication().successor();
             ledger.close();
             let r = crate::adapters::kafka::rejoin::rejoin(config)?;
             tracing::warn!(
@@ -70,11 +76,11 @@ impl Node {
             );
             ledger = Ledger::open_with_rules(config, &rules, secret, gateway)?;
             if let Some(url) = successor {
-                ledger.set_successor(&url)?;
+                ledger.replication().set_successor(&url)?;
             }
         }
         let mut config = config.clone();
-        config.replica.enabled = config.replica.enabled || ledger.starts_as_replica()?;
+        config.replica.enabled = config.replica.enabled || ledger.replication().starts_as_replica()?;
         let config = &config;
         let mut extras = Extras::default();
         let (stop, stopped) = tokio::sync::watch::channel(false);

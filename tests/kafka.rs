@@ -203,7 +203,7 @@ async fn every_event_reaches_the_topic_exactly_once() {
 
     // A restart of the relay publishes nothing twice, even without its saved position.
     let r = start(dir.path(), kafka_config(&broker.addr, &topic));
-    r.ledger.set_relay_position(&topic, 0).unwrap();
+    r.ledger.replication().set_relay_position(&topic, 0).unwrap();
     r.caught_up(Duration::from_secs(30)).await;
     workload(&r.ledger, &r.gateway, 1, 10).await;
     r.caught_up(Duration::from_secs(30)).await;

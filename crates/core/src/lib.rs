@@ -1255,6 +1255,20 @@ impl Ledger {
         self.inner.store.event_bytes(seq)
     }
 
+    /// What the Kafka adapters keep in the ledger's storage about its topics and its term: the
+    /// relays' positions, a replica's offsets and terms, the epoch, the fence.
+    pub fn replication(&self) -> Replication<'_> {
+        Replication { inner: &self.inner }
+    }
+}
+
+/// The replication state a ledger keeps for the Kafka adapters ([`Ledger::replication`]), kept
+/// apart from the commands and reads of [`Ledger`].
+pub struct Replication<'a> {
+    inner: &'a Inner,
+}
+
+impl Replication<'_> {
     pub fn relay_position(&self, topic: &str) -> Result<u64> {
         self.inner.store.relay_position(topic)
     }

@@ -141,7 +141,7 @@ impl AppState {
             .as_ref()
             .map(|(_, url)| url.clone())
             .filter(|u| !u.is_empty())
-            .or_else(|| self.ledger.successor())
+            .or_else(|| self.ledger.replication().successor())
     }
 
     /// Whether the console's cookie is marked `Secure` (`http.console_secure_cookie`).
@@ -1224,12 +1224,12 @@ fn health(s: &AppState) -> (bool, serde_json::Value) {
     // A primary a promotion fenced takes no commands and follows nothing until it restarts.
     let role = if s.ledger.is_primary() {
         "primary"
-    } else if s.extras.replica.is_none() && s.ledger.fenced_by().ok().flatten().is_some() {
+    } else if s.extras.replica.is_none() && s.ledger.replication().fenced_by().ok().flatten().is_some() {
         "fenced"
     } else {
         "replica"
     };
-    let epoch = s.ledger.epoch().map_or(0, |(e, _)| e);
+    let epoch = s.ledger.replication().epoch().map_or(0, |(e, _)| e);
     let mut body = json!({"status": "ok", "events": events, "role": role, "epoch": epoch});
     let mut healthy = s.ledger.is_healthy();
     if let Some((status, primary)) = &s.extras.replica {

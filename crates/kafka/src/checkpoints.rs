@@ -125,7 +125,7 @@ impl CheckpointPublisher {
     /// this node's (skipped), and refuses the topic otherwise.
     fn recover(&self) -> Result<u64, KafkaError> {
         let topic = &self.topic;
-        let (own_epoch, _) = self.ledger.epoch()?;
+        let (own_epoch, _) = self.ledger.replication().epoch()?;
         let (published, _) = read_published(&self.config, topic)?;
         let mut last = 0u64;
         for Published {
@@ -179,14 +179,14 @@ impl CheckpointPublisher {
     async fn publish_after(&mut self, mut position: u64) -> Result<u64, KafkaError> {
         let producer = crate::client::producer(&self.config)?;
         let pending = self.store.after(position)?;
-        let (epoch, _) = self.ledger.epoch()?;
+        let (epoch, _) = self.ledger.replication().epoch()?;
         let epoch = epoch.to_string();
         for cp in pending {
             // A node a promotion fenced publishes nothing more (what it signed before may be
             // over events the chain will not hold).
             if !self.ledger.is_primary() {
                 return Err(KafkaError::Fenced {
-                    epoch: self.ledger.fenced_by()?.unwrap_or(0),
+                    epoch: self.ledger.replication().fenced_by()?.unwrap_or(0),
                 });
             }
             self.status.set(crate::client::State::Publishing);

@@ -72,7 +72,10 @@ struct StreamCursor {
 impl NotificationPublisher {
     pub fn new(ledger: Ledger, alerts: Option<AlertSource>, config: KafkaConfig) -> NotificationPublisher {
         let status: Arc<RelayStatus> = Default::default();
-        let saved = ledger.relay_position(&config.notifications_topic).unwrap_or(0);
+        let saved = ledger
+            .replication()
+            .relay_position(&config.notifications_topic)
+            .unwrap_or(0);
         status.position.store(saved, Ordering::Relaxed);
         NotificationPublisher {
             ledger,
@@ -169,8 +172,10 @@ impl NotificationPublisher {
             (0, 0)
         } else {
             (
-                self.ledger.relay_position(&topic)?,
-                self.ledger.relay_position(&stream_position_name(&topic))?,
+                self.ledger.replication().relay_position(&topic)?,
+                self.ledger
+                    .replication()
+                    .relay_position(&stream_position_name(&topic))?,
             )
         };
         let mut cursor = StreamCursor {
@@ -282,8 +287,9 @@ impl NotificationPublisher {
     /// stream position behind it only makes the next start read changes it skips.
     fn save(&self, seq: u64, stream_seq: u64) -> Result<(), KafkaError> {
         let topic = &self.config.notifications_topic;
-        self.ledger.set_relay_position(topic, seq)?;
+        self.ledger.replication().set_relay_position(topic, seq)?;
         self.ledger
+            .replication()
             .set_relay_position(&stream_position_name(topic), stream_seq)?;
         Ok(())
     }

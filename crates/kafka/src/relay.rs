@@ -85,7 +85,7 @@ impl Relay {
         // Until a session has read the topic, the position is the one saved when events were
         // last confirmed on it: a restart while the broker is away must not report the whole
         // log as lag.
-        let saved = ledger.relay_position(&config.topic).unwrap_or(0);
+        let saved = ledger.replication().relay_position(&config.topic).unwrap_or(0);
         status.position.store(saved, Ordering::Relaxed);
         ledger.replicated_to(saved);
         Relay { ledger, config, status }
@@ -142,7 +142,7 @@ impl Relay {
             }
             if let Err(KafkaError::Fenced { epoch }) = result {
                 tracing::error!(epoch, topic = %self.config.topic, "kafka relay: a promotion fenced this node; it takes no more commands (restart it to rejoin as a replica)");
-                if let Err(e) = self.ledger.fence(epoch) {
+                if let Err(e) = self.ledger.replication().fence(epoch) {
                     tracing::error!(error = %e, "recording that this node was fenced failed");
                 }
                 *self.status.last_error.lock().expect("status lock") = Some(KafkaError::Fenced { epoch }.to_string());
@@ -169,7 +169,7 @@ impl Relay {
     /// a fence or an event of a newer epoch means a promotion fenced this node.
     fn recover(&self, epoch: u64) -> Result<(Vec<u64>, Vec<i64>), KafkaError> {
         let topic = &self.config.topic;
-        let verified = self.ledger.relay_verified(topic)?;
+        let verified = self.ledger.replication().relay_verified(topic)?;
         let starts: Option<Vec<i64>> = verified.as_ref().map(|v| v.iter().map(|(o, _)| *o).collect());
         let mut maxes: Vec<u64> = verified
             .as_ref()
@@ -182,7 +182,7 @@ impl Relay {
             if let Some(fence) = number("fence") {
                 return if fence > epoch {
                     if let Some(url) = header("url") {
-                        self.ledger.set_successor(&url)?;
+                        self.ledger.replication().set_successor(&url)?;
                     }
                     Err(KafkaError::Fenced { epoch: fence })
                 } else {
@@ -229,7 +229,7 @@ impl Relay {
         }
         *self.status.warning.lock().expect("status lock") = warning;
         self.status.set(State::Recovering);
-        let (epoch, _) = self.ledger.epoch()?;
+        let (epoch, _) = self.ledger.replication().epoch()?;
         let (mut maxes, mut expected) = {
             let relay = self;
             tokio::task::block_in_place(|| relay.recover(epoch))?
@@ -237,7 +237,7 @@ impl Relay {
         let epoch_text = epoch.to_string();
         let partitions = maxes.len() as i32;
         let topic = self.config.topic.clone();
-        let saved = self.ledger.relay_position(&topic)?;
+        let saved = self.ledger.replication().relay_position(&topic)?;
         let on_topic = maxes.iter().copied().min().unwrap_or(0);
         let mut from = saved.min(on_topic) + 1;
         tracing::info!(%topic, partitions, from, "kafka relay: recovered");
@@ -343,8 +343,12 @@ impl Relay {
     /// Saves the position with what each partition was verified to hold up to it.
     fn save(&self, position: u64, expected: &[i64], maxes: &[u64]) -> Result<(), KafkaError> {
         let verified: Vec<(i64, u64)> = expected.iter().copied().zip(maxes.iter().copied()).collect();
-        self.ledger.set_relay_verified(&self.config.topic, &verified)?;
-        self.ledger.set_relay_position(&self.config.topic, position)?;
+        self.ledger
+            .replication()
+            .set_relay_verified(&self.config.topic, &verified)?;
+        self.ledger
+            .replication()
+            .set_relay_position(&self.config.topic, position)?;
         Ok(())
     }
 }

@@ -120,7 +120,7 @@ impl Follower {
     fn follow(&self, stop: &AtomicBool, handle: &tokio::runtime::Handle) -> Result<()> {
         use crate::reader::{PartitionedConsumer, KAFKA_QUIET};
         let topic = self.kafka.topic.clone();
-        let saved = self.ledger.replica_offsets(&topic)?;
+        let saved = self.ledger.replication().replica_offsets(&topic)?;
         // The topic may not exist yet (the primary creates it): wait for it.
         let mut reader = loop {
             if stop.load(Ordering::SeqCst) {
@@ -153,7 +153,12 @@ impl Follower {
             tracing::debug!(error = %e, "replica: the topic's last messages could not be read");
         }
         // The fencing rules' state as of the saved offsets.
-        if let Some(t) = self.ledger.replica_terms(&topic)?.and_then(|b| Terms::from_bytes(&b)) {
+        if let Some(t) = self
+            .ledger
+            .replication()
+            .replica_terms(&topic)?
+            .and_then(|b| Terms::from_bytes(&b))
+        {
             if t.fenced.len() == partitions {
                 reader.terms = t;
             }
@@ -178,8 +183,8 @@ impl Follower {
                     .applied_record_micros
                     .store(last.event.record_time.timestamp_micros(), Ordering::Relaxed);
             }
-            self.ledger.set_replica_terms(&topic, &terms)?;
-            self.ledger.set_replica_offsets(&topic, &offsets)
+            self.ledger.replication().set_replica_terms(&topic, &terms)?;
+            self.ledger.replication().set_replica_offsets(&topic, &offsets)
         };
         while !stop.load(Ordering::SeqCst) {
             // Promotion: read through its fences (or, without any, to each partition's end
@@ -295,7 +300,7 @@ impl Follower {
                 // Past each partition's end as of the promotion, and quiet (a broker may report
                 // an end short of its last record).
                 if caught_up && (0..partitions).all(|p| applied[p] >= ends[p]) && last_record.elapsed() >= KAFKA_QUIET {
-                    self.ledger.set_replica_offsets(&topic, &applied)?;
+                    self.ledger.replication().set_replica_offsets(&topic, &applied)?;
                     self.ledger.flush()?;
                     tracing::info!(events = next - 1, "replica: read the topic to its end");
                     return Ok(());
@@ -344,6 +349,7 @@ impl Follower {
             b.clear();
         }
         self.ledger
+            .replication()
             .set_replica_offsets(&self.kafka.topic, &reader.next_offset)?;
         self.ledger.flush()?;
         tracing::info!(
@@ -468,7 +474,7 @@ impl Promoter {
         if self.thread.lock().expect("promoter lock").is_none() {
             return Err(Error::io("the replica is not following the topic"));
         }
-        let (own, _) = self.ledger.epoch()?;
+        let (own, _) = self.ledger.replication().epoch()?;
         let epoch = own.max(self.status.highest_epoch.load(Ordering::SeqCst)) + 1;
         let node = uuid::Uuid::now_v7().simple().to_string();
         let ends = write_fences(
@@ -525,11 +531,13 @@ impl Promoter {
         let n = self.ledger.log_len();
         // The relay publishes in this term from the fences on: every event up to `n` is on
         // the topic before them, in the chain.
-        self.ledger.set_epoch(epoch, &node)?;
-        self.ledger.set_starts_as_replica(false)?;
+        self.ledger.replication().set_epoch(epoch, &node)?;
+        self.ledger.replication().set_starts_as_replica(false)?;
         let verified: Vec<(i64, u64)> = ends.iter().map(|e| (*e, n)).collect();
-        self.ledger.set_relay_verified(&self.kafka.topic, &verified)?;
-        self.ledger.set_relay_position(&self.kafka.topic, n)?;
+        self.ledger
+            .replication()
+            .set_relay_verified(&self.kafka.topic, &verified)?;
+        self.ledger.replication().set_relay_position(&self.kafka.topic, n)?;
         if let Some(s) = &self.relay_status {
             s.position.store(n, Ordering::Relaxed);
         }
