@@ -49,7 +49,7 @@ pub type Result<T> = std::result::Result<T, SourceError>;
 
 /// An event's stored bytes as a source yields them: from a data directory, a slice of the sled
 /// page they were read with (no copy); from the other sources, a copy of what was read.
-pub type Stored = sled::IVec;
+pub type Stored = bindledger::ledger::store::EventBytes;
 
 /// Where to read a log from. Each yields the stored bytes of the events, in the order the
 /// source holds them.

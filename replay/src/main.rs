@@ -754,7 +754,9 @@ fn problem_text(p: &bindledger_replay::Problem) -> String {
 }
 
 /// Reads every event of a scan and keeps none: the cost of the scan alone.
-fn count(mut scan: impl Iterator<Item = bindledger::Result<(u64, sled::IVec)>>) -> anyhow::Result<u64> {
+fn count(
+    mut scan: impl Iterator<Item = bindledger::Result<(u64, bindledger::ledger::store::EventBytes)>>,
+) -> anyhow::Result<u64> {
     Ok(scan.try_fold(0u64, |n, r| r.map(|_| n + 1))?)
 }
 

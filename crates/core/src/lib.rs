@@ -1237,7 +1237,7 @@ impl Ledger {
 
     /// Raw stored events from `from` on (the bytes the hash chain covers). Only durable events:
     /// the iterator stops at the log length seen when it was made.
-    pub fn raw_events(&self, from: u64) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + Send + 'static {
+    pub fn raw_events(&self, from: u64) -> impl Iterator<Item = Result<(u64, store::EventBytes)>> + Send + 'static {
         let end = self.log_len();
         self.inner
             .store
@@ -1251,7 +1251,7 @@ impl Ledger {
     }
 
     /// One stored event's bytes (durable or not; callers check against `log_len`).
-    pub fn event_bytes(&self, seq: u64) -> Result<Option<sled::IVec>> {
+    pub fn event_bytes(&self, seq: u64) -> Result<Option<store::EventBytes>> {
         self.inner.store.event_bytes(seq)
     }
 

@@ -149,8 +149,50 @@ pub fn read_error(e: sled::Error, what: &str) -> Error {
     }
 }
 
+/// An event's stored bytes, shared with the log's page (not copied): what the log holds,
+/// exactly. It reads as `&[u8]`; no sled type leaves the core.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EventBytes(sled::IVec);
+
+impl std::ops::Deref for EventBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for EventBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for EventBytes {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for EventBytes {
+    fn from(v: Vec<u8>) -> Self {
+        EventBytes(v.into())
+    }
+}
+
+impl From<&[u8]> for EventBytes {
+    fn from(v: &[u8]) -> Self {
+        EventBytes(v.into())
+    }
+}
+
+impl std::fmt::Debug for EventBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EventBytes({} bytes)", self.0.len())
+    }
+}
+
 /// Splits a stored chunk into its events' bytes (zero-copy).
-pub fn chunk_events(first_seq: u64, chunk: &sled::IVec) -> Result<Vec<(u64, sled::IVec)>> {
+pub fn chunk_events(first_seq: u64, chunk: &sled::IVec) -> Result<Vec<(u64, EventBytes)>> {
     let mut out = Vec::new();
     let mut at = 0usize;
     let mut seq = first_seq;
@@ -165,7 +207,7 @@ pub fn chunk_events(first_seq: u64, chunk: &sled::IVec) -> Result<Vec<(u64, sled
                 "chunk {first_seq}: event {seq} runs past the chunk"
             )));
         }
-        out.push((seq, chunk.subslice(at + 4, len)));
+        out.push((seq, EventBytes(chunk.subslice(at + 4, len))));
         at += 4 + len;
         seq += 1;
     }
@@ -247,7 +289,7 @@ const SCAN_CACHE_BYTES: u64 = 64 << 20;
 pub const SCAN_REOPEN_BYTES: u64 = 512 << 20;
 
 /// Events of an open log, in order.
-type EventIter = Box<dyn Iterator<Item = Result<(u64, sled::IVec)>> + Send>;
+type EventIter = Box<dyn Iterator<Item = Result<(u64, EventBytes)>> + Send>;
 
 /// Reads a stopped ledger's log from a sequence to its end, in order, holding a bounded part of
 /// it in memory. sled 0.34 keeps every page a scan has read in memory until the database is
@@ -328,7 +370,7 @@ pub fn retry_in_use(mut open: impl FnMut() -> Result<Store>) -> Result<Store> {
 }
 
 impl Iterator for DirScan {
-    type Item = Result<(u64, sled::IVec)>;
+    type Item = Result<(u64, EventBytes)>;
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
             return None;
@@ -488,7 +530,7 @@ impl Store {
     }
 
     /// One event's stored bytes.
-    pub fn event_bytes(&self, seq: u64) -> Result<Option<sled::IVec>> {
+    pub fn event_bytes(&self, seq: u64) -> Result<Option<EventBytes>> {
         let Some(r) = self.log.range(..=seq.to_be_bytes()).next_back() else {
             return Ok(None);
         };
@@ -500,7 +542,7 @@ impl Store {
     }
 
     /// Stored events from `from` on, in order, as (seq, bytes).
-    pub fn scan_events(&self, from: u64) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + Send + 'static {
+    pub fn scan_events(&self, from: u64) -> impl Iterator<Item = Result<(u64, EventBytes)>> + Send + 'static {
         // Start at the chunk holding `from`.
         let start = match self.log.range(..=from.to_be_bytes()).next_back() {
             Some(Ok((k, _))) => k.to_vec(),
@@ -517,7 +559,7 @@ impl Store {
                         last = u64_of(&k)?;
                         chunk_events(last, &v)
                     });
-                let chunk: Vec<Result<(u64, sled::IVec)>> = match read {
+                let chunk: Vec<Result<(u64, EventBytes)>> = match read {
                     Ok(events) => events.into_iter().map(Ok).collect(),
                     Err(e) => vec![Err(e)],
                 };
@@ -527,9 +569,9 @@ impl Store {
     }
 
     /// Stored events newest first, starting at the log's end.
-    pub fn scan_events_rev(&self) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + Send + 'static {
+    pub fn scan_events_rev(&self) -> impl Iterator<Item = Result<(u64, EventBytes)>> + Send + 'static {
         self.log.iter().rev().flat_map(|r| {
-            let chunk: Vec<Result<(u64, sled::IVec)>> =
+            let chunk: Vec<Result<(u64, EventBytes)>> =
                 match r.map_err(from_sled).and_then(|(k, v)| chunk_events(u64_of(&k)?, &v)) {
                     Ok(events) => events.into_iter().rev().map(Ok).collect(),
                     Err(e) => vec![Err(e)],
