@@ -29,26 +29,7 @@ pub struct PartitionedConsumer {
     pub terms: super::terms::Terms,
 }
 
-/// One message of a topic read as a log.
-#[derive(Debug, Clone)]
-pub struct SeqRecord {
-    /// Its `seq` header (0 for a fence).
-    pub seq: u64,
-    pub value: bytes::Bytes,
-    pub offset: i64,
-    /// Its `epoch` header (0 when absent); a fence's own epoch.
-    pub epoch: u64,
-    /// Set for a fence ([`super::terms`]).
-    pub fence: Option<Fence>,
-    /// The highest fence read in its partition before it (set as it is admitted).
-    pub fenced: u64,
-}
-
-/// A fence's `node` header: the promotion that wrote it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fence {
-    pub node: String,
-}
+pub use crate::terms::{Fence, SeqRecord};
 
 impl PartitionedConsumer {
     /// Opens every partition of `topic` at `starts` (one per partition; `None`: the beginning).

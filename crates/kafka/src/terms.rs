@@ -25,8 +25,6 @@
 
 use std::collections::VecDeque;
 
-use super::reader::SeqRecord;
-
 /// The rules' state while a topic is read: per partition the highest fence read in it, the
 /// epoch of the last event taken into the chain, and the highest epoch seen anywhere.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -132,10 +130,30 @@ impl Terms {
     }
 }
 
+/// One message of a topic read as a log.
+#[derive(Debug, Clone)]
+pub struct SeqRecord {
+    /// Its `seq` header (0 for a fence).
+    pub seq: u64,
+    pub value: bytes::Bytes,
+    pub offset: i64,
+    /// Its `epoch` header (0 when absent); a fence's own epoch.
+    pub epoch: u64,
+    /// Set for a fence (see this module).
+    pub fence: Option<Fence>,
+    /// The highest fence read in its partition before it (set as it is admitted).
+    pub fenced: u64,
+}
+
+/// A fence's `node` header: the promotion that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub node: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reader::Fence;
 
     fn event(seq: u64, epoch: u64) -> SeqRecord {
         SeqRecord {
