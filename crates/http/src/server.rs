@@ -1424,20 +1424,21 @@ fn route_pattern(method: &axum::http::Method, path: &str) -> &'static str {
     } else {
         method.as_str()
     };
-    let segments: Vec<&str> = path.split('/').collect();
+    // Segment by segment, without collecting: this runs on every request.
+    let matches = |pattern: &str| {
+        let (mut want, mut got) = (pattern.split('/'), path.split('/'));
+        loop {
+            match (want.next(), got.next()) {
+                (None, None) => return true,
+                (Some(w), Some(g)) if (w.starts_with('{') && !g.is_empty()) || w == g => {}
+                _ => return false,
+            }
+        }
+    };
     ROUTES
         .iter()
-        .filter(|(m, _)| *m == method)
-        .map(|(_, pattern)| *pattern)
-        .find(|pattern| {
-            let want: Vec<&str> = pattern.split('/').collect();
-            want.len() == segments.len()
-                && want
-                    .iter()
-                    .zip(&segments)
-                    .all(|(w, got)| (w.starts_with('{') && !got.is_empty()) || w == got)
-        })
-        .unwrap_or("(no route)")
+        .find(|(m, pattern)| *m == method && matches(pattern))
+        .map_or("(no route)", |(_, pattern)| *pattern)
 }
 
 async fn gate_inner(s: &Arc<AppState>, mut req: Request, next: Next) -> Response {

@@ -195,17 +195,11 @@ pub fn consume(args: &ConsumeOptions, mut note: impl FnMut(ConsumeNote<'_>)) -> 
         .create()?;
     // Refuse at once, and say why, when there is nothing to read: no broker answers, or the
     // topic does not exist (reading on would log AllBrokersDown forever and end with "0").
-    let md = consumer
-        .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
-        .map_err(|e| anyhow::anyhow!("no Kafka broker answered at {} ({e})", args.brokers))?;
-    let topic = md.topics().iter().find(|t| t.name() == args.topic);
-    anyhow::ensure!(
-        topic.is_some_and(|t| t.error().is_none() && !t.partitions().is_empty()),
-        "the topic {} does not exist on {} (start the ledger with kafka.brokers set, or give --topic)",
-        args.topic,
-        args.brokers
-    );
-    let partitions = topic.map_or(0, |t| t.partitions().len()) as i32;
+    let kafka = crate::config::KafkaConfig {
+        brokers: args.brokers.clone(),
+        ..Default::default()
+    };
+    let partitions = super::client::require_topic(&kafka, &args.topic, Duration::from_secs(10))? as i32;
     // Say where reading starts: a group that read this topic before goes on from its
     // committed offsets, and its aggregates then cover only what follows them.
     let mut tpl = rdkafka::TopicPartitionList::new();

@@ -161,9 +161,10 @@ const ADMIN_ANSWER_MAX: Duration = Duration::from_secs(15);
 
 /// Creates `topic` with `partitions` unless it exists.
 /// Whether a broker answers at `kafka.brokers` within `within` and holds `topic` with at least
-/// one partition: asked before a tool creates anything (restore), so that a wrong address or
-/// topic is said in one sentence, at once, with nothing left behind.
-pub fn require_topic(config: &KafkaConfig, topic: &str, within: Duration) -> Result<(), KafkaError> {
+/// one partition (how many is the answer): asked before a tool reads or creates anything
+/// (restore, consume), so that a wrong address or topic is said in one sentence, at once,
+/// with nothing left behind.
+pub fn require_topic(config: &KafkaConfig, topic: &str, within: Duration) -> Result<usize, KafkaError> {
     let consumer: BaseConsumer = client_config(config)
         .set("group.id", "bindledger-probe")
         .create()
@@ -176,9 +177,9 @@ pub fn require_topic(config: &KafkaConfig, topic: &str, within: Duration) -> Res
         ))
     })?;
     match metadata.topics().iter().find(|t| t.name() == topic) {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len()),
         _ => Err(KafkaError::Topic(format!(
-            "the topic {topic} does not exist on {} (give --topic)",
+            "the topic {topic} does not exist on {} (start the ledger with kafka.brokers set, or give --topic)",
             config.brokers
         ))),
     }
