@@ -19,7 +19,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::chain::Hash;
+use crate::hash::Hash;
 use crate::money::Currency;
 use crate::types::*;
 
@@ -34,7 +34,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     let text = std::str::from_utf8(bytes).ok()?;
     let mut r = Reader { s: text, i: 0 };
     r.lit("{\"v\":")?;
-    const CURRENT: u64 = crate::codec::SCHEMA_VERSION as u64;
+    const CURRENT: u64 = crate::types::SCHEMA_VERSION as u64;
     let v = match r.u64()? {
         v @ (2..=CURRENT) => v as u16,
         _ => return None,
@@ -571,7 +571,7 @@ impl<'a> Reader<'a> {
     }
 
     fn hash(&mut self) -> Option<Hash> {
-        crate::chain::hash_from_hex(self.fixed(64)?)
+        crate::hash::hash_from_hex(self.fixed(64)?)
     }
 
     fn time(&mut self) -> Option<DateTime<Utc>> {

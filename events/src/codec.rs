@@ -23,12 +23,7 @@
 use serde_json::Value;
 
 use crate::types::Event;
-
-/// The schema version this code writes.
-pub const SCHEMA_VERSION: u16 = 7;
-
-/// The oldest schema version this code can read.
-pub const SCHEMA_VERSION_MIN: u16 = 1;
+pub use crate::types::{SCHEMA_VERSION, SCHEMA_VERSION_MIN};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {

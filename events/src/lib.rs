@@ -7,6 +7,7 @@
 //! - [`types`]: the event envelope, the payloads (one per outcome) and the typed failure reasons.
 //! - [`codec`]: the one canonical encoding (the exact bytes that are stored and published),
 //!   decoding with upcasting from older schema versions.
+//! - [`hash`]: the hash of a stored event (SHA-256 over its bytes).
 //! - [`chain`]: the hash chain: SHA-256 over the stored bytes, and a streaming verifier that
 //!   names the first event where the chain breaks.
 //! - [`money`]: ISO 4217 currency codes and amount rules (integer minor units, never floats).
@@ -21,6 +22,7 @@
 pub mod canonical;
 pub mod chain;
 pub mod codec;
+pub mod hash;
 pub mod money;
 pub mod types;
 

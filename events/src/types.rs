@@ -9,8 +9,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use uuid::Uuid;
 
-use crate::chain::Hash;
+use crate::hash::Hash;
 use crate::money::Currency;
+
+/// The schema version this code writes (the version of the types below).
+pub const SCHEMA_VERSION: u16 = 7;
+
+/// The oldest schema version this code can read.
+pub const SCHEMA_VERSION_MIN: u16 = 1;
 
 /// One stored event: the envelope and its payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

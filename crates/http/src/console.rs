@@ -25,94 +25,15 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-use super::server::{ApiError, ApiResult, AppState, Principal};
+use crate::state::{read_body, same, ApiError, ApiResult, AppState, Principal, SESSION_IDLE};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "bindledger_session";
-/// How long a session lasts without use.
-const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
-/// Most sessions one token holds at once; beyond it, that token's least recently used goes.
-/// The sessions held in all are at most this many times the number of configured tokens.
-pub const SESSIONS_PER_TOKEN: usize = 64;
-
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; font-src 'none'; object-src 'none'; base-uri 'none'; \
                    form-action 'none'; frame-ancestors 'none'";
-
-struct Session {
-    principal: Arc<Principal>,
-    csrf: String,
-    used: Instant,
-}
-
-/// The console's sessions, by the SHA-256 of their id (the id itself is only in the cookie).
-#[derive(Default)]
-pub struct Sessions {
-    by_id: Mutex<HashMap<[u8; 32], Session>>,
-}
-
-fn random_hex() -> String {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).expect("the system has randomness");
-    hex::encode(b)
-}
-
-fn digest(id: &str) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(id.as_bytes()).into()
-}
-
-/// Compares without stopping at the first difference.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-impl Sessions {
-    /// A new session for `principal`: its id (for the cookie) and CSRF token. When the token
-    /// holds [`SESSIONS_PER_TOKEN`] sessions, its least recently used one ends.
-    fn open(&self, principal: Arc<Principal>) -> (String, String) {
-        let (id, csrf) = (random_hex(), random_hex());
-        let mut all = self.by_id.lock().expect("sessions lock");
-        let now = Instant::now();
-        all.retain(|_, s| now.duration_since(s.used) < SESSION_IDLE);
-        let same_token = || all.iter().filter(|(_, s)| s.principal.name == principal.name);
-        if same_token().count() >= SESSIONS_PER_TOKEN {
-            if let Some(oldest) = same_token().min_by_key(|(_, s)| s.used).map(|(k, _)| *k) {
-                all.remove(&oldest);
-            }
-        }
-        all.insert(
-            digest(&id),
-            Session {
-                principal,
-                csrf: csrf.clone(),
-                used: now,
-            },
-        );
-        (id, csrf)
-    }
-
-    /// The live session a cookie names, touched; with its CSRF token.
-    pub(super) fn find(&self, id: &str) -> Option<(Arc<Principal>, String)> {
-        let mut all = self.by_id.lock().expect("sessions lock");
-        let key = digest(id);
-        let s = all.get_mut(&key)?;
-        if s.used.elapsed() >= SESSION_IDLE {
-            all.remove(&key);
-            return None;
-        }
-        s.used = Instant::now();
-        Some((s.principal.clone(), s.csrf.clone()))
-    }
-
-    fn close(&self, id: &str) {
-        self.by_id.lock().expect("sessions lock").remove(&digest(id));
-    }
-}
 
 /// The session id in the request's cookie, if any.
 pub fn cookie_session(headers: &HeaderMap) -> Option<&str> {
@@ -189,10 +110,10 @@ pub async fn current(State(s): State<Arc<AppState>>, headers: HeaderMap) -> ApiR
 }
 
 /// `POST /console/session` `{token}`: signs in; sets the session cookie. The body is read as
-/// every body is (bounded in size and time, [`super::server::read_body`]), and taken as a
+/// every body is (bounded in size and time, [`crate::state::read_body`]), and taken as a
 /// command's fields are (one JSON object, no key twice, nothing else in it).
 pub async fn sign_in(State(s): State<Arc<AppState>>, req: axum::extract::Request) -> ApiResult<Response> {
-    let bytes = super::server::read_body(&s, req.into_body()).await?;
+    let bytes = read_body(&s, req.into_body()).await?;
     let token: String = crate::domain::command::Fields::parse(&bytes).and_then(|mut f| {
         let token = f.req("token")?;
         f.finish()?;

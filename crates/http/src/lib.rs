@@ -15,6 +15,10 @@ mod metrics;
 #[cfg(feature = "server")]
 mod server;
 #[cfg(feature = "server")]
-pub use console::SESSIONS_PER_TOKEN;
+mod state;
 #[cfg(feature = "server")]
 pub use server::*;
+#[cfg(feature = "server")]
+pub use state::SESSIONS_PER_TOKEN;
+#[cfg(feature = "server")]
+pub use state::{AppState, Extras, MonitorView, Principal};

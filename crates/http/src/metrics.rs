@@ -8,15 +8,13 @@
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family as Labelled;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::server::AppState;
+use crate::state::AppState;
 use bindledger_kafka::relay::Relay;
 
 /// The content type of the OpenMetrics text format.
@@ -267,59 +265,6 @@ fn snapshot(s: &AppState) -> Snapshot {
 }
 
 /// The whole exposition: the ledger's metrics and a snapshot of the components beside it.
-/// The HTTP requests answered: a counter by route pattern, method and status, and a histogram
-/// of their durations by route pattern. Labels are patterns and codes only, a bounded set.
-#[derive(Debug, Clone)]
-pub struct Requests {
-    answered: Labelled<Labels, Counter>,
-    seconds: Labelled<Labels, Histogram, fn() -> Histogram>,
-}
-
-type Labels = Vec<(&'static str, String)>;
-
-impl Default for Requests {
-    fn default() -> Self {
-        fn buckets() -> Histogram {
-            // 100 µs to 10 s.
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                0.0001, 3.0, 11,
-            ))
-        }
-        Requests {
-            answered: Default::default(),
-            seconds: Labelled::new_with_constructor(buckets),
-        }
-    }
-}
-
-impl Requests {
-    pub fn record(&self, method: &str, route: &'static str, status: u16, took: std::time::Duration) {
-        self.answered
-            .get_or_create(&vec![
-                ("route", route.to_owned()),
-                ("method", method.to_owned()),
-                ("status", status.to_string()),
-            ])
-            .inc();
-        self.seconds
-            .get_or_create(&vec![("route", route.to_owned())])
-            .observe(took.as_secs_f64());
-    }
-
-    fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "bindledger_http_requests",
-            "HTTP requests answered, by route pattern, method and status",
-            self.answered.clone(),
-        );
-        registry.register(
-            "bindledger_http_request_duration_seconds",
-            "Time from a request's arrival to its answer's headers, by route pattern",
-            self.seconds.clone(),
-        );
-    }
-}
-
 pub fn render(s: &AppState) -> String {
     let mut registry = Registry::default();
     s.ledger.metrics().register(&mut registry);

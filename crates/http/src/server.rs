@@ -17,241 +17,19 @@ use axum::{Json, Router};
 use bindledger_events::{Event, Hash, Payload, TriageAction};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 
-use crate::config::{HttpConfig, Role, TokenConfig};
+use crate::config::Role;
 use crate::domain::alerts::Severity;
 use crate::domain::command::{self, BindRequest, PayRequest, UnbindRequest, UnlockRequest};
 use crate::domain::projection::binding_view;
 use crate::error::Error;
 use crate::ledger::alerts::store::{AlertFilter, AlertStore};
-use crate::ledger::alerts::MonitorStatus;
-use crate::ledger::{CommandResult, Ledger};
+use crate::ledger::CommandResult;
 use bindledger_kafka::client::RelayStatus;
 use bindledger_kafka::relay::Relay;
 
-pub struct AppState {
-    pub ledger: Ledger,
-    /// SHA-256 of each token, with its roles: tokens themselves are not kept in memory here.
-    tokens: Vec<([u8; 32], Arc<Principal>)>,
-    /// The console's signed-in sessions.
-    pub(super) sessions: super::console::Sessions,
-    http: HttpConfig,
-    /// Authenticated requests in flight; beyond the bound the answer is 503 `overloaded`.
-    in_flight: Arc<Semaphore>,
-    /// Requests in flight to the public routes but the probes (the console's page and its
-    /// sign-in): a pool of their own, so that they cannot take a slot of `in_flight`.
-    public_in_flight: Arc<Semaphore>,
-    pub(super) extras: Extras,
-    /// Turns true when the server shuts down (ends the live feeds).
-    closing: tokio::sync::watch::Sender<bool>,
-    /// Requests answered, by route pattern, method and status, and how long they took.
-    pub(super) requests: super::metrics::Requests,
-}
-
-/// What runs beside the ledger, when it does.
-#[derive(Default, Clone)]
-pub struct Extras {
-    /// The Kafka relay's topic and status.
-    pub relay: Option<(String, Arc<RelayStatus>)>,
-    /// The alerts topic and its publisher's status.
-    pub alerts_relay: Option<(String, Arc<RelayStatus>)>,
-    /// Signed webhooks: their delivery log and the sender's status.
-    pub webhooks: Option<(crate::ledger::webhooks::WebhookLog, Arc<crate::webhook::WebhookStatus>)>,
-    /// The notifications topic and its publisher's status.
-    pub notifications_relay: Option<(String, Arc<RelayStatus>)>,
-    /// The alert monitor.
-    pub monitor: Option<MonitorView>,
-    /// Signed checkpoints, and the public key that checks them (hex).
-    pub checkpoints: Option<(crate::ledger::checkpoint::CheckpointStore, String)>,
-    /// The checkpoints topic and its publisher's status.
-    pub checkpoints_relay: Option<(String, Arc<RelayStatus>)>,
-    /// A read replica: its follower's status and the primary's URL.
-    pub replica: Option<(Arc<bindledger_kafka::replica::ReplicaStatus>, String)>,
-    /// A read replica: what promotes it.
-    pub promoter: Option<Arc<bindledger_kafka::replica::Promoter>>,
-}
-
-/// What the API needs of the alert monitor.
-#[derive(Clone)]
-pub struct MonitorView {
-    pub store: AlertStore,
-    pub feed: Arc<crate::ledger::alerts::feed::AlertFeed>,
-    pub status: Arc<MonitorStatus>,
-    pub rules: Arc<crate::domain::alerts::RuleSet>,
-}
-
-impl MonitorView {
-    pub fn of(m: &crate::ledger::alerts::Monitor) -> MonitorView {
-        MonitorView {
-            store: m.store().clone(),
-            feed: m.feed().clone(),
-            status: m.status().clone(),
-            rules: m.rules().clone(),
-        }
-    }
-}
-
-impl AppState {
-    pub fn new(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig) -> Arc<AppState> {
-        Self::build(ledger, tokens, http, Extras::default())
-    }
-
-    /// The same, with what runs beside the ledger (reported in `/metrics`, `/v1/relay`, and
-    /// the alerts routes).
-    pub fn build(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig, extras: Extras) -> Arc<AppState> {
-        let tokens = tokens
-            .iter()
-            .map(|t| {
-                let principal = Principal {
-                    name: t.display_name(),
-                    roles: t.roles.clone(),
-                };
-                (Sha256::digest(t.token.as_bytes()).into(), Arc::new(principal))
-            })
-            .collect();
-        let in_flight = Arc::new(Semaphore::new(http.connections_max));
-        let public_in_flight = Arc::new(Semaphore::new((http.connections_max / 4).max(4)));
-        Arc::new(AppState {
-            ledger,
-            tokens,
-            http,
-            in_flight,
-            public_in_flight,
-            extras,
-            closing: tokio::sync::watch::Sender::new(false),
-            requests: super::metrics::Requests::default(),
-            sessions: Default::default(),
-        })
-    }
-
-    /// Who holds `token`, if it is one of the configured tokens.
-    pub(super) fn principal_of_token(&self, token: &str) -> Option<Arc<Principal>> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.tokens.iter().find(|(d, _)| *d == digest).map(|(_, p)| p.clone())
-    }
-
-    /// The primary's URL, on a node that knows it: a replica's configured one, else the one
-    /// the fence of the promotion that fenced this node named.
-    fn primary_url(&self) -> Option<String> {
-        self.extras
-            .replica
-            .as_ref()
-            .map(|(_, url)| url.clone())
-            .filter(|u| !u.is_empty())
-            .or_else(|| self.ledger.replication().successor())
-    }
-
-    /// Whether the console's cookie is marked `Secure` (`http.console_secure_cookie`).
-    pub(super) fn console_secure_cookie(&self) -> bool {
-        self.http.console_secure_cookie
-    }
-}
-
-/// Who a request acts as: a token's name and roles (by a bearer token, or a console session).
-#[derive(Debug)]
-pub struct Principal {
-    pub name: String,
-    pub roles: Vec<Role>,
-}
-
-/// An error answer. Every part is `'static`: an answer (and the log line made from it) cannot
-/// carry a value the caller submitted, by construction.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: &'static str,
-    field: Option<&'static str>,
-}
-
-impl ApiError {
-    pub(super) fn new(status: StatusCode, code: &'static str, message: &'static str) -> Self {
-        ApiError {
-            status,
-            code,
-            message,
-            field: None,
-        }
-    }
-
-    fn with_field(mut self, field: &'static str) -> Self {
-        self.field = Some(field);
-        self
-    }
-}
-
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        let status = match &e {
-            Error::Invalid { .. } => StatusCode::BAD_REQUEST,
-            Error::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::VersionConflict { .. } => StatusCode::CONFLICT,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Overloaded(_)
-            | Error::ShuttingDown
-            | Error::StorageFailed { .. }
-            | Error::OutcomeUnknown
-            | Error::Halted(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::NotPrimary => StatusCode::MISDIRECTED_REQUEST,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if status == StatusCode::INTERNAL_SERVER_ERROR || matches!(e, Error::StorageFailed { .. }) {
-            // Internal errors (storage, IO) carry no caller value; they are logged in full
-            // and answered with fixed text.
-            tracing::error!(error = %crate::error::chain(&e), code = e.code(), "request failed");
-        }
-        let (field, message) = match &e {
-            Error::Invalid { field, message, .. } => (*field, *message),
-            Error::NotFound(message) => (None, *message),
-            Error::IdempotencyKeyReused => (None, "this idempotency key was already used for a different request"),
-            Error::VersionConflict { .. } => (Some("expected_version"), "the account is not at the expected version; read it and retry"),
-            Error::Overloaded(why) => (None, *why),
-            Error::ShuttingDown => (None, "the ledger is shutting down"),
-            Error::OutcomeUnknown => (
-                None,
-                "the event is durable on this ledger but the Kafka cluster has not acknowledged it in time; retry with the same idempotency key",
-            ),
-            e @ Error::StorageFailed { .. } if e.disk_full() => {
-                (None, "the disk is full: the event log could not be written; the ledger takes no more commands")
-            }
-            Error::StorageFailed { .. } => (None, "the event log could not be written; the ledger takes no more commands"),
-            Error::NotPrimary => (None, NOT_PRIMARY),
-            Error::Halted(why) => (None, *why),
-            _ => (None, "internal error; see the server's log"),
-        };
-        ApiError {
-            status,
-            code: e.code(),
-            message,
-            field,
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        tracing::debug!(code = self.code, field = self.field, reason = %self.message, "request refused");
-        let body = json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
-        let mut r = (self.status, Json(body)).into_response();
-        match self.status {
-            StatusCode::UNAUTHORIZED => {
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            StatusCode::SERVICE_UNAVAILABLE => {
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            _ => {}
-        }
-        r
-    }
-}
-
-pub(super) type ApiResult<T> = Result<T, ApiError>;
+use crate::state::{read_body, ApiError, ApiResult, AppState, MonitorView, Principal, NOT_PRIMARY};
 
 /// How a request's `Authorization` header reads.
 enum Authorization<'h> {
@@ -349,36 +127,6 @@ impl Caller {
             _ => "this token lacks the security or auditor role",
         };
         Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message))
-    }
-}
-
-/// Reads a command's body after its token was checked: at most `http.body_limit_bytes`
-/// (`413`), within `http.body_timeout_ms` (`408`, the slot it held is freed).
-pub(super) async fn read_body(state: &AppState, body: Body) -> ApiResult<Bytes> {
-    let limit = state.http.body_limit_bytes;
-    match tokio::time::timeout(state.http.body_timeout(), axum::body::to_bytes(body, limit)).await {
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            "the request body did not arrive in time",
-        )),
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is larger than the limit",
-                ))
-            } else {
-                Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "unreadable_body",
-                    "the request body could not be read",
-                ))
-            }
-        }
     }
 }
 
@@ -1369,8 +1117,6 @@ async fn method_not_allowed() -> ApiError {
         "this route does not take this method; see the README for the API",
     )
 }
-
-const NOT_PRIMARY: &str = "this ledger is a read replica and takes no commands; send them to the primary";
 
 /// Routes anyone may call, by method and path: the probes, the console's page and assets, who
 /// is signed in, and the sign-in (whose body is the credential). Every other request, to a
