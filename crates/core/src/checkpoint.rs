@@ -128,13 +128,13 @@ impl CheckpointKey {
                     .ok()
                     .and_then(|b| b.try_into().ok())
                     .ok_or_else(|| {
-                        Error::Config(format!("{}: a checkpoint key is 64 hex characters", path.display()))
+                        Error::config(format!("{}: a checkpoint key is 64 hex characters", path.display()))
                     })?;
                 Ok(CheckpointKey(SigningKey::from_bytes(&b)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut b = [0u8; 32];
-                getrandom::fill(&mut b).map_err(|e| Error::Config(format!("no randomness: {e}")))?;
+                getrandom::fill(&mut b).map_err(|e| Error::config_by("no randomness", e))?;
                 crate::keys::write_private(path, hex::encode(b).as_bytes())?;
                 tracing::info!(path = %path.display(), "created a new checkpoint signing key");
                 Ok(CheckpointKey(SigningKey::from_bytes(&b)))
@@ -192,7 +192,7 @@ impl CheckpointStore {
                 let (_, v) = r.map_err(crate::store::from_sled)?;
                 serde_json::from_slice(&v)
                     .map(Some)
-                    .map_err(|e| Error::Corrupt(format!("checkpoint: {e}")))
+                    .map_err(|e| Error::corrupt_by("checkpoint", e))
             }
         }
     }
@@ -203,7 +203,7 @@ impl CheckpointStore {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
-                .map_err(|e| Error::Corrupt(format!("checkpoint: {e}"))),
+                .map_err(|e| Error::corrupt_by("checkpoint", e)),
         }
     }
 
@@ -218,7 +218,7 @@ impl CheckpointStore {
             .range((seq + 1).to_be_bytes()..)
             .map(|r| {
                 let (_, v) = r.map_err(crate::store::from_sled)?;
-                serde_json::from_slice(&v).map_err(|e| Error::Corrupt(format!("checkpoint: {e}")))
+                serde_json::from_slice(&v).map_err(|e| Error::corrupt_by("checkpoint", e))
             })
             .collect()
     }

@@ -187,8 +187,8 @@ impl IdempotencyConfig {
     pub fn window(&self) -> Result<chrono::Duration, Error> {
         match crate::domain::alerts::rules::Span::parse(&self.window) {
             Ok(s) if s.micros() > 0 => Ok(s.duration()),
-            _ => Err(Error::Config(
-                "idempotency.window must be a positive duration such as 24h, 90m or 7d".into(),
+            _ => Err(Error::config(
+                "idempotency.window must be a positive duration such as 24h, 90m or 7d",
             )),
         }
     }
@@ -491,12 +491,15 @@ impl Config {
         let get = |k: &str| std::env::var(k).ok();
         let text = match file {
             Some(path) => {
-                std::fs::read_to_string(path).map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?
+                std::fs::read_to_string(path).map_err(|e| Error::config_by(format!("reading {}", path.display()), e))?
             }
             None => String::new(),
         };
         let mut config = Self::from_toml_and_env(&text, get).map_err(|e| match (e, file) {
-            (Error::Config(m), Some(path)) => Error::Config(format!("{}: {m}", path.display())),
+            (Error::Config { what, cause }, Some(path)) => Error::Config {
+                what: format!("{}: {what}", path.display()),
+                cause,
+            },
             (other, _) => other,
         })?;
         config.apply_env(get)?;
@@ -505,7 +508,7 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Config, Error> {
-        toml::from_str(text).map_err(|e| Error::Config(e.to_string()))
+        toml::from_str(text).map_err(|e| Error::config_by("the TOML does not read", e))
     }
 
     /// The TOML text with every key of [`ENV_KEYS`] that the environment sets put over it:
@@ -513,7 +516,7 @@ impl Config {
     /// `BINDLEDGER_HTTP_CONNECTIONS_MAX`). A value is read as TOML (a number, `true`) when it
     /// is one, else as a string (`replicated`).
     pub fn from_toml_and_env(text: &str, get: impl Fn(&str) -> Option<String>) -> Result<Config, Error> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| Error::config_by("the TOML does not read", e))?;
         let mut set = Vec::new();
         for key in ENV_KEYS {
             let name = env_name(key);
@@ -530,7 +533,7 @@ impl Config {
                     .entry(part)
                     .or_insert_with(|| toml::Value::Table(Default::default()))
                     .as_table_mut()
-                    .ok_or_else(|| Error::Config(format!("{part} is not a section")))?;
+                    .ok_or_else(|| Error::config(format!("{part} is not a section")))?;
             }
             at.insert(last.to_owned(), value);
             set.push(name);
@@ -541,7 +544,7 @@ impl Config {
             } else {
                 format!(" (the environment sets {})", set.join(", "))
             };
-            Error::Config(format!("{}{from}", e.message()))
+            Error::config(format!("{}{from}", e.message()))
         })
     }
 
@@ -553,7 +556,7 @@ impl Config {
             self.data_dir = v.into();
         }
         if let Some(v) = get("BINDLEDGER_LISTEN") {
-            self.listen = resolve_address(&v).map_err(|e| Error::Config(format!("BINDLEDGER_LISTEN: {e}")))?;
+            self.listen = resolve_address(&v).map_err(|e| Error::config_by("BINDLEDGER_LISTEN", e))?;
         }
         if let Some(v) = get("BINDLEDGER_SECRET_FILE") {
             self.secret_file = Some(v.into());
@@ -589,7 +592,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |m: &str| Err(Error::Config(m.to_owned()));
+        let bad = |m: &str| Err(Error::config(m.to_owned()));
         if self.writer.queue_capacity == 0 || self.writer.batch_max == 0 {
             return bad("writer.queue_capacity and writer.batch_max must be at least 1");
         }
@@ -724,7 +727,7 @@ pub fn parse_tokens(s: &str) -> Result<Vec<TokenConfig>, Error> {
             let (head, token) = part
                 .trim()
                 .split_once(':')
-                .ok_or_else(|| Error::Config("BINDLEDGER_TOKENS entries look like [name@]role+role:token".into()))?;
+                .ok_or_else(|| Error::config("BINDLEDGER_TOKENS entries look like [name@]role+role:token"))?;
             let (name, roles) = match head.split_once('@') {
                 Some((name, roles)) => (Some(name.to_owned()), roles),
                 None => (None, head),
@@ -733,7 +736,7 @@ pub fn parse_tokens(s: &str) -> Result<Vec<TokenConfig>, Error> {
                 .split('+')
                 .map(|r| {
                     Role::parse(r)
-                        .ok_or_else(|| Error::Config(format!("unknown role {r:?} (writer, reader, auditor, security)")))
+                        .ok_or_else(|| Error::config(format!("unknown role {r:?} (writer, reader, auditor, security)")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(TokenConfig {
@@ -823,7 +826,7 @@ mod tests {
 
     #[test]
     fn bad_config_is_refused_with_the_reason() {
-        let e = Config::from_toml("data_dri = 1").unwrap_err().to_string();
+        let e = crate::error::chain(&Config::from_toml("data_dri = 1").unwrap_err());
         assert!(e.contains("data_dri"), "{e}");
         let c = Config::from_toml("[writer]\nbatch_max = 0").unwrap();
         assert!(c.validate().is_err());
@@ -942,20 +945,20 @@ impl Scenario {
     pub fn validate(&self) -> Result<(), Error> {
         let total = self.frozen_per_mille + self.closed_per_mille + self.unknown_per_mille;
         if total > 1000 || self.network_error_per_mille > 1000 || self.slow_per_mille > 1000 {
-            return Err(Error::Config(
-                "gateway.simulated: per-mille rates must add up to at most 1000".into(),
+            return Err(Error::config(
+                "gateway.simulated: per-mille rates must add up to at most 1000",
             ));
         }
         if self.balance_minor_min < 0 || self.balance_minor_max < self.balance_minor_min {
-            return Err(Error::Config(
-                "gateway.simulated: need 0 <= balance_minor_min <= balance_minor_max".into(),
+            return Err(Error::config(
+                "gateway.simulated: need 0 <= balance_minor_min <= balance_minor_max",
             ));
         }
         for w in &self.maintenance {
-            Provider::parse(&w.provider).map_err(|e| Error::Config(format!("gateway.simulated.maintenance: {e}")))?;
+            Provider::parse(&w.provider).map_err(|e| Error::config_by("gateway.simulated.maintenance", e))?;
             if w.until <= w.from {
-                return Err(Error::Config(
-                    "gateway.simulated.maintenance: `until` must be after `from`".into(),
+                return Err(Error::config(
+                    "gateway.simulated.maintenance: `until` must be after `from`",
                 ));
             }
         }

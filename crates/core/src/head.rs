@@ -80,7 +80,7 @@ pub fn check(dir: &Path, last_seq: u64, hash_of: impl Fn(u64) -> Result<Option<H
             tracing::warn!(file = %file.display(), problem = %why, "the head record is damaged: it is ignored and rewritten");
             Ok(())
         }
-        Ok(Some((seq, _))) if seq > last_seq => Err(Error::Corrupt(format!(
+        Ok(Some((seq, _))) if seq > last_seq => Err(Error::corrupt(format!(
             "the log ends at event {last_seq}, but events up to {seq} were made durable and acknowledged (recorded in {}): \
              the store lost {} events after event {last_seq} (sled drops what follows damage it meets while recovering its log). \
              Restore from the events topic (bindledger restore) or a backup",
@@ -89,7 +89,7 @@ pub fn check(dir: &Path, last_seq: u64, hash_of: impl Fn(u64) -> Result<Option<H
         ))),
         Ok(Some((seq, hash))) => match hash_of(seq)? {
             Some(h) if h == hash => Ok(()),
-            _ => Err(Error::Corrupt(format!(
+            _ => Err(Error::corrupt(format!(
                 "event {seq} is not the event recorded as durable in {}: the log was changed after it was written",
                 file.display()
             ))),

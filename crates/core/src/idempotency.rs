@@ -185,7 +185,7 @@ impl KeyIndex {
         let mut g = Gathered::default();
         for r in self.store.scan_events(from + 1) {
             let (seq, bytes) = r?;
-            let p: Probe = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
+            let p: Probe = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt_by(format!("event {seq}"), e))?;
             if let (Some(key), Some(_)) = (&p.idempotency_key, p.request_digest) {
                 if seq > keys.position() && seq >= horizon {
                     g.keys
@@ -218,7 +218,7 @@ impl KeyIndex {
         let mut found = Vec::new();
         for r in self.store.scan_events_rev().take(self.memory_keys) {
             let (_, bytes) = r?;
-            found.push(bindledger_events::decode(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?);
+            found.push(bindledger_events::decode(&bytes).map_err(|e| Error::corrupt_by("a recent event", e))?);
         }
         let mut recent = self.recent.lock().expect("recent keys lock");
         for e in found.iter().rev() {
@@ -240,10 +240,10 @@ impl KeyIndex {
             let at = match self.store.event_bytes(mid)? {
                 Some(b) => {
                     bindledger_events::decode(&b)
-                        .map_err(|e| Error::Corrupt(e.to_string()))?
+                        .map_err(|e| Error::corrupt_by(format!("event {mid}"), e))?
                         .record_time
                 }
-                None => return Err(Error::Corrupt(format!("event {mid} missing"))),
+                None => return Err(Error::corrupt(format!("event {mid} missing"))),
             };
             if at <= cutoff {
                 lo = mid + 1
@@ -262,8 +262,8 @@ impl KeyIndex {
         let bytes = self
             .store
             .event_bytes(seq)?
-            .ok_or_else(|| Error::Corrupt(format!("an index points at missing event {seq}")))?;
-        bindledger_events::decode(&bytes).map_err(|e| Error::Corrupt(e.to_string()))
+            .ok_or_else(|| Error::corrupt(format!("an index points at missing event {seq}")))?;
+        bindledger_events::decode(&bytes).map_err(|e| Error::corrupt_by(format!("event {seq}"), e))
     }
 
     /// The generation of the index: it changes each time keys leave memory for the tables.

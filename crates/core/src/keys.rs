@@ -14,7 +14,7 @@ pub fn load_or_create_secret(path: &Path) -> Result<LedgerSecret, Error> {
         Ok(s) => LedgerSecret::from_hex(&s),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut b = [0u8; 32];
-            getrandom::fill(&mut b).map_err(|e| Error::Config(format!("no randomness: {e}")))?;
+            getrandom::fill(&mut b).map_err(|e| Error::config_by("no randomness", e))?;
             write_private(path, hex::encode(b).as_bytes())?;
             tracing::info!(path = %path.display(), "created a new ledger secret");
             Ok(LedgerSecret::from_bytes(b))
@@ -31,13 +31,13 @@ pub fn load_or_create_secret(path: &Path) -> Result<LedgerSecret, Error> {
 pub fn load_or_create_webhook_secret(path: &Path) -> Result<String, Error> {
     match std::fs::read_to_string(path) {
         Ok(s) if s.trim().len() >= 16 => Ok(s.trim().to_owned()),
-        Ok(_) => Err(Error::Config(format!(
+        Ok(_) => Err(Error::config(format!(
             "{}: a webhook secret is at least 16 characters",
             path.display()
         ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut b = [0u8; 32];
-            getrandom::fill(&mut b).map_err(|e| Error::Config(format!("no randomness: {e}")))?;
+            getrandom::fill(&mut b).map_err(|e| Error::config_by("no randomness", e))?;
             let secret = hex::encode(b);
             write_private(path, secret.as_bytes())?;
             tracing::info!(path = %path.display(), "created a new webhook signing secret");
@@ -65,7 +65,7 @@ pub fn load_rules(path: &std::path::Path) -> Result<RuleSet, RulesError> {
 /// the line and the problem if it cannot be used), else the defaults.
 pub fn alert_rules(config: &crate::config::Config) -> Result<RuleSet, Error> {
     match &config.alerts.rules_file {
-        Some(path) => load_rules(path).map_err(|e| Error::Config(format!("alert rules: {e}"))),
+        Some(path) => load_rules(path).map_err(|e| Error::config_by("alert rules", e)),
         None => Ok(RuleSet::default()),
     }
 }

@@ -241,7 +241,7 @@ impl KeyTable {
             let _r = self.stripes[b as usize % STRIPES].read().expect("stripe lock");
             f.read_bucket(b, &mut page)?;
         }
-        let list = entries(&page).ok_or_else(|| Error::Corrupt("a key table bucket does not check".into()))?;
+        let list = entries(&page).ok_or_else(|| Error::corrupt("a key table bucket does not check"))?;
         Ok(list.filter(|(f, _)| *f == fp).map(|(_, s)| s).collect())
     }
 
@@ -301,7 +301,7 @@ impl KeyTable {
             }
             f.read_bucket(b, &mut page)?;
             list.clear();
-            list.extend(entries(&page).ok_or_else(|| Error::Corrupt("a key table bucket does not check".into()))?);
+            list.extend(entries(&page).ok_or_else(|| Error::corrupt("a key table bucket does not check"))?);
             let before = list.len() as i64;
             list.retain(|(_, seq)| *seq >= dead_before);
             for item in &items[i..j] {
@@ -342,7 +342,7 @@ impl KeyTable {
             old.read_bucket(b, &mut page)?;
             low.clear();
             high.clear();
-            for (fp, seq) in entries(&page).ok_or_else(|| Error::Corrupt("a key table bucket does not check".into()))? {
+            for (fp, seq) in entries(&page).ok_or_else(|| Error::corrupt("a key table bucket does not check"))? {
                 if seq < dead_before {
                     continue;
                 }

@@ -240,7 +240,7 @@ impl Ledger {
             head::HeadRecorder::start(&config.data_dir, (last_seq > 0).then_some((last_seq, last_hash)))?;
         let (indexed, snapshot) = store.index_positions()?;
         if snapshot > last_seq || indexed > last_seq {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::corrupt(format!(
                 "index positions ({indexed}, {snapshot}) are past the log's end {last_seq}"
             )));
         }
@@ -255,7 +255,7 @@ impl Ledger {
                     hash_bytes(
                         &store
                             .event_bytes(p)?
-                            .ok_or_else(|| Error::Corrupt(format!("event {p} missing")))?,
+                            .ok_or_else(|| Error::corrupt(format!("event {p} missing")))?,
                     ),
                 ),
             };
@@ -264,7 +264,9 @@ impl Ledger {
             let mut caught_up: std::collections::HashSet<String> = std::collections::HashSet::new();
             for r in store.scan_events(snapshot + 1) {
                 let (_, bytes) = r?;
-                let (event, _) = verifier.push(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+                let (event, _) = verifier
+                    .push(&bytes)
+                    .map_err(|e| Error::corrupt_by("the log past the snapshot does not verify", e))?;
                 if event.seq > indexed {
                     rows.add_history(&event.account, event.account_seq, event.seq);
                     pending_rows += 1;
@@ -306,7 +308,7 @@ impl Ledger {
         let last_record_time = match store.event_bytes(last_seq)? {
             Some(b) => {
                 bindledger_events::decode(&b)
-                    .map_err(|e| Error::Corrupt(e.to_string()))?
+                    .map_err(|e| Error::corrupt_by(format!("event {last_seq}"), e))?
                     .record_time
             }
             None => chrono::DateTime::<Utc>::MIN_UTC,
@@ -315,7 +317,7 @@ impl Ledger {
         if planted_refold {
             // The simulator's own test: a known bug it must find (see `PlantedBug`).
             if let Some(b) = store.event_bytes(last_seq)? {
-                let e = bindledger_events::decode(&b).map_err(|e| Error::Corrupt(e.to_string()))?;
+                let e = bindledger_events::decode(&b).map_err(|e| Error::corrupt_by(format!("event {last_seq}"), e))?;
                 state.position -= 1;
                 state.apply(&e);
             }
@@ -1140,8 +1142,8 @@ impl Ledger {
                     .inner
                     .store
                     .event_bytes(seq)?
-                    .ok_or_else(|| Error::Corrupt(format!("event {seq} missing")))?;
-                codec::decode(&b).map_err(|e| Error::Corrupt(e.to_string()))
+                    .ok_or_else(|| Error::corrupt(format!("event {seq} missing")))?;
+                codec::decode(&b).map_err(|e| Error::corrupt_by(format!("event {seq}"), e))
             })
             .collect()
     }

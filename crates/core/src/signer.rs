@@ -40,7 +40,7 @@ pub async fn run(
                             since = tokio::time::Instant::now();
                             signed.send_replace(head);
                         }
-                        Err(e) => tracing::error!(error = %e, "storing a checkpoint failed"),
+                        Err(e) => tracing::error!(error = %crate::error::chain(&e), "storing a checkpoint failed"),
                     }
                 }
                 other => tracing::error!(?other, seq = head, "reading the head for a checkpoint failed"),

@@ -20,7 +20,7 @@
 /// by its text.
 pub fn from_sled(e: sled::Error) -> Error {
     match e {
-        sled::Error::Corruption { at, .. } => Error::Corrupt(format!(
+        sled::Error::Corruption { at, .. } => Error::corrupt(format!(
             "sled found its file corrupted{}",
             at.map(|at| format!(" at {at:?}")).unwrap_or_default()
         )),
@@ -132,7 +132,7 @@ fn u64_of(bytes: &[u8]) -> Result<u64> {
     let arr: [u8; 8] = bytes
         .get(..8)
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| Error::Corrupt("short integer".into()))?;
+        .ok_or_else(|| Error::corrupt("short integer"))?;
     Ok(u64::from_be_bytes(arr))
 }
 
@@ -140,12 +140,12 @@ fn u64_of(bytes: &[u8]) -> Result<u64> {
 /// was being read; sled's own report of corruption keeps its place in the file.
 pub fn read_error(e: sled::Error, what: &str) -> Error {
     match e {
-        sled::Error::Corruption { at, .. } => Error::Corrupt(format!(
+        sled::Error::Corruption { at, .. } => Error::corrupt(format!(
             "{what}: sled found its file corrupted{}",
             at.map(|at| format!(" at {at:?}")).unwrap_or_default()
         )),
         sled::Error::Io(io) => Error::io_caused(what, io),
-        other => Error::Corrupt(format!("{what}: {other}")),
+        other => Error::corrupt_by(what, other),
     }
 }
 
@@ -200,10 +200,10 @@ pub fn chunk_events(first_seq: u64, chunk: &sled::IVec) -> Result<Vec<(u64, Even
         let len_bytes: [u8; 4] = chunk
             .get(at..at + 4)
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| Error::Corrupt(format!("chunk {first_seq}: truncated length")))?;
+            .ok_or_else(|| Error::corrupt(format!("chunk {first_seq}: truncated length")))?;
         let len = u32::from_be_bytes(len_bytes) as usize;
         if at + 4 + len > chunk.len() {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::corrupt(format!(
                 "chunk {first_seq}: event {seq} runs past the chunk"
             )));
         }
@@ -319,7 +319,7 @@ pub fn require_log(dir: &Path) -> Result<()> {
     // must never write to the directory it reads, so a log without its files is refused here.
     for file in ["conf", "db"] {
         if !log.join(file).is_file() {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::corrupt(format!(
                 "{}: log/{file} is missing, so this is not a whole ledger log; it is not opened (opening it would write)",
                 dir.display()
             )));
@@ -441,7 +441,7 @@ impl Store {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            Error::Corrupt(format!(
+            Error::corrupt(format!(
                 "opening the log in {}: sled could not recover it ({what}): its files are damaged",
                 dir.display()
             ))
@@ -463,7 +463,7 @@ impl Store {
         {
             Some(v) if v.as_ref() == FORMAT => {}
             Some(v) => {
-                return Err(Error::Corrupt(format!(
+                return Err(Error::corrupt(format!(
                     "store format {:?} is not {:?}",
                     String::from_utf8_lossy(&v),
                     String::from_utf8_lossy(FORMAT)
@@ -507,7 +507,7 @@ impl Store {
             Some(_) => Err(Error::SecretMismatch),
             None => {
                 if self.head()?.is_some() {
-                    return Err(Error::Corrupt("the log has events but no secret check value".into()));
+                    return Err(Error::corrupt("the log has events but no secret check value"));
                 }
                 self.db.insert(META_SECRET_CHECK, &check.0[..]).map_err(from_sled)?;
                 self.db.flush().map_err(from_sled)?;
@@ -523,7 +523,7 @@ impl Store {
             Some(r) => {
                 let (k, v) = r.map_err(from_sled)?;
                 let events = chunk_events(u64_of(&k)?, &v)?;
-                let (seq, bytes) = events.last().ok_or_else(|| Error::Corrupt("empty chunk".into()))?;
+                let (seq, bytes) = events.last().ok_or_else(|| Error::corrupt("empty chunk"))?;
                 Ok(Some((*seq, hash_bytes(bytes))))
             }
         }
@@ -782,10 +782,9 @@ impl Store {
         let mut accounts = HashMap::new();
         for r in self.index.scan_prefix(b"B") {
             let (k, v) = r.map_err(from_sled)?;
-            let name =
-                String::from_utf8(k[1..].to_vec()).map_err(|_| Error::Corrupt("account key is not UTF-8".into()))?;
+            let name = String::from_utf8(k[1..].to_vec()).map_err(|_| Error::corrupt("account key is not UTF-8"))?;
             let state: AccountState =
-                serde_json::from_slice(&v).map_err(|e| Error::Corrupt(format!("account {name}: {e}")))?;
+                serde_json::from_slice(&v).map_err(|e| Error::corrupt_by(format!("account {name}"), e))?;
             accounts.insert(name, state);
         }
         Ok(accounts)

@@ -101,10 +101,7 @@ impl WebhookLog {
         let mut out = Vec::new();
         for r in self.tree.range(delivery_key(0)..end).rev().take(limit) {
             let (_, v) = r.map_err(crate::store::from_sled)?;
-            out.push(
-                serde_json::from_slice(&v)
-                    .map_err(|e| crate::Error::Corrupt(format!("a webhook delivery record: {e}")))?,
-            );
+            out.push(serde_json::from_slice(&v).map_err(|e| crate::Error::corrupt_by("a webhook delivery record", e))?);
         }
         Ok(out)
     }

@@ -142,8 +142,8 @@ impl Committed {
     pub(crate) fn replay_of(store: &Store, seq: u64) -> Result<Committed> {
         let bytes = store
             .event_bytes(seq)?
-            .ok_or_else(|| Error::Corrupt(format!("an idempotency key points at missing event {seq}")))?;
-        let event = codec::decode(&bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
+            .ok_or_else(|| Error::corrupt(format!("an idempotency key points at missing event {seq}")))?;
+        let event = codec::decode(&bytes).map_err(|e| Error::corrupt_by(format!("event {seq}"), e))?;
         Ok(Committed {
             event: Arc::new(event),
             hash: hash_bytes(&bytes),
@@ -341,9 +341,9 @@ impl Writer {
 
     /// Checks that an event read from the topic continues this log, and applies it.
     fn append(&mut self, bytes: &[u8]) -> Result<(Event, Hash)> {
-        let event = codec::decode(bytes).map_err(|e| Error::Corrupt(format!("a replicated event: {e}")))?;
+        let event = codec::decode(bytes).map_err(|e| Error::corrupt_by("a replicated event", e))?;
         if event.seq != self.next_seq || event.prev_hash != self.prev_hash {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::corrupt(format!(
                 "the topic's event {} does not continue this log at {}: another chain",
                 event.seq, self.next_seq
             )));

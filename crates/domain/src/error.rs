@@ -40,8 +40,14 @@ pub enum Error {
     /// A data directory holds no ledger log (operator tools; never an HTTP answer).
     #[error("no ledger log in {0}")]
     NoLog(String),
-    #[error("configuration: {0}")]
-    Config(String),
+    /// The configuration (a file, the environment, a key file) is wrong. `cause` is the error
+    /// under it when there is one (the TOML parser's, the file system's).
+    #[error("configuration: {what}")]
+    Config {
+        what: String,
+        #[source]
+        cause: Option<Source>,
+    },
     /// A file, a thread or a connection outside the log failed; `cause` as above.
     #[error("{what}")]
     Io {
@@ -55,9 +61,14 @@ pub enum Error {
     /// The configured secret is not the one this log was created with.
     #[error("the configured ledger secret is not the one this log was created with; refusing to open it (fingerprints would no longer match)")]
     SecretMismatch,
-    /// The log or a projection is corrupt.
-    #[error("corrupt data: {0}")]
-    Corrupt(String),
+    /// The log or a projection is corrupt. `cause` is the error under it when there is one
+    /// (the decoder's, the chain verifier's, sled's).
+    #[error("corrupt data: {what}")]
+    Corrupt {
+        what: String,
+        #[source]
+        cause: Option<Source>,
+    },
     #[error("the ledger is shutting down")]
     ShuttingDown,
     /// Replicated mode: the event is durable on this ledger, but the Kafka cluster did not
@@ -115,6 +126,39 @@ impl Error {
         }
     }
 
+    /// Corrupt data found as such (a check that fails), with no error under it.
+    pub fn corrupt(what: impl Into<String>) -> Error {
+        Error::Corrupt {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// Corrupt data that another error (a decoder's, a verifier's) found, kept as its source.
+    pub fn corrupt_by(what: impl Into<String>, cause: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::Corrupt {
+            what: what.into(),
+            cause: Some(Source::new(cause)),
+        }
+    }
+
+    /// A configuration that is wrong as such, with no error under it.
+    pub fn config(what: impl Into<String>) -> Error {
+        Error::Config {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// A configuration that another error (the TOML parser's, the file system's) refused,
+    /// kept as its source.
+    pub fn config_by(what: impl Into<String>, cause: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::Config {
+            what: what.into(),
+            cause: Some(Source::new(cause)),
+        }
+    }
+
     /// The kind of the I/O error under this one, if there is one.
     pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
         match self {
@@ -142,11 +186,11 @@ impl Error {
             Error::StorageFailed { .. } => "storage_failed",
             Error::NotFound(_) => "not_found",
             Error::NoLog(_) => "no_log",
-            Error::Config(_) => "config",
+            Error::Config { .. } => "config",
             Error::Io { .. } => "io",
             Error::InUse(_) => "in_use",
             Error::SecretMismatch => "secret_mismatch",
-            Error::Corrupt(_) => "corrupt",
+            Error::Corrupt { .. } => "corrupt",
             Error::ShuttingDown => "shutting_down",
             Error::OutcomeUnknown => "outcome_unknown",
             Error::NotPrimary => "not_primary",
@@ -202,6 +246,37 @@ impl PartialEq for Cause {
 
 impl Eq for Cause {}
 
+/// The error under a corrupt record or a wrong configuration (a decoder's, a parser's, a
+/// verifier's), shared so that the error stays `Clone`. Two are equal when their texts are.
+#[derive(Debug, Clone)]
+pub struct Source(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl Source {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Source {
+        Source(std::sync::Arc::new(e))
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Source {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Source {
+    fn eq(&self, other: &Source) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for Source {}
+
 /// An error and every cause under it, joined by ": " (as `anyhow` prints `{:#}`): what an
 /// operator reads in a log line or on standard error.
 pub fn chain(e: &dyn std::error::Error) -> String {
@@ -249,5 +324,26 @@ mod tests {
             Error::io_caused("x", std::io::Error::from_raw_os_error(122)).code(),
             "disk_full"
         );
+    }
+
+    #[test]
+    fn corrupt_data_and_a_wrong_configuration_keep_the_error_under_them() {
+        let decode = bindledger_events::decode(b"{").unwrap_err();
+        let e = Error::corrupt_by("event 7", decode.clone());
+        assert_eq!(e.code(), "corrupt");
+        assert_eq!(e.to_string(), "corrupt data: event 7", "the cause is not repeated");
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(source.to_string(), decode.to_string());
+        assert_eq!(chain(&e), format!("corrupt data: event 7: {decode}"));
+        assert!(std::error::Error::source(&Error::corrupt("a check failed")).is_none());
+        let io = std::io::Error::from_raw_os_error(2);
+        let c = Error::config_by("reading rules.toml", io);
+        assert_eq!(c.code(), "config");
+        assert!(
+            chain(&c).starts_with("configuration: reading rules.toml: No such file"),
+            "{}",
+            chain(&c)
+        );
+        assert_ne!(c, Error::config("reading rules.toml"), "the cause is part of the error");
     }
 }

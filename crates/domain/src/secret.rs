@@ -57,7 +57,7 @@ impl LedgerSecret {
     pub fn from_hex(s: &str) -> Result<Self, Error> {
         let mut b = [0u8; 32];
         hex::decode_to_slice(s.trim(), &mut b)
-            .map_err(|_| Error::Config("the ledger secret must be 64 hex characters (32 bytes)".into()))?;
+            .map_err(|_| Error::config("the ledger secret must be 64 hex characters (32 bytes)"))?;
         Ok(LedgerSecret(b))
     }
 

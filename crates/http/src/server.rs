@@ -658,7 +658,7 @@ async fn backtest(State(s): State<Arc<AppState>>, req: Request) -> ApiResult<Res
         let mut tester = Backtester::new(candidate, None);
         for r in ledger.raw_events(1) {
             let (_, bytes) = r?;
-            let e = bindledger_events::decode(&bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let e = bindledger_events::decode(&bytes).map_err(|e| Error::corrupt_by("an event of the log", e))?;
             tester.apply(&e);
         }
         Ok(tester.finish(Some(actual)))
@@ -955,7 +955,7 @@ async fn promote(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Re
     match p.promote().await {
         Ok(report) => Ok(Json(report).into_response()),
         Err(e) => {
-            tracing::error!(error = %e, "promotion failed");
+            tracing::error!(error = %crate::error::chain(&e), "promotion failed");
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "promotion_failed",

@@ -104,7 +104,7 @@ impl WebhookSender {
             .timeout(Duration::from_millis(config.timeout_ms))
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| crate::Error::Config(format!("webhooks: {e}")))?;
+            .map_err(|e| crate::Error::config_by("webhooks", e))?;
         let status = Arc::new(WebhookStatus::default());
         status.position.store(log.position()?, Ordering::Relaxed);
         Ok(WebhookSender {
@@ -128,7 +128,7 @@ impl WebhookSender {
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         tokio::select! {
             r = self.send_all() => if let Err(e) = r {
-                tracing::error!(error = %e, "webhooks stopped");
+                tracing::error!(error = %crate::error::chain(&e), "webhooks stopped");
                 *self.status.last_error.lock().expect("status lock") = Some(e.to_string());
             },
             _ = shutdown.changed() => {}

@@ -269,7 +269,7 @@ pub fn follow(
                         continue;
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, "replica: the checkpoints topic cannot be read yet");
+                        tracing::debug!(error = %crate::error::chain(&e), "replica: the checkpoints topic cannot be read yet");
                         std::thread::sleep(std::time::Duration::from_millis(500));
                         continue;
                     }
@@ -277,7 +277,7 @@ pub fn follow(
                 let mut buffer = std::collections::VecDeque::new();
                 while !stop.load(Ordering::SeqCst) && !ledger.is_primary() {
                     if let Err(e) = reader.fill(0, &mut buffer, 256, std::time::Duration::from_millis(200)) {
-                        tracing::debug!(error = %e, "replica: reading the checkpoints topic failed");
+                        tracing::debug!(error = %crate::error::chain(&e), "replica: reading the checkpoints topic failed");
                         break;
                     }
                     next_offset = reader.next_offset[0];
@@ -297,7 +297,7 @@ pub fn follow(
                             }
                             Ok(false) => break,
                             Err(e) => {
-                                tracing::warn!(error = %e, "replica: keeping a checkpoint failed");
+                                tracing::warn!(error = %crate::error::chain(&e), "replica: keeping a checkpoint failed");
                                 ahead.pop_front();
                             }
                         }

@@ -234,7 +234,7 @@ impl NotificationPublisher {
                 let event = if own {
                     Some(
                         bindledger_events::decode(&bytes)
-                            .map_err(|e| crate::Error::Corrupt(format!("event {seq}: {e}")))?,
+                            .map_err(|e| crate::Error::corrupt_by(format!("event {seq}"), e))?,
                     )
                 } else {
                     None

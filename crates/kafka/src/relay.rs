@@ -143,7 +143,7 @@ impl Relay {
             if let Err(KafkaError::Fenced { epoch }) = result {
                 tracing::error!(epoch, topic = %self.config.topic, "kafka relay: a promotion fenced this node; it takes no more commands (restart it to rejoin as a replica)");
                 if let Err(e) = self.ledger.replication().fence(epoch) {
-                    tracing::error!(error = %e, "recording that this node was fenced failed");
+                    tracing::error!(error = %crate::error::chain(&e), "recording that this node was fenced failed");
                 }
                 *self.status.last_error.lock().expect("status lock") = Some(KafkaError::Fenced { epoch }.to_string());
                 self.status.set(State::Fenced);
@@ -280,7 +280,7 @@ impl Relay {
                 let (seq, bytes) = r?;
                 from = seq + 1;
                 let route = routing(&bytes)
-                    .ok_or_else(|| crate::Error::Corrupt(format!("event {seq}: cannot read its routing fields")))?;
+                    .ok_or_else(|| crate::Error::corrupt(format!("event {seq}: cannot read its routing fields")))?;
                 let partition = partition_for(route.account.as_bytes(), partitions);
                 let delivery = if seq <= maxes[partition as usize] {
                     None // already on the topic

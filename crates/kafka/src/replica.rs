@@ -110,7 +110,7 @@ impl Follower {
     pub fn run(self, stop: Arc<AtomicBool>, handle: tokio::runtime::Handle) -> Result<()> {
         let r = self.follow(&stop, &handle);
         if let Err(e) = &r {
-            tracing::error!(error = %e, "the replica stopped following the topic");
+            tracing::error!(error = %crate::error::chain(&e), "the replica stopped following the topic");
             self.status.set_state("failed");
             *self.status.last_error.lock().expect("replica status lock") = Some(e.to_string());
         }
@@ -129,7 +129,7 @@ impl Follower {
             match PartitionedConsumer::open(crate::client::client_config(&self.kafka), &topic, saved.as_deref()) {
                 Ok(Some(r)) => break r,
                 Ok(None) => {}
-                Err(e) => tracing::debug!(error = %e, "replica: the topic is not there yet"),
+                Err(e) => tracing::debug!(error = %crate::error::chain(&e), "replica: the topic is not there yet"),
             }
             self.status.set_state("waiting_for_topic");
             if self.status.finish.load(Ordering::SeqCst) {
@@ -150,7 +150,7 @@ impl Follower {
             Ok(())
         });
         if let Err(e) = tails {
-            tracing::debug!(error = %e, "replica: the topic's last messages could not be read");
+            tracing::debug!(error = %crate::error::chain(&e), "replica: the topic's last messages could not be read");
         }
         // The fencing rules' state as of the saved offsets.
         if let Some(t) = self
@@ -277,7 +277,7 @@ impl Follower {
             // A gap: every partition has a full buffer, none of them with the next event (while
             // promoting, they may hold a fenced primary's events, read through to the fences).
             if fences.is_none() && buffers.iter().all(|b| b.len() >= BUFFER_PER_PARTITION) {
-                return Err(Error::Corrupt(format!(
+                return Err(Error::corrupt(format!(
                     "event {next} is not on {topic}, though later ones are: the topic has a gap"
                 )));
             }
@@ -522,7 +522,7 @@ impl Promoter {
                     tokio::runtime::Handle::current(),
                 )?;
                 *self.thread.lock().expect("promoter lock") = Some(thread);
-                tracing::warn!(error = %e, "promotion failed: this node follows the topic again");
+                tracing::warn!(error = %crate::error::chain(&e), "promotion failed: this node follows the topic again");
                 return Err(e);
             }
             _ => return Err(Error::io("the replica's follower thread failed")),

@@ -83,10 +83,10 @@ pub fn restore(
         let bytes = item.map_err(|e| Error::io(e.to_string()))?;
         let (event, hash) = verifier
             .push(&bytes)
-            .map_err(|e| Error::Corrupt(format!("the topic {} does not verify: {e}", kafka.topic)))?;
+            .map_err(|e| Error::corrupt_by(format!("the topic {} does not verify", kafka.topic), e))?;
         if event.seq <= resumed_from {
             if event.seq == resumed_from && hash != head {
-                return Err(Error::Corrupt(format!(
+                return Err(Error::corrupt(format!(
                     "event {} in {} is not the one of the topic (another log?): refusing to go on",
                     event.seq,
                     dir.display()
@@ -102,7 +102,7 @@ pub fn restore(
     writer.finish()?;
     let (head_seq, head) = store.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));
     if head_seq < resumed_from {
-        return Err(Error::Corrupt(format!(
+        return Err(Error::corrupt(format!(
             "the topic {} ends at event {head_seq}, before the directory's {resumed_from}",
             kafka.topic
         )));
@@ -118,7 +118,7 @@ pub fn restore(
         highest = highest.max(fences);
         for crate::checkpoints::Published { epoch, checkpoint: cp } in published {
             cp.verify(key)
-                .map_err(|why| Error::Corrupt(format!("{topic}: checkpoint {}: {why}", cp.seq)))?;
+                .map_err(|why| Error::corrupt_by(format!("{topic}: checkpoint {}", cp.seq), why))?;
             if crate::checkpoints::fenced_checkpoint(epoch, cp.seq, &epoch_starts) {
                 fenced += 1;
                 continue;
@@ -129,9 +129,9 @@ pub fn restore(
             }
             let bytes = store
                 .event_bytes(cp.seq)?
-                .ok_or_else(|| Error::Corrupt(format!("event {} missing", cp.seq)))?;
+                .ok_or_else(|| Error::corrupt(format!("event {} missing", cp.seq)))?;
             if hash_bytes(&bytes) != cp.head {
-                return Err(Error::Corrupt(format!(
+                return Err(Error::corrupt(format!(
                     "the restored event {} does not match its signed checkpoint: the topic was rewritten",
                     cp.seq
                 )));

@@ -1655,9 +1655,7 @@ async fn pay_range(
                 let cmd = pay_request(b, n).validate(&b.0, Utc::now()).expect("valid");
                 let result = ledger.pay(cmd).await.and_then(|r| match &r.event.payload {
                     Payload::PaymentSucceeded { .. } => Ok(()),
-                    _ => Err(bindledger::error::Error::Corrupt(
-                        "a bench payment did not succeed".into(),
-                    )),
+                    _ => Err(bindledger::error::Error::corrupt("a bench payment did not succeed")),
                 });
                 ((), result.map_err(anyhow::Error::from))
             }

@@ -149,7 +149,7 @@ impl Monitor {
             None => EngineState::default(),
         };
         if state.position > ledger.log_len() {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::corrupt(format!(
                 "alert checkpoint at {} is past the log's end {}",
                 state.position,
                 ledger.log_len()
@@ -265,7 +265,7 @@ impl Worker {
                         if let Err(e) = result {
                             // Stop storing: a later checkpoint must not cover changes that
                             // were not stored. The next start folds the log from the last one.
-                            tracing::error!(error = %e, "storing alerts failed; they are made again from the log on the next start");
+                            tracing::error!(error = %crate::error::chain(&e), "storing alerts failed; they are made again from the log on the next start");
                             *status.last_error.lock().expect("status lock") = Some(e.to_string());
                             return false;
                         }
@@ -331,7 +331,7 @@ impl Worker {
     }
 
     fn fail(&self, e: Error) {
-        tracing::error!(error = %e, "the alert monitor stopped; it resumes from its checkpoint on the next start");
+        tracing::error!(error = %crate::error::chain(&e), "the alert monitor stopped; it resumes from its checkpoint on the next start");
         *self.status.last_error.lock().expect("status lock") = Some(e.to_string());
     }
 
@@ -346,12 +346,12 @@ impl Worker {
                     break;
                 }
                 let event =
-                    bindledger_events::decode(&bytes).map_err(|e| Error::Corrupt(format!("event {seq}: {e}")))?;
+                    bindledger_events::decode(&bytes).map_err(|e| Error::corrupt_by(format!("event {seq}"), e))?;
                 self.note_triage(&event);
                 changes.extend(self.engine.apply(&event));
             }
             if self.engine.state.position < from {
-                return Err(Error::Corrupt(format!("event {from} is missing from the log")));
+                return Err(Error::corrupt(format!("event {from} is missing from the log")));
             }
             self.since_checkpoint += self.engine.state.position + 1 - from;
             self.commit(changes)?;
@@ -529,7 +529,7 @@ impl Worker {
             self.runtime.spawn(async move {
                 let result = task.await;
                 if let Err(e) = &result {
-                    tracing::warn!(key = %key, error = %e, "a protective action failed; it is sent again");
+                    tracing::warn!(key = %key, error = %crate::error::chain(&e), "a protective action failed; it is sent again");
                     // Retried at a later tick (same key: the ledger never does it twice).
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }

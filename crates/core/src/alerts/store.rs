@@ -107,8 +107,8 @@ fn latest_key(alert_id: &str) -> Option<Vec<u8>> {
     Some(k)
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Corrupt(format!("alerts: {what}: {e}"))
+fn corrupt(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::corrupt_by(format!("alerts: {what}"), e)
 }
 
 impl AlertStore {
@@ -130,7 +130,7 @@ impl AlertStore {
         }
         let header = stored
             .header
-            .ok_or_else(|| Error::Corrupt("the alert checkpoint has no header".into()))?;
+            .ok_or_else(|| Error::corrupt("the alert checkpoint has no header"))?;
         let rows = self
             .tree
             .scan_prefix(STATE_ROWS)
