@@ -17,6 +17,9 @@ use uuid::Uuid;
 
 const SECRET: [u8; 32] = [42; 32];
 
+/// A bound on the indexer's writing the keys, well past its 200 ms (quiet) and 2 s (busy).
+const WRITTEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+
 fn open(config: &Config) -> (Ledger, Arc<SimulatedGateway>) {
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     (
@@ -101,9 +104,12 @@ async fn a_key_outlives_the_former_event_window_a_restart_and_a_rebuild_of_its_t
     let again = retry(l.clone(), g.clone(), bs.clone()).await;
     assert!(again.replayed);
     assert_eq!((again.event.seq, again.hash), (first.event.seq, first.hash));
-    // The keys are on disk, not in memory: the indexer wrote them (it writes at least every
-    // 200 ms), and memory holds only what it has not written yet.
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    // The keys are on disk, not in memory: once the indexer says it wrote them, memory holds
+    // only what it has not written yet.
+    assert!(
+        l.wait_keys_written(l.log_len(), WRITTEN_WITHIN).await,
+        "the indexer wrote the keys"
+    );
     let (in_memory, on_disk, _) = l.key_index_stats();
     assert!(on_disk >= 6_000, "live entries on disk: {on_disk}");
     assert!(in_memory < 1_000, "entries in memory: {in_memory}");
@@ -151,10 +157,12 @@ async fn keys_leave_after_the_window_and_their_entries_leave_the_disk() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.idempotency.window = "2s".into();
-    let (l, g) = open(&config);
+    // The window is in the ledger's time: a manual clock crosses it.
+    let clock = Arc::new(bindledger::ledger::clock::ManualClock::new(Utc::now()));
+    let (l, g) = open_with_clock(&config, SECRET, clock.clone());
     let bs = bindings(&l, &g, 4).await;
     keyed_payments(&l, &g, &bs, "old", 4_000).await;
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert!(l.wait_keys_written(l.log_len(), WRITTEN_WITHIN).await);
     let (_, before, _) = l.key_index_stats();
     assert!(before >= 4_000, "{before}");
     let first = l
@@ -165,7 +173,7 @@ async fn keys_leave_after_the_window_and_their_entries_leave_the_disk() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    clock.advance(chrono::Duration::milliseconds(2_100));
     // After the window: the same key is a new command.
     let later = l
         .pay(
@@ -179,7 +187,7 @@ async fn keys_leave_after_the_window_and_their_entries_leave_the_disk() {
     assert!(matches!(later.event.payload, Payload::PaymentSucceeded { .. }));
     // New keys make the indexer rewrite buckets, dropping the entries that left the window.
     keyed_payments(&l, &g, &bs, "new", 4_000).await;
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert!(l.wait_keys_written(l.log_len(), WRITTEN_WITHIN).await);
     let (_, after, _) = l.key_index_stats();
     // Live: the new keys and the paid orders (which never expire) of all payments; of the
     // 4,000 old keys, those in buckets not rewritten since may remain.
@@ -324,8 +332,17 @@ async fn keys_survive_sigkill_of_the_server() {
         assert_eq!(status.as_u16(), 201, "{v}");
         acked.push(v["event"]["seq"].as_u64().unwrap());
         if i == 300 {
-            // Let the indexer write the first half to the table.
-            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            // The first half in the table: the server's metrics say when memory holds no key.
+            let deadline = std::time::Instant::now() + WRITTEN_WITHIN;
+            loop {
+                let (_, body) = client.send(hyper::Method::GET, "/metrics", None).await.unwrap();
+                let text = String::from_utf8_lossy(&body).into_owned();
+                if metric(&text, "bindledger_idempotency_entries{held=\"memory\"}") == Some(0.0) {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the indexer never wrote the keys");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
         }
     }
     server.kill();

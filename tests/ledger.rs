@@ -24,23 +24,6 @@ fn open(config: &Config) -> (Ledger, Arc<SimulatedGateway>) {
     )
 }
 
-/// The ledger on a manual clock (its `record_time`, its windows).
-fn open_with_clock(
-    config: &Config,
-    clock: Arc<bindledger::ledger::clock::ManualClock>,
-) -> (Ledger, Arc<SimulatedGateway>) {
-    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
-    let seams = bindledger::ledger::Seams {
-        clock,
-        ..Default::default()
-    };
-    let rules = bindledger::ledger::keys::alert_rules(config).unwrap();
-    (
-        Ledger::open_with_seams(config, &rules, LedgerSecret::from_bytes(SECRET), gateway.clone(), seams).unwrap(),
-        gateway,
-    )
-}
-
 fn bind_request(g: &SimulatedGateway, n: u64, key: Option<&str>) -> BindRequest {
     BindRequest {
         provider: "alipay".into(),
@@ -297,7 +280,7 @@ async fn idempotency_keys_survive_a_restart_within_their_window() {
     // The window is in the ledger's time: a manual clock moves past it, no sleep.
     let clock = Arc::new(bindledger::ledger::clock::ManualClock::new(Utc::now()));
     let now = || bindledger::ledger::clock::Clock::now(&*clock);
-    let (l, g) = open_with_clock(&config, clock.clone());
+    let (l, g) = open_with_clock(&config, SECRET, clock.clone());
     let binding = bind(&l, &g, "acct", 3).await;
     let first = l
         .pay(
@@ -308,7 +291,7 @@ async fn idempotency_keys_survive_a_restart_within_their_window() {
         .await
         .unwrap();
     l.close();
-    let (l, g) = open_with_clock(&config, clock.clone());
+    let (l, g) = open_with_clock(&config, SECRET, clock.clone());
     let again = l
         .pay(
             pay_request(&g, 3, binding, 700, Some("pay-1"), None)

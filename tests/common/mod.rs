@@ -108,6 +108,25 @@ impl TestServer {
 
 /// Binds the wallet `phone(n)` to `account` through the library with its right password;
 /// returns the binding id.
+/// A ledger opened on a manual clock (its `record_time`, its windows) with `secret`, and its
+/// simulated wallet provider: a window is crossed by moving the clock, not by sleeping.
+#[allow(dead_code)] // not every test binary opens one
+pub fn open_with_clock(
+    config: &Config,
+    secret: [u8; 32],
+    clock: Arc<bindledger::ledger::clock::ManualClock>,
+) -> (Ledger, Arc<SimulatedGateway>) {
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
+    let seams = bindledger::ledger::Seams {
+        clock,
+        ..Default::default()
+    };
+    let rules = bindledger::ledger::keys::alert_rules(config).unwrap();
+    let ledger =
+        Ledger::open_with_seams(config, &rules, LedgerSecret::from_bytes(secret), gateway.clone(), seams).unwrap();
+    (ledger, gateway)
+}
+
 pub async fn bind_wallet(l: &Ledger, g: &SimulatedGateway, account: &str, n: u64) -> uuid::Uuid {
     let req = bindledger::domain::command::BindRequest {
         provider: "alipay".into(),

@@ -130,6 +130,8 @@ pub struct KeyIndex {
     synced: Mutex<std::time::Instant>,
     /// Where the window's end is read.
     clock: Arc<dyn crate::clock::Clock>,
+    /// The tables hold the keys and orders of every event through this seq (disk mode).
+    written: tokio::sync::watch::Sender<u64>,
 }
 
 /// How often the tables are synced and record their position: a restart catches up from the
@@ -163,9 +165,13 @@ impl KeyIndex {
             generation: Default::default(),
             synced: Mutex::new(std::time::Instant::now()),
             clock,
+            written: tokio::sync::watch::Sender::new(0),
         };
         match &index.tables {
-            Some(_) => index.catch_up()?,
+            Some(_) => {
+                index.catch_up()?;
+                index.written.send_replace(index.store.head()?.map_or(0, |(s, _)| s));
+            }
             None => index.fill_memory()?,
         }
         Ok(index)
@@ -407,9 +413,20 @@ impl KeyIndex {
         // Before forgetting: a look-up that sees the old generation finds the keys in memory.
         self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.recent.lock().expect("recent keys lock").forget(g.last, usize::MAX);
+        self.written.send_if_modified(|at| {
+            let moved = g.last > *at;
+            *at = (*at).max(g.last);
+            moved
+        });
         g.keys.clear();
         g.orders.clear();
         Ok(())
+    }
+
+    /// Follows the seq through which the tables hold every key and order (it never moves in
+    /// memory mode): what waits for the indexer to have written them.
+    pub fn written(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.written.subscribe()
     }
 
     /// Keys and orders held in memory (waiting for the indexer, or all of them in memory mode).
