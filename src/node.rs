@@ -45,40 +45,7 @@ impl Node {
         secret: LedgerSecret,
         gateway: Arc<dyn WalletGateway>,
     ) -> Result<Node> {
-        crate::adapters::kafka::rejoin::finish_interrupted(&config.data_dir)?;
-        let mut ledger = Ledger::open_with_rules(config, &rules, secret.clone(), gateway.clone())?;
-        // A primary that a promotion fenced while it was down (killed while paused, say) finds
-        // out before it takes a command: the topic's last messages carry a newer epoch.
-        if !config.replica.enabled
-            && config.kafka.enabled()
-            && ledger.replication().fenced_by()?.is_none()
-            && ledger.log_len() > 0
-        {
-            if let Some((epoch, url)) =
-                crate::adapters::kafka::rejoin::newer_epoch(&config.kafka, ledger.replication().epoch()?.0)
-            {
-                tracing::warn!(epoch, "a promotion fenced this node while it was down");
-                ledger.replication().fence(epoch)?;
-                if let Some(url) = url {
-                    ledger.replication().set_successor(&url)?;
-                }
-            }
-        }
-        // A primary a promotion fenced rejoins as a replica (and stays one until promoted).
-        if !config.replica.enabled && config.kafka.enabled() && ledger.replication().fenced_by()?.is_some() {
-            let successor = ledger.replication().successor();
-            ledger.close();
-            let r = crate::adapters::kafka::rejoin::rejoin(config)?;
-            tracing::warn!(
-                head = r.head,
-                quarantined = r.quarantined,
-                "this node was fenced: it rejoined as a replica"
-            );
-            ledger = Ledger::open_with_rules(config, &rules, secret, gateway)?;
-            if let Some(url) = successor {
-                ledger.replication().set_successor(&url)?;
-            }
-        }
+        let ledger = open_or_rejoin(config, &rules, secret, gateway)?;
         let mut config = config.clone();
         config.replica.enabled = config.replica.enabled || ledger.replication().starts_as_replica()?;
         let config = &config;
@@ -173,55 +140,7 @@ impl Node {
         let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
         let mut follower = None;
         if replica {
-            for (_, status) in [
-                &extras.relay,
-                &extras.alerts_relay,
-                &extras.notifications_relay,
-                &extras.checkpoints_relay,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                status.set_standby();
-            }
-            let status = Arc::new(crate::adapters::kafka::replica::ReplicaStatus::default());
-            let stop_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let thread = crate::adapters::kafka::replica::spawn_follower(
-                ledger.clone(),
-                config.kafka.clone(),
-                status.clone(),
-                stop_flag.clone(),
-                tokio::runtime::Handle::current(),
-            )?;
-            let mut promoter = crate::adapters::kafka::replica::Promoter::new(
-                ledger.clone(),
-                status.clone(),
-                thread,
-                stop_flag.clone(),
-                config.kafka.clone(),
-                extras.relay.as_ref().map(|(_, s)| s.clone()),
-                services,
-                tasks.clone(),
-            );
-            promoter.checkpoints_topic = extras.checkpoints_relay.as_ref().map(|(topic, _)| topic.clone());
-            promoter.url = config.http.advertised_url.clone();
-            let promoter = Arc::new(promoter);
-            // The primary's checkpoints, as they reach their topic.
-            if let (Some((store, key)), Some((topic, _))) = (&extras.checkpoints, &extras.checkpoints_relay) {
-                crate::adapters::kafka::checkpoints::follow(
-                    ledger.clone(),
-                    store.clone(),
-                    key.clone(),
-                    config.kafka.clone(),
-                    topic.clone(),
-                    stop_flag.clone(),
-                )
-                .map_err(|e| crate::error::Error::io(format!("starting the checkpoints follower: {e}")))?;
-            }
-            extras.replica = Some((status, config.replica.primary_url.clone()));
-            extras.promoter = Some(promoter);
-            follower = Some(stop_flag);
-            tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, "read replica: following the events topic");
+            follower = Some(start_replica(&ledger, config, &mut extras, services, &tasks)?);
         } else {
             let mut t = tasks.lock().expect("tasks lock");
             for s in services {
@@ -268,4 +187,110 @@ impl Node {
         })
         .await;
     }
+}
+/// A replica: its relays stand by, its follower thread reads the topic into the log (and the
+/// primary's checkpoints into its store), and a promoter holds what it starts when promoted.
+/// Returns the follower's stop flag.
+fn start_replica(
+    ledger: &Ledger,
+    config: &Config,
+    extras: &mut Extras,
+    services: Vec<Service>,
+    tasks: &Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+) -> Result<Arc<std::sync::atomic::AtomicBool>> {
+    for (_, status) in [
+        &extras.relay,
+        &extras.alerts_relay,
+        &extras.notifications_relay,
+        &extras.checkpoints_relay,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        status.set_standby();
+    }
+    let status = Arc::new(crate::adapters::kafka::replica::ReplicaStatus::default());
+    let stop_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let thread = crate::adapters::kafka::replica::spawn_follower(
+        ledger.clone(),
+        config.kafka.clone(),
+        status.clone(),
+        stop_flag.clone(),
+        tokio::runtime::Handle::current(),
+    )?;
+    let mut promoter = crate::adapters::kafka::replica::Promoter::new(
+        ledger.clone(),
+        status.clone(),
+        thread,
+        stop_flag.clone(),
+        config.kafka.clone(),
+        extras.relay.as_ref().map(|(_, s)| s.clone()),
+        services,
+        tasks.clone(),
+    );
+    promoter.checkpoints_topic = extras.checkpoints_relay.as_ref().map(|(topic, _)| topic.clone());
+    promoter.url = config.http.advertised_url.clone();
+    let promoter = Arc::new(promoter);
+    // The primary's checkpoints, as they reach their topic.
+    if let (Some((store, key)), Some((topic, _))) = (&extras.checkpoints, &extras.checkpoints_relay) {
+        crate::adapters::kafka::checkpoints::follow(
+            ledger.clone(),
+            store.clone(),
+            key.clone(),
+            config.kafka.clone(),
+            topic.clone(),
+            stop_flag.clone(),
+        )
+        .map_err(|e| crate::error::Error::io(format!("starting the checkpoints follower: {e}")))?;
+    }
+    extras.replica = Some((status, config.replica.primary_url.clone()));
+    extras.promoter = Some(promoter);
+    tracing::info!(brokers = %config.kafka.brokers, topic = %config.kafka.topic, "read replica: following the events topic");
+    Ok(stop_flag)
+}
+
+/// Opens the ledger; a primary a promotion fenced (found out now, from the topic's last
+/// messages, if it was down when it happened) closes it, rejoins as a replica and opens it
+/// again: a fenced node never takes a command.
+fn open_or_rejoin(
+    config: &Config,
+    rules: &crate::domain::alerts::RuleSet,
+    secret: LedgerSecret,
+    gateway: Arc<dyn WalletGateway>,
+) -> Result<Ledger> {
+    crate::adapters::kafka::rejoin::finish_interrupted(&config.data_dir)?;
+    let mut ledger = Ledger::open_with_rules(config, rules, secret.clone(), gateway.clone())?;
+    // A primary that a promotion fenced while it was down (killed while paused, say) finds
+    // out before it takes a command: the topic's last messages carry a newer epoch.
+    if !config.replica.enabled
+        && config.kafka.enabled()
+        && ledger.replication().fenced_by()?.is_none()
+        && ledger.log_len() > 0
+    {
+        if let Some((epoch, url)) =
+            crate::adapters::kafka::rejoin::newer_epoch(&config.kafka, ledger.replication().epoch()?.0)
+        {
+            tracing::warn!(epoch, "a promotion fenced this node while it was down");
+            ledger.replication().fence(epoch)?;
+            if let Some(url) = url {
+                ledger.replication().set_successor(&url)?;
+            }
+        }
+    }
+    // A primary a promotion fenced rejoins as a replica (and stays one until promoted).
+    if !config.replica.enabled && config.kafka.enabled() && ledger.replication().fenced_by()?.is_some() {
+        let successor = ledger.replication().successor();
+        ledger.close();
+        let r = crate::adapters::kafka::rejoin::rejoin(config)?;
+        tracing::warn!(
+            head = r.head,
+            quarantined = r.quarantined,
+            "this node was fenced: it rejoined as a replica"
+        );
+        ledger = Ledger::open_with_rules(config, rules, secret, gateway)?;
+        if let Some(url) = successor {
+            ledger.replication().set_successor(&url)?;
+        }
+    }
+    Ok(ledger)
 }

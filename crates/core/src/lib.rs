@@ -248,54 +248,7 @@ impl Ledger {
         #[cfg(feature = "simulation")]
         let planted_refold = seams.planted_bug == Some(PlantedBug::RefoldLastEventOnOpen) && last_seq > 0;
         if snapshot < last_seq {
-            let mut verifier = match snapshot {
-                0 => ChainVerifier::new(),
-                p => ChainVerifier::resume(
-                    p,
-                    hash_bytes(
-                        &store
-                            .event_bytes(p)?
-                            .ok_or_else(|| Error::corrupt(format!("event {p} missing")))?,
-                    ),
-                ),
-            };
-            let mut rows = IndexBatch::default();
-            let mut pending_rows = 0;
-            let mut caught_up: std::collections::HashSet<String> = std::collections::HashSet::new();
-            for r in store.scan_events(snapshot + 1) {
-                let (_, bytes) = r?;
-                let (event, _) = verifier
-                    .push(&bytes)
-                    .map_err(|e| Error::corrupt_by("the log past the snapshot does not verify", e))?;
-                if event.seq > indexed {
-                    rows.add_history(&event.account, event.account_seq, event.seq);
-                    pending_rows += 1;
-                    if pending_rows == 10_000 {
-                        rows.set_indexed(event.seq);
-                        store.apply_index(std::mem::take(&mut rows))?;
-                        pending_rows = 0;
-                    }
-                }
-                state.apply_catching_up(&event);
-                caught_up.insert(event.account);
-            }
-            // The caught-up accounts' rows and the snapshot position go together: a snapshot
-            // position past an account's events without its row would claim a row that is not
-            // there (the indexer's next snapshot covers only accounts that change after this).
-            for account in &caught_up {
-                if let Some(row) = state.accounts.get(account) {
-                    rows.put_account(account, row);
-                }
-            }
-            rows.set_indexed(last_seq);
-            rows.set_snapshot(last_seq);
-            store.apply_index(rows)?;
-            store.flush()?;
-            tracing::info!(
-                from = snapshot,
-                to = last_seq,
-                "projection and index caught up with the log"
-            );
+            catch_up(&store, &mut state, (indexed, snapshot), last_seq)?;
         }
         let idempotency = Arc::new(KeyIndex::open(
             store.clone(),
@@ -1377,4 +1330,59 @@ impl ReplicatedAppend {
         }
         Ok(last)
     }
+}
+/// Folds the events past the stored snapshot into `state`, verifying their links, and writes
+/// the history rows past `indexed`, the caught-up accounts' rows and the new positions: what a
+/// start does between the last snapshot and the log's end (the work is in proportion to the
+/// events past the snapshot, not to the history).
+fn catch_up(store: &Store, state: &mut Projection, (indexed, snapshot): (u64, u64), last_seq: u64) -> Result<()> {
+    let mut verifier = match snapshot {
+        0 => ChainVerifier::new(),
+        p => ChainVerifier::resume(
+            p,
+            hash_bytes(
+                &store
+                    .event_bytes(p)?
+                    .ok_or_else(|| Error::corrupt(format!("event {p} missing")))?,
+            ),
+        ),
+    };
+    let mut rows = IndexBatch::default();
+    let mut pending_rows = 0;
+    let mut caught_up: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for r in store.scan_events(snapshot + 1) {
+        let (_, bytes) = r?;
+        let (event, _) = verifier
+            .push(&bytes)
+            .map_err(|e| Error::corrupt_by("the log past the snapshot does not verify", e))?;
+        if event.seq > indexed {
+            rows.add_history(&event.account, event.account_seq, event.seq);
+            pending_rows += 1;
+            if pending_rows == 10_000 {
+                rows.set_indexed(event.seq);
+                store.apply_index(std::mem::take(&mut rows))?;
+                pending_rows = 0;
+            }
+        }
+        state.apply_catching_up(&event);
+        caught_up.insert(event.account);
+    }
+    // The caught-up accounts' rows and the snapshot position go together: a snapshot
+    // position past an account's events without its row would claim a row that is not
+    // there (the indexer's next snapshot covers only accounts that change after this).
+    for account in &caught_up {
+        if let Some(row) = state.accounts.get(account) {
+            rows.put_account(account, row);
+        }
+    }
+    rows.set_indexed(last_seq);
+    rows.set_snapshot(last_seq);
+    store.apply_index(rows)?;
+    store.flush()?;
+    tracing::info!(
+        from = snapshot,
+        to = last_seq,
+        "projection and index caught up with the log"
+    );
+    Ok(())
 }

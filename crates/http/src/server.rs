@@ -967,16 +967,21 @@ async fn promote(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Re
 
 /// The node's health: `ok` or `failed` (failed storage, a failed replica), its role, its
 /// replica's lag.
-fn health(s: &AppState) -> (bool, serde_json::Value) {
-    let events = s.ledger.log_len();
-    // A primary a promotion fenced takes no commands and follows nothing until it restarts.
-    let role = if s.ledger.is_primary() {
+/// What a node is now: a primary takes commands; a replica follows the topic; a primary a
+/// promotion fenced takes no commands and follows nothing until it restarts.
+fn role(s: &AppState) -> &'static str {
+    if s.ledger.is_primary() {
         "primary"
     } else if s.extras.replica.is_none() && s.ledger.replication().fenced_by().ok().flatten().is_some() {
         "fenced"
     } else {
         "replica"
-    };
+    }
+}
+
+fn health(s: &AppState) -> (bool, serde_json::Value) {
+    let events = s.ledger.log_len();
+    let role = role(s);
     let epoch = s.ledger.replication().epoch().map_or(0, |(e, _)| e);
     let mut body = json!({"status": "ok", "events": events, "role": role, "epoch": epoch});
     let mut healthy = s.ledger.is_healthy();
@@ -1009,8 +1014,8 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
 /// replica once its follower is following the topic; nobody while the server shuts down, and
 /// never a fenced primary.
 async fn readyz(State(s): State<Arc<AppState>>) -> Response {
-    let (healthy, body) = health(&s);
-    let role = body["role"].as_str().unwrap_or("primary").to_owned();
+    let (healthy, _) = health(&s);
+    let role = role(&s);
     let reason = if !healthy {
         Some("failed")
     } else if *s.closing.borrow() {
