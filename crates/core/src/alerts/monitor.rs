@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::feed::AlertFeed;
-use super::store::{AlertStore, TriageState};
+use super::store::{rows_bytes, AlertStore, CheckpointSizes, TriageState};
 use crate::domain::alerts::engine::{AlertChange, Engine, EngineState, StateDelta};
 use crate::domain::alerts::rules::{RuleSet, RULES_COUNT, RULE_NAMES};
 use crate::domain::command::{LockCommand, Meta, UnlockCommand};
@@ -121,7 +121,8 @@ pub struct Monitor {
 enum Write {
     Changes(Vec<AlertChange>),
     Triage(Vec<(String, TriageState)>),
-    Checkpoint(StateDelta),
+    /// A checkpoint's rows, whether they are the whole state, and the sizes it records.
+    Checkpoint(StateDelta, bool, CheckpointSizes),
 }
 
 impl Monitor {
@@ -133,9 +134,11 @@ impl Monitor {
         // With no checkpoint, the engine starts empty and every key it touches is a delta's;
         // one of the older format is replaced by a whole one.
         let mut whole_next = false;
+        let mut sizes = CheckpointSizes::default();
         let state = match store.checkpoint()? {
             Some(cp) => {
                 whole_next = cp.whole;
+                sizes = cp.sizes;
                 if cp.rules_digest != digest {
                     tracing::warn!(
                         checkpoint = %cp.rules_digest,
@@ -178,6 +181,7 @@ impl Monitor {
             writes: None,
             triage: Vec::new(),
             whole_next,
+            sizes,
         };
         let thread = std::thread::Builder::new()
             .name("bindledger-monitor".into())
@@ -235,8 +239,11 @@ struct Worker {
     writes: Option<std::sync::mpsc::SyncSender<Write>>,
     /// Triage events folded and not yet sent to the store thread.
     triage: Vec<(String, TriageState)>,
-    /// The next checkpoint is written whole (the stored one is of the older format).
+    /// The next checkpoint is written whole (the stored one is of an older format).
     whole_next: bool,
+    /// The stored checkpoints' sizes: when the blobs since the last whole one outgrow it, the
+    /// next is written whole.
+    sizes: CheckpointSizes,
 }
 
 impl Worker {
@@ -260,7 +267,9 @@ impl Worker {
                                 }
                             }),
                             Write::Triage(items) => store.write_triage(&items),
-                            Write::Checkpoint(delta) => store.write_checkpoint(&delta, &digest),
+                            Write::Checkpoint(delta, whole, sizes) => {
+                                store.write_checkpoint(&delta, &digest, whole, sizes)
+                            }
                         };
                         if let Err(e) = result {
                             // Stop storing: a later checkpoint must not cover changes that
@@ -278,8 +287,8 @@ impl Worker {
         let result = self.run_inner(rx).map(|_| {
             // The final checkpoint, after the last changes; never after a failure (the state
             // may then be ahead of the stored changes).
-            let delta = self.checkpoint_delta();
-            self.send(Write::Checkpoint(delta));
+            let checkpoint = self.checkpoint();
+            self.send(checkpoint);
         });
         drop(self.writes.take());
         let stored_all = writer.join().unwrap_or(false);
@@ -381,12 +390,20 @@ impl Worker {
     }
 
     /// What the next checkpoint writes: the keys changed since the last one, or the whole
-    /// state when the stored one is of the older format.
-    fn checkpoint_delta(&mut self) -> StateDelta {
-        if std::mem::take(&mut self.whole_next) {
-            self.engine.full()
+    /// state when the stored one is of an older format or the blobs since the last whole one
+    /// outgrew it (the store's module says why).
+    fn checkpoint(&mut self) -> Write {
+        if std::mem::take(&mut self.whole_next) || self.sizes.whole_due() {
+            let rows = self.engine.full();
+            self.sizes = CheckpointSizes {
+                whole: rows_bytes(&rows),
+                since: 0,
+            };
+            Write::Checkpoint(rows, true, self.sizes)
         } else {
-            self.engine.delta()
+            let rows = self.engine.delta();
+            self.sizes.since += rows_bytes(&rows);
+            Write::Checkpoint(rows, false, self.sizes)
         }
     }
 
@@ -415,8 +432,8 @@ impl Worker {
             self.send(Write::Triage(triage));
         }
         if self.since_checkpoint >= self.config.checkpoint_every_events {
-            let delta = self.checkpoint_delta();
-            self.send(Write::Checkpoint(delta));
+            let checkpoint = self.checkpoint();
+            self.send(checkpoint);
             self.since_checkpoint = 0;
         }
         self.publish_status();

@@ -6,15 +6,23 @@
 //! | `S` stream seq (u64 BE) | one [`AlertChange`] (JSON): the alert stream, in order, without gaps |
 //! | `L` opening seq (u64 BE) rule | the alert's latest revision (JSON), listed newest first |
 //! | `Mcheckpoint` | the engine's state header (position, stream seq, open alerts, locks) and the rules digest (JSON) |
-//! | `K` map letter, key | the engine's state of one rule and key (JSON; see `engine::StateDelta`) |
+//! | `D` blob number (u64 BE) | rows of the engine's state: each checkpoint's changed rows in one blob, or the whole state in blobs of at most 8 MiB (see below) |
+//! | `K` map letter, key | the engine's state of one rule and key (JSON), the format before `D`: read, and replaced by the next checkpoint |
 //! | `T` alert id | the alert's latest triage ([`TriageState`], JSON), from its `alert_triaged` events |
 //!
 //! Changes and the checkpoint that covers them are written in one atomic batch; changes after
-//! the last checkpoint are written again, identically, when the monitor resumes from it. A
-//! checkpoint writes the header and the rows of the keys that changed since the one before it,
-//! so its cost follows the events folded since, not the number of keys tracked. (A checkpoint
-//! of the older format, the whole state in `Mcheckpoint`, is read as it is; the next one is
-//! written whole, in rows.)
+//! the last checkpoint are written again, identically, when the monitor resumes from it.
+//!
+//! **A checkpoint's cost follows the events folded since the one before it, not the number of
+//! keys tracked.** It writes the header and the rows of the keys that changed since, appended as
+//! one blob (`D`): one sled key per checkpoint, however many accounts it covers (a sled key per
+//! row made each row's cost grow with the tree: a fifth of the CPU at 200,000 accounts). The
+//! blobs are read in order, a later row replacing an earlier one. When the blobs since the last
+//! whole checkpoint outgrow twice its size, the next checkpoint is written whole and the older
+//! blobs removed, in the same batch: each row is written at most about three times, the bytes
+//! stored stay within about three times the state's. (A checkpoint of an older format, the
+//! whole state in `Mcheckpoint` or one row per key under `K`, is read as it is; the next one is
+//! written whole.)
 
 use serde::{Deserialize, Serialize};
 
@@ -23,22 +31,105 @@ use crate::domain::alerts::rules::Severity;
 use crate::error::{Error, Result};
 
 const CHECKPOINT: &[u8] = b"Mcheckpoint";
-/// The prefix of the engine state's rows.
+/// The prefix of the engine state's rows, one sled key each (the format before blobs).
 const STATE_ROWS: &[u8] = b"K";
+/// The prefix of the blobs of the engine state's rows.
+const STATE_BLOBS: u8 = b'D';
+/// A whole checkpoint's rows go in blobs of at most this many bytes.
+const BLOB_BYTES_MAX: usize = 8 << 20;
 
 /// A stored checkpoint, read back.
 pub struct Checkpoint {
     pub rules_digest: String,
     pub state: EngineState,
-    /// Whether it is of the older format (the whole state in one value): the next checkpoint
-    /// must then be written whole.
+    /// Whether it is of an older format (the whole state in one value, or a row per sled
+    /// key): the next checkpoint must then be written whole.
     pub whole: bool,
+    /// Bytes of the last whole checkpoint's rows, and of the blobs written since it.
+    pub sizes: CheckpointSizes,
+}
+
+/// What the monitor needs to decide when a checkpoint is written whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointSizes {
+    /// The rows' bytes of the last whole checkpoint.
+    pub whole: u64,
+    /// The rows' bytes of the blobs written since.
+    pub since: u64,
+}
+
+impl CheckpointSizes {
+    /// Whether the next checkpoint should be written whole: the blobs since the last whole one
+    /// outgrew twice its size (and 1 MiB, so that a small state is not rewritten each time).
+    pub fn whole_due(&self) -> bool {
+        self.since > (2 * self.whole).max(1 << 20)
+    }
+}
+
+/// The bytes a checkpoint's rows take in a blob.
+pub fn rows_bytes(delta: &StateDelta) -> u64 {
+    delta
+        .rows
+        .iter()
+        .map(|(k, v)| 9 + k.len() as u64 + v.as_ref().map_or(0, |v| v.len() as u64))
+        .sum()
+}
+
+/// Appends rows to a blob: for each, the key's length (u32 BE) and bytes, then `0` for a
+/// removed row, or `1`, the value's length (u32 BE) and bytes.
+fn encode_rows<'a>(rows: impl Iterator<Item = &'a (Vec<u8>, Option<Vec<u8>>)>, out: &mut Vec<u8>) {
+    for (k, v) in rows {
+        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+        out.extend_from_slice(k);
+        match v {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+        }
+    }
+}
+
+/// Applies a blob's rows to `rows`, in order; `None` if the blob does not read.
+fn apply_blob(blob: &[u8], rows: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>) -> Option<()> {
+    fn take<'b>(b: &mut &'b [u8], n: usize) -> Option<&'b [u8]> {
+        let (head, tail) = (b.get(..n)?, b.get(n..)?);
+        *b = tail;
+        Some(head)
+    }
+    fn len(b: &mut &[u8]) -> Option<usize> {
+        Some(u32::from_be_bytes(take(b, 4)?.try_into().ok()?) as usize)
+    }
+    let mut b = blob;
+    while !b.is_empty() {
+        let n = len(&mut b)?;
+        let key = take(&mut b, n)?.to_vec();
+        match take(&mut b, 1)?[0] {
+            0 => {
+                rows.remove(&key);
+            }
+            1 => {
+                let n = len(&mut b)?;
+                rows.insert(key, take(&mut b, n)?.to_vec());
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+fn blob_key(n: u64) -> [u8; 9] {
+    seq_key(STATE_BLOBS, n)
 }
 
 /// `Mcheckpoint` as stored: the header of the rows' format, or the whole state (older).
 #[derive(Deserialize)]
 struct StoredCheckpoint {
     rules_digest: String,
+    #[serde(default)]
+    sizes: Option<CheckpointSizes>,
     #[serde(default)]
     header: Option<serde_json::Value>,
     #[serde(default)]
@@ -126,40 +217,80 @@ impl AlertStore {
                 rules_digest: stored.rules_digest,
                 state,
                 whole: true,
+                sizes: CheckpointSizes::default(),
             }));
         }
         let header = stored
             .header
             .ok_or_else(|| Error::corrupt("the alert checkpoint has no header"))?;
-        let rows = self
-            .tree
-            .scan_prefix(STATE_ROWS)
-            .map(|r| r.map(|(k, v)| (k[STATE_ROWS.len()..].to_vec(), v.to_vec())))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(crate::store::from_sled)?;
+        // The older rows, one sled key each, then the blobs in order over them.
+        let mut rows = std::collections::BTreeMap::new();
+        for r in self.tree.scan_prefix(STATE_ROWS) {
+            let (k, v) = r.map_err(crate::store::from_sled)?;
+            rows.insert(k[STATE_ROWS.len()..].to_vec(), v.to_vec());
+        }
+        let older_rows = !rows.is_empty();
+        for r in self.tree.scan_prefix([STATE_BLOBS]) {
+            let (k, blob) = r.map_err(crate::store::from_sled)?;
+            apply_blob(&blob, &mut rows).ok_or_else(|| {
+                Error::corrupt(format!(
+                    "alerts: checkpoint blob {} does not read",
+                    u64::from_be_bytes(k[1..9].try_into().unwrap_or_default())
+                ))
+            })?;
+        }
         let header = serde_json::to_vec(&header).expect("a value serializes");
         let state = EngineState::from_rows(&header, rows).map_err(|e| corrupt("checkpoint", e))?;
         Ok(Some(Checkpoint {
             rules_digest: stored.rules_digest,
             state,
-            whole: false,
+            whole: older_rows,
+            sizes: stored.sizes.unwrap_or_default(),
         }))
     }
 
-    /// Writes a checkpoint: the delta's rows and its header, in one atomic batch.
-    pub fn write_checkpoint(&self, delta: &StateDelta, rules_digest: &str) -> Result<()> {
+    /// Stores a checkpoint: its rows appended as one blob, or (`whole`) the whole state's rows
+    /// in blobs that replace every older one; with the header, in one atomic batch.
+    pub fn write_checkpoint(
+        &self,
+        delta: &StateDelta,
+        rules_digest: &str,
+        whole: bool,
+        sizes: CheckpointSizes,
+    ) -> Result<()> {
         let mut batch = sled::Batch::default();
-        for (k, v) in &delta.rows {
-            let key = [STATE_ROWS, k].concat();
-            match v {
-                Some(v) => batch.insert(key, v.as_slice()),
-                None => batch.remove(key),
+        let last = self
+            .tree
+            .scan_prefix([STATE_BLOBS])
+            .next_back()
+            .transpose()
+            .map_err(crate::store::from_sled)?
+            .map_or(0, |(k, _)| u64::from_be_bytes(k[1..9].try_into().unwrap_or_default()));
+        if whole {
+            for r in self.tree.scan_prefix([STATE_BLOBS]).keys() {
+                batch.remove(r.map_err(crate::store::from_sled)?);
             }
+            for r in self.tree.scan_prefix(STATE_ROWS).keys() {
+                batch.remove(r.map_err(crate::store::from_sled)?);
+            }
+        }
+        let mut next = last + 1;
+        let mut blob = Vec::new();
+        for row in &delta.rows {
+            encode_rows(std::iter::once(row), &mut blob);
+            if blob.len() >= BLOB_BYTES_MAX {
+                batch.insert(&blob_key(next)[..], std::mem::take(&mut blob));
+                next += 1;
+            }
+        }
+        if !blob.is_empty() {
+            batch.insert(&blob_key(next)[..], blob);
         }
         let header = std::str::from_utf8(&delta.header).expect("JSON is UTF-8");
         let value = format!(
-            "{{\"rules_digest\":{},\"header\":{header}}}",
-            serde_json::to_string(rules_digest).expect("a string serializes")
+            "{{\"rules_digest\":{},\"sizes\":{},\"header\":{header}}}",
+            serde_json::to_string(rules_digest).expect("a string serializes"),
+            serde_json::to_string(&sizes).expect("sizes serialize"),
         );
         batch.insert(CHECKPOINT, value.as_bytes());
         self.tree.apply_batch(batch).map_err(crate::store::from_sled)?;
@@ -290,16 +421,11 @@ mod tests {
     use super::*;
     use crate::domain::alerts::engine::Engine;
 
-    /// A checkpoint of the older format (the whole state in one value) is read as it is and
-    /// marked whole; one written in rows reads back to the same state.
-    #[test]
-    fn both_checkpoint_formats_read_back() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let store = AlertStore::new(db.open_tree("alerts").unwrap());
-        let mut engine = Engine::new(crate::domain::alerts::RuleSet::default());
+    /// Folds events `range` into `engine`: binds and wrong passwords over `accounts` accounts.
+    fn fold(engine: &mut Engine, range: std::ops::RangeInclusive<u64>, accounts: u64) {
         let t0 = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
-        for seq in 1..=300u64 {
-            let account = format!("acct-{}", seq % 7);
+        for seq in range {
+            let account = format!("acct-{}", seq % accounts);
             let payload = if seq % 3 == 0 {
                 bindledger_events::Payload::WalletBound {
                     binding_id: uuid::Uuid::from_u128(seq as u128),
@@ -318,9 +444,24 @@ mod tests {
                     reason: bindledger_events::PaymentFailure::WrongPassword,
                 }
             };
-            let at = t0 + chrono::Duration::seconds(seq as i64);
+            // Minutes apart late in the run, so that sweeps drop keys between checkpoints.
+            let at = t0 + chrono::Duration::seconds(if seq > 2_000 { seq as i64 * 60 } else { seq as i64 });
             engine.apply(&bindledger_domain::testing::event(seq, &account, seq, at, payload));
         }
+    }
+
+    fn blobs(store: &AlertStore) -> usize {
+        store.tree.scan_prefix([STATE_BLOBS]).count()
+    }
+
+    /// A checkpoint of the older format (the whole state in one value) is read as it is and
+    /// marked whole; one written in blobs reads back to the same state.
+    #[test]
+    fn both_checkpoint_formats_read_back() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = AlertStore::new(db.open_tree("alerts").unwrap());
+        let mut engine = Engine::new(crate::domain::alerts::RuleSet::default());
+        fold(&mut engine, 1..=300, 7);
         assert_eq!(engine.state.position, 300);
         #[derive(Serialize)]
         struct Old<'a> {
@@ -336,9 +477,85 @@ mod tests {
         let cp = store.checkpoint().unwrap().unwrap();
         assert!(cp.whole);
         assert_eq!(cp.state, engine.state);
-        store.write_checkpoint(&engine.full(), "d").unwrap();
+        let full = engine.full();
+        let sizes = CheckpointSizes {
+            whole: rows_bytes(&full),
+            since: 0,
+        };
+        store.write_checkpoint(&full, "d", true, sizes).unwrap();
         let cp = store.checkpoint().unwrap().unwrap();
         assert!(!cp.whole);
+        assert_eq!(cp.sizes, sizes);
         assert_eq!((cp.state, cp.rules_digest.as_str()), (engine.state.clone(), "d"));
+    }
+
+    /// Checkpoints appended as blobs, removals included, read back to the engine's state at
+    /// every step; a whole one replaces every blob before it; rows of the format before blobs
+    /// (a sled key each) are read, marked whole, and removed by the next whole checkpoint.
+    #[test]
+    fn blobs_add_up_to_the_state_and_a_whole_checkpoint_replaces_them() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = AlertStore::new(db.open_tree("alerts").unwrap());
+        let mut engine = Engine::new(crate::domain::alerts::RuleSet::default());
+        fold(&mut engine, 1..=500, 40);
+        // The format before blobs: a header and a row per key.
+        let full = engine.full();
+        for (k, v) in &full.rows {
+            store.tree.insert([STATE_ROWS, k].concat(), v.clone().unwrap()).unwrap();
+        }
+        let header = std::str::from_utf8(&full.header).unwrap();
+        store
+            .tree
+            .insert(
+                CHECKPOINT,
+                format!("{{\"rules_digest\":\"d\",\"header\":{header}}}").as_bytes(),
+            )
+            .unwrap();
+        let cp = store.checkpoint().unwrap().unwrap();
+        assert!(cp.whole, "rows of the older format make the next checkpoint whole");
+        assert_eq!(cp.state, engine.state);
+        let mut sizes = CheckpointSizes::default();
+        let mut dropped = 0;
+        for round in 0..12u64 {
+            let from = 501 + round * 400;
+            fold(&mut engine, from..=from + 399, 40 + round * 30);
+            let whole = round == 0 || round == 7;
+            let rows = if whole { engine.full() } else { engine.delta() };
+            dropped += rows.rows.iter().filter(|(_, v)| v.is_none()).count();
+            if whole {
+                sizes = CheckpointSizes {
+                    whole: rows_bytes(&rows),
+                    since: 0,
+                };
+            } else {
+                sizes.since += rows_bytes(&rows);
+            }
+            let before = blobs(&store);
+            store.write_checkpoint(&rows, "d", whole, sizes).unwrap();
+            let cp = store.checkpoint().unwrap().unwrap();
+            assert_eq!(cp.state, engine.state, "round {round}");
+            assert!(!cp.whole);
+            assert_eq!(cp.sizes, sizes);
+            if whole {
+                assert_eq!(store.tree.scan_prefix(STATE_ROWS).count(), 0, "the older rows are gone");
+                assert_eq!(blobs(&store), 1, "round {round}: one blob holds this small state");
+            } else {
+                assert_eq!(blobs(&store), before + 1, "round {round}: a checkpoint is one blob");
+            }
+        }
+        assert!(dropped > 0, "the run dropped keys, so removals were stored");
+        // A blob cut short does not read.
+        let (k, v) = store.tree.scan_prefix([STATE_BLOBS]).next_back().unwrap().unwrap();
+        store.tree.insert(k, &v[..v.len() - 1]).unwrap();
+        assert_eq!(store.checkpoint().err().map(|e| e.code()), Some("corrupt"));
+    }
+
+    #[test]
+    fn a_whole_checkpoint_is_due_when_the_blobs_since_outgrow_twice_the_last() {
+        let s = |whole, since| CheckpointSizes { whole, since };
+        assert!(!s(10 << 20, 20 << 20).whole_due());
+        assert!(s(10 << 20, (20 << 20) + 1).whole_due());
+        assert!(!s(0, 1 << 20).whole_due(), "a small state is not rewritten each time");
+        assert!(s(0, (1 << 20) + 1).whole_due());
     }
 }
