@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// Accounts the commands are spread over.
     #[arg(long, default_value_t = 2000)]
     pub accounts: usize,
+    /// Choose each command's account from a Zipf distribution of this exponent (1.0: the
+    /// n-th account is chosen about 1/n as often as the first; a few hot accounts) instead
+    /// of in turn (every account equally often), in the library and the HTTP runs.
+    #[arg(long, value_parser = zipf_exponent)]
+    pub zipf: Option<f64>,
     /// The library run and its raw baseline are measured in this many alternating rounds (a
     /// library round, then the raw baseline of as many events per flush as it made), so both
     /// sides of the ratio see the machine in the same state.
@@ -368,7 +373,8 @@ async fn library(
     let mut lib_cpu = 0.0;
     // Commands of the rounds without the sync are numbered after the others (fresh keys).
     let mut unsynced_next = args.lib_commands;
-    let pay_round = |first: u64, count: u64| pay_range(&f.ledger, &bindings, first, count, args.lib_concurrency);
+    let pay_round =
+        |first: u64, count: u64| pay_range(&f.ledger, &bindings, first, count, args.lib_concurrency, args.zipf);
     for r in 0..rounds {
         let first = args.lib_commands * r / rounds;
         let count = args.lib_commands * (r + 1) / rounds - first;
@@ -507,6 +513,7 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row)> {
                 "--first",
                 &first.to_string(),
             ])
+            .args(args.zipf.iter().flat_map(|s| ["--zipf".to_owned(), s.to_string()]))
             .stderr(std::process::Stdio::inherit());
         async move {
             let cpu_before = cpu_seconds();
@@ -565,6 +572,36 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row)> {
     ))
 }
 
+fn zipf_exponent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 4.0 => Ok(v),
+        _ => Err("a Zipf exponent is a number above 0 and at most 4, such as 1.0".into()),
+    }
+}
+
+/// Which account command `n` goes to, of `len`: in turn, or (`zipf`) drawn from a Zipf
+/// distribution of that exponent (its continuous form, inverted) by a hash of `n`, the first
+/// accounts the hottest. The same
+/// `n`, the same account: a run is reproducible.
+pub(crate) fn account_for(n: u64, len: usize, zipf: Option<f64>) -> usize {
+    let Some(s) = zipf else {
+        return (n % len as u64) as usize;
+    };
+    // splitmix64 of n, as a uniform draw in [0, 1).
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let u = (z ^ (z >> 31)) as f64 / 2f64.powi(64);
+    // The inverse of the continuous Zipf distribution's CDF over [1, len + 1).
+    let top = len as f64 + 1.0;
+    let x = if (s - 1.0).abs() < 1e-9 {
+        top.powf(u)
+    } else {
+        ((top.powf(1.0 - s) - 1.0) * u + 1.0).powf(1.0 / (1.0 - s))
+    };
+    (x.floor() as usize).saturating_sub(1).min(len - 1)
+}
+
 /// What `bindledger bench-load` takes: the HTTP benchmark's load generator, run by the
 /// benchmark as a process of its own.
 #[derive(clap::Args, Debug, Clone)]
@@ -586,6 +623,9 @@ pub struct LoadArgs {
     /// The first command's number (idempotency keys and orders are numbered from it).
     #[arg(long, default_value_t = 0)]
     pub first: u64,
+    /// The accounts' Zipf exponent (`bench --zipf`); in turn without it.
+    #[arg(long)]
+    pub zipf: Option<f64>,
 }
 
 /// Sends `commands` payments over `connections` kept-alive connections; prints
@@ -604,7 +644,13 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
         .collect();
     anyhow::ensure!(!bindings.is_empty(), "no bindings in {}", args.bindings.display());
     let bindings = Arc::new(bindings);
-    let (addr, token, prefix, first) = (args.addr, Arc::new(args.token), Arc::new(args.prefix), args.first);
+    let (addr, token, prefix, first, zipf) = (
+        args.addr,
+        Arc::new(args.token),
+        Arc::new(args.prefix),
+        args.first,
+        args.zipf,
+    );
     let make_client = || LoadClient {
         addr,
         stream: None,
@@ -615,7 +661,7 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
     let (lat, seconds) = drive(args.connections, args.commands, make_client, move |mut client, n| {
         use std::io::Write;
         let n = first + n;
-        let b = &bindings[(n % bindings.len() as u64) as usize];
+        let b = &bindings[account_for(n, bindings.len(), zipf)];
         let (body, request) = (&mut client.body, &mut client.request);
         body.clear();
         request.clear();
@@ -1573,7 +1619,7 @@ pub async fn idempotency(args: IdempotencyBenchArgs) -> anyhow::Result<()> {
         let bindings = Arc::new(f.bindings.clone());
         let before = bindledger_fixture::resident_bytes();
         eprintln!("bench: {name} index, writing {} keyed payments ...", args.live_keys);
-        let (_, seconds) = pay_range(&f.ledger, &bindings, 0, args.live_keys, args.concurrency).await?;
+        let (_, seconds) = pay_range(&f.ledger, &bindings, 0, args.live_keys, args.concurrency, None).await?;
         // Let the indexer write what it gathered.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (in_memory, on_disk, table_bytes) = f.ledger.key_index_stats();
@@ -1592,7 +1638,7 @@ pub async fn idempotency(args: IdempotencyBenchArgs) -> anyhow::Result<()> {
         for (i, (name, f, bindings)) in fixtures.iter().enumerate() {
             eprintln!("bench: round {} of {}, {name} index ...", r + 1, args.rounds);
             let first = args.live_keys + r * args.commands;
-            let (lat, seconds) = pay_range(&f.ledger, bindings, first, args.commands, args.concurrency).await?;
+            let (lat, seconds) = pay_range(&f.ledger, bindings, first, args.commands, args.concurrency, None).await?;
             rows[i].0.extend(lat);
             rows[i].1 += seconds;
             rows[i].2 += args.commands;
@@ -1641,6 +1687,7 @@ async fn pay_range(
     first: u64,
     count: u64,
     concurrency: usize,
+    zipf: Option<f64>,
 ) -> anyhow::Result<(Vec<u64>, f64)> {
     let (ledger, bindings) = (ledger.clone(), bindings.clone());
     drive(
@@ -1651,7 +1698,7 @@ async fn pay_range(
             let (ledger, bindings) = (ledger.clone(), bindings.clone());
             async move {
                 let n = first + n;
-                let b = &bindings[(n % bindings.len() as u64) as usize];
+                let b = &bindings[account_for(n, bindings.len(), zipf)];
                 let cmd = pay_request(b, n).validate(&b.0, Utc::now()).expect("valid");
                 let result = ledger.pay(cmd).await.and_then(|r| match &r.event.payload {
                     Payload::PaymentSucceeded { .. } => Ok(()),
@@ -1662,4 +1709,35 @@ async fn pay_range(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::account_for;
+
+    #[test]
+    fn accounts_in_turn_or_from_a_zipf_distribution() {
+        assert_eq!(
+            (0..7).map(|n| account_for(n, 3, None)).collect::<Vec<_>>(),
+            [0, 1, 2, 0, 1, 2, 0]
+        );
+        let len = 10_000;
+        let mut hits = vec![0u32; len];
+        for n in 0..200_000 {
+            let a = account_for(n, len, Some(1.0));
+            assert_eq!(a, account_for(n, len, Some(1.0)), "the same n, the same account");
+            hits[a] += 1;
+        }
+        // With exponent 1 over 10,000 accounts (the continuous distribution: account k takes
+        // ln((k + 2)/(k + 1)) / ln(10,001)), the first takes about 7.5% of the commands, the
+        // first 1% of accounts about half, the last half about 7.5%.
+        let share = |r: std::ops::Range<usize>| hits[r].iter().sum::<u32>() as f64 / 200_000.0;
+        assert!((0.065..0.085).contains(&share(0..1)), "{}", share(0..1));
+        assert!((0.4..0.6).contains(&share(0..100)), "{}", share(0..100));
+        assert!((0.04..0.11).contains(&share(5_000..len)), "{}", share(5_000..len));
+        // A steeper exponent, hotter first accounts; every draw in range.
+        let steep = (0..10_000).filter(|n| account_for(*n, len, Some(2.0)) == 0).count();
+        assert!(steep > 4_000, "{steep}");
+        assert!((0..10_000).all(|n| account_for(n, 5, Some(0.5)) < 5));
+    }
 }
