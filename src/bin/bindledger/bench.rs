@@ -579,6 +579,33 @@ fn zipf_exponent(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Starts a stopped benchmark ledger again, as `serve` does (the monitor included): how long
+/// the start took, the events of its log, and the bytes its directory holds.
+async fn reopen(dir: &Path, commit_delay_us: u64) -> anyhow::Result<(f64, u64, u64)> {
+    fn bytes_under(dir: &Path) -> std::io::Result<u64> {
+        let mut total = 0;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            total += if meta.is_dir() {
+                bytes_under(&entry.path())?
+            } else {
+                meta.len()
+            };
+        }
+        Ok(total)
+    }
+    let mut config = bench_config(dir);
+    config.writer.commit_delay_us = commit_delay_us;
+    let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
+    let started = Instant::now();
+    let node = bindledger::node::Node::start(&config, LedgerSecret::from_bytes([7; 32]), gateway)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let events = node.ledger.log_len();
+    node.stop().await;
+    Ok((seconds, events, bytes_under(dir)?))
+}
+
 /// Which account command `n` goes to, of `len`: in turn, or (`zipf`) drawn from a Zipf
 /// distribution of that exponent (its continuous form, inverted) by a hash of `n`, the first
 /// accounts the hottest. The same
@@ -810,12 +837,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.rounds
     );
     let (lib, unsynced, raw, rounds) = library(&root, &args, &payloads).await?;
+    let (start_s, events, dir_bytes) = reopen(&root.join("lib"), args.commit_delay_us).await?;
     eprintln!("bench: HTTP, its baseline route and the ledger, the load generator in its own process ...");
     let (http_base, http) = http(&root.join("http"), &args).await?;
     // For context: larger batches and one key per event.
     eprintln!("bench: raw sled, batches of {} ...", args.raw_batch);
     let raw_large = raw_sled(&root, &payloads, args.raw_batch, true)?;
     let raw_keyed = raw_sled(&root, &payloads, args.raw_batch, false)?;
+    let payloads_bytes = payloads.iter().map(|p| p.len()).sum::<usize>() / payloads.len().max(1);
     drop(payloads);
     let baseline = raw.rate();
     println!("| measurement | ops | seconds | ops/s | p50 | p99 | vs raw sled (same batches) | notes |");
@@ -841,6 +870,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .join("; ");
     ratios.sort_by(f64::total_cmp);
     println!();
+    println!(
+        "Start and disk: the library run's ledger ({} accounts, {events} events) starts again in {:.0} ms (the monitor's checkpoint included); its directory holds {:.0} bytes per event (log, indexes, alerts; {} bytes per event encoded).",
+        args.accounts,
+        start_s * 1e3,
+        dir_bytes as f64 / events.max(1) as f64,
+        payloads_bytes,
+    );
     println!(
         "Library / raw sled by round: {each}; median {:.2}.",
         ratios[ratios.len() / 2]
