@@ -102,7 +102,7 @@ bench-scale: check-toolchain
 	  echo "== $$n accounts $${skew:-(in turn)}"; \
 	  /usr/bin/env time -f "max resident %M KB, %e s" ./target/release/bindledger bench --accounts $$n $$skew \
 	    --lib-commands 40000 --lib-concurrency 64 --http-commands 30000 --http-connections 16 \
-	    --raw-events 4000 --rounds 1 | grep -E '^(\| (library: Ledger|HTTP: POST)|Start and)'; \
+	    --raw-events 4000 --rounds 1 | grep -E '^(\| (library: Ledger|HTTP: POST)|Start and|Bytes per event)'; \
 	done; done
 
 ## Alert latency through the live feed at 1,000 and 10,000 commands/s, and rule throughput

@@ -104,38 +104,7 @@ impl Node {
             services.push(Box::pin(sender.run(stopped.clone())));
         }
         if config.checkpoints.enabled {
-            let key = Arc::new(crate::ledger::checkpoint::CheckpointKey::load_or_create(
-                &config.checkpoint_key_path(),
-            )?);
-            let store = ledger.checkpoint_store();
-            extras.checkpoints = Some((store.clone(), key.public_hex()));
-            tracing::info!(public_key = %key.public_hex(), "checkpoints are signed with this key");
-            let (signed_tx, signed_rx) = tokio::sync::watch::channel(0u64);
-            let mut publisher = None;
-            if config.kafka.enabled() {
-                let p = crate::adapters::kafka::checkpoints::CheckpointPublisher::new(
-                    ledger.clone(),
-                    store.clone(),
-                    key.public_hex(),
-                    config.kafka.clone(),
-                    config.checkpoints.topic.clone(),
-                    signed_rx,
-                );
-                extras.checkpoints_relay = Some((config.checkpoints.topic.clone(), p.status.clone()));
-                publisher = Some(p);
-            }
-            services.push(Box::pin(crate::ledger::signer::run(
-                ledger.clone(),
-                key,
-                store,
-                config.checkpoints.clone(),
-                signed_tx,
-                stopped.clone(),
-            )));
-            // Started after the signer so that the last checkpoint, made on stop, is there.
-            if let Some(p) = publisher {
-                services.push(Box::pin(p.run(stopped.clone())));
-            }
+            checkpoint_services(&ledger, config, &mut extras, &mut services, &stopped)?;
         }
         let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
         let mut follower = None;
@@ -188,6 +157,50 @@ impl Node {
         .await;
     }
 }
+/// The checkpoint signer and, with Kafka, its publisher (started after the signer, so that the
+/// last checkpoint, made on stop, is there to publish).
+fn checkpoint_services(
+    ledger: &Ledger,
+    config: &Config,
+    extras: &mut Extras,
+    services: &mut Vec<Service>,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let key = Arc::new(crate::ledger::checkpoint::CheckpointKey::load_or_create(
+        &config.checkpoint_key_path(),
+    )?);
+    let store = ledger.checkpoint_store();
+    extras.checkpoints = Some((store.clone(), key.public_hex()));
+    tracing::info!(public_key = %key.public_hex(), "checkpoints are signed with this key");
+    let (signed_tx, signed_rx) = tokio::sync::watch::channel(0u64);
+    let mut publisher = None;
+    if config.kafka.enabled() {
+        let p = crate::adapters::kafka::checkpoints::CheckpointPublisher::new(
+            ledger.clone(),
+            store.clone(),
+            key.public_hex(),
+            config.kafka.clone(),
+            config.checkpoints.topic.clone(),
+            signed_rx,
+        );
+        extras.checkpoints_relay = Some((config.checkpoints.topic.clone(), p.status.clone()));
+        publisher = Some(p);
+    }
+    services.push(Box::pin(crate::ledger::signer::run(
+        ledger.clone(),
+        key,
+        store,
+        config.checkpoints.clone(),
+        signed_tx,
+        stopped.clone(),
+    )));
+    // Started after the signer so that the last checkpoint, made on stop, is there.
+    if let Some(p) = publisher {
+        services.push(Box::pin(p.run(stopped.clone())));
+    }
+    Ok(())
+}
+
 /// A replica: its relays stand by, its follower thread reads the topic into the log (and the
 /// primary's checkpoints into its store), and a promoter holds what it starts when promoted.
 /// Returns the follower's stop flag.

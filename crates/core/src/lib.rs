@@ -436,6 +436,12 @@ impl Ledger {
         (self.inner.idempotency.in_memory(), live, bytes)
     }
 
+    /// What each part of the store holds: (part, keys, bytes), read row by row (see
+    /// [`Store::stored_bytes`]); for benchmarks, not a serving path.
+    pub fn stored_bytes(&self) -> Result<Vec<(&'static str, u64, u64)>> {
+        self.inner.store.stored_bytes()
+    }
+
     /// Waits until the idempotency and paid-order tables hold the entries of every event
     /// through `seq` (the indexer writes them within 200 ms of a quiet moment, 2 s under load),
     /// at most `timeout`; true if they do. Never true in memory mode, which has no tables.

@@ -634,6 +634,51 @@ impl Store {
         Ok(out)
     }
 
+    /// What each part of the store holds: (part, keys, bytes of keys and values), by tree and,
+    /// in the index and alerts trees, by the kind of row. Reads every row: for benchmarks and
+    /// operators' questions, not for a serving path. What the data directory holds beyond the
+    /// sum is sled's own: node headers, and space it has not yet reclaimed.
+    pub fn stored_bytes(&self) -> Result<Vec<(&'static str, u64, u64)>> {
+        /// A tree, its kinds of row by first byte, and the name of the rest.
+        type Part<'t> = (&'t sled::Tree, &'static [(u8, &'static str)], &'static str);
+        let mut out = Vec::new();
+        let parts: [Part; 5] = [
+            (&self.log, &[], "log (event chunks)"),
+            (
+                &self.index,
+                &[(b'A', "index: history rows"), (b'B', "index: account rows")],
+                "index: other",
+            ),
+            (
+                &self.alerts,
+                &[
+                    (b'S', "alerts: stream"),
+                    (b'L', "alerts: latest revisions"),
+                    (b'D', "alerts: rule engine checkpoint"),
+                    (b'T', "alerts: triage"),
+                ],
+                "alerts: other",
+            ),
+            (&self.checkpoints, &[], "signed checkpoints"),
+            (&self.webhooks, &[], "webhook deliveries"),
+        ];
+        for (tree, kinds, rest) in parts {
+            let mut sums: Vec<(&'static str, u64, u64)> = kinds.iter().map(|(_, n)| (*n, 0, 0)).collect();
+            sums.push((rest, 0, 0));
+            for r in tree.iter() {
+                let (k, v) = r.map_err(from_sled)?;
+                let at = kinds
+                    .iter()
+                    .position(|(p, _)| k.first() == Some(p))
+                    .unwrap_or(kinds.len());
+                sums[at].1 += 1;
+                sums[at].2 += (k.len() + v.len()) as u64;
+            }
+            out.extend(sums.into_iter().filter(|s| s.1 > 0));
+        }
+        Ok(out)
+    }
+
     /// The indexer's positions: (history indexed through, snapshot complete through).
     pub fn index_positions(&self) -> Result<(u64, u64)> {
         let get = |k: &[u8]| -> Result<u64> {

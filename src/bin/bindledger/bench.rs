@@ -581,7 +581,7 @@ fn zipf_exponent(s: &str) -> Result<f64, String> {
 
 /// Starts a stopped benchmark ledger again, as `serve` does (the monitor included): how long
 /// the start took, the events of its log, and the bytes its directory holds.
-async fn reopen(dir: &Path, commit_delay_us: u64) -> anyhow::Result<(f64, u64, u64)> {
+async fn reopen(dir: &Path, commit_delay_us: u64) -> anyhow::Result<(f64, u64, u64, String)> {
     fn bytes_under(dir: &Path) -> std::io::Result<u64> {
         let mut total = 0;
         for entry in std::fs::read_dir(dir)? {
@@ -602,8 +602,22 @@ async fn reopen(dir: &Path, commit_delay_us: u64) -> anyhow::Result<(f64, u64, u
     let node = bindledger::node::Node::start(&config, LedgerSecret::from_bytes([7; 32]), gateway)?;
     let seconds = started.elapsed().as_secs_f64();
     let events = node.ledger.log_len();
+    let (_, keys, key_bytes) = node.ledger.key_index_stats();
+    let mut parts = node.ledger.stored_bytes()?;
+    parts.push(("idempotency and paid-order tables", keys, key_bytes));
+    let per_event = |b: u64| b as f64 / events.max(1) as f64;
+    let stored: u64 = parts.iter().map(|p| p.2).sum();
+    let mut text = parts
+        .iter()
+        .map(|(part, rows, bytes)| format!("{part} {:.0} ({rows} rows)", per_event(*bytes)))
+        .collect::<Vec<_>>();
     node.stop().await;
-    Ok((seconds, events, bytes_under(dir)?))
+    let total = bytes_under(dir)?;
+    text.push(format!(
+        "sled's own (nodes, space not yet reclaimed) {:.0}",
+        per_event(total.saturating_sub(stored))
+    ));
+    Ok((seconds, events, total, text.join("; ")))
 }
 
 /// Which account command `n` goes to, of `len`: in turn, or (`zipf`) drawn from a Zipf
@@ -837,7 +851,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.rounds
     );
     let (lib, unsynced, raw, rounds) = library(&root, &args, &payloads).await?;
-    let (start_s, events, dir_bytes) = reopen(&root.join("lib"), args.commit_delay_us).await?;
+    let (start_s, events, dir_bytes, parts) = reopen(&root.join("lib"), args.commit_delay_us).await?;
     eprintln!("bench: HTTP, its baseline route and the ledger, the load generator in its own process ...");
     let (http_base, http) = http(&root.join("http"), &args).await?;
     // For context: larger batches and one key per event.
@@ -877,6 +891,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         dir_bytes as f64 / events.max(1) as f64,
         payloads_bytes,
     );
+    println!("Bytes per event, by part: {parts}.");
     println!(
         "Library / raw sled by round: {each}; median {:.2}.",
         ratios[ratios.len() / 2]
