@@ -189,8 +189,23 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// it was down (a broker that is away must not hold the start: the relay finds out later).
 const NEWER_EPOCH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// The newest epoch on the events topic's last messages, with the URL its fence named, when it
-/// is newer than `own`: a promotion fenced this node. `None` when it is not, or when the topic
+/// Folds one message's epoch (and the URL it names, if it is a fence that names one) into the
+/// newest epoch past `own` seen so far and its URL: the URL of any message of that epoch, in
+/// whatever order the partitions' messages arrive.
+fn note_epoch(newest: &mut Option<(u64, Option<String>)>, own: u64, epoch: u64, url: Option<String>) {
+    let seen = newest.as_ref().map(|(e, _)| *e);
+    if epoch > own && seen.is_none_or(|e| epoch > e) {
+        *newest = Some((epoch, url));
+    } else if let Some((e, found @ None)) = newest {
+        if epoch == *e {
+            *found = url;
+        }
+    }
+}
+
+/// The newest epoch on the events topic's last messages, with the URL its fences named (any
+/// partition's: another's last message may be an event of that epoch, which names none), when
+/// it is newer than `own`: a promotion fenced this node. `None` when it is not, or when the topic
 /// cannot be read within [`NEWER_EPOCH_WAIT`].
 pub fn newer_epoch(kafka: &crate::config::KafkaConfig, own: u64) -> Option<(u64, Option<String>)> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -204,13 +219,44 @@ pub fn newer_epoch(kafka: &crate::config::KafkaConfig, own: u64) -> Option<(u64,
                 let epoch = header_number(m, "fence")
                     .or_else(|| header_number(m, "epoch"))
                     .unwrap_or(0);
-                if epoch > own && newest.as_ref().is_none_or(|(e, _)| epoch > *e) {
-                    newest = Some((epoch, header_text(m, "url")));
-                }
+                // The URL is in the promotion's fences; a partition whose last message is an
+                // event of the new primary (same epoch, no URL) must not hide it.
+                note_epoch(&mut newest, own, epoch, header_text(m, "url"));
                 Ok(())
             });
             let _ = tx.send(read.ok().and(newest));
         })
         .ok()?;
     rx.recv_timeout(NEWER_EPOCH_WAIT).ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::note_epoch;
+
+    /// Regression: a fenced primary's `421` named no successor when the first of the topic's
+    /// last messages it read was an event of the new primary (its epoch, no URL) rather than
+    /// one of the promotion's fences.
+    #[test]
+    fn the_successor_is_found_in_any_order_of_the_partitions() {
+        let url = || Some("http://next:8080".to_owned());
+        let fold = |messages: &[(u64, Option<String>)]| {
+            let mut newest = None;
+            for (epoch, u) in messages {
+                note_epoch(&mut newest, 1, *epoch, u.clone());
+            }
+            newest
+        };
+        let want = Some((2, url()));
+        assert_eq!(fold(&[(2, None), (2, url())]), want, "an event first, then a fence");
+        assert_eq!(fold(&[(2, url()), (2, None)]), want, "a fence first, then an event");
+        assert_eq!(fold(&[(1, None), (2, None), (0, url()), (2, url())]), want);
+        assert_eq!(fold(&[(1, url()), (0, None)]), None, "nothing newer than our own epoch");
+        assert_eq!(
+            fold(&[(2, url()), (3, None)]),
+            Some((3, None)),
+            "a newer epoch replaces"
+        );
+        assert_eq!(fold(&[(2, None)]), Some((2, None)));
+    }
 }
