@@ -77,19 +77,17 @@ pub fn rows_bytes(delta: &StateDelta) -> u64 {
         .sum()
 }
 
-/// Appends rows to a blob: for each, the key's length (u32 BE) and bytes, then `0` for a
-/// removed row, or `1`, the value's length (u32 BE) and bytes.
-fn encode_rows<'a>(rows: impl Iterator<Item = &'a (Vec<u8>, Option<Vec<u8>>)>, out: &mut Vec<u8>) {
-    for (k, v) in rows {
-        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-        out.extend_from_slice(k);
-        match v {
-            None => out.push(0),
-            Some(v) => {
-                out.push(1);
-                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                out.extend_from_slice(v);
-            }
+/// Appends a row to a blob: the key's length (u32 BE) and bytes, then `0` for a removed row,
+/// or `1`, the value's length (u32 BE) and bytes.
+fn encode_row((k, v): &(Vec<u8>, Option<Vec<u8>>), out: &mut Vec<u8>) {
+    out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+    out.extend_from_slice(k);
+    match v {
+        None => out.push(0),
+        Some(v) => {
+            out.push(1);
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(v);
         }
     }
 }
@@ -124,6 +122,13 @@ fn apply_blob(blob: &[u8], rows: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8
 
 fn blob_key(n: u64) -> [u8; 9] {
     seq_key(STATE_BLOBS, n)
+}
+
+/// The number of the blob stored under `key` (see [`blob_key`]).
+fn blob_number(key: &[u8]) -> u64 {
+    key.get(1..9)
+        .and_then(|n| n.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 /// `Mcheckpoint` as stored: the header of the rows' format, or the whole state (older).
@@ -234,12 +239,8 @@ impl AlertStore {
         let older_rows = !rows.is_empty();
         for r in self.tree.scan_prefix([STATE_BLOBS]) {
             let (k, blob) = r.map_err(crate::store::from_sled)?;
-            apply_blob(&blob, &mut rows).ok_or_else(|| {
-                Error::corrupt(format!(
-                    "alerts: checkpoint blob {} does not read",
-                    u64::from_be_bytes(k[1..9].try_into().unwrap_or_default())
-                ))
-            })?;
+            apply_blob(&blob, &mut rows)
+                .ok_or_else(|| Error::corrupt(format!("alerts: checkpoint blob {} does not read", blob_number(&k))))?;
         }
         let header = serde_json::to_vec(&header).expect("a value serializes");
         let state = EngineState::from_rows(&header, rows).map_err(|e| corrupt("checkpoint", e))?;
@@ -251,8 +252,9 @@ impl AlertStore {
         }))
     }
 
-    /// Stores a checkpoint: its rows appended as one blob, or (`whole`) the whole state's rows
-    /// in blobs that replace every older one; with the header, in one atomic batch.
+    /// Stores a checkpoint: its rows appended in blobs of up to [`BLOB_BYTES_MAX`], or
+    /// (`whole`) the whole state's rows in blobs that replace every older one (and the rows of
+    /// the format before blobs); with the header, in one atomic batch.
     pub fn write_checkpoint(
         &self,
         delta: &StateDelta,
@@ -267,7 +269,7 @@ impl AlertStore {
             .next_back()
             .transpose()
             .map_err(crate::store::from_sled)?
-            .map_or(0, |(k, _)| u64::from_be_bytes(k[1..9].try_into().unwrap_or_default()));
+            .map_or(0, |(k, _)| blob_number(&k));
         if whole {
             for r in self.tree.scan_prefix([STATE_BLOBS]).keys() {
                 batch.remove(r.map_err(crate::store::from_sled)?);
@@ -279,7 +281,7 @@ impl AlertStore {
         let mut next = last + 1;
         let mut blob = Vec::new();
         for row in &delta.rows {
-            encode_rows(std::iter::once(row), &mut blob);
+            encode_row(row, &mut blob);
             if blob.len() >= BLOB_BYTES_MAX {
                 batch.insert(&blob_key(next)[..], std::mem::take(&mut blob));
                 next += 1;
