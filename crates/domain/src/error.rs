@@ -46,7 +46,7 @@ pub enum Error {
     Config {
         what: String,
         #[source]
-        cause: Option<Source>,
+        cause: Option<Cause>,
     },
     /// A file, a thread or a connection outside the log failed; `cause` as above.
     #[error("{what}")]
@@ -67,7 +67,7 @@ pub enum Error {
     Corrupt {
         what: String,
         #[source]
-        cause: Option<Source>,
+        cause: Option<Cause>,
     },
     #[error("the ledger is shutting down")]
     ShuttingDown,
@@ -138,7 +138,7 @@ impl Error {
     pub fn corrupt_by(what: impl Into<String>, cause: impl std::error::Error + Send + Sync + 'static) -> Error {
         Error::Corrupt {
             what: what.into(),
-            cause: Some(Source::new(cause)),
+            cause: Some(Cause::new(cause)),
         }
     }
 
@@ -155,14 +155,14 @@ impl Error {
     pub fn config_by(what: impl Into<String>, cause: impl std::error::Error + Send + Sync + 'static) -> Error {
         Error::Config {
             what: what.into(),
-            cause: Some(Source::new(cause)),
+            cause: Some(Cause::new(cause)),
         }
     }
 
     /// The kind of the I/O error under this one, if there is one.
     pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
         match self {
-            Error::StorageFailed { cause, .. } | Error::Io { cause, .. } => cause.as_ref().map(|c| c.0.kind()),
+            Error::StorageFailed { cause, .. } | Error::Io { cause, .. } => cause.as_ref().and_then(Cause::kind),
             _ => None,
         }
     }
@@ -201,28 +201,37 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The operating system's error under a storage or I/O failure, shared so that one failure
-/// can answer every command that waited on it. Two causes are equal when their kind and text
-/// are.
+/// The error under a failure: the operating system's under a storage or I/O failure, the
+/// decoder's, parser's or verifier's under corrupt data or a wrong configuration. Shared, so
+/// that one failure can answer every command that waited on it and the error stays `Clone`.
+/// Two causes are equal when their texts are (an OS error's text carries its number).
 #[derive(Debug, Clone)]
-pub struct Cause(std::sync::Arc<std::io::Error>);
+pub struct Cause(std::sync::Arc<dyn std::error::Error + Send + Sync>);
 
 impl Cause {
-    pub fn new(e: std::io::Error) -> Cause {
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Cause {
         Cause(std::sync::Arc::new(e))
     }
 
-    pub fn kind(&self) -> std::io::ErrorKind {
-        self.0.kind()
+    /// The I/O error it is, if it is one.
+    fn io(&self) -> Option<&std::io::Error> {
+        self.0.downcast_ref::<std::io::Error>()
+    }
+
+    /// The kind of the I/O error it is, if it is one.
+    pub fn kind(&self) -> Option<std::io::ErrorKind> {
+        self.io().map(std::io::Error::kind)
     }
 
     /// ENOSPC or EDQUOT, by kind (sled passes the operating system's error on re-wrapped, with
     /// its kind but without its number) or by number.
     pub fn disk_full(&self) -> bool {
-        matches!(
-            self.0.kind(),
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-        ) || matches!(self.0.raw_os_error(), Some(28) | Some(122))
+        self.io().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) || matches!(e.raw_os_error(), Some(28) | Some(122))
+        })
     }
 }
 
@@ -240,42 +249,11 @@ impl std::error::Error for Cause {
 
 impl PartialEq for Cause {
     fn eq(&self, other: &Cause) -> bool {
-        self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
-    }
-}
-
-impl Eq for Cause {}
-
-/// The error under a corrupt record or a wrong configuration (a decoder's, a parser's, a
-/// verifier's), shared so that the error stays `Clone`. Two are equal when their texts are.
-#[derive(Debug, Clone)]
-pub struct Source(std::sync::Arc<dyn std::error::Error + Send + Sync>);
-
-impl Source {
-    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Source {
-        Source(std::sync::Arc::new(e))
-    }
-}
-
-impl std::fmt::Display for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for Source {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
-}
-
-impl PartialEq for Source {
-    fn eq(&self, other: &Source) -> bool {
         self.0.to_string() == other.0.to_string()
     }
 }
 
-impl Eq for Source {}
+impl Eq for Cause {}
 
 /// An error and every cause under it, joined by ": " (as `anyhow` prints `{:#}`): what an
 /// operator reads in a log line or on standard error.
