@@ -749,7 +749,9 @@ async fn unlock_lifts_a_lock_from_the_command_line() {
         "{}",
         String::from_utf8_lossy(&out)
     );
-    assert!(server.ledger.account("victim").unwrap().bindings[0].lock.is_none());
+    assert!(server.ledger.account("victim").unwrap().unwrap().bindings[0]
+        .lock
+        .is_none());
     let a = args(&url, &b);
     let (code, out, _) =
         tokio::task::spawn_blocking(move || run_cli(&a.iter().map(String::as_str).collect::<Vec<_>>()))

@@ -907,7 +907,12 @@ async fn a_lost_directory_is_restored_from_the_topic_byte_for_byte() {
     let original: Vec<(u64, Vec<u8>)> = log_of(&node.ledger);
     let bindings: Vec<(String, serde_json::Value)> = (0..30)
         .map(|a| format!("acct-0-{a}"))
-        .filter_map(|a| node.ledger.account(&a).map(|s| (a, serde_json::to_value(&s).unwrap())))
+        .filter_map(|a| {
+            node.ledger
+                .account(&a)
+                .unwrap()
+                .map(|s| (a, serde_json::to_value(&s).unwrap()))
+        })
         .collect();
     node.stop().await;
     // The machine's disk is gone.
@@ -987,7 +992,7 @@ async fn a_lost_directory_is_restored_from_the_topic_byte_for_byte() {
     let node = bindledger::node::Node::start(&restored_config, secret, gateway.clone()).unwrap();
     for (a, state) in &bindings {
         assert_eq!(
-            &serde_json::to_value(node.ledger.account(a).unwrap()).unwrap(),
+            &serde_json::to_value(node.ledger.account(a).unwrap().unwrap()).unwrap(),
             state,
             "{a}"
         );

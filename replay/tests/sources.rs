@@ -110,7 +110,7 @@ fn every_source_gives_the_same_log_and_state_at_equals_the_live_state() {
                             .unwrap();
                     }
                 }
-                let live = l.projection();
+                let live = l.projection().unwrap();
                 recorded.push((live.position, serde_json::to_value(&live.accounts).unwrap()));
             }
         }

@@ -131,6 +131,8 @@ pub struct Config {
     /// answered `503 outcome_unknown`. Default 5000.
     pub replication_timeout_ms: u64,
     pub writer: WriterConfig,
+    /// What the ledger keeps in memory (see [`MemoryConfig`]).
+    pub memory: MemoryConfig,
     pub gateway: GatewayConfig,
     pub http: HttpConfig,
     /// The Kafka relay (off unless `kafka.brokers` is set).
@@ -299,6 +301,26 @@ impl Default for AlertsConfig {
     }
 }
 
+/// What the ledger keeps in memory. Accounts not held are read from their stored rows on
+/// their next command or read, with the same answer (see `bindledger_core::accounts`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Accounts held in memory by the writer's state and, as many again, by the read model,
+    /// beyond those changed since the last snapshot (at most about
+    /// `writer.snapshot_every_events`), which stay until it is written. Default 100,000 (each
+    /// account with one or two bindings takes about 1 KB in each).
+    pub accounts_cached: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            accounts_cached: 100_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WriterConfig {
@@ -394,6 +416,7 @@ impl Default for Config {
             durability: Durability::Local,
             replication_timeout_ms: 5000,
             writer: WriterConfig::default(),
+            memory: MemoryConfig::default(),
             gateway: GatewayConfig::default(),
             http: HttpConfig::default(),
             kafka: KafkaConfig::default(),
@@ -462,6 +485,7 @@ pub const ENV_KEYS: &[&str] = &[
     "writer.commit_batch",
     "writer.commit_busy_events",
     "writer.sync_data",
+    "memory.accounts_cached",
     "gateway.concurrency_max",
     "gateway.timeout_ms",
     "http.body_limit_bytes",
@@ -619,6 +643,9 @@ impl Config {
         }
         if self.writer.snapshot_every_events == 0 {
             return bad("writer.snapshot_every_events must be at least 1");
+        }
+        if self.memory.accounts_cached == 0 {
+            return bad("memory.accounts_cached must be at least 1");
         }
         self.idempotency.window()?;
         if self.idempotency.memory_keys == 0 {

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::domain::projection::Projection;
+use crate::accounts::CachedProjection;
 use crate::store::DurableBatch;
 use crate::store::{IndexBatch, Store};
 
@@ -87,7 +87,10 @@ impl PendingHistory {
 
 pub struct Indexer {
     pub store: Arc<Store>,
-    pub read: Arc<RwLock<Projection>>,
+    pub read: Arc<RwLock<CachedProjection>>,
+    /// The snapshot position the stored rows are written through: what lets the read model
+    /// and the writer's state let an account go (see [`crate::accounts`]).
+    pub written: Arc<AtomicU64>,
     /// History rows are written through this seq.
     pub indexed: Arc<AtomicU64>,
     pub snapshot_every_events: u64,
@@ -197,7 +200,7 @@ impl Indexer {
                     let read = self.read.read().expect("read model lock");
                     chunk
                         .iter()
-                        .map(|(account, _)| read.accounts.get(*account).cloned())
+                        .map(|(account, _)| read.p.accounts.get(*account).cloned())
                         .collect()
                 };
                 let mut batch = IndexBatch::default();
@@ -214,6 +217,7 @@ impl Indexer {
         batch.set_indexed(last);
         batch.set_snapshot(last);
         self.store.apply_index(batch)?;
+        self.written.store(last, Ordering::SeqCst);
         self.pending.write().expect("pending history lock").writing.clear();
         Ok(())
     }

@@ -26,6 +26,7 @@
 
 pub(crate) use bindledger_domain::{self as domain, error, Error, Result};
 
+pub mod accounts;
 pub mod config;
 pub use config::Config;
 
@@ -55,6 +56,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
+use crate::accounts::CachedProjection;
 use crate::domain::command::{BindCommand, LockCommand, Meta, PayCommand, UnbindCommand, UnlockCommand};
 use crate::domain::decide::{self, BindFacts, BindVerdict, PayFacts, PayVerdict, Rules};
 use crate::domain::gateway::{BindVerification, GatewayFailure, PaymentAuthorization, WalletGateway};
@@ -145,7 +147,7 @@ struct Inner {
     gateway: Arc<dyn WalletGateway>,
     /// Bounded queue to the writer; `None` once closed.
     tx: RwLock<Option<mpsc::Sender<Submission>>>,
-    read: Arc<RwLock<Projection>>,
+    read: Arc<RwLock<CachedProjection>>,
     /// Keys and paid orders of durable commands (see [`KeyIndex`]).
     idempotency: Arc<KeyIndex>,
     /// Orders with a payment in flight: a second payment of one waits for the first to end.
@@ -244,11 +246,14 @@ impl Ledger {
                 "index positions ({indexed}, {snapshot}) are past the log's end {last_seq}"
             )));
         }
-        let mut state = Projection::from_accounts(snapshot, store.load_accounts()?);
+        let written = Arc::new(AtomicU64::new(snapshot));
+        let mut state = CachedProjection::open(&store, snapshot, config.memory.accounts_cached, written.clone())?;
         #[cfg(feature = "simulation")]
         let planted_refold = seams.planted_bug == Some(PlantedBug::RefoldLastEventOnOpen) && last_seq > 0;
         if snapshot < last_seq {
             catch_up(&store, &mut state, (indexed, snapshot), last_seq)?;
+            written.store(last_seq, Ordering::SeqCst);
+            state.evict();
         }
         let idempotency = Arc::new(KeyIndex::open(
             store.clone(),
@@ -271,8 +276,8 @@ impl Ledger {
             // The simulator's own test: a known bug it must find (see `PlantedBug`).
             if let Some(b) = store.event_bytes(last_seq)? {
                 let e = bindledger_events::decode(&b).map_err(|e| Error::corrupt_by(format!("event {last_seq}"), e))?;
-                state.position -= 1;
-                state.apply(&e);
+                state.p.position -= 1;
+                state.fold(&e);
             }
         }
         let metrics = Arc::new(Metrics::default());
@@ -310,6 +315,7 @@ impl Ledger {
             indexer: Some(Indexer {
                 store: store.clone(),
                 read: read.clone(),
+                written,
                 indexed: indexed.clone(),
                 snapshot_every_events: config.writer.snapshot_every_events,
                 pending: pending_history.clone(),
@@ -599,11 +605,9 @@ impl Ledger {
                 let now = self.inner.clock.now();
                 let budget = match key {
                     Guarded::Binding(id) => read
-                        .accounts
-                        .get(account)
-                        .and_then(|a| a.active_binding(id))
-                        .map(|b| guard.budget(b, now)),
-                    Guarded::Wallet(fp) => Some(guard.wallet_budget(&read, &fp, now)),
+                        .account(&self.inner.store, account)?
+                        .and_then(|a| a.active_binding(id).map(|b| guard.budget(b, now))),
+                    Guarded::Wallet(fp) => Some(guard.wallet_budget(&read.p, &fp, now)),
                 };
                 let mut attempts = self.inner.attempts.lock().expect("attempts lock");
                 let in_flight = attempts.get(&key).copied().unwrap_or(0);
@@ -793,7 +797,8 @@ impl Ledger {
         };
         let pre = {
             let read = self.inner.read.read().expect("lock");
-            let acct = read.accounts.get(&cmd.meta.account);
+            let acct = read.account(&self.inner.store, &cmd.meta.account)?;
+            let acct = acct.as_deref();
             self.check_version(&cmd.meta, acct)?;
             decide::precheck_bind(acct, &facts, self.inner.rules)
         };
@@ -890,7 +895,8 @@ impl Ledger {
         };
         let (pre, binding) = {
             let read = self.inner.read.read().expect("lock");
-            let acct = read.accounts.get(&cmd.meta.account);
+            let acct = read.account(&self.inner.store, &cmd.meta.account)?;
+            let acct = acct.as_deref();
             self.check_version(&cmd.meta, acct)?;
             let pre = decide::precheck_pay(acct, cmd.binding_id, self.inner.clock.now(), self.inner.rules);
             let binding = acct
@@ -969,7 +975,10 @@ impl Ledger {
         }
         {
             let read = self.inner.read.read().expect("lock");
-            self.check_version(&cmd.meta, read.accounts.get(&cmd.meta.account))?;
+            self.check_version(
+                &cmd.meta,
+                read.account(&self.inner.store, &cmd.meta.account)?.as_deref(),
+            )?;
         }
         self.submit(Request::Unbind {
             meta: cmd.meta,
@@ -1024,7 +1033,10 @@ impl Ledger {
         }
         {
             let read = self.inner.read.read().expect("lock");
-            self.check_version(&cmd.meta, read.accounts.get(&cmd.meta.account))?;
+            self.check_version(
+                &cmd.meta,
+                read.account(&self.inner.store, &cmd.meta.account)?.as_deref(),
+            )?;
         }
         self.submit(Request::Unlock {
             meta: cmd.meta,
@@ -1055,7 +1067,10 @@ impl Ledger {
         }
         {
             let read = self.inner.read.read().expect("lock");
-            self.check_version(&cmd.meta, read.accounts.get(&cmd.meta.account))?;
+            self.check_version(
+                &cmd.meta,
+                read.account(&self.inner.store, &cmd.meta.account)?.as_deref(),
+            )?;
         }
         self.submit(Request::Triage {
             meta: cmd.meta,
@@ -1072,8 +1087,9 @@ impl Ledger {
     // ---- reads ----
 
     /// An account's bindings and version (only durable events are visible).
-    pub fn account(&self, account: &str) -> Option<AccountState> {
-        self.inner.read.read().expect("lock").accounts.get(account).cloned()
+    pub fn account(&self, account: &str) -> Result<Option<AccountState>> {
+        let read = self.inner.read.read().expect("lock");
+        Ok(read.account(&self.inner.store, account)?.map(|a| a.into_owned()))
     }
 
     /// Accounts where a wallet fingerprint is actively bound.
@@ -1093,15 +1109,23 @@ impl Ledger {
         index: impl Fn(&Projection) -> &HashMap<Hash, std::collections::BTreeSet<String>>,
     ) -> Vec<String> {
         let read = self.inner.read.read().expect("lock");
-        index(&read)
+        index(&read.p)
             .get(fingerprint)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default()
     }
 
-    /// A copy of the whole read model (for checks and tests; costly on large ledgers).
-    pub fn projection(&self) -> Projection {
-        self.inner.read.read().expect("lock").clone()
+    /// A copy of the whole read model, the accounts not in memory read from their rows (for
+    /// checks and tests; costly on large ledgers).
+    pub fn projection(&self) -> Result<Projection> {
+        self.inner.read.read().expect("lock").whole(&self.inner.store)
+    }
+
+    /// Accounts the read model holds in memory now, and the stored rows the writer and the
+    /// read model have read since open because an account was not in memory (see [`accounts`]).
+    pub fn account_cache(&self) -> (usize, u64) {
+        let read = self.inner.read.read().expect("lock");
+        (read.cached(), read.rows_read())
     }
 
     fn events_at(&self, seqs: Vec<u64>) -> Result<Vec<Event>> {
@@ -1341,7 +1365,7 @@ impl ReplicatedAppend {
 /// the history rows past `indexed`, the caught-up accounts' rows and the new positions: what a
 /// start does between the last snapshot and the log's end (the work is in proportion to the
 /// events past the snapshot, not to the history).
-fn catch_up(store: &Store, state: &mut Projection, (indexed, snapshot): (u64, u64), last_seq: u64) -> Result<()> {
+fn catch_up(store: &Store, state: &mut CachedProjection, (indexed, snapshot): (u64, u64), last_seq: u64) -> Result<()> {
     let mut verifier = match snapshot {
         0 => ChainVerifier::new(),
         p => ChainVerifier::resume(
@@ -1370,14 +1394,14 @@ fn catch_up(store: &Store, state: &mut Projection, (indexed, snapshot): (u64, u6
                 pending_rows = 0;
             }
         }
-        state.apply_catching_up(&event);
+        state.apply_catching_up(store, &event)?;
         caught_up.insert(event.account);
     }
     // The caught-up accounts' rows and the snapshot position go together: a snapshot
     // position past an account's events without its row would claim a row that is not
     // there (the indexer's next snapshot covers only accounts that change after this).
     for account in &caught_up {
-        if let Some(row) = state.accounts.get(account) {
+        if let Some(row) = state.p.accounts.get(account) {
             rows.put_account(account, row);
         }
     }

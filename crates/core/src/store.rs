@@ -822,17 +822,33 @@ impl Store {
         self.set_meta(&format!("replica-terms:{topic}"), terms)
     }
 
-    /// The stored projection rows.
-    pub fn load_accounts(&self) -> Result<HashMap<String, AccountState>> {
-        let mut accounts = HashMap::new();
-        for r in self.index.scan_prefix(b"B") {
+    /// One account's stored projection row.
+    pub fn account_row(&self, account: &str) -> Result<Option<AccountState>> {
+        let mut k = Vec::with_capacity(1 + account.len());
+        k.push(b'B');
+        k.extend_from_slice(account.as_bytes());
+        match self.index.get(k).map_err(from_sled)? {
+            Some(v) => Ok(Some(
+                serde_json::from_slice(&v).map_err(|e| Error::corrupt_by("an account's stored row", e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored projection rows, one at a time.
+    pub fn accounts(&self) -> impl Iterator<Item = Result<(String, AccountState)>> + '_ {
+        self.index.scan_prefix(b"B").map(|r| {
             let (k, v) = r.map_err(from_sled)?;
             let name = String::from_utf8(k[1..].to_vec()).map_err(|_| Error::corrupt("account key is not UTF-8"))?;
             let state: AccountState =
-                serde_json::from_slice(&v).map_err(|e| Error::corrupt_by(format!("account {name}"), e))?;
-            accounts.insert(name, state);
-        }
-        Ok(accounts)
+                serde_json::from_slice(&v).map_err(|e| Error::corrupt_by("an account's stored row", e))?;
+            Ok((name, state))
+        })
+    }
+
+    /// The stored projection rows.
+    pub fn load_accounts(&self) -> Result<HashMap<String, AccountState>> {
+        self.accounts().collect()
     }
 
     /// Applies a log batch atomically (visible, not yet durable). A batch of one chunk is one

@@ -22,9 +22,9 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::accounts::CachedProjection;
 use crate::domain::command::Meta;
 use crate::domain::decide::{self, BindFacts, BindVerdict, PayFacts, PayVerdict, Rules};
-use crate::domain::projection::Projection;
 use crate::error::{Error, Result};
 use crate::idempotency::{composite, KeyIndex};
 use crate::indexer::{Indexer, INDEX_QUEUE_BATCHES};
@@ -176,9 +176,9 @@ struct Job {
 pub struct Writer {
     pub store: Arc<Store>,
     /// The writer's own decision state; runs ahead of the read model by the batches in flight.
-    pub state: Projection,
+    pub state: CachedProjection,
     /// What readers see: only events that are durable.
-    pub read: Arc<RwLock<Projection>>,
+    pub read: Arc<RwLock<CachedProjection>>,
     pub next_seq: u64,
     pub prev_hash: Hash,
     pub rules: Rules,
@@ -349,7 +349,7 @@ impl Writer {
             )));
         }
         let hash = hash_bytes(bytes);
-        self.state.apply(&event);
+        self.state.apply(&self.store, &event)?;
         self.next_seq += 1;
         self.prev_hash = hash;
         self.last_record_time = self.last_record_time.max(event.record_time);
@@ -428,7 +428,13 @@ impl Writer {
                     continue;
                 }
             }
-            let acct = self.state.accounts.get(&meta.account);
+            let acct = match self.state.load(&self.store, &meta.account) {
+                Ok(acct) => acct,
+                Err(e) => {
+                    answers.push(Answer::Fail(e));
+                    continue;
+                }
+            };
             let version = acct.map_or(0, |a| a.version);
             if let Some(expected) = meta.expected_version {
                 if expected != version {
@@ -486,8 +492,11 @@ impl Writer {
             codec::encode_into(&event, &mut buf);
             let hash = hash_bytes(&buf);
             batch.add_event(event.seq, &buf);
-            self.state.apply(&event);
-            crate::invariants::account_at_its_event(self.state.accounts.get(&event.account).map(|a| a.version), &event);
+            self.state.fold(&event);
+            crate::invariants::account_at_its_event(
+                self.state.p.accounts.get(&event.account).map(|a| a.version),
+                &event,
+            );
             self.next_seq += 1;
             self.prev_hash = hash;
             if let Some(ck) = key {
@@ -524,6 +533,7 @@ impl Writer {
             .zip(answers)
             .map(|(s, a)| (s.request.kind(), s.reply, a))
             .collect();
+        self.state.evict();
         Ok(Job {
             events,
             replies,
@@ -535,7 +545,7 @@ impl Writer {
 /// Makes each job durable, then publishes it: idempotency keys, read model, indexer, answers.
 struct Flusher {
     store: Arc<Store>,
-    read: Arc<RwLock<Projection>>,
+    read: Arc<RwLock<CachedProjection>>,
     metrics: Arc<Metrics>,
     failed: Arc<AtomicBool>,
     idempotency: Arc<KeyIndex>,
@@ -628,11 +638,18 @@ impl Flusher {
         }
         self.idempotency.note_durable(&batch);
         let mut r = self.read.write().expect("read model lock");
-        let durable_before = r.position;
+        let durable_before = r.p.position;
         for e in &batch {
-            r.apply(e);
+            if let Err(err) = r.apply(&self.store, e) {
+                // The read model cannot follow the log: stop taking commands (a restart
+                // rebuilds it from the stored rows and the log).
+                tracing::error!(error = %crate::error::chain(&err), code = err.code(), "reading an account's stored row failed; the ledger stops taking commands");
+                self.failed.store(true, Ordering::SeqCst);
+                return;
+            }
         }
-        let position = r.position;
+        r.evict();
+        let position = r.p.position;
         crate::invariants::published_in_order(
             durable_before,
             batch.first().map_or(0, |e| e.seq),

@@ -304,29 +304,34 @@ impl Projection {
     /// Reconstructs the projection from stored per-account states (the reverse index is
     /// derived from the active bindings).
     pub fn from_accounts(position: u64, accounts: HashMap<String, AccountState>) -> Projection {
-        let mut wallets: HashMap<Hash, BTreeSet<String>> = HashMap::new();
-        let mut wallet_history: HashMap<Hash, BTreeSet<String>> = HashMap::new();
-        let mut wallet_wrong_passwords = HashMap::new();
+        let mut p = Projection {
+            position,
+            ..Projection::default()
+        };
         for (name, a) in &accounts {
-            for (fp, t) in &a.bind_wrong_passwords {
-                count_wrong(&mut wallet_wrong_passwords, *fp, *t, true);
-            }
-            for b in &a.bindings {
-                if b.status == BindingStatus::Active {
-                    wallets.entry(b.wallet.fingerprint).or_default().insert(name.clone());
-                }
-                wallet_history
+            p.index_account(name, a);
+        }
+        p.accounts = accounts;
+        p
+    }
+
+    /// Adds a stored account's part of the wallet indexes (without holding the account
+    /// itself): what a cache of accounts over stored rows needs to keep whole.
+    pub fn index_account(&mut self, name: &str, a: &AccountState) {
+        for (fp, t) in &a.bind_wrong_passwords {
+            count_wrong(&mut self.wallet_wrong_passwords, *fp, *t, true);
+        }
+        for b in &a.bindings {
+            if b.status == BindingStatus::Active {
+                self.wallets
                     .entry(b.wallet.fingerprint)
                     .or_default()
-                    .insert(name.clone());
+                    .insert(name.to_owned());
             }
-        }
-        Projection {
-            position,
-            accounts,
-            wallets,
-            wallet_history,
-            wallet_wrong_passwords,
+            self.wallet_history
+                .entry(b.wallet.fingerprint)
+                .or_default()
+                .insert(name.to_owned());
         }
     }
 }
@@ -349,103 +354,13 @@ pub fn binding_view(b: &Binding) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bindledger_events::{Currency, PaymentFailure, UnlockCause};
     use proptest::prelude::*;
     use std::collections::HashMap;
 
     /// One step of an account's life: (account, what, which binding or wallet). Turned into an
-    /// event the ledger could have written by [`realise`].
+    /// event the ledger could have written by [`crate::testing::realise`].
     fn step() -> impl Strategy<Value = (u8, u8, u8)> {
         (0u8..3, 0u8..7, 0u8..4)
-    }
-
-    /// The events a ledger would record for the steps: binds of wallets an account does not
-    /// hold yet (fresh binding ids), and unbinds, payments, locks and unlocks of its active
-    /// bindings.
-    fn realise(steps: Vec<(u8, u8, u8)>) -> Vec<Event> {
-        let t0 = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
-        let mut versions: HashMap<String, u64> = HashMap::new();
-        let mut active: HashMap<String, Vec<(uuid::Uuid, u8)>> = HashMap::new();
-        let mut next_binding = 0u128;
-        let mut events = Vec::new();
-        for (a, what, which) in steps {
-            let account = format!("acct-{a}");
-            let held = active.entry(account.clone()).or_default();
-            let pick = (!held.is_empty()).then(|| held[which as usize % held.len()]);
-            let payload = match (what, pick) {
-                (0, _) => {
-                    let w = which % 3;
-                    if held.iter().any(|(_, x)| *x == w) {
-                        continue;
-                    }
-                    next_binding += 1;
-                    held.push((uuid::Uuid::from_u128(next_binding), w));
-                    Payload::WalletBound {
-                        binding_id: uuid::Uuid::from_u128(next_binding),
-                        provider: crate::testing::alipay(),
-                        wallet: crate::testing::wallet(w),
-                        factors: vec![],
-                        agreement_id: "agr".into(),
-                    }
-                }
-                (1, Some((b, w))) => {
-                    held.retain(|(x, _)| *x != b);
-                    Payload::WalletUnbound {
-                        binding_id: b,
-                        provider: crate::testing::alipay(),
-                        wallet: crate::testing::wallet(w),
-                    }
-                }
-                (2, Some((b, w))) => Payload::PaymentSucceeded {
-                    binding_id: b,
-                    provider: crate::testing::alipay(),
-                    wallet: crate::testing::wallet(w),
-                    order_id: "o".into(),
-                    amount_minor: 1 + which as i64,
-                    currency: Currency::CNY,
-                    factors: vec![],
-                    authorization_id: "a".into(),
-                },
-                (3, Some((b, _))) => Payload::PaymentFailed {
-                    binding_id: b,
-                    order_id: "o".into(),
-                    amount_minor: 1,
-                    currency: Currency::CNY,
-                    factors: vec![],
-                    reason: PaymentFailure::WrongPassword,
-                },
-                (4, Some((b, _))) => Payload::BindingLocked {
-                    binding_id: b,
-                    alert_id: "al".into(),
-                    until: chrono::DateTime::from_timestamp(2_000_000_000, 0).unwrap(),
-                },
-                (6, _) => Payload::BindFailed {
-                    provider: crate::testing::alipay(),
-                    wallet: crate::testing::wallet(which % 3),
-                    factors: vec![],
-                    reason: bindledger_events::BindFailure::InvalidInput {
-                        field: "payment_password".into(),
-                    },
-                },
-                (5, Some((b, _))) => Payload::BindingUnlocked {
-                    binding_id: b,
-                    alert_id: "al".into(),
-                    cause: UnlockCause::Manual,
-                },
-                _ => continue,
-            };
-            let v = versions.entry(account.clone()).or_default();
-            *v += 1;
-            let seq = events.len() as u64 + 1;
-            events.push(crate::testing::event(
-                seq,
-                &account,
-                *v,
-                t0 + chrono::Duration::seconds(seq as i64),
-                payload,
-            ));
-        }
-        events
     }
 
     proptest! {
@@ -455,7 +370,7 @@ mod tests {
         /// it, folded as a restart folds them, equals a fold of the whole log.
         #[test]
         fn a_snapshot_plus_the_events_after_it_equals_a_full_fold(steps in proptest::collection::vec(step(), 1..160), cut in any::<prop::sample::Index>()) {
-            let events = realise(steps);
+            let events = crate::testing::realise(&steps);
             let full = Projection::rebuild(&events);
             let k = cut.index(events.len() + 1);
             let at_cut = Projection::rebuild(&events[..k]);

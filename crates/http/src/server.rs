@@ -770,7 +770,7 @@ async fn bindings(
     caller.require(&[Role::Reader])?;
     let account = path(account)?;
     command::validate_account(&account)?;
-    let state = s.ledger.account(&account).unwrap_or_default();
+    let state = s.ledger.account(&account)?.unwrap_or_default();
     let list: Vec<_> = state.bindings.iter().map(binding_view).collect();
     Ok(Json(json!({"account": account, "version": state.version, "bindings": list})).into_response())
 }

@@ -191,7 +191,7 @@ impl NotificationPublisher {
         *self.status.last_error.lock().expect("status lock") = None;
         tracing::info!(%topic, partitions, from, "notifications topic: recovered");
         let wallet_of = |account: &str, binding_id: uuid::Uuid| {
-            let state = self.ledger.account(account)?;
+            let state = self.ledger.account(account).ok().flatten()?;
             let b = state.bindings.iter().find(|b| b.binding_id == binding_id)?;
             Some((b.provider.as_str().to_owned(), b.wallet.masked.clone()))
         };

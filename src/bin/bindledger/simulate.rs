@@ -720,7 +720,7 @@ impl Sim {
     /// A command with a stale `expected_version`: refused, nothing changes.
     async fn race(&mut self) -> Result<()> {
         let account = format!("acct-{}", self.pick(ACCOUNTS));
-        let Some(version) = self.ledger().account(&account).map(|a| a.version).filter(|v| *v > 0) else {
+        let Some(version) = self.ledger().account(&account)?.map(|a| a.version).filter(|v| *v > 0) else {
             return Ok(());
         };
         self.covered.races += 1;
@@ -918,7 +918,7 @@ impl Sim {
         for seq in self.model.acked.keys() {
             ensure!(*seq <= fold.position, "acknowledged event {seq} is lost");
         }
-        let live = l.projection();
+        let live = l.projection()?;
         ensure!(
             live.position == fold.position,
             "the projection is at {}, the log at {}",
