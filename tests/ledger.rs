@@ -738,7 +738,7 @@ async fn answers_of(config: &Config, steps: &[Step]) -> (Vec<Result<Vec<u8>, &'s
             .unwrap_or(0);
         assert_eq!(version, last, "{account}'s version");
     }
-    let (_, rows_read) = l.account_cache();
+    let rows_read = l.account_cache().account_rows_read;
     l.close();
     (out, rows_read)
 }

@@ -192,26 +192,36 @@ impl Indexer {
             pending.writing = std::mem::take(&mut pending.gathering);
             pending.events = 0;
         }
+        let mut changed = self.read.write().expect("read model lock").take_changed_wallets();
         {
             let pending = self.pending.read().expect("pending history lock");
             let accounts: Vec<(&String, &Run)> = pending.writing.iter().collect();
             for chunk in accounts.chunks(WRITE_CHUNK_ACCOUNTS) {
-                let states: Vec<Option<crate::domain::projection::AccountState>> = {
-                    let read = self.read.read().expect("read model lock");
-                    chunk
-                        .iter()
-                        .map(|(account, _)| read.p.accounts.get(*account).cloned())
-                        .collect()
-                };
                 let mut batch = IndexBatch::default();
-                for ((account, (first, seqs)), state) in chunk.iter().zip(&states) {
+                for (account, (first, seqs)) in chunk {
                     batch.add_history_run(account, *first, seqs);
-                    if let Some(state) = state {
-                        batch.put_account(account, state);
-                    }
                 }
+                // The accounts' rows and the rows of the wallets their events changed, as the
+                // read model has them at one moment, in one batch.
+                self.read.read().expect("read model lock").put_rows(
+                    &mut batch,
+                    chunk.iter().map(|(a, _)| a.as_str()),
+                    &mut changed,
+                );
                 self.store.apply_index(batch)?;
             }
+        }
+        // Wallets changed by events the indexer has not received yet: their rows with their
+        // accounts' as they stand (rows may run ahead of the positions, as above).
+        if !changed.is_empty() {
+            let mut batch = IndexBatch::default();
+            let accounts: Vec<String> = changed.keys().cloned().collect();
+            self.read.read().expect("read model lock").put_rows(
+                &mut batch,
+                accounts.iter().map(String::as_str),
+                &mut changed,
+            );
+            self.store.apply_index(batch)?;
         }
         let mut batch = IndexBatch::default();
         batch.set_indexed(last);

@@ -132,6 +132,16 @@ impl Drop for OrderClaim<'_> {
     }
 }
 
+/// What the read model holds in memory, and the stored rows the writer and the read model
+/// read back since open because an account or a wallet was not in memory (or was new).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheFigures {
+    pub accounts: usize,
+    pub wallets: usize,
+    pub account_rows_read: u64,
+    pub wallet_rows_read: u64,
+}
+
 /// A handle to an open ledger. Cheap to clone; the writer stops when the last handle is
 /// closed or dropped.
 #[derive(Clone)]
@@ -247,7 +257,7 @@ impl Ledger {
             )));
         }
         let written = Arc::new(AtomicU64::new(snapshot));
-        let mut state = CachedProjection::open(&store, snapshot, config.memory.accounts_cached, written.clone())?;
+        let mut state = CachedProjection::open(&store, snapshot, config.memory.accounts_cached, written.clone(), true)?;
         #[cfg(feature = "simulation")]
         let planted_refold = seams.planted_bug == Some(PlantedBug::RefoldLastEventOnOpen) && last_seq > 0;
         if snapshot < last_seq {
@@ -277,12 +287,13 @@ impl Ledger {
             if let Some(b) = store.event_bytes(last_seq)? {
                 let e = bindledger_events::decode(&b).map_err(|e| Error::corrupt_by(format!("event {last_seq}"), e))?;
                 state.p.position -= 1;
-                state.fold(&e);
+                state.fold(&store, &e)?;
             }
         }
         let metrics = Arc::new(Metrics::default());
         metrics.set_log_len(last_seq);
         let read = Arc::new(RwLock::new(state.clone()));
+        let state = state.without_wallets();
         let failed = Arc::new(AtomicBool::new(false));
         let indexed = Arc::new(AtomicU64::new(last_seq));
         let pending_history: Arc<RwLock<crate::indexer::PendingHistory>> = Default::default();
@@ -607,7 +618,7 @@ impl Ledger {
                     Guarded::Binding(id) => read
                         .account(&self.inner.store, account)?
                         .and_then(|a| a.active_binding(id).map(|b| guard.budget(b, now))),
-                    Guarded::Wallet(fp) => Some(guard.wallet_budget(&read.p, &fp, now)),
+                    Guarded::Wallet(fp) => Some(guard.wallet_budget(&*read.wallet(&self.inner.store, &fp)?, now)),
                 };
                 let mut attempts = self.inner.attempts.lock().expect("attempts lock");
                 let in_flight = attempts.get(&key).copied().unwrap_or(0);
@@ -1092,27 +1103,15 @@ impl Ledger {
         Ok(read.account(&self.inner.store, account)?.map(|a| a.into_owned()))
     }
 
-    /// Accounts where a wallet fingerprint is actively bound.
-    pub fn wallet_accounts(&self, fingerprint: &Hash) -> Vec<String> {
-        self.accounts_of(fingerprint, |p| &p.wallets)
-    }
-
-    /// Every account a wallet fingerprint was ever bound to (the unbound ones included).
-    pub fn wallet_history(&self, fingerprint: &Hash) -> Vec<String> {
-        self.accounts_of(fingerprint, |p| &p.wallet_history)
-    }
-
-    /// The accounts one of the read model's wallet indexes holds for `fingerprint`.
-    fn accounts_of(
-        &self,
-        fingerprint: &Hash,
-        index: impl Fn(&Projection) -> &HashMap<Hash, std::collections::BTreeSet<String>>,
-    ) -> Vec<String> {
+    /// Accounts where a wallet fingerprint is actively bound, and every account it was ever
+    /// bound to (the unbound ones included).
+    pub fn wallet_accounts(&self, fingerprint: &Hash) -> Result<(Vec<String>, Vec<String>)> {
         let read = self.inner.read.read().expect("lock");
-        index(&read.p)
-            .get(fingerprint)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default()
+        let row = read.wallet(&self.inner.store, fingerprint)?;
+        Ok((
+            row.active.iter().cloned().collect(),
+            row.history.iter().cloned().collect(),
+        ))
     }
 
     /// A copy of the whole read model, the accounts not in memory read from their rows (for
@@ -1121,11 +1120,16 @@ impl Ledger {
         self.inner.read.read().expect("lock").whole(&self.inner.store)
     }
 
-    /// Accounts the read model holds in memory now, and the stored rows the writer and the
-    /// read model have read since open because an account was not in memory (see [`accounts`]).
-    pub fn account_cache(&self) -> (usize, u64) {
+    /// What the read model holds in memory now and what it read back (see [`accounts`]).
+    pub fn account_cache(&self) -> CacheFigures {
         let read = self.inner.read.read().expect("lock");
-        (read.cached(), read.rows_read())
+        let ((accounts, wallets), (account_rows_read, wallet_rows_read)) = (read.cached(), read.rows_read());
+        CacheFigures {
+            accounts,
+            wallets,
+            account_rows_read,
+            wallet_rows_read,
+        }
     }
 
     fn events_at(&self, seqs: Vec<u64>) -> Result<Vec<Event>> {
@@ -1400,11 +1404,8 @@ fn catch_up(store: &Store, state: &mut CachedProjection, (indexed, snapshot): (u
     // The caught-up accounts' rows and the snapshot position go together: a snapshot
     // position past an account's events without its row would claim a row that is not
     // there (the indexer's next snapshot covers only accounts that change after this).
-    for account in &caught_up {
-        if let Some(row) = state.p.accounts.get(account) {
-            rows.put_account(account, row);
-        }
-    }
+    let mut changed = state.take_changed_wallets();
+    state.put_rows(&mut rows, caught_up.iter().map(String::as_str), &mut changed);
     rows.set_indexed(last_seq);
     rows.set_snapshot(last_seq);
     store.apply_index(rows)?;

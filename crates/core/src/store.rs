@@ -6,6 +6,7 @@
 //! | `log` | first seq of the chunk | up to [`CHUNK_EVENTS_MAX`] events, each `u32` length + canonical bytes | the writer, one atomic batch + one flush per group commit |
 //! | `index` | `A` account 0x00 first account_seq | the seqs of that account's events from there on, 8 bytes each (one run per indexer pass) | the indexer, after durability |
 //! | `index` | `B` account | the account's projection state (JSON) | the indexer, every so often |
+//! | `index` | `V` fingerprint (32 bytes) | the wallet's row of the wallet indexes (JSON, `WalletRow`) | the indexer, with the rows of the accounts that changed it |
 //! | `index` | `M` name | the indexer's positions | the indexer |
 //! | `alerts` | see [`crate::alerts::store`] | alert stream, alerts, the monitor's checkpoint | the monitor |
 //! | `checkpoints` | seq | a signed checkpoint of the head (JSON, [`crate::checkpoint`]) | the checkpointer |
@@ -33,7 +34,7 @@ use bindledger_events::{hash_bytes, Hash};
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::domain::projection::AccountState;
+use crate::domain::projection::{AccountState, WalletRow};
 use crate::error::{Error, Result};
 
 /// The events one flush made durable, in order, shared (never copied) by the answers, the
@@ -273,6 +274,17 @@ impl IndexBatch {
             .insert(k, serde_json::to_vec(state).expect("account state serializes"));
     }
 
+    /// A wallet's row of the wallet indexes (an empty one is removed).
+    pub fn put_wallet(&mut self, fp: &Hash, row: &WalletRow) {
+        let k = wallet_key(fp);
+        if row.is_empty() {
+            self.batch.remove(&k[..]);
+        } else {
+            self.batch
+                .insert(&k[..], serde_json::to_vec(row).expect("wallet row serializes"));
+        }
+    }
+
     pub fn set_indexed(&mut self, seq: u64) {
         self.batch.insert(INDEX_POSITION, &seq.to_be_bytes()[..]);
     }
@@ -280,6 +292,13 @@ impl IndexBatch {
     pub fn set_snapshot(&mut self, seq: u64) {
         self.batch.insert(SNAPSHOT_POSITION, &seq.to_be_bytes()[..]);
     }
+}
+
+fn wallet_key(fp: &Hash) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = b'V';
+    k[1..].copy_from_slice(&fp.0);
+    k
 }
 
 /// The page cache of [`Store::open_for_scan`].
@@ -833,6 +852,39 @@ impl Store {
             )),
             None => Ok(None),
         }
+    }
+
+    /// One wallet's stored row of the wallet indexes.
+    pub fn wallet_row(&self, fp: &Hash) -> Result<Option<WalletRow>> {
+        match self.index.get(wallet_key(fp)).map_err(from_sled)? {
+            Some(v) => Ok(Some(
+                serde_json::from_slice(&v).map_err(|e| Error::corrupt_by("a wallet's stored row", e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Every stored wallet row, one at a time.
+    pub fn wallet_rows(&self) -> impl Iterator<Item = Result<(Hash, WalletRow)>> + '_ {
+        self.index.scan_prefix(b"V").map(|r| {
+            let (k, v) = r.map_err(from_sled)?;
+            let fp: [u8; 32] = k[1..]
+                .try_into()
+                .map_err(|_| Error::corrupt("a wallet row's key is not 33 bytes"))?;
+            let row: WalletRow =
+                serde_json::from_slice(&v).map_err(|e| Error::corrupt_by("a wallet's stored row", e))?;
+            Ok((Hash(fp), row))
+        })
+    }
+
+    /// Whether the wallet rows are kept (stores written before they were are given them
+    /// once, from the account rows, on open).
+    pub fn has_wallet_rows(&self) -> Result<bool> {
+        Ok(self.meta("wallet-rows")?.is_some())
+    }
+
+    pub fn set_has_wallet_rows(&self) -> Result<()> {
+        self.set_meta("wallet-rows", b"1")
     }
 
     /// The stored projection rows, one at a time.

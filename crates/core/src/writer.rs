@@ -492,7 +492,10 @@ impl Writer {
             codec::encode_into(&event, &mut buf);
             let hash = hash_bytes(&buf);
             batch.add_event(event.seq, &buf);
-            self.state.fold(&event);
+            // The writer's state keeps no wallet rows: folding reads nothing and cannot fail.
+            self.state
+                .fold(&self.store, &event)
+                .expect("the writer's fold reads no row");
             crate::invariants::account_at_its_event(
                 self.state.p.accounts.get(&event.account).map(|a| a.version),
                 &event,

@@ -55,15 +55,10 @@ impl PasswordGuard {
         self.budget_of(|since| binding.wrong_passwords_after(since).copied(), now)
     }
 
-    /// The same for binds of one wallet, from every account together (the projection's
-    /// [`crate::projection::Projection::wallet_wrong_passwords`]).
-    pub fn wallet_budget(
-        &self,
-        projection: &crate::projection::Projection,
-        fp: &bindledger_events::Hash,
-        now: DateTime<Utc>,
-    ) -> Budget {
-        self.budget_of(|since| projection.wallet_wrong_passwords_after(fp, since), now)
+    /// The same for binds of one wallet, from every account together (its row of the wallet
+    /// indexes, [`crate::projection::WalletRow::wrong`]).
+    pub fn wallet_budget(&self, wallet: &crate::projection::WalletRow, now: DateTime<Utc>) -> Budget {
+        self.budget_of(|since| wallet.wrong_after(since), now)
     }
 
     /// The budget left at `now`, given the wrong passwords recorded after a time.

@@ -140,140 +140,39 @@ fn count_wrong(map: &mut HashMap<Hash, BTreeMap<DateTime<Utc>, u32>>, fp: Hash, 
 }
 
 impl Projection {
-    /// The wrong payment passwords on binds of `fp` after `since`, from every account.
-    pub fn wallet_wrong_passwords_after(
-        &self,
-        fp: &Hash,
-        since: DateTime<Utc>,
-    ) -> impl Iterator<Item = DateTime<Utc>> + '_ {
-        self.wallet_wrong_passwords
-            .get(fp)
-            .into_iter()
-            .flat_map(move |times| times.range((std::ops::Bound::Excluded(since), std::ops::Bound::Unbounded)))
-            .flat_map(|(t, n)| std::iter::repeat_n(*t, *n as usize))
-    }
-
     /// Folds one event in. Events must come in global order.
     pub fn apply(&mut self, e: &Event) {
         assert_eq!(e.seq, self.position + 1, "projection fed out of order");
         self.position = e.seq;
         let acct = self.accounts.entry(e.account.clone()).or_default();
-        acct.version = e.account_seq;
-        match &e.payload {
-            Payload::WalletBound {
-                binding_id,
-                provider,
-                wallet,
-                agreement_id,
-                ..
-            } => {
-                acct.bindings.push(Binding {
-                    binding_id: *binding_id,
-                    provider: provider.clone(),
-                    wallet: wallet.clone(),
-                    agreement_id: agreement_id.clone(),
-                    status: BindingStatus::Active,
-                    bound_at: e.event_time,
-                    unbound_at: None,
-                    last_used_at: None,
-                    payments_count: 0,
-                    lock: None,
-                    wrong_passwords: VecDeque::new(),
-                });
-                self.wallets
-                    .entry(wallet.fingerprint)
-                    .or_default()
-                    .insert(e.account.clone());
-                self.wallet_history
-                    .entry(wallet.fingerprint)
-                    .or_default()
-                    .insert(e.account.clone());
+        let effect = fold_account(acct, e);
+        self.index_effect(&e.account, &effect);
+    }
+
+    /// Applies what an event of `account` did to the wallet indexes.
+    pub fn index_effect(&mut self, account: &str, effect: &WalletEffect) {
+        match *effect {
+            WalletEffect::None => {}
+            WalletEffect::Bound(fp) => {
+                self.wallets.entry(fp).or_default().insert(account.to_owned());
+                self.wallet_history.entry(fp).or_default().insert(account.to_owned());
             }
-            Payload::PaymentSucceeded { binding_id, .. } => {
-                if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
-                    b.last_used_at = Some(e.event_time);
-                    b.payments_count += 1;
-                }
-            }
-            Payload::WalletUnbound { binding_id, wallet, .. } => {
-                if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
-                    b.status = BindingStatus::Unbound;
-                    b.unbound_at = Some(e.event_time);
-                }
-                if acct.active_with_fingerprint(&wallet.fingerprint).is_none() {
-                    if let Some(set) = self.wallets.get_mut(&wallet.fingerprint) {
-                        set.remove(&e.account);
+            WalletEffect::Unbound { fp, still_active } => {
+                if !still_active {
+                    if let Some(set) = self.wallets.get_mut(&fp) {
+                        set.remove(account);
                         if set.is_empty() {
-                            self.wallets.remove(&wallet.fingerprint);
+                            self.wallets.remove(&fp);
                         }
                     }
                 }
-                let inactive = acct.bindings.len() - acct.active_count();
-                if inactive > INACTIVE_BINDINGS_KEPT_MAX {
-                    let pos = acct
-                        .bindings
-                        .iter()
-                        .position(|b| b.status != BindingStatus::Active)
-                        .expect("some inactive");
-                    acct.bindings.remove(pos);
-                }
             }
-            Payload::BindingLocked {
-                binding_id,
-                alert_id,
-                until,
-            } => {
-                if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
-                    b.lock = Some(BindingLock {
-                        alert_id: alert_id.clone(),
-                        locked_at: e.record_time,
-                        until: *until,
-                    });
+            WalletEffect::WrongBindPassword { fp, at, forgotten } => {
+                if let Some((old, t)) = forgotten {
+                    count_wrong(&mut self.wallet_wrong_passwords, old, t, false);
                 }
+                count_wrong(&mut self.wallet_wrong_passwords, fp, at, true);
             }
-            Payload::BindingUnlocked { binding_id, .. } => {
-                if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
-                    b.lock = None;
-                    // An unlock gives the binding a fresh budget of attempts.
-                    b.wrong_passwords.clear();
-                }
-            }
-            Payload::PaymentFailed {
-                binding_id,
-                reason: bindledger_events::PaymentFailure::WrongPassword,
-                ..
-            } => {
-                if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
-                    if b.wrong_passwords.len() == WRONG_PASSWORDS_KEPT_MAX {
-                        b.wrong_passwords.pop_front();
-                    }
-                    b.wrong_passwords.push_back(e.record_time);
-                }
-            }
-            Payload::BindFailed {
-                wallet,
-                reason: bindledger_events::BindFailure::InvalidInput { field },
-                ..
-            } if field == "payment_password" => {
-                if acct.bind_wrong_passwords.len() == BIND_WRONG_PASSWORDS_KEPT_MAX {
-                    if let Some((fp, t)) = acct.bind_wrong_passwords.pop_front() {
-                        count_wrong(&mut self.wallet_wrong_passwords, fp, t, false);
-                    }
-                }
-                acct.bind_wrong_passwords.push_back((wallet.fingerprint, e.record_time));
-                count_wrong(
-                    &mut self.wallet_wrong_passwords,
-                    wallet.fingerprint,
-                    e.record_time,
-                    true,
-                );
-            }
-            Payload::BindFailed { .. }
-            | Payload::PaymentFailed { .. }
-            | Payload::UnbindFailed { .. }
-            | Payload::BindingLockFailed { .. }
-            | Payload::BindingUnlockFailed { .. }
-            | Payload::AlertTriaged { .. } => {}
         }
     }
 
@@ -333,6 +232,239 @@ impl Projection {
                 .or_default()
                 .insert(name.to_owned());
         }
+    }
+}
+
+/// One wallet's entry in the wallet indexes, as a store keeps it: the accounts holding it
+/// bound, every account that ever bound it, and each account's wrong payment passwords on
+/// binds of it. Each account's part is a function of that account's state (and, for
+/// `history`, of its binds), so setting it again from the same state changes nothing:
+/// [`WalletRow::set_part`] is idempotent, which lets a store's catch-up set it again for
+/// events whose account row already includes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletRow {
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub active: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub history: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub wrong: BTreeMap<String, Vec<DateTime<Utc>>>,
+}
+
+impl WalletRow {
+    /// Sets `account`'s part of wallet `fp`'s entry from the account's state.
+    pub fn set_part(&mut self, account: &str, state: &AccountState, fp: &Hash) {
+        if state.active_with_fingerprint(fp).is_some() {
+            self.active.insert(account.to_owned());
+        } else {
+            self.active.remove(account);
+        }
+        if state.bindings.iter().any(|b| b.wallet.fingerprint == *fp) {
+            self.history.insert(account.to_owned());
+        }
+        let times: Vec<DateTime<Utc>> = state
+            .bind_wrong_passwords
+            .iter()
+            .filter(|(f, _)| f == fp)
+            .map(|(_, t)| *t)
+            .collect();
+        if times.is_empty() {
+            self.wrong.remove(account);
+        } else {
+            self.wrong.insert(account.to_owned(), times);
+        }
+    }
+
+    /// The wrong payment passwords on binds of the wallet after `since`, from every account.
+    pub fn wrong_after(&self, since: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+        self.wrong.values().flatten().copied().filter(move |t| *t > since)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty() && self.history.is_empty() && self.wrong.is_empty()
+    }
+
+    /// Every wallet's row from a projection's indexes.
+    pub fn rows_of(p: &Projection) -> BTreeMap<Hash, WalletRow> {
+        let mut rows: BTreeMap<Hash, WalletRow> = BTreeMap::new();
+        for (fp, set) in &p.wallets {
+            rows.entry(*fp).or_default().active = set.clone();
+        }
+        for (fp, set) in &p.wallet_history {
+            rows.entry(*fp).or_default().history = set.clone();
+        }
+        for (name, a) in &p.accounts {
+            for (fp, t) in &a.bind_wrong_passwords {
+                rows.entry(*fp)
+                    .or_default()
+                    .wrong
+                    .entry(name.clone())
+                    .or_default()
+                    .push(*t);
+            }
+        }
+        rows
+    }
+
+    /// Puts the row into a projection's indexes (where it has no entry yet for `fp`).
+    pub fn put_into(&self, p: &mut Projection, fp: Hash) {
+        if !self.active.is_empty() {
+            p.wallets.insert(fp, self.active.clone());
+        }
+        if !self.history.is_empty() {
+            p.wallet_history.insert(fp, self.history.clone());
+        }
+        for t in self.wrong.values().flatten() {
+            count_wrong(&mut p.wallet_wrong_passwords, fp, *t, true);
+        }
+    }
+}
+
+/// What an event did to the wallet indexes (from [`fold_account`]): the indexes change only
+/// for the wallets it names ([`WalletEffect::fingerprints`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalletEffect {
+    None,
+    /// The account bound the wallet.
+    Bound(Hash),
+    /// The account unbound it, and whether it still holds it bound by another binding.
+    Unbound {
+        fp: Hash,
+        still_active: bool,
+    },
+    /// A wrong payment password on a bind of the wallet, at `at`; the account's oldest one,
+    /// forgotten to make room, if any.
+    WrongBindPassword {
+        fp: Hash,
+        at: DateTime<Utc>,
+        forgotten: Option<(Hash, DateTime<Utc>)>,
+    },
+}
+
+impl WalletEffect {
+    /// The wallets whose index entries the effect changes.
+    pub fn fingerprints(&self) -> impl Iterator<Item = Hash> {
+        let (a, b) = match *self {
+            WalletEffect::None => (None, None),
+            WalletEffect::Bound(fp) | WalletEffect::Unbound { fp, .. } => (Some(fp), None),
+            WalletEffect::WrongBindPassword { fp, forgotten, .. } => (Some(fp), forgotten.map(|(f, _)| f)),
+        };
+        a.into_iter().chain(b)
+    }
+}
+
+/// Folds one of its events into an account (its version included), and says what the event
+/// does to the wallet indexes: the account's part of [`Projection::apply`].
+pub fn fold_account(acct: &mut AccountState, e: &Event) -> WalletEffect {
+    acct.version = e.account_seq;
+    match &e.payload {
+        Payload::WalletBound {
+            binding_id,
+            provider,
+            wallet,
+            agreement_id,
+            ..
+        } => {
+            acct.bindings.push(Binding {
+                binding_id: *binding_id,
+                provider: provider.clone(),
+                wallet: wallet.clone(),
+                agreement_id: agreement_id.clone(),
+                status: BindingStatus::Active,
+                bound_at: e.event_time,
+                unbound_at: None,
+                last_used_at: None,
+                payments_count: 0,
+                lock: None,
+                wrong_passwords: VecDeque::new(),
+            });
+            WalletEffect::Bound(wallet.fingerprint)
+        }
+        Payload::PaymentSucceeded { binding_id, .. } => {
+            if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
+                b.last_used_at = Some(e.event_time);
+                b.payments_count += 1;
+            }
+            WalletEffect::None
+        }
+        Payload::WalletUnbound { binding_id, wallet, .. } => {
+            if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
+                b.status = BindingStatus::Unbound;
+                b.unbound_at = Some(e.event_time);
+            }
+            let still_active = acct.active_with_fingerprint(&wallet.fingerprint).is_some();
+            let inactive = acct.bindings.len() - acct.active_count();
+            if inactive > INACTIVE_BINDINGS_KEPT_MAX {
+                let pos = acct
+                    .bindings
+                    .iter()
+                    .position(|b| b.status != BindingStatus::Active)
+                    .expect("some inactive");
+                acct.bindings.remove(pos);
+            }
+            WalletEffect::Unbound {
+                fp: wallet.fingerprint,
+                still_active,
+            }
+        }
+        Payload::BindingLocked {
+            binding_id,
+            alert_id,
+            until,
+        } => {
+            if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
+                b.lock = Some(BindingLock {
+                    alert_id: alert_id.clone(),
+                    locked_at: e.record_time,
+                    until: *until,
+                });
+            }
+            WalletEffect::None
+        }
+        Payload::BindingUnlocked { binding_id, .. } => {
+            if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
+                b.lock = None;
+                // An unlock gives the binding a fresh budget of attempts.
+                b.wrong_passwords.clear();
+            }
+            WalletEffect::None
+        }
+        Payload::PaymentFailed {
+            binding_id,
+            reason: bindledger_events::PaymentFailure::WrongPassword,
+            ..
+        } => {
+            if let Some(b) = acct.bindings.iter_mut().find(|b| b.binding_id == *binding_id) {
+                if b.wrong_passwords.len() == WRONG_PASSWORDS_KEPT_MAX {
+                    b.wrong_passwords.pop_front();
+                }
+                b.wrong_passwords.push_back(e.record_time);
+            }
+            WalletEffect::None
+        }
+        Payload::BindFailed {
+            wallet,
+            reason: bindledger_events::BindFailure::InvalidInput { field },
+            ..
+        } if field == "payment_password" => {
+            let forgotten = if acct.bind_wrong_passwords.len() == BIND_WRONG_PASSWORDS_KEPT_MAX {
+                acct.bind_wrong_passwords.pop_front()
+            } else {
+                None
+            };
+            acct.bind_wrong_passwords.push_back((wallet.fingerprint, e.record_time));
+            WalletEffect::WrongBindPassword {
+                fp: wallet.fingerprint,
+                at: e.record_time,
+                forgotten,
+            }
+        }
+        Payload::BindFailed { .. }
+        | Payload::PaymentFailed { .. }
+        | Payload::UnbindFailed { .. }
+        | Payload::BindingLockFailed { .. }
+        | Payload::BindingUnlockFailed { .. }
+        | Payload::AlertTriaged { .. } => WalletEffect::None,
     }
 }
 

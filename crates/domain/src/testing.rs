@@ -61,6 +61,11 @@ impl Rng {
 /// hold yet (fresh binding ids), and unbinds, payments, locks and unlocks of its active
 /// bindings.
 pub fn realise(steps: &[(u8, u8, u8)]) -> Vec<Event> {
+    realise_over(steps, 3)
+}
+
+/// The same with binds of `wallets` wallets (`which` picks one).
+pub fn realise_over(steps: &[(u8, u8, u8)], wallets: u8) -> Vec<Event> {
     let t0 = chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap();
     let mut versions: HashMap<String, u64> = HashMap::new();
     let mut active: HashMap<String, Vec<(uuid::Uuid, u8)>> = HashMap::new();
@@ -72,7 +77,7 @@ pub fn realise(steps: &[(u8, u8, u8)]) -> Vec<Event> {
         let pick = (!held.is_empty()).then(|| held[which as usize % held.len()]);
         let payload = match (what, pick) {
             (0, _) => {
-                let w = which % 3;
+                let w = which % wallets;
                 if held.iter().any(|(_, x)| *x == w) {
                     continue;
                 }
@@ -119,7 +124,7 @@ pub fn realise(steps: &[(u8, u8, u8)]) -> Vec<Event> {
             },
             (6, _) => Payload::BindFailed {
                 provider: alipay(),
-                wallet: wallet(which % 3),
+                wallet: wallet(which % wallets),
                 factors: vec![],
                 reason: bindledger_events::BindFailure::InvalidInput {
                     field: "payment_password".into(),

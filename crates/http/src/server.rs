@@ -880,7 +880,8 @@ async fn wallet_accounts(
             "a wallet fingerprint is 64 hex characters",
         )
     })?;
-    Ok(Json(json!({"fingerprint": hash, "accounts": s.ledger.wallet_accounts(&hash), "history": s.ledger.wallet_history(&hash)})).into_response())
+    let (accounts, history) = s.ledger.wallet_accounts(&hash)?;
+    Ok(Json(json!({"fingerprint": hash, "accounts": accounts, "history": history})).into_response())
 }
 
 #[derive(Deserialize)]
