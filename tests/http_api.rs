@@ -192,6 +192,15 @@ async fn bind_pay_read_unbind_and_audit_the_feed() {
         "{metrics}"
     );
     assert!(metrics.contains("bindledger_writer_batches_total"), "{metrics}");
+    // The test's account is in memory; new accounts and wallets were looked for on disk.
+    assert!(
+        metric(&metrics, "bindledger_cached{kind=\"account\"}").is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "bindledger_rows_read_total{kind=\"account\"}").is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
     // Requests by route pattern, method and status: the pattern, never the path (which holds
     // an account), so the labels stay a bounded set.
     assert!(

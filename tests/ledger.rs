@@ -787,3 +787,29 @@ async fn a_tiny_cache_reads_accounts_back_and_answers_the_same() {
         "room for every account: each looked for only when new, by the pre-check, the writer and the read model"
     );
 }
+
+/// A start that folds a whole log into a small cache (as after a restore, or with no snapshot):
+/// the catch-up writes snapshots as it goes, so that it ends holding about the cache's worth of
+/// accounts, and what it built equals a fold of the log.
+#[test]
+fn a_long_catch_up_into_a_small_cache_ends_with_the_whole_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    // The ledger's secret first (a log without its check value is refused), then the events.
+    bindledger::ledger::store::Store::open(dir.path())
+        .unwrap()
+        .check_secret(&LedgerSecret::from_bytes(SECRET).check_value())
+        .unwrap();
+    let store = bindledger_fixture::write_log(dir.path(), 30_000).unwrap();
+    let events: Vec<Event> = store.scan_events(1).map(|r| decode(&r.unwrap().1).unwrap()).collect();
+    let accounts: std::collections::HashSet<&str> = events.iter().map(|e| e.account.as_str()).collect();
+    assert!(accounts.len() > 10_000, "{} accounts", accounts.len());
+    drop(store);
+    let mut config = test_config(dir.path());
+    config.memory.accounts_cached = 100;
+    let (l, _) = open(&config);
+    let cache = l.account_cache();
+    assert!(cache.accounts <= 100, "{cache:?}");
+    assert!(cache.wallets <= 100, "{cache:?}");
+    assert_eq!(l.projection().unwrap(), Projection::rebuild(events.iter()));
+    l.close();
+}

@@ -309,6 +309,11 @@ impl CachedProjection {
         Ok(whole)
     }
 
+    /// Accounts (and wallets) kept beyond the dirty ones.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Accounts and wallets held in memory now.
     pub fn cached(&self) -> (usize, usize) {
         (self.p.accounts.len(), self.wallets.as_ref().map_or(0, |w| w.rows.len()))

@@ -261,7 +261,7 @@ impl Ledger {
         #[cfg(feature = "simulation")]
         let planted_refold = seams.planted_bug == Some(PlantedBug::RefoldLastEventOnOpen) && last_seq > 0;
         if snapshot < last_seq {
-            catch_up(&store, &mut state, (indexed, snapshot), last_seq)?;
+            catch_up(&store, &mut state, &written, (indexed, snapshot), last_seq)?;
             written.store(last_seq, Ordering::SeqCst);
             state.evict();
         }
@@ -1365,11 +1365,21 @@ impl ReplicatedAppend {
         Ok(last)
     }
 }
+/// Most accounts a catch-up folds between two of its snapshots (see [`catch_up`]); fewer
+/// with a smaller cache (`memory.accounts_cached`, at least 1,024).
+const CATCH_UP_SNAPSHOT_ACCOUNTS: usize = 50_000;
+
 /// Folds the events past the stored snapshot into `state`, verifying their links, and writes
 /// the history rows past `indexed`, the caught-up accounts' rows and the new positions: what a
 /// start does between the last snapshot and the log's end (the work is in proportion to the
 /// events past the snapshot, not to the history).
-fn catch_up(store: &Store, state: &mut CachedProjection, (indexed, snapshot): (u64, u64), last_seq: u64) -> Result<()> {
+fn catch_up(
+    store: &Store,
+    state: &mut CachedProjection,
+    written: &AtomicU64,
+    (indexed, snapshot): (u64, u64),
+    last_seq: u64,
+) -> Result<()> {
     let mut verifier = match snapshot {
         0 => ChainVerifier::new(),
         p => ChainVerifier::resume(
@@ -1399,7 +1409,24 @@ fn catch_up(store: &Store, state: &mut CachedProjection, (indexed, snapshot): (u
             }
         }
         state.apply_catching_up(store, &event)?;
+        let seq = event.seq;
         caught_up.insert(event.account);
+        // A long catch-up (a restore, a start after the indexer stopped) writes snapshots as it
+        // goes, so that the accounts it folded may leave memory: it holds at most this many
+        // events' accounts, not the whole log's.
+        if caught_up.len() >= state.max().clamp(1024, CATCH_UP_SNAPSHOT_ACCOUNTS) {
+            let mut changed = state.take_changed_wallets();
+            state.put_rows(&mut rows, caught_up.iter().map(String::as_str), &mut changed);
+            if seq > indexed {
+                rows.set_indexed(seq);
+            }
+            rows.set_snapshot(seq);
+            store.apply_index(std::mem::take(&mut rows))?;
+            written.store(seq, Ordering::SeqCst);
+            state.evict();
+            caught_up.clear();
+            pending_rows = 0;
+        }
     }
     // The caught-up accounts' rows and the snapshot position go together: a snapshot
     // position past an account's events without its row would claim a row that is not

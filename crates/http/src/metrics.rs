@@ -115,6 +115,25 @@ fn snapshot(s: &AppState) -> Snapshot {
         "Size of the idempotency and paid-order tables on disk",
         Value::Int(bytes as i64),
     ));
+    let cache = s.ledger.account_cache();
+    out.push(Family {
+        name: "bindledger_cached",
+        help: "Accounts and wallets the read model holds in memory (memory.accounts_cached of each, beyond those changed since the last snapshot)",
+        counter: false,
+        series: vec![
+            (vec![("kind", "account".to_owned())], Value::Int(cache.accounts as i64)),
+            (vec![("kind", "wallet".to_owned())], Value::Int(cache.wallets as i64)),
+        ],
+    });
+    out.push(Family {
+        name: "bindledger_rows_read",
+        help: "Stored account and wallet rows read because they were not in memory (or were new), by the writer and the read model",
+        counter: true,
+        series: vec![
+            (vec![("kind", "account".to_owned())], Value::Int(cache.account_rows_read as i64)),
+            (vec![("kind", "wallet".to_owned())], Value::Int(cache.wallet_rows_read as i64)),
+        ],
+    });
     if let Some((status, _)) = &s.extras.replica {
         let (lag_events, lag_seconds) = status.lag(s.ledger.log_len());
         out.push(Family::gauge(
