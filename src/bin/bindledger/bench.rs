@@ -192,11 +192,18 @@ fn sample_payloads(events: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The benchmarks' configuration: the defaults, with what the environment sets (the keys of
+/// `bindledger::config::ENV_KEYS`, such as `BINDLEDGER_MEMORY_ACCOUNTS_CACHED`), then the
+/// benchmark's own directory, provider and limits.
 pub(crate) fn bench_config(dir: &Path) -> Config {
+    let from_env = Config::from_toml_and_env("", |k| std::env::var(k).ok()).unwrap_or_else(|e| {
+        eprintln!("bench: the environment's settings do not read ({e}); using the defaults");
+        Config::default()
+    });
     let mut c = Config {
         data_dir: dir.to_path_buf(),
         max_bindings_per_account: 4,
-        ..Config::default()
+        ..from_env
     };
     c.gateway.simulated = Scenario {
         balance_minor_min: 1_000_000_000_000,
