@@ -237,9 +237,11 @@ impl Ledger {
         seams: Seams,
     ) -> Result<Ledger> {
         crate::seams::abort_on_core_panic();
+        let opening = std::time::Instant::now();
         let store = Arc::new(store::retry_in_use(|| {
             Store::open_with_faults(&config.data_dir, seams.faults.clone())
         })?);
+        let store_opened = opening.elapsed();
         store.set_sync_data(config.writer.sync_data);
         store.check_secret(&secret.check_value())?;
         let (last_seq, last_hash) = store.head()?.unwrap_or((0, bindledger_events::GENESIS_HASH));
@@ -265,6 +267,7 @@ impl Ledger {
             written.store(last_seq, Ordering::SeqCst);
             state.evict();
         }
+        let folded = opening.elapsed();
         let idempotency = Arc::new(KeyIndex::open(
             store.clone(),
             &config.data_dir,
@@ -290,6 +293,13 @@ impl Ledger {
                 state.fold(&store, &e)?;
             }
         }
+        tracing::info!(
+            store_ms = store_opened.as_millis() as u64,
+            folded_ms = (folded - store_opened).as_millis() as u64,
+            keys_ms = (opening.elapsed() - folded).as_millis() as u64,
+            events = last_seq,
+            "the ledger opened: sled's own recovery, the catch-up past the snapshot, the idempotency tables"
+        );
         let metrics = Arc::new(Metrics::default());
         metrics.set_log_len(last_seq);
         let read = Arc::new(RwLock::new(state.clone()));
