@@ -971,8 +971,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     let (lib, unsynced, raw, rounds) = library(&root, &args, &payloads).await?;
     let (start_s, events, dir_bytes, parts) = reopen(&root.join("lib"), args.commit_delay_us).await?;
-    // Measured: its disk is the HTTP run's (at 10,000,000 accounts each holds about 36 GB).
-    let _ = std::fs::remove_dir_all(root.join("lib"));
+    // Measured: unless its place was asked for (`--dir`), its disk goes to the HTTP run's (at
+    // 10,000,000 accounts each holds about 36 GB).
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(root.join("lib"));
+    }
     eprintln!("bench: HTTP, its baseline route and the ledger, the load generator in its own process ...");
     let (http_base, http) = http(&root.join("http"), &args).await?;
     // For context: larger batches and one key per event.
