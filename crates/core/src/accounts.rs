@@ -38,6 +38,17 @@ use crate::domain::projection::{fold_account, AccountState, Projection, WalletRo
 use crate::error::Result;
 use crate::store::{IndexBatch, Store};
 
+/// What a [`CachedProjection`] holds in memory, and the stored rows it (the writer's state
+/// and the read model together) read back since open because an account or a wallet was not
+/// in memory (or was new).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheFigures {
+    pub accounts: usize,
+    pub wallets: usize,
+    pub account_rows_read: u64,
+    pub wallet_rows_read: u64,
+}
+
 /// A projection whose accounts (and, in the read model, wallet rows) are a bounded cache over
 /// the stored rows.
 #[derive(Clone)]
@@ -64,8 +75,8 @@ pub struct CachedProjection {
 struct Wallets {
     /// The rows in memory, with the seq of the last event that changed each (0: as read).
     rows: HashMap<Hash, (WalletRow, u64)>,
-    /// Touches, oldest first: (wallet, the seq then).
-    touched: VecDeque<(Hash, u64)>,
+    /// Touches, oldest first: (wallet, the seq then, twice: its stamp and its change).
+    touched: VecDeque<(Hash, u64, u64)>,
     /// The wallets each account's events changed since the indexer last took them: their
     /// rows go with the account's.
     changed: HashMap<String, Vec<Hash>>,
@@ -194,7 +205,7 @@ impl CachedProjection {
         let state = self.p.accounts.get(account).expect("the account was folded first");
         row.set_part(account, state, &fp);
         *last = seq;
-        wallets.touched.push_back((fp, seq));
+        wallets.touched.push_back((fp, seq, seq));
         let changed = wallets.changed.entry(account.to_owned()).or_default();
         if !changed.contains(&fp) {
             changed.push(fp);
@@ -207,46 +218,11 @@ impl CachedProjection {
     /// multiple of the maps.
     pub fn evict(&mut self) {
         let written = self.written.load(Ordering::SeqCst);
-        while self.p.accounts.len() > self.max {
-            let Some((account, version, seq)) = self.touched.front() else {
-                break;
-            };
-            let current = self.p.accounts.get(account).map(|a| a.version);
-            if current != Some(*version) {
-                self.touched.pop_front();
-                continue;
-            }
-            if *seq > written {
-                break;
-            }
-            let (account, _, _) = self.touched.pop_front().expect("front exists");
-            self.p.accounts.remove(&account);
-        }
-        if self.touched.len() > 2 * self.p.accounts.len() + 1024 {
-            let accounts = &self.p.accounts;
-            self.touched
-                .retain(|(account, version, _)| accounts.get(account).map(|a| a.version) == Some(*version));
-        }
+        let_go(&mut self.p.accounts, &mut self.touched, self.max, written, |a| {
+            a.version
+        });
         if let Some(w) = &mut self.wallets {
-            while w.rows.len() > self.max {
-                let Some((fp, seq)) = w.touched.front() else {
-                    break;
-                };
-                if w.rows.get(fp).map(|(_, last)| *last) != Some(*seq) {
-                    w.touched.pop_front();
-                    continue;
-                }
-                if *seq > written {
-                    break;
-                }
-                let (fp, _) = w.touched.pop_front().expect("front exists");
-                w.rows.remove(&fp);
-            }
-            if w.touched.len() > 2 * w.rows.len() + 1024 {
-                let rows = &w.rows;
-                w.touched
-                    .retain(|(fp, seq)| rows.get(fp).map(|(_, last)| *last) == Some(*seq));
-            }
+            let_go(&mut w.rows, &mut w.touched, self.max, written, |(_, last)| *last);
         }
     }
 
@@ -314,31 +290,59 @@ impl CachedProjection {
         self.max
     }
 
-    /// Accounts and wallets held in memory now.
-    pub fn cached(&self) -> (usize, usize) {
-        (self.p.accounts.len(), self.wallets.as_ref().map_or(0, |w| w.rows.len()))
+    /// What is held in memory now, and the rows read back since open.
+    pub fn figures(&self) -> CacheFigures {
+        CacheFigures {
+            accounts: self.p.accounts.len(),
+            wallets: self.wallets.as_ref().map_or(0, |w| w.rows.len()),
+            account_rows_read: self.rows_read[0].load(Ordering::Relaxed),
+            wallet_rows_read: self.rows_read[1].load(Ordering::Relaxed),
+        }
     }
+}
 
-    /// Reads of a stored account row and of a wallet row (or of their absence, for a new
-    /// one) because it was not in memory, by this projection and its clones, since open.
-    pub fn rows_read(&self) -> (u64, u64) {
-        (
-            self.rows_read[0].load(Ordering::Relaxed),
-            self.rows_read[1].load(Ordering::Relaxed),
-        )
+/// Lets the entries of `map` go, oldest touch first, while it holds more than `max` and the
+/// oldest touch is clean (its change at or before `written`); a touch whose stamp is no longer
+/// its entry's (a later touch superseded it, or the entry left) is skipped. Keeps `touched`
+/// within a small multiple of the map. A touch is (key, the entry's stamp then, the seq of its
+/// change, 0 for a row read from disk).
+fn let_go<K: Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    touched: &mut VecDeque<(K, u64, u64)>,
+    max: usize,
+    written: u64,
+    stamp: impl Fn(&V) -> u64,
+) {
+    while map.len() > max {
+        let Some((key, then, seq)) = touched.front() else {
+            break;
+        };
+        if map.get(key).map(&stamp) != Some(*then) {
+            touched.pop_front();
+            continue;
+        }
+        if *seq > written {
+            break;
+        }
+        let (key, _, _) = touched.pop_front().expect("front exists");
+        map.remove(&key);
+    }
+    if touched.len() > 2 * map.len() + 1024 {
+        touched.retain(|(key, then, _)| map.get(key).map(&stamp) == Some(*then));
     }
 }
 
 /// Gives a store written before wallet rows were kept its wallet rows, from its account rows
 /// (once; the wallets' rows are gathered in memory for it).
 fn write_wallet_rows(store: &Store) -> Result<()> {
-    let mut p = Projection::default();
+    let mut rows: std::collections::BTreeMap<Hash, WalletRow> = Default::default();
     for r in store.accounts() {
         let (name, state) = r?;
-        p.index_account(&name, &state);
-        p.accounts.insert(name, state);
+        let fps = state.bindings.iter().map(|b| b.wallet.fingerprint);
+        for fp in fps.chain(state.bind_wrong_passwords.iter().map(|(fp, _)| *fp)) {
+            rows.entry(fp).or_default().set_part(&name, &state, &fp);
+        }
     }
-    let rows = WalletRow::rows_of(&p);
     let count = rows.len();
     let mut batch = IndexBatch::default();
     for (i, (fp, row)) in rows.iter().enumerate() {
@@ -482,13 +486,13 @@ mod tests {
                 }
                 cache.evict();
                 // Never more than the bound plus the accounts changed since the last snapshot.
-                assert!(cache.cached().0 <= 4 + since.len() + 4, "{:?} cached", cache.cached());
+                assert!(cache.figures().accounts <= 4 + since.len() + 4, "{:?}", cache.figures());
                 let a = &evs[i - 1].account;
                 assert_eq!(cache.account(&store, a).unwrap().as_deref(), whole.accounts.get(a));
             }
             assert_eq!(cache.whole(&store).unwrap(), whole, "seed {seed}");
             assert!(cache.wallets.as_ref().unwrap().rows.len() <= 4 + since.len() * 2);
-            assert!(cache.touched.len() <= 2 * cache.cached().0 + 1024);
+            assert!(cache.touched.len() <= 2 * cache.figures().accounts + 1024);
         }
     }
 }

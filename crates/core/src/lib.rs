@@ -56,7 +56,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
-use crate::accounts::CachedProjection;
+use crate::accounts::{CacheFigures, CachedProjection};
 use crate::domain::command::{BindCommand, LockCommand, Meta, PayCommand, UnbindCommand, UnlockCommand};
 use crate::domain::decide::{self, BindFacts, BindVerdict, PayFacts, PayVerdict, Rules};
 use crate::domain::gateway::{BindVerification, GatewayFailure, PaymentAuthorization, WalletGateway};
@@ -130,16 +130,6 @@ impl Drop for OrderClaim<'_> {
             .remove(&self.key);
         self.ledger.inner.order_ended.notify_waiters();
     }
-}
-
-/// What the read model holds in memory, and the stored rows the writer and the read model
-/// read back since open because an account or a wallet was not in memory (or was new).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheFigures {
-    pub accounts: usize,
-    pub wallets: usize,
-    pub account_rows_read: u64,
-    pub wallet_rows_read: u64,
 }
 
 /// A handle to an open ledger. Cheap to clone; the writer stops when the last handle is
@@ -264,8 +254,6 @@ impl Ledger {
         let planted_refold = seams.planted_bug == Some(PlantedBug::RefoldLastEventOnOpen) && last_seq > 0;
         if snapshot < last_seq {
             catch_up(&store, &mut state, &written, (indexed, snapshot), last_seq)?;
-            written.store(last_seq, Ordering::SeqCst);
-            state.evict();
         }
         let folded = opening.elapsed();
         let idempotency = Arc::new(KeyIndex::open(
@@ -676,6 +664,12 @@ impl Ledger {
         }
     }
 
+    /// [`Ledger::check_version`] against the account as the read model has it.
+    fn check_stored_version(&self, meta: &Meta) -> Result<()> {
+        let read = self.inner.read.read().expect("lock");
+        self.check_version(meta, read.account(&self.inner.store, &meta.account)?.as_deref())
+    }
+
     fn check_version(&self, meta: &Meta, acct: Option<&AccountState>) -> Result<()> {
         if let Some(expected) = meta.expected_version {
             let actual = acct.map_or(0, |a| a.version);
@@ -994,13 +988,7 @@ impl Ledger {
         if let Some(done) = self.replay_if_known(&mut cmd.meta, &digest)? {
             return self.replicated(Ok(done)).await;
         }
-        {
-            let read = self.inner.read.read().expect("lock");
-            self.check_version(
-                &cmd.meta,
-                read.account(&self.inner.store, &cmd.meta.account)?.as_deref(),
-            )?;
-        }
+        self.check_stored_version(&cmd.meta)?;
         self.submit(Request::Unbind {
             meta: cmd.meta,
             digest,
@@ -1052,13 +1040,7 @@ impl Ledger {
         if let Some(done) = self.replay_if_known(&mut cmd.meta, &digest)? {
             return self.replicated(Ok(done)).await;
         }
-        {
-            let read = self.inner.read.read().expect("lock");
-            self.check_version(
-                &cmd.meta,
-                read.account(&self.inner.store, &cmd.meta.account)?.as_deref(),
-            )?;
-        }
+        self.check_stored_version(&cmd.meta)?;
         self.submit(Request::Unlock {
             meta: cmd.meta,
             digest,
@@ -1086,13 +1068,7 @@ impl Ledger {
         if let Some(done) = self.replay_if_known(&mut cmd.meta, &digest)? {
             return self.replicated(Ok(done)).await;
         }
-        {
-            let read = self.inner.read.read().expect("lock");
-            self.check_version(
-                &cmd.meta,
-                read.account(&self.inner.store, &cmd.meta.account)?.as_deref(),
-            )?;
-        }
+        self.check_stored_version(&cmd.meta)?;
         self.submit(Request::Triage {
             meta: cmd.meta,
             digest,
@@ -1132,14 +1108,7 @@ impl Ledger {
 
     /// What the read model holds in memory now and what it read back (see [`accounts`]).
     pub fn account_cache(&self) -> CacheFigures {
-        let read = self.inner.read.read().expect("lock");
-        let ((accounts, wallets), (account_rows_read, wallet_rows_read)) = (read.cached(), read.rows_read());
-        CacheFigures {
-            accounts,
-            wallets,
-            account_rows_read,
-            wallet_rows_read,
-        }
+        self.inner.read.read().expect("lock").figures()
     }
 
     fn events_at(&self, seqs: Vec<u64>) -> Result<Vec<Event>> {
@@ -1447,6 +1416,8 @@ fn catch_up(
     rows.set_snapshot(last_seq);
     store.apply_index(rows)?;
     store.flush()?;
+    written.store(last_seq, Ordering::SeqCst);
+    state.evict();
     tracing::info!(
         from = snapshot,
         to = last_seq,

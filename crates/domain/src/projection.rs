@@ -214,9 +214,8 @@ impl Projection {
         p
     }
 
-    /// Adds a stored account's part of the wallet indexes (without holding the account
-    /// itself): what a cache of accounts over stored rows needs to keep whole.
-    pub fn index_account(&mut self, name: &str, a: &AccountState) {
+    /// Adds a stored account's part of the wallet indexes.
+    fn index_account(&mut self, name: &str, a: &AccountState) {
         for (fp, t) in &a.bind_wrong_passwords {
             count_wrong(&mut self.wallet_wrong_passwords, *fp, *t, true);
         }
@@ -282,28 +281,6 @@ impl WalletRow {
 
     pub fn is_empty(&self) -> bool {
         self.active.is_empty() && self.history.is_empty() && self.wrong.is_empty()
-    }
-
-    /// Every wallet's row from a projection's indexes.
-    pub fn rows_of(p: &Projection) -> BTreeMap<Hash, WalletRow> {
-        let mut rows: BTreeMap<Hash, WalletRow> = BTreeMap::new();
-        for (fp, set) in &p.wallets {
-            rows.entry(*fp).or_default().active = set.clone();
-        }
-        for (fp, set) in &p.wallet_history {
-            rows.entry(*fp).or_default().history = set.clone();
-        }
-        for (name, a) in &p.accounts {
-            for (fp, t) in &a.bind_wrong_passwords {
-                rows.entry(*fp)
-                    .or_default()
-                    .wrong
-                    .entry(name.clone())
-                    .or_default()
-                    .push(*t);
-            }
-        }
-        rows
     }
 
     /// Puts the row into a projection's indexes (where it has no entry yet for `fp`).
