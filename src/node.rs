@@ -55,6 +55,7 @@ impl Node {
         let monitor = if config.alerts.enabled {
             let mut mc = MonitorConfig::new(rules);
             mc.checkpoint_every_events = config.alerts.checkpoint_every_events;
+            mc.keys_cached = config.memory.alert_keys_cached;
             let m = Monitor::start(&ledger, mc, tokio::runtime::Handle::current())?;
             extras.monitor = Some(MonitorView::of(&m));
             Some(m)

@@ -513,8 +513,10 @@ async fn alerts_rebuilt_from_the_log_equal_the_live_ones_across_a_sigkill() {
     let log = dir.path().join("server.log");
     let rules_path = lock_rules(dir.path(), "1h");
     let config = dir.path().join("bindledger.toml");
-    // Checkpoints every 50 events, so the kill lands between checkpoints.
-    std::fs::write(&config, "[alerts]\ncheckpoint_every_events = 50\n\n[gateway.simulated]\nseed = 11\nnetwork_error_per_mille = 0\nfrozen_per_mille = 150\nclosed_per_mille = 100\n").unwrap();
+    // Checkpoints every 50 events, so the kill lands between checkpoints; and windows held
+    // for two keys of the twenty or so in play, so the rules read most of them back from their
+    // rows (the alerts must not depend on what was held).
+    std::fs::write(&config, "[memory]\nalert_keys_cached = 2\n\n[alerts]\ncheckpoint_every_events = 50\n\n[gateway.simulated]\nseed = 11\nnetwork_error_per_mille = 0\nfrozen_per_mille = 150\nclosed_per_mille = 100\n").unwrap();
     let mut scenario = Scenario::quiet(11);
     scenario.frozen_per_mille = 150;
     scenario.closed_per_mille = 100;
@@ -557,6 +559,8 @@ async fn alerts_rebuilt_from_the_log_equal_the_live_ones_across_a_sigkill() {
     let mut client = Client::new(server.addr, Some(ALL.into()));
     let metrics = monitor_caught_up(&mut client).await;
     let stored = metric(&metrics, "bindledger_alert_stream_seq").unwrap() as usize;
+    let read_back = metric(&metrics, "bindledger_monitor_rows_read_total").unwrap_or(0.0);
+    assert!(read_back >= 10.0, "windows were read back from their rows: {read_back}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while seen.lock().unwrap().len() < stored && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

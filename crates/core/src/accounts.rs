@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 use bindledger_events::{Event, Hash};
 
+use crate::domain::cache::let_go;
 use crate::domain::projection::{fold_account, AccountState, Projection, WalletRow};
 use crate::error::Result;
 use crate::store::{IndexBatch, Store};
@@ -218,11 +219,23 @@ impl CachedProjection {
     /// multiple of the maps.
     pub fn evict(&mut self) {
         let written = self.written.load(Ordering::SeqCst);
-        let_go(&mut self.p.accounts, &mut self.touched, self.max, written, |a| {
-            a.version
-        });
+        let_go(
+            &mut self.p.accounts,
+            &mut self.touched,
+            self.max,
+            written,
+            |a| a.version,
+            |_, _| (),
+        );
         if let Some(w) = &mut self.wallets {
-            let_go(&mut w.rows, &mut w.touched, self.max, written, |(_, last)| *last);
+            let_go(
+                &mut w.rows,
+                &mut w.touched,
+                self.max,
+                written,
+                |(_, last)| *last,
+                |_, _| (),
+            );
         }
     }
 
@@ -298,37 +311,6 @@ impl CachedProjection {
             account_rows_read: self.rows_read[0].load(Ordering::Relaxed),
             wallet_rows_read: self.rows_read[1].load(Ordering::Relaxed),
         }
-    }
-}
-
-/// Lets the entries of `map` go, oldest touch first, while it holds more than `max` and the
-/// oldest touch is clean (its change at or before `written`); a touch whose stamp is no longer
-/// its entry's (a later touch superseded it, or the entry left) is skipped. Keeps `touched`
-/// within a small multiple of the map. A touch is (key, the entry's stamp then, the seq of its
-/// change, 0 for a row read from disk).
-fn let_go<K: Eq + std::hash::Hash, V>(
-    map: &mut HashMap<K, V>,
-    touched: &mut VecDeque<(K, u64, u64)>,
-    max: usize,
-    written: u64,
-    stamp: impl Fn(&V) -> u64,
-) {
-    while map.len() > max {
-        let Some((key, then, seq)) = touched.front() else {
-            break;
-        };
-        if map.get(key).map(&stamp) != Some(*then) {
-            touched.pop_front();
-            continue;
-        }
-        if *seq > written {
-            break;
-        }
-        let (key, _, _) = touched.pop_front().expect("front exists");
-        map.remove(&key);
-    }
-    if touched.len() > 2 * map.len() + 1024 {
-        touched.retain(|(key, then, _)| map.get(key).map(&stamp) == Some(*then));
     }
 }
 

@@ -311,12 +311,18 @@ pub struct MemoryConfig {
     /// `writer.snapshot_every_events`), which stay until it is written. Default 100,000 (each
     /// account with one or two bindings takes about 1 KB in each).
     pub accounts_cached: usize,
+    /// Keys (accounts, wallet fingerprints) whose alert rule windows the monitor holds in
+    /// memory, beyond those changed since its last checkpoint (it checkpoints early when half
+    /// this many changed); the others are read from their stored rows when an event needs
+    /// them, with the same alerts. Default 100,000 (a key takes about 0.5 KB).
+    pub alert_keys_cached: usize,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             accounts_cached: 100_000,
+            alert_keys_cached: 100_000,
         }
     }
 }
@@ -486,6 +492,7 @@ pub const ENV_KEYS: &[&str] = &[
     "writer.commit_busy_events",
     "writer.sync_data",
     "memory.accounts_cached",
+    "memory.alert_keys_cached",
     "gateway.concurrency_max",
     "gateway.timeout_ms",
     "http.body_limit_bytes",
@@ -646,6 +653,9 @@ impl Config {
         }
         if self.memory.accounts_cached == 0 {
             return bad("memory.accounts_cached must be at least 1");
+        }
+        if self.memory.alert_keys_cached == 0 {
+            return bad("memory.alert_keys_cached must be at least 1");
         }
         self.idempotency.window()?;
         if self.idempotency.memory_keys == 0 {

@@ -8,6 +8,7 @@
 //! - [`decide`]: the business rules: pure functions from state and facts to one event.
 //! - [`projection`]: the fold from events to bindings and the wallet index.
 //! - [`alerts`]: the anomaly rules and the engine that folds events into alerts.
+//! - [`cache`]: the eviction rule of the ledger's bounded caches.
 //! - [`notify`]: what the account holder is told, in Chinese and English.
 
 pub mod error;
@@ -17,6 +18,7 @@ pub mod testing;
 pub use error::{Error, Result};
 
 pub mod alerts;
+pub mod cache;
 pub mod command;
 pub mod decide;
 pub mod gateway;

@@ -207,8 +207,18 @@ fn snapshot(s: &AppState) -> Snapshot {
         ));
         out.push(gauge(
             "bindledger_monitor_keys",
-            "Keys (accounts, wallets) the rules track",
+            "Keys (accounts, wallets) the rules track in memory, over all rules",
             st.keys.load(Relaxed),
+        ));
+        out.push(gauge(
+            "bindledger_monitor_keys_held",
+            "Keys whose rule windows the monitor holds in memory (memory.alert_keys_cached, beyond those changed since its last checkpoint)",
+            st.keys_held.load(Relaxed),
+        ));
+        out.push(Family::counter(
+            "bindledger_monitor_rows_read",
+            "Stored rows of rule windows read back because their key was not held",
+            st.rows_read.load(Relaxed),
         ));
         out.push(gauge(
             "bindledger_monitor_open_alerts",

@@ -393,6 +393,7 @@ impl Sim {
         .context("opening the ledger")?;
         let mut mc = MonitorConfig::new(self.rules.clone());
         mc.checkpoint_every_events = self.config.alerts.checkpoint_every_events;
+        mc.keys_cached = self.config.memory.alert_keys_cached;
         // The monitor looks at the (simulated) clock often, and the simulator waits for it to
         // have looked after every move of the clock: an expired lock is lifted at once.
         mc.tick = std::time::Duration::from_micros(100);

@@ -10,6 +10,14 @@
 //!   thread that writes them to sled, so neither a slow sled write nor a large checkpoint
 //!   (measured: 195 ms inline for a few thousand keys) holds up the alerts. A checkpoint is
 //!   therefore always stored after the changes it covers.
+//! - **Memory.** The rules' per-key windows live in the store, one row per key, and the engine
+//!   holds at most `keys_cached` keys in memory beyond those changed since the last stored
+//!   checkpoint: an event's keys not held are read back before it is folded, and keys are let
+//!   go once a checkpoint covering their last change is stored. A checkpoint is written early
+//!   when half that many keys changed since the last one, so memory stays within about twice
+//!   the bound. Expired rows are looked for a few at a time (one row per event folded: they keep
+//!   pace with the keys events make, at a cost per event that does not grow with the rows) and
+//!   removed by the next checkpoint.
 //! - **Restart.** The engine's state is checkpointed with its position every
 //!   `checkpoint_every_events` and on close. On start the monitor resumes from the checkpoint and folds
 //!   the log after it; the changes it produces again are the same (same stream seqs, ids and
@@ -27,8 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::feed::AlertFeed;
-use super::store::{rows_bytes, AlertStore, CheckpointSizes, TriageState};
-use crate::domain::alerts::engine::{AlertChange, Engine, EngineState, StateDelta};
+use super::store::{AlertStore, TriageState};
+use crate::domain::alerts::engine::{row_expiry, AlertChange, Engine, EngineState, StateDelta};
 use crate::domain::alerts::rules::{RuleSet, RULES_COUNT, RULE_NAMES};
 use crate::domain::command::{LockCommand, Meta, UnlockCommand};
 use crate::error::{Error, Result};
@@ -48,6 +56,9 @@ pub struct MonitorConfig {
     pub rules: RuleSet,
     /// Events between two checkpoints of the engine's state.
     pub checkpoint_every_events: u64,
+    /// Keys (accounts, wallets) whose windows are held in memory beyond those changed since
+    /// the last stored checkpoint; the others are read back from their rows when needed.
+    pub keys_cached: usize,
     /// Send the lock and unlock commands the rules ask for (the live ledger does; a
     /// read-only run does not).
     pub actions: bool,
@@ -63,6 +74,7 @@ impl MonitorConfig {
         MonitorConfig {
             rules,
             checkpoint_every_events: 100_000,
+            keys_cached: 100_000,
             actions: true,
             tick: TICK,
             serial_actions: false,
@@ -76,6 +88,9 @@ pub struct MonitorStatus {
     pub position: AtomicU64,
     pub stream_seq: AtomicU64,
     pub keys: AtomicU64,
+    /// Keys whose windows are held in memory, and rows read back since the start.
+    pub keys_held: AtomicU64,
+    pub rows_read: AtomicU64,
     pub open_alerts: AtomicU64,
     /// Alerts opened by this process, per rule (in [`RULE_NAMES`] order); changes made again
     /// after a restart, already stored before it, are not counted twice.
@@ -121,8 +136,8 @@ pub struct Monitor {
 enum Write {
     Changes(Vec<AlertChange>),
     Triage(Vec<(String, TriageState)>),
-    /// A checkpoint's rows, whether they are the whole state, and the sizes it records.
-    Checkpoint(StateDelta, bool, CheckpointSizes),
+    /// A checkpoint's rows, whether they are the whole state, and its position.
+    Checkpoint(StateDelta, bool, u64),
 }
 
 impl Monitor {
@@ -132,13 +147,11 @@ impl Monitor {
         let rules = config.rules.clone();
         let digest = config.rules.digest();
         // With no checkpoint, the engine starts empty and every key it touches is a delta's;
-        // one of the older format is replaced by a whole one.
+        // one of an older format is replaced by a whole one.
         let mut whole_next = false;
-        let mut sizes = CheckpointSizes::default();
         let state = match store.checkpoint()? {
             Some(cp) => {
                 whole_next = cp.whole;
-                sizes = cp.sizes;
                 if cp.rules_digest != digest {
                     tracing::warn!(
                         checkpoint = %cp.rules_digest,
@@ -169,7 +182,12 @@ impl Monitor {
         let worker = Worker {
             ledger: ledger.clone(),
             store: store.clone(),
-            engine: Engine::resume(config.rules.clone(), state),
+            // Rows by key are stored through the checkpoint's position; an older format's are not.
+            written: Arc::new(AtomicU64::new(if whole_next { 0 } else { state.position })),
+            engine: Engine::backed(config.rules.clone(), state, config.keys_cached),
+            expiry_cursor: Vec::new(),
+            expiry_looked: 0,
+            expired: Vec::new(),
             digest,
             config,
             status: status.clone(),
@@ -181,7 +199,6 @@ impl Monitor {
             writes: None,
             triage: Vec::new(),
             whole_next,
-            sizes,
         };
         let thread = std::thread::Builder::new()
             .name("bindledger-monitor".into())
@@ -241,20 +258,28 @@ struct Worker {
     triage: Vec<(String, TriageState)>,
     /// The next checkpoint is written whole (the stored one is of an older format).
     whole_next: bool,
-    /// The stored checkpoints' sizes: when the blobs since the last whole one outgrow it, the
-    /// next is written whole.
-    sizes: CheckpointSizes,
+    /// The position of the last checkpoint stored (set by the store thread): keys changed at
+    /// or before it may be let go.
+    written: Arc<AtomicU64>,
+    /// Where the last look for expired rows ended.
+    expiry_cursor: Vec<u8>,
+    /// Events (of `since_checkpoint`) whose look for expired rows was made.
+    expiry_looked: u64,
+    /// Keys whose stored rows were found expired since the last checkpoint, which removes
+    /// those of keys it does not hold (a key read back since is held: its row is its own).
+    expired: Vec<String>,
 }
 
 impl Worker {
     fn run(mut self, rx: std::sync::mpsc::Receiver<crate::store::DurableBatch>) {
         let (tx, writes) = std::sync::mpsc::sync_channel::<Write>(STORE_QUEUE);
         let writer = {
-            let (store, digest, status, feed) = (
+            let (store, digest, status, feed, written) = (
                 self.store.clone(),
                 self.digest.clone(),
                 self.status.clone(),
                 self.feed.clone(),
+                self.written.clone(),
             );
             std::thread::Builder::new()
                 .name("bindledger-alert-store".into())
@@ -267,9 +292,9 @@ impl Worker {
                                 }
                             }),
                             Write::Triage(items) => store.write_triage(&items),
-                            Write::Checkpoint(delta, whole, sizes) => {
-                                store.write_checkpoint(&delta, &digest, whole, sizes)
-                            }
+                            Write::Checkpoint(delta, whole, position) => store
+                                .write_checkpoint(&delta, &digest, whole)
+                                .map(|_| written.store(position, Ordering::Release)),
                         };
                         if let Err(e) = result {
                             // Stop storing: a later checkpoint must not cover changes that
@@ -284,11 +309,12 @@ impl Worker {
                 .expect("starting the alert store thread")
         };
         self.writes = Some(tx);
-        let result = self.run_inner(rx).map(|_| {
+        let result = self.run_inner(rx).and_then(|_| {
             // The final checkpoint, after the last changes; never after a failure (the state
             // may then be ahead of the stored changes).
-            let checkpoint = self.checkpoint();
+            let checkpoint = self.checkpoint()?;
             self.send(checkpoint);
+            Ok(())
         });
         drop(self.writes.take());
         let stored_all = writer.join().unwrap_or(false);
@@ -357,7 +383,7 @@ impl Worker {
                 let event =
                     bindledger_events::decode(&bytes).map_err(|e| Error::corrupt_by(format!("event {seq}"), e))?;
                 self.note_triage(&event);
-                changes.extend(self.engine.apply(&event));
+                changes.extend(self.apply(&event)?);
             }
             if self.engine.state.position < from {
                 return Err(Error::corrupt(format!("event {from} is missing from the log")));
@@ -382,29 +408,49 @@ impl Worker {
                     self.catch_up(e.seq - 1)?;
                 }
                 self.note_triage(e);
-                changes.extend(self.engine.apply(e));
+                changes.extend(self.apply(e)?);
                 self.since_checkpoint += 1;
             }
         }
         self.commit(changes)
     }
 
-    /// What the next checkpoint writes: the keys changed since the last one, or the whole
-    /// state when the stored one is of an older format or the blobs since the last whole one
-    /// outgrew it (the store's module says why).
-    fn checkpoint(&mut self) -> Write {
-        if std::mem::take(&mut self.whole_next) || self.sizes.whole_due() {
-            let rows = self.engine.full();
-            self.sizes = CheckpointSizes {
-                whole: rows_bytes(&rows),
-                since: 0,
-            };
-            Write::Checkpoint(rows, true, self.sizes)
-        } else {
-            let rows = self.engine.delta();
-            self.sizes.since += rows_bytes(&rows);
-            Write::Checkpoint(rows, false, self.sizes)
+    /// Folds one event in, after reading back the rows of its keys that are not held.
+    fn apply(&mut self, e: &bindledger_events::Event) -> Result<Vec<AlertChange>> {
+        for key in self.engine.missing(e) {
+            let row = self.store.window_row(&key)?;
+            self.engine
+                .hold(&key, row.as_deref())
+                .map_err(|e| Error::corrupt_by("alerts", e))?;
         }
+        Ok(self.engine.apply(e))
+    }
+
+    /// What the next checkpoint writes: the keys changed since the last one (the whole state
+    /// when the stored one is of an older format), and the removal of the stored rows found
+    /// expired since the last one, of keys not held (a held key's own sweep removes its row; a
+    /// key read back since was changed by the event that needed it, and is held until a
+    /// checkpoint after this one is stored) whose row is still expired.
+    fn checkpoint(&mut self) -> Result<Write> {
+        let position = self.engine.state.position;
+        if std::mem::take(&mut self.whole_next) {
+            return Ok(Write::Checkpoint(self.engine.full(), true, position));
+        }
+        let mut delta = self.engine.delta();
+        let now = self.engine.high_time();
+        for key in std::mem::take(&mut self.expired) {
+            // A key not held is clean: its stored row is its last. Read again, as the row
+            // looked at may have been an older one, replaced since by a checkpoint in flight.
+            if !self.engine.holds(&key)
+                && self
+                    .store
+                    .window_row(&key)?
+                    .is_some_and(|row| row_expiry(&row).is_some_and(|until| until < now))
+            {
+                delta.rows.push((key.into_bytes(), None));
+            }
+        }
+        Ok(Write::Checkpoint(delta, false, position))
     }
 
     /// Publishes changes to the followers, then has them stored (with a checkpoint when one
@@ -431,11 +477,23 @@ impl Worker {
             let triage = std::mem::take(&mut self.triage);
             self.send(Write::Triage(triage));
         }
-        if self.since_checkpoint >= self.config.checkpoint_every_events {
-            let checkpoint = self.checkpoint();
+        // A stored row looked at for expiry per event folded since the last look.
+        let look = self.since_checkpoint.saturating_sub(self.expiry_looked);
+        if look > 0 {
+            let now = self.engine.high_time();
+            let found = self.store.expired_rows(&mut self.expiry_cursor, look as usize, now)?;
+            self.expired.extend(found);
+            self.expiry_looked = self.since_checkpoint;
+        }
+        // Early when many keys changed: they stay in memory until a checkpoint covers them.
+        let crowded = self.engine.changed() > (self.config.keys_cached / 2).max(1);
+        if self.since_checkpoint >= self.config.checkpoint_every_events || crowded || self.whole_next {
+            let checkpoint = self.checkpoint()?;
             self.send(checkpoint);
             self.since_checkpoint = 0;
+            self.expiry_looked = 0;
         }
+        self.engine.let_go(self.written.load(Ordering::Acquire));
         self.publish_status();
         Ok(())
     }
@@ -469,6 +527,9 @@ impl Worker {
         self.status.position.store(s.position, Ordering::Release);
         self.status.stream_seq.store(s.stream_seq, Ordering::Relaxed);
         self.status.keys.store(self.engine.keys() as u64, Ordering::Relaxed);
+        let (held, read) = self.engine.held().unwrap_or_default();
+        self.status.keys_held.store(held as u64, Ordering::Relaxed);
+        self.status.rows_read.store(read, Ordering::Relaxed);
         self.status
             .open_alerts
             .store(self.engine.open_alerts() as u64, Ordering::Relaxed);

@@ -6,90 +6,45 @@
 //! | `S` stream seq (u64 BE) | one [`AlertChange`] (JSON): the alert stream, in order, without gaps |
 //! | `L` opening seq (u64 BE) rule | the alert's latest revision (JSON), listed newest first |
 //! | `Mcheckpoint` | the engine's state header (position, stream seq, open alerts, locks) and the rules digest (JSON) |
-//! | `D` blob number (u64 BE) | rows of the engine's state, up to 64 KiB a blob: each checkpoint's changed rows, or the whole state (see below) |
-//! | `K` map letter, key | the engine's state of one rule and key (JSON), the format before `D`: read, and replaced by the next checkpoint |
+//! | `W` key | the engine's state of one key (account or wallet fingerprint): when it expires (i64 BE micros), then its windows in each rule (JSON) |
+//! | `D` blob number (u64 BE) | the format before `W`: rows of the engine's state in blobs of up to 64 KiB; read, and replaced by the next checkpoint |
+//! | `K` map letter, key | the format before `D`: the engine's state of one rule and key (JSON); read, and replaced by the next checkpoint |
 //! | `T` alert id | the alert's latest triage ([`TriageState`], JSON), from its `alert_triaged` events |
 //!
 //! Changes and the checkpoint that covers them are written in one atomic batch; changes after
 //! the last checkpoint are written again, identically, when the monitor resumes from it.
 //!
 //! **A checkpoint's cost follows the events folded since the one before it, not the number of
-//! keys tracked.** It writes the header and the rows of the keys that changed since, appended in
-//! blobs of up to 64 KiB (`D`): a sled key per 64 KiB of rows, not per row (a sled key per row
-//! made each row's cost grow with the tree: a fifth of the CPU at 200,000 accounts). The blobs
-//! are read in order, a later row replacing an earlier one. When the blobs since the last
-//! whole checkpoint outgrow twice its size, the next checkpoint is written whole and the older
-//! blobs removed, in the same batch: each row is written at most about three times, the bytes
-//! stored stay within about three times the state's. (A checkpoint of an older format, the
-//! whole state in `Mcheckpoint` or one row per key under `K`, is read as it is; the next one is
-//! written whole.)
+//! keys tracked.** It writes the header and the rows of the keys that changed since (`W`), in
+//! place. The monitor holds a bounded number of keys in memory and reads the others' rows back
+//! by key when an event needs them ([`AlertStore::window_row`]); a row expired (its key quiet for
+//! longer than its rules look back) answers as no row, and the monitor removes expired rows a
+//! few at a time with its checkpoints ([`AlertStore::expired_rows`]). A checkpoint of an older
+//! format (the whole state in `Mcheckpoint`, rows under `K`, blobs under `D`) is read whole; the
+//! next one is written whole and removes it.
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::alerts::engine::{Alert, AlertChange, EngineState, StateDelta};
+use crate::domain::alerts::engine::{row_expiry, Alert, AlertChange, EngineState, StateDelta};
 use crate::domain::alerts::rules::Severity;
 use crate::error::{Error, Result};
 
 const CHECKPOINT: &[u8] = b"Mcheckpoint";
-/// The prefix of the engine state's rows, one sled key each (the format before blobs).
+/// The prefix of the engine state's rows by key.
+const WINDOWS: u8 = b'W';
+/// The prefix of the engine state's rows by map letter and key (the format before blobs).
 const STATE_ROWS: &[u8] = b"K";
-/// The prefix of the blobs of the engine state's rows.
+/// The prefix of the blobs of the engine state's rows (the format before rows by key).
 const STATE_BLOBS: u8 = b'D';
-/// A checkpoint's rows go in blobs of about this many bytes at most: sled keeps a value inside
-/// its tree node and writes the whole node again whenever one of its keys changes, so values
-/// of megabytes made every checkpoint rewrite megabytes (measured: nodes of 46-122 MB).
-const BLOB_BYTES_MAX: usize = 64 << 10;
 
 /// A stored checkpoint, read back.
 pub struct Checkpoint {
     pub rules_digest: String,
+    /// The state: its header alone (the per-key state stays in the `W` rows), or the whole
+    /// state for a checkpoint of an older format.
     pub state: EngineState,
-    /// Whether it is of an older format (the whole state in one value, or a row per sled
-    /// key): the next checkpoint must then be written whole.
+    /// Whether it is of an older format: the next checkpoint must then be written whole.
     pub whole: bool,
-    /// Bytes of the last whole checkpoint's rows, and of the blobs written since it.
-    pub sizes: CheckpointSizes,
-}
-
-/// What the monitor needs to decide when a checkpoint is written whole.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckpointSizes {
-    /// The rows' bytes of the last whole checkpoint.
-    pub whole: u64,
-    /// The rows' bytes of the blobs written since.
-    pub since: u64,
-}
-
-impl CheckpointSizes {
-    /// Whether the next checkpoint should be written whole: the blobs since the last whole one
-    /// outgrew twice its size (and 1 MiB, so that a small state is not rewritten each time).
-    pub fn whole_due(&self) -> bool {
-        self.since > (2 * self.whole).max(1 << 20)
-    }
-}
-
-/// The bytes a checkpoint's rows take in a blob.
-pub fn rows_bytes(delta: &StateDelta) -> u64 {
-    delta
-        .rows
-        .iter()
-        .map(|(k, v)| 9 + k.len() as u64 + v.as_ref().map_or(0, |v| v.len() as u64))
-        .sum()
-}
-
-/// Appends a row to a blob: the key's length (u32 BE) and bytes, then `0` for a removed row,
-/// or `1`, the value's length (u32 BE) and bytes.
-fn encode_row((k, v): &(Vec<u8>, Option<Vec<u8>>), out: &mut Vec<u8>) {
-    out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-    out.extend_from_slice(k);
-    match v {
-        None => out.push(0),
-        Some(v) => {
-            out.push(1);
-            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            out.extend_from_slice(v);
-        }
-    }
 }
 
 /// Applies a blob's rows to `rows`, in order; `None` if the blob does not read.
@@ -120,6 +75,7 @@ fn apply_blob(blob: &[u8], rows: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8
     Some(())
 }
 
+#[cfg(test)]
 fn blob_key(n: u64) -> [u8; 9] {
     seq_key(STATE_BLOBS, n)
 }
@@ -135,8 +91,6 @@ fn blob_number(key: &[u8]) -> u64 {
 #[derive(Deserialize)]
 struct StoredCheckpoint {
     rules_digest: String,
-    #[serde(default)]
-    sizes: Option<CheckpointSizes>,
     #[serde(default)]
     header: Option<serde_json::Value>,
     #[serde(default)]
@@ -224,52 +178,82 @@ impl AlertStore {
                 rules_digest: stored.rules_digest,
                 state,
                 whole: true,
-                sizes: CheckpointSizes::default(),
             }));
         }
         let header = stored
             .header
             .ok_or_else(|| Error::corrupt("the alert checkpoint has no header"))?;
-        // The older rows, one sled key each, then the blobs in order over them.
+        let header = serde_json::to_vec(&header).expect("a value serializes");
+        // Rows of the formats before rows by key: one sled key each, then blobs over them.
         let mut rows = std::collections::BTreeMap::new();
         for r in self.tree.scan_prefix(STATE_ROWS) {
             let (k, v) = r.map_err(crate::store::from_sled)?;
             rows.insert(k[STATE_ROWS.len()..].to_vec(), v.to_vec());
         }
-        let older_rows = !rows.is_empty();
+        let mut older = !rows.is_empty();
         for r in self.tree.scan_prefix([STATE_BLOBS]) {
             let (k, blob) = r.map_err(crate::store::from_sled)?;
+            older = true;
             apply_blob(&blob, &mut rows)
                 .ok_or_else(|| Error::corrupt(format!("alerts: checkpoint blob {} does not read", blob_number(&k))))?;
         }
-        let header = serde_json::to_vec(&header).expect("a value serializes");
-        let state = EngineState::from_rows(&header, rows).map_err(|e| corrupt("checkpoint", e))?;
+        let state = if older {
+            EngineState::from_lettered_rows(&header, rows)
+        } else {
+            EngineState::from_header(&header)
+        }
+        .map_err(|e| corrupt("checkpoint", e))?;
         Ok(Some(Checkpoint {
             rules_digest: stored.rules_digest,
             state,
-            whole: older_rows,
-            sizes: stored.sizes.unwrap_or_default(),
+            whole: older,
         }))
     }
 
-    /// Stores a checkpoint: its rows appended in blobs of up to [`BLOB_BYTES_MAX`], or
-    /// (`whole`) the whole state's rows in blobs that replace every older one (and the rows of
-    /// the format before blobs); with the header, in one atomic batch.
-    pub fn write_checkpoint(
-        &self,
-        delta: &StateDelta,
-        rules_digest: &str,
-        whole: bool,
-        sizes: CheckpointSizes,
-    ) -> Result<()> {
+    /// The stored row of one key's windows ([`StateDelta`]), if any.
+    pub fn window_row(&self, key: &str) -> Result<Option<sled::IVec>> {
+        self.tree
+            .get([&[WINDOWS][..], key.as_bytes()].concat())
+            .map_err(crate::store::from_sled)
+    }
+
+    /// Every stored row of windows, by key.
+    pub fn window_rows(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> {
+        self.tree.scan_prefix([WINDOWS]).map(|r| {
+            let (k, v) = r.map_err(crate::store::from_sled)?;
+            Ok((k[1..].to_vec(), v.to_vec()))
+        })
+    }
+
+    /// Looks at up to `n` rows of windows after the key `cursor` (wrapping to the first when
+    /// it reaches the last) and returns the keys of those that expired before `now`; moves the
+    /// cursor past them.
+    pub fn expired_rows(&self, cursor: &mut Vec<u8>, n: usize, now: i64) -> Result<Vec<String>> {
+        let from = [&[WINDOWS][..], cursor].concat();
+        let range = (
+            std::ops::Bound::Excluded(from),
+            std::ops::Bound::Excluded(vec![WINDOWS + 1]),
+        );
+        let mut expired = Vec::new();
+        let mut looked = 0;
+        for r in self.tree.range(range).take(n) {
+            let (k, v) = r.map_err(crate::store::from_sled)?;
+            looked += 1;
+            if row_expiry(&v).is_some_and(|until| until < now) {
+                expired.push(String::from_utf8_lossy(&k[1..]).into_owned());
+            }
+            *cursor = k[1..].to_vec();
+        }
+        if looked < n {
+            cursor.clear();
+        }
+        Ok(expired)
+    }
+
+    /// Stores a checkpoint: the header, and its rows written (or removed) in place; a `whole`
+    /// one also removes the rows of the formats before rows by key. In one atomic batch.
+    pub fn write_checkpoint(&self, delta: &StateDelta, rules_digest: &str, whole: bool) -> Result<()> {
         let mut batch = sled::Batch::default();
-        let last = self
-            .tree
-            .scan_prefix([STATE_BLOBS])
-            .next_back()
-            .transpose()
-            .map_err(crate::store::from_sled)?
-            .map_or(0, |(k, _)| blob_number(&k));
         if whole {
             for r in self.tree.scan_prefix([STATE_BLOBS]).keys() {
                 batch.remove(r.map_err(crate::store::from_sled)?);
@@ -278,23 +262,17 @@ impl AlertStore {
                 batch.remove(r.map_err(crate::store::from_sled)?);
             }
         }
-        let mut next = last + 1;
-        let mut blob = Vec::new();
-        for row in &delta.rows {
-            encode_row(row, &mut blob);
-            if blob.len() >= BLOB_BYTES_MAX {
-                batch.insert(&blob_key(next)[..], std::mem::take(&mut blob));
-                next += 1;
+        for (k, v) in &delta.rows {
+            let key = [&[WINDOWS][..], k].concat();
+            match v {
+                Some(v) => batch.insert(key, &v[..]),
+                None => batch.remove(key),
             }
-        }
-        if !blob.is_empty() {
-            batch.insert(&blob_key(next)[..], blob);
         }
         let header = std::str::from_utf8(&delta.header).expect("JSON is UTF-8");
         let value = format!(
-            "{{\"rules_digest\":{},\"sizes\":{},\"header\":{header}}}",
+            "{{\"rules_digest\":{},\"header\":{header}}}",
             serde_json::to_string(rules_digest).expect("a string serializes"),
-            serde_json::to_string(&sizes).expect("sizes serialize"),
         );
         batch.insert(CHECKPOINT, value.as_bytes());
         self.tree.apply_batch(batch).map_err(crate::store::from_sled)?;
@@ -454,122 +432,158 @@ mod tests {
         }
     }
 
-    fn blobs(store: &AlertStore) -> usize {
-        store.tree.scan_prefix([STATE_BLOBS]).count()
+    /// The state's per-key maps as rows of the format before rows by key (a map's letter,
+    /// then the key), from its serialized form.
+    fn lettered_rows(state: &EngineState) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let value = serde_json::to_value(state).unwrap();
+        let maps = [
+            (b'b', "brute_force"),
+            (b'f', "bind_failures"),
+            (b'd', "dead_wallets"),
+            (b's', "shared_wallet"),
+            (b'p', "stuffing"),
+            (b'c', "churn"),
+            (b'n', "binds"),
+            (b'y', "payments"),
+        ];
+        let mut rows = Vec::new();
+        for (letter, name) in maps {
+            for (key, v) in value[name].as_object().unwrap() {
+                rows.push(([&[letter][..], key.as_bytes()].concat(), serde_json::to_vec(v).unwrap()));
+            }
+        }
+        rows
     }
 
-    /// A checkpoint of the older format (the whole state in one value) is read as it is and
-    /// marked whole; one written in blobs reads back to the same state.
-    #[test]
-    fn both_checkpoint_formats_read_back() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let store = AlertStore::new(db.open_tree("alerts").unwrap());
-        let mut engine = Engine::new(crate::domain::alerts::RuleSet::default());
-        fold(&mut engine, 1..=300, 7);
-        assert_eq!(engine.state.position, 300);
-        #[derive(Serialize)]
-        struct Old<'a> {
-            rules_digest: &'a str,
-            state: &'a EngineState,
-        }
-        let old = serde_json::to_vec(&Old {
-            rules_digest: "d",
-            state: &engine.state,
-        })
-        .unwrap();
-        store.tree.insert(CHECKPOINT, old).unwrap();
-        let cp = store.checkpoint().unwrap().unwrap();
-        assert!(cp.whole);
-        assert_eq!(cp.state, engine.state);
-        let full = engine.full();
-        let sizes = CheckpointSizes {
-            whole: rows_bytes(&full),
-            since: 0,
-        };
-        store.write_checkpoint(&full, "d", true, sizes).unwrap();
+    fn header_of(state: &EngineState) -> String {
+        let mut value = serde_json::to_value(state).unwrap();
+        let header = value.as_object_mut().unwrap();
+        header.retain(|k, _| {
+            [
+                "position",
+                "stream_seq",
+                "high_time",
+                "open",
+                "pending_locks",
+                "locks",
+                "unlocked",
+            ]
+            .contains(&k.as_str())
+        });
+        serde_json::to_string(header).unwrap()
+    }
+
+    /// What is stored, read back whole: the header and every row by key.
+    fn stored_state(store: &AlertStore) -> EngineState {
         let cp = store.checkpoint().unwrap().unwrap();
         assert!(!cp.whole);
-        assert_eq!(cp.sizes, sizes);
-        assert_eq!((cp.state, cp.rules_digest.as_str()), (engine.state.clone(), "d"));
+        let header = serde_json::to_vec(&cp.state).unwrap();
+        EngineState::from_rows(&header, store.window_rows().map(|r| r.unwrap())).unwrap()
     }
 
-    /// Checkpoints appended as blobs, removals included, read back to the engine's state at
-    /// every step; a whole one replaces every blob before it; rows of the format before blobs
-    /// (a sled key each) are read, marked whole, and removed by the next whole checkpoint.
+    /// Checkpoints of each older format (the whole state in one value, a row per map and key,
+    /// blobs) are read whole and marked so; the next, written whole, removes them; checkpoints
+    /// by key, removals included, then add up to the engine's state at every step, and the
+    /// header alone is what a start reads.
     #[test]
-    fn blobs_add_up_to_the_state_and_a_whole_checkpoint_replaces_them() {
+    fn older_formats_read_back_and_rows_by_key_add_up_to_the_state() {
+        for format in ["whole", "rows", "blobs"] {
+            let db = sled::Config::new().temporary(true).open().unwrap();
+            let store = AlertStore::new(db.open_tree("alerts").unwrap());
+            let mut engine = Engine::new(crate::domain::alerts::RuleSet::default());
+            fold(&mut engine, 1..=500, 40);
+            let rows = lettered_rows(&engine.state);
+            assert!(rows.len() > 40, "{format}: the state has rows");
+            let header = header_of(&engine.state);
+            match format {
+                "whole" => {
+                    let value = serde_json::json!({"rules_digest": "d", "state": &engine.state});
+                    store
+                        .tree
+                        .insert(CHECKPOINT, serde_json::to_vec(&value).unwrap())
+                        .unwrap();
+                }
+                "rows" => {
+                    for (k, v) in &rows {
+                        store.tree.insert([STATE_ROWS, k].concat(), v.clone()).unwrap();
+                    }
+                }
+                _ => {
+                    for (i, chunk) in rows.chunks(7).enumerate() {
+                        let mut blob = Vec::new();
+                        for (k, v) in chunk {
+                            blob.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                            blob.extend_from_slice(k);
+                            blob.push(1);
+                            blob.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                            blob.extend_from_slice(v);
+                        }
+                        store.tree.insert(blob_key(i as u64 + 1), blob).unwrap();
+                    }
+                }
+            }
+            if format != "whole" {
+                let value = format!("{{\"rules_digest\":\"d\",\"header\":{header}}}");
+                store.tree.insert(CHECKPOINT, value.as_bytes()).unwrap();
+            }
+            let cp = store.checkpoint().unwrap().unwrap();
+            assert!(cp.whole, "{format}: the next checkpoint is written whole");
+            assert_eq!(cp.state, engine.state, "{format}");
+            store.write_checkpoint(&engine.full(), "d", true).unwrap();
+            assert_eq!(
+                store.tree.scan_prefix(STATE_ROWS).count(),
+                0,
+                "{format}: the older rows are gone"
+            );
+            assert_eq!(
+                store.tree.scan_prefix([STATE_BLOBS]).count(),
+                0,
+                "{format}: the blobs are gone"
+            );
+            assert_eq!(stored_state(&store), engine.state, "{format}");
+            let mut dropped = 0;
+            for round in 0..12u64 {
+                let from = 501 + round * 400;
+                fold(&mut engine, from..=from + 399, 40 + round * 30);
+                let rows = engine.delta();
+                dropped += rows.rows.iter().filter(|(_, v)| v.is_none()).count();
+                store.write_checkpoint(&rows, "d", false).unwrap();
+                assert_eq!(stored_state(&store), engine.state, "{format}, round {round}");
+                let start = store.checkpoint().unwrap().unwrap();
+                assert_eq!(start.state.position, engine.state.position);
+                assert_eq!(start.state.stream_seq, engine.state.stream_seq);
+            }
+            assert!(dropped > 0, "the run swept keys, so removals were stored");
+        }
+    }
+
+    /// Expired rows are found a few at a time, the cursor wrapping around; rows alive are not.
+    #[test]
+    fn expired_rows_are_found_a_few_at_a_time() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let store = AlertStore::new(db.open_tree("alerts").unwrap());
-        let mut engine = Engine::new(crate::domain::alerts::RuleSet::default());
-        fold(&mut engine, 1..=500, 40);
-        // The format before blobs: a header and a row per key.
-        let full = engine.full();
-        for (k, v) in &full.rows {
-            store.tree.insert([STATE_ROWS, k].concat(), v.clone().unwrap()).unwrap();
+        let row = |until: i64| [&until.to_be_bytes()[..], b"{}"].concat();
+        let mut delta = StateDelta {
+            header: header_of(&EngineState::default()).into_bytes(),
+            ..StateDelta::default()
+        };
+        for i in 0..10 {
+            delta.rows.push((
+                format!("k{i}").into_bytes(),
+                Some(row(if i % 2 == 0 { 100 } else { 1_000 })),
+            ));
         }
-        let header = std::str::from_utf8(&full.header).unwrap();
-        store
-            .tree
-            .insert(
-                CHECKPOINT,
-                format!("{{\"rules_digest\":\"d\",\"header\":{header}}}").as_bytes(),
-            )
-            .unwrap();
-        let cp = store.checkpoint().unwrap().unwrap();
-        assert!(cp.whole, "rows of the older format make the next checkpoint whole");
-        assert_eq!(cp.state, engine.state);
-        let mut sizes = CheckpointSizes::default();
-        let mut dropped = 0;
-        for round in 0..12u64 {
-            let from = 501 + round * 400;
-            fold(&mut engine, from..=from + 399, 40 + round * 30);
-            let whole = round == 0 || round == 7;
-            let rows = if whole { engine.full() } else { engine.delta() };
-            dropped += rows.rows.iter().filter(|(_, v)| v.is_none()).count();
-            if whole {
-                sizes = CheckpointSizes {
-                    whole: rows_bytes(&rows),
-                    since: 0,
-                };
-            } else {
-                sizes.since += rows_bytes(&rows);
-            }
-            let before = blobs(&store);
-            store.write_checkpoint(&rows, "d", whole, sizes).unwrap();
-            let cp = store.checkpoint().unwrap().unwrap();
-            assert_eq!(cp.state, engine.state, "round {round}");
-            assert!(!cp.whole);
-            assert_eq!(cp.sizes, sizes);
-            // A blob per 64 KiB of rows (the last row may run past it).
-            let most = rows_bytes(&rows) as usize / BLOB_BYTES_MAX + 1;
-            if whole {
-                assert_eq!(store.tree.scan_prefix(STATE_ROWS).count(), 0, "the older rows are gone");
-                assert!(
-                    (1..=most).contains(&blobs(&store)),
-                    "round {round}: only the whole state's blobs"
-                );
-            } else {
-                assert!(
-                    (before + 1..=before + most).contains(&blobs(&store)),
-                    "round {round}: {before} -> {} blobs for {} bytes",
-                    blobs(&store),
-                    rows_bytes(&rows)
-                );
-            }
+        store.write_checkpoint(&delta, "d", false).unwrap();
+        let mut cursor = Vec::new();
+        let mut found = Vec::new();
+        for _ in 0..3 {
+            found.extend(store.expired_rows(&mut cursor, 4, 500).unwrap());
         }
-        assert!(dropped > 0, "the run dropped keys, so removals were stored");
+        assert!(cursor.is_empty(), "three looks of four rows wrapped past the ten");
+        assert_eq!(found, ["k0", "k2", "k4", "k6", "k8"]);
+        assert_eq!(store.expired_rows(&mut cursor, 4, 50).unwrap(), Vec::<String>::new());
         // A blob cut short does not read.
-        let (k, v) = store.tree.scan_prefix([STATE_BLOBS]).next_back().unwrap().unwrap();
-        store.tree.insert(k, &v[..v.len() - 1]).unwrap();
+        store.tree.insert(blob_key(1), &b"\0\0\0\x09abc"[..]).unwrap();
         assert_eq!(store.checkpoint().err().map(|e| e.code()), Some("corrupt"));
-    }
-
-    #[test]
-    fn a_whole_checkpoint_is_due_when_the_blobs_since_outgrow_twice_the_last() {
-        let s = |whole, since| CheckpointSizes { whole, since };
-        assert!(!s(10 << 20, 20 << 20).whole_due());
-        assert!(s(10 << 20, (20 << 20) + 1).whole_due());
-        assert!(!s(0, 1 << 20).whole_due(), "a small state is not rewritten each time");
-        assert!(s(0, (1 << 20) + 1).whole_due());
     }
 }

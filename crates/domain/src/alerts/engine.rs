@@ -6,10 +6,17 @@
 //! caller may set: an attacker cannot spread guesses over the past to stay under a threshold,
 //! nor date them so that a lock ends as soon as it is taken.
 //!
-//! State is per rule and key (account, or wallet fingerprint for `shared_wallet`), and bounded:
-//! windows keep only what can still count, keys quiet for longer than their rule looks back are
-//! swept out every [`SWEEP_EVERY`] events, and each rule tracks at most `limits.keys_max` keys
-//! (beyond it the quietest go first, ties broken by key, so eviction is deterministic too).
+//! State is per rule and key (account, or wallet fingerprint for `shared_wallet`): windows keep
+//! only what can still count, and keys quiet for longer than their rule looks back are swept out
+//! every [`SWEEP_EVERY`] events. A key swept out and a key never seen answer alike, so no rule
+//! ever forgets a key that could still count.
+//!
+//! **Held in memory, or read back.** The live monitor keeps the per-key state on disk, one row
+//! per key ([`Engine::delta`]), and holds at most a bounded number of keys in memory
+//! ([`Engine::backed`]): before an event is folded, the rows of its keys that are not held are
+//! read back ([`Engine::missing`], [`Engine::hold`]); a key is let go only when clean, its row
+//! stored by a checkpoint after its last change ([`Engine::let_go`]). A key read back is the key
+//! that was let go, so what the rules raise never depends on what was held.
 
 use bindledger_events::{BindFailure, Currency, Event, Payload, PaymentFailure};
 use chrono::{DateTime, Utc};
@@ -18,6 +25,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use uuid::Uuid;
 
 use super::rules::{CountRule, RuleSet, Severity, Span};
+use crate::cache;
 
 /// Events between two sweeps of quiet keys.
 pub const SWEEP_EVERY: u64 = 4096;
@@ -194,20 +202,148 @@ pub struct Engine {
     pub rules: RuleSet,
     pub state: EngineState,
     /// Keys (accounts, wallet fingerprints) whose per-key state may have changed since the last
-    /// [`Engine::delta`], and keys a sweep dropped since: what an incremental checkpoint writes.
+    /// [`Engine::delta`], a sweep's removals included: what an incremental checkpoint writes.
     dirty: std::collections::HashSet<String>,
-    dropped: std::collections::HashSet<String>,
+    /// When the per-key state is backed by stored rows: the keys held in memory.
+    held: Option<Held>,
+}
+
+/// The keys held in memory by an engine backed by stored rows ([`Engine::backed`]).
+struct Held {
+    /// Keys held beyond those changed since the last stored checkpoint.
+    max: usize,
+    /// Each held key's stamp: the seq of its last change, 0 when read back and unchanged since.
+    stamps: HashMap<String, u64>,
+    /// Touches, oldest first (see [`cache::let_go`]).
+    touched: VecDeque<(String, u64, u64)>,
+    /// Rows read back since the engine began.
+    rows_read: u64,
+}
+
+/// A stored row that does not read (the message names no key: keys are callers' account ids).
+#[derive(Debug)]
+pub struct BadRow(pub String);
+
+impl std::fmt::Display for BadRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a stored alert window row does not read: {}", self.0)
+    }
+}
+
+impl std::error::Error for BadRow {}
+
+/// The row of one key as stored: its state in each per-key map that holds it.
+#[derive(Deserialize)]
+struct KeyRow {
+    #[serde(default, rename = "b")]
+    brute_force: Option<Window>,
+    #[serde(default, rename = "f")]
+    bind_failures: Option<Window>,
+    #[serde(default, rename = "d")]
+    dead_wallets: Option<Window>,
+    #[serde(default, rename = "s")]
+    shared_wallet: Option<Window>,
+    #[serde(default, rename = "p")]
+    stuffing: Option<Window>,
+    #[serde(default, rename = "c")]
+    churn: Option<Window>,
+    #[serde(default, rename = "n")]
+    binds: Option<AccountBinds>,
+    #[serde(default, rename = "y")]
+    payments: Option<Payments>,
+}
+
+/// [`KeyRow`], borrowed, for writing.
+#[derive(Serialize, Default)]
+struct KeyRowRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none", rename = "b")]
+    brute_force: Option<&'a Window>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "f")]
+    bind_failures: Option<&'a Window>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "d")]
+    dead_wallets: Option<&'a Window>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "s")]
+    shared_wallet: Option<&'a Window>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "p")]
+    stuffing: Option<&'a Window>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "c")]
+    churn: Option<&'a Window>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "n")]
+    binds: Option<&'a AccountBinds>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "y")]
+    payments: Option<&'a Payments>,
+}
+
+/// The record time (micros) of a key's latest activity in one map: what sweeps go by.
+trait Last {
+    fn last(&self) -> i64;
+}
+
+impl Last for Window {
+    fn last(&self) -> i64 {
+        self.last
+    }
+}
+
+impl Last for AccountBinds {
+    fn last(&self) -> i64 {
+        self.last
+    }
+}
+
+impl Last for Payments {
+    fn last(&self) -> i64 {
+        self.last
+    }
+}
+
+/// How far back (micros) the rules of a per-key map look: a key quiet for longer counts as
+/// never seen.
+fn reach(r: &RuleSet, letter: u8) -> i64 {
+    match letter {
+        b'b' => r.password_brute_force.count.window,
+        b'f' => r.bind_failure_burst.window,
+        b'd' => r.dead_wallet_probing.window,
+        b's' => r.shared_wallet.window,
+        b'p' => r.password_stuffing.count.window,
+        b'c' => r.binding_churn.window,
+        b'n' => r.bind_then_drain.window.max(r.binding_churn.window),
+        _ => r.amount_spike.forget_after,
+    }
+    .micros()
+}
+
+/// The time after which a stored row counts as never seen (see [`Engine::row_of`]).
+pub fn row_expiry(row: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(row.get(..8)?.try_into().ok()?))
+}
+
+/// The keys an event can change: its account, and its wallet's fingerprint.
+fn event_keys(e: &Event) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+    let fp = match &e.payload {
+        Payload::WalletBound { wallet, .. }
+        | Payload::BindFailed { wallet, .. }
+        | Payload::PaymentSucceeded { wallet, .. }
+        | Payload::WalletUnbound { wallet, .. } => Some(std::borrow::Cow::Owned(wallet.fingerprint.to_hex())),
+        _ => None,
+    };
+    std::iter::once(std::borrow::Cow::Borrowed(e.account.as_str())).chain(fp)
 }
 
 /// The engine's state as a checkpoint stores it, in pieces: a small header (positions, open
-/// alerts, locks) and one row per rule and key, so that a checkpoint writes only the keys that
-/// changed since the one before it (its cost follows the events folded, not the number of
-/// accounts the engine tracks).
+/// alerts, locks) and one row per key (account or wallet fingerprint), so that a checkpoint
+/// writes only the keys that changed since the one before it (its cost follows the events
+/// folded, not the number of accounts the engine tracks), and a key's state is read back by its
+/// key alone.
+///
+/// A row is the time after which it counts as never seen (micros, i64 big-endian: its latest
+/// activity plus how far its rules look back, the latest over its maps), then its state in each
+/// per-key map (JSON, a letter per map).
 #[derive(Debug, Clone, Default)]
 pub struct StateDelta {
     /// The header, JSON.
     pub header: Vec<u8>,
-    /// Rows to write (`Some`) or remove (`None`), by row key (a map's letter, then the key).
+    /// Rows to write (`Some`) or remove (`None`), by key.
     pub rows: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
@@ -239,13 +375,11 @@ macro_rules! per_key_maps {
 }
 
 impl EngineState {
-    /// Rebuilds a state from its stored header and rows ([`StateDelta`]).
-    pub fn from_rows(
-        header: &[u8],
-        rows: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
-    ) -> Result<EngineState, serde_json::Error> {
+    /// A state from its stored header alone (the per-key state stays in its rows, read back
+    /// key by key: [`Engine::hold`]).
+    pub fn from_header(header: &[u8]) -> Result<EngineState, serde_json::Error> {
         let h: Header = serde_json::from_slice(header)?;
-        let mut s = EngineState {
+        Ok(EngineState {
             position: h.position,
             stream_seq: h.stream_seq,
             high_time: h.high_time,
@@ -254,7 +388,25 @@ impl EngineState {
             locks: h.locks,
             unlocked: h.unlocked,
             ..EngineState::default()
-        };
+        })
+    }
+
+    /// A whole state from its stored header and every row, by key ([`StateDelta`]).
+    pub fn from_rows(header: &[u8], rows: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<EngineState, BadRow> {
+        let mut s = EngineState::from_header(header).map_err(bad_row)?;
+        for (k, v) in rows {
+            s.put_row(&String::from_utf8_lossy(&k), &v)?;
+        }
+        Ok(s)
+    }
+
+    /// A whole state from its header and rows of the format before rows by key: one row per
+    /// map and key, keyed by the map's letter then the key.
+    pub fn from_lettered_rows(
+        header: &[u8],
+        rows: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<EngineState, serde_json::Error> {
+        let mut s = EngineState::from_header(header)?;
         for (k, v) in rows {
             let Some((&letter, key)) = k.split_first() else {
                 continue;
@@ -270,6 +422,50 @@ impl EngineState {
             per_key_maps!(load);
         }
         Ok(s)
+    }
+
+    /// Puts a stored row's state into the per-key maps.
+    fn put_row(&mut self, key: &str, row: &[u8]) -> Result<(), BadRow> {
+        let json = row.get(8..).ok_or_else(|| BadRow("shorter than its expiry".into()))?;
+        let r: KeyRow = serde_json::from_slice(json).map_err(bad_row)?;
+        macro_rules! put {
+            ($letter:expr, $field:ident) => {
+                if let Some(v) = r.$field {
+                    self.$field.insert(key.to_owned(), v);
+                }
+            };
+        }
+        per_key_maps!(put);
+        Ok(())
+    }
+
+    /// The stored row of `key` ([`StateDelta`]); `None` when no map holds it.
+    fn row_of(&self, rules: &RuleSet, key: &str) -> Option<Vec<u8>> {
+        let mut row = KeyRowRef::default();
+        let mut expiry = None;
+        macro_rules! part {
+            ($letter:expr, $field:ident) => {
+                if let Some(v) = self.$field.get(key) {
+                    let until = v.last().saturating_add(reach(rules, $letter));
+                    expiry = Some(expiry.map_or(until, |e: i64| e.max(until)));
+                    row.$field = Some(v);
+                }
+            };
+        }
+        per_key_maps!(part);
+        let mut out = expiry?.to_be_bytes().to_vec();
+        serde_json::to_writer(&mut out, &row).expect("the state serializes");
+        Some(out)
+    }
+
+    /// Drops `key` from every per-key map.
+    fn forget(&mut self, key: &str) {
+        macro_rules! forget {
+            ($letter:expr, $field:ident) => {
+                self.$field.remove(key);
+            };
+        }
+        per_key_maps!(forget);
     }
 
     fn header(&self) -> Vec<u8> {
@@ -294,42 +490,11 @@ impl EngineState {
         })
         .expect("the state serializes")
     }
+}
 
-    /// The rows of `touched` keys in the per-key maps that hold them, and a removal of the
-    /// `dropped` keys' rows in the maps that no longer hold them (a key leaves a map only when
-    /// a sweep drops it).
-    fn rows_of<'a>(
-        &self,
-        touched: impl IntoIterator<Item = &'a String>,
-        dropped: impl IntoIterator<Item = &'a String>,
-    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        let mut rows = Vec::new();
-        for key in touched {
-            macro_rules! row {
-                ($letter:expr, $field:ident) => {
-                    if let Some(v) = self.$field.get(key) {
-                        let k = [&[$letter][..], key.as_bytes()].concat();
-                        rows.push((
-                            k,
-                            Some(serde_json::to_vec(v).expect("the state serializes")),
-                        ));
-                    }
-                };
-            }
-            per_key_maps!(row);
-        }
-        for key in dropped {
-            macro_rules! removal {
-                ($letter:expr, $field:ident) => {
-                    if !self.$field.contains_key(key) {
-                        rows.push(([&[$letter][..], key.as_bytes()].concat(), None));
-                    }
-                };
-            }
-            per_key_maps!(removal);
-        }
-        rows
-    }
+/// A row's JSON error, by position only (a message may quote the value it met).
+fn bad_row(e: serde_json::Error) -> BadRow {
+    BadRow(format!("{:?} at line {} column {}", e.classify(), e.line(), e.column()))
 }
 
 /// Whether a pending lock key (see [`EngineState::pending_locks`]) is one of `alert_id`'s.
@@ -397,36 +562,148 @@ impl Engine {
             rules,
             state,
             dirty: Default::default(),
-            dropped: Default::default(),
+            held: None,
+        }
+    }
+
+    /// An engine whose per-key state is backed by stored rows, holding at most `max` keys in
+    /// memory beyond those changed since the last stored checkpoint. The keys `state` already
+    /// holds (a checkpoint of a format before rows by key) count as changed at its position:
+    /// they stay until a checkpoint past it is stored.
+    pub fn backed(rules: RuleSet, state: EngineState, max: usize) -> Engine {
+        let mut engine = Engine::resume(rules, state);
+        let mut held = Held {
+            max,
+            stamps: HashMap::new(),
+            touched: VecDeque::new(),
+            rows_read: 0,
+        };
+        let position = engine.state.position;
+        for key in engine.state_keys() {
+            held.stamps.insert(key.clone(), position);
+            held.touched.push_back((key.clone(), position, position));
+            engine.dirty.insert(key);
+        }
+        engine.held = Some(held);
+        engine
+    }
+
+    /// Every key some per-key map holds.
+    fn state_keys(&self) -> std::collections::HashSet<String> {
+        let s = &self.state;
+        let mut keys = std::collections::HashSet::new();
+        macro_rules! all_keys {
+            ($letter:expr, $field:ident) => {
+                keys.extend(s.$field.keys().cloned());
+            };
+        }
+        per_key_maps!(all_keys);
+        keys
+    }
+
+    /// The keys `e` can change that are not held: their rows must be read back
+    /// ([`Engine::hold`]) before it is folded. Empty for an engine not backed by rows.
+    pub fn missing(&self, e: &Event) -> Vec<String> {
+        let Some(h) = &self.held else {
+            return Vec::new();
+        };
+        event_keys(e)
+            .filter(|k| !h.stamps.contains_key(k.as_ref()))
+            .map(|k| k.into_owned())
+            .collect()
+    }
+
+    /// Holds `key` with its stored row (`None`: it has none, it was never seen or swept out).
+    pub fn hold(&mut self, key: &str, row: Option<&[u8]>) -> Result<(), BadRow> {
+        if let Some(row) = row {
+            self.state.put_row(key, row)?;
+        }
+        if let Some(h) = &mut self.held {
+            h.rows_read += u64::from(row.is_some());
+            h.stamps.insert(key.to_owned(), 0);
+            h.touched.push_back((key.to_owned(), 0, 0));
+        }
+        Ok(())
+    }
+
+    /// Whether `key` is held (always, for an engine not backed by rows).
+    pub fn holds(&self, key: &str) -> bool {
+        self.held.as_ref().is_none_or(|h| h.stamps.contains_key(key))
+    }
+
+    /// Lets clean keys go (their last change at or before `written`, the position of the last
+    /// stored checkpoint), oldest touch first, down to the engine's bound.
+    pub fn let_go(&mut self, written: u64) {
+        let Some(h) = &mut self.held else {
+            return;
+        };
+        let state = &mut self.state;
+        cache::let_go(
+            &mut h.stamps,
+            &mut h.touched,
+            h.max,
+            written,
+            |s| *s,
+            |key, _| state.forget(&key),
+        );
+    }
+
+    /// Keys held in memory and rows read back since the engine began (`None` when not backed).
+    pub fn held(&self) -> Option<(usize, u64)> {
+        self.held.as_ref().map(|h| (h.stamps.len(), h.rows_read))
+    }
+
+    /// Keys changed since the last checkpoint (they stay held until one is stored).
+    pub fn changed(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// The highest record time seen (micros): rows expiring before it count as never seen.
+    pub fn high_time(&self) -> i64 {
+        self.state.high_time
+    }
+
+    /// Notes that `key`'s state changed at `seq`.
+    fn changed_at(&mut self, key: &str, seq: u64) {
+        if !self.dirty.contains(key) {
+            self.dirty.insert(key.to_owned());
+        }
+        if let Some(h) = &mut self.held {
+            h.stamps.insert(key.to_owned(), seq);
+            h.touched.push_back((key.to_owned(), seq, seq));
         }
     }
 
     /// What changed since the last call (or since the engine began): the header and the rows
-    /// of the keys touched since, for an incremental checkpoint.
+    /// of the keys changed since, for an incremental checkpoint.
     pub fn delta(&mut self) -> StateDelta {
-        let (dirty, dropped) = (std::mem::take(&mut self.dirty), std::mem::take(&mut self.dropped));
+        let dirty = std::mem::take(&mut self.dirty);
         StateDelta {
             header: self.state.header(),
-            rows: self.state.rows_of(&dirty, &dropped),
+            rows: dirty
+                .into_iter()
+                .map(|k| {
+                    let row = self.state.row_of(&self.rules, &k);
+                    (k.into_bytes(), row)
+                })
+                .collect(),
         }
     }
 
     /// The whole state as rows (a checkpoint that stands alone: the first one, or one replacing
-    /// a checkpoint of the older, single-value format).
+    /// a checkpoint of an older format).
     pub fn full(&mut self) -> StateDelta {
         self.dirty.clear();
-        self.dropped.clear();
-        let s = &self.state;
-        let mut keys: std::collections::HashSet<&String> = Default::default();
-        macro_rules! all_keys {
-            ($letter:expr, $field:ident) => {
-                keys.extend(s.$field.keys());
-            };
-        }
-        per_key_maps!(all_keys);
         StateDelta {
-            header: s.header(),
-            rows: s.rows_of(keys, std::iter::empty()),
+            header: self.state.header(),
+            rows: self
+                .state_keys()
+                .into_iter()
+                .map(|k| {
+                    let row = self.state.row_of(&self.rules, &k);
+                    (k.into_bytes(), row)
+                })
+                .collect(),
         }
     }
 
@@ -437,22 +714,15 @@ impl Engine {
         self.state.position = e.seq;
         let t = e.record_time.timestamp_micros();
         self.state.high_time = self.state.high_time.max(t);
-        // The keys this event can change: its account, and its wallet's fingerprint.
-        if !self.dirty.contains(&e.account) {
-            self.dirty.insert(e.account.clone());
-        }
-        if let Payload::WalletBound { wallet, .. }
-        | Payload::BindFailed { wallet, .. }
-        | Payload::PaymentSucceeded { wallet, .. }
-        | Payload::WalletUnbound { wallet, .. } = &e.payload
-        {
-            self.dirty.insert(wallet.fingerprint.to_hex());
+        debug_assert!(self.missing(e).is_empty(), "the event's keys are held");
+        for key in event_keys(e) {
+            self.changed_at(&key, e.seq);
         }
         let mut seen = Vec::new();
         self.observe(e, t, &mut seen);
         let changes = seen.into_iter().map(|o| self.raise(o, e, t)).collect();
         if e.seq % SWEEP_EVERY == 0 {
-            self.sweep();
+            self.sweep(e.seq);
         }
         changes
     }
@@ -858,69 +1128,32 @@ impl Engine {
         }
     }
 
-    /// Drops state that can no longer matter, then the quietest keys beyond `keys_max`.
-    fn sweep(&mut self) {
-        let r = &self.rules;
-        let s = &mut self.state;
-        let now = s.high_time;
-        let keys_max = r.limits.keys_max;
-        let d = &mut self.dropped;
-        let w = |x: &Window| x.last;
-        trim_map(
-            &mut s.brute_force,
-            now - r.password_brute_force.count.window.micros(),
-            keys_max,
-            w,
-            d,
-        );
-        trim_map(
-            &mut s.bind_failures,
-            now - r.bind_failure_burst.window.micros(),
-            keys_max,
-            w,
-            d,
-        );
-        trim_map(
-            &mut s.dead_wallets,
-            now - r.dead_wallet_probing.window.micros(),
-            keys_max,
-            w,
-            d,
-        );
-        trim_map(
-            &mut s.shared_wallet,
-            now - r.shared_wallet.window.micros(),
-            keys_max,
-            w,
-            d,
-        );
-        trim_map(
-            &mut s.stuffing,
-            now - r.password_stuffing.count.window.micros(),
-            keys_max,
-            w,
-            d,
-        );
-        trim_map(&mut s.churn, now - r.binding_churn.window.micros(), keys_max, w, d);
-        let horizon = r.bind_then_drain.window.max(r.binding_churn.window).micros();
-        trim_map(&mut s.binds, now - horizon, keys_max, |b| b.last, d);
-        trim_map(
-            &mut s.payments,
-            now - r.amount_spike.forget_after.micros(),
-            keys_max,
-            |p| p.last,
-            d,
-        );
+    /// Drops state that can no longer matter: keys quiet for longer than their rules look back
+    /// (they answer as keys never seen do), and alerts past their cool-down.
+    fn sweep(&mut self, seq: u64) {
+        let now = self.state.high_time;
+        let (rules, s) = (&self.rules, &mut self.state);
+        let mut gone = Vec::new();
+        macro_rules! trim {
+            ($letter:expr, $field:ident) => {
+                let before = now - reach(rules, $letter);
+                s.$field.retain(|k, v| {
+                    let keep = v.last() >= before;
+                    if !keep {
+                        gone.push(k.clone());
+                    }
+                    keep
+                });
+            };
+        }
+        per_key_maps!(trim);
         // Open alerts live in the header, not in rows.
-        trim_map(
-            &mut s.open,
-            now,
-            usize::MAX,
-            |a| a.open_until.timestamp_micros(),
-            &mut Default::default(),
-        );
+        s.open.retain(|_, a| a.open_until.timestamp_micros() >= now);
         let open_ids: std::collections::HashSet<&str> = s.open.values().map(|a| a.id.as_str()).collect();
         s.unlocked.retain(|id, _| open_ids.contains(id.as_str()));
+        for key in gone {
+            self.changed_at(&key, seq);
+        }
     }
 
     /// Keys tracked, over all rules (for metrics).
@@ -939,32 +1172,6 @@ impl Engine {
     /// Alerts currently open (within their cool-down).
     pub fn open_alerts(&self) -> usize {
         self.state.open.len()
-    }
-}
-
-/// Drops the keys of `map` last active before `before`, then the quietest beyond `keys_max` (ties
-/// broken by key); each key dropped is noted in `dropped`.
-fn trim_map<V>(
-    map: &mut HashMap<String, V>,
-    before: i64,
-    keys_max: usize,
-    last: impl Fn(&V) -> i64,
-    dropped: &mut std::collections::HashSet<String>,
-) {
-    map.retain(|k, v| {
-        let keep = last(v) >= before;
-        if !keep {
-            dropped.insert(k.clone());
-        }
-        keep
-    });
-    if map.len() > keys_max {
-        let mut by_age: Vec<(i64, String)> = map.iter().map(|(k, v)| (last(v), k.clone())).collect();
-        by_age.sort_unstable();
-        for (_, k) in by_age.into_iter().take(map.len() - keys_max) {
-            map.remove(&k);
-            dropped.insert(k);
-        }
     }
 }
 

@@ -192,8 +192,6 @@ pub struct SpikeRule {
 /// Bounds on the monitor's memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Limits {
-    /// Keys (accounts or wallets) tracked per rule; beyond it, the quietest keys are dropped.
-    pub keys_max: usize,
     /// Triggering event ids kept in one alert (the count goes on).
     pub event_ids_max: usize,
 }
@@ -298,10 +296,7 @@ impl Default for RuleSet {
                 // On by default, as the payment guard is: binding is a password check too.
                 guard: true,
             },
-            limits: Limits {
-                keys_max: 1_000_000,
-                event_ids_max: 32,
-            },
+            limits: Limits { event_ids_max: 32 },
         }
     }
 }
@@ -379,7 +374,10 @@ struct FileSpike {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileLimits {
-    keys_max: S<i64>,
+    /// Read and not used: the monitor's memory is bounded by `memory.alert_keys_cached`, and
+    /// no rule forgets a key that could still count.
+    #[allow(dead_code)]
+    keys_max: S<toml::Value>,
     event_ids_max: S<i64>,
 }
 
@@ -571,7 +569,6 @@ impl RuleSet {
                     guard: Reader::flag(&ps.guard, d.password_stuffing.guard),
                 },
                 limits: Limits {
-                    keys_max: r.int(&limits.keys_max, "keys_max", 1, 100_000_000, d.limits.keys_max as i64)? as usize,
                     event_ids_max: r.int(
                         &limits.event_ids_max,
                         "event_ids_max",
@@ -637,11 +634,7 @@ impl RuleSet {
         let ps = &self.password_stuffing;
         count(&mut out, "password_stuffing", &ps.count);
         let _ = writeln!(out, "accounts_min = {}\nguard = {}", ps.accounts_min, ps.guard);
-        let _ = write!(
-            out,
-            "\n[limits]\nkeys_max = {}\nevent_ids_max = {}\n",
-            self.limits.keys_max, self.limits.event_ids_max
-        );
+        let _ = write!(out, "\n[limits]\nevent_ids_max = {}\n", self.limits.event_ids_max);
         out
     }
 
@@ -806,7 +799,7 @@ mod tests {
                 span(),
                 span(),
             ),
-            (1usize..=100_000_000, 1usize..=10_000),
+            1usize..=10_000,
             (1u32..=10_000, any::<bool>()),
         )
             .prop_map(|(bf, counts, drain, spike, limits, stuffing)| {
@@ -843,10 +836,7 @@ mod tests {
                         accounts_min: stuffing.0,
                         guard: stuffing.1,
                     },
-                    limits: Limits {
-                        keys_max: limits.0,
-                        event_ids_max: limits.1,
-                    },
+                    limits: Limits { event_ids_max: limits },
                 }
             })
     }

@@ -699,20 +699,19 @@ fn resuming_from_a_checkpoint_raises_exactly_what_a_straight_run_does() {
 }
 
 #[test]
-fn state_is_bounded_by_windows_and_keys_max() {
-    let mut r = rules();
-    r.limits.keys_max = 100;
-    let mut engine = Engine::new(r);
+fn state_is_bounded_by_windows() {
+    let mut engine = Engine::new(rules());
     let mut log = Log::new();
-    // 10,000 accounts each trying one wrong password, a minute apart.
+    // 10,000 accounts each trying one wrong password, a minute apart: about ten of them are
+    // within the ten minutes the rule looks back at any time.
     for i in 0..10_000i64 {
-        log.wrong_password(i, &format!("a{i}"));
+        log.wrong_password(i * 60, &format!("a{i}"));
     }
     for e in &log.events {
         engine.apply(e);
     }
     assert!(
-        engine.keys() <= 100 + super::engine::SWEEP_EVERY as usize,
+        engine.keys() <= 11 + super::engine::SWEEP_EVERY as usize,
         "keys: {}",
         engine.keys()
     );
@@ -721,13 +720,135 @@ fn state_is_bounded_by_windows_and_keys_max() {
     later.events = log.events.clone();
     later.versions = log.versions.clone();
     for i in 0..super::engine::SWEEP_EVERY as i64 {
-        later.bind_failed(100_000 + i, "quiet", BindFailure::Network);
+        later.bind_failed(10_000_000 + i, "quiet", BindFailure::Network);
     }
     let mut engine = Engine::new(rules());
     for e in &later.events {
         engine.apply(e);
     }
     assert!(engine.keys() <= 1, "all windows expired: {}", engine.keys());
+}
+
+/// What a run of an engine backed by stored rows did.
+struct BackedRun {
+    changes: Vec<AlertChange>,
+    rows_read: u64,
+    /// The most keys held at once beyond those changed since the last stored checkpoint.
+    most_held_clean: usize,
+    stale_rows_removed: usize,
+}
+
+/// Runs `log` through an engine that holds at most `max` keys in memory and reads the others
+/// back from rows, as the live monitor does: a checkpoint every `every` events, stored `lag`
+/// events after it is made (the store thread), keys let go once clean, stored rows that expired
+/// removed for keys not held, and a restart from the stored header alone at `restart_at`
+/// (where everything made so far is stored).
+fn run_backed(log: &Log, rules: RuleSet, max: usize, every: usize, lag: usize, restart_at: Option<usize>) -> BackedRun {
+    use super::engine::{row_expiry, StateDelta};
+    let mut stored: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+    let mut header = Vec::new();
+    let mut in_flight: std::collections::VecDeque<(usize, u64, StateDelta)> = Default::default();
+    let mut written = 0u64;
+    let mut cursor = Vec::new();
+    let mut engine = Engine::backed(rules.clone(), EngineState::default(), max);
+    let mut run = BackedRun {
+        changes: Vec::new(),
+        rows_read: 0,
+        most_held_clean: 0,
+        stale_rows_removed: 0,
+    };
+    let store = |delta: StateDelta, stored: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>| {
+        for (k, v) in delta.rows {
+            match v {
+                Some(v) => stored.insert(k, v),
+                None => stored.remove(&k),
+            };
+        }
+        delta.header
+    };
+    for (i, e) in log.events.iter().enumerate() {
+        if restart_at == Some(i) {
+            let position = engine.state.position;
+            if position > 0 {
+                in_flight.push_back((i, position, engine.delta()));
+            }
+            for (_, position, delta) in in_flight.drain(..) {
+                header = store(delta, &mut stored);
+                written = position;
+            }
+            let state = if header.is_empty() {
+                EngineState::default()
+            } else {
+                EngineState::from_header(&header).unwrap()
+            };
+            run.rows_read += engine.held().unwrap().1;
+            engine = Engine::backed(rules.clone(), state, max);
+        }
+        for key in engine.missing(e) {
+            engine.hold(&key, stored.get(key.as_bytes()).map(|v| &v[..])).unwrap();
+        }
+        run.changes.extend(engine.apply(e));
+        if (i + 1) % every == 0 {
+            let mut delta = engine.delta();
+            // The stored rows that expired, of keys not held, go with the checkpoint: a few
+            // rows from where the last look ended, as the monitor does.
+            let after = (std::ops::Bound::Excluded(cursor.clone()), std::ops::Bound::Unbounded);
+            let looked: Vec<_> = stored.range(after).take(2 * every).collect();
+            cursor = looked.last().map_or_else(Vec::new, |(k, _)| (*k).clone());
+            for (k, v) in looked {
+                let key = String::from_utf8(k.clone()).unwrap();
+                if row_expiry(v).unwrap() < engine.high_time() && !engine.holds(&key) {
+                    delta.rows.push((k.clone(), None));
+                    run.stale_rows_removed += 1;
+                }
+            }
+            in_flight.push_back((i, engine.state.position, delta));
+        }
+        while in_flight.front().is_some_and(|(at, _, _)| at + lag <= i) {
+            let (_, position, delta) = in_flight.pop_front().unwrap();
+            header = store(delta, &mut stored);
+            written = position;
+        }
+        engine.let_go(written);
+        // Keys changed since the last checkpoint, or in one not yet stored, must stay.
+        let unstored: usize = in_flight.iter().map(|(_, _, d)| d.rows.len()).sum();
+        let held = engine.held().unwrap().0;
+        run.most_held_clean = run
+            .most_held_clean
+            .max(held.saturating_sub(engine.changed() + unstored));
+    }
+    run.rows_read += engine.held().unwrap().1;
+    run
+}
+
+/// The rules fire identically with a cache too small to hold all their windows: the engine's
+/// answers do not depend on what it held.
+#[test]
+fn rules_fire_identically_with_a_tiny_cache() {
+    let mut log = busy_log(20_000);
+    // Then accounts seen once each: their rows expire while the busy ones' go on.
+    for j in 0..3_000 {
+        log.wrong_password(20_000 + j * 20, &format!("once-{j}"));
+    }
+    let mut r = rules();
+    r.password_brute_force.lock = true;
+    // Short windows, so that sweeps drop keys and stored rows expire.
+    r.amount_spike.forget_after = super::rules::Span::secs(300);
+    let straight = log.run(r.clone());
+    for (max, every, lag, restart) in [(0, 25, 0, None), (2, 97, 13, Some(9_001)), (5, 500, 120, Some(12_345))] {
+        let run = run_backed(&log, r.clone(), max, every, lag, restart);
+        assert!(
+            run.changes == straight,
+            "max {max}, every {every}, lag {lag}: the changes differ"
+        );
+        assert!(run.rows_read > 100, "keys were read back: {}", run.rows_read);
+        assert!(run.stale_rows_removed > 0, "expired rows were removed");
+        assert!(
+            run.most_held_clean <= max + 2,
+            "held {} clean keys with a bound of {max}",
+            run.most_held_clean
+        );
+    }
 }
 
 /// Regression (issue 14): `backtest` and `bindledger verify` printed changes that showed no
@@ -826,6 +947,24 @@ mod properties {
             let mut second = Engine::resume(rules, state);
             changes.extend(log.events[k..].iter().flat_map(|e| second.apply(e)));
             prop_assert_eq!(changes, straight);
+        }
+
+        /// The same with an engine holding at most a few keys, for arbitrary event streams,
+        /// rules, checkpoint intervals, storing delays and a restart.
+        #[test]
+        fn a_tiny_cache_raises_what_an_uncached_run_does(
+            steps in proptest::collection::vec((0u8..4, 0u8..6, any::<u16>()), 1..150),
+            rules in rules_strategy(),
+            max in 0usize..4,
+            every in 1usize..20,
+            lag in 0usize..10,
+            restart in any::<prop::sample::Index>(),
+        ) {
+            let log = log_of(&steps);
+            let straight = log.run(rules.clone());
+            let at = restart.index(log.events.len() + 1);
+            let run = run_backed(&log, rules, max, every, lag, Some(at));
+            prop_assert_eq!(run.changes, straight);
         }
     }
 }
