@@ -677,7 +677,8 @@ impl Store {
                 &[
                     (b'S', "alerts: stream"),
                     (b'L', "alerts: latest revisions"),
-                    (b'D', "alerts: rule engine checkpoint"),
+                    (b'W', "alerts: rule windows, a row per key"),
+                    (b'D', "alerts: rule engine checkpoint of an older format"),
                     (b'T', "alerts: triage"),
                 ],
                 "alerts: other",

@@ -212,8 +212,10 @@ pub struct Engine {
 struct Held {
     /// Keys held beyond those changed since the last stored checkpoint.
     max: usize,
-    /// Each held key's stamp: the seq of its last change, 0 when read back and unchanged since.
-    stamps: HashMap<String, u64>,
+    /// Each held key's stamp (the seq of its last change, 0 when read back and unchanged
+    /// since), and whether it has a stored row (once the checkpoints made are stored): a key
+    /// without state and without a row needs no removal.
+    stamps: HashMap<String, (u64, bool)>,
     /// Touches, oldest first (see [`cache::let_go`]).
     touched: VecDeque<(String, u64, u64)>,
     /// Rows read back since the engine began.
@@ -319,15 +321,29 @@ pub fn row_expiry(row: &[u8]) -> Option<i64> {
 }
 
 /// The keys an event can change: its account, and its wallet's fingerprint.
+/// The keys whose per-key state an event can read or change (see [`Engine::observe`]): its
+/// account, for the events the account rules count, and its wallet's fingerprint, for those
+/// the wallet rules count. An event of no rule (a lock taken, a triage) needs none.
 fn event_keys(e: &Event) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+    let account = matches!(
+        e.payload,
+        Payload::PaymentFailed { .. }
+            | Payload::PaymentSucceeded { .. }
+            | Payload::BindFailed { .. }
+            | Payload::WalletBound { .. }
+            | Payload::WalletUnbound { .. }
+            | Payload::BindingUnlocked { .. }
+    );
     let fp = match &e.payload {
-        Payload::WalletBound { wallet, .. }
-        | Payload::BindFailed { wallet, .. }
-        | Payload::PaymentSucceeded { wallet, .. }
-        | Payload::WalletUnbound { wallet, .. } => Some(std::borrow::Cow::Owned(wallet.fingerprint.to_hex())),
+        Payload::WalletBound { wallet, .. } | Payload::BindFailed { wallet, .. } => {
+            Some(std::borrow::Cow::Owned(wallet.fingerprint.to_hex()))
+        }
         _ => None,
     };
-    std::iter::once(std::borrow::Cow::Borrowed(e.account.as_str())).chain(fp)
+    account
+        .then_some(std::borrow::Cow::Borrowed(e.account.as_str()))
+        .into_iter()
+        .chain(fp)
 }
 
 /// The engine's state as a checkpoint stores it, in pieces: a small header (positions, open
@@ -580,7 +596,7 @@ impl Engine {
         };
         let position = engine.state.position;
         for key in engine.state_keys() {
-            held.stamps.insert(key.clone(), position);
+            held.stamps.insert(key.clone(), (position, false));
             held.touched.push_back((key.clone(), position, position));
             engine.dirty.insert(key);
         }
@@ -620,7 +636,7 @@ impl Engine {
         }
         if let Some(h) = &mut self.held {
             h.rows_read += u64::from(row.is_some());
-            h.stamps.insert(key.to_owned(), 0);
+            h.stamps.insert(key.to_owned(), (0, row.is_some()));
             h.touched.push_back((key.to_owned(), 0, 0));
         }
         Ok(())
@@ -643,7 +659,7 @@ impl Engine {
             &mut h.touched,
             h.max,
             written,
-            |s| *s,
+            |(stamp, _)| *stamp,
             |key, _| state.forget(&key),
         );
     }
@@ -651,6 +667,14 @@ impl Engine {
     /// Keys held in memory and rows read back since the engine began (`None` when not backed).
     pub fn held(&self) -> Option<(usize, u64)> {
         self.held.as_ref().map(|h| (h.stamps.len(), h.rows_read))
+    }
+
+    /// Held keys changed after `written` (they stay until a checkpoint covering them is
+    /// stored). Visits every held key.
+    pub fn pinned(&self, written: u64) -> usize {
+        self.held
+            .as_ref()
+            .map_or(0, |h| h.stamps.values().filter(|(stamp, _)| *stamp > written).count())
     }
 
     /// Keys changed since the last checkpoint (they stay held until one is stored).
@@ -669,7 +693,10 @@ impl Engine {
             self.dirty.insert(key.to_owned());
         }
         if let Some(h) = &mut self.held {
-            h.stamps.insert(key.to_owned(), seq);
+            h.stamps
+                .entry(key.to_owned())
+                .and_modify(|(stamp, _)| *stamp = seq)
+                .or_insert((seq, false));
             h.touched.push_back((key.to_owned(), seq, seq));
         }
     }
@@ -678,13 +705,24 @@ impl Engine {
     /// of the keys changed since, for an incremental checkpoint.
     pub fn delta(&mut self) -> StateDelta {
         let dirty = std::mem::take(&mut self.dirty);
+        let (state, rules, held) = (&self.state, &self.rules, &mut self.held);
         StateDelta {
-            header: self.state.header(),
+            header: state.header(),
             rows: dirty
                 .into_iter()
-                .map(|k| {
-                    let row = self.state.row_of(&self.rules, &k);
-                    (k.into_bytes(), row)
+                .filter_map(|k| {
+                    let mut row = state.row_of(rules, &k);
+                    if held.is_some() {
+                        // A row expired already answers as no row: it is not written.
+                        row = row.filter(|r| row_expiry(r).is_some_and(|until| until >= state.high_time));
+                    }
+                    // A held key without state needs no removal unless it has a row.
+                    if let Some((_, has_row)) = held.as_mut().and_then(|h| h.stamps.get_mut(&k)) {
+                        if !std::mem::replace(has_row, row.is_some()) && row.is_none() {
+                            return None;
+                        }
+                    }
+                    Some((k.into_bytes(), row))
                 })
                 .collect(),
         }
@@ -694,10 +732,17 @@ impl Engine {
     /// a checkpoint of an older format).
     pub fn full(&mut self) -> StateDelta {
         self.dirty.clear();
+        let keys = self.state_keys();
+        if let Some(h) = &mut self.held {
+            for key in &keys {
+                if let Some((_, has_row)) = h.stamps.get_mut(key) {
+                    *has_row = true;
+                }
+            }
+        }
         StateDelta {
             header: self.state.header(),
-            rows: self
-                .state_keys()
+            rows: keys
                 .into_iter()
                 .map(|k| {
                     let row = self.state.row_of(&self.rules, &k);
