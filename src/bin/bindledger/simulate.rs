@@ -1,7 +1,9 @@
 //! `bindledger simulate`: a deterministic simulation of the ledger core from a seed.
 //!
 //! The real ledger (writer, flusher, indexer, idempotency index, alert monitor with its locks,
-//! sled files on disk) runs behind its seams ([`bindledger::ledger::Seams`]): a manual clock
+//! sled files on disk, its caches of accounts and of rule windows kept at two entries so that
+//! both are let go and read back all along) runs behind its seams
+//! ([`bindledger::ledger::Seams`]): a manual clock
 //! the simulator moves, event ids from the seed, and storage failures it injects. The
 //! simulated wallet provider comes from the same seed (frozen, closed and unknown wallets,
 //! network errors, maintenance windows). Commands go one at a time, and the simulator waits
@@ -320,6 +322,10 @@ async fn simulate(seed: u64, steps: u64, plant: Option<PlantedBug>, dir: &std::p
     config.writer.snapshot_every_events = 40;
     config.writer.sync_data = false; // a crash of the process, not of the machine, is simulated
     config.alerts.checkpoint_every_events = 30;
+    // Caches far smaller than the accounts and wallets in play, so that accounts and rule
+    // windows are let go and read back all along (answers and alerts must not change).
+    config.memory.accounts_cached = 2;
+    config.memory.alert_keys_cached = 2;
     config.idempotency.window = "2h".into();
     config.gateway.simulated = scenario.clone();
     let rules = RuleSet::from_toml("[password_brute_force]\nlock = true\nlock_for = \"20m\"\n", None)
