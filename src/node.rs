@@ -25,6 +25,8 @@ pub struct Node {
     tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// A replica's flag that stops its follower.
     follower: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// One shard of a cluster: the flag that stops its reader of the shard map.
+    map_reader: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A task a primary runs beside the ledger, not yet spawned.
@@ -50,6 +52,12 @@ impl Node {
         config.replica.enabled = config.replica.enabled || ledger.replication().starts_as_replica()?;
         let config = &config;
         let mut extras = Extras::default();
+        let mut map_reader = None;
+        if config.cluster.enabled() {
+            let (route, flag) = join_cluster(&ledger, config)?;
+            extras.cluster = Some(route);
+            map_reader = Some(flag);
+        }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let replica = config.replica.enabled;
         let monitor = if config.alerts.enabled {
@@ -129,6 +137,7 @@ impl Node {
             stop,
             tasks,
             follower,
+            map_reader,
         })
     }
 
@@ -136,7 +145,7 @@ impl Node {
     /// last events and save its checkpoint.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        if let Some(flag) = &self.follower {
+        for flag in [&self.follower, &self.map_reader].into_iter().flatten() {
             flag.store(true, std::sync::atomic::Ordering::SeqCst);
         }
         if let Some(p) = &self.extras.promoter {
@@ -158,6 +167,73 @@ impl Node {
         .await;
     }
 }
+/// One shard of a cluster: reads the shard map (waiting up to 30 s for one), checks that it
+/// names this shard with this node's topics, owns the slots it gives, and follows its changes
+/// on a thread of its own. Returns the HTTP routing and the reader's stop flag.
+fn join_cluster(
+    ledger: &Ledger,
+    config: &Config,
+) -> Result<(
+    Arc<crate::adapters::http::ClusterRoute>,
+    Arc<std::sync::atomic::AtomicBool>,
+)> {
+    use crate::adapters::kafka::cluster;
+    use crate::error::Error;
+    let (shard, topic) = (config.cluster.shard.clone(), config.cluster.topic.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let map = loop {
+        let problem = match cluster::read_map(&config.kafka, &topic) {
+            Ok(Some(map)) => break map,
+            Ok(None) => format!("no shard map on the topic {topic}: create one with `bindledger cluster init`"),
+            Err(e) => format!("reading the shard map from {topic}: {e}"),
+        };
+        if std::time::Instant::now() > deadline {
+            return Err(Error::config(problem));
+        }
+        tracing::info!(%topic, "waiting for the shard map");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    };
+    let entry = map.shards.get(&shard).ok_or_else(|| {
+        Error::config(format!(
+            "the shard map (version {}) names no shard {shard}: check cluster.shard",
+            map.version
+        ))
+    })?;
+    if entry.events_topic != config.kafka.topic || entry.checkpoints_topic != config.checkpoints.topic {
+        return Err(Error::config(format!(
+            "the shard map gives shard {shard} the topics {} and {}: set kafka.topic and checkpoints.topic to them",
+            entry.events_topic, entry.checkpoints_topic
+        )));
+    }
+    tracing::info!(%shard, version = map.version, slots = map.slots_of(&shard).len(), "one shard of a cluster");
+    ledger.ownership().follow(&shard, map);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ownership = ledger.ownership().clone();
+    let me = shard.clone();
+    cluster::follow(config.kafka.clone(), topic, stop.clone(), move |map| {
+        if !map.shards.contains_key(&me) {
+            tracing::warn!(shard = %me, version = map.version, "the shard map no longer names this shard: it owns no account");
+        }
+        ownership.follow(&me, map);
+    })
+    .map_err(|e| Error::io_caused("starting the shard map's reader", e))?;
+    let token = config
+        .tokens
+        .iter()
+        .find(|t| t.roles.contains(&crate::config::Role::Cluster))
+        .map(|t| t.token.clone());
+    if token.is_none() && config.cluster.forward {
+        tracing::warn!("no token has the cluster role: requests for other shards' accounts are answered 421 misdirected, not forwarded");
+    }
+    let route = crate::adapters::http::ClusterRoute::new(
+        &shard,
+        config.cluster.forward,
+        std::time::Duration::from_millis(config.cluster.forward_timeout_ms),
+        token,
+    );
+    Ok((Arc::new(route), stop))
+}
+
 /// The checkpoint signer and, with Kafka, its publisher (started after the signer, so that the
 /// last checkpoint, made on stop, is there to publish).
 fn checkpoint_services(

@@ -813,3 +813,53 @@ fn a_long_catch_up_into_a_small_cache_ends_with_the_whole_fold() {
     assert_eq!(l.projection().unwrap(), Projection::rebuild(events.iter()));
     l.close();
 }
+
+/// A shard of a cluster (issue 29) takes commands for the accounts whose slots the map gives it
+/// and refuses the others (`misdirected`), writing nothing; a command already past the entry
+/// check when its slot moves away (here: waiting on a slow provider) is refused by the writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_decides_only_the_accounts_it_owns_when_it_decides() {
+    use bindledger::domain::shard::{slot_of, ShardEntry, ShardMap};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.gateway.simulated.latency_ms = 400;
+    let (l, g) = open(&config);
+    let entry = |i: u16| ShardEntry {
+        url: format!("http://127.0.0.1:{}", 9000 + i),
+        events_topic: format!("e{i}"),
+        checkpoints_topic: format!("c{i}"),
+    };
+    let map = ShardMap::even([("s0".to_owned(), entry(0)), ("s1".to_owned(), entry(1))].into()).unwrap();
+    let mine: Vec<String> = (0..)
+        .map(|i| format!("m-{i}"))
+        .filter(|a| map.owner(a) == "s0")
+        .take(2)
+        .collect();
+    let theirs = (0..).map(|i| format!("t-{i}")).find(|a| map.owner(a) == "s1").unwrap();
+    // Alone, the ledger owns everyone.
+    let b0 = bind(&l, &g, &mine[0], 1).await;
+    bind(&l, &g, &theirs, 2).await;
+    l.ownership().follow("s0", Arc::new(map.clone()));
+    let before = l.log_len();
+    let refused = l
+        .bind(bind_request(&g, 3, None).validate(&theirs, Utc::now()).unwrap())
+        .await;
+    assert!(matches!(refused, Err(Error::Misdirected)), "{refused:?}");
+    assert_eq!(l.log_len(), before, "a refusal writes nothing");
+    bind(&l, &g, &mine[1], 4).await;
+    assert_eq!(l.log_len(), before + 1);
+
+    // A payment waits on the provider while its slot moves to s1: the writer refuses it.
+    let paying = {
+        let (l, req) = (l.clone(), pay_request(&g, 1, b0, 500, Some("k"), None));
+        let account = mine[0].clone();
+        tokio::spawn(async move { l.pay(req.validate(&account, Utc::now()).unwrap()).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let moved = map.with_slot_moved(slot_of(&mine[0]) as u32, "s1").unwrap();
+    l.ownership().follow("s0", Arc::new(moved));
+    let r = paying.await.unwrap();
+    assert!(matches!(r, Err(Error::Misdirected)), "{r:?}");
+    assert_eq!(l.log_len(), before + 1, "nothing decided for a slot that left");
+    l.close();
+}

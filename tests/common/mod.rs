@@ -168,13 +168,18 @@ pub fn binary() -> PathBuf {
 
 /// Starts `bindledger serve` on `data_dir` and waits for its "listening on" line.
 pub fn spawn_server(data_dir: &Path, log_file: &Path, extra_env: &[(&str, &str)]) -> ServerProcess {
+    spawn_server_at(data_dir, log_file, "127.0.0.1:0", extra_env)
+}
+
+/// The same, listening on `listen`.
+pub fn spawn_server_at(data_dir: &Path, log_file: &Path, listen: &str, extra_env: &[(&str, &str)]) -> ServerProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_file)
         .unwrap();
     let mut cmd = Command::new(binary());
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+    cmd.args(["serve", "--listen", listen, "--data-dir"])
         .arg(data_dir)
         .env("BINDLEDGER_TOKENS", format!("writer+reader+auditor+security:{ALL}"))
         .env_remove("BINDLEDGER_CONFIG")

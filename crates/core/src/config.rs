@@ -23,6 +23,10 @@ pub enum Role {
     Auditor,
     /// Read alerts and follow them live; lift binding locks.
     Security,
+    /// A node of the same cluster: a request it forwards to the shard that owns the account
+    /// acts as the caller it authenticated (header `Bindledger-On-Behalf-Of`); alone, the role
+    /// allows nothing else.
+    Cluster,
 }
 
 impl Role {
@@ -32,6 +36,7 @@ impl Role {
             "reader" => Some(Role::Reader),
             "auditor" => Some(Role::Auditor),
             "security" => Some(Role::Security),
+            "cluster" => Some(Role::Cluster),
             _ => None,
         }
     }
@@ -119,6 +124,8 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     /// A read replica following the events topic (see [`ReplicaConfig`]).
     pub replica: ReplicaConfig,
+    /// One shard of a cluster (see [`ClusterConfig`]); off unless `cluster.shard` is set.
+    pub cluster: ClusterConfig,
     /// How far in the past a caller's `event_time` may be, in seconds (the future is bounded
     /// at 300 s). Security rules never read `event_time`; this keeps business reports honest.
     /// Default 300.
@@ -146,6 +153,41 @@ pub struct Config {
     /// Bearer tokens. When none are configured, `serve` creates one with every role and writes
     /// it to `<data_dir>/admin.token`.
     pub tokens: Vec<TokenConfig>,
+}
+
+/// One shard of a cluster: the node owns the accounts whose slots the shard map (on the cluster
+/// topic, `kafka.brokers`) gives `shard`, and takes no command for another's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's shard id, as the map names it. Empty (the default): a ledger alone, owning
+    /// every account. Env `BINDLEDGER_CLUSTER_SHARD`.
+    pub shard: String,
+    /// The topic holding the shard map's versions. Default `bindledger.cluster`.
+    pub topic: String,
+    /// A request for another shard's account is forwarded to the owner, one hop, and answered
+    /// with its answer (default true); false: it is answered `421 misdirected`, naming the
+    /// owner. Either way a request forwarded once is never forwarded again.
+    pub forward: bool,
+    /// How long a forwarded request may take, in milliseconds. Default 30,000.
+    pub forward_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            shard: String::new(),
+            topic: "bindledger.cluster".into(),
+            forward: true,
+            forward_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        !self.shard.is_empty()
+    }
 }
 
 /// A read replica (see [`crate::adapters::kafka::replica`]): it follows the events topic (`kafka.brokers`,
@@ -418,6 +460,7 @@ impl Default for Config {
             platform_maintenance: false,
             idempotency: IdempotencyConfig::default(),
             replica: ReplicaConfig::default(),
+            cluster: ClusterConfig::default(),
             event_time_past_max_s: 300,
             durability: Durability::Local,
             replication_timeout_ms: 5000,
@@ -505,6 +548,10 @@ pub const ENV_KEYS: &[&str] = &[
     "http.min_seq_wait_ms",
     "http.advertised_url",
     "http.console_secure_cookie",
+    "cluster.shard",
+    "cluster.topic",
+    "cluster.forward",
+    "cluster.forward_timeout_ms",
     "alerts.enabled",
     "alerts.checkpoint_every_events",
     "checkpoints.every_events",
@@ -673,6 +720,19 @@ impl Config {
         if self.max_bindings_per_account == 0 {
             return bad("max_bindings_per_account must be at least 1");
         }
+        if self.cluster.enabled() {
+            if !bindledger_domain::shard::valid_shard_id(&self.cluster.shard) {
+                return bad("cluster.shard must be 1 to 32 characters of a-z, 0-9 and '-'");
+            }
+            if !self.kafka.enabled() || self.cluster.topic.is_empty() {
+                return bad(
+                    "a shard follows the shard map on the cluster topic: it needs kafka.brokers and cluster.topic",
+                );
+            }
+            if self.cluster.forward_timeout_ms == 0 {
+                return bad("cluster.forward_timeout_ms must be at least 1");
+            }
+        }
         if self.replica.enabled && !self.kafka.enabled() {
             return bad("a replica follows the events topic: it needs kafka.brokers");
         }
@@ -772,8 +832,11 @@ pub fn parse_tokens(s: &str) -> Result<Vec<TokenConfig>, Error> {
             let roles = roles
                 .split('+')
                 .map(|r| {
-                    Role::parse(r)
-                        .ok_or_else(|| Error::config(format!("unknown role {r:?} (writer, reader, auditor, security)")))
+                    Role::parse(r).ok_or_else(|| {
+                        Error::config(format!(
+                            "unknown role {r:?} (writer, reader, auditor, security, cluster)"
+                        ))
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(TokenConfig {

@@ -42,6 +42,7 @@ pub mod keytable;
 pub mod metrics;
 pub mod offline;
 pub mod seams;
+pub mod shards;
 pub mod signer;
 pub mod store;
 pub mod webhooks;
@@ -155,6 +156,8 @@ struct Inner {
     order_ended: tokio::sync::Notify,
     /// False on a read replica: commands are refused with `not_primary`.
     primary: AtomicBool,
+    /// The accounts this ledger owns (all, unless it is one shard of a cluster).
+    ownership: Arc<crate::shards::Ownership>,
     /// The history index (stored rows and pending ones) covers events through this seq.
     indexed: Arc<AtomicU64>,
     /// History not yet in the stored rows.
@@ -304,6 +307,7 @@ impl Ledger {
         let durable_watch = Arc::new(tokio::sync::watch::Sender::new(last_seq));
         let (tx, rx) = mpsc::channel(config.writer.queue_capacity);
         let tap: crate::writer::EventTap = Default::default();
+        let ownership: Arc<crate::shards::Ownership> = Default::default();
         let writer = Writer {
             store: store.clone(),
             state,
@@ -336,6 +340,7 @@ impl Ledger {
                 None => Default::default(),
             },
             head: Some(head_recorder),
+            owned: ownership.clone(),
             clock: seams.clock.clone(),
             #[cfg(feature = "simulation")]
             planted: seams.planted_bug,
@@ -365,6 +370,7 @@ impl Ledger {
                 order_claims: Default::default(),
                 order_ended: tokio::sync::Notify::new(),
                 primary: AtomicBool::new(!as_replica && !fenced),
+                ownership,
                 indexed,
                 pending_history,
                 durable_watch,
@@ -470,6 +476,23 @@ impl Ledger {
     /// False on a read replica (until it is promoted).
     pub fn is_primary(&self) -> bool {
         self.inner.primary.load(Ordering::SeqCst)
+    }
+
+    /// The accounts this ledger owns: every one, unless the node follows a cluster's shard
+    /// map ([`crate::shards::Ownership::follow`]).
+    pub fn ownership(&self) -> &Arc<crate::shards::Ownership> {
+        &self.inner.ownership
+    }
+
+    /// Refuses a command for an account of another shard (the writer checks again when it
+    /// decides, so a slot that leaves meanwhile is refused there).
+    fn require_owner(&self, account: &str) -> Result<()> {
+        if self.inner.ownership.owns(account) {
+            Ok(())
+        } else {
+            self.inner.metrics.count_rejected("misdirected");
+            Err(Error::Misdirected)
+        }
     }
 
     /// Makes this ledger take commands (a replica being promoted, once it has the whole topic
@@ -791,6 +814,7 @@ impl Ledger {
     /// Binds a wallet. The answer is the recorded event: `wallet_bound` or `bind_failed`.
     pub async fn bind(&self, mut cmd: BindCommand) -> Result<Committed> {
         self.require_primary()?;
+        self.require_owner(&cmd.meta.account)?;
         self.now_meta(&mut cmd.meta)?;
         let secret = &self.inner.secret;
         let wallet = secret.wallet_ref(&cmd.provider, cmd.wallet_account.expose());
@@ -872,6 +896,7 @@ impl Ledger {
     /// Pays with a bound wallet: `payment_succeeded` or `payment_failed`.
     pub async fn pay(&self, mut cmd: PayCommand) -> Result<Committed> {
         self.require_primary()?;
+        self.require_owner(&cmd.meta.account)?;
         self.now_meta(&mut cmd.meta)?;
         let factor = cmd.factor.as_ref().map(|(f, _)| *f);
         let digest = self.inner.secret.mac(&[
@@ -980,6 +1005,7 @@ impl Ledger {
     /// Unbinds a wallet: `wallet_unbound` or `unbind_failed`.
     pub async fn unbind(&self, mut cmd: UnbindCommand) -> Result<Committed> {
         self.require_primary()?;
+        self.require_owner(&cmd.meta.account)?;
         self.now_meta(&mut cmd.meta)?;
         let digest = self
             .inner
@@ -1001,6 +1027,7 @@ impl Ledger {
     /// an idempotency key made from the alert id, so a restart never locks twice.
     pub async fn lock(&self, mut cmd: LockCommand) -> Result<Committed> {
         self.require_primary()?;
+        self.require_owner(&cmd.meta.account)?;
         self.now_meta(&mut cmd.meta)?;
         let digest = self.inner.secret.mac(&[
             b"lock",
@@ -1025,6 +1052,7 @@ impl Ledger {
     /// Lifts a lock (`binding_unlocked` or `binding_unlock_failed`).
     pub async fn unlock(&self, mut cmd: UnlockCommand) -> Result<Committed> {
         self.require_primary()?;
+        self.require_owner(&cmd.meta.account)?;
         self.now_meta(&mut cmd.meta)?;
         let cause = match cmd.cause {
             bindledger_events::UnlockCause::Manual => b"manual".as_slice(),
@@ -1055,6 +1083,7 @@ impl Ledger {
     /// one `alert_triaged` event in the alert's account, attributed to the token's name.
     pub async fn triage(&self, mut cmd: crate::domain::command::TriageCommand) -> Result<Committed> {
         self.require_primary()?;
+        self.require_owner(&cmd.meta.account)?;
         self.now_meta(&mut cmd.meta)?;
         let digest = self.inner.secret.mac(&[
             b"triage",

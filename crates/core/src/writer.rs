@@ -203,6 +203,8 @@ pub struct Writer {
     pub ids: EventIds,
     /// Records each flush's last event once durable (see [`crate::head`]).
     pub head: Option<crate::head::HeadRecorder>,
+    /// The accounts this ledger owns: a command for another shard's is refused when decided.
+    pub owned: Arc<crate::shards::Ownership>,
     /// Where `record_time` is read.
     pub clock: Arc<dyn crate::clock::Clock>,
     /// A bug the simulator's test plants (feature `simulation` only).
@@ -392,6 +394,10 @@ impl Writer {
             }
             let req = &mut sub.request;
             let meta = req.meta();
+            if !self.owned.owns(&meta.account) {
+                answers.push(Answer::Fail(Error::Misdirected));
+                continue;
+            }
             let key = meta.idempotency_key.as_deref().map(|k| composite(&meta.account, k));
             if let Some(ck) = &key {
                 let reused = || Answer::Fail(Error::IdempotencyKeyReused);

@@ -83,6 +83,10 @@ pub enum Error {
     /// This node is a read replica: it takes no commands (the primary does).
     #[error("this ledger is a read replica and takes no commands; send them to the primary")]
     NotPrimary,
+    /// This ledger is one shard of a cluster and the account belongs to another (the shard
+    /// map names it); nothing was recorded.
+    #[error("this account belongs to another shard of the cluster; send the command to the shard that owns it")]
+    Misdirected,
 }
 
 impl Error {
@@ -194,6 +198,7 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
             Error::OutcomeUnknown => "outcome_unknown",
             Error::NotPrimary => "not_primary",
+            Error::Misdirected => "misdirected",
             Error::Halted(_) => "halted",
         }
     }

@@ -10,6 +10,7 @@
 //! - [`alerts`]: the anomaly rules and the engine that folds events into alerts.
 //! - [`cache`]: the eviction rule of the ledger's bounded caches.
 //! - [`notify`]: what the account holder is told, in Chinese and English.
+//! - [`shard`]: an account's slot, and the map of slots to shards.
 
 pub mod error;
 #[cfg(any(test, feature = "testing"))]
@@ -25,3 +26,4 @@ pub mod gateway;
 pub mod notify;
 pub mod projection;
 pub mod secret;
+pub mod shard;

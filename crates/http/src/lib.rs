@@ -13,6 +13,10 @@ mod console;
 #[cfg(feature = "server")]
 mod metrics;
 #[cfg(feature = "server")]
+mod route;
+#[cfg(feature = "server")]
+pub use route::ClusterRoute;
+#[cfg(feature = "server")]
 mod server;
 #[cfg(feature = "server")]
 mod state;

@@ -71,9 +71,20 @@ pub(super) fn authenticate(
     headers: &HeaderMap,
 ) -> ApiResult<Arc<Principal>> {
     match authorization(headers) {
-        Authorization::Bearer(token) => state
-            .principal_of_token(token)
-            .ok_or_else(|| unauthenticated("unknown token")),
+        Authorization::Bearer(token) => {
+            let principal = state
+                .principal_of_token(token)
+                .ok_or_else(|| unauthenticated("unknown token"))?;
+            // A node of the cluster forwarding a request acts as the caller it authenticated.
+            if principal.roles.contains(&Role::Cluster) {
+                match super::route::on_behalf_of(headers) {
+                    None => {}
+                    Some(Some(caller)) => return Ok(Arc::new(caller)),
+                    Some(None) => return Err(unauthenticated("a forwarded request must name its caller")),
+                }
+            }
+            Ok(principal)
+        }
         Authorization::Unusable => Err(unauthenticated("send Authorization: Bearer <token>")),
         Authorization::Absent => {
             let (principal, csrf) = super::console::cookie_session(headers)
@@ -90,7 +101,7 @@ pub(super) fn authenticate(
 /// Who sent a request, as the gate authenticated it (see [`gate`]). Every route but the
 /// [`PUBLIC`] ones has one.
 #[derive(Clone)]
-pub(super) struct Caller(pub(super) Arc<Principal>);
+pub(crate) struct Caller(pub(crate) Arc<Principal>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     type Rejection = ApiError;
@@ -124,6 +135,7 @@ impl Caller {
             [Role::Reader] => "this token lacks the reader role",
             [Role::Auditor] => "this token lacks the auditor role",
             [Role::Security] => "this token lacks the security role",
+            [Role::Reader, Role::Auditor, Role::Security] => "this token lacks the reader, auditor or security role",
             _ => "this token lacks the security or auditor role",
         };
         Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message))
@@ -1056,7 +1068,26 @@ async fn status(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Res
         })
     });
     let webhooks = s.extras.webhooks.as_ref().map(|(_, st)| st.report());
-    Ok(Json(json!({"health": health, "relays": relays(&s), "monitor": monitor, "webhooks": webhooks})).into_response())
+    let cluster =
+        s.ledger.ownership().map().map(
+            |(shard, map)| json!({"shard": shard, "map_version": map.version, "slots": map.slots_of(&shard).len()}),
+        );
+    Ok(Json(
+        json!({"health": health, "relays": relays(&s), "monitor": monitor, "webhooks": webhooks, "cluster": cluster}),
+    )
+    .into_response())
+}
+
+/// `GET /v1/cluster` (reader, auditor or security): this node's shard and the shard map it
+/// follows; `404` on a ledger alone.
+async fn cluster(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Reader, Role::Auditor, Role::Security])?;
+    let (shard, map) = s
+        .ledger
+        .ownership()
+        .map()
+        .ok_or(Error::NotFound("this ledger is not a shard of a cluster"))?;
+    Ok(Json(json!({"shard": shard, "map": *map})).into_response())
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
@@ -1347,6 +1378,7 @@ routes! {
     "/v1/webhooks/deliveries" => get(webhook_deliveries);
     "/v1/rules/backtest" => post(backtest);
     "/v1/admin/promote" => post(promote);
+    "/v1/cluster" => get(cluster);
     "/console" => get(super::console::page);
     "/console/app.js" => get(super::console::script);
     "/console/app.css" => get(super::console::style);
@@ -1377,6 +1409,7 @@ fn router_with(state: Arc<AppState>, routes: Router<Arc<AppState>>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), wait_for_min_seq))
         .layer(middleware::from_fn_with_state(state.clone(), replica_guard))
+        .layer(middleware::from_fn_with_state(state.clone(), super::route::to_owner))
         .layer(middleware::from_fn_with_state(state.clone(), gate))
         .layer(DefaultBodyLimit::max(state.http.body_limit_bytes))
         .with_state(state)

@@ -65,6 +65,8 @@ pub struct Extras {
     pub replica: Option<(Arc<bindledger_kafka::replica::ReplicaStatus>, String)>,
     /// A read replica: what promotes it.
     pub promoter: Option<Arc<bindledger_kafka::replica::Promoter>>,
+    /// One shard of a cluster: how requests for other shards' accounts are routed.
+    pub cluster: Option<Arc<crate::route::ClusterRoute>>,
 }
 
 /// What the API needs of the alert monitor.
@@ -188,7 +190,7 @@ impl From<Error> for ApiError {
             | Error::StorageFailed { .. }
             | Error::OutcomeUnknown
             | Error::Halted(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::NotPrimary => StatusCode::MISDIRECTED_REQUEST,
+            Error::NotPrimary | Error::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR || matches!(e, Error::StorageFailed { .. }) {
@@ -212,6 +214,10 @@ impl From<Error> for ApiError {
             }
             Error::StorageFailed { .. } => (None, "the event log could not be written; the ledger takes no more commands"),
             Error::NotPrimary => (None, NOT_PRIMARY),
+            Error::Misdirected => (
+                None,
+                "this account belongs to another shard of the cluster; the shard map changed while the request was in flight: retry",
+            ),
             Error::Halted(why) => (None, *why),
             _ => (None, "internal error; see the server's log"),
         };

@@ -10,6 +10,7 @@
 //! - [`restore`]: a data directory rebuilt from the topic and its signed checkpoints.
 //! - [`terms`]: epochs and fences: a promotion stops the previous primary forking the chain.
 //! - [`rejoin`]: a fenced primary quarantines what the chain does not hold, and follows it.
+//! - [`cluster`]: the shard map's versions on the cluster topic, written by operators, followed by every node.
 //! - [`analytics`]: the downstream analytics consumer (`bindledger consume`).
 
 pub(crate) use bindledger_core::{self as ledger, config};
@@ -19,6 +20,7 @@ pub mod alerts;
 pub mod analytics;
 pub mod checkpoints;
 pub mod client;
+pub mod cluster;
 pub mod notifications;
 pub mod partition;
 pub mod reader;

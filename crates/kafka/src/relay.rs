@@ -255,6 +255,8 @@ impl Relay {
         let mut window: VecDeque<(u64, Option<DeliveryFuture>)> =
             VecDeque::with_capacity(self.config.inflight_events_max.min(65536));
         let mut saved_at = position;
+        // One shard of a cluster: each message also names the shard (TOPIC.md).
+        let shard = self.ledger.ownership().map().map(|(shard, _)| shard);
         loop {
             let end = self.ledger.log_len();
             if from > end {
@@ -294,6 +296,13 @@ impl Relay {
                         &hash,
                         &epoch_text,
                     );
+                    let headers = match &shard {
+                        Some(id) => headers.insert(rdkafka::message::Header {
+                            key: "shard",
+                            value: Some(id.as_str()),
+                        }),
+                        None => headers,
+                    };
                     let record = FutureRecord::to(&topic)
                         .partition(partition)
                         .key(route.account)

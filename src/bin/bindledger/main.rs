@@ -29,6 +29,7 @@ fn stdout_failed(e: std::io::Error) -> ! {
 mod alerts;
 mod bench;
 mod bench_alerts;
+mod cluster;
 mod consume;
 mod demo;
 mod export;
@@ -201,6 +202,12 @@ enum Command {
         #[command(subcommand)]
         command: profile::ProfileCommand,
     },
+    /// A cluster of shards: write the first shard map, show it, find an account's shard, and
+    /// ask every shard how it is (README, "Shards").
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// Promote a read replica to primary (writer role): it reads the events topic to its end,
     /// then takes commands and starts its relays. Stop the previous primary first (README,
     /// "Failover"). Exit 0 once it takes commands, 1 if it could not.
@@ -356,6 +363,10 @@ fn run(cli: Cli) -> Result<i32> {
             init_tracing("warn", log_format);
             remote.resolve()?;
             tokio::runtime::Runtime::new()?.block_on(promote::run(&remote, json))
+        }
+        Command::Cluster { command } => {
+            init_tracing("warn", log_format);
+            cluster::run(command)
         }
         Command::Profile { command } => {
             init_tracing("warn", log_format);

@@ -1,0 +1,253 @@
+//! `bindledger cluster`: create and read the shard map, find an account's shard, and ask every
+//! shard how it is.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bindledger::adapters::kafka::cluster::{publish_map, read_map};
+use bindledger::config::KafkaConfig;
+use bindledger::domain::shard::{slot_of, valid_shard_id, ShardEntry, ShardMap};
+use clap::{Args, Subcommand};
+
+use crate::EXIT_ERROR;
+
+const EXIT_OK: i32 = 0;
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Write the first shard map: the 1,024 slots split evenly, in order, between the shards
+    /// given (sorted by id). Refused when the topic already holds a map.
+    Init {
+        #[command(flatten)]
+        topic: MapTopic,
+        /// A shard and its primary's URL, as ID=URL (ID: a-z, 0-9 and '-'); once per shard.
+        #[arg(long = "shard", required = true, value_name = "ID=URL")]
+        shards: Vec<String>,
+        /// Each shard's topics are <PREFIX>.<ID>.events and <PREFIX>.<ID>.checkpoints; set
+        /// kafka.topic and checkpoints.topic of each shard's nodes to them.
+        #[arg(long, default_value = "bindledger")]
+        topic_prefix: String,
+    },
+    /// Print the newest shard map: its version, every shard and its slot ranges.
+    Show {
+        #[command(flatten)]
+        topic: MapTopic,
+        /// Print the map as JSON, as the topic holds it.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an account's slot and the shard that owns it.
+    Which {
+        #[command(flatten)]
+        topic: MapTopic,
+        /// The account id.
+        account: String,
+    },
+    /// Ask every shard of the map how it is: health, role, events, epoch, relay lag, slots.
+    /// Exit 1 when a shard does not answer or is not ok.
+    Status {
+        #[command(flatten)]
+        topic: MapTopic,
+        /// A token with the reader role on every shard. Default: the admin token in --data-dir.
+        #[arg(long, env = "BINDLEDGER_TOKEN")]
+        token: Option<String>,
+        /// Where to find the admin token when no token is given.
+        #[arg(long, default_value = "bindledger-data")]
+        data_dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the shard map lives.
+#[derive(Args)]
+pub struct MapTopic {
+    /// The Kafka bootstrap servers.
+    #[arg(long, env = "BINDLEDGER_KAFKA_BROKERS")]
+    brokers: String,
+    /// The cluster topic (cluster.topic of the nodes).
+    #[arg(long = "cluster-topic", default_value = "bindledger.cluster")]
+    name: String,
+}
+
+impl MapTopic {
+    fn kafka(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: self.brokers.clone(),
+            ..KafkaConfig::default()
+        }
+    }
+
+    fn read(&self) -> Result<std::sync::Arc<ShardMap>> {
+        read_map(&self.kafka(), &self.name)
+            .with_context(|| format!("reading the shard map from {}", self.name))?
+            .with_context(|| {
+                format!(
+                    "no shard map on the topic {}: create one with `bindledger cluster init`",
+                    self.name
+                )
+            })
+    }
+}
+
+pub fn run(command: ClusterCommand) -> Result<i32> {
+    match command {
+        ClusterCommand::Init {
+            topic,
+            shards,
+            topic_prefix,
+        } => {
+            let mut entries = BTreeMap::new();
+            for s in &shards {
+                let (id, url) = s
+                    .split_once('=')
+                    .with_context(|| "each --shard is ID=URL, e.g. s1=http://10.0.0.1:8080")?;
+                anyhow::ensure!(
+                    valid_shard_id(id),
+                    "shard ids are 1 to 32 characters of a-z, 0-9 and '-'"
+                );
+                let entry = ShardEntry {
+                    url: url.trim_end_matches('/').to_owned(),
+                    events_topic: format!("{topic_prefix}.{id}.events"),
+                    checkpoints_topic: format!("{topic_prefix}.{id}.checkpoints"),
+                };
+                anyhow::ensure!(
+                    entries.insert(id.to_owned(), entry).is_none(),
+                    "shard {id} is given twice"
+                );
+            }
+            let map = ShardMap::even(entries)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(publish_map(&topic.kafka(), &topic.name, &map))
+                .with_context(|| format!("writing the shard map to {}", topic.name))?;
+            outln!("shard map version 1 written to {}", topic.name);
+            print_map(&map);
+            Ok(EXIT_OK)
+        }
+        ClusterCommand::Show { topic, json } => {
+            let map = topic.read()?;
+            if json {
+                outln!("{}", serde_json::to_string(&*map)?);
+            } else {
+                print_map(&map);
+            }
+            Ok(EXIT_OK)
+        }
+        ClusterCommand::Which { topic, account } => {
+            let map = topic.read()?;
+            let owner = map.owner(&account);
+            outln!(
+                "slot {} of shard {} ({})",
+                slot_of(&account),
+                owner,
+                map.shards[owner].url
+            );
+            Ok(EXIT_OK)
+        }
+        ClusterCommand::Status {
+            topic,
+            token,
+            data_dir,
+            json,
+        } => {
+            let map = topic.read()?;
+            let token = crate::remote::token_or_admin(token, &data_dir)?;
+            tokio::runtime::Runtime::new()?.block_on(status(&map, token, json))
+        }
+    }
+}
+
+fn print_map(map: &ShardMap) {
+    outln!("version {}, {} shards", map.version, map.shards.len());
+    for (id, e) in &map.shards {
+        let ranges: Vec<String> = map
+            .ranges()
+            .into_iter()
+            .filter(|r| r.shard == *id)
+            .map(|r| {
+                if r.from == r.to {
+                    r.from.to_string()
+                } else {
+                    format!("{}-{}", r.from, r.to)
+                }
+            })
+            .collect();
+        outln!(
+            "{id:<12} {:<28} {} slots ({})  topics {} {}",
+            e.url,
+            map.slots_of(id).len(),
+            ranges.join(", "),
+            e.events_topic,
+            e.checkpoints_topic
+        );
+    }
+}
+
+async fn status(map: &ShardMap, token: String, json: bool) -> Result<i32> {
+    let mut rows = Vec::new();
+    let mut failing = 0;
+    for (id, e) in &map.shards {
+        let endpoint = bindledger::adapters::http::client::Endpoint::parse(&e.url)?;
+        let mut client = bindledger::adapters::http::client::Client::new(endpoint, Some(token.clone()));
+        let answer = tokio::time::timeout(Duration::from_secs(5), client.get_json("/v1/status")).await;
+        let row = match answer {
+            Ok(Ok((code, v))) if code.is_success() => {
+                let health = &v["health"];
+                let relay = &v["relays"]["events"];
+                let follows = v["cluster"]["map_version"].as_u64();
+                let ok = health["status"] == "ok" && follows == Some(map.version);
+                if !ok {
+                    failing += 1;
+                }
+                serde_json::json!({
+                    "shard": id, "url": e.url, "answered": true,
+                    "status": health["status"], "role": health["role"], "events": health["events"],
+                    "epoch": health["epoch"], "relay_lag_events": relay["lag_events"],
+                    "map_version": follows, "slots": map.slots_of(id).len(),
+                })
+            }
+            other => {
+                failing += 1;
+                let why = match other {
+                    Ok(Ok((code, _))) => format!("answered {code}"),
+                    Ok(Err(e)) => format!("{e}"),
+                    Err(_) => "no answer within 5 s".to_owned(),
+                };
+                serde_json::json!({"shard": id, "url": e.url, "answered": false, "error": why, "slots": map.slots_of(id).len()})
+            }
+        };
+        rows.push(row);
+    }
+    if json {
+        outln!("{}", serde_json::json!({"map_version": map.version, "shards": rows}));
+    } else {
+        outln!("shard map version {}", map.version);
+        for r in &rows {
+            if r["answered"] == true {
+                outln!(
+                    "{:<12} {:<28} {} {}, {} events, epoch {}, relay lag {}, {} slots, follows map {}",
+                    r["shard"].as_str().unwrap_or("?"),
+                    r["url"].as_str().unwrap_or("?"),
+                    r["status"].as_str().unwrap_or("?"),
+                    r["role"].as_str().unwrap_or("?"),
+                    r["events"],
+                    r["epoch"],
+                    r["relay_lag_events"],
+                    r["slots"],
+                    r["map_version"]
+                );
+            } else {
+                outln!(
+                    "{:<12} {:<28} unreachable: {}",
+                    r["shard"].as_str().unwrap_or("?"),
+                    r["url"].as_str().unwrap_or("?"),
+                    r["error"].as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+    Ok(if failing > 0 { EXIT_ERROR } else { EXIT_OK })
+}

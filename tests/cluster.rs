@@ -1,0 +1,309 @@
+//! Shards by account (issue 29): three `bindledger serve` processes, each one shard of a
+//! cluster, with a real broker holding the shard map. Commands and reads sent to any node reach
+//! the shard that owns the account (forwarded, one hop, with the owner's answer); every
+//! acknowledged event is in its owner's chain and on its owner's topic exactly once, with the
+//! shard in its headers; a request that asks not to be forwarded is answered `421 misdirected`
+//! naming the owner, and changes nothing; the caller's roles cross the hop.
+
+mod common;
+
+use bindledger::adapters::provider::{Scenario, SimulatedGateway};
+use bindledger::domain::shard::{slot_of, ShardMap};
+use common::*;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+const CLUSTER: &str = "cluster-token-0123456789";
+const SHARDS: usize = 3;
+
+struct Shard {
+    id: String,
+    url: String,
+    _process: ServerProcess,
+}
+
+fn config_file(dir: &Path, shard: &str, brokers: &str, cluster_topic: &str, prefix: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{shard}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[cluster]\nshard = \"{shard}\"\ntopic = \"{cluster_topic}\"\n\n\
+             [kafka]\nbrokers = \"{brokers}\"\ntopic = \"{prefix}.{shard}.events\"\nalerts_topic = \"{prefix}.{shard}.alerts\"\n\
+             notifications_topic = \"\"\npartitions = 3\nbackoff_ms_max = 500\n\n\
+             [checkpoints]\ntopic = \"{prefix}.{shard}.checkpoints\"\n\n\
+             [gateway.simulated]\nseed = 11\nfrozen_per_mille = 0\nclosed_per_mille = 0\nunknown_per_mille = 0\n\
+             network_error_per_mille = 0\nbalance_minor_min = 100000000000\nbalance_minor_max = 100000000000\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn send(
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> (u16, HashMap<String, String>, Value) {
+    let client = reqwest::Client::new();
+    let mut rb = client.request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        rb = rb.header("content-type", "application/json").body(b.to_string());
+    }
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let r = rb.send().await.unwrap();
+    let status = r.status().as_u16();
+    let h = r
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let text = r.text().await.unwrap();
+    (status, h, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn events_on(url: &str) -> u64 {
+    let (s, _, v) = send(reqwest::Method::GET, &format!("{url}/v1/status"), ALL, None, &[]).await;
+    assert_eq!(s, 200, "{v}");
+    v["health"]["events"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sent_to_any_shard_land_once_in_the_owners_chain() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_topic = fresh_topic("cluster");
+    let prefix = fresh_topic("shards");
+    let ports: Vec<u16> = (0..SHARDS).map(|_| free_port()).collect();
+    let ids: Vec<String> = (0..SHARDS).map(|i| format!("s{i}")).collect();
+
+    // The operator writes the first map; a second init is refused.
+    let mut init = vec![
+        "cluster",
+        "init",
+        "--brokers",
+        &broker.addr,
+        "--cluster-topic",
+        &cluster_topic,
+        "--topic-prefix",
+        &prefix,
+    ];
+    let specs: Vec<String> = (0..SHARDS)
+        .map(|i| format!("{}=http://127.0.0.1:{}", ids[i], ports[i]))
+        .collect();
+    for s in &specs {
+        init.extend(["--shard", s.as_str()]);
+    }
+    let (code, out, err) = run_cli(&init);
+    assert_eq!(code, 0, "{err}");
+    assert!(String::from_utf8_lossy(&out).contains("version 1"));
+    let (code, _, err) = run_cli(&init);
+    assert_eq!(code, 1, "a second init must be refused");
+    assert!(err.contains("version 1"), "{err}");
+
+    let tokens = format!("writer+reader+auditor+security:{ALL},reader:{READER},cluster:{CLUSTER}");
+    let shards: Vec<Shard> = (0..SHARDS)
+        .map(|i| {
+            let config = config_file(dir.path(), &ids[i], &broker.addr, &cluster_topic, &prefix);
+            let env = [
+                ("BINDLEDGER_CONFIG", config.to_str().unwrap()),
+                ("BINDLEDGER_TOKENS", tokens.as_str()),
+            ];
+            let p = spawn_server_at(
+                &dir.path().join(&ids[i]),
+                &dir.path().join(format!("{}.log", ids[i])),
+                &format!("127.0.0.1:{}", ports[i]),
+                &env,
+            );
+            Shard {
+                id: ids[i].clone(),
+                url: format!("http://127.0.0.1:{}", ports[i]),
+                _process: p,
+            }
+        })
+        .collect();
+    let (_, _, m) = send(
+        reqwest::Method::GET,
+        &format!("{}/v1/cluster", shards[0].url),
+        ALL,
+        None,
+        &[],
+    )
+    .await;
+    let map: ShardMap = serde_json::from_value(m["map"].clone()).unwrap();
+    assert_eq!((m["shard"].as_str(), map.version), (Some("s0"), 1));
+
+    // The workload: each account bound and paid through every node in turn.
+    let gateway = SimulatedGateway::new(Scenario::quiet(11));
+    let accounts: Vec<String> = (0..45).map(|a| format!("cl-acct-{a}")).collect();
+    // (event id -> the shard that answered for it)
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+    let mut forwarded = 0;
+    for (a, account) in accounts.iter().enumerate() {
+        let owner = map.owner(account).to_owned();
+        let body = json!({"provider": "alipay", "wallet_account": phone(a as u64), "payment_password": gateway.password_for(&alipay(), &phone(a as u64)), "idempotency_key": format!("bind-{a}")});
+        let via = &shards[a % SHARDS];
+        let (s, h, v) = send(
+            reqwest::Method::POST,
+            &format!("{}/v1/accounts/{account}/bindings", via.url),
+            ALL,
+            Some(&body),
+            &[],
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(h.get("bindledger-shard"), Some(&owner), "the owner answered");
+        if via.id != owner {
+            assert_eq!(h.get("bindledger-forwarded"), Some(&via.id));
+            forwarded += 1;
+        }
+        let binding = v["event"]["payload"]["binding_id"].as_str().unwrap().to_owned();
+        acked.insert(v["event"]["id"].as_str().unwrap().to_owned(), owner.clone());
+        for k in 0..2 {
+            let via = &shards[(a + k + 1) % SHARDS];
+            let pay = json!({"binding_id": binding, "order_id": format!("o-{a}-{k}"), "amount_minor": 100 + k, "payment_password": gateway.password_for(&alipay(), &phone(a as u64)), "idempotency_key": format!("pay-{a}-{k}")});
+            let (s, h, v) = send(
+                reqwest::Method::POST,
+                &format!("{}/v1/accounts/{account}/payments", via.url),
+                ALL,
+                Some(&pay),
+                &[],
+            )
+            .await;
+            assert_eq!(s, 201, "{v}");
+            assert_eq!(h.get("bindledger-shard"), Some(&owner));
+            let id = v["event"]["id"].as_str().unwrap().to_owned();
+            // The same command sent straight to the owner is the same event: one decision.
+            let (s2, _, again) = send(
+                reqwest::Method::POST,
+                &format!("{}/v1/accounts/{account}/payments", map.shards[&owner].url),
+                ALL,
+                Some(&pay),
+                &[],
+            )
+            .await;
+            assert!(s2 == 200 && again["replayed"] == true, "{again}");
+            assert_eq!(again["event"]["id"].as_str(), Some(id.as_str()));
+            acked.insert(id, owner.clone());
+        }
+    }
+    assert!(
+        forwarded >= 20,
+        "most binds went through a node that is not the owner ({forwarded})"
+    );
+
+    // Reads through any node are the owner's.
+    for account in accounts.iter().take(6) {
+        let owner = &map.shards[map.owner(account)].url;
+        let path = format!("/v1/accounts/{account}/events");
+        let (_, _, direct) = send(reqwest::Method::GET, &format!("{owner}{path}"), READER, None, &[]).await;
+        for s in &shards {
+            let (code, _, v) = send(reqwest::Method::GET, &format!("{}{path}", s.url), READER, None, &[]).await;
+            assert_eq!((code, &v), (200, &direct), "{path} through {}", s.id);
+        }
+        // The caller's roles cross the hop: a reader cannot pay through any node.
+        let (code, _, v) = send(
+            reqwest::Method::POST,
+            &format!(
+                "{}/v1/accounts/{account}/payments",
+                shards[(slot_of(account) as usize + 1) % SHARDS].url
+            ),
+            READER,
+            Some(&json!({"binding_id": "x", "order_id": "y", "amount_minor": 1, "payment_password": "z"})),
+            &[],
+        )
+        .await;
+        assert_eq!(code, 403, "{v}");
+    }
+
+    // A client that asks not to be forwarded learns the owner; nothing is written anywhere.
+    let account = &accounts[0];
+    let owner = map.owner(account);
+    let other = shards.iter().find(|s| s.id != owner).unwrap();
+    let before: Vec<u64> = futures_util::future::join_all(shards.iter().map(|s| events_on(&s.url))).await;
+    let body = json!({"provider": "alipay", "wallet_account": phone(999), "payment_password": "x"});
+    let (s, _, v) = send(
+        reqwest::Method::POST,
+        &format!("{}/v1/accounts/{account}/bindings", other.url),
+        ALL,
+        Some(&body),
+        &[("bindledger-forwarded", "client")],
+    )
+    .await;
+    assert_eq!(s, 421, "{v}");
+    assert_eq!(v["error"]["code"], "misdirected");
+    assert_eq!(v["shard"].as_str(), Some(owner));
+    assert_eq!(v["owner"].as_str(), Some(map.shards[owner].url.as_str()));
+    // A cluster token alone (no caller named) cannot act.
+    let (s, _, _) = send(
+        reqwest::Method::GET,
+        &format!("{}/v1/accounts/{account}/events", other.url),
+        CLUSTER,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(s, 403);
+    let after: Vec<u64> = futures_util::future::join_all(shards.iter().map(|s| events_on(&s.url))).await;
+    assert_eq!(before, after);
+
+    // Every acknowledged event is in its owner's topic exactly once, named by its shard, and
+    // no topic holds another shard's account.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for s in &shards {
+        let topic = format!("{prefix}.{}.events", s.id);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let expected = acked.values().filter(|o| **o == s.id).count();
+        let messages = loop {
+            let m = read_topic(&broker.addr, &topic);
+            if m.len() >= expected || std::time::Instant::now() > deadline {
+                break m;
+            }
+        };
+        for m in &messages {
+            assert_eq!(m.headers.get("shard"), Some(&s.id), "{topic}");
+            assert_eq!(map.owner(&m.key), s.id, "an account of another shard on {topic}");
+            *seen.entry(m.headers["event_id"].clone()).or_default() += 1;
+        }
+        assert_eq!(
+            messages.len() as u64,
+            events_on(&s.url).await,
+            "the topic holds the shard's chain"
+        );
+    }
+    for (id, owner) in &acked {
+        assert_eq!(seen.get(id), Some(&1), "event {id} of shard {owner}");
+    }
+
+    // The operator's view.
+    let (code, out, err) = run_cli(&[
+        "cluster",
+        "status",
+        "--brokers",
+        &broker.addr,
+        "--cluster-topic",
+        &cluster_topic,
+        "--token",
+        ALL,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let out = String::from_utf8_lossy(&out);
+    for s in &shards {
+        assert!(out.contains(&s.id) && out.contains(&s.url), "{out}");
+    }
+    let (code, out, _) = run_cli(&[
+        "cluster",
+        "which",
+        "--brokers",
+        &broker.addr,
+        "--cluster-topic",
+        &cluster_topic,
+        account,
+    ]);
+    assert_eq!(code, 0);
+    assert!(String::from_utf8_lossy(&out).contains(&format!("slot {} of shard {owner}", slot_of(account))));
+}
