@@ -31,7 +31,7 @@ fn config_file(dir: &Path, shard: &str, brokers: &str, cluster_topic: &str, pref
             "[cluster]\nshard = \"{shard}\"\ntopic = \"{cluster_topic}\"\n\n\
              [kafka]\nbrokers = \"{brokers}\"\ntopic = \"{prefix}.{shard}.events\"\nalerts_topic = \"{prefix}.{shard}.alerts\"\n\
              notifications_topic = \"\"\npartitions = 3\nbackoff_ms_max = 500\n\n\
-             [checkpoints]\ntopic = \"{prefix}.{shard}.checkpoints\"\n\n\
+             [checkpoints]\ntopic = \"{prefix}.{shard}.checkpoints\"\nevery_seconds = 1\n\n\
              [gateway.simulated]\nseed = 11\nfrozen_per_mille = 0\nclosed_per_mille = 0\nunknown_per_mille = 0\n\
              network_error_per_mille = 0\nbalance_minor_min = 100000000000\nbalance_minor_max = 100000000000\n"
         ),
@@ -306,4 +306,127 @@ async fn commands_sent_to_any_shard_land_once_in_the_owners_chain() {
     ]);
     assert_eq!(code, 0);
     assert!(String::from_utf8_lossy(&out).contains(&format!("slot {} of shard {owner}", slot_of(account))));
+
+    // One audit of the whole cluster: a signed cluster checkpoint over every shard's head, then
+    // every chain from its topic, held to it.
+    let key_file = dir.path().join("cluster.key");
+    let key_arg = key_file.to_str().unwrap().to_owned();
+    let checkpoint = [
+        "cluster",
+        "checkpoint",
+        "--brokers",
+        &broker.addr,
+        "--cluster-topic",
+        &cluster_topic,
+        "--key-file",
+        &key_arg,
+        "--json",
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let signed: Value = loop {
+        // Each shard signs its head within a second of its last event; wait until all have.
+        let (code, out, err) = run_cli(&checkpoint);
+        let cp: Value = serde_json::from_slice(&out).unwrap_or(Value::Null);
+        let complete = code == 0
+            && shards.iter().all(|s| {
+                let head = cp["shards"][&s.id]["seq"].as_u64();
+                head.is_some() && head == Some(acked.values().filter(|o| **o == s.id).count() as u64)
+            });
+        if complete {
+            break cp;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no complete cluster checkpoint: {code} {err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let cluster_key = signed["public_key"].as_str().unwrap().to_owned();
+    let replay = binary().with_file_name("bindledger-replay");
+    let verify = |key: &str| {
+        let out = std::process::Command::new(&replay)
+            .args([
+                "verify-cluster",
+                "--brokers",
+                &broker.addr,
+                "--cluster-topic",
+                &cluster_topic,
+                "--cluster-key",
+                key,
+                "--json",
+            ])
+            .output()
+            .expect("run bindledger-replay (built with the workspace)");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code(), v, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, report, err) = verify(&cluster_key);
+    assert_eq!(code, Some(0), "{report} {err}");
+    assert_eq!(report["shards"].as_array().unwrap().len(), SHARDS);
+    for s in report["shards"].as_array().unwrap() {
+        let id = s["shard"].as_str().unwrap();
+        assert_eq!(
+            s["report"]["events"].as_u64(),
+            Some(acked.values().filter(|o| *o == id).count() as u64)
+        );
+        assert!(
+            s["heads_from_cluster"].as_u64() >= Some(1) && s["report"]["checkpoints_checked"].as_u64() >= Some(1),
+            "{s}"
+        );
+    }
+    // Another key: the cluster checkpoints do not verify.
+    let other = bindledger::ledger::checkpoint::CheckpointKey::load_or_create(&dir.path().join("other.key")).unwrap();
+    let (code, report, _) = verify(&other.public_hex());
+    assert_eq!(code, Some(3), "{report}");
+
+    // A shard's history rewritten at its signed head: a cluster checkpoint over another hash
+    // (signed with the shard's own key and the cluster's) no longer matches its chain.
+    let cluster_signer = bindledger::ledger::checkpoint::CheckpointKey::load_or_create(&key_file).unwrap();
+    let s0_key =
+        bindledger::ledger::checkpoint::CheckpointKey::load_or_create(&dir.path().join("s0").join("checkpoint.key"))
+            .unwrap();
+    let s0_head = signed["shards"]["s0"]["seq"].as_u64().unwrap();
+    let mut heads: std::collections::BTreeMap<String, bindledger::ledger::checkpoint::SignedCheckpoint> =
+        serde_json::from_value(signed["shards"].clone()).unwrap();
+    heads.insert(
+        "s0".into(),
+        s0_key.sign(s0_head, bindledger_events::Hash([9; 32]), chrono::Utc::now()),
+    );
+    let forged = cluster_signer.sign_cluster(map.version, heads, chrono::Utc::now());
+    let kafka = bindledger::config::KafkaConfig {
+        brokers: broker.addr.clone(),
+        ..Default::default()
+    };
+    bindledger::adapters::kafka::cluster::publish_checkpoint(&kafka, &cluster_topic, &forged)
+        .await
+        .unwrap();
+    let (code, report, _) = verify(&cluster_key);
+    assert_eq!(code, Some(3), "{report}");
+    let s0 = report["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["shard"] == "s0")
+        .unwrap()
+        .clone();
+    assert_eq!(s0["report"]["problem"]["kind"], "checkpoint_mismatch", "{s0}");
+    assert_eq!(s0["report"]["problem"]["seq"].as_u64(), Some(s0_head));
+
+    // An event on a shard the map does not give its account: a map that gives one of s1's
+    // slots to s2 makes s1's chain hold another shard's account.
+    let moved_account = accounts.iter().find(|a| map.owner(a) == "s1").unwrap();
+    let v2 = map.with_slot_moved(slot_of(moved_account) as u32, "s2").unwrap();
+    bindledger::adapters::kafka::cluster::publish_map(&kafka, &cluster_topic, &v2)
+        .await
+        .unwrap();
+    let (_, report, _) = verify(&cluster_key);
+    let s1 = report["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["shard"] == "s1")
+        .unwrap()
+        .clone();
+    assert_eq!(s1["report"]["problem"]["kind"], "wrong_shard", "{s1}");
+    assert_eq!(report["map_version"].as_u64(), Some(2));
 }

@@ -1093,3 +1093,224 @@ impl<'h, I: Iterator<Item = Result<Decoded>>> Auditor<'h, I> {
 }
 
 pub use bindledger::domain::alerts::backtest::{latest, Backtest, Backtester};
+
+/// The audit of a whole cluster of shards (`bindledger-replay verify-cluster`): every shard's
+/// chain from its events topic, in parallel, each held to the signed cluster checkpoints and to
+/// its own signed checkpoints, and every event checked to belong to its shard.
+#[cfg(feature = "kafka")]
+pub mod cluster {
+    use super::{audit_from, AuditReport, Problem, Source, Start};
+    use bindledger::adapters::kafka::checkpoints::read_published;
+    use bindledger::adapters::kafka::cluster::read_cluster;
+    use bindledger::config::KafkaConfig;
+    use bindledger::domain::shard::ShardMap;
+    use bindledger_events::Hash;
+    use serde::Serialize;
+    use std::collections::BTreeMap;
+
+    /// One shard's audit.
+    #[derive(Debug, Serialize)]
+    pub struct ShardReport {
+        pub shard: String,
+        pub topic: String,
+        /// The shard's checkpoint key, as the newest cluster checkpoint naming it vouches for
+        /// it (`None`: no cluster checkpoint names the shard, or none was checked).
+        pub public_key: Option<String>,
+        /// Heads this audit held the chain to: from the cluster checkpoints, and from the
+        /// shard's own checkpoints of its current epoch.
+        pub heads_from_cluster: usize,
+        pub heads_from_shard: usize,
+        pub report: AuditReport,
+    }
+
+    /// The whole audit. `problem` is a cluster-level one (a cluster checkpoint that does not
+    /// verify, a shard it names that the map lost); each shard's own is in its report.
+    #[derive(Debug, Serialize)]
+    pub struct ClusterReport {
+        pub map_version: u64,
+        pub cluster_checkpoints: usize,
+        pub cluster_checkpoints_checked: bool,
+        pub problem: Option<String>,
+        pub shards: Vec<ShardReport>,
+    }
+
+    impl ClusterReport {
+        pub fn ok(&self) -> bool {
+            self.problem.is_none() && self.shards.iter().all(|s| s.report.ok())
+        }
+    }
+
+    /// Audits the cluster whose shard map is on `cluster_topic`. With `cluster_key` (hex, from a
+    /// channel the auditor trusts) the signed cluster checkpoints are checked and each shard's
+    /// chain is held to them; without it they are only counted.
+    pub fn verify(brokers: &str, cluster_topic: &str, cluster_key: Option<&str>) -> super::Result<ClusterReport> {
+        let kafka = KafkaConfig {
+            brokers: brokers.to_owned(),
+            ..KafkaConfig::default()
+        };
+        let (map, checkpoints) = read_cluster(&kafka, cluster_topic)?;
+        let map: std::sync::Arc<ShardMap> =
+            map.ok_or_else(|| super::SourceError::Format(format!("no shard map on the topic {cluster_topic}")))?;
+        let mut report = ClusterReport {
+            map_version: map.version,
+            cluster_checkpoints: checkpoints.len(),
+            cluster_checkpoints_checked: cluster_key.is_some(),
+            problem: None,
+            shards: Vec::new(),
+        };
+        // shard -> (its key, heads the cluster signed, seqs two signed heads disagree on)
+        #[allow(clippy::type_complexity)]
+        let mut vouched: BTreeMap<String, (String, BTreeMap<u64, Hash>, Vec<u64>)> = BTreeMap::new();
+        if let Some(key) = cluster_key {
+            for (i, cp) in checkpoints.iter().enumerate() {
+                if let Err((shard, why)) = cp.verify(key) {
+                    report.problem = Some(match shard {
+                        None => format!("cluster checkpoint {} (map version {}): {why}", i + 1, cp.map_version),
+                        Some(s) => format!(
+                            "cluster checkpoint {} (map version {}): shard {s}'s checkpoint: {why}",
+                            i + 1,
+                            cp.map_version
+                        ),
+                    });
+                    return Ok(report);
+                }
+                for (id, head) in &cp.shards {
+                    if !map.shards.contains_key(id) {
+                        report.problem = Some(format!(
+                            "cluster checkpoint {} names shard {id}, which the shard map no longer holds: its history was dropped",
+                            i + 1
+                        ));
+                        return Ok(report);
+                    }
+                    let entry = vouched.entry(id.clone()).or_default();
+                    entry.0 = head.public_key.clone();
+                    add_head(&mut entry.1, &mut entry.2, head.seq, head.head);
+                }
+            }
+        }
+        let shards: Vec<(String, String, String)> = map
+            .shards
+            .iter()
+            .map(|(id, e)| (id.clone(), e.events_topic.clone(), e.checkpoints_topic.clone()))
+            .collect();
+        let results: Vec<super::Result<ShardReport>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = shards
+                .iter()
+                .map(|(id, events_topic, checkpoints_topic)| {
+                    let (kafka, map, vouched) = (&kafka, &map, &vouched);
+                    scope.spawn(move || {
+                        let (public_key, cluster_heads, mut conflicts) = vouched.get(id).cloned().unwrap_or_default();
+                        let public_key = (!public_key.is_empty()).then_some(public_key);
+                        let mut heads = cluster_heads.clone();
+                        let mut from_shard = 0;
+                        if let Some(key) = &public_key {
+                            // The shard's own checkpoints of its newest epoch: always over its
+                            // chain (a fenced primary's older-epoch ones may not be).
+                            let (published, fenced) = read_published(kafka, checkpoints_topic)?;
+                            let newest = published.iter().map(|p| p.epoch).max().unwrap_or(0).max(fenced);
+                            for p in published.iter().filter(|p| p.epoch == newest) {
+                                if p.checkpoint.verify(key).is_ok() {
+                                    add_head(&mut heads, &mut conflicts, p.checkpoint.seq, p.checkpoint.head);
+                                    from_shard += 1;
+                                } else {
+                                    return Ok(ShardReport {
+                                        shard: id.clone(),
+                                        topic: events_topic.clone(),
+                                        public_key: public_key.clone(),
+                                        heads_from_cluster: cluster_heads.len(),
+                                        heads_from_shard: from_shard,
+                                        report: signature_problem(p.checkpoint.seq),
+                                    });
+                                }
+                            }
+                        }
+                        let source = Source::Kafka {
+                            brokers: kafka.brokers.clone(),
+                            topic: events_topic.clone(),
+                        };
+                        let mut foreign: Option<(u64, String)> = None;
+                        let mut audit = audit_from(source.decoded(), Start::default(), &heads, |e| {
+                            if map.owner(&e.account) != id {
+                                foreign = Some((e.seq, e.account.clone()));
+                                return false;
+                            }
+                            true
+                        })?;
+                        if let (true, Some(&seq)) = (audit.ok(), conflicts.first()) {
+                            // The chain matched one of them: the other is a signed lie.
+                            audit.problem = Some(Problem {
+                                kind: "checkpoint_mismatch",
+                                seq,
+                                account: None,
+                                position: 0,
+                                checkpoint: None,
+                                expected: "one hash for this event in every signed checkpoint".into(),
+                                found: "signed checkpoints that name different hashes for it".into(),
+                            });
+                        }
+                        if let Some((seq, account)) = foreign {
+                            audit.stopped_early = false;
+                            audit.problem = Some(Problem {
+                                kind: "wrong_shard",
+                                seq,
+                                account: Some(account),
+                                position: seq,
+                                checkpoint: None,
+                                expected: format!("an account of shard {id}"),
+                                found: "an account the shard map gives another shard".into(),
+                            });
+                        }
+                        Ok(ShardReport {
+                            shard: id.clone(),
+                            topic: events_topic.clone(),
+                            public_key,
+                            heads_from_cluster: cluster_heads.len(),
+                            heads_from_shard: from_shard,
+                            report: audit,
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a shard's audit thread"))
+                .collect()
+        });
+        for r in results {
+            report.shards.push(r?);
+        }
+        Ok(report)
+    }
+
+    /// Adds a signed head; a second, different hash for one event is a conflict (only one can
+    /// be the chain's), kept for the report.
+    fn add_head(heads: &mut BTreeMap<u64, Hash>, conflicts: &mut Vec<u64>, seq: u64, hash: Hash) {
+        match heads.get(&seq) {
+            Some(h) if *h != hash => conflicts.push(seq),
+            Some(_) => {}
+            None => {
+                heads.insert(seq, hash);
+            }
+        }
+    }
+
+    fn signature_problem(seq: u64) -> AuditReport {
+        AuditReport {
+            events: 0,
+            first_seq: 1,
+            head: bindledger_events::GENESIS_HASH,
+            checkpoints_checked: 0,
+            checkpoint_seq: None,
+            stopped_early: false,
+            problem: Some(Problem {
+                kind: "checkpoint_signature",
+                seq,
+                account: None,
+                position: 0,
+                checkpoint: None,
+                expected: "a checkpoint signed with the key the cluster checkpoint names".into(),
+                found: "a checkpoint on the shard's topic that does not verify".into(),
+            }),
+        }
+    }
+}

@@ -224,6 +224,26 @@ enum Command {
         #[arg(long)]
         against_token: Option<String>,
     },
+    /// Verify a whole cluster of shards from Kafka: the shard map on the cluster topic, every
+    /// shard's chain from its events topic (in parallel), held to the signed cluster
+    /// checkpoints and to each shard's own checkpoints, every event checked to belong to its
+    /// shard; exit 3 naming each problem.
+    VerifyCluster {
+        /// Kafka bootstrap servers.
+        #[arg(long)]
+        brokers: String,
+        /// The cluster topic (the nodes' cluster.topic).
+        #[arg(long, default_value = "bindledger.cluster")]
+        cluster_topic: String,
+        /// The cluster's checkpoint public key (64 hex characters, as `bindledger cluster
+        /// checkpoint` prints it), from a channel you trust. Without it the cluster checkpoints
+        /// are not checked, and each chain is checked alone.
+        #[arg(long, value_parser = parse_public_key)]
+        cluster_key: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure: a raw scan of a stored log (the baseline), verify, and verify plus a full
     /// rebuild, over a generated log of --events events.
     Bench {
@@ -525,6 +545,25 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        #[cfg(feature = "kafka")]
+        Command::VerifyCluster {
+            brokers,
+            cluster_topic,
+            cluster_key,
+            json,
+        } => {
+            let report = bindledger_replay::cluster::verify(&brokers, &cluster_topic, cluster_key.as_deref())?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_cluster(&report);
+            }
+            Ok(if report.ok() { 0 } else { EXIT_PROBLEM })
+        }
+        #[cfg(not(feature = "kafka"))]
+        Command::VerifyCluster { .. } => {
+            anyhow::bail!("this build has no Kafka source (built without the `kafka` feature)")
+        }
         Command::Verify {
             from,
             checkpoints,
@@ -703,6 +742,37 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 /// What verify proved, in words.
+#[cfg(feature = "kafka")]
+fn print_cluster(r: &bindledger_replay::cluster::ClusterReport) {
+    outln!("shard map:   version {}, {} shards", r.map_version, r.shards.len());
+    if r.cluster_checkpoints_checked {
+        outln!("cluster checkpoints: {} signatures valid", r.cluster_checkpoints);
+    } else {
+        outln!("cluster checkpoints: {} on the topic, not checked: give --cluster-key (from a channel you trust) to hold every shard to them", r.cluster_checkpoints);
+    }
+    if let Some(p) = &r.problem {
+        outln!("verify:      FAILED: {p}");
+        return;
+    }
+    for s in &r.shards {
+        let rep = &s.report;
+        let state = match &rep.problem {
+            None => "ok".to_owned(),
+            Some(p) => format!("FAILED: {}", problem_text(p)),
+        };
+        outln!(
+            "{:<12} {} events, head {}, {} signed heads matched (from the cluster: {}, from the shard: {}): {state}",
+            s.shard,
+            rep.events,
+            rep.head,
+            rep.checkpoints_checked,
+            s.heads_from_cluster,
+            s.heads_from_shard
+        );
+    }
+    outln!("verify:      {}", if r.ok() { "ok" } else { "FAILED" });
+}
+
 fn print_verify(report: &AuditReport, start: Start, checkpoints_given: usize) {
     let from = if start.seq == 0 {
         "the genesis".to_owned()

@@ -150,6 +150,25 @@ impl CheckpointKey {
         hex::encode(self.0.verifying_key().to_bytes())
     }
 
+    /// Signs a cluster checkpoint of `shards` (each shard's own signed checkpoint) under map
+    /// `map_version`, now.
+    pub fn sign_cluster(
+        &self,
+        map_version: u64,
+        shards: std::collections::BTreeMap<String, SignedCheckpoint>,
+        time: DateTime<Utc>,
+    ) -> ClusterCheckpoint {
+        let time = time.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let text = cluster_message(map_version, &time, &shards);
+        ClusterCheckpoint {
+            map_version,
+            time,
+            shards,
+            public_key: self.public_hex(),
+            signature: hex::encode(self.0.sign(text.as_bytes()).to_bytes()),
+        }
+    }
+
     pub fn sign(&self, seq: u64, head: Hash, time: DateTime<Utc>) -> SignedCheckpoint {
         let time = bindledger_events::types::micros::truncate(time);
         let signature = self.0.sign(message(seq, &head, &time).as_bytes());
@@ -161,6 +180,65 @@ impl CheckpointKey {
             signature: hex::encode(signature.to_bytes()),
             time_text: None,
         }
+    }
+}
+
+/// A signed cluster checkpoint: the heads of every shard of a cluster, each as its shard's own
+/// signed checkpoint, signed together by the cluster's key (an operator's, `bindledger cluster
+/// checkpoint`). An auditor who trusts the cluster key alone learns each shard's key from it,
+/// and can prove that no shard's history up to these heads was rewritten or dropped.
+///
+/// **The format.** JSON `{"map_version", "time", "shards": {id: checkpoint}, "public_key",
+/// "signature"}`; the signature is Ed25519 over the ASCII bytes of
+/// `bindledger-cluster-checkpoint:v1:{map_version}:{time}` followed, for each shard in id order,
+/// by `:{id}={seq},{head},{public_key}` of its checkpoint; `time` is the JSON field's text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterCheckpoint {
+    pub map_version: u64,
+    pub time: String,
+    pub shards: std::collections::BTreeMap<String, SignedCheckpoint>,
+    pub public_key: String,
+    pub signature: String,
+}
+
+fn cluster_message(
+    map_version: u64,
+    time: &str,
+    shards: &std::collections::BTreeMap<String, SignedCheckpoint>,
+) -> String {
+    let mut text = format!("bindledger-cluster-checkpoint:v1:{map_version}:{time}");
+    for (id, cp) in shards {
+        text.push_str(&format!(":{id}={},{},{}", cp.seq, cp.head, cp.public_key));
+    }
+    text
+}
+
+impl ClusterCheckpoint {
+    /// Checks the cluster's signature with the key the auditor trusts, then each shard's
+    /// checkpoint with the key it names (which the cluster's signature covers).
+    pub fn verify(&self, cluster_key_hex: &str) -> std::result::Result<(), (Option<String>, CheckpointError)> {
+        if !self.public_key.eq_ignore_ascii_case(cluster_key_hex) {
+            return Err((
+                None,
+                CheckpointError::OtherKey {
+                    signed_with: self.public_key.clone(),
+                    trusted: cluster_key_hex.to_owned(),
+                },
+            ));
+        }
+        let key = parse_public_key(cluster_key_hex).map_err(|e| (None, e))?;
+        let sig: [u8; 64] = hex::decode(&self.signature)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or((None, CheckpointError::SignatureNotHex))?;
+        let text = cluster_message(self.map_version, &self.time, &self.shards);
+        key.verify(text.as_bytes(), &Signature::from_bytes(&sig))
+            .map_err(|_| (None, CheckpointError::BadSignature))?;
+        for (id, cp) in &self.shards {
+            cp.verify(&cp.public_key).map_err(|e| (Some(id.clone()), e))?;
+        }
+        Ok(())
     }
 }
 
@@ -263,5 +341,50 @@ mod tests {
         let rewritten: SignedCheckpoint = serde_json::from_str(&text.replace(&canonical, &shifted)).unwrap();
         assert_eq!(rewritten.time, cp.time, "the same instant");
         assert!(rewritten.verify(&key.public_hex()).is_err());
+    }
+
+    #[test]
+    fn a_cluster_checkpoint_covers_every_shards_head_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = CheckpointKey::load_or_create(&dir.path().join("cluster")).unwrap();
+        let s0 = CheckpointKey::load_or_create(&dir.path().join("s0")).unwrap();
+        let s1 = CheckpointKey::load_or_create(&dir.path().join("s1")).unwrap();
+        let shards: std::collections::BTreeMap<String, SignedCheckpoint> = [
+            ("s0".to_owned(), s0.sign(10, Hash([1; 32]), Utc::now())),
+            ("s1".to_owned(), s1.sign(7, Hash([2; 32]), Utc::now())),
+        ]
+        .into();
+        let cp = cluster.sign_cluster(3, shards.clone(), Utc::now());
+        cp.verify(&cluster.public_hex()).unwrap();
+        let read: ClusterCheckpoint = serde_json::from_str(&serde_json::to_string(&cp).unwrap()).unwrap();
+        read.verify(&cluster.public_hex()).unwrap();
+        assert!(cp.verify(&s0.public_hex()).is_err(), "another key");
+        let mut dropped = cp.clone();
+        dropped.shards.remove("s1");
+        assert!(dropped.verify(&cluster.public_hex()).is_err(), "a shard left out");
+        let mut version = cp.clone();
+        version.map_version = 4;
+        assert!(version.verify(&cluster.public_hex()).is_err());
+        // A shard's checkpoint replaced by one its own key signed over another head: the
+        // cluster's signature covers the head.
+        let mut swapped = cp.clone();
+        swapped
+            .shards
+            .insert("s1".into(), s1.sign(7, Hash([3; 32]), Utc::now()));
+        assert!(swapped.verify(&cluster.public_hex()).is_err());
+        // A shard's key replaced (a forger's key signing a rewritten head) fails too.
+        let forger = CheckpointKey::load_or_create(&dir.path().join("forger")).unwrap();
+        let mut forged = cp.clone();
+        forged
+            .shards
+            .insert("s1".into(), forger.sign(7, Hash([2; 32]), Utc::now()));
+        assert!(forged.verify(&cluster.public_hex()).is_err());
+        // A shard's checkpoint whose own signature is broken is named.
+        let mut broken = cp.clone();
+        broken.shards.get_mut("s0").unwrap().signature = "00".repeat(64);
+        assert_eq!(
+            broken.verify(&cluster.public_hex()).unwrap_err().0.as_deref(),
+            Some("s0")
+        );
     }
 }

@@ -21,10 +21,14 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{client_config, ensure_topic, headers, producer, read_partitions, ReadFrom};
 use crate::config::KafkaConfig;
+use crate::ledger::checkpoint::ClusterCheckpoint;
 use crate::{client_error, KafkaError};
 
 /// The key of every map message.
 pub const MAP_KEY: &str = "shard-map";
+/// The key of every signed cluster checkpoint (`bindledger cluster checkpoint`), which shares the
+/// topic: the map's history and the heads signed under it, in one order.
+pub const CHECKPOINT_KEY: &str = "cluster-checkpoint";
 
 /// The maps a reader takes, in order, from the topic's messages (see the module's rule).
 #[derive(Default)]
@@ -33,8 +37,11 @@ pub struct MapLog {
 }
 
 impl MapLog {
-    /// Reads one message's value: the new map when it is taken.
-    pub fn offer(&mut self, value: &[u8]) -> Option<Arc<ShardMap>> {
+    /// Reads one message: the new map when it is taken (a message of another key is not a map).
+    pub fn offer(&mut self, key: &[u8], value: &[u8]) -> Option<Arc<ShardMap>> {
+        if key != MAP_KEY.as_bytes() {
+            return None;
+        }
         let map: ShardMap = match serde_json::from_slice(value) {
             Ok(m) => m,
             Err(e) => {
@@ -62,13 +69,58 @@ impl MapLog {
 pub fn read_map(kafka: &KafkaConfig, topic: &str) -> Result<Option<Arc<ShardMap>>, KafkaError> {
     let mut log = MapLog::default();
     match read_partitions(kafka, topic, ReadFrom::Beginning, |_, m| {
-        log.offer(m.payload().unwrap_or_default());
+        log.offer(m.key().unwrap_or_default(), m.payload().unwrap_or_default());
         Ok(())
     }) {
         Ok(_) => Ok(log.current().cloned()),
         Err(KafkaError::Topic(_)) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The cluster topic read whole: the newest map, and every signed cluster checkpoint with the
+/// map version in force when it was written (a checkpoint that does not read is an error: an
+/// auditor must not skip what it cannot read). Blocking.
+#[allow(clippy::type_complexity)]
+pub fn read_cluster(
+    kafka: &KafkaConfig,
+    topic: &str,
+) -> Result<(Option<Arc<ShardMap>>, Vec<ClusterCheckpoint>), KafkaError> {
+    let mut log = MapLog::default();
+    let mut checkpoints = Vec::new();
+    read_partitions(kafka, topic, ReadFrom::Beginning, |_, m| {
+        let key = m.key().unwrap_or_default();
+        if key == CHECKPOINT_KEY.as_bytes() {
+            let cp: ClusterCheckpoint = serde_json::from_slice(m.payload().unwrap_or_default()).map_err(|_| {
+                KafkaError::Topic(format!(
+                    "{topic} holds a cluster checkpoint that does not read (offset {})",
+                    m.offset()
+                ))
+            })?;
+            checkpoints.push(cp);
+        } else {
+            log.offer(key, m.payload().unwrap_or_default());
+        }
+        Ok(())
+    })?;
+    Ok((log.current().cloned(), checkpoints))
+}
+
+/// Appends a signed cluster checkpoint to the cluster topic.
+pub async fn publish_checkpoint(kafka: &KafkaConfig, topic: &str, cp: &ClusterCheckpoint) -> Result<(), KafkaError> {
+    let value = serde_json::to_vec(cp).expect("a checkpoint serialises");
+    producer(kafka)?
+        .send(
+            FutureRecord::to(topic)
+                .key(CHECKPOINT_KEY)
+                .payload(&value)
+                .partition(0)
+                .headers(headers(&[("map_version", &cp.map_version.to_string())])),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| client_error(format!("writing the cluster checkpoint to {topic}"))(e))?;
+    Ok(())
 }
 
 /// Writes `next` to `topic` (created with one partition when missing): it must be version 1 on
@@ -160,7 +212,7 @@ pub fn follow(
                             continue;
                         }
                         next_offset = m.offset() + 1;
-                        if let Some(map) = log.offer(m.payload().unwrap_or_default()) {
+                        if let Some(map) = log.offer(m.key().unwrap_or_default(), m.payload().unwrap_or_default()) {
                             tracing::info!(version = map.version, "following shard map");
                             on_map(map);
                         }
@@ -200,12 +252,17 @@ mod tests {
         let v3 = v2a.with_slot_moved(4, "s1").unwrap();
         let mut log = MapLog::default();
         let bytes = |m: &ShardMap| serde_json::to_vec(m).unwrap();
-        assert_eq!(log.offer(&bytes(&v1)).as_deref(), Some(&v1));
-        assert!(log.offer(b"not a map").is_none());
-        assert_eq!(log.offer(&bytes(&v2a)).as_deref(), Some(&v2a));
-        assert!(log.offer(&bytes(&v2b)).is_none(), "a second version 2 lost the race");
-        assert!(log.offer(&bytes(&v1)).is_none(), "an older version");
-        assert_eq!(log.offer(&bytes(&v3)).as_deref(), Some(&v3));
+        let k = MAP_KEY.as_bytes();
+        assert_eq!(log.offer(k, &bytes(&v1)).as_deref(), Some(&v1));
+        assert!(log.offer(k, b"not a map").is_none());
+        assert!(
+            log.offer(CHECKPOINT_KEY.as_bytes(), &bytes(&v2b)).is_none(),
+            "not a map's key"
+        );
+        assert_eq!(log.offer(k, &bytes(&v2a)).as_deref(), Some(&v2a));
+        assert!(log.offer(k, &bytes(&v2b)).is_none(), "a second version 2 lost the race");
+        assert!(log.offer(k, &bytes(&v1)).is_none(), "an older version");
+        assert_eq!(log.offer(k, &bytes(&v3)).as_deref(), Some(&v3));
         assert_eq!(log.current().unwrap().version, 3);
     }
 }

@@ -45,6 +45,21 @@ pub enum ClusterCommand {
         /// The account id.
         account: String,
     },
+    /// Sign the heads of every shard at once: each shard's newest checkpoint (from its
+    /// checkpoints topic, signed with its own key), signed together with the cluster's key and
+    /// appended to the cluster topic, where `bindledger-replay verify-cluster` holds every
+    /// shard's chain to it.
+    Checkpoint {
+        #[command(flatten)]
+        topic: MapTopic,
+        /// The cluster's Ed25519 signing key (64 hex characters), created (mode 0600) when
+        /// missing; give auditors its public key, which this prints.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Print the signed checkpoint as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask every shard of the map how it is: health, role, events, epoch, relay lag, slots.
     /// Exit 1 when a shard does not answer or is not ok.
     Status {
@@ -145,6 +160,41 @@ pub fn run(command: ClusterCommand) -> Result<i32> {
                 owner,
                 map.shards[owner].url
             );
+            Ok(EXIT_OK)
+        }
+        ClusterCommand::Checkpoint { topic, key_file, json } => {
+            let map = topic.read()?;
+            let key = bindledger::ledger::checkpoint::CheckpointKey::load_or_create(&key_file)?;
+            let kafka = topic.kafka();
+            let mut heads = BTreeMap::new();
+            for (id, e) in &map.shards {
+                let (published, _) =
+                    bindledger::adapters::kafka::checkpoints::read_published(&kafka, &e.checkpoints_topic)
+                        .with_context(|| format!("reading shard {id}'s checkpoints from {}", e.checkpoints_topic))?;
+                let last = published.into_iter().last().with_context(|| {
+                    format!("shard {id} has published no checkpoint yet on {}", e.checkpoints_topic)
+                })?;
+                heads.insert(id.clone(), last.checkpoint);
+            }
+            let cp = key.sign_cluster(map.version, heads, chrono::Utc::now());
+            tokio::runtime::Runtime::new()?.block_on(bindledger::adapters::kafka::cluster::publish_checkpoint(
+                &kafka,
+                &topic.name,
+                &cp,
+            ))?;
+            if json {
+                outln!("{}", serde_json::to_string(&cp)?);
+            } else {
+                outln!(
+                    "cluster checkpoint under map version {} at {}, signed with {}",
+                    cp.map_version,
+                    cp.time,
+                    cp.public_key
+                );
+                for (id, c) in &cp.shards {
+                    outln!("{id:<12} event {} head {} (key {})", c.seq, c.head, c.public_key);
+                }
+            }
             Ok(EXIT_OK)
         }
         ClusterCommand::Status {
