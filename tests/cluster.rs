@@ -24,16 +24,30 @@ struct Shard {
 }
 
 fn config_file(dir: &Path, shard: &str, brokers: &str, cluster_topic: &str, prefix: &str) -> std::path::PathBuf {
-    let path = dir.join(format!("{shard}.toml"));
+    config_with(dir, shard, shard, brokers, cluster_topic, prefix, "", "")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn config_with(
+    dir: &Path,
+    name: &str,
+    shard: &str,
+    brokers: &str,
+    cluster_topic: &str,
+    prefix: &str,
+    top: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
         format!(
-            "[cluster]\nshard = \"{shard}\"\ntopic = \"{cluster_topic}\"\n\n\
+            "{top}[cluster]\nshard = \"{shard}\"\ntopic = \"{cluster_topic}\"\n\n\
              [kafka]\nbrokers = \"{brokers}\"\ntopic = \"{prefix}.{shard}.events\"\nalerts_topic = \"{prefix}.{shard}.alerts\"\n\
              notifications_topic = \"\"\npartitions = 3\nbackoff_ms_max = 500\n\n\
              [checkpoints]\ntopic = \"{prefix}.{shard}.checkpoints\"\nevery_seconds = 1\n\n\
              [gateway.simulated]\nseed = 11\nfrozen_per_mille = 0\nclosed_per_mille = 0\nunknown_per_mille = 0\n\
-             network_error_per_mille = 0\nbalance_minor_min = 100000000000\nbalance_minor_max = 100000000000\n"
+             network_error_per_mille = 0\nbalance_minor_min = 100000000000\nbalance_minor_max = 100000000000\n{extra}"
         ),
     )
     .unwrap();
@@ -429,4 +443,278 @@ async fn commands_sent_to_any_shard_land_once_in_the_owners_chain() {
         .clone();
     assert_eq!(s1["report"]["problem"]["kind"], "wrong_shard", "{s1}");
     assert_eq!(report["map_version"].as_u64(), Some(2));
+}
+
+/// What the failover test's load sent and learned.
+#[derive(Default)]
+struct Book {
+    /// key -> (the account's shard, event id)
+    acked: BTreeMap<String, (String, String)>,
+    /// Commands whose outcome is unknown (an error, no answer): retried with the same key.
+    unknown: Vec<(String, String, Value)>,
+}
+
+/// Sends one command through `via`; books the answer.
+async fn command(book: &mut Book, map: &ShardMap, via: &str, account: &str, key: &str, body: &Value) {
+    let path = if key.starts_with("bind") {
+        "bindings"
+    } else {
+        "payments"
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let answer = client
+        .post(format!("{via}/v1/accounts/{account}/{path}"))
+        .bearer_auth(ALL)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await;
+    let ok = match answer {
+        Ok(r) if r.status().as_u16() == 201 || r.status().as_u16() == 200 => {
+            let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            let id = v["event"]["id"].as_str().unwrap().to_owned();
+            if let Some((_, prev)) = book
+                .acked
+                .insert(key.to_owned(), (map.owner(account).to_owned(), id.clone()))
+            {
+                assert_eq!(prev, id, "a retried key returns the original event");
+            }
+            true
+        }
+        Ok(r) => {
+            let code = r.status().as_u16();
+            assert!(
+                code == 503 || code == 421,
+                "unexpected answer {code}: {:?}",
+                r.text().await
+            );
+            false
+        }
+        Err(_) => false,
+    };
+    if !ok {
+        book.unknown.push((account.to_owned(), key.to_owned(), body.clone()));
+    }
+}
+
+/// A shard's primary killed under load (SIGKILL), its replica promoted and named in the map:
+/// commands through the other shards reach it again, every acknowledged command is in its
+/// owner's chain exactly once, and the cluster verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shards_primary_killed_under_load_fails_over_to_its_replica() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_topic = fresh_topic("cluster-failover");
+    let prefix = fresh_topic("failover");
+    let ports: Vec<u16> = (0..SHARDS + 1).map(|_| free_port()).collect();
+    let ids: Vec<String> = (0..SHARDS).map(|i| format!("s{i}")).collect();
+    let specs: Vec<String> = (0..SHARDS)
+        .map(|i| format!("{}=http://127.0.0.1:{}", ids[i], ports[i]))
+        .collect();
+    let mut init = vec![
+        "cluster",
+        "init",
+        "--brokers",
+        &broker.addr,
+        "--cluster-topic",
+        &cluster_topic,
+        "--topic-prefix",
+        &prefix,
+    ];
+    for s in &specs {
+        init.extend(["--shard", s.as_str()]);
+    }
+    assert_eq!(run_cli(&init).0, 0);
+    let tokens = format!("writer+reader+auditor+security:{ALL},cluster:{CLUSTER}");
+    let replicated = "durability = \"replicated\"\n";
+    let start = |name: &str, shard: &str, port: u16, extra: &str| {
+        let config = config_with(
+            dir.path(),
+            name,
+            shard,
+            &broker.addr,
+            &cluster_topic,
+            &prefix,
+            replicated,
+            extra,
+        );
+        let env = [
+            ("BINDLEDGER_CONFIG", config.to_str().unwrap()),
+            ("BINDLEDGER_TOKENS", tokens.as_str()),
+        ];
+        spawn_server_at(
+            &dir.path().join(name),
+            &dir.path().join(format!("{name}.log")),
+            &format!("127.0.0.1:{port}"),
+            &env,
+        )
+    };
+    let mut primaries: Vec<Option<ServerProcess>> = (0..SHARDS)
+        .map(|i| Some(start(&ids[i], &ids[i], ports[i], "")))
+        .collect();
+    // s1's replica: the primary's secret and checkpoint key, from "the secrets store".
+    let replica_dir = dir.path().join("s1-replica");
+    std::fs::create_dir_all(&replica_dir).unwrap();
+    for f in ["secret.key", "checkpoint.key"] {
+        std::fs::copy(dir.path().join("s1").join(f), replica_dir.join(f)).unwrap();
+    }
+    let replica_url = format!("http://127.0.0.1:{}", ports[SHARDS]);
+    let _replica = start(
+        "s1-replica",
+        "s1",
+        ports[SHARDS],
+        &format!(
+            "\n[replica]\nenabled = true\nprimary_url = \"http://127.0.0.1:{}\"\n",
+            ports[1]
+        ),
+    );
+    let (_, _, m) = send(
+        reqwest::Method::GET,
+        &format!("http://127.0.0.1:{}/v1/cluster", ports[0]),
+        ALL,
+        None,
+        &[],
+    )
+    .await;
+    let map: ShardMap = serde_json::from_value(m["map"].clone()).unwrap();
+    let s1_accounts = (0..)
+        .map(|a| format!("fo-{a}"))
+        .filter(|a| map.owner(a) == "s1")
+        .take(6);
+    let accounts: Vec<String> = (0..18).map(|a| format!("fo-{a}")).chain(s1_accounts).collect();
+    let gateway = SimulatedGateway::new(Scenario::quiet(11));
+    let entry = [
+        format!("http://127.0.0.1:{}", ports[0]),
+        format!("http://127.0.0.1:{}", ports[2]),
+    ];
+    let mut book = Book::default();
+    let mut bindings: HashMap<String, String> = HashMap::new();
+    let rounds = 6;
+    let mut failover = None;
+    let mut unknown_total = 0;
+    for round in 0..rounds {
+        if round == 2 {
+            // While this round's commands flow: s1's primary dies (SIGKILL); its replica is
+            // promoted and named in the map.
+            let primary = primaries[1].take().unwrap();
+            let (replica_url, brokers, topic) = (replica_url.clone(), broker.addr.clone(), cluster_topic.clone());
+            failover = Some(tokio::task::spawn_blocking(move || {
+                std::thread::sleep(std::time::Duration::from_millis(150));
+                primary.kill();
+                let (code, _, err) = run_cli(&["promote", "--url", &replica_url, "--token", ALL]);
+                assert_eq!(code, 0, "{err}");
+                let (code, _, err) = run_cli(&[
+                    "cluster",
+                    "set-url",
+                    "--brokers",
+                    &brokers,
+                    "--cluster-topic",
+                    &topic,
+                    "--shard",
+                    "s1",
+                    "--url",
+                    &replica_url,
+                ]);
+                assert_eq!(code, 0, "{err}");
+            }));
+        }
+        if round == 4 {
+            failover.take().unwrap().await.unwrap();
+        }
+        unknown_total += book.unknown.len();
+        // What the last round left unknown, again with the same keys, then new commands.
+        for (account, key, body) in std::mem::take(&mut book.unknown) {
+            command(&mut book, &map, &entry[round % 2], &account, &key, &body).await;
+        }
+        for (a, account) in accounts.iter().enumerate() {
+            let via = &entry[(a + round) % 2];
+            let pw = gateway.password_for(&alipay(), &phone(a as u64));
+            if round == 0 {
+                let key = format!("bind-{a}");
+                let body = json!({"provider": "alipay", "wallet_account": phone(a as u64), "payment_password": pw, "idempotency_key": key});
+                command(&mut book, &map, via, account, &key, &body).await;
+                continue;
+            }
+            let Some(binding) = bindings.get(account).cloned().or_else(|| {
+                let key = format!("bind-{a}");
+                book.acked.get(&key).map(|_| String::new())
+            }) else {
+                continue;
+            };
+            let binding = if binding.is_empty() {
+                let (_, _, v) = send(
+                    reqwest::Method::GET,
+                    &format!("{via}/v1/accounts/{account}/bindings"),
+                    ALL,
+                    None,
+                    &[],
+                )
+                .await;
+                let id = v["bindings"][0]["binding_id"].as_str().unwrap_or_default().to_owned();
+                if id.is_empty() {
+                    continue;
+                }
+                bindings.insert(account.clone(), id.clone());
+                id
+            } else {
+                binding
+            };
+            let key = format!("pay-{a}-{round}");
+            let body = json!({"binding_id": binding, "order_id": key, "amount_minor": 100 + round, "payment_password": pw, "idempotency_key": key});
+            command(&mut book, &map, via, account, &key, &body).await;
+        }
+    }
+    // Whatever is still unknown gets its answer now that the cluster is whole.
+    for _ in 0..3 {
+        for (account, key, body) in std::mem::take(&mut book.unknown) {
+            command(&mut book, &map, &entry[0], &account, &key, &body).await;
+        }
+    }
+    assert!(
+        book.unknown.is_empty(),
+        "unanswered: {:?}",
+        book.unknown.iter().map(|u| &u.1).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "{} commands acknowledged, {unknown_total} retried after the failover",
+        book.acked.len()
+    );
+    let s1_acked_after = book
+        .acked
+        .iter()
+        .filter(|(k, (s, _))| s == "s1" && k.ends_with("-5"))
+        .count();
+    assert!(
+        s1_acked_after >= 6,
+        "the promoted replica took s1's commands ({s1_acked_after})"
+    );
+
+    // Every acknowledged command exactly once in its owner's topic (fences and what they drop
+    // aside: a promotion's fence messages carry no event id).
+    let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+    for id in &ids {
+        for m in read_topic(&broker.addr, &format!("{prefix}.{id}.events")) {
+            if let Some(event) = m.headers.get("event_id") {
+                seen.entry(event.clone()).or_default().push(id.clone());
+            }
+        }
+    }
+    for (key, (shard, event)) in &book.acked {
+        assert_eq!(seen.get(event), Some(&vec![shard.clone()]), "{key}");
+    }
+    let replay = binary().with_file_name("bindledger-replay");
+    let out = std::process::Command::new(&replay)
+        .args([
+            "verify-cluster",
+            "--brokers",
+            &broker.addr,
+            "--cluster-topic",
+            &cluster_topic,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -214,6 +214,18 @@ impl ShardMap {
         out
     }
 
+    /// The next version with `shard`'s primary at `url` (after a promotion).
+    pub fn with_url(&self, shard: &str, url: &str) -> Result<ShardMap, MapError> {
+        let mut next = self.clone();
+        next.version += 1;
+        next.shards
+            .get_mut(shard)
+            .ok_or_else(|| MapError::UnknownShard(shard.to_owned()))?
+            .url = url.trim_end_matches('/').to_owned();
+        next.check()?;
+        Ok(next)
+    }
+
     /// The next version with `slot` owned by `to` (which must be in the map).
     pub fn with_slot_moved(&self, slot: u32, to: &str) -> Result<ShardMap, MapError> {
         if slot >= SLOTS as u32 {
@@ -346,6 +358,11 @@ mod tests {
         let back: ShardMap = serde_json::from_str(&serde_json::to_string(&n).unwrap()).unwrap();
         assert_eq!(back, n);
         assert_eq!(m.with_slot_moved(1024, "s2"), Err(MapError::NoSlot(1024)));
+        let u = n.with_url("s1", "http://10.0.0.9:8080/").unwrap();
+        assert_eq!((u.version, u.shards["s1"].url.as_str()), (3, "http://10.0.0.9:8080"));
+        assert_eq!(u.owner_of_slot(100), "s2", "the slots stay");
+        assert!(matches!(n.with_url("s1", "ftp://x"), Err(MapError::BadUrl(_))));
+        assert!(matches!(n.with_url("s9", "http://x"), Err(MapError::UnknownShard(_))));
         assert!(matches!(m.with_slot_moved(1, "s9"), Err(MapError::UnknownShard(_))));
     }
 

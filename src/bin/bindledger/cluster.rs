@@ -30,6 +30,18 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "bindledger")]
         topic_prefix: String,
     },
+    /// Point a shard at its new primary (after `bindledger promote`): writes the map's next
+    /// version with the shard's URL changed; every node follows it and forwards there.
+    SetUrl {
+        #[command(flatten)]
+        topic: MapTopic,
+        /// The shard.
+        #[arg(long)]
+        shard: String,
+        /// Its new primary's URL.
+        #[arg(long)]
+        url: String,
+    },
     /// Print the newest shard map: its version, every shard and its slot ranges.
     Show {
         #[command(flatten)]
@@ -140,6 +152,19 @@ pub fn run(command: ClusterCommand) -> Result<i32> {
                 .with_context(|| format!("writing the shard map to {}", topic.name))?;
             outln!("shard map version 1 written to {}", topic.name);
             print_map(&map);
+            Ok(EXIT_OK)
+        }
+        ClusterCommand::SetUrl { topic, shard, url } => {
+            let map = topic.read()?;
+            let next = map.with_url(&shard, &url)?;
+            tokio::runtime::Runtime::new()?
+                .block_on(publish_map(&topic.kafka(), &topic.name, &next))
+                .with_context(|| format!("writing the shard map to {}", topic.name))?;
+            outln!(
+                "shard map version {} written: shard {shard} at {}",
+                next.version,
+                next.shards[&shard].url
+            );
             Ok(EXIT_OK)
         }
         ClusterCommand::Show { topic, json } => {
