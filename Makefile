@@ -22,7 +22,7 @@ PLANT ?=
 # How long each fuzz target runs under `make fuzz` (seconds).
 FUZZ_SECONDS ?= 60
 
-.PHONY: bench-scale simulate fuzz bench-console lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
+.PHONY: bench-cluster bench-scale simulate fuzz bench-console lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs, then run make again" >&2; exit 1; }
@@ -125,6 +125,16 @@ bench-kafka: tansu
 	    --storage-engine memory://tansu/ > target/tansu-bench.log 2>&1 & broker=$$!; \
 	  trap 'kill $$broker 2>/dev/null' EXIT; sleep 1; \
 	  ./target/release/bindledger bench-kafka --brokers 127.0.0.1:$(DEMO_KAFKA_PORT)
+
+## Two shards of a cluster in one process: payments sent to their owners against all sent to
+## one shard (forwarded), with the CPU each costs per request.
+bench-cluster: tansu
+	$(CARGO) build --release --locked
+	@set -e; \
+	  "$(TANSU)" broker --listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) --advertised-listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) \
+	    --storage-engine memory://tansu/ > target/tansu-bench.log 2>&1 & broker=$$!; \
+	  trap 'kill $$broker 2>/dev/null' EXIT; sleep 1; \
+	  ./target/release/bindledger bench-cluster --brokers 127.0.0.1:$(DEMO_KAFKA_PORT)
 
 ## From a command's acknowledgement to its alert in the console's queue, in a real headless
 ## Chromium, at 1,000 commands/s for 20 s (BENCH_RATE, BENCH_SECONDS).

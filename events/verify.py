@@ -6,9 +6,12 @@ plain). Usage:
 
     python3 events/verify.py EXPORT.ndjson [--checkpoints FILE --public-key HEX]
                              [--trusted-head SEQ:HASH]
+    python3 events/verify.py --cluster DIR [--cluster-key HEX]
 
 Prints `ok EVENTS HEAD` and exits 0, or `FAIL LINE SEQ REASON` (the first line, 1-based,
 that breaks a rule) and exits 3; exits 2 on bad usage, 1 when the file cannot be read.
+With --cluster (a directory `bindledger cluster export` wrote), one `ok SHARD EVENTS HEAD`
+line per shard and `ok cluster SHARDS`, or `FAIL SHARD LINE SEQ REASON`.
 """
 
 import datetime
@@ -178,9 +181,22 @@ def ed25519_verify(public_key, message, signature):
 GENESIS = "0" * 64
 
 
+# In a cluster, the shard whose log is being read (printed before the line of a failure).
+SHARD = None
+
+
 def fail(line, seq, reason):
-    print(f"FAIL {line} {seq} {reason}")
+    where = f"{SHARD} " if SHARD else ""
+    print(f"FAIL {where}{line} {seq} {reason}")
     sys.exit(3)
+
+
+def checkpoint_verifies(cp, key_hex):
+    """A checkpoint's signature, by the key it names, which must be `key_hex`."""
+    if cp["public_key"].lower() != key_hex.lower():
+        return False
+    message = f"bindledger-checkpoint:v1:{cp['seq']}:{cp['head']}:{cp['time']}".encode("ascii")
+    return ed25519_verify(bytes.fromhex(key_hex), message, bytes.fromhex(cp["signature"]))
 
 
 def read_checkpoints(path, public_key):
@@ -211,34 +227,16 @@ def read_checkpoints(path, public_key):
     return heads
 
 
-def main(argv):
-    args = argv[1:]
-    opts = {}
-    positional = []
-    while args:
-        a = args.pop(0)
-        if a in ("--checkpoints", "--public-key", "--trusted-head"):
-            if not args:
-                print(f"usage: {a} needs a value", file=sys.stderr)
-                return 2
-            opts[a] = args.pop(0)
-        else:
-            positional.append(a)
-    if len(positional) != 1 or (("--checkpoints" in opts) != ("--public-key" in opts)):
-        print(__doc__, file=sys.stderr)
-        return 2
-    heads = read_checkpoints(opts["--checkpoints"], opts["--public-key"]) if "--checkpoints" in opts else {}
-    seq, prev = 0, GENESIS
-    if "--trusted-head" in opts:
-        s, h = opts["--trusted-head"].split(":")
-        seq, prev = int(s), h.lower()
+def verify_log(path, heads, seq, prev, trusted, owner=None):
+    """Verifies one log from (seq, prev); returns its last (seq, hash). With `owner` (a cluster),
+    every event's account must belong to the shard being read."""
     accounts = {}
     try:
-        with open(positional[0], "rb") as f:
+        with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        sys.exit(1)
     if data and not data.endswith(b"\n"):
         data += b"\n"  # a last line without its newline is still a line
     lines = data.split(b"\n")[:-1]
@@ -272,15 +270,133 @@ def main(argv):
         if account in accounts:
             if account_seq != accounts[account] + 1:
                 fail(n, expected, f"account_seq {account_seq} where {accounts[account] + 1} was expected")
-        elif "--trusted-head" not in opts and account_seq != 1:
+        elif not trusted and account_seq != 1:
             fail(n, expected, f"account_seq {account_seq} for the account's first event")
         accounts[account] = account_seq
+        if owner is not None and owner(account) != SHARD:
+            fail(n, expected, "an account the shard map gives another shard")
         digest = hashlib.sha256(line).hexdigest()
         if expected in heads and heads[expected] != digest:
             fail(n, expected, "the event does not hash to its signed checkpoint's head")
         seq, prev = expected, digest
     if heads and max(heads) > seq:
         fail(len(lines) + 1, max(heads), f"the log ends at event {seq}, before a signed checkpoint")
+    return seq, prev
+
+
+def murmur2(data):
+    """Kafka's murmur2 (seed 0x9747b28c), as the ledger takes an account's slot from it."""
+    m, r, mask = 0x5BD1E995, 24, 0xFFFFFFFF
+    h = (0x9747B28C ^ len(data)) & mask
+    n = len(data) // 4 * 4
+    for i in range(0, n, 4):
+        k = int.from_bytes(data[i:i + 4], "little")
+        k = (k * m) & mask
+        k ^= k >> r
+        k = (k * m) & mask
+        h = (h * m) & mask
+        h ^= k
+    rest = data[n:]
+    if len(rest) >= 3:
+        h ^= rest[2] << 16
+    if len(rest) >= 2:
+        h ^= rest[1] << 8
+    if rest:
+        h ^= rest[0]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h
+
+
+def read_json(path):
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"), object_pairs_hook=no_repeated_keys, parse_constant=no_constants)
+    except (OSError, ValueError, RepeatedKey, NotANumber) as e:
+        print(f"error: {path}: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def verify_cluster(root, cluster_key):
+    """A cluster export: every shard's log, each event on its shard, held to the heads the
+    cluster checkpoints sign (checked with `cluster_key`; without it they are only counted)."""
+    global SHARD
+    import os
+    shard_map = read_json(os.path.join(root, "map.json"))
+    owners = [None] * shard_map["slots"]
+    for r in shard_map["ranges"]:
+        for slot in range(r["from"], r["to"] + 1):
+            owners[slot] = r["shard"]
+    if shard_map["slots"] != 1024 or None in owners:
+        print("error: map.json does not give every one of the 1024 slots a shard", file=sys.stderr)
+        sys.exit(1)
+
+    def owner(account):
+        return owners[(murmur2(account.encode("utf-8")) & 0x7FFFFFFF) % 1024]
+
+    heads = {shard: {} for shard in shard_map["shards"]}
+    path = os.path.join(root, "cluster-checkpoints.ndjson")
+    with open(path, "rb") as f:
+        lines = [line for line in f.read().split(b"\n") if line.strip()]
+    for n, raw in enumerate(lines, 1):
+        cp = json.loads(raw.decode("utf-8"), object_pairs_hook=no_repeated_keys, parse_constant=no_constants)
+        if cluster_key is None:
+            continue
+        if cp["public_key"].lower() != cluster_key.lower():
+            fail(0, 0, f"cluster checkpoint line {n} is signed with another key")
+        message = f"bindledger-cluster-checkpoint:v1:{cp['map_version']}:{cp['time']}"
+        for shard in sorted(cp["shards"]):
+            c = cp["shards"][shard]
+            message += f":{shard}={c['seq']},{c['head']},{c['public_key']}"
+        if not ed25519_verify(bytes.fromhex(cluster_key), message.encode("ascii"), bytes.fromhex(cp["signature"])):
+            fail(0, 0, f"cluster checkpoint line {n}: the signature does not verify")
+        for shard, c in sorted(cp["shards"].items()):
+            if not checkpoint_verifies(c, c["public_key"]):
+                fail(0, c["seq"], f"cluster checkpoint line {n}: shard {shard}'s checkpoint does not verify")
+            if shard not in heads:
+                fail(0, c["seq"], f"cluster checkpoint line {n} names shard {shard}, which the map no longer holds")
+            if heads[shard].get(c["seq"], c["head"]).lower() != c["head"].lower():
+                SHARD = shard
+                fail(0, c["seq"], "two signed checkpoints name different hashes for this event")
+            heads[shard][c["seq"]] = c["head"].lower()
+    for shard in sorted(shard_map["shards"]):
+        SHARD = shard
+        seq, prev = verify_log(os.path.join(root, f"{shard}.events.ndjson"), heads[shard], 0, GENESIS, False, owner)
+        print(f"ok {shard} {seq} {prev}")
+    SHARD = None
+    print(f"ok cluster {len(shard_map['shards'])}")
+    return 0
+
+
+def main(argv):
+    args = argv[1:]
+    opts = {}
+    positional = []
+    while args:
+        a = args.pop(0)
+        if a in ("--checkpoints", "--public-key", "--trusted-head", "--cluster", "--cluster-key"):
+            if not args:
+                print(f"usage: {a} needs a value", file=sys.stderr)
+                return 2
+            opts[a] = args.pop(0)
+        else:
+            positional.append(a)
+    if "--cluster" in opts:
+        if positional or len(opts) > 2 or (len(opts) == 2 and "--cluster-key" not in opts):
+            print(__doc__, file=sys.stderr)
+            return 2
+        return verify_cluster(opts["--cluster"], opts.get("--cluster-key"))
+    if len(positional) != 1 or (("--checkpoints" in opts) != ("--public-key" in opts)) or "--cluster-key" in opts:
+        print(__doc__, file=sys.stderr)
+        return 2
+    heads = read_checkpoints(opts["--checkpoints"], opts["--public-key"]) if "--checkpoints" in opts else {}
+    seq, prev = 0, GENESIS
+    if "--trusted-head" in opts:
+        s, h = opts["--trusted-head"].split(":")
+        seq, prev = int(s), h.lower()
+    seq, prev = verify_log(positional[0], heads, seq, prev, "--trusted-head" in opts)
     print(f"ok {seq} {prev}")
     return 0
 

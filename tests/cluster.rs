@@ -388,6 +388,41 @@ async fn commands_sent_to_any_shard_land_once_in_the_owners_chain() {
             "{s}"
         );
     }
+    // The verifier written from the docs agrees, from an export of the cluster.
+    let export = dir.path().join("export");
+    let verify_py = |key: &str| {
+        let (code, _, err) = run_cli(&[
+            "cluster",
+            "export",
+            "--brokers",
+            &broker.addr,
+            "--cluster-topic",
+            &cluster_topic,
+            "--out",
+            export.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let out = std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/events/verify.py"))
+            .args(["--cluster", export.to_str().unwrap(), "--cluster-key", key])
+            .output()
+            .expect("python3");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = verify_py(&cluster_key);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("ok cluster {SHARDS}")), "{out}");
+    for s in report["shards"].as_array().unwrap() {
+        assert!(
+            out.contains(&format!(
+                "ok {} {} {}",
+                s["shard"].as_str().unwrap(),
+                s["report"]["events"],
+                s["report"]["head"].as_str().unwrap()
+            )),
+            "{out}"
+        );
+    }
     // Another key: the cluster checkpoints do not verify.
     let other = bindledger::ledger::checkpoint::CheckpointKey::load_or_create(&dir.path().join("other.key")).unwrap();
     let (code, report, _) = verify(&other.public_hex());
@@ -425,6 +460,12 @@ async fn commands_sent_to_any_shard_land_once_in_the_owners_chain() {
         .clone();
     assert_eq!(s0["report"]["problem"]["kind"], "checkpoint_mismatch", "{s0}");
     assert_eq!(s0["report"]["problem"]["seq"].as_u64(), Some(s0_head));
+    let (code, out) = verify_py(&cluster_key);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.starts_with(&format!("FAIL s0 0 {s0_head} two signed checkpoints")),
+        "{out}"
+    );
 
     // An event on a shard the map does not give its account: a map that gives one of s1's
     // slots to s2 makes s1's chain hold another shard's account.
@@ -443,6 +484,29 @@ async fn commands_sent_to_any_shard_land_once_in_the_owners_chain() {
         .clone();
     assert_eq!(s1["report"]["problem"]["kind"], "wrong_shard", "{s1}");
     assert_eq!(report["map_version"].as_u64(), Some(2));
+    // The verifier finds the foreign account too (s0 fails first on its forged head; without
+    // the cluster key, s1's file is read with no heads and fails on the account).
+    let (code, out) = {
+        let (code, _, err) = run_cli(&[
+            "cluster",
+            "export",
+            "--brokers",
+            &broker.addr,
+            "--cluster-topic",
+            &cluster_topic,
+            "--out",
+            export.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let out = std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/events/verify.py"))
+            .args(["--cluster", export.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("FAIL s1 ") && out.contains("another shard"), "{out}");
 }
 
 /// What the failover test's load sent and learned.

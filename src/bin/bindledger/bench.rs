@@ -86,7 +86,7 @@ impl Row {
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     if sorted.is_empty() {
         return None;
     }
@@ -255,7 +255,7 @@ async fn fixture_with(dir: &Path, accounts: usize, adjust: impl FnOnce(&mut Conf
 }
 
 /// The benchmarks' ledger secret.
-const BENCH_SECRET: [u8; 32] = [7; 32];
+pub(crate) const BENCH_SECRET: [u8; 32] = [7; 32];
 
 /// The benchmark's accounts: account `i` is `bench-{i:05}`, bound to the wallet of phone
 /// `139{i:08}` by one binding whose id (and its event's) is derived from `i` ([`bulk_bind`]
@@ -308,7 +308,7 @@ const BULK_EVENTS: usize = 4096;
 /// of [`BULK_EVENTS`] (the path a replica appends by: each event must continue the chain), two
 /// batches in flight, dated over the last 30 days. The ledger must be empty. Binding one account per command took
 /// 0.5-0.9 ms each; this takes the writer's, the indexer's and the monitor's time alone.
-async fn bulk_bind(ledger: &Ledger, secret: &LedgerSecret, accounts: usize) -> anyhow::Result<Bound> {
+pub(crate) async fn bulk_bind(ledger: &Ledger, secret: &LedgerSecret, accounts: usize) -> anyhow::Result<Bound> {
     anyhow::ensure!(ledger.log_len() == 0, "the bulk setup starts from an empty ledger");
     let bound = Bound::new(accounts);
     let provider = Provider::parse("alipay").expect("known");
@@ -582,7 +582,7 @@ async fn library(
 }
 
 /// CPU time this process has used (user and system), from `/proc/self/stat` (Linux).
-fn cpu_seconds() -> f64 {
+pub(crate) fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which is in parentheses and may hold spaces).
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
@@ -796,6 +796,11 @@ pub struct LoadArgs {
     /// The accounts' Zipf exponent (`bench --zipf`); in turn without it.
     #[arg(long)]
     pub zipf: Option<f64>,
+    /// More shards' addresses (`bench-cluster`): with them, each request goes to the shard that
+    /// owns its account under an even map of `--addr` and these (in order), as a client that
+    /// follows the map does.
+    #[arg(long, value_delimiter = ',')]
+    pub shard_addrs: Vec<std::net::SocketAddr>,
 }
 
 /// Sends `commands` payments over `connections` kept-alive connections; prints
@@ -811,9 +816,10 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
         args.first,
         args.zipf,
     );
+    let addrs: Arc<Vec<std::net::SocketAddr>> = Arc::new(std::iter::once(addr).chain(args.shard_addrs).collect());
     let make_client = || LoadClient {
-        addr,
-        stream: None,
+        addrs: addrs.clone(),
+        streams: addrs.iter().map(|_| None).collect(),
         buf: Vec::with_capacity(4096),
         body: Vec::with_capacity(256),
         request: Vec::with_capacity(512),
@@ -822,6 +828,9 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
         use std::io::Write;
         let n = first + n;
         let b = &bindings.get(account_for(n, bindings.len(), zipf));
+        let shards = client.addrs.len();
+        let to = bindledger::domain::shard::slot_of(&b.0) as usize * shards / bindledger::domain::shard::SLOTS as usize;
+        let addr = client.addrs[to];
         let (body, request) = (&mut client.body, &mut client.request);
         body.clear();
         request.clear();
@@ -841,7 +850,7 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
         request.extend_from_slice(body);
         async move {
             let result = match formatted {
-                Ok(()) => match client.post().await {
+                Ok(()) => match client.post(to).await {
                     Ok(201) => Ok(()),
                     Ok(status) => Err(anyhow::anyhow!("unexpected status {status}")),
                     Err(e) => Err(e.into()),
@@ -864,8 +873,9 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
 /// the server, so it does as little as HTTP/1.1 allows (no pooled client, no header map, no
 /// connection task per request); correctness of the server's HTTP is the tests' business.
 struct LoadClient {
-    addr: std::net::SocketAddr,
-    stream: Option<tokio::net::TcpStream>,
+    /// The server's address, or each shard's (the even map's order).
+    addrs: Arc<Vec<std::net::SocketAddr>>,
+    streams: Vec<Option<tokio::net::TcpStream>>,
     buf: Vec<u8>,
     /// The next request's body and the whole request, rewritten in place for each request.
     body: Vec<u8>,
@@ -875,21 +885,21 @@ struct LoadClient {
 impl LoadClient {
     /// Sends the prepared request; returns the response's status. A connection that failed is
     /// dropped (the next request opens another).
-    async fn post(&mut self) -> std::io::Result<u16> {
+    async fn post(&mut self, to: usize) -> std::io::Result<u16> {
         use tokio::io::AsyncWriteExt;
-        if self.stream.is_none() {
-            let s = tokio::net::TcpStream::connect(self.addr).await?;
+        if self.streams[to].is_none() {
+            let s = tokio::net::TcpStream::connect(self.addrs[to]).await?;
             s.set_nodelay(true)?;
-            self.stream = Some(s);
+            self.streams[to] = Some(s);
         }
-        let stream = self.stream.as_mut().expect("connected above");
+        let stream = self.streams[to].as_mut().expect("connected above");
         self.buf.clear();
         let answer = match stream.write_all(&self.request).await {
             Ok(()) => read_response(stream, &mut self.buf).await,
             Err(e) => Err(e),
         };
         if answer.is_err() {
-            self.stream = None;
+            self.streams[to] = None;
         }
         answer
     }

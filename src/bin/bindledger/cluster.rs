@@ -72,6 +72,17 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write what an auditor needs to verify the cluster without Kafka (for `events/verify.py
+    /// --cluster DIR`): `map.json` (the newest shard map), `cluster-checkpoints.ndjson` and each
+    /// shard's chain as `<shard>.events.ndjson` (read from its topic, fences applied: the exact
+    /// stored bytes, one event per line).
+    Export {
+        #[command(flatten)]
+        topic: MapTopic,
+        /// The directory to write (created; files in it are replaced).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Ask every shard of the map how it is: health, role, events, epoch, relay lag, slots.
     /// Exit 1 when a shard does not answer or is not ok.
     Status {
@@ -220,6 +231,47 @@ pub fn run(command: ClusterCommand) -> Result<i32> {
                     outln!("{id:<12} event {} head {} (key {})", c.seq, c.head, c.public_key);
                 }
             }
+            Ok(EXIT_OK)
+        }
+        ClusterCommand::Export { topic, out } => {
+            use std::io::Write;
+            let kafka = topic.kafka();
+            let (map, checkpoints) = bindledger::adapters::kafka::cluster::read_cluster(&kafka, &topic.name)
+                .with_context(|| format!("reading {}", topic.name))?;
+            let map = map.with_context(|| format!("no shard map on the topic {}", topic.name))?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            std::fs::write(out.join("map.json"), serde_json::to_vec(&*map)?)?;
+            let mut cps = Vec::new();
+            for cp in &checkpoints {
+                cps.extend(serde_json::to_vec(cp)?);
+                cps.push(b'\n');
+            }
+            std::fs::write(out.join("cluster-checkpoints.ndjson"), cps)?;
+            for (id, e) in &map.shards {
+                let path = out.join(format!("{id}.events.ndjson"));
+                let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                let mut w = std::io::BufWriter::new(file);
+                let mut n = 0u64;
+                let reader = bindledger::adapters::kafka::reader::read_topic(
+                    bindledger::adapters::kafka::client::client_config(&kafka),
+                    &e.events_topic,
+                )
+                .with_context(|| format!("reading shard {id}'s topic {}", e.events_topic))?;
+                for event in reader {
+                    let bytes = event.with_context(|| format!("reading shard {id}'s topic {}", e.events_topic))?;
+                    w.write_all(&bytes)?;
+                    w.write_all(b"\n")?;
+                    n += 1;
+                }
+                w.flush()?;
+                outln!("{id:<12} {n} events to {}", path.display());
+            }
+            outln!(
+                "map version {} and {} cluster checkpoints to {}",
+                map.version,
+                checkpoints.len(),
+                out.display()
+            );
             Ok(EXIT_OK)
         }
         ClusterCommand::Status {

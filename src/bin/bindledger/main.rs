@@ -29,6 +29,7 @@ fn stdout_failed(e: std::io::Error) -> ! {
 mod alerts;
 mod bench;
 mod bench_alerts;
+mod bench_cluster;
 mod cluster;
 mod consume;
 mod demo;
@@ -150,6 +151,9 @@ enum Command {
     Consume(consume::ConsumeArgs),
     /// Measure the Kafka relay against a raw producer on the same broker, and end-to-end lag.
     BenchKafka(bench::KafkaBenchArgs),
+    /// Measure a cluster: two shards in this process, payments sent to each account's owner
+    /// against all sent to one shard (forwarded), and the CPU each costs.
+    BenchCluster(bench_cluster::ClusterBenchArgs),
     /// Measure the library path with the on-disk idempotency index against the in-memory one,
     /// with millions of live keys, and the memory each holds.
     BenchIdempotency(bench::IdempotencyBenchArgs),
@@ -385,6 +389,11 @@ fn run(cli: Cli) -> Result<i32> {
         Command::BenchKafka(args) => {
             init_tracing("warn", log_format);
             tokio::runtime::Runtime::new()?.block_on(bench::kafka(args))?;
+            Ok(0)
+        }
+        Command::BenchCluster(args) => {
+            init_tracing("warn", log_format);
+            tokio::runtime::Runtime::new()?.block_on(bench_cluster::run(args))?;
             Ok(0)
         }
         Command::BenchIdempotency(args) => {
