@@ -22,7 +22,7 @@ PLANT ?=
 # How long each fuzz target runs under `make fuzz` (seconds).
 FUZZ_SECONDS ?= 60
 
-.PHONY: bench-cluster bench-scale simulate fuzz bench-console lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
+.PHONY: demo-cluster bench-cluster bench-scale simulate fuzz bench-console lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs, then run make again" >&2; exit 1; }
@@ -76,6 +76,16 @@ demo: tansu
 	    --storage-engine memory://tansu/ > target/tansu-demo.log 2>&1 & broker=$$!; \
 	  trap 'kill $$broker 2>/dev/null' EXIT; \
 	  BINDLEDGER_KAFKA_BROKERS=127.0.0.1:$(DEMO_KAFKA_PORT) ./target/release/bindledger demo
+
+## The demo as a cluster of three shards in one process (the shard map on the broker started
+## for the occasion; each shard its own port, log and topics).
+demo-cluster: tansu
+	$(CARGO) build --release --locked --workspace
+	@set -e; \
+	  "$(TANSU)" broker --listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) --advertised-listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) \
+	    --storage-engine memory://tansu/ > target/tansu-demo.log 2>&1 & broker=$$!; \
+	  trap 'kill $$broker 2>/dev/null' EXIT; \
+	  BINDLEDGER_KAFKA_BROKERS=127.0.0.1:$(DEMO_KAFKA_PORT) ./target/release/bindledger demo --shards 3
 
 ## Every test: unit tests, and the integration tests against real sled files, the real HTTP
 ## server, a real Kafka broker process, and the real binary killed with SIGKILL.

@@ -293,6 +293,28 @@ async fn commands_sent_to_any_shard_land_once_in_the_owners_chain() {
         assert_eq!(seen.get(id), Some(&1), "event {id} of shard {owner}");
     }
 
+    // Every shard's status, asked by any node (what the console's glance shows).
+    let (code, _, v) = send(
+        reqwest::Method::GET,
+        &format!("{}/v1/cluster/status", shards[1].url),
+        READER,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["shard"], "s1");
+    let rows = v["shards"].as_array().unwrap();
+    assert_eq!(rows.len(), SHARDS);
+    for (r, s) in rows.iter().zip(&shards) {
+        assert_eq!(
+            (r["shard"].as_str(), r["answered"].as_bool()),
+            (Some(s.id.as_str()), Some(true)),
+            "{r}"
+        );
+        assert_eq!(r["events"].as_u64(), Some(events_on(&s.url).await), "{r}");
+        assert_eq!(r["map_version"].as_u64(), Some(1));
+    }
     // The operator's view.
     let (code, out, err) = run_cli(&[
         "cluster",

@@ -117,6 +117,90 @@ async fn alert_id_of(server: &TestServer, rule: &str) -> String {
     alerts["alerts"][0]["id"].as_str().unwrap().to_owned()
 }
 
+/// A shard of a cluster (issue 29): the glance shows every shard, which node it is, each
+/// shard's health and events, and an account of the other shard opens through this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_the_cluster_and_reaches_the_other_shards_accounts() {
+    use bindledger::domain::shard::{ShardEntry, ShardMap};
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_topic = fresh_topic("console-cluster");
+    let ports = [free_port(), free_port()];
+    let map = ShardMap::even(
+        (0..2)
+            .map(|i| {
+                (
+                    format!("s{i}"),
+                    ShardEntry {
+                        url: format!("http://127.0.0.1:{}", ports[i]),
+                        events_topic: fresh_topic(&format!("console-s{i}-events")),
+                        checkpoints_topic: fresh_topic(&format!("console-s{i}-checkpoints")),
+                    },
+                )
+            })
+            .collect(),
+    )
+    .unwrap();
+    let kafka = bindledger::config::KafkaConfig {
+        brokers: broker.addr.clone(),
+        ..Default::default()
+    };
+    bindledger::adapters::kafka::cluster::publish_map(&kafka, &cluster_topic, &map)
+        .await
+        .unwrap();
+    let mut servers = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let id = format!("s{i}");
+        let mut config = test_config(&dir.path().join(&id));
+        config.kafka.brokers = broker.addr.clone();
+        config.kafka.topic = map.shards[&id].events_topic.clone();
+        config.kafka.alerts_topic = fresh_topic("console-alerts");
+        config.checkpoints.topic = map.shards[&id].checkpoints_topic.clone();
+        config.cluster.shard = id;
+        config.cluster.topic = cluster_topic.clone();
+        config.tokens.extend(
+            bindledger::config::parse_tokens(&format!(
+                "alice@security+reader:{ALICE},cluster:cluster-token-0123456789"
+            ))
+            .unwrap(),
+        );
+        servers.push(TestServer::start_on(config, &format!("127.0.0.1:{port}")).await);
+    }
+    // An account of s1, bound on s1.
+    let account = (0..).map(|i| format!("c-{i}")).find(|a| map.owner(a) == "s1").unwrap();
+    bind_wallet(&servers[1].ledger, &servers[1].gateway, &account, 1).await;
+
+    let driver = chromedriver();
+    let alice = browser(&driver).await;
+    let base = format!("http://127.0.0.1:{}", ports[0]);
+    sign_in(&alice, &base, ALICE).await;
+    alice.goto(&format!("{base}/console#/glance")).await.unwrap();
+    until(
+        &alice,
+        "the cluster's shards",
+        "document.querySelectorAll('#glance-shards tr').length === 2",
+    )
+    .await;
+    let shards = text(&alice, "#glance-cluster").await;
+    assert!(shards.contains("s0 (this node)") && shards.contains("s1"), "{shards}");
+    assert!(
+        shards.contains("shard map version 1") && shards.contains("1 events"),
+        "{shards}"
+    );
+    screenshot(&alice, "cluster").await;
+    // The other shard's account, through this node: its binding, read from s1.
+    alice.goto(&format!("{base}/console#/account/{account}")).await.unwrap();
+    until(
+        &alice,
+        "the account's binding",
+        "document.body.innerText.includes('alipay')",
+    )
+    .await;
+    for s in servers {
+        s.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();

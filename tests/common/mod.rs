@@ -73,9 +73,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> TestServer {
+        Self::start_on(config, "127.0.0.1:0").await
+    }
+
+    /// The same, listening on `addr` (a shard's, which the shard map names before it starts).
+    pub async fn start_on(config: Config, addr: &str) -> TestServer {
         let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
         let node = Node::start(&config, LedgerSecret::from_bytes([42; 32]), gateway.clone()).expect("open ledger");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(bindledger::adapters::http::serve(

@@ -228,6 +228,60 @@ async fn forward(
     Ok(r)
 }
 
+/// `GET /v1/cluster/status`: every shard's `/v1/status`, asked by this node (its `cluster`
+/// token, on behalf of the caller), each within 3 s: what the console's glance shows.
+pub(crate) async fn cluster_status(s: &AppState, caller: &Principal) -> Option<serde_json::Value> {
+    let (me, map) = s.ledger.ownership().map()?;
+    let route = s.extras.cluster.as_ref()?;
+    let asks = map.shards.iter().map(|(id, e)| {
+        let slots = map.slots_of(id).len();
+        let request = route.token.as_ref().map(|token| {
+            route
+                .client
+                .get(format!("{}/v1/status", e.url))
+                .bearer_auth(token)
+                .header(ON_BEHALF_OF, behalf_value(caller))
+                .header(FORWARDED, route.shard.as_str())
+                .timeout(Duration::from_secs(3))
+                .send()
+        });
+        async move {
+            let answer = match request {
+                None => Err("this node has no cluster token to ask with".to_owned()),
+                Some(r) => match r.await {
+                    Ok(a) if a.status().is_success() => match a.bytes().await {
+                        Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)
+                            .map_err(|_| "an answer that is not JSON".to_owned()),
+                        Err(_) => Err("the answer broke off".to_owned()),
+                    },
+                    Ok(a) => Err(format!("answered {}", a.status())),
+                    Err(e) if e.is_timeout() => Err("no answer within 3 s".to_owned()),
+                    Err(_) => Err("unreachable".to_owned()),
+                },
+            };
+            let mut row = json!({"shard": id, "url": e.url, "slots": slots});
+            match answer {
+                Ok(v) => {
+                    row["answered"] = json!(true);
+                    row["status"] = v["health"]["status"].clone();
+                    row["role"] = v["health"]["role"].clone();
+                    row["events"] = v["health"]["events"].clone();
+                    row["epoch"] = v["health"]["epoch"].clone();
+                    row["relay_lag_events"] = v["relays"]["events"]["lag_events"].clone();
+                    row["map_version"] = v["cluster"]["map_version"].clone();
+                }
+                Err(why) => {
+                    row["answered"] = json!(false);
+                    row["error"] = json!(why);
+                }
+            }
+            row
+        }
+    });
+    let shards = futures_util::future::join_all(asks).await;
+    Some(json!({"shard": me, "map_version": map.version, "shards": shards}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

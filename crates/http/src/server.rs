@@ -1078,6 +1078,16 @@ async fn status(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Res
     .into_response())
 }
 
+/// `GET /v1/cluster/status` (reader, auditor or security): every shard's health, role, events,
+/// epoch, relay lag and map version, asked by this node; `404` on a ledger alone.
+async fn cluster_status(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    let principal = caller.require(&[Role::Reader, Role::Auditor, Role::Security])?;
+    let v = super::route::cluster_status(&s, &principal)
+        .await
+        .ok_or(Error::NotFound("this ledger is not a shard of a cluster"))?;
+    Ok(Json(v).into_response())
+}
+
 /// `GET /v1/cluster` (reader, auditor or security): this node's shard and the shard map it
 /// follows; `404` on a ledger alone.
 async fn cluster(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
@@ -1379,6 +1389,7 @@ routes! {
     "/v1/rules/backtest" => post(backtest);
     "/v1/admin/promote" => post(promote);
     "/v1/cluster" => get(cluster);
+    "/v1/cluster/status" => get(cluster_status);
     "/console" => get(super::console::page);
     "/console/app.js" => get(super::console::script);
     "/console/app.css" => get(super::console::style);

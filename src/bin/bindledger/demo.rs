@@ -41,6 +41,11 @@ pub struct DemoOptions {
     /// Repeat the table's header every this many rows, as vmstat does (0: only at the start).
     #[arg(long, default_value_t = 20)]
     pub header_every: u64,
+    /// Run a cluster of this many shards in this process (each a whole node with its own port,
+    /// log, topics and alerts; the shard map on the broker, the population's commands sent to
+    /// each account's shard). Needs a broker: `make demo-cluster` starts one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub shards: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,12 +97,26 @@ fn common(key: Option<String>, rng: &mut Rng) -> CommonInput {
 }
 
 struct World {
-    ledger: Ledger,
+    /// One ledger, or each shard's, in the map's order.
+    ledgers: Vec<Ledger>,
+    map: Option<Arc<bindledger::domain::shard::ShardMap>>,
     gateway: Arc<SimulatedGateway>,
     tally: Mutex<Tally>,
 }
 
 impl World {
+    /// The ledger that owns `account`: a client following the shard map.
+    fn ledger_for(&self, account: &str) -> &Ledger {
+        match &self.map {
+            None => &self.ledgers[0],
+            Some(map) => {
+                let owner = map.owner(account);
+                let i = map.shards.keys().position(|k| k == owner).expect("a shard of the map");
+                &self.ledgers[i]
+            }
+        }
+    }
+
     fn record(&self, r: bindledger::Result<bindledger::ledger::CommandResult>) {
         let mut t = self.tally.lock().expect("tally");
         match r {
@@ -148,7 +167,7 @@ impl World {
             Ok(c) => c,
             Err(e) => return self.record(Err(e)),
         };
-        let r = self.ledger.bind(cmd).await;
+        let r = self.ledger_for(&actor.account).bind(cmd).await;
         if let Ok(c) = &r {
             if let Payload::WalletBound { binding_id, .. } = c.event.payload {
                 actor.active.push((binding_id, wallet));
@@ -183,7 +202,7 @@ impl World {
         };
         match req.validate(&actor.account, Utc::now()) {
             Ok(cmd) => {
-                let r = self.ledger.pay(cmd).await;
+                let r = self.ledger_for(&actor.account).pay(cmd).await;
                 self.record(r);
             }
             Err(e) => self.record(Err(e)),
@@ -197,7 +216,7 @@ impl World {
         };
         match req.validate(&actor.account, &binding.to_string(), Utc::now()) {
             Ok(cmd) => {
-                let r = self.ledger.unbind(cmd).await;
+                let r = self.ledger_for(&actor.account).unbind(cmd).await;
                 if let Ok(c) = &r {
                     if matches!(c.event.payload, Payload::WalletUnbound { .. }) {
                         actor.active.retain(|(b, _)| *b != binding);
@@ -650,6 +669,53 @@ fn count(t: &Tally, prefix: &str) -> u64 {
         .sum()
 }
 
+/// A cluster's shards: the map (even, `s0`..), written to the broker, and each shard's
+/// configuration: its own directory under the demo's, its own topics, a token with the
+/// `cluster` role for the requests it forwards.
+async fn cluster_configs(
+    config: &Config,
+    run: &str,
+    listeners: &[tokio::net::TcpListener],
+) -> anyhow::Result<(Vec<Config>, Arc<bindledger::domain::shard::ShardMap>)> {
+    use bindledger::domain::shard::{ShardEntry, ShardMap};
+    let mut entries = BTreeMap::new();
+    for (i, l) in listeners.iter().enumerate() {
+        entries.insert(
+            format!("s{i}"),
+            ShardEntry {
+                url: format!("http://{}", l.local_addr()?),
+                events_topic: format!("bindledger.demo.{run}.s{i}.events"),
+                checkpoints_topic: format!("bindledger.demo.{run}.s{i}.checkpoints"),
+            },
+        );
+    }
+    let map = ShardMap::even(entries)?;
+    let cluster_topic = format!("bindledger.demo.{run}.cluster");
+    bindledger::adapters::kafka::cluster::publish_map(&config.kafka, &cluster_topic, &map).await?;
+    let forwarder = format!("{}{}", Uuid::now_v7().simple(), Uuid::now_v7().simple());
+    let configs = map
+        .shards
+        .iter()
+        .map(|(id, e)| {
+            let mut c = config.clone();
+            c.data_dir = config.data_dir.join(id);
+            c.kafka.topic = e.events_topic.clone();
+            c.kafka.alerts_topic = format!("bindledger.demo.{run}.{id}.alerts");
+            c.kafka.notifications_topic = format!("bindledger.demo.{run}.{id}.notifications");
+            c.checkpoints.topic = e.checkpoints_topic.clone();
+            c.cluster.shard = id.clone();
+            c.cluster.topic = cluster_topic.clone();
+            c.tokens.push(bindledger::config::TokenConfig {
+                token: forwarder.clone(),
+                roles: vec![bindledger::config::Role::Cluster],
+                name: Some("cluster".into()),
+            });
+            c
+        })
+        .collect();
+    Ok((configs, Arc::new(map)))
+}
+
 /// Runs the demo until the duration passes (or Ctrl-C), then prints the report.
 /// The demo's address, bound before anything is written: an address that was asked for and is
 /// busy stops the demo before it creates a key or a token file; otherwise a busy default moves
@@ -718,22 +784,57 @@ pub async fn run(
             true,
         ),
     };
-    // The ledger opens (and locks its directory) before the rules file is written next to it.
-    let node = bindledger::node::Node::start_with_rules(&config, rules, secret, gateway.clone())?;
+    // A cluster: a shard map on the broker, a node per shard (each its own port, directory and
+    // topics), the population's commands sent to each account's shard.
+    let shard_count = opts.shards.max(1) as usize;
+    if shard_count > 1 && !config.kafka.enabled() {
+        anyhow::bail!("a cluster's shard map lives on Kafka: set BINDLEDGER_KAFKA_BROKERS, or run `make demo-cluster`, which starts a broker");
+    }
+    let mut listeners = vec![listener];
+    for _ in 1..shard_count {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
+    }
+    let (configs, map) = if shard_count == 1 {
+        (vec![config.clone()], None)
+    } else {
+        let (configs, map) = cluster_configs(&config, &run, &listeners).await?;
+        (configs, Some(map))
+    };
+    // The ledgers open (and lock their directories) before the rules file is written next to them.
+    let mut nodes = Vec::new();
+    for c in &configs {
+        nodes.push(bindledger::node::Node::start_with_rules(
+            c,
+            rules.clone(),
+            secret.clone(),
+            gateway.clone(),
+        )?);
+    }
     if write_rules {
         let path = config.data_dir.join("demo-rules.toml");
         std::fs::write(&path, DEMO_RULES)?;
         config.alerts.rules_file = Some(path);
     }
     let rules_file = config.alerts.rules_file.clone().expect("set above");
-    let ledger = node.ledger.clone();
-    let relay_status = node.extras.relay.as_ref().map(|(_, s)| s.clone());
-    let addr = listener.local_addr()?;
-    let state = node.state.clone();
-    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bindledger::adapters::http::serve(listener, state, async move {
-        let _ = stopped.await;
-    }));
+    let ledgers: Vec<Ledger> = nodes.iter().map(|n| n.ledger.clone()).collect();
+    let relays: Vec<Arc<bindledger::adapters::kafka::client::RelayStatus>> = nodes
+        .iter()
+        .filter_map(|n| n.extras.relay.as_ref().map(|(_, s)| s.clone()))
+        .collect();
+    let relay_status = relays.first().cloned();
+    let addr = listeners[0].local_addr()?;
+    let mut servers = Vec::new();
+    for (listener, node) in listeners.into_iter().zip(&nodes) {
+        let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(bindledger::adapters::http::serve(
+            listener,
+            node.state.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        servers.push((stop_http, server));
+    }
 
     // The admin token file exists only when no tokens are configured; otherwise the token is
     // one of the configuration's, which the banner does not repeat.
@@ -762,7 +863,35 @@ pub async fn run(
     } else {
         "--token $TOKEN".to_owned()
     };
+    if let Some(map) = &map {
+        outln!(
+            "  cluster:   {} shards in this process, the shard map on topic {}; a request for another shard's account is forwarded to it",
+            map.shards.len(),
+            configs[0].cluster.topic
+        );
+        for (id, e) in &map.shards {
+            outln!(
+                "               {id}  {:<24} {} slots, topics {} ...",
+                e.url,
+                map.slots_of(id).len(),
+                e.events_topic
+            );
+        }
+        outln!(
+            "  shards:    {exe} cluster status --brokers {} --cluster-topic {} {token_arg}",
+            config.kafka.brokers,
+            configs[0].cluster.topic
+        );
+    }
     match &relay_status {
+        Some(_) if map.is_some() => {
+            outln!(
+                "  kafka:     at {}, each shard its own four topics (events, alerts, notifications, checkpoints)",
+                config.kafka.brokers
+            );
+            outln!("  while it runs:");
+            outln!("    {exe} status --url http://{addr} {token_arg}");
+        }
         Some(_) => {
             outln!("  kafka:     at {}, four topics:", config.kafka.brokers);
             outln!(
@@ -798,11 +927,15 @@ pub async fn run(
         bindledger::domain::alerts::rules::RULES_COUNT
     );
     outln!("             (live: curl -N -H \"Authorization: Bearer {token_ref}\" http://{addr}/v1/alerts/stream)\n");
-    let alert_printer = node.extras.monitor.clone().map(|m| tokio::spawn(print_alerts(m)));
+    let alert_printers: Vec<_> = nodes
+        .iter()
+        .filter_map(|n| n.extras.monitor.clone().map(|m| tokio::spawn(print_alerts(m))))
+        .collect();
     print_table_header();
 
     let world = Arc::new(World {
-        ledger: ledger.clone(),
+        ledgers: ledgers.clone(),
+        map: map.clone(),
         gateway: gateway.clone(),
         tally: Mutex::new(Tally::default()),
     });
@@ -856,7 +989,8 @@ pub async fn run(
     }
 
     let started = Instant::now();
-    let mut last_events = ledger.log_len();
+    let log_len = || ledgers.iter().map(Ledger::log_len).sum::<u64>();
+    let mut last_events = log_len();
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     let mut second = 0u64;
     loop {
@@ -865,11 +999,16 @@ pub async fn run(
             _ = &mut ctrl_c => { break; }
         }
         second += 1;
-        let events = ledger.log_len();
+        let events = log_len();
         {
             let t = world.tally.lock().expect("tally");
-            let on_kafka = relay_status.as_ref().map_or("-".to_owned(), |s| {
-                grouped(s.position.load(std::sync::atomic::Ordering::Relaxed) as i64)
+            let on_kafka = relay_status.as_ref().map_or("-".to_owned(), |_| {
+                grouped(
+                    relays
+                        .iter()
+                        .map(|s| s.position.load(std::sync::atomic::Ordering::Relaxed))
+                        .sum::<u64>() as i64,
+                )
             });
             if opts.header_every > 0 && second > 1 && (second - 1) % opts.header_every == 0 {
                 print_table_header();
@@ -899,30 +1038,44 @@ pub async fn run(
         let _ = h.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    if let Some(p) = alert_printer {
+    for p in alert_printers {
         p.abort();
     }
     report(&world, elapsed).await;
-    if let Some(m) = &node.extras.monitor {
-        alerts_report(&ledger, m).await;
+    for (node, c) in nodes.iter().zip(&configs) {
+        if map.is_some() {
+            outln!("\n==== shard {} ====", c.cluster.shard);
+        }
+        if let Some(m) = &node.extras.monitor {
+            alerts_report(&node.ledger, m).await;
+        }
+        if let Some((_, status)) = &node.extras.relay {
+            kafka_report(
+                &node.ledger,
+                c,
+                status,
+                node.extras.alerts_relay.as_ref(),
+                node.extras.notifications_relay.as_ref(),
+            )
+            .await;
+        }
     }
-    if let Some(status) = relay_status {
-        kafka_report(
-            &ledger,
-            &config,
-            &status,
-            node.extras.alerts_relay.as_ref(),
-            node.extras.notifications_relay.as_ref(),
-        )
-        .await;
+    for (stop_http, server) in servers {
+        let _ = stop_http.send(());
+        let _ = server.await;
     }
-    let _ = stop_http.send(());
-    let _ = server.await;
-    node.stop().await;
-    outln!(
-        "\nThe log stays in {}; check it offline with:",
-        config.data_dir.display()
-    );
+    for node in nodes {
+        node.stop().await;
+    }
+    for c in &configs {
+        outln!("\nThe log stays in {}; check it offline with:", c.data_dir.display());
+        print_offline_checks(c, &rules_file);
+    }
+    Ok(())
+}
+
+/// How to check a stopped ledger's directory offline.
+fn print_offline_checks(config: &Config, rules_file: &std::path::Path) {
     // The commands as they run from here: the binaries by the path this one was started from.
     let (exe, replay) = tool_paths();
     outln!(
@@ -937,7 +1090,6 @@ pub async fn run(
             config.data_dir.display()
         );
     }
-    Ok(())
 }
 
 /// How to call this binary, and the audit tool beside it (if built), from the current
@@ -970,14 +1122,14 @@ fn tool_paths() -> (String, Option<String>) {
 }
 
 async fn report(world: &World, elapsed_s: f64) {
-    let ledger = &world.ledger;
-    let sample = ledger.history("drainer-1", 0, 2).await;
+    let events: u64 = world.ledgers.iter().map(Ledger::log_len).sum();
+    let sample = world.ledger_for("drainer-1").history("drainer-1", 0, 2).await;
     let t = world.tally.lock().expect("tally");
     outln!(
         "\n== outcomes after {:.1} s ({} events, {:.0} events/s) ==",
         elapsed_s,
-        grouped(ledger.log_len() as i64),
-        ledger.log_len() as f64 / elapsed_s
+        grouped(events as i64),
+        events as f64 / elapsed_s
     );
     for (k, v) in &t.by_outcome {
         outln!("  {:<46} {:>9}", k, grouped(*v as i64));
@@ -989,22 +1141,29 @@ async fn report(world: &World, elapsed_s: f64) {
         }
     }
 
-    let mut verifier = ChainVerifier::new();
-    let mut broken = None;
-    for r in ledger.raw_events(1) {
-        let Ok((_, bytes)) = r else { continue };
-        if let Err(e) = verifier.push(&bytes) {
-            broken = Some(e);
-            break;
+    drop(t);
+    for (i, ledger) in world.ledgers.iter().enumerate() {
+        let which = match &world.map {
+            Some(map) => format!("shard {}'s ", map.shards.keys().nth(i).expect("a shard")),
+            None => String::new(),
+        };
+        let mut verifier = ChainVerifier::new();
+        let mut broken = None;
+        for r in ledger.raw_events(1) {
+            let Ok((_, bytes)) = r else { continue };
+            if let Err(e) = verifier.push(&bytes) {
+                broken = Some(e);
+                break;
+            }
         }
-    }
-    match broken {
-        None => outln!(
-            "\n== hash chain: {} events verified, head {} ==",
-            grouped(verifier.last_seq() as i64),
-            verifier.head()
-        ),
-        Some(e) => outln!("\n== hash chain BROKEN: {e} =="),
+        match broken {
+            None => outln!(
+                "\n== {which}hash chain: {} events verified, head {} ==",
+                grouped(verifier.last_seq() as i64),
+                verifier.head()
+            ),
+            Some(e) => outln!("\n== {which}hash chain BROKEN: {e} =="),
+        }
     }
     if let Ok(events) = sample {
         if let Some(e) = events.first() {

@@ -543,11 +543,32 @@ async function glanceView() {
   const reasons = el("table", { id: "glance-reasons" });
   const relays = el("div", { id: "glance-relays" });
   const rules = el("div", { id: "glance-rules" });
+  const cluster = el("div", { id: "glance-cluster" });
   show(el("h2", {}, "At a glance"),
     el("h3", {}, "Alerts opened by rule: last hour, last day"), rules,
     el("h3", {}, "Commands per second"), rate,
     el("h3", {}, "Failures per second, by reason (last second)"), reasons,
-    el("h3", {}, "Relays"), relays);
+    el("h3", {}, "Relays"), relays,
+    el("h3", {}, "Cluster"), cluster);
+  const shardRow = (me, r) => el("tr", {},
+    el("td", {}, r.shard === me ? `${r.shard} (this node)` : r.shard),
+    el("td", {}, r.url),
+    el("td", {}, `${r.slots} slots`),
+    el("td", {}, r.answered ? `${r.status}, ${r.role}, epoch ${r.epoch}` : `unreachable: ${r.error}`),
+    el("td", {}, r.answered ? `${r.events} events, relay lag ${r.relay_lag_events}` : ""),
+    el("td", {}, r.answered ? `map v${r.map_version}` : ""));
+  const showCluster = async () => {
+    const c = await api("GET", "/v1/cluster/status");
+    if (c.ok) {
+      cluster.replaceChildren(
+        el("p", { class: "muted" }, `shard ${c.json.shard} of ${c.json.shards.length}, shard map version ${c.json.map_version}; requests for another shard's accounts are forwarded to it`),
+        el("table", { id: "glance-shards" }, c.json.shards.map((r) => shardRow(c.json.shard, r))));
+    } else if (c.status === 404) {
+      cluster.replaceChildren(el("p", { class: "muted" }, "a ledger alone: not a shard of a cluster"));
+    } else {
+      cluster.replaceChildren(failure("the cluster could not be read", c));
+    }
+  };
   const since = new Date(Date.now() - 24 * 3600 * 1000).toISOString();
   const a = await api("GET", `/v1/alerts?limit=1000&since=${encodeURIComponent(since)}`);
   if (a.ok) {
@@ -567,6 +588,7 @@ async function glanceView() {
   }
   const samples = [];
   let last = null;
+  let ticks = 0;
   const tick = async () => {
     if (!document.body.contains(rate)) { clearInterval(state.glance); state.glance = null; return; }
     const m = await fetch("/metrics", { credentials: "same-origin" });
@@ -583,6 +605,7 @@ async function glanceView() {
       reasons.replaceChildren(...failing.map(([code, n]) => el("tr", {}, el("td", {}, reason(code)), el("td", {}, `${n}/s`))));
     }
     last = totals;
+    if (ticks++ % 5 === 0) await showCluster();
     const s = await api("GET", "/v1/status");
     if (s.ok) {
       const r = s.json.relays;
