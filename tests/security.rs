@@ -928,7 +928,8 @@ async fn no_token_can_sign_out_another_tokens_sessions() {
         bindledger::config::TokenConfig {
             token: SECURITY.into(),
             roles: vec![],
-            name: None
+            name: None,
+            client_cert_sha256: None,
         }
         .display_name()
     );
@@ -1218,6 +1219,7 @@ async fn a_lock_cites_an_alert_of_its_account_and_an_alert_is_assigned_to_a_toke
         token: READER.into(),
         roles: vec![],
         name: None,
+        client_cert_sha256: None,
     }
     .display_name();
     let (status, v) = c

@@ -42,6 +42,7 @@ fn a_rewritten_or_truncated_log_fails_against_the_signed_checkpoints() {
             token: TOKEN.into(),
             roles: vec![Role::Auditor],
             name: None,
+            client_cert_sha256: None,
         }],
         ..Config::default()
     };

@@ -140,6 +140,7 @@ fn the_http_feed_is_read_in_bounded_memory() {
             token: token.into(),
             roles: vec![Role::Auditor],
             name: None,
+            client_cert_sha256: None,
         }],
         ..Config::default()
     };

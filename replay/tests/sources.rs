@@ -40,11 +40,13 @@ fn every_source_gives_the_same_log_and_state_at_equals_the_live_state() {
                 token: TOKEN.into(),
                 roles: vec![Role::Auditor],
                 name: None,
+                client_cert_sha256: None,
             },
             TokenConfig {
                 token: READER.into(),
                 roles: vec![Role::Reader],
                 name: None,
+                client_cert_sha256: None,
             },
         ],
         ..Config::default()

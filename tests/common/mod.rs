@@ -27,26 +27,31 @@ pub fn tokens() -> Vec<TokenConfig> {
             token: WRITER.into(),
             roles: vec![Role::Writer],
             name: None,
+            client_cert_sha256: None,
         },
         TokenConfig {
             token: READER.into(),
             roles: vec![Role::Reader],
             name: None,
+            client_cert_sha256: None,
         },
         TokenConfig {
             token: AUDITOR.into(),
             roles: vec![Role::Auditor],
             name: None,
+            client_cert_sha256: None,
         },
         TokenConfig {
             token: SECURITY.into(),
             roles: vec![Role::Security],
             name: None,
+            client_cert_sha256: None,
         },
         TokenConfig {
             token: ALL.into(),
             roles: vec![Role::Writer, Role::Reader, Role::Auditor, Role::Security],
             name: None,
+            client_cert_sha256: None,
         },
     ]
 }
@@ -202,6 +207,7 @@ pub fn spawn_server_at(data_dir: &Path, log_file: &Path, listen: &str, extra_env
     let addr = line
         .trim()
         .strip_prefix("listening on http://")
+        .or_else(|| line.trim().strip_prefix("listening on https://"))
         .unwrap_or_else(|| {
             let log = std::fs::read_to_string(log_file).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();

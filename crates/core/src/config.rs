@@ -86,6 +86,10 @@ pub struct TokenConfig {
     /// actions are attributed to. Letters, digits, `.`, `_` and `-`, at most 64.
     #[serde(default)]
     pub name: Option<String>,
+    /// The SHA-256 (64 hex) of a client certificate (mutual TLS, `http.tls.client_ca_file`)
+    /// whose holder acts with this token's name and roles without sending the token.
+    #[serde(default)]
+    pub client_cert_sha256: Option<String>,
 }
 
 impl TokenConfig {
@@ -439,6 +443,42 @@ pub struct HttpConfig {
     /// fences, so that a primary it fenced names its successor in its `421 not_primary`
     /// answers. Default empty (the fences then name no URL).
     pub advertised_url: String,
+    /// TLS on the API and the console (off unless `http.tls.cert_file` is set).
+    pub tls: TlsConfig,
+}
+
+/// TLS on the HTTP API and the console (rustls). The certificate and key are read again on
+/// `SIGHUP` and when either file changes; connections already open keep theirs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM, its own certificate first. Env
+    /// `BINDLEDGER_HTTP_TLS_CERT_FILE`.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1). Env `BINDLEDGER_HTTP_TLS_KEY_FILE`.
+    pub key_file: Option<PathBuf>,
+    /// Client certificates (mutual TLS, for service callers): the CA, PEM, they must chain to.
+    /// A verified client certificate whose SHA-256 a token lists (`client_cert_sha256`) acts
+    /// with that token's name and roles. Unset: no client certificate is asked for.
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `optional` (default; a client may present one) or `required` (a
+    /// client without one is refused in the handshake).
+    pub client_auth: ClientAuth,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+}
+
+/// Whether a client certificate is required (see [`TlsConfig::client_auth`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    Optional,
+    Required,
 }
 
 impl HttpConfig {
@@ -514,6 +554,7 @@ impl Default for HttpConfig {
             min_seq_wait_ms: 5000,
             console_secure_cookie: false,
             advertised_url: String::new(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -548,6 +589,10 @@ pub const ENV_KEYS: &[&str] = &[
     "http.min_seq_wait_ms",
     "http.advertised_url",
     "http.console_secure_cookie",
+    "http.tls.cert_file",
+    "http.tls.key_file",
+    "http.tls.client_ca_file",
+    "http.tls.client_auth",
     "cluster.shard",
     "cluster.topic",
     "cluster.forward",
@@ -720,6 +765,24 @@ impl Config {
         if self.max_bindings_per_account == 0 {
             return bad("max_bindings_per_account must be at least 1");
         }
+        let tls = &self.http.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return bad("http.tls.cert_file and http.tls.key_file go together");
+        }
+        if tls.client_ca_file.is_some() && !tls.enabled() {
+            return bad(
+                "http.tls.client_ca_file needs http.tls.cert_file and key_file: client certificates come with TLS",
+            );
+        }
+        for t in &self.tokens {
+            if let Some(fp) = &t.client_cert_sha256 {
+                if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return bad(
+                        "a token's client_cert_sha256 is 64 hex characters (the SHA-256 of the certificate's DER)",
+                    );
+                }
+            }
+        }
         if self.cluster.enabled() {
             if !bindledger_domain::shard::valid_shard_id(&self.cluster.shard) {
                 return bad("cluster.shard must be 1 to 32 characters of a-z, 0-9 and '-'");
@@ -843,6 +906,7 @@ pub fn parse_tokens(s: &str) -> Result<Vec<TokenConfig>, Error> {
                 token: token.to_owned(),
                 roles,
                 name,
+                client_cert_sha256: None,
             })
         })
         .collect()

@@ -19,6 +19,8 @@ pub enum ClientError {
     Json(#[from] serde_json::Error),
     #[error("not an http:// or https:// URL with a host")]
     BadUrl,
+    #[error("the CA file holds no PEM certificate")]
+    NoCertificate,
     /// An event of the stream is longer than [`SSE_EVENT_MAX`]: the stream is not read further
     /// (reading it again would meet the same event).
     #[error("an event of the stream is longer than {SSE_EVENT_MAX} bytes")]
@@ -59,11 +61,30 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+/// The CA the clients of this process trust instead of the usual public roots, once
+/// [`trust_only`] set it (`--ca-file`, `BINDLEDGER_CA_FILE`).
+static TRUSTED_CA: std::sync::OnceLock<Vec<reqwest::Certificate>> = std::sync::OnceLock::new();
+
+/// From now on, every client of this process verifies `https://` servers against the CA
+/// certificates in `pem` (a file's bytes) alone. An error if it holds none.
+pub fn trust_only(pem: &[u8]) -> Result<(), ClientError> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem)?;
+    if certs.is_empty() {
+        return Err(ClientError::NoCertificate);
+    }
+    let _ = TRUSTED_CA.set(certs);
+    Ok(())
+}
+
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .build()
-        .expect("a client with default TLS settings builds")
+    let mut b = reqwest::Client::builder().tcp_nodelay(true);
+    if let Some(certs) = TRUSTED_CA.get() {
+        b = b.tls_built_in_root_certs(false);
+        for c in certs {
+            b = b.add_root_certificate(c.clone());
+        }
+    }
+    b.build().expect("a client with these TLS settings builds")
 }
 
 pub struct Client {

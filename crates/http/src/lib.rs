@@ -15,7 +15,9 @@ mod metrics;
 #[cfg(feature = "server")]
 mod route;
 #[cfg(feature = "server")]
-pub use route::ClusterRoute;
+pub mod tls;
+#[cfg(feature = "server")]
+pub use state::ClusterRoute;
 #[cfg(feature = "server")]
 mod server;
 #[cfg(feature = "server")]

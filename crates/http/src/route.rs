@@ -22,7 +22,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::config::Role;
-use crate::state::{read_body, ApiError, AppState, Principal};
+use crate::state::{read_body, ApiError, AppState, Caller, ClusterRoute, Principal};
 
 /// Marks a forwarded request (its value: the forwarding shard).
 pub const FORWARDED: &str = "bindledger-forwarded";
@@ -36,31 +36,6 @@ const ANSWER_MAX: usize = 64 << 20;
 
 const MISDIRECTED: &str =
     "this account belongs to another shard of the cluster; send the request to the shard named in owner";
-
-/// How this node routes account requests when it is one shard of a cluster.
-pub struct ClusterRoute {
-    pub shard: String,
-    forward: bool,
-    /// This node's `cluster` token, which forwards carry; without one, nothing is forwarded.
-    token: Option<String>,
-    client: reqwest::Client,
-}
-
-impl ClusterRoute {
-    pub fn new(shard: &str, forward: bool, timeout: Duration, token: Option<String>) -> ClusterRoute {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("an HTTP client without TLS roots builds");
-        ClusterRoute {
-            shard: shard.to_owned(),
-            forward,
-            token,
-            client,
-        }
-    }
-}
 
 fn role_name(r: Role) -> &'static str {
     match r {
@@ -145,7 +120,7 @@ pub(crate) async fn to_owner(State(s): State<Arc<AppState>>, req: Request, next:
         }
         return r;
     };
-    let caller = req.extensions().get::<crate::server::Caller>().map(|c| c.0.clone());
+    let caller = req.extensions().get::<Caller>().map(|c| c.0.clone());
     let (Some(token), Some(caller), true, false) = (
         route.token.as_ref(),
         caller,

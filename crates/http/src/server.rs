@@ -29,7 +29,7 @@ use crate::ledger::CommandResult;
 use bindledger_kafka::client::RelayStatus;
 use bindledger_kafka::relay::Relay;
 
-use crate::state::{read_body, ApiError, ApiResult, AppState, MonitorView, Principal, NOT_PRIMARY};
+use crate::state::{read_body, ApiError, ApiResult, AppState, Caller, MonitorView, Principal, NOT_PRIMARY};
 
 /// How a request's `Authorization` header reads.
 enum Authorization<'h> {
@@ -69,6 +69,7 @@ pub(super) fn authenticate(
     state: &AppState,
     method: &axum::http::Method,
     headers: &HeaderMap,
+    cert: Option<&crate::tls::PeerCert>,
 ) -> ApiResult<Arc<Principal>> {
     match authorization(headers) {
         Authorization::Bearer(token) => {
@@ -87,6 +88,10 @@ pub(super) fn authenticate(
         }
         Authorization::Unusable => Err(unauthenticated("send Authorization: Bearer <token>")),
         Authorization::Absent => {
+            // A verified client certificate a token names (mutual TLS): that token's holder.
+            if let Some(p) = cert.and_then(|c| state.principal_of_cert(c)) {
+                return Ok(p);
+            }
             let (principal, csrf) = super::console::cookie_session(headers)
                 .and_then(|id| state.sessions.find(id))
                 .ok_or_else(|| unauthenticated("send Authorization: Bearer <token>"))?;
@@ -97,11 +102,6 @@ pub(super) fn authenticate(
         }
     }
 }
-
-/// Who sent a request, as the gate authenticated it (see [`gate`]). Every route but the
-/// [`PUBLIC`] ones has one.
-#[derive(Clone)]
-pub(crate) struct Caller(pub(crate) Arc<Principal>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     type Rejection = ApiError;
@@ -1238,7 +1238,12 @@ async fn gate_inner(s: &Arc<AppState>, mut req: Request, next: Next) -> Response
     let pool = if is_public(req.method(), req.uri().path()) {
         (!PROBES.contains(&req.uri().path())).then_some(&s.public_in_flight)
     } else {
-        match authenticate(s, req.method(), req.headers()) {
+        match authenticate(
+            s,
+            req.method(),
+            req.headers(),
+            req.extensions().get::<crate::tls::PeerCert>(),
+        ) {
             Ok(principal) => {
                 req.extensions_mut().insert(Caller(principal));
             }
@@ -1493,15 +1498,51 @@ pub async fn serve_with_the_baseline(
     serve_app(listener, state, app, shutdown).await
 }
 
+/// Serves one connection until it ends, or gracefully once the server closes.
+async fn run_connection<I>(
+    io: I,
+    app: Router,
+    header_timeout: std::time::Duration,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    use hyper_util::rt::TokioTimer;
+    use hyper_util::service::TowerToHyperService;
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(io, TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::trace!(error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = closing.changed(), if !shutting_down => {
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
 async fn serve_app(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
+    use hyper_util::rt::TokioIo;
     let closing = state.closing.clone();
+    let tls = crate::tls::Tls::load(&state.http.tls).map_err(|e| std::io::Error::other(crate::error::chain(&e)))?;
+    if let Some(t) = &tls {
+        t.clone().watch(closing.subscribe());
+    }
     let peers: Arc<Peers> = Default::default();
     let per_peer = state.http.connections_per_peer_max;
     let header_timeout = state.http.header_timeout();
@@ -1529,28 +1570,28 @@ async fn serve_app(
         // Small writes (an SSE event, a short answer) go out at once: with Nagle's algorithm
         // and the peer's delayed ACK they could wait 40 ms.
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let mut closing = closing.subscribe();
+        let app = app.clone();
+        let closing = closing.subscribe();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         connections.spawn(async move {
             let _slot = slot;
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(conn);
-            let mut shutting_down = false;
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::trace!(error = %e, "connection ended");
+            match acceptor {
+                None => run_connection(TokioIo::new(tcp), app, header_timeout, closing).await,
+                Some(acceptor) => {
+                    // The handshake is bounded like a request's headers.
+                    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
                         }
-                        return;
-                    }
-                    _ = closing.changed(), if !shutting_down => {
-                        shutting_down = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
+                        Err(_) => return,
+                    };
+                    let app = match crate::tls::peer_cert(stream.get_ref().1) {
+                        Some(cert) => app.layer(axum::Extension(cert)),
+                        None => app,
+                    };
+                    run_connection(TokioIo::new(stream), app, header_timeout, closing).await
                 }
             }
         });

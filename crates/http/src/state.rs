@@ -29,6 +29,8 @@ pub struct AppState {
     pub ledger: Ledger,
     /// SHA-256 of each token, with its roles: tokens themselves are not kept in memory here.
     pub(crate) tokens: Vec<([u8; 32], Arc<Principal>)>,
+    /// Client certificates' SHA-256 (mutual TLS) with the principal of the token naming each.
+    pub(crate) certs: Vec<([u8; 32], Arc<Principal>)>,
     /// The console's signed-in sessions.
     pub(crate) sessions: Sessions,
     pub(crate) http: HttpConfig,
@@ -66,7 +68,7 @@ pub struct Extras {
     /// A read replica: what promotes it.
     pub promoter: Option<Arc<bindledger_kafka::replica::Promoter>>,
     /// One shard of a cluster: how requests for other shards' accounts are routed.
-    pub cluster: Option<Arc<crate::route::ClusterRoute>>,
+    pub cluster: Option<Arc<ClusterRoute>>,
 }
 
 /// What the API needs of the alert monitor.
@@ -97,14 +99,20 @@ impl AppState {
     /// The same, with what runs beside the ledger (reported in `/metrics`, `/v1/relay`, and
     /// the alerts routes).
     pub fn build(ledger: Ledger, tokens: &[TokenConfig], http: HttpConfig, extras: Extras) -> Arc<AppState> {
+        let mut certs = Vec::new();
         let tokens = tokens
             .iter()
             .map(|t| {
-                let principal = Principal {
+                let principal = Arc::new(Principal {
                     name: t.display_name(),
                     roles: t.roles.clone(),
-                };
-                (Sha256::digest(t.token.as_bytes()).into(), Arc::new(principal))
+                });
+                if let Some(fp) = t.client_cert_sha256.as_deref().and_then(|h| hex::decode(h).ok()) {
+                    if let Ok(fp) = <[u8; 32]>::try_from(fp) {
+                        certs.push((fp, principal.clone()));
+                    }
+                }
+                (Sha256::digest(t.token.as_bytes()).into(), principal)
             })
             .collect();
         let in_flight = Arc::new(Semaphore::new(http.connections_max));
@@ -112,6 +120,7 @@ impl AppState {
         Arc::new(AppState {
             ledger,
             tokens,
+            certs,
             http,
             in_flight,
             public_in_flight,
@@ -120,6 +129,12 @@ impl AppState {
             requests: Requests::default(),
             sessions: Default::default(),
         })
+    }
+
+    /// Who holds the client certificate `cert` (verified by the TLS handshake), if a token names
+    /// it.
+    pub(crate) fn principal_of_cert(&self, cert: &crate::tls::PeerCert) -> Option<Arc<Principal>> {
+        self.certs.iter().find(|(d, _)| *d == cert.0).map(|(_, p)| p.clone())
     }
 
     /// Who holds `token`, if it is one of the configured tokens.
@@ -141,9 +156,39 @@ impl AppState {
 
     /// Whether the console's cookie is marked `Secure` (`http.console_secure_cookie`).
     pub(crate) fn console_secure_cookie(&self) -> bool {
-        self.http.console_secure_cookie
+        self.http.console_secure_cookie || self.http.tls.enabled()
     }
 }
+
+/// How this node routes account requests when it is one shard of a cluster.
+pub struct ClusterRoute {
+    pub shard: String,
+    pub(crate) forward: bool,
+    /// This node's `cluster` token, which forwards carry; without one, nothing is forwarded.
+    pub(crate) token: Option<String>,
+    pub(crate) client: reqwest::Client,
+}
+
+impl ClusterRoute {
+    pub fn new(shard: &str, forward: bool, timeout: Duration, token: Option<String>) -> ClusterRoute {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("an HTTP client without TLS roots builds");
+        ClusterRoute {
+            shard: shard.to_owned(),
+            forward,
+            token,
+            client,
+        }
+    }
+}
+
+/// Who sent a request, as the gate authenticated it (`server::gate`). Every route but the
+/// public ones has one.
+#[derive(Clone)]
+pub(crate) struct Caller(pub(crate) Arc<Principal>);
 
 /// Who a request acts as: a token's name and roles (by a bearer token, or a console session).
 #[derive(Debug)]

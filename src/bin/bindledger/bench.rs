@@ -603,6 +603,7 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row)> {
         token: token.clone(),
         roles: vec![Role::Writer],
         name: None,
+        client_cert_sha256: None,
     }];
     let config = bench_config(dir);
     let state = AppState::build(f.ledger.clone(), &tokens, config.http.clone(), f.node.extras.clone());

@@ -69,6 +69,7 @@ async fn latency(dir: &Path, rate: u64, args: &AlertBenchArgs) -> anyhow::Result
         token: TOKEN.into(),
         roles: vec![Role::Security],
         name: None,
+        client_cert_sha256: None,
     }];
     let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
     let node = Node::start(&config, LedgerSecret::from_bytes([8; 32]), gateway.clone())?;

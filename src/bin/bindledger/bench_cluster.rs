@@ -100,11 +100,13 @@ async fn bench(args: &ClusterBenchArgs, root: &std::path::Path) -> anyhow::Resul
                 token: TOKEN.into(),
                 roles: vec![Role::Writer],
                 name: None,
+                client_cert_sha256: None,
             },
             TokenConfig {
                 token: CLUSTER_TOKEN.into(),
                 roles: vec![Role::Cluster],
                 name: None,
+                client_cert_sha256: None,
             },
         ];
         let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));

@@ -709,6 +709,7 @@ async fn cluster_configs(
                 token: forwarder.clone(),
                 roles: vec![bindledger::config::Role::Cluster],
                 name: Some("cluster".into()),
+                client_cert_sha256: None,
             });
             c
         })

@@ -292,6 +292,7 @@ fn ensure_tokens(config: &mut Config) -> Result<()> {
         token,
         roles: vec![Role::Writer, Role::Reader, Role::Auditor, Role::Security],
         name: None,
+        client_cert_sha256: None,
     });
     Ok(())
 }

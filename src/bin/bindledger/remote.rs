@@ -23,6 +23,10 @@ pub struct Remote {
     /// A saved profile (`bindledger profile list`); default: the one `profile use` chose.
     #[arg(long, env = "BINDLEDGER_PROFILE")]
     pub profile: Option<String>,
+    /// Verify an https:// ledger against the CA certificates in this PEM file alone (instead of
+    /// the usual public roots): a ledger with its own CA (http.tls).
+    #[arg(long, env = "BINDLEDGER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// The URL in use, once [`Remote::resolve`] has run.
     #[arg(skip)]
     pub url: String,
@@ -52,6 +56,11 @@ impl Remote {
     }
 
     pub fn connect(&self) -> Result<(Endpoint, String)> {
+        if let Some(ca) = &self.ca_file {
+            let pem = std::fs::read(ca).with_context(|| format!("reading the CA file {}", ca.display()))?;
+            bindledger::adapters::http::client::trust_only(&pem)
+                .with_context(|| format!("--ca-file {}", ca.display()))?;
+        }
         let token = match (&self.token, &self.token_file) {
             (Some(t), _) => t.clone(),
             (None, Some(file)) => std::fs::read_to_string(file)

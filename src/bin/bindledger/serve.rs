@@ -49,8 +49,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         config.replica.primary_url = url;
     }
     config.validate()?;
-    // Refuse an unusable rules file, and a busy address, before anything is created.
+    // Refuse an unusable rules file, TLS files that do not load, and a busy address, before
+    // anything is created.
     bindledger::ledger::keys::alert_rules(&config)?;
+    let tls = bindledger::adapters::http::tls::Tls::load(&config.http.tls)?.is_some();
+    if !tls && !config.listen.ip().is_loopback() {
+        tracing::warn!(listen = %config.listen, "serving plain HTTP on an address other hosts reach: tokens and console sessions cross the network in the clear; set http.tls.cert_file and http.tls.key_file");
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -60,7 +65,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let node = Node::start(&config, secret, gateway)?;
     let addr = listener.local_addr()?;
     // One line on stdout that scripts (and tests) can read.
-    outln!("listening on http://{addr}");
+    outln!("listening on {}://{addr}", if tls { "https" } else { "http" });
     std::io::stdout().flush()?;
     tracing::info!(%addr, events = node.ledger.log_len(), alerts = config.alerts.enabled, "serving");
     bindledger::adapters::http::serve(listener, node.state.clone(), shutdown_signal()).await?;
