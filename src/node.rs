@@ -225,12 +225,20 @@ fn join_cluster(
     if token.is_none() && config.cluster.forward {
         tracing::warn!("no token has the cluster role: requests for other shards' accounts are answered 421 misdirected, not forwarded");
     }
+    let ca = match &config.cluster.ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| Error::config_by(format!("reading cluster.ca_file {}", path.display()), e))?,
+        ),
+        None => None,
+    };
     let route = crate::adapters::http::ClusterRoute::new(
         &shard,
         config.cluster.forward,
         std::time::Duration::from_millis(config.cluster.forward_timeout_ms),
         token,
-    );
+        ca.as_deref(),
+    )?;
     Ok((Arc::new(route), stop))
 }
 

@@ -175,6 +175,9 @@ pub struct ClusterConfig {
     pub forward: bool,
     /// How long a forwarded request may take, in milliseconds. Default 30,000.
     pub forward_timeout_ms: u64,
+    /// The CA (PEM) the other shards' `https://` URLs are verified against, when the cluster
+    /// has its own; unset: the usual public roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -184,6 +187,7 @@ impl Default for ClusterConfig {
             topic: "bindledger.cluster".into(),
             forward: true,
             forward_timeout_ms: 30_000,
+            ca_file: None,
         }
     }
 }
@@ -597,6 +601,7 @@ pub const ENV_KEYS: &[&str] = &[
     "cluster.topic",
     "cluster.forward",
     "cluster.forward_timeout_ms",
+    "cluster.ca_file",
     "alerts.enabled",
     "alerts.checkpoint_every_events",
     "checkpoints.every_events",

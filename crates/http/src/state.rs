@@ -170,18 +170,38 @@ pub struct ClusterRoute {
 }
 
 impl ClusterRoute {
-    pub fn new(shard: &str, forward: bool, timeout: Duration, token: Option<String>) -> ClusterRoute {
-        let client = reqwest::Client::builder()
+    /// `ca_pem`: the CA the other shards' `https://` URLs are verified against (else the usual
+    /// public roots).
+    pub fn new(
+        shard: &str,
+        forward: bool,
+        timeout: std::time::Duration,
+        token: Option<String>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<ClusterRoute, crate::Error> {
+        let mut b = reqwest::Client::builder()
             .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| crate::Error::config("cluster.ca_file holds no PEM certificate"))?;
+            b = b.tls_built_in_root_certs(false);
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let client = b
             .build()
-            .expect("an HTTP client without TLS roots builds");
-        ClusterRoute {
+            .map_err(|e| crate::Error::config(format!("the client that forwards to other shards: {e}")))?;
+        Ok(ClusterRoute {
             shard: shard.to_owned(),
             forward,
             token,
             client,
-        }
+        })
     }
 }
 

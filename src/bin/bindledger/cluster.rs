@@ -94,6 +94,9 @@ pub enum ClusterCommand {
         /// Where to find the admin token when no token is given.
         #[arg(long, default_value = "bindledger-data")]
         data_dir: PathBuf,
+        /// Verify https:// shards against the CA certificates in this PEM file alone.
+        #[arg(long, env = "BINDLEDGER_CA_FILE")]
+        ca_file: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -278,8 +281,14 @@ pub fn run(command: ClusterCommand) -> Result<i32> {
             topic,
             token,
             data_dir,
+            ca_file,
             json,
         } => {
+            if let Some(ca) = &ca_file {
+                let pem = std::fs::read(ca).with_context(|| format!("reading the CA file {}", ca.display()))?;
+                bindledger::adapters::http::client::trust_only(&pem)
+                    .with_context(|| format!("--ca-file {}", ca.display()))?;
+            }
             let map = topic.read()?;
             let token = crate::remote::token_or_admin(token, &data_dir)?;
             tokio::runtime::Runtime::new()?.block_on(status(&map, token, json))
