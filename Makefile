@@ -22,7 +22,7 @@ PLANT ?=
 # How long each fuzz target runs under `make fuzz` (seconds).
 FUZZ_SECONDS ?= 60
 
-.PHONY: demo-cluster bench-cluster bench-scale simulate fuzz bench-console lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
+.PHONY: build-deps demo-cluster bench-cluster bench-scale simulate fuzz bench-console lint features-check demo test bench bench-kafka bench-alerts bench-idempotency check-toolchain tansu test-tools fmt-check
 
 check-toolchain:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust from https://rustup.rs, then run make again" >&2; exit 1; }
@@ -32,12 +32,26 @@ tansu: check-toolchain
 	  echo "installing the tansu Kafka broker $(TANSU_VERSION) (once; about 7 minutes)"; \
 	  $(CARGO) install tansu --version $(TANSU_VERSION) --locked --features dynostore,libsql; }
 
+## What the build needs besides Rust, from Debian's packages when missing: OpenSSL's headers
+## and pkg-config (librdkafka is built with TLS to the brokers).
+build-deps:
+	@missing=""; command -v pkg-config >/dev/null 2>&1 || missing="$$missing pkg-config"; \
+	  test -f /usr/include/openssl/ssl.h || missing="$$missing libssl-dev"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing$$missing (the build needs them)"; \
+	    if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  fi
+
 ## Tools the tests run besides the broker, from Debian's packages when missing: strace (the
 ## durability test watches the ledger's system calls), python3 (events/verify.py, the
 ## independent verifier), and chromium with chromium-driver and a CJK font (the console's
-## test drives a real headless browser through WebDriver and saves screenshots).
-test-tools:
+## test drives a real headless browser through WebDriver and saves screenshots), stunnel4 (TLS in
+## front of the test broker, which has no TLS listener) and openssl (the tests' certificates).
+test-tools: build-deps
 	@missing=""; command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
+	  command -v stunnel4 >/dev/null 2>&1 || missing="$$missing stunnel4"; \
+	  command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	  command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
 	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	  command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
@@ -54,14 +68,14 @@ fmt-check: check-toolchain
 	@$(CARGO) fmt --all --check || { echo "the code is not formatted: run cargo fmt --all" >&2; exit 1; }
 
 ## clippy finds nothing, in every target (the component is added when missing).
-lint: check-toolchain
+lint: check-toolchain build-deps
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 	@$(CARGO) clippy --locked --quiet --workspace --all-targets --features bindledger/simulation -- -D warnings
 
 ## The library and the audit tool build without their default features (no axum, no
 ## librdkafka), as ARCHITECTURE.md ("Features") promises; the binary builds without the
 ## feature simulation (no planted bugs), as a production build does.
-features-check: check-toolchain
+features-check: check-toolchain build-deps
 	@$(CARGO) check --locked --quiet -p bindledger --no-default-features
 	@$(CARGO) check --locked --quiet -p bindledger --bins
 	@$(CARGO) check --locked --quiet -p bindledger-replay --no-default-features
@@ -69,7 +83,7 @@ features-check: check-toolchain
 	  || { echo "the audit tool without default features still depends on rdkafka or axum" >&2; exit 1; }
 
 ## The ledger with a demo workload, publishing to a Kafka broker started for the occasion.
-demo: tansu
+demo: tansu build-deps
 	$(CARGO) build --release --locked --workspace
 	@set -e; \
 	  "$(TANSU)" broker --listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) --advertised-listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) \
@@ -79,7 +93,7 @@ demo: tansu
 
 ## The demo as a cluster of three shards in one process (the shard map on the broker started
 ## for the occasion; each shard its own port, log and topics).
-demo-cluster: tansu
+demo-cluster: tansu build-deps
 	$(CARGO) build --release --locked --workspace
 	@set -e; \
 	  "$(TANSU)" broker --listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) --advertised-listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) \
@@ -96,7 +110,7 @@ test: tansu test-tools fmt-check lint features-check
 	       END { printf "\n%d passed, %d failed\n", p, f }' target/test-output.log; exit $$status
 
 ## Raw sled baseline, library path and HTTP end to end, in one run.
-bench: check-toolchain
+bench: check-toolchain build-deps
 	$(CARGO) run --release --locked -- bench
 
 ## Cost against the number of accounts: the library and HTTP paths, CPU per command, p50/p99
@@ -108,7 +122,7 @@ bench: check-toolchain
 ## disk at a time and 4 GB of memory at the largest; `SCALE_ACCOUNTS="10000 1000000"` takes
 ## about 6. The HTTP run sends 30,000 payments so that the setup's last writes weigh little.
 SCALE_ACCOUNTS ?= 10000 1000000 10000000
-bench-scale: check-toolchain
+bench-scale: check-toolchain build-deps
 	$(CARGO) build --release --locked
 	@for n in $(SCALE_ACCOUNTS); do for skew in "" "--zipf 1.0"; do \
 	  echo "== $$n accounts $${skew:-(in turn)}"; \
@@ -119,16 +133,16 @@ bench-scale: check-toolchain
 
 ## Alert latency through the live feed at 1,000 and 10,000 commands/s, and rule throughput
 ## over a stored log of 1,000,000 events against decoding alone.
-bench-alerts: check-toolchain
+bench-alerts: check-toolchain build-deps
 	$(CARGO) run --release --locked -- bench-alerts
 
 ## The library path with the on-disk idempotency index against the in-memory one, with
 ## millions of live keys.
-bench-idempotency: check-toolchain
+bench-idempotency: check-toolchain build-deps
 	$(CARGO) run --release --locked -- bench-idempotency
 
 ## The Kafka relay against a raw producer on the same broker, and end-to-end lag.
-bench-kafka: tansu
+bench-kafka: tansu build-deps
 	$(CARGO) build --release --locked
 	@set -e; \
 	  "$(TANSU)" broker --listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) --advertised-listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) \
@@ -138,7 +152,7 @@ bench-kafka: tansu
 
 ## Two shards of a cluster in one process: payments sent to their owners against all sent to
 ## one shard (forwarded), with the CPU each costs per request.
-bench-cluster: tansu
+bench-cluster: tansu build-deps
 	$(CARGO) build --release --locked
 	@set -e; \
 	  "$(TANSU)" broker --listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) --advertised-listener-url tcp://127.0.0.1:$(DEMO_KAFKA_PORT) \
@@ -156,7 +170,7 @@ bench-console: check-toolchain test-tools
 ## cargo-afl and builds AFL++ on first use (a few minutes, once). New inputs are kept in
 ## target/fuzz/<target>/; a crash fails the run and is listed: copy it into
 ## fuzz/corpus/<target>/ once fixed, where `make test` (tests/fuzz_corpus.rs) keeps it.
-fuzz: check-toolchain
+fuzz: check-toolchain build-deps
 	@command -v cargo-afl >/dev/null 2>&1 || $(CARGO) install cargo-afl --locked
 	@$(CARGO) afl config --build >/dev/null 2>&1 || true
 	cd fuzz && $(CARGO) afl build --release --locked
@@ -173,6 +187,6 @@ fuzz: check-toolchain
 ## The deterministic simulation of the ledger core (`bindledger simulate`): SEEDS seeds from
 ## SEED (100 from 1 by default; `make simulate SEED=17` replays seed 17 exactly), STEPS steps
 ## each, a line per seed. A failing seed prints how to replay it. `make test` runs seeds 1-12, seed 31 and four later seeds that change daily.
-simulate: check-toolchain
+simulate: check-toolchain build-deps
 	$(CARGO) build --release --locked --features simulation
 	./target/release/bindledger simulate --seed $(SEED) --seeds $(SEEDS) --steps $(STEPS) $(if $(PLANT),--plant $(PLANT))

@@ -62,7 +62,12 @@ pub enum Source {
     /// A running ledger's HTTP event feed, with an auditor token.
     Http { url: String, token: String },
     /// The events topic, partitions merged on the global sequence.
-    Kafka { brokers: String, topic: String },
+    Kafka {
+        brokers: String,
+        topic: String,
+        /// Extra librdkafka properties (TLS, SASL).
+        properties: Vec<(String, String)>,
+    },
 }
 
 /// A stopped ledger's data directory, copied to read: sled writes when it opens a database
@@ -300,8 +305,12 @@ impl Source {
                 }))
             }
             #[cfg(feature = "kafka")]
-            Source::Kafka { brokers, topic } => Ok(Box::new(
-                kafka_topic(brokers, topic)?.map(|r| r.map(Stored::from).map_err(SourceError::from)),
+            Source::Kafka {
+                brokers,
+                topic,
+                properties,
+            } => Ok(Box::new(
+                kafka_topic(brokers, topic, properties)?.map(|r| r.map(Stored::from).map_err(SourceError::from)),
             )),
             #[cfg(not(feature = "kafka"))]
             Source::Kafka { .. } => Err(SourceError::Unsupported(
@@ -514,8 +523,15 @@ impl Drop for Pipeline {
 }
 
 #[cfg(feature = "kafka")]
-fn kafka_topic(brokers: &str, topic: &str) -> Result<bindledger::adapters::kafka::reader::TopicReader> {
+fn kafka_topic(
+    brokers: &str,
+    topic: &str,
+    properties: &[(String, String)],
+) -> Result<bindledger::adapters::kafka::reader::TopicReader> {
     let mut client = rdkafka::ClientConfig::new();
+    for (k, v) in properties {
+        client.set(k, v);
+    }
     client.set("bootstrap.servers", brokers);
     Ok(bindledger::adapters::kafka::reader::read_topic(client, topic)?)
 }
@@ -1143,9 +1159,15 @@ pub mod cluster {
     /// Audits the cluster whose shard map is on `cluster_topic`. With `cluster_key` (hex, from a
     /// channel the auditor trusts) the signed cluster checkpoints are checked and each shard's
     /// chain is held to them; without it they are only counted.
-    pub fn verify(brokers: &str, cluster_topic: &str, cluster_key: Option<&str>) -> super::Result<ClusterReport> {
+    pub fn verify(
+        brokers: &str,
+        properties: &[(String, String)],
+        cluster_topic: &str,
+        cluster_key: Option<&str>,
+    ) -> super::Result<ClusterReport> {
         let kafka = KafkaConfig {
             brokers: brokers.to_owned(),
+            properties: properties.iter().cloned().collect(),
             ..KafkaConfig::default()
         };
         let (map, checkpoints) = read_cluster(&kafka, cluster_topic)?;
@@ -1227,6 +1249,7 @@ pub mod cluster {
                         let source = Source::Kafka {
                             brokers: kafka.brokers.clone(),
                             topic: events_topic.clone(),
+                            properties: properties.to_vec(),
                         };
                         let mut foreign: Option<(u64, String)> = None;
                         let mut audit = audit_from(source.decoded(), Start::default(), &heads, |e| {

@@ -125,6 +125,10 @@ struct From {
     /// The events topic, with --brokers.
     #[arg(long, default_value = "bindledger.events")]
     topic: String,
+    /// A librdkafka property for --brokers, KEY=VALUE (repeat for more): security.protocol=ssl,
+    /// ssl.ca.location=FILE, ... as the nodes' kafka.properties.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = kafka_property)]
+    kafka_properties: Vec<(String, String)>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -143,6 +147,7 @@ impl From {
             (None, None, None, Some(b)) => Source::Kafka {
                 brokers: b.clone(),
                 topic: self.topic.clone(),
+                properties: self.kafka_properties.clone(),
             },
             _ => usage("give one source: --data-dir, --export, --url (with --token) or --brokers"),
         }
@@ -240,6 +245,9 @@ enum Command {
         /// are not checked, and each chain is checked alone.
         #[arg(long, value_parser = parse_public_key)]
         cluster_key: Option<String>,
+        /// A librdkafka property, KEY=VALUE (repeat for more): security.protocol=ssl, ...
+        #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = kafka_property)]
+        kafka_properties: Vec<(String, String)>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -267,6 +275,13 @@ enum Command {
         #[arg(long)]
         current_rules: Option<PathBuf>,
     },
+}
+
+fn kafka_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err("expected KEY=VALUE, a librdkafka property".to_owned()),
+    }
 }
 
 fn parse_public_key(text: &str) -> Result<String, String> {
@@ -550,9 +565,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             brokers,
             cluster_topic,
             cluster_key,
+            kafka_properties,
             json,
         } => {
-            let report = bindledger_replay::cluster::verify(&brokers, &cluster_topic, cluster_key.as_deref())?;
+            let report = bindledger_replay::cluster::verify(
+                &brokers,
+                &kafka_properties,
+                &cluster_topic,
+                cluster_key.as_deref(),
+            )?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -109,6 +109,7 @@ fn the_topic_gives_the_same_log_as_the_directory() {
     let from_topic = Source::Kafka {
         brokers: broker.1.clone(),
         topic,
+        properties: Vec::new(),
     }
     .read()
     .unwrap()

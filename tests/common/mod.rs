@@ -312,6 +312,12 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A broker with in-memory storage on `port` that tells clients to reach it at
+    /// `advertised` (a TLS proxy in front of it).
+    pub fn start_behind(port: u16, advertised: u16) -> Broker {
+        Self::start_with(port, advertised, None)
+    }
+
     /// A broker with in-memory storage on a free port.
     pub fn start() -> Broker {
         Self::start_on(free_port(), None)
@@ -319,14 +325,19 @@ impl Broker {
 
     /// A broker on `port`; with `sqlite_dir`, its data survives restarts.
     pub fn start_on(port: u16, sqlite_dir: Option<&Path>) -> Broker {
+        Self::start_with(port, port, sqlite_dir)
+    }
+
+    fn start_with(port: u16, advertised: u16, sqlite_dir: Option<&Path>) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{advertised}");
         let mut cmd = Command::new(tansu_binary());
         cmd.args([
             "broker",
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
             "--storage-engine",
         ]);
         match sqlite_dir {
@@ -490,4 +501,88 @@ pub fn test_seed(test: &str) -> u64 {
         });
     eprintln!("{test}: seed {seed} (replay: BINDLEDGER_TEST_SEED={seed} cargo test {test})");
     seed
+}
+
+// ---- certificates for the TLS tests, made with the openssl command ----
+
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`<ca>-ca.pem`, made on first use) and a certificate it signed (`<name>.pem`,
+/// `<name>.key`) for 127.0.0.1 and localhost.
+pub fn pki(dir: &Path, name: &str, ca: &str) {
+    if !dir.join(format!("{ca}-ca.pem")).exists() {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={ca} test CA"),
+                "-keyout",
+                &format!("{ca}-ca.key"),
+                "-out",
+                &format!("{ca}-ca.pem"),
+            ],
+        );
+    }
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        "subjectAltName = IP:127.0.0.1, DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}-ca.pem"),
+            "-CAkey",
+            &format!("{ca}-ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
 }

@@ -151,6 +151,8 @@ pub struct ConsumeOptions {
     pub group: String,
     /// Stop after this long without a new message (0: run until stopped).
     pub idle_exit_ms: u64,
+    /// Extra librdkafka properties (TLS, SASL), given as they are.
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 /// What a consumer run tells as it goes, for its caller to show.
@@ -187,7 +189,11 @@ pub struct ConsumeReport {
 
 /// Consumes until idle (or forever), telling `note` where it starts and how it goes every 5 s.
 pub fn consume(args: &ConsumeOptions, mut note: impl FnMut(ConsumeNote<'_>)) -> anyhow::Result<ConsumeReport> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    for (k, v) in &args.properties {
+        client.set(k, v);
+    }
+    let consumer: BaseConsumer = client
         .set("bootstrap.servers", &args.brokers)
         .set("group.id", &args.group)
         .set("auto.offset.reset", "earliest")
@@ -197,6 +203,7 @@ pub fn consume(args: &ConsumeOptions, mut note: impl FnMut(ConsumeNote<'_>)) -> 
     // topic does not exist (reading on would log AllBrokersDown forever and end with "0").
     let kafka = crate::config::KafkaConfig {
         brokers: args.brokers.clone(),
+        properties: args.properties.clone(),
         ..Default::default()
     };
     let partitions = super::client::require_topic(&kafka, &args.topic, Duration::from_secs(10))? as i32;

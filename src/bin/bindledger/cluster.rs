@@ -112,12 +112,15 @@ pub struct MapTopic {
     /// The cluster topic (cluster.topic of the nodes).
     #[arg(long = "cluster-topic", default_value = "bindledger.cluster")]
     name: String,
+    #[command(flatten)]
+    kafka: crate::remote::KafkaProperties,
 }
 
 impl MapTopic {
     fn kafka(&self) -> KafkaConfig {
         KafkaConfig {
             brokers: self.brokers.clone(),
+            properties: self.kafka.map(),
             ..KafkaConfig::default()
         }
     }

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use bindledger::adapters::kafka::analytics::{consume, ConsumeNote, ConsumeOptions};
 
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Clone)]
 pub struct ConsumeArgs {
     /// Kafka bootstrap servers (the demo's broker, `make demo`, listens on 127.0.0.1:19092).
     #[arg(long, env = "BINDLEDGER_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
@@ -20,6 +20,8 @@ pub struct ConsumeArgs {
     /// Print the final aggregates as JSON instead of the summary.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub kafka: crate::remote::KafkaProperties,
 }
 
 pub fn run(args: ConsumeArgs) -> Result<i32> {
@@ -28,6 +30,7 @@ pub fn run(args: ConsumeArgs) -> Result<i32> {
         topic: args.topic.clone(),
         group: args.group.clone(),
         idle_exit_ms: args.idle_exit_ms,
+        properties: args.kafka.map(),
     };
     let mut shown = 0;
     let report = consume(&options, |note| {

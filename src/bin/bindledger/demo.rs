@@ -484,6 +484,7 @@ async fn kafka_report(
         topic: config.kafka.topic.clone(),
         group: format!("bindledger-demo-{}", Uuid::now_v7().simple()),
         idle_exit_ms: 2000,
+        properties: config.kafka.properties.clone(),
     };
     match tokio::task::spawn_blocking(move || bindledger::adapters::kafka::analytics::consume(&args, |_| {})).await {
         Ok(Ok(r)) => {

@@ -113,3 +113,27 @@ pub fn print_refusal(url: &str, status: hyper::StatusCode, v: &serde_json::Value
         v["error"]["code"].as_str().unwrap_or("?")
     );
 }
+
+/// Extra librdkafka properties for a command that reads Kafka (TLS, SASL), as the nodes'
+/// `kafka.properties`: `--kafka-property security.protocol=ssl --kafka-property
+/// ssl.ca.location=ca.pem`.
+#[derive(Args, Clone, Default)]
+pub struct KafkaProperties {
+    /// A librdkafka property, KEY=VALUE (repeat for more): security.protocol=ssl,
+    /// ssl.ca.location=FILE, sasl.mechanism=..., as the nodes' kafka.properties.
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = property)]
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaProperties {
+    pub fn map(&self) -> std::collections::BTreeMap<String, String> {
+        self.properties.iter().cloned().collect()
+    }
+}
+
+fn property(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err("expected KEY=VALUE, a librdkafka property".to_owned()),
+    }
+}

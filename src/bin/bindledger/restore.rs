@@ -13,6 +13,8 @@ pub struct RestoreArgs {
     /// Kafka bootstrap servers.
     #[arg(long, env = "BINDLEDGER_KAFKA_BROKERS")]
     pub brokers: String,
+    #[command(flatten)]
+    pub kafka: crate::remote::KafkaProperties,
     /// The events topic.
     #[arg(long, env = "BINDLEDGER_KAFKA_TOPIC", default_value = "bindledger.events")]
     pub topic: String,
@@ -48,6 +50,7 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
     let kafka = bindledger::config::KafkaConfig {
         brokers: args.brokers.clone(),
         topic: args.topic.clone(),
+        properties: args.kafka.map(),
         ..Default::default()
     };
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
