@@ -48,11 +48,23 @@ fn chromedriver() -> Driver {
 }
 
 async fn browser(driver: &Driver) -> fantoccini::Client {
+    browser_with(driver, &[]).await
+}
+
+async fn browser_with(driver: &Driver, more: &[String]) -> fantoccini::Client {
     let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"]}),
-    );
+    let mut args: Vec<String> = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(more.iter().cloned());
+    caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&driver.url)
@@ -115,6 +127,52 @@ async fn alert_id_of(server: &TestServer, rule: &str) -> String {
         .await
         .unwrap();
     alerts["alerts"][0]["id"].as_str().unwrap().to_owned()
+}
+
+/// The console over HTTPS (issue 30): Chromium trusts the server's key (pinned by its SPKI
+/// hash, as a browser trusts a CA's certificate), signs in, and its session cookie is `Secure`;
+/// the same page over plain HTTP to the TLS port gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_over_https_with_a_secure_cookie() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d, "server", "server");
+    let mut config = test_config(&d.join("data"));
+    config.http.tls.cert_file = Some(d.join("server.pem"));
+    config.http.tls.key_file = Some(d.join("server.key"));
+    config
+        .tokens
+        .extend(bindledger::config::parse_tokens(&format!("alice@security+reader:{ALICE}")).unwrap());
+    let server = TestServer::start(config).await;
+    let spki = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("openssl x509 -pubkey -noout -in server.pem | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let spki = String::from_utf8(spki.stdout).unwrap().trim().to_owned();
+    let driver = chromedriver();
+    let alice = browser_with(&driver, &[format!("--ignore-certificate-errors-spki-list={spki}")]).await;
+    let base = format!("https://127.0.0.1:{}", server.addr.port());
+    sign_in(&alice, &base, ALICE).await;
+    assert!(text(&alice, "#who").await.contains("alice"));
+    let cookie = alice.get_named_cookie("bindledger_session").await.unwrap();
+    assert_eq!(
+        cookie.secure(),
+        Some(true),
+        "the session cookie must be Secure over TLS"
+    );
+    assert_eq!(cookie.http_only(), Some(true));
+    screenshot(&alice, "https").await;
+    // Another browser that does not know the key gets no page.
+    let stranger = browser(&driver).await;
+    stranger.goto(&format!("{base}/console")).await.ok();
+    let title = stranger.title().await.unwrap_or_default();
+    assert!(
+        !title.contains("security console"),
+        "an unverified server's page loaded: {title}"
+    );
+    server.shutdown().await;
 }
 
 /// A shard of a cluster (issue 29): the glance shows every shard, which node it is, each
