@@ -182,3 +182,36 @@ pub(crate) fn peer_cert(conn: &rustls::ServerConnection) -> Option<PeerCert> {
         .and_then(|c| c.first())
         .map(|c| PeerCert(Sha256::digest(c.as_ref()).into()))
 }
+
+/// A client's TLS connection (the benchmark's load generator speaks TLS with it).
+pub type ClientStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A client connector that trusts the CA certificates in `ca_pem` alone.
+pub fn connector(ca_pem: &[u8]) -> Result<tokio_rustls::TlsConnector, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        let c = c.map_err(|e| Error::config(format!("not a PEM certificate ({e:?})")))?;
+        roots
+            .add(c)
+            .map_err(|e| Error::config(format!("a CA certificate: {e}")))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::config(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Connects `tcp` as a TLS client of the server at `addr` (its certificate names the address).
+pub async fn connect(
+    connector: &tokio_rustls::TlsConnector,
+    tcp: tokio::net::TcpStream,
+    addr: std::net::IpAddr,
+) -> std::io::Result<ClientStream> {
+    connector
+        .connect(rustls::pki_types::ServerName::IpAddress(addr.into()), tcp)
+        .await
+}
+
+pub use tokio_rustls::TlsConnector as Connector;

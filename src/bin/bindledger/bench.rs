@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// Where to put the logs (default: a new directory under the system temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Also run the HTTP payments over TLS (a certificate made with openssl), against the
+    /// plain run of the same benchmark.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 struct Row {
@@ -596,7 +600,7 @@ pub(crate) fn cpu_seconds() -> f64 {
 /// `POST /payments` and against the baseline route, which is the same server stack (router,
 /// limits, authentication, body reading, validation) without the command. Returns the
 /// baseline row and the ledger's row.
-async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row)> {
+async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row, Option<Row>)> {
     let f = fixture(dir, args.accounts, args.commit_delay_us).await?;
     let token = "bench-token-0123456789".to_string();
     let tokens = vec![TokenConfig {
@@ -622,7 +626,7 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row)> {
     // needs both, and the generator shares them.
     let pin = (cores >= 4 && std::process::Command::new("taskset").arg("-V").output().is_ok())
         .then(|| (cores - 1).to_string());
-    let run = |prefix: &'static str, first: u64| {
+    let run = |prefix: &'static str, first: u64, addr: std::net::SocketAddr, tls_ca: Option<PathBuf>| {
         let mut cmd = match &pin {
             Some(core) => {
                 let mut c = std::process::Command::new("taskset");
@@ -643,6 +647,11 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row)> {
                 &first.to_string(),
             ])
             .args(args.zipf.iter().flat_map(|s| ["--zipf".to_owned(), s.to_string()]))
+            .args(
+                tls_ca
+                    .into_iter()
+                    .flat_map(|ca| ["--tls-ca".into(), ca.into_os_string()]),
+            )
             .stderr(std::process::Stdio::inherit());
         async move {
             let cpu_before = cpu_seconds();
@@ -653,11 +662,11 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row)> {
             Ok::<_, anyhow::Error>((r, cpu))
         }
     };
-    let (base_r, base_cpu) = run("/v1/bench/accounts", 0).await?;
+    let (base_r, base_cpu) = run("/v1/bench/accounts", 0, addr, None).await?;
     let base = f.ledger.log_len();
     let flushes_before = f.ledger.metrics().flushes.get();
     let batches_before = f.ledger.metrics().batches.get();
-    let (r, cpu) = run("/v1/accounts", 0).await?;
+    let (r, cpu) = run("/v1/accounts", 0, addr, None).await?;
     let written = f.ledger.log_len() - base;
     anyhow::ensure!(
         written == args.http_commands,
@@ -666,6 +675,34 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row)> {
     );
     let per_flush = events_per_flush(&f.ledger, written, flushes_before);
     let per_batch = written as f64 / (f.ledger.metrics().batches.get() - batches_before).max(1) as f64;
+    // The same payments over TLS (a server of its own on the same ledger, the same stack with
+    // http.tls), numbered after the plain run's.
+    let tls = if args.tls {
+        let certs = dir.join("tls");
+        std::fs::create_dir_all(&certs)?;
+        self_signed(&certs)?;
+        let mut http_tls = config.http.clone();
+        http_tls.tls.cert_file = Some(certs.join("server.pem"));
+        http_tls.tls.key_file = Some(certs.join("server.key"));
+        let state = AppState::build(f.ledger.clone(), &tokens, http_tls, f.node.extras.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let tls_addr = listener.local_addr()?;
+        let (stop_tls, stopped_tls) = tokio::sync::oneshot::channel::<()>();
+        let server_tls = tokio::spawn(bindledger::adapters::http::serve(listener, state, async move {
+            let _ = stopped_tls.await;
+        }));
+        let before = f.ledger.log_len();
+        let (r, cpu) = run("/v1/accounts", args.http_commands, tls_addr, Some(certs.join("ca.pem"))).await?;
+        anyhow::ensure!(
+            f.ledger.log_len() - before == args.http_commands,
+            "the TLS run did not write every payment"
+        );
+        let _ = stop_tls.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), server_tls).await;
+        Some((r, cpu))
+    } else {
+        None
+    };
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     f.node.stop().await;
@@ -685,6 +722,14 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row)> {
             cpu * 1e6 / args.http_commands as f64
         ),
     };
+    let tls = tls.map(|(r, cpu)| {
+        row(
+            "HTTPS: POST /payments, durable (TLS 1.3, rustls; after the plain run)",
+            &r,
+            cpu,
+            String::new(),
+        )
+    });
     Ok((
         row(
             "HTTP baseline: the same POST through router, auth, body and validation, no command",
@@ -698,7 +743,28 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row)> {
             cpu,
             format!(", {per_flush:.0} events per flush, {per_batch:.1} per writer batch"),
         ),
+        tls,
     ))
+}
+
+/// A CA and a certificate it signed for 127.0.0.1 (`ca.pem`, `server.pem`, `server.key`), made
+/// with the openssl command, for `bench --tls`.
+fn self_signed(dir: &Path) -> anyhow::Result<()> {
+    let sh = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj '/CN=bench CA' -keyout ca.key -out ca.pem \
+        && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=bench -keyout server.key -out server.csr \
+        && printf 'subjectAltName = IP:127.0.0.1\\n' > server.ext \
+        && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile server.ext -out server.pem";
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(sh)
+        .current_dir(dir)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "making the benchmark's certificate with openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 fn zipf_exponent(s: &str) -> Result<f64, String> {
@@ -802,6 +868,9 @@ pub struct LoadArgs {
     /// follows the map does.
     #[arg(long, value_delimiter = ',')]
     pub shard_addrs: Vec<std::net::SocketAddr>,
+    /// Speak TLS, trusting the CA certificates in this PEM file (`bench --tls`).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Sends `commands` payments over `connections` kept-alive connections; prints
@@ -818,7 +887,14 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
         args.zipf,
     );
     let addrs: Arc<Vec<std::net::SocketAddr>> = Arc::new(std::iter::once(addr).chain(args.shard_addrs).collect());
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(Arc::new(bindledger::adapters::http::tls::connector(&std::fs::read(
+            ca,
+        )?)?)),
+        None => None,
+    };
     let make_client = || LoadClient {
+        tls: tls.clone(),
         addrs: addrs.clone(),
         streams: addrs.iter().map(|_| None).collect(),
         buf: Vec::with_capacity(4096),
@@ -876,7 +952,9 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
 struct LoadClient {
     /// The server's address, or each shard's (the even map's order).
     addrs: Arc<Vec<std::net::SocketAddr>>,
-    streams: Vec<Option<tokio::net::TcpStream>>,
+    streams: Vec<Option<Box<dyn Io>>>,
+    /// TLS, when the server speaks it.
+    tls: Option<Arc<bindledger::adapters::http::tls::Connector>>,
     buf: Vec<u8>,
     /// The next request's body and the whole request, rewritten in place for each request.
     body: Vec<u8>,
@@ -891,7 +969,10 @@ impl LoadClient {
         if self.streams[to].is_none() {
             let s = tokio::net::TcpStream::connect(self.addrs[to]).await?;
             s.set_nodelay(true)?;
-            self.streams[to] = Some(s);
+            self.streams[to] = Some(match &self.tls {
+                None => Box::new(s),
+                Some(c) => Box::new(bindledger::adapters::http::tls::connect(c, s, self.addrs[to].ip()).await?),
+            });
         }
         let stream = self.streams[to].as_mut().expect("connected above");
         self.buf.clear();
@@ -908,7 +989,11 @@ impl LoadClient {
 
 /// Reads one response into `buf`: its head, then as many body bytes as its `content-length`
 /// says; returns its status.
-async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<u16> {
+/// A connection of the load generator: TCP, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+async fn read_response(stream: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> std::io::Result<u16> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
     let end = loop {
         read_more(stream, buf).await?;
@@ -939,7 +1024,7 @@ async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) ->
 }
 
 /// Appends what the server sent next to `buf`; the server closing the connection is an error.
-async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+async fn read_more(stream: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> std::io::Result<()> {
     use tokio::io::AsyncReadExt;
     let mut chunk = [0u8; 2048];
     match stream.read(&mut chunk).await? {
@@ -988,7 +1073,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(root.join("lib"));
     }
     eprintln!("bench: HTTP, its baseline route and the ledger, the load generator in its own process ...");
-    let (http_base, http) = http(&root.join("http"), &args).await?;
+    let (http_base, http, https) = http(&root.join("http"), &args).await?;
     // For context: larger batches and one key per event.
     eprintln!("bench: raw sled, batches of {} ...", args.raw_batch);
     let raw_large = raw_sled(&root, &payloads, args.raw_batch, true)?;
@@ -998,7 +1083,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let baseline = raw.rate();
     println!("| measurement | ops | seconds | ops/s | p50 | p99 | vs raw sled (same batches) | notes |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|");
-    for r in [&raw, &raw_large, &raw_keyed, &lib, &unsynced, &http_base, &http] {
+    for r in [&raw, &raw_large, &raw_keyed, &lib, &unsynced, &http_base, &http]
+        .into_iter()
+        .chain(https.as_ref())
+    {
         println!(
             "| {} | {} | {:.2} | {:.0} | {} | {} | {:.2} | {} |",
             r.name,
