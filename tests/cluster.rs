@@ -412,26 +412,8 @@ async fn commands_sent_to_any_shard_land_once_in_the_owners_chain() {
     }
     // The verifier written from the docs agrees, from an export of the cluster.
     let export = dir.path().join("export");
-    let verify_py = |key: &str| {
-        let (code, _, err) = run_cli(&[
-            "cluster",
-            "export",
-            "--brokers",
-            &broker.addr,
-            "--cluster-topic",
-            &cluster_topic,
-            "--out",
-            export.to_str().unwrap(),
-        ]);
-        assert_eq!(code, 0, "{err}");
-        let out = std::process::Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/events/verify.py"))
-            .args(["--cluster", export.to_str().unwrap(), "--cluster-key", key])
-            .output()
-            .expect("python3");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let (code, out) = verify_py(&cluster_key);
+    let verify_py = |key: Option<&str>| verify_export(&broker.addr, &cluster_topic, &export, key);
+    let (code, out) = verify_py(Some(&cluster_key));
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains(&format!("ok cluster {SHARDS}")), "{out}");
     for s in report["shards"].as_array().unwrap() {
@@ -482,7 +464,7 @@ async fn commands_sent_to_any_shard_land_once_in_the_owners_chain() {
         .clone();
     assert_eq!(s0["report"]["problem"]["kind"], "checkpoint_mismatch", "{s0}");
     assert_eq!(s0["report"]["problem"]["seq"].as_u64(), Some(s0_head));
-    let (code, out) = verify_py(&cluster_key);
+    let (code, out) = verify_py(Some(&cluster_key));
     assert_eq!(code, Some(3), "{out}");
     assert!(
         out.starts_with(&format!("FAIL s0 0 {s0_head} two signed checkpoints")),
@@ -508,25 +490,7 @@ async fn commands_sent_to_any_shard_land_once_in_the_owners_chain() {
     assert_eq!(report["map_version"].as_u64(), Some(2));
     // The verifier finds the foreign account too (s0 fails first on its forged head; without
     // the cluster key, s1's file is read with no heads and fails on the account).
-    let (code, out) = {
-        let (code, _, err) = run_cli(&[
-            "cluster",
-            "export",
-            "--brokers",
-            &broker.addr,
-            "--cluster-topic",
-            &cluster_topic,
-            "--out",
-            export.to_str().unwrap(),
-        ]);
-        assert_eq!(code, 0, "{err}");
-        let out = std::process::Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/events/verify.py"))
-            .args(["--cluster", export.to_str().unwrap()])
-            .output()
-            .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let (code, out) = verify_py(None);
     assert_eq!(code, Some(3), "{out}");
     assert!(out.contains("FAIL s1 ") && out.contains("another shard"), "{out}");
 }
@@ -803,4 +767,28 @@ async fn a_shards_primary_killed_under_load_fails_over_to_its_replica() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// `bindledger cluster export` to `out`, then `events/verify.py --cluster` over it (with the
+/// cluster's key when given): its exit code and output.
+fn verify_export(brokers: &str, cluster_topic: &str, out: &Path, key: Option<&str>) -> (Option<i32>, String) {
+    let (code, _, err) = run_cli(&[
+        "cluster",
+        "export",
+        "--brokers",
+        brokers,
+        "--cluster-topic",
+        cluster_topic,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut py = std::process::Command::new("python3");
+    py.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/events/verify.py"))
+        .args(["--cluster", out.to_str().unwrap()]);
+    if let Some(k) = key {
+        py.args(["--cluster-key", k]);
+    }
+    let done = py.output().expect("python3");
+    (done.status.code(), String::from_utf8_lossy(&done.stdout).into_owned())
 }

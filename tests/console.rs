@@ -179,49 +179,15 @@ async fn the_console_works_over_https_with_a_secure_cookie() {
 /// shard's health and events, and an account of the other shard opens through this one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_the_cluster_and_reaches_the_other_shards_accounts() {
-    use bindledger::domain::shard::{ShardEntry, ShardMap};
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
-    let cluster_topic = fresh_topic("console-cluster");
     let ports = [free_port(), free_port()];
-    let map = ShardMap::even(
-        (0..2)
-            .map(|i| {
-                (
-                    format!("s{i}"),
-                    ShardEntry {
-                        url: format!("http://127.0.0.1:{}", ports[i]),
-                        events_topic: fresh_topic(&format!("console-s{i}-events")),
-                        checkpoints_topic: fresh_topic(&format!("console-s{i}-checkpoints")),
-                    },
-                )
-            })
-            .collect(),
-    )
-    .unwrap();
-    let kafka = bindledger::config::KafkaConfig {
-        brokers: broker.addr.clone(),
-        ..Default::default()
-    };
-    bindledger::adapters::kafka::cluster::publish_map(&kafka, &cluster_topic, &map)
-        .await
-        .unwrap();
+    let (map, configs) = two_shards(&broker, dir.path(), ports, "http", "console").await;
     let mut servers = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let id = format!("s{i}");
-        let mut config = test_config(&dir.path().join(&id));
-        config.kafka.brokers = broker.addr.clone();
-        config.kafka.topic = map.shards[&id].events_topic.clone();
-        config.kafka.alerts_topic = fresh_topic("console-alerts");
-        config.checkpoints.topic = map.shards[&id].checkpoints_topic.clone();
-        config.cluster.shard = id;
-        config.cluster.topic = cluster_topic.clone();
-        config.tokens.extend(
-            bindledger::config::parse_tokens(&format!(
-                "alice@security+reader:{ALICE},cluster:cluster-token-0123456789"
-            ))
-            .unwrap(),
-        );
+    for (mut config, port) in configs.into_iter().zip(ports) {
+        config
+            .tokens
+            .extend(bindledger::config::parse_tokens(&format!("alice@security+reader:{ALICE}")).unwrap());
         servers.push(TestServer::start_on(config, &format!("127.0.0.1:{port}")).await);
     }
     // An account of s1, bound on s1.

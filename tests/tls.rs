@@ -318,51 +318,17 @@ fn plain_http_on_an_address_others_reach_is_warned_about_and_bad_tls_files_refus
 /// `cluster.ca_file`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_forward_to_each_other_over_tls() {
-    use bindledger::domain::shard::{ShardEntry, ShardMap};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     pki(d, "server", "server");
     let broker = Broker::start();
-    let cluster_topic = fresh_topic("tls-cluster");
     let ports = [free_port(), free_port()];
-    let map = ShardMap::even(
-        (0..2)
-            .map(|i| {
-                (
-                    format!("s{i}"),
-                    ShardEntry {
-                        url: format!("https://127.0.0.1:{}", ports[i]),
-                        events_topic: fresh_topic(&format!("tls-s{i}-events")),
-                        checkpoints_topic: fresh_topic(&format!("tls-s{i}-checkpoints")),
-                    },
-                )
-            })
-            .collect(),
-    )
-    .unwrap();
-    let kafka = bindledger::config::KafkaConfig {
-        brokers: broker.addr.clone(),
-        ..Default::default()
-    };
-    bindledger::adapters::kafka::cluster::publish_map(&kafka, &cluster_topic, &map)
-        .await
-        .unwrap();
+    let (map, configs) = two_shards(&broker, d, ports, "https", "tls").await;
     let mut servers = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let id = format!("s{i}");
-        let mut config = test_config(&d.join(&id));
+    for (mut config, port) in configs.into_iter().zip(ports) {
         config.http.tls.cert_file = Some(d.join("server.pem"));
         config.http.tls.key_file = Some(d.join("server.key"));
-        config.kafka.brokers = broker.addr.clone();
-        config.kafka.topic = map.shards[&id].events_topic.clone();
-        config.kafka.alerts_topic = fresh_topic("tls-alerts");
-        config.checkpoints.topic = map.shards[&id].checkpoints_topic.clone();
-        config.cluster.shard = id;
-        config.cluster.topic = cluster_topic.clone();
         config.cluster.ca_file = Some(d.join("server-ca.pem"));
-        config
-            .tokens
-            .extend(bindledger::config::parse_tokens("cluster:cluster-token-0123456789").unwrap());
         servers.push(TestServer::start_on(config, &format!("127.0.0.1:{port}")).await);
     }
     let account = (0..).map(|i| format!("t-{i}")).find(|a| map.owner(a) == "s1").unwrap();

@@ -586,3 +586,58 @@ pub fn pki(dir: &Path, name: &str, ca: &str) {
         ],
     );
 }
+
+// ---- a cluster of shards in this process, for the tests that need one ----
+
+/// Two shards on `ports` (`scheme`: http or https) with the shard map written to a fresh cluster
+/// topic on `broker`, and each shard's configuration (`tag` names its topics); the caller adds
+/// what it needs (TLS files, tokens) and starts them with [`TestServer::start_on`].
+pub async fn two_shards(
+    broker: &Broker,
+    dir: &Path,
+    ports: [u16; 2],
+    scheme: &str,
+    tag: &str,
+) -> (bindledger::domain::shard::ShardMap, Vec<Config>) {
+    use bindledger::domain::shard::{ShardEntry, ShardMap};
+    let cluster_topic = fresh_topic(&format!("{tag}-cluster"));
+    let map = ShardMap::even(
+        (0..2)
+            .map(|i| {
+                (
+                    format!("s{i}"),
+                    ShardEntry {
+                        url: format!("{scheme}://127.0.0.1:{}", ports[i]),
+                        events_topic: fresh_topic(&format!("{tag}-s{i}-events")),
+                        checkpoints_topic: fresh_topic(&format!("{tag}-s{i}-checkpoints")),
+                    },
+                )
+            })
+            .collect(),
+    )
+    .unwrap();
+    let kafka = bindledger::config::KafkaConfig {
+        brokers: broker.addr.clone(),
+        ..Default::default()
+    };
+    bindledger::adapters::kafka::cluster::publish_map(&kafka, &cluster_topic, &map)
+        .await
+        .unwrap();
+    let configs = (0..2)
+        .map(|i| {
+            let id = format!("s{i}");
+            let mut config = test_config(&dir.join(&id));
+            config.kafka.brokers = broker.addr.clone();
+            config.kafka.topic = map.shards[&id].events_topic.clone();
+            config.kafka.alerts_topic = fresh_topic(&format!("{tag}-alerts"));
+            config.checkpoints.topic = map.shards[&id].checkpoints_topic.clone();
+            config.cluster.shard = id;
+            config.cluster.topic = cluster_topic.clone();
+            config
+                .tokens
+                .extend(bindledger::config::parse_tokens("cluster:cluster-token-0123456789").unwrap());
+            config
+        })
+        .collect();
+    (map, configs)
+}
