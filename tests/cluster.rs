@@ -96,22 +96,8 @@ async fn commands_sent_to_any_shard_land_once_in_the_owners_chain() {
     let ids: Vec<String> = (0..SHARDS).map(|i| format!("s{i}")).collect();
 
     // The operator writes the first map; a second init is refused.
-    let mut init = vec![
-        "cluster",
-        "init",
-        "--brokers",
-        &broker.addr,
-        "--cluster-topic",
-        &cluster_topic,
-        "--topic-prefix",
-        &prefix,
-    ];
-    let specs: Vec<String> = (0..SHARDS)
-        .map(|i| format!("{}=http://127.0.0.1:{}", ids[i], ports[i]))
-        .collect();
-    for s in &specs {
-        init.extend(["--shard", s.as_str()]);
-    }
+    let init = init_args(&broker.addr, &cluster_topic, &prefix, &ids, &ports);
+    let init: Vec<&str> = init.iter().map(String::as_str).collect();
     let (code, out, err) = run_cli(&init);
     assert_eq!(code, 0, "{err}");
     assert!(String::from_utf8_lossy(&out).contains("version 1"));
@@ -561,22 +547,8 @@ async fn a_shards_primary_killed_under_load_fails_over_to_its_replica() {
     let prefix = fresh_topic("failover");
     let ports: Vec<u16> = (0..SHARDS + 1).map(|_| free_port()).collect();
     let ids: Vec<String> = (0..SHARDS).map(|i| format!("s{i}")).collect();
-    let specs: Vec<String> = (0..SHARDS)
-        .map(|i| format!("{}=http://127.0.0.1:{}", ids[i], ports[i]))
-        .collect();
-    let mut init = vec![
-        "cluster",
-        "init",
-        "--brokers",
-        &broker.addr,
-        "--cluster-topic",
-        &cluster_topic,
-        "--topic-prefix",
-        &prefix,
-    ];
-    for s in &specs {
-        init.extend(["--shard", s.as_str()]);
-    }
+    let init = init_args(&broker.addr, &cluster_topic, &prefix, &ids, &ports[..SHARDS]);
+    let init: Vec<&str> = init.iter().map(String::as_str).collect();
     assert_eq!(run_cli(&init).0, 0);
     let tokens = format!("writer+reader+auditor+security:{ALL},cluster:{CLUSTER}");
     let replicated = "durability = \"replicated\"\n";
@@ -791,4 +763,26 @@ fn verify_export(brokers: &str, cluster_topic: &str, out: &Path, key: Option<&st
     }
     let done = py.output().expect("python3");
     (done.status.code(), String::from_utf8_lossy(&done.stdout).into_owned())
+}
+
+/// `bindledger cluster init` of `ids` at `ports` (in order) on `cluster_topic`.
+fn init_args(brokers: &str, cluster_topic: &str, prefix: &str, ids: &[String], ports: &[u16]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "cluster",
+        "init",
+        "--brokers",
+        brokers,
+        "--cluster-topic",
+        cluster_topic,
+        "--topic-prefix",
+        prefix,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    for (id, port) in ids.iter().zip(ports) {
+        args.push("--shard".into());
+        args.push(format!("{id}=http://127.0.0.1:{port}"));
+    }
+    args
 }

@@ -94,23 +94,9 @@ impl Ownership {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bindledger_domain::shard::ShardEntry;
-    use std::collections::BTreeMap;
 
     fn map(n: usize) -> Arc<ShardMap> {
-        let shards: BTreeMap<String, ShardEntry> = (0..n)
-            .map(|i| {
-                (
-                    format!("s{i}"),
-                    ShardEntry {
-                        url: format!("http://127.0.0.1:{}", 9000 + i),
-                        events_topic: format!("e{i}"),
-                        checkpoints_topic: format!("c{i}"),
-                    },
-                )
-            })
-            .collect();
-        Arc::new(ShardMap::even(shards).unwrap())
+        Arc::new(bindledger_domain::testing::shard_map(n))
     }
 
     #[test]

@@ -150,3 +150,20 @@ pub fn realise_over(steps: &[(u8, u8, u8)], wallets: u8) -> Vec<Event> {
     }
     events
 }
+
+/// An even shard map of `n` shards, `s0`.., at `http://127.0.0.1:900i`, topics `e<i>` and `c<i>`.
+pub fn shard_map(n: usize) -> crate::shard::ShardMap {
+    let shards = (0..n)
+        .map(|i| {
+            (
+                format!("s{i}"),
+                crate::shard::ShardEntry {
+                    url: format!("http://127.0.0.1:{}", 9000 + i),
+                    events_topic: format!("e{i}"),
+                    checkpoints_topic: format!("c{i}"),
+                },
+            )
+        })
+        .collect();
+    crate::shard::ShardMap::even(shards).expect("a valid map")
+}

@@ -226,22 +226,9 @@ pub fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bindledger_domain::shard::ShardEntry;
 
     fn map() -> ShardMap {
-        let shards = (0..2)
-            .map(|i| {
-                (
-                    format!("s{i}"),
-                    ShardEntry {
-                        url: format!("http://127.0.0.1:{}", 9000 + i),
-                        events_topic: format!("e{i}"),
-                        checkpoints_topic: format!("c{i}"),
-                    },
-                )
-            })
-            .collect();
-        ShardMap::even(shards).unwrap()
+        bindledger_domain::testing::shard_map(2)
     }
 
     #[test]

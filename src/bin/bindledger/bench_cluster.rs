@@ -5,15 +5,12 @@
 //! all to shard s0 (a client that knows one address: half the requests are forwarded), in
 //! alternating rounds. The server process's CPU time per request is read from the kernel.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use bindledger::adapters::provider::SimulatedGateway;
 use bindledger::config::{Role, TokenConfig};
 use bindledger::domain::secret::LedgerSecret;
-use bindledger::domain::shard::{ShardEntry, ShardMap};
 use clap::Args;
 
 use crate::bench::{bench_config, bulk_bind, cpu_seconds};
@@ -38,7 +35,6 @@ pub struct ClusterBenchArgs {
 }
 
 const TOKEN: &str = "bench-token-0123456789";
-const CLUSTER_TOKEN: &str = "bench-cluster-token-0123456789";
 
 struct Totals {
     commands: u64,
@@ -57,58 +53,24 @@ pub async fn run(args: ClusterBenchArgs) -> anyhow::Result<()> {
 
 async fn bench(args: &ClusterBenchArgs, root: &std::path::Path) -> anyhow::Result<()> {
     let tag = uuid::Uuid::now_v7().simple().to_string();
-    let cluster_topic = format!("bindledger.bench.{tag}.cluster");
     let listeners = [
         tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     ];
     let addrs: Vec<std::net::SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
-    let shards: BTreeMap<String, ShardEntry> = (0..2)
-        .map(|i| {
-            (
-                format!("s{i}"),
-                ShardEntry {
-                    url: format!("http://{}", addrs[i]),
-                    events_topic: format!("bindledger.bench.{tag}.s{i}.events"),
-                    checkpoints_topic: format!("bindledger.bench.{tag}.s{i}.checkpoints"),
-                },
-            )
-        })
-        .collect();
-    let map = ShardMap::even(shards)?;
-    let kafka = bindledger::config::KafkaConfig {
-        brokers: args.brokers.clone(),
-        ..Default::default()
-    };
-    bindledger::adapters::kafka::cluster::publish_map(&kafka, &cluster_topic, &map)
-        .await
-        .with_context(|| format!("writing the shard map (is a broker at {}?)", args.brokers))?;
+    let mut base = bench_config(root);
+    base.kafka.brokers = args.brokers.clone();
+    base.kafka.notifications_topic = String::new();
+    base.tokens = vec![TokenConfig {
+        token: TOKEN.into(),
+        roles: vec![Role::Writer],
+        name: None,
+        client_cert_sha256: None,
+    }];
+    let (configs, map) = crate::demo::cluster_configs(&base, &format!("bindledger.bench.{tag}"), &listeners).await?;
     let mut nodes = Vec::new();
     let mut servers = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        let id = format!("s{i}");
-        let mut config = bench_config(&root.join(&id));
-        config.kafka.brokers = args.brokers.clone();
-        config.kafka.topic = map.shards[&id].events_topic.clone();
-        config.kafka.alerts_topic = format!("bindledger.bench.{tag}.{id}.alerts");
-        config.kafka.notifications_topic = String::new();
-        config.checkpoints.topic = map.shards[&id].checkpoints_topic.clone();
-        config.cluster.shard = id.clone();
-        config.cluster.topic = cluster_topic.clone();
-        config.tokens = vec![
-            TokenConfig {
-                token: TOKEN.into(),
-                roles: vec![Role::Writer],
-                name: None,
-                client_cert_sha256: None,
-            },
-            TokenConfig {
-                token: CLUSTER_TOKEN.into(),
-                roles: vec![Role::Cluster],
-                name: None,
-                client_cert_sha256: None,
-            },
-        ];
+    for (listener, config) in listeners.into_iter().zip(configs) {
         let gateway = Arc::new(SimulatedGateway::new(config.gateway.simulated.clone()));
         let secret = LedgerSecret::from_bytes(crate::bench::BENCH_SECRET);
         let node = bindledger::node::Node::start(&config, secret.clone(), gateway)?;

@@ -288,9 +288,7 @@ pub fn run(command: ClusterCommand) -> Result<i32> {
             json,
         } => {
             if let Some(ca) = &ca_file {
-                let pem = std::fs::read(ca).with_context(|| format!("reading the CA file {}", ca.display()))?;
-                bindledger::adapters::http::client::trust_only(&pem)
-                    .with_context(|| format!("--ca-file {}", ca.display()))?;
+                crate::remote::trust_ca_file(ca)?;
             }
             let map = topic.read()?;
             let token = crate::remote::token_or_admin(token, &data_dir)?;

@@ -4,6 +4,7 @@
 //! with dead wallets, binding churn). Runs against the real ledger and serves the real HTTP
 //! API meanwhile; prints a live summary each second and a report at the end.
 
+use anyhow::Context;
 use bindledger_events::{ChainVerifier, Factor, Payload, Provider};
 pub use bindledger_fixture::Rng;
 use chrono::Utc;
@@ -670,12 +671,13 @@ fn count(t: &Tally, prefix: &str) -> u64 {
         .sum()
 }
 
-/// A cluster's shards: the map (even, `s0`..), written to the broker, and each shard's
-/// configuration: its own directory under the demo's, its own topics, a token with the
-/// `cluster` role for the requests it forwards.
-async fn cluster_configs(
+/// A cluster's shards, one per listener: the map (even, `s0`..), written to the broker, and each
+/// shard's configuration, `config`'s but for its own directory under `config.data_dir`, its own
+/// topics (`<prefix>.<shard>.events`, ...; no notifications topic when `config` has none) and a
+/// token with the `cluster` role for the requests it forwards. The demo's and `bench-cluster`'s.
+pub(crate) async fn cluster_configs(
     config: &Config,
-    run: &str,
+    prefix: &str,
     listeners: &[tokio::net::TcpListener],
 ) -> anyhow::Result<(Vec<Config>, Arc<bindledger::domain::shard::ShardMap>)> {
     use bindledger::domain::shard::{ShardEntry, ShardMap};
@@ -685,14 +687,16 @@ async fn cluster_configs(
             format!("s{i}"),
             ShardEntry {
                 url: format!("http://{}", l.local_addr()?),
-                events_topic: format!("bindledger.demo.{run}.s{i}.events"),
-                checkpoints_topic: format!("bindledger.demo.{run}.s{i}.checkpoints"),
+                events_topic: format!("{prefix}.s{i}.events"),
+                checkpoints_topic: format!("{prefix}.s{i}.checkpoints"),
             },
         );
     }
     let map = ShardMap::even(entries)?;
-    let cluster_topic = format!("bindledger.demo.{run}.cluster");
-    bindledger::adapters::kafka::cluster::publish_map(&config.kafka, &cluster_topic, &map).await?;
+    let cluster_topic = format!("{prefix}.cluster");
+    bindledger::adapters::kafka::cluster::publish_map(&config.kafka, &cluster_topic, &map)
+        .await
+        .with_context(|| format!("writing the shard map (is a broker at {}?)", config.kafka.brokers))?;
     let forwarder = format!("{}{}", Uuid::now_v7().simple(), Uuid::now_v7().simple());
     let configs = map
         .shards
@@ -701,8 +705,10 @@ async fn cluster_configs(
             let mut c = config.clone();
             c.data_dir = config.data_dir.join(id);
             c.kafka.topic = e.events_topic.clone();
-            c.kafka.alerts_topic = format!("bindledger.demo.{run}.{id}.alerts");
-            c.kafka.notifications_topic = format!("bindledger.demo.{run}.{id}.notifications");
+            c.kafka.alerts_topic = format!("{prefix}.{id}.alerts");
+            if !config.kafka.notifications_topic.is_empty() {
+                c.kafka.notifications_topic = format!("{prefix}.{id}.notifications");
+            }
             c.checkpoints.topic = e.checkpoints_topic.clone();
             c.cluster.shard = id.clone();
             c.cluster.topic = cluster_topic.clone();
@@ -799,7 +805,7 @@ pub async fn run(
     let (configs, map) = if shard_count == 1 {
         (vec![config.clone()], None)
     } else {
-        let (configs, map) = cluster_configs(&config, &run, &listeners).await?;
+        let (configs, map) = cluster_configs(&config, &format!("bindledger.demo.{run}"), &listeners).await?;
         (configs, Some(map))
     };
     // The ledgers open (and lock their directories) before the rules file is written next to them.

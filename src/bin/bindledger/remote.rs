@@ -57,9 +57,7 @@ impl Remote {
 
     pub fn connect(&self) -> Result<(Endpoint, String)> {
         if let Some(ca) = &self.ca_file {
-            let pem = std::fs::read(ca).with_context(|| format!("reading the CA file {}", ca.display()))?;
-            bindledger::adapters::http::client::trust_only(&pem)
-                .with_context(|| format!("--ca-file {}", ca.display()))?;
+            trust_ca_file(ca)?;
         }
         let token = match (&self.token, &self.token_file) {
             (Some(t), _) => t.clone(),
@@ -70,6 +68,14 @@ impl Remote {
         };
         Ok((parse_url(&self.url)?, token))
     }
+}
+
+/// From now on this process's clients verify `https://` servers against the CA in `ca` alone
+/// (`--ca-file`).
+pub fn trust_ca_file(ca: &Path) -> Result<()> {
+    let pem = std::fs::read(ca).with_context(|| format!("reading the CA file {}", ca.display()))?;
+    bindledger::adapters::http::client::trust_only(&pem).with_context(|| format!("--ca-file {}", ca.display()))?;
+    Ok(())
 }
 
 pub fn url_escape(s: &str) -> String {
