@@ -47,9 +47,11 @@ build-deps:
 ## durability test watches the ledger's system calls), python3 (events/verify.py, the
 ## independent verifier), and chromium with chromium-driver and a CJK font (the console's
 ## test drives a real headless browser through WebDriver and saves screenshots), stunnel4 (TLS in
-## front of the test broker, which has no TLS listener) and openssl (the tests' certificates).
+## front of the test broker, which has no TLS listener), openssl (the tests' certificates) and
+## softhsm2 (a PKCS#11 token: the key store's test keeps its master keys in one).
 test-tools: build-deps
 	@missing=""; command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
+	  command -v softhsm2-util >/dev/null 2>&1 || missing="$$missing softhsm2"; \
 	  command -v stunnel4 >/dev/null 2>&1 || missing="$$missing stunnel4"; \
 	  command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	  command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \

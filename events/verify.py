@@ -59,8 +59,8 @@ TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d
 HEX64 = re.compile(r"^[0-9A-Fa-f]{64}$")
 _H = "[0-9A-Fa-f]"
 UUID = re.compile(rf"^(?:{_H}{{32}}|(urn:uuid:|\{{)?{_H}{{8}}-{_H}{{4}}-{_H}{{4}}-{_H}{{4}}-{_H}{{12}}\}}?)$")
-# The schema versions this verifier knows (events/schema/event.v1 .. v7).
-KNOWN_VERSIONS = range(1, 8)
+# The schema versions this verifier knows (events/schema/event.v1 .. v8).
+KNOWN_VERSIONS = range(1, 9)
 
 
 def is_integer(x, low=0):

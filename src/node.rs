@@ -84,6 +84,8 @@ impl Node {
             let relay = Relay::new(ledger.clone(), kafka);
             extras.relay = Some((config.kafka.topic.clone(), relay.status.clone()));
             services.push(Box::pin(relay.run(stopped.clone())));
+            let keys = crate::adapters::kafka::keys::KeysRelay::new(ledger.clone(), config.kafka.clone());
+            services.push(Box::pin(keys.run(stopped.clone())));
             if let Some(m) = &monitor {
                 let p = AlertPublisher::new(m.feed().clone(), ledger.on_topic(), config.kafka.clone());
                 extras.alerts_relay = Some((config.kafka.alerts_topic.clone(), p.status.clone()));
@@ -316,6 +318,9 @@ fn start_replica(
         stop_flag.clone(),
         tokio::runtime::Handle::current(),
     )?;
+    // The primary's wrapped data keys, so this node opens what the primary opens.
+    crate::adapters::kafka::keys::spawn_follower(ledger.clone(), config.kafka.clone(), stop_flag.clone())
+        .map_err(|e| crate::Error::io_caused("starting the keys follower", e))?;
     let mut promoter = crate::adapters::kafka::replica::Promoter::new(
         ledger.clone(),
         status.clone(),

@@ -1,4 +1,4 @@
-//! The published JSON Schema (events/schema/event.v7.schema.json) accepts every event the
+//! The published JSON Schema (events/schema/event.v8.schema.json) accepts every event the
 //! ledger emits, of every type and every failure reason, and refuses drift.
 
 mod common;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 fn schema() -> jsonschema::Validator {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/events/schema/event.v7.schema.json"
+        "/events/schema/event.v8.schema.json"
     ))
     .unwrap();
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("the schema compiles")

@@ -302,6 +302,9 @@ pub fn encode_into(e: &Event, out: &mut Vec<u8>) {
             w.opt_str(assignee.as_deref());
             w.key_str("note", note);
         }
+        Payload::SubjectErased { operator } => {
+            w.key_str("operator", operator);
+        }
     }
     w.raw("}}");
 }
@@ -802,6 +805,9 @@ impl<'a> Reader<'a> {
                 },
                 note: field!(self, "note", string),
             },
+            "subject_erased" => Payload::SubjectErased {
+                operator: field!(self, "operator", string),
+            },
             _ => return None,
         };
         self.end().map(|_| payload)
@@ -913,6 +919,9 @@ mod tests {
                 assignee: None,
                 note: String::new(),
             },
+            Payload::SubjectErased {
+                operator: "privacy-officer".into(),
+            },
         ];
         let bind = [
             BindFailure::WalletFrozen,
@@ -1019,7 +1028,7 @@ mod tests {
     #[test]
     fn every_variant_is_read_directly_and_equals_the_general_decoder() {
         let all = events();
-        assert_eq!(all.len(), 37);
+        assert_eq!(all.len(), 38);
         for e in all {
             let bytes = encode(&e);
             assert_eq!(decode(&bytes).as_ref(), Some(&e), "{}", String::from_utf8_lossy(&bytes));
@@ -1095,7 +1104,7 @@ mod tests {
             assert_writes_what_serde_writes(&e);
             cases += 1;
         }
-        assert_eq!(cases, 37);
+        assert_eq!(cases, 38);
     }
 
     #[test]
@@ -1116,7 +1125,7 @@ mod tests {
         // decodes it to the same event.
         let variants = [
             format!("{text} "),
-            text.replacen("{\"v\":7,", "{ \"v\":7,", 1),
+            text.replacen("{\"v\":8,", "{ \"v\":8,", 1),
             text.replacen("\"account\":\"acct-3\"", "\"account\":\"acct\\u002d3\"", 1),
             text.replacen("\"idempotency_key\":null,", "", 1).replacen(
                 "\"request_digest\":null,",

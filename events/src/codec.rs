@@ -14,8 +14,12 @@
 //! - **v5**: the payment failure `order_already_paid` (with `payment_seq`, the
 //!   order's `payment_succeeded` event). Every v4 event is a valid v5 event.
 //! - **v6**: `alert_triaged`, and lock and unlock attributed. Every v5 event is a valid v6 event.
-//! - **v7** (current): the bind failure `too_many_attempts` (`until`), the inline guard against
+//! - **v7**: the bind failure `too_many_attempts` (`until`), the inline guard against
 //!   password stuffing on binds. Every v6 event is a valid v7 event.
+//! - **v8** (current): personal fields are sealed (see [`crate::personal`]): the context's
+//!   `device_id`, `ip` and `user_agent`, a wallet's `masked` and a triage `note` hold
+//!   `sealed:` and the AEAD ciphertext under the account's data key; and `subject_erased`.
+//!   The shape is v7's: every v7 event is a valid v8 event.
 //!
 //! Decoding an older version upcasts it to the current types; the stored bytes (and so the
 //! hashes) are never rewritten.
@@ -64,7 +68,7 @@ pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
     // The text is read as a `str` from here, so serde does not check the UTF-8 again.
     let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::Invalid("the bytes are not UTF-8".to_owned()))?;
     // Canonical bytes start with the version; the current version takes the direct path.
-    const CURRENT_PREFIX: &str = "{\"v\":7,";
+    const CURRENT_PREFIX: &str = "{\"v\":8,";
     if text.starts_with(CURRENT_PREFIX) {
         return serde_json::from_str(text).map_err(|e| DecodeError::Invalid(e.to_string()));
     }
@@ -77,7 +81,7 @@ pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
         .ok_or_else(|| DecodeError::Invalid("missing schema version field `v`".to_owned()))?;
     match version {
         1 => upcast_v1_to_v2(&mut value),
-        2..=7 => {}
+        2..=8 => {}
         other => return Err(DecodeError::UnsupportedVersion(other)),
     }
     serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))
@@ -255,7 +259,7 @@ mod tests {
         let e = event(1, GENESIS_HASH, payment(1234));
         let bytes = encode(&e);
         assert!(
-            bytes.starts_with(b"{\"v\":7,\"id\":"),
+            bytes.starts_with(b"{\"v\":8,\"id\":"),
             "{}",
             String::from_utf8_lossy(&bytes)
         );

@@ -10,6 +10,7 @@
 //! - [`hash`]: the hash of a stored event (SHA-256 over its bytes).
 //! - [`chain`]: the hash chain: SHA-256 over the stored bytes, and a streaming verifier that
 //!   names the first event where the chain breaks.
+//! - [`personal`]: which fields are personal (sealed at rest from v8) and how they are sealed.
 //! - [`money`]: ISO 4217 currency codes and amount rules (integer minor units, never floats).
 //!
 //! ## Invariants
@@ -24,6 +25,7 @@ pub mod chain;
 pub mod codec;
 pub mod hash;
 pub mod money;
+pub mod personal;
 pub mod types;
 
 pub use chain::{hash_bytes, ChainError, ChainVerifier, Hash, GENESIS_HASH};

@@ -13,7 +13,7 @@ use crate::hash::Hash;
 use crate::money::Currency;
 
 /// The schema version this code writes (the version of the types below).
-pub const SCHEMA_VERSION: u16 = 7;
+pub const SCHEMA_VERSION: u16 = 8;
 
 /// The oldest schema version this code can read.
 pub const SCHEMA_VERSION_MIN: u16 = 1;
@@ -358,6 +358,13 @@ pub enum Payload {
         assignee: Option<String>,
         note: String,
     },
+    /// (v8) The account's personal data was erased (a privacy officer's request, PIPL art. 47,
+    /// GDPR art. 17): its data key is destroyed, so the sealed fields of every event of the
+    /// account can no longer be opened anywhere. `operator` is the name of the officer's token;
+    /// the event carries no personal data.
+    SubjectErased {
+        operator: String,
+    },
 }
 
 /// (v6) What a person did with an alert.
@@ -414,6 +421,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "binding_unlocked",
     "binding_unlock_failed",
     "alert_triaged",
+    "subject_erased",
 ];
 
 impl Payload {
@@ -430,6 +438,7 @@ impl Payload {
             Payload::BindingUnlocked { .. } => "binding_unlocked",
             Payload::BindingUnlockFailed { .. } => "binding_unlock_failed",
             Payload::AlertTriaged { .. } => "alert_triaged",
+            Payload::SubjectErased { .. } => "subject_erased",
         }
     }
 
@@ -443,6 +452,7 @@ impl Payload {
                 | Payload::BindingLocked { .. }
                 | Payload::BindingUnlocked { .. }
                 | Payload::AlertTriaged { .. }
+                | Payload::SubjectErased { .. }
         )
     }
 

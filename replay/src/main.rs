@@ -451,7 +451,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     }
                     let ours = &rebuilt.accounts[name];
                     let live_version = live["version"].as_u64().unwrap_or(0);
-                    let rebuilt_view = serde_json::Value::Array(ours.bindings.iter().map(bindledger::domain::projection::binding_view).collect());
+                    let mut rebuilt_view = serde_json::Value::Array(ours.bindings.iter().map(bindledger::domain::projection::binding_view).collect());
+                    // A sealed field cannot be compared without the account's key (an auditor
+                    // holds none): both sides read `[sealed]` there.
+                    let mut live = live;
+                    for (i, b) in ours.bindings.iter().enumerate() {
+                        if bindledger_events::personal::is_sealed(&b.wallet.masked) {
+                            rebuilt_view[i]["wallet"]["masked"] = "[sealed]".into();
+                            if let Some(l) = live["bindings"].get_mut(i) {
+                                l["wallet"]["masked"] = "[sealed]".into();
+                            }
+                        }
+                    }
                     if live_version > ours.version {
                         moved_on += 1; // the ledger has events the source does not (yet)
                     } else if live_version == ours.version && live["bindings"] == rebuilt_view {
@@ -735,7 +746,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                             b.binding_id,
                             b.status,
                             b.provider,
-                            b.wallet.masked,
+                            shown(&b.wallet.masked),
                             b.bound_at.format("%Y-%m-%d %H:%M:%S"),
                             b.lock
                                 .as_ref()
@@ -851,13 +862,23 @@ fn count(
     Ok(scan.try_fold(0u64, |n, r| r.map(|_| n + 1))?)
 }
 
+/// A personal field as the audit tool shows it: sealed ones (v8) as `[sealed]` (it holds no
+/// account's key).
+fn shown(v: &str) -> &str {
+    if bindledger_events::personal::is_sealed(v) {
+        "[sealed]"
+    } else {
+        v
+    }
+}
+
 /// One event, as a person reads it: time, event, outcome, wallet, reason.
 fn history_line(e: &Event) -> String {
     let wallet = match &e.payload {
         Payload::WalletBound { wallet, .. }
         | Payload::BindFailed { wallet, .. }
         | Payload::PaymentSucceeded { wallet, .. }
-        | Payload::WalletUnbound { wallet, .. } => wallet.masked.clone(),
+        | Payload::WalletUnbound { wallet, .. } => shown(&wallet.masked).to_owned(),
         _ => String::new(),
     };
     let detail = match &e.payload {

@@ -63,7 +63,20 @@ pub fn test_config(dir: &Path) -> Config {
         ..Config::default()
     };
     c.gateway.simulated = Scenario::quiet(11);
+    c.keys.file = Some(shared_master_keys(dir));
     c
+}
+
+/// The master key file the nodes of one test share (beside their data directories, in the
+/// test's own temporary directory), as every node of one ledger must (a replica, a promoted or
+/// restored node). A data directory that is itself the test's temporary directory keeps its
+/// own.
+pub fn shared_master_keys(data_dir: &Path) -> PathBuf {
+    let tmp = std::env::temp_dir();
+    match data_dir.parent() {
+        Some(p) if p != tmp && p.starts_with(&tmp) => p.join("master.keys"),
+        _ => data_dir.join("master.keys"),
+    }
 }
 
 /// The ledger, its alert monitor (unless the configuration turns it off) and the HTTP server.
@@ -192,6 +205,7 @@ pub fn spawn_server_at(data_dir: &Path, log_file: &Path, listen: &str, extra_env
     cmd.args(["serve", "--listen", listen, "--data-dir"])
         .arg(data_dir)
         .env("BINDLEDGER_TOKENS", format!("writer+reader+auditor+security:{ALL}"))
+        .env("BINDLEDGER_KEYS_FILE", shared_master_keys(data_dir))
         .env_remove("BINDLEDGER_CONFIG")
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));

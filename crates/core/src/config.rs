@@ -27,6 +27,8 @@ pub enum Role {
     /// acts as the caller it authenticated (header `Bindledger-On-Behalf-Of`); alone, the role
     /// allows nothing else.
     Cluster,
+    /// Erase an account's personal data, and rotate the master key (the privacy officer).
+    Privacy,
 }
 
 impl Role {
@@ -37,6 +39,7 @@ impl Role {
             "auditor" => Some(Role::Auditor),
             "security" => Some(Role::Security),
             "cluster" => Some(Role::Cluster),
+            "privacy" => Some(Role::Privacy),
             _ => None,
         }
     }
@@ -157,6 +160,45 @@ pub struct Config {
     /// Bearer tokens. When none are configured, `serve` creates one with every role and writes
     /// it to `<data_dir>/admin.token`.
     pub tokens: Vec<TokenConfig>,
+    /// The master keys that wrap each account's data key (see [`KeysConfig`]).
+    pub keys: KeysConfig,
+}
+
+/// Where the master keys live: `file` (development: one file, mode 0600) or `pkcs11` (a
+/// hardware security module, or SoftHSM2, through its PKCS#11 library).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// `file` (the default) or `pkcs11`. Env `BINDLEDGER_KEYS_STORE`.
+    pub store: String,
+    /// The file store's file. Default `<data_dir>/master.keys`, created on first start; every
+    /// node of a ledger (replicas, a promoted or restored node) needs the same file. Env
+    /// `BINDLEDGER_KEYS_FILE`.
+    pub file: Option<PathBuf>,
+    /// The PKCS#11 library (e.g. `/usr/lib/softhsm/libsofthsm2.so`).
+    pub pkcs11_module: Option<PathBuf>,
+    /// The token's label.
+    pub pkcs11_token: String,
+    /// A file holding the token's user PIN (env `BINDLEDGER_PKCS11_PIN` gives the PIN itself).
+    pub pkcs11_pin_file: Option<PathBuf>,
+    /// The master keys' label prefix on the token. Default `bindledger-master`.
+    pub pkcs11_label: String,
+    /// Data keys held in the clear in memory, at most. Default 100,000.
+    pub cached: usize,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            store: "file".into(),
+            file: None,
+            pkcs11_module: None,
+            pkcs11_token: String::new(),
+            pkcs11_pin_file: None,
+            pkcs11_label: "bindledger-master".into(),
+            cached: 100_000,
+        }
+    }
 }
 
 /// One shard of a cluster: the node owns the accounts whose slots the shard map (on the cluster
@@ -517,6 +559,7 @@ impl Default for Config {
             checkpoints: CheckpointsConfig::default(),
             webhooks: WebhooksConfig::default(),
             tokens: Vec::new(),
+            keys: KeysConfig::default(),
         }
     }
 }
@@ -685,6 +728,12 @@ impl Config {
         }
         if let Some(v) = get("BINDLEDGER_LISTEN") {
             self.listen = resolve_address(&v).map_err(|e| Error::config_by("BINDLEDGER_LISTEN", e))?;
+        }
+        if let Some(v) = get("BINDLEDGER_KEYS_STORE") {
+            self.keys.store = v;
+        }
+        if let Some(v) = get("BINDLEDGER_KEYS_FILE") {
+            self.keys.file = Some(v.into());
         }
         if let Some(v) = get("BINDLEDGER_SECRET_FILE") {
             self.secret_file = Some(v.into());
@@ -861,6 +910,13 @@ impl Config {
             return bad("two tokens have one name: names say who acted, so each is one holder's");
         }
         self.gateway.simulated.validate()
+    }
+
+    pub fn master_keys_path(&self) -> PathBuf {
+        self.keys
+            .file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.keys"))
     }
 
     pub fn webhook_secret_path(&self) -> PathBuf {

@@ -8,6 +8,8 @@
 //!   log, in memory and on disk.
 //! - [`indexer`]: history rows and projection snapshots, off the write path.
 //! - [`keys`]: the ledger secret and the rules file on disk.
+//! - [`keystore`]: the master keys (a file, or a PKCS#11 token); [`datakeys`]: each account's
+//!   data key, which seals its events' personal fields, and its erasure.
 //! - [`head`]: the head record, which refuses to start on a log that lost acknowledged events.
 //! - [`checkpoint`]: signed checkpoints of the chain head and their storage; [`signer`]: the
 //!   task that signs the head.
@@ -28,6 +30,7 @@ pub(crate) use bindledger_domain::{self as domain, error, Error, Result};
 
 pub mod accounts;
 pub mod config;
+pub mod datakeys;
 pub use config::Config;
 
 pub mod alerts;
@@ -38,6 +41,7 @@ pub mod idempotency;
 pub mod indexer;
 pub mod invariants;
 pub mod keys;
+pub mod keystore;
 pub mod keytable;
 pub mod metrics;
 pub mod offline;
@@ -151,6 +155,8 @@ struct Inner {
     read: Arc<RwLock<CachedProjection>>,
     /// Keys and paid orders of durable commands (see [`KeyIndex`]).
     idempotency: Arc<KeyIndex>,
+    /// Each account's data key (see [`crate::datakeys`]).
+    data_keys: Arc<crate::datakeys::DataKeys>,
     /// Orders with a payment in flight: a second payment of one waits for the first to end.
     order_claims: Mutex<std::collections::HashSet<String>>,
     order_ended: tokio::sync::Notify,
@@ -291,6 +297,12 @@ impl Ledger {
             events = last_seq,
             "the ledger opened: sled's own recovery, the catch-up past the snapshot, the idempotency tables"
         );
+        let data_keys = Arc::new(crate::datakeys::DataKeys::open(
+            crate::keystore::open(config)?,
+            &store,
+            config.keys.cached,
+            seams.ids_seed,
+        )?);
         let metrics = Arc::new(Metrics::default());
         metrics.set_log_len(last_seq);
         let read = Arc::new(RwLock::new(state.clone()));
@@ -342,6 +354,7 @@ impl Ledger {
             head: Some(head_recorder),
             owned: ownership.clone(),
             clock: seams.clock.clone(),
+            keys: data_keys.clone(),
             #[cfg(feature = "simulation")]
             planted: seams.planted_bug,
         };
@@ -367,6 +380,7 @@ impl Ledger {
                 tx: RwLock::new(Some(tx)),
                 read,
                 idempotency,
+                data_keys,
                 order_claims: Default::default(),
                 order_ended: tokio::sync::Notify::new(),
                 primary: AtomicBool::new(!as_replica && !fenced),
@@ -734,6 +748,16 @@ impl Ledger {
     /// original may not be replicated yet), or answers `outcome_unknown` after the timeout.
     /// The event stays durable here; a retry with the same key returns it once replicated.
     async fn replicated(&self, result: Result<Committed>) -> Result<Committed> {
+        // The caller gets its event with the personal fields open (they were its own values);
+        // `bytes` and `hash` stay the stored, sealed ones.
+        let result = result.and_then(|mut c| {
+            if c.event.v >= 8 && memchr::memmem::find(&c.bytes, b"\"sealed:").is_some() {
+                let mut e = (*c.event).clone();
+                self.inner.data_keys.open_event(&mut e)?;
+                c.event = Arc::new(e);
+            }
+            Ok(c)
+        });
         let (Some(timeout), Ok(c)) = (self.inner.replication_timeout, &result) else {
             return result;
         };
@@ -1113,9 +1137,80 @@ impl Ledger {
     // ---- reads ----
 
     /// An account's bindings and version (only durable events are visible).
+    /// Sealed fields read as they were written, or as erased.
     pub fn account(&self, account: &str) -> Result<Option<AccountState>> {
-        let read = self.inner.read.read().expect("lock");
-        Ok(read.account(&self.inner.store, account)?.map(|a| a.into_owned()))
+        let state = {
+            let read = self.inner.read.read().expect("lock");
+            read.account(&self.inner.store, account)?.map(|a| a.into_owned())
+        };
+        let Some(mut state) = state else { return Ok(None) };
+        for b in &mut state.bindings {
+            b.wallet.masked = self
+                .inner
+                .data_keys
+                .open_value(account, "payload.wallet.masked", &b.wallet.masked)?;
+        }
+        Ok(Some(state))
+    }
+
+    /// Opens the sealed fields of an event read from the log (or from a follower's batch) for
+    /// a reader allowed to see them; erased fields read `[erased]`.
+    pub fn open_event(&self, event: &mut Event) -> Result<()> {
+        self.inner.data_keys.open_event(event)
+    }
+
+    /// The accounts' data keys (the relay publishes the wrapped ones; a replica stores them).
+    pub fn data_keys(&self) -> &Arc<crate::datakeys::DataKeys> {
+        &self.inner.data_keys
+    }
+
+    /// Erases an account's personal data (a privacy officer's request): destroys its data key
+    /// and appends `subject_erased` (attributed to `operator`, the officer's token). The
+    /// account takes no more commands; its sealed fields read as erased everywhere the key was.
+    pub async fn erase(&self, account: &str, operator: &str) -> Result<Committed> {
+        self.require_primary()?;
+        crate::domain::command::validate_account(account)?;
+        self.require_owner(account)?;
+        let mut meta = crate::domain::command::Meta {
+            account: account.to_owned(),
+            idempotency_key: None,
+            expected_version: None,
+            correlation_id: None,
+            event_time: None,
+            context: bindledger_events::Context {
+                channel: "api".into(),
+                ..Default::default()
+            },
+            keys_checked: None,
+        };
+        self.now_meta(&mut meta)?;
+        let digest = self
+            .inner
+            .secret
+            .mac(&[b"erase", account.as_bytes(), operator.as_bytes()]);
+        self.submit(Request::Erase {
+            meta,
+            digest,
+            operator: operator.to_owned(),
+        })
+        .await
+    }
+
+    /// Rotates the master key (see [`crate::datakeys::DataKeys::rotate`]): a new generation,
+    /// every data key rewrapped under it and made durable, then the older generations
+    /// destroyed. A copy of a wrapped key from before (the keys topic before compaction, a
+    /// backup, an erased account's) opens under no master key afterwards.
+    pub async fn rotate_keys(&self) -> Result<crate::datakeys::Rotation> {
+        let keys = self.inner.data_keys.clone();
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = keys.rotate()?;
+            store.flush()?;
+            keys.destroy_old(r.generation)?;
+            Ok(r)
+        })
+        .await
+        .map_err(|_| Error::io("the key rotation task failed"))?
     }
 
     /// Accounts where a wallet fingerprint is actively bound, and every account it was ever
@@ -1148,7 +1243,9 @@ impl Ledger {
                     .store
                     .event_bytes(seq)?
                     .ok_or_else(|| Error::corrupt(format!("event {seq} missing")))?;
-                codec::decode(&b).map_err(|e| Error::corrupt_by(format!("event {seq}"), e))
+                let mut e = codec::decode(&b).map_err(|e| Error::corrupt_by(format!("event {seq}"), e))?;
+                self.inner.data_keys.open_event(&mut e)?;
+                Ok(e)
             })
             .collect()
     }

@@ -511,6 +511,11 @@ impl Store {
         })
     }
 
+    /// A tree of this store's database (made durable by the same flushes as the log).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree> {
+        self.db.open_tree(name).map_err(from_sled)
+    }
+
     /// Gives a new, empty store this one's secret check value (a rebuilt directory).
     pub fn copy_secret_check_to(&self, new: &Store) -> Result<()> {
         if let Some(v) = self.db.get(META_SECRET_CHECK).map_err(from_sled)? {

@@ -80,6 +80,12 @@ pub enum Request {
         assignee: Option<String>,
         note: String,
     },
+    /// A privacy officer's erasure of the account's personal data.
+    Erase {
+        meta: Meta,
+        digest: Hash,
+        operator: String,
+    },
     /// A replica: an event read from the events topic, appended as it is (its `seq` and
     /// `prev_hash` must continue this log).
     Append {
@@ -96,7 +102,8 @@ macro_rules! common_field {
             | Request::Unbind { $field, .. }
             | Request::Lock { $field, .. }
             | Request::Unlock { $field, .. }
-            | Request::Triage { $field, .. } => $field,
+            | Request::Triage { $field, .. }
+            | Request::Erase { $field, .. } => $field,
             Request::Append { .. } => unreachable!("an appended event is not a command"),
         }
     };
@@ -120,6 +127,7 @@ impl Request {
             Request::Lock { .. } => "lock",
             Request::Unlock { .. } => "unlock",
             Request::Triage { .. } => "triage",
+            Request::Erase { .. } => "erase",
             Request::Append { .. } => "append",
         }
     }
@@ -128,7 +136,8 @@ impl Request {
 /// The answer to a command: its event (or, for a retry, the original one).
 #[derive(Debug, Clone)]
 pub struct Committed {
-    /// Shared with the read side's followers (the monitor, the indexer): never copied.
+    /// Shared with the read side's followers (the monitor, the indexer): never copied. In the
+    /// answer a caller gets, its personal fields are open (`bytes` are the sealed ones).
     pub event: Arc<Event>,
     /// The event's stored bytes (what the hash covers).
     pub bytes: bytes::Bytes,
@@ -207,6 +216,9 @@ pub struct Writer {
     pub owned: Arc<crate::shards::Ownership>,
     /// Where `record_time` is read.
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// The accounts' data keys: each new event's personal fields are sealed with its
+    /// account's, and an erasure destroys it.
+    pub keys: Arc<crate::datakeys::DataKeys>,
     /// A bug the simulator's test plants (feature `simulation` only).
     #[cfg(feature = "simulation")]
     pub planted: Option<crate::seams::PlantedBug>,
@@ -442,6 +454,14 @@ impl Writer {
                 }
             };
             let version = acct.map_or(0, |a| a.version);
+            if acct.is_some_and(|a| a.erased) {
+                answers.push(Answer::Fail(Error::Erased));
+                continue;
+            }
+            if matches!(req, Request::Erase { .. }) && acct.is_none() {
+                answers.push(Answer::Fail(Error::NotFound("no such account")));
+                continue;
+            }
             if let Some(expected) = meta.expected_version {
                 if expected != version {
                     answers.push(Answer::Fail(Error::VersionConflict { actual: version }));
@@ -475,12 +495,15 @@ impl Writer {
                     note,
                     ..
                 } => decide::decide_triage(alert_id, *action, operator, assignee.as_deref(), note),
+                Request::Erase { operator, .. } => bindledger_events::Payload::SubjectErased {
+                    operator: operator.clone(),
+                },
                 Request::Append { .. } => unreachable!("appended events are taken above"),
             };
             // The command's strings move into its event (the answer needs only its kind).
             let request_digest = Some(*req.digest());
             let meta = req.meta_mut();
-            let event = Event {
+            let mut event = Event {
                 v: SCHEMA_VERSION,
                 id: self.ids.next(now),
                 seq: self.next_seq,
@@ -495,6 +518,12 @@ impl Writer {
                 prev_hash: self.prev_hash,
                 payload,
             };
+            // Personal fields are sealed before the event is hashed: the chain covers the
+            // ciphertext, so it verifies after the key is gone.
+            if let Err(e) = self.keys.seal_event(&mut event) {
+                answers.push(Answer::Fail(e));
+                continue;
+            }
             codec::encode_into(&event, &mut buf);
             let hash = hash_bytes(&buf);
             batch.add_event(event.seq, &buf);
@@ -524,6 +553,20 @@ impl Writer {
                     let _ = sub.reply.send(Err(e.clone()));
                 }
                 return Err(());
+            }
+            // An erasure destroys the account's key here, made durable by the flush that makes
+            // the event durable (a replica's appended erasure alike).
+            for (e, _, _) in &events {
+                if matches!(e.payload, bindledger_events::Payload::SubjectErased { .. }) {
+                    if let Err(err) = self.keys.erase(&e.account) {
+                        tracing::error!(error = %crate::error::chain(&err), "destroying an erased account's data key failed; the writer stops");
+                        self.failed.store(true, Ordering::SeqCst);
+                        for sub in subs.drain(..) {
+                            let _ = sub.reply.send(Err(err.clone()));
+                        }
+                        return Err(());
+                    }
+                }
             }
         }
         if !batch_keys.is_empty() {

@@ -277,6 +277,33 @@ impl FromFields for UnlockRequest {
     }
 }
 
+/// `POST /v1/accounts/{account}/erasure`: an erasure cannot be undone, so it is confirmed.
+#[derive(Debug, Clone)]
+pub struct ErasureRequest {
+    pub confirm: bool,
+}
+
+impl ErasureRequest {
+    pub fn validate(&self) -> Result<(), Error> {
+        if !self.confirm {
+            return Err(Error::invalid(
+                "confirmation_required",
+                "confirm",
+                "an erasure cannot be undone: it needs \"confirm\": true",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl FromFields for ErasureRequest {
+    fn from_fields(f: &mut Fields) -> Result<Self, Error> {
+        Ok(ErasureRequest {
+            confirm: f.opt("confirm")?.unwrap_or(false),
+        })
+    }
+}
+
 impl FromFields for TriageRequest {
     fn from_fields(f: &mut Fields) -> Result<Self, Error> {
         Ok(TriageRequest {

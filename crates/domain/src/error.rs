@@ -87,6 +87,9 @@ pub enum Error {
     /// map names it); nothing was recorded.
     #[error("this account belongs to another shard of the cluster; send the command to the shard that owns it")]
     Misdirected,
+    /// The account's personal data was erased: it takes no more commands.
+    #[error("this account's personal data was erased; it takes no more commands")]
+    Erased,
 }
 
 impl Error {
@@ -199,6 +202,7 @@ impl Error {
             Error::OutcomeUnknown => "outcome_unknown",
             Error::NotPrimary => "not_primary",
             Error::Misdirected => "misdirected",
+            Error::Erased => "account_erased",
             Error::Halted(_) => "halted",
         }
     }

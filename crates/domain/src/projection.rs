@@ -83,6 +83,10 @@ pub struct AccountState {
     /// `record_time`, oldest first, at most [`BIND_WRONG_PASSWORDS_KEPT_MAX`].
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     pub bind_wrong_passwords: VecDeque<(Hash, DateTime<Utc>)>,
+    /// (v8) The account's personal data was erased (`subject_erased`): it takes no more
+    /// commands, and its sealed fields read as erased.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
 }
 
 impl AccountState {
@@ -442,6 +446,10 @@ pub fn fold_account(acct: &mut AccountState, e: &Event) -> WalletEffect {
         | Payload::BindingLockFailed { .. }
         | Payload::BindingUnlockFailed { .. }
         | Payload::AlertTriaged { .. } => WalletEffect::None,
+        Payload::SubjectErased { .. } => {
+            acct.erased = true;
+            WalletEffect::None
+        }
     }
 }
 

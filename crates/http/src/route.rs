@@ -44,6 +44,7 @@ fn role_name(r: Role) -> &'static str {
         Role::Auditor => "auditor",
         Role::Security => "security",
         Role::Cluster => "cluster",
+        Role::Privacy => "privacy",
     }
 }
 

@@ -135,6 +135,7 @@ impl Caller {
             [Role::Reader] => "this token lacks the reader role",
             [Role::Auditor] => "this token lacks the auditor role",
             [Role::Security] => "this token lacks the security role",
+            [Role::Privacy] => "this token lacks the privacy role",
             [Role::Reader, Role::Auditor, Role::Security] => "this token lacks the reader, auditor or security role",
             _ => "this token lacks the security or auditor role",
         };
@@ -217,7 +218,13 @@ fn command_response(r: CommandResult) -> Response {
     });
     body.extend_from_slice(&r.hash.hex_bytes());
     body.extend_from_slice(b"\",\"event\":");
-    body.extend_from_slice(&r.bytes);
+    // The event as stored, but with its personal fields open for the caller who sent them
+    // (`hash` is the stored bytes'; the feed and the topic carry those).
+    if memchr::memmem::find(&r.bytes, b"\"sealed:").is_some() {
+        body.extend_from_slice(&bindledger_events::codec::encode(&r.event));
+    } else {
+        body.extend_from_slice(&r.bytes);
+    }
     body.push(b'}');
     let mut resp = (status, body).into_response();
     resp.headers_mut()
@@ -952,6 +959,47 @@ async fn feed(
     Ok(r)
 }
 
+/// `POST /v1/accounts/{account}/erasure` (privacy role, body `{"confirm": true}`): destroys
+/// the account's data key and appends `subject_erased`; `404` for an account without events, `410 account_erased` for one
+/// already erased.
+async fn erasure(
+    State(s): State<Arc<AppState>>,
+    account: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    let (body, principal): (command::ErasureRequest, _) = command_body_as(&s, req, Role::Privacy).await?;
+    let account = path(account)?;
+    command::validate_account(&account)?;
+    body.validate()?;
+    Ok(command_response(s.ledger.erase(&account, &principal.name).await?))
+}
+
+/// `GET /v1/admin/keys` (privacy role): the key store, its generations, the data keys held.
+async fn keys_status(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Privacy])?;
+    let k = s.ledger.data_keys();
+    Ok(Json(json!({
+        "store": k.master().describe(),
+        "current": k.master().current(),
+        "generations": k.master().generations()?,
+        "data_keys": k.len(),
+    }))
+    .into_response())
+}
+
+/// `POST /v1/admin/keys/rotate` (privacy role): a new master key generation, every data key
+/// rewrapped under it, the older generations destroyed.
+async fn rotate_keys(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Role::Privacy])?;
+    let r = s.ledger.rotate_keys().await?;
+    tracing::info!(
+        generation = r.generation,
+        rewrapped = r.rewrapped,
+        "the master key was rotated"
+    );
+    Ok(Json(r).into_response())
+}
+
 /// `POST /v1/admin/promote`: a replica becomes the primary (writer role).
 async fn promote(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
     caller.require(&[Role::Writer])?;
@@ -1393,6 +1441,9 @@ routes! {
     "/v1/webhooks/deliveries" => get(webhook_deliveries);
     "/v1/rules/backtest" => post(backtest);
     "/v1/admin/promote" => post(promote);
+    "/v1/accounts/{account}/erasure" => post(erasure);
+    "/v1/admin/keys" => get(keys_status);
+    "/v1/admin/keys/rotate" => post(rotate_keys);
     "/v1/cluster" => get(cluster);
     "/v1/cluster/status" => get(cluster_status);
     "/console" => get(super::console::page);

@@ -256,6 +256,7 @@ impl From<Error> for ApiError {
             | Error::OutcomeUnknown
             | Error::Halted(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::NotPrimary | Error::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Error::Erased => StatusCode::GONE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR || matches!(e, Error::StorageFailed { .. }) {
@@ -284,6 +285,7 @@ impl From<Error> for ApiError {
                 "this account belongs to another shard of the cluster; the shard map changed while the request was in flight: retry",
             ),
             Error::Halted(why) => (None, *why),
+            Error::Erased => (None, "this account's personal data was erased; it takes no more commands"),
             _ => (None, "internal error; see the server's log"),
         };
         ApiError {

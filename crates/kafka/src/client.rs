@@ -186,6 +186,17 @@ pub fn require_topic(config: &KafkaConfig, topic: &str, within: Duration) -> Res
 }
 
 pub async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<(), KafkaError> {
+    ensure_topic_with(config, topic, partitions, "delete").await
+}
+
+/// [`ensure_topic`] with a cleanup policy: `delete` (with the century's retention: kept) or
+/// `compact` (the keys topic: the last record of each key is kept).
+pub async fn ensure_topic_with(
+    config: &KafkaConfig,
+    topic: &str,
+    partitions: i32,
+    cleanup_policy: &str,
+) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(config).create().map_err(client_error("admin client"))?;
     // The topics are the ledger's replica and an auditor's copy: Kafka must never delete or
@@ -196,7 +207,7 @@ pub async fn ensure_topic(config: &KafkaConfig, topic: &str, partitions: i32) ->
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(config.replication_factor))
         .set("retention.ms", &retention)
         .set("retention.bytes", "-1")
-        .set("cleanup.policy", "delete");
+        .set("cleanup.policy", cleanup_policy);
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(5)))
         .request_timeout(Some(Duration::from_secs(5)));

@@ -11,6 +11,7 @@
 //! - [`terms`]: epochs and fences: a promotion stops the previous primary forking the chain.
 //! - [`rejoin`]: a fenced primary quarantines what the chain does not hold, and follows it.
 //! - [`cluster`]: the shard map's versions on the cluster topic, written by operators, followed by every node.
+//! - [`keys`]: the accounts' wrapped data keys on the keys topic, for replicas and restores.
 //! - [`analytics`]: the downstream analytics consumer (`bindledger consume`).
 
 pub(crate) use bindledger_core::{self as ledger, config};
@@ -21,6 +22,7 @@ pub mod analytics;
 pub mod checkpoints;
 pub mod client;
 pub mod cluster;
+pub mod keys;
 pub mod notifications;
 pub mod partition;
 pub mod reader;

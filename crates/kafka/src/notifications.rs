@@ -232,10 +232,11 @@ impl NotificationPublisher {
                     continue;
                 }
                 let event = if own {
-                    Some(
-                        bindledger_events::decode(&bytes)
-                            .map_err(|e| crate::Error::corrupt_by(format!("event {seq}"), e))?,
-                    )
+                    let mut e = bindledger_events::decode(&bytes)
+                        .map_err(|e| crate::Error::corrupt_by(format!("event {seq}"), e))?;
+                    // The holder's message names the wallet as the platform shows it.
+                    self.ledger.open_event(&mut e)?;
+                    Some(e)
                 } else {
                     None
                 };

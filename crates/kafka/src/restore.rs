@@ -52,6 +52,8 @@ pub struct RestoreReport {
     pub torn: Option<TornTail>,
     /// The epoch the restored node starts (fenced on the topics): one more than any read.
     pub epoch: u64,
+    /// Wrapped data keys restored from the keys topic (erased accounts' left out).
+    pub data_keys: u64,
 }
 
 /// Restores `dir` from `kafka.topic` (and `checkpoints_topic`, checked with `public_key`),
@@ -73,6 +75,9 @@ pub fn restore(
     let mut verifier = ChainVerifier::new();
     let mut writer = LogWriter::new(&store);
     let mut restored = 0u64;
+    // Accounts erased in the restored log: no key of theirs is restored, whatever the keys
+    // topic still holds.
+    let mut erased = std::collections::HashSet::new();
     // Fetching and merging the partitions on a thread of their own; checking and writing here.
     let mut events = crate::reader::read_topic(crate::client::client_config(kafka), &kafka.topic)
         .map_err(|e| Error::io(e.to_string()))?
@@ -92,7 +97,13 @@ pub fn restore(
                     dir.display()
                 )));
             }
+            if matches!(event.payload, bindledger_events::Payload::SubjectErased { .. }) {
+                erased.insert(event.account.clone());
+            }
             continue;
+        }
+        if matches!(event.payload, bindledger_events::Payload::SubjectErased { .. }) {
+            erased.insert(event.account.clone());
         }
         restored += 1;
         if writer.push(event.seq, &bytes)? {
@@ -107,6 +118,8 @@ pub fn restore(
             kafka.topic
         )));
     }
+    let keys = crate::keys::restore_into(&store, kafka, &erased).map_err(|e| Error::io(e.to_string()))?;
+    store.flush()?;
     let torn = events.torn();
     let epoch_starts = events.epoch_starts();
     let (mut kept, mut beyond, mut fenced) = (0u64, 0u64, 0u64);
@@ -180,6 +193,7 @@ pub fn restore(
         checkpoints_fenced: fenced,
         torn,
         epoch,
+        data_keys: keys,
     })
 }
 

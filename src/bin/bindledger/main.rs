@@ -34,6 +34,7 @@ mod cluster;
 mod consume;
 mod demo;
 mod export;
+mod privacy;
 mod profile;
 mod promote;
 mod remote;
@@ -184,6 +185,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Erase an account's personal data (privacy role): its data key is destroyed and
+    /// `subject_erased` appended. It cannot be undone; the account takes no more commands. The
+    /// chain, the checkpoints and every verifier still pass. Exit 0 once erased, 1 if refused.
+    Erase {
+        #[command(flatten)]
+        remote: Remote,
+        /// The account whose personal data is erased.
+        account: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The master key that wraps every account's data key: its status, and its rotation (the
+    /// bound on how long a copy of an erased person's wrapped key stays readable).
+    Keys {
+        #[command(subcommand)]
+        command: privacy::KeysCommand,
+    },
     /// Lift the lock on a binding (security role): the answer is the recorded event,
     /// `binding_unlocked`, or `binding_unlock_failed` with its reason (exit 1).
     Unlock {
@@ -290,7 +309,7 @@ fn ensure_tokens(config: &mut Config) -> Result<()> {
     tracing::info!(path = %path.display(), "no tokens configured: using the admin token (writer, reader, auditor, security) in this file");
     config.tokens.push(TokenConfig {
         token,
-        roles: vec![Role::Writer, Role::Reader, Role::Auditor, Role::Security],
+        roles: vec![Role::Writer, Role::Reader, Role::Auditor, Role::Security, Role::Privacy],
         name: None,
         client_cert_sha256: None,
     });
@@ -363,6 +382,19 @@ fn run(cli: Cli) -> Result<i32> {
             init_tracing("warn", log_format);
             remote.resolve()?;
             tokio::runtime::Runtime::new()?.block_on(status::run(&remote, json))
+        }
+        Command::Erase {
+            mut remote,
+            account,
+            json,
+        } => {
+            init_tracing("warn", log_format);
+            remote.resolve()?;
+            tokio::runtime::Runtime::new()?.block_on(privacy::erase(&remote, &account, json))
+        }
+        Command::Keys { command } => {
+            init_tracing("warn", log_format);
+            tokio::runtime::Runtime::new()?.block_on(privacy::keys(command))
         }
         Command::Promote { mut remote, json } => {
             init_tracing("warn", log_format);

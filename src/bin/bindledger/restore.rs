@@ -94,6 +94,11 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
         );
     }
     outln!(
+        "data keys: {} wrapped keys restored from {} (open them with the same key store)",
+        report.data_keys,
+        bindledger::adapters::kafka::keys::keys_topic(&kafka.topic)
+    );
+    outln!(
         "fenced the topics with epoch {}: what lies past the chain is dropped by every reader, and the restored node writes in this epoch",
         report.epoch
     );
@@ -107,7 +112,7 @@ pub fn run(args: RestoreArgs) -> Result<i32> {
         None => outln!("checkpoints: not restored (give --public-key to check and keep them)"),
     }
     outln!(
-        "next: bindledger serve --data-dir {} (with the same secret and checkpoint key)",
+        "next: bindledger serve --data-dir {} (with the same secret, checkpoint key and key store)",
         args.data_dir.display()
     );
     Ok(0)
