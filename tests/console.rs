@@ -178,6 +178,45 @@ async fn the_console_works_over_https_with_a_secure_cookie() {
 /// A shard of a cluster (issue 29): the glance shows every shard, which node it is, each
 /// shard's health and events, and an account of the other shard opens through this one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_an_erased_accounts_wallets_as_erased() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&dir.path().join("data"));
+    config
+        .tokens
+        .extend(bindledger::config::parse_tokens(&format!("alice@security+reader:{ALICE}")).unwrap());
+    let server = TestServer::start(config).await;
+    bind_wallet(&server.ledger, &server.gateway, "kept", 1).await;
+    bind_wallet(&server.ledger, &server.gateway, "gone", 2).await;
+    server.ledger.erase("gone", "dpo").await.unwrap();
+    let driver = chromedriver();
+    let alice = browser(&driver).await;
+    let base = format!("http://127.0.0.1:{}", server.addr.port());
+    sign_in(&alice, &base, ALICE).await;
+    alice.goto(&format!("{base}/console#/account/kept")).await.unwrap();
+    until(
+        &alice,
+        "the kept account's wallet",
+        "document.body.innerText.includes('1******0001')",
+    )
+    .await;
+    alice.goto(&format!("{base}/console#/account/gone")).await.unwrap();
+    until(
+        &alice,
+        "the erased account's wallet",
+        "document.body.innerText.includes('[erased]')",
+    )
+    .await;
+    let page = text(&alice, "body").await;
+    assert!(!page.contains("1******0002") && !page.contains("sealed:"), "{page}");
+    assert!(
+        page.contains("personal data erased") && page.contains("by dpo"),
+        "the erasure in the timeline: {page}"
+    );
+    screenshot(&alice, "erased").await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_the_cluster_and_reaches_the_other_shards_accounts() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();

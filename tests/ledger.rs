@@ -586,7 +586,15 @@ async fn history_and_payments_read_stored_and_pending_rows_alike() {
     let mut config = test_config(dir.path());
     config.writer.snapshot_every_events = 7;
     async fn check(l: &Ledger) {
-        let log: Vec<Event> = all_events(l).into_iter().filter(|e| e.account == "acct-h").collect();
+        // As stored (sealed), then opened as readers get them.
+        let log: Vec<Event> = all_events(l)
+            .into_iter()
+            .filter(|e| e.account == "acct-h")
+            .map(|mut e| {
+                l.open_event(&mut e).unwrap();
+                e
+            })
+            .collect();
         let history = l.history("acct-h", 0, 1_000).await.unwrap();
         assert_eq!(history, log, "history");
         let later = l.history("acct-h", 3, 4).await.unwrap();

@@ -183,6 +183,32 @@ async fn personal_fields_are_sealed_at_rest_and_erasure_leaves_a_chain_every_ver
         "the answer's hash is the stored event's"
     );
 
+    // Wrong passwords on alice's binding raise an alert; the alerts are a function of the log.
+    let mut w = s.client(WRITER);
+    for i in 0..6 {
+        let (status, v) = w
+            .post_json(
+                "/v1/accounts/alice/payments",
+                &json!({"binding_id": bound["event"]["payload"]["binding_id"], "order_id": format!("bad-{i}"),
+                        "amount_minor": 1, "payment_password": "not-it", "context": context()}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+    }
+    let alerts_of = async |s: &TestServer| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, a) = get(s, SECURITY, "/v1/alerts?account=alice").await;
+            if a["alerts"].as_array().is_some_and(|l| !l.is_empty()) || Instant::now() > deadline {
+                return a["alerts"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let alerts_before = alerts_of(&s).await;
+    assert!(!alerts_before.as_array().unwrap().is_empty(), "an alert on alice");
+
     // Erasure: the privacy role alone, confirmed, of an account that exists.
     let (status, v) = erase(&s, ALL, "alice", json!({"confirm": true})).await;
     assert_eq!((status, v["error"]["code"].as_str()), (403, Some("forbidden")), "{v}");
@@ -227,6 +253,25 @@ async fn personal_fields_are_sealed_at_rest_and_erasure_leaves_a_chain_every_ver
     );
     let (_, keys) = get(&s, PRIVACY, "/v1/admin/keys").await;
     assert_eq!(keys["data_keys"], 1, "bob's alone: {keys}");
+    // The rules need no personal field: the alerts stand, and the whole log replayed through
+    // the rules in force (a backtest of the defaults) raises exactly them.
+    assert_eq!(alerts_of(&s).await, alerts_before);
+    let (status, bt) = s
+        .client(SECURITY)
+        .send(hyper::Method::POST, "/v1/rules/backtest", Some(Vec::new()))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&bt));
+    let bt: Value = serde_json::from_slice(&bt).unwrap();
+    assert_eq!(
+        (
+            bt["added_total"].as_u64(),
+            bt["removed_total"].as_u64(),
+            bt["changed_total"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{bt}"
+    );
     s.shutdown().await;
 
     // On disk: no personal value anywhere in the data directory.
@@ -243,6 +288,10 @@ async fn personal_fields_are_sealed_at_rest_and_erasure_leaves_a_chain_every_ver
         export.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
+    let exported = std::fs::read_to_string(&export).unwrap();
+    for needle in [IP, DEVICE, AGENT, "1******0001", "1******0002"] {
+        assert!(!exported.contains(needle), "the export holds {needle:?}");
+    }
     let py = std::process::Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/events/verify.py"))
         .arg(&export)
@@ -381,10 +430,50 @@ async fn a_replica_and_a_restore_open_what_the_primary_opens_and_an_erasure_reac
             .any(|r| r.key == "erin" && r.value.is_empty())
     })
     .await;
+    // A rotation: the keys topic gets frank's key rewrapped; what it still holds of erin's
+    // (tansu does not compact) is wrapped under generation 1, now destroyed.
+    let (status, r) = primary
+        .client(PRIVACY)
+        .post_json("/v1/admin/keys/rotate", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{r}");
+    wait_for("frank's rewrapped key on the topic", async || {
+        read_topic(&broker.addr, &format!("{}.keys", k.topic))
+            .iter()
+            .any(|r| r.key == "frank" && r.value.starts_with(&2u32.to_be_bytes()))
+    })
+    .await;
+    let master = std::fs::read_to_string(shared_master_keys(&dir.path().join("primary"))).unwrap();
+    assert!(master.starts_with("2 ") && master.lines().count() == 1, "{master}");
+    for r in read_topic(&broker.addr, &format!("{}.keys", k.topic)) {
+        if r.key == "erin" && !r.value.is_empty() {
+            assert!(
+                r.value.starts_with(&1u32.to_be_bytes()),
+                "erin's copies are of generation 1"
+            );
+        }
+    }
     replica.shutdown().await;
     primary.shutdown().await;
+    // No personal value in any byte of the events topic, read raw, nor of either node's files.
+    for r in read_topic(&broker.addr, &k.topic) {
+        for needle in [IP, DEVICE, AGENT, "1******0005", "1******0006"] {
+            assert!(
+                memchr::memmem::find(&r.value, needle.as_bytes()).is_none(),
+                "the topic holds {needle:?}"
+            );
+        }
+    }
+    for node in ["primary", "replica"] {
+        assert_no_file_holds(
+            &dir.path().join(node),
+            &[IP, DEVICE, AGENT, "1******0005", "1******0006"],
+        );
+    }
 
-    // A restore from the topics: frank's key comes back wrapped; erin's does not.
+    // A restore from the topics after the rotation: frank's key comes back wrapped; erin's
+    // does not.
     let restored = dir.path().join("restored");
     let out = std::process::Command::new(binary())
         .args(["restore", "--data-dir"])
@@ -401,40 +490,10 @@ async fn a_replica_and_a_restore_open_what_the_primary_opens_and_an_erasure_reac
     assert_erased(&personal_view(&s, "erin").await);
     assert_open(&personal_view(&s, "frank").await, "1******0006");
     s.shutdown().await;
+    assert_no_file_holds(&restored, &[IP, DEVICE, AGENT, "1******0005", "1******0006"]);
+    let (code, out, err) = run_cli(&["verify", "--data-dir", restored.to_str().unwrap()]);
+    assert_eq!(code, 0, "{}{err}", String::from_utf8_lossy(&out));
 }
-
-/// A SoftHSM2 token in `dir`: its configuration file, with one initialised token.
-fn softhsm(dir: &Path) -> std::path::PathBuf {
-    let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new("softhsm2-util")
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            "bindledger",
-            "--pin",
-            "4321",
-            "--so-pin",
-            "87654321",
-        ])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .expect("softhsm2-util (Debian's softhsm2; `make test-tools` installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    conf
-}
-
-const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 #[test]
 fn master_keys_in_a_pkcs11_token_seal_rotate_and_erase_and_a_wrong_pin_stops_the_start() {

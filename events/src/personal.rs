@@ -33,6 +33,11 @@ pub const SEALED_PREFIX: &str = "sealed:";
 /// What a reader shows for a sealed field whose data key is gone (the account was erased).
 pub const ERASED: &str = "[erased]";
 
+/// What a reader shows for a sealed field whose key this reader does not hold, of an account
+/// that is not erased (a replica the wrapped key has not reached yet; a node given another key
+/// store than the primary's).
+pub const UNOPENED: &str = "[sealed]";
+
 /// True if `s` is a sealed value.
 pub fn is_sealed(s: &str) -> bool {
     s.starts_with(SEALED_PREFIX)

@@ -739,14 +739,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 outln!("after event {}:", projection.position);
                 for (name, a) in &accounts {
-                    outln!("  {name} (version {})", a.version);
+                    outln!(
+                        "  {name} (version {}{})",
+                        a.version,
+                        if a.erased { ", erased" } else { "" }
+                    );
                     for b in &a.bindings {
                         outln!(
                             "    {} {:?} {} {} bound {}{}",
                             b.binding_id,
                             b.status,
                             b.provider,
-                            shown(&b.wallet.masked),
+                            if a.erased { "[erased]" } else { shown(&b.wallet.masked) },
                             b.bound_at.format("%Y-%m-%d %H:%M:%S"),
                             b.lock
                                 .as_ref()

@@ -655,3 +655,37 @@ pub async fn two_shards(
         .collect();
     (map, configs)
 }
+
+/// A SoftHSM2 token in `dir`: its configuration file, with one initialised token.
+pub fn softhsm(dir: &Path) -> std::path::PathBuf {
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "bindledger",
+            "--pin",
+            "4321",
+            "--so-pin",
+            "87654321",
+        ])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .expect("softhsm2-util (Debian's softhsm2; `make test-tools` installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    conf
+}
+
+/// Debian's SoftHSM2 PKCS#11 library.
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";

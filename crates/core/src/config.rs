@@ -185,6 +185,10 @@ pub struct KeysConfig {
     pub pkcs11_label: String,
     /// Data keys held in the clear in memory, at most. Default 100,000.
     pub cached: usize,
+    /// Seal the personal fields of new events (default true). False writes them in the clear,
+    /// as before version 8, and makes erasure unable to reach them: only for a benchmark's
+    /// baseline (`bindledger bench`) or a development ledger.
+    pub seal: bool,
 }
 
 impl Default for KeysConfig {
@@ -197,6 +201,7 @@ impl Default for KeysConfig {
             pkcs11_pin_file: None,
             pkcs11_label: "bindledger-master".into(),
             cached: 100_000,
+            seal: true,
         }
     }
 }

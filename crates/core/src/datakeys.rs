@@ -16,9 +16,9 @@ use bindledger_events::Event;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use sha2::{Digest, Sha256};
 
+use crate::error::{Error, Result};
 use crate::keystore::{DataKeyBytes, KeyStore, Wrapped};
 use crate::store::{from_sled, Store};
-use crate::{Error, Result};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -74,6 +74,12 @@ impl DataKey {
     }
 }
 
+enum Lookup {
+    Missing,
+    Unopened,
+    Key(Arc<DataKey>),
+}
+
 /// The data keys of one ledger's accounts.
 pub struct DataKeys {
     master: Arc<dyn KeyStore>,
@@ -86,6 +92,8 @@ pub struct DataKeys {
     wrapping: RwLock<()>,
     /// A simulation's seed: data keys derived from it, so a run replays byte for byte.
     seed: Option<u64>,
+    /// False: new events are not sealed (`keys.seal`; a benchmark's baseline turns it).
+    seal: std::sync::atomic::AtomicBool,
 }
 
 impl DataKeys {
@@ -98,7 +106,19 @@ impl DataKeys {
             cache_max: cache_max.max(1),
             wrapping: RwLock::new(()),
             seed,
+            seal: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// With `seal` false, new events keep their personal fields in the clear (`keys.seal`).
+    pub fn sealing(self, seal: bool) -> DataKeys {
+        self.set_sealing(seal);
+        self
+    }
+
+    /// Turns sealing of new events on or off (the benchmark's baseline run).
+    pub fn set_sealing(&self, seal: bool) {
+        self.seal.store(seal, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn master(&self) -> &Arc<dyn KeyStore> {
@@ -117,28 +137,43 @@ impl DataKeys {
 
     /// The account's key, if it has one that opens (an erased account has none).
     pub fn get(&self, account: &str) -> Result<Option<Arc<DataKey>>> {
+        Ok(match self.lookup(account)? {
+            Lookup::Key(k) => Some(k),
+            Lookup::Missing | Lookup::Unopened => None,
+        })
+    }
+
+    fn lookup(&self, account: &str) -> Result<Lookup> {
         if let Some(k) = self.cache.lock().expect("lock").get(account) {
-            return Ok(Some(k.clone()));
+            return Ok(Lookup::Key(k.clone()));
         }
         let Some(row) = self.tree.get(account.as_bytes()).map_err(from_sled)? else {
-            return Ok(None);
+            return Ok(Lookup::Missing);
         };
         let Some(wrapped) = Wrapped::from_bytes(&row) else {
             return Err(Error::corrupt("a wrapped data key is damaged"));
         };
         let Some(bytes) = self.master.unwrap(&wrapped, account.as_bytes())? else {
-            return Ok(None);
+            return Ok(Lookup::Unopened);
         };
         let key = Arc::new(DataKey::new(&bytes));
         self.remember(account, key.clone());
-        Ok(Some(key))
+        Ok(Lookup::Key(key))
     }
 
     /// The key to seal the account's new event with: its own, or a new one, stored wrapped (made
     /// durable by the flush that makes the event durable) and queued for the keys topic.
     pub fn for_sealing(&self, account: &str) -> Result<Arc<DataKey>> {
-        if let Some(k) = self.get(account)? {
-            return Ok(k);
+        match self.lookup(account)? {
+            Lookup::Key(k) => return Ok(k),
+            Lookup::Missing => {}
+            // Never a second key beside one that does not open now (a token that failed, a
+            // store that is not this ledger's): the account's events would no longer open.
+            Lookup::Unopened => {
+                return Err(Error::io(
+                    "the account's data key does not open under this node's master keys (see `bindledger keys status`); refusing to seal with another",
+                ))
+            }
         }
         let mut bytes = [0u8; 32];
         match self.seed {
@@ -169,6 +204,9 @@ impl DataKeys {
 
     /// Seals the personal fields of a new event (schema v8) in place.
     pub fn seal_event(&self, event: &mut Event) -> Result<()> {
+        if !self.seal.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         let mut any = false;
         personal::for_each(event, |_, _| any = true);
         if !any {
@@ -184,9 +222,10 @@ impl DataKeys {
         Ok(())
     }
 
-    /// Opens the sealed fields of an event in place; a field that does not open (the account
-    /// was erased, or this node does not hold the key yet) reads [`personal::ERASED`].
-    pub fn open_event(&self, event: &mut Event) -> Result<()> {
+    /// Opens the sealed fields of an event in place; a field that does not open reads
+    /// [`personal::ERASED`] when the account is `erased`, else [`personal::UNOPENED`] (this
+    /// node does not hold the key yet).
+    pub fn open_event(&self, event: &mut Event, erased: bool) -> Result<()> {
         if event.v < 8 {
             return Ok(());
         }
@@ -195,29 +234,29 @@ impl DataKeys {
         if !sealed {
             return Ok(());
         }
-        let key = self.get(&event.account)?;
+        let key = if erased { None } else { self.get(&event.account)? };
         let account = event.account.clone();
         personal::for_each(event, |field, v| {
             if personal::is_sealed(v) {
                 *v = key
                     .as_ref()
                     .and_then(|k| k.open(&account, field, v))
-                    .unwrap_or_else(|| personal::ERASED.to_owned());
+                    .unwrap_or_else(|| unopened(erased).to_owned());
             }
         });
         Ok(())
     }
 
     /// Opens one sealed value of an account (a projection's copy of a field); a value that is
-    /// not sealed is returned as it is.
-    pub fn open_value(&self, account: &str, field: &str, value: &str) -> Result<String> {
+    /// not sealed is returned as it is; one that does not open as in [`Self::open_event`].
+    pub fn open_value(&self, account: &str, field: &str, value: &str, erased: bool) -> Result<String> {
         if !personal::is_sealed(value) {
             return Ok(value.to_owned());
         }
-        Ok(self
-            .get(account)?
+        let key = if erased { None } else { self.get(account)? };
+        Ok(key
             .and_then(|k| k.open(account, field, value))
-            .unwrap_or_else(|| personal::ERASED.to_owned()))
+            .unwrap_or_else(|| unopened(erased).to_owned()))
     }
 
     /// Destroys the account's data key here (the stored wrapped copy and the cached one) and
@@ -365,6 +404,14 @@ impl DataKeys {
     }
 }
 
+fn unopened(erased: bool) -> &'static str {
+    if erased {
+        personal::ERASED
+    } else {
+        personal::UNOPENED
+    }
+}
+
 /// Stores a wrapped key straight into a store's key table (a restore, with no ledger open);
 /// `None` removes it.
 pub fn store_wrapped(store: &Store, account: &str, wrapped: Option<&[u8]>) -> Result<()> {
@@ -417,10 +464,13 @@ mod tests {
             sealed,
             "deterministic"
         );
-        assert_eq!(k.open_value("acct-1", "context.ip", &sealed).unwrap(), "10.1.2.3");
         assert_eq!(
-            k.open_value("acct-1", "context.device_id", &sealed).unwrap(),
-            personal::ERASED
+            k.open_value("acct-1", "context.ip", &sealed, false).unwrap(),
+            "10.1.2.3"
+        );
+        assert_eq!(
+            k.open_value("acct-1", "context.device_id", &sealed, false).unwrap(),
+            personal::UNOPENED
         );
         let other = k.for_sealing("acct-2").unwrap();
         assert!(
@@ -429,10 +479,20 @@ mod tests {
         );
         // Evicted from the cache (two entries) and read back from the store.
         k.for_sealing("acct-3").unwrap();
-        assert_eq!(k.open_value("acct-1", "context.ip", &sealed).unwrap(), "10.1.2.3");
+        assert_eq!(
+            k.open_value("acct-1", "context.ip", &sealed, false).unwrap(),
+            "10.1.2.3"
+        );
         assert_eq!(k.outbox(10).unwrap().len(), 3);
         k.erase("acct-1").unwrap();
-        assert_eq!(k.open_value("acct-1", "context.ip", &sealed).unwrap(), personal::ERASED);
+        assert_eq!(
+            k.open_value("acct-1", "context.ip", &sealed, false).unwrap(),
+            personal::UNOPENED
+        );
+        assert_eq!(
+            k.open_value("acct-1", "context.ip", &sealed, true).unwrap(),
+            personal::ERASED
+        );
         let outbox = k.outbox(10).unwrap();
         assert!(
             outbox.contains(&("acct-1".to_owned(), None)),
@@ -440,6 +500,35 @@ mod tests {
         );
         k.published(&outbox).unwrap();
         assert!(k.outbox(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_key_that_does_not_open_is_never_replaced_by_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let ours = Arc::new(FileKeyStore::open(&dir.path().join("ours.keys")).unwrap());
+        let k = DataKeys::open(ours, &store, 4, None).unwrap();
+        let sealed =
+            k.for_sealing("acct-1")
+                .unwrap()
+                .seal(&uuid::Uuid::from_u128(1), "acct-1", "context.ip", "10.9.9.9");
+        drop(k);
+        // Another key store (a node given the wrong file): the key is there but does not open.
+        let other = Arc::new(FileKeyStore::open(&dir.path().join("other.keys")).unwrap());
+        let k = DataKeys::open(other, &store, 4, None).unwrap();
+        assert!(k.get("acct-1").unwrap().is_none());
+        assert!(k.for_sealing("acct-1").is_err(), "no second key for the account");
+        assert_eq!(
+            k.open_value("acct-1", "context.ip", &sealed, false).unwrap(),
+            personal::UNOPENED
+        );
+        drop(k);
+        let ours = Arc::new(FileKeyStore::open(&dir.path().join("ours.keys")).unwrap());
+        let k = DataKeys::open(ours, &store, 4, None).unwrap();
+        assert_eq!(
+            k.open_value("acct-1", "context.ip", &sealed, false).unwrap(),
+            "10.9.9.9"
+        );
     }
 
     #[test]
@@ -459,7 +548,10 @@ mod tests {
         assert_eq!((r.generation, r.rewrapped, r.unreadable), (2, 4, 0));
         assert_eq!(k.destroy_old(r.generation).unwrap(), vec![1]);
         for (i, s) in sealed.iter().enumerate().take(4) {
-            assert_eq!(k.open_value(&format!("acct-{i}"), "context.ip", s).unwrap(), "10.0.0.1");
+            assert_eq!(
+                k.open_value(&format!("acct-{i}"), "context.ip", s, false).unwrap(),
+                "10.0.0.1"
+            );
         }
         // The wrapped keys a copy kept from before open under no master key now: the erased
         // account's among them.
@@ -469,7 +561,7 @@ mod tests {
             assert_eq!(k.master().unwrap(&w, account.as_bytes()).unwrap(), None);
         }
         assert_eq!(
-            k.open_value("acct-4", "context.ip", &sealed[4]).unwrap(),
+            k.open_value("acct-4", "context.ip", &sealed[4], true).unwrap(),
             personal::ERASED
         );
     }

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// A data key wrapped under one generation of the master key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -402,9 +402,13 @@ impl KeyStore for Pkcs11KeyStore {
         };
         match self.gcm(h, false, &mut iv.clone(), aad, ct) {
             Ok(plain) => Ok(plain.try_into().ok()),
-            // A tag that does not verify: not this key's.
-            Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::EncryptedDataInvalid, _))
-            | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::EncryptedDataLenRange, _)) => Ok(None),
+            // A tag that does not verify: not this key's (SoftHSM2 answers a general error).
+            Err(cryptoki::error::Error::Pkcs11(
+                cryptoki::error::RvError::EncryptedDataInvalid
+                | cryptoki::error::RvError::EncryptedDataLenRange
+                | cryptoki::error::RvError::GeneralError,
+                _,
+            )) => Ok(None),
             Err(e) => Err(Error::io(format!("PKCS#11: unwrapping a data key: {e}"))),
         }
     }

@@ -297,12 +297,15 @@ impl Ledger {
             events = last_seq,
             "the ledger opened: sled's own recovery, the catch-up past the snapshot, the idempotency tables"
         );
-        let data_keys = Arc::new(crate::datakeys::DataKeys::open(
-            crate::keystore::open(config)?,
-            &store,
-            config.keys.cached,
-            seams.ids_seed,
-        )?);
+        let data_keys = Arc::new(
+            crate::datakeys::DataKeys::open(
+                crate::keystore::open(config)?,
+                &store,
+                config.keys.cached,
+                seams.ids_seed,
+            )?
+            .sealing(config.keys.seal),
+        );
         let metrics = Arc::new(Metrics::default());
         metrics.set_log_len(last_seq);
         let read = Arc::new(RwLock::new(state.clone()));
@@ -753,7 +756,7 @@ impl Ledger {
         let result = result.and_then(|mut c| {
             if c.event.v >= 8 && memchr::memmem::find(&c.bytes, b"\"sealed:").is_some() {
                 let mut e = (*c.event).clone();
-                self.inner.data_keys.open_event(&mut e)?;
+                self.open_event(&mut e)?;
                 c.event = Arc::new(e);
             }
             Ok(c)
@@ -1144,19 +1147,30 @@ impl Ledger {
             read.account(&self.inner.store, account)?.map(|a| a.into_owned())
         };
         let Some(mut state) = state else { return Ok(None) };
+        let erased = state.erased;
         for b in &mut state.bindings {
-            b.wallet.masked = self
-                .inner
-                .data_keys
-                .open_value(account, "payload.wallet.masked", &b.wallet.masked)?;
+            b.wallet.masked =
+                self.inner
+                    .data_keys
+                    .open_value(account, "payload.wallet.masked", &b.wallet.masked, erased)?;
         }
         Ok(Some(state))
     }
 
     /// Opens the sealed fields of an event read from the log (or from a follower's batch) for
-    /// a reader allowed to see them; erased fields read `[erased]`.
+    /// a reader allowed to see them; an erased account's read `[erased]`, and those whose key
+    /// this node does not hold (yet) `[sealed]`.
     pub fn open_event(&self, event: &mut Event) -> Result<()> {
-        self.inner.data_keys.open_event(event)
+        if event.v < 8 {
+            return Ok(());
+        }
+        let erased = self.is_erased(&event.account)?;
+        self.inner.data_keys.open_event(event, erased)
+    }
+
+    fn is_erased(&self, account: &str) -> Result<bool> {
+        let read = self.inner.read.read().expect("lock");
+        Ok(read.account(&self.inner.store, account)?.is_some_and(|a| a.erased))
     }
 
     /// The accounts' data keys (the relay publishes the wrapped ones; a replica stores them).
@@ -1235,7 +1249,9 @@ impl Ledger {
         self.inner.read.read().expect("lock").figures()
     }
 
+    /// One account's events, their personal fields opened.
     fn events_at(&self, seqs: Vec<u64>) -> Result<Vec<Event>> {
+        let mut erased: Option<bool> = None;
         seqs.into_iter()
             .map(|seq| {
                 let b = self
@@ -1244,7 +1260,13 @@ impl Ledger {
                     .event_bytes(seq)?
                     .ok_or_else(|| Error::corrupt(format!("event {seq} missing")))?;
                 let mut e = codec::decode(&b).map_err(|e| Error::corrupt_by(format!("event {seq}"), e))?;
-                self.inner.data_keys.open_event(&mut e)?;
+                if e.v >= 8 {
+                    let erased = match erased {
+                        Some(x) => x,
+                        None => *erased.insert(self.is_erased(&e.account)?),
+                    };
+                    self.inner.data_keys.open_event(&mut e, erased)?;
+                }
                 Ok(e)
             })
             .collect()

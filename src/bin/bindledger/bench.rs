@@ -23,7 +23,7 @@ use uuid::Uuid;
 use bindledger::adapters::http::AppState;
 use bindledger::adapters::provider::{Scenario, SimulatedGateway};
 use bindledger::config::{Config, Role, TokenConfig, WriterConfig};
-use bindledger::domain::command::{BindRequest, CommonInput, PayRequest};
+use bindledger::domain::command::{BindRequest, CommonInput, ContextInput, PayRequest};
 use bindledger::domain::secret::{LedgerSecret, SecretString};
 use bindledger::ledger::store::CHUNK_EVENTS_MAX;
 use bindledger::ledger::Ledger;
@@ -435,6 +435,13 @@ pub(crate) fn pay_request(binding: &(String, Uuid, String), n: u64) -> PayReques
         factor: None,
         common: CommonInput {
             idempotency_key: Some(format!("pay-{n}")),
+            // What an app sends with a payment: the personal fields the ledger seals.
+            context: Some(ContextInput {
+                channel: Some("app".into()),
+                ip: Some(format!("198.51.{}.{}", (n >> 8) & 255, n & 255)),
+                device_id: Some(format!("device-{:08x}", n.wrapping_mul(2_654_435_761) as u32)),
+                user_agent: Some("bindledger-bench/1.0 (Android 14)".into()),
+            }),
             ..CommonInput::default()
         },
     }
@@ -498,17 +505,20 @@ async fn library(
     root: &Path,
     args: &BenchArgs,
     payloads: &[Vec<u8>],
-) -> anyhow::Result<(Row, Row, Row, Vec<(f64, f64, usize)>)> {
+) -> anyhow::Result<(Row, Row, Row, Row, Vec<(f64, f64, usize)>)> {
     let f = fixture(&root.join("lib"), args.accounts, args.commit_delay_us).await?;
     let bindings = Arc::new(f.bindings);
     let rounds = args.rounds.max(1);
     let flushes_before = f.ledger.metrics().flushes.get();
     let (mut lat, mut lib_seconds, mut raw_seconds, mut raw_ops) = (Vec::new(), 0.0, 0.0, 0u64);
     let (mut unsynced_lat, mut unsynced_seconds, mut unsynced_ops) = (Vec::new(), 0.0, 0u64);
+    let (mut clear_lat, mut clear_seconds, mut clear_cpu) = (Vec::new(), 0.0, 0.0);
     let mut per_round = Vec::new();
     let mut lib_cpu = 0.0;
-    // Commands of the rounds without the sync are numbered after the others (fresh keys).
+    // Commands of the rounds without the sync, then of those without sealing, are numbered
+    // after the others (fresh keys).
     let mut unsynced_next = args.lib_commands;
+    let mut clear_next = args.lib_commands * 2;
     let pay_round =
         |first: u64, count: u64| pay_range(&f.ledger, &bindings, first, count, args.lib_concurrency, args.zipf);
     for r in 0..rounds {
@@ -530,6 +540,16 @@ async fn library(
         let half = (count / 2).max(1);
         let (u_lat, u_seconds) = pay_round(unsynced_next, half).await?;
         f.ledger.set_sync_data(true);
+        // The same commands, durable, with the personal fields in the clear (keys.seal =
+        // false): what sealing costs, right after the sealed round.
+        f.ledger.data_keys().set_sealing(false);
+        let cpu_before = cpu_seconds();
+        let (c_lat, c_seconds) = pay_round(clear_next, count).await?;
+        clear_cpu += cpu_seconds() - cpu_before;
+        f.ledger.data_keys().set_sealing(true);
+        clear_next += count;
+        clear_lat.extend(c_lat);
+        clear_seconds += c_seconds;
         unsynced_next += half;
         unsynced_lat.extend(u_lat);
         unsynced_seconds += u_seconds;
@@ -545,7 +565,8 @@ async fn library(
     }
     lat.sort_unstable();
     unsynced_lat.sort_unstable();
-    let per_flush = events_per_flush(&f.ledger, args.lib_commands + unsynced_ops, flushes_before);
+    clear_lat.sort_unstable();
+    let per_flush = events_per_flush(&f.ledger, args.lib_commands * 2 + unsynced_ops, flushes_before);
     // What the process holds at the end of the run (the ledger, its monitor, the submitters):
     // the benchmark's own disk scan afterwards makes sled keep every page it reads, so the
     // process's peak is not the ledger's.
@@ -574,6 +595,17 @@ async fn library(
         p99_us: percentile(&unsynced_lat, 0.99),
         note: "half a round after each synced round, same ledger".into(),
     };
+    let clear = Row {
+        name: "library, personal fields not sealed (keys.seal = false)".into(),
+        ops: args.lib_commands,
+        seconds: clear_seconds,
+        p50_us: percentile(&clear_lat, 0.5),
+        p99_us: percentile(&clear_lat, 0.99),
+        note: format!(
+            "a round after each sealed round, same ledger; CPU {:.0} µs per command",
+            clear_cpu * 1e6 / args.lib_commands as f64
+        ),
+    };
     let raw = Row {
         name: format!("raw sled, chunks of {CHUNK_EVENTS_MAX} (the ledger's layout), after each library round"),
         ops: raw_ops,
@@ -582,7 +614,7 @@ async fn library(
         p99_us: None,
         note: format!("batches of each round's events per flush, {bytes_per_event} B/event"),
     };
-    Ok((lib, unsynced, raw, per_round))
+    Ok((lib, unsynced, clear, raw, per_round))
 }
 
 /// CPU time this process has used (user and system), from `/proc/self/stat` (Linux).
@@ -600,7 +632,7 @@ pub(crate) fn cpu_seconds() -> f64 {
 /// `POST /payments` and against the baseline route, which is the same server stack (router,
 /// limits, authentication, body reading, validation) without the command. Returns the
 /// baseline row and the ledger's row.
-async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row, Option<Row>)> {
+async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row, Row, Option<Row>)> {
     let f = fixture(dir, args.accounts, args.commit_delay_us).await?;
     let token = "bench-token-0123456789".to_string();
     let tokens = vec![TokenConfig {
@@ -675,6 +707,16 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row, Option<
     );
     let per_flush = events_per_flush(&f.ledger, written, flushes_before);
     let per_batch = written as f64 / (f.ledger.metrics().batches.get() - batches_before).max(1) as f64;
+    // The same payments with the personal fields in the clear (keys.seal = false), numbered
+    // after the TLS run's: what sealing costs end to end.
+    f.ledger.data_keys().set_sealing(false);
+    let before = f.ledger.log_len();
+    let (clear_r, clear_cpu) = run("/v1/accounts", args.http_commands * 2, addr, None).await?;
+    f.ledger.data_keys().set_sealing(true);
+    anyhow::ensure!(
+        f.ledger.log_len() - before == args.http_commands,
+        "the run without sealing did not write every payment"
+    );
     // The same payments over TLS (a server of its own on the same ledger, the same stack with
     // http.tls), numbered after the plain run's.
     let tls = if args.tls {
@@ -742,6 +784,12 @@ async fn http(dir: &Path, args: &BenchArgs) -> anyhow::Result<(Row, Row, Option<
             &r,
             cpu,
             format!(", {per_flush:.0} events per flush, {per_batch:.1} per writer batch"),
+        ),
+        row(
+            "HTTP: POST /payments, durable, personal fields not sealed (keys.seal = false)",
+            &clear_r,
+            clear_cpu,
+            String::new(),
         ),
         tls,
     ))
@@ -913,8 +961,12 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
         request.clear();
         let formatted = write!(
             body,
-            r#"{{"binding_id":"{}","order_id":"o-{n}","amount_minor":100,"payment_password":"{}","idempotency_key":"pay-{n}"}}"#,
-            b.1, b.2
+            r#"{{"binding_id":"{}","order_id":"o-{n}","amount_minor":100,"payment_password":"{}","idempotency_key":"pay-{n}","context":{{"channel":"app","ip":"198.51.{}.{}","device_id":"device-{:08x}","user_agent":"bindledger-bench/1.0 (Android 14)"}}}}"#,
+            b.1,
+            b.2,
+            (n >> 8) & 255,
+            n & 255,
+            n.wrapping_mul(2_654_435_761) as u32
         )
         .and_then(|()| {
             write!(
@@ -1065,7 +1117,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "bench: library path and its raw sled baseline, {} rounds ...",
         args.rounds
     );
-    let (lib, unsynced, raw, rounds) = library(&root, &args, &payloads).await?;
+    let (lib, unsynced, clear, raw, rounds) = library(&root, &args, &payloads).await?;
     let (start_s, events, dir_bytes, parts) = reopen(&root.join("lib"), args.commit_delay_us).await?;
     // Measured: unless its place was asked for (`--dir`), its disk goes to the HTTP run's (at
     // 10,000,000 accounts each holds about 36 GB).
@@ -1073,7 +1125,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(root.join("lib"));
     }
     eprintln!("bench: HTTP, its baseline route and the ledger, the load generator in its own process ...");
-    let (http_base, http, https) = http(&root.join("http"), &args).await?;
+    let (http_base, http, http_clear, https) = http(&root.join("http"), &args).await?;
     // For context: larger batches and one key per event.
     eprintln!("bench: raw sled, batches of {} ...", args.raw_batch);
     let raw_large = raw_sled(&root, &payloads, args.raw_batch, true)?;
@@ -1083,9 +1135,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let baseline = raw.rate();
     println!("| measurement | ops | seconds | ops/s | p50 | p99 | vs raw sled (same batches) | notes |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|");
-    for r in [&raw, &raw_large, &raw_keyed, &lib, &unsynced, &http_base, &http]
-        .into_iter()
-        .chain(https.as_ref())
+    for r in [
+        &raw,
+        &raw_large,
+        &raw_keyed,
+        &lib,
+        &unsynced,
+        &clear,
+        &http_base,
+        &http,
+        &http_clear,
+    ]
+    .into_iter()
+    .chain(https.as_ref())
     {
         println!(
             "| {} | {} | {:.2} | {:.0} | {} | {} | {:.2} | {} |",
@@ -1134,6 +1196,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         http.rate() / http_base.rate(),
         fmt_us(http.p99_us),
         fmt_us(http_base.p99_us)
+    );
+    println!(
+        "Sealing the personal fields (AES-256-GCM per field, the account's data key): library {:.0} / {:.0} without = {:.2}, p99 {} against {}; HTTP {:.0} / {:.0} = {:.2}, p99 {} against {}.",
+        lib.rate(),
+        clear.rate(),
+        lib.rate() / clear.rate(),
+        fmt_us(lib.p99_us),
+        fmt_us(clear.p99_us),
+        http.rate(),
+        http_clear.rate(),
+        http.rate() / http_clear.rate(),
+        fmt_us(http.p99_us),
+        fmt_us(http_clear.p99_us)
     );
     let (checks_ns, fold_ns) = assertions_cost();
     println!(

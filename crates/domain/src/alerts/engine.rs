@@ -1085,6 +1085,12 @@ impl Engine {
             Payload::BindingUnlockFailed { binding_id, .. } => {
                 s.locks.remove(binding_id);
             }
+            Payload::SubjectErased { .. } => {
+                // An erased account takes no command: nothing more is locked or unlocked for
+                // it (a lock in force stays in its event; the account pays no more).
+                s.pending_locks.retain(|_, l| l.account != account);
+                s.locks.retain(|_, l| l.account != account);
+            }
             _ => {}
         }
     }

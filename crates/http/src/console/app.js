@@ -37,6 +37,7 @@ const EVENTS = {
   binding_lock_failed: ["锁定失败", "lock failed"],
   binding_unlocked: ["绑定已解锁", "binding unlocked"],
   alert_triaged: ["告警已处理", "alert triaged"],
+  subject_erased: ["个人信息已删除", "personal data erased"],
 };
 
 const ACTIONS = {
@@ -332,7 +333,7 @@ function timeline(events, highlight) {
         el("td", {}, eventName(p.type)),
         el("td", {}, failed ? "failed" : "succeeded"),
         el("td", {}, p.wallet ? p.wallet.masked : ""),
-        el("td", {}, failed ? reason(p.reason) : p.type === "alert_triaged" ? `${ACTIONS[p.action] || p.action} by ${p.operator}` : ""),
+        el("td", {}, failed ? reason(p.reason) : p.type === "alert_triaged" ? `${ACTIONS[p.action] || p.action} by ${p.operator}` : p.type === "subject_erased" ? `by ${p.operator}` : ""),
       );
     })),
   );
