@@ -711,6 +711,12 @@ impl Ledger {
     }
 
     fn check_version(&self, meta: &Meta, acct: Option<&AccountState>) -> Result<()> {
+        // An erased account takes no command: refused before the provider is asked (the
+        // writer refuses it again when it decides).
+        if acct.is_some_and(|a| a.erased) {
+            self.inner.metrics.count_rejected("account_erased");
+            return Err(Error::Erased);
+        }
         if let Some(expected) = meta.expected_version {
             let actual = acct.map_or(0, |a| a.version);
             if expected != actual {
@@ -1168,7 +1174,8 @@ impl Ledger {
         self.inner.data_keys.open_event(event, erased)
     }
 
-    fn is_erased(&self, account: &str) -> Result<bool> {
+    /// Whether the account's personal data was erased (`subject_erased`).
+    pub fn is_erased(&self, account: &str) -> Result<bool> {
         let read = self.inner.read.read().expect("lock");
         Ok(read.account(&self.inner.store, account)?.is_some_and(|a| a.erased))
     }

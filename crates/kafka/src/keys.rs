@@ -114,7 +114,7 @@ pub fn load(ledger: &Ledger, kafka: &KafkaConfig, from: Option<&[i64]>) -> Resul
         let Some(account) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
             return Ok(()); // not a record of ours
         };
-        let erased = ledger.account(account)?.is_some_and(|a| a.erased);
+        let erased = ledger.is_erased(account)?;
         if !ledger.data_keys().put_wrapped(account, m.payload(), erased)? {
             closed += 1;
         }
