@@ -177,6 +177,137 @@ async fn the_console_works_over_https_with_a_secure_cookie() {
 
 /// A shard of a cluster (issue 29): the glance shows every shard, which node it is, each
 /// shard's health and events, and an account of the other shard opens through this one.
+/// Two analysts on one alert (issue 31, defect 6): the second, acting from a page read before
+/// the first's triage, used to overwrite "resolved" with "false positive" silently. Now an
+/// action states the triage it saw; a stale one is refused `409 triage_conflict`, shown as such
+/// (naming who did what), and recorded only after the page is read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triage_from_a_stale_page_is_refused_as_a_conflict_and_nothing_is_overwritten() {
+    const CAROL: &str = "carol-security-token-0123";
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.tokens.extend(
+        bindledger::config::parse_tokens(&format!("alice@security+reader:{ALICE},carol@security+reader:{CAROL}"))
+            .unwrap(),
+    );
+    let server = TestServer::start(config).await;
+    let binding = bind_wallet(&server.ledger, &server.gateway, "victim", 1).await;
+    let mut writer = server.client(WRITER);
+    for i in 0..6 {
+        let body = json!({"binding_id": binding, "order_id": format!("o-{i}"), "amount_minor": 100, "payment_password": "000000"});
+        writer.post_json("/v1/accounts/victim/payments", &body).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let alert_id = loop {
+        let (_, a) = server
+            .client(SECURITY)
+            .get_json("/v1/alerts?rule=password_brute_force")
+            .await
+            .unwrap();
+        if let Some(id) = a["alerts"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no alert");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let base = format!("http://{}", server.addr);
+    let driver = chromedriver();
+    let (alice, carol) = (browser(&driver).await, browser(&driver).await);
+    sign_in(&alice, &base, ALICE).await;
+    sign_in(&carol, &base, CAROL).await;
+    for b in [&alice, &carol] {
+        b.goto(&format!("{base}/console#/alert/{alert_id}")).await.unwrap();
+        until(b, "the triage buttons", "document.querySelector('#resolve')").await;
+    }
+    click(&alice, "#resolve").await;
+    until(
+        &alice,
+        "alice's resolution",
+        "document.querySelector('#triage-history li[data-action=\"resolved\"]')",
+    )
+    .await;
+    // Focus stays on the work: the history that now holds the action.
+    let focused = alice
+        .execute("return document.activeElement && document.activeElement.id;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(focused, json!("triage-history"));
+    // Carol's page was read before it: her action is refused and says why.
+    click(&carol, "#false-positive").await;
+    until(
+        &carol,
+        "the conflict",
+        "document.querySelector('#triage-result').innerText.includes('Not recorded')",
+    )
+    .await;
+    let said = text(&carol, "#triage-result").await;
+    assert!(
+        said.contains("someone triaged this alert") && said.contains("resolved by alice"),
+        "{said}"
+    );
+    let focused = carol
+        .execute("return document.activeElement && document.activeElement.id;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(focused, json!("triage-result"), "the conflict is where the focus is");
+    let (_, a) = server
+        .client(SECURITY)
+        .get_json(&format!("/v1/alerts/{alert_id}"))
+        .await
+        .unwrap();
+    assert_eq!(a["triage"]["action"], "resolved", "nothing overwritten: {a}");
+    screenshot(&carol, "triage-conflict").await;
+    // Read again, she decides with what stands, and it is recorded.
+    click(&carol, "#triage-reload").await;
+    until(
+        &carol,
+        "the page read again",
+        "document.querySelector('#triage-history li[data-action=\"resolved\"]')",
+    )
+    .await;
+    click(&carol, "#false-positive").await;
+    until(
+        &carol,
+        "carol's decision",
+        "document.querySelector('#triage-history li[data-action=\"false_positive\"]')",
+    )
+    .await;
+
+    // Over the API: a stale seq is a conflict naming the current triage; the current one works.
+    let mut sec = server.client(SECURITY);
+    let (_, a) = sec.get_json(&format!("/v1/alerts/{alert_id}")).await.unwrap();
+    let seq = a["triage"]["seq"].as_u64().unwrap();
+    let (status, v) = sec
+        .post_json(
+            &format!("/v1/alerts/{alert_id}/triage"),
+            &json!({"action": "acknowledged", "expected_triage_seq": seq - 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 409, "{v}");
+    assert_eq!(v["error"]["code"], "triage_conflict");
+    assert_eq!(v["current"]["triage_seq"], seq);
+    assert_eq!(v["current"]["triage"]["action"], "false_positive");
+    let (status, v) = sec
+        .post_json(
+            &format!("/v1/alerts/{alert_id}/triage"),
+            &json!({"action": "acknowledged", "expected_triage_seq": seq}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 201, "{v}");
+    // At once after it, before the monitor has stored it: the one just recorded counts.
+    let (status, v) = sec
+        .post_json(
+            &format!("/v1/alerts/{alert_id}/triage"),
+            &json!({"action": "resolved", "expected_triage_seq": seq}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 409, "{v}");
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_an_erased_accounts_wallets_as_erased() {
     let dir = tempfile::tempdir().unwrap();

@@ -310,6 +310,7 @@ impl FromFields for TriageRequest {
             action: f.req("action")?,
             assignee: f.opt("assignee")?,
             note: f.opt("note")?,
+            expected_triage_seq: f.opt("expected_triage_seq")?,
             common: CommonInput::from_fields(f)?,
         })
     }
@@ -446,6 +447,9 @@ pub struct TriageRequest {
     pub action: String,
     pub assignee: Option<String>,
     pub note: Option<String>,
+    /// Optimistic concurrency: the `seq` of the alert's latest triage the caller saw (its
+    /// `triage.seq`; 0 when it saw none). Another triage since is a `409 triage_conflict`.
+    pub expected_triage_seq: Option<u64>,
     pub common: CommonInput,
 }
 

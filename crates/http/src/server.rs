@@ -379,17 +379,46 @@ async fn attribute(
         },
         keys_checked: None,
     };
-    s.ledger
-        .triage(command::TriageCommand {
+    record_triage(
+        s,
+        command::TriageCommand {
             meta,
             alert_id: alert_id.to_owned(),
             action,
             operator: principal.name.clone(),
             assignee: None,
             note,
-        })
-        .await?;
+        },
+        None,
+    )
+    .await?;
     Ok(())
+}
+
+/// Records a triage, one at a time on this node: when `expected` is given (the seq of the
+/// alert's latest triage the caller saw, 0 for none), another triage since is refused with
+/// `409 triage_conflict`, naming it, and nothing is recorded.
+async fn record_triage(s: &AppState, cmd: command::TriageCommand, expected: Option<u64>) -> ApiResult<CommandResult> {
+    let _one = s.triages.one_at_a_time.lock().await;
+    let alert_id = cmd.alert_id.clone();
+    if let Some(expected) = expected {
+        let stored = monitor(s)?.store.triage(&alert_id)?;
+        let latest = s.triages.latest(&alert_id, stored.as_ref().map_or(0, |t| t.seq));
+        if latest != expected {
+            s.ledger.metrics().count_rejected("triage_conflict");
+            let mut e = ApiError::new(
+                StatusCode::CONFLICT,
+                "triage_conflict",
+                "someone triaged this alert after the triage you saw; read it again, then decide",
+            )
+            .with_field("expected_triage_seq");
+            e.current = Some(json!({"triage_seq": latest, "triage": stored.filter(|t| t.seq == latest)}));
+            return Err(e);
+        }
+    }
+    let done = s.ledger.triage(cmd).await?;
+    s.triages.note(&alert_id, done.event.seq);
+    Ok(done)
 }
 
 fn checkpoints_of(s: &AppState) -> ApiResult<&(crate::ledger::checkpoint::CheckpointStore, String)> {
@@ -615,6 +644,7 @@ async fn triage(
         .first()
         .cloned()
         .unwrap_or_else(|| alert.key.value.clone());
+    let expected = req.expected_triage_seq;
     let cmd = req
         .validate(&account, &id, &principal.name, s.ledger.now())
         .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
@@ -630,7 +660,7 @@ async fn triage(
             .with_field("assignee"));
         }
     }
-    Ok(command_response(s.ledger.triage(cmd).await?))
+    Ok(command_response(record_triage(&s, cmd, expected).await?))
 }
 
 /// `GET /v1/rules` (security, auditor): the alert rules in force, and their digest.

@@ -44,6 +44,48 @@ pub struct AppState {
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
     /// Requests answered, by route pattern, method and status, and how long they took.
     pub(crate) requests: Requests,
+    /// Triage recorded through this node, one at a time (see [`Triages`]).
+    pub(crate) triages: Triages,
+}
+
+/// Triages are recorded one at a time on a node (each checked against the alert's latest one,
+/// optimistic concurrency), and the latest this node recorded per alert is remembered until the
+/// monitor has stored it (the alert store trails the log by milliseconds): at most
+/// [`TRIAGES_REMEMBERED_MAX`] alerts, each for at most a minute.
+#[derive(Default)]
+pub(crate) struct Triages {
+    pub(crate) one_at_a_time: tokio::sync::Mutex<()>,
+    pub(crate) recorded: std::sync::Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
+}
+
+/// Alerts whose latest triage a node remembers until the alert store has it.
+pub(crate) const TRIAGES_REMEMBERED_MAX: usize = 65_536;
+
+impl Triages {
+    /// The seq of the alert's latest triage: the store's, or a later one recorded here.
+    pub(crate) fn latest(&self, alert_id: &str, stored: u64) -> u64 {
+        let mut r = self.recorded.lock().expect("lock");
+        match r.get(alert_id) {
+            Some((seq, _)) if *seq > stored => *seq,
+            Some(_) => {
+                r.remove(alert_id);
+                stored
+            }
+            None => stored,
+        }
+    }
+
+    pub(crate) fn note(&self, alert_id: &str, seq: u64) {
+        let mut r = self.recorded.lock().expect("lock");
+        let now = std::time::Instant::now();
+        r.retain(|_, (_, at)| now.duration_since(*at) < std::time::Duration::from_secs(60));
+        if r.len() >= TRIAGES_REMEMBERED_MAX {
+            if let Some(oldest) = r.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone()) {
+                r.remove(&oldest);
+            }
+        }
+        r.insert(alert_id.to_owned(), (seq, now));
+    }
 }
 
 /// What runs beside the ledger, when it does.
@@ -128,6 +170,7 @@ impl AppState {
             closing: tokio::sync::watch::Sender::new(false),
             requests: Requests::default(),
             sessions: Default::default(),
+            triages: Default::default(),
         })
     }
 
@@ -225,6 +268,8 @@ pub struct ApiError {
     code: &'static str,
     message: &'static str,
     field: Option<&'static str>,
+    /// What stands now, for a conflict (the ledger's own values, never the caller's).
+    pub(crate) current: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -234,6 +279,7 @@ impl ApiError {
             code,
             message,
             field: None,
+            current: None,
         }
     }
 
@@ -293,6 +339,7 @@ impl From<Error> for ApiError {
             code: e.code(),
             message,
             field,
+            current: None,
         }
     }
 }
@@ -300,7 +347,10 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         tracing::debug!(code = self.code, field = self.field, reason = %self.message, "request refused");
-        let body = json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        let mut body = json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        if let Some(current) = self.current {
+            body["current"] = current;
+        }
         let mut r = (self.status, Json(body)).into_response();
         match self.status {
             StatusCode::UNAUTHORIZED => {

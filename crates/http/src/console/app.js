@@ -380,14 +380,32 @@ async function alertView(id) {
   if (can("security")) {
     const note = el("textarea", { id: "triage-note", rows: "2", cols: "60", maxlength: "1000", placeholder: "note (who you called, what you found)", "aria-label": "note" });
     const assignee = el("input", { id: "triage-assignee", placeholder: "assign to (token name)", "aria-label": "assignee" });
+    // The triage this page shows: an action states it, and is refused if another came since.
+    const seen = Math.max(a.triage ? a.triage.seq : 0, latest ? latest.seq : 0);
+    const result = el("p", { id: "triage-result", role: "alert", tabindex: "-1" });
     const act = async (action) => {
-      const body = { action, note: note.value };
+      const body = { action, note: note.value, expected_triage_seq: seen };
       if (action === "assigned") body.assignee = assignee.value.trim();
       const r = await api("POST", `/v1/alerts/${encodeURIComponent(a.id)}/triage`, body);
-      if (!r.ok) { alert(`Not recorded: ${r.json && r.json.error ? r.json.error.message : r.status}`); return; }
+      if (!r.ok) {
+        const e = r.json && r.json.error;
+        if (r.status === 409 && e && e.code === "triage_conflict") {
+          const t = r.json.current && r.json.current.triage;
+          result.replaceChildren(
+            `Not recorded: someone triaged this alert after this page was read${t ? ` (${ACTIONS[t.action] || t.action} by ${t.operator})` : ""}. Read it again, then decide. `,
+            el("button", { type: "button", id: "triage-reload", onclick: () => alertView(a.id) }, "Read it again"));
+        } else {
+          result.replaceChildren(`Not recorded: ${e ? e.message : r.status}`);
+        }
+        result.focus();
+        return;
+      }
       await alertView(a.id);
+      // Focus stays where the work is: the history now holding the action.
+      const h = document.getElementById("triage-history");
+      if (h) { h.setAttribute("tabindex", "-1"); h.focus(); }
     };
-    parts.push(el("div", { class: "filters", id: "triage" }, note,
+    parts.push(el("div", { class: "filters", id: "triage" }, result, note,
       el("button", { type: "button", id: "ack", onclick: () => act("acknowledged") }, "Acknowledge"),
       assignee, el("button", { type: "button", id: "assign", onclick: () => act("assigned") }, "Assign"),
       el("button", { type: "button", id: "resolve", onclick: () => act("resolved") }, "Resolve"),
