@@ -308,6 +308,105 @@ async fn a_triage_from_a_stale_page_is_refused_as_a_conflict_and_nothing_is_over
     server.shutdown().await;
 }
 
+/// What the console says is what happened (issue 31, defect 8): a wrong password on a bind is
+/// named as such, not "the details given were not valid"; a failed payment shows its wallet; a
+/// lock and a triage are not "succeeded"; an alert says how close together its events came,
+/// apart from the rule's window; an account that does not exist says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_says_what_happened_in_the_words_it_means() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config
+        .tokens
+        .extend(bindledger::config::parse_tokens(&format!("alice@security+reader:{ALICE}")).unwrap());
+    let server = TestServer::start(config).await;
+    let binding = bind_wallet(&server.ledger, &server.gateway, "ann", 1).await;
+    let mut writer = server.client(WRITER);
+    // A bind with a wrong payment password.
+    let (status, v) = writer
+        .post_json(
+            "/v1/accounts/ann/bindings",
+            &json!({"provider": "alipay", "wallet_account": phone(2), "payment_password": "not-it"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v["failure_code"], "invalid_input", "{status} {v}");
+    // A payment, then wrong passwords until the rule locks the binding.
+    let pw = server.gateway.password_for(&alipay(), &phone(1));
+    let body = json!({"binding_id": binding, "order_id": "o-ok", "amount_minor": 100, "payment_password": pw});
+    writer.post_json("/v1/accounts/ann/payments", &body).await.unwrap();
+    for i in 0..6 {
+        let body = json!({"binding_id": binding, "order_id": format!("o-{i}"), "amount_minor": 100, "payment_password": "000000"});
+        writer.post_json("/v1/accounts/ann/payments", &body).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !server.ledger.account("ann").unwrap().unwrap().bindings[0]
+        .lock
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rule did not lock the binding"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alert_id = alert_id_of(&server, "password_brute_force").await;
+    let driver = chromedriver();
+    let alice = browser(&driver).await;
+    let base = format!("http://{}", server.addr);
+    sign_in(&alice, &base, ALICE).await;
+
+    alice.goto(&format!("{base}/console#/account/ann")).await.unwrap();
+    until(
+        &alice,
+        "the account's payments",
+        "document.querySelectorAll('#payments tbody tr').length === 7",
+    )
+    .await;
+    let page = text(&alice, "body").await;
+    assert!(page.contains("wrong payment password"), "{page}");
+    assert!(!page.contains("the details given were not valid"), "{page}");
+    let wallets = alice
+        .execute(
+            "return [...document.querySelectorAll('#payments td.wallet')].map((td) => td.innerText);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        wallets,
+        json!(vec!["1******0001"; 7]),
+        "every payment row names its wallet"
+    );
+    let locked = alice
+        .execute(
+            "return [...document.querySelectorAll('table.timeline tr')].filter((tr) => tr.innerText.includes('binding locked')).map((tr) => tr.querySelector('td.outcome').innerText);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(locked, json!(["locked"]), "a lock is not a succeeded command");
+
+    alice.goto(&format!("{base}/console#/alert/{alert_id}")).await.unwrap();
+    until(
+        &alice,
+        "the alert's observed span",
+        "(document.querySelector('#alert-observed') || { innerText: '' }).innerText.includes('all within')",
+    )
+    .await;
+    let observed = text(&alice, "#alert-observed").await;
+    assert!(
+        observed.contains("in a 10 min window") && observed.contains("all within a second"),
+        "{observed}"
+    );
+
+    alice.goto(&format!("{base}/console#/account/nobody")).await.unwrap();
+    until(&alice, "not found", "document.querySelector('#not-found')").await;
+    assert!(text(&alice, "#not-found").await.contains("Not found"));
+    assert!(alice.find(Locator::Css("#bindings")).await.is_err(), "no empty tables");
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_an_erased_accounts_wallets_as_erased() {
     let dir = tempfile::tempdir().unwrap();

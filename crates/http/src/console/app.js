@@ -74,10 +74,16 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
+// What an invalid input names, by its field.
+const INVALID_FIELDS = {
+  payment_password: ["支付密码错误", "wrong payment password"],
+  wallet_account: ["钱包账户有误", "the wallet account was not valid"],
+};
+
 // A failure reason: its code, or the event's `{code, ...}` object.
 function reason(why) {
   const code = why && typeof why === "object" ? why.code : why;
-  const r = REASONS[code];
+  const r = (code === "invalid_input" && why && INVALID_FIELDS[why.field]) || REASONS[code];
   return r ? el("span", { class: "reason" }, el("span", { class: "zh", lang: "zh-CN" }, r[0]), r[1]) : code || "";
 }
 
@@ -93,6 +99,7 @@ function utc(t) {
 function span(from, to) {
   const s = Math.round((Date.parse(to) - Date.parse(from)) / 1000);
   if (!(s >= 0)) return "";
+  if (s === 0) return "a second";
   if (s < 120) return `${s} s`;
   if (s < 7200) return `${Math.round(s / 60)} min`;
   return `${Math.round(s / 3600)} h`;
@@ -178,15 +185,27 @@ document.getElementById("find").addEventListener("submit", (ev) => {
 
 // ---- the alert queue ---------------------------------------------------------------------------
 
-function describe(a) {
+// What the rule saw, against its threshold, in the rule's window (the observed span, when the
+// triggering events are known, is told apart from it: `observed`).
+function describe(a, observed) {
   const words = a.unit.replace(/_/g, " ");
   const money = (v) => (a.currency ? `${(v / 100).toFixed(2)} ${a.currency}` : v);
   const within = span(a.window_start, a.window_end);
+  const seen = observed ? `, all within ${observed}` : "";
   if (a.unit === "minor_units") {
-    return `${money(a.observed)} within ${within}; threshold ${money(a.threshold)}`;
+    return `${money(a.observed)} in a ${within} window${seen}; threshold ${money(a.threshold)}`;
   }
-  return `${a.observed} ${words} within ${within}; threshold ${a.threshold}`;
+  return `${a.observed} ${words} in a ${within} window${seen}; threshold ${a.threshold}`;
 }
+
+// What an event did, as a timeline says it: a failure failed; a record (a triage, an
+// erasure) and a lock are not "succeeded" commands of the account holder.
+const OUTCOMES = {
+  binding_locked: "locked",
+  binding_unlocked: "unlocked",
+  alert_triaged: "recorded",
+  subject_erased: "erased",
+};
 
 function alertState(a) {
   // A lock a person lifted since (the latest triage says so) is not shown as in force.
@@ -331,7 +350,7 @@ function timeline(events, highlight) {
         el("td", {}, utc(e.event_time)),
         el("td", {}, e.seq),
         el("td", {}, eventName(p.type)),
-        el("td", {}, failed ? "failed" : "succeeded"),
+        el("td", { class: "outcome" }, failed ? "failed" : OUTCOMES[p.type] || "succeeded"),
         el("td", {}, p.wallet ? p.wallet.masked : ""),
         el("td", {}, failed ? reason(p.reason) : p.type === "alert_triaged" ? `${ACTIONS[p.action] || p.action} by ${p.operator}` : p.type === "subject_erased" ? `by ${p.operator}` : ""),
       );
@@ -347,7 +366,7 @@ async function alertView(id) {
     el("h2", {}, `${a.rule} `, el("span", { class: `sev sev-${a.severity}` }, a.severity)),
     el("dl", {},
       el("dt", {}, "what"), el("dd", {}, RULES[a.rule] || a.rule),
-      el("dt", {}, "observed"), el("dd", {}, describe(a)),
+      el("dt", {}, "observed"), el("dd", { id: "alert-observed" }, describe(a)),
       el("dt", {}, "subject"), el("dd", {}, subject(a)),
       el("dt", {}, "accounts"), el("dd", {}, (a.accounts || []).map((acc) => [el("a", { href: `#/account/${encodeURIComponent(acc)}` }, acc), " "])),
       el("dt", {}, "opened"), el("dd", {}, utc(a.opened_at)),
@@ -367,6 +386,15 @@ async function alertView(id) {
     .filter((e) => e.payload && e.payload.type === "alert_triaged" && e.payload.alert_id === a.id)
     .sort((x, y) => x.seq - y.seq);
   const latest = triage[triage.length - 1];
+  // How close together the triggering events came (the window is the rule's, not theirs).
+  const hitTimes = timelines
+    .flatMap(([, h]) => (h.ok ? h.json.events : []))
+    .filter((e) => hits.has(e.seq))
+    .map((e) => e.record_time)
+    .sort();
+  if (hitTimes.length > 1) {
+    parts[1].querySelector("#alert-observed").textContent = describe(a, span(hitTimes[0], hitTimes[hitTimes.length - 1]));
+  }
   if (latest) {
     parts[1].querySelector("#alert-state").append(`; ${ACTIONS[latest.payload.action] || latest.payload.action} by ${latest.payload.operator}`);
   }
@@ -469,6 +497,12 @@ async function accountView(account) {
   ]);
   const parts = [el("h2", {}, `Account ${account}`)];
   if (!b.ok) { show(...parts, failure("the bindings could not be read", b)); return; }
+  if (b.json.version === 0) {
+    show(...parts, el("p", { id: "not-found", role: "status" }, "Not found: no event was ever recorded for this account. Check the id."));
+    return;
+  }
+  // A failed payment names its binding only: its wallet is the binding's.
+  const walletOf = Object.fromEntries(b.json.bindings.map((x) => [x.binding_id, x.wallet.masked]));
   const now = Date.now();
   parts.push(el("h3", {}, "Bindings"));
   parts.push(el("table", { id: "bindings" },
@@ -491,10 +525,11 @@ async function accountView(account) {
   ));
   parts.push(el("h3", {}, "Payments"));
   parts.push(p.ok
-    ? el("table", {}, el("thead", {}, el("tr", {}, ["time", "order", "amount", "status", "reason"].map((x) => el("th", {}, x)))),
+    ? el("table", { id: "payments" }, el("thead", {}, el("tr", {}, ["time", "order", "amount", "wallet", "status", "reason"].map((x) => el("th", {}, x)))),
         el("tbody", {}, p.json.payments.map((x) => el("tr", {},
           el("td", {}, utc(x.event_time || x.time)), el("td", {}, x.order_id),
           el("td", {}, `${(x.amount_minor / 100).toFixed(2)} ${x.currency || ""}`),
+          el("td", { class: "wallet" }, x.wallet || walletOf[x.binding_id] || ""),
           el("td", {}, x.status), el("td", {}, x.reason ? reason(x.reason) : "")))))
     : failure("the payments could not be read", p));
   parts.push(el("h3", {}, "History"));
