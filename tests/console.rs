@@ -407,6 +407,67 @@ async fn the_console_says_what_happened_in_the_words_it_means() {
     server.shutdown().await;
 }
 
+/// Signed out (issue 31, defect 8): the navigation is not shown to nobody, and a session lost
+/// to a restart of the server is said to be, with no previous user's name left in the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_lost_to_a_restart_is_said_and_nothing_shows_while_signed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config
+        .tokens
+        .extend(bindledger::config::parse_tokens(&format!("alice@security+reader:{ALICE}")).unwrap());
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = TestServer::start_on(config.clone(), &addr).await;
+    bind_wallet(&server.ledger, &server.gateway, "ann", 1).await;
+    let driver = chromedriver();
+    let alice = browser(&driver).await;
+    let base = format!("http://{addr}");
+    let nav_shown = "getComputedStyle(document.getElementById('nav')).display !== 'none'";
+    alice.goto(&format!("{base}/console")).await.unwrap();
+    until(&alice, "the sign-in", "!document.getElementById('sign-in').hidden").await;
+    assert_eq!(
+        alice.execute(&format!("return {nav_shown};"), vec![]).await.unwrap(),
+        json!(false),
+        "the navigation shows while signed out"
+    );
+    sign_in(&alice, &base, ALICE).await;
+    assert_eq!(
+        alice.execute(&format!("return {nav_shown};"), vec![]).await.unwrap(),
+        json!(true)
+    );
+    assert!(text(&alice, "#who").await.contains("alice"));
+
+    // The server restarts: sessions live in its memory, so alice's is gone. Her next request
+    // says so, and the page keeps nothing of her.
+    server.shutdown().await;
+    let server = TestServer::start_on(config, &addr).await;
+    alice.goto(&format!("{base}/console#/account/ann")).await.unwrap();
+    until(
+        &alice,
+        "the sign-in again",
+        "!document.getElementById('sign-in').hidden",
+    )
+    .await;
+    let said = text(&alice, "#sign-in-error").await;
+    assert!(
+        said.contains("You were signed out") && said.contains("server restarted"),
+        "{said}"
+    );
+    assert_eq!(
+        alice.execute(&format!("return {nav_shown};"), vec![]).await.unwrap(),
+        json!(false)
+    );
+    assert_eq!(
+        alice
+            .execute("return document.getElementById('who').textContent;", vec![])
+            .await
+            .unwrap(),
+        json!("")
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_an_erased_accounts_wallets_as_erased() {
     let dir = tempfile::tempdir().unwrap();

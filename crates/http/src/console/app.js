@@ -120,7 +120,11 @@ async function api(method, path, body) {
   const text = await r.text();
   let json = null;
   try { json = text ? JSON.parse(text) : null; } catch (_) { json = null; }
-  if (r.status === 401 && path !== "/console/session") { signedOut(); }
+  if (r.status === 401 && path !== "/console/session") {
+    // The session is gone while the page was open: say why rather than only show the sign-in.
+    // Once: the other requests in flight meet the same 401.
+    if (state.me) signedOut(SESSION_ENDED);
+  }
   return { status: r.status, ok: r.ok, json };
 }
 
@@ -140,7 +144,12 @@ function failure(what, r) {
 
 // ---- sign-in ---------------------------------------------------------------------------------
 
+const SESSION_ENDED = "You were signed out: your session ended (the server restarted, or 8 hours passed without use). Sign in again.";
+
 function signedIn(me) {
+  // Whether this tab was signed in (not who, nor any secret): a page opened again after the
+  // session ended says so.
+  sessionStorage.setItem("bindledger-signed-in", "1");
   state.me = me;
   state.csrf = me.csrf;
   document.getElementById("sign-in").hidden = true;
@@ -149,12 +158,15 @@ function signedIn(me) {
   route();
 }
 
-function signedOut() {
+function signedOut(why) {
+  if (why) sessionStorage.removeItem("bindledger-signed-in");
   state.me = null;
   state.csrf = "";
   if (state.stream) { state.stream.close(); state.stream = null; }
   document.getElementById("nav").hidden = true;
+  document.getElementById("who").textContent = "";
   document.getElementById("sign-in").hidden = false;
+  document.getElementById("sign-in-error").textContent = why || "";
   show();
 }
 
@@ -173,6 +185,7 @@ document.getElementById("sign-in-form").addEventListener("submit", async (ev) =>
 
 document.getElementById("sign-out").addEventListener("click", async () => {
   await api("DELETE", "/console/session");
+  sessionStorage.removeItem("bindledger-signed-in");
   signedOut();
 });
 
@@ -761,5 +774,5 @@ window.addEventListener("unhandledrejection", (e) => pageError(String(e.reason))
 (async () => {
   const r = await api("GET", "/console/session");
   if (r.ok) signedIn(r.json);
-  else signedOut();
+  else signedOut(sessionStorage.getItem("bindledger-signed-in") ? SESSION_ENDED : "");
 })();
