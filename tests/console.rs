@@ -468,6 +468,106 @@ async fn a_session_lost_to_a_restart_is_said_and_nothing_shows_while_signed_out(
     server.shutdown().await;
 }
 
+/// An account with a long history (issue 31, defects 3 and 4): its page opens on the newest
+/// events (600 payments, then the wrong passwords and the lock), pages to older and newer ones,
+/// and pages its payments past 50; an alert on it shows its triggering events, highlighted,
+/// though more than 1,000 events came before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_opens_on_its_newest_events_and_an_alert_finds_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config
+        .tokens
+        .extend(bindledger::config::parse_tokens(&format!("alice@security+reader:{ALICE}")).unwrap());
+    let server = TestServer::start(config).await;
+    let binding = bind_wallet(&server.ledger, &server.gateway, "busy", 1).await;
+    let pw = server.gateway.password_for(&alipay(), &phone(1));
+    let mut payments = Vec::new();
+    for i in 0..1_050u64 {
+        let l = server.ledger.clone();
+        let req = bindledger::domain::command::PayRequest {
+            binding_id: binding.to_string(),
+            order_id: format!("o-{i}"),
+            amount_minor: 100,
+            currency: None,
+            payment_password: bindledger::domain::secret::SecretString::new(pw.clone()),
+            factor: None,
+            common: Default::default(),
+        };
+        payments.push(tokio::spawn(async move {
+            l.pay(req.validate("busy", chrono::Utc::now()).unwrap()).await.unwrap()
+        }));
+        if payments.len() == 64 {
+            for p in payments.drain(..) {
+                p.await.unwrap();
+            }
+        }
+    }
+    for p in payments {
+        p.await.unwrap();
+    }
+    let mut writer = server.client(WRITER);
+    for i in 0..6 {
+        let body = json!({"binding_id": binding, "order_id": format!("bad-{i}"), "amount_minor": 100, "payment_password": "000000"});
+        writer.post_json("/v1/accounts/busy/payments", &body).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server.ledger.account("busy").unwrap().unwrap().bindings[0]
+        .lock
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rule did not lock the binding"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alert_id = alert_id_of(&server, "password_brute_force").await;
+    let driver = chromedriver();
+    let alice = browser(&driver).await;
+    let base = format!("http://{}", server.addr);
+    sign_in(&alice, &base, ALICE).await;
+
+    alice.goto(&format!("{base}/console#/account/busy")).await.unwrap();
+    until(
+        &alice,
+        "the account's history",
+        "document.querySelector('#history table.timeline')",
+    )
+    .await;
+    let history = text(&alice, "#history").await;
+    assert!(
+        history.contains("binding locked") && history.contains("wrong payment password"),
+        "the newest events first"
+    );
+    assert!(
+        !history.contains("wallet bound"),
+        "the bind, 1,000 events ago, is not on the first page"
+    );
+    click(&alice, "#history-older").await;
+    until(&alice, "an older page", "document.querySelector('#history-newer')").await;
+    click(&alice, "#history-newer").await;
+    until(&alice, "the newest page again", "!document.querySelector('#history-newer') && document.querySelector('#history').innerText.includes('binding locked')").await;
+    // Payments past the first 50.
+    let rows = "document.querySelectorAll('#payments tbody tr').length";
+    assert_eq!(
+        alice.execute(&format!("return {rows};"), vec![]).await.unwrap(),
+        json!(50)
+    );
+    click(&alice, "#payments-older").await;
+    until(&alice, "more payments", &format!("{rows} === 100")).await;
+
+    alice.goto(&format!("{base}/console#/alert/{alert_id}")).await.unwrap();
+    until(
+        &alice,
+        "the triggering events, highlighted",
+        "document.querySelectorAll('table.timeline tr.hit').length >= 5",
+    )
+    .await;
+    screenshot(&alice, "long-history-alert").await;
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_an_erased_accounts_wallets_as_erased() {
     let dir = tempfile::tempdir().unwrap();

@@ -1174,6 +1174,12 @@ impl Ledger {
         self.inner.data_keys.open_event(event, erased)
     }
 
+    /// The account's version (its newest event's `account_seq`), if it has events.
+    pub fn account_version(&self, account: &str) -> Result<Option<u64>> {
+        let read = self.inner.read.read().expect("lock");
+        Ok(read.account(&self.inner.store, account)?.map(|a| a.version))
+    }
+
     /// Whether the account's personal data was erased (`subject_erased`).
     pub fn is_erased(&self, account: &str) -> Result<bool> {
         let read = self.inner.read.read().expect("lock");
@@ -1366,6 +1372,24 @@ impl Ledger {
     pub async fn history(&self, account: &str, after_version: u64, limit: usize) -> Result<Vec<Event>> {
         self.wait_indexed().await;
         self.events_at(self.account_event_seqs(account, after_version, u64::MAX, false, limit)?)
+    }
+
+    /// An account's events with `account_seq < before_version`, newest first, at most `limit`.
+    pub async fn history_newest(&self, account: &str, before_version: u64, limit: usize) -> Result<Vec<Event>> {
+        self.wait_indexed().await;
+        self.events_at(self.account_event_seqs(account, 0, before_version, true, limit)?)
+    }
+
+    /// The `account_seq` of the durable event `seq`, if it is one of `account`'s.
+    pub fn account_seq_of(&self, account: &str, seq: u64) -> Result<Option<u64>> {
+        if seq == 0 || seq > self.log_len() {
+            return Ok(None);
+        }
+        let Some(b) = self.inner.store.event_bytes(seq)? else {
+            return Ok(None);
+        };
+        let e = codec::decode(&b).map_err(|e| Error::corrupt_by(format!("event {seq}"), e))?;
+        Ok((e.account == account).then_some(e.account_seq))
     }
 
     /// Raw stored events from `from` on (the bytes the hash chain covers). Only durable events:

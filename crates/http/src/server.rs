@@ -830,6 +830,11 @@ struct PageQuery {
     limit: Option<usize>,
     before_version: Option<u64>,
     after_version: Option<u64>,
+    /// History: `oldest` (the default) or `newest` first.
+    order: Option<String>,
+    /// History, newest first: the page around the account's event with this (global) `seq`: it
+    /// and the events before it, and up to five after.
+    at_seq: Option<u64>,
 }
 
 fn payment_view(e: &Event) -> Option<serde_json::Value> {
@@ -906,13 +911,64 @@ async fn history(
     command::validate_account(&account)?;
     let q = query(q)?;
     let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
-    let events = s.ledger.history(&account, q.after_version.unwrap_or(0), limit).await?;
-    let next = if events.len() == limit {
+    let newest = match q.order.as_deref() {
+        None | Some("oldest") => q.before_version.is_some() || q.at_seq.is_some(),
+        Some("newest") => true,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_order",
+                "order is `oldest` or `newest`",
+            )
+            .with_field("order"))
+        }
+    };
+    if !newest {
+        let events = s.ledger.history(&account, q.after_version.unwrap_or(0), limit).await?;
+        let next = if events.len() == limit {
+            events.last().map(|e| e.account_seq)
+        } else {
+            None
+        };
+        return Ok(Json(json!({"account": account, "events": events, "next_after_version": next})).into_response());
+    }
+    // Newest first: from the end, before a version, or around one event (an alert's).
+    let before = match q.at_seq {
+        Some(seq) => match s.ledger.account_seq_of(&account, seq)? {
+            Some(v) => v.saturating_add(6),
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "event_not_found",
+                    "no event of this account has this seq",
+                )
+                .with_field("at_seq"))
+            }
+        },
+        None => q.before_version.unwrap_or(u64::MAX),
+    };
+    let events = s.ledger.history_newest(&account, before, limit).await?;
+    // Cursors both ways, each a `before_version` for the next request: the page of older
+    // events, and (unless this page started at the newest) the page of newer ones.
+    let older = if events.len() == limit {
         events.last().map(|e| e.account_seq)
     } else {
         None
     };
-    Ok(Json(json!({"account": account, "events": events, "next_after_version": next})).into_response())
+    let newest = match before {
+        u64::MAX => None,
+        _ => s.ledger.account_version(&account)?,
+    };
+    let newer = match (events.first(), newest) {
+        (Some(e), Some(v)) if e.account_seq < v => Some(e.account_seq.saturating_add(limit as u64 + 1)),
+        _ => None,
+    };
+    Ok(
+        Json(
+            json!({"account": account, "events": events, "next_before_version": older, "newer_before_version": newer}),
+        )
+        .into_response(),
+    )
 }
 
 async fn wallet_accounts(

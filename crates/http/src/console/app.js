@@ -390,8 +390,21 @@ async function alertView(id) {
   ];
   const hits = new Set(a.event_seqs);
   const timelines = [];
+  // Each account's events around the triggering ones (however long its history), and its
+  // newest, where the alert's triage is; newest first, each event once.
+  const lastHit = a.event_seqs.length ? Math.max(...a.event_seqs) : 0;
   for (const acc of (a.accounts || []).slice(0, 4)) {
-    timelines.push([acc, await api("GET", `/v1/accounts/${encodeURIComponent(acc)}/events?limit=1000`)]);
+    const path = `/v1/accounts/${encodeURIComponent(acc)}/events`;
+    const [around, newest] = await Promise.all([
+      lastHit ? api("GET", `${path}?at_seq=${lastHit}&limit=200`) : { ok: false },
+      api("GET", `${path}?order=newest&limit=500`),
+    ]);
+    const h = around.ok ? around : newest;
+    if (around.ok && newest.ok) {
+      const seen = new Set(around.json.events.map((e) => e.seq));
+      h.json.events = newest.json.events.filter((e) => !seen.has(e.seq)).concat(around.json.events).sort((x, y) => y.seq - x.seq);
+    }
+    timelines.push([acc, h]);
   }
   // The alert's history: every triage recorded against it, oldest first.
   const triage = timelines
@@ -506,7 +519,7 @@ async function accountView(account) {
   const [b, p, h] = await Promise.all([
     api("GET", `/v1/accounts/${encodeURIComponent(account)}/bindings`),
     api("GET", `/v1/accounts/${encodeURIComponent(account)}/payments?limit=50`),
-    api("GET", `/v1/accounts/${encodeURIComponent(account)}/events?limit=500`),
+    api("GET", `/v1/accounts/${encodeURIComponent(account)}/events?order=newest&limit=100`),
   ]);
   const parts = [el("h2", {}, `Account ${account}`)];
   if (!b.ok) { show(...parts, failure("the bindings could not be read", b)); return; }
@@ -516,6 +529,11 @@ async function accountView(account) {
   }
   // A failed payment names its binding only: its wallet is the binding's.
   const walletOf = Object.fromEntries(b.json.bindings.map((x) => [x.binding_id, x.wallet.masked]));
+  const paymentRow = (x) => el("tr", {},
+    el("td", {}, utc(x.event_time || x.time)), el("td", {}, x.order_id),
+    el("td", {}, `${(x.amount_minor / 100).toFixed(2)} ${x.currency || ""}`),
+    el("td", { class: "wallet" }, x.wallet || walletOf[x.binding_id] || ""),
+    el("td", {}, x.status), el("td", {}, x.reason ? reason(x.reason) : ""));
   const now = Date.now();
   parts.push(el("h3", {}, "Bindings"));
   parts.push(el("table", { id: "bindings" },
@@ -539,15 +557,37 @@ async function accountView(account) {
   parts.push(el("h3", {}, "Payments"));
   parts.push(p.ok
     ? el("table", { id: "payments" }, el("thead", {}, el("tr", {}, ["time", "order", "amount", "wallet", "status", "reason"].map((x) => el("th", {}, x)))),
-        el("tbody", {}, p.json.payments.map((x) => el("tr", {},
-          el("td", {}, utc(x.event_time || x.time)), el("td", {}, x.order_id),
-          el("td", {}, `${(x.amount_minor / 100).toFixed(2)} ${x.currency || ""}`),
-          el("td", { class: "wallet" }, x.wallet || walletOf[x.binding_id] || ""),
-          el("td", {}, x.status), el("td", {}, x.reason ? reason(x.reason) : "")))))
+        el("tbody", {}, p.json.payments.map(paymentRow)))
     : failure("the payments could not be read", p));
-  parts.push(el("h3", {}, "History"));
-  parts.push(h.ok ? timeline(h.json.events, new Set()) : failure("the history could not be read", h));
+  if (p.ok && p.json.next_before_version) {
+    parts.push(pager("payments-older", "Older payments", async () => {
+      const more = await api("GET", `/v1/accounts/${encodeURIComponent(account)}/payments?limit=50&before_version=${p.json.next_before_version}`);
+      if (!more.ok) return;
+      p.json.next_before_version = more.json.next_before_version;
+      document.querySelector("#payments tbody").append(...more.json.payments.map(paymentRow));
+      if (!more.json.next_before_version) document.getElementById("payments-older").remove();
+    }));
+  }
+  parts.push(el("h3", {}, "History (newest first)"));
+  const history = el("div", { id: "history" });
+  const page = async (r) => {
+    if (!r.ok) { history.replaceChildren(failure("the history could not be read", r)); return; }
+    const nav = [];
+    if (r.json.newer_before_version) {
+      nav.push(pager("history-newer", "Newer", async () => page(await api("GET", `/v1/accounts/${encodeURIComponent(account)}/events?order=newest&limit=100&before_version=${r.json.newer_before_version}`))));
+    }
+    if (r.json.next_before_version) {
+      nav.push(pager("history-older", "Older", async () => page(await api("GET", `/v1/accounts/${encodeURIComponent(account)}/events?order=newest&limit=100&before_version=${r.json.next_before_version}`))));
+    }
+    history.replaceChildren(timeline(r.json.events, new Set()), ...nav);
+  };
+  await page(h);
+  parts.push(history);
   show(...parts);
+}
+
+function pager(id, label, onclick) {
+  return el("button", { type: "button", id, class: "pager", onclick }, label);
 }
 
 async function walletView(fingerprint) {
