@@ -568,6 +568,75 @@ async fn a_long_history_opens_on_its_newest_events_and_an_alert_finds_its_own() 
     server.shutdown().await;
 }
 
+/// A binding the rule locks again after a person unlocked it (issue 31, defect 5) shows as
+/// locked in the live queue, not as unlocked because the latest triage was the unlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_locked_again_after_an_unlock_shows_as_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config
+        .tokens
+        .extend(bindledger::config::parse_tokens(&format!("alice@security+reader:{ALICE}")).unwrap());
+    let server = TestServer::start(config).await;
+    let driver = chromedriver();
+    let alice = browser(&driver).await;
+    let base = format!("http://{}", server.addr);
+    sign_in(&alice, &base, ALICE).await;
+    let binding = bind_wallet(&server.ledger, &server.gateway, "vic", 1).await;
+    let mut writer = server.client(WRITER);
+    let guess = async |writer: &mut bindledger::adapters::http::client::Client, round: &str| {
+        for i in 0..6 {
+            let body = json!({"binding_id": binding, "order_id": format!("{round}-{i}"), "amount_minor": 100, "payment_password": "000000"});
+            writer.post_json("/v1/accounts/vic/payments", &body).await.unwrap();
+        }
+    };
+    guess(&mut writer, "first").await;
+    let state =
+        "(document.querySelector('tr[data-rule=\"password_brute_force\"] td.state') || { innerText: '' }).innerText";
+    until(
+        &alice,
+        "the lock in the queue",
+        &format!("{state}.includes('binding locked')"),
+    )
+    .await;
+    // A person lifts it: the queue says so (its triage refresh).
+    let (status, v) = server
+        .client(SECURITY)
+        .post_json(
+            &format!("/v1/accounts/vic/bindings/{binding}/unlock"),
+            &json!({"confirm": true, "reason": "the holder called"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 201, "{v}");
+    until(
+        &alice,
+        "the unlock in the queue",
+        &format!("!{state}.includes('binding locked') && {state}.includes('unlocked')"),
+    )
+    .await;
+    // Guessing goes on: the rule locks it again, and the live queue shows it locked.
+    guess(&mut writer, "second").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server.ledger.account("vic").unwrap().unwrap().bindings[0]
+        .lock
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rule did not lock the binding again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until(
+        &alice,
+        "the second lock in the queue",
+        &format!("{state}.includes('binding locked')"),
+    )
+    .await;
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_an_erased_accounts_wallets_as_erased() {
     let dir = tempfile::tempdir().unwrap();

@@ -1174,6 +1174,23 @@ impl Ledger {
         self.inner.data_keys.open_event(event, erased)
     }
 
+    /// The lock in force on a binding now, if any (whatever alert caused it).
+    pub fn binding_lock(
+        &self,
+        account: &str,
+        binding_id: uuid::Uuid,
+    ) -> Result<Option<crate::domain::projection::BindingLock>> {
+        let read = self.inner.read.read().expect("lock");
+        let now = self.now();
+        Ok(read.account(&self.inner.store, account)?.and_then(|a| {
+            a.bindings
+                .iter()
+                .find(|b| b.binding_id == binding_id)
+                .and_then(|b| b.lock.clone())
+                .filter(|l| l.until > now)
+        }))
+    }
+
     /// The account's version (its newest event's `account_seq`), if it has events.
     pub fn account_version(&self, account: &str) -> Result<Option<u64>> {
         let read = self.inner.read.read().expect("lock");

@@ -580,11 +580,12 @@ async fn alerts_list(
     let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
     let store = m.store.clone();
     let cursor = q.cursor.clone();
+    let ledger = s.ledger.clone();
     let (alerts, next) = tokio::task::spawn_blocking(move || -> crate::Result<_> {
         let (alerts, next) = store.list(&filter, cursor.as_deref(), limit)?;
         let alerts = alerts
             .into_iter()
-            .map(|a| with_triage(&store, a))
+            .map(|a| with_triage(&ledger, &store, a))
             .collect::<crate::Result<Vec<_>>>()?;
         Ok((alerts, next))
     })
@@ -593,12 +594,26 @@ async fn alerts_list(
     Ok(Json(json!({"alerts": alerts, "next_cursor": next})).into_response())
 }
 
-/// An alert as the API shows it: its latest revision and `triage`, where it stands with the
-/// people handling it (`null` before anyone acted on it).
-fn with_triage(store: &AlertStore, alert: crate::domain::alerts::Alert) -> crate::Result<serde_json::Value> {
+/// An alert as the API shows it: its latest revision, `triage`, where it stands with the
+/// people handling it (`null` before anyone acted on it), and for an alert that locks,
+/// `binding_lock`: the lock on its binding now (`null` when none is in force), whoever lifted
+/// or made it since.
+fn with_triage(
+    ledger: &crate::ledger::Ledger,
+    store: &AlertStore,
+    alert: crate::domain::alerts::Alert,
+) -> crate::Result<serde_json::Value> {
     let triage = store.triage(&alert.id)?;
+    let lock = match &alert.lock {
+        Some(l) => ledger.binding_lock(&l.account, l.binding_id)?,
+        None => None,
+    };
+    let locks = alert.lock.is_some();
     let mut v = serde_json::to_value(alert).expect("alerts serialize");
     v["triage"] = serde_json::to_value(triage).expect("triage serializes");
+    if locks {
+        v["binding_lock"] = serde_json::to_value(lock).expect("locks serialize");
+    }
     Ok(v)
 }
 
@@ -611,7 +626,7 @@ async fn alert_one(
     let m = monitor(&s)?;
     let id = path(id)?;
     match m.store.get(&id)? {
-        Some(a) => Ok(Json(with_triage(&m.store, a)?).into_response()),
+        Some(a) => Ok(Json(with_triage(&s.ledger, &m.store, a)?).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "alert_not_found",

@@ -221,9 +221,15 @@ const OUTCOMES = {
 };
 
 function alertState(a) {
-  // A lock a person lifted since (the latest triage says so) is not shown as in force.
-  const lifted = a.triage && a.triage.action === "unlocked";
-  if (a.lock && !lifted && Date.parse(a.lock.until) > Date.now()) return `binding locked until ${utc(a.lock.until)}`;
+  // The lock on the alert's binding as it stands (the server reads the binding): one lifted
+  // since is not in force, one the rule made again after an unlock is.
+  if (a.binding_lock !== undefined) {
+    if (a.binding_lock && Date.parse(a.binding_lock.until) > Date.now()) return `binding locked until ${utc(a.binding_lock.until)}`;
+  } else {
+    // A change from the live stream carries no binding state: its latest triage says.
+    const lifted = a.triage && a.triage.action === "unlocked";
+    if (a.lock && !lifted && Date.parse(a.lock.until) > Date.now()) return `binding locked until ${utc(a.lock.until)}`;
+  }
   return Date.parse(a.open_until) > Date.now() ? "open" : "closed";
 }
 
@@ -317,6 +323,7 @@ async function alertsView() {
     for (const a of r.json.alerts) {
       const known = state.alerts.get(a.id);
       if (known && JSON.stringify(known.triage) !== JSON.stringify(a.triage)) { known.triage = a.triage; changed = true; }
+      if (known && JSON.stringify(known.binding_lock) !== JSON.stringify(a.binding_lock)) { known.binding_lock = a.binding_lock; changed = true; }
     }
     if (changed) renderQueue(tbody, filters);
   }, 3000);
@@ -332,7 +339,19 @@ async function alertsView() {
     const prev = state.alerts.get(a.id);
     const fresh = !prev || prev.revision < a.revision;
     if (prev && a.triage === undefined) a.triage = prev.triage; // the stream carries revisions, not triage
+    if (prev && a.binding_lock === undefined) a.binding_lock = prev.binding_lock;
     state.alerts.set(a.id, a);
+    // A revision of an alert that locks may have locked its binding again (after an unlock):
+    // the binding's state is read, and the row drawn again with it.
+    if (a.lock && fresh) {
+      api("GET", `/v1/alerts/${encodeURIComponent(a.id)}`).then((r) => {
+        const now = state.alerts.get(a.id);
+        if (!r.ok || !now || now.revision > r.json.revision) return;
+        state.alerts.set(a.id, r.json);
+        const row = tbody.querySelector(`tr[data-alert="${CSS.escape(a.id)}"]`);
+        if (row && document.body.contains(tbody)) row.replaceWith(alertRow(r.json));
+      });
+    }
     if (!document.body.contains(tbody)) return;
     const old = tbody.querySelector(`tr[data-alert="${CSS.escape(a.id)}"]`);
     if (old && matches(a, filters)) {
