@@ -992,11 +992,27 @@ async fn high_alerts_reach_a_signed_webhook_with_retries_and_a_delivery_log() {
         .unwrap();
     assert_eq!(status, 400);
 
+    // The last delivery succeeded: the failures before it are in the log, not the state.
+    let (_, status) = server.client(READER).get_json("/v1/status").await.unwrap();
+    assert_eq!(status["webhooks"]["last_error"], serde_json::Value::Null, "{status}");
     // A restart goes on where it stopped: nothing is sent again.
     drop((l, g));
     server.shutdown().await;
     let server = TestServer::start(config).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(receiver.got.lock().unwrap().len(), 8, "sent again after a restart");
+    // Its status counts since the first start, and the last delivery succeeded: no old error.
+    let (_, status) = server.client(READER).get_json("/v1/status").await.unwrap();
+    let w = &status["webhooks"];
+    assert_eq!(
+        (
+            w["delivered_total"].as_u64(),
+            w["given_up_total"].as_u64(),
+            w["attempts_total"].as_u64()
+        ),
+        (Some(2), Some(1), Some(8)),
+        "{w}"
+    );
+    assert_eq!(w["last_error"], serde_json::Value::Null, "{w}");
     server.shutdown().await;
 }

@@ -10,6 +10,15 @@ use crate::error::Result;
 pub const DELIVERIES_KEPT: u64 = 10_000;
 
 const POSITION: &[u8] = b"position";
+const TOTALS: &[u8] = b"totals";
+
+/// What the webhooks did since the ledger's first start (kept across restarts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub delivered: u64,
+    pub given_up: u64,
+    pub attempts: u64,
+}
 const DELIVERY: u8 = b'd';
 
 /// One attempt to deliver one alert change.
@@ -80,18 +89,35 @@ impl WebhookLog {
             .unwrap_or(0))
     }
 
-    /// Adds an attempt (its `n` is given here), dropping the oldest beyond [`DELIVERIES_KEPT`].
+    /// The totals kept with the log.
+    pub fn totals(&self) -> Result<Totals> {
+        match self.tree.get(TOTALS).map_err(crate::store::from_sled)? {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| crate::Error::corrupt_by("the webhooks' totals", e)),
+            None => Ok(Totals::default()),
+        }
+    }
+
+    /// Adds an attempt (its `n` is given here) and counts it in the totals, in one batch,
+    /// dropping the oldest attempt beyond [`DELIVERIES_KEPT`].
     pub fn record(&self, mut d: Delivery) -> Result<Delivery> {
         d.n = self.last_n()? + 1;
-        let value = serde_json::to_vec(&d).expect("deliveries serialize");
-        self.tree
-            .insert(delivery_key(d.n), value)
-            .map_err(crate::store::from_sled)?;
-        if d.n > DELIVERIES_KEPT {
-            self.tree
-                .remove(delivery_key(d.n - DELIVERIES_KEPT))
-                .map_err(crate::store::from_sled)?;
+        let mut totals = self.totals()?;
+        totals.attempts += 1;
+        match d.outcome.as_str() {
+            "delivered" => totals.delivered += 1,
+            "given_up" => totals.given_up += 1,
+            _ => {}
         }
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            &delivery_key(d.n)[..],
+            serde_json::to_vec(&d).expect("deliveries serialize"),
+        );
+        batch.insert(TOTALS, serde_json::to_vec(&totals).expect("totals serialize"));
+        if d.n > DELIVERIES_KEPT {
+            batch.remove(&delivery_key(d.n - DELIVERIES_KEPT)[..]);
+        }
+        self.tree.apply_batch(batch).map_err(crate::store::from_sled)?;
         Ok(d)
     }
 
@@ -110,6 +136,42 @@ impl WebhookLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_totals_count_every_attempt_and_outlive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let log = WebhookLog::new(db.open_tree("webhooks").unwrap());
+            for outcome in ["retrying", "delivered", "retrying", "given_up", "delivered"] {
+                log.record(Delivery {
+                    n: 0,
+                    stream_seq: 1,
+                    alert_id: "a".into(),
+                    rule: "r".into(),
+                    severity: "high".into(),
+                    attempt: 1,
+                    at: Utc::now(),
+                    status: None,
+                    outcome: outcome.into(),
+                    error: None,
+                    duration_ms: 1,
+                })
+                .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let log = WebhookLog::new(db.open_tree("webhooks").unwrap());
+        assert_eq!(
+            log.totals().unwrap(),
+            Totals {
+                delivered: 2,
+                given_up: 1,
+                attempts: 5
+            }
+        );
+    }
 
     #[test]
     fn attempts_are_numbered_listed_newest_first_and_bounded() {

@@ -107,6 +107,11 @@ impl WebhookSender {
             .map_err(|e| crate::Error::config_by("webhooks", e))?;
         let status = Arc::new(WebhookStatus::default());
         status.position.store(log.position()?, Ordering::Relaxed);
+        // The totals are the log's, across restarts (not this process's alone).
+        let totals = log.totals()?;
+        status.delivered_total.store(totals.delivered, Ordering::Relaxed);
+        status.given_up_total.store(totals.given_up, Ordering::Relaxed);
+        status.attempts_total.store(totals.attempts, Ordering::Relaxed);
         Ok(WebhookSender {
             feed,
             log,
@@ -204,6 +209,8 @@ impl WebhookSender {
             match error {
                 None => {
                     self.status.delivered_total.fetch_add(1, Ordering::Relaxed);
+                    // The receiver is back: an error from before is no longer the state.
+                    *self.status.last_error.lock().expect("status lock") = None;
                     return Ok(());
                 }
                 Some(e) => {
