@@ -215,8 +215,16 @@ pub fn for_event(event: Option<&Event>, seq: u64, opened: &[&Alert], wallet_of: 
     out
 }
 
+/// A time as the English message gives it: UTC.
 fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// A time as the Chinese message gives it: Beijing time (UTC+8, all year), which is how the
+/// platform's holders read a clock.
+fn time_zh(t: DateTime<Utc>) -> String {
+    let beijing = chrono::FixedOffset::east_opt(8 * 3600).expect("a valid offset");
+    format!("{}（北京时间）", t.with_timezone(&beijing).format("%Y-%m-%d %H:%M"))
 }
 
 /// A provider's name as the platform's users know it.
@@ -248,7 +256,7 @@ fn wallet_words(wallet: Option<&(String, String)>) -> (String, String) {
 fn bound_messages(provider: &str, masked: &str, at: DateTime<Utc>) -> Messages {
     let (zh, en) = provider_name(provider);
     Messages {
-        zh: format!("您的账户于 {} 绑定了{zh}（{masked}）。如非本人操作，请立即联系客服。", time(at)),
+        zh: format!("您的账户于 {} 绑定了{zh}（{masked}）。如非本人操作，请立即联系客服。", time_zh(at)),
         en: format!(
             "{en} wallet {masked} was bound to your account at {}. If this was not you, contact customer service at once.",
             time(at)
@@ -259,7 +267,7 @@ fn bound_messages(provider: &str, masked: &str, at: DateTime<Utc>) -> Messages {
 fn locked_messages(wallet: Option<&(String, String)>, until: DateTime<Utc>) -> Messages {
     let (zh, en) = wallet_words(wallet);
     Messages {
-        zh: format!("为保障您的账户安全，{zh}已暂停支付，至 {}。如有疑问，请联系客服。", time(until)),
+        zh: format!("为保障您的账户安全，{zh}已暂停支付，至 {}。如有疑问，请联系客服。", time_zh(until)),
         en: format!(
             "For your security, payments with your {en} are paused until {}. If you have questions, contact customer service.",
             time(until)
@@ -316,6 +324,18 @@ mod tests {
     use crate::alerts::rules::RULE_NAMES;
 
     #[test]
+    fn the_chinese_text_gives_beijing_time_and_the_english_utc() {
+        // 2026-12-07 16:30 UTC is 2026-12-08 00:30 in Beijing: the day changes too.
+        let until = DateTime::parse_from_rfc3339("2026-12-07T16:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let m = locked_messages(Some(&("alipay".into(), "138****5678".into())), until);
+        assert!(m.zh.contains("2026-12-08 00:30（北京时间）"), "{}", m.zh);
+        assert!(!m.zh.contains("UTC"), "{}", m.zh);
+        assert!(m.en.contains("2026-12-07 16:30 UTC"), "{}", m.en);
+    }
+
+    #[test]
     fn every_rule_has_its_words_in_both_languages() {
         for rule in RULE_NAMES {
             let (zh, en) = rule_words(rule);
@@ -329,7 +349,7 @@ mod tests {
         let until = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
         let known = locked_messages(Some(&("alipay".into(), "138****5678".into())), until);
         assert!(
-            known.zh.contains("支付宝（138****5678）") && known.zh.contains(&time(until)),
+            known.zh.contains("支付宝（138****5678）") && known.zh.contains(&time_zh(until)),
             "{known:?}"
         );
         assert!(known.en.contains("Alipay wallet 138****5678") && known.en.contains(&time(until)));
