@@ -340,9 +340,9 @@ async fn the_console_says_what_happened_in_the_words_it_means() {
         writer.post_json("/v1/accounts/ann/payments", &body).await.unwrap();
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !server.ledger.account("ann").unwrap().unwrap().bindings[0]
+    while server.ledger.account("ann").unwrap().unwrap().bindings[0]
         .lock
-        .is_some()
+        .is_none()
     {
         assert!(
             std::time::Instant::now() < deadline,

@@ -894,16 +894,16 @@ pub async fn run(
     match &relay_status {
         Some(_) if map.is_some() => {
             outln!(
-                "  kafka:     at {}, each shard its own four topics (events, alerts, notifications, checkpoints)",
+                "  kafka:     at {}, each shard its own five topics (events, alerts, notifications, checkpoints, wrapped data keys)",
                 config.kafka.brokers
             );
             outln!("  while it runs:");
             outln!("    {exe} status --url http://{addr} {token_arg}");
         }
         Some(_) => {
-            outln!("  kafka:     at {}, four topics:", config.kafka.brokers);
+            outln!("  kafka:     at {}, five topics:", config.kafka.brokers);
             outln!(
-                "               {:<40} every event, keyed by account",
+                "               {:<40} every event, keyed by account (personal fields sealed)",
                 config.kafka.topic
             );
             outln!(
@@ -915,6 +915,10 @@ pub async fn run(
                 config.kafka.notifications_topic
             );
             outln!("               {:<40} the signed checkpoints", config.checkpoints.topic);
+            outln!(
+                "               {:<40} each account's data key, wrapped by the master key",
+                bindledger::adapters::kafka::keys::keys_topic(&config.kafka.topic)
+            );
             outln!("  while it runs:");
             outln!("    {exe} status --url http://{addr} {token_arg}");
             outln!(
