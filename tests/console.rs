@@ -120,6 +120,31 @@ async fn until(b: &fantoccini::Client, what: &str, js: &str) {
     }
 }
 
+/// Six wrong payment passwords on `account`'s `binding` (orders `<round>-<i>`), then waits
+/// until the brute-force rule has locked it; returns the alert's id.
+async fn guess_until_locked(server: &TestServer, account: &str, binding: uuid::Uuid, round: &str) -> String {
+    let mut writer = server.client(WRITER);
+    for i in 0..6 {
+        let body = json!({"binding_id": binding, "order_id": format!("{round}-{i}"), "amount_minor": 100, "payment_password": "000000"});
+        writer
+            .post_json(&format!("/v1/accounts/{account}/payments"), &body)
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server.ledger.account(account).unwrap().unwrap().bindings[0]
+        .lock
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rule did not lock the binding"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    alert_id_of(server, "password_brute_force").await
+}
+
 async fn alert_id_of(server: &TestServer, rule: &str) -> String {
     let (_, alerts) = server
         .client(SECURITY)
@@ -192,24 +217,7 @@ async fn a_triage_from_a_stale_page_is_refused_as_a_conflict_and_nothing_is_over
     );
     let server = TestServer::start(config).await;
     let binding = bind_wallet(&server.ledger, &server.gateway, "victim", 1).await;
-    let mut writer = server.client(WRITER);
-    for i in 0..6 {
-        let body = json!({"binding_id": binding, "order_id": format!("o-{i}"), "amount_minor": 100, "payment_password": "000000"});
-        writer.post_json("/v1/accounts/victim/payments", &body).await.unwrap();
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let alert_id = loop {
-        let (_, a) = server
-            .client(SECURITY)
-            .get_json("/v1/alerts?rule=password_brute_force")
-            .await
-            .unwrap();
-        if let Some(id) = a["alerts"][0]["id"].as_str() {
-            break id.to_owned();
-        }
-        assert!(std::time::Instant::now() < deadline, "no alert");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let alert_id = guess_until_locked(&server, "victim", binding, "o").await;
     let base = format!("http://{}", server.addr);
     let driver = chromedriver();
     let (alice, carol) = (browser(&driver).await, browser(&driver).await);
@@ -335,22 +343,7 @@ async fn the_console_says_what_happened_in_the_words_it_means() {
     let pw = server.gateway.password_for(&alipay(), &phone(1));
     let body = json!({"binding_id": binding, "order_id": "o-ok", "amount_minor": 100, "payment_password": pw});
     writer.post_json("/v1/accounts/ann/payments", &body).await.unwrap();
-    for i in 0..6 {
-        let body = json!({"binding_id": binding, "order_id": format!("o-{i}"), "amount_minor": 100, "payment_password": "000000"});
-        writer.post_json("/v1/accounts/ann/payments", &body).await.unwrap();
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while server.ledger.account("ann").unwrap().unwrap().bindings[0]
-        .lock
-        .is_none()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the rule did not lock the binding"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let alert_id = alert_id_of(&server, "password_brute_force").await;
+    let alert_id = guess_until_locked(&server, "ann", binding, "o").await;
     let driver = chromedriver();
     let alice = browser(&driver).await;
     let base = format!("http://{}", server.addr);
@@ -506,23 +499,7 @@ async fn a_long_history_opens_on_its_newest_events_and_an_alert_finds_its_own() 
     for p in payments {
         p.await.unwrap();
     }
-    let mut writer = server.client(WRITER);
-    for i in 0..6 {
-        let body = json!({"binding_id": binding, "order_id": format!("bad-{i}"), "amount_minor": 100, "payment_password": "000000"});
-        writer.post_json("/v1/accounts/busy/payments", &body).await.unwrap();
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while server.ledger.account("busy").unwrap().unwrap().bindings[0]
-        .lock
-        .is_none()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the rule did not lock the binding"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let alert_id = alert_id_of(&server, "password_brute_force").await;
+    let alert_id = guess_until_locked(&server, "busy", binding, "bad").await;
     let driver = chromedriver();
     let alice = browser(&driver).await;
     let base = format!("http://{}", server.addr);
@@ -583,14 +560,7 @@ async fn a_binding_locked_again_after_an_unlock_shows_as_locked() {
     let base = format!("http://{}", server.addr);
     sign_in(&alice, &base, ALICE).await;
     let binding = bind_wallet(&server.ledger, &server.gateway, "vic", 1).await;
-    let mut writer = server.client(WRITER);
-    let guess = async |writer: &mut bindledger::adapters::http::client::Client, round: &str| {
-        for i in 0..6 {
-            let body = json!({"binding_id": binding, "order_id": format!("{round}-{i}"), "amount_minor": 100, "payment_password": "000000"});
-            writer.post_json("/v1/accounts/vic/payments", &body).await.unwrap();
-        }
-    };
-    guess(&mut writer, "first").await;
+    guess_until_locked(&server, "vic", binding, "first").await;
     let state =
         "(document.querySelector('tr[data-rule=\"password_brute_force\"] td.state') || { innerText: '' }).innerText";
     until(
@@ -616,18 +586,7 @@ async fn a_binding_locked_again_after_an_unlock_shows_as_locked() {
     )
     .await;
     // Guessing goes on: the rule locks it again, and the live queue shows it locked.
-    guess(&mut writer, "second").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while server.ledger.account("vic").unwrap().unwrap().bindings[0]
-        .lock
-        .is_none()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the rule did not lock the binding again"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    guess_until_locked(&server, "vic", binding, "second").await;
     until(
         &alice,
         "the second lock in the queue",
