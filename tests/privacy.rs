@@ -196,14 +196,22 @@ async fn personal_fields_are_sealed_at_rest_and_erasure_leaves_a_chain_every_ver
             .unwrap();
         assert_eq!(status, StatusCode::CREATED, "{v}");
     }
+    // The alerts once the monitor has folded the whole log and the store holds them (two reads
+    // 200 ms apart agree).
     let alerts_of = async |s: &TestServer| {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let monitor = s.node.as_ref().unwrap().monitor.as_ref().unwrap().status().clone();
+        let mut last = Value::Null;
         loop {
+            let folded = monitor.position.load(std::sync::atomic::Ordering::Acquire) >= s.ledger.log_len();
             let (_, a) = get(s, SECURITY, "/v1/alerts?account=alice").await;
-            if a["alerts"].as_array().is_some_and(|l| !l.is_empty()) || Instant::now() > deadline {
-                return a["alerts"].clone();
+            let alerts = a["alerts"].clone();
+            if folded && alerts.as_array().is_some_and(|l| !l.is_empty()) && alerts == last {
+                return alerts;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(Instant::now() < deadline, "the alerts did not settle: {a}");
+            last = alerts;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
     let alerts_before = alerts_of(&s).await;
