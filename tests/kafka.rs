@@ -1198,8 +1198,9 @@ fn two_demo_runs_on_one_broker_each_use_their_own_topics() {
         assert_eq!(words[2], words[4], "{line}");
         assert!(words[8].starts_with("bindledger.demo."), "{line}");
         assert!(text.contains("the topic equals the log, event for event"), "{text}");
-        // Regression: the banner named the events topic only. All four, and the commands
-        // that read this run while it goes.
+        // Regression: the banner named the events topic only. All five (events, alerts,
+        // notifications, checkpoints, wrapped data keys), and the commands that read this run
+        // while it goes.
         let banner: Vec<&str> = text
             .lines()
             .take_while(|l| !l.trim_start().starts_with("alerts:"))
@@ -1208,7 +1209,7 @@ fn two_demo_runs_on_one_broker_each_use_their_own_topics() {
             .iter()
             .filter(|l| l.trim_start().starts_with("bindledger.demo."))
             .count();
-        assert_eq!(named, 4, "{}", banner.join("\n"));
+        assert_eq!(named, 5, "{}", banner.join("\n"));
         assert!(
             banner.iter().any(|l| l.contains(" status --url http://"))
                 && banner
