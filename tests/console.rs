@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
+use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 const ALICE: &str = "alice-security-token-0123";
@@ -18,7 +19,13 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    /// Ends chromedriver and every browser it started: they share its process group (the
+    /// browsers outlived a kill of chromedriver alone, and each holds inotify instances, of
+    /// which a user has 128: enough left-over browsers made later tests' stores fail to open).
     fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -31,6 +38,7 @@ fn chromedriver() -> Driver {
         .unwrap()
         .port();
     let child = std::process::Command::new("chromedriver")
+        .process_group(0)
         .arg(format!("--port={port}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
