@@ -274,18 +274,11 @@ impl DataKeys {
     /// under this node's master keys (it was given another key store than the primary's).
     pub fn put_wrapped(&self, account: &str, wrapped: Option<&[u8]>, erased: bool) -> Result<bool> {
         self.cache.lock().expect("lock").remove(account);
-        match wrapped {
-            Some(w) if !erased => {
-                let Some(parsed) = Wrapped::from_bytes(w) else {
-                    return Err(Error::corrupt("a wrapped data key on the keys topic is damaged"));
-                };
-                self.tree.insert(account.as_bytes(), w).map_err(from_sled)?;
-                Ok(self.master.unwrap(&parsed, account.as_bytes())?.is_some())
-            }
-            _ => {
-                self.tree.remove(account.as_bytes()).map_err(from_sled)?;
-                Ok(true)
-            }
+        let wrapped = wrapped.filter(|_| !erased);
+        put_in(&self.tree, account, wrapped)?;
+        match wrapped.and_then(Wrapped::from_bytes) {
+            Some(w) => Ok(self.master.unwrap(&w, account.as_bytes())?.is_some()),
+            None => Ok(true),
         }
     }
 
@@ -415,7 +408,11 @@ fn unopened(erased: bool) -> &'static str {
 /// Stores a wrapped key straight into a store's key table (a restore, with no ledger open);
 /// `None` removes it.
 pub fn store_wrapped(store: &Store, account: &str, wrapped: Option<&[u8]>) -> Result<()> {
-    let tree = store.tree("keys")?;
+    put_in(&store.tree("keys")?, account, wrapped)
+}
+
+/// A wrapped key from the keys topic into a key table (checked to be one); `None` removes it.
+fn put_in(tree: &sled::Tree, account: &str, wrapped: Option<&[u8]>) -> Result<()> {
     match wrapped {
         Some(w) => {
             if Wrapped::from_bytes(w).is_none() {

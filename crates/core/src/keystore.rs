@@ -105,48 +105,46 @@ pub struct FileKeyStore {
 impl FileKeyStore {
     /// Opens the file, creating it with a first generation if it does not exist.
     pub fn open(path: &Path) -> Result<FileKeyStore> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut k = [0u8; 32];
-                random(&mut k)?;
-                write_file(path, &[(1, k)])?;
-                std::fs::read_to_string(path)
-                    .map_err(|e| Error::io_caused(format!("reading the master key file {}", path.display()), e))?
-            }
-            Err(e) => {
-                return Err(Error::io_caused(
-                    format!("reading the master key file {}", path.display()),
-                    e,
-                ))
-            }
-        };
-        let mut keys = Vec::new();
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let bad = || {
-                Error::config(format!(
-                    "{} line {}: expected `<generation> <64 hex>`",
-                    path.display(),
-                    n + 1
-                ))
-            };
-            let (g, k) = line.trim().split_once(' ').ok_or_else(bad)?;
-            let g: u32 = g.parse().map_err(|_| bad())?;
-            let k = hex::decode(k).map_err(|_| bad())?;
-            if k.len() != 32 || g == 0 || keys.iter().any(|(h, _)| *h == g) {
-                return Err(bad());
-            }
-            keys.push((g, aes_key(&k)));
+        if !path.exists() {
+            let mut k = [0u8; 32];
+            random(&mut k)?;
+            write_file(path, &[(1, k)])?;
         }
-        if keys.is_empty() {
-            return Err(Error::config(format!("{} holds no master key", path.display())));
-        }
-        keys.sort_by_key(|(g, _)| *g);
+        let keys = read_file(path)?.into_iter().map(|(g, k)| (g, aes_key(&k))).collect();
         Ok(FileKeyStore {
             path: path.to_owned(),
             keys: Mutex::new(keys),
         })
     }
+}
+
+/// Reads the key file: its generations and keys, oldest first; a line that is not
+/// `<generation> <64 hex>`, a generation twice, or no key at all is refused, naming the line.
+fn read_file(path: &Path) -> Result<Vec<(u32, DataKeyBytes)>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io_caused(format!("reading the master key file {}", path.display()), e))?;
+    let mut keys: Vec<(u32, DataKeyBytes)> = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad = || {
+            Error::config(format!(
+                "{} line {}: expected `<generation> <64 hex>`",
+                path.display(),
+                n + 1
+            ))
+        };
+        let (g, k) = line.trim().split_once(' ').ok_or_else(bad)?;
+        let g: u32 = g.parse().map_err(|_| bad())?;
+        let k: DataKeyBytes = hex::decode(k).ok().and_then(|k| k.try_into().ok()).ok_or_else(bad)?;
+        if g == 0 || keys.iter().any(|(h, _)| *h == g) {
+            return Err(bad());
+        }
+        keys.push((g, k));
+    }
+    if keys.is_empty() {
+        return Err(Error::config(format!("{} holds no master key", path.display())));
+    }
+    keys.sort_by_key(|(g, _)| *g);
+    Ok(keys)
 }
 
 /// Writes the key file whole: a temporary file (0600), fsync, rename, fsync of the directory.
@@ -177,20 +175,8 @@ fn write_file(path: &Path, keys: &[(u32, DataKeyBytes)]) -> Result<()> {
 impl FileKeyStore {
     /// Rewrites the file from its current lines, without `drop` and with `add`.
     fn rewrite(&self, drop: Option<u32>, add: Option<(u32, DataKeyBytes)>) -> Result<()> {
-        let text = std::fs::read_to_string(&self.path)
-            .map_err(|e| Error::io_caused(format!("reading the master key file {}", self.path.display()), e))?;
-        let mut lines: Vec<(u32, DataKeyBytes)> = Vec::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let parsed = line.trim().split_once(' ').and_then(|(g, k)| {
-                let k: DataKeyBytes = hex::decode(k).ok()?.try_into().ok()?;
-                Some((g.parse::<u32>().ok()?, k))
-            });
-            let (g, k) =
-                parsed.ok_or_else(|| Error::config(format!("{} changed under the ledger", self.path.display())))?;
-            if Some(g) != drop {
-                lines.push((g, k));
-            }
-        }
+        let mut lines = read_file(&self.path)?;
+        lines.retain(|(g, _)| Some(*g) != drop);
         lines.extend(add);
         write_file(&self.path, &lines)
     }

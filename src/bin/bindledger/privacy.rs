@@ -1,7 +1,7 @@
 //! `bindledger erase` and `bindledger keys`: a person's right to be forgotten, and the master
 //! key whose rotation bounds how long a copy of an erased person's wrapped key stays readable.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
 
 use crate::remote::{print_refusal, url_escape, Remote};
@@ -9,12 +9,8 @@ use crate::EXIT_ERROR;
 
 /// `bindledger erase`: destroys the account's data key and appends `subject_erased`.
 pub async fn erase(remote: &Remote, account: &str, json: bool) -> Result<i32> {
-    let (addr, token) = remote.connect()?;
     let path = format!("/v1/accounts/{}/erasure", url_escape(account));
-    let (status, v) = bindledger::adapters::http::client::Client::new(addr, Some(token))
-        .post_json(&path, &serde_json::json!({"confirm": true}))
-        .await
-        .with_context(|| format!("asking {}", remote.url))?;
+    let (status, v) = remote.post(&path, &serde_json::json!({"confirm": true})).await?;
     if json {
         outln!("{v}");
     } else if status.is_success() {
@@ -57,14 +53,11 @@ pub async fn keys(command: KeysCommand) -> Result<i32> {
         KeysCommand::Rotate { remote, json } => (remote, json, true),
     };
     remote.resolve()?;
-    let (addr, token) = remote.connect()?;
-    let mut client = bindledger::adapters::http::client::Client::new(addr, Some(token));
     let (status, v) = if rotate {
-        client.post_json("/v1/admin/keys/rotate", &serde_json::json!({})).await
+        remote.post("/v1/admin/keys/rotate", &serde_json::json!({})).await?
     } else {
-        client.get_json("/v1/admin/keys").await
-    }
-    .with_context(|| format!("asking {}", remote.url))?;
+        remote.get("/v1/admin/keys").await?
+    };
     if json {
         outln!("{v}");
     } else if !status.is_success() {

@@ -1,16 +1,12 @@
 //! `bindledger promote`: make a read replica the primary.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::remote::{print_refusal, Remote};
 use crate::EXIT_ERROR;
 
 pub async fn run(remote: &Remote, json: bool) -> Result<i32> {
-    let (addr, token) = remote.connect()?;
-    let (status, v) = bindledger::adapters::http::client::Client::new(addr, Some(token))
-        .post_json("/v1/admin/promote", &serde_json::json!({}))
-        .await
-        .with_context(|| format!("asking {}", remote.url))?;
+    let (status, v) = remote.post("/v1/admin/promote", &serde_json::json!({})).await?;
     if json {
         outln!("{v}");
     } else if status.is_success() {

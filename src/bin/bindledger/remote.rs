@@ -68,6 +68,24 @@ impl Remote {
         };
         Ok((parse_url(&self.url)?, token))
     }
+
+    /// `POST path` with a JSON body: the answer's status and JSON.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> Result<(hyper::StatusCode, serde_json::Value)> {
+        let (addr, token) = self.connect()?;
+        bindledger::adapters::http::client::Client::new(addr, Some(token))
+            .post_json(path, body)
+            .await
+            .with_context(|| format!("asking {}", self.url))
+    }
+
+    /// `GET path`: the answer's status and JSON.
+    pub async fn get(&self, path: &str) -> Result<(hyper::StatusCode, serde_json::Value)> {
+        let (addr, token) = self.connect()?;
+        bindledger::adapters::http::client::Client::new(addr, Some(token))
+            .get_json(path)
+            .await
+            .with_context(|| format!("asking {}", self.url))
+    }
 }
 
 /// From now on this process's clients verify `https://` servers against the CA in `ca` alone

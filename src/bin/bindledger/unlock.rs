@@ -1,21 +1,17 @@
 //! `bindledger unlock`: lift a binding's lock (security role).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::remote::{print_refusal, url_escape, Remote};
 use crate::EXIT_ERROR;
 
 pub async fn run(remote: &Remote, account: &str, binding: &str, json: bool) -> Result<i32> {
-    let (addr, token) = remote.connect()?;
     let path = format!(
         "/v1/accounts/{}/bindings/{}/unlock",
         url_escape(account),
         url_escape(binding)
     );
-    let (status, v) = bindledger::adapters::http::client::Client::new(addr, Some(token))
-        .post_json(&path, &serde_json::json!({"confirm": true}))
-        .await
-        .with_context(|| format!("asking {}", remote.url))?;
+    let (status, v) = remote.post(&path, &serde_json::json!({"confirm": true})).await?;
     if json {
         outln!("{v}");
     }
