@@ -169,13 +169,22 @@ async fn guess_until_locked(server: &TestServer, account: &str, binding: uuid::U
     alert_id_of(server, "password_brute_force").await
 }
 
+/// The newest alert of `rule`, once the alert store has it (it trails the live feed, and so the
+/// lock the alert caused, by a few milliseconds).
 async fn alert_id_of(server: &TestServer, rule: &str) -> String {
-    let (_, alerts) = server
-        .client(SECURITY)
-        .get_json(&format!("/v1/alerts?rule={rule}"))
-        .await
-        .unwrap();
-    alerts["alerts"][0]["id"].as_str().unwrap().to_owned()
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, alerts) = server
+            .client(SECURITY)
+            .get_json(&format!("/v1/alerts?rule={rule}"))
+            .await
+            .unwrap();
+        if let Some(id) = alerts["alerts"][0]["id"].as_str() {
+            return id.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no {rule} alert stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The console over HTTPS (issue 30): Chromium trusts the server's key (pinned by its SPKI
