@@ -24,7 +24,7 @@ use crate::domain::alerts::Severity;
 use crate::domain::command::{self, BindRequest, PayRequest, UnbindRequest, UnlockRequest};
 use crate::domain::projection::binding_view;
 use crate::error::Error;
-use crate::ledger::alerts::store::{AlertFilter, AlertStore};
+use crate::ledger::alerts::store::{AlertFilter, AlertStore, Order};
 use crate::ledger::CommandResult;
 use bindledger_kafka::client::RelayStatus;
 use bindledger_kafka::relay::Relay;
@@ -510,32 +510,52 @@ fn monitor(s: &AppState) -> ApiResult<&MonitorView> {
 #[serde(deny_unknown_fields)]
 struct AlertQuery {
     since: Option<String>,
+    until: Option<String>,
     severity: Option<String>,
     rule: Option<String>,
     account: Option<String>,
+    /// The alert's key: a wallet fingerprint (or an account).
+    wallet: Option<String>,
+    state: Option<String>,
+    assignee: Option<String>,
+    /// `newest` (the default) or `oldest` first.
+    sort: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
     /// SSE only: resume after this stream seq (as `Last-Event-ID` does).
     after: Option<u64>,
+    /// SSE only: also send triage as it is recorded (`event: triage`); ids are then
+    /// `<stream seq>.<triage seq>`.
+    triage: Option<bool>,
+    /// SSE only, with `triage`: resume the triage after this event seq.
+    triage_after: Option<u64>,
 }
+
+/// The states `GET /v1/alerts?state=` takes.
+const ALERT_STATES_TEXT: &str =
+    "state is one of open, closed, untriaged, acknowledged, assigned, resolved, false_positive, locked, unlocked";
 
 impl AlertQuery {
     fn filter(&self) -> ApiResult<AlertFilter> {
         let bad = |code, field, message| ApiError::new(StatusCode::BAD_REQUEST, code, message).with_field(field);
-        let since = match &self.since {
-            None => None,
-            Some(t) => Some(
-                chrono::DateTime::parse_from_rfc3339(t)
-                    .map_err(|_| {
-                        bad(
-                            "invalid_time",
-                            "since",
-                            "since must be an RFC 3339 time, e.g. 2026-11-26T08:00:00Z",
-                        )
-                    })?
-                    .with_timezone(&chrono::Utc),
-            ),
+        let time = |t: &Option<String>, field: &'static str| -> ApiResult<Option<chrono::DateTime<chrono::Utc>>> {
+            match t {
+                None => Ok(None),
+                Some(t) => Ok(Some(
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map_err(|_| {
+                            bad(
+                                "invalid_time",
+                                field,
+                                "times are RFC 3339, e.g. 2026-11-26T08:00:00Z",
+                            )
+                        })?
+                        .with_timezone(&chrono::Utc),
+                )),
+            }
         };
+        let since = time(&self.since, "since")?;
+        let until = time(&self.until, "until")?;
         let severity = match &self.severity {
             None => None,
             Some(v) => Some(Severity::parse(v).ok_or_else(|| {
@@ -558,16 +578,66 @@ impl AlertQuery {
         if let Some(a) = &self.account {
             command::validate_account(a)?;
         }
+        if let Some(w) = &self.wallet {
+            let fingerprint = w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit());
+            if !fingerprint {
+                command::validate_account(w).map_err(|_| {
+                    bad(
+                        "invalid_wallet",
+                        "wallet",
+                        "wallet is a wallet fingerprint (64 hex digits) or an account",
+                    )
+                })?;
+            }
+        }
+        if let Some(st) = &self.state {
+            let known = st == "open" || st == "closed" || crate::ledger::alerts::store::TRIAGE_STATES.contains(&st.as_str());
+            if !known {
+                return Err(bad("invalid_state", "state", ALERT_STATES_TEXT));
+            }
+        }
+        if let Some(who) = &self.assignee {
+            let ok = !who.is_empty() && who.len() <= 64 && !who.chars().any(char::is_control);
+            if !ok {
+                return Err(bad(
+                    "invalid_assignee",
+                    "assignee",
+                    "assignee is a token's name: 1 to 64 characters",
+                ));
+            }
+        }
         Ok(AlertFilter {
             since,
+            until,
             severity,
             rule: self.rule.clone(),
             account: self.account.clone(),
+            key: self.wallet.clone(),
+            state: self.state.clone(),
+            assignee: self.assignee.clone(),
+            now: None,
         })
+    }
+
+    fn order(&self) -> ApiResult<Order> {
+        match self.sort.as_deref() {
+            None | Some("newest") => Ok(Order::NewestFirst),
+            Some("oldest") => Ok(Order::OldestFirst),
+            Some(_) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_sort",
+                "sort is newest or oldest",
+            )
+            .with_field("sort")),
+        }
     }
 }
 
-/// Alerts, newest first (by the event that opened them), each at its latest revision.
+/// Alerts, newest (or oldest) first by the event that opened them, each at its latest revision,
+/// filtered by any of since, until, severity, rule, account, wallet, state and assignee.
+/// Answers `{alerts, next_cursor, stream_seq, triage_seq}`: the last two are what the listing
+/// reflects at least, for a follower of the live stream to resume from
+/// (`/v1/alerts/stream?after=<stream_seq>&triage=true&triage_after=<triage_seq>`).
 async fn alerts_list(
     State(s): State<Arc<AppState>>,
     caller: Caller,
@@ -576,13 +646,17 @@ async fn alerts_list(
     caller.require(ALERT_READERS)?;
     let m = monitor(&s)?;
     let q = query(q)?;
-    let filter = q.filter()?;
+    let mut filter = q.filter()?;
+    filter.now = Some(s.ledger.now());
+    let order = q.order()?;
     let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
     let store = m.store.clone();
     let cursor = q.cursor.clone();
     let ledger = s.ledger.clone();
+    // Read before the listing: the stream from here repeats at most what the listing shows.
+    let (stream_seq, triage_seq) = (m.feed.stored(), m.feed.triaged());
     let (alerts, next) = tokio::task::spawn_blocking(move || -> crate::Result<_> {
-        let (alerts, next) = store.list(&filter, cursor.as_deref(), limit)?;
+        let (alerts, next) = store.list(&filter, cursor.as_deref(), limit, order)?;
         let alerts = alerts
             .into_iter()
             .map(|a| with_triage(&ledger, &store, a))
@@ -591,7 +665,104 @@ async fn alerts_list(
     })
     .await
     .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
-    Ok(Json(json!({"alerts": alerts, "next_cursor": next})).into_response())
+    Ok(Json(json!({"alerts": alerts, "next_cursor": next, "stream_seq": stream_seq, "triage_seq": triage_seq})).into_response())
+}
+
+/// Rows `GET /v1/alerts/export` writes at most.
+const EXPORT_MAX: usize = 100_000;
+
+/// A value as a CSV field: quoted when it must be, and a value a spreadsheet would run as a
+/// formula (`=`, `+`, `-`, `@` first) led by `'`.
+fn csv_field(v: &str) -> String {
+    let v = if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{v}")
+    } else {
+        v.to_owned()
+    };
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v
+    }
+}
+
+/// `GET /v1/alerts/export` (security, auditor): the alerts a listing with the same filters and
+/// sort would show, all of them up to `limit` (at most 100,000; 10,000 unless said), as CSV
+/// with a header row. `X-Truncated: true` when more matched.
+async fn alerts_export(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    q: Result<Query<AlertQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    caller.require(ALERT_READERS)?;
+    let m = monitor(&s)?;
+    let q = query(q)?;
+    let mut filter = q.filter()?;
+    let now = s.ledger.now();
+    filter.now = Some(now);
+    let order = q.order()?;
+    let limit = q.limit.unwrap_or(10_000).clamp(1, EXPORT_MAX);
+    let (store, ledger) = (m.store.clone(), s.ledger.clone());
+    let (body, truncated) = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+        let mut out = String::from("id,rule,severity,key_kind,key,accounts,opened_at,updated_at,observed,threshold,unit,currency,matches,revision,state,binding_locked_until,triage,triaged_by,assignee,triaged_at\n");
+        let mut cursor: Option<String> = None;
+        let mut written = 0;
+        loop {
+            let (page, next) = store.list(&filter, cursor.as_deref(), (limit - written).min(1000), order)?;
+            for a in page {
+                let t = store.triage(&a.id)?;
+                let lock = match &a.lock {
+                    Some(l) => ledger.binding_lock(&l.account, l.binding_id)?,
+                    None => None,
+                };
+                let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                let row = [
+                    a.id.clone(),
+                    a.rule.clone(),
+                    a.severity.as_str().to_owned(),
+                    a.key.kind.clone(),
+                    a.key.value.clone(),
+                    a.accounts.join(" "),
+                    time(a.opened_at),
+                    time(a.updated_at),
+                    a.observed.to_string(),
+                    a.threshold.to_string(),
+                    a.unit.clone(),
+                    a.currency.map(|c| c.to_string()).unwrap_or_default(),
+                    a.matches.to_string(),
+                    a.revision.to_string(),
+                    (if a.open_until > now { "open" } else { "closed" }).to_owned(),
+                    lock.filter(|l| l.until > now).map(|l| time(l.until)).unwrap_or_default(),
+                    t.as_ref().map(|t| t.action.clone()).unwrap_or_default(),
+                    t.as_ref().map(|t| t.operator.clone()).unwrap_or_default(),
+                    t.as_ref().and_then(|t| t.assignee.clone()).unwrap_or_default(),
+                    t.as_ref().map(|t| time(t.at)).unwrap_or_default(),
+                ];
+                out.push_str(&row.iter().map(|v| csv_field(v)).collect::<Vec<_>>().join(","));
+                out.push('\n');
+                written += 1;
+            }
+            match next {
+                Some(n) if written < limit => cursor = Some(n),
+                Some(_) => return Ok((out, true)),
+                None => return Ok((out, false)),
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
+    let mut r = (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"alerts.csv\""),
+        ],
+        body,
+    )
+        .into_response();
+    if truncated {
+        r.headers_mut().insert("x-truncated", axum::http::HeaderValue::from_static("true"));
+    }
+    Ok(r)
 }
 
 /// An alert as the API shows it: its latest revision, `triage`, where it stands with the
@@ -761,36 +932,61 @@ async fn alerts_stream(
     let m = monitor(&s)?.clone();
     let q = query(q)?;
     let filter = q.filter()?;
+    // `Last-Event-ID`: a stream seq, or `<stream seq>.<triage seq>` (with `triage=true`).
     let last_event_id = match headers.get("last-event-id") {
         None => None,
         Some(v) => Some(
             v.to_str()
                 .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
+                .and_then(|v| {
+                    let v = v.trim();
+                    match v.split_once('.') {
+                        None => Some((v.parse::<u64>().ok()?, None)),
+                        Some((a, t)) => Some((a.parse::<u64>().ok()?, Some(t.parse::<u64>().ok()?))),
+                    }
+                })
                 .ok_or_else(|| {
                     ApiError::new(
                         StatusCode::BAD_REQUEST,
                         "invalid_last_event_id",
-                        "Last-Event-ID must be a stream seq from this feed",
+                        "Last-Event-ID must be an id from this feed",
                     )
                 })?,
         ),
     };
-    let after = last_event_id.or(q.after).unwrap_or(0);
+    let after = last_event_id.map(|(a, _)| a).or(q.after).unwrap_or(0);
+    let with_triage = q.triage.unwrap_or(false);
+    // Triage from where the follower left it, else from now.
+    let triage_after = last_event_id
+        .and_then(|(_, t)| t)
+        .or(q.triage_after)
+        .unwrap_or_else(|| m.feed.triaged());
+    enum Item {
+        Change(crate::domain::alerts::AlertChange),
+        Triage(crate::ledger::alerts::store::TriageEntry),
+    }
     struct Feed {
         m: MonitorView,
         published: tokio::sync::watch::Receiver<u64>,
+        triaged: Option<tokio::sync::watch::Receiver<u64>>,
         filter: AlertFilter,
         after: u64,
-        pending: std::collections::VecDeque<crate::domain::alerts::AlertChange>,
+        triage_after: u64,
+        /// What was sent: the id of the next event is made of them.
+        sent: (u64, u64),
+        pending: std::collections::VecDeque<Item>,
         closing: tokio::sync::watch::Receiver<bool>,
     }
     let published = m.feed.subscribe();
+    let triaged = with_triage.then(|| m.feed.subscribe_triage());
     let feed = Feed {
         m,
         published,
+        triaged,
         filter,
         after,
+        triage_after,
+        sent: (after, triage_after),
         pending: Default::default(),
         closing: s.closing.subscribe(),
     };
@@ -799,22 +995,51 @@ async fn alerts_stream(
             if *f.closing.borrow() {
                 return None;
             }
-            if let Some(c) = f.pending.pop_front() {
-                let data = serde_json::to_string(&c).expect("alerts serialize");
-                let ev = SseEvent::default()
-                    .id(c.stream_seq.to_string())
-                    .event("alert")
-                    .data(data);
+            if let Some(item) = f.pending.pop_front() {
+                let (kind, data) = match &item {
+                    Item::Change(c) => {
+                        f.sent.0 = c.stream_seq;
+                        ("alert", serde_json::to_string(c).expect("alerts serialize"))
+                    }
+                    Item::Triage(t) => {
+                        f.sent.1 = t.triage.seq;
+                        ("triage", serde_json::to_string(t).expect("triage serializes"))
+                    }
+                };
+                let id = match f.triaged {
+                    Some(_) => format!("{}.{}", f.sent.0, f.sent.1),
+                    None => f.sent.0.to_string(),
+                };
+                let ev = SseEvent::default().id(id).event(kind).data(data);
                 return Some((Ok::<_, std::convert::Infallible>(ev), f));
             }
+            if let Some(triaged) = &mut f.triaged {
+                if *triaged.borrow_and_update() > f.triage_after {
+                    let Ok(entries) = f.m.store.triage_after(f.triage_after, STREAM_READ) else {
+                        return None;
+                    };
+                    if let Some(last) = entries.last() {
+                        f.triage_after = last.triage.seq;
+                    }
+                    f.pending.extend(entries.into_iter().map(Item::Triage));
+                    continue;
+                }
+            }
+            let triage_changed = async {
+                match &mut f.triaged {
+                    Some(t) => t.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             let next = tokio::select! {
                 r = f.m.feed.next_after(f.after, STREAM_READ, &mut f.published) => r,
+                _ = triage_changed => continue,
                 _ = f.closing.changed() => continue,
             };
             match next {
                 Ok(Some(changes)) => {
                     f.after = changes.last().map_or(f.after, |c| c.stream_seq);
-                    let keep: Vec<_> = changes.into_iter().filter(|c| f.filter.accepts(&c.alert)).collect();
+                    let keep = changes.into_iter().filter(|c| f.filter.accepts(&c.alert)).map(Item::Change);
                     f.pending.extend(keep);
                 }
                 _ => return None,
@@ -1536,6 +1761,7 @@ routes! {
     "/v1/checkpoints/key" => get(checkpoint_key);
     "/v1/alerts" => get(alerts_list);
     "/v1/alerts/stream" => get(alerts_stream);
+    "/v1/alerts/export" => get(alerts_export);
     "/v1/alerts/{alert_id}" => get(alert_one);
     "/v1/alerts/{alert_id}/triage" => post(triage);
     "/v1/rules" => get(rules);

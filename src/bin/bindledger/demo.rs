@@ -358,7 +358,7 @@ async fn alerts_report(ledger: &Ledger, m: &bindledger::adapters::http::MonitorV
         let mut by_rule: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut cursor: Option<String> = None;
         for _ in 0..100 {
-            let (page, next) = store.list(&Default::default(), cursor.as_deref(), 1000)?;
+            let (page, next) = store.list(&Default::default(), cursor.as_deref(), 1000, Default::default())?;
             for a in &page {
                 let e = by_rule.entry(a.rule.clone()).or_default();
                 if a.accounts.iter().all(|x| x.starts_with("shopper-")) {
@@ -404,6 +404,7 @@ async fn alerts_report(ledger: &Ledger, m: &bindledger::adapters::http::MonitorV
             },
             None,
             5,
+            Default::default(),
         )
     })
     .await

@@ -26,17 +26,21 @@ pub struct AlertFeed {
     published: tokio::sync::watch::Sender<u64>,
     /// The last stream seq stored in sled.
     stored: AtomicU64,
+    /// The seq of the last triage stored (the triage stream is read from sled).
+    triaged: tokio::sync::watch::Sender<u64>,
     store: AlertStore,
 }
 
 impl AlertFeed {
     /// A feed over `store`, whose stream is stored through `stored`; `published` starts there
     /// too.
-    pub fn new(store: AlertStore, stored: u64) -> AlertFeed {
+    /// `triaged` is the seq of the last triage stored.
+    pub fn new(store: AlertStore, stored: u64, triaged: u64) -> AlertFeed {
         AlertFeed {
             ring: RwLock::new(VecDeque::new()),
             published: tokio::sync::watch::Sender::new(stored),
             stored: AtomicU64::new(stored),
+            triaged: tokio::sync::watch::Sender::new(triaged),
             store,
         }
     }
@@ -76,6 +80,25 @@ impl AlertFeed {
         self.published.send_if_modified(|v| {
             let changed = *v < last.stream_seq;
             *v = (*v).max(last.stream_seq);
+            changed
+        });
+    }
+
+    /// Follows the seq of the last triage stored.
+    pub fn subscribe_triage(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.triaged.subscribe()
+    }
+
+    /// The seq of the last triage stored.
+    pub fn triaged(&self) -> u64 {
+        *self.triaged.borrow()
+    }
+
+    /// (monitor's store thread) Triage through the event seq `seq` is stored.
+    pub(crate) fn triaged_through(&self, seq: u64) {
+        self.triaged.send_if_modified(|v| {
+            let changed = *v < seq;
+            *v = (*v).max(seq);
             changed
         });
     }

@@ -177,7 +177,11 @@ impl Monitor {
         // Followers may already have read what is stored past the checkpoint: the monitor
         // makes those changes again, identically.
         let stored = store.last_stream_seq()?;
-        let feed = Arc::new(AlertFeed::new(store.clone(), stored));
+        let indexed = store.ensure_indexes()?;
+        if indexed > 0 {
+            tracing::info!(alerts = indexed, "the alert listing's indexes were built");
+        }
+        let feed = Arc::new(AlertFeed::new(store.clone(), stored, store.last_triage_seq()?));
         let rx = ledger.tap(TAP_CAPACITY);
         let worker = Worker {
             ledger: ledger.clone(),
@@ -291,7 +295,11 @@ impl Worker {
                                     feed.stored_through(last.stream_seq);
                                 }
                             }),
-                            Write::Triage(items) => store.write_triage(&items),
+                            Write::Triage(items) => store.write_triage(&items).map(|last| {
+                                if let Some(seq) = last {
+                                    feed.triaged_through(seq);
+                                }
+                            }),
                             Write::Checkpoint(delta, whole, position) => store
                                 .write_checkpoint(&delta, &digest, whole)
                                 .map(|_| written.store(position, Ordering::Release)),
