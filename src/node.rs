@@ -111,7 +111,7 @@ impl Node {
                 config.webhooks.clone(),
                 secret,
             )?;
-            extras.webhooks = Some((ledger.webhook_log(), sender.status.clone()));
+            extras.webhooks = Some((ledger.webhook_log(), sender.status.clone(), sender.client()));
             services.push(Box::pin(sender.run(stopped.clone())));
         }
         if config.checkpoints.enabled {

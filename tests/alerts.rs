@@ -1014,5 +1014,114 @@ async fn high_alerts_reach_a_signed_webhook_with_retries_and_a_delivery_log() {
         "{w}"
     );
     assert_eq!(w["last_error"], serde_json::Value::Null, "{w}");
+
+    // A retrying attempt says when the next is due: after it, by the backoff.
+    let (_, v) = server
+        .client(SECURITY)
+        .get_json("/v1/webhooks/deliveries")
+        .await
+        .unwrap();
+    let deliveries = v["deliveries"].as_array().unwrap().clone();
+    for d in &deliveries {
+        let next = d["next_attempt_at"].as_i64();
+        match d["outcome"].as_str().unwrap() {
+            "retrying" => assert!(next.unwrap() > d["at"].as_i64().unwrap(), "{d}"),
+            _ => assert_eq!(next, None, "{d}"),
+        }
+        assert_eq!(d["kind"], "alert", "{d}");
+    }
+    // A person sends the given-up alert again: once, with its delivery id, logged as a resend.
+    let given_up = deliveries.iter().find(|d| d["outcome"] == "given_up").unwrap();
+    let seq = given_up["stream_seq"].as_u64().unwrap();
+    let (status, v) = server
+        .client(AUDITOR)
+        .post_json(&format!("/v1/webhooks/deliveries/{seq}/resend"), &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "an auditor reads, does not send: {v}");
+    let (status, d) = server
+        .client(SECURITY)
+        .post_json(&format!("/v1/webhooks/deliveries/{seq}/resend"), &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(
+        (d["kind"].as_str(), d["outcome"].as_str(), d["status"].as_u64()),
+        (Some("resend"), Some("delivered"), Some(204)),
+        "{d}"
+    );
+    let last = receiver.got.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.delivery, seq.to_string(), "the same delivery id");
+    assert!(signed_by(secret.trim(), &last.signature, &last.body));
+    assert_eq!(
+        serde_json::from_slice::<AlertChange>(&last.body).unwrap().stream_seq,
+        seq
+    );
+    for (path, code) in [
+        ("/v1/webhooks/deliveries/999999/resend", 404),
+        ("/v1/webhooks/deliveries/x/resend", 400),
+        ("/v1/webhooks/deliveries/0/resend", 400),
+    ] {
+        let (status, v) = server
+            .client(SECURITY)
+            .post_json(path, &serde_json::json!({}))
+            .await
+            .unwrap();
+        assert_eq!(status, code, "{path}: {v}");
+    }
+    // A test event: signed, its own id and event type; a failing receiver is logged as failed.
+    receiver.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+    let (status, d) = server
+        .client(SECURITY)
+        .post_json("/v1/webhooks/test", &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(
+        (d["kind"].as_str(), d["outcome"].as_str(), d["status"].as_u64()),
+        (Some("test"), Some("failed"), Some(500)),
+        "{d}"
+    );
+    let (_, d) = server
+        .client(SECURITY)
+        .post_json("/v1/webhooks/test", &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (d["kind"].as_str(), d["outcome"].as_str()),
+        (Some("test"), Some("delivered")),
+        "{d}"
+    );
+    let last = receiver.got.lock().unwrap().last().cloned().unwrap();
+    assert!(last.delivery.starts_with("test-"), "{}", last.delivery);
+    assert!(signed_by(secret.trim(), &last.signature, &last.body));
+    let body: serde_json::Value = serde_json::from_slice(&last.body).unwrap();
+    assert_eq!(body["type"], "test");
+    assert_eq!(receiver.got.lock().unwrap().len(), 11);
+    let (_, v) = server
+        .client(SECURITY)
+        .get_json("/v1/webhooks/deliveries?limit=3")
+        .await
+        .unwrap();
+    let kinds: Vec<_> = v["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap().to_owned(),
+                d["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("test".into(), "delivered".into()),
+            ("test".into(), "failed".into()),
+            ("resend".into(), "delivered".into())
+        ] as [(String, String); 3]
+    );
+    assert_eq!(v["delivered_total"].as_u64(), Some(4), "{v}");
     server.shutdown().await;
 }

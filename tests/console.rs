@@ -67,6 +67,7 @@ async fn browser_with(driver: &Driver, more: &[String]) -> fantoccini::Client {
         "--disable-gpu",
         "--disable-dev-shm-usage",
         "--window-size=1400,1000",
+        "--lang=en-US",
     ]
     .iter()
     .map(|a| a.to_string())

@@ -43,11 +43,28 @@ pub struct Delivery {
     /// Why it failed, when it did (never a value from the receiver's answer).
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// When the next attempt at this change is due (a `retrying` attempt's).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "chrono::serde::ts_microseconds_option"
+    )]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// `alert` (sent by the stream), `resend` (an alert sent again by a person) or `test` (a
+    /// test event a person asked for).
+    #[serde(default = "alert_kind")]
+    pub kind: String,
+}
+
+fn alert_kind() -> String {
+    "alert".to_owned()
 }
 
 #[derive(Clone)]
 pub struct WebhookLog {
     tree: sled::Tree,
+    /// One record at a time: the sender's and a person's (resend, test) take the next `n`.
+    recording: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 fn delivery_key(n: u64) -> [u8; 9] {
@@ -58,7 +75,10 @@ fn delivery_key(n: u64) -> [u8; 9] {
 
 impl WebhookLog {
     pub fn new(tree: sled::Tree) -> WebhookLog {
-        WebhookLog { tree }
+        WebhookLog {
+            tree,
+            recording: Default::default(),
+        }
     }
 
     /// Every alert change through this stream seq was sent (or given up).
@@ -100,6 +120,7 @@ impl WebhookLog {
     /// Adds an attempt (its `n` is given here) and counts it in the totals, in one batch,
     /// dropping the oldest attempt beyond [`DELIVERIES_KEPT`].
     pub fn record(&self, mut d: Delivery) -> Result<Delivery> {
+        let _one = self.recording.lock().expect("recording lock");
         d.n = self.last_n()? + 1;
         let mut totals = self.totals()?;
         totals.attempts += 1;
@@ -156,6 +177,8 @@ mod tests {
                     outcome: outcome.into(),
                     error: None,
                     duration_ms: 1,
+                    next_attempt_at: None,
+                    kind: "alert".into(),
                 })
                 .unwrap();
             }
@@ -193,6 +216,8 @@ mod tests {
             outcome: "retrying".into(),
             error: None,
             duration_ms: 1,
+            next_attempt_at: None,
+            kind: "alert".into(),
         };
         for a in 1..=3 {
             assert_eq!(log.record(d(a)).unwrap().n, a as u64);

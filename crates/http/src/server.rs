@@ -475,7 +475,7 @@ async fn webhook_deliveries(
 ) -> ApiResult<Response> {
     caller.require(ALERT_READERS)?;
     let q = query(q)?;
-    let Some((log, status)) = s.extras.webhooks.clone() else {
+    let Some((log, status, _)) = s.extras.webhooks.clone() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "webhooks_disabled",
@@ -491,6 +491,52 @@ async fn webhook_deliveries(
     report["next_before"] = json!(deliveries.last().filter(|_| deliveries.len() == limit).map(|d| d.n));
     report["deliveries"] = json!(deliveries);
     Ok(Json(report).into_response())
+}
+
+/// The webhooks' sender for a person's resend or test (security), or why there is none.
+fn webhook_client(s: &AppState) -> ApiResult<Arc<crate::webhook::WebhookClient>> {
+    s.extras.webhooks.as_ref().map(|(_, _, c)| c.clone()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhooks_disabled",
+            "webhooks are off (webhooks.url is not set)",
+        )
+    })
+}
+
+/// `POST /v1/webhooks/deliveries/{stream_seq}/resend` (security): sends that alert change to
+/// the receiver again, once, and answers the attempt as the delivery log holds it.
+async fn webhook_resend(
+    State(s): State<Arc<AppState>>,
+    seq: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> ApiResult<Response> {
+    authorize(&req, Role::Security)?;
+    let seq = path(seq)?;
+    let client = webhook_client(&s)?;
+    let seq: u64 = seq.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_stream_seq",
+            "the delivery is named by its alert change's stream seq (a number from 1)",
+        )
+    })?;
+    match client.resend(seq).await? {
+        Some(d) => Ok(Json(d).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "change_not_found",
+            "the alert stream holds no change with this stream seq",
+        )),
+    }
+}
+
+/// `POST /v1/webhooks/test` (security): sends a signed test event to the receiver, once, and
+/// answers the attempt.
+async fn webhook_test(State(s): State<Arc<AppState>>, req: Request) -> ApiResult<Response> {
+    authorize(&req, Role::Security)?;
+    let client = webhook_client(&s)?;
+    Ok(Json(client.test().await?).into_response())
 }
 
 /// Who may read alerts.
@@ -543,13 +589,7 @@ impl AlertQuery {
                 None => Ok(None),
                 Some(t) => Ok(Some(
                     chrono::DateTime::parse_from_rfc3339(t)
-                        .map_err(|_| {
-                            bad(
-                                "invalid_time",
-                                field,
-                                "times are RFC 3339, e.g. 2026-11-26T08:00:00Z",
-                            )
-                        })?
+                        .map_err(|_| bad("invalid_time", field, "times are RFC 3339, e.g. 2026-11-26T08:00:00Z"))?
                         .with_timezone(&chrono::Utc),
                 )),
             }
@@ -591,7 +631,8 @@ impl AlertQuery {
             }
         }
         if let Some(st) = &self.state {
-            let known = st == "open" || st == "closed" || crate::ledger::alerts::store::TRIAGE_STATES.contains(&st.as_str());
+            let known =
+                st == "open" || st == "closed" || crate::ledger::alerts::store::TRIAGE_STATES.contains(&st.as_str());
             if !known {
                 return Err(bad("invalid_state", "state", ALERT_STATES_TEXT));
             }
@@ -623,12 +664,9 @@ impl AlertQuery {
         match self.sort.as_deref() {
             None | Some("newest") => Ok(Order::NewestFirst),
             Some("oldest") => Ok(Order::OldestFirst),
-            Some(_) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_sort",
-                "sort is newest or oldest",
-            )
-            .with_field("sort")),
+            Some(_) => Err(
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_sort", "sort is newest or oldest").with_field("sort"),
+            ),
         }
     }
 }
@@ -665,7 +703,10 @@ async fn alerts_list(
     })
     .await
     .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
-    Ok(Json(json!({"alerts": alerts, "next_cursor": next, "stream_seq": stream_seq, "triage_seq": triage_seq})).into_response())
+    Ok(
+        Json(json!({"alerts": alerts, "next_cursor": next, "stream_seq": stream_seq, "triage_seq": triage_seq}))
+            .into_response(),
+    )
 }
 
 /// Rows `GET /v1/alerts/export` writes at most.
@@ -754,13 +795,17 @@ async fn alerts_export(
     let mut r = (
         [
             (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"alerts.csv\""),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                "attachment; filename=\"alerts.csv\"",
+            ),
         ],
         body,
     )
         .into_response();
     if truncated {
-        r.headers_mut().insert("x-truncated", axum::http::HeaderValue::from_static("true"));
+        r.headers_mut()
+            .insert("x-truncated", axum::http::HeaderValue::from_static("true"));
     }
     Ok(r)
 }
@@ -1039,7 +1084,10 @@ async fn alerts_stream(
             match next {
                 Ok(Some(changes)) => {
                     f.after = changes.last().map_or(f.after, |c| c.stream_seq);
-                    let keep = changes.into_iter().filter(|c| f.filter.accepts(&c.alert)).map(Item::Change);
+                    let keep = changes
+                        .into_iter()
+                        .filter(|c| f.filter.accepts(&c.alert))
+                        .map(Item::Change);
                     f.pending.extend(keep);
                 }
                 _ => return None,
@@ -1441,7 +1489,7 @@ async fn status(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Res
             "opened": opened,
         })
     });
-    let webhooks = s.extras.webhooks.as_ref().map(|(_, st)| st.report());
+    let webhooks = s.extras.webhooks.as_ref().map(|(_, st, _)| st.report());
     let cluster =
         s.ledger.ownership().map().map(
             |(shard, map)| json!({"shard": shard, "map_version": map.version, "slots": map.slots_of(&shard).len()}),
@@ -1766,6 +1814,8 @@ routes! {
     "/v1/alerts/{alert_id}/triage" => post(triage);
     "/v1/rules" => get(rules);
     "/v1/webhooks/deliveries" => get(webhook_deliveries);
+    "/v1/webhooks/deliveries/{stream_seq}/resend" => post(webhook_resend);
+    "/v1/webhooks/test" => post(webhook_test);
     "/v1/rules/backtest" => post(backtest);
     "/v1/admin/promote" => post(promote);
     "/v1/accounts/{account}/erasure" => post(erasure);

@@ -95,8 +95,12 @@ pub struct Extras {
     pub relay: Option<(String, Arc<RelayStatus>)>,
     /// The alerts topic and its publisher's status.
     pub alerts_relay: Option<(String, Arc<RelayStatus>)>,
-    /// Signed webhooks: their delivery log and the sender's status.
-    pub webhooks: Option<(crate::ledger::webhooks::WebhookLog, Arc<crate::webhook::WebhookStatus>)>,
+    /// Signed webhooks: their delivery log, the sender's status, and what sends by hand.
+    pub webhooks: Option<(
+        crate::ledger::webhooks::WebhookLog,
+        Arc<crate::webhook::WebhookStatus>,
+        Arc<crate::webhook::WebhookClient>,
+    )>,
     /// The notifications topic and its publisher's status.
     pub notifications_relay: Option<(String, Arc<RelayStatus>)>,
     /// The alert monitor.

@@ -14,7 +14,14 @@
 //! `backoff_ms`, doubled each time up to `backoff_ms_max`, for `attempts_max` attempts; then it
 //! is given up and logged. Alerts are sent one at a time, in stream order; the position is
 //! saved after each, so a restart goes on where it stopped. Every attempt is kept in the
-//! delivery log (`GET /v1/webhooks/deliveries`).
+//! delivery log (`GET /v1/webhooks/deliveries`), a `retrying` one with when the next is due.
+//!
+//! **By hand.** A person with the security role can send an alert again
+//! (`POST /v1/webhooks/deliveries/{stream_seq}/resend`: the same body and `Bindledger-Delivery`,
+//! so a receiver that keeps the ids it has seen takes it once) or send a test event
+//! (`POST /v1/webhooks/test`: `Bindledger-Event: test`, `Bindledger-Delivery: test-<n>`, the body
+//! `{"type": "test", "sent_at"}`, signed like the rest). Each is one attempt, logged as such
+//! (`kind` `resend` or `test`; outcome `delivered` or `failed`), beside the stream's deliveries.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -88,13 +95,127 @@ impl WebhookStatus {
     }
 }
 
-pub struct WebhookSender {
-    feed: Arc<AlertFeed>,
-    log: WebhookLog,
+/// What sends: the HTTP client, the receiver, the secret, and the log every attempt goes to.
+pub struct WebhookClient {
+    http: reqwest::Client,
     config: WebhooksConfig,
     secret: String,
+    log: WebhookLog,
+    feed: Arc<AlertFeed>,
+    pub status: Arc<WebhookStatus>,
+}
+
+/// What one attempt came to.
+struct Attempt {
+    at: chrono::DateTime<chrono::Utc>,
+    status: Option<u16>,
+    error: Option<String>,
+    duration_ms: u64,
+}
+
+impl WebhookClient {
+    /// One POST of `body`, signed now.
+    async fn attempt(&self, body: &[u8], delivery: &str, event: &str) -> Attempt {
+        let at = chrono::Utc::now();
+        let started = Instant::now();
+        let answer = self
+            .http
+            .post(self.config.url.trim())
+            .header("content-type", "application/json")
+            .header("bindledger-delivery", delivery)
+            .header("bindledger-event", event)
+            .header("bindledger-signature", signature(&self.secret, at.timestamp(), body))
+            .body(body.to_vec())
+            .send()
+            .await;
+        let (status, error) = match answer {
+            Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None),
+            Ok(r) => (
+                Some(r.status().as_u16()),
+                Some(format!("answered {}", r.status().as_u16())),
+            ),
+            Err(e) if e.is_timeout() => (None, Some(format!("no answer in {} ms", self.config.timeout_ms))),
+            Err(e) if e.is_connect() => (None, Some("could not connect".to_owned())),
+            Err(_) => (None, Some("the request failed".to_owned())),
+        };
+        self.status.attempts_total.fetch_add(1, Ordering::Relaxed);
+        Attempt {
+            at,
+            status,
+            error,
+            duration_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Sends the alert change `stream_seq` again, once (a person's resend). `None` when the
+    /// stream holds no such change.
+    pub async fn resend(&self, stream_seq: u64) -> Result<Option<Delivery>> {
+        let Some(c) = self
+            .feed
+            .store()
+            .changes_after(stream_seq.saturating_sub(1), stream_seq, 1)?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let body = serde_json::to_vec(&c).expect("alerts serialize");
+        let a = self.attempt(&body, &c.stream_seq.to_string(), "alert.opened").await;
+        let d = self.by_hand(
+            a,
+            c.stream_seq,
+            &c.alert.id,
+            &c.alert.rule,
+            c.alert.severity.as_str(),
+            "resend",
+        )?;
+        Ok(Some(d))
+    }
+
+    /// Sends a test event, once.
+    pub async fn test(&self) -> Result<Delivery> {
+        let at = chrono::Utc::now();
+        let body = serde_json::to_vec(&serde_json::json!({"type": "test", "sent_at": at})).expect("JSON");
+        let id = format!("test-{}", at.timestamp_micros());
+        let a = self.attempt(&body, &id, "test").await;
+        self.by_hand(a, 0, "", "", "", "test")
+    }
+
+    fn by_hand(
+        &self,
+        a: Attempt,
+        stream_seq: u64,
+        alert_id: &str,
+        rule: &str,
+        severity: &str,
+        kind: &str,
+    ) -> Result<Delivery> {
+        let delivered = a.error.is_none();
+        let d = self.log.record(Delivery {
+            n: 0,
+            stream_seq,
+            alert_id: alert_id.to_owned(),
+            rule: rule.to_owned(),
+            severity: severity.to_owned(),
+            attempt: 1,
+            at: a.at,
+            status: a.status,
+            outcome: (if delivered { "delivered" } else { "failed" }).to_owned(),
+            error: a.error,
+            duration_ms: a.duration_ms,
+            next_attempt_at: None,
+            kind: kind.to_owned(),
+        })?;
+        if delivered {
+            self.status.delivered_total.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(d)
+    }
+}
+
+pub struct WebhookSender {
+    client: Arc<WebhookClient>,
     severity_min: Severity,
-    http: reqwest::Client,
     pub status: Arc<WebhookStatus>,
 }
 
@@ -113,14 +234,22 @@ impl WebhookSender {
         status.given_up_total.store(totals.given_up, Ordering::Relaxed);
         status.attempts_total.store(totals.attempts, Ordering::Relaxed);
         Ok(WebhookSender {
-            feed,
-            log,
             severity_min: config.severity(),
-            config,
-            secret,
-            http,
+            client: Arc::new(WebhookClient {
+                http,
+                config,
+                secret,
+                log,
+                feed,
+                status: status.clone(),
+            }),
             status,
         })
+    }
+
+    /// What sends, for a person's resend and test (`POST /v1/webhooks/...`).
+    pub fn client(&self) -> Arc<WebhookClient> {
+        self.client.clone()
     }
 
     /// Whether a change is sent: an alert opening at the least severity or above.
@@ -141,10 +270,16 @@ impl WebhookSender {
     }
 
     async fn send_all(&self) -> Result<()> {
-        let mut published = self.feed.subscribe();
-        let mut position = self.log.position()?;
+        let log = &self.client.log;
+        let mut published = self.client.feed.subscribe();
+        let mut position = log.position()?;
         loop {
-            let Some(changes) = self.feed.next_after(position, READ_CHANGES, &mut published).await? else {
+            let Some(changes) = self
+                .client
+                .feed
+                .next_after(position, READ_CHANGES, &mut published)
+                .await?
+            else {
                 return Ok(()); // the monitor stopped
             };
             for c in changes {
@@ -152,61 +287,48 @@ impl WebhookSender {
                 if self.sends(&c) {
                     self.deliver(&c).await?;
                     // Saved at once: a restart must not send a delivered alert again.
-                    self.log.set_position(position)?;
+                    log.set_position(position)?;
                 }
                 self.status.position.store(position, Ordering::Relaxed);
             }
-            self.log.set_position(position)?;
+            log.set_position(position)?;
         }
     }
 
     /// Sends one change until it is delivered or its attempts run out.
     async fn deliver(&self, c: &AlertChange) -> Result<()> {
+        let config = &self.client.config;
         let body = serde_json::to_vec(c).expect("alerts serialize");
-        let mut wait = Duration::from_millis(self.config.backoff_ms);
-        for attempt in 1..=self.config.attempts_max {
-            let t = chrono::Utc::now();
-            let started = Instant::now();
-            let answer = self
-                .http
-                .post(self.config.url.trim())
-                .header("content-type", "application/json")
-                .header("bindledger-delivery", c.stream_seq.to_string())
-                .header("bindledger-event", "alert.opened")
-                .header("bindledger-signature", signature(&self.secret, t.timestamp(), &body))
-                .body(body.clone())
-                .send()
+        let mut wait = Duration::from_millis(config.backoff_ms);
+        for attempt in 1..=config.attempts_max {
+            let a = self
+                .client
+                .attempt(&body, &c.stream_seq.to_string(), "alert.opened")
                 .await;
-            let (status, error) = match answer {
-                Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None),
-                Ok(r) => (
-                    Some(r.status().as_u16()),
-                    Some(format!("answered {}", r.status().as_u16())),
-                ),
-                Err(e) if e.is_timeout() => (None, Some(format!("no answer in {} ms", self.config.timeout_ms))),
-                Err(e) if e.is_connect() => (None, Some("could not connect".to_owned())),
-                Err(_) => (None, Some("the request failed".to_owned())),
-            };
-            let outcome = match (&error, attempt == self.config.attempts_max) {
+            let last = attempt == config.attempts_max;
+            let outcome = match (&a.error, last) {
                 (None, _) => "delivered",
                 (Some(_), false) => "retrying",
                 (Some(_), true) => "given_up",
             };
-            self.status.attempts_total.fetch_add(1, Ordering::Relaxed);
-            self.log.record(Delivery {
+            let next_attempt_at = (a.error.is_some() && !last)
+                .then(|| chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default());
+            self.client.log.record(Delivery {
                 n: 0,
                 stream_seq: c.stream_seq,
                 alert_id: c.alert.id.clone(),
                 rule: c.alert.rule.clone(),
                 severity: c.alert.severity.as_str().to_owned(),
                 attempt,
-                at: t,
-                status,
+                at: a.at,
+                status: a.status,
                 outcome: outcome.to_owned(),
-                error: error.clone(),
-                duration_ms: started.elapsed().as_millis() as u64,
+                error: a.error.clone(),
+                duration_ms: a.duration_ms,
+                next_attempt_at,
+                kind: "alert".to_owned(),
             })?;
-            match error {
+            match a.error {
                 None => {
                     self.status.delivered_total.fetch_add(1, Ordering::Relaxed);
                     // The receiver is back: an error from before is no longer the state.
@@ -218,13 +340,13 @@ impl WebhookSender {
                     *self.status.last_error.lock().expect("status lock") = Some(e);
                 }
             }
-            if attempt < self.config.attempts_max {
+            if !last {
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_millis(self.config.backoff_ms_max));
+                wait = (wait * 2).min(Duration::from_millis(config.backoff_ms_max));
             }
         }
         self.status.given_up_total.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(alert = %c.alert.id, attempts = self.config.attempts_max, "webhook given up");
+        tracing::error!(alert = %c.alert.id, attempts = config.attempts_max, "webhook given up");
         Ok(())
     }
 }

@@ -248,7 +248,10 @@ fn index_key(field: u8, value: &str, alert_key: &[u8]) -> Vec<u8> {
 
 /// The index rows an alert's revision has (its triage state's and assignee's aside).
 fn alert_index_keys(a: &Alert, alert_key: &[u8]) -> Vec<Vec<u8>> {
-    let mut keys = vec![index_key(b'r', &a.rule, alert_key), index_key(b'k', &a.key.value, alert_key)];
+    let mut keys = vec![
+        index_key(b'r', &a.rule, alert_key),
+        index_key(b'k', &a.key.value, alert_key),
+    ];
     for acc in &a.accounts {
         keys.push(index_key(b'c', acc, alert_key));
     }
@@ -411,7 +414,9 @@ impl AlertStore {
             }
         }
         flush(&mut batch, &mut pending)?;
-        self.tree.insert(INDEXES, INDEXES_VERSION).map_err(crate::store::from_sled)?;
+        self.tree
+            .insert(INDEXES, INDEXES_VERSION)
+            .map_err(crate::store::from_sled)?;
         Ok(alerts)
     }
 
@@ -869,11 +874,19 @@ mod tests {
             let accounts = [format!("acc-{}", seq % 7), format!("acc-{}", seq % 5)];
             let accounts: Vec<&str> = accounts.iter().map(String::as_str).collect();
             let a = alert(seq * 10, rule, &accounts[..1], 1);
-            changes.push(AlertChange { stream_seq: changes.len() as u64 + 1, change: "opened".into(), alert: a.clone() });
+            changes.push(AlertChange {
+                stream_seq: changes.len() as u64 + 1,
+                change: "opened".into(),
+                alert: a.clone(),
+            });
             // A later revision adds an account.
             let mut b = alert(seq * 10, rule, &accounts, 2);
             b.accounts.dedup();
-            changes.push(AlertChange { stream_seq: changes.len() as u64 + 1, change: "updated".into(), alert: b.clone() });
+            changes.push(AlertChange {
+                stream_seq: changes.len() as u64 + 1,
+                change: "updated".into(),
+                alert: b.clone(),
+            });
             all.push(b);
         }
         store.write(&changes).unwrap();
@@ -882,7 +895,16 @@ mod tests {
             let action = ["acknowledged", "assigned", "resolved"][i % 3];
             let at = chrono::DateTime::from_timestamp(1_900_000_000, 0).unwrap();
             let assignee = (action == "assigned").then(|| format!("analyst-{}", i % 2));
-            triage.push((a.id.clone(), TriageState { action: action.into(), operator: "ana".into(), assignee, at, seq: 10_000 + i as u64 }));
+            triage.push((
+                a.id.clone(),
+                TriageState {
+                    action: action.into(),
+                    operator: "ana".into(),
+                    assignee,
+                    at,
+                    seq: 10_000 + i as u64,
+                },
+            ));
         }
         // A later triage of the first: resolved, its assignee kept.
         let first = triage[1].clone();
@@ -892,7 +914,11 @@ mod tests {
         later.seq = 20_000;
         triage.push((first.0.clone(), later));
         assert_eq!(store.write_triage(&triage).unwrap(), Some(20_000));
-        assert_eq!(store.write_triage(&triage).unwrap(), None, "written again: nothing changes");
+        assert_eq!(
+            store.write_triage(&triage).unwrap(),
+            None,
+            "written again: nothing changes"
+        );
         assert_eq!(store.last_triage_seq().unwrap(), 20_000);
         let stream = store.triage_after(10_000, 1000).unwrap();
         assert_eq!(stream.len(), triage.len() - 1);
@@ -902,18 +928,39 @@ mod tests {
         let filters = || {
             let mut f = vec![AlertFilter::default()];
             for acc in ["acc-0", "acc-3", "acc-9"] {
-                f.push(AlertFilter { account: Some(acc.into()), ..Default::default() });
-                f.push(AlertFilter { key: Some(acc.into()), severity: Some(Severity::High), ..Default::default() });
+                f.push(AlertFilter {
+                    account: Some(acc.into()),
+                    ..Default::default()
+                });
+                f.push(AlertFilter {
+                    key: Some(acc.into()),
+                    severity: Some(Severity::High),
+                    ..Default::default()
+                });
             }
             for st in TRIAGE_STATES {
-                f.push(AlertFilter { state: Some(st.to_string()), ..Default::default() });
-                f.push(AlertFilter { state: Some(st.to_string()), rule: Some("shared_wallet".into()), ..Default::default() });
+                f.push(AlertFilter {
+                    state: Some(st.to_string()),
+                    ..Default::default()
+                });
+                f.push(AlertFilter {
+                    state: Some(st.to_string()),
+                    rule: Some("shared_wallet".into()),
+                    ..Default::default()
+                });
             }
             for who in ["analyst-0", "analyst-1", "nobody"] {
-                f.push(AlertFilter { assignee: Some(who.into()), ..Default::default() });
+                f.push(AlertFilter {
+                    assignee: Some(who.into()),
+                    ..Default::default()
+                });
             }
             for r in rules {
-                f.push(AlertFilter { rule: Some(r.into()), account: Some("acc-2".into()), ..Default::default() });
+                f.push(AlertFilter {
+                    rule: Some(r.into()),
+                    account: Some("acc-2".into()),
+                    ..Default::default()
+                });
             }
             f
         };
@@ -959,6 +1006,8 @@ mod tests {
         assert_eq!(store.ensure_indexes().unwrap(), 0, "once");
         let after: Vec<_> = filters().iter().map(|f| paged(&store, f, Order::NewestFirst)).collect();
         assert_eq!(before, after);
-        assert!(store.list(&AlertFilter::default(), Some("no cursor"), 5, Order::NewestFirst).is_err());
+        assert!(store
+            .list(&AlertFilter::default(), Some("no cursor"), 5, Order::NewestFirst)
+            .is_err());
     }
 }

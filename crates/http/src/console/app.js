@@ -5,6 +5,313 @@
 
 const state = { me: null, csrf: "", stream: null, alerts: new Map() };
 
+// ---- language and time zone ----------------------------------------------------------------------
+//
+// The page speaks Chinese or English: the browser's language chooses, the header's switch
+// changes it, and the choice is remembered (localStorage). Every text of the page goes through
+// `t(english, ...values)`: in Chinese, the English text is looked up in ZH (`{0}`, `{1}` are the
+// values), and a text missing there is noted in `window.__untranslated` (a test reads it).
+// Times show in the viewer's zone (Beijing time by default in Chinese, the browser's zone in
+// English; switchable and remembered), with the UTC time on hover.
+
+const LANG_KEY = "bindledger-lang";
+const TZ_KEY = "bindledger-tz";
+
+function browserLang() {
+  return (navigator.language || "").toLowerCase().startsWith("zh") ? "zh" : "en";
+}
+
+let lang = localStorage.getItem(LANG_KEY) === "zh" || localStorage.getItem(LANG_KEY) === "en"
+  ? localStorage.getItem(LANG_KEY) : browserLang();
+
+function browserZone() {
+  try { return Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC"; } catch (_) { return "UTC"; }
+}
+
+function zone() {
+  return localStorage.getItem(TZ_KEY) || (lang === "zh" ? "Asia/Shanghai" : browserZone());
+}
+
+window.__untranslated = window.__untranslated || [];
+
+function t(text, ...values) {
+  let out = text;
+  if (lang === "zh") {
+    if (Object.prototype.hasOwnProperty.call(ZH, text)) out = ZH[text];
+    else if (!window.__untranslated.includes(text)) window.__untranslated.push(text);
+  }
+  return out.replace(/\{(\d)\}/g, (_, i) => String(values[Number(i)]));
+}
+
+// A pair [Chinese, English] in the page's language.
+function pick(pair) {
+  return lang === "zh" ? pair[0] : pair[1];
+}
+
+// The UTC form of a time (the hover text, and what the API sends).
+function utc(iso) {
+  return iso ? iso.replace("T", " ").replace(/\.\d+Z$/, " UTC").replace(/Z$/, " UTC") : "";
+}
+
+function zoneName(z) {
+  if (z === "UTC") return "UTC";
+  if (z === "Asia/Shanghai") return t("Beijing time");
+  return z;
+}
+
+// A time in the viewer's zone, as text: `2026-12-07 20:15:03 Beijing time`.
+function when(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return iso;
+  const z = zone();
+  let parts;
+  try {
+    parts = new Intl.DateTimeFormat("en-GB", { timeZone: z, year: "numeric", month: "2-digit", day: "2-digit",
+      hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" }).formatToParts(d);
+  } catch (_) {
+    return utc(iso);
+  }
+  const p = Object.fromEntries(parts.map((x) => [x.type, x.value]));
+  return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second} ${zoneName(z)}`;
+}
+
+// A time as an element: the viewer's zone shown, UTC on hover.
+function at(iso) {
+  return iso ? el("time", { datetime: iso, title: utc(iso) }, when(iso)) : "";
+}
+
+// The Chinese of every text of the page (the English is the key).
+const ZH = {
+  "security console": "安全控制台",
+  "Alerts": "告警",
+  "At a glance": "总览",
+  "Rules": "规则",
+  "Webhooks": "Webhook",
+  "Open": "打开",
+  "account, or wallet fingerprint": "账户，或钱包指纹",
+  "Sign out": "退出",
+  "Sign in": "登录",
+  "Paste a token. It is exchanged for a session cookie the page cannot read, and is not kept.": "粘贴令牌。它会换成页面无法读取的会话 Cookie，令牌本身不会保存。",
+  "token": "令牌",
+  "That token was not accepted.": "该令牌未被接受。",
+  "You were signed out: your session ended (the server restarted, or 8 hours passed without use). Sign in again.": "您已退出登录：会话已结束（服务器重启，或 8 小时未使用）。请重新登录。",
+  "Beijing time": "北京时间",
+  "time zone": "时区",
+  "this browser's zone ({0})": "本浏览器时区（{0}）",
+  "language": "语言",
+  "The page failed: {0}": "页面出错：{0}",
+  "{0} could not be read: {1}": "{0}无法读取：{1}",
+  "the alerts": "告警",
+  "the alert": "告警",
+  "the bindings": "绑定",
+  "the payments": "支付记录",
+  "the history": "历史",
+  "the timeline": "时间线",
+  "the wallet": "钱包",
+  "the relays": "中继",
+  "the cluster": "集群",
+  "the rules": "规则",
+  "the deliveries": "投递记录",
+  "related alerts": "相关告警",
+  // the queue
+  "opened": "发生时间",
+  "severity": "严重程度",
+  "rule": "规则",
+  "account or wallet": "账户或钱包",
+  "observed": "观测",
+  "state": "状态",
+  "any severity": "任意严重程度",
+  "medium or worse": "中及以上",
+  "high or worse": "高及以上",
+  "critical": "严重",
+  "high": "高",
+  "medium": "中",
+  "low": "低",
+  "any rule": "任意规则",
+  "any state": "任意状态",
+  "open": "未关闭",
+  "closed": "已关闭",
+  "not yet triaged": "尚未处理",
+  "acknowledged": "已确认",
+  "assigned": "已指派",
+  "resolved": "已解决",
+  "false positive": "误报",
+  "locked by a person": "人工锁定",
+  "unlocked by a person": "人工解锁",
+  "assignee": "处理人",
+  "account": "账户",
+  "sort order": "排序",
+  "newest first": "最新在前",
+  "oldest first": "最早在前",
+  "opened since": "发生于此后",
+  "opened before": "发生于此前",
+  "Apply": "应用",
+  "Clear": "清除",
+  "Newest": "最新",
+  "Older": "更早",
+  "Newer": "更新",
+  "Download CSV": "下载 CSV",
+  "{0} shown": "显示 {0} 条",
+  "connecting…": "连接中…",
+  "live": "实时",
+  "reconnecting…": "重新连接中…",
+  "Select all shown": "全选本页",
+  "select": "选择",
+  "With the selected:": "对所选告警：",
+  "Acknowledge": "确认",
+  "Assign": "指派",
+  "Resolve": "解决",
+  "False positive": "误报",
+  "note (who you called, what you found)": "备注（联系了谁，发现了什么）",
+  "assign to (token name)": "指派给（令牌名）",
+  "note": "备注",
+  "{0} recorded, {1} refused": "已记录 {0} 条，拒绝 {1} 条",
+  "Nothing selected.": "未选择告警。",
+  "refused: someone triaged it after this page was read": "被拒绝：本页读取后已有人处理",
+  "refused: {0}": "被拒绝：{0}",
+  "No alert matches these filters.": "没有符合条件的告警。",
+  "Alerts need the security or auditor role. Look up an account or a wallet above.": "查看告警需要安全或审计角色。可在上方查找账户或钱包。",
+  // what an alert says
+  "{0} in a {1} window{2}; threshold {3}": "窗口 {1} 内 {0}{2}；阈值 {3}",
+  ", all within {0}": "，全部发生在 {0} 内",
+  "a second": "1 秒",
+  "{0} s": "{0} 秒",
+  "{0} min": "{0} 分钟",
+  "{0} h": "{0} 小时",
+  "binding locked until {0}": "绑定锁定至 {0}",
+  "{0} to {1}": "{0}给 {1}",
+  "{0} by {1}": "{0}（{1}）",
+  "wallet {0}…": "钱包 {0}…",
+  // the alert page
+  "what": "内容",
+  "subject": "对象",
+  "accounts": "账户",
+  "updated": "更新时间",
+  "(revision {0}, {1} matches)": "（第 {0} 版，匹配 {1} 次）",
+  "events": "事件",
+  "History": "处理历史",
+  "{0}: opened by the rule": "{0}：规则触发",
+  "Not recorded: someone triaged this alert after this page was read{0}. Read it again, then decide. ": "未记录：本页读取后已有人处理此告警{0}。请重新读取后再决定。",
+  "Read it again": "重新读取",
+  "Not recorded: {0}": "未记录：{0}",
+  "Bindings of {0} now": "{0} 当前的绑定",
+  "binding": "绑定",
+  "wallet": "钱包",
+  "status": "状态",
+  "lock": "锁定",
+  "locked until {0}": "锁定至 {0}",
+  "not locked": "未锁定",
+  "Unlock": "解锁",
+  "Lock": "锁定",
+  "reason": "原因",
+  "Timeline of {0}": "{0} 的时间线",
+  "Related activity": "相关活动",
+  "Other alerts on {0}": "{0} 的其他告警",
+  "Other alerts on this wallet": "该钱包的其他告警",
+  "Accounts this wallet is or was bound to": "该钱包绑定过的账户",
+  "none": "无",
+  "Accounts on the same device or IP address are not listed: the ledger keeps devices and addresses sealed per account, and looks them up by account only.": "同一设备或 IP 地址上的其他账户不在此列出：设备和地址按账户加密保存，只能按账户查看。",
+  "Unlock binding {0} of {1}?": "解锁 {1} 的绑定 {0}？",
+  "Lock binding {0} of {1} for 30 minutes?": "锁定 {1} 的绑定 {0} 30 分钟？",
+  "Not unlocked: {0}": "未解锁：{0}",
+  "Not locked: {0}": "未锁定：{0}",
+  // timelines
+  "time": "时间",
+  "seq": "序号",
+  "event": "事件",
+  "outcome": "结果",
+  "failed": "失败",
+  "succeeded": "成功",
+  "locked": "已锁定",
+  "unlocked": "已解锁",
+  "recorded": "已记录",
+  "erased": "已删除",
+  "active": "有效",
+  "unbound": "已解绑",
+  "by {0}": "操作人 {0}",
+  // the account page
+  "Account {0}": "账户 {0}",
+  "Not found: no event was ever recorded for this account. Check the id.": "未找到：此账户从未有过记录。请检查账户号。",
+  "Bindings": "绑定",
+  "provider": "支付渠道",
+  "bound": "绑定时间",
+  "locked until {0} (alert {1})": "锁定至 {0}（告警 {1}）",
+  "Payments": "支付",
+  "order": "订单",
+  "amount": "金额",
+  "Older payments": "更早的支付",
+  "History (newest first)": "历史（最新在前）",
+  // the wallet page
+  "Wallet ": "钱包 ",
+  "Every account this wallet is or was bound to: {0} now, {1} in all. Several accounts on one wallet is how a shared-wallet ring shows.": "此钱包绑定过的所有账户：当前 {0} 个，共 {1} 个。一个钱包绑定多个账户，正是共用钱包团伙的迹象。",
+  " (bound now)": "（当前绑定）",
+  " (was bound; unbound since)": "（曾绑定，已解绑）",
+  // at a glance
+  "Alerts opened by rule: last hour, last day": "按规则统计的告警：最近一小时、最近一天",
+  "Commands per second": "每秒命令数",
+  "Failures per second, by reason (last second)": "每秒失败数，按原因（最近一秒）",
+  "Relays": "中继",
+  "Cluster": "集群",
+  "Alerts opened by severity, last day": "按严重程度统计的告警，最近一天",
+  "measuring…": "测量中…",
+  "max {0}/s over the last {1} s": "最近 {1} 秒最高 {0}/秒",
+  "{0} commands in the last second": "最近一秒 {0} 条命令",
+  "{0}/s": "{0}/秒",
+  "{0} (this node)": "{0}（本节点）",
+  "{0} slots": "{0} 个槽",
+  "{0}, {1}, epoch {2}": "{0}，{1}，纪元 {2}",
+  "unreachable: {0}": "无法连接：{0}",
+  "{0} events, relay lag {1}": "{0} 个事件，中继延迟 {1}",
+  "map v{0}": "分片表 v{0}",
+  "shard {0} of {1}, shard map version {2}; requests for another shard's accounts are forwarded to it": "第 {0} 个分片，共 {1} 个，分片表版本 {2}；其他分片账户的请求会转发过去",
+  "a ledger alone: not a shard of a cluster": "单个账本：不属于集群",
+  "disabled": "未启用",
+  "{0}, position {1}": "{0}，位置 {1}",
+  ", lag {0} events / {1} s": "，延迟 {0} 个事件 / {1} 秒",
+  // rules
+  "Rules in force": "生效的规则",
+  "on": "启用",
+  "off": "停用",
+  "settings": "设置",
+  "rules digest {0}; limits: {1}": "规则摘要 {0}；限制：{1}",
+  "Backtest a candidate rules file": "回测候选规则文件",
+  "Runs the candidate over the whole log beside the alerts the ledger raised. Keys left out keep their defaults (see the README).": "在整个日志上运行候选规则，并与账本已产生的告警对比。未写出的键保持默认值（见 README）。",
+  "Backtest": "回测",
+  "backtests need the security role": "回测需要安全角色",
+  "running over the log…": "正在日志上运行…",
+  "{0}{1}": "{0}{1}",
+  " (line {0})": "（第 {0} 行）",
+  "{0} events: {1} added, {2} removed, {3} changed, {4} unchanged (lists show at most {5})": "{0} 个事件：新增 {1}，移除 {2}，变化 {3}，不变 {4}（列表最多显示 {5} 条）",
+  "Added": "新增",
+  "Removed": "移除",
+  "Changed": "变化",
+  "candidate rules file": "候选规则文件",
+  // webhooks
+  "Deliveries": "投递记录",
+  "Send a test event": "发送测试事件",
+  "Send again": "重新发送",
+  "attempt": "尝试",
+  "answer": "响应",
+  "took": "耗时",
+  "next attempt": "下次尝试",
+  "kind": "类型",
+  "alert": "告警",
+  "delivered": "已送达",
+  "retrying": "重试中",
+  "given_up": "已放弃",
+  "test": "测试",
+  "resend": "重新发送",
+  "{0} ms": "{0} 毫秒",
+  "{0} delivered, {1} given up, {2} attempts in all; every change through stream seq {3} sent or given up": "已送达 {0}，放弃 {1}，共尝试 {2} 次；流序号 {3} 及之前的变更均已发送或放弃",
+  "last error: {0}": "最近错误：{0}",
+  "Webhooks are off: set webhooks.url to send alerts to a receiver.": "Webhook 未启用：设置 webhooks.url 以将告警发送给接收方。",
+  "Sent: {0}": "已发送：{0}",
+  "Not sent: {0}": "未发送：{0}",
+  "Older deliveries": "更早的投递",
+  "sending and testing need the security role": "发送和测试需要安全角色",
+};
+
 // Failure reasons in plain language, in Chinese and English (the platform's users read Chinese).
 const REASONS = {
   wallet_frozen: ["钱包已被冻结", "the wallet is frozen by its provider"],
@@ -41,24 +348,34 @@ const EVENTS = {
 };
 
 const ACTIONS = {
-  acknowledged: "acknowledged",
-  assigned: "assigned",
-  resolved: "resolved",
-  false_positive: "marked a false positive",
-  locked: "locked the binding",
-  unlocked: "unlocked the binding",
+  acknowledged: ["确认了告警", "acknowledged"],
+  assigned: ["指派了告警", "assigned"],
+  resolved: ["解决了告警", "resolved"],
+  false_positive: ["标记为误报", "marked a false positive"],
+  locked: ["锁定了绑定", "locked the binding"],
+  unlocked: ["解锁了绑定", "unlocked the binding"],
 };
 
+function action(a) {
+  return ACTIONS[a] ? pick(ACTIONS[a]) : a;
+}
+
 const RULES = {
-  password_brute_force: "wrong payment passwords on one account",
-  bind_failure_burst: "failed binds on one account",
-  bind_then_drain: "a new binding spent heavily at once",
-  shared_wallet: "one wallet bound to several accounts",
-  binding_churn: "bind and unbind again and again",
-  amount_spike: "a payment far above the account's usual",
-  dead_wallet_probing: "binds tried with dead wallets",
-  password_stuffing: "one wallet's password tried from many accounts",
+  password_brute_force: ["同一账户多次输错支付密码", "wrong payment passwords on one account"],
+  bind_failure_burst: ["同一账户多次绑定失败", "failed binds on one account"],
+  bind_then_drain: ["新绑定后立即大额消费", "a new binding spent heavily at once"],
+  shared_wallet: ["一个钱包绑定了多个账户", "one wallet bound to several accounts"],
+  binding_churn: ["反复绑定又解绑", "bind and unbind again and again"],
+  amount_spike: ["支付金额远高于该账户平常", "a payment far above the account's usual"],
+  dead_wallet_probing: ["用已失效的钱包反复尝试绑定", "binds tried with dead wallets"],
+  password_stuffing: ["同一钱包的密码在多个账户上尝试", "one wallet's password tried from many accounts"],
 };
+
+function ruleText(r) {
+  return RULES[r] ? pick(RULES[r]) : "";
+}
+
+const SEVERITIES = { critical: "critical", high: "high", medium: "medium", low: "low" };
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -80,29 +397,30 @@ const INVALID_FIELDS = {
   wallet_account: ["钱包账户有误", "the wallet account was not valid"],
 };
 
-// A failure reason: its code, or the event's `{code, ...}` object.
+// A failure reason: its code, or the event's `{code, ...}` object. In English the Chinese is
+// shown above it (the platform's own words); in Chinese, the Chinese alone.
 function reason(why) {
   const code = why && typeof why === "object" ? why.code : why;
   const r = (code === "invalid_input" && why && INVALID_FIELDS[why.field]) || REASONS[code];
-  return r ? el("span", { class: "reason" }, el("span", { class: "zh", lang: "zh-CN" }, r[0]), r[1]) : code || "";
+  if (!r) return code || "";
+  return lang === "zh"
+    ? el("span", { class: "reason" }, r[0])
+    : el("span", { class: "reason" }, el("span", { class: "zh", lang: "zh-CN" }, r[0]), r[1]);
 }
 
 function eventName(type) {
   const r = EVENTS[type];
-  return r ? el("span", {}, el("span", { class: "zh", lang: "zh-CN" }, r[0]), r[1]) : type;
-}
-
-function utc(t) {
-  return t ? t.replace("T", " ").replace(/\.\d+Z$/, " UTC").replace(/Z$/, " UTC") : "";
+  if (!r) return type;
+  return lang === "zh" ? el("span", {}, r[0]) : el("span", {}, el("span", { class: "zh", lang: "zh-CN" }, r[0]), r[1]);
 }
 
 function span(from, to) {
   const s = Math.round((Date.parse(to) - Date.parse(from)) / 1000);
   if (!(s >= 0)) return "";
-  if (s === 0) return "a second";
-  if (s < 120) return `${s} s`;
-  if (s < 7200) return `${Math.round(s / 60)} min`;
-  return `${Math.round(s / 3600)} h`;
+  if (s === 0) return t("a second");
+  if (s < 120) return t("{0} s", s);
+  if (s < 7200) return t("{0} min", Math.round(s / 60));
+  return t("{0} h", Math.round(s / 3600));
 }
 
 // `body`: an object (sent as JSON) or a string (sent as it is, as text).
@@ -137,10 +455,46 @@ function show(...nodes) {
   main.replaceChildren(...nodes);
 }
 
+// `what`: what could not be read, already in the page's language.
 function failure(what, r) {
   const msg = r.json && r.json.error ? `${r.json.error.message} (${r.json.error.code})` : `HTTP ${r.status}`;
-  return el("p", { class: "error", role: "alert" }, `${what}: ${msg}`);
+  return el("p", { class: "error", role: "alert" }, t("{0} could not be read: {1}", what, msg));
 }
+
+// ---- the page's frame: its static texts, the language and zone switches --------------------------
+
+function translateFrame() {
+  document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+  document.title = `bindledger · ${t("security console")}`;
+  for (const e of document.querySelectorAll("[data-t]")) e.textContent = t(e.dataset.t);
+  for (const e of document.querySelectorAll("[data-t-placeholder]")) {
+    e.setAttribute("placeholder", t(e.dataset.tPlaceholder));
+    e.setAttribute("aria-label", t(e.dataset.tPlaceholder));
+  }
+  const switcher = document.getElementById("lang");
+  switcher.textContent = lang === "zh" ? "English" : "中文";
+  switcher.setAttribute("lang", lang === "zh" ? "en" : "zh-CN");
+  switcher.setAttribute("aria-label", t("language"));
+  const zones = document.getElementById("zone");
+  const mine = browserZone();
+  const choices = [["", t("this browser's zone ({0})", mine)], ["Asia/Shanghai", t("Beijing time")], ["UTC", "UTC"]];
+  zones.replaceChildren(...choices.map(([v, label]) => el("option", { value: v }, label)));
+  zones.value = localStorage.getItem(TZ_KEY) || (lang === "zh" ? "Asia/Shanghai" : "");
+  zones.setAttribute("aria-label", t("time zone"));
+}
+
+document.getElementById("lang").addEventListener("click", () => {
+  lang = lang === "zh" ? "en" : "zh";
+  localStorage.setItem(LANG_KEY, lang);
+  translateFrame();
+  if (state.me) route(); else signedOutText();
+});
+
+document.getElementById("zone").addEventListener("change", (ev) => {
+  if (ev.target.value) localStorage.setItem(TZ_KEY, ev.target.value);
+  else localStorage.removeItem(TZ_KEY);
+  if (state.me) route();
+});
 
 // ---- sign-in ---------------------------------------------------------------------------------
 
@@ -158,6 +512,12 @@ function signedIn(me) {
   route();
 }
 
+// The sign-in's message, in the page's language (`state.signedOutWhy` is its English).
+function signedOutText() {
+  document.getElementById("sign-in-error").textContent = state.signedOutWhy ? t(state.signedOutWhy) : "";
+}
+
+// `why`: the English of what to tell (translated when shown).
 function signedOut(why) {
   if (why) sessionStorage.removeItem("bindledger-signed-in");
   state.me = null;
@@ -166,7 +526,8 @@ function signedOut(why) {
   document.getElementById("nav").hidden = true;
   document.getElementById("who").textContent = "";
   document.getElementById("sign-in").hidden = false;
-  document.getElementById("sign-in-error").textContent = why || "";
+  state.signedOutWhy = why || "";
+  signedOutText();
   show();
 }
 
@@ -176,10 +537,12 @@ document.getElementById("sign-in-form").addEventListener("submit", async (ev) =>
   const r = await api("POST", "/console/session", { token: input.value });
   input.value = "";
   if (r.ok) {
-    document.getElementById("sign-in-error").textContent = "";
+    state.signedOutWhy = "";
+    signedOutText();
     signedIn(r.json);
   } else {
-    document.getElementById("sign-in-error").textContent = "That token was not accepted.";
+    state.signedOutWhy = "That token was not accepted.";
+    signedOutText();
   }
 });
 
@@ -197,18 +560,30 @@ document.getElementById("find").addEventListener("submit", (ev) => {
 });
 
 // ---- the alert queue ---------------------------------------------------------------------------
+//
+// The server pages, filters and sorts (`GET /v1/alerts`); the filters are in the page's address
+// (`#/alerts?state=untriaged&rule=...`), so a view can be shared. The page shows one page of
+// alerts and follows the live stream from where its listing stood (`stream_seq`, `triage_seq`):
+// a new alert that belongs on the page shown is added at its top, and a change or a triage
+// applies to the rows shown only. Nothing is replayed, and the page holds at most QUEUE_ROWS_MAX
+// alerts, however many the store has.
 
-// What the rule saw, against its threshold, in the rule's window (the observed span, when the
+// Alerts per page.
+const QUEUE_PAGE = 50;
+// Rows the first page grows to with live alerts before its oldest ones drop off.
+const QUEUE_ROWS_MAX = 200;
+
+// What an alert saw, against its threshold, in the rule's window (the observed span, when the
 // triggering events are known, is told apart from it: `observed`).
 function describe(a, observed) {
   const words = a.unit.replace(/_/g, " ");
   const money = (v) => (a.currency ? `${(v / 100).toFixed(2)} ${a.currency}` : v);
   const within = span(a.window_start, a.window_end);
-  const seen = observed ? `, all within ${observed}` : "";
+  const seen = observed ? t(", all within {0}", observed) : "";
   if (a.unit === "minor_units") {
-    return `${money(a.observed)} in a ${within} window${seen}; threshold ${money(a.threshold)}`;
+    return t("{0} in a {1} window{2}; threshold {3}", money(a.observed), within, seen, money(a.threshold));
   }
-  return `${a.observed} ${words} in a ${within} window${seen}; threshold ${a.threshold}`;
+  return t("{0} in a {1} window{2}; threshold {3}", `${a.observed} ${words}`, within, seen, a.threshold);
 }
 
 // What an event did, as a timeline says it: a failure failed; a record (a triage, an
@@ -224,51 +599,61 @@ function alertState(a) {
   // The lock on the alert's binding as it stands (the server reads the binding): one lifted
   // since is not in force, one the rule made again after an unlock is.
   if (a.binding_lock !== undefined) {
-    if (a.binding_lock && Date.parse(a.binding_lock.until) > Date.now()) return `binding locked until ${utc(a.binding_lock.until)}`;
+    if (a.binding_lock && Date.parse(a.binding_lock.until) > Date.now()) return t("binding locked until {0}", when(a.binding_lock.until));
   } else {
     // A change from the live stream carries no binding state: its latest triage says.
     const lifted = a.triage && a.triage.action === "unlocked";
-    if (a.lock && !lifted && Date.parse(a.lock.until) > Date.now()) return `binding locked until ${utc(a.lock.until)}`;
+    if (a.lock && !lifted && Date.parse(a.lock.until) > Date.now()) return t("binding locked until {0}", when(a.lock.until));
   }
-  return Date.parse(a.open_until) > Date.now() ? "open" : "closed";
+  return Date.parse(a.open_until) > Date.now() ? t("open") : t("closed");
 }
 
 // Where an alert stands with the people handling it: its latest triage.
-function triageText(a) {
-  const t = a.triage;
-  if (!t) return "not yet triaged";
-  const to = t.action === "assigned" && t.assignee ? ` to ${t.assignee}` : "";
-  return `${ACTIONS[t.action] || t.action}${to} by ${t.operator}`;
+function triageText(tr) {
+  if (!tr) return t("not yet triaged");
+  const what = tr.action === "assigned" && tr.assignee ? t("{0} to {1}", action(tr.action), tr.assignee) : action(tr.action);
+  return t("{0} by {1}", what, tr.operator);
 }
 
 function subject(a) {
   if (a.key.kind === "wallet") {
-    return el("a", { href: `#/wallet/${a.key.value}` }, `wallet ${a.key.value.slice(0, 12)}…`);
+    return el("a", { href: `#/wallet/${a.key.value}` }, t("wallet {0}…", a.key.value.slice(0, 12)));
   }
   return el("a", { href: `#/account/${encodeURIComponent(a.key.value)}` }, a.key.value);
 }
 
-function alertRow(a) {
+function severity(s) {
+  return el("span", { class: `sev sev-${s}` }, SEVERITIES[s] ? t(s) : s);
+}
+
+function alertRow(a, selectable) {
   return el(
     "tr",
-    { "data-alert": a.id, "data-severity": a.severity, "data-rule": a.rule },
-    el("td", {}, utc(a.opened_at)),
-    el("td", {}, el("span", { class: `sev sev-${a.severity}` }, a.severity)),
-    el("td", {}, el("a", { href: `#/alert/${encodeURIComponent(a.id)}` }, a.rule), el("div", { class: "muted" }, RULES[a.rule] || "")),
+    { "data-alert": a.id, "data-severity": a.severity, "data-rule": a.rule, "data-triage-seq": a.triage ? a.triage.seq : 0 },
+    selectable ? el("td", {}, el("input", { type: "checkbox", class: "pick", "aria-label": t("select"), "data-alert": a.id })) : null,
+    el("td", {}, at(a.opened_at)),
+    el("td", {}, severity(a.severity)),
+    el("td", {}, el("a", { href: `#/alert/${encodeURIComponent(a.id)}` }, a.rule), el("div", { class: "muted" }, ruleText(a.rule))),
     el("td", {}, subject(a)),
     el("td", {}, describe(a)),
-    el("td", { class: "state" }, alertState(a), el("div", { class: "muted triage" }, triageText(a))),
+    el("td", { class: "state" }, alertState(a), el("div", { class: "muted triage" }, triageText(a.triage))),
   );
 }
 
 const SEVERITY_RANK = { low: 0, medium: 1, high: 2, critical: 3 };
 
+// Whether an alert the page holds still belongs in the view (the server chose the rows; the
+// live stream and triage move them).
 function matches(a, f) {
   if (f.severity && SEVERITY_RANK[a.severity] < SEVERITY_RANK[f.severity]) return false;
   if (f.rule && a.rule !== f.rule) return false;
-  if (f.account && !(a.accounts || []).includes(f.account) && a.key.value !== f.account) return false;
+  if (f.account && !(a.accounts || []).includes(f.account)) return false;
+  if (f.wallet && a.key.value !== f.wallet) return false;
+  if (f.since && a.opened_at < f.since) return false;
+  if (f.until && a.opened_at >= f.until) return false;
+  if (f.assignee && !(a.triage && a.triage.assignee === f.assignee)) return false;
   if (f.state === "open" || f.state === "closed") {
-    if ((alertState(a) === "closed") !== (f.state === "closed")) return false;
+    if ((Date.parse(a.open_until) > Date.now()) !== (f.state === "open")) return false;
   } else if (f.state === "untriaged") {
     if (a.triage) return false;
   } else if (f.state && (!a.triage || a.triage.action !== f.state)) {
@@ -277,93 +662,222 @@ function matches(a, f) {
   return true;
 }
 
-function renderQueue(tbody, filters) {
-  const rows = [...state.alerts.values()]
-    .filter((a) => matches(a, filters))
-    .sort((x, y) => (y.opened_at > x.opened_at ? 1 : y.opened_at < x.opened_at ? -1 : 0))
-    .map(alertRow);
-  tbody.replaceChildren(...rows);
-  document.getElementById("count").textContent = `${rows.length} alert${rows.length === 1 ? "" : "s"}`;
+// The queue's filters, as the address holds them.
+const FILTERS = ["severity", "rule", "state", "assignee", "account", "wallet", "since", "until", "sort"];
+
+function queueAddress(f, cursor) {
+  const q = new URLSearchParams();
+  for (const k of FILTERS) if (f[k]) q.set(k, f[k]);
+  if (cursor) q.set("cursor", cursor);
+  const s = q.toString();
+  return s ? `#/alerts?${s}` : "#/alerts";
 }
 
-async function alertsView() {
-  const filters = { severity: "", rule: "", account: "", state: "" };
+// The API's query for the filters (the same names).
+function apiQuery(f, more) {
+  const q = new URLSearchParams();
+  for (const k of FILTERS) if (f[k]) q.set(k, f[k]);
+  for (const [k, v] of Object.entries(more || {})) if (v !== undefined && v !== null && v !== "") q.set(k, v);
+  return q.toString();
+}
+
+// `datetime-local` value (the viewer's zone is the browser's here) to RFC 3339, and back.
+function localToIso(v) {
+  const d = new Date(v);
+  return Number.isNaN(d.getTime()) ? "" : d.toISOString();
+}
+
+function isoToLocal(v) {
+  const d = new Date(v);
+  if (Number.isNaN(d.getTime())) return "";
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}
+
+async function alertsView(params) {
+  const f = Object.fromEntries(FILTERS.map((k) => [k, params.get(k) || ""]));
+  const cursor = params.get("cursor") || "";
+  const go = (changes) => { location.hash = queueAddress({ ...f, ...changes }, ""); };
+  const selectable = can("security");
   const tbody = el("tbody", { id: "queue" });
-  const select = (name, options) =>
-    el("select", { id: `f-${name}`, "aria-label": name, onchange: (e) => { filters[name] = e.target.value; renderQueue(tbody, filters); } },
+  const select = (name, options) => {
+    const s = el("select", { id: `f-${name}`, "aria-label": t(name === "sort" ? "sort order" : name), onchange: (e) => go({ [name]: e.target.value }) },
       options.map(([v, label]) => el("option", { value: v }, label)));
+    s.value = f[name];
+    return s;
+  };
+  const text = (name, label) => {
+    const i = el("input", { id: `f-${name}`, placeholder: t(label), "aria-label": t(label), value: f[name] });
+    i.addEventListener("change", (e) => go({ [name]: e.target.value.trim() }));
+    return i;
+  };
+  const time = (name, label) => {
+    const i = el("input", { id: `f-${name}`, type: "datetime-local", "aria-label": t(label), title: t(label), value: f[name] ? isoToLocal(f[name]) : "" });
+    i.addEventListener("change", (e) => go({ [name]: e.target.value ? localToIso(e.target.value) : "" }));
+    return i;
+  };
+  const count = el("span", { id: "count", class: "muted" });
+  const live = el("span", { id: "live", class: "muted" }, t("connecting…"));
   const controls = el(
     "div",
     { class: "filters" },
-    select("severity", [["", "any severity"], ["medium", "medium or worse"], ["high", "high or worse"], ["critical", "critical"]]),
-    select("rule", [["", "any rule"], ...Object.keys(RULES).map((r) => [r, r])]),
-    select("state", [["", "any state"], ["open", "open"], ["closed", "closed"], ["untriaged", "not yet triaged"],
-      ["acknowledged", "acknowledged"], ["assigned", "assigned"], ["resolved", "resolved"], ["false_positive", "false positive"], ["locked", "locked by a person"], ["unlocked", "unlocked by a person"]]),
-    el("input", { id: "f-account", placeholder: "account", "aria-label": "account",
-      oninput: (e) => { filters.account = e.target.value.trim(); renderQueue(tbody, filters); } }),
-    el("span", { id: "count", class: "muted" }),
-    el("span", { id: "live", class: "muted" }, "connecting…"),
+    select("severity", [["", t("any severity")], ["medium", t("medium or worse")], ["high", t("high or worse")], ["critical", t("critical")]]),
+    select("rule", [["", t("any rule")], ...Object.keys(RULES).map((r) => [r, r])]),
+    select("state", [["", t("any state")], ["open", t("open")], ["closed", t("closed")], ["untriaged", t("not yet triaged")],
+      ["acknowledged", t("acknowledged")], ["assigned", t("assigned")], ["resolved", t("resolved")], ["false_positive", t("false positive")],
+      ["locked", t("locked by a person")], ["unlocked", t("unlocked by a person")]]),
+    text("assignee", "assignee"),
+    text("account", "account"),
+    time("since", "opened since"),
+    time("until", "opened before"),
+    select("sort", [["", t("newest first")], ["oldest", t("oldest first")]]),
+    el("a", { href: "#/alerts", id: "f-clear" }, t("Clear")),
+    el("a", { id: "export", href: `/v1/alerts/export?${apiQuery(f)}`, download: "alerts.csv" }, t("Download CSV")),
+    count,
+    live,
   );
+  const bulk = selectable ? bulkBar(tbody) : null;
+  const pagers = el("div", { class: "filters", id: "pagers" });
   show(
-    el("h2", {}, "Alerts"),
+    el("h2", {}, t("Alerts")),
     controls,
-    el("table", {}, el("thead", {}, el("tr", {}, ["opened", "severity", "rule", "account or wallet", "observed", "state"].map((h) => el("th", {}, h)))), tbody),
+    bulk,
+    el("table", {}, el("thead", {}, el("tr", {},
+      selectable ? el("th", {}, el("input", { type: "checkbox", id: "pick-all", "aria-label": t("Select all shown"),
+        onchange: (e) => { for (const c of tbody.querySelectorAll("input.pick")) c.checked = e.target.checked; } })) : null,
+      [t("opened"), t("severity"), t("rule"), t("account or wallet"), t("observed"), t("state")].map((h) => el("th", {}, h)))), tbody),
+    pagers,
   );
-  const r = await api("GET", "/v1/alerts?limit=1000");
-  if (!r.ok) { show(failure("the alerts could not be read", r)); return; }
+  const r = await api("GET", `/v1/alerts?${apiQuery(f, { limit: QUEUE_PAGE, cursor })}`);
+  if (!document.body.contains(tbody)) return;
+  if (!r.ok) { show(failure(t("the alerts"), r)); return; }
+  state.alerts = new Map();
   for (const a of r.json.alerts) state.alerts.set(a.id, a);
-  renderQueue(tbody, filters);
-  // Triage by others shows within a few seconds: the listing carries it.
-  if (state.triagePoll) clearInterval(state.triagePoll);
-  state.triagePoll = setInterval(async () => {
-    if (!document.body.contains(tbody)) { clearInterval(state.triagePoll); state.triagePoll = null; return; }
-    const r = await api("GET", "/v1/alerts?limit=1000");
-    if (!r.ok || !document.body.contains(tbody)) return;
-    let changed = false;
-    for (const a of r.json.alerts) {
-      const known = state.alerts.get(a.id);
-      if (known && JSON.stringify(known.triage) !== JSON.stringify(a.triage)) { known.triage = a.triage; changed = true; }
-      if (known && JSON.stringify(known.binding_lock) !== JSON.stringify(a.binding_lock)) { known.binding_lock = a.binding_lock; changed = true; }
-    }
-    if (changed) renderQueue(tbody, filters);
-  }, 3000);
+  tbody.replaceChildren(...r.json.alerts.map((a) => alertRow(a, selectable)));
+  const counted = () => {
+    const n = tbody.querySelectorAll("tr[data-alert]").length;
+    count.textContent = t("{0} shown", n);
+    const empty = document.getElementById("queue-empty");
+    if (n === 0 && !empty) tbody.after(el("p", { id: "queue-empty", class: "muted" }, t("No alert matches these filters.")));
+    if (n > 0 && empty) empty.remove();
+  };
+  counted();
+  if (cursor) pagers.append(el("a", { id: "page-newest", href: queueAddress(f, "") }, t("Newest")));
+  let next = r.json.next_cursor;
+  const older = () => pagers.querySelector("#page-older");
+  const setOlder = () => {
+    if (older()) older().remove();
+    if (next) pagers.append(el("a", { id: "page-older", href: queueAddress(f, next) }, t("Older")));
+  };
+  setOlder();
+  // Live: the first page (newest first, or oldest first once its last page is shown) takes new
+  // alerts; every page takes changes and triage of the rows it shows.
+  const takesNew = (!cursor && f.sort !== "oldest") || (f.sort === "oldest" && !next);
   if (state.stream) state.stream.close();
-  // The feed replays every change from the start, then follows: a row is updated in place.
-  const stream = new EventSource("/v1/alerts/stream", { withCredentials: true });
+  const streamQuery = apiQuery({ severity: f.severity, rule: f.rule, account: f.account, wallet: f.wallet },
+    { after: r.json.stream_seq, triage: "true", triage_after: r.json.triage_seq });
+  const stream = new EventSource(`/v1/alerts/stream?${streamQuery}`, { withCredentials: true });
   state.stream = stream;
-  stream.addEventListener("open", () => { document.getElementById("live") && (document.getElementById("live").textContent = "live"); });
-  stream.addEventListener("error", () => { document.getElementById("live") && (document.getElementById("live").textContent = "reconnecting…"); });
+  const rowOf = (id) => tbody.querySelector(`tr[data-alert="${CSS.escape(id)}"]`);
+  const redraw = (a, fresh) => {
+    const old = rowOf(a.id);
+    if (!old) return;
+    if (!matches(a, f)) { old.remove(); state.alerts.delete(a.id); counted(); return; }
+    const picked = old.querySelector("input.pick") && old.querySelector("input.pick").checked;
+    const row = alertRow(a, selectable);
+    if (picked) row.querySelector("input.pick").checked = true;
+    if (fresh) row.classList.add("fresh");
+    old.replaceWith(row);
+  };
+  stream.addEventListener("open", () => { live.textContent = t("live"); });
+  stream.addEventListener("error", () => { live.textContent = t("reconnecting…"); });
   stream.addEventListener("alert", (ev) => {
+    if (!document.body.contains(tbody)) { stream.close(); return; }
     const change = JSON.parse(ev.data);
     const a = change.alert;
     const prev = state.alerts.get(a.id);
-    const fresh = !prev || prev.revision < a.revision;
-    if (prev && a.triage === undefined) a.triage = prev.triage; // the stream carries revisions, not triage
-    if (prev && a.binding_lock === undefined) a.binding_lock = prev.binding_lock;
-    state.alerts.set(a.id, a);
+    if (prev) {
+      if (prev.revision >= a.revision) return;
+      // The stream carries revisions, not triage or the binding's lock.
+      a.triage = prev.triage;
+      a.binding_lock = prev.binding_lock;
+      state.alerts.set(a.id, a);
+      redraw(a, true);
+    } else {
+      if (!takesNew || !matches(a, f)) return;
+      state.alerts.set(a.id, a);
+      const row = alertRow(a, selectable);
+      row.classList.add("fresh");
+      if (f.sort === "oldest") tbody.append(row); else tbody.prepend(row);
+      // Bounded: the oldest rows of the first page drop off; "Older" then starts at them.
+      while (tbody.children.length > QUEUE_ROWS_MAX) {
+        const last = f.sort === "oldest" ? tbody.firstElementChild : tbody.lastElementChild;
+        state.alerts.delete(last.dataset.alert);
+        if (f.sort !== "oldest") { next = last.dataset.alert; setOlder(); }
+        last.remove();
+      }
+      counted();
+    }
     // A revision of an alert that locks may have locked its binding again (after an unlock):
     // the binding's state is read, and the row drawn again with it.
-    if (a.lock && fresh) {
+    if (a.lock) {
       api("GET", `/v1/alerts/${encodeURIComponent(a.id)}`).then((r) => {
         const now = state.alerts.get(a.id);
         if (!r.ok || !now || now.revision > r.json.revision) return;
         state.alerts.set(a.id, r.json);
-        const row = tbody.querySelector(`tr[data-alert="${CSS.escape(a.id)}"]`);
-        if (row && document.body.contains(tbody)) row.replaceWith(alertRow(r.json));
+        redraw(r.json, false);
       });
     }
-    if (!document.body.contains(tbody)) return;
-    const old = tbody.querySelector(`tr[data-alert="${CSS.escape(a.id)}"]`);
-    if (old && matches(a, filters)) {
-      const row = alertRow(a);
-      if (fresh) row.classList.add("fresh");
-      old.replaceWith(row);
-    } else if (fresh) {
-      renderQueue(tbody, filters);
-      const row = tbody.querySelector(`tr[data-alert="${CSS.escape(a.id)}"]`);
-      if (row) row.classList.add("fresh");
-    }
   });
+  stream.addEventListener("triage", (ev) => {
+    if (!document.body.contains(tbody)) { stream.close(); return; }
+    const entry = JSON.parse(ev.data);
+    const a = state.alerts.get(entry.alert_id);
+    if (!a || (a.triage && a.triage.seq >= entry.triage.seq)) return;
+    a.triage = entry.triage;
+    // A person's lock or unlock changed the binding: the row shows the lock it now has.
+    if (entry.triage.action === "unlocked") a.binding_lock = null;
+    if (entry.triage.action === "locked") delete a.binding_lock;
+    redraw(a, true);
+    counted();
+  });
+}
+
+// Bulk triage of the rows picked: one request per alert, each stating the triage its row
+// shows (a row triaged by someone else meanwhile is refused, and said so).
+function bulkBar(tbody) {
+  const result = el("p", { id: "bulk-result", role: "status", tabindex: "-1" });
+  const note = el("input", { id: "bulk-note", placeholder: t("note"), "aria-label": t("note"), maxlength: "1000" });
+  const assignee = el("input", { id: "bulk-assignee", placeholder: t("assign to (token name)"), "aria-label": t("assignee") });
+  const run = async (act) => {
+    const picked = [...tbody.querySelectorAll("input.pick:checked")].map((c) => c.closest("tr"));
+    if (!picked.length) { result.textContent = t("Nothing selected."); result.focus(); return; }
+    let recorded = 0;
+    const refused = [];
+    for (const row of picked) {
+      const body = { action: act, note: note.value, expected_triage_seq: Number(row.dataset.triageSeq || 0) };
+      if (act === "assigned") body.assignee = assignee.value.trim();
+      const r = await api("POST", `/v1/alerts/${encodeURIComponent(row.dataset.alert)}/triage`, body);
+      if (r.ok) {
+        recorded += 1;
+      } else {
+        const e = r.json && r.json.error;
+        const why = r.status === 409 && e && e.code === "triage_conflict"
+          ? t("refused: someone triaged it after this page was read") : t("refused: {0}", e ? e.message : r.status);
+        refused.push(el("li", { "data-alert": row.dataset.alert }, `${row.dataset.alert}: ${why}`));
+      }
+    }
+    result.replaceChildren(t("{0} recorded, {1} refused", recorded, refused.length), refused.length ? el("ul", { id: "bulk-refused" }, refused) : "");
+    result.focus();
+  };
+  return el("div", { class: "filters", id: "bulk" },
+    el("span", {}, t("With the selected:")),
+    note,
+    el("button", { type: "button", id: "bulk-ack", onclick: () => run("acknowledged") }, t("Acknowledge")),
+    assignee, el("button", { type: "button", id: "bulk-assign", onclick: () => run("assigned") }, t("Assign")),
+    el("button", { type: "button", id: "bulk-resolve", onclick: () => run("resolved") }, t("Resolve")),
+    el("button", { type: "button", id: "bulk-false-positive", onclick: () => run("false_positive") }, t("False positive")),
+    result);
 }
 
 // ---- an alert, an account, a wallet -------------------------------------------------------------
@@ -372,39 +886,76 @@ function timeline(events, highlight) {
   return el(
     "table",
     { class: "timeline" },
-    el("thead", {}, el("tr", {}, ["time", "seq", "event", "outcome", "wallet", "reason"].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, [t("time"), t("seq"), t("event"), t("outcome"), t("wallet"), t("reason")].map((h) => el("th", {}, h)))),
     el("tbody", {}, events.map((e) => {
       const p = e.payload || {};
       const failed = /failed$/.test(p.type);
       return el(
         "tr",
         { class: highlight.has(e.seq) ? "hit" : null, "data-seq": e.seq },
-        el("td", {}, utc(e.event_time)),
+        el("td", {}, at(e.event_time)),
         el("td", {}, e.seq),
         el("td", {}, eventName(p.type)),
-        el("td", { class: "outcome" }, failed ? "failed" : OUTCOMES[p.type] || "succeeded"),
+        el("td", { class: "outcome" }, t(failed ? "failed" : OUTCOMES[p.type] || "succeeded")),
         el("td", {}, p.wallet ? p.wallet.masked : ""),
-        el("td", {}, failed ? reason(p.reason) : p.type === "alert_triaged" ? `${ACTIONS[p.action] || p.action} by ${p.operator}` : p.type === "subject_erased" ? `by ${p.operator}` : ""),
+        el("td", {}, failed ? reason(p.reason) : p.type === "alert_triaged" ? t("{0} by {1}", action(p.action), p.operator) : p.type === "subject_erased" ? t("by {0}", p.operator) : ""),
       );
     })),
   );
 }
 
+// Related activity: the other alerts on the alert's accounts and on its wallet (by the
+// listing's indexes), and the accounts its wallet is or was bound to.
+async function related(a) {
+  const box = el("div", { id: "related" });
+  const list = (alerts) => alerts.length
+    ? el("ul", {}, alerts.map((x) => el("li", { "data-alert": x.id },
+      el("a", { href: `#/alert/${encodeURIComponent(x.id)}` }, x.rule), " ", severity(x.severity), " ", at(x.opened_at), " · ", triageText(x.triage))))
+    : el("p", { class: "muted" }, t("none"));
+  for (const acc of (a.accounts || []).slice(0, 4)) {
+    const r = await api("GET", `/v1/alerts?account=${encodeURIComponent(acc)}&limit=20`);
+    box.append(el("h4", {}, t("Other alerts on {0}", acc)));
+    box.append(r.ok ? list(r.json.alerts.filter((x) => x.id !== a.id)) : failure(t("related alerts"), r));
+  }
+  // The wallets involved: the alert's own key, or the wallets of its accounts' bindings.
+  const wallets = new Set();
+  if (a.key.kind === "wallet") wallets.add(a.key.value);
+  for (const acc of (a.accounts || []).slice(0, 1)) {
+    const b = await api("GET", `/v1/accounts/${encodeURIComponent(acc)}/bindings`);
+    if (b.ok) for (const x of b.json.bindings) if (x.wallet && /^[0-9a-f]{64}$/.test(x.wallet.fingerprint || "")) wallets.add(x.wallet.fingerprint);
+  }
+  for (const fp of [...wallets].slice(0, 4)) {
+    const [r, w] = await Promise.all([
+      api("GET", `/v1/alerts?wallet=${fp}&limit=20`),
+      api("GET", `/v1/wallets/${fp}/accounts`),
+    ]);
+    box.append(el("h4", {}, t("Other alerts on this wallet"), " ", el("a", { href: `#/wallet/${fp}` }, el("code", {}, `${fp.slice(0, 12)}…`))));
+    box.append(r.ok ? list(r.json.alerts.filter((x) => x.id !== a.id)) : failure(t("related alerts"), r));
+    if (w.ok) {
+      const all = w.json.history && w.json.history.length ? w.json.history : w.json.accounts;
+      box.append(el("p", { class: "wallet-accounts" }, t("Accounts this wallet is or was bound to"), ": ",
+        all.map((acc) => [el("a", { href: `#/account/${encodeURIComponent(acc)}` }, acc), " "])));
+    }
+  }
+  box.append(el("p", { class: "muted" }, t("Accounts on the same device or IP address are not listed: the ledger keeps devices and addresses sealed per account, and looks them up by account only.")));
+  return box;
+}
+
 async function alertView(id) {
   const r = await api("GET", `/v1/alerts/${encodeURIComponent(id)}`);
-  if (!r.ok) { show(failure("the alert could not be read", r)); return; }
+  if (!r.ok) { show(failure(t("the alert"), r)); return; }
   const a = r.json;
   const parts = [
-    el("h2", {}, `${a.rule} `, el("span", { class: `sev sev-${a.severity}` }, a.severity)),
+    el("h2", {}, `${a.rule} `, severity(a.severity)),
     el("dl", {},
-      el("dt", {}, "what"), el("dd", {}, RULES[a.rule] || a.rule),
-      el("dt", {}, "observed"), el("dd", { id: "alert-observed" }, describe(a)),
-      el("dt", {}, "subject"), el("dd", {}, subject(a)),
-      el("dt", {}, "accounts"), el("dd", {}, (a.accounts || []).map((acc) => [el("a", { href: `#/account/${encodeURIComponent(acc)}` }, acc), " "])),
-      el("dt", {}, "opened"), el("dd", {}, utc(a.opened_at)),
-      el("dt", {}, "updated"), el("dd", {}, `${utc(a.updated_at)} (revision ${a.revision}, ${a.matches} matches)`),
-      el("dt", {}, "state"), el("dd", { id: "alert-state" }, Date.parse(a.open_until) > Date.now() ? "open" : "closed"),
-      el("dt", {}, "events"), el("dd", {}, a.event_seqs.join(", ")),
+      el("dt", {}, t("what")), el("dd", {}, ruleText(a.rule) || a.rule),
+      el("dt", {}, t("observed")), el("dd", { id: "alert-observed" }, describe(a)),
+      el("dt", {}, t("subject")), el("dd", {}, subject(a)),
+      el("dt", {}, t("accounts")), el("dd", {}, (a.accounts || []).map((acc) => [el("a", { href: `#/account/${encodeURIComponent(acc)}` }, acc), " "])),
+      el("dt", {}, t("opened")), el("dd", {}, at(a.opened_at)),
+      el("dt", {}, t("updated")), el("dd", {}, at(a.updated_at), " ", t("(revision {0}, {1} matches)", a.revision, a.matches)),
+      el("dt", {}, t("state")), el("dd", { id: "alert-state" }, Date.parse(a.open_until) > Date.now() ? t("open") : t("closed")),
+      el("dt", {}, t("events")), el("dd", {}, a.event_seqs.join(", ")),
     ),
   ];
   const hits = new Set(a.event_seqs);
@@ -441,34 +992,34 @@ async function alertView(id) {
     parts[1].querySelector("#alert-observed").textContent = describe(a, span(hitTimes[0], hitTimes[hitTimes.length - 1]));
   }
   if (latest) {
-    parts[1].querySelector("#alert-state").append(`; ${ACTIONS[latest.payload.action] || latest.payload.action} by ${latest.payload.operator}`);
+    parts[1].querySelector("#alert-state").append(`; ${t("{0} by {1}", action(latest.payload.action), latest.payload.operator)}`);
   }
-  parts.push(el("h3", {}, "History"));
+  parts.push(el("h3", {}, t("History")));
   parts.push(el("ul", { id: "triage-history" },
-    el("li", {}, `${utc(a.opened_at)}: opened by the rule`),
+    el("li", {}, t("{0}: opened by the rule", when(a.opened_at))),
     triage.map((e) => el("li", { "data-action": e.payload.action },
-      `${utc(e.record_time)}: ${ACTIONS[e.payload.action] || e.payload.action} by ${e.payload.operator}`,
-      e.payload.assignee ? ` (to ${e.payload.assignee})` : "",
+      `${when(e.record_time)}: ${t("{0} by {1}", action(e.payload.action), e.payload.operator)}`,
+      e.payload.assignee ? ` (${t("{0} to {1}", action("assigned"), e.payload.assignee)})` : "",
       e.payload.note ? [": ", el("q", {}, e.payload.note)] : ""))));
   if (can("security")) {
-    const note = el("textarea", { id: "triage-note", rows: "2", cols: "60", maxlength: "1000", placeholder: "note (who you called, what you found)", "aria-label": "note" });
-    const assignee = el("input", { id: "triage-assignee", placeholder: "assign to (token name)", "aria-label": "assignee" });
+    const note = el("textarea", { id: "triage-note", rows: "2", cols: "60", maxlength: "1000", placeholder: t("note (who you called, what you found)"), "aria-label": t("note") });
+    const assignee = el("input", { id: "triage-assignee", placeholder: t("assign to (token name)"), "aria-label": t("assignee") });
     // The triage this page shows: an action states it, and is refused if another came since.
     const seen = Math.max(a.triage ? a.triage.seq : 0, latest ? latest.seq : 0);
     const result = el("p", { id: "triage-result", role: "alert", tabindex: "-1" });
-    const act = async (action) => {
-      const body = { action, note: note.value, expected_triage_seq: seen };
-      if (action === "assigned") body.assignee = assignee.value.trim();
+    const act = async (what) => {
+      const body = { action: what, note: note.value, expected_triage_seq: seen };
+      if (what === "assigned") body.assignee = assignee.value.trim();
       const r = await api("POST", `/v1/alerts/${encodeURIComponent(a.id)}/triage`, body);
       if (!r.ok) {
         const e = r.json && r.json.error;
         if (r.status === 409 && e && e.code === "triage_conflict") {
-          const t = r.json.current && r.json.current.triage;
+          const c = r.json.current && r.json.current.triage;
           result.replaceChildren(
-            `Not recorded: someone triaged this alert after this page was read${t ? ` (${ACTIONS[t.action] || t.action} by ${t.operator})` : ""}. Read it again, then decide. `,
-            el("button", { type: "button", id: "triage-reload", onclick: () => alertView(a.id) }, "Read it again"));
+            t("Not recorded: someone triaged this alert after this page was read{0}. Read it again, then decide. ", c ? ` (${t("{0} by {1}", action(c.action), c.operator)})` : ""),
+            el("button", { type: "button", id: "triage-reload", onclick: () => alertView(a.id) }, t("Read it again")));
         } else {
-          result.replaceChildren(`Not recorded: ${e ? e.message : r.status}`);
+          result.replaceChildren(t("Not recorded: {0}", e ? e.message : r.status));
         }
         result.focus();
         return;
@@ -479,58 +1030,67 @@ async function alertView(id) {
       if (h) { h.setAttribute("tabindex", "-1"); h.focus(); }
     };
     parts.push(el("div", { class: "filters", id: "triage" }, result, note,
-      el("button", { type: "button", id: "ack", onclick: () => act("acknowledged") }, "Acknowledge"),
-      assignee, el("button", { type: "button", id: "assign", onclick: () => act("assigned") }, "Assign"),
-      el("button", { type: "button", id: "resolve", onclick: () => act("resolved") }, "Resolve"),
-      el("button", { type: "button", id: "false-positive", onclick: () => act("false_positive") }, "False positive")));
+      el("button", { type: "button", id: "ack", onclick: () => act("acknowledged") }, t("Acknowledge")),
+      assignee, el("button", { type: "button", id: "assign", onclick: () => act("assigned") }, t("Assign")),
+      el("button", { type: "button", id: "resolve", onclick: () => act("resolved") }, t("Resolve")),
+      el("button", { type: "button", id: "false-positive", onclick: () => act("false_positive") }, t("False positive"))));
   }
   // The bindings as they stand now (a lock lifted since the alert shows here at once).
   for (const acc of (a.accounts || []).slice(0, 4)) {
     const b = await api("GET", `/v1/accounts/${encodeURIComponent(acc)}/bindings`);
     if (!b.ok) continue;
     const now = Date.now();
-    parts.push(el("h3", {}, `Bindings of ${acc} now`));
+    parts.push(el("h3", {}, t("Bindings of {0} now", acc)));
     parts.push(el("table", { class: "alert-bindings" },
-      el("thead", {}, el("tr", {}, ["binding", "wallet", "status", "lock", ""].map((x) => el("th", {}, x)))),
+      el("thead", {}, el("tr", {}, [t("binding"), t("wallet"), t("status"), t("lock"), ""].map((x) => el("th", {}, x)))),
       el("tbody", {}, b.json.bindings.filter((x) => x.status === "active").map((x) => {
         const locked = x.lock && Date.parse(x.lock.until) > now;
         return el("tr", { "data-binding": x.binding_id, "data-locked": locked ? "true" : "false" },
           el("td", {}, x.binding_id), el("td", {}, x.wallet.masked), el("td", {}, x.status),
-          el("td", {}, locked ? `locked until ${utc(x.lock.until)}` : "not locked"),
+          el("td", {}, locked ? t("locked until {0}", when(x.lock.until)) : t("not locked")),
           el("td", {}, can("security") ? (() => {
             const why = reasonInput(x.binding_id);
             return [why, " ", locked
-              ? el("button", { type: "button", class: "danger unlock", onclick: async () => { await unlock(acc, x.binding_id, why); await alertView(a.id); } }, "Unlock")
-              : el("button", { type: "button", class: "danger lock", onclick: () => lock(a.id, acc, x.binding_id, why) }, "Lock")];
+              ? el("button", { type: "button", class: "danger unlock", onclick: async () => { await unlock(acc, x.binding_id, why); await alertView(a.id); } }, t("Unlock"))
+              : el("button", { type: "button", class: "danger lock", onclick: () => lock(a.id, acc, x.binding_id, why) }, t("Lock"))];
           })() : ""));
       }))));
   }
+  parts.push(el("h3", {}, t("Related activity")));
+  const rel = el("div", { id: "related-slot" }, el("p", { class: "muted" }, "…"));
+  parts.push(rel);
   for (const [acc, h] of timelines) {
-    parts.push(el("h3", {}, `Timeline of ${acc}`));
-    parts.push(h.ok ? timeline(h.json.events, hits) : failure("the timeline could not be read", h));
+    parts.push(el("h3", {}, t("Timeline of {0}", acc)));
+    parts.push(h.ok ? timeline(h.json.events, hits) : failure(t("the timeline"), h));
   }
   show(...parts);
+  const box = await related(a);
+  if (document.body.contains(rel)) rel.replaceWith(box);
 }
 
 function reasonInput(binding) {
-  return el("input", { class: "reason", "data-for": binding, placeholder: "reason", "aria-label": "reason", maxlength: "1000" });
+  return el("input", { class: "reason", "data-for": binding, placeholder: t("reason"), "aria-label": t("reason"), maxlength: "1000" });
+}
+
+function refusal(r) {
+  return r.json && r.json.error ? r.json.error.message : r.status;
 }
 
 // `reason`: the input beside the button (its text is recorded with the person's name).
 async function unlock(account, binding, reason) {
   const why = reason.value.trim();
-  if (!confirm(`Unlock binding ${binding} of ${account}?`)) return;
+  if (!confirm(t("Unlock binding {0} of {1}?", binding, account))) return;
   const r = await api("POST", `/v1/accounts/${encodeURIComponent(account)}/bindings/${binding}/unlock`, { confirm: true, reason: why });
-  if (!r.ok) { alert(`Not unlocked: ${r.json && r.json.error ? r.json.error.message : r.status}`); }
+  if (!r.ok) { alert(t("Not unlocked: {0}", refusal(r))); }
   await accountView(account);
 }
 
 async function lock(alertId, account, binding, reason) {
   const why = reason.value.trim();
-  if (!confirm(`Lock binding ${binding} of ${account} for 30 minutes?`)) return;
+  if (!confirm(t("Lock binding {0} of {1} for 30 minutes?", binding, account))) return;
   const r = await api("POST", `/v1/accounts/${encodeURIComponent(account)}/bindings/${binding}/lock`,
     { confirm: true, alert_id: alertId, minutes: 30, reason: why });
-  if (!r.ok) { alert(`Not locked: ${r.json && r.json.error ? r.json.error.message : r.status}`); }
+  if (!r.ok) { alert(t("Not locked: {0}", refusal(r))); }
   await alertView(alertId);
 }
 
@@ -540,46 +1100,46 @@ async function accountView(account) {
     api("GET", `/v1/accounts/${encodeURIComponent(account)}/payments?limit=50`),
     api("GET", `/v1/accounts/${encodeURIComponent(account)}/events?order=newest&limit=100`),
   ]);
-  const parts = [el("h2", {}, `Account ${account}`)];
-  if (!b.ok) { show(...parts, failure("the bindings could not be read", b)); return; }
+  const parts = [el("h2", {}, t("Account {0}", account))];
+  if (!b.ok) { show(...parts, failure(t("the bindings"), b)); return; }
   if (b.json.version === 0) {
-    show(...parts, el("p", { id: "not-found", role: "status" }, "Not found: no event was ever recorded for this account. Check the id."));
+    show(...parts, el("p", { id: "not-found", role: "status" }, t("Not found: no event was ever recorded for this account. Check the id.")));
     return;
   }
   // A failed payment names its binding only: its wallet is the binding's.
   const walletOf = Object.fromEntries(b.json.bindings.map((x) => [x.binding_id, x.wallet.masked]));
   const paymentRow = (x) => el("tr", {},
-    el("td", {}, utc(x.event_time || x.time)), el("td", {}, x.order_id),
+    el("td", {}, at(x.event_time || x.time)), el("td", {}, x.order_id),
     el("td", {}, `${(x.amount_minor / 100).toFixed(2)} ${x.currency || ""}`),
     el("td", { class: "wallet" }, x.wallet || walletOf[x.binding_id] || ""),
-    el("td", {}, x.status), el("td", {}, x.reason ? reason(x.reason) : ""));
+    el("td", {}, t(x.status)), el("td", {}, x.reason ? reason(x.reason) : ""));
   const now = Date.now();
-  parts.push(el("h3", {}, "Bindings"));
+  parts.push(el("h3", {}, t("Bindings")));
   parts.push(el("table", { id: "bindings" },
-    el("thead", {}, el("tr", {}, ["binding", "provider", "wallet", "status", "lock", "bound", ""].map((x) => el("th", {}, x)))),
+    el("thead", {}, el("tr", {}, [t("binding"), t("provider"), t("wallet"), t("status"), t("lock"), t("bound"), ""].map((x) => el("th", {}, x)))),
     el("tbody", {}, b.json.bindings.map((x) => {
       const locked = x.lock && Date.parse(x.lock.until) > now;
       return el("tr", { "data-binding": x.binding_id, "data-locked": locked ? "true" : "false" },
         el("td", {}, x.binding_id),
         el("td", {}, x.provider),
-        el("td", {}, x.wallet.masked, " ", el("a", { href: `#/wallet/${x.wallet.fingerprint}` }, "wallet")),
-        el("td", { class: "status" }, x.status),
-        el("td", { class: "lock" }, locked ? `locked until ${utc(x.lock.until)} (alert ${x.lock.alert_id})` : "not locked"),
-        el("td", {}, utc(x.bound_at)),
+        el("td", {}, x.wallet.masked, " ", el("a", { href: `#/wallet/${x.wallet.fingerprint}` }, t("wallet"))),
+        el("td", { class: "status" }, t(x.status)),
+        el("td", { class: "lock" }, locked ? t("locked until {0} (alert {1})", when(x.lock.until), x.lock.alert_id) : t("not locked")),
+        el("td", {}, at(x.bound_at)),
         el("td", {}, locked && can("security") ? (() => {
           const why = reasonInput(x.binding_id);
-          return [why, " ", el("button", { class: "danger unlock", type: "button", onclick: () => unlock(account, x.binding_id, why) }, "Unlock")];
+          return [why, " ", el("button", { class: "danger unlock", type: "button", onclick: () => unlock(account, x.binding_id, why) }, t("Unlock"))];
         })() : ""),
       );
     })),
   ));
-  parts.push(el("h3", {}, "Payments"));
+  parts.push(el("h3", {}, t("Payments")));
   parts.push(p.ok
-    ? el("table", { id: "payments" }, el("thead", {}, el("tr", {}, ["time", "order", "amount", "wallet", "status", "reason"].map((x) => el("th", {}, x)))),
+    ? el("table", { id: "payments" }, el("thead", {}, el("tr", {}, [t("time"), t("order"), t("amount"), t("wallet"), t("status"), t("reason")].map((x) => el("th", {}, x)))),
         el("tbody", {}, p.json.payments.map(paymentRow)))
-    : failure("the payments could not be read", p));
+    : failure(t("the payments"), p));
   if (p.ok && p.json.next_before_version) {
-    parts.push(pager("payments-older", "Older payments", async () => {
+    parts.push(pager("payments-older", t("Older payments"), async () => {
       const more = await api("GET", `/v1/accounts/${encodeURIComponent(account)}/payments?limit=50&before_version=${p.json.next_before_version}`);
       if (!more.ok) return;
       p.json.next_before_version = more.json.next_before_version;
@@ -587,16 +1147,16 @@ async function accountView(account) {
       if (!more.json.next_before_version) document.getElementById("payments-older").remove();
     }));
   }
-  parts.push(el("h3", {}, "History (newest first)"));
+  parts.push(el("h3", {}, t("History (newest first)")));
   const history = el("div", { id: "history" });
   const page = async (r) => {
-    if (!r.ok) { history.replaceChildren(failure("the history could not be read", r)); return; }
+    if (!r.ok) { history.replaceChildren(failure(t("the history"), r)); return; }
     const nav = [];
     if (r.json.newer_before_version) {
-      nav.push(pager("history-newer", "Newer", async () => page(await api("GET", `/v1/accounts/${encodeURIComponent(account)}/events?order=newest&limit=100&before_version=${r.json.newer_before_version}`))));
+      nav.push(pager("history-newer", t("Newer"), async () => page(await api("GET", `/v1/accounts/${encodeURIComponent(account)}/events?order=newest&limit=100&before_version=${r.json.newer_before_version}`))));
     }
     if (r.json.next_before_version) {
-      nav.push(pager("history-older", "Older", async () => page(await api("GET", `/v1/accounts/${encodeURIComponent(account)}/events?order=newest&limit=100&before_version=${r.json.next_before_version}`))));
+      nav.push(pager("history-older", t("Older"), async () => page(await api("GET", `/v1/accounts/${encodeURIComponent(account)}/events?order=newest&limit=100&before_version=${r.json.next_before_version}`))));
     }
     history.replaceChildren(timeline(r.json.events, new Set()), ...nav);
   };
@@ -611,14 +1171,71 @@ function pager(id, label, onclick) {
 
 async function walletView(fingerprint) {
   const r = await api("GET", `/v1/wallets/${fingerprint}/accounts`);
-  if (!r.ok) { show(failure("the wallet could not be read", r)); return; }
+  if (!r.ok) { show(failure(t("the wallet"), r)); return; }
   const now = new Set(r.json.accounts);
   const all = r.json.history && r.json.history.length ? r.json.history : r.json.accounts;
   show(
-    el("h2", {}, "Wallet ", el("code", {}, fingerprint.slice(0, 16) + "…")),
-    el("p", { class: "muted" }, `Every account this wallet is or was bound to: ${now.size} now, ${all.length} in all. Several accounts on one wallet is how a shared-wallet ring shows.`),
+    el("h2", {}, t("Wallet "), el("code", {}, fingerprint.slice(0, 16) + "…")),
+    el("p", { class: "muted" }, t("Every account this wallet is or was bound to: {0} now, {1} in all. Several accounts on one wallet is how a shared-wallet ring shows.", now.size, all.length)),
     el("ul", { id: "wallet-accounts" }, all.map((acc) => el("li", { "data-bound": now.has(acc) ? "now" : "before" },
-      el("a", { href: `#/account/${encodeURIComponent(acc)}` }, acc), now.has(acc) ? " (bound now)" : " (was bound; unbound since)"))),
+      el("a", { href: `#/account/${encodeURIComponent(acc)}` }, acc), now.has(acc) ? t(" (bound now)") : t(" (was bound; unbound since)")))),
+  );
+}
+
+// ---- webhooks -------------------------------------------------------------------------------------
+
+async function webhooksView() {
+  const r = await api("GET", "/v1/webhooks/deliveries?limit=100");
+  if (r.status === 503) { show(el("h2", {}, t("Webhooks")), el("p", { id: "webhooks-off", class: "muted" }, t("Webhooks are off: set webhooks.url to send alerts to a receiver."))); return; }
+  if (!r.ok) { show(failure(t("the deliveries"), r)); return; }
+  const result = el("p", { id: "webhook-result", role: "status", tabindex: "-1" });
+  const said = (what, res) => {
+    result.textContent = res.ok
+      ? t("Sent: {0}", `${t(res.json.outcome)}${res.json.status ? ` (${res.json.status})` : ""}${res.json.error ? `, ${res.json.error}` : ""}`)
+      : t("Not sent: {0}", refusal(res));
+  };
+  const send = async (path) => {
+    const res = await api("POST", path);
+    await webhooksView();
+    const again = document.getElementById("webhook-result");
+    if (again) { said(path, res); again.replaceWith(result); result.focus(); }
+  };
+  const row = (d) => el("tr", { "data-n": d.n, "data-outcome": d.outcome, "data-kind": d.kind || "alert" },
+    el("td", {}, d.n),
+    el("td", {}, at(d.at)),
+    el("td", {}, t(d.kind || "alert")),
+    el("td", {}, d.alert_id ? el("a", { href: `#/alert/${encodeURIComponent(d.alert_id)}` }, d.alert_id) : ""),
+    el("td", {}, d.attempt),
+    el("td", { class: "outcome" }, t(d.outcome)),
+    el("td", {}, [d.status || "", d.error ? ` ${d.error}` : ""]),
+    el("td", {}, t("{0} ms", d.duration_ms)),
+    el("td", { class: "next" }, d.next_attempt_at ? at(d.next_attempt_at) : ""),
+    el("td", {}, can("security") && d.stream_seq ? el("button", { type: "button", class: "resend", onclick: () => send(`/v1/webhooks/deliveries/${d.stream_seq}/resend`) }, t("Send again")) : ""));
+  const tbody = el("tbody", { id: "deliveries" }, r.json.deliveries.map(row));
+  const more = el("div", { class: "filters" });
+  let before = r.json.next_before;
+  const older = () => {
+    more.replaceChildren();
+    if (before) more.append(pager("deliveries-older", t("Older deliveries"), async () => {
+      const m = await api("GET", `/v1/webhooks/deliveries?limit=100&before=${before}`);
+      if (!m.ok) return;
+      tbody.append(...m.json.deliveries.map(row));
+      before = m.json.next_before;
+      older();
+    }));
+  };
+  older();
+  show(
+    el("h2", {}, t("Webhooks")),
+    el("p", { id: "webhook-totals" }, t("{0} delivered, {1} given up, {2} attempts in all; every change through stream seq {3} sent or given up",
+      r.json.delivered_total, r.json.given_up_total, r.json.attempts_total, r.json.position)),
+    r.json.last_error ? el("p", { class: "error" }, t("last error: {0}", r.json.last_error)) : "",
+    el("div", { class: "filters" }, can("security")
+      ? el("button", { type: "button", id: "webhook-test", onclick: () => send("/v1/webhooks/test") }, t("Send a test event"))
+      : el("span", { class: "muted" }, t("sending and testing need the security role")), result),
+    el("h3", {}, t("Deliveries")),
+    el("table", {}, el("thead", {}, el("tr", {}, ["#", t("time"), t("kind"), t("alert"), t("attempt"), t("outcome"), t("answer"), t("took"), t("next attempt"), ""].map((h) => el("th", {}, h)))), tbody),
+    more,
   );
 }
 
@@ -651,7 +1268,7 @@ function line(id, samples) {
   const points = samples.map((v, i) => `${(w * i) / Math.max(1, samples.length - 1)},${h - (h * v) / max}`).join(" ");
   return svg("svg", { id, width: String(w), height: String(h + 14), role: "img" },
     svg("polyline", { points, fill: "none", stroke: "#2457c5", "stroke-width": "2" }),
-    svg("text", { x: "0", y: String(h + 12), "font-size": "11" }, `max ${max}/s over the last ${samples.length} s`));
+    svg("text", { x: "0", y: String(h + 12), "font-size": "11" }, t("max {0}/s over the last {1} s", max, samples.length)));
 }
 
 /// The commands counters of `/metrics` (OpenMetrics text): {"kind outcome": total}.
@@ -665,52 +1282,58 @@ function commandTotals(text) {
 }
 
 async function glanceView() {
-  const rate = el("div", { id: "glance-rate" }, el("span", { class: "muted" }, "measuring…"));
+  const rate = el("div", { id: "glance-rate" }, el("span", { class: "muted" }, t("measuring…")));
   const reasons = el("table", { id: "glance-reasons" });
   const relays = el("div", { id: "glance-relays" });
   const rules = el("div", { id: "glance-rules" });
   const cluster = el("div", { id: "glance-cluster" });
-  show(el("h2", {}, "At a glance"),
-    el("h3", {}, "Alerts opened by rule: last hour, last day"), rules,
-    el("h3", {}, "Commands per second"), rate,
-    el("h3", {}, "Failures per second, by reason (last second)"), reasons,
-    el("h3", {}, "Relays"), relays,
-    el("h3", {}, "Cluster"), cluster);
+  show(el("h2", {}, t("At a glance")),
+    el("h3", {}, t("Alerts opened by rule: last hour, last day")), rules,
+    el("h3", {}, t("Commands per second")), rate,
+    el("h3", {}, t("Failures per second, by reason (last second)")), reasons,
+    el("h3", {}, t("Relays")), relays,
+    el("h3", {}, t("Cluster")), cluster);
   const shardRow = (me, r) => el("tr", {},
-    el("td", {}, r.shard === me ? `${r.shard} (this node)` : r.shard),
+    el("td", {}, r.shard === me ? t("{0} (this node)", r.shard) : r.shard),
     el("td", {}, r.url),
-    el("td", {}, `${r.slots} slots`),
-    el("td", {}, r.answered ? `${r.status}, ${r.role}, epoch ${r.epoch}` : `unreachable: ${r.error}`),
-    el("td", {}, r.answered ? `${r.events} events, relay lag ${r.relay_lag_events}` : ""),
-    el("td", {}, r.answered ? `map v${r.map_version}` : ""));
+    el("td", {}, t("{0} slots", r.slots)),
+    el("td", {}, r.answered ? t("{0}, {1}, epoch {2}", r.status, r.role, r.epoch) : t("unreachable: {0}", r.error)),
+    el("td", {}, r.answered ? t("{0} events, relay lag {1}", r.events, r.relay_lag_events) : ""),
+    el("td", {}, r.answered ? t("map v{0}", r.map_version) : ""));
   const showCluster = async () => {
     const c = await api("GET", "/v1/cluster/status");
     if (c.ok) {
       cluster.replaceChildren(
-        el("p", { class: "muted" }, `shard ${c.json.shard} of ${c.json.shards.length}, shard map version ${c.json.map_version}; requests for another shard's accounts are forwarded to it`),
+        el("p", { class: "muted" }, t("shard {0} of {1}, shard map version {2}; requests for another shard's accounts are forwarded to it", c.json.shard, c.json.shards.length, c.json.map_version)),
         el("table", { id: "glance-shards" }, c.json.shards.map((r) => shardRow(c.json.shard, r))));
     } else if (c.status === 404) {
-      cluster.replaceChildren(el("p", { class: "muted" }, "a ledger alone: not a shard of a cluster"));
+      cluster.replaceChildren(el("p", { class: "muted" }, t("a ledger alone: not a shard of a cluster")));
     } else {
-      cluster.replaceChildren(failure("the cluster could not be read", c));
+      cluster.replaceChildren(failure(t("the cluster"), c));
     }
   };
+  // Counted by the listing's indexes, one rule at a time, a page at most each: no download of
+  // every alert of the day.
   const since = new Date(Date.now() - 24 * 3600 * 1000).toISOString();
-  const a = await api("GET", `/v1/alerts?limit=1000&since=${encodeURIComponent(since)}`);
-  if (a.ok) {
-    const hour = Date.now() - 3600 * 1000;
-    const byRule = Object.keys(RULES).map((r) => {
-      const of = a.json.alerts.filter((x) => x.rule === r);
-      return [r, of.filter((x) => Date.parse(x.opened_at) >= hour).length, of.length];
-    });
-    const bySeverity = ["critical", "high", "medium", "low"].map((s) => [s, a.json.alerts.filter((x) => x.severity === s).length]);
+  const hour = new Date(Date.now() - 3600 * 1000).toISOString();
+  const counts = await Promise.all(Object.keys(RULES).map(async (r) => {
+    const [h, d] = await Promise.all([
+      api("GET", `/v1/alerts?rule=${r}&since=${encodeURIComponent(hour)}&limit=1000`),
+      api("GET", `/v1/alerts?rule=${r}&since=${encodeURIComponent(since)}&limit=1000`),
+    ]);
+    return [r, h, d];
+  }));
+  const bad = counts.find(([, h, d]) => !h.ok || !d.ok);
+  if (!bad) {
+    const n = (x) => x.json.alerts.length;
+    const bySeverity = ["critical", "high", "medium", "low"].map((s) => [t(s), counts.reduce((sum, [, , d]) => sum + d.json.alerts.filter((x) => x.severity === s).length, 0)]);
     rules.replaceChildren(
-      bars("glance-rules-hour", byRule.map(([r, h]) => [r, h]), "#c0392b"),
-      bars("glance-rules-day", byRule.map(([r, , d]) => [r, d]), "#b9770e"),
-      el("h3", {}, "Alerts opened by severity, last day"),
+      bars("glance-rules-hour", counts.map(([r, h]) => [r, n(h)]), "#c0392b"),
+      bars("glance-rules-day", counts.map(([r, , d]) => [r, n(d)]), "#b9770e"),
+      el("h3", {}, t("Alerts opened by severity, last day")),
       bars("glance-severity", bySeverity, "#4a6a88"));
   } else {
-    rules.replaceChildren(failure("the alerts could not be read", a));
+    rules.replaceChildren(failure(t("the alerts"), bad[1].ok ? bad[2] : bad[1]));
   }
   const samples = [];
   let last = null;
@@ -724,11 +1347,11 @@ async function glanceView() {
       const all = Object.keys(totals).reduce((s, k) => s + delta(k), 0);
       samples.push(all);
       if (samples.length > 60) samples.shift();
-      rate.replaceChildren(line("glance-rate-line", samples), el("div", { class: "muted" }, `${all} commands in the last second`));
+      rate.replaceChildren(line("glance-rate-line", samples), el("div", { class: "muted" }, t("{0} commands in the last second", all)));
       const failing = Object.keys(totals)
         .filter((k) => !k.endsWith(" succeeded") && delta(k) > 0)
         .map((k) => [k.split(" ")[1], delta(k)]);
-      reasons.replaceChildren(...failing.map(([code, n]) => el("tr", {}, el("td", {}, reason(code)), el("td", {}, `${n}/s`))));
+      reasons.replaceChildren(...failing.map(([code, n]) => el("tr", {}, el("td", {}, reason(code)), el("td", {}, t("{0}/s", n)))));
     }
     last = totals;
     if (ticks++ % 5 === 0) await showCluster();
@@ -738,11 +1361,11 @@ async function glanceView() {
       relays.replaceChildren(el("dl", {},
         ["events", "alerts", "checkpoints"].map((k) => [
           el("dt", {}, k),
-          el("dd", {}, r[k].state === "disabled" ? "disabled"
-            : `${r[k].state}, position ${r[k].position}` + (k === "events" ? `, lag ${r[k].lag_events} events / ${Number(r[k].lag_seconds || 0).toFixed(3)} s` : "")),
+          el("dd", {}, r[k].state === "disabled" ? t("disabled")
+            : t("{0}, position {1}", r[k].state, r[k].position) + (k === "events" ? t(", lag {0} events / {1} s", r[k].lag_events, Number(r[k].lag_seconds || 0).toFixed(3)) : "")),
         ])));
     } else {
-      relays.replaceChildren(failure("the relays could not be read", s));
+      relays.replaceChildren(failure(t("the relays"), s));
     }
   };
   if (state.glance) clearInterval(state.glance);
@@ -762,44 +1385,44 @@ function settings(r) {
 
 async function rulesView() {
   const r = await api("GET", "/v1/rules");
-  if (!r.ok) { show(failure("the rules could not be read", r)); return; }
+  if (!r.ok) { show(failure(t("the rules"), r)); return; }
   const rules = r.json.rules;
   const out = el("div", { id: "backtest-result" });
-  const candidate = el("textarea", { id: "candidate", rows: "8", cols: "80", "aria-label": "candidate rules file",
+  const candidate = el("textarea", { id: "candidate", rows: "8", cols: "80", "aria-label": t("candidate rules file"),
     placeholder: "[password_brute_force]\nthreshold = 3\nwindow = \"10m\"" });
   const run = async () => {
-    out.replaceChildren(el("p", { class: "muted" }, "running over the log…"));
+    out.replaceChildren(el("p", { class: "muted" }, t("running over the log…")));
     const res = await api("POST", "/v1/rules/backtest", candidate.value);
     const json = res.json;
     if (!res.ok) {
-      const line = json && json.line ? ` (line ${json.line})` : "";
-      out.replaceChildren(el("p", { class: "error", role: "alert" }, `${json && json.error ? json.error.message : res.status}${line}`));
+      const where = json && json.line ? t(" (line {0})", json.line) : "";
+      out.replaceChildren(el("p", { class: "error", role: "alert" }, t("{0}{1}", json && json.error ? json.error.message : res.status, where)));
       return;
     }
     const listed = (title, id, alerts) => [el("h3", {}, title), el("ul", { id }, alerts.map((a) =>
-      el("li", {}, el("a", { href: `#/alert/${encodeURIComponent(a.id)}` }, a.id), ` ${a.severity} · ${a.key.value} · ${describe(a)}`)))];
+      el("li", {}, el("a", { href: `#/alert/${encodeURIComponent(a.id)}` }, a.id), ` ${t(a.severity)} · ${a.key.value} · ${describe(a)}`)))];
     out.replaceChildren(
-      el("p", { id: "backtest-summary" }, `${json.events} events: ${json.added_total} added, ${json.removed_total} removed, ${json.changed_total} changed, ${json.unchanged} unchanged (lists show at most ${json.listed_max})`),
-      ...listed("Added", "backtest-added", json.added),
-      ...listed("Removed", "backtest-removed", json.removed),
-      el("h3", {}, "Changed"),
+      el("p", { id: "backtest-summary" }, t("{0} events: {1} added, {2} removed, {3} changed, {4} unchanged (lists show at most {5})", json.events, json.added_total, json.removed_total, json.changed_total, json.unchanged, json.listed_max)),
+      ...listed(t("Added"), "backtest-added", json.added),
+      ...listed(t("Removed"), "backtest-removed", json.removed),
+      el("h3", {}, t("Changed")),
       el("ul", { id: "backtest-changed" }, json.changed.map((c) => el("li", {}, el("a", { href: `#/alert/${encodeURIComponent(c.id)}` }, c.id), `: ${c.differences.join("; ")}`))),
     );
   };
   show(
-    el("h2", {}, "Rules in force"),
+    el("h2", {}, t("Rules in force")),
     el("table", { id: "rules" },
-      el("thead", {}, el("tr", {}, ["rule", "what", "severity", "on", "settings"].map((h) => el("th", {}, h)))),
+      el("thead", {}, el("tr", {}, [t("rule"), t("what"), t("severity"), t("on"), t("settings")].map((h) => el("th", {}, h)))),
       el("tbody", {}, Object.keys(RULES).map((name) => {
         const rule = rules[name] || {};
-        return el("tr", { "data-rule": name }, el("td", {}, name), el("td", {}, RULES[name]),
-          el("td", {}, rule.severity || ""), el("td", {}, rule.enabled === false ? "off" : "on"), el("td", {}, settings(rule)));
+        return el("tr", { "data-rule": name }, el("td", {}, name), el("td", {}, ruleText(name)),
+          el("td", {}, rule.severity ? t(rule.severity) : ""), el("td", {}, rule.enabled === false ? t("off") : t("on")), el("td", {}, settings(rule)));
       }))),
-    el("p", { class: "muted" }, `rules digest ${r.json.digest}; limits: ${settings(rules.limits || {})}`),
-    el("h2", {}, "Backtest a candidate rules file"),
-    el("p", { class: "muted" }, "Runs the candidate over the whole log beside the alerts the ledger raised. Keys left out keep their defaults (see the README)."),
+    el("p", { class: "muted" }, t("rules digest {0}; limits: {1}", r.json.digest, settings(rules.limits || {}))),
+    el("h2", {}, t("Backtest a candidate rules file")),
+    el("p", { class: "muted" }, t("Runs the candidate over the whole log beside the alerts the ledger raised. Keys left out keep their defaults (see the README).")),
     candidate,
-    el("div", {}, can("security") ? el("button", { type: "button", id: "run-backtest", onclick: run }, "Backtest") : el("span", { class: "muted" }, "backtests need the security role")),
+    el("div", {}, can("security") ? el("button", { type: "button", id: "run-backtest", onclick: run }, t("Backtest")) : el("span", { class: "muted" }, t("backtests need the security role"))),
     out,
   );
 }
@@ -808,7 +1431,11 @@ async function rulesView() {
 
 function route() {
   if (!state.me) return;
-  const [, view, arg] = (location.hash || "#/alerts").split("/");
+  const hash = location.hash || "#/alerts";
+  const q = hash.indexOf("?");
+  const path = q < 0 ? hash : hash.slice(0, q);
+  const params = new URLSearchParams(q < 0 ? "" : hash.slice(q + 1));
+  const [, view, arg] = path.split("/");
   const value = arg ? decodeURIComponent(arg) : "";
   if (view !== "alerts" && state.stream) { state.stream.close(); state.stream = null; }
   if (view === "alert") alertView(value);
@@ -816,8 +1443,9 @@ function route() {
   else if (view === "wallet") walletView(value);
   else if (view === "glance") glanceView();
   else if (view === "rules") rulesView();
-  else if (can("security") || can("auditor")) alertsView();
-  else show(el("p", { id: "no-alerts", class: "muted" }, "Alerts need the security or auditor role. Look up an account or a wallet above."));
+  else if (view === "webhooks") webhooksView();
+  else if (can("security") || can("auditor")) alertsView(params);
+  else show(el("p", { id: "no-alerts", class: "muted" }, t("Alerts need the security or auditor role. Look up an account or a wallet above.")));
 }
 
 window.addEventListener("hashchange", route);
@@ -825,11 +1453,12 @@ window.addEventListener("hashchange", route);
 // A failure of the page itself is shown, not swallowed (and the browser test looks for it).
 function pageError(what) {
   const main = document.getElementById("main");
-  main.prepend(el("p", { class: "error page-error", role: "alert" }, `The page failed: ${what}`));
+  main.prepend(el("p", { class: "error page-error", role: "alert" }, t("The page failed: {0}", what)));
 }
 window.addEventListener("error", (e) => pageError(e.message));
 window.addEventListener("unhandledrejection", (e) => pageError(String(e.reason)));
 
+translateFrame();
 (async () => {
   const r = await api("GET", "/console/session");
   if (r.ok) signedIn(r.json);
