@@ -1125,3 +1125,238 @@ async fn high_alerts_reach_a_signed_webhook_with_retries_and_a_delivery_log() {
     assert_eq!(v["delivered_total"].as_u64(), Some(4), "{v}");
     server.shutdown().await;
 }
+
+/// The queue at a real team's scale, through the API: 1,100 alerts page, filter (by triage
+/// state, assignee, account, time) and sort on the server, through their indexes, whatever the
+/// number of alerts; the listing says where the live stream resumes, and the stream carries
+/// triage as it is recorded; a filtered view exports as CSV.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_alerts_page_filter_sort_export_and_stream_their_triage() {
+    const ANA: &str = "ana-security-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.alerts.rules_file = Some(one_failed_bind_alerts(dir.path()));
+    config
+        .tokens
+        .extend(bindledger::config::parse_tokens(&format!("ana@security+reader:{ANA}")).unwrap());
+    let server = TestServer::start(config).await;
+    let total = 1_100u64;
+    failed_binds(&server.ledger, "q", total).await;
+    let mut ana = server.client(ANA);
+    // Every alert, newest first, a page at a time.
+    let mut all: Vec<Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while all.len() < total as usize {
+        assert!(Instant::now() < deadline, "{} of {total} alerts", all.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        all.clear();
+        let mut cursor = String::new();
+        loop {
+            let (status, v) = ana.get_json(&format!("/v1/alerts?limit=1000{cursor}")).await.unwrap();
+            assert_eq!(status, 200, "{v}");
+            all.extend(v["alerts"].as_array().unwrap().iter().cloned());
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = format!("&cursor={c}"),
+                None => break,
+            }
+        }
+    }
+    let seq_of = |a: &Value| {
+        a["id"]
+            .as_str()
+            .unwrap()
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert!(
+        all.windows(2).all(|w| seq_of(&w[0]) > seq_of(&w[1])),
+        "newest first, each once"
+    );
+    let ids = |v: &Value| -> Vec<String> {
+        v["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let oldest: Vec<String> = all
+        .iter()
+        .rev()
+        .take(4)
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    let (_, v) = ana.get_json("/v1/alerts?sort=oldest&limit=3").await.unwrap();
+    assert_eq!(ids(&v), oldest[..3]);
+
+    // Triage beyond the newest thousand: resolved, assigned, acknowledged.
+    let triage = |id: &str, body: Value| {
+        let mut c = server.client(ANA);
+        let path = format!("/v1/alerts/{id}/triage");
+        async move {
+            let (status, v) = c.post_json(&path, &body).await.unwrap();
+            assert_eq!(status, 201, "{v}");
+            v["event"]["seq"].as_u64().unwrap()
+        }
+    };
+    triage(&oldest[0], json!({"action": "resolved", "note": "holder confirmed"})).await;
+    triage(&oldest[1], json!({"action": "assigned", "assignee": "ana"})).await;
+    let last_triage = triage(&oldest[2], json!({"action": "acknowledged"})).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = ana.get_json("/v1/alerts?state=acknowledged").await.unwrap();
+        if ids(&v) == [oldest[2].clone()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the triage never reached the store: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, v) = ana.get_json("/v1/alerts?state=resolved").await.unwrap();
+    assert_eq!(ids(&v), [oldest[0].clone()]);
+    assert_eq!(v["alerts"][0]["triage"]["operator"], "ana");
+    let (_, v) = ana.get_json("/v1/alerts?assignee=ana").await.unwrap();
+    assert_eq!(ids(&v), [oldest[1].clone()]);
+    let (_, v) = ana
+        .get_json("/v1/alerts?state=assigned&assignee=ana&rule=bind_failure_burst")
+        .await
+        .unwrap();
+    assert_eq!(ids(&v), [oldest[1].clone()]);
+    let (_, v) = ana
+        .get_json("/v1/alerts?state=resolved&rule=password_brute_force")
+        .await
+        .unwrap();
+    assert_eq!(ids(&v), Vec::<String>::new());
+    // Untriaged: all the others, paged.
+    let (mut untriaged, mut cursor) = (0, String::new());
+    loop {
+        let (_, v) = ana
+            .get_json(&format!("/v1/alerts?state=untriaged&limit=500{cursor}"))
+            .await
+            .unwrap();
+        untriaged += v["alerts"].as_array().unwrap().len();
+        assert!(v["alerts"].as_array().unwrap().iter().all(|a| a["triage"].is_null()));
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(untriaged, total as usize - 3);
+    // By account, and by time: the alerts opened before the tenth oldest.
+    let (_, v) = ana.get_json("/v1/alerts?account=q-17").await.unwrap();
+    assert_eq!(v["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(v["alerts"][0]["accounts"], json!(["q-17"]));
+    let tenth = all[all.len() - 10]["opened_at"].as_str().unwrap().to_owned();
+    let before = all
+        .iter()
+        .filter(|a| a["opened_at"].as_str().unwrap() < tenth.as_str())
+        .count();
+    let (_, v) = ana
+        .get_json(&format!("/v1/alerts?until={tenth}&sort=oldest&limit=1000"))
+        .await
+        .unwrap();
+    assert_eq!(v["alerts"].as_array().unwrap().len(), before);
+    let (_, v) = ana
+        .get_json(&format!("/v1/alerts?since={tenth}&limit=1000&sort=oldest"))
+        .await
+        .unwrap();
+    assert_eq!(v["alerts"][0]["opened_at"].as_str(), Some(tenth.as_str()));
+    for (query, code) in [
+        ("state=snoozed", "invalid_state"),
+        ("sort=sideways", "invalid_sort"),
+        ("wallet=not%20a%20wallet", "invalid_wallet"),
+        ("until=yesterday", "invalid_time"),
+        ("assignee=", "invalid_assignee"),
+    ] {
+        let (status, v) = ana.get_json(&format!("/v1/alerts?{query}")).await.unwrap();
+        assert_eq!(
+            (status.as_u16(), v["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{query}: {v}"
+        );
+        assert!(
+            !v.to_string().contains("snoozed") && !v.to_string().contains("sideways"),
+            "{v}"
+        );
+    }
+
+    // CSV of a filtered view, and of everything up to a limit.
+    let (status, csv) = ana
+        .send(reqwest::Method::GET, "/v1/alerts/export?state=resolved", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let csv = String::from_utf8(csv.to_vec()).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[0].starts_with("id,rule,severity,"), "{csv}");
+    assert!(
+        lines[1].starts_with(&format!("{},bind_failure_burst,", oldest[0])) && lines[1].contains(",resolved,ana,"),
+        "{csv}"
+    );
+    let (_, csv) = ana
+        .send(reqwest::Method::GET, "/v1/alerts/export?limit=5000", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        csv.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count(),
+        total as usize + 1
+    );
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/v1/alerts/export?limit=10", server.addr))
+        .bearer_auth(ANA)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-truncated"], "true");
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(r.text().await.unwrap().lines().count(), 11);
+
+    // The live stream from where a listing stood, with triage: nothing replayed, then a triage
+    // and a new alert as they happen.
+    let (_, v) = ana.get_json("/v1/alerts?limit=1").await.unwrap();
+    let (stream_seq, triage_seq) = (v["stream_seq"].as_u64().unwrap(), v["triage_seq"].as_u64().unwrap());
+    assert!(stream_seq >= total && triage_seq >= last_triage, "{v}");
+    let path = format!("/v1/alerts/stream?after={stream_seq}&triage=true&triage_after={triage_seq}");
+    let mut feed = SseStream::open(server.addr, Some(ANA), &path, None)
+        .await
+        .unwrap()
+        .unwrap();
+    let seq = triage(&oldest[3], json!({"action": "false_positive"})).await;
+    let m = tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.event.as_deref(), Some("triage"), "{m:?}");
+    assert_eq!(m.id.as_deref(), Some(format!("{stream_seq}.{seq}").as_str()));
+    let entry: Value = serde_json::from_str(&m.data).unwrap();
+    assert_eq!(
+        (entry["alert_id"].as_str(), entry["triage"]["action"].as_str()),
+        (Some(oldest[3].as_str()), Some("false_positive"))
+    );
+    failed_bind(&server.ledger, "late", 5).await;
+    let m = tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.event.as_deref(), Some("alert"), "{m:?}");
+    let change: AlertChange = serde_json::from_str(&m.data).unwrap();
+    assert_eq!(change.alert.accounts, ["late"]);
+    assert_eq!(m.id.as_deref(), Some(format!("{}.{seq}", change.stream_seq).as_str()));
+    // Resumed from that id: nothing again.
+    let mut again = SseStream::open(server.addr, Some(ANA), "/v1/alerts/stream?triage=true", m.id.as_deref())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), again.next())
+            .await
+            .is_err(),
+        "nothing is sent again"
+    );
+    server.shutdown().await;
+}

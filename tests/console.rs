@@ -72,8 +72,21 @@ async fn browser_with(driver: &Driver, more: &[String]) -> fantoccini::Client {
     .iter()
     .map(|a| a.to_string())
     .collect();
+    // English unless the test asks for another language (a language of the machine's own
+    // must not change what the tests read).
+    if more.iter().any(|a| a.starts_with("--lang=")) {
+        args.retain(|a| !a.starts_with("--lang="));
+    }
     args.extend(more.iter().cloned());
-    caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
+    let language = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--lang="))
+        .unwrap_or("en-US")
+        .to_owned();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({ "args": args, "prefs": { "intl.accept_languages": language } }),
+    );
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&driver.url)
@@ -124,7 +137,11 @@ async fn until(b: &fantoccini::Client, what: &str, js: &str) {
         if v == json!(true) {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        if std::time::Instant::now() >= deadline {
+            let page = b.execute("return document.body.innerText;", vec![]).await.unwrap();
+            let page: String = page.as_str().unwrap_or("").chars().take(2000).collect();
+            panic!("timed out waiting for {what}; the page:\n{page}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -1042,6 +1059,456 @@ async fn the_console_shows_alerts_live_investigates_and_unlocks_in_a_real_browse
 
     alice.close().await.unwrap();
     bob.close().await.unwrap();
+    drop(driver);
+    server.shutdown().await;
+}
+
+/// The ids of the queue's rows, in order.
+async fn queue_ids(b: &fantoccini::Client) -> Vec<String> {
+    let v = b
+        .execute(
+            "return [...document.querySelectorAll('#queue tr[data-alert]')].map((r) => r.dataset.alert);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+/// The `.triage` text of the queue's row of `id` ('' when it is not shown).
+fn triage_of(id: &str) -> String {
+    format!("((document.querySelector('#queue tr[data-alert=\"{id}\"] .triage') || {{}}).textContent || '')")
+}
+
+/// `n` alerts, 1,100 here: the page opens on one page of them (it does not download them all,
+/// nor replay the stream), filters and sorts on the server from its address (a triaged alert
+/// beyond the newest thousand is found by its state), follows new alerts and triage by others
+/// live on the rows it shows, and triages in bulk, a stale row refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_of_a_thousand_alerts_opens_on_one_page_and_follows_triage_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = with_alice(test_config(dir.path()));
+    config.alerts.rules_file = Some(one_failed_bind_alerts(dir.path()));
+    let server = TestServer::start(config).await;
+    let total = 1_100usize;
+    failed_binds(&server.ledger, "q", total as u64).await;
+    let mut api = server.client(ALICE);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let oldest: Vec<String> = loop {
+        let (_, v) = api.get_json("/v1/alerts?sort=oldest&limit=6").await.unwrap();
+        let (_, newest) = api.get_json("/v1/alerts?limit=1").await.unwrap();
+        if newest["stream_seq"].as_u64() >= Some(total as u64) {
+            break v["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["id"].as_str().unwrap().to_owned())
+                .collect();
+        }
+        assert!(std::time::Instant::now() < deadline, "the alerts were not all stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let triage = |id: &str, body: serde_json::Value| {
+        let mut c = server.client(ALICE);
+        let path = format!("/v1/alerts/{id}/triage");
+        async move {
+            let (status, v) = c.post_json(&path, &body).await.unwrap();
+            assert_eq!(status, 201, "{v}");
+        }
+    };
+    triage(&oldest[0], json!({"action": "resolved", "note": "holder confirmed"})).await;
+
+    let driver = chromedriver();
+    let (alice, base) = alice_signed_in(&driver, &server).await;
+    until(
+        &alice,
+        "a page of alerts",
+        "document.querySelectorAll('#queue tr[data-alert]').length === 50 && document.querySelector('#page-older')",
+    )
+    .await;
+    // Neither every alert nor the stream from its start: the listing's position.
+    let requests = alice
+        .execute(
+            "return performance.getEntriesByType('resource').map((e) => e.name);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let requests: Vec<String> = serde_json::from_value(requests).unwrap();
+    assert!(
+        requests.iter().any(|r| r.contains("/v1/alerts?limit=50")),
+        "{requests:?}"
+    );
+    assert!(!requests.iter().any(|r| r.contains("limit=1000")), "{requests:?}");
+    let stream = alice.execute("return state.stream.url;", vec![]).await.unwrap();
+    let stream = stream.as_str().unwrap();
+    assert!(
+        stream.contains("triage=true") && !stream.contains("after=0&"),
+        "{stream}"
+    );
+    let first = queue_ids(&alice).await[0].clone();
+    // A new alert comes to the top, live.
+    failed_bind(&server.ledger, "late", 9_999).await;
+    until(&alice, "the new alert on top", &format!("document.querySelectorAll('#queue tr[data-alert]').length === 51 && document.querySelector('#queue tr').dataset.alert !== '{first}' && document.querySelector('#queue tr').classList.contains('fresh')")).await;
+    let top = queue_ids(&alice).await[0].clone();
+    let (_, v) = api.get_json(&format!("/v1/alerts/{top}")).await.unwrap();
+    assert_eq!(v["accounts"], json!(["late"]));
+    // The next page, from the address.
+    click(&alice, "#page-older").await;
+    until(&alice, "the older page", "location.hash.includes('cursor=') && document.querySelector('#page-newest') && document.querySelectorAll('#queue tr[data-alert]').length === 50").await;
+    assert!(!queue_ids(&alice).await.contains(&top));
+
+    // Defect 2: the resolved alert, beyond the newest thousand, is found by its state.
+    alice
+        .goto(&format!("{base}/console#/alerts?state=resolved"))
+        .await
+        .unwrap();
+    until(
+        &alice,
+        "the resolved alert",
+        &format!("{} === 'resolved by alice'", triage_of(&oldest[0])),
+    )
+    .await;
+    assert_eq!(queue_ids(&alice).await, [oldest[0].clone()]);
+    assert_eq!(
+        alice
+            .execute("return document.querySelector('#f-state').value;", vec![])
+            .await
+            .unwrap(),
+        json!("resolved"),
+        "the filter shows what the address says"
+    );
+    // Oldest first; a triage by someone else shows on the row, live.
+    alice
+        .goto(&format!("{base}/console#/alerts?sort=oldest"))
+        .await
+        .unwrap();
+    until(&alice, "the oldest first", &format!("(document.querySelector('#queue tr') || {{dataset: {{}}}}).dataset.alert === '{}' && document.querySelector('#live').textContent === 'live'", oldest[0])).await;
+    assert_eq!(
+        text(&alice, &format!("#queue tr[data-alert=\"{}\"] .triage", oldest[1])).await,
+        "not yet triaged"
+    );
+    triage(&oldest[1], json!({"action": "acknowledged"})).await;
+    until(
+        &alice,
+        "the triage, live",
+        &format!("{} === 'acknowledged by alice'", triage_of(&oldest[1])),
+    )
+    .await;
+
+    // Bulk triage of three untriaged rows; one was triaged meanwhile by someone whose
+    // triage this page did not see (its stream closed): that one is refused.
+    alice
+        .goto(&format!("{base}/console#/alerts?sort=oldest&state=untriaged"))
+        .await
+        .unwrap();
+    until(&alice, "the untriaged", &format!("(document.querySelector('#queue tr') || {{dataset: {{}}}}).dataset.alert === '{}' && document.querySelector('#live').textContent === 'live'", oldest[2])).await;
+    let href = alice
+        .execute("return document.querySelector('#export').getAttribute('href');", vec![])
+        .await
+        .unwrap();
+    assert_eq!(href, json!("/v1/alerts/export?state=untriaged&sort=oldest"));
+    let csv = alice
+        .execute_async("fetch(document.querySelector('#export').href, {credentials: 'same-origin'}).then((r) => r.text()).then(arguments[0]);", vec![])
+        .await
+        .unwrap();
+    let csv = csv.as_str().unwrap().to_owned();
+    assert!(
+        csv.starts_with("id,rule,severity,") && csv.lines().nth(1).unwrap().starts_with(&format!("{},", oldest[2])),
+        "{}",
+        &csv[..200]
+    );
+    assert_eq!(
+        csv.lines().count(),
+        total + 1 - 2 + 1 - 0,
+        "every untriaged alert, and the late one"
+    );
+    alice
+        .execute("state.stream.close(); return true;", vec![])
+        .await
+        .unwrap();
+    for id in &oldest[2..5] {
+        click(&alice, &format!("#queue tr[data-alert=\"{id}\"] input.pick")).await;
+    }
+    triage(&oldest[3], json!({"action": "acknowledged"})).await;
+    type_into(&alice, "#bulk-note", "one ring, one review").await;
+    click(&alice, "#bulk-resolve").await;
+    until(
+        &alice,
+        "the bulk result",
+        "document.querySelector('#bulk-result').textContent.includes('recorded')",
+    )
+    .await;
+    let said = text(&alice, "#bulk-result").await;
+    assert!(said.starts_with("2 recorded, 1 refused"), "{said}");
+    assert!(
+        said.contains(&oldest[3]) && said.contains("someone triaged it"),
+        "{said}"
+    );
+    until(
+        &alice,
+        "focus on what happened",
+        "document.activeElement && document.activeElement.id === 'bulk-result'",
+    )
+    .await;
+    // The queue is read again: none of the three is untriaged now.
+    let shown = queue_ids(&alice).await;
+    assert!(oldest[2..5].iter().all(|id| !shown.contains(id)), "{shown:?}");
+    assert_eq!(shown.len(), 50);
+    for (id, action) in [
+        (&oldest[2], "resolved"),
+        (&oldest[3], "acknowledged"),
+        (&oldest[4], "resolved"),
+    ] {
+        let (_, v) = api.get_json(&format!("/v1/alerts/{id}")).await.unwrap();
+        assert_eq!(v["triage"]["action"], action, "{id}: {v}");
+    }
+    // The page holds a page of alerts, not the store.
+    let held = alice.execute("return state.alerts.size;", vec![]).await.unwrap();
+    assert!(held.as_u64().unwrap() <= 200, "{held}");
+    screenshot(&alice, "queue-bulk").await;
+    alice.close().await.unwrap();
+    drop(driver);
+    server.shutdown().await;
+}
+
+/// A Chromium in Chinese: the whole page in Chinese, times in Beijing time with UTC on hover,
+/// no text left in English on any page; switched to English, remembered across a reload, and
+/// the viewer's zone chosen by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_speaks_chinese_in_beijing_time_and_english_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, url) = start_receiver().await;
+    let mut config = with_alice(test_config(dir.path()));
+    config.webhooks.url = url;
+    let server = TestServer::start(config).await;
+    let victim = bind_wallet(&server.ledger, &server.gateway, "victim", 1).await;
+    let alert = guess_until_locked(&server, "victim", victim, "zh").await;
+    let driver = chromedriver();
+    let b = browser_with(&driver, &["--lang=zh-CN".to_string()]).await;
+    let base = format!("http://{}", server.addr);
+    b.goto(&format!("{base}/console")).await.unwrap();
+    until(
+        &b,
+        "the sign-in in Chinese",
+        "document.documentElement.lang === 'zh-CN' && document.querySelector('#sign-in h2').textContent === '登录'",
+    )
+    .await;
+    let input = b.wait().for_element(Locator::Css("#token")).await.unwrap();
+    input.send_keys(ALICE).await.unwrap();
+    click(&b, "#sign-in-form button").await;
+    until(
+        &b,
+        "the queue in Chinese",
+        "document.querySelector('#queue tr[data-alert]') && document.querySelector('#nav a').textContent === '告警'",
+    )
+    .await;
+    // Beijing time, UTC on hover: the same instant.
+    let (_, a) = server
+        .client(ALICE)
+        .get_json(&format!("/v1/alerts/{alert}"))
+        .await
+        .unwrap();
+    let opened: chrono::DateTime<chrono::Utc> = a["opened_at"].as_str().unwrap().parse().unwrap();
+    let beijing = (opened + chrono::Duration::hours(8))
+        .format("%Y-%m-%d %H:%M:%S 北京时间")
+        .to_string();
+    let cell = b
+        .execute(
+            "const t = document.querySelector('#queue tr time'); return [t.textContent, t.title];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cell[0], json!(beijing), "{cell}");
+    assert!(
+        cell[1].as_str().unwrap().ends_with(" UTC")
+            && cell[1]
+                .as_str()
+                .unwrap()
+                .starts_with(&opened.format("%Y-%m-%d %H:%M:%S").to_string()),
+        "{cell}"
+    );
+    let row = text(&b, "#queue tr").await;
+    assert!(row.contains("尚未处理") || row.contains("锁定了绑定"), "{row}");
+    // Every page, then nothing left untranslated.
+    let fingerprint = server.ledger.account("victim").unwrap().unwrap().bindings[0]
+        .wallet
+        .fingerprint
+        .clone();
+    for (hash, ready) in [
+        (
+            format!("#/alert/{alert}"),
+            "document.querySelector('#related ul, #related p') && document.querySelector('#triage-history')",
+        ),
+        (
+            "#/account/victim".to_string(),
+            "document.querySelector('#history table.timeline')",
+        ),
+        (
+            format!("#/wallet/{fingerprint}"),
+            "document.querySelector('#wallet-accounts li')",
+        ),
+        (
+            "#/glance".to_string(),
+            "document.querySelector('#glance-rules-day') && document.querySelector('#glance-relays dl')",
+        ),
+        ("#/rules".to_string(), "document.querySelector('#rules tr[data-rule]')"),
+        ("#/webhooks".to_string(), "document.querySelector('#deliveries tr')"),
+        (
+            "#/alerts?state=closed".to_string(),
+            "document.querySelector('#queue-empty')",
+        ),
+    ] {
+        b.goto(&format!("{base}/console{hash}")).await.unwrap();
+        until(&b, &hash, ready).await;
+    }
+    b.goto(&format!("{base}/console#/account/victim")).await.unwrap();
+    until(&b, "the account", "document.querySelector('#payments tbody tr')").await;
+    let page = b.execute("return document.body.innerText;", vec![]).await.unwrap();
+    let page = page.as_str().unwrap();
+    assert!(
+        page.contains("支付密码错误") && !page.contains("wrong payment password"),
+        "{page}"
+    );
+    assert!(page.contains("历史（最新在前）") && page.contains("北京时间"), "{page}");
+    let untranslated = b.execute("return window.__untranslated;", vec![]).await.unwrap();
+    assert_eq!(untranslated, json!([]), "texts without Chinese");
+    screenshot(&b, "zh-account").await;
+
+    // English on request, remembered; the zone chosen by hand.
+    click(&b, "#lang").await;
+    until(&b, "English", "document.documentElement.lang === 'en' && document.querySelector('#nav a').textContent === 'Alerts' && document.body.innerText.includes('History (newest first)')").await;
+    b.refresh().await.unwrap();
+    until(
+        &b,
+        "English after a reload",
+        "document.documentElement.lang === 'en' && document.querySelector('#payments tbody tr')",
+    )
+    .await;
+    b.execute("const z = document.querySelector('#zone'); z.value = 'Asia/Shanghai'; z.dispatchEvent(new Event('change')); return true;", vec![])
+        .await
+        .unwrap();
+    until(
+        &b,
+        "Beijing time in English",
+        "document.querySelector('#payments time').textContent.endsWith(' Beijing time')",
+    )
+    .await;
+    b.execute("const z = document.querySelector('#zone'); z.value = 'UTC'; z.dispatchEvent(new Event('change')); return true;", vec![])
+        .await
+        .unwrap();
+    until(
+        &b,
+        "UTC",
+        "document.querySelector('#payments time').textContent.endsWith(' UTC')",
+    )
+    .await;
+    drop(receiver);
+    b.close().await.unwrap();
+    drop(driver);
+    server.shutdown().await;
+}
+
+/// What a webhook receiver got: each request's delivery id and event type.
+#[derive(Clone, Default)]
+struct Receiver {
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    /// Requests still to answer 503.
+    fail: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+async fn start_receiver() -> (Receiver, String) {
+    let r = Receiver::default();
+    let state = r.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let state = state.clone();
+            async move {
+                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                state
+                    .got
+                    .lock()
+                    .unwrap()
+                    .push((h("bindledger-delivery"), h("bindledger-event")));
+                let fail = state
+                    .fail
+                    .fetch_update(
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                        |n| n.checked_sub(1),
+                    )
+                    .is_ok();
+                if fail {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (r, url)
+}
+
+/// The webhooks page: every attempt, a retrying one with when the next is due; a test event
+/// and an alert sent again from the page reach the receiver, signed, the resend with the
+/// alert's own delivery id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhooks_page_shows_retries_sends_a_test_event_and_sends_an_alert_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, url) = start_receiver().await;
+    receiver.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+    let mut config = with_alice(test_config(dir.path()));
+    config.webhooks.url = url;
+    config.webhooks.backoff_ms = 300;
+    let server = TestServer::start(config).await;
+    let victim = bind_wallet(&server.ledger, &server.gateway, "victim", 1).await;
+    guess_until_locked(&server, "victim", victim, "w").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while receiver.got.lock().unwrap().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the alert was not delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alert_delivery = receiver.got.lock().unwrap()[0].0.clone();
+    let driver = chromedriver();
+    let (alice, base) = alice_signed_in(&driver, &server).await;
+    alice.goto(&format!("{base}/console#/webhooks")).await.unwrap();
+    until(
+        &alice,
+        "the deliveries",
+        "document.querySelectorAll('#deliveries tr').length === 2",
+    )
+    .await;
+    let retrying = text(&alice, "#deliveries tr[data-outcome=\"retrying\"]").await;
+    assert!(retrying.contains("503"), "{retrying}");
+    let next = text(&alice, "#deliveries tr[data-outcome=\"retrying\"] td.next").await;
+    assert!(!next.is_empty(), "when the next attempt is due: {retrying}");
+    assert!(text(&alice, "#webhook-totals")
+        .await
+        .starts_with("1 delivered, 0 given up, 2 attempts"));
+    click(&alice, "#webhook-test").await;
+    until(&alice, "the test sent", "document.querySelector('#webhook-result') && document.querySelector('#webhook-result').textContent.startsWith('Sent: delivered') && document.querySelector('#deliveries tr[data-kind=\"test\"]')").await;
+    click(
+        &alice,
+        "#deliveries tr[data-outcome=\"delivered\"][data-kind=\"alert\"] button.resend",
+    )
+    .await;
+    until(
+        &alice,
+        "the alert sent again",
+        "document.querySelector('#deliveries tr[data-kind=\"resend\"]')",
+    )
+    .await;
+    let got = receiver.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(got[2].0.starts_with("test-") && got[2].1 == "test", "{got:?}");
+    assert_eq!(got[3], (alert_delivery, "alert.opened".to_string()));
+    screenshot(&alice, "webhooks").await;
+    alice.close().await.unwrap();
     drop(driver);
     server.shutdown().await;
 }

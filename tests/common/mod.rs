@@ -689,3 +689,44 @@ pub fn softhsm(dir: &Path) -> std::path::PathBuf {
 
 /// Debian's SoftHSM2 PKCS#11 library.
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A bind of `account` that fails (a wrong payment password): with a rules file giving
+/// `bind_failure_burst` a threshold of 1, each opens an alert.
+pub async fn failed_bind(l: &Ledger, account: &str, n: u64) {
+    let req = bindledger::domain::command::BindRequest {
+        provider: "alipay".into(),
+        wallet_account: bindledger::domain::secret::SecretString::new(phone(n)),
+        payment_password: bindledger::domain::secret::SecretString::new("000000-wrong".into()),
+        factor: None,
+        common: bindledger::domain::command::CommonInput::default(),
+    };
+    let r = l
+        .bind(req.validate(account, chrono::Utc::now()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.event.payload.event_type(), "bind_failed", "{account}");
+}
+
+/// `n` accounts `<prefix>-<i>` with one failed bind each, 64 at a time (group commit).
+pub async fn failed_binds(l: &Ledger, prefix: &str, n: u64) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let (l, account) = (l.clone(), format!("{prefix}-{i}"));
+                let i = *i;
+                tokio::spawn(async move { failed_bind(&l, &account, i).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
+/// A rules file (in `dir`) on which one failed bind of an account opens an alert.
+pub fn one_failed_bind_alerts(dir: &Path) -> PathBuf {
+    let rules = dir.join("one-failed-bind.toml");
+    std::fs::write(&rules, "[bind_failure_burst]\nthreshold = 1\n").unwrap();
+    rules
+}

@@ -48,8 +48,14 @@ function pick(pair) {
   return lang === "zh" ? pair[0] : pair[1];
 }
 
+// A time as the API sends it: RFC 3339 text, or microseconds since 1970 (the delivery log's).
+function isoOf(v) {
+  return typeof v === "number" ? new Date(v / 1000).toISOString() : v;
+}
+
 // The UTC form of a time (the hover text, and what the API sends).
-function utc(iso) {
+function utc(v) {
+  const iso = isoOf(v);
   return iso ? iso.replace("T", " ").replace(/\.\d+Z$/, " UTC").replace(/Z$/, " UTC") : "";
 }
 
@@ -60,7 +66,8 @@ function zoneName(z) {
 }
 
 // A time in the viewer's zone, as text: `2026-12-07 20:15:03 Beijing time`.
-function when(iso) {
+function when(v) {
+  const iso = isoOf(v);
   if (!iso) return "";
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return iso;
@@ -77,8 +84,8 @@ function when(iso) {
 }
 
 // A time as an element: the viewer's zone shown, UTC on hover.
-function at(iso) {
-  return iso ? el("time", { datetime: iso, title: utc(iso) }, when(iso)) : "";
+function at(v) {
+  return v ? el("time", { datetime: isoOf(v), title: utc(v) }, when(v)) : "";
 }
 
 // The Chinese of every text of the page (the English is the key).
@@ -736,7 +743,7 @@ async function alertsView(params) {
     count,
     live,
   );
-  const bulk = selectable ? bulkBar(tbody) : null;
+  const bulk = selectable ? bulkBar(tbody, () => alertsView(params)) : null;
   const pagers = el("div", { class: "filters", id: "pagers" });
   show(
     el("h2", {}, t("Alerts")),
@@ -845,7 +852,7 @@ async function alertsView(params) {
 
 // Bulk triage of the rows picked: one request per alert, each stating the triage its row
 // shows (a row triaged by someone else meanwhile is refused, and said so).
-function bulkBar(tbody) {
+function bulkBar(tbody, reload) {
   const result = el("p", { id: "bulk-result", role: "status", tabindex: "-1" });
   const note = el("input", { id: "bulk-note", placeholder: t("note"), "aria-label": t("note"), maxlength: "1000" });
   const assignee = el("input", { id: "bulk-assignee", placeholder: t("assign to (token name)"), "aria-label": t("assignee") });
@@ -867,9 +874,15 @@ function bulkBar(tbody) {
         refused.push(el("li", { "data-alert": row.dataset.alert }, `${row.dataset.alert}: ${why}`));
       }
     }
-    result.replaceChildren(t("{0} recorded, {1} refused", recorded, refused.length), refused.length ? el("ul", { id: "bulk-refused" }, refused) : "");
-    result.focus();
+    // The queue read again (the rows as they now stand), with what happened said in it.
+    state.bulkSaid = [t("{0} recorded, {1} refused", recorded, refused.length), refused.length ? el("ul", { id: "bulk-refused" }, refused) : ""];
+    await reload();
   };
+  if (state.bulkSaid) {
+    result.replaceChildren(...state.bulkSaid);
+    state.bulkSaid = null;
+    setTimeout(() => result.focus(), 0);
+  }
   return el("div", { class: "filters", id: "bulk" },
     el("span", {}, t("With the selected:")),
     note,
