@@ -1579,7 +1579,11 @@ async fn bench_the_console_at_a_million_alerts() {
             t.await.unwrap();
         }
         if start % 100_000 == 0 {
-            println!("  {} failed binds made in {:.0} s", start + chunk, made.elapsed().as_secs_f64());
+            println!(
+                "  {} failed binds made in {:.0} s",
+                start + chunk,
+                made.elapsed().as_secs_f64()
+            );
         }
     }
     // The long account: a binding, then `history` payments.
@@ -1614,7 +1618,10 @@ async fn bench_the_console_at_a_million_alerts() {
         if v["stream_seq"].as_u64().unwrap_or(0) >= alerts {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the monitor did not catch up: {v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the monitor did not catch up: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!(
@@ -1632,12 +1639,27 @@ async fn bench_the_console_at_a_million_alerts() {
     for _ in 0..3 {
         b.goto(&format!("{base}/console#/alerts")).await.unwrap();
         b.refresh().await.unwrap();
-        queue.push(page_ms_until(&b, "document.querySelectorAll('#queue tr[data-alert]').length >= 50 ? 1 : 0").await);
+        queue.push(
+            page_ms_until(
+                &b,
+                "document.querySelectorAll('#queue tr[data-alert]').length >= 50 ? 1 : 0",
+            )
+            .await,
+        );
         b.goto(&format!("{base}/console#/account/long")).await.unwrap();
         b.refresh().await.unwrap();
-        account.push(page_ms_until(&b, "document.querySelectorAll('#history table.timeline tbody tr').length").await);
+        account.push(
+            page_ms_until(
+                &b,
+                "document.querySelectorAll('#history table.timeline tbody tr').length",
+            )
+            .await,
+        );
     }
-    let (_, v) = api.get_json("/v1/accounts/long/events?order=newest&limit=1").await.unwrap();
+    let (_, v) = api
+        .get_json("/v1/accounts/long/events?order=newest&limit=1")
+        .await
+        .unwrap();
     println!(
         "first paint: the queue of {alerts} alerts {:.0} / {:.0} / {:.0} ms; the history of an account of {} events {:.0} / {:.0} / {:.0} ms (from navigation)",
         queue[0], queue[1], queue[2], v["events"][0]["account_seq"], account[0], account[1], account[2]
@@ -1646,20 +1668,29 @@ async fn bench_the_console_at_a_million_alerts() {
     // Streaming: the queue open while commands run.
     b.goto(&format!("{base}/console#/alerts")).await.unwrap();
     b.refresh().await.unwrap();
-    page_ms_until(&b, "document.querySelector('#live') && document.querySelector('#live').textContent === 'live' ? 1 : 0").await;
+    page_ms_until(
+        &b,
+        "document.querySelector('#live') && document.querySelector('#live').textContent === 'live' ? 1 : 0",
+    )
+    .await;
     b.execute(
         "window.__seen = {}; new MutationObserver(() => { for (const r of document.querySelectorAll('#queue tr[data-alert]')) { if (!(r.dataset.alert in window.__seen)) window.__seen[r.dataset.alert] = Date.now(); } }).observe(document.getElementById('main'), {subtree: true, childList: true}); return true;",
         vec![],
     )
     .await
     .unwrap();
-    let memory = "return [performance.memory.usedJSHeapSize, document.querySelectorAll('#queue tr').length, state.alerts.size];";
+    let memory =
+        "return [performance.memory.usedJSHeapSize, document.querySelectorAll('#queue tr').length, state.alerts.size];";
     let before = b.execute(memory, vec![]).await.unwrap();
     let shoppers = 200u64;
     let mut bindings = Vec::new();
     for a in 0..shoppers {
         let id = bind_wallet(&server.ledger, &server.gateway, &format!("shopper-{a}"), a).await;
-        bindings.push((format!("shopper-{a}"), id, server.gateway.password_for(&alipay(), &phone(a))));
+        bindings.push((
+            format!("shopper-{a}"),
+            id,
+            server.gateway.password_for(&alipay(), &phone(a)),
+        ));
     }
     let bindings = std::sync::Arc::new(bindings);
     let acks = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<u64, u128>::new()));

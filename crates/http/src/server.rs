@@ -709,6 +709,43 @@ async fn alerts_list(
     )
 }
 
+/// Alerts `GET /v1/alerts/counts` counts at most.
+const COUNTS_MAX: usize = 200_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CountsQuery {
+    since: String,
+}
+
+/// `GET /v1/alerts/counts?since=` (security, auditor): the alerts opened since then, by rule
+/// and by severity: `{total, by_rule, by_severity, complete}` (at most 200,000 counted; then
+/// `complete` is false and the counts are floors). What the console's "At a glance" draws.
+async fn alerts_counts(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    q: Result<Query<CountsQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    caller.require(ALERT_READERS)?;
+    let m = monitor(&s)?;
+    let q = query(q)?;
+    let since = chrono::DateTime::parse_from_rfc3339(&q.since)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_time",
+                "times are RFC 3339, e.g. 2026-11-26T08:00:00Z",
+            )
+            .with_field("since")
+        })?
+        .with_timezone(&chrono::Utc);
+    let store = m.store.clone();
+    let counts = tokio::task::spawn_blocking(move || store.counts(since, COUNTS_MAX))
+        .await
+        .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
+    Ok(Json(counts).into_response())
+}
+
 /// Rows `GET /v1/alerts/export` writes at most.
 const EXPORT_MAX: usize = 100_000;
 
@@ -1810,6 +1847,7 @@ routes! {
     "/v1/alerts" => get(alerts_list);
     "/v1/alerts/stream" => get(alerts_stream);
     "/v1/alerts/export" => get(alerts_export);
+    "/v1/alerts/counts" => get(alerts_counts);
     "/v1/alerts/{alert_id}" => get(alert_one);
     "/v1/alerts/{alert_id}/triage" => post(triage);
     "/v1/rules" => get(rules);

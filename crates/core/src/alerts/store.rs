@@ -642,6 +642,45 @@ impl AlertStore {
         }
         Ok((out, None))
     }
+
+    /// Alerts opened at or after `since`, counted by rule and by severity, newest first until
+    /// one opened before `since` or `scan_max` counted; `complete` says whether every alert
+    /// since was counted.
+    pub fn counts(&self, since: chrono::DateTime<chrono::Utc>, scan_max: usize) -> Result<AlertCounts> {
+        let mut counts = AlertCounts {
+            complete: true,
+            ..AlertCounts::default()
+        };
+        for r in self
+            .tree
+            .range(seq_key(b'L', 0).to_vec()..seq_key(b'M', 0).to_vec())
+            .rev()
+        {
+            let (_, v) = r.map_err(crate::store::from_sled)?;
+            if counts.total as usize == scan_max {
+                counts.complete = false;
+                break;
+            }
+            let a: Alert = serde_json::from_slice(&v).map_err(|e| corrupt("alert", e))?;
+            if a.opened_at < since {
+                break;
+            }
+            counts.total += 1;
+            *counts.by_rule.entry(a.rule).or_default() += 1;
+            *counts.by_severity.entry(a.severity.as_str().to_owned()).or_default() += 1;
+        }
+        Ok(counts)
+    }
+}
+
+/// Alerts counted by rule and severity ([`AlertStore::counts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AlertCounts {
+    pub total: u64,
+    pub by_rule: std::collections::BTreeMap<String, u64>,
+    pub by_severity: std::collections::BTreeMap<String, u64>,
+    /// Whether every alert opened since was counted (else `total` is a floor).
+    pub complete: bool,
 }
 
 /// One entry of the triage stream.
@@ -1009,5 +1048,17 @@ mod tests {
         assert!(store
             .list(&AlertFilter::default(), Some("no cursor"), 5, Order::NewestFirst)
             .is_err());
+        // Counts since a time: the alerts opened since, by rule and severity; a bound says so.
+        let since = all[200].opened_at;
+        let c = store.counts(since, 1000).unwrap();
+        assert!(c.complete);
+        assert_eq!(c.total, 100);
+        for r in rules {
+            let n = all[200..].iter().filter(|a| a.rule == r).count() as u64;
+            assert_eq!(c.by_rule.get(r).copied().unwrap_or(0), n);
+        }
+        assert_eq!(c.by_severity.values().sum::<u64>(), 100);
+        let c = store.counts(since, 40).unwrap();
+        assert_eq!((c.total, c.complete), (40, false));
     }
 }
