@@ -1358,5 +1358,55 @@ async fn a_thousand_alerts_page_filter_sort_export_and_stream_their_triage() {
             .is_err(),
         "nothing is sent again"
     );
+    // An alert's history: its triage events, newest first, paged; notes opened for security.
+    triage(&oldest[2], json!({"action": "assigned", "assignee": "ana"})).await;
+    let newest_triage = triage(&oldest[2], json!({"action": "resolved", "note": "a bot"})).await;
+    let (status, h) = ana
+        .get_json(&format!("/v1/alerts/{}/history?limit=2", oldest[2]))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{h}");
+    let actions = |h: &Value| -> Vec<String> {
+        h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["payload"]["action"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(actions(&h), ["resolved", "assigned"]);
+    assert_eq!(h["events"][0]["seq"].as_u64(), Some(newest_triage));
+    assert_eq!(h["events"][0]["payload"]["note"], "a bot");
+    let before = h["next_before"].as_u64().unwrap();
+    let (_, h) = ana
+        .get_json(&format!("/v1/alerts/{}/history?limit=2&before={before}", oldest[2]))
+        .await
+        .unwrap();
+    assert_eq!(actions(&h), ["acknowledged"]);
+    assert_eq!(h["next_before"], Value::Null);
+    let (_, h) = server
+        .client(AUDITOR)
+        .get_json(&format!("/v1/alerts/{}/history", oldest[2]))
+        .await
+        .unwrap();
+    assert_eq!(actions(&h), ["resolved", "assigned", "acknowledged"]);
+    assert!(
+        h["events"][0]["payload"]["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("sealed:"),
+        "an auditor reads notes sealed: {h}"
+    );
+    let (status, _) = server
+        .client(READER)
+        .get_json(&format!("/v1/alerts/{}/history", oldest[2]))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    let (status, _) = ana
+        .get_json("/v1/alerts/password_brute_force-999999/history")
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
     server.shutdown().await;
 }

@@ -591,6 +591,36 @@ async fn a_long_history_opens_on_its_newest_events_and_an_alert_finds_its_own() 
     )
     .await;
     screenshot(&alice, "long-history-alert").await;
+
+    // Triaged, then 600 more events on the account: the alert's page still shows its triage
+    // (its history is the alert's own, not a window of the account's).
+    let (status, v) = server
+        .client(ALICE)
+        .post_json(
+            &format!("/v1/alerts/{alert_id}/triage"),
+            &json!({"action": "acknowledged", "note": "called the holder"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 201, "{v}");
+    let mut writer = server.client(WRITER);
+    for i in 0..600 {
+        let body = json!({"binding_id": binding, "order_id": format!("late-{i}"), "amount_minor": 100, "payment_password": pw});
+        writer.post_json("/v1/accounts/busy/payments", &body).await.unwrap();
+    }
+    alice.goto(&format!("{base}/console#/alerts")).await.unwrap();
+    alice.goto(&format!("{base}/console#/alert/{alert_id}")).await.unwrap();
+    until(
+        &alice,
+        "the triage, 600 events back",
+        "document.querySelector('#triage-history li[data-action=\"acknowledged\"]')",
+    )
+    .await;
+    let history = text(&alice, "#triage-history").await;
+    assert!(
+        history.contains("acknowledged by alice") && history.contains("called the holder"),
+        "{history}"
+    );
     server.shutdown().await;
 }
 

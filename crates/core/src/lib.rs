@@ -1397,6 +1397,27 @@ impl Ledger {
         self.events_at(self.account_event_seqs(account, 0, before_version, true, limit)?)
     }
 
+    /// The durable events `seqs` of `account`, each opened for its reader (`open`) or left
+    /// sealed; a seq past the log or of another account is left out.
+    pub fn account_events_at(&self, account: &str, seqs: &[u64], open: bool) -> Result<Vec<Event>> {
+        let end = self.log_len();
+        let mut out = Vec::with_capacity(seqs.len());
+        for &seq in seqs.iter().filter(|s| **s > 0 && **s <= end) {
+            let Some(b) = self.inner.store.event_bytes(seq)? else {
+                continue;
+            };
+            let mut e = codec::decode(&b).map_err(|e| Error::corrupt_by(format!("event {seq}"), e))?;
+            if e.account != account {
+                continue;
+            }
+            if open {
+                self.open_event(&mut e)?;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
     /// The `account_seq` of the durable event `seq`, if it is one of `account`'s.
     pub fn account_seq_of(&self, account: &str, seq: u64) -> Result<Option<u64>> {
         if seq == 0 || seq > self.log_len() {

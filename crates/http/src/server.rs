@@ -709,6 +709,61 @@ async fn alerts_list(
     )
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertHistoryQuery {
+    limit: Option<usize>,
+    before: Option<u64>,
+}
+
+/// `GET /v1/alerts/{id}/history?limit&before` (security, auditor): the alert's `alert_triaged`
+/// events, newest first (at most `limit`, 100 unless said; those before the event seq
+/// `before`), and `next_before` for the next page: its whole history however long its
+/// account's. The notes are opened for the security role; an auditor reads them `[sealed]`, as
+/// the audit tool does.
+async fn alert_history(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<AlertHistoryQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    caller.require(ALERT_READERS)?;
+    let m = monitor(&s)?;
+    let id = path(id)?;
+    let q = query(q)?;
+    let Some(alert) = m.store.get(&id)? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "alert_not_found",
+            "no alert has this id",
+        ));
+    };
+    let account = alert
+        .accounts
+        .first()
+        .cloned()
+        .unwrap_or_else(|| alert.key.value.clone());
+    let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
+    let open = caller.0.roles.contains(&Role::Security);
+    // Read your writes: a triage this node recorded is in the history once the alert store has
+    // it (milliseconds); waited for, two seconds at most.
+    let stored = m.store.triage(&id)?.map_or(0, |t| t.seq);
+    let want = s.triages.latest(&id, stored);
+    if want > m.feed.triaged() {
+        let mut triaged = m.feed.subscribe_triage();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), triaged.wait_for(|t| *t >= want)).await;
+    }
+    let (store, ledger) = (m.store.clone(), s.ledger.clone());
+    let (events, next) = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+        let seqs = store.history_seqs(&id, q.before, limit)?;
+        let next = (seqs.len() == limit).then(|| seqs.last().copied()).flatten();
+        Ok((ledger.account_events_at(&account, &seqs, open)?, next))
+    })
+    .await
+    .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
+    Ok(Json(json!({"events": events, "next_before": next})).into_response())
+}
+
 /// Alerts `GET /v1/alerts/counts` counts at most.
 const COUNTS_MAX: usize = 200_000;
 
@@ -1850,6 +1905,7 @@ routes! {
     "/v1/alerts/counts" => get(alerts_counts);
     "/v1/alerts/{alert_id}" => get(alert_one);
     "/v1/alerts/{alert_id}/triage" => post(triage);
+    "/v1/alerts/{alert_id}/history" => get(alert_history);
     "/v1/rules" => get(rules);
     "/v1/webhooks/deliveries" => get(webhook_deliveries);
     "/v1/webhooks/deliveries/{stream_seq}/resend" => post(webhook_resend);

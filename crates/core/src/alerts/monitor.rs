@@ -177,7 +177,20 @@ impl Monitor {
         // Followers may already have read what is stored past the checkpoint: the monitor
         // makes those changes again, identically.
         let stored = store.last_stream_seq()?;
-        let indexed = store.ensure_indexes()?;
+        // Built once, on a store from before the indexes: the triage histories from the log.
+        let log = ledger.clone();
+        let indexed = store.ensure_indexes(move || {
+            Ok(log.raw_events(1).filter_map(|r| match r {
+                Err(e) => Some(Err(e)),
+                Ok((seq, bytes)) => match bindledger_events::decode(&bytes) {
+                    Err(e) => Some(Err(Error::corrupt_by(format!("event {seq}"), e))),
+                    Ok(e) => match e.payload {
+                        bindledger_events::Payload::AlertTriaged { alert_id, .. } => Some(Ok((alert_id, seq))),
+                        _ => None,
+                    },
+                },
+            }))
+        })?;
         if indexed > 0 {
             tracing::info!(alerts = indexed, "the alert listing's indexes were built");
         }

@@ -11,6 +11,7 @@
 //! | `K` map letter, key | the format before `D`: the engine's state of one rule and key (JSON); read, and replaced by the next checkpoint |
 //! | `T` alert id | the alert's latest triage ([`TriageState`], JSON), from its `alert_triaged` events |
 //! | `U` event seq (u64 BE) | one triage as it was recorded (`{alert_id, triage}`, JSON): the triage stream, in log order |
+//! | `H` alert id, 0, event seq (u64 BE) | nothing: every `alert_triaged` event of the alert, by seq (its history) |
 //! | `I` field, value, 0, opening seq (u64 BE), rule | nothing: the listing's indexes (see below) |
 //! | `Mindexes` | the version of the indexes built (absent: build them from the rows above) |
 //!
@@ -246,6 +247,16 @@ fn index_key(field: u8, value: &str, alert_key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// An alert's history row: `H`, its id, 0, the seq of one of its `alert_triaged` events.
+fn history_key(alert_id: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(alert_id.len() + 10);
+    k.push(b'H');
+    k.extend_from_slice(alert_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 /// The index rows an alert's revision has (its triage state's and assignee's aside).
 fn alert_index_keys(a: &Alert, alert_key: &[u8]) -> Vec<Vec<u8>> {
     let mut keys = vec![
@@ -381,9 +392,20 @@ impl AlertStore {
     /// Builds the listing's indexes from the alerts and triage stored, once (a store written
     /// before they existed); then [`AlertStore::write`] and [`AlertStore::write_triage`] keep
     /// them. Returns the alerts indexed (0 when they were built already).
-    pub fn ensure_indexes(&self) -> Result<u64> {
+    /// `triaged` gives every `alert_triaged` event of the log, `(alert id, seq)`, for the alerts'
+    /// histories; it is called only when the indexes are built.
+    pub fn ensure_indexes<I>(&self, triaged: impl FnOnce() -> Result<I>) -> Result<u64>
+    where
+        I: Iterator<Item = Result<(String, u64)>>,
+    {
         if self.tree.get(INDEXES).map_err(crate::store::from_sled)?.as_deref() == Some(INDEXES_VERSION) {
             return Ok(0);
+        }
+        for r in triaged()? {
+            let (alert_id, seq) = r?;
+            self.tree
+                .insert(history_key(&alert_id, seq), &[][..])
+                .map_err(crate::store::from_sled)?;
         }
         let mut batch = sled::Batch::default();
         let mut pending = 0usize;
@@ -449,6 +471,9 @@ impl AlertStore {
         let mut last = None;
         for (alert_id, t) in items {
             let key = [b"T".as_slice(), alert_id.as_bytes()].concat();
+            self.tree
+                .insert(history_key(alert_id, t.seq), &[][..])
+                .map_err(crate::store::from_sled)?;
             let old = self.triage(alert_id)?;
             if old.as_ref().is_some_and(|o| o.seq >= t.seq) {
                 continue;
@@ -510,6 +535,20 @@ impl AlertStore {
         {
             let (_, v) = r.map_err(crate::store::from_sled)?;
             out.push(serde_json::from_slice(&v).map_err(|e| corrupt("triage entry", e))?);
+        }
+        Ok(out)
+    }
+
+    /// The seqs of an alert's `alert_triaged` events, newest first, those before `before` when
+    /// given, at most `limit`.
+    pub fn history_seqs(&self, alert_id: &str, before: Option<u64>, limit: usize) -> Result<Vec<u64>> {
+        let lower = history_key(alert_id, 0);
+        let upper = history_key(alert_id, before.unwrap_or(u64::MAX));
+        let mut out = Vec::new();
+        for r in self.tree.range(lower..upper).rev().take(limit) {
+            let (k, _) = r.map_err(crate::store::from_sled)?;
+            let seq = k[k.len() - 8..].try_into().map_err(|e| corrupt("history key", e))?;
+            out.push(u64::from_be_bytes(seq));
         }
         Ok(out)
     }
@@ -1041,8 +1080,37 @@ mod tests {
             store.tree.remove(k.unwrap()).unwrap();
         }
         store.tree.remove(INDEXES).unwrap();
-        assert_eq!(store.ensure_indexes().unwrap(), 300);
-        assert_eq!(store.ensure_indexes().unwrap(), 0, "once");
+        let from_log = || {
+            Ok(triage
+                .iter()
+                .map(|(id, t)| Ok((id.clone(), t.seq)))
+                .collect::<Vec<_>>()
+                .into_iter())
+        };
+        let histories_before: Vec<_> = all
+            .iter()
+            .map(|a| store.history_seqs(&a.id, None, 10).unwrap())
+            .collect();
+        for k in store.tree.scan_prefix(b"H").keys() {
+            store.tree.remove(k.unwrap()).unwrap();
+        }
+        assert_eq!(store.ensure_indexes(from_log).unwrap(), 300);
+        assert_eq!(
+            store
+                .ensure_indexes(|| -> Result<std::vec::IntoIter<Result<(String, u64)>>> { panic!("built once") })
+                .unwrap(),
+            0,
+            "once"
+        );
+        let histories_after: Vec<_> = all
+            .iter()
+            .map(|a| store.history_seqs(&a.id, None, 10).unwrap())
+            .collect();
+        assert_eq!(histories_before, histories_after);
+        // The first alert triaged twice: its history, newest first, paged.
+        assert_eq!(store.history_seqs(&first.0, None, 10).unwrap(), [20_000, first.1.seq]);
+        assert_eq!(store.history_seqs(&first.0, Some(20_000), 10).unwrap(), [first.1.seq]);
+        assert_eq!(store.history_seqs(&first.0, None, 1).unwrap(), [20_000]);
         let after: Vec<_> = filters().iter().map(|f| paged(&store, f, Order::NewestFirst)).collect();
         assert_eq!(before, after);
         assert!(store

@@ -994,11 +994,10 @@ async function alertView(id) {
     }
     timelines.push([acc, h]);
   }
-  // The alert's history: every triage recorded against it, oldest first.
-  const triage = timelines
-    .flatMap(([, h]) => (h.ok ? h.json.events : []))
-    .filter((e) => e.payload && e.payload.type === "alert_triaged" && e.payload.alert_id === a.id)
-    .sort((x, y) => x.seq - y.seq);
+  // The alert's history: every triage recorded against it (`/v1/alerts/{id}/history`, however
+  // long its account's history), shown oldest first; "Older" reads the page before.
+  const hist = await api("GET", `/v1/alerts/${encodeURIComponent(a.id)}/history?limit=100`);
+  const triage = hist.ok ? hist.json.events.slice().reverse() : [];
   const latest = triage[triage.length - 1];
   // How close together the triggering events came (the window is the rule's, not theirs).
   const hitTimes = timelines
@@ -1013,12 +1012,22 @@ async function alertView(id) {
     parts[1].querySelector("#alert-state").append(`; ${t("{0} by {1}", action(latest.payload.action), latest.payload.operator)}`);
   }
   parts.push(el("h3", {}, t("History")));
-  parts.push(el("ul", { id: "triage-history" },
-    el("li", {}, t("{0}: opened by the rule", when(a.opened_at))),
-    triage.map((e) => el("li", { "data-action": e.payload.action },
-      `${when(e.record_time)}: ${t("{0} by {1}", action(e.payload.action), e.payload.operator)}`,
-      e.payload.assignee ? ` (${t("{0} to {1}", action("assigned"), e.payload.assignee)})` : "",
-      e.payload.note ? [": ", el("q", {}, e.payload.note)] : ""))));
+  const entry = (e) => el("li", { "data-action": e.payload.action, "data-seq": e.seq },
+    `${when(e.record_time)}: ${t("{0} by {1}", action(e.payload.action), e.payload.operator)}`,
+    e.payload.assignee ? ` (${t("{0} to {1}", action("assigned"), e.payload.assignee)})` : "",
+    e.payload.note ? [": ", el("q", {}, e.payload.note)] : "");
+  const opened = el("li", {}, t("{0}: opened by the rule", when(a.opened_at)));
+  const historyList = el("ul", { id: "triage-history" }, hist.ok ? [] : failure(t("the history"), hist), triage.map(entry));
+  let before = hist.ok ? hist.json.next_before : null;
+  const olderHistory = () => pager("history-older", t("Older"), async () => {
+    const more = await api("GET", `/v1/alerts/${encodeURIComponent(a.id)}/history?limit=100&before=${before}`);
+    if (!more.ok) return;
+    historyList.querySelector("#history-older").closest("li").after(...more.json.events.slice().reverse().map(entry));
+    before = more.json.next_before;
+    if (!before) { historyList.querySelector("#history-older").closest("li").remove(); historyList.prepend(opened); }
+  });
+  if (before) historyList.prepend(el("li", {}, olderHistory())); else historyList.prepend(opened);
+  parts.push(historyList);
   if (can("security")) {
     const note = el("textarea", { id: "triage-note", rows: "2", cols: "60", maxlength: "1000", placeholder: t("note (who you called, what you found)"), "aria-label": t("note") });
     const assignee = el("input", { id: "triage-assignee", placeholder: t("assign to (token name)"), "aria-label": t("assignee") });
