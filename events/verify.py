@@ -59,8 +59,8 @@ TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d
 HEX64 = re.compile(r"^[0-9A-Fa-f]{64}$")
 _H = "[0-9A-Fa-f]"
 UUID = re.compile(rf"^(?:{_H}{{32}}|(urn:uuid:|\{{)?{_H}{{8}}-{_H}{{4}}-{_H}{{4}}-{_H}{{4}}-{_H}{{12}}\}}?)$")
-# The schema versions this verifier knows (events/schema/event.v1 .. v8).
-KNOWN_VERSIONS = range(1, 9)
+# The schema versions this verifier knows (events/schema/event.v1 .. v9).
+KNOWN_VERSIONS = range(1, 10)
 
 
 def is_integer(x, low=0):
@@ -112,6 +112,12 @@ def envelope_problem(event):
             return f"{key} is a string or null"
     if event.get("request_digest") is not None and not HEX64.match(event["request_digest"]):
         return "request_digest is 64 hex characters or null"
+    for key in ("device_fp", "ip_fp"):
+        if key in event["context"]:
+            if event["v"] < 9:
+                return f"context.{key} is a field of schema version 9 on"
+            if not isinstance(event["context"][key], str) or not HEX64.match(event["context"][key]):
+                return f"context.{key} is 64 hex characters"
     return None
 
 

@@ -1410,3 +1410,106 @@ async fn a_thousand_alerts_page_filter_sort_export_and_stream_their_triage() {
     assert_eq!(status, 404);
     server.shutdown().await;
 }
+
+/// Binds `account` over HTTP with a device id and an address in the command's context;
+/// answers the binding's id.
+async fn bind_from(c: &mut Client, g: &SimulatedGateway, account: &str, n: u64, device: &str, ip: &str) -> String {
+    let body = json!({
+        "provider": "alipay", "wallet_account": phone(n), "payment_password": g.password_for(&alipay(), &phone(n)),
+        "context": {"channel": "app", "device_id": device, "ip": ip},
+    });
+    let (status, v) = c
+        .post_json(&format!("/v1/accounts/{account}/bindings"), &body)
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    v["event"]["payload"]["binding_id"].as_str().unwrap().to_owned()
+}
+
+/// Accounts that used one device or one address are found by their keyed fingerprints
+/// (schema v9): the events carry the fingerprints, the same across accounts, never the device
+/// id or the address in the clear; `GET /v1/accounts/{a}/related` lists the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_on_one_device_or_address_are_found_by_their_fingerprints() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(test_config(dir.path())).await;
+    let mut writer = server.client(WRITER);
+    let g = server.gateway.clone();
+    bind_from(&mut writer, &g, "ann", 1, "phone-one", "10.0.0.7").await;
+    bind_from(&mut writer, &g, "bob", 2, "phone-one", "10.9.9.9").await;
+    bind_from(&mut writer, &g, "cat", 3, "tablet", "10.0.0.7").await;
+    bind_wallet(&server.ledger, &server.gateway, "dan", 4).await;
+    let mut security = server.client(SECURITY);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let related = loop {
+        let (status, v) = security.get_json("/v1/accounts/ann/related").await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        if v["addresses"][0]["accounts"].as_array().is_some_and(|a| !a.is_empty()) {
+            break v;
+        }
+        if Instant::now() >= deadline {
+            let (_, feed) = server
+                .client(AUDITOR)
+                .send(reqwest::Method::GET, "/v1/events?from=1", None)
+                .await
+                .unwrap();
+            panic!(
+                "the monitor never stored the fingerprints: {v}\n{}",
+                String::from_utf8_lossy(&feed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let names = |v: &Value| -> Vec<String> {
+        v["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["account"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(related["devices"].as_array().unwrap().len(), 1, "{related}");
+    assert_eq!(names(&related["devices"][0]), ["bob"], "{related}");
+    assert_eq!(names(&related["addresses"][0]), ["cat"], "{related}");
+    assert_eq!(related["devices"][0]["more"], false);
+    let (_, v) = security.get_json("/v1/accounts/dan/related").await.unwrap();
+    assert_eq!(
+        (
+            v["devices"].as_array().unwrap().len(),
+            v["addresses"].as_array().unwrap().len()
+        ),
+        (0, 0),
+        "{v}"
+    );
+    let (status, _) = server
+        .client(READER)
+        .get_json("/v1/accounts/ann/related")
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "a reader does not investigate");
+    // The events: the same fingerprint on ann's and bob's binds, another on cat's; neither
+    // the device id nor the address in the clear.
+    let (_, feed) = server
+        .client(AUDITOR)
+        .send(reqwest::Method::GET, "/v1/events?from=1", None)
+        .await
+        .unwrap();
+    let text = String::from_utf8(feed.to_vec()).unwrap();
+    assert!(!text.contains("phone-one") && !text.contains("10.0.0.7"), "{text}");
+    let events: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let fp = |account: &str, field: &str| -> String {
+        let e = events.iter().find(|e| e["account"] == account).unwrap();
+        assert_eq!(e["v"], 9);
+        e["context"][field].as_str().unwrap_or("").to_owned()
+    };
+    assert_eq!(fp("ann", "device_fp").len(), 64);
+    assert_eq!(fp("ann", "device_fp"), fp("bob", "device_fp"));
+    assert_ne!(fp("ann", "device_fp"), fp("cat", "device_fp"));
+    assert_eq!(fp("ann", "ip_fp"), fp("cat", "ip_fp"));
+    assert_eq!(fp("dan", "device_fp"), "", "no device, no fingerprint");
+    assert_eq!(
+        related["devices"][0]["fingerprint"].as_str().unwrap(),
+        fp("ann", "device_fp")
+    );
+    server.shutdown().await;
+}

@@ -1440,6 +1440,51 @@ async fn the_console_speaks_chinese_in_beijing_time_and_english_when_asked() {
     server.shutdown().await;
 }
 
+/// An alert's related activity: the other accounts on its account's device and address (by
+/// their keyed fingerprints), and the other alerts on its account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_shows_the_accounts_on_the_same_device_and_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(with_alice(test_config(dir.path()))).await;
+    let bind = |account: &'static str, n: u64, device: &'static str, ip: &'static str| {
+        let body = json!({
+            "provider": "alipay", "wallet_account": phone(n), "payment_password": server.gateway.password_for(&alipay(), &phone(n)),
+            "context": {"channel": "app", "device_id": device, "ip": ip},
+        });
+        let path = format!("/v1/accounts/{account}/bindings");
+        let mut c = server.client(WRITER);
+        async move {
+            let (status, v) = c.post_json(&path, &body).await.unwrap();
+            assert_eq!(status.as_u16(), 201, "{v}");
+            uuid::Uuid::parse_str(v["event"]["payload"]["binding_id"].as_str().unwrap()).unwrap()
+        }
+    };
+    let victim = bind("victim", 1, "phone-one", "10.0.0.7").await;
+    bind("mule", 2, "phone-one", "10.9.9.9").await;
+    bind("cafe", 3, "laptop", "10.0.0.7").await;
+    let alert = guess_until_locked(&server, "victim", victim, "r").await;
+    let driver = chromedriver();
+    let (alice, base) = alice_signed_in(&driver, &server).await;
+    alice.goto(&format!("{base}/console#/alert/{alert}")).await.unwrap();
+    until(
+        &alice,
+        "the related accounts",
+        "document.querySelector('#related .related-devices li[data-account=\"mule\"]') && document.querySelector('#related .related-addresses li[data-account=\"cafe\"]')",
+    )
+    .await;
+    let related = text(&alice, "#related").await;
+    assert!(
+        !related.contains("phone-one") && !related.contains("10.0.0.7"),
+        "{related}"
+    );
+    let devices = text(&alice, "#related .related-devices").await;
+    assert!(devices.contains("mule") && !devices.contains("cafe"), "{devices}");
+    screenshot(&alice, "alert-related").await;
+    alice.close().await.unwrap();
+    drop(driver);
+    server.shutdown().await;
+}
+
 /// What a webhook receiver got: each request's delivery id and event type.
 #[derive(Clone, Default)]
 struct Receiver {

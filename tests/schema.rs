@@ -1,4 +1,4 @@
-//! The published JSON Schema (events/schema/event.v8.schema.json) accepts every event the
+//! The published JSON Schema (events/schema/event.v9.schema.json) accepts every event the
 //! ledger emits, of every type and every failure reason, and refuses drift.
 
 mod common;
@@ -18,7 +18,7 @@ use std::sync::Arc;
 fn schema() -> jsonschema::Validator {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/events/schema/event.v8.schema.json"
+        "/events/schema/event.v9.schema.json"
     ))
     .unwrap();
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("the schema compiles")
@@ -317,6 +317,8 @@ async fn every_event_the_ledger_emits_matches_the_published_schema() {
                 device_id: Some("d".into()),
                 ip: Some("::1".into()),
                 user_agent: Some("ua".into()),
+                device_fp: Some(Hash([0xd1; 32])),
+                ip_fp: Some(Hash([0x1f; 32])),
             },
             prev_hash: GENESIS_HASH,
             payload,

@@ -65,6 +65,17 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     let ip = r.opt(Reader::string)?;
     r.lit(",\"user_agent\":")?;
     let user_agent = r.opt(Reader::string)?;
+    let device_fp = match r.lit(",\"device_fp\":") {
+        Some(()) => Some(r.hash()?),
+        None => None,
+    };
+    let ip_fp = match r.lit(",\"ip_fp\":") {
+        Some(()) => Some(r.hash()?),
+        None => None,
+    };
+    if v < 9 && (device_fp.is_some() || ip_fp.is_some()) {
+        return None; // the general decoder refuses it, and says why
+    }
     r.lit("},\"prev_hash\":")?;
     let prev_hash = r.hash()?;
     r.lit(",\"payload\":")?;
@@ -89,6 +100,8 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
             device_id,
             ip,
             user_agent,
+            device_fp,
+            ip_fp,
         },
         prev_hash,
         payload,
@@ -130,6 +143,14 @@ pub fn encode_into(e: &Event, out: &mut Vec<u8>) {
     w.opt_str(e.context.ip.as_deref());
     w.raw(",\"user_agent\":");
     w.opt_str(e.context.user_agent.as_deref());
+    if let Some(h) = &e.context.device_fp {
+        w.raw(",\"device_fp\":");
+        w.hash(h);
+    }
+    if let Some(h) = &e.context.ip_fp {
+        w.raw(",\"ip_fp\":");
+        w.hash(h);
+    }
     w.raw("},\"prev_hash\":");
     w.hash(&e.prev_hash);
     w.raw(",\"payload\":{\"type\":");
@@ -1017,12 +1038,37 @@ mod tests {
                         device_id: some("dev-1"),
                         ip: some("10.0.0.1"),
                         user_agent: some("Mozilla/5.0 (ü)"),
+                        // v9: with either fingerprint, both, or none.
+                        device_fp: (i % 3 != 0).then_some(Hash([0x11; 32])),
+                        ip_fp: (i % 2 == 0).then_some(Hash([0xe2; 32])),
                     },
                     prev_hash: if i == 0 { GENESIS_HASH } else { Hash([i as u8; 32]) },
                     payload,
                 }
             })
             .collect()
+    }
+
+    /// A version 8 event with a v9 fingerprint is not valid, on either path; as version 9 it is.
+    #[test]
+    fn fingerprints_are_of_version_9_on() {
+        let e = events().into_iter().find(|e| e.context.device_fp.is_some()).unwrap();
+        let text = String::from_utf8(encode(&e)).unwrap();
+        assert!(text.contains(",\"device_fp\":\"1111"), "{text}");
+        let v8 = text.replacen("{\"v\":9,", "{\"v\":8,", 1);
+        assert_eq!(decode(v8.as_bytes()), None, "not read directly");
+        let refused = crate::decode(v8.as_bytes()).unwrap_err().to_string();
+        assert!(refused.contains("schema version 9"), "{refused}");
+        let mut plain = e.clone();
+        plain.context.device_fp = None;
+        plain.context.ip_fp = None;
+        let text = String::from_utf8(encode(&plain)).unwrap();
+        let v8 = text.replacen("{\"v\":9,", "{\"v\":8,", 1);
+        assert_eq!(
+            crate::decode(v8.as_bytes()).map(|e| e.context),
+            Ok(plain.context),
+            "a v8 event reads as it did"
+        );
     }
 
     #[test]
@@ -1109,7 +1155,8 @@ mod tests {
 
     #[test]
     fn version_2_is_read_directly_and_version_1_is_not() {
-        let bytes = encode(&events()[2]);
+        // An event without fingerprints (a version 2 event cannot have them).
+        let bytes = encode(&events()[3]);
         let v2 = [b"{\"v\":2,".as_slice(), &bytes[7..]].concat();
         assert_eq!(decode(&v2).map(|e| e.v), Some(2));
         let v1 = [b"{\"v\":1,".as_slice(), &bytes[7..]].concat();
@@ -1125,7 +1172,7 @@ mod tests {
         // decodes it to the same event.
         let variants = [
             format!("{text} "),
-            text.replacen("{\"v\":8,", "{ \"v\":8,", 1),
+            text.replacen("{\"v\":9,", "{ \"v\":9,", 1),
             text.replacen("\"account\":\"acct-3\"", "\"account\":\"acct\\u002d3\"", 1),
             text.replacen("\"idempotency_key\":null,", "", 1).replacen(
                 "\"request_digest\":null,",

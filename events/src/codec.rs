@@ -16,10 +16,13 @@
 //! - **v6**: `alert_triaged`, and lock and unlock attributed. Every v5 event is a valid v6 event.
 //! - **v7**: the bind failure `too_many_attempts` (`until`), the inline guard against
 //!   password stuffing on binds. Every v6 event is a valid v7 event.
-//! - **v8** (current): personal fields are sealed (see [`crate::personal`]): the context's
+//! - **v8**: personal fields are sealed (see [`crate::personal`]): the context's
 //!   `device_id`, `ip` and `user_agent`, a wallet's `masked` and a triage `note` hold
 //!   `sealed:` and the AEAD ciphertext under the account's data key; and `subject_erased`.
 //!   The shape is v7's: every v7 event is a valid v8 event.
+//! - **v9** (current): the context may end with `device_fp` and `ip_fp`, the keyed
+//!   fingerprints of its device id and IP address (present only with them). Every v8 event is a
+//!   valid v9 event; a v8 event with them is not valid.
 //!
 //! Decoding an older version upcasts it to the current types; the stored bytes (and so the
 //! hashes) are never rewritten.
@@ -68,7 +71,7 @@ pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
     // The text is read as a `str` from here, so serde does not check the UTF-8 again.
     let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::Invalid("the bytes are not UTF-8".to_owned()))?;
     // Canonical bytes start with the version; the current version takes the direct path.
-    const CURRENT_PREFIX: &str = "{\"v\":8,";
+    const CURRENT_PREFIX: &str = "{\"v\":9,";
     if text.starts_with(CURRENT_PREFIX) {
         return serde_json::from_str(text).map_err(|e| DecodeError::Invalid(e.to_string()));
     }
@@ -81,8 +84,16 @@ pub(crate) fn decode_general(bytes: &[u8]) -> Result<Event, DecodeError> {
         .ok_or_else(|| DecodeError::Invalid("missing schema version field `v`".to_owned()))?;
     match version {
         1 => upcast_v1_to_v2(&mut value),
-        2..=8 => {}
+        2..=9 => {}
         other => return Err(DecodeError::UnsupportedVersion(other)),
+    }
+    if version < 9 {
+        let context = value.get("context").and_then(Value::as_object);
+        if context.is_some_and(|c| c.contains_key("device_fp") || c.contains_key("ip_fp")) {
+            return Err(DecodeError::Invalid(
+                "device_fp and ip_fp are fields of schema version 9 on".to_owned(),
+            ));
+        }
     }
     serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))
 }
@@ -259,7 +270,7 @@ mod tests {
         let e = event(1, GENESIS_HASH, payment(1234));
         let bytes = encode(&e);
         assert!(
-            bytes.starts_with(b"{\"v\":8,\"id\":"),
+            bytes.starts_with(b"{\"v\":9,\"id\":"),
             "{}",
             String::from_utf8_lossy(&bytes)
         );
@@ -314,8 +325,8 @@ mod tests {
     #[test]
     fn unknown_versions_and_garbage_are_refused() {
         assert!(matches!(
-            decode(br#"{"v":9,"x":1}"#),
-            Err(DecodeError::UnsupportedVersion(9))
+            decode(br#"{"v":10,"x":1}"#),
+            Err(DecodeError::UnsupportedVersion(10))
         ));
         assert!(matches!(decode(b"not json"), Err(DecodeError::Invalid(_))));
         assert!(matches!(decode(br#"{"x":1}"#), Err(DecodeError::Invalid(_))));

@@ -122,6 +122,7 @@ mod tests {
                 device_id: Some("d".into()),
                 ip: None,
                 user_agent: Some("u".into()),
+                ..Default::default()
             },
             prev_hash: crate::GENESIS_HASH,
             payload: Payload::AlertTriaged {

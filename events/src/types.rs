@@ -13,7 +13,7 @@ use crate::hash::Hash;
 use crate::money::Currency;
 
 /// The schema version this code writes (the version of the types below).
-pub const SCHEMA_VERSION: u16 = 8;
+pub const SCHEMA_VERSION: u16 = 9;
 
 /// The oldest schema version this code can read.
 pub const SCHEMA_VERSION_MIN: u16 = 1;
@@ -67,6 +67,14 @@ pub struct Context {
     pub device_id: Option<String>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// (v9) The keyed fingerprint of `device_id` (HMAC-SHA256 with the ledger's secret, as a
+    /// wallet's): one device is recognised across accounts without being readable. Absent
+    /// without a device id, and in older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_fp: Option<Hash>,
+    /// (v9) The keyed fingerprint of `ip`, the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_fp: Option<Hash>,
 }
 
 /// A wallet as the ledger keeps it: never the account number itself.

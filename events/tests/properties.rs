@@ -234,14 +234,19 @@ fn event() -> BoxedStrategy<Event> {
             proptest::option::of(text()),
             proptest::option::of(text()),
         ),
-        (hash(), payload()),
+        (
+            hash(),
+            payload(),
+            proptest::option::of(hash()),
+            proptest::option::of(hash()),
+        ),
     )
         .prop_map(
             |(
                 (id, seq, account, account_seq, event_time, record_time),
                 (idempotency_key, request_digest, correlation_id),
                 (channel, device_id, ip, user_agent),
-                (prev_hash, payload),
+                (prev_hash, payload, device_fp, ip_fp),
             )| Event {
                 v: SCHEMA_VERSION,
                 id,
@@ -258,6 +263,8 @@ fn event() -> BoxedStrategy<Event> {
                     device_id,
                     ip,
                     user_agent,
+                    device_fp,
+                    ip_fp,
                 },
                 prev_hash,
                 payload,

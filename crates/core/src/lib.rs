@@ -783,8 +783,10 @@ impl Ledger {
         }
     }
 
-    async fn submit(&self, request: Request) -> Result<Committed> {
+    async fn submit(&self, mut request: Request) -> Result<Committed> {
         let kind = request.kind();
+        // Fingerprinted while the values are in the clear (the writer seals them).
+        self.inner.secret.fingerprint_context(&mut request.meta_mut().context);
         let result = self.submit_inner(request).await;
         let result = self.replicated(result).await;
         match &result {

@@ -113,7 +113,7 @@ impl Request {
     fn meta(&self) -> &Meta {
         common_field!(self, meta)
     }
-    fn meta_mut(&mut self) -> &mut Meta {
+    pub(crate) fn meta_mut(&mut self) -> &mut Meta {
         common_field!(self, meta)
     }
     fn digest(&self) -> &Hash {

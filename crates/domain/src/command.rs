@@ -716,6 +716,9 @@ fn validate_common(account: &str, c: CommonInput, now: DateTime<Utc>) -> Result<
             device_id: ctx.device_id,
             ip: ctx.ip,
             user_agent: ctx.user_agent,
+            // Computed by the ledger from the values (never taken from the caller).
+            device_fp: None,
+            ip_fp: None,
         },
         keys_checked: None,
     })

@@ -85,6 +85,20 @@ impl LedgerSecret {
         ])
     }
 
+    /// Sets the context's keyed fingerprints (schema v9) of its device id and IP address, as
+    /// given (an address trimmed and lowercased, so one IPv6 address has one fingerprint):
+    /// one device or address is recognised across accounts without being readable.
+    pub fn fingerprint_context(&self, context: &mut bindledger_events::Context) {
+        context.device_fp = context
+            .device_id
+            .as_deref()
+            .map(|d| self.mac(&[b"bindledger/device/v1", d.as_bytes()]));
+        context.ip_fp = context
+            .ip
+            .as_deref()
+            .map(|ip| self.mac(&[b"bindledger/ip/v1", ip.trim().to_ascii_lowercase().as_bytes()]));
+    }
+
     pub fn wallet_ref(&self, provider: &Provider, raw_account: &str) -> WalletRef {
         let normalized = normalize_wallet_account(raw_account);
         WalletRef {

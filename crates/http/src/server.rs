@@ -373,9 +373,7 @@ async fn attribute(
         event_time: None,
         context: bindledger_events::Context {
             channel: "console".into(),
-            device_id: None,
-            ip: None,
-            user_agent: None,
+            ..Default::default()
         },
         keys_checked: None,
     };
@@ -762,6 +760,73 @@ async fn alert_history(
     .await
     .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
     Ok(Json(json!({"events": events, "next_before": next})).into_response())
+}
+
+/// Events of an account `GET /v1/accounts/{account}/related` looks at, newest first.
+const RELATED_EVENTS: usize = 500;
+/// Devices and addresses of an account it answers, each.
+const RELATED_FINGERPRINTS: usize = 5;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelatedQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/accounts/{account}/related?limit` (security): the other accounts that used the
+/// devices and addresses this account used in its newest 500 events (by their keyed
+/// fingerprints, schema v9; at most five devices and five addresses, the most recent first, and
+/// `limit` accounts each, 20 unless said). `{account, devices: [{fingerprint, accounts:
+/// [{account, first_seq}], more}], addresses: [...]}`. Needs the alert monitor, which keeps
+/// the fingerprints' accounts.
+async fn related(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    account: Result<Path<String>, PathRejection>,
+    q: Result<Query<RelatedQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    caller.require(&[Role::Security])?;
+    let account = path(account)?;
+    command::validate_account(&account)?;
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(20).clamp(1, s.http.page_limit_max);
+    let m = monitor(&s)?;
+    let events = s.ledger.history_newest(&account, u64::MAX, RELATED_EVENTS).await?;
+    let mut devices: Vec<bindledger_events::Hash> = Vec::new();
+    let mut addresses: Vec<bindledger_events::Hash> = Vec::new();
+    for e in &events {
+        for (list, fp) in [(&mut devices, e.context.device_fp), (&mut addresses, e.context.ip_fp)] {
+            if let Some(fp) = fp {
+                if list.len() < RELATED_FINGERPRINTS && !list.contains(&fp) {
+                    list.push(fp);
+                }
+            }
+        }
+    }
+    let (store, me) = (m.store.clone(), account.clone());
+    let (devices, addresses) = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+        let look = |kind: u8, fps: Vec<bindledger_events::Hash>| -> crate::Result<Vec<serde_json::Value>> {
+            fps.into_iter()
+                .map(|fp| {
+                    // One more than asked: this account is among them.
+                    let (found, more) = store.related_accounts(kind, &fp, limit + 1)?;
+                    let others: Vec<_> = found.into_iter().filter(|(a, _)| *a != me).collect();
+                    let more = more || others.len() > limit;
+                    let others: Vec<_> = others
+                        .into_iter()
+                        .take(limit)
+                        .map(|(a, seq)| json!({"account": a, "first_seq": seq}))
+                        .collect();
+                    Ok(json!({"fingerprint": fp, "accounts": others, "more": more}))
+                })
+                .collect()
+        };
+        use crate::ledger::alerts::store::{RELATED_DEVICE, RELATED_IP};
+        Ok((look(RELATED_DEVICE, devices)?, look(RELATED_IP, addresses)?))
+    })
+    .await
+    .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
+    Ok(Json(json!({"account": account, "devices": devices, "addresses": addresses})).into_response())
 }
 
 /// Alerts `GET /v1/alerts/counts` counts at most.
@@ -1890,6 +1955,7 @@ routes! {
     "/v1/accounts/{account}/bindings/{binding_id}/unbind" => post(unbind);
     "/v1/accounts/{account}/payments" => post(pay).get(payments);
     "/v1/accounts/{account}/events" => get(history);
+    "/v1/accounts/{account}/related" => get(related);
     "/v1/wallets/{fingerprint}/accounts" => get(wallet_accounts);
     "/v1/events" => get(feed);
     "/v1/relay" => get(relay_status);

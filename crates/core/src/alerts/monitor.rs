@@ -35,6 +35,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::feed::AlertFeed;
+use super::store::{Related, RELATED_DEVICE, RELATED_IP};
+
+/// Device and address pairs the monitor remembers having stored.
+const RELATED_SENT_MAX: usize = 1_000_000;
 use super::store::{AlertStore, TriageState};
 use crate::domain::alerts::engine::{row_expiry, AlertChange, Engine, EngineState, StateDelta};
 use crate::domain::alerts::rules::{RuleSet, RULES_COUNT, RULE_NAMES};
@@ -138,6 +142,7 @@ enum Write {
     Triage(Vec<(String, TriageState)>),
     /// A checkpoint's rows, whether they are the whole state, and its position.
     Checkpoint(StateDelta, bool, u64),
+    Related(Vec<Related>),
 }
 
 impl Monitor {
@@ -215,6 +220,8 @@ impl Monitor {
             stored_at_start: stored,
             writes: None,
             triage: Vec::new(),
+            related: Vec::new(),
+            related_sent: HashSet::new(),
             whole_next,
         };
         let thread = std::thread::Builder::new()
@@ -273,6 +280,11 @@ struct Worker {
     writes: Option<std::sync::mpsc::SyncSender<Write>>,
     /// Triage events folded and not yet sent to the store thread.
     triage: Vec<(String, TriageState)>,
+    /// Device and address fingerprints seen with an account, not yet sent to the store thread.
+    related: Vec<Related>,
+    /// Pairs sent already (bounded: cleared when full; a pair sent again is written again,
+    /// which changes nothing).
+    related_sent: HashSet<(u8, bindledger_events::Hash, String)>,
     /// The next checkpoint is written whole (the stored one is of an older format).
     whole_next: bool,
     /// The position of the last checkpoint stored (set by the store thread): keys changed at
@@ -308,6 +320,7 @@ impl Worker {
                                     feed.stored_through(last.stream_seq);
                                 }
                             }),
+                            Write::Related(items) => store.write_related(&items),
                             Write::Triage(items) => store.write_triage(&items).map(|last| {
                                 if let Some(seq) = last {
                                     feed.triaged_through(seq);
@@ -404,6 +417,7 @@ impl Worker {
                 let event =
                     bindledger_events::decode(&bytes).map_err(|e| Error::corrupt_by(format!("event {seq}"), e))?;
                 self.note_triage(&event);
+                self.note_related(&event);
                 changes.extend(self.apply(&event)?);
             }
             if self.engine.state.position < from {
@@ -429,6 +443,7 @@ impl Worker {
                     self.catch_up(e.seq - 1)?;
                 }
                 self.note_triage(e);
+                self.note_related(e);
                 changes.extend(self.apply(e)?);
                 self.since_checkpoint += 1;
             }
@@ -498,6 +513,10 @@ impl Worker {
             let triage = std::mem::take(&mut self.triage);
             self.send(Write::Triage(triage));
         }
+        if !self.related.is_empty() {
+            let related = std::mem::take(&mut self.related);
+            self.send(Write::Related(related));
+        }
         // A stored row looked at for expiry per event folded since the last look.
         let look = self.since_checkpoint.saturating_sub(self.expiry_looked);
         if look > 0 {
@@ -517,6 +536,25 @@ impl Worker {
         self.engine.let_go(self.written.load(Ordering::Acquire));
         self.publish_status();
         Ok(())
+    }
+
+    /// Keeps the device and address fingerprints of an event (schema v9) with its account, the
+    /// first time the pair is seen (since the monitor started).
+    fn note_related(&mut self, e: &bindledger_events::Event) {
+        for (kind, fp) in [(RELATED_DEVICE, e.context.device_fp), (RELATED_IP, e.context.ip_fp)] {
+            let Some(fp) = fp else { continue };
+            if self.related_sent.len() >= RELATED_SENT_MAX {
+                self.related_sent.clear();
+            }
+            if self.related_sent.insert((kind, fp, e.account.clone())) {
+                self.related.push(Related {
+                    kind,
+                    fingerprint: fp,
+                    account: e.account.clone(),
+                    seq: e.seq,
+                });
+            }
+        }
     }
 
     /// Keeps an `alert_triaged` event for the alert's triage state.

@@ -13,6 +13,7 @@
 //! | `U` event seq (u64 BE) | one triage as it was recorded (`{alert_id, triage}`, JSON): the triage stream, in log order |
 //! | `H` alert id, 0, event seq (u64 BE) | nothing: every `alert_triaged` event of the alert, by seq (its history) |
 //! | `I` field, value, 0, opening seq (u64 BE), rule | nothing: the listing's indexes (see below) |
+//! | `R` kind (`d` device, `i` address), fingerprint (32 bytes), account | the seq of the first event the monitor saw with both (u64 BE): the accounts one device or address was used by |
 //! | `Mindexes` | the version of the indexes built (absent: build them from the rows above) |
 //!
 //! **Indexes.** A listing filtered by account, wallet, assignee, triage state or rule reads the
@@ -553,6 +554,44 @@ impl AlertStore {
         Ok(out)
     }
 
+    /// Stores device and address fingerprints seen with accounts; a pair stored before keeps
+    /// its first seq.
+    pub fn write_related(&self, items: &[Related]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for r in items {
+            let mut key = related_prefix(r.kind, &r.fingerprint);
+            key.extend_from_slice(r.account.as_bytes());
+            if self.tree.contains_key(&key).map_err(crate::store::from_sled)? {
+                continue;
+            }
+            batch.insert(key, &r.seq.to_be_bytes());
+        }
+        self.tree.apply_batch(batch).map_err(crate::store::from_sled)?;
+        Ok(())
+    }
+
+    /// The accounts a device's or address's fingerprint was seen with, with the seq of the
+    /// first event of each, in account order, at most `limit`; and whether there are more.
+    pub fn related_accounts(
+        &self,
+        kind: u8,
+        fingerprint: &bindledger_events::Hash,
+        limit: usize,
+    ) -> Result<(Vec<(String, u64)>, bool)> {
+        let prefix = related_prefix(kind, fingerprint);
+        let mut out = Vec::new();
+        for r in self.tree.scan_prefix(&prefix) {
+            let (k, v) = r.map_err(crate::store::from_sled)?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            let account = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let seq = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            out.push((account, seq));
+        }
+        Ok((out, false))
+    }
+
     /// An alert's latest triage, if it has one.
     pub fn triage(&self, alert_id: &str) -> Result<Option<TriageState>> {
         let key = [b"T".as_slice(), alert_id.as_bytes()].concat();
@@ -720,6 +759,30 @@ pub struct AlertCounts {
     pub by_severity: std::collections::BTreeMap<String, u64>,
     /// Whether every alert opened since was counted (else `total` is a floor).
     pub complete: bool,
+}
+
+/// `R` rows: a device fingerprint's.
+pub const RELATED_DEVICE: u8 = b'd';
+/// `R` rows: an address fingerprint's.
+pub const RELATED_IP: u8 = b'i';
+
+/// A device's or address's fingerprint seen with an account (schema v9 events' context).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Related {
+    /// [`RELATED_DEVICE`] or [`RELATED_IP`].
+    pub kind: u8,
+    pub fingerprint: bindledger_events::Hash,
+    pub account: String,
+    /// The event it was seen in.
+    pub seq: u64,
+}
+
+fn related_prefix(kind: u8, fingerprint: &bindledger_events::Hash) -> Vec<u8> {
+    let mut k = Vec::with_capacity(34 + 32);
+    k.push(b'R');
+    k.push(kind);
+    k.extend_from_slice(&fingerprint.0);
+    k
 }
 
 /// One entry of the triage stream.

@@ -218,7 +218,9 @@ const ZH = {
   "Other alerts on this wallet": "该钱包的其他告警",
   "Accounts this wallet is or was bound to": "该钱包绑定过的账户",
   "none": "无",
-  "Accounts on the same device or IP address are not listed: the ledger keeps devices and addresses sealed per account, and looks them up by account only.": "同一设备或 IP 地址上的其他账户不在此列出：设备和地址按账户加密保存，只能按账户查看。",
+  "Other accounts on the devices of {0}": "与 {0} 使用同一设备的其他账户",
+  "Other accounts on the IP addresses of {0}": "与 {0} 使用同一 IP 地址的其他账户",
+  "related accounts": "相关账户",
   "Unlock binding {0} of {1}?": "解锁 {1} 的绑定 {0}？",
   "Lock binding {0} of {1} for 30 minutes?": "锁定 {1} 的绑定 {0} 30 分钟？",
   "Not unlocked: {0}": "未解锁：{0}",
@@ -955,7 +957,23 @@ async function related(a) {
         all.map((acc) => [el("a", { href: `#/account/${encodeURIComponent(acc)}` }, acc), " "])));
     }
   }
-  box.append(el("p", { class: "muted" }, t("Accounts on the same device or IP address are not listed: the ledger keeps devices and addresses sealed per account, and looks them up by account only.")));
+  // Other accounts on the devices and addresses the alert's accounts used (by their keyed
+  // fingerprints: the page never sees a device id or an address of another account).
+  for (const acc of (a.accounts || []).slice(0, 4)) {
+    const r = await api("GET", `/v1/accounts/${encodeURIComponent(acc)}/related`);
+    if (!r.ok) { box.append(failure(t("related accounts"), r)); continue; }
+    const group = (title, id, items) => {
+      const others = items.flatMap((x) => x.accounts);
+      const more = items.some((x) => x.more);
+      return [el("h4", {}, t(title, acc)),
+        others.length
+          ? el("ul", { class: id }, others.map((o) => el("li", { "data-account": o.account },
+            el("a", { href: `#/account/${encodeURIComponent(o.account)}` }, o.account))), more ? el("li", { class: "muted" }, "…") : "")
+          : el("p", { class: "muted" }, t("none"))];
+    };
+    box.append(...group("Other accounts on the devices of {0}", "related-devices", r.json.devices),
+      ...group("Other accounts on the IP addresses of {0}", "related-addresses", r.json.addresses));
+  }
   return box;
 }
 
