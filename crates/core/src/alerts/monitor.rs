@@ -38,7 +38,7 @@ use super::feed::AlertFeed;
 use super::store::{Related, RELATED_DEVICE, RELATED_IP};
 
 /// Device and address pairs the monitor remembers having stored.
-const RELATED_SENT_MAX: usize = 1_000_000;
+const RELATED_SENT_MAX: usize = 100_000;
 use super::store::{AlertStore, TriageState};
 use crate::domain::alerts::engine::{row_expiry, AlertChange, Engine, EngineState, StateDelta};
 use crate::domain::alerts::rules::{RuleSet, RULES_COUNT, RULE_NAMES};
