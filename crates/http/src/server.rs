@@ -1164,7 +1164,7 @@ async fn alerts_stream(
         .or(q.triage_after)
         .unwrap_or_else(|| m.feed.triaged());
     enum Item {
-        Change(crate::domain::alerts::AlertChange),
+        Change(Box<crate::domain::alerts::AlertChange>),
         Triage(crate::ledger::alerts::store::TriageEntry),
     }
     struct Feed {
@@ -1244,7 +1244,7 @@ async fn alerts_stream(
                     let keep = changes
                         .into_iter()
                         .filter(|c| f.filter.accepts(&c.alert))
-                        .map(Item::Change);
+                        .map(|c| Item::Change(Box::new(c)));
                     f.pending.extend(keep);
                 }
                 _ => return None,
