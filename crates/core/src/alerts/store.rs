@@ -5,7 +5,8 @@
 //! |---|---|
 //! | `S` stream seq (u64 BE) | one [`AlertChange`] (JSON): the alert stream, in order, without gaps |
 //! | `L` opening seq (u64 BE) rule | the alert's latest revision (JSON), listed newest first |
-//! | `Mcheckpoint` | the engine's state header (position, stream seq, open alerts, locks) and the rules digest (JSON) |
+//! | `Mcheckpoint` | the engine's state header (position, stream seq, locks) and the rules digest (JSON) |
+//! | `O` rule\|kind\|key | one open alert (JSON): the open alerts, written as they change (a header of an older format held them all) |
 //! | `W` key | the engine's state of one key (account or wallet fingerprint): when it expires (i64 BE micros), then its windows in each rule (JSON) |
 //! | `D` blob number (u64 BE) | the format before `W`: rows of the engine's state in blobs of up to 64 KiB; read, and replaced by the next checkpoint |
 //! | `K` map letter, key | the format before `D`: the engine's state of one rule and key (JSON); read, and replaced by the next checkpoint |
@@ -43,6 +44,8 @@ use crate::error::{Error, Result};
 const CHECKPOINT: &[u8] = b"Mcheckpoint";
 /// The prefix of the engine state's rows by key.
 const WINDOWS: u8 = b'W';
+/// The prefix of the open alerts' rows.
+const OPEN: u8 = b'O';
 /// The prefix of the engine state's rows by map letter and key (the format before blobs).
 const STATE_ROWS: &[u8] = b"K";
 /// The prefix of the blobs of the engine state's rows (the format before rows by key).
@@ -308,12 +311,20 @@ impl AlertStore {
             apply_blob(&blob, &mut rows)
                 .ok_or_else(|| Error::corrupt(format!("alerts: checkpoint blob {} does not read", blob_number(&k))))?;
         }
-        let state = if older {
+        let mut state = if older {
             EngineState::from_lettered_rows(&header, rows)
         } else {
             EngineState::from_header(&header)
         }
         .map_err(|e| corrupt("checkpoint", e))?;
+        if EngineState::open_in_rows(&header) {
+            for r in self.tree.scan_prefix([OPEN]) {
+                let (k, v) = r.map_err(crate::store::from_sled)?;
+                state
+                    .put_open(&String::from_utf8_lossy(&k[1..]), &v)
+                    .map_err(|e| corrupt("an open alert", e))?;
+            }
+        }
         Ok(Some(Checkpoint {
             rules_digest: stored.rules_digest,
             state,
@@ -375,6 +386,23 @@ impl AlertStore {
         }
         for (k, v) in &delta.rows {
             let key = [&[WINDOWS][..], k].concat();
+            match v {
+                Some(v) => batch.insert(key, &v[..]),
+                None => batch.remove(key),
+            }
+        }
+        if whole {
+            // A whole state lists every open alert: the stored ones it does not are closed.
+            let listed: std::collections::HashSet<&str> = delta.open.iter().map(|(k, _)| k.as_str()).collect();
+            for r in self.tree.scan_prefix([OPEN]).keys() {
+                let k = r.map_err(crate::store::from_sled)?;
+                if !listed.contains(String::from_utf8_lossy(&k[1..]).as_ref()) {
+                    batch.remove(k);
+                }
+            }
+        }
+        for (slot, v) in &delta.open {
+            let key = [&[OPEN][..], slot.as_bytes()].concat();
             match v {
                 Some(v) => batch.insert(key, &v[..]),
                 None => batch.remove(key),
@@ -885,6 +913,41 @@ mod tests {
     /// blobs) are read whole and marked so; the next, written whole, removes them; checkpoints
     /// by key, removals included, then add up to the engine's state at every step, and the
     /// header alone is what a start reads.
+    #[test]
+    /// The format before open alerts had rows: the header holds them. Read back equal; the next
+    /// checkpoint, a delta, writes every one of them as a row and a header without them.
+    fn a_header_holding_the_open_alerts_reads_back_and_moves_them_to_rows() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = AlertStore::new(db.open_tree("alerts").unwrap());
+        let mut engine = Engine::new(crate::domain::alerts::RuleSet::default());
+        fold(&mut engine, 1..=500, 40);
+        let open = engine.open_alerts();
+        assert!(open > 5, "alerts are open: {open}");
+        let mut full = engine.full();
+        full.open.clear();
+        store.write_checkpoint(&full, "d", false).unwrap();
+        let legacy = format!("{{\"rules_digest\":\"d\",\"header\":{}}}", header_of(&engine.state));
+        store.tree.insert(CHECKPOINT, legacy.as_bytes()).unwrap();
+        assert_eq!(store.tree.scan_prefix([OPEN]).count(), 0);
+        let cp = store.checkpoint().unwrap().unwrap();
+        assert!(!cp.whole);
+        assert_eq!(stored_state(&store), engine.state);
+        let mut resumed = Engine::resume(crate::domain::alerts::RuleSet::default(), cp.state);
+        let delta = resumed.delta();
+        assert_eq!(delta.open.len(), open, "every open alert is written as a row");
+        store.write_checkpoint(&delta, "d", false).unwrap();
+        assert_eq!(store.tree.scan_prefix([OPEN]).count(), open);
+        let header = store.tree.get(CHECKPOINT).unwrap().unwrap();
+        assert!(
+            !String::from_utf8_lossy(&header).contains("\"open\":{\""),
+            "the header holds no open alert"
+        );
+        assert_eq!(stored_state(&store), engine.state);
+        // Later deltas write only the alerts that changed.
+        fold(&mut resumed, 501..=520, 40);
+        assert!(resumed.delta().open.len() < open);
+    }
+
     #[test]
     fn older_formats_read_back_and_rows_by_key_add_up_to_the_state() {
         for format in ["whole", "rows", "blobs"] {

@@ -164,6 +164,32 @@ struct Payments {
     last: i64,
 }
 
+/// Keys changed since a checkpoint: bookkeeping, not state (two states are equal whatever
+/// their checkpoints).
+#[derive(Debug, Clone, Default)]
+struct Changed(std::collections::HashSet<String>);
+
+impl PartialEq for Changed {
+    fn eq(&self, _: &Changed) -> bool {
+        true
+    }
+}
+
+impl Eq for Changed {}
+
+impl std::ops::Deref for Changed {
+    type Target = std::collections::HashSet<String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Changed {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 /// Everything the engine remembers; serialised whole into checkpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineState {
@@ -185,6 +211,10 @@ pub struct EngineState {
     payments: HashMap<String, Payments>,
     /// Open alerts by "rule|key".
     open: HashMap<String, Alert>,
+    /// Open alerts changed (opened, updated, closed) since the last [`Engine::delta`]: a
+    /// checkpoint writes their rows only, whatever the number open.
+    #[serde(skip)]
+    open_dirty: Changed,
     /// Locks asked for by alerts and not yet seen in the log, by lock key: the alert id for
     /// the lock an alert opens with, `<alert id>#<seq>` for a lock taken again by the event
     /// `seq` after the binding was unlocked while the alert stayed open.
@@ -361,6 +391,9 @@ pub struct StateDelta {
     pub header: Vec<u8>,
     /// Rows to write (`Some`) or remove (`None`), by key.
     pub rows: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Open alerts to write (`Some`, JSON) or remove (`None`), by "rule|key". From a whole
+    /// state ([`Engine::full`]), every open alert: the stored ones are replaced.
+    pub open: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// The header of a stored state: everything but the per-key maps.
@@ -369,7 +402,12 @@ struct Header {
     position: u64,
     stream_seq: u64,
     high_time: i64,
+    /// The open alerts (the format before `open_rows`).
+    #[serde(default)]
     open: HashMap<String, Alert>,
+    /// Whether the open alerts are stored as rows of their own ([`StateDelta::open`]), not here.
+    #[serde(default)]
+    open_rows: bool,
     pending_locks: BTreeMap<String, LockAction>,
     locks: BTreeMap<Uuid, ActiveLock>,
     #[serde(default)]
@@ -393,18 +431,40 @@ macro_rules! per_key_maps {
 impl EngineState {
     /// A state from its stored header alone (the per-key state stays in its rows, read back
     /// key by key: [`Engine::hold`]).
+    ///
+    /// A header of the format before open alerts had rows of their own holds them: they are
+    /// marked changed, so the next checkpoint writes them as rows. Else the open alerts are put
+    /// back from their rows ([`EngineState::put_open`]); [`EngineState::open_in_rows`] says so.
     pub fn from_header(header: &[u8]) -> Result<EngineState, serde_json::Error> {
         let h: Header = serde_json::from_slice(header)?;
+        let open_dirty = Changed(if h.open_rows {
+            Default::default()
+        } else {
+            h.open.keys().cloned().collect()
+        });
         Ok(EngineState {
             position: h.position,
             stream_seq: h.stream_seq,
             high_time: h.high_time,
             open: h.open,
+            open_dirty,
             pending_locks: h.pending_locks,
             locks: h.locks,
             unlocked: h.unlocked,
             ..EngineState::default()
         })
+    }
+
+    /// Whether a stored header leaves the open alerts to their rows.
+    pub fn open_in_rows(header: &[u8]) -> bool {
+        serde_json::from_slice::<Header>(header).is_ok_and(|h| h.open_rows)
+    }
+
+    /// Puts back an open alert read from its row ("rule|key", the alert's JSON).
+    pub fn put_open(&mut self, slot: &str, alert: &[u8]) -> Result<(), BadRow> {
+        let a: Alert = serde_json::from_slice(alert).map_err(bad_row)?;
+        self.open.insert(slot.to_owned(), a);
+        Ok(())
     }
 
     /// A whole state from its stored header and every row, by key ([`StateDelta`]).
@@ -490,7 +550,7 @@ impl EngineState {
             position: u64,
             stream_seq: u64,
             high_time: i64,
-            open: &'a HashMap<String, Alert>,
+            open_rows: bool,
             pending_locks: &'a BTreeMap<String, LockAction>,
             locks: &'a BTreeMap<Uuid, ActiveLock>,
             unlocked: &'a BTreeMap<String, Uuid>,
@@ -499,7 +559,7 @@ impl EngineState {
             position: self.position,
             stream_seq: self.stream_seq,
             high_time: self.high_time,
-            open: &self.open,
+            open_rows: true,
             pending_locks: &self.pending_locks,
             locks: &self.locks,
             unlocked: &self.unlocked,
@@ -705,9 +765,20 @@ impl Engine {
     /// of the keys changed since, for an incremental checkpoint.
     pub fn delta(&mut self) -> StateDelta {
         let dirty = std::mem::take(&mut self.dirty);
+        let open_dirty = std::mem::take(&mut self.state.open_dirty.0);
         let (state, rules, held) = (&self.state, &self.rules, &mut self.held);
         StateDelta {
             header: state.header(),
+            open: open_dirty
+                .into_iter()
+                .map(|slot| {
+                    let row = state
+                        .open
+                        .get(&slot)
+                        .map(|a| serde_json::to_vec(a).expect("alerts serialize"));
+                    (slot, row)
+                })
+                .collect(),
             rows: dirty
                 .into_iter()
                 .filter_map(|k| {
@@ -732,6 +803,7 @@ impl Engine {
     /// a checkpoint of an older format).
     pub fn full(&mut self) -> StateDelta {
         self.dirty.clear();
+        self.state.open_dirty.clear();
         let keys = self.state_keys();
         if let Some(h) = &mut self.held {
             for key in &keys {
@@ -742,6 +814,12 @@ impl Engine {
         }
         StateDelta {
             header: self.state.header(),
+            open: self
+                .state
+                .open
+                .iter()
+                .map(|(slot, a)| (slot.clone(), Some(serde_json::to_vec(a).expect("alerts serialize"))))
+                .collect(),
             rows: keys
                 .into_iter()
                 .map(|k| {
@@ -1103,6 +1181,7 @@ impl Engine {
         s.stream_seq += 1;
         let open_until = time(t.saturating_add(o.cooldown.micros()));
         let now = e.record_time;
+        s.open_dirty.insert(slot.clone());
         let (change, alert) = match s.open.get_mut(&slot).filter(|a| now < a.open_until) {
             Some(a) => {
                 // The binding was unlocked while the alert stayed open, and guessing went on:
@@ -1198,8 +1277,15 @@ impl Engine {
             };
         }
         per_key_maps!(trim);
-        // Open alerts live in the header, not in rows.
-        s.open.retain(|_, a| a.open_until.timestamp_micros() >= now);
+        // Open alerts past their cool-down close; their rows go with the next checkpoint.
+        let open_dirty = &mut s.open_dirty;
+        s.open.retain(|slot, a| {
+            let keep = a.open_until.timestamp_micros() >= now;
+            if !keep {
+                open_dirty.insert(slot.clone());
+            }
+            keep
+        });
         let open_ids: std::collections::HashSet<&str> = s.open.values().map(|a| a.id.as_str()).collect();
         s.unlocked.retain(|id, _| open_ids.contains(id.as_str()));
         for key in gone {

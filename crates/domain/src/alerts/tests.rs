@@ -654,6 +654,7 @@ fn incremental_checkpoints_add_up_to_the_whole_state() {
     let straight = log.run(r.clone());
     let mut engine = Engine::new(r.clone());
     let mut stored: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+    let mut open: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
     let mut header = Vec::new();
     let mut store = |delta: super::engine::StateDelta, header: &mut Vec<u8>| {
         for (k, v) in delta.rows {
@@ -662,8 +663,14 @@ fn incremental_checkpoints_add_up_to_the_whole_state() {
                 None => stored.remove(&k),
             };
         }
+        for (slot, v) in delta.open {
+            match v {
+                Some(v) => open.insert(slot, v),
+                None => open.remove(&slot),
+            };
+        }
         *header = delta.header;
-        stored.clone()
+        (stored.clone(), open.clone())
     };
     let mut changes = Vec::new();
     let mut first = true;
@@ -675,8 +682,12 @@ fn incremental_checkpoints_add_up_to_the_whole_state() {
             } else {
                 engine.delta()
             };
-            let rows = store(delta, &mut header);
-            let rebuilt = EngineState::from_rows(&header, rows).unwrap();
+            let (rows, open) = store(delta, &mut header);
+            let mut rebuilt = EngineState::from_rows(&header, rows).unwrap();
+            assert!(EngineState::open_in_rows(&header));
+            for (slot, alert) in open {
+                rebuilt.put_open(&slot, &alert).unwrap();
+            }
             assert_eq!(rebuilt, engine.state, "the stored rows at event {}", i + 1);
             if (i + 1) % (1_777 * 3) == 0 {
                 // Resume from what is stored, as a restart does.
@@ -755,6 +766,7 @@ struct BackedRun {
 fn run_backed(log: &Log, rules: RuleSet, max: usize, every: usize, lag: usize, restart_at: Option<usize>) -> BackedRun {
     use super::engine::{row_expiry, StateDelta};
     let mut stored: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+    let mut open: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
     let mut header = Vec::new();
     let mut in_flight: std::collections::VecDeque<(usize, u64, StateDelta)> = Default::default();
     let mut written = 0u64;
@@ -766,11 +778,19 @@ fn run_backed(log: &Log, rules: RuleSet, max: usize, every: usize, lag: usize, r
         most_held_clean: 0,
         stale_rows_removed: 0,
     };
-    let store = |delta: StateDelta, stored: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>| {
+    let store = |delta: StateDelta,
+                 stored: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+                 open: &mut std::collections::BTreeMap<String, Vec<u8>>| {
         for (k, v) in delta.rows {
             match v {
                 Some(v) => stored.insert(k, v),
                 None => stored.remove(&k),
+            };
+        }
+        for (slot, v) in delta.open {
+            match v {
+                Some(v) => open.insert(slot, v),
+                None => open.remove(&slot),
             };
         }
         delta.header
@@ -782,13 +802,17 @@ fn run_backed(log: &Log, rules: RuleSet, max: usize, every: usize, lag: usize, r
                 in_flight.push_back((i, position, engine.delta()));
             }
             for (_, position, delta) in in_flight.drain(..) {
-                header = store(delta, &mut stored);
+                header = store(delta, &mut stored, &mut open);
                 written = position;
             }
             let state = if header.is_empty() {
                 EngineState::default()
             } else {
-                EngineState::from_header(&header).unwrap()
+                let mut state = EngineState::from_header(&header).unwrap();
+                for (slot, alert) in &open {
+                    state.put_open(slot, alert).unwrap();
+                }
+                state
             };
             run.rows_read += engine.held().unwrap().1;
             engine = Engine::backed(rules.clone(), state, max);
@@ -815,7 +839,7 @@ fn run_backed(log: &Log, rules: RuleSet, max: usize, every: usize, lag: usize, r
         }
         while in_flight.front().is_some_and(|(at, _, _)| at + lag <= i) {
             let (_, position, delta) = in_flight.pop_front().unwrap();
-            header = store(delta, &mut stored);
+            header = store(delta, &mut stored, &mut open);
             written = position;
         }
         engine.let_go(written);
