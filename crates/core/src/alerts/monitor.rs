@@ -37,6 +37,10 @@ use std::time::Duration;
 use super::feed::AlertFeed;
 use super::store::{Related, RELATED_DEVICE, RELATED_IP};
 
+/// How long the log stays ahead of the monitor, with no batch coming, before the monitor reads
+/// it (a batch dropped by a full tap, at the end of a burst).
+const QUIET_GAP: Duration = Duration::from_millis(50);
+
 /// Device and address pairs the monitor remembers having stored.
 const RELATED_SENT_MAX: usize = 100_000;
 use super::store::{AlertStore, TriageState};
@@ -367,6 +371,7 @@ impl Worker {
     }
 
     fn run_inner(&mut self, rx: std::sync::mpsc::Receiver<crate::store::DurableBatch>) -> Result<()> {
+        let mut ahead_since: Option<std::time::Instant> = None;
         self.catch_up(self.ledger.log_len())?;
         tracing::info!(
             position = self.engine.state.position,
@@ -376,6 +381,7 @@ impl Worker {
         loop {
             match rx.recv_timeout(self.config.tick) {
                 Ok(batch) => {
+                    ahead_since = None;
                     crate::seams::panic_point("bindledger-monitor");
                     let mut batches = vec![batch];
                     while let Ok(b) = rx.try_recv() {
@@ -383,7 +389,21 @@ impl Worker {
                     }
                     self.fold(&batches)?;
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                // Quiet: a batch the tap dropped (its queue was full) is found when the next
+                // one comes, and the log may stay quiet. When the log has stayed ahead of the
+                // position for a while with no batch coming (not a batch on its way, which
+                // comes within microseconds), the monitor reads it, so that a burst's last
+                // alerts do not wait for the next event.
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let end = self.ledger.log_len();
+                    if end <= self.engine.state.position {
+                        ahead_since = None;
+                    } else if ahead_since.get_or_insert_with(std::time::Instant::now).elapsed() >= QUIET_GAP {
+                        self.status.gaps_read_from_log.fetch_add(1, Ordering::Relaxed);
+                        self.catch_up(end)?;
+                        ahead_since = None;
+                    }
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
             // A replica computes the same alerts but never acts: the primary does.

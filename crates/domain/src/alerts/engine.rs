@@ -1286,8 +1286,12 @@ impl Engine {
             }
             keep
         });
-        let open_ids: std::collections::HashSet<&str> = s.open.values().map(|a| a.id.as_str()).collect();
-        s.unlocked.retain(|id, _| open_ids.contains(id.as_str()));
+        // (Looked up only when a lock was lifted under an open alert: the set of every open
+        // alert's id costs as much as the alerts open.)
+        if !s.unlocked.is_empty() {
+            let open_ids: std::collections::HashSet<&str> = s.open.values().map(|a| a.id.as_str()).collect();
+            s.unlocked.retain(|id, _| open_ids.contains(id.as_str()));
+        }
         for key in gone {
             self.changed_at(&key, seq);
         }
