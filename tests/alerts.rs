@@ -788,59 +788,6 @@ async fn the_cli_lists_and_follows_alerts_across_a_server_restart() {
     server.wait().unwrap();
 }
 
-/// What a webhook receiver got: when, the headers it checks, the body.
-#[derive(Clone)]
-struct Received {
-    at: Instant,
-    delivery: String,
-    signature: String,
-    body: Vec<u8>,
-}
-
-#[derive(Clone, Default)]
-struct Receiver {
-    got: Arc<Mutex<Vec<Received>>>,
-    /// Requests still to answer 500.
-    fail: Arc<std::sync::atomic::AtomicU32>,
-}
-
-async fn start_receiver() -> (Receiver, String) {
-    let r = Receiver::default();
-    let state = r.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-            let state = state.clone();
-            async move {
-                let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                state.got.lock().unwrap().push(Received {
-                    at: Instant::now(),
-                    delivery: header("bindledger-delivery"),
-                    signature: header("bindledger-signature"),
-                    body: body.to_vec(),
-                });
-                let failing = state
-                    .fail
-                    .fetch_update(
-                        std::sync::atomic::Ordering::SeqCst,
-                        std::sync::atomic::Ordering::SeqCst,
-                        |n| n.checked_sub(1),
-                    )
-                    .is_ok();
-                if failing {
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
-                } else {
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (r, url)
-}
-
 /// Checks a signature as a receiver written from the README would: HMAC-SHA256, keyed with the
 /// secret file's text, over `<t>.<body>`.
 fn signed_by(secret: &str, header: &str, body: &[u8]) -> bool {

@@ -730,3 +730,60 @@ pub fn one_failed_bind_alerts(dir: &Path) -> PathBuf {
     std::fs::write(&rules, "[bind_failure_burst]\nthreshold = 1\n").unwrap();
     rules
 }
+
+/// What a webhook receiver got: when, the headers it checks, the body.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub at: std::time::Instant,
+    pub delivery: String,
+    /// `Bindledger-Event`.
+    pub event: String,
+    pub signature: String,
+    pub body: Vec<u8>,
+}
+
+#[derive(Clone, Default)]
+pub struct Receiver {
+    pub got: Arc<std::sync::Mutex<Vec<Received>>>,
+    /// Requests still to answer 500.
+    pub fail: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// A webhook receiver on a free port, and its URL.
+pub async fn start_receiver() -> (Receiver, String) {
+    let r = Receiver::default();
+    let state = r.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let state = state.clone();
+            async move {
+                let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                state.got.lock().unwrap().push(Received {
+                    at: std::time::Instant::now(),
+                    delivery: header("bindledger-delivery"),
+                    event: header("bindledger-event"),
+                    signature: header("bindledger-signature"),
+                    body: body.to_vec(),
+                });
+                let failing = state
+                    .fail
+                    .fetch_update(
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                        |n| n.checked_sub(1),
+                    )
+                    .is_ok();
+                if failing {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (r, url)
+}

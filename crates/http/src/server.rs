@@ -331,11 +331,7 @@ async fn lock(
         .validate(&account, &binding_id, s.ledger.now())
         .inspect_err(|e| s.ledger.metrics().count_rejected(e.code()))?;
     let Some(alert) = monitor(&s)?.store.get(&cmd.alert_id)? else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "alert_not_found",
-            "no alert has this id",
-        ));
+        return Err(alert_not_found());
     };
     // A lock cites the alert that justifies it: one about this account.
     if !alert.accounts.contains(&account) && alert.key.value != account {
@@ -474,11 +470,7 @@ async fn webhook_deliveries(
     caller.require(ALERT_READERS)?;
     let q = query(q)?;
     let Some((log, status, _)) = s.extras.webhooks.clone() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "webhooks_disabled",
-            "webhooks are off (webhooks.url is not set)",
-        ));
+        return Err(webhooks_disabled());
     };
     let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
     let before = q.before;
@@ -493,13 +485,23 @@ async fn webhook_deliveries(
 
 /// The webhooks' sender for a person's resend or test (security), or why there is none.
 fn webhook_client(s: &AppState) -> ApiResult<Arc<crate::webhook::WebhookClient>> {
-    s.extras.webhooks.as_ref().map(|(_, _, c)| c.clone()).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "webhooks_disabled",
-            "webhooks are off (webhooks.url is not set)",
-        )
-    })
+    s.extras
+        .webhooks
+        .as_ref()
+        .map(|(_, _, c)| c.clone())
+        .ok_or_else(webhooks_disabled)
+}
+
+fn webhooks_disabled() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "webhooks_disabled",
+        "webhooks are off (webhooks.url is not set)",
+    )
+}
+
+fn alert_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "alert_not_found", "no alert has this id")
 }
 
 /// `POST /v1/webhooks/deliveries/{stream_seq}/resend` (security): sends that alert change to
@@ -730,11 +732,7 @@ async fn alert_history(
     let id = path(id)?;
     let q = query(q)?;
     let Some(alert) = m.store.get(&id)? else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "alert_not_found",
-            "no alert has this id",
-        ));
+        return Err(alert_not_found());
     };
     let account = alert
         .accounts
@@ -1000,11 +998,7 @@ async fn alert_one(
     let id = path(id)?;
     match m.store.get(&id)? {
         Some(a) => Ok(Json(with_triage(&s.ledger, &m.store, a)?).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "alert_not_found",
-            "no alert has this id",
-        )),
+        None => Err(alert_not_found()),
     }
 }
 
@@ -1021,11 +1015,7 @@ async fn triage(
     command::validate_alert_id(&id)?;
     let m = monitor(&s)?;
     let Some(alert) = m.store.get(&id)? else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "alert_not_found",
-            "no alert has this id",
-        ));
+        return Err(alert_not_found());
     };
     let account = alert
         .accounts
