@@ -164,31 +164,34 @@ struct Payments {
     last: i64,
 }
 
-/// Keys changed since a checkpoint: bookkeeping, not state (two states are equal whatever
-/// their checkpoints).
+/// Bookkeeping kept beside the state, not state: two states are equal whatever it holds (what
+/// changed since a checkpoint, an index rebuilt from the state).
 #[derive(Debug, Clone, Default)]
-struct Changed(std::collections::HashSet<String>);
+struct Bookkeeping<T>(T);
 
-impl PartialEq for Changed {
-    fn eq(&self, _: &Changed) -> bool {
+impl<T> PartialEq for Bookkeeping<T> {
+    fn eq(&self, _: &Bookkeeping<T>) -> bool {
         true
     }
 }
 
-impl Eq for Changed {}
+impl<T> Eq for Bookkeeping<T> {}
 
-impl std::ops::Deref for Changed {
-    type Target = std::collections::HashSet<String>;
-    fn deref(&self) -> &Self::Target {
+impl<T> std::ops::Deref for Bookkeeping<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
         &self.0
     }
 }
 
-impl std::ops::DerefMut for Changed {
-    fn deref_mut(&mut self) -> &mut Self::Target {
+impl<T> std::ops::DerefMut for Bookkeeping<T> {
+    fn deref_mut(&mut self) -> &mut T {
         &mut self.0
     }
 }
+
+/// Keys changed since a checkpoint.
+type Changed = Bookkeeping<std::collections::HashSet<String>>;
 
 /// Everything the engine remembers; serialised whole into checkpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +218,11 @@ pub struct EngineState {
     /// checkpoint writes their rows only, whatever the number open.
     #[serde(skip)]
     open_dirty: Changed,
+    /// The open alerts by when they close (`open_until` in micros, then "rule|key"), so that a
+    /// sweep looks at the alerts closing, not at every alert open. Rebuilt from `open` when it
+    /// does not hold as many (a state read back whole).
+    #[serde(skip)]
+    by_expiry: Bookkeeping<std::collections::BTreeSet<(i64, String)>>,
     /// Locks asked for by alerts and not yet seen in the log, by lock key: the alert id for
     /// the lock an alert opens with, `<alert id>#<seq>` for a lock taken again by the event
     /// `seq` after the binding was unlocked while the alert stayed open.
@@ -437,7 +445,7 @@ impl EngineState {
     /// back from their rows ([`EngineState::put_open`]); [`EngineState::open_in_rows`] says so.
     pub fn from_header(header: &[u8]) -> Result<EngineState, serde_json::Error> {
         let h: Header = serde_json::from_slice(header)?;
-        let open_dirty = Changed(if h.open_rows {
+        let open_dirty = Bookkeeping(if h.open_rows {
             Default::default()
         } else {
             h.open.keys().cloned().collect()
@@ -463,7 +471,12 @@ impl EngineState {
     /// Puts back an open alert read from its row ("rule|key", the alert's JSON).
     pub fn put_open(&mut self, slot: &str, alert: &[u8]) -> Result<(), BadRow> {
         let a: Alert = serde_json::from_slice(alert).map_err(bad_row)?;
-        self.open.insert(slot.to_owned(), a);
+        if let Some(old) = self.open.insert(slot.to_owned(), a.clone()) {
+            self.by_expiry
+                .remove(&(old.open_until.timestamp_micros(), slot.to_owned()));
+        }
+        self.by_expiry
+            .insert((a.open_until.timestamp_micros(), slot.to_owned()));
         Ok(())
     }
 
@@ -1182,6 +1195,11 @@ impl Engine {
         let open_until = time(t.saturating_add(o.cooldown.micros()));
         let now = e.record_time;
         s.open_dirty.insert(slot.clone());
+        // Either way the alert in this slot closes at `open_until` now.
+        if let Some(old) = s.open.get(&slot) {
+            s.by_expiry.remove(&(old.open_until.timestamp_micros(), slot.clone()));
+        }
+        s.by_expiry.insert((open_until.timestamp_micros(), slot.clone()));
         let (change, alert) = match s.open.get_mut(&slot).filter(|a| now < a.open_until) {
             Some(a) => {
                 // The binding was unlocked while the alert stayed open, and guessing went on:
@@ -1277,15 +1295,20 @@ impl Engine {
             };
         }
         per_key_maps!(trim);
-        // Open alerts past their cool-down close; their rows go with the next checkpoint.
-        let open_dirty = &mut s.open_dirty;
-        s.open.retain(|slot, a| {
-            let keep = a.open_until.timestamp_micros() >= now;
-            if !keep {
-                open_dirty.insert(slot.clone());
-            }
-            keep
-        });
+        // Open alerts past their cool-down close, the soonest first (their rows go with the next
+        // checkpoint): the work follows the alerts closing, not the alerts open.
+        if s.by_expiry.len() != s.open.len() {
+            s.by_expiry.0 = s
+                .open
+                .iter()
+                .map(|(slot, a)| (a.open_until.timestamp_micros(), slot.clone()))
+                .collect();
+        }
+        while s.by_expiry.first().is_some_and(|(until, _)| *until < now) {
+            let (_, slot) = s.by_expiry.pop_first().expect("a first entry");
+            s.open.remove(&slot);
+            s.open_dirty.insert(slot);
+        }
         // (Looked up only when a lock was lifted under an open alert: the set of every open
         // alert's id costs as much as the alerts open.)
         if !s.unlocked.is_empty() {
