@@ -474,9 +474,7 @@ async fn webhook_deliveries(
     };
     let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
     let before = q.before;
-    let deliveries = tokio::task::spawn_blocking(move || log.recent(limit, before))
-        .await
-        .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
+    let deliveries = blocking(move || log.recent(limit, before)).await?;
     let mut report = status.report();
     report["next_before"] = json!(deliveries.last().filter(|_| deliveries.len() == limit).map(|d| d.n));
     report["deliveries"] = json!(deliveries);
@@ -498,6 +496,22 @@ fn webhooks_disabled() -> ApiError {
         "webhooks_disabled",
         "webhooks are off (webhooks.url is not set)",
     )
+}
+
+/// The account an alert's triage is recorded in: its first account (a wallet alert's too).
+fn account_of(alert: &crate::domain::alerts::Alert) -> String {
+    alert
+        .accounts
+        .first()
+        .cloned()
+        .unwrap_or_else(|| alert.key.value.clone())
+}
+
+/// Runs blocking storage work off the async threads; a panicked task answers as an IO error.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::Result<T> + Send + 'static) -> ApiResult<T> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::from(Error::io(e.to_string())))??)
 }
 
 fn alert_not_found() -> ApiError {
@@ -693,7 +707,7 @@ async fn alerts_list(
     let ledger = s.ledger.clone();
     // Read before the listing: the stream from here repeats at most what the listing shows.
     let (stream_seq, triage_seq) = (m.feed.stored(), m.feed.triaged());
-    let (alerts, next) = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+    let (alerts, next) = blocking(move || -> crate::Result<_> {
         let (alerts, next) = store.list(&filter, cursor.as_deref(), limit, order)?;
         let alerts = alerts
             .into_iter()
@@ -701,8 +715,7 @@ async fn alerts_list(
             .collect::<crate::Result<Vec<_>>>()?;
         Ok((alerts, next))
     })
-    .await
-    .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
+    .await?;
     Ok(
         Json(json!({"alerts": alerts, "next_cursor": next, "stream_seq": stream_seq, "triage_seq": triage_seq}))
             .into_response(),
@@ -734,11 +747,7 @@ async fn alert_history(
     let Some(alert) = m.store.get(&id)? else {
         return Err(alert_not_found());
     };
-    let account = alert
-        .accounts
-        .first()
-        .cloned()
-        .unwrap_or_else(|| alert.key.value.clone());
+    let account = account_of(&alert);
     let limit = q.limit.unwrap_or(100).clamp(1, s.http.page_limit_max);
     let open = caller.0.roles.contains(&Role::Security);
     // Read your writes: a triage this node recorded is in the history once the alert store has
@@ -750,13 +759,12 @@ async fn alert_history(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), triaged.wait_for(|t| *t >= want)).await;
     }
     let (store, ledger) = (m.store.clone(), s.ledger.clone());
-    let (events, next) = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+    let (events, next) = blocking(move || -> crate::Result<_> {
         let seqs = store.history_seqs(&id, q.before, limit)?;
         let next = (seqs.len() == limit).then(|| seqs.last().copied()).flatten();
         Ok((ledger.account_events_at(&account, &seqs, open)?, next))
     })
-    .await
-    .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
+    .await?;
     Ok(Json(json!({"events": events, "next_before": next})).into_response())
 }
 
@@ -802,7 +810,7 @@ async fn related(
         }
     }
     let (store, me) = (m.store.clone(), account.clone());
-    let (devices, addresses) = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+    let (devices, addresses) = blocking(move || -> crate::Result<_> {
         let look = |kind: u8, fps: Vec<bindledger_events::Hash>| -> crate::Result<Vec<serde_json::Value>> {
             fps.into_iter()
                 .map(|fp| {
@@ -822,8 +830,7 @@ async fn related(
         use crate::ledger::alerts::store::{RELATED_DEVICE, RELATED_IP};
         Ok((look(RELATED_DEVICE, devices)?, look(RELATED_IP, addresses)?))
     })
-    .await
-    .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
+    .await?;
     Ok(Json(json!({"account": account, "devices": devices, "addresses": addresses})).into_response())
 }
 
@@ -858,9 +865,7 @@ async fn alerts_counts(
         })?
         .with_timezone(&chrono::Utc);
     let store = m.store.clone();
-    let counts = tokio::task::spawn_blocking(move || store.counts(since, COUNTS_MAX))
-        .await
-        .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
+    let counts = blocking(move || store.counts(since, COUNTS_MAX)).await?;
     Ok(Json(counts).into_response())
 }
 
@@ -899,7 +904,7 @@ async fn alerts_export(
     let order = q.order()?;
     let limit = q.limit.unwrap_or(10_000).clamp(1, EXPORT_MAX);
     let (store, ledger) = (m.store.clone(), s.ledger.clone());
-    let (body, truncated) = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+    let (body, truncated) = blocking(move || -> crate::Result<_> {
         let mut out = String::from("id,rule,severity,key_kind,key,accounts,opened_at,updated_at,observed,threshold,unit,currency,matches,revision,state,binding_locked_until,triage,triaged_by,assignee,triaged_at\n");
         let mut cursor: Option<String> = None;
         let mut written = 0;
@@ -944,9 +949,7 @@ async fn alerts_export(
                 None => return Ok((out, false)),
             }
         }
-    })
-    .await
-    .map_err(|e| ApiError::from(Error::io(e.to_string())))??;
+    }).await?;
     let mut r = (
         [
             (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -1017,11 +1020,7 @@ async fn triage(
     let Some(alert) = m.store.get(&id)? else {
         return Err(alert_not_found());
     };
-    let account = alert
-        .accounts
-        .first()
-        .cloned()
-        .unwrap_or_else(|| alert.key.value.clone());
+    let account = account_of(&alert);
     let expected = req.expected_triage_seq;
     let cmd = req
         .validate(&account, &id, &principal.name, s.ledger.now())

@@ -543,12 +543,18 @@ impl AlertStore {
 
     /// The seq of the last triage recorded (0 when none was).
     pub fn last_triage_seq(&self) -> Result<u64> {
-        match self.tree.scan_prefix(b"U").next_back() {
+        self.last_seq_under(b'U')
+    }
+
+    /// The seq of the last row under `prefix` (rows keyed by the prefix and a u64 BE), 0 when
+    /// there is none.
+    fn last_seq_under(&self, prefix: u8) -> Result<u64> {
+        match self.tree.scan_prefix([prefix]).next_back() {
             None => Ok(0),
             Some(r) => {
                 let (k, _) = r.map_err(crate::store::from_sled)?;
                 Ok(u64::from_be_bytes(
-                    k[1..9].try_into().map_err(|e| corrupt("triage key", e))?,
+                    k[1..9].try_into().map_err(|e| corrupt("seq key", e))?,
                 ))
             }
         }
@@ -631,15 +637,7 @@ impl AlertStore {
 
     /// The last stream seq stored.
     pub fn last_stream_seq(&self) -> Result<u64> {
-        match self.tree.scan_prefix(b"S").next_back() {
-            None => Ok(0),
-            Some(r) => {
-                let (k, _) = r.map_err(crate::store::from_sled)?;
-                Ok(u64::from_be_bytes(
-                    k[1..9].try_into().map_err(|e| corrupt("stream key", e))?,
-                ))
-            }
-        }
+        self.last_seq_under(b'S')
     }
 
     /// Stream entries after `after`, oldest first, at most `limit`, up to `through`.
